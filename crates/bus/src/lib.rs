@@ -1,0 +1,225 @@
+//! ferry's message bus.
+//!
+//! [`Bus`] is shaped after what RabbitMQ and Kafka give: publishing is confirmed by the broker
+//! before it returns; a consumer group receives every event routed to its topics, spread over the
+//! group's members; a delivery stays "in flight" until it is acked, nacked or dead-lettered, and
+//! one that is dropped unacknowledged (its consumer crashed) is delivered again; each consumer
+//! holds at most `prefetch` deliveries at once.
+//!
+//! [`memory::MemoryBus`] implements it in-process for the embedded mode and tests. [`connect`]
+//! picks an implementation from a URL.
+
+pub mod memory;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use ferry_event::cloudevents::AttributesReader;
+use ferry_event::{Event, Topic};
+
+pub use memory::MemoryBus;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The broker cannot be reached or did not confirm; retrying later may succeed.
+    #[error("bus unavailable: {0}")]
+    Unavailable(String),
+    /// The bus is configured in a way that can never work.
+    #[error("bus configuration: {0}")]
+    Config(String),
+    /// The bus was shut down.
+    #[error("bus closed")]
+    Closed,
+}
+
+impl Error {
+    /// Whether trying again later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Unavailable(_))
+    }
+}
+
+/// What a consumer group wants to receive.
+#[derive(Debug, Clone)]
+pub struct Subscribe {
+    /// Members of one group share the events (competing consumers); each group gets them all.
+    pub group: String,
+    pub topics: Vec<Topic>,
+    /// Most deliveries this consumer holds unacknowledged at once.
+    pub prefetch: usize,
+}
+
+impl Subscribe {
+    pub fn new(group: impl Into<String>, topics: impl IntoIterator<Item = Topic>) -> Self {
+        Subscribe {
+            group: group.into(),
+            topics: topics.into_iter().collect(),
+            prefetch: 256,
+        }
+    }
+
+    pub fn prefetch(mut self, n: usize) -> Self {
+        self.prefetch = n.max(1);
+        self
+    }
+}
+
+/// A message broker.
+#[async_trait]
+pub trait Bus: Send + Sync + 'static {
+    /// Publishes each event to the topic [`ferry_event::route`] gives it and returns once the
+    /// broker has confirmed every one of them. Order is kept per topic.
+    async fn publish(&self, events: &[Event]) -> Result<()>;
+
+    /// Joins a consumer group. The group's queue exists (and collects events) from the first
+    /// subscription on; events published before it are not delivered to it.
+    async fn subscribe(&self, spec: Subscribe) -> Result<Subscription>;
+}
+
+/// A consumer: deliveries in order, bounded by the subscription's prefetch.
+pub struct Subscription {
+    inner: Box<dyn Consumer>,
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Subscription")
+    }
+}
+
+/// What a bus implementation provides behind a [`Subscription`].
+#[async_trait]
+pub trait Consumer: Send {
+    /// The next delivery; waits while none is available or prefetch is exhausted. `None` once
+    /// the bus is closed.
+    async fn recv(&mut self) -> Option<Result<Delivery>>;
+    /// A delivery if one is available right now.
+    fn try_recv(&mut self) -> Option<Delivery>;
+}
+
+impl Subscription {
+    pub fn new(inner: Box<dyn Consumer>) -> Self {
+        Subscription { inner }
+    }
+
+    pub async fn next(&mut self) -> Option<Result<Delivery>> {
+        self.inner.recv().await
+    }
+
+    /// A delivery if one is available right now.
+    pub fn try_next(&mut self) -> Option<Delivery> {
+        self.inner.try_recv()
+    }
+
+    /// Waits for one delivery, then takes whatever else is available at once, up to `max`.
+    pub async fn next_batch(&mut self, max: usize) -> Option<Result<Vec<Delivery>>> {
+        let first = match self.inner.recv().await? {
+            Ok(d) => d,
+            Err(e) => return Some(Err(e)),
+        };
+        let mut batch = vec![first];
+        while batch.len() < max {
+            match self.inner.try_recv() {
+                Some(d) => batch.push(d),
+                None => break,
+            }
+        }
+        Some(Ok(batch))
+    }
+}
+
+/// How a delivery is settled with its broker.
+#[async_trait]
+pub trait Settle: Send {
+    async fn ack(self: Box<Self>) -> Result<()>;
+    /// Give the event back for redelivery.
+    async fn nack(self: Box<Self>) -> Result<()>;
+    /// Move the event to the dead-letter destination, recording why.
+    async fn dead_letter(self: Box<Self>, reason: &str) -> Result<()>;
+}
+
+/// One received event. Dropping it unsettled gives it back to the broker.
+pub struct Delivery {
+    pub event: Event,
+    pub topic: Topic,
+    /// True when the event was delivered before and not acknowledged.
+    pub redelivered: bool,
+    settle: Box<dyn Settle>,
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery")
+            .field("topic", &self.topic)
+            .field("redelivered", &self.redelivered)
+            .field("event", &self.event)
+            .finish()
+    }
+}
+
+impl Delivery {
+    pub fn new(event: Event, topic: Topic, redelivered: bool, settle: Box<dyn Settle>) -> Self {
+        Delivery {
+            event,
+            topic,
+            redelivered,
+            settle,
+        }
+    }
+
+    pub async fn ack(self) -> Result<()> {
+        self.settle.ack().await
+    }
+
+    pub async fn nack(self) -> Result<()> {
+        self.settle.nack().await
+    }
+
+    pub async fn dead_letter(self, reason: &str) -> Result<()> {
+        tracing::warn!(
+            event_id = %AttributesReader::id(&self.event),
+            event_type = %AttributesReader::ty(&self.event),
+            topic = %self.topic,
+            reason,
+            "dead-lettering event"
+        );
+        self.settle.dead_letter(reason).await
+    }
+}
+
+/// Acks many deliveries, in order.
+pub async fn ack_all(deliveries: impl IntoIterator<Item = Delivery>) -> Result<()> {
+    for d in deliveries {
+        d.ack().await?;
+    }
+    Ok(())
+}
+
+/// Opens the bus a URL names: `memory://` (in-process), `amqp://…` (RabbitMQ), `kafka://…`.
+pub fn connect(url: &str) -> Result<Arc<dyn Bus>> {
+    let scheme = url.split_once("://").map(|(s, _)| s).unwrap_or("");
+    match scheme {
+        "memory" => Ok(Arc::new(MemoryBus::new())),
+        "amqp" | "amqps" | "kafka" => Err(Error::Config(format!(
+            "{scheme}:// is not enabled in this build of ferry; this build supports memory:// only"
+        ))),
+        _ => Err(Error::Config(format!(
+            "unsupported bus URL {url:?}: expected memory://, amqp://HOST:PORT/VHOST or kafka://HOST:PORT"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_schemes_are_named_in_the_error() {
+        let err = connect("nats://x").err().unwrap();
+        assert!(err.to_string().contains("memory://"), "{err}");
+        assert!(!err.is_transient());
+        assert!(connect("memory://").is_ok());
+    }
+}

@@ -1,0 +1,411 @@
+//! The in-process bus: one queue per consumer group, bound to the group's topics, with broker
+//! semantics (confirmed publish, explicit ack, prefetch, redelivery of what was not acked).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use ferry_event::{Event, Topic, route};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+
+use crate::{Bus, Consumer, Delivery, Error, Result, Settle, Subscribe, Subscription};
+
+/// An event moved to the dead-letter list, with the reason.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub group: String,
+    pub event: Event,
+    pub reason: String,
+}
+
+/// The in-process bus. Cloning shares it.
+#[derive(Clone, Default)]
+pub struct MemoryBus {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for MemoryBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MemoryBus")
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    state: Mutex<State>,
+    dead: Mutex<Vec<DeadLetter>>,
+}
+
+#[derive(Default)]
+struct State {
+    closed: bool,
+    queues: HashMap<String, Arc<Queue>>,
+    bindings: HashMap<Topic, HashSet<String>>,
+}
+
+struct Queue {
+    group: String,
+    ready: Mutex<VecDeque<Message>>,
+    notify: Notify,
+}
+
+#[derive(Clone)]
+struct Message {
+    event: Event,
+    topic: Topic,
+    redelivered: bool,
+}
+
+impl MemoryBus {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Events moved to the dead-letter list so far.
+    pub fn dead_letters(&self) -> Vec<DeadLetter> {
+        self.inner.dead.lock().unwrap().clone()
+    }
+
+    /// Events waiting (not yet delivered) in a group's queue.
+    pub fn depth(&self, group: &str) -> usize {
+        let state = self.inner.state.lock().unwrap();
+        state
+            .queues
+            .get(group)
+            .map(|q| q.ready.lock().unwrap().len())
+            .unwrap_or(0)
+    }
+
+    /// Stops the bus: consumers receive `None`, publishing fails.
+    pub fn close(&self) {
+        let mut state = self.inner.state.lock().unwrap();
+        state.closed = true;
+        for q in state.queues.values() {
+            q.notify.notify_waiters();
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        self.inner.state.lock().unwrap().closed
+    }
+}
+
+#[async_trait]
+impl Bus for MemoryBus {
+    async fn publish(&self, events: &[Event]) -> Result<()> {
+        let state = self.inner.state.lock().unwrap();
+        if state.closed {
+            return Err(Error::Closed);
+        }
+        for event in events {
+            let topic = route(event);
+            let Some(groups) = state.bindings.get(&topic) else {
+                continue;
+            };
+            for g in groups {
+                let q = &state.queues[g];
+                q.ready.lock().unwrap().push_back(Message {
+                    event: event.clone(),
+                    topic: topic.clone(),
+                    redelivered: false,
+                });
+                q.notify.notify_one();
+            }
+        }
+        Ok(())
+    }
+
+    async fn subscribe(&self, spec: Subscribe) -> Result<Subscription> {
+        let mut state = self.inner.state.lock().unwrap();
+        if state.closed {
+            return Err(Error::Closed);
+        }
+        let queue = state
+            .queues
+            .entry(spec.group.clone())
+            .or_insert_with(|| {
+                Arc::new(Queue {
+                    group: spec.group.clone(),
+                    ready: Mutex::new(VecDeque::new()),
+                    notify: Notify::new(),
+                })
+            })
+            .clone();
+        for t in &spec.topics {
+            state
+                .bindings
+                .entry(t.clone())
+                .or_default()
+                .insert(spec.group.clone());
+        }
+        Ok(Subscription::new(Box::new(MemoryConsumer {
+            bus: self.clone(),
+            queue,
+            window: Arc::new(Semaphore::new(spec.prefetch.max(1))),
+        })))
+    }
+}
+
+struct MemoryConsumer {
+    bus: MemoryBus,
+    queue: Arc<Queue>,
+    window: Arc<Semaphore>,
+}
+
+impl MemoryConsumer {
+    fn take(&self, permit: OwnedSemaphorePermit) -> std::result::Result<Delivery, OwnedSemaphorePermit> {
+        let msg = self.queue.ready.lock().unwrap().pop_front();
+        match msg {
+            Some(msg) => {
+                // Another member may be waiting for what is left.
+                if !self.queue.ready.lock().unwrap().is_empty() {
+                    self.queue.notify.notify_one();
+                }
+                let settle = MemorySettle {
+                    bus: self.bus.clone(),
+                    queue: self.queue.clone(),
+                    msg: Some(msg.clone()),
+                    _permit: permit,
+                };
+                Ok(Delivery::new(
+                    msg.event,
+                    msg.topic,
+                    msg.redelivered,
+                    Box::new(settle),
+                ))
+            }
+            None => Err(permit),
+        }
+    }
+}
+
+#[async_trait]
+impl Consumer for MemoryConsumer {
+    async fn recv(&mut self) -> Option<Result<Delivery>> {
+        let mut permit = self.window.clone().acquire_owned().await.ok()?;
+        loop {
+            let notified = self.queue.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.bus.is_closed() {
+                return None;
+            }
+            match self.take(permit) {
+                Ok(d) => return Some(Ok(d)),
+                Err(p) => permit = p,
+            }
+            notified.await;
+        }
+    }
+
+    fn try_recv(&mut self) -> Option<Delivery> {
+        let permit = self.window.clone().try_acquire_owned().ok()?;
+        if self.bus.is_closed() {
+            return None;
+        }
+        self.take(permit).ok()
+    }
+}
+
+struct MemorySettle {
+    bus: MemoryBus,
+    queue: Arc<Queue>,
+    msg: Option<Message>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl MemorySettle {
+    fn requeue(&mut self) {
+        if let Some(mut msg) = self.msg.take() {
+            msg.redelivered = true;
+            self.queue.ready.lock().unwrap().push_front(msg);
+            self.queue.notify.notify_one();
+        }
+    }
+}
+
+impl Drop for MemorySettle {
+    fn drop(&mut self) {
+        self.requeue();
+    }
+}
+
+#[async_trait]
+impl Settle for MemorySettle {
+    async fn ack(mut self: Box<Self>) -> Result<()> {
+        self.msg = None;
+        Ok(())
+    }
+
+    async fn nack(mut self: Box<Self>) -> Result<()> {
+        self.requeue();
+        Ok(())
+    }
+
+    async fn dead_letter(mut self: Box<Self>, reason: &str) -> Result<()> {
+        if let Some(msg) = self.msg.take() {
+            self.bus.inner.dead.lock().unwrap().push(DeadLetter {
+                group: self.queue.group.clone(),
+                event: msg.event,
+                reason: reason.to_string(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use ferry_event::{AttributesReader, EventBuilder, kind};
+
+    use super::*;
+
+    fn ev(n: u32) -> Event {
+        EventBuilder::new("test").job(
+            kind::JOB_CANCEL,
+            &format!("job-{n}"),
+            &serde_json::json!({"n": n}),
+        )
+    }
+
+    fn n_of(d: &Delivery) -> u64 {
+        let v: serde_json::Value = ferry_event::decode(&d.event).unwrap();
+        v["n"].as_u64().unwrap()
+    }
+
+    #[tokio::test]
+    async fn each_group_gets_every_event_and_members_share_them() {
+        let bus = MemoryBus::new();
+        let mut a1 = bus
+            .subscribe(Subscribe::new("a", [Topic::Control]))
+            .await
+            .unwrap();
+        let mut a2 = bus
+            .subscribe(Subscribe::new("a", [Topic::Control]))
+            .await
+            .unwrap();
+        let mut b = bus
+            .subscribe(Subscribe::new("b", [Topic::Control]))
+            .await
+            .unwrap();
+        bus.publish(&[ev(1), ev(2)]).await.unwrap();
+        let x = a1.next().await.unwrap().unwrap();
+        let y = a2.next().await.unwrap().unwrap();
+        let mut got = [n_of(&x), n_of(&y)];
+        got.sort();
+        assert_eq!(got, [1, 2]);
+        let first = b.next().await.unwrap().unwrap();
+        assert_eq!(n_of(&first), 1);
+        first.ack().await.unwrap();
+        assert_eq!(n_of(&b.next().await.unwrap().unwrap()), 2);
+    }
+
+    #[tokio::test]
+    async fn unacked_deliveries_come_back_in_order_and_marked() {
+        let bus = MemoryBus::new();
+        let mut s = bus
+            .subscribe(Subscribe::new("g", [Topic::Control]))
+            .await
+            .unwrap();
+        bus.publish(&[ev(1), ev(2), ev(3)]).await.unwrap();
+        let d1 = s.next().await.unwrap().unwrap();
+        let d2 = s.next().await.unwrap().unwrap();
+        d1.ack().await.unwrap();
+        drop(d2); // the consumer crashed while processing it
+        let again = s.next().await.unwrap().unwrap();
+        assert_eq!(n_of(&again), 2);
+        assert!(again.redelivered);
+        again.nack().await.unwrap();
+        let again = s.next().await.unwrap().unwrap();
+        assert_eq!(n_of(&again), 2);
+        again.ack().await.unwrap();
+        assert_eq!(n_of(&s.next().await.unwrap().unwrap()), 3);
+    }
+
+    #[tokio::test]
+    async fn a_dropped_subscription_hands_its_deliveries_to_the_next_member() {
+        let bus = MemoryBus::new();
+        let mut s = bus
+            .subscribe(Subscribe::new("g", [Topic::Control]))
+            .await
+            .unwrap();
+        bus.publish(&[ev(1)]).await.unwrap();
+        let d = s.next().await.unwrap().unwrap();
+        drop(s);
+        drop(d);
+        let mut s2 = bus
+            .subscribe(Subscribe::new("g", [Topic::Control]))
+            .await
+            .unwrap();
+        assert_eq!(n_of(&s2.next().await.unwrap().unwrap()), 1);
+    }
+
+    #[tokio::test]
+    async fn prefetch_bounds_unacked_deliveries() {
+        let bus = MemoryBus::new();
+        let mut s = bus
+            .subscribe(Subscribe::new("g", [Topic::Control]).prefetch(2))
+            .await
+            .unwrap();
+        bus.publish(&[ev(1), ev(2), ev(3)]).await.unwrap();
+        let d1 = s.next().await.unwrap().unwrap();
+        let _d2 = s.next().await.unwrap().unwrap();
+        assert!(s.try_next().is_none());
+        let blocked = tokio::time::timeout(Duration::from_millis(50), s.next()).await;
+        assert!(blocked.is_err(), "a third delivery exceeded the prefetch window");
+        d1.ack().await.unwrap();
+        assert_eq!(n_of(&s.next().await.unwrap().unwrap()), 3);
+    }
+
+    #[tokio::test]
+    async fn batches_take_what_is_available() {
+        let bus = MemoryBus::new();
+        let mut s = bus
+            .subscribe(Subscribe::new("g", [Topic::Control]))
+            .await
+            .unwrap();
+        bus.publish(&(0..10).map(ev).collect::<Vec<_>>()).await.unwrap();
+        let batch = s.next_batch(4).await.unwrap().unwrap();
+        assert_eq!(batch.iter().map(n_of).collect::<Vec<_>>(), [0, 1, 2, 3]);
+    }
+
+    #[tokio::test]
+    async fn dead_letters_keep_the_event_and_reason() {
+        let bus = MemoryBus::new();
+        let mut s = bus
+            .subscribe(Subscribe::new("g", [Topic::Control]))
+            .await
+            .unwrap();
+        bus.publish(&[ev(7)]).await.unwrap();
+        let d = s.next().await.unwrap().unwrap();
+        let id = d.event.id().to_string();
+        d.dead_letter("payload is not a job").await.unwrap();
+        let dead = bus.dead_letters();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].event.id(), id);
+        assert_eq!(dead[0].reason, "payload is not a job");
+        assert_eq!(bus.depth("g"), 0);
+    }
+
+    #[tokio::test]
+    async fn routing_keeps_topics_apart_and_close_ends_consumers() {
+        let bus = MemoryBus::new();
+        let mut logs = bus
+            .subscribe(Subscribe::new("logs", [Topic::Logs]))
+            .await
+            .unwrap();
+        bus.publish(&[ev(1)]).await.unwrap(); // control traffic
+        assert!(logs.try_next().is_none());
+        bus.close();
+        assert!(logs.next().await.is_none());
+        assert!(matches!(bus.publish(&[ev(2)]).await, Err(Error::Closed)));
+    }
+
+    impl Subscription {
+        fn try_recv_for_test(&mut self) -> Option<Delivery> {
+            self.inner.try_recv()
+        }
+    }
+}

@@ -1,0 +1,648 @@
+//! The `data` of every ferry event, and the types they share with the flow format.
+//!
+//! Field names are camelCase on the wire. Each payload derives a JSON Schema; `schemas/` at the
+//! repository root holds the generated files and a test keeps them in step with these types.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::{Map, Value};
+
+use crate::template::Template;
+
+// ----------------------------------------------------------------------------------------------
+// Shared with the flow format
+// ----------------------------------------------------------------------------------------------
+
+/// Where a task runs. In a flow, `runner: local` is short for `runner: { type: local }`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum Runner {
+    /// A process on the launcher's machine.
+    Local(LocalRunner),
+    /// A container on a Docker engine.
+    Docker(ImageRunner),
+    /// A Kubernetes Job.
+    Kubernetes(KubernetesRunner),
+    /// An AWS Batch job.
+    AwsBatch(AwsBatchRunner),
+    /// A Google Batch job.
+    GoogleBatch(GoogleBatchRunner),
+    /// A long-running `ferry agent` in a named cluster.
+    Agent(AgentRunner),
+}
+
+/// Every runner type, as written in a flow.
+pub const RUNNER_TYPES: &[&str] = &[
+    "local",
+    "docker",
+    "kubernetes",
+    "aws-batch",
+    "google-batch",
+    "agent",
+];
+
+impl Runner {
+    /// The backend name: the runner's `type`, which also names the dispatch topic.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Runner::Local(_) => "local",
+            Runner::Docker(_) => "docker",
+            Runner::Kubernetes(_) => "kubernetes",
+            Runner::AwsBatch(_) => "aws-batch",
+            Runner::GoogleBatch(_) => "google-batch",
+            Runner::Agent(_) => "agent",
+        }
+    }
+}
+
+impl Default for Runner {
+    fn default() -> Self {
+        Runner::Local(LocalRunner {})
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LocalRunner {}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ImageRunner {
+    /// The container image.
+    pub image: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KubernetesRunner {
+    pub image: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AwsBatchRunner {
+    pub image: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_queue: Option<String>,
+    /// S3 bucket for staged inputs and collected outputs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bucket: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GoogleBatchRunner {
+    pub image: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bucket: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AgentRunner {
+    /// The cluster whose agents pull this task.
+    pub cluster: String,
+}
+
+/// Compute a task asks for. Backends that cannot honour a request reject the task.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Resources {
+    /// CPUs, fractions allowed (`0.5`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<f64>,
+    /// Memory as a Kubernetes-style quantity: `512Mi`, `2Gi`, `1G`, or bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<u32>,
+}
+
+/// How the delay between attempts grows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Backoff {
+    #[default]
+    Constant,
+    Exponential,
+}
+
+/// Retries of a task, resolved: durations in milliseconds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included (1 = no retry).
+    pub attempts: u32,
+    pub backoff: Backoff,
+    /// Delay before the second attempt.
+    pub initial_ms: u64,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 1,
+            backoff: Backoff::Constant,
+            initial_ms: 1000,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The delay before attempt `next` (2 for the first retry). Capped at one hour.
+    pub fn delay_ms(&self, next: u32) -> u64 {
+        let retries = next.saturating_sub(2);
+        let d = match self.backoff {
+            Backoff::Constant => self.initial_ms,
+            Backoff::Exponential => self.initial_ms.saturating_mul(1u64 << retries.min(30)),
+        };
+        d.min(3_600_000)
+    }
+}
+
+// ----------------------------------------------------------------------------------------------
+// Intake and planning
+// ----------------------------------------------------------------------------------------------
+
+/// The flow a submission runs: its source text (YAML or JSON), or the flow as a JSON object.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum FlowSource {
+    Text(String),
+    Object(Map<String, Value>),
+}
+
+/// `dev.ferry.job.submitted`: run a flow with these inputs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JobSubmitted {
+    /// The job's id. When absent the event's own id is used, so a redelivered submission is
+    /// still one job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
+    pub flow: FlowSource,
+    /// A name for the flow's source in error messages (usually its file name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flow_name: Option<String>,
+    #[serde(default)]
+    pub inputs: Map<String, Value>,
+}
+
+/// A task of a planned job: inputs and defaults applied, templates parsed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PlannedTask {
+    pub id: String,
+    pub runner: Runner,
+    pub command: Vec<Template>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub input_files: BTreeMap<String, Template>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub output_files: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, Template>,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub resources: Resources,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub retry: RetryPolicy,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub priority: i32,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
+
+/// `dev.ferry.job.planned`: a validated job, ready for the scheduler.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JobPlanned {
+    pub job_id: String,
+    pub flow_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Most tasks of this job running at once; absent means no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u32>,
+    #[serde(default)]
+    pub inputs: Map<String, Value>,
+    pub tasks: Vec<PlannedTask>,
+}
+
+/// One problem found in a flow or a submission.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Problem {
+    /// `file:line:column`, when the problem has a place in the source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+    /// The field, as a path: `tasks[2].dependsOn`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(l) = &self.location {
+            write!(f, "{l}: ")?;
+        }
+        if let Some(field) = &self.field {
+            write!(f, "{field}: ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// `dev.ferry.job.rejected`: a submission that cannot become a job, with every reason.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JobRejected {
+    pub job_id: String,
+    pub problems: Vec<Problem>,
+}
+
+// ----------------------------------------------------------------------------------------------
+// Commands
+// ----------------------------------------------------------------------------------------------
+
+/// `dev.ferry.job.cancel`: stop a job; running attempts are cancelled, pending tasks never start.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JobCancel {
+    pub job_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// `dev.ferry.job.retry`: re-queue a finished job's failed and cancelled tasks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JobRetry {
+    pub job_id: String,
+}
+
+// ----------------------------------------------------------------------------------------------
+// Dispatch and attempt reports
+// ----------------------------------------------------------------------------------------------
+
+/// `dev.ferry.task.dispatched`: run one attempt of a task. Upstream outputs are filled in;
+/// `{{ workingDir }}` and secrets are left for the launcher.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskDispatched {
+    pub job_id: String,
+    pub task_id: String,
+    pub attempt_id: String,
+    /// 1 for the first attempt.
+    pub attempt: u32,
+    pub runner: Runner,
+    pub command: Vec<Template>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, Template>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub input_files: BTreeMap<String, Template>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub output_files: Vec<String>,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub resources: Resources,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// The attempt's lease: the launcher sends `task.heartbeat` well within it.
+    pub lease_ms: u64,
+    /// When the task became ready (ms since the epoch), for dispatch latency.
+    pub ready_at_ms: i64,
+}
+
+/// `dev.ferry.task.cancel`: end an attempt's compute.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskCancel {
+    pub job_id: String,
+    pub task_id: String,
+    pub attempt_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// `dev.ferry.task.started`: the attempt's compute is running.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskStarted {
+    pub job_id: String,
+    pub task_id: String,
+    pub attempt_id: String,
+    pub attempt: u32,
+    pub started_at_ms: i64,
+    /// Copied from the dispatch, so that observers can measure dispatch latency.
+    pub ready_at_ms: i64,
+    /// The launcher instance that runs the attempt.
+    pub launcher: String,
+}
+
+/// `dev.ferry.task.heartbeat`: the attempt is alive; renews its lease.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskHeartbeat {
+    pub job_id: String,
+    pub task_id: String,
+    pub attempt_id: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// One line a task printed, without its line terminator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LogLine {
+    pub stream: Stream,
+    pub time_ms: i64,
+    pub text: String,
+}
+
+/// `dev.ferry.task.log`: consecutive lines of one attempt; `seq` numbers the first, from 0.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskLog {
+    pub job_id: String,
+    pub task_id: String,
+    pub attempt_id: String,
+    pub seq: u64,
+    pub lines: Vec<LogLine>,
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Outcome {
+    Succeeded,
+    Failed,
+    TimedOut,
+    Cancelled,
+    /// The compute was lost (launcher restarted, node gone): not the task's fault.
+    Lost,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Succeeded => "succeeded",
+            Outcome::Failed => "failed",
+            Outcome::TimedOut => "timedOut",
+            Outcome::Cancelled => "cancelled",
+            Outcome::Lost => "lost",
+        }
+    }
+}
+
+/// A file an attempt produced, copied to the artifact store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OutputFile {
+    /// Path relative to the working directory.
+    pub path: String,
+    /// Where it is stored now (`file:///…`, `s3://…`).
+    pub uri: String,
+    pub size: u64,
+}
+
+/// `dev.ferry.task.finished`: an attempt ended and its compute was released.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskFinished {
+    pub job_id: String,
+    pub task_id: String,
+    pub attempt_id: String,
+    pub attempt: u32,
+    pub outcome: Outcome,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub outputs: Map<String, Value>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub output_files: Vec<OutputFile>,
+    /// Lines the attempt logged in all: the log store holds seq 0..logLines once complete.
+    pub log_lines: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at_ms: Option<i64>,
+    pub finished_at_ms: i64,
+}
+
+// ----------------------------------------------------------------------------------------------
+// Lifecycle (public)
+// ----------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum JobStatus {
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl JobStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Running => "running",
+            JobStatus::Succeeded => "succeeded",
+            JobStatus::Failed => "failed",
+            JobStatus::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "running" => JobStatus::Running,
+            "succeeded" => JobStatus::Succeeded,
+            "failed" => JobStatus::Failed,
+            "cancelled" => JobStatus::Cancelled,
+            _ => return None,
+        })
+    }
+
+    pub fn is_terminal(self) -> bool {
+        self != JobStatus::Running
+    }
+}
+
+/// `dev.ferry.job.started|succeeded|failed|cancelled`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JobState {
+    pub job_id: String,
+    pub flow_id: String,
+    pub state: JobStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub tasks: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskStatus {
+    /// Waiting for dependencies or for room under the job's concurrency.
+    Pending,
+    /// An attempt was sent to a launcher.
+    Dispatched,
+    /// The attempt's compute runs.
+    Running,
+    /// The last attempt failed; another is due at `retryAtMs`.
+    Retrying,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl TaskStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskStatus::Pending => "pending",
+            TaskStatus::Dispatched => "dispatched",
+            TaskStatus::Running => "running",
+            TaskStatus::Retrying => "retrying",
+            TaskStatus::Succeeded => "succeeded",
+            TaskStatus::Failed => "failed",
+            TaskStatus::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pending" => TaskStatus::Pending,
+            "dispatched" => TaskStatus::Dispatched,
+            "running" => TaskStatus::Running,
+            "retrying" => TaskStatus::Retrying,
+            "succeeded" => TaskStatus::Succeeded,
+            "failed" => TaskStatus::Failed,
+            "cancelled" => TaskStatus::Cancelled,
+            _ => return None,
+        })
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            TaskStatus::Succeeded | TaskStatus::Failed | TaskStatus::Cancelled
+        )
+    }
+}
+
+/// `dev.ferry.task.retrying|succeeded|failed|cancelled`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskState {
+    pub job_id: String,
+    pub task_id: String,
+    pub state: TaskStatus,
+    /// Attempts made so far.
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub outputs: Map<String, Value>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub output_files: Vec<OutputFile>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_at_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at_ms: Option<i64>,
+}
+
+/// Accepts `null` as the type's default (YAML writes empty maps as `~` often enough).
+pub fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
+/// The JSON Schema of each event payload, by the schema file's stem (`task.dispatched`).
+pub fn schemas() -> Vec<(&'static str, schemars::Schema)> {
+    use schemars::schema_for;
+    vec![
+        ("job.submitted", schema_for!(JobSubmitted)),
+        ("job.planned", schema_for!(JobPlanned)),
+        ("job.rejected", schema_for!(JobRejected)),
+        ("job.cancel", schema_for!(JobCancel)),
+        ("job.retry", schema_for!(JobRetry)),
+        ("job.state", schema_for!(JobState)),
+        ("task.dispatched", schema_for!(TaskDispatched)),
+        ("task.cancel", schema_for!(TaskCancel)),
+        ("task.started", schema_for!(TaskStarted)),
+        ("task.heartbeat", schema_for!(TaskHeartbeat)),
+        ("task.log", schema_for!(TaskLog)),
+        ("task.finished", schema_for!(TaskFinished)),
+        ("task.state", schema_for!(TaskState)),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runner_is_tagged_by_type() {
+        let r: Runner = serde_json::from_str(r#"{"type":"aws-batch","image":"x","jobQueue":"q"}"#).unwrap();
+        assert_eq!(r.backend(), "aws-batch");
+        let err = serde_json::from_str::<Runner>(r#"{"type":"docker","imag":"x"}"#).unwrap_err();
+        assert!(err.to_string().contains("imag"), "{err}");
+    }
+
+    #[test]
+    fn exponential_backoff_doubles_and_is_capped() {
+        let p = RetryPolicy {
+            attempts: 5,
+            backoff: Backoff::Exponential,
+            initial_ms: 100,
+        };
+        assert_eq!(p.delay_ms(2), 100);
+        assert_eq!(p.delay_ms(3), 200);
+        assert_eq!(p.delay_ms(4), 400);
+        let c = RetryPolicy {
+            backoff: Backoff::Constant,
+            ..p.clone()
+        };
+        assert_eq!(c.delay_ms(4), 100);
+        let huge = RetryPolicy {
+            initial_ms: u64::MAX / 2,
+            ..p
+        };
+        assert_eq!(huge.delay_ms(40), 3_600_000);
+    }
+
+    #[test]
+    fn every_event_type_has_a_schema() {
+        let names: Vec<_> = schemas().into_iter().map(|(n, _)| n).collect();
+        for (_, schema) in crate::kind::ALL {
+            assert!(names.contains(schema), "{schema} has no schema");
+        }
+    }
+}

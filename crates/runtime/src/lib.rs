@@ -1,0 +1,24 @@
+//! What every ferry service shares at run time.
+//!
+//! - [`telemetry`]: `tracing` set-up (human or JSON lines on stderr, filtered by `FERRY_LOG`);
+//! - [`shutdown`]: a root [`CancellationToken`] cancelled by SIGINT/SIGTERM, with a second signal
+//!   exiting at once;
+//! - [`metrics`]: metric names, in one place;
+//! - [`instance_source`]: the CloudEvents `source` naming one service instance.
+
+pub mod metrics;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use tokio_util::sync::CancellationToken;
+pub use tokio_util::task::TaskTracker;
+
+/// The CloudEvents `source` of one service instance: `ferry/<service>/<host>/<pid>`.
+pub fn instance_source(service: &str) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_string());
+    format!("ferry/{service}/{host}/{}", std::process::id())
+}
