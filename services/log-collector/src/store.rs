@@ -1,0 +1,680 @@
+//! The log store: one row per line in SQL.
+//!
+//! Rows are unique on `(attempt_id, seq)` and inserted with `ON CONFLICT DO NOTHING`, so storing
+//! a batch again stores nothing new. Each row gets an increasing id in commit order: that id is
+//! the arrival position a [`Cursor`] carries. SQLite serialises writers, so a row committed later
+//! always has a larger id than every row a reader has already seen; [`LogStore::follow`] relies
+//! on that to never skip a line. (A PostgreSQL backend must keep that property, e.g. by taking a
+//! lock around appends, because sequence values there can commit out of order.)
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_event::payload::{LogLine, Stream, TaskLog};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
+use tokio::sync::watch;
+
+use crate::error::{Error, Result};
+
+/// How often [`LogStore::follow`] looks for lines written by another process (lines appended
+/// through the same [`LogStore`] wake it at once).
+pub const DEFAULT_FOLLOW_POLL: Duration = Duration::from_secs(1);
+
+/// Rows read per query while following.
+const FOLLOW_PAGE: usize = 512;
+
+/// Rows per `INSERT` statement: 7 parameters each stays well under SQLite's and PostgreSQL's
+/// parameter limits.
+const INSERT_CHUNK: usize = 1000;
+
+/// How long a statement waits for another writer before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+struct Migration {
+    version: i64,
+    description: &'static str,
+    statements: &'static [&'static str],
+}
+
+/// The schema, in order. Statements are idempotent so that a half-applied database (or two
+/// processes opening a new file at once) converges.
+const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    description: "log lines",
+    statements: &[
+        "CREATE TABLE IF NOT EXISTS log_lines (
+            id         INTEGER PRIMARY KEY AUTOINCREMENT,
+            job_id     TEXT    NOT NULL,
+            task_id    TEXT    NOT NULL,
+            attempt_id TEXT    NOT NULL,
+            seq        BIGINT  NOT NULL,
+            stream     TEXT    NOT NULL,
+            time_ms    BIGINT  NOT NULL,
+            text       TEXT    NOT NULL,
+            UNIQUE (attempt_id, seq)
+        )",
+        "CREATE INDEX IF NOT EXISTS log_lines_job ON log_lines (job_id, id)",
+        "CREATE INDEX IF NOT EXISTS log_lines_task ON log_lines (job_id, task_id, id)",
+    ],
+}];
+
+/// A position in the log store, returned with every [`LogRecord`].
+///
+/// It holds the line's arrival position and its `seq`; a query resumes after it in the query's
+/// own order (by `seq` within an attempt, by arrival otherwise). Its text form (`ID.SEQ`, from
+/// `Display`, read back by `FromStr`) is what an API hands to clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Cursor {
+    id: i64,
+    seq: u64,
+}
+
+impl Cursor {
+    /// The line's arrival position: larger for lines stored later.
+    pub fn id(&self) -> i64 {
+        self.id
+    }
+
+    /// The line's number within its attempt.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+}
+
+impl fmt::Display for Cursor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.id, self.seq)
+    }
+}
+
+impl FromStr for Cursor {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let invalid = || Error::InvalidCursor(s.to_string());
+        let (id, seq) = s.split_once('.').ok_or_else(invalid)?;
+        Ok(Cursor {
+            id: id.parse().map_err(|_| invalid())?,
+            seq: seq.parse().map_err(|_| invalid())?,
+        })
+    }
+}
+
+/// Which lines to read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogQuery {
+    pub job_id: String,
+    /// Only this task's lines.
+    pub task_id: Option<String>,
+    /// Only this attempt's lines, in `seq` order.
+    pub attempt_id: Option<String>,
+    /// Only lines after this one, in the query's order.
+    pub after: Option<Cursor>,
+    /// At most this many lines (for [`LogStore::follow`]: end the stream after this many).
+    pub limit: Option<usize>,
+}
+
+impl LogQuery {
+    /// Every line of a job.
+    pub fn job(job_id: impl Into<String>) -> Self {
+        LogQuery {
+            job_id: job_id.into(),
+            ..LogQuery::default()
+        }
+    }
+
+    pub fn task(mut self, task_id: impl Into<String>) -> Self {
+        self.task_id = Some(task_id.into());
+        self
+    }
+
+    pub fn attempt(mut self, attempt_id: impl Into<String>) -> Self {
+        self.attempt_id = Some(attempt_id.into());
+        self
+    }
+
+    pub fn after(mut self, cursor: Cursor) -> Self {
+        self.after = Some(cursor);
+        self
+    }
+
+    pub fn limit(mut self, n: usize) -> Self {
+        self.limit = Some(n);
+        self
+    }
+
+    fn order(&self) -> Order {
+        if self.attempt_id.is_some() {
+            Order::Seq
+        } else {
+            Order::Arrival
+        }
+    }
+}
+
+/// One stored line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogRecord {
+    pub cursor: Cursor,
+    pub job_id: String,
+    pub task_id: String,
+    pub attempt_id: String,
+    pub seq: u64,
+    pub stream: Stream,
+    pub time_ms: i64,
+    pub text: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Order {
+    Seq,
+    Arrival,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum After {
+    Id(i64),
+    Seq(i64),
+}
+
+/// The durable log store. Cloning shares the connection pool and the append notifications.
+#[derive(Clone)]
+pub struct LogStore {
+    pool: SqlitePool,
+    /// Bumped after every commit that stored lines; wakes followers.
+    appended: Arc<watch::Sender<u64>>,
+    follow_poll: Duration,
+}
+
+impl fmt::Debug for LogStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LogStore")
+            .field("follow_poll", &self.follow_poll)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LogStore {
+    /// Opens the store at `url` (`sqlite:///path/to/logs.db`, `sqlite://relative.db`,
+    /// `sqlite::memory:`), creating the file, its directory and the schema as needed. Opening an
+    /// existing store applies only the migrations it lacks.
+    pub async fn open(url: &str) -> Result<Self> {
+        if !url.starts_with("sqlite:") {
+            return Err(Error::UnsupportedUrl { url: url.to_string() });
+        }
+        let open_err = |source| Error::Open {
+            url: url.to_string(),
+            source,
+        };
+        let memory = url.contains(":memory:") || url.contains("mode=memory");
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(open_err)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // Deliveries are acked after commit: a commit must survive a power cut, too.
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(BUSY_TIMEOUT);
+        let pool = if memory {
+            // The database lives as long as one connection does: keep exactly one, forever.
+            SqlitePoolOptions::new()
+                .max_connections(1)
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None)
+        } else {
+            if let Some(dir) = options
+                .get_filename()
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+            {
+                create_dir(dir).map_err(|e| open_err(sqlx::Error::Io(e)))?;
+            }
+            SqlitePoolOptions::new().max_connections(4)
+        };
+        let pool = pool.connect_with(options).await.map_err(open_err)?;
+        migrate(&pool).await?;
+        let (appended, _) = watch::channel(0);
+        Ok(LogStore {
+            pool,
+            appended: Arc::new(appended),
+            follow_poll: DEFAULT_FOLLOW_POLL,
+        })
+    }
+
+    /// Sets how often followers look for lines written by other processes.
+    pub fn with_follow_poll(mut self, every: Duration) -> Self {
+        self.follow_poll = every;
+        self
+    }
+
+    /// Stores the lines of `batches` in one transaction and returns how many were not stored
+    /// before. Lines already stored (same attempt and seq) are left as they are, so storing a
+    /// batch twice, or batches that overlap, stores each line once. Within the transaction each
+    /// attempt's lines are written in `seq` order, whatever order the batches came in.
+    ///
+    /// Fails without storing anything if any batch is invalid (see [`validate`]).
+    pub async fn append(&self, batches: &[TaskLog]) -> Result<u64> {
+        for b in batches {
+            validate(b)?;
+        }
+        let rows = ordered_rows(batches);
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let mut tx = self.pool.begin().await?;
+        let mut stored = 0;
+        for chunk in rows.chunks(INSERT_CHUNK) {
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO log_lines (job_id, task_id, attempt_id, seq, stream, time_ms, text) ",
+            );
+            qb.push_values(chunk, |mut b, r| {
+                b.push_bind(r.log.job_id.as_str())
+                    .push_bind(r.log.task_id.as_str())
+                    .push_bind(r.log.attempt_id.as_str())
+                    .push_bind(r.seq)
+                    .push_bind(stream_name(r.line.stream))
+                    .push_bind(r.line.time_ms)
+                    .push_bind(r.line.text.as_str());
+            });
+            qb.push(" ON CONFLICT (attempt_id, seq) DO NOTHING");
+            stored += qb.build().execute(&mut *tx).await?.rows_affected();
+        }
+        tx.commit().await?;
+        if stored > 0 {
+            self.appended.send_modify(|n| *n = n.wrapping_add(stored));
+        }
+        Ok(stored)
+    }
+
+    /// The lines `q` selects: an attempt's by `seq`, a task's or a job's in arrival order.
+    pub async fn query(&self, q: &LogQuery) -> Result<Vec<LogRecord>> {
+        let order = q.order();
+        let after = q.after.map(|c| match order {
+            Order::Seq => After::Seq(seq_bound(c.seq)),
+            Order::Arrival => After::Id(c.id),
+        });
+        self.select(q, after, None, order, q.limit).await
+    }
+
+    /// Like `tail -f`: the lines `q` selects that are stored now (in the order
+    /// [`LogStore::query`] gives), then each line stored later, in arrival order, until the
+    /// consumer drops the stream (or `q.limit` lines were yielded). No line is yielded twice and
+    /// none is skipped. Appends through this store (or a clone) wake it at once; lines written by
+    /// another process are found by polling (see [`LogStore::with_follow_poll`]).
+    ///
+    /// A database error is yielded once and ends the stream; resume with `after` set to the last
+    /// record's cursor.
+    pub fn follow(
+        &self,
+        q: LogQuery,
+    ) -> impl futures::Stream<Item = Result<LogRecord>> + Send + 'static + use<> {
+        let follower = Follower {
+            store: self.clone(),
+            changes: self.appended.subscribe(),
+            remaining: q.limit,
+            phase: Phase::Start,
+            buf: VecDeque::new(),
+            done: false,
+            q,
+        };
+        futures::stream::unfold(follower, |mut f| async move {
+            let item = f.next().await?;
+            Some((item, f))
+        })
+    }
+
+    /// How many lines of an attempt are stored. Once it equals the `logLines` of the attempt's
+    /// `task.finished`, its log is complete.
+    pub async fn lines_stored(&self, attempt_id: &str) -> Result<u64> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM log_lines WHERE attempt_id = $1")
+            .bind(attempt_id)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    /// Closes the connections; clones stop working.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn select(
+        &self,
+        q: &LogQuery,
+        after: Option<After>,
+        up_to_id: Option<i64>,
+        order: Order,
+        limit: Option<usize>,
+    ) -> Result<Vec<LogRecord>> {
+        let mut qb = QueryBuilder::<Sqlite>::new(
+            "SELECT id, job_id, task_id, attempt_id, seq, stream, time_ms, text \
+             FROM log_lines WHERE job_id = ",
+        );
+        qb.push_bind(q.job_id.as_str());
+        if let Some(t) = &q.task_id {
+            qb.push(" AND task_id = ").push_bind(t.as_str());
+        }
+        if let Some(a) = &q.attempt_id {
+            qb.push(" AND attempt_id = ").push_bind(a.as_str());
+        }
+        match after {
+            Some(After::Id(id)) => {
+                qb.push(" AND id > ").push_bind(id);
+            }
+            Some(After::Seq(seq)) => {
+                qb.push(" AND seq > ").push_bind(seq);
+            }
+            None => {}
+        }
+        if let Some(id) = up_to_id {
+            qb.push(" AND id <= ").push_bind(id);
+        }
+        qb.push(match order {
+            Order::Seq => " ORDER BY seq",
+            Order::Arrival => " ORDER BY id",
+        });
+        if let Some(n) = limit {
+            qb.push(" LIMIT ").push_bind(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        let rows = qb.build().fetch_all(&self.pool).await?;
+        rows.iter().map(record).collect()
+    }
+
+    /// The largest arrival position stored so far (0 when empty).
+    async fn high_water(&self) -> Result<i64> {
+        let id: Option<i64> = sqlx::query_scalar("SELECT MAX(id) FROM log_lines")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(id.unwrap_or(0))
+    }
+}
+
+/// Checks that a `task.log` payload can be stored: ids present, seq numbers in range.
+pub fn validate(log: &TaskLog) -> Result<()> {
+    let invalid = |reason: String| Error::InvalidBatch {
+        job_id: log.job_id.clone(),
+        attempt_id: log.attempt_id.clone(),
+        seq: log.seq,
+        reason,
+    };
+    for (field, value) in [
+        ("jobId", &log.job_id),
+        ("taskId", &log.task_id),
+        ("attemptId", &log.attempt_id),
+    ] {
+        if value.trim().is_empty() {
+            return Err(invalid(format!("{field} is empty")));
+        }
+    }
+    let count = log.lines.len() as u64;
+    let fits = log
+        .seq
+        .checked_add(count)
+        .is_some_and(|end| end <= i64::MAX as u64);
+    if !fits {
+        return Err(invalid(format!(
+            "seq {} plus {count} lines goes past the largest storable seq {}",
+            log.seq,
+            i64::MAX
+        )));
+    }
+    Ok(())
+}
+
+fn create_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)
+}
+
+async fn migrate(pool: &SqlitePool) -> Result<()> {
+    let known = MIGRATIONS.last().map(|m| m.version).unwrap_or(0);
+    let bookkeeping = |source| Error::Migrate {
+        version: 0,
+        description: "migration bookkeeping",
+        source,
+    };
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS log_store_migrations (
+            version       BIGINT PRIMARY KEY,
+            description   TEXT   NOT NULL,
+            applied_at_ms BIGINT NOT NULL
+        )",
+    )
+    .execute(pool)
+    .await
+    .map_err(bookkeeping)?;
+    // IMMEDIATE takes the write lock up front, so two processes opening a new store migrate
+    // one after the other instead of failing on a lock upgrade.
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(bookkeeping)?;
+    let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM log_store_migrations")
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(bookkeeping)?;
+    if let Some(&found) = applied.iter().max().filter(|v| **v > known) {
+        return Err(Error::SchemaTooNew { found, known });
+    }
+    for m in MIGRATIONS.iter().filter(|m| !applied.contains(&m.version)) {
+        let failed = |source| Error::Migrate {
+            version: m.version,
+            description: m.description,
+            source,
+        };
+        for statement in m.statements {
+            sqlx::query(statement).execute(&mut *tx).await.map_err(failed)?;
+        }
+        sqlx::query(
+            "INSERT INTO log_store_migrations (version, description, applied_at_ms) \
+             VALUES ($1, $2, $3) ON CONFLICT (version) DO NOTHING",
+        )
+        .bind(m.version)
+        .bind(m.description)
+        .bind(ferry_event::now_ms())
+        .execute(&mut *tx)
+        .await
+        .map_err(failed)?;
+        tracing::info!(
+            version = m.version,
+            description = m.description,
+            "log store schema migrated"
+        );
+    }
+    tx.commit().await.map_err(bookkeeping)?;
+    Ok(())
+}
+
+struct InsertRow<'a> {
+    log: &'a TaskLog,
+    attempt: usize,
+    seq: i64,
+    line: &'a LogLine,
+}
+
+/// The lines of validated batches, grouped by attempt (in order of first appearance), by `seq`
+/// within an attempt, without repeats (the first copy of a line wins).
+fn ordered_rows(batches: &[TaskLog]) -> Vec<InsertRow<'_>> {
+    let mut attempts: HashMap<&str, usize> = HashMap::new();
+    let mut rows = Vec::with_capacity(batches.iter().map(|b| b.lines.len()).sum());
+    for log in batches {
+        let next = attempts.len();
+        let attempt = *attempts.entry(log.attempt_id.as_str()).or_insert(next);
+        for (i, line) in log.lines.iter().enumerate() {
+            rows.push(InsertRow {
+                log,
+                attempt,
+                // In range: validate() checked seq + lines.len() <= i64::MAX.
+                seq: seq_bound(log.seq.saturating_add(i as u64)),
+                line,
+            });
+        }
+    }
+    rows.sort_by_key(|r| (r.attempt, r.seq));
+    rows.dedup_by_key(|r| (r.attempt, r.seq));
+    rows
+}
+
+fn seq_bound(seq: u64) -> i64 {
+    i64::try_from(seq).unwrap_or(i64::MAX)
+}
+
+fn stream_name(s: Stream) -> &'static str {
+    match s {
+        Stream::Stdout => "stdout",
+        Stream::Stderr => "stderr",
+    }
+}
+
+fn record(row: &SqliteRow) -> Result<LogRecord> {
+    let id: i64 = row.try_get("id")?;
+    let corrupt = |reason: String| Error::Corrupt { id, reason };
+    let seq: i64 = row.try_get("seq")?;
+    let seq = u64::try_from(seq).map_err(|_| corrupt(format!("negative seq {seq}")))?;
+    let stream = match row.try_get::<&str, _>("stream")? {
+        "stdout" => Stream::Stdout,
+        "stderr" => Stream::Stderr,
+        other => return Err(corrupt(format!("unknown stream {other:?}"))),
+    };
+    Ok(LogRecord {
+        cursor: Cursor { id, seq },
+        job_id: row.try_get("job_id")?,
+        task_id: row.try_get("task_id")?,
+        attempt_id: row.try_get("attempt_id")?,
+        seq,
+        stream,
+        time_ms: row.try_get("time_ms")?,
+        text: row.try_get("text")?,
+    })
+}
+
+enum Phase {
+    Start,
+    /// Reading what an attempt had stored when following began (rows up to `high`), by seq.
+    Snapshot {
+        high: i64,
+        after_seq: Option<i64>,
+    },
+    /// Reading rows stored after `after_id`, in arrival order.
+    Tail {
+        after_id: i64,
+    },
+}
+
+struct Follower {
+    store: LogStore,
+    q: LogQuery,
+    changes: watch::Receiver<u64>,
+    remaining: Option<usize>,
+    phase: Phase,
+    buf: VecDeque<LogRecord>,
+    done: bool,
+}
+
+impl Follower {
+    async fn next(&mut self) -> Option<Result<LogRecord>> {
+        loop {
+            if self.done || self.remaining == Some(0) {
+                return None;
+            }
+            if let Some(r) = self.buf.pop_front() {
+                if let Some(n) = &mut self.remaining {
+                    *n -= 1;
+                }
+                return Some(Ok(r));
+            }
+            match self.fill().await {
+                Ok(true) => {}
+                Ok(false) => self.wait().await,
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+            }
+        }
+    }
+
+    /// Reads the next page into `buf`; false when there is nothing new yet.
+    async fn fill(&mut self) -> Result<bool> {
+        loop {
+            match self.phase {
+                Phase::Start => {
+                    self.phase = match self.q.order() {
+                        Order::Seq => Phase::Snapshot {
+                            high: self.store.high_water().await?,
+                            after_seq: self.q.after.map(|c| seq_bound(c.seq)),
+                        },
+                        Order::Arrival => Phase::Tail {
+                            after_id: self.q.after.map_or(0, |c| c.id),
+                        },
+                    };
+                }
+                Phase::Snapshot { high, after_seq } => {
+                    let page = self
+                        .store
+                        .select(
+                            &self.q,
+                            after_seq.map(After::Seq),
+                            Some(high),
+                            Order::Seq,
+                            Some(FOLLOW_PAGE),
+                        )
+                        .await?;
+                    if page.len() < FOLLOW_PAGE {
+                        let after_id = self.q.after.map_or(high, |c| c.id.max(high));
+                        self.phase = Phase::Tail { after_id };
+                    } else if let Some(last) = page.last() {
+                        self.phase = Phase::Snapshot {
+                            high,
+                            after_seq: Some(seq_bound(last.seq)),
+                        };
+                    }
+                    if !page.is_empty() {
+                        self.buf.extend(page);
+                        return Ok(true);
+                    }
+                }
+                Phase::Tail { after_id } => {
+                    // Mark the notifications seen before reading: an append that commits after
+                    // this read still wakes wait().
+                    self.changes.borrow_and_update();
+                    let mut page = self
+                        .store
+                        .select(
+                            &self.q,
+                            Some(After::Id(after_id)),
+                            None,
+                            Order::Arrival,
+                            Some(FOLLOW_PAGE),
+                        )
+                        .await?;
+                    let Some(last_id) = page.iter().map(|r| r.cursor.id).max() else {
+                        return Ok(false);
+                    };
+                    self.phase = Phase::Tail { after_id: last_id };
+                    if self.q.order() == Order::Seq {
+                        page.sort_by_key(|r| r.seq);
+                    }
+                    self.buf.extend(page);
+                    return Ok(true);
+                }
+            }
+        }
+    }
+
+    /// Waits for an append through this store, or for the poll interval to pass.
+    async fn wait(&mut self) {
+        let poll = self.store.follow_poll;
+        tokio::select! {
+            changed = self.changes.changed() => {
+                if changed.is_err() {
+                    tokio::time::sleep(poll).await;
+                }
+            }
+            _ = tokio::time::sleep(poll) => {}
+        }
+    }
+}
