@@ -76,6 +76,13 @@ pub trait Bus: Send + Sync + 'static {
     /// Joins a consumer group. The group's queue exists (and collects events) from the first
     /// subscription on; events published before it are not delivered to it.
     async fn subscribe(&self, spec: Subscribe) -> Result<Subscription>;
+
+    /// Makes sure the group's queue exists and collects events from now on, without consuming.
+    /// Lets a client that starts services and then publishes be sure nothing is published
+    /// before the consumers are bound.
+    async fn declare(&self, spec: &Subscribe) -> Result<()> {
+        self.subscribe(spec.clone()).await.map(drop)
+    }
 }
 
 /// A consumer: deliveries in order, bounded by the subscription's prefetch.

@@ -1,1 +1,291 @@
-//! placeholder
+//! ferry's scheduler.
+//!
+//! It owns job and task state, in SQL (SQLite by default, PostgreSQL when several instances share
+//! the load), and turns events into transitions:
+//!
+//! - `job.planned` creates a job and its tasks; tasks without dependencies are ready;
+//! - a ready task is dispatched (`task.dispatched`, routed to its backend) when its job has room
+//!   under `concurrency`, higher `priority` first, with `{{ outputs.* }}` filled in;
+//! - `task.started` / `task.heartbeat` keep the attempt's lease; a lapsed lease, a missed
+//!   deadline or a lost attempt is retried as a new attempt;
+//! - `task.finished` succeeds the task and releases its dependents, or retries it with backoff, or
+//!   fails it for good, which cancels the rest of the job (fail-fast);
+//! - `job.cancel` and `job.retry` stop a job and re-queue its failed and cancelled tasks.
+//!
+//! Delivery rules (DESIGN §3): every batch of events is applied in one transaction that also
+//! records the applied event ids (inbox) and the events to emit (outbox); deliveries are acked
+//! after the commit; the outbox is published after the commit and retried until confirmed. The
+//! work per event is bounded by the task's own edges, never by the job's size.
+
+mod engine;
+mod store;
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_bus::{Bus, Delivery, Subscribe};
+use ferry_event::{AttributesReader, Event, EventBuilder, Topic};
+use ferry_runtime::CancellationToken;
+
+pub use engine::{AttemptRow, JobRow, TaskRow};
+pub use store::{Dialect, Store};
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The database failed; the batch is rolled back and retried.
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    /// The bus failed; publishing is retried from the outbox.
+    #[error(transparent)]
+    Bus(#[from] ferry_bus::Error),
+    /// A setting that can never work.
+    #[error("scheduler configuration: {0}")]
+    Config(String),
+    /// Stored state that cannot be read back (a bug or a hand-edited database).
+    #[error("corrupt scheduler state: {0}")]
+    Corrupt(String),
+}
+
+/// Scheduler settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `sqlite://PATH` or `postgres://…`.
+    pub db_url: String,
+    /// CloudEvents `source` of this instance.
+    pub source: String,
+    /// Consumer group on the control topic.
+    pub group: String,
+    /// A running attempt whose launcher sends no heartbeat for this long is considered lost.
+    pub lease: Duration,
+    /// Lost attempts (launcher gone) retried per task before it fails; they do not use up
+    /// `retry.attempts`.
+    pub max_lost: u32,
+    /// How long a cancelled attempt may take to confirm before it is given up on; also the
+    /// margin past a task's timeout before the scheduler ends an attempt its launcher did not.
+    pub grace: Duration,
+    /// Most events applied in one transaction.
+    pub batch_max: usize,
+    /// Most tasks dispatched in one transaction.
+    pub dispatch_max: usize,
+    /// How often timers (retries due, leases, deadlines) are checked.
+    pub tick: Duration,
+}
+
+impl Config {
+    pub fn new(db_url: impl Into<String>, source: impl Into<String>) -> Self {
+        Config {
+            db_url: db_url.into(),
+            source: source.into(),
+            group: "scheduler".into(),
+            lease: Duration::from_secs(30),
+            max_lost: 3,
+            grace: Duration::from_secs(30),
+            batch_max: 512,
+            dispatch_max: 512,
+            tick: Duration::from_millis(100),
+        }
+    }
+}
+
+/// Runs the scheduler until `shutdown` is cancelled or the bus closes.
+pub async fn run(config: Config, bus: Arc<dyn Bus>, shutdown: CancellationToken) -> Result<()> {
+    let store = Store::open(&config.db_url).await?;
+    let mut sub = bus
+        .subscribe(Subscribe::new(config.group.clone(), [Topic::Control]).prefetch(config.batch_max * 2))
+        .await?;
+    let mut sched = Scheduler::new(store, bus, config);
+    sched.recover().await;
+    let mut tick = tokio::time::interval(sched.config.tick);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut backoff = Backoff::default();
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            batch = sub.next_batch(sched.config.batch_max) => match batch {
+                None => break,
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "receiving from the bus failed; retrying");
+                    backoff.wait().await;
+                }
+                Some(Ok(batch)) => match sched.handle(batch).await {
+                    Ok(()) => backoff.reset(),
+                    Err(e) => {
+                        tracing::error!(error = %e, "applying events failed; they will be redelivered");
+                        backoff.wait().await;
+                    }
+                },
+            },
+            _ = tick.tick() => {
+                if let Err(e) = sched.tick().await {
+                    tracing::error!(error = %e, "timer pass failed; retrying");
+                    backoff.wait().await;
+                }
+            }
+        }
+    }
+    sched.flush().await;
+    let confirmed = std::mem::take(&mut sched.confirmed);
+    if let Err(e) = sched.store.delete_outbox(&confirmed).await {
+        tracing::warn!(error = %e, "clearing the outbox failed; its events will be published again");
+    }
+    sched.store.close().await;
+    Ok(())
+}
+
+#[derive(Default)]
+struct Backoff(u32);
+
+impl Backoff {
+    async fn wait(&mut self) {
+        let ms = 50u64 << self.0.min(6);
+        self.0 += 1;
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+
+    fn reset(&mut self) {
+        self.0 = 0;
+    }
+}
+
+/// The scheduler's state machine over its store. Public for tests and tools that drive it
+/// directly; services use [`run`].
+pub struct Scheduler {
+    store: Store,
+    bus: Arc<dyn Bus>,
+    config: Config,
+    events: EventBuilder,
+    /// Committed outbox events not yet confirmed by the bus, in order.
+    unpublished: VecDeque<Event>,
+    /// Outbox rows confirmed by the bus, deleted in the next transaction.
+    confirmed: Vec<String>,
+}
+
+impl Scheduler {
+    pub fn new(store: Store, bus: Arc<dyn Bus>, config: Config) -> Self {
+        let events = EventBuilder::new(config.source.clone());
+        Scheduler {
+            store,
+            bus,
+            config,
+            events,
+            unpublished: VecDeque::new(),
+            confirmed: Vec::new(),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// After a restart: publish what the outbox still holds, then dispatch what is ready.
+    pub async fn recover(&mut self) {
+        match self.store.outbox().await {
+            Ok(events) => self.unpublished.extend(events),
+            Err(e) => tracing::error!(error = %e, "reading the outbox failed"),
+        }
+        if !self.unpublished.is_empty() {
+            tracing::info!(
+                events = self.unpublished.len(),
+                "publishing events left in the outbox"
+            );
+        }
+        self.flush().await;
+        if let Err(e) = self.tick().await {
+            tracing::error!(error = %e, "first timer pass failed");
+        }
+    }
+
+    /// Applies a batch of deliveries in one transaction, acks them after the commit, then
+    /// publishes what the batch emitted.
+    pub async fn handle(&mut self, batch: Vec<Delivery>) -> Result<()> {
+        let mut good = Vec::with_capacity(batch.len());
+        let mut bad = Vec::new();
+        let mut inputs = Vec::with_capacity(batch.len());
+        for d in batch {
+            match engine::Input::decode(&d.event) {
+                Ok(Some(input)) => {
+                    inputs.push((d.event.id().to_string(), input));
+                    good.push(d);
+                }
+                Ok(None) => good.push(d), // not for the scheduler
+                Err(reason) => bad.push((d, reason)),
+            }
+        }
+        let now = ferry_event::now_ms();
+        let emitted = engine::apply(
+            &self.store,
+            &self.config,
+            &self.events,
+            now,
+            inputs,
+            std::mem::take(&mut self.confirmed),
+        )
+        .await;
+        let emitted = match emitted {
+            Ok(e) => e,
+            Err(e) => {
+                for d in good {
+                    let _ = d.nack().await;
+                }
+                return Err(e);
+            }
+        };
+        for d in good {
+            d.ack().await?;
+        }
+        for (d, reason) in bad {
+            d.dead_letter(&reason).await?;
+        }
+        self.unpublished.extend(emitted);
+        self.flush().await;
+        Ok(())
+    }
+
+    /// Timers (retries due, lapsed leases, missed deadlines) and dispatch of ready tasks.
+    pub async fn tick(&mut self) -> Result<()> {
+        loop {
+            let now = ferry_event::now_ms();
+            let (emitted, more) = engine::tick(
+                &self.store,
+                &self.config,
+                &self.events,
+                now,
+                std::mem::take(&mut self.confirmed),
+            )
+            .await?;
+            self.unpublished.extend(emitted);
+            self.flush().await;
+            if !more {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Publishes unpublished outbox events in order; what the bus does not confirm stays for
+    /// the next attempt.
+    pub async fn flush(&mut self) {
+        while !self.unpublished.is_empty() {
+            let n = self.unpublished.len().min(1024);
+            let chunk: Vec<Event> = self.unpublished.iter().take(n).cloned().collect();
+            match self.bus.publish(&chunk).await {
+                Ok(()) => {
+                    self.unpublished.drain(..n);
+                    self.confirmed.extend(chunk.iter().map(|e| e.id().to_string()));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, pending = self.unpublished.len(), "publishing failed; will retry");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Events committed but not yet confirmed by the bus.
+    pub fn unpublished(&self) -> usize {
+        self.unpublished.len()
+    }
+}

@@ -1,0 +1,1490 @@
+//! The state machine: how each event changes jobs and tasks, inside one transaction.
+//!
+//! Task states in the store: `waiting` (dependencies not yet succeeded), `ready`, `dispatched`,
+//! `running`, `retrying` (a retry is due at `ready_at`), and the terminal `succeeded`, `failed`,
+//! `cancelled`. A job is `running` until no task is unfinished; `ending` records that it is
+//! being failed or cancelled while its running attempts are being stopped.
+
+use std::collections::{HashMap, HashSet};
+
+use ferry_event::payload::{
+    JobCancel, JobPlanned, JobRetry, JobState, JobStatus, Outcome, OutputFile, PlannedTask, TaskCancel,
+    TaskDispatched, TaskFinished, TaskHeartbeat, TaskStarted, TaskState, TaskStatus,
+};
+use ferry_event::template::{Part, Template};
+use ferry_event::{AttributesReader, Event, EventBuilder, kind};
+use serde_json::{Map, Value};
+use sqlx::any::AnyRow;
+use sqlx::{Any, Row, Transaction};
+use tracing::Instrument;
+
+use crate::store::{Dialect, Store};
+use crate::{Config, Error, Result};
+
+/// An event the scheduler acts on, decoded.
+pub(crate) enum Input {
+    Planned(Box<JobPlanned>),
+    Cancel(JobCancel),
+    Retry(JobRetry),
+    Started(TaskStarted),
+    Heartbeat(TaskHeartbeat),
+    Finished(Box<TaskFinished>),
+}
+
+impl Input {
+    /// `Ok(None)` for events that are not the scheduler's; `Err` with a reason for events that
+    /// are, but cannot be read.
+    pub(crate) fn decode(event: &Event) -> std::result::Result<Option<Input>, String> {
+        use ferry_event::decode;
+        let r = match event.ty() {
+            kind::JOB_PLANNED => decode(event).map(|p| Input::Planned(Box::new(p))),
+            kind::JOB_CANCEL => decode(event).map(Input::Cancel),
+            kind::JOB_RETRY => decode(event).map(Input::Retry),
+            kind::TASK_STARTED => decode(event).map(Input::Started),
+            kind::TASK_HEARTBEAT => decode(event).map(Input::Heartbeat),
+            kind::TASK_FINISHED => decode(event).map(|p| Input::Finished(Box::new(p))),
+            _ => return Ok(None),
+        };
+        r.map(Some).map_err(|e| e.to_string())
+    }
+
+    fn job_id(&self) -> &str {
+        match self {
+            Input::Planned(p) => &p.job_id,
+            Input::Cancel(p) => &p.job_id,
+            Input::Retry(p) => &p.job_id,
+            Input::Started(p) => &p.job_id,
+            Input::Heartbeat(p) => &p.job_id,
+            Input::Finished(p) => &p.job_id,
+        }
+    }
+}
+
+/// One transaction's worth of work: the transaction, the clock reading, and what it emits.
+struct Cx<'a> {
+    tx: Transaction<'static, Any>,
+    dialect: Dialect,
+    cfg: &'a Config,
+    events: &'a EventBuilder,
+    now: i64,
+    out: Vec<Event>,
+    /// Jobs whose completion must be checked before commit.
+    touched: HashSet<String>,
+}
+
+/// Applies decoded events (with their event ids) and dispatches what became ready. Returns the
+/// events to publish, already written to the outbox.
+pub(crate) async fn apply(
+    store: &Store,
+    cfg: &Config,
+    events: &EventBuilder,
+    now: i64,
+    inputs: Vec<(String, Input)>,
+    confirmed: Vec<String>,
+) -> Result<Vec<Event>> {
+    let mut cx = Cx::begin(store, cfg, events, now).await?;
+    cx.delete_confirmed(&confirmed).await?;
+    for (event_id, input) in inputs {
+        let span = tracing::debug_span!("apply", job_id = input.job_id(), event_id);
+        cx.apply_one(&event_id, input).instrument(span).await?;
+    }
+    cx.dispatch().await?;
+    cx.finish().await
+}
+
+impl Cx<'_> {
+    async fn apply_one(&mut self, event_id: &str, input: Input) -> Result<()> {
+        let cx = self;
+        // Heartbeats are idempotent and frequent: they skip the inbox.
+        if !matches!(input, Input::Heartbeat(_)) && !cx.record_inbox(event_id).await? {
+            tracing::debug!(event_id, "already applied; skipping");
+            return Ok(());
+        }
+        match input {
+            Input::Planned(p) => cx.on_planned(*p).await?,
+            Input::Cancel(p) => {
+                let reason = p.reason.unwrap_or_else(|| "cancelled on request".into());
+                cx.begin_ending(&p.job_id, JobStatus::Cancelled, &reason).await?
+            }
+            Input::Retry(p) => cx.on_retry(&p.job_id).await?,
+            Input::Started(p) => cx.on_started(p).await?,
+            Input::Heartbeat(p) => cx.on_heartbeat(p).await?,
+            Input::Finished(p) => cx.on_finished(*p, false).await?,
+        }
+        Ok(())
+    }
+}
+
+/// Timers and dispatch. Returns the events emitted and whether more work is waiting.
+pub(crate) async fn tick(
+    store: &Store,
+    cfg: &Config,
+    events: &EventBuilder,
+    now: i64,
+    confirmed: Vec<String>,
+) -> Result<(Vec<Event>, bool)> {
+    let mut cx = Cx::begin(store, cfg, events, now).await?;
+    cx.delete_confirmed(&confirmed).await?;
+    cx.timers().await?;
+    let more = cx.dispatch().await?;
+    Ok((cx.finish().await?, more))
+}
+
+const CHUNK: usize = 400;
+
+/// A `$1, $2, …` placeholder list for `n` rows of `cols` columns starting at `$first`.
+fn placeholders(rows: usize, cols: usize) -> String {
+    let mut s = String::new();
+    for r in 0..rows {
+        if r > 0 {
+            s.push(',');
+        }
+        s.push('(');
+        for c in 0..cols {
+            if c > 0 {
+                s.push(',');
+            }
+            s.push_str(&format!("${}", r * cols + c + 1));
+        }
+        s.push(')');
+    }
+    s
+}
+
+fn in_list(n: usize, first: usize) -> String {
+    (0..n)
+        .map(|i| format!("${}", first + i))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+impl<'a> Cx<'a> {
+    async fn begin(store: &Store, cfg: &'a Config, events: &'a EventBuilder, now: i64) -> Result<Cx<'a>> {
+        let tx = store.pool.begin().await?;
+        Ok(Cx {
+            tx,
+            dialect: store.dialect,
+            cfg,
+            events,
+            now,
+            out: Vec::new(),
+            touched: HashSet::new(),
+        })
+    }
+
+    async fn finish(mut self) -> Result<Vec<Event>> {
+        let touched: Vec<String> = self.touched.drain().collect();
+        for job in touched {
+            self.check_complete(&job).await?;
+        }
+        for chunk in self.out.chunks(CHUNK) {
+            let sql = format!(
+                "INSERT INTO outbox (event_id, event) VALUES {}",
+                placeholders(chunk.len(), 2)
+            );
+            let mut q = sqlx::query(&sql);
+            for e in chunk {
+                let json = serde_json::to_string(e)
+                    .map_err(|err| Error::Corrupt(format!("event {} does not serialize: {err}", e.id())))?;
+                q = q.bind(e.id().to_string()).bind(json);
+            }
+            q.execute(&mut *self.tx).await?;
+        }
+        self.tx.commit().await?;
+        Ok(self.out)
+    }
+
+    async fn delete_confirmed(&mut self, ids: &[String]) -> Result<()> {
+        for chunk in ids.chunks(CHUNK) {
+            let sql = format!(
+                "DELETE FROM outbox WHERE event_id IN ({})",
+                in_list(chunk.len(), 1)
+            );
+            let mut q = sqlx::query(&sql);
+            for id in chunk {
+                q = q.bind(id.clone());
+            }
+            q.execute(&mut *self.tx).await?;
+        }
+        Ok(())
+    }
+
+    /// Records an event id; false if it was applied before.
+    async fn record_inbox(&mut self, event_id: &str) -> Result<bool> {
+        let r =
+            sqlx::query("INSERT INTO inbox (event_id, applied_at) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+                .bind(event_id.to_string())
+                .bind(self.now)
+                .execute(&mut *self.tx)
+                .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Serializes a job's transitions across scheduler instances (PostgreSQL row lock).
+    async fn lock_job(&mut self, job_id: &str) -> Result<Option<JobRow>> {
+        let sql = match self.dialect {
+            Dialect::Sqlite => format!("{JOB_SELECT} WHERE job_id = $1"),
+            Dialect::Postgres => format!("{JOB_SELECT} WHERE job_id = $1 FOR UPDATE"),
+        };
+        let row = sqlx::query(&sql)
+            .bind(job_id.to_string())
+            .fetch_optional(&mut *self.tx)
+            .await?;
+        row.map(|r| JobRow::from_row(&r)).transpose()
+    }
+
+    fn emit_job(&mut self, ty: &str, job: &JobRow, state: JobStatus, reason: Option<String>) {
+        let data = JobState {
+            job_id: job.job_id.clone(),
+            flow_id: job.flow_id.clone(),
+            state,
+            reason,
+            tasks: job.total as u64,
+        };
+        self.out.push(self.events.job(ty, &job.job_id, &data));
+    }
+
+    fn emit_task(&mut self, ty: &str, data: TaskState) {
+        let e = self
+            .events
+            .task(ty, &data.job_id, &data.task_id, data.attempt_id.as_deref(), &data);
+        self.out.push(e);
+    }
+
+    fn emit_cancel(&mut self, job_id: &str, task_id: &str, attempt_id: &str, backend: &str, reason: &str) {
+        let data = TaskCancel {
+            job_id: job_id.into(),
+            task_id: task_id.into(),
+            attempt_id: attempt_id.into(),
+            reason: Some(reason.into()),
+        };
+        let e = self
+            .events
+            .dispatch(kind::TASK_CANCEL, job_id, task_id, attempt_id, backend, &data);
+        self.out.push(e);
+    }
+
+    // ------------------------------------------------------------------------------------------
+    // job.planned
+    // ------------------------------------------------------------------------------------------
+
+    async fn on_planned(&mut self, p: JobPlanned) -> Result<()> {
+        if self.lock_job(&p.job_id).await?.is_some() {
+            tracing::debug!(job_id = %p.job_id, "job already known; planned event ignored");
+            return Ok(());
+        }
+        let total = p.tasks.len() as i64;
+        let invalid = check_dag(&p.tasks).err();
+        let (state, unfinished) = match &invalid {
+            Some(_) => (JobStatus::Failed, 0),
+            None => (JobStatus::Running, total),
+        };
+        sqlx::query(
+            "INSERT INTO jobs (job_id, flow_id, namespace, state, ending, reason, concurrency, active, total,
+                               unfinished, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, NULL, $5, $6, 0, $7, $8, $9, $9)",
+        )
+        .bind(p.job_id.clone())
+        .bind(p.flow_id.clone())
+        .bind(p.namespace.clone())
+        .bind(state.as_str())
+        .bind(invalid.clone())
+        .bind(p.concurrency.map(i64::from))
+        .bind(total)
+        .bind(unfinished)
+        .bind(self.now)
+        .execute(&mut *self.tx)
+        .await?;
+        let job = JobRow {
+            job_id: p.job_id.clone(),
+            flow_id: p.flow_id.clone(),
+            state: state.as_str().into(),
+            ending: None,
+            reason: invalid.clone(),
+            concurrency: p.concurrency.map(i64::from),
+            active: 0,
+            total,
+            unfinished,
+        };
+        if let Some(reason) = invalid {
+            tracing::warn!(job_id = %p.job_id, %reason, "planned job is not a valid DAG");
+            self.emit_job(kind::JOB_FAILED, &job, JobStatus::Failed, Some(reason));
+            return Ok(());
+        }
+        self.insert_tasks(&p).await?;
+        tracing::info!(job_id = %p.job_id, flow_id = %p.flow_id, tasks = total, "job started");
+        self.emit_job(kind::JOB_STARTED, &job, JobStatus::Running, None);
+        self.touched.insert(p.job_id);
+        Ok(())
+    }
+
+    async fn insert_tasks(&mut self, p: &JobPlanned) -> Result<()> {
+        const COLS: usize = 15;
+        for (ci, chunk) in p.tasks.chunks(CHUNK / 2).enumerate() {
+            let sql = format!(
+                "INSERT INTO tasks (job_id, task_id, ord, state, priority, deps_left, attempts, failures, lost,
+                                    ready_at, backend, timeout_ms, retry_attempts, spec, started_at)
+                 VALUES {}",
+                placeholders(chunk.len(), COLS)
+            );
+            let mut q = sqlx::query(&sql);
+            for (i, t) in chunk.iter().enumerate() {
+                let deps = t.depends_on.len() as i64;
+                let spec = serde_json::to_string(t)
+                    .map_err(|e| Error::Corrupt(format!("task {} does not serialize: {e}", t.id)))?;
+                q = q
+                    .bind(p.job_id.clone())
+                    .bind(t.id.clone())
+                    .bind((ci * (CHUNK / 2) + i) as i64)
+                    .bind(if deps == 0 { "ready" } else { "waiting" })
+                    .bind(i64::from(t.priority))
+                    .bind(deps)
+                    .bind(0i64)
+                    .bind(0i64)
+                    .bind(0i64)
+                    .bind(if deps == 0 { Some(self.now) } else { None })
+                    .bind(t.runner.backend())
+                    .bind(t.timeout_ms.map(|v| v as i64))
+                    .bind(i64::from(t.retry.attempts.max(1)))
+                    .bind(spec)
+                    .bind(None::<i64>);
+            }
+            q.execute(&mut *self.tx).await?;
+        }
+        let edges: Vec<(&str, &str)> = p
+            .tasks
+            .iter()
+            .flat_map(|t| t.depends_on.iter().map(move |up| (up.as_str(), t.id.as_str())))
+            .collect();
+        for chunk in edges.chunks(CHUNK) {
+            let sql = format!(
+                "INSERT INTO edges (job_id, task_id, dependent) VALUES {} ON CONFLICT DO NOTHING",
+                placeholders(chunk.len(), 3)
+            );
+            let mut q = sqlx::query(&sql);
+            for (up, down) in chunk {
+                q = q
+                    .bind(p.job_id.clone())
+                    .bind(up.to_string())
+                    .bind(down.to_string());
+            }
+            q.execute(&mut *self.tx).await?;
+        }
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------------------------------
+    // job.cancel, fail-fast
+    // ------------------------------------------------------------------------------------------
+
+    /// Ends a job as failed or cancelled: pending tasks are cancelled at once, running attempts
+    /// are asked to stop; the job reaches its final state when the last of them reports.
+    async fn begin_ending(&mut self, job_id: &str, ending: JobStatus, reason: &str) -> Result<()> {
+        let Some(job) = self.lock_job(job_id).await? else {
+            tracing::warn!(job_id, "cancel for an unknown job ignored");
+            return Ok(());
+        };
+        if job.state != "running" || job.ending.is_some() {
+            tracing::debug!(job_id, state = %job.state, "job already ending or finished");
+            return Ok(());
+        }
+        tracing::info!(job_id, ending = ending.as_str(), reason, "job ending");
+        sqlx::query("UPDATE jobs SET ending = $1, reason = $2, updated_at = $3 WHERE job_id = $4")
+            .bind(ending.as_str())
+            .bind(reason.to_string())
+            .bind(self.now)
+            .bind(job_id.to_string())
+            .execute(&mut *self.tx)
+            .await?;
+        let pending = sqlx::query(
+            "SELECT task_id, attempts FROM tasks WHERE job_id = $1 AND state IN ('waiting', 'ready', 'retrying')",
+        )
+        .bind(job_id.to_string())
+        .fetch_all(&mut *self.tx)
+        .await?;
+        if !pending.is_empty() {
+            sqlx::query(
+                "UPDATE tasks SET state = 'cancelled', finished_at = $1, ready_at = NULL, error = $2
+                 WHERE job_id = $3 AND state IN ('waiting', 'ready', 'retrying')",
+            )
+            .bind(self.now)
+            .bind(reason.to_string())
+            .bind(job_id.to_string())
+            .execute(&mut *self.tx)
+            .await?;
+            sqlx::query("UPDATE jobs SET unfinished = unfinished - $1 WHERE job_id = $2")
+                .bind(pending.len() as i64)
+                .bind(job_id.to_string())
+                .execute(&mut *self.tx)
+                .await?;
+            for row in &pending {
+                let task_id: String = row.try_get("task_id")?;
+                let attempts: i64 = row.try_get("attempts")?;
+                self.emit_task(
+                    kind::TASK_CANCELLED,
+                    task_state(
+                        job_id,
+                        &task_id,
+                        TaskStatus::Cancelled,
+                        attempts,
+                        None,
+                        Some(reason.into()),
+                    ),
+                );
+            }
+        }
+        let active = sqlx::query(
+            "SELECT task_id, attempt_id, backend FROM tasks
+             WHERE job_id = $1 AND state IN ('dispatched', 'running')",
+        )
+        .bind(job_id.to_string())
+        .fetch_all(&mut *self.tx)
+        .await?;
+        for row in &active {
+            let task_id: String = row.try_get("task_id")?;
+            let attempt_id: String = row.try_get("attempt_id")?;
+            let backend: String = row.try_get("backend")?;
+            self.request_cancel(job_id, &task_id, &attempt_id, &backend, reason)
+                .await?;
+        }
+        self.touched.insert(job_id.to_string());
+        Ok(())
+    }
+
+    /// Asks the attempt's launcher to stop it; if it does not confirm within the grace period the
+    /// attempt is given up on (see [`Cx::timers`]).
+    async fn request_cancel(
+        &mut self,
+        job_id: &str,
+        task_id: &str,
+        attempt_id: &str,
+        backend: &str,
+        reason: &str,
+    ) -> Result<()> {
+        sqlx::query("UPDATE attempts SET cancel_requested = 1 WHERE attempt_id = $1")
+            .bind(attempt_id.to_string())
+            .execute(&mut *self.tx)
+            .await?;
+        sqlx::query("UPDATE tasks SET deadline = $1 WHERE job_id = $2 AND task_id = $3")
+            .bind(self.now + self.cfg.grace.as_millis() as i64)
+            .bind(job_id.to_string())
+            .bind(task_id.to_string())
+            .execute(&mut *self.tx)
+            .await?;
+        self.emit_cancel(job_id, task_id, attempt_id, backend, reason);
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------------------------------
+    // job.retry
+    // ------------------------------------------------------------------------------------------
+
+    async fn on_retry(&mut self, job_id: &str) -> Result<()> {
+        let Some(job) = self.lock_job(job_id).await? else {
+            tracing::warn!(job_id, "retry for an unknown job ignored");
+            return Ok(());
+        };
+        if !matches!(job.state.as_str(), "failed" | "cancelled") {
+            tracing::info!(job_id, state = %job.state, "retry ignored: only failed or cancelled jobs are retried");
+            return Ok(());
+        }
+        if job.unfinished != 0 || job.total == 0 {
+            return Ok(()); // rejected at planning: nothing to re-queue
+        }
+        let requeued = sqlx::query(
+            "SELECT task_id, attempts FROM tasks WHERE job_id = $1 AND state IN ('failed', 'cancelled')",
+        )
+        .bind(job_id.to_string())
+        .fetch_all(&mut *self.tx)
+        .await?;
+        sqlx::query(
+            "UPDATE tasks SET state = 'waiting', failures = 0, lost = 0, attempt_id = NULL, error = NULL,
+                    ready_at = NULL, lease_until = NULL, deadline = NULL, finished_at = NULL
+             WHERE job_id = $1 AND state IN ('failed', 'cancelled')",
+        )
+        .bind(job_id.to_string())
+        .execute(&mut *self.tx)
+        .await?;
+        sqlx::query(
+            "UPDATE tasks SET deps_left = (
+                 SELECT COUNT(*) FROM edges e JOIN tasks u ON u.job_id = e.job_id AND u.task_id = e.task_id
+                 WHERE e.job_id = tasks.job_id AND e.dependent = tasks.task_id AND u.state <> 'succeeded')
+             WHERE job_id = $1 AND state = 'waiting'",
+        )
+        .bind(job_id.to_string())
+        .execute(&mut *self.tx)
+        .await?;
+        sqlx::query(
+            "UPDATE tasks SET state = 'ready', ready_at = $1 WHERE job_id = $2 AND state = 'waiting' AND deps_left = 0",
+        )
+        .bind(self.now)
+        .bind(job_id.to_string())
+        .execute(&mut *self.tx)
+        .await?;
+        sqlx::query(
+            "UPDATE jobs SET state = 'running', ending = NULL, reason = NULL, unfinished = $1, updated_at = $2
+             WHERE job_id = $3",
+        )
+        .bind(requeued.len() as i64)
+        .bind(self.now)
+        .bind(job_id.to_string())
+        .execute(&mut *self.tx)
+        .await?;
+        tracing::info!(job_id, tasks = requeued.len(), "job retried");
+        let job = JobRow {
+            state: "running".into(),
+            ending: None,
+            ..job
+        };
+        self.emit_job(
+            kind::JOB_STARTED,
+            &job,
+            JobStatus::Running,
+            Some("retried".into()),
+        );
+        for row in &requeued {
+            let task_id: String = row.try_get("task_id")?;
+            let attempts: i64 = row.try_get("attempts")?;
+            let mut s = task_state(job_id, &task_id, TaskStatus::Pending, attempts, None, None);
+            s.retry_at_ms = Some(self.now);
+            self.emit_task(kind::TASK_RETRYING, s);
+        }
+        self.touched.insert(job_id.to_string());
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------------------------------
+    // Attempt reports
+    // ------------------------------------------------------------------------------------------
+
+    async fn on_started(&mut self, p: TaskStarted) -> Result<()> {
+        self.lock_job(&p.job_id).await?;
+        let Some(a) = self.attempt(&p.attempt_id).await? else {
+            tracing::warn!(attempt_id = %p.attempt_id, job_id = %p.job_id, "start of an unknown attempt ignored");
+            return Ok(());
+        };
+        if a.state != "dispatched" {
+            return Ok(());
+        }
+        sqlx::query("UPDATE attempts SET state = 'running', started_at = $1 WHERE attempt_id = $2")
+            .bind(p.started_at_ms)
+            .bind(p.attempt_id.clone())
+            .execute(&mut *self.tx)
+            .await?;
+        let task = self.task(&a.job_id, &a.task_id).await?;
+        let current = task.as_ref().is_some_and(|t| {
+            t.attempt_id.as_deref() == Some(p.attempt_id.as_str()) && t.state == "dispatched"
+        });
+        if !current {
+            // An attempt the scheduler already gave up on: make sure it does not run beside its
+            // successor.
+            let backend = task.map(|t| t.backend).unwrap_or_else(|| "local".into());
+            self.emit_cancel(
+                &a.job_id,
+                &a.task_id,
+                &p.attempt_id,
+                &backend,
+                "superseded attempt",
+            );
+            return Ok(());
+        }
+        let task = task.expect("checked above");
+        let deadline = if a.cancel_requested {
+            task.deadline
+        } else {
+            task.timeout_ms
+                .map(|t| self.now + t + self.cfg.grace.as_millis() as i64)
+        };
+        sqlx::query(
+            "UPDATE tasks SET state = 'running', started_at = $1, lease_until = $2, deadline = $3
+             WHERE job_id = $4 AND task_id = $5",
+        )
+        .bind(p.started_at_ms)
+        .bind(self.now + self.cfg.lease.as_millis() as i64)
+        .bind(deadline)
+        .bind(a.job_id.clone())
+        .bind(a.task_id.clone())
+        .execute(&mut *self.tx)
+        .await?;
+        tracing::debug!(job_id = %a.job_id, task_id = %a.task_id, attempt_id = %p.attempt_id, "attempt running");
+        Ok(())
+    }
+
+    async fn on_heartbeat(&mut self, p: TaskHeartbeat) -> Result<()> {
+        sqlx::query(
+            "UPDATE tasks SET lease_until = $1
+             WHERE job_id = $2 AND task_id = $3 AND attempt_id = $4 AND state = 'running'",
+        )
+        .bind(self.now + self.cfg.lease.as_millis() as i64)
+        .bind(p.job_id)
+        .bind(p.task_id)
+        .bind(p.attempt_id)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    /// An attempt ended (reported by its launcher, or decided by a timer when `synthetic`).
+    async fn on_finished(&mut self, p: TaskFinished, synthetic: bool) -> Result<()> {
+        let Some(job) = self.lock_job(&p.job_id).await? else {
+            tracing::warn!(job_id = %p.job_id, "report for an unknown job ignored");
+            return Ok(());
+        };
+        let Some(a) = self.attempt(&p.attempt_id).await? else {
+            tracing::warn!(attempt_id = %p.attempt_id, "report of an unknown attempt ignored");
+            return Ok(());
+        };
+        if a.job_id != p.job_id || !matches!(a.state.as_str(), "dispatched" | "running") {
+            return Ok(()); // already settled: a duplicate or a late report
+        }
+        sqlx::query(
+            "UPDATE attempts SET state = $1, finished_at = $2, exit_code = $3, error = $4 WHERE attempt_id = $5",
+        )
+        .bind(p.outcome.as_str())
+        .bind(p.finished_at_ms)
+        .bind(p.exit_code.map(i64::from))
+        .bind(p.error.clone())
+        .bind(p.attempt_id.clone())
+        .execute(&mut *self.tx)
+        .await?;
+        sqlx::query("UPDATE jobs SET active = active - 1, updated_at = $1 WHERE job_id = $2")
+            .bind(self.now)
+            .bind(p.job_id.clone())
+            .execute(&mut *self.tx)
+            .await?;
+        self.touched.insert(p.job_id.clone());
+        let Some(task) = self.task(&a.job_id, &a.task_id).await? else {
+            return Ok(());
+        };
+        if task.attempt_id.as_deref() != Some(p.attempt_id.as_str())
+            || !matches!(task.state.as_str(), "dispatched" | "running")
+        {
+            return Ok(()); // a superseded attempt
+        }
+        tracing::debug!(job_id = %p.job_id, task_id = %a.task_id, attempt_id = %p.attempt_id,
+            outcome = p.outcome.as_str(), synthetic, "attempt finished");
+        let ending = job.ending.as_deref().and_then(JobStatus::parse);
+        let error = p.error.clone().unwrap_or_else(|| p.outcome.as_str().to_string());
+        match p.outcome {
+            Outcome::Succeeded => self.task_succeeded(&task, &p, ending.is_none()).await,
+            _ if a.cancel_requested || ending.is_some() => {
+                let reason = job.reason.clone().unwrap_or(error);
+                self.task_terminal(&task, TaskStatus::Cancelled, Some(reason), p.finished_at_ms)
+                    .await
+            }
+            Outcome::Lost if task.lost < i64::from(self.cfg.max_lost) => {
+                sqlx::query(
+                    "UPDATE tasks SET state = 'ready', lost = lost + 1, ready_at = $1, lease_until = NULL,
+                            deadline = NULL, error = $2 WHERE job_id = $3 AND task_id = $4",
+                )
+                .bind(self.now)
+                .bind(error.clone())
+                .bind(task.job_id.clone())
+                .bind(task.task_id.clone())
+                .execute(&mut *self.tx)
+                .await?;
+                let mut s = task_state(
+                    &task.job_id,
+                    &task.task_id,
+                    TaskStatus::Retrying,
+                    task.attempts,
+                    Some(p.attempt_id.clone()),
+                    Some(error),
+                );
+                s.retry_at_ms = Some(self.now);
+                self.emit_task(kind::TASK_RETRYING, s);
+                Ok(())
+            }
+            _ => {
+                let failures = task.failures + 1;
+                if p.outcome != Outcome::Lost && failures < task.retry_attempts {
+                    let spec = task.spec()?;
+                    let at = self.now + spec.retry.delay_ms(failures as u32 + 1) as i64;
+                    sqlx::query(
+                        "UPDATE tasks SET state = 'retrying', failures = $1, ready_at = $2, lease_until = NULL,
+                                deadline = NULL, error = $3 WHERE job_id = $4 AND task_id = $5",
+                    )
+                    .bind(failures)
+                    .bind(at)
+                    .bind(error.clone())
+                    .bind(task.job_id.clone())
+                    .bind(task.task_id.clone())
+                    .execute(&mut *self.tx)
+                    .await?;
+                    tracing::info!(retry_at_ms = at, failures, "attempt failed; retrying");
+                    let mut s = task_state(
+                        &task.job_id,
+                        &task.task_id,
+                        TaskStatus::Retrying,
+                        task.attempts,
+                        Some(p.attempt_id.clone()),
+                        Some(error),
+                    );
+                    s.retry_at_ms = Some(at);
+                    self.emit_task(kind::TASK_RETRYING, s);
+                    Ok(())
+                } else {
+                    sqlx::query("UPDATE tasks SET failures = $1 WHERE job_id = $2 AND task_id = $3")
+                        .bind(failures)
+                        .bind(task.job_id.clone())
+                        .bind(task.task_id.clone())
+                        .execute(&mut *self.tx)
+                        .await?;
+                    let msg = format!("task {} failed: {error}", task.task_id);
+                    self.task_terminal(&task, TaskStatus::Failed, Some(error), p.finished_at_ms)
+                        .await?;
+                    self.begin_ending(&task.job_id, JobStatus::Failed, &msg).await
+                }
+            }
+        }
+    }
+
+    async fn task_succeeded(&mut self, task: &TaskRow, p: &TaskFinished, release: bool) -> Result<()> {
+        let outputs = serde_json::to_string(&p.outputs).unwrap_or_else(|_| "{}".into());
+        let files = serde_json::to_string(&p.output_files).unwrap_or_else(|_| "[]".into());
+        sqlx::query(
+            "UPDATE tasks SET state = 'succeeded', outputs = $1, output_files = $2, finished_at = $3,
+                    lease_until = NULL, deadline = NULL, error = NULL
+             WHERE job_id = $4 AND task_id = $5",
+        )
+        .bind(outputs)
+        .bind(files)
+        .bind(p.finished_at_ms)
+        .bind(task.job_id.clone())
+        .bind(task.task_id.clone())
+        .execute(&mut *self.tx)
+        .await?;
+        sqlx::query("UPDATE jobs SET unfinished = unfinished - 1 WHERE job_id = $1")
+            .bind(task.job_id.clone())
+            .execute(&mut *self.tx)
+            .await?;
+        let mut s = task_state(
+            &task.job_id,
+            &task.task_id,
+            TaskStatus::Succeeded,
+            task.attempts,
+            Some(p.attempt_id.clone()),
+            None,
+        );
+        s.outputs = p.outputs.clone();
+        s.output_files = p.output_files.clone();
+        s.started_at_ms = task.started_at;
+        s.finished_at_ms = Some(p.finished_at_ms);
+        self.emit_task(kind::TASK_SUCCEEDED, s);
+        if release {
+            sqlx::query(
+                "UPDATE tasks SET deps_left = deps_left - 1
+                 WHERE job_id = $1 AND task_id IN (SELECT dependent FROM edges WHERE job_id = $1 AND task_id = $2)",
+            )
+            .bind(task.job_id.clone())
+            .bind(task.task_id.clone())
+            .execute(&mut *self.tx)
+            .await?;
+            sqlx::query(
+                "UPDATE tasks SET state = 'ready', ready_at = $1
+                 WHERE job_id = $2 AND state = 'waiting' AND deps_left = 0
+                   AND task_id IN (SELECT dependent FROM edges WHERE job_id = $2 AND task_id = $3)",
+            )
+            .bind(self.now)
+            .bind(task.job_id.clone())
+            .bind(task.task_id.clone())
+            .execute(&mut *self.tx)
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn task_terminal(
+        &mut self,
+        task: &TaskRow,
+        state: TaskStatus,
+        error: Option<String>,
+        finished_at: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE tasks SET state = $1, error = $2, finished_at = $3, lease_until = NULL, deadline = NULL,
+                    ready_at = NULL
+             WHERE job_id = $4 AND task_id = $5",
+        )
+        .bind(state.as_str())
+        .bind(error.clone())
+        .bind(finished_at)
+        .bind(task.job_id.clone())
+        .bind(task.task_id.clone())
+        .execute(&mut *self.tx)
+        .await?;
+        sqlx::query("UPDATE jobs SET unfinished = unfinished - 1 WHERE job_id = $1")
+            .bind(task.job_id.clone())
+            .execute(&mut *self.tx)
+            .await?;
+        let ty = match state {
+            TaskStatus::Failed => kind::TASK_FAILED,
+            _ => kind::TASK_CANCELLED,
+        };
+        let mut s = task_state(
+            &task.job_id,
+            &task.task_id,
+            state,
+            task.attempts,
+            task.attempt_id.clone(),
+            error,
+        );
+        s.started_at_ms = task.started_at;
+        s.finished_at_ms = Some(finished_at);
+        self.emit_task(ty, s);
+        self.touched.insert(task.job_id.clone());
+        Ok(())
+    }
+
+    /// A job with no unfinished task reaches its final state.
+    async fn check_complete(&mut self, job_id: &str) -> Result<()> {
+        let Some(job) = self.lock_job(job_id).await? else {
+            return Ok(());
+        };
+        if job.state != "running" || job.unfinished > 0 {
+            return Ok(());
+        }
+        let state = job
+            .ending
+            .as_deref()
+            .and_then(JobStatus::parse)
+            .unwrap_or(JobStatus::Succeeded);
+        sqlx::query("UPDATE jobs SET state = $1, updated_at = $2 WHERE job_id = $3")
+            .bind(state.as_str())
+            .bind(self.now)
+            .bind(job_id.to_string())
+            .execute(&mut *self.tx)
+            .await?;
+        let ty = match state {
+            JobStatus::Succeeded => kind::JOB_SUCCEEDED,
+            JobStatus::Failed => kind::JOB_FAILED,
+            _ => kind::JOB_CANCELLED,
+        };
+        tracing::info!(job_id, state = state.as_str(), "job finished");
+        let reason = job.reason.clone();
+        self.emit_job(ty, &job, state, reason);
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------------------------------
+    // Timers
+    // ------------------------------------------------------------------------------------------
+
+    async fn timers(&mut self) -> Result<()> {
+        // Retries that are due become ready.
+        sqlx::query("UPDATE tasks SET state = 'ready' WHERE state = 'retrying' AND ready_at <= $1")
+            .bind(self.now)
+            .execute(&mut *self.tx)
+            .await?;
+        // Lapsed leases and missed deadlines end the attempt.
+        let rows = sqlx::query(
+            "SELECT t.job_id, t.task_id, t.attempt_id, t.backend, t.attempts, t.lease_until, t.deadline,
+                    a.cancel_requested
+             FROM tasks t JOIN attempts a ON a.attempt_id = t.attempt_id
+             WHERE t.state IN ('dispatched', 'running')
+               AND ((t.lease_until IS NOT NULL AND t.lease_until < $1) OR (t.deadline IS NOT NULL AND t.deadline < $1))
+             LIMIT 1000",
+        )
+        .bind(self.now)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        for row in rows {
+            let job_id: String = row.try_get("job_id")?;
+            let task_id: String = row.try_get("task_id")?;
+            let attempt_id: String = row.try_get("attempt_id")?;
+            let backend: String = row.try_get("backend")?;
+            let attempts: i64 = row.try_get("attempts")?;
+            let cancel_requested: i64 = row.try_get("cancel_requested")?;
+            let lease_until: Option<i64> = row.try_get("lease_until")?;
+            let (outcome, error) = if cancel_requested != 0 {
+                (
+                    Outcome::Cancelled,
+                    "the launcher did not confirm the cancellation in time".to_string(),
+                )
+            } else if lease_until.is_some_and(|l| l < self.now) {
+                (
+                    Outcome::Lost,
+                    format!(
+                        "no heartbeat from the launcher for {}s: attempt presumed lost",
+                        self.cfg.lease.as_secs()
+                    ),
+                )
+            } else {
+                (
+                    Outcome::TimedOut,
+                    "timed out and the launcher did not report it".to_string(),
+                )
+            };
+            tracing::warn!(%job_id, %task_id, %attempt_id, outcome = outcome.as_str(), %error, "ending attempt by timer");
+            self.emit_cancel(&job_id, &task_id, &attempt_id, &backend, &error);
+            let report = TaskFinished {
+                job_id,
+                task_id,
+                attempt_id,
+                attempt: attempts as u32,
+                outcome,
+                exit_code: None,
+                error: Some(error),
+                outputs: Map::new(),
+                output_files: Vec::new(),
+                log_lines: 0,
+                started_at_ms: None,
+                finished_at_ms: self.now,
+            };
+            self.on_finished(report, true).await?;
+        }
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------------------------------
+    // Dispatch
+    // ------------------------------------------------------------------------------------------
+
+    /// Dispatches ready tasks, higher priority first, within each job's concurrency. Returns true
+    /// when it stopped at `dispatch_max` with more possibly waiting.
+    async fn dispatch(&mut self) -> Result<bool> {
+        let limit = self.cfg.dispatch_max as i64;
+        let rows = sqlx::query(
+            "SELECT t.job_id, t.task_id, t.attempts, t.ready_at, t.backend, t.spec, j.concurrency, j.active
+             FROM tasks t JOIN jobs j ON j.job_id = t.job_id
+             WHERE t.state = 'ready' AND j.state = 'running' AND j.ending IS NULL
+               AND (j.concurrency IS NULL OR j.active < j.concurrency)
+             ORDER BY t.priority DESC, t.ready_at, t.ord
+             LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        let full = rows.len() as i64 == limit;
+        let mut room: HashMap<String, Option<i64>> = HashMap::new();
+        let mut started: HashMap<String, i64> = HashMap::new();
+        let mut outputs = OutputCache::default();
+        for row in rows {
+            let job_id: String = row.try_get("job_id")?;
+            let concurrency: Option<i64> = row.try_get("concurrency")?;
+            let active: i64 = row.try_get("active")?;
+            let left = room
+                .entry(job_id.clone())
+                .or_insert(concurrency.map(|c| c - active));
+            if *left == Some(0) {
+                continue;
+            }
+            let task_id: String = row.try_get("task_id")?;
+            let attempts: i64 = row.try_get("attempts")?;
+            let ready_at: Option<i64> = row.try_get("ready_at")?;
+            let backend: String = row.try_get("backend")?;
+            let spec: String = row.try_get("spec")?;
+            let spec: PlannedTask = serde_json::from_str(&spec)
+                .map_err(|e| Error::Corrupt(format!("task {job_id}/{task_id} spec: {e}")))?;
+            let rendered = match render(&spec, &job_id, &mut outputs, &mut self.tx).await? {
+                Ok(r) => r,
+                Err(problem) => {
+                    // The flow refers to an output the upstream task did not produce: retrying
+                    // cannot help.
+                    let task = self.task(&job_id, &task_id).await?.expect("selected above");
+                    let msg = format!("task {task_id} failed: {problem}");
+                    self.task_terminal(&task, TaskStatus::Failed, Some(problem), self.now)
+                        .await?;
+                    self.begin_ending(&job_id, JobStatus::Failed, &msg).await?;
+                    room.insert(job_id, Some(0));
+                    continue;
+                }
+            };
+            if let Some(l) = left.as_mut() {
+                *l -= 1;
+            }
+            let attempt = attempts + 1;
+            let attempt_id = ferry_event::new_id();
+            sqlx::query(
+                "INSERT INTO attempts (attempt_id, job_id, task_id, number, state, cancel_requested, dispatched_at)
+                 VALUES ($1, $2, $3, $4, 'dispatched', 0, $5)",
+            )
+            .bind(attempt_id.clone())
+            .bind(job_id.clone())
+            .bind(task_id.clone())
+            .bind(attempt)
+            .bind(self.now)
+            .execute(&mut *self.tx)
+            .await?;
+            sqlx::query(
+                "UPDATE tasks SET state = 'dispatched', attempts = $1, attempt_id = $2, lease_until = NULL,
+                        deadline = NULL, started_at = NULL
+                 WHERE job_id = $3 AND task_id = $4",
+            )
+            .bind(attempt)
+            .bind(attempt_id.clone())
+            .bind(job_id.clone())
+            .bind(task_id.clone())
+            .execute(&mut *self.tx)
+            .await?;
+            *started.entry(job_id.clone()).or_default() += 1;
+            let data = TaskDispatched {
+                job_id: job_id.clone(),
+                task_id: task_id.clone(),
+                attempt_id: attempt_id.clone(),
+                attempt: attempt as u32,
+                runner: spec.runner,
+                command: rendered.command,
+                env: rendered.env,
+                input_files: rendered.input_files,
+                output_files: spec.output_files,
+                resources: spec.resources,
+                timeout_ms: spec.timeout_ms,
+                lease_ms: self.cfg.lease.as_millis() as u64,
+                ready_at_ms: ready_at.unwrap_or(self.now),
+            };
+            tracing::debug!(%job_id, %task_id, %attempt_id, attempt, "dispatching");
+            let e = self.events.dispatch(
+                kind::TASK_DISPATCHED,
+                &job_id,
+                &task_id,
+                &attempt_id,
+                &backend,
+                &data,
+            );
+            self.out.push(e);
+        }
+        for (job_id, n) in started {
+            sqlx::query("UPDATE jobs SET active = active + $1 WHERE job_id = $2")
+                .bind(n)
+                .bind(job_id)
+                .execute(&mut *self.tx)
+                .await?;
+        }
+        Ok(full)
+    }
+
+    // ------------------------------------------------------------------------------------------
+    // Reads
+    // ------------------------------------------------------------------------------------------
+
+    async fn attempt(&mut self, attempt_id: &str) -> Result<Option<AttemptRow>> {
+        let row = sqlx::query(&format!("{ATTEMPT_SELECT} WHERE attempt_id = $1"))
+            .bind(attempt_id.to_string())
+            .fetch_optional(&mut *self.tx)
+            .await?;
+        row.map(|r| AttemptRow::from_row(&r)).transpose()
+    }
+
+    async fn task(&mut self, job_id: &str, task_id: &str) -> Result<Option<TaskRow>> {
+        let row = sqlx::query(&format!("{TASK_SELECT} WHERE job_id = $1 AND task_id = $2"))
+            .bind(job_id.to_string())
+            .bind(task_id.to_string())
+            .fetch_optional(&mut *self.tx)
+            .await?;
+        row.map(|r| TaskRow::from_row(&r)).transpose()
+    }
+}
+
+fn task_state(
+    job_id: &str,
+    task_id: &str,
+    state: TaskStatus,
+    attempts: i64,
+    attempt_id: Option<String>,
+    error: Option<String>,
+) -> TaskState {
+    TaskState {
+        job_id: job_id.into(),
+        task_id: task_id.into(),
+        state,
+        attempts: attempts as u32,
+        attempt_id,
+        error,
+        outputs: Map::new(),
+        output_files: Vec::new(),
+        retry_at_ms: None,
+        started_at_ms: None,
+        finished_at_ms: None,
+    }
+}
+
+/// Checks that every dependency names a task of the job and that there is no cycle (Kahn's
+/// algorithm, linear in tasks + edges). The planner checks this too; the scheduler does not
+/// trust its input, since any publisher can send `job.planned`.
+fn check_dag(tasks: &[PlannedTask]) -> std::result::Result<(), String> {
+    let index: HashMap<&str, usize> = tasks
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.id.as_str(), i))
+        .collect();
+    if index.len() != tasks.len() {
+        return Err("invalid plan: duplicate task ids".into());
+    }
+    let mut indegree = vec![0usize; tasks.len()];
+    let mut down: Vec<Vec<usize>> = vec![Vec::new(); tasks.len()];
+    for (i, t) in tasks.iter().enumerate() {
+        for d in &t.depends_on {
+            let Some(&u) = index.get(d.as_str()) else {
+                return Err(format!("invalid plan: task {} depends on unknown task {d}", t.id));
+            };
+            down[u].push(i);
+            indegree[i] += 1;
+        }
+    }
+    let mut queue: Vec<usize> = (0..tasks.len()).filter(|&i| indegree[i] == 0).collect();
+    let mut seen = 0;
+    while let Some(u) = queue.pop() {
+        seen += 1;
+        for &v in &down[u] {
+            indegree[v] -= 1;
+            if indegree[v] == 0 {
+                queue.push(v);
+            }
+        }
+    }
+    if seen != tasks.len() {
+        let stuck: Vec<&str> = (0..tasks.len())
+            .filter(|&i| indegree[i] > 0)
+            .take(5)
+            .map(|i| tasks[i].id.as_str())
+            .collect();
+        return Err(format!(
+            "invalid plan: dependency cycle among {}",
+            stuck.join(", ")
+        ));
+    }
+    Ok(())
+}
+
+/// Upstream outputs read during one dispatch pass.
+#[derive(Default)]
+struct OutputCache(HashMap<(String, String), Option<Map<String, Value>>>);
+
+struct Rendered {
+    command: Vec<Template>,
+    env: std::collections::BTreeMap<String, Template>,
+    input_files: std::collections::BTreeMap<String, Template>,
+}
+
+/// Fills `{{ outputs.TASK.KEY }}` from the upstream tasks' stored outputs.
+async fn render(
+    spec: &PlannedTask,
+    job_id: &str,
+    cache: &mut OutputCache,
+    tx: &mut Transaction<'static, Any>,
+) -> Result<std::result::Result<Rendered, String>> {
+    let all = spec
+        .command
+        .iter()
+        .chain(spec.env.values())
+        .chain(spec.input_files.values());
+    let needed: HashSet<&str> = all.flat_map(|t| t.outputs().map(|(task, _)| task)).collect();
+    for task in needed {
+        let key = (job_id.to_string(), task.to_string());
+        if cache.0.contains_key(&key) {
+            continue;
+        }
+        let row = sqlx::query("SELECT outputs FROM tasks WHERE job_id = $1 AND task_id = $2")
+            .bind(job_id.to_string())
+            .bind(task.to_string())
+            .fetch_optional(&mut **tx)
+            .await?;
+        let outputs = match row {
+            Some(r) => {
+                let text: Option<String> = r.try_get("outputs")?;
+                text.and_then(|t| serde_json::from_str(&t).ok())
+            }
+            None => None,
+        };
+        cache.0.insert(key, outputs);
+    }
+    let fill = |t: &Template| {
+        t.fill(|part| match part {
+            Part::Output { task, key } => {
+                let outputs = cache
+                    .0
+                    .get(&(job_id.to_string(), task.clone()))
+                    .and_then(|o| o.as_ref());
+                lookup(outputs, task, key).map(Some)
+            }
+            _ => Ok(None),
+        })
+    };
+    let mut rendered = Rendered {
+        command: Vec::new(),
+        env: Default::default(),
+        input_files: Default::default(),
+    };
+    for t in &spec.command {
+        match fill(t) {
+            Ok(t) => rendered.command.push(t),
+            Err(e) => return Ok(Err(e)),
+        }
+    }
+    for (k, t) in &spec.env {
+        match fill(t) {
+            Ok(t) => rendered.env.insert(k.clone(), t),
+            Err(e) => return Ok(Err(e)),
+        };
+    }
+    for (k, t) in &spec.input_files {
+        match fill(t) {
+            Ok(t) => rendered.input_files.insert(k.clone(), t),
+            Err(e) => return Ok(Err(e)),
+        };
+    }
+    Ok(Ok(rendered))
+}
+
+/// The text of `outputs.TASK.KEY` (KEY may be a dotted path). Strings are used as they are,
+/// anything else as compact JSON.
+fn lookup(
+    outputs: Option<&Map<String, Value>>,
+    task: &str,
+    key: &str,
+) -> std::result::Result<String, String> {
+    let empty = Map::new();
+    let outputs = outputs.unwrap_or(&empty);
+    let mut parts = key.split('.');
+    let first = parts.next().unwrap_or_default();
+    let mut v = outputs.get(first);
+    for p in parts {
+        v = v.and_then(|v| match v {
+            Value::Object(m) => m.get(p),
+            Value::Array(a) => p.parse::<usize>().ok().and_then(|i| a.get(i)),
+            _ => None,
+        });
+    }
+    match v {
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(other) => Ok(other.to_string()),
+        None => {
+            let have: Vec<&str> = outputs.keys().map(String::as_str).collect();
+            let have = if have.is_empty() {
+                "none".to_string()
+            } else {
+                have.join(", ")
+            };
+            Err(format!(
+                "{{{{ outputs.{task}.{key} }}}}: task {task} produced no output {key:?} (its outputs: {have})"
+            ))
+        }
+    }
+}
+
+// ----------------------------------------------------------------------------------------------
+// Rows
+// ----------------------------------------------------------------------------------------------
+
+const JOB_SELECT: &str =
+    "SELECT job_id, flow_id, state, ending, reason, concurrency, active, total, unfinished FROM jobs";
+const TASK_SELECT: &str =
+    "SELECT job_id, task_id, state, attempts, failures, lost, attempt_id, backend, timeout_ms,
+    retry_attempts, deadline, started_at, finished_at, spec, outputs, output_files, error FROM tasks";
+const ATTEMPT_SELECT: &str =
+    "SELECT attempt_id, job_id, task_id, number, state, cancel_requested, dispatched_at,
+    started_at, finished_at, exit_code, error FROM attempts";
+
+/// A job as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobRow {
+    pub job_id: String,
+    pub flow_id: String,
+    pub state: String,
+    pub ending: Option<String>,
+    pub reason: Option<String>,
+    pub concurrency: Option<i64>,
+    pub active: i64,
+    pub total: i64,
+    pub unfinished: i64,
+}
+
+impl JobRow {
+    fn from_row(r: &AnyRow) -> Result<Self> {
+        Ok(JobRow {
+            job_id: r.try_get("job_id")?,
+            flow_id: r.try_get("flow_id")?,
+            state: r.try_get("state")?,
+            ending: r.try_get("ending")?,
+            reason: r.try_get("reason")?,
+            concurrency: r.try_get("concurrency")?,
+            active: r.try_get("active")?,
+            total: r.try_get("total")?,
+            unfinished: r.try_get("unfinished")?,
+        })
+    }
+}
+
+/// A task as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskRow {
+    pub job_id: String,
+    pub task_id: String,
+    pub state: String,
+    pub attempts: i64,
+    pub failures: i64,
+    pub lost: i64,
+    pub attempt_id: Option<String>,
+    pub backend: String,
+    pub timeout_ms: Option<i64>,
+    pub retry_attempts: i64,
+    pub deadline: Option<i64>,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    pub spec: String,
+    pub outputs: Option<String>,
+    pub output_files: Option<String>,
+    pub error: Option<String>,
+}
+
+impl TaskRow {
+    fn from_row(r: &AnyRow) -> Result<Self> {
+        Ok(TaskRow {
+            job_id: r.try_get("job_id")?,
+            task_id: r.try_get("task_id")?,
+            state: r.try_get("state")?,
+            attempts: r.try_get("attempts")?,
+            failures: r.try_get("failures")?,
+            lost: r.try_get("lost")?,
+            attempt_id: r.try_get("attempt_id")?,
+            backend: r.try_get("backend")?,
+            timeout_ms: r.try_get("timeout_ms")?,
+            retry_attempts: r.try_get("retry_attempts")?,
+            deadline: r.try_get("deadline")?,
+            started_at: r.try_get("started_at")?,
+            finished_at: r.try_get("finished_at")?,
+            spec: r.try_get("spec")?,
+            outputs: r.try_get("outputs")?,
+            output_files: r.try_get("output_files")?,
+            error: r.try_get("error")?,
+        })
+    }
+
+    pub fn spec(&self) -> Result<PlannedTask> {
+        serde_json::from_str(&self.spec)
+            .map_err(|e| Error::Corrupt(format!("task {}/{} spec: {e}", self.job_id, self.task_id)))
+    }
+
+    pub fn output_files(&self) -> Vec<OutputFile> {
+        self.output_files
+            .as_deref()
+            .and_then(|s| serde_json::from_str(s).ok())
+            .unwrap_or_default()
+    }
+}
+
+/// An attempt as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttemptRow {
+    pub attempt_id: String,
+    pub job_id: String,
+    pub task_id: String,
+    pub number: i64,
+    pub state: String,
+    pub cancel_requested: bool,
+    pub dispatched_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    pub exit_code: Option<i64>,
+    pub error: Option<String>,
+}
+
+impl AttemptRow {
+    fn from_row(r: &AnyRow) -> Result<Self> {
+        Ok(AttemptRow {
+            attempt_id: r.try_get("attempt_id")?,
+            job_id: r.try_get("job_id")?,
+            task_id: r.try_get("task_id")?,
+            number: r.try_get("number")?,
+            state: r.try_get("state")?,
+            cancel_requested: r.try_get::<i64, _>("cancel_requested")? != 0,
+            dispatched_at: r.try_get("dispatched_at")?,
+            started_at: r.try_get("started_at")?,
+            finished_at: r.try_get("finished_at")?,
+            exit_code: r.try_get("exit_code")?,
+            error: r.try_get("error")?,
+        })
+    }
+}
+
+impl Store {
+    pub async fn job(&self, job_id: &str) -> Result<Option<JobRow>> {
+        let row = sqlx::query(&format!("{JOB_SELECT} WHERE job_id = $1"))
+            .bind(job_id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| JobRow::from_row(&r)).transpose()
+    }
+
+    pub async fn tasks(&self, job_id: &str) -> Result<Vec<TaskRow>> {
+        let rows = sqlx::query(&format!("{TASK_SELECT} WHERE job_id = $1 ORDER BY ord"))
+            .bind(job_id.to_string())
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(TaskRow::from_row).collect()
+    }
+
+    pub async fn attempts(&self, job_id: &str) -> Result<Vec<AttemptRow>> {
+        let rows = sqlx::query(&format!(
+            "{ATTEMPT_SELECT} WHERE job_id = $1 ORDER BY dispatched_at, number"
+        ))
+        .bind(job_id.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(AttemptRow::from_row).collect()
+    }
+
+    /// Deletes outbox rows whose events the bus confirmed.
+    pub async fn delete_outbox(&self, ids: &[String]) -> Result<()> {
+        for chunk in ids.chunks(CHUNK) {
+            let sql = format!(
+                "DELETE FROM outbox WHERE event_id IN ({})",
+                in_list(chunk.len(), 1)
+            );
+            let mut q = sqlx::query(&sql);
+            for id in chunk {
+                q = q.bind(id.clone());
+            }
+            q.execute(&self.pool).await?;
+        }
+        Ok(())
+    }
+
+    /// Events committed to the outbox and not yet known to be published, in order.
+    pub async fn outbox(&self) -> Result<Vec<Event>> {
+        let rows = sqlx::query("SELECT event FROM outbox ORDER BY seq")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let text: String = r.try_get("event")?;
+                serde_json::from_str(&text).map_err(|e| Error::Corrupt(format!("outbox event: {e}")))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(id: &str, deps: &[&str]) -> PlannedTask {
+        serde_json::from_value(serde_json::json!({
+            "id": id, "runner": {"type": "local"}, "command": ["true"], "dependsOn": deps
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn dag_checks_reject_unknown_deps_and_cycles() {
+        assert!(check_dag(&[t("a", &[]), t("b", &["a"])]).is_ok());
+        let e = check_dag(&[t("a", &["zz"])]).unwrap_err();
+        assert!(e.contains("unknown task zz"), "{e}");
+        let e = check_dag(&[t("a", &["c"]), t("b", &["a"]), t("c", &["b"]), t("d", &[])]).unwrap_err();
+        assert!(e.ends_with("cycle among a, b, c"), "{e}");
+    }
+
+    #[test]
+    fn outputs_are_looked_up_by_dotted_path() {
+        let outputs: Map<String, Value> = serde_json::from_value(
+            serde_json::json!({"rows": 3, "name": "x", "deep": {"a": [1, {"b": "y"}]}}),
+        )
+        .unwrap();
+        assert_eq!(lookup(Some(&outputs), "t", "rows").unwrap(), "3");
+        assert_eq!(lookup(Some(&outputs), "t", "name").unwrap(), "x");
+        assert_eq!(lookup(Some(&outputs), "t", "deep.a.1.b").unwrap(), "y");
+        let e = lookup(Some(&outputs), "t", "rowz").unwrap_err();
+        assert!(e.contains("no output \"rowz\"") && e.contains("rows"), "{e}");
+    }
+}

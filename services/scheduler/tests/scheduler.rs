@@ -1,0 +1,482 @@
+//! The scheduler driven through the bus by a scripted launcher.
+
+mod sim;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use ferry_bus::MemoryBus;
+use ferry_event::kind;
+use ferry_event::payload::{JobCancel, JobRetry, JobState, Outcome, PlannedTask, TaskDispatched, TaskState};
+use ferry_event::template::{Part, Template};
+use ferry_runtime::CancellationToken;
+use serde_json::json;
+use sim::*;
+
+const WITHIN: Duration = Duration::from_secs(20);
+
+struct Rig {
+    bus: MemoryBus,
+    rec: Recorder,
+    log: Arc<std::sync::Mutex<SimLog>>,
+    stop: CancellationToken,
+    _dir: tempfile::TempDir,
+}
+
+async fn rig(script: Script) -> Rig {
+    rig_with(script, |_| {}).await
+}
+
+async fn rig_with(script: Script, tune: impl FnOnce(&mut ferry_scheduler::Config)) -> Rig {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("scheduler.db");
+    let bus = MemoryBus::new();
+    let stop = CancellationToken::new();
+    let rec = Recorder::start(&bus, stop.clone()).await;
+    let log = launcher(bus.clone(), script, stop.clone()).await;
+    declare_scheduler(&bus).await;
+    let mut cfg = config(&db);
+    tune(&mut cfg);
+    let (_h, t) = start_scheduler(&bus, cfg);
+    let s = stop.clone();
+    tokio::spawn(async move {
+        s.cancelled().await;
+        t.cancel();
+    });
+    Rig {
+        bus,
+        rec,
+        log,
+        stop,
+        _dir: dir,
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+fn ok_script() -> Script {
+    Arc::new(|_| succeed(1))
+}
+
+fn task_states(rec: &Recorder, ty: &str) -> Vec<TaskState> {
+    rec.of_type(ty)
+        .iter()
+        .map(|e| ferry_event::decode(e).unwrap())
+        .collect()
+}
+
+fn dispatched(rec: &Recorder) -> Vec<TaskDispatched> {
+    rec.of_type(kind::TASK_DISPATCHED)
+        .iter()
+        .map(|e| ferry_event::decode(e).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_diamond_runs_in_dependency_order_with_outputs_passed_along() {
+    let script: Script = Arc::new(|d: &TaskDispatched| {
+        let mut p = succeed(5);
+        if d.task_id == "a" {
+            p.outputs = serde_json::from_value(json!({"rows": 42, "name": "x; rm -rf /"})).unwrap();
+        }
+        p
+    });
+    let r = rig(script).await;
+    let mut b = task_spec("b", &["a"]);
+    b.command = vec![Template(vec![
+        Part::Text("--rows=".into()),
+        Part::Output {
+            task: "a".into(),
+            key: "rows".into(),
+        },
+    ])];
+    let mut c = task_spec("c", &["a"]);
+    c.env.insert(
+        "NAME".into(),
+        Template(vec![Part::Output {
+            task: "a".into(),
+            key: "name".into(),
+        }]),
+    );
+    let d = task_spec("d", &["b", "c"]);
+    publish(
+        &r.bus,
+        kind::JOB_PLANNED,
+        "j1",
+        &planned("j1", vec![task_spec("a", &[]), b, c, d], None),
+    )
+    .await;
+    assert_eq!(r.rec.wait_terminal("j1", WITHIN).await, kind::JOB_SUCCEEDED);
+
+    let order = r.log.lock().unwrap().order["j1"].clone();
+    assert_eq!(order[0], "a");
+    assert_eq!(order[3], "d");
+    let ds = dispatched(&r.rec);
+    let b = ds.iter().find(|d| d.task_id == "b").unwrap();
+    assert_eq!(b.command[0].as_text().unwrap(), "--rows=42");
+    let c = ds.iter().find(|d| d.task_id == "c").unwrap();
+    assert_eq!(c.env["NAME"].as_text().unwrap(), "x; rm -rf /");
+    assert!(r.log.lock().unwrap().unfilled.is_empty());
+    let succeeded = task_states(&r.rec, kind::TASK_SUCCEEDED);
+    assert_eq!(succeeded.len(), 4);
+    assert_eq!(
+        succeeded.iter().find(|s| s.task_id == "a").unwrap().outputs["rows"],
+        42
+    );
+}
+
+#[tokio::test]
+async fn failed_attempts_are_retried_with_backoff_then_succeed() {
+    let tries = Arc::new(AtomicU32::new(0));
+    let t = tries.clone();
+    let script: Script = Arc::new(move |_| {
+        let n = t.fetch_add(1, Ordering::SeqCst);
+        Plan {
+            outcome: if n < 2 {
+                Outcome::Failed
+            } else {
+                Outcome::Succeeded
+            },
+            ..succeed(1)
+        }
+    });
+    let r = rig(script).await;
+    let mut flaky = task_spec("flaky", &[]);
+    flaky.retry.attempts = 3;
+    flaky.retry.initial_ms = 50;
+    flaky.retry.backoff = ferry_event::payload::Backoff::Exponential;
+    publish(&r.bus, kind::JOB_PLANNED, "j", &planned("j", vec![flaky], None)).await;
+    assert_eq!(r.rec.wait_terminal("j", WITHIN).await, kind::JOB_SUCCEEDED);
+
+    let retrying = task_states(&r.rec, kind::TASK_RETRYING);
+    assert_eq!(retrying.len(), 2);
+    let ds = dispatched(&r.rec);
+    assert_eq!(ds.iter().map(|d| d.attempt).collect::<Vec<_>>(), [1, 2, 3]);
+    // Backoff: the third attempt became ready at least 50 + 100 ms after the first.
+    assert!(
+        ds[2].ready_at_ms - ds[0].ready_at_ms >= 150,
+        "{:?}",
+        ds.iter().map(|d| d.ready_at_ms).collect::<Vec<_>>()
+    );
+    let done = &task_states(&r.rec, kind::TASK_SUCCEEDED)[0];
+    assert_eq!(done.attempts, 3);
+}
+
+#[tokio::test]
+async fn a_task_failing_for_good_cancels_its_running_sibling_and_pending_tasks() {
+    let script: Script = Arc::new(|d: &TaskDispatched| match d.task_id.as_str() {
+        "bad" => Plan {
+            outcome: Outcome::Failed,
+            ..succeed(20)
+        },
+        _ => succeed(60_000),
+    });
+    let r = rig(script).await;
+    let tasks = vec![
+        task_spec("bad", &[]),
+        task_spec("slow", &[]),
+        task_spec("after", &["bad"]),
+    ];
+    publish(&r.bus, kind::JOB_PLANNED, "j", &planned("j", tasks, None)).await;
+    assert_eq!(r.rec.wait_terminal("j", WITHIN).await, kind::JOB_FAILED);
+
+    assert_eq!(r.log.lock().unwrap().running_in("j"), 0, "the sibling still runs");
+    let cancelled: Vec<String> = task_states(&r.rec, kind::TASK_CANCELLED)
+        .into_iter()
+        .map(|s| s.task_id)
+        .collect();
+    assert!(
+        cancelled.contains(&"slow".to_string()) && cancelled.contains(&"after".to_string()),
+        "{cancelled:?}"
+    );
+    let failed = task_states(&r.rec, kind::TASK_FAILED);
+    assert_eq!(failed.len(), 1);
+    assert!(failed[0].error.as_deref().unwrap().contains("scripted failed"));
+    let job: JobState = ferry_event::decode(&r.rec.of_type(kind::JOB_FAILED)[0]).unwrap();
+    assert!(job.reason.unwrap().contains("task bad failed"));
+    assert_eq!(r.log.lock().unwrap().attempts_of("j", "after"), 0);
+}
+
+#[tokio::test]
+async fn concurrency_limits_running_tasks_and_priority_orders_them() {
+    let r = rig(Arc::new(|_| succeed(15))).await;
+    let tasks: Vec<PlannedTask> = (0..10)
+        .map(|i| {
+            let mut t = task_spec(&format!("t{i}"), &[]);
+            t.priority = i;
+            t
+        })
+        .collect();
+    publish(&r.bus, kind::JOB_PLANNED, "j", &planned("j", tasks, Some(2))).await;
+    assert_eq!(r.rec.wait_terminal("j", WITHIN).await, kind::JOB_SUCCEEDED);
+    let log = r.log.lock().unwrap();
+    assert_eq!(log.max_running["j"], 2);
+    let order = &log.order["j"];
+    // Higher priority first: the first two started are the two highest.
+    let mut first_two = order[..2].to_vec();
+    first_two.sort();
+    assert_eq!(first_two, ["t8", "t9"]);
+    assert_eq!(order.last().unwrap(), "t0");
+}
+
+#[tokio::test]
+async fn cancelling_a_job_stops_running_attempts_and_never_starts_pending_ones() {
+    let r = rig(Arc::new(|_| succeed(60_000))).await;
+    let tasks = vec![task_spec("a", &[]), task_spec("b", &[]), task_spec("c", &["a"])];
+    publish(&r.bus, kind::JOB_PLANNED, "j", &planned("j", tasks, None)).await;
+    // Wait until both roots run.
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    while r.log.lock().unwrap().running_in("j") < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "tasks did not start");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    publish(
+        &r.bus,
+        kind::JOB_CANCEL,
+        "j",
+        &JobCancel {
+            job_id: "j".into(),
+            reason: Some("operator".into()),
+        },
+    )
+    .await;
+    assert_eq!(r.rec.wait_terminal("j", WITHIN).await, kind::JOB_CANCELLED);
+    let log = r.log.lock().unwrap();
+    assert_eq!(log.running_in("j"), 0);
+    assert_eq!(log.attempts_of("j", "c"), 0);
+    assert_eq!(task_states(&r.rec, kind::TASK_CANCELLED).len(), 3);
+}
+
+#[tokio::test]
+async fn retrying_a_failed_job_requeues_only_failed_and_cancelled_tasks() {
+    let fail_once = Arc::new(AtomicU32::new(0));
+    let f = fail_once.clone();
+    let script: Script = Arc::new(move |d: &TaskDispatched| {
+        if d.task_id == "b" && f.fetch_add(1, Ordering::SeqCst) == 0 {
+            Plan {
+                outcome: Outcome::Failed,
+                ..succeed(1)
+            }
+        } else {
+            succeed(1)
+        }
+    });
+    let r = rig(script).await;
+    let tasks = vec![
+        task_spec("a", &[]),
+        task_spec("b", &["a"]),
+        task_spec("c", &["b"]),
+    ];
+    publish(&r.bus, kind::JOB_PLANNED, "j", &planned("j", tasks, None)).await;
+    assert_eq!(r.rec.wait_terminal("j", WITHIN).await, kind::JOB_FAILED);
+    r.rec.events.lock().unwrap().clear();
+    publish(&r.bus, kind::JOB_RETRY, "j", &JobRetry { job_id: "j".into() }).await;
+    assert_eq!(r.rec.wait_terminal("j", WITHIN).await, kind::JOB_SUCCEEDED);
+    let log = r.log.lock().unwrap();
+    assert_eq!(
+        log.attempts_of("j", "a"),
+        1,
+        "a succeeded before and must not run again"
+    );
+    assert_eq!(log.attempts_of("j", "b"), 2);
+    assert_eq!(log.attempts_of("j", "c"), 1);
+}
+
+#[tokio::test]
+async fn a_lapsed_lease_retries_the_task_as_a_new_attempt_without_overlap() {
+    let first = Arc::new(AtomicU32::new(0));
+    let f = first.clone();
+    // The first attempt hangs silently (no heartbeat); the scheduler must give up on it.
+    let script: Script = Arc::new(move |_| {
+        if f.fetch_add(1, Ordering::SeqCst) == 0 {
+            succeed(60_000)
+        } else {
+            succeed(1)
+        }
+    });
+    let r = rig_with(script, |c| c.lease = Duration::from_millis(300)).await;
+    publish(
+        &r.bus,
+        kind::JOB_PLANNED,
+        "j",
+        &planned("j", vec![task_spec("a", &[])], None),
+    )
+    .await;
+    assert_eq!(r.rec.wait_terminal("j", WITHIN).await, kind::JOB_SUCCEEDED);
+    let log = r.log.lock().unwrap();
+    assert_eq!(log.attempts_of("j", "a"), 2);
+    assert!(
+        log.overlaps.is_empty(),
+        "two attempts ran at once: {:?}",
+        log.overlaps
+    );
+    let retrying = task_states(&r.rec, kind::TASK_RETRYING);
+    assert!(
+        retrying[0].error.as_deref().unwrap().contains("no heartbeat"),
+        "{retrying:?}"
+    );
+}
+
+#[tokio::test]
+async fn lost_attempts_do_not_use_up_retries() {
+    let n = Arc::new(AtomicU32::new(0));
+    let c = n.clone();
+    let script: Script = Arc::new(move |_| {
+        if c.fetch_add(1, Ordering::SeqCst) < 2 {
+            Plan {
+                outcome: Outcome::Lost,
+                ..succeed(1)
+            }
+        } else {
+            succeed(1)
+        }
+    });
+    let r = rig(script).await;
+    publish(
+        &r.bus,
+        kind::JOB_PLANNED,
+        "j",
+        &planned("j", vec![task_spec("a", &[])], None),
+    )
+    .await;
+    assert_eq!(r.rec.wait_terminal("j", WITHIN).await, kind::JOB_SUCCEEDED);
+    assert_eq!(r.log.lock().unwrap().attempts_of("j", "a"), 3);
+}
+
+#[tokio::test]
+async fn a_missing_upstream_output_fails_the_task_with_a_clear_error() {
+    let r = rig(ok_script()).await;
+    let mut b = task_spec("b", &["a"]);
+    b.command = vec![Template(vec![Part::Output {
+        task: "a".into(),
+        key: "rows".into(),
+    }])];
+    publish(
+        &r.bus,
+        kind::JOB_PLANNED,
+        "j",
+        &planned("j", vec![task_spec("a", &[]), b], None),
+    )
+    .await;
+    assert_eq!(r.rec.wait_terminal("j", WITHIN).await, kind::JOB_FAILED);
+    let failed = task_states(&r.rec, kind::TASK_FAILED);
+    let err = failed[0].error.clone().unwrap();
+    assert!(
+        err.contains("outputs.a.rows") && err.contains("produced no output"),
+        "{err}"
+    );
+    assert_eq!(r.log.lock().unwrap().attempts_of("j", "b"), 0);
+}
+
+#[tokio::test]
+async fn an_invalid_plan_fails_the_job_instead_of_hanging() {
+    let r = rig(ok_script()).await;
+    let tasks = vec![task_spec("a", &["b"]), task_spec("b", &["a"])];
+    publish(&r.bus, kind::JOB_PLANNED, "j", &planned("j", tasks, None)).await;
+    assert_eq!(r.rec.wait_terminal("j", WITHIN).await, kind::JOB_FAILED);
+    let job: JobState = ferry_event::decode(&r.rec.of_type(kind::JOB_FAILED)[0]).unwrap();
+    assert!(job.reason.unwrap().contains("cycle"));
+}
+
+#[tokio::test]
+async fn duplicate_events_are_applied_once() {
+    let r = rig(Arc::new(|_| succeed(20))).await;
+    let tasks = vec![task_spec("a", &[]), task_spec("b", &["a"])];
+    let plan = planned("j", tasks, None);
+    let e = ferry_event::EventBuilder::new("t").job(kind::JOB_PLANNED, "j", &plan);
+    // The same event twice (redelivery), and a second planned event for the same job.
+    use ferry_bus::Bus;
+    r.bus.publish(&[e.clone(), e]).await.unwrap();
+    publish(&r.bus, kind::JOB_PLANNED, "j", &plan).await;
+    assert_eq!(r.rec.wait_terminal("j", WITHIN).await, kind::JOB_SUCCEEDED);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(r.rec.of_type(kind::JOB_STARTED).len(), 1);
+    assert_eq!(dispatched(&r.rec).len(), 2);
+}
+
+#[tokio::test]
+async fn a_malformed_control_event_is_dead_lettered_and_the_rest_applied() {
+    let r = rig(ok_script()).await;
+    publish(&r.bus, kind::JOB_PLANNED, "bad", &json!({"jobId": 7})).await;
+    publish(
+        &r.bus,
+        kind::JOB_PLANNED,
+        "j",
+        &planned("j", vec![task_spec("a", &[])], None),
+    )
+    .await;
+    assert_eq!(r.rec.wait_terminal("j", WITHIN).await, kind::JOB_SUCCEEDED);
+    let dead = r.bus.dead_letters();
+    assert_eq!(dead.len(), 1);
+    assert!(dead[0].reason.contains("not valid"), "{}", dead[0].reason);
+}
+
+#[tokio::test]
+async fn a_scheduler_killed_mid_job_and_restarted_loses_and_duplicates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let bus = MemoryBus::new();
+    let stop = CancellationToken::new();
+    let rec = Recorder::start(&bus, stop.clone()).await;
+    let log = launcher(bus.clone(), Arc::new(|_| succeed(2)), stop.clone()).await;
+    declare_scheduler(&bus).await;
+    let n = 300;
+    let mut tasks = vec![task_spec("root", &[])];
+    tasks.extend((0..n).map(|i| task_spec(&format!("t{i}"), &["root"])));
+    let all: Vec<String> = (0..n).map(|i| format!("t{i}")).collect();
+    let all: Vec<&str> = all.iter().map(String::as_str).collect();
+    tasks.push(task_spec("join", &all));
+    publish(&bus, kind::JOB_PLANNED, "j", &planned("j", tasks, Some(16))).await;
+
+    // Kill it three times while the job runs, each time without any chance to clean up.
+    for round in 0..3 {
+        let (handle, _token) = start_scheduler(&bus, config(&db));
+        let target = 50 * (round + 1);
+        let deadline = tokio::time::Instant::now() + WITHIN;
+        while rec.of_type(kind::TASK_SUCCEEDED).len() < target {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no progress in round {round}"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        handle.abort();
+        let _ = handle.await;
+    }
+    let (_handle, token) = start_scheduler(&bus, config(&db));
+    assert_eq!(rec.wait_terminal("j", WITHIN).await, kind::JOB_SUCCEEDED);
+
+    let log = log.lock().unwrap();
+    for t in std::iter::once("root").chain(all.iter().copied()).chain(["join"]) {
+        assert_eq!(
+            log.attempts_of("j", t),
+            1,
+            "task {t} ran {} times",
+            log.attempts_of("j", t)
+        );
+    }
+    assert!(log.overlaps.is_empty());
+    let store = ferry_scheduler::Store::open(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    let job = store.job("j").await.unwrap().unwrap();
+    assert_eq!(
+        (job.state.as_str(), job.unfinished, job.active),
+        ("succeeded", 0, 0)
+    );
+    assert!(
+        store
+            .tasks("j")
+            .await
+            .unwrap()
+            .iter()
+            .all(|t| t.state == "succeeded" && t.attempts == 1)
+    );
+    token.cancel();
+    stop.cancel();
+}
