@@ -1,0 +1,235 @@
+//! Turning a valid flow and a submission's inputs into a [`JobPlanned`].
+
+use std::collections::BTreeMap;
+
+use ferry_event::payload::{JobPlanned, PlannedTask, Problem, RetryPolicy, Runner};
+use serde_json::{Map, Value};
+
+use crate::check::{did_you_mean, field};
+use crate::model::{Flow, InputType, RunnerSpec, Task};
+use crate::template::FlowTemplate;
+use crate::{ValidFlow, check_job_id};
+
+/// A task with everything but the inputs resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Prepared {
+    pub runner: Runner,
+    pub command: Vec<FlowTemplate>,
+    pub env: BTreeMap<String, FlowTemplate>,
+    pub input_files: BTreeMap<String, FlowTemplate>,
+    pub timeout_ms: Option<u64>,
+    pub retry: RetryPolicy,
+}
+
+fn problem(field: impl Into<String>, message: impl Into<String>) -> Problem {
+    Problem {
+        location: None,
+        field: Some(field.into()),
+        message: message.into(),
+    }
+}
+
+/// Resolves a task of a flow that passed validation. Errors here mean validation missed
+/// something; they are reported rather than trusted away.
+pub(crate) fn prepare(flow: &Flow, i: usize, task: &Task) -> Result<Prepared, Problem> {
+    let at = |f: &str| format!("tasks[{i}].{f}");
+    let templates = |s: &str, f: String| FlowTemplate::parse(s).map_err(|m| problem(f, m));
+    let (ty, params) = match &task.runner {
+        RunnerSpec::Type(t) => (t.as_str(), Map::new()),
+        RunnerSpec::Params(p) => (
+            task.runner.type_name().unwrap_or_default(),
+            p.iter()
+                .filter(|(k, _)| *k != "type")
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        ),
+    };
+    let mut merged = flow.defaults.get(ty).cloned().unwrap_or_default();
+    merged.extend(params);
+    merged.insert("type".into(), ty.into());
+    let runner: Runner = serde_json::from_value(Value::Object(merged))
+        .map_err(|e| problem(at("runner"), format!("invalid runner: {e}")))?;
+    let timeout_ms = match &task.timeout {
+        Some(d) => Some(d.to_ms().map_err(|m| problem(at("timeout"), m))?),
+        None => None,
+    };
+    let retry = match &task.retry {
+        None => RetryPolicy::default(),
+        Some(r) => RetryPolicy {
+            attempts: r.attempts.max(1),
+            backoff: r.backoff,
+            initial_ms: match &r.initial {
+                Some(d) => d.to_ms().map_err(|m| problem(at("retry.initial"), m))?,
+                None => RetryPolicy::default().initial_ms,
+            },
+        },
+    };
+    let mut command = Vec::with_capacity(task.command.len());
+    for (j, c) in task.command.iter().enumerate() {
+        command.push(templates(c, at(&format!("command[{j}]")))?);
+    }
+    let mut env = BTreeMap::new();
+    for (k, v) in &task.env {
+        env.insert(k.clone(), templates(v, field(&at("env"), k))?);
+    }
+    let mut input_files = BTreeMap::new();
+    for (k, v) in &task.input_files {
+        input_files.insert(k.clone(), templates(v, field(&at("inputFiles"), k))?);
+    }
+    Ok(Prepared {
+        runner,
+        command,
+        env,
+        input_files,
+        timeout_ms,
+        retry,
+    })
+}
+
+/// Converts one provided input to its declared type. Strings are converted for integer,
+/// number and boolean inputs (`--input n=5`); a string holding JSON is parsed for json inputs.
+fn convert(ty: InputType, v: &Value) -> Option<Value> {
+    match (ty, v) {
+        (InputType::String, Value::String(_)) => Some(v.clone()),
+        (InputType::Integer, Value::Number(n)) if n.is_i64() || n.is_u64() => Some(v.clone()),
+        (InputType::Integer, Value::String(s)) => s.trim().parse::<i64>().ok().map(Value::from),
+        (InputType::Number, Value::Number(_)) => Some(v.clone()),
+        (InputType::Number, Value::String(s)) => s
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .and_then(serde_json::Number::from_f64)
+            .map(Value::Number),
+        (InputType::Boolean, Value::Bool(_)) => Some(v.clone()),
+        (InputType::Boolean, Value::String(s)) => match s.trim() {
+            "true" => Some(Value::Bool(true)),
+            "false" => Some(Value::Bool(false)),
+            _ => None,
+        },
+        (InputType::Json, Value::String(s)) => Some(serde_json::from_str(s).unwrap_or_else(|_| v.clone())),
+        (InputType::Json, _) => Some(v.clone()),
+        _ => None,
+    }
+}
+
+/// The text an input value stands for in a template.
+fn render(ty: InputType, v: &Value) -> String {
+    match (ty, v) {
+        (InputType::String, Value::String(s)) => s.clone(),
+        (_, other) => other.to_string(),
+    }
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Plans a job of a valid flow: checks and converts the inputs, fills `{{ inputs.X }}` as
+/// literal text, merges runner defaults and resolves durations and retries. Every problem with
+/// the inputs is reported at once.
+pub fn plan(flow: &ValidFlow, job_id: &str, inputs: &Map<String, Value>) -> Result<JobPlanned, Vec<Problem>> {
+    let f = &flow.flow;
+    let mut problems = Vec::new();
+    if let Err(msg) = check_job_id(job_id) {
+        problems.push(problem("jobId", msg));
+    }
+    let declared: Vec<&str> = f.inputs.keys().map(String::as_str).collect();
+    for (k, _) in inputs.iter().filter(|(k, _)| !f.inputs.contains_key(*k)) {
+        let hint = did_you_mean(k, declared.iter().copied())
+            .map(|s| format!("; did you mean `{s}`?"))
+            .unwrap_or_default();
+        let names = if declared.is_empty() {
+            "it declares none".to_string()
+        } else {
+            format!("declared inputs: {}", declared.join(", "))
+        };
+        problems.push(problem(
+            field("inputs", k),
+            format!(
+                "unknown input `{k}`: the flow `{}` does not declare it{hint}; {names}",
+                f.id
+            ),
+        ));
+    }
+    let mut values: Map<String, Value> = Map::new();
+    let mut texts: BTreeMap<&str, String> = BTreeMap::new();
+    for (name, input) in &f.inputs {
+        let given = inputs.get(name).filter(|v| !v.is_null());
+        let value = match (given, &input.default) {
+            (Some(v), _) => match convert(input.ty, v) {
+                Some(v) => v,
+                None => {
+                    problems.push(problem(
+                        field("inputs", name),
+                        format!(
+                            "input `{name}` is of type `{}`, but {} was given: {}",
+                            input.ty.as_str(),
+                            kind(v),
+                            crate::yaml::truncate(&v.to_string(), 60)
+                        ),
+                    ));
+                    continue;
+                }
+            },
+            (None, Some(d)) => d.clone(),
+            (None, None) if input.required => {
+                problems.push(problem(
+                    field("inputs", name),
+                    format!(
+                        "missing required input `{name}` (type `{}`){}",
+                        input.ty.as_str(),
+                        input
+                            .description
+                            .as_deref()
+                            .map(|d| format!(": {d}"))
+                            .unwrap_or_default()
+                    ),
+                ));
+                continue;
+            }
+            (None, None) => {
+                texts.insert(name, String::new());
+                continue;
+            }
+        };
+        texts.insert(name, render(input.ty, &value));
+        values.insert(name.clone(), value);
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let fill = |t: &FlowTemplate| t.fill_inputs(|n| texts.get(n).cloned().unwrap_or_default());
+    let tasks = f
+        .tasks
+        .iter()
+        .zip(&flow.prepared)
+        .map(|(task, p)| PlannedTask {
+            id: task.id.clone(),
+            runner: p.runner.clone(),
+            command: p.command.iter().map(fill).collect(),
+            depends_on: task.depends_on.clone(),
+            input_files: p.input_files.iter().map(|(k, v)| (k.clone(), fill(v))).collect(),
+            output_files: task.output_files.clone(),
+            env: p.env.iter().map(|(k, v)| (k.clone(), fill(v))).collect(),
+            resources: task.resources.clone(),
+            timeout_ms: p.timeout_ms,
+            retry: p.retry.clone(),
+            priority: task.priority,
+        })
+        .collect();
+    Ok(JobPlanned {
+        job_id: job_id.to_string(),
+        flow_id: f.id.clone(),
+        namespace: f.namespace.clone(),
+        concurrency: f.concurrency,
+        inputs: values,
+        tasks,
+    })
+}
