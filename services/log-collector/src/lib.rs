@@ -6,7 +6,7 @@
 //!   a job, a task or an attempt) and [`LogStore::follow`] (like `tail -f`). SQLite today
 //!   (`sqlite:///path/logs.db`, `sqlite::memory:`); the SQL it runs on data is portable to
 //!   PostgreSQL.
-//! - the service (to come)
+//! - [`run`] is the service: it consumes the logs topic in batches, stores each batch in one
 //!   transaction and acks the deliveries only after the commit. Undecodable events are
 //!   dead-lettered with the reason; a failing store makes it give the batch back and retry.
 //!
@@ -16,7 +16,9 @@
 //! partition.
 
 mod error;
+mod service;
 mod store;
 
 pub use error::{Error, Result};
+pub use service::{Config, DEFAULT_BATCH_MAX, DEFAULT_GROUP, LogCollector, run};
 pub use store::{Cursor, DEFAULT_FOLLOW_POLL, LogQuery, LogRecord, LogStore, validate};

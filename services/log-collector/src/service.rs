@@ -1,0 +1,323 @@
+//! The service: the logs topic into the [`LogStore`], a batch per transaction.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_bus::{Bus, Delivery, Subscribe, Subscription};
+use ferry_event::payload::TaskLog;
+use ferry_event::{AttributesReader, Topic, kind};
+use ferry_runtime::CancellationToken;
+use ferry_runtime::metrics::LOG_LINES_STORED;
+use tracing::Instrument;
+
+use crate::error::Result;
+use crate::store::{LogStore, validate};
+
+/// The consumer group the collectors share: each `task.log` event is stored by one of them.
+pub const DEFAULT_GROUP: &str = "log-collector";
+/// Most events stored in one transaction.
+pub const DEFAULT_BATCH_MAX: usize = 512;
+
+/// What the service needs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub store: LogStore,
+    /// Consumer group on the logs topic.
+    pub group: String,
+    /// Most events stored in one transaction; the subscription prefetches twice as many.
+    pub batch_max: usize,
+    /// Wait after the first failed commit; doubled after each further failure.
+    pub retry_initial: Duration,
+    /// Longest wait between retries of a failing commit.
+    pub retry_max: Duration,
+}
+
+impl Config {
+    pub fn new(store: LogStore) -> Self {
+        Config {
+            store,
+            group: DEFAULT_GROUP.to_string(),
+            batch_max: DEFAULT_BATCH_MAX,
+            retry_initial: Duration::from_millis(200),
+            retry_max: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Subscribes to the logs topic and stores what arrives until `shutdown` is cancelled or the bus
+/// closes. Equivalent to [`LogCollector::subscribe`] then [`LogCollector::run`].
+pub async fn run(config: Config, bus: Arc<dyn Bus>, shutdown: CancellationToken) -> Result<()> {
+    LogCollector::subscribe(config, bus).await?.run(shutdown).await
+}
+
+/// A subscribed log collector. Subscribing before running lets an embedding process make sure
+/// the group exists (and so collects events) before anything publishes logs.
+#[derive(Debug)]
+pub struct LogCollector {
+    config: Config,
+    sub: Subscription,
+}
+
+impl LogCollector {
+    /// Joins `config.group` on the logs topic.
+    pub async fn subscribe(config: Config, bus: Arc<dyn Bus>) -> Result<Self> {
+        let batch_max = config.batch_max.max(1);
+        let sub = bus
+            .subscribe(
+                Subscribe::new(config.group.clone(), [Topic::Logs]).prefetch(batch_max.saturating_mul(2)),
+            )
+            .await?;
+        Ok(LogCollector {
+            config: Config { batch_max, ..config },
+            sub,
+        })
+    }
+
+    /// Stores batches until `shutdown` is cancelled (a commit in progress is finished and acked
+    /// first) or the bus closes. A failing store never loses a line: the batch is given back to
+    /// the bus and taken again after a backoff.
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<()> {
+        let mut backoff = Backoff::new(self.config.retry_initial, self.config.retry_max);
+        tracing::info!(group = %self.config.group, "log collector started");
+        loop {
+            let next = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                next = self.sub.next_batch(self.config.batch_max) => next,
+            };
+            let delay = match next {
+                None => {
+                    tracing::info!("bus closed; log collector stopping");
+                    break;
+                }
+                Some(Ok(batch)) => match handle_batch(&self.config.store, batch).await {
+                    Ok(_) => {
+                        backoff.reset();
+                        continue;
+                    }
+                    Err(e) => {
+                        let delay = backoff.next();
+                        tracing::error!(
+                            error = %e,
+                            retry_in_ms = delay.as_millis() as u64,
+                            "storing log lines failed; the batch was given back to the bus"
+                        );
+                        delay
+                    }
+                },
+                Some(Err(e)) if e.is_transient() => {
+                    let delay = backoff.next();
+                    tracing::warn!(
+                        error = %e,
+                        retry_in_ms = delay.as_millis() as u64,
+                        "receiving from the bus failed"
+                    );
+                    delay
+                }
+                Some(Err(e)) => return Err(e.into()),
+            };
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+        tracing::info!("log collector stopped");
+        Ok(())
+    }
+}
+
+/// Stores the valid events of a batch in one transaction, then acks them; dead-letters the
+/// events that can never be stored. When the store fails, the valid events are nacked (so the
+/// bus delivers them again) and the error is returned. Returns the lines newly stored.
+pub(crate) async fn handle_batch(store: &LogStore, batch: Vec<Delivery>) -> Result<u64> {
+    let mut logs = Vec::with_capacity(batch.len());
+    let mut good = Vec::with_capacity(batch.len());
+    for d in batch {
+        match read(&d) {
+            Ok(log) => {
+                logs.push(log);
+                good.push(d);
+            }
+            Err(reason) => {
+                if let Err(e) = d.dead_letter(&reason).await {
+                    tracing::warn!(error = %e, "dead-lettering failed; the event will come back");
+                }
+            }
+        }
+    }
+    if logs.is_empty() {
+        return Ok(0);
+    }
+    let jobs: BTreeSet<&str> = logs.iter().map(|l| l.job_id.as_str()).collect();
+    let job_id = jobs.into_iter().collect::<Vec<_>>().join(",");
+    let lines: usize = logs.iter().map(|l| l.lines.len()).sum();
+    let span = tracing::info_span!(
+        "store_logs",
+        job_id = %job_id,
+        events = logs.len(),
+        lines,
+        stored = tracing::field::Empty,
+    );
+    async {
+        for log in &logs {
+            tracing::debug!(
+                job_id = %log.job_id,
+                task_id = %log.task_id,
+                attempt_id = %log.attempt_id,
+                seq = log.seq,
+                lines = log.lines.len(),
+                "task.log"
+            );
+        }
+        match store.append(&logs).await {
+            Ok(stored) => {
+                tracing::Span::current().record("stored", stored);
+                tracing::debug!({ LOG_LINES_STORED } = stored, "log lines committed");
+                // Acked only now that the lines are durable. A crash before the acks means a
+                // redelivery, which stores nothing twice.
+                for d in good {
+                    if let Err(e) = d.ack().await {
+                        tracing::warn!(error = %e, "ack failed; the event will be stored again as a no-op");
+                    }
+                }
+                Ok(stored)
+            }
+            Err(e) => {
+                // Back to the bus, last first: brokers that put a returned event at the head of
+                // the queue then keep the original order.
+                for d in good.into_iter().rev() {
+                    if let Err(e) = d.nack().await {
+                        tracing::warn!(error = %e, "nack failed; the event comes back when its delivery lapses");
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// The payload of a delivery, or why it can never be stored.
+fn read(d: &Delivery) -> std::result::Result<TaskLog, String> {
+    let ty = d.event.ty();
+    if ty != kind::TASK_LOG {
+        return Err(format!(
+            "event {} has type {ty}; the log collector stores only {} events",
+            d.event.id(),
+            kind::TASK_LOG
+        ));
+    }
+    let log: TaskLog = ferry_event::decode(&d.event).map_err(|e| e.to_string())?;
+    validate(&log).map_err(|e| format!("event {}: {e}", d.event.id()))?;
+    Ok(log)
+}
+
+struct Backoff {
+    initial: Duration,
+    max: Duration,
+    current: Option<Duration>,
+}
+
+impl Backoff {
+    fn new(initial: Duration, max: Duration) -> Self {
+        Backoff {
+            initial,
+            max: max.max(initial),
+            current: None,
+        }
+    }
+
+    fn next(&mut self) -> Duration {
+        let d = match self.current {
+            None => self.initial,
+            Some(c) => c.saturating_mul(2).min(self.max),
+        };
+        self.current = Some(d);
+        d
+    }
+
+    fn reset(&mut self) {
+        self.current = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ferry_bus::MemoryBus;
+    use ferry_event::EventBuilder;
+    use ferry_event::payload::{LogLine, Stream};
+
+    use super::*;
+    use crate::LogQuery;
+
+    fn log_event(seq: u64) -> ferry_event::Event {
+        let log = TaskLog {
+            job_id: "j".into(),
+            task_id: "t".into(),
+            attempt_id: "a".into(),
+            seq,
+            lines: vec![LogLine {
+                stream: Stream::Stdout,
+                time_ms: 0,
+                text: format!("line {seq}"),
+            }],
+        };
+        EventBuilder::new("test").task(kind::TASK_LOG, "j", "t", Some("a"), &log)
+    }
+
+    async fn sql(url: &str, statement: &str) -> anyhow::Result<()> {
+        let pool = sqlx::SqlitePool::connect(url).await?;
+        sqlx::query(statement).execute(&pool).await?;
+        pool.close().await;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_failing_store_gives_the_batch_back_in_order_and_a_retry_stores_it() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let url = format!("sqlite://{}", dir.path().join("logs.db").display());
+        let store = LogStore::open(&url).await?;
+        let bus = MemoryBus::new();
+        let mut sub = bus.subscribe(Subscribe::new("g", [Topic::Logs])).await?;
+        bus.publish(&[log_event(0), log_event(1), log_event(2)]).await?;
+
+        // The table disappears: every insert fails.
+        sql(&url, "ALTER TABLE log_lines RENAME TO log_lines_away").await?;
+        let batch = sub
+            .next_batch(8)
+            .await
+            .ok_or_else(|| anyhow::anyhow!("closed"))??;
+        let ids: Vec<String> = batch.iter().map(|d| d.event.id().to_string()).collect();
+        let err = handle_batch(&store, batch).await.unwrap_err();
+        assert!(err.is_transient(), "{err}");
+
+        // The events are back on the bus, in their order, and nothing was dead-lettered.
+        let again = sub
+            .next_batch(8)
+            .await
+            .ok_or_else(|| anyhow::anyhow!("closed"))??;
+        let again_ids: Vec<String> = again.iter().map(|d| d.event.id().to_string()).collect();
+        assert_eq!(again_ids, ids);
+        assert!(again.iter().all(|d| d.redelivered));
+        assert!(bus.dead_letters().is_empty());
+
+        sql(&url, "ALTER TABLE log_lines_away RENAME TO log_lines").await?;
+        assert_eq!(handle_batch(&store, again).await?, 3);
+        let lines = store.query(&LogQuery::job("j")).await?;
+        assert_eq!(lines.iter().map(|r| r.seq).collect::<Vec<_>>(), [0, 1, 2]);
+        assert!(sub.try_next().is_none(), "acked after the commit");
+        Ok(())
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(350));
+        let seen: Vec<_> = (0..4).map(|_| b.next().as_millis()).collect();
+        assert_eq!(seen, [100, 200, 350, 350]);
+        b.reset();
+        assert_eq!(b.next(), Duration::from_millis(100));
+    }
+}
