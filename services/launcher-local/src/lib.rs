@@ -1,1 +1,499 @@
-//! placeholder
+//! ferry's local launcher: runs each dispatched attempt as a process on this machine.
+//!
+//! [`run`] joins a consumer group on the `dispatch.local` topic and handles
+//! `dev.ferry.task.dispatched` and `dev.ferry.task.cancel`. Each attempt gets a working
+//! directory under `data_dir/attempts/<attempt_id>/work` with its input files written, runs
+//! with its command as a plain argument vector (no shell) in its own process group, and reports
+//! `task.started`, `task.heartbeat`, `task.log` batches and `task.finished`. Timeouts, cancels
+//! and shutdown stop the whole process group (SIGTERM, a grace period, SIGKILL); so does the
+//! end of the group leader, so that stray background processes never outlive their task.
+//!
+//! - [`Config`], [`run`]: the service;
+//! - [`Secrets`]: the values behind `{{ secret('NAME') }}`, masked as `****` in everything the
+//!   launcher sends;
+//! - [`state`]: the on-disk layout that makes the launcher idempotent per attempt id and lets it
+//!   reconcile, on start, the processes a previous run left behind.
+//!
+//! At most [`Config::max_parallel`] attempts run at once. The subscription's prefetch window
+//! is the same size and a dispatch is acked once its start is confirmed, so while every slot is
+//! busy the consumer still reads (and so still receives cancels) but the dispatches it reads
+//! wait, unacknowledged, for a free slot; once `max_parallel` of them wait it reads nothing more.
+
+mod attempt;
+mod collect;
+mod logs;
+mod prepare;
+mod process;
+mod publish;
+mod reconcile;
+pub mod secrets;
+pub mod state;
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_bus::{Bus, Delivery, Subscribe, Subscription};
+use ferry_event::payload::{Outcome, TaskCancel, TaskDispatched};
+use ferry_event::{AttributesReader, EventBuilder, Topic, kind};
+use ferry_runtime::metrics;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+pub use process::{is_alive, start_time};
+pub use secrets::{Masker, Secrets};
+
+use crate::publish::Publisher;
+use crate::state::{AttemptDir, Status};
+
+/// The backend name this launcher serves; dispatches arrive on `dispatch.local`.
+pub const BACKEND: &str = "local";
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why the launcher could not start or had to stop. Problems of one attempt are never errors
+/// here: they are reported on that attempt's `task.finished`.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration can never work.
+    #[error("invalid local launcher configuration: {0}")]
+    Config(String),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("secrets file {}: {message}", path.display())]
+    SecretsFile { path: PathBuf, message: String },
+    #[error(transparent)]
+    Bus(#[from] ferry_bus::Error),
+}
+
+/// How the local launcher runs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Holds `attempts/<attempt_id>/…`; output files go to `artifacts/` in it by default.
+    pub data_dir: PathBuf,
+    /// Where output files are copied, as `<job>/<task>/<attempt>/<path>`.
+    pub artifact_dir: Option<PathBuf>,
+    /// Attempts running at once, and the subscription's prefetch.
+    pub max_parallel: usize,
+    /// Time between SIGTERM and SIGKILL when stopping a process group.
+    pub kill_grace: Duration,
+    /// Most lines in one `task.log` event.
+    pub log_batch_lines: usize,
+    /// A `task.log` event is sent at least this often while lines flow.
+    pub log_batch_interval: Duration,
+    pub secrets: Secrets,
+    /// The CloudEvents `source` of this instance.
+    pub source: String,
+    /// The consumer group.
+    pub group: String,
+}
+
+impl Config {
+    /// Defaults: 64 attempts at once, 10 s grace, batches of 256 lines or 20 ms, secrets from
+    /// `FERRY_SECRET_*`, group `launcher-local`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Config {
+            data_dir: data_dir.into(),
+            artifact_dir: None,
+            max_parallel: 64,
+            kill_grace: Duration::from_secs(10),
+            log_batch_lines: 256,
+            log_batch_interval: Duration::from_millis(20),
+            secrets: Secrets::from_env(),
+            source: ferry_runtime::instance_source("launcher-local"),
+            group: "launcher-local".to_string(),
+        }
+    }
+
+    /// Checks the configuration and makes its directories absolute, creating them.
+    fn resolve(mut self) -> Result<(Config, PathBuf)> {
+        if self.max_parallel == 0 {
+            return Err(Error::Config("max_parallel must be at least 1".into()));
+        }
+        if self.log_batch_lines == 0 {
+            return Err(Error::Config("log_batch_lines must be at least 1".into()));
+        }
+        if self.group.is_empty() {
+            return Err(Error::Config("the consumer group name is empty".into()));
+        }
+        self.data_dir = make_dir(&self.data_dir, "data directory")?;
+        if self.data_dir.to_str().is_none() {
+            return Err(Error::Config(format!(
+                "the data directory {} is not valid UTF-8; tasks receive their working directory as text",
+                self.data_dir.display()
+            )));
+        }
+        let artifacts = self
+            .artifact_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("artifacts"));
+        let artifacts = make_dir(&artifacts, "artifact directory")?;
+        Ok((self, artifacts))
+    }
+}
+
+fn make_dir(path: &Path, what: &str) -> Result<PathBuf> {
+    let io = |source| Error::Io {
+        what: format!("cannot create the {what} {}", path.display()),
+        source,
+    };
+    std::fs::create_dir_all(path).map_err(io)?;
+    path.canonicalize().map_err(io)
+}
+
+/// What every attempt of one launcher shares.
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    pub(crate) artifact_dir: PathBuf,
+    pub(crate) builder: EventBuilder,
+    pub(crate) publisher: Publisher,
+    pub(crate) masker: Masker,
+    /// Cancelled when the launcher stops (shutdown, or the bus closed).
+    pub(crate) stop: CancellationToken,
+}
+
+/// Runs the local launcher until `shutdown` is cancelled (or the bus closes). On the way out
+/// every running attempt's process group is stopped and the attempt reported `lost`; when this
+/// returns, no process it started is alive.
+pub async fn run(config: Config, bus: Arc<dyn Bus>, shutdown: CancellationToken) -> Result<()> {
+    let (config, artifact_dir) = config.resolve()?;
+    let stop = shutdown.child_token();
+    let shared = Arc::new(Shared {
+        masker: config.secrets.masker(),
+        builder: EventBuilder::new(config.source.clone()),
+        publisher: Publisher::new(bus.clone(), stop.clone()),
+        stop: stop.clone(),
+        artifact_dir,
+        config,
+    });
+    tracing::info!(
+        data_dir = %shared.config.data_dir.display(),
+        group = %shared.config.group,
+        max_parallel = shared.config.max_parallel,
+        secrets = shared.config.secrets.len(),
+        "local launcher starting"
+    );
+    let reconciled = reconcile::reconcile(&shared).await?;
+    if reconciled > 0 {
+        tracing::info!(attempts = reconciled, "reconciled attempts of a previous run");
+    }
+    if stop.is_cancelled() {
+        return Ok(());
+    }
+    let subscription = bus
+        .subscribe(
+            Subscribe::new(
+                shared.config.group.clone(),
+                [Topic::Dispatch(BACKEND.to_string())],
+            )
+            .prefetch(shared.config.max_parallel),
+        )
+        .await?;
+    let (tx, mut rx) = mpsc::channel(1);
+    let reader = tokio::spawn(read_deliveries(subscription, tx, stop.clone()));
+
+    let mut launcher = Launcher::new(shared.clone());
+    let result = loop {
+        tokio::select! {
+            _ = stop.cancelled() => break Ok(()),
+            Some(done) = launcher.tasks.join_next_with_id() => launcher.on_done(done),
+            received = rx.recv() => match received {
+                Some(Ok(delivery)) => launcher.on_delivery(delivery).await,
+                Some(Err(e)) if e.is_transient() => {
+                    tracing::warn!(error = %e, "receiving from the bus failed; retrying");
+                }
+                Some(Err(e)) => {
+                    tracing::error!(error = %e, "receiving from the bus failed; stopping");
+                    break Err(Error::Bus(e));
+                }
+                None => {
+                    tracing::info!("the bus closed; stopping");
+                    break Ok(());
+                }
+            },
+        }
+    };
+    stop.cancel();
+    reader.abort();
+    let _ = reader.await;
+    // Dispatches not started go back to the broker unacknowledged.
+    launcher.pending.clear();
+    while let Some(done) = launcher.tasks.join_next_with_id().await {
+        launcher.on_done(done);
+    }
+    tracing::info!("local launcher stopped");
+    result
+}
+
+/// Moves deliveries from the subscription to the main loop, so that the main loop only ever
+/// waits on a channel (which is safe to abandon in `select!`).
+async fn read_deliveries(
+    mut subscription: Subscription,
+    tx: mpsc::Sender<ferry_bus::Result<Delivery>>,
+    stop: CancellationToken,
+) {
+    loop {
+        let received = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = subscription.next() => r,
+        };
+        let Some(received) = received else {
+            return;
+        };
+        let failed = received.is_err();
+        if tx.send(received).await.is_err() {
+            return;
+        }
+        if failed {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+}
+
+/// An attempt this launcher is busy with.
+struct Entry {
+    /// Set for a running attempt: sends the error a cancel reports.
+    cancel: Option<watch::Sender<Option<String>>>,
+    /// Whether it holds one of the `max_parallel` slots (reports of attempts that never start
+    /// do not).
+    counted: bool,
+}
+
+struct Launcher {
+    shared: Arc<Shared>,
+    running: usize,
+    entries: HashMap<String, Entry>,
+    pending: VecDeque<(TaskDispatched, Delivery)>,
+    tasks: JoinSet<()>,
+    task_attempts: HashMap<tokio::task::Id, String>,
+}
+
+impl Launcher {
+    fn new(shared: Arc<Shared>) -> Self {
+        Launcher {
+            shared,
+            running: 0,
+            entries: HashMap::new(),
+            pending: VecDeque::new(),
+            tasks: JoinSet::new(),
+            task_attempts: HashMap::new(),
+        }
+    }
+
+    async fn on_delivery(&mut self, delivery: Delivery) {
+        let ty = delivery.event.ty().to_string();
+        match ty.as_str() {
+            kind::TASK_DISPATCHED => self.on_dispatch(delivery).await,
+            kind::TASK_CANCEL => self.on_cancel(delivery).await,
+            other => {
+                let reason = format!(
+                    "the local launcher handles {} and {}, not {other}",
+                    kind::TASK_DISPATCHED,
+                    kind::TASK_CANCEL
+                );
+                dead_letter(delivery, &reason).await;
+            }
+        }
+    }
+
+    async fn on_dispatch(&mut self, delivery: Delivery) {
+        let d: TaskDispatched = match ferry_event::decode(&delivery.event) {
+            Ok(d) => d,
+            Err(e) => return dead_letter(delivery, &e.to_string()).await,
+        };
+        if let Err(why) = state::check_id(&d.attempt_id) {
+            let reason = format!("attempt id {:?} cannot name a directory: {why}", d.attempt_id);
+            return dead_letter(delivery, &reason).await;
+        }
+        let span = attempt_span(&d);
+        let _enter = span.enter();
+        if self.entries.contains_key(&d.attempt_id)
+            || self.pending.iter().any(|(p, _)| p.attempt_id == d.attempt_id)
+        {
+            tracing::info!("duplicate dispatch of an attempt in progress; acking it");
+            drop(_enter);
+            return ack(delivery).await;
+        }
+        let dir = AttemptDir::new(&self.shared.config.data_dir, &d.attempt_id);
+        match dir.status() {
+            Err(e) => {
+                let reason = format!("the state of attempt {} cannot be read: {e}", d.attempt_id);
+                drop(_enter);
+                dead_letter(delivery, &reason).await;
+            }
+            Ok(Status::Finished) => {
+                tracing::info!("duplicate dispatch of a finished attempt; acking it");
+                drop(_enter);
+                ack(delivery).await;
+            }
+            Ok(Status::Running(record)) => {
+                tracing::warn!(
+                    pid = record.pid,
+                    "duplicate dispatch of an attempt whose process is recorded on disk; acking it"
+                );
+                drop(_enter);
+                ack(delivery).await;
+            }
+            Ok(Status::ResultPending(report)) => {
+                drop(_enter);
+                let id = d.attempt_id.clone();
+                let fut = attempt::settle_pending(self.shared.clone(), *report, Some(delivery));
+                self.spawn(id, None, false, fut, span);
+            }
+            Ok(Status::Tombstone(error)) => {
+                tracing::info!("attempt was cancelled before its dispatch arrived");
+                drop(_enter);
+                let report = attempt::unstarted(&d, Outcome::Cancelled, error);
+                let fut = attempt::settle_unstarted(self.shared.clone(), report, delivery);
+                self.spawn(d.attempt_id.clone(), None, false, fut, span);
+            }
+            Ok(Status::Fresh) => {
+                drop(_enter);
+                self.pending.push_back((d, delivery));
+                self.fill_slots();
+            }
+        }
+    }
+
+    async fn on_cancel(&mut self, delivery: Delivery) {
+        let c: TaskCancel = match ferry_event::decode(&delivery.event) {
+            Ok(c) => c,
+            Err(e) => return dead_letter(delivery, &e.to_string()).await,
+        };
+        if let Err(why) = state::check_id(&c.attempt_id) {
+            let reason = format!("attempt id {:?} cannot name a directory: {why}", c.attempt_id);
+            return dead_letter(delivery, &reason).await;
+        }
+        let error = attempt::cancel_error(c.reason.as_deref());
+        let span = tracing::info_span!(
+            "attempt",
+            job_id = %c.job_id,
+            task_id = %c.task_id,
+            attempt_id = %c.attempt_id
+        );
+        if let Some(entry) = self.entries.get(&c.attempt_id) {
+            if let Some(tx) = &entry.cancel {
+                span.in_scope(|| tracing::info!("cancelling the attempt"));
+                tx.send_replace(Some(error));
+            }
+            return ack(delivery).await;
+        }
+        if let Some(pos) = self
+            .pending
+            .iter()
+            .position(|(p, _)| p.attempt_id == c.attempt_id)
+            && let Some((d, dispatch)) = self.pending.remove(pos)
+        {
+            span.in_scope(|| tracing::info!("cancelling an attempt waiting for a slot"));
+            let report = attempt::unstarted(&d, Outcome::Cancelled, error);
+            let fut = attempt::settle_unstarted(self.shared.clone(), report, dispatch);
+            self.spawn(d.attempt_id.clone(), None, false, fut, span);
+            return ack(delivery).await;
+        }
+        let dir = AttemptDir::new(&self.shared.config.data_dir, &c.attempt_id);
+        match dir.status() {
+            Ok(Status::Fresh) | Ok(Status::Tombstone(_)) => match dir.write_tombstone(&error) {
+                Ok(()) => {
+                    span.in_scope(|| tracing::info!("cancel arrived before the dispatch; recorded it"));
+                    ack(delivery).await;
+                }
+                Err(e) => {
+                    let reason = format!(
+                        "cannot record the cancel of attempt {} in {}: {e}",
+                        c.attempt_id,
+                        dir.tombstone_file().display()
+                    );
+                    dead_letter(delivery, &reason).await;
+                }
+            },
+            Ok(_) => ack(delivery).await,
+            Err(e) => {
+                span.in_scope(
+                    || tracing::warn!(error = %e, "cannot read the attempt's state; ignoring the cancel"),
+                );
+                ack(delivery).await;
+            }
+        }
+    }
+
+    /// Starts waiting dispatches while slots are free.
+    fn fill_slots(&mut self) {
+        while self.running < self.shared.config.max_parallel && !self.shared.stop.is_cancelled() {
+            let Some((d, delivery)) = self.pending.pop_front() else {
+                break;
+            };
+            let (tx, rx) = watch::channel(None);
+            let span = attempt_span(&d);
+            let id = d.attempt_id.clone();
+            let fut = attempt::run(self.shared.clone(), d, delivery, rx);
+            self.spawn(id, Some(tx), true, fut, span);
+            tracing::debug!(metric = metrics::ATTEMPTS_IN_FLIGHT, value = self.running);
+        }
+    }
+
+    fn spawn(
+        &mut self,
+        attempt_id: String,
+        cancel: Option<watch::Sender<Option<String>>>,
+        counted: bool,
+        fut: impl Future<Output = ()> + Send + 'static,
+        span: tracing::Span,
+    ) {
+        let handle = self.tasks.spawn(fut.instrument(span));
+        self.task_attempts.insert(handle.id(), attempt_id.clone());
+        if counted {
+            self.running += 1;
+        }
+        self.entries.insert(attempt_id, Entry { cancel, counted });
+    }
+
+    fn on_done(&mut self, done: std::result::Result<(tokio::task::Id, ()), tokio::task::JoinError>) {
+        let id = match done {
+            Ok((id, ())) => id,
+            Err(e) => {
+                tracing::error!(error = %e, "an attempt's task failed");
+                e.id()
+            }
+        };
+        if let Some(attempt_id) = self.task_attempts.remove(&id)
+            && let Some(entry) = self.entries.remove(&attempt_id)
+            && entry.counted
+        {
+            self.running -= 1;
+        }
+        self.fill_slots();
+    }
+}
+
+fn attempt_span(d: &TaskDispatched) -> tracing::Span {
+    tracing::info_span!(
+        "attempt",
+        job_id = %d.job_id,
+        task_id = %d.task_id,
+        attempt_id = %d.attempt_id,
+        attempt = d.attempt
+    )
+}
+
+async fn ack(delivery: Delivery) {
+    if let Err(e) = delivery.ack().await {
+        tracing::warn!(error = %e, "cannot ack a delivery; it may be delivered again");
+    }
+}
+
+async fn dead_letter(delivery: Delivery, reason: &str) {
+    if let Err(e) = delivery.dead_letter(reason).await {
+        tracing::warn!(error = %e, reason, "cannot dead-letter a delivery");
+    }
+}

@@ -1,0 +1,175 @@
+//! Collecting what an attempt produced: its outputs object and its output files.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Component, Path, PathBuf};
+
+use ferry_event::payload::OutputFile;
+use serde_json::{Map, Value};
+
+/// The largest outputs file accepted.
+pub const MAX_OUTPUTS_BYTES: u64 = 1024 * 1024;
+
+/// Reads the JSON object a task wrote at `$FERRY_OUTPUTS`; no file means no outputs.
+pub fn read_outputs(path: &Path) -> Result<Map<String, Value>, String> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Map::new()),
+        Err(e) => return Err(format!("cannot read the outputs file $FERRY_OUTPUTS: {e}")),
+    };
+    if !meta.is_file() {
+        return Err("the outputs file $FERRY_OUTPUTS must be a regular file (the task replaced it with something else)".into());
+    }
+    let too_large = |n: u64| {
+        format!(
+            "the outputs file $FERRY_OUTPUTS is too large ({n} bytes); at most {MAX_OUTPUTS_BYTES} bytes (1 MiB) are accepted"
+        )
+    };
+    if meta.len() > MAX_OUTPUTS_BYTES {
+        return Err(too_large(meta.len()));
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| format!("cannot read the outputs file $FERRY_OUTPUTS: {e}"))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_OUTPUTS_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read the outputs file $FERRY_OUTPUTS: {e}"))?;
+    if bytes.len() as u64 > MAX_OUTPUTS_BYTES {
+        return Err(too_large(bytes.len() as u64));
+    }
+    let value: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| format!("the outputs file $FERRY_OUTPUTS is not valid JSON: {e}"))?;
+    match value {
+        Value::Object(map) => Ok(map),
+        other => Err(format!(
+            "the outputs file $FERRY_OUTPUTS must hold a JSON object, not {}",
+            match other {
+                Value::Null => "null",
+                Value::Bool(_) => "a boolean",
+                Value::Number(_) => "a number",
+                Value::String(_) => "a string",
+                Value::Array(_) => "an array",
+                Value::Object(_) => "an object",
+            }
+        )),
+    }
+}
+
+/// Checks an outputFiles pattern: relative, without `..`.
+pub fn check_pattern(pattern: &str) -> Result<(), String> {
+    let refuse = |why: &str| Err(format!("outputFiles: pattern {pattern:?} is refused: {why}"));
+    if pattern.is_empty() {
+        return refuse("it is empty");
+    }
+    if pattern.starts_with('/') {
+        return refuse("it is absolute; patterns are relative to the working directory");
+    }
+    if Path::new(pattern)
+        .components()
+        .any(|c| matches!(c, Component::ParentDir))
+    {
+        return refuse("it contains '..'; patterns must stay inside the working directory");
+    }
+    glob::Pattern::new(pattern).map_err(|e| format!("outputFiles: pattern {pattern:?} is invalid: {e}"))?;
+    Ok(())
+}
+
+/// Copies the regular files matching `patterns` inside `work` to `dest/<relative path>`.
+/// Matches that resolve outside `work` (through symbolic links) and directories are skipped.
+pub fn collect_files(work: &Path, patterns: &[String], dest: &Path) -> Result<Vec<OutputFile>, String> {
+    if patterns.is_empty() {
+        return Ok(Vec::new());
+    }
+    let root = work
+        .canonicalize()
+        .map_err(|e| format!("cannot resolve the working directory {}: {e}", work.display()))?;
+    let root_str = root
+        .to_str()
+        .ok_or_else(|| format!("the working directory {} is not valid UTF-8", root.display()))?;
+    let options = glob::MatchOptions {
+        case_sensitive: true,
+        require_literal_separator: true,
+        require_literal_leading_dot: true,
+    };
+    let mut found: BTreeMap<PathBuf, PathBuf> = BTreeMap::new();
+    for pattern in patterns {
+        check_pattern(pattern)?;
+        let full = format!("{}/{pattern}", glob::Pattern::escape(root_str));
+        let paths = glob::glob_with(&full, options)
+            .map_err(|e| format!("outputFiles: pattern {pattern:?} is invalid: {e}"))?;
+        for entry in paths {
+            let path = match entry {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(pattern, error = %e, "skipping an unreadable match");
+                    continue;
+                }
+            };
+            let Ok(real) = path.canonicalize() else {
+                continue; // a dangling link
+            };
+            if !real.starts_with(&root) {
+                tracing::warn!(path = %path.display(), "skipping an output file that leads outside the working directory");
+                continue;
+            }
+            if !real.is_file() {
+                continue;
+            }
+            let Ok(rel) = path.strip_prefix(&root) else {
+                continue;
+            };
+            found.insert(rel.to_path_buf(), real);
+        }
+    }
+    let mut files = Vec::with_capacity(found.len());
+    for (rel, real) in found {
+        let shown = rel.to_string_lossy().into_owned();
+        let target = dest.join(&rel);
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| format!("cannot store output file {shown:?} in {}: {e}", parent.display()))?;
+        }
+        let size = std::fs::copy(&real, &target)
+            .map_err(|e| format!("cannot copy output file {shown:?} to {}: {e}", target.display()))?;
+        let uri = url::Url::from_file_path(&target)
+            .map_err(|()| format!("cannot name {} as a file:// URI", target.display()))?;
+        files.push(OutputFile {
+            path: shown,
+            uri: uri.to_string(),
+            size,
+        });
+    }
+    Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outputs_must_be_a_small_json_object() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("outputs.json");
+        assert!(read_outputs(&p).unwrap().is_empty());
+        std::fs::write(&p, r#"{"rows": 3}"#).unwrap();
+        assert_eq!(read_outputs(&p).unwrap()["rows"], 3);
+        std::fs::write(&p, "[1]").unwrap();
+        assert!(read_outputs(&p).unwrap_err().contains("an array"));
+        std::fs::write(&p, "{").unwrap();
+        assert!(read_outputs(&p).unwrap_err().contains("not valid JSON"));
+        std::fs::write(&p, vec![b' '; MAX_OUTPUTS_BYTES as usize + 1]).unwrap();
+        assert!(read_outputs(&p).unwrap_err().contains("too large"));
+    }
+
+    #[test]
+    fn patterns_stay_inside() {
+        assert!(check_pattern("out/**/*.json").is_ok());
+        for bad in ["", "/etc/*", "../*", "a/../../*", "[x"] {
+            assert!(check_pattern(bad).is_err(), "{bad}");
+        }
+    }
+}
