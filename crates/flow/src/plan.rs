@@ -214,7 +214,13 @@ pub fn plan(flow: &ValidFlow, job_id: &str, inputs: &Map<String, Value>) -> Resu
             id: task.id.clone(),
             runner: p.runner.clone(),
             command: p.command.iter().map(fill).collect(),
-            depends_on: task.depends_on.clone(),
+            depends_on: task
+                .depends_on
+                .iter()
+                .enumerate()
+                .filter(|(k, d)| !task.depends_on[..*k].contains(d))
+                .map(|(_, d)| d.clone())
+                .collect(),
             input_files: p.input_files.iter().map(|(k, v)| (k.clone(), fill(v))).collect(),
             output_files: task.output_files.clone(),
             env: p.env.iter().map(|(k, v)| (k.clone(), fill(v))).collect(),
