@@ -45,12 +45,15 @@ struct State {
 
 struct Queue {
     group: String,
+    /// Waiting messages, in publish order (`seq`), redeliveries back in their place.
     ready: Mutex<VecDeque<Message>>,
+    next_seq: std::sync::atomic::AtomicU64,
     notify: Notify,
 }
 
 #[derive(Clone)]
 struct Message {
+    seq: u64,
     event: Event,
     topic: Topic,
     redelivered: bool,
@@ -104,7 +107,9 @@ impl Bus for MemoryBus {
             };
             for g in groups {
                 let q = &state.queues[g];
+                let seq = q.next_seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 q.ready.lock().unwrap().push_back(Message {
+                    seq,
                     event: event.clone(),
                     topic: topic.clone(),
                     redelivered: false,
@@ -127,6 +132,7 @@ impl Bus for MemoryBus {
                 Arc::new(Queue {
                     group: spec.group.clone(),
                     ready: Mutex::new(VecDeque::new()),
+                    next_seq: Default::default(),
                     notify: Notify::new(),
                 })
             })
@@ -218,7 +224,9 @@ impl MemorySettle {
     fn requeue(&mut self) {
         if let Some(mut msg) = self.msg.take() {
             msg.redelivered = true;
-            self.queue.ready.lock().unwrap().push_front(msg);
+            let mut ready = self.queue.ready.lock().unwrap();
+            let at = ready.partition_point(|m| m.seq < msg.seq);
+            ready.insert(at, msg);
             self.queue.notify.notify_one();
         }
     }
@@ -322,6 +330,18 @@ mod tests {
         assert_eq!(n_of(&again), 2);
         again.ack().await.unwrap();
         assert_eq!(n_of(&s.next().await.unwrap().unwrap()), 3);
+    }
+
+    #[tokio::test]
+    async fn deliveries_given_back_together_return_in_publish_order() {
+        let bus = MemoryBus::new();
+        let mut s = bus.subscribe(Subscribe::new("g", [Topic::Control])).await.unwrap();
+        bus.publish(&(0..5).map(ev).collect::<Vec<_>>()).await.unwrap();
+        let batch = s.next_batch(3).await.unwrap().unwrap();
+        drop(batch); // a consumer crashed holding three deliveries
+        let again = s.next_batch(5).await.unwrap().unwrap();
+        assert_eq!(again.iter().map(n_of).collect::<Vec<_>>(), [0, 1, 2, 3, 4]);
+        assert!(again[..3].iter().all(|d| d.redelivered) && !again[3].redelivered);
     }
 
     #[tokio::test]
