@@ -1,1 +1,240 @@
-//! placeholder
+//! ferry's planner service.
+//!
+//! The planner consumes the intake topic as consumer group `planner`. For each
+//! `dev.ferry.job.submitted` it validates the flow ([`ferry_flow::validate`]), checks and fills
+//! the inputs ([`ferry_flow::plan`]) and publishes either `dev.ferry.job.planned` (for the
+//! scheduler) or `dev.ferry.job.rejected` with every problem found, then acks the submission.
+//!
+//! - The job id is the submission's `jobId`, or else the event's own id, so a redelivered
+//!   submission plans the same job again rather than a second one.
+//! - A submission whose data cannot be decoded is dead-lettered with the reason.
+//! - Other event types on intake (trigger candidates) are acknowledged and ignored for now.
+//! - When publishing fails transiently the submission is nacked after a short backoff and
+//!   comes back; nothing is acked before its outcome is published.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_bus::{Bus, Delivery, Subscribe};
+use ferry_event::cloudevents::AttributesWriter;
+use ferry_event::payload::{FlowSource, JobPlanned, JobRejected, JobSubmitted, Problem};
+use ferry_event::{AttributesReader, Event, EventBuilder, Topic, envelope, kind};
+use ferry_runtime::CancellationToken;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+/// The planner's consumer group.
+pub const GROUP: &str = "planner";
+
+/// Backoff after a failed publish: first delay and cap.
+const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The bus failed in a way retrying will not fix (e.g. misconfiguration).
+    #[error("planner stopped: {0}")]
+    Bus(#[from] ferry_bus::Error),
+}
+
+/// How a planner instance runs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The CloudEvents `source` of this instance (see [`ferry_runtime::instance_source`]).
+    pub source: String,
+    /// Most submissions held unacknowledged at once.
+    pub prefetch: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            source: "ferry/planner".into(),
+            prefetch: 16,
+        }
+    }
+}
+
+/// Plans submissions until `shutdown` is cancelled or the bus closes.
+pub async fn run(config: Config, bus: Arc<dyn Bus>, shutdown: CancellationToken) -> Result<()> {
+    let mut sub = bus
+        .subscribe(Subscribe::new(GROUP, [Topic::Intake]).prefetch(config.prefetch))
+        .await?;
+    let builder = EventBuilder::new(config.source);
+    let mut backoff = BACKOFF_FIRST;
+    info!(group = GROUP, "planner started");
+    loop {
+        let next = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            next = sub.next() => next,
+        };
+        let delivery = match next {
+            None => break,
+            Some(Ok(d)) => d,
+            Some(Err(e)) if e.is_transient() => {
+                warn!(error = %e, "receiving from the bus failed; retrying");
+                if !pause(&shutdown, &mut backoff).await {
+                    break;
+                }
+                continue;
+            }
+            Some(Err(ferry_bus::Error::Closed)) => break,
+            Some(Err(e)) => return Err(e.into()),
+        };
+        let span = info_span!(
+            "submission",
+            event_id = %delivery.event.id(),
+            event_type = %delivery.event.ty(),
+            job_id = tracing::field::Empty,
+        );
+        match handle(&builder, bus.as_ref(), delivery).instrument(span).await {
+            Ok(Handled::Done) => backoff = BACKOFF_FIRST,
+            Ok(Handled::Retry(delivery)) => {
+                // Hold the delivery through the backoff so it is not redelivered at once.
+                let stop = !pause(&shutdown, &mut backoff).await;
+                delivery.nack().await.or_else(closed_is_fine)?;
+                if stop {
+                    break;
+                }
+            }
+            Err(ferry_bus::Error::Closed) => break,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    info!("planner stopped");
+    Ok(())
+}
+
+fn closed_is_fine(e: ferry_bus::Error) -> Result<(), ferry_bus::Error> {
+    match e {
+        ferry_bus::Error::Closed => Ok(()),
+        other => Err(other),
+    }
+}
+
+/// Waits out the backoff and doubles it; false when shutdown came first.
+async fn pause(shutdown: &CancellationToken, backoff: &mut Duration) -> bool {
+    let wait = *backoff;
+    *backoff = (*backoff * 2).min(BACKOFF_MAX);
+    tokio::select! {
+        _ = shutdown.cancelled() => false,
+        _ = tokio::time::sleep(wait) => true,
+    }
+}
+
+enum Handled {
+    Done,
+    /// Publishing failed transiently: give the delivery back after a backoff.
+    Retry(Box<Delivery>),
+}
+
+async fn handle(
+    builder: &EventBuilder,
+    bus: &dyn Bus,
+    delivery: Delivery,
+) -> Result<Handled, ferry_bus::Error> {
+    if delivery.event.ty() != kind::JOB_SUBMITTED {
+        debug!("not a job submission; triggers are not evaluated yet");
+        delivery.ack().await?;
+        return Ok(Handled::Done);
+    }
+    let submitted: JobSubmitted = match ferry_event::decode(&delivery.event) {
+        Ok(s) => s,
+        Err(e) => {
+            delivery.dead_letter(&e.to_string()).await?;
+            return Ok(Handled::Done);
+        }
+    };
+    let job_id = submitted
+        .job_id
+        .clone()
+        .unwrap_or_else(|| delivery.event.id().to_string());
+    tracing::Span::current().record("job_id", job_id.as_str());
+    let outcome = {
+        let job_id = job_id.clone();
+        tokio::task::spawn_blocking(move || plan_submission(&submitted, &job_id)).await
+    };
+    let event = match outcome {
+        Ok(Ok(planned)) => {
+            info!(tasks = planned.tasks.len(), "job planned");
+            builder.job(kind::JOB_PLANNED, &job_id, &planned)
+        }
+        Ok(Err(problems)) => {
+            info!(problems = problems.len(), "job rejected");
+            builder.job(
+                kind::JOB_REJECTED,
+                &job_id,
+                &JobRejected {
+                    job_id: job_id.clone(),
+                    problems,
+                },
+            )
+        }
+        Err(e) => {
+            // A defect: it would fail the same way on every redelivery, so set it aside.
+            delivery
+                .dead_letter(&format!("planning the submission failed unexpectedly: {e}"))
+                .await?;
+            return Ok(Handled::Done);
+        }
+    };
+    match bus.publish(&[event]).await {
+        Ok(()) => {
+            delivery.ack().await?;
+            Ok(Handled::Done)
+        }
+        Err(e) if e.is_transient() => {
+            warn!(error = %e, "publishing the outcome failed; the submission will be retried");
+            Ok(Handled::Retry(Box::new(delivery)))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Validates a submission's flow and plans its job; every problem found is returned.
+pub fn plan_submission(submitted: &JobSubmitted, job_id: &str) -> Result<JobPlanned, Vec<Problem>> {
+    let name = submitted.flow_name.as_deref().unwrap_or("flow");
+    let source = match &submitted.flow {
+        FlowSource::Text(text) => text.clone(),
+        FlowSource::Object(obj) => serde_json::to_string_pretty(obj).map_err(|e| {
+            vec![Problem {
+                location: None,
+                field: Some("flow".into()),
+                message: format!("the flow object cannot be read as JSON: {e}"),
+            }]
+        })?,
+    };
+    match ferry_flow::validate(&source, name) {
+        Ok(flow) => ferry_flow::plan(&flow, job_id, &submitted.inputs),
+        Err(mut problems) => {
+            if let Err(msg) = ferry_flow::check_job_id(job_id) {
+                problems.insert(
+                    0,
+                    Problem {
+                        location: None,
+                        field: Some("jobId".into()),
+                        message: msg,
+                    },
+                );
+            }
+            Err(problems)
+        }
+    }
+}
+
+/// A `dev.ferry.job.submitted` event, as a client would publish it. Without a `jobId` the job
+/// is keyed by the event's own id, which is then also the job's id.
+pub fn submission_event(source: &str, submitted: &JobSubmitted) -> Event {
+    let builder = EventBuilder::new(source);
+    if let Some(job_id) = &submitted.job_id {
+        return builder.job(kind::JOB_SUBMITTED, job_id, submitted);
+    }
+    let mut event = builder.job(kind::JOB_SUBMITTED, "", submitted);
+    let id = event.id().to_string();
+    event.set_subject(Some(id.clone()));
+    event.set_extension(envelope::EXT_PARTITION_KEY, id.clone());
+    event.set_extension(envelope::EXT_JOB, id.clone());
+    event.set_extension(envelope::EXT_TRACEPARENT, envelope::traceparent(&id));
+    event
+}
