@@ -1,0 +1,446 @@
+//! `ferry run`: one flow, end to end, on the embedded system.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use ferry_bus::{Bus, Subscribe};
+use ferry_event::payload::{
+    FlowSource, JobCancel, JobRejected, JobState, JobSubmitted, OutputFile, Stream, TaskFinished,
+    TaskStarted, TaskState,
+};
+use ferry_event::{AttributesReader, Event, EventBuilder, Topic, kind};
+use ferry_log_collector::{LogQuery, LogRecord};
+use futures::StreamExt;
+use serde_json::{Map, Value};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::embedded::{Embedded, Options};
+use crate::{EXIT_FAILED, EXIT_INVALID, EXIT_OK, parse_inputs, print_problems, read_flow};
+
+/// What `ferry run` was asked to do.
+#[derive(Debug, Clone)]
+pub struct RunArgs {
+    pub flow: PathBuf,
+    pub inputs: Vec<String>,
+    pub data_dir: PathBuf,
+    pub kill_grace: Duration,
+}
+
+/// Runs the flow and returns the process exit code.
+pub async fn run(args: RunArgs) -> Result<i32> {
+    let (source, name) = match read_flow(&args.flow) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return Ok(EXIT_INVALID);
+        }
+    };
+    let valid = match ferry_flow::validate(&source, &name) {
+        Ok(v) => v,
+        Err(problems) => {
+            print_problems(&name, &problems);
+            return Ok(EXIT_INVALID);
+        }
+    };
+    let inputs = match parse_inputs(&args.inputs) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(EXIT_INVALID);
+        }
+    };
+    let job_id = ferry_event::new_id();
+    // The planner checks the inputs too; checking here first answers before anything starts.
+    if let Err(problems) = ferry_flow::plan(&valid, &job_id, &inputs) {
+        print_problems(&name, &problems);
+        return Ok(EXIT_INVALID);
+    }
+    let task_ids: Vec<String> = valid.flow().tasks.iter().map(|t| t.id.clone()).collect();
+
+    let mut opts = Options::new(&args.data_dir);
+    opts.kill_grace = args.kill_grace;
+    let mut system = Embedded::start(&opts).await?;
+    let mut watch = system
+        .bus
+        .subscribe(Subscribe::new(
+            format!("ferry-run-{job_id}"),
+            [Topic::Control, Topic::Lifecycle],
+        ))
+        .await?;
+    let mut logs = Box::pin(system.logs.follow(LogQuery::job(job_id.clone())));
+    let events = EventBuilder::new(ferry_runtime::instance_source("cli"));
+    let submitted = JobSubmitted {
+        job_id: Some(job_id.clone()),
+        flow: FlowSource::Text(source),
+        flow_name: Some(name.clone()),
+        inputs,
+    };
+    system
+        .bus
+        .publish(&[events.job(kind::JOB_SUBMITTED, &job_id, &submitted)])
+        .await?;
+    eprintln!(
+        "ferry: job {job_id} ({} tasks) — data in {}",
+        task_ids.len(),
+        system.data_dir.display()
+    );
+
+    let mut view = View::new(&task_ids);
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut cancelling = false;
+    let mut end: Option<(JobStatus, Option<String>)> = None;
+    let mut drain_until: Option<tokio::time::Instant> = None;
+    let started = Instant::now();
+
+    let outcome: Result<i32> = loop {
+        if end.is_some() && view.logs_complete() {
+            break Ok(0);
+        }
+        let drain = async {
+            match drain_until {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            d = watch.next() => {
+                let Some(d) = d else { break Err(anyhow::anyhow!("the bus closed")) };
+                let d = d?;
+                if ferry_event::envelope::job_of(&d.event).as_deref() == Some(job_id.as_str()) {
+                    match view.apply(&d.event) {
+                        Some(Applied::Ended(state, reason)) => {
+                            end = Some((state, reason));
+                            drain_until = Some(tokio::time::Instant::now() + Duration::from_secs(5));
+                        }
+                        Some(Applied::Rejected(problems)) => {
+                            d.ack().await?;
+                            print_problems(&name, &problems);
+                            system.stop().await?;
+                            return Ok(EXIT_INVALID);
+                        }
+                        None => {}
+                    }
+                }
+                d.ack().await?;
+            }
+            line = logs.next() => match line {
+                Some(Ok(line)) => view.print_line(&line),
+                Some(Err(e)) => break Err(anyhow::Error::from(e).context("reading logs")),
+                None => {}
+            },
+            _ = drain => {
+                eprintln!("ferry: warning: not every log line arrived in time; see {}", system.data_dir.join("logs.db").display());
+                break Ok(0);
+            }
+            _ = sigint.recv() => {
+                if cancel(&system, &events, &job_id, &mut cancelling).await? { break Ok(130) }
+            }
+            _ = sigterm.recv() => {
+                if cancel(&system, &events, &job_id, &mut cancelling).await? { break Ok(130) }
+            }
+            err = system.failed() => break Err(err),
+        }
+    };
+    drop(logs);
+    let stopped = system.stop().await;
+    let code = outcome?;
+    stopped?;
+    if code == 130 {
+        eprintln!("ferry: stopped; every task process was ended");
+        return Ok(130);
+    }
+    let (state, reason) = end.expect("the loop ends with the job's end");
+    view.summary();
+    let took = started.elapsed();
+    match state {
+        JobStatus::Succeeded => {
+            eprintln!(
+                "ferry: job {job_id} succeeded in {}",
+                fmt_duration(took.as_millis() as i64)
+            );
+            Ok(EXIT_OK)
+        }
+        _ => {
+            let reason = reason.map(|r| format!(": {r}")).unwrap_or_default();
+            eprintln!("ferry: job {job_id} {}{reason}", state.as_str());
+            Ok(EXIT_FAILED)
+        }
+    }
+}
+
+use ferry_event::payload::JobStatus;
+
+/// First signal: cancel the job (its processes are ended, the run finishes normally). Second:
+/// stop at once (the launcher's shutdown ends whatever still runs). Returns true to stop now.
+async fn cancel(
+    system: &Embedded,
+    events: &EventBuilder,
+    job_id: &str,
+    cancelling: &mut bool,
+) -> Result<bool> {
+    if *cancelling {
+        eprintln!("\nferry: stopping now");
+        return Ok(true);
+    }
+    *cancelling = true;
+    eprintln!("\nferry: cancelling job {job_id} (interrupt again to stop at once)");
+    let data = JobCancel {
+        job_id: job_id.into(),
+        reason: Some("interrupted".into()),
+    };
+    system
+        .bus
+        .publish(&[events.job(kind::JOB_CANCEL, job_id, &data)])
+        .await
+        .context("publishing the cancel")?;
+    Ok(false)
+}
+
+enum Applied {
+    Ended(JobStatus, Option<String>),
+    Rejected(Vec<ferry_event::payload::Problem>),
+}
+
+#[derive(Debug, Clone, Default)]
+struct TaskView {
+    state: &'static str,
+    attempts: u32,
+    started_ms: Option<i64>,
+    finished_ms: Option<i64>,
+    outputs: Map<String, Value>,
+    files: Vec<OutputFile>,
+    error: Option<String>,
+}
+
+/// What the user sees: progress on stderr, log lines on stdout, a summary at the end.
+struct View {
+    order: Vec<String>,
+    tasks: HashMap<String, TaskView>,
+    running: HashSet<String>,
+    width: usize,
+    /// Lines each finished attempt logged, and lines printed so far.
+    expected: HashMap<String, u64>,
+    printed: HashMap<String, u64>,
+}
+
+impl View {
+    fn new(order: &[String]) -> View {
+        let tasks = order
+            .iter()
+            .map(|t| {
+                (
+                    t.clone(),
+                    TaskView {
+                        state: "pending",
+                        ..Default::default()
+                    },
+                )
+            })
+            .collect();
+        View {
+            order: order.to_vec(),
+            tasks,
+            running: HashSet::new(),
+            width: order.iter().map(String::len).max().unwrap_or(4).min(24),
+            expected: HashMap::new(),
+            printed: HashMap::new(),
+        }
+    }
+
+    fn done(&self) -> usize {
+        self.tasks
+            .values()
+            .filter(|t| matches!(t.state, "succeeded" | "failed" | "cancelled"))
+            .count()
+    }
+
+    fn progress(&self, what: &str) {
+        eprintln!(
+            "ferry: [{}/{} done, {} running] {what}",
+            self.done(),
+            self.order.len(),
+            self.running.len()
+        );
+    }
+
+    fn apply(&mut self, e: &Event) -> Option<Applied> {
+        match e.ty() {
+            kind::TASK_STARTED => {
+                let p: TaskStarted = ferry_event::decode(e).ok()?;
+                self.running.insert(p.attempt_id.clone());
+                let t = self.tasks.entry(p.task_id.clone()).or_default();
+                t.state = "running";
+                t.attempts = t.attempts.max(p.attempt);
+                t.started_ms = Some(p.started_at_ms);
+                let attempt = if p.attempt > 1 {
+                    format!(" (attempt {})", p.attempt)
+                } else {
+                    String::new()
+                };
+                self.progress(&format!("{} started{attempt}", p.task_id));
+            }
+            kind::TASK_FINISHED => {
+                let p: TaskFinished = ferry_event::decode(e).ok()?;
+                self.running.remove(&p.attempt_id);
+                self.expected.insert(p.attempt_id, p.log_lines);
+            }
+            kind::TASK_RETRYING | kind::TASK_SUCCEEDED | kind::TASK_FAILED | kind::TASK_CANCELLED => {
+                let s: TaskState = ferry_event::decode(e).ok()?;
+                if let Some(a) = &s.attempt_id {
+                    self.running.remove(a);
+                }
+                let t = self.tasks.entry(s.task_id.clone()).or_default();
+                t.attempts = t.attempts.max(s.attempts);
+                t.error = s.error.clone();
+                let what = match e.ty() {
+                    kind::TASK_RETRYING => {
+                        t.state = "retrying";
+                        let wait = s
+                            .retry_at_ms
+                            .map(|at| at - ferry_event::now_ms())
+                            .unwrap_or(0)
+                            .max(0);
+                        format!(
+                            "{} attempt {} failed: {}; retrying in {}",
+                            s.task_id,
+                            s.attempts,
+                            s.error.as_deref().unwrap_or("?"),
+                            fmt_duration(wait)
+                        )
+                    }
+                    kind::TASK_SUCCEEDED => {
+                        t.state = "succeeded";
+                        t.outputs = s.outputs;
+                        t.files = s.output_files;
+                        t.started_ms = s.started_at_ms.or(t.started_ms);
+                        t.finished_ms = s.finished_at_ms;
+                        let took = t.started_ms.zip(t.finished_ms).map(|(a, b)| fmt_duration(b - a));
+                        format!(
+                            "{} succeeded{}",
+                            s.task_id,
+                            took.map(|d| format!(" in {d}")).unwrap_or_default()
+                        )
+                    }
+                    kind::TASK_FAILED => {
+                        t.state = "failed";
+                        t.finished_ms = s.finished_at_ms;
+                        format!("{} failed: {}", s.task_id, s.error.as_deref().unwrap_or("?"))
+                    }
+                    _ => {
+                        t.state = "cancelled";
+                        t.finished_ms = s.finished_at_ms;
+                        format!("{} cancelled", s.task_id)
+                    }
+                };
+                self.progress(&what);
+            }
+            kind::JOB_SUCCEEDED | kind::JOB_FAILED | kind::JOB_CANCELLED => {
+                let s: JobState = ferry_event::decode(e).ok()?;
+                return Some(Applied::Ended(s.state, s.reason));
+            }
+            kind::JOB_REJECTED => {
+                let r: JobRejected = ferry_event::decode(e).ok()?;
+                return Some(Applied::Rejected(r.problems));
+            }
+            _ => {}
+        }
+        None
+    }
+
+    fn print_line(&mut self, line: &LogRecord) {
+        *self.printed.entry(line.attempt_id.clone()).or_default() += 1;
+        let mark = match line.stream {
+            Stream::Stdout => '|',
+            Stream::Stderr => '!',
+        };
+        println!("{:>w$} {mark} {}", line.task_id, line.text, w = self.width);
+    }
+
+    /// Every finished attempt's lines were printed.
+    fn logs_complete(&self) -> bool {
+        self.running.is_empty()
+            && self
+                .expected
+                .iter()
+                .all(|(a, n)| self.printed.get(a).copied().unwrap_or(0) >= *n)
+    }
+
+    fn summary(&self) {
+        let mut rows =
+            vec![["TASK", "STATE", "ATTEMPTS", "DURATION", "OUTPUTS", "OUTPUT FILES"].map(String::from)];
+        for id in &self.order {
+            let t = &self.tasks[id];
+            let duration = t
+                .started_ms
+                .zip(t.finished_ms)
+                .map(|(a, b)| fmt_duration(b - a))
+                .unwrap_or("-".into());
+            let outputs = if t.outputs.is_empty() {
+                "-".to_string()
+            } else {
+                let s = t
+                    .outputs
+                    .iter()
+                    .map(|(k, v)| match v {
+                        Value::String(s) => format!("{k}={s}"),
+                        other => format!("{k}={other}"),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                truncate(&s, 60)
+            };
+            let files = if t.files.is_empty() {
+                "-".to_string()
+            } else {
+                t.files
+                    .iter()
+                    .map(|f| f.uri.clone())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            };
+            rows.push([
+                id.clone(),
+                t.state.to_string(),
+                t.attempts.to_string(),
+                duration,
+                outputs,
+                files,
+            ]);
+        }
+        let widths: Vec<usize> = (0..6)
+            .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+            .collect();
+        println!();
+        for r in rows {
+            let line: Vec<String> = r
+                .iter()
+                .zip(&widths)
+                .map(|(cell, w)| format!("{cell:<w$}"))
+                .collect();
+            println!("{}", line.join("  ").trim_end());
+        }
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_string()
+    } else {
+        format!("{}…", s.chars().take(max - 1).collect::<String>())
+    }
+}
+
+/// `850ms`, `1.2s`, `3m05s`.
+pub fn fmt_duration(ms: i64) -> String {
+    let ms = ms.max(0);
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if ms < 60_000 {
+        format!("{:.1}s", ms as f64 / 1000.0)
+    } else {
+        format!("{}m{:02}s", ms / 60_000, (ms % 60_000) / 1000)
+    }
+}

@@ -1,0 +1,122 @@
+//! Running the `ferry` binary in tests.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+pub fn example(name: &str) -> PathBuf {
+    root().join("examples").join(name)
+}
+
+pub fn flow(name: &str) -> PathBuf {
+    root().join("tests").join("flows").join(name)
+}
+
+/// What a finished `ferry` process left behind.
+pub struct Ran {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Ran {
+    /// Log lines a task printed (`task | text` or `task ! text`), in order.
+    pub fn lines_of(&self, task: &str) -> Vec<String> {
+        self.stdout
+            .lines()
+            .filter_map(|l| {
+                let l = l.trim_start();
+                let rest = l.strip_prefix(task)?;
+                rest.strip_prefix(" | ")
+                    .or_else(|| rest.strip_prefix(" ! "))
+                    .map(str::to_string)
+            })
+            .collect()
+    }
+
+    /// The summary table row of a task, split into cells.
+    pub fn row(&self, task: &str) -> Vec<String> {
+        let line = self
+            .stdout
+            .lines()
+            .rev()
+            .find(|l| l.split_whitespace().next() == Some(task))
+            .unwrap_or_else(|| panic!("no summary row for {task}:\n{}", self.stdout));
+        line.split("  ")
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+pub fn ferry() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_ferry"));
+    c.env_remove("FERRY_DATA_DIR")
+        .env("FERRY_LOG", "warn")
+        .stdin(Stdio::null());
+    c
+}
+
+pub fn output(mut cmd: Command) -> Ran {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = cmd.output().expect("ferry runs");
+    let ran = Ran {
+        code: status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+    };
+    eprintln!("--- stdout\n{}--- stderr\n{}---", ran.stdout, ran.stderr);
+    ran
+}
+
+/// `ferry run FLOW --data-dir DIR ARGS…`
+pub fn run(flow: &Path, data_dir: &Path, args: &[&str]) -> Ran {
+    let mut c = ferry();
+    c.arg("run").arg(flow).arg("--data-dir").arg(data_dir).args(args);
+    output(c)
+}
+
+/// Whether a process with this pid is alive (zombies count as gone).
+pub fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let state = stat.rsplit(')').next().and_then(|r| r.split_whitespace().next());
+            state != Some("Z")
+        }
+        Err(_) => false,
+    }
+}
+
+/// Files under a directory, relative, sorted.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p.strip_prefix(dir).unwrap().to_path_buf());
+            }
+        }
+    }
+    out.sort();
+    out
+}

@@ -1,0 +1,246 @@
+//! Every example flow, run end to end by the `ferry` binary on the embedded system: the outcome,
+//! outputs, output files and log lines a user would see.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+#[test]
+fn hello_greets_with_its_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let ran = run(&example("hello.yaml"), dir.path(), &["--input", "name=ferry"]);
+    assert_eq!(ran.code, 0);
+    assert_eq!(ran.lines_of("greet"), ["hello, ferry"]);
+    let row = ran.row("greet");
+    assert_eq!(&row[1..3], ["succeeded", "1"]);
+    assert!(ran.stderr.contains("succeeded in"), "{}", ran.stderr);
+}
+
+#[test]
+fn diamond_passes_outputs_along() {
+    let dir = tempfile::tempdir().unwrap();
+    let ran = run(
+        &example("diamond.yaml"),
+        dir.path(),
+        &["--input", "day=2026-11-22"],
+    );
+    assert_eq!(ran.code, 0);
+    assert_eq!(ran.lines_of("extract"), ["extracting 2026-11-22"]);
+    assert_eq!(ran.lines_of("count"), ["counting 42 rows of events"]);
+    assert_eq!(ran.lines_of("sample"), ["sampling events"]);
+    assert_eq!(
+        ran.lines_of("report"),
+        ["report for 2026-11-22: 84 (doubled), events-sample"]
+    );
+    assert!(
+        ran.row("extract")
+            .iter()
+            .any(|c| c.contains("rows=42") && c.contains("table=events"))
+    );
+    assert!(
+        ran.row("report")
+            .iter()
+            .any(|c| c == "summary=2026-11-22 84 events-sample")
+    );
+    // report started only after both of its dependencies succeeded.
+    let progress: Vec<&str> = ran.stderr.lines().collect();
+    let at = |needle: &str| {
+        progress
+            .iter()
+            .position(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("{needle}"))
+    };
+    assert!(at("report started") > at("count succeeded"));
+    assert!(at("report started") > at("sample succeeded"));
+}
+
+#[test]
+fn fanout_runs_two_hundred_workers_between_split_and_merge() {
+    let dir = tempfile::tempdir().unwrap();
+    let ran = run(&example("fanout.yaml"), dir.path(), &[]);
+    assert_eq!(ran.code, 0);
+    assert_eq!(ran.lines_of("split"), ["splitting into 200 parts"]);
+    for i in [0, 57, 199] {
+        assert_eq!(ran.lines_of(&format!("w{i:03}")), [format!("part {i}")]);
+    }
+    assert_eq!(ran.lines_of("merge"), ["merged 0 and 199"]);
+    let succeeded = ran
+        .stdout
+        .lines()
+        .filter(|l| l.split_whitespace().nth(1) == Some("succeeded"))
+        .count();
+    assert_eq!(succeeded, 202);
+    assert!(ran.stderr.contains("[202/202 done, 0 running]"), "{}", ran.stderr);
+}
+
+#[test]
+fn retry_fails_twice_then_succeeds_on_the_third_attempt() {
+    let dir = tempfile::tempdir().unwrap();
+    let counter = tempfile::tempdir().unwrap();
+    let arg = format!("counter_dir={}", counter.path().display());
+    let ran = run(&example("retry.yaml"), dir.path(), &["--input", &arg]);
+    assert_eq!(ran.code, 0);
+    let lines = ran.lines_of("flaky");
+    let attempts: Vec<&String> = lines.iter().filter(|l| l.starts_with("attempt ")).collect();
+    assert_eq!(attempts.len(), 3, "{lines:?}");
+    for (i, l) in attempts.iter().enumerate() {
+        assert!(l.starts_with(&format!("attempt {} (", i + 1)), "{l}");
+    }
+    // Three distinct attempt ids.
+    let ids: std::collections::HashSet<&str> =
+        attempts.iter().map(|l| l.split('(').nth(1).unwrap()).collect();
+    assert_eq!(ids.len(), 3);
+    assert_eq!(lines.iter().filter(|l| *l == "not yet").count(), 2);
+    assert_eq!(&ran.row("flaky")[1..3], ["succeeded", "3"]);
+    assert!(ran.row("flaky").iter().any(|c| c == "attempts=3"));
+    assert_eq!(ran.stderr.matches("retrying in").count(), 2, "{}", ran.stderr);
+}
+
+#[test]
+fn failfast_cancels_the_running_sibling_and_its_children() {
+    let dir = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let ran = run(&example("failfast.yaml"), dir.path(), &[]);
+    assert_eq!(ran.code, 1);
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "the sleeping sibling was waited for"
+    );
+    assert_eq!(ran.lines_of("boom"), ["giving up"]);
+    assert_eq!(&ran.row("boom")[1..2], ["failed"]);
+    assert_eq!(&ran.row("slow")[1..2], ["cancelled"]);
+    assert_eq!(&ran.row("after")[1..3], ["cancelled", "0"]);
+    assert!(ran.lines_of("after").is_empty());
+    let child: i32 = ran.lines_of("slow")[0]
+        .strip_prefix("child ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(!alive(child), "the sibling's child process {child} survived");
+    assert!(ran.stderr.contains("task boom failed"), "{}", ran.stderr);
+}
+
+#[test]
+fn files_go_in_and_come_back_out_as_artifacts() {
+    let dir = tempfile::tempdir().unwrap();
+    let ran = run(&example("files.yaml"), dir.path(), &["--input", "threshold=2"]);
+    assert_eq!(ran.code, 0);
+    assert_eq!(
+        ran.lines_of("analyse"),
+        ["wrote out/report.txt and out/summary.json"]
+    );
+    let row = ran.row("analyse");
+    assert!(row.iter().any(|c| c == "above=2"), "{row:?}");
+    let uris: Vec<&str> = ran
+        .stdout
+        .split_whitespace()
+        .filter(|w| w.starts_with("file://"))
+        .collect();
+    assert_eq!(uris.len(), 2, "{uris:?}");
+    let report = uris.iter().find(|u| u.ends_with("out/report.txt")).unwrap();
+    let text = std::fs::read_to_string(report.strip_prefix("file://").unwrap()).unwrap();
+    assert_eq!(text, "2 of 3 above 2\n");
+    let summary = uris.iter().find(|u| u.ends_with("out/summary.json")).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(summary.strip_prefix("file://").unwrap()).unwrap())
+            .unwrap();
+    assert_eq!(json, serde_json::json!({"above": 2, "total": 3}));
+    // Working directories are removed once their attempt is collected.
+    let leftovers: Vec<_> = files_under(&dir.path().join("attempts"))
+        .into_iter()
+        .filter(|p| p.components().any(|c| c.as_os_str() == "work"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn secrets_reach_the_task_but_never_a_log_or_the_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "s3cr3t-value-9f1c";
+    let mut cmd = ferry();
+    cmd.arg("run")
+        .arg(example("secret.yaml"))
+        .arg("--data-dir")
+        .arg(dir.path());
+    cmd.env("FERRY_SECRET_API_TOKEN", secret);
+    let ran = output(cmd);
+    assert_eq!(ran.code, 0);
+    assert_eq!(
+        ran.lines_of("call-api"),
+        [
+            "calling the api with token ****".to_string(),
+            format!("length {}", secret.len())
+        ]
+    );
+    assert!(!ran.stdout.contains(secret) && !ran.stderr.contains(secret));
+    for f in files_under(dir.path()) {
+        let bytes = std::fs::read(dir.path().join(&f)).unwrap();
+        assert!(
+            !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "the secret is stored in {}",
+            f.display()
+        );
+    }
+}
+
+#[test]
+fn a_missing_secret_fails_the_task_naming_the_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = ferry();
+    cmd.arg("run")
+        .arg(example("secret.yaml"))
+        .arg("--data-dir")
+        .arg(dir.path());
+    cmd.env_remove("FERRY_SECRET_API_TOKEN");
+    let ran = output(cmd);
+    assert_eq!(ran.code, 1);
+    assert!(ran.stderr.contains("FERRY_SECRET_API_TOKEN"), "{}", ran.stderr);
+}
+
+#[test]
+fn ctrl_c_cancels_the_job_and_leaves_no_process_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = ferry()
+        .arg("run")
+        .arg(flow("sleepy.yaml"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until both tasks report their child processes.
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut pids = Vec::new();
+    let mut lines = stdout.lines();
+    while pids.len() < 2 {
+        let line = lines.next().expect("ferry printed the children").unwrap();
+        if let Some(pid) = line.split("child ").nth(1) {
+            pids.push(pid.trim().parse::<i32>().unwrap());
+        }
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    eprintln!("{err}");
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("cancelling job"), "{err}");
+    assert!(
+        rest.iter()
+            .any(|l| l.starts_with("one") && l.contains("cancelled")),
+        "{rest:?}"
+    );
+    for pid in pids {
+        assert!(!alive(pid), "process {pid} outlived ferry");
+    }
+}
