@@ -71,16 +71,19 @@ pub struct LocalRunner {}
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ImageRunner {
-    /// The container image.
+    /// The container image, e.g. `python:3.12-slim`.
     pub image: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct KubernetesRunner {
+    /// The container image of the Job's pod.
     pub image: String,
+    /// The namespace the Job is created in (the launcher's default when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
+    /// The service account the pod runs as.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_account: Option<String>,
 }
@@ -88,7 +91,9 @@ pub struct KubernetesRunner {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AwsBatchRunner {
+    /// The container image of the job definition.
     pub image: String,
+    /// The Batch job queue (created if absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job_queue: Option<String>,
     /// S3 bucket for staged inputs and collected outputs.
@@ -99,11 +104,15 @@ pub struct AwsBatchRunner {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct GoogleBatchRunner {
+    /// The container image of the Batch job.
     pub image: String,
+    /// The Google Cloud project.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub project: Option<String>,
+    /// The region the job runs in, e.g. `europe-west1`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
+    /// Cloud Storage bucket for staged inputs and collected outputs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bucket: Option<String>,
 }
@@ -121,10 +130,13 @@ pub struct AgentRunner {
 pub struct Resources {
     /// CPUs, fractions allowed (`0.5`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("exclusiveMinimum" = 0))]
     pub cpu: Option<f64>,
     /// Memory as a Kubernetes-style quantity: `512Mi`, `2Gi`, `1G`, or bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?(k|M|G|T|P|Ki|Mi|Gi|Ti|Pi)?$"))]
     pub memory: Option<String>,
+    /// GPUs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpu: Option<u32>,
 }
