@@ -280,9 +280,9 @@ impl<'a> Cx<'a> {
             None => (JobStatus::Running, total),
         };
         sqlx::query(
-            "INSERT INTO jobs (job_id, flow_id, namespace, state, ending, reason, concurrency, active, total,
-                               unfinished, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, NULL, $5, $6, 0, $7, $8, $9, $9)",
+            "INSERT INTO jobs (job_id, flow_id, namespace, state, ending, reason, concurrency, active, ready,
+                               total, unfinished, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, NULL, $5, $6, 0, $7, $8, $9, $10, $10)",
         )
         .bind(p.job_id.clone())
         .bind(p.flow_id.clone())
@@ -290,6 +290,11 @@ impl<'a> Cx<'a> {
         .bind(state.as_str())
         .bind(invalid.clone())
         .bind(p.concurrency.map(i64::from))
+        .bind(if invalid.is_some() {
+            0
+        } else {
+            p.tasks.iter().filter(|t| t.depends_on.is_empty()).count() as i64
+        })
         .bind(total)
         .bind(unfinished)
         .bind(self.now)
@@ -303,6 +308,7 @@ impl<'a> Cx<'a> {
             reason: invalid.clone(),
             concurrency: p.concurrency.map(i64::from),
             active: 0,
+            ready: 0,
             total,
             unfinished,
         };
@@ -412,7 +418,7 @@ impl<'a> Cx<'a> {
             .bind(job_id.to_string())
             .execute(&mut *self.tx)
             .await?;
-            sqlx::query("UPDATE jobs SET unfinished = unfinished - $1 WHERE job_id = $2")
+            sqlx::query("UPDATE jobs SET unfinished = unfinished - $1, ready = 0 WHERE job_id = $2")
                 .bind(pending.len() as i64)
                 .bind(job_id.to_string())
                 .execute(&mut *self.tx)
@@ -514,18 +520,21 @@ impl<'a> Cx<'a> {
         .bind(job_id.to_string())
         .execute(&mut *self.tx)
         .await?;
-        sqlx::query(
+        let ready = sqlx::query(
             "UPDATE tasks SET state = 'ready', ready_at = $1 WHERE job_id = $2 AND state = 'waiting' AND deps_left = 0",
         )
         .bind(self.now)
         .bind(job_id.to_string())
         .execute(&mut *self.tx)
-        .await?;
+        .await?
+        .rows_affected();
         sqlx::query(
-            "UPDATE jobs SET state = 'running', ending = NULL, reason = NULL, unfinished = $1, updated_at = $2
-             WHERE job_id = $3",
+            "UPDATE jobs SET state = 'running', ending = NULL, reason = NULL, unfinished = $1, ready = $2,
+                    updated_at = $3
+             WHERE job_id = $4",
         )
         .bind(requeued.len() as i64)
+        .bind(ready as i64)
         .bind(self.now)
         .bind(job_id.to_string())
         .execute(&mut *self.tx)
@@ -683,6 +692,7 @@ impl<'a> Cx<'a> {
                 .bind(task.task_id.clone())
                 .execute(&mut *self.tx)
                 .await?;
+                self.add_ready(&task.job_id, 1).await?;
                 let mut s = task_state(
                     &task.job_id,
                     &task.task_id,
@@ -780,7 +790,7 @@ impl<'a> Cx<'a> {
             .bind(task.task_id.clone())
             .execute(&mut *self.tx)
             .await?;
-            sqlx::query(
+            let released = sqlx::query(
                 "UPDATE tasks SET state = 'ready', ready_at = $1
                  WHERE job_id = $2 AND state = 'waiting' AND deps_left = 0
                    AND task_id IN (SELECT dependent FROM edges WHERE job_id = $2 AND task_id = $3)",
@@ -789,7 +799,9 @@ impl<'a> Cx<'a> {
             .bind(task.job_id.clone())
             .bind(task.task_id.clone())
             .execute(&mut *self.tx)
-            .await?;
+            .await?
+            .rows_affected();
+            self.add_ready(&task.job_id, released as i64).await?;
         }
         Ok(())
     }
@@ -872,10 +884,22 @@ impl<'a> Cx<'a> {
 
     async fn timers(&mut self) -> Result<()> {
         // Retries that are due become ready.
-        sqlx::query("UPDATE tasks SET state = 'ready' WHERE state = 'retrying' AND ready_at <= $1")
-            .bind(self.now)
-            .execute(&mut *self.tx)
-            .await?;
+        let due = sqlx::query(
+            "SELECT job_id, task_id FROM tasks WHERE state = 'retrying' AND ready_at <= $1 LIMIT 1000",
+        )
+        .bind(self.now)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        for row in due {
+            let job_id: String = row.try_get("job_id")?;
+            let task_id: String = row.try_get("task_id")?;
+            sqlx::query("UPDATE tasks SET state = 'ready' WHERE job_id = $1 AND task_id = $2")
+                .bind(job_id.clone())
+                .bind(task_id)
+                .execute(&mut *self.tx)
+                .await?;
+            self.add_ready(&job_id, 1).await?;
+        }
         // Lapsed leases and missed deadlines end the attempt.
         let rows = sqlx::query(
             "SELECT t.job_id, t.task_id, t.attempt_id, t.backend, t.attempts, t.lease_until, t.deadline,
@@ -943,26 +967,53 @@ impl<'a> Cx<'a> {
     /// Dispatches ready tasks, higher priority first, within each job's concurrency. Returns true
     /// when it stopped at `dispatch_max` with more possibly waiting.
     async fn dispatch(&mut self) -> Result<bool> {
-        let limit = self.cfg.dispatch_max as i64;
-        let rows = sqlx::query(
-            "SELECT t.job_id, t.task_id, t.attempts, t.ready_at, t.backend, t.spec, j.concurrency, j.active
-             FROM tasks t JOIN jobs j ON j.job_id = t.job_id
-             WHERE t.state = 'ready' AND j.state = 'running' AND j.ending IS NULL
-               AND (j.concurrency IS NULL OR j.active < j.concurrency)
-             ORDER BY t.priority DESC, t.ready_at, t.ord
+        let limit = self.cfg.dispatch_max;
+        // Jobs with ready tasks and room under their concurrency; then each one's best ready
+        // tasks, from an index. A job at its limit costs nothing however many tasks it has.
+        let jobs = sqlx::query(
+            "SELECT job_id, concurrency, active FROM jobs
+             WHERE ready > 0 AND state = 'running' AND ending IS NULL
+               AND (concurrency IS NULL OR active < concurrency)
+             ORDER BY created_at
              LIMIT $1",
         )
-        .bind(limit)
+        .bind(limit as i64)
         .fetch_all(&mut *self.tx)
         .await?;
-        let full = rows.len() as i64 == limit;
+        let mut rows = Vec::new();
+        for job in &jobs {
+            let job_id: String = job.try_get("job_id")?;
+            let concurrency: Option<i64> = job.try_get("concurrency")?;
+            let active: i64 = job.try_get("active")?;
+            let room = concurrency.map_or(limit as i64, |c| (c - active).min(limit as i64));
+            let tasks = sqlx::query(
+                "SELECT job_id, task_id, attempts, ready_at, backend, spec, priority, ord FROM tasks
+                 WHERE job_id = $1 AND state = 'ready'
+                 ORDER BY priority DESC, ready_at, ord
+                 LIMIT $2",
+            )
+            .bind(job_id)
+            .bind(room)
+            .fetch_all(&mut *self.tx)
+            .await?;
+            for t in tasks {
+                let key = (
+                    -t.try_get::<i64, _>("priority")?,
+                    t.try_get::<Option<i64>, _>("ready_at")?,
+                    t.try_get::<i64, _>("ord")?,
+                );
+                rows.push((key, concurrency, active, t));
+            }
+        }
+        // Higher priority first across jobs too.
+        rows.sort_by_key(|(key, ..)| *key);
+        let full = rows.len() >= limit;
+        rows.truncate(limit);
         let mut room: HashMap<String, Option<i64>> = HashMap::new();
         let mut started: HashMap<String, i64> = HashMap::new();
         let mut outputs = OutputCache::default();
-        for row in rows {
+        for (_, concurrency, active, row) in rows {
             let job_id: String = row.try_get("job_id")?;
-            let concurrency: Option<i64> = row.try_get("concurrency")?;
-            let active: i64 = row.try_get("active")?;
             let left = room
                 .entry(job_id.clone())
                 .or_insert(concurrency.map(|c| c - active));
@@ -982,6 +1033,7 @@ impl<'a> Cx<'a> {
                     // The flow refers to an output the upstream task did not produce: retrying
                     // cannot help.
                     let task = self.task(&job_id, &task_id).await?.expect("selected above");
+                    self.add_ready(&job_id, -1).await?;
                     let msg = format!("task {task_id} failed: {problem}");
                     self.task_terminal(&task, TaskStatus::Failed, Some(problem), self.now)
                         .await?;
@@ -1045,13 +1097,24 @@ impl<'a> Cx<'a> {
             self.out.push(e);
         }
         for (job_id, n) in started {
-            sqlx::query("UPDATE jobs SET active = active + $1 WHERE job_id = $2")
+            sqlx::query("UPDATE jobs SET active = active + $1, ready = ready - $1 WHERE job_id = $2")
                 .bind(n)
                 .bind(job_id)
                 .execute(&mut *self.tx)
                 .await?;
         }
         Ok(full)
+    }
+
+    async fn add_ready(&mut self, job_id: &str, n: i64) -> Result<()> {
+        if n != 0 {
+            sqlx::query("UPDATE jobs SET ready = ready + $1 WHERE job_id = $2")
+                .bind(n)
+                .bind(job_id.to_string())
+                .execute(&mut *self.tx)
+                .await?;
+        }
+        Ok(())
     }
 
     // ------------------------------------------------------------------------------------------
@@ -1268,7 +1331,7 @@ fn lookup(
 // ----------------------------------------------------------------------------------------------
 
 const JOB_SELECT: &str =
-    "SELECT job_id, flow_id, state, ending, reason, concurrency, active, total, unfinished FROM jobs";
+    "SELECT job_id, flow_id, state, ending, reason, concurrency, active, ready, total, unfinished FROM jobs";
 const TASK_SELECT: &str =
     "SELECT job_id, task_id, state, attempts, failures, lost, attempt_id, backend, timeout_ms,
     retry_attempts, deadline, started_at, finished_at, spec, outputs, output_files, error FROM tasks";
@@ -1286,6 +1349,8 @@ pub struct JobRow {
     pub reason: Option<String>,
     pub concurrency: Option<i64>,
     pub active: i64,
+    /// Tasks ready to dispatch.
+    pub ready: i64,
     pub total: i64,
     pub unfinished: i64,
 }
@@ -1300,6 +1365,7 @@ impl JobRow {
             reason: r.try_get("reason")?,
             concurrency: r.try_get("concurrency")?,
             active: r.try_get("active")?,
+            ready: r.try_get("ready")?,
             total: r.try_get("total")?,
             unfinished: r.try_get("unfinished")?,
         })

@@ -33,6 +33,7 @@ const SCHEMA: &[&str] = &[
         reason TEXT,
         concurrency BIGINT,
         active BIGINT NOT NULL,
+        ready BIGINT NOT NULL,
         total BIGINT NOT NULL,
         unfinished BIGINT NOT NULL,
         created_at BIGINT NOT NULL,
@@ -63,7 +64,8 @@ const SCHEMA: &[&str] = &[
         error TEXT,
         PRIMARY KEY (job_id, task_id)
     )",
-    "CREATE INDEX IF NOT EXISTS tasks_ready ON tasks (priority DESC, ready_at, ord) WHERE state = 'ready'",
+    "CREATE INDEX IF NOT EXISTS tasks_ready ON tasks (job_id, priority DESC, ready_at, ord) WHERE state = 'ready'",
+    "CREATE INDEX IF NOT EXISTS jobs_ready ON jobs (created_at) WHERE ready > 0",
     "CREATE INDEX IF NOT EXISTS tasks_retrying ON tasks (ready_at) WHERE state = 'retrying'",
     "CREATE INDEX IF NOT EXISTS tasks_leased ON tasks (lease_until) WHERE lease_until IS NOT NULL",
     "CREATE INDEX IF NOT EXISTS tasks_deadline ON tasks (deadline) WHERE deadline IS NOT NULL",

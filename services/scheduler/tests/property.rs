@@ -192,6 +192,13 @@ async fn check(case: Case) {
     if case.cancel_after_ms.is_none() && !case.outcomes.iter().any(|o| *o != Outcome::Succeeded) {
         assert_eq!(end, kind::JOB_SUCCEEDED);
     }
+    // The job's counters agree with its tasks.
+    let store = ferry_scheduler::Store::open(&format!("sqlite://{}", dir.path().join("s.db").display()))
+        .await
+        .unwrap();
+    let job = store.job("job").await.unwrap().unwrap();
+    assert_eq!((job.unfinished, job.ready), (0, 0), "{job:?}");
+    assert!(job.active >= 0, "{job:?}");
     token.cancel();
     stop.cancel();
 }
