@@ -422,10 +422,4 @@ mod tests {
         assert!(logs.next().await.is_none());
         assert!(matches!(bus.publish(&[ev(2)]).await, Err(Error::Closed)));
     }
-
-    impl Subscription {
-        fn try_recv_for_test(&mut self) -> Option<Delivery> {
-            self.inner.try_recv()
-        }
-    }
 }

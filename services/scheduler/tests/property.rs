@@ -176,7 +176,7 @@ async fn check(case: Case) {
     }
     assert_eq!(after_end, 0, "tasks dispatched after the job ended");
     assert_eq!(finals.len(), n, "every task reaches a final state: {finals:?}");
-    let log = log.lock().unwrap();
+    let log = std::mem::take(&mut *log.lock().unwrap());
     assert_eq!(log.running_in("job"), 0, "a task runs after its job finished");
     assert!(log.overlaps.is_empty(), "attempts overlapped: {:?}", log.overlaps);
     if let Some(c) = case.concurrency {

@@ -451,7 +451,7 @@ async fn a_scheduler_killed_mid_job_and_restarted_loses_and_duplicates_nothing()
     let (_handle, token) = start_scheduler(&bus, config(&db));
     assert_eq!(rec.wait_terminal("j", WITHIN).await, kind::JOB_SUCCEEDED);
 
-    let log = log.lock().unwrap();
+    let log = std::mem::take(&mut *log.lock().unwrap());
     for t in std::iter::once("root").chain(all.iter().copied()).chain(["join"]) {
         assert_eq!(
             log.attempts_of("j", t),
