@@ -335,7 +335,10 @@ mod tests {
     #[tokio::test]
     async fn deliveries_given_back_together_return_in_publish_order() {
         let bus = MemoryBus::new();
-        let mut s = bus.subscribe(Subscribe::new("g", [Topic::Control])).await.unwrap();
+        let mut s = bus
+            .subscribe(Subscribe::new("g", [Topic::Control]))
+            .await
+            .unwrap();
         bus.publish(&(0..5).map(ev).collect::<Vec<_>>()).await.unwrap();
         let batch = s.next_batch(3).await.unwrap().unwrap();
         drop(batch); // a consumer crashed holding three deliveries
