@@ -7,7 +7,10 @@ use std::time::Duration;
 use clap::Parser;
 
 #[derive(Debug, Parser)]
-#[command(version, about = "ferry's scheduler: job and task state, release, retries, leases")]
+#[command(
+    version,
+    about = "ferry's scheduler: job and task state, release, retries, leases"
+)]
 struct Args {
     /// The message bus: amqp://HOST:PORT/VHOST, kafka://HOST:PORT (memory:// is in-process only).
     #[arg(long, env = "FERRY_BUS")]
