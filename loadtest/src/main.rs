@@ -1,0 +1,246 @@
+//! ferry's load test on the embedded system (in-memory bus, SQLite with durable commits, the
+//! local launcher running real processes).
+//!
+//! - `fanout`: one job, a root task releasing N no-op workers, as fast as ferry goes;
+//! - `paced`: single-task jobs submitted at a fixed rate, for dispatch latency at a steady load.
+//!
+//! It reports throughput, dispatch latency (task ready → its process started, as stamped by the
+//! scheduler and the launcher), ferry's own CPU per task (this process's user+sys time; the task
+//! processes are children and not counted), peak memory (VmHWM) and bus messages per task.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use ferry_bus::{Bus, Subscribe};
+use ferry_cli::embedded::{Embedded, Options};
+use ferry_event::payload::{FlowSource, JobSubmitted, TaskStarted};
+use ferry_event::{AttributesReader, EventBuilder, Topic, kind};
+
+#[derive(Parser)]
+#[command(about = "Load test ferry's embedded system and report throughput, latency, CPU and memory")]
+struct Args {
+    #[command(subcommand)]
+    mode: Mode,
+    /// State directory; a fresh temporary one by default.
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    /// The no-op each task runs.
+    #[arg(long, global = true, default_value = "/bin/true")]
+    command: String,
+    /// Attempts the launcher runs at once.
+    #[arg(long, global = true, default_value_t = 64)]
+    parallel: usize,
+}
+
+#[derive(Subcommand)]
+enum Mode {
+    /// One job: a root task fanning out to N workers, as fast as possible.
+    Fanout {
+        #[arg(long, default_value_t = 10_000)]
+        tasks: usize,
+    },
+    /// Single-task jobs submitted at a fixed rate.
+    Paced {
+        #[arg(long, default_value_t = 100.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 2_000)]
+        tasks: usize,
+    },
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(run(args))
+}
+
+async fn run(args: Args) -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let data_dir = args.data_dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
+    let mut opts = Options::new(&data_dir);
+    opts.max_parallel = args.parallel;
+    let load_before = loadavg();
+    let mut system = Embedded::start(&opts).await?;
+    let topics = [Topic::Control, Topic::Lifecycle, Topic::Dispatch("local".into())];
+    let mut watch = system
+        .bus
+        .subscribe(Subscribe::new("loadtest", topics).prefetch(4096))
+        .await?;
+    let events = EventBuilder::new("ferry/loadtest");
+
+    let (jobs, label): (Vec<(String, String)>, String) = match args.mode {
+        Mode::Fanout { tasks } => (
+            vec![(ferry_event::new_id(), fanout_flow(tasks, &args.command))],
+            format!("fanout, {tasks} workers + 1 root"),
+        ),
+        Mode::Paced { tasks, rate } => {
+            let flow = single_flow(&args.command);
+            (
+                (0..tasks)
+                    .map(|_| (ferry_event::new_id(), flow.clone()))
+                    .collect(),
+                format!("paced, {tasks} jobs at {rate}/s"),
+            )
+        }
+    };
+    let rate = match args.mode {
+        Mode::Paced { rate, .. } => Some(rate),
+        Mode::Fanout { .. } => None,
+    };
+    let total_tasks: usize = match args.mode {
+        Mode::Fanout { tasks } => tasks + 1,
+        Mode::Paced { tasks, .. } => tasks,
+    };
+    println!(
+        "ferry loadtest: {label}; command {}; launcher parallelism {}",
+        args.command, args.parallel
+    );
+    println!("  load average before   {load_before}");
+
+    let cpu_start = cpu_time();
+    let started = Instant::now();
+    let mut pending: HashSet<String> = jobs.iter().map(|(id, _)| id.clone()).collect();
+    let submit_bus = system.bus.clone();
+    let submitter = tokio::spawn(async move {
+        let interval = rate.map(|r| Duration::from_secs_f64(1.0 / r));
+        let t0 = tokio::time::Instant::now();
+        for (i, (job_id, flow)) in jobs.into_iter().enumerate() {
+            if let Some(every) = interval {
+                tokio::time::sleep_until(t0 + every * i as u32).await;
+            }
+            let data = JobSubmitted {
+                job_id: Some(job_id.clone()),
+                flow: FlowSource::Text(flow),
+                flow_name: None,
+                inputs: Default::default(),
+            };
+            submit_bus
+                .publish(&[events.job(kind::JOB_SUBMITTED, &job_id, &data)])
+                .await?;
+        }
+        anyhow::Ok(())
+    });
+
+    let mut latencies: Vec<i64> = Vec::with_capacity(total_tasks);
+    let mut messages: u64 = 0;
+    let mut failed = 0usize;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1800);
+    while !pending.is_empty() {
+        let d = tokio::select! {
+            d = watch.next() => d.context("the bus closed")??,
+            e = system.failed() => return Err(e),
+            _ = tokio::time::sleep_until(deadline) => bail!("gave up after 30 minutes with {} jobs unfinished", pending.len()),
+        };
+        messages += 1;
+        match d.event.ty() {
+            kind::TASK_STARTED => {
+                let s: TaskStarted = ferry_event::decode(&d.event)?;
+                latencies.push(s.started_at_ms - s.ready_at_ms);
+            }
+            kind::JOB_SUCCEEDED | kind::JOB_FAILED | kind::JOB_CANCELLED | kind::JOB_REJECTED => {
+                if d.event.ty() != kind::JOB_SUCCEEDED {
+                    failed += 1;
+                }
+                if let Some(job) = ferry_event::envelope::job_of(&d.event) {
+                    pending.remove(&job);
+                }
+            }
+            _ => {}
+        }
+        d.ack().await?;
+    }
+    let elapsed = started.elapsed();
+    let cpu = cpu_time() - cpu_start;
+    submitter.await??;
+    system.stop().await?;
+
+    latencies.sort_unstable();
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 - 1.0) * p).round() as usize)
+            .copied()
+            .unwrap_or(0)
+    };
+    println!("  elapsed               {:.2} s", elapsed.as_secs_f64());
+    println!("  tasks                 {total_tasks} ({failed} jobs not succeeded)");
+    println!(
+        "  throughput            {:.0} tasks/s",
+        total_tasks as f64 / elapsed.as_secs_f64()
+    );
+    println!(
+        "  dispatch latency      p50 {} ms, p99 {} ms, max {} ms (task ready -> process started)",
+        pct(0.5),
+        pct(0.99),
+        latencies.last().copied().unwrap_or(0)
+    );
+    println!(
+        "  ferry CPU             {:.3} ms/task ({:.2} s user+sys in all; task processes excluded)",
+        cpu.as_secs_f64() * 1000.0 / total_tasks as f64,
+        cpu.as_secs_f64()
+    );
+    println!(
+        "  peak memory           {:.1} MiB (VmHWM of the whole process)",
+        peak_rss_kib() as f64 / 1024.0
+    );
+    println!(
+        "  bus messages/task     {:.2} (control, lifecycle and dispatch; logs apart)",
+        messages as f64 / total_tasks as f64
+    );
+    println!("  load average after    {}", loadavg());
+    if failed > 0 {
+        bail!("{failed} jobs did not succeed");
+    }
+    Ok(())
+}
+
+fn fanout_flow(n: usize, command: &str) -> String {
+    let mut s = String::with_capacity(n * 80);
+    s.push_str("id: loadtest-fanout\ntasks:\n  - { id: root, runner: local, command: [");
+    s.push_str(&serde_json::to_string(command).expect("a string serializes"));
+    s.push_str("] }\n");
+    for i in 0..n {
+        s.push_str(&format!(
+            "  - {{ id: w{i}, runner: local, dependsOn: [root], command: [{}] }}\n",
+            serde_json::to_string(command).expect("a string serializes")
+        ));
+    }
+    s
+}
+
+fn single_flow(command: &str) -> String {
+    format!(
+        "id: loadtest-single\ntasks:\n  - {{ id: t, runner: local, command: [{}] }}\n",
+        serde_json::to_string(command).expect("a string serializes")
+    )
+}
+
+fn cpu_time() -> Duration {
+    use nix::sys::resource::{UsageWho, getrusage};
+    match getrusage(UsageWho::RUSAGE_SELF) {
+        Ok(u) => {
+            let us = |t: nix::sys::time::TimeVal| Duration::new(t.tv_sec() as u64, t.tv_usec() as u32 * 1000);
+            us(u.user_time()) + us(u.system_time())
+        }
+        Err(_) => Duration::ZERO,
+    }
+}
+
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
