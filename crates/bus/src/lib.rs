@@ -6,12 +6,14 @@
 //! one that is dropped unacknowledged (its consumer crashed) is delivered again; each consumer
 //! holds at most `prefetch` deliveries at once.
 //!
-//! [`memory::MemoryBus`] implements it in-process for the embedded mode and tests. [`connect`]
-//! picks an implementation from a URL.
+//! [`memory::MemoryBus`] implements it in-process for the embedded mode and tests; RabbitMQ and
+//! Kafka live in their own crates (`ferry-bus-amqp`, `ferry-bus-kafka`) and `ferry-connect`
+//! picks one from a URL. [`conformance`] (feature `conformance`) is the test suite every
+//! implementation passes.
 
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
 pub mod memory;
-
-use std::sync::Arc;
 
 use async_trait::async_trait;
 use ferry_event::cloudevents::AttributesReader;
@@ -204,18 +206,31 @@ pub async fn ack_all(deliveries: impl IntoIterator<Item = Delivery>) -> Result<(
     Ok(())
 }
 
-/// Opens the bus a URL names: `memory://` (in-process), `amqp://…` (RabbitMQ), `kafka://…`.
-pub fn connect(url: &str) -> Result<Arc<dyn Bus>> {
-    let scheme = url.split_once("://").map(|(s, _)| s).unwrap_or("");
-    match scheme {
-        "memory" => Ok(Arc::new(MemoryBus::new())),
-        "amqp" | "amqps" | "kafka" => Err(Error::Config(format!(
-            "{scheme}:// is not enabled in this build of ferry; this build supports memory:// only"
-        ))),
-        _ => Err(Error::Config(format!(
-            "unsupported bus URL {url:?}: expected memory://, amqp://HOST:PORT/VHOST or kafka://HOST:PORT"
-        ))),
+/// The namespace ferry's topics, exchanges and queues live in unless a bus URL names another
+/// (`?namespace=NAME`): several deployments can share one broker.
+pub const DEFAULT_NAMESPACE: &str = "ferry";
+
+/// The `namespace` query parameter of a bus URL, or [`DEFAULT_NAMESPACE`]. Names are limited to
+/// `[A-Za-z0-9_-]` so that they are valid in every broker's names.
+pub fn namespace_of(url: &str) -> Result<String> {
+    let query = url.split_once('?').map(|(_, q)| q).unwrap_or("");
+    let ns = query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == "namespace")
+        .map(|(_, v)| v.to_string())
+        .unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
+    if ns.is_empty()
+        || ns.len() > 64
+        || !ns
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return Err(Error::Config(format!(
+            "bus namespace {ns:?} is not valid: use 1 to 64 letters, digits, `_` or `-`"
+        )));
     }
+    Ok(ns)
 }
 
 #[cfg(test)]
@@ -223,10 +238,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn unknown_schemes_are_named_in_the_error() {
-        let err = connect("nats://x").err().unwrap();
-        assert!(err.to_string().contains("memory://"), "{err}");
-        assert!(!err.is_transient());
-        assert!(connect("memory://").is_ok());
+    fn namespaces_come_from_the_url() {
+        assert_eq!(namespace_of("amqp://h:5672/%2f").unwrap(), "ferry");
+        assert_eq!(namespace_of("kafka://h:9092?namespace=t-1&x=y").unwrap(), "t-1");
+        assert!(
+            namespace_of("kafka://h?namespace=a.b")
+                .unwrap_err()
+                .to_string()
+                .contains("not valid")
+        );
     }
+
+    crate::conformance_tests!(async { std::sync::Arc::new(MemoryBus::new()) });
 }

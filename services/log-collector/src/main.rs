@@ -25,7 +25,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     ferry_runtime::telemetry::init("info");
     let shutdown = ferry_runtime::shutdown::on_signals();
-    let bus = ferry_bus::connect(&args.bus)?;
+    let bus = ferry_connect::bus(&args.bus).await?;
     let config = Config {
         group: args.group,
         batch_max: args.batch_max,

@@ -22,7 +22,7 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     ferry_runtime::telemetry::init("info");
-    let bus = ferry_bus::connect(&args.bus)?;
+    let bus = ferry_connect::bus(&args.bus).await?;
     let config = ferry_planner::Config {
         source: ferry_runtime::instance_source("planner"),
         prefetch: args.prefetch,

@@ -27,7 +27,7 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     ferry_runtime::telemetry::init("info");
-    let bus = ferry_bus::connect(&args.bus)?;
+    let bus = ferry_connect::bus(&args.bus).await?;
     let mut config = ferry_scheduler::Config::new(args.db, ferry_runtime::instance_source("scheduler"));
     config.lease = args.lease;
     ferry_scheduler::run(config, bus, ferry_runtime::shutdown::on_signals()).await?;

@@ -1,0 +1,71 @@
+//! Opens ferry's bus from a URL. The scheme picks the implementation; one whose cargo feature
+//! this build lacks answers with an error that says so.
+//!
+//! | URL | bus | feature |
+//! | --- | --- | --- |
+//! | `memory://` | in-process ([`ferry_bus::MemoryBus`]) | always |
+//! | `amqp://USER:PASS@HOST:PORT/VHOST` | RabbitMQ | `amqp` |
+//! | `kafka://HOST:PORT[,HOST:PORT…]` | Kafka | `kafka` |
+//!
+//! Every URL may end in `?namespace=NAME` (default `ferry`) to keep deployments apart on one
+//! broker.
+
+use std::sync::Arc;
+
+use ferry_bus::{Bus, Error, MemoryBus, Result};
+
+/// Opens the bus `url` names.
+pub async fn bus(url: &str) -> Result<Arc<dyn Bus>> {
+    let scheme = url.split_once("://").map(|(s, _)| s).unwrap_or("");
+    match scheme {
+        "memory" => Ok(Arc::new(MemoryBus::new())),
+        "amqp" | "amqps" => amqp(url).await,
+        "kafka" => kafka(url).await,
+        _ => Err(Error::Config(format!(
+            "unsupported bus URL {url:?}: expected memory://, amqp://USER:PASS@HOST:PORT/VHOST or kafka://HOST:PORT"
+        ))),
+    }
+}
+
+#[cfg(feature = "amqp")]
+async fn amqp(url: &str) -> Result<Arc<dyn Bus>> {
+    Ok(Arc::new(ferry_bus_amqp::AmqpBus::connect(url).await?))
+}
+
+#[cfg(not(feature = "amqp"))]
+async fn amqp(_url: &str) -> Result<Arc<dyn Bus>> {
+    Err(not_enabled("amqp", "RabbitMQ"))
+}
+
+#[cfg(feature = "kafka")]
+async fn kafka(url: &str) -> Result<Arc<dyn Bus>> {
+    Ok(Arc::new(ferry_bus_kafka::KafkaBus::connect(url).await?))
+}
+
+#[cfg(not(feature = "kafka"))]
+async fn kafka(_url: &str) -> Result<Arc<dyn Bus>> {
+    Err(not_enabled("kafka", "Kafka"))
+}
+
+#[allow(dead_code)]
+fn not_enabled(feature: &str, what: &str) -> Error {
+    Error::Config(format!(
+        "{what} is not enabled in this build of ferry: build it with the `{feature}` feature of ferry-connect"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn unknown_schemes_say_what_is_accepted() {
+        let err = bus("nats://x").await.err().unwrap();
+        assert!(
+            err.to_string().contains("amqp://") && err.to_string().contains("kafka://"),
+            "{err}"
+        );
+        assert!(!err.is_transient());
+        assert!(bus("memory://").await.is_ok());
+    }
+}
