@@ -317,49 +317,43 @@ impl Launcher {
             return dead_letter(delivery, &reason).await;
         }
         let span = attempt_span(&d);
-        let _enter = span.enter();
-        if self.entries.contains_key(&d.attempt_id)
-            || self.pending.iter().any(|(p, _)| p.attempt_id == d.attempt_id)
-        {
-            tracing::info!("duplicate dispatch of an attempt in progress; acking it");
-            drop(_enter);
+        let in_progress = self.entries.contains_key(&d.attempt_id)
+            || self.pending.iter().any(|(p, _)| p.attempt_id == d.attempt_id);
+        if in_progress {
+            span.in_scope(|| tracing::info!("duplicate dispatch of an attempt in progress; acking it"));
             return ack(delivery).await;
         }
         let dir = AttemptDir::new(&self.shared.config.data_dir, &d.attempt_id);
         match dir.status() {
             Err(e) => {
                 let reason = format!("the state of attempt {} cannot be read: {e}", d.attempt_id);
-                drop(_enter);
                 dead_letter(delivery, &reason).await;
             }
             Ok(Status::Finished) => {
-                tracing::info!("duplicate dispatch of a finished attempt; acking it");
-                drop(_enter);
+                span.in_scope(|| tracing::info!("duplicate dispatch of a finished attempt; acking it"));
                 ack(delivery).await;
             }
             Ok(Status::Running(record)) => {
-                tracing::warn!(
-                    pid = record.pid,
-                    "duplicate dispatch of an attempt whose process is recorded on disk; acking it"
-                );
-                drop(_enter);
+                span.in_scope(|| {
+                    tracing::warn!(
+                        pid = record.pid,
+                        "duplicate dispatch of an attempt whose process is recorded on disk; acking it"
+                    )
+                });
                 ack(delivery).await;
             }
             Ok(Status::ResultPending(report)) => {
-                drop(_enter);
                 let id = d.attempt_id.clone();
                 let fut = attempt::settle_pending(self.shared.clone(), *report, Some(delivery));
                 self.spawn(id, None, false, fut, span);
             }
             Ok(Status::Tombstone(error)) => {
-                tracing::info!("attempt was cancelled before its dispatch arrived");
-                drop(_enter);
+                span.in_scope(|| tracing::info!("attempt was cancelled before its dispatch arrived"));
                 let report = attempt::unstarted(&d, Outcome::Cancelled, error);
                 let fut = attempt::settle_unstarted(self.shared.clone(), report, delivery);
                 self.spawn(d.attempt_id.clone(), None, false, fut, span);
             }
             Ok(Status::Fresh) => {
-                drop(_enter);
                 self.pending.push_back((d, delivery));
                 self.fill_slots();
             }
@@ -389,12 +383,11 @@ impl Launcher {
             }
             return ack(delivery).await;
         }
-        if let Some(pos) = self
+        let waiting = self
             .pending
             .iter()
-            .position(|(p, _)| p.attempt_id == c.attempt_id)
-            && let Some((d, dispatch)) = self.pending.remove(pos)
-        {
+            .position(|(p, _)| p.attempt_id == c.attempt_id);
+        if let Some((d, dispatch)) = waiting.and_then(|pos| self.pending.remove(pos)) {
             span.in_scope(|| tracing::info!("cancelling an attempt waiting for a slot"));
             let report = attempt::unstarted(&d, Outcome::Cancelled, error);
             let fut = attempt::settle_unstarted(self.shared.clone(), report, dispatch);
