@@ -1,0 +1,836 @@
+//! The local launcher end to end on the in-memory bus: real processes, real files.
+
+use std::collections::BTreeMap;
+use std::io::BufRead;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use ferry_bus::{Bus, MemoryBus, Subscribe, Subscription};
+use ferry_event::payload::{
+    Outcome, Runner, Stream, TaskCancel, TaskDispatched, TaskFinished, TaskLog, TaskStarted,
+};
+use ferry_event::template::{Part, Template};
+use ferry_event::{AttributesReader, Event, EventBuilder, Topic, envelope, kind};
+use ferry_launcher_local::state::{AttemptDir, RunningRecord};
+use ferry_launcher_local::{Config, Secrets, is_alive, run, start_time};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Upper bound on waiting for any one event.
+const WAIT: Duration = Duration::from_secs(20);
+const GROUP: &str = "launcher-local";
+
+struct Harness {
+    bus: MemoryBus,
+    tmp: tempfile::TempDir,
+    data_dir: PathBuf,
+    control: Subscription,
+    logs: Subscription,
+    /// Control events seen so far: (type, attempt id, event).
+    seen: Vec<(String, String, Event)>,
+    shutdown: CancellationToken,
+    handle: Option<JoinHandle<ferry_launcher_local::Result<()>>>,
+    events: EventBuilder,
+}
+
+impl Harness {
+    async fn start() -> Result<Harness> {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts the launcher; `tweak` adjusts its configuration, `before` prepares the data
+    /// directory first.
+    async fn start_with(tweak: impl FnOnce(&mut Config)) -> Result<Harness> {
+        let tmp = tempfile::tempdir()?;
+        Self::start_in(tmp, |_| Ok(()), tweak).await
+    }
+
+    async fn start_in(
+        tmp: tempfile::TempDir,
+        before: impl FnOnce(&Path) -> Result<()>,
+        tweak: impl FnOnce(&mut Config),
+    ) -> Result<Harness> {
+        let data_dir = tmp.path().join("data");
+        std::fs::create_dir_all(&data_dir)?;
+        before(&data_dir)?;
+        let bus = MemoryBus::new();
+        let control = bus
+            .subscribe(Subscribe::new("observer-control", [Topic::Control]))
+            .await?;
+        let logs = bus
+            .subscribe(Subscribe::new("observer-logs", [Topic::Logs]))
+            .await?;
+        // The launcher's queue collects dispatches from now on, like a durable broker queue.
+        drop(
+            bus.subscribe(Subscribe::new(GROUP, [Topic::Dispatch("local".into())]))
+                .await?,
+        );
+        let mut config = Config::new(&data_dir);
+        config.secrets = Secrets::new();
+        config.kill_grace = Duration::from_secs(1);
+        config.source = "ferry/launcher-local/test".into();
+        config.group = GROUP.into();
+        tweak(&mut config);
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(run(config, Arc::new(bus.clone()), shutdown.clone()));
+        Ok(Harness {
+            bus,
+            tmp,
+            data_dir,
+            control,
+            logs,
+            seen: Vec::new(),
+            shutdown,
+            handle: Some(handle),
+            events: EventBuilder::new("ferry/scheduler/test"),
+        })
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.tmp.path().join(name)
+    }
+
+    fn path_str(&self, name: &str) -> String {
+        self.path(name).to_string_lossy().into_owned()
+    }
+
+    async fn dispatch(&self, d: &TaskDispatched) -> Result<()> {
+        let e = self.events.dispatch(
+            kind::TASK_DISPATCHED,
+            &d.job_id,
+            &d.task_id,
+            &d.attempt_id,
+            "local",
+            d,
+        );
+        Ok(self.bus.publish(&[e]).await?)
+    }
+
+    async fn cancel(&self, d: &TaskDispatched, reason: &str) -> Result<()> {
+        let c = TaskCancel {
+            job_id: d.job_id.clone(),
+            task_id: d.task_id.clone(),
+            attempt_id: d.attempt_id.clone(),
+            reason: Some(reason.into()),
+        };
+        let e = self.events.dispatch(
+            kind::TASK_CANCEL,
+            &d.job_id,
+            &d.task_id,
+            &d.attempt_id,
+            "local",
+            &c,
+        );
+        Ok(self.bus.publish(&[e]).await?)
+    }
+
+    /// Receives and records the next control event.
+    async fn next_control(&mut self) -> Result<()> {
+        let d = tokio::time::timeout(WAIT, self.control.next())
+            .await
+            .with_context(|| format!("no control event within {WAIT:?}; seen: {:?}", self.seen_types()))?
+            .context("bus closed")??;
+        let event = d.event.clone();
+        d.ack().await?;
+        let a = envelope::extension(&event, envelope::EXT_ATTEMPT).unwrap_or_default();
+        self.seen.push((event.ty().to_string(), a, event));
+        Ok(())
+    }
+
+    /// Waits (at most [`WAIT`] in all) for the first control event of type `ty` for `attempt`.
+    async fn expect(&mut self, ty: &str, attempt: &str) -> Result<Event> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if let Some((_, _, e)) = self.seen.iter().find(|(t, a, _)| t == ty && a == attempt) {
+                return Ok(e.clone());
+            }
+            tokio::time::timeout_at(deadline, self.next_control())
+                .await
+                .with_context(|| {
+                    format!(
+                        "no {ty} of {attempt} within {WAIT:?}; seen: {:?}",
+                        self.seen_types()
+                    )
+                })??;
+        }
+    }
+
+    async fn started(&mut self, attempt: &str) -> Result<TaskStarted> {
+        Ok(ferry_event::decode(
+            &self.expect(kind::TASK_STARTED, attempt).await?,
+        )?)
+    }
+
+    async fn finished(&mut self, attempt: &str) -> Result<TaskFinished> {
+        Ok(ferry_event::decode(
+            &self.expect(kind::TASK_FINISHED, attempt).await?,
+        )?)
+    }
+
+    fn count(&self, ty: &str, attempt: &str) -> usize {
+        self.seen
+            .iter()
+            .filter(|(t, a, _)| t == ty && a == attempt)
+            .count()
+    }
+
+    fn seen_types(&self) -> Vec<(String, String)> {
+        self.seen.iter().map(|(t, a, _)| (t.clone(), a.clone())).collect()
+    }
+
+    /// Log batches already published (all of an attempt's are, once its task.finished is).
+    async fn log_batches(&mut self, attempt: &str) -> Result<Vec<TaskLog>> {
+        let mut out = Vec::new();
+        while let Some(d) = self.logs.try_next() {
+            let log: TaskLog = ferry_event::decode(&d.event)?;
+            d.ack().await?;
+            if log.attempt_id == attempt {
+                out.push(log);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Waits for a log line of `attempt` equal to `text`.
+    async fn expect_line(&mut self, attempt: &str, text: &str) -> Result<()> {
+        loop {
+            let d = tokio::time::timeout(WAIT, self.logs.next())
+                .await
+                .with_context(|| format!("no log line {text:?} within {WAIT:?}"))?
+                .context("bus closed")??;
+            let log: TaskLog = ferry_event::decode(&d.event)?;
+            d.ack().await?;
+            if log.attempt_id == attempt && log.lines.iter().any(|l| l.text == text) {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn stop(&mut self) -> Result<()> {
+        self.shutdown.cancel();
+        if let Some(h) = self.handle.take() {
+            tokio::time::timeout(WAIT, h)
+                .await
+                .context("the launcher did not stop in time")???;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+fn text(s: &str) -> Template {
+    Template::text(s)
+}
+
+fn task(attempt: &str, command: &[&str]) -> TaskDispatched {
+    TaskDispatched {
+        job_id: "job-1".into(),
+        task_id: "extract".into(),
+        attempt_id: attempt.into(),
+        attempt: 1,
+        runner: Runner::default(),
+        command: command.iter().map(|s| text(s)).collect(),
+        env: BTreeMap::new(),
+        input_files: BTreeMap::new(),
+        output_files: Vec::new(),
+        resources: Default::default(),
+        timeout_ms: None,
+        lease_ms: 30_000,
+        ready_at_ms: 1_700_000_000_000,
+    }
+}
+
+fn sh(attempt: &str, script: &str) -> TaskDispatched {
+    task(attempt, &["sh", "-c", script])
+}
+
+fn all_lines(batches: &[TaskLog]) -> Vec<(u64, Stream, String)> {
+    let mut out = Vec::new();
+    for b in batches {
+        for (i, l) in b.lines.iter().enumerate() {
+            out.push((b.seq + i as u64, l.stream, l.text.clone()));
+        }
+    }
+    out.sort_by_key(|(seq, _, _)| *seq);
+    out
+}
+
+fn read_pids(path: &Path) -> Result<Vec<i32>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(text
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<_, _>>()?)
+}
+
+#[tokio::test]
+async fn happy_path_reports_start_logs_outputs_and_success() -> Result<()> {
+    let mut h = Harness::start().await?;
+    let mut d = sh(
+        "a-happy",
+        r#"cat data/in.txt; echo "to stderr" >&2; echo "cwd=$(pwd)"; printf '{"rows": 3, "ok": true}' > "$FERRY_OUTPUTS""#,
+    );
+    d.input_files
+        .insert("data/in.txt".into(), text("first line\nsecond line\n"));
+    h.dispatch(&d).await?;
+
+    let started = h.started("a-happy").await?;
+    assert_eq!(started.ready_at_ms, d.ready_at_ms);
+    assert_eq!(started.launcher, "ferry/launcher-local/test");
+    let f = h.finished("a-happy").await?;
+    assert_eq!(f.outcome, Outcome::Succeeded, "{f:?}");
+    assert_eq!(f.exit_code, Some(0));
+    assert_eq!(f.error, None);
+    assert_eq!(f.outputs["rows"], 3);
+    assert_eq!(f.outputs["ok"], true);
+    assert_eq!(f.log_lines, 4);
+    assert_eq!(f.started_at_ms, Some(started.started_at_ms));
+
+    let lines = all_lines(&h.log_batches("a-happy").await?);
+    assert_eq!(lines.iter().map(|l| l.0).collect::<Vec<_>>(), [0, 1, 2, 3]);
+    let stdout: Vec<_> = lines
+        .iter()
+        .filter(|l| l.1 == Stream::Stdout)
+        .map(|l| l.2.clone())
+        .collect();
+    let work = AttemptDir::new(&h.data_dir.canonicalize()?, "a-happy").work();
+    assert_eq!(
+        stdout,
+        ["first line", "second line", &format!("cwd={}", work.display())]
+    );
+    let stderr: Vec<_> = lines
+        .iter()
+        .filter(|l| l.1 == Stream::Stderr)
+        .map(|l| l.2.clone())
+        .collect();
+    assert_eq!(stderr, ["to stderr"]);
+
+    // The attempt's task ends after its report is confirmed; once stopped, all is settled.
+    h.stop().await?;
+    let dir = AttemptDir::new(&h.data_dir, "a-happy");
+    assert!(!dir.work().exists(), "the working directory is removed");
+    assert!(dir.finished_file().exists(), "a finished marker is kept");
+    assert!(!dir.pid_file().exists() && !dir.outputs().exists());
+    Ok(())
+}
+
+#[tokio::test]
+async fn many_lines_are_batched_with_contiguous_sequence_numbers() -> Result<()> {
+    let mut h = Harness::start_with(|c| c.log_batch_lines = 100).await?;
+    h.dispatch(&task("a-seq", &["seq", "1", "1000"])).await?;
+    let f = h.finished("a-seq").await?;
+    assert_eq!(f.outcome, Outcome::Succeeded);
+    assert_eq!(f.log_lines, 1000);
+    let batches = h.log_batches("a-seq").await?;
+    assert!(batches.len() >= 10, "{} batches", batches.len());
+    assert!(
+        batches
+            .iter()
+            .all(|b| !b.lines.is_empty() && b.lines.len() <= 100)
+    );
+    let lines = all_lines(&batches);
+    let seqs: Vec<u64> = lines.iter().map(|l| l.0).collect();
+    assert_eq!(seqs, (0..1000).collect::<Vec<_>>());
+    let texts: Vec<String> = lines.into_iter().map(|l| l.2).collect();
+    assert_eq!(texts, (1..=1000).map(|n| n.to_string()).collect::<Vec<_>>());
+    h.stop().await
+}
+
+/// Needs a `FERRY_SECRET_*` variable in the launcher's own environment, which a test cannot
+/// set in its own process safely: it runs itself again in a child process that has one.
+#[tokio::test]
+async fn task_sees_ferry_variables_and_no_secret_variables() -> Result<()> {
+    const NAME: &str = "task_sees_ferry_variables_and_no_secret_variables";
+    if std::env::var_os("FERRY_SECRET_LAUNCHER_TEST").is_none() {
+        let out = std::process::Command::new(std::env::current_exe()?)
+            .args(["--exact", NAME, "--nocapture", "--test-threads=1"])
+            .env("FERRY_SECRET_LAUNCHER_TEST", "hunter2")
+            .output()?;
+        let report = String::from_utf8_lossy(&out.stdout);
+        ensure!(
+            out.status.success(),
+            "{report}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ensure!(
+            report.contains("1 passed"),
+            "the test did not run in the child: {report}"
+        );
+        return Ok(());
+    }
+    let mut h = Harness::start_with(|c| c.secrets = Secrets::from_env()).await?;
+    let mut d = sh(
+        "a-env",
+        r#"echo "$FERRY_JOB_ID|$FERRY_TASK_ID|$FERRY_ATTEMPT_ID|$FERRY_WORKING_DIR|$FERRY_OUTPUTS|$GREETING"; env | grep -c '^FERRY_SECRET_' || true"#,
+    );
+    d.env.insert("GREETING".into(), text("hello"));
+    h.dispatch(&d).await?;
+    let f = h.finished("a-env").await?;
+    assert_eq!(f.outcome, Outcome::Succeeded, "{f:?}");
+    let lines = all_lines(&h.log_batches("a-env").await?);
+    let dir = AttemptDir::new(&h.data_dir.canonicalize()?, "a-env");
+    let expected = format!(
+        "job-1|extract|a-env|{}|{}|hello",
+        dir.work().display(),
+        dir.outputs().display()
+    );
+    assert_eq!(lines[0].2, expected);
+    assert!(!dir.outputs().starts_with(dir.work()));
+    assert_eq!(lines[1].2, "0", "FERRY_SECRET_* variables reached the task");
+    h.stop().await
+}
+
+#[tokio::test]
+async fn secrets_are_filled_and_masked_everywhere() -> Result<()> {
+    let mut h = Harness::start_with(|c| c.secrets.insert("TOKEN", "s3cr3t-value")).await?;
+    let mut d = sh(
+        "a-secret",
+        r#"echo "token=$1 again $1"; echo "$TOKEN_ENV" >&2; printf '{"t": "%s", "s3cr3t-value": 1}' "$1" > "$FERRY_OUTPUTS""#,
+    );
+    d.command.push(text("sh"));
+    d.command.push(Template(vec![Part::Secret("TOKEN".into())]));
+    d.env.insert(
+        "TOKEN_ENV".into(),
+        Template(vec![Part::Text("env:".into()), Part::Secret("TOKEN".into())]),
+    );
+    h.dispatch(&d).await?;
+    let f = h.finished("a-secret").await?;
+    assert_eq!(f.outcome, Outcome::Succeeded, "{f:?}");
+    assert_eq!(f.outputs["t"], "****");
+    assert_eq!(f.outputs["****"], 1);
+    let lines = all_lines(&h.log_batches("a-secret").await?);
+    let texts: Vec<&str> = lines.iter().map(|l| l.2.as_str()).collect();
+    assert!(texts.contains(&"token=**** again ****"), "{texts:?}");
+    assert!(texts.contains(&"env:****"), "{texts:?}");
+
+    // A secret in an error (here: the program name) is masked too.
+    let mut d = task("a-secret-error", &[]);
+    d.command = vec![Template(vec![
+        Part::Text("/nope/".into()),
+        Part::Secret("TOKEN".into()),
+    ])];
+    h.dispatch(&d).await?;
+    let f = h.finished("a-secret-error").await?;
+    let error = f.error.unwrap_or_default();
+    assert!(
+        error.contains("/nope/****") && !error.contains("s3cr3t"),
+        "{error}"
+    );
+
+    // A missing secret fails the attempt, naming the variable to set.
+    let mut d = task("a-secret-missing", &["echo"]);
+    d.command.push(Template(vec![Part::Secret("ABSENT".into())]));
+    h.dispatch(&d).await?;
+    let f = h.finished("a-secret-missing").await?;
+    assert_eq!(f.outcome, Outcome::Failed);
+    let error = f.error.unwrap_or_default();
+    assert!(error.contains("FERRY_SECRET_ABSENT"), "{error}");
+    assert_eq!(h.count(kind::TASK_STARTED, "a-secret-missing"), 0);
+    h.stop().await
+}
+
+#[tokio::test]
+async fn hostile_input_file_names_fail_clearly_and_write_nothing_outside() -> Result<()> {
+    let mut h = Harness::start().await?;
+    let outside_abs = h.path_str("abs-target");
+    let marker = h.path("ran");
+    let names = ["../x", outside_abs.as_str(), "a/../../x"];
+    for (i, name) in names.iter().enumerate() {
+        let mut d = task(&format!("a-hostile-{i}"), &["touch", &marker.to_string_lossy()]);
+        d.input_files.insert("fine.txt".into(), text("ok"));
+        d.input_files.insert((*name).into(), text("pwned"));
+        h.dispatch(&d).await?;
+    }
+    for (i, name) in names.iter().enumerate() {
+        let attempt = format!("a-hostile-{i}");
+        let f = h.finished(&attempt).await?;
+        assert_eq!(f.outcome, Outcome::Failed, "{name}: {f:?}");
+        let error = f.error.unwrap_or_default();
+        assert!(error.contains(&format!("{name:?}")), "{name}: {error}");
+        assert_eq!(h.count(kind::TASK_STARTED, &attempt), 0);
+        let root = AttemptDir::new(&h.data_dir, &attempt);
+        assert!(!root.root().join("x").exists());
+        assert!(!h.data_dir.join("attempts/x").exists());
+    }
+    assert!(!h.path("abs-target").exists());
+    assert!(!marker.exists(), "the command ran despite a refused input file");
+    h.stop().await
+}
+
+#[tokio::test]
+async fn values_with_shell_syntax_are_passed_verbatim() -> Result<()> {
+    let mut h = Harness::start().await?;
+    let pwned = h.path_str("pwned");
+    let value = format!("$(touch {pwned}); touch {pwned} `touch {pwned}`");
+    let mut d = task("a-verbatim", &["printf", "%s|%s\n"]);
+    d.command.push(text(&value));
+    d.command.push(Template(vec![
+        Part::WorkingDir,
+        Part::Text(format!("/$(touch {pwned})")),
+    ]));
+    h.dispatch(&d).await?;
+    let f = h.finished("a-verbatim").await?;
+    assert_eq!(f.outcome, Outcome::Succeeded, "{f:?}");
+    let lines = all_lines(&h.log_batches("a-verbatim").await?);
+    let work = AttemptDir::new(&h.data_dir.canonicalize()?, "a-verbatim").work();
+    assert_eq!(lines[0].2, format!("{value}|{}/$(touch {pwned})", work.display()));
+    assert!(!h.path("pwned").exists());
+    h.stop().await
+}
+
+#[tokio::test]
+async fn output_files_are_copied_and_listed() -> Result<()> {
+    let artifacts = tempfile::tempdir()?;
+    let artifact_dir = artifacts.path().to_path_buf();
+    let mut h = Harness::start_with(|c| c.artifact_dir = Some(artifact_dir)).await?;
+    let mut d = sh(
+        "a-files",
+        "mkdir -p out && printf one > out/a.json && printf two2 > b.json && printf x > c.txt \
+         && ln -s /etc/hostname leak.json && mkdir dir.json",
+    );
+    d.output_files = vec!["*.json".into(), "out/*.json".into(), "b.json".into()];
+    h.dispatch(&d).await?;
+    let f = h.finished("a-files").await?;
+    assert_eq!(f.outcome, Outcome::Succeeded, "{f:?}");
+    let listed: Vec<(&str, u64)> = f.output_files.iter().map(|o| (o.path.as_str(), o.size)).collect();
+    assert_eq!(listed, [("b.json", 4), ("out/a.json", 3)]);
+    let base = artifacts.path().canonicalize()?.join("job-1/extract/a-files");
+    assert_eq!(std::fs::read_to_string(base.join("out/a.json"))?, "one");
+    assert_eq!(std::fs::read_to_string(base.join("b.json"))?, "two2");
+    assert_eq!(
+        f.output_files[0].uri,
+        format!("file://{}", base.join("b.json").display())
+    );
+    assert!(!base.join("leak.json").exists());
+    h.stop().await
+}
+
+#[tokio::test]
+async fn exit_status_and_signals_fail_the_attempt() -> Result<()> {
+    let mut h = Harness::start().await?;
+    h.dispatch(&sh("a-exit", "echo before; exit 3")).await?;
+    h.dispatch(&sh("a-signal", "kill -KILL $$")).await?;
+    let f = h.finished("a-exit").await?;
+    assert_eq!(f.outcome, Outcome::Failed);
+    assert_eq!(f.exit_code, Some(3));
+    assert_eq!(f.error.as_deref(), Some("exited with status 3"));
+    assert_eq!(f.log_lines, 1);
+    let f = h.finished("a-signal").await?;
+    assert_eq!(f.outcome, Outcome::Failed);
+    assert_eq!(f.exit_code, None);
+    assert_eq!(f.error.as_deref(), Some("killed by signal SIGKILL"));
+    h.stop().await
+}
+
+#[tokio::test]
+async fn a_command_that_cannot_start_fails_clearly() -> Result<()> {
+    let mut h = Harness::start().await?;
+    h.dispatch(&task("a-missing", &["ferry-no-such-program"])).await?;
+    let f = h.finished("a-missing").await?;
+    assert_eq!(f.outcome, Outcome::Failed);
+    assert_eq!(
+        f.error.as_deref(),
+        Some(r#"cannot start "ferry-no-such-program": No such file or directory (os error 2)"#)
+    );
+    assert_eq!(h.count(kind::TASK_STARTED, "a-missing"), 0);
+    assert!(!AttemptDir::new(&h.data_dir, "a-missing").work().exists());
+    h.stop().await
+}
+
+/// A script that records its own pid and a background child's, says "ready", and waits.
+fn group_script(pids: &str, ignore_term: bool) -> String {
+    let trap = if ignore_term { "trap '' TERM; " } else { "" };
+    format!("{trap}echo $$ > {pids}; sleep 100 & echo $! >> {pids}; echo ready; sleep 100")
+}
+
+#[tokio::test]
+async fn a_timeout_kills_the_whole_group_even_when_it_ignores_sigterm() -> Result<()> {
+    let mut h = Harness::start_with(|c| c.kill_grace = Duration::from_millis(300)).await?;
+    let pids = h.path_str("pids");
+    let mut d = sh("a-timeout", &group_script(&pids, true));
+    d.timeout_ms = Some(1500);
+    h.dispatch(&d).await?;
+    let f = h.finished("a-timeout").await?;
+    assert_eq!(f.outcome, Outcome::TimedOut, "{f:?}");
+    assert_eq!(f.error.as_deref(), Some("timed out after 1.5s"));
+    let pids = read_pids(Path::new(&pids))?;
+    assert_eq!(pids.len(), 2);
+    for pid in pids {
+        assert!(!is_alive(pid), "process {pid} outlived the timeout");
+    }
+    h.stop().await
+}
+
+#[tokio::test]
+async fn a_cancel_kills_the_whole_group() -> Result<()> {
+    let mut h = Harness::start().await?;
+    let pids = h.path_str("pids");
+    let d = sh("a-cancel", &group_script(&pids, false));
+    h.dispatch(&d).await?;
+    h.expect_line("a-cancel", "ready").await?;
+    h.cancel(&d, "job cancelled by user").await?;
+    let f = h.finished("a-cancel").await?;
+    assert_eq!(f.outcome, Outcome::Cancelled, "{f:?}");
+    assert_eq!(f.error.as_deref(), Some("cancelled: job cancelled by user"));
+    let pids = read_pids(Path::new(&pids))?;
+    assert_eq!(pids.len(), 2);
+    for pid in pids {
+        assert!(!is_alive(pid), "process {pid} outlived the cancel");
+    }
+    h.stop().await
+}
+
+#[tokio::test]
+async fn a_background_child_does_not_outlive_its_task() -> Result<()> {
+    let mut h = Harness::start().await?;
+    let pids = h.path_str("pids");
+    h.dispatch(&sh(
+        "a-stray",
+        &format!("sleep 100 & echo $! > {pids}; echo done"),
+    ))
+    .await?;
+    let f = h.finished("a-stray").await?;
+    assert_eq!(f.outcome, Outcome::Succeeded, "{f:?}");
+    let pids = read_pids(Path::new(&pids))?;
+    assert!(!is_alive(pids[0]), "the background child outlived its task");
+    h.stop().await
+}
+
+#[tokio::test]
+async fn a_duplicate_dispatch_never_starts_a_second_process() -> Result<()> {
+    let mut h = Harness::start().await?;
+    let count = h.path_str("count");
+    let go = h.path_str("go");
+    let d = sh(
+        "a-dup",
+        &format!("echo run >> {count}; while [ ! -e {go} ]; do sleep 0.02; done"),
+    );
+    h.dispatch(&d).await?;
+    h.started("a-dup").await?;
+    // Redelivered while running; then a marker dispatch processed after it.
+    h.dispatch(&d).await?;
+    h.dispatch(&task("a-after-1", &["true"])).await?;
+    h.finished("a-after-1").await?;
+    std::fs::write(&go, "")?;
+    assert_eq!(h.finished("a-dup").await?.outcome, Outcome::Succeeded);
+    // Redelivered after it finished.
+    h.dispatch(&d).await?;
+    h.dispatch(&task("a-after-2", &["true"])).await?;
+    h.finished("a-after-2").await?;
+    assert_eq!(std::fs::read_to_string(&count)?, "run\n");
+    assert_eq!(h.count(kind::TASK_STARTED, "a-dup"), 1);
+    assert_eq!(h.count(kind::TASK_FINISHED, "a-dup"), 1);
+    assert!(h.bus.dead_letters().is_empty());
+    h.stop().await
+}
+
+#[tokio::test]
+async fn a_cancel_before_the_dispatch_leaves_a_tombstone() -> Result<()> {
+    let mut h = Harness::start().await?;
+    let ran = h.path_str("ran");
+    let d = task("a-tomb", &["touch", &ran]);
+    h.cancel(&d, "changed my mind").await?;
+    h.dispatch(&d).await?;
+    let f = h.finished("a-tomb").await?;
+    assert_eq!(f.outcome, Outcome::Cancelled);
+    assert_eq!(f.error.as_deref(), Some("cancelled: changed my mind"));
+    assert_eq!(f.started_at_ms, None);
+    assert_eq!(h.count(kind::TASK_STARTED, "a-tomb"), 0);
+    assert!(!Path::new(&ran).exists());
+    h.stop().await
+}
+
+#[tokio::test]
+async fn at_most_max_parallel_attempts_run_at_once() -> Result<()> {
+    let mut h = Harness::start_with(|c| c.max_parallel = 2).await?;
+    let go = h.path_str("go");
+    let wait_for_go = format!("while [ ! -e {go} ]; do sleep 0.02; done");
+    for id in ["p-1", "p-2", "p-3"] {
+        h.dispatch(&sh(id, &wait_for_go)).await?;
+    }
+    h.started("p-1").await?;
+    h.started("p-2").await?;
+    // A third start can only be observed as absence: allow it a bounded chance to show up.
+    let third = tokio::time::timeout(Duration::from_millis(500), h.control.next()).await;
+    if let Ok(Some(Ok(d))) = third {
+        bail!("unexpected event while two attempts run: {}", d.event.ty());
+    }
+    // A cancel still arrives while every slot is busy, and ends the waiting dispatch.
+    h.cancel(&sh("p-3", ""), "not needed").await?;
+    assert_eq!(h.finished("p-3").await?.outcome, Outcome::Cancelled);
+    std::fs::write(&go, "")?;
+    for id in ["p-1", "p-2"] {
+        assert_eq!(h.finished(id).await?.outcome, Outcome::Succeeded);
+    }
+    // Slots are free again.
+    h.dispatch(&sh("p-4", &wait_for_go)).await?;
+    assert_eq!(h.finished("p-4").await?.outcome, Outcome::Succeeded);
+    assert_eq!(h.count(kind::TASK_STARTED, "p-3"), 0);
+    h.stop().await
+}
+
+#[tokio::test]
+async fn heartbeats_flow_while_the_attempt_runs() -> Result<()> {
+    let mut h = Harness::start().await?;
+    let go = h.path_str("go");
+    let mut d = sh("a-beat", &format!("while [ ! -e {go} ]; do sleep 0.02; done"));
+    d.lease_ms = 300;
+    h.dispatch(&d).await?;
+    h.started("a-beat").await?;
+    while h.count(kind::TASK_HEARTBEAT, "a-beat") < 3 {
+        h.next_control().await?;
+    }
+    std::fs::write(&go, "")?;
+    let f = h.finished("a-beat").await?;
+    assert_eq!(f.outcome, Outcome::Succeeded);
+    h.stop().await
+}
+
+#[tokio::test]
+async fn an_unsafe_attempt_id_is_dead_lettered() -> Result<()> {
+    let mut h = Harness::start().await?;
+    h.dispatch(&task("../evil", &["true"])).await?;
+    h.dispatch(&task("a-ok", &["true"])).await?;
+    h.finished("a-ok").await?;
+    let dead = h.bus.dead_letters();
+    assert_eq!(dead.len(), 1);
+    assert!(
+        dead[0].reason.contains(r#"attempt id "../evil""#),
+        "{}",
+        dead[0].reason
+    );
+    assert!(!h.data_dir.join("evil").exists());
+    h.stop().await
+}
+
+#[tokio::test]
+async fn shutdown_stops_running_attempts_and_reports_them_lost() -> Result<()> {
+    let mut h = Harness::start().await?;
+    let pids = h.path_str("pids");
+    h.dispatch(&sh("a-shutdown", &group_script(&pids, false))).await?;
+    h.expect_line("a-shutdown", "ready").await?;
+    h.stop().await?;
+    let f = h.finished("a-shutdown").await?;
+    assert_eq!(f.outcome, Outcome::Lost);
+    assert_eq!(f.error.as_deref(), Some("launcher shut down"));
+    assert!(f.log_lines >= 1);
+    for pid in read_pids(Path::new(&pids))? {
+        assert!(!is_alive(pid), "process {pid} outlived the launcher");
+    }
+    Ok(())
+}
+
+/// Starts `sh` in its own process group with a background child, as a launcher would have.
+fn leftover_group() -> Result<(std::process::Child, i32)> {
+    let mut child = std::process::Command::new("sh")
+        .args(["-c", "sleep 100 & echo $!; exec sleep 100"])
+        .stdout(std::process::Stdio::piped())
+        .process_group(0)
+        .spawn()?;
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
+    Ok((child, line.trim().parse()?))
+}
+
+fn record(attempt: &str, pid: i32, start_time: u64) -> RunningRecord {
+    RunningRecord {
+        job_id: "job-1".into(),
+        task_id: "extract".into(),
+        attempt_id: attempt.into(),
+        attempt: 2,
+        pid,
+        start_time,
+        started_at_ms: 1_700_000_000_000,
+    }
+}
+
+#[tokio::test]
+async fn reconcile_stops_a_previous_runs_process_group_and_reports_it_lost() -> Result<()> {
+    let (mut child, grandchild) = leftover_group()?;
+    let pid = child.id() as i32;
+    let start = start_time(pid).context("no start time")?;
+    let tmp = tempfile::tempdir()?;
+    let mut h = Harness::start_in(
+        tmp,
+        |data| {
+            let dir = AttemptDir::new(data, "a-left");
+            std::fs::create_dir_all(dir.work())?;
+            std::fs::write(dir.work().join("partial"), "x")?;
+            dir.write_running(&record("a-left", pid, start))?;
+            dir.write_log_lines(7)?;
+            Ok(())
+        },
+        |_| {},
+    )
+    .await?;
+    let f = h.finished("a-left").await?;
+    assert_eq!(f.outcome, Outcome::Lost);
+    assert_eq!(f.attempt, 2);
+    assert_eq!(f.log_lines, 7);
+    assert!(
+        f.error.as_deref().unwrap_or_default().contains("stopped"),
+        "{f:?}"
+    );
+    let status = child.wait()?;
+    assert_eq!(status.signal(), Some(15), "{status:?}");
+    assert!(!is_alive(grandchild), "the leftover background child survived");
+
+    // Dispatched again (the old run never acked it): recognised, not started.
+    h.dispatch(&task("a-left", &["true"])).await?;
+    h.dispatch(&task("a-next", &["true"])).await?;
+    h.finished("a-next").await?;
+    assert_eq!(h.count(kind::TASK_STARTED, "a-left"), 0);
+    assert_eq!(h.count(kind::TASK_FINISHED, "a-left"), 1);
+    let dir = AttemptDir::new(&h.data_dir, "a-left");
+    assert!(dir.finished_file().exists() && !dir.pid_file().exists() && !dir.work().exists());
+    h.stop().await
+}
+
+#[tokio::test]
+async fn reconcile_leaves_a_reused_pid_alone() -> Result<()> {
+    let (mut child, grandchild) = leftover_group()?;
+    let pid = child.id() as i32;
+    let start = start_time(pid).context("no start time")?;
+    let tmp = tempfile::tempdir()?;
+    let mut h = Harness::start_in(
+        tmp,
+        // Same pid, different start time: the process is someone else's now.
+        |data| {
+            let dir = AttemptDir::new(data, "a-reused");
+            std::fs::create_dir_all(dir.root())?;
+            Ok(dir.write_running(&record("a-reused", pid, start + 1))?)
+        },
+        |_| {},
+    )
+    .await?;
+    let f = h.finished("a-reused").await?;
+    assert_eq!(f.outcome, Outcome::Lost);
+    assert!(
+        f.error.as_deref().unwrap_or_default().contains("already ended"),
+        "{f:?}"
+    );
+    let alive = is_alive(pid) && is_alive(grandchild);
+    let _ = kill_group(pid);
+    let _ = child.wait();
+    assert!(alive, "a process that was not ours was killed");
+    h.stop().await
+}
+
+fn kill_group(pgid: i32) -> std::io::Result<()> {
+    let status = std::process::Command::new("kill")
+        .args(["-KILL", "--", &format!("-{pgid}")])
+        .status()?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other("kill failed"))
+    }
+}
