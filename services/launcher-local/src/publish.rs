@@ -67,3 +67,88 @@ impl Publisher {
         self.bus.publish(events).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use async_trait::async_trait;
+    use ferry_bus::{MemoryBus, Subscribe, Subscription};
+    use ferry_event::{EventBuilder, Topic, kind};
+
+    use super::*;
+
+    /// Fails the first `failures` publishes as the broker being unreachable.
+    struct Flaky {
+        inner: MemoryBus,
+        failures: usize,
+        calls: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl Bus for Flaky {
+        async fn publish(&self, events: &[Event]) -> ferry_bus::Result<()> {
+            if self.calls.fetch_add(1, Ordering::SeqCst) < self.failures {
+                return Err(ferry_bus::Error::Unavailable("broker restarting".into()));
+            }
+            self.inner.publish(events).await
+        }
+
+        async fn subscribe(&self, spec: Subscribe) -> ferry_bus::Result<Subscription> {
+            self.inner.subscribe(spec).await
+        }
+    }
+
+    fn event() -> Event {
+        EventBuilder::new("test").job(kind::JOB_CANCEL, "j", &serde_json::json!({"jobId": "j"}))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn transient_failures_are_retried_until_confirmed() {
+        let inner = MemoryBus::new();
+        let mut sub = inner
+            .subscribe(Subscribe::new("g", [Topic::Control]))
+            .await
+            .unwrap();
+        let bus = Arc::new(Flaky {
+            inner,
+            failures: 4,
+            calls: AtomicUsize::new(0),
+        });
+        let p = Publisher::new(bus.clone(), CancellationToken::new());
+        p.publish(&[event()]).await.unwrap();
+        assert_eq!(bus.calls.load(Ordering::SeqCst), 5);
+        assert!(sub.try_next().is_some(), "the event was not delivered");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retrying_ends_soon_after_the_launcher_stops() {
+        let bus = Arc::new(Flaky {
+            inner: MemoryBus::new(),
+            failures: usize::MAX,
+            calls: AtomicUsize::new(0),
+        });
+        let stop = CancellationToken::new();
+        let p = Publisher::new(bus.clone(), stop.clone());
+        let publishing = tokio::spawn(async move { p.publish(&[event()]).await });
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert!(!publishing.is_finished(), "gave up while the launcher runs");
+        stop.cancel();
+        let result = tokio::time::timeout(Duration::from_secs(10), publishing)
+            .await
+            .expect("retrying did not end after stop")
+            .unwrap();
+        assert!(matches!(result, Err(ferry_bus::Error::Unavailable(_))));
+    }
+
+    #[tokio::test]
+    async fn permanent_failures_are_not_retried() {
+        let bus = MemoryBus::new();
+        bus.close();
+        let p = Publisher::new(Arc::new(bus), CancellationToken::new());
+        assert!(matches!(
+            p.publish(&[event()]).await,
+            Err(ferry_bus::Error::Closed)
+        ));
+    }
+}

@@ -834,3 +834,25 @@ fn kill_group(pgid: i32) -> std::io::Result<()> {
         Err(std::io::Error::other("kill failed"))
     }
 }
+
+#[tokio::test]
+async fn invalid_outputs_fail_the_attempt_clearly() -> Result<()> {
+    let mut h = Harness::start().await?;
+    h.dispatch(&sh("a-bad-json", r#"printf '{"rows":' > "$FERRY_OUTPUTS""#))
+        .await?;
+    h.dispatch(&sh("a-array", r#"printf '[1, 2]' > "$FERRY_OUTPUTS""#))
+        .await?;
+    let f = h.finished("a-bad-json").await?;
+    assert_eq!(f.outcome, Outcome::Failed);
+    assert!(
+        f.error.as_deref().unwrap_or_default().contains("not valid JSON"),
+        "{f:?}"
+    );
+    let f = h.finished("a-array").await?;
+    assert_eq!(f.outcome, Outcome::Failed);
+    assert_eq!(
+        f.error.as_deref(),
+        Some("the outputs file $FERRY_OUTPUTS must hold a JSON object, not an array")
+    );
+    h.stop().await
+}
