@@ -84,6 +84,16 @@ pub(crate) async fn apply(
 ) -> Result<Vec<Event>> {
     let mut cx = Cx::begin(store, cfg, events, now).await?;
     cx.delete_confirmed(&confirmed).await?;
+    // Several instances on one database: take every job's row lock up front, in one order, so
+    // that two batches touching the same jobs wait for each other instead of deadlocking.
+    let mut jobs: Vec<&str> = inputs.iter().map(|(_, i)| i.job_id()).collect();
+    jobs.sort_unstable();
+    jobs.dedup();
+    if cx.dialect == Dialect::Postgres {
+        for job in jobs {
+            cx.lock_job(job).await?;
+        }
+    }
     for (event_id, input) in inputs {
         let span = tracing::debug_span!("apply", job_id = input.job_id(), event_id);
         cx.apply_one(&event_id, input).instrument(span).await?;
@@ -233,6 +243,14 @@ impl<'a> Cx<'a> {
         row.map(|r| JobRow::from_row(&r)).transpose()
     }
 
+    /// Takes the job's row lock when several instances share the database.
+    async fn lock_job_if_shared(&mut self, job_id: &str) -> Result<()> {
+        if self.dialect == Dialect::Postgres {
+            self.lock_job(job_id).await?;
+        }
+        Ok(())
+    }
+
     fn emit_job(&mut self, ty: &str, job: &JobRow, state: JobStatus, reason: Option<String>) {
         let data = JobState {
             job_id: job.job_id.clone(),
@@ -279,10 +297,11 @@ impl<'a> Cx<'a> {
             Some(_) => (JobStatus::Failed, 0),
             None => (JobStatus::Running, total),
         };
-        sqlx::query(
+        let inserted = sqlx::query(
             "INSERT INTO jobs (job_id, flow_id, namespace, state, ending, reason, concurrency, active, ready,
                                total, unfinished, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, NULL, $5, $6, 0, $7, $8, $9, $10, $10)",
+             VALUES ($1, $2, $3, $4, NULL, $5, $6, 0, $7, $8, $9, $10, $10)
+             ON CONFLICT DO NOTHING",
         )
         .bind(p.job_id.clone())
         .bind(p.flow_id.clone())
@@ -300,6 +319,10 @@ impl<'a> Cx<'a> {
         .bind(self.now)
         .execute(&mut *self.tx)
         .await?;
+        if inserted.rows_affected() == 0 {
+            // Another instance created it since the lookup above.
+            return Ok(());
+        }
         let job = JobRow {
             job_id: p.job_id.clone(),
             flow_id: p.flow_id.clone(),
@@ -884,24 +907,35 @@ impl<'a> Cx<'a> {
 
     async fn timers(&mut self) -> Result<()> {
         // Retries that are due become ready.
-        let due = sqlx::query(
+        let mut due = sqlx::query(
             "SELECT job_id, task_id FROM tasks WHERE state = 'retrying' AND ready_at <= $1 LIMIT 1000",
         )
         .bind(self.now)
         .fetch_all(&mut *self.tx)
-        .await?;
-        for row in due {
-            let job_id: String = row.try_get("job_id")?;
-            let task_id: String = row.try_get("task_id")?;
-            sqlx::query("UPDATE tasks SET state = 'ready' WHERE job_id = $1 AND task_id = $2")
-                .bind(job_id.clone())
-                .bind(task_id)
-                .execute(&mut *self.tx)
-                .await?;
-            self.add_ready(&job_id, 1).await?;
+        .await?
+        .into_iter()
+        .map(|r| {
+            Ok((
+                r.try_get::<String, _>("job_id")?,
+                r.try_get::<String, _>("task_id")?,
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
+        due.sort();
+        for (job_id, task_id) in due {
+            self.lock_job_if_shared(&job_id).await?;
+            let promoted = sqlx::query(
+                "UPDATE tasks SET state = 'ready' WHERE job_id = $1 AND task_id = $2 AND state = 'retrying'",
+            )
+            .bind(job_id.clone())
+            .bind(task_id)
+            .execute(&mut *self.tx)
+            .await?
+            .rows_affected();
+            self.add_ready(&job_id, promoted as i64).await?;
         }
         // Lapsed leases and missed deadlines end the attempt.
-        let rows = sqlx::query(
+        let mut rows = sqlx::query(
             "SELECT t.job_id, t.task_id, t.attempt_id, t.backend, t.attempts, t.lease_until, t.deadline,
                     a.cancel_requested
              FROM tasks t JOIN attempts a ON a.attempt_id = t.attempt_id
@@ -912,6 +946,7 @@ impl<'a> Cx<'a> {
         .bind(self.now)
         .fetch_all(&mut *self.tx)
         .await?;
+        rows.sort_by_key(|r| r.try_get::<String, _>("job_id").unwrap_or_default());
         for row in rows {
             let job_id: String = row.try_get("job_id")?;
             let task_id: String = row.try_get("task_id")?;
@@ -920,6 +955,15 @@ impl<'a> Cx<'a> {
             let attempts: i64 = row.try_get("attempts")?;
             let cancel_requested: i64 = row.try_get("cancel_requested")?;
             let lease_until: Option<i64> = row.try_get("lease_until")?;
+            // Another instance may have settled it meanwhile.
+            self.lock_job_if_shared(&job_id).await?;
+            let settled = self
+                .attempt(&attempt_id)
+                .await?
+                .is_none_or(|a| !matches!(a.state.as_str(), "dispatched" | "running"));
+            if settled {
+                continue;
+            }
             let (outcome, error) = if cancel_requested != 0 {
                 (
                     Outcome::Cancelled,
@@ -970,13 +1014,18 @@ impl<'a> Cx<'a> {
         let limit = self.cfg.dispatch_max;
         // Jobs with ready tasks and room under their concurrency; then each one's best ready
         // tasks, from an index. A job at its limit costs nothing however many tasks it has.
-        let jobs = sqlx::query(
+        // On PostgreSQL the jobs are locked, skipping those another instance is working on.
+        let lock = match self.dialect {
+            Dialect::Sqlite => "",
+            Dialect::Postgres => "FOR UPDATE SKIP LOCKED",
+        };
+        let jobs = sqlx::query(&format!(
             "SELECT job_id, concurrency, active FROM jobs
              WHERE ready > 0 AND state = 'running' AND ending IS NULL
                AND (concurrency IS NULL OR active < concurrency)
              ORDER BY created_at
-             LIMIT $1",
-        )
+             LIMIT $1 {lock}"
+        ))
         .bind(limit as i64)
         .fetch_all(&mut *self.tx)
         .await?;

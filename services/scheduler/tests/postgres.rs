@@ -1,0 +1,192 @@
+//! The scheduler on PostgreSQL: several instances on one database share the load (competing
+//! consumers on the control topic) and never dispatch an attempt twice.
+//!
+//! Needs FERRY_TEST_POSTGRES (scripts/test.sh starts PostgreSQL and sets it); each test creates
+//! and drops its own database.
+
+mod sim;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_bus::MemoryBus;
+use ferry_event::payload::PlannedTask;
+use ferry_event::{AttributesReader, kind};
+use ferry_runtime::CancellationToken;
+use sim::*;
+use sqlx::Executor;
+
+const WITHIN: Duration = Duration::from_secs(60);
+
+/// A fresh database on the test server, dropped when the guard goes.
+struct Db {
+    admin: String,
+    name: String,
+    url: String,
+}
+
+impl Db {
+    async fn new() -> Db {
+        let admin = std::env::var("FERRY_TEST_POSTGRES").expect(
+            "FERRY_TEST_POSTGRES is not set: run ./scripts/test.sh, which starts PostgreSQL and sets it",
+        );
+        let name = format!("ferry_t_{}", uuid_like());
+        let mut conn = admin_conn(&admin).await;
+        conn.execute(format!("CREATE DATABASE {name}").as_str())
+            .await
+            .unwrap();
+        let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap();
+        Db {
+            url: format!("{base}/{name}"),
+            admin,
+            name,
+        }
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        let (admin, name) = (self.admin.clone(), self.name.clone());
+        // Dropping needs a connection of its own; do it on a fresh thread and runtime.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let mut conn = admin_conn(&admin).await;
+                let _ = conn
+                    .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
+                    .await;
+            })
+        })
+        .join();
+    }
+}
+
+async fn admin_conn(url: &str) -> sqlx::postgres::PgConnection {
+    use sqlx::Connection;
+    sqlx::postgres::PgConnection::connect(url)
+        .await
+        .expect("the test PostgreSQL server is reachable")
+}
+
+fn uuid_like() -> String {
+    ferry_event::new_id().replace('-', "")
+}
+
+fn pg_config(url: &str, source: &str) -> ferry_scheduler::Config {
+    let mut c = ferry_scheduler::Config::new(url, source);
+    c.tick = Duration::from_millis(20);
+    c.batch_max = 64;
+    c
+}
+
+fn fan(n: usize) -> Vec<PlannedTask> {
+    let mut tasks = vec![task_spec("root", &[])];
+    tasks.extend((0..n).map(|i| task_spec(&format!("t{i}"), &["root"])));
+    let all: Vec<String> = (0..n).map(|i| format!("t{i}")).collect();
+    let all: Vec<&str> = all.iter().map(String::as_str).collect();
+    tasks.push(task_spec("join", &all));
+    tasks
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_share_jobs_without_dispatching_an_attempt_twice() {
+    let db = Db::new().await;
+    let bus = MemoryBus::new();
+    let stop = CancellationToken::new();
+    let rec = Recorder::start(&bus, stop.clone()).await;
+    let log = launcher(bus.clone(), Arc::new(|_| succeed(3)), stop.clone()).await;
+    declare_scheduler(&bus).await;
+    // The schema is created by the first instance; start the second once it exists.
+    ferry_scheduler::Store::open(&db.url).await.unwrap().close().await;
+    let (_a, ta) = start_scheduler(&bus, pg_config(&db.url, "ferry/scheduler/a"));
+    let (_b, tb) = start_scheduler(&bus, pg_config(&db.url, "ferry/scheduler/b"));
+    let n = 300;
+    for j in 0..3 {
+        publish(
+            &bus,
+            kind::JOB_PLANNED,
+            &format!("j{j}"),
+            &planned(&format!("j{j}"), fan(n), None),
+        )
+        .await;
+    }
+    for j in 0..3 {
+        assert_eq!(
+            rec.wait_terminal(&format!("j{j}"), WITHIN).await,
+            kind::JOB_SUCCEEDED
+        );
+    }
+
+    let log = std::mem::take(&mut *log.lock().unwrap());
+    for j in 0..3 {
+        let job = format!("j{j}");
+        for t in ["root".to_string(), "join".to_string()]
+            .into_iter()
+            .chain((0..n).map(|i| format!("t{i}")))
+        {
+            assert_eq!(
+                log.attempts_of(&job, &t),
+                1,
+                "{job}/{t} was dispatched {} times",
+                log.attempts_of(&job, &t)
+            );
+        }
+    }
+    assert!(log.overlaps.is_empty());
+    let sources: HashSet<String> = rec
+        .of_type(kind::TASK_DISPATCHED)
+        .iter()
+        .map(|e| e.source().to_string())
+        .collect();
+    assert_eq!(sources.len(), 2, "both instances dispatched work: {sources:?}");
+    let store = ferry_scheduler::Store::open(&db.url).await.unwrap();
+    for j in 0..3 {
+        let job = store.job(&format!("j{j}")).await.unwrap().unwrap();
+        assert_eq!(
+            (job.state.as_str(), job.unfinished, job.active, job.ready),
+            ("succeeded", 0, 0, 0)
+        );
+    }
+    store.close().await;
+    ta.cancel();
+    tb.cancel();
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_finishes_when_one_of_two_instances_is_killed() {
+    let db = Db::new().await;
+    let bus = MemoryBus::new();
+    let stop = CancellationToken::new();
+    let rec = Recorder::start(&bus, stop.clone()).await;
+    let log = launcher(bus.clone(), Arc::new(|_| succeed(5)), stop.clone()).await;
+    declare_scheduler(&bus).await;
+    ferry_scheduler::Store::open(&db.url).await.unwrap().close().await;
+    let (a, _ta) = start_scheduler(&bus, pg_config(&db.url, "ferry/scheduler/a"));
+    let (_b, tb) = start_scheduler(&bus, pg_config(&db.url, "ferry/scheduler/b"));
+    publish(&bus, kind::JOB_PLANNED, "j", &planned("j", fan(200), Some(8))).await;
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    while rec.of_type(kind::TASK_SUCCEEDED).len() < 40 {
+        assert!(tokio::time::Instant::now() < deadline, "no progress");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    a.abort();
+    let _ = a.await;
+    assert_eq!(rec.wait_terminal("j", WITHIN).await, kind::JOB_SUCCEEDED);
+    let log = std::mem::take(&mut *log.lock().unwrap());
+    assert!(log.overlaps.is_empty());
+    for i in 0..200 {
+        assert_eq!(log.attempts_of("j", &format!("t{i}")), 1);
+    }
+    assert!(
+        log.max_running["j"] <= 8,
+        "concurrency held across instances: {}",
+        log.max_running["j"]
+    );
+    tb.cancel();
+    stop.cancel();
+}
