@@ -279,6 +279,48 @@ pub async fn a_declared_group_keeps_events_until_it_consumes(bus: Arc<dyn Bus>) 
     assert_eq!(n_of(&next(&mut sub).await), 5);
 }
 
+/// An ephemeral group hears what is published while it exists, and nothing of it remains after.
+pub async fn ephemeral_groups_hear_everything_while_they_live(bus: Arc<dyn Bus>) {
+    let b = EventBuilder::new("ferry/conformance");
+    let cancel = |n: u32| {
+        b.dispatch(
+            kind::TASK_CANCEL,
+            "job-1",
+            "t",
+            "a-1",
+            "local",
+            &serde_json::json!({"n": n}),
+        )
+    };
+    let mut one = bus
+        .subscribe(Subscribe::new("eph-1", [Topic::Cancel("local".into())]).ephemeral())
+        .await
+        .unwrap();
+    let mut two = bus
+        .subscribe(Subscribe::new("eph-2", [Topic::Cancel("local".into())]).ephemeral())
+        .await
+        .unwrap();
+    bus.publish(&[cancel(1)]).await.unwrap();
+    for sub in [&mut one, &mut two] {
+        let d = next(sub).await;
+        assert_eq!((d.event.ty(), n_of(&d)), (kind::TASK_CANCEL, 1));
+        d.ack().await.unwrap();
+    }
+    drop(one);
+    // Published while eph-1 does not exist: a new eph-1 starts after it.
+    bus.publish(&[cancel(2)]).await.unwrap();
+    let d = next(&mut two).await;
+    assert_eq!(n_of(&d), 2);
+    d.ack().await.unwrap();
+    let mut again = bus
+        .subscribe(Subscribe::new("eph-1", [Topic::Cancel("local".into())]).ephemeral())
+        .await
+        .unwrap();
+    nothing(&mut again).await;
+    bus.publish(&[cancel(3)]).await.unwrap();
+    assert_eq!(n_of(&next(&mut again).await), 3);
+}
+
 /// One `#[tokio::test]` per conformance function for the bus the expression makes (an async
 /// block yielding a fresh `Arc<dyn Bus>` each time it is evaluated).
 #[macro_export]
@@ -295,6 +337,7 @@ macro_rules! conformance_tests {
             topics_are_kept_apart,
             events_arrive_intact,
             a_declared_group_keeps_events_until_it_consumes,
+            ephemeral_groups_hear_everything_while_they_live,
         );
     };
     (@each $make:expr; $($name:ident),* $(,)?) => {

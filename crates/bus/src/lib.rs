@@ -51,6 +51,11 @@ pub struct Subscribe {
     pub topics: Vec<Topic>,
     /// Most deliveries this consumer holds unacknowledged at once.
     pub prefetch: usize,
+    /// A group of one consumer that lives only as long as its subscription: it receives what is
+    /// published from its subscription on, and its queue (RabbitMQ: exclusive, auto-deleted;
+    /// Kafka: a fresh group starting at the latest offset) goes away with it. Used to hear every
+    /// event of a topic, like `task.cancel`, in each instance.
+    pub ephemeral: bool,
 }
 
 impl Subscribe {
@@ -59,7 +64,14 @@ impl Subscribe {
             group: group.into(),
             topics: topics.into_iter().collect(),
             prefetch: 256,
+            ephemeral: false,
         }
+    }
+
+    /// Makes the subscription [`ephemeral`](Subscribe::ephemeral).
+    pub fn ephemeral(mut self) -> Self {
+        self.ephemeral = true;
+        self
     }
 
     pub fn prefetch(mut self, n: usize) -> Self {
@@ -102,7 +114,7 @@ impl std::fmt::Debug for Subscription {
 #[async_trait]
 pub trait Consumer: Send {
     /// The next delivery; waits while none is available or prefetch is exhausted. `None` once
-    /// the bus is closed.
+    /// the bus is closed. Must be cancel-safe: a `recv` abandoned in `select!` loses nothing.
     async fn recv(&mut self) -> Option<Result<Delivery>>;
     /// A delivery if one is available right now.
     fn try_recv(&mut self) -> Option<Delivery>;
@@ -113,6 +125,7 @@ impl Subscription {
         Subscription { inner }
     }
 
+    /// The next delivery. Cancel-safe: usable in `select!`.
     pub async fn next(&mut self) -> Option<Result<Delivery>> {
         self.inner.recv().await
     }
@@ -141,7 +154,7 @@ impl Subscription {
 
 /// How a delivery is settled with its broker.
 #[async_trait]
-pub trait Settle: Send {
+pub trait Settle: Send + Sync {
     async fn ack(self: Box<Self>) -> Result<()>;
     /// Give the event back for redelivery.
     async fn nack(self: Box<Self>) -> Result<()>;

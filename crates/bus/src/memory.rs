@@ -148,6 +148,7 @@ impl Bus for MemoryBus {
             bus: self.clone(),
             queue,
             window: Arc::new(Semaphore::new(spec.prefetch.max(1))),
+            ephemeral: spec.ephemeral,
         })))
     }
 }
@@ -156,6 +157,20 @@ struct MemoryConsumer {
     bus: MemoryBus,
     queue: Arc<Queue>,
     window: Arc<Semaphore>,
+    ephemeral: bool,
+}
+
+impl Drop for MemoryConsumer {
+    /// An ephemeral group's queue goes with its consumer.
+    fn drop(&mut self) {
+        if self.ephemeral {
+            let mut state = self.bus.inner.state.lock().unwrap();
+            state.queues.remove(&self.queue.group);
+            for groups in state.bindings.values_mut() {
+                groups.remove(&self.queue.group);
+            }
+        }
+    }
 }
 
 impl MemoryConsumer {

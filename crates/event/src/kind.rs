@@ -64,8 +64,12 @@ pub enum Topic {
     Control,
     /// Public state changes: job and task lifecycle, rejections.
     Lifecycle,
-    /// Work for one backend's launchers: `task.dispatched` and `task.cancel`.
+    /// Work for one backend's launchers: `task.dispatched`, shared among them.
     Dispatch(String),
+    /// `task.cancel` for one backend: every launcher instance of it hears every cancel (each
+    /// subscribes with its own ephemeral group), since only the one running the attempt can
+    /// stop it.
+    Cancel(String),
     /// `task.log` batches, kept apart so log volume never delays control traffic.
     Logs,
 }
@@ -78,6 +82,7 @@ impl Topic {
             Topic::Control => "control".into(),
             Topic::Lifecycle => "lifecycle".into(),
             Topic::Dispatch(backend) => format!("dispatch.{backend}"),
+            Topic::Cancel(backend) => format!("cancel.{backend}"),
             Topic::Logs => "logs".into(),
         }
     }
@@ -89,7 +94,11 @@ impl Topic {
             "control" => Topic::Control,
             "lifecycle" => Topic::Lifecycle,
             "logs" => Topic::Logs,
-            other => Topic::Dispatch(other.strip_prefix("dispatch.")?.to_string()),
+            other => match other.split_once('.') {
+                Some(("dispatch", backend)) if !backend.is_empty() => Topic::Dispatch(backend.to_string()),
+                Some(("cancel", backend)) if !backend.is_empty() => Topic::Cancel(backend.to_string()),
+                _ => return None,
+            },
         })
     }
 }
@@ -100,7 +109,7 @@ impl fmt::Display for Topic {
     }
 }
 
-/// The extension naming the backend a dispatch-class event is for.
+/// The extension naming the backend a dispatch or cancel event is for.
 pub const EXT_BACKEND: &str = "ferrybackend";
 
 /// The topic an event travels on, from its type (and, for dispatch traffic, its backend).
@@ -120,7 +129,8 @@ pub fn route_type(ty: &str, backend: impl FnOnce() -> String) -> Topic {
         JOB_PLANNED | JOB_CANCEL | JOB_RETRY | TASK_STARTED | TASK_HEARTBEAT | TASK_FINISHED => {
             Topic::Control
         }
-        TASK_DISPATCHED | TASK_CANCEL => Topic::Dispatch(backend()),
+        TASK_DISPATCHED => Topic::Dispatch(backend()),
+        TASK_CANCEL => Topic::Cancel(backend()),
         TASK_LOG => Topic::Logs,
         t if t.starts_with(PREFIX) => Topic::Lifecycle,
         _ => Topic::Intake,
@@ -139,10 +149,12 @@ mod tests {
             Topic::Lifecycle,
             Topic::Logs,
             Topic::Dispatch("aws-batch".into()),
+            Topic::Cancel("local".into()),
         ] {
             assert_eq!(Topic::parse(&t.name()), Some(t));
         }
         assert_eq!(Topic::parse("nonsense"), None);
+        assert_eq!(Topic::parse("dispatch."), None);
     }
 
     #[test]
@@ -151,6 +163,7 @@ mod tests {
         assert_eq!(route_type(TASK_FINISHED, b), Topic::Control);
         assert_eq!(route_type(TASK_LOG, b), Topic::Logs);
         assert_eq!(route_type(TASK_DISPATCHED, b), Topic::Dispatch("docker".into()));
+        assert_eq!(route_type(TASK_CANCEL, b), Topic::Cancel("docker".into()));
         assert_eq!(route_type(TASK_SUCCEEDED, b), Topic::Lifecycle);
         assert_eq!(route_type("com.acme.file.uploaded", b), Topic::Intake);
     }
