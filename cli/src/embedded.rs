@@ -125,6 +125,20 @@ impl Embedded {
             )
         });
 
+        // The launcher hears cancels only once it listens; a job cancelled right away must
+        // not race it.
+        let cancels = Topic::Cancel("local".into());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while bus.groups_on(&cancels) == 0 {
+            if let Some(Ok((name, result))) = services.try_join_next() {
+                let err = result.err().unwrap_or_else(|| anyhow!("it stopped"));
+                return Err(err.context(format!("the {name} service did not start")));
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(anyhow!("the local launcher did not start within 30s"));
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         Ok(Embedded {
             bus,
             logs,

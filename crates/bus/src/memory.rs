@@ -79,6 +79,13 @@ impl MemoryBus {
             .unwrap_or(0)
     }
 
+    /// Consumer groups bound to a topic: lets an embedder or a test wait until a service has
+    /// subscribed.
+    pub fn groups_on(&self, topic: &Topic) -> usize {
+        let state = self.inner.state.lock().unwrap();
+        state.bindings.get(topic).map(|g| g.len()).unwrap_or(0)
+    }
+
     /// Stops the bus: consumers receive `None`, publishing fails.
     pub fn close(&self) {
         let mut state = self.inner.state.lock().unwrap();

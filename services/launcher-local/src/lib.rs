@@ -14,6 +14,10 @@
 //! - [`state`]: the on-disk layout that makes the launcher idempotent per attempt id and lets it
 //!   reconcile, on start, the processes a previous run left behind.
 //!
+//! Cancels arrive on `cancel.local`, which every instance hears through an ephemeral group of
+//! its own; an instance that does not know the attempt records a tombstone, so that a dispatch
+//! arriving later does not start it.
+//!
 //! At most [`Config::max_parallel`] attempts run at once. The subscription's prefetch window
 //! is the same size and a dispatch is acked once its start is confirmed, so while every slot is
 //! busy the consumer still reads (and so still receives cancels) but the dispatches it reads
@@ -197,8 +201,19 @@ pub async fn run(config: Config, bus: Arc<dyn Bus>, shutdown: CancellationToken)
             .prefetch(shared.config.max_parallel),
         )
         .await?;
+    // Every instance hears every cancel: only the one running the attempt can stop it.
+    let cancels = bus
+        .subscribe(
+            Subscribe::new(
+                format!("{}-cancel-{}", shared.config.group, ferry_event::new_id()),
+                [Topic::Cancel(BACKEND.to_string())],
+            )
+            .ephemeral(),
+        )
+        .await?;
     let (tx, mut rx) = mpsc::channel(1);
-    let reader = tokio::spawn(read_deliveries(subscription, tx, stop.clone()));
+    let reader = tokio::spawn(read_deliveries(subscription, tx.clone(), stop.clone()));
+    let cancel_reader = tokio::spawn(read_deliveries(cancels, tx, stop.clone()));
 
     let mut launcher = Launcher::new(shared.clone());
     let result = loop {
@@ -223,7 +238,9 @@ pub async fn run(config: Config, bus: Arc<dyn Bus>, shutdown: CancellationToken)
     };
     stop.cancel();
     reader.abort();
+    cancel_reader.abort();
     let _ = reader.await;
+    let _ = cancel_reader.await;
     // Dispatches not started go back to the broker unacknowledged.
     launcher.pending.clear();
     while let Some(done) = launcher.tasks.join_next_with_id().await {

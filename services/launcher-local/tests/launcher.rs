@@ -76,6 +76,16 @@ impl Harness {
         tweak(&mut config);
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(run(config, Arc::new(bus.clone()), shutdown.clone()));
+        // Cancels reach only instances already listening: wait until this one is.
+        let cancels = Topic::Cancel("local".into());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while bus.groups_on(&cancels) == 0 {
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "the launcher did not subscribe to cancels"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
         Ok(Harness {
             bus,
             tmp,

@@ -621,6 +621,11 @@ impl<'a> Cx<'a> {
             return Ok(());
         }
         let task = task.expect("checked above");
+        if a.cancel_requested {
+            // The cancel may have reached launchers before this attempt's did (or one that
+            // restarted since): ask again now that it is known to run.
+            self.emit_cancel(&a.job_id, &a.task_id, &p.attempt_id, &task.backend, "cancelled");
+        }
         let deadline = if a.cancel_requested {
             task.deadline
         } else {

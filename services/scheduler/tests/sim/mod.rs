@@ -73,7 +73,10 @@ pub fn planned(job_id: &str, tasks: Vec<PlannedTask>, concurrency: Option<u32>) 
 pub async fn launcher(bus: MemoryBus, script: Script, shutdown: CancellationToken) -> Arc<Mutex<SimLog>> {
     let log = Arc::new(Mutex::new(SimLog::default()));
     let mut sub = bus
-        .subscribe(Subscribe::new("sim-launcher", [Topic::Dispatch("local".into())]))
+        .subscribe(Subscribe::new(
+            "sim-launcher",
+            [Topic::Dispatch("local".into()), Topic::Cancel("local".into())],
+        ))
         .await
         .unwrap();
     let events = EventBuilder::new("ferry/sim-launcher");
@@ -256,7 +259,12 @@ pub struct Recorder {
 
 impl Recorder {
     pub async fn start(bus: &MemoryBus, shutdown: CancellationToken) -> Recorder {
-        let topics = [Topic::Control, Topic::Lifecycle, Topic::Dispatch("local".into())];
+        let topics = [
+            Topic::Control,
+            Topic::Lifecycle,
+            Topic::Dispatch("local".into()),
+            Topic::Cancel("local".into()),
+        ];
         let mut sub = bus.subscribe(Subscribe::new("recorder", topics)).await.unwrap();
         let rec = Recorder {
             events: Default::default(),
