@@ -1,0 +1,124 @@
+//! What can go wrong talking to RabbitMQ, split into "retry later" and "will never work".
+
+use lapin::ErrorKind;
+
+use crate::mapping::MappingError;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The bus URL cannot be used.
+    #[error(
+        "bus URL {url:?} is not valid: {reason}; expected \
+         amqp://USER:PASS@HOST:PORT/VHOST[?namespace=NAME]"
+    )]
+    Url { url: String, reason: String },
+    /// The broker answered but refused: bad credentials, an unknown vhost, no permission.
+    #[error(
+        "RabbitMQ at {endpoint} refused {what}: {reason}; check the user, password and vhost \
+         in the bus URL and the user's permissions on the vhost"
+    )]
+    Refused {
+        endpoint: String,
+        what: String,
+        reason: String,
+    },
+    /// A queue or exchange exists with other settings than ferry declares.
+    #[error(
+        "RabbitMQ refused to declare {what}: {reason}; it exists with other settings (another \
+         ferry version or a manual declaration): delete it or use another namespace"
+    )]
+    Topology { what: String, reason: String },
+    /// The broker cannot be reached or the connection broke; it is retried.
+    #[error("RabbitMQ at {endpoint} is unreachable ({what}): {source}")]
+    Unreachable {
+        endpoint: String,
+        what: String,
+        #[source]
+        source: Box<lapin::Error>,
+    },
+    /// Not connected at the moment; a reconnection is under way.
+    #[error("not connected to RabbitMQ at {endpoint}: reconnecting, try again shortly")]
+    Disconnected { endpoint: String },
+    /// The broker did not confirm a publish: nacked, returned or no answer in time.
+    #[error("RabbitMQ did not confirm event {event_id} on {routing_key}: {reason}")]
+    NotConfirmed {
+        event_id: String,
+        routing_key: String,
+        reason: String,
+    },
+    /// An event that cannot be put on AMQP as it is.
+    #[error("cannot publish: {0}")]
+    Mapping(#[from] MappingError),
+}
+
+impl Error {
+    /// Whether trying again later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Error::Unreachable { .. } | Error::Disconnected { .. } | Error::NotConfirmed { .. }
+        )
+    }
+
+    /// Classifies an error from an operation on an open connection.
+    pub(crate) fn from_lapin(endpoint: &str, what: impl Into<String>, e: lapin::Error) -> Error {
+        let what = what.into();
+        if let ErrorKind::ProtocolError(amqp) = e.kind() {
+            let reason = format!("{} {}", amqp.get_id(), amqp.get_message());
+            match amqp.get_id() {
+                // ACCESS_REFUSED, NOT_ALLOWED (unknown vhost), and a failed login.
+                403 | 530 => {
+                    return Error::Refused {
+                        endpoint: endpoint.to_string(),
+                        what,
+                        reason,
+                    };
+                }
+                // PRECONDITION_FAILED: declared before with other arguments.
+                406 => return Error::Topology { what, reason },
+                _ => {}
+            }
+        }
+        Error::Unreachable {
+            endpoint: endpoint.to_string(),
+            what,
+            source: Box::new(e),
+        }
+    }
+}
+
+impl From<Error> for ferry_bus::Error {
+    fn from(e: Error) -> Self {
+        if e.is_transient() {
+            ferry_bus::Error::Unavailable(e.to_string())
+        } else {
+            ferry_bus::Error::Config(e.to_string())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_connection_trouble_is_transient() {
+        let d = Error::Disconnected {
+            endpoint: "127.0.0.1:5672".into(),
+        };
+        assert!(d.is_transient());
+        assert!(matches!(
+            ferry_bus::Error::from(d),
+            ferry_bus::Error::Unavailable(_)
+        ));
+        let t = Error::Topology {
+            what: "queue ns.g".into(),
+            reason: "406 PRECONDITION_FAILED".into(),
+        };
+        assert!(!t.is_transient());
+        let msg = ferry_bus::Error::from(t).to_string();
+        assert!(msg.contains("another namespace"), "{msg}");
+    }
+}
