@@ -1,0 +1,363 @@
+//! Consuming a group's queue: one channel per subscription, `basic.qos(prefetch)`, manual acks,
+//! and a task that consumes again after a reconnect.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use ferry_bus::{Consumer, Delivery, Settle, Subscribe};
+use ferry_event::{Topic, route};
+use futures::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    BasicRejectOptions, ConfirmSelectOptions,
+};
+use lapin::types::{FieldTable, ShortString};
+use lapin::{Acker, BasicProperties, Channel, Confirmation};
+use tokio::sync::mpsc;
+
+use crate::error::{Error, Result};
+use crate::link::{self, Live, Shared};
+use crate::mapping::{self, PERSISTENT};
+use crate::topology::DEAD_REASON_HEADER;
+
+/// Longest wait for the broker to confirm a dead letter.
+const DEAD_LETTER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A consumer channel with its consumer.
+struct Open {
+    channel: Channel,
+    consumer: lapin::Consumer,
+}
+
+/// Opens a confirm-mode channel with the group's prefetch and starts consuming the group's queue.
+async fn open(shared: &Shared, live: &Live, spec: &Subscribe) -> Result<Open> {
+    let channel = shared.channel(live, "a consumer channel").await?;
+    let fail = |what: &str| {
+        let what = format!("{what} on queue {}", shared.names.queue(&spec.group));
+        move |e| {
+            shared.trouble.notify_one();
+            Error::from_lapin(&shared.endpoint, what, e)
+        }
+    };
+    let prefetch = u16::try_from(spec.prefetch.max(1)).unwrap_or(u16::MAX);
+    channel
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await
+        .map_err(fail("basic.qos"))?;
+    // Dead letters are published on this channel and confirmed before the original is acked.
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(fail("confirm.select"))?;
+    let consumer = channel
+        .basic_consume(
+            shared.names.queue(&spec.group).as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(fail("basic.consume"))?;
+    Ok(Open { channel, consumer })
+}
+
+/// Declares the group, starts consuming and returns the receiving end; the task behind it
+/// consumes again after every reconnect until the receiver is dropped.
+pub(crate) async fn subscribe(
+    shared: Arc<Shared>,
+    life: Arc<crate::Life>,
+    spec: Subscribe,
+) -> Result<AmqpConsumer> {
+    shared.remember(&spec);
+    let live = shared.require()?;
+    shared.declare_group(&live, &spec).await?;
+    let first = open(&shared, &live, &spec).await?;
+    let (tx, rx) = mpsc::channel(spec.prefetch.clamp(1, usize::from(u16::MAX)));
+    tokio::spawn(consume(shared, life, spec, first, tx));
+    Ok(AmqpConsumer { rx, pending: None })
+}
+
+enum End {
+    /// The subscription was dropped.
+    Gone,
+    /// The channel or connection broke.
+    Broken(String),
+}
+
+async fn consume(
+    shared: Arc<Shared>,
+    _life: Arc<crate::Life>,
+    spec: Subscribe,
+    first: Open,
+    tx: mpsc::Sender<ferry_bus::Result<Delivery>>,
+) {
+    let queue = shared.names.queue(&spec.group);
+    let mut current = Some(first);
+    let mut backoff = link::reconnect_backoff();
+    loop {
+        if let Some(open) = current.take() {
+            let end = pump(&shared, &queue, &open, &tx).await;
+            link::close_quietly(&open.channel).await;
+            match end {
+                End::Gone => return,
+                End::Broken(why) => {
+                    tracing::warn!(%queue, reason = %why, "consumer interrupted; consuming again when RabbitMQ is back");
+                }
+            }
+        }
+        let delay = backoff.next_delay();
+        tokio::select! {
+            _ = tx.closed() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        let Some(live) = wait_live(&shared, &tx).await else {
+            return;
+        };
+        // The group is declared again in case the broker lost it (it was not durable on disk).
+        let reopened = match shared.declare_group(&live, &spec).await {
+            Ok(()) => open(&shared, &live, &spec).await,
+            Err(e) => Err(e),
+        };
+        match reopened {
+            Ok(o) => {
+                tracing::info!(%queue, "consuming again");
+                backoff.reset();
+                current = Some(o);
+            }
+            Err(e) if e.is_transient() => {
+                tracing::warn!(%queue, error = %e, "consuming again failed; retrying");
+            }
+            Err(e) => {
+                tracing::error!(%queue, error = %e, "cannot consume");
+                let _ = tx.send(Err(e.into())).await;
+                return;
+            }
+        }
+    }
+}
+
+/// Waits for a usable connection; `None` if the subscription is dropped meanwhile.
+async fn wait_live(shared: &Shared, tx: &mpsc::Sender<ferry_bus::Result<Delivery>>) -> Option<Arc<Live>> {
+    let mut rx = shared.live.subscribe();
+    loop {
+        if let Some(live) = shared.current() {
+            return Some(live);
+        }
+        tokio::select! {
+            _ = tx.closed() => return None,
+            changed = rx.changed() => if changed.is_err() { return None },
+            // A connection can become usable without `live` changing (it is set before use).
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+}
+
+async fn pump(
+    shared: &Arc<Shared>,
+    queue: &str,
+    open: &Open,
+    tx: &mpsc::Sender<ferry_bus::Result<Delivery>>,
+) -> End {
+    let mut consumer = open.consumer.clone();
+    loop {
+        let item = tokio::select! {
+            _ = tx.closed() => return End::Gone,
+            item = consumer.next() => item,
+        };
+        let d = match item {
+            None => return End::Broken("the broker ended the consumer".into()),
+            Some(Err(e)) => return End::Broken(e.to_string()),
+            Some(Ok(d)) => d,
+        };
+        match mapping::from_amqp(&d.properties, &d.data) {
+            Ok(event) => {
+                let topic = Topic::parse(d.routing_key.as_str()).unwrap_or_else(|| route(&event));
+                let settle = AmqpSettle {
+                    acker: Some(d.acker),
+                    channel: open.channel.clone(),
+                    dead_exchange: shared.names.dead(),
+                    routing_key: d.routing_key,
+                    properties: d.properties,
+                    body: d.data,
+                };
+                let delivery = Delivery::new(event, topic, d.redelivered, Box::new(settle));
+                // Waits while the subscriber's buffer is full; a dropped subscription hands the
+                // delivery back, and dropping it nacks it.
+                if tx.send(Ok(delivery)).await.is_err() {
+                    return End::Gone;
+                }
+            }
+            Err(reason) => {
+                let reason = reason.to_string();
+                tracing::warn!(
+                    %queue,
+                    routing_key = %d.routing_key,
+                    message_id = ?d.properties.message_id(),
+                    %reason,
+                    "dead-lettering a message that is not a CloudEvent ferry can read"
+                );
+                let settle = AmqpSettle {
+                    acker: Some(d.acker),
+                    channel: open.channel.clone(),
+                    dead_exchange: shared.names.dead(),
+                    routing_key: d.routing_key,
+                    properties: d.properties,
+                    body: d.data,
+                };
+                if let Err(e) = Box::new(settle).dead_letter(&reason).await {
+                    return End::Broken(format!("dead-lettering failed: {e}"));
+                }
+            }
+        }
+    }
+}
+
+/// Settles one delivery on the channel it came from. A channel that died meanwhile makes
+/// settling a no-op: the broker delivers the message again.
+struct AmqpSettle {
+    acker: Option<Acker>,
+    channel: Channel,
+    dead_exchange: String,
+    routing_key: ShortString,
+    properties: BasicProperties,
+    body: Vec<u8>,
+}
+
+fn settle_error(e: lapin::Error) -> ferry_bus::Error {
+    ferry_bus::Error::Unavailable(format!("settling a delivery with RabbitMQ failed: {e}"))
+}
+
+impl AmqpSettle {
+    async fn publish_dead(&self, reason: &str) -> std::result::Result<(), String> {
+        let properties =
+            mapping::with_string_header(self.properties.clone(), DEAD_REASON_HEADER, reason.as_bytes())
+                .with_delivery_mode(PERSISTENT);
+        let confirm = self
+            .channel
+            .basic_publish(
+                self.dead_exchange.as_str().into(),
+                self.routing_key.clone(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                &self.body,
+                properties,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        match tokio::time::timeout(DEAD_LETTER_TIMEOUT, confirm).await {
+            Ok(Ok(Confirmation::Ack(None))) => Ok(()),
+            Ok(Ok(Confirmation::Ack(Some(r)))) => Err(format!(
+                "the dead-letter exchange returned it: {} {}",
+                r.reply_code, r.reply_text
+            )),
+            Ok(Ok(other)) => Err(format!("not confirmed: {other:?}")),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no confirm within {DEAD_LETTER_TIMEOUT:?}")),
+        }
+    }
+}
+
+#[async_trait]
+impl Settle for AmqpSettle {
+    async fn ack(mut self: Box<Self>) -> ferry_bus::Result<()> {
+        if let Some(acker) = self.acker.take() {
+            acker
+                .ack(BasicAckOptions::default())
+                .await
+                .map_err(settle_error)?;
+        }
+        Ok(())
+    }
+
+    async fn nack(mut self: Box<Self>) -> ferry_bus::Result<()> {
+        if let Some(acker) = self.acker.take() {
+            acker
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..BasicNackOptions::default()
+                })
+                .await
+                .map_err(settle_error)?;
+        }
+        Ok(())
+    }
+
+    async fn dead_letter(mut self: Box<Self>, reason: &str) -> ferry_bus::Result<()> {
+        let Some(acker) = self.acker.take() else {
+            return Ok(());
+        };
+        match self.publish_dead(reason).await {
+            Ok(()) => acker
+                .ack(BasicAckOptions::default())
+                .await
+                .map(drop)
+                .map_err(settle_error),
+            Err(why) if acker.usable() => {
+                // The queue's own dead-letter exchange is the same `NS.dead`: rejecting moves
+                // the message there (without ferry's reason header, which is logged instead).
+                tracing::warn!(reason, error = %why, "publishing the dead letter failed; rejecting it to the queue's dead-letter exchange");
+                acker
+                    .reject(BasicRejectOptions { requeue: false })
+                    .await
+                    .map(drop)
+                    .map_err(settle_error)
+            }
+            Err(why) => Err(ferry_bus::Error::Unavailable(format!(
+                "dead-lettering failed ({why}); the broker will deliver the message again"
+            ))),
+        }
+    }
+}
+
+impl Drop for AmqpSettle {
+    fn drop(&mut self) {
+        // Dropped unsettled: give it back now rather than when the channel closes.
+        if let Some(acker) = self.acker.take()
+            && acker.usable()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            rt.spawn(async move {
+                let _ = acker
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..BasicNackOptions::default()
+                    })
+                    .await;
+            });
+        }
+    }
+}
+
+/// The receiving end of a subscription.
+pub(crate) struct AmqpConsumer {
+    rx: mpsc::Receiver<ferry_bus::Result<Delivery>>,
+    /// An error seen by `try_recv`, handed out by the next `recv`.
+    pending: Option<ferry_bus::Error>,
+}
+
+#[async_trait]
+impl Consumer for AmqpConsumer {
+    async fn recv(&mut self) -> Option<ferry_bus::Result<Delivery>> {
+        if let Some(e) = self.pending.take() {
+            return Some(Err(e));
+        }
+        self.rx.recv().await
+    }
+
+    fn try_recv(&mut self) -> Option<Delivery> {
+        if self.pending.is_some() {
+            return None;
+        }
+        match self.rx.try_recv() {
+            Ok(Ok(d)) => Some(d),
+            Ok(Err(e)) => {
+                self.pending = Some(e);
+                None
+            }
+            Err(_) => None,
+        }
+    }
+}
