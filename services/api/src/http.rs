@@ -1,0 +1,491 @@
+//! The HTTP routes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use ferry_bus::Bus;
+use ferry_event::cloudevents::{AttributesWriter, Data};
+use ferry_event::envelope::{self, EXT_JOB, EXT_PARTITION_KEY, EXT_TRACEPARENT};
+use ferry_event::payload::{FlowSource, JobCancel, JobPlanned, JobRetry, JobSubmitted, Problem};
+use ferry_event::{AttributesReader, Event, kind};
+use ferry_log_collector::LogStore;
+use ferry_runtime::CancellationToken;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use crate::Config;
+use crate::intake::{self, Mode};
+use crate::store::ReadModel;
+
+/// Seconds a client is asked to wait before retrying when the bus is unavailable.
+const RETRY_AFTER_SECS: u64 = 5;
+/// Jobs listed when `limit` is not given, and the most listed at once.
+const JOBS_DEFAULT: u32 = 50;
+const JOBS_MAX: u32 = 1000;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub bus: Arc<dyn Bus>,
+    pub model: ReadModel,
+    pub logs: LogStore,
+    pub config: Arc<Config>,
+    /// Bumped after every read model commit.
+    pub changed: watch::Receiver<u64>,
+    /// Ends streaming responses when the service stops.
+    pub shutdown: CancellationToken,
+}
+
+pub(crate) fn router(state: AppState) -> Router {
+    let limit = state.config.body_limit;
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/events", post(post_events))
+        .route("/jobs", get(list_jobs))
+        .route("/jobs/{id}", get(get_job))
+        .route("/jobs/{id}/events", get(crate::follow::job_events))
+        .route("/jobs/{id}/logs", get(crate::follow::job_logs))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+// ----------------------------------------------------------------------------------------------
+// Errors
+// ----------------------------------------------------------------------------------------------
+
+/// A refused request: status, a sentence, and the problems found (`{"error", "problems"}`).
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    status: StatusCode,
+    error: String,
+    problems: Vec<Problem>,
+    retry_after: bool,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, error: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            error: error.into(),
+            problems: Vec::new(),
+            retry_after: false,
+        }
+    }
+
+    pub fn bad_request(error: impl Into<String>, problems: Vec<Problem>) -> Self {
+        ApiError {
+            problems,
+            ..ApiError::new(StatusCode::BAD_REQUEST, error)
+        }
+    }
+
+    pub fn unknown_job(job_id: &str) -> Self {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("job {job_id:?} is not known (GET /jobs lists the known jobs)"),
+        )
+    }
+
+    /// Trying again later may work: 503 with `Retry-After`.
+    pub fn unavailable(error: impl Into<String>) -> Self {
+        ApiError {
+            retry_after: true,
+            ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, error)
+        }
+    }
+}
+
+impl From<crate::Error> for ApiError {
+    fn from(e: crate::Error) -> Self {
+        tracing::warn!(error = %e, "request failed");
+        if e.is_transient() {
+            ApiError::unavailable(format!("{e}; retry later"))
+        } else {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+        }
+    }
+}
+
+impl From<ferry_log_collector::Error> for ApiError {
+    fn from(e: ferry_log_collector::Error) -> Self {
+        match e {
+            ferry_log_collector::Error::InvalidCursor(_) => {
+                ApiError::bad_request(e.to_string(), vec![field_problem("after", e.to_string())])
+            }
+            other => crate::Error::Logs(other).into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({ "error": self.error, "problems": self.problems });
+        let mut response = (self.status, Json(body)).into_response();
+        if self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+        }
+        response
+    }
+}
+
+pub(crate) fn field_problem(field: &str, message: impl Into<String>) -> Problem {
+    Problem {
+        location: None,
+        field: Some(field.to_string()),
+        message: message.into(),
+    }
+}
+
+/// A query string that did not parse, as a 400 naming the parameter.
+pub(crate) fn bad_query(e: QueryRejection) -> ApiError {
+    let text = e.body_text();
+    ApiError::bad_request("invalid query string", vec![field_problem("query", text)])
+}
+
+// ----------------------------------------------------------------------------------------------
+// GET /healthz
+// ----------------------------------------------------------------------------------------------
+
+async fn healthz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    state
+        .model
+        .ping()
+        .await
+        .map_err(|e| ApiError::unavailable(format!("{e}")))?;
+    Ok(Json(json!({ "status": "ok" })))
+}
+
+// ----------------------------------------------------------------------------------------------
+// POST /events
+// ----------------------------------------------------------------------------------------------
+
+/// An event checked and ready to publish, with what to answer once it is.
+struct Accepted {
+    event: Event,
+    job_id: Option<String>,
+    /// The flow id of an accepted submission, to record the job as submitted.
+    submitted_flow: Option<String>,
+}
+
+async fn post_events(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(|e| {
+        let status = e.status();
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                status,
+                format!(
+                    "the request body is larger than the {} bytes accepted",
+                    state.config.body_limit
+                ),
+            )
+        } else {
+            ApiError::new(status, format!("cannot read the request body: {}", e.body_text()))
+        }
+    })?;
+    let events = match intake::mode(&headers) {
+        Mode::Binary => vec![intake::binary(&headers, &body).map_err(not_an_event)?],
+        Mode::Structured => vec![intake::structured(&body).map_err(not_an_event)?],
+        Mode::Batch => intake::batch(&body).map_err(not_an_event)?,
+        Mode::UnsupportedFormat(m) => {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!(
+                    "event format {m} is not supported: use {} or {}",
+                    intake::STRUCTURED,
+                    intake::BATCH
+                ),
+            ));
+        }
+    };
+    let batch = intake::mode(&headers) == Mode::Batch;
+    if batch && events.is_empty() {
+        return Err(ApiError::bad_request(
+            "the batch is empty",
+            vec![field_problem("body", "send at least one event")],
+        ));
+    }
+    let mut accepted = Vec::with_capacity(events.len());
+    for (i, event) in events.into_iter().enumerate() {
+        match accept(&state, event).await {
+            Ok(a) => accepted.push(a),
+            Err(mut e) if batch => {
+                // Name the event within the batch; a batch is published whole or not at all.
+                for p in &mut e.problems {
+                    p.field = Some(format!("[{i}].{}", p.field.as_deref().unwrap_or("")));
+                }
+                e.error = format!("event [{i}] of the batch: {}", e.error);
+                if e.status == StatusCode::NOT_FOUND {
+                    e.status = StatusCode::BAD_REQUEST;
+                }
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let to_publish: Vec<Event> = accepted.iter().map(|a| a.event.clone()).collect();
+    publish(&state, &to_publish).await?;
+    for a in &accepted {
+        if let (Some(job_id), Some(flow_id)) = (&a.job_id, &a.submitted_flow) {
+            // The job is on the bus either way; the read model catches up from job.planned.
+            if let Err(e) = state
+                .model
+                .record_submitted(job_id, flow_id, ferry_event::now_ms())
+                .await
+            {
+                tracing::warn!(job_id, error = %e, "recording the submitted job failed");
+            }
+        }
+    }
+    let answer = |a: &Accepted| match &a.job_id {
+        Some(job_id) => json!({ "id": a.event.id(), "jobId": job_id }),
+        None => json!({ "id": a.event.id() }),
+    };
+    if batch {
+        let items: Vec<Value> = accepted.iter().map(answer).collect();
+        return Ok((StatusCode::ACCEPTED, Json(json!({ "accepted": items }))).into_response());
+    }
+    let Some(a) = accepted.first() else {
+        return Err(ApiError::bad_request("no event in the request", Vec::new()));
+    };
+    let mut response = (StatusCode::ACCEPTED, Json(answer(a))).into_response();
+    if let (Some(job_id), Some(_)) = (&a.job_id, &a.submitted_flow)
+        && let Ok(v) = HeaderValue::from_str(&format!("/jobs/{job_id}"))
+    {
+        response.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(response)
+}
+
+fn not_an_event(problems: Vec<Problem>) -> ApiError {
+    let error = match problems.len() {
+        1 => format!("invalid CloudEvent: {}", problems[0]),
+        n => format!("invalid CloudEvent: {n} problems"),
+    };
+    ApiError::bad_request(error, problems)
+}
+
+/// Publishes and waits for the bus to confirm, within the configured time.
+async fn publish(state: &AppState, events: &[Event]) -> Result<(), ApiError> {
+    let limit = state.config.publish_timeout;
+    match tokio::time::timeout(limit, state.bus.publish(events)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) if e.is_transient() || matches!(e, ferry_bus::Error::Closed) => {
+            tracing::warn!(error = %e, "publishing failed");
+            Err(ApiError::unavailable(format!(
+                "the event was not accepted: {e}; retry later"
+            )))
+        }
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "publishing failed");
+            Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the event was not accepted: {e}"),
+            ))
+        }
+        Err(_) => Err(ApiError::unavailable(format!(
+            "the bus did not confirm the event within {}; retry later",
+            humantime::format_duration(limit)
+        ))),
+    }
+}
+
+/// Checks one event and prepares it for publishing.
+async fn accept(state: &AppState, event: Event) -> Result<Accepted, ApiError> {
+    let ty = event.ty().to_string();
+    match ty.as_str() {
+        kind::JOB_SUBMITTED => accept_submission(event).await,
+        kind::JOB_CANCEL => {
+            let c: JobCancel = decode_data(&event, "{\"jobId\": \"…\", \"reason\": \"…\"}")?;
+            accept_command(state, event, c.job_id).await
+        }
+        kind::JOB_RETRY => {
+            let r: JobRetry = decode_data(&event, "{\"jobId\": \"…\"}")?;
+            accept_command(state, event, r.job_id).await
+        }
+        t if t.starts_with(kind::PREFIX) => Err(ApiError::bad_request(
+            format!("event type {t} cannot be posted"),
+            vec![field_problem(
+                "type",
+                format!(
+                    "`{t}` is emitted by ferry's services; post {}, {}, {} or an event type of your own",
+                    kind::JOB_SUBMITTED,
+                    kind::JOB_CANCEL,
+                    kind::JOB_RETRY
+                ),
+            )],
+        )),
+        _ => Ok(Accepted {
+            event,
+            job_id: None,
+            submitted_flow: None,
+        }),
+    }
+}
+
+fn decode_data<T: serde::de::DeserializeOwned>(event: &Event, example: &str) -> Result<T, ApiError> {
+    ferry_event::decode(event).map_err(|e| {
+        let message = match e {
+            ferry_event::DecodeError::NoData { .. } => format!("the event has no data; send {example}"),
+            ferry_event::DecodeError::Invalid { source, .. } => {
+                format!("the data is not valid for {}: {source}", event.ty())
+            }
+        };
+        ApiError::bad_request(
+            format!("invalid {} event", event.ty()),
+            vec![field_problem("data", message)],
+        )
+    })
+}
+
+/// Names the job on an event: the Kafka key, the job extension, the trace, the subject.
+fn stamp_job(event: &mut Event, job_id: &str) {
+    event.set_extension(EXT_PARTITION_KEY, job_id.to_string());
+    event.set_extension(EXT_JOB, job_id.to_string());
+    if envelope::extension(event, EXT_TRACEPARENT).is_none() {
+        event.set_extension(EXT_TRACEPARENT, envelope::traceparent(job_id));
+    }
+    if event.subject().is_none() {
+        event.set_subject(Some(job_id.to_string()));
+    }
+}
+
+async fn accept_command(state: &AppState, mut event: Event, job_id: String) -> Result<Accepted, ApiError> {
+    if !state.model.job_exists(&job_id).await? {
+        return Err(ApiError::unknown_job(&job_id));
+    }
+    stamp_job(&mut event, &job_id);
+    Ok(Accepted {
+        event,
+        job_id: Some(job_id),
+        submitted_flow: None,
+    })
+}
+
+/// A submission: its flow and inputs are validated and planned here so that a bad one is
+/// refused with every problem and never published.
+async fn accept_submission(mut event: Event) -> Result<Accepted, ApiError> {
+    const EXAMPLE: &str = "{\"flow\": \"<flow YAML>\" or {…}, \"inputs\": {…}, \"jobId\": \"optional\"}";
+    let submitted: JobSubmitted = decode_data(&event, EXAMPLE)?;
+    let (job_id, field) = match &submitted.job_id {
+        Some(id) => (id.clone(), "data.jobId"),
+        None => (event.id().to_string(), "id"),
+    };
+    if let Err(message) = ferry_flow::check_job_id(&job_id) {
+        let message = if field == "id" {
+            format!("{message} (the event id is the job id when data.jobId is absent)")
+        } else {
+            message
+        };
+        return Err(ApiError::bad_request(
+            "invalid job id",
+            vec![field_problem(field, message)],
+        ));
+    }
+    let planned = {
+        let submitted = submitted.clone();
+        let job_id = job_id.clone();
+        tokio::task::spawn_blocking(move || plan(&submitted, &job_id)).await
+    };
+    let planned = match planned {
+        Ok(Ok(p)) => p,
+        Ok(Err(problems)) => {
+            let error = format!(
+                "the flow or its inputs are not valid ({} problem{})",
+                problems.len(),
+                if problems.len() == 1 { "" } else { "s" }
+            );
+            return Err(ApiError::bad_request(error, problems));
+        }
+        Err(e) => {
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("validating the flow failed unexpectedly: {e}"),
+            ));
+        }
+    };
+    // Fill in the job id, keeping everything else the submitter sent in `data` as it was.
+    let mut data: Value = ferry_event::decode(&event).map_err(|e| {
+        ApiError::bad_request(
+            "invalid job submission",
+            vec![field_problem("data", e.to_string())],
+        )
+    })?;
+    if let Value::Object(obj) = &mut data {
+        obj.insert("jobId".into(), Value::String(job_id.clone()));
+    }
+    event.set_data("application/json", Data::Binary(data.to_string().into_bytes()));
+    stamp_job(&mut event, &job_id);
+    Ok(Accepted {
+        event,
+        job_id: Some(job_id),
+        submitted_flow: Some(planned.flow_id),
+    })
+}
+
+/// Validates a submission's flow and plans its job, collecting every problem.
+fn plan(submitted: &JobSubmitted, job_id: &str) -> Result<JobPlanned, Vec<Problem>> {
+    let name = submitted.flow_name.as_deref().unwrap_or("flow");
+    let source = match &submitted.flow {
+        FlowSource::Text(text) => text.clone(),
+        FlowSource::Object(obj) => serde_json::to_string_pretty(obj).map_err(|e| {
+            vec![field_problem(
+                "data.flow",
+                format!("the flow object cannot be read as JSON: {e}"),
+            )]
+        })?,
+    };
+    let flow = ferry_flow::validate(&source, name)?;
+    ferry_flow::plan(&flow, job_id, &submitted.inputs)
+}
+
+// ----------------------------------------------------------------------------------------------
+// GET /jobs, GET /jobs/{id}
+// ----------------------------------------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct ListQuery {
+    limit: Option<u32>,
+}
+
+async fn list_jobs(
+    State(state): State<AppState>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = query.map_err(bad_query)?;
+    let limit = q.limit.unwrap_or(JOBS_DEFAULT);
+    if limit == 0 || limit > JOBS_MAX {
+        return Err(ApiError::bad_request(
+            "invalid limit",
+            vec![field_problem("limit", format!("use 1 to {JOBS_MAX}"))],
+        ));
+    }
+    let jobs = state.model.jobs(limit).await?;
+    Ok(Json(json!({ "jobs": jobs })))
+}
+
+async fn get_job(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    match state.model.job_detail(&id).await? {
+        Some(detail) => Ok(Json(serde_json::to_value(detail).unwrap_or(Value::Null))),
+        None => Err(ApiError::unknown_job(&id)),
+    }
+}
+
+/// How long streaming responses wait between looks at the read model when nothing woke them.
+pub(crate) fn poll(config: &Config) -> Duration {
+    config.follow_poll.max(Duration::from_millis(10))
+}

@@ -1,0 +1,126 @@
+//! Building the read model from the control and lifecycle topics.
+//!
+//! Deliveries are taken in batches; each batch is applied in one transaction (which records the
+//! event ids in the inbox) and acked only after the commit. An event whose data cannot be read
+//! is dead-lettered after the commit, with the reason. When the database fails the batch is
+//! held and applied again after a backoff; nothing is acked that is not applied.
+
+use std::time::Duration;
+
+use ferry_bus::{Delivery, Subscription};
+use ferry_event::{AttributesReader, Event};
+use ferry_runtime::CancellationToken;
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use crate::store::{Applied, ReadModel};
+use crate::{Config, Error, Result};
+
+const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How often old inbox entries are forgotten.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// Applies deliveries until `shutdown` is cancelled or the bus closes.
+pub(crate) async fn project(
+    config: &Config,
+    model: ReadModel,
+    mut sub: Subscription,
+    changed: watch::Sender<u64>,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let mut backoff = BACKOFF_FIRST;
+    let mut pruned_at = tokio::time::Instant::now();
+    loop {
+        let next = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            next = sub.next_batch(config.batch_max.max(1)) => next,
+        };
+        let batch = match next {
+            None | Some(Err(ferry_bus::Error::Closed)) => break,
+            Some(Ok(batch)) => batch,
+            Some(Err(e)) if e.is_transient() => {
+                warn!(error = %e, "receiving from the bus failed; retrying");
+                if !pause(&shutdown, &mut backoff).await {
+                    break;
+                }
+                continue;
+            }
+            Some(Err(e)) => return Err(e.into()),
+        };
+        // Deliveries are not `Sync`: apply copies of their events.
+        let events: Vec<Event> = batch.iter().map(|d| d.event.clone()).collect();
+        let Some(applied) = apply(&model, &events, &shutdown, &mut backoff).await else {
+            break; // shutting down: the unacked batch goes back to the bus
+        };
+        settle(batch, applied).await?;
+        changed.send_modify(|n| *n = n.wrapping_add(1));
+        if pruned_at.elapsed() >= PRUNE_EVERY {
+            pruned_at = tokio::time::Instant::now();
+            let cutoff =
+                ferry_event::now_ms() - i64::try_from(config.inbox_retention.as_millis()).unwrap_or(i64::MAX);
+            match model.prune_inbox(cutoff).await {
+                Ok(n) => debug!(removed = n, "inbox pruned"),
+                Err(e) => warn!(error = %e, "pruning the inbox failed; trying again later"),
+            }
+        }
+    }
+    info!("read model stopped");
+    Ok(())
+}
+
+/// Applies a batch, retrying while the database fails; `None` when shutdown came first.
+async fn apply(
+    model: &ReadModel,
+    events: &[Event],
+    shutdown: &CancellationToken,
+    backoff: &mut Duration,
+) -> Option<Vec<Applied>> {
+    let events: Vec<&Event> = events.iter().collect();
+    loop {
+        match model.apply(&events).await {
+            Ok(applied) => {
+                *backoff = BACKOFF_FIRST;
+                debug!(events = events.len(), "batch applied");
+                return Some(applied);
+            }
+            Err(e) => {
+                warn!(error = %e, events = events.len(), "applying a batch failed; retrying");
+                if !pause(shutdown, backoff).await {
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+async fn settle(batch: Vec<Delivery>, applied: Vec<Applied>) -> Result<()> {
+    for (d, a) in batch.into_iter().zip(applied) {
+        let result = match a {
+            Applied::Done => d.ack().await,
+            Applied::Invalid(reason) => {
+                warn!(event_id = %d.event.id(), event_type = %d.event.ty(), %reason, "unreadable event");
+                d.dead_letter(&reason).await
+            }
+        };
+        match result {
+            Ok(()) | Err(ferry_bus::Error::Closed) => {}
+            Err(e) if e.is_transient() => {
+                // Applied already: a redelivery is skipped by the inbox.
+                warn!(error = %e, "acknowledging a delivery failed; it will be redelivered and skipped");
+            }
+            Err(e) => return Err(Error::Bus(e)),
+        }
+    }
+    Ok(())
+}
+
+/// Waits out the backoff and doubles it; false when shutdown came first.
+async fn pause(shutdown: &CancellationToken, backoff: &mut Duration) -> bool {
+    let wait = *backoff;
+    *backoff = (*backoff * 2).min(BACKOFF_MAX);
+    tokio::select! {
+        _ = shutdown.cancelled() => false,
+        _ = tokio::time::sleep(wait) => true,
+    }
+}

@@ -1,0 +1,915 @@
+//! The read model: jobs, tasks, attempts and each job's state changes, in SQL.
+//!
+//! SQLite (one file, or in memory) or PostgreSQL, through sqlx's `Any` driver so that one set
+//! of portable statements serves both. Every event is applied in a transaction that also records
+//! its id in `inbox`, so a redelivered event changes nothing.
+//!
+//! Events arrive on two topics (control and lifecycle) whose relative order is not kept by every
+//! broker, so no update may move a job or task backwards. Each row carries the ordering key of
+//! the state it shows and an update applies only when its key is newer:
+//!
+//! - a job's `phase`: submitted 0, planned 1, running 2, finished 3 (succeeded, failed,
+//!   cancelled, rejected); `job.started` with reason `retried` is the one way back from
+//!   failed or cancelled to running;
+//! - a task's `(attempt_no, phase)`: attempt `n` started `(n, 1)`, retrying after attempt `n`
+//!   `(n, 2)`, finished after `n` attempts `(n, 3)`, re-queued by a job retry after `n` attempts
+//!   `(n, 4)`; never dispatched `(0, 0)`. A late `task.started` of attempt 2 after `task.succeeded`
+//!   with 2 attempts is `(2, 1) < (2, 3)` and changes nothing.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use ferry_event::payload::{
+    JobPlanned, JobRejected, JobState, JobStatus, OutputFile, Problem, TaskFinished, TaskStarted, TaskState,
+    TaskStatus,
+};
+use ferry_event::{AttributesReader, Event, kind};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
+use sqlx::{Any, AnyPool, ConnectOptions, Executor, Row, Transaction};
+
+use crate::error::{Error, Result};
+
+/// Which SQL dialect the store speaks, where the portable subset is not enough.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+/// Job states shown by the read model.
+pub const JOB_STATES: &[&str] = &[
+    "submitted",
+    "planned",
+    "running",
+    "succeeded",
+    "failed",
+    "cancelled",
+    "rejected",
+];
+
+/// Task states shown by the read model. A dispatched task that has not started shows `pending`:
+/// `task.dispatched` travels on the dispatch topics, which the api does not read.
+pub const TASK_STATES: &[&str] = &[
+    "pending",
+    "running",
+    "retrying",
+    "succeeded",
+    "failed",
+    "cancelled",
+];
+
+/// Whether a job state is final (until a `job.retry`).
+pub fn job_state_is_terminal(state: &str) -> bool {
+    matches!(state, "succeeded" | "failed" | "cancelled" | "rejected")
+}
+
+/// Rows per multi-row `INSERT`: 4 parameters each stays under every dialect's limit.
+const INSERT_CHUNK: usize = 500;
+
+const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS jobs (
+        job_id TEXT PRIMARY KEY,
+        flow_id TEXT,
+        state TEXT NOT NULL,
+        phase BIGINT NOT NULL,
+        reason TEXT,
+        problems TEXT,
+        total BIGINT,
+        changes BIGINT NOT NULL,
+        created_at BIGINT NOT NULL,
+        updated_at BIGINT NOT NULL
+    )",
+    "CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at, job_id)",
+    "CREATE TABLE IF NOT EXISTS tasks (
+        job_id TEXT NOT NULL,
+        task_id TEXT NOT NULL,
+        ord BIGINT,
+        state TEXT NOT NULL,
+        attempt_no BIGINT NOT NULL,
+        phase BIGINT NOT NULL,
+        attempts BIGINT NOT NULL,
+        attempt_id TEXT,
+        started_at BIGINT,
+        finished_at BIGINT,
+        error TEXT,
+        outputs TEXT,
+        output_files TEXT,
+        PRIMARY KEY (job_id, task_id)
+    )",
+    "CREATE TABLE IF NOT EXISTS attempts (
+        attempt_id TEXT PRIMARY KEY,
+        job_id TEXT NOT NULL,
+        task_id TEXT NOT NULL,
+        number BIGINT NOT NULL,
+        started_at BIGINT,
+        finished_at BIGINT,
+        outcome TEXT,
+        exit_code BIGINT,
+        error TEXT,
+        log_lines BIGINT
+    )",
+    "CREATE INDEX IF NOT EXISTS attempts_task ON attempts (job_id, task_id)",
+    "CREATE TABLE IF NOT EXISTS changes (
+        job_id TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        ty TEXT NOT NULL,
+        task_id TEXT,
+        state TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        time_ms BIGINT NOT NULL,
+        PRIMARY KEY (job_id, seq)
+    )",
+    "CREATE TABLE IF NOT EXISTS inbox (
+        event_id TEXT PRIMARY KEY,
+        applied_at BIGINT NOT NULL
+    )",
+    "CREATE INDEX IF NOT EXISTS inbox_applied ON inbox (applied_at)",
+];
+
+/// A job as the read model shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobView {
+    pub job_id: String,
+    /// Known once the job is planned (or from the submission the api accepted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flow_id: Option<String>,
+    /// One of [`JOB_STATES`].
+    pub state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Why a rejected job was rejected.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<Problem>,
+    /// Tasks in the job, and how many are in each of [`TASK_STATES`].
+    pub counts: BTreeMap<String, u64>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+impl JobView {
+    pub fn is_terminal(&self) -> bool {
+        job_state_is_terminal(&self.state)
+    }
+}
+
+/// A task of a job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskView {
+    pub task_id: String,
+    /// One of [`TASK_STATES`].
+    pub state: String,
+    /// Attempts made so far.
+    pub attempts: u64,
+    /// The current (or last) attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub outputs: Map<String, Value>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub output_files: Vec<OutputFile>,
+}
+
+/// A job with its tasks, in flow order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobDetail {
+    #[serde(flatten)]
+    pub job: JobView,
+    pub tasks: Vec<TaskView>,
+}
+
+/// One state change of a job or of one of its tasks, numbered per job from 1.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Change {
+    pub seq: u64,
+    /// The event type that made the change, e.g. `dev.ferry.task.succeeded`.
+    #[serde(rename = "type")]
+    pub ty: String,
+    pub job_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_id: Option<String>,
+    /// The job's state, or the task's when `taskId` is set.
+    pub state: String,
+    pub time_ms: i64,
+    /// `attempts`, `attemptId`, `error`, `reason`, where the event carried them.
+    #[serde(flatten)]
+    pub detail: Map<String, Value>,
+}
+
+/// An attempt whose `task.finished` was seen, with the number of lines it logged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FinishedAttempt {
+    pub attempt_id: String,
+    pub task_id: String,
+    pub log_lines: u64,
+}
+
+/// What applying one event did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Applied {
+    /// Applied, or already applied before (a duplicate), or not an event the read model keeps.
+    Done,
+    /// The event's data cannot be read; it can never be applied.
+    Invalid(String),
+}
+
+/// The read model's database.
+#[derive(Debug, Clone)]
+pub struct ReadModel {
+    pool: AnyPool,
+    dialect: Dialect,
+}
+
+impl ReadModel {
+    /// Opens (creating if needed) the database at `url`: `sqlite://PATH`, `sqlite::memory:` or
+    /// `postgres://…`.
+    pub async fn open(url: &str) -> Result<ReadModel> {
+        sqlx::any::install_default_drivers();
+        let dialect = if url.starts_with("sqlite:") {
+            Dialect::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Dialect::Postgres
+        } else {
+            return Err(Error::Config(format!(
+                "unsupported read model database URL {url:?}: expected sqlite://PATH, sqlite::memory: or postgres://…"
+            )));
+        };
+        let pool = match dialect {
+            Dialect::Sqlite => {
+                let url = sqlite_url(url);
+                let opts = AnyConnectOptions::from_str(&url)
+                    .map_err(|e| Error::Config(format!("read model database URL {url:?}: {e}")))?
+                    .disable_statement_logging();
+                // One connection: SQLite serialises writers anyway, and an in-memory database
+                // lives exactly as long as its connection.
+                AnyPoolOptions::new()
+                    .max_connections(1)
+                    .min_connections(1)
+                    .idle_timeout(None)
+                    .max_lifetime(None)
+                    .acquire_timeout(Duration::from_secs(30))
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            conn.execute("PRAGMA journal_mode = WAL").await?;
+                            conn.execute("PRAGMA synchronous = FULL").await?;
+                            conn.execute("PRAGMA busy_timeout = 5000").await?;
+                            Ok(())
+                        })
+                    })
+                    .connect_with(opts)
+                    .await?
+            }
+            Dialect::Postgres => {
+                let opts = AnyConnectOptions::from_str(url)
+                    .map_err(|e| Error::Config(format!("read model database URL: {e}")))?
+                    .disable_statement_logging();
+                AnyPoolOptions::new()
+                    .max_connections(8)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect_with(opts)
+                    .await?
+            }
+        };
+        let model = ReadModel { pool, dialect };
+        for stmt in SCHEMA {
+            sqlx::query(stmt).execute(&model.pool).await?;
+        }
+        Ok(model)
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Whether the database answers.
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------------------------------
+    // Writing
+    // ------------------------------------------------------------------------------------------
+
+    /// Records a submission the api published, so that the job is known (state `submitted`)
+    /// before the planner has planned it. A job known already is left as it is.
+    pub async fn record_submitted(&self, job_id: &str, flow_id: &str, at_ms: i64) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        ensure_job(&mut tx, job_id, at_ms).await?;
+        sqlx::query("UPDATE jobs SET flow_id = $1 WHERE job_id = $2 AND flow_id IS NULL")
+            .bind(flow_id.to_string())
+            .bind(job_id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Applies a batch of events in one transaction: each one not applied before (by event id)
+    /// changes the model and is recorded in the inbox. Returns what became of each event, in
+    /// order. Fails (applying nothing) when the database does.
+    pub(crate) async fn apply(&self, events: &[&Event]) -> Result<Vec<Applied>> {
+        let now = ferry_event::now_ms();
+        let mut tx = self.pool.begin().await?;
+        let mut out = Vec::with_capacity(events.len());
+        for event in events {
+            out.push(apply_one(&mut tx, event, now).await?);
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    /// Forgets inbox entries older than `older_than_ms` (ms since the epoch): redeliveries come
+    /// within minutes, not days.
+    pub async fn prune_inbox(&self, older_than_ms: i64) -> Result<u64> {
+        let done = sqlx::query("DELETE FROM inbox WHERE applied_at < $1")
+            .bind(older_than_ms)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    // ------------------------------------------------------------------------------------------
+    // Reading
+    // ------------------------------------------------------------------------------------------
+
+    /// Whether the job is known.
+    pub async fn job_exists(&self, job_id: &str) -> Result<bool> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE job_id = $1")
+            .bind(job_id.to_string())
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n > 0)
+    }
+
+    /// The job, without its tasks.
+    pub async fn job(&self, job_id: &str) -> Result<Option<JobView>> {
+        let row = sqlx::query(&format!("{JOB_SELECT} WHERE job_id = $1"))
+            .bind(job_id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let mut job = job_view(&row)?;
+        job.counts = self.counts(job_id).await?;
+        Ok(Some(job))
+    }
+
+    /// The newest `limit` jobs, newest first.
+    pub async fn jobs(&self, limit: u32) -> Result<Vec<JobView>> {
+        let rows = sqlx::query(&format!(
+            "{JOB_SELECT} ORDER BY created_at DESC, job_id DESC LIMIT $1"
+        ))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut jobs = rows.iter().map(job_view).collect::<Result<Vec<_>>>()?;
+        for job in &mut jobs {
+            job.counts = self.counts(&job.job_id).await?;
+        }
+        Ok(jobs)
+    }
+
+    /// The job and its tasks in flow order (tasks seen before the job was planned last).
+    pub async fn job_detail(&self, job_id: &str) -> Result<Option<JobDetail>> {
+        let Some(job) = self.job(job_id).await? else {
+            return Ok(None);
+        };
+        let rows = sqlx::query(
+            "SELECT task_id, state, attempts, attempt_id, started_at, finished_at, error, outputs, output_files
+             FROM tasks WHERE job_id = $1
+             ORDER BY CASE WHEN ord IS NULL THEN 1 ELSE 0 END, ord, task_id",
+        )
+        .bind(job_id.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        let tasks = rows.iter().map(task_view).collect::<Result<Vec<_>>>()?;
+        Ok(Some(JobDetail { job, tasks }))
+    }
+
+    /// The job's changes after `after` (a [`Change::seq`]), oldest first, at most `limit`.
+    pub async fn changes(&self, job_id: &str, after: u64, limit: u32) -> Result<Vec<Change>> {
+        let rows = sqlx::query(
+            "SELECT seq, ty, task_id, state, detail, time_ms FROM changes
+             WHERE job_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        )
+        .bind(job_id.to_string())
+        .bind(i64::try_from(after).unwrap_or(i64::MAX))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let detail: String = r.try_get("detail")?;
+                let detail = match serde_json::from_str(&detail) {
+                    Ok(Value::Object(m)) => m,
+                    _ => {
+                        return Err(Error::Corrupt(format!(
+                            "change detail of job {job_id}: {detail:?}"
+                        )));
+                    }
+                };
+                Ok(Change {
+                    seq: u64::try_from(r.try_get::<i64, _>("seq")?).unwrap_or(0),
+                    ty: r.try_get("ty")?,
+                    job_id: job_id.to_string(),
+                    task_id: r.try_get("task_id")?,
+                    state: r.try_get("state")?,
+                    time_ms: r.try_get("time_ms")?,
+                    detail,
+                })
+            })
+            .collect()
+    }
+
+    /// The attempts of the job (or of one task) whose `task.finished` was seen.
+    pub async fn finished_attempts(
+        &self,
+        job_id: &str,
+        task_id: Option<&str>,
+    ) -> Result<Vec<FinishedAttempt>> {
+        let mut sql = "SELECT attempt_id, task_id, log_lines FROM attempts
+             WHERE job_id = $1 AND log_lines IS NOT NULL"
+            .to_string();
+        if task_id.is_some() {
+            sql.push_str(" AND task_id = $2");
+        }
+        let mut q = sqlx::query(&sql).bind(job_id.to_string());
+        if let Some(t) = task_id {
+            q = q.bind(t.to_string());
+        }
+        let rows = q.fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| {
+                Ok(FinishedAttempt {
+                    attempt_id: r.try_get("attempt_id")?,
+                    task_id: r.try_get("task_id")?,
+                    log_lines: u64::try_from(r.try_get::<i64, _>("log_lines")?).unwrap_or(0),
+                })
+            })
+            .collect()
+    }
+
+    /// Tasks of the job (or the one task) that succeeded or failed on an attempt whose
+    /// `task.finished` has not been seen yet: their line counts are still to come.
+    pub async fn unreported_attempts(&self, job_id: &str, task_id: Option<&str>) -> Result<u64> {
+        let mut sql = "SELECT COUNT(*) FROM tasks t
+             WHERE t.job_id = $1 AND t.state IN ('succeeded', 'failed') AND t.attempt_id IS NOT NULL
+               AND NOT EXISTS (SELECT 1 FROM attempts a
+                               WHERE a.attempt_id = t.attempt_id AND a.log_lines IS NOT NULL)"
+            .to_string();
+        if task_id.is_some() {
+            sql.push_str(" AND t.task_id = $2");
+        }
+        let mut q = sqlx::query_scalar::<_, i64>(&sql).bind(job_id.to_string());
+        if let Some(t) = task_id {
+            q = q.bind(t.to_string());
+        }
+        Ok(u64::try_from(q.fetch_one(&self.pool).await?).unwrap_or(0))
+    }
+
+    async fn counts(&self, job_id: &str) -> Result<BTreeMap<String, u64>> {
+        let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM tasks WHERE job_id = $1 GROUP BY state")
+            .bind(job_id.to_string())
+            .fetch_all(&self.pool)
+            .await?;
+        let mut counts: BTreeMap<String, u64> = TASK_STATES.iter().map(|s| (s.to_string(), 0)).collect();
+        let mut total = 0;
+        for r in &rows {
+            let state: String = r.try_get("state")?;
+            let n = u64::try_from(r.try_get::<i64, _>("n")?).unwrap_or(0);
+            total += n;
+            *counts.entry(state).or_default() += n;
+        }
+        counts.insert("total".into(), total);
+        Ok(counts)
+    }
+}
+
+const JOB_SELECT: &str = "SELECT job_id, flow_id, state, reason, problems, created_at, updated_at FROM jobs";
+
+fn job_view(r: &AnyRow) -> Result<JobView> {
+    let job_id: String = r.try_get("job_id")?;
+    let problems: Option<String> = r.try_get("problems")?;
+    let problems = match problems {
+        Some(p) => {
+            serde_json::from_str(&p).map_err(|e| Error::Corrupt(format!("problems of job {job_id}: {e}")))?
+        }
+        None => Vec::new(),
+    };
+    Ok(JobView {
+        flow_id: r.try_get("flow_id")?,
+        state: r.try_get("state")?,
+        reason: r.try_get("reason")?,
+        problems,
+        counts: BTreeMap::new(),
+        created_at_ms: r.try_get("created_at")?,
+        updated_at_ms: r.try_get("updated_at")?,
+        job_id,
+    })
+}
+
+fn task_view(r: &AnyRow) -> Result<TaskView> {
+    let task_id: String = r.try_get("task_id")?;
+    let outputs: Option<String> = r.try_get("outputs")?;
+    let files: Option<String> = r.try_get("output_files")?;
+    let corrupt = |what: &str, e: serde_json::Error| Error::Corrupt(format!("{what} of task {task_id}: {e}"));
+    Ok(TaskView {
+        state: r.try_get("state")?,
+        attempts: u64::try_from(r.try_get::<i64, _>("attempts")?).unwrap_or(0),
+        attempt_id: r.try_get("attempt_id")?,
+        started_at_ms: r.try_get("started_at")?,
+        finished_at_ms: r.try_get("finished_at")?,
+        error: r.try_get("error")?,
+        outputs: match outputs {
+            Some(o) => serde_json::from_str(&o).map_err(|e| corrupt("outputs", e))?,
+            None => Map::new(),
+        },
+        output_files: match files {
+            Some(f) => serde_json::from_str(&f).map_err(|e| corrupt("output files", e))?,
+            None => Vec::new(),
+        },
+        task_id: task_id.clone(),
+    })
+}
+
+// ----------------------------------------------------------------------------------------------
+// Applying events
+// ----------------------------------------------------------------------------------------------
+
+type Tx = Transaction<'static, Any>;
+
+/// The payload an event carries, for the types the read model keeps.
+enum Input {
+    Planned(Box<JobPlanned>),
+    Rejected(JobRejected),
+    Job(JobState),
+    Started(TaskStarted),
+    Finished(Box<TaskFinished>),
+    Task(Box<TaskState>),
+}
+
+fn decode(event: &Event) -> std::result::Result<Option<Input>, String> {
+    let d = |e: ferry_event::DecodeError| e.to_string();
+    Ok(Some(match event.ty() {
+        kind::JOB_PLANNED => Input::Planned(Box::new(ferry_event::decode(event).map_err(d)?)),
+        kind::JOB_REJECTED => Input::Rejected(ferry_event::decode(event).map_err(d)?),
+        kind::JOB_STARTED | kind::JOB_SUCCEEDED | kind::JOB_FAILED | kind::JOB_CANCELLED => {
+            Input::Job(ferry_event::decode(event).map_err(d)?)
+        }
+        kind::TASK_STARTED => Input::Started(ferry_event::decode(event).map_err(d)?),
+        kind::TASK_FINISHED => Input::Finished(Box::new(ferry_event::decode(event).map_err(d)?)),
+        kind::TASK_RETRYING | kind::TASK_SUCCEEDED | kind::TASK_FAILED | kind::TASK_CANCELLED => {
+            Input::Task(Box::new(ferry_event::decode(event).map_err(d)?))
+        }
+        _ => return Ok(None),
+    }))
+}
+
+async fn apply_one(tx: &mut Tx, event: &Event, now: i64) -> Result<Applied> {
+    let input = match decode(event) {
+        Ok(Some(input)) => input,
+        Ok(None) => return Ok(Applied::Done),
+        Err(reason) => return Ok(Applied::Invalid(reason)),
+    };
+    let fresh =
+        sqlx::query("INSERT INTO inbox (event_id, applied_at) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+            .bind(event.id().to_string())
+            .bind(now)
+            .execute(&mut **tx)
+            .await?
+            .rows_affected()
+            > 0;
+    if !fresh {
+        tracing::debug!(event_id = %event.id(), "event applied before; skipped");
+        return Ok(Applied::Done);
+    }
+    let at = event.time().map(|t| t.timestamp_millis()).unwrap_or(now);
+    let ty = event.ty();
+    match input {
+        Input::Planned(p) => on_planned(tx, ty, &p, at).await?,
+        Input::Rejected(r) => on_rejected(tx, ty, &r, at).await?,
+        Input::Job(s) => on_job_state(tx, ty, &s, at).await?,
+        Input::Started(s) => on_task_started(tx, ty, &s, at).await?,
+        Input::Finished(f) => on_task_finished(tx, &f, at).await?,
+        Input::Task(s) => on_task_state(tx, ty, &s, at).await?,
+    }
+    Ok(Applied::Done)
+}
+
+async fn ensure_job(tx: &mut Tx, job_id: &str, at: i64) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO jobs (job_id, state, phase, changes, created_at, updated_at)
+         VALUES ($1, 'submitted', 0, 0, $2, $2) ON CONFLICT DO NOTHING",
+    )
+    .bind(job_id.to_string())
+    .bind(at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn ensure_task(tx: &mut Tx, job_id: &str, task_id: &str, at: i64) -> Result<()> {
+    ensure_job(tx, job_id, at).await?;
+    sqlx::query(
+        "INSERT INTO tasks (job_id, task_id, state, attempt_no, phase, attempts)
+         VALUES ($1, $2, 'pending', 0, 0, 0) ON CONFLICT DO NOTHING",
+    )
+    .bind(job_id.to_string())
+    .bind(task_id.to_string())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Appends a change to the job's list; the job row's counter numbers it (and, on PostgreSQL,
+/// locks the row so that a job's changes commit in their order).
+async fn record_change(
+    tx: &mut Tx,
+    job_id: &str,
+    ty: &str,
+    task_id: Option<&str>,
+    state: &str,
+    detail: Map<String, Value>,
+    at: i64,
+) -> Result<()> {
+    let seq: i64 = sqlx::query_scalar(
+        "UPDATE jobs SET changes = changes + 1, updated_at = $1 WHERE job_id = $2 RETURNING changes",
+    )
+    .bind(at)
+    .bind(job_id.to_string())
+    .fetch_one(&mut **tx)
+    .await?;
+    let detail = Value::Object(detail).to_string();
+    sqlx::query(
+        "INSERT INTO changes (job_id, seq, ty, task_id, state, detail, time_ms)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(job_id.to_string())
+    .bind(seq)
+    .bind(ty.to_string())
+    .bind(task_id.map(str::to_string))
+    .bind(state.to_string())
+    .bind(detail)
+    .bind(at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+fn detail(pairs: impl IntoIterator<Item = (&'static str, Option<Value>)>) -> Map<String, Value> {
+    pairs
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|v| (k.to_string(), v)))
+        .collect()
+}
+
+async fn on_planned(tx: &mut Tx, ty: &str, p: &JobPlanned, at: i64) -> Result<()> {
+    ensure_job(tx, &p.job_id, at).await?;
+    sqlx::query("UPDATE jobs SET flow_id = $1, total = $2 WHERE job_id = $3")
+        .bind(p.flow_id.clone())
+        .bind(i64::try_from(p.tasks.len()).unwrap_or(i64::MAX))
+        .bind(p.job_id.clone())
+        .execute(&mut **tx)
+        .await?;
+    let moved = sqlx::query("UPDATE jobs SET state = 'planned', phase = 1 WHERE job_id = $1 AND phase < 1")
+        .bind(p.job_id.clone())
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+    for (ci, chunk) in p.tasks.chunks(INSERT_CHUNK).enumerate() {
+        let values = (0..chunk.len())
+            .map(|i| {
+                let b = i * 3;
+                format!("(${}, ${}, ${}, 'pending', 0, 0, 0)", b + 1, b + 2, b + 3)
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "INSERT INTO tasks (job_id, task_id, ord, state, attempt_no, phase, attempts) VALUES {values}
+             ON CONFLICT (job_id, task_id) DO UPDATE SET ord = excluded.ord"
+        );
+        let mut q = sqlx::query(&sql);
+        for (i, t) in chunk.iter().enumerate() {
+            let ord = i64::try_from(ci * INSERT_CHUNK + i).unwrap_or(i64::MAX);
+            q = q.bind(p.job_id.clone()).bind(t.id.clone()).bind(ord);
+        }
+        q.execute(&mut **tx).await?;
+    }
+    if moved > 0 {
+        let d = detail([("tasks", Some(Value::from(p.tasks.len())))]);
+        record_change(tx, &p.job_id, ty, None, "planned", d, at).await?;
+    }
+    Ok(())
+}
+
+async fn on_rejected(tx: &mut Tx, ty: &str, r: &JobRejected, at: i64) -> Result<()> {
+    ensure_job(tx, &r.job_id, at).await?;
+    let reason = match r.problems.as_slice() {
+        [] => "rejected".to_string(),
+        [one] => one.to_string(),
+        [first, rest @ ..] => format!("{first} (and {} more problems)", rest.len()),
+    };
+    let problems = serde_json::to_string(&r.problems).unwrap_or_else(|_| "[]".into());
+    let moved = sqlx::query(
+        "UPDATE jobs SET state = 'rejected', phase = 3, reason = $1, problems = $2 WHERE job_id = $3 AND phase < 3",
+    )
+    .bind(reason.clone())
+    .bind(problems)
+    .bind(r.job_id.clone())
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    if moved > 0 {
+        let d = detail([("reason", Some(Value::from(reason)))]);
+        record_change(tx, &r.job_id, ty, None, "rejected", d, at).await?;
+    }
+    Ok(())
+}
+
+async fn on_job_state(tx: &mut Tx, ty: &str, s: &JobState, at: i64) -> Result<()> {
+    ensure_job(tx, &s.job_id, at).await?;
+    sqlx::query(
+        "UPDATE jobs SET flow_id = COALESCE(flow_id, $1), total = COALESCE(total, $2) WHERE job_id = $3",
+    )
+    .bind(s.flow_id.clone())
+    .bind(i64::try_from(s.tasks).unwrap_or(i64::MAX))
+    .bind(s.job_id.clone())
+    .execute(&mut **tx)
+    .await?;
+    let retried = s.state == JobStatus::Running && s.reason.as_deref() == Some("retried");
+    let sql = match (s.state.is_terminal(), retried) {
+        (true, _) => "UPDATE jobs SET state = $1, phase = 3, reason = $2 WHERE job_id = $3 AND phase < 3",
+        (false, false) => {
+            "UPDATE jobs SET state = $1, phase = 2, reason = $2 WHERE job_id = $3 AND phase < 2"
+        }
+        (false, true) => {
+            "UPDATE jobs SET state = $1, phase = 2, reason = $2
+             WHERE job_id = $3 AND (phase < 2 OR state IN ('failed', 'cancelled'))"
+        }
+    };
+    let moved = sqlx::query(sql)
+        .bind(s.state.as_str())
+        .bind(s.reason.clone())
+        .bind(s.job_id.clone())
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+    if moved > 0 {
+        let d = detail([("reason", s.reason.clone().map(Value::from))]);
+        record_change(tx, &s.job_id, ty, None, s.state.as_str(), d, at).await?;
+    }
+    Ok(())
+}
+
+async fn on_task_started(tx: &mut Tx, ty: &str, s: &TaskStarted, at: i64) -> Result<()> {
+    ensure_task(tx, &s.job_id, &s.task_id, at).await?;
+    sqlx::query(
+        "INSERT INTO attempts (attempt_id, job_id, task_id, number, started_at) VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (attempt_id) DO UPDATE SET started_at = excluded.started_at",
+    )
+    .bind(s.attempt_id.clone())
+    .bind(s.job_id.clone())
+    .bind(s.task_id.clone())
+    .bind(i64::from(s.attempt))
+    .bind(s.started_at_ms)
+    .execute(&mut **tx)
+    .await?;
+    let n = i64::from(s.attempt);
+    let moved = sqlx::query(
+        "UPDATE tasks SET state = 'running', attempt_no = $1, phase = 1, attempts = $1, attempt_id = $2,
+                started_at = $3, finished_at = NULL, error = NULL
+         WHERE job_id = $4 AND task_id = $5 AND (attempt_no < $1 OR (attempt_no = $1 AND phase < 1))",
+    )
+    .bind(n)
+    .bind(s.attempt_id.clone())
+    .bind(s.started_at_ms)
+    .bind(s.job_id.clone())
+    .bind(s.task_id.clone())
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    if moved > 0 {
+        let d = detail([
+            ("attempts", Some(Value::from(s.attempt))),
+            ("attemptId", Some(Value::from(s.attempt_id.clone()))),
+        ]);
+        record_change(tx, &s.job_id, ty, Some(&s.task_id), "running", d, at).await?;
+    }
+    Ok(())
+}
+
+async fn on_task_finished(tx: &mut Tx, f: &TaskFinished, _at: i64) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO attempts (attempt_id, job_id, task_id, number, started_at, finished_at, outcome, exit_code,
+                               error, log_lines)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+         ON CONFLICT (attempt_id) DO UPDATE SET
+             started_at = COALESCE(attempts.started_at, excluded.started_at),
+             finished_at = excluded.finished_at, outcome = excluded.outcome, exit_code = excluded.exit_code,
+             error = excluded.error, log_lines = excluded.log_lines",
+    )
+    .bind(f.attempt_id.clone())
+    .bind(f.job_id.clone())
+    .bind(f.task_id.clone())
+    .bind(i64::from(f.attempt))
+    .bind(f.started_at_ms)
+    .bind(f.finished_at_ms)
+    .bind(f.outcome.as_str())
+    .bind(f.exit_code.map(i64::from))
+    .bind(f.error.clone())
+    .bind(i64::try_from(f.log_lines).unwrap_or(i64::MAX))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn on_task_state(tx: &mut Tx, ty: &str, s: &TaskState, at: i64) -> Result<()> {
+    ensure_task(tx, &s.job_id, &s.task_id, at).await?;
+    let n = i64::from(s.attempts);
+    // A job retry re-queues a finished task: `task.retrying` in state `pending`.
+    let requeued = ty == kind::TASK_RETRYING && s.state == TaskStatus::Pending;
+    let (state, phase) = if requeued {
+        ("pending", 4)
+    } else if ty == kind::TASK_RETRYING {
+        ("retrying", 2)
+    } else {
+        (s.state.as_str(), 3)
+    };
+    let moved = if requeued {
+        sqlx::query(
+            "UPDATE tasks SET state = $1, attempt_no = $2, phase = $3, attempts = $2, attempt_id = NULL,
+                    started_at = NULL, finished_at = NULL, error = NULL, outputs = NULL, output_files = NULL
+             WHERE job_id = $4 AND task_id = $5 AND (attempt_no < $2 OR (attempt_no = $2 AND phase < $3))",
+        )
+        .bind(state)
+        .bind(n)
+        .bind(phase)
+        .bind(s.job_id.clone())
+        .bind(s.task_id.clone())
+        .execute(&mut **tx)
+        .await?
+        .rows_affected()
+    } else {
+        let outputs = (!s.outputs.is_empty()).then(|| Value::Object(s.outputs.clone()).to_string());
+        let files = (!s.output_files.is_empty())
+            .then(|| serde_json::to_string(&s.output_files).unwrap_or_else(|_| "[]".into()));
+        sqlx::query(
+            "UPDATE tasks SET state = $1, attempt_no = $2, phase = $3, attempts = $2,
+                    attempt_id = COALESCE($4, attempt_id), error = $5, outputs = $6, output_files = $7,
+                    started_at = COALESCE($8, started_at), finished_at = $9
+             WHERE job_id = $10 AND task_id = $11 AND (attempt_no < $2 OR (attempt_no = $2 AND phase < $3))",
+        )
+        .bind(state)
+        .bind(n)
+        .bind(phase)
+        .bind(s.attempt_id.clone())
+        .bind(s.error.clone())
+        .bind(outputs)
+        .bind(files)
+        .bind(s.started_at_ms)
+        .bind(s.finished_at_ms)
+        .bind(s.job_id.clone())
+        .bind(s.task_id.clone())
+        .execute(&mut **tx)
+        .await?
+        .rows_affected()
+    };
+    if moved > 0 {
+        let d = detail([
+            ("attempts", Some(Value::from(s.attempts))),
+            ("attemptId", s.attempt_id.clone().map(Value::from)),
+            ("error", s.error.clone().map(Value::from)),
+            ("retryAtMs", s.retry_at_ms.map(Value::from)),
+        ]);
+        record_change(tx, &s.job_id, ty, Some(&s.task_id), state, d, at).await?;
+    }
+    Ok(())
+}
+
+/// `sqlite://relative/path` and `sqlite:///abs/path` both name files; make sure the file is
+/// created if missing.
+fn sqlite_url(url: &str) -> String {
+    if url.contains(":memory:") || url.contains("mode=") {
+        return url.to_string();
+    }
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}mode=rwc")
+}
