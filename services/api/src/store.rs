@@ -358,38 +358,48 @@ impl ReadModel {
         Ok(n > 0)
     }
 
+    /// A transaction that sees one snapshot of the database, so that a job read with its
+    /// tasks is consistent even while the read model commits (PostgreSQL's default isolation
+    /// gives each statement its own snapshot).
+    async fn snapshot(&self) -> Result<Tx> {
+        let mut tx = self.pool.begin().await?;
+        if self.dialect == Dialect::Postgres {
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                .execute(&mut *tx)
+                .await?;
+        }
+        Ok(tx)
+    }
+
     /// The job, without its tasks.
     pub async fn job(&self, job_id: &str) -> Result<Option<JobView>> {
-        let row = sqlx::query(&format!("{JOB_SELECT} WHERE job_id = $1"))
-            .bind(job_id.to_string())
-            .fetch_optional(&self.pool)
-            .await?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        let mut job = job_view(&row)?;
-        job.counts = self.counts(job_id).await?;
-        Ok(Some(job))
+        let mut tx = self.snapshot().await?;
+        let job = job_in(&mut tx, job_id).await?;
+        tx.rollback().await?;
+        Ok(job)
     }
 
     /// The newest `limit` jobs, newest first.
     pub async fn jobs(&self, limit: u32) -> Result<Vec<JobView>> {
+        let mut tx = self.snapshot().await?;
         let rows = sqlx::query(&format!(
             "{JOB_SELECT} ORDER BY created_at DESC, job_id DESC LIMIT $1"
         ))
         .bind(i64::from(limit))
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await?;
         let mut jobs = rows.iter().map(job_view).collect::<Result<Vec<_>>>()?;
         for job in &mut jobs {
-            job.counts = self.counts(&job.job_id).await?;
+            job.counts = counts_in(&mut tx, &job.job_id).await?;
         }
+        tx.rollback().await?;
         Ok(jobs)
     }
 
     /// The job and its tasks in flow order (tasks seen before the job was planned last).
     pub async fn job_detail(&self, job_id: &str) -> Result<Option<JobDetail>> {
-        let Some(job) = self.job(job_id).await? else {
+        let mut tx = self.snapshot().await?;
+        let Some(job) = job_in(&mut tx, job_id).await? else {
             return Ok(None);
         };
         let rows = sqlx::query(
@@ -398,8 +408,9 @@ impl ReadModel {
              ORDER BY CASE WHEN ord IS NULL THEN 1 ELSE 0 END, ord, task_id",
         )
         .bind(job_id.to_string())
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await?;
+        tx.rollback().await?;
         let tasks = rows.iter().map(task_view).collect::<Result<Vec<_>>>()?;
         Ok(Some(JobDetail { job, tasks }))
     }
@@ -484,26 +495,40 @@ impl ReadModel {
         }
         Ok(u64::try_from(q.fetch_one(&self.pool).await?).unwrap_or(0))
     }
-
-    async fn counts(&self, job_id: &str) -> Result<BTreeMap<String, u64>> {
-        let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM tasks WHERE job_id = $1 GROUP BY state")
-            .bind(job_id.to_string())
-            .fetch_all(&self.pool)
-            .await?;
-        let mut counts: BTreeMap<String, u64> = TASK_STATES.iter().map(|s| (s.to_string(), 0)).collect();
-        let mut total = 0;
-        for r in &rows {
-            let state: String = r.try_get("state")?;
-            let n = u64::try_from(r.try_get::<i64, _>("n")?).unwrap_or(0);
-            total += n;
-            *counts.entry(state).or_default() += n;
-        }
-        counts.insert("total".into(), total);
-        Ok(counts)
-    }
 }
 
 const JOB_SELECT: &str = "SELECT job_id, flow_id, state, reason, problems, created_at, updated_at FROM jobs";
+
+async fn job_in(tx: &mut Tx, job_id: &str) -> Result<Option<JobView>> {
+    let row = sqlx::query(&format!("{JOB_SELECT} WHERE job_id = $1"))
+        .bind(job_id.to_string())
+        .fetch_optional(&mut **tx)
+        .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let mut job = job_view(&row)?;
+    job.counts = counts_in(tx, job_id).await?;
+    Ok(Some(job))
+}
+
+/// How many of the job's tasks are in each state, and `total`.
+async fn counts_in(tx: &mut Tx, job_id: &str) -> Result<BTreeMap<String, u64>> {
+    let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM tasks WHERE job_id = $1 GROUP BY state")
+        .bind(job_id.to_string())
+        .fetch_all(&mut **tx)
+        .await?;
+    let mut counts: BTreeMap<String, u64> = TASK_STATES.iter().map(|s| (s.to_string(), 0)).collect();
+    let mut total = 0;
+    for r in &rows {
+        let state: String = r.try_get("state")?;
+        let n = u64::try_from(r.try_get::<i64, _>("n")?).unwrap_or(0);
+        total += n;
+        *counts.entry(state).or_default() += n;
+    }
+    counts.insert("total".into(), total);
+    Ok(counts)
+}
 
 fn job_view(r: &AnyRow) -> Result<JobView> {
     let job_id: String = r.try_get("job_id")?;
