@@ -100,11 +100,7 @@ pub fn encode(event: &Event) -> Message {
         Data::String(s) => s.clone().into_bytes(),
         Data::Json(v) => v.to_string().into_bytes(),
     });
-    Message {
-        key,
-        headers,
-        value,
-    }
+    Message { key, headers, value }
 }
 
 fn extension_text(v: &ExtensionValue) -> String {
@@ -182,12 +178,10 @@ fn decode_binary(msg: &Message, content_type: Option<String>) -> Result<Event, B
             "specversion" | "id" | "source" | "type" => {}
             "subject" => builder = builder.subject(value),
             "time" => {
-                let t = chrono::DateTime::parse_from_rfc3339(&value).map_err(|e| {
-                    BindingError::Invalid {
-                        name: "time",
-                        value: value.clone(),
-                        why: format!("not an RFC 3339 timestamp ({e})"),
-                    }
+                let t = chrono::DateTime::parse_from_rfc3339(&value).map_err(|e| BindingError::Invalid {
+                    name: "time",
+                    value: value.clone(),
+                    why: format!("not an RFC 3339 timestamp ({e})"),
                 })?;
                 builder = builder.time(t.with_timezone(&chrono::Utc));
             }
@@ -204,13 +198,13 @@ fn decode_binary(msg: &Message, content_type: Option<String>) -> Result<Event, B
         why: e.to_string(),
     })?;
     if let Some(schema) = dataschema {
-        let url = ferry_event::cloudevents::event::TryIntoUrl::into_url(schema.as_str()).map_err(
-            |e| BindingError::Invalid {
+        let url = ferry_event::cloudevents::event::TryIntoUrl::into_url(schema.as_str()).map_err(|e| {
+            BindingError::Invalid {
                 name: "dataschema",
                 value: schema.clone(),
                 why: format!("not an absolute URI ({e})"),
-            },
-        )?;
+            }
+        })?;
         event.set_dataschema(Some(url));
     }
     if let Some(value) = &msg.value {
@@ -236,8 +230,8 @@ fn key_as_partition_key(msg: &Message, event: &mut Event) -> Result<(), BindingE
         return Ok(());
     }
     if let Some(key) = &msg.key {
-        let key = String::from_utf8(key.clone())
-            .map_err(|_| BindingError::NotUtf8("the message key".into()))?;
+        let key =
+            String::from_utf8(key.clone()).map_err(|_| BindingError::NotUtf8("the message key".into()))?;
         event.set_extension(EXT_PARTITION_KEY, key);
     }
     Ok(())
@@ -335,10 +329,7 @@ mod tests {
 
         let mut msg = encode(&sample());
         msg.headers[0].1 = Some(b"0.3".to_vec());
-        assert_eq!(
-            decode(&msg).unwrap_err(),
-            BindingError::SpecVersion("0.3".into())
-        );
+        assert_eq!(decode(&msg).unwrap_err(), BindingError::SpecVersion("0.3".into()));
 
         let mut msg = encode(&sample());
         for (n, v) in &mut msg.headers {
@@ -351,10 +342,7 @@ mod tests {
 
         let mut msg = encode(&sample());
         msg.headers[1].1 = Some(vec![0xff, 0xfe]);
-        assert_eq!(
-            decode(&msg).unwrap_err(),
-            BindingError::NotUtf8("ce_id".into())
-        );
+        assert_eq!(decode(&msg).unwrap_err(), BindingError::NotUtf8("ce_id".into()));
 
         let garbage = Message {
             key: None,
@@ -384,9 +372,6 @@ mod tests {
             value: Some(br#"{"specversion":"0.3","id":"x","type":"t","source":"s"}"#.to_vec()),
             ..bad_json
         };
-        assert_eq!(
-            decode(&old).unwrap_err(),
-            BindingError::SpecVersion("0.3".into())
-        );
+        assert_eq!(decode(&old).unwrap_err(), BindingError::SpecVersion("0.3".into()));
     }
 }

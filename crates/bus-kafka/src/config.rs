@@ -54,9 +54,7 @@ impl Config {
             let count = |what: &str| -> Result<i32, Error> {
                 match v.parse::<i32>() {
                     Ok(n) if (1..=10_000).contains(&n) => Ok(n),
-                    _ => Err(bad(format!(
-                        "{what}={v:?} is not a whole number from 1 to 10000"
-                    ))),
+                    _ => Err(bad(format!("{what}={v:?} is not a whole number from 1 to 10000"))),
                 }
             };
             match k {
@@ -103,8 +101,7 @@ mod tests {
 
     #[test]
     fn urls_name_brokers_namespace_and_topic_shape() {
-        let c = Config::parse("kafka://a:9092,b:9093?namespace=t1&partitions=3&replication=2")
-            .unwrap();
+        let c = Config::parse("kafka://a:9092,b:9093?namespace=t1&partitions=3&replication=2").unwrap();
         assert_eq!(c.brokers, "a:9092,b:9093");
         assert_eq!((c.namespace.as_str(), c.partitions, c.replication), ("t1", 3, 2));
         assert_eq!(c.topic(&Topic::Dispatch("local".into())), "t1.dispatch.local");
@@ -114,7 +111,10 @@ mod tests {
         assert_eq!(c.logical("t2.control"), None);
 
         let d = Config::parse("kafka://127.0.0.1:9092").unwrap();
-        assert_eq!((d.namespace.as_str(), d.partitions, d.replication), ("ferry", 6, 1));
+        assert_eq!(
+            (d.namespace.as_str(), d.partitions, d.replication),
+            ("ferry", 6, 1)
+        );
         assert_eq!(d.topic(&Topic::Control), "ferry.control");
     }
 

@@ -44,6 +44,8 @@ pub const DEAD_GROUP: &str = "ferry_dead_group";
 /// Consumer group session timeout: how soon a member that vanished without leaving is
 /// replaced by the others.
 const SESSION_TIMEOUT: Duration = Duration::from_secs(6);
+/// Longest wait for partition metadata and offsets when an ephemeral group starts.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 
 type Partition = (String, i32);
 
@@ -54,7 +56,7 @@ struct PartState {
     epoch: u64,
     /// Offsets delivered and not yet committed, ascending, with whether each was acked.
     inflight: VecDeque<(i64, bool)>,
-    /// Highest offset delivered by this consumer: a lower one arriving again is a redelivery.
+    /// Highest offset handed to the consumer: a lower one handed out again is a redelivery.
     max_seen: i64,
     /// An offset the partition must be rewound to; until it arrives nothing else is accepted.
     rewind: Option<i64>,
@@ -94,8 +96,8 @@ impl Tracker {
     }
 
     /// Records a received message. `None`: it must be skipped (it was fetched before a rewind
-    /// took effect, or is out of order); otherwise its epoch and whether it is a redelivery.
-    fn received(&mut self, p: &Partition, offset: i64) -> Option<(u64, bool)> {
+    /// took effect, or is out of order); otherwise its epoch.
+    fn received(&mut self, p: &Partition, offset: i64) -> Option<u64> {
         let part = self.part(p);
         match part.rewind {
             Some(to) if offset != to => return None,
@@ -105,10 +107,17 @@ impl Tracker {
         if part.inflight.back().is_some_and(|(last, _)| *last >= offset) {
             return None;
         }
+        part.inflight.push_back((offset, false));
+        Some(part.epoch)
+    }
+
+    /// Records that a delivery is handed to the consumer; returns whether an earlier one of the
+    /// same message was, or `None` if a rewind or revocation made it stale.
+    fn hand_out(&mut self, p: &Partition, offset: i64, epoch: u64) -> Option<bool> {
+        let part = self.parts.get_mut(p).filter(|s| s.epoch == epoch)?;
         let redelivered = offset <= part.max_seen;
         part.max_seen = part.max_seen.max(offset);
-        part.inflight.push_back((offset, false));
-        Some((part.epoch, redelivered))
+        Some(redelivered)
     }
 
     fn is_current(&self, p: &Partition, epoch: u64) -> bool {
@@ -267,8 +276,7 @@ impl DeadLetters {
                 value: Some(value),
             });
         }
-        let mut record: FutureRecord<'_, [u8], [u8]> =
-            FutureRecord::to(&self.topic).headers(headers);
+        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.topic).headers(headers);
         if let Some(k) = &msg.key {
             record = record.key(k.as_slice());
         }
@@ -287,13 +295,16 @@ impl DeadLetters {
 struct Ready {
     event: Event,
     topic: Topic,
-    redelivered: bool,
     settle: KafkaSettle,
 }
 
-pub(crate) fn subscribe(bus: &KafkaBus, spec: &Subscribe) -> Result<Subscription, Error> {
+pub(crate) async fn subscribe(bus: &KafkaBus, spec: &Subscribe) -> Result<Subscription, Error> {
     let config: &Config = &bus.inner.config;
-    let group = config.group(&spec.group);
+    let group = if spec.ephemeral {
+        format!("{}.{}", config.group(&spec.group), uuid::Uuid::new_v4().simple())
+    } else {
+        config.group(&spec.group)
+    };
     let tracker = Arc::new(Mutex::new(Tracker::default()));
     let context = Context {
         tracker: tracker.clone(),
@@ -306,23 +317,53 @@ pub(crate) fn subscribe(bus: &KafkaBus, spec: &Subscribe) -> Result<Subscription
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
-        .set(
-            "session.timeout.ms",
-            SESSION_TIMEOUT.as_millis().to_string(),
-        )
+        .set("session.timeout.ms", SESSION_TIMEOUT.as_millis().to_string())
         .set("heartbeat.interval.ms", "500")
         .set("topic.metadata.refresh.interval.ms", "5000")
         .create_with_context(context)
-        .map_err(Error::Client)?;
+        .map_err(|e| Error::Client(Box::new(e)))?;
     let topics: Vec<String> = spec.topics.iter().map(|t| config.topic(t)).collect();
-    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-    consumer
-        .subscribe(&names)
-        .map_err(|source| Error::Unavailable {
-            brokers: config.brokers.clone(),
-            doing: format!("subscribing group {group} to {}", topics.join(", ")),
-            source,
-        })?;
+    let unavailable = |doing: String, source| Error::Unavailable {
+        brokers: config.brokers.clone(),
+        doing,
+        source: Box::new(source),
+    };
+    let consumer = if spec.ephemeral {
+        // An ephemeral group hears what is published from now on: it is assigned every
+        // partition at its current end, resolved before returning so that nothing published
+        // after `subscribe` returns is missed. It never joins a group nor commits.
+        let topics = topics.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut at_end = TopicPartitionList::new();
+            for topic in &topics {
+                let meta = consumer
+                    .fetch_metadata(Some(topic), METADATA_TIMEOUT)
+                    .map_err(|e| (format!("reading the partitions of {topic}"), e))?;
+                for t in meta.topics() {
+                    for p in t.partitions() {
+                        let (_, high) = consumer
+                            .fetch_watermarks(topic, p.id(), METADATA_TIMEOUT)
+                            .map_err(|e| (format!("reading the end of {topic}/{}", p.id()), e))?;
+                        // Adding a partition with a valid offset cannot fail.
+                        let _ = at_end.add_partition_offset(topic, p.id(), Offset::Offset(high));
+                    }
+                }
+            }
+            consumer
+                .assign(&at_end)
+                .map_err(|e| ("assigning partitions".to_string(), e))?;
+            Ok(consumer)
+        })
+        .await
+        .map_err(|_| Error::Client(Box::new(rdkafka::error::KafkaError::Canceled)))?
+        .map_err(|(doing, e)| unavailable(doing, e))?
+    } else {
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        consumer
+            .subscribe(&names)
+            .map_err(|e| unavailable(format!("subscribing group {group} to {}", topics.join(", ")), e))?;
+        consumer
+    };
     let prefetch = spec.prefetch.max(1);
     let (tx, rx) = mpsc::channel(prefetch);
     let wake = Arc::new(Notify::new());
@@ -337,6 +378,7 @@ pub(crate) fn subscribe(bus: &KafkaBus, spec: &Subscribe) -> Result<Subscription
             topic: config.dead_topic(),
             group: group.clone(),
         },
+        commits: !spec.ephemeral,
         group,
         out: tx,
     };
@@ -352,6 +394,8 @@ struct Driver {
     wake: Arc<Notify>,
     window: Arc<Semaphore>,
     dead: DeadLetters,
+    /// Whether acknowledged offsets are committed (not for ephemeral groups).
+    commits: bool,
     group: String,
     out: mpsc::Sender<Ready>,
 }
@@ -409,7 +453,7 @@ impl Driver {
     fn receive(&self, m: &BorrowedMessage<'_>) -> Received {
         let from = (m.topic().to_string(), m.partition());
         let offset = m.offset();
-        let Some((epoch, redelivered)) = lock(&self.tracker).received(&from, offset) else {
+        let Some(epoch) = lock(&self.tracker).received(&from, offset) else {
             return Received::Skip;
         };
         let msg = Message {
@@ -430,7 +474,6 @@ impl Driver {
             (Some(topic), Ok(event)) => Received::Event(Box::new(Ready {
                 event,
                 topic,
-                redelivered,
                 settle: KafkaSettle {
                     tracker: self.tracker.clone(),
                     wake: self.wake.clone(),
@@ -444,7 +487,10 @@ impl Driver {
                 },
             })),
             (None, _) => Received::Malformed {
-                reason: format!("topic {} is not one of namespace {}", from.0, self.config.namespace),
+                reason: format!(
+                    "topic {} is not one of namespace {}",
+                    from.0, self.config.namespace
+                ),
                 msg,
                 from,
                 offset,
@@ -461,7 +507,14 @@ impl Driver {
     }
 
     /// A message that is not a CloudEvent goes to the dead-letter topic, never to the consumer.
-    async fn dead_letter_malformed(&self, msg: &Message, from: &Partition, offset: i64, epoch: u64, reason: &str) {
+    async fn dead_letter_malformed(
+        &self,
+        msg: &Message,
+        from: &Partition,
+        offset: i64,
+        epoch: u64,
+        reason: &str,
+    ) {
         tracing::warn!(group = %self.group, topic = %from.0, partition = from.1, offset, reason,
             "dead-lettering a message that is not a readable CloudEvent");
         match self.dead.send(msg, from, offset, reason).await {
@@ -481,9 +534,9 @@ impl Driver {
     fn seek_rewinds(&self) {
         let seeks = lock(&self.tracker).pending_seeks();
         for ((topic, partition), offset) in seeks {
-            if let Err(e) =
-                self.consumer
-                    .seek(&topic, partition, Offset::Offset(offset), Duration::ZERO)
+            if let Err(e) = self
+                .consumer
+                .seek(&topic, partition, Offset::Offset(offset), Duration::ZERO)
             {
                 tracing::debug!(group = %self.group, topic, partition, offset, error = %e,
                     "rewinding the partition failed; trying again");
@@ -494,7 +547,7 @@ impl Driver {
 
     fn commit(&self, mode: CommitMode) {
         let tpl = lock(&self.tracker).take_commits();
-        if tpl.count() == 0 {
+        if tpl.count() == 0 || !self.commits {
             return;
         }
         if let Err(e) = self.consumer.commit(&tpl, mode) {
@@ -509,6 +562,7 @@ impl Driver {
             consumer,
             tracker,
             group,
+            commits,
             ..
         } = self;
         let finish = move || {
@@ -517,7 +571,8 @@ impl Driver {
                 t.closed = true;
                 t.take_commits()
             };
-            if tpl.count() > 0
+            if commits
+                && tpl.count() > 0
                 && let Err(e) = consumer.commit(&tpl, CommitMode::Sync)
             {
                 tracing::warn!(group = %group, error = %e,
@@ -555,10 +610,8 @@ impl KafkaConsumer {
     /// A ready message as a delivery, unless a rewind or revocation made it stale.
     fn accept(&self, r: Ready) -> Option<Delivery> {
         let s = &r.settle;
-        if !lock(&self.tracker).is_current(&s.from, s.epoch) {
-            return None;
-        }
-        Some(Delivery::new(r.event, r.topic, r.redelivered, Box::new(r.settle)))
+        let redelivered = lock(&self.tracker).hand_out(&s.from, s.offset, s.epoch)?;
+        Some(Delivery::new(r.event, r.topic, redelivered, Box::new(r.settle)))
     }
 }
 
@@ -667,7 +720,7 @@ mod tests {
     #[test]
     fn commits_stop_at_the_first_unacked_offset() {
         let mut t = Tracker::default();
-        let e = t.received(&p(), 10).unwrap().0;
+        let e = t.received(&p(), 10).unwrap();
         t.received(&p(), 11).unwrap();
         t.received(&p(), 13).unwrap(); // offsets may have gaps
         assert!(!t.ack(&p(), 11, e));
@@ -681,19 +734,26 @@ mod tests {
     #[test]
     fn a_nack_rewinds_and_makes_later_deliveries_stale() {
         let mut t = Tracker::default();
-        let (e, re) = t.received(&p(), 0).unwrap();
-        assert!(!re);
+        let e = t.received(&p(), 0).unwrap();
+        assert_eq!(t.hand_out(&p(), 0, e), Some(false));
         t.received(&p(), 1).unwrap();
-        t.received(&p(), 2).unwrap();
+        assert_eq!(t.hand_out(&p(), 1, e), Some(false));
+        t.received(&p(), 2).unwrap(); // fetched, never handed out
         t.ack(&p(), 0, e);
         assert!(t.nack(&p(), 1, e));
         assert!(!t.is_current(&p(), e));
         assert!(!t.ack(&p(), 2, e), "a stale ack does not count");
         assert_eq!(t.pending_seeks(), vec![(p(), 1)]);
         assert_eq!(t.received(&p(), 3), None, "fetched before the rewind took effect");
-        let (e2, re) = t.received(&p(), 1).unwrap();
-        assert!(re, "seen before: a redelivery");
+        assert_eq!(t.hand_out(&p(), 2, e), None, "buffered before the rewind: stale");
+        let e2 = t.received(&p(), 1).unwrap();
+        assert_eq!(
+            t.hand_out(&p(), 1, e2),
+            Some(true),
+            "handed out before: a redelivery"
+        );
         t.received(&p(), 2).unwrap();
+        assert_eq!(t.hand_out(&p(), 2, e2), Some(false), "never handed out before");
         assert!(t.ack(&p(), 1, e2));
         assert_eq!(committed(&mut t), Some(2));
         assert!(!t.nack(&p(), 2, e), "a stale nack does nothing");
@@ -702,7 +762,7 @@ mod tests {
     #[test]
     fn revocation_hands_over_acked_positions_and_forgets_the_rest() {
         let mut t = Tracker::default();
-        let e = t.received(&p(), 5).unwrap().0;
+        let e = t.received(&p(), 5).unwrap();
         t.received(&p(), 6).unwrap();
         t.ack(&p(), 5, e);
         let mut revoked = TopicPartitionList::new();

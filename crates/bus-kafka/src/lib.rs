@@ -56,14 +56,14 @@ pub enum Error {
     Url { url: String, why: String },
     /// librdkafka refused the client configuration.
     #[error("the Kafka client configuration was refused: {0}")]
-    Client(#[source] KafkaError),
+    Client(#[source] Box<KafkaError>),
     /// The broker is unreachable, slow, or failed a request that may succeed later.
     #[error("Kafka brokers {brokers} unavailable while {doing}: {source}; retry later")]
     Unavailable {
         brokers: String,
         doing: String,
         #[source]
-        source: KafkaError,
+        source: Box<KafkaError>,
     },
     /// The broker refused to create a topic for a reason retrying will not fix.
     #[error(
@@ -127,16 +127,13 @@ impl KafkaBus {
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "5")
-            .set(
-                "message.timeout.ms",
-                DELIVERY_TIMEOUT.as_millis().to_string(),
-            )
+            .set("message.timeout.ms", DELIVERY_TIMEOUT.as_millis().to_string())
             .create()
-            .map_err(Error::Client)?;
+            .map_err(|e| Error::Client(Box::new(e)))?;
         let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
             .set("bootstrap.servers", &config.brokers)
             .create()
-            .map_err(Error::Client)?;
+            .map_err(|e| Error::Client(Box::new(e)))?;
         let bus = KafkaBus {
             inner: Arc::new(Inner {
                 config,
@@ -197,10 +194,9 @@ impl KafkaBus {
                     return Err(Error::Topic { topic, code });
                 }
                 Err((topic, code)) => {
-                    return Err(self.unavailable(
-                        &format!("creating topic {topic}"),
-                        KafkaError::AdminOp(code),
-                    ));
+                    return Err(
+                        self.unavailable(&format!("creating topic {topic}"), KafkaError::AdminOp(code))
+                    );
                 }
             }
         }
@@ -211,7 +207,7 @@ impl KafkaBus {
         Error::Unavailable {
             brokers: self.inner.config.brokers.clone(),
             doing: doing.to_string(),
-            source,
+            source: Box::new(source),
         }
     }
 
@@ -229,8 +225,7 @@ impl KafkaBus {
                 value: value.as_deref(),
             });
         }
-        let mut record: FutureRecord<'_, [u8], [u8]> =
-            FutureRecord::to(topic).headers(headers);
+        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).headers(headers);
         if let Some(k) = &msg.key {
             record = record.key(k.as_slice());
         }
@@ -265,10 +260,7 @@ impl KafkaBus {
                     return Err(self.unavailable(&format!("producing to {topic}"), e));
                 }
                 Err(_) => {
-                    return Err(self.unavailable(
-                        &format!("producing to {topic}"),
-                        KafkaError::Canceled,
-                    ));
+                    return Err(self.unavailable(&format!("producing to {topic}"), KafkaError::Canceled));
                 }
             }
         }
@@ -308,7 +300,7 @@ impl Bus for KafkaBus {
 
     async fn subscribe(&self, spec: Subscribe) -> ferry_bus::Result<Subscription> {
         self.declare(&spec).await?;
-        Ok(consumer::subscribe(self, &spec)?)
+        Ok(consumer::subscribe(self, &spec).await?)
     }
 
     /// Creates the group's topics. Kafka keeps what is published to them, and a group without
