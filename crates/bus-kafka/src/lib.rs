@@ -14,7 +14,10 @@
 //! - A nack (or a delivery dropped unsettled) rewinds its partition to that message: it and every
 //!   later message of the partition are delivered again, in order.
 //! - New groups start at the earliest retained offset, so nothing published before the first
-//!   consumer of a group started is lost.
+//!   consumer of a group started is lost. Ephemeral subscriptions get a fresh group assigned
+//!   every partition at its end, and commit nothing.
+//!
+//! docs/kafka-binding.md at the repository root describes all of this for outside producers.
 //!
 //! [`binding`] is the CloudEvents Kafka protocol binding (binary mode, `ce_` headers; structured
 //! mode accepted on receive); [`config`] parses the URL.
