@@ -240,6 +240,12 @@ async fn post_events(
     let to_publish: Vec<Event> = accepted.iter().map(|a| a.event.clone()).collect();
     publish(&state, &to_publish).await?;
     for a in &accepted {
+        tracing::info!(
+            event_id = %a.event.id(),
+            event_type = %a.event.ty(),
+            job_id = a.job_id.as_deref().unwrap_or(""),
+            "event accepted"
+        );
         if let (Some(job_id), Some(flow_id)) = (&a.job_id, &a.submitted_flow) {
             // The job is on the bus either way; the read model catches up from job.planned.
             if let Err(e) = state
