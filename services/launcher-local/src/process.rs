@@ -62,6 +62,16 @@ pub fn group_members(pgid: i32) -> Vec<i32> {
         .collect()
 }
 
+/// Whether no live process is left in group `pgid`. Asking the kernel (signal 0) answers at
+/// once when the group is gone, the common case; only when it still has members is `/proc`
+/// read, to tell live ones from zombies nobody reaps.
+pub fn group_is_empty(pgid: i32) -> bool {
+    match killpg(Pid::from_raw(pgid), None) {
+        Err(nix::errno::Errno::ESRCH) => true,
+        _ => group_members(pgid).is_empty(),
+    }
+}
+
 fn signal_group(pgid: i32, signal: Signal) {
     match killpg(Pid::from_raw(pgid), signal) {
         Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
@@ -74,7 +84,7 @@ fn signal_group(pgid: i32, signal: Signal) {
 /// Does nothing when the group is already empty.
 pub async fn stop_group(pgid: i32, grace: Duration, mut leader: Option<&mut Child>) {
     reap(&mut leader);
-    if group_members(pgid).is_empty() {
+    if group_is_empty(pgid) {
         return;
     }
     tracing::debug!(pgid, "sending SIGTERM to the process group");
@@ -99,7 +109,7 @@ fn reap(leader: &mut Option<&mut Child>) {
 async fn wait_empty(pgid: i32, deadline: Instant, leader: &mut Option<&mut Child>) -> bool {
     loop {
         reap(leader);
-        if group_members(pgid).is_empty() {
+        if group_is_empty(pgid) {
             return true;
         }
         if Instant::now() >= deadline {
