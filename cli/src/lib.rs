@@ -2,10 +2,14 @@
 //!
 //! - [`run`]: `ferry run FLOW` — the whole system in one process ([`embedded`]): in-memory bus,
 //!   SQLite, the local launcher; streams logs, shows progress, prints a summary;
-//! - `ferry validate FLOW…` and `ferry schema [NAME]`: check flows, print JSON Schemas.
+//! - `ferry validate FLOW…` and `ferry schema [NAME]`: check flows, print JSON Schemas;
+//! - [`services`]: `ferry up` (every service in one process on a broker) and `ferry service NAME`;
+//! - [`client`]: `ferry submit`, `status`, `logs`, `cancel`, `retry` against a deployment's api.
 
+pub mod client;
 pub mod embedded;
 pub mod run;
+pub mod services;
 
 use std::path::Path;
 

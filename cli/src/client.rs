@@ -1,0 +1,392 @@
+//! Clients of a running deployment, through its api: `ferry submit`, `status`, `logs`, `cancel`,
+//! `retry`. See docs/api.md for the endpoints.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Result, anyhow};
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+use crate::run::fmt_duration;
+use crate::{EXIT_FAILED, EXIT_INVALID, EXIT_OK, parse_inputs, read_flow};
+
+/// The api of a deployment.
+pub struct Client {
+    base: String,
+    http: reqwest::Client,
+}
+
+/// What the api answered, when it was not a success.
+enum Refused {
+    /// 400 (invalid) or 404 (unknown): the caller's input is at fault.
+    Invalid(String),
+    /// Anything else.
+    Failed(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Refused {
+    fn from(e: anyhow::Error) -> Self {
+        Refused::Failed(e)
+    }
+}
+
+impl Client {
+    pub fn new(api: &str) -> Result<Client> {
+        let base = api.trim_end_matches('/').to_string();
+        if !base.starts_with("http://") && !base.starts_with("https://") {
+            return Err(anyhow!(
+                "--api {api:?} is not an http:// URL (e.g. http://127.0.0.1:8080)"
+            ));
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .build()?;
+        Ok(Client { base, http })
+    }
+
+    fn unreachable(&self, e: reqwest::Error) -> anyhow::Error {
+        anyhow!(
+            "cannot reach the ferry api at {}: {e} (is `ferry up` or `ferry service api` running? set --api or FERRY_API)",
+            self.base
+        )
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, Refused> {
+        let resp = req.send().await.map_err(|e| self.unreachable(e))?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        let mut msg = body["error"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("the api answered {status}"));
+        if let Some(problems) = body["problems"].as_array() {
+            for p in problems {
+                let loc = p["location"]
+                    .as_str()
+                    .map(|l| format!("{l}: "))
+                    .unwrap_or_default();
+                let field = p["field"].as_str().map(|f| format!("{f}: ")).unwrap_or_default();
+                msg.push_str(&format!(
+                    "\nerror: {loc}{field}{}",
+                    p["message"].as_str().unwrap_or("")
+                ));
+            }
+        }
+        match status.as_u16() {
+            400 | 404 | 413 => Err(Refused::Invalid(msg)),
+            _ => Err(Refused::Failed(anyhow!(msg))),
+        }
+    }
+
+    /// Publishes a CloudEvent (structured mode) through `POST /events`.
+    async fn post_event(&self, ty: &str, data: Value) -> Result<Value, Refused> {
+        let event = json!({
+            "specversion": "1.0",
+            "id": ferry_event::new_id(),
+            "source": ferry_runtime::instance_source("cli"),
+            "type": ty,
+            "datacontenttype": "application/json",
+            "data": data,
+        });
+        let req = self
+            .http
+            .post(format!("{}/events", self.base))
+            .header("content-type", "application/cloudevents+json")
+            .body(event.to_string());
+        let resp = self.send(req).await?;
+        resp.json()
+            .await
+            .map_err(|e| Refused::Failed(anyhow!("the api's answer is not JSON: {e}")))
+    }
+
+    async fn get_json(&self, path: &str) -> Result<Value, Refused> {
+        let resp = self.send(self.http.get(format!("{}{path}", self.base))).await?;
+        resp.json()
+            .await
+            .map_err(|e| Refused::Failed(anyhow!("the api's answer is not JSON: {e}")))
+    }
+
+    /// Streams NDJSON lines of `path` to `each` until the stream ends.
+    async fn ndjson(&self, path: &str, mut each: impl FnMut(Value) -> Result<()>) -> Result<(), Refused> {
+        let resp = self.send(self.http.get(format!("{}{path}", self.base))).await?;
+        let mut body = resp.bytes_stream();
+        let mut buf: Vec<u8> = Vec::new();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| anyhow!("the stream from the api broke: {e}"))?;
+            buf.extend_from_slice(&chunk);
+            while let Some(nl) = buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=nl).collect();
+                let line = String::from_utf8_lossy(&line);
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let v: Value = serde_json::from_str(line.trim())
+                    .map_err(|e| anyhow!("the api sent a line that is not JSON ({e}): {line}"))?;
+                if let Some(err) = v["error"].as_str() {
+                    return Err(Refused::Failed(anyhow!("the api reported: {err}")));
+                }
+                each(v)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn exit_for(r: Result<i32, Refused>) -> Result<i32> {
+    match r {
+        Ok(code) => Ok(code),
+        Err(Refused::Invalid(msg)) => {
+            eprintln!("error: {msg}");
+            Ok(EXIT_INVALID)
+        }
+        Err(Refused::Failed(e)) => Err(e),
+    }
+}
+
+/// `ferry submit FLOW [--input k=v]… [--wait]`: the job id is the first line printed.
+pub async fn submit(
+    api: &str,
+    flow: &Path,
+    inputs: &[String],
+    job_id: Option<String>,
+    wait: bool,
+) -> Result<i32> {
+    let client = Client::new(api)?;
+    let (source, name) = match read_flow(flow) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return Ok(EXIT_INVALID);
+        }
+    };
+    let inputs = match parse_inputs(inputs) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(EXIT_INVALID);
+        }
+    };
+    let mut data = json!({ "flow": source, "flowName": name, "inputs": inputs });
+    if let Some(id) = job_id {
+        data["jobId"] = json!(id);
+    }
+    exit_for(
+        async {
+            let answer = client.post_event(ferry_event::kind::JOB_SUBMITTED, data).await?;
+            let job = answer["jobId"]
+                .as_str()
+                .ok_or_else(|| anyhow!("the api did not say the job id: {answer}"))?;
+            println!("{job}");
+            use std::io::Write;
+            let _ = std::io::stdout().flush();
+            if !wait {
+                return Ok(EXIT_OK);
+            }
+            follow_job(&client, job).await
+        }
+        .await,
+    )
+}
+
+/// Follows a job's changes until it is final, resuming after a broken stream; then prints its
+/// status. Exit 0 if it succeeded, 1 otherwise.
+async fn follow_job(client: &Client, job: &str) -> Result<i32, Refused> {
+    let mut after = 0u64;
+    let mut failures = 0u32;
+    loop {
+        let path = format!("/jobs/{job}/events?follow=true&after={after}");
+        let streamed = client
+            .ndjson(&path, |v| {
+                after = v["seq"].as_u64().unwrap_or(after);
+                let what = match v["taskId"].as_str() {
+                    Some(t) => format!("{t} {}", v["state"].as_str().unwrap_or("?")),
+                    None => format!("job {}", v["state"].as_str().unwrap_or("?")),
+                };
+                let err = v["error"]
+                    .as_str()
+                    .or(v["reason"].as_str())
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default();
+                eprintln!("ferry: {what}{err}");
+                Ok(())
+            })
+            .await;
+        let detail = match streamed {
+            Ok(()) => client.get_json(&format!("/jobs/{job}")).await,
+            Err(Refused::Failed(e)) => Err(Refused::Failed(e)),
+            Err(invalid) => return Err(invalid),
+        };
+        match detail {
+            Ok(d) if is_final(d["state"].as_str().unwrap_or("")) => {
+                print_status(&d);
+                return Ok(if d["state"] == "succeeded" {
+                    EXIT_OK
+                } else {
+                    EXIT_FAILED
+                });
+            }
+            Ok(_) => failures = 0,
+            Err(Refused::Failed(e)) => {
+                failures += 1;
+                if failures > 60 {
+                    return Err(Refused::Failed(e.context("gave up following the job")));
+                }
+                eprintln!("ferry: {e:#}; retrying");
+            }
+            Err(invalid) => return Err(invalid),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+fn is_final(state: &str) -> bool {
+    matches!(state, "succeeded" | "failed" | "cancelled" | "rejected")
+}
+
+/// `ferry status [JOB] [--json]`: the job's state on the first line, then each task's.
+pub async fn status(api: &str, job: Option<&str>, as_json: bool) -> Result<i32> {
+    let client = Client::new(api)?;
+    exit_for(
+        async {
+            let Some(job) = job else {
+                let list = client.get_json("/jobs?limit=50").await?;
+                if as_json {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&list).map_err(anyhow::Error::from)?
+                    );
+                } else {
+                    for j in list["jobs"].as_array().into_iter().flatten() {
+                        println!(
+                            "{}  {}  {}",
+                            j["jobId"].as_str().unwrap_or("?"),
+                            j["state"].as_str().unwrap_or("?"),
+                            j["flowId"].as_str().unwrap_or("?")
+                        );
+                    }
+                }
+                return Ok(EXIT_OK);
+            };
+            let d = client.get_json(&format!("/jobs/{job}")).await?;
+            if as_json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&d).map_err(anyhow::Error::from)?
+                );
+            } else {
+                print_status(&d);
+            }
+            Ok(EXIT_OK)
+        }
+        .await,
+    )
+}
+
+fn print_status(d: &Value) {
+    println!("{}", d["state"].as_str().unwrap_or("unknown"));
+    let mut rows = vec![["TASK", "STATE", "ATTEMPTS", "DURATION", "ERROR"].map(String::from)];
+    for t in d["tasks"].as_array().into_iter().flatten() {
+        let duration = match (t["startedAtMs"].as_i64(), t["finishedAtMs"].as_i64()) {
+            (Some(a), Some(b)) => fmt_duration(b - a),
+            _ => "-".into(),
+        };
+        rows.push([
+            t["taskId"].as_str().unwrap_or("?").to_string(),
+            t["state"].as_str().unwrap_or("?").to_string(),
+            t["attempts"].as_u64().unwrap_or(0).to_string(),
+            duration,
+            t["error"].as_str().unwrap_or("").to_string(),
+        ]);
+    }
+    let widths: Vec<usize> = (0..5)
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    for r in rows {
+        let line: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        println!("{}", line.join("  ").trim_end());
+    }
+    if let Some(reason) = d["reason"].as_str() {
+        println!("reason: {reason}");
+    }
+}
+
+/// `ferry logs JOB [--task T] [--follow]`.
+pub async fn logs(api: &str, job: &str, task: Option<&str>, follow: bool) -> Result<i32> {
+    let client = Client::new(api)?;
+    exit_for(
+        async {
+            let mut after: Option<String> = None;
+            loop {
+                let mut path = format!("/jobs/{job}/logs?limit=10000");
+                if let Some(t) = task {
+                    path.push_str(&format!("&task={t}"));
+                }
+                if follow {
+                    path.push_str("&follow=true");
+                }
+                if let Some(c) = &after {
+                    path.push_str(&format!("&after={c}"));
+                }
+                let mut n = 0usize;
+                client
+                    .ndjson(&path, |v| {
+                        n += 1;
+                        after = v["cursor"].as_str().map(str::to_string);
+                        let mark = if v["stream"] == "stderr" { '!' } else { '|' };
+                        println!(
+                            "{} {mark} {}",
+                            v["taskId"].as_str().unwrap_or("?"),
+                            v["text"].as_str().unwrap_or("")
+                        );
+                        Ok(())
+                    })
+                    .await?;
+                // Without follow, a full page means there may be more.
+                if follow || n < 10000 {
+                    return Ok(EXIT_OK);
+                }
+            }
+        }
+        .await,
+    )
+}
+
+/// `ferry cancel JOB` and `ferry retry JOB`.
+pub async fn command(api: &str, job: &str, ty: &str) -> Result<i32> {
+    let client = Client::new(api)?;
+    let data = json!({ "jobId": job });
+    exit_for(
+        async {
+            client.post_event(ty, data).await?;
+            let what = if ty == ferry_event::kind::JOB_CANCEL {
+                "cancel"
+            } else {
+                "retry"
+            };
+            eprintln!("ferry: {what} of job {job} accepted");
+            Ok(EXIT_OK)
+        }
+        .await,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_urls_must_be_http() {
+        assert!(
+            Client::new("127.0.0.1:8080")
+                .err()
+                .unwrap()
+                .to_string()
+                .contains("http://")
+        );
+        assert_eq!(Client::new("http://h:1/").unwrap().base, "http://h:1");
+    }
+}
