@@ -1,0 +1,486 @@
+//! Fault injection: ferry's services as separate processes on a real broker, SIGKILLed and
+//! restarted at random moments (and, on RabbitMQ, the broker restarted) while a job of a few
+//! hundred tasks runs. Then: the job succeeded; every task succeeded exactly once; a task ran
+//! more than once only when a launcher was killed, as distinct attempts that never overlapped;
+//! every log line of every attempt is stored exactly once and in order; no task process is left;
+//! no task is left unfinished.
+//!
+//! Needs FERRY_TEST_AMQP and FERRY_TEST_KAFKA (scripts/test.sh starts the brokers). Bounded:
+//! a fixed number of rounds, every wait has a deadline, and only processes started here are
+//! signalled, by their pid.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+const TASKS: usize = 240;
+const ROUNDS: usize = 7;
+const JOB_DEADLINE: Duration = Duration::from_secs(300);
+
+/// A service running as its own process, restartable.
+struct Proc {
+    name: &'static str,
+    args: Vec<String>,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Proc {
+    fn start(name: &'static str, args: Vec<String>, dir: &Path) -> Proc {
+        let mut p = Proc {
+            name,
+            args,
+            log: dir.join(format!("{name}.log")),
+            child: None,
+        };
+        p.spawn();
+        p
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(&self.args)
+            .env("FERRY_LOG", "info")
+            .env_remove("FERRY_DATA_DIR")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.as_ref().unwrap().id() as i32)
+    }
+
+    fn kill9(&mut self) {
+        let _ = kill(self.pid(), Signal::SIGKILL);
+        let _ = self.child.as_mut().unwrap().wait();
+    }
+
+    /// SIGTERM and wait (bounded) for a graceful exit.
+    fn stop(&mut self) {
+        let Some(child) = self.child.as_mut() else { return };
+        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                self.child = None;
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        self.child = None;
+        panic!(
+            "{} did not stop within 30s of SIGTERM; see {}",
+            self.name,
+            self.log.display()
+        );
+    }
+
+    /// A service that exited by itself is a failure of the test.
+    fn check_alive(&mut self) {
+        if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            panic!(
+                "{} exited on its own ({status}); last lines:\n{}",
+                self.name,
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A small, seeded random number generator: the fault schedule is printed and repeatable.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn flow(ledger: &Path, marker: &str) -> String {
+    // Each attempt appends `start`, a tick every 20 ms while it runs, and `end` to the ledger,
+    // with a nanosecond clock, and prints three numbered lines.
+    let script = format!(
+        r#"l={ledger}; echo "$FERRY_TASK_ID $FERRY_ATTEMPT_ID start $(date +%s%N)" >> "$l"; i=0; while [ $i -lt 6 ]; do echo "$FERRY_TASK_ID $FERRY_ATTEMPT_ID tick $(date +%s%N)" >> "$l"; [ $i -lt 3 ] && echo "line $i of $FERRY_TASK_ID"; sleep 0.02; i=$((i+1)); done; echo "$FERRY_TASK_ID $FERRY_ATTEMPT_ID end $(date +%s%N)" >> "$l""#,
+        ledger = ledger.display()
+    );
+    let cmd = serde_json::to_string(&vec!["sh", "-c", &script, marker]).unwrap();
+    let mut s =
+        format!("id: faults\nconcurrency: 24\ntasks:\n  - {{ id: root, runner: local, command: {cmd} }}\n");
+    for i in 0..TASKS {
+        s.push_str(&format!(
+            "  - {{ id: t{i:03}, runner: local, dependsOn: [root], command: {cmd} }}\n"
+        ));
+    }
+    s
+}
+
+#[derive(Debug, Default)]
+struct AttemptRun {
+    task: String,
+    start: Option<u128>,
+    last: u128,
+    end: Option<u128>,
+}
+
+fn read_ledger(path: &Path) -> BTreeMap<String, AttemptRun> {
+    let mut runs: BTreeMap<String, AttemptRun> = BTreeMap::new();
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    for line in text.lines() {
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        let [task, attempt, what, ns] = parts[..] else {
+            continue;
+        };
+        let Ok(ns) = ns.parse::<u128>() else { continue };
+        let run = runs.entry(attempt.to_string()).or_default();
+        run.task = task.to_string();
+        run.last = run.last.max(ns);
+        match what {
+            "start" => {
+                assert!(run.start.is_none(), "attempt {attempt} of {task} started twice");
+                run.start = Some(ns);
+            }
+            "end" => run.end = Some(ns),
+            _ => {}
+        }
+    }
+    runs
+}
+
+async fn api_json(api: &str, path: &str) -> Option<Value> {
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["status", "--json", "--api", api])
+        .args(path.strip_prefix("/jobs/"))
+        .output()
+        .ok()?;
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+fn processes_with(marker: &str) -> Vec<i32> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        if cmd.windows(marker.len()).any(|w| w == marker.as_bytes()) && alive(pid) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+async fn fault_run(bus_base: &str, broker_restart: bool) {
+    let namespace = format!("f{}", ferry_event::new_id().replace('-', "")[..16].to_string());
+    let sep = if bus_base.contains('?') { '&' } else { '?' };
+    let bus = format!("{bus_base}{sep}namespace={namespace}");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let data = d.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let ledger = d.join("ledger");
+    let marker = format!("ferry-fault-{namespace}");
+    let port = free_port();
+    let api = format!("http://127.0.0.1:{port}");
+    let sched_db = format!("sqlite://{}", d.join("scheduler.db").display());
+    let logs_db = format!("sqlite://{}", d.join("logs.db").display());
+    let api_db = format!("sqlite://{}", d.join("api.db").display());
+    let svc = |name: &str, extra: &[&str]| -> Vec<String> {
+        let mut a = vec![
+            "service".to_string(),
+            name.to_string(),
+            "--bus".into(),
+            bus.clone(),
+        ];
+        a.extend(["--data-dir".to_string(), data.display().to_string()]);
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let seed = std::env::var("FERRY_FAULT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        });
+    eprintln!(
+        "fault run on {bus_base}: namespace {namespace}, seed {seed} (FERRY_FAULT_SEED={seed} repeats it), logs in {}",
+        d.display()
+    );
+    let mut rng = Rng(seed);
+
+    let mut procs: Vec<Proc> = vec![
+        Proc::start(
+            "api",
+            svc(
+                "api",
+                &[
+                    "--db",
+                    &api_db,
+                    "--logs",
+                    &logs_db,
+                    "--listen",
+                    &format!("127.0.0.1:{port}"),
+                ],
+            ),
+            d,
+        ),
+        Proc::start("planner", svc("planner", &[]), d),
+        Proc::start("scheduler", svc("scheduler", &["--db", &sched_db]), d),
+        Proc::start("launcher", svc("launcher", &["--kill-grace", "1s"]), d),
+        Proc::start("log-collector", svc("log-collector", &["--logs", &logs_db]), d),
+    ];
+    // Wait for the api.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        for p in procs.iter_mut() {
+            p.check_alive();
+        }
+        assert!(Instant::now() < deadline, "the api did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let flow_path = d.join("faults.yaml");
+    std::fs::write(&flow_path, flow(&ledger, &marker)).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["submit", "--api", &api])
+        .arg(&flow_path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "submit failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let job = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .unwrap()
+        .trim()
+        .to_string();
+    eprintln!("job {job}");
+
+    // Kill and restart services at random moments while the job runs.
+    let killable = ["planner", "scheduler", "launcher", "log-collector"];
+    let mut launcher_kills = 0;
+    let mut schedule = Vec::new();
+    for round in 0..ROUNDS {
+        std::thread::sleep(Duration::from_millis(300 + rng.below(1200)));
+        if broker_restart && round == ROUNDS / 2 {
+            schedule.push("broker".to_string());
+            restart_rabbitmq();
+            continue;
+        }
+        let victim = killable[rng.below(killable.len() as u64) as usize];
+        schedule.push(victim.to_string());
+        let p = procs.iter_mut().find(|p| p.name == victim).unwrap();
+        p.check_alive();
+        p.kill9();
+        if victim == "launcher" {
+            launcher_kills += 1;
+        }
+        std::thread::sleep(Duration::from_millis(rng.below(600)));
+        p.spawn();
+    }
+    eprintln!("faults injected: {schedule:?}");
+
+    // Wait for the job to end.
+    let deadline = Instant::now() + JOB_DEADLINE;
+    let detail = loop {
+        for p in procs.iter_mut() {
+            p.check_alive();
+        }
+        if let Some(d) = api_json(&api, &format!("/jobs/{job}")).await
+            && matches!(d["state"].as_str(), Some("succeeded" | "failed" | "cancelled"))
+        {
+            break d;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the job did not finish within {JOB_DEADLINE:?} (faults: {schedule:?}, logs in {})",
+            d.display()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    // Let the last log lines arrive, then stop everything gracefully.
+    std::thread::sleep(Duration::from_secs(2));
+    for p in procs.iter_mut().rev() {
+        p.stop();
+    }
+
+    // The job succeeded and every task once.
+    assert_eq!(detail["state"], "succeeded", "{detail:#}");
+    let tasks = detail["tasks"].as_array().unwrap();
+    assert_eq!(tasks.len(), TASKS + 1);
+    for t in tasks {
+        assert_eq!(t["state"], "succeeded", "{t}");
+    }
+
+    // Attempts: distinct ids; more than one only if a launcher was killed; never overlapping.
+    let runs = read_ledger(&ledger);
+    let mut by_task: HashMap<String, Vec<&AttemptRun>> = HashMap::new();
+    for run in runs.values() {
+        by_task.entry(run.task.clone()).or_default().push(run);
+    }
+    assert_eq!(by_task.len(), TASKS + 1, "every task ran");
+    let mut reruns = 0;
+    for (task, mut attempts) in by_task {
+        assert!(
+            attempts.iter().filter(|a| a.end.is_some()).count() >= 1,
+            "{task} never completed a run"
+        );
+        if attempts.len() > 1 {
+            reruns += 1;
+            assert!(
+                launcher_kills > 0,
+                "{task} ran {} times though no launcher was killed",
+                attempts.len()
+            );
+        }
+        attempts.sort_by_key(|a| a.start.unwrap_or(0));
+        for w in attempts.windows(2) {
+            let (a, b) = (w[0], w[1]);
+            assert!(
+                a.last < b.start.unwrap_or(u128::MAX),
+                "two attempts of {task} ran at the same time"
+            );
+        }
+    }
+    eprintln!("{reruns} tasks ran more than once ({launcher_kills} launcher kills)");
+
+    // Logs: every line of every attempt once and in order.
+    check_logs(&d.join("logs.db"), &runs).await;
+
+    // Nothing left running.
+    let left = processes_with(&marker);
+    assert!(left.is_empty(), "task processes survived: {left:?}");
+}
+
+async fn check_logs(db: &Path, runs: &BTreeMap<String, AttemptRun>) {
+    use sqlx::{Connection, Row};
+    let mut conn = sqlx::sqlite::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    let rows = sqlx::query("SELECT attempt_id, task_id, seq, text FROM log_lines ORDER BY attempt_id, seq")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    let mut lines: HashMap<String, Vec<(i64, String, String)>> = HashMap::new();
+    for r in rows {
+        let attempt: String = r.get("attempt_id");
+        lines
+            .entry(attempt)
+            .or_default()
+            .push((r.get("seq"), r.get("task_id"), r.get("text")));
+    }
+    let mut seen = HashSet::new();
+    for (attempt, ls) in &lines {
+        seen.insert(attempt.clone());
+        for (i, (seq, task, text)) in ls.iter().enumerate() {
+            assert_eq!(
+                *seq as usize, i,
+                "attempt {attempt}: lines are not contiguous from 0"
+            );
+            assert_eq!(
+                text,
+                &format!("line {i} of {task}"),
+                "attempt {attempt}: line {i} out of order"
+            );
+        }
+    }
+    for (attempt, run) in runs {
+        if run.end.is_some() {
+            let n = lines.get(attempt).map(Vec::len).unwrap_or(0);
+            assert_eq!(
+                n, 3,
+                "attempt {attempt} of {} completed but {n} of its 3 lines are stored",
+                run.task
+            );
+        }
+    }
+}
+
+/// Restarts the RabbitMQ application (its queues are durable) and waits until it accepts
+/// connections again.
+fn restart_rabbitmq() {
+    let run = |args: &[&str]| {
+        let out = Command::new("rabbitmqctl")
+            .args(args)
+            .output()
+            .expect("rabbitmqctl runs");
+        assert!(
+            out.status.success(),
+            "rabbitmqctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&["stop_app"]);
+    std::thread::sleep(Duration::from_millis(500));
+    run(&["start_app"]);
+    run(&["await_startup"]);
+}
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run ./scripts/test.sh, which starts the brokers and sets it")
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_survives_killed_services_and_a_broker_restart() {
+    fault_run(&env("FERRY_TEST_AMQP"), true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_survives_killed_services() {
+    fault_run(&env("FERRY_TEST_KAFKA"), false).await;
+}
