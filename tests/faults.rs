@@ -22,7 +22,9 @@ use nix::unistd::Pid;
 use serde_json::Value;
 
 const TASKS: usize = 240;
-const ROUNDS: usize = 7;
+const ROUNDS: usize = 8;
+/// Rounds that must hit the job while it runs for a run to count.
+const MIN_ROUNDS: usize = 5;
 const JOB_DEADLINE: Duration = Duration::from_secs(300);
 
 /// A service running as its own process, restartable.
@@ -142,15 +144,15 @@ fn free_port() -> u16 {
 }
 
 fn flow(ledger: &Path, marker: &str) -> String {
-    // Each attempt appends `start`, a tick every 20 ms while it runs, and `end` to the ledger,
+    // Each attempt appends `start`, a tick every 40 ms while it runs, and `end` to the ledger,
     // with a nanosecond clock, and prints three numbered lines.
     let script = format!(
-        r#"l={ledger}; echo "$FERRY_TASK_ID $FERRY_ATTEMPT_ID start $(date +%s%N)" >> "$l"; i=0; while [ $i -lt 6 ]; do echo "$FERRY_TASK_ID $FERRY_ATTEMPT_ID tick $(date +%s%N)" >> "$l"; [ $i -lt 3 ] && echo "line $i of $FERRY_TASK_ID"; sleep 0.02; i=$((i+1)); done; echo "$FERRY_TASK_ID $FERRY_ATTEMPT_ID end $(date +%s%N)" >> "$l""#,
+        r#"l={ledger}; echo "$FERRY_TASK_ID $FERRY_ATTEMPT_ID start $(date +%s%N)" >> "$l"; i=0; while [ $i -lt 8 ]; do echo "$FERRY_TASK_ID $FERRY_ATTEMPT_ID tick $(date +%s%N)" >> "$l"; [ $i -lt 3 ] && echo "line $i of $FERRY_TASK_ID"; sleep 0.04; i=$((i+1)); done; echo "$FERRY_TASK_ID $FERRY_ATTEMPT_ID end $(date +%s%N)" >> "$l""#,
         ledger = ledger.display()
     );
     let cmd = serde_json::to_string(&vec!["sh", "-c", &script, marker]).unwrap();
     let mut s =
-        format!("id: faults\nconcurrency: 24\ntasks:\n  - {{ id: root, runner: local, command: {cmd} }}\n");
+        format!("id: faults\nconcurrency: 8\ntasks:\n  - {{ id: root, runner: local, command: {cmd} }}\n");
     for i in 0..TASKS {
         s.push_str(&format!(
             "  - {{ id: t{i:03}, runner: local, dependsOn: [root], command: {cmd} }}\n"
@@ -221,7 +223,8 @@ async fn fault_run(bus_base: &str, broker_restart: bool) {
     let sep = if bus_base.contains('?') { '&' } else { '?' };
     let bus = format!("{bus_base}{sep}namespace={namespace}");
     let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
+    // FERRY_FAULT_KEEP=1 keeps the logs, ledger and databases for a look afterwards.
+    let d = &if std::env::var_os("FERRY_FAULT_KEEP").is_some() { dir.keep() } else { dir.path().to_path_buf() };
     let data = d.join("data");
     std::fs::create_dir_all(&data).unwrap();
     let ledger = d.join("ledger");
@@ -311,16 +314,40 @@ async fn fault_run(bus_base: &str, broker_restart: bool) {
 
     // Kill and restart services at random moments while the job runs.
     let killable = ["planner", "scheduler", "launcher", "log-collector"];
+    // Every service is killed at least once, in a random order, then random ones.
+    let mut victims: Vec<&str> = killable.to_vec();
+    for i in (1..victims.len()).rev() {
+        victims.swap(i, rng.below(i as u64 + 1) as usize);
+    }
+    while victims.len() < ROUNDS {
+        victims.push(killable[rng.below(killable.len() as u64) as usize]);
+    }
     let mut launcher_kills = 0;
     let mut schedule = Vec::new();
-    for round in 0..ROUNDS {
-        std::thread::sleep(Duration::from_millis(300 + rng.below(1200)));
-        if broker_restart && round == ROUNDS / 2 {
+    let mut seen = 0;
+    for (round, victim) in victims.into_iter().enumerate() {
+        // Strike while tasks run: wait until the ledger shows progress since the last fault
+        // (a restarted consumer may wait for its group to rebalance first), then a little more.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let now = loop {
+            let n = std::fs::read_to_string(&ledger).map(|t| t.lines().count()).unwrap_or(0);
+            if n >= seen + 40 {
+                break n;
+            }
+            assert!(Instant::now() < deadline, "no progress for 120s after {schedule:?}; logs in {}", d.display());
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        seen = now;
+        std::thread::sleep(Duration::from_millis(rng.below(400)));
+        let state = api_json(&api, &format!("/jobs/{job}")).await.and_then(|d| d["state"].as_str().map(str::to_string));
+        if matches!(state.as_deref(), Some("succeeded" | "failed" | "cancelled")) {
+            break;
+        }
+        if broker_restart && round == 2 {
             schedule.push("broker".to_string());
             restart_rabbitmq();
             continue;
         }
-        let victim = killable[rng.below(killable.len() as u64) as usize];
         schedule.push(victim.to_string());
         let p = procs.iter_mut().find(|p| p.name == victim).unwrap();
         p.check_alive();
@@ -332,6 +359,11 @@ async fn fault_run(bus_base: &str, broker_restart: bool) {
         p.spawn();
     }
     eprintln!("faults injected: {schedule:?}");
+    assert!(
+        schedule.len() >= MIN_ROUNDS,
+        "the job ended after {} of {ROUNDS} fault rounds: too fast to test anything; make its tasks longer",
+        schedule.len()
+    );
 
     // Wait for the job to end.
     let deadline = Instant::now() + JOB_DEADLINE;
