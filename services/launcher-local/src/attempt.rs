@@ -10,6 +10,7 @@ use ferry_event::kind;
 use ferry_event::payload::{Outcome, Stream, TaskDispatched, TaskFinished, TaskHeartbeat, TaskStarted};
 use ferry_runtime::metrics;
 use serde_json::Map;
+use tokio::process::Child;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -17,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Shared;
 use crate::logs::{self, Ids};
-use crate::state::{AttemptDir, FinishedMarker, RunningRecord, remove_dir_if_exists};
+use crate::state::{AttemptDir, RunningRecord, remove_dir_fast};
 use crate::{collect, prepare, process};
 
 /// Lines read from the task and not yet batched; when full, the task blocks on its pipes.
@@ -69,11 +70,11 @@ pub(crate) async fn settle_unstarted(shared: Arc<Shared>, report: TaskFinished, 
     }
 }
 
-/// Publishes a report written earlier (by a run that stopped before it was confirmed), then acks
-/// the dispatch if there is one.
+/// Publishes a report recorded earlier (by a run that stopped before it was confirmed), then
+/// acks the dispatch if there is one.
 pub(crate) async fn settle_pending(shared: Arc<Shared>, report: TaskFinished, delivery: Option<Delivery>) {
     let dir = AttemptDir::new(&shared.config.data_dir, &report.attempt_id);
-    if publish_report(&shared, &dir, report).await
+    if publish_recorded(&shared, &dir, &report, true).await
         && let Some(d) = delivery
     {
         ack(d).await;
@@ -86,54 +87,57 @@ async fn ack(delivery: Delivery) {
     }
 }
 
-/// Runs one attempt to its end and reports it. The dispatch is acked once the start is
-/// confirmed (or, for an attempt that cannot start, once that is reported).
-pub(crate) async fn run(
-    shared: Arc<Shared>,
-    d: TaskDispatched,
-    delivery: Delivery,
-    mut cancel: watch::Receiver<Option<String>>,
-) {
-    let dir = AttemptDir::new(&shared.config.data_dir, &d.attempt_id);
+/// How the step before the start ended.
+enum Launch {
+    /// The process runs and is recorded.
+    Started {
+        child: Child,
+        pid: i32,
+        started: Instant,
+        started_at_ms: i64,
+    },
+    /// Nothing started; the attempt ends with this.
+    NotStarted(Outcome, String),
+    /// The process started but could not be recorded: it is stopped, and the attempt fails.
+    Unrecorded { child: Child, pid: i32, error: String },
+    /// The launcher is stopping: the dispatch goes back to the broker unacked.
+    ShuttingDown,
+}
+
+/// Everything from the dispatch to a recorded process, in one blocking call: resolve the
+/// dispatch, create the working directory and its input files, start the process (the spawn
+/// waits for the exec) and record it.
+fn launch(
+    shared: &Shared,
+    d: &TaskDispatched,
+    dir: &AttemptDir,
+    cancel: &watch::Receiver<Option<String>>,
+) -> Launch {
     let work = dir.work();
-    let work_str = work.to_string_lossy().into_owned();
+    let work_str = work.to_string_lossy();
     let outputs_str = dir.outputs().to_string_lossy().into_owned();
-
-    // Prepare: resolve everything, then write the working directory.
-    let prepared = {
-        let (d, dir, secrets) = (d.clone(), dir.clone(), shared.config.secrets.clone());
-        tokio::task::spawn_blocking(move || -> Result<prepare::Prepared, String> {
-            let p = prepare::prepare(&d, &work_str, &outputs_str, &secrets, std::env::vars_os())?;
-            dir.remove_unstarted()
-                .and_then(|()| std::fs::create_dir_all(dir.work()))
-                .map_err(|e| {
-                    format!(
-                        "cannot create the working directory {}: {e}",
-                        dir.work().display()
-                    )
-                })?;
-            prepare::write_inputs(&dir.work(), &p.inputs)?;
-            Ok(p)
-        })
-        .await
-        .unwrap_or_else(|e| Err(format!("preparing the attempt failed: {e}")))
-    };
-    let prepared = match prepared {
+    let base_env = shared.base_env.iter().cloned();
+    let prepared = match prepare::prepare(d, &work_str, &outputs_str, &shared.config.secrets, base_env) {
         Ok(p) => p,
-        Err(error) => {
-            return settle_unstarted(shared.clone(), unstarted(&d, Outcome::Failed, error), delivery).await;
-        }
+        Err(error) => return Launch::NotStarted(Outcome::Failed, error),
     };
-    if shared.stop.is_cancelled() {
-        // Not started: the dispatch goes back to the broker unacked.
-        let _ = dir.remove_unstarted();
-        return;
+    if let Err(e) = dir.create_work() {
+        let error = format!("cannot create the working directory {}: {e}", work.display());
+        return Launch::NotStarted(Outcome::Failed, error);
     }
-    let cancelled_already = cancel.borrow().clone();
-    if let Some(error) = cancelled_already {
-        return settle_unstarted(shared.clone(), unstarted(&d, Outcome::Cancelled, error), delivery).await;
+    if let Err(error) = prepare::write_inputs(&work, &prepared.inputs) {
+        return Launch::NotStarted(Outcome::Failed, error);
+    }
+    if shared.stop.is_cancelled() {
+        let _ = dir.remove_unstarted();
+        return Launch::ShuttingDown;
+    }
+    if let Some(error) = cancel.borrow().clone() {
+        return Launch::NotStarted(Outcome::Cancelled, error);
     }
 
+    // Nothing here forces fork+exec (no pre_exec hook, no uid/gid change), so the standard
+    // library starts the process with posix_spawn: a vfork-like clone, then exec.
     let mut cmd = tokio::process::Command::new(&prepared.program);
     cmd.args(&prepared.args)
         .env_clear()
@@ -144,16 +148,16 @@ pub(crate) async fn run(
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    let mut child = match cmd.spawn() {
+    let child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
             let error = format!("cannot start {:?}: {e}", prepared.program);
-            return settle_unstarted(shared.clone(), unstarted(&d, Outcome::Failed, error), delivery).await;
+            return Launch::NotStarted(Outcome::Failed, error);
         }
     };
     let Some(pid) = child.id().map(|p| p as i32) else {
         let error = "the process ended before its id could be read".to_string();
-        return settle_unstarted(shared.clone(), unstarted(&d, Outcome::Failed, error), delivery).await;
+        return Launch::NotStarted(Outcome::Failed, error);
     };
     let started = Instant::now();
     let started_at_ms = ferry_event::now_ms();
@@ -167,13 +171,57 @@ pub(crate) async fn run(
         started_at_ms,
     };
     if let Err(e) = dir.write_running(&record) {
-        process::stop_group(pid, shared.config.kill_grace, Some(&mut child)).await;
         let error = format!(
             "cannot record the attempt's process in {}: {e}",
-            dir.pid_file().display()
+            dir.record_file().display()
         );
-        return settle_unstarted(shared.clone(), unstarted(&d, Outcome::Failed, error), delivery).await;
+        return Launch::Unrecorded { child, pid, error };
     }
+    Launch::Started {
+        child,
+        pid,
+        started,
+        started_at_ms,
+    }
+}
+
+/// Runs one attempt to its end and reports it. The dispatch is acked once the start is
+/// confirmed (or, for an attempt that cannot start, once that is reported).
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    d: TaskDispatched,
+    delivery: Delivery,
+    mut cancel: watch::Receiver<Option<String>>,
+) {
+    let dir = AttemptDir::new(&shared.config.data_dir, &d.attempt_id);
+    let launched = {
+        let (shared, d, dir, cancel) = (shared.clone(), d.clone(), dir.clone(), cancel.clone());
+        tokio::task::spawn_blocking(move || launch(&shared, &d, &dir, &cancel))
+            .await
+            .unwrap_or_else(|e| {
+                Launch::NotStarted(Outcome::Failed, format!("preparing the attempt failed: {e}"))
+            })
+    };
+    let (mut child, pid, started, started_at_ms) = match launched {
+        Launch::Started {
+            child,
+            pid,
+            started,
+            started_at_ms,
+        } => (child, pid, started, started_at_ms),
+        Launch::NotStarted(outcome, error) => {
+            return settle_unstarted(shared.clone(), unstarted(&d, outcome, error), delivery).await;
+        }
+        Launch::Unrecorded {
+            mut child,
+            pid,
+            error,
+        } => {
+            process::stop_group(pid, shared.config.kill_grace, Some(&mut child)).await;
+            return settle_unstarted(shared.clone(), unstarted(&d, Outcome::Failed, error), delivery).await;
+        }
+        Launch::ShuttingDown => return,
+    };
 
     // Output is read from now on, so that the task never blocks on its pipes.
     let (tx, rx) = mpsc::channel(LOG_CHANNEL_LINES);
@@ -275,7 +323,7 @@ pub(crate) async fn run(
         "attempt released its process"
     );
 
-    let (mut outcome, exit_code, mut error) = match ended {
+    let (outcome, exit_code, error) = match ended {
         Ended::Exited(status) => {
             let (code, error) = process::describe_exit(status);
             let outcome = if error.is_none() {
@@ -294,36 +342,6 @@ pub(crate) async fn run(
         Ended::Cancelled(e) => (Outcome::Cancelled, None, Some(e)),
         Ended::Stopped(e) => (Outcome::Lost, None, Some(e)),
     };
-    let mut outputs = Map::new();
-    let mut output_files = Vec::new();
-    if outcome == Outcome::Succeeded {
-        let dest: PathBuf = shared
-            .artifact_dir
-            .join(&d.job_id)
-            .join(&d.task_id)
-            .join(&d.attempt_id);
-        let (dir2, patterns) = (dir.clone(), d.output_files.clone());
-        let collected = tokio::task::spawn_blocking(move || {
-            let outputs = collect::read_outputs(&dir2.outputs())?;
-            let files = collect::collect_files(&dir2.work(), &patterns, &dest)?;
-            Ok::<_, String>((outputs, files))
-        })
-        .await
-        .unwrap_or_else(|e| Err(format!("collecting outputs failed: {e}")));
-        match collected {
-            Ok((o, f)) => {
-                outputs = match shared.masker.mask_json(serde_json::Value::Object(o)) {
-                    serde_json::Value::Object(o) => o,
-                    _ => Map::new(),
-                };
-                output_files = f;
-            }
-            Err(e) => {
-                outcome = Outcome::Failed;
-                error = Some(e);
-            }
-        }
-    }
     let report = TaskFinished {
         job_id: d.job_id.clone(),
         task_id: d.task_id.clone(),
@@ -332,13 +350,66 @@ pub(crate) async fn run(
         outcome,
         exit_code,
         error,
-        outputs,
-        output_files,
+        outputs: Map::new(),
+        output_files: Vec::new(),
         log_lines: logs.lines,
         started_at_ms: Some(started_at_ms),
-        finished_at_ms: ferry_event::now_ms(),
+        finished_at_ms: 0,
     };
-    publish_report(&shared, &dir, report).await;
+    // Collect and record the report in one blocking call.
+    let (report, written) = {
+        let (shared, dir, patterns) = (shared.clone(), dir.clone(), d.output_files.clone());
+        tokio::task::spawn_blocking(move || conclude(&shared, &dir, &patterns, report))
+            .await
+            .unwrap_or_else(|e| {
+                let report = unstarted(&d, Outcome::Failed, format!("collecting outputs failed: {e}"));
+                (report, Err(std::io::Error::other(e.to_string())))
+            })
+    };
+    if let Err(e) = written {
+        tracing::warn!(error = %e, "cannot record the attempt's report before publishing it");
+    }
+    publish_recorded(&shared, &dir, &report, logs.lines > 0).await;
+}
+
+/// Collects the outputs and output files of a successful attempt, then removes the working
+/// directory and records the report, masked. Returns the report and whether it was recorded.
+fn conclude(
+    shared: &Shared,
+    dir: &AttemptDir,
+    patterns: &[String],
+    mut report: TaskFinished,
+) -> (TaskFinished, std::io::Result<()>) {
+    let mut outputs_left = true;
+    if report.outcome == Outcome::Succeeded {
+        let dest: PathBuf = shared
+            .artifact_dir
+            .join(&report.job_id)
+            .join(&report.task_id)
+            .join(&report.attempt_id);
+        let collected = collect::read_outputs(&dir.outputs()).and_then(|(outputs, found)| {
+            outputs_left = found;
+            let files = collect::collect_files(&dir.work(), patterns, &dest)?;
+            Ok((outputs, files))
+        });
+        match collected {
+            Ok((o, f)) => {
+                report.outputs = match shared.masker.mask_json(serde_json::Value::Object(o)) {
+                    serde_json::Value::Object(o) => o,
+                    _ => Map::new(),
+                };
+                report.output_files = f;
+            }
+            Err(e) => {
+                report.outcome = Outcome::Failed;
+                report.error = Some(e);
+            }
+        }
+    }
+    report.error = report.error.map(|e| shared.masker.mask(&e));
+    report.finished_at_ms = ferry_event::now_ms();
+    let written = dir.write_result(&report, outputs_left);
+    (report, written)
 }
 
 /// Removes the working directory, records the report, publishes it and marks the attempt
@@ -347,18 +418,29 @@ pub(crate) async fn run(
 pub(crate) async fn publish_report(shared: &Shared, dir: &AttemptDir, mut report: TaskFinished) -> bool {
     report.error = report.error.map(|e| shared.masker.mask(&e));
     let (dir2, report2) = (dir.clone(), report.clone());
-    let written = tokio::task::spawn_blocking(move || dir2.write_result(&report2)).await;
+    let written = tokio::task::spawn_blocking(move || dir2.write_result(&report2, true)).await;
     match written {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "cannot record the attempt's report before publishing it"),
         Err(e) => tracing::warn!(error = %e, "cannot record the attempt's report before publishing it"),
     }
+    publish_recorded(shared, dir, &report, true).await
+}
+
+/// Publishes a recorded report and, once the broker confirmed it, marks the attempt finished
+/// (a rename). `lines_recorded` says whether a log line count may be on disk.
+async fn publish_recorded(
+    shared: &Shared,
+    dir: &AttemptDir,
+    report: &TaskFinished,
+    lines_recorded: bool,
+) -> bool {
     let event = shared.builder.task(
         kind::TASK_FINISHED,
         &report.job_id,
         &report.task_id,
         Some(&report.attempt_id),
-        &report,
+        report,
     );
     match shared.publisher.publish(&[event]).await {
         Ok(()) => {
@@ -368,15 +450,8 @@ pub(crate) async fn publish_report(shared: &Shared, dir: &AttemptDir, mut report
                 log_lines = report.log_lines,
                 "attempt finished"
             );
-            let marker = FinishedMarker {
-                outcome: report.outcome,
-                finished_at_ms: report.finished_at_ms,
-            };
-            let dir2 = dir.clone();
-            match tokio::task::spawn_blocking(move || dir2.mark_finished(&marker)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::warn!(error = %e, "cannot mark the attempt finished"),
-                Err(e) => tracing::warn!(error = %e, "cannot mark the attempt finished"),
+            if let Err(e) = dir.mark_finished(report, lines_recorded) {
+                tracing::warn!(error = %e, "cannot mark the attempt finished");
             }
             true
         }
@@ -386,7 +461,7 @@ pub(crate) async fn publish_report(shared: &Shared, dir: &AttemptDir, mut report
                 outcome = report.outcome.as_str(),
                 "cannot publish the attempt's report; it is kept on disk and published when the launcher starts again"
             );
-            let _ = remove_dir_if_exists(&dir.work());
+            let _ = remove_dir_fast(&dir.work());
             false
         }
     }

@@ -11,11 +11,12 @@ use serde_json::{Map, Value};
 /// The largest outputs file accepted.
 pub const MAX_OUTPUTS_BYTES: u64 = 1024 * 1024;
 
-/// Reads the JSON object a task wrote at `$FERRY_OUTPUTS`; no file means no outputs.
-pub fn read_outputs(path: &Path) -> Result<Map<String, Value>, String> {
+/// Reads the JSON object a task wrote at `$FERRY_OUTPUTS`; no file means no outputs. The flag
+/// says whether the file exists.
+pub fn read_outputs(path: &Path) -> Result<(Map<String, Value>, bool), String> {
     let meta = match std::fs::symlink_metadata(path) {
         Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Map::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Map::new(), false)),
         Err(e) => return Err(format!("cannot read the outputs file $FERRY_OUTPUTS: {e}")),
     };
     if !meta.is_file() {
@@ -44,7 +45,7 @@ pub fn read_outputs(path: &Path) -> Result<Map<String, Value>, String> {
     let value: Value = serde_json::from_slice(&bytes)
         .map_err(|e| format!("the outputs file $FERRY_OUTPUTS is not valid JSON: {e}"))?;
     match value {
-        Value::Object(map) => Ok(map),
+        Value::Object(map) => Ok((map, true)),
         other => Err(format!(
             "the outputs file $FERRY_OUTPUTS must hold a JSON object, not {}",
             match other {
@@ -154,9 +155,10 @@ mod tests {
     fn outputs_must_be_a_small_json_object() {
         let tmp = tempfile::tempdir().unwrap();
         let p = tmp.path().join("outputs.json");
-        assert!(read_outputs(&p).unwrap().is_empty());
+        assert_eq!(read_outputs(&p).unwrap(), (Map::new(), false));
         std::fs::write(&p, r#"{"rows": 3}"#).unwrap();
-        assert_eq!(read_outputs(&p).unwrap()["rows"], 3);
+        let (outputs, found) = read_outputs(&p).unwrap();
+        assert_eq!((outputs["rows"].as_i64(), found), (Some(3), true));
         std::fs::write(&p, "[1]").unwrap();
         assert!(read_outputs(&p).unwrap_err().contains("an array"));
         std::fs::write(&p, "{").unwrap();

@@ -2,7 +2,7 @@
 //!
 //! [`run`] joins a consumer group on the `dispatch.local` topic and handles
 //! `dev.ferry.task.dispatched` and `dev.ferry.task.cancel`. Each attempt gets a working
-//! directory under `data_dir/attempts/<attempt_id>/work` with its input files written, runs
+//! directory `data_dir/launcher/work/<attempt_id>` with its input files written, runs
 //! with its command as a plain argument vector (no shell) in its own process group, and reports
 //! `task.started`, `task.heartbeat`, `task.log` batches and `task.finished`. Timeouts, cancels
 //! and shutdown stop the whole process group (SIGTERM, a grace period, SIGKILL); so does the
@@ -34,6 +34,7 @@ pub mod secrets;
 pub mod state;
 
 use std::collections::{HashMap, VecDeque};
+use std::ffi::OsString;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -140,6 +141,13 @@ impl Config {
             .clone()
             .unwrap_or_else(|| self.data_dir.join("artifacts"));
         let artifacts = make_dir(&artifacts, "artifact directory")?;
+        state::create_dirs(&self.data_dir).map_err(|source| Error::Io {
+            what: format!(
+                "cannot create the state directories in {}",
+                state::state_dir(&self.data_dir).display()
+            ),
+            source,
+        })?;
         Ok((self, artifacts))
     }
 }
@@ -160,6 +168,8 @@ pub(crate) struct Shared {
     pub(crate) builder: EventBuilder,
     pub(crate) publisher: Publisher,
     pub(crate) masker: Masker,
+    /// The launcher's environment without `FERRY_SECRET_*`, read once: every task starts from it.
+    pub(crate) base_env: Vec<(OsString, OsString)>,
     /// Cancelled when the launcher stops (shutdown, or the bus closed).
     pub(crate) stop: CancellationToken,
 }
@@ -172,6 +182,7 @@ pub async fn run(config: Config, bus: Arc<dyn Bus>, shutdown: CancellationToken)
     let stop = shutdown.child_token();
     let shared = Arc::new(Shared {
         masker: config.secrets.masker(),
+        base_env: prepare::base_env(std::env::vars_os()),
         builder: EventBuilder::new(config.source.clone()),
         publisher: Publisher::new(bus.clone(), stop.clone()),
         stop: stop.clone(),
@@ -422,7 +433,7 @@ impl Launcher {
                     let reason = format!(
                         "cannot record the cancel of attempt {} in {}: {e}",
                         c.attempt_id,
-                        dir.tombstone_file().display()
+                        dir.record_file().display()
                     );
                     dead_letter(delivery, &reason).await;
                 }

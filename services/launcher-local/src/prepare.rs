@@ -161,6 +161,9 @@ pub fn check_input_name(name: &str) -> Result<PathBuf, String> {
 /// [`check_input_name`]; each file's directory is checked again, after creation, to be inside
 /// `work`, and the file itself is never opened through a symbolic link.
 pub fn write_inputs(work: &Path, inputs: &[(PathBuf, String)]) -> Result<(), String> {
+    if inputs.is_empty() {
+        return Ok(());
+    }
     let root = work
         .canonicalize()
         .map_err(|e| format!("cannot resolve the working directory {}: {e}", work.display()))?;
@@ -191,6 +194,13 @@ pub fn write_inputs(work: &Path, inputs: &[(PathBuf, String)]) -> Result<(), Str
     Ok(())
 }
 
+/// The launcher's environment as tasks inherit it: without any `FERRY_SECRET_*` variable.
+pub fn base_env(vars: impl IntoIterator<Item = (OsString, OsString)>) -> Vec<(OsString, OsString)> {
+    vars.into_iter()
+        .filter(|(k, _)| !k.as_encoded_bytes().starts_with(ENV_PREFIX.as_bytes()))
+        .collect()
+}
+
 /// The environment of a task: `base` without any `FERRY_SECRET_*` variable, then the task's
 /// own variables, then ferry's (which win).
 pub fn build_env<'a>(
@@ -198,10 +208,7 @@ pub fn build_env<'a>(
     task: Vec<(String, String)>,
     ferry: impl IntoIterator<Item = (&'a str, String)>,
 ) -> Vec<(OsString, OsString)> {
-    let mut env: BTreeMap<OsString, OsString> = base
-        .into_iter()
-        .filter(|(k, _)| !k.as_encoded_bytes().starts_with(ENV_PREFIX.as_bytes()))
-        .collect();
+    let mut env: BTreeMap<OsString, OsString> = base_env(base).into_iter().collect();
     for (k, v) in task {
         env.insert(k.into(), v.into());
     }

@@ -1,22 +1,31 @@
-//! The launcher's state on disk, one directory per attempt.
+//! The launcher's state on disk: one directory per kind of file, one entry per attempt in each.
 //!
 //! ```text
-//! <data_dir>/attempts/<attempt_id>/
-//!     work/          the working directory (removed once the attempt is reported)
-//!     outputs.json   $FERRY_OUTPUTS, outside work/ so that outputFiles globs never match it
-//!     pid            RunningRecord (JSON): the process runs or ran under this launcher
-//!     log_lines      how many log lines the broker has confirmed so far
-//!     result.json    the task.finished payload, written before it is published
-//!     finished       FinishedMarker (JSON): reported; a dispatch of this attempt is a duplicate
-//!     cancelled      tombstone: a task.cancel arrived before the dispatch (holds the reason)
+//! <data_dir>/launcher/
+//!     work/<attempt_id>/          the working directory (removed once the attempt is reported)
+//!     outputs/<attempt_id>.json   $FERRY_OUTPUTS, outside work/ so that outputFiles globs never match it
+//!     records/<attempt_id>        Record (JSON): what an attempt not yet reported left behind:
+//!                                 a tombstone, its running process, or its report being published
+//!     lines/<attempt_id>          how many log lines the broker has confirmed so far
+//!     done/<attempt_id>           the report, once the broker confirmed it: a dispatch of this
+//!                                 attempt is a duplicate
+//!     tmp/<attempt_id>.record     a record being written (`.lines`: a log line count)
 //! ```
 //!
-//! Every file is written to a temporary name and renamed, so a crash never leaves half a file.
+//! A record is written to `tmp/` and renamed into `records/`, so a crash never leaves half a
+//! file, and each step of an attempt replaces the one before: tombstone, running, report. Once
+//! the report is confirmed, the record is renamed into `done/`: no new file is written. An
+//! attempt with nothing in `records/` or `done/` is fresh, which takes two failed lookups to
+//! learn; attempts that are done are never listed, so that starting up costs what is still in
+//! progress, not the history.
+//!
+//! Earlier versions kept one directory per attempt under `<data_dir>/attempts/`; [`legacy`]
+//! reads those so that a restart after an upgrade still reconciles them.
 
 use std::io;
 use std::path::{Path, PathBuf};
 
-use ferry_event::payload::{Outcome, TaskFinished};
+use ferry_event::payload::TaskFinished;
 use serde::{Deserialize, Serialize};
 
 /// What the launcher records once an attempt's process runs.
@@ -35,18 +44,23 @@ pub struct RunningRecord {
     pub started_at_ms: i64,
 }
 
-/// The small record kept once an attempt is reported.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct FinishedMarker {
-    pub outcome: Outcome,
-    pub finished_at_ms: i64,
+/// The content of `records/<attempt_id>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "camelCase")]
+pub enum Record {
+    /// A `task.cancel` arrived before the dispatch.
+    Cancelled { reason: String },
+    /// The process runs or ran under this launcher.
+    Running(RunningRecord),
+    /// The `task.finished` payload, written before it is published.
+    Reported(Box<TaskFinished>),
 }
 
 /// Where an attempt stands, from its files.
 #[derive(Debug)]
 pub enum Status {
-    /// Nothing recorded (a directory may be left from a crash before the process started).
+    /// Nothing recorded (a working directory may be left from a crash before the process
+    /// started).
     Fresh,
     /// Cancelled before its dispatch arrived; holds the reason.
     Tombstone(String),
@@ -58,87 +72,144 @@ pub enum Status {
     Finished,
 }
 
+const WORK: &str = "work";
+const OUTPUTS: &str = "outputs";
+const RECORDS: &str = "records";
+const LINES: &str = "lines";
+const DONE: &str = "done";
+const TMP: &str = "tmp";
+
+/// `<data_dir>/launcher`.
+pub fn state_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("launcher")
+}
+
+/// Creates the state directories (once, at start).
+pub fn create_dirs(data_dir: &Path) -> io::Result<()> {
+    let root = state_dir(data_dir);
+    for sub in [WORK, OUTPUTS, RECORDS, LINES, DONE, TMP] {
+        std::fs::create_dir_all(root.join(sub))?;
+    }
+    Ok(())
+}
+
+/// `records/`: every attempt in progress or waiting (tombstones).
+pub fn records_dir(data_dir: &Path) -> PathBuf {
+    state_dir(data_dir).join(RECORDS)
+}
+
+/// `work/`: working directories.
+pub fn work_dir(data_dir: &Path) -> PathBuf {
+    state_dir(data_dir).join(WORK)
+}
+
+/// `outputs/`: outputs files.
+pub fn outputs_dir(data_dir: &Path) -> PathBuf {
+    state_dir(data_dir).join(OUTPUTS)
+}
+
+/// `tmp/`: records being written.
+pub fn tmp_dir(data_dir: &Path) -> PathBuf {
+    state_dir(data_dir).join(TMP)
+}
+
 /// The paths of one attempt's state.
 #[derive(Debug, Clone)]
 pub struct AttemptDir {
     root: PathBuf,
-}
-
-/// `<data_dir>/attempts`.
-pub fn attempts_dir(data_dir: &Path) -> PathBuf {
-    data_dir.join("attempts")
+    id: String,
 }
 
 impl AttemptDir {
-    /// The directory of `attempt_id`, which must have passed [`check_id`].
+    /// The state of `attempt_id`, which must have passed [`check_id`].
     pub fn new(data_dir: &Path, attempt_id: &str) -> Self {
         AttemptDir {
-            root: attempts_dir(data_dir).join(attempt_id),
+            root: state_dir(data_dir),
+            id: attempt_id.to_string(),
         }
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
+    pub fn id(&self) -> &str {
+        &self.id
     }
 
     pub fn work(&self) -> PathBuf {
-        self.root.join("work")
+        self.root.join(WORK).join(&self.id)
     }
 
     pub fn outputs(&self) -> PathBuf {
-        self.root.join("outputs.json")
+        let mut p = self.root.join(OUTPUTS).join(&self.id);
+        p.as_mut_os_string().push(".json");
+        p
     }
 
-    pub fn pid_file(&self) -> PathBuf {
-        self.root.join("pid")
+    pub fn record_file(&self) -> PathBuf {
+        self.root.join(RECORDS).join(&self.id)
     }
 
     pub fn log_lines_file(&self) -> PathBuf {
-        self.root.join("log_lines")
+        self.root.join(LINES).join(&self.id)
     }
 
-    pub fn result_file(&self) -> PathBuf {
-        self.root.join("result.json")
+    pub fn done_file(&self) -> PathBuf {
+        self.root.join(DONE).join(&self.id)
     }
 
-    pub fn finished_file(&self) -> PathBuf {
-        self.root.join("finished")
+    /// `tmp/<attempt_id>.<what>`: the suffixes differ, so no two names can meet.
+    fn tmp_file(&self, what: &str) -> PathBuf {
+        let mut p = self.root.join(TMP).join(&self.id);
+        p.as_mut_os_string().push(what);
+        p
     }
 
-    pub fn tombstone_file(&self) -> PathBuf {
-        self.root.join("cancelled")
-    }
-
-    /// Where the attempt stands. Unreadable or corrupt state files are errors.
+    /// Where the attempt stands. Unreadable or corrupt records are errors.
     pub fn status(&self) -> io::Result<Status> {
-        if self.finished_file().exists() {
-            return Ok(Status::Finished);
+        if let Some(record) = self.read_record()? {
+            return Ok(match record {
+                Record::Cancelled { reason } => Status::Tombstone(reason),
+                Record::Running(r) => Status::Running(r),
+                Record::Reported(r) => Status::ResultPending(r),
+            });
         }
-        if let Some(bytes) = read_optional(&self.result_file())? {
-            let result = serde_json::from_slice(&bytes).map_err(|e| corrupt(&self.result_file(), e))?;
-            return Ok(Status::ResultPending(Box::new(result)));
+        match std::fs::symlink_metadata(self.done_file()) {
+            Ok(_) => Ok(Status::Finished),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Status::Fresh),
+            Err(e) => Err(e),
         }
-        if let Some(bytes) = read_optional(&self.pid_file())? {
-            let record = serde_json::from_slice(&bytes).map_err(|e| corrupt(&self.pid_file(), e))?;
-            return Ok(Status::Running(record));
+    }
+
+    /// The record, if there is one.
+    pub fn read_record(&self) -> io::Result<Option<Record>> {
+        let path = self.record_file();
+        match read_optional(&path)? {
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| corrupt(&path, e)),
+            None => Ok(None),
         }
-        if let Some(bytes) = read_optional(&self.tombstone_file())? {
-            return Ok(Status::Tombstone(String::from_utf8_lossy(&bytes).into_owned()));
-        }
-        Ok(Status::Fresh)
+    }
+
+    /// Replaces the record.
+    pub fn write_record(&self, record: &Record) -> io::Result<()> {
+        write_via(&self.tmp_file(".record"), &self.record_file(), &to_json(record)?)
     }
 
     pub fn write_running(&self, record: &RunningRecord) -> io::Result<()> {
-        write_atomic(&self.pid_file(), &to_json(record)?)
+        self.write_record(&Record::Running(record.clone()))
     }
 
     pub fn write_tombstone(&self, reason: &str) -> io::Result<()> {
-        std::fs::create_dir_all(&self.root)?;
-        write_atomic(&self.tombstone_file(), reason.as_bytes())
+        self.write_record(&Record::Cancelled {
+            reason: reason.to_string(),
+        })
     }
 
     pub fn write_log_lines(&self, lines: u64) -> io::Result<()> {
-        write_atomic(&self.log_lines_file(), lines.to_string().as_bytes())
+        write_via(
+            &self.tmp_file(".lines"),
+            &self.log_lines_file(),
+            lines.to_string().as_bytes(),
+        )
     }
 
     /// Log lines confirmed so far (0 when never recorded).
@@ -149,39 +220,62 @@ impl AttemptDir {
             .unwrap_or(0)
     }
 
-    /// Removes the working directory and writes the report to publish.
-    pub fn write_result(&self, result: &TaskFinished) -> io::Result<()> {
-        remove_dir_if_exists(&self.work())?;
-        std::fs::create_dir_all(&self.root)?;
-        write_atomic(&self.result_file(), &to_json(result)?)
+    /// Creates the working directory. One left by a crash before the process started is
+    /// emptied first, along with its outputs file.
+    pub fn create_work(&self) -> io::Result<()> {
+        let work = self.work();
+        match std::fs::create_dir(&work) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                self.remove_unstarted()?;
+                std::fs::create_dir(&work)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // The state directories were removed while the launcher ran.
+                std::fs::create_dir_all(&work)
+            }
+            Err(e) => Err(e),
+        }
     }
 
-    /// Marks the attempt reported and removes everything else it kept.
-    pub fn mark_finished(&self, marker: &FinishedMarker) -> io::Result<()> {
-        remove_dir_if_exists(&self.work())?;
-        std::fs::create_dir_all(&self.root)?;
-        write_atomic(&self.finished_file(), &to_json(marker)?)?;
-        for f in [
-            self.pid_file(),
-            self.result_file(),
-            self.outputs(),
-            self.log_lines_file(),
-            self.tombstone_file(),
-        ] {
-            remove_file_if_exists(&f)?;
+    /// Removes the working directory and writes the report to publish. `outputs_left` says
+    /// whether the outputs file may exist (`false` once it was read and removed).
+    pub fn write_result(&self, result: &TaskFinished, outputs_left: bool) -> io::Result<()> {
+        remove_dir_fast(&self.work())?;
+        if outputs_left {
+            remove_file_if_exists(&self.outputs())?;
+        }
+        self.write_record(&Record::Reported(Box::new(result.clone())))
+    }
+
+    /// Marks the attempt reported: its record (`report`, written by [`Self::write_result`])
+    /// moves to `done/`, or `report` is written there when it could not be recorded.
+    /// `lines_recorded` says whether a log line count may have been written.
+    pub fn mark_finished(&self, report: &TaskFinished, lines_recorded: bool) -> io::Result<()> {
+        match std::fs::rename(self.record_file(), self.done_file()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let record = Record::Reported(Box::new(report.clone()));
+                write_via(&self.tmp_file(".record"), &self.done_file(), &to_json(&record)?)?;
+            }
+            Err(e) => return Err(e),
+        }
+        if lines_recorded {
+            remove_file_if_exists(&self.log_lines_file())?;
         }
         Ok(())
     }
 
-    /// Removes the directory of an attempt that never started (left by a crash).
+    /// Removes the working directory and the outputs file of an attempt that never started
+    /// (left by a crash).
     pub fn remove_unstarted(&self) -> io::Result<()> {
         remove_dir_if_exists(&self.work())?;
         remove_file_if_exists(&self.outputs())
     }
 }
 
-/// Checks that an id from an event can name a directory: 1 to 200 ASCII letters, digits, `-`,
-/// `_` and `.`, not starting with `.`.
+/// Checks that an id from an event can name a file: 1 to 200 ASCII letters, digits, `-`, `_`
+/// and `.`, not starting with `.`.
 pub fn check_id(id: &str) -> Result<(), String> {
     if id.is_empty() {
         return Err("it is empty".into());
@@ -222,13 +316,10 @@ fn read_optional(path: &Path) -> io::Result<Option<Vec<u8>>> {
     }
 }
 
-/// Writes `bytes` to a temporary file beside `path`, then renames it over `path`.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
+/// Writes `bytes` to `tmp`, then renames it over `path`.
+fn write_via(tmp: &Path, path: &Path, bytes: &[u8]) -> io::Result<()> {
+    std::fs::write(tmp, bytes)?;
+    std::fs::rename(tmp, path)
 }
 
 pub(crate) fn remove_dir_if_exists(path: &Path) -> io::Result<()> {
@@ -238,15 +329,80 @@ pub(crate) fn remove_dir_if_exists(path: &Path) -> io::Result<()> {
     }
 }
 
-fn remove_file_if_exists(path: &Path) -> io::Result<()> {
+/// Removes a directory that is usually empty: one `rmdir`, and a walk only when it holds
+/// something.
+pub(crate) fn remove_dir_fast(path: &Path) -> io::Result<()> {
+    match std::fs::remove_dir(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(_) => remove_dir_if_exists(path),
+    }
+}
+
+pub(crate) fn remove_file_if_exists(path: &Path) -> io::Result<()> {
     match std::fs::remove_file(path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),
     }
 }
 
+/// The layout of earlier versions: `<data_dir>/attempts/<attempt_id>/` holding `work/`,
+/// `outputs.json`, `pid`, `log_lines`, `result.json`, `finished` and `cancelled`.
+pub mod legacy {
+    use super::*;
+
+    /// `<data_dir>/attempts`.
+    pub fn attempts_dir(data_dir: &Path) -> PathBuf {
+        data_dir.join("attempts")
+    }
+
+    /// Where an attempt of the old layout stands (same precedence as the old reader).
+    pub fn status(dir: &Path) -> io::Result<Status> {
+        if dir.join("finished").exists() {
+            return Ok(Status::Finished);
+        }
+        let result = dir.join("result.json");
+        if let Some(bytes) = read_optional(&result)? {
+            let r = serde_json::from_slice(&bytes).map_err(|e| corrupt(&result, e))?;
+            return Ok(Status::ResultPending(Box::new(r)));
+        }
+        let pid = dir.join("pid");
+        if let Some(bytes) = read_optional(&pid)? {
+            let r = serde_json::from_slice(&bytes).map_err(|e| corrupt(&pid, e))?;
+            return Ok(Status::Running(r));
+        }
+        if let Some(bytes) = read_optional(&dir.join("cancelled"))? {
+            return Ok(Status::Tombstone(String::from_utf8_lossy(&bytes).into_owned()));
+        }
+        Ok(Status::Fresh)
+    }
+
+    /// Moves one attempt of the old layout into `new`: its record, its log line count and its
+    /// done marker; the old directory (with any working directory left in it) is removed.
+    pub fn migrate(dir: &Path, new: &AttemptDir) -> io::Result<Status> {
+        let status = status(dir)?;
+        match &status {
+            Status::Finished => std::fs::rename(dir.join("finished"), new.done_file())?,
+            Status::ResultPending(r) => new.write_record(&Record::Reported(r.clone()))?,
+            Status::Running(r) => {
+                match std::fs::rename(dir.join("log_lines"), new.log_lines_file()) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                    _ => {}
+                }
+                new.write_running(r)?;
+            }
+            Status::Tombstone(reason) => new.write_tombstone(reason)?,
+            Status::Fresh => {}
+        }
+        remove_dir_if_exists(dir)?;
+        Ok(status)
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use ferry_event::payload::Outcome;
+
     use super::*;
 
     #[test]
@@ -260,35 +416,113 @@ mod tests {
         assert!(check_id(&"a".repeat(201)).unwrap_err().contains("200"));
     }
 
-    #[test]
-    fn status_follows_the_files_written() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = AttemptDir::new(tmp.path(), "a1");
-        assert!(matches!(dir.status().unwrap(), Status::Fresh));
-        dir.write_tombstone("stop").unwrap();
-        assert!(matches!(dir.status().unwrap(), Status::Tombstone(r) if r == "stop"));
-        let record = RunningRecord {
+    fn running(id: &str) -> RunningRecord {
+        RunningRecord {
             job_id: "j".into(),
             task_id: "t".into(),
-            attempt_id: "a1".into(),
+            attempt_id: id.into(),
             attempt: 1,
             pid: 42,
             start_time: 7,
             started_at_ms: 1,
-        };
-        dir.write_running(&record).unwrap();
-        assert!(matches!(dir.status().unwrap(), Status::Running(r) if r == record));
-        std::fs::create_dir_all(dir.work()).unwrap();
-        dir.mark_finished(&FinishedMarker {
+        }
+    }
+
+    fn report(id: &str) -> TaskFinished {
+        TaskFinished {
+            job_id: "j".into(),
+            task_id: "t".into(),
+            attempt_id: id.into(),
+            attempt: 1,
             outcome: Outcome::Succeeded,
+            exit_code: Some(0),
+            error: None,
+            outputs: Default::default(),
+            output_files: Vec::new(),
+            log_lines: 3,
+            started_at_ms: Some(1),
             finished_at_ms: 2,
-        })
-        .unwrap();
+        }
+    }
+
+    #[test]
+    fn status_follows_the_files_written() {
+        let tmp = tempfile::tempdir().unwrap();
+        create_dirs(tmp.path()).unwrap();
+        let dir = AttemptDir::new(tmp.path(), "a1");
+        assert!(matches!(dir.status().unwrap(), Status::Fresh));
+        dir.write_tombstone("stop").unwrap();
+        assert!(matches!(dir.status().unwrap(), Status::Tombstone(r) if r == "stop"));
+        dir.write_running(&running("a1")).unwrap();
+        assert!(matches!(dir.status().unwrap(), Status::Running(r) if r == running("a1")));
+        dir.create_work().unwrap();
+        std::fs::write(dir.work().join("left"), "x").unwrap();
+        std::fs::write(dir.outputs(), "{}").unwrap();
+        dir.write_log_lines(3).unwrap();
+        dir.write_result(&report("a1"), true).unwrap();
+        assert!(!dir.work().exists() && !dir.outputs().exists());
+        assert!(matches!(dir.status().unwrap(), Status::ResultPending(r) if *r == report("a1")));
+        dir.mark_finished(&report("a1"), true).unwrap();
         assert!(matches!(dir.status().unwrap(), Status::Finished));
-        assert!(!dir.work().exists() && !dir.pid_file().exists());
-        std::fs::remove_file(dir.finished_file()).unwrap();
-        std::fs::write(dir.pid_file(), b"{").unwrap();
-        let err = dir.status().unwrap_err();
+        assert!(!dir.record_file().exists() && !dir.log_lines_file().exists());
+        // Nothing is left in tmp/.
+        assert_eq!(std::fs::read_dir(tmp_dir(tmp.path())).unwrap().count(), 0);
+
+        let other = AttemptDir::new(tmp.path(), "a2");
+        std::fs::write(other.record_file(), b"{").unwrap();
+        let err = other.status().unwrap_err();
         assert!(err.to_string().contains("corrupt"), "{err}");
+    }
+
+    #[test]
+    fn a_working_directory_left_by_a_crash_is_emptied() {
+        let tmp = tempfile::tempdir().unwrap();
+        create_dirs(tmp.path()).unwrap();
+        let dir = AttemptDir::new(tmp.path(), "a1");
+        dir.create_work().unwrap();
+        std::fs::write(dir.work().join("stale"), "x").unwrap();
+        std::fs::write(dir.outputs(), "{\"stale\": 1}").unwrap();
+        dir.create_work().unwrap();
+        assert_eq!(std::fs::read_dir(dir.work()).unwrap().count(), 0);
+        assert!(!dir.outputs().exists());
+    }
+
+    #[test]
+    fn records_of_each_state_round_trip_with_a_named_state() {
+        for record in [
+            Record::Cancelled { reason: "no".into() },
+            Record::Running(running("a")),
+            Record::Reported(Box::new(report("a"))),
+        ] {
+            let json = serde_json::to_value(&record).unwrap();
+            assert!(json["state"].is_string(), "{json}");
+            assert_eq!(serde_json::from_value::<Record>(json).unwrap(), record);
+        }
+    }
+
+    #[test]
+    fn legacy_attempts_move_to_the_new_layout() {
+        let tmp = tempfile::tempdir().unwrap();
+        create_dirs(tmp.path()).unwrap();
+        let old = legacy::attempts_dir(tmp.path());
+        let write = |id: &str, file: &str, bytes: &[u8]| {
+            std::fs::create_dir_all(old.join(id).join("work")).unwrap();
+            std::fs::write(old.join(id).join(file), bytes).unwrap();
+        };
+        write("f", "finished", br#"{"outcome":"succeeded","finishedAtMs":2}"#);
+        write("p", "result.json", &serde_json::to_vec(&report("p")).unwrap());
+        write("r", "pid", &serde_json::to_vec(&running("r")).unwrap());
+        write("r", "log_lines", b"5");
+        write("c", "cancelled", b"why");
+        for id in ["f", "p", "r", "c"] {
+            legacy::migrate(&old.join(id), &AttemptDir::new(tmp.path(), id)).unwrap();
+            assert!(!old.join(id).exists(), "{id}");
+        }
+        let at = |id| AttemptDir::new(tmp.path(), id);
+        assert!(matches!(at("f").status().unwrap(), Status::Finished));
+        assert!(matches!(at("p").status().unwrap(), Status::ResultPending(r) if *r == report("p")));
+        assert!(matches!(at("r").status().unwrap(), Status::Running(r) if r == running("r")));
+        assert_eq!(at("r").read_log_lines(), 5);
+        assert!(matches!(at("c").status().unwrap(), Status::Tombstone(r) if r == "why"));
     }
 }

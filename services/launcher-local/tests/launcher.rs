@@ -14,7 +14,7 @@ use ferry_event::payload::{
 };
 use ferry_event::template::{Part, Template};
 use ferry_event::{AttributesReader, Event, EventBuilder, Topic, envelope, kind};
-use ferry_launcher_local::state::{AttemptDir, RunningRecord};
+use ferry_launcher_local::state::{self, AttemptDir, RunningRecord};
 use ferry_launcher_local::{Config, Secrets, is_alive, run, start_time};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -327,8 +327,8 @@ async fn happy_path_reports_start_logs_outputs_and_success() -> Result<()> {
     h.stop().await?;
     let dir = AttemptDir::new(&h.data_dir, "a-happy");
     assert!(!dir.work().exists(), "the working directory is removed");
-    assert!(dir.finished_file().exists(), "a finished marker is kept");
-    assert!(!dir.pid_file().exists() && !dir.outputs().exists());
+    assert!(dir.done_file().exists(), "a finished marker is kept");
+    assert!(!dir.record_file().exists() && !dir.outputs().exists());
     Ok(())
 }
 
@@ -466,9 +466,9 @@ async fn hostile_input_file_names_fail_clearly_and_write_nothing_outside() -> Re
         let error = f.error.unwrap_or_default();
         assert!(error.contains(&format!("{name:?}")), "{name}: {error}");
         assert_eq!(h.count(kind::TASK_STARTED, &attempt), 0);
-        let root = AttemptDir::new(&h.data_dir, &attempt);
-        assert!(!root.root().join("x").exists());
-        assert!(!h.data_dir.join("attempts/x").exists());
+        let dir = AttemptDir::new(&h.data_dir, &attempt);
+        assert!(!dir.work().with_file_name("x").exists());
+        assert!(!h.data_dir.join("launcher/x").exists());
     }
     assert!(!h.path("abs-target").exists());
     assert!(!marker.exists(), "the command ran despite a refused input file");
@@ -771,6 +771,7 @@ async fn reconcile_stops_a_previous_runs_process_group_and_reports_it_lost() -> 
     let mut h = Harness::start_in(
         tmp,
         |data| {
+            state::create_dirs(data)?;
             let dir = AttemptDir::new(data, "a-left");
             std::fs::create_dir_all(dir.work())?;
             std::fs::write(dir.work().join("partial"), "x")?;
@@ -800,7 +801,7 @@ async fn reconcile_stops_a_previous_runs_process_group_and_reports_it_lost() -> 
     assert_eq!(h.count(kind::TASK_STARTED, "a-left"), 0);
     assert_eq!(h.count(kind::TASK_FINISHED, "a-left"), 1);
     let dir = AttemptDir::new(&h.data_dir, "a-left");
-    assert!(dir.finished_file().exists() && !dir.pid_file().exists() && !dir.work().exists());
+    assert!(dir.done_file().exists() && !dir.record_file().exists() && !dir.work().exists());
     h.stop().await
 }
 
@@ -814,8 +815,8 @@ async fn reconcile_leaves_a_reused_pid_alone() -> Result<()> {
         tmp,
         // Same pid, different start time: the process is someone else's now.
         |data| {
+            state::create_dirs(data)?;
             let dir = AttemptDir::new(data, "a-reused");
-            std::fs::create_dir_all(dir.root())?;
             Ok(dir.write_running(&record("a-reused", pid, start + 1))?)
         },
         |_| {},
@@ -864,5 +865,114 @@ async fn invalid_outputs_fail_the_attempt_clearly() -> Result<()> {
         f.error.as_deref(),
         Some("the outputs file $FERRY_OUTPUTS must hold a JSON object, not an array")
     );
+    h.stop().await
+}
+
+fn recorded_report(attempt: &str) -> TaskFinished {
+    TaskFinished {
+        job_id: "job-1".into(),
+        task_id: "extract".into(),
+        attempt_id: attempt.into(),
+        attempt: 1,
+        outcome: Outcome::Succeeded,
+        exit_code: Some(0),
+        error: None,
+        outputs: Default::default(),
+        output_files: Vec::new(),
+        log_lines: 3,
+        started_at_ms: Some(1_700_000_000_000),
+        finished_at_ms: 1_700_000_000_500,
+    }
+}
+
+#[tokio::test]
+async fn reconcile_resumes_each_recorded_state() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let mut h = Harness::start_in(
+        tmp,
+        |data| {
+            state::create_dirs(data)?;
+            // Report recorded, not confirmed: published at start.
+            AttemptDir::new(data, "s-pending").write_result(&recorded_report("s-pending"), true)?;
+            // Reported and confirmed: a dispatch of it is a duplicate.
+            let done = AttemptDir::new(data, "s-done");
+            done.write_result(&recorded_report("s-done"), true)?;
+            done.mark_finished(&recorded_report("s-done"), false)?;
+            // Cancelled before its dispatch: the tombstone outlives the restart.
+            AttemptDir::new(data, "s-tomb").write_tombstone("cancelled: no longer needed")?;
+            // Crashed before its process started: its leftovers go.
+            let fresh = AttemptDir::new(data, "s-fresh");
+            fresh.create_work()?;
+            std::fs::write(fresh.work().join("partial"), "x")?;
+            std::fs::write(fresh.outputs(), "{}")?;
+            std::fs::write(state::tmp_dir(data).join("s-fresh.record"), "{")?;
+            Ok(())
+        },
+        |_| {},
+    )
+    .await?;
+    let f = h.finished("s-pending").await?;
+    assert_eq!((f.outcome, f.log_lines), (Outcome::Succeeded, 3), "{f:?}");
+    let fresh = AttemptDir::new(&h.data_dir, "s-fresh");
+    assert!(!fresh.work().exists() && !fresh.outputs().exists());
+    assert_eq!(std::fs::read_dir(state::tmp_dir(&h.data_dir))?.count(), 0);
+
+    let ran = h.path_str("ran");
+    for id in ["s-pending", "s-done", "s-tomb"] {
+        h.dispatch(&task(id, &["touch", &ran])).await?;
+    }
+    let f = h.finished("s-tomb").await?;
+    assert_eq!(f.outcome, Outcome::Cancelled);
+    assert_eq!(f.error.as_deref(), Some("cancelled: no longer needed"));
+    h.dispatch(&task("s-next", &["true"])).await?;
+    h.finished("s-next").await?;
+    assert!(!Path::new(&ran).exists(), "a recorded attempt ran again");
+    for id in ["s-pending", "s-done", "s-tomb"] {
+        assert_eq!(h.count(kind::TASK_STARTED, id), 0, "{id}");
+    }
+    assert_eq!(h.count(kind::TASK_FINISHED, "s-pending"), 1);
+    assert_eq!(h.count(kind::TASK_FINISHED, "s-done"), 0);
+    assert!(AttemptDir::new(&h.data_dir, "s-pending").done_file().exists());
+    h.stop().await
+}
+
+#[tokio::test]
+async fn reconcile_takes_over_attempts_of_the_earlier_layout() -> Result<()> {
+    let (mut child, grandchild) = leftover_group()?;
+    let pid = child.id() as i32;
+    let start = start_time(pid).context("no start time")?;
+    let tmp = tempfile::tempdir()?;
+    let mut h = Harness::start_in(
+        tmp,
+        |data| {
+            let old = data.join("attempts");
+            std::fs::create_dir_all(old.join("l-run/work"))?;
+            std::fs::write(
+                old.join("l-run/pid"),
+                serde_json::to_vec(&record("l-run", pid, start))?,
+            )?;
+            std::fs::write(old.join("l-run/log_lines"), "4")?;
+            std::fs::create_dir_all(old.join("l-done"))?;
+            std::fs::write(
+                old.join("l-done/finished"),
+                r#"{"outcome":"succeeded","finishedAtMs":1}"#,
+            )?;
+            Ok(())
+        },
+        |_| {},
+    )
+    .await?;
+    let f = h.finished("l-run").await?;
+    assert_eq!((f.outcome, f.log_lines), (Outcome::Lost, 4), "{f:?}");
+    let status = child.wait()?;
+    assert_eq!(status.signal(), Some(15), "{status:?}");
+    assert!(!is_alive(grandchild), "the leftover background child survived");
+    assert!(!h.data_dir.join("attempts").exists(), "the old layout is left");
+
+    h.dispatch(&task("l-done", &["true"])).await?;
+    h.dispatch(&task("l-next", &["true"])).await?;
+    h.finished("l-next").await?;
+    assert_eq!(h.count(kind::TASK_STARTED, "l-done"), 0);
+    assert_eq!(h.count(kind::TASK_FINISHED, "l-done"), 0);
     h.stop().await
 }
