@@ -2,7 +2,7 @@
 //!
 //! [`run`] joins a consumer group on the `dispatch.local` topic and handles
 //! `dev.ferry.task.dispatched` and `dev.ferry.task.cancel`. Each attempt gets a working
-//! directory `data_dir/launcher/work/<attempt_id>` with its input files written, runs
+//! directory `data_dir/attempts/<attempt_id>/work` with its input files written, runs
 //! with its command as a plain argument vector (no shell) in its own process group, and reports
 //! `task.started`, `task.heartbeat`, `task.log` batches and `task.finished`. Timeouts, cancels
 //! and shutdown stop the whole process group (SIGTERM, a grace period, SIGKILL); so does the
@@ -144,7 +144,7 @@ impl Config {
         state::create_dirs(&self.data_dir).map_err(|source| Error::Io {
             what: format!(
                 "cannot create the state directories in {}",
-                state::state_dir(&self.data_dir).display()
+                state::attempts_dir(&self.data_dir).display()
             ),
             source,
         })?;

@@ -1,26 +1,24 @@
-//! The launcher's state on disk: one directory per kind of file, one entry per attempt in each.
+//! The launcher's state on disk, one directory per attempt.
 //!
 //! ```text
-//! <data_dir>/launcher/
-//!     work/<attempt_id>/          the working directory (removed once the attempt is reported)
-//!     outputs/<attempt_id>.json   $FERRY_OUTPUTS, outside work/ so that outputFiles globs never match it
-//!     records/<attempt_id>        Record (JSON): what an attempt not yet reported left behind:
-//!                                 a tombstone, its running process, or its report being published
-//!     lines/<attempt_id>          how many log lines the broker has confirmed so far
-//!     done/<attempt_id>           the report, once the broker confirmed it: a dispatch of this
-//!                                 attempt is a duplicate
-//!     tmp/<attempt_id>.record     a record being written (`.lines`: a log line count)
+//! <data_dir>/attempts/<attempt_id>/
+//!     work/          the working directory (removed once the attempt is reported)
+//!     outputs.json   $FERRY_OUTPUTS, outside work/ so that outputFiles globs never match it
+//!     record         Record (JSON): a tombstone, the running process, or the report being
+//!                    published; each step replaces the one before
+//!     log_lines      how many log lines the broker has confirmed so far
+//!     done           the report, once the broker confirmed it: a dispatch of this attempt is
+//!                    a duplicate
 //! ```
 //!
-//! A record is written to `tmp/` and renamed into `records/`, so a crash never leaves half a
-//! file, and each step of an attempt replaces the one before: tombstone, running, report. Once
-//! the report is confirmed, the record is renamed into `done/`: no new file is written. An
-//! attempt with nothing in `records/` or `done/` is fresh, which takes two failed lookups to
-//! learn; attempts that are done are never listed, so that starting up costs what is still in
-//! progress, not the history.
+//! A record is written to `record.tmp` and renamed, so a crash never leaves half a file; once
+//! the report is confirmed, `record` is renamed to `done`, writing nothing. Every rename stays
+//! inside the attempt's own directory, so attempts never contend for a shared directory's lock.
+//! A fresh attempt costs two failed lookups.
 //!
-//! Earlier versions kept one directory per attempt under `<data_dir>/attempts/`; [`legacy`]
-//! reads those so that a restart after an upgrade still reconciles them.
+//! Earlier versions kept `pid`, `result.json`, `finished` and `cancelled` instead of `record`
+//! and `done`; [`legacy`] rewrites those, so that a restart after an upgrade still reconciles
+//! them.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -72,94 +70,56 @@ pub enum Status {
     Finished,
 }
 
-const WORK: &str = "work";
-const OUTPUTS: &str = "outputs";
-const RECORDS: &str = "records";
-const LINES: &str = "lines";
-const DONE: &str = "done";
-const TMP: &str = "tmp";
-
-/// `<data_dir>/launcher`.
-pub fn state_dir(data_dir: &Path) -> PathBuf {
-    data_dir.join("launcher")
+/// `<data_dir>/attempts`.
+pub fn attempts_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("attempts")
 }
 
-/// Creates the state directories (once, at start).
+/// Creates the attempts directory (once, at start).
 pub fn create_dirs(data_dir: &Path) -> io::Result<()> {
-    let root = state_dir(data_dir);
-    for sub in [WORK, OUTPUTS, RECORDS, LINES, DONE, TMP] {
-        std::fs::create_dir_all(root.join(sub))?;
-    }
-    Ok(())
-}
-
-/// `records/`: every attempt in progress or waiting (tombstones).
-pub fn records_dir(data_dir: &Path) -> PathBuf {
-    state_dir(data_dir).join(RECORDS)
-}
-
-/// `work/`: working directories.
-pub fn work_dir(data_dir: &Path) -> PathBuf {
-    state_dir(data_dir).join(WORK)
-}
-
-/// `outputs/`: outputs files.
-pub fn outputs_dir(data_dir: &Path) -> PathBuf {
-    state_dir(data_dir).join(OUTPUTS)
-}
-
-/// `tmp/`: records being written.
-pub fn tmp_dir(data_dir: &Path) -> PathBuf {
-    state_dir(data_dir).join(TMP)
+    std::fs::create_dir_all(attempts_dir(data_dir))
 }
 
 /// The paths of one attempt's state.
 #[derive(Debug, Clone)]
 pub struct AttemptDir {
     root: PathBuf,
-    id: String,
 }
 
 impl AttemptDir {
     /// The state of `attempt_id`, which must have passed [`check_id`].
     pub fn new(data_dir: &Path, attempt_id: &str) -> Self {
         AttemptDir {
-            root: state_dir(data_dir),
-            id: attempt_id.to_string(),
+            root: attempts_dir(data_dir).join(attempt_id),
         }
     }
 
-    pub fn id(&self) -> &str {
-        &self.id
+    pub fn root(&self) -> &Path {
+        &self.root
     }
 
     pub fn work(&self) -> PathBuf {
-        self.root.join(WORK).join(&self.id)
+        self.root.join("work")
     }
 
     pub fn outputs(&self) -> PathBuf {
-        let mut p = self.root.join(OUTPUTS).join(&self.id);
-        p.as_mut_os_string().push(".json");
-        p
+        self.root.join("outputs.json")
     }
 
     pub fn record_file(&self) -> PathBuf {
-        self.root.join(RECORDS).join(&self.id)
+        self.root.join("record")
     }
 
     pub fn log_lines_file(&self) -> PathBuf {
-        self.root.join(LINES).join(&self.id)
+        self.root.join("log_lines")
     }
 
     pub fn done_file(&self) -> PathBuf {
-        self.root.join(DONE).join(&self.id)
+        self.root.join("done")
     }
 
-    /// `tmp/<attempt_id>.<what>`: the suffixes differ, so no two names can meet.
     fn tmp_file(&self, what: &str) -> PathBuf {
-        let mut p = self.root.join(TMP).join(&self.id);
-        p.as_mut_os_string().push(what);
-        p
+        self.root.join(format!("{what}.tmp"))
     }
 
     /// Where the attempt stands. Unreadable or corrupt records are errors.
@@ -191,7 +151,7 @@ impl AttemptDir {
 
     /// Replaces the record.
     pub fn write_record(&self, record: &Record) -> io::Result<()> {
-        write_via(&self.tmp_file(".record"), &self.record_file(), &to_json(record)?)
+        write_via(&self.tmp_file("record"), &self.record_file(), &to_json(record)?)
     }
 
     pub fn write_running(&self, record: &RunningRecord) -> io::Result<()> {
@@ -206,7 +166,7 @@ impl AttemptDir {
 
     pub fn write_log_lines(&self, lines: u64) -> io::Result<()> {
         write_via(
-            &self.tmp_file(".lines"),
+            &self.tmp_file("log_lines"),
             &self.log_lines_file(),
             lines.to_string().as_bytes(),
         )
@@ -223,6 +183,11 @@ impl AttemptDir {
     /// Creates the working directory. One left by a crash before the process started is
     /// emptied first, along with its outputs file.
     pub fn create_work(&self) -> io::Result<()> {
+        match std::fs::create_dir(&self.root) {
+            Ok(()) => return std::fs::create_dir(self.work()),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
         let work = self.work();
         match std::fs::create_dir(&work) {
             Ok(()) => Ok(()),
@@ -256,7 +221,7 @@ impl AttemptDir {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 let record = Record::Reported(Box::new(report.clone()));
-                write_via(&self.tmp_file(".record"), &self.done_file(), &to_json(&record)?)?;
+                write_via(&self.tmp_file("record"), &self.done_file(), &to_json(&record)?)?;
             }
             Err(e) => return Err(e),
         }
@@ -316,9 +281,18 @@ fn read_optional(path: &Path) -> io::Result<Option<Vec<u8>>> {
     }
 }
 
-/// Writes `bytes` to `tmp`, then renames it over `path`.
+/// Writes `bytes` to `tmp`, then renames it over `path`; creates their directory when it
+/// does not exist (an attempt that never started has none).
 fn write_via(tmp: &Path, path: &Path, bytes: &[u8]) -> io::Result<()> {
-    std::fs::write(tmp, bytes)?;
+    match std::fs::write(tmp, bytes) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            if let Some(dir) = tmp.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            std::fs::write(tmp, bytes)?;
+        }
+        other => other?,
+    }
     std::fs::rename(tmp, path)
 }
 
@@ -346,17 +320,12 @@ pub(crate) fn remove_file_if_exists(path: &Path) -> io::Result<()> {
     }
 }
 
-/// The layout of earlier versions: `<data_dir>/attempts/<attempt_id>/` holding `work/`,
-/// `outputs.json`, `pid`, `log_lines`, `result.json`, `finished` and `cancelled`.
+/// The files of earlier versions, in the same attempt directory: `pid`, `result.json`,
+/// `finished` and `cancelled`.
 pub mod legacy {
     use super::*;
 
-    /// `<data_dir>/attempts`.
-    pub fn attempts_dir(data_dir: &Path) -> PathBuf {
-        data_dir.join("attempts")
-    }
-
-    /// Where an attempt of the old layout stands (same precedence as the old reader).
+    /// Where an attempt recorded by an earlier version stands (same precedence as its reader).
     pub fn status(dir: &Path) -> io::Result<Status> {
         if dir.join("finished").exists() {
             return Ok(Status::Finished);
@@ -377,24 +346,20 @@ pub mod legacy {
         Ok(Status::Fresh)
     }
 
-    /// Moves one attempt of the old layout into `new`: its record, its log line count and its
-    /// done marker; the old directory (with any working directory left in it) is removed.
-    pub fn migrate(dir: &Path, new: &AttemptDir) -> io::Result<Status> {
-        let status = status(dir)?;
+    /// Rewrites what an earlier version recorded for `dir` as the current record (or done
+    /// marker), then removes the old files.
+    pub fn migrate(dir: &AttemptDir) -> io::Result<Status> {
+        let status = status(dir.root())?;
         match &status {
-            Status::Finished => std::fs::rename(dir.join("finished"), new.done_file())?,
-            Status::ResultPending(r) => new.write_record(&Record::Reported(r.clone()))?,
-            Status::Running(r) => {
-                match std::fs::rename(dir.join("log_lines"), new.log_lines_file()) {
-                    Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-                    _ => {}
-                }
-                new.write_running(r)?;
-            }
-            Status::Tombstone(reason) => new.write_tombstone(reason)?,
-            Status::Fresh => {}
+            Status::Finished => std::fs::rename(dir.root().join("finished"), dir.done_file())?,
+            Status::ResultPending(r) => dir.write_record(&Record::Reported(r.clone()))?,
+            Status::Running(r) => dir.write_running(r)?,
+            Status::Tombstone(reason) => dir.write_tombstone(reason)?,
+            Status::Fresh => return Ok(status),
         }
-        remove_dir_if_exists(dir)?;
+        for old in ["result.json", "pid", "cancelled"] {
+            remove_file_if_exists(&dir.root().join(old))?;
+        }
         Ok(status)
     }
 }
@@ -465,10 +430,15 @@ mod tests {
         dir.mark_finished(&report("a1"), true).unwrap();
         assert!(matches!(dir.status().unwrap(), Status::Finished));
         assert!(!dir.record_file().exists() && !dir.log_lines_file().exists());
-        // Nothing is left in tmp/.
-        assert_eq!(std::fs::read_dir(tmp_dir(tmp.path())).unwrap().count(), 0);
+        let mut left: Vec<_> = std::fs::read_dir(dir.root())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["done"], "only the done marker is kept");
 
         let other = AttemptDir::new(tmp.path(), "a2");
+        std::fs::create_dir_all(other.root()).unwrap();
         std::fs::write(other.record_file(), b"{").unwrap();
         let err = other.status().unwrap_err();
         assert!(err.to_string().contains("corrupt"), "{err}");
@@ -501,13 +471,13 @@ mod tests {
     }
 
     #[test]
-    fn legacy_attempts_move_to_the_new_layout() {
+    fn attempts_of_earlier_versions_are_rewritten_in_place() {
         let tmp = tempfile::tempdir().unwrap();
         create_dirs(tmp.path()).unwrap();
-        let old = legacy::attempts_dir(tmp.path());
+        let at = |id: &str| AttemptDir::new(tmp.path(), id);
         let write = |id: &str, file: &str, bytes: &[u8]| {
-            std::fs::create_dir_all(old.join(id).join("work")).unwrap();
-            std::fs::write(old.join(id).join(file), bytes).unwrap();
+            std::fs::create_dir_all(at(id).work()).unwrap();
+            std::fs::write(at(id).root().join(file), bytes).unwrap();
         };
         write("f", "finished", br#"{"outcome":"succeeded","finishedAtMs":2}"#);
         write("p", "result.json", &serde_json::to_vec(&report("p")).unwrap());
@@ -515,14 +485,14 @@ mod tests {
         write("r", "log_lines", b"5");
         write("c", "cancelled", b"why");
         for id in ["f", "p", "r", "c"] {
-            legacy::migrate(&old.join(id), &AttemptDir::new(tmp.path(), id)).unwrap();
-            assert!(!old.join(id).exists(), "{id}");
+            assert!(matches!(at(id).status().unwrap(), Status::Fresh), "{id}");
+            legacy::migrate(&at(id)).unwrap();
         }
-        let at = |id| AttemptDir::new(tmp.path(), id);
         assert!(matches!(at("f").status().unwrap(), Status::Finished));
         assert!(matches!(at("p").status().unwrap(), Status::ResultPending(r) if *r == report("p")));
         assert!(matches!(at("r").status().unwrap(), Status::Running(r) if r == running("r")));
         assert_eq!(at("r").read_log_lines(), 5);
         assert!(matches!(at("c").status().unwrap(), Status::Tombstone(r) if r == "why"));
+        assert!(!at("r").root().join("pid").exists());
     }
 }

@@ -467,8 +467,8 @@ async fn hostile_input_file_names_fail_clearly_and_write_nothing_outside() -> Re
         assert!(error.contains(&format!("{name:?}")), "{name}: {error}");
         assert_eq!(h.count(kind::TASK_STARTED, &attempt), 0);
         let dir = AttemptDir::new(&h.data_dir, &attempt);
-        assert!(!dir.work().with_file_name("x").exists());
-        assert!(!h.data_dir.join("launcher/x").exists());
+        assert!(!dir.root().join("x").exists());
+        assert!(!h.data_dir.join("attempts/x").exists());
     }
     assert!(!h.path("abs-target").exists());
     assert!(!marker.exists(), "the command ran despite a refused input file");
@@ -905,7 +905,6 @@ async fn reconcile_resumes_each_recorded_state() -> Result<()> {
             fresh.create_work()?;
             std::fs::write(fresh.work().join("partial"), "x")?;
             std::fs::write(fresh.outputs(), "{}")?;
-            std::fs::write(state::tmp_dir(data).join("s-fresh.record"), "{")?;
             Ok(())
         },
         |_| {},
@@ -915,7 +914,6 @@ async fn reconcile_resumes_each_recorded_state() -> Result<()> {
     assert_eq!((f.outcome, f.log_lines), (Outcome::Succeeded, 3), "{f:?}");
     let fresh = AttemptDir::new(&h.data_dir, "s-fresh");
     assert!(!fresh.work().exists() && !fresh.outputs().exists());
-    assert_eq!(std::fs::read_dir(state::tmp_dir(&h.data_dir))?.count(), 0);
 
     let ran = h.path_str("ran");
     for id in ["s-pending", "s-done", "s-tomb"] {
@@ -945,6 +943,7 @@ async fn reconcile_takes_over_attempts_of_the_earlier_layout() -> Result<()> {
     let mut h = Harness::start_in(
         tmp,
         |data| {
+            // Written as earlier versions did, in the same attempt directories.
             let old = data.join("attempts");
             std::fs::create_dir_all(old.join("l-run/work"))?;
             std::fs::write(
@@ -967,7 +966,8 @@ async fn reconcile_takes_over_attempts_of_the_earlier_layout() -> Result<()> {
     let status = child.wait()?;
     assert_eq!(status.signal(), Some(15), "{status:?}");
     assert!(!is_alive(grandchild), "the leftover background child survived");
-    assert!(!h.data_dir.join("attempts").exists(), "the old layout is left");
+    let run = AttemptDir::new(&h.data_dir, "l-run");
+    assert!(run.done_file().exists() && !run.root().join("pid").exists() && !run.work().exists());
 
     h.dispatch(&task("l-done", &["true"])).await?;
     h.dispatch(&task("l-next", &["true"])).await?;
