@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs everything CI runs: formatting, lints and the whole test suite.
-# Installs what the tests need when it is missing, so it works on a fresh machine.
+# Runs everything CI runs: formatting, lints and the whole test suite, against real RabbitMQ,
+# PostgreSQL and a Kafka-compatible broker (tansu), which it installs and starts when missing
+# and removes again afterwards (scripts/services.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,11 +20,32 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install cargo-nextest --locked
 fi
 
+# shellcheck source=scripts/services.sh
+source scripts/services.sh
+step "build dependencies"
+build_deps
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-step "cargo nextest run"
-cargo nextest run --workspace --locked --no-fail-fast "$@"
+step "building the tests"
+cargo nextest run --workspace --locked --no-run
+
+step "starting RabbitMQ, PostgreSQL and tansu"
+trap services_down EXIT
+services_up
+
+# Tests that restart the broker or kill services run alone, after the rest.
+disruptive='binary(faults) | (package(ferry-bus-amqp) & binary(restart))'
+
+step "cargo nextest run (side by side)"
+status=0
+cargo nextest run --workspace --locked -E "not ($disruptive)" "$@" || status=$?
+
+step "cargo nextest run (broker restarts and killed services, one at a time)"
+cargo nextest run --workspace --locked -E "$disruptive" --test-threads 1 "$@" || status=$?
+
+exit $status
