@@ -104,6 +104,41 @@ impl AmqpBus {
         &self.shared.names
     }
 
+    /// Deletes the namespace from the broker: the queues of every group this process declared
+    /// or consumed (the standard ones included), the dead-letter and unrouted queues, and the
+    /// namespace's exchanges, with whatever they hold. For tearing down a test or a deployment;
+    /// queues of groups only other processes used are left.
+    pub async fn delete_namespace(&self) -> ferry_bus::Result<()> {
+        use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+        let live = self.shared.require()?;
+        let ch = self
+            .shared
+            .channel(&live, "a channel to delete the namespace")
+            .await?;
+        let names = &self.shared.names;
+        let endpoint = &self.shared.endpoint;
+        let mut queues: Vec<String> = self
+            .shared
+            .groups()
+            .iter()
+            .map(|g| names.queue(&g.group))
+            .collect();
+        queues.push(names.dead_queue());
+        queues.push(names.unrouted_queue());
+        for q in queues {
+            ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                .await
+                .map_err(|e| Error::from_lapin(endpoint, format!("deleting queue {q}"), e))?;
+        }
+        for x in [names.exchange(), names.dead(), names.unrouted()] {
+            ch.exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())
+                .await
+                .map_err(|e| Error::from_lapin(endpoint, format!("deleting exchange {x}"), e))?;
+        }
+        link::close_quietly(&ch).await;
+        Ok(())
+    }
+
     async fn publish_batch(&self, events: &[Event]) -> error::Result<()> {
         let mut messages = Vec::with_capacity(events.len());
         for event in events {

@@ -111,7 +111,7 @@ impl Shared {
         }
     }
 
-    fn groups(&self) -> Vec<Subscribe> {
+    pub fn groups(&self) -> Vec<Subscribe> {
         let groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
         groups.values().cloned().collect()
     }

@@ -55,18 +55,44 @@ pub async fn broker_lock(exclusive: bool) -> File {
     .expect("the lock task ends")
 }
 
+/// A bus in a fresh namespace that deletes the namespace when dropped: every queue holds file
+/// handles on the broker, and a run that left them all behind would exhaust them.
+pub struct TestBus(pub AmqpBus);
+
+impl std::ops::Deref for TestBus {
+    type Target = AmqpBus;
+    fn deref(&self) -> &AmqpBus {
+        &self.0
+    }
+}
+
+impl Drop for TestBus {
+    fn drop(&mut self) {
+        let bus = self.0.clone();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            tokio::task::block_in_place(|| {
+                let cleanup =
+                    tokio::time::timeout(std::time::Duration::from_secs(20), bus.delete_namespace());
+                if let Ok(Err(e)) = rt.block_on(cleanup) {
+                    eprintln!("deleting the test namespace failed: {e}");
+                }
+            });
+        }
+    }
+}
+
 /// A bus in a fresh namespace, with its namespace.
-pub async fn fresh_bus() -> (AmqpBus, String) {
+pub async fn fresh_bus() -> (TestBus, String) {
     let ns = fresh_namespace();
     let bus = AmqpBus::connect(&url_of(&ns))
         .await
         .unwrap_or_else(|e| panic!("connecting to RabbitMQ at FERRY_TEST_AMQP failed: {e}"));
-    (bus, ns)
+    (TestBus(bus), ns)
 }
 
 /// A bus that holds the shared broker lock for as long as it lives.
 pub struct LockedBus {
-    pub bus: AmqpBus,
+    pub bus: TestBus,
     _lock: File,
 }
 
