@@ -67,9 +67,14 @@ async fn open(shared: &Shared, live: &Live, spec: &Subscribe) -> Result<Open> {
 pub(crate) async fn subscribe(
     shared: Arc<Shared>,
     life: Arc<crate::Life>,
-    spec: Subscribe,
+    mut spec: Subscribe,
 ) -> Result<AmqpConsumer> {
-    shared.remember(&spec);
+    if spec.ephemeral {
+        // A queue of its own, whatever other instances subscribe with the same group name.
+        spec.group = format!("{}.{:016x}", spec.group, rand::random::<u64>());
+    } else {
+        shared.remember(&spec);
+    }
     let live = shared.require()?;
     shared.declare_group(&live, &spec).await?;
     let first = open(&shared, &live, &spec).await?;
@@ -114,7 +119,8 @@ async fn consume(
         let Some(live) = wait_live(&shared, &tx).await else {
             return;
         };
-        // The group is declared again in case the broker lost it (it was not durable on disk).
+        // The group is declared again in case the broker lost it: an ephemeral group's queue
+        // went with the old connection.
         let reopened = match shared.declare_group(&live, &spec).await {
             Ok(()) => open(&shared, &live, &spec).await,
             Err(e) => Err(e),

@@ -226,6 +226,10 @@ impl ferry_bus::Bus for AmqpBus {
     }
 
     async fn declare(&self, spec: &Subscribe) -> ferry_bus::Result<()> {
+        if spec.ephemeral {
+            // Its queue exists only while it is consumed.
+            return Ok(());
+        }
         self.shared.remember(spec);
         let live = self.shared.require()?;
         Ok(self.shared.declare_group(&live, spec).await?)

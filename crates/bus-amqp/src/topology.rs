@@ -4,6 +4,7 @@
 //! | --- | --- | --- |
 //! | `NS` | durable topic exchange | every event, routing key [`Topic::name`]; unroutable events go to `NS.unrouted` |
 //! | `NS.<group>` | durable quorum queue | one per consumer group, bound with each of its topics; dead-letters to `NS.dead` after [`DELIVERY_LIMIT`] deliveries |
+//! | `NS.<group>.<random>` | exclusive, auto-deleted classic queue | an ephemeral group ([`Subscribe::ephemeral`]), gone with its subscription or connection |
 //! | `NS.dead` | durable fanout exchange | where dead letters go, by the broker or by ferry |
 //! | `NS:dead` | durable quorum queue bound to `NS.dead` | dead letters, with the `x-ferry-dead-reason` header when ferry moved them |
 //! | `NS.unrouted` | durable fanout exchange, the alternate exchange of `NS` | events no group is bound for |
@@ -173,19 +174,28 @@ pub(crate) async fn declare_group(
 ) -> Result<()> {
     let queue = names.queue(&spec.group);
     let qname = short("the queue of a consumer group", queue.clone())?;
-    ch.queue_declare(
-        qname.clone(),
-        durable(),
-        quorum(&[
+    let (options, arguments) = if spec.ephemeral {
+        // Gone with its consumer (auto-delete) or its connection (exclusive); quorum queues
+        // cannot be either, so it is a classic one.
+        let options = QueueDeclareOptions {
+            exclusive: true,
+            auto_delete: true,
+            ..QueueDeclareOptions::default()
+        };
+        (options, FieldTable::default())
+    } else {
+        let arguments = quorum(&[
             (
                 "x-dead-letter-exchange",
                 AMQPValue::LongString(names.dead().into()),
             ),
             ("x-delivery-limit", AMQPValue::LongLongInt(DELIVERY_LIMIT)),
-        ]),
-    )
-    .await
-    .map_err(|e| Error::from_lapin(endpoint, format!("queue {queue}"), e))?;
+        ]);
+        (durable(), arguments)
+    };
+    ch.queue_declare(qname.clone(), options, arguments)
+        .await
+        .map_err(|e| Error::from_lapin(endpoint, format!("queue {queue}"), e))?;
     for topic in &spec.topics {
         let key = short("a routing key", topic.name())?;
         ch.queue_bind(
