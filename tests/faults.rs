@@ -224,7 +224,11 @@ async fn fault_run(bus_base: &str, broker_restart: bool) {
     let bus = format!("{bus_base}{sep}namespace={namespace}");
     let dir = tempfile::tempdir().unwrap();
     // FERRY_FAULT_KEEP=1 keeps the logs, ledger and databases for a look afterwards.
-    let d = &if std::env::var_os("FERRY_FAULT_KEEP").is_some() { dir.keep() } else { dir.path().to_path_buf() };
+    let d = &if std::env::var_os("FERRY_FAULT_KEEP").is_some() {
+        dir.keep()
+    } else {
+        dir.path().to_path_buf()
+    };
     let data = d.join("data");
     std::fs::create_dir_all(&data).unwrap();
     let ledger = d.join("ledger");
@@ -330,16 +334,24 @@ async fn fault_run(bus_base: &str, broker_restart: bool) {
         // (a restarted consumer may wait for its group to rebalance first), then a little more.
         let deadline = Instant::now() + Duration::from_secs(120);
         let now = loop {
-            let n = std::fs::read_to_string(&ledger).map(|t| t.lines().count()).unwrap_or(0);
+            let n = std::fs::read_to_string(&ledger)
+                .map(|t| t.lines().count())
+                .unwrap_or(0);
             if n >= seen + 40 {
                 break n;
             }
-            assert!(Instant::now() < deadline, "no progress for 120s after {schedule:?}; logs in {}", d.display());
+            assert!(
+                Instant::now() < deadline,
+                "no progress for 120s after {schedule:?}; logs in {}",
+                d.display()
+            );
             std::thread::sleep(Duration::from_millis(20));
         };
         seen = now;
         std::thread::sleep(Duration::from_millis(rng.below(400)));
-        let state = api_json(&api, &format!("/jobs/{job}")).await.and_then(|d| d["state"].as_str().map(str::to_string));
+        let state = api_json(&api, &format!("/jobs/{job}"))
+            .await
+            .and_then(|d| d["state"].as_str().map(str::to_string));
         if matches!(state.as_deref(), Some("succeeded" | "failed" | "cancelled")) {
             break;
         }
