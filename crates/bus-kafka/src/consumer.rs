@@ -320,6 +320,10 @@ pub(crate) async fn subscribe(bus: &KafkaBus, spec: &Subscribe) -> Result<Subscr
         .set("session.timeout.ms", SESSION_TIMEOUT.as_millis().to_string())
         .set("heartbeat.interval.ms", "500")
         .set("topic.metadata.refresh.interval.ms", "5000")
+        // Hand a message over as soon as it is there: dispatch latency matters more than
+        // fetch efficiency (the broker answers a fetch at once when data is waiting anyway).
+        .set("fetch.wait.max.ms", "10")
+        .set("fetch.min.bytes", "1")
         .create_with_context(context)
         .map_err(|e| Error::Client(Box::new(e)))?;
     let topics: Vec<String> = spec.topics.iter().map(|t| config.topic(t)).collect();

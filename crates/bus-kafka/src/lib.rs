@@ -129,7 +129,7 @@ impl KafkaBus {
             .set("client.id", format!("ferry-{}", config.namespace))
             .set("enable.idempotence", "true")
             .set("acks", "all")
-            .set("linger.ms", "5")
+            .set("linger.ms", "1")
             .set("message.timeout.ms", DELIVERY_TIMEOUT.as_millis().to_string())
             .create()
             .map_err(|e| Error::Client(Box::new(e)))?;
