@@ -1,5 +1,6 @@
-//! ferry's load test on the embedded system (in-memory bus, SQLite with durable commits, the
-//! local launcher running real processes).
+//! ferry's load test, on the embedded system (in-memory bus, SQLite with durable commits, the
+//! local launcher running real processes) or, with `--bus URL`, on a deployment on a real broker
+//! with each service in its own process ([`deployment`]).
 //!
 //! - `fanout`: one job, a root task releasing N no-op workers, as fast as ferry goes;
 //! - `paced`: single-task jobs submitted at a fixed rate, for dispatch latency at a steady load.
@@ -7,6 +8,8 @@
 //! It reports throughput, dispatch latency (task ready → its process started, as stamped by the
 //! scheduler and the launcher), ferry's own CPU per task (this process's user+sys time; the task
 //! processes are children and not counted), peak memory (VmHWM) and bus messages per task.
+
+mod deployment;
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -33,6 +36,74 @@ struct Args {
     /// Attempts the launcher runs at once.
     #[arg(long, global = true, default_value_t = 64)]
     parallel: usize,
+    /// Run on a broker (amqp://… or kafka://…) with every service in its own `ferry service`
+    /// process, instead of the embedded system.
+    #[arg(long, global = true)]
+    bus: Option<String>,
+    /// The `ferry` binary for `--bus` runs [default: beside this program].
+    #[arg(long, global = true)]
+    ferry: Option<PathBuf>,
+}
+
+/// What a run measured.
+pub struct Report {
+    pub tasks: usize,
+    pub elapsed: Duration,
+    pub latencies: Vec<i64>,
+    pub cpu: Duration,
+    pub peak_rss_kib: Option<u64>,
+    pub messages: u64,
+    pub failed: usize,
+    pub latency_label: &'static str,
+}
+
+impl Report {
+    fn print(mut self) -> Result<()> {
+        let total = self.tasks as f64;
+        self.latencies.sort_unstable();
+        let l = &self.latencies;
+        let pct = |p: f64| {
+            l.get(((l.len() as f64 - 1.0) * p).round() as usize)
+                .copied()
+                .unwrap_or(0)
+        };
+        println!("  elapsed               {:.2} s", self.elapsed.as_secs_f64());
+        println!(
+            "  tasks                 {} ({} jobs not succeeded)",
+            self.tasks, self.failed
+        );
+        println!(
+            "  throughput            {:.0} tasks/s",
+            total / self.elapsed.as_secs_f64()
+        );
+        println!(
+            "  latency               p50 {} ms, p99 {} ms, max {} ms ({})",
+            pct(0.5),
+            pct(0.99),
+            l.last().copied().unwrap_or(0),
+            self.latency_label
+        );
+        println!(
+            "  ferry CPU             {:.3} ms/task ({:.2} s user+sys in all; task processes excluded)",
+            self.cpu.as_secs_f64() * 1000.0 / total,
+            self.cpu.as_secs_f64()
+        );
+        if let Some(kib) = self.peak_rss_kib {
+            println!(
+                "  peak memory           {:.1} MiB (VmHWM of the whole process)",
+                kib as f64 / 1024.0
+            );
+        }
+        println!(
+            "  bus messages/task     {:.2} (control, lifecycle, dispatch and cancel; logs apart)",
+            self.messages as f64 / total
+        );
+        println!("  load average after    {}", loadavg());
+        if self.failed > 0 {
+            bail!("{} jobs did not succeed", self.failed);
+        }
+        Ok(())
+    }
 }
 
 #[derive(Subcommand)]
@@ -58,6 +129,32 @@ fn main() -> Result<()> {
 }
 
 async fn run(args: Args) -> Result<()> {
+    if let Some(bus) = &args.bus {
+        let ferry = match &args.ferry {
+            Some(f) => f.clone(),
+            None => std::env::current_exe()?.with_file_name("ferry"),
+        };
+        let (rate, tasks, label) = match args.mode {
+            Mode::Fanout { tasks } => (None, tasks + 1, format!("fanout, {tasks} workers + 1 root")),
+            Mode::Paced { rate, tasks } => (Some(rate), tasks, format!("paced, {tasks} jobs at {rate}/s")),
+        };
+        println!(
+            "ferry loadtest on {}: {label}; services as processes; command {}; launcher parallelism {}",
+            bus.split('@').next_back().unwrap_or(bus),
+            args.command,
+            args.parallel
+        );
+        println!("  load average before   {}", loadavg());
+        let plan = deployment::Plan {
+            ferry,
+            bus_url: bus.clone(),
+            parallel: args.parallel,
+            command: args.command.clone(),
+            rate,
+            tasks,
+        };
+        return deployment::run(plan).await?.print();
+    }
     let tmp = tempfile::tempdir()?;
     let data_dir = args.data_dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
     let mut opts = Options::new(&data_dir);
@@ -157,46 +254,20 @@ async fn run(args: Args) -> Result<()> {
     submitter.await??;
     system.stop().await?;
 
-    latencies.sort_unstable();
-    let pct = |p: f64| {
-        latencies
-            .get(((latencies.len() as f64 - 1.0) * p).round() as usize)
-            .copied()
-            .unwrap_or(0)
-    };
-    println!("  elapsed               {:.2} s", elapsed.as_secs_f64());
-    println!("  tasks                 {total_tasks} ({failed} jobs not succeeded)");
-    println!(
-        "  throughput            {:.0} tasks/s",
-        total_tasks as f64 / elapsed.as_secs_f64()
-    );
-    println!(
-        "  dispatch latency      p50 {} ms, p99 {} ms, max {} ms (task ready -> process started)",
-        pct(0.5),
-        pct(0.99),
-        latencies.last().copied().unwrap_or(0)
-    );
-    println!(
-        "  ferry CPU             {:.3} ms/task ({:.2} s user+sys in all; task processes excluded)",
-        cpu.as_secs_f64() * 1000.0 / total_tasks as f64,
-        cpu.as_secs_f64()
-    );
-    println!(
-        "  peak memory           {:.1} MiB (VmHWM of the whole process)",
-        peak_rss_kib() as f64 / 1024.0
-    );
-    println!(
-        "  bus messages/task     {:.2} (control, lifecycle and dispatch; logs apart)",
-        messages as f64 / total_tasks as f64
-    );
-    println!("  load average after    {}", loadavg());
-    if failed > 0 {
-        bail!("{failed} jobs did not succeed");
+    Report {
+        tasks: total_tasks,
+        elapsed,
+        latencies,
+        cpu,
+        peak_rss_kib: Some(peak_rss_kib()),
+        messages,
+        failed,
+        latency_label: "task ready -> process started",
     }
-    Ok(())
+    .print()
 }
 
-fn fanout_flow(n: usize, command: &str) -> String {
+pub(crate) fn fanout_flow(n: usize, command: &str) -> String {
     let mut s = String::with_capacity(n * 80);
     s.push_str("id: loadtest-fanout\ntasks:\n  - { id: root, runner: local, command: [");
     s.push_str(&serde_json::to_string(command).expect("a string serializes"));
@@ -210,7 +281,7 @@ fn fanout_flow(n: usize, command: &str) -> String {
     s
 }
 
-fn single_flow(command: &str) -> String {
+pub(crate) fn single_flow(command: &str) -> String {
     format!(
         "id: loadtest-single\ntasks:\n  - {{ id: t, runner: local, command: [{}] }}\n",
         serde_json::to_string(command).expect("a string serializes")

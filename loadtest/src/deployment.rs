@@ -1,0 +1,258 @@
+//! A deployment on a real broker: the planner, scheduler, launcher and log collector each run as
+//! their own `ferry service` process; this process submits work on the same bus and watches
+//! ferry's events on ephemeral subscriptions of its own.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use ferry_bus::{Bus, Subscribe, Subscription};
+use ferry_event::payload::{FlowSource, JobSubmitted, TaskStarted};
+use ferry_event::{AttributesReader, EventBuilder, Topic, kind};
+
+use crate::{Report, fanout_flow, single_flow};
+
+/// The service processes, stopped (SIGTERM, then SIGKILL) when dropped.
+struct Services {
+    children: Vec<(String, Child)>,
+}
+
+impl Services {
+    fn start(ferry: &Path, bus: &str, dir: &Path, parallel: usize) -> Result<Services> {
+        let data = dir.join("data");
+        std::fs::create_dir_all(&data)?;
+        let db = |f: &str| format!("sqlite://{}", dir.join(f).display());
+        let mut children = Vec::new();
+        let specs: Vec<(&str, Vec<String>)> = vec![
+            ("planner", vec![]),
+            ("scheduler", vec!["--db".into(), db("scheduler.db")]),
+            ("launcher", vec!["--max-parallel".into(), parallel.to_string()]),
+            ("log-collector", vec!["--logs".into(), db("logs.db")]),
+        ];
+        for (name, extra) in specs {
+            let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
+            let child = Command::new(ferry)
+                .args(["service", name, "--bus", bus, "--data-dir"])
+                .arg(&data)
+                .args(extra)
+                .env("FERRY_LOG", "warn")
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .spawn()
+                .with_context(|| format!("cannot start {} service {name}", ferry.display()))?;
+            children.push((name.to_string(), child));
+        }
+        Ok(Services { children })
+    }
+
+    /// User+system CPU seconds of the service processes themselves (not their children).
+    fn cpu(&self) -> Duration {
+        let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+            .ok()
+            .flatten()
+            .unwrap_or(100) as f64;
+        let mut total = 0.0;
+        for (_, c) in &self.children {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", c.id())) else {
+                continue;
+            };
+            let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+            // After the command name: state is field 3, utime 14, stime 15 (1-based).
+            let utime: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+            let stime: f64 = fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+            total += (utime + stime) / ticks;
+        }
+        Duration::from_secs_f64(total)
+    }
+
+    fn check(&mut self) -> Result<()> {
+        for (name, c) in &mut self.children {
+            if let Some(status) = c.try_wait()? {
+                bail!("the {name} service exited ({status}); see its log");
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Services {
+    fn drop(&mut self) {
+        for (_, c) in &mut self.children {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for (_, c) in &mut self.children {
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// What the deployment run is asked to do.
+pub struct Plan {
+    pub ferry: PathBuf,
+    pub bus_url: String,
+    pub parallel: usize,
+    pub command: String,
+    /// `None`: one fan-out job as fast as possible; `Some(rate)`: single-task jobs at that rate.
+    pub rate: Option<f64>,
+    pub tasks: usize,
+}
+
+pub async fn run(plan: Plan) -> Result<Report> {
+    let dir = tempfile::tempdir()?;
+    // A namespace of its own: nothing else on the broker sees this run.
+    let ns = format!("load{}", &ferry_event::new_id().replace('-', "")[..12]);
+    let sep = if plan.bus_url.contains('?') { '&' } else { '?' };
+    let bus_url = format!("{}{sep}namespace={ns}", plan.bus_url);
+    let bus: Arc<dyn Bus> = ferry_connect::bus(&bus_url)
+        .await
+        .context("connecting to the broker")?;
+    // Watch every class of control traffic (logs apart), each topic on an ephemeral group.
+    let mut watch = Vec::new();
+    for topic in [
+        Topic::Control,
+        Topic::Lifecycle,
+        Topic::Dispatch("local".into()),
+        Topic::Cancel("local".into()),
+    ] {
+        let name = format!("loadtest-{}", topic.name().replace('.', "-"));
+        watch.push(
+            bus.subscribe(Subscribe::new(name, [topic]).prefetch(4096).ephemeral())
+                .await?,
+        );
+    }
+    let mut services = Services::start(&plan.ferry, &bus_url, dir.path(), plan.parallel)?;
+    // Let the services join their groups before the clock starts.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    services.check()?;
+
+    let jobs: Vec<(String, String)> = match plan.rate {
+        None => vec![(ferry_event::new_id(), fanout_flow(plan.tasks - 1, &plan.command))],
+        Some(_) => {
+            let flow = single_flow(&plan.command);
+            (0..plan.tasks)
+                .map(|_| (ferry_event::new_id(), flow.clone()))
+                .collect()
+        }
+    };
+    let mut pending: HashSet<String> = jobs.iter().map(|(id, _)| id.clone()).collect();
+    let published: Arc<std::sync::Mutex<std::collections::HashMap<String, i64>>> = Default::default();
+    let cpu_start = services.cpu();
+    let started = Instant::now();
+    let submitter = {
+        let (bus, published, rate) = (bus.clone(), published.clone(), plan.rate);
+        let events = EventBuilder::new("ferry/loadtest");
+        tokio::spawn(async move {
+            let every = rate.map(|r| Duration::from_secs_f64(1.0 / r));
+            let t0 = tokio::time::Instant::now();
+            for (i, (job_id, flow)) in jobs.into_iter().enumerate() {
+                if let Some(every) = every {
+                    tokio::time::sleep_until(t0 + every * i as u32).await;
+                }
+                let data = JobSubmitted {
+                    job_id: Some(job_id.clone()),
+                    flow: FlowSource::Text(flow),
+                    flow_name: None,
+                    inputs: Default::default(),
+                };
+                published
+                    .lock()
+                    .unwrap()
+                    .insert(job_id.clone(), ferry_event::now_ms());
+                let e = events.job(kind::JOB_SUBMITTED, &job_id, &data);
+                let mut tries = 0;
+                while let Err(err) = bus.publish(std::slice::from_ref(&e)).await {
+                    tries += 1;
+                    if tries > 50 {
+                        return Err(anyhow::anyhow!("publishing a submission failed: {err}"));
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+            anyhow::Ok(())
+        })
+    };
+
+    let mut latencies = Vec::with_capacity(plan.tasks);
+    let mut messages = 0u64;
+    let mut failed = 0usize;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1800);
+    let mut check = tokio::time::interval(Duration::from_secs(2));
+    while !pending.is_empty() {
+        let next = next_of(&mut watch);
+        let d = tokio::select! {
+            d = next => d?,
+            _ = check.tick() => { services.check()?; continue }
+            _ = tokio::time::sleep_until(deadline) => bail!("gave up after 30 minutes with {} jobs unfinished", pending.len()),
+        };
+        messages += 1;
+        match d.event.ty() {
+            kind::TASK_STARTED => {
+                let s: TaskStarted = ferry_event::decode(&d.event)?;
+                let from = match plan.rate {
+                    // Paced: from the submission's publish to the process start.
+                    Some(_) => published
+                        .lock()
+                        .unwrap()
+                        .get(&s.job_id)
+                        .copied()
+                        .unwrap_or(s.ready_at_ms),
+                    // Fan-out: from the task becoming ready.
+                    None => s.ready_at_ms,
+                };
+                latencies.push(s.started_at_ms - from);
+            }
+            kind::JOB_SUCCEEDED | kind::JOB_FAILED | kind::JOB_CANCELLED | kind::JOB_REJECTED => {
+                if d.event.ty() != kind::JOB_SUCCEEDED {
+                    failed += 1;
+                }
+                if let Some(job) = ferry_event::envelope::job_of(&d.event) {
+                    pending.remove(&job);
+                }
+            }
+            _ => {}
+        }
+        d.ack().await?;
+    }
+    let elapsed = started.elapsed();
+    let cpu = services.cpu().saturating_sub(cpu_start);
+    submitter.await??;
+    drop(services);
+    Ok(Report {
+        tasks: plan.tasks,
+        elapsed,
+        latencies,
+        cpu,
+        peak_rss_kib: None,
+        messages,
+        failed,
+        latency_label: match plan.rate {
+            Some(_) => "submission published -> process started",
+            None => "task ready -> process started",
+        },
+    })
+}
+
+/// The next delivery from any of the subscriptions.
+async fn next_of(subs: &mut [Subscription]) -> Result<ferry_bus::Delivery> {
+    let futs = subs.iter_mut().map(|s| Box::pin(s.next()));
+    let (d, _, _) = futures::future::select_all(futs).await;
+    match d {
+        Some(d) => Ok(d?),
+        None => bail!("the bus closed"),
+    }
+}
