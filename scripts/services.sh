@@ -44,7 +44,8 @@ rabbitmq_up() {
   if ! _port_open 5672; then
     command -v rabbitmq-server >/dev/null || _apt_install rabbitmq-server
     _say "starting RabbitMQ"
-    rabbitmq-server -detached >/dev/null 2>&1 || true
+    # Every queue holds file handles; the default limit of 1024 runs out with many test queues.
+    (ulimit -n 65536 2>/dev/null || true; rabbitmq-server -detached >/dev/null 2>&1) || true
     _wait_port 5672 RabbitMQ 240
   fi
   rabbitmqctl await_startup >/dev/null 2>&1 || true
@@ -101,10 +102,22 @@ kafka_up() {
   _say "tansu on 127.0.0.1:$port (pid $pid, log $log)"
 }
 
+# A Python with the clients the tests publish with from outside ferry.
+python_clients() {
+  local venv="$FERRY_TOOLS/venv"
+  [ -x "$venv/bin/python" ] || python3 -m venv "$venv" >/dev/null
+  if ! "$venv/bin/python" -c 'import pika, kafka' 2>/dev/null; then
+    _say "installing pika and kafka-python into $venv"
+    "$venv/bin/pip" install -q pika==1.4.4 kafka-python==3.0.12
+  fi
+  export FERRY_TEST_PYTHON="$venv/bin/python"
+}
+
 services_up() {
   rabbitmq_up
   postgres_up
   kafka_up
+  python_clients
 }
 
 services_down() {
