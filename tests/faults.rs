@@ -219,7 +219,7 @@ fn processes_with(marker: &str) -> Vec<i32> {
 }
 
 async fn fault_run(bus_base: &str, broker_restart: bool) {
-    let namespace = format!("f{}", ferry_event::new_id().replace('-', "")[..16].to_string());
+    let namespace = format!("f{}", &ferry_event::new_id().replace('-', "")[..16]);
     let sep = if bus_base.contains('?') { '&' } else { '?' };
     let bus = format!("{bus_base}{sep}namespace={namespace}");
     let dir = tempfile::tempdir().unwrap();

@@ -126,7 +126,9 @@ impl Client {
                 }
                 let v: Value = serde_json::from_str(line.trim())
                     .map_err(|e| anyhow!("the api sent a line that is not JSON ({e}): {line}"))?;
-                if let Some(err) = v["error"].as_str() {
+                // A failure of the stream itself is a line with nothing but `error`; a change
+                // of a failed task carries an `error` too, beside its `seq`.
+                if let (Some(err), None, None) = (v["error"].as_str(), v.get("seq"), v.get("cursor")) {
                     return Err(Refused::Failed(anyhow!("the api reported: {err}")));
                 }
                 each(v)?;

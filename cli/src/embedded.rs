@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Result, anyhow};
-use ferry_bus::{Bus, MemoryBus, Subscribe};
+use ferry_bus::{Bus, MemoryBus};
 use ferry_event::Topic;
 use ferry_log_collector::LogStore;
 
@@ -57,13 +57,8 @@ impl Embedded {
         settings.max_parallel = opts.max_parallel;
         settings.prepare()?;
         let bus = MemoryBus::new();
-        for (group, topic) in [
-            (ferry_planner::GROUP, Topic::Intake),
-            ("scheduler", Topic::Control),
-            ("launcher-local", Topic::Dispatch("local".into())),
-            (ferry_log_collector::DEFAULT_GROUP, Topic::Logs),
-        ] {
-            bus.declare(&Subscribe::new(group, [topic])).await?;
+        for spec in crate::services::standard_groups() {
+            bus.declare(&spec).await?;
         }
         let shared: Arc<dyn Bus> = Arc::new(bus.clone());
         let (mut running, logs) = Running::start(&SERVICES, &settings, shared).await?;

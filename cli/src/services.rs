@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
-use ferry_bus::Bus;
+use ferry_bus::{Bus, Subscribe};
+use ferry_event::Topic;
 use ferry_log_collector::LogStore;
 use ferry_runtime::{CancellationToken, instance_source};
 use nix::fcntl::{Flock, FlockArg};
@@ -304,6 +305,12 @@ pub async fn serve(services: &[Service], mut settings: Settings, bus_url: &str) 
     let bus = ferry_connect::bus(bus_url)
         .await
         .with_context(|| format!("cannot open the bus {bus_url}"))?;
+    // Every service's queue exists before any of them publishes, whichever run where.
+    for spec in standard_groups() {
+        bus.declare(&spec)
+            .await
+            .with_context(|| format!("cannot declare the {} queue", spec.group))?;
+    }
     let (mut running, _) = Running::start(services, &settings, bus).await?;
     let names: Vec<&str> = services.iter().map(|s| s.name()).collect();
     tracing::info!(services = %names.join(", "), bus = %redact(bus_url), data_dir = %settings.data_dir.display(), "ferry running");
@@ -321,6 +328,20 @@ pub async fn serve(services: &[Service], mut settings: Settings, bus_url: &str) 
     });
     let stopped = running.stop().await;
     outcome.and(stopped)
+}
+
+/// The consumer groups of ferry's services, as they subscribe.
+pub fn standard_groups() -> Vec<Subscribe> {
+    vec![
+        Subscribe::new(ferry_planner::GROUP, [Topic::Intake]),
+        Subscribe::new("scheduler", [Topic::Control]),
+        Subscribe::new(
+            "launcher-local",
+            [Topic::Dispatch(ferry_launcher_local::BACKEND.into())],
+        ),
+        Subscribe::new(ferry_log_collector::DEFAULT_GROUP, [Topic::Logs]),
+        Subscribe::new(ferry_api::DEFAULT_GROUP, [Topic::Control, Topic::Lifecycle]),
+    ]
 }
 
 /// A URL with its password replaced, for logs.
