@@ -1066,8 +1066,25 @@ impl<'a> Cx<'a> {
         let mut room: HashMap<String, Option<i64>> = HashMap::new();
         let mut started: HashMap<String, i64> = HashMap::new();
         let mut outputs = OutputCache::default();
+        // Dispatches each backend's launchers have not picked up yet.
+        let mut waiting: HashMap<String, i64> = HashMap::new();
+        if !rows.is_empty() {
+            for r in sqlx::query(
+                "SELECT backend, COUNT(*) AS n FROM tasks WHERE state = 'dispatched' GROUP BY backend",
+            )
+            .fetch_all(&mut *self.tx)
+            .await?
+            {
+                waiting.insert(r.try_get("backend")?, r.try_get("n")?);
+            }
+        }
+        let max_waiting = self.cfg.max_waiting as i64;
         for (_, concurrency, active, row) in rows {
             let job_id: String = row.try_get("job_id")?;
+            let backend: String = row.try_get("backend")?;
+            if waiting.get(&backend).copied().unwrap_or(0) >= max_waiting {
+                continue;
+            }
             let left = room
                 .entry(job_id.clone())
                 .or_insert(concurrency.map(|c| c - active));
@@ -1077,7 +1094,6 @@ impl<'a> Cx<'a> {
             let task_id: String = row.try_get("task_id")?;
             let attempts: i64 = row.try_get("attempts")?;
             let ready_at: Option<i64> = row.try_get("ready_at")?;
-            let backend: String = row.try_get("backend")?;
             let spec: String = row.try_get("spec")?;
             let spec: PlannedTask = serde_json::from_str(&spec)
                 .map_err(|e| Error::Corrupt(format!("task {job_id}/{task_id} spec: {e}")))?;
@@ -1124,6 +1140,7 @@ impl<'a> Cx<'a> {
             .execute(&mut *self.tx)
             .await?;
             *started.entry(job_id.clone()).or_default() += 1;
+            *waiting.entry(backend.clone()).or_default() += 1;
             let data = TaskDispatched {
                 job_id: job_id.clone(),
                 task_id: task_id.clone(),
@@ -1150,6 +1167,7 @@ impl<'a> Cx<'a> {
             );
             self.out.push(e);
         }
+        let dispatched: usize = started.values().map(|n| *n as usize).sum();
         for (job_id, n) in started {
             sqlx::query("UPDATE jobs SET active = active + $1, ready = ready - $1 WHERE job_id = $2")
                 .bind(n)
@@ -1157,7 +1175,9 @@ impl<'a> Cx<'a> {
                 .execute(&mut *self.tx)
                 .await?;
         }
-        Ok(full)
+        // Go on only if this pass filled a whole batch; a pass held back by `max_waiting` waits
+        // for the launchers instead.
+        Ok(full && dispatched >= limit)
     }
 
     async fn add_ready(&mut self, job_id: &str, n: i64) -> Result<()> {

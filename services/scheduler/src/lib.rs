@@ -70,6 +70,10 @@ pub struct Config {
     pub batch_max: usize,
     /// Most tasks dispatched in one transaction.
     pub dispatch_max: usize,
+    /// Most attempts of one backend dispatched and not yet started. Ready tasks beyond it wait
+    /// in the database rather than in the broker (or in memory, on the embedded bus), so a
+    /// 100,000-task fan-out does not queue 100,000 dispatches at once.
+    pub max_waiting: usize,
     /// How often timers (retries due, leases, deadlines) are checked.
     pub tick: Duration,
 }
@@ -85,6 +89,7 @@ impl Config {
             grace: Duration::from_secs(30),
             batch_max: 512,
             dispatch_max: 512,
+            max_waiting: 1024,
             tick: Duration::from_millis(100),
         }
     }

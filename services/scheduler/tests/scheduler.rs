@@ -480,3 +480,54 @@ async fn a_scheduler_killed_mid_job_and_restarted_loses_and_duplicates_nothing()
     token.cancel();
     stop.cancel();
 }
+
+#[tokio::test]
+async fn dispatches_not_picked_up_are_bounded_per_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = MemoryBus::new();
+    let stop = CancellationToken::new();
+    let rec = Recorder::start(&bus, stop.clone()).await;
+    declare_scheduler(&bus).await;
+    let mut cfg = config(&dir.path().join("s.db"));
+    cfg.max_waiting = 3;
+    let (_h, token) = start_scheduler(&bus, cfg);
+    let tasks: Vec<PlannedTask> = (0..10).map(|i| task_spec(&format!("t{i}"), &[])).collect();
+    publish(&bus, kind::JOB_PLANNED, "j", &planned("j", tasks, None)).await;
+    // No launcher picks anything up: three dispatches, then the rest wait in the database.
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    while dispatched(&rec).len() < 3 {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let sent = dispatched(&rec);
+    assert_eq!(sent.len(), 3);
+    // One starts: one more may go.
+    let d = &sent[0];
+    let started = ferry_event::payload::TaskStarted {
+        job_id: d.job_id.clone(),
+        task_id: d.task_id.clone(),
+        attempt_id: d.attempt_id.clone(),
+        attempt: d.attempt,
+        started_at_ms: ferry_event::now_ms(),
+        ready_at_ms: d.ready_at_ms,
+        launcher: "test".into(),
+    };
+    let e = ferry_event::EventBuilder::new("t").task(
+        kind::TASK_STARTED,
+        "j",
+        &d.task_id,
+        Some(&d.attempt_id),
+        &started,
+    );
+    use ferry_bus::Bus;
+    bus.publish(&[e]).await.unwrap();
+    while dispatched(&rec).len() < 4 {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(dispatched(&rec).len(), 4);
+    token.cancel();
+    stop.cancel();
+}
