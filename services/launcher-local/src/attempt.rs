@@ -136,6 +136,27 @@ fn launch(
         return Launch::NotStarted(Outcome::Cancelled, error);
     }
 
+    // Record the start before it happens: a launcher killed between the spawn and the record
+    // below would otherwise leave a process nobody knows of, and a redelivered dispatch would
+    // run the same attempt a second time. A record without a pid tells the next run to look for
+    // the attempt's processes by their FERRY_ATTEMPT_ID.
+    let starting = RunningRecord {
+        job_id: d.job_id.clone(),
+        task_id: d.task_id.clone(),
+        attempt_id: d.attempt_id.clone(),
+        attempt: d.attempt,
+        pid: 0,
+        start_time: 0,
+        started_at_ms: 0,
+    };
+    if let Err(e) = dir.write_running(&starting) {
+        let error = format!(
+            "cannot record the attempt in {}: {e}",
+            dir.record_file().display()
+        );
+        return Launch::NotStarted(Outcome::Failed, error);
+    }
+
     // Nothing here forces fork+exec (no pre_exec hook, no uid/gid change), so the standard
     // library starts the process with posix_spawn: a vfork-like clone, then exec.
     let mut cmd = tokio::process::Command::new(&prepared.program);

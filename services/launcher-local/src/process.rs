@@ -62,6 +62,28 @@ pub fn group_members(pgid: i32) -> Vec<i32> {
         .collect()
 }
 
+/// Live processes whose environment holds `name=value`: how the processes of an attempt whose
+/// pid was never recorded are found.
+pub fn processes_with_env(name: &str, value: &str) -> Vec<i32> {
+    let needle = format!("{name}={value}");
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|&b| b == 0).any(|kv| kv == needle.as_bytes()))
+                && is_alive(pid)
+        })
+        .collect()
+}
+
+/// The process group of a process.
+pub fn group_of(pid: i32) -> Option<i32> {
+    proc_stat(pid).map(|s| s.pgrp)
+}
+
 /// Whether no live process is left in group `pgid`. Asking the kernel (signal 0) answers at
 /// once when the group is gone, the common case; only when it still has members is `/proc`
 /// read, to tell live ones from zombies nobody reaps.

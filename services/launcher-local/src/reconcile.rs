@@ -79,6 +79,23 @@ pub(crate) async fn reconcile(shared: &Arc<Shared>) -> Result<usize> {
 /// An attempt whose process ran under a launcher that died: stop what is left of it, report it
 /// lost.
 async fn recover(shared: Arc<Shared>, dir: AttemptDir, record: RunningRecord) {
+    if record.pid == 0 {
+        // Killed while starting it: its processes, if the spawn happened, are found by the
+        // attempt id in their environment.
+        let pids = process::processes_with_env("FERRY_ATTEMPT_ID", &record.attempt_id);
+        let mut groups: Vec<i32> = pids.iter().filter_map(|&p| process::group_of(p)).collect();
+        groups.sort_unstable();
+        groups.dedup();
+        for pgid in &groups {
+            tracing::warn!(
+                pgid,
+                "stopping the process group of an attempt started by a previous run"
+            );
+            process::stop_group(*pgid, shared.config.kill_grace, None).await;
+        }
+        let error = "the launcher stopped while starting the attempt; what it started was stopped";
+        return report_lost(shared, dir, record, error).await;
+    }
     // The pid is ours only if it still names the process we started: same start time.
     let ours = record.start_time != 0 && process::start_time(record.pid) == Some(record.start_time);
     let error = if ours {
@@ -91,6 +108,10 @@ async fn recover(shared: Arc<Shared>, dir: AttemptDir, record: RunningRecord) {
     } else {
         "the launcher restarted while the attempt ran; its process had already ended"
     };
+    report_lost(shared, dir, record, error).await
+}
+
+async fn report_lost(shared: Arc<Shared>, dir: AttemptDir, record: RunningRecord, error: &str) {
     let report = TaskFinished {
         job_id: record.job_id,
         task_id: record.task_id,
@@ -102,7 +123,7 @@ async fn recover(shared: Arc<Shared>, dir: AttemptDir, record: RunningRecord) {
         outputs: Map::new(),
         output_files: Vec::new(),
         log_lines: dir.read_log_lines(),
-        started_at_ms: Some(record.started_at_ms),
+        started_at_ms: (record.started_at_ms != 0).then_some(record.started_at_ms),
         finished_at_ms: ferry_event::now_ms(),
     };
     publish_report(&shared, &dir, report).await;

@@ -976,3 +976,50 @@ async fn reconcile_takes_over_attempts_of_the_earlier_layout() -> Result<()> {
     assert_eq!(h.count(kind::TASK_FINISHED, "l-done"), 0);
     h.stop().await
 }
+
+#[tokio::test]
+async fn reconcile_finds_processes_started_just_before_a_crash_by_their_attempt_id() -> Result<()> {
+    // The previous run recorded the start (no pid yet), spawned, and died before recording the
+    // pid: the process carries the attempt id in its environment.
+    let attempt = format!("a-starting-{}", std::process::id());
+    let mut child = std::process::Command::new("sh")
+        .args(["-c", "sleep 100 & echo $!; exec sleep 100"])
+        .env("FERRY_ATTEMPT_ID", &attempt)
+        .stdout(std::process::Stdio::piped())
+        .process_group(0)
+        .spawn()?;
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
+    let grandchild: i32 = line.trim().parse()?;
+    let tmp = tempfile::tempdir()?;
+    let a = attempt.clone();
+    let mut h = Harness::start_in(
+        tmp,
+        move |data| {
+            state::create_dirs(data)?;
+            let dir = AttemptDir::new(data, &a);
+            std::fs::create_dir_all(dir.work())?;
+            Ok(dir.write_running(&record(&a, 0, 0))?)
+        },
+        |_| {},
+    )
+    .await?;
+    let f = h.finished(&attempt).await?;
+    assert_eq!(f.outcome, Outcome::Lost);
+    assert!(
+        f.error.as_deref().unwrap_or_default().contains("while starting"),
+        "{f:?}"
+    );
+    let status = child.wait()?;
+    assert!(
+        status.signal().is_some(),
+        "the attempt's process was not stopped: {status:?}"
+    );
+    assert!(!is_alive(grandchild), "its background child survived");
+    // The redelivered dispatch is recognised, never started a second time.
+    h.dispatch(&task(&attempt, &["true"])).await?;
+    h.dispatch(&task("a-after", &["true"])).await?;
+    h.finished("a-after").await?;
+    assert_eq!(h.count(kind::TASK_STARTED, &attempt), 0);
+    h.stop().await
+}
