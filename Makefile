@@ -2,7 +2,7 @@
 .PHONY: run test lint fmt bench verify
 
 run:            ## run the diamond example on the embedded defaults
-	cargo run -p ferry-cli -- run examples/diamond.yaml
+	cargo run -p ferry-cli --no-default-features -- run examples/diamond.yaml
 
 test:           ## formatting, lints and every test (what CI runs)
 	./scripts/test.sh
