@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use ferry_bus::{Bus, Subscribe, Subscription};
-use ferry_event::payload::{FlowSource, JobSubmitted, TaskStarted};
-use ferry_event::{AttributesReader, EventBuilder, Topic, kind};
+use ferry_event::payload::TaskStarted;
+use ferry_event::{AttributesReader, Topic, kind};
 
-use crate::{Report, fanout_flow, single_flow};
+use crate::{Published, Report, fanout_flow, single_flow, spawn_submitter};
 
 /// The service processes, stopped (SIGTERM, then SIGKILL) when dropped.
 struct Services {
@@ -150,42 +150,10 @@ pub async fn run(plan: Plan) -> Result<Report> {
         }
     };
     let mut pending: HashSet<String> = jobs.iter().map(|(id, _)| id.clone()).collect();
-    let published: Arc<std::sync::Mutex<std::collections::HashMap<String, i64>>> = Default::default();
+    let published: Published = Default::default();
     let cpu_start = services.cpu();
     let started = Instant::now();
-    let submitter = {
-        let (bus, published, rate) = (bus.clone(), published.clone(), plan.rate);
-        let events = EventBuilder::new("ferry/loadtest");
-        tokio::spawn(async move {
-            let every = rate.map(|r| Duration::from_secs_f64(1.0 / r));
-            let t0 = tokio::time::Instant::now();
-            for (i, (job_id, flow)) in jobs.into_iter().enumerate() {
-                if let Some(every) = every {
-                    tokio::time::sleep_until(t0 + every * i as u32).await;
-                }
-                let data = JobSubmitted {
-                    job_id: Some(job_id.clone()),
-                    flow: FlowSource::Text(flow),
-                    flow_name: None,
-                    inputs: Default::default(),
-                };
-                published
-                    .lock()
-                    .unwrap()
-                    .insert(job_id.clone(), ferry_event::now_ms());
-                let e = events.job(kind::JOB_SUBMITTED, &job_id, &data);
-                let mut tries = 0;
-                while let Err(err) = bus.publish(std::slice::from_ref(&e)).await {
-                    tries += 1;
-                    if tries > 50 {
-                        return Err(anyhow::anyhow!("publishing a submission failed: {err}"));
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-            anyhow::Ok(())
-        })
-    };
+    let submitter = spawn_submitter(bus.clone(), jobs, plan.rate, published.clone());
 
     let mut latencies = Vec::with_capacity(plan.tasks);
     let mut messages = 0u64;

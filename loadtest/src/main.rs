@@ -11,8 +11,9 @@
 
 mod deployment;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -166,7 +167,6 @@ async fn run(args: Args) -> Result<()> {
         .bus
         .subscribe(Subscribe::new("loadtest", topics).prefetch(4096))
         .await?;
-    let events = EventBuilder::new("ferry/loadtest");
 
     let (jobs, label): (Vec<(String, String)>, String) = match args.mode {
         Mode::Fanout { tasks } => (
@@ -200,26 +200,8 @@ async fn run(args: Args) -> Result<()> {
     let cpu_start = cpu_time();
     let started = Instant::now();
     let mut pending: HashSet<String> = jobs.iter().map(|(id, _)| id.clone()).collect();
-    let submit_bus = system.bus.clone();
-    let submitter = tokio::spawn(async move {
-        let interval = rate.map(|r| Duration::from_secs_f64(1.0 / r));
-        let t0 = tokio::time::Instant::now();
-        for (i, (job_id, flow)) in jobs.into_iter().enumerate() {
-            if let Some(every) = interval {
-                tokio::time::sleep_until(t0 + every * i as u32).await;
-            }
-            let data = JobSubmitted {
-                job_id: Some(job_id.clone()),
-                flow: FlowSource::Text(flow),
-                flow_name: None,
-                inputs: Default::default(),
-            };
-            submit_bus
-                .publish(&[events.job(kind::JOB_SUBMITTED, &job_id, &data)])
-                .await?;
-        }
-        anyhow::Ok(())
-    });
+    let submit_bus: Arc<dyn Bus> = Arc::new(system.bus.clone());
+    let submitter = spawn_submitter(submit_bus, jobs, rate, Default::default());
 
     let mut latencies: Vec<i64> = Vec::with_capacity(total_tasks);
     let mut messages: u64 = 0;
@@ -265,6 +247,49 @@ async fn run(args: Args) -> Result<()> {
         latency_label: "task ready -> process started",
     }
     .print()
+}
+
+/// When each job's submission was published, by job id (ms since the epoch).
+pub(crate) type Published = Arc<Mutex<HashMap<String, i64>>>;
+
+/// Publishes one submission per job: every `1/rate` seconds, or all at once without a rate,
+/// noting when each went out. A publish the bus refuses is retried for a few seconds.
+pub(crate) fn spawn_submitter(
+    bus: Arc<dyn Bus>,
+    jobs: Vec<(String, String)>,
+    rate: Option<f64>,
+    published: Published,
+) -> tokio::task::JoinHandle<Result<()>> {
+    let events = EventBuilder::new("ferry/loadtest");
+    tokio::spawn(async move {
+        let every = rate.map(|r| Duration::from_secs_f64(1.0 / r));
+        let t0 = tokio::time::Instant::now();
+        for (i, (job_id, flow)) in jobs.into_iter().enumerate() {
+            if let Some(every) = every {
+                tokio::time::sleep_until(t0 + every * i as u32).await;
+            }
+            let data = JobSubmitted {
+                job_id: Some(job_id.clone()),
+                flow: FlowSource::Text(flow),
+                flow_name: None,
+                inputs: Default::default(),
+            };
+            published
+                .lock()
+                .unwrap()
+                .insert(job_id.clone(), ferry_event::now_ms());
+            let e = events.job(kind::JOB_SUBMITTED, &job_id, &data);
+            let mut tries = 0;
+            while let Err(err) = bus.publish(std::slice::from_ref(&e)).await {
+                tries += 1;
+                if tries > 50 {
+                    bail!("publishing a submission failed: {err}");
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Ok(())
+    })
 }
 
 pub(crate) fn fanout_flow(n: usize, command: &str) -> String {
