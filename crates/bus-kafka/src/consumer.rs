@@ -26,7 +26,7 @@ use rdkafka::error::KafkaResult;
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message as _, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use crate::binding::{self, Message};
 use crate::{Config, Error, KafkaBus};
@@ -371,6 +371,7 @@ pub(crate) async fn subscribe(bus: &KafkaBus, spec: &Subscribe) -> Result<Subscr
     let prefetch = spec.prefetch.max(1);
     let (tx, rx) = mpsc::channel(prefetch);
     let wake = Arc::new(Notify::new());
+    let (left_tx, left) = oneshot::channel();
     let driver = Driver {
         consumer: Arc::new(consumer),
         config: config.clone(),
@@ -385,9 +386,10 @@ pub(crate) async fn subscribe(bus: &KafkaBus, spec: &Subscribe) -> Result<Subscr
         commits: !spec.ephemeral,
         group,
         out: tx,
+        left: left_tx,
     };
     tokio::spawn(driver.run());
-    Ok(Subscription::new(Box::new(KafkaConsumer { rx, tracker })))
+    Ok(Subscription::new(Box::new(KafkaConsumer { rx, tracker, left })))
 }
 
 /// The task behind a subscription.
@@ -402,6 +404,8 @@ struct Driver {
     commits: bool,
     group: String,
     out: mpsc::Sender<Ready>,
+    /// Told once the final commit is done and the consumer has left its group.
+    left: oneshot::Sender<()>,
 }
 
 impl Driver {
@@ -567,6 +571,7 @@ impl Driver {
             tracker,
             group,
             commits,
+            left,
             ..
         } = self;
         let finish = move || {
@@ -584,6 +589,7 @@ impl Driver {
             }
             // Dropping the last handle closes the consumer: it leaves the group.
             drop(consumer);
+            let _ = left.send(());
         };
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => drop(rt.spawn_blocking(finish)),
@@ -608,6 +614,7 @@ enum Received {
 struct KafkaConsumer {
     rx: mpsc::Receiver<Ready>,
     tracker: Arc<Mutex<Tracker>>,
+    left: oneshot::Receiver<()>,
 }
 
 impl KafkaConsumer {
@@ -637,6 +644,15 @@ impl Consumer for KafkaConsumer {
                 return Some(d);
             }
         }
+    }
+
+    async fn close(self: Box<Self>) {
+        let KafkaConsumer { rx, left, .. } = *self;
+        // Closing the channel stops the driver, which commits, leaves the group and says so.
+        drop(rx);
+        // Leaving asks the group coordinator; if it cannot be reached, the session timeout
+        // removes the member anyway.
+        let _ = tokio::time::timeout(SESSION_TIMEOUT + METADATA_TIMEOUT, left).await;
     }
 }
 

@@ -212,7 +212,7 @@ async fn offsets_are_committed_only_up_to_the_first_unacked_message() {
     assert_eq!([n_of(&d1), n_of(&d2), n_of(&d3)], [1, 2, 3]);
     d1.ack().await.unwrap();
     d3.ack().await.unwrap();
-    drop(sub); // the consumer went away holding 2
+    sub.close().await; // the consumer went away holding 2
     drop(d2);
     let mut again = control_group(&bus, "commits").await;
     let first = next(&mut again).await;

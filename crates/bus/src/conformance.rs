@@ -195,8 +195,12 @@ pub async fn dead_lettered_deliveries_are_gone(bus: Arc<dyn Bus>) {
     let d = next(&mut sub).await;
     assert_eq!(n_of(&d), 2);
     d.ack().await.unwrap();
-    drop(sub);
+    sub.close().await;
     let mut again = group(&bus, "dead", [Topic::Control]).await;
+    bus.publish(&[control(3, "job-1")]).await.unwrap();
+    let d = next(&mut again).await;
+    assert_eq!(n_of(&d), 3, "the dead letter did not come back");
+    d.ack().await.unwrap();
     nothing(&mut again).await;
 }
 

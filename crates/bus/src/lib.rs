@@ -118,6 +118,9 @@ pub trait Consumer: Send {
     async fn recv(&mut self) -> Option<Result<Delivery>>;
     /// A delivery if one is available right now.
     fn try_recv(&mut self) -> Option<Delivery>;
+    /// Ends the subscription and returns once the broker knows: what was acked is committed
+    /// and the consumer has left its group. Deliveries not yet settled come again.
+    async fn close(self: Box<Self>) {}
 }
 
 impl Subscription {
@@ -149,6 +152,13 @@ impl Subscription {
             }
         }
         Some(Ok(batch))
+    }
+
+    /// Ends the subscription and waits until the broker knows: acked deliveries are committed
+    /// and the consumer has left its group, so another member takes over its share at once.
+    /// Dropping a subscription does the same without waiting.
+    pub async fn close(self) {
+        self.inner.close().await
     }
 }
 
