@@ -155,6 +155,7 @@ fn duration(s: &str) -> Result<Duration, String> {
 }
 
 fn main() {
+    ferry_runtime::memory::limit_malloc_arenas();
     let cli = Cli::parse();
     let quiet = matches!(
         cli.command,

@@ -4,8 +4,10 @@
 //! - [`shutdown`]: a root [`CancellationToken`] cancelled by SIGINT/SIGTERM, with a second signal
 //!   exiting at once;
 //! - [`metrics`]: metric names, in one place;
+//! - [`memory`]: the C allocator's set-up (fewer malloc arenas);
 //! - [`instance_source`]: the CloudEvents `source` naming one service instance.
 
+pub mod memory;
 pub mod metrics;
 pub mod shutdown;
 pub mod telemetry;

@@ -35,6 +35,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    ferry_runtime::memory::limit_malloc_arenas();
     let args = Args::parse();
     ferry_runtime::telemetry::init("info");
     let shutdown = ferry_runtime::shutdown::on_signals();

@@ -25,6 +25,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    ferry_runtime::memory::limit_malloc_arenas();
     let args = Args::parse();
     ferry_runtime::telemetry::init("info");
     let bus = ferry_connect::bus(&args.bus).await?;
