@@ -72,7 +72,7 @@ pub fn validate(paths: &[std::path::PathBuf]) -> i32 {
             }
         };
         match ferry_flow::validate(&source, &name) {
-            Ok(flow) => println!("{name}: valid ({} tasks)", flow.flow().tasks.len()),
+            Ok(flow) => println!("{name}: valid ({} tasks)", flow.task_count()),
             Err(problems) => {
                 print_problems(&name, &problems);
                 code = EXIT_INVALID;

@@ -14,23 +14,44 @@ use crate::yaml::{Node, Pos, Value, truncate};
 /// Most dependency cycles described one by one.
 const MAX_CYCLES: usize = 20;
 
-/// Problems found so far, with their place for sorting.
+/// Which pass found a problem. Problems at the same place are listed in this order, so that
+/// checking a flow a task at a time reports them as checking it whole does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Phase {
+    Structure,
+    Head,
+    Ids,
+    Deps,
+    Cycles,
+    Tasks,
+    Upstream,
+}
+
+/// Problems found so far, with their place and pass for sorting.
 pub(crate) struct Report<'a> {
     name: &'a str,
-    problems: Vec<(Pos, Problem)>,
+    phase: Phase,
+    problems: Vec<(Pos, Phase, Problem)>,
 }
 
 impl<'a> Report<'a> {
     pub fn new(name: &'a str) -> Self {
         Report {
             name,
+            phase: Phase::Structure,
             problems: Vec::new(),
         }
+    }
+
+    /// The pass the next problems come from.
+    pub fn phase(&mut self, phase: Phase) {
+        self.phase = phase;
     }
 
     pub fn add(&mut self, pos: Pos, field: &str, message: impl Into<String>) {
         self.problems.push((
             pos,
+            self.phase,
             Problem {
                 location: Some(format!("{}:{}:{}", self.name, pos.line, pos.col)),
                 field: (!field.is_empty()).then(|| field.to_string()),
@@ -44,7 +65,7 @@ impl<'a> Report<'a> {
     }
 
     fn any_under(&self, prefix: &str) -> bool {
-        self.problems.iter().any(|(_, p)| {
+        self.problems.iter().any(|(_, _, p)| {
             p.field.as_deref().is_some_and(|f| {
                 f.strip_prefix(prefix)
                     .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
@@ -54,8 +75,8 @@ impl<'a> Report<'a> {
 
     /// The problems in source order.
     pub fn into_problems(mut self) -> Vec<Problem> {
-        self.problems.sort_by_key(|(pos, _)| *pos);
-        self.problems.into_iter().map(|(_, p)| p).collect()
+        self.problems.sort_by_key(|(pos, phase, _)| (*pos, *phase));
+        self.problems.into_iter().map(|(_, _, p)| p).collect()
     }
 }
 
@@ -117,12 +138,54 @@ fn list<'c>(names: impl IntoIterator<Item = &'c str>) -> String {
 struct Walker<'r, 'n> {
     root: &'static J,
     report: &'r mut Report<'n>,
+    /// The top-level `tasks` list was taken apart while parsing: its items are walked one at
+    /// a time ([`task_structure`]) and there is at least one.
+    tasks_apart: bool,
 }
 
 /// Checks the tree against the flow schema: types, unknown and missing fields, enums, bounds.
 pub(crate) fn structure(root: &Node, report: &mut Report<'_>) {
     let schema = flow_schema_value();
-    Walker { root: schema, report }.walk(schema, root, "");
+    report.phase(Phase::Structure);
+    Walker {
+        root: schema,
+        report,
+        tasks_apart: false,
+    }
+    .walk(schema, root, "");
+}
+
+/// Like [`structure`], for a flow whose (non-empty) `tasks` were taken apart while parsing:
+/// everything but the tasks' items, which [`task_structure`] checks one at a time.
+pub(crate) fn head_structure(head: &Node, report: &mut Report<'_>) {
+    let schema = flow_schema_value();
+    report.phase(Phase::Structure);
+    Walker {
+        root: schema,
+        report,
+        tasks_apart: true,
+    }
+    .walk(schema, head, "");
+}
+
+/// The structure of task `i`, as [`structure`] checks it within the whole flow.
+pub(crate) fn task_structure(i: usize, task: &Node, report: &mut Report<'_>) {
+    let schema = flow_schema_value();
+    report.phase(Phase::Structure);
+    let mut w = Walker {
+        root: schema,
+        report,
+        tasks_apart: false,
+    };
+    let Some(items) = schema
+        .get("properties")
+        .and_then(|p| p.get("tasks"))
+        .map(|s| w.resolve(s))
+        .and_then(|s| s.get("items"))
+    else {
+        return;
+    };
+    w.walk(items, task, &format!("tasks[{i}]"));
 }
 
 fn first_sentence(s: &str) -> &str {
@@ -253,6 +316,7 @@ impl<'r, 'n> Walker<'r, 'n> {
         }
         match &node.value {
             Value::Int(_) | Value::Float(_) => self.bounds(schema, node, path),
+            Value::Seq(_) if self.tasks_apart && path == "tasks" => {}
             Value::Seq(items) => {
                 if let Some(min) = schema.get("minItems").and_then(J::as_u64)
                     && (items.len() as u64) < min
@@ -277,7 +341,7 @@ impl<'r, 'n> Walker<'r, 'n> {
                 let extra = schema.get("additionalProperties");
                 for e in entries {
                     let child = field(path, &e.key);
-                    if let Some(s) = props.and_then(|p| p.get(&e.key)) {
+                    if let Some(s) = props.and_then(|p| p.get(&*e.key)) {
                         self.walk(s, &e.value, &child);
                     } else {
                         match extra {
@@ -415,7 +479,7 @@ impl<'r, 'n> Walker<'r, 'n> {
                         })
                         .collect();
                     let names = consts.iter().map(|(c, _)| *c);
-                    match entries.iter().find(|e| e.key == tag) {
+                    match entries.iter().find(|e| &*e.key == tag) {
                         None => self.report.add(
                             node.pos,
                             &field(path, tag),
@@ -449,6 +513,7 @@ impl<'r, 'n> Walker<'r, 'n> {
                     Walker {
                         root: self.root,
                         report: &mut trial,
+                        tasks_apart: false,
                     }
                     .walk(a, node, path);
                     if trial.is_empty() {
@@ -654,9 +719,32 @@ struct OutputRef {
     field: String,
 }
 
+/// What the task-graph checks need of one task, read while its part of the tree is at hand.
+pub(crate) struct TaskFacts {
+    id: Option<(String, Pos)>,
+    /// Dependencies written as strings: name, place and index in `dependsOn`.
+    deps: Vec<(String, Pos, usize)>,
+    refs: Vec<OutputRef>,
+}
+
 /// Checks what the schema cannot express. Only well-shaped parts are looked at: the structure
 /// pass has reported the rest already.
 pub(crate) fn meaning(root: &Node, report: &mut Report<'_>) {
+    let declared = head_meaning(root, report);
+    let Some(tasks) = root.get("tasks").and_then(Node::as_seq) else {
+        return;
+    };
+    let facts = tasks
+        .iter()
+        .enumerate()
+        .map(|(i, t)| task_meaning(i, t, root, &declared, report))
+        .collect();
+    graph(facts, report);
+}
+
+/// The flow's own fields: ids, inputs, triggers. Returns the declared inputs' names.
+pub(crate) fn head_meaning(root: &Node, report: &mut Report<'_>) -> Vec<String> {
+    report.phase(Phase::Head);
     if let Some(id) = root.get("id")
         && let Some(msg) = id.as_str().and_then(|s| id_problem(s, 128, &['_', '-', '.']))
     {
@@ -685,32 +773,178 @@ pub(crate) fn meaning(root: &Node, report: &mut Report<'_>) {
             );
         }
     }
+    declared
+}
+
+/// Task `i` on its own: its id, templates, files, env, durations, resources and runner (with
+/// the flow's `defaults`, from `root`). Returns what [`graph`] needs of it.
+pub(crate) fn task_meaning(
+    i: usize,
+    t: &Node,
+    root: &Node,
+    declared: &[String],
+    report: &mut Report<'_>,
+) -> TaskFacts {
+    report.phase(Phase::Ids);
+    let id = t.get("id").and_then(|n| n.as_str().map(|s| (s, n.pos)));
+    if let Some((id, pos)) = id
+        && let Some(msg) = id_problem(id, 64, &['_', '-'])
+    {
+        report.add(
+            pos,
+            &format!("tasks[{i}].id"),
+            format!("task {msg} (ids appear in paths and in `{{{{ outputs.ID.KEY }}}}`)"),
+        );
+    }
+    let written = t.get("dependsOn").and_then(Node::as_seq).unwrap_or(&[]);
+    let mut deps = Vec::with_capacity(written.len());
+    for (j, d) in written.iter().enumerate() {
+        if let Some(name) = d.as_str() {
+            deps.push((name.to_string(), d.pos, j));
+        }
+    }
+    report.phase(Phase::Tasks);
     let defaults = root.get("defaults").and_then(Node::as_map).unwrap_or(&[]);
-    let Some(tasks) = root.get("tasks").and_then(Node::as_seq) else {
-        return;
+    let base = format!("tasks[{i}]");
+    let mut task_refs = Vec::new();
+    let mut template = |node: &Node, path: String, report: &mut Report<'_>| {
+        let Some(s) = node.as_str() else { return };
+        match FlowTemplate::parse(s) {
+            Err(msg) => report.add(node.pos, &path, msg),
+            Ok(t) => {
+                for name in t.inputs() {
+                    if !declared.iter().any(|d| d == name) {
+                        report.add(
+                            node.pos,
+                            &path,
+                            format!(
+                                "`{{{{ inputs.{name} }}}}` refers to an input the flow does not declare{}; declared inputs: {}",
+                                suggestion(name, declared.iter().map(String::as_str)),
+                                list(declared.iter().map(String::as_str))
+                            ),
+                        );
+                    }
+                }
+                for (task, _) in t.outputs() {
+                    task_refs.push(OutputRef {
+                        task: task.to_string(),
+                        pos: node.pos,
+                        field: path.clone(),
+                    });
+                }
+            }
+        }
     };
+    for (j, c) in t
+        .get("command")
+        .and_then(Node::as_seq)
+        .unwrap_or(&[])
+        .iter()
+        .enumerate()
+    {
+        template(c, format!("{base}.command[{j}]"), report);
+    }
+    for e in t.get("env").and_then(Node::as_map).unwrap_or(&[]) {
+        let path = field(&format!("{base}.env"), &e.key);
+        if let Some(msg) = env_name_problem(&e.key) {
+            report.add(e.key_pos, &path, msg);
+        }
+        template(&e.value, path, report);
+    }
+    for e in t.get("inputFiles").and_then(Node::as_map).unwrap_or(&[]) {
+        let path = field(&format!("{base}.inputFiles"), &e.key);
+        if let Some(msg) = file_name_problem(&e.key) {
+            report.add(e.key_pos, &path, format!("`{}`: {msg}", truncate(&e.key, 60)));
+        }
+        template(&e.value, path, report);
+    }
+    for (j, p) in t
+        .get("outputFiles")
+        .and_then(Node::as_seq)
+        .unwrap_or(&[])
+        .iter()
+        .enumerate()
+    {
+        if let Some(msg) = p.as_str().and_then(pattern_problem) {
+            report.add(p.pos, &format!("{base}.outputFiles[{j}]"), msg);
+        }
+    }
+    if let Some(d) = t.get("timeout")
+        && let Some(s) = d.as_str()
+    {
+        match duration_ms(s) {
+            Err(msg) => report.add(d.pos, &format!("{base}.timeout"), msg),
+            Ok(0) => report.add(
+                d.pos,
+                &format!("{base}.timeout"),
+                "a timeout must be longer than 0",
+            ),
+            Ok(_) => {}
+        }
+    }
+    if let Some(d) = t.get("retry").and_then(|r| r.get("initial"))
+        && let Some(Err(msg)) = d.as_str().map(duration_ms)
+    {
+        report.add(d.pos, &format!("{base}.retry.initial"), msg);
+    }
+    if let Some(r) = t.get("resources") {
+        if let Some(m) = r.get("memory")
+            && let Some(Err(msg)) = m.as_str().map(parse_memory)
+        {
+            report.add(m.pos, &format!("{base}.resources.memory"), msg);
+        }
+        if let Some(c) = r.get("cpu") {
+            let cpu = match c.value {
+                Value::Int(i) => Some(i as f64),
+                Value::Float(f) => Some(f),
+                _ => None,
+            };
+            if cpu.is_some_and(|c| c <= 0.0 || !c.is_finite()) {
+                report.add(
+                    c.pos,
+                    &format!("{base}.resources.cpu"),
+                    "cpu must be more than 0 (fractions like 0.5 are fine)",
+                );
+            }
+        }
+    }
+    if let Some(r) = t.get("runner") {
+        runner(r, defaults, &format!("{base}.runner"), report);
+    }
+    TaskFacts {
+        id: id.map(|(s, pos)| (s.to_string(), pos)),
+        deps,
+        refs: task_refs,
+    }
+}
+
+/// The task graph: duplicate ids, unknown dependencies, cycles, and outputs used from tasks
+/// that are not upstream.
+pub(crate) fn graph(facts: Vec<TaskFacts>, report: &mut Report<'_>) {
+    let mut named = Vec::with_capacity(facts.len());
+    let mut written = Vec::with_capacity(facts.len());
+    let mut refs = Vec::with_capacity(facts.len());
+    for f in facts {
+        named.push(f.id);
+        written.push(f.deps);
+        refs.push(f.refs);
+    }
+    let ids: Vec<Option<&str>> = named
+        .iter()
+        .map(|n| n.as_ref().map(|(s, _)| s.as_str()))
+        .collect();
 
     // Ids, first come first served.
-    let mut index: HashMap<&str, usize> = HashMap::with_capacity(tasks.len());
-    let mut ids: Vec<Option<&str>> = Vec::with_capacity(tasks.len());
-    for (i, t) in tasks.iter().enumerate() {
-        let id = t.get("id").and_then(|n| n.as_str().map(|s| (s, n.pos)));
-        ids.push(id.map(|(s, _)| s));
-        let Some((id, pos)) = id else { continue };
-        let path = format!("tasks[{i}].id");
-        if let Some(msg) = id_problem(id, 64, &['_', '-']) {
-            report.add(
-                pos,
-                &path,
-                format!("task {msg} (ids appear in paths and in `{{{{ outputs.ID.KEY }}}}`)"),
-            );
-        }
-        match index.get(id) {
+    report.phase(Phase::Ids);
+    let mut index: HashMap<&str, usize> = HashMap::with_capacity(ids.len());
+    for (i, n) in named.iter().enumerate() {
+        let Some((id, pos)) = n else { continue };
+        match index.get(id.as_str()) {
             Some(&first) => {
-                let at = tasks[first].get("id").map_or(tasks[first].pos, |n| n.pos);
+                let at = named[first].as_ref().map_or(*pos, |(_, p)| *p);
                 report.add(
-                    pos,
-                    &path,
+                    *pos,
+                    &format!("tasks[{i}].id"),
                     format!(
                         "duplicate task id `{id}`: tasks[{first}] at {}:{}:{} already uses it",
                         report.name, at.line, at.col
@@ -724,24 +958,19 @@ pub(crate) fn meaning(root: &Node, report: &mut Report<'_>) {
     }
 
     // Dependencies.
-    let mut deps: Vec<Vec<(usize, Pos, usize)>> = vec![Vec::new(); tasks.len()];
-    for (i, t) in tasks.iter().enumerate() {
-        for (j, d) in t
-            .get("dependsOn")
-            .and_then(Node::as_seq)
-            .unwrap_or(&[])
-            .iter()
-            .enumerate()
-        {
-            let Some(name) = d.as_str() else { continue };
-            match index.get(name) {
+    report.phase(Phase::Deps);
+    let mut deps: Vec<Vec<(usize, Pos, usize)>> = Vec::with_capacity(written.len());
+    for (i, w) in written.iter().enumerate() {
+        let mut resolved = Vec::with_capacity(w.len());
+        for (name, pos, j) in w {
+            match index.get(name.as_str()) {
                 Some(&target) => {
-                    if !deps[i].iter().any(|(x, _, _)| *x == target) {
-                        deps[i].push((target, d.pos, j));
+                    if !resolved.iter().any(|(x, _, _)| *x == target) {
+                        resolved.push((target, *pos, *j));
                     }
                 }
                 None => report.add(
-                    d.pos,
+                    *pos,
                     &format!("tasks[{i}].dependsOn[{j}]"),
                     format!(
                         "unknown task `{name}`{}; tasks in this flow: {}",
@@ -755,120 +984,12 @@ pub(crate) fn meaning(root: &Node, report: &mut Report<'_>) {
                 ),
             }
         }
+        deps.push(resolved);
     }
+    drop(written);
+    report.phase(Phase::Cycles);
     cycles(&deps, &ids, report);
-
-    // Per task: templates, files, env, durations, resources, runner.
-    let mut refs: Vec<Vec<OutputRef>> = Vec::with_capacity(tasks.len());
-    for (i, t) in tasks.iter().enumerate() {
-        let base = format!("tasks[{i}]");
-        let mut task_refs = Vec::new();
-        let mut template = |node: &Node, path: String, report: &mut Report<'_>| {
-            let Some(s) = node.as_str() else { return };
-            match FlowTemplate::parse(s) {
-                Err(msg) => report.add(node.pos, &path, msg),
-                Ok(t) => {
-                    for name in t.inputs() {
-                        if !declared.iter().any(|d| d == name) {
-                            report.add(
-                                node.pos,
-                                &path,
-                                format!(
-                                    "`{{{{ inputs.{name} }}}}` refers to an input the flow does not declare{}; declared inputs: {}",
-                                    suggestion(name, declared.iter().map(String::as_str)),
-                                    list(declared.iter().map(String::as_str))
-                                ),
-                            );
-                        }
-                    }
-                    for (task, _) in t.outputs() {
-                        task_refs.push(OutputRef {
-                            task: task.to_string(),
-                            pos: node.pos,
-                            field: path.clone(),
-                        });
-                    }
-                }
-            }
-        };
-        for (j, c) in t
-            .get("command")
-            .and_then(Node::as_seq)
-            .unwrap_or(&[])
-            .iter()
-            .enumerate()
-        {
-            template(c, format!("{base}.command[{j}]"), report);
-        }
-        for e in t.get("env").and_then(Node::as_map).unwrap_or(&[]) {
-            let path = field(&format!("{base}.env"), &e.key);
-            if let Some(msg) = env_name_problem(&e.key) {
-                report.add(e.key_pos, &path, msg);
-            }
-            template(&e.value, path, report);
-        }
-        for e in t.get("inputFiles").and_then(Node::as_map).unwrap_or(&[]) {
-            let path = field(&format!("{base}.inputFiles"), &e.key);
-            if let Some(msg) = file_name_problem(&e.key) {
-                report.add(e.key_pos, &path, format!("`{}`: {msg}", truncate(&e.key, 60)));
-            }
-            template(&e.value, path, report);
-        }
-        for (j, p) in t
-            .get("outputFiles")
-            .and_then(Node::as_seq)
-            .unwrap_or(&[])
-            .iter()
-            .enumerate()
-        {
-            if let Some(msg) = p.as_str().and_then(pattern_problem) {
-                report.add(p.pos, &format!("{base}.outputFiles[{j}]"), msg);
-            }
-        }
-        if let Some(d) = t.get("timeout")
-            && let Some(s) = d.as_str()
-        {
-            match duration_ms(s) {
-                Err(msg) => report.add(d.pos, &format!("{base}.timeout"), msg),
-                Ok(0) => report.add(
-                    d.pos,
-                    &format!("{base}.timeout"),
-                    "a timeout must be longer than 0",
-                ),
-                Ok(_) => {}
-            }
-        }
-        if let Some(d) = t.get("retry").and_then(|r| r.get("initial"))
-            && let Some(Err(msg)) = d.as_str().map(duration_ms)
-        {
-            report.add(d.pos, &format!("{base}.retry.initial"), msg);
-        }
-        if let Some(r) = t.get("resources") {
-            if let Some(m) = r.get("memory")
-                && let Some(Err(msg)) = m.as_str().map(parse_memory)
-            {
-                report.add(m.pos, &format!("{base}.resources.memory"), msg);
-            }
-            if let Some(c) = r.get("cpu") {
-                let cpu = match c.value {
-                    Value::Int(i) => Some(i as f64),
-                    Value::Float(f) => Some(f),
-                    _ => None,
-                };
-                if cpu.is_some_and(|c| c <= 0.0 || !c.is_finite()) {
-                    report.add(
-                        c.pos,
-                        &format!("{base}.resources.cpu"),
-                        "cpu must be more than 0 (fractions like 0.5 are fine)",
-                    );
-                }
-            }
-        }
-        if let Some(r) = t.get("runner") {
-            runner(r, defaults, &format!("{base}.runner"), report);
-        }
-        refs.push(task_refs);
-    }
+    report.phase(Phase::Upstream);
     upstream(&refs, &deps, &index, &ids, report);
 }
 
@@ -892,7 +1013,7 @@ fn inputs(root: &Node, report: &mut Report<'_>) -> Vec<String> {
                 ),
             );
         }
-        names.push(e.key.clone());
+        names.push(e.key.to_string());
         let ty = e.value.get("type").and_then(Node::as_str).unwrap_or("string");
         if let Some(d) = e.value.get("default") {
             let fits = match ty {
@@ -927,8 +1048,8 @@ fn runner(node: &Node, defaults: &[crate::yaml::Entry], path: &str, report: &mut
             };
             let params = entries
                 .iter()
-                .filter(|e| e.key != "type")
-                .map(|e| (e.key.clone(), e.value.to_json()))
+                .filter(|e| &*e.key != "type")
+                .map(|e| (e.key.to_string(), e.value.to_json()))
                 .collect();
             (t, params)
         }
@@ -939,9 +1060,9 @@ fn runner(node: &Node, defaults: &[crate::yaml::Entry], path: &str, report: &mut
     }
     let mut merged: Map<String, J> = defaults
         .iter()
-        .find(|e| e.key == ty)
+        .find(|e| &*e.key == ty)
         .and_then(|e| e.value.as_map())
-        .map(|m| m.iter().map(|e| (e.key.clone(), e.value.to_json())).collect())
+        .map(|m| m.iter().map(|e| (e.key.to_string(), e.value.to_json())).collect())
         .unwrap_or_default();
     for (k, v) in params {
         merged.insert(k, v);

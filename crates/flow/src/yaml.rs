@@ -3,7 +3,8 @@
 //! The tree is built without recursion from the parser's event stream, and nesting is bounded,
 //! so hostile input can neither overflow the stack nor blow up through aliases.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use yaml_rust2::parser::{Event, Parser, Tag};
 use yaml_rust2::scanner::{Marker, ScanError, TScalarStyle};
@@ -16,15 +17,17 @@ pub(crate) const MAX_NODES: usize = 5_000_000;
 /// A place in the source: line and column, both from 1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub(crate) struct Pos {
-    pub line: usize,
-    pub col: usize,
+    pub line: u32,
+    pub col: u32,
 }
 
 impl Pos {
     fn of(m: &Marker) -> Pos {
+        // 32 bits each keep every node of a large flow small; past 4 billion, the place is capped.
+        let at = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
         Pos {
-            line: m.line(),
-            col: m.col() + 1,
+            line: at(m.line()),
+            col: at(m.col().saturating_add(1)),
         }
     }
 }
@@ -48,7 +51,8 @@ pub(crate) struct Node {
 
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Entry {
-    pub key: String,
+    /// Shared by every mapping that uses the same key: a large flow repeats a few keys a lot.
+    pub key: Arc<str>,
     pub key_pos: Pos,
     pub value: Node,
 }
@@ -77,7 +81,7 @@ impl Node {
 
     /// The entry under `key`, if this is a mapping that has it.
     pub fn entry(&self, key: &str) -> Option<&Entry> {
-        self.as_map()?.iter().find(|e| e.key == key)
+        self.as_map()?.iter().find(|e| &*e.key == key)
     }
 
     pub fn get(&self, key: &str) -> Option<&Node> {
@@ -110,7 +114,7 @@ impl Node {
             Value::Map(entries) => J::Object(
                 entries
                     .iter()
-                    .map(|e| (e.key.clone(), e.value.to_json()))
+                    .map(|e| (e.key.to_string(), e.value.to_json()))
                     .collect(),
             ),
         }
@@ -162,12 +166,24 @@ enum Frame {
 
 /// Parses one YAML document. An empty document is `Null` at 1:1.
 pub(crate) fn parse(source: &str) -> Result<Node, SyntaxError> {
+    parse_with(source, None)
+}
+
+/// Parses one YAML document like [`parse`], but hands each item of the top-level `tasks` list
+/// to `on_task` as soon as it is complete instead of keeping it in the tree (where the list is
+/// left empty): a large flow can be converted a task at a time without being held whole.
+pub(crate) fn parse_tasks_apart(source: &str, on_task: &mut dyn FnMut(Node)) -> Result<Node, SyntaxError> {
+    parse_with(source, Some(on_task))
+}
+
+fn parse_with(source: &str, mut on_task: Option<&mut dyn FnMut(Node)>) -> Result<Node, SyntaxError> {
     let mut parser = Parser::new_from_str(source);
     let mut stack: Vec<Frame> = Vec::new();
     let mut anchors: HashMap<usize, Node> = HashMap::new();
     let mut root: Option<Node> = None;
     let mut documents = 0usize;
     let mut nodes = 0usize;
+    let mut keys: HashSet<Arc<str>> = HashSet::new();
     loop {
         let (event, mark) = parser.next_token()?;
         let pos = Pos::of(&mark);
@@ -208,7 +224,14 @@ pub(crate) fn parse(source: &str) -> Result<Node, SyntaxError> {
             }
             Event::SequenceEnd | Event::MappingEnd => {
                 let (node, anchor) = match stack.pop() {
-                    Some(Frame::Seq { pos, anchor, items }) => {
+                    // Collections are exactly as long as written: a large flow is mostly
+                    // short lists and small mappings.
+                    Some(Frame::Seq {
+                        pos,
+                        anchor,
+                        mut items,
+                    }) => {
+                        items.shrink_to_fit();
                         // Block collections are marked after their first item: use the earlier.
                         let pos = items.first().map_or(pos, |i| pos.min(i.pos));
                         (
@@ -220,8 +243,12 @@ pub(crate) fn parse(source: &str) -> Result<Node, SyntaxError> {
                         )
                     }
                     Some(Frame::Map {
-                        pos, anchor, entries, ..
+                        pos,
+                        anchor,
+                        mut entries,
+                        ..
                     }) => {
+                        entries.shrink_to_fit();
                         let pos = entries.first().map_or(pos, |e| pos.min(e.key_pos));
                         (
                             Node {
@@ -254,7 +281,9 @@ pub(crate) fn parse(source: &str) -> Result<Node, SyntaxError> {
                     value: node.value.clone(),
                 }
             }
-            Event::Scalar(text, style, anchor, tag) => {
+            Event::Scalar(mut text, style, anchor, tag) => {
+                // The scanner leaves room to grow in each scalar; a flow keeps many short ones.
+                text.shrink_to_fit();
                 let node = Node {
                     pos,
                     value: scalar(text, style, tag.as_ref()),
@@ -271,6 +300,20 @@ pub(crate) fn parse(source: &str) -> Result<Node, SyntaxError> {
                 pos,
                 format!("the document holds more than {MAX_NODES} values"),
             ));
+        }
+        if let (
+            Some(f),
+            [
+                Frame::Map {
+                    key: Some((k, _)), ..
+                },
+                Frame::Seq { .. },
+            ],
+        ) = (on_task.as_mut(), stack.as_slice())
+            && k == "tasks"
+        {
+            f(node);
+            continue;
         }
         match stack.last_mut() {
             None => root = Some(node),
@@ -290,7 +333,7 @@ pub(crate) fn parse(source: &str) -> Result<Node, SyntaxError> {
                             ));
                         }
                     };
-                    if let Some(first) = entries.iter().find(|e| e.key == text) {
+                    if let Some(first) = entries.iter().find(|e| *e.key == *text) {
                         return Err(SyntaxError::at(
                             node.pos,
                             format!(
@@ -302,7 +345,7 @@ pub(crate) fn parse(source: &str) -> Result<Node, SyntaxError> {
                     *key = Some((text, node.pos));
                 }
                 Some((k, key_pos)) => entries.push(Entry {
-                    key: k,
+                    key: intern(&mut keys, k),
                     key_pos,
                     value: node,
                 }),
@@ -313,6 +356,18 @@ pub(crate) fn parse(source: &str) -> Result<Node, SyntaxError> {
         pos: Pos { line: 1, col: 1 },
         value: Value::Null,
     }))
+}
+
+/// The shared copy of a mapping key.
+fn intern(keys: &mut HashSet<Arc<str>>, key: String) -> Arc<str> {
+    match keys.get(key.as_str()) {
+        Some(k) => k.clone(),
+        None => {
+            let k: Arc<str> = key.into();
+            keys.insert(k.clone());
+            k
+        }
+    }
 }
 
 fn count(node: &Node) -> usize {
@@ -430,6 +485,18 @@ mod tests {
         }
         let err = parse(&src).unwrap_err();
         assert!(err.message.contains("aliases"), "{err:?}");
+    }
+
+    #[test]
+    fn tasks_can_be_taken_apart_as_they_are_parsed() {
+        let src = "tasks:\n  - {id: a, n: [1]}\n  - id: b\nid: x\nother: [{tasks: [1]}]\n";
+        let mut tasks = Vec::new();
+        let root = parse_tasks_apart(src, &mut |n| tasks.push(n)).unwrap();
+        let whole = parse(src).unwrap();
+        assert_eq!(tasks, whole.get("tasks").unwrap().as_seq().unwrap());
+        assert_eq!(root.get("tasks").unwrap().as_seq(), Some(&[][..]));
+        assert_eq!(root.get("other"), whole.get("other"));
+        assert_eq!(root.get("id"), whole.get("id"));
     }
 
     #[test]

@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_bus::{Bus, Delivery, Subscribe};
-use ferry_event::cloudevents::AttributesWriter;
-use ferry_event::payload::{FlowSource, JobPlanned, JobRejected, JobSubmitted, Problem};
+use ferry_event::cloudevents::{AttributesWriter, Data};
+use ferry_event::payload::{FlowSource, JobRejected, JobSubmitted, Problem};
 use ferry_event::{AttributesReader, Event, EventBuilder, Topic, envelope, kind};
 use ferry_runtime::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -146,6 +146,10 @@ async fn handle(
             return Ok(Handled::Done);
         }
     };
+    // The decoded submission is all planning needs: the encoded copy goes now rather than
+    // with the delivery (settling does not use it; the broker keeps its own until the ack).
+    let mut delivery = delivery;
+    delivery.event.take_data();
     let job_id = submitted
         .job_id
         .clone()
@@ -153,12 +157,14 @@ async fn handle(
     tracing::Span::current().record("job_id", job_id.as_str());
     let outcome = {
         let job_id = job_id.clone();
-        tokio::task::spawn_blocking(move || plan_submission(&submitted, &job_id)).await
+        tokio::task::spawn_blocking(move || plan_submission(submitted, &job_id)).await
     };
     let event = match outcome {
         Ok(Ok(planned)) => {
-            info!(tasks = planned.tasks.len(), "job planned");
-            builder.job(kind::JOB_PLANNED, &job_id, &planned)
+            info!(tasks = planned.tasks, bytes = planned.json.len(), "job planned");
+            let mut event = builder.job(kind::JOB_PLANNED, &job_id, &());
+            event.set_data("application/json", Data::Binary(planned.json));
+            event
         }
         Ok(Err(problems)) => {
             info!(problems = problems.len(), "job rejected");
@@ -192,21 +198,44 @@ async fn handle(
     }
 }
 
+/// A planned job, serialized: the `job.planned` payload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Planned {
+    /// How many tasks the job has.
+    pub tasks: usize,
+    /// The [`JobPlanned`](ferry_event::payload::JobPlanned) as JSON.
+    pub json: Vec<u8>,
+}
+
 /// Validates a submission's flow and plans its job; every problem found is returned.
-pub fn plan_submission(submitted: &JobSubmitted, job_id: &str) -> Result<JobPlanned, Vec<Problem>> {
-    let name = submitted.flow_name.as_deref().unwrap_or("flow");
-    let source = match &submitted.flow {
-        FlowSource::Text(text) => text.clone(),
-        FlowSource::Object(obj) => serde_json::to_string_pretty(obj).map_err(|e| {
-            vec![Problem {
-                location: None,
-                field: Some("flow".into()),
-                message: format!("the flow object cannot be read as JSON: {e}"),
-            }]
-        })?,
+///
+/// The submission is consumed so that the flow's text is dropped as soon as it is parsed, and
+/// the job is written straight to JSON task by task ([`ferry_flow::plan_job`]): a large job is
+/// never held whole besides its JSON.
+pub fn plan_submission(submitted: JobSubmitted, job_id: &str) -> Result<Planned, Vec<Problem>> {
+    let JobSubmitted {
+        flow: source,
+        flow_name,
+        inputs,
+        ..
+    } = submitted;
+    let name = flow_name.as_deref().unwrap_or("flow");
+    let valid = match &source {
+        FlowSource::Text(text) => ferry_flow::validate(text, name),
+        FlowSource::Object(obj) => {
+            let text = serde_json::to_string_pretty(obj).map_err(|e| {
+                vec![Problem {
+                    location: None,
+                    field: Some("flow".into()),
+                    message: format!("the flow object cannot be read as JSON: {e}"),
+                }]
+            })?;
+            ferry_flow::validate(&text, name)
+        }
     };
-    match ferry_flow::validate(&source, name) {
-        Ok(flow) => ferry_flow::plan(&flow, job_id, &submitted.inputs),
+    drop(source);
+    let flow = match valid {
+        Ok(flow) => flow,
         Err(mut problems) => {
             if let Err(msg) = ferry_flow::check_job_id(job_id) {
                 problems.insert(
@@ -218,8 +247,21 @@ pub fn plan_submission(submitted: &JobSubmitted, job_id: &str) -> Result<JobPlan
                     },
                 );
             }
-            Err(problems)
+            return Err(problems);
         }
+    };
+    let job = ferry_flow::plan_job(&flow, job_id, &inputs)?;
+    match serde_json::to_vec(&job) {
+        Ok(json) => Ok(Planned {
+            tasks: job.task_count(),
+            json,
+        }),
+        // Validation resolved every task already; this is reported rather than trusted away.
+        Err(e) => Err(vec![Problem {
+            location: None,
+            field: None,
+            message: format!("the job cannot be planned: {e}"),
+        }]),
     }
 }
 
