@@ -5,14 +5,18 @@
 //! `cancelled`. A job is `running` until no task is unfinished; `ending` records that it is
 //! being failed or cancelled while its running attempts are being stopped.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 
+use ferry_event::cloudevents::Data;
 use ferry_event::payload::{
-    JobCancel, JobPlanned, JobRetry, JobState, JobStatus, Outcome, OutputFile, PlannedTask, TaskCancel,
-    TaskDispatched, TaskFinished, TaskHeartbeat, TaskStarted, TaskState, TaskStatus,
+    JobCancel, JobRetry, JobState, JobStatus, Outcome, OutputFile, PlannedTask, TaskCancel, TaskDispatched,
+    TaskFinished, TaskHeartbeat, TaskStarted, TaskState, TaskStatus,
 };
 use ferry_event::template::{Part, Template};
 use ferry_event::{AttributesReader, Event, EventBuilder, kind};
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
@@ -23,7 +27,7 @@ use crate::{Config, Error, Result};
 
 /// An event the scheduler acts on, decoded.
 pub(crate) enum Input {
-    Planned(Box<JobPlanned>),
+    Planned(PlannedJson),
     Cancel(JobCancel),
     Retry(JobRetry),
     Started(TaskStarted),
@@ -34,10 +38,15 @@ pub(crate) enum Input {
 impl Input {
     /// `Ok(None)` for events that are not the scheduler's; `Err` with a reason for events that
     /// are, but cannot be read.
-    pub(crate) fn decode(event: &Event) -> std::result::Result<Option<Input>, String> {
+    ///
+    /// A `job.planned` is checked whole here but kept as its JSON, taken out of the event: its
+    /// tasks are decoded a chunk at a time as they are inserted (see [`PlannedJson`]).
+    pub(crate) fn decode(event: &mut Event) -> std::result::Result<Option<Input>, String> {
         use ferry_event::decode;
+        if event.ty() == kind::JOB_PLANNED {
+            return PlannedJson::take(event).map(|p| Some(Input::Planned(p)));
+        }
         let r = match event.ty() {
-            kind::JOB_PLANNED => decode(event).map(|p| Input::Planned(Box::new(p))),
             kind::JOB_CANCEL => decode(event).map(Input::Cancel),
             kind::JOB_RETRY => decode(event).map(Input::Retry),
             kind::TASK_STARTED => decode(event).map(Input::Started),
@@ -70,6 +79,44 @@ struct Cx<'a> {
     out: Vec<Event>,
     /// Jobs whose completion must be checked before commit.
     touched: HashSet<String>,
+    /// Changes to jobs' counters not written yet: one statement per job instead of one per
+    /// change. Written before the job's row is read, before dispatching and before commit.
+    deltas: HashMap<String, Delta>,
+    /// Job rows read (and, on PostgreSQL, locked) in this transaction, with their counters'
+    /// pending changes applied: read once per batch, not once per event.
+    jobs: HashMap<String, JobRow>,
+}
+
+/// An attempt just settled by a report.
+struct Settled {
+    job_id: String,
+    task_id: String,
+    cancel_requested: bool,
+}
+
+/// An attempt moved to running by a start, before its task is.
+struct Moved {
+    job_id: String,
+    task_id: String,
+    attempt_id: String,
+    cancel_requested: bool,
+    started_at: i64,
+}
+
+/// An attempt dispatched in this pass, recorded by [`Cx::insert_attempts`].
+struct NewAttempt {
+    attempt_id: String,
+    job_id: String,
+    task_id: String,
+    number: i64,
+}
+
+/// Pending changes to a job's `active`, `ready` and `unfinished` counters.
+#[derive(Debug, Default, Clone, Copy)]
+struct Delta {
+    active: i64,
+    ready: i64,
+    unfinished: i64,
 }
 
 /// Applies decoded events (with their event ids) and dispatches what became ready. Returns the
@@ -94,30 +141,53 @@ pub(crate) async fn apply(
             cx.lock_job(job).await?;
         }
     }
+    // Heartbeats are idempotent and frequent: they skip the inbox.
+    let recorded: Vec<&str> = inputs
+        .iter()
+        .filter(|(_, i)| !matches!(i, Input::Heartbeat(_)))
+        .map(|(id, _)| id.as_str())
+        .collect();
+    let mut fresh = cx.record_inbox(&recorded).await?;
+    // Starts and successes between two other events are applied together, starts first: each
+    // changes only its own attempt and task, the job's counters, and a success its task's
+    // dependents, which have no attempt yet. A start that came after its attempt's success
+    // is applied before it, which only fills in the start time the success would lack.
+    let mut starts: Vec<TaskStarted> = Vec::new();
+    let mut successes: Vec<TaskFinished> = Vec::new();
     for (event_id, input) in inputs {
-        let span = tracing::debug_span!("apply", job_id = input.job_id(), event_id);
-        cx.apply_one(&event_id, input).instrument(span).await?;
+        // An id applies once, even when the batch holds it twice.
+        if !matches!(input, Input::Heartbeat(_)) && !fresh.remove(&event_id) {
+            tracing::debug!(event_id, "already applied; skipping");
+            continue;
+        }
+        match input {
+            Input::Started(p) => starts.push(p),
+            Input::Finished(p) if p.outcome == Outcome::Succeeded => successes.push(*p),
+            input => {
+                cx.on_started(std::mem::take(&mut starts)).await?;
+                cx.on_succeeded(std::mem::take(&mut successes)).await?;
+                let span = tracing::debug_span!("apply", job_id = input.job_id(), event_id);
+                cx.apply_one(input).instrument(span).await?;
+            }
+        }
     }
+    cx.on_started(starts).await?;
+    cx.on_succeeded(successes).await?;
     cx.dispatch().await?;
     cx.finish().await
 }
 
 impl Cx<'_> {
-    async fn apply_one(&mut self, event_id: &str, input: Input) -> Result<()> {
+    async fn apply_one(&mut self, input: Input) -> Result<()> {
         let cx = self;
-        // Heartbeats are idempotent and frequent: they skip the inbox.
-        if !matches!(input, Input::Heartbeat(_)) && !cx.record_inbox(event_id).await? {
-            tracing::debug!(event_id, "already applied; skipping");
-            return Ok(());
-        }
         match input {
-            Input::Planned(p) => cx.on_planned(*p).await?,
+            Input::Planned(p) => cx.on_planned(p).await?,
             Input::Cancel(p) => {
                 let reason = p.reason.unwrap_or_else(|| "cancelled on request".into());
                 cx.begin_ending(&p.job_id, JobStatus::Cancelled, &reason).await?
             }
             Input::Retry(p) => cx.on_retry(&p.job_id).await?,
-            Input::Started(p) => cx.on_started(p).await?,
+            Input::Started(p) => cx.on_started(vec![p]).await?,
             Input::Heartbeat(p) => cx.on_heartbeat(p).await?,
             Input::Finished(p) => cx.on_finished(*p, false).await?,
         }
@@ -142,9 +212,31 @@ pub(crate) async fn tick(
 
 const CHUNK: usize = 400;
 
-/// A `$1, $2, …` placeholder list for `n` rows of `cols` columns starting at `$first`.
-fn placeholders(rows: usize, cols: usize) -> String {
-    let mut s = String::new();
+/// A statement whose text depends on how many rows it carries. Few rows: kept in the
+/// connection's statement cache like any other (batches of a few events are the common case
+/// when the load is light). Many: prepared for this one use, or each row count would take a place
+/// in the cache (and memory) of its own and push out the statements used over and over.
+fn sized(sql: &str, rows: usize) -> sqlx::query::Query<'_, Any, sqlx::any::AnyArguments<'_>> {
+    sqlx::query(sql).persistent(rows <= 8)
+}
+
+/// One placeholder for the `n`th parameter (from 1) of a statement whose parameters are all
+/// numbered in order. SQLite gets anonymous `?`s, numbered in order too: finding a `$N`'s
+/// number is a linear search in SQLite, which made binding a statement of thousands of
+/// parameters quadratic.
+fn param(dialect: Dialect, n: usize, s: &mut String) {
+    use std::fmt::Write;
+    match dialect {
+        Dialect::Sqlite => s.push('?'),
+        Dialect::Postgres => {
+            let _ = write!(s, "${n}");
+        }
+    }
+}
+
+/// A placeholder list for `rows` rows of `cols` columns, the statement's only parameters.
+pub(crate) fn placeholders(dialect: Dialect, rows: usize, cols: usize) -> String {
+    let mut s = String::with_capacity(rows * (cols * 4 + 3));
     for r in 0..rows {
         if r > 0 {
             s.push(',');
@@ -154,18 +246,23 @@ fn placeholders(rows: usize, cols: usize) -> String {
             if c > 0 {
                 s.push(',');
             }
-            s.push_str(&format!("${}", r * cols + c + 1));
+            param(dialect, r * cols + c + 1, &mut s);
         }
         s.push(')');
     }
     s
 }
 
-fn in_list(n: usize, first: usize) -> String {
-    (0..n)
-        .map(|i| format!("${}", first + i))
-        .collect::<Vec<_>>()
-        .join(",")
+/// A placeholder list of `n` values, the statement's only parameters.
+pub(crate) fn in_list(dialect: Dialect, n: usize) -> String {
+    let mut s = String::with_capacity(n * 4);
+    for i in 0..n {
+        if i > 0 {
+            s.push(',');
+        }
+        param(dialect, i + 1, &mut s);
+    }
+    s
 }
 
 impl<'a> Cx<'a> {
@@ -179,10 +276,13 @@ impl<'a> Cx<'a> {
             now,
             out: Vec::new(),
             touched: HashSet::new(),
+            deltas: HashMap::new(),
+            jobs: HashMap::new(),
         })
     }
 
     async fn finish(mut self) -> Result<Vec<Event>> {
+        self.flush_all().await?;
         let touched: Vec<String> = self.touched.drain().collect();
         for job in touched {
             self.check_complete(&job).await?;
@@ -190,9 +290,9 @@ impl<'a> Cx<'a> {
         for chunk in self.out.chunks(CHUNK) {
             let sql = format!(
                 "INSERT INTO outbox (event_id, event) VALUES {}",
-                placeholders(chunk.len(), 2)
+                placeholders(self.dialect, chunk.len(), 2)
             );
-            let mut q = sqlx::query(&sql);
+            let mut q = sized(&sql, chunk.len());
             for e in chunk {
                 let json = serde_json::to_string(e)
                     .map_err(|err| Error::Corrupt(format!("event {} does not serialize: {err}", e.id())))?;
@@ -208,9 +308,9 @@ impl<'a> Cx<'a> {
         for chunk in ids.chunks(CHUNK) {
             let sql = format!(
                 "DELETE FROM outbox WHERE event_id IN ({})",
-                in_list(chunk.len(), 1)
+                in_list(self.dialect, chunk.len())
             );
-            let mut q = sqlx::query(&sql);
+            let mut q = sized(&sql, chunk.len());
             for id in chunk {
                 q = q.bind(id.clone());
             }
@@ -219,19 +319,82 @@ impl<'a> Cx<'a> {
         Ok(())
     }
 
-    /// Records an event id; false if it was applied before.
-    async fn record_inbox(&mut self, event_id: &str) -> Result<bool> {
-        let r =
-            sqlx::query("INSERT INTO inbox (event_id, applied_at) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-                .bind(event_id.to_string())
-                .bind(self.now)
-                .execute(&mut *self.tx)
-                .await?;
-        Ok(r.rows_affected() == 1)
+    /// Records event ids, in one statement per chunk; returns those not applied before.
+    async fn record_inbox(&mut self, event_ids: &[&str]) -> Result<HashSet<String>> {
+        let mut fresh = HashSet::with_capacity(event_ids.len());
+        for chunk in event_ids.chunks(CHUNK) {
+            let sql = format!(
+                "INSERT INTO inbox (event_id, applied_at) VALUES {} ON CONFLICT DO NOTHING RETURNING event_id",
+                placeholders(self.dialect, chunk.len(), 2)
+            );
+            let mut q = sized(&sql, chunk.len());
+            for id in chunk {
+                q = q.bind(id.to_string()).bind(self.now);
+            }
+            for row in q.fetch_all(&mut *self.tx).await? {
+                fresh.insert(row.try_get::<String, _>("event_id")?);
+            }
+        }
+        Ok(fresh)
     }
 
-    /// Serializes a job's transitions across scheduler instances (PostgreSQL row lock).
+    /// Changes a job's counters (written by [`Self::flush`]), in its cached row too.
+    fn count(&mut self, job_id: &str, f: impl FnOnce(&mut Delta)) {
+        let mut change = Delta::default();
+        f(&mut change);
+        let d = self.deltas.entry(job_id.to_string()).or_default();
+        d.active += change.active;
+        d.ready += change.ready;
+        d.unfinished += change.unfinished;
+        if let Some(job) = self.jobs.get_mut(job_id) {
+            job.active += change.active;
+            job.ready += change.ready;
+            job.unfinished += change.unfinished;
+        }
+    }
+
+    /// Forgets a job's cached row after a statement that changed it.
+    fn changed_job(&mut self, job_id: &str) {
+        self.jobs.remove(job_id);
+    }
+
+    /// Writes a job's pending counter changes.
+    async fn flush(&mut self, job_id: &str) -> Result<()> {
+        let Some(d) = self.deltas.remove(job_id) else {
+            return Ok(());
+        };
+        sqlx::query(
+            "UPDATE jobs SET active = active + $1, ready = ready + $2, unfinished = unfinished + $3,
+                    updated_at = $4
+             WHERE job_id = $5",
+        )
+        .bind(d.active)
+        .bind(d.ready)
+        .bind(d.unfinished)
+        .bind(self.now)
+        .bind(job_id.to_string())
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn flush_all(&mut self) -> Result<()> {
+        let mut jobs: Vec<String> = self.deltas.keys().cloned().collect();
+        jobs.sort_unstable();
+        for job in jobs {
+            self.flush(&job).await?;
+        }
+        Ok(())
+    }
+
+    /// The job's row, current as of this transaction; serializes a job's transitions across
+    /// scheduler instances (PostgreSQL row lock, held until commit). Read from the database
+    /// once per transaction unless a statement changed it since.
     async fn lock_job(&mut self, job_id: &str) -> Result<Option<JobRow>> {
+        if let Some(job) = self.jobs.get(job_id) {
+            return Ok(Some(job.clone()));
+        }
+        self.flush(job_id).await?;
         let sql = match self.dialect {
             Dialect::Sqlite => format!("{JOB_SELECT} WHERE job_id = $1"),
             Dialect::Postgres => format!("{JOB_SELECT} WHERE job_id = $1 FOR UPDATE"),
@@ -240,7 +403,11 @@ impl<'a> Cx<'a> {
             .bind(job_id.to_string())
             .fetch_optional(&mut *self.tx)
             .await?;
-        row.map(|r| JobRow::from_row(&r)).transpose()
+        let job = row.map(|r| JobRow::from_row(&r)).transpose()?;
+        if let Some(job) = &job {
+            self.jobs.insert(job_id.to_string(), job.clone());
+        }
+        Ok(job)
     }
 
     /// Takes the job's row lock when several instances share the database.
@@ -286,13 +453,17 @@ impl<'a> Cx<'a> {
     // job.planned
     // ------------------------------------------------------------------------------------------
 
-    async fn on_planned(&mut self, p: JobPlanned) -> Result<()> {
+    async fn on_planned(&mut self, planned: PlannedJson) -> Result<()> {
+        let p = planned.head()?;
         if self.lock_job(&p.job_id).await?.is_some() {
             tracing::debug!(job_id = %p.job_id, "job already known; planned event ignored");
             return Ok(());
         }
         let total = p.tasks.len() as i64;
-        let invalid = check_dag(&p.tasks).err();
+        let (invalid, ready) = match check_dag(&p.tasks) {
+            Ok(ready) => (None, ready as i64),
+            Err(reason) => (Some(reason), 0),
+        };
         let (state, unfinished) = match &invalid {
             Some(_) => (JobStatus::Failed, 0),
             None => (JobStatus::Running, total),
@@ -309,11 +480,7 @@ impl<'a> Cx<'a> {
         .bind(state.as_str())
         .bind(invalid.clone())
         .bind(p.concurrency.map(i64::from))
-        .bind(if invalid.is_some() {
-            0
-        } else {
-            p.tasks.iter().filter(|t| t.depends_on.is_empty()).count() as i64
-        })
+        .bind(ready)
         .bind(total)
         .bind(unfinished)
         .bind(self.now)
@@ -347,19 +514,25 @@ impl<'a> Cx<'a> {
         Ok(())
     }
 
-    async fn insert_tasks(&mut self, p: &JobPlanned) -> Result<()> {
+    /// Inserts the tasks and their edges, decoding a chunk of tasks at a time: what is held at
+    /// once does not grow with the job.
+    async fn insert_tasks(&mut self, p: &PlannedHead<'_>) -> Result<()> {
         const COLS: usize = 15;
+        let mut edges: Vec<(String, String)> = Vec::with_capacity(CHUNK);
         for (ci, chunk) in p.tasks.chunks(CHUNK / 2).enumerate() {
             let sql = format!(
                 "INSERT INTO tasks (job_id, task_id, ord, state, priority, deps_left, attempts, failures, lost,
                                     ready_at, backend, timeout_ms, retry_attempts, spec, started_at)
                  VALUES {}",
-                placeholders(chunk.len(), COLS)
+                placeholders(self.dialect, chunk.len(), COLS)
             );
-            let mut q = sqlx::query(&sql);
-            for (i, t) in chunk.iter().enumerate() {
+            let mut q = sized(&sql, chunk.len());
+            for (i, raw) in chunk.iter().enumerate() {
+                let t: PlannedTask = serde_json::from_str(raw.get()).map_err(|e| {
+                    Error::Corrupt(format!("a task of job {} does not decode: {e}", p.job_id))
+                })?;
                 let deps = t.depends_on.len() as i64;
-                let spec = serde_json::to_string(t)
+                let spec = serde_json::to_string(&t)
                     .map_err(|e| Error::Corrupt(format!("task {} does not serialize: {e}", t.id)))?;
                 q = q
                     .bind(p.job_id.clone())
@@ -377,28 +550,31 @@ impl<'a> Cx<'a> {
                     .bind(i64::from(t.retry.attempts.max(1)))
                     .bind(spec)
                     .bind(None::<i64>);
+                edges.extend(t.depends_on.into_iter().map(|up| (up, t.id.clone())));
             }
             q.execute(&mut *self.tx).await?;
-        }
-        let edges: Vec<(&str, &str)> = p
-            .tasks
-            .iter()
-            .flat_map(|t| t.depends_on.iter().map(move |up| (up.as_str(), t.id.as_str())))
-            .collect();
-        for chunk in edges.chunks(CHUNK) {
-            let sql = format!(
-                "INSERT INTO edges (job_id, task_id, dependent) VALUES {} ON CONFLICT DO NOTHING",
-                placeholders(chunk.len(), 3)
-            );
-            let mut q = sqlx::query(&sql);
-            for (up, down) in chunk {
-                q = q
-                    .bind(p.job_id.clone())
-                    .bind(up.to_string())
-                    .bind(down.to_string());
+            while edges.len() >= CHUNK {
+                let rest = edges.split_off(CHUNK);
+                self.insert_edges(&p.job_id, &edges).await?;
+                edges = rest;
             }
-            q.execute(&mut *self.tx).await?;
         }
+        self.insert_edges(&p.job_id, &edges).await
+    }
+
+    async fn insert_edges(&mut self, job_id: &str, edges: &[(String, String)]) -> Result<()> {
+        if edges.is_empty() {
+            return Ok(());
+        }
+        let sql = format!(
+            "INSERT INTO edges (job_id, task_id, dependent) VALUES {} ON CONFLICT DO NOTHING",
+            placeholders(self.dialect, edges.len(), 3)
+        );
+        let mut q = sized(&sql, edges.len());
+        for (up, down) in edges {
+            q = q.bind(job_id.to_string()).bind(up.clone()).bind(down.clone());
+        }
+        q.execute(&mut *self.tx).await?;
         Ok(())
     }
 
@@ -418,6 +594,7 @@ impl<'a> Cx<'a> {
             return Ok(());
         }
         tracing::info!(job_id, ending = ending.as_str(), reason, "job ending");
+        self.flush(job_id).await?;
         sqlx::query("UPDATE jobs SET ending = $1, reason = $2, updated_at = $3 WHERE job_id = $4")
             .bind(ending.as_str())
             .bind(reason.to_string())
@@ -425,6 +602,7 @@ impl<'a> Cx<'a> {
             .bind(job_id.to_string())
             .execute(&mut *self.tx)
             .await?;
+        self.changed_job(job_id);
         let pending = sqlx::query(
             "SELECT task_id, attempts FROM tasks WHERE job_id = $1 AND state IN ('waiting', 'ready', 'retrying')",
         )
@@ -551,6 +729,8 @@ impl<'a> Cx<'a> {
         .execute(&mut *self.tx)
         .await?
         .rows_affected();
+        // The counters are set outright: changes still pending would be added on top later.
+        self.flush(job_id).await?;
         sqlx::query(
             "UPDATE jobs SET state = 'running', ending = NULL, reason = NULL, unfinished = $1, ready = $2,
                     updated_at = $3
@@ -562,6 +742,7 @@ impl<'a> Cx<'a> {
         .bind(job_id.to_string())
         .execute(&mut *self.tx)
         .await?;
+        self.changed_job(job_id);
         tracing::info!(job_id, tasks = requeued.len(), "job retried");
         let job = JobRow {
             state: "running".into(),
@@ -589,61 +770,104 @@ impl<'a> Cx<'a> {
     // Attempt reports
     // ------------------------------------------------------------------------------------------
 
-    async fn on_started(&mut self, p: TaskStarted) -> Result<()> {
-        self.lock_job(&p.job_id).await?;
-        let Some(a) = self.attempt(&p.attempt_id).await? else {
-            tracing::warn!(attempt_id = %p.attempt_id, job_id = %p.job_id, "start of an unknown attempt ignored");
-            return Ok(());
-        };
-        if a.state != "dispatched" {
-            return Ok(());
-        }
-        sqlx::query("UPDATE attempts SET state = 'running', started_at = $1 WHERE attempt_id = $2")
-            .bind(p.started_at_ms)
-            .bind(p.attempt_id.clone())
-            .execute(&mut *self.tx)
-            .await?;
-        let task = self.task(&a.job_id, &a.task_id).await?;
-        let current = task.as_ref().is_some_and(|t| {
-            t.attempt_id.as_deref() == Some(p.attempt_id.as_str()) && t.state == "dispatched"
-        });
-        if !current {
-            // An attempt the scheduler already gave up on: make sure it does not run beside its
-            // successor.
-            let backend = task.map(|t| t.backend).unwrap_or_else(|| "local".into());
-            self.emit_cancel(
-                &a.job_id,
-                &a.task_id,
-                &p.attempt_id,
-                &backend,
-                "superseded attempt",
+    /// Attempts that started: each moves to running if it was waiting to start, and its task
+    /// with it if the attempt is still the task's current one. Two statements per chunk of
+    /// starts, however many; no job row needed (on PostgreSQL [`apply`] took the job locks).
+    async fn on_started(&mut self, mut starts: Vec<TaskStarted>) -> Result<()> {
+        const ROWS: usize = 100;
+        // One start per attempt (two for one attempt carry distinct event ids).
+        let mut seen = HashSet::with_capacity(starts.len());
+        starts.retain(|p| seen.insert(p.attempt_id.clone()));
+        for chunk in starts.chunks(ROWS) {
+            let sql = format!(
+                "WITH s (attempt_id, started_at) AS (VALUES {})
+                 UPDATE attempts SET state = 'running', started_at = s.started_at
+                 FROM s WHERE attempts.attempt_id = s.attempt_id AND attempts.state = 'dispatched'
+                 RETURNING attempts.attempt_id, attempts.job_id, attempts.task_id, attempts.cancel_requested,
+                           attempts.started_at",
+                placeholders(self.dialect, chunk.len(), 2)
             );
-            return Ok(());
+            let mut q = sized(&sql, chunk.len());
+            for p in chunk {
+                q = q.bind(p.attempt_id.clone()).bind(p.started_at_ms);
+            }
+            let rows = q.fetch_all(&mut *self.tx).await?;
+            if rows.len() < chunk.len() {
+                tracing::debug!(
+                    ignored = chunk.len() - rows.len(),
+                    "starts of attempts not waiting to start ignored"
+                );
+            }
+            let mut moved = Vec::with_capacity(rows.len());
+            for r in &rows {
+                moved.push(Moved {
+                    job_id: r.try_get("job_id")?,
+                    task_id: r.try_get("task_id")?,
+                    attempt_id: r.try_get("attempt_id")?,
+                    cancel_requested: r.try_get::<i64, _>("cancel_requested")? != 0,
+                    started_at: r.try_get("started_at")?,
+                });
+            }
+            if moved.is_empty() {
+                continue;
+            }
+            // A cancelled attempt keeps the deadline its cancel set; otherwise the task's
+            // timeout starts now.
+            let sql = format!(
+                "WITH s (job_id, task_id, attempt_id, started_at, cancelled, lease_until, timeout_from) AS (VALUES {})
+                 UPDATE tasks SET state = 'running', started_at = s.started_at, lease_until = s.lease_until,
+                        deadline = CASE WHEN s.cancelled = 1 THEN tasks.deadline ELSE tasks.timeout_ms + s.timeout_from END
+                 FROM s WHERE tasks.job_id = s.job_id AND tasks.task_id = s.task_id
+                   AND tasks.attempt_id = s.attempt_id AND tasks.state = 'dispatched'
+                 RETURNING tasks.attempt_id, tasks.backend",
+                placeholders(self.dialect, moved.len(), 7)
+            );
+            let mut q = sized(&sql, moved.len());
+            for m in &moved {
+                q = q
+                    .bind(m.job_id.clone())
+                    .bind(m.task_id.clone())
+                    .bind(m.attempt_id.clone())
+                    .bind(m.started_at)
+                    .bind(i64::from(m.cancel_requested))
+                    .bind(self.now + self.cfg.lease.as_millis() as i64)
+                    .bind(self.now + self.cfg.grace.as_millis() as i64);
+            }
+            let mut running: HashMap<String, String> = HashMap::with_capacity(moved.len());
+            for r in q.fetch_all(&mut *self.tx).await? {
+                running.insert(r.try_get("attempt_id")?, r.try_get("backend")?);
+            }
+            for m in moved {
+                match running.get(&m.attempt_id) {
+                    Some(backend) if m.cancel_requested => {
+                        // The cancel may have reached launchers before this attempt's did (or
+                        // one that restarted since): ask again now that it is known to run.
+                        let backend = backend.clone();
+                        self.emit_cancel(&m.job_id, &m.task_id, &m.attempt_id, &backend, "cancelled");
+                    }
+                    Some(_) => {
+                        tracing::debug!(job_id = %m.job_id, task_id = %m.task_id, attempt_id = %m.attempt_id,
+                            "attempt running");
+                    }
+                    None => {
+                        // An attempt the scheduler already gave up on: make sure it does not run
+                        // beside its successor.
+                        let backend = self
+                            .task(&m.job_id, &m.task_id)
+                            .await?
+                            .map(|t| t.backend)
+                            .unwrap_or_else(|| "local".into());
+                        self.emit_cancel(
+                            &m.job_id,
+                            &m.task_id,
+                            &m.attempt_id,
+                            &backend,
+                            "superseded attempt",
+                        );
+                    }
+                }
+            }
         }
-        let task = task.expect("checked above");
-        if a.cancel_requested {
-            // The cancel may have reached launchers before this attempt's did (or one that
-            // restarted since): ask again now that it is known to run.
-            self.emit_cancel(&a.job_id, &a.task_id, &p.attempt_id, &task.backend, "cancelled");
-        }
-        let deadline = if a.cancel_requested {
-            task.deadline
-        } else {
-            task.timeout_ms
-                .map(|t| self.now + t + self.cfg.grace.as_millis() as i64)
-        };
-        sqlx::query(
-            "UPDATE tasks SET state = 'running', started_at = $1, lease_until = $2, deadline = $3
-             WHERE job_id = $4 AND task_id = $5",
-        )
-        .bind(p.started_at_ms)
-        .bind(self.now + self.cfg.lease.as_millis() as i64)
-        .bind(deadline)
-        .bind(a.job_id.clone())
-        .bind(a.task_id.clone())
-        .execute(&mut *self.tx)
-        .await?;
-        tracing::debug!(job_id = %a.job_id, task_id = %a.task_id, attempt_id = %p.attempt_id, "attempt running");
         Ok(())
     }
 
@@ -663,32 +887,38 @@ impl<'a> Cx<'a> {
 
     /// An attempt ended (reported by its launcher, or decided by a timer when `synthetic`).
     async fn on_finished(&mut self, p: TaskFinished, synthetic: bool) -> Result<()> {
+        if p.outcome == Outcome::Succeeded {
+            return self.on_succeeded(vec![p]).await;
+        }
         let Some(job) = self.lock_job(&p.job_id).await? else {
             tracing::warn!(job_id = %p.job_id, "report for an unknown job ignored");
             return Ok(());
         };
-        let Some(a) = self.attempt(&p.attempt_id).await? else {
-            tracing::warn!(attempt_id = %p.attempt_id, "report of an unknown attempt ignored");
-            return Ok(());
-        };
-        if a.job_id != p.job_id || !matches!(a.state.as_str(), "dispatched" | "running") {
-            return Ok(()); // already settled: a duplicate or a late report
-        }
-        sqlx::query(
-            "UPDATE attempts SET state = $1, finished_at = $2, exit_code = $3, error = $4 WHERE attempt_id = $5",
+        // Settles the attempt if it was still open; an unknown, settled or other job's attempt
+        // (a duplicate or a late report) changes nothing.
+        let Some(row) = sqlx::query(
+            "UPDATE attempts SET state = $1, finished_at = $2, exit_code = $3, error = $4
+             WHERE attempt_id = $5 AND job_id = $6 AND state IN ('dispatched', 'running')
+             RETURNING task_id, cancel_requested",
         )
         .bind(p.outcome.as_str())
         .bind(p.finished_at_ms)
         .bind(p.exit_code.map(i64::from))
         .bind(p.error.clone())
         .bind(p.attempt_id.clone())
-        .execute(&mut *self.tx)
-        .await?;
-        sqlx::query("UPDATE jobs SET active = active - 1, updated_at = $1 WHERE job_id = $2")
-            .bind(self.now)
-            .bind(p.job_id.clone())
-            .execute(&mut *self.tx)
-            .await?;
+        .bind(p.job_id.clone())
+        .fetch_optional(&mut *self.tx)
+        .await?
+        else {
+            tracing::debug!(attempt_id = %p.attempt_id, "report of an attempt not open ignored");
+            return Ok(());
+        };
+        let a = Settled {
+            job_id: p.job_id.clone(),
+            task_id: row.try_get("task_id")?,
+            cancel_requested: row.try_get::<i64, _>("cancel_requested")? != 0,
+        };
+        self.count(&p.job_id, |d| d.active -= 1);
         self.touched.insert(p.job_id.clone());
         let Some(task) = self.task(&a.job_id, &a.task_id).await? else {
             return Ok(());
@@ -703,7 +933,7 @@ impl<'a> Cx<'a> {
         let ending = job.ending.as_deref().and_then(JobStatus::parse);
         let error = p.error.clone().unwrap_or_else(|| p.outcome.as_str().to_string());
         match p.outcome {
-            Outcome::Succeeded => self.task_succeeded(&task, &p, ending.is_none()).await,
+            Outcome::Succeeded => unreachable!("successes are settled by on_succeeded"),
             _ if a.cancel_requested || ending.is_some() => {
                 let reason = job.reason.clone().unwrap_or(error);
                 self.task_terminal(&task, TaskStatus::Cancelled, Some(reason), p.finished_at_ms)
@@ -720,7 +950,7 @@ impl<'a> Cx<'a> {
                 .bind(task.task_id.clone())
                 .execute(&mut *self.tx)
                 .await?;
-                self.add_ready(&task.job_id, 1).await?;
+                self.add_ready(&task.job_id, 1);
                 let mut s = task_state(
                     &task.job_id,
                     &task.task_id,
@@ -777,59 +1007,165 @@ impl<'a> Cx<'a> {
         }
     }
 
-    async fn task_succeeded(&mut self, task: &TaskRow, p: &TaskFinished, release: bool) -> Result<()> {
-        let outputs = serde_json::to_string(&p.outputs).unwrap_or_else(|_| "{}".into());
-        let files = serde_json::to_string(&p.output_files).unwrap_or_else(|_| "[]".into());
-        sqlx::query(
-            "UPDATE tasks SET state = 'succeeded', outputs = $1, output_files = $2, finished_at = $3,
-                    lease_until = NULL, deadline = NULL, error = NULL
-             WHERE job_id = $4 AND task_id = $5",
-        )
-        .bind(outputs)
-        .bind(files)
-        .bind(p.finished_at_ms)
-        .bind(task.job_id.clone())
-        .bind(task.task_id.clone())
-        .execute(&mut *self.tx)
-        .await?;
-        sqlx::query("UPDATE jobs SET unfinished = unfinished - 1 WHERE job_id = $1")
-            .bind(task.job_id.clone())
-            .execute(&mut *self.tx)
-            .await?;
-        let mut s = task_state(
-            &task.job_id,
-            &task.task_id,
-            TaskStatus::Succeeded,
-            task.attempts,
-            Some(p.attempt_id.clone()),
-            None,
+    /// Successful attempts, settled together: their attempts, then their tasks where the
+    /// attempt is still the task's current one, then the dependents of those tasks (in jobs
+    /// not ending). Three statements per chunk of reports, however many.
+    async fn on_succeeded(&mut self, mut reports: Vec<TaskFinished>) -> Result<()> {
+        const ROWS: usize = 100;
+        if reports.is_empty() {
+            return Ok(());
+        }
+        // Reports of unknown jobs change nothing.
+        let mut jobs: Vec<String> = reports.iter().map(|p| p.job_id.clone()).collect();
+        jobs.sort_unstable();
+        jobs.dedup();
+        let mut ending: HashMap<String, bool> = HashMap::with_capacity(jobs.len());
+        for job_id in jobs {
+            match self.lock_job(&job_id).await? {
+                Some(job) => {
+                    ending.insert(job_id, job.ending.is_some());
+                }
+                None => tracing::warn!(%job_id, "report for an unknown job ignored"),
+            }
+        }
+        reports.retain(|p| ending.contains_key(&p.job_id));
+        let mut seen = HashSet::with_capacity(reports.len());
+        reports.retain(|p| seen.insert(p.attempt_id.clone()));
+        for chunk in reports.chunks(ROWS) {
+            // The attempts still open.
+            let sql = format!(
+                "WITH f (attempt_id, job_id, finished_at, exit_code, error) AS (VALUES {})
+                 UPDATE attempts SET state = 'succeeded', finished_at = f.finished_at,
+                        exit_code = f.exit_code, error = f.error
+                 FROM f WHERE attempts.attempt_id = f.attempt_id AND attempts.job_id = f.job_id
+                   AND attempts.state IN ('dispatched', 'running')
+                 RETURNING attempts.attempt_id, attempts.task_id",
+                placeholders(self.dialect, chunk.len(), 5)
+            );
+            let mut q = sized(&sql, chunk.len());
+            for p in chunk {
+                q = q
+                    .bind(p.attempt_id.clone())
+                    .bind(p.job_id.clone())
+                    .bind(p.finished_at_ms)
+                    .bind(p.exit_code.map(i64::from))
+                    .bind(p.error.clone());
+            }
+            let mut settled: HashMap<String, String> = HashMap::with_capacity(chunk.len());
+            for r in q.fetch_all(&mut *self.tx).await? {
+                settled.insert(r.try_get("attempt_id")?, r.try_get("task_id")?);
+            }
+            let open: Vec<(&TaskFinished, String)> = chunk
+                .iter()
+                .filter_map(|p| settled.remove(&p.attempt_id).map(|task_id| (p, task_id)))
+                .collect();
+            if open.len() < chunk.len() {
+                tracing::debug!(
+                    ignored = chunk.len() - open.len(),
+                    "reports of attempts not open ignored"
+                );
+            }
+            if open.is_empty() {
+                continue;
+            }
+            for (p, _) in &open {
+                self.count(&p.job_id, |d| d.active -= 1);
+                self.touched.insert(p.job_id.clone());
+            }
+            // Their tasks, unless a newer attempt superseded them.
+            let sql = format!(
+                "WITH f (job_id, task_id, attempt_id, outputs, output_files, finished_at) AS (VALUES {})
+                 UPDATE tasks SET state = 'succeeded', outputs = f.outputs, output_files = f.output_files,
+                        finished_at = f.finished_at, lease_until = NULL, deadline = NULL, error = NULL
+                 FROM f WHERE tasks.job_id = f.job_id AND tasks.task_id = f.task_id
+                   AND tasks.attempt_id = f.attempt_id AND tasks.state IN ('dispatched', 'running')
+                 RETURNING tasks.attempt_id, tasks.attempts, tasks.started_at",
+                placeholders(self.dialect, open.len(), 6)
+            );
+            let mut q = sized(&sql, open.len());
+            for (p, task_id) in &open {
+                q = q
+                    .bind(p.job_id.clone())
+                    .bind(task_id.clone())
+                    .bind(p.attempt_id.clone())
+                    .bind(serde_json::to_string(&p.outputs).unwrap_or_else(|_| "{}".into()))
+                    .bind(serde_json::to_string(&p.output_files).unwrap_or_else(|_| "[]".into()))
+                    .bind(p.finished_at_ms);
+            }
+            let mut succeeded: HashMap<String, (i64, Option<i64>)> = HashMap::with_capacity(open.len());
+            for r in q.fetch_all(&mut *self.tx).await? {
+                succeeded.insert(
+                    r.try_get("attempt_id")?,
+                    (r.try_get("attempts")?, r.try_get("started_at")?),
+                );
+            }
+            let mut release: Vec<(&str, &str)> = Vec::with_capacity(succeeded.len());
+            for (p, task_id) in &open {
+                let Some(&(attempts, started_at)) = succeeded.get(&p.attempt_id) else {
+                    continue; // a superseded attempt
+                };
+                tracing::debug!(job_id = %p.job_id, %task_id, attempt_id = %p.attempt_id,
+                    outcome = p.outcome.as_str(), "attempt finished");
+                self.count(&p.job_id, |d| d.unfinished -= 1);
+                let mut s = task_state(
+                    &p.job_id,
+                    task_id,
+                    TaskStatus::Succeeded,
+                    attempts,
+                    Some(p.attempt_id.clone()),
+                    None,
+                );
+                s.outputs = p.outputs.clone();
+                s.output_files = p.output_files.clone();
+                s.started_at_ms = started_at;
+                s.finished_at_ms = Some(p.finished_at_ms);
+                self.emit_task(kind::TASK_SUCCEEDED, s);
+                // Succeeds even when the job is ending; only then are its dependents left
+                // waiting.
+                if ending.get(&p.job_id) == Some(&false) {
+                    release.push((&p.job_id, task_id));
+                }
+            }
+            self.release_all(&release).await?;
+        }
+        Ok(())
+    }
+
+    /// One dependency of each dependent of these tasks has succeeded per task: dependents
+    /// left with none become ready. One statement (`SET` expressions read the row as it was).
+    async fn release_all(&mut self, done: &[(&str, &str)]) -> Result<()> {
+        if done.is_empty() {
+            return Ok(());
+        }
+        let sql = format!(
+            "WITH done (job_id, task_id, at) AS (VALUES {}),
+                  c AS (SELECT e.job_id, e.dependent, COUNT(*) AS n, MAX(done.at) AS at
+                        FROM edges e JOIN done ON e.job_id = done.job_id AND e.task_id = done.task_id
+                        GROUP BY e.job_id, e.dependent)
+             UPDATE tasks SET deps_left = deps_left - c.n,
+                    state = CASE WHEN state = 'waiting' AND deps_left = c.n THEN 'ready' ELSE state END,
+                    ready_at = CASE WHEN state = 'waiting' AND deps_left = c.n THEN c.at ELSE ready_at END
+             FROM c WHERE tasks.job_id = c.job_id AND tasks.task_id = c.dependent
+             RETURNING tasks.job_id, tasks.state, tasks.deps_left",
+            placeholders(self.dialect, done.len(), 3)
         );
-        s.outputs = p.outputs.clone();
-        s.output_files = p.output_files.clone();
-        s.started_at_ms = task.started_at;
-        s.finished_at_ms = Some(p.finished_at_ms);
-        self.emit_task(kind::TASK_SUCCEEDED, s);
-        if release {
-            sqlx::query(
-                "UPDATE tasks SET deps_left = deps_left - 1
-                 WHERE job_id = $1 AND task_id IN (SELECT dependent FROM edges WHERE job_id = $1 AND task_id = $2)",
-            )
-            .bind(task.job_id.clone())
-            .bind(task.task_id.clone())
-            .execute(&mut *self.tx)
-            .await?;
-            let released = sqlx::query(
-                "UPDATE tasks SET state = 'ready', ready_at = $1
-                 WHERE job_id = $2 AND state = 'waiting' AND deps_left = 0
-                   AND task_id IN (SELECT dependent FROM edges WHERE job_id = $2 AND task_id = $3)",
-            )
-            .bind(self.now)
-            .bind(task.job_id.clone())
-            .bind(task.task_id.clone())
-            .execute(&mut *self.tx)
-            .await?
-            .rows_affected();
-            self.add_ready(&task.job_id, released as i64).await?;
+        let mut q = sized(&sql, done.len());
+        for (job_id, task_id) in done {
+            q = q
+                .bind(job_id.to_string())
+                .bind(task_id.to_string())
+                .bind(self.now);
+        }
+        let mut released: HashMap<String, i64> = HashMap::new();
+        for r in q.fetch_all(&mut *self.tx).await? {
+            // Ready with no dependency left now means ready from now: a task ready before
+            // had none left already, and is below zero now.
+            if r.try_get::<String, _>("state")? == "ready" && r.try_get::<i64, _>("deps_left")? == 0 {
+                *released.entry(r.try_get("job_id")?).or_default() += 1;
+            }
+        }
+        for (job_id, n) in released {
+            self.add_ready(&job_id, n);
         }
         Ok(())
     }
@@ -853,10 +1189,7 @@ impl<'a> Cx<'a> {
         .bind(task.task_id.clone())
         .execute(&mut *self.tx)
         .await?;
-        sqlx::query("UPDATE jobs SET unfinished = unfinished - 1 WHERE job_id = $1")
-            .bind(task.job_id.clone())
-            .execute(&mut *self.tx)
-            .await?;
+        self.count(&task.job_id, |d| d.unfinished -= 1);
         let ty = match state {
             TaskStatus::Failed => kind::TASK_FAILED,
             _ => kind::TASK_CANCELLED,
@@ -895,6 +1228,7 @@ impl<'a> Cx<'a> {
             .bind(job_id.to_string())
             .execute(&mut *self.tx)
             .await?;
+        self.changed_job(job_id);
         let ty = match state {
             JobStatus::Succeeded => kind::JOB_SUCCEEDED,
             JobStatus::Failed => kind::JOB_FAILED,
@@ -937,7 +1271,7 @@ impl<'a> Cx<'a> {
             .execute(&mut *self.tx)
             .await?
             .rows_affected();
-            self.add_ready(&job_id, promoted as i64).await?;
+            self.add_ready(&job_id, promoted as i64);
         }
         // Lapsed leases and missed deadlines end the attempt.
         let mut rows = sqlx::query(
@@ -1016,6 +1350,7 @@ impl<'a> Cx<'a> {
     /// Dispatches ready tasks, higher priority first, within each job's concurrency. Returns true
     /// when it stopped at `dispatch_max` with more possibly waiting.
     async fn dispatch(&mut self) -> Result<bool> {
+        self.flush_all().await?;
         let limit = self.cfg.dispatch_max;
         // Jobs with ready tasks and room under their concurrency; then each one's best ready
         // tasks, from an index. A job at its limit costs nothing however many tasks it has.
@@ -1064,7 +1399,8 @@ impl<'a> Cx<'a> {
         let full = rows.len() >= limit;
         rows.truncate(limit);
         let mut room: HashMap<String, Option<i64>> = HashMap::new();
-        let mut started: HashMap<String, i64> = HashMap::new();
+        let mut dispatched: Vec<NewAttempt> = Vec::new();
+        let mut total = 0;
         let mut outputs = OutputCache::default();
         // Dispatches each backend's launchers have not picked up yet.
         let mut waiting: HashMap<String, i64> = HashMap::new();
@@ -1101,9 +1437,10 @@ impl<'a> Cx<'a> {
                 Ok(r) => r,
                 Err(problem) => {
                     // The flow refers to an output the upstream task did not produce: retrying
-                    // cannot help.
+                    // cannot help. Ending the job reads its tasks: record what was dispatched.
+                    self.insert_attempts(&mut dispatched).await?;
                     let task = self.task(&job_id, &task_id).await?.expect("selected above");
-                    self.add_ready(&job_id, -1).await?;
+                    self.add_ready(&job_id, -1);
                     let msg = format!("task {task_id} failed: {problem}");
                     self.task_terminal(&task, TaskStatus::Failed, Some(problem), self.now)
                         .await?;
@@ -1117,29 +1454,17 @@ impl<'a> Cx<'a> {
             }
             let attempt = attempts + 1;
             let attempt_id = ferry_event::new_id();
-            sqlx::query(
-                "INSERT INTO attempts (attempt_id, job_id, task_id, number, state, cancel_requested, dispatched_at)
-                 VALUES ($1, $2, $3, $4, 'dispatched', 0, $5)",
-            )
-            .bind(attempt_id.clone())
-            .bind(job_id.clone())
-            .bind(task_id.clone())
-            .bind(attempt)
-            .bind(self.now)
-            .execute(&mut *self.tx)
-            .await?;
-            sqlx::query(
-                "UPDATE tasks SET state = 'dispatched', attempts = $1, attempt_id = $2, lease_until = NULL,
-                        deadline = NULL, started_at = NULL
-                 WHERE job_id = $3 AND task_id = $4",
-            )
-            .bind(attempt)
-            .bind(attempt_id.clone())
-            .bind(job_id.clone())
-            .bind(task_id.clone())
-            .execute(&mut *self.tx)
-            .await?;
-            *started.entry(job_id.clone()).or_default() += 1;
+            dispatched.push(NewAttempt {
+                attempt_id: attempt_id.clone(),
+                job_id: job_id.clone(),
+                task_id: task_id.clone(),
+                number: attempt,
+            });
+            total += 1;
+            self.count(&job_id, |d| {
+                d.active += 1;
+                d.ready -= 1;
+            });
             *waiting.entry(backend.clone()).or_default() += 1;
             let data = TaskDispatched {
                 job_id: job_id.clone(),
@@ -1167,28 +1492,59 @@ impl<'a> Cx<'a> {
             );
             self.out.push(e);
         }
-        let dispatched: usize = started.values().map(|n| *n as usize).sum();
-        for (job_id, n) in started {
-            sqlx::query("UPDATE jobs SET active = active + $1, ready = ready - $1 WHERE job_id = $2")
-                .bind(n)
-                .bind(job_id)
-                .execute(&mut *self.tx)
-                .await?;
-        }
+        self.insert_attempts(&mut dispatched).await?;
         // Go on only if this pass filled a whole batch; a pass held back by `max_waiting` waits
         // for the launchers instead.
-        Ok(full && dispatched >= limit)
+        Ok(full && total >= limit)
     }
 
-    async fn add_ready(&mut self, job_id: &str, n: i64) -> Result<()> {
-        if n != 0 {
-            sqlx::query("UPDATE jobs SET ready = ready + $1 WHERE job_id = $2")
-                .bind(n)
-                .bind(job_id.to_string())
-                .execute(&mut *self.tx)
-                .await?;
+    /// Records new attempts and moves their tasks to `dispatched`: two statements per chunk
+    /// of attempts, not two per attempt.
+    async fn insert_attempts(&mut self, attempts: &mut Vec<NewAttempt>) -> Result<()> {
+        const ROWS: usize = 100;
+        for chunk in attempts.chunks(ROWS) {
+            let sql = format!(
+                "INSERT INTO attempts (attempt_id, job_id, task_id, number, state, cancel_requested, dispatched_at)
+                 VALUES {}",
+                placeholders(self.dialect, chunk.len(), 7)
+            );
+            let mut q = sized(&sql, chunk.len());
+            for a in chunk {
+                q = q
+                    .bind(a.attempt_id.clone())
+                    .bind(a.job_id.clone())
+                    .bind(a.task_id.clone())
+                    .bind(a.number)
+                    .bind("dispatched")
+                    .bind(0i64)
+                    .bind(self.now);
+            }
+            q.execute(&mut *self.tx).await?;
+            let sql = format!(
+                "WITH d (job_id, task_id, attempts, attempt_id) AS (VALUES {})
+                 UPDATE tasks SET state = 'dispatched', attempts = d.attempts, attempt_id = d.attempt_id,
+                        lease_until = NULL, deadline = NULL, started_at = NULL
+                 FROM d WHERE tasks.job_id = d.job_id AND tasks.task_id = d.task_id",
+                placeholders(self.dialect, chunk.len(), 4)
+            );
+            let mut q = sized(&sql, chunk.len());
+            for a in chunk {
+                q = q
+                    .bind(a.job_id.clone())
+                    .bind(a.task_id.clone())
+                    .bind(a.number)
+                    .bind(a.attempt_id.clone());
+            }
+            q.execute(&mut *self.tx).await?;
         }
+        attempts.clear();
         Ok(())
+    }
+
+    fn add_ready(&mut self, job_id: &str, n: i64) {
+        if n != 0 {
+            self.count(job_id, |d| d.ready += n);
+        }
     }
 
     // ------------------------------------------------------------------------------------------
@@ -1236,37 +1592,134 @@ fn task_state(
     }
 }
 
+/// A `job.planned` event's JSON, taken out of the event once it was checked to decode. The
+/// tasks stay JSON until they are inserted, a chunk at a time: the event is not held a second
+/// time as decoded tasks.
+pub(crate) struct PlannedJson {
+    job_id: String,
+    json: Vec<u8>,
+}
+
+/// A `job.planned` payload with its tasks left as JSON, borrowed from the event's data.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct PlannedHead<'a> {
+    job_id: String,
+    flow_id: String,
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    concurrency: Option<u32>,
+    /// Read only to be checked, like the rest of a `JobPlanned`.
+    #[serde(default)]
+    #[allow(dead_code)]
+    inputs: Map<String, Value>,
+    #[serde(borrow)]
+    tasks: Vec<&'a RawValue>,
+}
+
+/// What the DAG check reads of a task.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TaskEdges<'a> {
+    #[serde(borrow)]
+    id: Cow<'a, str>,
+    #[serde(default, borrow)]
+    depends_on: Vec<Cow<'a, str>>,
+}
+
+impl PlannedJson {
+    /// Checks that the event's data is a `JobPlanned`, every task included (one at a time),
+    /// then takes the data out of the event.
+    fn take(event: &mut Event) -> std::result::Result<PlannedJson, String> {
+        let job_id = {
+            let invalid = |e: &dyn std::fmt::Display| {
+                format!(
+                    "event {} ({}) has data that is not valid for its type: {e}",
+                    event.id(),
+                    event.ty()
+                )
+            };
+            let json: std::borrow::Cow<'_, [u8]> = match event.data() {
+                Some(Data::Binary(b)) => b.as_slice().into(),
+                Some(Data::String(s)) => s.as_bytes().into(),
+                Some(Data::Json(v)) => serde_json::to_vec(v).map_err(|e| invalid(&e))?.into(),
+                None => return Err(format!("event {} ({}) has no data", event.id(), event.ty())),
+            };
+            let head: PlannedHead<'_> = serde_json::from_slice(&json).map_err(|e| invalid(&e))?;
+            for t in &head.tasks {
+                serde_json::from_str::<PlannedTask>(t.get()).map_err(|e| invalid(&e))?;
+            }
+            head.job_id
+        };
+        let json = match event.take_data().2 {
+            Some(Data::Binary(b)) => b,
+            Some(Data::String(s)) => s.into_bytes(),
+            Some(Data::Json(v)) => serde_json::to_vec(&v).unwrap_or_default(),
+            None => Vec::new(),
+        };
+        Ok(PlannedJson { job_id, json })
+    }
+
+    fn head(&self) -> Result<PlannedHead<'_>> {
+        serde_json::from_slice(&self.json)
+            .map_err(|e| Error::Corrupt(format!("job.planned of {} no longer decodes: {e}", self.job_id)))
+    }
+}
+
 /// Checks that every dependency names a task of the job and that there is no cycle (Kahn's
-/// algorithm, linear in tasks + edges). The planner checks this too; the scheduler does not
-/// trust its input, since any publisher can send `job.planned`.
-fn check_dag(tasks: &[PlannedTask]) -> std::result::Result<(), String> {
-    let index: HashMap<&str, usize> = tasks
+/// algorithm, linear in tasks + edges), and counts the tasks ready at once. The planner checks
+/// this too; the scheduler does not trust its input, since any publisher can send
+/// `job.planned`. Ids are borrowed from the event's JSON and edges kept as pairs of indexes.
+fn check_dag<'a>(tasks: &[&'a RawValue]) -> std::result::Result<usize, String> {
+    fn read<'a>(raw: &'a RawValue) -> std::result::Result<TaskEdges<'a>, String> {
+        serde_json::from_str(raw.get()).map_err(|e| format!("invalid plan: {e}"))
+    }
+    let mut ids: Vec<Cow<'a, str>> = Vec::with_capacity(tasks.len());
+    for raw in tasks {
+        ids.push(read(raw)?.id);
+    }
+    let index: HashMap<&str, u32> = ids
         .iter()
         .enumerate()
-        .map(|(i, t)| (t.id.as_str(), i))
+        .map(|(i, id)| (id.as_ref(), i as u32))
         .collect();
     if index.len() != tasks.len() {
         return Err("invalid plan: duplicate task ids".into());
     }
-    let mut indegree = vec![0usize; tasks.len()];
-    let mut down: Vec<Vec<usize>> = vec![Vec::new(); tasks.len()];
-    for (i, t) in tasks.iter().enumerate() {
-        for d in &t.depends_on {
-            let Some(&u) = index.get(d.as_str()) else {
-                return Err(format!("invalid plan: task {} depends on unknown task {d}", t.id));
+    let mut indegree = vec![0u32; tasks.len()];
+    let mut edges: Vec<(u32, u32)> = Vec::new();
+    for (i, raw) in tasks.iter().enumerate() {
+        for d in read(raw)?.depends_on {
+            let Some(&u) = index.get(d.as_ref()) else {
+                return Err(format!(
+                    "invalid plan: task {} depends on unknown task {d}",
+                    ids[i]
+                ));
             };
-            down[u].push(i);
+            edges.push((u, i as u32));
             indegree[i] += 1;
         }
     }
+    drop(index);
+    // Each task's dependents, contiguous: edges sorted by upstream task, `start` indexing them.
+    edges.sort_unstable();
+    let mut start = vec![0usize; tasks.len() + 1];
+    for &(u, _) in &edges {
+        start[u as usize + 1] += 1;
+    }
+    for i in 0..tasks.len() {
+        start[i + 1] += start[i];
+    }
     let mut queue: Vec<usize> = (0..tasks.len()).filter(|&i| indegree[i] == 0).collect();
+    let ready = queue.len();
     let mut seen = 0;
     while let Some(u) = queue.pop() {
         seen += 1;
-        for &v in &down[u] {
-            indegree[v] -= 1;
-            if indegree[v] == 0 {
-                queue.push(v);
+        for &(_, v) in &edges[start[u]..start[u + 1]] {
+            indegree[v as usize] -= 1;
+            if indegree[v as usize] == 0 {
+                queue.push(v as usize);
             }
         }
     }
@@ -1274,14 +1727,14 @@ fn check_dag(tasks: &[PlannedTask]) -> std::result::Result<(), String> {
         let stuck: Vec<&str> = (0..tasks.len())
             .filter(|&i| indegree[i] > 0)
             .take(5)
-            .map(|i| tasks[i].id.as_str())
+            .map(|i| ids[i].as_ref())
             .collect();
         return Err(format!(
             "invalid plan: dependency cycle among {}",
             stuck.join(", ")
         ));
     }
-    Ok(())
+    Ok(ready)
 }
 
 /// Upstream outputs read during one dispatch pass.
@@ -1570,9 +2023,9 @@ impl Store {
         for chunk in ids.chunks(CHUNK) {
             let sql = format!(
                 "DELETE FROM outbox WHERE event_id IN ({})",
-                in_list(chunk.len(), 1)
+                in_list(self.dialect, chunk.len())
             );
-            let mut q = sqlx::query(&sql);
+            let mut q = sized(&sql, chunk.len());
             for id in chunk {
                 q = q.bind(id.clone());
             }
@@ -1582,6 +2035,22 @@ impl Store {
     }
 
     /// Events committed to the outbox and not yet known to be published, in order.
+    /// The oldest `limit` outbox rows: sequence number and event.
+    pub async fn outbox_head(&self, limit: usize) -> Result<Vec<(i64, Event)>> {
+        let rows = sqlx::query("SELECT seq, event FROM outbox ORDER BY seq LIMIT $1")
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let text: String = r.try_get("event")?;
+                let event =
+                    serde_json::from_str(&text).map_err(|e| Error::Corrupt(format!("outbox event: {e}")))?;
+                Ok((r.try_get("seq")?, event))
+            })
+            .collect()
+    }
+
     pub async fn outbox(&self) -> Result<Vec<Event>> {
         let rows = sqlx::query("SELECT event FROM outbox ORDER BY seq")
             .fetch_all(&self.pool)
@@ -1599,20 +2068,54 @@ impl Store {
 mod tests {
     use super::*;
 
-    fn t(id: &str, deps: &[&str]) -> PlannedTask {
-        serde_json::from_value(serde_json::json!({
-            "id": id, "runner": {"type": "local"}, "command": ["true"], "dependsOn": deps
-        }))
-        .unwrap()
+    fn dag(tasks: &[(&str, &[&str])]) -> std::result::Result<usize, String> {
+        let json: Vec<String> = tasks
+            .iter()
+            .map(|(id, deps)| {
+                serde_json::json!({
+                    "id": id, "runner": {"type": "local"}, "command": ["true"], "dependsOn": deps
+                })
+                .to_string()
+            })
+            .collect();
+        let raw: Vec<&RawValue> = json.iter().map(|j| serde_json::from_str(j).unwrap()).collect();
+        check_dag(&raw)
     }
 
     #[test]
     fn dag_checks_reject_unknown_deps_and_cycles() {
-        assert!(check_dag(&[t("a", &[]), t("b", &["a"])]).is_ok());
-        let e = check_dag(&[t("a", &["zz"])]).unwrap_err();
+        assert_eq!(dag(&[("a", &[]), ("b", &["a"]), ("c", &[])]), Ok(2));
+        let e = dag(&[("a", &["zz"])]).unwrap_err();
         assert!(e.contains("unknown task zz"), "{e}");
-        let e = check_dag(&[t("a", &["c"]), t("b", &["a"]), t("c", &["b"]), t("d", &[])]).unwrap_err();
+        let e = dag(&[("a", &["c"]), ("b", &["a"]), ("c", &["b"]), ("d", &[])]).unwrap_err();
         assert!(e.ends_with("cycle among a, b, c"), "{e}");
+        let e = dag(&[("a", &[]), ("a", &[])]).unwrap_err();
+        assert!(e.contains("duplicate task ids"), "{e}");
+    }
+
+    #[test]
+    fn planned_events_are_checked_then_kept_as_json() {
+        let b = EventBuilder::new("test");
+        let ok = serde_json::json!({"jobId": "j", "flowId": "f", "tasks": [
+            {"id": "a", "runner": {"type": "local"}, "command": ["true"]}
+        ]});
+        let mut e = b.job(kind::JOB_PLANNED, "j", &ok);
+        let Ok(Some(Input::Planned(p))) = Input::decode(&mut e) else {
+            panic!("a valid job.planned decodes");
+        };
+        assert!(e.data().is_none(), "the data is taken out of the event");
+        let head = p.head().unwrap();
+        assert_eq!((head.job_id.as_str(), head.tasks.len()), ("j", 1));
+        let bad = serde_json::json!({"jobId": "j", "flowId": "f", "tasks": [
+            {"id": "a", "runner": {"type": "nowhere"}, "command": ["true"]}
+        ]});
+        let mut e = b.job(kind::JOB_PLANNED, "j", &bad);
+        let err = Input::decode(&mut e).err().expect("a bad task is refused");
+        assert!(err.contains("not valid for its type"), "{err}");
+        assert!(
+            e.data().is_some(),
+            "a refused event keeps its data for the dead letter"
+        );
     }
 
     #[test]

@@ -20,7 +20,7 @@
 mod engine;
 mod store;
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -76,6 +76,10 @@ pub struct Config {
     pub max_waiting: usize,
     /// How often timers (retries due, leases, deadlines) are checked.
     pub tick: Duration,
+    /// How often the outbox is swept for rows no instance is publishing. A live instance
+    /// deletes its rows within a tick of their confirmation, so a row seen at two sweeps this
+    /// far apart belongs to an instance that died between its commit and its publish.
+    pub orphan_sweep: Duration,
 }
 
 impl Config {
@@ -91,6 +95,7 @@ impl Config {
             dispatch_max: 512,
             max_waiting: 1024,
             tick: Duration::from_millis(100),
+            orphan_sweep: Duration::from_secs(10),
         }
     }
 }
@@ -167,10 +172,14 @@ pub struct Scheduler {
     unpublished: VecDeque<Event>,
     /// Outbox rows confirmed by the bus, deleted in the next transaction.
     confirmed: Vec<String>,
+    /// Outbox rows of other instances seen at the last sweep (see [`Scheduler::adopt_orphans`]).
+    seen_outbox: HashSet<i64>,
+    next_sweep: tokio::time::Instant,
 }
 
 impl Scheduler {
     pub fn new(store: Store, bus: Arc<dyn Bus>, config: Config) -> Self {
+        let next_sweep = tokio::time::Instant::now() + config.orphan_sweep;
         let events = EventBuilder::new(config.source.clone());
         Scheduler {
             store,
@@ -179,6 +188,8 @@ impl Scheduler {
             events,
             unpublished: VecDeque::new(),
             confirmed: Vec::new(),
+            seen_outbox: HashSet::new(),
+            next_sweep,
         }
     }
 
@@ -210,8 +221,8 @@ impl Scheduler {
         let mut good = Vec::with_capacity(batch.len());
         let mut bad = Vec::new();
         let mut inputs = Vec::with_capacity(batch.len());
-        for d in batch {
-            match engine::Input::decode(&d.event) {
+        for mut d in batch {
+            match engine::Input::decode(&mut d.event) {
                 Ok(Some(input)) => {
                     inputs.push((d.event.id().to_string(), input));
                     good.push(d);
@@ -265,8 +276,54 @@ impl Scheduler {
             self.unpublished.extend(emitted);
             self.flush().await;
             if !more {
-                return Ok(());
+                break;
             }
+        }
+        if tokio::time::Instant::now() >= self.next_sweep {
+            self.next_sweep = tokio::time::Instant::now() + self.config.orphan_sweep;
+            self.adopt_orphans().await;
+        }
+        Ok(())
+    }
+
+    /// Publishes outbox rows that another instance committed but never published (it died in
+    /// between): rows not this instance's own, seen at the previous sweep too. Publishing an
+    /// event twice is harmless (every consumer applies an event id once); never publishing a
+    /// dispatch would leave its task waiting for good.
+    async fn adopt_orphans(&mut self) {
+        let rows = match self.store.outbox_head(1000).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the outbox failed; sweeping again later");
+                return;
+            }
+        };
+        let mine: HashSet<String> = self
+            .unpublished
+            .iter()
+            .map(|e| e.id().to_string())
+            .chain(self.confirmed.iter().cloned())
+            .collect();
+        let mut seen = HashSet::new();
+        let mut adopted = Vec::new();
+        for (seq, event) in rows {
+            if mine.contains(event.id()) {
+                continue;
+            }
+            if self.seen_outbox.contains(&seq) {
+                adopted.push(event);
+            } else {
+                seen.insert(seq);
+            }
+        }
+        self.seen_outbox = seen;
+        if !adopted.is_empty() {
+            tracing::warn!(
+                events = adopted.len(),
+                "publishing events another scheduler instance committed but did not publish"
+            );
+            self.unpublished.extend(adopted);
+            self.flush().await;
         }
     }
 

@@ -104,8 +104,10 @@ async fn two_instances_share_jobs_without_dispatching_an_attempt_twice() {
     ferry_scheduler::Store::open(&db.url).await.unwrap().close().await;
     let (_a, ta) = start_scheduler(&bus, pg_config(&db.url, "ferry/scheduler/a"));
     let (_b, tb) = start_scheduler(&bus, pg_config(&db.url, "ferry/scheduler/b"));
-    let n = 300;
-    for j in 0..3 {
+    // Six jobs, so that both instances find jobs the other has not locked.
+    let n = 150;
+    let jobs = 6;
+    for j in 0..jobs {
         publish(
             &bus,
             kind::JOB_PLANNED,
@@ -114,7 +116,7 @@ async fn two_instances_share_jobs_without_dispatching_an_attempt_twice() {
         )
         .await;
     }
-    for j in 0..3 {
+    for j in 0..jobs {
         assert_eq!(
             rec.wait_terminal(&format!("j{j}"), WITHIN).await,
             kind::JOB_SUCCEEDED
@@ -122,7 +124,7 @@ async fn two_instances_share_jobs_without_dispatching_an_attempt_twice() {
     }
 
     let log = std::mem::take(&mut *log.lock().unwrap());
-    for j in 0..3 {
+    for j in 0..jobs {
         let job = format!("j{j}");
         for t in ["root".to_string(), "join".to_string()]
             .into_iter()
@@ -144,7 +146,7 @@ async fn two_instances_share_jobs_without_dispatching_an_attempt_twice() {
         .collect();
     assert_eq!(sources.len(), 2, "both instances dispatched work: {sources:?}");
     let store = ferry_scheduler::Store::open(&db.url).await.unwrap();
-    for j in 0..3 {
+    for j in 0..jobs {
         let job = store.job(&format!("j{j}")).await.unwrap().unwrap();
         assert_eq!(
             (job.state.as_str(), job.unfinished, job.active, job.ready),
@@ -187,6 +189,60 @@ async fn a_job_finishes_when_one_of_two_instances_is_killed() {
         "concurrency held across instances: {}",
         log.max_running["j"]
     );
+    tb.cancel();
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_an_instance_committed_but_never_published_are_published_by_another() {
+    let db = Db::new().await;
+    let bus = MemoryBus::new();
+    let stop = CancellationToken::new();
+    let rec = Recorder::start(&bus, stop.clone()).await;
+    declare_scheduler(&bus).await;
+    ferry_scheduler::Store::open(&db.url).await.unwrap().close().await;
+    // What an instance killed between its commit and its publish leaves behind.
+    let orphan = ferry_event::EventBuilder::new("ferry/scheduler/gone").job(
+        kind::JOB_STARTED,
+        "j-orphan",
+        &serde_json::json!({"jobId": "j-orphan"}),
+    );
+    let mut cfg = pg_config(&db.url, "ferry/scheduler/b");
+    cfg.orphan_sweep = Duration::from_millis(200);
+    let (_b, tb) = start_scheduler(&bus, cfg);
+    // Written once the survivor runs (a start publishes the whole outbox anyway): it is
+    // published once it has outlived a sweep.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut conn = admin_conn(&db.url).await;
+    sqlx::query("INSERT INTO outbox (event_id, event) VALUES ($1, $2)")
+        .bind(orphan.id())
+        .bind(serde_json::to_string(&orphan).unwrap())
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    assert!(rec.of_type(kind::JOB_STARTED).is_empty());
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    while rec.of_type(kind::JOB_STARTED).is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the orphaned event was never published"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(rec.of_type(kind::JOB_STARTED)[0].id(), orphan.id());
+    // Once confirmed, the row goes.
+    while sqlx::query("SELECT seq FROM outbox")
+        .fetch_optional(&mut conn)
+        .await
+        .unwrap()
+        .is_some()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the published row was never deleted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     tb.cancel();
     stop.cancel();
 }
