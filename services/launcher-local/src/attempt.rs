@@ -7,25 +7,21 @@ use std::time::Duration;
 
 use ferry_bus::Delivery;
 use ferry_event::kind;
-use ferry_event::payload::{Outcome, Stream, TaskDispatched, TaskFinished, TaskHeartbeat, TaskStarted};
+use ferry_event::payload::{Outcome, TaskDispatched, TaskFinished, TaskHeartbeat, TaskStarted};
 use ferry_runtime::metrics;
 use serde_json::Map;
 use tokio::process::Child;
-use tokio::sync::{mpsc, watch};
-use tokio::task::JoinSet;
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::Shared;
-use crate::logs::{self, Ids};
-use crate::state::{AttemptDir, RunningRecord, remove_dir_fast};
+use crate::logs::{self, Ids, Tail};
+use crate::state::{Entry, LogMark, RunningRecord};
 use crate::{collect, prepare, process};
 
-/// Lines read from the task and not yet batched; when full, the task blocks on its pipes.
-const LOG_CHANNEL_LINES: usize = 1024;
-/// How long output still open after the process group is gone is read (a process that left the
-/// group may hold the pipe).
-const DRAIN: Duration = Duration::from_secs(2);
+/// How long the leader of a stopped group gets to be reaped.
+const REAP: Duration = Duration::from_secs(2);
 
 /// Why the wait for the process ended.
 enum Ended {
@@ -64,8 +60,7 @@ pub(crate) fn unstarted(d: &TaskDispatched, outcome: Outcome, error: String) -> 
 
 /// Reports an attempt that never started, then acks its dispatch.
 pub(crate) async fn settle_unstarted(shared: Arc<Shared>, report: TaskFinished, delivery: Delivery) {
-    let dir = AttemptDir::new(&shared.config.data_dir, &report.attempt_id);
-    if publish_report(&shared, &dir, report).await {
+    if publish_report(&shared, report).await {
         ack(delivery).await;
     }
 }
@@ -73,8 +68,7 @@ pub(crate) async fn settle_unstarted(shared: Arc<Shared>, report: TaskFinished, 
 /// Publishes a report recorded earlier (by a run that stopped before it was confirmed), then
 /// acks the dispatch if there is one.
 pub(crate) async fn settle_pending(shared: Arc<Shared>, report: TaskFinished, delivery: Option<Delivery>) {
-    let dir = AttemptDir::new(&shared.config.data_dir, &report.attempt_id);
-    if publish_recorded(&shared, &dir, &report, true).await
+    if publish_recorded(&shared, &report).await
         && let Some(d) = delivery
     {
         ack(d).await;
@@ -95,67 +89,117 @@ enum Launch {
         pid: i32,
         started: Instant,
         started_at_ms: i64,
+        tail: Tail,
     },
-    /// Nothing started; the attempt ends with this.
+    /// Nothing started (the slot is back); the attempt ends with this.
     NotStarted(Outcome, String),
+    /// Nothing started after the attempt was recorded as starting: its report is recorded (so
+    /// the journal no longer points at the slot) and the slot is back.
+    Recorded(Box<TaskFinished>),
     /// The process started but could not be recorded: it is stopped, and the attempt fails.
     Unrecorded { child: Child, pid: i32, error: String },
-    /// The launcher is stopping: the dispatch goes back to the broker unacked.
+    /// The launcher is stopping (the slot is back): the dispatch goes back to the broker
+    /// unacked.
     ShuttingDown,
 }
 
+/// Empties a slot and makes it available again.
+pub(crate) fn release(shared: &Shared, slot: u32) {
+    release_after(shared, slot, true, true);
+}
+
+/// [`release`], knowing whether the task printed anything and may have left an outputs file.
+fn release_after(shared: &Shared, slot: u32, printed: bool, outputs_file: bool) {
+    match shared.slots.dir(slot).clean_after(printed, outputs_file) {
+        Ok(()) => shared.slots.give_back(slot),
+        Err(e) => tracing::warn!(
+            slot = %shared.slots.dir(slot).root().display(),
+            error = %e,
+            "cannot empty the attempt's slot; it is not used again"
+        ),
+    }
+}
+
 /// Everything from the dispatch to a recorded process, in one blocking call: resolve the
-/// dispatch, create the working directory and its input files, start the process (the spawn
-/// waits for the exec) and record it.
+/// dispatch, prepare the slot and the input files, start the process (the spawn waits for the
+/// exec) and record it.
 fn launch(
     shared: &Shared,
     d: &TaskDispatched,
-    dir: &AttemptDir,
+    slot: u32,
     cancel: &watch::Receiver<Option<String>>,
 ) -> Launch {
+    let not_started = |outcome, error| {
+        release(shared, slot);
+        Launch::NotStarted(outcome, error)
+    };
+    let dir = shared.slots.dir(slot);
     let work = dir.work();
     let work_str = work.to_string_lossy();
     let outputs_str = dir.outputs().to_string_lossy().into_owned();
     let base_env = shared.base_env.iter().cloned();
     let prepared = match prepare::prepare(d, &work_str, &outputs_str, &shared.config.secrets, base_env) {
         Ok(p) => p,
-        Err(error) => return Launch::NotStarted(Outcome::Failed, error),
+        Err(error) => return not_started(Outcome::Failed, error),
     };
-    if let Err(e) = dir.create_work() {
-        let error = format!("cannot create the working directory {}: {e}", work.display());
-        return Launch::NotStarted(Outcome::Failed, error);
-    }
+    let (out, err) = match dir.prepare() {
+        Ok(files) => files,
+        Err(e) => {
+            let error = format!("cannot prepare the working directory {}: {e}", work.display());
+            return not_started(Outcome::Failed, error);
+        }
+    };
     if let Err(error) = prepare::write_inputs(&work, &prepared.inputs) {
-        return Launch::NotStarted(Outcome::Failed, error);
+        return not_started(Outcome::Failed, error);
     }
     if shared.stop.is_cancelled() {
-        let _ = dir.remove_unstarted();
+        release(shared, slot);
         return Launch::ShuttingDown;
     }
     if let Some(error) = cancel.borrow().clone() {
-        return Launch::NotStarted(Outcome::Cancelled, error);
+        return not_started(Outcome::Cancelled, error);
     }
+    let stdio = |f: &std::fs::File| f.try_clone().map(Stdio::from);
+    let (child_out, child_err) = match (stdio(&out), stdio(&err)) {
+        (Ok(o), Ok(e)) => (o, e),
+        (Err(e), _) | (_, Err(e)) => {
+            return not_started(Outcome::Failed, format!("cannot open the output files: {e}"));
+        }
+    };
 
     // Record the start before it happens: a launcher killed between the spawn and the record
     // below would otherwise leave a process nobody knows of, and a redelivered dispatch would
     // run the same attempt a second time. A record without a pid tells the next run to look for
     // the attempt's processes by their FERRY_ATTEMPT_ID.
-    let starting = RunningRecord {
+    let mut record = RunningRecord {
         job_id: d.job_id.clone(),
         task_id: d.task_id.clone(),
         attempt_id: d.attempt_id.clone(),
         attempt: d.attempt,
+        slot,
         pid: 0,
         start_time: 0,
         started_at_ms: 0,
     };
-    if let Err(e) = dir.write_running(&starting) {
+    if let Err(e) = shared
+        .journal
+        .record(&d.attempt_id, Entry::Running(record.clone()))
+    {
         let error = format!(
             "cannot record the attempt in {}: {e}",
-            dir.record_file().display()
+            shared.journal.path().display()
         );
-        return Launch::NotStarted(Outcome::Failed, error);
+        return not_started(Outcome::Failed, error);
     }
+    // From here the journal names the slot: it is given back only once the report is recorded,
+    // or a crash in between would leave two attempts recorded on one slot.
+    let not_started = |outcome, error| {
+        let mut report = unstarted(d, outcome, error);
+        report.error = report.error.map(|e| shared.masker.mask(&e));
+        record_report(shared, &report);
+        release(shared, slot);
+        Launch::Recorded(Box::new(report))
+    };
 
     // Nothing here forces fork+exec (no pre_exec hook, no uid/gid change), so the standard
     // library starts the process with posix_spawn: a vfork-like clone, then exec.
@@ -165,36 +209,31 @@ fn launch(
         .envs(prepared.env.iter().map(|(k, v)| (k, v)))
         .current_dir(&work)
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdout(child_out)
+        .stderr(child_err)
         .process_group(0)
         .kill_on_drop(true);
     let child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
             let error = format!("cannot start {:?}: {e}", prepared.program);
-            return Launch::NotStarted(Outcome::Failed, error);
+            return not_started(Outcome::Failed, error);
         }
     };
+    drop(cmd);
     let Some(pid) = child.id().map(|p| p as i32) else {
         let error = "the process ended before its id could be read".to_string();
-        return Launch::NotStarted(Outcome::Failed, error);
+        return not_started(Outcome::Failed, error);
     };
     let started = Instant::now();
     let started_at_ms = ferry_event::now_ms();
-    let record = RunningRecord {
-        job_id: d.job_id.clone(),
-        task_id: d.task_id.clone(),
-        attempt_id: d.attempt_id.clone(),
-        attempt: d.attempt,
-        pid,
-        start_time: process::start_time(pid).unwrap_or(0),
-        started_at_ms,
-    };
-    if let Err(e) = dir.write_running(&record) {
+    record.pid = pid;
+    record.start_time = process::start_time(pid).unwrap_or(0);
+    record.started_at_ms = started_at_ms;
+    if let Err(e) = shared.journal.record(&d.attempt_id, Entry::Running(record)) {
         let error = format!(
             "cannot record the attempt's process in {}: {e}",
-            dir.record_file().display()
+            shared.journal.path().display()
         );
         return Launch::Unrecorded { child, pid, error };
     }
@@ -203,6 +242,7 @@ fn launch(
         pid,
         started,
         started_at_ms,
+        tail: Tail::new(out, err, LogMark::default(), shared.masker.clone()),
     }
 }
 
@@ -214,24 +254,28 @@ pub(crate) async fn run(
     delivery: Delivery,
     mut cancel: watch::Receiver<Option<String>>,
 ) {
-    let dir = AttemptDir::new(&shared.config.data_dir, &d.attempt_id);
+    let slot = shared.slots.take();
     let launched = {
-        let (shared, d, dir, cancel) = (shared.clone(), d.clone(), dir.clone(), cancel.clone());
-        tokio::task::spawn_blocking(move || launch(&shared, &d, &dir, &cancel))
+        let (shared, d, cancel) = (shared.clone(), d.clone(), cancel.clone());
+        tokio::task::spawn_blocking(move || launch(&shared, &d, slot, &cancel))
             .await
             .unwrap_or_else(|e| {
                 Launch::NotStarted(Outcome::Failed, format!("preparing the attempt failed: {e}"))
             })
     };
-    let (mut child, pid, started, started_at_ms) = match launched {
+    let (mut child, pid, started, started_at_ms, tail) = match launched {
         Launch::Started {
             child,
             pid,
             started,
             started_at_ms,
-        } => (child, pid, started, started_at_ms),
+            tail,
+        } => (child, pid, started, started_at_ms, tail),
         Launch::NotStarted(outcome, error) => {
             return settle_unstarted(shared.clone(), unstarted(&d, outcome, error), delivery).await;
+        }
+        Launch::Recorded(report) => {
+            return settle_pending(shared.clone(), *report, Some(delivery)).await;
         }
         Launch::Unrecorded {
             mut child,
@@ -239,37 +283,26 @@ pub(crate) async fn run(
             error,
         } => {
             process::stop_group(pid, shared.config.kill_grace, Some(&mut child)).await;
-            return settle_unstarted(shared.clone(), unstarted(&d, Outcome::Failed, error), delivery).await;
+            let mut report = unstarted(&d, Outcome::Failed, error);
+            report.error = report.error.map(|e| shared.masker.mask(&e));
+            let (s, r) = (shared.clone(), report.clone());
+            let _ = tokio::task::spawn_blocking(move || {
+                record_report(&s, &r);
+                release(&s, slot);
+            })
+            .await;
+            return settle_pending(shared.clone(), report, Some(delivery)).await;
         }
         Launch::ShuttingDown => return,
     };
-
-    // Output is read from now on, so that the task never blocks on its pipes.
-    let (tx, rx) = mpsc::channel(LOG_CHANNEL_LINES);
-    let mut readers = JoinSet::new();
-    if let Some(out) = child.stdout.take() {
-        readers.spawn(logs::read_stream(
-            out,
-            Stream::Stdout,
-            shared.masker.clone(),
-            tx.clone(),
-        ));
-    }
-    if let Some(err) = child.stderr.take() {
-        readers.spawn(logs::read_stream(
-            err,
-            Stream::Stderr,
-            shared.masker.clone(),
-            tx.clone(),
-        ));
-    }
-    drop(tx);
 
     let ids = Ids {
         job_id: d.job_id.clone(),
         task_id: d.task_id.clone(),
         attempt_id: d.attempt_id.clone(),
     };
+    let (ended_tx, ended_rx) = watch::channel(false);
+    let follower = tokio::spawn(logs::follow(shared.clone(), ids.clone(), tail, ended_rx));
     let started_event = shared.builder.task(
         kind::TASK_STARTED,
         &d.job_id,
@@ -303,7 +336,6 @@ pub(crate) async fn run(
         }
     };
 
-    let batcher = tokio::spawn(logs::batch(shared.clone(), ids.clone(), dir.clone(), rx));
     let beat_stop = CancellationToken::new();
     let beats = tokio::spawn(heartbeat(shared.clone(), ids, d.lease_ms, beat_stop.clone()));
 
@@ -324,17 +356,11 @@ pub(crate) async fn run(
     };
     // Whatever ended the wait, nothing of the task outlives it.
     process::stop_group(pid, shared.config.kill_grace, Some(&mut child)).await;
-    let _ = tokio::time::timeout(DRAIN, child.wait()).await;
+    let _ = tokio::time::timeout(REAP, child.wait()).await;
+    let _ = ended_tx.send(true);
     beat_stop.cancel();
     let _ = beats.await;
-    if tokio::time::timeout(DRAIN, async { while readers.join_next().await.is_some() {} })
-        .await
-        .is_err()
-    {
-        tracing::warn!("output pipes are still open after the process group ended; closing them");
-        readers.shutdown().await;
-    }
-    let logs = batcher.await.unwrap_or(logs::LogSummary {
+    let logs = follower.await.unwrap_or(logs::LogSummary {
         lines: 0,
         complete: false,
     });
@@ -343,6 +369,13 @@ pub(crate) async fn run(
         value = started.elapsed().as_secs_f64(),
         "attempt released its process"
     );
+    if !logs.complete && shared.stop.is_cancelled() {
+        tracing::warn!(
+            published = logs.lines,
+            "the launcher stopped before the attempt's output was published; its next start publishes the rest and reports the attempt"
+        );
+        return;
+    }
 
     let (outcome, exit_code, error) = match ended {
         Ended::Exited(status) => {
@@ -377,31 +410,29 @@ pub(crate) async fn run(
         started_at_ms: Some(started_at_ms),
         finished_at_ms: 0,
     };
-    // Collect and record the report in one blocking call.
-    let (report, written) = {
-        let (shared, dir, patterns) = (shared.clone(), dir.clone(), d.output_files.clone());
-        tokio::task::spawn_blocking(move || conclude(&shared, &dir, &patterns, report))
+    // Collect, record the report and free the slot in one blocking call.
+    let report = {
+        let (shared, patterns) = (shared.clone(), d.output_files.clone());
+        let printed = logs.lines > 0;
+        tokio::task::spawn_blocking(move || conclude(&shared, slot, &patterns, printed, report))
             .await
-            .unwrap_or_else(|e| {
-                let report = unstarted(&d, Outcome::Failed, format!("collecting outputs failed: {e}"));
-                (report, Err(std::io::Error::other(e.to_string())))
-            })
+            .unwrap_or_else(|e| unstarted(&d, Outcome::Failed, format!("collecting outputs failed: {e}")))
     };
-    if let Err(e) = written {
-        tracing::warn!(error = %e, "cannot record the attempt's report before publishing it");
-    }
-    publish_recorded(&shared, &dir, &report, logs.lines > 0).await;
+    publish_recorded(&shared, &report).await;
 }
 
-/// Collects the outputs and output files of a successful attempt, then removes the working
-/// directory and records the report, masked. Returns the report and whether it was recorded.
+/// Collects the outputs and output files of a successful attempt, records the report, masked,
+/// and frees the slot (`printed` says whether the task's output files hold anything). Returns
+/// the report.
 fn conclude(
     shared: &Shared,
-    dir: &AttemptDir,
+    slot: u32,
     patterns: &[String],
+    printed: bool,
     mut report: TaskFinished,
-) -> (TaskFinished, std::io::Result<()>) {
-    let mut outputs_left = true;
+) -> TaskFinished {
+    let dir = shared.slots.dir(slot);
+    let mut outputs_file = true;
     if report.outcome == Outcome::Succeeded {
         let dest: PathBuf = shared
             .artifact_dir
@@ -409,7 +440,7 @@ fn conclude(
             .join(&report.task_id)
             .join(&report.attempt_id);
         let collected = collect::read_outputs(&dir.outputs()).and_then(|(outputs, found)| {
-            outputs_left = found;
+            outputs_file = found;
             let files = collect::collect_files(&dir.work(), patterns, &dest)?;
             Ok((outputs, files))
         });
@@ -429,33 +460,31 @@ fn conclude(
     }
     report.error = report.error.map(|e| shared.masker.mask(&e));
     report.finished_at_ms = ferry_event::now_ms();
-    let written = dir.write_result(&report, outputs_left);
-    (report, written)
+    record_report(shared, &report);
+    release_after(shared, slot, printed, outputs_file);
+    report
 }
 
-/// Removes the working directory, records the report, publishes it and marks the attempt
-/// finished. Secret values are masked in the error first. Returns whether the broker confirmed
-/// it; if not, the report stays on disk and the next start of the launcher publishes it.
-pub(crate) async fn publish_report(shared: &Shared, dir: &AttemptDir, mut report: TaskFinished) -> bool {
-    report.error = report.error.map(|e| shared.masker.mask(&e));
-    let (dir2, report2) = (dir.clone(), report.clone());
-    let written = tokio::task::spawn_blocking(move || dir2.write_result(&report2, true)).await;
-    match written {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(error = %e, "cannot record the attempt's report before publishing it"),
-        Err(e) => tracing::warn!(error = %e, "cannot record the attempt's report before publishing it"),
+fn record_report(shared: &Shared, report: &TaskFinished) {
+    let entry = Entry::Reported {
+        report: Box::new(report.clone()),
+    };
+    if let Err(e) = shared.journal.record(&report.attempt_id, entry) {
+        tracing::warn!(error = %e, "cannot record the attempt's report before publishing it");
     }
-    publish_recorded(shared, dir, &report, true).await
 }
 
-/// Publishes a recorded report and, once the broker confirmed it, marks the attempt finished
-/// (a rename). `lines_recorded` says whether a log line count may be on disk.
-async fn publish_recorded(
-    shared: &Shared,
-    dir: &AttemptDir,
-    report: &TaskFinished,
-    lines_recorded: bool,
-) -> bool {
+/// Records the report, publishes it and marks the attempt finished. Secret values are masked
+/// in the error first. Returns whether the broker confirmed it; if not, the report stays in
+/// the journal and the next start of the launcher publishes it.
+pub(crate) async fn publish_report(shared: &Shared, mut report: TaskFinished) -> bool {
+    report.error = report.error.map(|e| shared.masker.mask(&e));
+    record_report(shared, &report);
+    publish_recorded(shared, &report).await
+}
+
+/// Publishes a recorded report and, once the broker confirmed it, marks the attempt finished.
+async fn publish_recorded(shared: &Shared, report: &TaskFinished) -> bool {
     let event = shared.builder.task(
         kind::TASK_FINISHED,
         &report.job_id,
@@ -471,7 +500,7 @@ async fn publish_recorded(
                 log_lines = report.log_lines,
                 "attempt finished"
             );
-            if let Err(e) = dir.mark_finished(report, lines_recorded) {
+            if let Err(e) = shared.journal.record(&report.attempt_id, Entry::Done) {
                 tracing::warn!(error = %e, "cannot mark the attempt finished");
             }
             true
@@ -480,9 +509,8 @@ async fn publish_recorded(
             tracing::error!(
                 error = %e,
                 outcome = report.outcome.as_str(),
-                "cannot publish the attempt's report; it is kept on disk and published when the launcher starts again"
+                "cannot publish the attempt's report; it is kept in the journal and published when the launcher starts again"
             );
-            let _ = remove_dir_fast(&dir.work());
             false
         }
     }

@@ -1,8 +1,9 @@
 //! ferry's local launcher: runs each dispatched attempt as a process on this machine.
 //!
 //! [`run`] joins a consumer group on the `dispatch.local` topic and handles
-//! `dev.ferry.task.dispatched` and `dev.ferry.task.cancel`. Each attempt gets a working
-//! directory `data_dir/attempts/<attempt_id>/work` with its input files written, runs
+//! `dev.ferry.task.dispatched` and `dev.ferry.task.cancel`. Each attempt borrows a slot, whose
+//! working directory `data_dir/slots/<n>/work` is empty when it starts, gets its input files
+//! written there, runs
 //! with its command as a plain argument vector (no shell) in its own process group, and reports
 //! `task.started`, `task.heartbeat`, `task.log` batches and `task.finished`. Timeouts, cancels
 //! and shutdown stop the whole process group (SIGTERM, a grace period, SIGKILL); so does the
@@ -11,8 +12,8 @@
 //! - [`Config`], [`run`]: the service;
 //! - [`Secrets`]: the values behind `{{ secret('NAME') }}`, masked as `****` in everything the
 //!   launcher sends;
-//! - [`state`]: the on-disk layout that makes the launcher idempotent per attempt id and lets it
-//!   reconcile, on start, the processes a previous run left behind.
+//! - [`state`]: the journal that makes the launcher idempotent per attempt id and lets it
+//!   reconcile, on start, the processes and output a previous run left behind.
 //!
 //! Cancels arrive on `cancel.local`, which every instance hears through an ephemeral group of
 //! its own; an instance that does not know the attempt records a tombstone, so that a dispatch
@@ -53,7 +54,7 @@ pub use process::{is_alive, start_time};
 pub use secrets::{Masker, Secrets};
 
 use crate::publish::Publisher;
-use crate::state::{AttemptDir, Status};
+use crate::state::{Journal, Slots, Status};
 
 /// The backend name this launcher serves; dispatches arrive on `dispatch.local`.
 pub const BACKEND: &str = "local";
@@ -82,7 +83,7 @@ pub enum Error {
 /// How the local launcher runs.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Holds `attempts/<attempt_id>/…`; output files go to `artifacts/` in it by default.
+    /// Holds the journal and `slots/<n>/…`; output files go to `artifacts/` in it by default.
     pub data_dir: PathBuf,
     /// Where output files are copied, as `<job>/<task>/<attempt>/<path>`.
     pub artifact_dir: Option<PathBuf>,
@@ -141,13 +142,6 @@ impl Config {
             .clone()
             .unwrap_or_else(|| self.data_dir.join("artifacts"));
         let artifacts = make_dir(&artifacts, "artifact directory")?;
-        state::create_dirs(&self.data_dir).map_err(|source| Error::Io {
-            what: format!(
-                "cannot create the state directories in {}",
-                state::attempts_dir(&self.data_dir).display()
-            ),
-            source,
-        })?;
         Ok((self, artifacts))
     }
 }
@@ -172,6 +166,8 @@ pub(crate) struct Shared {
     pub(crate) base_env: Vec<(OsString, OsString)>,
     /// Cancelled when the launcher stops (shutdown, or the bus closed).
     pub(crate) stop: CancellationToken,
+    pub(crate) journal: Journal,
+    pub(crate) slots: Slots,
 }
 
 /// Runs the local launcher until `shutdown` is cancelled (or the bus closes). On the way out
@@ -179,8 +175,36 @@ pub(crate) struct Shared {
 /// returns, no process it started is alive.
 pub async fn run(config: Config, bus: Arc<dyn Bus>, shutdown: CancellationToken) -> Result<()> {
     let (config, artifact_dir) = config.resolve()?;
+    if config.data_dir.join("attempts").is_dir() {
+        tracing::warn!(
+            dir = %config.data_dir.join("attempts").display(),
+            "this data directory holds attempts in the layout of an earlier version, which are not reconciled; \
+             their dispatches, if unfinished, are retried by the scheduler once their leases lapse"
+        );
+    }
+    let journal = Journal::open(&config.data_dir).map_err(|source| Error::Io {
+        what: format!("cannot read the journal in {}", config.data_dir.display()),
+        source,
+    })?;
+    let busy: Vec<u32> = journal
+        .unfinished()
+        .iter()
+        .filter_map(|(_, o)| match &o.status {
+            Status::Running(r) => Some(r.slot),
+            _ => None,
+        })
+        .collect();
+    let slots = Slots::open(&config.data_dir, &busy).map_err(|source| Error::Io {
+        what: format!(
+            "cannot prepare the slots in {}",
+            config.data_dir.join("slots").display()
+        ),
+        source,
+    })?;
     let stop = shutdown.child_token();
     let shared = Arc::new(Shared {
+        journal,
+        slots,
         masker: config.secrets.masker(),
         base_env: prepare::base_env(std::env::vars_os()),
         builder: EventBuilder::new(config.source.clone()),
@@ -196,7 +220,7 @@ pub async fn run(config: Config, bus: Arc<dyn Bus>, shutdown: CancellationToken)
         secrets = shared.config.secrets.len(),
         "local launcher starting"
     );
-    let reconciled = reconcile::reconcile(&shared).await?;
+    let reconciled = reconcile::reconcile(&shared).await;
     if reconciled > 0 {
         tracing::info!(attempts = reconciled, "reconciled attempts of a previous run");
     }
@@ -351,17 +375,12 @@ impl Launcher {
             span.in_scope(|| tracing::info!("duplicate dispatch of an attempt in progress; acking it"));
             return ack(delivery).await;
         }
-        let dir = AttemptDir::new(&self.shared.config.data_dir, &d.attempt_id);
-        match dir.status() {
-            Err(e) => {
-                let reason = format!("the state of attempt {} cannot be read: {e}", d.attempt_id);
-                dead_letter(delivery, &reason).await;
-            }
-            Ok(Status::Finished) => {
+        match self.shared.journal.status(&d.attempt_id) {
+            Status::Finished => {
                 span.in_scope(|| tracing::info!("duplicate dispatch of a finished attempt; acking it"));
                 ack(delivery).await;
             }
-            Ok(Status::Running(record)) => {
+            Status::Running(record) => {
                 span.in_scope(|| {
                     tracing::warn!(
                         pid = record.pid,
@@ -370,18 +389,18 @@ impl Launcher {
                 });
                 ack(delivery).await;
             }
-            Ok(Status::ResultPending(report)) => {
+            Status::ResultPending(report) => {
                 let id = d.attempt_id.clone();
                 let fut = attempt::settle_pending(self.shared.clone(), *report, Some(delivery));
                 self.spawn(id, None, false, fut, span);
             }
-            Ok(Status::Tombstone(error)) => {
+            Status::Tombstone(error) => {
                 span.in_scope(|| tracing::info!("attempt was cancelled before its dispatch arrived"));
                 let report = attempt::unstarted(&d, Outcome::Cancelled, error);
                 let fut = attempt::settle_unstarted(self.shared.clone(), report, delivery);
                 self.spawn(d.attempt_id.clone(), None, false, fut, span);
             }
-            Ok(Status::Fresh) => {
+            Status::Fresh => {
                 self.pending.push_back((d, delivery));
                 self.fill_slots();
             }
@@ -422,29 +441,28 @@ impl Launcher {
             self.spawn(d.attempt_id.clone(), None, false, fut, span);
             return ack(delivery).await;
         }
-        let dir = AttemptDir::new(&self.shared.config.data_dir, &c.attempt_id);
-        match dir.status() {
-            Ok(Status::Fresh) | Ok(Status::Tombstone(_)) => match dir.write_tombstone(&error) {
-                Ok(()) => {
-                    span.in_scope(|| tracing::info!("cancel arrived before the dispatch; recorded it"));
-                    ack(delivery).await;
+        match self.shared.journal.status(&c.attempt_id) {
+            Status::Fresh | Status::Tombstone(_) => {
+                match self
+                    .shared
+                    .journal
+                    .record(&c.attempt_id, state::Entry::Cancelled { reason: error })
+                {
+                    Ok(()) => {
+                        span.in_scope(|| tracing::info!("cancel arrived before the dispatch; recorded it"));
+                        ack(delivery).await;
+                    }
+                    Err(e) => {
+                        let reason = format!(
+                            "cannot record the cancel of attempt {} in {}: {e}",
+                            c.attempt_id,
+                            self.shared.journal.path().display()
+                        );
+                        dead_letter(delivery, &reason).await;
+                    }
                 }
-                Err(e) => {
-                    let reason = format!(
-                        "cannot record the cancel of attempt {} in {}: {e}",
-                        c.attempt_id,
-                        dir.record_file().display()
-                    );
-                    dead_letter(delivery, &reason).await;
-                }
-            },
-            Ok(_) => ack(delivery).await,
-            Err(e) => {
-                span.in_scope(
-                    || tracing::warn!(error = %e, "cannot read the attempt's state; ignoring the cancel"),
-                );
-                ack(delivery).await;
             }
+            _ => ack(delivery).await,
         }
     }
 

@@ -1,148 +1,257 @@
-//! A task's output as `task.log` batches: lines split and masked as they are read, numbered
-//! across stdout and stderr, and published in confirmed batches.
+//! A task's output as `task.log` batches.
+//!
+//! The task writes stdout and stderr to files in its slot. They are read as they grow: cut into
+//! lines, masked, numbered across both streams, and published in confirmed batches. Before a
+//! batch is published its extent (the next line number and where it ends in each file) is
+//! recorded in the journal, so that a launcher killed at any moment can publish the same lines
+//! under the same numbers again, and then the rest: the log collector stores each number once.
+//!
+//! How bytes become lines depends only on the bytes, never on how they were read: a line is
+//! cut at a newline; a line longer than [`MAX_LINE_BYTES`] plus the longest secret (so that a
+//! secret is never cut in two) is cut into pieces as soon as that much of it is there; and the
+//! end of a line without a newline is only taken once the task has ended.
 
-use std::path::PathBuf;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_event::kind;
 use ferry_event::payload::{LogLine, Stream, TaskLog};
-use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::sync::mpsc;
-use tokio::time::Instant;
+use tokio::sync::watch;
 
 use crate::Shared;
-use crate::secrets::Masker;
-use crate::state::AttemptDir;
+use crate::secrets::{Masker, char_boundary};
+use crate::state::{Entry, LogMark};
 
 /// Lines longer than this are split into several.
 pub const MAX_LINE_BYTES: usize = 64 * 1024;
+/// Most bytes read from one stream at a time.
+const READ_CHUNK: usize = 256 * 1024;
+/// The longest wait between two looks at a quiet task's output.
+const MAX_POLL: Duration = Duration::from_secs(1);
 
-/// Splits a byte stream into masked lines of at most `limit` bytes.
-#[derive(Debug)]
-pub struct LineSplitter {
-    buf: Vec<u8>,
-    masker: Masker,
-    limit: usize,
+/// One line, and where in its stream the next one starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Piece {
+    pub text: String,
+    pub end: u64,
 }
 
-impl LineSplitter {
-    pub fn new(masker: Masker, limit: usize) -> Self {
-        LineSplitter {
-            buf: Vec::new(),
-            masker,
-            limit: limit.max(4),
-        }
-    }
-
-    /// Adds bytes; complete lines are appended to `out`.
-    pub fn push(&mut self, data: &[u8], out: &mut Vec<String>) {
-        self.buf.extend_from_slice(data);
-        let mut start = 0;
-        while let Some(n) = self.buf[start..].iter().position(|&b| b == b'\n') {
-            let mut line = &self.buf[start..start + n];
+/// Cuts `bytes`, read at offset `base` of a stream, into masked lines of at most `limit`
+/// bytes, stopping at the first line that takes `out` to `max_pieces` or more. `eof` says that
+/// nothing more will be written: the last line is taken even without its newline. Returns how
+/// many bytes the pieces cover; the rest waits for more output (or the next batch).
+pub fn scan(
+    bytes: &[u8],
+    base: u64,
+    eof: bool,
+    masker: &Masker,
+    limit: usize,
+    max_pieces: usize,
+    out: &mut Vec<Piece>,
+) -> usize {
+    let limit = limit.max(4);
+    let window = limit + masker.max_len();
+    let mut i = 0;
+    while i < bytes.len() && out.len() < max_pieces {
+        let rest = &bytes[i..];
+        let head = &rest[..rest.len().min(window + 1)];
+        if let Some(n) = head.iter().position(|&b| b == b'\n') {
+            let mut line = &rest[..n];
             if let Some(stripped) = line.strip_suffix(b"\r") {
                 line = stripped;
             }
-            out.extend(self.split(&self.masker.mask_bytes(line)));
-            start += n + 1;
-        }
-        self.buf.drain(..start);
-        // A line without its end yet: cut it once no secret can straddle the cut, that is once
-        // a secret starting before `limit` would be complete in the buffer.
-        let keep = self.masker.max_len();
-        while self.buf.len() > self.limit + keep {
-            let masked = self.masker.mask_bytes(&self.buf);
-            if masked.len() <= self.limit {
-                self.buf = masked;
-                break;
-            }
-            let cut = char_boundary(&masked, self.limit);
-            out.push(String::from_utf8_lossy(&masked[..cut]).into_owned());
-            self.buf = masked[cut..].to_vec();
-        }
-    }
-
-    /// The last line, if the stream did not end with a newline.
-    pub fn finish(&mut self, out: &mut Vec<String>) {
-        if !self.buf.is_empty() {
-            let rest = std::mem::take(&mut self.buf);
-            out.extend(self.split(&self.masker.mask_bytes(&rest)));
+            i += n + 1;
+            split(&masker.mask_bytes(line), limit, base + i as u64, out);
+        } else if rest.len() > window {
+            let cut = masker.safe_cut(rest, limit);
+            i += cut;
+            let text = String::from_utf8_lossy(&masker.mask_bytes(&rest[..cut])).into_owned();
+            out.push(Piece {
+                text,
+                end: base + i as u64,
+            });
+        } else if eof {
+            i = bytes.len();
+            split(&masker.mask_bytes(rest), limit, base + i as u64, out);
+        } else {
+            break;
         }
     }
-
-    fn split(&self, mut line: &[u8]) -> Vec<String> {
-        let mut out = Vec::new();
-        while line.len() > self.limit {
-            let cut = char_boundary(line, self.limit);
-            out.push(String::from_utf8_lossy(&line[..cut]).into_owned());
-            line = &line[cut..];
-        }
-        out.push(String::from_utf8_lossy(line).into_owned());
-        out
-    }
+    i
 }
 
-/// The largest cut ≤ `at` that does not split a UTF-8 character (or `at` if the bytes are not
-/// UTF-8 there).
-fn char_boundary(bytes: &[u8], at: usize) -> usize {
-    (at.saturating_sub(3)..=at)
-        .rev()
-        .find(|&i| i == 0 || i >= bytes.len() || (bytes[i] & 0xC0) != 0x80)
-        .filter(|&i| i > 0)
-        .unwrap_or(at)
-}
-
-/// Reads one stream to its end, sending its lines.
-pub async fn read_stream(
-    mut reader: impl AsyncRead + Unpin,
-    stream: Stream,
-    masker: Masker,
-    tx: mpsc::Sender<LogLine>,
-) {
-    let mut splitter = LineSplitter::new(masker, MAX_LINE_BYTES);
-    let mut chunk = vec![0u8; 16 * 1024];
-    let mut lines = Vec::new();
+/// Pieces of a whole (masked) line, each ending where the line does.
+fn split(mut line: &[u8], limit: usize, end: u64, out: &mut Vec<Piece>) {
     loop {
-        let n = match reader.read(&mut chunk).await {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) => {
-                tracing::warn!(?stream, error = %e, "cannot read the task's output");
-                break;
-            }
+        let cut = if line.len() > limit {
+            char_boundary(line, limit)
+        } else {
+            line.len()
         };
-        splitter.push(&chunk[..n], &mut lines);
-        if !send(&tx, stream, &mut lines).await {
+        out.push(Piece {
+            text: String::from_utf8_lossy(&line[..cut]).into_owned(),
+            end,
+        });
+        line = &line[cut..];
+        if line.is_empty() {
             return;
         }
     }
-    splitter.finish(&mut lines);
-    send(&tx, stream, &mut lines).await;
 }
 
-async fn send(tx: &mpsc::Sender<LogLine>, stream: Stream, lines: &mut Vec<String>) -> bool {
-    let time_ms = ferry_event::now_ms();
-    for text in lines.drain(..) {
-        let line = LogLine {
-            stream,
-            time_ms,
-            text,
-        };
-        if tx.send(line).await.is_err() {
-            return false;
+/// Reads a task's output files from a mark on.
+#[derive(Debug)]
+pub struct Tail {
+    out: File,
+    err: File,
+    /// Where the next line starts.
+    pub mark: LogMark,
+    masker: Masker,
+}
+
+impl Tail {
+    pub fn new(out: File, err: File, mark: LogMark, masker: Masker) -> Self {
+        Tail {
+            out,
+            err,
+            mark,
+            masker,
         }
     }
-    true
+
+    /// The next lines: stdout's, then stderr's, whole lines only, up to `max_lines` (more
+    /// only when one line was cut into more pieces than that). `ended` says that the task can
+    /// write no more. Returns the lines and the mark after them; nothing is consumed until
+    /// [`Self::advance`].
+    pub fn read(&self, ended: bool, max_lines: usize) -> io::Result<(Vec<LogLine>, LogMark)> {
+        self.read_to(ended, max_lines, None)
+    }
+
+    /// The lines between the current mark and `to`, which an earlier run numbered.
+    pub fn read_extent(&self, to: LogMark) -> io::Result<(Vec<LogLine>, LogMark)> {
+        self.read_to(true, usize::MAX, Some(to))
+    }
+
+    pub fn advance(&mut self, to: LogMark) {
+        self.mark = to;
+    }
+
+    fn read_to(
+        &self,
+        ended: bool,
+        max_lines: usize,
+        to: Option<LogMark>,
+    ) -> io::Result<(Vec<LogLine>, LogMark)> {
+        let mut lines = Vec::new();
+        let mut mark = self.mark;
+        let time_ms = ferry_event::now_ms();
+        for (file, stream) in [(&self.out, Stream::Stdout), (&self.err, Stream::Stderr)] {
+            let (pos, stop) = match stream {
+                Stream::Stdout => (&mut mark.out, to.map(|t| t.out)),
+                Stream::Stderr => (&mut mark.err, to.map(|t| t.err)),
+            };
+            let full = self.read_stream(file, pos, stop, ended, max_lines, &mut lines, stream, time_ms)?;
+            if full {
+                break;
+            }
+        }
+        mark.seq = self.mark.seq + lines.len() as u64;
+        Ok((lines, mark))
+    }
+
+    /// Reads lines of one stream from `*pos` into `lines`, moving `*pos`; returns whether
+    /// `max_lines` was reached.
+    #[allow(clippy::too_many_arguments)]
+    fn read_stream(
+        &self,
+        file: &File,
+        pos: &mut u64,
+        stop: Option<u64>,
+        ended: bool,
+        max_lines: usize,
+        lines: &mut Vec<LogLine>,
+        stream: Stream,
+        time_ms: i64,
+    ) -> io::Result<bool> {
+        let chunk = READ_CHUNK.max(2 * (MAX_LINE_BYTES + self.masker.max_len())) as u64;
+        let mut buf = Vec::new();
+        let mut pieces = Vec::new();
+        loop {
+            if stop.is_some_and(|s| *pos >= s) {
+                return Ok(false);
+            }
+            // Most tasks print little or nothing: the buffer is sized to what is there.
+            let size = file.metadata()?.len();
+            if size <= *pos {
+                return Ok(false);
+            }
+            let want = (size - *pos).min(chunk);
+            buf.resize(want as usize, 0);
+            let n = read_at(file, &mut buf, *pos)?;
+            let at_end = (n as u64) < chunk;
+            pieces.clear();
+            let used = scan(
+                &buf[..n],
+                *pos,
+                ended && at_end,
+                &self.masker,
+                MAX_LINE_BYTES,
+                // No more than the batch can take (plus one line's pieces kept together).
+                max_lines.saturating_sub(lines.len()).max(1),
+                &mut pieces,
+            );
+            let mut i = 0;
+            while i < pieces.len() {
+                // The pieces of one line go together.
+                let end = pieces[i].end;
+                let j = i + pieces[i..].iter().take_while(|p| p.end == end).count();
+                if stop.is_some_and(|s| end > s) {
+                    return Ok(false);
+                }
+                if !lines.is_empty() && lines.len() + (j - i) > max_lines {
+                    return Ok(true);
+                }
+                lines.extend(pieces[i..j].iter().map(|p| LogLine {
+                    stream,
+                    time_ms,
+                    text: p.text.clone(),
+                }));
+                *pos = end;
+                i = j;
+            }
+            if lines.len() >= max_lines {
+                return Ok(true);
+            }
+            if at_end || used == 0 {
+                return Ok(false);
+            }
+        }
+    }
 }
 
-/// What the batcher achieved.
+fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match file.read_at(&mut buf[n..], offset + n as u64) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// What the tail achieved.
 #[derive(Debug, Clone, Copy)]
 pub struct LogSummary {
     /// Lines the broker confirmed: seq 0..lines.
     pub lines: u64,
-    /// False when a batch could not be published (the bus closed or the launcher shut down);
-    /// later lines were read and dropped so that the task never blocks on a full pipe.
+    /// False when a batch could not be published (the bus closed or the launcher shut down):
+    /// the rest is still in the files, from the journal's last mark.
     pub complete: bool,
 }
 
@@ -154,118 +263,285 @@ pub struct Ids {
     pub attempt_id: String,
 }
 
-/// Publishes the lines received on `rx` as `task.log` batches of at most `batch_lines` lines,
-/// one at least every `interval` while lines flow, each confirmed before the next. Ends when
-/// every sender is gone.
-pub async fn batch(
+/// Publishes the output of an attempt as it grows, until `ended` turns true (the task's
+/// processes are gone) and everything was read. A quiet task is looked at less and less often
+/// (from the batch interval up to a second); output resets the pace.
+pub async fn follow(
     shared: Arc<Shared>,
     ids: Ids,
-    dir: AttemptDir,
-    mut rx: mpsc::Receiver<LogLine>,
+    mut tail: Tail,
+    mut ended: watch::Receiver<bool>,
 ) -> LogSummary {
-    let max = shared.config.log_batch_lines.max(1);
-    let interval: Duration = shared.config.log_batch_interval;
-    let mut summary = LogSummary {
-        lines: 0,
-        complete: true,
-    };
-    let mut closed = false;
-    while !closed {
-        let Some(first) = rx.recv().await else {
-            break;
-        };
-        let mut lines = vec![first];
-        let deadline = Instant::now() + interval;
-        while lines.len() < max {
-            tokio::select! {
-                line = rx.recv() => match line {
-                    Some(l) => lines.push(l),
-                    None => {
-                        closed = true;
-                        break;
-                    }
-                },
-                _ = tokio::time::sleep_until(deadline) => break,
-            }
+    let base = shared.config.log_batch_interval.max(Duration::from_millis(1));
+    let mut pause = base;
+    loop {
+        // The first look waits too: a task that has only just started has printed nothing,
+        // and most end before the first pause is over.
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = ended.changed() => {}
         }
-        if !summary.complete {
-            continue;
+        let done = *ended.borrow_and_update();
+        match drain(&shared, &ids, &mut tail, done).await {
+            Ok(0) => pause = (pause * 2).min(MAX_POLL),
+            Ok(_) => pause = base,
+            Err(summary) => return summary,
         }
-        let n = lines.len() as u64;
-        let payload = TaskLog {
-            job_id: ids.job_id.clone(),
-            task_id: ids.task_id.clone(),
-            attempt_id: ids.attempt_id.clone(),
-            seq: summary.lines,
-            lines,
-        };
-        let event = shared.builder.task(
-            kind::TASK_LOG,
-            &ids.job_id,
-            &ids.task_id,
-            Some(&ids.attempt_id),
-            &payload,
-        );
-        match shared.publisher.publish(&[event]).await {
-            Ok(()) => {
-                summary.lines += n;
-                let file: PathBuf = dir.log_lines_file();
-                if let Err(e) = dir.write_log_lines(summary.lines) {
-                    tracing::warn!(file = %file.display(), error = %e, "cannot record log progress");
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, lost_from_seq = summary.lines, "cannot publish task logs");
-                summary.complete = false;
-            }
+        if done {
+            return LogSummary {
+                lines: tail.mark.seq,
+                complete: true,
+            };
         }
     }
-    summary
+}
+
+/// Publishes the lines an earlier run numbered but may not have published (the same numbers
+/// again), then everything else in the files. For an attempt whose processes are gone.
+pub async fn finish_recovered(shared: &Shared, ids: &Ids, tail: &mut Tail, numbered: LogMark) -> LogSummary {
+    if numbered.seq > tail.mark.seq {
+        let extent = tail.read_extent(numbered);
+        let (lines, mark) = match extent {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the attempt's output files");
+                return LogSummary {
+                    lines: tail.mark.seq,
+                    complete: false,
+                };
+            }
+        };
+        if mark != numbered {
+            tracing::warn!(
+                expected = ?numbered,
+                found = ?mark,
+                "the output files do not hold the lines recorded; publishing what they hold"
+            );
+        }
+        if let Err(e) = publish(shared, ids, tail.mark.seq, lines).await {
+            tracing::warn!(error = %e, lost_from_seq = tail.mark.seq, "cannot publish task logs");
+            return LogSummary {
+                lines: tail.mark.seq,
+                complete: false,
+            };
+        }
+        tail.advance(mark);
+    }
+    match drain(shared, ids, tail, true).await {
+        Ok(_) => LogSummary {
+            lines: tail.mark.seq,
+            complete: true,
+        },
+        Err(summary) => summary,
+    }
+}
+
+/// Publishes batches until the files hold no more complete lines. Returns the lines published.
+async fn drain(shared: &Shared, ids: &Ids, tail: &mut Tail, ended: bool) -> Result<u64, LogSummary> {
+    let max = shared.config.log_batch_lines.max(1);
+    let mut published = 0;
+    loop {
+        let incomplete = |tail: &Tail| LogSummary {
+            lines: tail.mark.seq,
+            complete: false,
+        };
+        let (lines, mark) = match tail.read(ended, max) {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the attempt's output files");
+                return Err(incomplete(tail));
+            }
+        };
+        if lines.is_empty() {
+            return Ok(published);
+        }
+        let n = lines.len() as u64;
+        if let Err(e) = shared.journal.record(&ids.attempt_id, Entry::Logs(mark)) {
+            tracing::warn!(error = %e, "cannot record log progress; publishing anyway");
+        }
+        if let Err(e) = publish(shared, ids, tail.mark.seq, lines).await {
+            tracing::warn!(error = %e, lost_from_seq = tail.mark.seq, "cannot publish task logs");
+            return Err(incomplete(tail));
+        }
+        tail.advance(mark);
+        published += n;
+        // A batch may end early (a line's pieces kept together, stderr left for the next
+        // batch): only an empty read says that everything was read.
+    }
+}
+
+async fn publish(shared: &Shared, ids: &Ids, seq: u64, lines: Vec<LogLine>) -> Result<(), ferry_bus::Error> {
+    let payload = TaskLog {
+        job_id: ids.job_id.clone(),
+        task_id: ids.task_id.clone(),
+        attempt_id: ids.attempt_id.clone(),
+        seq,
+        lines,
+    };
+    let event = shared.builder.task(
+        kind::TASK_LOG,
+        &ids.job_id,
+        &ids.task_id,
+        Some(&ids.attempt_id),
+        &payload,
+    );
+    shared.publisher.publish(&[event]).await
 }
 
 #[cfg(test)]
 mod tests {
+    use std::io::Write;
+
     use super::*;
 
-    fn split_all(masker: Masker, limit: usize, chunks: &[&[u8]]) -> Vec<String> {
-        let mut s = LineSplitter::new(masker, limit);
+    fn scan_all(masker: &Masker, limit: usize, bytes: &[u8], eof: bool) -> (Vec<(String, u64)>, usize) {
         let mut out = Vec::new();
-        for c in chunks {
-            s.push(c, &mut out);
-        }
-        s.finish(&mut out);
-        out
+        let used = scan(bytes, 0, eof, masker, limit, usize::MAX, &mut out);
+        (out.into_iter().map(|p| (p.text, p.end)).collect(), used)
+    }
+
+    fn texts(pieces: &[(String, u64)]) -> Vec<&str> {
+        pieces.iter().map(|(t, _)| t.as_str()).collect()
     }
 
     #[test]
-    fn lines_are_split_on_newlines_whatever_the_chunking() {
-        let out = split_all(Masker::default(), 1024, &[b"a\r\nb", b"c\n\nd"]);
-        assert_eq!(out, ["a", "bc", "", "d"]);
-        let out = split_all(Masker::default(), 1024, &[b"\xffok\n"]);
-        assert_eq!(out, ["\u{fffd}ok"]);
+    fn lines_end_at_newlines_and_the_last_waits_for_the_end() {
+        let m = Masker::default();
+        let (p, used) = scan_all(&m, 1024, b"a\r\nbc\n\nd", false);
+        assert_eq!(texts(&p), ["a", "bc", ""]);
+        assert_eq!(used, 7);
+        assert_eq!(p.iter().map(|x| x.1).collect::<Vec<_>>(), [3, 6, 7]);
+        let (p, used) = scan_all(&m, 1024, b"a\nd", true);
+        assert_eq!(texts(&p), ["a", "d"]);
+        assert_eq!(used, 3);
+        let (p, _) = scan_all(&m, 1024, b"\xffok\n", false);
+        assert_eq!(texts(&p), ["\u{fffd}ok"]);
     }
 
     #[test]
-    fn long_lines_are_cut_at_the_limit_without_splitting_characters() {
-        let out = split_all(Masker::default(), 8, &[b"0123456789abcdefXYZ\n"]);
-        assert_eq!(out, ["01234567", "89abcdef", "XYZ"]);
-        let out = split_all(Masker::default(), 8, &["1234567é89".as_bytes()]);
-        assert_eq!(out, ["1234567", "é89"]);
-        // A line of exactly the limit, its newline in a later read: no empty line follows.
-        let out = split_all(Masker::default(), 8, &[b"01234567", b"\n"]);
-        assert_eq!(out, ["01234567"]);
+    fn long_lines_are_cut_without_splitting_characters() {
+        let m = Masker::default();
+        let (p, _) = scan_all(&m, 8, b"0123456789abcdefXYZ\n", true);
+        assert_eq!(texts(&p), ["01234567", "89abcdef", "XYZ"]);
+        let (p, _) = scan_all(&m, 8, "1234567é89".as_bytes(), true);
+        assert_eq!(texts(&p), ["1234567", "é89"]);
+        let (p, _) = scan_all(&m, 8, b"01234567\n", false);
+        assert_eq!(
+            texts(&p),
+            ["01234567"],
+            "no empty line after a line of exactly the limit"
+        );
     }
 
     #[test]
-    fn secrets_are_masked_even_across_reads_and_cuts() {
+    fn the_same_bytes_give_the_same_lines_however_they_are_read() {
         let m = Masker::new(["SECRET"]);
-        let out = split_all(m.clone(), 1024, &[b"x SEC", b"RET y\n"]);
-        assert_eq!(out, ["x **** y"]);
-        // An unterminated line longer than the limit, with the secret across the cut.
-        let out = split_all(m, 8, &[b"012345SE", b"CRET6789", b"abcdefgh"]);
-        let joined = out.concat();
-        assert!(!joined.contains("SE"), "{out:?}");
-        assert!(out.iter().all(|l| l.len() <= 8), "{out:?}");
+        let text = b"short\nx SECRET y\n0123456789abcSECRETdefghijklmnop and more\nend";
+        let (whole, _) = scan_all(&m, 16, text, true);
+        for cut in 0..text.len() {
+            let mut out = Vec::new();
+            let used = scan(&text[..cut], 0, false, &m, 16, usize::MAX, &mut out);
+            let mut rest = Vec::new();
+            scan(&text[used..], used as u64, true, &m, 16, usize::MAX, &mut rest);
+            out.extend(rest);
+            let got: Vec<(String, u64)> = out.into_iter().map(|p| (p.text, p.end)).collect();
+            assert_eq!(got, whole, "read in two parts at {cut}");
+        }
+        assert!(whole.iter().all(|(t, _)| !t.contains("SEC")), "{whole:?}");
+    }
+
+    #[test]
+    fn a_scan_stops_at_its_budget_on_a_line_boundary() {
+        let m = Masker::default();
+        let mut out = Vec::new();
+        let used = scan(b"a\nb\nc\nd", 0, true, &m, 1024, 2, &mut out);
+        assert_eq!(
+            out.iter().map(|p| p.text.as_str()).collect::<Vec<_>>(),
+            ["a", "b"]
+        );
+        assert_eq!(used, 4);
+    }
+
+    #[test]
+    fn secrets_are_never_cut_in_two() {
+        let m = Masker::new(["SECRET"]);
+        let (p, _) = scan_all(&m, 8, b"012345SECRET6789abcdefgh", true);
+        let joined: String = texts(&p).concat();
+        assert!(!joined.contains("SE"), "{p:?}");
         assert_eq!(joined, "012345****6789abcdefgh");
+    }
+
+    #[test]
+    fn a_tail_reads_whole_lines_up_to_the_batch_size_and_an_extent_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut out = File::create(dir.path().join("o")).unwrap();
+        let mut err = File::create(dir.path().join("e")).unwrap();
+        out.write_all(b"o1\no2\no3\npartial").unwrap();
+        err.write_all(b"e1\n").unwrap();
+        let open = |n: &str| File::open(dir.path().join(n)).unwrap();
+        let mut tail = Tail::new(open("o"), open("e"), LogMark::default(), Masker::default());
+        let (lines, mark) = tail.read(false, 2).unwrap();
+        assert_eq!(
+            lines.iter().map(|l| l.text.as_str()).collect::<Vec<_>>(),
+            ["o1", "o2"]
+        );
+        assert_eq!(
+            mark,
+            LogMark {
+                seq: 2,
+                out: 6,
+                err: 0
+            }
+        );
+        tail.advance(mark);
+        let (lines, mark) = tail.read(false, 10).unwrap();
+        assert_eq!(
+            lines.iter().map(|l| l.text.as_str()).collect::<Vec<_>>(),
+            ["o3", "e1"]
+        );
+        assert_eq!(lines[1].stream, Stream::Stderr);
+        assert_eq!(
+            mark,
+            LogMark {
+                seq: 4,
+                out: 9,
+                err: 3
+            }
+        );
+
+        // A later run reads the same extent again from the earlier mark.
+        let again = Tail::new(
+            open("o"),
+            open("e"),
+            LogMark {
+                seq: 2,
+                out: 6,
+                err: 0,
+            },
+            Masker::default(),
+        );
+        let (lines2, mark2) = again.read_extent(mark).unwrap();
+        assert_eq!(
+            lines2.iter().map(|l| l.text.as_str()).collect::<Vec<_>>(),
+            ["o3", "e1"]
+        );
+        assert_eq!(mark2, mark);
+
+        tail.advance(mark);
+        let (lines, _) = tail.read(false, 10).unwrap();
+        assert!(lines.is_empty(), "a line without its end waits");
+        let (lines, mark) = tail.read(true, 10).unwrap();
+        assert_eq!(
+            lines.iter().map(|l| l.text.as_str()).collect::<Vec<_>>(),
+            ["partial"]
+        );
+        assert_eq!(
+            mark,
+            LogMark {
+                seq: 5,
+                out: 16,
+                err: 3
+            }
+        );
     }
 }

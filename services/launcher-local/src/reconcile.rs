@@ -7,79 +7,47 @@ use serde_json::Map;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-use crate::attempt::{publish_report, settle_pending};
-use crate::state::{self, AttemptDir, RunningRecord, Status};
-use crate::{Error, Result, Shared, process};
+use crate::attempt::{publish_report, release, settle_pending};
+use crate::logs::{self, Ids, Tail};
+use crate::state::{Open, RunningRecord, Status};
+use crate::{Shared, process};
 
-/// Looks at every attempt on disk: processes that ran under a launcher that died are stopped
-/// (if they are still ours) and reported lost; reports written but not confirmed are
-/// published; working directories of attempts that never started are removed. What earlier
-/// versions recorded is rewritten in the current format first. Returns how many attempts were
-/// reported.
-pub(crate) async fn reconcile(shared: &Arc<Shared>) -> Result<usize> {
-    let root = state::attempts_dir(&shared.config.data_dir);
-    let entries = match std::fs::read_dir(&root) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-        Err(source) => {
-            return Err(Error::Io {
-                what: format!("cannot list {}", root.display()),
-                source,
-            });
-        }
-    };
+/// Looks at every attempt the journal holds unfinished: processes that ran under a launcher
+/// that died are stopped (if they are still ours), the rest of their output is published and
+/// they are reported lost; reports written but not confirmed are published. Returns how many
+/// attempts were reported.
+pub(crate) async fn reconcile(shared: &Arc<Shared>) -> usize {
     let mut reports = JoinSet::new();
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(id) = name.to_str().filter(|id| state::check_id(id).is_ok()) else {
-            tracing::warn!(entry = ?name, "ignoring an entry that is not an attempt");
-            continue;
-        };
-        if !entry.file_type().is_ok_and(|t| t.is_dir()) {
-            continue;
-        }
-        let dir = AttemptDir::new(&shared.config.data_dir, id);
-        let status = match dir.status() {
-            Ok(Status::Fresh) => state::legacy::migrate(&dir),
-            other => other,
-        };
-        let cleaned = match status {
-            Err(e) => {
-                tracing::warn!(attempt_id = id, error = %e, "cannot read the attempt's state; leaving it as it is");
-                Ok(())
-            }
-            Ok(Status::Finished) | Ok(Status::Fresh) | Ok(Status::Tombstone(_)) => dir.remove_unstarted(),
-            Ok(Status::ResultPending(report)) => {
+    for (id, open) in shared.journal.unfinished() {
+        match open.status {
+            Status::Fresh | Status::Finished | Status::Tombstone(_) => {}
+            Status::ResultPending(report) => {
                 tracing::info!(attempt_id = id, "publishing a report left unconfirmed");
                 reports.spawn(settle_pending(shared.clone(), *report, None));
-                Ok(())
             }
-            Ok(Status::Running(record)) => {
+            Status::Running(ref record) => {
                 let span = tracing::info_span!(
                     "attempt",
                     job_id = %record.job_id,
                     task_id = %record.task_id,
                     attempt_id = %record.attempt_id
                 );
-                reports.spawn(recover(shared.clone(), dir.clone(), record).instrument(span));
-                Ok(())
+                let record = record.clone();
+                reports.spawn(recover(shared.clone(), record, open).instrument(span));
             }
-        };
-        if let Err(e) = cleaned {
-            tracing::warn!(attempt_id = id, error = %e, "cannot clean up the attempt's directory");
         }
     }
     let mut n = 0;
     while reports.join_next().await.is_some() {
         n += 1;
     }
-    Ok(n)
+    n
 }
 
-/// An attempt whose process ran under a launcher that died: stop what is left of it, report it
-/// lost.
-async fn recover(shared: Arc<Shared>, dir: AttemptDir, record: RunningRecord) {
-    if record.pid == 0 {
+/// An attempt whose process ran under a launcher that died: stop what is left of it, publish
+/// the rest of its output, report it lost.
+async fn recover(shared: Arc<Shared>, record: RunningRecord, open: Open) {
+    let error = if record.pid == 0 {
         // Killed while starting it: its processes, if the spawn happened, are found by the
         // attempt id in their environment.
         let pids = process::processes_with_env("FERRY_ATTEMPT_ID", &record.attempt_id);
@@ -93,12 +61,9 @@ async fn recover(shared: Arc<Shared>, dir: AttemptDir, record: RunningRecord) {
             );
             process::stop_group(*pgid, shared.config.kill_grace, None).await;
         }
-        let error = "the launcher stopped while starting the attempt; what it started was stopped";
-        return report_lost(shared, dir, record, error).await;
-    }
-    // The pid is ours only if it still names the process we started: same start time.
-    let ours = record.start_time != 0 && process::start_time(record.pid) == Some(record.start_time);
-    let error = if ours {
+        "the launcher stopped while starting the attempt; what it started was stopped"
+    } else if record.start_time != 0 && process::start_time(record.pid) == Some(record.start_time) {
+        // The pid is ours only if it still names the process we started: same start time.
         tracing::warn!(
             pid = record.pid,
             "stopping the process group of an attempt from a previous run"
@@ -108,10 +73,28 @@ async fn recover(shared: Arc<Shared>, dir: AttemptDir, record: RunningRecord) {
     } else {
         "the launcher restarted while the attempt ran; its process had already ended"
     };
-    report_lost(shared, dir, record, error).await
-}
 
-async fn report_lost(shared: Arc<Shared>, dir: AttemptDir, record: RunningRecord, error: &str) {
+    let ids = Ids {
+        job_id: record.job_id.clone(),
+        task_id: record.task_id.clone(),
+        attempt_id: record.attempt_id.clone(),
+    };
+    let dir = shared.slots.dir(record.slot);
+    let lines = match dir.open_output() {
+        Ok((out, err)) => {
+            let mut tail = Tail::new(out, err, open.published, shared.masker.clone());
+            let logs = logs::finish_recovered(&shared, &ids, &mut tail, open.numbered).await;
+            if !logs.complete && shared.stop.is_cancelled() {
+                tracing::warn!("stopping before the attempt's output was published; the next start goes on");
+                return;
+            }
+            logs.lines
+        }
+        Err(e) => {
+            tracing::warn!(slot = %dir.root().display(), error = %e, "cannot open the attempt's output files");
+            open.published.seq
+        }
+    };
     let report = TaskFinished {
         job_id: record.job_id,
         task_id: record.task_id,
@@ -122,9 +105,12 @@ async fn report_lost(shared: Arc<Shared>, dir: AttemptDir, record: RunningRecord
         error: Some(error.to_string()),
         outputs: Map::new(),
         output_files: Vec::new(),
-        log_lines: dir.read_log_lines(),
+        log_lines: lines,
         started_at_ms: (record.started_at_ms != 0).then_some(record.started_at_ms),
         finished_at_ms: ferry_event::now_ms(),
     };
-    publish_report(&shared, &dir, report).await;
+    let slot = record.slot;
+    publish_report(&shared, report).await;
+    let s = shared.clone();
+    let _ = tokio::task::spawn_blocking(move || release(&s, slot)).await;
 }

@@ -123,6 +123,16 @@ impl Secrets {
 /// What a masked secret value is replaced with.
 pub const MASK: &str = "****";
 
+/// The largest cut ≤ `at` that does not split a UTF-8 character (or `at` if the bytes are not
+/// UTF-8 there).
+pub fn char_boundary(bytes: &[u8], at: usize) -> usize {
+    (at.saturating_sub(3)..=at)
+        .rev()
+        .find(|&i| i == 0 || i >= bytes.len() || (bytes[i] & 0xC0) != 0x80)
+        .filter(|&i| i > 0)
+        .unwrap_or(at)
+}
+
 /// Replaces every occurrence of known secret values with [`MASK`].
 #[derive(Clone, Default)]
 pub struct Masker {
@@ -173,6 +183,30 @@ impl Masker {
         out
     }
 
+    /// Where to cut `input` at or before `at` (at a character boundary) so that no secret
+    /// masking would find spans the cut: before the first occurrence that would, or after it
+    /// when it starts at 0. Looks at most [`Self::max_len`] bytes past `at`.
+    pub fn safe_cut(&self, input: &[u8], at: usize) -> usize {
+        let mut i = 0;
+        // The end of the last occurrence before the cut: stepping back to a character boundary
+        // must not go into it.
+        let mut matched = 0;
+        'outer: while i < at.min(input.len()) {
+            for v in &self.values {
+                if input[i..].starts_with(v) {
+                    if i + v.len() > at {
+                        return if i > 0 { i } else { v.len() };
+                    }
+                    i += v.len();
+                    matched = i;
+                    continue 'outer;
+                }
+            }
+            i += 1;
+        }
+        char_boundary(input, at).max(matched)
+    }
+
     pub fn mask(&self, input: &str) -> String {
         if self.values.is_empty() {
             return input.to_string();
@@ -203,6 +237,17 @@ impl Masker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cut_never_steps_back_into_a_secret() {
+        let m = Masker::new(["SECRET"]);
+        // Continuation bytes after the secret would move a cut at 8 back to 6, inside it.
+        let input = b"SECRET\x80\x80\x80\x80";
+        let cut = m.safe_cut(input, 8);
+        assert!(cut >= 6, "{cut}");
+        // A secret across the cut: cut before it.
+        assert_eq!(m.safe_cut(b"0123SECRET", 6), 4);
+    }
 
     #[test]
     fn secrets_come_from_prefixed_variables_only() {

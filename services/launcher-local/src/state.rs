@@ -1,32 +1,49 @@
-//! The launcher's state on disk, one directory per attempt.
+//! The launcher's state on disk: a journal of what happened to each attempt, and slots that
+//! attempts borrow for their files.
 //!
 //! ```text
-//! <data_dir>/attempts/<attempt_id>/
-//!     work/          the working directory (removed once the attempt is reported)
-//!     outputs.json   $FERRY_OUTPUTS, outside work/ so that outputFiles globs never match it
-//!     record         Record (JSON): a tombstone, the running process, or the report being
-//!                    published; each step replaces the one before
-//!     log_lines      how many log lines the broker has confirmed so far
-//!     done           the report, once the broker confirmed it: a dispatch of this attempt is
-//!                    a duplicate
+//! <data_dir>/journal            one JSON record per line, appended as attempts move on
+//! <data_dir>/slots/<n>/work     the working directory of the attempt holding slot n
+//! <data_dir>/slots/<n>/outputs.json   $FERRY_OUTPUTS, outside work/ so that outputFiles globs never match it
+//! <data_dir>/slots/<n>/stdout   the task's standard output, as written
+//! <data_dir>/slots/<n>/stderr   the task's standard error, as written
 //! ```
 //!
-//! A record is written to `record.tmp` and renamed, so a crash never leaves half a file; once
-//! the report is confirmed, `record` is renamed to `done`, writing nothing. Every rename stays
-//! inside the attempt's own directory, so attempts never contend for a shared directory's lock.
-//! A fresh attempt costs two failed lookups.
+//! Each step of an attempt is one line appended to the journal: `cancelled` (a cancel came
+//! before the dispatch), `running` (written before the spawn with pid 0, then again with the
+//! pid), `logs` (the extent of the next batch of log lines, written before it is published),
+//! `reported` (the report, written before it is published) and `done` (the broker confirmed
+//! the report; a later dispatch of the attempt is a duplicate). The journal is read once at
+//! start into memory, where every later question is answered without touching the disk, and is
+//! rewritten with only what still matters when it has grown.
 //!
-//! Earlier versions kept `pid`, `result.json`, `finished` and `cancelled` instead of `record`
-//! and `done`; [`legacy`] rewrites those, so that a restart after an upgrade still reconciles
-//! them.
+//! Slots are reused: an attempt's working directory is emptied and its output files truncated
+//! rather than created and removed, so that a short task costs no inode allocation at all. The
+//! task writes its output to files, not pipes: a launcher killed while the task runs loses no
+//! line, because the next run reads the rest of the files from the last recorded extent.
 
-use std::io;
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufRead, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use ferry_event::payload::TaskFinished;
 use serde::{Deserialize, Serialize};
 
-/// What the launcher records once an attempt's process runs.
+/// How long a finished attempt is remembered, so that a late duplicate of its dispatch is
+/// recognised and not run again.
+pub const DONE_RETENTION_MS: i64 = 24 * 60 * 60 * 1000;
+/// At most this many finished attempts are remembered (the most recent), whatever their age:
+/// about 100 bytes of memory each. Duplicates of a dispatch come from redelivery after a crash,
+/// seconds or minutes later, not from hundreds of thousands of attempts ago.
+pub const DONE_RETAINED: usize = 200_000;
+/// The journal is rewritten when it has grown by this much and by four times its size after
+/// the last rewrite.
+const COMPACT_MIN_BYTES: u64 = 8 * 1024 * 1024;
+
+/// What the launcher records once it starts an attempt's process.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RunningRecord {
@@ -34,7 +51,10 @@ pub struct RunningRecord {
     pub task_id: String,
     pub attempt_id: String,
     pub attempt: u32,
-    /// The process group leader's pid, which is also the group id.
+    /// The slot holding the attempt's files.
+    pub slot: u32,
+    /// The process group leader's pid, which is also the group id; 0 while it is being
+    /// started (the processes are then found by their `FERRY_ATTEMPT_ID`).
     pub pid: i32,
     /// The leader's start time (field 22 of `/proc/<pid>/stat`, in clock ticks since boot):
     /// a pid reused by another process has a different one.
@@ -42,23 +62,52 @@ pub struct RunningRecord {
     pub started_at_ms: i64,
 }
 
-/// The content of `records/<attempt_id>`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "state", rename_all = "camelCase")]
-pub enum Record {
-    /// A `task.cancel` arrived before the dispatch.
-    Cancelled { reason: String },
-    /// The process runs or ran under this launcher.
-    Running(RunningRecord),
-    /// The `task.finished` payload, written before it is published.
-    Reported(Box<TaskFinished>),
+/// How far an attempt's output was turned into log lines: the next line's number and the byte
+/// offsets in stdout and stderr where the next line starts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogMark {
+    pub seq: u64,
+    pub out: u64,
+    pub err: u64,
 }
 
-/// Where an attempt stands, from its files.
-#[derive(Debug)]
+/// One journal record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "camelCase")]
+pub enum Entry {
+    /// A `task.cancel` arrived before the dispatch.
+    Cancelled { reason: String },
+    /// The process is being started (pid 0) or runs under this launcher.
+    Running(RunningRecord),
+    /// The lines up to this mark are numbered and about to be published. Output before the
+    /// previous mark was published.
+    Logs(LogMark),
+    /// The `task.finished` payload, written before it is published.
+    Reported { report: Box<TaskFinished> },
+    /// The report was published.
+    Done,
+}
+
+#[derive(Debug, Deserialize)]
+struct Line {
+    id: String,
+    at: i64,
+    #[serde(flatten)]
+    entry: Entry,
+}
+
+#[derive(Serialize)]
+struct LineRef<'a> {
+    id: &'a str,
+    at: i64,
+    #[serde(flatten)]
+    entry: &'a Entry,
+}
+
+/// Where an attempt stands.
+#[derive(Debug, Clone, PartialEq)]
 pub enum Status {
-    /// Nothing recorded (a working directory may be left from a crash before the process
-    /// started).
+    /// Nothing recorded.
     Fresh,
     /// Cancelled before its dispatch arrived; holds the reason.
     Tombstone(String),
@@ -70,27 +119,375 @@ pub enum Status {
     Finished,
 }
 
-/// `<data_dir>/attempts`.
-pub fn attempts_dir(data_dir: &Path) -> PathBuf {
-    data_dir.join("attempts")
+/// An attempt that is not finished, as the journal knows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Open {
+    pub status: Status,
+    /// The last two log marks: lines before `published` were confirmed; those between it and
+    /// `numbered` may or may not have been.
+    pub published: LogMark,
+    pub numbered: LogMark,
+    at: i64,
 }
 
-/// Creates the attempts directory (once, at start).
-pub fn create_dirs(data_dir: &Path) -> io::Result<()> {
-    std::fs::create_dir_all(attempts_dir(data_dir))
+struct Inner {
+    file: File,
+    open: HashMap<String, Open>,
+    /// Finished attempts and when they finished.
+    done: HashMap<Box<str>, i64>,
+    size: u64,
+    compact_at: u64,
 }
 
-/// The paths of one attempt's state.
+/// The journal of attempts: appended on every step, held in memory.
+pub struct Journal {
+    path: PathBuf,
+    inner: Mutex<Inner>,
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Journal({})", self.path.display())
+    }
+}
+
+impl Journal {
+    /// Reads `<data_dir>/journal` (creating it), forgets finished attempts older than
+    /// [`DONE_RETENTION_MS`] and rewrites it with what is left.
+    pub fn open(data_dir: &Path) -> io::Result<Journal> {
+        let path = data_dir.join("journal");
+        let mut open = HashMap::new();
+        let mut done = HashMap::new();
+        match File::open(&path) {
+            Ok(f) => replay(&path, io::BufReader::new(f), &mut open, &mut done)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        forget_old(&mut done);
+        let now = ferry_event::now_ms();
+        // A cancel whose dispatch never came is forgotten like a finished attempt.
+        open.retain(|_, o| !matches!(o.status, Status::Tombstone(_)) || now - o.at < DONE_RETENTION_MS);
+        let (file, size) = rewrite(&path, &open, &done)?;
+        Ok(Journal {
+            path,
+            inner: Mutex::new(Inner {
+                file,
+                open,
+                done,
+                size,
+                compact_at: compact_threshold(size),
+            }),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves the maps as they were before the record that
+        // failed: still consistent.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Where `id` stands.
+    pub fn status(&self, id: &str) -> Status {
+        let inner = self.lock();
+        if let Some(o) = inner.open.get(id) {
+            return o.status.clone();
+        }
+        if inner.done.contains_key(id) {
+            return Status::Finished;
+        }
+        Status::Fresh
+    }
+
+    /// Every attempt that is not finished, as recorded (what a previous run left behind).
+    pub fn unfinished(&self) -> Vec<(String, Open)> {
+        let inner = self.lock();
+        let mut all: Vec<_> = inner.open.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    /// The log marks of `id`: (published, numbered).
+    pub fn log_marks(&self, id: &str) -> (LogMark, LogMark) {
+        let inner = self.lock();
+        inner
+            .open
+            .get(id)
+            .map(|o| (o.published, o.numbered))
+            .unwrap_or_default()
+    }
+
+    /// Appends a record for `id`. The record is in the file (the page cache: it survives the
+    /// launcher, not the machine) when this returns.
+    pub fn record(&self, id: &str, entry: Entry) -> io::Result<()> {
+        let at = ferry_event::now_ms();
+        let mut bytes = serde_json::to_vec(&LineRef {
+            id,
+            at,
+            entry: &entry,
+        })
+        .map_err(io::Error::other)?;
+        bytes.push(b'\n');
+        let mut inner = self.lock();
+        if let Err(e) = inner.file.write_all(&bytes) {
+            // Cut off what part of the record was written (a full disk, say), so that the next
+            // record does not continue a broken line.
+            let size = inner.size;
+            let _ = inner.file.set_len(size);
+            return Err(e);
+        }
+        inner.size += bytes.len() as u64;
+        let inner = &mut *inner;
+        apply(&mut inner.open, &mut inner.done, id.to_string(), at, entry);
+        if inner.size >= inner.compact_at {
+            // The record is in: a rewrite that fails is tried again once the journal has grown
+            // some more, and the journal stays as it was.
+            forget_old(&mut inner.done);
+            match rewrite(&self.path, &inner.open, &inner.done) {
+                Ok((file, size)) => {
+                    inner.file = file;
+                    inner.size = size;
+                    inner.compact_at = compact_threshold(size);
+                }
+                Err(e) => {
+                    tracing::warn!(journal = %self.path.display(), error = %e, "cannot rewrite the journal; it keeps growing for now");
+                    inner.compact_at = compact_threshold(inner.size);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Forgets finished attempts older than [`DONE_RETENTION_MS`], and the oldest beyond
+/// [`DONE_RETAINED`].
+fn forget_old(done: &mut HashMap<Box<str>, i64>) {
+    let now = ferry_event::now_ms();
+    let mut oldest = now - DONE_RETENTION_MS;
+    if done.len() > DONE_RETAINED {
+        let mut times: Vec<i64> = done.values().copied().collect();
+        let cut = times.len() - DONE_RETAINED;
+        oldest = oldest.max(*times.select_nth_unstable(cut).1);
+    }
+    done.retain(|_, at| *at >= oldest);
+}
+
+fn compact_threshold(size: u64) -> u64 {
+    size + COMPACT_MIN_BYTES.max(size * 4)
+}
+
+fn apply(
+    open: &mut HashMap<String, Open>,
+    done: &mut HashMap<Box<str>, i64>,
+    id: String,
+    at: i64,
+    entry: Entry,
+) {
+    let fresh = || Open {
+        status: Status::Fresh,
+        published: LogMark::default(),
+        numbered: LogMark::default(),
+        at,
+    };
+    match entry {
+        Entry::Done => {
+            open.remove(&id);
+            done.insert(id.into_boxed_str(), at);
+        }
+        Entry::Cancelled { reason } => {
+            let o = open.entry(id).or_insert_with(fresh);
+            o.status = Status::Tombstone(reason);
+            o.at = at;
+        }
+        Entry::Running(r) => {
+            let o = open.entry(id).or_insert_with(fresh);
+            o.status = Status::Running(r);
+            o.at = at;
+        }
+        Entry::Logs(mark) => {
+            let o = open.entry(id).or_insert_with(fresh);
+            o.published = o.numbered;
+            o.numbered = mark;
+        }
+        Entry::Reported { report } => {
+            let o = open.entry(id).or_insert_with(fresh);
+            o.status = Status::ResultPending(report);
+            o.at = at;
+        }
+    }
+}
+
+fn replay(
+    path: &Path,
+    reader: impl BufRead,
+    open: &mut HashMap<String, Open>,
+    done: &mut HashMap<Box<str>, i64>,
+) -> io::Result<()> {
+    let mut lines = reader.split(b'\n').enumerate().peekable();
+    while let Some((n, line)) = lines.next() {
+        let line = line?;
+        if line.is_empty() {
+            continue;
+        }
+        match serde_json::from_slice::<Line>(&line) {
+            Ok(Line { id, at, entry }) => apply(open, done, id, at, entry),
+            // The machine stopped in the middle of the last record: it never took effect.
+            Err(_) if lines.peek().is_none() => {
+                tracing::warn!(journal = %path.display(), line = n + 1, "ignoring an incomplete last record");
+            }
+            Err(e) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{} is corrupt at line {}: {e}", path.display(), n + 1),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes what is still open and the remembered finished attempts to a new journal, makes it
+/// durable and puts it in place. Returns it, open for appending, and its size.
+fn rewrite(
+    path: &Path,
+    open: &HashMap<String, Open>,
+    done: &HashMap<Box<str>, i64>,
+) -> io::Result<(File, u64)> {
+    let tmp = path.with_extension("tmp");
+    let mut out = io::BufWriter::new(File::create(&tmp)?);
+    let mut write = |id: &str, at: i64, entry: Entry| -> io::Result<()> {
+        serde_json::to_writer(
+            &mut out,
+            &LineRef {
+                id,
+                at,
+                entry: &entry,
+            },
+        )
+        .map_err(io::Error::other)?;
+        out.write_all(b"\n")
+    };
+    for (id, at) in done {
+        write(id, *at, Entry::Done)?;
+    }
+    for (id, o) in open {
+        let entry = match &o.status {
+            Status::Fresh | Status::Finished => None,
+            Status::Tombstone(reason) => Some(Entry::Cancelled {
+                reason: reason.clone(),
+            }),
+            Status::Running(r) => Some(Entry::Running(r.clone())),
+            Status::ResultPending(r) => Some(Entry::Reported { report: r.clone() }),
+        };
+        if let Some(entry) = entry {
+            write(id, o.at, entry)?;
+        }
+        if o.numbered != LogMark::default() {
+            write(id, o.at, Entry::Logs(o.published))?;
+            write(id, o.at, Entry::Logs(o.numbered))?;
+        }
+    }
+    let file = out.into_inner().map_err(|e| e.into_error())?;
+    file.sync_all()?;
+    let size = file.metadata()?.len();
+    drop(file);
+    // Opened before the rename, so that once the new journal is in place there is a handle on
+    // it: a failure after the rename cannot leave appends going to the replaced file.
+    let file = OpenOptions::new().append(true).open(&tmp)?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent()
+        && let Err(e) = File::open(dir).and_then(|d| d.sync_all())
+    {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot make the journal's rename durable");
+    }
+    Ok((file, size))
+}
+
+/// The reusable directories attempts keep their files in.
+#[derive(Debug)]
+pub struct Slots {
+    root: PathBuf,
+    free: Mutex<(Vec<u32>, u32)>,
+}
+
+impl Slots {
+    /// Opens `<data_dir>/slots`. Slots in `busy` belong to attempts a previous run left behind;
+    /// every other slot is emptied and becomes free.
+    pub fn open(data_dir: &Path, busy: &[u32]) -> io::Result<Slots> {
+        let root = data_dir.join("slots");
+        std::fs::create_dir_all(&root)?;
+        let mut free = Vec::new();
+        let mut next = 0;
+        for entry in std::fs::read_dir(&root)? {
+            let entry = entry?;
+            let Some(n) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            next = next.max(n + 1);
+            if !busy.contains(&n) {
+                match SlotDir::new(&root, n).clean() {
+                    Ok(()) => free.push(n),
+                    Err(e) => tracing::warn!(
+                        slot = %SlotDir::new(&root, n).root().display(),
+                        error = %e,
+                        "cannot empty a slot left by a previous run; it is not used"
+                    ),
+                }
+            }
+        }
+        for &n in busy {
+            next = next.max(n + 1);
+        }
+        // Lowest first: the same few directories stay warm.
+        free.sort_unstable_by(|a, b| b.cmp(a));
+        Ok(Slots {
+            root,
+            free: Mutex::new((free, next)),
+        })
+    }
+
+    /// Borrows a free slot (a new one when none is free).
+    pub fn take(&self) -> u32 {
+        let mut guard = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        let (free, next) = &mut *guard;
+        free.pop().unwrap_or_else(|| {
+            *next += 1;
+            *next - 1
+        })
+    }
+
+    /// Returns a slot whose files are no longer needed. Its working directory must have been
+    /// emptied ([`SlotDir::clean`]). A slot already free is not added twice.
+    pub fn give_back(&self, n: u32) {
+        let mut guard = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        if !guard.0.contains(&n) {
+            guard.0.push(n);
+        }
+    }
+
+    pub fn dir(&self, n: u32) -> SlotDir {
+        SlotDir::new(&self.root, n)
+    }
+}
+
+/// The paths of one slot.
 #[derive(Debug, Clone)]
-pub struct AttemptDir {
+pub struct SlotDir {
     root: PathBuf,
 }
 
-impl AttemptDir {
-    /// The state of `attempt_id`, which must have passed [`check_id`].
-    pub fn new(data_dir: &Path, attempt_id: &str) -> Self {
-        AttemptDir {
-            root: attempts_dir(data_dir).join(attempt_id),
+impl SlotDir {
+    /// Slot `n` of the launcher whose data directory is `data_dir`.
+    pub fn at(data_dir: &Path, n: u32) -> Self {
+        SlotDir::new(&data_dir.join("slots"), n)
+    }
+
+    fn new(slots: &Path, n: u32) -> Self {
+        SlotDir {
+            root: slots.join(n.to_string()),
         }
     }
 
@@ -106,136 +503,120 @@ impl AttemptDir {
         self.root.join("outputs.json")
     }
 
-    pub fn record_file(&self) -> PathBuf {
-        self.root.join("record")
+    pub fn stdout(&self) -> PathBuf {
+        self.root.join("stdout")
     }
 
-    pub fn log_lines_file(&self) -> PathBuf {
-        self.root.join("log_lines")
+    pub fn stderr(&self) -> PathBuf {
+        self.root.join("stderr")
     }
 
-    pub fn done_file(&self) -> PathBuf {
-        self.root.join("done")
-    }
-
-    fn tmp_file(&self, what: &str) -> PathBuf {
-        self.root.join(format!("{what}.tmp"))
-    }
-
-    /// Where the attempt stands. Unreadable or corrupt records are errors.
-    pub fn status(&self) -> io::Result<Status> {
-        if let Some(record) = self.read_record()? {
-            return Ok(match record {
-                Record::Cancelled { reason } => Status::Tombstone(reason),
-                Record::Running(r) => Status::Running(r),
-                Record::Reported(r) => Status::ResultPending(r),
-            });
-        }
-        match std::fs::symlink_metadata(self.done_file()) {
-            Ok(_) => Ok(Status::Finished),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Status::Fresh),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// The record, if there is one.
-    pub fn read_record(&self) -> io::Result<Option<Record>> {
-        let path = self.record_file();
-        match read_optional(&path)? {
-            Some(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| corrupt(&path, e)),
-            None => Ok(None),
-        }
-    }
-
-    /// Replaces the record.
-    pub fn write_record(&self, record: &Record) -> io::Result<()> {
-        write_via(&self.tmp_file("record"), &self.record_file(), &to_json(record)?)
-    }
-
-    pub fn write_running(&self, record: &RunningRecord) -> io::Result<()> {
-        self.write_record(&Record::Running(record.clone()))
-    }
-
-    pub fn write_tombstone(&self, reason: &str) -> io::Result<()> {
-        self.write_record(&Record::Cancelled {
-            reason: reason.to_string(),
-        })
-    }
-
-    pub fn write_log_lines(&self, lines: u64) -> io::Result<()> {
-        write_via(
-            &self.tmp_file("log_lines"),
-            &self.log_lines_file(),
-            lines.to_string().as_bytes(),
-        )
-    }
-
-    /// Log lines confirmed so far (0 when never recorded).
-    pub fn read_log_lines(&self) -> u64 {
-        std::fs::read_to_string(self.log_lines_file())
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(0)
-    }
-
-    /// Creates the working directory. One left by a crash before the process started is
-    /// emptied first, along with its outputs file.
-    pub fn create_work(&self) -> io::Result<()> {
-        match std::fs::create_dir(&self.root) {
-            Ok(()) => return std::fs::create_dir(self.work()),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(e),
-        }
-        let work = self.work();
-        match std::fs::create_dir(&work) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                self.remove_unstarted()?;
-                std::fs::create_dir(&work)
-            }
+    /// Makes a free slot ready for an attempt: empty stdout and stderr files, returned open for
+    /// the task to write (and the launcher to read). A free slot's working directory is empty
+    /// and it has no outputs file: [`Slots::open`] and [`Self::clean`] saw to it, so this is two
+    /// `open`s (and the directories, the first time a slot is used).
+    pub fn prepare(&self) -> io::Result<(File, File)> {
+        // Only the launcher's user reads what a task printed (it may hold secrets, masked only
+        // once read).
+        let open = |path: PathBuf| {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(path)
+        };
+        let out = match open(self.stdout()) {
+            Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                // The state directories were removed while the launcher ran.
-                std::fs::create_dir_all(&work)
+                std::fs::create_dir_all(self.work())?;
+                open(self.stdout())?
             }
-            Err(e) => Err(e),
+            Err(e) => return Err(e),
+        };
+        if !self.work().is_dir() {
+            // New, or removed behind the launcher's back.
+            std::fs::create_dir_all(self.work())?;
         }
+        Ok((out, open(self.stderr())?))
     }
 
-    /// Removes the working directory and writes the report to publish. `outputs_left` says
-    /// whether the outputs file may exist (`false` once it was read and removed).
-    pub fn write_result(&self, result: &TaskFinished, outputs_left: bool) -> io::Result<()> {
-        remove_dir_fast(&self.work())?;
-        if outputs_left {
+    /// Opens the output files a previous run's task wrote, for reading.
+    pub fn open_output(&self) -> io::Result<(File, File)> {
+        let open = |path: PathBuf| match File::open(&path) {
+            Ok(f) => Ok(f),
+            // Never written: read as empty.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(&self.root)?;
+                OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .open(&path)
+            }
+            Err(e) => Err(e),
+        };
+        Ok((open(self.stdout())?, open(self.stderr())?))
+    }
+
+    /// Empties the working directory and the output files, and removes the outputs file, so
+    /// that nothing of the attempt takes disk space once it is reported.
+    pub fn clean(&self) -> io::Result<()> {
+        self.clean_after(true, true)
+    }
+
+    /// [`Self::clean`], skipping what is known not to be there: output in the stdout and
+    /// stderr files, an outputs file.
+    pub fn clean_after(&self, printed: bool, outputs_file: bool) -> io::Result<()> {
+        match empty_dir(&self.work()) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        if outputs_file {
             remove_file_if_exists(&self.outputs())?;
         }
-        self.write_record(&Record::Reported(Box::new(result.clone())))
-    }
-
-    /// Marks the attempt reported: its record (`report`, written by [`Self::write_result`])
-    /// moves to `done/`, or `report` is written there when it could not be recorded.
-    /// `lines_recorded` says whether a log line count may have been written.
-    pub fn mark_finished(&self, report: &TaskFinished, lines_recorded: bool) -> io::Result<()> {
-        match std::fs::rename(self.record_file(), self.done_file()) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                let record = Record::Reported(Box::new(report.clone()));
-                write_via(&self.tmp_file("record"), &self.done_file(), &to_json(&record)?)?;
+        if printed {
+            for path in [self.stdout(), self.stderr()] {
+                match OpenOptions::new().write(true).truncate(true).open(&path) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                    _ => {}
+                }
             }
-            Err(e) => return Err(e),
-        }
-        if lines_recorded {
-            remove_file_if_exists(&self.log_lines_file())?;
         }
         Ok(())
     }
+}
 
-    /// Removes the working directory and the outputs file of an attempt that never started
-    /// (left by a crash).
-    pub fn remove_unstarted(&self) -> io::Result<()> {
-        remove_dir_if_exists(&self.work())?;
-        remove_file_if_exists(&self.outputs())
+/// Removes everything inside `dir`, keeping `dir`. An empty directory costs one read.
+fn empty_dir(dir: &Path) -> io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
+            if std::fs::remove_dir_all(&path).is_err() {
+                // A task may leave directories without write permission: restore it, retry.
+                make_writable(&path);
+                std::fs::remove_dir_all(&path)?;
+            }
+        } else {
+            remove_file_if_exists(&path)?;
+        }
+    }
+    Ok(())
+}
+
+/// Gives the owner full permissions on every directory under (and including) `dir`.
+fn make_writable(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                make_writable(&entry.path());
+            }
+        }
     }
 }
 
@@ -262,105 +643,10 @@ pub fn check_id(id: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn to_json<T: Serialize>(value: &T) -> io::Result<Vec<u8>> {
-    serde_json::to_vec(value).map_err(io::Error::other)
-}
-
-fn corrupt(path: &Path, e: serde_json::Error) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::InvalidData,
-        format!("{} is corrupt: {e}", path.display()),
-    )
-}
-
-fn read_optional(path: &Path) -> io::Result<Option<Vec<u8>>> {
-    match std::fs::read(path) {
-        Ok(b) => Ok(Some(b)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
-/// Writes `bytes` to `tmp`, then renames it over `path`; creates their directory when it
-/// does not exist (an attempt that never started has none).
-fn write_via(tmp: &Path, path: &Path, bytes: &[u8]) -> io::Result<()> {
-    match std::fs::write(tmp, bytes) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            if let Some(dir) = tmp.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
-            std::fs::write(tmp, bytes)?;
-        }
-        other => other?,
-    }
-    std::fs::rename(tmp, path)
-}
-
-pub(crate) fn remove_dir_if_exists(path: &Path) -> io::Result<()> {
-    match std::fs::remove_dir_all(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
-    }
-}
-
-/// Removes a directory that is usually empty: one `rmdir`, and a walk only when it holds
-/// something.
-pub(crate) fn remove_dir_fast(path: &Path) -> io::Result<()> {
-    match std::fs::remove_dir(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(_) => remove_dir_if_exists(path),
-    }
-}
-
 pub(crate) fn remove_file_if_exists(path: &Path) -> io::Result<()> {
     match std::fs::remove_file(path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),
-    }
-}
-
-/// The files of earlier versions, in the same attempt directory: `pid`, `result.json`,
-/// `finished` and `cancelled`.
-pub mod legacy {
-    use super::*;
-
-    /// Where an attempt recorded by an earlier version stands (same precedence as its reader).
-    pub fn status(dir: &Path) -> io::Result<Status> {
-        if dir.join("finished").exists() {
-            return Ok(Status::Finished);
-        }
-        let result = dir.join("result.json");
-        if let Some(bytes) = read_optional(&result)? {
-            let r = serde_json::from_slice(&bytes).map_err(|e| corrupt(&result, e))?;
-            return Ok(Status::ResultPending(Box::new(r)));
-        }
-        let pid = dir.join("pid");
-        if let Some(bytes) = read_optional(&pid)? {
-            let r = serde_json::from_slice(&bytes).map_err(|e| corrupt(&pid, e))?;
-            return Ok(Status::Running(r));
-        }
-        if let Some(bytes) = read_optional(&dir.join("cancelled"))? {
-            return Ok(Status::Tombstone(String::from_utf8_lossy(&bytes).into_owned()));
-        }
-        Ok(Status::Fresh)
-    }
-
-    /// Rewrites what an earlier version recorded for `dir` as the current record (or done
-    /// marker), then removes the old files.
-    pub fn migrate(dir: &AttemptDir) -> io::Result<Status> {
-        let status = status(dir.root())?;
-        match &status {
-            Status::Finished => std::fs::rename(dir.root().join("finished"), dir.done_file())?,
-            Status::ResultPending(r) => dir.write_record(&Record::Reported(r.clone()))?,
-            Status::Running(r) => dir.write_running(r)?,
-            Status::Tombstone(reason) => dir.write_tombstone(reason)?,
-            Status::Fresh => return Ok(status),
-        }
-        for old in ["result.json", "pid", "cancelled"] {
-            remove_file_if_exists(&dir.root().join(old))?;
-        }
-        Ok(status)
     }
 }
 
@@ -387,6 +673,7 @@ mod tests {
             task_id: "t".into(),
             attempt_id: id.into(),
             attempt: 1,
+            slot: 3,
             pid: 42,
             start_time: 7,
             started_at_ms: 1,
@@ -411,88 +698,153 @@ mod tests {
     }
 
     #[test]
-    fn status_follows_the_files_written() {
+    fn status_follows_the_records_and_survives_a_reopen() {
         let tmp = tempfile::tempdir().unwrap();
-        create_dirs(tmp.path()).unwrap();
-        let dir = AttemptDir::new(tmp.path(), "a1");
-        assert!(matches!(dir.status().unwrap(), Status::Fresh));
-        dir.write_tombstone("stop").unwrap();
-        assert!(matches!(dir.status().unwrap(), Status::Tombstone(r) if r == "stop"));
-        dir.write_running(&running("a1")).unwrap();
-        assert!(matches!(dir.status().unwrap(), Status::Running(r) if r == running("a1")));
-        dir.create_work().unwrap();
-        std::fs::write(dir.work().join("left"), "x").unwrap();
-        std::fs::write(dir.outputs(), "{}").unwrap();
-        dir.write_log_lines(3).unwrap();
-        dir.write_result(&report("a1"), true).unwrap();
-        assert!(!dir.work().exists() && !dir.outputs().exists());
-        assert!(matches!(dir.status().unwrap(), Status::ResultPending(r) if *r == report("a1")));
-        dir.mark_finished(&report("a1"), true).unwrap();
-        assert!(matches!(dir.status().unwrap(), Status::Finished));
-        assert!(!dir.record_file().exists() && !dir.log_lines_file().exists());
-        let mut left: Vec<_> = std::fs::read_dir(dir.root())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        left.sort();
-        assert_eq!(left, ["done"], "only the done marker is kept");
+        let j = Journal::open(tmp.path()).unwrap();
+        assert_eq!(j.status("a1"), Status::Fresh);
+        j.record(
+            "a1",
+            Entry::Cancelled {
+                reason: "stop".into(),
+            },
+        )
+        .unwrap();
+        assert_eq!(j.status("a1"), Status::Tombstone("stop".into()));
+        j.record("a2", Entry::Running(running("a2"))).unwrap();
+        let m1 = LogMark {
+            seq: 2,
+            out: 10,
+            err: 0,
+        };
+        let m2 = LogMark {
+            seq: 5,
+            out: 10,
+            err: 30,
+        };
+        j.record("a2", Entry::Logs(m1)).unwrap();
+        j.record("a2", Entry::Logs(m2)).unwrap();
+        j.record("a3", Entry::Running(running("a3"))).unwrap();
+        j.record(
+            "a3",
+            Entry::Reported {
+                report: Box::new(report("a3")),
+            },
+        )
+        .unwrap();
+        j.record("a4", Entry::Running(running("a4"))).unwrap();
+        j.record("a4", Entry::Done).unwrap();
+        drop(j);
 
-        let other = AttemptDir::new(tmp.path(), "a2");
-        std::fs::create_dir_all(other.root()).unwrap();
-        std::fs::write(other.record_file(), b"{").unwrap();
-        let err = other.status().unwrap_err();
-        assert!(err.to_string().contains("corrupt"), "{err}");
+        // A record cut short by a crash is ignored.
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(tmp.path().join("journal"))
+            .unwrap();
+        f.write_all(br#"{"id":"a5","at":1,"state":"runn"#).unwrap();
+        drop(f);
+
+        let j = Journal::open(tmp.path()).unwrap();
+        assert_eq!(j.status("a1"), Status::Tombstone("stop".into()));
+        assert_eq!(j.status("a2"), Status::Running(running("a2")));
+        assert_eq!(j.log_marks("a2"), (m1, m2));
+        assert_eq!(j.status("a3"), Status::ResultPending(Box::new(report("a3"))));
+        assert_eq!(j.status("a4"), Status::Finished);
+        assert_eq!(j.status("a5"), Status::Fresh);
+        let ids: Vec<String> = j.unfinished().into_iter().map(|(id, _)| id).collect();
+        assert_eq!(ids, ["a1", "a2", "a3"]);
+        // The rewrite kept only what matters: one record per open state, two marks, one done.
+        let text = std::fs::read_to_string(tmp.path().join("journal")).unwrap();
+        assert_eq!(text.lines().count(), 6, "{text}");
     }
 
     #[test]
-    fn a_working_directory_left_by_a_crash_is_emptied() {
+    fn a_corrupt_record_before_the_end_is_an_error_naming_the_line() {
         let tmp = tempfile::tempdir().unwrap();
-        create_dirs(tmp.path()).unwrap();
-        let dir = AttemptDir::new(tmp.path(), "a1");
-        dir.create_work().unwrap();
-        std::fs::write(dir.work().join("stale"), "x").unwrap();
-        std::fs::write(dir.outputs(), "{\"stale\": 1}").unwrap();
-        dir.create_work().unwrap();
+        std::fs::write(
+            tmp.path().join("journal"),
+            "{\"id\":\"a\",\"at\":1,\"state\":\"done\"}\nnot json\n{\"id\":\"b\",\"at\":1,\"state\":\"done\"}\n",
+        )
+        .unwrap();
+        let err = Journal::open(tmp.path()).unwrap_err();
+        assert!(err.to_string().contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn finished_attempts_are_forgotten_after_the_retention() {
+        let tmp = tempfile::tempdir().unwrap();
+        let old = ferry_event::now_ms() - DONE_RETENTION_MS - 1;
+        std::fs::write(
+            tmp.path().join("journal"),
+            format!("{{\"id\":\"old\",\"at\":{old},\"state\":\"done\"}}\n"),
+        )
+        .unwrap();
+        let j = Journal::open(tmp.path()).unwrap();
+        assert_eq!(j.status("old"), Status::Fresh);
+    }
+
+    #[test]
+    fn only_the_most_recent_finished_attempts_are_kept() {
+        let now = ferry_event::now_ms();
+        let mut done: HashMap<Box<str>, i64> = (0..DONE_RETAINED + 10)
+            .map(|i| (i.to_string().into_boxed_str(), now - 1_000_000 + i as i64))
+            .collect();
+        done.insert("ancient".into(), now - DONE_RETENTION_MS - 1);
+        forget_old(&mut done);
+        assert_eq!(done.len(), DONE_RETAINED);
+        assert!(!done.contains_key("ancient") && !done.contains_key("9"));
+        assert!(done.contains_key(&*(DONE_RETAINED + 9).to_string()));
+    }
+
+    #[test]
+    fn slots_are_reused_and_come_back_empty() {
+        let tmp = tempfile::tempdir().unwrap();
+        let slots = Slots::open(tmp.path(), &[]).unwrap();
+        let n = slots.take();
+        let dir = slots.dir(n);
+        let (mut out, _err) = dir.prepare().unwrap();
+        out.write_all(b"hello\n").unwrap();
+        std::fs::create_dir_all(dir.work().join("sub/deeper")).unwrap();
+        std::fs::write(dir.work().join("sub/deeper/f"), "x").unwrap();
+        std::fs::write(dir.outputs(), "{}").unwrap();
+        dir.clean().unwrap();
+        slots.give_back(n);
+        assert_eq!(slots.take(), n, "a free slot is reused");
         assert_eq!(std::fs::read_dir(dir.work()).unwrap().count(), 0);
         assert!(!dir.outputs().exists());
+        assert_eq!(std::fs::metadata(dir.stdout()).unwrap().len(), 0);
+        assert_ne!(slots.take(), n, "a busy slot is not handed out twice");
+
+        // On a new start, slots of attempts left behind stay busy; the others are cleaned.
+        std::fs::write(slots.dir(n).work().join("left"), "x").unwrap();
+        let again = Slots::open(tmp.path(), &[n]).unwrap();
+        let other = again.take();
+        assert_ne!(other, n);
+        assert!(slots.dir(n).work().join("left").exists());
     }
 
     #[test]
     fn records_of_each_state_round_trip_with_a_named_state() {
-        for record in [
-            Record::Cancelled { reason: "no".into() },
-            Record::Running(running("a")),
-            Record::Reported(Box::new(report("a"))),
+        for entry in [
+            Entry::Cancelled { reason: "no".into() },
+            Entry::Running(running("a")),
+            Entry::Logs(LogMark {
+                seq: 1,
+                out: 2,
+                err: 3,
+            }),
+            Entry::Reported {
+                report: Box::new(report("a")),
+            },
+            Entry::Done,
         ] {
-            let json = serde_json::to_value(&record).unwrap();
+            let line = LineRef {
+                id: "a",
+                at: 1,
+                entry: &entry,
+            };
+            let json = serde_json::to_value(&line).unwrap();
             assert!(json["state"].is_string(), "{json}");
-            assert_eq!(serde_json::from_value::<Record>(json).unwrap(), record);
+            assert_eq!(serde_json::from_value::<Line>(json).unwrap().entry, entry);
         }
-    }
-
-    #[test]
-    fn attempts_of_earlier_versions_are_rewritten_in_place() {
-        let tmp = tempfile::tempdir().unwrap();
-        create_dirs(tmp.path()).unwrap();
-        let at = |id: &str| AttemptDir::new(tmp.path(), id);
-        let write = |id: &str, file: &str, bytes: &[u8]| {
-            std::fs::create_dir_all(at(id).work()).unwrap();
-            std::fs::write(at(id).root().join(file), bytes).unwrap();
-        };
-        write("f", "finished", br#"{"outcome":"succeeded","finishedAtMs":2}"#);
-        write("p", "result.json", &serde_json::to_vec(&report("p")).unwrap());
-        write("r", "pid", &serde_json::to_vec(&running("r")).unwrap());
-        write("r", "log_lines", b"5");
-        write("c", "cancelled", b"why");
-        for id in ["f", "p", "r", "c"] {
-            assert!(matches!(at(id).status().unwrap(), Status::Fresh), "{id}");
-            legacy::migrate(&at(id)).unwrap();
-        }
-        assert!(matches!(at("f").status().unwrap(), Status::Finished));
-        assert!(matches!(at("p").status().unwrap(), Status::ResultPending(r) if *r == report("p")));
-        assert!(matches!(at("r").status().unwrap(), Status::Running(r) if r == running("r")));
-        assert_eq!(at("r").read_log_lines(), 5);
-        assert!(matches!(at("c").status().unwrap(), Status::Tombstone(r) if r == "why"));
-        assert!(!at("r").root().join("pid").exists());
     }
 }

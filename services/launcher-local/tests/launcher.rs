@@ -14,7 +14,7 @@ use ferry_event::payload::{
 };
 use ferry_event::template::{Part, Template};
 use ferry_event::{AttributesReader, Event, EventBuilder, Topic, envelope, kind};
-use ferry_launcher_local::state::{self, AttemptDir, RunningRecord};
+use ferry_launcher_local::state::{Entry, Journal, LogMark, RunningRecord, SlotDir, Status};
 use ferry_launcher_local::{Config, Secrets, is_alive, run, start_time};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -311,7 +311,7 @@ async fn happy_path_reports_start_logs_outputs_and_success() -> Result<()> {
         .filter(|l| l.1 == Stream::Stdout)
         .map(|l| l.2.clone())
         .collect();
-    let work = AttemptDir::new(&h.data_dir.canonicalize()?, "a-happy").work();
+    let work = SlotDir::at(&h.data_dir.canonicalize()?, 0).work();
     assert_eq!(
         stdout,
         ["first line", "second line", &format!("cwd={}", work.display())]
@@ -325,11 +325,47 @@ async fn happy_path_reports_start_logs_outputs_and_success() -> Result<()> {
 
     // The attempt's task ends after its report is confirmed; once stopped, all is settled.
     h.stop().await?;
-    let dir = AttemptDir::new(&h.data_dir, "a-happy");
-    assert!(!dir.work().exists(), "the working directory is removed");
-    assert!(dir.done_file().exists(), "a finished marker is kept");
-    assert!(!dir.record_file().exists() && !dir.outputs().exists());
+    let dir = SlotDir::at(&h.data_dir, 0);
+    assert_eq!(
+        std::fs::read_dir(dir.work())?.count(),
+        0,
+        "the working directory is emptied"
+    );
+    assert!(!dir.outputs().exists());
+    assert_eq!(
+        std::fs::metadata(dir.stdout())?.len(),
+        0,
+        "the output files are emptied"
+    );
+    assert_eq!(Journal::open(&h.data_dir)?.status("a-happy"), Status::Finished);
     Ok(())
+}
+
+#[tokio::test]
+async fn a_batch_ended_early_by_a_long_line_loses_nothing_after_it() -> Result<()> {
+    // Batches of 3: "a", "b", then a whole line just over the limit (the longest secret says
+    // how far past the limit a line is still taken whole), cut in two pieces that stay
+    // together: the first batch ends at two lines, and the rest (stderr too) must follow.
+    // Output is read only once the task has ended (the first look, at the start, finds
+    // nothing; the next is ten seconds away).
+    let mut h = Harness::start_with(|c| {
+        c.log_batch_lines = 3;
+        c.log_batch_interval = Duration::from_secs(10);
+        c.secrets.insert("LONG", "a-secret-of-some-length");
+    })
+    .await?;
+    h.dispatch(&sh(
+        "a-long",
+        "sleep 0.2; printf 'a\\nb\\n'; head -c 65540 /dev/zero | tr '\\0' x; printf '\\nc\\n'; echo e >&2",
+    ))
+    .await?;
+    let f = h.finished("a-long").await?;
+    assert_eq!((f.outcome, f.log_lines), (Outcome::Succeeded, 6), "{f:?}");
+    let lines = all_lines(&h.log_batches("a-long").await?);
+    let sizes: Vec<usize> = lines.iter().map(|l| l.2.len()).collect();
+    assert_eq!(sizes, [1, 1, 64 * 1024, 4, 1, 1], "{:?}", &sizes);
+    assert_eq!(lines[5].1, Stream::Stderr);
+    h.stop().await
 }
 
 #[tokio::test]
@@ -386,7 +422,7 @@ async fn task_sees_ferry_variables_and_no_secret_variables() -> Result<()> {
     let f = h.finished("a-env").await?;
     assert_eq!(f.outcome, Outcome::Succeeded, "{f:?}");
     let lines = all_lines(&h.log_batches("a-env").await?);
-    let dir = AttemptDir::new(&h.data_dir.canonicalize()?, "a-env");
+    let dir = SlotDir::at(&h.data_dir.canonicalize()?, 0);
     let expected = format!(
         "job-1|extract|a-env|{}|{}|hello",
         dir.work().display(),
@@ -466,9 +502,9 @@ async fn hostile_input_file_names_fail_clearly_and_write_nothing_outside() -> Re
         let error = f.error.unwrap_or_default();
         assert!(error.contains(&format!("{name:?}")), "{name}: {error}");
         assert_eq!(h.count(kind::TASK_STARTED, &attempt), 0);
-        let dir = AttemptDir::new(&h.data_dir, &attempt);
-        assert!(!dir.root().join("x").exists());
-        assert!(!h.data_dir.join("attempts/x").exists());
+        assert!(!h.data_dir.join("slots/x").exists());
+        assert!(!h.data_dir.join("slots/0/x").exists());
+        assert!(!h.data_dir.join("x").exists());
     }
     assert!(!h.path("abs-target").exists());
     assert!(!marker.exists(), "the command ran despite a refused input file");
@@ -490,7 +526,7 @@ async fn values_with_shell_syntax_are_passed_verbatim() -> Result<()> {
     let f = h.finished("a-verbatim").await?;
     assert_eq!(f.outcome, Outcome::Succeeded, "{f:?}");
     let lines = all_lines(&h.log_batches("a-verbatim").await?);
-    let work = AttemptDir::new(&h.data_dir.canonicalize()?, "a-verbatim").work();
+    let work = SlotDir::at(&h.data_dir.canonicalize()?, 0).work();
     assert_eq!(lines[0].2, format!("{value}|{}/$(touch {pwned})", work.display()));
     assert!(!h.path("pwned").exists());
     h.stop().await
@@ -551,7 +587,7 @@ async fn a_command_that_cannot_start_fails_clearly() -> Result<()> {
         Some(r#"cannot start "ferry-no-such-program": No such file or directory (os error 2)"#)
     );
     assert_eq!(h.count(kind::TASK_STARTED, "a-missing"), 0);
-    assert!(!AttemptDir::new(&h.data_dir, "a-missing").work().exists());
+    assert_eq!(std::fs::read_dir(SlotDir::at(&h.data_dir, 0).work())?.count(), 0);
     h.stop().await
 }
 
@@ -738,7 +774,29 @@ async fn shutdown_stops_running_attempts_and_reports_them_lost() -> Result<()> {
     Ok(())
 }
 
+/// A process group a previous run of the launcher left behind.
+struct Leftover {
+    child: std::process::Child,
+    /// The background child's pid.
+    grandchild: i32,
+    /// The leader's pid (the group id) and start time, as the launcher records them.
+    pid: i32,
+    start: u64,
+}
+
 /// Starts `sh` in its own process group with a background child, as a launcher would have.
+fn leftover() -> Result<Leftover> {
+    let (child, grandchild) = leftover_group()?;
+    let pid = child.id() as i32;
+    let start = start_time(pid).context("no start time")?;
+    Ok(Leftover {
+        child,
+        grandchild,
+        pid,
+        start,
+    })
+}
+
 fn leftover_group() -> Result<(std::process::Child, i32)> {
     let mut child = std::process::Command::new("sh")
         .args(["-c", "sleep 100 & echo $!; exec sleep 100"])
@@ -756,6 +814,7 @@ fn record(attempt: &str, pid: i32, start_time: u64) -> RunningRecord {
         task_id: "extract".into(),
         attempt_id: attempt.into(),
         attempt: 2,
+        slot: 0,
         pid,
         start_time,
         started_at_ms: 1_700_000_000_000,
@@ -764,19 +823,39 @@ fn record(attempt: &str, pid: i32, start_time: u64) -> RunningRecord {
 
 #[tokio::test]
 async fn reconcile_stops_a_previous_runs_process_group_and_reports_it_lost() -> Result<()> {
-    let (mut child, grandchild) = leftover_group()?;
-    let pid = child.id() as i32;
-    let start = start_time(pid).context("no start time")?;
+    let Leftover {
+        mut child,
+        grandchild,
+        pid,
+        start,
+    } = leftover()?;
     let tmp = tempfile::tempdir()?;
     let mut h = Harness::start_in(
         tmp,
         |data| {
-            state::create_dirs(data)?;
-            let dir = AttemptDir::new(data, "a-left");
+            let dir = SlotDir::at(data, 0);
             std::fs::create_dir_all(dir.work())?;
             std::fs::write(dir.work().join("partial"), "x")?;
-            dir.write_running(&record("a-left", pid, start))?;
-            dir.write_log_lines(7)?;
+            // Seven lines were published before the launcher died.
+            std::fs::write(dir.stdout(), "1\n2\n3\n4\n5\n6\n7\n")?;
+            let journal = Journal::open(data)?;
+            journal.record("a-left", Entry::Running(record("a-left", pid, start)))?;
+            journal.record(
+                "a-left",
+                Entry::Logs(LogMark {
+                    seq: 7,
+                    out: 14,
+                    err: 0,
+                }),
+            )?;
+            journal.record(
+                "a-left",
+                Entry::Logs(LogMark {
+                    seq: 7,
+                    out: 14,
+                    err: 0,
+                }),
+            )?;
             Ok(())
         },
         |_| {},
@@ -800,24 +879,88 @@ async fn reconcile_stops_a_previous_runs_process_group_and_reports_it_lost() -> 
     h.finished("a-next").await?;
     assert_eq!(h.count(kind::TASK_STARTED, "a-left"), 0);
     assert_eq!(h.count(kind::TASK_FINISHED, "a-left"), 1);
-    let dir = AttemptDir::new(&h.data_dir, "a-left");
-    assert!(dir.done_file().exists() && !dir.record_file().exists() && !dir.work().exists());
+    h.stop().await?;
+    assert_eq!(Journal::open(&h.data_dir)?.status("a-left"), Status::Finished);
+    let dir = SlotDir::at(&h.data_dir, 0);
+    assert_eq!(std::fs::read_dir(dir.work())?.count(), 0, "the slot was emptied");
+    Ok(())
+}
+
+#[tokio::test]
+async fn reconcile_publishes_a_killed_runs_output_under_the_same_numbers() -> Result<()> {
+    let Leftover {
+        mut child,
+        grandchild,
+        pid,
+        start,
+    } = leftover()?;
+    let tmp = tempfile::tempdir()?;
+    let mut h = Harness::start_in(
+        tmp,
+        |data| {
+            let dir = SlotDir::at(data, 2);
+            std::fs::create_dir_all(dir.work())?;
+            std::fs::write(dir.stdout(), "l0\nl1\nl2\nl3\nunfinished")?;
+            std::fs::write(dir.stderr(), "e0\n")?;
+            let journal = Journal::open(data)?;
+            let mut r = record("a-out", pid, start);
+            r.slot = 2;
+            journal.record("a-out", Entry::Running(r))?;
+            // l0 was published; l1 and l2 were numbered, and maybe published, when the
+            // launcher died; the rest was never read.
+            journal.record(
+                "a-out",
+                Entry::Logs(LogMark {
+                    seq: 1,
+                    out: 3,
+                    err: 0,
+                }),
+            )?;
+            journal.record(
+                "a-out",
+                Entry::Logs(LogMark {
+                    seq: 3,
+                    out: 9,
+                    err: 0,
+                }),
+            )?;
+            Ok(())
+        },
+        |_| {},
+    )
+    .await?;
+    let f = h.finished("a-out").await?;
+    assert_eq!((f.outcome, f.log_lines), (Outcome::Lost, 6), "{f:?}");
+    let lines: Vec<(u64, String)> = all_lines(&h.log_batches("a-out").await?)
+        .into_iter()
+        .map(|(seq, _, text)| (seq, text))
+        .collect();
+    let expected = [(1, "l1"), (2, "l2"), (3, "l3"), (4, "unfinished"), (5, "e0")];
+    assert_eq!(
+        lines,
+        expected.map(|(n, t)| (n, t.to_string())),
+        "the numbered lines again, then the rest"
+    );
+    child.wait()?;
+    assert!(!is_alive(grandchild));
     h.stop().await
 }
 
 #[tokio::test]
 async fn reconcile_leaves_a_reused_pid_alone() -> Result<()> {
-    let (mut child, grandchild) = leftover_group()?;
-    let pid = child.id() as i32;
-    let start = start_time(pid).context("no start time")?;
+    let Leftover {
+        mut child,
+        grandchild,
+        pid,
+        start,
+    } = leftover()?;
     let tmp = tempfile::tempdir()?;
     let mut h = Harness::start_in(
         tmp,
         // Same pid, different start time: the process is someone else's now.
         |data| {
-            state::create_dirs(data)?;
-            let dir = AttemptDir::new(data, "a-reused");
-            Ok(dir.write_running(&record("a-reused", pid, start + 1))?)
+            let journal = Journal::open(data)?;
+            Ok(journal.record("a-reused", Entry::Running(record("a-reused", pid, start + 1)))?)
         },
         |_| {},
     )
@@ -891,18 +1034,25 @@ async fn reconcile_resumes_each_recorded_state() -> Result<()> {
     let mut h = Harness::start_in(
         tmp,
         |data| {
-            state::create_dirs(data)?;
+            let journal = Journal::open(data)?;
+            let reported = |id: &str| Entry::Reported {
+                report: Box::new(recorded_report(id)),
+            };
             // Report recorded, not confirmed: published at start.
-            AttemptDir::new(data, "s-pending").write_result(&recorded_report("s-pending"), true)?;
+            journal.record("s-pending", reported("s-pending"))?;
             // Reported and confirmed: a dispatch of it is a duplicate.
-            let done = AttemptDir::new(data, "s-done");
-            done.write_result(&recorded_report("s-done"), true)?;
-            done.mark_finished(&recorded_report("s-done"), false)?;
+            journal.record("s-done", reported("s-done"))?;
+            journal.record("s-done", Entry::Done)?;
             // Cancelled before its dispatch: the tombstone outlives the restart.
-            AttemptDir::new(data, "s-tomb").write_tombstone("cancelled: no longer needed")?;
-            // Crashed before its process started: its leftovers go.
-            let fresh = AttemptDir::new(data, "s-fresh");
-            fresh.create_work()?;
+            journal.record(
+                "s-tomb",
+                Entry::Cancelled {
+                    reason: "cancelled: no longer needed".into(),
+                },
+            )?;
+            // Leftovers in a slot no attempt holds go.
+            let fresh = SlotDir::at(data, 0);
+            std::fs::create_dir_all(fresh.work())?;
             std::fs::write(fresh.work().join("partial"), "x")?;
             std::fs::write(fresh.outputs(), "{}")?;
             Ok(())
@@ -912,8 +1062,8 @@ async fn reconcile_resumes_each_recorded_state() -> Result<()> {
     .await?;
     let f = h.finished("s-pending").await?;
     assert_eq!((f.outcome, f.log_lines), (Outcome::Succeeded, 3), "{f:?}");
-    let fresh = AttemptDir::new(&h.data_dir, "s-fresh");
-    assert!(!fresh.work().exists() && !fresh.outputs().exists());
+    let fresh = SlotDir::at(&h.data_dir, 0);
+    assert!(!fresh.work().join("partial").exists() && !fresh.outputs().exists());
 
     let ran = h.path_str("ran");
     for id in ["s-pending", "s-done", "s-tomb"] {
@@ -930,51 +1080,9 @@ async fn reconcile_resumes_each_recorded_state() -> Result<()> {
     }
     assert_eq!(h.count(kind::TASK_FINISHED, "s-pending"), 1);
     assert_eq!(h.count(kind::TASK_FINISHED, "s-done"), 0);
-    assert!(AttemptDir::new(&h.data_dir, "s-pending").done_file().exists());
-    h.stop().await
-}
-
-#[tokio::test]
-async fn reconcile_takes_over_attempts_of_the_earlier_layout() -> Result<()> {
-    let (mut child, grandchild) = leftover_group()?;
-    let pid = child.id() as i32;
-    let start = start_time(pid).context("no start time")?;
-    let tmp = tempfile::tempdir()?;
-    let mut h = Harness::start_in(
-        tmp,
-        |data| {
-            // Written as earlier versions did, in the same attempt directories.
-            let old = data.join("attempts");
-            std::fs::create_dir_all(old.join("l-run/work"))?;
-            std::fs::write(
-                old.join("l-run/pid"),
-                serde_json::to_vec(&record("l-run", pid, start))?,
-            )?;
-            std::fs::write(old.join("l-run/log_lines"), "4")?;
-            std::fs::create_dir_all(old.join("l-done"))?;
-            std::fs::write(
-                old.join("l-done/finished"),
-                r#"{"outcome":"succeeded","finishedAtMs":1}"#,
-            )?;
-            Ok(())
-        },
-        |_| {},
-    )
-    .await?;
-    let f = h.finished("l-run").await?;
-    assert_eq!((f.outcome, f.log_lines), (Outcome::Lost, 4), "{f:?}");
-    let status = child.wait()?;
-    assert_eq!(status.signal(), Some(15), "{status:?}");
-    assert!(!is_alive(grandchild), "the leftover background child survived");
-    let run = AttemptDir::new(&h.data_dir, "l-run");
-    assert!(run.done_file().exists() && !run.root().join("pid").exists() && !run.work().exists());
-
-    h.dispatch(&task("l-done", &["true"])).await?;
-    h.dispatch(&task("l-next", &["true"])).await?;
-    h.finished("l-next").await?;
-    assert_eq!(h.count(kind::TASK_STARTED, "l-done"), 0);
-    assert_eq!(h.count(kind::TASK_FINISHED, "l-done"), 0);
-    h.stop().await
+    h.stop().await?;
+    assert_eq!(Journal::open(&h.data_dir)?.status("s-pending"), Status::Finished);
+    Ok(())
 }
 
 #[tokio::test]
@@ -996,10 +1104,8 @@ async fn reconcile_finds_processes_started_just_before_a_crash_by_their_attempt_
     let mut h = Harness::start_in(
         tmp,
         move |data| {
-            state::create_dirs(data)?;
-            let dir = AttemptDir::new(data, &a);
-            std::fs::create_dir_all(dir.work())?;
-            Ok(dir.write_running(&record(&a, 0, 0))?)
+            let journal = Journal::open(data)?;
+            Ok(journal.record(&a, Entry::Running(record(&a, 0, 0)))?)
         },
         |_| {},
     )
