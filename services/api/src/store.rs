@@ -16,7 +16,7 @@
 //!   `(n, 4)`; never dispatched `(0, 0)`. A late `task.started` of attempt 2 after `task.succeeded`
 //!   with 2 attempts is `(2, 1) < (2, 3)` and changes nothing.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -326,11 +326,34 @@ impl ReadModel {
     /// order. Fails (applying nothing) when the database does.
     pub(crate) async fn apply(&self, events: &[&Event]) -> Result<Vec<Applied>> {
         let now = ferry_event::now_ms();
+        let decoded: Vec<_> = events.iter().map(|e| decode(e)).collect();
         let mut tx = self.pool.begin().await?;
+        // The batch's event ids go into the inbox together; those not there before apply.
+        let ids: Vec<String> = events
+            .iter()
+            .zip(&decoded)
+            .filter(|(_, d)| matches!(d, Ok(Some(_))))
+            .map(|(e, _)| e.id().to_string())
+            .collect();
+        let mut fresh = record_inbox(&mut tx, &ids, now).await?;
+        let mut known = Known::default();
         let mut out = Vec::with_capacity(events.len());
-        for event in events {
-            out.push(apply_one(&mut tx, event, now).await?);
+        for (event, input) in events.iter().zip(decoded) {
+            let applied = match input {
+                Ok(None) => Applied::Done,
+                Err(reason) => Applied::Invalid(reason),
+                Ok(Some(_)) if !fresh.remove(event.id()) => {
+                    tracing::debug!(event_id = %event.id(), "event applied before; skipped");
+                    Applied::Done
+                }
+                Ok(Some(input)) => {
+                    apply_input(&mut tx, &mut known, event, input, now).await?;
+                    Applied::Done
+                }
+            };
+            out.push(applied);
         }
+        write_changes(&mut tx, &mut known).await?;
         tx.commit().await?;
         Ok(out)
     }
@@ -581,6 +604,14 @@ fn task_view(r: &AnyRow) -> Result<TaskView> {
 
 type Tx = Transaction<'static, Any>;
 
+/// A statement whose text depends on how many rows it carries. Few rows: kept in the
+/// connection's statement cache like any other (batches of a few events are the common case
+/// when the load is light). Many: prepared for this one use, or each row count would take a place
+/// in the cache (and memory) of its own and push out the statements used over and over.
+fn sized(sql: &str, rows: usize) -> sqlx::query::Query<'_, Any, sqlx::any::AnyArguments<'_>> {
+    sqlx::query(sql).persistent(rows <= 8)
+}
+
 /// The payload an event carries, for the types the read model keeps.
 enum Input {
     Planned(Box<JobPlanned>),
@@ -608,35 +639,106 @@ fn decode(event: &Event) -> std::result::Result<Option<Input>, String> {
     }))
 }
 
-async fn apply_one(tx: &mut Tx, event: &Event, now: i64) -> Result<Applied> {
-    let input = match decode(event) {
-        Ok(Some(input)) => input,
-        Ok(None) => return Ok(Applied::Done),
-        Err(reason) => return Ok(Applied::Invalid(reason)),
-    };
-    let fresh =
-        sqlx::query("INSERT INTO inbox (event_id, applied_at) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-            .bind(event.id().to_string())
-            .bind(now)
-            .execute(&mut **tx)
-            .await?
-            .rows_affected()
-            > 0;
-    if !fresh {
-        tracing::debug!(event_id = %event.id(), "event applied before; skipped");
-        return Ok(Applied::Done);
+/// `($1, $2), ($3, $4), …`: `rows` rows of `cols` parameters, numbered in order.
+fn rows_of(rows: usize, cols: usize) -> String {
+    (0..rows)
+        .map(|r| {
+            let params: Vec<String> = (1..=cols).map(|c| format!("${}", r * cols + c)).collect();
+            format!("({})", params.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Records event ids in the inbox, a chunk per statement; returns those not there before.
+async fn record_inbox(tx: &mut Tx, ids: &[String], now: i64) -> Result<HashSet<String>> {
+    const ROWS: usize = 100;
+    let mut fresh = HashSet::with_capacity(ids.len());
+    for chunk in ids.chunks(ROWS) {
+        let values = rows_of(chunk.len(), 2);
+        let sql = format!(
+            "INSERT INTO inbox (event_id, applied_at) VALUES {values} ON CONFLICT DO NOTHING RETURNING event_id"
+        );
+        let mut q = sized(&sql, chunk.len());
+        for id in chunk {
+            q = q.bind(id.clone()).bind(now);
+        }
+        for row in q.fetch_all(&mut **tx).await? {
+            fresh.insert(row.try_get::<String, _>("event_id")?);
+        }
     }
+    Ok(fresh)
+}
+
+/// What one transaction has made sure of or has yet to write.
+#[derive(Default)]
+struct Known {
+    /// Jobs and tasks that have a row.
+    jobs: HashSet<String>,
+    tasks: HashSet<(String, String)>,
+    /// Each job's change counter, as numbered in this transaction.
+    counters: std::collections::HashMap<String, Counter>,
+    /// Changes not written yet.
+    changes: Vec<NewChange>,
+}
+
+struct Counter {
+    seq: i64,
+    updated_at: i64,
+    /// Numbered past what the job's row says.
+    moved: bool,
+}
+
+/// A row of `changes`, to be written.
+struct NewChange {
+    job_id: String,
+    seq: i64,
+    ty: String,
+    task_id: Option<String>,
+    state: String,
+    detail: String,
+    time_ms: i64,
+}
+
+async fn apply_input(tx: &mut Tx, known: &mut Known, event: &Event, input: Input, now: i64) -> Result<()> {
     let at = event.time().map(|t| t.timestamp_millis()).unwrap_or(now);
     let ty = event.ty();
     match input {
-        Input::Planned(p) => on_planned(tx, ty, &p, at).await?,
-        Input::Rejected(r) => on_rejected(tx, ty, &r, at).await?,
-        Input::Job(s) => on_job_state(tx, ty, &s, at).await?,
-        Input::Started(s) => on_task_started(tx, ty, &s, at).await?,
-        Input::Finished(f) => on_task_finished(tx, &f, at).await?,
-        Input::Task(s) => on_task_state(tx, ty, &s, at).await?,
+        Input::Planned(p) => on_planned(tx, known, ty, &p, at).await,
+        Input::Rejected(r) => on_rejected(tx, known, ty, &r, at).await,
+        Input::Job(s) => on_job_state(tx, known, ty, &s, at).await,
+        Input::Started(s) => on_task_started(tx, known, ty, &s, at).await,
+        Input::Finished(f) => on_task_finished(tx, &f, at).await,
+        Input::Task(s) => on_task_state(tx, known, ty, &s, at).await,
     }
-    Ok(Applied::Done)
+}
+
+/// [`ensure_job`], once per job and transaction.
+async fn ensure_known_job(tx: &mut Tx, known: &mut Known, job_id: &str, at: i64) -> Result<()> {
+    if !known.jobs.contains(job_id) {
+        ensure_job(tx, job_id, at).await?;
+        known.jobs.insert(job_id.to_string());
+    }
+    Ok(())
+}
+
+/// Makes sure the task (and its job) have a row, once per task and transaction.
+async fn ensure_task(tx: &mut Tx, known: &mut Known, job_id: &str, task_id: &str, at: i64) -> Result<()> {
+    let key = (job_id.to_string(), task_id.to_string());
+    if known.tasks.contains(&key) {
+        return Ok(());
+    }
+    ensure_known_job(tx, known, job_id, at).await?;
+    sqlx::query(
+        "INSERT INTO tasks (job_id, task_id, state, attempt_no, phase, attempts)
+         VALUES ($1, $2, 'pending', 0, 0, 0) ON CONFLICT DO NOTHING",
+    )
+    .bind(job_id.to_string())
+    .bind(task_id.to_string())
+    .execute(&mut **tx)
+    .await?;
+    known.tasks.insert(key);
+    Ok(())
 }
 
 async fn ensure_job(tx: &mut Tx, job_id: &str, at: i64) -> Result<()> {
@@ -651,23 +753,14 @@ async fn ensure_job(tx: &mut Tx, job_id: &str, at: i64) -> Result<()> {
     Ok(())
 }
 
-async fn ensure_task(tx: &mut Tx, job_id: &str, task_id: &str, at: i64) -> Result<()> {
-    ensure_job(tx, job_id, at).await?;
-    sqlx::query(
-        "INSERT INTO tasks (job_id, task_id, state, attempt_no, phase, attempts)
-         VALUES ($1, $2, 'pending', 0, 0, 0) ON CONFLICT DO NOTHING",
-    )
-    .bind(job_id.to_string())
-    .bind(task_id.to_string())
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
-/// Appends a change to the job's list; the job row's counter numbers it (and, on PostgreSQL,
-/// locks the row so that a job's changes commit in their order).
+/// Appends a change to the job's list; the job row's counter numbers it. The first change of
+/// a job in a transaction moves the counter (and, on PostgreSQL, locks the row so that a job's
+/// changes commit in their order); later ones are numbered from it and everything is written by
+/// [`write_changes`].
+#[allow(clippy::too_many_arguments)]
 async fn record_change(
     tx: &mut Tx,
+    known: &mut Known,
     job_id: &str,
     ty: &str,
     task_id: Option<&str>,
@@ -675,27 +768,77 @@ async fn record_change(
     detail: Map<String, Value>,
     at: i64,
 ) -> Result<()> {
-    let seq: i64 = sqlx::query_scalar(
-        "UPDATE jobs SET changes = changes + 1, updated_at = $1 WHERE job_id = $2 RETURNING changes",
-    )
-    .bind(at)
-    .bind(job_id.to_string())
-    .fetch_one(&mut **tx)
-    .await?;
-    let detail = Value::Object(detail).to_string();
-    sqlx::query(
-        "INSERT INTO changes (job_id, seq, ty, task_id, state, detail, time_ms)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
-    )
-    .bind(job_id.to_string())
-    .bind(seq)
-    .bind(ty.to_string())
-    .bind(task_id.map(str::to_string))
-    .bind(state.to_string())
-    .bind(detail)
-    .bind(at)
-    .execute(&mut **tx)
-    .await?;
+    let seq = match known.counters.get_mut(job_id) {
+        Some(c) => {
+            c.seq += 1;
+            c.updated_at = c.updated_at.max(at);
+            c.moved = true;
+            c.seq
+        }
+        None => {
+            let seq: i64 = sqlx::query_scalar(
+                "UPDATE jobs SET changes = changes + 1, updated_at = $1 WHERE job_id = $2 RETURNING changes",
+            )
+            .bind(at)
+            .bind(job_id.to_string())
+            .fetch_one(&mut **tx)
+            .await?;
+            let counter = Counter {
+                seq,
+                updated_at: at,
+                moved: false,
+            };
+            known.counters.insert(job_id.to_string(), counter);
+            seq
+        }
+    };
+    known.changes.push(NewChange {
+        job_id: job_id.to_string(),
+        seq,
+        ty: ty.to_string(),
+        task_id: task_id.map(str::to_string),
+        state: state.to_string(),
+        detail: Value::Object(detail).to_string(),
+        time_ms: at,
+    });
+    if known.changes.len() >= CHANGE_ROWS {
+        write_changes(tx, known).await?;
+    }
+    Ok(())
+}
+
+/// Changes per multi-row `INSERT`.
+const CHANGE_ROWS: usize = 100;
+
+/// Writes the changes recorded so far and the counters numbered past their row.
+async fn write_changes(tx: &mut Tx, known: &mut Known) -> Result<()> {
+    for chunk in known.changes.chunks(CHANGE_ROWS) {
+        let values = rows_of(chunk.len(), 7);
+        let sql =
+            format!("INSERT INTO changes (job_id, seq, ty, task_id, state, detail, time_ms) VALUES {values}");
+        let mut q = sized(&sql, chunk.len());
+        for c in chunk {
+            q = q
+                .bind(c.job_id.clone())
+                .bind(c.seq)
+                .bind(c.ty.clone())
+                .bind(c.task_id.clone())
+                .bind(c.state.clone())
+                .bind(c.detail.clone())
+                .bind(c.time_ms);
+        }
+        q.execute(&mut **tx).await?;
+    }
+    known.changes.clear();
+    for (job_id, c) in known.counters.iter_mut().filter(|(_, c)| c.moved) {
+        sqlx::query("UPDATE jobs SET changes = $1, updated_at = $2 WHERE job_id = $3")
+            .bind(c.seq)
+            .bind(c.updated_at)
+            .bind(job_id.clone())
+            .execute(&mut **tx)
+            .await?;
+        c.moved = false;
+    }
     Ok(())
 }
 
@@ -706,8 +849,8 @@ fn detail(pairs: impl IntoIterator<Item = (&'static str, Option<Value>)>) -> Map
         .collect()
 }
 
-async fn on_planned(tx: &mut Tx, ty: &str, p: &JobPlanned, at: i64) -> Result<()> {
-    ensure_job(tx, &p.job_id, at).await?;
+async fn on_planned(tx: &mut Tx, known: &mut Known, ty: &str, p: &JobPlanned, at: i64) -> Result<()> {
+    ensure_known_job(tx, known, &p.job_id, at).await?;
     sqlx::query("UPDATE jobs SET flow_id = $1, total = $2 WHERE job_id = $3")
         .bind(p.flow_id.clone())
         .bind(i64::try_from(p.tasks.len()).unwrap_or(i64::MAX))
@@ -731,7 +874,7 @@ async fn on_planned(tx: &mut Tx, ty: &str, p: &JobPlanned, at: i64) -> Result<()
             "INSERT INTO tasks (job_id, task_id, ord, state, attempt_no, phase, attempts) VALUES {values}
              ON CONFLICT (job_id, task_id) DO UPDATE SET ord = excluded.ord"
         );
-        let mut q = sqlx::query(&sql);
+        let mut q = sized(&sql, chunk.len());
         for (i, t) in chunk.iter().enumerate() {
             let ord = i64::try_from(ci * INSERT_CHUNK + i).unwrap_or(i64::MAX);
             q = q.bind(p.job_id.clone()).bind(t.id.clone()).bind(ord);
@@ -740,13 +883,13 @@ async fn on_planned(tx: &mut Tx, ty: &str, p: &JobPlanned, at: i64) -> Result<()
     }
     if moved > 0 {
         let d = detail([("tasks", Some(Value::from(p.tasks.len())))]);
-        record_change(tx, &p.job_id, ty, None, "planned", d, at).await?;
+        record_change(tx, known, &p.job_id, ty, None, "planned", d, at).await?;
     }
     Ok(())
 }
 
-async fn on_rejected(tx: &mut Tx, ty: &str, r: &JobRejected, at: i64) -> Result<()> {
-    ensure_job(tx, &r.job_id, at).await?;
+async fn on_rejected(tx: &mut Tx, known: &mut Known, ty: &str, r: &JobRejected, at: i64) -> Result<()> {
+    ensure_known_job(tx, known, &r.job_id, at).await?;
     let reason = match r.problems.as_slice() {
         [] => "rejected".to_string(),
         [one] => one.to_string(),
@@ -764,13 +907,13 @@ async fn on_rejected(tx: &mut Tx, ty: &str, r: &JobRejected, at: i64) -> Result<
     .rows_affected();
     if moved > 0 {
         let d = detail([("reason", Some(Value::from(reason)))]);
-        record_change(tx, &r.job_id, ty, None, "rejected", d, at).await?;
+        record_change(tx, known, &r.job_id, ty, None, "rejected", d, at).await?;
     }
     Ok(())
 }
 
-async fn on_job_state(tx: &mut Tx, ty: &str, s: &JobState, at: i64) -> Result<()> {
-    ensure_job(tx, &s.job_id, at).await?;
+async fn on_job_state(tx: &mut Tx, known: &mut Known, ty: &str, s: &JobState, at: i64) -> Result<()> {
+    ensure_known_job(tx, known, &s.job_id, at).await?;
     sqlx::query(
         "UPDATE jobs SET flow_id = COALESCE(flow_id, $1), total = COALESCE(total, $2) WHERE job_id = $3",
     )
@@ -799,13 +942,13 @@ async fn on_job_state(tx: &mut Tx, ty: &str, s: &JobState, at: i64) -> Result<()
         .rows_affected();
     if moved > 0 {
         let d = detail([("reason", s.reason.clone().map(Value::from))]);
-        record_change(tx, &s.job_id, ty, None, s.state.as_str(), d, at).await?;
+        record_change(tx, known, &s.job_id, ty, None, s.state.as_str(), d, at).await?;
     }
     Ok(())
 }
 
-async fn on_task_started(tx: &mut Tx, ty: &str, s: &TaskStarted, at: i64) -> Result<()> {
-    ensure_task(tx, &s.job_id, &s.task_id, at).await?;
+async fn on_task_started(tx: &mut Tx, known: &mut Known, ty: &str, s: &TaskStarted, at: i64) -> Result<()> {
+    ensure_task(tx, known, &s.job_id, &s.task_id, at).await?;
     sqlx::query(
         "INSERT INTO attempts (attempt_id, job_id, task_id, number, started_at) VALUES ($1, $2, $3, $4, $5)
          ON CONFLICT (attempt_id) DO UPDATE SET started_at = excluded.started_at",
@@ -836,7 +979,7 @@ async fn on_task_started(tx: &mut Tx, ty: &str, s: &TaskStarted, at: i64) -> Res
             ("attempts", Some(Value::from(s.attempt))),
             ("attemptId", Some(Value::from(s.attempt_id.clone()))),
         ]);
-        record_change(tx, &s.job_id, ty, Some(&s.task_id), "running", d, at).await?;
+        record_change(tx, known, &s.job_id, ty, Some(&s.task_id), "running", d, at).await?;
     }
     Ok(())
 }
@@ -866,8 +1009,8 @@ async fn on_task_finished(tx: &mut Tx, f: &TaskFinished, _at: i64) -> Result<()>
     Ok(())
 }
 
-async fn on_task_state(tx: &mut Tx, ty: &str, s: &TaskState, at: i64) -> Result<()> {
-    ensure_task(tx, &s.job_id, &s.task_id, at).await?;
+async fn on_task_state(tx: &mut Tx, known: &mut Known, ty: &str, s: &TaskState, at: i64) -> Result<()> {
+    ensure_task(tx, known, &s.job_id, &s.task_id, at).await?;
     let n = i64::from(s.attempts);
     // A job retry re-queues a finished task: `task.retrying` in state `pending`.
     let requeued = ty == kind::TASK_RETRYING && s.state == TaskStatus::Pending;
@@ -924,7 +1067,7 @@ async fn on_task_state(tx: &mut Tx, ty: &str, s: &TaskState, at: i64) -> Result<
             ("error", s.error.clone().map(Value::from)),
             ("retryAtMs", s.retry_at_ms.map(Value::from)),
         ]);
-        record_change(tx, &s.job_id, ty, Some(&s.task_id), state, d, at).await?;
+        record_change(tx, known, &s.job_id, ty, Some(&s.task_id), state, d, at).await?;
     }
     Ok(())
 }
