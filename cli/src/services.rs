@@ -70,7 +70,7 @@ impl FromStr for Service {
 /// Where each service keeps its state and listens.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// Holds the SQLite files by default, `attempts/` and `artifacts/`.
+    /// Holds the SQLite files by default, the launcher's `journal` and `slots/`, and `artifacts/`.
     pub data_dir: PathBuf,
     /// The scheduler's database (`sqlite://…` or `postgres://…`); `DATA_DIR/scheduler.db` by default.
     pub scheduler_db: Option<String>,
@@ -161,7 +161,7 @@ impl Running {
             true => Some(
                 LogStore::open(&settings.logs_db())
                     .await
-                    .with_context(|| format!("cannot open the log store {}", settings.logs_db()))?,
+                    .context("the log collector and the api need the log store")?,
             ),
             false => None,
         };
@@ -332,16 +332,21 @@ pub async fn serve(services: &[Service], mut settings: Settings, bus_url: &str) 
 
 /// The consumer groups of ferry's services, as they subscribe.
 pub fn standard_groups() -> Vec<Subscribe> {
-    vec![
-        Subscribe::new(ferry_planner::GROUP, [Topic::Intake]),
-        Subscribe::new("scheduler", [Topic::Control]),
-        Subscribe::new(
+    Service::ALL.into_iter().map(group_of).collect()
+}
+
+/// The consumer group a service subscribes as.
+pub fn group_of(service: Service) -> Subscribe {
+    match service {
+        Service::Planner => Subscribe::new(ferry_planner::GROUP, [Topic::Intake]),
+        Service::Scheduler => Subscribe::new("scheduler", [Topic::Control]),
+        Service::Launcher => Subscribe::new(
             "launcher-local",
             [Topic::Dispatch(ferry_launcher_local::BACKEND.into())],
         ),
-        Subscribe::new(ferry_log_collector::DEFAULT_GROUP, [Topic::Logs]),
-        Subscribe::new(ferry_api::DEFAULT_GROUP, [Topic::Control, Topic::Lifecycle]),
-    ]
+        Service::LogCollector => Subscribe::new(ferry_log_collector::DEFAULT_GROUP, [Topic::Logs]),
+        Service::Api => Subscribe::new(ferry_api::DEFAULT_GROUP, [Topic::Control, Topic::Lifecycle]),
+    }
 }
 
 /// A URL with its password replaced, for logs.

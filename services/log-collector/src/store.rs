@@ -238,7 +238,20 @@ impl LogStore {
             }
             SqlitePoolOptions::new().max_connections(4)
         };
-        let pool = pool.connect_with(options).await.map_err(open_err)?;
+        // Turning a new file to WAL mode takes a lock SQLite does not wait for (busy_timeout does
+        // not apply): a process opening the store while another one does is told it is locked.
+        let deadline = tokio::time::Instant::now() + BUSY_TIMEOUT;
+        let mut pause = Duration::from_millis(10);
+        let pool = loop {
+            match pool.clone().connect_with(options.clone()).await {
+                Ok(pool) => break pool,
+                Err(e) if is_busy(&e) && tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(200));
+                }
+                Err(e) => return Err(open_err(e)),
+            }
+        };
         migrate(&pool).await?;
         let (appended, _) = watch::channel(0);
         Ok(LogStore {
@@ -430,6 +443,18 @@ pub fn validate(log: &TaskLog) -> Result<()> {
 
 fn create_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)
+}
+
+/// Whether SQLite said the database is locked by another connection (`SQLITE_BUSY`, extended
+/// codes included).
+fn is_busy(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => db
+            .code()
+            .and_then(|c| c.parse::<i32>().ok())
+            .is_some_and(|c| c & 0xff == 5),
+        _ => false,
+    }
 }
 
 async fn migrate(pool: &SqlitePool) -> Result<()> {

@@ -331,3 +331,25 @@ async fn follow_finds_lines_written_by_another_process() -> Result<()> {
     assert_eq!(texts(&take(&mut follow, 2).await?), ["a line 0", "a line 1"]);
     Ok(())
 }
+
+/// Processes that share a store (the log collector and the api) open it at the same moment,
+/// often before it exists. Turning a new file to WAL mode takes a lock that SQLite does not
+/// wait for: every open must still succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stores_opened_at_once_on_a_new_file_all_open() {
+    for round in 0..10 {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("logs.db").display());
+        let opens: Vec<_> = (0..8)
+            .map(|_| {
+                let url = url.clone();
+                tokio::spawn(async move { LogStore::open(&url).await })
+            })
+            .collect();
+        for open in opens {
+            if let Err(e) = open.await.unwrap() {
+                panic!("round {round}: {e}");
+            }
+        }
+    }
+}
