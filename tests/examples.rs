@@ -149,8 +149,8 @@ fn files_go_in_and_come_back_out_as_artifacts() {
         serde_json::from_str(&std::fs::read_to_string(summary.strip_prefix("file://").unwrap()).unwrap())
             .unwrap();
     assert_eq!(json, serde_json::json!({"above": 2, "total": 3}));
-    // Working directories are removed once their attempt is collected.
-    let leftovers: Vec<_> = files_under(&dir.path().join("attempts"))
+    // Working directories are emptied once their attempt is collected.
+    let leftovers: Vec<_> = files_under(&dir.path().join("slots"))
         .into_iter()
         .filter(|p| p.components().any(|c| c.as_os_str() == "work"))
         .collect();

@@ -145,9 +145,10 @@ fn free_port() -> u16 {
 
 fn flow(ledger: &Path, marker: &str) -> String {
     // Each attempt appends `start`, a tick every 40 ms while it runs, and `end` to the ledger,
-    // with a nanosecond clock, and prints three numbered lines.
+    // with a nanosecond clock, and prints three numbered lines, each recorded as `wrote` once
+    // printed.
     let script = format!(
-        r#"l={ledger}; echo "$FERRY_TASK_ID $FERRY_ATTEMPT_ID start $(date +%s%N)" >> "$l"; i=0; while [ $i -lt 8 ]; do echo "$FERRY_TASK_ID $FERRY_ATTEMPT_ID tick $(date +%s%N)" >> "$l"; [ $i -lt 3 ] && echo "line $i of $FERRY_TASK_ID"; sleep 0.04; i=$((i+1)); done; echo "$FERRY_TASK_ID $FERRY_ATTEMPT_ID end $(date +%s%N)" >> "$l""#,
+        r#"l={ledger}; echo "$FERRY_TASK_ID $FERRY_ATTEMPT_ID start $(date +%s%N)" >> "$l"; i=0; while [ $i -lt 8 ]; do echo "$FERRY_TASK_ID $FERRY_ATTEMPT_ID tick $(date +%s%N)" >> "$l"; [ $i -lt 3 ] && echo "line $i of $FERRY_TASK_ID" && echo "$FERRY_TASK_ID $FERRY_ATTEMPT_ID wrote $(date +%s%N)" >> "$l"; sleep 0.04; i=$((i+1)); done; echo "$FERRY_TASK_ID $FERRY_ATTEMPT_ID end $(date +%s%N)" >> "$l""#,
         ledger = ledger.display()
     );
     let cmd = serde_json::to_string(&vec!["sh", "-c", &script, marker]).unwrap();
@@ -167,6 +168,8 @@ struct AttemptRun {
     start: Option<u128>,
     last: u128,
     end: Option<u128>,
+    /// Lines it is known to have printed.
+    wrote: usize,
 }
 
 fn read_ledger(path: &Path) -> BTreeMap<String, AttemptRun> {
@@ -187,6 +190,7 @@ fn read_ledger(path: &Path) -> BTreeMap<String, AttemptRun> {
                 run.start = Some(ns);
             }
             "end" => run.end = Some(ns),
+            "wrote" => run.wrote += 1,
             _ => {}
         }
     }
@@ -218,17 +222,37 @@ fn processes_with(marker: &str) -> Vec<i32> {
     found
 }
 
+/// A run's directory: removed when the run passes, kept (and named) when it fails.
+struct RunDir(Option<tempfile::TempDir>);
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.take()
+            && std::thread::panicking()
+        {
+            let path = dir.keep();
+            eprintln!(
+                "the failed run's logs, ledger and databases are kept in {}",
+                path.display()
+            );
+        }
+    }
+}
+
 async fn fault_run(bus_base: &str, broker_restart: bool) {
     let namespace = format!("f{}", &ferry_event::new_id().replace('-', "")[..16]);
     let sep = if bus_base.contains('?') { '&' } else { '?' };
     let bus = format!("{bus_base}{sep}namespace={namespace}");
     let dir = tempfile::tempdir().unwrap();
-    // FERRY_FAULT_KEEP=1 keeps the logs, ledger and databases for a look afterwards.
-    let d = &if std::env::var_os("FERRY_FAULT_KEEP").is_some() {
-        dir.keep()
+    let d = &dir.path().to_path_buf();
+    // The logs, ledger and databases are kept for a look afterwards when the run fails, or
+    // always with FERRY_FAULT_KEEP=1.
+    let _dir = RunDir(if std::env::var_os("FERRY_FAULT_KEEP").is_some() {
+        let _ = dir.keep();
+        None
     } else {
-        dir.path().to_path_buf()
-    };
+        Some(dir)
+    });
     let data = d.join("data");
     std::fs::create_dir_all(&data).unwrap();
     let ledger = d.join("ledger");
@@ -395,8 +419,10 @@ async fn fault_run(bus_base: &str, broker_restart: bool) {
         );
         std::thread::sleep(Duration::from_millis(500));
     };
-    // Let the last log lines arrive, then stop everything gracefully.
-    std::thread::sleep(Duration::from_secs(2));
+    // The log store is eventually complete: a log collector restarted near the end may wait
+    // for its group's rebalance (the killed member's session to time out) before it reads.
+    // Wait until it holds every line the ledger says was printed, then stop everything.
+    wait_for_logs(&d.join("logs.db"), &ledger, LOGS_DEADLINE).await;
     for p in procs.iter_mut().rev() {
         p.stop();
     }
@@ -453,9 +479,49 @@ async fn fault_run(bus_base: &str, broker_restart: bool) {
     assert!(left.is_empty(), "task processes survived: {left:?}");
 }
 
-/// Every stored line is in place (contiguous from 0, in order, once); every attempt that
-/// succeeded has all its lines. An attempt whose launcher was killed may miss the lines it had
-/// written into its pipe but the launcher had not read yet: they die with the pipe.
+/// Longest wait for the log store to catch up once the job has finished.
+const LOGS_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Waits (at most `limit`) until the log store holds as many lines of each attempt as the
+/// ledger says it printed.
+async fn wait_for_logs(db: &Path, ledger: &Path, limit: Duration) {
+    use sqlx::{Connection, Row};
+    let deadline = Instant::now() + limit;
+    loop {
+        let runs = read_ledger(ledger);
+        let stored: HashMap<String, usize> =
+            match sqlx::sqlite::SqliteConnection::connect(&format!("sqlite://{}", db.display())).await {
+                Ok(mut conn) => {
+                    sqlx::query("SELECT attempt_id, COUNT(*) AS n FROM log_lines GROUP BY attempt_id")
+                        .fetch_all(&mut conn)
+                        .await
+                        .map(|rows| {
+                            rows.iter()
+                                .map(|r| (r.get::<String, _>("attempt_id"), r.get::<i64, _>("n") as usize))
+                                .collect()
+                        })
+                        .unwrap_or_default()
+                }
+                Err(_) => HashMap::new(),
+            };
+        let behind = runs
+            .iter()
+            .filter(|(attempt, run)| stored.get(*attempt).copied().unwrap_or(0) < run.wrote)
+            .count();
+        if behind == 0 {
+            return;
+        }
+        if Instant::now() >= deadline {
+            eprintln!("the log store still misses lines of {behind} attempts after {limit:?}");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Every stored line is in place (contiguous from 0, in order, once); every line an attempt
+/// printed is stored, whether it succeeded or its launcher was killed under it; every attempt
+/// that succeeded has all three.
 async fn check_logs(db: &Path, runs: &BTreeMap<String, AttemptRun>, succeeded: &HashSet<String>) {
     use sqlx::{Connection, Row};
     let mut conn = sqlx::sqlite::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
@@ -487,6 +553,15 @@ async fn check_logs(db: &Path, runs: &BTreeMap<String, AttemptRun>, succeeded: &
                 "attempt {attempt}: line {i} out of order"
             );
         }
+    }
+    for (attempt, run) in runs {
+        let n = lines.get(attempt).map(Vec::len).unwrap_or(0);
+        assert!(
+            n >= run.wrote,
+            "attempt {attempt} of {} printed {} lines but {n} are stored",
+            run.task,
+            run.wrote
+        );
     }
     assert_eq!(succeeded.len(), TASKS + 1);
     for attempt in succeeded {
