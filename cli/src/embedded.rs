@@ -15,7 +15,7 @@ use crate::services::{Running, Service, Settings};
 /// Settings of the embedded system.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// Holds `scheduler.db`, `logs.db`, `attempts/` and `artifacts/`.
+    /// Holds `scheduler.db`, `logs.db`, the launcher's `journal` and `slots/`, and `artifacts/`.
     pub data_dir: PathBuf,
     /// Grace between SIGTERM and SIGKILL when a task is stopped.
     pub kill_grace: Duration,
@@ -57,8 +57,10 @@ impl Embedded {
         settings.max_parallel = opts.max_parallel;
         settings.prepare()?;
         let bus = MemoryBus::new();
-        for spec in crate::services::standard_groups() {
-            bus.declare(&spec).await?;
+        // Only the groups of the services running here: a queue nobody consumes would keep
+        // every event routed to it in memory for as long as the process lives.
+        for service in SERVICES {
+            bus.declare(&crate::services::group_of(service)).await?;
         }
         let shared: Arc<dyn Bus> = Arc::new(bus.clone());
         let (mut running, logs) = Running::start(&SERVICES, &settings, shared).await?;

@@ -1,6 +1,7 @@
-//! A deployment on a real broker: the planner, scheduler, launcher and log collector each run as
-//! their own `ferry service` process; this process submits work on the same bus and watches
-//! ferry's events on ephemeral subscriptions of its own.
+//! A deployment on a real broker: the planner, scheduler, launcher, log collector and api each
+//! run as their own `ferry service` process; this process submits work on the same bus and
+//! watches ferry's events on ephemeral subscriptions of its own. The run's namespace is removed
+//! from RabbitMQ afterwards.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -25,12 +26,25 @@ impl Services {
         let data = dir.join("data");
         std::fs::create_dir_all(&data)?;
         let db = |f: &str| format!("sqlite://{}", dir.join(f).display());
+        // The api keeps its read model up to date from the same events as in any deployment.
+        let listen = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
         let mut children = Vec::new();
         let specs: Vec<(&str, Vec<String>)> = vec![
             ("planner", vec![]),
             ("scheduler", vec!["--db".into(), db("scheduler.db")]),
             ("launcher", vec!["--max-parallel".into(), parallel.to_string()]),
             ("log-collector", vec!["--logs".into(), db("logs.db")]),
+            (
+                "api",
+                vec![
+                    "--db".into(),
+                    db("api.db"),
+                    "--logs".into(),
+                    db("logs.db"),
+                    "--listen".into(),
+                    listen.to_string(),
+                ],
+            ),
         ];
         for (name, extra) in specs {
             let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
@@ -49,14 +63,14 @@ impl Services {
         Ok(Services { children })
     }
 
-    /// User+system CPU seconds of the service processes themselves (not their children).
-    fn cpu(&self) -> Duration {
+    /// User+system CPU of each service process itself (not its children).
+    fn cpu(&self) -> Vec<(String, Duration)> {
         let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
             .ok()
             .flatten()
             .unwrap_or(100) as f64;
-        let mut total = 0.0;
-        for (_, c) in &self.children {
+        let mut out = Vec::new();
+        for (name, c) in &self.children {
             let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", c.id())) else {
                 continue;
             };
@@ -64,9 +78,9 @@ impl Services {
             // After the command name: state is field 3, utime 14, stime 15 (1-based).
             let utime: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0);
             let stime: f64 = fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-            total += (utime + stime) / ticks;
+            out.push((name.clone(), Duration::from_secs_f64((utime + stime) / ticks)));
         }
-        Duration::from_secs_f64(total)
+        out
     }
 
     fn check(&mut self) -> Result<()> {
@@ -113,11 +127,20 @@ pub struct Plan {
 }
 
 pub async fn run(plan: Plan) -> Result<Report> {
-    let dir = tempfile::tempdir()?;
     // A namespace of its own: nothing else on the broker sees this run.
     let ns = format!("load{}", &ferry_event::new_id().replace('-', "")[..12]);
     let sep = if plan.bus_url.contains('?') { '&' } else { '?' };
     let bus_url = format!("{}{sep}namespace={ns}", plan.bus_url);
+    // Whatever the outcome: the services are stopped when `run_in` returns, then the
+    // namespace goes.
+    let report = run_in(&plan, &bus_url).await;
+    remove_namespace(&bus_url).await;
+    report
+}
+
+async fn run_in(plan: &Plan, bus_url: &str) -> Result<Report> {
+    let bus_url = bus_url.to_string();
+    let dir = tempfile::tempdir()?;
     let bus: Arc<dyn Bus> = ferry_connect::bus(&bus_url)
         .await
         .context("connecting to the broker")?;
@@ -197,14 +220,22 @@ pub async fn run(plan: Plan) -> Result<Report> {
         d.ack().await?;
     }
     let elapsed = started.elapsed();
-    let cpu = services.cpu().saturating_sub(cpu_start);
+    let cpu_by_service: Vec<(String, Duration)> = services
+        .cpu()
+        .into_iter()
+        .map(|(name, end)| {
+            let start = cpu_start.iter().find(|(n, _)| *n == name).map(|(_, d)| *d);
+            (name, end.saturating_sub(start.unwrap_or_default()))
+        })
+        .collect();
+    let cpu = cpu_by_service.iter().map(|(_, d)| *d).sum();
     submitter.await??;
-    drop(services);
     Ok(Report {
         tasks: plan.tasks,
         elapsed,
         latencies,
         cpu,
+        cpu_by_service,
         peak_rss_kib: None,
         messages,
         failed,
@@ -213,6 +244,29 @@ pub async fn run(plan: Plan) -> Result<Report> {
             None => "task ready -> process started",
         },
     })
+}
+
+/// Deletes the run's queues and exchanges from RabbitMQ, so that runs do not pile up there.
+/// Kafka topics stay: deleting topics is not something ferry's Kafka bus does.
+async fn remove_namespace(bus_url: &str) {
+    #[cfg(feature = "amqp")]
+    if bus_url.starts_with("amqp") {
+        let removed = async {
+            let bus = ferry_bus_amqp::AmqpBus::connect(bus_url).await?;
+            // Every group's queue, the api's included, is deleted with the namespace.
+            for spec in ferry_cli::services::standard_groups() {
+                bus.declare(&spec).await?;
+            }
+            bus.delete_namespace().await
+        };
+        match tokio::time::timeout(Duration::from_secs(30), removed).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("warning: cannot remove the run's namespace from RabbitMQ: {e}"),
+            Err(_) => eprintln!("warning: removing the run's namespace from RabbitMQ timed out"),
+        }
+    }
+    #[cfg(not(feature = "amqp"))]
+    let _ = bus_url;
 }
 
 /// The next delivery from any of the subscriptions.

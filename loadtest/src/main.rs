@@ -52,6 +52,8 @@ pub struct Report {
     pub elapsed: Duration,
     pub latencies: Vec<i64>,
     pub cpu: Duration,
+    /// The same, per service process (deployment runs only).
+    pub cpu_by_service: Vec<(String, Duration)>,
     pub peak_rss_kib: Option<u64>,
     pub messages: u64,
     pub failed: usize,
@@ -89,6 +91,14 @@ impl Report {
             self.cpu.as_secs_f64() * 1000.0 / total,
             self.cpu.as_secs_f64()
         );
+        if !self.cpu_by_service.is_empty() {
+            let parts: Vec<String> = self
+                .cpu_by_service
+                .iter()
+                .map(|(name, d)| format!("{name} {:.3}", d.as_secs_f64() * 1000.0 / total))
+                .collect();
+            println!("  CPU by service        {} ms/task", parts.join(", "));
+        }
         if let Some(kib) = self.peak_rss_kib {
             println!(
                 "  peak memory           {:.1} MiB (VmHWM of the whole process)",
@@ -124,6 +134,8 @@ enum Mode {
 }
 
 fn main() -> Result<()> {
+    // The embedded system runs in this process: set up as `ferry` sets itself up.
+    ferry_runtime::memory::limit_malloc_arenas();
     let args = Args::parse();
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(run(args))
@@ -241,6 +253,7 @@ async fn run(args: Args) -> Result<()> {
         elapsed,
         latencies,
         cpu,
+        cpu_by_service: Vec::new(),
         peak_rss_kib: Some(peak_rss_kib()),
         messages,
         failed,
