@@ -250,13 +250,29 @@ impl Scheduler {
                 return Err(e);
             }
         };
+        // Committed: what the batch emitted is published whatever becomes of the acks. A
+        // delivery whose ack is lost (the broker went away meanwhile) comes again and is
+        // recognised as applied.
+        self.unpublished.extend(emitted);
+        let mut unsettled = 0;
         for d in good {
-            d.ack().await?;
+            if let Err(e) = d.ack().await {
+                unsettled += 1;
+                tracing::debug!(error = %e, "cannot ack a delivery");
+            }
         }
         for (d, reason) in bad {
-            d.dead_letter(&reason).await?;
+            if let Err(e) = d.dead_letter(&reason).await {
+                unsettled += 1;
+                tracing::debug!(error = %e, "cannot dead-letter a delivery");
+            }
         }
-        self.unpublished.extend(emitted);
+        if unsettled > 0 {
+            tracing::warn!(
+                deliveries = unsettled,
+                "cannot settle applied deliveries; the broker delivers them again and they are recognised as applied"
+            );
+        }
         self.flush().await;
         Ok(())
     }
