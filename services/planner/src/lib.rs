@@ -93,7 +93,12 @@ pub async fn run(config: Config, bus: Arc<dyn Bus>, shutdown: CancellationToken)
             Ok(Handled::Retry(delivery)) => {
                 // Hold the delivery through the backoff so it is not redelivered at once.
                 let stop = !pause(&shutdown, &mut backoff).await;
-                delivery.nack().await.or_else(closed_is_fine)?;
+                match delivery.nack().await {
+                    Ok(()) | Err(ferry_bus::Error::Closed) => {}
+                    // It comes back anyway once the broker notices the channel is gone.
+                    Err(e) if e.is_transient() => warn!(error = %e, "cannot give the submission back"),
+                    Err(e) => return Err(e.into()),
+                }
                 if stop {
                     break;
                 }
@@ -136,15 +141,11 @@ async fn handle(
 ) -> Result<Handled, ferry_bus::Error> {
     if delivery.event.ty() != kind::JOB_SUBMITTED {
         debug!("not a job submission; triggers are not evaluated yet");
-        delivery.ack().await?;
-        return Ok(Handled::Done);
+        return settled("ack", delivery.ack().await);
     }
     let submitted: JobSubmitted = match ferry_event::decode(&delivery.event) {
         Ok(s) => s,
-        Err(e) => {
-            delivery.dead_letter(&e.to_string()).await?;
-            return Ok(Handled::Done);
-        }
+        Err(e) => return settled("dead-letter", delivery.dead_letter(&e.to_string()).await),
     };
     // The decoded submission is all planning needs: the encoded copy goes now rather than
     // with the delivery (settling does not use it; the broker keeps its own until the ack).
@@ -179,20 +180,28 @@ async fn handle(
         }
         Err(e) => {
             // A defect: it would fail the same way on every redelivery, so set it aside.
-            delivery
-                .dead_letter(&format!("planning the submission failed unexpectedly: {e}"))
-                .await?;
-            return Ok(Handled::Done);
+            let reason = format!("planning the submission failed unexpectedly: {e}");
+            return settled("dead-letter", delivery.dead_letter(&reason).await);
         }
     };
     match bus.publish(&[event]).await {
-        Ok(()) => {
-            delivery.ack().await?;
-            Ok(Handled::Done)
-        }
+        Ok(()) => settled("ack", delivery.ack().await),
         Err(e) if e.is_transient() => {
             warn!(error = %e, "publishing the outcome failed; the submission will be retried");
             Ok(Handled::Retry(Box::new(delivery)))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// A submission that cannot be settled because the broker went away comes again and is
+/// planned again as the same job: worth a warning, not a stop.
+fn settled(what: &str, result: Result<(), ferry_bus::Error>) -> Result<Handled, ferry_bus::Error> {
+    match result {
+        Ok(()) => Ok(Handled::Done),
+        Err(e) if e.is_transient() => {
+            warn!(error = %e, "cannot {what} the submission; it will be delivered again");
+            Ok(Handled::Done)
         }
         Err(e) => Err(e),
     }
