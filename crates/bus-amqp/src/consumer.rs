@@ -1,6 +1,7 @@
 //! Consuming a group's queue: one channel per subscription, `basic.qos(prefetch)`, manual acks,
 //! and a task that consumes again after a reconnect.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +15,7 @@ use lapin::options::{
 };
 use lapin::types::{FieldTable, ShortString};
 use lapin::{Acker, BasicProperties, Channel, Confirmation};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::error::{Error, Result};
 use crate::link::{self, Live, Shared};
@@ -23,11 +24,19 @@ use crate::topology::DEAD_REASON_HEADER;
 
 /// Longest wait for the broker to confirm a dead letter.
 const DEAD_LETTER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest wait for the connection to take an ack, nack or reject. Settling normally takes
+/// well under a millisecond, but lapin's promise for it can stay pending for good when the
+/// connection breaks at that very moment; the delivery comes again either way.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for declaring the group's queue and consuming from it again.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A consumer channel with its consumer.
 struct Open {
     channel: Channel,
     consumer: lapin::Consumer,
+    /// The connection's generation.
+    generation: u64,
 }
 
 /// Opens a confirm-mode channel with the group's prefetch and starts consuming the group's queue.
@@ -59,7 +68,11 @@ async fn open(shared: &Shared, live: &Live, spec: &Subscribe) -> Result<Open> {
         )
         .await
         .map_err(fail("basic.consume"))?;
-    Ok(Open { channel, consumer })
+    Ok(Open {
+        channel,
+        consumer,
+        generation: live.generation,
+    })
 }
 
 /// Declares the group, starts consuming and returns the receiving end; the task behind it
@@ -121,9 +134,20 @@ async fn consume(
         };
         // The group is declared again in case the broker lost it: an ephemeral group's queue
         // went with the old connection.
-        let reopened = match shared.declare_group(&live, &spec).await {
-            Ok(()) => open(&shared, &live, &spec).await,
-            Err(e) => Err(e),
+        let reopen = async {
+            shared.declare_group(&live, &spec).await?;
+            open(&shared, &live, &spec).await
+        };
+        let reopened = match tokio::time::timeout(OPEN_TIMEOUT, reopen).await {
+            Ok(r) => r,
+            Err(_) => {
+                shared.trouble.notify_one();
+                Err(Error::TimedOut {
+                    endpoint: shared.endpoint.clone(),
+                    what: format!("consuming {queue} again"),
+                    after: OPEN_TIMEOUT,
+                })
+            }
         };
         match reopened {
             Ok(o) => {
@@ -166,10 +190,15 @@ async fn pump(
     tx: &mpsc::Sender<ferry_bus::Result<Delivery>>,
 ) -> End {
     let mut consumer = open.consumer.clone();
+    let mut live = shared.live.subscribe();
     loop {
         let item = tokio::select! {
             _ = tx.closed() => return End::Gone,
             item = consumer.next() => item,
+            // The stream normally ends with its connection, but does not have to.
+            _ = left_behind(&mut live, open.generation) => {
+                return End::Broken("the connection it consumed on is gone".into());
+            }
         };
         let d = match item {
             None => return End::Broken("the broker ended the consumer".into()),
@@ -219,6 +248,18 @@ async fn pump(
     }
 }
 
+/// Returns once the bus no longer holds the connection of `generation`.
+async fn left_behind(live: &mut watch::Receiver<Option<Arc<Live>>>, generation: u64) {
+    loop {
+        if live.borrow_and_update().as_ref().map(|l| l.generation) != Some(generation) {
+            return;
+        }
+        if live.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+    }
+}
+
 /// Settles one delivery on the channel it came from. A channel that died meanwhile makes
 /// settling a no-op: the broker delivers the message again.
 struct AmqpSettle {
@@ -234,26 +275,40 @@ fn settle_error(e: lapin::Error) -> ferry_bus::Error {
     ferry_bus::Error::Unavailable(format!("settling a delivery with RabbitMQ failed: {e}"))
 }
 
+/// Waits (at most [`SETTLE_TIMEOUT`]) for an ack, nack or reject to be taken.
+async fn settled(what: &str, op: impl Future<Output = lapin::Result<bool>>) -> ferry_bus::Result<()> {
+    match tokio::time::timeout(SETTLE_TIMEOUT, op).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(settle_error(e)),
+        Err(_) => Err(ferry_bus::Error::Unavailable(format!(
+            "RabbitMQ did not take a {what} within {SETTLE_TIMEOUT:?}; the message will be delivered again"
+        ))),
+    }
+}
+
 impl AmqpSettle {
     async fn publish_dead(&self, reason: &str) -> std::result::Result<(), String> {
         let properties =
             mapping::with_string_header(self.properties.clone(), DEAD_REASON_HEADER, reason.as_bytes())
                 .with_delivery_mode(PERSISTENT);
-        let confirm = self
-            .channel
-            .basic_publish(
-                self.dead_exchange.as_str().into(),
-                self.routing_key.clone(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..BasicPublishOptions::default()
-                },
-                &self.body,
-                properties,
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-        match tokio::time::timeout(DEAD_LETTER_TIMEOUT, confirm).await {
+        // Publishing itself can stay pending when the connection breaks meanwhile, so the
+        // limit covers it as well as the confirm.
+        let published = async {
+            self.channel
+                .basic_publish(
+                    self.dead_exchange.as_str().into(),
+                    self.routing_key.clone(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..BasicPublishOptions::default()
+                    },
+                    &self.body,
+                    properties,
+                )
+                .await?
+                .await
+        };
+        match tokio::time::timeout(DEAD_LETTER_TIMEOUT, published).await {
             Ok(Ok(Confirmation::Ack(None))) => Ok(()),
             Ok(Ok(Confirmation::Ack(Some(r)))) => Err(format!(
                 "the dead-letter exchange returned it: {} {}",
@@ -270,23 +325,18 @@ impl AmqpSettle {
 impl Settle for AmqpSettle {
     async fn ack(mut self: Box<Self>) -> ferry_bus::Result<()> {
         if let Some(acker) = self.acker.take() {
-            acker
-                .ack(BasicAckOptions::default())
-                .await
-                .map_err(settle_error)?;
+            settled("basic.ack", acker.ack(BasicAckOptions::default())).await?;
         }
         Ok(())
     }
 
     async fn nack(mut self: Box<Self>) -> ferry_bus::Result<()> {
         if let Some(acker) = self.acker.take() {
-            acker
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..BasicNackOptions::default()
-                })
-                .await
-                .map_err(settle_error)?;
+            let requeue = BasicNackOptions {
+                requeue: true,
+                ..BasicNackOptions::default()
+            };
+            settled("basic.nack", acker.nack(requeue)).await?;
         }
         Ok(())
     }
@@ -296,20 +346,16 @@ impl Settle for AmqpSettle {
             return Ok(());
         };
         match self.publish_dead(reason).await {
-            Ok(()) => acker
-                .ack(BasicAckOptions::default())
-                .await
-                .map(drop)
-                .map_err(settle_error),
+            Ok(()) => settled("basic.ack", acker.ack(BasicAckOptions::default())).await,
             Err(why) if acker.usable() => {
                 // The queue's own dead-letter exchange is the same `NS.dead`: rejecting moves
                 // the message there (without ferry's reason header, which is logged instead).
                 tracing::warn!(reason, error = %why, "publishing the dead letter failed; rejecting it to the queue's dead-letter exchange");
-                acker
-                    .reject(BasicRejectOptions { requeue: false })
-                    .await
-                    .map(drop)
-                    .map_err(settle_error)
+                settled(
+                    "basic.reject",
+                    acker.reject(BasicRejectOptions { requeue: false }),
+                )
+                .await
             }
             Err(why) => Err(ferry_bus::Error::Unavailable(format!(
                 "dead-lettering failed ({why}); the broker will deliver the message again"
@@ -326,12 +372,11 @@ impl Drop for AmqpSettle {
             && let Ok(rt) = tokio::runtime::Handle::try_current()
         {
             rt.spawn(async move {
-                let _ = acker
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..BasicNackOptions::default()
-                    })
-                    .await;
+                let requeue = BasicNackOptions {
+                    requeue: true,
+                    ..BasicNackOptions::default()
+                };
+                let _ = settled("basic.nack", acker.nack(requeue)).await;
             });
         }
     }

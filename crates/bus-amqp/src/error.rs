@@ -38,6 +38,13 @@ pub enum Error {
         #[source]
         source: Box<lapin::Error>,
     },
+    /// The broker did not answer in time; it is retried.
+    #[error("RabbitMQ at {endpoint} did not answer {what} within {after:?}")]
+    TimedOut {
+        endpoint: String,
+        what: String,
+        after: std::time::Duration,
+    },
     /// Not connected at the moment; a reconnection is under way.
     #[error("not connected to RabbitMQ at {endpoint}: reconnecting, try again shortly")]
     Disconnected { endpoint: String },
@@ -58,7 +65,10 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            Error::Unreachable { .. } | Error::Disconnected { .. } | Error::NotConfirmed { .. }
+            Error::Unreachable { .. }
+                | Error::TimedOut { .. }
+                | Error::Disconnected { .. }
+                | Error::NotConfirmed { .. }
         )
     }
 
