@@ -31,6 +31,16 @@ pub struct Message {
 }
 
 impl Message {
+    /// Bytes of key, headers and value.
+    pub fn size(&self) -> usize {
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
+            .sum();
+        self.key.as_ref().map_or(0, Vec::len) + headers + self.value.as_ref().map_or(0, Vec::len)
+    }
+
     /// The first header named `name`, if any.
     pub fn header(&self, name: &str) -> Option<Option<&[u8]>> {
         self.headers

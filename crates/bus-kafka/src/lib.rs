@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use ferry_bus::{Bus, Subscribe, Subscription};
-use ferry_event::{Event, Topic, route};
+use ferry_event::{AttributesReader, Event, Topic, route};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -48,6 +48,12 @@ const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(15);
 /// Longest wait for room in the producer's local queue while publishing one batch.
 const QUEUE_FULL_WAIT: Duration = Duration::from_secs(30);
+/// The largest message ferry publishes (key, headers and value), and the `max.message.bytes`
+/// of the topics it creates. Kafka's default is 1 MB; the `job.planned` of a 100,000-task job
+/// is about 8 MB.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+/// What the producer allows on top of a message for the record batch around it.
+const BATCH_OVERHEAD: usize = 64 * 1024;
 
 /// What went wrong talking to Kafka.
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +137,10 @@ impl KafkaBus {
             .set("acks", "all")
             .set("linger.ms", "1")
             .set("message.timeout.ms", DELIVERY_TIMEOUT.as_millis().to_string())
+            .set(
+                "message.max.bytes",
+                (MAX_MESSAGE_BYTES + BATCH_OVERHEAD).to_string(),
+            )
             .create()
             .map_err(|e| Error::Client(Box::new(e)))?;
         let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
@@ -171,9 +181,13 @@ impl KafkaBus {
             return Ok(());
         }
         let c = &self.inner.config;
+        let max_message = MAX_MESSAGE_BYTES.to_string();
         let new: Vec<NewTopic<'_>> = missing
             .iter()
-            .map(|n| NewTopic::new(n, c.partitions, TopicReplication::Fixed(c.replication)))
+            .map(|n| {
+                NewTopic::new(n, c.partitions, TopicReplication::Fixed(c.replication))
+                    .set("max.message.bytes", &max_message)
+            })
             .collect();
         let opts = AdminOptions::new()
             .operation_timeout(Some(ADMIN_TIMEOUT))
@@ -271,6 +285,14 @@ impl KafkaBus {
     }
 }
 
+/// Whether a produce error says the message is larger than the client or broker allows.
+fn too_large(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::MessageBatchTooLarge)
+    )
+}
+
 /// Topic creation errors that retrying with the same URL will not fix.
 fn is_permanent(code: RDKafkaErrorCode) -> bool {
     matches!(
@@ -293,11 +315,27 @@ impl Bus for KafkaBus {
             .iter()
             .map(|e| (self.inner.config.topic(&route(e)), binding::encode(e)))
             .collect();
+        for (event, (_, message)) in events.iter().zip(&messages) {
+            let size = message.size();
+            if size > MAX_MESSAGE_BYTES {
+                return Err(ferry_bus::Error::TooLarge {
+                    event_id: event.id().to_string(),
+                    size,
+                    limit: MAX_MESSAGE_BYTES,
+                });
+            }
+        }
         self.ensure_topics(messages.iter().map(|(t, _)| t.clone()))
             .await?;
-        self.produce(&messages).await.map_err(|e| {
-            // Whatever failed, the caller publishes the batch again later.
-            ferry_bus::Error::Unavailable(e.to_string())
+        self.produce(&messages).await.map_err(|e| match e {
+            // A topic created before with a smaller limit, or a broker that allows less.
+            Error::Unavailable { source, .. } if too_large(&source) => ferry_bus::Error::Config(format!(
+                "Kafka refused a message as too large ({source}): raise the topic's \
+                 max.message.bytes (ferry creates its topics with {MAX_MESSAGE_BYTES}) or the \
+                 broker's message.max.bytes"
+            )),
+            // Whatever else failed, the caller publishes the batch again later.
+            e => ferry_bus::Error::Unavailable(e.to_string()),
         })
     }
 

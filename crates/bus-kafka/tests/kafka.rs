@@ -286,3 +286,56 @@ async fn a_pipelined_publish_of_5000_events_arrives_whole() {
         started.elapsed()
     );
 }
+
+/// A 100,000-task job's `job.planned` is about 8 MB: it must go through like any event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_of_nine_megabytes_arrives_whole() {
+    let ns = common::namespace();
+    let bus = common::bus_in(&ns).await;
+    let mut sub = control_group(&bus, "big").await;
+    let text: String = (0..9 * 1024 * 1024 / 64).map(|i| format!("{i:063}\n")).collect();
+    let event = EventBuilder::new("ferry/test").job(
+        kind::JOB_CANCEL,
+        "job-big",
+        &serde_json::json!({"jobId": "job-big", "text": text}),
+    );
+    bus.publish(std::slice::from_ref(&event))
+        .await
+        .expect("publishing a 9 MB event");
+    let d = next(&mut sub).await;
+    let v: serde_json::Value = ferry_event::decode(&d.event).expect("JSON data");
+    assert_eq!(v["text"].as_str().map(str::len), Some(text.len()));
+    assert!(v["text"] == text.as_str(), "the text arrived changed");
+    d.ack().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_larger_than_the_limit_is_refused_and_nothing_of_its_batch_is_published() {
+    let ns = common::namespace();
+    let bus = common::bus_in(&ns).await;
+    let mut sub = control_group(&bus, "too-big").await;
+    let text = "x".repeat(ferry_bus_kafka::MAX_MESSAGE_BYTES);
+    let big = EventBuilder::new("ferry/test").job(
+        kind::JOB_CANCEL,
+        "job-big",
+        &serde_json::json!({"jobId": "job-big", "text": text}),
+    );
+    let id = big.id().to_string();
+    let err = bus
+        .publish(&[numbered(1, "job-small"), big])
+        .await
+        .expect_err("a message over the limit is refused");
+    assert!(!err.is_transient(), "retrying cannot help: {err}");
+    match err {
+        ferry_bus::Error::TooLarge {
+            event_id,
+            size,
+            limit,
+        } => {
+            assert_eq!(event_id, id);
+            assert!(size > limit, "{size} <= {limit}");
+        }
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+    nothing(&mut sub).await;
+}

@@ -34,6 +34,14 @@ pub enum Error {
     /// The bus was shut down.
     #[error("bus closed")]
     Closed,
+    /// An event is larger than the broker carries: publishing it again cannot succeed, and
+    /// nothing of the batch it was in was published.
+    #[error("event {event_id} is too large for the bus: {size} bytes, at most {limit}")]
+    TooLarge {
+        event_id: String,
+        size: usize,
+        limit: usize,
+    },
 }
 
 impl Error {
