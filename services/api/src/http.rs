@@ -296,6 +296,10 @@ async fn publish(state: &AppState, events: &[Event]) -> Result<(), ApiError> {
                 "the event was not accepted: {e}; retry later"
             )))
         }
+        Ok(Err(e @ ferry_bus::Error::TooLarge { .. })) => Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the event was not accepted: {e}"),
+        )),
         Ok(Err(e)) => {
             tracing::error!(error = %e, "publishing failed");
             Err(ApiError::new(

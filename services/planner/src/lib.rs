@@ -111,13 +111,6 @@ pub async fn run(config: Config, bus: Arc<dyn Bus>, shutdown: CancellationToken)
     Ok(())
 }
 
-fn closed_is_fine(e: ferry_bus::Error) -> Result<(), ferry_bus::Error> {
-    match e {
-        ferry_bus::Error::Closed => Ok(()),
-        other => Err(other),
-    }
-}
-
 /// Waits out the backoff and doubles it; false when shutdown came first.
 async fn pause(shutdown: &CancellationToken, backoff: &mut Duration) -> bool {
     let wait = *backoff;
@@ -184,10 +177,41 @@ async fn handle(
             return settled("dead-letter", delivery.dead_letter(&reason).await);
         }
     };
+    let event = match bus.publish(std::slice::from_ref(&event)).await {
+        Ok(()) => return settled("ack", delivery.ack().await),
+        Err(e) if e.is_transient() => {
+            warn!(error = %e, "publishing the outcome failed; the submission will be retried");
+            return Ok(Handled::Retry(Box::new(delivery)));
+        }
+        // The job is valid but its plan does not fit in one message of this bus.
+        Err(ferry_bus::Error::TooLarge { size, limit, .. }) if event.ty() == kind::JOB_PLANNED => {
+            info!(
+                bytes = size,
+                limit, "job rejected: its plan is too large for the bus"
+            );
+            let problem = Problem {
+                location: None,
+                field: Some("tasks".into()),
+                message: format!(
+                    "the planned job is {size} bytes, more than the bus carries in one message ({limit} bytes); \
+                     split the flow into smaller jobs"
+                ),
+            };
+            builder.job(
+                kind::JOB_REJECTED,
+                &job_id,
+                &JobRejected {
+                    job_id: job_id.clone(),
+                    problems: vec![problem],
+                },
+            )
+        }
+        Err(e) => return Err(e),
+    };
     match bus.publish(&[event]).await {
         Ok(()) => settled("ack", delivery.ack().await),
         Err(e) if e.is_transient() => {
-            warn!(error = %e, "publishing the outcome failed; the submission will be retried");
+            warn!(error = %e, "publishing the rejection failed; the submission will be retried");
             Ok(Handled::Retry(Box::new(delivery)))
         }
         Err(e) => Err(e),

@@ -276,3 +276,68 @@ async fn shutdown_stops_an_idle_planner_promptly() -> Result<()> {
     assert!(started.elapsed() < Duration::from_secs(2));
     Ok(())
 }
+
+/// A bus that carries messages of at most `limit` bytes of data, as a broker does.
+struct SmallBus {
+    inner: MemoryBus,
+    limit: usize,
+}
+
+#[async_trait]
+impl Bus for SmallBus {
+    async fn publish(&self, events: &[Event]) -> ferry_bus::Result<()> {
+        for e in events {
+            let size = match e.data() {
+                Some(Data::Binary(b)) => b.len(),
+                Some(Data::String(s)) => s.len(),
+                Some(Data::Json(v)) => v.to_string().len(),
+                None => 0,
+            };
+            if size > self.limit {
+                return Err(ferry_bus::Error::TooLarge {
+                    event_id: e.id().to_string(),
+                    size,
+                    limit: self.limit,
+                });
+            }
+        }
+        self.inner.publish(events).await
+    }
+
+    async fn subscribe(&self, spec: Subscribe) -> ferry_bus::Result<Subscription> {
+        self.inner.subscribe(spec).await
+    }
+}
+
+#[tokio::test]
+async fn a_job_too_large_for_the_bus_is_rejected_saying_so() -> Result<()> {
+    let bus = MemoryBus::new();
+    let small = Arc::new(SmallBus {
+        inner: bus.clone(),
+        limit: 4096,
+    });
+    let mut h = start_on(bus, small).await?;
+    let mut flow = String::from("id: wide\ntasks:\n");
+    for i in 0..200 {
+        flow.push_str(&format!(
+            "  - {{ id: t{i}, runner: local, command: [\"true\"] }}\n"
+        ));
+    }
+    let sub = submission(&flow, json!({}), Some("job-wide"));
+    h.bus.publish(&[submission_event("test", &sub)]).await?;
+    let event = h.next_out().await?;
+    assert_eq!(event.ty(), kind::JOB_REJECTED);
+    let rejected: JobRejected = ferry_event::decode(&event)?;
+    assert_eq!(rejected.job_id, "job-wide");
+    let message = &rejected.problems[0].message;
+    assert!(message.contains("more than the bus carries"), "{message}");
+    assert!(message.contains("4096"), "{message}");
+    assert_eq!(h.bus.depth(GROUP), 0, "the submission was acked");
+    assert!(h.bus.dead_letters().is_empty());
+
+    // A job that fits is planned as usual.
+    let sub = submission(FLOW, json!({"who": "x"}), Some("job-small"));
+    h.bus.publish(&[submission_event("test", &sub)]).await?;
+    assert_eq!(h.next_out().await?.ty(), kind::JOB_PLANNED);
+    h.stop().await
+}
