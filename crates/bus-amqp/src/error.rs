@@ -38,6 +38,19 @@ pub enum Error {
         #[source]
         source: Box<lapin::Error>,
     },
+    /// The broker refused a message as larger than its `max_message_size`.
+    #[error(
+        "RabbitMQ at {endpoint} refused event {event_id} ({size} bytes) as too large ({reason}); \
+         raise max_message_size in the broker's configuration or make the event smaller"
+    )]
+    TooLarge {
+        endpoint: String,
+        event_id: String,
+        size: usize,
+        /// The broker's limit, when its message says.
+        limit: Option<usize>,
+        reason: String,
+    },
     /// The broker did not answer in time; it is retried.
     #[error("RabbitMQ at {endpoint} did not answer {what} within {after:?}")]
     TimedOut {
@@ -99,8 +112,33 @@ impl Error {
     }
 }
 
+/// Whether a refusal's reason says the message is too large (`PRECONDITION_FAILED - message
+/// size N is larger than configured max size M`), and then the limit, if it reads.
+pub(crate) fn too_large_limit(reason: &str) -> Option<Option<usize>> {
+    let (_, after) = reason.split_once("larger than configured max size")?;
+    let digits: String = after
+        .trim_start()
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    Some(digits.parse().ok())
+}
+
 impl From<Error> for ferry_bus::Error {
     fn from(e: Error) -> Self {
+        if let Error::TooLarge {
+            event_id,
+            size,
+            limit,
+            ..
+        } = e
+        {
+            return ferry_bus::Error::TooLarge {
+                event_id,
+                size,
+                limit: limit.unwrap_or(0),
+            };
+        }
         if e.is_transient() {
             ferry_bus::Error::Unavailable(e.to_string())
         } else {
@@ -112,6 +150,17 @@ impl From<Error> for ferry_bus::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refusal_as_too_large_is_recognised_with_its_limit() {
+        let reason =
+            "406 PRECONDITION_FAILED - message size 20971520 is larger than configured max size 16777216";
+        assert_eq!(too_large_limit(reason), Some(Some(16777216)));
+        assert_eq!(
+            too_large_limit("406 PRECONDITION_FAILED - inequivalent arg 'durable'"),
+            None
+        );
+    }
 
     #[test]
     fn only_connection_trouble_is_transient() {

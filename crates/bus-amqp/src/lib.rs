@@ -146,12 +146,30 @@ impl AmqpBus {
             let key = short("a routing key", topic.name())?;
             messages.push((key, mapping::to_amqp(event)?));
         }
+        // The largest message, named if the broker refuses one as too large.
+        let largest = messages
+            .iter()
+            .enumerate()
+            .max_by_key(|(_, (_, m))| m.body.len())
+            .map(|(i, (_, m))| (i, m.body.len()));
         let live = self.shared.require()?;
         let exchange = self.shared.names.exchange();
         let endpoint = &self.shared.endpoint;
         let broken = |e| {
             self.shared.trouble.notify_one();
-            Error::from_lapin(endpoint, "publishing", e)
+            let e = Error::from_lapin(endpoint, "publishing", e);
+            if let (Error::Topology { reason, .. }, Some((i, size))) = (&e, largest)
+                && let Some(limit) = error::too_large_limit(reason)
+            {
+                return Error::TooLarge {
+                    endpoint: endpoint.clone(),
+                    event_id: events[i].id().to_string(),
+                    size,
+                    limit,
+                    reason: reason.clone(),
+                };
+            }
+            e
         };
         let mut pending: VecDeque<(usize, PublisherConfirm)> = VecDeque::new();
         {

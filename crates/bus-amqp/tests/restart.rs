@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use ferry_bus::{Bus, Subscribe};
-use ferry_event::{Event, EventBuilder, Topic, kind};
+use ferry_event::{AttributesReader, Event, EventBuilder, Topic, kind};
 
 fn rabbitmqctl(args: &[&str]) {
     let out = Command::new("rabbitmqctl")
@@ -148,4 +148,82 @@ async fn publishing_and_consuming_resume_after_a_broker_restart_and_nothing_conf
             Err(_) => {}
         }
     }
+}
+
+/// Sets RabbitMQ's `max_message_size` (bytes) for channels opened from now on.
+fn set_max_message_size(bytes: u64) {
+    rabbitmqctl(&[
+        "eval",
+        &format!("application:set_env(rabbit, max_message_size, {bytes})."),
+    ]);
+}
+
+/// Puts the broker's message size limit back when dropped, also on panic.
+struct LimitBack(String);
+
+impl Drop for LimitBack {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl")
+            .args([
+                "eval",
+                &format!("application:set_env(rabbit, max_message_size, {}).", self.0),
+            ])
+            .status();
+    }
+}
+
+/// Changing the broker-wide limit needs the broker to itself, as a restart does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_over_the_brokers_size_limit_is_refused_as_too_large() {
+    let _lock = common::broker_lock(true).await;
+    let out = Command::new("rabbitmqctl")
+        .args(["eval", "application:get_env(rabbit, max_message_size)."])
+        .output()
+        .expect("rabbitmqctl runs");
+    let before = String::from_utf8_lossy(&out.stdout);
+    let before: String = before.chars().filter(char::is_ascii_digit).collect();
+    assert!(!before.is_empty(), "cannot read max_message_size: {before:?}");
+    let _back = LimitBack(before);
+    set_max_message_size(1024 * 1024);
+
+    // A bus connected after the change: its channels have the lower limit.
+    let (bus, _) = common::fresh_bus().await;
+    let mut sub = bus
+        .subscribe(Subscribe::new("big", [Topic::Control]))
+        .await
+        .unwrap();
+    let b = EventBuilder::new("ferry/test");
+    let big = b.job(
+        kind::JOB_CANCEL,
+        "job-big",
+        &serde_json::json!({"text": "x".repeat(2 * 1024 * 1024)}),
+    );
+    let err = bus
+        .publish(std::slice::from_ref(&big))
+        .await
+        .expect_err("the broker refuses a message over its limit");
+    match &err {
+        ferry_bus::Error::TooLarge {
+            event_id,
+            size,
+            limit,
+        } => {
+            assert_eq!(event_id, big.id());
+            assert!(*size > 2 * 1024 * 1024, "{size}");
+            assert_eq!(*limit, 1024 * 1024);
+        }
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+    assert!(!err.is_transient());
+
+    // The bus goes on: a small event after it is published and delivered.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let small = batch(&b, 7..8);
+    while let Err(e) = bus.publish(&small).await {
+        assert!(Instant::now() < deadline, "publishing did not resume: {e}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let d = ferry_bus::conformance::next(&mut sub).await;
+    assert_eq!(n_of(&d.event), 7);
+    d.ack().await.unwrap();
 }
