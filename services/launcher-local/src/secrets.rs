@@ -146,13 +146,28 @@ impl fmt::Debug for Masker {
     }
 }
 
+/// Shortest line of a multi-line secret that is masked on its own: shorter ones (a lone `}`
+/// or `==`) would mask ordinary output everywhere.
+pub const MIN_LINE_MASKED: usize = 4;
+
 impl Masker {
+    /// Masks every value whole. A task's output is masked line by line, so a value of several
+    /// lines (a PEM key, a JSON credential) can never be found whole in it: each of its lines of
+    /// at least [`MIN_LINE_MASKED`] bytes (surrounding blanks apart) is masked on its own too.
     pub fn new<'a>(values: impl IntoIterator<Item = &'a str>) -> Self {
-        let mut values: Vec<Vec<u8>> = values
-            .into_iter()
-            .filter(|v| !v.is_empty())
-            .map(|v| v.as_bytes().to_vec())
-            .collect();
+        let mut masked: Vec<Vec<u8>> = Vec::new();
+        for v in values.into_iter().filter(|v| !v.is_empty()) {
+            masked.push(v.as_bytes().to_vec());
+            if v.contains('\n') {
+                masked.extend(
+                    v.lines()
+                        .map(str::trim)
+                        .filter(|l| l.len() >= MIN_LINE_MASKED)
+                        .map(|l| l.as_bytes().to_vec()),
+                );
+            }
+        }
+        let mut values = masked;
         values.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
         values.dedup();
         Masker { values }
@@ -271,6 +286,19 @@ mod tests {
         let err = Secrets::parse("A=1\nnonsense\n").unwrap_err();
         assert!(err.contains("line 2"), "{err}");
         assert!(Secrets::parse(r#"{"X": 1}"#).is_err());
+    }
+
+    #[test]
+    fn each_line_of_a_multi_line_secret_is_masked_on_its_own() {
+        let key = "-----BEGIN KEY-----\r\n  MIIBOgIBAAJBAKj34  \n}\nAB\n-----END KEY-----\n";
+        let m = Masker::new([key]);
+        assert_eq!(m.mask(key), "****");
+        assert_eq!(m.mask("  MIIBOgIBAAJBAKj34"), "  ****");
+        assert_eq!(m.mask("-----END KEY-----"), "****");
+        // Lines too short to be told from ordinary output are left.
+        assert_eq!(m.mask("{ AB }"), "{ AB }");
+        // A one-line secret is masked whole only.
+        assert_eq!(Masker::new(["abcdef"]).mask("abc abcdef"), "abc ****");
     }
 
     #[test]

@@ -436,7 +436,12 @@ async fn task_sees_ferry_variables_and_no_secret_variables() -> Result<()> {
 
 #[tokio::test]
 async fn secrets_are_filled_and_masked_everywhere() -> Result<()> {
-    let mut h = Harness::start_with(|c| c.secrets.insert("TOKEN", "s3cr3t-value")).await?;
+    let key = "-----BEGIN TEST KEY-----\nMIIBOgIBAAJBAKj34GkxFhD9\n-----END TEST KEY-----";
+    let mut h = Harness::start_with(|c| {
+        c.secrets.insert("TOKEN", "s3cr3t-value");
+        c.secrets.insert("KEY", key);
+    })
+    .await?;
     let mut d = sh(
         "a-secret",
         r#"echo "token=$1 again $1"; echo "$TOKEN_ENV" >&2; printf '{"t": "%s", "s3cr3t-value": 1}' "$1" > "$FERRY_OUTPUTS""#,
@@ -456,6 +461,17 @@ async fn secrets_are_filled_and_masked_everywhere() -> Result<()> {
     let texts: Vec<&str> = lines.iter().map(|l| l.2.as_str()).collect();
     assert!(texts.contains(&"token=**** again ****"), "{texts:?}");
     assert!(texts.contains(&"env:****"), "{texts:?}");
+
+    // A secret of several lines printed by the task: each line is masked.
+    let mut d = sh("a-key", r#"printf '%s\n' "$KEY_ENV"; echo done"#);
+    d.env
+        .insert("KEY_ENV".into(), Template(vec![Part::Secret("KEY".into())]));
+    h.dispatch(&d).await?;
+    let f = h.finished("a-key").await?;
+    assert_eq!(f.outcome, Outcome::Succeeded, "{f:?}");
+    let lines = all_lines(&h.log_batches("a-key").await?);
+    let texts: Vec<&str> = lines.iter().map(|l| l.2.as_str()).collect();
+    assert_eq!(texts, ["****", "****", "****", "done"]);
 
     // A secret in an error (here: the program name) is masked too.
     let mut d = task("a-secret-error", &[]);
