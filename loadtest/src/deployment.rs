@@ -3,7 +3,7 @@
 //! watches ferry's events on ephemeral subscriptions of its own. The run's namespace is removed
 //! from RabbitMQ afterwards.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -179,6 +179,15 @@ async fn run_in(plan: &Plan, bus_url: &str) -> Result<Report> {
     let submitter = spawn_submitter(bus.clone(), jobs, plan.rate, published.clone());
 
     let mut latencies = Vec::with_capacity(plan.tasks);
+    // Paced runs: when each job's `job.planned` and `task.dispatched` were made (their
+    // CloudEvents `time`), to split the latency between the services.
+    let mut planned_at: HashMap<String, i64> = HashMap::new();
+    let mut dispatched_at: HashMap<String, i64> = HashMap::new();
+    let mut stages: Vec<(&'static str, Vec<i64>)> = vec![
+        ("submitted -> planned", Vec::new()),
+        ("planned -> dispatched", Vec::new()),
+        ("dispatched -> started", Vec::new()),
+    ];
     let mut messages = 0u64;
     let mut failed = 0usize;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(1800);
@@ -206,6 +215,23 @@ async fn run_in(plan: &Plan, bus_url: &str) -> Result<Report> {
                     None => s.ready_at_ms,
                 };
                 latencies.push(s.started_at_ms - from);
+                if plan.rate.is_some()
+                    && let (Some(p), Some(d)) = (planned_at.get(&s.job_id), dispatched_at.get(&s.job_id))
+                {
+                    stages[0].1.push(p - from);
+                    stages[1].1.push(d - p);
+                    stages[2].1.push(s.started_at_ms - d);
+                }
+            }
+            kind::JOB_PLANNED | kind::TASK_DISPATCHED if plan.rate.is_some() => {
+                if let (Some(job), Some(time)) = (ferry_event::envelope::job_of(&d.event), d.event.time()) {
+                    let at = if d.event.ty() == kind::JOB_PLANNED {
+                        &mut planned_at
+                    } else {
+                        &mut dispatched_at
+                    };
+                    at.insert(job, time.timestamp_millis());
+                }
             }
             kind::JOB_SUCCEEDED | kind::JOB_FAILED | kind::JOB_CANCELLED | kind::JOB_REJECTED => {
                 if d.event.ty() != kind::JOB_SUCCEEDED {
@@ -243,6 +269,7 @@ async fn run_in(plan: &Plan, bus_url: &str) -> Result<Report> {
             Some(_) => "submission published -> process started",
             None => "task ready -> process started",
         },
+        stages: if plan.rate.is_some() { stages } else { Vec::new() },
     })
 }
 

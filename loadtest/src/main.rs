@@ -58,6 +58,17 @@ pub struct Report {
     pub messages: u64,
     pub failed: usize,
     pub latency_label: &'static str,
+    /// The latency split into the stages between services (paced deployment runs only): each
+    /// stage's name and its samples, in ms.
+    pub stages: Vec<(&'static str, Vec<i64>)>,
+}
+
+/// The value at quantile `p` of sorted samples.
+fn quantile(sorted: &[i64], p: f64) -> i64 {
+    sorted
+        .get(((sorted.len() as f64 - 1.0) * p).round() as usize)
+        .copied()
+        .unwrap_or(0)
 }
 
 impl Report {
@@ -65,11 +76,7 @@ impl Report {
         let total = self.tasks as f64;
         self.latencies.sort_unstable();
         let l = &self.latencies;
-        let pct = |p: f64| {
-            l.get(((l.len() as f64 - 1.0) * p).round() as usize)
-                .copied()
-                .unwrap_or(0)
-        };
+        let pct = |p: f64| quantile(l, p);
         println!("  elapsed               {:.2} s", self.elapsed.as_secs_f64());
         println!(
             "  tasks                 {} ({} jobs not succeeded)",
@@ -86,6 +93,14 @@ impl Report {
             l.last().copied().unwrap_or(0),
             self.latency_label
         );
+        for (stage, samples) in &mut self.stages {
+            samples.sort_unstable();
+            println!(
+                "    {stage:<21} p50 {} ms, p99 {} ms",
+                quantile(samples, 0.5),
+                quantile(samples, 0.99)
+            );
+        }
         println!(
             "  ferry CPU             {:.3} ms/task ({:.2} s user+sys in all; task processes excluded)",
             self.cpu.as_secs_f64() * 1000.0 / total,
@@ -258,6 +273,7 @@ async fn run(args: Args) -> Result<()> {
         messages,
         failed,
         latency_label: "task ready -> process started",
+        stages: Vec::new(),
     }
     .print()
 }
