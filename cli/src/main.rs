@@ -154,8 +154,11 @@ fn duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e}: expected e.g. 500ms, 5s, 1m"))
 }
 
+#[global_allocator]
+static ALLOCATOR: ferry_runtime::memory::Allocator = ferry_runtime::memory::ALLOCATOR;
+
 fn main() {
-    ferry_runtime::memory::limit_malloc_arenas();
+    ferry_runtime::memory::set_up();
     let cli = Cli::parse();
     let quiet = matches!(
         cli.command,

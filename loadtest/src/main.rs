@@ -148,9 +148,12 @@ enum Mode {
     },
 }
 
+#[global_allocator]
+static ALLOCATOR: ferry_runtime::memory::Allocator = ferry_runtime::memory::ALLOCATOR;
+
 fn main() -> Result<()> {
     // The embedded system runs in this process: set up as `ferry` sets itself up.
-    ferry_runtime::memory::limit_malloc_arenas();
+    ferry_runtime::memory::set_up();
     let args = Args::parse();
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(run(args))

@@ -33,9 +33,12 @@ struct Args {
     group: String,
 }
 
+#[global_allocator]
+static ALLOCATOR: ferry_runtime::memory::Allocator = ferry_runtime::memory::ALLOCATOR;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    ferry_runtime::memory::limit_malloc_arenas();
+    ferry_runtime::memory::set_up();
     let args = Args::parse();
     ferry_runtime::telemetry::init("info");
     let shutdown = ferry_runtime::shutdown::on_signals();

@@ -23,9 +23,12 @@ struct Args {
     lease: Duration,
 }
 
+#[global_allocator]
+static ALLOCATOR: ferry_runtime::memory::Allocator = ferry_runtime::memory::ALLOCATOR;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    ferry_runtime::memory::limit_malloc_arenas();
+    ferry_runtime::memory::set_up();
     let args = Args::parse();
     ferry_runtime::telemetry::init("info");
     let bus = ferry_connect::bus(&args.bus).await?;
