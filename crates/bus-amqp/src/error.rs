@@ -136,7 +136,7 @@ impl From<Error> for ferry_bus::Error {
             return ferry_bus::Error::TooLarge {
                 event_id,
                 size,
-                limit: limit.unwrap_or(0),
+                limit,
             };
         }
         if e.is_transient() {

@@ -321,19 +321,33 @@ impl Bus for KafkaBus {
                 return Err(ferry_bus::Error::TooLarge {
                     event_id: event.id().to_string(),
                     size,
-                    limit: MAX_MESSAGE_BYTES,
+                    limit: Some(MAX_MESSAGE_BYTES),
                 });
             }
         }
         self.ensure_topics(messages.iter().map(|(t, _)| t.clone()))
             .await?;
         self.produce(&messages).await.map_err(|e| match e {
-            // A topic created before with a smaller limit, or a broker that allows less.
-            Error::Unavailable { source, .. } if too_large(&source) => ferry_bus::Error::Config(format!(
-                "Kafka refused a message as too large ({source}): raise the topic's \
-                 max.message.bytes (ferry creates its topics with {MAX_MESSAGE_BYTES}) or the \
-                 broker's message.max.bytes"
-            )),
+            // A topic created before with a smaller limit, or a broker that allows less: named
+            // by the largest message of the batch.
+            Error::Unavailable { source, .. } if too_large(&source) => {
+                tracing::warn!(
+                    error = %source,
+                    "Kafka refused a message as too large: raise the topic's max.message.bytes \
+                     (ferry creates its topics with {MAX_MESSAGE_BYTES}) or the broker's message.max.bytes"
+                );
+                let (event, size) = events
+                    .iter()
+                    .zip(&messages)
+                    .map(|(e, (_, m))| (e, m.size()))
+                    .max_by_key(|(_, size)| *size)
+                    .expect("a refused batch holds a message");
+                ferry_bus::Error::TooLarge {
+                    event_id: event.id().to_string(),
+                    size,
+                    limit: None,
+                }
+            }
             // Whatever else failed, the caller publishes the batch again later.
             e => ferry_bus::Error::Unavailable(e.to_string()),
         })

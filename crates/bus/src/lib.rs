@@ -34,14 +34,22 @@ pub enum Error {
     /// The bus was shut down.
     #[error("bus closed")]
     Closed,
-    /// An event is larger than the broker carries: publishing it again cannot succeed, and
-    /// nothing of the batch it was in was published.
-    #[error("event {event_id} is too large for the bus: {size} bytes, at most {limit}")]
+    /// An event is larger than the broker carries: publishing it again cannot succeed. Events
+    /// of its batch before it may have been published.
+    #[error("event {event_id} is too large for the bus: {size} bytes, {}", limit_text(*.limit))]
     TooLarge {
         event_id: String,
         size: usize,
-        limit: usize,
+        /// The most the bus carries, when it says.
+        limit: Option<usize>,
     },
+}
+
+fn limit_text(limit: Option<usize>) -> String {
+    match limit {
+        Some(n) => format!("at most {n}"),
+        None => "more than the broker allows".to_string(),
+    }
 }
 
 impl Error {

@@ -189,11 +189,15 @@ async fn handle(
                 bytes = size,
                 limit, "job rejected: its plan is too large for the bus"
             );
+            let carries = match limit {
+                Some(n) => format!("{n} bytes"),
+                None => "its broker's limit".to_string(),
+            };
             let problem = Problem {
                 location: None,
                 field: Some("tasks".into()),
                 message: format!(
-                    "the planned job is {size} bytes, more than the bus carries in one message ({limit} bytes); \
+                    "the planned job is {size} bytes, more than the bus carries in one message ({carries}); \
                      split the flow into smaller jobs"
                 ),
             };

@@ -297,7 +297,7 @@ impl Bus for SmallBus {
                 return Err(ferry_bus::Error::TooLarge {
                     event_id: e.id().to_string(),
                     size,
-                    limit: self.limit,
+                    limit: Some(self.limit),
                 });
             }
         }
