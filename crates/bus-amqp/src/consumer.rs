@@ -75,6 +75,30 @@ async fn open(shared: &Shared, live: &Live, spec: &Subscribe) -> Result<Open> {
     })
 }
 
+/// Declares the group's queue and starts consuming it, within [`OPEN_TIMEOUT`]: a broker that
+/// never answers (a queue process stuck in RabbitMQ was seen to) is an error to retry, not a
+/// wait for good.
+async fn declare_and_open(shared: &Shared, live: &Live, spec: &Subscribe) -> Result<Open> {
+    let declared = async {
+        shared.declare_group(live, spec).await?;
+        open(shared, live, spec).await
+    };
+    match tokio::time::timeout(OPEN_TIMEOUT, declared).await {
+        Ok(r) => r,
+        Err(_) => {
+            shared.trouble.notify_one();
+            Err(Error::TimedOut {
+                endpoint: shared.endpoint.clone(),
+                what: format!(
+                    "declaring and consuming queue {}",
+                    shared.names.queue(&spec.group)
+                ),
+                after: OPEN_TIMEOUT,
+            })
+        }
+    }
+}
+
 /// Declares the group, starts consuming and returns the receiving end; the task behind it
 /// consumes again after every reconnect until the receiver is dropped.
 pub(crate) async fn subscribe(
@@ -89,8 +113,7 @@ pub(crate) async fn subscribe(
         shared.remember(&spec);
     }
     let live = shared.require()?;
-    shared.declare_group(&live, &spec).await?;
-    let first = open(&shared, &live, &spec).await?;
+    let first = declare_and_open(&shared, &live, &spec).await?;
     let (tx, rx) = mpsc::channel(spec.prefetch.clamp(1, usize::from(u16::MAX)));
     tokio::spawn(consume(shared, life, spec, first, tx));
     Ok(AmqpConsumer { rx, pending: None })
@@ -134,22 +157,7 @@ async fn consume(
         };
         // The group is declared again in case the broker lost it: an ephemeral group's queue
         // went with the old connection.
-        let reopen = async {
-            shared.declare_group(&live, &spec).await?;
-            open(&shared, &live, &spec).await
-        };
-        let reopened = match tokio::time::timeout(OPEN_TIMEOUT, reopen).await {
-            Ok(r) => r,
-            Err(_) => {
-                shared.trouble.notify_one();
-                Err(Error::TimedOut {
-                    endpoint: shared.endpoint.clone(),
-                    what: format!("consuming {queue} again"),
-                    after: OPEN_TIMEOUT,
-                })
-            }
-        };
-        match reopened {
+        match declare_and_open(&shared, &live, &spec).await {
             Ok(o) => {
                 tracing::info!(%queue, "consuming again");
                 backoff.reset();
