@@ -239,10 +239,39 @@ impl Drop for RunDir {
     }
 }
 
+/// Removes a run's queues and exchanges from RabbitMQ when dropped, also when the run fails
+/// (after its services, which are dropped before it): runs that leave them pile up hundreds of
+/// quorum queues in the test vhost, which RabbitMQ was seen to handle badly.
+struct RabbitNamespace(Option<String>);
+
+impl Drop for RabbitNamespace {
+    fn drop(&mut self) {
+        let Some(url) = self.0.take() else { return };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        tokio::task::block_in_place(|| {
+            let removed = rt.block_on(tokio::time::timeout(Duration::from_secs(30), async {
+                let bus = ferry_bus_amqp::AmqpBus::connect(&url).await?;
+                for spec in ferry_cli::services::standard_groups() {
+                    ferry_bus::Bus::declare(&bus, &spec).await?;
+                }
+                bus.delete_namespace().await
+            }));
+            match removed {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => eprintln!("removing the run's namespace failed: {e}"),
+                Err(_) => eprintln!("removing the run's namespace took longer than 30s"),
+            }
+        });
+    }
+}
+
 async fn fault_run(bus_base: &str, broker_restart: bool) {
     let namespace = format!("f{}", &ferry_event::new_id().replace('-', "")[..16]);
     let sep = if bus_base.contains('?') { '&' } else { '?' };
     let bus = format!("{bus_base}{sep}namespace={namespace}");
+    let _namespace = RabbitNamespace(bus.starts_with("amqp").then(|| bus.clone()));
     let dir = tempfile::tempdir().unwrap();
     let d = &dir.path().to_path_buf();
     // The logs, ledger and databases are kept for a look afterwards when the run fails, or
