@@ -276,24 +276,14 @@ async fn run_in(plan: &Plan, bus_url: &str) -> Result<Report> {
 /// Deletes the run's queues and exchanges from RabbitMQ, so that runs do not pile up there.
 /// Kafka topics stay: deleting topics is not something ferry's Kafka bus does.
 async fn remove_namespace(bus_url: &str) {
-    #[cfg(feature = "amqp")]
-    if bus_url.starts_with("amqp") {
-        let removed = async {
-            let bus = ferry_bus_amqp::AmqpBus::connect(bus_url).await?;
-            // Every group's queue, the api's included, is deleted with the namespace.
-            for spec in ferry_cli::services::standard_groups() {
-                bus.declare(&spec).await?;
-            }
-            bus.delete_namespace().await
-        };
-        match tokio::time::timeout(Duration::from_secs(30), removed).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => eprintln!("warning: cannot remove the run's namespace from RabbitMQ: {e}"),
-            Err(_) => eprintln!("warning: removing the run's namespace from RabbitMQ timed out"),
-        }
+    // Every group's queue, the api's included, is deleted with the namespace.
+    let groups = ferry_cli::services::standard_groups();
+    let removed = ferry_connect::remove_namespace(bus_url, &groups);
+    match tokio::time::timeout(Duration::from_secs(30), removed).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => eprintln!("warning: cannot remove the run's namespace from the broker: {e}"),
+        Err(_) => eprintln!("warning: removing the run's namespace from the broker timed out"),
     }
-    #[cfg(not(feature = "amqp"))]
-    let _ = bus_url;
 }
 
 /// The next delivery from any of the subscriptions.

@@ -12,7 +12,7 @@
 
 use std::sync::Arc;
 
-use ferry_bus::{Bus, Error, MemoryBus, Result};
+use ferry_bus::{Bus, Error, MemoryBus, Result, Subscribe};
 
 /// Opens the bus `url` names.
 pub async fn bus(url: &str) -> Result<Arc<dyn Bus>> {
@@ -25,6 +25,23 @@ pub async fn bus(url: &str) -> Result<Arc<dyn Bus>> {
             "unsupported bus URL {url:?}: expected memory://, amqp://USER:PASS@HOST:PORT/VHOST or kafka://HOST:PORT"
         ))),
     }
+}
+
+/// Removes the namespace `url` names from its broker: on RabbitMQ its exchanges and the queues
+/// of `groups` (declared first, so that a group that never subscribed is removed too) with the
+/// dead-letter and unrouted queues. Elsewhere it does nothing: an in-memory bus goes with its
+/// process, and ferry's Kafka bus does not delete topics.
+pub async fn remove_namespace(url: &str, groups: &[Subscribe]) -> Result<()> {
+    #[cfg(feature = "amqp")]
+    if url.starts_with("amqp://") || url.starts_with("amqps://") {
+        let bus = ferry_bus_amqp::AmqpBus::connect(url).await?;
+        for spec in groups {
+            bus.declare(spec).await?;
+        }
+        return bus.delete_namespace().await;
+    }
+    let _ = (url, groups);
+    Ok(())
 }
 
 #[cfg(feature = "amqp")]
