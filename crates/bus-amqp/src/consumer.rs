@@ -370,6 +370,10 @@ impl Settle for AmqpSettle {
             ))),
         }
     }
+
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any + Send> {
+        self
+    }
 }
 
 impl Drop for AmqpSettle {

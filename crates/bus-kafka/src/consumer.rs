@@ -719,6 +719,10 @@ impl Settle for KafkaSettle {
         lock(&self.tracker).ack(&self.from, self.offset, self.epoch);
         Ok(())
     }
+
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any + Send> {
+        self
+    }
 }
 
 #[cfg(test)]

@@ -23,7 +23,7 @@ pub use memory::MemoryBus;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     /// The broker cannot be reached or did not confirm; retrying later may succeed.
     #[error("bus unavailable: {0}")]
@@ -65,7 +65,10 @@ pub struct Subscribe {
     /// Members of one group share the events (competing consumers); each group gets them all.
     pub group: String,
     pub topics: Vec<Topic>,
-    /// Most deliveries this consumer holds unacknowledged at once.
+    /// Most deliveries this consumer holds unacknowledged at once. A bus that carries several
+    /// events per message may hand out fewer at once while each travels alone (RabbitMQ: at
+    /// least 16, or the prefetch if smaller): never wait for more deliveries than that before
+    /// settling some.
     pub prefetch: usize,
     /// A group of one consumer that lives only as long as its subscription: it receives what is
     /// published from its subscription on, and its queue (RabbitMQ: exclusive, auto-deleted;
@@ -180,12 +183,27 @@ impl Subscription {
 
 /// How a delivery is settled with its broker.
 #[async_trait]
-pub trait Settle: Send + Sync {
+pub trait Settle: Send + Sync + 'static {
     async fn ack(self: Box<Self>) -> Result<()>;
     /// Give the event back for redelivery.
     async fn nack(self: Box<Self>) -> Result<()>;
     /// Move the event to the dead-letter destination, recording why.
     async fn dead_letter(self: Box<Self>, reason: &str) -> Result<()>;
+
+    /// Acks this delivery and `others` (deliveries of the same bus), in as few messages to the
+    /// broker as it allows. By default each is acked in turn; the first error ends it, and what
+    /// was not acked is delivered again.
+    async fn ack_many(self: Box<Self>, others: Vec<Box<dyn Settle>>) -> Result<()> {
+        self.ack().await?;
+        for s in others {
+            s.ack().await?;
+        }
+        Ok(())
+    }
+
+    /// The settle itself, for an [`ack_many`](Settle::ack_many) that handles its own kind
+    /// together.
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any + Send>;
 }
 
 /// One received event. Dropping it unsettled gives it back to the broker.
@@ -237,12 +255,15 @@ impl Delivery {
     }
 }
 
-/// Acks many deliveries, in order.
+/// Acks many deliveries of one bus together: on RabbitMQ a run of them is one `basic.ack`
+/// with `multiple` set rather than one each. On an error some may be acked and the rest are
+/// delivered again.
 pub async fn ack_all(deliveries: impl IntoIterator<Item = Delivery>) -> Result<()> {
-    for d in deliveries {
-        d.ack().await?;
+    let mut settles = deliveries.into_iter().map(|d| d.settle);
+    match settles.next() {
+        Some(first) => first.ack_many(settles.collect()).await,
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// The namespace ferry's topics, exchanges and queues live in unless a bus URL names another

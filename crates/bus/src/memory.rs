@@ -282,6 +282,10 @@ impl Settle for MemorySettle {
         }
         Ok(())
     }
+
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any + Send> {
+        self
+    }
 }
 
 #[cfg(test)]

@@ -95,24 +95,31 @@ async fn apply(
 }
 
 async fn settle(batch: Vec<Delivery>, applied: Vec<Applied>) -> Result<()> {
+    let mut done = Vec::with_capacity(batch.len());
     for (d, a) in batch.into_iter().zip(applied) {
-        let result = match a {
-            Applied::Done => d.ack().await,
+        match a {
+            Applied::Done => done.push(d),
             Applied::Invalid(reason) => {
                 warn!(event_id = %d.event.id(), event_type = %d.event.ty(), %reason, "unreadable event");
-                d.dead_letter(&reason).await
+                settled(d.dead_letter(&reason).await)?;
             }
-        };
-        match result {
-            Ok(()) | Err(ferry_bus::Error::Closed) => {}
-            Err(e) if e.is_transient() => {
-                // Applied already: a redelivery is skipped by the inbox.
-                warn!(error = %e, "acknowledging a delivery failed; it will be redelivered and skipped");
-            }
-            Err(e) => return Err(Error::Bus(e)),
         }
     }
-    Ok(())
+    settled(ferry_bus::ack_all(done).await)
+}
+
+/// What settling a delivery that is applied already came to: an error only when the bus can
+/// never work.
+fn settled(result: ferry_bus::Result<()>) -> Result<()> {
+    match result {
+        Ok(()) | Err(ferry_bus::Error::Closed) => Ok(()),
+        Err(e) if e.is_transient() => {
+            // Applied already: a redelivery is skipped by the inbox.
+            warn!(error = %e, "acknowledging deliveries failed; they will be redelivered and skipped");
+            Ok(())
+        }
+        Err(e) => Err(Error::Bus(e)),
+    }
 }
 
 /// Waits out the backoff and doubles it; false when shutdown came first.

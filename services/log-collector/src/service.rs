@@ -177,10 +177,8 @@ pub(crate) async fn handle_batch(store: &LogStore, batch: Vec<Delivery>) -> Resu
                 tracing::debug!({ LOG_LINES_STORED } = stored, "log lines committed");
                 // Acked only now that the lines are durable. A crash before the acks means a
                 // redelivery, which stores nothing twice.
-                for d in good {
-                    if let Err(e) = d.ack().await {
-                        tracing::warn!(error = %e, "ack failed; the event will be stored again as a no-op");
-                    }
+                if let Err(e) = ferry_bus::ack_all(good).await {
+                    tracing::warn!(error = %e, "ack failed; the events will be stored again as a no-op");
                 }
                 Ok(stored)
             }

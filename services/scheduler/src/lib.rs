@@ -254,23 +254,15 @@ impl Scheduler {
         // delivery whose ack is lost (the broker went away meanwhile) comes again and is
         // recognised as applied.
         self.unpublished.extend(emitted);
-        let mut unsettled = 0;
-        for d in good {
-            if let Err(e) = d.ack().await {
-                unsettled += 1;
-                tracing::debug!(error = %e, "cannot ack a delivery");
-            }
-        }
         for (d, reason) in bad {
             if let Err(e) = d.dead_letter(&reason).await {
-                unsettled += 1;
-                tracing::debug!(error = %e, "cannot dead-letter a delivery");
+                tracing::warn!(error = %e, "cannot dead-letter a delivery; the broker delivers it again");
             }
         }
-        if unsettled > 0 {
+        if let Err(e) = ferry_bus::ack_all(good).await {
             tracing::warn!(
-                deliveries = unsettled,
-                "cannot settle applied deliveries; the broker delivers them again and they are recognised as applied"
+                error = %e,
+                "cannot ack applied deliveries; the broker delivers them again and they are recognised as applied"
             );
         }
         self.flush().await;
