@@ -1,35 +1,35 @@
-//! Consuming a group's queue: one channel per subscription, `basic.qos(prefetch)`, manual acks,
-//! and a task that consumes again after a reconnect.
+//! Consuming a group's queue: one channel per subscription, `basic.qos`, manual acks, and a
+//! task that consumes again after a reconnect.
+//!
+//! A subscription's prefetch counts events: each delivery holds a place in a window of that
+//! many until it is settled. A batch message carries several events, so the channel's `qos`
+//! (which counts messages) is the prefetch divided by the most events a message of the
+//! group's topics carries, with a floor ([`qos`]).
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use ferry_bus::{Consumer, Delivery, Settle, Subscribe};
+use ferry_bus::Settle;
+use ferry_bus::{Consumer, Delivery, Subscribe};
 use ferry_event::{Topic, route};
 use futures::StreamExt;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
-    BasicRejectOptions, ConfirmSelectOptions,
-};
-use lapin::types::{FieldTable, ShortString};
-use lapin::{Acker, BasicProperties, Channel, Confirmation};
-use tokio::sync::{mpsc, watch};
+use lapin::Channel;
+use lapin::options::{BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions};
+use lapin::types::FieldTable;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
 use crate::error::{Error, Result};
 use crate::link::{self, Live, Shared};
-use crate::mapping::{self, PERSISTENT};
-use crate::topology::DEAD_REASON_HEADER;
+use crate::mapping;
+use crate::outbound::events_per_message;
+use crate::settle::{AmqpSettle, Batch, PartSettle, Tags, dead_letter_part};
 
-/// Longest wait for the broker to confirm a dead letter.
-const DEAD_LETTER_TIMEOUT: Duration = Duration::from_secs(30);
-/// Longest wait for the connection to take an ack, nack or reject. Settling normally takes
-/// well under a millisecond, but lapin's promise for it can stay pending for good when the
-/// connection breaks at that very moment; the delivery comes again either way.
-const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest wait for declaring the group's queue and consuming from it again.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest wait, when a subscription ends, for deliveries it dropped to be given back before
+/// its channel closes.
+const GIVE_BACK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A consumer channel with its consumer.
 struct Open {
@@ -37,31 +37,47 @@ struct Open {
     consumer: lapin::Consumer,
     /// The connection's generation.
     generation: u64,
+    tags: Arc<Tags>,
 }
 
-/// Opens a confirm-mode channel with the group's prefetch and starts consuming the group's queue.
+/// Messages a consumer takes at least, however many events they carry (up to its prefetch).
+const QOS_FLOOR: usize = 16;
+
+/// The channel's `basic.qos`: as many messages as hold `prefetch` events when full, so that a
+/// consumer does not keep more work from the other members of its group than it can take; but
+/// at least [`QOS_FLOOR`] (or the prefetch, if smaller), so that a consumer can hold that many
+/// deliveries when each event travels alone.
+fn qos(spec: &Subscribe) -> u16 {
+    let prefetch = spec.prefetch.max(1);
+    let per_message = spec.topics.iter().map(events_per_message).max().unwrap_or(1);
+    let messages = prefetch.div_ceil(per_message).max(prefetch.min(QOS_FLOOR));
+    u16::try_from(messages).unwrap_or(u16::MAX)
+}
+
+/// Opens a confirm-mode channel with the group's qos and starts consuming the group's queue.
 async fn open(shared: &Shared, live: &Live, spec: &Subscribe) -> Result<Open> {
     let channel = shared.channel(live, "a consumer channel").await?;
+    let queue = shared.names.queue(&spec.group);
     let fail = |what: &str| {
-        let what = format!("{what} on queue {}", shared.names.queue(&spec.group));
+        let what = format!("{what} on queue {queue}");
         move |e| {
             shared.trouble.notify_one();
             Error::from_lapin(&shared.endpoint, what, e)
         }
     };
-    let prefetch = u16::try_from(spec.prefetch.max(1)).unwrap_or(u16::MAX);
     channel
-        .basic_qos(prefetch, BasicQosOptions::default())
+        .basic_qos(qos(spec), BasicQosOptions::default())
         .await
         .map_err(fail("basic.qos"))?;
-    // Dead letters are published on this channel and confirmed before the original is acked.
+    // Dead letters and events given back are published on this channel and confirmed before
+    // the original is acked.
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await
         .map_err(fail("confirm.select"))?;
     let consumer = channel
         .basic_consume(
-            shared.names.queue(&spec.group).as_str().into(),
+            queue.as_str().into(),
             "".into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
@@ -69,6 +85,7 @@ async fn open(shared: &Shared, live: &Live, spec: &Subscribe) -> Result<Open> {
         .await
         .map_err(fail("basic.consume"))?;
     Ok(Open {
+        tags: Arc::new(Tags::new(channel.clone(), shared.names.dead(), queue.clone())),
         channel,
         consumer,
         generation: live.generation,
@@ -114,8 +131,10 @@ pub(crate) async fn subscribe(
     }
     let live = shared.require()?;
     let first = declare_and_open(&shared, &live, &spec).await?;
-    let (tx, rx) = mpsc::channel(spec.prefetch.clamp(1, usize::from(u16::MAX)));
-    tokio::spawn(consume(shared, life, spec, first, tx));
+    let window = spec.prefetch.clamp(1, Semaphore::MAX_PERMITS);
+    let (tx, rx) = mpsc::channel(window);
+    let window = Arc::new(Semaphore::new(window));
+    tokio::spawn(consume(shared, life, spec, first, tx, window));
     Ok(AmqpConsumer { rx, pending: None })
 }
 
@@ -132,13 +151,18 @@ async fn consume(
     spec: Subscribe,
     first: Open,
     tx: mpsc::Sender<ferry_bus::Result<Delivery>>,
+    window: Arc<Semaphore>,
 ) {
     let queue = shared.names.queue(&spec.group);
     let mut current = Some(first);
     let mut backoff = link::reconnect_backoff();
     loop {
         if let Some(open) = current.take() {
-            let end = pump(&shared, &queue, &open, &tx).await;
+            let end = pump(&shared, &queue, &open, &tx, &window).await;
+            if matches!(end, End::Gone) {
+                // Deliveries dropped with the subscription are given back first.
+                open.tags.quiet(GIVE_BACK_TIMEOUT).await;
+            }
             link::close_quietly(&open.channel).await;
             match end {
                 End::Gone => return,
@@ -196,6 +220,7 @@ async fn pump(
     queue: &str,
     open: &Open,
     tx: &mpsc::Sender<ferry_bus::Result<Delivery>>,
+    window: &Arc<Semaphore>,
 ) -> End {
     let mut consumer = open.consumer.clone();
     let mut live = shared.live.subscribe();
@@ -213,47 +238,137 @@ async fn pump(
             Some(Err(e)) => return End::Broken(e.to_string()),
             Some(Ok(d)) => d,
         };
-        match mapping::from_amqp(&d.properties, &d.data) {
-            Ok(event) => {
-                let topic = Topic::parse(d.routing_key.as_str()).unwrap_or_else(|| route(&event));
-                let settle = AmqpSettle {
-                    acker: Some(d.acker),
-                    channel: open.channel.clone(),
-                    dead_exchange: shared.names.dead(),
-                    routing_key: d.routing_key,
-                    properties: d.properties,
-                    body: d.data,
-                };
-                let delivery = Delivery::new(event, topic, d.redelivered, Box::new(settle));
-                // Waits while the subscriber's buffer is full; a dropped subscription hands the
-                // delivery back, and dropping it nacks it.
-                if tx.send(Ok(delivery)).await.is_err() {
-                    return End::Gone;
-                }
-            }
+        open.tags.delivered(d.delivery_tag).await;
+        let redelivered = d.redelivered;
+        let batch = mapping::is_batch(&d.properties);
+        let Some(permit) = place(window, tx).await else {
+            return End::Gone; // dropping the message gives it back
+        };
+        let message = Box::new(AmqpSettle::new(d, open.tags.clone(), Some(permit)));
+        let handed = if batch {
+            split(queue, window, tx, message, redelivered).await
+        } else {
+            single(queue, tx, message, redelivered).await
+        };
+        if let Err(end) = handed {
+            return end;
+        }
+    }
+}
+
+/// Hands a delivery to the subscriber. A dropped subscription hands it back, and dropping it
+/// gives it back.
+async fn hand(tx: &mpsc::Sender<ferry_bus::Result<Delivery>>, delivery: Delivery) -> Result<(), End> {
+    tx.send(Ok(delivery)).await.map_err(|_| End::Gone)
+}
+
+/// A place in the prefetch window; `None` once the subscription is dropped.
+async fn place(
+    window: &Arc<Semaphore>,
+    tx: &mpsc::Sender<ferry_bus::Result<Delivery>>,
+) -> Option<OwnedSemaphorePermit> {
+    tokio::select! {
+        permit = window.clone().acquire_owned() => permit.ok(),
+        _ = tx.closed() => None,
+    }
+}
+
+/// Hands out the event of a message in binary or structured mode, or dead-letters the message
+/// when it is not a CloudEvent.
+async fn single(
+    queue: &str,
+    tx: &mpsc::Sender<ferry_bus::Result<Delivery>>,
+    message: Box<AmqpSettle>,
+    redelivered: bool,
+) -> Result<(), End> {
+    match mapping::from_amqp(&message.properties, &message.body) {
+        Ok(event) => {
+            let topic = Topic::parse(message.routing_key.as_str()).unwrap_or_else(|| route(&event));
+            hand(tx, Delivery::new(event, topic, redelivered, message)).await
+        }
+        Err(reason) => {
+            let reason = reason.to_string();
+            unreadable(queue, &message, &reason);
+            dead(message.dead_letter(&reason).await)
+        }
+    }
+}
+
+/// What a failed dead letter means for the consumer: its channel is in trouble.
+fn dead(result: ferry_bus::Result<()>) -> Result<(), End> {
+    result.map_err(|e| End::Broken(format!("dead-lettering failed: {e}")))
+}
+
+/// Hands out the events of a batch message one by one, each holding a place in the window. An
+/// event that is not readable is dead-lettered alone, with its reason.
+async fn split(
+    queue: &str,
+    window: &Arc<Semaphore>,
+    tx: &mpsc::Sender<ferry_bus::Result<Delivery>>,
+    message: Box<AmqpSettle>,
+    redelivered: bool,
+) -> Result<(), End> {
+    let items = match mapping::from_amqp_batch(&message.body) {
+        Ok(items) => items,
+        Err(reason) => {
+            let reason = reason.to_string();
+            unreadable(queue, &message, &reason);
+            return dead(message.dead_letter(&reason).await);
+        }
+    };
+    let topic = Topic::parse(message.routing_key.as_str());
+    let mut good = Vec::with_capacity(items.len());
+    for (range, item) in items {
+        match item {
+            Ok(event) => good.push((range, event)),
             Err(reason) => {
                 let reason = reason.to_string();
-                tracing::warn!(
-                    %queue,
-                    routing_key = %d.routing_key,
-                    message_id = ?d.properties.message_id(),
-                    %reason,
-                    "dead-lettering a message that is not a CloudEvent ferry can read"
-                );
-                let settle = AmqpSettle {
-                    acker: Some(d.acker),
-                    channel: open.channel.clone(),
-                    dead_exchange: shared.names.dead(),
-                    routing_key: d.routing_key,
-                    properties: d.properties,
-                    body: d.data,
-                };
-                if let Err(e) = Box::new(settle).dead_letter(&reason).await {
-                    return End::Broken(format!("dead-lettering failed: {e}"));
+                unreadable(queue, &message, &reason);
+                let json = &message.body[range];
+                if let Err(why) = dead_letter_part(&message.tags, &message.routing_key, json, &reason).await {
+                    // Nothing of the message is handed out: it comes again whole.
+                    return Err(End::Broken(format!("dead-lettering failed: {why}")));
                 }
             }
         }
     }
+    if good.is_empty() {
+        return message
+            .ack()
+            .await
+            .map_err(|e| End::Broken(format!("acking failed: {e}")));
+    }
+    let (batch, mut permit) = Batch::new(message, good.len());
+    let mut parts = good
+        .into_iter()
+        .map(|(range, event)| (PartSettle::new(batch.clone(), range), event));
+    while let Some((mut part, event)) = parts.next() {
+        // The message's own place goes to its first event; the others wait for theirs.
+        match permit.take() {
+            Some(p) => part.hold(p),
+            None => match place(window, tx).await {
+                Some(p) => part.hold(p),
+                None => {
+                    // Gone: the events not handed out are given back as they are dropped.
+                    parts.for_each(drop);
+                    return Err(End::Gone);
+                }
+            },
+        }
+        let topic = topic.clone().unwrap_or_else(|| route(&event));
+        hand(tx, Delivery::new(event, topic, redelivered, Box::new(part))).await?;
+    }
+    Ok(())
+}
+
+fn unreadable(queue: &str, message: &AmqpSettle, reason: &str) {
+    tracing::warn!(
+        %queue,
+        routing_key = %message.routing_key,
+        message_id = ?message.properties.message_id(),
+        %reason,
+        "dead-lettering a message that is not a CloudEvent ferry can read"
+    );
 }
 
 /// Returns once the bus no longer holds the connection of `generation`.
@@ -264,132 +379,6 @@ async fn left_behind(live: &mut watch::Receiver<Option<Arc<Live>>>, generation: 
         }
         if live.changed().await.is_err() {
             return std::future::pending().await;
-        }
-    }
-}
-
-/// Settles one delivery on the channel it came from. A channel that died meanwhile makes
-/// settling a no-op: the broker delivers the message again.
-struct AmqpSettle {
-    acker: Option<Acker>,
-    channel: Channel,
-    dead_exchange: String,
-    routing_key: ShortString,
-    properties: BasicProperties,
-    body: Vec<u8>,
-}
-
-fn settle_error(e: lapin::Error) -> ferry_bus::Error {
-    ferry_bus::Error::Unavailable(format!("settling a delivery with RabbitMQ failed: {e}"))
-}
-
-/// Waits (at most [`SETTLE_TIMEOUT`]) for an ack, nack or reject to be taken.
-async fn settled(what: &str, op: impl Future<Output = lapin::Result<bool>>) -> ferry_bus::Result<()> {
-    match tokio::time::timeout(SETTLE_TIMEOUT, op).await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(settle_error(e)),
-        Err(_) => Err(ferry_bus::Error::Unavailable(format!(
-            "RabbitMQ did not take a {what} within {SETTLE_TIMEOUT:?}; the message will be delivered again"
-        ))),
-    }
-}
-
-impl AmqpSettle {
-    async fn publish_dead(&self, reason: &str) -> std::result::Result<(), String> {
-        let properties =
-            mapping::with_string_header(self.properties.clone(), DEAD_REASON_HEADER, reason.as_bytes())
-                .with_delivery_mode(PERSISTENT);
-        // Publishing itself can stay pending when the connection breaks meanwhile, so the
-        // limit covers it as well as the confirm.
-        let published = async {
-            self.channel
-                .basic_publish(
-                    self.dead_exchange.as_str().into(),
-                    self.routing_key.clone(),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        ..BasicPublishOptions::default()
-                    },
-                    &self.body,
-                    properties,
-                )
-                .await?
-                .await
-        };
-        match tokio::time::timeout(DEAD_LETTER_TIMEOUT, published).await {
-            Ok(Ok(Confirmation::Ack(None))) => Ok(()),
-            Ok(Ok(Confirmation::Ack(Some(r)))) => Err(format!(
-                "the dead-letter exchange returned it: {} {}",
-                r.reply_code, r.reply_text
-            )),
-            Ok(Ok(other)) => Err(format!("not confirmed: {other:?}")),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!("no confirm within {DEAD_LETTER_TIMEOUT:?}")),
-        }
-    }
-}
-
-#[async_trait]
-impl Settle for AmqpSettle {
-    async fn ack(mut self: Box<Self>) -> ferry_bus::Result<()> {
-        if let Some(acker) = self.acker.take() {
-            settled("basic.ack", acker.ack(BasicAckOptions::default())).await?;
-        }
-        Ok(())
-    }
-
-    async fn nack(mut self: Box<Self>) -> ferry_bus::Result<()> {
-        if let Some(acker) = self.acker.take() {
-            let requeue = BasicNackOptions {
-                requeue: true,
-                ..BasicNackOptions::default()
-            };
-            settled("basic.nack", acker.nack(requeue)).await?;
-        }
-        Ok(())
-    }
-
-    async fn dead_letter(mut self: Box<Self>, reason: &str) -> ferry_bus::Result<()> {
-        let Some(acker) = self.acker.take() else {
-            return Ok(());
-        };
-        match self.publish_dead(reason).await {
-            Ok(()) => settled("basic.ack", acker.ack(BasicAckOptions::default())).await,
-            Err(why) if acker.usable() => {
-                // The queue's own dead-letter exchange is the same `NS.dead`: rejecting moves
-                // the message there (without ferry's reason header, which is logged instead).
-                tracing::warn!(reason, error = %why, "publishing the dead letter failed; rejecting it to the queue's dead-letter exchange");
-                settled(
-                    "basic.reject",
-                    acker.reject(BasicRejectOptions { requeue: false }),
-                )
-                .await
-            }
-            Err(why) => Err(ferry_bus::Error::Unavailable(format!(
-                "dead-lettering failed ({why}); the broker will deliver the message again"
-            ))),
-        }
-    }
-
-    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any + Send> {
-        self
-    }
-}
-
-impl Drop for AmqpSettle {
-    fn drop(&mut self) {
-        // Dropped unsettled: give it back now rather than when the channel closes.
-        if let Some(acker) = self.acker.take()
-            && acker.usable()
-            && let Ok(rt) = tokio::runtime::Handle::try_current()
-        {
-            rt.spawn(async move {
-                let requeue = BasicNackOptions {
-                    requeue: true,
-                    ..BasicNackOptions::default()
-                };
-                let _ = settled("basic.nack", acker.nack(requeue)).await;
-            });
         }
     }
 }

@@ -8,15 +8,23 @@
 //!   to `NS.dead` after [`topology::DELIVERY_LIMIT`] deliveries. Everything is declared
 //!   idempotently on connect, on every reconnect, and by `declare`/`subscribe`.
 //! - Publishing: persistent messages, publisher confirms, pipelined: a batch is sent whole,
-//!   then its confirms are awaited together. A nack, a returned message or a missing connection
-//!   is [`ferry_bus::Error::Unavailable`]: the caller keeps the events and retries.
-//! - Consuming: a channel per subscription with `basic.qos(prefetch)` and manual acks; a
-//!   delivery dropped unsettled is nacked (requeued), and dropping the subscription closes its
-//!   channel so everything it held is delivered again.
+//!   then its confirms are awaited together. Callers publishing at the same time share a
+//!   group: while one group is confirmed the next collects. On the topics only ferry's services
+//!   consume (`control`, `dispatch.*`, `cancel.*`, `logs`) the events of a group travel as
+//!   batch messages of several events (`outbound`); `lifecycle` and `intake` events one per
+//!   message. A nack, a returned message or a missing connection is
+//!   [`ferry_bus::Error::Unavailable`]: the caller keeps the events and retries.
+//! - Consuming: a channel per subscription with manual acks; the prefetch counts events, each
+//!   holding a place until it is settled, and the channel's `basic.qos` is set from it. The
+//!   events of a batch message are handed out one by one (`settle`): the message is acked when
+//!   all are, several messages with one `basic.ack` where their tags allow. A delivery dropped
+//!   unsettled is given back; dropping the subscription closes its channel so everything it
+//!   held is delivered again.
 //! - [`link`]: a supervisor reconnects with bounded, jittered exponential backoff, declares the
 //!   topology again, and every live subscription consumes again.
-//! - [`mapping`]: the CloudEvents mapping (binary mode out; binary or structured mode in). A
-//!   message that is not a readable CloudEvent is dead-lettered with its reason, never yielded.
+//! - [`mapping`]: the CloudEvents mapping (binary mode and batch messages out; binary,
+//!   structured or batch in). A message that is not a readable CloudEvent is dead-lettered
+//!   with its reason, never yielded; so is an unreadable event of a batch, alone.
 //!
 //! The mapping is documented for other publishers and consumers in `docs/amqp-binding.md`.
 
@@ -26,6 +34,8 @@ pub mod mapping;
 pub mod topology;
 
 mod consumer;
+mod outbound;
+mod settle;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -35,10 +45,10 @@ use ferry_bus::{Subscribe, Subscription};
 use ferry_event::{AttributesReader, Event, route};
 use lapin::options::BasicPublishOptions;
 use lapin::{Confirmation, PublisherConfirm};
+use tokio::sync::oneshot;
 
 pub use error::Error;
 use link::Shared;
-use topology::short;
 
 /// Longest wait for a batch to be sent and confirmed.
 pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
@@ -50,6 +60,23 @@ pub const CONFIRM_WINDOW: usize = 4096;
 pub struct AmqpBus {
     shared: Arc<Shared>,
     life: Arc<Life>,
+    outgoing: Arc<Outgoing>,
+}
+
+/// Publishers waiting for their events to be sent, and the turn to send them.
+#[derive(Default)]
+struct Outgoing {
+    waiting: std::sync::Mutex<Vec<Waiting>>,
+    turn: tokio::sync::Mutex<()>,
+}
+
+struct Waiting {
+    events: Vec<Event>,
+    done: oneshot::Sender<ferry_bus::Result<()>>,
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl std::fmt::Debug for AmqpBus {
@@ -91,6 +118,7 @@ impl AmqpBus {
                 shared: shared.clone(),
             }),
             shared,
+            outgoing: Arc::default(),
         })
     }
 
@@ -140,18 +168,12 @@ impl AmqpBus {
     }
 
     async fn publish_batch(&self, events: &[Event]) -> error::Result<()> {
-        let mut messages = Vec::with_capacity(events.len());
-        for event in events {
-            let topic = route(event);
-            let key = short("a routing key", topic.name())?;
-            messages.push((key, mapping::to_amqp(event)?));
-        }
+        let messages = outbound::messages(events)?;
         // The largest message, named if the broker refuses one as too large.
         let largest = messages
             .iter()
-            .enumerate()
-            .max_by_key(|(_, (_, m))| m.body.len())
-            .map(|(i, (_, m))| (i, m.body.len()));
+            .max_by_key(|m| m.message.body.len())
+            .map(|m| (m.first, m.message.body.len()));
         let live = self.shared.require()?;
         let exchange = self.shared.names.exchange();
         let endpoint = &self.shared.endpoint;
@@ -174,7 +196,7 @@ impl AmqpBus {
         let mut pending: VecDeque<(usize, PublisherConfirm)> = VecDeque::new();
         {
             let channel = live.publisher.lock().await;
-            for (i, (key, msg)) in messages.into_iter().enumerate() {
+            for m in messages {
                 if pending.len() >= CONFIRM_WINDOW
                     && let Some((j, confirm)) = pending.pop_front()
                 {
@@ -183,17 +205,17 @@ impl AmqpBus {
                 let confirm = channel
                     .basic_publish(
                         exchange.as_str().into(),
-                        key,
+                        m.key,
                         BasicPublishOptions {
                             mandatory: true,
                             ..BasicPublishOptions::default()
                         },
-                        &msg.body,
-                        msg.properties,
+                        &m.message.body,
+                        m.message.properties,
                     )
                     .await
                     .map_err(broken)?;
-                pending.push_back((i, confirm));
+                pending.push_back((m.first, confirm));
             }
         }
         // Everything is sent; the confirms arrive together.
@@ -201,6 +223,60 @@ impl AmqpBus {
             self.check(events, i, confirm.await.map_err(broken)?)?;
         }
         Ok(())
+    }
+
+    /// Publishes `events` together with whatever other callers are publishing meanwhile: while
+    /// one group is sent and confirmed, the next collects, so that under load many events
+    /// share few messages and confirms, and alone an event goes out at once.
+    async fn publish_grouped(&self, events: &[Event]) -> ferry_bus::Result<()> {
+        if let Ok(_turn) = self.outgoing.turn.try_lock() {
+            return self.publish_timed(events).await;
+        }
+        let (done, mut result) = oneshot::channel();
+        lock(&self.outgoing.waiting).push(Waiting {
+            events: events.to_vec(),
+            done,
+        });
+        let _turn = self.outgoing.turn.lock().await;
+        match result.try_recv() {
+            Ok(r) => return r, // sent with the group before
+            // Taken by a group whose publisher gave up (its future was dropped): send them now.
+            Err(oneshot::error::TryRecvError::Closed) => return self.publish_timed(events).await,
+            Err(oneshot::error::TryRecvError::Empty) => {}
+        }
+        let group = std::mem::take(&mut *lock(&self.outgoing.waiting));
+        let all: Vec<Event> = group.iter().flat_map(|w| w.events.iter().cloned()).collect();
+        match self.publish_timed(&all).await {
+            Err(ferry_bus::Error::TooLarge { .. }) if group.len() > 1 => {
+                // Each caller learns about its own events.
+                for w in group {
+                    let _ = w.done.send(self.publish_timed(&w.events).await);
+                }
+            }
+            r => {
+                for w in group {
+                    let _ = w.done.send(r.clone());
+                }
+            }
+        }
+        match result.try_recv() {
+            Ok(r) => r,
+            Err(_) => unreachable!("this caller's events were in the group just sent"),
+        }
+    }
+
+    async fn publish_timed(&self, events: &[Event]) -> ferry_bus::Result<()> {
+        match tokio::time::timeout(PUBLISH_TIMEOUT, self.publish_batch(events)).await {
+            Ok(r) => Ok(r?),
+            Err(_) => {
+                self.shared.trouble.notify_one();
+                Err(ferry_bus::Error::Unavailable(format!(
+                    "RabbitMQ at {} did not confirm {} events within {PUBLISH_TIMEOUT:?}",
+                    self.shared.endpoint,
+                    events.len()
+                )))
+            }
+        }
     }
 
     fn check(&self, events: &[Event], i: usize, c: Confirmation) -> error::Result<()> {
@@ -225,17 +301,7 @@ impl ferry_bus::Bus for AmqpBus {
         if events.is_empty() {
             return Ok(());
         }
-        match tokio::time::timeout(PUBLISH_TIMEOUT, self.publish_batch(events)).await {
-            Ok(r) => Ok(r?),
-            Err(_) => {
-                self.shared.trouble.notify_one();
-                Err(ferry_bus::Error::Unavailable(format!(
-                    "RabbitMQ at {} did not confirm {} events within {PUBLISH_TIMEOUT:?}",
-                    self.shared.endpoint,
-                    events.len()
-                )))
-            }
-        }
+        self.publish_grouped(events).await
     }
 
     async fn subscribe(&self, spec: Subscribe) -> ferry_bus::Result<Subscription> {

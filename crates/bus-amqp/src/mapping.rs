@@ -9,7 +9,8 @@
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use ferry_event::Event;
-use ferry_event::cloudevents::event::SpecVersion;
+use ferry_event::cloudevents::Data;
+use ferry_event::cloudevents::event::{AttributeValue, SpecVersion};
 use ferry_event::cloudevents::message::{
     self, BinaryDeserializer, BinarySerializer, Encoding, MessageAttributeValue, MessageDeserializer,
     StructuredDeserializer, StructuredSerializer,
@@ -23,6 +24,8 @@ pub const HEADER_PREFIX: &str = "cloudEvents:";
 const HEADER_PREFIX_ALT: &str = "cloudEvents_";
 /// Content type of a structured-mode message.
 pub const STRUCTURED_CONTENT_TYPE: &str = "application/cloudevents+json";
+/// Content type of a batch message: a JSON array of events in the CloudEvents JSON format.
+pub const BATCH_CONTENT_TYPE: &str = "application/cloudevents-batch+json";
 /// AMQP delivery mode of a message the broker writes to disk.
 pub const PERSISTENT: u8 = 2;
 
@@ -50,6 +53,12 @@ pub enum MappingError {
          property holds"
     )]
     TooLong { id: String, value: String },
+    #[error("a batch message (content type {BATCH_CONTENT_TYPE}) must hold a JSON array of events: {0}")]
+    NotABatch(serde_json::Error),
+    #[error("event {index} of the batch is not a CloudEvent in the JSON format: {error}")]
+    BadBatchEvent { index: usize, error: serde_json::Error },
+    #[error("event {id} cannot be written in the JSON format: {error}")]
+    NotJson { id: String, error: serde_json::Error },
 }
 
 /// An AMQP message: its properties and body.
@@ -79,6 +88,105 @@ pub fn to_amqp(event: &Event) -> Result<AmqpMessage, MappingError> {
         properties,
         body: body.unwrap_or_default(),
     })
+}
+
+/// An event in the CloudEvents JSON format, ready to join a batch message. Data that is JSON
+/// (ferry's payloads are) goes in as `data`, as it is; other data as `data_base64`.
+pub fn to_json(event: &Event) -> Result<Vec<u8>, MappingError> {
+    let not_json = |error| MappingError::NotJson {
+        id: ferry_event::AttributesReader::id(event).to_string(),
+        error,
+    };
+    let json_data = match event.data() {
+        Some(Data::Binary(bytes))
+            if is_json(ferry_event::AttributesReader::datacontenttype(event))
+                && serde_json::from_slice::<&serde_json::value::RawValue>(bytes).is_ok() =>
+        {
+            bytes.as_slice()
+        }
+        // The CloudEvents SDK writes the rest: JSON values, strings, other binary data.
+        _ => return serde_json::to_vec(event).map_err(not_json),
+    };
+    let mut out = Vec::with_capacity(256 + json_data.len());
+    out.push(b'{');
+    for (name, value) in event.iter() {
+        serde_json::to_writer(&mut out, name).map_err(not_json)?;
+        out.push(b':');
+        match value {
+            AttributeValue::Boolean(b) => serde_json::to_writer(&mut out, b),
+            AttributeValue::Integer(i) => serde_json::to_writer(&mut out, i),
+            AttributeValue::Time(t) => {
+                serde_json::to_writer(&mut out, &t.to_rfc3339_opts(SecondsFormat::AutoSi, true))
+            }
+            other => serde_json::to_writer(&mut out, &other.to_string()),
+        }
+        .map_err(not_json)?;
+        out.push(b',');
+    }
+    out.extend_from_slice(b"\"data\":");
+    out.extend_from_slice(json_data);
+    out.push(b'}');
+    Ok(out)
+}
+
+/// Whether a `datacontenttype` says JSON (`application/json`, `…+json`, parameters allowed).
+fn is_json(content_type: Option<&str>) -> bool {
+    let Some(ct) = content_type else {
+        return false;
+    };
+    let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    essence == "application/json" || essence == "text/json" || essence.ends_with("+json")
+}
+
+/// A persistent batch message of events already in the JSON format ([`to_json`]); its
+/// `message_id` is `id`, when given (the first event's).
+pub fn to_amqp_batch<'a>(id: Option<&str>, events: impl ExactSizeIterator<Item = &'a [u8]>) -> AmqpMessage {
+    let mut body = Vec::with_capacity(2 + events.len() * 1024);
+    body.push(b'[');
+    for (i, json) in events.enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(json);
+    }
+    body.push(b']');
+    let mut properties = BasicProperties::default()
+        .with_content_type(ShortString::from(BATCH_CONTENT_TYPE))
+        .with_delivery_mode(PERSISTENT);
+    if let Some(id) = id.and_then(|id| ShortString::try_new(id.to_string()).ok()) {
+        properties = properties.with_message_id(id);
+    }
+    AmqpMessage { properties, body }
+}
+
+/// Whether a message is a batch message ([`BATCH_CONTENT_TYPE`]).
+pub fn is_batch(properties: &BasicProperties) -> bool {
+    properties
+        .content_type()
+        .as_ref()
+        .is_some_and(|ct| ct.as_str().starts_with(BATCH_CONTENT_TYPE))
+}
+
+/// One event of a batch message: where its JSON is in the body, and the event or why it is
+/// not one.
+pub type BatchItem = (std::ops::Range<usize>, Result<Event, MappingError>);
+
+/// Reads the events of a batch message, each on its own so that one unreadable event leaves
+/// the others readable. The whole message fails only when it is not a JSON array.
+pub fn from_amqp_batch(body: &[u8]) -> Result<Vec<BatchItem>, MappingError> {
+    let items: Vec<&serde_json::value::RawValue> =
+        serde_json::from_slice(body).map_err(MappingError::NotABatch)?;
+    let base = body.as_ptr() as usize;
+    Ok(items
+        .into_iter()
+        .enumerate()
+        .map(|(index, raw)| {
+            let start = raw.get().as_ptr() as usize - base;
+            let event = serde_json::from_str::<Event>(raw.get())
+                .map_err(|error| MappingError::BadBatchEvent { index, error });
+            (start..start + raw.get().len(), event)
+        })
+        .collect())
 }
 
 /// Reads an event from a binary- or structured-mode message.

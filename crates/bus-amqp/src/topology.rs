@@ -27,6 +27,9 @@ pub const DELIVERY_LIMIT: i64 = 20;
 pub const UNROUTED_MAX: i64 = 10_000;
 /// The header that says why ferry dead-lettered a message.
 pub const DEAD_REASON_HEADER: &str = "x-ferry-dead-reason";
+/// The header that carries the topic's routing key of events given back from a batch message,
+/// which are published straight to their group's queue.
+pub const ROUTING_KEY_HEADER: &str = "x-ferry-routing-key";
 
 /// The groups whose queues [`crate::AmqpBus::connect`] declares, so that work published before
 /// the consuming service starts is kept.

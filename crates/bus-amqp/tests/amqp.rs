@@ -1,5 +1,5 @@
-//! RabbitMQ-specific behaviour: messages from other AMQP clients, dead letters, the topology
-//! and pipelined confirms.
+//! RabbitMQ-specific behaviour: messages from other AMQP clients, dead letters, the topology,
+//! pipelined confirms and batch messages.
 
 mod common;
 
@@ -327,7 +327,10 @@ async fn a_delivery_dropped_unsettled_comes_back_while_the_subscription_lives() 
     let events: Vec<_> = (0..2)
         .map(|n| b.job(kind::JOB_CANCEL, "job-1", &serde_json::json!({"n": n})))
         .collect();
-    bus.publish(&events).await.unwrap();
+    // Published apart, each is a message of its own.
+    for e in &events {
+        bus.publish(std::slice::from_ref(e)).await.unwrap();
+    }
     let d = next(&mut sub).await;
     assert_eq!(d.event.id(), events[0].id());
     assert!(!d.redelivered);
@@ -338,4 +341,189 @@ async fn a_delivery_dropped_unsettled_comes_back_while_the_subscription_lives() 
     assert!(d.redelivered, "the broker marks it redelivered");
     d.ack().await.unwrap();
     assert_eq!(next(&mut sub).await.event.id(), events[1].id());
+}
+
+/// Events published together on a batched topic travel as one batch message; a consumer
+/// receives them one by one, and only the message's `basic.ack` comes after the last is acked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_published_together_share_a_batch_message() {
+    let _lock = common::broker_lock(false).await;
+    let (bus, ns) = common::fresh_bus().await;
+    bus.declare(&Subscribe::new("batched", [Topic::Control]))
+        .await
+        .unwrap();
+    let b = EventBuilder::new("ferry/test");
+    let events: Vec<_> = (0..5)
+        .map(|n| b.job(kind::JOB_CANCEL, "job-1", &serde_json::json!({"n": n})))
+        .collect();
+    bus.publish(&events).await.unwrap();
+    // One message in the queue, holding the five in the JSON format.
+    let (_conn, ch) = common::raw_channel().await;
+    let m = ch
+        .basic_get(format!("{ns}.batched").into(), BasicGetOptions::default())
+        .await
+        .unwrap()
+        .expect("a message");
+    assert_eq!(
+        m.delivery.properties.content_type().as_ref().map(|c| c.as_str()),
+        Some("application/cloudevents-batch+json")
+    );
+    let body: Vec<serde_json::Value> = serde_json::from_slice(&m.delivery.data).unwrap();
+    assert_eq!(body.len(), 5);
+    assert_eq!(body[2]["id"], events[2].id());
+    assert_eq!(
+        body[2]["data"],
+        serde_json::json!({"n": 2}),
+        "JSON data stays JSON"
+    );
+    m.delivery
+        .acker
+        .nack(lapin::options::BasicNackOptions {
+            requeue: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    let mut sub = bus
+        .subscribe(Subscribe::new("batched", [Topic::Control]))
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    for _ in 0..5 {
+        got.push(next(&mut sub).await);
+    }
+    let ids: Vec<&str> = got.iter().map(|d| d.event.id()).collect();
+    let sent: Vec<&str> = events.iter().map(|e| e.id()).collect();
+    assert_eq!(ids, sent, "in order");
+    let v: serde_json::Value = ferry_event::decode(&got[4].event).unwrap();
+    assert_eq!(v, serde_json::json!({"n": 4}));
+    ferry_bus::ack_all(got).await.unwrap();
+    nothing(&mut sub).await;
+}
+
+/// Of a batch message, the events given back come again and those acked do not, while the
+/// subscription lives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_events_given_back_of_a_batch_message_come_again() {
+    let _lock = common::broker_lock(false).await;
+    let (bus, _) = common::fresh_bus().await;
+    let mut sub = bus
+        .subscribe(Subscribe::new("partly", [Topic::Dispatch("local".into())]))
+        .await
+        .unwrap();
+    let b = EventBuilder::new("ferry/test");
+    let events: Vec<_> = (0..4)
+        .map(|n| {
+            b.dispatch(
+                kind::TASK_DISPATCHED,
+                "job-1",
+                &format!("t{n}"),
+                &format!("a{n}"),
+                "local",
+                &serde_json::json!({"n": n}),
+            )
+        })
+        .collect();
+    bus.publish(&events).await.unwrap();
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        got.push(next(&mut sub).await);
+    }
+    let d3 = got.pop().unwrap();
+    let d2 = got.pop().unwrap();
+    d2.nack().await.unwrap();
+    ferry_bus::ack_all(got).await.unwrap();
+    drop(d3);
+    let mut again = vec![next(&mut sub).await, next(&mut sub).await];
+    again.sort_by_key(|d| d.event.id().to_string());
+    let ids: Vec<&str> = again.iter().map(|d| d.event.id()).collect();
+    assert_eq!(ids, [events[2].id(), events[3].id()]);
+    assert!(again.iter().all(|d| d.topic == Topic::Dispatch("local".into())));
+    ferry_bus::ack_all(again).await.unwrap();
+    nothing(&mut sub).await;
+}
+
+/// A batch message from another client with one unreadable event: that event alone goes to
+/// the dead letters, with its reason; the others are delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_event_of_a_batch_message_is_dead_lettered_alone() {
+    let _lock = common::broker_lock(false).await;
+    let (bus, ns) = common::fresh_bus().await;
+    let mut sub = bus
+        .subscribe(Subscribe::new("mixed", [Topic::Control]))
+        .await
+        .unwrap();
+    let good = EventBuilder::new("elsewhere/1").job(
+        kind::JOB_CANCEL,
+        "job-3",
+        &serde_json::json!({"jobId": "job-3"}),
+    );
+    let body = format!(
+        "[{}, {{\"specversion\": \"1.0\", \"id\": \"no-type\"}}]",
+        serde_json::to_string(&good).unwrap()
+    );
+    let (_conn, ch) = common::raw_channel().await;
+    let props = BasicProperties::default().with_content_type("application/cloudevents-batch+json".into());
+    raw_publish(&ch, &ns, "control", props, body.as_bytes()).await;
+    raw_publish(
+        &ch,
+        &ns,
+        "control",
+        BasicProperties::default().with_content_type("application/cloudevents-batch+json".into()),
+        b"{\"not\": \"an array\"}",
+    )
+    .await;
+
+    let d = next(&mut sub).await;
+    assert_eq!(d.event.id(), good.id());
+    d.ack().await.unwrap();
+    nothing(&mut sub).await;
+
+    let mut dead = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    while dead.len() < 2 {
+        assert!(Instant::now() < deadline, "only {} dead letters", dead.len());
+        match ch
+            .basic_get(format!("{ns}:dead").into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+        {
+            Some(m) => dead.push(m),
+            None => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    let event: serde_json::Value = serde_json::from_slice(&dead[0].delivery.data).unwrap();
+    assert_eq!(event["id"], "no-type", "the unreadable event alone");
+    assert_eq!(dead[0].delivery.routing_key.as_str(), "control");
+    let reason = string_header(&dead[0].delivery.properties, DEAD_REASON_HEADER).unwrap();
+    assert!(reason.contains("event 1 of the batch"), "{reason}");
+    let reason = string_header(&dead[1].delivery.properties, DEAD_REASON_HEADER).unwrap();
+    assert!(reason.contains("JSON array"), "{reason}");
+}
+
+/// A consumer holds at most its prefetch of events, however many a message carries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefetch_counts_the_events_of_batch_messages() {
+    let _lock = common::broker_lock(false).await;
+    let (bus, _) = common::fresh_bus().await;
+    let mut sub = bus
+        .subscribe(Subscribe::new("window", [Topic::Control]).prefetch(3))
+        .await
+        .unwrap();
+    let b = EventBuilder::new("ferry/test");
+    let events: Vec<_> = (0..10)
+        .map(|n| b.job(kind::JOB_CANCEL, "job-1", &serde_json::json!({"n": n})))
+        .collect();
+    bus.publish(&events).await.unwrap();
+    let mut held = vec![next(&mut sub).await, next(&mut sub).await, next(&mut sub).await];
+    nothing(&mut sub).await;
+    held.remove(0).ack().await.unwrap();
+    held.push(next(&mut sub).await);
+    nothing(&mut sub).await;
+    let n: Vec<serde_json::Value> = held
+        .iter()
+        .map(|d| ferry_event::decode::<serde_json::Value>(&d.event).unwrap()["n"].clone())
+        .collect();
+    assert_eq!(n, [1, 2, 3]);
 }
