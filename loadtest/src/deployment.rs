@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use ferry_bus::{Bus, Subscribe, Subscription};
+use ferry_bus::{Bus, Subscribe};
 use ferry_event::payload::TaskStarted;
 use ferry_event::{AttributesReader, Topic, kind};
 
@@ -52,7 +52,10 @@ impl Services {
                 .args(["service", name, "--bus", bus, "--data-dir"])
                 .arg(&data)
                 .args(extra)
-                .env("FERRY_LOG", "warn")
+                .env(
+                    "FERRY_LOG",
+                    std::env::var("FERRY_LOG").unwrap_or_else(|_| "warn".into()),
+                )
                 .stdin(Stdio::null())
                 .stdout(log.try_clone()?)
                 .stderr(log)
@@ -144,20 +147,22 @@ async fn run_in(plan: &Plan, bus_url: &str) -> Result<Report> {
     let bus: Arc<dyn Bus> = ferry_connect::bus(&bus_url)
         .await
         .context("connecting to the broker")?;
-    // Watch every class of control traffic (logs apart), each topic on an ephemeral group.
-    let mut watch = Vec::new();
-    for topic in [
+    // Watch every class of control traffic (logs apart) on an ephemeral group, in batches
+    // acked together, so that watching costs the broker and the machine little.
+    let topics = [
         Topic::Control,
         Topic::Lifecycle,
         Topic::Dispatch("local".into()),
         Topic::Cancel("local".into()),
-    ] {
-        let name = format!("loadtest-{}", topic.name().replace('.', "-"));
-        watch.push(
-            bus.subscribe(Subscribe::new(name, [topic]).prefetch(4096).ephemeral())
-                .await?,
-        );
-    }
+    ];
+    let mut watch = bus
+        .subscribe(
+            Subscribe::new("loadtest", topics.clone())
+                .prefetch(4096)
+                .ephemeral(),
+        )
+        .await?;
+    let counter = count_messages(&bus_url, &topics).await?;
     let mut services = Services::start(&plan.ferry, &bus_url, dir.path(), plan.parallel)?;
     // Let the services join their groups before the clock starts.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -193,57 +198,59 @@ async fn run_in(plan: &Plan, bus_url: &str) -> Result<Report> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(1800);
     let mut check = tokio::time::interval(Duration::from_secs(2));
     while !pending.is_empty() {
-        let next = next_of(&mut watch);
-        let d = tokio::select! {
-            d = next => d?,
+        let batch = tokio::select! {
+            b = watch.next_batch(4096) => b.context("the bus closed")??,
             _ = check.tick() => { services.check()?; continue }
             _ = tokio::time::sleep_until(deadline) => bail!("gave up after 30 minutes with {} jobs unfinished", pending.len()),
         };
-        messages += 1;
-        match d.event.ty() {
-            kind::TASK_STARTED => {
-                let s: TaskStarted = ferry_event::decode(&d.event)?;
-                let from = match plan.rate {
-                    // Paced: from the submission's publish to the process start.
-                    Some(_) => published
-                        .lock()
-                        .unwrap()
-                        .get(&s.job_id)
-                        .copied()
-                        .unwrap_or(s.ready_at_ms),
-                    // Fan-out: from the task becoming ready.
-                    None => s.ready_at_ms,
-                };
-                latencies.push(s.started_at_ms - from);
-                if plan.rate.is_some()
-                    && let (Some(p), Some(d)) = (planned_at.get(&s.job_id), dispatched_at.get(&s.job_id))
-                {
-                    stages[0].1.push(p - from);
-                    stages[1].1.push(d - p);
-                    stages[2].1.push(s.started_at_ms - d);
-                }
-            }
-            kind::JOB_PLANNED | kind::TASK_DISPATCHED if plan.rate.is_some() => {
-                if let (Some(job), Some(time)) = (ferry_event::envelope::job_of(&d.event), d.event.time()) {
-                    let at = if d.event.ty() == kind::JOB_PLANNED {
-                        &mut planned_at
-                    } else {
-                        &mut dispatched_at
+        messages += batch.len() as u64;
+        for d in &batch {
+            match d.event.ty() {
+                kind::TASK_STARTED => {
+                    let s: TaskStarted = ferry_event::decode(&d.event)?;
+                    let from = match plan.rate {
+                        // Paced: from the submission's publish to the process start.
+                        Some(_) => published
+                            .lock()
+                            .unwrap()
+                            .get(&s.job_id)
+                            .copied()
+                            .unwrap_or(s.ready_at_ms),
+                        // Fan-out: from the task becoming ready.
+                        None => s.ready_at_ms,
                     };
-                    at.insert(job, time.timestamp_millis());
+                    latencies.push(s.started_at_ms - from);
+                    if plan.rate.is_some()
+                        && let (Some(p), Some(d)) = (planned_at.get(&s.job_id), dispatched_at.get(&s.job_id))
+                    {
+                        stages[0].1.push(p - from);
+                        stages[1].1.push(d - p);
+                        stages[2].1.push(s.started_at_ms - d);
+                    }
                 }
+                kind::JOB_PLANNED | kind::TASK_DISPATCHED if plan.rate.is_some() => {
+                    if let (Some(job), Some(time)) = (ferry_event::envelope::job_of(&d.event), d.event.time())
+                    {
+                        let at = if d.event.ty() == kind::JOB_PLANNED {
+                            &mut planned_at
+                        } else {
+                            &mut dispatched_at
+                        };
+                        at.insert(job, time.timestamp_millis());
+                    }
+                }
+                kind::JOB_SUCCEEDED | kind::JOB_FAILED | kind::JOB_CANCELLED | kind::JOB_REJECTED => {
+                    if d.event.ty() != kind::JOB_SUCCEEDED {
+                        failed += 1;
+                    }
+                    if let Some(job) = ferry_event::envelope::job_of(&d.event) {
+                        pending.remove(&job);
+                    }
+                }
+                _ => {}
             }
-            kind::JOB_SUCCEEDED | kind::JOB_FAILED | kind::JOB_CANCELLED | kind::JOB_REJECTED => {
-                if d.event.ty() != kind::JOB_SUCCEEDED {
-                    failed += 1;
-                }
-                if let Some(job) = ferry_event::envelope::job_of(&d.event) {
-                    pending.remove(&job);
-                }
-            }
-            _ => {}
         }
-        d.ack().await?;
+        ferry_bus::ack_all(batch).await?;
     }
     let elapsed = started.elapsed();
     let cpu_by_service: Vec<(String, Duration)> = services
@@ -256,6 +263,8 @@ async fn run_in(plan: &Plan, bus_url: &str) -> Result<Report> {
         .collect();
     let cpu = cpu_by_service.iter().map(|(_, d)| *d).sum();
     submitter.await??;
+    // The counter's queue gets the last messages about when the watcher does.
+    tokio::time::sleep(Duration::from_millis(200)).await;
     Ok(Report {
         tasks: plan.tasks,
         elapsed,
@@ -263,7 +272,8 @@ async fn run_in(plan: &Plan, bus_url: &str) -> Result<Report> {
         cpu,
         cpu_by_service,
         peak_rss_kib: None,
-        messages,
+        events: messages,
+        broker_messages: counter.as_ref().map(message_count),
         failed,
         latency_label: match plan.rate {
             Some(_) => "submission published -> process started",
@@ -286,12 +296,28 @@ async fn remove_namespace(bus_url: &str) {
     }
 }
 
-/// The next delivery from any of the subscriptions.
-async fn next_of(subs: &mut [Subscription]) -> Result<ferry_bus::Delivery> {
-    let futs = subs.iter_mut().map(|s| Box::pin(s.next()));
-    let (d, _, _) = futures::future::select_all(futs).await;
-    match d {
-        Some(d) => Ok(d?),
-        None => bail!("the bus closed"),
+#[cfg(feature = "amqp")]
+type MessageCounter = crate::amqp_count::Counter;
+#[cfg(not(feature = "amqp"))]
+type MessageCounter = std::convert::Infallible;
+
+#[cfg(feature = "amqp")]
+fn message_count(c: &MessageCounter) -> u64 {
+    c.get()
+}
+
+#[cfg(not(feature = "amqp"))]
+fn message_count(c: &MessageCounter) -> u64 {
+    match *c {}
+}
+
+/// On RabbitMQ, a count of the messages carrying the events on `topics`.
+async fn count_messages(bus_url: &str, topics: &[Topic]) -> Result<Option<MessageCounter>> {
+    #[cfg(feature = "amqp")]
+    if bus_url.starts_with("amqp://") || bus_url.starts_with("amqps://") {
+        let keys: Vec<String> = topics.iter().map(Topic::name).collect();
+        return Ok(Some(crate::amqp_count::start(bus_url, &keys).await?));
     }
+    let _ = (bus_url, topics);
+    Ok(None)
 }

@@ -7,8 +7,11 @@
 //!
 //! It reports throughput, dispatch latency (task ready → its process started, as stamped by the
 //! scheduler and the launcher), ferry's own CPU per task (this process's user+sys time; the task
-//! processes are children and not counted), peak memory (VmHWM) and bus messages per task.
+//! processes are children and not counted), peak memory (VmHWM), events per task and, on RabbitMQ,
+//! broker messages per task.
 
+#[cfg(feature = "amqp")]
+mod amqp_count;
 mod deployment;
 
 use std::collections::{HashMap, HashSet};
@@ -55,7 +58,10 @@ pub struct Report {
     /// The same, per service process (deployment runs only).
     pub cpu_by_service: Vec<(String, Duration)>,
     pub peak_rss_kib: Option<u64>,
-    pub messages: u64,
+    /// Events on the control, lifecycle, dispatch and cancel topics.
+    pub events: u64,
+    /// Broker messages carrying them, where a message can carry several (RabbitMQ).
+    pub broker_messages: Option<u64>,
     pub failed: usize,
     pub latency_label: &'static str,
     /// The latency split into the stages between services (paced deployment runs only): each
@@ -121,9 +127,15 @@ impl Report {
             );
         }
         println!(
-            "  bus messages/task     {:.2} (control, lifecycle, dispatch and cancel; logs apart)",
-            self.messages as f64 / total
+            "  events/task           {:.2} (control, lifecycle, dispatch and cancel; logs apart)",
+            self.events as f64 / total
         );
+        if let Some(m) = self.broker_messages {
+            println!(
+                "  broker messages/task  {:.2} (RabbitMQ messages carrying those events)",
+                m as f64 / total
+            );
+        }
         println!("  load average after    {}", loadavg());
         if self.failed > 0 {
             bail!("{} jobs did not succeed", self.failed);
@@ -273,7 +285,8 @@ async fn run(args: Args) -> Result<()> {
         cpu,
         cpu_by_service: Vec::new(),
         peak_rss_kib: Some(peak_rss_kib()),
-        messages,
+        events: messages,
+        broker_messages: None,
         failed,
         latency_label: "task ready -> process started",
         stages: Vec::new(),
