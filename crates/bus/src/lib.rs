@@ -121,6 +121,8 @@ pub trait Bus: Send + Sync + 'static {
 /// A consumer: deliveries in order, bounded by the subscription's prefetch.
 pub struct Subscription {
     inner: Box<dyn Consumer>,
+    /// An error met while gathering a batch, handed out by the next call.
+    pending: Option<Error>,
 }
 
 impl std::fmt::Debug for Subscription {
@@ -144,30 +146,63 @@ pub trait Consumer: Send {
 
 impl Subscription {
     pub fn new(inner: Box<dyn Consumer>) -> Self {
-        Subscription { inner }
+        Subscription { inner, pending: None }
     }
 
     /// The next delivery. Cancel-safe: usable in `select!`.
     pub async fn next(&mut self) -> Option<Result<Delivery>> {
+        if let Some(e) = self.pending.take() {
+            return Some(Err(e));
+        }
         self.inner.recv().await
     }
 
     /// A delivery if one is available right now.
     pub fn try_next(&mut self) -> Option<Delivery> {
+        if self.pending.is_some() {
+            return None;
+        }
         self.inner.try_recv()
     }
 
     /// Waits for one delivery, then takes whatever else is available at once, up to `max`.
     pub async fn next_batch(&mut self, max: usize) -> Option<Result<Vec<Delivery>>> {
-        let first = match self.inner.recv().await? {
+        self.next_batch_within(max, std::time::Duration::ZERO).await
+    }
+
+    /// Waits for one delivery, then takes what else comes within `linger` of it, up to `max`:
+    /// fewer, larger batches for a consumer to whom a few milliseconds do not matter. With a
+    /// `linger` of zero it is cancel-safe; otherwise a batch abandoned after its first delivery
+    /// is given back, as deliveries dropped unsettled are.
+    pub async fn next_batch_within(
+        &mut self,
+        max: usize,
+        linger: std::time::Duration,
+    ) -> Option<Result<Vec<Delivery>>> {
+        let first = match self.next().await? {
             Ok(d) => d,
             Err(e) => return Some(Err(e)),
         };
+        let deadline = tokio::time::Instant::now() + linger;
         let mut batch = vec![first];
         while batch.len() < max {
-            match self.inner.try_recv() {
-                Some(d) => batch.push(d),
-                None => break,
+            if let Some(d) = self.inner.try_recv() {
+                batch.push(d);
+                continue;
+            }
+            if linger.is_zero() {
+                break;
+            }
+            tokio::select! {
+                next = self.inner.recv() => match next {
+                    Some(Ok(d)) => batch.push(d),
+                    Some(Err(e)) => {
+                        self.pending = Some(e);
+                        break;
+                    }
+                    None => break,
+                },
+                _ = tokio::time::sleep_until(deadline) => break,
             }
         }
         Some(Ok(batch))
@@ -307,6 +342,49 @@ mod tests {
                 .to_string()
                 .contains("not valid")
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_lingers_for_what_comes_soon_after_its_first_delivery() {
+        use std::time::Duration;
+        let bus = std::sync::Arc::new(MemoryBus::new());
+        let mut sub = bus
+            .subscribe(Subscribe::new("g", [Topic::Control]))
+            .await
+            .unwrap();
+        let b = ferry_event::EventBuilder::new("test");
+        let ev = |n: u32| b.job(ferry_event::kind::JOB_CANCEL, "j", &serde_json::json!({ "n": n }));
+        let late = |bus: std::sync::Arc<MemoryBus>, e: Event, after_ms: u64| {
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(after_ms)).await;
+                bus.publish(&[e]).await.unwrap();
+            })
+        };
+        bus.publish(&[ev(0)]).await.unwrap();
+        late(bus.clone(), ev(1), 5);
+        late(bus.clone(), ev(2), 30);
+        let batch = sub
+            .next_batch_within(10, Duration::from_millis(10))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(batch.len(), 2, "the second came 5 ms after the first");
+        ack_all(batch).await.unwrap();
+        let batch = sub
+            .next_batch_within(10, Duration::from_millis(10))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(batch.len(), 1, "the third came 25 ms after the second");
+        ack_all(batch).await.unwrap();
+
+        bus.publish(&[ev(3), ev(4), ev(5)]).await.unwrap();
+        let batch = sub
+            .next_batch_within(2, Duration::from_secs(60))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(batch.len(), 2, "no more than max, without waiting for the linger");
     }
 
     crate::conformance_tests!(async { std::sync::Arc::new(MemoryBus::new()) });

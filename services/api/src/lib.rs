@@ -67,6 +67,9 @@ pub struct Config {
     pub body_limit: usize,
     /// Most events applied to the read model in one transaction.
     pub batch_max: usize,
+    /// How long the read model waits, after an event arrives, for more to apply with it: a
+    /// few milliseconds of staleness for far fewer transactions when events come one by one.
+    pub batch_linger: Duration,
     /// How long a publish may wait for the bus to confirm before the request gets a 503.
     pub publish_timeout: Duration,
     /// How often followed streams look for changes that did not wake them (another api
@@ -88,6 +91,7 @@ impl Config {
             group: DEFAULT_GROUP.to_string(),
             body_limit: DEFAULT_BODY_LIMIT,
             batch_max: 256,
+            batch_linger: Duration::from_millis(10),
             publish_timeout: Duration::from_secs(10),
             follow_poll: Duration::from_millis(500),
             log_grace: DEFAULT_LOG_GRACE,

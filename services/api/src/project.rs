@@ -34,7 +34,7 @@ pub(crate) async fn project(
     loop {
         let next = tokio::select! {
             _ = shutdown.cancelled() => break,
-            next = sub.next_batch(config.batch_max.max(1)) => next,
+            next = sub.next_batch_within(config.batch_max.max(1), config.batch_linger) => next,
         };
         let batch = match next {
             None | Some(Err(ferry_bus::Error::Closed)) => break,
