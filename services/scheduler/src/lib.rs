@@ -250,10 +250,11 @@ impl Scheduler {
                 return Err(e);
             }
         };
-        // Committed: what the batch emitted is published whatever becomes of the acks. A
-        // delivery whose ack is lost (the broker went away meanwhile) comes again and is
-        // recognised as applied.
+        // Committed: what the batch emitted is published first (it is what the next service
+        // waits for), then the deliveries are acked. A delivery whose ack is lost (the broker
+        // went away meanwhile) comes again and is recognised as applied.
         self.unpublished.extend(emitted);
+        self.flush().await;
         for (d, reason) in bad {
             if let Err(e) = d.dead_letter(&reason).await {
                 tracing::warn!(error = %e, "cannot dead-letter a delivery; the broker delivers it again");
@@ -265,7 +266,6 @@ impl Scheduler {
                 "cannot ack applied deliveries; the broker delivers them again and they are recognised as applied"
             );
         }
-        self.flush().await;
         Ok(())
     }
 
