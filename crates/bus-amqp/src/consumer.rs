@@ -344,19 +344,21 @@ async fn split(
         .map(|(range, event)| (PartSettle::new(batch.clone(), range), event));
     while let Some((mut part, event)) = parts.next() {
         // The message's own place goes to its first event; the others wait for theirs.
-        match permit.take() {
-            Some(p) => part.hold(p),
-            None => match place(window, tx).await {
-                Some(p) => part.hold(p),
-                None => {
-                    // Gone: the events not handed out are given back as they are dropped.
-                    parts.for_each(drop);
-                    return Err(End::Gone);
-                }
-            },
-        }
+        let held = match permit.take() {
+            Some(p) => Some(p),
+            None => place(window, tx).await,
+        };
+        let Some(held) = held else {
+            // Gone: the events not handed out are given back as they are dropped.
+            parts.for_each(drop);
+            return Err(End::Gone);
+        };
+        part.hold(held);
         let topic = topic.clone().unwrap_or_else(|| route(&event));
-        hand(tx, Delivery::new(event, topic, redelivered, Box::new(part))).await?;
+        if let Err(end) = hand(tx, Delivery::new(event, topic, redelivered, Box::new(part))).await {
+            parts.for_each(drop);
+            return Err(end);
+        }
     }
     Ok(())
 }
