@@ -321,8 +321,8 @@ pub(crate) async fn subscribe(bus: &KafkaBus, spec: &Subscribe) -> Result<Subscr
         .set("heartbeat.interval.ms", "500")
         .set("topic.metadata.refresh.interval.ms", "5000")
         // Hand a message over as soon as it is there: dispatch latency matters more than
-        // fetch efficiency (the broker answers a fetch at once when data is waiting anyway).
-        .set("fetch.wait.max.ms", "10")
+        // fetch efficiency (see `DEFAULT_FETCH_WAIT_MS`).
+        .set("fetch.wait.max.ms", config.fetch_wait_ms.to_string())
         .set("fetch.min.bytes", "1")
         .create_with_context(context)
         .map_err(|e| Error::Client(Box::new(e)))?;

@@ -1,6 +1,6 @@
 //! ferry's bus on Kafka (and Kafka-compatible brokers such as tansu), through librdkafka.
 //!
-//! [`KafkaBus::connect`] takes `kafka://HOST:PORT[,HOST:PORT…][?namespace=NS&partitions=N&replication=R]`.
+//! [`KafkaBus::connect`] takes `kafka://HOST:PORT[,HOST:PORT…][?namespace=NS&partitions=N&replication=R&fetch_wait_ms=W]`.
 //! Each logical [`Topic`](ferry_event::Topic) is the Kafka topic `NS.<name>` (`ferry.control`,
 //! `ferry.dispatch.local`, …) and dead letters go to `NS.dead`; topics are created with the
 //! configured partition count when missing. A ferry consumer group `G` is the Kafka group `NS.G`.
@@ -60,7 +60,7 @@ const BATCH_OVERHEAD: usize = 64 * 1024;
 pub enum Error {
     /// The URL cannot work; nothing was contacted.
     #[error(
-        "invalid Kafka bus URL {url:?}: {why} (expected kafka://HOST:PORT[,HOST:PORT…][?namespace=NS&partitions=N&replication=R])"
+        "invalid Kafka bus URL {url:?}: {why} (expected kafka://HOST:PORT[,HOST:PORT…][?namespace=NS&partitions=N&replication=R&fetch_wait_ms=W])"
     )]
     Url { url: String, why: String },
     /// librdkafka refused the client configuration.
@@ -121,7 +121,7 @@ impl std::fmt::Debug for KafkaBus {
 }
 
 impl KafkaBus {
-    /// Connects to `kafka://HOST:PORT[,HOST:PORT…][?namespace=NS&partitions=N&replication=R]`
+    /// Connects to `kafka://HOST:PORT[,HOST:PORT…][?namespace=NS&partitions=N&replication=R&fetch_wait_ms=W]`
     /// and creates the namespace's fixed topics (intake, control, lifecycle, logs, dead) if
     /// they are missing. Per-backend dispatch topics are created when first used.
     pub async fn connect(url: &str) -> ferry_bus::Result<KafkaBus> {
