@@ -5,8 +5,11 @@
 //!   exiting at once;
 //! - [`metrics`]: metric names, in one place;
 //! - [`memory`]: the C allocator's set-up (fewer malloc arenas);
-//! - [`instance_source`]: the CloudEvents `source` naming one service instance.
+//! - [`instance_source`]: the CloudEvents `source` naming one service instance;
+//! - [`db`] (feature `sqlx`): telling a database outage from a bad write.
 
+#[cfg(feature = "sqlx")]
+pub mod db;
 pub mod memory;
 pub mod metrics;
 pub mod shutdown;
