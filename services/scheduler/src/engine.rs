@@ -7,6 +7,7 @@
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use ferry_event::cloudevents::Data;
 use ferry_event::payload::{
@@ -25,7 +26,8 @@ use tracing::Instrument;
 use crate::store::{Dialect, Store};
 use crate::{Config, Error, Result};
 
-/// An event the scheduler acts on, decoded.
+/// An event the scheduler acts on, decoded. Cloning is cheap: a planned job's JSON is shared.
+#[derive(Clone)]
 pub(crate) enum Input {
     Planned(PlannedJson),
     Cancel(JobCancel),
@@ -1595,9 +1597,10 @@ fn task_state(
 /// A `job.planned` event's JSON, taken out of the event once it was checked to decode. The
 /// tasks stay JSON until they are inserted, a chunk at a time: the event is not held a second
 /// time as decoded tasks.
+#[derive(Clone)]
 pub(crate) struct PlannedJson {
     job_id: String,
-    json: Vec<u8>,
+    json: Arc<Vec<u8>>,
 }
 
 /// A `job.planned` payload with its tasks left as JSON, borrowed from the event's data.
@@ -1658,7 +1661,10 @@ impl PlannedJson {
             Some(Data::Json(v)) => serde_json::to_vec(&v).unwrap_or_default(),
             None => Vec::new(),
         };
-        Ok(PlannedJson { job_id, json })
+        Ok(PlannedJson {
+            job_id,
+            json: Arc::new(json),
+        })
     }
 
     fn head(&self) -> Result<PlannedHead<'_>> {

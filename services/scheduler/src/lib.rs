@@ -106,7 +106,7 @@ pub async fn run(config: Config, bus: Arc<dyn Bus>, shutdown: CancellationToken)
     let mut sub = bus
         .subscribe(Subscribe::new(config.group.clone(), [Topic::Control]).prefetch(config.batch_max * 2))
         .await?;
-    let mut sched = Scheduler::new(store, bus, config);
+    let mut sched = Scheduler::new(store, bus, config).stop_on(shutdown.clone());
     sched.recover().await;
     let mut tick = tokio::time::interval(sched.config.tick);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -146,6 +146,10 @@ pub async fn run(config: Config, bus: Arc<dyn Bus>, shutdown: CancellationToken)
     Ok(())
 }
 
+/// Wait before applying held events again while the database is out of reach: first, most.
+const OUTAGE_FIRST: Duration = Duration::from_millis(100);
+const OUTAGE_MAX: Duration = Duration::from_secs(5);
+
 #[derive(Default)]
 struct Backoff(u32);
 
@@ -175,6 +179,8 @@ pub struct Scheduler {
     /// Outbox rows of other instances seen at the last sweep (see [`Scheduler::adopt_orphans`]).
     seen_outbox: HashSet<i64>,
     next_sweep: tokio::time::Instant,
+    /// Ends the wait for the database to come back (see [`Scheduler::handle`]).
+    stop: CancellationToken,
 }
 
 impl Scheduler {
@@ -190,7 +196,14 @@ impl Scheduler {
             confirmed: Vec::new(),
             seen_outbox: HashSet::new(),
             next_sweep,
+            stop: CancellationToken::new(),
         }
+    }
+
+    /// Stops waiting for the database when `stop` is cancelled.
+    pub fn stop_on(mut self, stop: CancellationToken) -> Self {
+        self.stop = stop;
+        self
     }
 
     pub fn store(&self) -> &Store {
@@ -215,8 +228,10 @@ impl Scheduler {
         }
     }
 
-    /// Applies a batch of deliveries in one transaction, acks them after the commit, then
-    /// publishes what the batch emitted.
+    /// Applies a batch of deliveries in one transaction, publishes what the batch emitted,
+    /// then acks them. While the database is out of reach ([`ferry_runtime::db::is_outage`])
+    /// the batch is held and applied again after a backoff, until it applies or the scheduler
+    /// stops; any other failure gives it back to the bus.
     pub async fn handle(&mut self, batch: Vec<Delivery>) -> Result<()> {
         let mut good = Vec::with_capacity(batch.len());
         let mut bad = Vec::new();
@@ -231,23 +246,38 @@ impl Scheduler {
                 Err(reason) => bad.push((d, reason)),
             }
         }
-        let now = ferry_event::now_ms();
-        let emitted = engine::apply(
-            &self.store,
-            &self.config,
-            &self.events,
-            now,
-            inputs,
-            std::mem::take(&mut self.confirmed),
-        )
-        .await;
-        let emitted = match emitted {
-            Ok(e) => e,
-            Err(e) => {
-                for d in good {
-                    let _ = d.nack().await;
+        let mut wait = OUTAGE_FIRST;
+        let emitted = loop {
+            let now = ferry_event::now_ms();
+            let applied = engine::apply(
+                &self.store,
+                &self.config,
+                &self.events,
+                now,
+                inputs.clone(),
+                self.confirmed.clone(),
+            )
+            .await;
+            match applied {
+                Ok(e) => {
+                    self.confirmed.clear();
+                    break e;
                 }
-                return Err(e);
+                Err(Error::Db(e)) if ferry_runtime::db::is_outage(&e) && !self.stop.is_cancelled() => {
+                    tracing::warn!(error = %e, events = inputs.len(), retry_in = ?wait,
+                        "the database is out of reach; holding the events and trying again");
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = self.stop.cancelled() => {}
+                    }
+                    wait = (wait * 2).min(OUTAGE_MAX);
+                }
+                Err(e) => {
+                    for d in good {
+                        let _ = d.nack().await;
+                    }
+                    return Err(e);
+                }
             }
         };
         // Committed: what the batch emitted is published first (it is what the next service

@@ -18,6 +18,7 @@ struct Rig {
     sub: Subscription,
     sched: Scheduler,
     events: EventBuilder,
+    db_url: String,
     _dir: tempfile::TempDir,
 }
 
@@ -32,12 +33,14 @@ impl Rig {
             .unwrap();
         let cfg = config(&db);
         let store = Store::open(&cfg.db_url).await.unwrap();
+        let db_url = cfg.db_url.clone();
         let sched = Scheduler::new(store, Arc::new(bus.clone()), cfg);
         Rig {
             bus,
             sub,
             sched,
             events: EventBuilder::new("ferry/test"),
+            db_url,
             _dir: dir,
         }
     }
@@ -182,4 +185,39 @@ async fn a_success_of_an_unknown_attempt_or_job_changes_nothing() {
     assert_eq!(b_row.state, "waiting");
     let job = store.job("j").await.unwrap().unwrap();
     assert_eq!((job.active, job.ready, job.unfinished), (1, 0, 2));
+}
+
+/// While another process holds the database's write lock for longer than the scheduler's busy
+/// timeout (an outage), the scheduler holds the batch and applies it once the lock goes,
+/// rather than giving it back to the bus: each return counts towards the broker's delivery
+/// limit, past which RabbitMQ dead-letters the events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_is_held_through_a_database_outage_not_given_back() {
+    use sqlx::{Connection, Executor};
+    let mut r = Rig::new().await;
+    let mut locker = sqlx::SqliteConnection::connect(&r.db_url).await.unwrap();
+    locker.execute("BEGIN EXCLUSIVE").await.unwrap();
+
+    let plan = planned("j", vec![task_spec("a", &[])], None);
+    let planned_event = r.events.job(kind::JOB_PLANNED, "j", &plan);
+    r.bus.publish(&[planned_event]).await.unwrap();
+    let batch = r.sub.next_batch(10).await.unwrap().unwrap();
+    let release = async {
+        // The busy timeout is 5 s: at least one attempt fails before the lock goes.
+        tokio::time::sleep(std::time::Duration::from_secs(7)).await;
+        locker.execute("COMMIT").await.unwrap();
+    };
+    let (handled, ()) = tokio::join!(r.sched.handle(batch), release);
+    handled.unwrap();
+
+    assert!(r.sub.try_next().is_none(), "the event was given back to the bus");
+    let job = r
+        .sched
+        .store()
+        .job("j")
+        .await
+        .unwrap()
+        .expect("the job was created");
+    assert_eq!(job.state, "running");
+    assert_eq!(r.attempts("j").await.len(), 1, "its task was dispatched");
 }
