@@ -11,7 +11,7 @@ use ferry_runtime::CancellationToken;
 use ferry_runtime::metrics::LOG_LINES_STORED;
 use tracing::Instrument;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::store::{LogStore, validate};
 
 /// The consumer group the collectors share: each `task.log` event is stored by one of them.
@@ -75,8 +75,9 @@ impl LogCollector {
     }
 
     /// Stores batches until `shutdown` is cancelled (a commit in progress is finished and acked
-    /// first) or the bus closes. A failing store never loses a line: the batch is given back to
-    /// the bus and taken again after a backoff.
+    /// first) or the bus closes. A failing store never loses a line: while it is out of reach
+    /// the batch is held and stored again after a backoff; a batch it refuses otherwise is given
+    /// back to the bus and taken again after a backoff.
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<()> {
         let mut backoff = Backoff::new(self.config.retry_initial, self.config.retry_max);
         tracing::info!(group = %self.config.group, "log collector started");
@@ -91,21 +92,23 @@ impl LogCollector {
                     tracing::info!("bus closed; log collector stopping");
                     break;
                 }
-                Some(Ok(batch)) => match handle_batch(&self.config.store, batch).await {
-                    Ok(_) => {
-                        backoff.reset();
-                        continue;
+                Some(Ok(batch)) => {
+                    match handle_batch(&self.config.store, batch, &mut backoff, &shutdown).await {
+                        Ok(_) => {
+                            backoff.reset();
+                            continue;
+                        }
+                        Err(e) => {
+                            let delay = backoff.next();
+                            tracing::error!(
+                                error = %e,
+                                retry_in_ms = delay.as_millis() as u64,
+                                "storing log lines failed; the batch was given back to the bus"
+                            );
+                            delay
+                        }
                     }
-                    Err(e) => {
-                        let delay = backoff.next();
-                        tracing::error!(
-                            error = %e,
-                            retry_in_ms = delay.as_millis() as u64,
-                            "storing log lines failed; the batch was given back to the bus"
-                        );
-                        delay
-                    }
-                },
+                }
                 Some(Err(e)) if e.is_transient() => {
                     let delay = backoff.next();
                     tracing::warn!(
@@ -129,9 +132,17 @@ impl LogCollector {
 }
 
 /// Stores the valid events of a batch in one transaction, then acks them; dead-letters the
-/// events that can never be stored. When the store fails, the valid events are nacked (so the
-/// bus delivers them again) and the error is returned. Returns the lines newly stored.
-pub(crate) async fn handle_batch(store: &LogStore, batch: Vec<Delivery>) -> Result<u64> {
+/// events that can never be stored. While the store is out of reach
+/// ([`ferry_runtime::db::is_outage`]) the batch is held and stored again after `backoff`, until
+/// it is stored or `shutdown` comes; when the store fails otherwise, the valid events are
+/// nacked (so the bus delivers them again) and the error is returned. Returns the lines newly
+/// stored.
+pub(crate) async fn handle_batch(
+    store: &LogStore,
+    batch: Vec<Delivery>,
+    backoff: &mut Backoff,
+    shutdown: &CancellationToken,
+) -> Result<u64> {
     let mut logs = Vec::with_capacity(batch.len());
     let mut good = Vec::with_capacity(batch.len());
     for d in batch {
@@ -171,7 +182,21 @@ pub(crate) async fn handle_batch(store: &LogStore, batch: Vec<Delivery>) -> Resu
                 "task.log"
             );
         }
-        match store.append(&logs).await {
+        let appended = loop {
+            match store.append(&logs).await {
+                Err(Error::Database(e)) if ferry_runtime::db::is_outage(&e) && !shutdown.is_cancelled() => {
+                    let delay = backoff.next();
+                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64,
+                        "the log store is out of reach; holding the log lines and trying again");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = shutdown.cancelled() => {}
+                    }
+                }
+                other => break other,
+            }
+        };
+        match appended {
             Ok(stored) => {
                 tracing::Span::current().record("stored", stored);
                 tracing::debug!({ LOG_LINES_STORED } = stored, "log lines committed");
@@ -213,7 +238,7 @@ fn read(d: &Delivery) -> std::result::Result<TaskLog, String> {
     Ok(log)
 }
 
-struct Backoff {
+pub(crate) struct Backoff {
     initial: Duration,
     max: Duration,
     current: Option<Duration>,
@@ -250,6 +275,7 @@ mod tests {
 
     use super::*;
     use crate::LogQuery;
+    use crate::store::BUSY_TIMEOUT;
 
     fn log_event(seq: u64) -> ferry_event::Event {
         let log = TaskLog {
@@ -289,7 +315,13 @@ mod tests {
             .await
             .ok_or_else(|| anyhow::anyhow!("closed"))??;
         let ids: Vec<String> = batch.iter().map(|d| d.event.id().to_string()).collect();
-        let err = handle_batch(&store, batch).await.unwrap_err();
+        let (mut backoff, shutdown) = (
+            Backoff::new(Duration::ZERO, Duration::ZERO),
+            CancellationToken::new(),
+        );
+        let err = handle_batch(&store, batch, &mut backoff, &shutdown)
+            .await
+            .unwrap_err();
         assert!(err.is_transient(), "{err}");
 
         // The events are back on the bus, in their order, and nothing was dead-lettered.
@@ -303,10 +335,44 @@ mod tests {
         assert!(bus.dead_letters().is_empty());
 
         sql(&url, "ALTER TABLE log_lines_away RENAME TO log_lines").await?;
-        assert_eq!(handle_batch(&store, again).await?, 3);
+        assert_eq!(handle_batch(&store, again, &mut backoff, &shutdown).await?, 3);
         let lines = store.query(&LogQuery::job("j")).await?;
         assert_eq!(lines.iter().map(|r| r.seq).collect::<Vec<_>>(), [0, 1, 2]);
         assert!(sub.try_next().is_none(), "acked after the commit");
+        Ok(())
+    }
+
+    /// While another process holds the store's write lock for longer than the busy timeout (an
+    /// outage), the batch is held and stored once the lock goes, not given back to the bus,
+    /// where each return counts towards the broker's delivery limit.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_is_held_through_a_store_outage_not_given_back() -> anyhow::Result<()> {
+        use sqlx::{Connection, Executor};
+        let dir = tempfile::tempdir()?;
+        let url = format!("sqlite://{}", dir.path().join("logs.db").display());
+        let store = LogStore::open(&url).await?;
+        let bus = MemoryBus::new();
+        let mut sub = bus.subscribe(Subscribe::new("g", [Topic::Logs])).await?;
+        bus.publish(&[log_event(0), log_event(1)]).await?;
+        let batch = sub
+            .next_batch(8)
+            .await
+            .ok_or_else(|| anyhow::anyhow!("closed"))??;
+
+        let mut locker = sqlx::SqliteConnection::connect(&url).await?;
+        locker.execute("BEGIN EXCLUSIVE").await?;
+        let release = async {
+            tokio::time::sleep(BUSY_TIMEOUT + Duration::from_secs(2)).await;
+            locker.execute("COMMIT").await.map(drop)
+        };
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
+        let shutdown = CancellationToken::new();
+        let (stored, released) = tokio::join!(handle_batch(&store, batch, &mut backoff, &shutdown), release);
+        released?;
+        assert_eq!(stored?, 2);
+        assert!(sub.try_next().is_none(), "the events were given back to the bus");
+        let lines = store.query(&LogQuery::job("j")).await?;
+        assert_eq!(lines.iter().map(|r| r.seq).collect::<Vec<_>>(), [0, 1]);
         Ok(())
     }
 

@@ -35,7 +35,7 @@ const FOLLOW_PAGE: usize = 512;
 const INSERT_CHUNK: usize = 1000;
 
 /// How long a statement waits for another writer before failing.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 struct Migration {
     version: i64,
