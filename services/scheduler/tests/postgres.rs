@@ -246,3 +246,59 @@ async fn events_an_instance_committed_but_never_published_are_published_by_anoth
     tb.cancel();
     stop.cancel();
 }
+
+/// The scheduler's connection is ended by the server in the middle of a transaction (as in a
+/// restart or a failover): the batch is held and applied again on a new connection, not given
+/// back to the bus, where each return counts towards the broker's delivery limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_ended_mid_transaction_holds_the_batch_and_applies_it_again() {
+    use ferry_bus::{Bus, Subscribe};
+    let db = Db::new().await;
+    let bus = MemoryBus::new();
+    let mut sub = bus
+        .subscribe(Subscribe::new("scheduler", [ferry_event::Topic::Control]))
+        .await
+        .unwrap();
+    let cfg = pg_config(&db.url, "ferry/scheduler/a");
+    let store = ferry_scheduler::Store::open(&db.url).await.unwrap();
+    let mut sched = ferry_scheduler::Scheduler::new(store, Arc::new(bus.clone()), cfg);
+
+    // Another session holds a lock on the jobs, so the scheduler's transaction waits inside.
+    let mut blocker = admin_conn(&db.url).await;
+    blocker.execute("BEGIN").await.unwrap();
+    blocker
+        .execute("LOCK TABLE jobs IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    publish(&bus, kind::JOB_PLANNED, "j", &planned("j", fan(2), None)).await;
+    let batch = sub.next_batch(10).await.unwrap().unwrap();
+    let interrupt = async {
+        let mut admin = admin_conn(&db.url).await;
+        let waiting = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                       WHERE datname = current_database() AND wait_event_type = 'Lock'";
+        let deadline = tokio::time::Instant::now() + WITHIN;
+        loop {
+            let ended: Vec<(bool,)> = sqlx::query_as(waiting).fetch_all(&mut admin).await.unwrap();
+            if !ended.is_empty() {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the scheduler never waited on the lock"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        blocker.execute("COMMIT").await.unwrap();
+    };
+    let (handled, ()) = tokio::join!(sched.handle(batch), interrupt);
+    handled.unwrap();
+
+    assert!(sub.try_next().is_none(), "the event was given back to the bus");
+    let job = sched
+        .store()
+        .job("j")
+        .await
+        .unwrap()
+        .expect("the job was created");
+    assert_eq!((job.state.as_str(), job.total), ("running", 4));
+}
