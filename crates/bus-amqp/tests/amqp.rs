@@ -30,6 +30,28 @@ async fn raw_publish(ch: &lapin::Channel, exchange: &str, key: &str, props: Basi
     .expect("raw publish is sent");
 }
 
+/// Takes `n` messages from the namespace's dead-letter queue, waiting for them up to [`WAIT`].
+async fn dead_letters(ch: &lapin::Channel, ns: &str, n: usize) -> Vec<lapin::message::BasicGetMessage> {
+    let mut dead = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    while dead.len() < n {
+        assert!(
+            Instant::now() < deadline,
+            "only {} dead letters in {ns}:dead",
+            dead.len()
+        );
+        match ch
+            .basic_get(format!("{ns}:dead").into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+        {
+            Some(m) => dead.push(m),
+            None => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    dead
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_binary_mode_message_from_another_client_is_received_as_the_same_event() {
     let _lock = common::broker_lock(false).await;
@@ -144,23 +166,7 @@ async fn garbage_is_dead_lettered_with_its_reason_and_the_consumer_goes_on() {
     d.ack().await.unwrap();
     nothing(&mut sub).await;
 
-    let mut dead = Vec::new();
-    let deadline = Instant::now() + WAIT;
-    while dead.len() < 2 {
-        assert!(
-            Instant::now() < deadline,
-            "only {} dead letters in {ns}:dead",
-            dead.len()
-        );
-        match ch
-            .basic_get(format!("{ns}:dead").into(), BasicGetOptions { no_ack: true })
-            .await
-            .unwrap()
-        {
-            Some(m) => dead.push(m),
-            None => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
+    let dead = dead_letters(&ch, &ns, 2).await;
     assert_eq!(dead[0].delivery.data, b"not an event");
     assert_eq!(
         dead[0].delivery.routing_key.as_str(),
@@ -480,19 +486,7 @@ async fn an_unreadable_event_of_a_batch_message_is_dead_lettered_alone() {
     d.ack().await.unwrap();
     nothing(&mut sub).await;
 
-    let mut dead = Vec::new();
-    let deadline = Instant::now() + WAIT;
-    while dead.len() < 2 {
-        assert!(Instant::now() < deadline, "only {} dead letters", dead.len());
-        match ch
-            .basic_get(format!("{ns}:dead").into(), BasicGetOptions { no_ack: true })
-            .await
-            .unwrap()
-        {
-            Some(m) => dead.push(m),
-            None => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
+    let dead = dead_letters(&ch, &ns, 2).await;
     let event: serde_json::Value = serde_json::from_slice(&dead[0].delivery.data).unwrap();
     assert_eq!(event["id"], "no-type", "the unreadable event alone");
     assert_eq!(dead[0].delivery.routing_key.as_str(), "control");
