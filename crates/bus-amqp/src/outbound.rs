@@ -114,13 +114,17 @@ mod tests {
     use super::*;
 
     fn dispatch(n: usize) -> Event {
+        dispatch_with(n, &serde_json::json!({"n": n}))
+    }
+
+    fn dispatch_with(n: usize, data: &serde_json::Value) -> Event {
         EventBuilder::new("test").dispatch(
             kind::TASK_DISPATCHED,
             "job-1",
             &format!("t{n}"),
             &format!("a{n}"),
             "local",
-            &serde_json::json!({"n": n}),
+            data,
         )
     }
 
@@ -182,16 +186,7 @@ mod tests {
     fn batches_stop_short_of_the_byte_limit() {
         let big = "x".repeat(100 * 1024);
         let events: Vec<Event> = (0..5)
-            .map(|n| {
-                EventBuilder::new("test").dispatch(
-                    kind::TASK_DISPATCHED,
-                    "job-1",
-                    &format!("t{n}"),
-                    &format!("a{n}"),
-                    "local",
-                    &serde_json::json!({"pad": big}),
-                )
-            })
+            .map(|n| dispatch_with(n, &serde_json::json!({"pad": big})))
             .collect();
         let out = messages(&events).unwrap();
         let sizes: Vec<usize> = out
