@@ -1,6 +1,48 @@
-//! What a database error means for the event it was applying.
+//! What a database error means for the event it was applying, and holding a batch through an
+//! outage.
 
 use std::borrow::Cow;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+/// How long a consumer waits between tries while its database is out of reach: `first`, then
+/// twice as long each time, up to `max`.
+#[derive(Debug, Clone, Copy)]
+pub struct Waits {
+    pub first: Duration,
+    pub max: Duration,
+}
+
+/// Runs `op` until it succeeds, fails with something other than an outage ([`is_outage`] of the
+/// database error `db_error` finds in `E`), or `stop` is cancelled (then the outage's error is
+/// returned). `what` names the database in the warning logged before each wait.
+pub async fn through_outages<T, E, F>(
+    what: &str,
+    waits: Waits,
+    stop: &CancellationToken,
+    db_error: impl Fn(&E) -> Option<&sqlx::Error>,
+    mut op: impl FnMut() -> F,
+) -> Result<T, E>
+where
+    F: Future<Output = Result<T, E>>,
+{
+    let mut wait = waits.first;
+    loop {
+        let done = op().await;
+        let outage = match &done {
+            Err(e) if !stop.is_cancelled() => db_error(e).filter(|e| is_outage(e)),
+            _ => None,
+        };
+        let Some(e) = outage else { return done };
+        tracing::warn!(error = %e, retry_in = ?wait, "{what} is out of reach; holding the batch and trying again");
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.cancelled() => {}
+        }
+        wait = (wait * 2).min(waits.max);
+    }
+}
 
 /// Whether a database error is an outage (the server or file is out of reach, busy, out of
 /// room, or a transaction lost a conflict) rather than something wrong with what was applied.

@@ -6,7 +6,8 @@
 //! - [`metrics`]: metric names, in one place;
 //! - [`memory`]: the C allocator's set-up (fewer malloc arenas);
 //! - [`instance_source`]: the CloudEvents `source` naming one service instance;
-//! - [`db`] (feature `sqlx`): telling a database outage from a bad write.
+//! - [`db`] (feature `sqlx`): telling a database outage from a bad write, and holding a batch
+//!   through one.
 
 #[cfg(feature = "sqlx")]
 pub mod db;

@@ -8,6 +8,7 @@ use ferry_bus::{Bus, Delivery, Subscribe, Subscription};
 use ferry_event::payload::TaskLog;
 use ferry_event::{AttributesReader, Topic, kind};
 use ferry_runtime::CancellationToken;
+use ferry_runtime::db::Waits;
 use ferry_runtime::metrics::LOG_LINES_STORED;
 use tracing::Instrument;
 
@@ -74,6 +75,14 @@ impl LogCollector {
         })
     }
 
+    /// Waits while the log store is out of reach: the retry settings of the bus's.
+    fn waits(&self) -> Waits {
+        Waits {
+            first: self.config.retry_initial,
+            max: self.config.retry_max,
+        }
+    }
+
     /// Stores batches until `shutdown` is cancelled (a commit in progress is finished and acked
     /// first) or the bus closes. A failing store never loses a line: while it is out of reach
     /// the batch is held and stored again after a backoff; a batch it refuses otherwise is given
@@ -93,7 +102,7 @@ impl LogCollector {
                     break;
                 }
                 Some(Ok(batch)) => {
-                    match handle_batch(&self.config.store, batch, &mut backoff, &shutdown).await {
+                    match handle_batch(&self.config.store, batch, self.waits(), &shutdown).await {
                         Ok(_) => {
                             backoff.reset();
                             continue;
@@ -133,14 +142,14 @@ impl LogCollector {
 
 /// Stores the valid events of a batch in one transaction, then acks them; dead-letters the
 /// events that can never be stored. While the store is out of reach
-/// ([`ferry_runtime::db::is_outage`]) the batch is held and stored again after `backoff`, until
+/// ([`ferry_runtime::db::is_outage`]) the batch is held and stored again after `waits`, until
 /// it is stored or `shutdown` comes; when the store fails otherwise, the valid events are
 /// nacked (so the bus delivers them again) and the error is returned. Returns the lines newly
 /// stored.
 pub(crate) async fn handle_batch(
     store: &LogStore,
     batch: Vec<Delivery>,
-    backoff: &mut Backoff,
+    waits: Waits,
     shutdown: &CancellationToken,
 ) -> Result<u64> {
     let mut logs = Vec::with_capacity(batch.len());
@@ -182,20 +191,17 @@ pub(crate) async fn handle_batch(
                 "task.log"
             );
         }
-        let appended = loop {
-            match store.append(&logs).await {
-                Err(Error::Database(e)) if ferry_runtime::db::is_outage(&e) && !shutdown.is_cancelled() => {
-                    let delay = backoff.next();
-                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64,
-                        "the log store is out of reach; holding the log lines and trying again");
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = shutdown.cancelled() => {}
-                    }
-                }
-                other => break other,
-            }
-        };
+        let appended = ferry_runtime::db::through_outages(
+            "the log store",
+            waits,
+            shutdown,
+            |e| match e {
+                Error::Database(e) => Some(e),
+                _ => None,
+            },
+            || store.append(&logs),
+        )
+        .await;
         match appended {
             Ok(stored) => {
                 tracing::Span::current().record("stored", stored);
@@ -238,7 +244,7 @@ fn read(d: &Delivery) -> std::result::Result<TaskLog, String> {
     Ok(log)
 }
 
-pub(crate) struct Backoff {
+struct Backoff {
     initial: Duration,
     max: Duration,
     current: Option<Duration>,
@@ -315,13 +321,12 @@ mod tests {
             .await
             .ok_or_else(|| anyhow::anyhow!("closed"))??;
         let ids: Vec<String> = batch.iter().map(|d| d.event.id().to_string()).collect();
-        let (mut backoff, shutdown) = (
-            Backoff::new(Duration::ZERO, Duration::ZERO),
-            CancellationToken::new(),
-        );
-        let err = handle_batch(&store, batch, &mut backoff, &shutdown)
-            .await
-            .unwrap_err();
+        let waits = Waits {
+            first: Duration::ZERO,
+            max: Duration::ZERO,
+        };
+        let shutdown = CancellationToken::new();
+        let err = handle_batch(&store, batch, waits, &shutdown).await.unwrap_err();
         assert!(err.is_transient(), "{err}");
 
         // The events are back on the bus, in their order, and nothing was dead-lettered.
@@ -335,7 +340,7 @@ mod tests {
         assert!(bus.dead_letters().is_empty());
 
         sql(&url, "ALTER TABLE log_lines_away RENAME TO log_lines").await?;
-        assert_eq!(handle_batch(&store, again, &mut backoff, &shutdown).await?, 3);
+        assert_eq!(handle_batch(&store, again, waits, &shutdown).await?, 3);
         let lines = store.query(&LogQuery::job("j")).await?;
         assert_eq!(lines.iter().map(|r| r.seq).collect::<Vec<_>>(), [0, 1, 2]);
         assert!(sub.try_next().is_none(), "acked after the commit");
@@ -365,9 +370,12 @@ mod tests {
             tokio::time::sleep(BUSY_TIMEOUT + Duration::from_secs(2)).await;
             locker.execute("COMMIT").await.map(drop)
         };
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
+        let waits = Waits {
+            first: Duration::from_millis(100),
+            max: Duration::from_secs(1),
+        };
         let shutdown = CancellationToken::new();
-        let (stored, released) = tokio::join!(handle_batch(&store, batch, &mut backoff, &shutdown), release);
+        let (stored, released) = tokio::join!(handle_batch(&store, batch, waits, &shutdown), release);
         released?;
         assert_eq!(stored?, 2);
         assert!(sub.try_next().is_none(), "the events were given back to the bus");

@@ -146,9 +146,11 @@ pub async fn run(config: Config, bus: Arc<dyn Bus>, shutdown: CancellationToken)
     Ok(())
 }
 
-/// Wait before applying held events again while the database is out of reach: first, most.
-const OUTAGE_FIRST: Duration = Duration::from_millis(100);
-const OUTAGE_MAX: Duration = Duration::from_secs(5);
+/// Waits before applying held events again while the database is out of reach.
+const OUTAGE_WAITS: ferry_runtime::db::Waits = ferry_runtime::db::Waits {
+    first: Duration::from_millis(100),
+    max: Duration::from_secs(5),
+};
 
 #[derive(Default)]
 struct Backoff(u32);
@@ -246,38 +248,38 @@ impl Scheduler {
                 Err(reason) => bad.push((d, reason)),
             }
         }
-        let mut wait = OUTAGE_FIRST;
-        let emitted = loop {
-            let now = ferry_event::now_ms();
-            let applied = engine::apply(
-                &self.store,
-                &self.config,
-                &self.events,
-                now,
-                inputs.clone(),
-                self.confirmed.clone(),
-            )
-            .await;
-            match applied {
-                Ok(e) => {
-                    self.confirmed.clear();
-                    break e;
+        let applied = ferry_runtime::db::through_outages(
+            "the database",
+            OUTAGE_WAITS,
+            &self.stop,
+            |e| match e {
+                Error::Db(e) => Some(e),
+                _ => None,
+            },
+            || {
+                let now = ferry_event::now_ms();
+                let confirmed = self.confirmed.clone();
+                engine::apply(
+                    &self.store,
+                    &self.config,
+                    &self.events,
+                    now,
+                    inputs.clone(),
+                    confirmed,
+                )
+            },
+        )
+        .await;
+        let emitted = match applied {
+            Ok(e) => {
+                self.confirmed.clear();
+                e
+            }
+            Err(e) => {
+                for d in good {
+                    let _ = d.nack().await;
                 }
-                Err(Error::Db(e)) if ferry_runtime::db::is_outage(&e) && !self.stop.is_cancelled() => {
-                    tracing::warn!(error = %e, events = inputs.len(), retry_in = ?wait,
-                        "the database is out of reach; holding the events and trying again");
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
-                        _ = self.stop.cancelled() => {}
-                    }
-                    wait = (wait * 2).min(OUTAGE_MAX);
-                }
-                Err(e) => {
-                    for d in good {
-                        let _ = d.nack().await;
-                    }
-                    return Err(e);
-                }
+                return Err(e);
             }
         };
         // Committed: what the batch emitted is published first (it is what the next service
