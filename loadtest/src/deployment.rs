@@ -14,7 +14,8 @@ use ferry_bus::{Bus, Subscribe};
 use ferry_event::payload::TaskStarted;
 use ferry_event::{AttributesReader, Topic, kind};
 
-use crate::{Published, Report, fanout_flow, single_flow, spawn_submitter};
+use crate::shape::Shape;
+use crate::{Published, Report, single_flow, spawn_submitter};
 
 /// The service processes, stopped (SIGTERM, then SIGKILL) when dropped.
 struct Services {
@@ -66,8 +67,8 @@ impl Services {
         Ok(Services { children })
     }
 
-    /// User+system CPU of each service process itself (not its children).
-    fn cpu(&self) -> Vec<(String, Duration)> {
+    /// User+system CPU of each service process itself (not its children), and the system part.
+    fn cpu(&self) -> Vec<(String, Duration, Duration)> {
         let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
             .ok()
             .flatten()
@@ -81,7 +82,11 @@ impl Services {
             // After the command name: state is field 3, utime 14, stime 15 (1-based).
             let utime: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0);
             let stime: f64 = fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-            out.push((name.clone(), Duration::from_secs_f64((utime + stime) / ticks)));
+            out.push((
+                name.clone(),
+                Duration::from_secs_f64((utime + stime) / ticks),
+                Duration::from_secs_f64(stime / ticks),
+            ));
         }
         out
     }
@@ -124,9 +129,10 @@ pub struct Plan {
     pub bus_url: String,
     pub parallel: usize,
     pub command: String,
-    /// `None`: one fan-out job as fast as possible; `Some(rate)`: single-task jobs at that rate.
+    /// `None`: one job of `shape` as fast as possible; `Some(rate)`: single-task jobs at that rate.
     pub rate: Option<f64>,
     pub tasks: usize,
+    pub shape: Option<Shape>,
 }
 
 pub async fn run(plan: Plan) -> Result<Report> {
@@ -168,9 +174,10 @@ async fn run_in(plan: &Plan, bus_url: &str) -> Result<Report> {
     tokio::time::sleep(Duration::from_secs(3)).await;
     services.check()?;
 
-    let jobs: Vec<(String, String)> = match plan.rate {
-        None => vec![(ferry_event::new_id(), fanout_flow(plan.tasks - 1, &plan.command))],
-        Some(_) => {
+    let jobs: Vec<(String, String)> = match (plan.rate, plan.shape) {
+        (None, Some(shape)) => vec![(ferry_event::new_id(), shape.flow(&plan.command))],
+        (None, None) => bail!("a run without a rate needs a shape"),
+        (Some(_), _) => {
             let flow = single_flow(&plan.command);
             (0..plan.tasks)
                 .map(|_| (ferry_event::new_id(), flow.clone()))
@@ -253,12 +260,15 @@ async fn run_in(plan: &Plan, bus_url: &str) -> Result<Report> {
         ferry_bus::ack_all(batch).await?;
     }
     let elapsed = started.elapsed();
+    let mut sys = Duration::ZERO;
     let cpu_by_service: Vec<(String, Duration)> = services
         .cpu()
         .into_iter()
-        .map(|(name, end)| {
-            let start = cpu_start.iter().find(|(n, _)| *n == name).map(|(_, d)| *d);
-            (name, end.saturating_sub(start.unwrap_or_default()))
+        .map(|(name, end, end_sys)| {
+            let start = cpu_start.iter().find(|(n, ..)| *n == name);
+            let (cpu0, sys0) = start.map(|(_, c, s)| (*c, *s)).unwrap_or_default();
+            sys += end_sys.saturating_sub(sys0);
+            (name, end.saturating_sub(cpu0))
         })
         .collect();
     let cpu = cpu_by_service.iter().map(|(_, d)| *d).sum();
@@ -270,6 +280,8 @@ async fn run_in(plan: &Plan, bus_url: &str) -> Result<Report> {
         elapsed,
         latencies,
         cpu,
+        sys: Some(sys),
+        hops: plan.shape.map(|s| s.critical_path()),
         cpu_by_service,
         peak_rss_kib: None,
         events: messages,

@@ -3,7 +3,10 @@
 //! with each service in its own process ([`deployment`]).
 //!
 //! - `fanout`: one job, a root task releasing N no-op workers, as fast as ferry goes;
-//! - `paced`: single-task jobs submitted at a fixed rate, for dispatch latency at a steady load.
+//! - `paced`: single-task jobs submitted at a fixed rate, for dispatch latency at a steady load;
+//! - `shape`: one job of a given DAG shape (fan-out, fan-in, chain, diamond lattice, grid), the
+//!   flows users write ([`shape`]); with `--via run` it times the `ferry run` command itself, end
+//!   to end, as a user runs it, rather than the services inside this process.
 //!
 //! It reports throughput, dispatch latency (task ready → its process started, as stamped by the
 //! scheduler and the launcher), ferry's own CPU per task (this process's user+sys time; the task
@@ -13,6 +16,8 @@
 #[cfg(feature = "amqp")]
 mod amqp_count;
 mod deployment;
+mod shape;
+mod via_run;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -44,9 +49,19 @@ struct Args {
     /// process, instead of the embedded system.
     #[arg(long, global = true)]
     bus: Option<String>,
-    /// The `ferry` binary for `--bus` runs [default: beside this program].
+    /// The `ferry` binary for `--bus` and `--via run` runs [default: beside this program].
     #[arg(long, global = true)]
     ferry: Option<PathBuf>,
+    /// What runs the job: the services in this process (or, with `--bus`, as processes), or
+    /// `ferry run FLOW` as a user runs it (embedded only).
+    #[arg(long, global = true, value_enum, default_value_t = Via::Services)]
+    via: Via,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Via {
+    Services,
+    Run,
 }
 
 /// What a run measured.
@@ -55,6 +70,11 @@ pub struct Report {
     pub elapsed: Duration,
     pub latencies: Vec<i64>,
     pub cpu: Duration,
+    /// The system part of `cpu`, where it is known.
+    pub sys: Option<Duration>,
+    /// Tasks on the longest path, for a shape with hops (the per-hop time is the elapsed time
+    /// over it).
+    pub hops: Option<usize>,
     /// The same, per service process (deployment runs only).
     pub cpu_by_service: Vec<(String, Duration)>,
     pub peak_rss_kib: Option<u64>,
@@ -92,13 +112,22 @@ impl Report {
             "  throughput            {:.0} tasks/s",
             total / self.elapsed.as_secs_f64()
         );
-        println!(
-            "  latency               p50 {} ms, p99 {} ms, max {} ms ({})",
-            pct(0.5),
-            pct(0.99),
-            l.last().copied().unwrap_or(0),
-            self.latency_label
-        );
+        if let Some(hops) = self.hops.filter(|h| *h > 1) {
+            println!(
+                "  per hop               {:.2} ms ({} tasks on the longest path)",
+                self.elapsed.as_secs_f64() * 1000.0 / (hops - 1) as f64,
+                hops
+            );
+        }
+        if !l.is_empty() {
+            println!(
+                "  latency               p50 {} ms, p99 {} ms, max {} ms ({})",
+                pct(0.5),
+                pct(0.99),
+                l.last().copied().unwrap_or(0),
+                self.latency_label
+            );
+        }
         for (stage, samples) in &mut self.stages {
             samples.sort_unstable();
             println!(
@@ -112,6 +141,13 @@ impl Report {
             self.cpu.as_secs_f64() * 1000.0 / total,
             self.cpu.as_secs_f64()
         );
+        if let Some(sys) = self.sys {
+            println!(
+                "  of which system       {:.3} ms/task ({:.2} s)",
+                sys.as_secs_f64() * 1000.0 / total,
+                sys.as_secs_f64()
+            );
+        }
         if !self.cpu_by_service.is_empty() {
             let parts: Vec<String> = self
                 .cpu_by_service
@@ -126,10 +162,12 @@ impl Report {
                 kib as f64 / 1024.0
             );
         }
-        println!(
-            "  events/task           {:.2} (control, lifecycle, dispatch and cancel; logs apart)",
-            self.events as f64 / total
-        );
+        if self.events > 0 {
+            println!(
+                "  events/task           {:.2} (control, lifecycle, dispatch and cancel; logs apart)",
+                self.events as f64 / total
+            );
+        }
         if let Some(m) = self.broker_messages {
             println!(
                 "  broker messages/task  {:.2} (RabbitMQ messages carrying those events)",
@@ -158,6 +196,32 @@ enum Mode {
         #[arg(long, default_value_t = 2_000)]
         tasks: usize,
     },
+    /// One job of a DAG shape, as fast as possible.
+    Shape {
+        #[arg(value_enum)]
+        kind: shape::Kind,
+        /// Workers of a fan-out or fan-in, tasks per lattice layer, columns of a grid.
+        #[arg(long, default_value_t = 2_000)]
+        width: usize,
+        /// Tasks of a chain, layers of a lattice, rows of a grid.
+        #[arg(long, default_value_t = 300)]
+        depth: usize,
+    },
+}
+
+impl Mode {
+    /// The one job of a shape run, and its shape (fan-out and shape runs).
+    fn shape(&self) -> Option<shape::Shape> {
+        match *self {
+            Mode::Fanout { tasks } => Some(shape::Shape {
+                kind: shape::Kind::Fanout,
+                width: tasks,
+                depth: 2,
+            }),
+            Mode::Shape { kind, width, depth } => Some(shape::Shape { kind, width, depth }),
+            Mode::Paced { .. } => None,
+        }
+    }
 }
 
 #[global_allocator]
@@ -177,9 +241,18 @@ async fn run(args: Args) -> Result<()> {
             Some(f) => f.clone(),
             None => std::env::current_exe()?.with_file_name("ferry"),
         };
-        let (rate, tasks, label) = match args.mode {
-            Mode::Fanout { tasks } => (None, tasks + 1, format!("fanout, {tasks} workers + 1 root")),
-            Mode::Paced { rate, tasks } => (Some(rate), tasks, format!("paced, {tasks} jobs at {rate}/s")),
+        if args.via == Via::Run {
+            bail!("--via run runs `ferry run`, which is embedded: leave out --bus");
+        }
+        let (rate, tasks, label, flow) = match (&args.mode, args.mode.shape()) {
+            (Mode::Paced { rate, tasks }, _) => (
+                Some(*rate),
+                *tasks,
+                format!("paced, {tasks} jobs at {rate}/s"),
+                None,
+            ),
+            (_, Some(shape)) => (None, shape.tasks(), shape.label(), Some(shape)),
+            (_, None) => unreachable!("every mode but paced has a shape"),
         };
         println!(
             "ferry loadtest on {}: {label}; services as processes; command {}; launcher parallelism {}",
@@ -195,8 +268,19 @@ async fn run(args: Args) -> Result<()> {
             command: args.command.clone(),
             rate,
             tasks,
+            shape: flow,
         };
         return deployment::run(plan).await?.print();
+    }
+    if args.via == Via::Run {
+        let Some(shape) = args.mode.shape() else {
+            bail!("--via run times one job of a shape: use `fanout` or `shape`");
+        };
+        let ferry = match &args.ferry {
+            Some(f) => f.clone(),
+            None => std::env::current_exe()?.with_file_name("ferry"),
+        };
+        return via_run::run(&ferry, shape, &args.command, args.parallel)?.print();
     }
     let tmp = tempfile::tempdir()?;
     let data_dir = args.data_dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
@@ -210,28 +294,30 @@ async fn run(args: Args) -> Result<()> {
         .subscribe(Subscribe::new("loadtest", topics).prefetch(4096))
         .await?;
 
-    let (jobs, label): (Vec<(String, String)>, String) = match args.mode {
-        Mode::Fanout { tasks } => (
-            vec![(ferry_event::new_id(), fanout_flow(tasks, &args.command))],
-            format!("fanout, {tasks} workers + 1 root"),
+    let (jobs, label): (Vec<(String, String)>, String) = match (&args.mode, args.mode.shape()) {
+        (_, Some(shape)) => (
+            vec![(ferry_event::new_id(), shape.flow(&args.command))],
+            shape.label(),
         ),
-        Mode::Paced { tasks, rate } => {
+        (Mode::Paced { tasks, rate }, None) => {
             let flow = single_flow(&args.command);
             (
-                (0..tasks)
+                (0..*tasks)
                     .map(|_| (ferry_event::new_id(), flow.clone()))
                     .collect(),
                 format!("paced, {tasks} jobs at {rate}/s"),
             )
         }
+        (_, None) => unreachable!("every mode but paced has a shape"),
     };
     let rate = match args.mode {
         Mode::Paced { rate, .. } => Some(rate),
-        Mode::Fanout { .. } => None,
+        _ => None,
     };
-    let total_tasks: usize = match args.mode {
-        Mode::Fanout { tasks } => tasks + 1,
-        Mode::Paced { tasks, .. } => tasks,
+    let total_tasks: usize = match (&args.mode, args.mode.shape()) {
+        (_, Some(shape)) => shape.tasks(),
+        (Mode::Paced { tasks, .. }, None) => *tasks,
+        (_, None) => unreachable!("every mode but paced has a shape"),
     };
     println!(
         "ferry loadtest: {label}; command {}; launcher parallelism {}",
@@ -239,7 +325,7 @@ async fn run(args: Args) -> Result<()> {
     );
     println!("  load average before   {load_before}");
 
-    let cpu_start = cpu_time();
+    let (cpu_start, sys_start) = cpu_time();
     let started = Instant::now();
     let mut pending: HashSet<String> = jobs.iter().map(|(id, _)| id.clone()).collect();
     let submit_bus: Arc<dyn Bus> = Arc::new(system.bus.clone());
@@ -274,7 +360,7 @@ async fn run(args: Args) -> Result<()> {
         d.ack().await?;
     }
     let elapsed = started.elapsed();
-    let cpu = cpu_time() - cpu_start;
+    let (cpu_end, sys_end) = cpu_time();
     submitter.await??;
     system.stop().await?;
 
@@ -282,7 +368,9 @@ async fn run(args: Args) -> Result<()> {
         tasks: total_tasks,
         elapsed,
         latencies,
-        cpu,
+        cpu: cpu_end - cpu_start,
+        sys: Some(sys_end - sys_start),
+        hops: args.mode.shape().map(|s| s.critical_path()),
         cpu_by_service: Vec::new(),
         peak_rss_kib: Some(peak_rss_kib()),
         events: messages,
@@ -337,20 +425,6 @@ pub(crate) fn spawn_submitter(
     })
 }
 
-pub(crate) fn fanout_flow(n: usize, command: &str) -> String {
-    let mut s = String::with_capacity(n * 80);
-    s.push_str("id: loadtest-fanout\ntasks:\n  - { id: root, runner: local, command: [");
-    s.push_str(&serde_json::to_string(command).expect("a string serializes"));
-    s.push_str("] }\n");
-    for i in 0..n {
-        s.push_str(&format!(
-            "  - {{ id: w{i}, runner: local, dependsOn: [root], command: [{}] }}\n",
-            serde_json::to_string(command).expect("a string serializes")
-        ));
-    }
-    s
-}
-
 pub(crate) fn single_flow(command: &str) -> String {
     format!(
         "id: loadtest-single\ntasks:\n  - {{ id: t, runner: local, command: [{}] }}\n",
@@ -358,14 +432,15 @@ pub(crate) fn single_flow(command: &str) -> String {
     )
 }
 
-fn cpu_time() -> Duration {
+/// This process's user+system CPU time, and the system part of it.
+fn cpu_time() -> (Duration, Duration) {
     use nix::sys::resource::{UsageWho, getrusage};
     match getrusage(UsageWho::RUSAGE_SELF) {
         Ok(u) => {
             let us = |t: nix::sys::time::TimeVal| Duration::new(t.tv_sec() as u64, t.tv_usec() as u32 * 1000);
-            us(u.user_time()) + us(u.system_time())
+            (us(u.user_time()) + us(u.system_time()), us(u.system_time()))
         }
-        Err(_) => Duration::ZERO,
+        Err(_) => (Duration::ZERO, Duration::ZERO),
     }
 }
 
@@ -380,7 +455,7 @@ fn peak_rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-fn loadavg() -> String {
+pub(crate) fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|_| "unknown".into())
