@@ -80,21 +80,13 @@ pub async fn forged_events_are_dead_lettered_never_delivered(raw: Arc<dyn Bus>) 
             serde_json::to_vec(&serde_json::json!({"outcome": "succeeded", "outputs": {"n": 33}})).unwrap(),
         ),
     );
-    for forged in [
-        &unsigned_finished,
-        &unsigned_dispatch,
-        &stranger_signed,
-        &altered,
-    ] {
+    for forged in [&unsigned_finished, &unsigned_dispatch, &stranger_signed, &altered] {
         raw.publish(std::slice::from_ref(forged))
             .await
             .expect("the broker takes anything");
     }
     let launcher = EventBuilder::new("ferry/launcher-local/real");
-    not_yet_rotated
-        .publish(&[finished(&launcher, 10)])
-        .await
-        .unwrap();
+    not_yet_rotated.publish(&[finished(&launcher, 10)]).await.unwrap();
     service.publish(&[finished(&launcher, 11)]).await.unwrap();
 
     for (n, key) in [(10, &old_id), (11, &new_id)] {

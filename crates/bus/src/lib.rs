@@ -445,9 +445,10 @@ mod tests {
     #[tokio::test]
     async fn forged_events_are_dead_lettered_with_their_reason() {
         let raw = MemoryBus::new();
-        let expected =
-            conformance_signing::forged_events_are_dead_lettered_never_delivered(std::sync::Arc::new(raw.clone()))
-                .await;
+        let expected = conformance_signing::forged_events_are_dead_lettered_never_delivered(
+            std::sync::Arc::new(raw.clone()),
+        )
+        .await;
         let dead = raw.dead_letters();
         assert_eq!(dead.len(), expected.len(), "{dead:?}");
         for want in expected {
@@ -455,7 +456,12 @@ mod tests {
                 .iter()
                 .find(|d| d.event.id() == want.event_id)
                 .unwrap_or_else(|| panic!("{} was not dead-lettered", want.event_id));
-            assert!(got.reason.contains(want.reason), "{}: {}", want.reason, got.reason);
+            assert!(
+                got.reason.contains(want.reason),
+                "{}: {}",
+                want.reason,
+                got.reason
+            );
             assert_eq!(got.group, "signed-scheduler");
         }
     }
@@ -476,7 +482,11 @@ mod tests {
         );
         let err = bus.publish(&[small.clone(), big.clone()]).await.unwrap_err();
         match err {
-            Error::TooLarge { event_id, size, limit } => {
+            Error::TooLarge {
+                event_id,
+                size,
+                limit,
+            } => {
                 assert_eq!(event_id, big.id());
                 assert!(size > 5000);
                 assert_eq!(limit, Some(4096));
@@ -486,6 +496,9 @@ mod tests {
         assert!(sub.try_next().is_none(), "nothing of the batch was published");
         assert_eq!(bus.max_event_bytes(), Some(4096));
         let signed = signing::Signed::new(std::sync::Arc::new(bus.clone()), signing::Keyring::generate());
-        assert!(signed.max_event_bytes().unwrap() < 4096, "room is left for the signature");
+        assert!(
+            signed.max_event_bytes().unwrap() < 4096,
+            "room is left for the signature"
+        );
     }
 }

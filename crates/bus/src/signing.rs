@@ -236,9 +236,8 @@ impl Keyring {
         let mut mac = key.mac.clone();
         feed(&mut mac, event);
         // Compared in constant time.
-        mac.verify_slice(&sig).map_err(|_| SignatureError::Mismatch {
-            key: key.id.clone(),
-        })?;
+        mac.verify_slice(&sig)
+            .map_err(|_| SignatureError::Mismatch { key: key.id.clone() })?;
         Ok(&key.id)
     }
 }
@@ -515,7 +514,10 @@ mod tests {
 
         let tampered: Vec<Box<dyn Fn(&mut Event)>> = vec![
             Box::new(|e| {
-                e.set_data("application/json", Data::Binary(br#"{"outcome":"failed"}"#.to_vec()));
+                e.set_data(
+                    "application/json",
+                    Data::Binary(br#"{"outcome":"failed"}"#.to_vec()),
+                );
             }),
             Box::new(|e| {
                 e.set_source("ferry/elsewhere");
@@ -571,7 +573,10 @@ mod tests {
         other.sign(&mut s);
         let err = keys.verify(&s).unwrap_err();
         assert!(matches!(err, SignatureError::UnknownKey { .. }), "{err}");
-        assert!(err.to_string().contains(keys.signing_id()), "names the known keys: {err}");
+        assert!(
+            err.to_string().contains(keys.signing_id()),
+            "names the known keys: {err}"
+        );
         let mut m = finished();
         m.set_extension(EXT_SIGNATURE, "v2:x:y");
         assert!(matches!(keys.verify(&m), Err(SignatureError::Malformed(_))));
@@ -599,7 +604,10 @@ mod tests {
         after.sign(&mut by_new);
         assert_eq!(after.verify(&by_old), Ok(old_id.as_str()));
         assert_eq!(during.verify(&by_new), Ok(new_id.as_str()));
-        assert!(before.verify(&by_new).is_err(), "a ring without the new key refuses it");
+        assert!(
+            before.verify(&by_new).is_err(),
+            "a ring without the new key refuses it"
+        );
     }
 
     #[test]

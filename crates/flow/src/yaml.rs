@@ -533,7 +533,10 @@ mod tests {
         src.push_str("tasks: [*m, *m, *m, *m, *m, *m, *m, *m, *m, *m]\n");
         assert!(src.len() < 110 * 1024);
         let err = parse(&src).unwrap_err();
-        assert!(err.message.contains("more than 64 MiB of text through aliases"), "{err:?}");
+        assert!(
+            err.message.contains("more than 64 MiB of text through aliases"),
+            "{err:?}"
+        );
         assert_eq!(err.pos.line, 4, "located at the alias that goes past the limit");
         // The same text used a few times is fine.
         let few = format!("s: &s '{long}'\nl: [*s, *s, *s]\n");

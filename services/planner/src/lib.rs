@@ -255,7 +255,9 @@ fn rejection(builder: &EventBuilder, job_id: &str, mut problems: Vec<Problem>) -
         problems.push(Problem {
             location: None,
             field: None,
-            message: format!("{more} more problems are not listed; run `ferry validate` on the flow to see them"),
+            message: format!(
+                "{more} more problems are not listed; run `ferry validate` on the flow to see them"
+            ),
         });
     }
     builder.job(

@@ -362,7 +362,10 @@ async fn an_expansion_bomb_is_rejected_and_the_next_submission_is_planned() -> R
     let bomb = alias_bomb();
     assert!(bomb.len() < 110 * 1024);
     h.bus
-        .publish(&[submission_event("test", &submission(&bomb, json!({}), Some("job-bomb")))])
+        .publish(&[submission_event(
+            "test",
+            &submission(&bomb, json!({}), Some("job-bomb")),
+        )])
         .await?;
     let event = h.next_out().await?;
     assert_eq!(event.ty(), kind::JOB_REJECTED);
@@ -391,7 +394,10 @@ async fn an_expansion_bomb_is_rejected_and_the_next_submission_is_planned() -> R
     let rejected: JobRejected = ferry_event::decode(&event)?;
     let message = &rejected.problems[0].message;
     assert!(message.contains("the most the bus carries"), "{message}");
-    assert!(message.contains(&(1024 * 1024 - 4096).to_string()), "names the limit: {message}");
+    assert!(
+        message.contains(&(1024 * 1024 - 4096).to_string()),
+        "names the limit: {message}"
+    );
 
     let sub = submission(FLOW, json!({"who": "x"}), Some("job-good"));
     h.bus.publish(&[submission_event("test", &sub)]).await?;
