@@ -281,6 +281,8 @@ async fn fault_run(bus_base: &str, broker_restart: bool) {
     });
     let data = d.join("data");
     std::fs::create_dir_all(&data).unwrap();
+    // Every service signs its events with the deployment's key and refuses unsigned ones.
+    let keys = bus_key_file(d);
     let ledger = d.join("ledger");
     let marker = format!("ferry-fault-{namespace}");
     let port = free_port();
@@ -296,6 +298,7 @@ async fn fault_run(bus_base: &str, broker_restart: bool) {
             bus.clone(),
         ];
         a.extend(["--data-dir".to_string(), data.display().to_string()]);
+        a.extend(["--bus-key-file".to_string(), keys.display().to_string()]);
         a.extend(extra.iter().map(|s| s.to_string()));
         a
     };

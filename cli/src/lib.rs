@@ -4,10 +4,12 @@
 //!   SQLite, the local launcher; streams logs, shows progress, prints a summary;
 //! - `ferry validate FLOW…` and `ferry schema [NAME]`: check flows, print JSON Schemas;
 //! - [`services`]: `ferry up` (every service in one process on a broker) and `ferry service NAME`;
-//! - [`client`]: `ferry submit`, `status`, `logs`, `cancel`, `retry` against a deployment's api.
+//! - [`client`]: `ferry submit`, `status`, `logs`, `cancel`, `retry` against a deployment's api;
+//! - [`keys`]: `ferry key create` and `ferry key add`, the bus key file services sign with.
 
 pub mod client;
 pub mod embedded;
+pub mod keys;
 pub mod run;
 pub mod services;
 

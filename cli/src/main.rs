@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use ferry_cli::run::RunArgs;
-use ferry_cli::services::{Service, Settings};
+use ferry_cli::services::{BusKeys, Service, Settings};
 
 #[derive(Parser)]
 #[command(
@@ -96,6 +96,22 @@ enum Command {
         #[command(flatten)]
         api: Api,
     },
+    /// Manage the bus key file the services sign their events with.
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Create a key file with one new key (readable by its owner only); prints the key's id.
+    Create { file: PathBuf },
+    /// Add a new key to a key file, last: every service accepts it once restarted. With
+    /// --sign it goes first and signs (do that once every service accepts it).
+    Add {
+        file: PathBuf,
+        #[arg(long)]
+        sign: bool,
+    },
 }
 
 #[derive(Args)]
@@ -132,6 +148,15 @@ struct Deploy {
     /// Attempts the launcher runs at once.
     #[arg(long, default_value_t = 64)]
     max_parallel: usize,
+    /// The bus key file shared by every service of the deployment (`ferry key create`): each
+    /// signs what it publishes with its first key and accepts events signed with any of them.
+    /// `ferry up` on a broker uses DATA_DIR/bus.keys, created on the first start, when not given.
+    #[arg(long, env = "FERRY_BUS_KEYS", value_name = "FILE")]
+    bus_key_file: Option<PathBuf>,
+    /// Neither sign nor check events on a broker: anyone who can publish there can then make
+    /// ferry run any command.
+    #[arg(long, env = "FERRY_INSECURE_UNSIGNED_BUS")]
+    insecure_unsigned_bus: bool,
 }
 
 impl Deploy {
@@ -148,6 +173,13 @@ impl Deploy {
         s.max_parallel = self.max_parallel;
         s
     }
+
+    fn keys(&self) -> BusKeys {
+        BusKeys {
+            file: self.bus_key_file.clone(),
+            insecure_unsigned: self.insecure_unsigned_bus,
+        }
+    }
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -162,7 +194,7 @@ fn main() {
     let cli = Cli::parse();
     let quiet = matches!(
         cli.command,
-        Command::Run { .. } | Command::Validate { .. } | Command::Schema { .. }
+        Command::Run { .. } | Command::Validate { .. } | Command::Schema { .. } | Command::Key(_)
     );
     ferry_runtime::telemetry::init(if quiet { "warn" } else { "info" });
     let code = match cli.command {
@@ -193,14 +225,31 @@ fn main() {
                     })
                     .await
                 }
-                Command::Up(d) => ferry_cli::services::serve(&Service::ALL, d.settings(None), &d.bus)
-                    .await
-                    .map(|()| 0),
-                Command::Service { name, deploy } => {
-                    ferry_cli::services::serve(&[name], deploy.settings(Some(name)), &deploy.bus)
+                Command::Up(d) => {
+                    ferry_cli::services::serve(&Service::ALL, d.settings(None), &d.bus, &d.keys())
                         .await
                         .map(|()| 0)
                 }
+                Command::Service { name, deploy } => ferry_cli::services::serve(
+                    &[name],
+                    deploy.settings(Some(name)),
+                    &deploy.bus,
+                    &deploy.keys(),
+                )
+                .await
+                .map(|()| 0),
+                Command::Key(KeyCommand::Create { file }) => ferry_cli::keys::create(&file).map(|id| {
+                    println!("{id}");
+                    eprintln!(
+                        "ferry: created {}; give every service of the deployment this file (--bus-key-file)",
+                        file.display()
+                    );
+                    0
+                }),
+                Command::Key(KeyCommand::Add { file, sign }) => ferry_cli::keys::add(&file, sign).map(|id| {
+                    println!("{id}");
+                    0
+                }),
                 Command::Submit {
                     flow,
                     inputs,

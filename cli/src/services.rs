@@ -298,11 +298,60 @@ fn lock(dir: &Path) -> Result<Flock<File>> {
     })
 }
 
+/// How the services sign and check events on the bus (see `docs/security.md`).
+#[derive(Debug, Clone, Default)]
+pub struct BusKeys {
+    /// The key file every service of the deployment shares.
+    pub file: Option<PathBuf>,
+    /// Neither sign nor check: anyone who can publish on the broker can then forge events.
+    pub insecure_unsigned: bool,
+}
+
+/// The name of the key file `ferry up` keeps in its data directory.
+pub const DATA_DIR_KEYS: &str = "bus.keys";
+
+/// Decides how `services` sign and check events: with the key file given; unsigned on the
+/// in-memory bus or when asked; for every service in one process (`ferry up`) on a broker,
+/// with `DATA_DIR/bus.keys`, created on the first start. A service alone on a broker
+/// (`ferry service`) needs the deployment's key file: one made up here would make it refuse
+/// the others' events and they its.
+pub fn bus_auth(
+    services: &[Service],
+    settings: &Settings,
+    bus_url: &str,
+    keys: &BusKeys,
+) -> Result<ferry_connect::Auth> {
+    let all_here = Service::ALL.iter().all(|s| services.contains(s));
+    if keys.file.is_some() || keys.insecure_unsigned || bus_url.starts_with("memory://") || !all_here {
+        return Ok(ferry_connect::Auth::resolve(
+            bus_url,
+            keys.file.as_deref(),
+            keys.insecure_unsigned,
+        )?);
+    }
+    let path = settings.data_dir.join(DATA_DIR_KEYS);
+    let (ring, created) = crate::keys::load_or_create(&path)?;
+    if created {
+        eprintln!(
+            "ferry: created the bus key file {}; give it to any `ferry service` joining this deployment (--bus-key-file)",
+            path.display()
+        );
+    }
+    tracing::info!(key_file = %path.display(), signing_key = ring.signing_id(), "signing events on the bus");
+    Ok(ferry_connect::Auth::Signed(ring))
+}
+
 /// Runs services until SIGINT/SIGTERM (graceful: in-flight work drains, the launcher ends what
 /// runs) or until one of them fails.
-pub async fn serve(services: &[Service], mut settings: Settings, bus_url: &str) -> Result<()> {
+pub async fn serve(
+    services: &[Service],
+    mut settings: Settings,
+    bus_url: &str,
+    keys: &BusKeys,
+) -> Result<()> {
     settings.prepare()?;
-    let bus = ferry_connect::bus(bus_url)
+    let auth = bus_auth(services, &settings, bus_url, keys)?;
+    let bus = ferry_connect::open(bus_url, auth)
         .await
         .with_context(|| format!("cannot open the bus {bus_url}"))?;
     // Every service's queue exists before any of them publishes, whichever run where.

@@ -50,7 +50,9 @@ impl Services {
         for (name, extra) in specs {
             let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
             let child = Command::new(ferry)
-                .args(["service", name, "--bus", bus, "--data-dir"])
+                .args(["service", name, "--bus", bus, "--bus-key-file"])
+                .arg(dir.join("bus.keys"))
+                .arg("--data-dir")
                 .arg(&data)
                 .args(extra)
                 .env(
@@ -150,7 +152,12 @@ pub async fn run(plan: Plan) -> Result<Report> {
 async fn run_in(plan: &Plan, bus_url: &str) -> Result<Report> {
     let bus_url = bus_url.to_string();
     let dir = tempfile::tempdir()?;
-    let bus: Arc<dyn Bus> = ferry_connect::bus(&bus_url)
+    // The services and this process sign with one key, as a deployment's do: the cost of
+    // signing and checking is part of what is measured.
+    let keys_file = dir.path().join("bus.keys");
+    ferry_cli::keys::create(&keys_file)?;
+    let keys = ferry_bus::signing::Keyring::load(&keys_file)?;
+    let bus: Arc<dyn Bus> = ferry_connect::open(&bus_url, ferry_connect::Auth::Signed(keys))
         .await
         .context("connecting to the broker")?;
     // Watch every class of control traffic (logs apart) on an ephemeral group, in batches

@@ -82,6 +82,16 @@ pub fn output(mut cmd: Command) -> Ran {
     ran
 }
 
+/// A new bus key file in `dir`, made by `ferry key create`, for the services of one deployment.
+pub fn bus_key_file(dir: &Path) -> PathBuf {
+    let path = dir.join("bus.keys");
+    let mut c = ferry();
+    c.args(["key", "create"]).arg(&path);
+    let ran = output(c);
+    assert_eq!(ran.code, 0, "ferry key create failed: {}", ran.stderr);
+    path
+}
+
 /// `ferry run FLOW --data-dir DIR ARGS…`
 pub fn run(flow: &Path, data_dir: &Path, args: &[&str]) -> Ran {
     let mut c = ferry();

@@ -39,6 +39,7 @@ mod settle;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use ferry_bus::{Subscribe, Subscription};
@@ -174,15 +175,37 @@ impl AmqpBus {
             .iter()
             .max_by_key(|m| m.message.body.len())
             .map(|m| (m.first, m.message.body.len()));
+        let endpoint = &self.shared.endpoint;
+        // A message over the broker's limit would close the publishing channel, and fail the
+        // confirms of every other publisher's messages on it: refused here, nothing is sent.
+        let known_limit = self.shared.max_message_size.load(Ordering::Relaxed);
+        if let Some((i, size)) = largest
+            && size > known_limit
+        {
+            return Err(Error::TooLarge {
+                endpoint: endpoint.clone(),
+                event_id: events[i].id().to_string(),
+                size,
+                limit: Some(known_limit),
+                reason: "larger than the broker's max_message_size (ferry refused it before sending; \
+                         a bus URL's ?max_message_size=BYTES tells ferry a larger one)"
+                    .into(),
+            });
+        }
         let live = self.shared.require()?;
         let exchange = self.shared.names.exchange();
-        let endpoint = &self.shared.endpoint;
+        let channel = live.publisher(endpoint).await?;
+        let state = channel.clone();
         let broken = |e| {
-            self.shared.trouble.notify_one();
             let e = Error::from_lapin(endpoint, "publishing", e);
             if let (Error::Topology { reason, .. }, Some((i, size))) = (&e, largest)
                 && let Some(limit) = error::too_large_limit(reason)
             {
+                // The broker closed the publishing channel; the next batch opens another on
+                // the same connection.
+                if let Some(limit) = limit {
+                    self.shared.max_message_size.fetch_min(limit, Ordering::Relaxed);
+                }
                 return Error::TooLarge {
                     endpoint: endpoint.clone(),
                     event_id: events[i].id().to_string(),
@@ -191,11 +214,16 @@ impl AmqpBus {
                     reason: reason.clone(),
                 };
             }
+            // Another refusal that closed the channel (an exchange deleted under it): connect
+            // again, declaring everything again.
+            if !state.status().connected() {
+                live.mark_broken();
+            }
+            self.shared.trouble.notify_one();
             e
         };
         let mut pending: VecDeque<(usize, PublisherConfirm)> = VecDeque::new();
         {
-            let channel = live.publisher.lock().await;
             for m in messages {
                 if pending.len() >= CONFIRM_WINDOW
                     && let Some((j, confirm)) = pending.pop_front()
@@ -218,7 +246,8 @@ impl AmqpBus {
                 pending.push_back((m.first, confirm));
             }
         }
-        // Everything is sent; the confirms arrive together.
+        // Everything is sent; the next batch may go out while these confirms arrive together.
+        drop(channel);
         for (i, confirm) in pending {
             self.check(events, i, confirm.await.map_err(broken)?)?;
         }
@@ -307,6 +336,10 @@ impl ferry_bus::Bus for AmqpBus {
     async fn subscribe(&self, spec: Subscribe) -> ferry_bus::Result<Subscription> {
         let consumer = consumer::subscribe(self.shared.clone(), self.life.clone(), spec).await?;
         Ok(Subscription::new(Box::new(consumer)))
+    }
+
+    fn max_event_bytes(&self) -> Option<usize> {
+        Some(self.shared.max_message_size.load(Ordering::Relaxed))
     }
 
     async fn declare(&self, spec: &Subscribe) -> ferry_bus::Result<()> {

@@ -7,6 +7,7 @@
 //! connection, which subscriptions pick up to consume again.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,6 +22,9 @@ use tokio_util::sync::CancellationToken;
 use crate::error::{Error, Result};
 use crate::topology::{self, Names};
 
+/// The broker's `max_message_size` ferry assumes when the bus URL does not say: RabbitMQ 4's
+/// default (3.x allows 128 MiB; `?max_message_size=BYTES` tells ferry so).
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 16 * 1024 * 1024;
 /// Longest wait for a connection to open.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Heartbeat asked of the broker when the URL does not say (seconds): a silently dead peer is
@@ -33,22 +37,63 @@ const CHECK_EVERY: Duration = Duration::from_millis(500);
 pub struct Live {
     pub conn: Connection,
     /// Publisher confirms are on. Held while a batch is being sent, so a batch goes out whole
-    /// and in order.
-    pub publisher: tokio::sync::Mutex<Channel>,
-    publisher_state: Channel,
+    /// and in order. The broker closes it when it refuses a message as too large; the next
+    /// batch opens another ([`Live::publisher`]), leaving the connection, and every
+    /// subscription on it, alone.
+    publisher: tokio::sync::Mutex<Channel>,
+    /// Set when publishing failed in a way a new channel does not mend: the supervisor then
+    /// connects again and declares the topology again.
+    broken: std::sync::atomic::AtomicBool,
     /// Counts connections, so a subscription can tell a new one from the one that failed it.
     pub generation: u64,
 }
 
 impl Live {
     pub fn usable(&self) -> bool {
-        self.conn.status().connected() && self.publisher_state.status().connected()
+        self.conn.status().connected() && !self.broken.load(std::sync::atomic::Ordering::Relaxed)
     }
+
+    /// Marks the connection for the supervisor to replace.
+    pub fn mark_broken(&self) {
+        self.broken.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The publishing channel, held for a batch; a new one in confirm mode when the broker
+    /// closed the last.
+    pub async fn publisher(&self, endpoint: &str) -> Result<tokio::sync::MutexGuard<'_, Channel>> {
+        let mut channel = self.publisher.lock().await;
+        if !channel.status().connected() {
+            let fresh = open_publisher(&self.conn, endpoint)
+                .await
+                .inspect_err(|_| self.mark_broken())?;
+            tracing::info!(%endpoint, "opened a new publishing channel");
+            *channel = fresh;
+        }
+        Ok(channel)
+    }
+}
+
+/// A channel in confirm mode.
+async fn open_publisher(conn: &Connection, endpoint: &str) -> Result<Channel> {
+    let publisher = conn
+        .create_channel()
+        .await
+        .map_err(|e| Error::from_lapin(endpoint, "the publishing channel", e))?;
+    publisher
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(|e| Error::from_lapin(endpoint, "publisher confirms", e))?;
+    Ok(publisher)
 }
 
 /// What the bus, its subscriptions and the supervisor share.
 pub struct Shared {
     uri: AMQPUri,
+    /// The largest message the broker takes, as far as ferry knows: from the URL's
+    /// `max_message_size`, [`DEFAULT_MAX_MESSAGE_SIZE`] otherwise, lowered when the broker
+    /// refuses a message naming a smaller limit. A larger message is refused before it is
+    /// sent: the broker would close the publishing channel for it.
+    pub max_message_size: AtomicUsize,
     /// `host:port/vhost`, for messages (never the password).
     pub endpoint: String,
     pub names: Names,
@@ -65,10 +110,29 @@ impl Shared {
     /// Parses the URL (without its `namespace` parameter, which is ferry's).
     pub fn new(url: &str, ns: &str) -> Result<Shared> {
         let (base, query) = url.split_once('?').unwrap_or((url, ""));
-        let rest: Vec<&str> = query
-            .split('&')
-            .filter(|kv| !kv.is_empty() && !kv.starts_with("namespace="))
-            .collect();
+        let mut max_message_size = DEFAULT_MAX_MESSAGE_SIZE;
+        let mut rest: Vec<&str> = Vec::new();
+        for kv in query.split('&').filter(|kv| !kv.is_empty()) {
+            if kv.starts_with("namespace=") {
+                continue;
+            }
+            if let Some(v) = kv.strip_prefix("max_message_size=") {
+                max_message_size = match v.parse::<usize>() {
+                    Ok(n) if n >= 4096 => n,
+                    _ => {
+                        return Err(Error::Url {
+                            url: redact(url),
+                            reason: format!(
+                                "max_message_size={v:?} is not a number of bytes of at least 4096 \
+                                 (the broker's max_message_size)"
+                            ),
+                        });
+                    }
+                };
+                continue;
+            }
+            rest.push(kv);
+        }
         let cleaned = if rest.is_empty() {
             base.to_string()
         } else {
@@ -89,6 +153,7 @@ impl Shared {
         }
         Ok(Shared {
             uri,
+            max_message_size: AtomicUsize::new(max_message_size),
             endpoint,
             names: Names::new(ns),
             groups: Mutex::new(groups),
@@ -175,21 +240,13 @@ impl Shared {
                 topology::declare_group(&ch, &self.names, &g, &self.endpoint).await?;
             }
             close_quietly(&ch).await;
-            let publisher = conn
-                .create_channel()
-                .await
-                .map_err(|e| Error::from_lapin(&self.endpoint, "the publishing channel", e))?;
-            publisher
-                .confirm_select(ConfirmSelectOptions::default())
-                .await
-                .map_err(|e| Error::from_lapin(&self.endpoint, "publisher confirms", e))?;
-            Ok::<_, Error>(publisher)
+            open_publisher(&conn, &self.endpoint).await
         };
         match tokio::time::timeout(CONNECT_TIMEOUT, setup).await {
             Ok(Ok(publisher)) => Ok(Arc::new(Live {
                 conn,
-                publisher_state: publisher.clone(),
                 publisher: tokio::sync::Mutex::new(publisher),
+                broken: Default::default(),
                 generation,
             })),
             Ok(Err(e)) => {
@@ -348,6 +405,18 @@ mod tests {
         let s = Shared::new("amqp://u:p@127.0.0.1:5672/v?namespace=t1&heartbeat=5", "t1").unwrap();
         assert_eq!(s.endpoint, "127.0.0.1:5672/v");
         assert_eq!(s.uri.query.heartbeat, Some(5));
+        assert_eq!(s.max_message_size.into_inner(), DEFAULT_MAX_MESSAGE_SIZE);
+        let s = Shared::new(
+            "amqps://u:p@h:5671/v?max_message_size=134217728&heartbeat=5",
+            "t1",
+        )
+        .unwrap();
+        assert_eq!(s.max_message_size.into_inner(), 128 * 1024 * 1024);
+        assert_eq!(s.uri.query.heartbeat, Some(5));
+        let e = Shared::new("amqp://u:secret@h/v?max_message_size=lots", "t1")
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("max_message_size"), "{e}");
         let e = Shared::new("amqp://u:secret@[bad/v", "t1").err().unwrap();
         let msg = e.to_string();
         assert!(!msg.contains("secret") && msg.contains("amqp://USER"), "{msg}");

@@ -521,3 +521,44 @@ async fn prefetch_counts_the_events_of_batch_messages() {
         .collect();
     assert_eq!(n, [1, 2, 3]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_over_the_known_limit_is_refused_before_it_is_sent_and_others_go_on() {
+    let _lock = common::broker_lock(false).await;
+    let ns = common::fresh_namespace();
+    let url = format!("{}&max_message_size=65536", common::url_of(&ns));
+    let bus = common::TestBus(ferry_bus_amqp::AmqpBus::connect(&url).await.unwrap());
+    assert_eq!(bus.max_event_bytes(), Some(65536));
+    let mut sub = bus
+        .subscribe(Subscribe::new("limit", [Topic::Control]))
+        .await
+        .unwrap();
+    let b = EventBuilder::new("ferry/test");
+    let small = |n: u32| b.job(kind::JOB_CANCEL, "job-1", &serde_json::json!({"n": n}));
+    bus.publish(&[small(1)]).await.unwrap();
+    let held = next(&mut sub).await;
+
+    let big = b.job(
+        kind::JOB_CANCEL,
+        "job-big",
+        &serde_json::json!({"text": "x".repeat(100 * 1024)}),
+    );
+    // Published at the same time as others' events: only its own publisher hears of it.
+    let second = [small(2)];
+    let (refused, others) = tokio::join!(bus.publish(std::slice::from_ref(&big)), bus.publish(&second));
+    match refused.unwrap_err() {
+        ferry_bus::Error::TooLarge { event_id, limit, .. } => {
+            assert_eq!(event_id, big.id());
+            assert_eq!(limit, Some(65536));
+        }
+        other => panic!("expected TooLarge, got {other}"),
+    }
+    others.unwrap();
+    // The connection was never disturbed: a delivery held across it is acked, not redelivered.
+    held.ack().await.unwrap();
+    let d = next(&mut sub).await;
+    let v: serde_json::Value = ferry_event::decode(&d.event).unwrap();
+    assert_eq!(v["n"], 2);
+    d.ack().await.unwrap();
+    nothing(&mut sub).await;
+}

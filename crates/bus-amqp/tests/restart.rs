@@ -193,6 +193,9 @@ async fn an_event_over_the_brokers_size_limit_is_refused_as_too_large() {
         .await
         .unwrap();
     let b = EventBuilder::new("ferry/test");
+    // Held across the refusal: the connection it came on must stay up.
+    bus.publish(&batch(&b, 1..2)).await.unwrap();
+    let held = ferry_bus::conformance::next(&mut sub).await;
     let big = b.job(
         kind::JOB_CANCEL,
         "job-big",
@@ -215,6 +218,22 @@ async fn an_event_over_the_brokers_size_limit_is_refused_as_too_large() {
         other => panic!("expected TooLarge, got {other:?}"),
     }
     assert!(!err.is_transient());
+    // The limit is learnt: the next one is refused without reaching the broker.
+    assert_eq!(bus.max_event_bytes(), Some(1024 * 1024));
+    let again = bus.publish(std::slice::from_ref(&big)).await.unwrap_err();
+    assert!(
+        matches!(
+            again,
+            ferry_bus::Error::TooLarge {
+                limit: Some(1048576),
+                ..
+            }
+        ),
+        "{again}"
+    );
+
+    // Only the publishing channel was closed by the broker: the delivery held since is acked.
+    held.ack().await.unwrap();
 
     // The bus goes on: a small event after it is published and delivered.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -224,6 +243,7 @@ async fn an_event_over_the_brokers_size_limit_is_refused_as_too_large() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let d = ferry_bus::conformance::next(&mut sub).await;
-    assert_eq!(n_of(&d.event), 7);
+    assert_eq!(n_of(&d.event), 7, "the held delivery was not given back");
     d.ack().await.unwrap();
+    ferry_bus::conformance::nothing(&mut sub).await;
 }

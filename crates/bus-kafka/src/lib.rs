@@ -310,6 +310,11 @@ fn is_permanent(code: RDKafkaErrorCode) -> bool {
 
 #[async_trait]
 impl Bus for KafkaBus {
+    fn max_event_bytes(&self) -> Option<usize> {
+        // Headers carry the attributes with a few bytes each besides their text.
+        Some(MAX_MESSAGE_BYTES - 16 * 1024)
+    }
+
     async fn publish(&self, events: &[Event]) -> ferry_bus::Result<()> {
         let messages: Vec<(String, binding::Message)> = events
             .iter()

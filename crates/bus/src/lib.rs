@@ -8,12 +8,16 @@
 //!
 //! [`memory::MemoryBus`] implements it in-process for the embedded mode and tests; RabbitMQ and
 //! Kafka live in their own crates (`ferry-bus-amqp`, `ferry-bus-kafka`) and `ferry-connect`
-//! picks one from a URL. [`conformance`] (feature `conformance`) is the test suite every
-//! implementation passes.
+//! picks one from a URL. [`signing::Signed`] wraps any of them so that services sign what they
+//! publish and refuse forged events. [`conformance`] (feature `conformance`) is the test suite
+//! every implementation passes.
 
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance_signing;
 pub mod memory;
+pub mod signing;
 
 use async_trait::async_trait;
 use ferry_event::cloudevents::AttributesReader;
@@ -115,6 +119,38 @@ pub trait Bus: Send + Sync + 'static {
     /// before the consumers are bound.
     async fn declare(&self, spec: &Subscribe) -> Result<()> {
         self.subscribe(spec.clone()).await.map(drop)
+    }
+
+    /// The largest event the bus carries, as [`encoded_size`] counts it, when it knows: a
+    /// publisher can refuse a larger event itself rather than have the broker refuse it.
+    /// Publishing a larger one fails with [`Error::TooLarge`].
+    fn max_event_bytes(&self) -> Option<usize> {
+        None
+    }
+}
+
+/// About how many bytes an event takes on a bus: its data and its attributes' text. Bindings
+/// add a little per attribute; [`Bus::max_event_bytes`] leaves room for that.
+pub fn encoded_size(event: &Event) -> usize {
+    use ferry_event::cloudevents::Data;
+    let data = match event.data() {
+        Some(Data::Binary(b)) => b.len(),
+        Some(Data::String(s)) => s.len(),
+        Some(Data::Json(v)) => serde_json::to_vec(v).map_or(0, |b| b.len()),
+        None => 0,
+    };
+    let attributes: usize = event
+        .iter()
+        .map(|(name, value)| name.len() + value.to_string().len() + 8)
+        .sum();
+    data + attributes
+}
+
+/// At most `max` characters of `s`, for messages that quote what they were given.
+pub(crate) fn truncated(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
     }
 }
 
@@ -247,6 +283,8 @@ pub struct Delivery {
     pub topic: Topic,
     /// True when the event was delivered before and not acknowledged.
     pub redelivered: bool,
+    /// The key whose signature was checked, on a [`signing::Signed`] bus.
+    signed_with: Option<std::sync::Arc<str>>,
     settle: Box<dyn Settle>,
 }
 
@@ -255,6 +293,7 @@ impl std::fmt::Debug for Delivery {
         f.debug_struct("Delivery")
             .field("topic", &self.topic)
             .field("redelivered", &self.redelivered)
+            .field("signed_with", &self.signed_with)
             .field("event", &self.event)
             .finish()
     }
@@ -266,8 +305,21 @@ impl Delivery {
             event,
             topic,
             redelivered,
+            signed_with: None,
             settle,
         }
+    }
+
+    /// The id of the key whose signature this delivery carried and a [`signing::Signed`] bus
+    /// checked; `None` for an unsigned event (accepted only on intake) or an unsigned bus.
+    pub fn signed_with(&self) -> Option<&str> {
+        self.signed_with.as_deref()
+    }
+
+    /// The event's `source` when its signature was checked, so that it names the service that
+    /// really published it; `None` otherwise.
+    pub fn verified_source(&self) -> Option<&str> {
+        self.signed_with.as_ref().map(|_| self.event.source().as_str())
     }
 
     pub async fn ack(self) -> Result<()> {
@@ -388,4 +440,65 @@ mod tests {
     }
 
     crate::conformance_tests!(async { std::sync::Arc::new(MemoryBus::new()) });
+    crate::signing_conformance_tests!(async { std::sync::Arc::new(MemoryBus::new()) });
+
+    #[tokio::test]
+    async fn forged_events_are_dead_lettered_with_their_reason() {
+        let raw = MemoryBus::new();
+        let expected = conformance_signing::forged_events_are_dead_lettered_never_delivered(
+            std::sync::Arc::new(raw.clone()),
+        )
+        .await;
+        let dead = raw.dead_letters();
+        assert_eq!(dead.len(), expected.len(), "{dead:?}");
+        for want in expected {
+            let got = dead
+                .iter()
+                .find(|d| d.event.id() == want.event_id)
+                .unwrap_or_else(|| panic!("{} was not dead-lettered", want.event_id));
+            assert!(
+                got.reason.contains(want.reason),
+                "{}: {}",
+                want.reason,
+                got.reason
+            );
+            assert_eq!(got.group, "signed-scheduler");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_bus_with_a_size_limit_refuses_larger_events_whole() {
+        let bus = MemoryBus::with_max_event_bytes(4096);
+        let mut sub = bus
+            .subscribe(Subscribe::new("g", [Topic::Control]))
+            .await
+            .unwrap();
+        let b = ferry_event::EventBuilder::new("test");
+        let small = b.job(ferry_event::kind::JOB_CANCEL, "j", &serde_json::json!({"n": 1}));
+        let big = b.job(
+            ferry_event::kind::JOB_CANCEL,
+            "j",
+            &serde_json::json!({"pad": "x".repeat(5000)}),
+        );
+        let err = bus.publish(&[small.clone(), big.clone()]).await.unwrap_err();
+        match err {
+            Error::TooLarge {
+                event_id,
+                size,
+                limit,
+            } => {
+                assert_eq!(event_id, big.id());
+                assert!(size > 5000);
+                assert_eq!(limit, Some(4096));
+            }
+            other => panic!("{other}"),
+        }
+        assert!(sub.try_next().is_none(), "nothing of the batch was published");
+        assert_eq!(bus.max_event_bytes(), Some(4096));
+        let signed = signing::Signed::new(std::sync::Arc::new(bus.clone()), signing::Keyring::generate());
+        assert!(
+            signed.max_event_bytes().unwrap() < 4096,
+            "room is left for the signature"
+        );
+    }
 }

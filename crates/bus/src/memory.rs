@@ -34,6 +34,8 @@ impl std::fmt::Debug for MemoryBus {
 struct Inner {
     state: Mutex<State>,
     dead: Mutex<Vec<DeadLetter>>,
+    /// The largest event it carries, if limited ([`MemoryBus::with_max_event_bytes`]).
+    max_event_bytes: Option<usize>,
 }
 
 #[derive(Default)]
@@ -62,6 +64,18 @@ struct Message {
 impl MemoryBus {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A bus that refuses events larger than `n` bytes ([`crate::encoded_size`]) with
+    /// [`Error::TooLarge`], publishing nothing of their batch, as a broker with a message size
+    /// limit does.
+    pub fn with_max_event_bytes(n: usize) -> Self {
+        MemoryBus {
+            inner: Arc::new(Inner {
+                max_event_bytes: Some(n),
+                ..Inner::default()
+            }),
+        }
     }
 
     /// Events moved to the dead-letter list so far.
@@ -103,6 +117,15 @@ impl MemoryBus {
 #[async_trait]
 impl Bus for MemoryBus {
     async fn publish(&self, events: &[Event]) -> Result<()> {
+        if let Some(limit) = self.inner.max_event_bytes
+            && let Some(big) = events.iter().find(|e| crate::encoded_size(e) > limit)
+        {
+            return Err(Error::TooLarge {
+                event_id: ferry_event::AttributesReader::id(big).to_string(),
+                size: crate::encoded_size(big),
+                limit: Some(limit),
+            });
+        }
         let state = self.inner.state.lock().unwrap();
         if state.closed {
             return Err(Error::Closed);
@@ -157,6 +180,10 @@ impl Bus for MemoryBus {
             window: Arc::new(Semaphore::new(spec.prefetch.max(1))),
             ephemeral: spec.ephemeral,
         })))
+    }
+
+    fn max_event_bytes(&self) -> Option<usize> {
+        self.inner.max_event_bytes
     }
 }
 

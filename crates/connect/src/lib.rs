@@ -4,25 +4,106 @@
 //! | URL | bus | feature |
 //! | --- | --- | --- |
 //! | `memory://` | in-process ([`ferry_bus::MemoryBus`]) | always |
-//! | `amqp://USER:PASS@HOST:PORT/VHOST` | RabbitMQ | `amqp` |
+//! | `amqp://USER:PASS@HOST:PORT/VHOST`, `amqps://…` (TLS) | RabbitMQ | `amqp` |
 //! | `kafka://HOST:PORT[,HOST:PORT…]` | Kafka | `kafka` |
 //!
 //! Every URL may end in `?namespace=NAME` (default `ferry`) to keep deployments apart on one
 //! broker.
+//!
+//! Services sign what they publish and refuse forged events ([`ferry_bus::signing`]) with the
+//! keys [`Auth`] names. A broker is shared with whoever can publish on it, so opening one
+//! without keys takes an explicit opt-in; the in-memory bus, which no other process reaches,
+//! runs unsigned unless keys are given.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use ferry_bus::signing::{Keyring, Signed};
 use ferry_bus::{Bus, Error, MemoryBus, Result, Subscribe};
 
-/// Opens the bus `url` names.
+/// The environment variable naming the bus key file.
+pub const KEYS_ENV: &str = "FERRY_BUS_KEYS";
+/// The environment variable that, set to `1` or `true`, runs on a broker without signing.
+pub const INSECURE_ENV: &str = "FERRY_INSECURE_UNSIGNED_BUS";
+
+/// Whether events on the bus are signed and checked.
+#[derive(Debug, Clone)]
+pub enum Auth {
+    /// Sign with the ring's first key; accept events signed with any of its keys.
+    Signed(Keyring),
+    /// Neither sign nor check.
+    Unsigned,
+}
+
+impl Auth {
+    /// Decides from what an operator gave: a key file is used; without one, the in-memory bus
+    /// runs unsigned, and a broker only when `insecure` says so.
+    pub fn resolve(url: &str, key_file: Option<&Path>, insecure: bool) -> Result<Auth> {
+        if let Some(path) = key_file {
+            return Ok(Auth::Signed(Keyring::load(path)?));
+        }
+        if insecure || is_memory(url) {
+            if !is_memory(url) {
+                tracing::warn!(
+                    "events on the bus are neither signed nor checked: anyone who can publish on the broker can run commands through ferry"
+                );
+            }
+            return Ok(Auth::Unsigned);
+        }
+        Err(Error::Config(no_keys_message()))
+    }
+
+    /// [`Auth::resolve`] from the environment: [`KEYS_ENV`] names the key file, [`INSECURE_ENV`]
+    /// opts out.
+    pub fn from_env(url: &str) -> Result<Auth> {
+        let file = std::env::var_os(KEYS_ENV)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from);
+        let insecure = std::env::var(INSECURE_ENV)
+            .map(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes"))
+            .unwrap_or(false);
+        Auth::resolve(url, file.as_deref(), insecure)
+    }
+}
+
+/// What to say when a broker is opened without keys.
+pub fn no_keys_message() -> String {
+    format!(
+        "no bus key: services on a broker sign their events so that nobody else who can publish \
+         there can forge them. Create a key file once with `ferry key create FILE`, give the same \
+         file to every service (--bus-key-file FILE or {KEYS_ENV}=FILE), or run unsigned with \
+         --insecure-unsigned-bus ({INSECURE_ENV}=1)"
+    )
+}
+
+fn is_memory(url: &str) -> bool {
+    url.starts_with("memory://")
+}
+
+/// Opens the bus `url` names, signing and checking events as [`Auth::from_env`] decides.
 pub async fn bus(url: &str) -> Result<Arc<dyn Bus>> {
+    open(url, Auth::from_env(url)?).await
+}
+
+/// Opens the bus `url` names, signing and checking events as `auth` says.
+pub async fn open(url: &str, auth: Auth) -> Result<Arc<dyn Bus>> {
+    let raw = raw(url).await?;
+    Ok(match auth {
+        Auth::Signed(keys) => Arc::new(Signed::new(raw, keys)),
+        Auth::Unsigned => raw,
+    })
+}
+
+/// Opens the bus `url` names as it is: nothing is signed or checked. For tools that speak to
+/// the broker as an outside system would.
+pub async fn raw(url: &str) -> Result<Arc<dyn Bus>> {
     let scheme = url.split_once("://").map(|(s, _)| s).unwrap_or("");
     match scheme {
         "memory" => Ok(Arc::new(MemoryBus::new())),
         "amqp" | "amqps" => amqp(url).await,
         "kafka" => kafka(url).await,
         _ => Err(Error::Config(format!(
-            "unsupported bus URL {url:?}: expected memory://, amqp://USER:PASS@HOST:PORT/VHOST or kafka://HOST:PORT"
+            "unsupported bus URL {url:?}: expected memory://, amqp://USER:PASS@HOST:PORT/VHOST, amqps://… or kafka://HOST:PORT"
         ))),
     }
 }
@@ -77,12 +158,44 @@ mod tests {
 
     #[tokio::test]
     async fn unknown_schemes_say_what_is_accepted() {
-        let err = bus("nats://x").await.err().unwrap();
+        let err = raw("nats://x").await.err().unwrap();
         assert!(
             err.to_string().contains("amqp://") && err.to_string().contains("kafka://"),
             "{err}"
         );
         assert!(!err.is_transient());
-        assert!(bus("memory://").await.is_ok());
+        assert!(raw("memory://").await.is_ok());
+    }
+
+    #[test]
+    fn a_broker_without_keys_takes_an_explicit_opt_in() {
+        let err = Auth::resolve("amqp://g:g@h/v", None, false).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("ferry key create") && msg.contains("--insecure-unsigned-bus"),
+            "{msg}"
+        );
+        assert!(matches!(
+            Auth::resolve("kafka://h:1", None, true),
+            Ok(Auth::Unsigned)
+        ));
+        assert!(matches!(
+            Auth::resolve("memory://", None, false),
+            Ok(Auth::Unsigned)
+        ));
+    }
+
+    #[test]
+    fn a_key_file_signs_even_on_the_memory_bus() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bus.keys");
+        let (text, id) = ferry_bus::signing::new_key_file();
+        std::fs::write(&path, text).unwrap();
+        match Auth::resolve("memory://", Some(&path), false).unwrap() {
+            Auth::Signed(ring) => assert_eq!(ring.signing_id(), id),
+            Auth::Unsigned => panic!("the key file was not used"),
+        }
+        let err = Auth::resolve("amqp://h/v", Some(&dir.path().join("missing")), false).unwrap_err();
+        assert!(err.to_string().contains("cannot read the bus key file"), "{err}");
     }
 }

@@ -1,7 +1,9 @@
 //! YAML (and so JSON) parsed into a tree that remembers where each node was written.
 //!
 //! The tree is built without recursion from the parser's event stream, and nesting is bounded,
-//! so hostile input can neither overflow the stack nor blow up through aliases.
+//! so hostile input can neither overflow the stack nor blow up through aliases: what a document
+//! expands to is bounded in values and in bytes of text, aliases counted at their full size
+//! each time they are used (a few aliases of a long string make a small file large).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -13,6 +15,10 @@ use yaml_rust2::scanner::{Marker, ScanError, TScalarStyle};
 pub(crate) const MAX_DEPTH: usize = 64;
 /// Most nodes a document may expand to, aliases included.
 pub(crate) const MAX_NODES: usize = 5_000_000;
+/// Most bytes of text (keys and scalars) a document may expand to, aliases included. Far above
+/// any flow a bus carries (the largest message ferry publishes is 64 MiB, and the plan a flow
+/// becomes is larger than the flow), far below what would strain the planner's memory.
+pub const MAX_EXPANDED_BYTES: usize = 64 * 1024 * 1024;
 
 /// A place in the source: line and column, both from 1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
@@ -183,6 +189,17 @@ fn parse_with(source: &str, mut on_task: Option<&mut dyn FnMut(Node)>) -> Result
     let mut root: Option<Node> = None;
     let mut documents = 0usize;
     let mut nodes = 0usize;
+    let mut bytes = 0usize;
+    let too_many_bytes = |pos: Pos, how: &str| {
+        SyntaxError::at(
+            pos,
+            format!(
+                "the document expands to more than {} MiB of text{how}; a flow this large \
+                 cannot be planned: write the values out once, or split the flow",
+                MAX_EXPANDED_BYTES / (1024 * 1024)
+            ),
+        )
+    };
     let mut keys: HashSet<Arc<str>> = HashSet::new();
     loop {
         let (event, mark) = parser.next_token()?;
@@ -269,12 +286,17 @@ fn parse_with(source: &str, mut on_task: Option<&mut dyn FnMut(Node)>) -> Result
                 let Some(node) = anchors.get(&id) else {
                     return Err(SyntaxError::at(pos, "alias to an unknown anchor"));
                 };
-                nodes += count(node);
+                let (n, b) = weigh(node);
+                nodes += n;
                 if nodes > MAX_NODES {
                     return Err(SyntaxError::at(
                         pos,
                         format!("the document expands to more than {MAX_NODES} values through aliases"),
                     ));
+                }
+                bytes = bytes.saturating_add(b);
+                if bytes > MAX_EXPANDED_BYTES {
+                    return Err(too_many_bytes(pos, " through aliases (this one is used here)"));
                 }
                 Node {
                     pos,
@@ -284,6 +306,10 @@ fn parse_with(source: &str, mut on_task: Option<&mut dyn FnMut(Node)>) -> Result
             Event::Scalar(mut text, style, anchor, tag) => {
                 // The scanner leaves room to grow in each scalar; a flow keeps many short ones.
                 text.shrink_to_fit();
+                bytes = bytes.saturating_add(text.len());
+                if bytes > MAX_EXPANDED_BYTES {
+                    return Err(too_many_bytes(pos, ""));
+                }
                 let node = Node {
                     pos,
                     value: scalar(text, style, tag.as_ref()),
@@ -370,19 +396,29 @@ fn intern(keys: &mut HashSet<Arc<str>>, key: String) -> Arc<str> {
     }
 }
 
-fn count(node: &Node) -> usize {
+/// How many values a node holds and how many bytes of text (keys and strings; other scalars
+/// as written, about), counted as they would be if written out.
+fn weigh(node: &Node) -> (usize, usize) {
     // Iterative: aliased subtrees are bounded by MAX_DEPTH, but stay off the stack anyway.
-    let mut n = 0;
+    let (mut n, mut bytes) = (0usize, 0usize);
     let mut todo = vec![node];
     while let Some(x) = todo.pop() {
         n += 1;
-        match &x.value {
-            Value::Seq(items) => todo.extend(items.iter()),
-            Value::Map(entries) => todo.extend(entries.iter().map(|e| &e.value)),
-            _ => {}
-        }
+        bytes = bytes.saturating_add(match &x.value {
+            Value::Str(s) => s.len(),
+            Value::Seq(items) => {
+                todo.extend(items.iter());
+                0
+            }
+            Value::Map(entries) => {
+                todo.extend(entries.iter().map(|e| &e.value));
+                entries.iter().map(|e| e.key.len()).sum()
+            }
+            Value::Null | Value::Bool(_) => 4,
+            Value::Int(_) | Value::Float(_) => 8,
+        });
     }
-    n
+    (n, bytes)
 }
 
 fn scalar(text: String, style: TScalarStyle, tag: Option<&Tag>) -> Value {
@@ -485,6 +521,26 @@ mod tests {
         }
         let err = parse(&src).unwrap_err();
         assert!(err.message.contains("aliases"), "{err:?}");
+    }
+
+    #[test]
+    fn aliases_of_long_text_are_refused_by_their_expanded_size() {
+        // About 100 KB of text, used 1,000 times: 100 MB written out, yet only a few thousand
+        // values, far below MAX_NODES.
+        let long = "x".repeat(100 * 1024);
+        let mut src = format!("s: &s '{long}'\nl: &l [*s, *s, *s, *s, *s, *s, *s, *s, *s, *s]\n");
+        src.push_str("m: &m [*l, *l, *l, *l, *l, *l, *l, *l, *l, *l]\n");
+        src.push_str("tasks: [*m, *m, *m, *m, *m, *m, *m, *m, *m, *m]\n");
+        assert!(src.len() < 110 * 1024);
+        let err = parse(&src).unwrap_err();
+        assert!(
+            err.message.contains("more than 64 MiB of text through aliases"),
+            "{err:?}"
+        );
+        assert_eq!(err.pos.line, 4, "located at the alias that goes past the limit");
+        // The same text used a few times is fine.
+        let few = format!("s: &s '{long}'\nl: [*s, *s, *s]\n");
+        assert!(parse(&few).is_ok());
     }
 
     #[test]

@@ -8,6 +8,11 @@
 //! - The job id is the submission's `jobId`, or else the event's own id, so a redelivered
 //!   submission plans the same job again rather than a second one.
 //! - A submission whose data cannot be decoded is dead-lettered with the reason.
+//! - One request cannot cost everyone: a flow that expands (YAML aliases) past
+//!   [`ferry_flow`]'s limits, or a plan larger than the bus carries in one message
+//!   ([`ferry_bus::Bus::max_event_bytes`], at most [`MAX_PLAN_BYTES`]), is rejected naming the
+//!   limit, before anything is published; the plan is written only up to the limit. A job the
+//!   planner cannot plan always ends `rejected`, never left `submitted`.
 //! - Other event types on intake (trigger candidates) are acknowledged and ignored for now.
 //! - When publishing fails transiently the submission is nacked after a short backoff and
 //!   comes back; nothing is acked before its outcome is published.
@@ -24,6 +29,14 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 /// The planner's consumer group.
 pub const GROUP: &str = "planner";
+
+/// The largest plan the planner writes, whatever the bus carries: far above any job a person
+/// writes (a 100,000-task job plans to about 8 MB), well below what strains its memory.
+pub const MAX_PLAN_BYTES: usize = 64 * 1024 * 1024;
+/// Room left in a bus message for the event's attributes besides the plan.
+const ENVELOPE_ROOM: usize = 4096;
+/// Most problems a rejection lists; a longer list is cut, saying how many more there are.
+const MAX_PROBLEMS: usize = 1000;
 
 /// Backoff after a failed publish: first delay and cap.
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
@@ -149,9 +162,10 @@ async fn handle(
         .clone()
         .unwrap_or_else(|| delivery.event.id().to_string());
     tracing::Span::current().record("job_id", job_id.as_str());
+    let max_bytes = plan_limit(bus);
     let outcome = {
         let job_id = job_id.clone();
-        tokio::task::spawn_blocking(move || plan_submission(submitted, &job_id)).await
+        tokio::task::spawn_blocking(move || plan_within(submitted, &job_id, max_bytes)).await
     };
     let event = match outcome {
         Ok(Ok(planned)) => {
@@ -162,19 +176,23 @@ async fn handle(
         }
         Ok(Err(problems)) => {
             info!(problems = problems.len(), "job rejected");
-            builder.job(
-                kind::JOB_REJECTED,
-                &job_id,
-                &JobRejected {
-                    job_id: job_id.clone(),
-                    problems,
-                },
-            )
+            rejection(builder, &job_id, problems)
         }
         Err(e) => {
-            // A defect: it would fail the same way on every redelivery, so set it aside.
+            // A defect: it would fail the same way on every redelivery. The job ends rejected
+            // and the submission is set aside for a person to look at.
             let reason = format!("planning the submission failed unexpectedly: {e}");
-            return settled("dead-letter", delivery.dead_letter(&reason).await);
+            warn!(%reason, "job rejected");
+            let problem = Problem {
+                location: None,
+                field: None,
+                message: format!("{reason}; this is a defect in ferry, please report it"),
+            };
+            return match bus.publish(&[rejection(builder, &job_id, vec![problem])]).await {
+                Ok(()) => settled("dead-letter", delivery.dead_letter(&reason).await),
+                Err(e) if e.is_transient() => Ok(Handled::Retry(Box::new(delivery))),
+                Err(e) => Err(e),
+            };
         }
     };
     let event = match bus.publish(std::slice::from_ref(&event)).await {
@@ -201,14 +219,21 @@ async fn handle(
                      split the flow into smaller jobs"
                 ),
             };
-            builder.job(
-                kind::JOB_REJECTED,
-                &job_id,
-                &JobRejected {
-                    job_id: job_id.clone(),
-                    problems: vec![problem],
-                },
-            )
+            rejection(builder, &job_id, vec![problem])
+        }
+        // A rejection too large for the bus (its problems quote the flow): one that says so
+        // fits.
+        Err(ferry_bus::Error::TooLarge { size, .. }) if event.ty() == kind::JOB_REJECTED => {
+            let count = ferry_event::decode::<JobRejected>(&event).map_or(0, |r| r.problems.len());
+            let problem = Problem {
+                location: None,
+                field: None,
+                message: format!(
+                    "the flow has {count} problems, whose list ({size} bytes) is more than the bus carries; \
+                     run `ferry validate` on it to see them"
+                ),
+            };
+            rejection(builder, &job_id, vec![problem])
         }
         Err(e) => return Err(e),
     };
@@ -220,6 +245,36 @@ async fn handle(
         }
         Err(e) => Err(e),
     }
+}
+
+/// A `job.rejected` event, its list of problems cut at [`MAX_PROBLEMS`].
+fn rejection(builder: &EventBuilder, job_id: &str, mut problems: Vec<Problem>) -> Event {
+    if problems.len() > MAX_PROBLEMS {
+        let more = problems.len() - MAX_PROBLEMS;
+        problems.truncate(MAX_PROBLEMS);
+        problems.push(Problem {
+            location: None,
+            field: None,
+            message: format!(
+                "{more} more problems are not listed; run `ferry validate` on the flow to see them"
+            ),
+        });
+    }
+    builder.job(
+        kind::JOB_REJECTED,
+        job_id,
+        &JobRejected {
+            job_id: job_id.to_string(),
+            problems,
+        },
+    )
+}
+
+/// The most bytes a plan may have to be published on `bus`.
+fn plan_limit(bus: &dyn Bus) -> usize {
+    bus.max_event_bytes()
+        .map_or(MAX_PLAN_BYTES, |n| n.saturating_sub(ENVELOPE_ROOM))
+        .min(MAX_PLAN_BYTES)
 }
 
 /// A submission that cannot be settled because the broker went away comes again and is
@@ -244,12 +299,18 @@ pub struct Planned {
     pub json: Vec<u8>,
 }
 
-/// Validates a submission's flow and plans its job; every problem found is returned.
+/// Validates a submission's flow and plans its job; every problem found is returned. A plan
+/// larger than [`MAX_PLAN_BYTES`] is a problem.
+pub fn plan_submission(submitted: JobSubmitted, job_id: &str) -> Result<Planned, Vec<Problem>> {
+    plan_within(submitted, job_id, MAX_PLAN_BYTES)
+}
+
+/// [`plan_submission`] with a plan of at most `max_bytes`: writing it stops there.
 ///
 /// The submission is consumed so that the flow's text is dropped as soon as it is parsed, and
 /// the job is written straight to JSON task by task ([`ferry_flow::plan_job`]): a large job is
 /// never held whole besides its JSON.
-pub fn plan_submission(submitted: JobSubmitted, job_id: &str) -> Result<Planned, Vec<Problem>> {
+pub fn plan_within(submitted: JobSubmitted, job_id: &str, max_bytes: usize) -> Result<Planned, Vec<Problem>> {
     let JobSubmitted {
         flow: source,
         flow_name,
@@ -288,17 +349,52 @@ pub fn plan_submission(submitted: JobSubmitted, job_id: &str) -> Result<Planned,
         }
     };
     let job = ferry_flow::plan_job(&flow, job_id, &inputs)?;
-    match serde_json::to_vec(&job) {
-        Ok(json) => Ok(Planned {
+    let mut out = Bounded {
+        json: Vec::new(),
+        max: max_bytes,
+    };
+    match serde_json::to_writer(&mut out, &job) {
+        Ok(()) => Ok(Planned {
             tasks: job.task_count(),
-            json,
+            json: out.json,
         }),
+        Err(_) if out.json.len() >= max_bytes => Err(vec![Problem {
+            location: None,
+            field: Some("tasks".into()),
+            message: format!(
+                "the planned job is larger than {max_bytes} bytes, the most the bus carries in one message; \
+                 split the flow into smaller jobs, or make the inputs it repeats in each task smaller"
+            ),
+        }]),
         // Validation resolved every task already; this is reported rather than trusted away.
         Err(e) => Err(vec![Problem {
             location: None,
             field: None,
             message: format!("the job cannot be planned: {e}"),
         }]),
+    }
+}
+
+/// A writer that refuses to grow past `max` bytes, so that a plan that expands far beyond what
+/// the bus carries is never held whole.
+struct Bounded {
+    json: Vec<u8>,
+    max: usize,
+}
+
+impl std::io::Write for Bounded {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.json.len() + buf.len() > self.max {
+            let fits = self.max - self.json.len();
+            self.json.extend_from_slice(&buf[..fits]);
+            return Err(std::io::Error::other("the plan is larger than the bus carries"));
+        }
+        self.json.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 

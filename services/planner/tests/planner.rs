@@ -341,3 +341,69 @@ async fn a_job_too_large_for_the_bus_is_rejected_saying_so() -> Result<()> {
     assert_eq!(h.next_out().await?.ty(), kind::JOB_PLANNED);
     h.stop().await
 }
+
+/// A flow of about 100 KB whose YAML aliases repeat a long string a thousand times: 100 MB
+/// written out.
+fn alias_bomb() -> String {
+    let long = "x".repeat(100 * 1024);
+    format!(
+        "id: bomb\n\
+         x-s: &s '{long}'\n\
+         x-l: &l [*s, *s, *s, *s, *s, *s, *s, *s, *s, *s]\n\
+         x-m: &m [*l, *l, *l, *l, *l, *l, *l, *l, *l, *l]\n\
+         tasks:\n  - id: t\n    runner: local\n    command: [echo, *m, *m, *m, *m, *m, *m, *m, *m, *m, *m]\n"
+    )
+}
+
+#[tokio::test]
+async fn an_expansion_bomb_is_rejected_and_the_next_submission_is_planned() -> Result<()> {
+    let bus = MemoryBus::with_max_event_bytes(1024 * 1024);
+    let mut h = start_on(bus.clone(), Arc::new(bus)).await?;
+    let bomb = alias_bomb();
+    assert!(bomb.len() < 110 * 1024);
+    h.bus
+        .publish(&[submission_event(
+            "test",
+            &submission(&bomb, json!({}), Some("job-bomb")),
+        )])
+        .await?;
+    let event = h.next_out().await?;
+    assert_eq!(event.ty(), kind::JOB_REJECTED);
+    let rejected: JobRejected = ferry_event::decode(&event)?;
+    assert_eq!(rejected.job_id, "job-bomb");
+    let problem = &rejected.problems[0];
+    assert!(problem.message.contains("more than 64 MiB of text"), "{problem}");
+    assert!(problem.location.is_some(), "the alias is located: {problem}");
+
+    // Inputs repeated in every task expand too: the plan is refused before it is published.
+    let mut wide = String::from("id: wide\ninputs:\n  blob: { type: string, required: true }\ntasks:\n");
+    for i in 0..200 {
+        wide.push_str(&format!(
+            "  - {{ id: t{i}, runner: local, command: [echo, '{{{{ inputs.blob }}}}'] }}\n"
+        ));
+    }
+    let blob = "y".repeat(10 * 1024);
+    h.bus
+        .publish(&[submission_event(
+            "test",
+            &submission(&wide, json!({ "blob": blob }), Some("job-wide")),
+        )])
+        .await?;
+    let event = h.next_out().await?;
+    assert_eq!(event.ty(), kind::JOB_REJECTED);
+    let rejected: JobRejected = ferry_event::decode(&event)?;
+    let message = &rejected.problems[0].message;
+    assert!(message.contains("the most the bus carries"), "{message}");
+    assert!(
+        message.contains(&(1024 * 1024 - 4096).to_string()),
+        "names the limit: {message}"
+    );
+
+    let sub = submission(FLOW, json!({"who": "x"}), Some("job-good"));
+    h.bus.publish(&[submission_event("test", &sub)]).await?;
+    let event = h.next_out().await?;
+    assert_eq!(event.ty(), kind::JOB_PLANNED);
+    assert_eq!(h.bus.depth(GROUP), 0, "every submission was settled");
+    assert!(h.bus.dead_letters().is_empty());
+    h.stop().await
+}
