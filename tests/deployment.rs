@@ -1,5 +1,6 @@
 //! A deployment driven by its clients alone: `ferry up` on the in-memory bus, then `ferry
-//! submit`, `status`, `logs`, `cancel` and `retry` through the api.
+//! submit`, `status`, `logs`, `cancel` and `retry` through the api, with the admin token `ferry
+//! up` made in its data directory, or with tokens of their own.
 
 mod common;
 
@@ -51,9 +52,20 @@ impl Up {
         }
     }
 
+    /// Runs a client of this deployment, which finds the admin token in the data directory.
     fn ferry(&self, args: &[&str]) -> Ran {
         let mut c = ferry();
         c.args(args).args(["--api", &self.api]);
+        c.arg("--data-dir").arg(self._dir.path());
+        output(c)
+    }
+
+    /// Runs a client with the environment given and no data directory to find a token in.
+    fn ferry_env(&self, args: &[&str], env: &[(&str, &str)]) -> Ran {
+        let mut c = ferry();
+        c.args(args).args(["--api", &self.api]).env_remove("FERRY_TOKEN");
+        c.envs(env.iter().copied());
+        c.current_dir(self._dir.path().parent().unwrap());
         output(c)
     }
 
@@ -197,4 +209,59 @@ fn cancel_stops_a_running_job_and_retry_reruns_only_what_failed() {
     );
     assert_eq!(attempts("flaky"), "2");
     assert_eq!(up.ferry(&["cancel", "no-such-job"]).code, 2);
+}
+
+#[test]
+fn clients_need_a_token_and_are_told_how_to_get_one() {
+    let up = Up::start();
+    let hello = example("hello.yaml");
+    let hello = hello.to_str().unwrap();
+    let none = up.ferry_env(&["submit", hello, "--input", "name=x"], &[]);
+    assert_eq!(none.code, 2, "{}", none.stderr);
+    assert!(none.stderr.contains("FERRY_TOKEN"), "{}", none.stderr);
+    assert!(none.stdout.is_empty());
+    let wrong = up.ferry_env(&["status"], &[("FERRY_TOKEN", "ferry_wrong")]);
+    assert_eq!(wrong.code, 2);
+    assert!(
+        wrong.stderr.contains("not one this api knows"),
+        "{}",
+        wrong.stderr
+    );
+
+    // A token made for reading only, added to the tokens file `ferry up` created.
+    let made = output({
+        let mut c = ferry();
+        c.args(["token", "create", "--name", "dashboard", "--scope", "read"]);
+        c
+    });
+    assert_eq!(made.code, 0, "{}", made.stderr);
+    let mut lines = made.stdout.lines();
+    let token = lines.next().unwrap().to_string();
+    let entry = lines.next().unwrap().to_string();
+    assert!(
+        token.starts_with("ferry_") && !entry.contains(&token),
+        "the file gets the hash only"
+    );
+    let file = up._dir.path().join("tokens.yaml");
+    let mut text = std::fs::read_to_string(&file).unwrap();
+    text.push_str(&format!("{entry}\n"));
+    std::fs::write(&file, text).unwrap();
+    let reader = [("FERRY_TOKEN", token.as_str())];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = up.ferry_env(&["status"], &reader);
+        if status.code == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the new token was never accepted: {}",
+            status.stderr
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let refused = up.ferry_env(&["submit", hello, "--input", "name=x"], &reader);
+    assert_eq!(refused.code, 2);
+    assert!(refused.stderr.contains("`submit`"), "{}", refused.stderr);
+    assert!(refused.stderr.contains("FERRY_TOKEN"), "{}", refused.stderr);
 }

@@ -87,7 +87,8 @@ fn run_external(bus_base: &str, script: &str, broker_arg: &str) {
     let deadline = Instant::now() + Duration::from_secs(90);
     let state = loop {
         let mut c = ferry();
-        c.args(["status", &job, "--api", &api]);
+        c.args(["status", &job, "--api", &api, "--data-dir"])
+            .arg(dir.path().join("data"));
         let o = c.output().unwrap();
         let state = String::from_utf8_lossy(&o.stdout)
             .lines()
@@ -106,7 +107,8 @@ fn run_external(bus_base: &str, script: &str, broker_arg: &str) {
     };
     assert_eq!(state, "succeeded");
     let mut c = ferry();
-    c.args(["logs", &job, "--api", &api]);
+    c.args(["logs", &job, "--api", &api, "--data-dir"])
+        .arg(dir.path().join("data"));
     let logs = output(c);
     let greeting = if script.contains("amqp") {
         "hello, pika"

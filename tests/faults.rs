@@ -197,9 +197,11 @@ fn read_ledger(path: &Path) -> BTreeMap<String, AttemptRun> {
     runs
 }
 
-async fn api_json(api: &str, path: &str) -> Option<Value> {
+/// `ferry status --json`, with the admin token of the api's data directory.
+async fn api_json(api: &str, data: &Path, path: &str) -> Option<Value> {
     let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(["status", "--json", "--api", api])
+        .args(["status", "--json", "--api", api, "--data-dir"])
+        .arg(data)
         .args(path.strip_prefix("/jobs/"))
         .output()
         .ok()?;
@@ -352,7 +354,8 @@ async fn fault_run(bus_base: &str, broker_restart: bool) {
     let flow_path = d.join("faults.yaml");
     std::fs::write(&flow_path, flow(&ledger, &marker)).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(["submit", "--api", &api])
+        .args(["submit", "--api", &api, "--data-dir"])
+        .arg(&data)
         .arg(&flow_path)
         .output()
         .unwrap();
@@ -402,7 +405,7 @@ async fn fault_run(bus_base: &str, broker_restart: bool) {
         };
         seen = now;
         std::thread::sleep(Duration::from_millis(rng.below(400)));
-        let state = api_json(&api, &format!("/jobs/{job}"))
+        let state = api_json(&api, &data, &format!("/jobs/{job}"))
             .await
             .and_then(|d| d["state"].as_str().map(str::to_string));
         if matches!(state.as_deref(), Some("succeeded" | "failed" | "cancelled")) {
@@ -436,7 +439,7 @@ async fn fault_run(bus_base: &str, broker_restart: bool) {
         for p in procs.iter_mut() {
             p.check_alive();
         }
-        if let Some(d) = api_json(&api, &format!("/jobs/{job}")).await
+        if let Some(d) = api_json(&api, &data, &format!("/jobs/{job}")).await
             && matches!(d["state"].as_str(), Some("succeeded" | "failed" | "cancelled"))
         {
             break d;

@@ -1,26 +1,64 @@
 //! Clients of a running deployment, through its api: `ferry submit`, `status`, `logs`, `cancel`,
 //! `retry`. See docs/api.md for the endpoints.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Result, anyhow};
+use anyhow::{Context, Result, anyhow};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
 use crate::run::fmt_duration;
 use crate::{EXIT_FAILED, EXIT_INVALID, EXIT_OK, parse_inputs, read_flow};
 
+/// Which api to talk to, and with what credential.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// `http://HOST:PORT` or `https://…`.
+    pub url: String,
+    /// The bearer token (`--token`, `FERRY_TOKEN`).
+    pub token: Option<String>,
+    /// A CA certificate (PEM) to trust instead of the system's, for a self-signed api.
+    pub ca_cert: Option<PathBuf>,
+    /// The data directory of a `ferry up` on this machine: its `admin.token` is used for an
+    /// api on a loopback address when no token is given.
+    pub data_dir: PathBuf,
+}
+
+impl Target {
+    pub fn new(url: impl Into<String>) -> Target {
+        Target {
+            url: url.into(),
+            token: None,
+            ca_cert: None,
+            data_dir: PathBuf::from(".ferry"),
+        }
+    }
+}
+
+/// Where the token sent came from, to say what to change when it is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum TokenSource {
+    None,
+    Given,
+    File(PathBuf),
+}
+
 /// The api of a deployment.
 pub struct Client {
     base: String,
     http: reqwest::Client,
+    token: Option<String>,
+    token_source: TokenSource,
 }
 
 /// What the api answered, when it was not a success.
 enum Refused {
-    /// 400 (invalid) or 404 (unknown): the caller's input is at fault.
+    /// 400 (invalid), 404 (unknown), 409 (a job id taken), 401/403 (the credential): the
+    /// caller's input is at fault and trying again will not help.
     Invalid(String),
+    /// 413: the request is larger than the api accepts (`limit` bytes, when it said).
+    TooLarge { limit: Option<u64>, message: String },
     /// Anything else.
     Failed(anyhow::Error),
 }
@@ -32,17 +70,67 @@ impl From<anyhow::Error> for Refused {
 }
 
 impl Client {
-    pub fn new(api: &str) -> Result<Client> {
+    pub fn new(target: &Target) -> Result<Client> {
+        let api = &target.url;
         let base = api.trim_end_matches('/').to_string();
         if !base.starts_with("http://") && !base.starts_with("https://") {
             return Err(anyhow!(
                 "--api {api:?} is not an http:// URL (e.g. http://127.0.0.1:8080)"
             ));
         }
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .build()?;
-        Ok(Client { base, http })
+        let mut http = reqwest::Client::builder().connect_timeout(Duration::from_secs(10));
+        if let Some(ca) = &target.ca_cert {
+            let pem = std::fs::read(ca).with_context(|| format!("cannot read --ca-cert {}", ca.display()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .with_context(|| format!("--ca-cert {} is not a PEM certificate", ca.display()))?;
+            http = http.tls_certs_only(certs);
+        }
+        let http = http.build()?;
+        let (token, token_source) = match &target.token {
+            Some(t) if !t.trim().is_empty() => (Some(t.trim().to_string()), TokenSource::Given),
+            _ => match local_token(&base, &target.data_dir) {
+                Some((t, path)) => (Some(t), TokenSource::File(path)),
+                None => (None, TokenSource::None),
+            },
+        };
+        Ok(Client {
+            base,
+            http,
+            token,
+            token_source,
+        })
+    }
+
+    fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        self.authorized(self.http.get(format!("{}{path}", self.base)))
+    }
+
+    fn authorized(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        }
+    }
+
+    /// What to do about a 401 or 403, given where the token came from.
+    fn credential_hint(&self, status: u16) -> String {
+        match (&self.token_source, status) {
+            (TokenSource::None, _) => format!(
+                "no token was sent: set FERRY_TOKEN or pass --token (for a `ferry up` on this machine, \
+                 the token is in its data directory's {}: pass --data-dir or set FERRY_DATA_DIR)",
+                ferry_api::auth::ADMIN_TOKEN_FILE
+            ),
+            (TokenSource::Given, 401) => {
+                "the token in FERRY_TOKEN or --token is not one this api knows: check it, or make one \
+                 with `ferry token create` and add it to the api's tokens file"
+                    .into()
+            }
+            (TokenSource::File(path), 401) => format!(
+                "the token in {} is not one this api knows: set FERRY_TOKEN or --token",
+                path.display()
+            ),
+            (_, _) => "use a token with that scope and namespace: set FERRY_TOKEN or --token".into(),
+        }
     }
 
     fn unreachable(&self, e: reqwest::Error) -> anyhow::Error {
@@ -53,7 +141,11 @@ impl Client {
     }
 
     async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, Refused> {
-        let resp = req.send().await.map_err(|e| self.unreachable(e))?;
+        let resp = self
+            .authorized(req)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
         let status = resp.status();
         if status.is_success() {
             return Ok(resp);
@@ -77,7 +169,15 @@ impl Client {
             }
         }
         match status.as_u16() {
-            400 | 404 | 413 => Err(Refused::Invalid(msg)),
+            code @ (401 | 403) => Err(Refused::Invalid(format!("{msg}\n{}", self.credential_hint(code)))),
+            413 => Err(Refused::TooLarge {
+                limit: body["limitBytes"].as_u64(),
+                message: msg,
+            }),
+            400 | 404 | 409 => Err(Refused::Invalid(msg)),
+            421 => Err(Refused::Invalid(format!(
+                "{msg}\n(the api checks the host name in the URL: use one it answers to in --api or FERRY_API)"
+            ))),
             _ => Err(Refused::Failed(anyhow!(msg))),
         }
     }
@@ -104,7 +204,7 @@ impl Client {
     }
 
     async fn get_json(&self, path: &str) -> Result<Value, Refused> {
-        let resp = self.send(self.http.get(format!("{}{path}", self.base))).await?;
+        let resp = self.send(self.get(path)).await?;
         resp.json()
             .await
             .map_err(|e| Refused::Failed(anyhow!("the api's answer is not JSON: {e}")))
@@ -112,7 +212,7 @@ impl Client {
 
     /// Streams NDJSON lines of `path` to `each` until the stream ends.
     async fn ndjson(&self, path: &str, mut each: impl FnMut(Value) -> Result<()>) -> Result<(), Refused> {
-        let resp = self.send(self.http.get(format!("{}{path}", self.base))).await?;
+        let resp = self.send(self.get(path)).await?;
         let mut body = resp.bytes_stream();
         let mut buf: Vec<u8> = Vec::new();
         while let Some(chunk) = body.next().await {
@@ -141,7 +241,7 @@ impl Client {
 fn exit_for(r: Result<i32, Refused>) -> Result<i32> {
     match r {
         Ok(code) => Ok(code),
-        Err(Refused::Invalid(msg)) => {
+        Err(Refused::Invalid(msg) | Refused::TooLarge { message: msg, .. }) => {
             eprintln!("error: {msg}");
             Ok(EXIT_INVALID)
         }
@@ -149,9 +249,67 @@ fn exit_for(r: Result<i32, Refused>) -> Result<i32> {
     }
 }
 
+/// The admin token a `ferry up` on this machine wrote in its data directory, for an api on a
+/// loopback address only (a token of this machine is never sent elsewhere).
+fn local_token(base: &str, data_dir: &Path) -> Option<(String, PathBuf)> {
+    let url = reqwest::Url::parse(base).ok()?;
+    let local = match url.host()? {
+        url::Host::Domain(d) => d.eq_ignore_ascii_case("localhost"),
+        url::Host::Ipv4(ip) => ip.is_loopback(),
+        url::Host::Ipv6(ip) => ip.is_loopback(),
+    };
+    if !local {
+        return None;
+    }
+    let path = data_dir.join(ferry_api::auth::ADMIN_TOKEN_FILE);
+    let token = std::fs::read_to_string(&path).ok()?.trim().to_string();
+    (!token.is_empty()).then_some((token, path))
+}
+
+/// `ferry token create --name N --scope S,… [--namespace NS,…]`: prints a new token (once:
+/// the api keeps only its hash) and the line to add to the api's tokens file.
+pub fn token_create(name: &str, scopes: &[String], namespaces: &[String]) -> i32 {
+    use ferry_api::auth::{Scope, TokenEntry};
+    let invalid = |msg: String| {
+        eprintln!("error: {msg}");
+        EXIT_INVALID
+    };
+    if let Err(e) = ferry_flow::check_job_id(name) {
+        return invalid(format!("--name {name:?}: {e}"));
+    }
+    let mut parsed = Vec::new();
+    for s in scopes {
+        match s.trim().parse::<Scope>() {
+            Ok(scope) if !parsed.contains(&scope) => parsed.push(scope),
+            Ok(_) => {}
+            Err(e) => return invalid(format!("--scope: {e}")),
+        }
+    }
+    if let Some(bad) = namespaces.iter().find(|n| ferry_flow::check_job_id(n).is_err()) {
+        return invalid(format!("--namespace {bad:?} is not a namespace name"));
+    }
+    let (token, sha256) = match ferry_api::auth::new_token() {
+        Ok(t) => t,
+        Err(e) => return invalid(e.to_string()),
+    };
+    let entry = TokenEntry {
+        name: name.to_string(),
+        sha256,
+        scopes: parsed,
+        namespaces: (!namespaces.is_empty()).then(|| namespaces.to_vec()),
+    };
+    println!("{token}");
+    println!("  {}", entry.yaml_line());
+    eprintln!(
+        "ferry: the token (first line) is shown only now: the api keeps its hash. Add the second line \
+         under `tokens:` in the api's tokens file; the api reads the file again when it changes."
+    );
+    EXIT_OK
+}
+
 /// `ferry submit FLOW [--input k=v]… [--wait]`: the job id is the first line printed.
 pub async fn submit(
-    api: &str,
+    api: &Target,
     flow: &Path,
     inputs: &[String],
     job_id: Option<String>,
@@ -176,9 +334,24 @@ pub async fn submit(
     if let Some(id) = job_id {
         data["jobId"] = json!(id);
     }
+    let flow_bytes = source.len();
     exit_for(
         async {
-            let answer = client.post_event(ferry_event::kind::JOB_SUBMITTED, data).await?;
+            let answer = client
+                .post_event(ferry_event::kind::JOB_SUBMITTED, data)
+                .await
+                .map_err(|e| match e {
+                    Refused::TooLarge { limit, message } => {
+                        let limit = limit
+                            .map(|l| format!("limit {l} bytes for the whole request"))
+                            .unwrap_or(message);
+                        Refused::Invalid(format!(
+                            "the flow is {flow_bytes} bytes, more than the api accepts ({limit}, with its inputs); \
+                             the api's --body-limit sets it"
+                        ))
+                    }
+                    other => other,
+                })?;
             let job = answer["jobId"]
                 .as_str()
                 .ok_or_else(|| anyhow!("the api did not say the job id: {answer}"))?;
@@ -250,7 +423,7 @@ fn is_final(state: &str) -> bool {
 }
 
 /// `ferry status [JOB] [--json]`: the job's state on the first line, then each task's.
-pub async fn status(api: &str, job: Option<&str>, as_json: bool) -> Result<i32> {
+pub async fn status(api: &Target, job: Option<&str>, as_json: bool) -> Result<i32> {
     let client = Client::new(api)?;
     exit_for(
         async {
@@ -317,7 +490,7 @@ fn print_status(d: &Value) {
 }
 
 /// `ferry logs JOB [--task T] [--follow]`.
-pub async fn logs(api: &str, job: &str, task: Option<&str>, follow: bool) -> Result<i32> {
+pub async fn logs(api: &Target, job: &str, task: Option<&str>, follow: bool) -> Result<i32> {
     let client = Client::new(api)?;
     exit_for(
         async {
@@ -358,7 +531,7 @@ pub async fn logs(api: &str, job: &str, task: Option<&str>, follow: bool) -> Res
 }
 
 /// `ferry cancel JOB` and `ferry retry JOB`.
-pub async fn command(api: &str, job: &str, ty: &str) -> Result<i32> {
+pub async fn command(api: &Target, job: &str, ty: &str) -> Result<i32> {
     let client = Client::new(api)?;
     let data = json!({ "jobId": job });
     exit_for(
@@ -383,12 +556,47 @@ mod tests {
     #[test]
     fn api_urls_must_be_http() {
         assert!(
-            Client::new("127.0.0.1:8080")
+            Client::new(&Target::new("127.0.0.1:8080"))
                 .err()
                 .unwrap()
                 .to_string()
                 .contains("http://")
         );
-        assert_eq!(Client::new("http://h:1/").unwrap().base, "http://h:1");
+        assert_eq!(
+            Client::new(&Target::new("http://h:1/")).unwrap().base,
+            "http://h:1"
+        );
+    }
+
+    #[test]
+    fn the_local_admin_token_goes_to_a_loopback_api_only() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(ferry_api::auth::ADMIN_TOKEN_FILE),
+            "ferry_local\n",
+        )
+        .unwrap();
+        let with = |url: &str, token: Option<&str>| {
+            let mut t = Target::new(url);
+            t.data_dir = dir.path().to_path_buf();
+            t.token = token.map(str::to_string);
+            Client::new(&t).unwrap()
+        };
+        for url in [
+            "http://127.0.0.1:8080",
+            "http://localhost:1",
+            "https://[::1]:8443",
+        ] {
+            assert_eq!(with(url, None).token.as_deref(), Some("ferry_local"), "{url}");
+        }
+        for url in ["http://10.0.0.1:8080", "https://ferry.example.com"] {
+            assert_eq!(with(url, None).token, None, "{url}");
+        }
+        assert_eq!(
+            with("http://127.0.0.1:8080", Some("ferry_given"))
+                .token
+                .as_deref(),
+            Some("ferry_given")
+        );
     }
 }

@@ -5,8 +5,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use ferry_cli::client::Target;
 use ferry_cli::run::RunArgs;
-use ferry_cli::services::{BusKeys, Service, Settings};
+use ferry_cli::services::{ApiAccess, BusKeys, Service, Settings};
 
 #[derive(Parser)]
 #[command(
@@ -99,6 +100,25 @@ enum Command {
     /// Manage the bus key file the services sign their events with.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Api tokens: `ferry token create --name ci --scope submit,read`.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Make a token: prints it once, then the line to add to the api's tokens file.
+    Create {
+        /// What the token is for (shown in the api's logs and errors).
+        #[arg(long)]
+        name: String,
+        /// submit, read, cancel (cancel and retry), admin; comma-separated.
+        #[arg(long = "scope", value_delimiter = ',', required = true)]
+        scopes: Vec<String>,
+        /// Limit the token to these namespaces (comma-separated) [default: every namespace].
+        #[arg(long = "namespace", value_delimiter = ',')]
+        namespaces: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -119,6 +139,27 @@ struct Api {
     /// The deployment's api.
     #[arg(long = "api", env = "FERRY_API", default_value = "http://127.0.0.1:8080")]
     url: String,
+    /// The api's bearer token [default: for an api on this machine, DATA_DIR/admin.token].
+    #[arg(long, env = "FERRY_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Trust this CA certificate (PEM) for an https:// api, instead of the system's.
+    #[arg(long, env = "FERRY_CA_CERT")]
+    ca_cert: Option<PathBuf>,
+    /// The data directory of a `ferry up` on this machine, whose admin token is used when no
+    /// token is given.
+    #[arg(long, env = "FERRY_DATA_DIR", default_value = ".ferry")]
+    data_dir: PathBuf,
+}
+
+impl Api {
+    fn target(self) -> Target {
+        Target {
+            url: self.url,
+            token: self.token,
+            ca_cert: self.ca_cert,
+            data_dir: self.data_dir,
+        }
+    }
 }
 
 #[derive(Args)]
@@ -157,6 +198,21 @@ struct Deploy {
     /// ferry run any command.
     #[arg(long, env = "FERRY_INSECURE_UNSIGNED_BUS")]
     insecure_unsigned_bus: bool,
+    /// The api's tokens file [default: DATA_DIR/tokens.yaml, created with an admin token].
+    #[arg(long, env = "FERRY_TOKENS_FILE")]
+    tokens_file: Option<PathBuf>,
+    /// The api asks for no credential (only on a loopback --listen).
+    #[arg(long, conflicts_with = "tokens_file")]
+    insecure_no_auth: bool,
+    /// Serve the api over HTTPS with this certificate chain (PEM).
+    #[arg(long, env = "FERRY_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, env = "FERRY_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// A host name clients reach the api by (checked against `Host`); repeat or comma-separate.
+    #[arg(long = "allowed-host", env = "FERRY_ALLOWED_HOSTS", value_delimiter = ',')]
+    allowed_hosts: Vec<String>,
 }
 
 impl Deploy {
@@ -171,6 +227,16 @@ impl Deploy {
         s.listen = self.listen;
         s.kill_grace = self.kill_grace;
         s.max_parallel = self.max_parallel;
+        s.api_access = ApiAccess {
+            tokens_file: self.tokens_file.clone(),
+            insecure_no_auth: self.insecure_no_auth,
+            tls: self
+                .tls_cert
+                .clone()
+                .zip(self.tls_key.clone())
+                .map(|(cert, key)| ferry_api::TlsFiles { cert, key }),
+            allowed_hosts: self.allowed_hosts.clone(),
+        };
         s
     }
 
@@ -194,11 +260,20 @@ fn main() {
     let cli = Cli::parse();
     let quiet = matches!(
         cli.command,
-        Command::Run { .. } | Command::Validate { .. } | Command::Schema { .. } | Command::Key(_)
+        Command::Run { .. }
+            | Command::Validate { .. }
+            | Command::Schema { .. }
+            | Command::Key(_)
+            | Command::Token(_)
     );
     ferry_runtime::telemetry::init(if quiet { "warn" } else { "info" });
     let code = match cli.command {
         Command::Validate { flows } => ferry_cli::validate(&flows),
+        Command::Token(TokenCommand::Create {
+            name,
+            scopes,
+            namespaces,
+        }) => ferry_cli::client::token_create(&name, &scopes, &namespaces),
         Command::Schema { name } => match ferry_cli::schema(name.as_deref()) {
             Ok(s) => {
                 println!("{s}");
@@ -256,23 +331,25 @@ fn main() {
                     job_id,
                     wait,
                     api,
-                } => ferry_cli::client::submit(&api.url, &flow, &inputs, job_id, wait).await,
+                } => ferry_cli::client::submit(&api.target(), &flow, &inputs, job_id, wait).await,
                 Command::Status { job, json, api } => {
-                    ferry_cli::client::status(&api.url, job.as_deref(), json).await
+                    ferry_cli::client::status(&api.target(), job.as_deref(), json).await
                 }
                 Command::Logs {
                     job,
                     task,
                     follow,
                     api,
-                } => ferry_cli::client::logs(&api.url, &job, task.as_deref(), follow).await,
+                } => ferry_cli::client::logs(&api.target(), &job, task.as_deref(), follow).await,
                 Command::Cancel { job, api } => {
-                    ferry_cli::client::command(&api.url, &job, ferry_event::kind::JOB_CANCEL).await
+                    ferry_cli::client::command(&api.target(), &job, ferry_event::kind::JOB_CANCEL).await
                 }
                 Command::Retry { job, api } => {
-                    ferry_cli::client::command(&api.url, &job, ferry_event::kind::JOB_RETRY).await
+                    ferry_cli::client::command(&api.target(), &job, ferry_event::kind::JOB_RETRY).await
                 }
-                Command::Validate { .. } | Command::Schema { .. } => unreachable!("handled above"),
+                Command::Validate { .. } | Command::Schema { .. } | Command::Token(_) => {
+                    unreachable!("handled above")
+                }
             }
         }),
     };

@@ -84,6 +84,52 @@ pub struct Settings {
     pub backend: String,
     pub kill_grace: Duration,
     pub max_parallel: usize,
+    /// Who may use the api, and how it is reached.
+    pub api_access: ApiAccess,
+}
+
+/// Who may use the api and how it is reached (`docs/security.md`).
+#[derive(Debug, Clone, Default)]
+pub struct ApiAccess {
+    /// The tokens file; without one (and without `insecure_no_auth`), `DATA_DIR/tokens.yaml`,
+    /// created on first start with an admin token in `DATA_DIR/admin.token`.
+    pub tokens_file: Option<PathBuf>,
+    /// No credential asked for (loopback only).
+    pub insecure_no_auth: bool,
+    pub tls: Option<ferry_api::TlsFiles>,
+    pub allowed_hosts: Vec<String>,
+}
+
+impl ApiAccess {
+    /// Sets the api's access settings, creating the data directory's tokens file if it is the
+    /// one used. Returns what to tell the operator.
+    fn apply(&self, config: &mut ferry_api::Config, data_dir: &Path) -> Result<Option<String>> {
+        config.tls = self.tls.clone();
+        config.allowed_hosts = self.allowed_hosts.clone();
+        if self.insecure_no_auth {
+            config.access = Some(ferry_api::Access::InsecureNoAuth);
+            return Ok(Some("the api asks for no credential (--insecure-no-auth)".into()));
+        }
+        if let Some(file) = &self.tokens_file {
+            config.access = Some(ferry_api::Access::TokensFile(file.clone()));
+            return Ok(None);
+        }
+        let b = ferry_api::auth::bootstrap(data_dir)?;
+        config.access = Some(ferry_api::Access::TokensFile(b.tokens_file.clone()));
+        Ok(Some(match (&b.admin_token_file, b.created) {
+            (Some(admin), true) => format!(
+                "api tokens are in {}; an admin token was created in {} (ferry clients on this machine use it; elsewhere set FERRY_TOKEN)",
+                b.tokens_file.display(),
+                admin.display()
+            ),
+            (Some(admin), false) => format!(
+                "api tokens are in {}; the admin token is in {}",
+                b.tokens_file.display(),
+                admin.display()
+            ),
+            (None, _) => format!("api tokens are in {}", b.tokens_file.display()),
+        }))
+    }
 }
 
 impl Settings {
@@ -97,6 +143,7 @@ impl Settings {
             backend: "local".into(),
             kill_grace: Duration::from_secs(10),
             max_parallel: 64,
+            api_access: ApiAccess::default(),
         }
     }
 
@@ -226,6 +273,9 @@ impl Running {
                 Service::Api => {
                     let mut config = ferry_api::Config::new(settings.api_db(), settings.logs_db());
                     config.listen = settings.listen;
+                    if let Some(note) = settings.api_access.apply(&mut config, &settings.data_dir)? {
+                        eprintln!("ferry: {note}");
+                    }
                     let listener = tokio::net::TcpListener::bind(settings.listen)
                         .await
                         .with_context(|| format!("the api cannot listen on {}", settings.listen))?;
@@ -364,7 +414,12 @@ pub async fn serve(
     let names: Vec<&str> = services.iter().map(|s| s.name()).collect();
     tracing::info!(services = %names.join(", "), bus = %redact(bus_url), data_dir = %settings.data_dir.display(), "ferry running");
     if services.contains(&Service::Api) {
-        eprintln!("ferry: api listening on http://{}", settings.listen);
+        let scheme = if settings.api_access.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        eprintln!("ferry: api listening on {scheme}://{}", settings.listen);
     }
     let outcome = tokio::select! {
         _ = ferry_runtime::shutdown::wait_for_signal() => Ok(()),

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use ferry_log_collector::{Cursor, LogQuery, LogRecord};
@@ -22,7 +22,8 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use crate::http::{ApiError, AppState, bad_query, field_problem, poll};
+use crate::auth::{Principal, Scope};
+use crate::http::{ApiError, AppState, authorize_job, bad_query, field_problem, poll};
 
 /// Lines buffered between a producer and its response body.
 const CHANNEL: usize = 64;
@@ -79,13 +80,12 @@ pub(crate) struct EventsQuery {
 /// is finished.
 pub(crate) async fn job_events(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
     query: Result<Query<EventsQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(bad_query)?;
-    if !state.model.job_exists(&id).await? {
-        return Err(ApiError::unknown_job(&id));
-    }
+    authorize_job(&state, &principal, &id, Scope::Read, "read jobs").await?;
     let (tx, body) = channel_body();
     tokio::spawn(produce_changes(state, id, q.after.unwrap_or(0), q.follow, tx));
     Ok(ndjson(body))
@@ -171,6 +171,7 @@ fn log_line(r: &LogRecord) -> Bytes {
 /// attempt's lines have been sent.
 pub(crate) async fn job_logs(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
     query: Result<Query<LogsQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
@@ -185,9 +186,7 @@ pub(crate) async fn job_logs(
             vec![field_problem("limit", format!("use 1 to {LOGS_MAX}"))],
         ));
     }
-    if !state.model.job_exists(&id).await? {
-        return Err(ApiError::unknown_job(&id));
-    }
+    authorize_job(&state, &principal, &id, Scope::Read, "read jobs").await?;
     let mut lq = LogQuery::job(id.clone());
     if let Some(t) = &q.task {
         lq = lq.task(t.clone());

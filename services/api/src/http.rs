@@ -7,8 +7,9 @@ use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Extension, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use ferry_bus::Bus;
@@ -23,8 +24,10 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use crate::Config;
+use crate::auth::{Authenticator, Principal, Scope};
+use crate::guard::{self, AllowedHosts};
 use crate::intake::{self, Mode};
-use crate::store::ReadModel;
+use crate::store::{ReadModel, Reservation};
 
 /// Seconds a client is asked to wait before retrying when the bus is unavailable.
 const RETRY_AFTER_SECS: u64 = 5;
@@ -45,16 +48,24 @@ pub(crate) struct AppState {
     pub shutdown: CancellationToken,
 }
 
-pub(crate) fn router(state: AppState) -> Router {
+/// The routes, behind the guards: every request must name an allowed host and arrive within
+/// the request timeout; every route but `/healthz` needs a credential.
+pub(crate) fn router(state: AppState, auth: Authenticator, hosts: Arc<AllowedHosts>) -> Router {
     let limit = state.config.body_limit;
-    Router::new()
-        .route("/healthz", get(healthz))
+    let timeout = state.config.request_timeout;
+    let protected = Router::new()
         .route("/events", post(post_events))
         .route("/jobs", get(list_jobs))
         .route("/jobs/{id}", get(get_job))
         .route("/jobs/{id}/events", get(crate::follow::job_events))
         .route("/jobs/{id}/logs", get(crate::follow::job_logs))
+        .route_layer(from_fn_with_state(auth, guard::authenticate));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .merge(protected)
         .layer(DefaultBodyLimit::max(limit))
+        .layer(from_fn_with_state(timeout, guard::deadline))
+        .layer(from_fn_with_state(hosts, guard::check_host))
         .with_state(state)
 }
 
@@ -69,6 +80,8 @@ pub(crate) struct ApiError {
     error: String,
     problems: Vec<Problem>,
     retry_after: bool,
+    /// The largest body accepted, on a 413 for the request's size (`limitBytes`).
+    limit: Option<usize>,
 }
 
 impl ApiError {
@@ -78,6 +91,7 @@ impl ApiError {
             error: error.into(),
             problems: Vec::new(),
             retry_after: false,
+            limit: None,
         }
     }
 
@@ -86,6 +100,11 @@ impl ApiError {
             problems,
             ..ApiError::new(StatusCode::BAD_REQUEST, error)
         }
+    }
+
+    /// The principal may not do this: 403.
+    pub fn forbidden(error: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::FORBIDDEN, error)
     }
 
     pub fn unknown_job(job_id: &str) -> Self {
@@ -128,7 +147,10 @@ impl From<ferry_log_collector::Error> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({ "error": self.error, "problems": self.problems });
+        let mut body = json!({ "error": self.error, "problems": self.problems });
+        if let Some(limit) = self.limit {
+            body["limitBytes"] = json!(limit);
+        }
         let mut response = (self.status, Json(body)).into_response();
         if self.retry_after {
             response
@@ -154,6 +176,61 @@ pub(crate) fn bad_query(e: QueryRejection) -> ApiError {
 }
 
 // ----------------------------------------------------------------------------------------------
+// Authorization
+// ----------------------------------------------------------------------------------------------
+
+/// 403 unless the principal holds `scope`; `what` is what it tried ("cancel jobs").
+pub(crate) fn require(p: &Principal, scope: Scope, what: &str) -> Result<(), ApiError> {
+    if p.has(scope) {
+        return Ok(());
+    }
+    Err(ApiError::forbidden(format!(
+        "token {:?} may not {what}: that needs scope `{scope}`, and it has {}",
+        p.name,
+        p.scope_list()
+    )))
+}
+
+/// 403 unless the principal may act in `namespace`.
+pub(crate) fn require_namespace(p: &Principal, namespace: &str, what: &str) -> Result<(), ApiError> {
+    if p.in_namespace(namespace) {
+        return Ok(());
+    }
+    Err(ApiError::forbidden(format!(
+        "token {:?} may not {what} in namespace `{namespace}`: it is limited to {}",
+        p.name,
+        p.namespace_list()
+    )))
+}
+
+/// For a request about one job: 403 without `scope`, 404 for an unknown job, 403 for a job
+/// outside the principal's namespaces.
+pub(crate) async fn authorize_job(
+    state: &AppState,
+    p: &Principal,
+    job_id: &str,
+    scope: Scope,
+    what: &str,
+) -> Result<(), ApiError> {
+    require(p, scope, what)?;
+    if !state.model.job_exists(job_id).await? {
+        return Err(ApiError::unknown_job(job_id));
+    }
+    if p.namespaces.is_none() {
+        return Ok(());
+    }
+    match state.model.namespace_of(job_id).await? {
+        Some(ns) => require_namespace(p, &ns, what),
+        None => Err(ApiError::forbidden(format!(
+            "token {:?} may not {what} for job {job_id:?} yet: its namespace is not known until it is planned, \
+             and the token is limited to {}",
+            p.name,
+            p.namespace_list()
+        ))),
+    }
+}
+
+// ----------------------------------------------------------------------------------------------
 // GET /healthz
 // ----------------------------------------------------------------------------------------------
 
@@ -176,23 +253,54 @@ struct Accepted {
     job_id: Option<String>,
     /// The flow id of an accepted submission, to record the job as submitted.
     submitted_flow: Option<String>,
+    /// The digest this request reserved the job id for, to give back if it is not published.
+    reserved: Option<String>,
+    /// False for a resubmission of a job published already: answered, not published again.
+    publish: bool,
+}
+
+impl Accepted {
+    fn plain(event: Event, job_id: Option<String>) -> Accepted {
+        Accepted {
+            event,
+            job_id,
+            submitted_flow: None,
+            reserved: None,
+            publish: true,
+        }
+    }
+}
+
+/// Gives back the job ids reserved for submissions that are not being published after all.
+async fn release(state: &AppState, accepted: &[Accepted]) {
+    for a in accepted {
+        if let (Some(job_id), Some(digest)) = (&a.job_id, &a.reserved)
+            && let Err(e) = state.model.release_submission(job_id, digest).await
+        {
+            tracing::warn!(job_id, error = %e, "giving back a reserved job id failed");
+        }
+    }
 }
 
 async fn post_events(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body.map_err(|e| {
         let status = e.status();
         if status == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                status,
-                format!(
-                    "the request body is larger than the {} bytes accepted",
-                    state.config.body_limit
-                ),
-            )
+            ApiError {
+                limit: Some(state.config.body_limit),
+                ..ApiError::new(
+                    status,
+                    format!(
+                        "the request body is larger than the {} bytes accepted",
+                        state.config.body_limit
+                    ),
+                )
+            }
         } else {
             ApiError::new(status, format!("cannot read the request body: {}", e.body_text()))
         }
@@ -221,9 +329,10 @@ async fn post_events(
     }
     let mut accepted = Vec::with_capacity(events.len());
     for (i, event) in events.into_iter().enumerate() {
-        match accept(&state, event).await {
+        match accept(&state, &principal, event).await {
             Ok(a) => accepted.push(a),
             Err(mut e) if batch => {
+                release(&state, &accepted).await;
                 // Name the event within the batch; a batch is published whole or not at all.
                 for p in &mut e.problems {
                     p.field = Some(format!("[{i}].{}", p.field.as_deref().unwrap_or("")));
@@ -237,8 +346,17 @@ async fn post_events(
             Err(e) => return Err(e),
         }
     }
-    let to_publish: Vec<Event> = accepted.iter().map(|a| a.event.clone()).collect();
-    publish(&state, &to_publish).await?;
+    let to_publish: Vec<Event> = accepted
+        .iter()
+        .filter(|a| a.publish)
+        .map(|a| a.event.clone())
+        .collect();
+    if !to_publish.is_empty()
+        && let Err(e) = publish(&state, &to_publish).await
+    {
+        release(&state, &accepted).await;
+        return Err(e);
+    }
     for a in &accepted {
         tracing::info!(
             event_id = %a.event.id(),
@@ -314,18 +432,23 @@ async fn publish(state: &AppState, events: &[Event]) -> Result<(), ApiError> {
     }
 }
 
-/// Checks one event and prepares it for publishing.
-async fn accept(state: &AppState, event: Event) -> Result<Accepted, ApiError> {
+/// Checks one event, and that the principal may post it, and prepares it for publishing.
+async fn accept(state: &AppState, principal: &Principal, event: Event) -> Result<Accepted, ApiError> {
     let ty = event.ty().to_string();
     match ty.as_str() {
-        kind::JOB_SUBMITTED => accept_submission(event).await,
+        kind::JOB_SUBMITTED => {
+            require(principal, Scope::Submit, "submit jobs")?;
+            accept_submission(state, principal, event).await
+        }
         kind::JOB_CANCEL => {
+            require(principal, Scope::Cancel, "cancel jobs")?;
             let c: JobCancel = decode_data(&event, "{\"jobId\": \"…\", \"reason\": \"…\"}")?;
-            accept_command(state, event, c.job_id).await
+            accept_command(state, principal, event, c.job_id, "cancel jobs").await
         }
         kind::JOB_RETRY => {
+            require(principal, Scope::Cancel, "retry jobs")?;
             let r: JobRetry = decode_data(&event, "{\"jobId\": \"…\"}")?;
-            accept_command(state, event, r.job_id).await
+            accept_command(state, principal, event, r.job_id, "retry jobs").await
         }
         t if t.starts_with(kind::PREFIX) => Err(ApiError::bad_request(
             format!("event type {t} cannot be posted"),
@@ -339,11 +462,19 @@ async fn accept(state: &AppState, event: Event) -> Result<Accepted, ApiError> {
                 ),
             )],
         )),
-        _ => Ok(Accepted {
-            event,
-            job_id: None,
-            submitted_flow: None,
-        }),
+        _ => {
+            // Triggers of any namespace may start a job from an event of one's own.
+            require(principal, Scope::Submit, "post events")?;
+            if principal.namespaces.is_some() {
+                return Err(ApiError::forbidden(format!(
+                    "token {:?} may not post events of its own ({ty}): triggers of any namespace may act on them, \
+                     and the token is limited to {}",
+                    principal.name,
+                    principal.namespace_list()
+                )));
+            }
+            Ok(Accepted::plain(event, None))
+        }
     }
 }
 
@@ -374,21 +505,27 @@ fn stamp_job(event: &mut Event, job_id: &str) {
     }
 }
 
-async fn accept_command(state: &AppState, mut event: Event, job_id: String) -> Result<Accepted, ApiError> {
-    if !state.model.job_exists(&job_id).await? {
-        return Err(ApiError::unknown_job(&job_id));
-    }
+async fn accept_command(
+    state: &AppState,
+    principal: &Principal,
+    mut event: Event,
+    job_id: String,
+    what: &str,
+) -> Result<Accepted, ApiError> {
+    authorize_job(state, principal, &job_id, Scope::Cancel, what).await?;
     stamp_job(&mut event, &job_id);
-    Ok(Accepted {
-        event,
-        job_id: Some(job_id),
-        submitted_flow: None,
-    })
+    Ok(Accepted::plain(event, Some(job_id)))
 }
 
 /// A submission: its flow and inputs are validated and planned here so that a bad one is
-/// refused with every problem and never published.
-async fn accept_submission(mut event: Event) -> Result<Accepted, ApiError> {
+/// refused with every problem and never published. A job id means one job: the same
+/// submission again is the same job (answered, not published again once it was), another one
+/// under a taken id is refused with 409.
+async fn accept_submission(
+    state: &AppState,
+    principal: &Principal,
+    mut event: Event,
+) -> Result<Accepted, ApiError> {
     const EXAMPLE: &str = "{\"flow\": \"<flow YAML>\" or {…}, \"inputs\": {…}, \"jobId\": \"optional\"}";
     let submitted: JobSubmitted = decode_data(&event, EXAMPLE)?;
     let (job_id, field) = match &submitted.job_id {
@@ -428,6 +565,26 @@ async fn accept_submission(mut event: Event) -> Result<Accepted, ApiError> {
             ));
         }
     };
+    let namespace = crate::digest::namespace_of(&planned);
+    require_namespace(principal, namespace, "submit jobs")?;
+    let digest = crate::digest::of_plan(&planned);
+    let reservation = state
+        .model
+        .reserve_submission(&job_id, &digest, namespace, ferry_event::now_ms())
+        .await?;
+    let (reserved, publish) = match reservation {
+        Reservation::New => (Some(digest), true),
+        Reservation::Same { recorded } => (None, !recorded),
+        Reservation::Taken => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!(
+                    "job id {job_id:?} is taken by another submission (a job id means one job): submit the same \
+                     flow and inputs to get that job again, or choose another job id"
+                ),
+            ));
+        }
+    };
     // Fill in the job id, keeping everything else the submitter sent in `data` as it was.
     let mut data: Value = ferry_event::decode(&event).map_err(|e| {
         ApiError::bad_request(
@@ -444,6 +601,8 @@ async fn accept_submission(mut event: Event) -> Result<Accepted, ApiError> {
         event,
         job_id: Some(job_id),
         submitted_flow: Some(planned.flow_id),
+        reserved,
+        publish,
     })
 }
 
@@ -474,8 +633,10 @@ pub(crate) struct ListQuery {
 
 async fn list_jobs(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    require(&principal, Scope::Read, "read jobs")?;
     let Query(q) = query.map_err(bad_query)?;
     let limit = q.limit.unwrap_or(JOBS_DEFAULT);
     if limit == 0 || limit > JOBS_MAX {
@@ -484,11 +645,18 @@ async fn list_jobs(
             vec![field_problem("limit", format!("use 1 to {JOBS_MAX}"))],
         ));
     }
-    let jobs = state.model.jobs(limit).await?;
+    // A token limited to namespaces sees their jobs only.
+    let namespaces = principal.namespaces();
+    let jobs = state.model.jobs_in(limit, namespaces.as_deref()).await?;
     Ok(Json(json!({ "jobs": jobs })))
 }
 
-async fn get_job(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn get_job(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    authorize_job(&state, &principal, &id, Scope::Read, "read jobs").await?;
     match state.model.job_detail(&id).await? {
         Some(detail) => Ok(Json(serde_json::to_value(detail).unwrap_or(Value::Null))),
         None => Err(ApiError::unknown_job(&id)),

@@ -18,17 +18,28 @@
 //! store is a database with one writer (the log-collector service) and many readers (this
 //! service, the CLI). The api never calls another service.
 //!
+//! Every request but `GET /healthz` is authenticated ([`auth`]: bearer tokens with scopes and
+//! namespaces) and must name an allowed `Host`; headers and bodies have deadlines; TLS is
+//! served from PEM files ([`TlsFiles`]). See `docs/security.md`.
+//!
 //! [`run`] binds the configured address; [`serve`] takes a bound listener (tests bind
 //! `127.0.0.1:0`). Routes and formats are described in `docs/api.md`.
 
+pub mod auth;
+mod digest;
 mod error;
 mod follow;
+mod guard;
 mod http;
 mod intake;
 mod project;
+mod reload;
+mod server;
 mod store;
+mod tls;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,19 +49,35 @@ use ferry_log_collector::LogStore;
 use ferry_runtime::CancellationToken;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tracing::info;
+use tracing::{info, warn};
 
 pub use error::{Error, Result};
 pub use follow::DEFAULT_LOG_GRACE;
+pub use guard::AllowedHosts;
 pub use store::{
-    Change, Dialect, FinishedAttempt, JOB_STATES, JobDetail, JobView, ReadModel, TASK_STATES, TaskView,
-    job_state_is_terminal,
+    Change, Dialect, FinishedAttempt, JOB_STATES, JobDetail, JobView, ReadModel, Reservation, TASK_STATES,
+    TaskView, job_state_is_terminal,
 };
+pub use tls::TlsFiles;
 
 /// The read model's consumer group: api instances sharing one database share it.
 pub const DEFAULT_GROUP: &str = "api";
 /// Largest request body accepted (413 above it).
 pub const DEFAULT_BODY_LIMIT: usize = 16 * 1024 * 1024;
+/// How long a client may take to send a request's headers (and its TLS handshake).
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take to send a request's body, and the api to begin its answer.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How the api knows who is asking.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Access {
+    /// Bearer tokens listed in this file (see [`auth`]), read again when it changes.
+    TokensFile(PathBuf),
+    /// No credential asked for: every request may do everything. Refused unless the api
+    /// listens on a loopback address (development on one machine).
+    InsecureNoAuth,
+}
 
 /// How the api service runs.
 #[derive(Debug, Clone)]
@@ -80,6 +107,19 @@ pub struct Config {
     pub log_grace: Duration,
     /// How long applied event ids are remembered to skip redeliveries.
     pub inbox_retention: Duration,
+    /// Who may do what; `None` is refused at start (the api never runs open by accident).
+    pub access: Option<Access>,
+    /// Serve HTTPS with this certificate and key; plain HTTP without.
+    pub tls: Option<TlsFiles>,
+    /// Host names (in `Host`) answered besides the listening address (and `localhost` on
+    /// loopback); `*` answers any.
+    pub allowed_hosts: Vec<String>,
+    /// How long a client may take to send a request's headers (and its TLS handshake).
+    pub header_read_timeout: Duration,
+    /// How long a client may take to send a request's body, and the api to begin its answer.
+    pub request_timeout: Duration,
+    /// How often the tokens file and the TLS files are checked for changes.
+    pub reload_every: Duration,
 }
 
 impl Config {
@@ -96,6 +136,12 @@ impl Config {
             follow_poll: Duration::from_millis(500),
             log_grace: DEFAULT_LOG_GRACE,
             inbox_retention: Duration::from_secs(7 * 24 * 3600),
+            access: None,
+            tls: None,
+            allowed_hosts: Vec::new(),
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            reload_every: Duration::from_secs(2),
         }
     }
 }
@@ -111,17 +157,19 @@ pub async fn run(config: Config, bus: Arc<dyn Bus>, shutdown: CancellationToken)
     serve(config, bus, listener, shutdown).await
 }
 
-/// Serves on `listener` until `shutdown` is cancelled: opens the read model and the log store,
-/// joins the consumer group (before the first request is answered, so a client that saw
-/// `/healthz` answer can publish lifecycle events that the read model will see), then answers
-/// requests while the read model follows the bus. Streaming responses end at shutdown; requests
-/// in flight are finished.
+/// Serves on `listener` until `shutdown` is cancelled: checks the access settings, opens the
+/// read model and the log store, joins the consumer group (before the first request is
+/// answered, so a client that saw `/healthz` answer can publish lifecycle events that the read
+/// model will see), then answers requests while the read model follows the bus. Streaming
+/// responses end at shutdown; requests in flight are finished.
 pub async fn serve(
     config: Config,
     bus: Arc<dyn Bus>,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<()> {
+    let local = listener.local_addr().map_err(Error::Serve)?;
+    let guards = Guards::new(&config, local)?;
     let model = ReadModel::open(&config.db_url).await?;
     let logs = LogStore::open(&config.logs_url)
         .await?
@@ -152,18 +200,116 @@ pub async fn serve(
         changed: changed_rx,
         shutdown: stop.clone(),
     };
-    let local = listener.local_addr().map_err(Error::Serve)?;
-    info!(listen = %local, group = %config.group, "api started");
-    let served = axum::serve(listener, http::router(state))
-        .with_graceful_shutdown(stop.clone().cancelled_owned())
-        .await;
+    let scheme = if guards.tls.is_some() { "https" } else { "http" };
+    info!(listen = %local, %scheme, group = %config.group, "api started");
+    let reloader = tokio::spawn(guards.clone().reload(config.reload_every, stop.clone()));
+    let serving = server::Serving {
+        router: http::router(state, guards.authenticator.clone(), guards.hosts.clone()),
+        tls: guards.server_config.clone(),
+        header_read_timeout: config.header_read_timeout,
+    };
+    server::serve(listener, serving, stop.clone()).await;
     stop.cancel();
+    let _ = reloader.await;
     let projected = projector
         .await
         .unwrap_or_else(|e| Err(Error::Config(format!("the read model task failed: {e}"))));
     model.close().await;
     logs.close().await;
     info!("api stopped");
-    served.map_err(Error::Serve)?;
     projected
+}
+
+/// The access settings, checked and opened.
+#[derive(Clone)]
+struct Guards {
+    authenticator: auth::Authenticator,
+    hosts: Arc<AllowedHosts>,
+    tls: Option<Arc<tls::Certificate>>,
+    server_config: Option<Arc<rustls::ServerConfig>>,
+}
+
+impl Guards {
+    fn new(config: &Config, local: SocketAddr) -> Result<Guards> {
+        let loopback = local.ip().is_loopback();
+        let authenticator = match &config.access {
+            None => {
+                return Err(Error::Config(
+                    "the api needs to know who may use it: give it a tokens file (--tokens-file; \
+                     `ferry token create` makes a token) or, on a loopback address only, \
+                     --insecure-no-auth"
+                        .into(),
+                ));
+            }
+            Some(Access::InsecureNoAuth) if !loopback => {
+                return Err(Error::Config(format!(
+                    "--insecure-no-auth is refused on {local}: without credentials the api may only \
+                     listen on a loopback address (127.0.0.1, ::1); give it a tokens file instead"
+                )));
+            }
+            Some(Access::InsecureNoAuth) => {
+                warn!(listen = %local, "the api asks for no credential (--insecure-no-auth): anyone on this machine may use it");
+                auth::Authenticator::Open
+            }
+            Some(Access::TokensFile(path)) => {
+                let table = auth::TokenTable::open(path)?;
+                if table.is_empty() {
+                    warn!(file = %path.display(), "the tokens file lists no token: every request will be refused");
+                } else {
+                    info!(file = %path.display(), tokens = table.len(), "api tokens read");
+                }
+                auth::Authenticator::Tokens(Arc::new(table))
+            }
+        };
+        let (tls, server_config) = match &config.tls {
+            Some(files) => {
+                let cert = tls::Certificate::open(files)?;
+                let server_config = cert.server_config()?;
+                (Some(cert), Some(server_config))
+            }
+            None => (None, None),
+        };
+        if tls.is_none() && !loopback {
+            warn!(
+                listen = %local,
+                "THE API LISTENS BEYOND LOOPBACK WITHOUT TLS: bearer tokens and jobs cross the network \
+                 in clear text; give it --tls-cert and --tls-key, or put it behind a TLS proxy"
+            );
+        }
+        Ok(Guards {
+            authenticator,
+            hosts: Arc::new(AllowedHosts::new(local, &config.allowed_hosts)),
+            tls,
+            server_config,
+        })
+    }
+
+    /// Reads the tokens file and the TLS files again whenever they change, until `stop`.
+    async fn reload(self, every: Duration, stop: CancellationToken) {
+        let every = every.max(Duration::from_millis(10));
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            if let auth::Authenticator::Tokens(table) = &self.authenticator {
+                match table.reload_if_changed() {
+                    Some(Ok(n)) => info!(file = %table.path().display(), tokens = n, "api tokens read again"),
+                    Some(Err(e)) => {
+                        warn!(error = %e, "the tokens file changed but does not read; the previous tokens stay in force")
+                    }
+                    None => {}
+                }
+            }
+            if let Some(cert) = &self.tls {
+                match cert.reload_if_changed() {
+                    Some(Ok(())) => info!("TLS certificate read again"),
+                    Some(Err(e)) => {
+                        warn!(error = %e, "the TLS files changed but do not read; the previous certificate stays in use")
+                    }
+                    None => {}
+                }
+            }
+        }
+    }
 }

@@ -127,7 +127,26 @@ const SCHEMA: &[&str] = &[
         applied_at BIGINT NOT NULL
     )",
     "CREATE INDEX IF NOT EXISTS inbox_applied ON inbox (applied_at)",
+    // What each job id was submitted as (see `digest`), and the job's namespace.
+    "CREATE TABLE IF NOT EXISTS submissions (
+        job_id TEXT PRIMARY KEY,
+        digest TEXT NOT NULL,
+        namespace TEXT NOT NULL,
+        at BIGINT NOT NULL
+    )",
+    "CREATE INDEX IF NOT EXISTS submissions_namespace ON submissions (namespace, job_id)",
 ];
+
+/// What [`ReadModel::reserve_submission`] found for a job id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reservation {
+    /// The id was free and is now this submission's.
+    New,
+    /// The id is this same submission's already; `recorded` once it was published.
+    Same { recorded: bool },
+    /// The id is another submission's.
+    Taken,
+}
 
 /// A job as the read model shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -321,6 +340,55 @@ impl ReadModel {
         Ok(())
     }
 
+    /// Claims `job_id` for a submission whose planned job has `digest`, before it is published:
+    /// a job id means one job.
+    pub async fn reserve_submission(
+        &self,
+        job_id: &str,
+        digest: &str,
+        namespace: &str,
+        at_ms: i64,
+    ) -> Result<Reservation> {
+        let mut tx = self.pool.begin().await?;
+        let claimed = claim_submission(&mut tx, job_id, digest, namespace, at_ms).await?;
+        let recorded: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE job_id = $1")
+            .bind(job_id.to_string())
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(match claimed {
+            Claim::New => Reservation::New,
+            Claim::Same => Reservation::Same {
+                recorded: recorded > 0,
+            },
+            Claim::Taken => Reservation::Taken,
+        })
+    }
+
+    /// Gives back a job id reserved for a submission that was not published, unless the job
+    /// became known meanwhile.
+    pub async fn release_submission(&self, job_id: &str, digest: &str) -> Result<()> {
+        sqlx::query(
+            "DELETE FROM submissions WHERE job_id = $1 AND digest = $2
+             AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.job_id = $1)",
+        )
+        .bind(job_id.to_string())
+        .bind(digest.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The job's namespace, once its submission or plan is known.
+    pub async fn namespace_of(&self, job_id: &str) -> Result<Option<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT namespace FROM submissions WHERE job_id = $1")
+                .bind(job_id.to_string())
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
     /// Applies a batch of events in one transaction: each one not applied before (by event id)
     /// changes the model and is recorded in the inbox. Returns what became of each event, in
     /// order. Fails (applying nothing) when the database does.
@@ -404,13 +472,34 @@ impl ReadModel {
 
     /// The newest `limit` jobs, newest first.
     pub async fn jobs(&self, limit: u32) -> Result<Vec<JobView>> {
+        self.jobs_in(limit, None).await
+    }
+
+    /// The newest `limit` jobs of the given namespaces (of every one with `None`), newest first.
+    pub async fn jobs_in(&self, limit: u32, namespaces: Option<&[String]>) -> Result<Vec<JobView>> {
         let mut tx = self.snapshot().await?;
-        let rows = sqlx::query(&format!(
-            "{JOB_SELECT} ORDER BY created_at DESC, job_id DESC LIMIT $1"
-        ))
-        .bind(i64::from(limit))
-        .fetch_all(&mut *tx)
-        .await?;
+        let filter = match namespaces {
+            None => String::new(),
+            Some(ns) => format!(
+                "WHERE job_id IN (SELECT job_id FROM submissions WHERE namespace IN ({}))",
+                (0..ns.len().max(1))
+                    .map(|i| format!("${}", i + 2))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+        let sql = format!("{JOB_SELECT} {filter} ORDER BY created_at DESC, job_id DESC LIMIT $1");
+        let mut q = sqlx::query(&sql).bind(i64::from(limit));
+        match namespaces {
+            Some([]) => q = q.bind(String::new()),
+            Some(ns) => {
+                for n in ns {
+                    q = q.bind(n.clone());
+                }
+            }
+            None => {}
+        }
+        let rows = q.fetch_all(&mut *tx).await?;
         let mut jobs = rows.iter().map(job_view).collect::<Result<Vec<_>>>()?;
         for job in &mut jobs {
             job.counts = counts_in(&mut tx, &job.job_id).await?;
@@ -849,7 +938,55 @@ fn detail(pairs: impl IntoIterator<Item = (&'static str, Option<Value>)>) -> Map
         .collect()
 }
 
+/// What claiming a job id for a submission found.
+enum Claim {
+    New,
+    Same,
+    Taken,
+}
+
+async fn claim_submission(
+    tx: &mut Tx,
+    job_id: &str,
+    digest: &str,
+    namespace: &str,
+    at: i64,
+) -> Result<Claim> {
+    let inserted = sqlx::query(
+        "INSERT INTO submissions (job_id, digest, namespace, at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+    )
+    .bind(job_id.to_string())
+    .bind(digest.to_string())
+    .bind(namespace.to_string())
+    .bind(at)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    if inserted > 0 {
+        return Ok(Claim::New);
+    }
+    let held: Option<String> = sqlx::query_scalar("SELECT digest FROM submissions WHERE job_id = $1")
+        .bind(job_id.to_string())
+        .fetch_optional(&mut **tx)
+        .await?;
+    Ok(match held {
+        Some(d) if d == digest => Claim::Same,
+        _ => Claim::Taken,
+    })
+}
+
 async fn on_planned(tx: &mut Tx, known: &mut Known, ty: &str, p: &JobPlanned, at: i64) -> Result<()> {
+    // A job id means one job: the plan of another submission under a taken id changes nothing.
+    let digest = crate::digest::of_plan(p);
+    let namespace = crate::digest::namespace_of(p);
+    if let Claim::Taken = claim_submission(tx, &p.job_id, &digest, namespace, at).await? {
+        tracing::warn!(
+            job_id = %p.job_id,
+            flow_id = %p.flow_id,
+            "job.planned of another submission under a job id already in use; ignored"
+        );
+        return Ok(());
+    }
     ensure_known_job(tx, known, &p.job_id, at).await?;
     sqlx::query("UPDATE jobs SET flow_id = $1, total = $2 WHERE job_id = $3")
         .bind(p.flow_id.clone())
@@ -897,7 +1034,9 @@ async fn on_rejected(tx: &mut Tx, known: &mut Known, ty: &str, r: &JobRejected, 
     };
     let problems = serde_json::to_string(&r.problems).unwrap_or_else(|_| "[]".into());
     let moved = sqlx::query(
-        "UPDATE jobs SET state = 'rejected', phase = 3, reason = $1, problems = $2 WHERE job_id = $3 AND phase < 3",
+        // Only a job not planned yet: a planned job was accepted, and a rejection under its id
+        // is of another submission.
+        "UPDATE jobs SET state = 'rejected', phase = 3, reason = $1, problems = $2 WHERE job_id = $3 AND phase < 1",
     )
     .bind(reason.clone())
     .bind(problems)

@@ -370,6 +370,7 @@ async fn a_body_over_the_limit_is_413() {
     assert_eq!(r.status().as_u16(), 413);
     let body: Value = r.json().await.unwrap();
     assert!(body["error"].as_str().unwrap().contains("1024"), "{body}");
+    assert_eq!(body["limitBytes"], 1024, "clients can say what the limit is");
     api.published_nothing().await;
     api.stop().await;
 }

@@ -46,6 +46,10 @@ impl Bus for FlakyBus {
 
 pub struct Api {
     pub base: String,
+    /// An admin token, which `http` sends with every request.
+    pub admin_token: String,
+    /// The api's tokens file: [`Api::add_token`] appends to it.
+    pub tokens_file: std::path::PathBuf,
     pub bus: MemoryBus,
     pub flaky: Arc<FlakyBus>,
     pub http: reqwest::Client,
@@ -72,6 +76,15 @@ impl Api {
         let mut config = Config::new(db_url, logs_url.clone());
         config.follow_poll = Duration::from_millis(50);
         config.log_grace = Duration::from_secs(5);
+        config.reload_every = Duration::from_millis(50);
+        let tokens_file = dir.path().join("tokens.yaml");
+        let (admin_token, admin_hash) = ferry_api::auth::new_token().expect("a token");
+        std::fs::write(
+            &tokens_file,
+            format!("tokens:\n  - {{ name: admin, sha256: {admin_hash}, scopes: [admin] }}\n"),
+        )
+        .expect("tokens file written");
+        config.access = Some(ferry_api::Access::TokensFile(tokens_file.clone()));
         tweak(&mut config);
         let bus = MemoryBus::new();
         let flaky = Arc::new(FlakyBus {
@@ -83,7 +96,12 @@ impl Api {
             .await
             .expect("spy subscribes");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let base = format!("http://{}", listener.local_addr().expect("local addr"));
+        let scheme = if config.tls.is_some() { "https" } else { "http" };
+        let base = format!("{scheme}://{}", listener.local_addr().expect("local addr"));
+        let tls_root = config
+            .tls
+            .as_ref()
+            .map(|t| std::fs::read(&t.cert).expect("certificate read"));
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(ferry_api::serve(
             config,
@@ -92,12 +110,23 @@ impl Api {
             shutdown.clone(),
         ));
         let logs = LogStore::open(&logs_url).await.expect("log store opens");
-        let http = reqwest::Client::builder()
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {admin_token}").parse().expect("header value"),
+        );
+        let mut http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
-            .build()
-            .expect("http client");
+            .default_headers(headers);
+        if let Some(pem) = &tls_root {
+            let cert = reqwest::Certificate::from_pem(pem).expect("certificate");
+            http = http.tls_certs_only([cert]);
+        }
+        let http = http.build().expect("http client");
         let api = Api {
             base,
+            admin_token,
+            tokens_file,
             bus,
             flaky,
             http,
@@ -118,6 +147,56 @@ impl Api {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    /// The address the api listens on.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.base
+            .rsplit("://")
+            .next()
+            .and_then(|a| a.parse().ok())
+            .expect("the base URL names an address")
+    }
+
+    /// Adds a token to the tokens file and returns it once the api accepts it.
+    pub async fn add_token(&self, name: &str, scopes: &[&str], namespaces: Option<&[&str]>) -> String {
+        let (token, hash) = ferry_api::auth::new_token().expect("a token");
+        let mut line = format!(
+            "  - {{ name: {name}, sha256: {hash}, scopes: [{}]",
+            scopes.join(", ")
+        );
+        if let Some(ns) = namespaces {
+            line.push_str(&format!(", namespaces: [{}]", ns.join(", ")));
+        }
+        line.push_str(" }\n");
+        let mut text = std::fs::read_to_string(&self.tokens_file).expect("tokens file read");
+        text.push_str(&line);
+        // Replaced whole (rename), as an operator's editor or tool would.
+        let tmp = self.tokens_file.with_extension("new");
+        std::fs::write(&tmp, text).expect("tokens file written");
+        std::fs::rename(&tmp, &self.tokens_file).expect("tokens file replaced");
+        eventually("the api reads the new token", || async {
+            let r = reqwest::Client::new()
+                .get(self.url("/jobs?limit=1"))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .ok()?;
+            (r.status() != reqwest::StatusCode::UNAUTHORIZED).then_some(())
+        })
+        .await;
+        token
+    }
+
+    /// GET with a token of one's choosing (or none).
+    pub async fn get_as(&self, token: Option<&str>, path: &str) -> (u16, Value) {
+        let mut req = reqwest::Client::new().get(self.url(path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let r = req.send().await.expect("GET answers");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
