@@ -4,6 +4,7 @@
 //! - [`shutdown`]: a root [`CancellationToken`] cancelled by SIGINT/SIGTERM, with a second signal
 //!   exiting at once;
 //! - [`metrics`]: metric names, in one place;
+//! - [`text`]: text from outside (event ids, task output) shown without its control characters;
 //! - [`memory`]: the C allocator's set-up (fewer malloc arenas);
 //! - [`instance_source`]: the CloudEvents `source` naming one service instance;
 //! - [`db`] (feature `sqlx`): telling a database outage from a bad write, and holding a batch
@@ -15,6 +16,7 @@ pub mod memory;
 pub mod metrics;
 pub mod shutdown;
 pub mod telemetry;
+pub mod text;
 
 pub use tokio_util::sync::CancellationToken;
 pub use tokio_util::task::TaskTracker;
