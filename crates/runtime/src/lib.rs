@@ -1,5 +1,6 @@
 //! What every ferry service shares at run time.
 //!
+//! - [`Backoff`]: the growing waits of every retry loop;
 //! - [`telemetry`]: `tracing` set-up (human or JSON lines on stderr, filtered by `FERRY_LOG`);
 //! - [`shutdown`]: a root [`CancellationToken`] cancelled by SIGINT/SIGTERM, with a second signal
 //!   exiting at once;
@@ -10,6 +11,7 @@
 //! - [`db`] (feature `sqlx`): telling a database outage from a bad write, and holding a batch
 //!   through one.
 
+pub mod backoff;
 #[cfg(feature = "sqlx")]
 pub mod db;
 pub mod memory;
@@ -18,6 +20,7 @@ pub mod shutdown;
 pub mod telemetry;
 pub mod text;
 
+pub use backoff::Backoff;
 pub use tokio_util::sync::CancellationToken;
 pub use tokio_util::task::TaskTracker;
 
