@@ -9,6 +9,10 @@
 //!
 //! Every URL may end in `?namespace=NAME` (default `ferry`) to keep deployments apart on one
 //! broker.
+//!
+//! [`service`] starts a service as a process of its own, on the bus its `--bus` flag names.
+
+pub mod service;
 
 use std::sync::Arc;
 
@@ -24,6 +28,20 @@ pub async fn bus(url: &str) -> Result<Arc<dyn Bus>> {
         _ => Err(Error::Config(format!(
             "unsupported bus URL {url:?}: expected memory://, amqp://USER:PASS@HOST:PORT/VHOST or kafka://HOST:PORT"
         ))),
+    }
+}
+
+/// A URL with its password replaced, for logs and messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:****{}", &url[..s + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
     }
 }
 
@@ -74,6 +92,15 @@ fn not_enabled(feature: &str, what: &str) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passwords_never_reach_the_logs() {
+        assert_eq!(
+            redact("amqp://guest:secret@h:5672/v"),
+            "amqp://guest:****@h:5672/v"
+        );
+        assert_eq!(redact("kafka://h:9092"), "kafka://h:9092");
+    }
 
     #[tokio::test]
     async fn unknown_schemes_say_what_is_accepted() {

@@ -22,6 +22,7 @@
 //! `127.0.0.1:0`). Routes and formats are described in `docs/api.md`.
 
 mod error;
+mod flags;
 mod follow;
 mod http;
 mod intake;
@@ -41,6 +42,7 @@ use tokio::sync::watch;
 use tracing::info;
 
 pub use error::{Error, Result};
+pub use flags::{Flags, ProcessFlags};
 pub use follow::DEFAULT_LOG_GRACE;
 pub use store::{
     Change, Dialect, FinishedAttempt, JOB_STATES, JobDetail, JobView, ReadModel, TASK_STATES, TaskView,

@@ -12,6 +12,8 @@
 //! - When publishing fails transiently the submission is nacked after a short backoff and
 //!   comes back; nothing is acked before its outcome is published.
 
+mod flags;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +23,8 @@ use ferry_event::payload::{FlowSource, JobRejected, JobSubmitted, Problem};
 use ferry_event::{AttributesReader, Event, EventBuilder, Topic, envelope, kind};
 use ferry_runtime::{Backoff, CancellationToken};
 use tracing::{Instrument, debug, info, info_span, warn};
+
+pub use flags::Flags;
 
 /// The planner's consumer group.
 pub const GROUP: &str = "planner";
