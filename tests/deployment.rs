@@ -265,3 +265,31 @@ fn clients_need_a_token_and_are_told_how_to_get_one() {
     assert!(refused.stderr.contains("`submit`"), "{}", refused.stderr);
     assert!(refused.stderr.contains("FERRY_TOKEN"), "{}", refused.stderr);
 }
+
+#[test]
+fn logs_show_control_sequences_as_text_and_end_quietly_when_their_reader_goes_away() {
+    let up = Up::start();
+    let ran = up.ferry(&["submit", flow("noisy.yaml").to_str().unwrap(), "--wait"]);
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    let job = ran.stdout.lines().next().unwrap().to_string();
+    // Following waits for every line of the finished job.
+    let logs = up.ferry(&["logs", &job, "--task", "paint", "--follow"]);
+    assert_eq!(
+        logs.lines_of("paint"),
+        ["\\x1b[31mred\\x1b[0m", "\\x1b]0;title\\x07\\x0dforged"]
+    );
+    let raw = up.ferry(&["logs", &job, "--task", "paint", "--follow", "--raw"]);
+    assert_eq!(
+        raw.lines_of("paint"),
+        ["\x1b[31mred\x1b[0m", "\x1b]0;title\x07\rforged"]
+    );
+
+    // `ferry logs JOB | head -1`: 50,000 lines do not fit in the pipe.
+    let mut c = ferry();
+    c.args(["logs", &job, "--task", "count", "--follow", "--api", &up.api]);
+    c.arg("--data-dir").arg(up._dir.path());
+    let head = first_line_then_close(c);
+    assert_eq!(head.stdout, "count | 1\n");
+    assert_eq!(head.code, 141, "{}", head.stderr);
+    assert!(!head.stderr.contains("panicked"), "{}", head.stderr);
+}

@@ -326,9 +326,9 @@ async fn fault_run(bus_base: &str, broker_restart: bool) {
             svc(
                 "api",
                 &[
-                    "--db",
+                    "--api-db",
                     &api_db,
-                    "--logs",
+                    "--log-db",
                     &logs_db,
                     "--listen",
                     &format!("127.0.0.1:{port}"),
@@ -339,7 +339,7 @@ async fn fault_run(bus_base: &str, broker_restart: bool) {
         Proc::start("planner", svc("planner", &[]), d),
         Proc::start("scheduler", svc("scheduler", &["--db", &sched_db]), d),
         Proc::start("launcher", svc("launcher", &["--kill-grace", "1s"]), d),
-        Proc::start("log-collector", svc("log-collector", &["--logs", &logs_db]), d),
+        Proc::start("log-collector", svc("log-collector", &["--log-db", &logs_db]), d),
     ];
     // Wait for the api.
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -8,6 +8,7 @@ use anyhow::{Context, Result, anyhow};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
+use crate::output::{Closed, task_text, visible};
 use crate::run::fmt_duration;
 use crate::{EXIT_FAILED, EXIT_INVALID, EXIT_OK, parse_inputs, read_flow};
 
@@ -66,6 +67,12 @@ enum Refused {
 impl From<anyhow::Error> for Refused {
     fn from(e: anyhow::Error) -> Self {
         Refused::Failed(e)
+    }
+}
+
+impl From<Closed> for Refused {
+    fn from(e: Closed) -> Self {
+        Refused::Failed(e.into())
     }
 }
 
@@ -242,7 +249,7 @@ fn exit_for(r: Result<i32, Refused>) -> Result<i32> {
     match r {
         Ok(code) => Ok(code),
         Err(Refused::Invalid(msg) | Refused::TooLarge { message: msg, .. }) => {
-            eprintln!("error: {msg}");
+            errln!("error: {msg}");
             Ok(EXIT_INVALID)
         }
         Err(Refused::Failed(e)) => Err(e),
@@ -271,7 +278,7 @@ fn local_token(base: &str, data_dir: &Path) -> Option<(String, PathBuf)> {
 pub fn token_create(name: &str, scopes: &[String], namespaces: &[String]) -> i32 {
     use ferry_api::auth::{Scope, TokenEntry};
     let invalid = |msg: String| {
-        eprintln!("error: {msg}");
+        errln!("error: {msg}");
         EXIT_INVALID
     };
     if let Err(e) = ferry_flow::check_job_id(name) {
@@ -298,9 +305,10 @@ pub fn token_create(name: &str, scopes: &[String], namespaces: &[String]) -> i32
         scopes: parsed,
         namespaces: (!namespaces.is_empty()).then(|| namespaces.to_vec()),
     };
-    println!("{token}");
-    println!("  {}", entry.yaml_line());
-    eprintln!(
+    if outln!("{token}").and_then(|()| outln!("  {}", entry.yaml_line())).is_err() {
+        return crate::output::EXIT_CLOSED;
+    }
+    errln!(
         "ferry: the token (first line) is shown only now: the api keeps its hash. Add the second line \
          under `tokens:` in the api's tokens file; the api reads the file again when it changes."
     );
@@ -319,14 +327,14 @@ pub async fn submit(
     let (source, name) = match read_flow(flow) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            errln!("error: {e:#}");
             return Ok(EXIT_INVALID);
         }
     };
     let inputs = match parse_inputs(inputs) {
         Ok(i) => i,
         Err(e) => {
-            eprintln!("error: {e}");
+            errln!("error: {e}");
             return Ok(EXIT_INVALID);
         }
     };
@@ -355,9 +363,8 @@ pub async fn submit(
             let job = answer["jobId"]
                 .as_str()
                 .ok_or_else(|| anyhow!("the api did not say the job id: {answer}"))?;
-            println!("{job}");
-            use std::io::Write;
-            let _ = std::io::stdout().flush();
+            outln!("{job}")?;
+            crate::output::flush()?;
             if !wait {
                 return Ok(EXIT_OK);
             }
@@ -386,7 +393,7 @@ async fn follow_job(client: &Client, job: &str) -> Result<i32, Refused> {
                     .or(v["reason"].as_str())
                     .map(|e| format!(": {e}"))
                     .unwrap_or_default();
-                eprintln!("ferry: {what}{err}");
+                errln!("ferry: {what}{}", visible(&err));
                 Ok(())
             })
             .await;
@@ -397,7 +404,7 @@ async fn follow_job(client: &Client, job: &str) -> Result<i32, Refused> {
         };
         match detail {
             Ok(d) if is_final(d["state"].as_str().unwrap_or("")) => {
-                print_status(&d);
+                print_status(&d)?;
                 return Ok(if d["state"] == "succeeded" {
                     EXIT_OK
                 } else {
@@ -410,7 +417,7 @@ async fn follow_job(client: &Client, job: &str) -> Result<i32, Refused> {
                 if failures > 60 {
                     return Err(Refused::Failed(e.context("gave up following the job")));
                 }
-                eprintln!("ferry: {e:#}; retrying");
+                errln!("ferry: {e:#}; retrying");
             }
             Err(invalid) => return Err(invalid),
         }
@@ -430,30 +437,30 @@ pub async fn status(api: &Target, job: Option<&str>, as_json: bool) -> Result<i3
             let Some(job) = job else {
                 let list = client.get_json("/jobs?limit=50").await?;
                 if as_json {
-                    println!(
+                    outln!(
                         "{}",
                         serde_json::to_string_pretty(&list).map_err(anyhow::Error::from)?
-                    );
+                    )?;
                 } else {
                     for j in list["jobs"].as_array().into_iter().flatten() {
-                        println!(
+                        outln!(
                             "{}  {}  {}",
                             j["jobId"].as_str().unwrap_or("?"),
                             j["state"].as_str().unwrap_or("?"),
                             j["flowId"].as_str().unwrap_or("?")
-                        );
+                        )?;
                     }
                 }
                 return Ok(EXIT_OK);
             };
             let d = client.get_json(&format!("/jobs/{job}")).await?;
             if as_json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::to_string_pretty(&d).map_err(anyhow::Error::from)?
-                );
+                )?;
             } else {
-                print_status(&d);
+                print_status(&d)?;
             }
             Ok(EXIT_OK)
         }
@@ -461,8 +468,8 @@ pub async fn status(api: &Target, job: Option<&str>, as_json: bool) -> Result<i3
     )
 }
 
-fn print_status(d: &Value) {
-    println!("{}", d["state"].as_str().unwrap_or("unknown"));
+fn print_status(d: &Value) -> Result<(), Closed> {
+    outln!("{}", d["state"].as_str().unwrap_or("unknown"))?;
     let mut rows = vec![["TASK", "STATE", "ATTEMPTS", "DURATION", "ERROR"].map(String::from)];
     for t in d["tasks"].as_array().into_iter().flatten() {
         let duration = match (t["startedAtMs"].as_i64(), t["finishedAtMs"].as_i64()) {
@@ -474,7 +481,7 @@ fn print_status(d: &Value) {
             t["state"].as_str().unwrap_or("?").to_string(),
             t["attempts"].as_u64().unwrap_or(0).to_string(),
             duration,
-            t["error"].as_str().unwrap_or("").to_string(),
+            visible(t["error"].as_str().unwrap_or("")).into_owned(),
         ]);
     }
     let widths: Vec<usize> = (0..5)
@@ -482,15 +489,17 @@ fn print_status(d: &Value) {
         .collect();
     for r in rows {
         let line: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
-        println!("{}", line.join("  ").trim_end());
+        outln!("{}", line.join("  ").trim_end())?;
     }
     if let Some(reason) = d["reason"].as_str() {
-        println!("reason: {reason}");
+        outln!("reason: {}", visible(reason))?;
     }
+    Ok(())
 }
 
-/// `ferry logs JOB [--task T] [--follow]`.
-pub async fn logs(api: &Target, job: &str, task: Option<&str>, follow: bool) -> Result<i32> {
+/// `ferry logs JOB [--task T] [--follow] [--raw]`; control sequences in the lines are shown as
+/// text unless `raw`.
+pub async fn logs(api: &Target, job: &str, task: Option<&str>, follow: bool, raw: bool) -> Result<i32> {
     let client = Client::new(api)?;
     exit_for(
         async {
@@ -512,11 +521,11 @@ pub async fn logs(api: &Target, job: &str, task: Option<&str>, follow: bool) -> 
                         n += 1;
                         after = v["cursor"].as_str().map(str::to_string);
                         let mark = if v["stream"] == "stderr" { '!' } else { '|' };
-                        println!(
+                        outln!(
                             "{} {mark} {}",
                             v["taskId"].as_str().unwrap_or("?"),
-                            v["text"].as_str().unwrap_or("")
-                        );
+                            task_text(v["text"].as_str().unwrap_or(""), raw)
+                        )?;
                         Ok(())
                     })
                     .await?;
@@ -542,7 +551,7 @@ pub async fn command(api: &Target, job: &str, ty: &str) -> Result<i32> {
             } else {
                 "retry"
             };
-            eprintln!("ferry: {what} of job {job} accepted");
+            errln!("ferry: {what} of job {job} accepted");
             Ok(EXIT_OK)
         }
         .await,

@@ -7,10 +7,12 @@ use std::time::Duration;
 
 use anyhow::{Result, anyhow};
 use ferry_bus::{Bus, MemoryBus};
+use ferry_connect::service::Common;
 use ferry_event::Topic;
 use ferry_log_collector::LogStore;
+use ferry_runtime::{instance_source, sqlite_url};
 
-use crate::services::{Running, Service, Settings};
+use crate::services::{Plan, Running};
 
 /// Settings of the embedded system.
 #[derive(Debug, Clone)]
@@ -41,29 +43,43 @@ pub struct Embedded {
     running: Running,
 }
 
-const SERVICES: [Service; 4] = [
-    Service::Planner,
-    Service::Scheduler,
-    Service::Launcher,
-    Service::LogCollector,
-];
-
 impl Embedded {
     /// Starts every service and waits until each one's queue is bound, so that what is
     /// published next reaches them.
     pub async fn start(opts: &Options) -> Result<Embedded> {
-        let mut settings = Settings::new(&opts.data_dir);
-        settings.kill_grace = opts.kill_grace;
-        settings.max_parallel = opts.max_parallel;
-        settings.prepare()?;
+        let mut common = Common {
+            bus: "memory://".into(),
+            data_dir: opts.data_dir.clone(),
+            bus_key_file: None,
+            insecure_unsigned_bus: false,
+        };
+        common.prepare()?;
+        let data_dir = common.data_dir;
+        let mut plan = Plan::new(&data_dir);
+        plan.planner = Some(ferry_planner::Config {
+            source: instance_source("planner"),
+            ..Default::default()
+        });
+        plan.scheduler = Some(ferry_scheduler::Config::new(
+            sqlite_url(&data_dir.join("scheduler.db")),
+            instance_source("scheduler"),
+        ));
+        let mut launcher = ferry_launcher_local::Config::new(&data_dir);
+        launcher.kill_grace = opts.kill_grace;
+        launcher.max_parallel = opts.max_parallel;
+        plan.launcher = Some(launcher);
+        plan.log_collector = Some(ferry_log_collector::Flags {
+            log_collector_group: ferry_log_collector::DEFAULT_GROUP.into(),
+            log_collector_batch_max: ferry_log_collector::DEFAULT_BATCH_MAX,
+        });
         let bus = MemoryBus::new();
         // Only the groups of the services running here: a queue nobody consumes would keep
         // every event routed to it in memory for as long as the process lives.
-        for service in SERVICES {
+        for service in plan.services() {
             bus.declare(&crate::services::group_of(service)).await?;
         }
         let shared: Arc<dyn Bus> = Arc::new(bus.clone());
-        let (mut running, logs) = Running::start(&SERVICES, &settings, shared).await?;
+        let (mut running, logs) = Running::start(plan, shared).await?;
         // The launcher hears cancels only once it listens; a job cancelled right away must not
         // race it.
         let cancels = Topic::Cancel("local".into());
@@ -81,7 +97,7 @@ impl Embedded {
         Ok(Embedded {
             bus,
             logs,
-            data_dir: settings.data_dir,
+            data_dir,
             running,
         })
     }

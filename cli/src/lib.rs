@@ -6,13 +6,18 @@
 //! - [`services`]: `ferry up` (every service in one process on a broker) and `ferry service NAME`;
 //! - [`client`]: `ferry submit`, `status`, `logs`, `cancel`, `retry` against a deployment's api;
 //! - [`keys`]: `ferry key create` and `ferry key add`, the bus key file services sign with.
+//! - [`output`]: task output shown safely on a terminal, and a closed stdout ending the command
+//!   quietly.
 
+#[macro_use]
+pub mod output;
 pub mod client;
 pub mod embedded;
 pub mod keys;
 pub mod run;
 pub mod services;
 
+use std::io::Read;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
@@ -25,11 +30,32 @@ pub const EXIT_FAILED: i32 = 1;
 /// The flow, the inputs or the command line are invalid.
 pub const EXIT_INVALID: i32 = 2;
 
-/// Reads a flow file; returns its text and the name used in problem locations.
+/// The largest flow file read: the api's limit on a request, which a submitted flow must fit in.
+pub const FLOW_SIZE_LIMIT: usize = ferry_api::DEFAULT_BODY_LIMIT;
+
+/// Reads a flow file of at most [`FLOW_SIZE_LIMIT`] bytes; returns its text and the name used in
+/// problem locations. A larger file (or an endless one, `/dev/zero`) is refused after reading
+/// one byte past the limit.
 pub fn read_flow(path: &Path) -> Result<(String, String)> {
-    let source =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read flow file {}", path.display()))?;
-    Ok((source, path.display().to_string()))
+    let name = path.display().to_string();
+    let file = std::fs::File::open(path).with_context(|| format!("cannot read flow file {name}"))?;
+    let mut bytes = Vec::new();
+    file.take(FLOW_SIZE_LIMIT as u64 + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read flow file {name}"))?;
+    if bytes.len() > FLOW_SIZE_LIMIT {
+        bail!(
+            "flow file {name} is larger than the limit of {} MiB; a flow is a description of tasks, keep data in files its tasks read",
+            FLOW_SIZE_LIMIT / (1024 * 1024)
+        );
+    }
+    let source = String::from_utf8(bytes).map_err(|e| {
+        anyhow::anyhow!(
+            "flow file {name} is not UTF-8 text (byte {} is not)",
+            e.utf8_error().valid_up_to()
+        )
+    })?;
+    Ok((source, name))
 }
 
 /// `k=v` pairs from `--input`; values are strings, converted by the flow's input types.
@@ -52,36 +78,41 @@ pub fn parse_inputs(pairs: &[String]) -> Result<Map<String, Value>> {
     Ok(inputs)
 }
 
-/// Prints problems one per line on stderr, then a count.
+/// Prints problems one per line on stderr, then a count. They quote the flow, so control
+/// characters in it are shown, not obeyed.
 pub fn print_problems(name: &str, problems: &[Problem]) {
     for p in problems {
-        eprintln!("error: {p}");
+        errln!("error: {}", output::visible(&p.to_string()));
     }
     let n = problems.len();
-    eprintln!("{name}: {n} problem{}", if n == 1 { "" } else { "s" });
+    errln!(
+        "{}: {n} problem{}",
+        output::visible(name),
+        if n == 1 { "" } else { "s" }
+    );
 }
 
 /// `ferry validate`: exit 0 when every flow is valid, 2 otherwise.
-pub fn validate(paths: &[std::path::PathBuf]) -> i32 {
+pub fn validate(paths: &[std::path::PathBuf]) -> Result<i32> {
     let mut code = EXIT_OK;
     for path in paths {
         let (source, name) = match read_flow(path) {
             Ok(s) => s,
             Err(e) => {
-                eprintln!("error: {e:#}");
+                errln!("error: {e:#}");
                 code = EXIT_INVALID;
                 continue;
             }
         };
         match ferry_flow::validate(&source, &name) {
-            Ok(flow) => println!("{name}: valid ({} tasks)", flow.task_count()),
+            Ok(flow) => outln!("{name}: valid ({} tasks)", flow.task_count())?,
             Err(problems) => {
                 print_problems(&name, &problems);
                 code = EXIT_INVALID;
             }
         }
     }
-    code
+    Ok(code)
 }
 
 /// `ferry schema [NAME]`: the flow schema, or an event payload's schema.

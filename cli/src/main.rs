@@ -1,13 +1,14 @@
 //! The `ferry` binary: parses the command line and hands over to the library.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use ferry_cli::client::Target;
+use ferry_cli::output::{self, EXIT_CLOSED};
 use ferry_cli::run::RunArgs;
-use ferry_cli::services::{ApiAccess, BusKeys, Service, Settings};
+use ferry_cli::services::{One, Up};
+use ferry_cli::{errln, outln};
 
 #[derive(Parser)]
 #[command(
@@ -33,8 +34,10 @@ enum Command {
         #[arg(long, env = "FERRY_DATA_DIR", default_value = ".ferry")]
         data_dir: PathBuf,
         /// Time a cancelled or timed-out task gets between SIGTERM and SIGKILL.
-        #[arg(long, default_value = "5s", value_parser = duration)]
+        #[arg(long, default_value = "5s", value_parser = ferry_connect::service::duration)]
         kill_grace: Duration,
+        #[command(flatten)]
+        raw: Raw,
     },
     /// Check flow files; every problem is reported with file:line:column.
     Validate {
@@ -44,13 +47,11 @@ enum Command {
     /// Print the flow JSON Schema, or an event payload's schema (e.g. task.dispatched).
     Schema { name: Option<String> },
     /// Run every service (planner, scheduler, launcher, log collector, api) in this process on a broker.
-    Up(Deploy),
+    Up(Up),
     /// Run one service alone; start as many as the load needs.
     Service {
-        /// planner, scheduler, launcher, log-collector or api.
-        name: Service,
-        #[command(flatten)]
-        deploy: Deploy,
+        #[command(subcommand)]
+        service: One,
     },
     /// Submit a flow to a deployment; prints the job id first.
     Submit {
@@ -82,6 +83,8 @@ enum Command {
         /// Keep printing lines as they come until the job has ended.
         #[arg(short, long)]
         follow: bool,
+        #[command(flatten)]
+        raw: Raw,
         #[command(flatten)]
         api: Api,
     },
@@ -163,97 +166,14 @@ impl Api {
 }
 
 #[derive(Args)]
-struct Deploy {
-    /// The broker: amqp://USER:PASS@HOST:PORT/VHOST or kafka://HOST:PORT (memory:// only within `ferry up`).
-    #[arg(long, env = "FERRY_BUS")]
-    bus: String,
-    /// The scheduler's database (sqlite://PATH or postgres://…), the api's with `ferry service api`
-    /// [default: sqlite://DATA_DIR/scheduler.db, api.db]
-    #[arg(long, env = "FERRY_DB")]
-    db: Option<String>,
-    /// The log store, written by the log collector and read by the api [default: sqlite://DATA_DIR/logs.db]
-    #[arg(long, env = "FERRY_LOG_DB")]
-    logs: Option<String>,
-    /// The launcher's backend.
-    #[arg(long, default_value = "local")]
-    backend: String,
-    /// Where state, working directories and output files are kept.
-    #[arg(long, env = "FERRY_DATA_DIR", default_value = ".ferry")]
-    data_dir: PathBuf,
-    /// Where the api listens.
-    #[arg(long, env = "FERRY_LISTEN", default_value = "127.0.0.1:8080")]
-    listen: SocketAddr,
-    /// Time a cancelled or timed-out task gets between SIGTERM and SIGKILL.
-    #[arg(long, default_value = "10s", value_parser = duration)]
-    kill_grace: Duration,
-    /// Attempts the launcher runs at once.
-    #[arg(long, default_value_t = 64)]
-    max_parallel: usize,
-    /// The bus key file shared by every service of the deployment (`ferry key create`): each
-    /// signs what it publishes with its first key and accepts events signed with any of them.
-    /// `ferry up` on a broker uses DATA_DIR/bus.keys, created on the first start, when not given.
-    #[arg(long, env = "FERRY_BUS_KEYS", value_name = "FILE")]
-    bus_key_file: Option<PathBuf>,
-    /// Neither sign nor check events on a broker: anyone who can publish there can then make
-    /// ferry run any command.
-    #[arg(long, env = "FERRY_INSECURE_UNSIGNED_BUS")]
-    insecure_unsigned_bus: bool,
-    /// The api's tokens file [default: DATA_DIR/tokens.yaml, created with an admin token].
-    #[arg(long, env = "FERRY_TOKENS_FILE")]
-    tokens_file: Option<PathBuf>,
-    /// The api asks for no credential (only on a loopback --listen).
-    #[arg(long, conflicts_with = "tokens_file")]
-    insecure_no_auth: bool,
-    /// Serve the api over HTTPS with this certificate chain (PEM).
-    #[arg(long, env = "FERRY_TLS_CERT", requires = "tls_key")]
-    tls_cert: Option<PathBuf>,
-    /// The certificate's private key (PEM).
-    #[arg(long, env = "FERRY_TLS_KEY", requires = "tls_cert")]
-    tls_key: Option<PathBuf>,
-    /// A host name clients reach the api by (checked against `Host`); repeat or comma-separate.
-    #[arg(long = "allowed-host", env = "FERRY_ALLOWED_HOSTS", value_delimiter = ',')]
-    allowed_hosts: Vec<String>,
+struct Raw {
+    /// Print task output as it is, terminal control sequences included (by default they are
+    /// shown as text, e.g. \x1b[31m).
+    #[arg(long)]
+    raw: bool,
 }
 
-impl Deploy {
-    fn settings(&self, service: Option<Service>) -> Settings {
-        let mut s = Settings::new(&self.data_dir);
-        match service {
-            Some(Service::Api) => s.api_db = self.db.clone(),
-            _ => s.scheduler_db = self.db.clone(),
-        }
-        s.logs_db = self.logs.clone();
-        s.backend = self.backend.clone();
-        s.listen = self.listen;
-        s.kill_grace = self.kill_grace;
-        s.max_parallel = self.max_parallel;
-        s.api_access = ApiAccess {
-            tokens_file: self.tokens_file.clone(),
-            insecure_no_auth: self.insecure_no_auth,
-            tls: self
-                .tls_cert
-                .clone()
-                .zip(self.tls_key.clone())
-                .map(|(cert, key)| ferry_api::TlsFiles { cert, key }),
-            allowed_hosts: self.allowed_hosts.clone(),
-        };
-        s
-    }
-
-    fn keys(&self) -> BusKeys {
-        BusKeys {
-            file: self.bus_key_file.clone(),
-            insecure_unsigned: self.insecure_unsigned_bus,
-        }
-    }
-}
-
-fn duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{e}: expected e.g. 500ms, 5s, 1m"))
-}
-
-#[global_allocator]
-static ALLOCATOR: ferry_runtime::memory::Allocator = ferry_runtime::memory::ALLOCATOR;
+ferry_runtime::global_allocator!();
 
 fn main() {
     ferry_runtime::memory::set_up();
@@ -268,51 +188,45 @@ fn main() {
     );
     ferry_runtime::telemetry::init(if quiet { "warn" } else { "info" });
     let code = match cli.command {
-        Command::Validate { flows } => ferry_cli::validate(&flows),
+        Command::Validate { flows } => exit_code(ferry_cli::validate(&flows)),
         Command::Token(TokenCommand::Create {
             name,
             scopes,
             namespaces,
         }) => ferry_cli::client::token_create(&name, &scopes, &namespaces),
         Command::Schema { name } => match ferry_cli::schema(name.as_deref()) {
-            Ok(s) => {
-                println!("{s}");
-                ferry_cli::EXIT_OK
-            }
+            Ok(s) => exit_code(outln!("{s}").map(|()| ferry_cli::EXIT_OK).map_err(Into::into)),
             Err(e) => {
-                eprintln!("error: {e:#}");
+                errln!("error: {e:#}");
                 ferry_cli::EXIT_INVALID
             }
         },
-        command => block_on(async move {
+        command => exit_code(block_on(async move {
             match command {
                 Command::Run {
                     flow,
                     inputs,
                     data_dir,
                     kill_grace,
+                    raw,
                 } => {
                     ferry_cli::run::run(RunArgs {
                         flow,
                         inputs,
                         data_dir,
                         kill_grace,
+                        raw: raw.raw,
                     })
                     .await
                 }
-                Command::Up(d) => {
-                    ferry_cli::services::serve(&Service::ALL, d.settings(None), &d.bus, &d.keys())
+                Command::Up(up) => ferry_cli::services::serve(up.common.clone(), |dir| up.plan(dir))
+                    .await
+                    .map(|()| 0),
+                Command::Service { service } => {
+                    ferry_cli::services::serve(service.common().clone(), |dir| service.plan(dir))
                         .await
                         .map(|()| 0)
                 }
-                Command::Service { name, deploy } => ferry_cli::services::serve(
-                    &[name],
-                    deploy.settings(Some(name)),
-                    &deploy.bus,
-                    &deploy.keys(),
-                )
-                .await
-                .map(|()| 0),
                 Command::Key(KeyCommand::Create { file }) => ferry_cli::keys::create(&file).map(|id| {
                     println!("{id}");
                     eprintln!(
@@ -339,8 +253,9 @@ fn main() {
                     job,
                     task,
                     follow,
+                    raw,
                     api,
-                } => ferry_cli::client::logs(&api.target(), &job, task.as_deref(), follow).await,
+                } => ferry_cli::client::logs(&api.target(), &job, task.as_deref(), follow, raw.raw).await,
                 Command::Cancel { job, api } => {
                     ferry_cli::client::command(&api.target(), &job, ferry_event::kind::JOB_CANCEL).await
                 }
@@ -351,20 +266,148 @@ fn main() {
                     unreachable!("handled above")
                 }
             }
-        }),
+        })),
     };
-    use std::io::Write;
-    let _ = std::io::stdout().flush();
+    let code = match output::flush() {
+        Ok(()) => code,
+        Err(_) => EXIT_CLOSED,
+    };
     std::process::exit(code);
 }
 
-fn block_on(fut: impl std::future::Future<Output = anyhow::Result<i32>>) -> i32 {
+fn block_on(fut: impl std::future::Future<Output = anyhow::Result<i32>>) -> anyhow::Result<i32> {
     let rt = tokio::runtime::Runtime::new().expect("the async runtime starts");
-    match rt.block_on(fut) {
+    rt.block_on(fut)
+}
+
+/// The exit status of a command: its own, [`EXIT_CLOSED`] when its reader went away (quietly),
+/// or 1 with the error shown.
+fn exit_code(outcome: anyhow::Result<i32>) -> i32 {
+    match outcome {
         Ok(code) => code,
+        Err(e) if output::is_closed(&e) => EXIT_CLOSED,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            errln!("error: {e:#}");
             ferry_cli::EXIT_FAILED
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("ferry").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    /// Every flag of `ferry service NAME` is the same flag in `ferry up` (name, variable,
+    /// default), and every flag of `ferry up` belongs to a service.
+    #[test]
+    fn up_and_each_service_share_one_definition_of_each_flag() {
+        let cli = Cli::command();
+        let up = cli.find_subcommand("up").unwrap();
+        let service = cli.find_subcommand("service").unwrap();
+        let mut used = std::collections::HashSet::new();
+        for one in service.get_subcommands() {
+            for arg in one.get_arguments().filter(|a| a.get_long().is_some()) {
+                let same = up
+                    .get_arguments()
+                    .find(|a| a.get_long() == arg.get_long())
+                    .unwrap_or_else(|| {
+                        panic!(
+                            "`ferry service {}` takes --{} and `ferry up` does not",
+                            one.get_name(),
+                            arg.get_long().unwrap()
+                        )
+                    });
+                assert_eq!(same.get_env(), arg.get_env(), "--{}", arg.get_long().unwrap());
+                assert_eq!(same.get_default_values(), arg.get_default_values());
+                used.insert(arg.get_long().unwrap());
+            }
+        }
+        for arg in up.get_arguments().filter_map(|a| a.get_long()) {
+            assert!(
+                used.contains(arg),
+                "`ferry up` takes --{arg}, which no service does"
+            );
+        }
+        assert_eq!(service.get_subcommands().count(), 5);
+    }
+
+    /// Each flag is given by `FERRY_` and its name in capitals, so the variables need no table.
+    #[test]
+    fn each_service_flag_has_its_variable() {
+        let cli = Cli::command();
+        let up = cli.find_subcommand("up").unwrap();
+        for arg in up.get_arguments() {
+            let long = arg.get_long().unwrap();
+            let want = format!("FERRY_{}", long.to_uppercase().replace('-', "_"));
+            assert_eq!(
+                arg.get_env().and_then(|e| e.to_str()),
+                Some(want.as_str()),
+                "--{long}"
+            );
+        }
+    }
+
+    #[test]
+    fn up_and_service_scheduler_configure_the_scheduler_alike() {
+        let flags = [
+            "--bus",
+            "memory://",
+            "--db",
+            "postgres://db/ferry",
+            "--lease",
+            "5s",
+        ];
+        let Command::Up(up) = parse(&[&["up"][..], &flags[..]].concat()).unwrap().command else {
+            panic!("not up")
+        };
+        let Command::Service { service } = parse(&[&["service", "scheduler"][..], &flags[..]].concat())
+            .unwrap()
+            .command
+        else {
+            panic!("not service")
+        };
+        let dir = std::path::Path::new("/data");
+        let (a, b) = (up.plan(dir).unwrap(), service.plan(dir).unwrap());
+        let (a, b) = (a.scheduler.unwrap(), b.scheduler.unwrap());
+        assert_eq!(
+            (a.db_url.as_str(), a.lease),
+            ("postgres://db/ferry", Duration::from_secs(5))
+        );
+        assert_eq!((b.db_url.as_str(), b.lease), (a.db_url.as_str(), a.lease));
+    }
+
+    #[test]
+    fn a_flag_of_another_service_is_refused_not_ignored() {
+        let err = parse(&["service", "api", "--bus", "memory://", "--db", "sqlite://x.db"])
+            .err()
+            .expect("--db is the scheduler's");
+        assert_eq!(err.kind(), clap::error::ErrorKind::UnknownArgument);
+        let Command::Service { service } = parse(&[
+            "service",
+            "api",
+            "--bus",
+            "memory://",
+            "--api-db",
+            "sqlite://x.db",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("not service")
+        };
+        let plan = service.plan(std::path::Path::new("/data")).unwrap();
+        assert_eq!(plan.api.unwrap().db_url, "sqlite://x.db");
+        assert_eq!(plan.log_db, "sqlite:///data/logs.db");
     }
 }

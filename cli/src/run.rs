@@ -17,6 +17,7 @@ use serde_json::{Map, Value};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::embedded::{Embedded, Options};
+use crate::output::{Closed, EXIT_CLOSED, task_text, visible};
 use crate::{EXIT_FAILED, EXIT_INVALID, EXIT_OK, parse_inputs, print_problems, read_flow};
 
 /// What `ferry run` was asked to do.
@@ -26,6 +27,8 @@ pub struct RunArgs {
     pub inputs: Vec<String>,
     pub data_dir: PathBuf,
     pub kill_grace: Duration,
+    /// Print task output as it is, control sequences included.
+    pub raw: bool,
 }
 
 /// Runs the flow and returns the process exit code.
@@ -33,7 +36,7 @@ pub async fn run(args: RunArgs) -> Result<i32> {
     let (source, name) = match read_flow(&args.flow) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            errln!("error: {e:#}");
             return Ok(EXIT_INVALID);
         }
     };
@@ -47,7 +50,7 @@ pub async fn run(args: RunArgs) -> Result<i32> {
     let inputs = match parse_inputs(&args.inputs) {
         Ok(i) => i,
         Err(e) => {
-            eprintln!("error: {e}");
+            errln!("error: {e}");
             return Ok(EXIT_INVALID);
         }
     };
@@ -81,13 +84,13 @@ pub async fn run(args: RunArgs) -> Result<i32> {
         .bus
         .publish(&[events.job(kind::JOB_SUBMITTED, &job_id, &submitted)])
         .await?;
-    eprintln!(
+    errln!(
         "ferry: job {job_id} ({} tasks) — data in {}",
         task_ids.len(),
         system.data_dir.display()
     );
 
-    let mut view = View::new(&task_ids);
+    let mut view = View::new(&task_ids, args.raw);
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut cancelling = false;
@@ -127,12 +130,14 @@ pub async fn run(args: RunArgs) -> Result<i32> {
                 d.ack().await?;
             }
             line = logs.next() => match line {
-                Some(Ok(line)) => view.print_line(&line),
+                // The reader went away (`ferry run FLOW | head`): stop, ending every task.
+                Some(Ok(line)) if view.print_line(&line).is_err() => break Ok(EXIT_CLOSED),
+                Some(Ok(_)) => {}
                 Some(Err(e)) => break Err(anyhow::Error::from(e).context("reading logs")),
                 None => {}
             },
             _ = drain => {
-                eprintln!("ferry: warning: not every log line arrived in time; see {}", system.data_dir.join("logs.db").display());
+                errln!("ferry: warning: not every log line arrived in time; see {}", system.data_dir.join("logs.db").display());
                 break Ok(0);
             }
             _ = sigint.recv() => {
@@ -148,16 +153,19 @@ pub async fn run(args: RunArgs) -> Result<i32> {
     let stopped = system.stop().await;
     let code = outcome?;
     stopped?;
+    if code == EXIT_CLOSED {
+        return Ok(EXIT_CLOSED);
+    }
     if code == 130 {
-        eprintln!("ferry: stopped; every task process was ended");
+        errln!("ferry: stopped; every task process was ended");
         return Ok(130);
     }
     let (state, reason) = end.expect("the loop ends with the job's end");
-    view.summary();
+    view.summary()?;
     let took = started.elapsed();
     match state {
         JobStatus::Succeeded => {
-            eprintln!(
+            errln!(
                 "ferry: job {job_id} succeeded in {}",
                 fmt_duration(took.as_millis() as i64)
             );
@@ -165,7 +173,7 @@ pub async fn run(args: RunArgs) -> Result<i32> {
         }
         _ => {
             let reason = reason.map(|r| format!(": {r}")).unwrap_or_default();
-            eprintln!("ferry: job {job_id} {}{reason}", state.as_str());
+            errln!("ferry: job {job_id} {}{}", state.as_str(), visible(&reason));
             Ok(EXIT_FAILED)
         }
     }
@@ -182,11 +190,11 @@ async fn cancel(
     cancelling: &mut bool,
 ) -> Result<bool> {
     if *cancelling {
-        eprintln!("\nferry: stopping now");
+        errln!("\nferry: stopping now");
         return Ok(true);
     }
     *cancelling = true;
-    eprintln!("\nferry: cancelling job {job_id} (interrupt again to stop at once)");
+    errln!("\nferry: cancelling job {job_id} (interrupt again to stop at once)");
     let data = JobCancel {
         job_id: job_id.into(),
         reason: Some("interrupted".into()),
@@ -224,10 +232,12 @@ struct View {
     /// Lines each finished attempt logged, and lines printed so far.
     expected: HashMap<String, u64>,
     printed: HashMap<String, u64>,
+    /// Task output as it is, control sequences included.
+    raw: bool,
 }
 
 impl View {
-    fn new(order: &[String]) -> View {
+    fn new(order: &[String], raw: bool) -> View {
         let tasks = order
             .iter()
             .map(|t| {
@@ -247,6 +257,7 @@ impl View {
             width: order.iter().map(String::len).max().unwrap_or(4).min(24),
             expected: HashMap::new(),
             printed: HashMap::new(),
+            raw,
         }
     }
 
@@ -258,11 +269,13 @@ impl View {
     }
 
     fn progress(&self, what: &str) {
-        eprintln!(
-            "ferry: [{}/{} done, {} running] {what}",
+        // `what` carries task errors, which quote what tasks wrote.
+        errln!(
+            "ferry: [{}/{} done, {} running] {}",
             self.done(),
             self.order.len(),
-            self.running.len()
+            self.running.len(),
+            visible(what)
         );
     }
 
@@ -350,13 +363,14 @@ impl View {
         None
     }
 
-    fn print_line(&mut self, line: &LogRecord) {
+    fn print_line(&mut self, line: &LogRecord) -> Result<(), Closed> {
         *self.printed.entry(line.attempt_id.clone()).or_default() += 1;
         let mark = match line.stream {
             Stream::Stdout => '|',
             Stream::Stderr => '!',
         };
-        println!("{:>w$} {mark} {}", line.task_id, line.text, w = self.width);
+        let text = task_text(&line.text, self.raw);
+        outln!("{:>w$} {mark} {text}", line.task_id, w = self.width)
     }
 
     /// Every finished attempt's lines were printed.
@@ -368,7 +382,8 @@ impl View {
                 .all(|(a, n)| self.printed.get(a).copied().unwrap_or(0) >= *n)
     }
 
-    fn summary(&self) {
+    /// The table of tasks; outputs are shown as text like task output.
+    fn summary(&self) -> Result<(), Closed> {
         let mut rows =
             vec![["TASK", "STATE", "ATTEMPTS", "DURATION", "OUTPUTS", "OUTPUT FILES"].map(String::from)];
         for id in &self.order {
@@ -390,7 +405,7 @@ impl View {
                     })
                     .collect::<Vec<_>>()
                     .join(" ");
-                truncate(&s, 60)
+                truncate(&task_text(&s, self.raw), 60)
             };
             let files = if t.files.is_empty() {
                 "-".to_string()
@@ -413,15 +428,16 @@ impl View {
         let widths: Vec<usize> = (0..6)
             .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
             .collect();
-        println!();
+        outln!()?;
         for r in rows {
             let line: Vec<String> = r
                 .iter()
                 .zip(&widths)
                 .map(|(cell, w)| format!("{cell:<w$}"))
                 .collect();
-            println!("{}", line.join("  ").trim_end());
+            outln!("{}", line.join("  ").trim_end())?;
         }
+        Ok(())
     }
 }
 

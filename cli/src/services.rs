@@ -1,19 +1,22 @@
 //! Starting ferry's services in this process: one (`ferry service NAME`), all of them on a broker
 //! (`ferry up`), or all but the api on the in-memory bus (`ferry run`).
+//!
+//! The flags of each service are defined once, in its crate, and flattened here into `ferry up`
+//! and `ferry service NAME` as into the service's own binary.
 
 use std::fmt;
 use std::fs::File;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow};
+use clap::{Args, Subcommand};
 use ferry_bus::{Bus, Subscribe};
+use ferry_connect::service::Common;
 use ferry_event::Topic;
-use ferry_log_collector::LogStore;
-use ferry_runtime::{CancellationToken, instance_source};
+use ferry_log_collector::{LogDb, LogStore};
+use ferry_runtime::CancellationToken;
 use nix::fcntl::{Flock, FlockArg};
 use tokio::task::JoinSet;
 
@@ -67,118 +70,157 @@ impl FromStr for Service {
     }
 }
 
-/// Where each service keeps its state and listens.
+/// `ferry up`: every service in this process, with every service's flags.
+#[derive(Debug, Clone, Args)]
+pub struct Up {
+    #[command(flatten)]
+    pub common: Common,
+    #[command(flatten)]
+    pub planner: ferry_planner::Flags,
+    #[command(flatten)]
+    pub scheduler: ferry_scheduler::Flags,
+    #[command(flatten)]
+    pub launcher: ferry_launcher_local::Flags,
+    #[command(flatten)]
+    pub log_db: LogDb,
+    #[command(flatten)]
+    pub log_collector: ferry_log_collector::Flags,
+    #[command(flatten)]
+    pub api: ferry_api::Flags,
+}
+
+impl Up {
+    /// Every service, configured by its flags; `data_dir` is the prepared data directory.
+    pub fn plan(&self, data_dir: &Path) -> Result<Plan> {
+        let log_db = self.log_db.url(data_dir);
+        Ok(Plan {
+            data_dir: data_dir.to_path_buf(),
+            planner: Some(self.planner.config()),
+            scheduler: Some(self.scheduler.config(data_dir)),
+            launcher: Some(self.launcher.config(data_dir)?),
+            log_collector: Some(self.log_collector.clone()),
+            api: Some(self.api.config(data_dir, log_db.clone())?),
+            log_db,
+        })
+    }
+}
+
+/// `ferry service NAME`: one service alone, with the same flags as its own binary
+/// (`ferry-scheduler`, …) and as `ferry up`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum One {
+    /// Turns job submissions into planned or rejected jobs.
+    Planner {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        flags: ferry_planner::Flags,
+    },
+    /// Job and task state, release, retries, leases.
+    Scheduler {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        flags: ferry_scheduler::Flags,
+    },
+    /// Runs dispatched task attempts as local processes.
+    Launcher {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        flags: ferry_launcher_local::Flags,
+    },
+    /// Stores task.log events in the log store.
+    LogCollector {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        flags: ferry_log_collector::ProcessFlags,
+    },
+    /// CloudEvents intake over HTTP and the read model of jobs, tasks and logs.
+    Api {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        flags: ferry_api::ProcessFlags,
+    },
+}
+
+impl One {
+    pub fn common(&self) -> &Common {
+        match self {
+            One::Planner { common, .. }
+            | One::Scheduler { common, .. }
+            | One::Launcher { common, .. }
+            | One::LogCollector { common, .. }
+            | One::Api { common, .. } => common,
+        }
+    }
+
+    /// The service, configured by its flags; `data_dir` is the prepared data directory.
+    pub fn plan(&self, data_dir: &Path) -> Result<Plan> {
+        let mut plan = Plan::new(data_dir);
+        match self {
+            One::Planner { flags, .. } => plan.planner = Some(flags.config()),
+            One::Scheduler { flags, .. } => plan.scheduler = Some(flags.config(data_dir)),
+            One::Launcher { flags, .. } => plan.launcher = Some(flags.config(data_dir)?),
+            One::LogCollector { flags, .. } => {
+                plan.log_db = flags.store.url(data_dir);
+                plan.log_collector = Some(flags.collector.clone());
+            }
+            One::Api { flags, .. } => {
+                plan.log_db = flags.logs.url(data_dir);
+                plan.api = Some(flags.config(data_dir)?);
+            }
+        }
+        Ok(plan)
+    }
+}
+
+/// The services to start in this process, each with its configuration.
 #[derive(Debug, Clone)]
-pub struct Settings {
-    /// Holds the SQLite files by default, the launcher's `journal` and `slots/`, and `artifacts/`.
+pub struct Plan {
+    /// The data directory; a launcher locks it.
     pub data_dir: PathBuf,
-    /// The scheduler's database (`sqlite://…` or `postgres://…`); `DATA_DIR/scheduler.db` by default.
-    pub scheduler_db: Option<String>,
-    /// The api's read model; `DATA_DIR/api.db` by default.
-    pub api_db: Option<String>,
-    /// The log store, written by the log collector and read by the api; `DATA_DIR/logs.db`.
-    pub logs_db: Option<String>,
-    /// Where the api listens.
-    pub listen: SocketAddr,
-    /// The launcher's backend.
-    pub backend: String,
-    pub kill_grace: Duration,
-    pub max_parallel: usize,
-    /// Who may use the api, and how it is reached.
-    pub api_access: ApiAccess,
+    pub planner: Option<ferry_planner::Config>,
+    pub scheduler: Option<ferry_scheduler::Config>,
+    pub launcher: Option<ferry_launcher_local::Config>,
+    /// The log collector's flags; [`Running::start`] opens its store, [`Plan::log_db`].
+    pub log_collector: Option<ferry_log_collector::Flags>,
+    pub api: Option<ferry_api::Config>,
+    /// The log store, written by the log collector and read by the api.
+    pub log_db: String,
 }
 
-/// Who may use the api and how it is reached (`docs/security.md`).
-#[derive(Debug, Clone, Default)]
-pub struct ApiAccess {
-    /// The tokens file; without one (and without `insecure_no_auth`), `DATA_DIR/tokens.yaml`,
-    /// created on first start with an admin token in `DATA_DIR/admin.token`.
-    pub tokens_file: Option<PathBuf>,
-    /// No credential asked for (loopback only).
-    pub insecure_no_auth: bool,
-    pub tls: Option<ferry_api::TlsFiles>,
-    pub allowed_hosts: Vec<String>,
-}
-
-impl ApiAccess {
-    /// Sets the api's access settings, creating the data directory's tokens file if it is the
-    /// one used. Returns what to tell the operator.
-    fn apply(&self, config: &mut ferry_api::Config, data_dir: &Path) -> Result<Option<String>> {
-        config.tls = self.tls.clone();
-        config.allowed_hosts = self.allowed_hosts.clone();
-        if self.insecure_no_auth {
-            config.access = Some(ferry_api::Access::InsecureNoAuth);
-            return Ok(Some("the api asks for no credential (--insecure-no-auth)".into()));
-        }
-        if let Some(file) = &self.tokens_file {
-            config.access = Some(ferry_api::Access::TokensFile(file.clone()));
-            return Ok(None);
-        }
-        let b = ferry_api::auth::bootstrap(data_dir)?;
-        config.access = Some(ferry_api::Access::TokensFile(b.tokens_file.clone()));
-        Ok(Some(match (&b.admin_token_file, b.created) {
-            (Some(admin), true) => format!(
-                "api tokens are in {}; an admin token was created in {} (ferry clients on this machine use it; elsewhere set FERRY_TOKEN)",
-                b.tokens_file.display(),
-                admin.display()
-            ),
-            (Some(admin), false) => format!(
-                "api tokens are in {}; the admin token is in {}",
-                b.tokens_file.display(),
-                admin.display()
-            ),
-            (None, _) => format!("api tokens are in {}", b.tokens_file.display()),
-        }))
-    }
-}
-
-impl Settings {
-    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
-        Settings {
-            data_dir: data_dir.into(),
-            scheduler_db: None,
-            api_db: None,
-            logs_db: None,
-            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            backend: "local".into(),
-            kill_grace: Duration::from_secs(10),
-            max_parallel: 64,
-            api_access: ApiAccess::default(),
+impl Plan {
+    /// No service yet; the log store in `data_dir`.
+    pub fn new(data_dir: &Path) -> Plan {
+        Plan {
+            data_dir: data_dir.to_path_buf(),
+            planner: None,
+            scheduler: None,
+            launcher: None,
+            log_collector: None,
+            api: None,
+            log_db: ferry_runtime::sqlite_url(&data_dir.join("logs.db")),
         }
     }
 
-    fn db(&self, given: &Option<String>, file: &str) -> String {
-        given
-            .clone()
-            .unwrap_or_else(|| sqlite_url(&self.data_dir.join(file)))
+    /// The services planned, in [`Service::ALL`]'s order.
+    pub fn services(&self) -> Vec<Service> {
+        let planned = [
+            self.planner.is_some(),
+            self.scheduler.is_some(),
+            self.launcher.is_some(),
+            self.log_collector.is_some(),
+            self.api.is_some(),
+        ];
+        Service::ALL
+            .into_iter()
+            .zip(planned)
+            .filter_map(|(s, p)| p.then_some(s))
+            .collect()
     }
-
-    pub fn scheduler_db(&self) -> String {
-        self.db(&self.scheduler_db, "scheduler.db")
-    }
-
-    pub fn api_db(&self) -> String {
-        self.db(&self.api_db, "api.db")
-    }
-
-    pub fn logs_db(&self) -> String {
-        self.db(&self.logs_db, "logs.db")
-    }
-
-    /// Creates the data directory and makes its path absolute.
-    pub fn prepare(&mut self) -> Result<()> {
-        let dir = &self.data_dir;
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create data directory {}", dir.display()))?;
-        self.data_dir = dir
-            .canonicalize()
-            .with_context(|| format!("data directory {}", dir.display()))?;
-        Ok(())
-    }
-}
-
-pub fn sqlite_url(path: &Path) -> String {
-    format!("sqlite://{}", path.display())
 }
 
 /// Services running in this process.
@@ -189,106 +231,46 @@ pub struct Running {
 }
 
 impl Running {
-    /// Starts `services` on `bus`. The log store is shared by the log collector and the api, and
-    /// returned for in-process readers.
-    pub async fn start(
-        services: &[Service],
-        settings: &Settings,
-        bus: Arc<dyn Bus>,
-    ) -> Result<(Running, Option<LogStore>)> {
-        let lock = if services.contains(&Service::Launcher) {
-            Some(lock(&settings.data_dir)?)
-        } else {
-            None
+    /// Starts what `plan` names on `bus`. The log store is shared by the log collector and the
+    /// api, and returned for in-process readers.
+    pub async fn start(plan: Plan, bus: Arc<dyn Bus>) -> Result<(Running, Option<LogStore>)> {
+        let lock = match plan.launcher {
+            Some(_) => Some(lock(&plan.data_dir)?),
+            None => None,
         };
         let shutdown = CancellationToken::new();
-        let mut set = JoinSet::new();
-        let needs_logs = services.contains(&Service::LogCollector) || services.contains(&Service::Api);
-        let logs = match needs_logs {
+        let mut set: JoinSet<(Service, Result<()>)> = JoinSet::new();
+        let logs = match plan.log_collector.is_some() || plan.api.is_some() {
             true => Some(
-                LogStore::open(&settings.logs_db())
+                LogStore::open(&plan.log_db)
                     .await
                     .context("the log collector and the api need the log store")?,
             ),
             false => None,
         };
-        for &svc in services {
-            let (bus, token) = (bus.clone(), shutdown.child_token());
-            match svc {
-                Service::Planner => {
-                    let config = ferry_planner::Config {
-                        source: instance_source("planner"),
-                        ..Default::default()
-                    };
-                    set.spawn(async move {
-                        (
-                            svc,
-                            ferry_planner::run(config, bus, token).await.map_err(Into::into),
-                        )
-                    });
-                }
-                Service::Scheduler => {
-                    let config =
-                        ferry_scheduler::Config::new(settings.scheduler_db(), instance_source("scheduler"));
-                    set.spawn(async move {
-                        (
-                            svc,
-                            ferry_scheduler::run(config, bus, token).await.map_err(Into::into),
-                        )
-                    });
-                }
-                Service::Launcher => {
-                    if settings.backend != ferry_launcher_local::BACKEND {
-                        bail!(
-                            "no launcher for backend {:?} in this build; available: {}",
-                            settings.backend,
-                            ferry_launcher_local::BACKEND
-                        );
-                    }
-                    let mut config = ferry_launcher_local::Config::new(&settings.data_dir);
-                    config.kill_grace = settings.kill_grace;
-                    config.max_parallel = settings.max_parallel;
-                    config.source = instance_source("launcher-local");
-                    set.spawn(async move {
-                        (
-                            svc,
-                            ferry_launcher_local::run(config, bus, token)
-                                .await
-                                .map_err(Into::into),
-                        )
-                    });
-                }
-                Service::LogCollector => {
-                    let store = logs.clone().expect("opened above");
-                    let config = ferry_log_collector::Config::new(store);
-                    set.spawn(async move {
-                        (
-                            svc,
-                            ferry_log_collector::run(config, bus, token)
-                                .await
-                                .map_err(Into::into),
-                        )
-                    });
-                }
-                Service::Api => {
-                    let mut config = ferry_api::Config::new(settings.api_db(), settings.logs_db());
-                    config.listen = settings.listen;
-                    if let Some(note) = settings.api_access.apply(&mut config, &settings.data_dir)? {
-                        eprintln!("ferry: {note}");
-                    }
-                    let listener = tokio::net::TcpListener::bind(settings.listen)
-                        .await
-                        .with_context(|| format!("the api cannot listen on {}", settings.listen))?;
-                    set.spawn(async move {
-                        (
-                            svc,
-                            ferry_api::serve(config, bus, listener, token)
-                                .await
-                                .map_err(Into::into),
-                        )
-                    });
-                }
-            }
+        let token = || shutdown.child_token();
+        if let Some(config) = plan.planner {
+            let run = ferry_planner::run(config, bus.clone(), token());
+            set.spawn(async move { (Service::Planner, run.await.map_err(Into::into)) });
+        }
+        if let Some(config) = plan.scheduler {
+            let run = ferry_scheduler::run(config, bus.clone(), token());
+            set.spawn(async move { (Service::Scheduler, run.await.map_err(Into::into)) });
+        }
+        if let Some(config) = plan.launcher {
+            let run = ferry_launcher_local::run(config, bus.clone(), token());
+            set.spawn(async move { (Service::Launcher, run.await.map_err(Into::into)) });
+        }
+        if let (Some(flags), Some(store)) = (plan.log_collector, &logs) {
+            let run = ferry_log_collector::run(flags.config(store.clone()), bus.clone(), token());
+            set.spawn(async move { (Service::LogCollector, run.await.map_err(Into::into)) });
+        }
+        if let Some(config) = plan.api {
+            let listener = tokio::net::TcpListener::bind(config.listen)
+                .await
+                .with_context(|| format!("the api cannot listen on {}", config.listen))?;
+            let run = ferry_api::serve(config, bus.clone(), listener, token());
+            set.spawn(async move { (Service::Api, run.await.map_err(Into::into)) });
         }
         Ok((
             Running {
@@ -348,78 +330,55 @@ fn lock(dir: &Path) -> Result<Flock<File>> {
     })
 }
 
-/// How the services sign and check events on the bus (see `docs/security.md`).
-#[derive(Debug, Clone, Default)]
-pub struct BusKeys {
-    /// The key file every service of the deployment shares.
-    pub file: Option<PathBuf>,
-    /// Neither sign nor check: anyone who can publish on the broker can then forge events.
-    pub insecure_unsigned: bool,
-}
-
 /// The name of the key file `ferry up` keeps in its data directory.
 pub const DATA_DIR_KEYS: &str = "bus.keys";
 
-/// Decides how `services` sign and check events: with the key file given; unsigned on the
-/// in-memory bus or when asked; for every service in one process (`ferry up`) on a broker,
-/// with `DATA_DIR/bus.keys`, created on the first start. A service alone on a broker
-/// (`ferry service`) needs the deployment's key file: one made up here would make it refuse
-/// the others' events and they its.
-pub fn bus_auth(
-    services: &[Service],
-    settings: &Settings,
-    bus_url: &str,
-    keys: &BusKeys,
-) -> Result<ferry_connect::Auth> {
-    let all_here = Service::ALL.iter().all(|s| services.contains(s));
-    if keys.file.is_some() || keys.insecure_unsigned || bus_url.starts_with("memory://") || !all_here {
-        return Ok(ferry_connect::Auth::resolve(
-            bus_url,
-            keys.file.as_deref(),
-            keys.insecure_unsigned,
-        )?);
+/// For every service in one process (`ferry up`) on a broker, without a key setting: signs
+/// with `DATA_DIR/bus.keys`, created on the first start. A service alone on a broker (`ferry
+/// service`) needs the deployment's key file: one made up here would make it refuse the
+/// others' events and they its.
+fn keep_keys_in_data_dir(common: &mut Common) -> Result<()> {
+    if !common.keys_unset() {
+        return Ok(());
     }
-    let path = settings.data_dir.join(DATA_DIR_KEYS);
+    let path = common.data_dir.join(DATA_DIR_KEYS);
     let (ring, created) = crate::keys::load_or_create(&path)?;
     if created {
-        eprintln!(
+        errln!(
             "ferry: created the bus key file {}; give it to any `ferry service` joining this deployment (--bus-key-file)",
             path.display()
         );
     }
     tracing::info!(key_file = %path.display(), signing_key = ring.signing_id(), "signing events on the bus");
-    Ok(ferry_connect::Auth::Signed(ring))
+    common.use_key_file(&path);
+    Ok(())
 }
 
 /// Runs services until SIGINT/SIGTERM (graceful: in-flight work drains, the launcher ends what
-/// runs) or until one of them fails.
-pub async fn serve(
-    services: &[Service],
-    mut settings: Settings,
-    bus_url: &str,
-    keys: &BusKeys,
-) -> Result<()> {
-    settings.prepare()?;
-    let auth = bus_auth(services, &settings, bus_url, keys)?;
-    let bus = ferry_connect::open(bus_url, auth)
-        .await
-        .with_context(|| format!("cannot open the bus {bus_url}"))?;
+/// runs) or until one of them fails. `plan` configures them once the data directory is made.
+pub async fn serve(mut common: Common, plan: impl FnOnce(&Path) -> Result<Plan>) -> Result<()> {
+    common.prepare()?;
+    let plan = plan(&common.data_dir)?;
+    if plan.services() == Service::ALL {
+        keep_keys_in_data_dir(&mut common)?;
+    }
+    let bus = common.open_bus().await.map_err(|e| anyhow!(e))?;
     // Every service's queue exists before any of them publishes, whichever run where.
     for spec in standard_groups() {
         bus.declare(&spec)
             .await
             .with_context(|| format!("cannot declare the {} queue", spec.group))?;
     }
-    let (mut running, _) = Running::start(services, &settings, bus).await?;
+    let services = plan.services();
+    let listen = plan
+        .api
+        .as_ref()
+        .map(|api| (if api.tls.is_some() { "https" } else { "http" }, api.listen));
+    let (mut running, _) = Running::start(plan, bus).await?;
     let names: Vec<&str> = services.iter().map(|s| s.name()).collect();
-    tracing::info!(services = %names.join(", "), bus = %redact(bus_url), data_dir = %settings.data_dir.display(), "ferry running");
-    if services.contains(&Service::Api) {
-        let scheme = if settings.api_access.tls.is_some() {
-            "https"
-        } else {
-            "http"
-        };
-        eprintln!("ferry: api listening on {scheme}://{}", settings.listen);
+    tracing::info!(services = %names.join(", "), bus = %ferry_connect::redact(&common.bus), data_dir = %common.data_dir.display(), "ferry running");
+    if let Some((scheme, listen)) = listen {
+        errln!("ferry: api listening on {scheme}://{listen}");
     }
     let outcome = tokio::select! {
         _ = ferry_runtime::shutdown::wait_for_signal() => Ok(()),
@@ -453,20 +412,6 @@ pub fn group_of(service: Service) -> Subscribe {
     }
 }
 
-/// A URL with its password replaced, for logs.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.split_once(':') {
-                Some((user, _)) => format!("{}{user}:****{}", &url[..s + 3], &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -477,14 +422,5 @@ mod tests {
             assert_eq!(s.name().parse::<Service>().unwrap(), s);
         }
         assert!("schedular".parse::<Service>().unwrap_err().contains("scheduler"));
-    }
-
-    #[test]
-    fn passwords_never_reach_the_logs() {
-        assert_eq!(
-            redact("amqp://guest:secret@h:5672/v"),
-            "amqp://guest:****@h:5672/v"
-        );
-        assert_eq!(redact("kafka://h:9092"), "kafka://h:9092");
     }
 }

@@ -34,13 +34,13 @@ impl Services {
             ("planner", vec![]),
             ("scheduler", vec!["--db".into(), db("scheduler.db")]),
             ("launcher", vec!["--max-parallel".into(), parallel.to_string()]),
-            ("log-collector", vec!["--logs".into(), db("logs.db")]),
+            ("log-collector", vec!["--log-db".into(), db("logs.db")]),
             (
                 "api",
                 vec![
-                    "--db".into(),
+                    "--api-db".into(),
                     db("api.db"),
-                    "--logs".into(),
+                    "--log-db".into(),
                     db("logs.db"),
                     "--listen".into(),
                     listen.to_string(),

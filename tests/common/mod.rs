@@ -130,3 +130,26 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     out.sort();
     out
 }
+
+/// What a command wrote before its reader went away (`ferry … | head -1`): the first line of
+/// stdout, read before stdout is closed, then the exit status and all of stderr.
+pub fn first_line_then_close(mut cmd: Command) -> Ran {
+    use std::io::{BufRead, Read};
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ferry runs");
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    let status = child.wait().unwrap();
+    Ran {
+        code: status.code().unwrap_or(-1),
+        stdout: first,
+        stderr,
+    }
+}

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry_bus::Subscribe;
+use ferry_runtime::Backoff;
 use futures::StreamExt;
 use lapin::options::ConfirmSelectOptions;
 use lapin::uri::AMQPUri;
@@ -287,42 +288,10 @@ async fn close_connection(conn: &Connection) {
     }
 }
 
-/// Bounded exponential backoff with jitter: each wait is drawn from the upper half of
-/// `min(base * 2^attempt, max)`.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    base: Duration,
-    max: Duration,
-    attempt: u32,
-}
-
-impl Backoff {
-    pub fn new(base: Duration, max: Duration) -> Self {
-        Backoff {
-            base,
-            max,
-            attempt: 0,
-        }
-    }
-
-    pub fn next_delay(&mut self) -> Duration {
-        let ceiling = self
-            .base
-            .saturating_mul(1u32 << self.attempt.min(16))
-            .min(self.max);
-        self.attempt = self.attempt.saturating_add(1);
-        let half = ceiling / 2;
-        half + half.mul_f64(rand::random::<f64>())
-    }
-
-    pub fn reset(&mut self) {
-        self.attempt = 0;
-    }
-}
-
-/// The reconnect backoff: the first wait 100-200 ms, doubling up to 2.5-5 s.
+/// The reconnect backoff: the first wait 100-200 ms, doubling up to 2.5-5 s, jittered so that
+/// the clients of a restarted broker do not all come back at once.
 pub fn reconnect_backoff() -> Backoff {
-    Backoff::new(Duration::from_millis(200), Duration::from_secs(5))
+    Backoff::new(Duration::from_millis(200), Duration::from_secs(5)).jittered()
 }
 
 /// Keeps the connection up until `shared.stop` is cancelled, then closes it.
@@ -384,21 +353,6 @@ async fn watch_until_broken(shared: &Shared, live: &Live) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_grows_to_its_bound_with_jitter() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
-        let first = b.next_delay();
-        assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100));
-        let mut last = first;
-        for _ in 0..20 {
-            last = b.next_delay();
-            assert!(last <= Duration::from_secs(2), "{last:?}");
-        }
-        assert!(last >= Duration::from_secs(1), "{last:?}");
-        b.reset();
-        assert!(b.next_delay() <= Duration::from_millis(100));
-    }
 
     #[test]
     fn the_namespace_parameter_is_not_passed_to_the_client_and_passwords_stay_out_of_errors() {

@@ -14,6 +14,10 @@
 //! keys [`Auth`] names. A broker is shared with whoever can publish on it, so opening one
 //! without keys takes an explicit opt-in; the in-memory bus, which no other process reaches,
 //! runs unsigned unless keys are given.
+//!
+//! [`service`] starts a service as a process of its own, on the bus its `--bus` flag names.
+
+pub mod service;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,7 +26,7 @@ use ferry_bus::signing::{Keyring, Signed};
 use ferry_bus::{Bus, Error, MemoryBus, Result, Subscribe};
 
 /// The environment variable naming the bus key file.
-pub const KEYS_ENV: &str = "FERRY_BUS_KEYS";
+pub const KEYS_ENV: &str = "FERRY_BUS_KEY_FILE";
 /// The environment variable that, set to `1` or `true`, runs on a broker without signing.
 pub const INSECURE_ENV: &str = "FERRY_INSECURE_UNSIGNED_BUS";
 
@@ -108,6 +112,20 @@ pub async fn raw(url: &str) -> Result<Arc<dyn Bus>> {
     }
 }
 
+/// A URL with its password replaced, for logs and messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:****{}", &url[..s + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
 /// Removes the namespace `url` names from its broker: on RabbitMQ its exchanges and the queues
 /// of `groups` (declared first, so that a group that never subscribed is removed too) with the
 /// dead-letter and unrouted queues. Elsewhere it does nothing: an in-memory bus goes with its
@@ -155,6 +173,15 @@ fn not_enabled(feature: &str, what: &str) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passwords_never_reach_the_logs() {
+        assert_eq!(
+            redact("amqp://guest:secret@h:5672/v"),
+            "amqp://guest:****@h:5672/v"
+        );
+        assert_eq!(redact("kafka://h:9092"), "kafka://h:9092");
+    }
 
     #[tokio::test]
     async fn unknown_schemes_say_what_is_accepted() {

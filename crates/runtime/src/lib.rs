@@ -1,23 +1,34 @@
 //! What every ferry service shares at run time.
 //!
+//! - [`Backoff`]: the growing waits of every retry loop;
+//! - [`global_allocator!`] and [`memory`]: the allocator of every binary and its set-up;
 //! - [`telemetry`]: `tracing` set-up (human or JSON lines on stderr, filtered by `FERRY_LOG`);
 //! - [`shutdown`]: a root [`CancellationToken`] cancelled by SIGINT/SIGTERM, with a second signal
 //!   exiting at once;
 //! - [`metrics`]: metric names, in one place;
-//! - [`memory`]: the C allocator's set-up (fewer malloc arenas);
+//! - [`text`]: text from outside (event ids, task output) shown without its control characters;
 //! - [`instance_source`]: the CloudEvents `source` naming one service instance;
 //! - [`db`] (feature `sqlx`): telling a database outage from a bad write, and holding a batch
 //!   through one.
 
+pub mod backoff;
 #[cfg(feature = "sqlx")]
 pub mod db;
 pub mod memory;
 pub mod metrics;
 pub mod shutdown;
 pub mod telemetry;
+pub mod text;
 
+pub use backoff::Backoff;
 pub use tokio_util::sync::CancellationToken;
 pub use tokio_util::task::TaskTracker;
+
+/// The URL of a SQLite database file, `sqlite://PATH`: where a service keeps its database in the
+/// data directory unless told otherwise.
+pub fn sqlite_url(path: &std::path::Path) -> String {
+    format!("sqlite://{}", path.display())
+}
 
 /// The CloudEvents `source` of one service instance: `ferry/<service>/<host>/<pid>`.
 pub fn instance_source(service: &str) -> String {

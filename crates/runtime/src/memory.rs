@@ -1,11 +1,11 @@
 //! How a ferry process allocates memory.
 //!
 //! Every ferry binary uses mimalloc as its global allocator and calls [`set_up`] first thing in
-//! `main`:
+//! `main` (`ferry_connect::service::main` does it for the services). The allocator must be
+//! declared in each binary; [`global_allocator!`](crate::global_allocator) does it:
 //!
 //! ```ignore
-//! #[global_allocator]
-//! static ALLOCATOR: ferry_runtime::memory::Allocator = ferry_runtime::memory::ALLOCATOR;
+//! ferry_runtime::global_allocator!();
 //! ```
 //!
 //! ferry allocates and frees many small buffers across threads (events, rows, log lines):
@@ -17,6 +17,15 @@
 //! on its arenas otherwise, and where the kernel grants them on request (`madvise` mode) every
 //! page touched could bring in 2 MiB: the same run peaked at 120-186 MiB with them, 42 MiB
 //! without.
+
+/// Declares ferry's allocator as the binary's `#[global_allocator]`; once, in each binary.
+#[macro_export]
+macro_rules! global_allocator {
+    () => {
+        #[global_allocator]
+        static ALLOCATOR: $crate::memory::Allocator = $crate::memory::ALLOCATOR;
+    };
+}
 
 /// The global allocator of ferry's binaries.
 pub type Allocator = mimalloc::MiMalloc;

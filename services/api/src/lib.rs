@@ -28,6 +28,7 @@
 pub mod auth;
 mod digest;
 mod error;
+mod flags;
 mod follow;
 mod guard;
 mod http;
@@ -52,6 +53,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 pub use error::{Error, Result};
+pub use flags::{Flags, ProcessFlags};
 pub use follow::DEFAULT_LOG_GRACE;
 pub use guard::AllowedHosts;
 pub use store::{

@@ -9,13 +9,14 @@ use std::time::Duration;
 
 use ferry_bus::{Delivery, Subscription};
 use ferry_event::{AttributesReader, Event};
-use ferry_runtime::CancellationToken;
+use ferry_runtime::{Backoff, CancellationToken};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::store::{Applied, ReadModel};
 use crate::{Config, Error, Result};
 
+/// Waits while the bus or the database fails: the first, doubling up to the cap.
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// How often old inbox entries are forgotten.
@@ -29,7 +30,7 @@ pub(crate) async fn project(
     changed: watch::Sender<u64>,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    let mut backoff = BACKOFF_FIRST;
+    let mut backoff = Backoff::new(BACKOFF_FIRST, BACKOFF_MAX);
     let mut pruned_at = tokio::time::Instant::now();
     loop {
         let next = tokio::select! {
@@ -41,7 +42,7 @@ pub(crate) async fn project(
             Some(Ok(batch)) => batch,
             Some(Err(e)) if e.is_transient() => {
                 warn!(error = %e, "receiving from the bus failed; retrying");
-                if !pause(&shutdown, &mut backoff).await {
+                if !backoff.wait(&shutdown).await {
                     break;
                 }
                 continue;
@@ -74,19 +75,19 @@ async fn apply(
     model: &ReadModel,
     events: &[Event],
     shutdown: &CancellationToken,
-    backoff: &mut Duration,
+    backoff: &mut Backoff,
 ) -> Option<Vec<Applied>> {
     let events: Vec<&Event> = events.iter().collect();
     loop {
         match model.apply(&events).await {
             Ok(applied) => {
-                *backoff = BACKOFF_FIRST;
+                backoff.reset();
                 debug!(events = events.len(), "batch applied");
                 return Some(applied);
             }
             Err(e) => {
                 warn!(error = %e, events = events.len(), "applying a batch failed; retrying");
-                if !pause(shutdown, backoff).await {
+                if !backoff.wait(shutdown).await {
                     return None;
                 }
             }
@@ -119,15 +120,5 @@ fn settled(result: ferry_bus::Result<()>) -> Result<()> {
             Ok(())
         }
         Err(e) => Err(Error::Bus(e)),
-    }
-}
-
-/// Waits out the backoff and doubles it; false when shutdown came first.
-async fn pause(shutdown: &CancellationToken, backoff: &mut Duration) -> bool {
-    let wait = *backoff;
-    *backoff = (*backoff * 2).min(BACKOFF_MAX);
-    tokio::select! {
-        _ = shutdown.cancelled() => false,
-        _ = tokio::time::sleep(wait) => true,
     }
 }

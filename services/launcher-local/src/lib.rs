@@ -26,6 +26,7 @@
 
 mod attempt;
 mod collect;
+mod flags;
 mod logs;
 mod prepare;
 mod process;
@@ -50,6 +51,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+pub use flags::Flags;
 pub use process::{is_alive, start_time};
 pub use secrets::{Masker, Secrets};
 

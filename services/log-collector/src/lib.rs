@@ -16,9 +16,11 @@
 //! partition.
 
 mod error;
+mod flags;
 mod service;
 mod store;
 
 pub use error::{Error, Result};
+pub use flags::{Flags, LogDb, ProcessFlags};
 pub use service::{Config, DEFAULT_BATCH_MAX, DEFAULT_GROUP, LogCollector, run};
 pub use store::{Cursor, DEFAULT_FOLLOW_POLL, LogQuery, LogRecord, LogStore, validate};

@@ -7,9 +7,9 @@ use std::time::Duration;
 use ferry_bus::{Bus, Delivery, Subscribe, Subscription};
 use ferry_event::payload::TaskLog;
 use ferry_event::{AttributesReader, Topic, kind};
-use ferry_runtime::CancellationToken;
 use ferry_runtime::db::Waits;
 use ferry_runtime::metrics::LOG_LINES_STORED;
+use ferry_runtime::{Backoff, CancellationToken};
 use tracing::Instrument;
 
 use crate::error::{Error, Result};
@@ -108,7 +108,7 @@ impl LogCollector {
                             continue;
                         }
                         Err(e) => {
-                            let delay = backoff.next();
+                            let delay = backoff.next_delay();
                             tracing::error!(
                                 error = %e,
                                 retry_in_ms = delay.as_millis() as u64,
@@ -119,7 +119,7 @@ impl LogCollector {
                     }
                 }
                 Some(Err(e)) if e.is_transient() => {
-                    let delay = backoff.next();
+                    let delay = backoff.next_delay();
                     tracing::warn!(
                         error = %e,
                         retry_in_ms = delay.as_millis() as u64,
@@ -244,35 +244,6 @@ fn read(d: &Delivery) -> std::result::Result<TaskLog, String> {
     Ok(log)
 }
 
-struct Backoff {
-    initial: Duration,
-    max: Duration,
-    current: Option<Duration>,
-}
-
-impl Backoff {
-    fn new(initial: Duration, max: Duration) -> Self {
-        Backoff {
-            initial,
-            max: max.max(initial),
-            current: None,
-        }
-    }
-
-    fn next(&mut self) -> Duration {
-        let d = match self.current {
-            None => self.initial,
-            Some(c) => c.saturating_mul(2).min(self.max),
-        };
-        self.current = Some(d);
-        d
-    }
-
-    fn reset(&mut self) {
-        self.current = None;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use ferry_bus::MemoryBus;
@@ -382,14 +353,5 @@ mod tests {
         let lines = store.query(&LogQuery::job("j")).await?;
         assert_eq!(lines.iter().map(|r| r.seq).collect::<Vec<_>>(), [0, 1]);
         Ok(())
-    }
-
-    #[test]
-    fn backoff_doubles_up_to_the_cap_and_resets() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(350));
-        let seen: Vec<_> = (0..4).map(|_| b.next().as_millis()).collect();
-        assert_eq!(seen, [100, 200, 350, 350]);
-        b.reset();
-        assert_eq!(b.next(), Duration::from_millis(100));
     }
 }

@@ -241,13 +241,12 @@ impl LogStore {
         // Turning a new file to WAL mode takes a lock SQLite does not wait for (busy_timeout does
         // not apply): a process opening the store while another one does is told it is locked.
         let deadline = tokio::time::Instant::now() + BUSY_TIMEOUT;
-        let mut pause = Duration::from_millis(10);
+        let mut pause = ferry_runtime::Backoff::new(Duration::from_millis(10), Duration::from_millis(200));
         let pool = loop {
             match pool.clone().connect_with(options.clone()).await {
                 Ok(pool) => break pool,
                 Err(e) if is_busy(&e) && tokio::time::Instant::now() < deadline => {
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_millis(200));
+                    tokio::time::sleep(pause.next_delay()).await;
                 }
                 Err(e) => return Err(open_err(e)),
             }

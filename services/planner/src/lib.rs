@@ -17,6 +17,8 @@
 //! - When publishing fails transiently the submission is nacked after a short backoff and
 //!   comes back; nothing is acked before its outcome is published.
 
+mod flags;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,8 +26,10 @@ use ferry_bus::{Bus, Delivery, Subscribe};
 use ferry_event::cloudevents::{AttributesWriter, Data};
 use ferry_event::payload::{FlowSource, JobRejected, JobSubmitted, Problem};
 use ferry_event::{AttributesReader, Event, EventBuilder, Topic, envelope, kind};
-use ferry_runtime::CancellationToken;
+use ferry_runtime::{Backoff, CancellationToken};
 use tracing::{Instrument, debug, info, info_span, warn};
+
+pub use flags::Flags;
 
 /// The planner's consumer group.
 pub const GROUP: &str = "planner";
@@ -38,7 +42,7 @@ const ENVELOPE_ROOM: usize = 4096;
 /// Most problems a rejection lists; a longer list is cut, saying how many more there are.
 const MAX_PROBLEMS: usize = 1000;
 
-/// Backoff after a failed publish: first delay and cap.
+/// Waits after a failed publish or receive: the first, doubling up to the cap.
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
@@ -75,7 +79,7 @@ pub async fn run(config: Config, bus: Arc<dyn Bus>, shutdown: CancellationToken)
         .subscribe(Subscribe::new(GROUP, [Topic::Intake]).prefetch(config.prefetch))
         .await?;
     let builder = EventBuilder::new(config.source);
-    let mut backoff = BACKOFF_FIRST;
+    let mut backoff = Backoff::new(BACKOFF_FIRST, BACKOFF_MAX);
     info!(group = GROUP, "planner started");
     loop {
         let next = tokio::select! {
@@ -87,7 +91,7 @@ pub async fn run(config: Config, bus: Arc<dyn Bus>, shutdown: CancellationToken)
             Some(Ok(d)) => d,
             Some(Err(e)) if e.is_transient() => {
                 warn!(error = %e, "receiving from the bus failed; retrying");
-                if !pause(&shutdown, &mut backoff).await {
+                if !backoff.wait(&shutdown).await {
                     break;
                 }
                 continue;
@@ -102,10 +106,10 @@ pub async fn run(config: Config, bus: Arc<dyn Bus>, shutdown: CancellationToken)
             job_id = tracing::field::Empty,
         );
         match handle(&builder, bus.as_ref(), delivery).instrument(span).await {
-            Ok(Handled::Done) => backoff = BACKOFF_FIRST,
+            Ok(Handled::Done) => backoff.reset(),
             Ok(Handled::Retry(delivery)) => {
                 // Hold the delivery through the backoff so it is not redelivered at once.
-                let stop = !pause(&shutdown, &mut backoff).await;
+                let stop = !backoff.wait(&shutdown).await;
                 match delivery.nack().await {
                     Ok(()) | Err(ferry_bus::Error::Closed) => {}
                     // It comes back anyway once the broker notices the channel is gone.
@@ -122,16 +126,6 @@ pub async fn run(config: Config, bus: Arc<dyn Bus>, shutdown: CancellationToken)
     }
     info!("planner stopped");
     Ok(())
-}
-
-/// Waits out the backoff and doubles it; false when shutdown came first.
-async fn pause(shutdown: &CancellationToken, backoff: &mut Duration) -> bool {
-    let wait = *backoff;
-    *backoff = (*backoff * 2).min(BACKOFF_MAX);
-    tokio::select! {
-        _ = shutdown.cancelled() => false,
-        _ = tokio::time::sleep(wait) => true,
-    }
 }
 
 enum Handled {

@@ -18,6 +18,7 @@
 //! work per event is bounded by the task's own edges, never by the job's size.
 
 mod engine;
+mod flags;
 mod store;
 
 use std::collections::{HashSet, VecDeque};
@@ -29,6 +30,7 @@ use ferry_event::{AttributesReader, Event, EventBuilder, Topic};
 use ferry_runtime::CancellationToken;
 
 pub use engine::{AttemptRow, JobRow, TaskRow};
+pub use flags::Flags;
 pub use store::{Dialect, Store};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

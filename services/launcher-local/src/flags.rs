@@ -1,0 +1,54 @@
+//! The local launcher's flags: one definition for `ferry-launcher-local`, `ferry service
+//! launcher` and `ferry up`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::{BACKEND, Config, Result, Secrets};
+
+/// The local launcher's command-line flags.
+#[derive(Debug, Clone, clap::Args)]
+#[group(id = "launcher")]
+#[command(next_help_heading = "Launcher")]
+pub struct Flags {
+    /// The backend whose tasks this launcher runs.
+    #[arg(long, env = "FERRY_BACKEND", value_name = "NAME", default_value = BACKEND, value_parser = [BACKEND])]
+    pub backend: String,
+    /// Attempts running at once.
+    #[arg(long, env = "FERRY_MAX_PARALLEL", value_name = "N", default_value_t = 64)]
+    pub max_parallel: usize,
+    /// Time a cancelled or timed-out task gets between SIGTERM and SIGKILL.
+    #[arg(long, env = "FERRY_KILL_GRACE", value_name = "DURATION", default_value = "10s", value_parser = ferry_connect::service::duration)]
+    pub kill_grace: Duration,
+    /// Where output files are copied [default: DATA_DIR/artifacts]
+    #[arg(long, env = "FERRY_ARTIFACT_DIR", value_name = "DIR")]
+    pub artifact_dir: Option<PathBuf>,
+    /// A secrets file (NAME=value lines, or a JSON object); FERRY_SECRET_<NAME> variables are
+    /// read as well, the file wins on a name in both.
+    #[arg(long, env = "FERRY_SECRETS_FILE", value_name = "PATH")]
+    pub secrets_file: Option<PathBuf>,
+    /// Consumer group; every local launcher of one deployment shares it.
+    #[arg(
+        long,
+        env = "FERRY_LAUNCHER_GROUP",
+        value_name = "NAME",
+        default_value = "launcher-local"
+    )]
+    pub launcher_group: String,
+}
+
+impl Flags {
+    /// The launcher's configuration, keeping its state in `data_dir`; fails when the secrets
+    /// file cannot be read.
+    pub fn config(&self, data_dir: &Path) -> Result<Config> {
+        let mut config = Config::new(data_dir);
+        if let Some(path) = &self.secrets_file {
+            config.secrets.extend(Secrets::from_file(path)?);
+        }
+        config.artifact_dir = self.artifact_dir.clone();
+        config.max_parallel = self.max_parallel;
+        config.kill_grace = self.kill_grace;
+        config.group = self.launcher_group.clone();
+        Ok(config)
+    }
+}

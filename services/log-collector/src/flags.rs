@@ -1,0 +1,67 @@
+//! The log collector's flags, and the log store's, which the api reads: one definition for
+//! `ferry-log-collector`, `ferry-api`, `ferry service log-collector|api` and `ferry up`.
+
+use std::path::Path;
+
+use crate::{Config, DEFAULT_BATCH_MAX, DEFAULT_GROUP, LogStore, Result};
+
+/// Where the log store is: written by the log collector, read by the api.
+#[derive(Debug, Clone, clap::Args)]
+#[group(id = "log-store")]
+#[command(next_help_heading = "Log store")]
+pub struct LogDb {
+    /// The log store: sqlite://PATH (written by the log collector, read by the api)
+    /// [default: sqlite://DATA_DIR/logs.db]
+    #[arg(long, env = "FERRY_LOG_DB", value_name = "URL")]
+    pub log_db: Option<String>,
+}
+
+impl LogDb {
+    /// The store's URL, `data_dir`'s `logs.db` unless `--log-db` names one.
+    pub fn url(&self, data_dir: &Path) -> String {
+        self.log_db
+            .clone()
+            .unwrap_or_else(|| ferry_runtime::sqlite_url(&data_dir.join("logs.db")))
+    }
+}
+
+/// The log collector's command-line flags.
+#[derive(Debug, Clone, clap::Args)]
+#[group(id = "log-collector")]
+#[command(next_help_heading = "Log collector")]
+pub struct Flags {
+    /// Consumer group; every log collector of one deployment shares it.
+    #[arg(long, env = "FERRY_LOG_COLLECTOR_GROUP", value_name = "NAME", default_value = DEFAULT_GROUP)]
+    pub log_collector_group: String,
+    /// Most task.log events stored per transaction.
+    #[arg(long, env = "FERRY_LOG_COLLECTOR_BATCH_MAX", value_name = "N", default_value_t = DEFAULT_BATCH_MAX)]
+    pub log_collector_batch_max: usize,
+}
+
+impl Flags {
+    /// The log collector's configuration, storing into `store`.
+    pub fn config(&self, store: LogStore) -> Config {
+        Config {
+            group: self.log_collector_group.clone(),
+            batch_max: self.log_collector_batch_max,
+            ..Config::new(store)
+        }
+    }
+}
+
+/// The flags of a log collector process: the log store's and its own.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ProcessFlags {
+    #[command(flatten)]
+    pub store: LogDb,
+    #[command(flatten)]
+    pub collector: Flags,
+}
+
+impl ProcessFlags {
+    /// The log collector's configuration, with its store opened.
+    pub async fn config(&self, data_dir: &Path) -> Result<Config> {
+        let store = LogStore::open(&self.store.url(data_dir)).await?;
+        Ok(self.collector.config(store))
+    }
+}

@@ -1,0 +1,35 @@
+//! The scheduler's flags: one definition for `ferry-scheduler`, `ferry service scheduler` and
+//! `ferry up`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::Config;
+
+/// The scheduler's command-line flags.
+#[derive(Debug, Clone, clap::Args)]
+#[group(id = "scheduler")]
+#[command(next_help_heading = "Scheduler")]
+pub struct Flags {
+    /// The scheduler's database: sqlite://PATH or postgres://… (which several schedulers can
+    /// share) [default: sqlite://DATA_DIR/scheduler.db]
+    #[arg(long, env = "FERRY_DB", value_name = "URL")]
+    pub db: Option<String>,
+    /// A running attempt without a heartbeat for this long is presumed lost.
+    #[arg(long, env = "FERRY_LEASE", value_name = "DURATION", default_value = "30s", value_parser = ferry_connect::service::duration)]
+    pub lease: Duration,
+}
+
+impl Flags {
+    /// The scheduler's configuration, for an instance of this process keeping its defaults in
+    /// `data_dir`.
+    pub fn config(&self, data_dir: &Path) -> Config {
+        let db = self
+            .db
+            .clone()
+            .unwrap_or_else(|| ferry_runtime::sqlite_url(&data_dir.join("scheduler.db")));
+        let mut config = Config::new(db, ferry_runtime::instance_source("scheduler"));
+        config.lease = self.lease;
+        config
+    }
+}
