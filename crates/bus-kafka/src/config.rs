@@ -81,6 +81,17 @@ impl Config {
                         }
                     }
                 }
+                other
+                    if ["security", "sasl", "ssl"]
+                        .iter()
+                        .any(|p| other.to_ascii_lowercase().replace('_', ".").starts_with(p)) =>
+                {
+                    return Err(bad(format!(
+                        "{other:?}: TLS and SASL are not supported by this build's Kafka client \
+                         (librdkafka is built without OpenSSL and SASL); reach the brokers over a \
+                         private network, or see docs/security.md"
+                    )));
+                }
                 other => {
                     return Err(bad(format!(
                         "unknown parameter {other:?}: accepted are namespace, partitions, replication and fetch_wait_ms"
@@ -152,6 +163,14 @@ mod tests {
             ("kafka://h:1?partitions=many", "partitions"),
             ("kafka://h:1?fetch_wait_ms=0", "fetch_wait_ms"),
             ("kafka://h:1?colour=red", "accepted are namespace"),
+            (
+                "kafka://h:1?security.protocol=SASL_SSL",
+                "TLS and SASL are not supported",
+            ),
+            (
+                "kafka://h:1?sasl_mechanism=PLAIN",
+                "TLS and SASL are not supported",
+            ),
             ("kafka://h:1?namespace=a.b", "namespace"),
         ] {
             let err = Config::parse(url).unwrap_err();

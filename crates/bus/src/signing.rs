@@ -39,7 +39,7 @@ use sha2::Sha256;
 use crate::{Bus, Consumer, Delivery, Error, Result, Subscribe, Subscription};
 
 /// The extension attribute carrying an event's signature.
-pub const EXT_SIGNATURE: &str = "ferrysig";
+pub use ferry_event::envelope::EXT_SIGNATURE;
 /// The version of the signature scheme, the first part of [`EXT_SIGNATURE`]'s value.
 const VERSION: &str = "v1";
 /// Fewest secret bytes a key may have.
@@ -414,15 +414,15 @@ struct Verifying {
 }
 
 impl Verifying {
-    /// The delivery, marked verified, or the delivery with why it is refused.
-    fn check(&self, mut d: Delivery) -> std::result::Result<Delivery, (Delivery, SignatureError)> {
+    /// The delivery, marked verified when its signature is, and why it is refused, if it is.
+    fn check(&self, mut d: Delivery) -> (Delivery, Option<SignatureError>) {
         match self.keys.verify(&d.event) {
             Ok(key) => {
                 d.signed_with = Some(key.into());
-                Ok(d)
+                (d, None)
             }
-            Err(_) if !must_verify(&d.topic) => Ok(d),
-            Err(e) => Err((d, e)),
+            Err(_) if !must_verify(&d.topic) => (d, None),
+            Err(e) => (d, Some(e)),
         }
     }
 
@@ -448,8 +448,8 @@ impl Consumer for Verifying {
                 Err(e) => return Some(Err(e)),
             };
             match self.check(d) {
-                Ok(d) => return Some(Ok(d)),
-                Err((d, e)) => {
+                (d, None) => return Some(Ok(d)),
+                (d, Some(e)) => {
                     self.refused(&d, &e);
                     // Abandoned here (the caller gave up waiting), the delivery is given back
                     // and refused again when it comes.
@@ -465,8 +465,8 @@ impl Consumer for Verifying {
         loop {
             let d = self.inner.try_next()?;
             match self.check(d) {
-                Ok(d) => return Some(d),
-                Err((d, e)) => {
+                (d, None) => return Some(d),
+                (d, Some(e)) => {
                     self.refused(&d, &e);
                     tokio::spawn(async move {
                         if let Err(err) = d.dead_letter(&e.to_string()).await {
@@ -512,7 +512,8 @@ mod tests {
         let sig = ferry_event::envelope::extension(&e, EXT_SIGNATURE).unwrap();
         assert!(sig.starts_with(&format!("v1:{}:", keys.signing_id())), "{sig}");
 
-        let tampered: Vec<Box<dyn Fn(&mut Event)>> = vec![
+        type Change = Box<dyn Fn(&mut Event)>;
+        let tampered: Vec<Change> = vec![
             Box::new(|e| {
                 e.set_data(
                     "application/json",

@@ -15,6 +15,10 @@ pub const EXT_TRACEPARENT: &str = "traceparent";
 pub const EXT_JOB: &str = "ferryjob";
 /// The attempt an event belongs to, where there is one.
 pub const EXT_ATTEMPT: &str = "ferryattempt";
+/// The signature of the service that published the event: `v1:KEY-ID:SIGNATURE` (base64 of an
+/// HMAC-SHA256 over the other attributes and the data). Set and checked by the bus layer
+/// (`ferry_bus::signing`), never by a service itself.
+pub const EXT_SIGNATURE: &str = "ferrysig";
 
 /// A new unique, time-ordered id (UUID v7) for events, jobs and attempts.
 pub fn new_id() -> String {

@@ -10,7 +10,8 @@
 //! - [`template`]: the structured argument templates carried by planned and dispatched tasks, so
 //!   that no service ever re-parses a value that came from data;
 //! - [`envelope`]: building an event with ferry's extensions (`partitionkey`, `traceparent`,
-//!   `ferryjob`, `ferryattempt`, `ferrybackend`) and decoding its payload with a precise error.
+//!   `ferryjob`, `ferryattempt`, `ferrybackend`; `ferrysig`, the signature the bus layer adds)
+//!   and decoding its payload with a precise error.
 
 pub mod envelope;
 pub mod kind;
