@@ -354,8 +354,7 @@ pub async fn submit(
                             .map(|l| format!("limit {l} bytes for the whole request"))
                             .unwrap_or(message);
                         Refused::Invalid(format!(
-                            "the flow is {flow_bytes} bytes, more than the api accepts ({limit}, with its inputs); \
-                             the api's --body-limit sets it"
+                            "the flow is {flow_bytes} bytes, more than the api accepts ({limit}, with its inputs)"
                         ))
                     }
                     other => other,

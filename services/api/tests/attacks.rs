@@ -305,7 +305,7 @@ async fn a_request_for_another_host_is_refused_as_a_rebinding_page_would_send_it
     api.published_nothing().await;
     let answer = raw(
         &api,
-        format!("GET /healthz HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n"),
+        "GET /healthz HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n".to_string(),
     )
     .await;
     assert!(answer.starts_with("HTTP/1.1 421"), "{answer}");
