@@ -305,7 +305,10 @@ pub fn token_create(name: &str, scopes: &[String], namespaces: &[String]) -> i32
         scopes: parsed,
         namespaces: (!namespaces.is_empty()).then(|| namespaces.to_vec()),
     };
-    if outln!("{token}").and_then(|()| outln!("  {}", entry.yaml_line())).is_err() {
+    if outln!("{token}")
+        .and_then(|()| outln!("  {}", entry.yaml_line()))
+        .is_err()
+    {
         return crate::output::EXIT_CLOSED;
     }
     errln!(

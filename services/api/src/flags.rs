@@ -52,7 +52,12 @@ pub struct Flags {
     /// A host name clients use to reach the api (checked against `Host`); repeat or
     /// comma-separate, `*` for any. The listening address (and localhost on loopback) is
     /// always allowed.
-    #[arg(long = "allowed-host", env = "FERRY_ALLOWED_HOST", value_name = "HOST", value_delimiter = ',')]
+    #[arg(
+        long = "allowed-host",
+        env = "FERRY_ALLOWED_HOST",
+        value_name = "HOST",
+        value_delimiter = ','
+    )]
     pub allowed_hosts: Vec<String>,
     /// How long a client may take to send a request's headers (and its TLS handshake).
     #[arg(long, env = "FERRY_HEADER_READ_TIMEOUT", value_name = "DURATION", default_value = "10s", value_parser = ferry_connect::service::duration)]
