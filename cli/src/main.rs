@@ -177,6 +177,7 @@ ferry_runtime::global_allocator!();
 
 fn main() {
     ferry_runtime::memory::set_up();
+    ferry_connect::service::hide_bus_password();
     let cli = Cli::parse();
     let quiet = matches!(
         cli.command,

@@ -147,6 +147,7 @@ where
     E: Into<BoxError>,
 {
     ferry_runtime::memory::set_up();
+    hide_bus_password();
     let command = Binary::<S>::command()
         .name(name)
         .about(about)
@@ -172,6 +173,42 @@ where
             ExitCode::FAILURE
         }
     }
+}
+
+/// A process's command line can be read by every user of the machine (`/proc/PID/cmdline`),
+/// unlike its environment. When `--bus` on the command line holds a password, the process
+/// starts itself again with the URL in `FERRY_BUS` instead, before anything else happens.
+pub fn hide_bus_password() {
+    use std::os::unix::process::CommandExt;
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let mut url = None;
+    let mut rest = Vec::with_capacity(args.len());
+    let mut it = args.iter().skip(1);
+    while let Some(a) = it.next() {
+        let text = a.to_string_lossy();
+        if let Some(v) = text.strip_prefix("--bus=") {
+            url = Some(v.to_string());
+        } else if text == "--bus" {
+            url = it.next().map(|v| v.to_string_lossy().into_owned());
+        } else {
+            rest.push(a.clone());
+        }
+    }
+    let Some(url) = url.filter(|u| url::Url::parse(u).is_ok_and(|u| u.password().is_some())) else {
+        return;
+    };
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let error = std::process::Command::new(exe)
+        .arg0(&args[0])
+        .args(rest)
+        .env("FERRY_BUS", url)
+        .exec();
+    let _ = writeln!(
+        std::io::stderr(),
+        "warning: cannot start again without the bus password on the command line: {error}"
+    );
 }
 
 /// An error and its causes, `: `-separated.

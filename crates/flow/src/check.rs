@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use ferry_event::payload::{Problem, RUNNER_TYPES, Runner};
 use serde_json::{Map, Value as J};
 
+use crate::rules;
 use crate::schema::{flow_schema_value, required_params};
 use crate::template::FlowTemplate;
 use crate::yaml::{Node, Pos, Value, truncate};
@@ -623,77 +624,6 @@ pub(crate) fn duration_ms(s: &str) -> Result<u64, String> {
     u64::try_from(d.as_millis()).map_err(|_| format!("`{s}` is too long a duration"))
 }
 
-/// Bytes in a Kubernetes-style memory quantity: `512Mi`, `2Gi`, `1G`, `1.5Gi`, or bytes.
-pub fn parse_memory(q: &str) -> Result<u64, String> {
-    let bad = || {
-        format!(
-            "`{}` is not a memory quantity: write bytes or a number with a unit Ki, Mi, Gi, Ti, k, M, G or T, e.g. `512Mi`, `2Gi`",
-            truncate(q, 40)
-        )
-    };
-    const UNITS: &[(&str, f64)] = &[
-        ("Ki", 1024.0),
-        ("Mi", 1048576.0),
-        ("Gi", 1073741824.0),
-        ("Ti", 1099511627776.0),
-        ("Pi", 1125899906842624.0),
-        ("k", 1e3),
-        ("M", 1e6),
-        ("G", 1e9),
-        ("T", 1e12),
-        ("P", 1e15),
-    ];
-    let (num, mult) = UNITS
-        .iter()
-        .find_map(|(u, m)| q.strip_suffix(u).map(|n| (n, *m)))
-        .unwrap_or((q, 1.0));
-    let (int, frac) = num.split_once('.').unwrap_or((num, "0"));
-    let digits = |s: &str| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit());
-    if !digits(int) || !digits(frac) {
-        return Err(bad());
-    }
-    let value: f64 = num.parse().map_err(|_| bad())?;
-    let bytes = (value * mult).ceil();
-    if !bytes.is_finite() || bytes > u64::MAX as f64 {
-        return Err(format!("`{q}` is more memory than can be expressed"));
-    }
-    Ok(bytes as u64)
-}
-
-fn file_name_problem(name: &str) -> Option<&'static str> {
-    if name.is_empty() {
-        Some("a file name must not be empty")
-    } else if name.contains('\0') {
-        Some("a file name must not contain NUL")
-    } else if name.contains('\\') {
-        Some("a file name must not contain `\\`; separate directories with `/`")
-    } else if name.starts_with('/') {
-        Some("a file name must be relative to the working directory, not absolute")
-    } else if name.split('/').any(|c| c == "..") {
-        Some("a file name must not contain `..`: files stay inside the working directory")
-    } else if name.ends_with('/') {
-        Some("a file name must name a file, not end with `/`")
-    } else {
-        None
-    }
-}
-
-fn pattern_problem(p: &str) -> Option<String> {
-    if p.is_empty() {
-        Some("a pattern must not be empty".into())
-    } else if p.starts_with('/') || p.contains('\\') || p.contains('\0') {
-        Some("a pattern must be relative to the working directory, with `/` between directories".into())
-    } else if p.split('/').any(|c| c == "..") {
-        Some(
-            "a pattern must not contain `..`: outputs are collected from inside the working directory".into(),
-        )
-    } else {
-        glob::Pattern::new(p)
-            .err()
-            .map(|e| format!("`{p}` is not a glob pattern: {}", e.msg))
-    }
-}
-
 fn env_name_problem(name: &str) -> Option<String> {
     let mut chars = name.chars();
     let valid = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
@@ -853,7 +783,7 @@ pub(crate) fn task_meaning(
     }
     for e in t.get("inputFiles").and_then(Node::as_map).unwrap_or(&[]) {
         let path = field(&format!("{base}.inputFiles"), &e.key);
-        if let Some(msg) = file_name_problem(&e.key) {
+        if let Err(msg) = rules::input_file_name(&e.key) {
             report.add(e.key_pos, &path, format!("`{}`: {msg}", truncate(&e.key, 60)));
         }
         template(&e.value, path, report);
@@ -865,7 +795,7 @@ pub(crate) fn task_meaning(
         .iter()
         .enumerate()
     {
-        if let Some(msg) = p.as_str().and_then(pattern_problem) {
+        if let Some(Err(msg)) = p.as_str().map(rules::output_pattern) {
             report.add(p.pos, &format!("{base}.outputFiles[{j}]"), msg);
         }
     }
@@ -889,7 +819,7 @@ pub(crate) fn task_meaning(
     }
     if let Some(r) = t.get("resources") {
         if let Some(m) = r.get("memory")
-            && let Some(Err(msg)) = m.as_str().map(parse_memory)
+            && let Some(Err(msg)) = m.as_str().map(rules::memory_bytes)
         {
             report.add(m.pos, &format!("{base}.resources.memory"), msg);
         }
@@ -1230,17 +1160,6 @@ mod tests {
         for bad in ["", "30", "s", "10 m", "1.5h", "10min", "-1s", "1h30"] {
             let e = duration_ms(bad).unwrap_err();
             assert!(e.contains("e.g. `30s`"), "{bad}: {e}");
-        }
-    }
-
-    #[test]
-    fn memory_quantities() {
-        assert_eq!(parse_memory("512Mi"), Ok(512 * 1024 * 1024));
-        assert_eq!(parse_memory("1G"), Ok(1_000_000_000));
-        assert_eq!(parse_memory("1.5Ki"), Ok(1536));
-        assert_eq!(parse_memory("2048"), Ok(2048));
-        for bad in ["", "Mi", "12MB", "1,5Gi", "-1Gi", "1e3"] {
-            assert!(parse_memory(bad).is_err(), "{bad}");
         }
     }
 

@@ -13,10 +13,13 @@
 //!   [`plan_job`] does the same but resolves each task only as it is serialized, for the
 //!   planner, so that a large job is never held as a whole `JobPlanned` besides its JSON;
 //! - [`flow_schema`] is the flow's JSON Schema (`schemas/flow.schema.json`), for editors;
-//! - [`model`] holds the typed flow, [`template`] the `{{ … }}` syntax.
+//! - [`model`] holds the typed flow, [`template`] the `{{ … }}` syntax;
+//! - [`rules`] holds the checks of a task's fields that launchers apply again to a dispatch
+//!   (input file names, output patterns, memory quantities).
 
 pub mod model;
 mod plan;
+pub mod rules;
 mod schema;
 pub mod template;
 
@@ -26,10 +29,11 @@ mod yaml;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-pub use check::parse_memory;
 pub use ferry_event::payload::{JobPlanned, Problem};
 pub use model::{Duration, EventMatch, Flow, Input, InputType, Retry, RunnerSpec, Task, Trigger};
 pub use plan::{PlannedJob, plan, plan_job};
+/// [`rules::memory_bytes`], under the name it had first.
+pub use rules::memory_bytes as parse_memory;
 pub use schema::{DURATION_PATTERN, FLOW_SCHEMA_ID, flow_schema};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

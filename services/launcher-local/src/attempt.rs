@@ -149,9 +149,21 @@ fn launch(
             return not_started(Outcome::Failed, error);
         }
     };
-    if let Err(error) = prepare::write_inputs(&work, &prepared.inputs) {
+    let owner = shared.run_as.as_ref().map(|r| r.owner);
+    if let Err(error) = prepare::write_inputs(&work, &prepared.inputs, owner) {
         return not_started(Outcome::Failed, error);
     }
+    // A bare name is looked up on the task's PATH here, so that the spawn gets a path (see
+    // `resolve`). Not found is the task's fault, like a program that does not exist.
+    let task_path = prepared
+        .env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.as_os_str());
+    let program = match shared.resolver.resolve(&prepared.program, task_path, &work) {
+        Ok(p) => p,
+        Err(error) => return not_started(Outcome::Failed, error),
+    };
     if shared.stop.is_cancelled() {
         release(shared, slot);
         return Launch::ShuttingDown;
@@ -201,10 +213,12 @@ fn launch(
         Launch::Recorded(Box::new(report))
     };
 
-    // Nothing here forces fork+exec (no pre_exec hook, no uid/gid change), so the standard
-    // library starts the process with posix_spawn: a vfork-like clone, then exec.
-    let mut cmd = tokio::process::Command::new(&prepared.program);
-    cmd.args(&prepared.args)
+    // Nothing here forces fork+exec (no pre_exec hook, a program given by its path), so the
+    // standard library starts the process with posix_spawn: a vfork-like clone, then exec. A
+    // uid/gid change (run-as) does force fork+exec.
+    let mut cmd = tokio::process::Command::new(&program);
+    cmd.arg0(&prepared.program)
+        .args(&prepared.args)
         .env_clear()
         .envs(prepared.env.iter().map(|(k, v)| (k, v)))
         .current_dir(&work)
@@ -213,7 +227,12 @@ fn launch(
         .stderr(child_err)
         .process_group(0)
         .kill_on_drop(true);
-    let child = match cmd.spawn() {
+    if let Some(owner) = owner {
+        // The standard library drops the supplementary groups too when it changes the uid.
+        cmd.uid(owner.uid).gid(owner.gid);
+    }
+    let (spawned, in_cgroup) = shared.contain.spawn_in(slot, || cmd.spawn());
+    let child = match spawned {
         Ok(c) => c,
         Err(e) => {
             let error = format!("cannot start {:?}: {e}", prepared.program);
@@ -225,6 +244,9 @@ fn launch(
         let error = "the process ended before its id could be read".to_string();
         return not_started(Outcome::Failed, error);
     };
+    if !in_cgroup && let Err(e) = shared.contain.adopt(slot, pid) {
+        tracing::warn!(pid, error = %e, "cannot move the task into its slot's cgroup; processes that leave its group may outlive it");
+    }
     let started = Instant::now();
     let started_at_ms = ferry_event::now_ms();
     record.pid = pid;
@@ -282,7 +304,11 @@ pub(crate) async fn run(
             pid,
             error,
         } => {
-            process::stop_group(pid, shared.config.kill_grace, Some(&mut child)).await;
+            let grace = shared.config.kill_grace;
+            shared
+                .contain
+                .stop(slot, &d.attempt_id, Some(pid), grace, Some(&mut child))
+                .await;
             let mut report = unstarted(&d, Outcome::Failed, error);
             report.error = report.error.map(|e| shared.masker.mask(&e));
             let (s, r) = (shared.clone(), report.clone());
@@ -354,8 +380,13 @@ pub(crate) async fn run(
             }
         }
     };
-    // Whatever ended the wait, nothing of the task outlives it.
-    process::stop_group(pid, shared.config.kill_grace, Some(&mut child)).await;
+    // Whatever ended the wait, nothing of the task outlives it: not its process group, nor
+    // what left the group. Only then is its slot wiped and reused.
+    let grace = shared.config.kill_grace;
+    shared
+        .contain
+        .stop(slot, &d.attempt_id, Some(pid), grace, Some(&mut child))
+        .await;
     let _ = tokio::time::timeout(REAP, child.wait()).await;
     let _ = ended_tx.send(true);
     beat_stop.cancel();

@@ -2,8 +2,8 @@
 
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Component, Path, PathBuf};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
 
 use ferry_event::payload::OutputFile;
 use serde_json::{Map, Value};
@@ -11,8 +11,9 @@ use serde_json::{Map, Value};
 /// The largest outputs file accepted.
 pub const MAX_OUTPUTS_BYTES: u64 = 1024 * 1024;
 
-/// Reads the JSON object a task wrote at `$FERRY_OUTPUTS`; no file means no outputs. The flag
-/// says whether the file exists.
+/// Reads the JSON object a task wrote at `$FERRY_OUTPUTS`; no file, or an empty one, means no
+/// outputs. The flag says whether the file exists. The file is never opened through a symbolic
+/// link, and at most [`MAX_OUTPUTS_BYTES`] of it are read.
 pub fn read_outputs(path: &Path) -> Result<(Map<String, Value>, bool), String> {
     let meta = match std::fs::symlink_metadata(path) {
         Ok(m) => m,
@@ -42,6 +43,9 @@ pub fn read_outputs(path: &Path) -> Result<(Map<String, Value>, bool), String> {
     if bytes.len() as u64 > MAX_OUTPUTS_BYTES {
         return Err(too_large(bytes.len() as u64));
     }
+    if bytes.is_empty() {
+        return Ok((Map::new(), true));
+    }
     let value: Value = serde_json::from_slice(&bytes)
         .map_err(|e| format!("the outputs file $FERRY_OUTPUTS is not valid JSON: {e}"))?;
     match value {
@@ -60,23 +64,11 @@ pub fn read_outputs(path: &Path) -> Result<(Map<String, Value>, bool), String> {
     }
 }
 
-/// Checks an outputFiles pattern: relative, without `..`.
+/// Checks an outputFiles pattern ([`ferry_flow::rules::output_pattern`]): relative, without
+/// `..`.
 pub fn check_pattern(pattern: &str) -> Result<(), String> {
-    let refuse = |why: &str| Err(format!("outputFiles: pattern {pattern:?} is refused: {why}"));
-    if pattern.is_empty() {
-        return refuse("it is empty");
-    }
-    if pattern.starts_with('/') {
-        return refuse("it is absolute; patterns are relative to the working directory");
-    }
-    if Path::new(pattern)
-        .components()
-        .any(|c| matches!(c, Component::ParentDir))
-    {
-        return refuse("it contains '..'; patterns must stay inside the working directory");
-    }
-    glob::Pattern::new(pattern).map_err(|e| format!("outputFiles: pattern {pattern:?} is invalid: {e}"))?;
-    Ok(())
+    ferry_flow::rules::output_pattern(pattern)
+        .map_err(|why| format!("outputFiles: pattern {pattern:?} is refused: {why}"))
 }
 
 /// Copies the regular files matching `patterns` inside `work` to `dest/<relative path>`.
@@ -131,10 +123,13 @@ pub fn collect_files(work: &Path, patterns: &[String], dest: &Path) -> Result<Ve
         let shown = rel.to_string_lossy().into_owned();
         let target = dest.join(&rel);
         if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent)
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(parent)
                 .map_err(|e| format!("cannot store output file {shown:?} in {}: {e}", parent.display()))?;
         }
-        let size = std::fs::copy(&real, &target)
+        let size = copy_private(&real, &target)
             .map_err(|e| format!("cannot copy output file {shown:?} to {}: {e}", target.display()))?;
         let uri = url::Url::from_file_path(&target)
             .map_err(|()| format!("cannot name {} as a file:// URI", target.display()))?;
@@ -145,6 +140,22 @@ pub fn collect_files(work: &Path, patterns: &[String], dest: &Path) -> Result<Ve
         });
     }
     Ok(files)
+}
+
+/// Copies `from` to a new file `to` that only the launcher's user can read (mode 0600, whatever
+/// the file copied allowed), never through a symbolic link on either side.
+fn copy_private(from: &Path, to: &Path) -> std::io::Result<u64> {
+    let mut src = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(from)?;
+    let mut dst = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(to)?;
+    std::io::copy(&mut src, &mut dst)
 }
 
 #[cfg(test)]
@@ -159,6 +170,8 @@ mod tests {
         std::fs::write(&p, r#"{"rows": 3}"#).unwrap();
         let (outputs, found) = read_outputs(&p).unwrap();
         assert_eq!((outputs["rows"].as_i64(), found), (Some(3), true));
+        std::fs::write(&p, "").unwrap();
+        assert_eq!(read_outputs(&p).unwrap(), (Map::new(), true));
         std::fs::write(&p, "[1]").unwrap();
         assert!(read_outputs(&p).unwrap_err().contains("an array"));
         std::fs::write(&p, "{").unwrap();

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::{BACKEND, Config, Result, Secrets};
+use crate::{BACKEND, Config, Result};
 
 /// The local launcher's command-line flags.
 #[derive(Debug, Clone, clap::Args)]
@@ -23,10 +23,23 @@ pub struct Flags {
     /// Where output files are copied [default: DATA_DIR/artifacts]
     #[arg(long, env = "FERRY_ARTIFACT_DIR", value_name = "DIR")]
     pub artifact_dir: Option<PathBuf>,
-    /// A secrets file (NAME=value lines, or a JSON object); FERRY_SECRET_<NAME> variables are
-    /// read as well, the file wins on a name in both.
+    /// A secrets file, readable by its owner only (NAME=value lines, or a YAML or JSON map
+    /// whose values may be {value, namespaces, flows}); FERRY_SECRET_<NAME> variables are read
+    /// as well, the file wins on a name in both.
     #[arg(long, env = "FERRY_SECRETS_FILE", value_name = "PATH")]
     pub secrets_file: Option<PathBuf>,
+    /// Also pass this variable of the launcher's environment to tasks (repeatable; NAME or
+    /// PREFIX*). By default tasks get only PATH, HOME, USER, LOGNAME, LANG, LANGUAGE, LC_*, TZ
+    /// and TMPDIR.
+    #[arg(long, env = "FERRY_PASS_ENV", value_name = "NAME", value_delimiter = ',')]
+    pub pass_env: Vec<String>,
+    /// Run tasks as this user (name, uid or uid:gid); needs a launcher running as root.
+    #[arg(long, env = "FERRY_RUN_AS", value_name = "USER")]
+    pub run_as: Option<String>,
+    /// Do not put each slot's processes in a cgroup; find leftover processes by their
+    /// FERRY_ATTEMPT_ID instead.
+    #[arg(long, env = "FERRY_NO_CGROUPS")]
+    pub no_cgroups: bool,
     /// Consumer group; every local launcher of one deployment shares it.
     #[arg(
         long,
@@ -43,8 +56,15 @@ impl Flags {
     pub fn config(&self, data_dir: &Path) -> Result<Config> {
         let mut config = Config::new(data_dir);
         if let Some(path) = &self.secrets_file {
-            config.secrets.extend(Secrets::from_file(path)?);
+            config.secrets_file = Some(path.clone());
         }
+        if !self.pass_env.is_empty() {
+            config.pass_env = self.pass_env.clone();
+        }
+        if let Some(user) = &self.run_as {
+            config.run_as = Some(user.clone());
+        }
+        config.cgroups = !self.no_cgroups;
         config.artifact_dir = self.artifact_dir.clone();
         config.max_parallel = self.max_parallel;
         config.kill_grace = self.kill_grace;

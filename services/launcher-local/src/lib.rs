@@ -7,7 +7,14 @@
 //! with its command as a plain argument vector (no shell) in its own process group, and reports
 //! `task.started`, `task.heartbeat`, `task.log` batches and `task.finished`. Timeouts, cancels
 //! and shutdown stop the whole process group (SIGTERM, a grace period, SIGKILL); so does the
-//! end of the group leader, so that stray background processes never outlive their task.
+//! end of the group leader, and with it every process the attempt started that left the group
+//! (a cgroup per slot where the machine allows, else a search by `FERRY_ATTEMPT_ID`), before
+//! the slot is wiped for the next attempt.
+//!
+//! A task sees only what it was given: an environment built from scratch (an allow-list of the
+//! launcher's variables, its own `env`, `FERRY_*`), secrets only where its templates name them.
+//! The launcher makes itself non-dumpable, and can run tasks as another user (`run_as`).
+//! `docs/security.md` says what is covered and what is not.
 //!
 //! - [`Config`], [`run`]: the service;
 //! - [`Secrets`]: the values behind `{{ secret('NAME') }}`, masked as `****` in everything the
@@ -26,12 +33,14 @@
 
 mod attempt;
 mod collect;
+mod contain;
 mod flags;
 mod logs;
 mod prepare;
 mod process;
 mod publish;
 mod reconcile;
+mod resolve;
 pub mod secrets;
 pub mod state;
 
@@ -52,11 +61,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 pub use flags::Flags;
+pub use prepare::{DEFAULT_PASS_ENV, DEFAULT_PATH};
 pub use process::{is_alive, start_time};
-pub use secrets::{Masker, Secrets};
+pub use secrets::{MIN_SECRET_BYTES, Masker, Secrets};
 
+use crate::contain::Contain;
 use crate::publish::Publisher;
-use crate::state::{Journal, Slots, Status};
+use crate::resolve::Resolver;
+use crate::state::{Journal, Owner, Slots, Status};
 
 /// The backend name this launcher serves; dispatches arrive on `dispatch.local`.
 pub const BACKEND: &str = "local";
@@ -97,7 +109,22 @@ pub struct Config {
     pub log_batch_lines: usize,
     /// A `task.log` event is sent at least this often while lines flow.
     pub log_batch_interval: Duration,
+    /// Secrets read when the configuration was made (`FERRY_SECRET_*`), to which [`run`] adds
+    /// those of `secrets_file`.
     pub secrets: Secrets,
+    /// A secrets file read when the launcher starts (see [`Secrets::from_file`]).
+    pub secrets_file: Option<PathBuf>,
+    /// Variables of the launcher's environment passed to tasks besides [`DEFAULT_PASS_ENV`]
+    /// (a name, or a prefix followed by `*`). `FERRY_SECRET_*` never passes.
+    pub pass_env: Vec<String>,
+    /// Run tasks as this user (a name, a uid, or `uid:gid`) rather than the launcher's. The
+    /// launcher must be root to do so; tasks then cannot read the launcher's environment, its
+    /// journal or its secrets file.
+    pub run_as: Option<String>,
+    /// Put each slot's processes in a cgroup of its own where the machine allows (see
+    /// `contain`); when false, or not allowed, processes that leave a task's process group are
+    /// found by their `FERRY_ATTEMPT_ID`.
+    pub cgroups: bool,
     /// The CloudEvents `source` of this instance.
     pub source: String,
     /// The consumer group.
@@ -106,8 +133,11 @@ pub struct Config {
 
 impl Config {
     /// Defaults: 64 attempts at once, 10 s grace, batches of 256 lines or 20 ms, secrets from
-    /// `FERRY_SECRET_*`, group `launcher-local`.
+    /// `FERRY_SECRET_*` and the file `FERRY_SECRETS_FILE` names, variables passed to tasks
+    /// besides the default ones from `FERRY_PASS_ENV` (comma-separated), the tasks'
+    /// user from `FERRY_RUN_AS`, cgroups where allowed, group `launcher-local`.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
         Config {
             data_dir: data_dir.into(),
             artifact_dir: None,
@@ -116,13 +146,26 @@ impl Config {
             log_batch_lines: 256,
             log_batch_interval: Duration::from_millis(20),
             secrets: Secrets::from_env(),
+            secrets_file: var("FERRY_SECRETS_FILE").map(PathBuf::from),
+            pass_env: var("FERRY_PASS_ENV")
+                .map(|v| {
+                    v.split(',')
+                        .map(str::trim)
+                        .filter(|n| !n.is_empty())
+                        .map(String::from)
+                        .collect()
+                })
+                .unwrap_or_default(),
+            run_as: var("FERRY_RUN_AS"),
+            cgroups: true,
             source: ferry_runtime::instance_source("launcher-local"),
             group: "launcher-local".to_string(),
         }
     }
 
-    /// Checks the configuration and makes its directories absolute, creating them.
-    fn resolve(mut self) -> Result<(Config, PathBuf)> {
+    /// Checks the configuration, reads the secrets file and makes the directories absolute,
+    /// creating them.
+    fn resolve(mut self) -> Result<(Config, Resolved)> {
         if self.max_parallel == 0 {
             return Err(Error::Config("max_parallel must be at least 1".into()));
         }
@@ -132,7 +175,23 @@ impl Config {
         if self.group.is_empty() {
             return Err(Error::Config("the consumer group name is empty".into()));
         }
-        self.data_dir = make_dir(&self.data_dir, "data directory")?;
+        for name in &self.pass_env {
+            if name.is_empty() || name.contains(['=', '\0']) || name[..name.len() - 1].contains('*') {
+                return Err(Error::Config(format!(
+                    "cannot pass {name:?} to tasks: give a variable name, or a prefix followed by `*`"
+                )));
+            }
+        }
+        if let Some(path) = &self.secrets_file {
+            self.secrets.extend(Secrets::from_file(path)?);
+        }
+        self.secrets.check().map_err(Error::Config)?;
+        let run_as = self.run_as.as_deref().map(RunAs::lookup).transpose()?;
+        let owner = run_as.as_ref().map(|r| r.owner);
+        self.data_dir = make_dir(&self.data_dir, "data directory", owner)?;
+        if let Some(r) = &run_as {
+            r.check_can_reach(&self.data_dir)?;
+        }
         if self.data_dir.to_str().is_none() {
             return Err(Error::Config(format!(
                 "the data directory {} is not valid UTF-8; tasks receive their working directory as text",
@@ -143,18 +202,137 @@ impl Config {
             .artifact_dir
             .clone()
             .unwrap_or_else(|| self.data_dir.join("artifacts"));
-        let artifacts = make_dir(&artifacts, "artifact directory")?;
-        Ok((self, artifacts))
+        let artifacts = make_dir(&artifacts, "artifact directory", None)?;
+        Ok((self, Resolved { artifacts, run_as }))
     }
 }
 
-fn make_dir(path: &Path, what: &str) -> Result<PathBuf> {
+/// What [`Config::resolve`] found out.
+struct Resolved {
+    artifacts: PathBuf,
+    run_as: Option<RunAs>,
+}
+
+/// Creates a directory of the launcher's, private to its user (0700), or passable by `owner`
+/// (0711) when tasks run as another user; returns it absolute.
+fn make_dir(path: &Path, what: &str, owner: Option<Owner>) -> Result<PathBuf> {
     let io = |source| Error::Io {
         what: format!("cannot create the {what} {}", path.display()),
         source,
     };
-    std::fs::create_dir_all(path).map_err(io)?;
+    let mode = if owner.is_some() { 0o711 } else { 0o700 };
+    if path.is_dir() {
+        // The operator's directory keeps its mode, except that the tasks' user must pass it.
+        if owner.is_some() {
+            use std::os::unix::fs::PermissionsExt;
+            let current = std::fs::metadata(path).map_err(io)?.permissions().mode();
+            if current & 0o001 == 0 {
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode((current & 0o7777) | 0o001))
+                    .map_err(io)?;
+            }
+        }
+    } else {
+        state::make_private_dir(path, mode).map_err(io)?;
+    }
     path.canonicalize().map_err(io)
+}
+
+/// The user tasks run as, when not the launcher's.
+#[derive(Debug, Clone)]
+pub(crate) struct RunAs {
+    pub(crate) name: String,
+    pub(crate) owner: Owner,
+    pub(crate) home: Option<PathBuf>,
+}
+
+impl RunAs {
+    /// A user name, a uid, or `uid:gid`.
+    fn lookup(spec: &str) -> Result<RunAs> {
+        use nix::unistd::{Uid, User};
+        let bad = |why: String| Error::Config(format!("cannot run tasks as {spec:?}: {why}"));
+        let (user, gid) = match spec.split_once(':') {
+            Some((u, g)) => {
+                let gid: u32 = g
+                    .parse()
+                    .map_err(|_| bad("write a user name, a uid, or uid:gid".into()))?;
+                (u, Some(gid))
+            }
+            None => (spec, None),
+        };
+        let found = match user.parse::<u32>() {
+            Ok(uid) => User::from_uid(Uid::from_raw(uid)),
+            Err(_) => User::from_name(user),
+        }
+        .map_err(|e| bad(format!("cannot look the user up: {e}")))?;
+        let run_as = match (found, user.parse::<u32>()) {
+            (Some(u), _) => RunAs {
+                name: u.name.clone(),
+                owner: Owner {
+                    uid: u.uid.as_raw(),
+                    gid: gid.unwrap_or(u.gid.as_raw()),
+                },
+                home: Some(u.dir),
+            },
+            (None, Ok(uid)) => RunAs {
+                name: uid.to_string(),
+                owner: Owner {
+                    uid,
+                    gid: gid.unwrap_or(uid),
+                },
+                home: None,
+            },
+            (None, Err(_)) => return Err(bad("no such user".into())),
+        };
+        let me = Uid::effective();
+        if !me.is_root() && run_as.owner.uid != me.as_raw() {
+            return Err(bad(format!(
+                "the launcher runs as uid {me}, and only root can start processes as another user"
+            )));
+        }
+        if run_as.owner.uid == 0 {
+            return Err(bad(
+                "that is root: run-as is for running tasks with fewer rights".into()
+            ));
+        }
+        Ok(run_as)
+    }
+
+    /// Fails when a directory above `data_dir` does not let others pass: the tasks' user could
+    /// not reach its working directory.
+    fn check_can_reach(&self, data_dir: &Path) -> Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        for dir in data_dir.ancestors().skip(1) {
+            let Ok(meta) = std::fs::metadata(dir) else {
+                continue;
+            };
+            let passable = meta.mode() & 0o001 != 0
+                || (meta.uid() == self.owner.uid && meta.mode() & 0o100 != 0)
+                || (meta.gid() == self.owner.gid && meta.mode() & 0o010 != 0);
+            if !passable {
+                return Err(Error::Config(format!(
+                    "tasks run as {} could not reach their working directories: {} (mode {:o}) does not let \
+                     them pass; give others the search permission (`chmod o+x {}`) or choose a data directory elsewhere",
+                    self.name,
+                    dir.display(),
+                    meta.mode() & 0o7777,
+                    dir.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The variables that describe the user to its processes.
+    fn env(&self) -> Vec<(OsString, OsString)> {
+        let mut env = vec![
+            ("USER".into(), self.name.clone().into()),
+            ("LOGNAME".into(), self.name.clone().into()),
+        ];
+        if let Some(home) = &self.home {
+            env.push(("HOME".into(), home.clone().into()));
+        }
+        env
+    }
 }
 
 /// What every attempt of one launcher shares.
@@ -164,8 +342,12 @@ pub(crate) struct Shared {
     pub(crate) builder: EventBuilder,
     pub(crate) publisher: Publisher,
     pub(crate) masker: Masker,
-    /// The launcher's environment without `FERRY_SECRET_*`, read once: every task starts from it.
+    /// The part of the launcher's environment tasks receive, read once: every task's
+    /// environment starts from it.
     pub(crate) base_env: Vec<(OsString, OsString)>,
+    pub(crate) run_as: Option<RunAs>,
+    pub(crate) contain: Contain,
+    pub(crate) resolver: Resolver,
     /// Cancelled when the launcher stops (shutdown, or the bus closed).
     pub(crate) stop: CancellationToken,
     pub(crate) journal: Journal,
@@ -176,7 +358,21 @@ pub(crate) struct Shared {
 /// every running attempt's process group is stopped and the attempt reported `lost`; when this
 /// returns, no process it started is alive.
 pub async fn run(config: Config, bus: Arc<dyn Bus>, shutdown: CancellationToken) -> Result<()> {
-    let (config, artifact_dir) = config.resolve()?;
+    let (
+        config,
+        Resolved {
+            artifacts: artifact_dir,
+            run_as,
+        },
+    ) = config.resolve()?;
+    // Tasks of the launcher's own user lose the right to read its memory, environment and
+    // command line through /proc (and to ptrace it): only a process with CAP_SYS_PTRACE may.
+    // The kernel shows a process's environment as it was at exec, whatever the process removes
+    // from it later, so this is what keeps FERRY_SECRET_* and a bus URL's password in there
+    // from tasks.
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        tracing::warn!(error = %e, "cannot make the launcher non-dumpable; tasks of its user can read its environment");
+    }
     if config.data_dir.join("attempts").is_dir() {
         tracing::warn!(
             dir = %config.data_dir.join("attempts").display(),
@@ -196,7 +392,11 @@ pub async fn run(config: Config, bus: Arc<dyn Bus>, shutdown: CancellationToken)
             _ => None,
         })
         .collect();
-    let slots = Slots::open(&config.data_dir, &busy).map_err(|source| Error::Io {
+    let contain = Contain::detect(&config.data_dir, config.cgroups);
+    // A previous run's daemons in idle slots' cgroups end before those slots are wiped.
+    contain.clear_idle(&busy).await;
+    let owner = run_as.as_ref().map(|r| r.owner);
+    let slots = Slots::open(&config.data_dir, &busy, owner).map_err(|source| Error::Io {
         what: format!(
             "cannot prepare the slots in {}",
             config.data_dir.join("slots").display()
@@ -208,7 +408,17 @@ pub async fn run(config: Config, bus: Arc<dyn Bus>, shutdown: CancellationToken)
         journal,
         slots,
         masker: config.secrets.masker(),
-        base_env: prepare::base_env(std::env::vars_os()),
+        base_env: {
+            let mut env: std::collections::BTreeMap<OsString, OsString> =
+                prepare::base_env(std::env::vars_os(), &config.pass_env)
+                    .into_iter()
+                    .collect();
+            env.extend(run_as.iter().flat_map(RunAs::env));
+            env.into_iter().collect()
+        },
+        run_as,
+        contain,
+        resolver: Resolver::new(),
         builder: EventBuilder::new(config.source.clone()),
         publisher: Publisher::new(bus.clone(), stop.clone()),
         stop: stop.clone(),
@@ -220,6 +430,8 @@ pub async fn run(config: Config, bus: Arc<dyn Bus>, shutdown: CancellationToken)
         group = %shared.config.group,
         max_parallel = shared.config.max_parallel,
         secrets = shared.config.secrets.len(),
+        run_as = shared.run_as.as_ref().map(|r| r.name.as_str()),
+        containment = %shared.contain.describe(),
         "local launcher starting"
     );
     let reconciled = reconcile::reconcile(&shared).await;
@@ -283,6 +495,7 @@ pub async fn run(config: Config, bus: Arc<dyn Bus>, shutdown: CancellationToken)
     while let Some(done) = launcher.tasks.join_next_with_id().await {
         launcher.on_done(done);
     }
+    shared.contain.remove();
     tracing::info!("local launcher stopped");
     result
 }

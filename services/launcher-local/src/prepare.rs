@@ -4,14 +4,14 @@
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Component, Path, PathBuf};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
 
 use ferry_event::payload::{Runner, TaskDispatched};
 use ferry_event::template::{Part, Template};
 
-use crate::secrets::{ENV_PREFIX, Secrets};
-use crate::state;
+use crate::secrets::{ENV_PREFIX, Secrets, TaskScope};
+use crate::state::{self, Owner};
 
 /// What to start, fully resolved.
 #[derive(Debug, Clone)]
@@ -47,7 +47,10 @@ pub fn prepare(
             })?;
         }
     }
-    let fill = |t: &Template, field: &str| fill(t, field, work_dir, secrets);
+    // The dispatch does not say which namespace and flow the task is of yet: scoped secrets are
+    // then for no task (fail closed), open ones for all.
+    let scope = TaskScope::default();
+    let fill = |t: &Template, field: &str| fill(t, field, work_dir, secrets, &scope);
 
     let mut argv = Vec::with_capacity(d.command.len());
     for (i, t) in d.command.iter().enumerate() {
@@ -97,14 +100,23 @@ pub fn prepare(
 }
 
 /// Fills the launcher's placeholders of one template; `field` names it in errors.
-pub fn fill(t: &Template, field: &str, work_dir: &str, secrets: &Secrets) -> Result<String, String> {
+pub fn fill(
+    t: &Template,
+    field: &str,
+    work_dir: &str,
+    secrets: &Secrets,
+    scope: &TaskScope<'_>,
+) -> Result<String, String> {
     let filled = t.fill(|part| match part {
         Part::WorkingDir => Ok(Some(work_dir.to_string())),
-        Part::Secret(name) => match secrets.get(name) {
+        // One answer whether the name does not exist or is not for this task: what a task can
+        // learn from the error is never which names exist.
+        Part::Secret(name) => match secrets.get_for(name, scope) {
             Some(v) => Ok(Some(v.to_string())),
             None => Err(format!(
-                "{field}: secret {name:?} is not set: set {ENV_PREFIX}{name} in the launcher's \
-                 environment or add {name} to its secrets file"
+                "{field}: secret {name:?} is not available to this task: the launcher holds no secret \
+                 of that name for the task's namespace and flow (set {ENV_PREFIX}{name} in the \
+                 launcher's environment, or add {name} to its secrets file, scoped to include this task)"
             )),
         },
         Part::Output { task, key } => Err(format!(
@@ -122,45 +134,17 @@ pub fn fill(t: &Template, field: &str, work_dir: &str, secrets: &Secrets) -> Res
     Ok(text)
 }
 
-/// Checks an input file name: a relative path that stays inside the working directory.
+/// Checks an input file name ([`ferry_flow::rules::input_file_name`]): a relative path that
+/// stays inside the working directory.
 pub fn check_input_name(name: &str) -> Result<PathBuf, String> {
-    let refuse = |why: &str| Err(format!("inputFiles: {name:?} is refused: {why}"));
-    if name.is_empty() {
-        return refuse("the name is empty");
-    }
-    if name.contains('\0') {
-        return refuse("it contains a NUL byte");
-    }
-    if name.contains('\\') {
-        return refuse("it contains a backslash; separate directories with '/'");
-    }
-    if name.starts_with('/') {
-        return refuse("it is an absolute path; give a path relative to the working directory");
-    }
-    let path = Path::new(name);
-    let mut normal = PathBuf::new();
-    for c in path.components() {
-        match c {
-            Component::Normal(p) => normal.push(p),
-            Component::CurDir => {}
-            Component::ParentDir => {
-                return refuse("it contains a '..' component; it must stay inside the working directory");
-            }
-            Component::RootDir | Component::Prefix(_) => {
-                return refuse("it is an absolute path; give a path relative to the working directory");
-            }
-        }
-    }
-    if normal.as_os_str().is_empty() {
-        return refuse("it names the working directory itself, not a file");
-    }
-    Ok(normal)
+    ferry_flow::rules::input_file_name(name).map_err(|why| format!("inputFiles: {name:?} is refused: {why}"))
 }
 
-/// Writes input files into `work` (which exists). Names must have passed
-/// [`check_input_name`]; each file's directory is checked again, after creation, to be inside
-/// `work`, and the file itself is never opened through a symbolic link.
-pub fn write_inputs(work: &Path, inputs: &[(PathBuf, String)]) -> Result<(), String> {
+/// Writes input files into `work` (which exists), private to `owner` (the user tasks run as,
+/// when not the launcher's): directories 0700, files 0600, whatever the umask. Names must have
+/// passed [`check_input_name`]; each file's directory is checked again, after creation, to be
+/// inside `work`, and the file itself is never opened through a symbolic link.
+pub fn write_inputs(work: &Path, inputs: &[(PathBuf, String)], owner: Option<Owner>) -> Result<(), String> {
     if inputs.is_empty() {
         return Ok(());
     }
@@ -171,8 +155,22 @@ pub fn write_inputs(work: &Path, inputs: &[(PathBuf, String)]) -> Result<(), Str
         let shown = rel.display();
         let path = root.join(rel);
         let parent = path.parent().unwrap_or(&root);
-        std::fs::create_dir_all(parent)
-            .map_err(|e| format!("inputFiles: cannot create the directory of {shown:?}: {e}"))?;
+        // Each missing directory is made (and given to the owner) one at a time.
+        let missing: Vec<&Path> = parent
+            .ancestors()
+            .take_while(|p| *p != root && !p.exists())
+            .collect();
+        for dir in missing.into_iter().rev() {
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| format!("inputFiles: cannot create the directory of {shown:?}: {e}"))?;
+            if let Some(o) = owner {
+                std::os::unix::fs::lchown(dir, Some(o.uid), Some(o.gid)).map_err(|e| {
+                    format!("inputFiles: cannot give the directory of {shown:?} to the task's user: {e}")
+                })?;
+            }
+        }
         let real_parent = parent
             .canonicalize()
             .map_err(|e| format!("inputFiles: cannot resolve the directory of {shown:?}: {e}"))?;
@@ -185,30 +183,74 @@ pub fn write_inputs(work: &Path, inputs: &[(PathBuf, String)]) -> Result<(), Str
             .write(true)
             .create(true)
             .truncate(true)
+            .mode(0o600)
             .custom_flags(nix::libc::O_NOFOLLOW)
             .open(&path)
             .map_err(|e| format!("inputFiles: cannot write {shown:?}: {e}"))?;
+        if let Some(o) = owner {
+            std::os::unix::fs::fchown(&file, Some(o.uid), Some(o.gid))
+                .map_err(|e| format!("inputFiles: cannot give {shown:?} to the task's user: {e}"))?;
+        }
         file.write_all(content.as_bytes())
             .map_err(|e| format!("inputFiles: cannot write {shown:?}: {e}"))?;
     }
     Ok(())
 }
 
-/// The launcher's environment as tasks inherit it: without any `FERRY_SECRET_*` variable.
-pub fn base_env(vars: impl IntoIterator<Item = (OsString, OsString)>) -> Vec<(OsString, OsString)> {
-    vars.into_iter()
-        .filter(|(k, _)| !k.as_encoded_bytes().starts_with(ENV_PREFIX.as_bytes()))
-        .collect()
+/// The variables of the launcher's environment a task gets unless the launcher is told to
+/// pass more ([`crate::Config::pass_env`]); a name ending in `*` stands for every name that
+/// starts with what comes before it. Nothing else of the launcher's environment reaches a task:
+/// not the bus URL, not cloud credentials, not `FERRY_SECRET_*`.
+pub const DEFAULT_PASS_ENV: &[&str] = &[
+    "PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "LC_*", "TZ", "TMPDIR",
+];
+
+/// A task's `PATH` when the launcher has none.
+pub const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+/// Whether `name` is one of `allowed` (see [`DEFAULT_PASS_ENV`] for the form).
+pub fn env_allowed<'a>(name: &[u8], allowed: impl IntoIterator<Item = &'a str>) -> bool {
+    allowed.into_iter().any(|a| match a.strip_suffix('*') {
+        Some(prefix) => name.starts_with(prefix.as_bytes()),
+        None => name == a.as_bytes(),
+    })
 }
 
-/// The environment of a task: `base` without any `FERRY_SECRET_*` variable, then the task's
-/// own variables, then ferry's (which win).
+/// The part of the launcher's environment `vars` that tasks receive: the variables
+/// [`DEFAULT_PASS_ENV`] and `extra` name, never a `FERRY_SECRET_*`, with `PATH` set to
+/// [`DEFAULT_PATH`] when the launcher has none.
+pub fn base_env(
+    vars: impl IntoIterator<Item = (OsString, OsString)>,
+    extra: &[String],
+) -> Vec<(OsString, OsString)> {
+    let allowed = || {
+        DEFAULT_PASS_ENV
+            .iter()
+            .copied()
+            .chain(extra.iter().map(String::as_str))
+    };
+    let mut env: BTreeMap<OsString, OsString> = vars
+        .into_iter()
+        .filter(|(k, _)| {
+            let k = k.as_encoded_bytes();
+            !k.starts_with(ENV_PREFIX.as_bytes()) && env_allowed(k, allowed())
+        })
+        .collect();
+    env.entry("PATH".into()).or_insert_with(|| DEFAULT_PATH.into());
+    env.into_iter().collect()
+}
+
+/// The environment of a task: `base` (what [`base_env`] kept), then the task's own variables,
+/// then ferry's (which win).
 pub fn build_env<'a>(
     base: impl IntoIterator<Item = (OsString, OsString)>,
     task: Vec<(String, String)>,
     ferry: impl IntoIterator<Item = (&'a str, String)>,
 ) -> Vec<(OsString, OsString)> {
-    let mut env: BTreeMap<OsString, OsString> = base_env(base).into_iter().collect();
+    let mut env: BTreeMap<OsString, OsString> = base
+        .into_iter()
+        .filter(|(k, _)| !k.as_encoded_bytes().starts_with(ENV_PREFIX.as_bytes()))
+        .collect();
     for (k, v) in task {
         env.insert(k.into(), v.into());
     }
@@ -250,12 +292,45 @@ mod tests {
         std::fs::create_dir_all(&outside).unwrap();
         std::os::unix::fs::symlink(&outside, work.join("dir")).unwrap();
         std::os::unix::fs::symlink(outside.join("f"), work.join("f")).unwrap();
-        let err = write_inputs(&work, &[("dir/x".into(), "no".into())]).unwrap_err();
+        let err = write_inputs(&work, &[("dir/x".into(), "no".into())], None).unwrap_err();
         assert!(err.contains("outside the working directory"), "{err}");
-        assert!(write_inputs(&work, &[("f".into(), "no".into())]).is_err());
+        assert!(write_inputs(&work, &[("f".into(), "no".into())], None).is_err());
         assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
-        write_inputs(&work, &[("a/b/c.txt".into(), "yes".into())]).unwrap();
+        write_inputs(&work, &[("a/b/c.txt".into(), "yes".into())], None).unwrap();
         assert_eq!(std::fs::read_to_string(work.join("a/b/c.txt")).unwrap(), "yes");
+    }
+
+    #[test]
+    fn only_allowed_variables_of_the_launcher_pass() {
+        let vars: Vec<(OsString, OsString)> = [
+            ("PATH", "/bin"),
+            ("LC_ALL", "C"),
+            ("FERRY_BUS", "amqp://u:pw@h"),
+            ("AWS_SECRET_ACCESS_KEY", "k"),
+            ("FERRY_SECRET_TOKEN", "t"),
+            ("EXTRA_ONE", "1"),
+            ("EXTRA_PREFIXED_A", "2"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.into(), v.into()))
+        .collect();
+        let names = |env: Vec<(OsString, OsString)>| {
+            env.into_iter()
+                .map(|(k, _)| k.into_string().unwrap())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(base_env(vars.clone(), &[])), ["LC_ALL", "PATH"]);
+        let extra = [
+            "EXTRA_ONE".to_string(),
+            "EXTRA_PREFIXED_*".into(),
+            "FERRY_SECRET_*".into(),
+        ];
+        assert_eq!(
+            names(base_env(vars, &extra)),
+            ["EXTRA_ONE", "EXTRA_PREFIXED_A", "LC_ALL", "PATH"]
+        );
+        let path = base_env(Vec::new(), &[]);
+        assert_eq!(path, [("PATH".into(), DEFAULT_PATH.into())]);
     }
 
     #[test]
@@ -288,18 +363,30 @@ mod tests {
             Part::Text("/x?".into()),
             Part::Secret("TOKEN".into()),
         ]);
-        assert_eq!(fill(&t, "command[1]", "/w", &secrets).unwrap(), "/w/x?s3cret");
+        let open = TaskScope::default();
+        assert_eq!(
+            fill(&t, "command[1]", "/w", &secrets, &open).unwrap(),
+            "/w/x?s3cret"
+        );
         let missing = Template(vec![Part::Secret("NOPE".into())]);
-        let err = fill(&missing, "env.X", "/w", &secrets).unwrap_err();
+        let err = fill(&missing, "env.X", "/w", &secrets, &open).unwrap_err();
         assert!(
             err.contains("FERRY_SECRET_NOPE") && err.contains("env.X"),
             "{err}"
         );
+        // A secret scoped away from the task is answered exactly like one that does not exist.
+        let scope = crate::secrets::Scope {
+            namespaces: Some(["other".to_string()].into()),
+            flows: None,
+        };
+        secrets.insert_scoped("NOPE", "scoped-value", scope);
+        assert_eq!(fill(&missing, "env.X", "/w", &secrets, &open).unwrap_err(), err);
+        assert!(!err.contains("TOKEN"), "the error lists secret names: {err}");
         let out = Template(vec![Part::Output {
             task: "a".into(),
             key: "k".into(),
         }]);
-        let err = fill(&out, "command[0]", "/w", &secrets).unwrap_err();
+        let err = fill(&out, "command[0]", "/w", &secrets, &open).unwrap_err();
         assert!(err.contains("outputs.a.k"), "{err}");
     }
 }

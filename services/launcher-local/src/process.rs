@@ -94,7 +94,7 @@ pub fn group_is_empty(pgid: i32) -> bool {
     }
 }
 
-fn signal_group(pgid: i32, signal: Signal) {
+pub fn signal_group(pgid: i32, signal: Signal) {
     match killpg(Pid::from_raw(pgid), signal) {
         Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
         Err(e) => tracing::warn!(pgid, %signal, error = %e, "cannot signal process group"),

@@ -73,6 +73,18 @@ async fn recover(shared: Arc<Shared>, record: RunningRecord, open: Open) {
     } else {
         "the launcher restarted while the attempt ran; its process had already ended"
     };
+    // Whatever left the attempt's process group: found in the slot's cgroup, or by the
+    // attempt's id.
+    shared
+        .contain
+        .stop(
+            record.slot,
+            &record.attempt_id,
+            None,
+            shared.config.kill_grace,
+            None,
+        )
+        .await;
 
     let ids = Ids {
         job_id: record.job_id.clone(),

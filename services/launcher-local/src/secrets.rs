@@ -1,9 +1,18 @@
 //! Secrets the launcher can fill into templates, and the masking of their values.
+//!
+//! Secrets are read once, when the launcher starts: from its `FERRY_SECRET_<NAME>` variables
+//! and from a secrets file. They live in the launcher's memory from then on; a task receives a
+//! secret's value only where one of its templates names it (`{{ secret('NAME') }}`), never as
+//! a variable of its own environment.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
 use std::fmt;
+use std::io::Read;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
+
+use serde::Deserialize;
 
 use crate::{Error, Result};
 
@@ -11,10 +20,55 @@ use crate::{Error, Result};
 /// `TOKEN`.
 pub const ENV_PREFIX: &str = "FERRY_SECRET_";
 
+/// The shortest secret value accepted, in bytes. Every occurrence of a secret's value is
+/// masked in everything the launcher sends; a value shorter than this (`abc`, `1234`) would
+/// mask ordinary text everywhere and hide little, so the launcher refuses to start with one.
+pub const MIN_SECRET_BYTES: usize = 8;
+
+/// The largest secrets file read.
+const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Which tasks may use a secret: those of one of `namespaces` (when given) and of one of
+/// `flows` (when given). A secret without either is for every task.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scope {
+    pub namespaces: Option<BTreeSet<String>>,
+    pub flows: Option<BTreeSet<String>>,
+}
+
+impl Scope {
+    /// Whether a task of namespace `ns` and flow `flow` may use the secret. A task whose
+    /// namespace or flow is not known is outside every scope that names some.
+    pub fn admits(&self, task: &TaskScope<'_>) -> bool {
+        let fits = |allowed: &Option<BTreeSet<String>>, what: Option<&str>| match allowed {
+            None => true,
+            Some(set) => what.is_some_and(|w| set.contains(w)),
+        };
+        fits(&self.namespaces, task.namespace) && fits(&self.flows, task.flow)
+    }
+
+    fn is_open(&self) -> bool {
+        self.namespaces.is_none() && self.flows.is_none()
+    }
+}
+
+/// What the launcher knows of the task asking for a secret.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TaskScope<'a> {
+    pub namespace: Option<&'a str>,
+    pub flow: Option<&'a str>,
+}
+
+#[derive(Clone)]
+struct Secret {
+    value: String,
+    scope: Scope,
+}
+
 /// Secret values by name. `Debug` shows the names only.
 #[derive(Clone, Default)]
 pub struct Secrets {
-    values: BTreeMap<String, String>,
+    values: BTreeMap<String, Secret>,
 }
 
 impl fmt::Debug for Secrets {
@@ -23,6 +77,24 @@ impl fmt::Debug for Secrets {
             .field("names", &self.values.keys().collect::<Vec<_>>())
             .finish()
     }
+}
+
+/// One entry of a secrets file: a value, or a value with a scope.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum FileEntry {
+    Plain(String),
+    Scoped(ScopedEntry),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScopedEntry {
+    value: String,
+    #[serde(default)]
+    namespaces: Option<BTreeSet<String>>,
+    #[serde(default)]
+    flows: Option<BTreeSet<String>>,
 }
 
 impl Secrets {
@@ -51,31 +123,98 @@ impl Secrets {
         secrets
     }
 
-    /// Reads a secrets file: either a JSON object of strings (`{"TOKEN": "…"}`) or `NAME=value`
-    /// lines (blank lines and lines starting with `#` are ignored; the value is taken verbatim
-    /// up to the end of the line).
+    /// Reads a secrets file, which only its owner may read (a file group or others can read
+    /// is refused: its secrets are no longer secret). Three forms are accepted:
+    ///
+    /// - `NAME=value` lines (blank lines and lines starting with `#` are ignored; the value is
+    ///   taken verbatim up to the end of the line);
+    /// - a YAML or JSON map of names to values, where a value may instead be a map
+    ///   `{value: …, namespaces: [..], flows: [..]}` limiting which tasks may use it.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+        let io = |source| Error::Io {
             what: format!("cannot read secrets file {}", path.display()),
             source,
-        })?;
-        Self::parse(&text).map_err(|message| Error::SecretsFile {
+        };
+        let refuse = |message: String| Error::SecretsFile {
             path: path.to_path_buf(),
             message,
-        })
+        };
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(path)
+            .map_err(io)?;
+        let meta = file.metadata().map_err(io)?;
+        if !meta.is_file() {
+            return Err(refuse("it is not a regular file".into()));
+        }
+        if meta.mode() & 0o077 != 0 {
+            return Err(refuse(format!(
+                "it can be read or changed by users other than its owner (mode {:o}); make it private with `chmod 600 {}`",
+                meta.mode() & 0o777,
+                path.display()
+            )));
+        }
+        let mut text = String::new();
+        file.take(MAX_FILE_BYTES + 1)
+            .read_to_string(&mut text)
+            .map_err(io)?;
+        if text.len() as u64 > MAX_FILE_BYTES {
+            return Err(refuse(format!("it is larger than {MAX_FILE_BYTES} bytes")));
+        }
+        Self::parse(&text).map_err(refuse)
     }
 
     fn parse(text: &str) -> std::result::Result<Self, String> {
-        let mut secrets = Secrets::new();
-        if text.trim_start().starts_with('{') {
-            let map: BTreeMap<String, String> = serde_json::from_str(text).map_err(|e| {
-                format!("not a JSON object of string values ({e}); expected {{\"NAME\": \"value\"}}")
-            })?;
-            for (k, v) in map {
-                secrets.insert(k, v);
-            }
-            return Ok(secrets);
+        let first = text
+            .lines()
+            .map(str::trim)
+            .find(|l| !l.is_empty() && !l.starts_with('#'));
+        let Some(first) = first else {
+            return Ok(Secrets::new());
+        };
+        // `NAME=value` lines: the first line has its `=` before any `:` (names have neither).
+        let is_lines = match (first.find('='), first.find(':')) {
+            (Some(eq), Some(colon)) => eq < colon,
+            (Some(_), None) => true,
+            _ => false,
+        };
+        if is_lines && !first.starts_with('{') {
+            return Self::parse_lines(text);
         }
+        let value = if first.starts_with('{') {
+            serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?
+        } else {
+            yaml_to_json(text)?
+        };
+        let map: BTreeMap<String, FileEntry> = serde_json::from_value(value).map_err(|e| {
+            format!(
+                "expected a map of names to values, each a string or {{value: \"…\", namespaces: [..], flows: [..]}} ({e})"
+            )
+        })?;
+        let mut secrets = Secrets::new();
+        for (name, entry) in map {
+            check_name(&name)?;
+            let secret = match entry {
+                FileEntry::Plain(value) => Secret {
+                    value,
+                    scope: Scope::default(),
+                },
+                FileEntry::Scoped(e) => Secret {
+                    value: e.value,
+                    scope: Scope {
+                        namespaces: e.namespaces,
+                        flows: e.flows,
+                    },
+                },
+            };
+            secrets.values.insert(name, secret);
+        }
+        Ok(secrets)
+    }
+
+    fn parse_lines(text: &str) -> std::result::Result<Self, String> {
+        let mut secrets = Secrets::new();
         for (i, line) in text.lines().enumerate() {
             if line.trim().is_empty() || line.trim_start().starts_with('#') {
                 continue;
@@ -87,14 +226,26 @@ impl Secrets {
             if name.is_empty() {
                 return Err(format!("line {}: the secret has no name", i + 1));
             }
+            check_name(name).map_err(|e| format!("line {}: {e}", i + 1))?;
             secrets.insert(name, value);
         }
         Ok(secrets)
     }
 
-    /// Adds or replaces one secret.
+    /// Adds or replaces one secret, for every task.
     pub fn insert(&mut self, name: impl Into<String>, value: impl Into<String>) {
-        self.values.insert(name.into(), value.into());
+        self.insert_scoped(name, value, Scope::default());
+    }
+
+    /// Adds or replaces one secret, for the tasks `scope` admits.
+    pub fn insert_scoped(&mut self, name: impl Into<String>, value: impl Into<String>, scope: Scope) {
+        self.values.insert(
+            name.into(),
+            Secret {
+                value: value.into(),
+                scope,
+            },
+        );
     }
 
     /// Adds `other`'s secrets; on a name in both, `other` wins.
@@ -102,8 +253,22 @@ impl Secrets {
         self.values.extend(other.values);
     }
 
+    /// The value of a secret open to every task.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.values.get(name).map(String::as_str)
+        self.values
+            .get(name)
+            .filter(|s| s.scope.is_open())
+            .map(|s| s.value.as_str())
+    }
+
+    /// The value of `name` for a task of `task`'s namespace and flow. A secret that exists but
+    /// is not for this task is `None`, like one that does not exist: the answer never tells
+    /// which names exist.
+    pub fn get_for(&self, name: &str, task: &TaskScope<'_>) -> Option<&str> {
+        self.values
+            .get(name)
+            .filter(|s| s.scope.admits(task))
+            .map(|s| s.value.as_str())
     }
 
     pub fn len(&self) -> usize {
@@ -114,9 +279,74 @@ impl Secrets {
         self.values.is_empty()
     }
 
+    /// Refuses secrets shorter than [`MIN_SECRET_BYTES`], naming the first (never its value).
+    pub fn check(&self) -> std::result::Result<(), String> {
+        for (name, s) in &self.values {
+            if s.value.len() < MIN_SECRET_BYTES {
+                return Err(format!(
+                    "secret {name:?} is {} bytes long; secrets must be at least {MIN_SECRET_BYTES} bytes, \
+                     since every occurrence of a secret's value is masked in task output and a short value \
+                     would mask ordinary text (use a longer value, or do not keep this value as a secret)",
+                    s.value.len()
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// A masker for every value held.
     pub fn masker(&self) -> Masker {
-        Masker::new(self.values.values().map(String::as_str))
+        Masker::new(self.values.values().map(|s| s.value.as_str()))
+    }
+}
+
+/// A secret's name: what `{{ secret('NAME') }}` can name.
+fn check_name(name: &str) -> std::result::Result<(), String> {
+    let ok = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a secret name: use ASCII letters, digits, '_', '-' and '.'"
+        ))
+    }
+}
+
+/// A YAML document as JSON, keeping strings (numbers and booleans become their text, so that
+/// `PIN: 12345678` is the string it looks like).
+fn yaml_to_json(text: &str) -> std::result::Result<serde_json::Value, String> {
+    use yaml_rust2::{Yaml, YamlLoader};
+    fn convert(y: &Yaml) -> std::result::Result<serde_json::Value, String> {
+        use serde_json::Value;
+        Ok(match y {
+            Yaml::String(s) | Yaml::Real(s) => Value::String(s.clone()),
+            Yaml::Integer(i) => Value::String(i.to_string()),
+            Yaml::Boolean(b) => Value::String(b.to_string()),
+            Yaml::Array(a) => Value::Array(a.iter().map(convert).collect::<std::result::Result<_, _>>()?),
+            Yaml::Hash(h) => {
+                let mut map = serde_json::Map::new();
+                for (k, v) in h {
+                    let key = match k {
+                        Yaml::String(s) | Yaml::Real(s) => s.clone(),
+                        Yaml::Integer(i) => i.to_string(),
+                        _ => return Err("a key is not a plain name".into()),
+                    };
+                    map.insert(key, convert(v)?);
+                }
+                Value::Object(map)
+            }
+            Yaml::Null => Value::Null,
+            _ => return Err("it holds YAML that is neither a map, a list nor a plain value".into()),
+        })
+    }
+    let docs = YamlLoader::load_from_str(text).map_err(|e| format!("not valid YAML: {e}"))?;
+    match docs.as_slice() {
+        [doc] => convert(doc),
+        [] => Ok(serde_json::Value::Object(Default::default())),
+        _ => Err("it holds several YAML documents; write one map".into()),
     }
 }
 
@@ -277,15 +507,76 @@ mod tests {
     }
 
     #[test]
-    fn secrets_files_accept_lines_and_json() {
-        let s = Secrets::parse("# comment\nA=1\n\nB = two=2\n").unwrap();
+    fn secrets_files_accept_lines_json_and_yaml() {
+        let s = Secrets::parse("# comment\nA=1\n\nB = two=2:3\n").unwrap();
         assert_eq!(s.get("A"), Some("1"));
-        assert_eq!(s.get("B"), Some(" two=2"));
+        assert_eq!(s.get("B"), Some(" two=2:3"));
         let s = Secrets::parse(r#"{"X": "y"}"#).unwrap();
         assert_eq!(s.get("X"), Some("y"));
         let err = Secrets::parse("A=1\nnonsense\n").unwrap_err();
         assert!(err.contains("line 2"), "{err}");
         assert!(Secrets::parse(r#"{"X": 1}"#).is_err());
+        let s = Secrets::parse("# yaml\nTOKEN: abc=def\nPIN: 12345678\n").unwrap();
+        assert_eq!(s.get("TOKEN"), Some("abc=def"));
+        assert_eq!(s.get("PIN"), Some("12345678"));
+        assert!(
+            Secrets::parse("A B=1\n")
+                .unwrap_err()
+                .contains("not a secret name")
+        );
+    }
+
+    #[test]
+    fn a_scoped_secret_is_only_for_the_tasks_it_names() {
+        let s = Secrets::parse(
+            "DB:\n  value: db-password-1\n  namespaces: [analytics]\n  flows: [nightly]\nOPEN: open-value\n",
+        )
+        .unwrap();
+        let task = |namespace, flow| TaskScope { namespace, flow };
+        assert_eq!(
+            s.get_for("DB", &task(Some("analytics"), Some("nightly"))),
+            Some("db-password-1")
+        );
+        for outside in [
+            task(Some("analytics"), Some("other")),
+            task(Some("other"), Some("nightly")),
+            task(None, None),
+        ] {
+            assert_eq!(s.get_for("DB", &outside), None, "{outside:?}");
+        }
+        assert_eq!(s.get("DB"), None);
+        assert_eq!(s.get_for("OPEN", &task(None, None)), Some("open-value"));
+        assert!(Secrets::parse("DB: {value: x, namespace: [a]}\n").is_err());
+    }
+
+    #[test]
+    fn short_secrets_are_refused_by_name_not_value() {
+        let mut s = Secrets::new();
+        s.insert("LONG_ENOUGH", "12345678");
+        assert!(s.check().is_ok());
+        s.insert("PIN", "4711");
+        let err = s.check().unwrap_err();
+        assert!(err.contains("\"PIN\"") && err.contains("8 bytes"), "{err}");
+        assert!(!err.contains("4711"), "{err}");
+    }
+
+    #[test]
+    fn a_secrets_file_others_can_read_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("secrets");
+        std::fs::write(&path, "TOKEN=abcdefgh\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let err = Secrets::from_file(&path).unwrap_err().to_string();
+        assert!(err.contains("chmod 600") && err.contains("640"), "{err}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(Secrets::from_file(&path).unwrap().get("TOKEN"), Some("abcdefgh"));
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        assert!(
+            Secrets::from_file(&link).is_err(),
+            "a symbolic link is not followed"
+        );
     }
 
     #[test]

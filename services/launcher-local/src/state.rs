@@ -25,7 +25,7 @@
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -357,7 +357,15 @@ fn rewrite(
     done: &HashMap<Box<str>, i64>,
 ) -> io::Result<(File, u64)> {
     let tmp = path.with_extension("tmp");
-    let mut out = io::BufWriter::new(File::create(&tmp)?);
+    // Only the launcher's user reads the journal: reports may hold outputs.
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    let mut out = io::BufWriter::new(file);
     let mut write = |id: &str, at: i64, entry: Entry| -> io::Result<()> {
         serde_json::to_writer(
             &mut out,
@@ -410,15 +418,35 @@ fn rewrite(
 #[derive(Debug)]
 pub struct Slots {
     root: PathBuf,
+    owner: Option<Owner>,
     free: Mutex<(Vec<u32>, u32)>,
+}
+
+/// The user tasks run as, when not the launcher's: it owns each working directory and outputs
+/// file, and may pass through (not list) the directories above them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Owner {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Creates `path` (and what is missing above it) as a directory of mode `mode`, exactly,
+/// whatever the umask; an existing directory gets `mode` too.
+pub fn make_private_dir(path: &Path, mode: u32) -> io::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
 }
 
 impl Slots {
     /// Opens `<data_dir>/slots`. Slots in `busy` belong to attempts a previous run left behind;
     /// every other slot is emptied and becomes free.
-    pub fn open(data_dir: &Path, busy: &[u32]) -> io::Result<Slots> {
+    /// Tasks run as `owner` when given (see [`Owner`]).
+    pub fn open(data_dir: &Path, busy: &[u32], owner: Option<Owner>) -> io::Result<Slots> {
         let root = data_dir.join("slots");
-        std::fs::create_dir_all(&root)?;
+        make_private_dir(&root, dir_mode(owner))?;
         let mut free = Vec::new();
         let mut next = 0;
         for entry in std::fs::read_dir(&root)? {
@@ -428,10 +456,10 @@ impl Slots {
             };
             next = next.max(n + 1);
             if !busy.contains(&n) {
-                match SlotDir::new(&root, n).clean() {
+                match SlotDir::new(&root, n, owner).clean() {
                     Ok(()) => free.push(n),
                     Err(e) => tracing::warn!(
-                        slot = %SlotDir::new(&root, n).root().display(),
+                        slot = %SlotDir::new(&root, n, owner).root().display(),
                         error = %e,
                         "cannot empty a slot left by a previous run; it is not used"
                     ),
@@ -445,6 +473,7 @@ impl Slots {
         free.sort_unstable_by(|a, b| b.cmp(a));
         Ok(Slots {
             root,
+            owner,
             free: Mutex::new((free, next)),
         })
     }
@@ -469,25 +498,33 @@ impl Slots {
     }
 
     pub fn dir(&self, n: u32) -> SlotDir {
-        SlotDir::new(&self.root, n)
+        SlotDir::new(&self.root, n, self.owner)
     }
+}
+
+/// The mode of the directories above working directories: private to the launcher's user, or
+/// passable (not listable) by others when tasks run as another user.
+fn dir_mode(owner: Option<Owner>) -> u32 {
+    if owner.is_some() { 0o711 } else { 0o700 }
 }
 
 /// The paths of one slot.
 #[derive(Debug, Clone)]
 pub struct SlotDir {
     root: PathBuf,
+    owner: Option<Owner>,
 }
 
 impl SlotDir {
     /// Slot `n` of the launcher whose data directory is `data_dir`.
     pub fn at(data_dir: &Path, n: u32) -> Self {
-        SlotDir::new(&data_dir.join("slots"), n)
+        SlotDir::new(&data_dir.join("slots"), n, None)
     }
 
-    fn new(slots: &Path, n: u32) -> Self {
+    fn new(slots: &Path, n: u32, owner: Option<Owner>) -> Self {
         SlotDir {
             root: slots.join(n.to_string()),
+            owner,
         }
     }
 
@@ -514,47 +551,60 @@ impl SlotDir {
     /// Makes a free slot ready for an attempt: empty stdout and stderr files, returned open for
     /// the task to write (and the launcher to read). A free slot's working directory is empty
     /// and it has no outputs file: [`Slots::open`] and [`Self::clean`] saw to it, so this is two
-    /// `open`s (and the directories, the first time a slot is used).
+    /// `open`s and a `stat` (and the directories, the first time a slot is used). When tasks run
+    /// as another user, the working directory is theirs and an empty outputs file is made for
+    /// them (they cannot create files beside their working directory).
     pub fn prepare(&self) -> io::Result<(File, File)> {
-        // Only the launcher's user reads what a task printed (it may hold secrets, masked only
-        // once read).
-        let open = |path: PathBuf| {
-            OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(path)
-        };
-        let out = match open(self.stdout()) {
+        let out = match open_private(&self.stdout(), true) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                std::fs::create_dir_all(self.work())?;
-                open(self.stdout())?
+                make_private_dir(&self.root, dir_mode(self.owner))?;
+                open_private(&self.stdout(), true)?
             }
             Err(e) => return Err(e),
         };
-        if !self.work().is_dir() {
-            // New, or removed behind the launcher's back.
-            std::fs::create_dir_all(self.work())?;
+        let work = self.work();
+        match std::fs::symlink_metadata(&work) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                // Not a directory (a task replaced it): the link itself goes, never its target.
+                std::fs::remove_file(&work)?;
+                self.make_work()?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => self.make_work()?,
+            Err(e) => return Err(e),
         }
-        Ok((out, open(self.stderr())?))
+        if let Some(owner) = self.owner {
+            remove_file_if_exists(&self.outputs())?;
+            let f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(nix::libc::O_NOFOLLOW)
+                .open(self.outputs())?;
+            std::os::unix::fs::fchown(&f, Some(owner.uid), Some(owner.gid))?;
+        }
+        Ok((out, open_private(&self.stderr(), true)?))
+    }
+
+    /// Creates the working directory, private to whoever runs the tasks.
+    fn make_work(&self) -> io::Result<()> {
+        let work = self.work();
+        make_private_dir(&work, 0o700)?;
+        if let Some(owner) = self.owner {
+            std::os::unix::fs::lchown(&work, Some(owner.uid), Some(owner.gid))?;
+        }
+        Ok(())
     }
 
     /// Opens the output files a previous run's task wrote, for reading.
     pub fn open_output(&self) -> io::Result<(File, File)> {
-        let open = |path: PathBuf| match File::open(&path) {
+        let open = |path: PathBuf| match open_private(&path, false) {
             Ok(f) => Ok(f),
             // Never written: read as empty.
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                std::fs::create_dir_all(&self.root)?;
-                OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create(true)
-                    .truncate(false)
-                    .open(&path)
+                make_private_dir(&self.root, dir_mode(self.owner))?;
+                open_private(&path, false)
             }
             Err(e) => Err(e),
         };
@@ -569,19 +619,35 @@ impl SlotDir {
 
     /// [`Self::clean`], skipping what is known not to be there: output in the stdout and
     /// stderr files, an outputs file.
+    ///
+    /// Every process of the attempt must have ended (the launcher stops them all first): what
+    /// is removed is then what is there. Symbolic links a task left are removed, never
+    /// followed, wherever they are: in the working directory, or in place of it or of the slot's
+    /// files.
     pub fn clean_after(&self, printed: bool, outputs_file: bool) -> io::Result<()> {
-        match empty_dir(&self.work()) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-            _ => {}
+        let work = self.work();
+        match std::fs::symlink_metadata(&work) {
+            Ok(m) if m.is_dir() => empty_dir(&work)?,
+            Ok(_) => std::fs::remove_file(&work)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
         }
-        if outputs_file {
+        if outputs_file || self.owner.is_some() {
             remove_file_if_exists(&self.outputs())?;
         }
         if printed {
             for path in [self.stdout(), self.stderr()] {
-                match OpenOptions::new().write(true).truncate(true).open(&path) {
-                    Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-                    _ => {}
+                match OpenOptions::new()
+                    .write(true)
+                    .truncate(true)
+                    .custom_flags(nix::libc::O_NOFOLLOW)
+                    .open(&path)
+                {
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    // A link in place of the file: removed, and made again at the next start.
+                    Err(e) if e.raw_os_error() == Some(nix::libc::ELOOP) => remove_file_if_exists(&path)?,
+                    Err(e) => return Err(e),
+                    Ok(_) => {}
                 }
             }
         }
@@ -589,7 +655,30 @@ impl SlotDir {
     }
 }
 
-/// Removes everything inside `dir`, keeping `dir`. An empty directory costs one read.
+/// Opens a file of the slot for reading and writing, creating it with mode 0600, never through
+/// a symbolic link (one in its place is removed, and the file made anew).
+fn open_private(path: &Path, truncate: bool) -> io::Result<File> {
+    let open = || {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(truncate)
+            .mode(0o600)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(path)
+    };
+    match open() {
+        Err(e) if e.raw_os_error() == Some(nix::libc::ELOOP) => {
+            std::fs::remove_file(path)?;
+            open()
+        }
+        other => other,
+    }
+}
+
+/// Removes everything inside `dir`, keeping `dir`. An empty directory costs one read. Nothing
+/// is followed: a symbolic link is removed as itself (`remove_dir_all` does not follow links).
 fn empty_dir(dir: &Path) -> io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
@@ -607,9 +696,12 @@ fn empty_dir(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Gives the owner full permissions on every directory under (and including) `dir`.
+/// Gives the owner full permissions on every directory under (and including) `dir`; links
+/// are left alone.
 fn make_writable(dir: &Path) {
-    use std::os::unix::fs::PermissionsExt;
+    if !std::fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir()) {
+        return;
+    }
     let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
     if let Ok(entries) = std::fs::read_dir(dir) {
         for entry in entries.flatten() {
@@ -798,7 +890,7 @@ mod tests {
     #[test]
     fn slots_are_reused_and_come_back_empty() {
         let tmp = tempfile::tempdir().unwrap();
-        let slots = Slots::open(tmp.path(), &[]).unwrap();
+        let slots = Slots::open(tmp.path(), &[], None).unwrap();
         let n = slots.take();
         let dir = slots.dir(n);
         let (mut out, _err) = dir.prepare().unwrap();
@@ -816,7 +908,7 @@ mod tests {
 
         // On a new start, slots of attempts left behind stay busy; the others are cleaned.
         std::fs::write(slots.dir(n).work().join("left"), "x").unwrap();
-        let again = Slots::open(tmp.path(), &[n]).unwrap();
+        let again = Slots::open(tmp.path(), &[n], None).unwrap();
         let other = again.take();
         assert_ne!(other, n);
         assert!(slots.dir(n).work().join("left").exists());

@@ -390,15 +390,20 @@ async fn many_lines_are_batched_with_contiguous_sequence_numbers() -> Result<()>
     h.stop().await
 }
 
-/// Needs a `FERRY_SECRET_*` variable in the launcher's own environment, which a test cannot
-/// set in its own process safely: it runs itself again in a child process that has one.
+/// Needs variables in the launcher's own environment (a secret, a bus URL with a password,
+/// cloud credentials), which a test cannot set in its own process safely: it runs itself again
+/// in a child process that has them.
 #[tokio::test]
-async fn task_sees_ferry_variables_and_no_secret_variables() -> Result<()> {
-    const NAME: &str = "task_sees_ferry_variables_and_no_secret_variables";
+async fn a_task_sees_only_what_it_was_given() -> Result<()> {
+    const NAME: &str = "a_task_sees_only_what_it_was_given";
     if std::env::var_os("FERRY_SECRET_LAUNCHER_TEST").is_none() {
         let out = std::process::Command::new(std::env::current_exe()?)
             .args(["--exact", NAME, "--nocapture", "--test-threads=1"])
-            .env("FERRY_SECRET_LAUNCHER_TEST", "hunter2")
+            .env("FERRY_SECRET_LAUNCHER_TEST", "hunter2-hunter2")
+            .env("FERRY_BUS", "amqp://ferry:bus-password-7@127.0.0.1:5672/v")
+            .env("AWS_SECRET_ACCESS_KEY", "aws-secret-key-9")
+            .env("EXTRA_PASSED", "yes")
+            .env("LC_TIME", "C")
             .output()?;
         let report = String::from_utf8_lossy(&out.stdout);
         ensure!(
@@ -412,25 +417,63 @@ async fn task_sees_ferry_variables_and_no_secret_variables() -> Result<()> {
         );
         return Ok(());
     }
-    let mut h = Harness::start_with(|c| c.secrets = Secrets::from_env()).await?;
+    let mut h = Harness::start_with(|c| {
+        c.secrets = Secrets::from_env();
+        c.pass_env = vec!["EXTRA_*".into()];
+    })
+    .await?;
+    // The launcher made itself non-dumpable: processes of its user without CAP_SYS_PTRACE (any
+    // task not running as root) cannot read its environment or memory through /proc.
+    assert!(
+        !nix::sys::prctl::get_dumpable()?,
+        "the launcher's /proc files are readable by tasks of its user"
+    );
+    // The task's own environment, by name.
     let mut d = sh(
         "a-env",
-        r#"echo "$FERRY_JOB_ID|$FERRY_TASK_ID|$FERRY_ATTEMPT_ID|$FERRY_WORKING_DIR|$FERRY_OUTPUTS|$GREETING"; env | grep -c '^FERRY_SECRET_' || true"#,
+        r#"echo "$FERRY_JOB_ID|$FERRY_TASK_ID|$FERRY_ATTEMPT_ID|$FERRY_WORKING_DIR|$FERRY_OUTPUTS|$GREETING"
+tr '\0' '\n' < /proc/$$/environ | cut -d= -f1 | sort | paste -sd' ' -
+tr '\0' '\n' < /proc/$$/environ | grep -c -e hunter2 -e bus-password -e aws-secret || true"#,
     );
     d.env.insert("GREETING".into(), text("hello"));
     h.dispatch(&d).await?;
     let f = h.finished("a-env").await?;
     assert_eq!(f.outcome, Outcome::Succeeded, "{f:?}");
     let lines = all_lines(&h.log_batches("a-env").await?);
+    let texts: Vec<&str> = lines.iter().map(|l| l.2.as_str()).collect();
     let dir = SlotDir::at(&h.data_dir.canonicalize()?, 0);
     let expected = format!(
         "job-1|extract|a-env|{}|{}|hello",
         dir.work().display(),
         dir.outputs().display()
     );
-    assert_eq!(lines[0].2, expected);
+    assert_eq!(texts[0], expected);
     assert!(!dir.outputs().starts_with(dir.work()));
-    assert_eq!(lines[1].2, "0", "FERRY_SECRET_* variables reached the task");
+    // Exactly the allow-list (those of it the launcher has), what the launcher was told to
+    // pass, the task's own and ferry's.
+    let mut names: Vec<&str> = texts[1].split(' ').collect();
+    // Those of the allow-list this test's own environment may or may not have are left out.
+    let ambient = ["HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR"];
+    names.retain(|n| !(ambient.contains(n) || (n.starts_with("LC_") && *n != "LC_TIME")));
+    assert_eq!(
+        names,
+        [
+            "EXTRA_PASSED",
+            "FERRY_ATTEMPT_ID",
+            "FERRY_JOB_ID",
+            "FERRY_OUTPUTS",
+            "FERRY_TASK_ID",
+            "FERRY_WORKING_DIR",
+            "GREETING",
+            "LC_TIME",
+            "PATH"
+        ],
+        "{texts:?}"
+    );
+    assert_eq!(
+        texts[2], "0",
+        "the launcher's secrets reached the task: {texts:?}"
+    );
     h.stop().await
 }
 
@@ -595,15 +638,60 @@ async fn exit_status_and_signals_fail_the_attempt() -> Result<()> {
 #[tokio::test]
 async fn a_command_that_cannot_start_fails_clearly() -> Result<()> {
     let mut h = Harness::start().await?;
-    h.dispatch(&task("a-missing", &["ferry-no-such-program"])).await?;
+    let mut d = task("a-missing", &["ferry-no-such-program"]);
+    d.env.insert("PATH".into(), text("/nowhere:/usr/bin"));
+    h.dispatch(&d).await?;
     let f = h.finished("a-missing").await?;
     assert_eq!(f.outcome, Outcome::Failed);
     assert_eq!(
         f.error.as_deref(),
-        Some(r#"cannot start "ferry-no-such-program": No such file or directory (os error 2)"#)
+        Some("command `ferry-no-such-program` not found on PATH=/nowhere:/usr/bin")
     );
     assert_eq!(h.count(kind::TASK_STARTED, "a-missing"), 0);
     assert_eq!(std::fs::read_dir(SlotDir::at(&h.data_dir, 0).work())?.count(), 0);
+    h.dispatch(&task("a-missing-path", &["/nowhere/program"])).await?;
+    let f = h.finished("a-missing-path").await?;
+    assert_eq!(f.outcome, Outcome::Failed);
+    assert_eq!(
+        f.error.as_deref(),
+        Some(r#"cannot start "/nowhere/program": No such file or directory (os error 2)"#)
+    );
+    h.stop().await
+}
+
+#[tokio::test]
+async fn commands_are_found_on_the_tasks_path_and_keep_the_name_written() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut h = Harness::start().await?;
+    let bin = h.path("bin");
+    std::fs::create_dir_all(&bin)?;
+    std::fs::write(
+        bin.join("ferry-test-tool"),
+        "#!/bin/sh\necho \"tool ran with $1\"\n",
+    )?;
+    std::fs::set_permissions(
+        bin.join("ferry-test-tool"),
+        std::fs::Permissions::from_mode(0o755),
+    )?;
+    let path = format!("{}:/usr/bin:/bin", bin.display());
+    let mut d = task("a-path", &["ferry-test-tool", "x"]);
+    d.env.insert("PATH".into(), text(&path));
+    h.dispatch(&d).await?;
+    let f = h.finished("a-path").await?;
+    assert_eq!(f.outcome, Outcome::Succeeded, "{f:?}");
+    let lines = all_lines(&h.log_batches("a-path").await?);
+    assert_eq!(lines[0].2, "tool ran with x");
+    let mut d = task("a-argv0", &["sh", "-c", "tr '\\0' ' ' < /proc/$$/cmdline"]);
+    d.env.insert("PATH".into(), text(&path));
+    h.dispatch(&d).await?;
+    let f = h.finished("a-argv0").await?;
+    assert_eq!(f.outcome, Outcome::Succeeded, "{f:?}");
+    let lines = all_lines(&h.log_batches("a-argv0").await?);
+    assert!(
+        lines[0].2.starts_with("sh -c "),
+        "argv[0] is not as written: {:?}",
+        lines[0].2
+    );
     h.stop().await
 }
 
@@ -1144,4 +1232,357 @@ async fn reconcile_finds_processes_started_just_before_a_crash_by_their_attempt_
     h.finished("a-after").await?;
     assert_eq!(h.count(kind::TASK_STARTED, &attempt), 0);
     h.stop().await
+}
+
+fn is_root() -> bool {
+    nix::unistd::Uid::effective().is_root()
+}
+
+/// Whether this machine gives the launcher a cgroup v2 per slot (root, and a cgroup2 mount).
+fn cgroups_here() -> bool {
+    is_root()
+        && std::fs::read_to_string("/proc/self/mountinfo")
+            .is_ok_and(|m| m.lines().any(|l| l.contains(" - cgroup2 ")))
+}
+
+/// Waits until `path` holds as many pids as `n`.
+async fn wait_pids(path: &Path, n: usize) -> Result<Vec<i32>> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Ok(pids) = read_pids(path)
+            && pids.len() >= n
+        {
+            return Ok(pids);
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "{} did not get {n} pids",
+            path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A task that leaves three processes outside its process group: one in a new session, one
+/// double-forked into a new session, one in a new session with an empty environment (which the
+/// sweep cannot find: only cgroups stop it). Their pids go to `pids`, one per line.
+fn escape_script(pids: &str, with_cleared_env: bool) -> String {
+    let cleared = if with_cleared_env {
+        format!("setsid env -i sh -c 'echo $$ >> {pids}; exec sleep 1000' &\n")
+    } else {
+        String::new()
+    };
+    format!(
+        "setsid sh -c 'echo $$ >> {pids}; exec sleep 1000' &\n\
+         (setsid sh -c 'sleep 1000 & echo $! >> {pids}' &)\n\
+         {cleared}\
+         n={n}; while [ \"$(wc -l < {pids} 2>/dev/null || echo 0)\" -lt $n ]; do sleep 0.01; done\n\
+         echo ready",
+        n = if with_cleared_env { 3 } else { 2 }
+    )
+}
+
+async fn nothing_outlives_an_attempt(cgroups: bool) -> Result<()> {
+    let mut h = Harness::start_with(|c| {
+        c.cgroups = cgroups;
+        c.kill_grace = Duration::from_millis(300);
+    })
+    .await?;
+    let cleared = cgroups && cgroups_here();
+    // Finished: the task exits as soon as its daemons run.
+    let finished_pids = h.path_str("finished-pids");
+    h.dispatch(&sh("a-escape-finish", &escape_script(&finished_pids, cleared)))
+        .await?;
+    let f = h.finished("a-escape-finish").await?;
+    assert_eq!(f.outcome, Outcome::Succeeded, "{f:?}");
+    let pids = read_pids(Path::new(&finished_pids))?;
+    assert_eq!(pids.len(), if cleared { 3 } else { 2 });
+    for pid in &pids {
+        assert!(
+            !is_alive(*pid),
+            "process {pid} left its group and outlived its task"
+        );
+    }
+
+    // Cancelled while running.
+    let cancelled_pids = h.path_str("cancelled-pids");
+    let d = sh(
+        "a-escape-cancel",
+        &format!("{}; sleep 1000", escape_script(&cancelled_pids, cleared)),
+    );
+    h.dispatch(&d).await?;
+    h.expect_line("a-escape-cancel", "ready").await?;
+    let pids = wait_pids(Path::new(&cancelled_pids), if cleared { 3 } else { 2 }).await?;
+    if cleared {
+        for pid in &pids {
+            let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
+            assert!(
+                cgroup.contains("/ferry-"),
+                "process {pid} is not in a slot's cgroup: {cgroup}"
+            );
+        }
+    }
+    h.cancel(&d, "stop").await?;
+    let f = h.finished("a-escape-cancel").await?;
+    assert_eq!(f.outcome, Outcome::Cancelled, "{f:?}");
+    for pid in &pids {
+        assert!(
+            !is_alive(*pid),
+            "process {pid} left its group and outlived the cancel"
+        );
+    }
+    h.stop().await
+}
+
+#[tokio::test]
+async fn nothing_an_attempt_started_outlives_it_in_a_cgroup() -> Result<()> {
+    nothing_outlives_an_attempt(true).await
+}
+
+#[tokio::test]
+async fn nothing_an_attempt_started_outlives_it_without_cgroups() -> Result<()> {
+    nothing_outlives_an_attempt(false).await
+}
+
+#[tokio::test]
+async fn what_an_attempt_plants_in_its_slot_never_reaches_the_next() -> Result<()> {
+    // One slot, so that every attempt runs in the same working directory.
+    let mut h = Harness::start_with(|c| {
+        c.max_parallel = 1;
+        c.kill_grace = Duration::from_millis(300);
+    })
+    .await?;
+    let outside = h.path("outside");
+    std::fs::create_dir_all(&outside)?;
+    std::fs::write(outside.join("keep"), "precious")?;
+    let o = outside.display();
+    // Links to outside in the working directory and in place of the slot's stdout, and a
+    // daemon that keeps writing into the working directory.
+    h.dispatch(&sh(
+        "a-plant",
+        &format!(
+            "ln -s {o}/target out.txt; ln -s {o} linked-dir; ln -sf {o}/keep ../stdout\n\
+             setsid sh -c 'while :; do echo pwned > \"$FERRY_WORKING_DIR/pwn\"; sleep 0.01; done' > /dev/null 2>&1 &\n\
+             sleep 0.1"
+        ),
+    ))
+    .await?;
+    assert_eq!(h.finished("a-plant").await?.outcome, Outcome::Succeeded);
+    let mut d = sh(
+        "a-next",
+        "ls -A; echo mine > out.txt; sleep 0.3; ls -A; cat out.txt",
+    );
+    d.output_files = vec!["out.txt".into()];
+    h.dispatch(&d).await?;
+    let f = h.finished("a-next").await?;
+    assert_eq!(f.outcome, Outcome::Succeeded, "{f:?}");
+    let lines = all_lines(&h.log_batches("a-next").await?);
+    let texts: Vec<&str> = lines.iter().map(|l| l.2.as_str()).collect();
+    assert_eq!(
+        texts,
+        ["out.txt", "mine"],
+        "the working directory was not the attempt's own"
+    );
+    assert_eq!(f.output_files.len(), 1);
+    assert!(!outside.join("target").exists(), "a planted link was followed");
+    assert_eq!(std::fs::read_to_string(outside.join("keep"))?, "precious");
+
+    // The working directory itself replaced by a link: cleaning removes the link, not what it
+    // points to, and the next attempt gets a directory of its own.
+    h.dispatch(&sh("a-swap", &format!("cd ..; rm -rf work; ln -s {o} work")))
+        .await?;
+    h.finished("a-swap").await?;
+    h.dispatch(&sh("a-after-swap", "ls -A; pwd -P")).await?;
+    let f = h.finished("a-after-swap").await?;
+    assert_eq!(f.outcome, Outcome::Succeeded, "{f:?}");
+    let lines = all_lines(&h.log_batches("a-after-swap").await?);
+    let work = SlotDir::at(&h.data_dir.canonicalize()?, 0).work();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0].2, work.display().to_string());
+    assert_eq!(std::fs::read_to_string(outside.join("keep"))?, "precious");
+    assert!(std::fs::symlink_metadata(&work)?.is_dir());
+    h.stop().await
+}
+
+#[tokio::test]
+async fn a_short_secret_or_a_readable_secrets_file_stops_the_launcher_at_start() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let mut config = Config::new(tmp.path().join("data"));
+    config.secrets = Secrets::new();
+    config.secrets.insert("PIN", "4711");
+    let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new());
+    let err = run(config, bus.clone(), CancellationToken::new())
+        .await
+        .expect_err("a 4-byte secret was accepted")
+        .to_string();
+    assert!(
+        err.contains("\"PIN\"") && err.contains("at least 8 bytes"),
+        "{err}"
+    );
+    assert!(!err.contains("4711"), "{err}");
+
+    let file = tmp.path().join("secrets.yaml");
+    std::fs::write(&file, "TOKEN: a-long-enough-value\n")?;
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
+    let mut config = Config::new(tmp.path().join("data"));
+    config.secrets = Secrets::new();
+    config.secrets_file = Some(file.clone());
+    let err = run(config, bus, CancellationToken::new())
+        .await
+        .expect_err("a world-readable secrets file was accepted")
+        .to_string();
+    assert!(err.contains("chmod 600"), "{err}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_secret_scoped_elsewhere_is_answered_like_an_unknown_one() -> Result<()> {
+    let mut h = Harness::start_with(|c| {
+        let scope = ferry_launcher_local::secrets::Scope {
+            namespaces: Some(["finance".to_string()].into()),
+            flows: None,
+        };
+        c.secrets.insert_scoped("SCOPED", "finance-only-value", scope);
+        c.secrets.insert("OPEN", "open-to-all-value");
+    })
+    .await?;
+    for (attempt, name) in [("a-scoped", "SCOPED"), ("a-unknown", "UNKNOWN")] {
+        let mut d = task(attempt, &["echo"]);
+        d.command.push(Template(vec![Part::Secret(name.into())]));
+        h.dispatch(&d).await?;
+    }
+    let scoped = h.finished("a-scoped").await?;
+    let unknown = h.finished("a-unknown").await?;
+    assert_eq!(
+        (scoped.outcome, unknown.outcome),
+        (Outcome::Failed, Outcome::Failed)
+    );
+    let (scoped, unknown) = (
+        scoped.error.unwrap_or_default(),
+        unknown.error.unwrap_or_default(),
+    );
+    assert_eq!(
+        scoped.replace("SCOPED", "NAME"),
+        unknown.replace("UNKNOWN", "NAME")
+    );
+    assert!(
+        !unknown.contains("OPEN") && !unknown.contains("SCOPED"),
+        "{unknown}"
+    );
+    h.stop().await
+}
+
+#[tokio::test]
+async fn files_the_launcher_creates_are_private_whatever_the_umask() -> Result<()> {
+    use nix::sys::stat::{Mode, umask};
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| -> Result<u32> {
+        Ok(std::fs::symlink_metadata(p)
+            .with_context(|| p.display().to_string())?
+            .permissions()
+            .mode()
+            & 0o777)
+    };
+    let artifacts = tempfile::tempdir()?;
+    let artifact_dir = artifacts.path().join("store");
+    let tmp = tempfile::tempdir()?;
+    let old = umask(Mode::empty());
+    let started = Harness::start_in(
+        tmp,
+        |data| Ok(std::fs::remove_dir(data)?),
+        |c| c.artifact_dir = Some(artifact_dir.clone()),
+    )
+    .await;
+    let mut h = match started {
+        Ok(h) => h,
+        Err(e) => {
+            umask(old);
+            return Err(e);
+        }
+    };
+    let mut d = sh("a-modes", "stat -c %a . a a/b.txt; echo x > out.txt");
+    d.input_files.insert("a/b.txt".into(), text("in"));
+    d.output_files = vec!["out.txt".into()];
+    h.dispatch(&d).await?;
+    let f = h.finished("a-modes").await;
+    umask(old);
+    let f = f?;
+    assert_eq!(f.outcome, Outcome::Succeeded, "{f:?}");
+    let lines = all_lines(&h.log_batches("a-modes").await?);
+    let texts: Vec<&str> = lines.iter().map(|l| l.2.as_str()).collect();
+    assert_eq!(texts, ["700", "700", "600"]);
+    let slot = SlotDir::at(&h.data_dir, 0);
+    assert_eq!(mode(&h.data_dir)?, 0o700);
+    assert_eq!(mode(&h.data_dir.join("journal"))?, 0o600);
+    assert_eq!(mode(&h.data_dir.join("slots"))?, 0o700);
+    assert_eq!(mode(slot.root())?, 0o700);
+    assert_eq!(mode(&slot.stdout())?, 0o600);
+    let stored = artifact_dir.join("job-1/extract/a-modes");
+    assert_eq!(mode(&artifact_dir)?, 0o700);
+    assert_eq!(mode(&stored)?, 0o700);
+    assert_eq!(mode(&stored.join("out.txt"))?, 0o600);
+    h.stop().await
+}
+
+#[tokio::test]
+async fn tasks_run_as_another_user_own_their_files_and_cannot_read_the_launcher() -> Result<()> {
+    if !is_root() {
+        eprintln!("skipped: only root can run tasks as another user");
+        return Ok(());
+    }
+    let tmp = tempfile::tempdir()?;
+    std::fs::set_permissions(tmp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o711))?;
+    let mut h = Harness::start_in(tmp, |_| Ok(()), |c| c.run_as = Some("nobody".into())).await?;
+    let mut d = sh(
+        "a-nobody",
+        r#"id -u; cat in/put.txt; echo "$USER|$HOME"; echo made > out.txt
+cat /proc/$PPID/environ > /dev/null 2>&1 && echo launcher-readable || echo launcher-unreadable
+cat ../stdout > /dev/null 2>&1 && echo slot-readable || echo slot-unreadable
+printf '{"ok": true}' > "$FERRY_OUTPUTS""#,
+    );
+    d.input_files.insert("in/put.txt".into(), text("given\n"));
+    d.output_files = vec!["out.txt".into()];
+    h.dispatch(&d).await?;
+    let f = h.finished("a-nobody").await?;
+    assert_eq!(f.outcome, Outcome::Succeeded, "{f:?}");
+    assert_eq!(f.outputs["ok"], true);
+    assert_eq!(f.output_files.len(), 1);
+    let lines = all_lines(&h.log_batches("a-nobody").await?);
+    let texts: Vec<&str> = lines.iter().map(|l| l.2.as_str()).collect();
+    let nobody = nix::unistd::User::from_name("nobody")?.context("no user nobody")?;
+    assert_eq!(
+        texts,
+        [
+            nobody.uid.to_string().as_str(),
+            "given",
+            &format!("nobody|{}", nobody.dir.display()),
+            "launcher-unreadable",
+            "slot-unreadable"
+        ]
+    );
+    // A task that wrote no outputs leaves the file made for it empty: no outputs.
+    h.dispatch(&task("a-nobody-quiet", &["true"])).await?;
+    let f = h.finished("a-nobody-quiet").await?;
+    assert_eq!(f.outcome, Outcome::Succeeded, "{f:?}");
+    assert!(f.outputs.is_empty());
+    h.stop().await
+}
+
+#[tokio::test]
+async fn run_as_refuses_a_data_directory_its_user_cannot_reach() -> Result<()> {
+    if !is_root() {
+        eprintln!("skipped: only root can run tasks as another user");
+        return Ok(());
+    }
+    let tmp = tempfile::tempdir()?;
+    std::fs::set_permissions(tmp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+    let mut config = Config::new(tmp.path().join("data"));
+    config.secrets = Secrets::new();
+    config.run_as = Some("nobody".into());
+    let err = run(config, Arc::new(MemoryBus::new()), CancellationToken::new())
+        .await
+        .expect_err("an unreachable data directory was accepted")
+        .to_string();
+    assert!(err.contains("chmod o+x"), "{err}");
+    Ok(())
 }

@@ -1,0 +1,357 @@
+//! Ending every process an attempt created, including those that left its process group.
+//!
+//! Stopping an attempt's process group is not enough: `setsid` or a double fork puts a process
+//! in a group of its own, and such a daemon would outlive its task and, since slots are reused,
+//! write into a later attempt's working directory. Two ways are used, the first one that works:
+//!
+//! - **cgroup v2** (Linux, where the launcher may create cgroups below its own: as root, or with
+//!   a delegated cgroup): every slot has a cgroup `ferry-<id>/slot-<n>` below the launcher's,
+//!   where `<id>` is derived from the data directory. The task's process is born in its slot's
+//!   cgroup, and so is everything it starts, whatever group or session it moves to: the
+//!   standard library cannot start a process in another cgroup than its parent's, so the
+//!   launcher steps into the slot's cgroup for the spawn and back out of it (spawns are taken
+//!   one at a time for this; two moves cost about 0.1 ms). Moving the process in after the spawn
+//!   would leave out what it forks in the first microseconds, and tests showed that happens.
+//!   When the attempt ends, the processes left get SIGTERM, the grace period, then
+//!   `cgroup.kill`, and the launcher waits until the cgroup is empty before its slot is wiped
+//!   and reused.
+//! - **sweep** (anywhere else): when an attempt ends, `/proc` is searched for processes whose
+//!   environment carries the attempt's `FERRY_ATTEMPT_ID`, and their groups are stopped. A
+//!   process that started a program with a cleared environment escapes this; so does one of
+//!   another user (run `--run-as` and the launcher as root to have cgroups).
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::process::Child;
+use tokio::time::Instant;
+
+use crate::process;
+
+/// How often a stopping cgroup is looked at.
+const POLL: Duration = Duration::from_millis(20);
+/// How long processes get to vanish after `cgroup.kill`.
+const AFTER_KILL: Duration = Duration::from_secs(5);
+
+/// How the launcher finds the processes of an attempt.
+#[derive(Debug)]
+pub enum Contain {
+    /// Slot cgroups below `base` (a cgroup v2 directory), which is below `home`, the
+    /// launcher's own cgroup; `spawning` is held while the launcher is in a slot's cgroup.
+    Cgroup {
+        base: PathBuf,
+        home: PathBuf,
+        spawning: Mutex<()>,
+    },
+    /// Processes found by their `FERRY_ATTEMPT_ID`.
+    Sweep,
+}
+
+impl Contain {
+    /// Cgroups when `use_cgroups` and this machine lets the launcher create them below its own
+    /// cgroup, else the sweep.
+    pub fn detect(data_dir: &Path, use_cgroups: bool) -> Contain {
+        if !use_cgroups {
+            return Contain::Sweep;
+        }
+        match cgroup_base(data_dir) {
+            Ok((home, base)) => Contain::Cgroup {
+                base,
+                home,
+                spawning: Mutex::new(()),
+            },
+            Err(why) => {
+                tracing::warn!(
+                    why,
+                    "cannot use a cgroup per slot; processes that leave a task's process group are found by \
+                     their FERRY_ATTEMPT_ID instead, which misses those that clear their environment"
+                );
+                Contain::Sweep
+            }
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Contain::Cgroup { base, .. } => format!("cgroup v2 ({})", base.display()),
+            Contain::Sweep => "sweep by FERRY_ATTEMPT_ID".into(),
+        }
+    }
+
+    fn slot(&self, slot: u32) -> Option<PathBuf> {
+        match self {
+            Contain::Cgroup { base, .. } => Some(base.join(format!("slot-{slot}"))),
+            Contain::Sweep => None,
+        }
+    }
+
+    /// Runs `spawn`, which starts a task's first process, so that the process is born in
+    /// `slot`'s cgroup. Returns what `spawn` returned and whether the process was born there
+    /// (if not, and cgroups are used, [`Self::adopt`] moves it in after the fact).
+    pub fn spawn_in<R>(&self, slot: u32, spawn: impl FnOnce() -> R) -> (R, bool) {
+        let (Contain::Cgroup { home, spawning, .. }, Some(cg)) = (self, self.slot(slot)) else {
+            return (spawn(), false);
+        };
+        let _one_at_a_time = spawning.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = move_into(&cg, std::process::id() as i32) {
+            tracing::warn!(cgroup = %cg.display(), error = %e, "cannot start the task in its slot's cgroup; moving it there after the start");
+            return (spawn(), false);
+        }
+        let spawned = spawn();
+        go_home(home);
+        (spawned, true)
+    }
+
+    /// Puts a task's first process, just started, into its slot's cgroup (when
+    /// [`Self::spawn_in`] could not start it there).
+    pub fn adopt(&self, slot: u32, pid: i32) -> io::Result<()> {
+        match self.slot(slot) {
+            Some(cg) => move_into(&cg, pid),
+            None => Ok(()),
+        }
+    }
+
+    /// Stops everything of the attempt `attempt_id` in `slot`: its process group `pgid` (when
+    /// there is one) and every process that left it. SIGTERM, up to `grace`, then SIGKILL;
+    /// returns once none is left (or, bounded, when some survive SIGKILL, which is logged).
+    pub async fn stop(
+        &self,
+        slot: u32,
+        attempt_id: &str,
+        pgid: Option<i32>,
+        grace: Duration,
+        leader: Option<&mut Child>,
+    ) {
+        match (self, self.slot(slot)) {
+            (Contain::Cgroup { home, .. }, Some(cg)) => stop_cgroup(&cg, home, pgid, grace, leader).await,
+            _ => {
+                if let Some(pgid) = pgid {
+                    process::stop_group(pgid, grace, leader).await;
+                }
+                sweep(attempt_id, grace).await;
+            }
+        }
+    }
+
+    /// Kills what is left in the cgroups of slots not in `busy` (a previous run's daemons),
+    /// before those slots are wiped.
+    pub async fn clear_idle(&self, busy: &[u32]) {
+        let Contain::Cgroup { base, home, .. } = self else {
+            return;
+        };
+        for (n, cg) in slot_cgroups(base) {
+            if !busy.contains(&n) && populated(&cg) {
+                tracing::warn!(cgroup = %cg.display(), "stopping processes a previous run left in a slot's cgroup");
+                stop_cgroup(&cg, home, None, Duration::ZERO, None).await;
+            }
+        }
+    }
+
+    /// Removes the slot cgroups that are empty, and the launcher's, when it stops.
+    pub fn remove(&self) {
+        let Contain::Cgroup { base, .. } = self else {
+            return;
+        };
+        for (_, cg) in slot_cgroups(base) {
+            if !populated(&cg) {
+                let _ = std::fs::remove_dir(&cg);
+            }
+        }
+        let _ = std::fs::remove_dir(base);
+    }
+}
+
+/// Moves process `pid` into cgroup `cg`, creating the cgroup if needed.
+fn move_into(cg: &Path, pid: i32) -> io::Result<()> {
+    match std::fs::write(cg.join("cgroup.procs"), pid.to_string()) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(cg)?;
+            std::fs::write(cg.join("cgroup.procs"), pid.to_string())
+        }
+        other => other,
+    }
+}
+
+/// Moves the launcher back to its own cgroup. Staying in a slot's would have the launcher
+/// killed with that slot's processes, so a failure is retried, and [`stop_cgroup`] checks again.
+fn go_home(home: &Path) {
+    let me = std::process::id() as i32;
+    for _ in 0..3 {
+        match move_into(home, me) {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::error!(cgroup = %home.display(), error = %e, "cannot move the launcher back to its cgroup")
+            }
+        }
+    }
+}
+
+/// `(<cgroup2 mount><the launcher's cgroup>, that/ferry-<id>)`, the latter created, after
+/// checking that the kernel has `cgroup.kill` (Linux 5.14) and that a slot cgroup can be made
+/// there.
+fn cgroup_base(data_dir: &Path) -> Result<(PathBuf, PathBuf), String> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| format!("cannot read /proc/self/mountinfo: {e}"))?;
+    let mount = mountinfo
+        .lines()
+        .find_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            (right.split_whitespace().next()? == "cgroup2").then(|| left.split_whitespace().nth(4))?
+        })
+        .ok_or("no cgroup v2 hierarchy is mounted")?;
+    let own = std::fs::read_to_string("/proc/self/cgroup")
+        .map_err(|e| format!("cannot read /proc/self/cgroup: {e}"))?;
+    let own = own
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .ok_or("this process is in no cgroup v2")?;
+    let parent = Path::new(mount).join(own.trim_start_matches('/'));
+    if !parent.join("cgroup.procs").exists() {
+        return Err(format!(
+            "the launcher's cgroup {} is not visible",
+            parent.display()
+        ));
+    }
+    let base = parent.join(format!(
+        "ferry-{:016x}",
+        fnv1a(data_dir.as_os_str().as_encoded_bytes())
+    ));
+    std::fs::create_dir_all(&base).map_err(|e| format!("cannot create {}: {e}", base.display()))?;
+    if !base.join("cgroup.kill").exists() {
+        let _ = std::fs::remove_dir(&base);
+        return Err("the kernel has no cgroup.kill (Linux 5.14 or later has)".into());
+    }
+    // A probe: a cgroup that cannot take processes fails here rather than at the first attempt.
+    let probe = base.join("probe");
+    std::fs::create_dir_all(&probe).map_err(|e| format!("cannot create {}: {e}", probe.display()))?;
+    let _ = std::fs::remove_dir(&probe);
+    Ok((parent, base))
+}
+
+/// FNV-1a: a name for the data directory that stays the same across versions of the launcher.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf29ce484222325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
+    })
+}
+
+fn slot_cgroups(base: &Path) -> Vec<(u32, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let n = e.file_name().to_str()?.strip_prefix("slot-")?.parse().ok()?;
+            Some((n, e.path()))
+        })
+        .collect()
+}
+
+/// Whether a live process is in cgroup `cg` (or below it). A missing cgroup holds none.
+pub fn populated(cg: &Path) -> bool {
+    match std::fs::read_to_string(cg.join("cgroup.events")) {
+        Ok(events) => events.lines().any(|l| l == "populated 1"),
+        Err(_) => false,
+    }
+}
+
+fn members(cg: &Path) -> Vec<i32> {
+    std::fs::read_to_string(cg.join("cgroup.procs"))
+        .map(|s| s.lines().filter_map(|l| l.trim().parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+async fn stop_cgroup(
+    cg: &Path,
+    home: &Path,
+    pgid: Option<i32>,
+    grace: Duration,
+    mut leader: Option<&mut Child>,
+) {
+    let reap = |leader: &mut Option<&mut Child>| {
+        if let Some(child) = leader.as_mut() {
+            let _ = child.try_wait();
+        }
+    };
+    let empty = |leader: &mut Option<&mut Child>| {
+        reap(leader);
+        pgid.is_none_or(process::group_is_empty) && !populated(cg)
+    };
+    if empty(&mut leader) {
+        return;
+    }
+    if !grace.is_zero() {
+        if let Some(pgid) = pgid {
+            process::signal_group(pgid, Signal::SIGTERM);
+        }
+        let me = std::process::id() as i32;
+        for pid in members(cg).into_iter().filter(|&p| p != me) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+        }
+        let deadline = Instant::now() + grace;
+        while !empty(&mut leader) {
+            if Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep_until(deadline.min(Instant::now() + POLL)).await;
+        }
+        if empty(&mut leader) {
+            return;
+        }
+    }
+    if let Some(pgid) = pgid {
+        process::signal_group(pgid, Signal::SIGKILL);
+    }
+    if members(cg).contains(&(std::process::id() as i32)) {
+        tracing::error!(cgroup = %cg.display(), "the launcher is in a slot's cgroup; leaving it before killing it");
+        go_home(home);
+    }
+    if let Err(e) = std::fs::write(cg.join("cgroup.kill"), "1")
+        && e.kind() != io::ErrorKind::NotFound
+    {
+        tracing::warn!(cgroup = %cg.display(), error = %e, "cannot kill the slot's cgroup");
+    }
+    let deadline = Instant::now() + AFTER_KILL;
+    while !empty(&mut leader) {
+        if Instant::now() >= deadline {
+            tracing::error!(cgroup = %cg.display(), members = ?members(cg), "processes survived SIGKILL");
+            return;
+        }
+        tokio::time::sleep_until(deadline.min(Instant::now() + POLL)).await;
+    }
+}
+
+/// Stops the groups of every process that carries `FERRY_ATTEMPT_ID=attempt_id`, until none is
+/// left (a process may start another while its group is being stopped).
+async fn sweep(attempt_id: &str, grace: Duration) {
+    for _ in 0..3 {
+        let pids = process::processes_with_env("FERRY_ATTEMPT_ID", attempt_id);
+        if pids.is_empty() {
+            return;
+        }
+        let mut groups: Vec<i32> = pids.iter().filter_map(|&p| process::group_of(p)).collect();
+        groups.sort_unstable();
+        groups.dedup();
+        for pgid in groups {
+            tracing::debug!(pgid, "stopping a process group that left the attempt's");
+            process::stop_group(pgid, grace, None).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cgroup_name_of_a_data_directory_is_stable() {
+        assert_eq!(fnv1a(b""), 0xcbf29ce484222325);
+        assert_eq!(fnv1a(b"a"), 0xaf63dc4c8601ec8c);
+        assert_ne!(fnv1a(b"/data/1"), fnv1a(b"/data/2"));
+    }
+}
