@@ -232,8 +232,25 @@ struct View {
     /// Lines each finished attempt logged, and lines printed so far.
     expected: HashMap<String, u64>,
     printed: HashMap<String, u64>,
+    /// Finished attempts not all of whose lines were printed yet.
+    incomplete: usize,
+    /// Tasks in a final state: kept as events arrive, so that each event costs the same
+    /// whatever the job's size.
+    done: usize,
+    /// A line per task event for a job this small; a larger one gets a line a second (and one
+    /// for each failure and retry), which is what a person can read.
+    per_event: bool,
+    last_progress: Option<Instant>,
     /// Task output as it is, control sequences included.
     raw: bool,
+}
+
+/// Jobs of at most this many tasks get a progress line per task event and a table of every
+/// task at the end.
+const DETAIL_UP_TO: usize = 200;
+
+fn is_final(state: &str) -> bool {
+    matches!(state, "succeeded" | "failed" | "cancelled")
 }
 
 impl View {
@@ -257,22 +274,49 @@ impl View {
             width: order.iter().map(String::len).max().unwrap_or(4).min(24),
             expected: HashMap::new(),
             printed: HashMap::new(),
+            incomplete: 0,
+            done: 0,
+            per_event: order.len() <= DETAIL_UP_TO,
+            last_progress: None,
             raw,
         }
     }
 
-    fn done(&self) -> usize {
-        self.tasks
-            .values()
-            .filter(|t| matches!(t.state, "succeeded" | "failed" | "cancelled"))
-            .count()
+    /// Sets a task's state, keeping the count of tasks done.
+    fn set_state(&mut self, task_id: &str, state: &'static str) {
+        let t = self.tasks.entry(task_id.to_string()).or_default();
+        match (is_final(t.state), is_final(state)) {
+            (false, true) => self.done += 1,
+            (true, false) => self.done -= 1,
+            _ => {}
+        }
+        t.state = state;
     }
 
-    fn progress(&self, what: &str) {
+    /// A progress line; `always` for what a person must see whatever the job's size (failures,
+    /// retries).
+    fn progress(&mut self, what: &str, always: bool) {
+        if !(self.per_event || always) {
+            let now = Instant::now();
+            if self
+                .last_progress
+                .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
+            {
+                return;
+            }
+            self.last_progress = Some(now);
+            errln!(
+                "ferry: [{}/{} done, {} running]",
+                self.done,
+                self.order.len(),
+                self.running.len()
+            );
+            return;
+        }
         // `what` carries task errors, which quote what tasks wrote.
         errln!(
             "ferry: [{}/{} done, {} running] {}",
-            self.done(),
+            self.done,
             self.order.len(),
             self.running.len(),
             visible(what)
@@ -284,8 +328,8 @@ impl View {
             kind::TASK_STARTED => {
                 let p: TaskStarted = ferry_event::decode(e).ok()?;
                 self.running.insert(p.attempt_id.clone());
+                self.set_state(&p.task_id, "running");
                 let t = self.tasks.entry(p.task_id.clone()).or_default();
-                t.state = "running";
                 t.attempts = t.attempts.max(p.attempt);
                 t.started_ms = Some(p.started_at_ms);
                 let attempt = if p.attempt > 1 {
@@ -293,24 +337,33 @@ impl View {
                 } else {
                     String::new()
                 };
-                self.progress(&format!("{} started{attempt}", p.task_id));
+                self.progress(&format!("{} started{attempt}", p.task_id), false);
             }
             kind::TASK_FINISHED => {
                 let p: TaskFinished = ferry_event::decode(e).ok()?;
                 self.running.remove(&p.attempt_id);
-                self.expected.insert(p.attempt_id, p.log_lines);
+                let printed = self.printed.get(&p.attempt_id).copied().unwrap_or(0);
+                if self.expected.insert(p.attempt_id, p.log_lines).is_none() && printed < p.log_lines {
+                    self.incomplete += 1;
+                }
             }
             kind::TASK_RETRYING | kind::TASK_SUCCEEDED | kind::TASK_FAILED | kind::TASK_CANCELLED => {
                 let s: TaskState = ferry_event::decode(e).ok()?;
                 if let Some(a) = &s.attempt_id {
                     self.running.remove(a);
                 }
+                let state = match e.ty() {
+                    kind::TASK_RETRYING => "retrying",
+                    kind::TASK_SUCCEEDED => "succeeded",
+                    kind::TASK_FAILED => "failed",
+                    _ => "cancelled",
+                };
+                self.set_state(&s.task_id, state);
                 let t = self.tasks.entry(s.task_id.clone()).or_default();
                 t.attempts = t.attempts.max(s.attempts);
                 t.error = s.error.clone();
                 let what = match e.ty() {
                     kind::TASK_RETRYING => {
-                        t.state = "retrying";
                         let wait = s
                             .retry_at_ms
                             .map(|at| at - ferry_event::now_ms())
@@ -325,7 +378,6 @@ impl View {
                         )
                     }
                     kind::TASK_SUCCEEDED => {
-                        t.state = "succeeded";
                         t.outputs = s.outputs;
                         t.files = s.output_files;
                         t.started_ms = s.started_at_ms.or(t.started_ms);
@@ -338,17 +390,15 @@ impl View {
                         )
                     }
                     kind::TASK_FAILED => {
-                        t.state = "failed";
                         t.finished_ms = s.finished_at_ms;
                         format!("{} failed: {}", s.task_id, s.error.as_deref().unwrap_or("?"))
                     }
                     _ => {
-                        t.state = "cancelled";
                         t.finished_ms = s.finished_at_ms;
                         format!("{} cancelled", s.task_id)
                     }
                 };
-                self.progress(&what);
+                self.progress(&what, matches!(state, "retrying" | "failed"));
             }
             kind::JOB_SUCCEEDED | kind::JOB_FAILED | kind::JOB_CANCELLED => {
                 let s: JobState = ferry_event::decode(e).ok()?;
@@ -364,7 +414,11 @@ impl View {
     }
 
     fn print_line(&mut self, line: &LogRecord) -> Result<(), Closed> {
-        *self.printed.entry(line.attempt_id.clone()).or_default() += 1;
+        let printed = self.printed.entry(line.attempt_id.clone()).or_default();
+        *printed += 1;
+        if self.expected.get(&line.attempt_id) == Some(&*printed) {
+            self.incomplete -= 1;
+        }
         let mark = match line.stream {
             Stream::Stdout => '|',
             Stream::Stderr => '!',
@@ -375,19 +429,33 @@ impl View {
 
     /// Every finished attempt's lines were printed.
     fn logs_complete(&self) -> bool {
-        self.running.is_empty()
-            && self
-                .expected
-                .iter()
-                .all(|(a, n)| self.printed.get(a).copied().unwrap_or(0) >= *n)
+        self.running.is_empty() && self.incomplete == 0
     }
 
     /// The table of tasks; outputs are shown as text like task output.
     fn summary(&self) -> Result<(), Closed> {
         let mut rows =
             vec![["TASK", "STATE", "ATTEMPTS", "DURATION", "OUTPUTS", "OUTPUT FILES"].map(String::from)];
+        // A large job: the count per state, and the table of the tasks that did not succeed.
+        let detail = self.order.len() <= DETAIL_UP_TO;
+        if !detail {
+            let mut counts: Vec<(&str, usize)> = Vec::new();
+            for t in self.tasks.values() {
+                match counts.iter_mut().find(|(s, _)| *s == t.state) {
+                    Some((_, n)) => *n += 1,
+                    None => counts.push((t.state, 1)),
+                }
+            }
+            counts.sort();
+            let counts: Vec<String> = counts.iter().map(|(s, n)| format!("{n} {s}")).collect();
+            outln!()?;
+            outln!("{} tasks: {}", self.order.len(), counts.join(", "))?;
+        }
         for id in &self.order {
             let t = &self.tasks[id];
+            if !detail && t.state == "succeeded" {
+                continue;
+            }
             let duration = t
                 .started_ms
                 .zip(t.finished_ms)
@@ -424,6 +492,9 @@ impl View {
                 outputs,
                 files,
             ]);
+        }
+        if rows.len() == 1 && !detail {
+            return Ok(());
         }
         let widths: Vec<usize> = (0..6)
             .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
