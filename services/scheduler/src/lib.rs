@@ -28,8 +28,7 @@ use ferry_bus::{Bus, Delivery, Subscribe};
 use ferry_event::{AttributesReader, Event, EventBuilder, Topic};
 use ferry_runtime::CancellationToken;
 
-pub use engine::{AttemptRow, JobRow, TaskRow};
-pub use store::{Dialect, Store};
+pub use store::{AttemptRow, Dialect, JobRow, Store, TaskRow};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
