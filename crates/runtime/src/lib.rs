@@ -6,8 +6,8 @@
 //! - [`metrics`]: metric names, in one place;
 //! - [`memory`]: the C allocator's set-up (fewer malloc arenas);
 //! - [`instance_source`]: the CloudEvents `source` naming one service instance;
-//! - [`db`] (feature `sqlx`): telling a database outage from a bad write, and holding a batch
-//!   through one.
+//! - [`db`] (feature `sqlx`): the SQL plumbing of every store: opening a database, its dialect,
+//!   placeholder lists, the inbox of applied event ids, and telling an outage from a bad write.
 
 #[cfg(feature = "sqlx")]
 pub mod db;

@@ -28,7 +28,8 @@ use ferry_bus::{Bus, Delivery, Subscribe};
 use ferry_event::{AttributesReader, Event, EventBuilder, Topic};
 use ferry_runtime::CancellationToken;
 
-pub use store::{AttemptRow, Dialect, JobRow, Store, TaskRow};
+pub use ferry_runtime::db::Dialect;
+pub use store::{AttemptRow, JobRow, Store, TaskRow};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

@@ -4,24 +4,14 @@
 //! The schema, the rows as stored ([`JobRow`], [`TaskRow`], [`AttemptRow`]) and the reads of
 //! them and of the outbox; the writes are the engine's, inside its transactions.
 
-use std::str::FromStr;
-use std::time::Duration;
-
 use ferry_event::Event;
 use ferry_event::payload::{OutputFile, PlannedTask};
-use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
-use sqlx::{AnyPool, ConnectOptions, Executor, Row};
+use ferry_runtime::db::{self, Dialect, in_list, sized};
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, AnyPool, Row};
 
 use crate::engine::CHUNK;
-use crate::engine::sql::{in_list, sized};
 use crate::{Error, Result};
-
-/// Which SQL dialect the store speaks, where the portable subset is not enough.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Dialect {
-    Sqlite,
-    Postgres,
-}
 
 /// The scheduler's database.
 #[derive(Debug, Clone)]
@@ -98,11 +88,6 @@ const SCHEMA: &[&str] = &[
         error TEXT
     )",
     "CREATE INDEX IF NOT EXISTS attempts_task ON attempts (job_id, task_id)",
-    "CREATE TABLE IF NOT EXISTS inbox (
-        event_id TEXT PRIMARY KEY,
-        applied_at BIGINT NOT NULL
-    )",
-    "CREATE INDEX IF NOT EXISTS inbox_applied ON inbox (applied_at)",
 ];
 
 const OUTBOX_SQLITE: &str = "CREATE TABLE IF NOT EXISTS outbox (
@@ -120,55 +105,20 @@ impl Store {
     /// Opens (creating if needed) the database at `url`: `sqlite://PATH`, `sqlite::memory:` or
     /// `postgres://…`.
     pub async fn open(url: &str) -> Result<Store> {
-        sqlx::any::install_default_drivers();
-        let dialect = if url.starts_with("sqlite:") {
-            Dialect::Sqlite
-        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-            Dialect::Postgres
-        } else {
-            return Err(Error::Config(format!(
-                "unsupported database URL {url:?}: expected sqlite://PATH or postgres://…"
-            )));
+        let db = db::open(url, "scheduler database").await.map_err(|e| match e {
+            db::OpenError::Config(msg) => Error::Config(msg),
+            db::OpenError::Db(e) => Error::Db(e),
+        })?;
+        let store = Store {
+            pool: db.pool,
+            dialect: db.dialect,
         };
-        let pool = match dialect {
-            Dialect::Sqlite => {
-                let url = sqlite_url(url);
-                let opts = AnyConnectOptions::from_str(&url)
-                    .map_err(|e| Error::Config(format!("database URL {url:?}: {e}")))?
-                    .disable_statement_logging();
-                // One writer: SQLite serializes writes anyway, and a single connection never
-                // meets SQLITE_BUSY from itself.
-                AnyPoolOptions::new()
-                    .max_connections(1)
-                    .after_connect(|conn, _| {
-                        Box::pin(async move {
-                            conn.execute("PRAGMA journal_mode = WAL").await?;
-                            conn.execute("PRAGMA synchronous = FULL").await?;
-                            conn.execute("PRAGMA busy_timeout = 5000").await?;
-                            Ok(())
-                        })
-                    })
-                    .connect_with(opts)
-                    .await?
-            }
-            Dialect::Postgres => {
-                let opts = AnyConnectOptions::from_str(url)
-                    .map_err(|e| Error::Config(format!("database URL: {e}")))?
-                    .disable_statement_logging();
-                AnyPoolOptions::new()
-                    .max_connections(8)
-                    .acquire_timeout(Duration::from_secs(10))
-                    .connect_with(opts)
-                    .await?
-            }
-        };
-        let store = Store { pool, dialect };
         store.migrate().await?;
         Ok(store)
     }
 
     async fn migrate(&self) -> Result<()> {
-        for stmt in SCHEMA {
+        for stmt in SCHEMA.iter().chain(db::INBOX_SCHEMA) {
             sqlx::query(stmt).execute(&self.pool).await?;
         }
         let outbox = match self.dialect {
@@ -189,16 +139,6 @@ impl Store {
     pub async fn close(&self) {
         self.pool.close().await;
     }
-}
-
-/// `sqlite://relative/path` and `sqlite:///abs/path` both name files; make sure the file is
-/// created if missing.
-fn sqlite_url(url: &str) -> String {
-    if url.contains(":memory:") || url.contains("mode=") {
-        return url.to_string();
-    }
-    let sep = if url.contains('?') { '&' } else { '?' };
-    format!("{url}{sep}mode=rwc")
 }
 
 pub(crate) const JOB_SELECT: &str =
@@ -364,18 +304,8 @@ impl Store {
 
     /// Deletes outbox rows whose events the bus confirmed.
     pub async fn delete_outbox(&self, ids: &[String]) -> Result<()> {
-        for chunk in ids.chunks(CHUNK) {
-            let sql = format!(
-                "DELETE FROM outbox WHERE event_id IN ({})",
-                in_list(self.dialect, chunk.len())
-            );
-            let mut q = sized(&sql, chunk.len());
-            for id in chunk {
-                q = q.bind(id.clone());
-            }
-            q.execute(&self.pool).await?;
-        }
-        Ok(())
+        let mut conn = self.pool.acquire().await?;
+        delete_outbox(&mut conn, self.dialect, ids).await
     }
 
     /// Events committed to the outbox and not yet known to be published, in order.
@@ -406,4 +336,21 @@ impl Store {
             })
             .collect()
     }
+}
+
+/// Deletes outbox rows whose events the bus confirmed, within the caller's transaction or on
+/// a connection of its own.
+pub(crate) async fn delete_outbox(conn: &mut AnyConnection, dialect: Dialect, ids: &[String]) -> Result<()> {
+    for chunk in ids.chunks(CHUNK) {
+        let sql = format!(
+            "DELETE FROM outbox WHERE event_id IN ({})",
+            in_list(dialect, chunk.len())
+        );
+        let mut q = sized(&sql, chunk.len());
+        for id in chunk {
+            q = q.bind(id.clone());
+        }
+        q.execute(&mut *conn).await?;
+    }
+    Ok(())
 }

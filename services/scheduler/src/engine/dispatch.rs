@@ -9,9 +9,9 @@ use serde_json::{Map, Value};
 use sqlx::{Any, Row, Transaction};
 
 use super::Cx;
-use super::sql::{placeholders, sized};
-use crate::store::Dialect;
 use crate::{Error, Result};
+use ferry_runtime::db::Dialect;
+use ferry_runtime::db::{placeholders, sized};
 
 /// An attempt dispatched in this pass, recorded by [`Cx::insert_attempts`].
 struct NewAttempt {

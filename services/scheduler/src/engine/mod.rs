@@ -23,7 +23,6 @@ mod on_planned;
 mod on_retry;
 mod on_started;
 mod planned;
-pub(crate) mod sql;
 mod timers;
 
 use std::collections::{HashMap, HashSet};
@@ -33,13 +32,14 @@ use ferry_event::payload::{
 };
 use ferry_event::{AttributesReader, Event, EventBuilder, kind};
 use serde_json::Map;
-use sqlx::{Any, Row, Transaction};
+use sqlx::{Any, Transaction};
 use tracing::Instrument;
 
-use crate::store::{ATTEMPT_SELECT, AttemptRow, Dialect, JOB_SELECT, JobRow, Store, TASK_SELECT, TaskRow};
+use ferry_runtime::db::{Dialect, placeholders, sized};
+
+use crate::store::{ATTEMPT_SELECT, AttemptRow, JOB_SELECT, JobRow, Store, TASK_SELECT, TaskRow};
 use crate::{Config, Error, Result};
 pub(crate) use input::Input;
-use sql::{in_list, placeholders, sized};
 
 /// One transaction's worth of work: the transaction, the clock reading, and what it emits.
 struct Cx<'a> {
@@ -200,37 +200,12 @@ impl<'a> Cx<'a> {
     }
 
     async fn delete_confirmed(&mut self, ids: &[String]) -> Result<()> {
-        for chunk in ids.chunks(CHUNK) {
-            let sql = format!(
-                "DELETE FROM outbox WHERE event_id IN ({})",
-                in_list(self.dialect, chunk.len())
-            );
-            let mut q = sized(&sql, chunk.len());
-            for id in chunk {
-                q = q.bind(id.clone());
-            }
-            q.execute(&mut *self.tx).await?;
-        }
-        Ok(())
+        crate::store::delete_outbox(&mut self.tx, self.dialect, ids).await
     }
 
-    /// Records event ids, in one statement per chunk; returns those not applied before.
+    /// Records event ids in the inbox; returns those not applied before.
     async fn record_inbox(&mut self, event_ids: &[&str]) -> Result<HashSet<String>> {
-        let mut fresh = HashSet::with_capacity(event_ids.len());
-        for chunk in event_ids.chunks(CHUNK) {
-            let sql = format!(
-                "INSERT INTO inbox (event_id, applied_at) VALUES {} ON CONFLICT DO NOTHING RETURNING event_id",
-                placeholders(self.dialect, chunk.len(), 2)
-            );
-            let mut q = sized(&sql, chunk.len());
-            for id in chunk {
-                q = q.bind(id.to_string()).bind(self.now);
-            }
-            for row in q.fetch_all(&mut *self.tx).await? {
-                fresh.insert(row.try_get::<String, _>("event_id")?);
-            }
-        }
-        Ok(fresh)
+        Ok(ferry_runtime::db::record_inbox(&mut self.tx, self.dialect, event_ids, self.now).await?)
     }
 
     /// Changes a job's counters (written by [`Self::flush`]), in its cached row too.

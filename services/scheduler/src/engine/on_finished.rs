@@ -6,9 +6,9 @@ use ferry_event::kind;
 use ferry_event::payload::{JobStatus, Outcome, TaskFinished, TaskStatus};
 use sqlx::Row;
 
-use super::sql::{placeholders, sized};
 use super::{Cx, task_state};
 use crate::Result;
+use ferry_runtime::db::{placeholders, sized};
 
 /// An attempt just settled by a report.
 struct Settled {

@@ -4,10 +4,10 @@ use ferry_event::kind;
 use ferry_event::payload::{JobStatus, PlannedTask};
 
 use super::planned::{PlannedHead, PlannedJson, check_dag};
-use super::sql::{placeholders, sized};
 use super::{CHUNK, Cx};
 use crate::store::JobRow;
 use crate::{Error, Result};
+use ferry_runtime::db::{placeholders, sized};
 
 impl Cx<'_> {
     pub(super) async fn on_planned(&mut self, planned: PlannedJson) -> Result<()> {

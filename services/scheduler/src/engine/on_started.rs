@@ -6,8 +6,8 @@ use ferry_event::payload::TaskStarted;
 use sqlx::Row;
 
 use super::Cx;
-use super::sql::{placeholders, sized};
 use crate::Result;
+use ferry_runtime::db::{placeholders, sized};
 
 /// An attempt moved to running by a start, before its task is.
 struct Moved {
