@@ -18,8 +18,12 @@ use crate::{Bus, Delivery, Subscribe, Subscription};
 
 /// Longest wait for a delivery that must come.
 pub const WAIT: Duration = Duration::from_secs(20);
-/// How long a delivery that must not come is waited for.
+/// How long a delivery that must not come is waited for, where no later delivery can show
+/// that it did not (see [`nothing_before`]).
 pub const QUIET: Duration = Duration::from_millis(700);
+
+/// Marker events carry `n` from here up, above what the tests publish otherwise.
+const MARKER: u32 = 1_000_000;
 
 fn control(n: u32, job: &str) -> Event {
     EventBuilder::new("ferry/conformance").job(
@@ -52,6 +56,51 @@ pub async fn nothing(sub: &mut Subscription) {
     }
 }
 
+/// Asserts that nothing more is waiting for `subs` (the members of one group): publishes one
+/// marker event per job after everything else, and takes deliveries until every marker has
+/// come. A queue or a partition (a job's events share one) delivers in order, so whatever was
+/// still to come for these consumers would come before the markers: this proves without a wait
+/// what [`nothing`] waits [`QUIET`] for.
+pub async fn nothing_before(bus: &Arc<dyn Bus>, subs: &mut [&mut Subscription], jobs: &[&str]) {
+    let markers: Vec<Event> = (0..).zip(jobs).map(|(i, job)| control(MARKER + i, job)).collect();
+    nothing_before_events(bus, subs, markers).await;
+}
+
+/// [`nothing_before`] with markers of the caller's own, for topics other than control.
+async fn nothing_before_events(bus: &Arc<dyn Bus>, subs: &mut [&mut Subscription], markers: Vec<Event>) {
+    let mut waiting: HashSet<String> = markers.iter().map(|e| e.id().to_string()).collect();
+    bus.publish(&markers).await.expect("publishing the markers");
+    while !waiting.is_empty() {
+        // Whichever member has a delivery first: markers may go to any of them.
+        let d = match subs {
+            [one] => next(one).await,
+            [one, two] => {
+                let either = async {
+                    tokio::select! {
+                        d = one.next() => d,
+                        d = two.next() => d,
+                    }
+                };
+                match tokio::time::timeout(WAIT, either).await {
+                    Ok(Some(Ok(d))) => d,
+                    Ok(Some(Err(e))) => panic!("receiving failed: {e}"),
+                    Ok(None) => panic!("a subscription ended"),
+                    Err(_) => panic!("no delivery within {WAIT:?}"),
+                }
+            }
+            _ => panic!("nothing_before takes one or two members of a group"),
+        };
+        if !waiting.remove(d.event.id()) {
+            panic!(
+                "expected no delivery before the markers, got {} {:?}",
+                d.event.ty(),
+                ferry_event::decode::<serde_json::Value>(&d.event).ok()
+            );
+        }
+        d.ack().await.expect("acking a marker");
+    }
+}
+
 async fn group(bus: &Arc<dyn Bus>, name: &str, topics: impl IntoIterator<Item = Topic>) -> Subscription {
     bus.subscribe(Subscribe::new(name, topics))
         .await
@@ -68,7 +117,7 @@ pub async fn publish_then_consume_in_order(bus: Arc<dyn Bus>) {
         assert_eq!(n_of(&d), n as u64);
         d.ack().await.expect("acking works");
     }
-    nothing(&mut sub).await;
+    nothing_before(&bus, &mut [&mut sub], &["job-1"]).await;
 }
 
 /// A large confirmed publish is complete: every event arrives.
@@ -85,7 +134,9 @@ pub async fn a_large_publish_arrives_whole(bus: Arc<dyn Bus>) {
         seen.insert(n_of(&d));
         d.ack().await.unwrap();
     }
-    nothing(&mut sub).await;
+    let jobs: Vec<String> = (0..7).map(|n| format!("job-{n}")).collect();
+    let jobs: Vec<&str> = jobs.iter().map(String::as_str).collect();
+    nothing_before(&bus, &mut [&mut sub], &jobs).await;
 }
 
 /// Every group receives every event; the members of one group share them.
@@ -128,8 +179,9 @@ pub async fn groups_each_get_everything_and_members_share(bus: Arc<dyn Bus>) {
         (0..20).collect::<Vec<_>>(),
         "each event once within the group"
     );
-    nothing(&mut a1).await;
-    nothing(&mut a2).await;
+    let jobs: Vec<String> = (0..20).map(|n| format!("job-{n}")).collect();
+    let jobs: Vec<&str> = jobs.iter().map(String::as_str).collect();
+    nothing_before(&bus, &mut [&mut a1, &mut a2], &jobs).await;
 }
 
 /// Deliveries a consumer held unacknowledged when it went away are delivered again.
@@ -164,7 +216,7 @@ pub async fn nacked_deliveries_are_delivered_again(bus: Arc<dyn Bus>) {
     let d = next(&mut sub).await;
     assert_eq!(n_of(&d), 7);
     d.ack().await.unwrap();
-    nothing(&mut sub).await;
+    nothing_before(&bus, &mut [&mut sub], &["job-1"]).await;
 }
 
 /// Deliveries left out of an [`ack_all`](crate::ack_all) come again, and those acked before
@@ -202,11 +254,19 @@ pub async fn deliveries_left_out_of_a_common_ack_come_again(bus: Arc<dyn Bus>) {
             again.push(d);
         }
         crate::ack_all(again).await.unwrap();
-        // Whatever else comes again is past the first left out, and comes once.
-        while let Ok(Some(Ok(d))) = tokio::time::timeout(QUIET, sub.next()).await {
+        // Whatever else comes again is past the first left out, and comes before a marker
+        // published now.
+        let marker = control(MARKER, "job-1");
+        bus.publish(std::slice::from_ref(&marker)).await.unwrap();
+        loop {
+            let d = next(&mut sub).await;
             let n = n_of(&d);
-            assert!(n > 2 && n < 5, "{n} came again (published together: {together})");
+            let is_marker = d.event.id() == marker.id();
             d.ack().await.unwrap();
+            if is_marker {
+                break;
+            }
+            assert!(n > 2 && n < 5, "{n} came again (published together: {together})");
         }
     }
 }
@@ -245,7 +305,7 @@ pub async fn dead_lettered_deliveries_are_gone(bus: Arc<dyn Bus>) {
     let d = next(&mut again).await;
     assert_eq!(n_of(&d), 3, "the dead letter did not come back");
     d.ack().await.unwrap();
-    nothing(&mut again).await;
+    nothing_before(&bus, &mut [&mut again], &["job-1"]).await;
 }
 
 /// Control, logs and each backend's dispatch are separate topics.
@@ -265,8 +325,11 @@ pub async fn topics_are_kept_apart(bus: Arc<dyn Bus>) {
     assert_eq!(d.event.ty(), kind::TASK_DISPATCHED);
     assert_eq!(d.topic, Topic::Dispatch("local".into()));
     d.ack().await.unwrap();
-    nothing(&mut logs).await;
-    nothing(&mut docker).await;
+    // Each topic's own marker is the first thing its consumer gets.
+    let log = b.task(kind::TASK_LOG, "job-1", "t", Some("a-1"), &data);
+    nothing_before_events(&bus, &mut [&mut logs], vec![log]).await;
+    let on_docker = b.dispatch(kind::TASK_DISPATCHED, "job-1", "t", "a-1", "docker", &data);
+    nothing_before_events(&bus, &mut [&mut docker], vec![on_docker]).await;
 }
 
 /// An event arrives with every attribute, extension and byte of data intact.
@@ -364,9 +427,9 @@ pub async fn ephemeral_groups_hear_everything_while_they_live(bus: Arc<dyn Bus>)
         .subscribe(Subscribe::new("eph-1", [Topic::Cancel("local".into())]).ephemeral())
         .await
         .unwrap();
-    nothing(&mut again).await;
+    // What was published before it existed would come before what is published now.
     bus.publish(&[cancel(3)]).await.unwrap();
-    assert_eq!(n_of(&next(&mut again).await), 3);
+    assert_eq!(n_of(&next(&mut again).await), 3, "it heard what came before it");
 }
 
 /// One `#[tokio::test]` per conformance function for the bus the expression makes (an async

@@ -1,10 +1,264 @@
-//! What a database error means for the event it was applying, and holding a batch through an
-//! outage.
+//! The SQL plumbing every ferry store shares, written once:
+//!
+//! - [`open`]: a database from its URL (`sqlite://PATH`, `sqlite::memory:`, `postgres://…`)
+//!   through sqlx's `Any` driver, with the [`Dialect`] it speaks; SQLite with the settings of
+//!   [`SQLITE_PRAGMAS`] (also [`sqlite_options`] for a store on sqlx's SQLite driver);
+//! - [`placeholders`], [`in_list`], [`param`]: parameter lists for multi-row statements, and
+//!   [`sized`], which keeps the statements of one use out of the statement cache;
+//! - [`INBOX_SCHEMA`], [`record_inbox`], [`prune_inbox`]: the ids of applied events, so that a
+//!   redelivered event is recognised in the transaction that would apply it again;
+//! - [`is_outage`], [`through_outages`]: what a database error means for the event it was
+//!   applying, and holding a batch through an outage.
 
 use std::borrow::Cow;
+use std::collections::HashSet;
+use std::str::FromStr;
 use std::time::Duration;
 
+use sqlx::any::{AnyArguments, AnyConnectOptions, AnyPoolOptions};
+use sqlx::pool::PoolOptions;
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::{Any, AnyConnection, AnyPool, ConnectOptions, Database, Executor, Row};
 use tokio_util::sync::CancellationToken;
+
+/// Which SQL dialect a store speaks, where the portable subset is not enough.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+impl Dialect {
+    /// The dialect a database URL names, if it is one ferry supports.
+    pub fn of_url(url: &str) -> Option<Dialect> {
+        if url.starts_with("sqlite:") {
+            Some(Dialect::Sqlite)
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Some(Dialect::Postgres)
+        } else {
+            None
+        }
+    }
+}
+
+/// Why a database could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The URL can never work: an unsupported scheme or a malformed URL.
+    #[error("{0}")]
+    Config(String),
+    /// The database did not answer or refused the connection.
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+/// How long a statement waits for another SQLite writer before it fails as busy.
+pub const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The settings every ferry SQLite database is opened with: write-ahead logging (readers do not
+/// block the writer), and a commit that survives a power cut, since deliveries are acked once
+/// their effect is committed.
+pub const SQLITE_PRAGMAS: &[(&str, &str)] = &[("journal_mode", "WAL"), ("synchronous", "FULL")];
+
+/// A database opened by [`open`].
+#[derive(Debug, Clone)]
+pub struct Db {
+    pub pool: AnyPool,
+    pub dialect: Dialect,
+}
+
+/// Opens the database at `url` (`sqlite://PATH`, created if missing; `sqlite::memory:`;
+/// `postgres://…`). `what` names it in errors ("read model database").
+///
+/// SQLite gets one connection, kept for good: SQLite serialises writers anyway, a single
+/// connection never meets `SQLITE_BUSY` from itself, and an in-memory database lives exactly as
+/// long as its connection. PostgreSQL gets a pool of 8.
+pub async fn open(url: &str, what: &str) -> Result<Db, OpenError> {
+    sqlx::any::install_default_drivers();
+    let Some(dialect) = Dialect::of_url(url) else {
+        return Err(OpenError::Config(format!(
+            "unsupported {what} URL {url:?}: expected sqlite://PATH, sqlite::memory: or postgres://…"
+        )));
+    };
+    let pool = match dialect {
+        Dialect::Sqlite => {
+            let url = sqlite_url(url);
+            let opts = AnyConnectOptions::from_str(&url)
+                .map_err(|e| OpenError::Config(format!("{what} URL {url:?}: {e}")))?
+                .disable_statement_logging();
+            single_connection::<Any>()
+                .after_connect(|conn, _| {
+                    Box::pin(async move {
+                        for (name, value) in SQLITE_PRAGMAS {
+                            conn.execute(format!("PRAGMA {name} = {value}").as_str()).await?;
+                        }
+                        let busy = SQLITE_BUSY_TIMEOUT.as_millis();
+                        conn.execute(format!("PRAGMA busy_timeout = {busy}").as_str())
+                            .await?;
+                        Ok(())
+                    })
+                })
+                .connect_with(opts)
+                .await?
+        }
+        Dialect::Postgres => {
+            // The URL is left out of the message: it may hold a password.
+            let opts = AnyConnectOptions::from_str(url)
+                .map_err(|e| OpenError::Config(format!("{what} URL: {e}")))?
+                .disable_statement_logging();
+            AnyPoolOptions::new()
+                .max_connections(8)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect_with(opts)
+                .await?
+        }
+    };
+    Ok(Db { pool, dialect })
+}
+
+/// Options for a store on sqlx's own SQLite driver: the file created if missing, the settings
+/// of [`SQLITE_PRAGMAS`], and `busy_timeout`.
+pub fn sqlite_options(url: &str, busy_timeout: Duration) -> Result<SqliteConnectOptions, sqlx::Error> {
+    let mut opts = SqliteConnectOptions::from_str(url)?
+        .create_if_missing(true)
+        .busy_timeout(busy_timeout);
+    for (name, value) in SQLITE_PRAGMAS {
+        opts = opts.pragma(*name, *value);
+    }
+    Ok(opts)
+}
+
+/// A pool of exactly one connection that is never closed for being idle or old (an in-memory
+/// SQLite database lives as long as its connection).
+pub fn single_connection<DB: Database>() -> PoolOptions<DB> {
+    PoolOptions::new()
+        .max_connections(1)
+        .min_connections(1)
+        .idle_timeout(None)
+        .max_lifetime(None)
+        .acquire_timeout(Duration::from_secs(30))
+}
+
+/// `sqlite://relative/path` and `sqlite:///abs/path` both name files; make sure the file is
+/// created if missing.
+fn sqlite_url(url: &str) -> String {
+    if url.contains(":memory:") || url.contains("mode=") {
+        return url.to_string();
+    }
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}mode=rwc")
+}
+
+/// A statement whose text depends on how many rows it carries. Few rows: kept in the
+/// connection's statement cache like any other (batches of a few events are the common case
+/// when the load is light). Many: prepared for this one use, or each row count would take a place
+/// in the cache (and memory) of its own and push out the statements used over and over.
+pub fn sized(sql: &str, rows: usize) -> sqlx::query::Query<'_, Any, AnyArguments<'_>> {
+    sqlx::query(sql).persistent(rows <= 8)
+}
+
+/// One placeholder for the `n`th parameter (from 1) of a statement whose parameters are all
+/// numbered in order. SQLite gets anonymous `?`s, numbered in order too: finding a `$N`'s
+/// number is a linear search in SQLite, which made binding a statement of thousands of
+/// parameters quadratic.
+pub fn param(dialect: Dialect, n: usize, s: &mut String) {
+    use std::fmt::Write;
+    match dialect {
+        Dialect::Sqlite => s.push('?'),
+        Dialect::Postgres => {
+            let _ = write!(s, "${n}");
+        }
+    }
+}
+
+/// A placeholder list for `rows` rows of `cols` columns, the statement's only parameters:
+/// `(?,?),(?,?)` on SQLite, `($1,$2),($3,$4)` on PostgreSQL.
+pub fn placeholders(dialect: Dialect, rows: usize, cols: usize) -> String {
+    placeholders_with(dialect, rows, cols, "")
+}
+
+/// Like [`placeholders`], each row ending with the same constant SQL `tail` (such as
+/// `'pending', 0`) after its parameters.
+pub fn placeholders_with(dialect: Dialect, rows: usize, cols: usize, tail: &str) -> String {
+    let mut s = String::with_capacity(rows * (cols * 4 + tail.len() + 4));
+    for r in 0..rows {
+        if r > 0 {
+            s.push(',');
+        }
+        s.push('(');
+        for c in 0..cols {
+            if c > 0 {
+                s.push(',');
+            }
+            param(dialect, r * cols + c + 1, &mut s);
+        }
+        if !tail.is_empty() {
+            s.push(',');
+            s.push_str(tail);
+        }
+        s.push(')');
+    }
+    s
+}
+
+/// A placeholder list of `n` values, the statement's only parameters.
+pub fn in_list(dialect: Dialect, n: usize) -> String {
+    let mut s = String::with_capacity(n * 4);
+    for i in 0..n {
+        if i > 0 {
+            s.push(',');
+        }
+        param(dialect, i + 1, &mut s);
+    }
+    s
+}
+
+/// The inbox: the ids of the events a store applied, and when.
+pub const INBOX_SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS inbox (
+        event_id TEXT PRIMARY KEY,
+        applied_at BIGINT NOT NULL
+    )",
+    "CREATE INDEX IF NOT EXISTS inbox_applied ON inbox (applied_at)",
+];
+
+/// Event ids per inbox statement (two parameters each).
+const INBOX_ROWS: usize = 400;
+
+/// Records event ids in the inbox within the caller's transaction, a few hundred per
+/// statement; returns those not there before, the ones to apply.
+pub async fn record_inbox(
+    conn: &mut AnyConnection,
+    dialect: Dialect,
+    event_ids: &[&str],
+    now_ms: i64,
+) -> Result<HashSet<String>, sqlx::Error> {
+    let mut fresh = HashSet::with_capacity(event_ids.len());
+    for chunk in event_ids.chunks(INBOX_ROWS) {
+        let sql = format!(
+            "INSERT INTO inbox (event_id, applied_at) VALUES {} ON CONFLICT DO NOTHING RETURNING event_id",
+            placeholders(dialect, chunk.len(), 2)
+        );
+        let mut q = sized(&sql, chunk.len());
+        for id in chunk {
+            q = q.bind(id.to_string()).bind(now_ms);
+        }
+        for row in q.fetch_all(&mut *conn).await? {
+            fresh.insert(row.try_get::<String, _>("event_id")?);
+        }
+    }
+    Ok(fresh)
+}
+
+/// Forgets inbox entries older than `older_than_ms` (ms since the epoch): redeliveries come
+/// within minutes, not days. Returns how many went.
+pub async fn prune_inbox(pool: &AnyPool, older_than_ms: i64) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query("DELETE FROM inbox WHERE applied_at < $1")
+        .bind(older_than_ms)
+        .execute(pool)
+        .await?;
+    Ok(done.rows_affected())
+}
 
 /// How long a consumer waits between tries while its database is out of reach: `first`, then
 /// twice as long each time, up to `max`.
@@ -95,6 +349,62 @@ fn sqlstate_outage(code: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn placeholders_are_anonymous_on_sqlite_and_numbered_on_postgres() {
+        assert_eq!(placeholders(Dialect::Sqlite, 2, 2), "(?,?),(?,?)");
+        assert_eq!(placeholders(Dialect::Postgres, 2, 2), "($1,$2),($3,$4)");
+        assert_eq!(
+            placeholders_with(Dialect::Postgres, 2, 1, "'x',0"),
+            "($1,'x',0),($2,'x',0)"
+        );
+        assert_eq!(in_list(Dialect::Postgres, 3), "$1,$2,$3");
+        assert_eq!(in_list(Dialect::Sqlite, 3), "?,?,?");
+    }
+
+    #[test]
+    fn urls_name_their_dialect() {
+        assert_eq!(Dialect::of_url("sqlite::memory:"), Some(Dialect::Sqlite));
+        assert_eq!(Dialect::of_url("sqlite:///tmp/x.db"), Some(Dialect::Sqlite));
+        assert_eq!(Dialect::of_url("postgresql://h/db"), Some(Dialect::Postgres));
+        assert_eq!(Dialect::of_url("mysql://h/db"), None);
+        assert_eq!(sqlite_url("sqlite://a.db"), "sqlite://a.db?mode=rwc");
+        assert_eq!(
+            sqlite_url("sqlite://a.db?cache=shared"),
+            "sqlite://a.db?cache=shared&mode=rwc"
+        );
+        assert_eq!(sqlite_url("sqlite::memory:"), "sqlite::memory:");
+    }
+
+    /// A redelivered event id is told apart from a fresh one, within a batch and across them,
+    /// with as many ids as several statements hold.
+    #[tokio::test]
+    async fn the_inbox_tells_fresh_ids_from_applied_ones() {
+        let db = open("sqlite::memory:", "test database").await.unwrap();
+        for stmt in INBOX_SCHEMA {
+            sqlx::query(stmt).execute(&db.pool).await.unwrap();
+        }
+        let ids: Vec<String> = (0..1000).map(|i| format!("e{i}")).collect();
+        let first: Vec<&str> = ids[..600].iter().map(String::as_str).collect();
+        let mut conn = db.pool.acquire().await.unwrap();
+        let fresh = record_inbox(&mut conn, db.dialect, &first, 1).await.unwrap();
+        assert_eq!(fresh.len(), 600);
+        let second: Vec<&str> = ids[500..].iter().map(String::as_str).collect();
+        let fresh = record_inbox(&mut conn, db.dialect, &second, 2).await.unwrap();
+        assert_eq!(fresh.len(), 400, "the 100 ids applied before are not fresh");
+        assert!(!fresh.contains("e500") && fresh.contains("e600"));
+        drop(conn);
+        assert_eq!(prune_inbox(&db.pool, 2).await.unwrap(), 600);
+    }
+
+    #[tokio::test]
+    async fn an_unsupported_url_says_what_is_accepted() {
+        let e = open("mysql://h/db", "test database").await.unwrap_err();
+        assert!(
+            matches!(&e, OpenError::Config(m) if m.contains("test database") && m.contains("postgres://")),
+            "{e}"
+        );
+    }
 
     #[test]
     fn outages_are_told_from_errors_in_what_was_applied() {

@@ -8,8 +8,8 @@
 //! - [`metrics`]: metric names, in one place;
 //! - [`text`]: text from outside (event ids, task output) shown without its control characters;
 //! - [`instance_source`]: the CloudEvents `source` naming one service instance;
-//! - [`db`] (feature `sqlx`): telling a database outage from a bad write, and holding a batch
-//!   through one.
+//! - [`db`] (feature `sqlx`): the SQL plumbing of every store: opening a database, its dialect,
+//!   placeholder lists, the inbox of applied event ids, and telling an outage from a bad write.
 
 pub mod backoff;
 #[cfg(feature = "sqlx")]

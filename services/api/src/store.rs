@@ -17,27 +17,20 @@
 //!   with 2 attempts is `(2, 1) < (2, 3)` and changes nothing.
 
 use std::collections::{BTreeMap, HashSet};
-use std::str::FromStr;
-use std::time::Duration;
 
 use ferry_event::payload::{
     JobPlanned, JobRejected, JobState, JobStatus, OutputFile, Problem, TaskFinished, TaskStarted, TaskState,
     TaskStatus,
 };
 use ferry_event::{AttributesReader, Event, kind};
+pub use ferry_runtime::db::Dialect;
+use ferry_runtime::db::{self, placeholders, placeholders_with, sized};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
-use sqlx::{Any, AnyPool, ConnectOptions, Executor, Row, Transaction};
+use sqlx::any::AnyRow;
+use sqlx::{Any, AnyPool, Row, Transaction};
 
 use crate::error::{Error, Result};
-
-/// Which SQL dialect the store speaks, where the portable subset is not enough.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Dialect {
-    Sqlite,
-    Postgres,
-}
 
 /// Job states shown by the read model.
 pub const JOB_STATES: &[&str] = &[
@@ -66,7 +59,7 @@ pub fn job_state_is_terminal(state: &str) -> bool {
     matches!(state, "succeeded" | "failed" | "cancelled" | "rejected")
 }
 
-/// Rows per multi-row `INSERT`: 4 parameters each stays under every dialect's limit.
+/// Rows per multi-row `INSERT` of tasks (3 parameters each).
 const INSERT_CHUNK: usize = 500;
 
 const SCHEMA: &[&str] = &[
@@ -122,11 +115,6 @@ const SCHEMA: &[&str] = &[
         time_ms BIGINT NOT NULL,
         PRIMARY KEY (job_id, seq)
     )",
-    "CREATE TABLE IF NOT EXISTS inbox (
-        event_id TEXT PRIMARY KEY,
-        applied_at BIGINT NOT NULL
-    )",
-    "CREATE INDEX IF NOT EXISTS inbox_applied ON inbox (applied_at)",
     // What each job id was submitted as (see `digest`), and the job's namespace.
     "CREATE TABLE IF NOT EXISTS submissions (
         job_id TEXT PRIMARY KEY,
@@ -255,54 +243,15 @@ impl ReadModel {
     /// Opens (creating if needed) the database at `url`: `sqlite://PATH`, `sqlite::memory:` or
     /// `postgres://…`.
     pub async fn open(url: &str) -> Result<ReadModel> {
-        sqlx::any::install_default_drivers();
-        let dialect = if url.starts_with("sqlite:") {
-            Dialect::Sqlite
-        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-            Dialect::Postgres
-        } else {
-            return Err(Error::Config(format!(
-                "unsupported read model database URL {url:?}: expected sqlite://PATH, sqlite::memory: or postgres://…"
-            )));
+        let db = db::open(url, "read model database").await.map_err(|e| match e {
+            db::OpenError::Config(msg) => Error::Config(msg),
+            db::OpenError::Db(e) => Error::Db(e),
+        })?;
+        let model = ReadModel {
+            pool: db.pool,
+            dialect: db.dialect,
         };
-        let pool = match dialect {
-            Dialect::Sqlite => {
-                let url = sqlite_url(url);
-                let opts = AnyConnectOptions::from_str(&url)
-                    .map_err(|e| Error::Config(format!("read model database URL {url:?}: {e}")))?
-                    .disable_statement_logging();
-                // One connection: SQLite serialises writers anyway, and an in-memory database
-                // lives exactly as long as its connection.
-                AnyPoolOptions::new()
-                    .max_connections(1)
-                    .min_connections(1)
-                    .idle_timeout(None)
-                    .max_lifetime(None)
-                    .acquire_timeout(Duration::from_secs(30))
-                    .after_connect(|conn, _| {
-                        Box::pin(async move {
-                            conn.execute("PRAGMA journal_mode = WAL").await?;
-                            conn.execute("PRAGMA synchronous = FULL").await?;
-                            conn.execute("PRAGMA busy_timeout = 5000").await?;
-                            Ok(())
-                        })
-                    })
-                    .connect_with(opts)
-                    .await?
-            }
-            Dialect::Postgres => {
-                let opts = AnyConnectOptions::from_str(url)
-                    .map_err(|e| Error::Config(format!("read model database URL: {e}")))?
-                    .disable_statement_logging();
-                AnyPoolOptions::new()
-                    .max_connections(8)
-                    .acquire_timeout(Duration::from_secs(10))
-                    .connect_with(opts)
-                    .await?
-            }
-        };
-        let model = ReadModel { pool, dialect };
-        for stmt in SCHEMA {
+        for stmt in SCHEMA.iter().chain(db::INBOX_SCHEMA) {
             sqlx::query(stmt).execute(&model.pool).await?;
         }
         Ok(model)
@@ -403,8 +352,9 @@ impl ReadModel {
             .filter(|(_, d)| matches!(d, Ok(Some(_))))
             .map(|(e, _)| e.id().to_string())
             .collect();
-        let mut fresh = record_inbox(&mut tx, &ids, now).await?;
-        let mut known = Known::default();
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let mut fresh = db::record_inbox(&mut tx, self.dialect, &ids, now).await?;
+        let mut known = Known::new(self.dialect);
         let mut out = Vec::with_capacity(events.len());
         for (event, input) in events.iter().zip(decoded) {
             let applied = match input {
@@ -429,11 +379,7 @@ impl ReadModel {
     /// Forgets inbox entries older than `older_than_ms` (ms since the epoch): redeliveries come
     /// within minutes, not days.
     pub async fn prune_inbox(&self, older_than_ms: i64) -> Result<u64> {
-        let done = sqlx::query("DELETE FROM inbox WHERE applied_at < $1")
-            .bind(older_than_ms)
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected())
+        Ok(db::prune_inbox(&self.pool, older_than_ms).await?)
     }
 
     // ------------------------------------------------------------------------------------------
@@ -693,14 +639,6 @@ fn task_view(r: &AnyRow) -> Result<TaskView> {
 
 type Tx = Transaction<'static, Any>;
 
-/// A statement whose text depends on how many rows it carries. Few rows: kept in the
-/// connection's statement cache like any other (batches of a few events are the common case
-/// when the load is light). Many: prepared for this one use, or each row count would take a place
-/// in the cache (and memory) of its own and push out the statements used over and over.
-fn sized(sql: &str, rows: usize) -> sqlx::query::Query<'_, Any, sqlx::any::AnyArguments<'_>> {
-    sqlx::query(sql).persistent(rows <= 8)
-}
-
 /// The payload an event carries, for the types the read model keeps.
 enum Input {
     Planned(Box<JobPlanned>),
@@ -728,40 +666,10 @@ fn decode(event: &Event) -> std::result::Result<Option<Input>, String> {
     }))
 }
 
-/// `($1, $2), ($3, $4), …`: `rows` rows of `cols` parameters, numbered in order.
-fn rows_of(rows: usize, cols: usize) -> String {
-    (0..rows)
-        .map(|r| {
-            let params: Vec<String> = (1..=cols).map(|c| format!("${}", r * cols + c)).collect();
-            format!("({})", params.join(", "))
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// Records event ids in the inbox, a chunk per statement; returns those not there before.
-async fn record_inbox(tx: &mut Tx, ids: &[String], now: i64) -> Result<HashSet<String>> {
-    const ROWS: usize = 100;
-    let mut fresh = HashSet::with_capacity(ids.len());
-    for chunk in ids.chunks(ROWS) {
-        let values = rows_of(chunk.len(), 2);
-        let sql = format!(
-            "INSERT INTO inbox (event_id, applied_at) VALUES {values} ON CONFLICT DO NOTHING RETURNING event_id"
-        );
-        let mut q = sized(&sql, chunk.len());
-        for id in chunk {
-            q = q.bind(id.clone()).bind(now);
-        }
-        for row in q.fetch_all(&mut **tx).await? {
-            fresh.insert(row.try_get::<String, _>("event_id")?);
-        }
-    }
-    Ok(fresh)
-}
-
 /// What one transaction has made sure of or has yet to write.
-#[derive(Default)]
 struct Known {
+    /// The placeholders multi-row statements use.
+    dialect: Dialect,
     /// Jobs and tasks that have a row.
     jobs: HashSet<String>,
     tasks: HashSet<(String, String)>,
@@ -769,6 +677,18 @@ struct Known {
     counters: std::collections::HashMap<String, Counter>,
     /// Changes not written yet.
     changes: Vec<NewChange>,
+}
+
+impl Known {
+    fn new(dialect: Dialect) -> Known {
+        Known {
+            dialect,
+            jobs: HashSet::new(),
+            tasks: HashSet::new(),
+            counters: std::collections::HashMap::new(),
+            changes: Vec::new(),
+        }
+    }
 }
 
 struct Counter {
@@ -902,7 +822,7 @@ const CHANGE_ROWS: usize = 100;
 /// Writes the changes recorded so far and the counters numbered past their row.
 async fn write_changes(tx: &mut Tx, known: &mut Known) -> Result<()> {
     for chunk in known.changes.chunks(CHANGE_ROWS) {
-        let values = rows_of(chunk.len(), 7);
+        let values = placeholders(known.dialect, chunk.len(), 7);
         let sql =
             format!("INSERT INTO changes (job_id, seq, ty, task_id, state, detail, time_ms) VALUES {values}");
         let mut q = sized(&sql, chunk.len());
@@ -1000,13 +920,7 @@ async fn on_planned(tx: &mut Tx, known: &mut Known, ty: &str, p: &JobPlanned, at
         .await?
         .rows_affected();
     for (ci, chunk) in p.tasks.chunks(INSERT_CHUNK).enumerate() {
-        let values = (0..chunk.len())
-            .map(|i| {
-                let b = i * 3;
-                format!("(${}, ${}, ${}, 'pending', 0, 0, 0)", b + 1, b + 2, b + 3)
-            })
-            .collect::<Vec<_>>()
-            .join(", ");
+        let values = placeholders_with(known.dialect, chunk.len(), 3, "'pending', 0, 0, 0");
         let sql = format!(
             "INSERT INTO tasks (job_id, task_id, ord, state, attempt_no, phase, attempts) VALUES {values}
              ON CONFLICT (job_id, task_id) DO UPDATE SET ord = excluded.ord"
@@ -1209,14 +1123,4 @@ async fn on_task_state(tx: &mut Tx, known: &mut Known, ty: &str, s: &TaskState, 
         record_change(tx, known, &s.job_id, ty, Some(&s.task_id), state, d, at).await?;
     }
     Ok(())
-}
-
-/// `sqlite://relative/path` and `sqlite:///abs/path` both name files; make sure the file is
-/// created if missing.
-fn sqlite_url(url: &str) -> String {
-    if url.contains(":memory:") || url.contains("mode=") {
-        return url.to_string();
-    }
-    let sep = if url.contains('?') { '&' } else { '?' };
-    format!("{url}{sep}mode=rwc")
 }

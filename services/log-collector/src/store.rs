@@ -15,9 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_event::payload::{LogLine, Stream, TaskLog};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-};
+use ferry_runtime::db;
+use sqlx::sqlite::{SqlitePoolOptions, SqliteRow};
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 use tokio::sync::watch;
 
@@ -214,20 +213,10 @@ impl LogStore {
             source,
         };
         let memory = url.contains(":memory:") || url.contains("mode=memory");
-        let options = SqliteConnectOptions::from_str(url)
-            .map_err(open_err)?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            // Deliveries are acked after commit: a commit must survive a power cut, too.
-            .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(BUSY_TIMEOUT);
+        let options = db::sqlite_options(url, BUSY_TIMEOUT).map_err(open_err)?;
         let pool = if memory {
             // The database lives as long as one connection does: keep exactly one, forever.
-            SqlitePoolOptions::new()
-                .max_connections(1)
-                .min_connections(1)
-                .idle_timeout(None)
-                .max_lifetime(None)
+            db::single_connection::<Sqlite>()
         } else {
             if let Some(dir) = options
                 .get_filename()

@@ -17,6 +17,7 @@
 //! after the commit; the outbox is published after the commit and retried until confirmed. The
 //! work per event is bounded by the task's own edges, never by the job's size.
 
+mod clock;
 mod engine;
 mod flags;
 mod store;
@@ -29,9 +30,10 @@ use ferry_bus::{Bus, Delivery, Subscribe};
 use ferry_event::{AttributesReader, Event, EventBuilder, Topic};
 use ferry_runtime::CancellationToken;
 
-pub use engine::{AttemptRow, JobRow, TaskRow};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use ferry_runtime::db::Dialect;
 pub use flags::Flags;
-pub use store::{Dialect, Store};
+pub use store::{AttemptRow, JobRow, Store, TaskRow};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -82,6 +84,9 @@ pub struct Config {
     /// deletes its rows within a tick of their confirmation, so a row seen at two sweeps this
     /// far apart belongs to an instance that died between its commit and its publish.
     pub orphan_sweep: Duration,
+    /// Where the time is read: leases, backoff, timeouts and the outbox sweep are measured by
+    /// it. The system clock by default; tests move a [`ManualClock`] on instead of sleeping.
+    pub clock: Arc<dyn Clock>,
 }
 
 impl Config {
@@ -98,6 +103,7 @@ impl Config {
             max_waiting: 1024,
             tick: Duration::from_millis(100),
             orphan_sweep: Duration::from_secs(10),
+            clock: Arc::new(SystemClock),
         }
     }
 }
@@ -182,14 +188,15 @@ pub struct Scheduler {
     confirmed: Vec<String>,
     /// Outbox rows of other instances seen at the last sweep (see [`Scheduler::adopt_orphans`]).
     seen_outbox: HashSet<i64>,
-    next_sweep: tokio::time::Instant,
+    /// When the outbox is swept next, by the clock.
+    next_sweep_ms: i64,
     /// Ends the wait for the database to come back (see [`Scheduler::handle`]).
     stop: CancellationToken,
 }
 
 impl Scheduler {
     pub fn new(store: Store, bus: Arc<dyn Bus>, config: Config) -> Self {
-        let next_sweep = tokio::time::Instant::now() + config.orphan_sweep;
+        let next_sweep_ms = config.clock.now_ms() + ms(config.orphan_sweep);
         let events = EventBuilder::new(config.source.clone());
         Scheduler {
             store,
@@ -199,7 +206,7 @@ impl Scheduler {
             unpublished: VecDeque::new(),
             confirmed: Vec::new(),
             seen_outbox: HashSet::new(),
-            next_sweep,
+            next_sweep_ms,
             stop: CancellationToken::new(),
         }
     }
@@ -259,7 +266,7 @@ impl Scheduler {
                 _ => None,
             },
             || {
-                let now = ferry_event::now_ms();
+                let now = self.config.clock.now_ms();
                 let confirmed = self.confirmed.clone();
                 engine::apply(
                     &self.store,
@@ -306,7 +313,7 @@ impl Scheduler {
     /// Timers (retries due, lapsed leases, missed deadlines) and dispatch of ready tasks.
     pub async fn tick(&mut self) -> Result<()> {
         loop {
-            let now = ferry_event::now_ms();
+            let now = self.config.clock.now_ms();
             let (emitted, more) = engine::tick(
                 &self.store,
                 &self.config,
@@ -321,8 +328,9 @@ impl Scheduler {
                 break;
             }
         }
-        if tokio::time::Instant::now() >= self.next_sweep {
-            self.next_sweep = tokio::time::Instant::now() + self.config.orphan_sweep;
+        let now = self.config.clock.now_ms();
+        if now >= self.next_sweep_ms {
+            self.next_sweep_ms = now + ms(self.config.orphan_sweep);
             self.adopt_orphans().await;
         }
         Ok(())
@@ -392,4 +400,8 @@ impl Scheduler {
     pub fn unpublished(&self) -> usize {
         self.unpublished.len()
     }
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }

@@ -1,20 +1,17 @@
 //! The scheduler's durable state: SQLite (one file, embedded) or PostgreSQL, through sqlx's `Any`
 //! driver so that one set of portable SQL statements serves both.
+//!
+//! The schema, the rows as stored ([`JobRow`], [`TaskRow`], [`AttemptRow`]) and the reads of
+//! them and of the outbox; the writes are the engine's, inside its transactions.
 
-use std::str::FromStr;
-use std::time::Duration;
+use ferry_event::Event;
+use ferry_event::payload::{OutputFile, PlannedTask};
+use ferry_runtime::db::{self, Dialect, in_list, sized};
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, AnyPool, Row};
 
-use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::{AnyPool, ConnectOptions, Executor};
-
+use crate::engine::CHUNK;
 use crate::{Error, Result};
-
-/// Which SQL dialect the store speaks, where the portable subset is not enough.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Dialect {
-    Sqlite,
-    Postgres,
-}
 
 /// The scheduler's database.
 #[derive(Debug, Clone)]
@@ -91,11 +88,6 @@ const SCHEMA: &[&str] = &[
         error TEXT
     )",
     "CREATE INDEX IF NOT EXISTS attempts_task ON attempts (job_id, task_id)",
-    "CREATE TABLE IF NOT EXISTS inbox (
-        event_id TEXT PRIMARY KEY,
-        applied_at BIGINT NOT NULL
-    )",
-    "CREATE INDEX IF NOT EXISTS inbox_applied ON inbox (applied_at)",
 ];
 
 const OUTBOX_SQLITE: &str = "CREATE TABLE IF NOT EXISTS outbox (
@@ -113,55 +105,20 @@ impl Store {
     /// Opens (creating if needed) the database at `url`: `sqlite://PATH`, `sqlite::memory:` or
     /// `postgres://…`.
     pub async fn open(url: &str) -> Result<Store> {
-        sqlx::any::install_default_drivers();
-        let dialect = if url.starts_with("sqlite:") {
-            Dialect::Sqlite
-        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-            Dialect::Postgres
-        } else {
-            return Err(Error::Config(format!(
-                "unsupported database URL {url:?}: expected sqlite://PATH or postgres://…"
-            )));
+        let db = db::open(url, "scheduler database").await.map_err(|e| match e {
+            db::OpenError::Config(msg) => Error::Config(msg),
+            db::OpenError::Db(e) => Error::Db(e),
+        })?;
+        let store = Store {
+            pool: db.pool,
+            dialect: db.dialect,
         };
-        let pool = match dialect {
-            Dialect::Sqlite => {
-                let url = sqlite_url(url);
-                let opts = AnyConnectOptions::from_str(&url)
-                    .map_err(|e| Error::Config(format!("database URL {url:?}: {e}")))?
-                    .disable_statement_logging();
-                // One writer: SQLite serializes writes anyway, and a single connection never
-                // meets SQLITE_BUSY from itself.
-                AnyPoolOptions::new()
-                    .max_connections(1)
-                    .after_connect(|conn, _| {
-                        Box::pin(async move {
-                            conn.execute("PRAGMA journal_mode = WAL").await?;
-                            conn.execute("PRAGMA synchronous = FULL").await?;
-                            conn.execute("PRAGMA busy_timeout = 5000").await?;
-                            Ok(())
-                        })
-                    })
-                    .connect_with(opts)
-                    .await?
-            }
-            Dialect::Postgres => {
-                let opts = AnyConnectOptions::from_str(url)
-                    .map_err(|e| Error::Config(format!("database URL: {e}")))?
-                    .disable_statement_logging();
-                AnyPoolOptions::new()
-                    .max_connections(8)
-                    .acquire_timeout(Duration::from_secs(10))
-                    .connect_with(opts)
-                    .await?
-            }
-        };
-        let store = Store { pool, dialect };
         store.migrate().await?;
         Ok(store)
     }
 
     async fn migrate(&self) -> Result<()> {
-        for stmt in SCHEMA {
+        for stmt in SCHEMA.iter().chain(db::INBOX_SCHEMA) {
             sqlx::query(stmt).execute(&self.pool).await?;
         }
         let outbox = match self.dialect {
@@ -184,12 +141,216 @@ impl Store {
     }
 }
 
-/// `sqlite://relative/path` and `sqlite:///abs/path` both name files; make sure the file is
-/// created if missing.
-fn sqlite_url(url: &str) -> String {
-    if url.contains(":memory:") || url.contains("mode=") {
-        return url.to_string();
+pub(crate) const JOB_SELECT: &str =
+    "SELECT job_id, flow_id, state, ending, reason, concurrency, active, ready, total, unfinished FROM jobs";
+pub(crate) const TASK_SELECT: &str =
+    "SELECT job_id, task_id, state, attempts, failures, lost, attempt_id, backend, timeout_ms,
+    retry_attempts, deadline, started_at, finished_at, spec, outputs, output_files, error FROM tasks";
+pub(crate) const ATTEMPT_SELECT: &str =
+    "SELECT attempt_id, job_id, task_id, number, state, cancel_requested, dispatched_at,
+    started_at, finished_at, exit_code, error FROM attempts";
+
+/// A job as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobRow {
+    pub job_id: String,
+    pub flow_id: String,
+    pub state: String,
+    pub ending: Option<String>,
+    pub reason: Option<String>,
+    pub concurrency: Option<i64>,
+    pub active: i64,
+    /// Tasks ready to dispatch.
+    pub ready: i64,
+    pub total: i64,
+    pub unfinished: i64,
+}
+
+impl JobRow {
+    pub(crate) fn from_row(r: &AnyRow) -> Result<Self> {
+        Ok(JobRow {
+            job_id: r.try_get("job_id")?,
+            flow_id: r.try_get("flow_id")?,
+            state: r.try_get("state")?,
+            ending: r.try_get("ending")?,
+            reason: r.try_get("reason")?,
+            concurrency: r.try_get("concurrency")?,
+            active: r.try_get("active")?,
+            ready: r.try_get("ready")?,
+            total: r.try_get("total")?,
+            unfinished: r.try_get("unfinished")?,
+        })
     }
-    let sep = if url.contains('?') { '&' } else { '?' };
-    format!("{url}{sep}mode=rwc")
+}
+
+/// A task as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskRow {
+    pub job_id: String,
+    pub task_id: String,
+    pub state: String,
+    pub attempts: i64,
+    pub failures: i64,
+    pub lost: i64,
+    pub attempt_id: Option<String>,
+    pub backend: String,
+    pub timeout_ms: Option<i64>,
+    pub retry_attempts: i64,
+    pub deadline: Option<i64>,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    pub spec: String,
+    pub outputs: Option<String>,
+    pub output_files: Option<String>,
+    pub error: Option<String>,
+}
+
+impl TaskRow {
+    pub(crate) fn from_row(r: &AnyRow) -> Result<Self> {
+        Ok(TaskRow {
+            job_id: r.try_get("job_id")?,
+            task_id: r.try_get("task_id")?,
+            state: r.try_get("state")?,
+            attempts: r.try_get("attempts")?,
+            failures: r.try_get("failures")?,
+            lost: r.try_get("lost")?,
+            attempt_id: r.try_get("attempt_id")?,
+            backend: r.try_get("backend")?,
+            timeout_ms: r.try_get("timeout_ms")?,
+            retry_attempts: r.try_get("retry_attempts")?,
+            deadline: r.try_get("deadline")?,
+            started_at: r.try_get("started_at")?,
+            finished_at: r.try_get("finished_at")?,
+            spec: r.try_get("spec")?,
+            outputs: r.try_get("outputs")?,
+            output_files: r.try_get("output_files")?,
+            error: r.try_get("error")?,
+        })
+    }
+
+    pub fn spec(&self) -> Result<PlannedTask> {
+        serde_json::from_str(&self.spec)
+            .map_err(|e| Error::Corrupt(format!("task {}/{} spec: {e}", self.job_id, self.task_id)))
+    }
+
+    pub fn output_files(&self) -> Vec<OutputFile> {
+        self.output_files
+            .as_deref()
+            .and_then(|s| serde_json::from_str(s).ok())
+            .unwrap_or_default()
+    }
+}
+
+/// An attempt as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttemptRow {
+    pub attempt_id: String,
+    pub job_id: String,
+    pub task_id: String,
+    pub number: i64,
+    pub state: String,
+    pub cancel_requested: bool,
+    pub dispatched_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    pub exit_code: Option<i64>,
+    pub error: Option<String>,
+}
+
+impl AttemptRow {
+    pub(crate) fn from_row(r: &AnyRow) -> Result<Self> {
+        Ok(AttemptRow {
+            attempt_id: r.try_get("attempt_id")?,
+            job_id: r.try_get("job_id")?,
+            task_id: r.try_get("task_id")?,
+            number: r.try_get("number")?,
+            state: r.try_get("state")?,
+            cancel_requested: r.try_get::<i64, _>("cancel_requested")? != 0,
+            dispatched_at: r.try_get("dispatched_at")?,
+            started_at: r.try_get("started_at")?,
+            finished_at: r.try_get("finished_at")?,
+            exit_code: r.try_get("exit_code")?,
+            error: r.try_get("error")?,
+        })
+    }
+}
+
+impl Store {
+    pub async fn job(&self, job_id: &str) -> Result<Option<JobRow>> {
+        let row = sqlx::query(&format!("{JOB_SELECT} WHERE job_id = $1"))
+            .bind(job_id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| JobRow::from_row(&r)).transpose()
+    }
+
+    pub async fn tasks(&self, job_id: &str) -> Result<Vec<TaskRow>> {
+        let rows = sqlx::query(&format!("{TASK_SELECT} WHERE job_id = $1 ORDER BY ord"))
+            .bind(job_id.to_string())
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(TaskRow::from_row).collect()
+    }
+
+    pub async fn attempts(&self, job_id: &str) -> Result<Vec<AttemptRow>> {
+        let rows = sqlx::query(&format!(
+            "{ATTEMPT_SELECT} WHERE job_id = $1 ORDER BY dispatched_at, number"
+        ))
+        .bind(job_id.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(AttemptRow::from_row).collect()
+    }
+
+    /// Deletes outbox rows whose events the bus confirmed.
+    pub async fn delete_outbox(&self, ids: &[String]) -> Result<()> {
+        let mut conn = self.pool.acquire().await?;
+        delete_outbox(&mut conn, self.dialect, ids).await
+    }
+
+    /// Events committed to the outbox and not yet known to be published, in order.
+    /// The oldest `limit` outbox rows: sequence number and event.
+    pub async fn outbox_head(&self, limit: usize) -> Result<Vec<(i64, Event)>> {
+        let rows = sqlx::query("SELECT seq, event FROM outbox ORDER BY seq LIMIT $1")
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let text: String = r.try_get("event")?;
+                let event =
+                    serde_json::from_str(&text).map_err(|e| Error::Corrupt(format!("outbox event: {e}")))?;
+                Ok((r.try_get("seq")?, event))
+            })
+            .collect()
+    }
+
+    pub async fn outbox(&self) -> Result<Vec<Event>> {
+        let rows = sqlx::query("SELECT event FROM outbox ORDER BY seq")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let text: String = r.try_get("event")?;
+                serde_json::from_str(&text).map_err(|e| Error::Corrupt(format!("outbox event: {e}")))
+            })
+            .collect()
+    }
+}
+
+/// Deletes outbox rows whose events the bus confirmed, within the caller's transaction or on
+/// a connection of its own.
+pub(crate) async fn delete_outbox(conn: &mut AnyConnection, dialect: Dialect, ids: &[String]) -> Result<()> {
+    for chunk in ids.chunks(CHUNK) {
+        let sql = format!(
+            "DELETE FROM outbox WHERE event_id IN ({})",
+            in_list(dialect, chunk.len())
+        );
+        let mut q = sized(&sql, chunk.len());
+        for id in chunk {
+            q = q.bind(id.clone());
+        }
+        q.execute(&mut *conn).await?;
+    }
+    Ok(())
 }

@@ -11,6 +11,7 @@ use ferry_event::kind;
 use ferry_event::payload::{JobCancel, JobRetry, JobState, Outcome, PlannedTask, TaskDispatched, TaskState};
 use ferry_event::template::{Part, Template};
 use ferry_runtime::CancellationToken;
+use ferry_scheduler::{Clock, ManualClock};
 use serde_json::json;
 use sim::*;
 
@@ -18,6 +19,7 @@ const WITHIN: Duration = Duration::from_secs(20);
 
 struct Rig {
     bus: MemoryBus,
+    db_url: String,
     rec: Recorder,
     log: Arc<std::sync::Mutex<SimLog>>,
     stop: CancellationToken,
@@ -38,6 +40,7 @@ async fn rig_with(script: Script, tune: impl FnOnce(&mut ferry_scheduler::Config
     declare_scheduler(&bus).await;
     let mut cfg = config(&db);
     tune(&mut cfg);
+    let db_url = cfg.db_url.clone();
     let (_h, t) = start_scheduler(&bus, cfg);
     let s = stop.clone();
     tokio::spawn(async move {
@@ -46,11 +49,51 @@ async fn rig_with(script: Script, tune: impl FnOnce(&mut ferry_scheduler::Config
     });
     Rig {
         bus,
+        db_url,
         rec,
         log,
         stop,
         _dir: dir,
     }
+}
+
+impl Rig {
+    /// Waits until the scheduler has recorded the task in `state`.
+    async fn wait_task_state(&self, job_id: &str, task_id: &str, state: &str) {
+        let store = ferry_scheduler::Store::open(&self.db_url).await.unwrap();
+        let deadline = tokio::time::Instant::now() + WITHIN;
+        loop {
+            let tasks = store.tasks(job_id).await.unwrap();
+            if tasks.iter().any(|t| t.task_id == task_id && t.state == state) {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "task {job_id}/{task_id} never became {state}: {tasks:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        store.close().await;
+    }
+
+    /// Waits for the `n`th event of type `ty` and returns it.
+    async fn wait_nth(&self, ty: &str, n: usize) -> TaskState {
+        let deadline = tokio::time::Instant::now() + WITHIN;
+        loop {
+            if let Some(s) = task_states(&self.rec, ty).into_iter().nth(n - 1) {
+                return s;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no {ty} number {n}");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+}
+
+/// A clock that moves only when a test moves it, and the scheduler set to read it.
+fn manual_clock(c: &mut ferry_scheduler::Config) -> ManualClock {
+    let clock = ManualClock::new(1_000_000);
+    c.clock = Arc::new(clock.clone());
+    clock
 }
 
 impl Drop for Rig {
@@ -130,6 +173,8 @@ async fn a_diamond_runs_in_dependency_order_with_outputs_passed_along() {
     );
 }
 
+/// Backoff on the scheduler's clock: each retry is due `initial`, then twice that, after the
+/// failure, and is dispatched only once the clock gets there.
 #[tokio::test]
 async fn failed_attempts_are_retried_with_backoff_then_succeed() {
     let tries = Arc::new(AtomicU32::new(0));
@@ -145,23 +190,34 @@ async fn failed_attempts_are_retried_with_backoff_then_succeed() {
             ..succeed(1)
         }
     });
-    let r = rig(script).await;
+    let mut clock = None;
+    let r = rig_with(script, |c| clock = Some(manual_clock(c))).await;
+    let clock = clock.unwrap();
+    let start = clock.now_ms();
     let mut flaky = task_spec("flaky", &[]);
     flaky.retry.attempts = 3;
-    flaky.retry.initial_ms = 50;
+    flaky.retry.initial_ms = 60_000;
     flaky.retry.backoff = ferry_event::payload::Backoff::Exponential;
     publish(&r.bus, kind::JOB_PLANNED, "j", &planned("j", vec![flaky], None)).await;
+    for (n, delay) in [(1, 60_000), (2, 120_000)] {
+        let retrying = r.wait_nth(kind::TASK_RETRYING, n).await;
+        let now = clock.now_ms();
+        assert_eq!(retrying.retry_at_ms, Some(now + delay), "retry {n}");
+        assert_eq!(
+            dispatched(&r.rec).len(),
+            n,
+            "dispatched again before the retry was due"
+        );
+        clock.set(now + delay);
+    }
     assert_eq!(r.rec.wait_terminal("j", WITHIN).await, kind::JOB_SUCCEEDED);
 
-    let retrying = task_states(&r.rec, kind::TASK_RETRYING);
-    assert_eq!(retrying.len(), 2);
     let ds = dispatched(&r.rec);
     assert_eq!(ds.iter().map(|d| d.attempt).collect::<Vec<_>>(), [1, 2, 3]);
-    // Backoff: the third attempt became ready at least 50 + 100 ms after the first.
-    assert!(
-        ds[2].ready_at_ms - ds[0].ready_at_ms >= 150,
-        "{:?}",
-        ds.iter().map(|d| d.ready_at_ms).collect::<Vec<_>>()
+    assert_eq!(
+        ds.iter().map(|d| d.ready_at_ms - start).collect::<Vec<_>>(),
+        [0, 60_000, 180_000],
+        "each attempt became ready when its backoff ended"
     );
     let done = &task_states(&r.rec, kind::TASK_SUCCEEDED)[0];
     assert_eq!(done.attempts, 3);
@@ -299,7 +355,13 @@ async fn a_lapsed_lease_retries_the_task_as_a_new_attempt_without_overlap() {
             succeed(1)
         }
     });
-    let r = rig_with(script, |c| c.lease = Duration::from_millis(300)).await;
+    let mut clock = None;
+    let r = rig_with(script, |c| {
+        clock = Some(manual_clock(c));
+        c.lease = Duration::from_secs(30);
+    })
+    .await;
+    let clock = clock.unwrap();
     publish(
         &r.bus,
         kind::JOB_PLANNED,
@@ -307,6 +369,9 @@ async fn a_lapsed_lease_retries_the_task_as_a_new_attempt_without_overlap() {
         &planned("j", vec![task_spec("a", &[])], None),
     )
     .await;
+    // The lease runs from the start the scheduler recorded.
+    r.wait_task_state("j", "a", "running").await;
+    clock.advance(Duration::from_secs(30) + Duration::from_millis(1));
     assert_eq!(r.rec.wait_terminal("j", WITHIN).await, kind::JOB_SUCCEEDED);
     let log = r.log.lock().unwrap();
     assert_eq!(log.attempts_of("j", "a"), 2);
@@ -317,9 +382,46 @@ async fn a_lapsed_lease_retries_the_task_as_a_new_attempt_without_overlap() {
     );
     let retrying = task_states(&r.rec, kind::TASK_RETRYING);
     assert!(
-        retrying[0].error.as_deref().unwrap().contains("no heartbeat"),
+        retrying[0]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("no heartbeat from the launcher for 30s"),
         "{retrying:?}"
     );
+}
+
+/// A task past its timeout whose launcher never reports it is ended by the scheduler once the
+/// grace for the launcher to do so has passed too.
+#[tokio::test]
+async fn a_task_past_its_timeout_is_ended_when_its_launcher_does_not() {
+    let mut clock = None;
+    let r = rig_with(Arc::new(|_| succeed(60_000)), |c| {
+        clock = Some(manual_clock(c));
+        c.lease = Duration::from_secs(3600);
+        c.grace = Duration::from_secs(5);
+    })
+    .await;
+    let clock = clock.unwrap();
+    let mut t = task_spec("a", &[]);
+    t.timeout_ms = Some(600_000);
+    publish(&r.bus, kind::JOB_PLANNED, "j", &planned("j", vec![t], None)).await;
+    r.wait_task_state("j", "a", "running").await;
+    clock.advance(Duration::from_millis(600_000 + 5_000 + 1));
+    assert_eq!(r.rec.wait_terminal("j", WITHIN).await, kind::JOB_FAILED);
+    let failed = task_states(&r.rec, kind::TASK_FAILED);
+    assert!(
+        failed[0].error.as_deref().unwrap().contains("timed out"),
+        "{failed:?}"
+    );
+    let cancels = r.rec.of_type(kind::TASK_CANCEL);
+    assert_eq!(cancels.len(), 1, "the launcher is told to stop the attempt");
+    // The scheduler gave up on the attempt; the launcher stops it on the cancel.
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    while r.log.lock().unwrap().running_in("j") > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the attempt still runs");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 #[tokio::test]

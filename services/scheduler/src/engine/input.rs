@@ -1,0 +1,83 @@
+//! The events the scheduler acts on, decoded.
+
+use ferry_event::payload::{JobCancel, JobRetry, TaskFinished, TaskHeartbeat, TaskStarted};
+use ferry_event::{AttributesReader, Event, kind};
+
+use super::planned::PlannedJson;
+
+/// An event the scheduler acts on, decoded. Cloning is cheap: a planned job's JSON is shared.
+#[derive(Clone)]
+pub(crate) enum Input {
+    Planned(PlannedJson),
+    Cancel(JobCancel),
+    Retry(JobRetry),
+    Started(TaskStarted),
+    Heartbeat(TaskHeartbeat),
+    Finished(Box<TaskFinished>),
+}
+
+impl Input {
+    /// `Ok(None)` for events that are not the scheduler's; `Err` with a reason for events that
+    /// are, but cannot be read.
+    ///
+    /// A `job.planned` is checked whole here but kept as its JSON, taken out of the event: its
+    /// tasks are decoded a chunk at a time as they are inserted (see [`PlannedJson`]).
+    pub(crate) fn decode(event: &mut Event) -> std::result::Result<Option<Input>, String> {
+        use ferry_event::decode;
+        if event.ty() == kind::JOB_PLANNED {
+            return PlannedJson::take(event).map(|p| Some(Input::Planned(p)));
+        }
+        let r = match event.ty() {
+            kind::JOB_CANCEL => decode(event).map(Input::Cancel),
+            kind::JOB_RETRY => decode(event).map(Input::Retry),
+            kind::TASK_STARTED => decode(event).map(Input::Started),
+            kind::TASK_HEARTBEAT => decode(event).map(Input::Heartbeat),
+            kind::TASK_FINISHED => decode(event).map(|p| Input::Finished(Box::new(p))),
+            _ => return Ok(None),
+        };
+        r.map(Some).map_err(|e| e.to_string())
+    }
+
+    pub(super) fn job_id(&self) -> &str {
+        match self {
+            Input::Planned(p) => &p.job_id,
+            Input::Cancel(p) => &p.job_id,
+            Input::Retry(p) => &p.job_id,
+            Input::Started(p) => &p.job_id,
+            Input::Heartbeat(p) => &p.job_id,
+            Input::Finished(p) => &p.job_id,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ferry_event::EventBuilder;
+
+    use super::*;
+
+    #[test]
+    fn planned_events_are_checked_then_kept_as_json() {
+        let b = EventBuilder::new("test");
+        let ok = serde_json::json!({"jobId": "j", "flowId": "f", "tasks": [
+            {"id": "a", "runner": {"type": "local"}, "command": ["true"]}
+        ]});
+        let mut e = b.job(kind::JOB_PLANNED, "j", &ok);
+        let Ok(Some(Input::Planned(p))) = Input::decode(&mut e) else {
+            panic!("a valid job.planned decodes");
+        };
+        assert!(e.data().is_none(), "the data is taken out of the event");
+        let head = p.head().unwrap();
+        assert_eq!((head.job_id.as_str(), head.tasks.len()), ("j", 1));
+        let bad = serde_json::json!({"jobId": "j", "flowId": "f", "tasks": [
+            {"id": "a", "runner": {"type": "nowhere"}, "command": ["true"]}
+        ]});
+        let mut e = b.job(kind::JOB_PLANNED, "j", &bad);
+        let err = Input::decode(&mut e).err().expect("a bad task is refused");
+        assert!(err.contains("not valid for its type"), "{err}");
+        assert!(
+            e.data().is_some(),
+            "a refused event keeps its data for the dead letter"
+        );
+    }
+}

@@ -1,0 +1,110 @@
+//! `job.cancel` and fail-fast: ending a job.
+
+use ferry_event::kind;
+use ferry_event::payload::{JobStatus, TaskStatus};
+use sqlx::Row;
+
+use super::{Cx, task_state};
+use crate::Result;
+
+impl Cx<'_> {
+    /// Ends a job as failed or cancelled: pending tasks are cancelled at once, running attempts
+    /// are asked to stop; the job reaches its final state when the last of them reports.
+    pub(super) async fn begin_ending(&mut self, job_id: &str, ending: JobStatus, reason: &str) -> Result<()> {
+        let Some(job) = self.lock_job(job_id).await? else {
+            tracing::warn!(job_id, "cancel for an unknown job ignored");
+            return Ok(());
+        };
+        if job.state != "running" || job.ending.is_some() {
+            tracing::debug!(job_id, state = %job.state, "job already ending or finished");
+            return Ok(());
+        }
+        tracing::info!(job_id, ending = ending.as_str(), reason, "job ending");
+        self.flush(job_id).await?;
+        sqlx::query("UPDATE jobs SET ending = $1, reason = $2, updated_at = $3 WHERE job_id = $4")
+            .bind(ending.as_str())
+            .bind(reason.to_string())
+            .bind(self.now)
+            .bind(job_id.to_string())
+            .execute(&mut *self.tx)
+            .await?;
+        self.changed_job(job_id);
+        let pending = sqlx::query(
+            "SELECT task_id, attempts FROM tasks WHERE job_id = $1 AND state IN ('waiting', 'ready', 'retrying')",
+        )
+        .bind(job_id.to_string())
+        .fetch_all(&mut *self.tx)
+        .await?;
+        if !pending.is_empty() {
+            sqlx::query(
+                "UPDATE tasks SET state = 'cancelled', finished_at = $1, ready_at = NULL, error = $2
+                 WHERE job_id = $3 AND state IN ('waiting', 'ready', 'retrying')",
+            )
+            .bind(self.now)
+            .bind(reason.to_string())
+            .bind(job_id.to_string())
+            .execute(&mut *self.tx)
+            .await?;
+            sqlx::query("UPDATE jobs SET unfinished = unfinished - $1, ready = 0 WHERE job_id = $2")
+                .bind(pending.len() as i64)
+                .bind(job_id.to_string())
+                .execute(&mut *self.tx)
+                .await?;
+            for row in &pending {
+                let task_id: String = row.try_get("task_id")?;
+                let attempts: i64 = row.try_get("attempts")?;
+                self.emit_task(
+                    kind::TASK_CANCELLED,
+                    task_state(
+                        job_id,
+                        &task_id,
+                        TaskStatus::Cancelled,
+                        attempts,
+                        None,
+                        Some(reason.into()),
+                    ),
+                );
+            }
+        }
+        let active = sqlx::query(
+            "SELECT task_id, attempt_id, backend FROM tasks
+             WHERE job_id = $1 AND state IN ('dispatched', 'running')",
+        )
+        .bind(job_id.to_string())
+        .fetch_all(&mut *self.tx)
+        .await?;
+        for row in &active {
+            let task_id: String = row.try_get("task_id")?;
+            let attempt_id: String = row.try_get("attempt_id")?;
+            let backend: String = row.try_get("backend")?;
+            self.request_cancel(job_id, &task_id, &attempt_id, &backend, reason)
+                .await?;
+        }
+        self.touched.insert(job_id.to_string());
+        Ok(())
+    }
+
+    /// Asks the attempt's launcher to stop it; if it does not confirm within the grace period the
+    /// attempt is given up on (see [`Cx::timers`]).
+    async fn request_cancel(
+        &mut self,
+        job_id: &str,
+        task_id: &str,
+        attempt_id: &str,
+        backend: &str,
+        reason: &str,
+    ) -> Result<()> {
+        sqlx::query("UPDATE attempts SET cancel_requested = 1 WHERE attempt_id = $1")
+            .bind(attempt_id.to_string())
+            .execute(&mut *self.tx)
+            .await?;
+        sqlx::query("UPDATE tasks SET deadline = $1 WHERE job_id = $2 AND task_id = $3")
+            .bind(self.now + self.cfg.grace.as_millis() as i64)
+            .bind(job_id.to_string())
+            .bind(task_id.to_string())
+            .execute(&mut *self.tx)
+            .await?;
+        self.emit_cancel(job_id, task_id, attempt_id, backend, reason);
+        Ok(())
+    }
+}

@@ -1,0 +1,137 @@
+//! `job.planned`: the job, its tasks and their edges.
+
+use ferry_event::kind;
+use ferry_event::payload::{JobStatus, PlannedTask};
+
+use super::planned::{PlannedHead, PlannedJson, check_dag};
+use super::{CHUNK, Cx};
+use crate::store::JobRow;
+use crate::{Error, Result};
+use ferry_runtime::db::{placeholders, sized};
+
+impl Cx<'_> {
+    pub(super) async fn on_planned(&mut self, planned: PlannedJson) -> Result<()> {
+        let p = planned.head()?;
+        if self.lock_job(&p.job_id).await?.is_some() {
+            tracing::debug!(job_id = %p.job_id, "job already known; planned event ignored");
+            return Ok(());
+        }
+        let total = p.tasks.len() as i64;
+        let (invalid, ready) = match check_dag(&p.tasks) {
+            Ok(ready) => (None, ready as i64),
+            Err(reason) => (Some(reason), 0),
+        };
+        let (state, unfinished) = match &invalid {
+            Some(_) => (JobStatus::Failed, 0),
+            None => (JobStatus::Running, total),
+        };
+        let inserted = sqlx::query(
+            "INSERT INTO jobs (job_id, flow_id, namespace, state, ending, reason, concurrency, active, ready,
+                               total, unfinished, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, NULL, $5, $6, 0, $7, $8, $9, $10, $10)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(p.job_id.clone())
+        .bind(p.flow_id.clone())
+        .bind(p.namespace.clone())
+        .bind(state.as_str())
+        .bind(invalid.clone())
+        .bind(p.concurrency.map(i64::from))
+        .bind(ready)
+        .bind(total)
+        .bind(unfinished)
+        .bind(self.now)
+        .execute(&mut *self.tx)
+        .await?;
+        if inserted.rows_affected() == 0 {
+            // Another instance created it since the lookup above.
+            return Ok(());
+        }
+        let job = JobRow {
+            job_id: p.job_id.clone(),
+            flow_id: p.flow_id.clone(),
+            state: state.as_str().into(),
+            ending: None,
+            reason: invalid.clone(),
+            concurrency: p.concurrency.map(i64::from),
+            active: 0,
+            ready: 0,
+            total,
+            unfinished,
+        };
+        if let Some(reason) = invalid {
+            tracing::warn!(job_id = %p.job_id, %reason, "planned job is not a valid DAG");
+            self.emit_job(kind::JOB_FAILED, &job, JobStatus::Failed, Some(reason));
+            return Ok(());
+        }
+        self.insert_tasks(&p).await?;
+        tracing::info!(job_id = %p.job_id, flow_id = %p.flow_id, tasks = total, "job started");
+        self.emit_job(kind::JOB_STARTED, &job, JobStatus::Running, None);
+        self.touched.insert(p.job_id);
+        Ok(())
+    }
+
+    /// Inserts the tasks and their edges, decoding a chunk of tasks at a time: what is held at
+    /// once does not grow with the job.
+    async fn insert_tasks(&mut self, p: &PlannedHead<'_>) -> Result<()> {
+        const COLS: usize = 15;
+        let mut edges: Vec<(String, String)> = Vec::with_capacity(CHUNK);
+        for (ci, chunk) in p.tasks.chunks(CHUNK / 2).enumerate() {
+            let sql = format!(
+                "INSERT INTO tasks (job_id, task_id, ord, state, priority, deps_left, attempts, failures, lost,
+                                    ready_at, backend, timeout_ms, retry_attempts, spec, started_at)
+                 VALUES {}",
+                placeholders(self.dialect, chunk.len(), COLS)
+            );
+            let mut q = sized(&sql, chunk.len());
+            for (i, raw) in chunk.iter().enumerate() {
+                let t: PlannedTask = serde_json::from_str(raw.get()).map_err(|e| {
+                    Error::Corrupt(format!("a task of job {} does not decode: {e}", p.job_id))
+                })?;
+                let deps = t.depends_on.len() as i64;
+                let spec = serde_json::to_string(&t)
+                    .map_err(|e| Error::Corrupt(format!("task {} does not serialize: {e}", t.id)))?;
+                q = q
+                    .bind(p.job_id.clone())
+                    .bind(t.id.clone())
+                    .bind((ci * (CHUNK / 2) + i) as i64)
+                    .bind(if deps == 0 { "ready" } else { "waiting" })
+                    .bind(i64::from(t.priority))
+                    .bind(deps)
+                    .bind(0i64)
+                    .bind(0i64)
+                    .bind(0i64)
+                    .bind(if deps == 0 { Some(self.now) } else { None })
+                    .bind(t.runner.backend())
+                    .bind(t.timeout_ms.map(|v| v as i64))
+                    .bind(i64::from(t.retry.attempts.max(1)))
+                    .bind(spec)
+                    .bind(None::<i64>);
+                edges.extend(t.depends_on.into_iter().map(|up| (up, t.id.clone())));
+            }
+            q.execute(&mut *self.tx).await?;
+            while edges.len() >= CHUNK {
+                let rest = edges.split_off(CHUNK);
+                self.insert_edges(&p.job_id, &edges).await?;
+                edges = rest;
+            }
+        }
+        self.insert_edges(&p.job_id, &edges).await
+    }
+
+    async fn insert_edges(&mut self, job_id: &str, edges: &[(String, String)]) -> Result<()> {
+        if edges.is_empty() {
+            return Ok(());
+        }
+        let sql = format!(
+            "INSERT INTO edges (job_id, task_id, dependent) VALUES {} ON CONFLICT DO NOTHING",
+            placeholders(self.dialect, edges.len(), 3)
+        );
+        let mut q = sized(&sql, edges.len());
+        for (up, down) in edges {
+            q = q.bind(job_id.to_string()).bind(up.clone()).bind(down.clone());
+        }
+        q.execute(&mut *self.tx).await?;
+        Ok(())
+    }
+}
