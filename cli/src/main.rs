@@ -47,7 +47,7 @@ enum Command {
     /// Print the flow JSON Schema, or an event payload's schema (e.g. task.dispatched).
     Schema { name: Option<String> },
     /// Run every service (planner, scheduler, launcher, log collector, api) in this process on a broker.
-    Up(Up),
+    Up(Box<Up>),
     /// Run one service alone; start as many as the load needs.
     Service {
         #[command(subcommand)]
