@@ -52,6 +52,17 @@ pub enum OpenError {
     Db(#[from] sqlx::Error),
 }
 
+impl OpenError {
+    /// Into a store's own error type: `config` for a URL that can never work, `db` for a
+    /// database that did not answer (which may come back).
+    pub fn into_error<E>(self, config: impl FnOnce(String) -> E, db: impl FnOnce(sqlx::Error) -> E) -> E {
+        match self {
+            OpenError::Config(msg) => config(msg),
+            OpenError::Db(e) => db(e),
+        }
+    }
+}
+
 /// How long a statement waits for another SQLite writer before it fails as busy.
 pub const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 

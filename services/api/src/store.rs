@@ -243,14 +243,10 @@ impl ReadModel {
     /// Opens (creating if needed) the database at `url`: `sqlite://PATH`, `sqlite::memory:` or
     /// `postgres://…`.
     pub async fn open(url: &str) -> Result<ReadModel> {
-        let db = db::open(url, "read model database").await.map_err(|e| match e {
-            db::OpenError::Config(msg) => Error::Config(msg),
-            db::OpenError::Db(e) => Error::Db(e),
-        })?;
-        let model = ReadModel {
-            pool: db.pool,
-            dialect: db.dialect,
-        };
+        let db::Db { pool, dialect } = db::open(url, "read model database")
+            .await
+            .map_err(|e| e.into_error(Error::Config, Error::Db))?;
+        let model = ReadModel { pool, dialect };
         for stmt in SCHEMA.iter().chain(db::INBOX_SCHEMA) {
             sqlx::query(stmt).execute(&model.pool).await?;
         }

@@ -105,14 +105,10 @@ impl Store {
     /// Opens (creating if needed) the database at `url`: `sqlite://PATH`, `sqlite::memory:` or
     /// `postgres://…`.
     pub async fn open(url: &str) -> Result<Store> {
-        let db = db::open(url, "scheduler database").await.map_err(|e| match e {
-            db::OpenError::Config(msg) => Error::Config(msg),
-            db::OpenError::Db(e) => Error::Db(e),
-        })?;
-        let store = Store {
-            pool: db.pool,
-            dialect: db.dialect,
-        };
+        let db::Db { pool, dialect } = db::open(url, "scheduler database")
+            .await
+            .map_err(|e| e.into_error(Error::Config, Error::Db))?;
+        let store = Store { pool, dialect };
         store.migrate().await?;
         Ok(store)
     }
