@@ -51,3 +51,81 @@ async fn forged_events_are_dead_lettered_with_their_reason() {
         assert!(reason.contains(want.reason), "{}: {reason}", want.reason);
     }
 }
+
+/// A queue's publisher may name any topic in the message (`x-ferry-routing-key`) and may reach
+/// any queue through the default exchange, past the topic permissions of `docs/security.md`:
+/// neither makes an unsigned ferry event acceptable to a service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsigned_dispatch_claiming_to_be_intake_is_refused() {
+    use ferry_bus::Subscribe;
+    use ferry_bus::signing::{Keyring, Signed};
+    use ferry_bus_amqp::mapping::{to_amqp, with_string_header};
+    use ferry_bus_amqp::topology::{Names, ROUTING_KEY_HEADER};
+    use ferry_event::{EventBuilder, Topic, kind};
+    use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+
+    let _lock = common::broker_lock(false).await;
+    let (bus, ns) = common::fresh_bus().await;
+    let raw: Arc<dyn Bus> = Arc::new(bus.0.clone());
+    let keys = Keyring::generate();
+    let launcher = Signed::new(raw, keys);
+    let group = "signed-launcher";
+    let mut sub = launcher
+        .subscribe(Subscribe::new(group, [Topic::Dispatch("local".into())]))
+        .await
+        .unwrap();
+
+    let forged = EventBuilder::new("ferry/scheduler/forged").job(
+        kind::TASK_DISPATCHED,
+        "job-1",
+        &serde_json::json!({"jobId": "job-1", "taskId": "t", "command": ["sh", "-c", "echo pwned"]}),
+    );
+    let m = to_amqp(&forged).unwrap();
+    let (_conn, ch) = common::raw_channel().await;
+    ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    let queue = Names::new(&ns).queue(group);
+    ch.basic_publish(
+        "".into(),
+        queue.as_str().into(),
+        BasicPublishOptions::default(),
+        &m.body,
+        with_string_header(m.properties, ROUTING_KEY_HEADER, "intake"),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    // A real dispatch after it: the forged one, ahead in the queue, must not come first.
+    let real = EventBuilder::new("ferry/scheduler/real").job(
+        kind::TASK_DISPATCHED,
+        "job-2",
+        &serde_json::json!({"jobId": "job-2"}),
+    );
+    launcher.publish(std::slice::from_ref(&real)).await.unwrap();
+    let d = tokio::time::timeout(WAIT, sub.next())
+        .await
+        .expect("the real dispatch arrives")
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.event.id(), real.id(), "the forged dispatch was delivered");
+    d.ack().await.unwrap();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "the forged dispatch was not dead-lettered"
+        );
+        if let Some(m) = ch
+            .basic_get(format!("{ns}:dead").into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+        {
+            let event = from_amqp(&m.delivery.properties, &m.delivery.data).unwrap();
+            assert_eq!(event.id(), forged.id());
+            let reason = string_header(&m.delivery.properties, DEAD_REASON_HEADER).unwrap_or_default();
+            assert!(reason.contains("not signed"), "{reason}");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

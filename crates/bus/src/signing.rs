@@ -345,6 +345,15 @@ pub fn must_verify(topic: &Topic) -> bool {
     !matches!(topic, Topic::Intake)
 }
 
+/// Whether an unsigned event may be delivered: only to a subscription that takes intake, only
+/// from intake, and only of a type that belongs there (a submission or an outside event). The
+/// topic a delivery names comes from the broker's message (on RabbitMQ a header its publisher
+/// wrote), so it alone decides nothing: ferry's own types always need a signature, whatever
+/// queue they were put in and whatever topic they claim.
+fn may_be_unsigned(takes_intake: bool, d: &Delivery) -> bool {
+    takes_intake && !must_verify(&d.topic) && !must_verify(&ferry_event::route(&d.event))
+}
+
 /// A bus that signs every event it publishes and verifies every event it delivers (see the
 /// module's documentation).
 pub struct Signed {
@@ -388,11 +397,13 @@ impl Bus for Signed {
 
     async fn subscribe(&self, spec: Subscribe) -> Result<Subscription> {
         let group = spec.group.clone();
+        let takes_intake = spec.topics.iter().any(|t| !must_verify(t));
         let inner = self.inner.subscribe(spec).await?;
         Ok(Subscription::new(Box::new(Verifying {
             inner,
             keys: self.keys.clone(),
             group,
+            takes_intake,
         })))
     }
 
@@ -411,6 +422,8 @@ struct Verifying {
     inner: Subscription,
     keys: Arc<Keyring>,
     group: String,
+    /// The subscription takes the intake topic, the only one unsigned events may come from.
+    takes_intake: bool,
 }
 
 impl Verifying {
@@ -421,7 +434,7 @@ impl Verifying {
                 d.signed_with = Some(key.into());
                 (d, None)
             }
-            Err(_) if !must_verify(&d.topic) => (d, None),
+            Err(_) if may_be_unsigned(self.takes_intake, &d) => (d, None),
             Err(e) => (d, Some(e)),
         }
     }
