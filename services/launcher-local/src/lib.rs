@@ -176,7 +176,10 @@ impl Config {
             return Err(Error::Config("the consumer group name is empty".into()));
         }
         for name in &self.pass_env {
-            if name.is_empty() || name.contains(['=', '\0']) || name[..name.len() - 1].contains('*') {
+            if name.is_empty()
+                || name.contains(['=', '\0'])
+                || name.strip_suffix('*').unwrap_or(name).contains('*')
+            {
                 return Err(Error::Config(format!(
                     "cannot pass {name:?} to tasks: give a variable name, or a prefix followed by `*`"
                 )));
