@@ -378,7 +378,8 @@ mod tests {
         else {
             panic!("not service")
         };
-        let dir = std::path::Path::new("/data");
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
         let (a, b) = (up.plan(dir).unwrap(), service.plan(dir).unwrap());
         let (a, b) = (a.scheduler.unwrap(), b.scheduler.unwrap());
         assert_eq!(
@@ -407,8 +408,12 @@ mod tests {
         else {
             panic!("not service")
         };
-        let plan = service.plan(std::path::Path::new("/data")).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let plan = service.plan(tmp.path()).unwrap();
         assert_eq!(plan.api.unwrap().db_url, "sqlite://x.db");
-        assert_eq!(plan.log_db, "sqlite:///data/logs.db");
+        assert_eq!(
+            plan.log_db,
+            format!("sqlite://{}", tmp.path().join("logs.db").display())
+        );
     }
 }
