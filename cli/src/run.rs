@@ -237,8 +237,8 @@ struct View {
     /// Tasks in a final state: kept as events arrive, so that each event costs the same
     /// whatever the job's size.
     done: usize,
-    /// A line per task event for a job this small; a larger one gets a line a second (and one
-    /// for each failure and retry), which is what a person can read.
+    /// A line per task event for a job of at most [`DETAIL_UP_TO`] tasks; a larger one gets a
+    /// line a second (and one for each failure and retry), which is what a person can read.
     per_event: bool,
     last_progress: Option<Instant>,
     /// Task output as it is, control sequences included.
@@ -247,7 +247,7 @@ struct View {
 
 /// Jobs of at most this many tasks get a progress line per task event and a table of every
 /// task at the end.
-const DETAIL_UP_TO: usize = 200;
+const DETAIL_UP_TO: usize = 1000;
 
 fn is_final(state: &str) -> bool {
     matches!(state, "succeeded" | "failed" | "cancelled")
