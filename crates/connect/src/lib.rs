@@ -107,7 +107,8 @@ pub async fn raw(url: &str) -> Result<Arc<dyn Bus>> {
         "amqp" | "amqps" => amqp(url).await,
         "kafka" => kafka(url).await,
         _ => Err(Error::Config(format!(
-            "unsupported bus URL {url:?}: expected memory://, amqp://USER:PASS@HOST:PORT/VHOST, amqps://… or kafka://HOST:PORT"
+            "unsupported bus URL {:?}: expected memory://, amqp://USER:PASS@HOST:PORT/VHOST, amqps://… or kafka://HOST:PORT",
+            redact(url)
         ))),
     }
 }
