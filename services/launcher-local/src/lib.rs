@@ -135,7 +135,8 @@ impl Config {
     /// Defaults: 64 attempts at once, 10 s grace, batches of 256 lines or 20 ms, secrets from
     /// `FERRY_SECRET_*` and the file `FERRY_SECRETS_FILE` names, variables passed to tasks
     /// besides the default ones from `FERRY_PASS_ENV` (comma-separated), the tasks'
-    /// user from `FERRY_RUN_AS`, cgroups where allowed, group `launcher-local`.
+    /// user from `FERRY_RUN_AS`, cgroups where allowed unless `FERRY_NO_CGROUPS` is set, group
+    /// `launcher-local`.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
         Config {
@@ -157,7 +158,7 @@ impl Config {
                 })
                 .unwrap_or_default(),
             run_as: var("FERRY_RUN_AS"),
-            cgroups: true,
+            cgroups: var("FERRY_NO_CGROUPS").is_none(),
             source: ferry_runtime::instance_source("launcher-local"),
             group: "launcher-local".to_string(),
         }
