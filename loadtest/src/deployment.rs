@@ -288,7 +288,7 @@ async fn run_in(plan: &Plan, bus_url: &str) -> Result<Report> {
         latencies,
         cpu,
         sys: Some(sys),
-        hops: plan.shape.map(|s| s.critical_path()),
+        hops: plan.shape.and_then(|s| s.hops()),
         cpu_by_service,
         peak_rss_kib: None,
         events: messages,

@@ -370,7 +370,7 @@ async fn run(args: Args) -> Result<()> {
         latencies,
         cpu: cpu_end - cpu_start,
         sys: Some(sys_end - sys_start),
-        hops: args.mode.shape().map(|s| s.critical_path()),
+        hops: args.mode.shape().and_then(|s| s.hops()),
         cpu_by_service: Vec::new(),
         peak_rss_kib: Some(peak_rss_kib()),
         events: messages,

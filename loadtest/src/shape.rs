@@ -52,6 +52,15 @@ impl Shape {
         }
     }
 
+    /// The tasks on the longest path, for the shapes whose time is mostly hops (chains,
+    /// lattices, grids); a fan-out's is its width's.
+    pub fn hops(&self) -> Option<usize> {
+        match self.kind {
+            Kind::Fanout | Kind::Fanin => None,
+            _ => Some(self.critical_path()),
+        }
+    }
+
     pub fn label(&self) -> String {
         match self.kind {
             Kind::Fanout => format!("fan-out, 1 root + {} workers", self.width),

@@ -102,7 +102,7 @@ pub fn run(ferry: &Path, shape: Shape, command: &str, parallel: usize) -> Result
         latencies: Vec::new(),
         cpu: last.cpu,
         sys: Some(last.sys),
-        hops: Some(shape.critical_path()),
+        hops: shape.hops(),
         cpu_by_service: Vec::new(),
         peak_rss_kib: Some(last.peak_kib),
         events: 0,
