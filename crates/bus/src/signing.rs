@@ -16,8 +16,10 @@
 //!   ([`Delivery::verified_source`]).
 //!
 //! A replayed signed event (an old one published again as it was) passes the check: it is
-//! authentic. It has no effect because every consumer is idempotent by event id (the
-//! scheduler's inbox, the launcher's attempt ids, the log store's `(attempt, seq)`). Events are
+//! authentic. Consumers are idempotent by event id (the scheduler's inbox, the launcher's
+//! attempt ids, the log store's `(attempt, seq)`), within what each remembers: a launcher
+//! forgets finished attempts after a day, and another instance never knew them
+//! (`docs/security.md`, "Replays"). Events are
 //! not refused for an old `time`: after a long broker outage, redeliveries of events published
 //! hours before are legitimate and must be applied.
 //!
