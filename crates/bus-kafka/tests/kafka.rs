@@ -12,10 +12,9 @@ use ferry_bus::{Bus, Subscribe, Subscription};
 use ferry_event::cloudevents::event::{Data, EventBuilderV10};
 use ferry_event::cloudevents::{AttributesReader, EventBuilder as _};
 use ferry_event::{Event, EventBuilder, Topic, kind};
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::ClientConfig;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 fn raw_producer() -> FutureProducer {
     let url = common::kafka_url();
@@ -155,21 +154,7 @@ async fn garbage_goes_to_the_dead_letter_topic_with_its_reason_and_the_consumer_
     d.ack().await.unwrap();
     nothing(&mut sub).await;
 
-    let dead: StreamConsumer = ClientConfig::new()
-        .set(
-            "bootstrap.servers",
-            common::kafka_url().trim_start_matches("kafka://"),
-        )
-        .set("group.id", format!("{ns}.dead-reader"))
-        .create()
-        .unwrap();
-    // Reading by assignment, not by group membership: the test is about what the topic holds.
-    let mut all = TopicPartitionList::new();
-    for partition in 0..3 {
-        all.add_partition_offset(&format!("{ns}.dead"), partition, Offset::Beginning)
-            .unwrap();
-    }
-    dead.assign(&all).unwrap();
+    let dead = common::dead_letter_reader(&ns);
     let m = tokio::time::timeout(WAIT, dead.recv())
         .await
         .expect("a dead letter within the wait")

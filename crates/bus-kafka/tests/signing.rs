@@ -9,9 +9,7 @@ use std::time::Instant;
 
 use ferry_bus::Bus;
 use ferry_bus::conformance::WAIT;
-use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 ferry_bus::signing_conformance_tests!(common::fresh_bus());
 
@@ -21,20 +19,7 @@ async fn forged_events_are_dead_lettered_with_their_reason() {
     let raw: Arc<dyn Bus> = Arc::new(common::bus_in(&ns).await);
     let expected = ferry_bus::conformance_signing::forged_events_are_dead_lettered_never_delivered(raw).await;
 
-    let dead: StreamConsumer = ClientConfig::new()
-        .set(
-            "bootstrap.servers",
-            common::kafka_url().trim_start_matches("kafka://"),
-        )
-        .set("group.id", format!("{ns}.dead-reader"))
-        .create()
-        .unwrap();
-    let mut all = TopicPartitionList::new();
-    for partition in 0..3 {
-        all.add_partition_offset(&format!("{ns}.dead"), partition, Offset::Beginning)
-            .unwrap();
-    }
-    dead.assign(&all).unwrap();
+    let dead = common::dead_letter_reader(&ns);
     let mut reasons: HashMap<String, String> = HashMap::new();
     let deadline = Instant::now() + WAIT;
     while reasons.len() < expected.len() {

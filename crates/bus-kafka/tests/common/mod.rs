@@ -36,3 +36,22 @@ pub async fn bus_in(ns: &str) -> KafkaBus {
 pub async fn fresh_bus() -> Arc<dyn Bus> {
     Arc::new(bus_in(&namespace()).await)
 }
+
+/// A consumer reading the namespace's dead-letter topic from its beginning, by assignment
+/// rather than group membership: the tests are about what the topic holds.
+pub fn dead_letter_reader(ns: &str) -> rdkafka::consumer::StreamConsumer {
+    use rdkafka::consumer::Consumer;
+    let dead: rdkafka::consumer::StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", kafka_url().trim_start_matches("kafka://"))
+        .set("group.id", format!("{ns}.dead-reader"))
+        .create()
+        .expect("a dead-letter reader is created");
+    let mut all = rdkafka::TopicPartitionList::new();
+    for partition in 0..3 {
+        all.add_partition_offset(&format!("{ns}.dead"), partition, rdkafka::Offset::Beginning)
+            .expect("the dead-letter partitions are assigned");
+    }
+    dead.assign(&all)
+        .expect("the dead-letter partitions are assigned");
+    dead
+}
