@@ -122,7 +122,7 @@ impl Shared {
                     Ok(n) if n >= 4096 => n,
                     _ => {
                         return Err(Error::Url {
-                            url: redact(url),
+                            url: ferry_runtime::redact(url),
                             reason: format!(
                                 "max_message_size={v:?} is not a number of bytes of at least 4096 \
                                  (the broker's max_message_size)"
@@ -140,7 +140,7 @@ impl Shared {
             format!("{base}?{}", rest.join("&"))
         };
         let mut uri: AMQPUri = cleaned.parse().map_err(|reason| Error::Url {
-            url: redact(url),
+            url: ferry_runtime::redact(url),
             reason,
         })?;
         uri.query.heartbeat.get_or_insert(HEARTBEAT);
@@ -261,18 +261,6 @@ impl Shared {
                 })
             }
         }
-    }
-}
-
-/// Removes the password from a URL before it goes into a message.
-fn redact(url: &str) -> String {
-    match (url.split_once("://"), url.rfind('@')) {
-        (Some((scheme, rest)), Some(at)) if at > scheme.len() + 3 => {
-            let userinfo = &rest[..at - scheme.len() - 3];
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!("{scheme}://{user}:****@{}", &url[at + 1..])
-        }
-        _ => url.to_string(),
     }
 }
 

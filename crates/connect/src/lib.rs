@@ -113,19 +113,7 @@ pub async fn raw(url: &str) -> Result<Arc<dyn Bus>> {
     }
 }
 
-/// A URL with its password replaced, for logs and messages.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.split_once(':') {
-                Some((user, _)) => format!("{}{user}:****{}", &url[..s + 3], &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
-    }
-}
+pub use ferry_runtime::redact;
 
 /// Removes the namespace `url` names from its broker: on RabbitMQ its exchanges and the queues
 /// of `groups` (declared first, so that a group that never subscribed is removed too) with the

@@ -30,6 +30,20 @@ pub fn sqlite_url(path: &std::path::Path) -> String {
     format!("sqlite://{}", path.display())
 }
 
+/// A URL with its password replaced, for logs and messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:****{}", &url[..s + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
 /// The CloudEvents `source` of one service instance: `ferry/<service>/<host>/<pid>`.
 pub fn instance_source(service: &str) -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
