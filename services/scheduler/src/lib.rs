@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use ferry_bus::{Bus, Delivery, Subscribe};
 use ferry_event::{AttributesReader, Event, EventBuilder, Topic};
-use ferry_runtime::CancellationToken;
+use ferry_runtime::{Backoff, CancellationToken};
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use ferry_runtime::db::Dialect;
@@ -118,7 +118,9 @@ pub async fn run(config: Config, bus: Arc<dyn Bus>, shutdown: CancellationToken)
     sched.recover().await;
     let mut tick = tokio::time::interval(sched.config.tick);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut backoff = Backoff::default();
+    // Waits after a failed receive, apply or timer pass, so that a database or broker outage is
+    // not met with a busy loop; a success starts again from the first wait.
+    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_millis(3200));
     loop {
         tokio::select! {
             biased;
@@ -127,20 +129,20 @@ pub async fn run(config: Config, bus: Arc<dyn Bus>, shutdown: CancellationToken)
                 None => break,
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "receiving from the bus failed; retrying");
-                    backoff.wait().await;
+                    backoff.wait(&shutdown).await;
                 }
                 Some(Ok(batch)) => match sched.handle(batch).await {
                     Ok(()) => backoff.reset(),
                     Err(e) => {
                         tracing::error!(error = %e, "applying events failed; they will be redelivered");
-                        backoff.wait().await;
+                        backoff.wait(&shutdown).await;
                     }
                 },
             },
             _ = tick.tick() => {
                 if let Err(e) = sched.tick().await {
                     tracing::error!(error = %e, "timer pass failed; retrying");
-                    backoff.wait().await;
+                    backoff.wait(&shutdown).await;
                 }
             }
         }
@@ -159,21 +161,6 @@ const OUTAGE_WAITS: ferry_runtime::db::Waits = ferry_runtime::db::Waits {
     first: Duration::from_millis(100),
     max: Duration::from_secs(5),
 };
-
-#[derive(Default)]
-struct Backoff(u32);
-
-impl Backoff {
-    async fn wait(&mut self) {
-        let ms = 50u64 << self.0.min(6);
-        self.0 += 1;
-        tokio::time::sleep(Duration::from_millis(ms)).await;
-    }
-
-    fn reset(&mut self) {
-        self.0 = 0;
-    }
-}
 
 /// The scheduler's state machine over its store. Public for tests and tools that drive it
 /// directly; services use [`run`].
