@@ -84,6 +84,9 @@ pub struct Config {
     /// deletes its rows within a tick of their confirmation, so a row seen at two sweeps this
     /// far apart belongs to an instance that died between its commit and its publish.
     pub orphan_sweep: Duration,
+    /// How long the ids of applied events are kept to recognise a redelivery; older ones are
+    /// pruned about once an hour. Redeliveries come within minutes, so days are ample.
+    pub inbox_retention: Duration,
     /// Where the time is read: leases, backoff, timeouts and the outbox sweep are measured by
     /// it. The system clock by default; tests move a [`ManualClock`] on instead of sleeping.
     pub clock: Arc<dyn Clock>,
@@ -103,6 +106,7 @@ impl Config {
             max_waiting: 1024,
             tick: Duration::from_millis(100),
             orphan_sweep: Duration::from_secs(10),
+            inbox_retention: Duration::from_secs(7 * 24 * 3600),
             clock: Arc::new(SystemClock),
         }
     }
@@ -156,6 +160,9 @@ pub async fn run(config: Config, bus: Arc<dyn Bus>, shutdown: CancellationToken)
     Ok(())
 }
 
+/// How often the inbox is pruned of ids older than [`Config::inbox_retention`].
+const INBOX_PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
 /// Waits before applying held events again while the database is out of reach.
 const OUTAGE_WAITS: ferry_runtime::db::Waits = ferry_runtime::db::Waits {
     first: Duration::from_millis(100),
@@ -177,13 +184,16 @@ pub struct Scheduler {
     seen_outbox: HashSet<i64>,
     /// When the outbox is swept next, by the clock.
     next_sweep_ms: i64,
+    /// When the inbox is pruned next, by the clock.
+    next_prune_ms: i64,
     /// Ends the wait for the database to come back (see [`Scheduler::handle`]).
     stop: CancellationToken,
 }
 
 impl Scheduler {
     pub fn new(store: Store, bus: Arc<dyn Bus>, config: Config) -> Self {
-        let next_sweep_ms = config.clock.now_ms() + ms(config.orphan_sweep);
+        let now = config.clock.now_ms();
+        let next_sweep_ms = now + ms(config.orphan_sweep);
         let events = EventBuilder::new(config.source.clone());
         Scheduler {
             store,
@@ -194,6 +204,7 @@ impl Scheduler {
             confirmed: Vec::new(),
             seen_outbox: HashSet::new(),
             next_sweep_ms,
+            next_prune_ms: now + ms(INBOX_PRUNE_EVERY),
             stop: CancellationToken::new(),
         }
     }
@@ -319,6 +330,14 @@ impl Scheduler {
         if now >= self.next_sweep_ms {
             self.next_sweep_ms = now + ms(self.config.orphan_sweep);
             self.adopt_orphans().await;
+        }
+        if now >= self.next_prune_ms {
+            self.next_prune_ms = now + ms(INBOX_PRUNE_EVERY);
+            let cutoff = now.saturating_sub(ms(self.config.inbox_retention));
+            match self.store.prune_inbox(cutoff).await {
+                Ok(n) => tracing::debug!(removed = n, "inbox pruned"),
+                Err(e) => tracing::warn!(error = %e, "pruning the inbox failed; trying again later"),
+            }
         }
         Ok(())
     }

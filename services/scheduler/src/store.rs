@@ -299,6 +299,18 @@ impl Store {
     }
 
     /// Deletes outbox rows whose events the bus confirmed.
+    /// Forgets the ids of events applied before `older_than_ms`; returns how many went.
+    pub async fn prune_inbox(&self, older_than_ms: i64) -> Result<u64> {
+        Ok(db::prune_inbox(&self.pool, older_than_ms).await?)
+    }
+
+    /// How many applied event ids the inbox holds.
+    pub async fn inbox_len(&self) -> Result<i64> {
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM inbox")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
     pub async fn delete_outbox(&self, ids: &[String]) -> Result<()> {
         let mut conn = self.pool.acquire().await?;
         delete_outbox(&mut conn, self.dialect, ids).await

@@ -501,6 +501,42 @@ async fn duplicate_events_are_applied_once() {
     assert_eq!(dispatched(&r.rec).len(), 2);
 }
 
+/// The ids kept to recognise redeliveries are forgotten once older than the retention, so the
+/// inbox does not grow for ever.
+#[tokio::test]
+async fn the_inbox_forgets_event_ids_older_than_its_retention() {
+    let mut clock = None;
+    let r = rig_with(Arc::new(|_| succeed(5)), |c| clock = Some(manual_clock(c))).await;
+    let clock = clock.unwrap();
+    publish(
+        &r.bus,
+        kind::JOB_PLANNED,
+        "j",
+        &planned("j", vec![task_spec("a", &[])], None),
+    )
+    .await;
+    assert_eq!(r.rec.wait_terminal("j", WITHIN).await, kind::JOB_SUCCEEDED);
+    let store = ferry_scheduler::Store::open(&r.db_url).await.unwrap();
+    let held = store.inbox_len().await.unwrap();
+    assert!(held >= 3, "planned, started and finished are recorded: {held}");
+
+    // Within the retention, an hour on: nothing goes.
+    clock.advance(Duration::from_secs(3600) + Duration::from_millis(1));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(store.inbox_len().await.unwrap(), held);
+
+    clock.advance(Duration::from_secs(7 * 24 * 3600));
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    while store.inbox_len().await.unwrap() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the inbox was never pruned"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    store.close().await;
+}
+
 #[tokio::test]
 async fn a_malformed_control_event_is_dead_lettered_and_the_rest_applied() {
     let r = rig(ok_script()).await;
