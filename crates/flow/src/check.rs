@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use ferry_event::payload::{Problem, RUNNER_TYPES, Runner};
+use ferry_event::payload::{Problem, RUNNER_TYPES};
 use serde_json::{Map, Value as J};
 
 use crate::rules;
@@ -988,15 +988,12 @@ fn runner(node: &Node, defaults: &[crate::yaml::Entry], path: &str, report: &mut
     if !RUNNER_TYPES.contains(&ty) || report.any_under(path) || report.any_under(&format!("defaults.{ty}")) {
         return;
     }
-    let mut merged: Map<String, J> = defaults
+    let defaults: Option<Map<String, J>> = defaults
         .iter()
         .find(|e| &*e.key == ty)
         .and_then(|e| e.value.as_map())
-        .map(|m| m.iter().map(|e| (e.key.to_string(), e.value.to_json())).collect())
-        .unwrap_or_default();
-    for (k, v) in params {
-        merged.insert(k, v);
-    }
+        .map(|m| m.iter().map(|e| (e.key.to_string(), e.value.to_json())).collect());
+    let merged = rules::runner_params(ty, defaults.as_ref(), params);
     let missing: Vec<String> = required_params(ty)
         .into_iter()
         .filter(|k| merged.get(k).is_none_or(J::is_null))
@@ -1013,13 +1010,8 @@ fn runner(node: &Node, defaults: &[crate::yaml::Entry], path: &str, report: &mut
         }
         return;
     }
-    merged.insert("type".into(), ty.into());
-    if let Err(e) = serde_json::from_value::<Runner>(J::Object(merged)) {
-        report.add(
-            node.pos,
-            path,
-            format!("invalid parameters for runner `{ty}`: {e}"),
-        );
+    if let Err(e) = rules::runner(merged) {
+        report.add(node.pos, path, e);
     }
 }
 

@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 use crate::check::{did_you_mean, field};
 use crate::model::{Flow, InputType, RunnerSpec, Task};
 use crate::template::FlowTemplate;
-use crate::{ValidFlow, check_job_id};
+use crate::{ValidFlow, check_job_id, rules};
 
 /// A task with everything but the inputs resolved.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,21 +36,12 @@ fn problem(field: impl Into<String>, message: impl Into<String>) -> Problem {
 pub(crate) fn prepare(flow: &Flow, i: usize, task: &Task) -> Result<Prepared, Problem> {
     let at = |f: &str| format!("tasks[{i}].{f}");
     let templates = |s: &str, f: String| FlowTemplate::parse(s).map_err(|m| problem(f, m));
-    let (ty, params) = match &task.runner {
+    let (ty, own) = match &task.runner {
         RunnerSpec::Type(t) => (t.as_str(), Map::new()),
-        RunnerSpec::Params(p) => (
-            task.runner.type_name().unwrap_or_default(),
-            p.iter()
-                .filter(|(k, _)| *k != "type")
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-        ),
+        RunnerSpec::Params(p) => (task.runner.type_name().unwrap_or_default(), p.clone()),
     };
-    let mut merged = flow.defaults.get(ty).cloned().unwrap_or_default();
-    merged.extend(params);
-    merged.insert("type".into(), ty.into());
-    let runner: Runner = serde_json::from_value(Value::Object(merged))
-        .map_err(|e| problem(at("runner"), format!("invalid runner: {e}")))?;
+    let runner = rules::runner(rules::runner_params(ty, flow.defaults.get(ty), own))
+        .map_err(|e| problem(at("runner"), e))?;
     let timeout_ms = match &task.timeout {
         Some(d) => Some(d.to_ms().map_err(|m| problem(at("timeout"), m))?),
         None => None,

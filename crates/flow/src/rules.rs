@@ -4,12 +4,16 @@
 //!
 //! - [`input_file_name`]: an `inputFiles` name stays inside the working directory;
 //! - [`output_pattern`]: an `outputFiles` pattern is a relative glob that stays inside it;
-//! - [`memory_bytes`]: a `resources.memory` quantity in bytes.
+//! - [`memory_bytes`]: a `resources.memory` quantity in bytes;
+//! - [`runner_params`], [`runner`]: a task's runner with the flow's `defaults` merged in.
 //!
 //! Each returns what is wrong as a sentence without the value's location, for the caller to
 //! place (`tasks[0].inputFiles["a"]` for the checker, the attempt's report for a launcher).
 
 use std::path::{Component, Path, PathBuf};
+
+use ferry_event::payload::Runner;
+use serde_json::{Map, Value};
 
 use crate::yaml::truncate;
 
@@ -101,6 +105,30 @@ pub fn memory_bytes(q: &str) -> Result<u64, String> {
         return Err(format!("`{q}` is more memory than can be expressed"));
     }
     Ok(bytes as u64)
+}
+
+/// A task's runner parameters of type `ty`: the flow's `defaults` for that type, each overridden
+/// by the task's own, with `type` set.
+pub fn runner_params(
+    ty: &str,
+    defaults: Option<&Map<String, Value>>,
+    own: impl IntoIterator<Item = (String, Value)>,
+) -> Map<String, Value> {
+    let mut merged = defaults.cloned().unwrap_or_default();
+    merged.extend(own.into_iter().filter(|(k, _)| k != "type"));
+    merged.insert("type".into(), ty.into());
+    merged
+}
+
+/// The runner that merged parameters (from [`runner_params`]) describe, or why they describe none.
+pub fn runner(params: Map<String, Value>) -> Result<Runner, String> {
+    let ty = params
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    serde_json::from_value(Value::Object(params))
+        .map_err(|e| format!("invalid parameters for runner `{ty}`: {e}"))
 }
 
 #[cfg(test)]
