@@ -311,6 +311,20 @@ impl Store {
             .await?)
     }
 
+    /// Rows inserted, updated or deleted through this store since it was opened, where the
+    /// database tells (SQLite's `total_changes()`; `None` on PostgreSQL): what tests read to pin
+    /// the work one event costs.
+    pub async fn rows_written(&self) -> Result<Option<i64>> {
+        if self.dialect != Dialect::Sqlite {
+            return Ok(None);
+        }
+        Ok(Some(
+            sqlx::query_scalar("SELECT total_changes()")
+                .fetch_one(&self.pool)
+                .await?,
+        ))
+    }
+
     pub async fn delete_outbox(&self, ids: &[String]) -> Result<()> {
         let mut conn = self.pool.acquire().await?;
         delete_outbox(&mut conn, self.dialect, ids).await
