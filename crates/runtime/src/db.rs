@@ -127,6 +127,43 @@ pub async fn open(url: &str, what: &str) -> Result<Db, OpenError> {
     Ok(Db { pool, dialect })
 }
 
+/// Connections for reading what [`open`] opened, so that reads do not queue behind writes.
+///
+/// A SQLite file gets its own pool of up to `max` read-only connections: under write-ahead
+/// logging a reader sees the last commit and is never blocked by the writer, where on the
+/// writer's single connection a read waits for the whole of a write transaction. An in-memory
+/// SQLite database (one connection) and PostgreSQL (already a pool) read through `db` itself.
+pub async fn open_readers(url: &str, db: &Db, max: u32, what: &str) -> Result<AnyPool, OpenError> {
+    if db.dialect != Dialect::Sqlite || is_sqlite_memory(url) {
+        return Ok(db.pool.clone());
+    }
+    let url = sqlite_url(url);
+    let opts = AnyConnectOptions::from_str(&url)
+        .map_err(|e| OpenError::Config(format!("{what} URL {url:?}: {e}")))?
+        .disable_statement_logging();
+    let pool = PoolOptions::<Any>::new()
+        .max_connections(max.max(1))
+        .min_connections(0)
+        .acquire_timeout(Duration::from_secs(30))
+        .after_connect(|conn, _| {
+            Box::pin(async move {
+                conn.execute("PRAGMA query_only = ON").await?;
+                let busy = SQLITE_BUSY_TIMEOUT.as_millis();
+                conn.execute(format!("PRAGMA busy_timeout = {busy}").as_str())
+                    .await?;
+                Ok(())
+            })
+        })
+        .connect_with(opts)
+        .await?;
+    Ok(pool)
+}
+
+/// Whether a SQLite URL names an in-memory database, which lives on one connection only.
+fn is_sqlite_memory(url: &str) -> bool {
+    url.contains(":memory:") || url.contains("mode=memory")
+}
+
 /// Options for a store on sqlx's own SQLite driver: the file created if missing, the settings
 /// of [`SQLITE_PRAGMAS`], and `busy_timeout`.
 pub fn sqlite_options(url: &str, busy_timeout: Duration) -> Result<SqliteConnectOptions, sqlx::Error> {

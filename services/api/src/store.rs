@@ -235,9 +235,16 @@ pub(crate) enum Applied {
 /// The read model's database.
 #[derive(Debug, Clone)]
 pub struct ReadModel {
+    /// Where events are applied and submissions recorded.
     pool: AnyPool,
+    /// Where reads go: on a SQLite file, connections of their own that do not wait for a
+    /// transaction of [`pool`](Self::pool) to end (see [`db::open_readers`]).
+    reads: AnyPool,
     dialect: Dialect,
 }
+
+/// Connections reading a SQLite read model at once: requests beyond them wait for one.
+const READERS: u32 = 4;
 
 impl ReadModel {
     /// Opens (creating if needed) the database at `url`: `sqlite://PATH`, `sqlite::memory:` or
@@ -246,11 +253,21 @@ impl ReadModel {
         let db::Db { pool, dialect } = db::open(url, "read model database")
             .await
             .map_err(|e| e.into_error(Error::Config, Error::Db))?;
-        let model = ReadModel { pool, dialect };
         for stmt in SCHEMA.iter().chain(db::INBOX_SCHEMA) {
-            sqlx::query(stmt).execute(&model.pool).await?;
+            sqlx::query(stmt).execute(&pool).await?;
         }
-        Ok(model)
+        let reads = db::open_readers(
+            url,
+            &db::Db {
+                pool: pool.clone(),
+                dialect,
+            },
+            READERS,
+            "read model database",
+        )
+        .await
+        .map_err(|e| e.into_error(Error::Config, Error::Db))?;
+        Ok(ReadModel { pool, reads, dialect })
     }
 
     pub fn dialect(&self) -> Dialect {
@@ -258,6 +275,7 @@ impl ReadModel {
     }
 
     pub async fn close(&self) {
+        self.reads.close().await;
         self.pool.close().await;
     }
 
@@ -329,7 +347,7 @@ impl ReadModel {
         Ok(
             sqlx::query_scalar("SELECT namespace FROM submissions WHERE job_id = $1")
                 .bind(job_id.to_string())
-                .fetch_optional(&self.pool)
+                .fetch_optional(&self.reads)
                 .await?,
         )
     }
@@ -386,7 +404,7 @@ impl ReadModel {
     pub async fn job_exists(&self, job_id: &str) -> Result<bool> {
         let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE job_id = $1")
             .bind(job_id.to_string())
-            .fetch_one(&self.pool)
+            .fetch_one(&self.reads)
             .await?;
         Ok(n > 0)
     }
@@ -395,7 +413,7 @@ impl ReadModel {
     /// tasks is consistent even while the read model commits (PostgreSQL's default isolation
     /// gives each statement its own snapshot).
     async fn snapshot(&self) -> Result<Tx> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.reads.begin().await?;
         if self.dialect == Dialect::Postgres {
             sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
                 .execute(&mut *tx)
@@ -478,7 +496,7 @@ impl ReadModel {
         .bind(job_id.to_string())
         .bind(i64::try_from(after).unwrap_or(i64::MAX))
         .bind(i64::from(limit))
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reads)
         .await?;
         rows.iter()
             .map(|r| {
@@ -520,7 +538,7 @@ impl ReadModel {
         if let Some(t) = task_id {
             q = q.bind(t.to_string());
         }
-        let rows = q.fetch_all(&self.pool).await?;
+        let rows = q.fetch_all(&self.reads).await?;
         rows.iter()
             .map(|r| {
                 Ok(FinishedAttempt {
@@ -547,7 +565,7 @@ impl ReadModel {
         if let Some(t) = task_id {
             q = q.bind(t.to_string());
         }
-        Ok(u64::try_from(q.fetch_one(&self.pool).await?).unwrap_or(0))
+        Ok(u64::try_from(q.fetch_one(&self.reads).await?).unwrap_or(0))
     }
 }
 
