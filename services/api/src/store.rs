@@ -1138,3 +1138,127 @@ async fn on_task_state(tx: &mut Tx, known: &mut Known, ty: &str, s: &TaskState, 
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use ferry_event::payload::{Outcome, PlannedTask, TaskFinished, TaskStarted, TaskStatus};
+    use ferry_event::{EventBuilder, kind};
+    use serde_json::{Map, json};
+
+    use super::*;
+
+    /// A job of `n` tasks `u*` feeding one `sink`.
+    fn fan_in(n: usize) -> JobPlanned {
+        let up: Vec<String> = (0..n).map(|i| format!("u{i}")).collect();
+        let mut tasks: Vec<PlannedTask> = up
+            .iter()
+            .map(|u| {
+                serde_json::from_value(json!({"id": u, "runner": {"type": "local"}, "command": ["true"]}))
+                    .unwrap()
+            })
+            .collect();
+        tasks.push(
+            serde_json::from_value(
+                json!({"id": "sink", "runner": {"type": "local"}, "command": ["true"], "dependsOn": up}),
+            )
+            .unwrap(),
+        );
+        JobPlanned {
+            job_id: "j".into(),
+            flow_id: "f".into(),
+            namespace: None,
+            concurrency: None,
+            inputs: Map::new(),
+            tasks,
+        }
+    }
+
+    async fn rows(model: &ReadModel) -> i64 {
+        sqlx::query_scalar("SELECT total_changes()")
+            .fetch_one(&model.pool)
+            .await
+            .unwrap()
+    }
+
+    /// Applies one event; the rows it wrote.
+    async fn apply(model: &ReadModel, e: Event) -> i64 {
+        let before = rows(model).await;
+        model.apply(&[&e]).await.unwrap();
+        rows(model).await - before
+    }
+
+    /// Rows written by a task's start, its report and its success, in that order.
+    async fn run(model: &ReadModel, b: &EventBuilder, task_id: &str) -> [i64; 3] {
+        let attempt_id = format!("{task_id}-1");
+        let started = TaskStarted {
+            job_id: "j".into(),
+            task_id: task_id.into(),
+            attempt_id: attempt_id.clone(),
+            attempt: 1,
+            started_at_ms: 1_000,
+            ready_at_ms: 900,
+            launcher: "test".into(),
+        };
+        let finished = TaskFinished {
+            job_id: "j".into(),
+            task_id: task_id.into(),
+            attempt_id: attempt_id.clone(),
+            attempt: 1,
+            outcome: Outcome::Succeeded,
+            exit_code: Some(0),
+            error: None,
+            outputs: Map::new(),
+            output_files: Vec::new(),
+            log_lines: 2,
+            started_at_ms: Some(1_000),
+            finished_at_ms: 2_000,
+        };
+        let state = TaskState {
+            job_id: "j".into(),
+            task_id: task_id.into(),
+            state: TaskStatus::Succeeded,
+            attempts: 1,
+            attempt_id: Some(attempt_id.clone()),
+            error: None,
+            outputs: Map::new(),
+            output_files: Vec::new(),
+            retry_at_ms: None,
+            started_at_ms: Some(1_000),
+            finished_at_ms: Some(2_000),
+        };
+        let at = Some(attempt_id.as_str());
+        [
+            apply(model, b.task(kind::TASK_STARTED, "j", task_id, at, &started)).await,
+            apply(model, b.task(kind::TASK_FINISHED, "j", task_id, at, &finished)).await,
+            apply(model, b.task(kind::TASK_SUCCEEDED, "j", task_id, at, &state)).await,
+        ]
+    }
+
+    /// The read model's work per task event does not grow with the job: a task of a 400-task
+    /// fan-in writes the rows one of a 4-task fan-in does, and so does the task they feed.
+    #[tokio::test]
+    async fn a_task_event_costs_the_same_in_a_small_and_a_big_job() {
+        let b = EventBuilder::new("ferry/test");
+        let mut costs = Vec::new();
+        for n in [4, 400] {
+            let dir = tempfile::tempdir().unwrap();
+            let model = ReadModel::open(&format!("sqlite://{}", dir.path().join("api.db").display()))
+                .await
+                .unwrap();
+            model
+                .apply(&[&b.job(kind::JOB_PLANNED, "j", &fan_in(n))])
+                .await
+                .unwrap();
+            let first = run(&model, &b, "u0").await;
+            let second = run(&model, &b, "u1").await;
+            assert_eq!(first, second, "job of {n}: two tasks cost alike");
+            for i in 2..n {
+                run(&model, &b, &format!("u{i}")).await;
+            }
+            let sink = run(&model, &b, "sink").await;
+            costs.push((first, sink));
+            model.close().await;
+        }
+        assert_eq!(costs[0], costs[1], "rows per task event, job of 4 and of 400");
+    }
+}
