@@ -6,7 +6,9 @@
 //! - `paced`: single-task jobs submitted at a fixed rate, for dispatch latency at a steady load;
 //! - `shape`: one job of a given DAG shape (fan-out, fan-in, chain, diamond lattice, grid), the
 //!   flows users write ([`shape`]); with `--via run` it times the `ferry run` command itself, end
-//!   to end, as a user runs it, rather than the services inside this process.
+//!   to end, as a user runs it, rather than the services inside this process;
+//! - `api-reads`: `GET /jobs` latency alone and during a burst of concurrent submissions, against
+//!   `ferry up` started as a process ([`api_reads`]).
 //!
 //! It reports throughput, dispatch latency (task ready → its process started, as stamped by the
 //! scheduler and the launcher), ferry's own CPU per task (this process's user+sys time; the task
@@ -15,6 +17,7 @@
 
 #[cfg(feature = "amqp")]
 mod amqp_count;
+mod api_reads;
 mod deployment;
 mod shape;
 mod via_run;
@@ -207,6 +210,15 @@ enum Mode {
         #[arg(long, default_value_t = 300)]
         depth: usize,
     },
+    /// `GET /jobs` latency while one-task jobs are submitted all at once, on `ferry up`.
+    ApiReads {
+        /// Jobs submitted at once (at most 990, so that one `GET /jobs` sees them all).
+        #[arg(long, default_value_t = 500)]
+        jobs: usize,
+        /// Clients reading `GET /jobs?limit=20` in a loop meanwhile.
+        #[arg(long, default_value_t = 4)]
+        readers: usize,
+    },
 }
 
 impl Mode {
@@ -219,7 +231,7 @@ impl Mode {
                 depth: 2,
             }),
             Mode::Shape { kind, width, depth } => Some(shape::Shape { kind, width, depth }),
-            Mode::Paced { .. } => None,
+            Mode::Paced { .. } | Mode::ApiReads { .. } => None,
         }
     }
 }
@@ -236,6 +248,24 @@ fn main() -> Result<()> {
 }
 
 async fn run(args: Args) -> Result<()> {
+    if let Mode::ApiReads { jobs, readers } = args.mode {
+        if jobs > 990 {
+            bail!("--jobs {jobs}: at most 990, so that one GET /jobs sees them all");
+        }
+        let ferry = match &args.ferry {
+            Some(f) => f.clone(),
+            None => std::env::current_exe()?.with_file_name("ferry"),
+        };
+        let plan = api_reads::Plan {
+            ferry,
+            bus: args.bus.clone().unwrap_or_else(|| "memory://".into()),
+            jobs,
+            readers,
+            command: args.command.clone(),
+            parallel: args.parallel,
+        };
+        return api_reads::run(plan).await;
+    }
     if let Some(bus) = &args.bus {
         let ferry = match &args.ferry {
             Some(f) => f.clone(),
@@ -252,7 +282,7 @@ async fn run(args: Args) -> Result<()> {
                 None,
             ),
             (_, Some(shape)) => (None, shape.tasks(), shape.label(), Some(shape)),
-            (_, None) => unreachable!("every mode but paced has a shape"),
+            (_, None) => unreachable!("api-reads returned above; every other mode but paced has a shape"),
         };
         println!(
             "ferry loadtest on {}: {label}; services as processes; command {}; launcher parallelism {}",
@@ -308,7 +338,7 @@ async fn run(args: Args) -> Result<()> {
                 format!("paced, {tasks} jobs at {rate}/s"),
             )
         }
-        (_, None) => unreachable!("every mode but paced has a shape"),
+        (_, None) => unreachable!("api-reads returned above; every other mode but paced has a shape"),
     };
     let rate = match args.mode {
         Mode::Paced { rate, .. } => Some(rate),
@@ -317,7 +347,7 @@ async fn run(args: Args) -> Result<()> {
     let total_tasks: usize = match (&args.mode, args.mode.shape()) {
         (_, Some(shape)) => shape.tasks(),
         (Mode::Paced { tasks, .. }, None) => *tasks,
-        (_, None) => unreachable!("every mode but paced has a shape"),
+        (_, None) => unreachable!("api-reads returned above; every other mode but paced has a shape"),
     };
     println!(
         "ferry loadtest: {label}; command {}; launcher parallelism {}",
