@@ -244,17 +244,33 @@ async fn a_token_limited_to_a_namespace_sees_and_touches_nothing_else() {
         3,
         "an unrestricted token sees all"
     );
+    // They answer exactly as a job id nobody used does: a limited token cannot probe for them.
+    let unused = new_job();
+    let answer = |path: &str, job: &str| path.replace(job, "JOB");
+    let mut unknown = Vec::new();
+    for path in [
+        format!("/jobs/{unused}"),
+        format!("/jobs/{unused}/events"),
+        format!("/jobs/{unused}/logs"),
+    ] {
+        let (status, body) = api.get_as(Some(&team), &path).await;
+        assert_eq!(status, 404, "{path}: {body}");
+        unknown.push((answer(&path, &unused), body.to_string().replace(&unused, "JOB")));
+    }
     for job in [&theirs, &unplanned] {
+        let mut seen = Vec::new();
         for path in [
             format!("/jobs/{job}"),
             format!("/jobs/{job}/events"),
             format!("/jobs/{job}/logs"),
         ] {
             let (status, body) = api.get_as(Some(&team), &path).await;
-            assert_eq!(status, 403, "{path}: {body}");
+            assert_eq!(status, 404, "{path}: {body}");
+            seen.push((answer(&path, job), body.to_string().replace(job.as_str(), "JOB")));
         }
+        assert_eq!(seen, unknown, "another namespace's job answers as an unknown one");
         let (status, _, _) = post_as(&api, Some(&team), &command(kind::JOB_CANCEL, job)).await;
-        assert_eq!(status, 403);
+        assert_eq!(status, 404);
     }
     assert_eq!(api.get_as(Some(&team), &format!("/jobs/{mine}")).await.0, 200);
     let (status, _, _) = post_as(&api, Some(&team), &command(kind::JOB_CANCEL, &mine)).await;
