@@ -248,10 +248,14 @@ impl Engine {
         Ok(())
     }
 
-    /// Starts a created container; starting one that runs already is not an error. A GPU
-    /// request that the engine has no device driver for is refused here, when the engine first
-    /// looks for the devices.
+    /// Starts a created container, at most once: one that runs, or has run and ended, is left
+    /// as it is (the engine would run an ended container's command again, and a redelivered
+    /// dispatch must never do that). A GPU request that the engine has no device driver for is
+    /// refused here, when the engine first looks for the devices.
     pub async fn start(&self, name: &str) -> Result<()> {
+        if self.inspect(name).await?.state != State::Created {
+            return Ok(());
+        }
         match self.docker.start_container(name, None).await {
             Ok(()) => Ok(()),
             Err(e) if server_message(&e).contains("could not select device driver") => {
@@ -265,8 +269,8 @@ impl Engine {
         }
     }
 
-    /// Waits until the container is not running (returns at once for one that has ended) and
-    /// looks at it.
+    /// Waits until a started container is not running (at once for one that has ended, or was
+    /// never started) and looks at it.
     pub async fn wait(&self, name: &str) -> Result<ContainerStatus> {
         let options = WaitContainerOptionsBuilder::default()
             .condition("not-running")

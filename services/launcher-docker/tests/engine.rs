@@ -36,6 +36,8 @@ async fn exit_codes_and_argv_without_a_shell() {
         s.engine.wait(&three).await.unwrap().state,
         State::Exited { code: 3 }
     );
+    // Starting again (a redelivered dispatch) does not run the command a second time.
+    s.engine.start(&three).await.unwrap();
     let entries: Vec<_> = s
         .engine
         .logs(&three, LogCursor::default(), false)
