@@ -564,3 +564,34 @@ async fn no_engine_is_a_clear_error() {
     );
     assert!(!e.is_task_fault());
 }
+
+#[tokio::test]
+async fn a_long_line_comes_in_pieces_that_say_so() {
+    let s = Scope::new().await;
+    let name = s
+        .run(&s.spec(&[
+            "sh",
+            "-c",
+            "head -c 40000 /dev/zero | tr '\\0' x; echo; echo after",
+        ]))
+        .await;
+    s.engine.wait(&name).await.unwrap();
+    let entries: Vec<_> = s
+        .engine
+        .logs(&name, LogCursor::default(), false)
+        .try_collect()
+        .await
+        .unwrap();
+    let pieces: Vec<_> = entries.iter().map(|e| (e.text.len(), e.partial)).collect();
+    // The engine cuts lines at 16 KiB; only the last piece of the line ends it.
+    assert_eq!(pieces, [(16384, true), (16384, true), (7232, false), (5, false)]);
+    assert!(entries[..3].iter().all(|e| e.text.iter().all(|&b| b == b'x')));
+    // Resuming between the pieces gives the rest of the line, once.
+    let rest: Vec<_> = s
+        .engine
+        .logs(&name, entries[0].cursor, false)
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(rest, entries[1..]);
+}
