@@ -118,10 +118,12 @@ python_clients() {
 # (there is no registry to pull from). It never touches /var/run/docker.sock or another dockerd:
 # everything it has lives under its own run directory, and docker_down stops it by its pid file.
 #
-#   docker_up      # exports DOCKER_HOST=unix://…/docker.sock and FERRY_TEST_DOCKER_IMAGE
+#   docker_up      # exports DOCKER_HOST=unix://…/docker.sock, FERRY_TEST_DOCKER_IMAGE and
+#                  # FERRY_TEST_DOCKER_ENTRYPOINT_IMAGE
 #   docker_down    # removes the containers left behind, stops that dockerd, deletes its directory
 FERRY_DOCKER_RUNS="${FERRY_DOCKER_RUNS:-${TMPDIR:-/tmp}/ferry-docker}"
 FERRY_TEST_DOCKER_IMAGE="${FERRY_TEST_DOCKER_IMAGE:-ferry-test/busybox:1}"
+FERRY_TEST_DOCKER_ENTRYPOINT_IMAGE="${FERRY_TEST_DOCKER_ENTRYPOINT_IMAGE:-ferry-test/entrypoint:1}"
 # Storage drivers to try in order: overlay2 needs a filesystem that can hold overlay mounts,
 # vfs works anywhere (slower, full copies).
 FERRY_DOCKER_STORAGE="${FERRY_DOCKER_STORAGE:-overlay2 vfs}"
@@ -155,14 +157,18 @@ _busybox_rootfs() {
   echo "$tar"
 }
 
+# The test images: busybox, and busybox with an entrypoint of its own (for what a task's
+# command does to an image's entrypoint).
 _docker_images() {
-  _docker image inspect "$FERRY_TEST_DOCKER_IMAGE" >/dev/null 2>&1 && return 0
-  _say "building $FERRY_TEST_DOCKER_IMAGE"
-  _docker import \
-    --change 'ENV PATH=/bin' \
-    --change 'WORKDIR /work' \
-    --change 'CMD ["sh"]' \
-    "$(_busybox_rootfs)" "$FERRY_TEST_DOCKER_IMAGE" >/dev/null
+  _docker image inspect "$FERRY_TEST_DOCKER_IMAGE" "$FERRY_TEST_DOCKER_ENTRYPOINT_IMAGE" >/dev/null 2>&1 && return 0
+  _say "building $FERRY_TEST_DOCKER_IMAGE and $FERRY_TEST_DOCKER_ENTRYPOINT_IMAGE"
+  local rootfs
+  rootfs=$(_busybox_rootfs)
+  _docker import --change 'ENV PATH=/bin' --change 'WORKDIR /work' --change 'CMD ["sh"]' \
+    "$rootfs" "$FERRY_TEST_DOCKER_IMAGE" >/dev/null
+  _docker import --change 'ENV PATH=/bin' --change 'WORKDIR /work' \
+    --change 'ENTRYPOINT ["echo", "entrypoint"]' --change 'CMD ["default", "args"]' \
+    "$rootfs" "$FERRY_TEST_DOCKER_ENTRYPOINT_IMAGE" >/dev/null
 }
 
 # Stops the dockerds of earlier runs whose shell has gone without calling docker_down (a killed
@@ -239,7 +245,7 @@ _dockerd_start() {
 docker_up() {
   # Already up in this shell: keep it.
   if [ -n "${_ferry_docker_dir:-}" ] && _pid_alive "$(cat "$_ferry_docker_dir/docker.pid" 2>/dev/null)"; then
-    export DOCKER_HOST="unix://$_ferry_docker_dir/docker.sock" FERRY_TEST_DOCKER_IMAGE
+    export DOCKER_HOST="unix://$_ferry_docker_dir/docker.sock" FERRY_TEST_DOCKER_IMAGE FERRY_TEST_DOCKER_ENTRYPOINT_IMAGE
     _docker_images
     return
   fi
@@ -261,7 +267,7 @@ docker_up() {
     return 1
   fi
   _ferry_started+=("docker_down")
-  export DOCKER_HOST="unix://$_ferry_docker_dir/docker.sock" FERRY_TEST_DOCKER_IMAGE
+  export DOCKER_HOST="unix://$_ferry_docker_dir/docker.sock" FERRY_TEST_DOCKER_IMAGE FERRY_TEST_DOCKER_ENTRYPOINT_IMAGE
   _docker_images
   _say "dockerd ($driver) at $DOCKER_HOST (pid $(cat "$_ferry_docker_dir/docker.pid"))"
 }

@@ -595,3 +595,18 @@ async fn a_long_line_comes_in_pieces_that_say_so() {
         .unwrap();
     assert_eq!(rest, entries[1..]);
 }
+
+#[tokio::test]
+async fn a_command_replaces_the_images_entrypoint_and_none_keeps_it() {
+    let s = Scope::new().await;
+    let mut own = s.spec(&["echo", "mine"]);
+    own.image = common::entrypoint_image();
+    let mut image_default = s.spec(&[]);
+    image_default.image = common::entrypoint_image();
+    let own = s.run(&own).await;
+    let image_default = s.run(&image_default).await;
+    s.engine.wait(&own).await.unwrap();
+    s.engine.wait(&image_default).await.unwrap();
+    assert_eq!(s.lines(&own).await, ["mine"]);
+    assert_eq!(s.lines(&image_default).await, ["entrypoint default args"]);
+}

@@ -30,6 +30,12 @@ pub fn image() -> String {
     std::env::var("FERRY_TEST_DOCKER_IMAGE").unwrap_or_else(|_| "ferry-test/busybox:1".to_string())
 }
 
+/// The busybox image with `ENTRYPOINT ["echo", "entrypoint"]` and `CMD ["default", "args"]`.
+pub fn entrypoint_image() -> String {
+    std::env::var("FERRY_TEST_DOCKER_ENTRYPOINT_IMAGE")
+        .unwrap_or_else(|_| "ferry-test/entrypoint:1".to_string())
+}
+
 /// One test's containers: a launcher label of its own, removed with everything it labels when
 /// the scope is dropped (also when the test fails).
 pub struct Scope {
