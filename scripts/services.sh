@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Starts what the tests need and exports where it is; sourced by scripts/test.sh.
 #
-#   source scripts/services.sh && services_up    # exports FERRY_TEST_AMQP, FERRY_TEST_KAFKA, FERRY_TEST_POSTGRES
+#   source scripts/services.sh && services_up    # exports FERRY_TEST_AMQP, FERRY_TEST_KAFKA, FERRY_TEST_POSTGRES, DOCKER_HOST
 #   services_down                                # stops and removes only what services_up started
 #
-# Every run gets its own RabbitMQ vhost, its own PostgreSQL database and its own tansu (a
-# Kafka-compatible broker) on a free port, so runs never see each other's traffic. Tools are
-# cached outside the clone, under $FERRY_TOOLS (default ~/.cache/ferry/tools).
+# Every run gets its own RabbitMQ vhost, its own PostgreSQL database, its own tansu (a
+# Kafka-compatible broker) on a free port and its own dockerd on a private socket, so runs never
+# see each other's traffic. Tools are cached outside the clone, under $FERRY_TOOLS (default
+# ~/.cache/ferry/tools).
 
 FERRY_TOOLS="${FERRY_TOOLS:-${XDG_CACHE_HOME:-$HOME/.cache}/ferry/tools}"
 FERRY_RUN_ID="${FERRY_RUN_ID:-$(date +%s)-$$}"
@@ -113,11 +114,194 @@ python_clients() {
   export FERRY_TEST_PYTHON="$venv/bin/python"
 }
 
+# Docker: Debian's dockerd on a private socket, one per run, with the test images built locally
+# (there is no registry to pull from). It never touches /var/run/docker.sock or another dockerd:
+# everything it has lives under its own run directory, and docker_down stops it by its pid file.
+#
+#   docker_up      # exports DOCKER_HOST=unix://…/docker.sock, FERRY_TEST_DOCKER_IMAGE and
+#                  # FERRY_TEST_DOCKER_ENTRYPOINT_IMAGE
+#   docker_down    # removes the containers left behind, stops that dockerd, deletes its directory
+FERRY_DOCKER_RUNS="${FERRY_DOCKER_RUNS:-${TMPDIR:-/tmp}/ferry-docker}"
+FERRY_TEST_DOCKER_IMAGE="${FERRY_TEST_DOCKER_IMAGE:-ferry-test/busybox:1}"
+FERRY_TEST_DOCKER_ENTRYPOINT_IMAGE="${FERRY_TEST_DOCKER_ENTRYPOINT_IMAGE:-ferry-test/entrypoint:1}"
+# Storage drivers to try in order: overlay2 needs a filesystem that can hold overlay mounts,
+# vfs works anywhere (slower, full copies).
+FERRY_DOCKER_STORAGE="${FERRY_DOCKER_STORAGE:-overlay2 vfs}"
+
+# The docker client that talks to our dockerd; Debian's, or any other on PATH (the API is
+# negotiated, so a newer client works with Debian's 20.10 daemon).
+_docker() { DOCKER_HOST="unix://$_ferry_docker_dir/docker.sock" docker "$@"; }
+
+_pid_alive() { [ -n "$1" ] && kill -0 "$1" 2>/dev/null; }
+
+# A busybox root filesystem as a tarball, cached per busybox version outside the clone.
+_busybox_rootfs() {
+  local version tar root
+  version=$(dpkg-query -W -f '${Version}' busybox-static | tr -c 'A-Za-z0-9.\n' '_')
+  tar="$FERRY_TOOLS/docker/busybox-rootfs-$version.tar"
+  if [ ! -s "$tar" ]; then
+    mkdir -p "$FERRY_TOOLS/docker"
+    root=$(mktemp -d)
+    mkdir -p "$root"/{bin,etc,tmp,work,proc,sys,dev}
+    chmod 1777 "$root/tmp"
+    cp "$(dpkg -L busybox-static | grep -m1 '/bin/busybox$')" "$root/bin/busybox"
+    local applet
+    for applet in $("$root/bin/busybox" --list); do
+      [ "$applet" = busybox ] || ln -s busybox "$root/bin/$applet"
+    done
+    printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' >"$root/etc/passwd"
+    printf 'root:x:0:\nnogroup:x:65534:\n' >"$root/etc/group"
+    tar --numeric-owner --owner=0 --group=0 -C "$root" -cf "$tar.tmp" . && mv "$tar.tmp" "$tar"
+    rm -rf "$root"
+  fi
+  echo "$tar"
+}
+
+# The test images: busybox, and busybox with an entrypoint of its own (for what a task's
+# command does to an image's entrypoint).
+_docker_images() {
+  _docker image inspect "$FERRY_TEST_DOCKER_IMAGE" "$FERRY_TEST_DOCKER_ENTRYPOINT_IMAGE" >/dev/null 2>&1 && return 0
+  _say "building $FERRY_TEST_DOCKER_IMAGE and $FERRY_TEST_DOCKER_ENTRYPOINT_IMAGE"
+  local rootfs
+  rootfs=$(_busybox_rootfs)
+  _docker import --change 'ENV PATH=/bin' --change 'WORKDIR /work' --change 'CMD ["sh"]' \
+    "$rootfs" "$FERRY_TEST_DOCKER_IMAGE" >/dev/null
+  _docker import --change 'ENV PATH=/bin' --change 'WORKDIR /work' \
+    --change 'ENTRYPOINT ["echo", "entrypoint"]' --change 'CMD ["default", "args"]' \
+    "$rootfs" "$FERRY_TEST_DOCKER_ENTRYPOINT_IMAGE" >/dev/null
+}
+
+# Stops the dockerds of earlier runs whose shell has gone without calling docker_down (a killed
+# test run), so that they do not pile up; a run whose shell is alive is left alone.
+_docker_reap() {
+  local run owner
+  for run in "$FERRY_DOCKER_RUNS"/*/; do
+    [ -f "$run/owner" ] || continue
+    owner=$(cat "$run/owner")
+    _pid_alive "$owner" && continue
+    _say "stopping the dockerd of a finished run ($run)"
+    _ferry_docker_dir=${run%/} _docker_stop
+  done
+}
+
+# A dockerd that had to be killed leaves its containers, containerd, shims and layer mounts
+# behind: each is found by the run directory (cgroups named by the container ids under it, command
+# lines and mount points naming it).
+_docker_leftovers() {
+  local dir=$1 proc id procs pid
+  # The containers' own processes, by the cgroups dockerd made for them (cgroup v1 or v2).
+  for id in "$dir"/data/containers/*; do
+    id=${id##*/}
+    for procs in /sys/fs/cgroup/*/docker/"$id"/cgroup.procs /sys/fs/cgroup/docker/"$id"/cgroup.procs; do
+      [ -f "$procs" ] || continue
+      for pid in $(cat "$procs" 2>/dev/null || true); do kill -9 "$pid" 2>/dev/null || true; done
+      rmdir "${procs%/cgroup.procs}" 2>/dev/null || true
+    done
+  done
+  for proc in /proc/[0-9]*; do
+    [ "${proc#/proc/}" = $$ ] && continue
+    if grep -qaF "$dir/" "$proc/cmdline" 2>/dev/null; then
+      kill -9 "${proc#/proc/}" 2>/dev/null || true
+    fi
+  done
+  _docker_unmount "$dir"
+}
+
+_docker_unmount() {
+  local mount
+  for mount in $(grep -o " $1/[^ ]*" /proc/mounts | sort -r || true); do
+    umount -l "$mount" 2>/dev/null || true
+  done
+}
+
+_docker_stop() {
+  local dir=$_ferry_docker_dir pid
+  pid=$(cat "$dir/docker.pid" 2>/dev/null || true)
+  if _pid_alive "$pid"; then
+    kill "$pid"
+    for _ in $(seq 100); do _pid_alive "$pid" || break; sleep 0.1; done
+    _pid_alive "$pid" && kill -9 "$pid"
+  fi
+  _docker_leftovers "$dir"
+  rm -rf "$dir"
+}
+
+_dockerd_start() {
+  local dir=$1 driver=$2
+  rm -rf "$dir/data" "$dir/exec"
+  dockerd --storage-driver="$driver" --iptables=false --ip-masq=false --bridge=none \
+    -H "unix://$dir/docker.sock" --data-root "$dir/data" --exec-root "$dir/exec" \
+    --pidfile "$dir/daemon.pid" >"$dir/dockerd.log" 2>&1 &
+  local pid=$!
+  echo "$pid" >"$dir/docker.pid"
+  for _ in $(seq 300); do
+    _pid_alive "$pid" || return 1
+    _docker version >/dev/null 2>&1 && return 0
+    sleep 0.05
+  done
+  return 1
+}
+
+docker_up() {
+  # Already up in this shell: keep it.
+  if [ -n "${_ferry_docker_dir:-}" ] && _pid_alive "$(cat "$_ferry_docker_dir/docker.pid" 2>/dev/null)"; then
+    export DOCKER_HOST="unix://$_ferry_docker_dir/docker.sock" FERRY_TEST_DOCKER_IMAGE FERRY_TEST_DOCKER_ENTRYPOINT_IMAGE
+    _docker_images
+    return
+  fi
+  _apt_install docker.io busybox-static
+  mkdir -p "$FERRY_DOCKER_RUNS"
+  _docker_reap
+  _ferry_docker_dir="$FERRY_DOCKER_RUNS/$FERRY_RUN_ID"
+  mkdir -p "$_ferry_docker_dir"
+  echo $$ >"$_ferry_docker_dir/owner"
+  local driver=
+  for driver in $FERRY_DOCKER_STORAGE; do
+    _dockerd_start "$_ferry_docker_dir" "$driver" && break
+    _say "dockerd did not start with the $driver storage driver (log: $_ferry_docker_dir/dockerd.log)"
+    _ferry_docker_dir="$_ferry_docker_dir" _docker_stop_daemon_only
+    driver=
+  done
+  if [ -z "$driver" ]; then
+    echo "dockerd did not start; its log: $_ferry_docker_dir/dockerd.log" >&2
+    return 1
+  fi
+  _ferry_started+=("docker_down")
+  export DOCKER_HOST="unix://$_ferry_docker_dir/docker.sock" FERRY_TEST_DOCKER_IMAGE FERRY_TEST_DOCKER_ENTRYPOINT_IMAGE
+  _docker_images
+  _say "dockerd ($driver) at $DOCKER_HOST (pid $(cat "$_ferry_docker_dir/docker.pid"))"
+}
+
+# Stops a daemon that failed to come up, keeping its directory (and log) for the next try.
+_docker_stop_daemon_only() {
+  local pid
+  pid=$(cat "$_ferry_docker_dir/docker.pid" 2>/dev/null || true)
+  if _pid_alive "$pid"; then
+    kill -9 "$pid"
+    while _pid_alive "$pid"; do sleep 0.05; done
+  fi
+  _docker_leftovers "$_ferry_docker_dir"
+}
+
+docker_down() {
+  [ -n "${_ferry_docker_dir:-}" ] || return 0
+  if _pid_alive "$(cat "$_ferry_docker_dir/docker.pid" 2>/dev/null)"; then
+    local left
+    left=$(_docker ps -aq 2>/dev/null || true)
+    # shellcheck disable=SC2086 # one id per word
+    if [ -n "$left" ]; then _docker rm -f $left >/dev/null 2>&1 || true; fi
+  fi
+  _docker_stop
+  _ferry_docker_dir=
+  unset DOCKER_HOST
+}
+
 services_up() {
   rabbitmq_up
   postgres_up
   kafka_up
   python_clients
+  docker_up
 }
 
 services_down() {

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs everything CI runs: formatting, lints and the whole test suite, against real RabbitMQ,
-# PostgreSQL and a Kafka-compatible broker (tansu), which it installs and starts when missing
-# and removes again afterwards (scripts/services.sh).
+# PostgreSQL, a Kafka-compatible broker (tansu) and a private dockerd, which it installs and
+# starts when missing and removes again afterwards (scripts/services.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,7 +34,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "building the tests"
 cargo nextest run --workspace --locked --no-run
 
-step "starting RabbitMQ, PostgreSQL and tansu"
+step "starting RabbitMQ, PostgreSQL, tansu and dockerd"
 trap services_down EXIT
 services_up
 

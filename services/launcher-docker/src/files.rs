@@ -1,0 +1,593 @@
+//! Files into a container before it starts, and out of it after it ends, through the engine's
+//! archive API — no shared disk between the launcher and the engine is needed.
+//!
+//! Going in, names are checked by the flow's own rule ([`ferry_flow::rules::input_file_name`])
+//! before anything is sent. Coming out, the archive is read as a stream and only regular files
+//! that match a pattern are kept: symbolic and hard links are reported and never followed (a
+//! link to `/etc/shadow` yields the link, not the file), an entry whose name would leave the
+//! destination is refused with everything collected so far removed, and sizes are capped.
+
+use std::collections::BTreeSet;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use bollard::query_parameters::{DownloadFromContainerOptionsBuilder, UploadToContainerOptionsBuilder};
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use tokio_util::io::{StreamReader, SyncIoBridge};
+
+use crate::Engine;
+use crate::error::{Error, Result, status_of};
+
+/// A file to put into the container's working directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputFile {
+    /// Relative to the working directory, `/` between directories.
+    pub path: String,
+    pub contents: Vec<u8>,
+}
+
+/// Caps on what [`Engine::collect_files`] takes out of a container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_files: usize,
+    pub max_file_bytes: u64,
+    pub max_total_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_files: 1000,
+            max_file_bytes: 256 * 1024 * 1024,
+            max_total_bytes: 1024 * 1024 * 1024,
+        }
+    }
+}
+
+/// A file taken out of the container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CollectedFile {
+    /// Relative to the working directory.
+    pub path: String,
+    /// Where it is now, under the destination directory.
+    pub stored: PathBuf,
+    pub size: u64,
+}
+
+/// A match that was not taken, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    pub path: String,
+    pub why: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Collected {
+    pub files: Vec<CollectedFile>,
+    pub skipped: Vec<Skipped>,
+}
+
+impl Engine {
+    /// Makes `dir` (absolute, not `/`) in a created container, owned by the container's user,
+    /// and writes `files` into it. Every name is checked before anything is sent, and one
+    /// refused name sends nothing.
+    pub async fn put_files(&self, name: &str, dir: &str, files: &[InputFile]) -> Result<()> {
+        let (parent, base) = split_dir(dir)?;
+        let archive = input_archive(&base, files)?;
+        let options = UploadToContainerOptionsBuilder::default()
+            .path(&parent)
+            // Owned by the container's user, so that a task not running as root can write there.
+            .copy_uidgid("1")
+            .build();
+        self.docker
+            .upload_to_container(name, Some(options), bollard::body_full(Bytes::from(archive)))
+            .await
+            .map_err(|e| self.not_found_or(name, "archive upload", e))
+    }
+
+    /// The contents of one regular file of the container; `None` when there is no such file.
+    /// A file larger than `max_bytes`, or a path that is a link or a directory, is refused.
+    pub async fn read_file(&self, name: &str, path: &str, max_bytes: u64) -> Result<Option<Vec<u8>>> {
+        let Some(body) = self.archive(name, path).await? else {
+            return Ok(None);
+        };
+        let shown = path.to_string();
+        blocking(body, move |reader| {
+            let mut archive = tar::Archive::new(reader);
+            let mut entries = archive.entries().map_err(|e| tar_error(&shown, e))?;
+            // The archive of one file holds that one entry.
+            let Some(entry) = entries.next() else {
+                return Ok(None);
+            };
+            let entry = entry.map_err(|e| tar_error(&shown, e))?;
+            let kind = entry.header().entry_type();
+            if !kind.is_file() {
+                return Err(Error::Refused(format!(
+                    "{shown} must be a regular file, and the task left {} there",
+                    kind_name(kind)
+                )));
+            }
+            let mut contents = Vec::new();
+            entry
+                .take(max_bytes + 1)
+                .read_to_end(&mut contents)
+                .map_err(|e| tar_error(&shown, e))?;
+            if contents.len() as u64 > max_bytes {
+                return Err(Error::Refused(format!(
+                    "{shown} is larger than the {max_bytes} bytes accepted"
+                )));
+            }
+            Ok(Some(contents))
+        })
+        .await
+    }
+
+    /// Copies the regular files under `dir` whose path relative to it matches one of
+    /// `patterns` into `dest` (an existing directory of the launcher's), keeping their relative
+    /// paths. On an error, nothing collected so far is left in `dest`.
+    pub async fn collect_files(
+        &self,
+        name: &str,
+        dir: &str,
+        patterns: &[String],
+        dest: &Path,
+        limits: Limits,
+    ) -> Result<Collected> {
+        let mut compiled = Vec::with_capacity(patterns.len());
+        for p in patterns {
+            ferry_flow::rules::output_pattern(p)
+                .map_err(|why| Error::Refused(format!("outputFiles: pattern {p:?} is refused: {why}")))?;
+            compiled.push(
+                glob::Pattern::new(p)
+                    .map_err(|e| Error::Refused(format!("outputFiles: pattern {p:?} is invalid: {e}")))?,
+            );
+        }
+        if compiled.is_empty() {
+            return Ok(Collected::default());
+        }
+        let (_, base) = split_dir(dir)?;
+        let Some(body) = self.archive(name, dir).await? else {
+            return Ok(Collected::default());
+        };
+        let dest = dest.to_path_buf();
+        blocking(body, move |reader| {
+            extract(reader, &base, &compiled, &dest, limits)
+        })
+        .await
+    }
+
+    /// The engine's tar stream of `path`; `None` when the container has no such path.
+    async fn archive(
+        &self,
+        name: &str,
+        path: &str,
+    ) -> Result<Option<impl Stream<Item = std::io::Result<Bytes>> + Send + Unpin + 'static>> {
+        let options = DownloadFromContainerOptionsBuilder::default().path(path).build();
+        let mut body = self.docker.download_from_container(name, Some(options)).boxed();
+        let first = match body.next().await {
+            Some(Err(e)) if status_of(&e) == Some(404) => {
+                // No such container, or no such path in it.
+                self.inspect(name).await?;
+                return Ok(None);
+            }
+            Some(Err(e)) => return Err(Error::api(&self.host, "archive download", e)),
+            first => first,
+        };
+        Ok(Some(
+            futures::stream::iter(first)
+                .chain(body)
+                .map(|r| r.map_err(std::io::Error::other)),
+        ))
+    }
+}
+
+/// Runs a reader of the archive stream on a blocking thread.
+async fn blocking<T: Send + 'static>(
+    body: impl Stream<Item = std::io::Result<Bytes>> + Send + Unpin + 'static,
+    read: impl FnOnce(
+        SyncIoBridge<StreamReader<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send + Unpin>, Bytes>>,
+    ) -> Result<T>
+    + Send
+    + 'static,
+) -> Result<T> {
+    let body: Box<dyn Stream<Item = std::io::Result<Bytes>> + Send + Unpin> = Box::new(body);
+    let reader = SyncIoBridge::new(StreamReader::new(body));
+    tokio::task::spawn_blocking(move || read(reader))
+        .await
+        .map_err(|e| Error::Io {
+            what: "reading a container archive".into(),
+            source: std::io::Error::other(e),
+        })?
+}
+
+/// `/a/b/work` → (`/a/b`, `work`).
+fn split_dir(dir: &str) -> Result<(String, String)> {
+    let trimmed = dir.trim_end_matches('/');
+    let refuse = || {
+        Error::Refused(format!(
+            "the working directory `{dir}` must be an absolute path below `/` without `.` or `..` in it"
+        ))
+    };
+    if !trimmed.starts_with('/') || trimmed.split('/').any(|c| c == "." || c == "..") {
+        return Err(refuse());
+    }
+    let (parent, base) = trimmed.rsplit_once('/').ok_or_else(refuse)?;
+    if base.is_empty() {
+        return Err(refuse());
+    }
+    Ok((
+        if parent.is_empty() {
+            "/".into()
+        } else {
+            parent.into()
+        },
+        base.into(),
+    ))
+}
+
+/// A tar of `base/` and the files under it, with the directories between them.
+fn input_archive(base: &str, files: &[InputFile]) -> Result<Vec<u8>> {
+    let mut paths = Vec::with_capacity(files.len());
+    let mut seen = BTreeSet::new();
+    for f in files {
+        let path = ferry_flow::rules::input_file_name(&f.path)
+            .map_err(|why| Error::Refused(format!("inputFiles: {:?} is refused: {why}", f.path)))?;
+        if !seen.insert(path.clone()) {
+            return Err(Error::Refused(format!("inputFiles: {:?} is given twice", f.path)));
+        }
+        paths.push(path);
+    }
+    let mut dirs = BTreeSet::new();
+    for p in &paths {
+        for a in p.ancestors().skip(1) {
+            if !a.as_os_str().is_empty() {
+                dirs.insert(a.to_path_buf());
+            }
+        }
+    }
+    if let Some(clash) = paths.iter().find(|p| dirs.contains(*p)) {
+        return Err(Error::Refused(format!(
+            "inputFiles: {:?} is both a file and the directory of another file",
+            clash.display()
+        )));
+    }
+    let mtime = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut tar = tar::Builder::new(Vec::new());
+    let io = |e| Error::Io {
+        what: "building the input files' archive".into(),
+        source: e,
+    };
+    let mut dir_header = |path: &Path| -> Result<()> {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(0o755);
+        h.set_size(0);
+        h.set_mtime(mtime);
+        tar.append_data(&mut h, path, std::io::empty()).map_err(io)
+    };
+    dir_header(Path::new(base))?;
+    for d in &dirs {
+        dir_header(&Path::new(base).join(d))?;
+    }
+    for (f, path) in files.iter().zip(&paths) {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o644);
+        h.set_size(f.contents.len() as u64);
+        h.set_mtime(mtime);
+        tar.append_data(&mut h, Path::new(base).join(path), f.contents.as_slice())
+            .map_err(io)?;
+    }
+    tar.into_inner().map_err(io)
+}
+
+/// Reads the engine's archive of `base/`, keeping what matches; on an error, removes every file
+/// and directory it made.
+fn extract(
+    reader: impl Read,
+    base: &str,
+    patterns: &[glob::Pattern],
+    dest: &Path,
+    limits: Limits,
+) -> Result<Collected> {
+    let mut made = Vec::new();
+    let result = extract_into(reader, base, patterns, dest, limits, &mut made);
+    if result.is_err() {
+        for path in made.iter().rev() {
+            let _ = std::fs::remove_file(path).or_else(|_| std::fs::remove_dir(path));
+        }
+    }
+    result
+}
+
+fn extract_into(
+    reader: impl Read,
+    base: &str,
+    patterns: &[glob::Pattern],
+    dest: &Path,
+    limits: Limits,
+    made: &mut Vec<PathBuf>,
+) -> Result<Collected> {
+    let options = glob::MatchOptions {
+        case_sensitive: true,
+        require_literal_separator: true,
+        require_literal_leading_dot: true,
+    };
+    let mut out = Collected::default();
+    let mut total = 0u64;
+    let mut archive = tar::Archive::new(reader);
+    let entries = archive.entries().map_err(|e| tar_error(base, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| tar_error(base, e))?;
+        let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        let rel = entry_path(&raw, base).map_err(|why| {
+            Error::Refused(format!(
+                "outputFiles: the container's archive holds the entry {raw:?}, which is refused: {why}; nothing was collected"
+            ))
+        })?;
+        let Some(rel) = rel else { continue };
+        if !patterns.iter().any(|p| p.matches_with(&rel, options)) {
+            continue;
+        }
+        let kind = entry.header().entry_type();
+        if !kind.is_file() {
+            if !kind.is_dir() {
+                out.skipped.push(Skipped {
+                    path: rel,
+                    why: format!("{}; only regular files are collected", kind_name(kind)),
+                });
+            }
+            continue;
+        }
+        let size = entry.size();
+        if out.files.len() >= limits.max_files {
+            return Err(Error::Refused(format!(
+                "outputFiles: more than {} files match; collect fewer (an archive of them, say)",
+                limits.max_files
+            )));
+        }
+        if size > limits.max_file_bytes {
+            return Err(Error::Refused(format!(
+                "outputFiles: {rel:?} has {size} bytes, more than the {} accepted for one file",
+                limits.max_file_bytes
+            )));
+        }
+        total += size;
+        if total > limits.max_total_bytes {
+            return Err(Error::Refused(format!(
+                "outputFiles: the matching files add up to more than the {} bytes accepted",
+                limits.max_total_bytes
+            )));
+        }
+        let stored = dest.join(&rel);
+        let io = |what: String| move |source| Error::Io { what, source };
+        let mut dir = dest.to_path_buf();
+        for part in Path::new(&rel).parent().into_iter().flat_map(Path::components) {
+            dir.push(part);
+            // Not followed if it is a link: creating the directory then fails.
+            if !std::fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
+                std::fs::create_dir(&dir).map_err(io(format!("cannot make {}", dir.display())))?;
+                made.push(dir.clone());
+            }
+        }
+        // create_new never follows a link at the last component, and every directory on the
+        // way was made here: nothing is written outside `dest`.
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&stored)
+            .map_err(io(format!(
+                "cannot store output file {rel:?} at {}",
+                stored.display()
+            )))?;
+        made.push(stored.clone());
+        let copied = std::io::copy(&mut entry.take(size), &mut file).map_err(io(format!(
+            "cannot store output file {rel:?} at {}",
+            stored.display()
+        )))?;
+        out.files.push(CollectedFile {
+            path: rel,
+            stored,
+            size: copied,
+        });
+    }
+    Ok(out)
+}
+
+/// The path of an archive entry relative to `base/`; `None` for `base` itself. Refuses what
+/// could leave the destination: absolute names, `..`, backslashes, NUL, entries outside `base/`.
+fn entry_path(raw: &str, base: &str) -> std::result::Result<Option<String>, &'static str> {
+    let name = raw.trim_end_matches('/');
+    if name.starts_with('/') {
+        return Err("absolute names are not accepted");
+    }
+    if name.contains('\\') || name.contains('\0') {
+        return Err("names with `\\` or NUL are not accepted");
+    }
+    let mut parts = name.split('/').filter(|c| !c.is_empty() && *c != ".");
+    if parts.clone().any(|c| c == "..") {
+        return Err("names with `..` are not accepted");
+    }
+    if parts.next() != Some(base) {
+        return Err("every entry must be under the directory asked for");
+    }
+    let rest: Vec<&str> = parts.collect();
+    Ok((!rest.is_empty()).then(|| rest.join("/")))
+}
+
+fn kind_name(kind: tar::EntryType) -> &'static str {
+    match kind {
+        tar::EntryType::Symlink => "a symbolic link",
+        tar::EntryType::Link => "a hard link",
+        tar::EntryType::Directory => "a directory",
+        tar::EntryType::Fifo => "a named pipe",
+        tar::EntryType::Char | tar::EntryType::Block => "a device",
+        _ => "something other than a regular file",
+    }
+}
+
+fn tar_error(what: &str, e: std::io::Error) -> Error {
+    Error::Io {
+        what: format!("reading the container's archive of {what}"),
+        source: e,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tar_of(entries: &[(&str, tar::EntryType, &[u8], Option<&str>)]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, kind, data, link) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(*kind);
+            h.set_mode(0o644);
+            h.set_size(data.len() as u64);
+            if let Some(l) = link {
+                h.set_link_name(l).unwrap();
+            }
+            // Raw names: `append_data` would refuse `..`, which is the point of the test.
+            let bytes = name.as_bytes();
+            h.as_old_mut().name[..bytes.len()].copy_from_slice(bytes);
+            h.set_cksum();
+            b.append(&h, *data).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    fn run(archive: &[u8], patterns: &[&str], limits: Limits) -> (Result<Collected>, tempfile::TempDir) {
+        let dest = tempfile::tempdir().unwrap();
+        let patterns: Vec<_> = patterns.iter().map(|p| glob::Pattern::new(p).unwrap()).collect();
+        let r = extract(archive, "work", &patterns, dest.path(), limits);
+        (r, dest)
+    }
+
+    const F: tar::EntryType = tar::EntryType::Regular;
+
+    #[test]
+    fn matching_regular_files_are_copied_and_links_reported() {
+        let archive = tar_of(&[
+            ("work/", tar::EntryType::Directory, b"", None),
+            ("work/out/a.json", F, b"{}", None),
+            ("work/out/deep/b.json", F, b"[1]", None),
+            (
+                "work/out/leak.json",
+                tar::EntryType::Symlink,
+                b"",
+                Some("/etc/shadow"),
+            ),
+            (
+                "work/out/hard.json",
+                tar::EntryType::Link,
+                b"",
+                Some("work/out/a.json"),
+            ),
+            ("work/scratch.bin", F, b"xxxx", None),
+        ]);
+        let (r, dest) = run(&archive, &["out/**/*.json"], Limits::default());
+        let c = r.unwrap();
+        let paths: Vec<_> = c.files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(paths, ["out/a.json", "out/deep/b.json"]);
+        assert_eq!(
+            std::fs::read(dest.path().join("out/deep/b.json")).unwrap(),
+            b"[1]"
+        );
+        assert!(!dest.path().join("scratch.bin").exists());
+        let skipped: Vec<_> = c
+            .skipped
+            .iter()
+            .map(|s| (s.path.as_str(), s.why.as_str()))
+            .collect();
+        assert_eq!(skipped.len(), 2, "{skipped:?}");
+        assert!(skipped[0].1.starts_with("a symbolic link"), "{skipped:?}");
+        assert!(skipped[1].1.starts_with("a hard link"), "{skipped:?}");
+    }
+
+    #[test]
+    fn hostile_names_refuse_the_whole_archive_and_leave_nothing() {
+        for hostile in ["work/../../escape", "/etc/cron.d/x", "other/a", "work/a\\..\\b"] {
+            let archive = tar_of(&[("work/first.txt", F, b"1", None), (hostile, F, b"x", None)]);
+            let (r, dest) = run(&archive, &["**/*"], Limits::default());
+            let e = r.unwrap_err();
+            assert!(matches!(e, Error::Refused(_)), "{hostile}: {e}");
+            assert!(e.to_string().contains("nothing was collected"), "{e}");
+            let left: Vec<_> = std::fs::read_dir(dest.path()).unwrap().collect();
+            assert!(left.is_empty(), "{hostile}: {left:?}");
+        }
+    }
+
+    #[test]
+    fn limits_are_enforced() {
+        let archive = tar_of(&[("work/a", F, b"12345", None), ("work/b", F, b"12345", None)]);
+        let few = Limits {
+            max_files: 1,
+            ..Limits::default()
+        };
+        assert!(
+            run(&archive, &["*"], few)
+                .0
+                .unwrap_err()
+                .to_string()
+                .contains("more than 1 files")
+        );
+        let small = Limits {
+            max_file_bytes: 4,
+            ..Limits::default()
+        };
+        assert!(
+            run(&archive, &["*"], small)
+                .0
+                .unwrap_err()
+                .to_string()
+                .contains("5 bytes")
+        );
+        let total = Limits {
+            max_total_bytes: 9,
+            ..Limits::default()
+        };
+        assert!(
+            run(&archive, &["*"], total)
+                .0
+                .unwrap_err()
+                .to_string()
+                .contains("add up")
+        );
+        assert_eq!(run(&archive, &["*"], Limits::default()).0.unwrap().files.len(), 2);
+    }
+
+    #[test]
+    fn input_archives_refuse_hostile_names_and_clashes() {
+        let file = |p: &str| InputFile {
+            path: p.into(),
+            contents: b"x".to_vec(),
+        };
+        for bad in ["../x", "/etc/passwd", "a/../../x", ""] {
+            let e = input_archive("work", &[file("ok"), file(bad)]).unwrap_err();
+            assert!(e.to_string().starts_with("inputFiles:"), "{e}");
+        }
+        assert!(input_archive("work", &[file("a"), file("./a")]).is_err());
+        assert!(input_archive("work", &[file("a"), file("a/b")]).is_err());
+        let archive = input_archive("work", &[file("d/e/f.txt"), file("g")]).unwrap();
+        let mut names: Vec<String> = tar::Archive::new(archive.as_slice())
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().display().to_string())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["work", "work/d", "work/d/e", "work/d/e/f.txt", "work/g"]);
+    }
+
+    #[test]
+    fn directories_split_into_parent_and_name() {
+        assert_eq!(split_dir("/work").unwrap(), ("/".into(), "work".into()));
+        assert_eq!(split_dir("/a/b/").unwrap(), ("/a".into(), "b".into()));
+        for bad in ["/", "work", "/a/../b", ""] {
+            assert!(split_dir(bad).is_err(), "{bad}");
+        }
+    }
+}
