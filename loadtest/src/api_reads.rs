@@ -28,7 +28,7 @@ pub struct Plan {
 }
 
 /// `ferry up`, ended when dropped.
-struct Up {
+pub(crate) struct Up {
     child: Child,
 }
 
@@ -50,19 +50,21 @@ impl Drop for Up {
     }
 }
 
-fn free_port() -> Result<u16> {
+pub(crate) fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn start(plan: &Plan, data_dir: &Path, port: u16) -> Result<Up> {
+/// Starts `ferry up` on `bus` with its data in `data_dir` and its api on `port`; its log goes
+/// beside the data directory.
+pub(crate) fn start(ferry: &Path, bus: &str, parallel: usize, data_dir: &Path, port: u16) -> Result<Up> {
     let log = std::fs::File::create(data_dir.with_extension("log"))?;
-    let child = Command::new(&plan.ferry)
+    let child = Command::new(ferry)
         .arg("up")
-        .args(["--bus", &plan.bus])
+        .args(["--bus", bus])
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .arg("--data-dir")
         .arg(data_dir)
-        .args(["--max-parallel", &plan.parallel.to_string()])
+        .args(["--max-parallel", &parallel.to_string()])
         .env(
             "FERRY_LOG",
             std::env::var("FERRY_LOG").unwrap_or_else(|_| "warn".into()),
@@ -71,12 +73,12 @@ fn start(plan: &Plan, data_dir: &Path, port: u16) -> Result<Up> {
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
-        .with_context(|| format!("cannot start {} up", plan.ferry.display()))?;
+        .with_context(|| format!("cannot start {} up", ferry.display()))?;
     Ok(Up { child })
 }
 
 /// The api's base URL and a client that sends the admin token `ferry up` wrote.
-async fn connect(up: &mut Up, data_dir: &Path, port: u16) -> Result<(String, reqwest::Client)> {
+pub(crate) async fn connect(up: &mut Up, data_dir: &Path, port: u16) -> Result<(String, reqwest::Client)> {
     let base = format!("http://127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -147,7 +149,7 @@ pub async fn run(plan: Plan) -> Result<()> {
         plan.bus.split('@').next_back().unwrap_or(&plan.bus)
     );
     println!("  load average before   {}", crate::loadavg());
-    let mut up = start(&plan, &data_dir, port)?;
+    let mut up = start(&plan.ferry, &plan.bus, plan.parallel, &data_dir, port)?;
     let (base, client) = connect(&mut up, &data_dir, port).await?;
 
     // Baseline: reads alone.

@@ -8,7 +8,9 @@
 //!   flows users write ([`shape`]); with `--via run` it times the `ferry run` command itself, end
 //!   to end, as a user runs it, rather than the services inside this process;
 //! - `api-reads`: `GET /jobs` latency alone and during a burst of concurrent submissions, against
-//!   `ferry up` started as a process ([`api_reads`]).
+//!   `ferry up` started as a process ([`api_reads`]);
+//! - `submit-wait`: `ferry submit FLOW --wait` of one job of a shape, as a user runs it against
+//!   `ferry up`, and how long after the job's last task it returns ([`submit_wait`]).
 //!
 //! It reports throughput, dispatch latency (task ready → its process started, as stamped by the
 //! scheduler and the launcher), ferry's own CPU per task (this process's user+sys time; the task
@@ -20,6 +22,7 @@ mod amqp_count;
 mod api_reads;
 mod deployment;
 mod shape;
+mod submit_wait;
 mod via_run;
 
 use std::collections::{HashMap, HashSet};
@@ -210,6 +213,20 @@ enum Mode {
         #[arg(long, default_value_t = 300)]
         depth: usize,
     },
+    /// `ferry submit --wait` of one job of a shape against `ferry up`, timed from outside.
+    SubmitWait {
+        #[arg(value_enum)]
+        kind: shape::Kind,
+        /// As for `shape`.
+        #[arg(long, default_value_t = 2_000)]
+        width: usize,
+        /// As for `shape`.
+        #[arg(long, default_value_t = 300)]
+        depth: usize,
+        /// Runs, each on a fresh `ferry up`.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
     /// `GET /jobs` latency while one-task jobs are submitted all at once, on `ferry up`.
     ApiReads {
         /// Jobs submitted at once (at most 990, so that one `GET /jobs` sees them all).
@@ -231,7 +248,7 @@ impl Mode {
                 depth: 2,
             }),
             Mode::Shape { kind, width, depth } => Some(shape::Shape { kind, width, depth }),
-            Mode::Paced { .. } | Mode::ApiReads { .. } => None,
+            Mode::Paced { .. } | Mode::ApiReads { .. } | Mode::SubmitWait { .. } => None,
         }
     }
 }
@@ -248,6 +265,27 @@ fn main() -> Result<()> {
 }
 
 async fn run(args: Args) -> Result<()> {
+    if let Mode::SubmitWait {
+        kind,
+        width,
+        depth,
+        runs,
+    } = args.mode
+    {
+        let ferry = match &args.ferry {
+            Some(f) => f.clone(),
+            None => std::env::current_exe()?.with_file_name("ferry"),
+        };
+        let plan = submit_wait::Plan {
+            ferry,
+            bus: args.bus.clone().unwrap_or_else(|| "memory://".into()),
+            shape: shape::Shape { kind, width, depth },
+            command: args.command.clone(),
+            parallel: args.parallel,
+            runs,
+        };
+        return submit_wait::run(plan).await;
+    }
     if let Mode::ApiReads { jobs, readers } = args.mode {
         if jobs > 990 {
             bail!("--jobs {jobs}: at most 990, so that one GET /jobs sees them all");
@@ -282,7 +320,9 @@ async fn run(args: Args) -> Result<()> {
                 None,
             ),
             (_, Some(shape)) => (None, shape.tasks(), shape.label(), Some(shape)),
-            (_, None) => unreachable!("api-reads returned above; every other mode but paced has a shape"),
+            (_, None) => unreachable!(
+                "api-reads and submit-wait returned above; every other mode but paced has a shape"
+            ),
         };
         println!(
             "ferry loadtest on {}: {label}; services as processes; command {}; launcher parallelism {}",
@@ -338,7 +378,9 @@ async fn run(args: Args) -> Result<()> {
                 format!("paced, {tasks} jobs at {rate}/s"),
             )
         }
-        (_, None) => unreachable!("api-reads returned above; every other mode but paced has a shape"),
+        (_, None) => {
+            unreachable!("api-reads and submit-wait returned above; every other mode but paced has a shape")
+        }
     };
     let rate = match args.mode {
         Mode::Paced { rate, .. } => Some(rate),
@@ -347,7 +389,9 @@ async fn run(args: Args) -> Result<()> {
     let total_tasks: usize = match (&args.mode, args.mode.shape()) {
         (_, Some(shape)) => shape.tasks(),
         (Mode::Paced { tasks, .. }, None) => *tasks,
-        (_, None) => unreachable!("api-reads returned above; every other mode but paced has a shape"),
+        (_, None) => {
+            unreachable!("api-reads and submit-wait returned above; every other mode but paced has a shape")
+        }
     };
     println!(
         "ferry loadtest: {label}; command {}; launcher parallelism {}",
