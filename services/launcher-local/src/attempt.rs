@@ -18,7 +18,9 @@ use tokio_util::sync::CancellationToken;
 use crate::Shared;
 use crate::logs::{self, Ids, Tail};
 use crate::state::{Entry, LogMark, RunningRecord};
-use crate::{collect, prepare, process};
+use ferry_launcher::collect;
+
+use crate::{prepare, process};
 
 /// How long the leader of a stopped group gets to be reaped.
 const REAP: Duration = Duration::from_secs(2);

@@ -32,16 +32,13 @@
 //! wait, unacknowledged, for a free slot; once `max_parallel` of them wait it reads nothing more.
 
 mod attempt;
-mod collect;
 mod contain;
 mod flags;
 mod logs;
 mod prepare;
 mod process;
-mod publish;
 mod reconcile;
 mod resolve;
-pub mod secrets;
 pub mod state;
 
 use std::collections::{HashMap, VecDeque};
@@ -60,39 +57,18 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+pub use ferry_launcher::{Error, MIN_SECRET_BYTES, Masker, Result, Secrets, secrets};
 pub use flags::Flags;
 pub use prepare::{DEFAULT_PASS_ENV, DEFAULT_PATH};
 pub use process::{is_alive, start_time};
-pub use secrets::{MIN_SECRET_BYTES, Masker, Secrets};
 
 use crate::contain::Contain;
-use crate::publish::Publisher;
 use crate::resolve::Resolver;
 use crate::state::{Journal, Owner, Slots, Status};
+use ferry_launcher::publish::Publisher;
 
 /// The backend name this launcher serves; dispatches arrive on `dispatch.local`.
 pub const BACKEND: &str = "local";
-
-pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-/// Why the launcher could not start or had to stop. Problems of one attempt are never errors
-/// here: they are reported on that attempt's `task.finished`.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// The configuration can never work.
-    #[error("invalid local launcher configuration: {0}")]
-    Config(String),
-    #[error("{what}: {source}")]
-    Io {
-        what: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("secrets file {}: {message}", path.display())]
-    SecretsFile { path: PathBuf, message: String },
-    #[error(transparent)]
-    Bus(#[from] ferry_bus::Error),
-}
 
 /// How the local launcher runs.
 #[derive(Debug, Clone)]

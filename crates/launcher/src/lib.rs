@@ -1,0 +1,46 @@
+//! ferry's launcher runtime: what every launcher does, whatever its compute.
+//!
+//! A launcher turns `task.dispatched` into compute and reports `task.started`, `task.heartbeat`,
+//! `task.log` and `task.finished`. Most of that does not depend on the kind of compute, and lives
+//! here so that every backend (local processes, containers, Kubernetes Jobs, cloud batch jobs)
+//! shares one implementation of it:
+//!
+//! - [`journal`]: the record of what happened to each attempt, which makes a launcher
+//!   idempotent per attempt id and lets it reconcile after a crash;
+//! - [`logs`]: output bytes cut into masked lines, the same way however they are read;
+//! - [`secrets`]: the values behind `{{ secret('NAME') }}`, and their masking as `****` in
+//!   everything a launcher sends;
+//! - [`collect`]: the outputs object a task writes and its limits, and output files copied to
+//!   the artifact store;
+//! - [`publish`]: publishing with retries until the broker confirms.
+
+pub mod collect;
+pub mod journal;
+pub mod logs;
+pub mod publish;
+pub mod secrets;
+
+use std::path::PathBuf;
+
+pub use secrets::{MIN_SECRET_BYTES, Masker, Secrets};
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why a launcher could not start or had to stop. Problems of one attempt are never errors
+/// here: they are reported on that attempt's `task.finished`.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration can never work.
+    #[error("invalid local launcher configuration: {0}")]
+    Config(String),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("secrets file {}: {message}", path.display())]
+    SecretsFile { path: PathBuf, message: String },
+    #[error(transparent)]
+    Bus(#[from] ferry_bus::Error),
+}
