@@ -1,16 +1,27 @@
 //! The launcher's journal: what happened to each attempt, one JSON record per line.
 //!
 //! ```text
-//! <data_dir>/journal            one JSON record per line, appended as attempts move on
+//! <data_dir>/journal            {"journal":2}, then one JSON record per line, appended as attempts move on
 //! ```
 //!
 //! Each step of an attempt is one line appended to the journal: `cancelled` (a cancel came
-//! before the dispatch), `running` (written before the spawn with pid 0, then again with the
-//! pid), `logs` (the extent of the next batch of log lines, written before it is published),
-//! `reported` (the report, written before it is published) and `done` (the broker confirmed
-//! the report; a later dispatch of the attempt is a duplicate). The journal is read once at
-//! start into memory, where every later question is answered without touching the disk, and is
-//! rewritten with only what still matters when it has grown.
+//! before the dispatch), `running` (written with the compute's reservation before it is
+//! created, then again with the backend's handle once it is), `logs` (the extent of the next
+//! batch of log lines, written before it is published), `reported` (the report, written before
+//! it is published) and `done` (the broker confirmed the report; a later dispatch of the attempt
+//! is a duplicate). The journal is read once at start into memory, where every later question
+//! is answered without touching the disk, and is rewritten with only what still matters when it
+//! has grown.
+//!
+//! What a backend needs to find its compute and resume its logs (its
+//! [`Compute::handle`](crate::backend::Compute) and [`LogPosition::cursor`]) is journaled as the
+//! backend gives it, as JSON the journal does not look into.
+//!
+//! The first line names the format's [`VERSION`]. A journal without it was written before the
+//! launcher runtime existed, by the local launcher (version 1: a running record held the
+//! slot, pid and start time of a process, a log mark the offsets in its stdout and stderr); it
+//! is read as the local backend's handles and positions, and rewritten in the current version
+//! when the launcher opens it.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -21,6 +32,11 @@ use std::sync::Mutex;
 
 use ferry_event::payload::TaskFinished;
 use serde::{Deserialize, Serialize};
+
+use crate::backend::{Compute, LogPosition};
+
+/// The format written; see the module's text.
+pub const VERSION: u32 = 2;
 
 /// How long a finished attempt is remembered, so that a late duplicate of its dispatch is
 /// recognised and not run again.
@@ -33,32 +49,34 @@ pub const DONE_RETAINED: usize = 200_000;
 /// the last rewrite.
 const COMPACT_MIN_BYTES: u64 = 8 * 1024 * 1024;
 
-/// What the launcher records once it starts an attempt's process.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// What the launcher records of an attempt whose compute is being created or runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RunningRecord {
     pub job_id: String,
     pub task_id: String,
     pub attempt_id: String,
     pub attempt: u32,
-    /// The slot holding the attempt's files.
-    pub slot: u32,
-    /// The process group leader's pid, which is also the group id; 0 while it is being
-    /// started (the processes are then found by their `FERRY_ATTEMPT_ID`).
-    pub pid: i32,
-    /// The leader's start time (field 22 of `/proc/<pid>/stat`, in clock ticks since boot):
-    /// a pid reused by another process has a different one.
-    pub start_time: u64,
+    /// The compute: its name and the backend's handle (the reservation alone while it is being
+    /// created).
+    pub compute: Compute,
+    /// Whether the backend created it: false for the reservation written before the create.
+    #[serde(default)]
+    pub created: bool,
+    /// When it started; 0 while it is being created.
     pub started_at_ms: i64,
+    /// The dispatch's `outputFiles`: what is collected from compute adopted after a restart.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub output_files: Vec<String>,
 }
 
-/// How far an attempt's output was turned into log lines: the next line's number and the byte
-/// offsets in stdout and stderr where the next line starts.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// How far an attempt's output was turned into log lines: the next line's number, and the
+/// position in the output where the next line starts.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct LogMark {
     pub seq: u64,
-    pub out: u64,
-    pub err: u64,
+    #[serde(flatten)]
+    pub position: LogPosition,
 }
 
 /// One journal record.
@@ -67,7 +85,7 @@ pub struct LogMark {
 pub enum Entry {
     /// A `task.cancel` arrived before the dispatch.
     Cancelled { reason: String },
-    /// The process is being started (pid 0) or runs under this launcher.
+    /// The compute is being created (its reservation) or runs under this launcher.
     Running(RunningRecord),
     /// The lines up to this mark are numbered and about to be published. Output before the
     /// previous mark was published.
@@ -101,7 +119,7 @@ pub enum Status {
     Fresh,
     /// Cancelled before its dispatch arrived; holds the reason.
     Tombstone(String),
-    /// Its process runs or ran without being reported.
+    /// Its compute is being created, runs, or ran without being reported.
     Running(RunningRecord),
     /// Its report was written but maybe not published.
     ResultPending(Box<TaskFinished>),
@@ -206,13 +224,14 @@ impl Journal {
         inner
             .open
             .get(id)
-            .map(|o| (o.published, o.numbered))
+            .map(|o| (o.published.clone(), o.numbered.clone()))
             .unwrap_or_default()
     }
 
     /// Appends a record for `id`. The record is in the file (the page cache: it survives the
     /// launcher, not the machine) when this returns.
-    pub fn record(&self, id: &str, entry: Entry) -> io::Result<()> {
+    pub fn record(&self, id: &str, entry: impl Into<Entry>) -> io::Result<()> {
+        let entry = entry.into();
         let at = ferry_event::now_ms();
         let mut bytes = serde_json::to_vec(&LineRef {
             id,
@@ -299,8 +318,7 @@ fn apply(
         }
         Entry::Logs(mark) => {
             let o = open.entry(id).or_insert_with(fresh);
-            o.published = o.numbered;
-            o.numbered = mark;
+            o.published = std::mem::replace(&mut o.numbered, mark);
         }
         Entry::Reported { report } => {
             let o = open.entry(id).or_insert_with(fresh);
@@ -316,27 +334,149 @@ fn replay(
     open: &mut HashMap<String, Open>,
     done: &mut HashMap<Box<str>, i64>,
 ) -> io::Result<()> {
+    let corrupt = |n: usize, e: &dyn std::fmt::Display| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} is corrupt at line {}: {e}", path.display(), n + 1),
+        )
+    };
+    let mut version = None;
     let mut lines = reader.split(b'\n').enumerate().peekable();
     while let Some((n, line)) = lines.next() {
         let line = line?;
         if line.is_empty() {
             continue;
         }
-        match serde_json::from_slice::<Line>(&line) {
+        let version = *version.get_or_insert_with(|| match serde_json::from_slice::<Header>(&line) {
+            Ok(h) => h.journal,
+            Err(_) => 1,
+        });
+        let parsed = match version {
+            1 => serde_json::from_slice::<v1::Line>(&line).map(v1::Line::upgrade),
+            VERSION => match serde_json::from_slice::<Header>(&line) {
+                Ok(_) => continue,
+                Err(_) => serde_json::from_slice::<Line>(&line),
+            },
+            newer => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "{} was written by a newer ferry (journal version {newer}; this one reads up to {VERSION}): \
+                         run that version, or move the data directory aside",
+                        path.display()
+                    ),
+                ));
+            }
+        };
+        match parsed {
             Ok(Line { id, at, entry }) => apply(open, done, id, at, entry),
             // The machine stopped in the middle of the last record: it never took effect.
             Err(_) if lines.peek().is_none() => {
                 tracing::warn!(journal = %path.display(), line = n + 1, "ignoring an incomplete last record");
             }
-            Err(e) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("{} is corrupt at line {}: {e}", path.display(), n + 1),
-                ));
-            }
+            Err(e) => return Err(corrupt(n, &e)),
         }
     }
     Ok(())
+}
+
+/// The first line of a journal of version 2 or later.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Header {
+    journal: u32,
+}
+
+/// The records of version 1, written by the local launcher before the runtime existed.
+mod v1 {
+    use ferry_event::payload::TaskFinished;
+    use serde::Deserialize;
+
+    use crate::backend::{Compute, LogPosition, default_compute_name};
+
+    #[derive(Debug, Deserialize)]
+    pub(super) struct Line {
+        id: String,
+        at: i64,
+        #[serde(flatten)]
+        entry: Entry,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(tag = "state", rename_all = "camelCase")]
+    enum Entry {
+        Cancelled { reason: String },
+        Running(Running),
+        Logs(LogMark),
+        Reported { report: Box<TaskFinished> },
+        Done,
+    }
+
+    /// A local process: the slot holding its files, its group leader's pid (0 while it was
+    /// being started) and that process's start time.
+    #[derive(Debug, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Running {
+        job_id: String,
+        task_id: String,
+        attempt_id: String,
+        attempt: u32,
+        slot: u32,
+        pid: i32,
+        start_time: u64,
+        started_at_ms: i64,
+    }
+
+    /// The next line's number and the offsets in the stdout and stderr files.
+    #[derive(Debug, Deserialize)]
+    struct LogMark {
+        seq: u64,
+        out: u64,
+        err: u64,
+    }
+
+    impl Line {
+        /// The record as the current version writes it: the local backend's handle is
+        /// `{"slot", "pid", "startTime"}`, its positions are offsets without a cursor.
+        pub(super) fn upgrade(self) -> super::Line {
+            let entry = match self.entry {
+                Entry::Cancelled { reason } => super::Entry::Cancelled { reason },
+                Entry::Running(r) => super::Entry::Running(super::RunningRecord {
+                    compute: Compute {
+                        name: default_compute_name(&r.attempt_id),
+                        handle: serde_json::json!({
+                            "slot": r.slot,
+                            "pid": r.pid,
+                            "startTime": r.start_time,
+                        }),
+                    },
+                    // The pid was recorded once the process was spawned.
+                    created: r.pid != 0,
+                    job_id: r.job_id,
+                    task_id: r.task_id,
+                    attempt_id: r.attempt_id,
+                    attempt: r.attempt,
+                    started_at_ms: r.started_at_ms,
+                    output_files: Vec::new(),
+                }),
+                Entry::Logs(m) => super::Entry::Logs(super::LogMark {
+                    seq: m.seq,
+                    position: LogPosition {
+                        stdout: m.out,
+                        stderr: m.err,
+                        cursor: serde_json::Value::Null,
+                    },
+                }),
+                Entry::Reported { report } => super::Entry::Reported { report },
+                Entry::Done => super::Entry::Done,
+            };
+            super::Line {
+                id: self.id,
+                at: self.at,
+                entry,
+            }
+        }
+    }
 }
 
 /// Writes what is still open and the remembered finished attempts to a new journal, makes it
@@ -356,6 +496,8 @@ fn rewrite(
         .open(&tmp)?;
     file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
     let mut out = io::BufWriter::new(file);
+    serde_json::to_writer(&mut out, &Header { journal: VERSION }).map_err(io::Error::other)?;
+    out.write_all(b"\n")?;
     let mut write = |id: &str, at: i64, entry: Entry| -> io::Result<()> {
         serde_json::to_writer(
             &mut out,
@@ -384,8 +526,8 @@ fn rewrite(
             write(id, o.at, entry)?;
         }
         if o.numbered != LogMark::default() {
-            write(id, o.at, Entry::Logs(o.published))?;
-            write(id, o.at, Entry::Logs(o.numbered))?;
+            write(id, o.at, Entry::Logs(o.published.clone()))?;
+            write(id, o.at, Entry::Logs(o.numbered.clone()))?;
         }
     }
     let file = out.into_inner().map_err(|e| e.into_error())?;
@@ -450,10 +592,24 @@ mod tests {
             task_id: "t".into(),
             attempt_id: id.into(),
             attempt: 1,
-            slot: 3,
-            pid: 42,
-            start_time: 7,
+            compute: Compute {
+                name: format!("ferry-{id}"),
+                handle: serde_json::json!({"container": "c0ffee"}),
+            },
+            created: true,
             started_at_ms: 1,
+            output_files: vec!["*.csv".into()],
+        }
+    }
+
+    fn mark(seq: u64, stdout: u64, stderr: u64) -> LogMark {
+        LogMark {
+            seq,
+            position: LogPosition {
+                stdout,
+                stderr,
+                cursor: serde_json::json!({"since": "2026-12-06T07:00:00Z"}),
+            },
         }
     }
 
@@ -488,18 +644,9 @@ mod tests {
         .unwrap();
         assert_eq!(j.status("a1"), Status::Tombstone("stop".into()));
         j.record("a2", Entry::Running(running("a2"))).unwrap();
-        let m1 = LogMark {
-            seq: 2,
-            out: 10,
-            err: 0,
-        };
-        let m2 = LogMark {
-            seq: 5,
-            out: 10,
-            err: 30,
-        };
-        j.record("a2", Entry::Logs(m1)).unwrap();
-        j.record("a2", Entry::Logs(m2)).unwrap();
+        let (m1, m2) = (mark(2, 10, 0), mark(5, 10, 30));
+        j.record("a2", Entry::Logs(m1.clone())).unwrap();
+        j.record("a2", Entry::Logs(m2.clone())).unwrap();
         j.record("a3", Entry::Running(running("a3"))).unwrap();
         j.record(
             "a3",
@@ -529,9 +676,67 @@ mod tests {
         assert_eq!(j.status("a5"), Status::Fresh);
         let ids: Vec<String> = j.unfinished().into_iter().map(|(id, _)| id).collect();
         assert_eq!(ids, ["a1", "a2", "a3"]);
-        // The rewrite kept only what matters: one record per open state, two marks, one done.
+        // The rewrite kept only what matters: the version, one record per open state, two
+        // marks, one done.
         let text = std::fs::read_to_string(tmp.path().join("journal")).unwrap();
-        assert_eq!(text.lines().count(), 6, "{text}");
+        assert_eq!(text.lines().next(), Some(r#"{"journal":2}"#));
+        assert_eq!(text.lines().count(), 7, "{text}");
+    }
+
+    #[test]
+    fn a_journal_of_the_local_launcher_before_the_runtime_is_read_as_local_handles() {
+        let tmp = tempfile::tempdir().unwrap();
+        // Written by the local launcher of ferry 0.1, record for record.
+        let reported = serde_json::to_string(&report("a3")).unwrap();
+        let v1 = format!(
+            r#"{{"id":"a0","at":1,"state":"done"}}
+{{"id":"a1","at":{now},"state":"cancelled","reason":"stop"}}
+{{"id":"a2","at":1,"state":"running","jobId":"j","taskId":"t","attemptId":"a2","attempt":2,"slot":3,"pid":0,"startTime":0,"startedAtMs":0}}
+{{"id":"a2","at":1,"state":"running","jobId":"j","taskId":"t","attemptId":"a2","attempt":2,"slot":3,"pid":42,"startTime":7,"startedAtMs":5}}
+{{"id":"a2","at":1,"state":"logs","seq":1,"out":3,"err":0}}
+{{"id":"a2","at":1,"state":"logs","seq":3,"out":9,"err":4}}
+{{"id":"a3","at":1,"state":"reported","report":{reported}}}
+"#,
+            now = ferry_event::now_ms()
+        );
+        std::fs::write(tmp.path().join("journal"), v1).unwrap();
+        let j = Journal::open(tmp.path()).unwrap();
+        let Status::Running(r) = j.status("a2") else {
+            panic!("{:?}", j.status("a2"));
+        };
+        assert_eq!((r.job_id.as_str(), r.attempt, r.started_at_ms), ("j", 2, 5));
+        assert_eq!(r.compute.name, "ferry-a2");
+        assert!(r.created, "a record with a pid is of a process that was spawned");
+        assert_eq!(
+            r.compute.handle,
+            serde_json::json!({"slot": 3, "pid": 42, "startTime": 7})
+        );
+        let at = |seq, stdout, stderr| LogMark {
+            seq,
+            position: LogPosition {
+                stdout,
+                stderr,
+                cursor: serde_json::Value::Null,
+            },
+        };
+        assert_eq!(j.log_marks("a2"), (at(1, 3, 0), at(3, 9, 4)));
+        assert_eq!(j.status("a1"), Status::Tombstone("stop".into()));
+        assert_eq!(j.status("a3"), Status::ResultPending(Box::new(report("a3"))));
+        // Opening rewrote it in the current version, which reads back the same.
+        let text = std::fs::read_to_string(tmp.path().join("journal")).unwrap();
+        assert_eq!(text.lines().next(), Some(r#"{"journal":2}"#), "{text}");
+        drop(j);
+        let j = Journal::open(tmp.path()).unwrap();
+        assert_eq!(j.status("a2"), Status::Running(r));
+        assert_eq!(j.log_marks("a2"), (at(1, 3, 0), at(3, 9, 4)));
+    }
+
+    #[test]
+    fn a_journal_of_a_newer_version_is_refused_with_what_to_do() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("journal"), "{\"journal\":3}\n").unwrap();
+        let err = Journal::open(tmp.path()).unwrap_err().to_string();
+        assert!(err.contains("newer ferry") && err.contains("version 3"), "{err}");
     }
 
     #[test]
@@ -577,11 +782,7 @@ mod tests {
         for entry in [
             Entry::Cancelled { reason: "no".into() },
             Entry::Running(running("a")),
-            Entry::Logs(LogMark {
-                seq: 1,
-                out: 2,
-                err: 3,
-            }),
+            Entry::Logs(mark(1, 2, 3)),
             Entry::Reported {
                 report: Box::new(report("a")),
             },

@@ -12,8 +12,8 @@
 //! task writes its output to files, not pipes: a launcher killed while the task runs loses no
 //! line, because the next run reads the rest of the files from the last recorded extent.
 //!
-//! The journal (`ferry_launcher::journal`) is re-exported here under the names the launcher
-//! always used.
+//! The journal is the runtime's (`ferry_launcher::journal`); [`RunningRecord`], [`LogMark`] and
+//! [`Entry`] are its records with the local backend's handle and log position spelled out.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -21,9 +21,140 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-pub use ferry_launcher::journal::{
-    DONE_RETAINED, DONE_RETENTION_MS, Entry, Journal, LogMark, Open, RunningRecord, Status, check_id,
-};
+use ferry_event::payload::TaskFinished;
+use ferry_launcher::backend::{Compute, LogPosition, default_compute_name};
+use ferry_launcher::journal;
+pub use ferry_launcher::journal::{DONE_RETAINED, DONE_RETENTION_MS, Journal, Open, Status, check_id};
+use serde::{Deserialize, Serialize};
+
+/// The local backend's handle on an attempt's processes, as the journal keeps it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Handle {
+    /// The slot holding the attempt's files.
+    pub slot: u32,
+    /// The process group leader's pid, which is also the group id; 0 while it is being
+    /// started (the processes are then found by their `FERRY_ATTEMPT_ID`).
+    pub pid: i32,
+    /// The leader's start time (field 22 of `/proc/<pid>/stat`, in clock ticks since boot):
+    /// a pid reused by another process has a different one.
+    pub start_time: u64,
+}
+
+/// A journal's running record of a local attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunningRecord {
+    pub job_id: String,
+    pub task_id: String,
+    pub attempt_id: String,
+    pub attempt: u32,
+    /// The slot holding the attempt's files.
+    pub slot: u32,
+    /// See [`Handle::pid`].
+    pub pid: i32,
+    /// See [`Handle::start_time`].
+    pub start_time: u64,
+    pub started_at_ms: i64,
+}
+
+impl RunningRecord {
+    /// The local view of a journal's running record; `None` when its handle is not a local
+    /// one.
+    pub fn from_journal(r: &journal::RunningRecord) -> Option<Self> {
+        let h: Handle = r.compute.handle_as().ok()?;
+        Some(RunningRecord {
+            job_id: r.job_id.clone(),
+            task_id: r.task_id.clone(),
+            attempt_id: r.attempt_id.clone(),
+            attempt: r.attempt,
+            slot: h.slot,
+            pid: h.pid,
+            start_time: h.start_time,
+            started_at_ms: r.started_at_ms,
+        })
+    }
+
+    pub fn handle(&self) -> Handle {
+        Handle {
+            slot: self.slot,
+            pid: self.pid,
+            start_time: self.start_time,
+        }
+    }
+}
+
+impl From<RunningRecord> for journal::RunningRecord {
+    fn from(r: RunningRecord) -> Self {
+        let handle = r.handle();
+        journal::RunningRecord {
+            compute: Compute {
+                name: default_compute_name(&r.attempt_id),
+                handle: serde_json::json!(handle),
+            },
+            created: r.pid != 0,
+            job_id: r.job_id,
+            task_id: r.task_id,
+            attempt_id: r.attempt_id,
+            attempt: r.attempt,
+            started_at_ms: r.started_at_ms,
+            output_files: Vec::new(),
+        }
+    }
+}
+
+/// How far a local attempt's output was turned into log lines: the next line's number and the
+/// byte offsets in the stdout and stderr files where the next line starts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogMark {
+    pub seq: u64,
+    pub out: u64,
+    pub err: u64,
+}
+
+impl From<LogMark> for journal::LogMark {
+    fn from(m: LogMark) -> Self {
+        journal::LogMark {
+            seq: m.seq,
+            position: LogPosition {
+                stdout: m.out,
+                stderr: m.err,
+                cursor: serde_json::Value::Null,
+            },
+        }
+    }
+}
+
+impl From<&journal::LogMark> for LogMark {
+    fn from(m: &journal::LogMark) -> Self {
+        LogMark {
+            seq: m.seq,
+            out: m.position.stdout,
+            err: m.position.stderr,
+        }
+    }
+}
+
+/// A journal record of a local attempt (see [`journal::Entry`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Entry {
+    Cancelled { reason: String },
+    Running(RunningRecord),
+    Logs(LogMark),
+    Reported { report: Box<TaskFinished> },
+    Done,
+}
+
+impl From<Entry> for journal::Entry {
+    fn from(e: Entry) -> Self {
+        match e {
+            Entry::Cancelled { reason } => journal::Entry::Cancelled { reason },
+            Entry::Running(r) => journal::Entry::Running(r.into()),
+            Entry::Logs(m) => journal::Entry::Logs(m.into()),
+            Entry::Reported { report } => journal::Entry::Reported { report },
+            Entry::Done => journal::Entry::Done,
+        }
+    }
+}
 
 /// The reusable directories attempts keep their files in.
 #[derive(Debug)]

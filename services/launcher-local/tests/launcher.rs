@@ -1050,6 +1050,68 @@ async fn reconcile_publishes_a_killed_runs_output_under_the_same_numbers() -> Re
     h.stop().await
 }
 
+/// A journal as the local launcher wrote it before the launcher runtime existed (no version
+/// line; the slot, pid and start time in the running record; file offsets in log marks).
+#[tokio::test]
+async fn a_journal_written_before_the_launcher_runtime_is_reconciled() -> Result<()> {
+    let Leftover {
+        mut child,
+        grandchild,
+        pid,
+        start,
+    } = leftover()?;
+    let tmp = tempfile::tempdir()?;
+    let mut h = Harness::start_in(
+        tmp,
+        |data| {
+            let dir = SlotDir::at(data, 1);
+            std::fs::create_dir_all(dir.work())?;
+            std::fs::write(dir.stdout(), "l0\nl1\nl2\n")?;
+            std::fs::write(dir.stderr(), "e0\n")?;
+            let records = [
+                r#"{"id":"a-v1","at":1,"state":"running","jobId":"job-1","taskId":"extract","attemptId":"a-v1","attempt":3,"slot":1,"pid":0,"startTime":0,"startedAtMs":0}"#
+                    .to_string(),
+                format!(
+                    r#"{{"id":"a-v1","at":1,"state":"running","jobId":"job-1","taskId":"extract","attemptId":"a-v1","attempt":3,"slot":1,"pid":{pid},"startTime":{start},"startedAtMs":1700000000000}}"#
+                ),
+                r#"{"id":"a-v1","at":1,"state":"logs","seq":1,"out":3,"err":0}"#.to_string(),
+                r#"{"id":"a-v1","at":1,"state":"logs","seq":2,"out":6,"err":0}"#.to_string(),
+            ];
+            std::fs::write(data.join("journal"), records.join("\n") + "\n")?;
+            Ok(())
+        },
+        |_| {},
+    )
+    .await?;
+    let f = h.finished("a-v1").await?;
+    assert_eq!(
+        (f.outcome, f.attempt, f.log_lines),
+        (Outcome::Lost, 3, 4),
+        "{f:?}"
+    );
+    assert!(
+        f.error.as_deref().unwrap_or_default().contains("stopped"),
+        "{f:?}"
+    );
+    let lines: Vec<(u64, String)> = all_lines(&h.log_batches("a-v1").await?)
+        .into_iter()
+        .map(|(seq, _, text)| (seq, text))
+        .collect();
+    let expected = [(1, "l1"), (2, "l2"), (3, "e0")];
+    assert_eq!(lines, expected.map(|(n, t)| (n, t.to_string())));
+    let status = child.wait()?;
+    assert_eq!(status.signal(), Some(15), "{status:?}");
+    assert!(!is_alive(grandchild));
+    h.stop().await?;
+    let text = std::fs::read_to_string(h.data_dir.join("journal"))?;
+    assert!(
+        text.starts_with("{\"journal\":2}\n"),
+        "rewritten in the current version: {text}"
+    );
+    assert_eq!(Journal::open(&h.data_dir)?.status("a-v1"), Status::Finished);
+    Ok(())
+}
+
 #[tokio::test]
 async fn reconcile_leaves_a_reused_pid_alone() -> Result<()> {
     let Leftover {
