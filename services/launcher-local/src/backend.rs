@@ -446,13 +446,20 @@ impl Backend for Local {
             .join(&d.task_id)
             .join(&d.attempt_id);
         let patterns = d.output_files.clone();
-        let collected = tokio::task::spawn_blocking(move || {
+        let gather = move || {
             let outputs = collect::read_outputs_file(&dir.outputs())?;
             let files = collect::collect_files(&dir.work(), &patterns, &dest)?;
             Ok::<_, String>((outputs, files))
-        })
-        .await
-        .map_err(|e| AttemptError::Platform(format!("collecting outputs failed: {e}")))?
+        };
+        // Without output files this is one `stat` (and a small read when there are outputs):
+        // not worth a hop to a blocking thread. Copying files is.
+        let collected = if d.output_files.is_empty() {
+            gather()
+        } else {
+            tokio::task::spawn_blocking(gather)
+                .await
+                .map_err(|e| AttemptError::Platform(format!("collecting outputs failed: {e}")))?
+        }
         .map_err(AttemptError::Task)?;
         let (outputs, files) = collected;
         if outputs.is_none()
