@@ -660,6 +660,23 @@ async fn a_command_that_cannot_start_fails_clearly() -> Result<()> {
 }
 
 #[tokio::test]
+async fn what_the_local_backend_cannot_give_is_refused_before_anything_runs() -> Result<()> {
+    let mut h = Harness::start().await?;
+    let ran = h.path_str("ran");
+    let mut d = task("a-gpu", &["touch", &ran]);
+    d.resources.gpu = Some(1);
+    h.dispatch(&d).await?;
+    let f = h.finished("a-gpu").await?;
+    assert_eq!(f.outcome, Outcome::Failed);
+    let error = f.error.unwrap_or_default();
+    assert!(error.starts_with("resources.gpu: "), "{error}");
+    assert_eq!(h.count(kind::TASK_STARTED, "a-gpu"), 0);
+    assert!(!Path::new(&ran).exists(), "the task ran");
+    assert_eq!(Journal::open(&h.data_dir)?.status("a-gpu"), Status::Finished);
+    h.stop().await
+}
+
+#[tokio::test]
 async fn commands_are_found_on_the_tasks_path_and_keep_the_name_written() -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let mut h = Harness::start().await?;
