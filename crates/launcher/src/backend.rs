@@ -308,7 +308,10 @@ pub trait Backend: Send + Sync + 'static {
     /// adopts what its previous run journaled. `None` when it is gone.
     async fn find(&self, reserved: &Compute) -> BackendResult<Option<Compute>>;
 
-    /// The compute's state, read from the platform now.
+    /// The compute's state as the platform says it is now: a read of the platform, or of a
+    /// cache the backend keeps current from the platform's own watch or event stream (so that
+    /// heartbeats of many attempts cost no request each). Never a guess from a notification
+    /// alone.
     async fn status(&self, compute: &Compute) -> BackendResult<ComputeState>;
 
     /// Returns once the compute has ended, with its state ([`ComputeState::Exited`] or
