@@ -77,9 +77,10 @@ async fn ack(delivery: Delivery) {
     }
 }
 
-/// Calls `call` again while it fails for want of the platform, with growing waits, for up to
-/// [`RETRY_FOR`] or until the launcher stops.
-pub(crate) async fn retrying<T, F, Fut>(rt: &Runtime, what: &str, mut call: F) -> BackendResult<T>
+/// Calls `call` again while it fails for want of the platform ([`AttemptError::Unavailable`]),
+/// with growing waits, for up to [`RETRY_FOR`] or until `stop` is cancelled. Any other error,
+/// and the last one, is returned as it is.
+pub(crate) async fn retrying<T, F, Fut>(stop: &CancellationToken, what: &str, mut call: F) -> BackendResult<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = BackendResult<T>>,
@@ -90,7 +91,7 @@ where
         match call().await {
             Err(e) if e.is_transient() && Instant::now() < deadline => {
                 tracing::warn!(error = %e, "{what} failed; trying again");
-                if !backoff.wait(&rt.stop).await {
+                if !backoff.wait(stop).await {
                     return Err(e);
                 }
             }
@@ -102,7 +103,11 @@ where
 /// Releases `compute`, logging what goes wrong: nothing more can be done about it then.
 pub(crate) async fn release(rt: &Runtime, compute: &Compute) {
     let backend = &*rt.backend;
-    if let Err(e) = retrying(rt, "releasing the compute", move || backend.release(compute)).await {
+    if let Err(e) = retrying(&rt.stop, "releasing the compute", move || {
+        backend.release(compute)
+    })
+    .await
+    {
         tracing::warn!(compute = %compute.name, error = %e, "cannot release the attempt's compute");
     }
 }
@@ -110,7 +115,11 @@ pub(crate) async fn release(rt: &Runtime, compute: &Compute) {
 /// Stops `compute` within the kill grace, logging what goes wrong.
 pub(crate) async fn stop(rt: &Runtime, compute: &Compute) {
     let (backend, grace) = (&*rt.backend, rt.config.kill_grace);
-    if let Err(e) = retrying(rt, "stopping the compute", move || backend.stop(compute, grace)).await {
+    if let Err(e) = retrying(&rt.stop, "stopping the compute", move || {
+        backend.stop(compute, grace)
+    })
+    .await
+    {
         tracing::error!(compute = %compute.name, error = %e, "cannot stop the attempt's compute");
     }
 }
@@ -377,15 +386,17 @@ pub(crate) async fn conclude(
 ) -> TaskFinished {
     if report.outcome == Outcome::Succeeded {
         let backend = &*rt.backend;
-        let collected = retrying(rt, "collecting outputs", move || backend.collect(compute, task))
-            .await
-            .and_then(|c| {
-                let outputs = match c.outputs {
-                    Some(bytes) => collect::parse_outputs(&bytes).map_err(AttemptError::Task)?,
-                    None => Map::new(),
-                };
-                Ok((outputs, c.files))
-            });
+        let collected = retrying(&rt.stop, "collecting outputs", move || {
+            backend.collect(compute, task)
+        })
+        .await
+        .and_then(|c| {
+            let outputs = match c.outputs {
+                Some(bytes) => collect::parse_outputs(&bytes).map_err(AttemptError::Task)?,
+                None => Map::new(),
+            };
+            Ok((outputs, c.files))
+        });
         match collected {
             Ok((o, f)) => {
                 report.outputs = match rt.masker.mask_json(serde_json::Value::Object(o)) {
@@ -519,5 +530,61 @@ async fn heartbeat(rt: Arc<Runtime>, ids: Ids, compute: Compute, lease_ms: u64, 
         if let Err(e) = rt.publisher.publish_once(&[event]).await {
             tracing::warn!(error = %e, "cannot publish a heartbeat; trying again at the next one");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+
+    /// Fails with `error` the first `failures` calls, then answers `Ok(calls so far)`.
+    async fn flaky(calls: &AtomicU32, failures: u32, error: &AttemptError) -> BackendResult<u32> {
+        let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+        if n <= failures { Err(error.clone()) } else { Ok(n) }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unavailable_platform_is_called_again_until_it_answers() {
+        let (calls, stop) = (AtomicU32::new(0), CancellationToken::new());
+        let busy = AttemptError::Unavailable("API timing out".into());
+        let started = Instant::now();
+        let answer = retrying(&stop, "creating", || flaky(&calls, 3, &busy)).await;
+        assert_eq!(answer, Ok(4));
+        assert!(started.elapsed() < RETRY_FOR, "{:?}", started.elapsed());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn other_faults_are_not_retried_and_unavailability_ends_in_time() {
+        let (calls, stop) = (AtomicU32::new(0), CancellationToken::new());
+        let full = AttemptError::Platform("no space left on device".into());
+        assert_eq!(
+            retrying(&stop, "creating", || flaky(&calls, 1, &full)).await,
+            Err(full)
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+        let calls = AtomicU32::new(0);
+        let down = AttemptError::Unavailable("daemon restarting".into());
+        let started = Instant::now();
+        let answer = retrying(&stop, "creating", || flaky(&calls, u32::MAX, &down)).await;
+        assert_eq!(answer.map_err(|e| e.outcome()), Err(Outcome::Lost));
+        let waited = started.elapsed();
+        assert!(
+            waited >= RETRY_FOR && waited < RETRY_FOR + Duration::from_secs(11),
+            "{waited:?}"
+        );
+
+        // A launcher that stops does not wait for the platform.
+        let calls = AtomicU32::new(0);
+        stop.cancel();
+        let started = Instant::now();
+        assert!(
+            retrying(&stop, "creating", || flaky(&calls, u32::MAX, &down))
+                .await
+                .is_err()
+        );
+        assert_eq!(started.elapsed(), Duration::ZERO);
     }
 }

@@ -48,7 +48,7 @@ pub(crate) async fn reconcile(rt: &Arc<Runtime>) -> usize {
         n += 1;
     }
     let backend = &*rt.backend;
-    match retrying(rt, "listing the compute this launcher owns", move || {
+    match retrying(&rt.stop, "listing the compute this launcher owns", move || {
         backend.list_owned()
     })
     .await
@@ -71,11 +71,17 @@ pub(crate) async fn reconcile(rt: &Arc<Runtime>) -> usize {
 async fn recover(rt: Arc<Runtime>, record: RunningRecord, open: Open) {
     let backend = &*rt.backend;
     let reserved = &record.compute;
-    let found = retrying(&rt, "looking for the compute", move || backend.find(reserved)).await;
+    let found = retrying(&rt.stop, "looking for the compute", move || {
+        backend.find(reserved)
+    })
+    .await;
     let (compute, state) = match found {
         Ok(Some(compute)) => {
             let c = &compute;
-            let state = retrying(&rt, "reading the compute's status", move || backend.status(c)).await;
+            let state = retrying(&rt.stop, "reading the compute's status", move || {
+                backend.status(c)
+            })
+            .await;
             (compute, state.ok())
         }
         Ok(None) => (record.compute.clone(), None),
