@@ -28,8 +28,8 @@ use crate::runtime::Runtime;
 struct Entry {
     /// Set for a running attempt: sends the error a cancel reports.
     cancel: Option<watch::Sender<Option<String>>>,
-    /// Whether it holds one of the `max_parallel` slots (reports of attempts that never start
-    /// do not).
+    /// Whether it holds one of the `max_parallel` places in the window (reports of attempts
+    /// that never start do not).
     counted: bool,
 }
 
@@ -115,7 +115,7 @@ impl Intake {
             }
             Status::Fresh => {
                 self.pending.push_back((d, delivery));
-                self.fill_slots();
+                self.fill_window();
             }
         }
     }
@@ -148,7 +148,9 @@ impl Intake {
             .iter()
             .position(|(p, _)| p.attempt_id == c.attempt_id);
         if let Some((d, dispatch)) = waiting.and_then(|pos| self.pending.remove(pos)) {
-            span.in_scope(|| tracing::info!("cancelling an attempt waiting for a slot"));
+            span.in_scope(|| {
+                tracing::info!("cancelling an attempt waiting for room in the in-flight window")
+            });
             let report = attempt::unstarted(&d, Outcome::Cancelled, error);
             let fut = attempt::settle_unstarted(self.rt.clone(), report, dispatch);
             self.spawn(d.attempt_id.clone(), None, false, fut, span);
@@ -179,8 +181,8 @@ impl Intake {
         }
     }
 
-    /// Starts waiting dispatches while slots are free.
-    fn fill_slots(&mut self) {
+    /// Starts waiting dispatches while the in-flight window has room.
+    fn fill_window(&mut self) {
         while self.running < self.rt.config.max_parallel && !self.rt.stop.is_cancelled() {
             let Some((d, delivery)) = self.pending.pop_front() else {
                 break;
@@ -227,7 +229,7 @@ impl Intake {
         {
             self.running -= 1;
         }
-        self.fill_slots();
+        self.fill_window();
     }
 }
 
