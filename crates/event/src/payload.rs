@@ -462,6 +462,41 @@ pub struct TaskFinished {
     pub finished_at_ms: i64,
 }
 
+impl TaskFinished {
+    /// The report of an attempt that ended without a word from its compute: it never started
+    /// (cancelled before its dispatch, refused, its compute could not be created), its compute
+    /// vanished, or a timer ended it. It has no exit code, outputs or output files, and no log
+    /// lines (set [`log_lines`](Self::log_lines) and [`started_at_ms`](Self::started_at_ms)
+    /// where some were published before the end); `error` says what happened, for a person.
+    ///
+    /// Every service that reports an attempt in its compute's place builds the report here, so
+    /// that such reports look the same whoever sends them.
+    pub fn unreported(
+        job_id: impl Into<String>,
+        task_id: impl Into<String>,
+        attempt_id: impl Into<String>,
+        attempt: u32,
+        outcome: Outcome,
+        error: impl Into<String>,
+        finished_at_ms: i64,
+    ) -> Self {
+        TaskFinished {
+            job_id: job_id.into(),
+            task_id: task_id.into(),
+            attempt_id: attempt_id.into(),
+            attempt,
+            outcome,
+            exit_code: None,
+            error: Some(error.into()),
+            outputs: Map::new(),
+            output_files: Vec::new(),
+            log_lines: 0,
+            started_at_ms: None,
+            finished_at_ms,
+        }
+    }
+}
+
 // ----------------------------------------------------------------------------------------------
 // Lifecycle (public)
 // ----------------------------------------------------------------------------------------------
@@ -619,6 +654,19 @@ pub fn schemas() -> Vec<(&'static str, schemars::Schema)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unreported_attempt_carries_only_its_error() {
+        let f = TaskFinished::unreported("j", "t", "a", 2, Outcome::Lost, "compute vanished", 7);
+        let json = serde_json::to_value(&f).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "jobId": "j", "taskId": "t", "attemptId": "a", "attempt": 2, "outcome": "lost",
+                "error": "compute vanished", "logLines": 0, "finishedAtMs": 7
+            })
+        );
+    }
 
     #[test]
     fn runner_is_tagged_by_type() {

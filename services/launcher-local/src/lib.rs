@@ -16,83 +16,40 @@
 //! The launcher makes itself non-dumpable, and can run tasks as another user (`run_as`).
 //! `docs/security.md` says what is covered and what is not.
 //!
-//! - [`Config`], [`run`]: the service;
+//! - [`Config`], [`run`]: the service, which is the launcher runtime (`ferry_launcher`: intake,
+//!   in-flight window, journal, heartbeats, logs, secrets, outputs, reports, reconcile) driving
+//!   the `local` backend (`backend`: slots, process groups, containment, `PATH` lookup);
 //! - [`Secrets`]: the values behind `{{ secret('NAME') }}`, masked as `****` in everything the
 //!   launcher sends;
-//! - [`state`]: the journal that makes the launcher idempotent per attempt id and lets it
-//!   reconcile, on start, the processes and output a previous run left behind.
-//!
-//! Cancels arrive on `cancel.local`, which every instance hears through an ephemeral group of
-//! its own; an instance that does not know the attempt records a tombstone, so that a dispatch
-//! arriving later does not start it.
-//!
-//! At most [`Config::max_parallel`] attempts run at once. The subscription's prefetch window
-//! is the same size and a dispatch is acked once its start is confirmed, so while every slot is
-//! busy the consumer still reads (and so still receives cancels) but the dispatches it reads
-//! wait, unacknowledged, for a free slot; once `max_parallel` of them wait it reads nothing more.
+//! - [`state`]: the slots, and the journal's records as the local backend writes them.
 
-mod attempt;
-mod collect;
+mod backend;
 mod contain;
 mod flags;
-mod logs;
 mod prepare;
 mod process;
-mod publish;
-mod reconcile;
 mod resolve;
-pub mod secrets;
 pub mod state;
 
-use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_bus::{Bus, Delivery, Subscribe, Subscription};
-use ferry_event::payload::{Outcome, TaskCancel, TaskDispatched};
-use ferry_event::{AttributesReader, EventBuilder, Topic, kind};
-use ferry_runtime::metrics;
-use tokio::sync::{mpsc, watch};
-use tokio::task::JoinSet;
+use ferry_bus::Bus;
+pub use ferry_launcher::{Error, MIN_SECRET_BYTES, Masker, Result, Secrets, secrets};
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
 pub use flags::Flags;
 pub use prepare::{DEFAULT_PASS_ENV, DEFAULT_PATH};
 pub use process::{is_alive, start_time};
-pub use secrets::{MIN_SECRET_BYTES, Masker, Secrets};
 
+use crate::backend::Local;
 use crate::contain::Contain;
-use crate::publish::Publisher;
-use crate::resolve::Resolver;
-use crate::state::{Journal, Owner, Slots, Status};
+use crate::state::{Journal, Owner, RunningRecord, Slots, Status};
 
 /// The backend name this launcher serves; dispatches arrive on `dispatch.local`.
 pub const BACKEND: &str = "local";
-
-pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-/// Why the launcher could not start or had to stop. Problems of one attempt are never errors
-/// here: they are reported on that attempt's `task.finished`.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// The configuration can never work.
-    #[error("invalid local launcher configuration: {0}")]
-    Config(String),
-    #[error("{what}: {source}")]
-    Io {
-        what: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("secrets file {}: {message}", path.display())]
-    SecretsFile { path: PathBuf, message: String },
-    #[error(transparent)]
-    Bus(#[from] ferry_bus::Error),
-}
 
 /// How the local launcher runs.
 #[derive(Debug, Clone)]
@@ -164,18 +121,23 @@ impl Config {
         }
     }
 
+    /// What the launcher runtime needs of it.
+    fn runtime(&self) -> ferry_launcher::Config {
+        ferry_launcher::Config {
+            max_parallel: self.max_parallel,
+            kill_grace: self.kill_grace,
+            log_batch_lines: self.log_batch_lines,
+            log_batch_interval: self.log_batch_interval,
+            secrets: self.secrets.clone(),
+            source: self.source.clone(),
+            group: self.group.clone(),
+        }
+    }
+
     /// Checks the configuration, reads the secrets file and makes the directories absolute,
     /// creating them.
     fn resolve(mut self) -> Result<(Config, Resolved)> {
-        if self.max_parallel == 0 {
-            return Err(Error::Config("max_parallel must be at least 1".into()));
-        }
-        if self.log_batch_lines == 0 {
-            return Err(Error::Config("log_batch_lines must be at least 1".into()));
-        }
-        if self.group.is_empty() {
-            return Err(Error::Config("the consumer group name is empty".into()));
-        }
+        self.runtime().check()?;
         for name in &self.pass_env {
             if name.is_empty()
                 || name.contains(['=', '\0'])
@@ -339,25 +301,6 @@ impl RunAs {
     }
 }
 
-/// What every attempt of one launcher shares.
-pub(crate) struct Shared {
-    pub(crate) config: Config,
-    pub(crate) artifact_dir: PathBuf,
-    pub(crate) builder: EventBuilder,
-    pub(crate) publisher: Publisher,
-    pub(crate) masker: Masker,
-    /// The part of the launcher's environment tasks receive, read once: every task's
-    /// environment starts from it.
-    pub(crate) base_env: Vec<(OsString, OsString)>,
-    pub(crate) run_as: Option<RunAs>,
-    pub(crate) contain: Contain,
-    pub(crate) resolver: Resolver,
-    /// Cancelled when the launcher stops (shutdown, or the bus closed).
-    pub(crate) stop: CancellationToken,
-    pub(crate) journal: Journal,
-    pub(crate) slots: Slots,
-}
-
 /// Runs the local launcher until `shutdown` is cancelled (or the bus closes). On the way out
 /// every running attempt's process group is stopped and the attempt reported `lost`; when this
 /// returns, no process it started is alive.
@@ -392,7 +335,7 @@ pub async fn run(config: Config, bus: Arc<dyn Bus>, shutdown: CancellationToken)
         .unfinished()
         .iter()
         .filter_map(|(_, o)| match &o.status {
-            Status::Running(r) => Some(r.slot),
+            Status::Running(r) => RunningRecord::from_journal(r).map(|r| r.slot),
             _ => None,
         })
         .collect();
@@ -407,351 +350,26 @@ pub async fn run(config: Config, bus: Arc<dyn Bus>, shutdown: CancellationToken)
         ),
         source,
     })?;
-    let stop = shutdown.child_token();
-    let shared = Arc::new(Shared {
-        journal,
-        slots,
-        masker: config.secrets.masker(),
-        base_env: {
-            let mut env: std::collections::BTreeMap<OsString, OsString> =
-                prepare::base_env(std::env::vars_os(), &config.pass_env)
-                    .into_iter()
-                    .collect();
-            env.extend(run_as.iter().flat_map(RunAs::env));
-            env.into_iter().collect()
-        },
-        run_as,
-        contain,
-        resolver: Resolver::new(),
-        builder: EventBuilder::new(config.source.clone()),
-        publisher: Publisher::new(bus.clone(), stop.clone()),
-        stop: stop.clone(),
-        artifact_dir,
-        config,
-    });
+    let base_env = {
+        let mut env: std::collections::BTreeMap<OsString, OsString> =
+            prepare::base_env(std::env::vars_os(), &config.pass_env)
+                .into_iter()
+                .collect();
+        env.extend(run_as.iter().flat_map(RunAs::env));
+        env.into_iter().collect()
+    };
     tracing::info!(
-        data_dir = %shared.config.data_dir.display(),
-        group = %shared.config.group,
-        max_parallel = shared.config.max_parallel,
-        secrets = shared.config.secrets.len(),
-        run_as = shared.run_as.as_ref().map(|r| r.name.as_str()),
-        containment = %shared.contain.describe(),
+        data_dir = %config.data_dir.display(),
+        group = %config.group,
+        max_parallel = config.max_parallel,
+        secrets = config.secrets.len(),
+        run_as = run_as.as_ref().map(|r| r.name.as_str()),
+        containment = %contain.describe(),
         "local launcher starting"
     );
-    let reconciled = reconcile::reconcile(&shared).await;
-    if reconciled > 0 {
-        tracing::info!(attempts = reconciled, "reconciled attempts of a previous run");
-    }
-    if stop.is_cancelled() {
-        return Ok(());
-    }
-    let subscription = bus
-        .subscribe(
-            Subscribe::new(
-                shared.config.group.clone(),
-                [Topic::Dispatch(BACKEND.to_string())],
-            )
-            .prefetch(shared.config.max_parallel),
-        )
-        .await?;
-    // Every instance hears every cancel: only the one running the attempt can stop it.
-    let cancels = bus
-        .subscribe(
-            Subscribe::new(
-                format!("{}-cancel-{}", shared.config.group, ferry_event::new_id()),
-                [Topic::Cancel(BACKEND.to_string())],
-            )
-            .ephemeral(),
-        )
-        .await?;
-    let (tx, mut rx) = mpsc::channel(1);
-    let reader = tokio::spawn(read_deliveries(subscription, tx.clone(), stop.clone()));
-    let cancel_reader = tokio::spawn(read_deliveries(cancels, tx, stop.clone()));
-
-    let mut launcher = Launcher::new(shared.clone());
-    let result = loop {
-        tokio::select! {
-            _ = stop.cancelled() => break Ok(()),
-            Some(done) = launcher.tasks.join_next_with_id() => launcher.on_done(done),
-            received = rx.recv() => match received {
-                Some(Ok(delivery)) => launcher.on_delivery(delivery).await,
-                Some(Err(e)) if e.is_transient() => {
-                    tracing::warn!(error = %e, "receiving from the bus failed; retrying");
-                }
-                Some(Err(e)) => {
-                    tracing::error!(error = %e, "receiving from the bus failed; stopping");
-                    break Err(Error::Bus(e));
-                }
-                None => {
-                    tracing::info!("the bus closed; stopping");
-                    break Ok(());
-                }
-            },
-        }
-    };
-    stop.cancel();
-    reader.abort();
-    cancel_reader.abort();
-    let _ = reader.await;
-    let _ = cancel_reader.await;
-    // Dispatches not started go back to the broker unacknowledged.
-    launcher.pending.clear();
-    while let Some(done) = launcher.tasks.join_next_with_id().await {
-        launcher.on_done(done);
-    }
-    shared.contain.remove();
+    let local = Local::new(slots, contain, owner, base_env, artifact_dir);
+    let result = ferry_launcher::run(config.runtime(), journal, Arc::new(local.clone()), bus, shutdown).await;
+    local.contain().remove();
     tracing::info!("local launcher stopped");
     result
-}
-
-/// Moves deliveries from the subscription to the main loop, so that the main loop only ever
-/// waits on a channel (which is safe to abandon in `select!`).
-async fn read_deliveries(
-    mut subscription: Subscription,
-    tx: mpsc::Sender<ferry_bus::Result<Delivery>>,
-    stop: CancellationToken,
-) {
-    loop {
-        let received = tokio::select! {
-            _ = stop.cancelled() => return,
-            r = subscription.next() => r,
-        };
-        let Some(received) = received else {
-            return;
-        };
-        let failed = received.is_err();
-        if tx.send(received).await.is_err() {
-            return;
-        }
-        if failed {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            }
-        }
-    }
-}
-
-/// An attempt this launcher is busy with.
-struct Entry {
-    /// Set for a running attempt: sends the error a cancel reports.
-    cancel: Option<watch::Sender<Option<String>>>,
-    /// Whether it holds one of the `max_parallel` slots (reports of attempts that never start
-    /// do not).
-    counted: bool,
-}
-
-struct Launcher {
-    shared: Arc<Shared>,
-    running: usize,
-    entries: HashMap<String, Entry>,
-    pending: VecDeque<(TaskDispatched, Delivery)>,
-    tasks: JoinSet<()>,
-    task_attempts: HashMap<tokio::task::Id, String>,
-}
-
-impl Launcher {
-    fn new(shared: Arc<Shared>) -> Self {
-        Launcher {
-            shared,
-            running: 0,
-            entries: HashMap::new(),
-            pending: VecDeque::new(),
-            tasks: JoinSet::new(),
-            task_attempts: HashMap::new(),
-        }
-    }
-
-    async fn on_delivery(&mut self, delivery: Delivery) {
-        let ty = delivery.event.ty().to_string();
-        match ty.as_str() {
-            kind::TASK_DISPATCHED => self.on_dispatch(delivery).await,
-            kind::TASK_CANCEL => self.on_cancel(delivery).await,
-            other => {
-                let reason = format!(
-                    "the local launcher handles {} and {}, not {other}",
-                    kind::TASK_DISPATCHED,
-                    kind::TASK_CANCEL
-                );
-                dead_letter(delivery, &reason).await;
-            }
-        }
-    }
-
-    async fn on_dispatch(&mut self, delivery: Delivery) {
-        let d: TaskDispatched = match ferry_event::decode(&delivery.event) {
-            Ok(d) => d,
-            Err(e) => return dead_letter(delivery, &e.to_string()).await,
-        };
-        if let Err(why) = state::check_id(&d.attempt_id) {
-            let reason = format!("attempt id {:?} cannot name a directory: {why}", d.attempt_id);
-            return dead_letter(delivery, &reason).await;
-        }
-        let span = attempt_span(&d);
-        let in_progress = self.entries.contains_key(&d.attempt_id)
-            || self.pending.iter().any(|(p, _)| p.attempt_id == d.attempt_id);
-        if in_progress {
-            span.in_scope(|| tracing::info!("duplicate dispatch of an attempt in progress; acking it"));
-            return ack(delivery).await;
-        }
-        match self.shared.journal.status(&d.attempt_id) {
-            Status::Finished => {
-                span.in_scope(|| tracing::info!("duplicate dispatch of a finished attempt; acking it"));
-                ack(delivery).await;
-            }
-            Status::Running(record) => {
-                span.in_scope(|| {
-                    tracing::warn!(
-                        pid = record.pid,
-                        "duplicate dispatch of an attempt whose process is recorded on disk; acking it"
-                    )
-                });
-                ack(delivery).await;
-            }
-            Status::ResultPending(report) => {
-                let id = d.attempt_id.clone();
-                let fut = attempt::settle_pending(self.shared.clone(), *report, Some(delivery));
-                self.spawn(id, None, false, fut, span);
-            }
-            Status::Tombstone(error) => {
-                span.in_scope(|| tracing::info!("attempt was cancelled before its dispatch arrived"));
-                let report = attempt::unstarted(&d, Outcome::Cancelled, error);
-                let fut = attempt::settle_unstarted(self.shared.clone(), report, delivery);
-                self.spawn(d.attempt_id.clone(), None, false, fut, span);
-            }
-            Status::Fresh => {
-                self.pending.push_back((d, delivery));
-                self.fill_slots();
-            }
-        }
-    }
-
-    async fn on_cancel(&mut self, delivery: Delivery) {
-        let c: TaskCancel = match ferry_event::decode(&delivery.event) {
-            Ok(c) => c,
-            Err(e) => return dead_letter(delivery, &e.to_string()).await,
-        };
-        if let Err(why) = state::check_id(&c.attempt_id) {
-            let reason = format!("attempt id {:?} cannot name a directory: {why}", c.attempt_id);
-            return dead_letter(delivery, &reason).await;
-        }
-        let error = attempt::cancel_error(c.reason.as_deref());
-        let span = tracing::info_span!(
-            "attempt",
-            job_id = %c.job_id,
-            task_id = %c.task_id,
-            attempt_id = %c.attempt_id
-        );
-        if let Some(entry) = self.entries.get(&c.attempt_id) {
-            if let Some(tx) = &entry.cancel {
-                span.in_scope(|| tracing::info!("cancelling the attempt"));
-                tx.send_replace(Some(error));
-            }
-            return ack(delivery).await;
-        }
-        let waiting = self
-            .pending
-            .iter()
-            .position(|(p, _)| p.attempt_id == c.attempt_id);
-        if let Some((d, dispatch)) = waiting.and_then(|pos| self.pending.remove(pos)) {
-            span.in_scope(|| tracing::info!("cancelling an attempt waiting for a slot"));
-            let report = attempt::unstarted(&d, Outcome::Cancelled, error);
-            let fut = attempt::settle_unstarted(self.shared.clone(), report, dispatch);
-            self.spawn(d.attempt_id.clone(), None, false, fut, span);
-            return ack(delivery).await;
-        }
-        match self.shared.journal.status(&c.attempt_id) {
-            Status::Fresh | Status::Tombstone(_) => {
-                match self
-                    .shared
-                    .journal
-                    .record(&c.attempt_id, state::Entry::Cancelled { reason: error })
-                {
-                    Ok(()) => {
-                        span.in_scope(|| tracing::info!("cancel arrived before the dispatch; recorded it"));
-                        ack(delivery).await;
-                    }
-                    Err(e) => {
-                        let reason = format!(
-                            "cannot record the cancel of attempt {} in {}: {e}",
-                            c.attempt_id,
-                            self.shared.journal.path().display()
-                        );
-                        dead_letter(delivery, &reason).await;
-                    }
-                }
-            }
-            _ => ack(delivery).await,
-        }
-    }
-
-    /// Starts waiting dispatches while slots are free.
-    fn fill_slots(&mut self) {
-        while self.running < self.shared.config.max_parallel && !self.shared.stop.is_cancelled() {
-            let Some((d, delivery)) = self.pending.pop_front() else {
-                break;
-            };
-            let (tx, rx) = watch::channel(None);
-            let span = attempt_span(&d);
-            let id = d.attempt_id.clone();
-            let fut = attempt::run(self.shared.clone(), d, delivery, rx);
-            self.spawn(id, Some(tx), true, fut, span);
-            tracing::debug!(metric = metrics::ATTEMPTS_IN_FLIGHT, value = self.running);
-        }
-    }
-
-    fn spawn(
-        &mut self,
-        attempt_id: String,
-        cancel: Option<watch::Sender<Option<String>>>,
-        counted: bool,
-        fut: impl Future<Output = ()> + Send + 'static,
-        span: tracing::Span,
-    ) {
-        let handle = self.tasks.spawn(fut.instrument(span));
-        self.task_attempts.insert(handle.id(), attempt_id.clone());
-        if counted {
-            self.running += 1;
-        }
-        self.entries.insert(attempt_id, Entry { cancel, counted });
-    }
-
-    fn on_done(&mut self, done: std::result::Result<(tokio::task::Id, ()), tokio::task::JoinError>) {
-        let id = match done {
-            Ok((id, ())) => id,
-            Err(e) => {
-                tracing::error!(error = %e, "an attempt's task failed");
-                e.id()
-            }
-        };
-        if let Some(attempt_id) = self.task_attempts.remove(&id)
-            && let Some(entry) = self.entries.remove(&attempt_id)
-            && entry.counted
-        {
-            self.running -= 1;
-        }
-        self.fill_slots();
-    }
-}
-
-fn attempt_span(d: &TaskDispatched) -> tracing::Span {
-    tracing::info_span!(
-        "attempt",
-        job_id = %d.job_id,
-        task_id = %d.task_id,
-        attempt_id = %d.attempt_id,
-        attempt = d.attempt
-    )
-}
-
-async fn ack(delivery: Delivery) {
-    if let Err(e) = delivery.ack().await {
-        tracing::warn!(error = %e, "cannot ack a delivery; it may be delivered again");
-    }
-}
-
-async fn dead_letter(delivery: Delivery, reason: &str) {
-    if let Err(e) = delivery.dead_letter(reason).await {
-        tracing::warn!(error = %e, reason, "cannot dead-letter a delivery");
-    }
 }

@@ -7,11 +7,12 @@ use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use ferry_event::payload::{Runner, TaskDispatched};
-use ferry_event::template::{Part, Template};
+use ferry_event::template::Template;
+use ferry_launcher::backend::{AttemptError, Task};
+use ferry_launcher::secrets::ENV_PREFIX;
+use ferry_launcher::template::check_input_name;
 
-use crate::secrets::{ENV_PREFIX, Secrets, TaskScope};
-use crate::state::{self, Owner};
+use crate::state::Owner;
 
 /// What to start, fully resolved.
 #[derive(Debug, Clone)]
@@ -25,57 +26,46 @@ pub struct Prepared {
 }
 
 /// Resolves a dispatch for the working directory `work_dir`. `base_env` is the launcher's own
-/// environment.
+/// environment. The runner, the resources and the ids were checked before
+/// ([`crate::backend::Local`]'s `check`); every failure here is the task's.
 pub fn prepare(
-    d: &TaskDispatched,
+    task: Task<'_>,
     work_dir: &str,
     outputs_path: &str,
-    secrets: &Secrets,
     base_env: impl IntoIterator<Item = (OsString, OsString)>,
-) -> Result<Prepared, String> {
-    if !matches!(d.runner, Runner::Local(_)) {
-        return Err(format!(
-            "runner type {:?} cannot run on the local launcher",
-            d.runner.backend()
-        ));
-    }
-    if !d.output_files.is_empty() {
-        // Output files are stored under <artifact_dir>/<job>/<task>/<attempt>/.
-        for (what, id) in [("job id", &d.job_id), ("task id", &d.task_id)] {
-            state::check_id(id).map_err(|why| {
-                format!("{what} {id:?} cannot name the directory output files are stored in: {why}")
-            })?;
-        }
-    }
-    // The dispatch does not say which namespace and flow the task is of yet: scoped secrets are
-    // then for no task (fail closed), open ones for all.
-    let scope = TaskScope::default();
-    let fill = |t: &Template, field: &str| fill(t, field, work_dir, secrets, &scope);
+) -> Result<Prepared, AttemptError> {
+    let d = task.dispatch;
+    let fill = |t: &Template, field: &str| task.fill(t, field, work_dir);
+    let refuse = |why: String| AttemptError::Task(why);
 
     let mut argv = Vec::with_capacity(d.command.len());
     for (i, t) in d.command.iter().enumerate() {
         argv.push(fill(t, &format!("command[{i}]"))?);
     }
     let Some((program, args)) = argv.split_first() else {
-        return Err("command is empty: give at least the program to run".into());
+        return Err(refuse(
+            "command is empty: give at least the program to run".into(),
+        ));
     };
     if program.is_empty() {
-        return Err("command[0] is empty: it must name the program to run".into());
+        return Err(refuse(
+            "command[0] is empty: it must name the program to run".into(),
+        ));
     }
 
     let mut task_env = Vec::with_capacity(d.env.len());
     for (name, t) in &d.env {
         if name.is_empty() || name.contains(['=', '\0']) {
-            return Err(format!(
+            return Err(refuse(format!(
                 "env: {name:?} is not a valid variable name (it must be non-empty, without '=' or NUL)"
-            ));
+            )));
         }
         task_env.push((name.clone(), fill(t, &format!("env.{name}"))?));
     }
 
     let mut inputs = Vec::with_capacity(d.input_files.len());
     for (name, t) in &d.input_files {
-        let path = check_input_name(name)?;
+        let path = check_input_name(name).map_err(refuse)?;
         inputs.push((path, fill(t, &format!("inputFiles.{name}"))?));
     }
 
@@ -88,7 +78,7 @@ pub fn prepare(
     ];
     for (name, value) in &ferry_env {
         if value.contains('\0') {
-            return Err(format!("{name} would contain a NUL byte"));
+            return Err(refuse(format!("{name} would contain a NUL byte")));
         }
     }
     Ok(Prepared {
@@ -97,47 +87,6 @@ pub fn prepare(
         env: build_env(base_env, task_env, ferry_env),
         inputs,
     })
-}
-
-/// Fills the launcher's placeholders of one template; `field` names it in errors.
-pub fn fill(
-    t: &Template,
-    field: &str,
-    work_dir: &str,
-    secrets: &Secrets,
-    scope: &TaskScope<'_>,
-) -> Result<String, String> {
-    let filled = t.fill(|part| match part {
-        Part::WorkingDir => Ok(Some(work_dir.to_string())),
-        // One answer whether the name does not exist or is not for this task: what a task can
-        // learn from the error is never which names exist.
-        Part::Secret(name) => match secrets.get_for(name, scope) {
-            Some(v) => Ok(Some(v.to_string())),
-            None => Err(format!(
-                "{field}: secret {name:?} is not available to this task: the launcher holds no secret \
-                 of that name for the task's namespace and flow (set {ENV_PREFIX}{name} in the \
-                 launcher's environment, or add {name} to its secrets file, scoped to include this task)"
-            )),
-        },
-        Part::Output { task, key } => Err(format!(
-            "{field}: {{{{ outputs.{task}.{key} }}}} was not filled in before dispatch \
-             (the scheduler resolves upstream outputs)"
-        )),
-        Part::Text(_) => Ok(None),
-    })?;
-    let text = filled
-        .as_text()
-        .ok_or_else(|| format!("{field}: a placeholder was left unfilled"))?;
-    if text.contains('\0') {
-        return Err(format!("{field}: the value contains a NUL byte"));
-    }
-    Ok(text)
-}
-
-/// Checks an input file name ([`ferry_flow::rules::input_file_name`]): a relative path that
-/// stays inside the working directory.
-pub fn check_input_name(name: &str) -> Result<PathBuf, String> {
-    ferry_flow::rules::input_file_name(name).map_err(|why| format!("inputFiles: {name:?} is refused: {why}"))
 }
 
 /// Writes input files into `work` (which exists), private to `owner` (the user tasks run as,
@@ -265,25 +214,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn hostile_input_names_are_refused_with_the_name() {
-        for bad in [
-            "../x",
-            "/etc/x",
-            "a/../../x",
-            "a/..",
-            "",
-            "a\\b",
-            "a\0b",
-            ".",
-            "./",
-        ] {
-            let err = check_input_name(bad).unwrap_err();
-            assert!(err.contains(&format!("{bad:?}")), "{err}");
-        }
-        assert_eq!(check_input_name("./a/b.txt").unwrap(), PathBuf::from("a/b.txt"));
-    }
-
-    #[test]
     fn inputs_are_not_written_through_symlinks() {
         let tmp = tempfile::tempdir().unwrap();
         let work = tmp.path().join("work");
@@ -352,41 +282,5 @@ mod tests {
         assert_eq!(get("PATH").unwrap(), "/bin");
         assert_eq!(get("GREETING").unwrap(), "hi");
         assert_eq!(get("FERRY_JOB_ID").unwrap(), "j1");
-    }
-
-    #[test]
-    fn templates_fill_working_dir_and_secrets_and_refuse_outputs() {
-        let mut secrets = Secrets::new();
-        secrets.insert("TOKEN", "s3cret");
-        let t = Template(vec![
-            Part::WorkingDir,
-            Part::Text("/x?".into()),
-            Part::Secret("TOKEN".into()),
-        ]);
-        let open = TaskScope::default();
-        assert_eq!(
-            fill(&t, "command[1]", "/w", &secrets, &open).unwrap(),
-            "/w/x?s3cret"
-        );
-        let missing = Template(vec![Part::Secret("NOPE".into())]);
-        let err = fill(&missing, "env.X", "/w", &secrets, &open).unwrap_err();
-        assert!(
-            err.contains("FERRY_SECRET_NOPE") && err.contains("env.X"),
-            "{err}"
-        );
-        // A secret scoped away from the task is answered exactly like one that does not exist.
-        let scope = crate::secrets::Scope {
-            namespaces: Some(["other".to_string()].into()),
-            flows: None,
-        };
-        secrets.insert_scoped("NOPE", "scoped-value", scope);
-        assert_eq!(fill(&missing, "env.X", "/w", &secrets, &open).unwrap_err(), err);
-        assert!(!err.contains("TOKEN"), "the error lists secret names: {err}");
-        let out = Template(vec![Part::Output {
-            task: "a".into(),
-            key: "k".into(),
-        }]);
-        let err = fill(&out, "command[0]", "/w", &secrets, &open).unwrap_err();
-        assert!(err.contains("outputs.a.k"), "{err}");
     }
 }

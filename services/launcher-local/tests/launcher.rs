@@ -660,6 +660,23 @@ async fn a_command_that_cannot_start_fails_clearly() -> Result<()> {
 }
 
 #[tokio::test]
+async fn what_the_local_backend_cannot_give_is_refused_before_anything_runs() -> Result<()> {
+    let mut h = Harness::start().await?;
+    let ran = h.path_str("ran");
+    let mut d = task("a-gpu", &["touch", &ran]);
+    d.resources.gpu = Some(1);
+    h.dispatch(&d).await?;
+    let f = h.finished("a-gpu").await?;
+    assert_eq!(f.outcome, Outcome::Failed);
+    let error = f.error.unwrap_or_default();
+    assert!(error.starts_with("resources.gpu: "), "{error}");
+    assert_eq!(h.count(kind::TASK_STARTED, "a-gpu"), 0);
+    assert!(!Path::new(&ran).exists(), "the task ran");
+    assert_eq!(Journal::open(&h.data_dir)?.status("a-gpu"), Status::Finished);
+    h.stop().await
+}
+
+#[tokio::test]
 async fn commands_are_found_on_the_tasks_path_and_keep_the_name_written() -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let mut h = Harness::start().await?;
@@ -1048,6 +1065,68 @@ async fn reconcile_publishes_a_killed_runs_output_under_the_same_numbers() -> Re
     child.wait()?;
     assert!(!is_alive(grandchild));
     h.stop().await
+}
+
+/// A journal as the local launcher wrote it before the launcher runtime existed (no version
+/// line; the slot, pid and start time in the running record; file offsets in log marks).
+#[tokio::test]
+async fn a_journal_written_before_the_launcher_runtime_is_reconciled() -> Result<()> {
+    let Leftover {
+        mut child,
+        grandchild,
+        pid,
+        start,
+    } = leftover()?;
+    let tmp = tempfile::tempdir()?;
+    let mut h = Harness::start_in(
+        tmp,
+        |data| {
+            let dir = SlotDir::at(data, 1);
+            std::fs::create_dir_all(dir.work())?;
+            std::fs::write(dir.stdout(), "l0\nl1\nl2\n")?;
+            std::fs::write(dir.stderr(), "e0\n")?;
+            let records = [
+                r#"{"id":"a-v1","at":1,"state":"running","jobId":"job-1","taskId":"extract","attemptId":"a-v1","attempt":3,"slot":1,"pid":0,"startTime":0,"startedAtMs":0}"#
+                    .to_string(),
+                format!(
+                    r#"{{"id":"a-v1","at":1,"state":"running","jobId":"job-1","taskId":"extract","attemptId":"a-v1","attempt":3,"slot":1,"pid":{pid},"startTime":{start},"startedAtMs":1700000000000}}"#
+                ),
+                r#"{"id":"a-v1","at":1,"state":"logs","seq":1,"out":3,"err":0}"#.to_string(),
+                r#"{"id":"a-v1","at":1,"state":"logs","seq":2,"out":6,"err":0}"#.to_string(),
+            ];
+            std::fs::write(data.join("journal"), records.join("\n") + "\n")?;
+            Ok(())
+        },
+        |_| {},
+    )
+    .await?;
+    let f = h.finished("a-v1").await?;
+    assert_eq!(
+        (f.outcome, f.attempt, f.log_lines),
+        (Outcome::Lost, 3, 4),
+        "{f:?}"
+    );
+    assert!(
+        f.error.as_deref().unwrap_or_default().contains("stopped"),
+        "{f:?}"
+    );
+    let lines: Vec<(u64, String)> = all_lines(&h.log_batches("a-v1").await?)
+        .into_iter()
+        .map(|(seq, _, text)| (seq, text))
+        .collect();
+    let expected = [(1, "l1"), (2, "l2"), (3, "e0")];
+    assert_eq!(lines, expected.map(|(n, t)| (n, t.to_string())));
+    let status = child.wait()?;
+    assert_eq!(status.signal(), Some(15), "{status:?}");
+    assert!(!is_alive(grandchild));
+    h.stop().await?;
+    let text = std::fs::read_to_string(h.data_dir.join("journal"))?;
+    assert!(
+        text.starts_with("{\"journal\":2}\n"),
+        "rewritten in the current version: {text}"
+    );
+    assert_eq!(Journal::open(&h.data_dir)?.status("a-v1"), Status::Finished);
+    Ok(())
 }
 
 #[tokio::test]

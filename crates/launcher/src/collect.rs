@@ -1,4 +1,6 @@
-//! Collecting what an attempt produced: its outputs object and its output files.
+//! Collecting what an attempt produced: its outputs object (parsed and limited here for every
+//! backend) and its output files, copied into the artifact store (`file://` for now: a
+//! directory of the launcher's machine; `s3://` and `gs://` arrive with the cloud backends).
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -15,19 +17,24 @@ pub const MAX_OUTPUTS_BYTES: u64 = 1024 * 1024;
 /// outputs. The flag says whether the file exists. The file is never opened through a symbolic
 /// link, and at most [`MAX_OUTPUTS_BYTES`] of it are read.
 pub fn read_outputs(path: &Path) -> Result<(Map<String, Value>, bool), String> {
+    match read_outputs_file(path)? {
+        Some(bytes) => Ok((parse_outputs(&bytes)?, true)),
+        None => Ok((Map::new(), false)),
+    }
+}
+
+/// The bytes of the outputs file at `path`, `None` when there is none: never through a
+/// symbolic link, at most [`MAX_OUTPUTS_BYTES`] + 1 of them (so that [`parse_outputs`] can
+/// refuse a larger one).
+pub fn read_outputs_file(path: &Path) -> Result<Option<Vec<u8>>, String> {
     let meta = match std::fs::symlink_metadata(path) {
         Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Map::new(), false)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("cannot read the outputs file $FERRY_OUTPUTS: {e}")),
     };
     if !meta.is_file() {
         return Err("the outputs file $FERRY_OUTPUTS must be a regular file (the task replaced it with something else)".into());
     }
-    let too_large = |n: u64| {
-        format!(
-            "the outputs file $FERRY_OUTPUTS is too large ({n} bytes); at most {MAX_OUTPUTS_BYTES} bytes (1 MiB) are accepted"
-        )
-    };
     if meta.len() > MAX_OUTPUTS_BYTES {
         return Err(too_large(meta.len()));
     }
@@ -40,16 +47,29 @@ pub fn read_outputs(path: &Path) -> Result<(Map<String, Value>, bool), String> {
     file.take(MAX_OUTPUTS_BYTES + 1)
         .read_to_end(&mut bytes)
         .map_err(|e| format!("cannot read the outputs file $FERRY_OUTPUTS: {e}"))?;
+    Ok(Some(bytes))
+}
+
+fn too_large(n: u64) -> String {
+    format!(
+        "the outputs file $FERRY_OUTPUTS is too large ({n} bytes); at most {MAX_OUTPUTS_BYTES} bytes (1 MiB) are accepted"
+    )
+}
+
+/// The outputs object in what a task wrote at `$FERRY_OUTPUTS`, however it was fetched: a JSON
+/// object of at most [`MAX_OUTPUTS_BYTES`]; nothing at all means no outputs. Errors are the
+/// task's fault and say what is accepted.
+pub fn parse_outputs(bytes: &[u8]) -> Result<Map<String, Value>, String> {
     if bytes.len() as u64 > MAX_OUTPUTS_BYTES {
         return Err(too_large(bytes.len() as u64));
     }
     if bytes.is_empty() {
-        return Ok((Map::new(), true));
+        return Ok(Map::new());
     }
-    let value: Value = serde_json::from_slice(&bytes)
+    let value: Value = serde_json::from_slice(bytes)
         .map_err(|e| format!("the outputs file $FERRY_OUTPUTS is not valid JSON: {e}"))?;
     match value {
-        Value::Object(map) => Ok((map, true)),
+        Value::Object(map) => Ok(map),
         other => Err(format!(
             "the outputs file $FERRY_OUTPUTS must hold a JSON object, not {}",
             match other {

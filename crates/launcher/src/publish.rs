@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use ferry_bus::Bus;
 use ferry_event::Event;
+use ferry_runtime::Backoff;
 use tokio_util::sync::CancellationToken;
 
 const FIRST_DELAY: Duration = Duration::from_millis(50);
@@ -34,7 +35,7 @@ impl Publisher {
     /// Publishes `events` and returns once the broker confirmed them. Errors are the last
     /// failure once retrying stopped, or one that can never succeed.
     pub async fn publish(&self, events: &[Event]) -> Result<(), ferry_bus::Error> {
-        let mut delay = FIRST_DELAY;
+        let mut backoff = Backoff::new(FIRST_DELAY, MAX_DELAY);
         let mut tries_left = TRIES_WHEN_STOPPING;
         loop {
             match self.bus.publish(events).await {
@@ -45,17 +46,13 @@ impl Publisher {
                         if tries_left == 0 {
                             return Err(e);
                         }
-                    }
-                    tracing::warn!(error = %e, retry_in = ?delay, "publish failed; retrying");
-                    if self.stop.is_cancelled() {
+                        tracing::warn!(error = %e, retry_in = ?FIRST_DELAY, "publish failed while stopping; retrying");
                         tokio::time::sleep(FIRST_DELAY).await;
                     } else {
-                        tokio::select! {
-                            _ = tokio::time::sleep(delay) => {}
-                            _ = self.stop.cancelled() => {}
-                        }
+                        tracing::warn!(error = %e, "publish failed; retrying");
+                        // Cut short when the launcher stops: the tries left then come quickly.
+                        backoff.wait(&self.stop).await;
                     }
-                    delay = (delay * 2).min(MAX_DELAY);
                 }
                 Err(e) => return Err(e),
             }

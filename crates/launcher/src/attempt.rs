@@ -1,0 +1,590 @@
+//! One attempt, from its dispatch to its report, on any backend.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_bus::Delivery;
+use ferry_event::kind;
+use ferry_event::payload::{Outcome, TaskDispatched, TaskFinished, TaskHeartbeat, TaskStarted};
+use ferry_runtime::{Backoff, metrics};
+use serde_json::Map;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::backend::{AttemptError, BackendResult, Compute, ComputeState, ShutdownPolicy, Task};
+use crate::collect;
+use crate::journal::{Entry, LogMark, RunningRecord};
+use crate::logs::{self, Ids, Tail};
+use crate::runtime::Runtime;
+
+/// How long a backend call that fails for want of the platform is tried again.
+const RETRY_FOR: Duration = Duration::from_secs(60);
+
+/// Why the wait for the compute ended.
+enum Ended {
+    /// The compute ended on its own ([`ComputeState::Exited`] or
+    /// [`ComputeState::Vanished`]).
+    Compute(ComputeState),
+    WaitFailed(AttemptError),
+    TimedOut(Duration),
+    Cancelled(String),
+    Stopped(String),
+}
+
+/// The error an attempt cancelled with `reason` reports.
+pub(crate) fn cancel_error(reason: Option<&str>) -> String {
+    match reason {
+        Some(r) if !r.is_empty() => format!("cancelled: {r}"),
+        _ => "cancelled".to_string(),
+    }
+}
+
+/// A report of an attempt that ended before its compute started.
+pub(crate) fn unstarted(d: &TaskDispatched, outcome: Outcome, error: impl Into<String>) -> TaskFinished {
+    TaskFinished::unreported(
+        d.job_id.clone(),
+        d.task_id.clone(),
+        d.attempt_id.clone(),
+        d.attempt,
+        outcome,
+        error,
+        ferry_event::now_ms(),
+    )
+}
+
+/// Reports an attempt that never started, then acks its dispatch.
+pub(crate) async fn settle_unstarted(rt: Arc<Runtime>, report: TaskFinished, delivery: Delivery) {
+    if publish_report(&rt, report).await {
+        ack(delivery).await;
+    }
+}
+
+/// Publishes a report recorded earlier (by a run that stopped before it was confirmed), then
+/// acks the dispatch if there is one.
+pub(crate) async fn settle_pending(rt: Arc<Runtime>, report: TaskFinished, delivery: Option<Delivery>) {
+    if publish_recorded(&rt, &report).await
+        && let Some(d) = delivery
+    {
+        ack(d).await;
+    }
+}
+
+async fn ack(delivery: Delivery) {
+    if let Err(e) = delivery.ack().await {
+        tracing::warn!(error = %e, "cannot ack the dispatch; it may be delivered again (and is then recognised as a duplicate)");
+    }
+}
+
+/// Calls `call` again while it fails for want of the platform ([`AttemptError::Unavailable`]),
+/// with growing waits, for up to [`RETRY_FOR`] or until `stop` is cancelled. Any other error,
+/// and the last one, is returned as it is.
+pub(crate) async fn retrying<T, F, Fut>(stop: &CancellationToken, what: &str, mut call: F) -> BackendResult<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = BackendResult<T>>,
+{
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10)).jittered();
+    let deadline = Instant::now() + RETRY_FOR;
+    loop {
+        match call().await {
+            Err(e) if e.is_transient() && Instant::now() < deadline => {
+                tracing::warn!(error = %e, "{what} failed; trying again");
+                if !backoff.wait(stop).await {
+                    return Err(e);
+                }
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Releases `compute`, logging what goes wrong: nothing more can be done about it then.
+pub(crate) async fn release(rt: &Runtime, compute: &Compute) {
+    let backend = &*rt.backend;
+    if let Err(e) = retrying(&rt.stop, "releasing the compute", move || {
+        backend.release(compute)
+    })
+    .await
+    {
+        tracing::warn!(compute = %compute.name, error = %e, "cannot release the attempt's compute");
+    }
+}
+
+/// Stops `compute` within the kill grace, logging what goes wrong.
+pub(crate) async fn stop(rt: &Runtime, compute: &Compute) {
+    let (backend, grace) = (&*rt.backend, rt.config.kill_grace);
+    if let Err(e) = retrying(&rt.stop, "stopping the compute", move || {
+        backend.stop(compute, grace)
+    })
+    .await
+    {
+        tracing::error!(compute = %compute.name, error = %e, "cannot stop the attempt's compute");
+    }
+}
+
+/// Records the report of an attempt that ended before its compute started, masked, then frees
+/// what was reserved for it: from the moment the journal named the reservation, it is freed
+/// only once the report is recorded.
+async fn abandon(rt: &Runtime, d: &TaskDispatched, reserved: &Compute, e: &AttemptError) -> TaskFinished {
+    let mut report = unstarted(d, e.outcome(), e.message());
+    report.error = report.error.map(|e| rt.masker.mask(&e));
+    record_report(rt, &report);
+    release(rt, reserved).await;
+    report
+}
+
+/// Runs one attempt to its end and reports it. The dispatch is acked once the start is
+/// confirmed (or, for an attempt that cannot start, once that is reported).
+pub(crate) async fn run(
+    rt: Arc<Runtime>,
+    d: TaskDispatched,
+    delivery: Delivery,
+    mut cancel: watch::Receiver<Option<String>>,
+) {
+    let backend = rt.backend.clone();
+    let task = Task::new(&d, &rt.config.secrets);
+    // Refused before anything exists.
+    if let Err(e) = backend.check(&d) {
+        return settle_unstarted(rt.clone(), unstarted(&d, e.outcome(), e.message()), delivery).await;
+    }
+    let reserved = match backend.reserve(task).await {
+        Ok(c) => c,
+        Err(e) => {
+            return settle_unstarted(rt.clone(), unstarted(&d, e.outcome(), e.message()), delivery).await;
+        }
+    };
+    if rt.stop.is_cancelled() {
+        // The dispatch goes back to the broker unacked.
+        release(&rt, &reserved).await;
+        return;
+    }
+    let cancelled_already = cancel.borrow().clone();
+    if let Some(error) = cancelled_already {
+        release(&rt, &reserved).await;
+        return settle_unstarted(rt.clone(), unstarted(&d, Outcome::Cancelled, error), delivery).await;
+    }
+
+    // Record the reservation before creating: a launcher killed between the create and the
+    // record below would otherwise leave compute nobody knows of, and a redelivered dispatch
+    // would run the same attempt a second time. The next run finds it from the reservation.
+    let mut record = RunningRecord {
+        job_id: d.job_id.clone(),
+        task_id: d.task_id.clone(),
+        attempt_id: d.attempt_id.clone(),
+        attempt: d.attempt,
+        compute: reserved.clone(),
+        created: false,
+        started_at_ms: 0,
+        output_files: d.output_files.clone(),
+    };
+    if let Err(e) = rt.journal.record(&d.attempt_id, Entry::Running(record.clone())) {
+        release(&rt, &reserved).await;
+        let error = format!(
+            "cannot record the attempt in {}: {e}",
+            rt.journal.path().display()
+        );
+        return settle_unstarted(rt.clone(), unstarted(&d, Outcome::Lost, error), delivery).await;
+    }
+    let compute = match backend.create(task, reserved.clone()).await {
+        Ok(c) => c,
+        Err(e) => {
+            let report = abandon(&rt, &d, &reserved, &e).await;
+            return settle_pending(rt.clone(), report, Some(delivery)).await;
+        }
+    };
+    let started = Instant::now();
+    let started_at_ms = ferry_event::now_ms();
+    record.compute = compute.clone();
+    record.created = true;
+    record.started_at_ms = started_at_ms;
+    if let Err(e) = rt.journal.record(&d.attempt_id, Entry::Running(record)) {
+        // Unrecorded compute must not run: a restart would not know it.
+        stop(&rt, &compute).await;
+        let error = AttemptError::Platform(format!(
+            "cannot record the attempt's compute in {}: {e}",
+            rt.journal.path().display()
+        ));
+        let report = abandon(&rt, &d, &compute, &error).await;
+        return settle_pending(rt.clone(), report, Some(delivery)).await;
+    }
+
+    let ids = Ids {
+        job_id: d.job_id.clone(),
+        task_id: d.task_id.clone(),
+        attempt_id: d.attempt_id.clone(),
+    };
+    let (ended_tx, ended_rx) = watch::channel(false);
+    let tail = Tail::new(
+        backend.clone(),
+        compute.clone(),
+        LogMark::default(),
+        rt.masker.clone(),
+    );
+    let follower = tokio::spawn(logs::follow(rt.clone(), ids.clone(), tail, ended_rx));
+    let started_event = rt.builder.task(
+        kind::TASK_STARTED,
+        &d.job_id,
+        &d.task_id,
+        Some(&d.attempt_id),
+        &TaskStarted {
+            job_id: d.job_id.clone(),
+            task_id: d.task_id.clone(),
+            attempt_id: d.attempt_id.clone(),
+            attempt: d.attempt,
+            started_at_ms,
+            ready_at_ms: d.ready_at_ms,
+            launcher: rt.builder.source().to_string(),
+        },
+    );
+    let start_reported = match rt.publisher.publish(&[started_event]).await {
+        Ok(()) => {
+            ack(delivery).await;
+            tracing::info!(
+                compute = %compute.name,
+                metric = metrics::DISPATCH_LATENCY_MS,
+                value = started_at_ms - d.ready_at_ms,
+                "attempt started"
+            );
+            Ok(())
+        }
+        Err(e) => {
+            // Unacked, the dispatch returns to the broker; this run reports the attempt lost.
+            drop(delivery);
+            Err(format!("cannot report the attempt's start: {e}"))
+        }
+    };
+
+    let beat_stop = CancellationToken::new();
+    let beats = tokio::spawn(heartbeat(
+        rt.clone(),
+        ids,
+        compute.clone(),
+        d.lease_ms,
+        beat_stop.clone(),
+    ));
+
+    let ended = match start_reported {
+        Err(error) => Ended::Stopped(error),
+        Ok(()) => {
+            let timeout = d.timeout_ms.map(Duration::from_millis);
+            let deadline = timeout.map(|t| started + t);
+            let waited = tokio::select! {
+                state = backend.wait(&compute) => Some(match state {
+                    Ok(s) => Ended::Compute(s),
+                    Err(e) => Ended::WaitFailed(e),
+                }),
+                limit = sleep_until_or_never(deadline, timeout) => Some(Ended::TimedOut(limit)),
+                error = cancelled(&mut cancel) => Some(Ended::Cancelled(error)),
+                _ = rt.stop.cancelled() => None,
+            };
+            match waited {
+                Some(ended) => ended,
+                None => match backend.shutdown_policy() {
+                    ShutdownPolicy::Kill => Ended::Stopped("launcher shut down".into()),
+                    ShutdownPolicy::Drain(grace) => {
+                        tracing::info!(?grace, "the launcher is stopping; letting the attempt finish");
+                        let drained = tokio::select! {
+                            state = backend.wait(&compute) => Some(match state {
+                                Ok(s) => Ended::Compute(s),
+                                Err(e) => Ended::WaitFailed(e),
+                            }),
+                            limit = sleep_until_or_never(deadline, timeout) => Some(Ended::TimedOut(limit)),
+                            error = cancelled(&mut cancel) => Some(Ended::Cancelled(error)),
+                            _ = tokio::time::sleep(grace) => None,
+                        };
+                        drained.unwrap_or_else(|| {
+                            Ended::Stopped("launcher shut down before the attempt finished".into())
+                        })
+                    }
+                    ShutdownPolicy::Detach => {
+                        // The compute runs on; the journal keeps it, and the next start adopts
+                        // it with its true outcome.
+                        beat_stop.cancel();
+                        let _ = beats.await;
+                        follower.abort();
+                        let _ = follower.await;
+                        tracing::info!(compute = %compute.name, "the launcher is stopping; leaving the attempt's compute running");
+                        return;
+                    }
+                },
+            }
+        }
+    };
+    // Whatever ended the wait, nothing of the compute runs on; only then is its output read to
+    // the end, its outputs collected and it released.
+    stop(&rt, &compute).await;
+    let _ = ended_tx.send(true);
+    beat_stop.cancel();
+    let _ = beats.await;
+    let logs = follower.await.unwrap_or(logs::LogSummary {
+        lines: 0,
+        complete: false,
+    });
+    tracing::info!(
+        metric = metrics::COMPUTE_SECONDS,
+        value = started.elapsed().as_secs_f64(),
+        "attempt's compute ended"
+    );
+    if !logs.complete && rt.stop.is_cancelled() {
+        tracing::warn!(
+            published = logs.lines,
+            "the launcher stopped before the attempt's output was published; its next start publishes the rest and reports the attempt"
+        );
+        return;
+    }
+    let (outcome, exit_code, error) = match ended {
+        Ended::Compute(ComputeState::Exited(exit)) => {
+            let outcome = if exit.succeeded() {
+                Outcome::Succeeded
+            } else {
+                Outcome::Failed
+            };
+            (outcome, exit.code, exit.error)
+        }
+        Ended::Compute(ComputeState::Vanished(why)) => (Outcome::Lost, None, Some(why)),
+        Ended::Compute(ComputeState::Pending | ComputeState::Running) => (
+            Outcome::Lost,
+            None,
+            Some("the compute was reported ended while it still ran".into()),
+        ),
+        Ended::WaitFailed(e) => (e.outcome(), None, Some(e.message().to_string())),
+        Ended::TimedOut(limit) => (
+            Outcome::TimedOut,
+            None,
+            Some(format!("timed out after {limit:?}")),
+        ),
+        Ended::Cancelled(e) => (Outcome::Cancelled, None, Some(e)),
+        Ended::Stopped(e) => (Outcome::Lost, None, Some(e)),
+    };
+    let report = TaskFinished {
+        job_id: d.job_id.clone(),
+        task_id: d.task_id.clone(),
+        attempt_id: d.attempt_id.clone(),
+        attempt: d.attempt,
+        outcome,
+        exit_code,
+        error,
+        outputs: Map::new(),
+        output_files: Vec::new(),
+        log_lines: logs.lines,
+        started_at_ms: Some(started_at_ms),
+        finished_at_ms: 0,
+    };
+    let report = conclude(&rt, &compute, task, report).await;
+    publish_recorded(&rt, &report).await;
+}
+
+/// Collects the outputs and output files of a successful attempt, records the report, masked,
+/// and releases the compute. Returns the report.
+pub(crate) async fn conclude(
+    rt: &Runtime,
+    compute: &Compute,
+    task: Task<'_>,
+    mut report: TaskFinished,
+) -> TaskFinished {
+    if report.outcome == Outcome::Succeeded {
+        let backend = &*rt.backend;
+        let collected = retrying(&rt.stop, "collecting outputs", move || {
+            backend.collect(compute, task)
+        })
+        .await
+        .and_then(|c| {
+            let outputs = match c.outputs {
+                Some(bytes) => collect::parse_outputs(&bytes).map_err(AttemptError::Task)?,
+                None => Map::new(),
+            };
+            Ok((outputs, c.files))
+        });
+        match collected {
+            Ok((o, f)) => {
+                report.outputs = match rt.masker.mask_json(serde_json::Value::Object(o)) {
+                    serde_json::Value::Object(o) => o,
+                    _ => Map::new(),
+                };
+                report.output_files = f;
+            }
+            Err(e) => {
+                report.outcome = e.outcome();
+                report.error = Some(e.message().to_string());
+            }
+        }
+    }
+    report.error = report.error.map(|e| rt.masker.mask(&e));
+    report.finished_at_ms = ferry_event::now_ms();
+    record_report(rt, &report);
+    release(rt, compute).await;
+    report
+}
+
+fn record_report(rt: &Runtime, report: &TaskFinished) {
+    let entry = Entry::Reported {
+        report: Box::new(report.clone()),
+    };
+    if let Err(e) = rt.journal.record(&report.attempt_id, entry) {
+        tracing::warn!(error = %e, "cannot record the attempt's report before publishing it");
+    }
+}
+
+/// Records the report, publishes it and marks the attempt finished. Secret values are masked
+/// in the error first. Returns whether the broker confirmed it; if not, the report stays in
+/// the journal and the next start of the launcher publishes it.
+pub(crate) async fn publish_report(rt: &Runtime, mut report: TaskFinished) -> bool {
+    report.error = report.error.map(|e| rt.masker.mask(&e));
+    record_report(rt, &report);
+    publish_recorded(rt, &report).await
+}
+
+/// Publishes a recorded report and, once the broker confirmed it, marks the attempt finished.
+async fn publish_recorded(rt: &Runtime, report: &TaskFinished) -> bool {
+    let event = rt.builder.task(
+        kind::TASK_FINISHED,
+        &report.job_id,
+        &report.task_id,
+        Some(&report.attempt_id),
+        report,
+    );
+    match rt.publisher.publish(&[event]).await {
+        Ok(()) => {
+            tracing::info!(
+                outcome = report.outcome.as_str(),
+                error = report.error.as_deref(),
+                log_lines = report.log_lines,
+                "attempt finished"
+            );
+            if let Err(e) = rt.journal.record(&report.attempt_id, Entry::Done) {
+                tracing::warn!(error = %e, "cannot mark the attempt finished");
+            }
+            true
+        }
+        Err(e) => {
+            tracing::error!(
+                error = %e,
+                outcome = report.outcome.as_str(),
+                "cannot publish the attempt's report; it is kept in the journal and published when the launcher starts again"
+            );
+            false
+        }
+    }
+}
+
+/// Sleeps until `deadline` and returns `limit`; never returns without one.
+async fn sleep_until_or_never(deadline: Option<Instant>, limit: Option<Duration>) -> Duration {
+    match (deadline, limit) {
+        (Some(at), Some(limit)) => {
+            tokio::time::sleep_until(at).await;
+            limit
+        }
+        _ => std::future::pending().await,
+    }
+}
+
+/// Waits until a cancel arrives; returns the error to report.
+async fn cancelled(rx: &mut watch::Receiver<Option<String>>) -> String {
+    loop {
+        if let Some(error) = rx.borrow_and_update().clone() {
+            return error;
+        }
+        if rx.changed().await.is_err() {
+            // No one can cancel any more: only the other branches can end the wait.
+            return std::future::pending().await;
+        }
+    }
+}
+
+/// Renews the attempt's lease while its compute is seen alive: each heartbeat follows a read of
+/// the compute's status that found it pending or running, so a lapsed lease means the compute
+/// was not seen, not only that the launcher was silent.
+async fn heartbeat(rt: Arc<Runtime>, ids: Ids, compute: Compute, lease_ms: u64, stop: CancellationToken) {
+    let period = Duration::from_millis((lease_ms / 3).max(10));
+    let mut tick = tokio::time::interval_at(Instant::now() + period, period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match rt.backend.status(&compute).await {
+            Ok(ComputeState::Pending | ComputeState::Running) => {}
+            Ok(state) => {
+                tracing::debug!(?state, "the compute has ended; no heartbeat");
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the compute's status; no heartbeat this time");
+                continue;
+            }
+        }
+        let event = rt.builder.task(
+            kind::TASK_HEARTBEAT,
+            &ids.job_id,
+            &ids.task_id,
+            Some(&ids.attempt_id),
+            &TaskHeartbeat {
+                job_id: ids.job_id.clone(),
+                task_id: ids.task_id.clone(),
+                attempt_id: ids.attempt_id.clone(),
+            },
+        );
+        if let Err(e) = rt.publisher.publish_once(&[event]).await {
+            tracing::warn!(error = %e, "cannot publish a heartbeat; trying again at the next one");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+
+    /// Fails with `error` the first `failures` calls, then answers `Ok(calls so far)`.
+    async fn flaky(calls: &AtomicU32, failures: u32, error: &AttemptError) -> BackendResult<u32> {
+        let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+        if n <= failures { Err(error.clone()) } else { Ok(n) }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unavailable_platform_is_called_again_until_it_answers() {
+        let (calls, stop) = (AtomicU32::new(0), CancellationToken::new());
+        let busy = AttemptError::Unavailable("API timing out".into());
+        let started = Instant::now();
+        let answer = retrying(&stop, "creating", || flaky(&calls, 3, &busy)).await;
+        assert_eq!(answer, Ok(4));
+        assert!(started.elapsed() < RETRY_FOR, "{:?}", started.elapsed());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn other_faults_are_not_retried_and_unavailability_ends_in_time() {
+        let (calls, stop) = (AtomicU32::new(0), CancellationToken::new());
+        let full = AttemptError::Platform("no space left on device".into());
+        assert_eq!(
+            retrying(&stop, "creating", || flaky(&calls, 1, &full)).await,
+            Err(full)
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+        let calls = AtomicU32::new(0);
+        let down = AttemptError::Unavailable("daemon restarting".into());
+        let started = Instant::now();
+        let answer = retrying(&stop, "creating", || flaky(&calls, u32::MAX, &down)).await;
+        assert_eq!(answer.map_err(|e| e.outcome()), Err(Outcome::Lost));
+        let waited = started.elapsed();
+        assert!(
+            waited >= RETRY_FOR && waited < RETRY_FOR + Duration::from_secs(11),
+            "{waited:?}"
+        );
+
+        // A launcher that stops does not wait for the platform.
+        let calls = AtomicU32::new(0);
+        stop.cancel();
+        let started = Instant::now();
+        assert!(
+            retrying(&stop, "creating", || flaky(&calls, u32::MAX, &down))
+                .await
+                .is_err()
+        );
+        assert_eq!(started.elapsed(), Duration::ZERO);
+    }
+}

@@ -1,0 +1,256 @@
+//! Dispatch and cancel intake: which deliveries start an attempt, which are duplicates, which
+//! wait for room in the in-flight window.
+//!
+//! At most [`Config::max_parallel`](crate::Config::max_parallel) attempts run at once. The
+//! subscription's prefetch window is the same size and a dispatch is acked once its start is
+//! confirmed, so while the window is full the consumer still reads (and so still receives
+//! cancels) but the dispatches it reads wait, unacknowledged, for room; once `max_parallel` of
+//! them wait it reads nothing more. A cancel for an attempt this instance does not know records
+//! a tombstone, so that a dispatch arriving later does not start it.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::sync::Arc;
+
+use ferry_bus::Delivery;
+use ferry_event::payload::{Outcome, TaskCancel, TaskDispatched};
+use ferry_event::{AttributesReader, kind};
+use ferry_runtime::metrics;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+use crate::attempt;
+use crate::journal::{self, Status, check_id};
+use crate::runtime::Runtime;
+
+/// An attempt this launcher is busy with.
+struct Entry {
+    /// Set for a running attempt: sends the error a cancel reports.
+    cancel: Option<watch::Sender<Option<String>>>,
+    /// Whether it holds one of the `max_parallel` places in the window (reports of attempts
+    /// that never start do not).
+    counted: bool,
+}
+
+/// Dispatch and cancel intake: the in-flight window, idempotency per attempt id, tombstones.
+pub(crate) struct Intake {
+    rt: Arc<Runtime>,
+    running: usize,
+    entries: HashMap<String, Entry>,
+    pub(crate) pending: VecDeque<(TaskDispatched, Delivery)>,
+    pub(crate) tasks: JoinSet<()>,
+    task_attempts: HashMap<tokio::task::Id, String>,
+}
+
+impl Intake {
+    pub(crate) fn new(rt: Arc<Runtime>) -> Self {
+        Intake {
+            rt,
+            running: 0,
+            entries: HashMap::new(),
+            pending: VecDeque::new(),
+            tasks: JoinSet::new(),
+            task_attempts: HashMap::new(),
+        }
+    }
+
+    pub(crate) async fn on_delivery(&mut self, delivery: Delivery) {
+        let ty = delivery.event.ty().to_string();
+        match ty.as_str() {
+            kind::TASK_DISPATCHED => self.on_dispatch(delivery).await,
+            kind::TASK_CANCEL => self.on_cancel(delivery).await,
+            other => {
+                let reason = format!(
+                    "the {} launcher handles {} and {}, not {other}",
+                    self.rt.backend.name(),
+                    kind::TASK_DISPATCHED,
+                    kind::TASK_CANCEL
+                );
+                dead_letter(delivery, &reason).await;
+            }
+        }
+    }
+
+    async fn on_dispatch(&mut self, delivery: Delivery) {
+        let d: TaskDispatched = match ferry_event::decode(&delivery.event) {
+            Ok(d) => d,
+            Err(e) => return dead_letter(delivery, &e.to_string()).await,
+        };
+        if let Err(why) = check_id(&d.attempt_id) {
+            let reason = format!("attempt id {:?} cannot name a directory: {why}", d.attempt_id);
+            return dead_letter(delivery, &reason).await;
+        }
+        let span = attempt_span(&d);
+        let in_progress = self.entries.contains_key(&d.attempt_id)
+            || self.pending.iter().any(|(p, _)| p.attempt_id == d.attempt_id);
+        if in_progress {
+            span.in_scope(|| tracing::info!("duplicate dispatch of an attempt in progress; acking it"));
+            return ack(delivery).await;
+        }
+        match self.rt.journal.status(&d.attempt_id) {
+            Status::Finished => {
+                span.in_scope(|| tracing::info!("duplicate dispatch of a finished attempt; acking it"));
+                ack(delivery).await;
+            }
+            Status::Running(record) => {
+                span.in_scope(|| {
+                    tracing::warn!(
+                        compute = %record.compute.name,
+                        "duplicate dispatch of an attempt whose compute is in the journal; acking it"
+                    )
+                });
+                ack(delivery).await;
+            }
+            Status::ResultPending(report) => {
+                let id = d.attempt_id.clone();
+                let fut = attempt::settle_pending(self.rt.clone(), *report, Some(delivery));
+                self.spawn(id, None, false, fut, span);
+            }
+            Status::Tombstone(error) => {
+                span.in_scope(|| tracing::info!("attempt was cancelled before its dispatch arrived"));
+                let report = attempt::unstarted(&d, Outcome::Cancelled, error);
+                let fut = attempt::settle_unstarted(self.rt.clone(), report, delivery);
+                self.spawn(d.attempt_id.clone(), None, false, fut, span);
+            }
+            Status::Fresh => {
+                self.pending.push_back((d, delivery));
+                self.fill_window();
+            }
+        }
+    }
+
+    async fn on_cancel(&mut self, delivery: Delivery) {
+        let c: TaskCancel = match ferry_event::decode(&delivery.event) {
+            Ok(c) => c,
+            Err(e) => return dead_letter(delivery, &e.to_string()).await,
+        };
+        if let Err(why) = check_id(&c.attempt_id) {
+            let reason = format!("attempt id {:?} cannot name a directory: {why}", c.attempt_id);
+            return dead_letter(delivery, &reason).await;
+        }
+        let error = attempt::cancel_error(c.reason.as_deref());
+        let span = tracing::info_span!(
+            "attempt",
+            job_id = %c.job_id,
+            task_id = %c.task_id,
+            attempt_id = %c.attempt_id
+        );
+        if let Some(entry) = self.entries.get(&c.attempt_id) {
+            if let Some(tx) = &entry.cancel {
+                span.in_scope(|| tracing::info!("cancelling the attempt"));
+                tx.send_replace(Some(error));
+            }
+            return ack(delivery).await;
+        }
+        let waiting = self
+            .pending
+            .iter()
+            .position(|(p, _)| p.attempt_id == c.attempt_id);
+        if let Some((d, dispatch)) = waiting.and_then(|pos| self.pending.remove(pos)) {
+            span.in_scope(|| {
+                tracing::info!("cancelling an attempt waiting for room in the in-flight window")
+            });
+            let report = attempt::unstarted(&d, Outcome::Cancelled, error);
+            let fut = attempt::settle_unstarted(self.rt.clone(), report, dispatch);
+            self.spawn(d.attempt_id.clone(), None, false, fut, span);
+            return ack(delivery).await;
+        }
+        match self.rt.journal.status(&c.attempt_id) {
+            Status::Fresh | Status::Tombstone(_) => {
+                match self
+                    .rt
+                    .journal
+                    .record(&c.attempt_id, journal::Entry::Cancelled { reason: error })
+                {
+                    Ok(()) => {
+                        span.in_scope(|| tracing::info!("cancel arrived before the dispatch; recorded it"));
+                        ack(delivery).await;
+                    }
+                    Err(e) => {
+                        let reason = format!(
+                            "cannot record the cancel of attempt {} in {}: {e}",
+                            c.attempt_id,
+                            self.rt.journal.path().display()
+                        );
+                        dead_letter(delivery, &reason).await;
+                    }
+                }
+            }
+            _ => ack(delivery).await,
+        }
+    }
+
+    /// Starts waiting dispatches while the in-flight window has room.
+    fn fill_window(&mut self) {
+        while self.running < self.rt.config.max_parallel && !self.rt.stop.is_cancelled() {
+            let Some((d, delivery)) = self.pending.pop_front() else {
+                break;
+            };
+            let (tx, rx) = watch::channel(None);
+            let span = attempt_span(&d);
+            let id = d.attempt_id.clone();
+            let fut = attempt::run(self.rt.clone(), d, delivery, rx);
+            self.spawn(id, Some(tx), true, fut, span);
+            tracing::debug!(metric = metrics::ATTEMPTS_IN_FLIGHT, value = self.running);
+        }
+    }
+
+    fn spawn(
+        &mut self,
+        attempt_id: String,
+        cancel: Option<watch::Sender<Option<String>>>,
+        counted: bool,
+        fut: impl Future<Output = ()> + Send + 'static,
+        span: tracing::Span,
+    ) {
+        let handle = self.tasks.spawn(fut.instrument(span));
+        self.task_attempts.insert(handle.id(), attempt_id.clone());
+        if counted {
+            self.running += 1;
+        }
+        self.entries.insert(attempt_id, Entry { cancel, counted });
+    }
+
+    pub(crate) fn on_done(
+        &mut self,
+        done: std::result::Result<(tokio::task::Id, ()), tokio::task::JoinError>,
+    ) {
+        let id = match done {
+            Ok((id, ())) => id,
+            Err(e) => {
+                tracing::error!(error = %e, "an attempt's task failed");
+                e.id()
+            }
+        };
+        if let Some(attempt_id) = self.task_attempts.remove(&id)
+            && let Some(entry) = self.entries.remove(&attempt_id)
+            && entry.counted
+        {
+            self.running -= 1;
+        }
+        self.fill_window();
+    }
+}
+
+fn attempt_span(d: &TaskDispatched) -> tracing::Span {
+    tracing::info_span!(
+        "attempt",
+        job_id = %d.job_id,
+        task_id = %d.task_id,
+        attempt_id = %d.attempt_id,
+        attempt = d.attempt
+    )
+}
+
+async fn ack(delivery: Delivery) {
+    if let Err(e) = delivery.ack().await {
+        tracing::warn!(error = %e, "cannot ack a delivery; it may be delivered again");
+    }
+}
+
+async fn dead_letter(delivery: Delivery, reason: &str) {
+    if let Err(e) = delivery.dead_letter(reason).await {
+        tracing::warn!(error = %e, reason, "cannot dead-letter a delivery");
+    }
+}

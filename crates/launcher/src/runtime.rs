@@ -1,0 +1,177 @@
+//! The launcher as a service: its configuration, what its attempts share, and [`run`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_bus::{Bus, Delivery, Subscribe, Subscription};
+use ferry_event::{EventBuilder, Topic};
+use ferry_runtime::Backoff;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::backend::Backend;
+use crate::intake::Intake;
+use crate::journal::Journal;
+use crate::publish::Publisher;
+use crate::secrets::{Masker, Secrets};
+use crate::{Error, Result, reconcile};
+
+/// How the runtime runs, whatever the backend.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Attempts running at once, and the dispatch subscription's prefetch.
+    pub max_parallel: usize,
+    /// Time a stopped compute gets between the request to end and the end for good.
+    pub kill_grace: Duration,
+    /// Most lines in one `task.log` event.
+    pub log_batch_lines: usize,
+    /// A `task.log` event is sent at least this often while lines flow.
+    pub log_batch_interval: Duration,
+    /// Every secret the launcher holds: filled into templates, masked in everything it sends.
+    pub secrets: Secrets,
+    /// The CloudEvents `source` of this instance.
+    pub source: String,
+    /// The consumer group of the dispatch topic.
+    pub group: String,
+}
+
+impl Config {
+    /// Fails on a configuration that can never work, saying which setting is wrong.
+    pub fn check(&self) -> Result<()> {
+        if self.max_parallel == 0 {
+            return Err(Error::Config("max_parallel must be at least 1".into()));
+        }
+        if self.log_batch_lines == 0 {
+            return Err(Error::Config("log_batch_lines must be at least 1".into()));
+        }
+        if self.group.is_empty() {
+            return Err(Error::Config("the consumer group name is empty".into()));
+        }
+        self.secrets.check().map_err(Error::Config)
+    }
+}
+
+/// What every attempt of one launcher shares.
+pub(crate) struct Runtime {
+    pub(crate) config: Config,
+    pub(crate) backend: Arc<dyn Backend>,
+    pub(crate) journal: Journal,
+    pub(crate) builder: EventBuilder,
+    pub(crate) publisher: Publisher,
+    pub(crate) masker: Masker,
+    /// Cancelled when the launcher stops (shutdown, or the bus closed).
+    pub(crate) stop: CancellationToken,
+}
+
+/// Runs a launcher of `backend` until `shutdown` is cancelled (or the bus closes): reconciles
+/// what `journal` holds unfinished, then serves `task.dispatched` and `task.cancel` of the
+/// backend's runner type. On the way out, running attempts are dealt with as the backend's
+/// [`ShutdownPolicy`](crate::backend::ShutdownPolicy) says.
+pub async fn run(
+    config: Config,
+    journal: Journal,
+    backend: Arc<dyn Backend>,
+    bus: Arc<dyn Bus>,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    config.check()?;
+    let stop = shutdown.child_token();
+    let rt = Arc::new(Runtime {
+        masker: config.secrets.masker(),
+        builder: EventBuilder::new(config.source.clone()),
+        publisher: Publisher::new(bus.clone(), stop.clone()),
+        stop: stop.clone(),
+        journal,
+        backend,
+        config,
+    });
+    let name = rt.backend.name();
+    let reconciled = reconcile::reconcile(&rt).await;
+    if reconciled > 0 {
+        tracing::info!(attempts = reconciled, "reconciled attempts of a previous run");
+    }
+    if stop.is_cancelled() {
+        return Ok(());
+    }
+    let subscription = bus
+        .subscribe(
+            Subscribe::new(rt.config.group.clone(), [Topic::Dispatch(name.to_string())])
+                .prefetch(rt.config.max_parallel),
+        )
+        .await?;
+    // Every instance hears every cancel: only the one running the attempt can stop it.
+    let cancels = bus
+        .subscribe(
+            Subscribe::new(
+                format!("{}-cancel-{}", rt.config.group, ferry_event::new_id()),
+                [Topic::Cancel(name.to_string())],
+            )
+            .ephemeral(),
+        )
+        .await?;
+    let (tx, mut rx) = mpsc::channel(1);
+    let reader = tokio::spawn(read_deliveries(subscription, tx.clone(), stop.clone()));
+    let cancel_reader = tokio::spawn(read_deliveries(cancels, tx, stop.clone()));
+
+    let mut intake = Intake::new(rt.clone());
+    let result = loop {
+        tokio::select! {
+            _ = stop.cancelled() => break Ok(()),
+            Some(done) = intake.tasks.join_next_with_id() => intake.on_done(done),
+            received = rx.recv() => match received {
+                Some(Ok(delivery)) => intake.on_delivery(delivery).await,
+                Some(Err(e)) if e.is_transient() => {
+                    tracing::warn!(error = %e, "receiving from the bus failed; retrying");
+                }
+                Some(Err(e)) => {
+                    tracing::error!(error = %e, "receiving from the bus failed; stopping");
+                    break Err(Error::Bus(e));
+                }
+                None => {
+                    tracing::info!("the bus closed; stopping");
+                    break Ok(());
+                }
+            },
+        }
+    };
+    stop.cancel();
+    reader.abort();
+    cancel_reader.abort();
+    let _ = reader.await;
+    let _ = cancel_reader.await;
+    // Dispatches not started go back to the broker unacknowledged.
+    intake.pending.clear();
+    while let Some(done) = intake.tasks.join_next_with_id().await {
+        intake.on_done(done);
+    }
+    result
+}
+
+/// Moves deliveries from the subscription to the main loop, so that the main loop only ever
+/// waits on a channel (which is safe to abandon in `select!`). After a failure it waits before
+/// reading again, longer while failures go on.
+async fn read_deliveries(
+    mut subscription: Subscription,
+    tx: mpsc::Sender<ferry_bus::Result<Delivery>>,
+    stop: CancellationToken,
+) {
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(5));
+    loop {
+        let received = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = subscription.next() => r,
+        };
+        let Some(received) = received else {
+            return;
+        };
+        let failed = received.is_err();
+        if tx.send(received).await.is_err() {
+            return;
+        }
+        if !failed {
+            backoff.reset();
+        } else if !backoff.wait(&stop).await {
+            return;
+        }
+    }
+}
