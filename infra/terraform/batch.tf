@@ -11,5 +11,6 @@ module "batch" {
   kms_key_arn        = aws_kms_key.ferry.arn
   max_vcpus          = var.batch_max_vcpus
   use_spot           = var.batch_use_spot
+  service_role_arn   = var.batch_service_role_arn
   log_retention_days = var.log_retention_days
 }

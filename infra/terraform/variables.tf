@@ -225,7 +225,7 @@ variable "db_password_version" {
 }
 
 variable "deletion_protection" {
-  description = "Protect the database, the load balancer and the file system from deletion."
+  description = "Protect the database and the load balancer from deletion."
   type        = bool
   default     = true
 }
@@ -250,4 +250,10 @@ variable "batch_use_spot" {
   description = "Run Batch jobs on Fargate Spot instead of Fargate."
   type        = bool
   default     = false
+}
+
+variable "batch_service_role_arn" {
+  description = "Service role of the Batch compute environment; null uses AWS Batch's service-linked role."
+  type        = string
+  default     = null
 }

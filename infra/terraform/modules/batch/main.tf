@@ -39,6 +39,7 @@ resource "aws_vpc_security_group_egress_rule" "jobs_https" {
 resource "aws_batch_compute_environment" "fargate" {
   compute_environment_name_prefix = "${var.name}-"
   type                            = "MANAGED"
+  service_role                    = var.service_role_arn
 
   compute_resources {
     type               = var.use_spot ? "FARGATE_SPOT" : "FARGATE"

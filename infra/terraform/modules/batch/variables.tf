@@ -41,3 +41,9 @@ variable "staging_expiry_days" {
   type        = number
   default     = 30
 }
+
+variable "service_role_arn" {
+  description = "Service role of the compute environment; null uses AWS Batch's service-linked role (AWSServiceRoleForBatch), as AWS recommends."
+  type        = string
+  default     = null
+}
