@@ -73,11 +73,16 @@ resource "aws_wafv2_web_acl" "api" {
       managed_rule_group_statement {
         vendor_name = "AWS"
         name        = "AWSManagedRulesCommonRuleSet"
-        # Flow submissions are CloudEvents whose body may exceed 8 KB; the api limits bodies itself.
-        rule_action_override {
-          name = "SizeRestrictions_BODY"
-          action_to_use {
-            count {}
+        # Counted, not blocked: a submission's body is a flow, whose commands and scripts are the
+        # user's own code (paths with "../", URLs, markup) and may exceed 8 KB (the api limits
+        # bodies itself); and ferry's CLI sends no User-Agent.
+        dynamic "rule_action_override" {
+          for_each = ["SizeRestrictions_BODY", "GenericLFI_BODY", "GenericRFI_BODY", "CrossSiteScripting_BODY", "EC2MetaDataSSRF_BODY", "NoUserAgent_HEADER"]
+          content {
+            name = rule_action_override.value
+            action_to_use {
+              count {}
+            }
           }
         }
       }
