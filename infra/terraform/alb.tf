@@ -121,7 +121,7 @@ resource "aws_wafv2_web_acl" "api" {
     }
     statement {
       rate_based_statement {
-        limit              = 2000
+        limit              = var.api_rate_limit
         aggregate_key_type = "IP"
       }
     }

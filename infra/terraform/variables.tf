@@ -134,6 +134,12 @@ variable "api_ingress_cidrs" {
   type        = list(string)
 }
 
+variable "api_rate_limit" {
+  description = "Most requests one client address may make to the api in 5 minutes (WAF); clients behind one NAT share it."
+  type        = number
+  default     = 2000
+}
+
 variable "alb_access_logs_bucket" {
   description = "S3 bucket receiving the load balancer's access logs (its policy must let Elastic Load Balancing write)."
   type        = string
