@@ -48,4 +48,7 @@ cargo nextest run --workspace --locked -E "not ($disruptive)" "$@" || status=$?
 step "cargo nextest run (broker restarts and killed services, one at a time)"
 cargo nextest run --workspace --locked -E "$disruptive" --test-threads 1 "$@" || status=$?
 
+step "deployment files: terraform validate, checkov, kubernetes-validate (scripts/infra-check.sh)"
+scripts/infra-check.sh || status=$?
+
 exit $status
