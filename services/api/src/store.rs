@@ -461,8 +461,9 @@ impl ReadModel {
         }
         let rows = q.fetch_all(&mut *tx).await?;
         let mut jobs = rows.iter().map(job_view).collect::<Result<Vec<_>>>()?;
+        let mut counts = counts_of(&mut tx, self.dialect, &jobs).await?;
         for job in &mut jobs {
-            job.counts = counts_in(&mut tx, &job.job_id).await?;
+            job.counts = counts.remove(&job.job_id).unwrap_or_else(|| tally(&[]));
         }
         tx.rollback().await?;
         Ok(jobs)
@@ -590,16 +591,56 @@ async fn counts_in(tx: &mut Tx, job_id: &str) -> Result<BTreeMap<String, u64>> {
         .bind(job_id.to_string())
         .fetch_all(&mut **tx)
         .await?;
+    let mut pairs = Vec::with_capacity(rows.len());
+    for r in &rows {
+        pairs.push((r.try_get("state")?, r.try_get::<i64, _>("n")?));
+    }
+    Ok(tally(&pairs))
+}
+
+/// The task counts of each of `jobs`, in one statement (a listing is one round trip to the
+/// database, not one per job).
+async fn counts_of(
+    tx: &mut Tx,
+    dialect: Dialect,
+    jobs: &[JobView],
+) -> Result<std::collections::HashMap<String, BTreeMap<String, u64>>> {
+    let mut out = std::collections::HashMap::with_capacity(jobs.len());
+    if jobs.is_empty() {
+        return Ok(out);
+    }
+    let sql = format!(
+        "SELECT job_id, state, COUNT(*) AS n FROM tasks WHERE job_id IN ({}) GROUP BY job_id, state",
+        db::in_list(dialect, jobs.len())
+    );
+    let mut q = sized(&sql, jobs.len());
+    for j in jobs {
+        q = q.bind(j.job_id.clone());
+    }
+    let mut pairs: std::collections::HashMap<String, Vec<(String, i64)>> = std::collections::HashMap::new();
+    for r in q.fetch_all(&mut **tx).await? {
+        pairs
+            .entry(r.try_get("job_id")?)
+            .or_default()
+            .push((r.try_get("state")?, r.try_get("n")?));
+    }
+    for (job, p) in pairs {
+        out.insert(job, tally(&p));
+    }
+    Ok(out)
+}
+
+/// Counts by state (every state present, zero where none) and their total.
+fn tally(pairs: &[(String, i64)]) -> BTreeMap<String, u64> {
     let mut counts: BTreeMap<String, u64> = TASK_STATES.iter().map(|s| (s.to_string(), 0)).collect();
     let mut total = 0;
-    for r in &rows {
-        let state: String = r.try_get("state")?;
-        let n = u64::try_from(r.try_get::<i64, _>("n")?).unwrap_or(0);
+    for (state, n) in pairs {
+        let n = u64::try_from(*n).unwrap_or(0);
         total += n;
-        *counts.entry(state).or_default() += n;
+        *counts.entry(state.clone()).or_default() += n;
     }
     counts.insert("total".into(), total);
-    Ok(counts)
+    counts
 }
 
 fn job_view(r: &AnyRow) -> Result<JobView> {
