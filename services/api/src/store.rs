@@ -461,8 +461,9 @@ impl ReadModel {
         }
         let rows = q.fetch_all(&mut *tx).await?;
         let mut jobs = rows.iter().map(job_view).collect::<Result<Vec<_>>>()?;
+        let mut counts = counts_of(&mut tx, self.dialect, &jobs).await?;
         for job in &mut jobs {
-            job.counts = counts_in(&mut tx, &job.job_id).await?;
+            job.counts = counts.remove(&job.job_id).unwrap_or_else(|| tally(&[]));
         }
         tx.rollback().await?;
         Ok(jobs)
@@ -590,16 +591,56 @@ async fn counts_in(tx: &mut Tx, job_id: &str) -> Result<BTreeMap<String, u64>> {
         .bind(job_id.to_string())
         .fetch_all(&mut **tx)
         .await?;
+    let mut pairs = Vec::with_capacity(rows.len());
+    for r in &rows {
+        pairs.push((r.try_get("state")?, r.try_get::<i64, _>("n")?));
+    }
+    Ok(tally(&pairs))
+}
+
+/// The task counts of each of `jobs`, in one statement (a listing is one round trip to the
+/// database, not one per job).
+async fn counts_of(
+    tx: &mut Tx,
+    dialect: Dialect,
+    jobs: &[JobView],
+) -> Result<std::collections::HashMap<String, BTreeMap<String, u64>>> {
+    let mut out = std::collections::HashMap::with_capacity(jobs.len());
+    if jobs.is_empty() {
+        return Ok(out);
+    }
+    let sql = format!(
+        "SELECT job_id, state, COUNT(*) AS n FROM tasks WHERE job_id IN ({}) GROUP BY job_id, state",
+        db::in_list(dialect, jobs.len())
+    );
+    let mut q = sized(&sql, jobs.len());
+    for j in jobs {
+        q = q.bind(j.job_id.clone());
+    }
+    let mut pairs: std::collections::HashMap<String, Vec<(String, i64)>> = std::collections::HashMap::new();
+    for r in q.fetch_all(&mut **tx).await? {
+        pairs
+            .entry(r.try_get("job_id")?)
+            .or_default()
+            .push((r.try_get("state")?, r.try_get("n")?));
+    }
+    for (job, p) in pairs {
+        out.insert(job, tally(&p));
+    }
+    Ok(out)
+}
+
+/// Counts by state (every state present, zero where none) and their total.
+fn tally(pairs: &[(String, i64)]) -> BTreeMap<String, u64> {
     let mut counts: BTreeMap<String, u64> = TASK_STATES.iter().map(|s| (s.to_string(), 0)).collect();
     let mut total = 0;
-    for r in &rows {
-        let state: String = r.try_get("state")?;
-        let n = u64::try_from(r.try_get::<i64, _>("n")?).unwrap_or(0);
+    for (state, n) in pairs {
+        let n = u64::try_from(*n).unwrap_or(0);
         total += n;
-        *counts.entry(state).or_default() += n;
+        *counts.entry(state.clone()).or_default() += n;
     }
     counts.insert("total".into(), total);
-    Ok(counts)
+    counts
 }
 
 fn job_view(r: &AnyRow) -> Result<JobView> {
@@ -684,9 +725,8 @@ fn decode(event: &Event) -> std::result::Result<Option<Input>, String> {
 struct Known {
     /// The placeholders multi-row statements use.
     dialect: Dialect,
-    /// Jobs and tasks that have a row.
+    /// Jobs that have a row.
     jobs: HashSet<String>,
-    tasks: HashSet<(String, String)>,
     /// Each job's change counter, as numbered in this transaction.
     counters: std::collections::HashMap<String, Counter>,
     /// Changes not written yet.
@@ -698,7 +738,6 @@ impl Known {
         Known {
             dialect,
             jobs: HashSet::new(),
-            tasks: HashSet::new(),
             counters: std::collections::HashMap::new(),
             changes: Vec::new(),
         }
@@ -745,23 +784,21 @@ async fn ensure_known_job(tx: &mut Tx, known: &mut Known, job_id: &str, at: i64)
     Ok(())
 }
 
-/// Makes sure the task (and its job) have a row, once per task and transaction.
-async fn ensure_task(tx: &mut Tx, known: &mut Known, job_id: &str, task_id: &str, at: i64) -> Result<()> {
-    let key = (job_id.to_string(), task_id.to_string());
-    if known.tasks.contains(&key) {
-        return Ok(());
-    }
+/// Gives a task (and its job) a row when it has none: for an event that arrived before its job's
+/// plan (they travel on different topics). Planned tasks have their rows already, so the
+/// handlers update first and call this only when no row matched. True when it inserted one.
+async fn insert_task(tx: &mut Tx, known: &mut Known, job_id: &str, task_id: &str, at: i64) -> Result<bool> {
     ensure_known_job(tx, known, job_id, at).await?;
-    sqlx::query(
+    let inserted = sqlx::query(
         "INSERT INTO tasks (job_id, task_id, state, attempt_no, phase, attempts)
          VALUES ($1, $2, 'pending', 0, 0, 0) ON CONFLICT DO NOTHING",
     )
     .bind(job_id.to_string())
     .bind(task_id.to_string())
     .execute(&mut **tx)
-    .await?;
-    known.tasks.insert(key);
-    Ok(())
+    .await?
+    .rows_affected();
+    Ok(inserted > 0)
 }
 
 async fn ensure_job(tx: &mut Tx, job_id: &str, at: i64) -> Result<()> {
@@ -1015,7 +1052,6 @@ async fn on_job_state(tx: &mut Tx, known: &mut Known, ty: &str, s: &JobState, at
 }
 
 async fn on_task_started(tx: &mut Tx, known: &mut Known, ty: &str, s: &TaskStarted, at: i64) -> Result<()> {
-    ensure_task(tx, known, &s.job_id, &s.task_id, at).await?;
     sqlx::query(
         "INSERT INTO attempts (attempt_id, job_id, task_id, number, started_at) VALUES ($1, $2, $3, $4, $5)
          ON CONFLICT (attempt_id) DO UPDATE SET started_at = excluded.started_at",
@@ -1028,19 +1064,22 @@ async fn on_task_started(tx: &mut Tx, known: &mut Known, ty: &str, s: &TaskStart
     .execute(&mut **tx)
     .await?;
     let n = i64::from(s.attempt);
-    let moved = sqlx::query(
-        "UPDATE tasks SET state = 'running', attempt_no = $1, phase = 1, attempts = $1, attempt_id = $2,
-                started_at = $3, finished_at = NULL, error = NULL
-         WHERE job_id = $4 AND task_id = $5 AND (attempt_no < $1 OR (attempt_no = $1 AND phase < 1))",
-    )
-    .bind(n)
-    .bind(s.attempt_id.clone())
-    .bind(s.started_at_ms)
-    .bind(s.job_id.clone())
-    .bind(s.task_id.clone())
-    .execute(&mut **tx)
-    .await?
-    .rows_affected();
+    let update = || {
+        sqlx::query(
+            "UPDATE tasks SET state = 'running', attempt_no = $1, phase = 1, attempts = $1, attempt_id = $2,
+                    started_at = $3, finished_at = NULL, error = NULL
+             WHERE job_id = $4 AND task_id = $5 AND (attempt_no < $1 OR (attempt_no = $1 AND phase < 1))",
+        )
+        .bind(n)
+        .bind(s.attempt_id.clone())
+        .bind(s.started_at_ms)
+        .bind(s.job_id.clone())
+        .bind(s.task_id.clone())
+    };
+    let mut moved = update().execute(&mut **tx).await?.rows_affected();
+    if moved == 0 && insert_task(tx, known, &s.job_id, &s.task_id, at).await? {
+        moved = update().execute(&mut **tx).await?.rows_affected();
+    }
     if moved > 0 {
         let d = detail([
             ("attempts", Some(Value::from(s.attempt))),
@@ -1077,7 +1116,6 @@ async fn on_task_finished(tx: &mut Tx, f: &TaskFinished, _at: i64) -> Result<()>
 }
 
 async fn on_task_state(tx: &mut Tx, known: &mut Known, ty: &str, s: &TaskState, at: i64) -> Result<()> {
-    ensure_task(tx, known, &s.job_id, &s.task_id, at).await?;
     let n = i64::from(s.attempts);
     // A job retry re-queues a finished task: `task.retrying` in state `pending`.
     let requeued = ty == kind::TASK_RETRYING && s.state == TaskStatus::Pending;
@@ -1088,45 +1126,45 @@ async fn on_task_state(tx: &mut Tx, known: &mut Known, ty: &str, s: &TaskState, 
     } else {
         (s.state.as_str(), 3)
     };
-    let moved = if requeued {
-        sqlx::query(
-            "UPDATE tasks SET state = $1, attempt_no = $2, phase = $3, attempts = $2, attempt_id = NULL,
-                    started_at = NULL, finished_at = NULL, error = NULL, outputs = NULL, output_files = NULL
-             WHERE job_id = $4 AND task_id = $5 AND (attempt_no < $2 OR (attempt_no = $2 AND phase < $3))",
-        )
-        .bind(state)
-        .bind(n)
-        .bind(phase)
-        .bind(s.job_id.clone())
-        .bind(s.task_id.clone())
-        .execute(&mut **tx)
-        .await?
-        .rows_affected()
-    } else {
-        let outputs = (!s.outputs.is_empty()).then(|| Value::Object(s.outputs.clone()).to_string());
-        let files = (!s.output_files.is_empty())
-            .then(|| serde_json::to_string(&s.output_files).unwrap_or_else(|_| "[]".into()));
-        sqlx::query(
-            "UPDATE tasks SET state = $1, attempt_no = $2, phase = $3, attempts = $2,
-                    attempt_id = COALESCE($4, attempt_id), error = $5, outputs = $6, output_files = $7,
-                    started_at = COALESCE($8, started_at), finished_at = $9
-             WHERE job_id = $10 AND task_id = $11 AND (attempt_no < $2 OR (attempt_no = $2 AND phase < $3))",
-        )
-        .bind(state)
-        .bind(n)
-        .bind(phase)
-        .bind(s.attempt_id.clone())
-        .bind(s.error.clone())
-        .bind(outputs)
-        .bind(files)
-        .bind(s.started_at_ms)
-        .bind(s.finished_at_ms)
-        .bind(s.job_id.clone())
-        .bind(s.task_id.clone())
-        .execute(&mut **tx)
-        .await?
-        .rows_affected()
+    let outputs = (!s.outputs.is_empty()).then(|| Value::Object(s.outputs.clone()).to_string());
+    let files = (!s.output_files.is_empty())
+        .then(|| serde_json::to_string(&s.output_files).unwrap_or_else(|_| "[]".into()));
+    let update = || {
+        if requeued {
+            sqlx::query(
+                "UPDATE tasks SET state = $1, attempt_no = $2, phase = $3, attempts = $2, attempt_id = NULL,
+                        started_at = NULL, finished_at = NULL, error = NULL, outputs = NULL, output_files = NULL
+                 WHERE job_id = $4 AND task_id = $5 AND (attempt_no < $2 OR (attempt_no = $2 AND phase < $3))",
+            )
+            .bind(state)
+            .bind(n)
+            .bind(phase)
+            .bind(s.job_id.clone())
+            .bind(s.task_id.clone())
+        } else {
+            sqlx::query(
+                "UPDATE tasks SET state = $1, attempt_no = $2, phase = $3, attempts = $2,
+                        attempt_id = COALESCE($4, attempt_id), error = $5, outputs = $6, output_files = $7,
+                        started_at = COALESCE($8, started_at), finished_at = $9
+                 WHERE job_id = $10 AND task_id = $11 AND (attempt_no < $2 OR (attempt_no = $2 AND phase < $3))",
+            )
+            .bind(state)
+            .bind(n)
+            .bind(phase)
+            .bind(s.attempt_id.clone())
+            .bind(s.error.clone())
+            .bind(outputs.clone())
+            .bind(files.clone())
+            .bind(s.started_at_ms)
+            .bind(s.finished_at_ms)
+            .bind(s.job_id.clone())
+            .bind(s.task_id.clone())
+        }
     };
+    let mut moved = update().execute(&mut **tx).await?.rows_affected();
+    if moved == 0 && insert_task(tx, known, &s.job_id, &s.task_id, at).await? {
+        moved = update().execute(&mut **tx).await?.rows_affected();
+    }
     if moved > 0 {
         let d = detail([
             ("attempts", Some(Value::from(s.attempts))),

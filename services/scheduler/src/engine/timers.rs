@@ -1,7 +1,6 @@
 //! Timers: retries coming due, lapsed leases, missed deadlines.
 
 use ferry_event::payload::{Outcome, TaskFinished};
-use serde_json::Map;
 use sqlx::Row;
 
 use super::Cx;
@@ -88,20 +87,15 @@ impl Cx<'_> {
             };
             tracing::warn!(%job_id, %task_id, %attempt_id, outcome = outcome.as_str(), %error, "ending attempt by timer");
             self.emit_cancel(&job_id, &task_id, &attempt_id, &backend, &error);
-            let report = TaskFinished {
+            let report = TaskFinished::unreported(
                 job_id,
                 task_id,
                 attempt_id,
-                attempt: attempts as u32,
+                attempts as u32,
                 outcome,
-                exit_code: None,
-                error: Some(error),
-                outputs: Map::new(),
-                output_files: Vec::new(),
-                log_lines: 0,
-                started_at_ms: None,
-                finished_at_ms: self.now,
-            };
+                error,
+                self.now,
+            );
             self.on_finished(report, true).await?;
         }
         Ok(())
