@@ -88,6 +88,13 @@ const SCHEMA: &[&str] = &[
         error TEXT
     )",
     "CREATE INDEX IF NOT EXISTS attempts_task ON attempts (job_id, task_id)",
+    // Cancels of jobs not planned yet (a `job.cancel` can overtake its `job.planned`): the job
+    // ends cancelled as soon as it is planned.
+    "CREATE TABLE IF NOT EXISTS early_cancels (
+        job_id TEXT PRIMARY KEY,
+        reason TEXT NOT NULL,
+        at BIGINT NOT NULL
+    )",
 ];
 
 const OUTBOX_SQLITE: &str = "CREATE TABLE IF NOT EXISTS outbox (
@@ -299,9 +306,24 @@ impl Store {
     }
 
     /// Deletes outbox rows whose events the bus confirmed.
-    /// Forgets the ids of events applied before `older_than_ms`; returns how many went.
+    /// Forgets the ids of events applied before `older_than_ms`, and cancels kept for jobs
+    /// never planned since then; returns how many rows went.
     pub async fn prune_inbox(&self, older_than_ms: i64) -> Result<u64> {
-        Ok(db::prune_inbox(&self.pool, older_than_ms).await?)
+        let cancels = sqlx::query("DELETE FROM early_cancels WHERE at < $1")
+            .bind(older_than_ms)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(db::prune_inbox(&self.pool, older_than_ms).await? + cancels)
+    }
+
+    /// The jobs cancelled before they were planned, whose cancel is kept for their plan.
+    pub async fn early_cancels(&self) -> Result<Vec<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT job_id FROM early_cancels ORDER BY job_id")
+                .fetch_all(&self.pool)
+                .await?,
+        )
     }
 
     /// How many applied event ids the inbox holds.

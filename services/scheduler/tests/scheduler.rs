@@ -308,6 +308,52 @@ async fn cancelling_a_job_stops_running_attempts_and_never_starts_pending_ones()
     assert_eq!(task_states(&r.rec, kind::TASK_CANCELLED).len(), 3);
 }
 
+/// A cancel can overtake its job's plan (the planner is still planning a big job when Ctrl-C
+/// comes): the job ends cancelled as soon as it is planned, and nothing of it ever runs.
+#[tokio::test]
+async fn a_cancel_that_comes_before_the_plan_ends_the_job_once_planned() {
+    let r = rig(Arc::new(|_| succeed(5))).await;
+    let cancel = JobCancel {
+        job_id: "j".into(),
+        reason: Some("interrupted".into()),
+    };
+    publish(&r.bus, kind::JOB_CANCEL, "j", &cancel).await;
+    // The cancel is applied (and kept) before the plan arrives.
+    let store = ferry_scheduler::Store::open(&r.db_url).await.unwrap();
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    loop {
+        if store.early_cancels().await.unwrap() == ["j"] {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the early cancel was never kept"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let tasks = vec![task_spec("a", &[]), task_spec("b", &["a"])];
+    publish(&r.bus, kind::JOB_PLANNED, "j", &planned("j", tasks, None)).await;
+    assert_eq!(r.rec.wait_terminal("j", WITHIN).await, kind::JOB_CANCELLED);
+    assert!(
+        dispatched(&r.rec).is_empty(),
+        "nothing of a cancelled job is dispatched"
+    );
+    let cancelled = task_states(&r.rec, kind::TASK_CANCELLED);
+    assert_eq!(cancelled.len(), 2);
+    assert!(
+        cancelled
+            .iter()
+            .all(|t| t.error.as_deref() == Some("interrupted"))
+    );
+    let job = store.job("j").await.unwrap().unwrap();
+    assert_eq!(job.state, "cancelled");
+    assert!(
+        store.early_cancels().await.unwrap().is_empty(),
+        "the kept cancel is used up"
+    );
+    store.close().await;
+}
+
 #[tokio::test]
 async fn retrying_a_failed_job_requeues_only_failed_and_cancelled_tasks() {
     let fail_once = Arc::new(AtomicU32::new(0));

@@ -12,7 +12,10 @@ impl Cx<'_> {
     /// are asked to stop; the job reaches its final state when the last of them reports.
     pub(super) async fn begin_ending(&mut self, job_id: &str, ending: JobStatus, reason: &str) -> Result<()> {
         let Some(job) = self.lock_job(job_id).await? else {
-            tracing::warn!(job_id, "cancel for an unknown job ignored");
+            if ending == JobStatus::Cancelled {
+                return self.cancel_early(job_id, reason).await;
+            }
+            tracing::warn!(job_id, "ending an unknown job ignored");
             return Ok(());
         };
         if job.state != "running" || job.ending.is_some() {
@@ -82,6 +85,35 @@ impl Cx<'_> {
         }
         self.touched.insert(job_id.to_string());
         Ok(())
+    }
+
+    /// A cancel of a job not planned yet: kept, so that the job ends cancelled as soon as its
+    /// plan arrives ([`Cx::take_early_cancel`]) instead of running as if never cancelled.
+    async fn cancel_early(&mut self, job_id: &str, reason: &str) -> Result<()> {
+        tracing::info!(
+            job_id,
+            reason,
+            "cancel of a job not planned yet; it ends when planned"
+        );
+        sqlx::query(
+            "INSERT INTO early_cancels (job_id, reason, at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        )
+        .bind(job_id.to_string())
+        .bind(reason.to_string())
+        .bind(self.now)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    /// The reason of a cancel that came before the job's plan, taken (the row goes).
+    pub(super) async fn take_early_cancel(&mut self, job_id: &str) -> Result<Option<String>> {
+        Ok(
+            sqlx::query_scalar("DELETE FROM early_cancels WHERE job_id = $1 RETURNING reason")
+                .bind(job_id.to_string())
+                .fetch_optional(&mut *self.tx)
+                .await?,
+        )
     }
 
     /// Asks the attempt's launcher to stop it; if it does not confirm within the grace period the

@@ -67,7 +67,12 @@ impl Cx<'_> {
         self.insert_tasks(&p).await?;
         tracing::info!(job_id = %p.job_id, flow_id = %p.flow_id, tasks = total, "job started");
         self.emit_job(kind::JOB_STARTED, &job, JobStatus::Running, None);
-        self.touched.insert(p.job_id);
+        self.touched.insert(p.job_id.clone());
+        if let Some(reason) = self.take_early_cancel(&p.job_id).await? {
+            // Cancelled before it was planned: nothing of it is dispatched.
+            self.begin_ending(&p.job_id, JobStatus::Cancelled, &reason)
+                .await?;
+        }
         Ok(())
     }
 
