@@ -222,7 +222,14 @@ pub(crate) async fn run(
         LogMark::default(),
         rt.masker.clone(),
     );
-    let follower = tokio::spawn(logs::follow(rt.clone(), ids.clone(), tail, ended_rx));
+    let logs_failed = CancellationToken::new();
+    let follower = tokio::spawn(logs::follow(
+        rt.clone(),
+        ids.clone(),
+        tail,
+        ended_rx,
+        logs_failed.clone(),
+    ));
     let started_event = rt.builder.task(
         kind::TASK_STARTED,
         &d.job_id,
@@ -277,6 +284,8 @@ pub(crate) async fn run(
                 }),
                 limit = sleep_until_or_never(deadline, timeout) => Some(Ended::TimedOut(limit)),
                 error = cancelled(&mut cancel) => Some(Ended::Cancelled(error)),
+                // Its output cannot be kept: the follower says why, below.
+                _ = logs_failed.cancelled() => Some(Ended::Stopped("its output could not be kept".into())),
                 _ = rt.stop.cancelled() => None,
             };
             match waited {
@@ -318,16 +327,13 @@ pub(crate) async fn run(
     let _ = ended_tx.send(true);
     beat_stop.cancel();
     let _ = beats.await;
-    let logs = follower.await.unwrap_or(logs::LogSummary {
-        lines: 0,
-        complete: false,
-    });
+    let logs = follower.await.unwrap_or_default();
     tracing::info!(
         metric = metrics::COMPUTE_SECONDS,
         value = started.elapsed().as_secs_f64(),
         "attempt's compute ended"
     );
-    if !logs.complete && rt.stop.is_cancelled() {
+    if !logs.complete && logs.failure.is_none() && rt.stop.is_cancelled() {
         tracing::warn!(
             published = logs.lines,
             "the launcher stopped before the attempt's output was published; its next start publishes the rest and reports the attempt"
@@ -357,6 +363,11 @@ pub(crate) async fn run(
         ),
         Ended::Cancelled(e) => (Outcome::Cancelled, None, Some(e)),
         Ended::Stopped(e) => (Outcome::Lost, None, Some(e)),
+    };
+    // Whatever the compute did, an attempt whose output could not be kept is ferry's loss.
+    let (outcome, exit_code, error) = match logs.failure {
+        Some(failure) => (Outcome::Lost, exit_code, Some(failure)),
+        None => (outcome, exit_code, error),
     };
     let report = TaskFinished {
         job_id: d.job_id.clone(),

@@ -126,11 +126,12 @@ async fn recover(rt: Arc<Runtime>, record: RunningRecord, open: Open) {
             "the launcher restarted while the attempt ran; its compute is gone".to_string()
         }
     };
-    let Some(lines) = drain_logs(&rt, &record, &compute, &open).await else {
+    let Some(logs) = drain_logs(&rt, &record, &compute, &open).await else {
         return;
     };
+    let error = logs.failure.unwrap_or(error);
     let report = TaskFinished {
-        log_lines: lines,
+        log_lines: logs.lines,
         started_at_ms: (record.started_at_ms != 0).then_some(record.started_at_ms),
         ..TaskFinished::unreported(
             record.job_id,
@@ -153,7 +154,7 @@ async fn drain_logs(
     record: &RunningRecord,
     compute: &Compute,
     open: &Open,
-) -> Option<u64> {
+) -> Option<logs::LogSummary> {
     let ids = Ids {
         job_id: record.job_id.clone(),
         task_id: record.task_id.clone(),
@@ -166,11 +167,11 @@ async fn drain_logs(
         rt.masker.clone(),
     );
     let logs = logs::finish_recovered(rt, &ids, &mut tail, &open.numbered).await;
-    if !logs.complete && rt.stop.is_cancelled() {
+    if !logs.complete && logs.failure.is_none() && rt.stop.is_cancelled() {
         tracing::warn!("stopping before the attempt's output was published; the next start goes on");
         return None;
     }
-    Some(logs.lines)
+    Some(logs)
 }
 
 /// An adopted attempt whose compute ended (`state`): its output to the end, its outputs, its
@@ -183,9 +184,10 @@ async fn finish(
     state: Option<ComputeState>,
 ) {
     stop(rt, &compute).await;
-    let Some(lines) = drain_logs(rt, &record, &compute, open).await else {
+    let Some(logs) = drain_logs(rt, &record, &compute, open).await else {
         return;
     };
+    let lines = logs.lines;
     let (outcome, exit_code, error) = match state {
         Some(ComputeState::Exited(exit)) if exit.succeeded() => (Outcome::Succeeded, exit.code, None),
         Some(ComputeState::Exited(exit)) => (Outcome::Failed, exit.code, exit.error),
@@ -195,6 +197,10 @@ async fn finish(
             None,
             Some("the launcher restarted while the attempt ran; its end could not be read".into()),
         ),
+    };
+    let (outcome, error) = match logs.failure {
+        Some(failure) => (Outcome::Lost, Some(failure)),
+        None => (outcome, error),
     };
     let report = TaskFinished {
         job_id: record.job_id.clone(),
