@@ -117,7 +117,12 @@ impl Harness {
             seen: Vec::new(),
             batches: Vec::new(),
             events: EventBuilder::new("ferry/scheduler/conformance"),
-            prefix: format!("c{}", &ferry_event::new_id()[..8]),
+            prefix: {
+                // The random end of the id: its start is the time, shared by tests started
+                // in the same millisecond.
+                let id = ferry_event::new_id();
+                format!("c{}", &id[id.len() - 10..])
+            },
             max_parallel: 4,
         }
     }
