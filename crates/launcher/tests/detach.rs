@@ -63,7 +63,7 @@ fn start(
     let handle = tokio::spawn(ferry_launcher::run(
         config(),
         journal,
-        Arc::new(Remote(platform.clone())),
+        Arc::new(Remote::detached(platform.clone())),
         Arc::new(bus.clone()),
         shutdown.clone(),
     ));

@@ -434,13 +434,7 @@ pub async fn a_crash_at_each_step_ends_in_exactly_one_report(target: Arc<dyn Tar
         h.dispatch(&h.task(&id, &program)).await;
         h.expect(kind::TASK_STARTED, &id).await;
         match point {
-            "lines" => {
-                let deadline = tokio::time::Instant::now() + super::WAIT;
-                while h.lines(&id).await.is_empty() {
-                    assert!(tokio::time::Instant::now() < deadline, "no lines of {id}");
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-            }
+            "lines" => h.wait_for_lines(&id, 1).await,
             "finished" => {
                 h.finished(&id).await;
             }
@@ -498,6 +492,7 @@ pub async fn shutdown_follows_the_backends_policy(target: Arc<dyn Target>) {
     ))
     .await;
     h.expect(kind::TASK_STARTED, &id).await;
+    h.wait_for_lines(&id, 1).await;
     launcher.stop().await;
     match policy {
         ShutdownPolicy::Kill => {

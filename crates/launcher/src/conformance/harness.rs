@@ -327,6 +327,18 @@ impl Harness {
         lines
     }
 
+    /// Waits until at least `n` lines of `attempt` were published.
+    pub async fn wait_for_lines(&mut self, attempt: &str, n: usize) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while self.lines(attempt).await.len() < n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "fewer than {n} lines of {attempt} within {WAIT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// The texts of the lines of `attempt`.
     pub async fn texts(&mut self, attempt: &str) -> Vec<String> {
         self.lines(attempt).await.into_iter().map(|(_, t)| t).collect()

@@ -139,7 +139,15 @@ fn line(buf: &mut Vec<u8>, text: &str) {
 }
 
 /// The backend: a handle is the container's name again, as a remote API would give an id.
-pub struct Remote(pub Arc<Platform>);
+/// Its shutdown policy is `Detach` unless a test picks another, to run the runtime's other
+/// policies on the same compute.
+pub struct Remote(pub Arc<Platform>, pub ShutdownPolicy);
+
+impl Remote {
+    pub fn detached(platform: Arc<Platform>) -> Self {
+        Remote(platform, ShutdownPolicy::Detach)
+    }
+}
 
 #[async_trait]
 impl Backend for Remote {
@@ -148,7 +156,7 @@ impl Backend for Remote {
     }
 
     fn shutdown_policy(&self) -> ShutdownPolicy {
-        ShutdownPolicy::Detach
+        self.1
     }
 
     fn check(&self, _: &TaskDispatched) -> BackendResult<()> {
@@ -300,13 +308,13 @@ impl Backend for Remote {
     }
 }
 
-/// The double as a conformance target.
-pub struct DoubleTarget(pub Arc<Platform>);
+/// The double as a conformance target, with a shutdown policy.
+pub struct DoubleTarget(pub Arc<Platform>, pub ShutdownPolicy);
 
 impl DoubleTarget {
     /// A target on a new platform, whose programs run on the current tokio runtime.
-    pub fn new() -> Self {
-        DoubleTarget(Arc::new(Platform::default()))
+    pub fn new(policy: ShutdownPolicy) -> Self {
+        DoubleTarget(Arc::new(Platform::default()), policy)
     }
 }
 
@@ -317,7 +325,7 @@ impl Target for DoubleTarget {
     }
 
     async fn backend(&self, _: &Path, _: &Journal) -> Arc<dyn Backend> {
-        Arc::new(Remote(self.0.clone()))
+        Arc::new(Remote(self.0.clone(), self.1))
     }
 
     fn command(&self, program: &Program) -> (Runner, Vec<Template>) {
