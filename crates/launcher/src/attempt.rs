@@ -178,6 +178,8 @@ pub(crate) async fn run(
         created: false,
         started_at_ms: 0,
         output_files: d.output_files.clone(),
+        lease_ms: Some(d.lease_ms),
+        timeout_ms: d.timeout_ms,
     };
     if let Err(e) = rt.journal.record(&d.attempt_id, Entry::Running(record.clone())) {
         release(&rt, &reserved).await;
@@ -481,7 +483,7 @@ async fn publish_recorded(rt: &Runtime, report: &TaskFinished) -> bool {
 }
 
 /// Sleeps until `deadline` and returns `limit`; never returns without one.
-async fn sleep_until_or_never(deadline: Option<Instant>, limit: Option<Duration>) -> Duration {
+pub(crate) async fn sleep_until_or_never(deadline: Option<Instant>, limit: Option<Duration>) -> Duration {
     match (deadline, limit) {
         (Some(at), Some(limit)) => {
             tokio::time::sleep_until(at).await;
@@ -492,7 +494,7 @@ async fn sleep_until_or_never(deadline: Option<Instant>, limit: Option<Duration>
 }
 
 /// Waits until a cancel arrives; returns the error to report.
-async fn cancelled(rx: &mut watch::Receiver<Option<String>>) -> String {
+pub(crate) async fn cancelled(rx: &mut watch::Receiver<Option<String>>) -> String {
     loop {
         if let Some(error) = rx.borrow_and_update().clone() {
             return error;
@@ -507,7 +509,13 @@ async fn cancelled(rx: &mut watch::Receiver<Option<String>>) -> String {
 /// Renews the attempt's lease while its compute is seen alive: each heartbeat follows a read of
 /// the compute's status that found it pending or running, so a lapsed lease means the compute
 /// was not seen, not only that the launcher was silent.
-async fn heartbeat(rt: Arc<Runtime>, ids: Ids, compute: Compute, lease_ms: u64, stop: CancellationToken) {
+pub(crate) async fn heartbeat(
+    rt: Arc<Runtime>,
+    ids: Ids,
+    compute: Compute,
+    lease_ms: u64,
+    stop: CancellationToken,
+) {
     let period = Duration::from_millis((lease_ms / 3).max(10));
     let mut tick = tokio::time::interval_at(Instant::now() + period, period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -372,6 +372,8 @@ pub async fn a_crash_between_create_and_journal_leaves_one_compute_and_one_repor
             created: false,
             started_at_ms: 0,
             output_files: Vec::new(),
+            lease_ms: Some(d.lease_ms),
+            timeout_ms: d.timeout_ms,
         };
         journal.record(&id, Entry::Running(record)).expect("journal");
         backend.create(task, reserved).await.expect("create");
@@ -529,6 +531,46 @@ pub async fn shutdown_follows_the_backends_policy(target: Arc<dyn Target>) {
             launcher.stop().await;
         }
     }
+}
+
+/// A launcher started again while compute of its previous run still runs (adopted under
+/// `Detach`, stopped otherwise) serves new dispatches at once; what it adopted sends
+/// heartbeats, so that its lease does not lapse, and can be cancelled.
+pub async fn a_restarted_launcher_serves_and_keeps_adopted_compute_alive(target: Arc<dyn Target>) {
+    let mut h = Harness::new(target).await;
+    let launcher = h.start().await;
+    let id = h.id("adopted");
+    let mut d = h.task(&id, &forever());
+    d.lease_ms = 600;
+    h.dispatch(&d).await;
+    h.expect(kind::TASK_STARTED, &id).await;
+    h.wait_for_lines(&id, 1).await;
+    launcher.stop().await;
+    let reported = h.settle_count(kind::TASK_FINISHED, &id).await == 1;
+
+    let launcher = h.start().await;
+    let other = h.id("after-restart");
+    h.dispatch(&h.task(&other, &p([out("served")]))).await;
+    assert_outcome(&h.finished(&other).await, Outcome::Succeeded);
+    if !reported {
+        // Adopted: it must stay alive in the scheduler's eyes, and obey a cancel.
+        let before = h.count(kind::TASK_HEARTBEAT, &id);
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(3 * d.lease_ms);
+        while h.count(kind::TASK_HEARTBEAT, &id) < before + 2 {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            assert!(
+                h.next_within(left).await,
+                "adopted compute sent fewer than two heartbeats in three leases: its lease lapses while it runs"
+            );
+        }
+        h.cancel(&d, "adopted, then cancelled").await;
+        let f = h.finished(&id).await;
+        assert_outcome(&f, Outcome::Cancelled);
+        assert_eq!(h.texts(&id).await, ["running"]);
+    }
+    assert_eq!(h.settle_count(kind::TASK_FINISHED, &id).await, 1);
+    h.assert_nothing_left("after a restart").await;
+    launcher.stop().await;
 }
 
 /// What the backend cannot honour fails the task, naming the field, before anything exists.

@@ -101,6 +101,7 @@ macro_rules! launcher_conformance {
             compute_killed_behind_ferrys_back_is_reported_within_a_lease,
             a_crash_at_each_step_ends_in_exactly_one_report,
             shutdown_follows_the_backends_policy,
+            a_restarted_launcher_serves_and_keeps_adopted_compute_alive,
             refused_resources_create_nothing,
             at_most_max_parallel_attempts_run_at_once,
             a_full_disk_never_ends_in_a_silent_success,
