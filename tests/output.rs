@@ -74,3 +74,35 @@ fn an_endless_flow_file_is_refused_at_the_size_limit() {
         );
     }
 }
+
+/// A job whose output could not be stored (a full disk under the data directory) does not end
+/// in a success: `ferry run` fails, naming the directory and saying the disk is full.
+#[test]
+fn a_run_whose_output_fills_the_disk_fails_saying_so() {
+    use std::os::unix::fs::MetadataExt;
+    // /proc/self belongs to the effective user.
+    if std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(1) != 0 {
+        eprintln!("skipped: mounting a 4 MiB tmpfs for the data directory needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk");
+    std::fs::create_dir(&disk).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .arg(&disk)
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mount -t tmpfs failed");
+    let data_dir = disk.join("ferry");
+    let ran = run(&flow("loud.yaml"), &data_dir, &[]);
+    let unmounted = std::process::Command::new("umount").arg(&disk).status();
+    assert_eq!(ran.code, 1, "{}", ran.stderr);
+    assert!(
+        ran.stderr
+            .contains(&format!("the disk holding {} is full", data_dir.display())),
+        "{}",
+        ran.stderr
+    );
+    assert!(unmounted.is_ok_and(|s| s.success()), "umount failed");
+}

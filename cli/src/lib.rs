@@ -25,7 +25,8 @@ use ferry_event::payload::Problem;
 use serde_json::{Map, Value};
 
 pub const EXIT_OK: i32 = 0;
-/// The job failed or was cancelled, or ferry itself failed.
+/// The job failed or was cancelled, its output could not be stored in full, or ferry itself
+/// failed.
 pub const EXIT_FAILED: i32 = 1;
 /// The flow, the inputs or the command line are invalid.
 pub const EXIT_INVALID: i32 = 2;

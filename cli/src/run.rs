@@ -96,6 +96,8 @@ pub async fn run(args: RunArgs) -> Result<i32> {
     let mut cancelling = false;
     let mut end: Option<(JobStatus, Option<String>)> = None;
     let mut drain_until: Option<tokio::time::Instant> = None;
+    // Set when the job ended but not all of its output was stored within the drain.
+    let mut output_missing = false;
     let started = Instant::now();
 
     let outcome: Result<i32> = loop {
@@ -137,7 +139,7 @@ pub async fn run(args: RunArgs) -> Result<i32> {
                 None => {}
             },
             _ = drain => {
-                errln!("ferry: warning: not every log line arrived in time; see {}", system.data_dir.join("logs.db").display());
+                output_missing = true;
                 break Ok(0);
             }
             _ = sigint.recv() => {
@@ -150,6 +152,7 @@ pub async fn run(args: RunArgs) -> Result<i32> {
         }
     };
     drop(logs);
+    let data_dir = system.data_dir.clone();
     let stopped = system.stop().await;
     let code = outcome?;
     stopped?;
@@ -163,6 +166,22 @@ pub async fn run(args: RunArgs) -> Result<i32> {
     let (state, reason) = end.expect("the loop ends with the job's end");
     view.summary()?;
     let took = started.elapsed();
+    if output_missing {
+        // A job whose output was not kept is no success to report as one: the lines are gone
+        // with this process's bus.
+        errln!(
+            "ferry: error: not every line of the job's output was stored in {}{}",
+            data_dir.join("logs.db").display(),
+            disk_full_hint(&data_dir)
+        );
+        if state == JobStatus::Succeeded {
+            errln!(
+                "ferry: job {job_id} succeeded, but its output is incomplete ({})",
+                fmt_duration(took.as_millis() as i64)
+            );
+            return Ok(EXIT_FAILED);
+        }
+    }
     match state {
         JobStatus::Succeeded => {
             errln!(
@@ -180,6 +199,21 @@ pub async fn run(args: RunArgs) -> Result<i32> {
 }
 
 use ferry_event::payload::JobStatus;
+
+/// `: the disk holding DIR is full …` when it is (less than 1 MiB free), else a pointer to the
+/// log collector's messages.
+fn disk_full_hint(data_dir: &std::path::Path) -> String {
+    let free = nix::sys::statvfs::statvfs(data_dir)
+        .ok()
+        .map(|s| s.blocks_available() * s.fragment_size());
+    match free {
+        Some(free) if free < 1024 * 1024 => format!(
+            ": the disk holding {} is full ({free} bytes free); free space there and run the flow again",
+            data_dir.display()
+        ),
+        _ => "; the log collector's messages above say why".to_string(),
+    }
+}
 
 /// First signal: cancel the job (its processes are ended, the run finishes normally). Second:
 /// stop at once (the launcher's shutdown ends whatever still runs). Returns true to stop now.

@@ -178,6 +178,8 @@ pub(crate) async fn run(
         created: false,
         started_at_ms: 0,
         output_files: d.output_files.clone(),
+        lease_ms: Some(d.lease_ms),
+        timeout_ms: d.timeout_ms,
     };
     if let Err(e) = rt.journal.record(&d.attempt_id, Entry::Running(record.clone())) {
         release(&rt, &reserved).await;
@@ -222,7 +224,14 @@ pub(crate) async fn run(
         LogMark::default(),
         rt.masker.clone(),
     );
-    let follower = tokio::spawn(logs::follow(rt.clone(), ids.clone(), tail, ended_rx));
+    let logs_failed = CancellationToken::new();
+    let follower = tokio::spawn(logs::follow(
+        rt.clone(),
+        ids.clone(),
+        tail,
+        ended_rx,
+        logs_failed.clone(),
+    ));
     let started_event = rt.builder.task(
         kind::TASK_STARTED,
         &d.job_id,
@@ -277,6 +286,8 @@ pub(crate) async fn run(
                 }),
                 limit = sleep_until_or_never(deadline, timeout) => Some(Ended::TimedOut(limit)),
                 error = cancelled(&mut cancel) => Some(Ended::Cancelled(error)),
+                // Its output cannot be kept: the follower says why, below.
+                _ = logs_failed.cancelled() => Some(Ended::Stopped("its output could not be kept".into())),
                 _ = rt.stop.cancelled() => None,
             };
             match waited {
@@ -318,16 +329,13 @@ pub(crate) async fn run(
     let _ = ended_tx.send(true);
     beat_stop.cancel();
     let _ = beats.await;
-    let logs = follower.await.unwrap_or(logs::LogSummary {
-        lines: 0,
-        complete: false,
-    });
+    let logs = follower.await.unwrap_or_default();
     tracing::info!(
         metric = metrics::COMPUTE_SECONDS,
         value = started.elapsed().as_secs_f64(),
         "attempt's compute ended"
     );
-    if !logs.complete && rt.stop.is_cancelled() {
+    if !logs.complete && logs.failure.is_none() && rt.stop.is_cancelled() {
         tracing::warn!(
             published = logs.lines,
             "the launcher stopped before the attempt's output was published; its next start publishes the rest and reports the attempt"
@@ -357,6 +365,11 @@ pub(crate) async fn run(
         ),
         Ended::Cancelled(e) => (Outcome::Cancelled, None, Some(e)),
         Ended::Stopped(e) => (Outcome::Lost, None, Some(e)),
+    };
+    // Whatever the compute did, an attempt whose output could not be kept is ferry's loss.
+    let (outcome, exit_code, error) = match logs.failure {
+        Some(failure) => (Outcome::Lost, exit_code, Some(failure)),
+        None => (outcome, exit_code, error),
     };
     let report = TaskFinished {
         job_id: d.job_id.clone(),
@@ -470,7 +483,7 @@ async fn publish_recorded(rt: &Runtime, report: &TaskFinished) -> bool {
 }
 
 /// Sleeps until `deadline` and returns `limit`; never returns without one.
-async fn sleep_until_or_never(deadline: Option<Instant>, limit: Option<Duration>) -> Duration {
+pub(crate) async fn sleep_until_or_never(deadline: Option<Instant>, limit: Option<Duration>) -> Duration {
     match (deadline, limit) {
         (Some(at), Some(limit)) => {
             tokio::time::sleep_until(at).await;
@@ -481,7 +494,7 @@ async fn sleep_until_or_never(deadline: Option<Instant>, limit: Option<Duration>
 }
 
 /// Waits until a cancel arrives; returns the error to report.
-async fn cancelled(rx: &mut watch::Receiver<Option<String>>) -> String {
+pub(crate) async fn cancelled(rx: &mut watch::Receiver<Option<String>>) -> String {
     loop {
         if let Some(error) = rx.borrow_and_update().clone() {
             return error;
@@ -496,7 +509,13 @@ async fn cancelled(rx: &mut watch::Receiver<Option<String>>) -> String {
 /// Renews the attempt's lease while its compute is seen alive: each heartbeat follows a read of
 /// the compute's status that found it pending or running, so a lapsed lease means the compute
 /// was not seen, not only that the launcher was silent.
-async fn heartbeat(rt: Arc<Runtime>, ids: Ids, compute: Compute, lease_ms: u64, stop: CancellationToken) {
+pub(crate) async fn heartbeat(
+    rt: Arc<Runtime>,
+    ids: Ids,
+    compute: Compute,
+    lease_ms: u64,
+    stop: CancellationToken,
+) {
     let period = Duration::from_millis((lease_ms / 3).max(10));
     let mut tick = tokio::time::interval_at(Instant::now() + period, period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -20,9 +20,9 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-use crate::attempt;
 use crate::journal::{self, Status, check_id};
 use crate::runtime::Runtime;
+use crate::{attempt, reconcile};
 
 /// An attempt this launcher is busy with.
 struct Entry {
@@ -182,6 +182,22 @@ impl Intake {
     }
 
     /// Starts waiting dispatches while the in-flight window has room.
+    /// Follows compute a previous run left running ([`reconcile::follow_adopted`]).
+    pub(crate) fn adopt(&mut self, adopted: reconcile::Adopted) {
+        let r = &adopted.record;
+        let span = tracing::info_span!(
+            "attempt",
+            job_id = %r.job_id,
+            task_id = %r.task_id,
+            attempt_id = %r.attempt_id,
+            attempt = r.attempt
+        );
+        let id = r.attempt_id.clone();
+        let (tx, rx) = watch::channel(None);
+        let fut = reconcile::follow_adopted(self.rt.clone(), adopted, rx);
+        self.spawn(id, Some(tx), true, fut, span);
+    }
+
     fn fill_window(&mut self) {
         while self.running < self.rt.config.max_parallel && !self.rt.stop.is_cancelled() {
             let Some((d, delivery)) = self.pending.pop_front() else {

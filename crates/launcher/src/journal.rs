@@ -68,6 +68,13 @@ pub struct RunningRecord {
     /// The dispatch's `outputFiles`: what is collected from compute adopted after a restart.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub output_files: Vec<String>,
+    /// The dispatch's lease: compute adopted after a restart is heartbeaten within it.
+    /// Absent in records written before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_ms: Option<u64>,
+    /// The dispatch's timeout, from `startedAtMs`: enforced on compute adopted after a restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
 }
 
 /// How far an attempt's output was turned into log lines: the next line's number, and the
@@ -113,6 +120,9 @@ struct LineRef<'a> {
 }
 
 /// Where an attempt stands.
+// Answered by value, one at a time, and held briefly: boxing the running record would buy
+// nothing but an allocation per lookup.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Status {
     /// Nothing recorded.
@@ -458,6 +468,8 @@ mod v1 {
                     attempt: r.attempt,
                     started_at_ms: r.started_at_ms,
                     output_files: Vec::new(),
+                    lease_ms: None,
+                    timeout_ms: None,
                 }),
                 Entry::Logs(m) => super::Entry::Logs(super::LogMark {
                     seq: m.seq,
@@ -599,6 +611,8 @@ mod tests {
             created: true,
             started_at_ms: 1,
             output_files: vec!["*.csv".into()],
+            lease_ms: Some(30_000),
+            timeout_ms: None,
         }
     }
 

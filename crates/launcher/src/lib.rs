@@ -19,10 +19,15 @@
 //! - [`run`]: the service: reconcile what the journal holds, then dispatch and cancel intake,
 //!   the in-flight window and each attempt's life, from its dispatch to its report, driving
 //!   the backend through [`Backend`].
+//!
+//! [`conformance`] (feature `conformance`) is the test suite every backend passes, expanded
+//! per backend by [`launcher_conformance!`].
 
 mod attempt;
 pub mod backend;
 pub mod collect;
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
 mod intake;
 pub mod journal;
 pub mod logs;

@@ -263,7 +263,7 @@ impl Tail {
 }
 
 /// What the tail achieved.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Default)]
 pub struct LogSummary {
     /// Lines the broker confirmed: seq 0..lines.
     pub lines: u64,
@@ -271,6 +271,43 @@ pub struct LogSummary {
     /// or the output could not be read: the rest is still with the compute, from the
     /// journal's last mark.
     pub complete: bool,
+    /// Why the output could not be kept (the journal cannot record where its lines are: a
+    /// full disk): the attempt is then `lost` with this error, never a success whose output
+    /// is gone.
+    pub failure: Option<String>,
+}
+
+impl LogSummary {
+    fn incomplete(tail: &Tail) -> Self {
+        LogSummary {
+            lines: tail.mark.seq,
+            complete: false,
+            failure: None,
+        }
+    }
+
+    fn complete(tail: &Tail) -> Self {
+        LogSummary {
+            lines: tail.mark.seq,
+            complete: true,
+            failure: None,
+        }
+    }
+}
+
+/// The error of an attempt whose output the journal at `path` could not record.
+fn journal_failure(path: &std::path::Path, e: &std::io::Error) -> String {
+    use std::io::ErrorKind;
+    let full = matches!(e.kind(), ErrorKind::StorageFull | ErrorKind::QuotaExceeded);
+    format!(
+        "cannot record the attempt's output in the journal {}: {e}{}",
+        path.display(),
+        if full {
+            "; the disk is full: free space on it (the attempt is retried, and its output was not kept)"
+        } else {
+            ""
+        }
+    )
 }
 
 /// Identifies the attempt the lines belong to.
@@ -284,11 +321,15 @@ pub struct Ids {
 /// Publishes the output of an attempt as it grows, until `ended` turns true (the compute can
 /// write no more) and everything was read. A quiet task is looked at less and less often (from
 /// the batch interval up to a second); output resets the pace.
+///
+/// When the output cannot be kept ([`LogSummary::failure`]) it stops at once and cancels
+/// `failed`, so that the attempt is ended rather than left running with its output unkept.
 pub(crate) async fn follow(
     rt: Arc<Runtime>,
     ids: Ids,
     mut tail: Tail,
     mut ended: watch::Receiver<bool>,
+    failed: tokio_util::sync::CancellationToken,
 ) -> LogSummary {
     let base = rt.config.log_batch_interval.max(Duration::from_millis(1));
     let mut pace = Backoff::new(base, MAX_POLL.max(base));
@@ -312,7 +353,12 @@ pub(crate) async fn follow(
                 }
                 complete
             }
-            Err(summary) => return summary,
+            Err(summary) => {
+                if summary.failure.is_some() {
+                    failed.cancel();
+                }
+                return summary;
+            }
         };
         if let Some(since) = draining {
             if !complete && since.elapsed() < DRAIN_LIMIT {
@@ -324,10 +370,7 @@ pub(crate) async fn follow(
                     "the compute's output did not arrive in full; reporting the attempt with what did"
                 );
             }
-            return LogSummary {
-                lines: tail.mark.seq,
-                complete: true,
-            };
+            return LogSummary::complete(&tail);
         }
     }
 }
@@ -340,10 +383,7 @@ pub(crate) async fn finish_recovered(
     tail: &mut Tail,
     numbered: &LogMark,
 ) -> LogSummary {
-    let incomplete = |tail: &Tail| LogSummary {
-        lines: tail.mark.seq,
-        complete: false,
-    };
+    let incomplete = LogSummary::incomplete;
     if numbered.seq > tail.mark.seq {
         let (lines, mark, _) = match tail.read_extent(numbered).await {
             Ok(x) => x,
@@ -387,10 +427,7 @@ pub(crate) async fn finish_recovered(
             Err(summary) => return summary,
         }
     }
-    LogSummary {
-        lines: tail.mark.seq,
-        complete: true,
-    }
+    LogSummary::complete(tail)
 }
 
 /// Publishes batches until the output holds no more complete lines. Returns the lines
@@ -399,15 +436,11 @@ async fn drain(rt: &Runtime, ids: &Ids, tail: &mut Tail) -> Result<(u64, bool), 
     let max = rt.config.log_batch_lines.max(1);
     let mut published = 0;
     loop {
-        let incomplete = |tail: &Tail| LogSummary {
-            lines: tail.mark.seq,
-            complete: false,
-        };
         let (lines, mark, complete) = match tail.read(max).await {
             Ok(x) => x,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the attempt's output");
-                return Err(incomplete(tail));
+                return Err(LogSummary::incomplete(tail));
             }
         };
         if lines.is_empty() {
@@ -415,12 +448,21 @@ async fn drain(rt: &Runtime, ids: &Ids, tail: &mut Tail) -> Result<(u64, bool), 
             return Ok((published, complete));
         }
         let n = lines.len() as u64;
+        // Lines published without their extent in the journal could not be published again
+        // under the same numbers after a crash, and a journal that cannot take this record
+        // cannot take the report either: the attempt ends here, loudly, rather than run on
+        // to a success whose output is not kept.
         if let Err(e) = rt.journal.record(&ids.attempt_id, Entry::Logs(mark.clone())) {
-            tracing::warn!(error = %e, "cannot record log progress; publishing anyway");
+            let failure = journal_failure(rt.journal.path(), &e);
+            tracing::error!(error = %failure, "cannot record log progress; ending the attempt");
+            return Err(LogSummary {
+                failure: Some(failure),
+                ..LogSummary::incomplete(tail)
+            });
         }
         if let Err(e) = publish(rt, ids, tail.mark.seq, lines).await {
             tracing::warn!(error = %e, lost_from_seq = tail.mark.seq, "cannot publish task logs");
-            return Err(incomplete(tail));
+            return Err(LogSummary::incomplete(tail));
         }
         tail.advance(mark);
         published += n;

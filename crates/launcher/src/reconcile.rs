@@ -8,7 +8,14 @@ use serde_json::Map;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-use crate::attempt::{conclude, publish_report, release, retrying, settle_pending, stop};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::attempt::{
+    cancelled, conclude, heartbeat, publish_report, release, retrying, settle_pending, sleep_until_or_never,
+    stop,
+};
 use crate::backend::{Compute, ComputeState, ShutdownPolicy, Task};
 use crate::journal::{Open, RunningRecord, Status};
 use crate::logs::{self, Ids, Tail};
@@ -20,7 +27,7 @@ use crate::runtime::Runtime;
 /// the end and the attempt reported lost. Reports written but not confirmed are published.
 /// Compute the journal does not know is stopped and released. Returns how many attempts were
 /// reported.
-pub(crate) async fn reconcile(rt: &Arc<Runtime>) -> usize {
+pub(crate) async fn reconcile(rt: &Arc<Runtime>) -> (usize, Vec<Adopted>) {
     let mut reports = JoinSet::new();
     let mut known = HashSet::new();
     for (id, open) in rt.journal.unfinished() {
@@ -28,7 +35,11 @@ pub(crate) async fn reconcile(rt: &Arc<Runtime>) -> usize {
             Status::Fresh | Status::Finished | Status::Tombstone(_) => {}
             Status::ResultPending(report) => {
                 tracing::info!(attempt_id = id, "publishing a report left unconfirmed");
-                reports.spawn(settle_pending(rt.clone(), *report, None));
+                let rt = rt.clone();
+                reports.spawn(async move {
+                    settle_pending(rt, *report, None).await;
+                    None
+                });
             }
             Status::Running(ref record) => {
                 let span = tracing::info_span!(
@@ -43,9 +54,12 @@ pub(crate) async fn reconcile(rt: &Arc<Runtime>) -> usize {
             }
         }
     }
-    let mut n = 0;
-    while reports.join_next().await.is_some() {
-        n += 1;
+    let (mut n, mut adopted) = (0, Vec::new());
+    while let Some(done) = reports.join_next().await {
+        match done {
+            Ok(Some(a)) => adopted.push(a),
+            _ => n += 1,
+        }
     }
     let backend = &*rt.backend;
     match retrying(&rt.stop, "listing the compute this launcher owns", move || {
@@ -64,11 +78,79 @@ pub(crate) async fn reconcile(rt: &Arc<Runtime>) -> usize {
             tracing::warn!(error = %e, "cannot list the compute this launcher owns; compute a previous run did not record may be left")
         }
     }
-    n
+    (n, adopted)
+}
+
+/// Compute of a previous run that runs on, adopted under [`ShutdownPolicy::Detach`]: the
+/// intake follows it like an attempt of its own ([`follow_adopted`]), so that the launcher
+/// serves new dispatches meanwhile.
+pub(crate) struct Adopted {
+    pub(crate) record: RunningRecord,
+    compute: Compute,
+    open: Open,
+}
+
+/// Follows adopted compute to its end, as an attempt of this run: heartbeats while it runs,
+/// its timeout, a cancel; then its output, outputs and true outcome. When the launcher stops,
+/// it is left running again.
+pub(crate) async fn follow_adopted(
+    rt: Arc<Runtime>,
+    adopted: Adopted,
+    mut cancel: watch::Receiver<Option<String>>,
+) {
+    let Adopted {
+        record,
+        compute,
+        open,
+    } = adopted;
+    let ids = Ids {
+        job_id: record.job_id.clone(),
+        task_id: record.task_id.clone(),
+        attempt_id: record.attempt_id.clone(),
+    };
+    let beat_stop = tokio_util::sync::CancellationToken::new();
+    let beats = tokio::spawn(heartbeat(
+        rt.clone(),
+        ids,
+        compute.clone(),
+        record.lease_ms.unwrap_or(ADOPTED_LEASE_MS),
+        beat_stop.clone(),
+    ));
+    let timeout = record.timeout_ms.map(Duration::from_millis);
+    let deadline = timeout.map(|t| {
+        let ran = Duration::from_millis((ferry_event::now_ms() - record.started_at_ms).max(0) as u64);
+        tokio::time::Instant::now() + t.saturating_sub(ran)
+    });
+    let ended = tokio::select! {
+        state = rt.backend.wait(&compute) => End::State(state.ok()),
+        limit = sleep_until_or_never(deadline, timeout) => End::Stopped(Outcome::TimedOut, format!("timed out after {limit:?}")),
+        error = cancelled(&mut cancel) => End::Stopped(Outcome::Cancelled, error),
+        _ = rt.stop.cancelled() => {
+            beat_stop.cancel();
+            let _ = beats.await;
+            tracing::info!(compute = %compute.name, "the launcher is stopping; leaving the adopted compute running");
+            return;
+        }
+    };
+    beat_stop.cancel();
+    let _ = beats.await;
+    finish(&rt, record, compute, &open, ended).await
+}
+
+/// The lease of adopted compute whose record does not say (written before it was kept).
+const ADOPTED_LEASE_MS: u64 = 30_000;
+
+/// How an attempt of a previous run ended.
+enum End {
+    /// On its own (or as far as can be told: `None`).
+    State(Option<ComputeState>),
+    /// Stopped by this run: timed out or cancelled, with the error.
+    Stopped(Outcome, String),
 }
 
 /// An attempt whose compute ran under a launcher that died.
-async fn recover(rt: Arc<Runtime>, record: RunningRecord, open: Open) {
+/// Returns the compute to follow on when it is adopted; else the attempt is settled here.
+async fn recover(rt: Arc<Runtime>, record: RunningRecord, open: Open) -> Option<Adopted> {
     let backend = &*rt.backend;
     let reserved = &record.compute;
     let found = retrying(&rt.stop, "looking for the compute", move || {
@@ -94,12 +176,15 @@ async fn recover(rt: Arc<Runtime>, record: RunningRecord, open: Open) {
     if started && rt.backend.shutdown_policy() == ShutdownPolicy::Detach {
         if let Some(state @ (ComputeState::Pending | ComputeState::Running)) = &state {
             tracing::info!(compute = %compute.name, ?state, "adopting the compute of an attempt a previous run started");
-            let c = &compute;
-            let ended = backend.wait(c).await;
-            return finish(&rt, record.clone(), compute.clone(), &open, ended.ok()).await;
+            return Some(Adopted {
+                record,
+                compute,
+                open,
+            });
         }
         if let Some(ComputeState::Exited(_)) = &state {
-            return finish(&rt, record.clone(), compute.clone(), &open, state).await;
+            finish(&rt, record.clone(), compute.clone(), &open, End::State(state)).await;
+            return None;
         }
     }
     let error = match &state {
@@ -114,7 +199,8 @@ async fn recover(rt: Arc<Runtime>, record: RunningRecord, open: Open) {
             "the launcher restarted while the attempt ran; its processes were stopped".to_string()
         }
         Some(ComputeState::Exited(_)) => {
-            return finish(&rt, record.clone(), compute.clone(), &open, state).await;
+            finish(&rt, record.clone(), compute.clone(), &open, End::State(state)).await;
+            return None;
         }
         Some(ComputeState::Vanished(why)) => {
             // What is left of it (what left its process group, say) goes too.
@@ -126,11 +212,10 @@ async fn recover(rt: Arc<Runtime>, record: RunningRecord, open: Open) {
             "the launcher restarted while the attempt ran; its compute is gone".to_string()
         }
     };
-    let Some(lines) = drain_logs(&rt, &record, &compute, &open).await else {
-        return;
-    };
+    let logs = drain_logs(&rt, &record, &compute, &open).await?;
+    let error = logs.failure.unwrap_or(error);
     let report = TaskFinished {
-        log_lines: lines,
+        log_lines: logs.lines,
         started_at_ms: (record.started_at_ms != 0).then_some(record.started_at_ms),
         ..TaskFinished::unreported(
             record.job_id,
@@ -144,6 +229,7 @@ async fn recover(rt: Arc<Runtime>, record: RunningRecord, open: Open) {
     };
     publish_report(&rt, report).await;
     release(&rt, &compute).await;
+    None
 }
 
 /// Publishes the rest of an attempt's output, from where the journal says the previous run
@@ -153,7 +239,7 @@ async fn drain_logs(
     record: &RunningRecord,
     compute: &Compute,
     open: &Open,
-) -> Option<u64> {
+) -> Option<logs::LogSummary> {
     let ids = Ids {
         job_id: record.job_id.clone(),
         task_id: record.task_id.clone(),
@@ -166,35 +252,37 @@ async fn drain_logs(
         rt.masker.clone(),
     );
     let logs = logs::finish_recovered(rt, &ids, &mut tail, &open.numbered).await;
-    if !logs.complete && rt.stop.is_cancelled() {
+    if !logs.complete && logs.failure.is_none() && rt.stop.is_cancelled() {
         tracing::warn!("stopping before the attempt's output was published; the next start goes on");
         return None;
     }
-    Some(logs.lines)
+    Some(logs)
 }
 
-/// An adopted attempt whose compute ended (`state`): its output to the end, its outputs, its
-/// true outcome.
-async fn finish(
-    rt: &Arc<Runtime>,
-    record: RunningRecord,
-    compute: Compute,
-    open: &Open,
-    state: Option<ComputeState>,
-) {
+/// An adopted attempt that ended (`end`): its output to the end, its outputs, its true
+/// outcome.
+async fn finish(rt: &Arc<Runtime>, record: RunningRecord, compute: Compute, open: &Open, end: End) {
     stop(rt, &compute).await;
-    let Some(lines) = drain_logs(rt, &record, &compute, open).await else {
+    let Some(logs) = drain_logs(rt, &record, &compute, open).await else {
         return;
     };
-    let (outcome, exit_code, error) = match state {
-        Some(ComputeState::Exited(exit)) if exit.succeeded() => (Outcome::Succeeded, exit.code, None),
-        Some(ComputeState::Exited(exit)) => (Outcome::Failed, exit.code, exit.error),
-        Some(ComputeState::Vanished(why)) => (Outcome::Lost, None, Some(why)),
+    let lines = logs.lines;
+    let (outcome, exit_code, error) = match end {
+        End::Stopped(outcome, error) => (outcome, None, Some(error)),
+        End::State(Some(ComputeState::Exited(exit))) if exit.succeeded() => {
+            (Outcome::Succeeded, exit.code, None)
+        }
+        End::State(Some(ComputeState::Exited(exit))) => (Outcome::Failed, exit.code, exit.error),
+        End::State(Some(ComputeState::Vanished(why))) => (Outcome::Lost, None, Some(why)),
         _ => (
             Outcome::Lost,
             None,
             Some("the launcher restarted while the attempt ran; its end could not be read".into()),
         ),
+    };
+    let (outcome, error) = match logs.failure {
+        Some(failure) => (Outcome::Lost, Some(failure)),
+        None => (outcome, error),
     };
     let report = TaskFinished {
         job_id: record.job_id.clone(),

@@ -86,9 +86,13 @@ pub async fn run(
         config,
     });
     let name = rt.backend.name();
-    let reconciled = reconcile::reconcile(&rt).await;
-    if reconciled > 0 {
-        tracing::info!(attempts = reconciled, "reconciled attempts of a previous run");
+    let (reconciled, adopted) = reconcile::reconcile(&rt).await;
+    if reconciled > 0 || !adopted.is_empty() {
+        tracing::info!(
+            attempts = reconciled,
+            adopted = adopted.len(),
+            "reconciled attempts of a previous run"
+        );
     }
     if stop.is_cancelled() {
         return Ok(());
@@ -114,6 +118,11 @@ pub async fn run(
     let cancel_reader = tokio::spawn(read_deliveries(cancels, tx, stop.clone()));
 
     let mut intake = Intake::new(rt.clone());
+    // Compute a previous run left running is followed like an attempt of this run: it takes
+    // its place in the in-flight window, hears cancels, and sends heartbeats.
+    for a in adopted {
+        intake.adopt(a);
+    }
     let result = loop {
         tokio::select! {
             _ = stop.cancelled() => break Ok(()),

@@ -2,152 +2,22 @@
 //! runtime leaves it running when it stops (`ShutdownPolicy::Detach`) and the next start adopts
 //! it with its true outcome, its whole output once and its outputs.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+mod double;
+
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use async_trait::async_trait;
+use double::{BACKEND, Platform, Remote};
 use ferry_bus::{Bus, MemoryBus, Subscribe, Subscription};
-use ferry_event::payload::{Outcome, Stream, TaskDispatched, TaskFinished, TaskLog};
+use ferry_event::payload::{Outcome, TaskDispatched, TaskFinished, TaskLog};
 use ferry_event::template::Template;
 use ferry_event::{AttributesReader, EventBuilder, Topic, kind};
-use ferry_launcher::backend::{
-    AttemptError, Backend, BackendResult, Collected, Compute, ComputeState, Exit, LogPosition, LogRead,
-    ShutdownPolicy, Task,
-};
 use ferry_launcher::journal::{Journal, Status};
 use ferry_launcher::{Config, Secrets};
 use tokio_util::sync::CancellationToken;
 
-const BACKEND: &str = "remote";
 const WAIT: Duration = Duration::from_secs(20);
-
-/// One container of the platform.
-#[derive(Debug, Default)]
-struct Container {
-    stdout: Vec<u8>,
-    exit: Option<i32>,
-    stopped: bool,
-}
-
-/// A platform that keeps its compute whatever happens to the launcher, reached by name.
-#[derive(Debug, Default)]
-struct Platform {
-    containers: Mutex<HashMap<String, Container>>,
-    released: Mutex<Vec<String>>,
-}
-
-impl Platform {
-    fn with<T>(&self, name: &str, f: impl FnOnce(&mut Container) -> T) -> BackendResult<T> {
-        let mut all = self.containers.lock().unwrap();
-        let c = all
-            .get_mut(name)
-            .ok_or_else(|| AttemptError::Platform(format!("no container {name}")))?;
-        Ok(f(c))
-    }
-}
-
-/// The backend: a handle is the container's name again, as a remote API would give an id.
-struct Remote(Arc<Platform>);
-
-#[async_trait]
-impl Backend for Remote {
-    fn name(&self) -> &'static str {
-        BACKEND
-    }
-
-    fn shutdown_policy(&self) -> ShutdownPolicy {
-        ShutdownPolicy::Detach
-    }
-
-    fn check(&self, _: &TaskDispatched) -> BackendResult<()> {
-        Ok(())
-    }
-
-    async fn create(&self, _: Task<'_>, reserved: Compute) -> BackendResult<Compute> {
-        let mut all = self.0.containers.lock().unwrap();
-        // Look before create: what exists is adopted.
-        all.entry(reserved.name.clone()).or_default();
-        Compute::with_handle(reserved.name.clone(), &serde_json::json!({"id": reserved.name}))
-    }
-
-    async fn find(&self, reserved: &Compute) -> BackendResult<Option<Compute>> {
-        let exists = self.0.containers.lock().unwrap().contains_key(&reserved.name);
-        Ok(exists.then(|| reserved.clone()))
-    }
-
-    async fn status(&self, compute: &Compute) -> BackendResult<ComputeState> {
-        self.0.with(&compute.name, |c| match c.exit {
-            None => ComputeState::Running,
-            Some(code) => ComputeState::Exited(Exit {
-                code: Some(code),
-                error: (code != 0).then(|| format!("exited with status {code}")),
-                reason: None,
-            }),
-        })
-    }
-
-    async fn wait(&self, compute: &Compute) -> BackendResult<ComputeState> {
-        loop {
-            match self.status(compute).await? {
-                ComputeState::Running => tokio::time::sleep(Duration::from_millis(10)).await,
-                ended => return Ok(ended),
-            }
-        }
-    }
-
-    async fn read_logs(
-        &self,
-        compute: &Compute,
-        stream: Stream,
-        from: &LogPosition,
-        max_bytes: usize,
-    ) -> BackendResult<LogRead> {
-        self.0.with(&compute.name, |c| {
-            let all: &[u8] = match stream {
-                Stream::Stdout => &c.stdout,
-                Stream::Stderr => &[],
-            };
-            let at = match stream {
-                Stream::Stdout => from.stdout as usize,
-                Stream::Stderr => from.stderr as usize,
-            }
-            .min(all.len());
-            let bytes: Vec<u8> = all[at..].iter().take(max_bytes).copied().collect();
-            LogRead {
-                complete: c.exit.is_some() && at + bytes.len() == all.len(),
-                cursor: serde_json::json!({"since": at + bytes.len()}),
-                bytes,
-            }
-        })
-    }
-
-    async fn stop(&self, compute: &Compute, _: Duration) -> BackendResult<()> {
-        self.0.with(&compute.name, |c| {
-            c.stopped = true;
-            c.exit.get_or_insert(143);
-        })
-    }
-
-    async fn collect(&self, _: &Compute, _: Task<'_>) -> BackendResult<Collected> {
-        Ok(Collected {
-            outputs: Some(br#"{"rows": 2}"#.to_vec()),
-            files: Vec::new(),
-        })
-    }
-
-    async fn release(&self, compute: &Compute) -> BackendResult<()> {
-        self.0.containers.lock().unwrap().remove(&compute.name);
-        self.0.released.lock().unwrap().push(compute.name.clone());
-        Ok(())
-    }
-
-    async fn list_owned(&self) -> BackendResult<Vec<Compute>> {
-        let all = self.0.containers.lock().unwrap();
-        Ok(all.keys().map(|n| Compute::named(n.clone())).collect())
-    }
-}
 
 fn config() -> Config {
     Config {
@@ -193,7 +63,7 @@ fn start(
     let handle = tokio::spawn(ferry_launcher::run(
         config(),
         journal,
-        Arc::new(Remote(platform.clone())),
+        Arc::new(Remote::detached(platform.clone())),
         Arc::new(bus.clone()),
         shutdown.clone(),
     ));
@@ -266,6 +136,7 @@ async fn detached_compute_runs_on_and_is_adopted_with_its_true_outcome() -> Resu
             "detached compute was stopped: {c:?}"
         );
         c.stdout.extend(b"two\n");
+        c.outputs = Some(br#"{"rows": 2}"#.to_vec());
         c.exit = Some(0);
     })?;
     assert!(matches!(

@@ -104,6 +104,29 @@ impl Local {
     }
 }
 
+/// Below this much free space, the disk of a slot counts as full.
+const DISK_FULL_BYTES: u64 = 64 * 1024;
+
+impl Local {
+    /// Why the attempt's output may be cut short, if the disk of its slot is full: the task
+    /// writes its output to files there, and a write that fails for want of space fails in
+    /// the task (which may then fail, or succeed without its output). Either way it is the
+    /// platform's fault, not the task's.
+    fn disk_full(&self, compute: &Compute) -> Option<String> {
+        let h: Handle = compute.handle_as().ok()?;
+        let dir = self.0.slots.dir(h.slot);
+        let stat = nix::sys::statvfs::statvfs(dir.root()).ok()?;
+        let free = stat.blocks_free() as u64 * stat.fragment_size() as u64;
+        (free < DISK_FULL_BYTES).then(|| {
+            format!(
+                "the attempt's output could not be kept in {}: the disk is full ({free} bytes free); \
+                 free space on it (the attempt is retried, its output was cut short)",
+                dir.root().display()
+            )
+        })
+    }
+}
+
 /// The attempt id a compute is named after.
 fn attempt_of(compute: &Compute) -> &str {
     compute.name.strip_prefix("ferry-").unwrap_or(&compute.name)
@@ -292,9 +315,13 @@ impl Backend for Local {
     async fn status(&self, compute: &Compute) -> BackendResult<ComputeState> {
         let exit = self.live().get(&compute.name).and_then(|l| l.exit.clone());
         if let Some(exit) = exit {
-            return Ok(match &*exit.borrow() {
+            let ended = exit.borrow().clone();
+            return Ok(match ended {
                 None => ComputeState::Running,
-                Some(Ok(status)) => ComputeState::Exited(describe(*status)),
+                Some(Ok(status)) => match self.disk_full(compute) {
+                    Some(full) => ComputeState::Vanished(full),
+                    None => ComputeState::Exited(describe(status)),
+                },
                 Some(Err(e)) => ComputeState::Vanished(format!("cannot wait for the process: {e}")),
             });
         }

@@ -331,6 +331,37 @@ pub async fn run(config: Config, bus: Arc<dyn Bus>, shutdown: CancellationToken)
         what: format!("cannot read the journal in {}", config.data_dir.display()),
         source,
     })?;
+    let local = open_backend(&config, artifact_dir, run_as, &journal).await?;
+    let result = ferry_launcher::run(config.runtime(), journal, Arc::new(local.clone()), bus, shutdown).await;
+    local.contain().remove();
+    tracing::info!("local launcher stopped");
+    result
+}
+
+/// The local backend of `config`, over `journal` (the journal of its data directory), for a
+/// caller that runs the launcher runtime itself: the conformance suite starts and crashes
+/// launchers this way. [`run`] is the service.
+pub async fn backend(config: Config, journal: &Journal) -> Result<Arc<dyn ferry_launcher::Backend>> {
+    let (
+        config,
+        Resolved {
+            artifacts: artifact_dir,
+            run_as,
+        },
+    ) = config.resolve()?;
+    Ok(Arc::new(
+        open_backend(&config, artifact_dir, run_as, journal).await?,
+    ))
+}
+
+/// Opens the slots (those the journal holds running stay as they are, the others are
+/// emptied) and makes the backend on them.
+async fn open_backend(
+    config: &Config,
+    artifact_dir: PathBuf,
+    run_as: Option<RunAs>,
+    journal: &Journal,
+) -> Result<Local> {
     let busy: Vec<u32> = journal
         .unfinished()
         .iter()
@@ -367,9 +398,5 @@ pub async fn run(config: Config, bus: Arc<dyn Bus>, shutdown: CancellationToken)
         containment = %contain.describe(),
         "local launcher starting"
     );
-    let local = Local::new(slots, contain, owner, base_env, artifact_dir);
-    let result = ferry_launcher::run(config.runtime(), journal, Arc::new(local.clone()), bus, shutdown).await;
-    local.contain().remove();
-    tracing::info!("local launcher stopped");
-    result
+    Ok(Local::new(slots, contain, owner, base_env, artifact_dir))
 }

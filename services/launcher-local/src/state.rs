@@ -98,6 +98,8 @@ impl From<RunningRecord> for journal::RunningRecord {
             attempt: r.attempt,
             started_at_ms: r.started_at_ms,
             output_files: Vec::new(),
+            lease_ms: None,
+            timeout_ms: None,
         }
     }
 }

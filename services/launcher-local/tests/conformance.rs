@@ -1,0 +1,103 @@
+//! The launcher conformance suite against the local backend: real processes in slots, their
+//! output in files, on the in-memory bus.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use ferry_event::payload::{Resources, Runner};
+use ferry_event::template::Template;
+use ferry_launcher::Backend;
+use ferry_launcher::conformance::{Program, Target};
+use ferry_launcher::journal::Journal;
+use ferry_launcher_local::{Config, Secrets};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::{Pid, getpgid};
+
+struct Local;
+
+/// The processes whose environment names an attempt (`FERRY_ATTEMPT_ID`), and that attempt.
+fn attempt_processes() -> Vec<(i32, String)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for entry in dir.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        // A zombie has exited: nothing of it runs, only its parent has not reaped it yet.
+        let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| rest.starts_with('Z')))
+            .unwrap_or(true);
+        if zombie {
+            continue;
+        }
+        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        if let Some(id) = environ
+            .split(|b| *b == 0)
+            .find_map(|var| var.strip_prefix(b"FERRY_ATTEMPT_ID="))
+        {
+            found.push((pid, String::from_utf8_lossy(id).into_owned()));
+        }
+    }
+    found
+}
+
+#[async_trait]
+impl Target for Local {
+    fn name(&self) -> &'static str {
+        ferry_launcher_local::BACKEND
+    }
+
+    async fn backend(&self, data_dir: &Path, journal: &Journal) -> Arc<dyn Backend> {
+        let mut config = Config::new(data_dir);
+        config.secrets = Secrets::new();
+        // Containment in cgroups has tests of its own (launcher.rs); here every launcher start
+        // would leave a cgroup behind, since the suite crashes launchers on purpose.
+        config.cgroups = false;
+        ferry_launcher_local::backend(config, journal)
+            .await
+            .expect("the local backend opens")
+    }
+
+    fn command(&self, program: &Program) -> (Runner, Vec<Template>) {
+        let command = ["sh", "-c", &program.sh()].map(Template::text).to_vec();
+        (Runner::default(), command)
+    }
+
+    fn refused(&self) -> Option<(Resources, &'static str)> {
+        let gpu = Resources {
+            gpu: Some(1),
+            ..Resources::default()
+        };
+        Some((gpu, "resources.gpu"))
+    }
+
+    async fn leftovers(&self, _: &Path) -> Vec<String> {
+        attempt_processes()
+            .into_iter()
+            .map(|(pid, id)| format!("ferry-{id} (pid {pid})"))
+            .collect()
+    }
+
+    async fn kill(&self, attempt_id: &str) -> Result<(), String> {
+        let groups: Vec<Pid> = attempt_processes()
+            .into_iter()
+            .filter(|(_, id)| id == attempt_id)
+            .filter_map(|(pid, _)| getpgid(Some(Pid::from_raw(pid))).ok())
+            .collect();
+        if groups.is_empty() {
+            return Err(format!("no process of attempt {attempt_id} runs"));
+        }
+        for pgid in groups {
+            killpg(pgid, Signal::SIGKILL).map_err(|e| format!("cannot kill group {pgid}: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+ferry_launcher::launcher_conformance!(async { Arc::new(Local) });
