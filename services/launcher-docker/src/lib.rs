@@ -15,12 +15,16 @@
 //! Errors say whose fault they are ([`Error::is_task_fault`]): a missing image or a refused
 //! request fails the attempt, an engine that cannot be reached loses it.
 
+pub mod backend;
 pub mod engine;
 pub mod error;
 pub mod files;
 pub mod logs;
+mod service;
 pub mod spec;
 
+pub use backend::{BACKEND, Docker, Handle};
+pub use service::{Config, connect, run};
 pub use engine::{ContainerEvent, ContainerStatus, Created, DEFAULT_HOST, Engine, Owned, State};
 pub use error::{Error, Result};
 pub use files::{Collected, CollectedFile, InputFile, Limits, Skipped};
