@@ -163,7 +163,7 @@ fn exit(code: i64, oom_killed: bool, engine_error: Option<&str>) -> Exit {
         return Exit {
             code: Some(code32),
             error: Some(format!(
-                "killed for exceeding its memory limit (resources.memory); exited with status {code}"
+                "OOMKilled: killed for exceeding its memory limit (resources.memory); exited with status {code}"
             )),
             reason: Some("OOMKilled".into()),
         };
@@ -188,7 +188,7 @@ pub fn attempt_error(e: Error) -> AttemptError {
     }
     match e {
         Error::NoEngine { .. } | Error::Unreachable { .. } => AttemptError::Unavailable(e.to_string()),
-        Error::Engine { status, .. } if status == 503 => AttemptError::Unavailable(e.to_string()),
+        Error::Engine { status: 503, .. } => AttemptError::Unavailable(e.to_string()),
         other => AttemptError::Platform(other.to_string()),
     }
 }
@@ -211,7 +211,10 @@ fn base_spec(d: &TaskDispatched, launcher: &str) -> BackendResult<ContainerSpec>
     let task = |m: String| AttemptError::Task(m);
     let working_dir = r.working_dir.as_deref().unwrap_or(DEFAULT_WORKING_DIR);
     let trimmed = working_dir.trim_end_matches('/');
-    if !trimmed.starts_with('/') || trimmed.split('/').any(|c| c == "." || c == "..") || trimmed == OUTPUTS_DIR {
+    if !trimmed.starts_with('/')
+        || trimmed.split('/').any(|c| c == "." || c == "..")
+        || trimmed == OUTPUTS_DIR
+    {
         return Err(task(format!(
             "runner.workingDir `{working_dir}` must be an absolute path below `/`, without `.` or `..`, \
              and not {OUTPUTS_DIR}"
@@ -266,7 +269,11 @@ fn base_spec(d: &TaskDispatched, launcher: &str) -> BackendResult<ContainerSpec>
             .collect(),
         cpu: d.resources.cpu,
         memory_bytes,
-        gpus: d.resources.gpu.filter(|n| *n > 0).map(|count| Gpus { count, kind: None }),
+        gpus: d
+            .resources
+            .gpu
+            .filter(|n| *n > 0)
+            .map(|count| Gpus { count, kind: None }),
     };
     spec.check().map_err(|e| {
         // The spec names fields as the runner does; mounts are runner parameters.
@@ -303,12 +310,17 @@ impl Backend for Docker {
         let engine = self.engine()?;
         let d = task.dispatch;
         let mut spec = base_spec(d, &self.0.launcher)?;
-        let work_dir = spec.working_dir.clone().unwrap_or_else(|| DEFAULT_WORKING_DIR.into());
+        let work_dir = spec
+            .working_dir
+            .clone()
+            .unwrap_or_else(|| DEFAULT_WORKING_DIR.into());
         for (i, t) in d.command.iter().enumerate() {
-            spec.command.push(task.fill(t, &format!("command[{i}]"), &work_dir)?);
+            spec.command
+                .push(task.fill(t, &format!("command[{i}]"), &work_dir)?);
         }
         for (name, t) in &d.env {
-            spec.env.push((name.clone(), task.fill(t, &format!("env.{name}"), &work_dir)?));
+            spec.env
+                .push((name.clone(), task.fill(t, &format!("env.{name}"), &work_dir)?));
         }
         spec.env.extend([
             ("FERRY_JOB_ID".to_string(), d.job_id.clone()),
@@ -321,7 +333,9 @@ impl Backend for Docker {
         for (path, t) in &d.input_files {
             inputs.push(InputFile {
                 path: path.clone(),
-                contents: task.fill(t, &format!("inputFiles.{path}"), &work_dir)?.into_bytes(),
+                contents: task
+                    .fill(t, &format!("inputFiles.{path}"), &work_dir)?
+                    .into_bytes(),
             });
         }
         let created = engine.create_or_adopt(&spec).await.map_err(attempt_error)?;
@@ -367,11 +381,7 @@ impl Backend for Docker {
     }
 
     async fn status(&self, compute: &Compute) -> BackendResult<ComputeState> {
-        let found = self
-            .engine()?
-            .find(&compute.name)
-            .await
-            .map_err(attempt_error)?;
+        let found = self.engine()?.find(&compute.name).await.map_err(attempt_error)?;
         Ok(self.state_of(&compute.name, found))
     }
 
@@ -469,7 +479,10 @@ impl Backend for Docker {
             .join(&d.task_id)
             .join(&d.attempt_id);
         tokio::fs::create_dir_all(&dest).await.map_err(|e| {
-            AttemptError::Platform(format!("cannot create the artifact directory {}: {e}", dest.display()))
+            AttemptError::Platform(format!(
+                "cannot create the artifact directory {}: {e}",
+                dest.display()
+            ))
         })?;
         let collected = engine
             .collect_files(&compute.name, &work_dir, &d.output_files, &dest, self.0.limits)
@@ -505,10 +518,7 @@ impl Backend for Docker {
         let Ok(engine) = &self.0.engine else {
             return Ok(Vec::new());
         };
-        let owned = engine
-            .list_owned(&self.0.launcher)
-            .await
-            .map_err(attempt_error)?;
+        let owned = engine.list_owned(&self.0.launcher).await.map_err(attempt_error)?;
         owned
             .into_iter()
             .map(|o| {
@@ -622,7 +632,14 @@ impl LogBuffer {
     }
 
     /// Reads entries from the engine until stream `i` has `want` bytes or the log's end.
-    async fn fetch(&mut self, engine: &Engine, name: &str, ended: bool, i: usize, want: usize) -> BackendResult<()> {
+    async fn fetch(
+        &mut self,
+        engine: &Engine,
+        name: &str,
+        ended: bool,
+        i: usize,
+        want: usize,
+    ) -> BackendResult<()> {
         if !ended && self.drained_at.is_some_and(|t| t.elapsed() < REREAD_AFTER) {
             return Ok(());
         }
@@ -721,7 +738,10 @@ mod tests {
     #[test]
     fn marks_never_pass_what_the_runtime_has_read() {
         let mut b = LogBuffer::resume(&LogPosition::default());
-        feed(&mut b, &[(0, "out1", false), (1, "err1", false), (0, "out2", false)]);
+        feed(
+            &mut b,
+            &[(0, "out1", false), (1, "err1", false), (0, "out2", false)],
+        );
         // Reading stdout from the start: only the start is a safe mark (stderr is at 0).
         let r = b.read(0, &position(0, 0, None), 1024);
         assert_eq!(r.bytes, b"out1\nout2\n");
@@ -743,7 +763,10 @@ mod tests {
     #[test]
     fn partial_entries_join_and_a_resume_starts_at_its_mark() {
         let mut b = LogBuffer::resume(&LogPosition::default());
-        feed(&mut b, &[(0, "long ", true), (0, "line", false), (0, "no newline", true)]);
+        feed(
+            &mut b,
+            &[(0, "long ", true), (0, "line", false), (0, "no newline", true)],
+        );
         let r = b.read(0, &position(0, 0, None), 1024);
         assert_eq!(r.bytes, b"long line\nno newline");
         let mark = Mark {
@@ -770,7 +793,10 @@ mod tests {
             stderr: 4,
         };
         let v = serde_json::to_value(m).unwrap();
-        assert_eq!(v, serde_json::json!({"at": "1796540000:3", "stdout": 10, "stderr": 4}));
+        assert_eq!(
+            v,
+            serde_json::json!({"at": "1796540000:3", "stdout": 10, "stderr": 4})
+        );
         assert_eq!(serde_json::from_value::<Mark>(v).unwrap(), m);
     }
 
@@ -781,7 +807,10 @@ mod tests {
         assert_eq!(oom.reason.as_deref(), Some("OOMKilled"));
         assert_eq!(oom.code, Some(137));
         assert!(oom.error.unwrap().contains("resources.memory"));
-        assert_eq!(exit(3, false, None).error.as_deref(), Some("exited with status 3"));
+        assert_eq!(
+            exit(3, false, None).error.as_deref(),
+            Some("exited with status 3")
+        );
     }
 
     fn dispatch(runner: Runner) -> TaskDispatched {

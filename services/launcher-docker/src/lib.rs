@@ -24,9 +24,9 @@ mod service;
 pub mod spec;
 
 pub use backend::{BACKEND, Docker, Handle};
-pub use service::{Config, connect, run};
 pub use engine::{ContainerEvent, ContainerStatus, Created, DEFAULT_HOST, Engine, Owned, State};
 pub use error::{Error, Result};
 pub use files::{Collected, CollectedFile, InputFile, Limits, Skipped};
 pub use logs::{LogCursor, LogEntry, LogStream};
+pub use service::{Config, connect, run};
 pub use spec::{Attempt, ContainerSpec, Gpus, Mount, PullPolicy, container_name};

@@ -366,7 +366,10 @@ mod tests {
         assert_eq!(Attempt::from_labels(&s.labels()), Some(s.attempt.clone()));
         assert_eq!(s.labels()[LABEL_LAUNCHER], "l1");
         assert_eq!(s.labels()[LABEL_FLOW], "nightly");
-        assert!(!s.labels().contains_key(LABEL_NAMESPACE), "no namespace, no label");
+        assert!(
+            !s.labels().contains_key(LABEL_NAMESPACE),
+            "no namespace, no label"
+        );
         assert_eq!(Attempt::from_labels(&HashMap::new()), None);
     }
 }
