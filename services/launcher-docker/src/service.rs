@@ -150,7 +150,7 @@ pub async fn run(mut config: Config, bus: Arc<dyn Bus>, shutdown: CancellationTo
         }
         Err(e) if config.require_engine => return Err(Error::Config(e.to_string())),
         Err(e) => {
-            tracing::warn!(error = %e, "no Docker engine: runner: docker tasks fail");
+            tracing::info!(error = %e, "no Docker engine: runner: docker tasks fail");
             Docker::without_engine(e.to_string(), artifacts)
         }
     };
