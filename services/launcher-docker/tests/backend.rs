@@ -518,3 +518,22 @@ async fn secrets_are_filled_and_masked() -> Result<()> {
     assert_eq!(texts(&h.lines(&d.attempt_id).await?), ["token=****", "file:****"]);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_container_the_journal_does_not_know_is_stopped_and_removed_on_start() -> Result<()> {
+    let mut h = Harness::start().await?;
+    h.crash().await;
+    // What a launcher killed between creating a container and journaling it leaves behind.
+    let id = std::fs::read_to_string(h.data_dir.join("docker-launcher-id"))?;
+    let scope = common::Scope {
+        engine: h.engine.clone(),
+        launcher: id.trim().to_string(),
+    };
+    let spec = scope.spec(&["sleep", "60"]);
+    scope.run(&spec).await;
+    assert_eq!(h.owned().await?.len(), 1);
+    h.launch().await?;
+    // Reconciling ends before the launcher subscribes, which `launch` waited for.
+    assert!(h.owned().await?.is_empty(), "the unknown container is removed");
+    Ok(())
+}
