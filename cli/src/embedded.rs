@@ -79,6 +79,8 @@ impl Embedded {
             let mut docker = ferry_launcher_docker::Config::new(crate::launchers::docker_data_dir(&data_dir));
             docker.artifact_dir = Some(data_dir.join("artifacts"));
             docker.require_engine = false;
+            // The job ends with `ferry run`: nothing may outlive it, as with local processes.
+            docker.detach = false;
             docker.kill_grace = opts.kill_grace;
             docker.max_parallel = opts.max_parallel;
             plan.launchers.push(Launcher::Docker(docker));

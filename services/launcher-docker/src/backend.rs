@@ -83,6 +83,9 @@ struct Inner {
     /// Where output files are copied, as `<job>/<task>/<attempt>/<path>`.
     artifact_dir: PathBuf,
     limits: Limits,
+    /// What happens to running containers when the launcher stops: [`ShutdownPolicy::Detach`]
+    /// unless [`Docker::kill_on_shutdown`] was asked for.
+    shutdown: ShutdownPolicy,
     live: Mutex<HashMap<String, Arc<Live>>>,
 }
 
@@ -112,8 +115,20 @@ impl Docker {
             launcher,
             artifact_dir,
             limits: Limits::default(),
+            shutdown: ShutdownPolicy::Detach,
             live: Mutex::new(HashMap::new()),
         }))
+    }
+
+    /// Stops every running container when the launcher stops, reporting its attempt `lost`,
+    /// rather than leaving it to the next start: for a launcher whose jobs end with it
+    /// (`ferry run`). Call before the backend is shared.
+    pub fn kill_on_shutdown(mut self) -> Docker {
+        match Arc::get_mut(&mut self.0) {
+            Some(inner) => inner.shutdown = ShutdownPolicy::Kill,
+            None => debug_assert!(false, "kill_on_shutdown on a backend already shared"),
+        }
+        self
     }
 
     fn engine(&self) -> BackendResult<&Engine> {
@@ -294,7 +309,7 @@ impl Backend for Docker {
     }
 
     fn shutdown_policy(&self) -> ShutdownPolicy {
-        ShutdownPolicy::Detach
+        self.0.shutdown
     }
 
     fn compute_name(&self, attempt_id: &str) -> String {

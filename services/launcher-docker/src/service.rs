@@ -29,6 +29,10 @@ pub struct Config {
     /// When no engine answers: fail to start (true), or run and fail every attempt with why
     /// (false: `ferry run`, where a `runner: docker` task must end, not wait).
     pub require_engine: bool,
+    /// Leave containers running when the launcher stops, for the next start to adopt (the
+    /// default); when false they are stopped and their attempts reported `lost` (`ferry run`,
+    /// whose job ends with it).
+    pub detach: bool,
     /// Attempts running at once, and the subscription's prefetch.
     pub max_parallel: usize,
     /// Time a stopped container gets between SIGTERM and SIGKILL.
@@ -57,6 +61,7 @@ impl Config {
             artifact_dir: None,
             docker_host: None,
             require_engine: true,
+            detach: true,
             max_parallel: 64,
             kill_grace: Duration::from_secs(10),
             log_batch_lines: 256,
@@ -153,6 +158,11 @@ pub async fn run(mut config: Config, bus: Arc<dyn Bus>, shutdown: CancellationTo
             tracing::info!(error = %e, "no Docker engine: runner: docker tasks fail");
             Docker::without_engine(e.to_string(), artifacts)
         }
+    };
+    let backend = if config.detach {
+        backend
+    } else {
+        backend.kill_on_shutdown()
     };
     let journal = Journal::open(&data_dir).map_err(|source| Error::Io {
         what: format!("cannot read the journal in {}", data_dir.display()),

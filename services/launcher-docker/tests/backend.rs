@@ -40,6 +40,8 @@ struct Harness {
     handle: Option<JoinHandle<ferry_launcher::Result<()>>>,
     events: EventBuilder,
     secrets: Secrets,
+    /// The launcher leaves containers running when it stops.
+    detach: bool,
 }
 
 impl Harness {
@@ -74,6 +76,7 @@ impl Harness {
             handle: None,
             events: EventBuilder::new("ferry/scheduler/test"),
             secrets,
+            detach: true,
         };
         h.launch().await?;
         Ok(h)
@@ -84,6 +87,7 @@ impl Harness {
         let mut config = Config::new(&self.data_dir);
         config.secrets = self.secrets.clone();
         config.secrets_file = None;
+        config.detach = self.detach;
         config.kill_grace = Duration::from_secs(1);
         config.source = "ferry/launcher-docker/test".into();
         config.group = GROUP.into();
@@ -535,5 +539,23 @@ async fn a_container_the_journal_does_not_know_is_stopped_and_removed_on_start()
     h.launch().await?;
     // Reconciling ends before the launcher subscribes, which `launch` waited for.
     assert!(h.owned().await?.is_empty(), "the unknown container is removed");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_launcher_that_does_not_detach_stops_its_containers_when_it_stops() -> Result<()> {
+    let mut h = Harness::start().await?;
+    h.crash().await;
+    h.detach = false;
+    h.launch().await?;
+    let d = task("echo begun; sleep 60");
+    h.dispatch(&d).await?;
+    h.expect(kind::TASK_STARTED, &d.attempt_id).await?;
+    h.shutdown.cancel();
+    let stopped = h.handle.take().context("running")?;
+    tokio::time::timeout(WAIT, stopped).await???;
+    let f = h.finished(&d.attempt_id).await?;
+    assert_eq!(f.outcome, Outcome::Lost, "{f:?}");
+    assert!(h.owned().await?.is_empty(), "nothing outlives the launcher");
     Ok(())
 }
