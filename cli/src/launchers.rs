@@ -135,9 +135,17 @@ pub fn enabled(backend: &str) -> bool {
 /// `ferry up` decides to serve docker tasks. The error says why not.
 #[cfg(feature = "docker")]
 pub async fn docker_engine(host: Option<&str>) -> Result<String, String> {
-    match ferry_launcher_docker::connect(host).await {
-        Ok(engine) => Ok(engine.host().to_string()),
-        Err(e) => Err(e.to_string()),
+    // An address that swallows packets must not hold `ferry up` back for long.
+    let wait = std::time::Duration::from_secs(5);
+    match tokio::time::timeout(wait, ferry_launcher_docker::connect(host)).await {
+        Ok(Ok(engine)) => Ok(engine.host().to_string()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!(
+            "the Docker engine at {} did not answer within {wait:?}",
+            host.map(String::from)
+                .or_else(|| std::env::var("DOCKER_HOST").ok())
+                .unwrap_or_else(|| ferry_launcher_docker::DEFAULT_HOST.to_string())
+        )),
     }
 }
 
