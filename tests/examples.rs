@@ -244,3 +244,90 @@ fn ctrl_c_cancels_the_job_and_leaves_no_process_behind() {
         assert!(!alive(pid), "process {pid} outlived ferry");
     }
 }
+
+/// The docker example with its image replaced by the test image (there is no registry here),
+/// and its runner type replaced by `runner` (with its defaults).
+fn docker_example(dir: &std::path::Path, runner: &str) -> std::path::PathBuf {
+    let image = std::env::var("FERRY_TEST_DOCKER_IMAGE").expect(
+        "FERRY_TEST_DOCKER_IMAGE is not set: run ./scripts/test.sh, which starts a private dockerd and builds it",
+    );
+    let flow = std::fs::read_to_string(example("docker.yaml"))
+        .unwrap()
+        .replace("busybox:1.36", &image)
+        .replace("runner: docker", &format!("runner: {runner}"))
+        .replace("  docker: {", &format!("  {runner}: {{"));
+    let path = dir.join("docker.yaml");
+    std::fs::write(&path, flow).unwrap();
+    path
+}
+
+fn assert_docker_example_ran(ran: &Ran) {
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    assert_eq!(ran.lines_of("count"), ["counted 5 words in /ferry"]);
+    assert_eq!(ran.lines_of("report"), ["the first task counted 5 words"]);
+    let row = ran.row("count");
+    assert!(row.iter().any(|c| c == "words=5"), "{row:?}");
+    let stored = row
+        .iter()
+        .find_map(|c| c.strip_prefix("file://"))
+        .unwrap_or_else(|| panic!("no output file: {row:?}"));
+    assert_eq!(
+        std::fs::read_to_string(stored).unwrap(),
+        "HELLO FERRY FROM A CONTAINER\n"
+    );
+}
+
+#[test]
+fn docker_runs_in_containers_and_passes_outputs_along() {
+    let dir = tempfile::tempdir().unwrap();
+    let flow = docker_example(dir.path(), "docker");
+    let data = dir.path().join("data");
+    // The test image is imported, never pulled.
+    let flow_text = std::fs::read_to_string(&flow)
+        .unwrap()
+        .replace("network: none", "network: none, pullPolicy: never");
+    std::fs::write(&flow, flow_text).unwrap();
+    let ran = run(&flow, &data, &["--input", "name=ferry"]);
+    assert_docker_example_ran(&ran);
+}
+
+#[test]
+fn kubernetes_tasks_run_on_local_docker_with_runner_docker() {
+    let dir = tempfile::tempdir().unwrap();
+    let flow = docker_example(dir.path(), "kubernetes");
+    // Kubernetes takes no network: the image alone carries over.
+    let flow_text = std::fs::read_to_string(&flow)
+        .unwrap()
+        .replace(", network: none", "");
+    std::fs::write(&flow, flow_text).unwrap();
+    let ran = run(
+        &flow,
+        &dir.path().join("data"),
+        &["--input", "name=ferry", "--runner", "docker"],
+    );
+    assert_docker_example_ran(&ran);
+}
+
+#[test]
+fn without_a_docker_engine_a_docker_task_fails_saying_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let flow = docker_example(dir.path(), "docker");
+    let mut c = ferry();
+    c.env(
+        "DOCKER_HOST",
+        format!("unix://{}/no-engine.sock", dir.path().display()),
+    )
+    .arg("run")
+    .arg(&flow)
+    .arg("--data-dir")
+    .arg(dir.path().join("data"));
+    let started = Instant::now();
+    let ran = output(c);
+    assert_eq!(ran.code, 1, "{}", ran.stderr);
+    assert!(
+        ran.stderr.contains("count failed: no Docker engine at unix://"),
+        "{}",
+        ran.stderr
+    );
+    assert!(started.elapsed() < Duration::from_secs(30), "it must not hang");
+}

@@ -12,6 +12,7 @@ use ferry_event::Topic;
 use ferry_log_collector::LogStore;
 use ferry_runtime::{instance_source, sqlite_url};
 
+use crate::launchers::Launcher;
 use crate::services::{Plan, Running};
 
 /// Settings of the embedded system.
@@ -23,6 +24,9 @@ pub struct Options {
     pub kill_grace: Duration,
     /// Attempts running at once.
     pub max_parallel: usize,
+    /// Serve `runner: docker` tasks on the local Docker engine (`DOCKER_HOST`, or the local
+    /// socket); when none answers, they fail saying so.
+    pub docker: bool,
 }
 
 impl Options {
@@ -31,6 +35,7 @@ impl Options {
             data_dir: data_dir.into(),
             kill_grace: Duration::from_secs(5),
             max_parallel: 64,
+            docker: false,
         }
     }
 }
@@ -67,7 +72,19 @@ impl Embedded {
         let mut launcher = ferry_launcher_local::Config::new(&data_dir);
         launcher.kill_grace = opts.kill_grace;
         launcher.max_parallel = opts.max_parallel;
-        plan.launcher = Some(launcher);
+        plan.launchers.push(Launcher::Local(launcher));
+        #[cfg(feature = "docker")]
+        if opts.docker {
+            // Docker tasks run on the local engine; without one they fail, saying so.
+            let mut docker = ferry_launcher_docker::Config::new(crate::launchers::docker_data_dir(&data_dir));
+            docker.artifact_dir = Some(data_dir.join("artifacts"));
+            docker.require_engine = false;
+            // The job ends with `ferry run`: nothing may outlive it, as with local processes.
+            docker.detach = false;
+            docker.kill_grace = opts.kill_grace;
+            docker.max_parallel = opts.max_parallel;
+            plan.launchers.push(Launcher::Docker(docker));
+        }
         plan.log_collector = Some(ferry_log_collector::Flags {
             log_collector_group: ferry_log_collector::DEFAULT_GROUP.into(),
             log_collector_batch_max: ferry_log_collector::DEFAULT_BATCH_MAX,
@@ -76,20 +93,28 @@ impl Embedded {
         // Only the groups of the services running here: a queue nobody consumes would keep
         // every event routed to it in memory for as long as the process lives.
         for service in plan.services() {
-            bus.declare(&crate::services::group_of(service)).await?;
+            if service != crate::services::Service::Launcher {
+                bus.declare(&crate::services::group_of(service)).await?;
+            }
         }
+        for launcher in &plan.launchers {
+            bus.declare(&launcher.group()).await?;
+        }
+        let backends: Vec<&'static str> = plan.launchers.iter().map(Launcher::backend).collect();
         let shared: Arc<dyn Bus> = Arc::new(bus.clone());
         let (mut running, logs) = Running::start(plan, shared).await?;
         // The launcher hears cancels only once it listens; a job cancelled right away must not
         // race it.
-        let cancels = Topic::Cancel("local".into());
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while bus.groups_on(&cancels) == 0 {
+        while backends
+            .iter()
+            .any(|b| bus.groups_on(&Topic::Cancel(b.to_string())) == 0)
+        {
             if let Some(err) = running.try_failed() {
                 return Err(err);
             }
             if tokio::time::Instant::now() > deadline {
-                return Err(anyhow!("the local launcher did not start within 30s"));
+                return Err(anyhow!("the launchers did not start within 30s"));
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }

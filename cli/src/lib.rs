@@ -14,6 +14,7 @@ pub mod output;
 pub mod client;
 pub mod embedded;
 pub mod keys;
+pub mod launchers;
 pub mod run;
 pub mod services;
 

@@ -36,6 +36,10 @@ enum Command {
         /// Time a cancelled or timed-out task gets between SIGTERM and SIGKILL.
         #[arg(long, default_value = "5s", value_parser = ferry_connect::service::duration)]
         kill_grace: Duration,
+        /// Run every container task (kubernetes, aws-batch, google-batch) on this runner
+        /// instead, with the same image, command, files, env and resources.
+        #[arg(long, value_name = "TYPE", value_parser = ["docker"])]
+        runner: Option<String>,
         #[command(flatten)]
         raw: Raw,
     },
@@ -209,6 +213,7 @@ fn main() {
                     inputs,
                     data_dir,
                     kill_grace,
+                    runner,
                     raw,
                 } => {
                     ferry_cli::run::run(RunArgs {
@@ -217,6 +222,7 @@ fn main() {
                         data_dir,
                         kill_grace,
                         raw: raw.raw,
+                        runner,
                     })
                     .await
                 }
@@ -387,6 +393,48 @@ mod tests {
             ("postgres://db/ferry", Duration::from_secs(5))
         );
         assert_eq!((b.db_url.as_str(), b.lease), (a.db_url.as_str(), a.lease));
+    }
+
+    #[test]
+    fn launchers_are_chosen_by_backend_name() {
+        let tmp = tempfile::tempdir().unwrap();
+        let backends = |args: &[&str]| -> Vec<&'static str> {
+            let plan = match parse(args).unwrap().command {
+                Command::Up(up) => up.plan(tmp.path()).unwrap(),
+                Command::Service { service } => service.plan(tmp.path()).unwrap(),
+                _ => panic!("not a service"),
+            };
+            plan.launchers.iter().map(|l| l.backend()).collect()
+        };
+        let bus = ["--bus", "memory://"];
+        let served = backends(&[&["up"][..], &bus[..]].concat());
+        if cfg!(feature = "docker") {
+            assert_eq!(served, ["local", "docker"]);
+        } else {
+            assert_eq!(served, ["local"]);
+        }
+        assert_eq!(
+            backends(&[&["up", "--no-docker"][..], &bus[..]].concat()),
+            ["local"]
+        );
+        assert_eq!(
+            backends(&[&["service", "launcher"][..], &bus[..]].concat()),
+            ["local"]
+        );
+        let docker = [&["service", "launcher", "--backend", "docker"][..], &bus[..]].concat();
+        match parse(&docker).unwrap().command {
+            Command::Service { service } => match service.plan(tmp.path()) {
+                Ok(plan) => assert_eq!(plan.launchers[0].backend(), "docker"),
+                Err(e) => assert!(
+                    !cfg!(feature = "docker")
+                        && e.to_string()
+                            .contains("backend `docker` is not enabled in this build"),
+                    "{e}"
+                ),
+            },
+            _ => panic!("not a service"),
+        }
+        assert!(parse(&[&["service", "launcher", "--backend", "ray"][..], &bus[..]].concat()).is_err());
     }
 
     #[test]

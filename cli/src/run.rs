@@ -29,6 +29,9 @@ pub struct RunArgs {
     pub kill_grace: Duration,
     /// Print task output as it is, control sequences included.
     pub raw: bool,
+    /// Run every container task (docker, kubernetes, aws-batch, google-batch) on this
+    /// runner instead: `docker` runs them on the local Docker engine.
+    pub runner: Option<String>,
 }
 
 /// Runs the flow and returns the process exit code.
@@ -47,6 +50,31 @@ pub async fn run(args: RunArgs) -> Result<i32> {
             return Ok(EXIT_INVALID);
         }
     };
+    let (source, valid) = match args.runner.as_deref() {
+        None => (source, valid),
+        Some("docker") => {
+            let moved = on_docker(&valid)?;
+            match ferry_flow::validate(&moved, &name) {
+                Ok(v) => (moved, v),
+                Err(problems) => {
+                    print_problems(&name, &problems);
+                    return Ok(EXIT_INVALID);
+                }
+            }
+        }
+        Some(other) => {
+            errln!("error: --runner {other} is not supported: container tasks can be run on `docker`");
+            return Ok(EXIT_INVALID);
+        }
+    };
+    if let Some(backend) = valid
+        .runners()
+        .map(|r| r.backend())
+        .find(|b| crate::launchers::BACKENDS.contains(b) && !crate::launchers::enabled(b))
+    {
+        errln!("error: {}", crate::launchers::not_enabled(backend));
+        return Ok(EXIT_FAILED);
+    }
     let inputs = match parse_inputs(&args.inputs) {
         Ok(i) => i,
         Err(e) => {
@@ -64,6 +92,7 @@ pub async fn run(args: RunArgs) -> Result<i32> {
 
     let mut opts = Options::new(&args.data_dir);
     opts.kill_grace = args.kill_grace;
+    opts.docker = valid.runners().any(|r| r.backend() == "docker");
     let mut system = Embedded::start(&opts).await?;
     let mut watch = system
         .bus
@@ -213,6 +242,28 @@ fn disk_full_hint(data_dir: &std::path::Path) -> String {
         ),
         _ => "; the log collector's messages above say why".to_string(),
     }
+}
+
+/// The flow with every container task moved to the docker runner, with the same image (and the
+/// same command, files, env and resources, which are the task's own): `ferry run FLOW --runner
+/// docker` develops on the local engine what runs as pods or batch jobs elsewhere. Tasks of
+/// other runners are left as they are.
+fn on_docker(valid: &ferry_flow::ValidFlow) -> Result<String> {
+    use ferry_event::payload::Runner;
+    let mut flow = valid.flow().clone();
+    for (task, runner) in flow.tasks.iter_mut().zip(valid.runners()) {
+        let image = match runner {
+            Runner::Kubernetes(r) => r.image,
+            Runner::AwsBatch(r) => r.image,
+            Runner::GoogleBatch(r) => r.image,
+            Runner::Docker(_) | Runner::Local(_) | Runner::Agent(_) => continue,
+        };
+        let mut params = serde_json::Map::new();
+        params.insert("type".into(), "docker".into());
+        params.insert("image".into(), image.into());
+        task.runner = ferry_flow::RunnerSpec::Params(params);
+    }
+    Ok(serde_json::to_string_pretty(&flow)?)
 }
 
 /// First signal: cancel the job (its processes are ended, the run finishes normally). Second:

@@ -20,6 +20,8 @@ use ferry_runtime::CancellationToken;
 use nix::fcntl::{Flock, FlockArg};
 use tokio::task::JoinSet;
 
+use crate::launchers::Launcher;
+
 /// One of ferry's services.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Service {
@@ -97,7 +99,8 @@ impl Up {
             data_dir: data_dir.to_path_buf(),
             planner: Some(self.planner.config()),
             scheduler: Some(self.scheduler.config(data_dir)),
-            launcher: Some(self.launcher.config(data_dir)?),
+            launchers: up_launchers(&self.launcher, data_dir)?,
+            optional_docker: true,
             log_collector: Some(self.log_collector.clone()),
             api: Some(self.api.config(data_dir, log_db.clone())?),
             log_db,
@@ -163,7 +166,9 @@ impl One {
         match self {
             One::Planner { flags, .. } => plan.planner = Some(flags.config()),
             One::Scheduler { flags, .. } => plan.scheduler = Some(flags.config(data_dir)),
-            One::Launcher { flags, .. } => plan.launcher = Some(flags.config(data_dir)?),
+            One::Launcher { flags, .. } => {
+                plan.launchers = vec![Launcher::from_flags(&flags.backend, flags, data_dir)?]
+            }
             One::LogCollector { flags, .. } => {
                 plan.log_db = flags.store.url(data_dir);
                 plan.log_collector = Some(flags.collector.clone());
@@ -184,7 +189,11 @@ pub struct Plan {
     pub data_dir: PathBuf,
     pub planner: Option<ferry_planner::Config>,
     pub scheduler: Option<ferry_scheduler::Config>,
-    pub launcher: Option<ferry_launcher_local::Config>,
+    /// The launchers, one per backend served.
+    pub launchers: Vec<Launcher>,
+    /// The docker launcher runs only if a Docker engine answers when the services start
+    /// (`ferry up`); otherwise it is left out, saying why.
+    pub optional_docker: bool,
     /// The log collector's flags; [`Running::start`] opens its store, [`Plan::log_db`].
     pub log_collector: Option<ferry_log_collector::Flags>,
     pub api: Option<ferry_api::Config>,
@@ -199,7 +208,8 @@ impl Plan {
             data_dir: data_dir.to_path_buf(),
             planner: None,
             scheduler: None,
-            launcher: None,
+            launchers: Vec::new(),
+            optional_docker: false,
             log_collector: None,
             api: None,
             log_db: ferry_runtime::sqlite_url(&data_dir.join("logs.db")),
@@ -211,7 +221,7 @@ impl Plan {
         let planned = [
             self.planner.is_some(),
             self.scheduler.is_some(),
-            self.launcher.is_some(),
+            !self.launchers.is_empty(),
             self.log_collector.is_some(),
             self.api.is_some(),
         ];
@@ -234,9 +244,9 @@ impl Running {
     /// Starts what `plan` names on `bus`. The log store is shared by the log collector and the
     /// api, and returned for in-process readers.
     pub async fn start(plan: Plan, bus: Arc<dyn Bus>) -> Result<(Running, Option<LogStore>)> {
-        let lock = match plan.launcher {
-            Some(_) => Some(lock(&plan.data_dir)?),
-            None => None,
+        let lock = match plan.launchers.is_empty() {
+            false => Some(lock(&plan.data_dir)?),
+            true => None,
         };
         let shutdown = CancellationToken::new();
         let mut set: JoinSet<(Service, Result<()>)> = JoinSet::new();
@@ -257,9 +267,9 @@ impl Running {
             let run = ferry_scheduler::run(config, bus.clone(), token());
             set.spawn(async move { (Service::Scheduler, run.await.map_err(Into::into)) });
         }
-        if let Some(config) = plan.launcher {
-            let run = ferry_launcher_local::run(config, bus.clone(), token());
-            set.spawn(async move { (Service::Launcher, run.await.map_err(Into::into)) });
+        for launcher in plan.launchers {
+            let run = launcher.run(bus.clone(), token());
+            set.spawn(async move { (Service::Launcher, run.await) });
         }
         if let (Some(flags), Some(store)) = (plan.log_collector, &logs) {
             let run = ferry_log_collector::run(flags.config(store.clone()), bus.clone(), token());
@@ -358,7 +368,8 @@ fn keep_keys_in_data_dir(common: &mut Common) -> Result<()> {
 /// runs) or until one of them fails. `plan` configures them once the data directory is made.
 pub async fn serve(mut common: Common, plan: impl FnOnce(&Path) -> Result<Plan>) -> Result<()> {
     common.prepare()?;
-    let plan = plan(&common.data_dir)?;
+    let mut plan = plan(&common.data_dir)?;
+    let launchers = settle_docker(&mut plan).await;
     if plan.services() == Service::ALL {
         keep_keys_in_data_dir(&mut common)?;
     }
@@ -376,7 +387,7 @@ pub async fn serve(mut common: Common, plan: impl FnOnce(&Path) -> Result<Plan>)
         .map(|api| (if api.tls.is_some() { "https" } else { "http" }, api.listen));
     let (mut running, _) = Running::start(plan, bus).await?;
     let names: Vec<&str> = services.iter().map(|s| s.name()).collect();
-    tracing::info!(services = %names.join(", "), bus = %ferry_connect::redact(&common.bus), data_dir = %common.data_dir.display(), "ferry running");
+    tracing::info!(services = %names.join(", "), launchers = %launchers, bus = %ferry_connect::redact(&common.bus), data_dir = %common.data_dir.display(), "ferry running");
     if let Some((scheme, listen)) = listen {
         errln!("ferry: api listening on {scheme}://{listen}");
     }
@@ -391,6 +402,42 @@ pub async fn serve(mut common: Common, plan: impl FnOnce(&Path) -> Result<Plan>)
     });
     let stopped = running.stop().await;
     outcome.and(stopped)
+}
+
+/// The launchers of `ferry up`: local, and docker unless `--no-docker` (or not built).
+fn up_launchers(flags: &ferry_launcher_local::Flags, data_dir: &Path) -> Result<Vec<Launcher>> {
+    let mut launchers = vec![Launcher::from_flags("local", flags, data_dir)?];
+    if !flags.no_docker && crate::launchers::enabled("docker") {
+        launchers.push(Launcher::from_flags("docker", flags, data_dir)?);
+    }
+    Ok(launchers)
+}
+
+/// Leaves an optional docker launcher out when no Docker engine answers. Returns the backends
+/// served, and where, for the startup line.
+async fn settle_docker(plan: &mut Plan) -> String {
+    let mut served = Vec::new();
+    let mut kept = Vec::new();
+    for launcher in std::mem::take(&mut plan.launchers) {
+        let backend = launcher.backend();
+        #[cfg(feature = "docker")]
+        if let Launcher::Docker(c) = &launcher {
+            match crate::launchers::docker_engine(c.docker_host.as_deref()).await {
+                Ok(host) => served.push(format!("docker ({host})")),
+                Err(why) if plan.optional_docker => {
+                    served.push(format!("not docker: {why}"));
+                    continue;
+                }
+                Err(_) => served.push("docker".to_string()),
+            }
+            kept.push(launcher);
+            continue;
+        }
+        served.push(backend.to_string());
+        kept.push(launcher);
+    }
+    plan.launchers = kept;
+    served.join("; ")
 }
 
 /// The consumer groups of ferry's services, as they subscribe.

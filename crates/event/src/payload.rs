@@ -73,6 +73,62 @@ pub struct LocalRunner {}
 pub struct ImageRunner {
     /// The container image, e.g. `python:3.12-slim`.
     pub image: String,
+    /// When to pull the image: `always`, `missing` (the default) or `never`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_policy: Option<PullPolicy>,
+    /// The network the container joins: `none`, `host`, `bridge` or a network's name (the
+    /// engine's default when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+    /// The user the command runs as: a name, a uid, or `uid:gid` (the image's when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The command's working directory in the container, an absolute path whose parent exists
+    /// in the image; input files are put there (`/ferry` when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+    /// Host directories or named volumes mounted into the container.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<ContainerMount>,
+}
+
+/// When a container runner pulls its image.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PullPolicy {
+    /// Pull every time, so that a moving tag is fresh.
+    Always,
+    /// Pull only when the engine does not have the image.
+    #[default]
+    Missing,
+    /// Never pull: the image must be on the engine already.
+    Never,
+}
+
+/// A host directory or named volume mounted into a container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ContainerMount {
+    /// An absolute path on the engine's host (a bind mount), or a volume's name.
+    pub source: String,
+    /// An absolute path in the container.
+    pub target: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only: bool,
+}
+
+impl ImageRunner {
+    /// A runner of `image` with every other parameter left to its default.
+    pub fn new(image: impl Into<String>) -> Self {
+        ImageRunner {
+            image: image.into(),
+            pull_policy: None,
+            network: None,
+            user: None,
+            working_dir: None,
+            mounts: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -339,6 +395,15 @@ pub struct TaskDispatched {
     pub lease_ms: u64,
     /// When the task became ready (ms since the epoch), for dispatch latency.
     pub ready_at_ms: i64,
+    /// The flow the job runs, for labels on the compute (absent in events of older versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flow_id: Option<String>,
+    /// The job's namespace, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// The task's priority (higher first), for backends with priority classes.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub priority: i32,
 }
 
 /// `dev.ferry.task.cancel`: end an attempt's compute.

@@ -50,7 +50,14 @@ pub(crate) fn flow_schema_value() -> &'static Value {
 pub(crate) fn runner_variants() -> &'static [(String, Map<String, Value>)] {
     static VARIANTS: OnceLock<Vec<(String, Map<String, Value>)>> = OnceLock::new();
     VARIANTS.get_or_init(|| {
-        let schema = schemars::schema_for!(Runner).to_value();
+        // Inlined, so that a parameter of a type of its own (a pull policy, a mount) needs no
+        // `$defs` entry in the flow schema that embeds these variants.
+        let mut settings = SchemaSettings::draft2020_12();
+        settings.inline_subschemas = true;
+        let schema = settings
+            .into_generator()
+            .into_root_schema_for::<Runner>()
+            .to_value();
         let mut out = Vec::new();
         let variants = schema.get("oneOf").and_then(Value::as_array);
         for v in variants.into_iter().flatten() {

@@ -288,6 +288,9 @@ fn one_of_each_payload() -> Result<BTreeMap<&'static str, Vec<Value>>> {
             timeout_ms: Some(1000),
             lease_ms: 30_000,
             ready_at_ms: 1_700_000_000_000,
+            flow_id: Some("nightly".into()),
+            namespace: Some("team-a".into()),
+            priority: 5,
         })?],
     );
     m.insert(

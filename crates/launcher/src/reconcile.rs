@@ -313,6 +313,9 @@ async fn finish(rt: &Arc<Runtime>, record: RunningRecord, compute: Compute, open
         timeout_ms: None,
         lease_ms: 0,
         ready_at_ms: 0,
+        flow_id: None,
+        namespace: None,
+        priority: 0,
     };
     let report = conclude(rt, &compute, Task::new(&dispatch, &rt.config.secrets), report).await;
     super::attempt::settle_pending(rt.clone(), report, None).await;

@@ -46,6 +46,9 @@ fn dispatch(attempt: &str) -> TaskDispatched {
         timeout_ms: None,
         lease_ms: 30_000,
         ready_at_ms: 1,
+        flow_id: None,
+        namespace: None,
+        priority: 0,
     }
 }
 

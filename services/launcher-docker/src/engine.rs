@@ -557,6 +557,8 @@ mod tests {
                 attempt_id: "a1".into(),
                 attempt: 1,
             },
+            flow: None,
+            namespace: None,
             launcher: "l".into(),
             image: "i".into(),
             pull: PullPolicy::Never,

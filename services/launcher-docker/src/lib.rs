@@ -15,14 +15,18 @@
 //! Errors say whose fault they are ([`Error::is_task_fault`]): a missing image or a refused
 //! request fails the attempt, an engine that cannot be reached loses it.
 
+pub mod backend;
 pub mod engine;
 pub mod error;
 pub mod files;
 pub mod logs;
+mod service;
 pub mod spec;
 
+pub use backend::{BACKEND, Docker, Handle};
 pub use engine::{ContainerEvent, ContainerStatus, Created, DEFAULT_HOST, Engine, Owned, State};
 pub use error::{Error, Result};
 pub use files::{Collected, CollectedFile, InputFile, Limits, Skipped};
 pub use logs::{LogCursor, LogEntry, LogStream};
+pub use service::{Config, connect, run};
 pub use spec::{Attempt, ContainerSpec, Gpus, Mount, PullPolicy, container_name};

@@ -24,6 +24,10 @@ pub const LABEL_ATTEMPT_ID: &str = "dev.ferry.attempt-id";
 pub const LABEL_ATTEMPT: &str = "dev.ferry.attempt";
 /// The launcher instance that owns the container.
 pub const LABEL_LAUNCHER: &str = "dev.ferry.launcher";
+/// The flow the job runs, when the dispatch says.
+pub const LABEL_FLOW: &str = "dev.ferry.flow";
+/// The job's namespace, when it has one.
+pub const LABEL_NAMESPACE: &str = "dev.ferry.namespace";
 
 /// Every container name starts with this, so that names never start with a character Docker
 /// refuses and ferry's containers stand out in `docker ps`.
@@ -151,6 +155,9 @@ pub struct Gpus {
 #[derive(Debug, Clone)]
 pub struct ContainerSpec {
     pub attempt: Attempt,
+    /// The flow and namespace of the attempt's job, labelled when known.
+    pub flow: Option<String>,
+    pub namespace: Option<String>,
     /// The launcher instance that owns the container (its label).
     pub launcher: String,
     pub image: String,
@@ -234,13 +241,19 @@ impl ContainerSpec {
 
     /// The container's labels.
     pub fn labels(&self) -> HashMap<String, String> {
-        HashMap::from([
+        let mut labels = HashMap::from([
             (LABEL_JOB.to_string(), self.attempt.job_id.clone()),
             (LABEL_TASK.to_string(), self.attempt.task_id.clone()),
             (LABEL_ATTEMPT_ID.to_string(), self.attempt.attempt_id.clone()),
             (LABEL_ATTEMPT.to_string(), self.attempt.attempt.to_string()),
             (LABEL_LAUNCHER.to_string(), self.launcher.clone()),
-        ])
+        ]);
+        for (label, value) in [(LABEL_FLOW, &self.flow), (LABEL_NAMESPACE, &self.namespace)] {
+            if let Some(v) = value {
+                labels.insert(label.to_string(), v.clone());
+            }
+        }
+        labels
     }
 
     /// The container's deterministic name.
@@ -301,6 +314,8 @@ mod tests {
                 attempt_id: "a".into(),
                 attempt: 2,
             },
+            flow: Some("nightly".into()),
+            namespace: None,
             launcher: "l1".into(),
             image: "busybox".into(),
             pull: PullPolicy::Never,
@@ -350,6 +365,11 @@ mod tests {
         let s = spec();
         assert_eq!(Attempt::from_labels(&s.labels()), Some(s.attempt.clone()));
         assert_eq!(s.labels()[LABEL_LAUNCHER], "l1");
+        assert_eq!(s.labels()[LABEL_FLOW], "nightly");
+        assert!(
+            !s.labels().contains_key(LABEL_NAMESPACE),
+            "no namespace, no label"
+        );
         assert_eq!(Attempt::from_labels(&HashMap::new()), None);
     }
 }

@@ -11,9 +11,17 @@ use crate::{BACKEND, Config, Result};
 #[group(id = "launcher")]
 #[command(next_help_heading = "Launcher")]
 pub struct Flags {
-    /// The backend whose tasks this launcher runs.
-    #[arg(long, env = "FERRY_BACKEND", value_name = "NAME", default_value = BACKEND, value_parser = [BACKEND])]
+    /// The backend whose tasks `ferry service launcher` runs (`ferry up` serves local, and
+    /// docker when a Docker engine answers).
+    #[arg(long, env = "FERRY_BACKEND", value_name = "NAME", default_value = BACKEND, value_parser = [BACKEND, "docker"])]
     pub backend: String,
+    /// The Docker engine's address (unix:///path or tcp://host:port) [default: DOCKER_HOST, else
+    /// the local socket]
+    #[arg(long, env = "FERRY_DOCKER_HOST", value_name = "URL")]
+    pub docker_host: Option<String>,
+    /// Do not serve docker tasks in `ferry up`, even when a Docker engine answers.
+    #[arg(long, env = "FERRY_NO_DOCKER")]
+    pub no_docker: bool,
     /// Attempts running at once.
     #[arg(long, env = "FERRY_MAX_PARALLEL", value_name = "N", default_value_t = 64)]
     pub max_parallel: usize,

@@ -255,6 +255,9 @@ fn task(attempt: &str, command: &[&str]) -> TaskDispatched {
         timeout_ms: None,
         lease_ms: 30_000,
         ready_at_ms: 1_700_000_000_000,
+        flow_id: None,
+        namespace: None,
+        priority: 0,
     }
 }
 

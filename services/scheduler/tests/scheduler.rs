@@ -268,8 +268,16 @@ async fn concurrency_limits_running_tasks_and_priority_orders_them() {
             t
         })
         .collect();
-    publish(&r.bus, kind::JOB_PLANNED, "j", &planned("j", tasks, Some(2))).await;
+    let mut job = planned("j", tasks, Some(2));
+    job.namespace = Some("team-a".into());
+    publish(&r.bus, kind::JOB_PLANNED, "j", &job).await;
     assert_eq!(r.rec.wait_terminal("j", WITHIN).await, kind::JOB_SUCCEEDED);
+    // Dispatches carry the flow, namespace and priority, for backends' labels and classes.
+    for d in dispatched(&r.rec) {
+        assert_eq!(d.flow_id.as_deref(), Some("test"));
+        assert_eq!(d.namespace.as_deref(), Some("team-a"));
+        assert_eq!(format!("t{}", d.priority), d.task_id);
+    }
     let log = r.log.lock().unwrap();
     assert_eq!(log.max_running["j"], 2);
     let order = &log.order["j"];

@@ -61,6 +61,8 @@ impl Scope {
                 attempt_id,
                 attempt: 1,
             },
+            flow: None,
+            namespace: None,
             launcher: self.launcher.clone(),
             image: image(),
             pull: PullPolicy::Never,

@@ -34,7 +34,7 @@ impl Cx<'_> {
             Dialect::Postgres => "FOR UPDATE SKIP LOCKED",
         };
         let jobs = sqlx::query(&format!(
-            "SELECT job_id, concurrency, active FROM jobs
+            "SELECT job_id, flow_id, namespace, concurrency, active FROM jobs
              WHERE ready > 0 AND state = 'running' AND ending IS NULL
                AND (concurrency IS NULL OR active < concurrency)
              ORDER BY created_at
@@ -46,6 +46,7 @@ impl Cx<'_> {
         let mut rows = Vec::new();
         for job in &jobs {
             let job_id: String = job.try_get("job_id")?;
+            let flow: (String, Option<String>) = (job.try_get("flow_id")?, job.try_get("namespace")?);
             let concurrency: Option<i64> = job.try_get("concurrency")?;
             let active: i64 = job.try_get("active")?;
             let room = concurrency.map_or(limit as i64, |c| (c - active).min(limit as i64));
@@ -65,7 +66,7 @@ impl Cx<'_> {
                     t.try_get::<Option<i64>, _>("ready_at")?,
                     t.try_get::<i64, _>("ord")?,
                 );
-                rows.push((key, concurrency, active, t));
+                rows.push((key, concurrency, active, flow.clone(), t));
             }
         }
         // Higher priority first across jobs too.
@@ -89,7 +90,7 @@ impl Cx<'_> {
             }
         }
         let max_waiting = self.cfg.max_waiting as i64;
-        for (_, concurrency, active, row) in rows {
+        for (_, concurrency, active, (flow_id, namespace), row) in rows {
             let job_id: String = row.try_get("job_id")?;
             let backend: String = row.try_get("backend")?;
             if waiting.get(&backend).copied().unwrap_or(0) >= max_waiting {
@@ -104,6 +105,7 @@ impl Cx<'_> {
             let task_id: String = row.try_get("task_id")?;
             let attempts: i64 = row.try_get("attempts")?;
             let ready_at: Option<i64> = row.try_get("ready_at")?;
+            let priority: i64 = row.try_get("priority")?;
             let spec: String = row.try_get("spec")?;
             let spec: PlannedTask = serde_json::from_str(&spec)
                 .map_err(|e| Error::Corrupt(format!("task {job_id}/{task_id} spec: {e}")))?;
@@ -154,6 +156,9 @@ impl Cx<'_> {
                 timeout_ms: spec.timeout_ms,
                 lease_ms: self.cfg.lease.as_millis() as u64,
                 ready_at_ms: ready_at.unwrap_or(self.now),
+                flow_id: Some(flow_id),
+                namespace,
+                priority: i32::try_from(priority).unwrap_or(if priority < 0 { i32::MIN } else { i32::MAX }),
             };
             tracing::debug!(%job_id, %task_id, %attempt_id, attempt, "dispatching");
             let e = self.events.dispatch(

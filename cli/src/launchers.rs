@@ -1,0 +1,155 @@
+//! Launchers chosen by backend name, the way buses are chosen by URL scheme: one arm per
+//! backend, each behind its cargo feature; a backend left out of the build answers that it is
+//! not enabled, naming the feature.
+//!
+//! Every backend takes its settings from the same launcher flags (`--max-parallel`,
+//! `--kill-grace`, `--artifact-dir`, `--secrets-file`, …, each also `FERRY_*`), so that `ferry
+//! up`, `ferry service launcher` and the environment configure them alike. Each keeps its
+//! journal in a data directory of its own: the local launcher in the data directory itself (as
+//! it always has), the docker launcher in `docker/` under it.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Result, bail};
+use ferry_bus::{Bus, Subscribe};
+use ferry_event::Topic;
+use tokio_util::sync::CancellationToken;
+
+/// Every backend a launcher can serve, built in or not.
+pub const BACKENDS: &[&str] = &["local", "docker"];
+
+/// One launcher, configured for its backend.
+#[derive(Debug, Clone)]
+pub enum Launcher {
+    Local(ferry_launcher_local::Config),
+    #[cfg(feature = "docker")]
+    Docker(ferry_launcher_docker::Config),
+}
+
+impl Launcher {
+    /// The launcher of `backend`, configured by the launcher flags; `data_dir` is the prepared
+    /// data directory.
+    pub fn from_flags(
+        backend: &str,
+        flags: &ferry_launcher_local::Flags,
+        data_dir: &Path,
+    ) -> Result<Launcher> {
+        match backend {
+            "local" => Ok(Launcher::Local(flags.config(data_dir)?)),
+            "docker" => docker(flags, data_dir),
+            other => bail!(
+                "backend `{other}` is not known: choose one of {}",
+                BACKENDS.join(", ")
+            ),
+        }
+    }
+
+    /// The runner type it serves.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Launcher::Local(_) => ferry_launcher_local::BACKEND,
+            #[cfg(feature = "docker")]
+            Launcher::Docker(_) => ferry_launcher_docker::BACKEND,
+        }
+    }
+
+    /// Its consumer group on the dispatch topic of its backend.
+    pub fn group(&self) -> Subscribe {
+        let group = match self {
+            Launcher::Local(c) => c.group.clone(),
+            #[cfg(feature = "docker")]
+            Launcher::Docker(c) => c.group.clone(),
+        };
+        Subscribe::new(group, [Topic::Dispatch(self.backend().into())])
+    }
+
+    /// Sets how long a stopped task gets between SIGTERM and SIGKILL, and how many run at once.
+    pub fn tune(&mut self, kill_grace: std::time::Duration, max_parallel: usize) {
+        match self {
+            Launcher::Local(c) => {
+                c.kill_grace = kill_grace;
+                c.max_parallel = max_parallel;
+            }
+            #[cfg(feature = "docker")]
+            Launcher::Docker(c) => {
+                c.kill_grace = kill_grace;
+                c.max_parallel = max_parallel;
+            }
+        }
+    }
+
+    /// Runs it until `shutdown`.
+    pub async fn run(self, bus: Arc<dyn Bus>, shutdown: CancellationToken) -> Result<()> {
+        match self {
+            Launcher::Local(c) => Ok(ferry_launcher_local::run(c, bus, shutdown).await?),
+            #[cfg(feature = "docker")]
+            Launcher::Docker(c) => Ok(ferry_launcher_docker::run(c, bus, shutdown).await?),
+        }
+    }
+}
+
+/// The docker launcher's data directory, under the shared one.
+pub fn docker_data_dir(data_dir: &Path) -> std::path::PathBuf {
+    data_dir.join("docker")
+}
+
+#[cfg(feature = "docker")]
+fn docker(flags: &ferry_launcher_local::Flags, data_dir: &Path) -> Result<Launcher> {
+    let mut c = ferry_launcher_docker::Config::new(docker_data_dir(data_dir));
+    c.artifact_dir = Some(
+        flags
+            .artifact_dir
+            .clone()
+            .unwrap_or_else(|| data_dir.join("artifacts")),
+    );
+    c.docker_host = flags.docker_host.clone();
+    c.max_parallel = flags.max_parallel;
+    c.kill_grace = flags.kill_grace;
+    if let Some(path) = &flags.secrets_file {
+        c.secrets_file = Some(path.clone());
+    }
+    // The local launcher's group is named after its backend; so is this one's.
+    if flags.launcher_group != "launcher-local" {
+        c.group = format!("{}-docker", flags.launcher_group);
+    }
+    Ok(Launcher::Docker(c))
+}
+
+#[cfg(not(feature = "docker"))]
+fn docker(_: &ferry_launcher_local::Flags, _: &Path) -> Result<Launcher> {
+    bail!("{}", not_enabled("docker"))
+}
+
+/// What a backend left out of this build answers.
+pub fn not_enabled(backend: &str) -> String {
+    format!("backend `{backend}` is not enabled in this build (rebuild ferry with the `{backend}` feature)")
+}
+
+/// Whether this build has `backend`.
+pub fn enabled(backend: &str) -> bool {
+    backend == "local" || (backend == "docker" && cfg!(feature = "docker"))
+}
+
+/// Whether a Docker engine answers at `host` (or `DOCKER_HOST`, or the local socket): how
+/// `ferry up` decides to serve docker tasks. The error says why not.
+#[cfg(feature = "docker")]
+pub async fn docker_engine(host: Option<&str>) -> Result<String, String> {
+    // An address that swallows packets must not hold `ferry up` back for long.
+    let wait = std::time::Duration::from_secs(5);
+    match tokio::time::timeout(wait, ferry_launcher_docker::connect(host)).await {
+        Ok(Ok(engine)) => Ok(engine.host().to_string()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!(
+            "the Docker engine at {} did not answer within {wait:?}",
+            host.map(String::from)
+                .or_else(|| std::env::var("DOCKER_HOST").ok())
+                .unwrap_or_else(|| ferry_launcher_docker::DEFAULT_HOST.to_string())
+        )),
+    }
+}
+
+#[cfg(not(feature = "docker"))]
+pub async fn docker_engine(_: Option<&str>) -> Result<String, String> {
+    Err(not_enabled("docker"))
+}
