@@ -200,6 +200,9 @@ impl Harness {
             timeout_ms: None,
             lease_ms: 30_000,
             ready_at_ms: ferry_event::now_ms(),
+            flow_id: Some("conformance".into()),
+            namespace: None,
+            priority: 0,
         }
     }
 
