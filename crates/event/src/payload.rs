@@ -296,6 +296,9 @@ fn is_default<T: Default + PartialEq>(v: &T) -> bool {
     *v == T::default()
 }
 
+/// The namespace of a job whose flow names none.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
 /// `dev.ferry.job.planned`: a validated job, ready for the scheduler.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]

@@ -35,6 +35,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::secrets::{Secrets, TaskScope};
+use ferry_event::payload::DEFAULT_NAMESPACE;
 
 /// A backend's operations fail with this; the runtime turns it into the attempt's outcome.
 pub type BackendResult<T> = std::result::Result<T, AttemptError>;
@@ -238,13 +239,25 @@ impl<'a> Task<'a> {
         &self.dispatch.attempt_id
     }
 
+    /// The namespace and flow the task is of, which decide the scoped secrets it may have. A
+    /// dispatch of an older scheduler does not say (no `flowId`): scoped secrets are then for
+    /// no task (fail closed), open ones for all.
+    pub fn scope(&self) -> TaskScope<'a> {
+        let d = self.dispatch;
+        match &d.flow_id {
+            Some(flow) => TaskScope {
+                namespace: Some(d.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE)),
+                flow: Some(flow),
+            },
+            None => TaskScope::default(),
+        }
+    }
+
     /// Fills a template of the dispatch: `{{ workingDir }}` with `working_dir` (the working
     /// directory as the compute sees it), `{{ secret('NAME') }}` with the secret's value;
     /// `field` names it in errors (`command[1]`, `env.TOKEN`), which are the task's fault.
     pub fn fill(&self, template: &Template, field: &str, working_dir: &str) -> BackendResult<String> {
-        // The dispatch does not say which namespace and flow the task is of yet: scoped
-        // secrets are then for no task (fail closed), open ones for all.
-        crate::template::fill(template, field, working_dir, self.secrets, &TaskScope::default())
+        crate::template::fill(template, field, working_dir, self.secrets, &self.scope())
             .map_err(AttemptError::Task)
     }
 }

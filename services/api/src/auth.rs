@@ -34,8 +34,7 @@ use subtle::ConstantTimeEq;
 use crate::error::{Error, Result};
 use crate::reload::Stamp;
 
-/// The namespace of a job whose flow names none.
-pub const DEFAULT_NAMESPACE: &str = "default";
+pub use ferry_event::payload::DEFAULT_NAMESPACE;
 
 /// What every token starts with, so that secret scanners and people recognise one.
 pub const TOKEN_PREFIX: &str = "ferry_";

@@ -1554,6 +1554,67 @@ async fn a_secret_scoped_elsewhere_is_answered_like_an_unknown_one() -> Result<(
     h.stop().await
 }
 
+/// A secret scoped to a namespace and a flow reaches the tasks of that flow in that namespace,
+/// as the dispatch names them, and no other task: another namespace, another flow, the default
+/// namespace, or a dispatch that does not say (an older scheduler's).
+#[tokio::test]
+async fn a_scoped_secret_reaches_the_tasks_of_its_namespace_and_flow_only() -> Result<()> {
+    let mut h = Harness::start_with(|c| {
+        let scope = ferry_launcher_local::secrets::Scope {
+            namespaces: Some(["finance".to_string()].into()),
+            flows: Some(["ledger".to_string()].into()),
+        };
+        c.secrets.insert_scoped("LEDGER", "ledger-db-password", scope);
+        let default_only = ferry_launcher_local::secrets::Scope {
+            namespaces: Some(["default".to_string()].into()),
+            flows: None,
+        };
+        c.secrets
+            .insert_scoped("PLAIN", "default-namespace-value", default_only);
+    })
+    .await?;
+    /// A task asking for `secret`, of `flow` in `namespace`, and whether it gets it.
+    struct Case {
+        attempt: &'static str,
+        secret: &'static str,
+        flow: Option<&'static str>,
+        namespace: Option<&'static str>,
+        admitted: bool,
+    }
+    let case = |attempt, secret, flow, namespace, admitted| Case {
+        attempt,
+        secret,
+        flow,
+        namespace,
+        admitted,
+    };
+    let cases = [
+        case("s-own", "LEDGER", Some("ledger"), Some("finance"), true),
+        case("s-other-ns", "LEDGER", Some("ledger"), Some("sales"), false),
+        case("s-other-flow", "LEDGER", Some("payroll"), Some("finance"), false),
+        case("s-unsaid", "LEDGER", None, Some("finance"), false),
+        case("s-default", "PLAIN", Some("any"), None, true),
+        case("s-default-unsaid", "PLAIN", None, None, false),
+    ];
+    for c in &cases {
+        let mut d = task(c.attempt, &["echo"]);
+        d.command.push(Template(vec![Part::Secret(c.secret.into())]));
+        d.flow_id = c.flow.map(str::to_string);
+        d.namespace = c.namespace.map(str::to_string);
+        h.dispatch(&d).await?;
+    }
+    for c in &cases {
+        let f = h.finished(c.attempt).await?;
+        let want = if c.admitted {
+            Outcome::Succeeded
+        } else {
+            Outcome::Failed
+        };
+        assert_eq!(f.outcome, want, "{}: {:?}", c.attempt, f.error);
+    }
+    h.stop().await
+}
+
 #[tokio::test]
 async fn files_the_launcher_creates_are_private_whatever_the_umask() -> Result<()> {
     use nix::sys::stat::{Mode, umask};
