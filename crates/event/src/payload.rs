@@ -528,6 +528,11 @@ pub struct TaskFinished {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at_ms: Option<i64>,
     pub finished_at_ms: i64,
+    /// Why the compute ended, in the platform's own word, where it gives one: `OOMKilled`,
+    /// `DeadlineExceeded`, `ImagePullFailed`, `Evicted`, `Unschedulable`. For machines;
+    /// `error` says it for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 impl TaskFinished {
@@ -561,6 +566,7 @@ impl TaskFinished {
             log_lines: 0,
             started_at_ms: None,
             finished_at_ms,
+            reason: None,
         }
     }
 }

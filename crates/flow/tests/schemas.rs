@@ -367,6 +367,7 @@ fn one_of_each_payload() -> Result<BTreeMap<&'static str, Vec<Value>>> {
                 log_lines: 10,
                 started_at_ms: Some(1),
                 finished_at_ms: 2,
+                reason: None,
             })
         })
         .collect::<Result<_>>()?,

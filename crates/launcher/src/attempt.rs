@@ -342,6 +342,10 @@ pub(crate) async fn run(
         );
         return;
     }
+    let reason = match &ended {
+        Ended::Compute(ComputeState::Exited(exit)) => exit.reason.clone(),
+        _ => None,
+    };
     let (outcome, exit_code, error) = match ended {
         Ended::Compute(ComputeState::Exited(exit)) => {
             let outcome = if exit.succeeded() {
@@ -384,6 +388,7 @@ pub(crate) async fn run(
         log_lines: logs.lines,
         started_at_ms: Some(started_at_ms),
         finished_at_ms: 0,
+        reason,
     };
     let report = conclude(&rt, &compute, task, report).await;
     publish_recorded(&rt, &report).await;

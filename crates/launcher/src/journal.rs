@@ -641,6 +641,7 @@ mod tests {
             log_lines: 3,
             started_at_ms: Some(1),
             finished_at_ms: 2,
+            reason: None,
         }
     }
 

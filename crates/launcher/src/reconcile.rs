@@ -297,6 +297,7 @@ async fn finish(rt: &Arc<Runtime>, record: RunningRecord, compute: Compute, open
         log_lines: lines,
         started_at_ms: Some(record.started_at_ms),
         finished_at_ms: 0,
+        reason: None,
     };
     // The dispatch itself is not kept: outputs are collected for what the journal kept of it.
     let dispatch = ferry_event::payload::TaskDispatched {

@@ -1250,6 +1250,7 @@ mod tests {
             log_lines: 2,
             started_at_ms: Some(1_000),
             finished_at_ms: 2_000,
+            reason: None,
         };
         let state = TaskState {
             job_id: "j".into(),

@@ -392,11 +392,12 @@ async fn exit_codes_and_oom_kills_are_reported_as_such() -> Result<()> {
     assert_eq!(f.outcome, Outcome::Failed);
     assert_eq!(f.exit_code, Some(3));
     assert_eq!(f.error.as_deref(), Some("exited with status 3"));
+    assert_eq!(f.reason, None, "a plain exit has no platform reason");
     assert_eq!(texts(&h.lines(&failing.attempt_id).await?), ["before"]);
     let f = h.finished(&oom.attempt_id).await?;
     assert_eq!(f.outcome, Outcome::Failed, "{f:?}");
     assert_eq!(f.exit_code, Some(137));
-    // task.finished has no machine-readable reason yet: the error names it.
+    assert_eq!(f.reason.as_deref(), Some("OOMKilled"), "{f:?}");
     assert!(f.error.as_deref().unwrap_or("").starts_with("OOMKilled"), "{f:?}");
     assert!(h.owned().await?.is_empty());
     Ok(())

@@ -1211,6 +1211,7 @@ fn recorded_report(attempt: &str) -> TaskFinished {
         log_lines: 3,
         started_at_ms: Some(1_700_000_000_000),
         finished_at_ms: 1_700_000_000_500,
+        reason: None,
     }
 }
 

@@ -177,6 +177,7 @@ async fn run(planned: &JobPlanned) -> Times {
                 log_lines: 0,
                 started_at_ms: None,
                 finished_at_ms: ferry_event::now_ms(),
+                reason: None,
             };
             r.events.task(
                 kind::TASK_FINISHED,

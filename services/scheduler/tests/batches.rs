@@ -91,6 +91,7 @@ impl Rig {
             log_lines: 0,
             started_at_ms: Some(1_000),
             finished_at_ms: 2_000,
+            reason: None,
         };
         self.events
             .task(kind::TASK_FINISHED, job_id, task_id, Some(attempt_id), &data)

@@ -111,6 +111,7 @@ impl Rig {
             log_lines: 0,
             started_at_ms: Some(1_000),
             finished_at_ms: 2_000,
+            reason: None,
         };
         let e = self
             .events

@@ -321,6 +321,7 @@ impl Api {
             log_lines,
             started_at_ms: Some(1000),
             finished_at_ms: 2000,
+            reason: None,
         };
         self.events
             .task(kind::TASK_FINISHED, job, task, Some(&f.attempt_id), &f)

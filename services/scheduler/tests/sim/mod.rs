@@ -247,6 +247,7 @@ fn finished(p: &TaskDispatched, outcome: Outcome, outputs: Map<String, Value>) -
         log_lines: 0,
         started_at_ms: None,
         finished_at_ms: ferry_event::now_ms(),
+        reason: None,
     }
 }
 
