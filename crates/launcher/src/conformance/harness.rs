@@ -40,7 +40,9 @@ impl Launcher {
         }
     }
 
-    /// Kills it at once, wherever it is.
+    /// Kills it at once, wherever it is. A killed process hears nothing: its shutdown token is
+    /// never cancelled, so no task still being polled while the runtime winds down in the
+    /// background can take the orderly way out and publish what a killed launcher never would.
     pub fn crash(mut self) {
         if let Some(rt) = self.runtime.take() {
             rt.shutdown_background();
@@ -50,8 +52,9 @@ impl Launcher {
 
 impl Drop for Launcher {
     fn drop(&mut self) {
-        self.shutdown.cancel();
+        // Dropped without `stop` or `crash` (a failed test): stop it the orderly way.
         if let Some(rt) = self.runtime.take() {
+            self.shutdown.cancel();
             rt.shutdown_background();
         }
     }
