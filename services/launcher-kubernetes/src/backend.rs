@@ -284,6 +284,7 @@ impl Kubernetes {
             cpu: d.resources.cpu,
             memory_bytes,
             gpus: d.resources.gpu,
+            pending_deadline_seconds: pending.as_secs().max(1),
             grace_seconds: i64::try_from(secs(s.kill_grace)).unwrap_or(i64::MAX),
             active_deadline_seconds,
             ttl_seconds_after_finished: s
@@ -303,8 +304,12 @@ impl Kubernetes {
         if pod.phase != "Pending" {
             return Ok(ComputeState::Running);
         }
+        let pending_deadline = pod
+            .pending_deadline
+            .map(Duration::from_secs)
+            .unwrap_or(pending_deadline);
         let waited = chrono::Utc::now().timestamp() - pod.created;
-        if waited < pending_deadline.as_secs() as i64 || pod.deleting {
+        if waited <= pending_deadline.as_secs() as i64 || pod.deleting {
             return Ok(ComputeState::Pending);
         }
         let stuck = format!(
@@ -588,9 +593,12 @@ impl Backend for Kubernetes {
         loop {
             let mut changes = cache.subscribe();
             match self.state(compute).await? {
-                ComputeState::Pending | ComputeState::Running => {
-                    // The watch wakes this; a slow look now and then covers a pending deadline
-                    // passing with nothing changing.
+                ComputeState::Pending => {
+                    // The watch wakes this; a look each second covers the pending deadline
+                    // passing with nothing changing (no request: the cache is read).
+                    let _ = tokio::time::timeout(Duration::from_secs(1), changes.changed()).await;
+                }
+                ComputeState::Running => {
                     let _ = tokio::time::timeout(Duration::from_secs(5), changes.changed()).await;
                 }
                 ended => return Ok(ended),
@@ -788,6 +796,7 @@ mod tests {
             container,
             unscheduled: None,
             reason: None,
+            pending_deadline: None,
         }
     }
 

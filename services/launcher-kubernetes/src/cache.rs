@@ -37,6 +37,8 @@ pub struct PodView {
     pub unscheduled: Option<(String, String)>,
     /// The pod's own reason and message (`Evicted`, `DeadlineExceeded`).
     pub reason: Option<(String, String)>,
+    /// The task's pending deadline, in seconds, from the pod's annotation.
+    pub pending_deadline: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -108,6 +110,12 @@ impl PodView {
             container,
             unscheduled,
             reason: status.reason.map(|r| (r, status.message.unwrap_or_default())),
+            pending_deadline: pod
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(crate::names::ANNOTATION_PENDING_DEADLINE))
+                .and_then(|v| v.parse().ok()),
         }
     }
 

@@ -22,7 +22,7 @@ use kube::Api;
 use kube::api::LogParams;
 use serde::{Deserialize, Serialize};
 
-use crate::cache::{Cache, Lookup};
+use crate::cache::{Cache, Container, Lookup};
 use crate::spec::CONTAINER;
 
 /// How far behind the newest line read the cursor's `since` stays.
@@ -150,6 +150,11 @@ fn split_line(line: &[u8]) -> Option<(i64, &[u8])> {
     Some((t.timestamp_nanos_opt()?, &line[space + 1..]))
 }
 
+/// Returns after the next change `changes` sees, or after `limit`.
+async fn wait_for(changes: &mut tokio::sync::watch::Receiver<u64>, limit: Duration) {
+    let _ = tokio::time::timeout(limit, changes.changed()).await;
+}
+
 /// Follows the log of the Job's pod into `buffer` until it is complete (the container ended and
 /// everything was read), lost, or the task is aborted. `ended` tells it the container can
 /// write no more; `cache` names the pod and wakes it.
@@ -165,6 +170,8 @@ pub async fn follow(
     let lock = || buffer.lock().unwrap_or_else(|e| e.into_inner());
     let mut pause = Duration::from_millis(50);
     loop {
+        // Subscribed before looking, so that a change right after the look wakes the wait.
+        let mut changes = cache.subscribe();
         let was_ended = ended.load(Ordering::SeqCst);
         let pod = match cache.pod(&namespace, &job) {
             Lookup::Pod(p) => p,
@@ -174,10 +181,16 @@ pub async fn follow(
                 return;
             }
             _ => {
-                cache.changed(Duration::from_millis(500)).await;
+                wait_for(&mut changes, Duration::from_millis(500)).await;
                 continue;
             }
         };
+        let was_ended = was_ended || pod.terminal();
+        if !was_ended && matches!(pod.container, Container::Waiting { .. } | Container::Unknown) {
+            // Not started: there is no log to ask for until the watch says it runs.
+            wait_for(&mut changes, Duration::from_secs(5)).await;
+            continue;
+        }
         if lock().held() > MAX_HELD {
             tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
@@ -205,7 +218,7 @@ pub async fn follow(
                     return;
                 }
                 tracing::debug!(pod = %pod.name, error = %e, "cannot read the pod's log yet");
-                cache.changed(pause).await;
+                wait_for(&mut changes, pause).await;
                 pause = (pause * 2).min(Duration::from_secs(1));
                 continue;
             }
@@ -257,7 +270,7 @@ pub async fn follow(
         }
         // The stream ended before the container was seen ending (or broke): look again once
         // the cache moves, from where it stopped.
-        cache.changed(Duration::from_millis(200)).await;
+        wait_for(&mut changes, Duration::from_millis(200)).await;
     }
 }
 

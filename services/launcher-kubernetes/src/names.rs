@@ -23,6 +23,9 @@ pub const ANNOTATION_ATTEMPT_ID: &str = "dev.ferry/attempt-id";
 pub const ANNOTATION_ATTEMPT: &str = "dev.ferry/attempt";
 pub const ANNOTATION_FLOW: &str = "dev.ferry/flow";
 pub const ANNOTATION_NAMESPACE: &str = "dev.ferry/namespace";
+/// How long the pod may stay Pending, in seconds: kept on the pod so that whichever launcher
+/// looks at it (after a restart too) applies the task's own deadline.
+pub const ANNOTATION_PENDING_DEADLINE: &str = "dev.ferry/pending-deadline-seconds";
 
 /// Every Job's name starts with this.
 pub const PREFIX: &str = "ferry-";

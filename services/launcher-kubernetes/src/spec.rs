@@ -92,6 +92,8 @@ pub struct JobSpec {
     pub cpu: Option<f64>,
     pub memory_bytes: Option<u64>,
     pub gpus: Option<u32>,
+    /// How long the pod may stay Pending before the attempt ends.
+    pub pending_deadline_seconds: u64,
     /// The pod's time between SIGTERM and SIGKILL when it is deleted.
     pub grace_seconds: i64,
     /// `activeDeadlineSeconds`: the server stops a Job its launcher forgot.
@@ -214,6 +216,10 @@ impl JobSpec {
         if let Some(n) = &self.job_namespace {
             a.insert(ANNOTATION_NAMESPACE.to_string(), n.clone());
         }
+        a.insert(
+            ANNOTATION_PENDING_DEADLINE.to_string(),
+            self.pending_deadline_seconds.to_string(),
+        );
         a
     }
 
@@ -450,6 +456,7 @@ mod tests {
             cpu: Some(0.5),
             memory_bytes: Some(64 << 20),
             gpus: Some(1),
+            pending_deadline_seconds: 300,
             grace_seconds: 10,
             active_deadline_seconds: Some(70),
             ttl_seconds_after_finished: Some(3600),
