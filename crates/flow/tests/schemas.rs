@@ -166,7 +166,8 @@ fn one_of_each_payload() -> Result<BTreeMap<&'static str, Vec<Value>>> {
         resources: Resources {
             cpu: Some(0.5),
             memory: Some("512Mi".into()),
-            gpu: Some(0),
+            gpu: Some(1),
+            gpu_type: Some("nvidia-l4".into()),
         },
         timeout_ms: Some(60_000),
         retry: RetryPolicy {

@@ -32,7 +32,7 @@ use crate::engine::{ContainerStatus, Engine, State};
 use crate::error::Error;
 use crate::files::{InputFile, Limits};
 use crate::logs::{LogCursor, LogStream};
-use crate::spec::{Attempt, ContainerSpec, Gpus, Mount, PullPolicy, container_name};
+use crate::spec::{Attempt, ContainerSpec, Mount, PullPolicy, container_name};
 
 /// The runner type this backend serves; dispatches arrive on `dispatch.docker`.
 pub const BACKEND: &str = "docker";
@@ -237,11 +237,12 @@ fn base_spec(d: &TaskDispatched, launcher: &str) -> BackendResult<ContainerSpec>
     }
     let memory_bytes = d
         .resources
-        .memory
-        .as_deref()
-        .map(ferry_flow::rules::memory_bytes)
-        .transpose()
+        .memory_bytes()
         .map_err(|why| task(format!("resources.memory: {why}")))?;
+    let gpus = d
+        .resources
+        .gpus()
+        .map_err(|why| task(format!("resources.{why}")))?;
     if !d.output_files.is_empty() {
         // Output files are stored under <artifact dir>/<job>/<task>/<attempt>/.
         for (what, id) in [("job id", &d.job_id), ("task id", &d.task_id)] {
@@ -284,11 +285,7 @@ fn base_spec(d: &TaskDispatched, launcher: &str) -> BackendResult<ContainerSpec>
             .collect(),
         cpu: d.resources.cpu,
         memory_bytes,
-        gpus: d
-            .resources
-            .gpu
-            .filter(|n| *n > 0)
-            .map(|count| Gpus { count, kind: None }),
+        gpus,
     };
     spec.check().map_err(|e| {
         // The spec names fields as the runner does; mounts are runner parameters.
