@@ -73,7 +73,14 @@ impl EventBuilder {
 
     /// A job-level event.
     pub fn job<T: Serialize>(&self, ty: &str, job_id: &str, data: &T) -> Event {
-        self.build(ty, job_id, job_id, None, None, data)
+        self.build(ty, Some(job_id), job_id, None, None, data)
+    }
+
+    /// An event of this service instance rather than of a job (`launcher.presence`): its
+    /// subject and partition key are the instance, and it carries no job or trace.
+    pub fn instance<T: Serialize>(&self, ty: &str, data: &T) -> Event {
+        let source = self.source.clone();
+        self.build(ty, None, &source, None, None, data)
     }
 
     /// A task-level event; the subject is `JOB/TASK`.
@@ -86,7 +93,7 @@ impl EventBuilder {
         data: &T,
     ) -> Event {
         let subject = format!("{job_id}/{task_id}");
-        self.build(ty, job_id, &subject, attempt_id, None, data)
+        self.build(ty, Some(job_id), &subject, attempt_id, None, data)
     }
 
     /// A dispatch-class event (`task.dispatched`, `task.cancel`) for one backend.
@@ -100,13 +107,13 @@ impl EventBuilder {
         data: &T,
     ) -> Event {
         let subject = format!("{job_id}/{task_id}");
-        self.build(ty, job_id, &subject, Some(attempt_id), Some(backend), data)
+        self.build(ty, Some(job_id), &subject, Some(attempt_id), Some(backend), data)
     }
 
     fn build<T: Serialize>(
         &self,
         ty: &str,
-        job_id: &str,
+        job_id: Option<&str>,
         subject: &str,
         attempt_id: Option<&str>,
         backend: Option<&str>,
@@ -119,9 +126,12 @@ impl EventBuilder {
             .source(self.source.clone())
             .subject(subject)
             .time(chrono::Utc::now())
-            .extension(EXT_PARTITION_KEY, job_id)
-            .extension(EXT_JOB, job_id)
-            .extension(EXT_TRACEPARENT, traceparent(job_id));
+            .extension(EXT_PARTITION_KEY, job_id.unwrap_or(subject));
+        if let Some(job_id) = job_id {
+            b = b
+                .extension(EXT_JOB, job_id)
+                .extension(EXT_TRACEPARENT, traceparent(job_id));
+        }
         if let Some(a) = attempt_id {
             b = b.extension(EXT_ATTEMPT, a);
         }

@@ -509,6 +509,28 @@ pub struct TaskCancel {
     pub reason: Option<String>,
 }
 
+/// `dev.ferry.task.accepted`: the attempt's compute exists but may wait on its platform
+/// before it runs (a pod Pending, a batch job RUNNABLE). The attempt holds a lease from here,
+/// renewed by heartbeats; its `timeout` starts at `task.started`. Backends whose compute runs
+/// as soon as it is created (local processes, Docker containers) go straight to
+/// `task.started`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskAccepted {
+    pub job_id: String,
+    pub task_id: String,
+    pub attempt_id: String,
+    pub attempt: u32,
+    pub accepted_at_ms: i64,
+    /// Copied from the dispatch, so that observers can measure dispatch latency.
+    pub ready_at_ms: i64,
+    /// The launcher instance that holds the attempt.
+    pub launcher: String,
+    /// The compute, as its platform names it: `namespace/job`, a batch job id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compute: Option<String>,
+}
+
 /// `dev.ferry.task.started`: the attempt's compute is running.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -522,7 +544,35 @@ pub struct TaskStarted {
     pub ready_at_ms: i64,
     /// The launcher instance that runs the attempt.
     pub launcher: String,
+    /// The compute, as its platform names it: a container id, `namespace/job`, a process
+    /// group. Absent in events of older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compute: Option<String>,
 }
+
+/// `dev.ferry.launcher.presence`: a launcher instance is up and serves a backend. Sent when it
+/// starts, every [`PRESENCE_INTERVAL_MS`] while it runs, and once more (with `leaving`) when it
+/// stops. A task whose backend no launcher has announced for a while fails with "no launcher
+/// for backend … is running" instead of waiting for ever.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LauncherPresence {
+    /// The runner type it serves (`local`, `docker`, `kubernetes`).
+    pub backend: String,
+    /// The instance (its CloudEvents `source`), unique among running launchers.
+    pub instance: String,
+    /// Attempts it runs at once at most.
+    pub capacity: u32,
+    /// Attempts it runs now.
+    pub running: u32,
+    pub at_ms: i64,
+    /// It is stopping: it takes no more work.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub leaving: bool,
+}
+
+/// How often a running launcher announces itself.
+pub const PRESENCE_INTERVAL_MS: i64 = 10_000;
 
 /// `dev.ferry.task.heartbeat`: the attempt is alive; renews its lease.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -806,11 +856,13 @@ pub fn schemas() -> Vec<(&'static str, schemars::Schema)> {
         ("job.state", schema_for!(JobState)),
         ("task.dispatched", schema_for!(TaskDispatched)),
         ("task.cancel", schema_for!(TaskCancel)),
+        ("task.accepted", schema_for!(TaskAccepted)),
         ("task.started", schema_for!(TaskStarted)),
         ("task.heartbeat", schema_for!(TaskHeartbeat)),
         ("task.log", schema_for!(TaskLog)),
         ("task.finished", schema_for!(TaskFinished)),
         ("task.state", schema_for!(TaskState)),
+        ("launcher.presence", schema_for!(LauncherPresence)),
     ]
 }
 

@@ -44,6 +44,11 @@ pub(crate) struct Intake {
 }
 
 impl Intake {
+    /// Attempts running now (adopted ones included).
+    pub(crate) fn running(&self) -> usize {
+        self.running
+    }
+
     pub(crate) fn new(rt: Arc<Runtime>) -> Self {
         Intake {
             rt,

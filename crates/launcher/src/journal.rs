@@ -75,6 +75,14 @@ pub struct RunningRecord {
     /// The dispatch's timeout, from `startedAtMs`: enforced on compute adopted after a restart.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    /// The dispatch's `readyAtMs`, for the `task.started` of queued compute adopted before it
+    /// ran. 0 in records written before it was kept.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub ready_at_ms: i64,
+}
+
+fn is_zero(v: &i64) -> bool {
+    *v == 0
 }
 
 /// How far an attempt's output was turned into log lines: the next line's number, and the
@@ -470,6 +478,7 @@ mod v1 {
                     output_files: Vec::new(),
                     lease_ms: None,
                     timeout_ms: None,
+                    ready_at_ms: 0,
                 }),
                 Entry::Logs(m) => super::Entry::Logs(super::LogMark {
                     seq: m.seq,
@@ -613,6 +622,7 @@ mod tests {
             output_files: vec!["*.csv".into()],
             lease_ms: Some(30_000),
             timeout_ms: None,
+            ready_at_ms: 0,
         }
     }
 

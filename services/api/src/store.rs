@@ -11,7 +11,8 @@
 //! - a job's `phase`: submitted 0, planned 1, running 2, finished 3 (succeeded, failed,
 //!   cancelled, rejected); `job.started` with reason `retried` is the one way back from
 //!   failed or cancelled to running;
-//! - a task's `(attempt_no, phase)`: attempt `n` started `(n, 1)`, retrying after attempt `n`
+//! - a task's `(attempt_no, phase)`: attempt `n` accepted or started `(n, 1)` (a start replaces
+//!   an acceptance of the same attempt, never the other way), retrying after attempt `n`
 //!   `(n, 2)`, finished after `n` attempts `(n, 3)`, re-queued by a job retry after `n` attempts
 //!   `(n, 4)`; never dispatched `(0, 0)`. A late `task.started` of attempt 2 after `task.succeeded`
 //!   with 2 attempts is `(2, 1) < (2, 3)` and changes nothing.
@@ -19,8 +20,8 @@
 use std::collections::{BTreeMap, HashSet};
 
 use ferry_event::payload::{
-    JobPlanned, JobRejected, JobState, JobStatus, OutputFile, Problem, TaskFinished, TaskStarted, TaskState,
-    TaskStatus,
+    JobPlanned, JobRejected, JobState, JobStatus, OutputFile, Problem, TaskAccepted, TaskFinished,
+    TaskStarted, TaskState, TaskStatus,
 };
 use ferry_event::{AttributesReader, Event, kind};
 pub use ferry_runtime::db::Dialect;
@@ -44,9 +45,11 @@ pub const JOB_STATES: &[&str] = &[
 ];
 
 /// Task states shown by the read model. A dispatched task that has not started shows `pending`:
-/// `task.dispatched` travels on the dispatch topics, which the api does not read.
+/// `task.dispatched` travels on the dispatch topics, which the api does not read. `accepted`:
+/// its compute exists and waits on its platform (a pod Pending, a batch job RUNNABLE).
 pub const TASK_STATES: &[&str] = &[
     "pending",
+    "accepted",
     "running",
     "retrying",
     "succeeded",
@@ -699,6 +702,7 @@ enum Input {
     Planned(Box<JobPlanned>),
     Rejected(JobRejected),
     Job(JobState),
+    Accepted(TaskAccepted),
     Started(TaskStarted),
     Finished(Box<TaskFinished>),
     Task(Box<TaskState>),
@@ -712,6 +716,7 @@ fn decode(event: &Event) -> std::result::Result<Option<Input>, String> {
         kind::JOB_STARTED | kind::JOB_SUCCEEDED | kind::JOB_FAILED | kind::JOB_CANCELLED => {
             Input::Job(ferry_event::decode(event).map_err(d)?)
         }
+        kind::TASK_ACCEPTED => Input::Accepted(ferry_event::decode(event).map_err(d)?),
         kind::TASK_STARTED => Input::Started(ferry_event::decode(event).map_err(d)?),
         kind::TASK_FINISHED => Input::Finished(Box::new(ferry_event::decode(event).map_err(d)?)),
         kind::TASK_RETRYING | kind::TASK_SUCCEEDED | kind::TASK_FAILED | kind::TASK_CANCELLED => {
@@ -769,6 +774,7 @@ async fn apply_input(tx: &mut Tx, known: &mut Known, event: &Event, input: Input
         Input::Planned(p) => on_planned(tx, known, ty, &p, at).await,
         Input::Rejected(r) => on_rejected(tx, known, ty, &r, at).await,
         Input::Job(s) => on_job_state(tx, known, ty, &s, at).await,
+        Input::Accepted(a) => on_task_accepted(tx, known, ty, &a, at).await,
         Input::Started(s) => on_task_started(tx, known, ty, &s, at).await,
         Input::Finished(f) => on_task_finished(tx, &f, at).await,
         Input::Task(s) => on_task_state(tx, known, ty, &s, at).await,
@@ -1051,6 +1057,34 @@ async fn on_job_state(tx: &mut Tx, known: &mut Known, ty: &str, s: &JobState, at
     Ok(())
 }
 
+async fn on_task_accepted(tx: &mut Tx, known: &mut Known, ty: &str, a: &TaskAccepted, at: i64) -> Result<()> {
+    let n = i64::from(a.attempt);
+    let update = || {
+        sqlx::query(
+            "UPDATE tasks SET state = 'accepted', attempt_no = $1, phase = 1, attempts = $1, attempt_id = $2,
+                    finished_at = NULL, error = NULL
+             WHERE job_id = $3 AND task_id = $4 AND (attempt_no < $1 OR (attempt_no = $1 AND phase < 1))",
+        )
+        .bind(n)
+        .bind(a.attempt_id.clone())
+        .bind(a.job_id.clone())
+        .bind(a.task_id.clone())
+    };
+    let mut moved = update().execute(&mut **tx).await?.rows_affected();
+    if moved == 0 && insert_task(tx, known, &a.job_id, &a.task_id, at).await? {
+        moved = update().execute(&mut **tx).await?.rows_affected();
+    }
+    if moved > 0 {
+        let d = detail([
+            ("attempts", Some(Value::from(a.attempt))),
+            ("attemptId", Some(Value::from(a.attempt_id.clone()))),
+            ("compute", a.compute.clone().map(Value::from)),
+        ]);
+        record_change(tx, known, &a.job_id, ty, Some(&a.task_id), "accepted", d, at).await?;
+    }
+    Ok(())
+}
+
 async fn on_task_started(tx: &mut Tx, known: &mut Known, ty: &str, s: &TaskStarted, at: i64) -> Result<()> {
     sqlx::query(
         "INSERT INTO attempts (attempt_id, job_id, task_id, number, started_at) VALUES ($1, $2, $3, $4, $5)
@@ -1068,7 +1102,8 @@ async fn on_task_started(tx: &mut Tx, known: &mut Known, ty: &str, s: &TaskStart
         sqlx::query(
             "UPDATE tasks SET state = 'running', attempt_no = $1, phase = 1, attempts = $1, attempt_id = $2,
                     started_at = $3, finished_at = NULL, error = NULL
-             WHERE job_id = $4 AND task_id = $5 AND (attempt_no < $1 OR (attempt_no = $1 AND phase < 1))",
+             WHERE job_id = $4 AND task_id = $5
+               AND (attempt_no < $1 OR (attempt_no = $1 AND (phase < 1 OR (phase = 1 AND state = 'accepted'))))",
         )
         .bind(n)
         .bind(s.attempt_id.clone())
@@ -1084,6 +1119,7 @@ async fn on_task_started(tx: &mut Tx, known: &mut Known, ty: &str, s: &TaskStart
         let d = detail([
             ("attempts", Some(Value::from(s.attempt))),
             ("attemptId", Some(Value::from(s.attempt_id.clone()))),
+            ("compute", s.compute.clone().map(Value::from)),
         ]);
         record_change(tx, known, &s.job_id, ty, Some(&s.task_id), "running", d, at).await?;
     }
@@ -1236,6 +1272,7 @@ mod tests {
             started_at_ms: 1_000,
             ready_at_ms: 900,
             launcher: "test".into(),
+            compute: None,
         };
         let finished = TaskFinished {
             job_id: "j".into(),

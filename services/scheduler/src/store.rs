@@ -90,6 +90,17 @@ const SCHEMA: &[&str] = &[
     "CREATE INDEX IF NOT EXISTS attempts_task ON attempts (job_id, task_id)",
     // Cancels of jobs not planned yet (a `job.cancel` can overtake its `job.planned`): the job
     // ends cancelled as soon as it is planned.
+    // Launchers as they last announced themselves (`launcher.presence`): which backends have
+    // one running. One row per instance, replaced at each announcement.
+    "CREATE TABLE IF NOT EXISTS launchers (
+        backend TEXT NOT NULL,
+        instance TEXT NOT NULL,
+        capacity BIGINT NOT NULL,
+        running BIGINT NOT NULL,
+        seen_at BIGINT NOT NULL,
+        leaving BIGINT NOT NULL,
+        PRIMARY KEY (backend, instance)
+    )",
     "CREATE TABLE IF NOT EXISTS early_cancels (
         job_id TEXT PRIMARY KEY,
         reason TEXT NOT NULL,

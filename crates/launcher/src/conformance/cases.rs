@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_event::kind;
-use ferry_event::payload::{Outcome, TaskFinished};
+use ferry_event::payload::{Outcome, TaskAccepted, TaskFinished, TaskStarted};
 use ferry_event::template::{Part, Template};
 
 use super::harness::{Harness, SmallDisk, display, is_root};
@@ -31,7 +31,8 @@ fn assert_outcome(f: &TaskFinished, outcome: Outcome) {
     assert_eq!(f.outcome, outcome, "{f:?}");
 }
 
-/// Started, heartbeats while it runs, its lines, then finished: in that order, once each.
+/// Accepted first where the backend's compute may queue, then started, heartbeats while it
+/// runs, its lines, then finished: in that order, once each; both name the compute.
 pub async fn lifecycle_is_started_heartbeats_logs_finished(target: Arc<dyn Target>) {
     let mut h = Harness::new(target).await;
     let launcher = h.start().await;
@@ -49,7 +50,34 @@ pub async fn lifecycle_is_started_heartbeats_logs_finished(target: Arc<dyn Targe
         .filter(|(_, a, _)| *a == id)
         .map(|(t, _, _)| t.as_str())
         .collect();
-    assert_eq!(order.first(), Some(&kind::TASK_STARTED), "{order:?}");
+    let queues = h.queues();
+    let first: Vec<&str> = order
+        .iter()
+        .copied()
+        .filter(|t| *t != kind::TASK_HEARTBEAT)
+        .take(2)
+        .collect();
+    if queues {
+        assert_eq!(first, [kind::TASK_ACCEPTED, kind::TASK_STARTED], "{order:?}");
+        let accepted: TaskAccepted = h.payload(kind::TASK_ACCEPTED, &id);
+        assert!(
+            accepted.compute.as_deref().is_some_and(|c| !c.is_empty()),
+            "task.accepted names no compute: {accepted:?}"
+        );
+        assert!(
+            accepted.accepted_at_ms <= f.started_at_ms.unwrap_or(0),
+            "{accepted:?} {f:?}"
+        );
+    } else {
+        assert_eq!(order.first(), Some(&kind::TASK_STARTED), "{order:?}");
+        assert_eq!(h.count(kind::TASK_ACCEPTED, &id), 0, "{order:?}");
+    }
+    let started: TaskStarted = h.payload(kind::TASK_STARTED, &id);
+    assert!(
+        started.compute.as_deref().is_some_and(|c| !c.is_empty()),
+        "task.started names no compute: {started:?}"
+    );
+    assert_eq!(Some(started.started_at_ms), f.started_at_ms, "{started:?} {f:?}");
     assert_eq!(order.last(), Some(&kind::TASK_FINISHED), "{order:?}");
     assert!(
         order.iter().filter(|t| **t == kind::TASK_HEARTBEAT).count() >= 2,
@@ -374,6 +402,7 @@ pub async fn a_crash_between_create_and_journal_leaves_one_compute_and_one_repor
             output_files: Vec::new(),
             lease_ms: Some(d.lease_ms),
             timeout_ms: d.timeout_ms,
+            ready_at_ms: d.ready_at_ms,
         };
         journal.record(&id, Entry::Running(record)).expect("journal");
         backend.create(task, reserved).await.expect("create");

@@ -1,6 +1,8 @@
 //! The events the scheduler acts on, decoded.
 
-use ferry_event::payload::{JobCancel, JobRetry, TaskFinished, TaskHeartbeat, TaskStarted};
+use ferry_event::payload::{
+    JobCancel, JobRetry, LauncherPresence, TaskAccepted, TaskFinished, TaskHeartbeat, TaskStarted,
+};
 use ferry_event::{AttributesReader, Event, kind};
 
 use super::planned::PlannedJson;
@@ -11,9 +13,12 @@ pub(crate) enum Input {
     Planned(PlannedJson),
     Cancel(JobCancel),
     Retry(JobRetry),
+    Accepted(TaskAccepted),
     Started(TaskStarted),
     Heartbeat(TaskHeartbeat),
     Finished(Box<TaskFinished>),
+    /// Of no job: it skips the inbox (it is idempotent) and takes no job lock.
+    Presence(LauncherPresence),
 }
 
 impl Input {
@@ -30,23 +35,33 @@ impl Input {
         let r = match event.ty() {
             kind::JOB_CANCEL => decode(event).map(Input::Cancel),
             kind::JOB_RETRY => decode(event).map(Input::Retry),
+            kind::TASK_ACCEPTED => decode(event).map(Input::Accepted),
             kind::TASK_STARTED => decode(event).map(Input::Started),
             kind::TASK_HEARTBEAT => decode(event).map(Input::Heartbeat),
             kind::TASK_FINISHED => decode(event).map(|p| Input::Finished(Box::new(p))),
+            kind::LAUNCHER_PRESENCE => decode(event).map(Input::Presence),
             _ => return Ok(None),
         };
         r.map(Some).map_err(|e| e.to_string())
     }
 
-    pub(super) fn job_id(&self) -> &str {
-        match self {
+    /// The job it is about; `None` for a launcher's presence.
+    pub(super) fn job_id(&self) -> Option<&str> {
+        Some(match self {
             Input::Planned(p) => &p.job_id,
             Input::Cancel(p) => &p.job_id,
             Input::Retry(p) => &p.job_id,
+            Input::Accepted(p) => &p.job_id,
             Input::Started(p) => &p.job_id,
             Input::Heartbeat(p) => &p.job_id,
             Input::Finished(p) => &p.job_id,
-        }
+            Input::Presence(_) => return None,
+        })
+    }
+
+    /// Applied again without harm, and frequent: kept out of the inbox.
+    pub(super) fn idempotent(&self) -> bool {
+        matches!(self, Input::Heartbeat(_) | Input::Presence(_))
     }
 }
 

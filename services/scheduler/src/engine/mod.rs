@@ -23,6 +23,7 @@ mod on_planned;
 mod on_retry;
 mod on_started;
 mod planned;
+mod presence;
 mod timers;
 
 use std::collections::{HashMap, HashSet};
@@ -81,7 +82,7 @@ pub(crate) async fn apply(
     cx.delete_confirmed(&confirmed).await?;
     // Several instances on one database: take every job's row lock up front, in one order, so
     // that two batches touching the same jobs wait for each other instead of deadlocking.
-    let mut jobs: Vec<&str> = inputs.iter().map(|(_, i)| i.job_id()).collect();
+    let mut jobs: Vec<&str> = inputs.iter().filter_map(|(_, i)| i.job_id()).collect();
     jobs.sort_unstable();
     jobs.dedup();
     if cx.dialect == Dialect::Postgres {
@@ -89,10 +90,10 @@ pub(crate) async fn apply(
             cx.lock_job(job).await?;
         }
     }
-    // Heartbeats are idempotent and frequent: they skip the inbox.
+    // Heartbeats and presence are idempotent and frequent: they skip the inbox.
     let recorded: Vec<&str> = inputs
         .iter()
-        .filter(|(_, i)| !matches!(i, Input::Heartbeat(_)))
+        .filter(|(_, i)| !i.idempotent())
         .map(|(id, _)| id.as_str())
         .collect();
     let mut fresh = cx.record_inbox(&recorded).await?;
@@ -104,7 +105,7 @@ pub(crate) async fn apply(
     let mut successes: Vec<TaskFinished> = Vec::new();
     for (event_id, input) in inputs {
         // An id applies once, even when the batch holds it twice.
-        if !matches!(input, Input::Heartbeat(_)) && !fresh.remove(&event_id) {
+        if !input.idempotent() && !fresh.remove(&event_id) {
             tracing::debug!(event_id, "already applied; skipping");
             continue;
         }
@@ -114,7 +115,7 @@ pub(crate) async fn apply(
             input => {
                 cx.on_started(std::mem::take(&mut starts)).await?;
                 cx.on_succeeded(std::mem::take(&mut successes)).await?;
-                let span = tracing::debug_span!("apply", job_id = input.job_id(), event_id);
+                let span = tracing::debug_span!("apply", job_id = input.job_id().unwrap_or(""), event_id);
                 cx.apply_one(input).instrument(span).await?;
             }
         }
@@ -135,12 +136,28 @@ impl Cx<'_> {
                 cx.begin_ending(&p.job_id, JobStatus::Cancelled, &reason).await?
             }
             Input::Retry(p) => cx.on_retry(&p.job_id).await?,
+            Input::Accepted(p) => cx.on_accepted(p).await?,
             Input::Started(p) => cx.on_started(vec![p]).await?,
             Input::Heartbeat(p) => cx.on_heartbeat(p).await?,
             Input::Finished(p) => cx.on_finished(*p, false).await?,
+            Input::Presence(p) => cx.on_presence(p).await?,
         }
         Ok(())
     }
+}
+
+/// Dispatched tasks whose backend no launcher serves: each fails once it has waited `after`.
+/// Returns the events emitted.
+pub(crate) async fn unserved(
+    store: &Store,
+    cfg: &Config,
+    events: &EventBuilder,
+    now: i64,
+    after: std::time::Duration,
+) -> Result<Vec<Event>> {
+    let mut cx = Cx::begin(store, cfg, events, now).await?;
+    cx.fail_unserved(after).await?;
+    cx.finish().await
 }
 
 /// Timers and dispatch. Returns the events emitted and whether more work is waiting.

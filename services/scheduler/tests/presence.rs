@@ -1,0 +1,303 @@
+//! Launchers announce themselves, and compute may queue on its platform: a task whose backend
+//! no launcher serves fails with the reason instead of waiting for ever; an accepted attempt
+//! holds a lease from its acceptance and its timeout from its start.
+
+mod sim;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_bus::{Bus, MemoryBus, Subscribe, Subscription};
+use ferry_event::payload::{
+    LauncherPresence, PlannedTask, TaskAccepted, TaskCancel, TaskDispatched, TaskHeartbeat, TaskStarted,
+    TaskState,
+};
+use ferry_event::{EventBuilder, Topic, kind};
+use ferry_runtime::CancellationToken;
+use ferry_scheduler::{Clock, ManualClock, PRESENCE_TTL};
+use sim::*;
+
+const WITHIN: Duration = Duration::from_secs(20);
+const AFTER: Duration = Duration::from_secs(60);
+const LEASE: Duration = Duration::from_secs(30);
+
+/// A scheduler on a manual clock, with no launcher: the test plays the `docker` launcher.
+struct Rig {
+    bus: MemoryBus,
+    rec: Recorder,
+    clock: ManualClock,
+    dispatches: Subscription,
+    cancels: Subscription,
+    events: EventBuilder,
+    stop: CancellationToken,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+async fn rig() -> Rig {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = MemoryBus::new();
+    let stop = CancellationToken::new();
+    let rec = Recorder::start(&bus, stop.clone()).await;
+    let dispatches = bus
+        .subscribe(Subscribe::new(
+            "docker-launcher",
+            [Topic::Dispatch("docker".into())],
+        ))
+        .await
+        .unwrap();
+    let cancels = bus
+        .subscribe(Subscribe::new("docker-cancels", [Topic::Cancel("docker".into())]))
+        .await
+        .unwrap();
+    declare_scheduler(&bus).await;
+    let mut cfg = config(&dir.path().join("s.db"));
+    let clock = ManualClock::new(1_000_000);
+    cfg.clock = Arc::new(clock.clone());
+    cfg.no_launcher_after = Some(AFTER);
+    cfg.lease = LEASE;
+    let (_h, token) = start_scheduler(&bus, cfg);
+    let s = stop.clone();
+    tokio::spawn(async move {
+        s.cancelled().await;
+        token.cancel();
+    });
+    Rig {
+        bus,
+        rec,
+        clock,
+        dispatches,
+        cancels,
+        events: EventBuilder::new("ferry/launcher-docker/test"),
+        stop,
+        _dir: dir,
+    }
+}
+
+fn docker_task(id: &str, timeout: Option<Duration>) -> PlannedTask {
+    let mut t: PlannedTask = serde_json::from_value(serde_json::json!({
+        "id": id, "runner": {"type": "docker", "image": "busybox"}, "command": ["true"]
+    }))
+    .unwrap();
+    t.timeout_ms = timeout.map(|t| t.as_millis() as u64);
+    t
+}
+
+impl Rig {
+    async fn submit(&mut self, job: &str, task: PlannedTask) -> TaskDispatched {
+        publish(&self.bus, kind::JOB_PLANNED, job, &planned(job, vec![task], None)).await;
+        self.next_dispatch().await
+    }
+
+    async fn next_dispatch(&mut self) -> TaskDispatched {
+        let d = tokio::time::timeout(WITHIN, self.dispatches.next())
+            .await
+            .expect("a dispatch")
+            .unwrap()
+            .unwrap();
+        let p = ferry_event::decode(&d.event).unwrap();
+        d.ack().await.unwrap();
+        p
+    }
+
+    async fn announce(&self, leaving: bool) {
+        let p = LauncherPresence {
+            backend: "docker".into(),
+            instance: "ferry/launcher-docker/test".into(),
+            capacity: 8,
+            running: 0,
+            at_ms: self.clock.now_ms(),
+            leaving,
+        };
+        self.bus
+            .publish(&[self.events.instance(kind::LAUNCHER_PRESENCE, &p)])
+            .await
+            .unwrap();
+    }
+
+    async fn send<T: serde::Serialize>(&self, ty: &str, d: &TaskDispatched, data: &T) {
+        let e = self
+            .events
+            .task(ty, &d.job_id, &d.task_id, Some(&d.attempt_id), data);
+        self.bus.publish(&[e]).await.unwrap();
+    }
+
+    async fn accept(&self, d: &TaskDispatched) {
+        let p = TaskAccepted {
+            job_id: d.job_id.clone(),
+            task_id: d.task_id.clone(),
+            attempt_id: d.attempt_id.clone(),
+            attempt: d.attempt,
+            accepted_at_ms: self.clock.now_ms(),
+            ready_at_ms: d.ready_at_ms,
+            launcher: "ferry/launcher-docker/test".into(),
+            compute: Some("default/ferry-job".into()),
+        };
+        self.send(kind::TASK_ACCEPTED, d, &p).await;
+    }
+
+    async fn start(&self, d: &TaskDispatched) {
+        let p = TaskStarted {
+            job_id: d.job_id.clone(),
+            task_id: d.task_id.clone(),
+            attempt_id: d.attempt_id.clone(),
+            attempt: d.attempt,
+            started_at_ms: self.clock.now_ms(),
+            ready_at_ms: d.ready_at_ms,
+            launcher: "ferry/launcher-docker/test".into(),
+            compute: Some("default/ferry-job".into()),
+        };
+        self.send(kind::TASK_STARTED, d, &p).await;
+    }
+
+    async fn heartbeat(&self, d: &TaskDispatched) {
+        let p = TaskHeartbeat {
+            job_id: d.job_id.clone(),
+            task_id: d.task_id.clone(),
+            attempt_id: d.attempt_id.clone(),
+        };
+        self.send(kind::TASK_HEARTBEAT, d, &p).await;
+    }
+
+    /// Moves the clock on and gives the scheduler's timers a moment to see it.
+    async fn advance(&self, by: Duration) {
+        self.clock.advance(by);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    fn states(&self, ty: &str) -> Vec<TaskState> {
+        self.rec
+            .of_type(ty)
+            .iter()
+            .map(|e| ferry_event::decode(e).unwrap())
+            .collect()
+    }
+
+    /// Events of the job applied so far, as the scheduler saw them: waits for the control
+    /// events published before to be applied.
+    async fn settle(&self) {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_task_no_launcher_serves_fails_with_the_reason_and_its_dispatch_is_cancelled() {
+    let mut r = rig().await;
+    let d = r.submit("j", docker_task("build", None)).await;
+    // Within the wait, nothing happens.
+    r.advance(AFTER - Duration::from_secs(1)).await;
+    assert!(r.rec.terminal("j").is_none(), "failed before its wait was over");
+    r.advance(Duration::from_secs(2)).await;
+    assert_eq!(r.rec.wait_terminal("j", WITHIN).await, kind::JOB_FAILED);
+    let failed = r.states(kind::TASK_FAILED);
+    let error = failed[0].error.as_deref().unwrap_or_default();
+    assert!(
+        error.contains("no launcher for backend `docker` is running"),
+        "{error}"
+    );
+    assert!(
+        error.contains("ferry service launcher --backend docker"),
+        "{error}"
+    );
+    // The dispatch waiting in the broker is called off: a launcher that comes later skips it.
+    let c = tokio::time::timeout(WITHIN, r.cancels.next())
+        .await
+        .expect("a cancel")
+        .unwrap()
+        .unwrap();
+    let cancel: TaskCancel = ferry_event::decode(&c.event).unwrap();
+    assert_eq!(cancel.attempt_id, d.attempt_id);
+}
+
+#[tokio::test]
+async fn a_task_waits_while_a_launcher_of_its_backend_is_present_and_fails_once_it_is_gone() {
+    let mut r = rig().await;
+    r.announce(false).await;
+    r.settle().await;
+    r.submit("j", docker_task("build", None)).await;
+    // Announced within the presence's lifetime: the task waits on, however long.
+    for _ in 0..3 {
+        r.advance(PRESENCE_TTL / 2).await;
+        r.announce(false).await;
+        r.settle().await;
+    }
+    assert!(r.rec.terminal("j").is_none(), "a served task failed");
+    // The launcher leaves: nobody serves docker any more, and the task has waited long enough.
+    r.announce(true).await;
+    r.settle().await;
+    r.advance(AFTER - PRESENCE_TTL / 2 * 3 + Duration::from_secs(1))
+        .await;
+    assert_eq!(r.rec.wait_terminal("j", WITHIN).await, kind::JOB_FAILED);
+}
+
+#[tokio::test]
+async fn an_accepted_attempt_holds_a_lease_renewed_by_heartbeats() {
+    let mut r = rig().await;
+    let d = r.submit("j", docker_task("build", None)).await;
+    r.accept(&d).await;
+    r.settle().await;
+    // Accepted, it is out of the "no launcher" wait, and heartbeats keep its lease.
+    for _ in 0..4 {
+        r.advance(LEASE / 2).await;
+        r.heartbeat(&d).await;
+        r.settle().await;
+    }
+    assert!(r.rec.terminal("j").is_none());
+    assert!(r.states(kind::TASK_RETRYING).is_empty());
+    // Silence for a lease: the attempt is presumed lost and the task dispatched again.
+    r.advance(LEASE + Duration::from_secs(1)).await;
+    let again = r.next_dispatch().await;
+    assert_eq!(again.attempt, 2);
+    let retrying = r.states(kind::TASK_RETRYING);
+    assert!(
+        retrying[0]
+            .error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("no heartbeat"),
+        "{retrying:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_timeout_runs_from_the_start_not_from_the_acceptance() {
+    let mut r = rig().await;
+    r.announce(false).await;
+    let d = r
+        .submit("j", docker_task("build", Some(Duration::from_secs(10))))
+        .await;
+    r.accept(&d).await;
+    r.settle().await;
+    // Queued for longer than its timeout: not timed out, it has not started.
+    r.advance(Duration::from_secs(20)).await;
+    r.heartbeat(&d).await;
+    r.announce(false).await;
+    r.settle().await;
+    assert!(r.rec.terminal("j").is_none());
+    r.start(&d).await;
+    r.settle().await;
+    // Its timeout (and the grace given its launcher to report it) runs from the start.
+    r.advance(Duration::from_secs(9)).await;
+    r.heartbeat(&d).await;
+    r.settle().await;
+    assert!(r.rec.terminal("j").is_none());
+    r.advance(Duration::from_secs(7)).await;
+    r.heartbeat(&d).await;
+    r.advance(Duration::from_secs(6)).await;
+    let ended = r.rec.wait_terminal("j", WITHIN).await;
+    assert_eq!(ended, kind::JOB_FAILED);
+    let failed = r.states(kind::TASK_FAILED);
+    assert!(
+        failed[0]
+            .error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("timed out"),
+        "{failed:?}"
+    );
+}
