@@ -127,7 +127,8 @@ impl Cx<'_> {
             let error = format!(
                 "no launcher for backend `{backend}` is running: none announced itself in the last {}s, \
                  and the task waited {}s; start one (`ferry service launcher --backend {backend}`, or \
-                 `ferry up`), or run the task on another runner",
+                 `ferry up`), or run the task on another runner (`ferry run FLOW --runner docker` runs \
+                 container tasks on local Docker)",
                 PRESENCE_TTL.as_secs(),
                 after.as_secs()
             );
