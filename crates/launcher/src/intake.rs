@@ -141,6 +141,14 @@ impl Intake {
             task_id = %c.task_id,
             attempt_id = %c.attempt_id
         );
+        // A cancel addressed to another launcher (fencing one that took up an attempt already
+        // running elsewhere) is not this one's to act on, nor to remember as a tombstone.
+        if let Some(to) = ferry_event::envelope::launcher_of(&delivery.event)
+            && Some(to.as_str()) != self.rt.builder.launcher()
+        {
+            span.in_scope(|| tracing::debug!(launcher = %to, "a cancel for another launcher ignored"));
+            return ack(delivery).await;
+        }
         if let Some(entry) = self.entries.get(&c.attempt_id) {
             if let Some(tx) = &entry.cancel {
                 span.in_scope(|| tracing::info!("cancelling the attempt"));

@@ -210,6 +210,46 @@ impl Journal {
         &self.path
     }
 
+    /// The identity of the launcher that keeps this journal: made once, kept in `launcher-id`
+    /// beside it, so that a launcher restarted on the same journal is the same launcher (the
+    /// scheduler accepts an attempt's reports only from the launcher that took it up).
+    pub fn identity(&self) -> io::Result<String> {
+        let path = self.path.with_file_name("launcher-id");
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let id = text.trim();
+                let ok = !id.is_empty()
+                    && id.len() <= 64
+                    && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+                if ok {
+                    return Ok(id.to_string());
+                }
+                Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "{} does not hold a launcher identity (1 to 64 letters, digits or `-`); remove it to make a new one",
+                        path.display()
+                    ),
+                ))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let id = ferry_event::new_id();
+                let tmp = path.with_extension("new");
+                let mut f = OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(&tmp)?;
+                f.write_all(id.as_bytes())?;
+                f.sync_all()?;
+                std::fs::rename(&tmp, &path)?;
+                Ok(id)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // A panic while holding the lock leaves the maps as they were before the record that
         // failed: still consistent.

@@ -76,10 +76,17 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<()> {
     config.check()?;
+    let identity = journal.identity().map_err(|source| Error::Io {
+        what: format!(
+            "cannot read or make the launcher's identity beside {}",
+            journal.path().display()
+        ),
+        source,
+    })?;
     let stop = shutdown.child_token();
     let rt = Arc::new(Runtime {
         masker: config.secrets.masker(),
-        builder: EventBuilder::new(config.source.clone()),
+        builder: EventBuilder::new(config.source.clone()).with_launcher(identity),
         publisher: Publisher::new(bus.clone(), stop.clone()),
         stop: stop.clone(),
         journal,

@@ -108,6 +108,12 @@ const SCHEMA: &[&str] = &[
     )",
 ];
 
+/// Columns added to tables after they were first made: added to a database that lacks them.
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    // The launcher that took the attempt up (fencing, see `engine::fence`).
+    ("attempts", "launcher", "TEXT"),
+];
+
 const OUTBOX_SQLITE: &str = "CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     event_id TEXT NOT NULL,
@@ -134,6 +140,17 @@ impl Store {
     async fn migrate(&self) -> Result<()> {
         for stmt in SCHEMA.iter().chain(db::INBOX_SCHEMA) {
             sqlx::query(stmt).execute(&self.pool).await?;
+        }
+        for (table, column, ty) in ADDED_COLUMNS {
+            let present = sqlx::query(&format!("SELECT {column} FROM {table} LIMIT 0"))
+                .execute(&self.pool)
+                .await
+                .is_ok();
+            if !present {
+                sqlx::query(&format!("ALTER TABLE {table} ADD COLUMN {column} {ty}"))
+                    .execute(&self.pool)
+                    .await?;
+            }
         }
         let outbox = match self.dialect {
             Dialect::Sqlite => OUTBOX_SQLITE,

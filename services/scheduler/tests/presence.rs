@@ -312,3 +312,84 @@ async fn the_timeout_runs_from_the_start_not_from_the_acceptance() {
         "{failed:?}"
     );
 }
+
+/// A dispatch that reached two launchers (the first died before acknowledging it and the broker
+/// delivered it again): the attempt stays with the first, the second is told alone to stop, and
+/// its words change nothing.
+#[tokio::test]
+async fn an_attempt_is_fenced_to_the_launcher_that_took_it_up_first() {
+    use ferry_event::payload::{Outcome, TaskFinished};
+    let mut r = rig().await;
+    r.announce(false).await;
+    let d = r.submit("j", docker_task("build", None)).await;
+    let first = EventBuilder::new("ferry/launcher-docker/a/1").with_launcher("launcher-a");
+    let second = EventBuilder::new("ferry/launcher-docker/b/2").with_launcher("launcher-b");
+    let started = |b: &EventBuilder| {
+        let p = TaskStarted {
+            job_id: d.job_id.clone(),
+            task_id: d.task_id.clone(),
+            attempt_id: d.attempt_id.clone(),
+            attempt: d.attempt,
+            started_at_ms: r.clock.now_ms(),
+            ready_at_ms: d.ready_at_ms,
+            launcher: b.source().to_string(),
+            compute: None,
+        };
+        b.task(kind::TASK_STARTED, &d.job_id, &d.task_id, Some(&d.attempt_id), &p)
+    };
+    let succeeded = |b: &EventBuilder, answer: i64| {
+        let mut f = TaskFinished::unreported(
+            d.job_id.clone(),
+            d.task_id.clone(),
+            d.attempt_id.clone(),
+            d.attempt,
+            Outcome::Succeeded,
+            "",
+            r.clock.now_ms(),
+        );
+        f.error = None;
+        f.exit_code = Some(0);
+        f.outputs.insert("answer".into(), answer.into());
+        b.task(
+            kind::TASK_FINISHED,
+            &d.job_id,
+            &d.task_id,
+            Some(&d.attempt_id),
+            &f,
+        )
+    };
+    r.bus.publish(&[started(&first)]).await.unwrap();
+    r.settle().await;
+    r.bus.publish(&[started(&second)]).await.unwrap();
+    // The second launcher alone is told to stop its copy.
+    let c = tokio::time::timeout(WITHIN, r.cancels.next())
+        .await
+        .expect("a cancel")
+        .unwrap()
+        .unwrap();
+    let cancel: TaskCancel = ferry_event::decode(&c.event).unwrap();
+    assert_eq!(cancel.attempt_id, d.attempt_id);
+    assert_eq!(
+        ferry_event::envelope::launcher_of(&c.event).as_deref(),
+        Some("launcher-b")
+    );
+    assert!(
+        cancel
+            .reason
+            .as_deref()
+            .unwrap_or_default()
+            .contains("launcher-a"),
+        "{cancel:?}"
+    );
+    // Its report changes nothing; the first launcher's decides.
+    r.bus.publish(&[succeeded(&second, 666)]).await.unwrap();
+    r.settle().await;
+    assert!(
+        r.rec.terminal("j").is_none(),
+        "the fenced launcher's report was taken"
+    );
+    r.bus.publish(&[succeeded(&first, 42)]).await.unwrap();
+    assert_eq!(r.rec.wait_terminal("j", WITHIN).await, kind::JOB_SUCCEEDED);
+    let done = r.states(kind::TASK_SUCCEEDED);
+    assert_eq!(done[0].outputs.get("answer"), Some(&42.into()), "{done:?}");
+}

@@ -329,6 +329,39 @@ pub async fn a_cancel_leaves_no_compute(target: Arc<dyn Target>) {
     launcher.stop().await;
 }
 
+/// Every word of a launcher names it (`ferrylauncher`), the same after a restart; a cancel
+/// addressed to another launcher (the scheduler fencing off a copy of the attempt elsewhere)
+/// leaves this one's attempt running, and one addressed to it stops it.
+pub async fn a_cancel_for_another_launcher_is_not_this_ones(target: Arc<dyn Target>) {
+    let mut h = Harness::new(target).await;
+    let launcher = h.start().await;
+    let id = h.id("fenced");
+    let d = h.task(&id, &forever());
+    h.dispatch(&d).await;
+    let started = h.expect(kind::TASK_STARTED, &id).await;
+    let me = ferry_event::envelope::launcher_of(&started).expect("task.started names its launcher");
+    h.cancel_for(&d, "a copy elsewhere", Some("some-other-launcher"))
+        .await;
+    assert_eq!(
+        h.settle_count(kind::TASK_FINISHED, &id).await,
+        0,
+        "a cancel for another launcher stopped this one's attempt"
+    );
+    h.cancel_for(&d, "fenced", Some(&me)).await;
+    let f = h.finished(&id).await;
+    assert_outcome(&f, Outcome::Cancelled);
+    h.assert_nothing_left("after a cancel addressed to it").await;
+    launcher.stop().await;
+    // Started again on the same journal, it is the same launcher.
+    let launcher = h.start().await;
+    let again = h.id("fenced-again");
+    h.dispatch(&h.task(&again, &p([out("hi")]))).await;
+    let started = h.expect(kind::TASK_STARTED, &again).await;
+    assert_eq!(ferry_event::envelope::launcher_of(&started), Some(me));
+    h.finished(&again).await;
+    launcher.stop().await;
+}
+
 /// A cancel that arrives before its dispatch wins: the dispatch, and every redelivery of it,
 /// creates nothing.
 pub async fn a_cancel_before_the_dispatch_creates_nothing_ever(target: Arc<dyn Target>) {

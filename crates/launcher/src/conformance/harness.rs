@@ -228,6 +228,12 @@ impl Harness {
     }
 
     pub async fn cancel(&self, d: &TaskDispatched, reason: &str) {
+        self.cancel_for(d, reason, None).await
+    }
+
+    /// A `task.cancel` addressed to one launcher (`ferrylauncher`), as the scheduler fences a
+    /// launcher off an attempt another one holds; `None`: to every launcher.
+    pub async fn cancel_for(&self, d: &TaskDispatched, reason: &str, launcher: Option<&str>) {
         let c = TaskCancel {
             job_id: d.job_id.clone(),
             task_id: d.task_id.clone(),
@@ -242,6 +248,10 @@ impl Harness {
             self.target.name(),
             &c,
         );
+        let mut e = e;
+        if let Some(l) = launcher {
+            e.set_extension(ferry_event::envelope::EXT_LAUNCHER, l.to_string());
+        }
         self.bus.publish(&[e]).await.expect("publish a cancel");
     }
 

@@ -15,6 +15,7 @@
 //! templates filled in.
 
 mod dispatch;
+mod fence;
 mod input;
 mod on_cancel;
 mod on_finished;
@@ -97,6 +98,9 @@ pub(crate) async fn apply(
         .map(|(id, _)| id.as_str())
         .collect();
     let mut fresh = cx.record_inbox(&recorded).await?;
+    // Fencing: each attempt's launcher, as far as known, for the launchers' words in the batch.
+    let mut owners = cx.owners(&inputs).await?;
+    let mut claims: Vec<(String, String)> = Vec::new();
     // Starts and successes between two other events are applied together, starts first: each
     // changes only its own attempt and task, the job's counters, and a success its task's
     // dependents, which have no attempt yet. A start that came after its attempt's success
@@ -109,9 +113,24 @@ pub(crate) async fn apply(
             tracing::debug!(event_id, "already applied; skipping");
             continue;
         }
+        if let Some((attempt, launcher)) = input.launcher_word() {
+            let claims_it = matches!(input, Input::Accepted(_) | Input::Started(_));
+            match owners.get(attempt) {
+                Some(Some(owner)) if owner != launcher => {
+                    cx.fence(&input, launcher, owner).await?;
+                    continue;
+                }
+                Some(None) if claims_it => {
+                    let (attempt, launcher) = (attempt.to_string(), launcher.to_string());
+                    owners.insert(attempt.clone(), Some(launcher.clone()));
+                    claims.push((attempt, launcher));
+                }
+                _ => {}
+            }
+        }
         match input {
-            Input::Started(p) => starts.push(p),
-            Input::Finished(p) if p.outcome == Outcome::Succeeded => successes.push(*p),
+            Input::Started(s) => starts.push(s.p),
+            Input::Finished(s) if s.p.outcome == Outcome::Succeeded => successes.push(s.p),
             input => {
                 cx.on_started(std::mem::take(&mut starts)).await?;
                 cx.on_succeeded(std::mem::take(&mut successes)).await?;
@@ -122,6 +141,7 @@ pub(crate) async fn apply(
     }
     cx.on_started(starts).await?;
     cx.on_succeeded(successes).await?;
+    cx.claim(&claims).await?;
     cx.dispatch().await?;
     cx.finish().await
 }
@@ -136,10 +156,10 @@ impl Cx<'_> {
                 cx.begin_ending(&p.job_id, JobStatus::Cancelled, &reason).await?
             }
             Input::Retry(p) => cx.on_retry(&p.job_id).await?,
-            Input::Accepted(p) => cx.on_accepted(p).await?,
-            Input::Started(p) => cx.on_started(vec![p]).await?,
-            Input::Heartbeat(p) => cx.on_heartbeat(p).await?,
-            Input::Finished(p) => cx.on_finished(*p, false).await?,
+            Input::Accepted(s) => cx.on_accepted(s.p).await?,
+            Input::Started(s) => cx.on_started(vec![s.p]).await?,
+            Input::Heartbeat(s) => cx.on_heartbeat(s.p).await?,
+            Input::Finished(s) => cx.on_finished(s.p, false).await?,
             Input::Presence(p) => cx.on_presence(p).await?,
         }
         Ok(())
