@@ -359,18 +359,22 @@ impl Backend for Docker {
         }
         let created = engine.create_or_adopt(&spec).await.map_err(attempt_error)?;
         // A container created but never started (a crash in between, or a redelivery that
-        // raced this one) may lack its files: they are put again before the one start.
-        let status = engine.inspect(&created.name).await.map_err(attempt_error)?;
-        if status.state == State::Created {
+        // raced this one) may lack its files: they are put again before the one start. One
+        // this call created has not started: it is not looked at again.
+        let unstarted = !created.adopted
+            || engine.inspect(&created.name).await.map_err(attempt_error)?.state == State::Created;
+        if unstarted {
+            let dirs: [(&str, &[InputFile]); 2] = [(&work_dir, &inputs), (OUTPUTS_DIR, &[])];
             engine
-                .put_files(&created.name, &work_dir, &inputs)
+                .put_dirs(&created.name, &dirs)
                 .await
                 .map_err(attempt_error)?;
-            engine
-                .put_files(&created.name, OUTPUTS_DIR, &[])
-                .await
-                .map_err(attempt_error)?;
-            engine.start(&created.name).await.map_err(attempt_error)?;
+            if created.adopted {
+                engine.start(&created.name).await
+            } else {
+                engine.start_created(&created.name).await
+            }
+            .map_err(attempt_error)?;
         }
         if created.adopted {
             tracing::info!(container = %created.name, attempt_id = %d.attempt_id, "adopted the attempt's existing container");
