@@ -370,6 +370,7 @@ pub async fn a_cancel_before_the_dispatch_creates_nothing_ever(target: Arc<dyn T
     let id = h.id("tomb");
     let d = h.task(&id, &forever());
     h.cancel(&d, "changed my mind").await;
+    h.wait_journaled(&id).await;
     h.dispatch(&d).await;
     let f = h.finished(&id).await;
     assert_outcome(&f, Outcome::Cancelled);

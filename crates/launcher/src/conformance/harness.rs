@@ -255,6 +255,21 @@ impl Harness {
         self.bus.publish(&[e]).await.expect("publish a cancel");
     }
 
+    /// Waits until the launcher has journaled something of `attempt` (a cancel it took, say):
+    /// dispatches and cancels travel on queues of their own, so only the journal tells that a
+    /// cancel arrived before a dispatch published after it.
+    pub async fn wait_journaled(&self, attempt: &str) {
+        let path = self.data_dir.join("journal");
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !std::fs::read_to_string(&path).is_ok_and(|j| j.contains(&format!("\"{attempt}\""))) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the launcher journaled nothing of {attempt} within {WAIT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
     /// Receives the next control event, if one comes within `wait`.
     pub async fn next_within(&mut self, wait: Duration) -> bool {
         let Ok(received) = tokio::time::timeout(wait, self.control.next()).await else {
