@@ -1,0 +1,855 @@
+//! The `kubernetes` backend: the launcher runtime's [`Backend`] over the Kubernetes API.
+//!
+//! Each attempt is one Job ([`crate::spec`]) named from its attempt id ([`job_name`]), with a
+//! Secret it owns for the task's env and input files. Per attempt the launcher makes three
+//! writes — create the Job, create its Secret, delete the Job (with `Background` propagation,
+//! which takes the pod and the Secret with it) — plus a delete of the pod when an attempt is
+//! stopped before its end. Reads: a look for the Job before creating it, and the pod's log;
+//! completion comes from the one pod watch of the namespace ([`Cache`]), so no attempt is
+//! polled.
+//!
+//! Jobs outlive the launcher ([`ShutdownPolicy::Detach`]): the next start adopts each with its
+//! true outcome. `activeDeadlineSeconds` (timeout + pending deadline + a grace) and
+//! `ttlSecondsAfterFinished` make the server clean up after a launcher that never comes back.
+//!
+//! A pod stuck `Pending` past the pending deadline ends the attempt naming the reason: an image
+//! that cannot be pulled is the task's fault (`failed`, reason `ImagePullFailed`: a wrong name
+//! fails the same way every time), a pod no node can take (`Unschedulable`) or whose config
+//! cannot be made is the platform's (`lost`, retried outside the task's budget: capacity
+//! comes and goes).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use ferry_event::payload::{KubernetesRunner, PullPolicy, Runner, Stream, TaskDispatched};
+use ferry_launcher::backend::{
+    AttemptError, Backend, BackendResult, Collected, Compute, ComputeState, Exit, LogPosition, LogRead,
+    ShutdownPolicy, Task,
+};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::api::{DeleteParams, ListParams, PostParams, PropagationPolicy};
+use kube::{Api, Client};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::cache::{Cache, Container, Lookup, PodView};
+use crate::error::{attempt_error, status};
+use crate::logs::{Buffer, Mark};
+use crate::names::{ANNOTATION_ATTEMPT_ID, LABEL_LAUNCHER, job_name, label_value};
+use crate::spec::{DEFAULT_WORKING_DIR, InputFile, JobSpec, MAX_OUTPUTS_BYTES, OUTPUTS_FILE, Pull};
+
+/// The runner type this backend serves; dispatches arrive on `dispatch.kubernetes`.
+pub const BACKEND: &str = "kubernetes";
+
+/// What the journal keeps of a Job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Handle {
+    pub namespace: String,
+    pub job: String,
+}
+
+/// How the backend runs its Jobs.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The namespace of Jobs whose runner names none.
+    pub namespace: String,
+    /// This launcher's identity (its Jobs' `dev.ferry/launcher` label).
+    pub launcher: String,
+    /// How long a pod may stay Pending before its attempt ends, unless the runner says.
+    pub pending_deadline: Duration,
+    /// The pod's time between SIGTERM and SIGKILL.
+    pub kill_grace: Duration,
+    /// Added to a task's timeout and the pending deadline for `activeDeadlineSeconds`.
+    pub deadline_grace: Duration,
+    /// `ttlSecondsAfterFinished` of every Job (`None`: not set).
+    pub ttl_after_finished: Option<Duration>,
+}
+
+impl Settings {
+    /// Defaults: namespace `default`, 5 minutes' pending deadline, 10 s grace, 60 s deadline
+    /// grace, finished Jobs removed by the server after a day.
+    pub fn new(launcher: impl Into<String>) -> Settings {
+        Settings {
+            namespace: "default".into(),
+            launcher: launcher.into(),
+            pending_deadline: Duration::from_secs(300),
+            kill_grace: Duration::from_secs(10),
+            deadline_grace: Duration::from_secs(60),
+            ttl_after_finished: Some(Duration::from_secs(24 * 3600)),
+        }
+    }
+}
+
+/// The kubernetes backend. Cheap to clone.
+#[derive(Clone)]
+pub struct Kubernetes(Arc<Inner>);
+
+struct Inner {
+    /// The API, or why there is none: then every attempt is refused with that message.
+    client: Result<(Client, Cache), String>,
+    settings: Settings,
+    shutdown: ShutdownPolicy,
+    live: Mutex<HashMap<String, Arc<Live>>>,
+    stop: CancellationToken,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        for live in self.live.lock().unwrap_or_else(|e| e.into_inner()).values() {
+            live.abort();
+        }
+    }
+}
+
+/// What this run knows of one attempt's Job.
+#[derive(Default)]
+struct Live {
+    /// The container can write no more.
+    ended: Arc<AtomicBool>,
+    logs: Mutex<Option<Follower>>,
+}
+
+/// An attempt's log buffer and the task that fills it.
+type Follower = (Arc<Mutex<Buffer>>, tokio::task::JoinHandle<()>);
+
+impl Live {
+    fn abort(&self) {
+        if let Some((_, task)) = self.logs.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            task.abort();
+        }
+    }
+}
+
+impl Kubernetes {
+    /// A backend on `client`, watching its pods from now on.
+    pub fn new(client: Client, settings: Settings) -> Kubernetes {
+        let stop = CancellationToken::new();
+        let selector = format!("{LABEL_LAUNCHER}={}", label_value(&settings.launcher));
+        let cache = Cache::new(client.clone(), selector, stop.clone());
+        cache.watch(&settings.namespace);
+        Kubernetes::with(Ok((client, cache)), settings, stop)
+    }
+
+    /// A backend without a cluster: every attempt fails at once with `why`.
+    pub fn without_cluster(why: impl Into<String>, settings: Settings) -> Kubernetes {
+        Kubernetes::with(Err(why.into()), settings, CancellationToken::new())
+    }
+
+    fn with(
+        client: Result<(Client, Cache), String>,
+        settings: Settings,
+        stop: CancellationToken,
+    ) -> Kubernetes {
+        Kubernetes(Arc::new(Inner {
+            client,
+            settings,
+            shutdown: ShutdownPolicy::Detach,
+            live: Mutex::new(HashMap::new()),
+            stop,
+        }))
+    }
+
+    /// Stops every running Job when the launcher stops, reporting its attempt `lost`, rather
+    /// than leaving it to the next start. Call before the backend is shared.
+    pub fn kill_on_shutdown(mut self) -> Kubernetes {
+        match Arc::get_mut(&mut self.0) {
+            Some(inner) => inner.shutdown = ShutdownPolicy::Kill,
+            None => debug_assert!(false, "kill_on_shutdown on a backend already shared"),
+        }
+        self
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.0.settings
+    }
+
+    fn api(&self) -> BackendResult<(&Client, &Cache)> {
+        match &self.0.client {
+            Ok((c, cache)) => Ok((c, cache)),
+            Err(why) => Err(AttemptError::Task(why.clone())),
+        }
+    }
+
+    fn live(&self, name: &str) -> Arc<Live> {
+        let mut live = self.0.live.lock().unwrap_or_else(|e| e.into_inner());
+        live.entry(name.to_string()).or_default().clone()
+    }
+
+    fn forget(&self, name: &str) {
+        let gone = self.0.live.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
+        if let Some(live) = gone {
+            live.abort();
+        }
+    }
+
+    /// The Job's handle: journaled, or the default namespace for one known only by name.
+    fn handle(&self, compute: &Compute) -> BackendResult<Handle> {
+        if compute.handle.is_null() {
+            return Ok(Handle {
+                namespace: self.0.settings.namespace.clone(),
+                job: compute.name.clone(),
+            });
+        }
+        compute.handle_as()
+    }
+
+    fn namespace_of(&self, r: &KubernetesRunner) -> String {
+        r.namespace
+            .clone()
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| self.0.settings.namespace.clone())
+    }
+
+    fn pending_deadline(&self, r: Option<&KubernetesRunner>) -> Duration {
+        r.and_then(|r| r.pending_deadline_seconds)
+            .map(Duration::from_secs)
+            .unwrap_or(self.0.settings.pending_deadline)
+    }
+
+    /// The Job for `d` as far as it is known without filling templates.
+    fn base_spec(&self, d: &TaskDispatched) -> BackendResult<JobSpec> {
+        let r = runner(d)?;
+        let task = |m: String| AttemptError::Task(m);
+        if !d.output_files.is_empty() {
+            return Err(task(
+                "outputFiles are not supported on the kubernetes backend yet: a pod's files go with it. \
+                 Write small results (at most 4096 bytes) to $FERRY_OUTPUTS, or have the task upload its files"
+                    .into(),
+            ));
+        }
+        let namespace = self.namespace_of(r);
+        if !crate::names::is_dns_label(&namespace) {
+            return Err(task(format!(
+                "runner.namespace `{namespace}` is not a Kubernetes namespace name (lowercase letters, digits and `-`)"
+            )));
+        }
+        let working_dir = r
+            .working_dir
+            .clone()
+            .unwrap_or_else(|| DEFAULT_WORKING_DIR.into());
+        let trimmed = working_dir.trim_end_matches('/');
+        if !trimmed.starts_with('/')
+            || trimmed.split('/').any(|c| c == "." || c == "..")
+            || trimmed == "/ferry-outputs"
+        {
+            return Err(task(format!(
+                "runner.workingDir `{working_dir}` must be an absolute path below `/`, without `.` or `..`, and not /ferry-outputs"
+            )));
+        }
+        let memory_bytes = d
+            .resources
+            .memory
+            .as_deref()
+            .map(ferry_flow::rules::memory_bytes)
+            .transpose()
+            .map_err(|why| task(format!("resources.memory: {why}")))?;
+        let s = &self.0.settings;
+        let pending = self.pending_deadline(Some(r));
+        let secs = |d: Duration| d.as_secs() + u64::from(d.subsec_nanos() > 0);
+        let active_deadline_seconds = d.timeout_ms.map(|t| {
+            let total = Duration::from_millis(t) + pending + s.deadline_grace;
+            i64::try_from(secs(total)).unwrap_or(i64::MAX)
+        });
+        let spec = JobSpec {
+            namespace,
+            name: job_name(&d.attempt_id),
+            launcher: s.launcher.clone(),
+            job_id: d.job_id.clone(),
+            task_id: d.task_id.clone(),
+            attempt_id: d.attempt_id.clone(),
+            attempt: d.attempt,
+            flow: d.flow_id.clone(),
+            job_namespace: d.namespace.clone(),
+            image: r.image.clone(),
+            pull: match r.pull_policy.unwrap_or_default() {
+                PullPolicy::Always => Pull::Always,
+                PullPolicy::Missing => Pull::IfNotPresent,
+                PullPolicy::Never => Pull::Never,
+            },
+            command: Vec::new(),
+            ferry_env: Vec::new(),
+            env: Vec::new(),
+            inputs: Vec::new(),
+            working_dir: trimmed.to_string(),
+            service_account: r.service_account.clone(),
+            node_selector: r.node_selector.clone(),
+            tolerations: r.tolerations.clone(),
+            image_pull_secrets: r.image_pull_secrets.clone(),
+            priority_class: r.priority_class.clone(),
+            cpu: d.resources.cpu,
+            memory_bytes,
+            gpus: d.resources.gpu,
+            pending_deadline_seconds: pending.as_secs().max(1),
+            grace_seconds: i64::try_from(secs(s.kill_grace)).unwrap_or(i64::MAX),
+            active_deadline_seconds,
+            ttl_seconds_after_finished: s
+                .ttl_after_finished
+                .map(|t| i32::try_from(t.as_secs()).unwrap_or(i32::MAX)),
+        };
+        spec.check().map_err(task)?;
+        Ok(spec)
+    }
+
+    /// The attempt's state from its pod as the cache saw it.
+    fn state_of(&self, job: &str, pod: &PodView, pending_deadline: Duration) -> BackendResult<ComputeState> {
+        if pod.terminal() {
+            self.live(job).ended.store(true, Ordering::SeqCst);
+            return Ok(ComputeState::Exited(exit_of(pod)));
+        }
+        if pod.phase != "Pending" {
+            return Ok(ComputeState::Running);
+        }
+        let pending_deadline = pod
+            .pending_deadline
+            .map(Duration::from_secs)
+            .unwrap_or(pending_deadline);
+        let waited = chrono::Utc::now().timestamp() - pod.created;
+        if waited <= pending_deadline.as_secs() as i64 || pod.deleting {
+            return Ok(ComputeState::Pending);
+        }
+        let stuck = format!(
+            "pod {} stayed Pending for more than {}s",
+            pod.name,
+            pending_deadline.as_secs()
+        );
+        if let Some((reason, message)) = &pod.unscheduled {
+            return Err(AttemptError::Platform(format!(
+                "{stuck}: {reason}: {message} (runner.nodeSelector, runner.tolerations and resources decide where it fits)"
+            )));
+        }
+        match &pod.container {
+            Container::Waiting { reason, message }
+                if matches!(
+                    reason.as_str(),
+                    "ErrImagePull" | "ImagePullBackOff" | "ErrImageNeverPull" | "InvalidImageName"
+                ) =>
+            {
+                Ok(ComputeState::Exited(Exit {
+                    code: None,
+                    error: Some(format!(
+                        "{stuck}: {reason}: {message} (runner.image, runner.pullPolicy)"
+                    )),
+                    reason: Some("ImagePullFailed".into()),
+                }))
+            }
+            Container::Waiting { reason, message } => {
+                Err(AttemptError::Platform(format!("{stuck}: {reason}: {message}")))
+            }
+            _ => Ok(ComputeState::Pending),
+        }
+    }
+
+    /// The attempt's state from the Job itself: when the cache has no pod for it.
+    async fn state_from_job(&self, h: &Handle, pending_deadline: Duration) -> BackendResult<ComputeState> {
+        let (client, _) = self.api()?;
+        let jobs: Api<Job> = Api::namespaced(client.clone(), &h.namespace);
+        let job = jobs
+            .get_opt(&h.job)
+            .await
+            .map_err(|e| attempt_error(&format!("reading Job {}/{}", h.namespace, h.job), e))?;
+        let Some(job) = job else {
+            self.live(&h.job).ended.store(true, Ordering::SeqCst);
+            return Ok(ComputeState::Vanished(format!(
+                "Job {}/{} is gone: it was deleted by something other than ferry",
+                h.namespace, h.job
+            )));
+        };
+        let status = job.status.clone().unwrap_or_default();
+        let condition = status
+            .conditions
+            .iter()
+            .flatten()
+            .find(|c| (c.type_ == "Failed" || c.type_ == "Complete") && c.status == "True");
+        if let Some(c) = condition {
+            self.live(&h.job).ended.store(true, Ordering::SeqCst);
+            let reason = c.reason.clone().unwrap_or_default();
+            if c.type_ == "Complete" {
+                return Ok(ComputeState::Exited(Exit {
+                    code: Some(0),
+                    error: None,
+                    reason: None,
+                }));
+            }
+            return Ok(ComputeState::Exited(Exit {
+                code: None,
+                error: Some(format!(
+                    "Job {}/{} failed: {reason}: {}",
+                    h.namespace,
+                    h.job,
+                    c.message.clone().unwrap_or_default()
+                )),
+                reason: Some(reason).filter(|r| !r.is_empty()),
+            }));
+        }
+        let created = job
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| t.0.as_second())
+            .unwrap_or(0);
+        if chrono::Utc::now().timestamp() - created > pending_deadline.as_secs() as i64 + 60 {
+            return Err(AttemptError::Platform(format!(
+                "Job {}/{} has had no pod for more than {}s: is the Job controller running?",
+                h.namespace,
+                h.job,
+                pending_deadline.as_secs() + 60
+            )));
+        }
+        Ok(ComputeState::Pending)
+    }
+
+    async fn state(&self, compute: &Compute) -> BackendResult<ComputeState> {
+        let (_, cache) = self.api()?;
+        let h = self.handle(compute)?;
+        cache.watch(&h.namespace);
+        let deadline = self.pending_deadline(None);
+        match cache.pod(&h.namespace, &h.job) {
+            Lookup::Pod(pod) => self.state_of(&h.job, &pod, deadline),
+            Lookup::Absent | Lookup::NotSynced => self.state_from_job(&h, deadline).await,
+        }
+    }
+}
+
+/// How a pod that ended went, as the runtime reports it.
+fn exit_of(pod: &PodView) -> Exit {
+    match &pod.container {
+        Container::Terminated { code, reason, .. } if reason == "OOMKilled" => Exit {
+            code: Some(*code),
+            error: Some(format!(
+                "OOMKilled: killed for exceeding its memory limit (resources.memory); exited with status {code}"
+            )),
+            reason: Some("OOMKilled".into()),
+        },
+        Container::Terminated { code: 0, .. } => Exit {
+            code: Some(0),
+            error: None,
+            reason: None,
+        },
+        Container::Terminated { code, .. } => Exit {
+            code: Some(*code),
+            error: Some(format!("exited with status {code}")),
+            reason: None,
+        },
+        _ => {
+            let (reason, message) = pod.reason.clone().unwrap_or_default();
+            Exit {
+                code: None,
+                error: Some(format!(
+                    "pod {} ended {} without its container's status: {reason} {message}",
+                    pod.name, pod.phase
+                )),
+                reason: Some(reason).filter(|r| !r.is_empty()),
+            }
+        }
+    }
+}
+
+/// The task's kubernetes runner parameters, or a refusal naming the runner.
+fn runner(d: &TaskDispatched) -> BackendResult<&KubernetesRunner> {
+    match &d.runner {
+        Runner::Kubernetes(r) => Ok(r),
+        other => Err(AttemptError::Task(format!(
+            "runner type {:?} cannot run on the kubernetes launcher",
+            other.backend()
+        ))),
+    }
+}
+
+#[async_trait]
+impl Backend for Kubernetes {
+    fn name(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn shutdown_policy(&self) -> ShutdownPolicy {
+        self.0.shutdown
+    }
+
+    fn compute_name(&self, attempt_id: &str) -> String {
+        job_name(attempt_id)
+    }
+
+    fn check(&self, d: &TaskDispatched) -> BackendResult<()> {
+        self.api()?;
+        self.base_spec(d).map(|_| ())
+    }
+
+    async fn reserve(&self, task: Task<'_>) -> BackendResult<Compute> {
+        let d = task.dispatch;
+        let namespace = self.namespace_of(runner(d)?);
+        let name = job_name(&d.attempt_id);
+        Compute::with_handle(name.clone(), &Handle { namespace, job: name })
+    }
+
+    async fn create(&self, task: Task<'_>, reserved: Compute) -> BackendResult<Compute> {
+        let (client, cache) = self.api()?;
+        let d = task.dispatch;
+        let mut spec = self.base_spec(d)?;
+        let work = spec.working_dir.clone();
+        for (i, t) in d.command.iter().enumerate() {
+            spec.command.push(task.fill(t, &format!("command[{i}]"), &work)?);
+        }
+        for (name, t) in &d.env {
+            spec.env
+                .push((name.clone(), task.fill(t, &format!("env.{name}"), &work)?));
+        }
+        spec.ferry_env = vec![
+            ("FERRY_JOB_ID".into(), d.job_id.clone()),
+            ("FERRY_TASK_ID".into(), d.task_id.clone()),
+            ("FERRY_ATTEMPT_ID".into(), d.attempt_id.clone()),
+            ("FERRY_WORKING_DIR".into(), work.clone()),
+            ("FERRY_OUTPUTS".into(), OUTPUTS_FILE.into()),
+        ];
+        for (path, t) in &d.input_files {
+            spec.inputs.push(InputFile {
+                path: path.clone(),
+                contents: task.fill(t, &format!("inputFiles.{path}"), &work)?.into_bytes(),
+            });
+        }
+        spec.check().map_err(AttemptError::Task)?;
+        cache.watch(&spec.namespace);
+        let jobs: Api<Job> = Api::namespaced(client.clone(), &spec.namespace);
+        let what = format!("Job {}/{}", spec.namespace, spec.name);
+        // Look before creating; "already exists" means adopt (two launchers racing).
+        let existing = jobs
+            .get_opt(&spec.name)
+            .await
+            .map_err(|e| attempt_error(&format!("reading {what}"), e))?;
+        let (job, adopted) = match existing {
+            Some(job) => (job, true),
+            None => match jobs.create(&PostParams::default(), &spec.job()).await {
+                Ok(job) => (job, false),
+                Err(e) if status(&e) == Some(409) => {
+                    let job = jobs
+                        .get(&spec.name)
+                        .await
+                        .map_err(|e| attempt_error(&format!("reading {what}"), e))?;
+                    (job, true)
+                }
+                Err(e) => return Err(attempt_error(&format!("creating {what}"), e)),
+            },
+        };
+        let owner = job
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(ANNOTATION_ATTEMPT_ID));
+        if owner != Some(&d.attempt_id) {
+            return Err(AttemptError::Platform(format!(
+                "{what} exists but belongs to attempt {}, not {}: delete it (kubectl delete job -n {} {}) if it is left over",
+                owner.map(String::as_str).unwrap_or("(none: not ferry's)"),
+                d.attempt_id,
+                spec.namespace,
+                spec.name
+            )));
+        }
+        if spec.needs_secret() {
+            let uid = job.metadata.uid.clone().unwrap_or_default();
+            let secrets: Api<Secret> = Api::namespaced(client.clone(), &spec.namespace);
+            match secrets.create(&PostParams::default(), &spec.secret(&uid)).await {
+                Ok(_) => {}
+                Err(e) if status(&e) == Some(409) => {}
+                Err(e) => return Err(attempt_error(&format!("creating the Secret of {what}"), e)),
+            }
+        }
+        if adopted {
+            tracing::info!(job = %what, attempt_id = %d.attempt_id, "adopted the attempt's existing Job");
+        }
+        Compute::with_handle(
+            reserved.name,
+            &Handle {
+                namespace: spec.namespace,
+                job: spec.name,
+            },
+        )
+    }
+
+    async fn find(&self, reserved: &Compute) -> BackendResult<Option<Compute>> {
+        let (client, cache) = self.api()?;
+        let h = self.handle(reserved)?;
+        cache.watch(&h.namespace);
+        let jobs: Api<Job> = Api::namespaced(client.clone(), &h.namespace);
+        let found = jobs
+            .get_opt(&h.job)
+            .await
+            .map_err(|e| attempt_error(&format!("reading Job {}/{}", h.namespace, h.job), e))?;
+        match found {
+            Some(_) => Compute::with_handle(reserved.name.clone(), &h).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    async fn status(&self, compute: &Compute) -> BackendResult<ComputeState> {
+        self.state(compute).await
+    }
+
+    async fn wait(&self, compute: &Compute) -> BackendResult<ComputeState> {
+        let (_, cache) = self.api()?;
+        loop {
+            let mut changes = cache.subscribe();
+            match self.state(compute).await? {
+                ComputeState::Pending => {
+                    // The watch wakes this; a look each second covers the pending deadline
+                    // passing with nothing changing (no request: the cache is read).
+                    let _ = tokio::time::timeout(Duration::from_secs(1), changes.changed()).await;
+                }
+                ComputeState::Running => {
+                    let _ = tokio::time::timeout(Duration::from_secs(5), changes.changed()).await;
+                }
+                ended => return Ok(ended),
+            }
+        }
+    }
+
+    async fn read_logs(
+        &self,
+        compute: &Compute,
+        stream: Stream,
+        from: &LogPosition,
+        max_bytes: usize,
+    ) -> BackendResult<LogRead> {
+        let (client, cache) = self.api()?;
+        let h = self.handle(compute)?;
+        let live = self.live(&h.job);
+        let buffer = {
+            let mut logs = live.logs.lock().unwrap_or_else(|e| e.into_inner());
+            let serves = logs
+                .as_ref()
+                .is_some_and(|(b, _)| b.lock().unwrap_or_else(|e| e.into_inner()).serves(from.stdout));
+            if !serves {
+                if let Some((_, task)) = logs.take() {
+                    task.abort();
+                }
+                let mark = serde_json::from_value::<Mark>(from.cursor.clone()).ok();
+                let buffer = Arc::new(Mutex::new(Buffer::resume(from.stdout, mark)));
+                let task = tokio::spawn(crate::logs::follow(
+                    Api::<Pod>::namespaced(client.clone(), &h.namespace),
+                    cache.clone(),
+                    h.namespace.clone(),
+                    h.job.clone(),
+                    buffer.clone(),
+                    live.ended.clone(),
+                ));
+                *logs = Some((buffer, task));
+            }
+            logs.as_ref().map(|(b, _)| b.clone())
+        };
+        let Some(buffer) = buffer else {
+            return Ok(LogRead::default());
+        };
+        let mut b = buffer.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(why) = &b.lost {
+            return Err(AttemptError::Platform(why.clone()));
+        }
+        let (bytes, mark) = match stream {
+            Stream::Stdout => b.read(from.stdout, max_bytes),
+            // The API merges both streams: everything arrives as stdout.
+            Stream::Stderr => (Vec::new(), b.read(from.stdout, 0).1),
+        };
+        let complete = b.complete && (stream == Stream::Stderr || b.held() <= bytes.len());
+        Ok(LogRead {
+            bytes,
+            cursor: serde_json::to_value(mark).unwrap_or_default(),
+            complete,
+        })
+    }
+
+    async fn stop(&self, compute: &Compute, grace: Duration) -> BackendResult<()> {
+        let (client, cache) = self.api()?;
+        let h = self.handle(compute)?;
+        let pod = match cache.pod(&h.namespace, &h.job) {
+            Lookup::Pod(p) => p,
+            // No pod seen: nothing runs (a Job not yet scheduled goes with its release).
+            _ => {
+                self.live(&h.job).ended.store(true, Ordering::SeqCst);
+                return Ok(());
+            }
+        };
+        if !pod.terminal() {
+            // Deleting the pod stops it within the grace; its log stream, followed until the
+            // container ends, keeps what it wrote.
+            let pods: Api<Pod> = Api::namespaced(client.clone(), &h.namespace);
+            let secs = grace.as_secs() + u64::from(grace.subsec_nanos() > 0);
+            let params = DeleteParams {
+                grace_period_seconds: Some(u32::try_from(secs).unwrap_or(u32::MAX)),
+                ..DeleteParams::default()
+            };
+            match pods.delete(&pod.name, &params).await {
+                Ok(_) => {}
+                Err(e) if status(&e) == Some(404) => {}
+                Err(e) => {
+                    return Err(attempt_error(
+                        &format!("deleting pod {}/{}", h.namespace, pod.name),
+                        e,
+                    ));
+                }
+            }
+            let until = tokio::time::Instant::now() + grace + Duration::from_secs(30);
+            loop {
+                let mut changes = cache.subscribe();
+                match cache.pod(&h.namespace, &h.job) {
+                    Lookup::Pod(p) if !p.terminal() && tokio::time::Instant::now() < until => {}
+                    _ => break,
+                }
+                let _ = tokio::time::timeout(Duration::from_secs(1), changes.changed()).await;
+            }
+        }
+        self.live(&h.job).ended.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    async fn collect(&self, compute: &Compute, _task: Task<'_>) -> BackendResult<Collected> {
+        let (_, cache) = self.api()?;
+        let h = self.handle(compute)?;
+        let pod = match cache.pod(&h.namespace, &h.job) {
+            Lookup::Pod(p) => Some(p),
+            Lookup::NotSynced => {
+                cache.changed(Duration::from_secs(5)).await;
+                match cache.pod(&h.namespace, &h.job) {
+                    Lookup::Pod(p) => Some(p),
+                    _ => None,
+                }
+            }
+            Lookup::Absent => None,
+        };
+        let message = match pod.map(|p| p.container) {
+            Some(Container::Terminated { message, .. }) => message,
+            _ => String::new(),
+        };
+        if message.len() >= MAX_OUTPUTS_BYTES {
+            return Err(AttemptError::Task(format!(
+                "FERRY_OUTPUTS: the task wrote {MAX_OUTPUTS_BYTES} bytes or more; on kubernetes outputs come back \
+                 as the pod's termination message, of which the kubelet keeps {MAX_OUTPUTS_BYTES} bytes"
+            )));
+        }
+        Ok(Collected {
+            outputs: (!message.is_empty()).then(|| message.into_bytes()),
+            files: Vec::new(),
+        })
+    }
+
+    async fn release(&self, compute: &Compute) -> BackendResult<()> {
+        let (client, cache) = self.api()?;
+        let h = self.handle(compute)?;
+        let jobs: Api<Job> = Api::namespaced(client.clone(), &h.namespace);
+        let params = DeleteParams {
+            propagation_policy: Some(PropagationPolicy::Background),
+            ..DeleteParams::default()
+        };
+        match jobs.delete(&h.job, &params).await {
+            Ok(_) => {}
+            Err(e) if status(&e) == Some(404) => {}
+            Err(e) => {
+                return Err(attempt_error(
+                    &format!("deleting Job {}/{}", h.namespace, h.job),
+                    e,
+                ));
+            }
+        }
+        cache.forget(&h.namespace, &h.job);
+        self.forget(&h.job);
+        Ok(())
+    }
+
+    async fn list_owned(&self) -> BackendResult<Vec<Compute>> {
+        let Ok((client, _)) = &self.0.client else {
+            return Ok(Vec::new());
+        };
+        let namespace = &self.0.settings.namespace;
+        let jobs: Api<Job> = Api::namespaced(client.clone(), namespace);
+        let selector = format!("{LABEL_LAUNCHER}={}", label_value(&self.0.settings.launcher));
+        let list = jobs
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map_err(|e| attempt_error(&format!("listing the Jobs of namespace {namespace}"), e))?;
+        list.items
+            .into_iter()
+            .filter_map(|j| j.metadata.name)
+            .map(|name| {
+                Compute::with_handle(
+                    name.clone(),
+                    &Handle {
+                        namespace: namespace.clone(),
+                        job: name,
+                    },
+                )
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(phase: &str, container: Container) -> PodView {
+        PodView {
+            name: "p".into(),
+            phase: phase.into(),
+            created: 0,
+            deleting: false,
+            container,
+            unscheduled: None,
+            reason: None,
+            pending_deadline: None,
+        }
+    }
+
+    #[test]
+    fn exits_say_what_happened() {
+        let oom = exit_of(&view(
+            "Failed",
+            Container::Terminated {
+                code: 137,
+                reason: "OOMKilled".into(),
+                message: String::new(),
+            },
+        ));
+        assert_eq!(oom.reason.as_deref(), Some("OOMKilled"));
+        assert!(oom.error.unwrap().contains("resources.memory"));
+        let failed = exit_of(&view(
+            "Failed",
+            Container::Terminated {
+                code: 3,
+                reason: "Error".into(),
+                message: String::new(),
+            },
+        ));
+        assert_eq!(failed.error.as_deref(), Some("exited with status 3"));
+    }
+
+    #[test]
+    fn a_pod_stuck_pending_ends_naming_why_and_whose_fault() {
+        let k = Kubernetes::without_cluster("none", Settings::new("l"));
+        let deadline = Duration::from_secs(1);
+        let image = view(
+            "Pending",
+            Container::Waiting {
+                reason: "ImagePullBackOff".into(),
+                message: "Back-off pulling image \"nope\"".into(),
+            },
+        );
+        match k.state_of("j", &image, deadline) {
+            Ok(ComputeState::Exited(e)) => {
+                assert_eq!(e.reason.as_deref(), Some("ImagePullFailed"));
+                assert!(e.error.unwrap().contains("ImagePullBackOff"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut unschedulable = view("Pending", Container::Unknown);
+        unschedulable.unscheduled = Some(("Unschedulable".into(), "0/1 nodes".into()));
+        let e = k.state_of("j", &unschedulable, deadline).unwrap_err();
+        assert!(
+            matches!(e, AttemptError::Platform(_)) && e.message().contains("Unschedulable"),
+            "{e}"
+        );
+        let mut young = unschedulable.clone();
+        young.created = chrono::Utc::now().timestamp();
+        assert_eq!(k.state_of("j", &young, deadline), Ok(ComputeState::Pending));
+    }
+}

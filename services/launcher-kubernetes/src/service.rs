@@ -1,0 +1,181 @@
+//! The kubernetes launcher as a service: [`Config`] and [`run`], the launcher runtime driving the
+//! [`Kubernetes`] backend.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_bus::Bus;
+use ferry_launcher::journal::Journal;
+use ferry_launcher::{Error, Result, Secrets};
+use kube::Client;
+use kube::config::KubeConfigOptions;
+use tokio_util::sync::CancellationToken;
+
+use crate::backend::{Kubernetes, Settings};
+
+/// The file in the data directory holding this launcher's identity in the cluster.
+const LAUNCHER_ID_FILE: &str = "kubernetes-launcher-id";
+
+/// How the kubernetes launcher runs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Holds the journal and the launcher's identity.
+    pub data_dir: PathBuf,
+    /// The kubeconfig context to use (its current context when absent). Without a kubeconfig,
+    /// the in-cluster configuration of the pod the launcher runs in.
+    pub context: Option<String>,
+    /// The namespace of Jobs whose runner names none (the context's namespace, else `default`).
+    pub namespace: Option<String>,
+    /// When no cluster can be reached: fail to start (true), or run and fail every attempt with
+    /// why (false).
+    pub require_cluster: bool,
+    /// Leave Jobs running when the launcher stops, for the next start to adopt (the default).
+    pub detach: bool,
+    pub max_parallel: usize,
+    /// Time a stopped pod gets between SIGTERM and SIGKILL (`terminationGracePeriodSeconds`).
+    pub kill_grace: Duration,
+    /// How long a pod may stay Pending before its attempt ends (`runner.pendingDeadlineSeconds`
+    /// overrides it).
+    pub pending_deadline: Duration,
+    /// How long the server keeps a finished Job the launcher did not delete (`None`: for ever).
+    pub ttl_after_finished: Option<Duration>,
+    pub log_batch_lines: usize,
+    pub log_batch_interval: Duration,
+    pub secrets: Secrets,
+    pub secrets_file: Option<PathBuf>,
+    pub source: String,
+    pub group: String,
+}
+
+impl Config {
+    /// Defaults: 64 attempts at once, 10 s grace, 5 minutes' pending deadline, finished Jobs
+    /// kept a day, secrets from `FERRY_SECRET_*` and `FERRY_SECRETS_FILE`, group
+    /// `launcher-kubernetes`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        Config {
+            data_dir: data_dir.into(),
+            context: None,
+            namespace: None,
+            require_cluster: true,
+            detach: true,
+            max_parallel: 64,
+            kill_grace: Duration::from_secs(10),
+            pending_deadline: Duration::from_secs(300),
+            ttl_after_finished: Some(Duration::from_secs(24 * 3600)),
+            log_batch_lines: 256,
+            log_batch_interval: Duration::from_millis(20),
+            secrets: Secrets::from_env(),
+            secrets_file: var("FERRY_SECRETS_FILE").map(PathBuf::from),
+            source: ferry_runtime::instance_source("launcher-kubernetes"),
+            group: "launcher-kubernetes".to_string(),
+        }
+    }
+
+    fn runtime(&self) -> ferry_launcher::Config {
+        ferry_launcher::Config {
+            max_parallel: self.max_parallel,
+            kill_grace: self.kill_grace,
+            log_batch_lines: self.log_batch_lines,
+            log_batch_interval: self.log_batch_interval,
+            secrets: self.secrets.clone(),
+            source: self.source.clone(),
+            group: self.group.clone(),
+        }
+    }
+}
+
+/// A client of the cluster `context` names in the kubeconfig (`KUBECONFIG`, `~/.kube/config`),
+/// of its current context, or of the cluster the process runs in; and the namespace that
+/// configuration defaults to.
+pub async fn connect(context: Option<&str>) -> std::result::Result<(Client, String), String> {
+    let config = match context {
+        Some(ctx) => kube::Config::from_kubeconfig(&KubeConfigOptions {
+            context: Some(ctx.to_string()),
+            ..KubeConfigOptions::default()
+        })
+        .await
+        .map_err(|e| format!("cannot use kubeconfig context `{ctx}`: {e}"))?,
+        None => kube::Config::infer().await.map_err(|e| {
+            format!("no Kubernetes cluster configured (no kubeconfig, not in a cluster): {e}")
+        })?,
+    };
+    let namespace = config.default_namespace.clone();
+    let client = Client::try_from(config).map_err(|e| format!("cannot make a Kubernetes client: {e}"))?;
+    Ok((client, namespace))
+}
+
+/// This launcher's identity in the cluster, kept in the data directory: the same on every start
+/// over one journal, so that a restart finds the Jobs its previous run left.
+pub fn launcher_id(data_dir: &Path) -> Result<String> {
+    let path = data_dir.join(LAUNCHER_ID_FILE);
+    let io = |source| Error::Io {
+        what: format!("cannot keep the launcher's identity in {}", path.display()),
+        source,
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(e)),
+    }
+    let id = format!("launcher-{}", &uuid::Uuid::new_v4().simple().to_string()[..20]);
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, &id).map_err(io)?;
+    std::fs::rename(&tmp, &path).map_err(io)?;
+    Ok(id)
+}
+
+/// The backend as [`run`] makes it: on the configured cluster, with this data directory's
+/// identity.
+pub async fn backend(config: &Config, data_dir: &Path) -> Result<Kubernetes> {
+    let launcher = launcher_id(data_dir)?;
+    let mut settings = Settings::new(launcher);
+    settings.kill_grace = config.kill_grace;
+    settings.pending_deadline = config.pending_deadline;
+    settings.ttl_after_finished = config.ttl_after_finished;
+    match connect(config.context.as_deref()).await {
+        Ok((client, namespace)) => {
+            settings.namespace = config.namespace.clone().unwrap_or(namespace);
+            tracing::info!(
+                namespace = %settings.namespace,
+                launcher = %settings.launcher,
+                data_dir = %data_dir.display(),
+                "kubernetes launcher starting"
+            );
+            Ok(Kubernetes::new(client, settings))
+        }
+        Err(e) if config.require_cluster => Err(Error::Config(e)),
+        Err(e) => {
+            tracing::info!(error = %e, "no Kubernetes cluster: runner: kubernetes tasks fail");
+            Ok(Kubernetes::without_cluster(e, settings))
+        }
+    }
+}
+
+/// Runs the kubernetes launcher until `shutdown` is cancelled (or the bus closes). Jobs keep
+/// running when it stops; the next start on the same data directory adopts them.
+pub async fn run(mut config: Config, bus: Arc<dyn Bus>, shutdown: CancellationToken) -> Result<()> {
+    config.runtime().check()?;
+    if let Some(path) = &config.secrets_file {
+        config.secrets.extend(Secrets::from_file(path)?);
+    }
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| Error::Io {
+        what: format!("cannot create the data directory {}", config.data_dir.display()),
+        source,
+    })?;
+    let backend = backend(&config, &config.data_dir).await?;
+    let backend = if config.detach {
+        backend
+    } else {
+        backend.kill_on_shutdown()
+    };
+    let journal = Journal::open(&config.data_dir).map_err(|source| Error::Io {
+        what: format!("cannot read the journal in {}", config.data_dir.display()),
+        source,
+    })?;
+    let result = ferry_launcher::run(config.runtime(), journal, Arc::new(backend), bus, shutdown).await;
+    tracing::info!("kubernetes launcher stopped");
+    result
+}
