@@ -63,6 +63,18 @@ fn run_refuses_an_invalid_flow_before_starting_anything() {
 }
 
 #[test]
+fn a_task_whose_backend_no_launcher_serves_fails_saying_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let ran = run(&flow("unserved.yaml"), dir.path(), &[]);
+    assert_eq!(ran.code, 1, "{}", ran.stderr);
+    let all = format!("{}{}", ran.stdout, ran.stderr);
+    assert!(
+        all.contains("no launcher for backend `kubernetes` is running"),
+        "{all}"
+    );
+}
+
+#[test]
 fn a_missing_required_input_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let ran = run(&flow("needs-input.yaml"), dir.path(), &[]);

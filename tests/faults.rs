@@ -5,7 +5,11 @@
 //! every log line of every attempt is stored exactly once and in order; no task process is left;
 //! no task is left unfinished.
 //!
-//! Needs FERRY_TEST_AMQP and FERRY_TEST_KAFKA (scripts/test.sh starts the brokers). Bounded:
+//! The same for containers: the docker launcher SIGKILLed again and again while a job of a few
+//! hundred containers runs; then also no container of the job is left on the engine.
+//!
+//! Needs FERRY_TEST_AMQP and FERRY_TEST_KAFKA (scripts/test.sh starts the brokers), and for
+//! docker DOCKER_HOST and FERRY_TEST_DOCKER_IMAGE (its private dockerd and test image). Bounded:
 //! a fixed number of rounds, every wait has a deadline, and only processes started here are
 //! signalled, by their pid.
 
@@ -504,7 +508,7 @@ async fn fault_run(bus_base: &str, broker_restart: bool) {
         .iter()
         .filter_map(|t| t["attemptId"].as_str().map(str::to_string))
         .collect();
-    check_logs(&d.join("logs.db"), &runs, &succeeded).await;
+    check_logs(&d.join("logs.db"), &runs, &succeeded, TASKS + 1).await;
 
     // Nothing left running.
     let left = processes_with(&marker);
@@ -554,7 +558,12 @@ async fn wait_for_logs(db: &Path, ledger: &Path, limit: Duration) {
 /// Every stored line is in place (contiguous from 0, in order, once); every line an attempt
 /// printed is stored, whether it succeeded or its launcher was killed under it; every attempt
 /// that succeeded has all three.
-async fn check_logs(db: &Path, runs: &BTreeMap<String, AttemptRun>, succeeded: &HashSet<String>) {
+async fn check_logs(
+    db: &Path,
+    runs: &BTreeMap<String, AttemptRun>,
+    succeeded: &HashSet<String>,
+    tasks: usize,
+) {
     use sqlx::{Connection, Row};
     let mut conn = sqlx::sqlite::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
         .await
@@ -595,7 +604,7 @@ async fn check_logs(db: &Path, runs: &BTreeMap<String, AttemptRun>, succeeded: &
             run.wrote
         );
     }
-    assert_eq!(succeeded.len(), TASKS + 1);
+    assert_eq!(succeeded.len(), tasks);
     for attempt in succeeded {
         let run = runs
             .get(attempt)
@@ -648,4 +657,295 @@ async fn rabbitmq_survives_killed_services_and_a_broker_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_survives_killed_services() {
     fault_run(&env("FERRY_TEST_KAFKA"), false).await;
+}
+
+/// Container tasks in the docker fault run: enough that the launcher is killed many times
+/// while they run. `FERRY_FAULT_DOCKER_TASKS` sets another number (scripts/test.sh takes fewer,
+/// for a run of about a minute on a small machine, where the engine starts a few containers a
+/// second).
+fn docker_tasks() -> usize {
+    std::env::var("FERRY_FAULT_DOCKER_TASKS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(200)
+}
+/// Times the docker launcher is killed during the job.
+const DOCKER_KILLS: usize = 6;
+/// Kills that must hit the job while it runs for a run to count.
+const DOCKER_MIN_KILLS: usize = 4;
+
+/// A flow of `tasks` containers after a root one. Each attempt appends `start`, a
+/// `wrote` after each of its three numbered lines, and `end` to the ledger, a file on the host
+/// mounted into the container, stamped with the kernel's clock in microseconds (busybox's
+/// `date` has no `%N`; `adjtimex` reads the clock the host's processes read).
+fn docker_flow(ledger_dir: &Path, image: &str, tasks: usize) -> String {
+    let script = r#"l=/ledger/ledger; now() { adjtimex | awk '/tv_sec/ {s=$2} /tv_usec/ {u=$2} END {printf "%d%06d000", s, u}'; }; echo "$FERRY_TASK_ID $FERRY_ATTEMPT_ID start $(now)" >> $l; i=0; while [ $i -lt 3 ]; do echo "line $i of $FERRY_TASK_ID"; echo "$FERRY_TASK_ID $FERRY_ATTEMPT_ID wrote $(now)" >> $l; sleep 0.05; i=$((i+1)); done; echo "$FERRY_TASK_ID $FERRY_ATTEMPT_ID end $(now)" >> $l"#;
+    let cmd = serde_json::to_string(&["sh", "-c", script]).unwrap();
+    let runner = serde_json::json!({
+        "type": "docker",
+        "image": image,
+        "pullPolicy": "never",
+        "network": "none",
+        "mounts": [{"source": ledger_dir.display().to_string(), "target": "/ledger"}],
+    });
+    let mut s = format!(
+        "id: docker-faults\nconcurrency: 16\ntasks:\n  - {{ id: root, runner: {runner}, command: {cmd} }}\n"
+    );
+    for i in 0..tasks {
+        s.push_str(&format!(
+            "  - {{ id: t{i:03}, runner: {runner}, dependsOn: [root], command: {cmd} }}\n"
+        ));
+    }
+    s
+}
+
+/// The containers on the engine labelled with `job`, running or not.
+fn containers_of(job: &str) -> Vec<String> {
+    let out = Command::new("docker")
+        .args(["ps", "--all", "--format", "{{.Names}} {{.Status}}"])
+        .args(["--filter", &format!("label=dev.ferry.job={job}")])
+        .output()
+        .expect("the docker client runs");
+    assert!(
+        out.status.success(),
+        "docker ps: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// The docker launcher (`ferry service launcher --backend docker`) SIGKILLed again and again
+/// while a job of a few hundred containers runs, the other services left alone. Containers
+/// outlive their launcher, so the next start adopts them; one it created but had not journaled
+/// is found by its labels. Then: every task succeeded once; attempts of a task never overlapped;
+/// every line is stored once; no container of the job is left on the engine.
+async fn docker_fault_run(bus_base: &str) {
+    let image = env("FERRY_TEST_DOCKER_IMAGE");
+    env("DOCKER_HOST");
+    let task_count = docker_tasks();
+    let namespace = format!("d{}", &ferry_event::new_id().replace('-', "")[..16]);
+    let sep = if bus_base.contains('?') { '&' } else { '?' };
+    let bus = format!("{bus_base}{sep}namespace={namespace}");
+    let _namespace = Namespace(bus.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let d = &dir.path().to_path_buf();
+    let _dir = RunDir(if std::env::var_os("FERRY_FAULT_KEEP").is_some() {
+        let _ = dir.keep();
+        None
+    } else {
+        Some(dir)
+    });
+    let data = d.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let keys = bus_key_file(d);
+    let ledger_dir = d.join("ledger");
+    std::fs::create_dir_all(&ledger_dir).unwrap();
+    let ledger = ledger_dir.join("ledger");
+    let port = free_port();
+    let api = format!("http://127.0.0.1:{port}");
+    let sched_db = format!("sqlite://{}", d.join("scheduler.db").display());
+    let logs_db = format!("sqlite://{}", d.join("logs.db").display());
+    let api_db = format!("sqlite://{}", d.join("api.db").display());
+    let svc = |name: &str, extra: &[&str]| -> Vec<String> {
+        let mut a = vec![
+            "service".to_string(),
+            name.to_string(),
+            "--bus".into(),
+            bus.clone(),
+        ];
+        a.extend(["--data-dir".to_string(), data.display().to_string()]);
+        a.extend(["--bus-key-file".to_string(), keys.display().to_string()]);
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let seed = std::env::var("FERRY_FAULT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        });
+    eprintln!(
+        "docker fault run on {bus_base}: namespace {namespace}, seed {seed} (FERRY_FAULT_SEED={seed} repeats it), logs in {}",
+        d.display()
+    );
+    let mut rng = Rng(seed);
+    let listen = format!("127.0.0.1:{port}");
+    let mut procs: Vec<Proc> = vec![
+        Proc::start(
+            "api",
+            svc(
+                "api",
+                &["--api-db", &api_db, "--log-db", &logs_db, "--listen", &listen],
+            ),
+            d,
+        ),
+        Proc::start("planner", svc("planner", &[]), d),
+        Proc::start("scheduler", svc("scheduler", &["--db", &sched_db]), d),
+        Proc::start(
+            "launcher",
+            svc(
+                "launcher",
+                &[
+                    "--backend",
+                    "docker",
+                    "--max-parallel",
+                    "16",
+                    "--kill-grace",
+                    "1s",
+                ],
+            ),
+            d,
+        ),
+        Proc::start("log-collector", svc("log-collector", &["--log-db", &logs_db]), d),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        for p in procs.iter_mut() {
+            p.check_alive();
+        }
+        assert!(Instant::now() < deadline, "the api did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let flow_path = d.join("docker-faults.yaml");
+    std::fs::write(&flow_path, docker_flow(&ledger_dir, &image, task_count)).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["submit", "--api", &api, "--data-dir"])
+        .arg(&data)
+        .arg(&flow_path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "submit failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let job = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .unwrap()
+        .trim()
+        .to_string();
+    eprintln!("job {job} of {task_count} containers after a first one");
+
+    // Kill the launcher while containers run: each time the ledger has moved on since the last
+    // kill (its restart has taken up the work again), after a random moment more.
+    let mut kills = Vec::new();
+    let mut seen = 0;
+    for _ in 0..DOCKER_KILLS {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let now = loop {
+            let n = std::fs::read_to_string(&ledger)
+                .map(|t| t.lines().count())
+                .unwrap_or(0);
+            if n >= seen + 30 {
+                break n;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no progress for 60s after {} kills; logs in {}",
+                kills.len(),
+                d.display()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        seen = now;
+        std::thread::sleep(Duration::from_millis(rng.below(300)));
+        let state = api_json(&api, &data, &format!("/jobs/{job}"))
+            .await
+            .and_then(|d| d["state"].as_str().map(str::to_string));
+        if matches!(state.as_deref(), Some("succeeded" | "failed" | "cancelled")) {
+            break;
+        }
+        let p = procs.iter_mut().find(|p| p.name == "launcher").unwrap();
+        p.check_alive();
+        p.kill9();
+        let down = rng.below(500);
+        kills.push(down);
+        std::thread::sleep(Duration::from_millis(down));
+        p.spawn();
+    }
+    eprintln!(
+        "the launcher was killed {} times (down for {kills:?} ms before each restart)",
+        kills.len()
+    );
+    assert!(
+        kills.len() >= DOCKER_MIN_KILLS,
+        "the job ended after {} of {DOCKER_KILLS} kills: too fast to test anything",
+        kills.len()
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let detail = loop {
+        for p in procs.iter_mut() {
+            p.check_alive();
+        }
+        if let Some(d) = api_json(&api, &data, &format!("/jobs/{job}")).await
+            && matches!(d["state"].as_str(), Some("succeeded" | "failed" | "cancelled"))
+        {
+            break d;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the job did not finish within 120s of the last kill; logs in {}",
+            d.display()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    wait_for_logs(&d.join("logs.db"), &ledger, LOGS_DEADLINE).await;
+    for p in procs.iter_mut().rev() {
+        p.stop();
+    }
+
+    // Every task succeeded, once.
+    assert_eq!(detail["state"], "succeeded", "{detail:#}");
+    let tasks = detail["tasks"].as_array().unwrap();
+    assert_eq!(tasks.len(), task_count + 1);
+    for t in tasks {
+        assert_eq!(t["state"], "succeeded", "{t}");
+    }
+
+    // Attempts of a task never overlapped.
+    let runs = read_ledger(&ledger);
+    let mut by_task: HashMap<String, Vec<&AttemptRun>> = HashMap::new();
+    for run in runs.values() {
+        by_task.entry(run.task.clone()).or_default().push(run);
+    }
+    assert_eq!(by_task.len(), task_count + 1, "every task ran");
+    let mut reruns = 0;
+    for (task, mut attempts) in by_task {
+        reruns += usize::from(attempts.len() > 1);
+        attempts.sort_by_key(|a| a.start.unwrap_or(0));
+        for w in attempts.windows(2) {
+            assert!(
+                w[0].last < w[1].start.unwrap_or(u128::MAX),
+                "two attempts of {task} ran at the same time: {:?}",
+                attempts
+            );
+        }
+    }
+    eprintln!("{reruns} tasks ran more than once");
+
+    // Every line once, in order; every succeeded attempt ran to its end with its three lines.
+    let succeeded: HashSet<String> = tasks
+        .iter()
+        .filter_map(|t| t["attemptId"].as_str().map(str::to_string))
+        .collect();
+    check_logs(&d.join("logs.db"), &runs, &succeeded, task_count + 1).await;
+
+    // Nothing of the job is left on the engine.
+    let left = containers_of(&job);
+    assert!(left.is_empty(), "containers of the job are left: {left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_survives_a_killed_launcher() {
+    docker_fault_run(&env("FERRY_TEST_AMQP")).await;
 }

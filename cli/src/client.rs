@@ -470,6 +470,63 @@ pub async fn status(api: &Target, job: Option<&str>, as_json: bool) -> Result<i3
     )
 }
 
+/// `ferry launchers [--json]`: which backends have a launcher running, and how busy each is.
+pub async fn launchers(api: &Target, as_json: bool) -> Result<i32> {
+    let client = Client::new(api)?;
+    exit_for(
+        async {
+            let list = client.get_json("/launchers").await?;
+            if as_json {
+                outln!(
+                    "{}",
+                    serde_json::to_string_pretty(&list).map_err(anyhow::Error::from)?
+                )?;
+                return Ok(EXIT_OK);
+            }
+            let mut rows = vec![["BACKEND", "INSTANCE", "STATE", "RUNNING", "SEEN"].map(String::from)];
+            let now = ferry_event::now_ms();
+            for l in list["launchers"].as_array().into_iter().flatten() {
+                let state = if l["live"].as_bool() == Some(true) {
+                    "live"
+                } else if l["leaving"].as_bool() == Some(true) {
+                    "left"
+                } else {
+                    "silent"
+                };
+                rows.push([
+                    visible(l["backend"].as_str().unwrap_or("?")).into_owned(),
+                    visible(l["instance"].as_str().unwrap_or("?")).into_owned(),
+                    state.to_string(),
+                    format!(
+                        "{}/{}",
+                        l["running"].as_u64().unwrap_or(0),
+                        l["capacity"].as_u64().unwrap_or(0)
+                    ),
+                    format!(
+                        "{} ago",
+                        fmt_duration(now - l["seenAtMs"].as_i64().unwrap_or(now))
+                    ),
+                ]);
+            }
+            print_table(rows)?;
+            Ok(EXIT_OK)
+        }
+        .await,
+    )
+}
+
+/// Rows as columns padded to their widest cell.
+fn print_table<const N: usize>(rows: Vec<[String; N]>) -> Result<(), Closed> {
+    let widths: Vec<usize> = (0..N)
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    for r in rows {
+        let line: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        outln!("{}", line.join("  ").trim_end())?;
+    }
+    Ok(())
+}
+
 fn print_status(d: &Value) -> Result<(), Closed> {
     outln!("{}", d["state"].as_str().unwrap_or("unknown"))?;
     let mut rows = vec![["TASK", "STATE", "ATTEMPTS", "DURATION", "ERROR"].map(String::from)];
@@ -486,12 +543,16 @@ fn print_status(d: &Value) -> Result<(), Closed> {
             visible(t["error"].as_str().unwrap_or("")).into_owned(),
         ]);
     }
-    let widths: Vec<usize> = (0..5)
-        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
-        .collect();
-    for r in rows {
-        let line: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
-        outln!("{}", line.join("  ").trim_end())?;
+    print_table(rows)?;
+    // What keeps tasks from starting, when it is more than their turn.
+    for t in d["tasks"].as_array().into_iter().flatten() {
+        if let Some(why) = t["waiting"].as_str() {
+            outln!(
+                "{} waits: {}",
+                visible(t["taskId"].as_str().unwrap_or("?")),
+                visible(why)
+            )?;
+        }
     }
     if let Some(reason) = d["reason"].as_str() {
         outln!("reason: {}", visible(reason))?;

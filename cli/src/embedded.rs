@@ -13,6 +13,9 @@ use ferry_log_collector::LogStore;
 use ferry_runtime::{instance_source, sqlite_url};
 
 use crate::launchers::Launcher;
+
+/// How long a task of a backend no launcher here serves waits before it fails.
+const NO_LAUNCHER_AFTER: Duration = Duration::from_secs(3);
 use crate::services::{Plan, Running};
 
 /// Settings of the embedded system.
@@ -65,10 +68,15 @@ impl Embedded {
             source: instance_source("planner"),
             ..Default::default()
         });
-        plan.scheduler = Some(ferry_scheduler::Config::new(
+        let mut scheduler = ferry_scheduler::Config::new(
             sqlite_url(&data_dir.join("scheduler.db")),
             instance_source("scheduler"),
-        ));
+        );
+        // Every launcher there will be starts here, and announces itself as it does: a task of
+        // a backend none serves (a kubernetes task without `--runner docker`) fails soon,
+        // saying so, instead of after the minute a deployment gives launchers to come up.
+        scheduler.no_launcher_after = Some(NO_LAUNCHER_AFTER);
+        plan.scheduler = Some(scheduler);
         let mut launcher = ferry_launcher_local::Config::new(&data_dir);
         launcher.kill_grace = opts.kill_grace;
         launcher.max_parallel = opts.max_parallel;

@@ -79,6 +79,14 @@ enum Command {
         #[command(flatten)]
         api: Api,
     },
+    /// The launchers heard from in the last day: backend, instance, capacity and attempts
+    /// running, live ones first.
+    Launchers {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        api: Api,
+    },
     /// A job's log lines (`task | line`, `!` for stderr).
     Logs {
         job: String,
@@ -256,6 +264,7 @@ fn main() {
                 Command::Status { job, json, api } => {
                     ferry_cli::client::status(&api.target(), job.as_deref(), json).await
                 }
+                Command::Launchers { json, api } => ferry_cli::client::launchers(&api.target(), json).await,
                 Command::Logs {
                     job,
                     task,

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use ferry_bus::{Bus, Subscribe};
 use ferry_event::payload::{
-    FlowSource, JobCancel, JobRejected, JobState, JobSubmitted, OutputFile, Stream, TaskFinished,
-    TaskStarted, TaskState,
+    FlowSource, JobCancel, JobRejected, JobState, JobSubmitted, OutputFile, Stream, TaskAccepted,
+    TaskFinished, TaskStarted, TaskState,
 };
 use ferry_event::{AttributesReader, Event, EventBuilder, Topic, kind};
 use ferry_log_collector::{LogQuery, LogRecord};
@@ -419,6 +419,15 @@ impl View {
 
     fn apply(&mut self, e: &Event) -> Option<Applied> {
         match e.ty() {
+            kind::TASK_ACCEPTED => {
+                let p: TaskAccepted = ferry_event::decode(e).ok()?;
+                self.set_state(&p.task_id, "accepted");
+                let on = p.compute.map(|c| format!(" as {c}")).unwrap_or_default();
+                self.progress(
+                    &format!("{} accepted{on}; waiting for its platform to run it", p.task_id),
+                    false,
+                );
+            }
             kind::TASK_STARTED => {
                 let p: TaskStarted = ferry_event::decode(e).ok()?;
                 self.running.insert(p.attempt_id.clone());

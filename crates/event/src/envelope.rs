@@ -15,6 +15,11 @@ pub const EXT_TRACEPARENT: &str = "traceparent";
 pub const EXT_JOB: &str = "ferryjob";
 /// The attempt an event belongs to, where there is one.
 pub const EXT_ATTEMPT: &str = "ferryattempt";
+/// The launcher an attempt's events come from, or a `task.cancel` is for: the launcher's
+/// identity, stable across its restarts (it is kept beside its journal). The scheduler accepts an
+/// attempt's reports only from the launcher that first took it up (fencing), and a launcher acts
+/// only on cancels addressed to it or to every launcher.
+pub const EXT_LAUNCHER: &str = "ferrylauncher";
 /// The signature of the service that published the event: `v1:KEY-ID:SIGNATURE` (base64 of an
 /// HMAC-SHA256 over the other attributes and the data). Set and checked by the bus layer
 /// (`ferry_bus::signing`), never by a service itself.
@@ -57,6 +62,8 @@ pub fn traceparent(job_id: &str) -> String {
 #[derive(Debug, Clone)]
 pub struct EventBuilder {
     source: String,
+    /// Set on every event built ([`EXT_LAUNCHER`]): a launcher's identity.
+    launcher: Option<String>,
 }
 
 impl EventBuilder {
@@ -64,7 +71,19 @@ impl EventBuilder {
     pub fn new(source: impl Into<String>) -> Self {
         EventBuilder {
             source: source.into(),
+            launcher: None,
         }
+    }
+
+    /// A builder of a launcher's events: each carries its identity ([`EXT_LAUNCHER`]).
+    pub fn with_launcher(mut self, identity: impl Into<String>) -> Self {
+        self.launcher = Some(identity.into());
+        self
+    }
+
+    /// The launcher identity its events carry, if any.
+    pub fn launcher(&self) -> Option<&str> {
+        self.launcher.as_deref()
     }
 
     pub fn source(&self) -> &str {
@@ -73,7 +92,14 @@ impl EventBuilder {
 
     /// A job-level event.
     pub fn job<T: Serialize>(&self, ty: &str, job_id: &str, data: &T) -> Event {
-        self.build(ty, job_id, job_id, None, None, data)
+        self.build(ty, Some(job_id), job_id, None, None, data)
+    }
+
+    /// An event of this service instance rather than of a job (`launcher.presence`): its
+    /// subject and partition key are the instance, and it carries no job or trace.
+    pub fn instance<T: Serialize>(&self, ty: &str, data: &T) -> Event {
+        let source = self.source.clone();
+        self.build(ty, None, &source, None, None, data)
     }
 
     /// A task-level event; the subject is `JOB/TASK`.
@@ -86,7 +112,7 @@ impl EventBuilder {
         data: &T,
     ) -> Event {
         let subject = format!("{job_id}/{task_id}");
-        self.build(ty, job_id, &subject, attempt_id, None, data)
+        self.build(ty, Some(job_id), &subject, attempt_id, None, data)
     }
 
     /// A dispatch-class event (`task.dispatched`, `task.cancel`) for one backend.
@@ -100,13 +126,13 @@ impl EventBuilder {
         data: &T,
     ) -> Event {
         let subject = format!("{job_id}/{task_id}");
-        self.build(ty, job_id, &subject, Some(attempt_id), Some(backend), data)
+        self.build(ty, Some(job_id), &subject, Some(attempt_id), Some(backend), data)
     }
 
     fn build<T: Serialize>(
         &self,
         ty: &str,
-        job_id: &str,
+        job_id: Option<&str>,
         subject: &str,
         attempt_id: Option<&str>,
         backend: Option<&str>,
@@ -119,14 +145,20 @@ impl EventBuilder {
             .source(self.source.clone())
             .subject(subject)
             .time(chrono::Utc::now())
-            .extension(EXT_PARTITION_KEY, job_id)
-            .extension(EXT_JOB, job_id)
-            .extension(EXT_TRACEPARENT, traceparent(job_id));
+            .extension(EXT_PARTITION_KEY, job_id.unwrap_or(subject));
+        if let Some(job_id) = job_id {
+            b = b
+                .extension(EXT_JOB, job_id)
+                .extension(EXT_TRACEPARENT, traceparent(job_id));
+        }
         if let Some(a) = attempt_id {
             b = b.extension(EXT_ATTEMPT, a);
         }
         if let Some(be) = backend {
             b = b.extension(EXT_BACKEND, be);
+        }
+        if let Some(l) = &self.launcher {
+            b = b.extension(EXT_LAUNCHER, l.as_str());
         }
         let mut event = b.build().expect("all required CloudEvent attributes are set");
         event.set_data("application/json", Data::Binary(bytes));
@@ -172,6 +204,11 @@ pub fn extension(event: &Event, name: &str) -> Option<String> {
         ExtensionValue::String(s) => s.clone(),
         other => other.to_string(),
     })
+}
+
+/// The launcher an event comes from or is addressed to ([`EXT_LAUNCHER`]).
+pub fn launcher_of(event: &Event) -> Option<String> {
+    extension(event, EXT_LAUNCHER).filter(|l| !l.is_empty())
 }
 
 /// The job an event belongs to (`ferryjob`, falling back to `partitionkey`).

@@ -23,6 +23,7 @@ pub const JOB_CANCELLED: &str = "dev.ferry.job.cancelled";
 
 pub const TASK_DISPATCHED: &str = "dev.ferry.task.dispatched";
 pub const TASK_CANCEL: &str = "dev.ferry.task.cancel";
+pub const TASK_ACCEPTED: &str = "dev.ferry.task.accepted";
 pub const TASK_STARTED: &str = "dev.ferry.task.started";
 pub const TASK_HEARTBEAT: &str = "dev.ferry.task.heartbeat";
 pub const TASK_LOG: &str = "dev.ferry.task.log";
@@ -31,6 +32,8 @@ pub const TASK_RETRYING: &str = "dev.ferry.task.retrying";
 pub const TASK_SUCCEEDED: &str = "dev.ferry.task.succeeded";
 pub const TASK_FAILED: &str = "dev.ferry.task.failed";
 pub const TASK_CANCELLED: &str = "dev.ferry.task.cancelled";
+
+pub const LAUNCHER_PRESENCE: &str = "dev.ferry.launcher.presence";
 
 /// Every event type ferry defines, with the schema file that describes its `data`.
 pub const ALL: &[(&str, &str)] = &[
@@ -45,6 +48,7 @@ pub const ALL: &[(&str, &str)] = &[
     (JOB_CANCELLED, "job.state"),
     (TASK_DISPATCHED, "task.dispatched"),
     (TASK_CANCEL, "task.cancel"),
+    (TASK_ACCEPTED, "task.accepted"),
     (TASK_STARTED, "task.started"),
     (TASK_HEARTBEAT, "task.heartbeat"),
     (TASK_LOG, "task.log"),
@@ -53,6 +57,7 @@ pub const ALL: &[(&str, &str)] = &[
     (TASK_SUCCEEDED, "task.state"),
     (TASK_FAILED, "task.state"),
     (TASK_CANCELLED, "task.state"),
+    (LAUNCHER_PRESENCE, "launcher.presence"),
 ];
 
 /// A logical topic. Brokers map it to an exchange/queue (RabbitMQ) or a topic (Kafka).
@@ -126,9 +131,8 @@ pub fn route(event: &Event) -> Topic {
 pub fn route_type(ty: &str, backend: impl FnOnce() -> String) -> Topic {
     match ty {
         JOB_SUBMITTED => Topic::Intake,
-        JOB_PLANNED | JOB_CANCEL | JOB_RETRY | TASK_STARTED | TASK_HEARTBEAT | TASK_FINISHED => {
-            Topic::Control
-        }
+        JOB_PLANNED | JOB_CANCEL | JOB_RETRY | TASK_ACCEPTED | TASK_STARTED | TASK_HEARTBEAT
+        | TASK_FINISHED | LAUNCHER_PRESENCE => Topic::Control,
         TASK_DISPATCHED => Topic::Dispatch(backend()),
         TASK_CANCEL => Topic::Cancel(backend()),
         TASK_LOG => Topic::Logs,

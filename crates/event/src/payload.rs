@@ -240,6 +240,95 @@ pub struct Resources {
     /// GPUs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpu: Option<u32>,
+    /// The GPU model, as the platform names it (`nvidia-tesla-t4`, `nvidia-l4`): a node label
+    /// on Kubernetes, an accelerator type on Google Batch. A backend that can count GPUs but
+    /// not choose their model refuses it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$"))]
+    pub gpu_type: Option<String>,
+}
+
+impl Resources {
+    /// The memory asked for, in bytes. The error says what a quantity looks like.
+    pub fn memory_bytes(&self) -> Result<Option<u64>, String> {
+        self.memory.as_deref().map(memory_bytes).transpose()
+    }
+
+    /// The GPUs asked for, with their model: `None` when none are (a count of 0 asks for none).
+    /// A model without a count is an error, as is a model no platform could name.
+    pub fn gpus(&self) -> Result<Option<Gpus>, String> {
+        if let Some(t) = &self.gpu_type
+            && !gpu_type_ok(t)
+        {
+            return Err(format!(
+                "gpuType `{}` is not a GPU model name: 1 to 63 letters, digits, `-`, `_` or `.`, starting and ending with a letter or digit",
+                t.escape_debug()
+            ));
+        }
+        match (self.gpu.unwrap_or(0), &self.gpu_type) {
+            (0, Some(t)) => Err(format!(
+                "gpuType `{t}` names a GPU model but no GPUs are asked for: set resources.gpu"
+            )),
+            (0, None) => Ok(None),
+            (count, kind) => Ok(Some(Gpus {
+                count,
+                kind: kind.clone(),
+            })),
+        }
+    }
+}
+
+/// GPUs a task asks for, typed: how many, and of which model when it says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gpus {
+    pub count: u32,
+    pub kind: Option<String>,
+}
+
+fn gpu_type_ok(t: &str) -> bool {
+    let b = t.as_bytes();
+    let ok = |c: &u8| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.');
+    (1..=63).contains(&b.len())
+        && b.iter().all(ok)
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+}
+
+/// Bytes in a Kubernetes-style memory quantity: `512Mi`, `2Gi`, `1G`, `1.5Gi`, or bytes.
+pub fn memory_bytes(q: &str) -> Result<u64, String> {
+    let shown: String = q.chars().take(40).collect();
+    let bad = || {
+        format!(
+            "`{shown}` is not a memory quantity: write bytes or a number with a unit Ki, Mi, Gi, Ti, k, M, G or T, e.g. `512Mi`, `2Gi`"
+        )
+    };
+    const UNITS: &[(&str, f64)] = &[
+        ("Ki", 1024.0),
+        ("Mi", 1048576.0),
+        ("Gi", 1073741824.0),
+        ("Ti", 1099511627776.0),
+        ("Pi", 1125899906842624.0),
+        ("k", 1e3),
+        ("M", 1e6),
+        ("G", 1e9),
+        ("T", 1e12),
+        ("P", 1e15),
+    ];
+    let (num, mult) = UNITS
+        .iter()
+        .find_map(|(u, m)| q.strip_suffix(u).map(|n| (n, *m)))
+        .unwrap_or((q, 1.0));
+    let (int, frac) = num.split_once('.').unwrap_or((num, "0"));
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit());
+    if !digits(int) || !digits(frac) {
+        return Err(bad());
+    }
+    let value: f64 = num.parse().map_err(|_| bad())?;
+    let bytes = (value * mult).ceil();
+    if !bytes.is_finite() || bytes > u64::MAX as f64 {
+        return Err(format!("`{shown}` is more memory than can be expressed"));
+    }
+    Ok(bytes as u64)
 }
 
 /// How the delay between attempts grows.
@@ -465,6 +554,28 @@ pub struct TaskCancel {
     pub reason: Option<String>,
 }
 
+/// `dev.ferry.task.accepted`: the attempt's compute exists but may wait on its platform
+/// before it runs (a pod Pending, a batch job RUNNABLE). The attempt holds a lease from here,
+/// renewed by heartbeats; its `timeout` starts at `task.started`. Backends whose compute runs
+/// as soon as it is created (local processes, Docker containers) go straight to
+/// `task.started`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskAccepted {
+    pub job_id: String,
+    pub task_id: String,
+    pub attempt_id: String,
+    pub attempt: u32,
+    pub accepted_at_ms: i64,
+    /// Copied from the dispatch, so that observers can measure dispatch latency.
+    pub ready_at_ms: i64,
+    /// The launcher instance that holds the attempt.
+    pub launcher: String,
+    /// The compute, as its platform names it: `namespace/job`, a batch job id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compute: Option<String>,
+}
+
 /// `dev.ferry.task.started`: the attempt's compute is running.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -478,7 +589,35 @@ pub struct TaskStarted {
     pub ready_at_ms: i64,
     /// The launcher instance that runs the attempt.
     pub launcher: String,
+    /// The compute, as its platform names it: a container id, `namespace/job`, a process
+    /// group. Absent in events of older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compute: Option<String>,
 }
+
+/// `dev.ferry.launcher.presence`: a launcher instance is up and serves a backend. Sent when it
+/// starts, every [`PRESENCE_INTERVAL_MS`] while it runs, and once more (with `leaving`) when it
+/// stops. A task whose backend no launcher has announced for a while fails with "no launcher
+/// for backend … is running" instead of waiting for ever.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LauncherPresence {
+    /// The runner type it serves (`local`, `docker`, `kubernetes`).
+    pub backend: String,
+    /// The instance (its CloudEvents `source`), unique among running launchers.
+    pub instance: String,
+    /// Attempts it runs at once at most.
+    pub capacity: u32,
+    /// Attempts it runs now.
+    pub running: u32,
+    pub at_ms: i64,
+    /// It is stopping: it takes no more work.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub leaving: bool,
+}
+
+/// How often a running launcher announces itself.
+pub const PRESENCE_INTERVAL_MS: i64 = 10_000;
 
 /// `dev.ferry.task.heartbeat`: the attempt is alive; renews its lease.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -762,11 +901,13 @@ pub fn schemas() -> Vec<(&'static str, schemars::Schema)> {
         ("job.state", schema_for!(JobState)),
         ("task.dispatched", schema_for!(TaskDispatched)),
         ("task.cancel", schema_for!(TaskCancel)),
+        ("task.accepted", schema_for!(TaskAccepted)),
         ("task.started", schema_for!(TaskStarted)),
         ("task.heartbeat", schema_for!(TaskHeartbeat)),
         ("task.log", schema_for!(TaskLog)),
         ("task.finished", schema_for!(TaskFinished)),
         ("task.state", schema_for!(TaskState)),
+        ("launcher.presence", schema_for!(LauncherPresence)),
     ]
 }
 
@@ -785,6 +926,38 @@ mod tests {
                 "error": "compute vanished", "logLines": 0, "finishedAtMs": 7
             })
         );
+    }
+
+    #[test]
+    fn resources_are_typed_once() {
+        assert_eq!(memory_bytes("512Mi"), Ok(512 * 1024 * 1024));
+        assert_eq!(memory_bytes("1G"), Ok(1_000_000_000));
+        assert_eq!(memory_bytes("1.5Ki"), Ok(1536));
+        assert_eq!(memory_bytes("2048"), Ok(2048));
+        for bad in ["", "1.", ".5", "5X", "-1", "1e3", "Mi"] {
+            assert!(memory_bytes(bad).is_err(), "{bad}");
+        }
+        let r: Resources = serde_json::from_str(r#"{"memory":"1Gi","gpu":2,"gpuType":"nvidia-l4"}"#).unwrap();
+        assert_eq!(r.memory_bytes(), Ok(Some(1 << 30)));
+        assert_eq!(
+            r.gpus(),
+            Ok(Some(Gpus {
+                count: 2,
+                kind: Some("nvidia-l4".into())
+            }))
+        );
+        assert_eq!(Resources::default().gpus(), Ok(None));
+        let typeless = Resources {
+            gpu_type: Some("nvidia-l4".into()),
+            ..Resources::default()
+        };
+        assert!(typeless.gpus().unwrap_err().contains("set resources.gpu"));
+        let hostile = Resources {
+            gpu: Some(1),
+            gpu_type: Some("a/../b".into()),
+            ..Resources::default()
+        };
+        assert!(hostile.gpus().unwrap_err().contains("not a GPU model name"));
     }
 
     #[test]

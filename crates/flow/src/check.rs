@@ -837,6 +837,22 @@ pub(crate) fn task_meaning(
                 );
             }
         }
+        if let Some(kind) = r.get("gpuType")
+            && let Some(name) = kind.as_str()
+        {
+            let count = r.get("gpu").and_then(|g| match g.value {
+                Value::Int(i) => u32::try_from(i).ok(),
+                _ => None,
+            });
+            let typed = ferry_event::payload::Resources {
+                gpu: count,
+                gpu_type: Some(name.to_string()),
+                ..Default::default()
+            };
+            if let Err(msg) = typed.gpus() {
+                report.add(kind.pos, &format!("{base}.resources.gpuType"), &msg);
+            }
+        }
     }
     if let Some(r) = t.get("runner") {
         runner(r, defaults, &format!("{base}.runner"), report);

@@ -70,42 +70,9 @@ pub fn output_pattern(p: &str) -> Result<(), String> {
     }
 }
 
-/// Bytes in a Kubernetes-style memory quantity: `512Mi`, `2Gi`, `1G`, `1.5Gi`, or bytes.
-pub fn memory_bytes(q: &str) -> Result<u64, String> {
-    let bad = || {
-        format!(
-            "`{}` is not a memory quantity: write bytes or a number with a unit Ki, Mi, Gi, Ti, k, M, G or T, e.g. `512Mi`, `2Gi`",
-            truncate(q, 40)
-        )
-    };
-    const UNITS: &[(&str, f64)] = &[
-        ("Ki", 1024.0),
-        ("Mi", 1048576.0),
-        ("Gi", 1073741824.0),
-        ("Ti", 1099511627776.0),
-        ("Pi", 1125899906842624.0),
-        ("k", 1e3),
-        ("M", 1e6),
-        ("G", 1e9),
-        ("T", 1e12),
-        ("P", 1e15),
-    ];
-    let (num, mult) = UNITS
-        .iter()
-        .find_map(|(u, m)| q.strip_suffix(u).map(|n| (n, *m)))
-        .unwrap_or((q, 1.0));
-    let (int, frac) = num.split_once('.').unwrap_or((num, "0"));
-    let digits = |s: &str| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit());
-    if !digits(int) || !digits(frac) {
-        return Err(bad());
-    }
-    let value: f64 = num.parse().map_err(|_| bad())?;
-    let bytes = (value * mult).ceil();
-    if !bytes.is_finite() || bytes > u64::MAX as f64 {
-        return Err(format!("`{q}` is more memory than can be expressed"));
-    }
-    Ok(bytes as u64)
-}
+/// Bytes in a Kubernetes-style memory quantity: `512Mi`, `2Gi`, `1G`, `1.5Gi`, or bytes. Typed
+/// once, in the event crate, for the checker and every backend.
+pub use ferry_event::payload::memory_bytes;
 
 /// A task's runner parameters of type `ty`: the flow's `defaults` for that type, each overridden
 /// by the task's own, with `type` set.

@@ -166,7 +166,8 @@ fn one_of_each_payload() -> Result<BTreeMap<&'static str, Vec<Value>>> {
         resources: Resources {
             cpu: Some(0.5),
             memory: Some("512Mi".into()),
-            gpu: Some(0),
+            gpu: Some(1),
+            gpu_type: Some("nvidia-l4".into()),
         },
         timeout_ms: Some(60_000),
         retry: RetryPolicy {
@@ -303,16 +304,63 @@ fn one_of_each_payload() -> Result<BTreeMap<&'static str, Vec<Value>>> {
         })?],
     );
     m.insert(
-        "task.started",
-        vec![v(&TaskStarted {
+        "task.accepted",
+        vec![v(&TaskAccepted {
             job_id: "j".into(),
             task_id: "b".into(),
             attempt_id: "at".into(),
             attempt: 2,
-            started_at_ms: 2,
+            accepted_at_ms: 2,
             ready_at_ms: 1,
-            launcher: "ferry/launcher-local/h/1".into(),
+            launcher: "ferry/launcher-kubernetes/h/1".into(),
+            compute: Some("batch/ferry-at-1a2b3c".into()),
         })?],
+    );
+    m.insert(
+        "task.started",
+        vec![
+            v(&TaskStarted {
+                job_id: "j".into(),
+                task_id: "b".into(),
+                attempt_id: "at".into(),
+                attempt: 2,
+                started_at_ms: 2,
+                ready_at_ms: 1,
+                launcher: "ferry/launcher-local/h/1".into(),
+                compute: None,
+            })?,
+            v(&TaskStarted {
+                job_id: "j".into(),
+                task_id: "b".into(),
+                attempt_id: "at".into(),
+                attempt: 2,
+                started_at_ms: 2,
+                ready_at_ms: 1,
+                launcher: "ferry/launcher-docker/h/1".into(),
+                compute: Some("4f2a9c0e1b7d".into()),
+            })?,
+        ],
+    );
+    m.insert(
+        "launcher.presence",
+        vec![
+            v(&LauncherPresence {
+                backend: "docker".into(),
+                instance: "ferry/launcher-docker/h/1".into(),
+                capacity: 64,
+                running: 3,
+                at_ms: 5,
+                leaving: false,
+            })?,
+            v(&LauncherPresence {
+                backend: "local".into(),
+                instance: "ferry/launcher-local/h/1".into(),
+                capacity: 64,
+                running: 0,
+                at_ms: 6,
+                leaving: true,
+            })?,
+        ],
     );
     m.insert(
         "task.heartbeat",

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use ferry_bus::Delivery;
 use ferry_event::kind;
-use ferry_event::payload::{Outcome, TaskDispatched, TaskFinished, TaskHeartbeat, TaskStarted};
+use ferry_event::payload::{Outcome, TaskAccepted, TaskDispatched, TaskFinished, TaskHeartbeat, TaskStarted};
 use ferry_runtime::{Backoff, metrics};
 use serde_json::Map;
 use tokio::sync::watch;
@@ -23,7 +23,7 @@ use crate::runtime::Runtime;
 const RETRY_FOR: Duration = Duration::from_secs(60);
 
 /// Why the wait for the compute ended.
-enum Ended {
+pub(crate) enum Ended {
     /// The compute ended on its own ([`ComputeState::Exited`] or
     /// [`ComputeState::Vanished`]).
     Compute(ComputeState),
@@ -180,6 +180,7 @@ pub(crate) async fn run(
         output_files: d.output_files.clone(),
         lease_ms: Some(d.lease_ms),
         timeout_ms: d.timeout_ms,
+        ready_at_ms: d.ready_at_ms,
     };
     if let Err(e) = rt.journal.record(&d.attempt_id, Entry::Running(record.clone())) {
         release(&rt, &reserved).await;
@@ -196,12 +197,15 @@ pub(crate) async fn run(
             return settle_pending(rt.clone(), report, Some(delivery)).await;
         }
     };
-    let started = Instant::now();
-    let started_at_ms = ferry_event::now_ms();
+    // Compute that may wait on its platform is accepted now and started once it runs; other
+    // compute runs from its creation.
+    let queues = backend.may_queue();
+    let mut started = Instant::now();
+    let mut started_at_ms = if queues { 0 } else { ferry_event::now_ms() };
     record.compute = compute.clone();
     record.created = true;
     record.started_at_ms = started_at_ms;
-    if let Err(e) = rt.journal.record(&d.attempt_id, Entry::Running(record)) {
+    if let Err(e) = rt.journal.record(&d.attempt_id, Entry::Running(record.clone())) {
         // Unrecorded compute must not run: a restart would not know it.
         stop(&rt, &compute).await;
         let error = AttemptError::Platform(format!(
@@ -232,50 +236,67 @@ pub(crate) async fn run(
         ended_rx,
         logs_failed.clone(),
     ));
-    let started_event = rt.builder.task(
-        kind::TASK_STARTED,
-        &d.job_id,
-        &d.task_id,
-        Some(&d.attempt_id),
-        &TaskStarted {
-            job_id: d.job_id.clone(),
-            task_id: d.task_id.clone(),
-            attempt_id: d.attempt_id.clone(),
-            attempt: d.attempt,
-            started_at_ms,
-            ready_at_ms: d.ready_at_ms,
-            launcher: rt.builder.source().to_string(),
-        },
-    );
-    let start_reported = match rt.publisher.publish(&[started_event]).await {
-        Ok(()) => {
-            ack(delivery).await;
-            tracing::info!(
-                compute = %compute.name,
-                metric = metrics::DISPATCH_LATENCY_MS,
-                value = started_at_ms - d.ready_at_ms,
-                "attempt started"
-            );
-            Ok(())
-        }
-        Err(e) => {
-            // Unacked, the dispatch returns to the broker; this run reports the attempt lost.
-            drop(delivery);
-            Err(format!("cannot report the attempt's start: {e}"))
-        }
-    };
-
     let beat_stop = CancellationToken::new();
     let beats = tokio::spawn(heartbeat(
         rt.clone(),
-        ids,
+        ids.clone(),
         compute.clone(),
         d.lease_ms,
         beat_stop.clone(),
     ));
+    let ready_at_ms = d.ready_at_ms;
+    let start = if queues {
+        match report_accepted(&rt, &ids, d.attempt, ready_at_ms, &compute).await {
+            Err(e) => {
+                // Unacked, the dispatch returns to the broker; this run reports the attempt lost.
+                drop(delivery);
+                Err(Ended::Stopped(format!(
+                    "cannot report the attempt's acceptance: {e}"
+                )))
+            }
+            Ok(()) => {
+                ack(delivery).await;
+                match until_running(&rt, &compute, &mut cancel, &logs_failed).await {
+                    Queued::Running => {
+                        started = Instant::now();
+                        started_at_ms = ferry_event::now_ms();
+                        record.started_at_ms = started_at_ms;
+                        if let Err(e) = rt.journal.record(&d.attempt_id, Entry::Running(record)) {
+                            tracing::warn!(error = %e, "cannot record the attempt's start; a restart would time it from its creation");
+                        }
+                        report_started(&rt, &ids, d.attempt, ready_at_ms, started_at_ms, &compute)
+                            .await
+                            .map_err(|e| Ended::Stopped(format!("cannot report the attempt's start: {e}")))
+                    }
+                    Queued::Ended(ended) => Err(ended),
+                    Queued::Stopping => match backend.shutdown_policy() {
+                        ShutdownPolicy::Detach => {
+                            detach(&compute, beat_stop, beats, follower).await;
+                            return;
+                        }
+                        _ => Err(Ended::Stopped(
+                            "launcher shut down before the attempt started".into(),
+                        )),
+                    },
+                }
+            }
+        }
+    } else {
+        match report_started(&rt, &ids, d.attempt, ready_at_ms, started_at_ms, &compute).await {
+            Ok(()) => {
+                ack(delivery).await;
+                Ok(())
+            }
+            Err(e) => {
+                // Unacked, the dispatch returns to the broker; this run reports the attempt lost.
+                drop(delivery);
+                Err(Ended::Stopped(format!("cannot report the attempt's start: {e}")))
+            }
+        }
+    };
 
-    let ended = match start_reported {
-        Err(error) => Ended::Stopped(error),
+    let ended = match start {
+        Err(ended) => ended,
         Ok(()) => {
             let timeout = d.timeout_ms.map(Duration::from_millis);
             let deadline = timeout.map(|t| started + t);
@@ -312,11 +333,7 @@ pub(crate) async fn run(
                     ShutdownPolicy::Detach => {
                         // The compute runs on; the journal keeps it, and the next start adopts
                         // it with its true outcome.
-                        beat_stop.cancel();
-                        let _ = beats.await;
-                        follower.abort();
-                        let _ = follower.await;
-                        tracing::info!(compute = %compute.name, "the launcher is stopping; leaving the attempt's compute running");
+                        detach(&compute, beat_stop, beats, follower).await;
                         return;
                     }
                 },
@@ -386,12 +403,135 @@ pub(crate) async fn run(
         outputs: Map::new(),
         output_files: Vec::new(),
         log_lines: logs.lines,
-        started_at_ms: Some(started_at_ms),
+        started_at_ms: (started_at_ms != 0).then_some(started_at_ms),
         finished_at_ms: 0,
         reason,
     };
     let report = conclude(&rt, &compute, task, report).await;
     publish_recorded(&rt, &report).await;
+}
+
+/// Leaves an attempt's compute running as the launcher stops ([`ShutdownPolicy::Detach`]):
+/// the journal keeps it, and the next start adopts it with its true outcome.
+async fn detach(
+    compute: &Compute,
+    beat_stop: CancellationToken,
+    beats: tokio::task::JoinHandle<()>,
+    follower: tokio::task::JoinHandle<logs::LogSummary>,
+) {
+    beat_stop.cancel();
+    let _ = beats.await;
+    follower.abort();
+    let _ = follower.await;
+    tracing::info!(compute = %compute.name, "the launcher is stopping; leaving the attempt's compute running");
+}
+
+/// How the wait for queued compute to run ended.
+pub(crate) enum Queued {
+    /// It runs, or ran already: report it started.
+    Running,
+    /// It will never run: cancelled, gone, or its output cannot be kept.
+    Ended(Ended),
+    /// The launcher is stopping.
+    Stopping,
+}
+
+/// Waits until compute that may wait on its platform (a pod Pending) runs, reading its status
+/// at growing intervals (from 20 ms to 1 s; a backend answers from its watch's cache, so the
+/// reads cost the platform nothing).
+pub(crate) async fn until_running(
+    rt: &Runtime,
+    compute: &Compute,
+    cancel: &mut watch::Receiver<Option<String>>,
+    logs_failed: &CancellationToken,
+) -> Queued {
+    let poll = async {
+        let mut wait = Duration::from_millis(20);
+        loop {
+            match rt.backend.status(compute).await {
+                Ok(ComputeState::Pending) => {}
+                Ok(ComputeState::Running | ComputeState::Exited(_)) => return Queued::Running,
+                Ok(gone @ ComputeState::Vanished(_)) => return Queued::Ended(Ended::Compute(gone)),
+                Err(e) if e.is_transient() => {
+                    tracing::warn!(error = %e, "cannot read the queued compute's status; trying again");
+                }
+                Err(e) => return Queued::Ended(Ended::WaitFailed(e)),
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(1));
+        }
+    };
+    tokio::select! {
+        queued = poll => queued,
+        error = cancelled(cancel) => Queued::Ended(Ended::Cancelled(error)),
+        _ = logs_failed.cancelled() => Queued::Ended(Ended::Stopped("its output could not be kept".into())),
+        _ = rt.stop.cancelled() => Queued::Stopping,
+    }
+}
+
+/// Publishes `task.accepted` for compute created and maybe queued on its platform.
+pub(crate) async fn report_accepted(
+    rt: &Runtime,
+    ids: &Ids,
+    attempt: u32,
+    ready_at_ms: i64,
+    compute: &Compute,
+) -> Result<(), ferry_bus::Error> {
+    let accepted_at_ms = ferry_event::now_ms();
+    let event = rt.builder.task(
+        kind::TASK_ACCEPTED,
+        &ids.job_id,
+        &ids.task_id,
+        Some(&ids.attempt_id),
+        &TaskAccepted {
+            job_id: ids.job_id.clone(),
+            task_id: ids.task_id.clone(),
+            attempt_id: ids.attempt_id.clone(),
+            attempt,
+            accepted_at_ms,
+            ready_at_ms,
+            launcher: rt.builder.source().to_string(),
+            compute: Some(rt.backend.describe(compute)),
+        },
+    );
+    rt.publisher.publish(&[event]).await?;
+    tracing::info!(compute = %compute.name, "attempt accepted; its compute waits to run");
+    Ok(())
+}
+
+/// Publishes `task.started` for compute that runs.
+pub(crate) async fn report_started(
+    rt: &Runtime,
+    ids: &Ids,
+    attempt: u32,
+    ready_at_ms: i64,
+    started_at_ms: i64,
+    compute: &Compute,
+) -> Result<(), ferry_bus::Error> {
+    let event = rt.builder.task(
+        kind::TASK_STARTED,
+        &ids.job_id,
+        &ids.task_id,
+        Some(&ids.attempt_id),
+        &TaskStarted {
+            job_id: ids.job_id.clone(),
+            task_id: ids.task_id.clone(),
+            attempt_id: ids.attempt_id.clone(),
+            attempt,
+            started_at_ms,
+            ready_at_ms,
+            launcher: rt.builder.source().to_string(),
+            compute: Some(rt.backend.describe(compute)),
+        },
+    );
+    rt.publisher.publish(&[event]).await?;
+    tracing::info!(
+        compute = %compute.name,
+        metric = metrics::DISPATCH_LATENCY_MS,
+        value = started_at_ms - ready_at_ms,
+        "attempt started"
+    );
+    Ok(())
 }
 
 /// Collects the outputs and output files of a successful attempt, records the report, masked,

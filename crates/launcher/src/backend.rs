@@ -296,6 +296,20 @@ pub trait Backend: Send + Sync + 'static {
         default_compute_name(attempt_id)
     }
 
+    /// What `task.accepted` and `task.started` name the compute by, as its platform shows it:
+    /// a container id, `namespace/job`, a batch job id. The compute's name by default.
+    fn describe(&self, compute: &Compute) -> String {
+        compute.name.clone()
+    }
+
+    /// Whether compute this backend creates may wait on its platform before it runs (a pod
+    /// Pending, a batch job RUNNABLE). When it may, the runtime reports `task.accepted` once
+    /// the compute is created and `task.started` once [`status`](Backend::status) says it runs
+    /// (the task's timeout starts there); when not, `task.started` as soon as it is created.
+    fn may_queue(&self) -> bool {
+        false
+    }
+
     /// Refuses, before anything is created, what this backend cannot honour: a runner of
     /// another type, a resource it cannot give (`resources.gpu` on local), a parameter it does
     /// not know. Errors are [`AttemptError::Task`] and name the field. No I/O.

@@ -44,6 +44,11 @@ pub(crate) struct Intake {
 }
 
 impl Intake {
+    /// Attempts running now (adopted ones included).
+    pub(crate) fn running(&self) -> usize {
+        self.running
+    }
+
     pub(crate) fn new(rt: Arc<Runtime>) -> Self {
         Intake {
             rt,
@@ -136,6 +141,14 @@ impl Intake {
             task_id = %c.task_id,
             attempt_id = %c.attempt_id
         );
+        // A cancel addressed to another launcher (fencing one that took up an attempt already
+        // running elsewhere) is not this one's to act on, nor to remember as a tombstone.
+        if let Some(to) = ferry_event::envelope::launcher_of(&delivery.event)
+            && Some(to.as_str()) != self.rt.builder.launcher()
+        {
+            span.in_scope(|| tracing::debug!(launcher = %to, "a cancel for another launcher ignored"));
+            return ack(delivery).await;
+        }
         if let Some(entry) = self.entries.get(&c.attempt_id) {
             if let Some(tx) = &entry.cancel {
                 span.in_scope(|| tracing::info!("cancelling the attempt"));

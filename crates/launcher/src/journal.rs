@@ -75,6 +75,14 @@ pub struct RunningRecord {
     /// The dispatch's timeout, from `startedAtMs`: enforced on compute adopted after a restart.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    /// The dispatch's `readyAtMs`, for the `task.started` of queued compute adopted before it
+    /// ran. 0 in records written before it was kept.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub ready_at_ms: i64,
+}
+
+fn is_zero(v: &i64) -> bool {
+    *v == 0
 }
 
 /// How far an attempt's output was turned into log lines: the next line's number, and the
@@ -200,6 +208,46 @@ impl Journal {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The identity of the launcher that keeps this journal: made once, kept in `launcher-id`
+    /// beside it, so that a launcher restarted on the same journal is the same launcher (the
+    /// scheduler accepts an attempt's reports only from the launcher that took it up).
+    pub fn identity(&self) -> io::Result<String> {
+        let path = self.path.with_file_name("launcher-id");
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let id = text.trim();
+                let ok = !id.is_empty()
+                    && id.len() <= 64
+                    && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+                if ok {
+                    return Ok(id.to_string());
+                }
+                Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "{} does not hold a launcher identity (1 to 64 letters, digits or `-`); remove it to make a new one",
+                        path.display()
+                    ),
+                ))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let id = ferry_event::new_id();
+                let tmp = path.with_extension("new");
+                let mut f = OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(&tmp)?;
+                f.write_all(id.as_bytes())?;
+                f.sync_all()?;
+                std::fs::rename(&tmp, &path)?;
+                Ok(id)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -470,6 +518,7 @@ mod v1 {
                     output_files: Vec::new(),
                     lease_ms: None,
                     timeout_ms: None,
+                    ready_at_ms: 0,
                 }),
                 Entry::Logs(m) => super::Entry::Logs(super::LogMark {
                     seq: m.seq,
@@ -613,6 +662,7 @@ mod tests {
             output_files: vec!["*.csv".into()],
             lease_ms: Some(30_000),
             timeout_ms: None,
+            ready_at_ms: 0,
         }
     }
 

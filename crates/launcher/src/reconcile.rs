@@ -13,11 +13,11 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::attempt::{
-    cancelled, conclude, heartbeat, publish_report, release, retrying, settle_pending, sleep_until_or_never,
-    stop,
+    Ended, Queued, cancelled, conclude, heartbeat, publish_report, release, report_started, retrying,
+    settle_pending, sleep_until_or_never, stop, until_running,
 };
 use crate::backend::{Compute, ComputeState, ShutdownPolicy, Task};
-use crate::journal::{Open, RunningRecord, Status};
+use crate::journal::{Entry, Open, RunningRecord, Status};
 use crate::logs::{self, Ids, Tail};
 use crate::runtime::Runtime;
 
@@ -99,7 +99,7 @@ pub(crate) async fn follow_adopted(
     mut cancel: watch::Receiver<Option<String>>,
 ) {
     let Adopted {
-        record,
+        mut record,
         compute,
         open,
     } = adopted;
@@ -111,11 +111,52 @@ pub(crate) async fn follow_adopted(
     let beat_stop = tokio_util::sync::CancellationToken::new();
     let beats = tokio::spawn(heartbeat(
         rt.clone(),
-        ids,
+        ids.clone(),
         compute.clone(),
         record.lease_ms.unwrap_or(ADOPTED_LEASE_MS),
         beat_stop.clone(),
     ));
+    if record.started_at_ms == 0 {
+        // Accepted by the previous run and not running yet: started once it runs.
+        let never = tokio_util::sync::CancellationToken::new();
+        let end = match until_running(&rt, &compute, &mut cancel, &never).await {
+            Queued::Running => {
+                record.started_at_ms = ferry_event::now_ms();
+                if let Err(e) = rt
+                    .journal
+                    .record(&record.attempt_id, Entry::Running(record.clone()))
+                {
+                    tracing::warn!(error = %e, "cannot record the attempt's start");
+                }
+                let started = report_started(
+                    &rt,
+                    &ids,
+                    record.attempt,
+                    record.ready_at_ms,
+                    record.started_at_ms,
+                    &compute,
+                )
+                .await;
+                started
+                    .err()
+                    .map(|e| End::Stopped(Outcome::Lost, format!("cannot report the attempt's start: {e}")))
+            }
+            Queued::Ended(Ended::Cancelled(error)) => Some(End::Stopped(Outcome::Cancelled, error)),
+            Queued::Ended(Ended::Compute(state)) => Some(End::State(Some(state))),
+            Queued::Ended(_) => Some(End::State(None)),
+            Queued::Stopping => {
+                beat_stop.cancel();
+                let _ = beats.await;
+                tracing::info!(compute = %compute.name, "the launcher is stopping; leaving the adopted compute queued");
+                return;
+            }
+        };
+        if let Some(end) = end {
+            beat_stop.cancel();
+            let _ = beats.await;
+            return finish(&rt, record, compute, &open, end).await;
+        }
+    }
     let timeout = record.timeout_ms.map(Duration::from_millis);
     let deadline = timeout.map(|t| {
         let ran = Duration::from_millis((ferry_event::now_ms() - record.started_at_ms).max(0) as u64);
@@ -295,7 +336,7 @@ async fn finish(rt: &Arc<Runtime>, record: RunningRecord, compute: Compute, open
         outputs: Map::new(),
         output_files: Vec::new(),
         log_lines: lines,
-        started_at_ms: Some(record.started_at_ms),
+        started_at_ms: (record.started_at_ms != 0).then_some(record.started_at_ms),
         finished_at_ms: 0,
         reason: None,
     };

@@ -4,7 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_bus::{Bus, Delivery, Subscribe, Subscription};
-use ferry_event::{EventBuilder, Topic};
+use ferry_event::payload::LauncherPresence;
+use ferry_event::{EventBuilder, Topic, kind};
 use ferry_runtime::Backoff;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -75,10 +76,17 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<()> {
     config.check()?;
+    let identity = journal.identity().map_err(|source| Error::Io {
+        what: format!(
+            "cannot read or make the launcher's identity beside {}",
+            journal.path().display()
+        ),
+        source,
+    })?;
     let stop = shutdown.child_token();
     let rt = Arc::new(Runtime {
         masker: config.secrets.masker(),
-        builder: EventBuilder::new(config.source.clone()),
+        builder: EventBuilder::new(config.source.clone()).with_launcher(identity),
         publisher: Publisher::new(bus.clone(), stop.clone()),
         stop: stop.clone(),
         journal,
@@ -123,9 +131,18 @@ pub async fn run(
     for a in adopted {
         intake.adopt(a);
     }
+    // Announced at once, then every PRESENCE_INTERVAL_MS: the scheduler fails tasks of a
+    // backend no launcher announces.
+    let mut presence = tokio::time::interval(Duration::from_millis(
+        ferry_event::payload::PRESENCE_INTERVAL_MS as u64,
+    ));
+    presence.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let result = loop {
         tokio::select! {
             _ = stop.cancelled() => break Ok(()),
+            _ = presence.tick() => {
+                tokio::spawn(announce(rt.clone(), intake.running(), false));
+            }
             Some(done) = intake.tasks.join_next_with_id() => intake.on_done(done),
             received = rx.recv() => match received {
                 Some(Ok(delivery)) => intake.on_delivery(delivery).await,
@@ -144,6 +161,8 @@ pub async fn run(
         }
     };
     stop.cancel();
+    // Taking no more work: said at once, so that the scheduler does not count on this one.
+    let _ = tokio::time::timeout(LEAVING_WAIT, announce(rt.clone(), intake.running(), true)).await;
     reader.abort();
     cancel_reader.abort();
     let _ = reader.await;
@@ -154,6 +173,26 @@ pub async fn run(
         intake.on_done(done);
     }
     result
+}
+
+/// The longest a stopping launcher waits to say it leaves.
+const LEAVING_WAIT: Duration = Duration::from_secs(2);
+
+/// Publishes this launcher's presence (`launcher.presence`); a failure is logged, and the next
+/// announcement tries again.
+async fn announce(rt: Arc<Runtime>, running: usize, leaving: bool) {
+    let presence = LauncherPresence {
+        backend: rt.backend.name().to_string(),
+        instance: rt.builder.source().to_string(),
+        capacity: u32::try_from(rt.config.max_parallel).unwrap_or(u32::MAX),
+        running: u32::try_from(running).unwrap_or(u32::MAX),
+        at_ms: ferry_event::now_ms(),
+        leaving,
+    };
+    let event = rt.builder.instance(kind::LAUNCHER_PRESENCE, &presence);
+    if let Err(e) = rt.publisher.publish_once(&[event]).await {
+        tracing::warn!(error = %e, leaving, "cannot announce the launcher's presence; trying again at the next announcement");
+    }
 }
 
 /// Moves deliveries from the subscription to the main loop, so that the main loop only ever

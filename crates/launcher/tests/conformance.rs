@@ -1,7 +1,8 @@
 //! The launcher conformance suite against the runtime's test double: a remote-style backend
 //! with no local process, whose compute outlives the launcher. Running it here keeps the
 //! double as honest as the backends it stands in for; and since the double can take any
-//! shutdown policy, the runtime's three are each run through the whole suite.
+//! shutdown policy, the runtime's three are each run through the whole suite; and once more
+//! with compute that queues on its platform before it runs.
 
 mod double;
 
@@ -15,6 +16,17 @@ use ferry_launcher::ShutdownPolicy;
 mod detach {
     use super::*;
     ferry_launcher::launcher_conformance!(async { Arc::new(DoubleTarget::new(ShutdownPolicy::Detach)) });
+}
+
+/// Compute that waits on its platform before it runs (a pod Pending): accepted, then started.
+mod queued {
+    use super::*;
+    ferry_launcher::launcher_conformance!(async {
+        Arc::new(DoubleTarget::queued(
+            ShutdownPolicy::Detach,
+            Duration::from_millis(150),
+        ))
+    });
 }
 
 /// Compute stopped with the launcher.

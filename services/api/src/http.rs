@@ -59,6 +59,7 @@ pub(crate) fn router(state: AppState, auth: Authenticator, hosts: Arc<AllowedHos
         .route("/jobs/{id}", get(get_job))
         .route("/jobs/{id}/events", get(crate::follow::job_events))
         .route("/jobs/{id}/logs", get(crate::follow::job_logs))
+        .route("/launchers", get(list_launchers))
         .route_layer(from_fn_with_state(auth, guard::authenticate));
     Router::new()
         .route("/healthz", get(healthz))
@@ -660,6 +661,23 @@ async fn get_job(
         Some(detail) => Ok(Json(serde_json::to_value(detail).unwrap_or(Value::Null))),
         None => Err(ApiError::unknown_job(&id)),
     }
+}
+
+/// The launchers heard from in the last day: which backends have one running, and how busy.
+/// They are the deployment's, not a namespace's: a token limited to namespaces cannot list them.
+async fn list_launchers(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+) -> Result<Json<Value>, ApiError> {
+    require(&principal, Scope::Read, "list launchers")?;
+    if principal.namespaces().is_some() {
+        return Err(ApiError::forbidden(format!(
+            "token {:?} may not list launchers: they serve every namespace, and it is limited to some",
+            principal.name
+        )));
+    }
+    let launchers = state.model.launchers().await?;
+    Ok(Json(json!({ "launchers": launchers })))
 }
 
 /// How long streaming responses wait between looks at the read model when nothing woke them.

@@ -11,7 +11,8 @@
 //! - a job's `phase`: submitted 0, planned 1, running 2, finished 3 (succeeded, failed,
 //!   cancelled, rejected); `job.started` with reason `retried` is the one way back from
 //!   failed or cancelled to running;
-//! - a task's `(attempt_no, phase)`: attempt `n` started `(n, 1)`, retrying after attempt `n`
+//! - a task's `(attempt_no, phase)`: attempt `n` accepted or started `(n, 1)` (a start replaces
+//!   an acceptance of the same attempt, never the other way), retrying after attempt `n`
 //!   `(n, 2)`, finished after `n` attempts `(n, 3)`, re-queued by a job retry after `n` attempts
 //!   `(n, 4)`; never dispatched `(0, 0)`. A late `task.started` of attempt 2 after `task.succeeded`
 //!   with 2 attempts is `(2, 1) < (2, 3)` and changes nothing.
@@ -19,8 +20,8 @@
 use std::collections::{BTreeMap, HashSet};
 
 use ferry_event::payload::{
-    JobPlanned, JobRejected, JobState, JobStatus, OutputFile, Problem, TaskFinished, TaskStarted, TaskState,
-    TaskStatus,
+    JobPlanned, JobRejected, JobState, JobStatus, LauncherPresence, OutputFile, Problem, TaskAccepted,
+    TaskFinished, TaskStarted, TaskState, TaskStatus,
 };
 use ferry_event::{AttributesReader, Event, kind};
 pub use ferry_runtime::db::Dialect;
@@ -44,9 +45,11 @@ pub const JOB_STATES: &[&str] = &[
 ];
 
 /// Task states shown by the read model. A dispatched task that has not started shows `pending`:
-/// `task.dispatched` travels on the dispatch topics, which the api does not read.
+/// `task.dispatched` travels on the dispatch topics, which the api does not read. `accepted`:
+/// its compute exists and waits on its platform (a pod Pending, a batch job RUNNABLE).
 pub const TASK_STATES: &[&str] = &[
     "pending",
+    "accepted",
     "running",
     "retrying",
     "succeeded",
@@ -123,7 +126,43 @@ const SCHEMA: &[&str] = &[
         at BIGINT NOT NULL
     )",
     "CREATE INDEX IF NOT EXISTS submissions_namespace ON submissions (namespace, job_id)",
+    // Launchers as they last announced themselves (`launcher.presence`), by when the api heard.
+    "CREATE TABLE IF NOT EXISTS launchers (
+        backend TEXT NOT NULL,
+        instance TEXT NOT NULL,
+        capacity BIGINT NOT NULL,
+        running BIGINT NOT NULL,
+        seen_at BIGINT NOT NULL,
+        leaving BIGINT NOT NULL,
+        PRIMARY KEY (backend, instance)
+    )",
 ];
+
+/// Columns added to tables after they were first made: added to a database that lacks them.
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    // The task's runner type, from its plan: what a waiting task waits for.
+    ("tasks", "backend", "TEXT"),
+    // The compute of its current attempt, as `task.accepted`/`task.started` name it.
+    ("tasks", "compute", "TEXT"),
+];
+
+/// A launcher is taken to be running while its last announcement is younger than this.
+const PRESENCE_TTL_MS: i64 = 3 * ferry_event::payload::PRESENCE_INTERVAL_MS;
+
+/// A launcher as it last announced itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LauncherView {
+    pub backend: String,
+    pub instance: String,
+    pub capacity: u32,
+    pub running: u32,
+    pub seen_at_ms: i64,
+    /// It said it is stopping.
+    pub leaving: bool,
+    /// Heard from recently and not leaving: it takes work.
+    pub live: bool,
+}
 
 /// What [`ReadModel::reserve_submission`] found for a job id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -185,6 +224,16 @@ pub struct TaskView {
     pub outputs: Map<String, Value>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub output_files: Vec<OutputFile>,
+    /// Its runner type (absent for tasks of jobs planned by older versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
+    /// The compute of its current attempt, as the platform names it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compute: Option<String>,
+    /// Why a task that has not started waits, when it is something other than its turn: no
+    /// launcher of its backend is running, or its compute waits on its platform.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
 }
 
 /// A job with its tasks, in flow order.
@@ -255,6 +304,17 @@ impl ReadModel {
             .map_err(|e| e.into_error(Error::Config, Error::Db))?;
         for stmt in SCHEMA.iter().chain(db::INBOX_SCHEMA) {
             sqlx::query(stmt).execute(&pool).await?;
+        }
+        for (table, column, ty) in ADDED_COLUMNS {
+            let present = sqlx::query(&format!("SELECT {column} FROM {table} LIMIT 0"))
+                .execute(&pool)
+                .await
+                .is_ok();
+            if !present {
+                sqlx::query(&format!("ALTER TABLE {table} ADD COLUMN {column} {ty}"))
+                    .execute(&pool)
+                    .await?;
+            }
         }
         let reads = db::open_readers(
             url,
@@ -363,7 +423,8 @@ impl ReadModel {
         let ids: Vec<String> = events
             .iter()
             .zip(&decoded)
-            .filter(|(_, d)| matches!(d, Ok(Some(_))))
+            // Presence is idempotent and frequent: it skips the inbox.
+            .filter(|(_, d)| matches!(d, Ok(Some(i)) if !matches!(i, Input::Presence(_))))
             .map(|(e, _)| e.id().to_string())
             .collect();
         let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
@@ -374,6 +435,10 @@ impl ReadModel {
             let applied = match input {
                 Ok(None) => Applied::Done,
                 Err(reason) => Applied::Invalid(reason),
+                Ok(Some(input @ Input::Presence(_))) => {
+                    apply_input(&mut tx, &mut known, event, input, now).await?;
+                    Applied::Done
+                }
                 Ok(Some(_)) if !fresh.remove(event.id()) => {
                     tracing::debug!(event_id = %event.id(), "event applied before; skipped");
                     Applied::Done
@@ -476,16 +541,51 @@ impl ReadModel {
             return Ok(None);
         };
         let rows = sqlx::query(
-            "SELECT task_id, state, attempts, attempt_id, started_at, finished_at, error, outputs, output_files
+            "SELECT task_id, state, attempts, attempt_id, started_at, finished_at, error, outputs, output_files,
+                    backend, compute
              FROM tasks WHERE job_id = $1
              ORDER BY CASE WHEN ord IS NULL THEN 1 ELSE 0 END, ord, task_id",
         )
         .bind(job_id.to_string())
         .fetch_all(&mut *tx)
         .await?;
+        let live = live_backends(&mut tx).await?;
         tx.rollback().await?;
-        let tasks = rows.iter().map(task_view).collect::<Result<Vec<_>>>()?;
+        let mut tasks = rows.iter().map(task_view).collect::<Result<Vec<_>>>()?;
+        for t in &mut tasks {
+            t.waiting = waiting(t, &live);
+        }
         Ok(Some(JobDetail { job, tasks }))
+    }
+
+    /// Every launcher heard from in the last day, live ones first, by backend.
+    pub async fn launchers(&self) -> Result<Vec<LauncherView>> {
+        let now = ferry_event::now_ms();
+        let rows = sqlx::query(
+            "SELECT backend, instance, capacity, running, seen_at, leaving FROM launchers
+             WHERE seen_at >= $1 ORDER BY backend, instance",
+        )
+        .bind(now - 24 * 3600 * 1000)
+        .fetch_all(&self.reads)
+        .await?;
+        let mut out = rows
+            .iter()
+            .map(|r| {
+                let seen_at_ms: i64 = r.try_get("seen_at")?;
+                let leaving = r.try_get::<i64, _>("leaving")? != 0;
+                Ok(LauncherView {
+                    backend: r.try_get("backend")?,
+                    instance: r.try_get("instance")?,
+                    capacity: u32::try_from(r.try_get::<i64, _>("capacity")?).unwrap_or(0),
+                    running: u32::try_from(r.try_get::<i64, _>("running")?).unwrap_or(0),
+                    seen_at_ms,
+                    leaving,
+                    live: !leaving && seen_at_ms >= now - PRESENCE_TTL_MS,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        out.sort_by_key(|l| !l.live);
+        Ok(out)
     }
 
     /// The job's changes after `after` (a [`Change::seq`]), oldest first, at most `limit`.
@@ -664,12 +764,44 @@ fn job_view(r: &AnyRow) -> Result<JobView> {
     })
 }
 
+/// The backends at least one running launcher serves.
+async fn live_backends(tx: &mut Tx) -> Result<HashSet<String>> {
+    let rows = sqlx::query("SELECT DISTINCT backend FROM launchers WHERE leaving = 0 AND seen_at >= $1")
+        .bind(ferry_event::now_ms() - PRESENCE_TTL_MS)
+        .fetch_all(&mut **tx)
+        .await?;
+    rows.iter().map(|r| Ok(r.try_get("backend")?)).collect()
+}
+
+/// Why `task` waits, if it is for something other than its turn.
+fn waiting(task: &TaskView, live: &HashSet<String>) -> Option<String> {
+    match task.state.as_str() {
+        "accepted" => Some(match &task.compute {
+            Some(c) => format!("its compute {c} waits on its platform to run"),
+            None => "its compute waits on its platform to run".into(),
+        }),
+        "pending" | "retrying" => {
+            let backend = task.backend.as_deref()?;
+            (!live.contains(backend)).then(|| {
+                format!(
+                    "no launcher for backend `{backend}` is running (none announced itself in the last {}s)",
+                    PRESENCE_TTL_MS / 1000
+                )
+            })
+        }
+        _ => None,
+    }
+}
+
 fn task_view(r: &AnyRow) -> Result<TaskView> {
     let task_id: String = r.try_get("task_id")?;
     let outputs: Option<String> = r.try_get("outputs")?;
     let files: Option<String> = r.try_get("output_files")?;
     let corrupt = |what: &str, e: serde_json::Error| Error::Corrupt(format!("{what} of task {task_id}: {e}"));
     Ok(TaskView {
+        backend: r.try_get("backend")?,
+        compute: r.try_get("compute")?,
+        waiting: None,
         state: r.try_get("state")?,
         attempts: u64::try_from(r.try_get::<i64, _>("attempts")?).unwrap_or(0),
         attempt_id: r.try_get("attempt_id")?,
@@ -699,9 +831,11 @@ enum Input {
     Planned(Box<JobPlanned>),
     Rejected(JobRejected),
     Job(JobState),
+    Accepted(TaskAccepted),
     Started(TaskStarted),
     Finished(Box<TaskFinished>),
     Task(Box<TaskState>),
+    Presence(LauncherPresence),
 }
 
 fn decode(event: &Event) -> std::result::Result<Option<Input>, String> {
@@ -712,6 +846,8 @@ fn decode(event: &Event) -> std::result::Result<Option<Input>, String> {
         kind::JOB_STARTED | kind::JOB_SUCCEEDED | kind::JOB_FAILED | kind::JOB_CANCELLED => {
             Input::Job(ferry_event::decode(event).map_err(d)?)
         }
+        kind::TASK_ACCEPTED => Input::Accepted(ferry_event::decode(event).map_err(d)?),
+        kind::LAUNCHER_PRESENCE => Input::Presence(ferry_event::decode(event).map_err(d)?),
         kind::TASK_STARTED => Input::Started(ferry_event::decode(event).map_err(d)?),
         kind::TASK_FINISHED => Input::Finished(Box::new(ferry_event::decode(event).map_err(d)?)),
         kind::TASK_RETRYING | kind::TASK_SUCCEEDED | kind::TASK_FAILED | kind::TASK_CANCELLED => {
@@ -769,10 +905,35 @@ async fn apply_input(tx: &mut Tx, known: &mut Known, event: &Event, input: Input
         Input::Planned(p) => on_planned(tx, known, ty, &p, at).await,
         Input::Rejected(r) => on_rejected(tx, known, ty, &r, at).await,
         Input::Job(s) => on_job_state(tx, known, ty, &s, at).await,
+        Input::Accepted(a) => on_task_accepted(tx, known, ty, &a, at).await,
         Input::Started(s) => on_task_started(tx, known, ty, &s, at).await,
         Input::Finished(f) => on_task_finished(tx, &f, at).await,
         Input::Task(s) => on_task_state(tx, known, ty, &s, at).await,
+        // Timed by when it was heard: launchers' clocks do not matter.
+        Input::Presence(p) => on_presence(tx, &p, now).await,
     }
+}
+
+async fn on_presence(tx: &mut Tx, p: &LauncherPresence, now: i64) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO launchers (backend, instance, capacity, running, seen_at, leaving)
+         VALUES ($1, $2, $3, $4, $5, $6)
+         ON CONFLICT (backend, instance) DO UPDATE SET capacity = excluded.capacity,
+            running = excluded.running, seen_at = excluded.seen_at, leaving = excluded.leaving",
+    )
+    .bind(p.backend.clone())
+    .bind(p.instance.clone())
+    .bind(i64::from(p.capacity))
+    .bind(i64::from(p.running))
+    .bind(now)
+    .bind(i64::from(p.leaving))
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query("DELETE FROM launchers WHERE seen_at < $1")
+        .bind(now - 24 * 3600 * 1000)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 /// [`ensure_job`], once per job and transaction.
@@ -971,15 +1132,19 @@ async fn on_planned(tx: &mut Tx, known: &mut Known, ty: &str, p: &JobPlanned, at
         .await?
         .rows_affected();
     for (ci, chunk) in p.tasks.chunks(INSERT_CHUNK).enumerate() {
-        let values = placeholders_with(known.dialect, chunk.len(), 3, "'pending', 0, 0, 0");
+        let values = placeholders_with(known.dialect, chunk.len(), 4, "'pending', 0, 0, 0");
         let sql = format!(
-            "INSERT INTO tasks (job_id, task_id, ord, state, attempt_no, phase, attempts) VALUES {values}
-             ON CONFLICT (job_id, task_id) DO UPDATE SET ord = excluded.ord"
+            "INSERT INTO tasks (job_id, task_id, ord, backend, state, attempt_no, phase, attempts) VALUES {values}
+             ON CONFLICT (job_id, task_id) DO UPDATE SET ord = excluded.ord, backend = excluded.backend"
         );
         let mut q = sized(&sql, chunk.len());
         for (i, t) in chunk.iter().enumerate() {
             let ord = i64::try_from(ci * INSERT_CHUNK + i).unwrap_or(i64::MAX);
-            q = q.bind(p.job_id.clone()).bind(t.id.clone()).bind(ord);
+            q = q
+                .bind(p.job_id.clone())
+                .bind(t.id.clone())
+                .bind(ord)
+                .bind(t.runner.backend());
         }
         q.execute(&mut **tx).await?;
     }
@@ -1051,6 +1216,35 @@ async fn on_job_state(tx: &mut Tx, known: &mut Known, ty: &str, s: &JobState, at
     Ok(())
 }
 
+async fn on_task_accepted(tx: &mut Tx, known: &mut Known, ty: &str, a: &TaskAccepted, at: i64) -> Result<()> {
+    let n = i64::from(a.attempt);
+    let update = || {
+        sqlx::query(
+            "UPDATE tasks SET state = 'accepted', attempt_no = $1, phase = 1, attempts = $1, attempt_id = $2,
+                    finished_at = NULL, error = NULL, compute = $3
+             WHERE job_id = $4 AND task_id = $5 AND (attempt_no < $1 OR (attempt_no = $1 AND phase < 1))",
+        )
+        .bind(n)
+        .bind(a.attempt_id.clone())
+        .bind(a.compute.clone())
+        .bind(a.job_id.clone())
+        .bind(a.task_id.clone())
+    };
+    let mut moved = update().execute(&mut **tx).await?.rows_affected();
+    if moved == 0 && insert_task(tx, known, &a.job_id, &a.task_id, at).await? {
+        moved = update().execute(&mut **tx).await?.rows_affected();
+    }
+    if moved > 0 {
+        let d = detail([
+            ("attempts", Some(Value::from(a.attempt))),
+            ("attemptId", Some(Value::from(a.attempt_id.clone()))),
+            ("compute", a.compute.clone().map(Value::from)),
+        ]);
+        record_change(tx, known, &a.job_id, ty, Some(&a.task_id), "accepted", d, at).await?;
+    }
+    Ok(())
+}
+
 async fn on_task_started(tx: &mut Tx, known: &mut Known, ty: &str, s: &TaskStarted, at: i64) -> Result<()> {
     sqlx::query(
         "INSERT INTO attempts (attempt_id, job_id, task_id, number, started_at) VALUES ($1, $2, $3, $4, $5)
@@ -1067,12 +1261,14 @@ async fn on_task_started(tx: &mut Tx, known: &mut Known, ty: &str, s: &TaskStart
     let update = || {
         sqlx::query(
             "UPDATE tasks SET state = 'running', attempt_no = $1, phase = 1, attempts = $1, attempt_id = $2,
-                    started_at = $3, finished_at = NULL, error = NULL
-             WHERE job_id = $4 AND task_id = $5 AND (attempt_no < $1 OR (attempt_no = $1 AND phase < 1))",
+                    started_at = $3, finished_at = NULL, error = NULL, compute = $4
+             WHERE job_id = $5 AND task_id = $6
+               AND (attempt_no < $1 OR (attempt_no = $1 AND (phase < 1 OR (phase = 1 AND state = 'accepted'))))",
         )
         .bind(n)
         .bind(s.attempt_id.clone())
         .bind(s.started_at_ms)
+        .bind(s.compute.clone())
         .bind(s.job_id.clone())
         .bind(s.task_id.clone())
     };
@@ -1084,6 +1280,7 @@ async fn on_task_started(tx: &mut Tx, known: &mut Known, ty: &str, s: &TaskStart
         let d = detail([
             ("attempts", Some(Value::from(s.attempt))),
             ("attemptId", Some(Value::from(s.attempt_id.clone()))),
+            ("compute", s.compute.clone().map(Value::from)),
         ]);
         record_change(tx, known, &s.job_id, ty, Some(&s.task_id), "running", d, at).await?;
     }
@@ -1236,6 +1433,7 @@ mod tests {
             started_at_ms: 1_000,
             ready_at_ms: 900,
             launcher: "test".into(),
+            compute: None,
         };
         let finished = TaskFinished {
             job_id: "j".into(),

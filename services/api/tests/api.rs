@@ -771,3 +771,104 @@ async fn the_service_stops_while_a_follower_is_connected() {
     let text = tokio::time::timeout(common::WAIT, r.text()).await;
     assert!(text.is_ok(), "the follower's stream ended with the service");
 }
+
+#[tokio::test]
+async fn a_waiting_task_says_what_it_waits_for_and_launchers_are_listed() {
+    use ferry_event::payload::{LauncherPresence, TaskAccepted};
+    let api = Api::start().await;
+    let job = new_job();
+    api.publish(&[api.planned(&job, &["a"])]).await;
+    // No launcher of its backend has announced itself: that is what it waits for.
+    let d = api
+        .job_when(&job, "the task is pending", |j| {
+            j["tasks"][0]["state"] == "pending"
+        })
+        .await;
+    assert_eq!(d["tasks"][0]["backend"], "local", "{d}");
+    let why = d["tasks"][0]["waiting"].as_str().unwrap_or_default();
+    assert!(why.contains("no launcher for backend `local` is running"), "{d}");
+
+    // A launcher announces itself: the task only waits its turn.
+    let presence = |leaving| {
+        let p = LauncherPresence {
+            backend: "local".into(),
+            instance: "ferry/launcher-local/h/1".into(),
+            capacity: 64,
+            running: 1,
+            at_ms: ferry_event::now_ms(),
+            leaving,
+        };
+        ferry_event::EventBuilder::new("ferry/launcher-local/h/1").instance(kind::LAUNCHER_PRESENCE, &p)
+    };
+    api.publish(&[presence(false)]).await;
+    api.job_when(&job, "the task no longer waits for a launcher", |j| {
+        j["tasks"][0].get("waiting").is_none()
+    })
+    .await;
+    let (status, l) = api.get("/launchers").await;
+    assert_eq!(status, 200, "{l}");
+    assert_eq!(
+        (
+            &l["launchers"][0]["backend"],
+            &l["launchers"][0]["live"],
+            &l["launchers"][0]["running"]
+        ),
+        (&json!("local"), &json!(true), &json!(1)),
+        "{l}"
+    );
+
+    // Accepted: its compute waits on its platform, named.
+    let accepted = TaskAccepted {
+        job_id: job.clone(),
+        task_id: "a".into(),
+        attempt_id: common::attempt_id(&job, "a", 1),
+        attempt: 1,
+        accepted_at_ms: ferry_event::now_ms(),
+        ready_at_ms: ferry_event::now_ms(),
+        launcher: "ferry/launcher-local/h/1".into(),
+        compute: Some("batch/ferry-a-1".into()),
+    };
+    let e = api.events.task(
+        kind::TASK_ACCEPTED,
+        &job,
+        "a",
+        Some(&accepted.attempt_id),
+        &accepted,
+    );
+    api.publish(&[e]).await;
+    let d = api
+        .job_when(&job, "the task is accepted", |j| {
+            j["tasks"][0]["state"] == "accepted"
+        })
+        .await;
+    assert_eq!(d["tasks"][0]["compute"], "batch/ferry-a-1", "{d}");
+    assert!(
+        d["tasks"][0]["waiting"]
+            .as_str()
+            .is_some_and(|w| w.contains("batch/ferry-a-1")),
+        "{d}"
+    );
+    assert_eq!(d["counts"]["accepted"], 1, "{d}");
+    // Started, it waits for nothing; an acceptance arriving late changes nothing.
+    api.publish(&[api.started(&job, "a", 1)]).await;
+    api.job_when(&job, "the task runs", |j| j["tasks"][0]["state"] == "running")
+        .await;
+    let e = api.events.task(
+        kind::TASK_ACCEPTED,
+        &job,
+        "a",
+        Some(&accepted.attempt_id),
+        &accepted,
+    );
+    api.publish(&[e]).await;
+    api.publish(&[presence(true)]).await;
+    let (_, l) = common::eventually("the launcher is shown leaving", || async {
+        let (status, l) = api.get("/launchers").await;
+        (l["launchers"][0]["leaving"] == json!(true)).then_some((status, l))
+    })
+    .await;
+    assert_eq!(l["launchers"][0]["live"], json!(false), "{l}");
+    let (_, d) = api.get(&format!("/jobs/{job}")).await;
+    assert_eq!(d["tasks"][0]["state"], "running", "{d}");
+    api.stop().await;
+}

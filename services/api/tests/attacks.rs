@@ -619,3 +619,18 @@ async fn tls_is_served_and_a_renewed_certificate_is_used_without_a_restart() {
     .await;
     api.stop().await;
 }
+
+#[tokio::test]
+async fn launchers_are_listed_only_to_tokens_of_the_whole_deployment() {
+    let api = Api::start().await;
+    let everywhere = api.add_token("ops", &["read"], None).await;
+    let team = api.add_token("team", &["read"], Some(&["team-a"])).await;
+    let submitter = api.add_token("ci", &["submit"], None).await;
+    assert_eq!(api.get_as(Some(&everywhere), "/launchers").await.0, 200);
+    let (status, body) = api.get_as(Some(&team), "/launchers").await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.to_string().contains("limited to some"), "{body}");
+    assert_eq!(api.get_as(Some(&submitter), "/launchers").await.0, 403);
+    assert_eq!(api.get_as(None, "/launchers").await.0, 401);
+    api.stop().await;
+}

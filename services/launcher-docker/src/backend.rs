@@ -32,7 +32,7 @@ use crate::engine::{ContainerStatus, Engine, State};
 use crate::error::Error;
 use crate::files::{InputFile, Limits};
 use crate::logs::{LogCursor, LogStream};
-use crate::spec::{Attempt, ContainerSpec, Gpus, Mount, PullPolicy, container_name};
+use crate::spec::{Attempt, ContainerSpec, Mount, PullPolicy, container_name};
 
 /// The runner type this backend serves; dispatches arrive on `dispatch.docker`.
 pub const BACKEND: &str = "docker";
@@ -51,9 +51,13 @@ pub const OUTPUTS_FILE: &str = "/ferry-outputs/outputs.json";
 /// request that lost its connection would otherwise wait for ever).
 const WAIT_SLICE: Duration = Duration::from_secs(30);
 
-/// A read of the engine's log that found nothing new is not repeated sooner than this: the
-/// runtime reads stdout and stderr one after the other, and one request serves both.
-const REREAD_AFTER: Duration = Duration::from_millis(10);
+/// A stream of the engine's log that ended while the container ran (the engine restarted, the
+/// connection broke) is not opened again sooner than this.
+const REOPEN_AFTER: Duration = Duration::from_millis(100);
+
+/// Log entries read ahead of the runtime per container: the engine's stream waits when they
+/// are not taken.
+const FOLLOW_AHEAD: usize = 64;
 
 /// Most bytes of the other stream held while reading one.
 const MAX_HELD: usize = 8 * 1024 * 1024;
@@ -237,11 +241,12 @@ fn base_spec(d: &TaskDispatched, launcher: &str) -> BackendResult<ContainerSpec>
     }
     let memory_bytes = d
         .resources
-        .memory
-        .as_deref()
-        .map(ferry_flow::rules::memory_bytes)
-        .transpose()
+        .memory_bytes()
         .map_err(|why| task(format!("resources.memory: {why}")))?;
+    let gpus = d
+        .resources
+        .gpus()
+        .map_err(|why| task(format!("resources.{why}")))?;
     if !d.output_files.is_empty() {
         // Output files are stored under <artifact dir>/<job>/<task>/<attempt>/.
         for (what, id) in [("job id", &d.job_id), ("task id", &d.task_id)] {
@@ -284,11 +289,7 @@ fn base_spec(d: &TaskDispatched, launcher: &str) -> BackendResult<ContainerSpec>
             .collect(),
         cpu: d.resources.cpu,
         memory_bytes,
-        gpus: d
-            .resources
-            .gpu
-            .filter(|n| *n > 0)
-            .map(|count| Gpus { count, kind: None }),
+        gpus,
     };
     spec.check().map_err(|e| {
         // The spec names fields as the runner does; mounts are runner parameters.
@@ -355,18 +356,22 @@ impl Backend for Docker {
         }
         let created = engine.create_or_adopt(&spec).await.map_err(attempt_error)?;
         // A container created but never started (a crash in between, or a redelivery that
-        // raced this one) may lack its files: they are put again before the one start.
-        let status = engine.inspect(&created.name).await.map_err(attempt_error)?;
-        if status.state == State::Created {
+        // raced this one) may lack its files: they are put again before the one start. One
+        // this call created has not started: it is not looked at again.
+        let unstarted = !created.adopted
+            || engine.inspect(&created.name).await.map_err(attempt_error)?.state == State::Created;
+        if unstarted {
+            let dirs: [(&str, &[InputFile]); 2] = [(&work_dir, &inputs), (OUTPUTS_DIR, &[])];
             engine
-                .put_files(&created.name, &work_dir, &inputs)
+                .put_dirs(&created.name, &dirs)
                 .await
                 .map_err(attempt_error)?;
-            engine
-                .put_files(&created.name, OUTPUTS_DIR, &[])
-                .await
-                .map_err(attempt_error)?;
-            engine.start(&created.name).await.map_err(attempt_error)?;
+            if created.adopted {
+                engine.start(&created.name).await
+            } else {
+                engine.start_created(&created.name).await
+            }
+            .map_err(attempt_error)?;
         }
         if created.adopted {
             tracing::info!(container = %created.name, attempt_id = %d.attempt_id, "adopted the attempt's existing container");
@@ -602,10 +607,61 @@ struct LogBuffer {
     /// Each stream's bytes from `start[i]` on.
     bytes: [Vec<u8>; 2],
     start: [u64; 2],
-    /// The container had ended before a read that ran to the end of its log.
+    /// A stream opened once the container had ended was read to its end.
     complete: bool,
-    /// When a read last found nothing beyond what is held.
-    drained_at: Option<Instant>,
+    /// The engine's stream this buffer reads from, held between reads.
+    follow: Option<Follow>,
+    /// No stream is opened again before this (one ended while the container ran).
+    reopen_at: Option<Instant>,
+}
+
+/// The engine's log of one container from a cursor on, followed as it is written: a task reads
+/// the engine's stream into a bounded channel, so that the engine is asked once while the
+/// container runs (not at every read, each of which would send again the entries before the
+/// cursor's `since`) and a read takes what has come without waiting.
+struct Follow {
+    entries: tokio::sync::mpsc::Receiver<crate::Result<crate::logs::LogEntry>>,
+    reader: tokio::task::AbortHandle,
+    /// Opened once the container had ended: the stream's end is the log's end. (A stream
+    /// opened before may end when the container stops, but nothing said it was read to the end
+    /// then, so it is not taken for the end.)
+    after_end: bool,
+}
+
+impl Follow {
+    fn open(engine: &Engine, name: &str, from: LogCursor, after_end: bool) -> Follow {
+        let (tx, entries) = tokio::sync::mpsc::channel(FOLLOW_AHEAD);
+        let stream = engine.logs(name, from, true);
+        let reader = tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            while let Some(entry) = stream.next().await {
+                let failed = entry.is_err();
+                if tx.send(entry).await.is_err() || failed {
+                    return;
+                }
+            }
+        })
+        .abort_handle();
+        Follow {
+            entries,
+            reader,
+            after_end,
+        }
+    }
+}
+
+impl Drop for Follow {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+impl std::fmt::Debug for Follow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Follow")
+            .field("after_end", &self.after_end)
+            .finish_non_exhaustive()
+    }
 }
 
 impl LogBuffer {
@@ -622,7 +678,8 @@ impl LogBuffer {
             bytes: [Vec::new(), Vec::new()],
             start: [mark.stdout, mark.stderr],
             complete: false,
-            drained_at: None,
+            follow: None,
+            reopen_at: None,
         }
     }
 
@@ -646,7 +703,8 @@ impl LogBuffer {
         self.bytes[i].len()
     }
 
-    /// Reads entries from the engine until stream `i` has `want` bytes or the log's end.
+    /// Takes entries from the engine until stream `i` has `want` bytes, or, while the container
+    /// runs, until no more have come; once it has `ended`, until the end of its log.
     async fn fetch(
         &mut self,
         engine: &Engine,
@@ -655,24 +713,57 @@ impl LogBuffer {
         i: usize,
         want: usize,
     ) -> BackendResult<()> {
-        if !ended && self.drained_at.is_some_and(|t| t.elapsed() < REREAD_AFTER) {
-            return Ok(());
-        }
-        let mut entries = std::pin::pin!(engine.logs(name, self.next.at, false));
+        use tokio::sync::mpsc::error::TryRecvError;
         loop {
-            let Some(entry) = entries.next().await else {
-                self.complete = ended;
-                self.drained_at = Some(Instant::now());
-                return Ok(());
-            };
-            let entry = match entry {
-                Ok(e) => e,
-                Err(Error::NotFound { .. }) => {
-                    return Err(AttemptError::Platform(format!(
-                        "container {name} was removed before its output was read to the end"
-                    )));
+            let follow = match &mut self.follow {
+                Some(f) => f,
+                None => {
+                    if !ended && self.reopen_at.is_some_and(|t| Instant::now() < t) {
+                        return Ok(());
+                    }
+                    self.follow
+                        .insert(Follow::open(engine, name, self.next.at, ended))
                 }
-                Err(e) => return Err(attempt_error(e)),
+            };
+            let next = if follow.after_end {
+                follow.entries.recv().await
+            } else {
+                match follow.entries.try_recv() {
+                    Ok(entry) => Some(entry),
+                    Err(TryRecvError::Disconnected) => None,
+                    // Ended meanwhile: what is left is read by a stream whose end is the log's.
+                    Err(TryRecvError::Empty) if ended => {
+                        self.follow = None;
+                        continue;
+                    }
+                    Err(TryRecvError::Empty) => return Ok(()),
+                }
+            };
+            let entry = match next {
+                Some(Ok(entry)) => entry,
+                None => {
+                    let after_end = follow.after_end;
+                    self.follow = None;
+                    if after_end {
+                        self.complete = true;
+                        return Ok(());
+                    }
+                    self.reopen_at = Some(Instant::now() + REOPEN_AFTER);
+                    if ended {
+                        continue;
+                    }
+                    return Ok(());
+                }
+                Some(Err(e)) => {
+                    self.follow = None;
+                    self.reopen_at = Some(Instant::now() + REOPEN_AFTER);
+                    return Err(match e {
+                        Error::NotFound { .. } => AttemptError::Platform(format!(
+                            "container {name} was removed before its output was read to the end"
+                        )),
+                        e => attempt_error(e),
+                    });
+                }
             };
             let s = match entry.stream {
                 LogStream::Stdout => 0,

@@ -135,45 +135,63 @@ impl Engine {
         &self.host
     }
 
-    /// Creates the attempt's container, or adopts it if it exists already: the name is looked up
-    /// first, and an "already exists" answer to the create (two launchers racing) is an adoption
-    /// too. A container of that name that belongs to another attempt is refused, never reused.
-    /// The spec is [checked](ContainerSpec::check) and the image pulled as its policy says
-    /// before anything is created; an adopted container is taken as it is. The container is
-    /// never removed by the engine on its own: [`Engine::remove`] does it, once its logs and
-    /// outputs are in.
+    /// Creates the attempt's container, or adopts it if it exists already: the engine's "already
+    /// exists" answer to the create (a redelivery, a restart after "create", two launchers
+    /// racing) is an adoption, and the container of that name is looked at then. A container of
+    /// that name that belongs to another attempt is refused, never reused. The spec is
+    /// [checked](ContainerSpec::check) before anything is created, and the image pulled as its
+    /// policy says: under `always` before the create (and before looking for an existing
+    /// container, which is then adopted as it is); under `missing` only when the create says
+    /// the engine has no such image. The container is never removed by the engine on its own:
+    /// [`Engine::remove`] does it, once its logs and outputs are in.
+    ///
+    /// The create is tried first, rather than a look for the name: the look would cost every
+    /// attempt a request to spare a rare one a failed create.
     pub async fn create_or_adopt(&self, spec: &ContainerSpec) -> Result<Created> {
         let name = spec.name();
-        if let Some(found) = self.find(&name).await? {
-            return adopt(&name, spec, &found);
-        }
         spec.check()?;
-        self.ensure_image(&spec.image, spec.pull).await?;
-        let options = CreateContainerOptionsBuilder::default().name(&name).build();
-        match self
-            .docker
-            .create_container(Some(options), create_body(spec))
-            .await
-        {
-            Ok(r) => Ok(Created {
-                id: r.id,
-                name,
-                adopted: false,
-            }),
-            Err(e) if status_of(&e) == Some(409) => {
-                let found = self.created_by_another(&name).await?;
-                adopt(&name, spec, &found)
+        if spec.pull == PullPolicy::Always {
+            if let Some(found) = self.find(&name).await? {
+                return adopt(&name, spec, &found);
             }
-            Err(e) if status_of(&e) == Some(404) => Err(Error::ImageMissing {
-                image: spec.image.clone(),
-                host: self.host.clone(),
-            }),
-            Err(e) if status_of(&e) == Some(400) => Err(Error::Refused(format!(
-                "the Docker engine refused the container for attempt {}: {}",
-                spec.attempt.attempt_id,
-                server_message(&e)
-            ))),
-            Err(e) => Err(Error::api(&self.host, "container create", e)),
+            self.pull(&spec.image).await?;
+        }
+        let mut pulled = spec.pull == PullPolicy::Always;
+        loop {
+            let options = CreateContainerOptionsBuilder::default().name(&name).build();
+            return match self
+                .docker
+                .create_container(Some(options), create_body(spec))
+                .await
+            {
+                Ok(r) => Ok(Created {
+                    id: r.id,
+                    name,
+                    adopted: false,
+                }),
+                Err(e) if status_of(&e) == Some(409) => {
+                    let found = self.created_by_another(&name).await?;
+                    adopt(&name, spec, &found)
+                }
+                // No such image: pulled when the policy allows it, once.
+                Err(e) if status_of(&e) == Some(404) => {
+                    if spec.pull == PullPolicy::Never || pulled {
+                        return Err(Error::ImageMissing {
+                            image: spec.image.clone(),
+                            host: self.host.clone(),
+                        });
+                    }
+                    self.pull(&spec.image).await?;
+                    pulled = true;
+                    continue;
+                }
+                Err(e) if status_of(&e) == Some(400) => Err(Error::Refused(format!(
+                    "the Docker engine refused the container for attempt {}: {}",
+                    spec.attempt.attempt_id,
+                    server_message(&e)
+                ))),
+                Err(e) => Err(Error::api(&self.host, "container create", e)),
+            };
         }
     }
 
@@ -204,21 +222,8 @@ impl Engine {
         }
     }
 
-    async fn ensure_image(&self, image: &str, pull: PullPolicy) -> Result<()> {
-        if pull != PullPolicy::Always {
-            match self.docker.inspect_image(image).await {
-                Ok(_) => return Ok(()),
-                Err(e) if status_of(&e) == Some(404) => {
-                    if pull == PullPolicy::Never {
-                        return Err(Error::ImageMissing {
-                            image: image.to_string(),
-                            host: self.host.clone(),
-                        });
-                    }
-                }
-                Err(e) => return Err(Error::api(&self.host, "image inspect", e)),
-            }
-        }
+    /// Pulls `image` from its registry.
+    async fn pull(&self, image: &str) -> Result<()> {
         tracing::info!(image, "pulling image");
         let options = CreateImageOptionsBuilder::default().from_image(image).build();
         let mut progress = self.docker.create_image(Some(options), None, None);
@@ -258,14 +263,28 @@ impl Engine {
         }
         match self.docker.start_container(name, None).await {
             Ok(()) => Ok(()),
-            Err(e) if server_message(&e).contains("could not select device driver") => {
-                Err(Error::Refused(format!(
-                    "resources.gpu cannot be honoured: the Docker engine at {} has no GPU device driver ({})",
-                    self.host,
-                    server_message(&e)
-                )))
-            }
-            Err(e) => Err(self.not_found_or(name, "container start", e)),
+            Err(e) => Err(self.start_error(name, e)),
+        }
+    }
+
+    /// Starts a container this launcher has just created (and nothing else could have started
+    /// meanwhile), without the look [`Engine::start`] takes first.
+    pub async fn start_created(&self, name: &str) -> Result<()> {
+        match self.docker.start_container(name, None).await {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.start_error(name, e)),
+        }
+    }
+
+    fn start_error(&self, name: &str, e: bollard::errors::Error) -> Error {
+        if server_message(&e).contains("could not select device driver") {
+            Error::Refused(format!(
+                "resources.gpu cannot be honoured: the Docker engine at {} has no GPU device driver ({})",
+                self.host,
+                server_message(&e)
+            ))
+        } else {
+            self.not_found_or(name, "container start", e)
         }
     }
 

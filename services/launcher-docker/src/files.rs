@@ -86,6 +86,40 @@ impl Engine {
             .map_err(|e| self.not_found_or(name, "archive upload", e))
     }
 
+    /// Makes each directory of `dirs` with its files, as [`Engine::put_files`] does, in one
+    /// upload when they are all in the same directory (the working directory and the outputs'
+    /// directory at the root, as they are by default): each upload mounts the container's
+    /// filesystem in the engine, which is most of an upload's cost.
+    pub async fn put_dirs(&self, name: &str, dirs: &[(&str, &[InputFile])]) -> Result<()> {
+        let mut split = Vec::with_capacity(dirs.len());
+        for (dir, files) in dirs {
+            let (parent, base) = split_dir(dir)?;
+            split.push((parent, base, *files));
+        }
+        if split.windows(2).any(|w| w[0].0 != w[1].0) {
+            for (dir, files) in dirs {
+                self.put_files(name, dir, files).await?;
+            }
+            return Ok(());
+        }
+        let Some(parent) = split.first().map(|(p, _, _)| p.clone()) else {
+            return Ok(());
+        };
+        let mut tar = tar::Builder::new(Vec::new());
+        for (_, base, files) in &split {
+            append_dir(&mut tar, base, files)?;
+        }
+        let archive = tar.into_inner().map_err(archive_io)?;
+        let options = UploadToContainerOptionsBuilder::default()
+            .path(&parent)
+            .copy_uidgid("1")
+            .build();
+        self.docker
+            .upload_to_container(name, Some(options), bollard::body_full(Bytes::from(archive)))
+            .await
+            .map_err(|e| self.not_found_or(name, "archive upload", e))
+    }
+
     /// The contents of one regular file of the container; `None` when there is no such file.
     /// A file larger than `max_bytes`, or a path that is a link or a directory, is refused.
     pub async fn read_file(&self, name: &str, path: &str, max_bytes: u64) -> Result<Option<Vec<u8>>> {
@@ -228,6 +262,20 @@ fn split_dir(dir: &str) -> Result<(String, String)> {
 
 /// A tar of `base/` and the files under it, with the directories between them.
 fn input_archive(base: &str, files: &[InputFile]) -> Result<Vec<u8>> {
+    let mut tar = tar::Builder::new(Vec::new());
+    append_dir(&mut tar, base, files)?;
+    tar.into_inner().map_err(archive_io)
+}
+
+fn archive_io(e: std::io::Error) -> Error {
+    Error::Io {
+        what: "building the input files' archive".into(),
+        source: e,
+    }
+}
+
+/// Appends `base/` and the files under it, with the directories between them, to `tar`.
+fn append_dir(tar: &mut tar::Builder<Vec<u8>>, base: &str, files: &[InputFile]) -> Result<()> {
     let mut paths = Vec::with_capacity(files.len());
     let mut seen = BTreeSet::new();
     for f in files {
@@ -256,11 +304,7 @@ fn input_archive(base: &str, files: &[InputFile]) -> Result<Vec<u8>> {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let mut tar = tar::Builder::new(Vec::new());
-    let io = |e| Error::Io {
-        what: "building the input files' archive".into(),
-        source: e,
-    };
+    let io = archive_io;
     let mut dir_header = |path: &Path| -> Result<()> {
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(tar::EntryType::Directory);
@@ -282,7 +326,7 @@ fn input_archive(base: &str, files: &[InputFile]) -> Result<Vec<u8>> {
         tar.append_data(&mut h, Path::new(base).join(path), f.contents.as_slice())
             .map_err(io)?;
     }
-    tar.into_inner().map_err(io)
+    Ok(())
 }
 
 /// Reads the engine's archive of `base/`, keeping what matches; on an error, removes every file

@@ -28,5 +28,5 @@ pub use engine::{ContainerEvent, ContainerStatus, Created, DEFAULT_HOST, Engine,
 pub use error::{Error, Result};
 pub use files::{Collected, CollectedFile, InputFile, Limits, Skipped};
 pub use logs::{LogCursor, LogEntry, LogStream};
-pub use service::{Config, connect, run};
+pub use service::{Config, connect, launcher_id, run};
 pub use spec::{Attempt, ContainerSpec, Gpus, Mount, PullPolicy, container_name};

@@ -96,7 +96,8 @@ pub async fn connect(host: Option<&str>) -> crate::Result<Engine> {
 
 /// This launcher's identity on the engine, kept in the data directory: the same on every
 /// start over one journal, so that a restart finds the containers its previous run left.
-fn launcher_id(data_dir: &Path) -> Result<String> {
+/// Made on the first start.
+pub fn launcher_id(data_dir: &Path) -> Result<String> {
     let path = data_dir.join(LAUNCHER_ID_FILE);
     let io = |source| Error::Io {
         what: format!("cannot keep the launcher's identity in {}", path.display()),

@@ -143,13 +143,9 @@ pub struct Mount {
     pub read_only: bool,
 }
 
-/// GPUs requested from the engine's device drivers.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Gpus {
-    pub count: u32,
-    /// A GPU model; Docker can only count GPUs, so a spec that names one is refused.
-    pub kind: Option<String>,
-}
+/// GPUs, typed once in the event crate; Docker can only count them, so a spec that names a
+/// model is refused.
+pub use ferry_event::payload::Gpus;
 
 /// Everything the engine needs to create one attempt's container.
 #[derive(Debug, Clone)]

@@ -229,11 +229,16 @@ impl Backend for Local {
                 d.runner.backend()
             )));
         }
-        if let Some(n) = d.resources.gpu.filter(|n| *n > 0) {
-            return Err(AttemptError::Task(format!(
-                "resources.gpu: the local launcher cannot give a task GPUs (this one asks for {n}); \
-                 remove the request, or run the task on a runner that schedules GPUs"
-            )));
+        match d.resources.gpus() {
+            Err(why) => return Err(AttemptError::Task(format!("resources.{why}"))),
+            Ok(Some(g)) => {
+                return Err(AttemptError::Task(format!(
+                    "resources.gpu: the local launcher cannot give a task GPUs (this one asks for {}); \
+                     remove the request, or run the task on a runner that schedules GPUs",
+                    g.count
+                )));
+            }
+            Ok(None) => {}
         }
         if !d.output_files.is_empty() {
             // Output files are stored under <artifact_dir>/<job>/<task>/<attempt>/.

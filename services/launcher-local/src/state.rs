@@ -100,6 +100,7 @@ impl From<RunningRecord> for journal::RunningRecord {
             output_files: Vec::new(),
             lease_ms: None,
             timeout_ms: None,
+            ready_at_ms: 0,
         }
     }
 }

@@ -80,7 +80,9 @@ impl Rig {
             .await
             .expect("subscribing");
         let db_url = format!("sqlite://{}", dir.path().join("scheduler.db").display());
-        let cfg = Config::new(db_url.clone(), "ferry/bench");
+        let mut cfg = Config::new(db_url.clone(), "ferry/bench");
+        // No launcher runs here: dispatched tasks wait rather than fail for want of one.
+        cfg.no_launcher_after = None;
         let store = Store::open(&db_url).await.expect("opening the store");
         let sched = Scheduler::new(store, Arc::new(bus.clone()), cfg);
         Rig {

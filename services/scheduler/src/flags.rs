@@ -18,6 +18,10 @@ pub struct Flags {
     /// A running attempt without a heartbeat for this long is presumed lost.
     #[arg(long, env = "FERRY_LEASE", value_name = "DURATION", default_value = "30s", value_parser = ferry_connect::service::duration)]
     pub lease: Duration,
+    /// A dispatched task whose backend no running launcher has announced itself for (in
+    /// `launcher.presence`) fails after waiting this long; 0 waits for ever.
+    #[arg(long, env = "FERRY_NO_LAUNCHER_AFTER", value_name = "DURATION", default_value = "60s", value_parser = ferry_connect::service::duration)]
+    pub no_launcher_after: Duration,
 }
 
 impl Flags {
@@ -30,6 +34,7 @@ impl Flags {
             .unwrap_or_else(|| ferry_runtime::sqlite_url(&data_dir.join("scheduler.db")));
         let mut config = Config::new(db, ferry_runtime::instance_source("scheduler"));
         config.lease = self.lease;
+        config.no_launcher_after = (!self.no_launcher_after.is_zero()).then_some(self.no_launcher_after);
         config
     }
 }

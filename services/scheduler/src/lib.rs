@@ -64,6 +64,10 @@ pub struct Config {
     pub group: String,
     /// A running attempt whose launcher sends no heartbeat for this long is considered lost.
     pub lease: Duration,
+    /// A dispatched task whose backend no launcher has announced itself for within
+    /// [`PRESENCE_TTL`] fails after waiting this long ("no launcher for backend `docker` is
+    /// running"). `None`: it waits for ever.
+    pub no_launcher_after: Option<Duration>,
     /// Lost attempts (launcher gone) retried per task before it fails; they do not use up
     /// `retry.attempts`.
     pub max_lost: u32,
@@ -99,6 +103,7 @@ impl Config {
             source: source.into(),
             group: "scheduler".into(),
             lease: Duration::from_secs(30),
+            no_launcher_after: Some(Duration::from_secs(60)),
             max_lost: 3,
             grace: Duration::from_secs(30),
             batch_max: 512,
@@ -160,6 +165,14 @@ pub async fn run(config: Config, bus: Arc<dyn Bus>, shutdown: CancellationToken)
     Ok(())
 }
 
+/// A launcher is taken to be running while its last `launcher.presence` is younger than this:
+/// three of its announcements.
+pub const PRESENCE_TTL: Duration =
+    Duration::from_millis(3 * ferry_event::payload::PRESENCE_INTERVAL_MS as u64);
+
+/// How often dispatched tasks are checked for a backend no launcher serves.
+const UNSERVED_EVERY: Duration = Duration::from_secs(1);
+
 /// How often the inbox is pruned of ids older than [`Config::inbox_retention`].
 const INBOX_PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
@@ -186,6 +199,8 @@ pub struct Scheduler {
     next_sweep_ms: i64,
     /// When the inbox is pruned next, by the clock.
     next_prune_ms: i64,
+    /// When dispatched tasks are next checked for a backend no launcher serves.
+    next_unserved_ms: i64,
     /// Ends the wait for the database to come back (see [`Scheduler::handle`]).
     stop: CancellationToken,
 }
@@ -205,6 +220,7 @@ impl Scheduler {
             seen_outbox: HashSet::new(),
             next_sweep_ms,
             next_prune_ms: now + ms(INBOX_PRUNE_EVERY),
+            next_unserved_ms: now,
             stop: CancellationToken::new(),
         }
     }
@@ -327,6 +343,16 @@ impl Scheduler {
             }
         }
         let now = self.config.clock.now_ms();
+        if let Some(after) = self.config.no_launcher_after
+            && now >= self.next_unserved_ms
+        {
+            self.next_unserved_ms = now + ms(UNSERVED_EVERY);
+            let emitted = engine::unserved(&self.store, &self.config, &self.events, now, after).await?;
+            if !emitted.is_empty() {
+                self.unpublished.extend(emitted);
+                self.flush().await;
+            }
+        }
         if now >= self.next_sweep_ms {
             self.next_sweep_ms = now + ms(self.config.orphan_sweep);
             self.adopt_orphans().await;

@@ -90,11 +90,28 @@ const SCHEMA: &[&str] = &[
     "CREATE INDEX IF NOT EXISTS attempts_task ON attempts (job_id, task_id)",
     // Cancels of jobs not planned yet (a `job.cancel` can overtake its `job.planned`): the job
     // ends cancelled as soon as it is planned.
+    // Launchers as they last announced themselves (`launcher.presence`): which backends have
+    // one running. One row per instance, replaced at each announcement.
+    "CREATE TABLE IF NOT EXISTS launchers (
+        backend TEXT NOT NULL,
+        instance TEXT NOT NULL,
+        capacity BIGINT NOT NULL,
+        running BIGINT NOT NULL,
+        seen_at BIGINT NOT NULL,
+        leaving BIGINT NOT NULL,
+        PRIMARY KEY (backend, instance)
+    )",
     "CREATE TABLE IF NOT EXISTS early_cancels (
         job_id TEXT PRIMARY KEY,
         reason TEXT NOT NULL,
         at BIGINT NOT NULL
     )",
+];
+
+/// Columns added to tables after they were first made: added to a database that lacks them.
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    // The launcher that took the attempt up (fencing, see `engine::fence`).
+    ("attempts", "launcher", "TEXT"),
 ];
 
 const OUTBOX_SQLITE: &str = "CREATE TABLE IF NOT EXISTS outbox (
@@ -123,6 +140,17 @@ impl Store {
     async fn migrate(&self) -> Result<()> {
         for stmt in SCHEMA.iter().chain(db::INBOX_SCHEMA) {
             sqlx::query(stmt).execute(&self.pool).await?;
+        }
+        for (table, column, ty) in ADDED_COLUMNS {
+            let present = sqlx::query(&format!("SELECT {column} FROM {table} LIMIT 0"))
+                .execute(&self.pool)
+                .await
+                .is_ok();
+            if !present {
+                sqlx::query(&format!("ALTER TABLE {table} ADD COLUMN {column} {ty}"))
+                    .execute(&self.pool)
+                    .await?;
+            }
         }
         let outbox = match self.dialect {
             Dialect::Sqlite => OUTBOX_SQLITE,

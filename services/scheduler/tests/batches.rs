@@ -72,6 +72,7 @@ impl Rig {
             started_at_ms: 1_000,
             ready_at_ms: 900,
             launcher: "test".into(),
+            compute: None,
         };
         self.events
             .task(kind::TASK_STARTED, job_id, task_id, Some(attempt_id), &data)

@@ -89,6 +89,7 @@ impl Rig {
             started_at_ms: 1_000,
             ready_at_ms: 900,
             launcher: "test".into(),
+            compute: None,
         };
         let e = self
             .events

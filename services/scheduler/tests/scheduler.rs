@@ -704,6 +704,7 @@ async fn dispatches_not_picked_up_are_bounded_per_backend() {
         started_at_ms: ferry_event::now_ms(),
         ready_at_ms: d.ready_at_ms,
         launcher: "test".into(),
+        compute: None,
     };
     let e = ferry_event::EventBuilder::new("t").task(
         kind::TASK_STARTED,

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_event::kind;
-use ferry_event::payload::{Outcome, TaskFinished};
+use ferry_event::payload::{Outcome, TaskAccepted, TaskFinished, TaskStarted};
 use ferry_event::template::{Part, Template};
 
 use super::harness::{Harness, SmallDisk, display, is_root};
@@ -31,7 +31,8 @@ fn assert_outcome(f: &TaskFinished, outcome: Outcome) {
     assert_eq!(f.outcome, outcome, "{f:?}");
 }
 
-/// Started, heartbeats while it runs, its lines, then finished: in that order, once each.
+/// Accepted first where the backend's compute may queue, then started, heartbeats while it
+/// runs, its lines, then finished: in that order, once each; both name the compute.
 pub async fn lifecycle_is_started_heartbeats_logs_finished(target: Arc<dyn Target>) {
     let mut h = Harness::new(target).await;
     let launcher = h.start().await;
@@ -49,7 +50,34 @@ pub async fn lifecycle_is_started_heartbeats_logs_finished(target: Arc<dyn Targe
         .filter(|(_, a, _)| *a == id)
         .map(|(t, _, _)| t.as_str())
         .collect();
-    assert_eq!(order.first(), Some(&kind::TASK_STARTED), "{order:?}");
+    let queues = h.queues();
+    let first: Vec<&str> = order
+        .iter()
+        .copied()
+        .filter(|t| *t != kind::TASK_HEARTBEAT)
+        .take(2)
+        .collect();
+    if queues {
+        assert_eq!(first, [kind::TASK_ACCEPTED, kind::TASK_STARTED], "{order:?}");
+        let accepted: TaskAccepted = h.payload(kind::TASK_ACCEPTED, &id);
+        assert!(
+            accepted.compute.as_deref().is_some_and(|c| !c.is_empty()),
+            "task.accepted names no compute: {accepted:?}"
+        );
+        assert!(
+            accepted.accepted_at_ms <= f.started_at_ms.unwrap_or(0),
+            "{accepted:?} {f:?}"
+        );
+    } else {
+        assert_eq!(order.first(), Some(&kind::TASK_STARTED), "{order:?}");
+        assert_eq!(h.count(kind::TASK_ACCEPTED, &id), 0, "{order:?}");
+    }
+    let started: TaskStarted = h.payload(kind::TASK_STARTED, &id);
+    assert!(
+        started.compute.as_deref().is_some_and(|c| !c.is_empty()),
+        "task.started names no compute: {started:?}"
+    );
+    assert_eq!(Some(started.started_at_ms), f.started_at_ms, "{started:?} {f:?}");
     assert_eq!(order.last(), Some(&kind::TASK_FINISHED), "{order:?}");
     assert!(
         order.iter().filter(|t| **t == kind::TASK_HEARTBEAT).count() >= 2,
@@ -301,6 +329,39 @@ pub async fn a_cancel_leaves_no_compute(target: Arc<dyn Target>) {
     launcher.stop().await;
 }
 
+/// Every word of a launcher names it (`ferrylauncher`), the same after a restart; a cancel
+/// addressed to another launcher (the scheduler fencing off a copy of the attempt elsewhere)
+/// leaves this one's attempt running, and one addressed to it stops it.
+pub async fn a_cancel_for_another_launcher_is_not_this_ones(target: Arc<dyn Target>) {
+    let mut h = Harness::new(target).await;
+    let launcher = h.start().await;
+    let id = h.id("fenced");
+    let d = h.task(&id, &forever());
+    h.dispatch(&d).await;
+    let started = h.expect(kind::TASK_STARTED, &id).await;
+    let me = ferry_event::envelope::launcher_of(&started).expect("task.started names its launcher");
+    h.cancel_for(&d, "a copy elsewhere", Some("some-other-launcher"))
+        .await;
+    assert_eq!(
+        h.settle_count(kind::TASK_FINISHED, &id).await,
+        0,
+        "a cancel for another launcher stopped this one's attempt"
+    );
+    h.cancel_for(&d, "fenced", Some(&me)).await;
+    let f = h.finished(&id).await;
+    assert_outcome(&f, Outcome::Cancelled);
+    h.assert_nothing_left("after a cancel addressed to it").await;
+    launcher.stop().await;
+    // Started again on the same journal, it is the same launcher.
+    let launcher = h.start().await;
+    let again = h.id("fenced-again");
+    h.dispatch(&h.task(&again, &p([out("hi")]))).await;
+    let started = h.expect(kind::TASK_STARTED, &again).await;
+    assert_eq!(ferry_event::envelope::launcher_of(&started), Some(me));
+    h.finished(&again).await;
+    launcher.stop().await;
+}
+
 /// A cancel that arrives before its dispatch wins: the dispatch, and every redelivery of it,
 /// creates nothing.
 pub async fn a_cancel_before_the_dispatch_creates_nothing_ever(target: Arc<dyn Target>) {
@@ -309,6 +370,7 @@ pub async fn a_cancel_before_the_dispatch_creates_nothing_ever(target: Arc<dyn T
     let id = h.id("tomb");
     let d = h.task(&id, &forever());
     h.cancel(&d, "changed my mind").await;
+    h.wait_journaled(&id).await;
     h.dispatch(&d).await;
     let f = h.finished(&id).await;
     assert_outcome(&f, Outcome::Cancelled);
@@ -374,6 +436,7 @@ pub async fn a_crash_between_create_and_journal_leaves_one_compute_and_one_repor
             output_files: Vec::new(),
             lease_ms: Some(d.lease_ms),
             timeout_ms: d.timeout_ms,
+            ready_at_ms: d.ready_at_ms,
         };
         journal.record(&id, Entry::Running(record)).expect("journal");
         backend.create(task, reserved).await.expect("create");

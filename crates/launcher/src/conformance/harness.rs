@@ -75,6 +75,9 @@ pub struct Harness {
     /// Unique to this test, so that attempts of tests running side by side never meet.
     prefix: String,
     pub max_parallel: usize,
+    /// What the backend's [`Backend::may_queue`](crate::backend::Backend::may_queue) says, once
+    /// a launcher has started.
+    queues: Arc<std::sync::OnceLock<bool>>,
 }
 
 impl Harness {
@@ -127,6 +130,7 @@ impl Harness {
                 format!("c{}", &id[id.len() - 10..])
             },
             max_parallel: 4,
+            queues: Arc::default(),
         }
     }
 
@@ -162,12 +166,14 @@ impl Harness {
             Arc::new(self.bus.clone()) as Arc<dyn Bus>,
             shutdown.clone(),
         );
+        let queues = self.queues.clone();
         let handle = runtime.spawn(async move {
             let journal = Journal::open(&data_dir).map_err(|source| crate::Error::Io {
                 what: format!("cannot open the journal in {}", data_dir.display()),
                 source,
             })?;
             let backend = target.backend(&data_dir, &journal).await;
+            let _ = queues.set(backend.may_queue());
             crate::run(config, journal, backend, bus, stop).await
         });
         let cancels = Topic::Cancel(self.target.name().into());
@@ -222,6 +228,12 @@ impl Harness {
     }
 
     pub async fn cancel(&self, d: &TaskDispatched, reason: &str) {
+        self.cancel_for(d, reason, None).await
+    }
+
+    /// A `task.cancel` addressed to one launcher (`ferrylauncher`), as the scheduler fences a
+    /// launcher off an attempt another one holds; `None`: to every launcher.
+    pub async fn cancel_for(&self, d: &TaskDispatched, reason: &str, launcher: Option<&str>) {
         let c = TaskCancel {
             job_id: d.job_id.clone(),
             task_id: d.task_id.clone(),
@@ -236,7 +248,26 @@ impl Harness {
             self.target.name(),
             &c,
         );
+        let mut e = e;
+        if let Some(l) = launcher {
+            e.set_extension(ferry_event::envelope::EXT_LAUNCHER, l.to_string());
+        }
         self.bus.publish(&[e]).await.expect("publish a cancel");
+    }
+
+    /// Waits until the launcher has journaled something of `attempt` (a cancel it took, say):
+    /// dispatches and cancels travel on queues of their own, so only the journal tells that a
+    /// cancel arrived before a dispatch published after it.
+    pub async fn wait_journaled(&self, attempt: &str) {
+        let path = self.data_dir.join("journal");
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !std::fs::read_to_string(&path).is_ok_and(|j| j.contains(&format!("\"{attempt}\""))) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the launcher journaled nothing of {attempt} within {WAIT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
     }
 
     /// Receives the next control event, if one comes within `wait`.
@@ -295,6 +326,21 @@ impl Harness {
     pub async fn settle_count(&mut self, ty: &str, attempt: &str) -> usize {
         while self.next_within(Duration::from_millis(300)).await {}
         self.count(ty, attempt)
+    }
+
+    /// Whether the backend's compute may queue before it runs (known once a launcher started).
+    pub fn queues(&self) -> bool {
+        self.queues.get().copied().unwrap_or(false)
+    }
+
+    /// The payload of the first control event of `ty` seen for `attempt`.
+    pub fn payload<T: serde::de::DeserializeOwned>(&self, ty: &str, attempt: &str) -> T {
+        let (_, _, e) = self
+            .seen
+            .iter()
+            .find(|(t, a, _)| t == ty && a == attempt)
+            .unwrap_or_else(|| panic!("no {ty} seen for {attempt}: {:?}", self.types()));
+        ferry_event::decode(e).unwrap_or_else(|err| panic!("a {ty} payload: {err}"))
     }
 
     pub fn types(&self) -> Vec<(String, String)> {

@@ -95,6 +95,7 @@ macro_rules! launcher_conformance {
             secrets_are_masked_in_lines_outputs_and_errors,
             a_timeout_leaves_no_compute,
             a_cancel_leaves_no_compute,
+            a_cancel_for_another_launcher_is_not_this_ones,
             a_cancel_before_the_dispatch_creates_nothing_ever,
             a_redelivered_dispatch_never_creates_a_second_compute,
             a_crash_between_create_and_journal_leaves_one_compute_and_one_report,

@@ -33,6 +33,8 @@ const WORK: &str = "/work";
 pub struct Container {
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
+    /// It waits on the platform (queued) until this is set.
+    pub running: bool,
     pub exit: Option<i32>,
     pub stopped: bool,
     /// What the task wrote at `$FERRY_OUTPUTS`.
@@ -46,6 +48,9 @@ pub struct Container {
 pub struct Platform {
     pub containers: Mutex<HashMap<String, Container>>,
     pub released: Mutex<Vec<String>>,
+    /// How long created compute waits on the platform before it runs, as a pod Pending does.
+    /// Zero: it runs as it is created.
+    pub queue: Duration,
     /// Where programs run: the test's runtime, which outlives every launcher of the test.
     runtime: tokio::runtime::Handle,
 }
@@ -56,6 +61,7 @@ impl Default for Platform {
         Platform {
             containers: Mutex::default(),
             released: Mutex::default(),
+            queue: Duration::ZERO,
             runtime: tokio::runtime::Handle::current(),
         }
     }
@@ -80,7 +86,9 @@ impl Platform {
         inputs: HashMap<String, Vec<u8>>,
     ) {
         let platform = self.clone();
+        let queue = self.queue;
         self.runtime.spawn(async move {
+            tokio::time::sleep(queue).await;
             let step = |f: &mut dyn FnMut(&mut Container)| {
                 let mut all = platform.containers.lock().unwrap();
                 match all.get_mut(&name) {
@@ -91,6 +99,7 @@ impl Platform {
                     _ => false,
                 }
             };
+            step(&mut |c| c.running = true);
             let mut code = 0;
             for s in program.0 {
                 let going = match s {
@@ -159,6 +168,14 @@ impl Backend for Remote {
         self.1
     }
 
+    fn describe(&self, compute: &Compute) -> String {
+        format!("{BACKEND}/{}", compute.name)
+    }
+
+    fn may_queue(&self) -> bool {
+        !self.0.queue.is_zero()
+    }
+
     fn check(&self, _: &TaskDispatched) -> BackendResult<()> {
         Ok(())
     }
@@ -196,8 +213,11 @@ impl Backend for Remote {
             all.entry(reserved.name.clone()).or_default();
             fresh
         };
-        if created && let Some(program) = program {
-            self.0.run(reserved.name.clone(), program, env, inputs);
+        match program {
+            Some(program) if created => self.0.run(reserved.name.clone(), program, env, inputs),
+            // Compute a test drives by hand runs at once.
+            None if created => self.0.with(&reserved.name, |c| c.running = true)?,
+            _ => {}
         }
         Compute::with_handle(reserved.name.clone(), &serde_json::json!({"id": reserved.name}))
     }
@@ -216,6 +236,7 @@ impl Backend for Remote {
             )));
         };
         Ok(match c.exit {
+            None if !c.running => ComputeState::Pending,
             None => ComputeState::Running,
             Some(code) => ComputeState::Exited(Exit {
                 code: Some(code),
@@ -228,7 +249,9 @@ impl Backend for Remote {
     async fn wait(&self, compute: &Compute) -> BackendResult<ComputeState> {
         loop {
             match self.status(compute).await? {
-                ComputeState::Running => tokio::time::sleep(Duration::from_millis(10)).await,
+                ComputeState::Pending | ComputeState::Running => {
+                    tokio::time::sleep(Duration::from_millis(10)).await
+                }
                 ended => return Ok(ended),
             }
         }
@@ -315,6 +338,15 @@ impl DoubleTarget {
     /// A target on a new platform, whose programs run on the current tokio runtime.
     pub fn new(policy: ShutdownPolicy) -> Self {
         DoubleTarget(Arc::new(Platform::default()), policy)
+    }
+
+    /// A target whose compute waits `queue` on its platform before it runs.
+    pub fn queued(policy: ShutdownPolicy, queue: Duration) -> Self {
+        let platform = Platform {
+            queue,
+            ..Platform::default()
+        };
+        DoubleTarget(Arc::new(platform), policy)
     }
 }
 

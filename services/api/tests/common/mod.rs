@@ -302,6 +302,7 @@ impl Api {
             started_at_ms: 1000 * i64::from(attempt),
             ready_at_ms: 0,
             launcher: "test".into(),
+            compute: None,
         };
         self.events
             .task(kind::TASK_STARTED, job, task, Some(&s.attempt_id), &s)

@@ -1,9 +1,19 @@
 //! The events the scheduler acts on, decoded.
 
-use ferry_event::payload::{JobCancel, JobRetry, TaskFinished, TaskHeartbeat, TaskStarted};
+use ferry_event::payload::{
+    JobCancel, JobRetry, LauncherPresence, TaskAccepted, TaskFinished, TaskHeartbeat, TaskStarted,
+};
 use ferry_event::{AttributesReader, Event, kind};
 
 use super::planned::PlannedJson;
+
+/// A launcher's word about an attempt, with the launcher it came from (`ferrylauncher`; absent
+/// from launchers of older versions and from reports written in a launcher's place).
+#[derive(Clone)]
+pub(crate) struct Sent<T> {
+    pub(crate) p: T,
+    pub(crate) launcher: Option<String>,
+}
 
 /// An event the scheduler acts on, decoded. Cloning is cheap: a planned job's JSON is shared.
 #[derive(Clone)]
@@ -11,9 +21,12 @@ pub(crate) enum Input {
     Planned(PlannedJson),
     Cancel(JobCancel),
     Retry(JobRetry),
-    Started(TaskStarted),
-    Heartbeat(TaskHeartbeat),
-    Finished(Box<TaskFinished>),
+    Accepted(Sent<TaskAccepted>),
+    Started(Sent<TaskStarted>),
+    Heartbeat(Sent<TaskHeartbeat>),
+    Finished(Box<Sent<TaskFinished>>),
+    /// Of no job: it skips the inbox (it is idempotent) and takes no job lock.
+    Presence(LauncherPresence),
 }
 
 impl Input {
@@ -27,26 +40,49 @@ impl Input {
         if event.ty() == kind::JOB_PLANNED {
             return PlannedJson::take(event).map(|p| Some(Input::Planned(p)));
         }
+        let launcher = ferry_event::envelope::launcher_of(event);
         let r = match event.ty() {
             kind::JOB_CANCEL => decode(event).map(Input::Cancel),
             kind::JOB_RETRY => decode(event).map(Input::Retry),
-            kind::TASK_STARTED => decode(event).map(Input::Started),
-            kind::TASK_HEARTBEAT => decode(event).map(Input::Heartbeat),
-            kind::TASK_FINISHED => decode(event).map(|p| Input::Finished(Box::new(p))),
+            kind::TASK_ACCEPTED => decode(event).map(|p| Input::Accepted(Sent { p, launcher })),
+            kind::TASK_STARTED => decode(event).map(|p| Input::Started(Sent { p, launcher })),
+            kind::TASK_HEARTBEAT => decode(event).map(|p| Input::Heartbeat(Sent { p, launcher })),
+            kind::TASK_FINISHED => decode(event).map(|p| Input::Finished(Box::new(Sent { p, launcher }))),
+            kind::LAUNCHER_PRESENCE => decode(event).map(Input::Presence),
             _ => return Ok(None),
         };
         r.map(Some).map_err(|e| e.to_string())
     }
 
-    pub(super) fn job_id(&self) -> &str {
-        match self {
+    /// The job it is about; `None` for a launcher's presence.
+    pub(super) fn job_id(&self) -> Option<&str> {
+        Some(match self {
             Input::Planned(p) => &p.job_id,
             Input::Cancel(p) => &p.job_id,
             Input::Retry(p) => &p.job_id,
-            Input::Started(p) => &p.job_id,
-            Input::Heartbeat(p) => &p.job_id,
-            Input::Finished(p) => &p.job_id,
-        }
+            Input::Accepted(s) => &s.p.job_id,
+            Input::Started(s) => &s.p.job_id,
+            Input::Heartbeat(s) => &s.p.job_id,
+            Input::Finished(s) => &s.p.job_id,
+            Input::Presence(_) => return None,
+        })
+    }
+
+    /// The attempt it is about and the launcher it came from, for a launcher's word that says.
+    pub(super) fn launcher_word(&self) -> Option<(&str, &str)> {
+        let (attempt, launcher) = match self {
+            Input::Accepted(s) => (&s.p.attempt_id, &s.launcher),
+            Input::Started(s) => (&s.p.attempt_id, &s.launcher),
+            Input::Heartbeat(s) => (&s.p.attempt_id, &s.launcher),
+            Input::Finished(s) => (&s.p.attempt_id, &s.launcher),
+            _ => return None,
+        };
+        Some((attempt.as_str(), launcher.as_deref()?))
+    }
+
+    /// Applied again without harm, and frequent: kept out of the inbox.
+    pub(super) fn idempotent(&self) -> bool {
+        matches!(self, Input::Heartbeat(_) | Input::Presence(_))
     }
 }
 

@@ -15,6 +15,7 @@
 //! templates filled in.
 
 mod dispatch;
+mod fence;
 mod input;
 mod on_cancel;
 mod on_finished;
@@ -23,6 +24,7 @@ mod on_planned;
 mod on_retry;
 mod on_started;
 mod planned;
+mod presence;
 mod timers;
 
 use std::collections::{HashMap, HashSet};
@@ -81,7 +83,7 @@ pub(crate) async fn apply(
     cx.delete_confirmed(&confirmed).await?;
     // Several instances on one database: take every job's row lock up front, in one order, so
     // that two batches touching the same jobs wait for each other instead of deadlocking.
-    let mut jobs: Vec<&str> = inputs.iter().map(|(_, i)| i.job_id()).collect();
+    let mut jobs: Vec<&str> = inputs.iter().filter_map(|(_, i)| i.job_id()).collect();
     jobs.sort_unstable();
     jobs.dedup();
     if cx.dialect == Dialect::Postgres {
@@ -89,13 +91,16 @@ pub(crate) async fn apply(
             cx.lock_job(job).await?;
         }
     }
-    // Heartbeats are idempotent and frequent: they skip the inbox.
+    // Heartbeats and presence are idempotent and frequent: they skip the inbox.
     let recorded: Vec<&str> = inputs
         .iter()
-        .filter(|(_, i)| !matches!(i, Input::Heartbeat(_)))
+        .filter(|(_, i)| !i.idempotent())
         .map(|(id, _)| id.as_str())
         .collect();
     let mut fresh = cx.record_inbox(&recorded).await?;
+    // Fencing: each attempt's launcher, as far as known, for the launchers' words in the batch.
+    let mut owners = cx.owners(&inputs).await?;
+    let mut claims: Vec<(String, String)> = Vec::new();
     // Starts and successes between two other events are applied together, starts first: each
     // changes only its own attempt and task, the job's counters, and a success its task's
     // dependents, which have no attempt yet. A start that came after its attempt's success
@@ -104,23 +109,39 @@ pub(crate) async fn apply(
     let mut successes: Vec<TaskFinished> = Vec::new();
     for (event_id, input) in inputs {
         // An id applies once, even when the batch holds it twice.
-        if !matches!(input, Input::Heartbeat(_)) && !fresh.remove(&event_id) {
+        if !input.idempotent() && !fresh.remove(&event_id) {
             tracing::debug!(event_id, "already applied; skipping");
             continue;
         }
+        if let Some((attempt, launcher)) = input.launcher_word() {
+            let claims_it = matches!(input, Input::Accepted(_) | Input::Started(_));
+            match owners.get(attempt) {
+                Some(Some(owner)) if owner != launcher => {
+                    cx.fence(&input, launcher, owner).await?;
+                    continue;
+                }
+                Some(None) if claims_it => {
+                    let (attempt, launcher) = (attempt.to_string(), launcher.to_string());
+                    owners.insert(attempt.clone(), Some(launcher.clone()));
+                    claims.push((attempt, launcher));
+                }
+                _ => {}
+            }
+        }
         match input {
-            Input::Started(p) => starts.push(p),
-            Input::Finished(p) if p.outcome == Outcome::Succeeded => successes.push(*p),
+            Input::Started(s) => starts.push(s.p),
+            Input::Finished(s) if s.p.outcome == Outcome::Succeeded => successes.push(s.p),
             input => {
                 cx.on_started(std::mem::take(&mut starts)).await?;
                 cx.on_succeeded(std::mem::take(&mut successes)).await?;
-                let span = tracing::debug_span!("apply", job_id = input.job_id(), event_id);
+                let span = tracing::debug_span!("apply", job_id = input.job_id().unwrap_or(""), event_id);
                 cx.apply_one(input).instrument(span).await?;
             }
         }
     }
     cx.on_started(starts).await?;
     cx.on_succeeded(successes).await?;
+    cx.claim(&claims).await?;
     cx.dispatch().await?;
     cx.finish().await
 }
@@ -135,12 +156,28 @@ impl Cx<'_> {
                 cx.begin_ending(&p.job_id, JobStatus::Cancelled, &reason).await?
             }
             Input::Retry(p) => cx.on_retry(&p.job_id).await?,
-            Input::Started(p) => cx.on_started(vec![p]).await?,
-            Input::Heartbeat(p) => cx.on_heartbeat(p).await?,
-            Input::Finished(p) => cx.on_finished(*p, false).await?,
+            Input::Accepted(s) => cx.on_accepted(s.p).await?,
+            Input::Started(s) => cx.on_started(vec![s.p]).await?,
+            Input::Heartbeat(s) => cx.on_heartbeat(s.p).await?,
+            Input::Finished(s) => cx.on_finished(s.p, false).await?,
+            Input::Presence(p) => cx.on_presence(p).await?,
         }
         Ok(())
     }
+}
+
+/// Dispatched tasks whose backend no launcher serves: each fails once it has waited `after`.
+/// Returns the events emitted.
+pub(crate) async fn unserved(
+    store: &Store,
+    cfg: &Config,
+    events: &EventBuilder,
+    now: i64,
+    after: std::time::Duration,
+) -> Result<Vec<Event>> {
+    let mut cx = Cx::begin(store, cfg, events, now).await?;
+    cx.fail_unserved(after).await?;
+    cx.finish().await
 }
 
 /// Timers and dispatch. Returns the events emitted and whether more work is waiting.
