@@ -206,7 +206,14 @@ async fn watch<T: Object>(
         }
         let mut last_bookmark = tokio::time::Instant::now();
         loop {
-            let changes = s.read(|store| store.changes_after(at, T::RESOURCE, ns.as_deref(), &selector));
+            // The changes and the version they run to, read together: every change up to that
+            // version has been looked at, sent or filtered out.
+            let (changes, upto) = s.read(|store| {
+                (
+                    store.changes_after(at, T::RESOURCE, ns.as_deref(), &selector),
+                    store.version(),
+                )
+            });
             let Some(changes) = changes else {
                 let oldest = s.read(|store| store.oldest());
                 let line = json!({"type": "ERROR", "object": ApiError::expired(at, oldest).to_status()});
@@ -214,7 +221,6 @@ async fn watch<T: Object>(
                 return;
             };
             for c in changes {
-                at = c.version;
                 if !matches_name(&c.object) {
                     continue;
                 }
@@ -223,9 +229,8 @@ async fn watch<T: Object>(
                     return;
                 }
             }
-            let current = s.read(|store| store.version());
-            if bookmarks && last_bookmark.elapsed() >= Duration::from_secs(1) && current > at {
-                at = current;
+            at = upto;
+            if bookmarks && last_bookmark.elapsed() >= Duration::from_secs(1) {
                 let line = json!({"type": "BOOKMARK", "object": {
                     "kind": <T as k8s_openapi::Resource>::KIND,
                     "apiVersion": T::API_VERSION,

@@ -811,8 +811,12 @@ impl Runner {
                 }
             }
         }
-        let inspected = self.s.docker.inspect_container(&docker_name, None).await.ok();
-        let state = inspected.and_then(|i| i.state).unwrap_or_default();
+        let mut state = self.inspect_state(&docker_name).await;
+        if state.exit_code == Some(137) && state.oom_killed != Some(true) {
+            // The engine may record the OOM kill a moment after the exit it caused.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            state = self.inspect_state(&docker_name).await;
+        }
         let code = state.exit_code.unwrap_or(137) as i32;
         let reason = if state.oom_killed == Some(true) {
             "OOMKilled"
@@ -842,6 +846,11 @@ impl Runner {
         });
         self.set_container(init, ended);
         Some(code == 0)
+    }
+
+    async fn inspect_state(&self, docker_name: &str) -> bollard::models::ContainerState {
+        let inspected = self.s.docker.inspect_container(docker_name, None).await.ok();
+        inspected.and_then(|i| i.state).unwrap_or_default()
     }
 
     /// What the container left in its termination message file, at most 4096 bytes of it, as
