@@ -188,7 +188,7 @@ pub async fn follow(
         let was_ended = was_ended || pod.terminal();
         if !was_ended && matches!(pod.container, Container::Waiting { .. } | Container::Unknown) {
             // Not started: there is no log to ask for until the watch says it runs.
-            wait_for(&mut changes, Duration::from_secs(5)).await;
+            wait_for(&mut changes, Duration::from_secs(1)).await;
             continue;
         }
         if lock().held() > MAX_HELD {
