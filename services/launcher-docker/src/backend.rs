@@ -317,6 +317,14 @@ impl Backend for Docker {
         container_name(attempt_id)
     }
 
+    /// The container's id, short as `docker ps` shows it, where the handle has it.
+    fn describe(&self, compute: &Compute) -> String {
+        match compute.handle_as::<Handle>() {
+            Ok(h) if !h.id.is_empty() => h.id.chars().take(12).collect(),
+            _ => compute.name.clone(),
+        }
+    }
+
     fn check(&self, d: &TaskDispatched) -> BackendResult<()> {
         self.engine()?;
         base_spec(d, &self.0.launcher).map(|_| ())
@@ -980,5 +988,22 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.outcome(), payload::Outcome::Failed);
         assert!(e.message().contains("no Docker engine"), "{e}");
+    }
+
+    #[test]
+    fn the_compute_is_named_by_its_container_id() {
+        let d = Docker::without_engine("no engine", PathBuf::from("/tmp"));
+        let id = "4f2a9c0e1b7d5a6f8e9d0c1b2a3f4e5d6c7b8a9f0e1d2c3b4a5f6e7d8c9b0a1f";
+        let c = Compute::with_handle(
+            "ferry-a",
+            &Handle {
+                id: id.into(),
+                work_dir: String::new(),
+            },
+        )
+        .unwrap();
+        assert_eq!(d.describe(&c), &id[..12]);
+        // Known only by its name (a reservation): named so.
+        assert_eq!(d.describe(&Compute::named("ferry-a")), "ferry-a");
     }
 }
