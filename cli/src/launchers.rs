@@ -6,7 +6,8 @@
 //! `--kill-grace`, `--artifact-dir`, `--secrets-file`, …, each also `FERRY_*`), so that `ferry
 //! up`, `ferry service launcher` and the environment configure them alike. Each keeps its
 //! journal in a data directory of its own: the local launcher in the data directory itself (as
-//! it always has), the docker launcher in `docker/` under it.
+//! it always has), the docker launcher in `docker/` under it, the kubernetes launcher in
+//! `kubernetes/`.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -17,7 +18,7 @@ use ferry_event::Topic;
 use tokio_util::sync::CancellationToken;
 
 /// Every backend a launcher can serve, built in or not.
-pub const BACKENDS: &[&str] = &["local", "docker"];
+pub const BACKENDS: &[&str] = &["local", "docker", "kubernetes"];
 
 /// One launcher, configured for its backend.
 #[derive(Debug, Clone)]
@@ -25,6 +26,8 @@ pub enum Launcher {
     Local(ferry_launcher_local::Config),
     #[cfg(feature = "docker")]
     Docker(ferry_launcher_docker::Config),
+    #[cfg(feature = "kubernetes")]
+    Kubernetes(ferry_launcher_kubernetes::Config),
 }
 
 impl Launcher {
@@ -38,6 +41,7 @@ impl Launcher {
         match backend {
             "local" => Ok(Launcher::Local(flags.config(data_dir)?)),
             "docker" => docker(flags, data_dir),
+            "kubernetes" => kubernetes(flags, data_dir),
             other => bail!(
                 "backend `{other}` is not known: choose one of {}",
                 BACKENDS.join(", ")
@@ -51,6 +55,8 @@ impl Launcher {
             Launcher::Local(_) => ferry_launcher_local::BACKEND,
             #[cfg(feature = "docker")]
             Launcher::Docker(_) => ferry_launcher_docker::BACKEND,
+            #[cfg(feature = "kubernetes")]
+            Launcher::Kubernetes(_) => ferry_launcher_kubernetes::BACKEND,
         }
     }
 
@@ -60,6 +66,8 @@ impl Launcher {
             Launcher::Local(c) => c.group.clone(),
             #[cfg(feature = "docker")]
             Launcher::Docker(c) => c.group.clone(),
+            #[cfg(feature = "kubernetes")]
+            Launcher::Kubernetes(c) => c.group.clone(),
         };
         Subscribe::new(group, [Topic::Dispatch(self.backend().into())])
     }
@@ -76,6 +84,11 @@ impl Launcher {
                 c.kill_grace = kill_grace;
                 c.max_parallel = max_parallel;
             }
+            #[cfg(feature = "kubernetes")]
+            Launcher::Kubernetes(c) => {
+                c.kill_grace = kill_grace;
+                c.max_parallel = max_parallel;
+            }
         }
     }
 
@@ -85,6 +98,8 @@ impl Launcher {
             Launcher::Local(c) => Ok(ferry_launcher_local::run(c, bus, shutdown).await?),
             #[cfg(feature = "docker")]
             Launcher::Docker(c) => Ok(ferry_launcher_docker::run(c, bus, shutdown).await?),
+            #[cfg(feature = "kubernetes")]
+            Launcher::Kubernetes(c) => Ok(ferry_launcher_kubernetes::run(c, bus, shutdown).await?),
         }
     }
 }
@@ -121,6 +136,28 @@ fn docker(_: &ferry_launcher_local::Flags, _: &Path) -> Result<Launcher> {
     bail!("{}", not_enabled("docker"))
 }
 
+#[cfg(feature = "kubernetes")]
+fn kubernetes(flags: &ferry_launcher_local::Flags, data_dir: &Path) -> Result<Launcher> {
+    let mut c = ferry_launcher_kubernetes::Config::new(data_dir.join("kubernetes"));
+    c.context = flags.kube_context.clone();
+    c.namespace = flags.kube_namespace.clone();
+    c.pending_deadline = flags.pending_deadline;
+    c.max_parallel = flags.max_parallel;
+    c.kill_grace = flags.kill_grace;
+    if let Some(path) = &flags.secrets_file {
+        c.secrets_file = Some(path.clone());
+    }
+    if flags.launcher_group != "launcher-local" {
+        c.group = format!("{}-kubernetes", flags.launcher_group);
+    }
+    Ok(Launcher::Kubernetes(c))
+}
+
+#[cfg(not(feature = "kubernetes"))]
+fn kubernetes(_: &ferry_launcher_local::Flags, _: &Path) -> Result<Launcher> {
+    bail!("{}", not_enabled("kubernetes"))
+}
+
 /// What a backend left out of this build answers.
 pub fn not_enabled(backend: &str) -> String {
     format!("backend `{backend}` is not enabled in this build (rebuild ferry with the `{backend}` feature)")
@@ -128,7 +165,9 @@ pub fn not_enabled(backend: &str) -> String {
 
 /// Whether this build has `backend`.
 pub fn enabled(backend: &str) -> bool {
-    backend == "local" || (backend == "docker" && cfg!(feature = "docker"))
+    backend == "local"
+        || (backend == "docker" && cfg!(feature = "docker"))
+        || (backend == "kubernetes" && cfg!(feature = "kubernetes"))
 }
 
 /// Whether a Docker engine answers at `host` (or `DOCKER_HOST`, or the local socket): how

@@ -252,15 +252,24 @@ fn on_docker(valid: &ferry_flow::ValidFlow) -> Result<String> {
     use ferry_event::payload::Runner;
     let mut flow = valid.flow().clone();
     for (task, runner) in flow.tasks.iter_mut().zip(valid.runners()) {
-        let image = match runner {
-            Runner::Kubernetes(r) => r.image,
-            Runner::AwsBatch(r) => r.image,
-            Runner::GoogleBatch(r) => r.image,
-            Runner::Docker(_) | Runner::Local(_) | Runner::Agent(_) => continue,
-        };
         let mut params = serde_json::Map::new();
         params.insert("type".into(), "docker".into());
-        params.insert("image".into(), image.into());
+        let image = match &runner {
+            Runner::Kubernetes(r) => &r.image,
+            Runner::AwsBatch(r) => &r.image,
+            Runner::GoogleBatch(r) => &r.image,
+            Runner::Docker(_) | Runner::Local(_) | Runner::Agent(_) => continue,
+        };
+        params.insert("image".into(), image.clone().into());
+        if let Runner::Kubernetes(r) = &runner {
+            // What the container sees is kept: its working directory and pull policy.
+            if let Some(dir) = &r.working_dir {
+                params.insert("workingDir".into(), dir.clone().into());
+            }
+            if let Some(pull) = r.pull_policy {
+                params.insert("pullPolicy".into(), serde_json::to_value(pull)?);
+            }
+        }
         task.runner = ferry_flow::RunnerSpec::Params(params);
     }
     Ok(serde_json::to_string_pretty(&flow)?)

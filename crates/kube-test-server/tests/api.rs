@@ -377,3 +377,68 @@ async fn pods_that_cannot_run_say_why() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn deadlines_and_ttls_are_the_servers() {
+    if !docker_given() {
+        return;
+    }
+    let (server, client) = start(10_000).await;
+    let jobs: Api<Job> = Api::namespaced(client.clone(), NS);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    // activeDeadlineSeconds: the Job fails with DeadlineExceeded and its pod goes.
+    let mut long = job("long", "sleep 30", None);
+    let spec = long.spec.as_mut().unwrap();
+    spec.active_deadline_seconds = Some(1);
+    let pod_spec = spec.template.spec.as_mut().unwrap();
+    pod_spec.containers[0].env = None;
+    pod_spec.termination_grace_period_seconds = Some(0);
+    jobs.create(&PostParams::default(), &long).await.unwrap();
+    assert_eq!(
+        finished(&jobs, "long").await,
+        ("Failed".into(), "DeadlineExceeded".into())
+    );
+    for _ in 0..100 {
+        if pods
+            .list(&ListParams::default().labels("job-name=long"))
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        pods.list(&ListParams::default().labels("job-name=long"))
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    // ttlSecondsAfterFinished: a finished Job is deleted, with its pod.
+    let mut short = job("short", "true", None);
+    let spec = short.spec.as_mut().unwrap();
+    spec.ttl_seconds_after_finished = Some(1);
+    spec.template.spec.as_mut().unwrap().containers[0].env = None;
+    jobs.create(&PostParams::default(), &short).await.unwrap();
+    assert_eq!(finished(&jobs, "short").await.0, "Complete");
+    let mut gone = false;
+    for _ in 0..100 {
+        if jobs.get_opt("short").await.unwrap().is_none()
+            && pods
+                .list(&ListParams::default().labels("job-name=short"))
+                .await
+                .unwrap()
+                .items
+                .is_empty()
+        {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(gone, "{:?}", server.objects());
+    server.stop().await;
+}

@@ -243,11 +243,12 @@ impl Kubernetes {
         }
         let memory_bytes = d
             .resources
-            .memory
-            .as_deref()
-            .map(ferry_flow::rules::memory_bytes)
-            .transpose()
+            .memory_bytes()
             .map_err(|why| task(format!("resources.memory: {why}")))?;
+        let gpus = d
+            .resources
+            .gpus()
+            .map_err(|why| task(format!("resources.{why}")))?;
         let s = &self.0.settings;
         let pending = self.pending_deadline(Some(r));
         let secs = |d: Duration| d.as_secs() + u64::from(d.subsec_nanos() > 0);
@@ -283,7 +284,7 @@ impl Kubernetes {
             priority_class: r.priority_class.clone(),
             cpu: d.resources.cpu,
             memory_bytes,
-            gpus: d.resources.gpu,
+            gpus,
             pending_deadline_seconds: pending.as_secs().max(1),
             grace_seconds: i64::try_from(secs(s.kill_grace)).unwrap_or(i64::MAX),
             active_deadline_seconds,
@@ -472,6 +473,19 @@ impl Backend for Kubernetes {
 
     fn compute_name(&self, attempt_id: &str) -> String {
         job_name(attempt_id)
+    }
+
+    /// `namespace/job`, as `kubectl` names it.
+    fn describe(&self, compute: &Compute) -> String {
+        match self.handle(compute) {
+            Ok(h) => format!("{}/{}", h.namespace, h.job),
+            Err(_) => compute.name.clone(),
+        }
+    }
+
+    /// A pod may wait Pending (image pull, scheduling): `task.started` comes once it runs.
+    fn may_queue(&self) -> bool {
+        true
     }
 
     fn check(&self, d: &TaskDispatched) -> BackendResult<()> {

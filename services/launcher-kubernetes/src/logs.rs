@@ -268,9 +268,20 @@ pub async fn follow(
             lock().complete = true;
             return;
         }
-        // The stream ended before the container was seen ending (or broke): look again once
-        // the cache moves, from where it stopped.
-        wait_for(&mut changes, Duration::from_millis(200)).await;
+        // The stream ended before the container was seen ending (or broke): look again from
+        // where it stopped once the watch says more (a stream that ends cleanly ends because the
+        // container did, which the watch says next), or after a pause.
+        if broken {
+            wait_for(&mut changes, Duration::from_millis(200)).await;
+        } else {
+            // The watch speaks of every pod of the namespace: wait for news of this one.
+            let until = tokio::time::Instant::now() + Duration::from_secs(2);
+            while cache.pod(&namespace, &job) == Lookup::Pod(pod.clone())
+                && tokio::time::Instant::now() < until
+            {
+                wait_for(&mut changes, until - tokio::time::Instant::now()).await;
+            }
+        }
     }
 }
 

@@ -41,6 +41,10 @@ pub const MAX_OUTPUTS_BYTES: usize = 4096;
 /// The most a Secret holds (the API server's limit): env values and input files together.
 pub const MAX_SECRET_BYTES: usize = 1024 * 1024;
 
+/// The node label `resources.gpuType` selects on: the GPU model as NVIDIA's GPU feature
+/// discovery (part of the GPU operator) labels nodes.
+pub const GPU_TYPE_LABEL: &str = "nvidia.com/gpu.product";
+
 /// The smallest memory limit container runtimes enforce.
 pub const MIN_MEMORY_BYTES: u64 = 6 * 1024 * 1024;
 
@@ -91,7 +95,7 @@ pub struct JobSpec {
     pub priority_class: Option<String>,
     pub cpu: Option<f64>,
     pub memory_bytes: Option<u64>,
-    pub gpus: Option<u32>,
+    pub gpus: Option<ferry_event::payload::Gpus>,
     /// How long the pod may stay Pending before the attempt ends.
     pub pending_deadline_seconds: u64,
     /// The pod's time between SIGTERM and SIGKILL when it is deleted.
@@ -295,8 +299,8 @@ impl JobSpec {
         if let Some(m) = self.memory_bytes {
             limits.insert("memory".to_string(), Quantity(m.to_string()));
         }
-        if let Some(g) = self.gpus.filter(|g| *g > 0) {
-            limits.insert("nvidia.com/gpu".to_string(), Quantity(g.to_string()));
+        if let Some(g) = self.gpus.as_ref().filter(|g| g.count > 0) {
+            limits.insert("nvidia.com/gpu".to_string(), Quantity(g.count.to_string()));
         }
         let container = Container {
             name: CONTAINER.into(),
@@ -349,7 +353,13 @@ impl JobSpec {
             containers: vec![container],
             volumes,
             service_account_name: self.service_account.clone(),
-            node_selector: (!self.node_selector.is_empty()).then(|| self.node_selector.clone()),
+            node_selector: {
+                let mut selector = self.node_selector.clone();
+                if let Some(kind) = self.gpus.as_ref().and_then(|g| g.kind.clone()) {
+                    selector.insert(GPU_TYPE_LABEL.to_string(), kind);
+                }
+                (!selector.is_empty()).then_some(selector)
+            },
             tolerations: (!self.tolerations.is_empty()).then(|| {
                 self.tolerations
                     .iter()
@@ -455,7 +465,10 @@ mod tests {
             priority_class: None,
             cpu: Some(0.5),
             memory_bytes: Some(64 << 20),
-            gpus: Some(1),
+            gpus: Some(ferry_event::payload::Gpus {
+                count: 1,
+                kind: Some("NVIDIA-L4".into()),
+            }),
             pending_deadline_seconds: 300,
             grace_seconds: 10,
             active_deadline_seconds: Some(70),
@@ -481,6 +494,8 @@ mod tests {
         assert_eq!(c.command.as_ref().unwrap()[2], "echo $$(HOME) $$$$");
         let limits = c.resources.as_ref().unwrap().limits.as_ref().unwrap();
         assert_eq!(limits["nvidia.com/gpu"].0, "1");
+        let pod = job.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+        assert_eq!(pod.node_selector.as_ref().unwrap()[GPU_TYPE_LABEL], "NVIDIA-L4");
         assert_eq!(limits["cpu"].0, "500m");
         let mount = &c.volume_mounts.as_ref().unwrap()[0];
         assert_eq!(mount.mount_path, "/ferry/data/in.txt");

@@ -13,8 +13,20 @@ use crate::{BACKEND, Config, Result};
 pub struct Flags {
     /// The backend whose tasks `ferry service launcher` runs (`ferry up` serves local, and
     /// docker when a Docker engine answers).
-    #[arg(long, env = "FERRY_BACKEND", value_name = "NAME", default_value = BACKEND, value_parser = [BACKEND, "docker"])]
+    #[arg(long, env = "FERRY_BACKEND", value_name = "NAME", default_value = BACKEND, value_parser = [BACKEND, "docker", "kubernetes"])]
     pub backend: String,
+    /// The kubeconfig context the kubernetes launcher uses [default: the current context; in a
+    /// pod without a kubeconfig, the cluster it runs in]
+    #[arg(long, env = "FERRY_KUBE_CONTEXT", value_name = "NAME")]
+    pub kube_context: Option<String>,
+    /// The namespace of Jobs whose runner names none [default: the context's namespace, else
+    /// `default`]
+    #[arg(long, env = "FERRY_KUBE_NAMESPACE", value_name = "NAME")]
+    pub kube_namespace: Option<String>,
+    /// How long a Kubernetes pod may stay Pending (image pull, no node fits) before its attempt
+    /// ends; `runner.pendingDeadlineSeconds` overrides it per task.
+    #[arg(long, env = "FERRY_PENDING_DEADLINE", value_name = "DURATION", default_value = "5m", value_parser = ferry_connect::service::duration)]
+    pub pending_deadline: Duration,
     /// The Docker engine's address (unix:///path or tcp://host:port) [default: DOCKER_HOST, else
     /// the local socket]
     #[arg(long, env = "FERRY_DOCKER_HOST", value_name = "URL")]
