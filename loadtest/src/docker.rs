@@ -62,50 +62,61 @@ pub async fn run(plan: Plan) -> Result<()> {
     );
     println!("  load average before   {}", loadavg());
 
-    // The engine's own client first, then ferry, then ferry again: a warm engine for both.
-    let shell = shell_loop(&plan).await?;
-    let mut launcher = Launcher::start(&plan).await?;
-    let ferry = launcher.throughput(&plan).await?;
-    println!(
-        "  docker run loop       {:.2} s, {:.1} containers/s",
-        shell.as_secs_f64(),
-        plan.containers as f64 / shell.as_secs_f64()
-    );
-    println!(
-        "  ferry                 {:.2} s, {:.1} containers/s ({:.2}x the loop)",
-        ferry.elapsed.as_secs_f64(),
-        plan.containers as f64 / ferry.elapsed.as_secs_f64(),
-        shell.as_secs_f64() / ferry.elapsed.as_secs_f64()
-    );
-    println!(
-        "  ferry CPU             {:.3} ms/container ({:.2} s user+sys, of which system {:.2} s; engine and containers excluded)",
-        ferry.cpu.as_secs_f64() * 1000.0 / plan.containers as f64,
-        ferry.cpu.as_secs_f64(),
-        ferry.sys.as_secs_f64()
-    );
-    println!("  load average after    {}", loadavg());
+    if plan.containers > 0 {
+        // The engine's own client first, then ferry, on the engine the loop warmed.
+        let shell = shell_loop(&plan).await?;
+        let mut launcher = Launcher::start(&plan).await?;
+        let ferry = launcher.throughput(&plan).await?;
+        launcher.stop().await?;
+        let rate = |d: Duration| plan.containers as f64 / d.as_secs_f64();
+        println!(
+            "  docker run loop       {:.2} s, {:.1} containers/s",
+            shell.as_secs_f64(),
+            rate(shell)
+        );
+        println!(
+            "  ferry                 {:.2} s, {:.1} containers/s ({:.2}x the loop)",
+            ferry.elapsed.as_secs_f64(),
+            rate(ferry.elapsed),
+            shell.as_secs_f64() / ferry.elapsed.as_secs_f64()
+        );
+        println!(
+            "  ferry CPU             {:.3} ms/container ({:.2} s user+sys, of which system {:.2} s; engine and containers excluded)",
+            ferry.cpu.as_secs_f64() * 1000.0 / plan.containers as f64,
+            ferry.cpu.as_secs_f64(),
+            ferry.sys.as_secs_f64()
+        );
+        println!("  load average after    {}", loadavg());
+    }
 
-    let mut engine_ms = engine_create_start(&engine, &plan).await?;
-    let mut ferry_ms = launcher.latency(&plan).await?;
-    engine_ms.sort_by(f64::total_cmp);
-    ferry_ms.sort_by(f64::total_cmp);
-    let p = |v: &[f64], q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
-    println!(
-        "  engine create+start   p50 {:.1} ms, p90 {:.1} ms ({} containers one at a time, the two API calls alone)",
-        p(&engine_ms, 0.5),
-        p(&engine_ms, 0.9),
-        engine_ms.len()
-    );
-    println!(
-        "  ferry dispatch→started p50 {:.1} ms, p90 {:.1} ms (task.dispatched published → task.started received)",
-        p(&ferry_ms, 0.5),
-        p(&ferry_ms, 0.9)
-    );
-    println!(
-        "  ferry adds            {:.1} ms at p50",
-        p(&ferry_ms, 0.5) - p(&engine_ms, 0.5)
-    );
-    launcher.stop().await?;
+    if plan.samples > 0 {
+        // One at a time, the three interleaved so that they see the same engine: a minimal
+        // container, the container ferry makes (its init, labels, log driver, working
+        // directory and outputs volume), and ferry's dispatch of a no-op.
+        let mut launcher = Launcher::start(&plan).await?;
+        let (mut minimal, mut same, mut ferry) = (Vec::new(), Vec::new(), Vec::new());
+        for i in 0..plan.samples {
+            minimal.push(engine_create_start(&engine, &plan.image, i, false).await?);
+            same.push(engine_create_start(&engine, &plan.image, i, true).await?);
+            ferry.push(launcher.latency_once(i).await?);
+        }
+        launcher.stop().await?;
+        for v in [&mut minimal, &mut same, &mut ferry] {
+            v.sort_by(f64::total_cmp);
+        }
+        let p = |v: &[f64], q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
+        let show = |what: &str, v: &[f64]| {
+            println!("  {what:<40} p50 {:.1} ms, p90 {:.1} ms", p(v, 0.5), p(v, 0.9));
+        };
+        show("engine create+start, minimal container", &minimal);
+        show("engine create+start, ferry's container", &same);
+        show("ferry task.dispatched → task.started", &ferry);
+        println!(
+            "  ferry adds            {:.1} ms at p50 over the engine's create+start of the same container ({} samples, one at a time)",
+            p(&ferry, 0.5) - p(&same, 0.5),
+            plan.samples
+        );
+    }
 
     if plan.follow > 0 {
         let mut launcher = Launcher::start(&Plan {
@@ -139,30 +150,43 @@ async fn shell_loop(plan: &Plan) -> Result<Duration> {
     Ok(started.elapsed())
 }
 
-/// The engine's own create + start of a no-op container, timed one at a time.
-async fn engine_create_start(engine: &bollard::Docker, plan: &Plan) -> Result<Vec<f64>> {
-    let mut samples = Vec::with_capacity(plan.samples);
-    for i in 0..plan.samples {
-        let name = format!("ferry-loadtest-{}-{i}", std::process::id());
-        let body = bollard::models::ContainerCreateBody {
-            image: Some(plan.image.clone()),
-            cmd: Some(vec!["true".into()]),
-            network_disabled: Some(true),
-            host_config: Some(bollard::models::HostConfig {
-                network_mode: Some("none".into()),
-                ..Default::default()
-            }),
+/// The engine's own create + start of a no-op container, in ms: a minimal one, or one made as
+/// ferry makes its containers (`as_ferry`). The two API calls alone.
+async fn engine_create_start(engine: &bollard::Docker, image: &str, i: usize, as_ferry: bool) -> Result<f64> {
+    let name = format!("ferry-loadtest-{}-{i}-{as_ferry}", std::process::id());
+    let mut body = bollard::models::ContainerCreateBody {
+        image: Some(image.to_string()),
+        cmd: Some(vec!["true".into()]),
+        host_config: Some(bollard::models::HostConfig {
+            network_mode: Some("none".into()),
             ..Default::default()
-        };
-        let options = CreateContainerOptionsBuilder::default().name(&name).build();
-        let at = Instant::now();
-        engine.create_container(Some(options), body).await?;
-        engine.start_container(&name, None).await?;
-        samples.push(at.elapsed().as_secs_f64() * 1000.0);
-        let remove = RemoveContainerOptionsBuilder::default().force(true).build();
-        engine.remove_container(&name, Some(remove)).await?;
+        }),
+        ..Default::default()
+    };
+    if as_ferry {
+        body.working_dir = Some("/ferry".into());
+        body.volumes = Some(vec!["/ferry-outputs".into()]);
+        body.labels = Some(
+            [("dev.ferry.job", "loadtest"), ("dev.ferry.attempt-id", name.as_str())]
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .into(),
+        );
+        if let Some(h) = body.host_config.as_mut() {
+            h.init = Some(true);
+            h.log_config = Some(bollard::models::HostConfigLogConfig {
+                typ: Some("json-file".into()),
+                config: Some(Default::default()),
+            });
+        }
     }
-    Ok(samples)
+    let options = CreateContainerOptionsBuilder::default().name(&name).build();
+    let at = Instant::now();
+    engine.create_container(Some(options), body).await?;
+    engine.start_container(&name, None).await?;
+    let ms = at.elapsed().as_secs_f64() * 1000.0;
+    let remove = RemoveContainerOptionsBuilder::default().force(true).v(true).build();
+    engine.remove_container(&name, Some(remove)).await?;
+    Ok(ms)
 }
 
 /// What the throughput run measured.
@@ -322,25 +346,22 @@ impl Launcher {
         })
     }
 
-    /// task.dispatched → task.started of containers one at a time, in ms.
-    async fn latency(&mut self, plan: &Plan) -> Result<Vec<f64>> {
-        let job = format!("lat{}", &ferry_event::new_id()[..8]);
-        let mut samples = Vec::with_capacity(plan.samples);
-        for i in 0..plan.samples {
-            let d = self.dispatch(&job, i, &["true"]);
-            let at = Instant::now();
-            self.publish(kind::TASK_DISPATCHED, &d, &d).await?;
-            loop {
-                let (ty, attempt, _) = self.next().await?;
-                if ty == kind::TASK_STARTED && attempt == d.attempt_id {
-                    samples.push(at.elapsed().as_secs_f64() * 1000.0);
-                    break;
-                }
+    /// task.dispatched published → task.started received of one no-op container, in ms; then
+    /// waits for its report.
+    async fn latency_once(&mut self, i: usize) -> Result<f64> {
+        let job = format!("lat{}", std::process::id());
+        let d = self.dispatch(&job, i, &["true"]);
+        let at = Instant::now();
+        self.publish(kind::TASK_DISPATCHED, &d, &d).await?;
+        let ms = loop {
+            let (ty, attempt, _) = self.next().await?;
+            if ty == kind::TASK_STARTED && attempt == d.attempt_id {
+                break at.elapsed().as_secs_f64() * 1000.0;
             }
-            self.until_finished(&mut HashSet::from([d.attempt_id.clone()]))
-                .await?;
-        }
-        Ok(samples)
+        };
+        self.until_finished(&mut HashSet::from([d.attempt_id.clone()]))
+            .await?;
+        Ok(ms)
     }
 
     /// Starts `plan.follow` long-running containers, reports this process's memory once all
