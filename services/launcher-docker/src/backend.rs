@@ -290,6 +290,7 @@ fn base_spec(d: &TaskDispatched, launcher: &str) -> BackendResult<ContainerSpec>
         cpu: d.resources.cpu,
         memory_bytes,
         gpus,
+        volumes: Vec::new(),
     };
     spec.check().map_err(|e| {
         // The spec names fields as the runner does; mounts are runner parameters.
@@ -362,6 +363,21 @@ impl Backend for Docker {
                     .into_bytes(),
             });
         }
+        // Without input files, run as root, the working directory needs nothing put in it (the
+        // engine makes it at start) and the outputs' directory can be a volume of the
+        // container's own: nothing is uploaded, which spares the engine mounting the container's
+        // filesystem before it starts. Any other container gets both directories uploaded,
+        // owned by its user.
+        let upload = !inputs.is_empty()
+            || spec.user.is_some()
+            || spec.pull == PullPolicy::Always
+            || !engine
+                .image_runs_as_root(&spec.image)
+                .await
+                .map_err(attempt_error)?;
+        if !upload {
+            spec.volumes.push(OUTPUTS_DIR.to_string());
+        }
         let created = engine.create_or_adopt(&spec).await.map_err(attempt_error)?;
         // A container created but never started (a crash in between, or a redelivery that
         // raced this one) may lack its files: they are put again before the one start. One
@@ -369,11 +385,13 @@ impl Backend for Docker {
         let unstarted = !created.adopted
             || engine.inspect(&created.name).await.map_err(attempt_error)?.state == State::Created;
         if unstarted {
-            let dirs: [(&str, &[InputFile]); 2] = [(&work_dir, &inputs), (OUTPUTS_DIR, &[])];
-            engine
-                .put_dirs(&created.name, &dirs)
-                .await
-                .map_err(attempt_error)?;
+            if upload {
+                let dirs: [(&str, &[InputFile]); 2] = [(&work_dir, &inputs), (OUTPUTS_DIR, &[])];
+                engine
+                    .put_dirs(&created.name, &dirs)
+                    .await
+                    .map_err(attempt_error)?;
+            }
             if created.adopted {
                 engine.start(&created.name).await
             } else {
