@@ -10,7 +10,9 @@
 //! - `api-reads`: `GET /jobs` latency alone and during a burst of concurrent submissions, against
 //!   `ferry up` started as a process ([`api_reads`]);
 //! - `submit-wait`: `ferry submit FLOW --wait` of one job of a shape, as a user runs it against
-//!   `ferry up`, and how long after the job's last task it returns ([`submit_wait`]).
+//!   `ferry up`, and how long after the job's last task it returns ([`submit_wait`]);
+//! - `docker`: ferry's docker launcher against `docker run` in a shell loop on one engine
+//!   ([`docker`]).
 //!
 //! It reports throughput, dispatch latency (task ready → its process started, as stamped by the
 //! scheduler and the launcher), ferry's own CPU per task (this process's user+sys time; the task
@@ -21,6 +23,8 @@
 mod amqp_count;
 mod api_reads;
 mod deployment;
+#[cfg(feature = "docker")]
+mod docker;
 mod shape;
 mod submit_wait;
 mod via_run;
@@ -227,6 +231,23 @@ enum Mode {
         #[arg(long, default_value_t = 3)]
         runs: usize,
     },
+    /// ferry's docker launcher against `docker run` in a shell loop, on the engine at
+    /// DOCKER_HOST: throughput, dispatch → started latency, CPU per container, and memory
+    /// while following many running containers.
+    Docker {
+        /// No-op containers in the throughput runs.
+        #[arg(long, default_value_t = 300)]
+        containers: usize,
+        /// Containers timed one at a time for latency.
+        #[arg(long, default_value_t = 50)]
+        samples: usize,
+        /// Running containers the launcher follows for the memory figure (0: skip).
+        #[arg(long, default_value_t = 1000)]
+        follow: usize,
+        /// The image (busybox or any with `true` and `sleep`), already on the engine.
+        #[arg(long, env = "FERRY_TEST_DOCKER_IMAGE", default_value = "ferry-test/busybox:1")]
+        image: String,
+    },
     /// `GET /jobs` latency while one-task jobs are submitted all at once, on `ferry up`.
     ApiReads {
         /// Jobs submitted at once (at most 990, so that one `GET /jobs` sees them all).
@@ -248,7 +269,9 @@ impl Mode {
                 depth: 2,
             }),
             Mode::Shape { kind, width, depth } => Some(shape::Shape { kind, width, depth }),
-            Mode::Paced { .. } | Mode::ApiReads { .. } | Mode::SubmitWait { .. } => None,
+            Mode::Paced { .. } | Mode::ApiReads { .. } | Mode::SubmitWait { .. } | Mode::Docker { .. } => {
+                None
+            }
         }
     }
 }
@@ -265,6 +288,28 @@ fn main() -> Result<()> {
 }
 
 async fn run(args: Args) -> Result<()> {
+    if let Mode::Docker {
+        containers,
+        samples,
+        follow,
+        ref image,
+    } = args.mode
+    {
+        #[cfg(feature = "docker")]
+        return docker::run(docker::Plan {
+            image: image.clone(),
+            containers,
+            parallel: args.parallel,
+            samples,
+            follow,
+        })
+        .await;
+        #[cfg(not(feature = "docker"))]
+        {
+            let _ = (containers, samples, follow, image);
+            bail!("ferry-loadtest was built without the `docker` feature");
+        }
+    }
     if let Mode::SubmitWait {
         kind,
         width,

@@ -290,6 +290,7 @@ fn base_spec(d: &TaskDispatched, launcher: &str) -> BackendResult<ContainerSpec>
         cpu: d.resources.cpu,
         memory_bytes,
         gpus,
+        volumes: Vec::new(),
     };
     spec.check().map_err(|e| {
         // The spec names fields as the runner does; mounts are runner parameters.
@@ -315,6 +316,14 @@ impl Backend for Docker {
 
     fn compute_name(&self, attempt_id: &str) -> String {
         container_name(attempt_id)
+    }
+
+    /// The container's id, short as `docker ps` shows it, where the handle has it.
+    fn describe(&self, compute: &Compute) -> String {
+        match compute.handle_as::<Handle>() {
+            Ok(h) if !h.id.is_empty() => h.id.chars().take(12).collect(),
+            _ => compute.name.clone(),
+        }
     }
 
     fn check(&self, d: &TaskDispatched) -> BackendResult<()> {
@@ -354,6 +363,21 @@ impl Backend for Docker {
                     .into_bytes(),
             });
         }
+        // Without input files, run as root, the working directory needs nothing put in it (the
+        // engine makes it at start) and the outputs' directory can be a volume of the
+        // container's own: nothing is uploaded, which spares the engine mounting the container's
+        // filesystem before it starts. Any other container gets both directories uploaded,
+        // owned by its user.
+        let upload = !inputs.is_empty()
+            || spec.user.is_some()
+            || spec.pull == PullPolicy::Always
+            || !engine
+                .image_runs_as_root(&spec.image)
+                .await
+                .map_err(attempt_error)?;
+        if !upload {
+            spec.volumes.push(OUTPUTS_DIR.to_string());
+        }
         let created = engine.create_or_adopt(&spec).await.map_err(attempt_error)?;
         // A container created but never started (a crash in between, or a redelivery that
         // raced this one) may lack its files: they are put again before the one start. One
@@ -361,11 +385,13 @@ impl Backend for Docker {
         let unstarted = !created.adopted
             || engine.inspect(&created.name).await.map_err(attempt_error)?.state == State::Created;
         if unstarted {
-            let dirs: [(&str, &[InputFile]); 2] = [(&work_dir, &inputs), (OUTPUTS_DIR, &[])];
-            engine
-                .put_dirs(&created.name, &dirs)
-                .await
-                .map_err(attempt_error)?;
+            if upload {
+                let dirs: [(&str, &[InputFile]); 2] = [(&work_dir, &inputs), (OUTPUTS_DIR, &[])];
+                engine
+                    .put_dirs(&created.name, &dirs)
+                    .await
+                    .map_err(attempt_error)?;
+            }
             if created.adopted {
                 engine.start(&created.name).await
             } else {
@@ -980,5 +1006,22 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.outcome(), payload::Outcome::Failed);
         assert!(e.message().contains("no Docker engine"), "{e}");
+    }
+
+    #[test]
+    fn the_compute_is_named_by_its_container_id() {
+        let d = Docker::without_engine("no engine", PathBuf::from("/tmp"));
+        let id = "4f2a9c0e1b7d5a6f8e9d0c1b2a3f4e5d6c7b8a9f0e1d2c3b4a5f6e7d8c9b0a1f";
+        let c = Compute::with_handle(
+            "ferry-a",
+            &Handle {
+                id: id.into(),
+                work_dir: String::new(),
+            },
+        )
+        .unwrap();
+        assert_eq!(d.describe(&c), &id[..12]);
+        // Known only by its name (a reservation): named so.
+        assert_eq!(d.describe(&Compute::named("ferry-a")), "ferry-a");
     }
 }

@@ -6,7 +6,8 @@
 //! The engine is the truth about a container; events are only hints that it is worth looking.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bollard::Docker;
 use bollard::models::{
@@ -36,7 +37,12 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 pub struct Engine {
     pub(crate) docker: Docker,
     pub(crate) host: String,
+    /// Whether an image runs its command as root, as last looked up, and when.
+    root_images: Arc<Mutex<HashMap<String, (bool, Instant)>>>,
 }
+
+/// How long a look at an image's user is trusted.
+const IMAGE_USER_TTL: Duration = Duration::from_secs(60);
 
 /// What [`Engine::create_or_adopt`] found or made.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,6 +133,7 @@ impl Engine {
         Ok(Engine {
             docker,
             host: host.to_string(),
+            root_images: Default::default(),
         })
     }
 
@@ -220,6 +227,31 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// Whether `image` runs its command as root (it names no user, or root), looked up at most
+    /// once a minute per image; `false` when the engine does not have it.
+    pub async fn image_runs_as_root(&self, image: &str) -> Result<bool> {
+        {
+            let known = self.root_images.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((root, at)) = known.get(image)
+                && at.elapsed() < IMAGE_USER_TTL
+            {
+                return Ok(*root);
+            }
+        }
+        let root = match self.docker.inspect_image(image).await {
+            Ok(i) => {
+                let user = i.config.and_then(|c| c.user).unwrap_or_default();
+                let name = user.split(':').next().unwrap_or_default();
+                matches!(name, "" | "root" | "0")
+            }
+            Err(e) if status_of(&e) == Some(404) => return Ok(false),
+            Err(e) => return Err(Error::api(&self.host, "image inspect", e)),
+        };
+        let mut known = self.root_images.lock().unwrap_or_else(|e| e.into_inner());
+        known.insert(image.to_string(), (root, Instant::now()));
+        Ok(root)
     }
 
     /// Pulls `image` from its registry.
@@ -486,6 +518,7 @@ fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
         working_dir: spec.working_dir.clone(),
         user: spec.user.clone(),
         labels: Some(spec.labels()),
+        volumes: (!spec.volumes.is_empty()).then(|| spec.volumes.clone()),
         attach_stdout: Some(false),
         attach_stderr: Some(false),
         tty: Some(false),
@@ -590,6 +623,7 @@ mod tests {
             cpu: None,
             memory_bytes: None,
             gpus: None,
+            volumes: vec![],
         };
         let mut found = ContainerStatus {
             id: "c1".into(),

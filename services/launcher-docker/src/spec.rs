@@ -175,6 +175,9 @@ pub struct ContainerSpec {
     /// A hard memory limit; swap is not allowed beyond it, so that exceeding it is an OOM kill.
     pub memory_bytes: Option<u64>,
     pub gpus: Option<Gpus>,
+    /// Container paths that get an anonymous volume of their own, made with the container,
+    /// owned by root, and removed with it.
+    pub volumes: Vec<String>,
 }
 
 impl ContainerSpec {
@@ -324,6 +327,7 @@ mod tests {
             cpu: None,
             memory_bytes: None,
             gpus: None,
+            volumes: vec![],
         }
     }
 

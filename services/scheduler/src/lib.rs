@@ -64,8 +64,8 @@ pub struct Config {
     pub group: String,
     /// A running attempt whose launcher sends no heartbeat for this long is considered lost.
     pub lease: Duration,
-    /// A dispatched task whose backend no launcher has announced itself for within
-    /// [`PRESENCE_TTL`] fails after waiting this long ("no launcher for backend `docker` is
+    /// A dispatched task whose backend no launcher serves (none announced itself, all said they
+    /// leave, or all have been silent for [`PRESENCE_GONE`]) fails after waiting this long ("no launcher for backend `docker` is
     /// running"). `None`: it waits for ever.
     pub no_launcher_after: Option<Duration>,
     /// Lost attempts (launcher gone) retried per task before it fails; they do not use up
@@ -165,10 +165,12 @@ pub async fn run(config: Config, bus: Arc<dyn Bus>, shutdown: CancellationToken)
     Ok(())
 }
 
-/// A launcher is taken to be running while its last `launcher.presence` is younger than this:
-/// three of its announcements.
-pub const PRESENCE_TTL: Duration =
-    Duration::from_millis(3 * ferry_event::payload::PRESENCE_INTERVAL_MS as u64);
+/// A launcher that has not said it leaves is taken to serve its backend until it has been
+/// silent this long. Far longer than the three announcements that show it live: a broker outage
+/// silences every launcher at once, and the tasks queued meanwhile must not fail for it. A
+/// backend no launcher ever announced, or whose launchers all said they leave, is unserved at
+/// once.
+pub const PRESENCE_GONE: Duration = Duration::from_secs(10 * 60);
 
 /// How often dispatched tasks are checked for a backend no launcher serves.
 const UNSERVED_EVERY: Duration = Duration::from_secs(1);

@@ -14,7 +14,7 @@ use ferry_event::payload::{
 };
 use ferry_event::{EventBuilder, Topic, kind};
 use ferry_runtime::CancellationToken;
-use ferry_scheduler::{Clock, ManualClock, PRESENCE_TTL};
+use ferry_scheduler::{Clock, ManualClock, PRESENCE_GONE};
 use sim::*;
 
 const WITHIN: Duration = Duration::from_secs(20);
@@ -233,13 +233,21 @@ async fn a_task_waits_while_a_launcher_of_its_backend_is_present_and_fails_once_
     r.announce(false).await;
     r.settle().await;
     r.submit("j", docker_task("build", None)).await;
-    // Announced within the presence's lifetime: the task waits on, however long.
+    // Announced again and again: the task waits on, however long.
     for _ in 0..3 {
-        r.advance(PRESENCE_TTL / 2).await;
+        r.advance(AFTER).await;
         r.announce(false).await;
         r.settle().await;
     }
     assert!(r.rec.terminal("j").is_none(), "a served task failed");
+    // Silent for minutes (a broker outage silences every launcher at once): it waits on.
+    r.advance(PRESENCE_GONE - Duration::from_secs(1)).await;
+    assert!(
+        r.rec.terminal("j").is_none(),
+        "a task failed while the broker was down"
+    );
+    r.announce(false).await;
+    r.settle().await;
     // The launcher leaves: nobody serves docker any more, and the task has waited long enough.
     r.announce(true).await;
     r.settle().await;

@@ -75,6 +75,7 @@ impl Scope {
             cpu: None,
             memory_bytes: None,
             gpus: None,
+            volumes: vec![],
         }
     }
 

@@ -7,7 +7,7 @@ use ferry_event::payload::{JobStatus, LauncherPresence, TaskAccepted, TaskStatus
 use sqlx::Row;
 
 use super::Cx;
-use crate::{PRESENCE_TTL, Result};
+use crate::{PRESENCE_GONE, Result};
 
 /// Announcements older than this are forgotten.
 const FORGET_AFTER_MS: i64 = 24 * 3600 * 1000;
@@ -73,9 +73,9 @@ impl Cx<'_> {
     }
 
     /// Fails each task dispatched more than `after` ago, not yet taken up by any launcher, whose
-    /// backend has no launcher that announced itself within [`PRESENCE_TTL`]: waiting longer
-    /// cannot help, and a task that waits for ever hides the mistake (a backend not deployed,
-    /// a launcher crash-looping). Its dispatch is cancelled, so that a launcher that comes up
+    /// backend no launcher serves: none announced itself, all that did said they leave, or all
+    /// have been silent for [`PRESENCE_GONE`]. Waiting longer cannot help, and a task that waits
+    /// for ever hides the mistake (a backend not deployed, a runner type misspelt). Its dispatch is cancelled, so that a launcher that comes up
     /// later does not run it.
     pub(super) async fn fail_unserved(&mut self, after: Duration) -> Result<()> {
         sqlx::query("DELETE FROM launchers WHERE seen_at < $1")
@@ -90,13 +90,13 @@ impl Cx<'_> {
         .iter()
         .map(|r| r.try_get("backend"))
         .collect::<std::result::Result<_, _>>()?;
-        let ttl = PRESENCE_TTL.as_millis() as i64;
+        let gone = PRESENCE_GONE.as_millis() as i64;
         for backend in waiting {
             let served = sqlx::query(
                 "SELECT instance FROM launchers WHERE backend = $1 AND leaving = 0 AND seen_at >= $2 LIMIT 1",
             )
             .bind(backend.clone())
-            .bind(self.now - ttl)
+            .bind(self.now - gone)
             .fetch_optional(&mut *self.tx)
             .await?
             .is_some();
@@ -125,11 +125,11 @@ impl Cx<'_> {
             .collect::<Result<Vec<_>>>()?;
             rows.sort();
             let error = format!(
-                "no launcher for backend `{backend}` is running: none announced itself in the last {}s, \
-                 and the task waited {}s; start one (`ferry service launcher --backend {backend}`, or \
-                 `ferry up`), or run the task on another runner (`ferry run FLOW --runner docker` runs \
-                 container tasks on local Docker)",
-                PRESENCE_TTL.as_secs(),
+                "no launcher for backend `{backend}` is running: none has announced itself in the last {} \
+                 minutes without leaving again, and the task waited {}s; start one (`ferry service \
+                 launcher --backend {backend}`, or `ferry up`), or run the task on another runner \
+                 (`ferry run FLOW --runner docker` runs container tasks on local Docker)",
+                PRESENCE_GONE.as_secs() / 60,
                 after.as_secs()
             );
             for (job_id, task_id, attempt_id) in rows {
