@@ -167,9 +167,12 @@ async fn engine_create_start(engine: &bollard::Docker, image: &str, i: usize, as
         body.working_dir = Some("/ferry".into());
         body.volumes = Some(vec!["/ferry-outputs".into()]);
         body.labels = Some(
-            [("dev.ferry.job", "loadtest"), ("dev.ferry.attempt-id", name.as_str())]
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .into(),
+            [
+                ("dev.ferry.job", "loadtest"),
+                ("dev.ferry.attempt-id", name.as_str()),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .into(),
         );
         if let Some(h) = body.host_config.as_mut() {
             h.init = Some(true);
@@ -184,7 +187,10 @@ async fn engine_create_start(engine: &bollard::Docker, image: &str, i: usize, as
     engine.create_container(Some(options), body).await?;
     engine.start_container(&name, None).await?;
     let ms = at.elapsed().as_secs_f64() * 1000.0;
-    let remove = RemoveContainerOptionsBuilder::default().force(true).v(true).build();
+    let remove = RemoveContainerOptionsBuilder::default()
+        .force(true)
+        .v(true)
+        .build();
     engine.remove_container(&name, Some(remove)).await?;
     Ok(ms)
 }
