@@ -333,16 +333,21 @@ impl Store {
         rows.iter().map(AttemptRow::from_row).collect()
     }
 
-    /// Deletes outbox rows whose events the bus confirmed.
-    /// Forgets the ids of events applied before `older_than_ms`, and cancels kept for jobs
-    /// never planned since then; returns how many rows went.
+    /// Forgets the ids of events applied before `older_than_ms`, cancels kept for jobs never
+    /// planned since then, and launchers silent since then; returns how many rows went.
     pub async fn prune_inbox(&self, older_than_ms: i64) -> Result<u64> {
-        let cancels = sqlx::query("DELETE FROM early_cancels WHERE at < $1")
-            .bind(older_than_ms)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-        Ok(db::prune_inbox(&self.pool, older_than_ms).await? + cancels)
+        let mut gone = 0;
+        for sql in [
+            "DELETE FROM early_cancels WHERE at < $1",
+            "DELETE FROM launchers WHERE seen_at < $1",
+        ] {
+            gone += sqlx::query(sql)
+                .bind(older_than_ms)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+        }
+        Ok(db::prune_inbox(&self.pool, older_than_ms).await? + gone)
     }
 
     /// The jobs cancelled before they were planned, whose cancel is kept for their plan.

@@ -9,9 +9,6 @@ use sqlx::Row;
 use super::Cx;
 use crate::{PRESENCE_GONE, Result};
 
-/// Announcements older than this are forgotten.
-const FORGET_AFTER_MS: i64 = 24 * 3600 * 1000;
-
 impl Cx<'_> {
     /// A launcher announced itself (or its leaving): recorded with the time it was heard, so
     /// that launchers' clocks do not matter.
@@ -78,10 +75,6 @@ impl Cx<'_> {
     /// for ever hides the mistake (a backend not deployed, a runner type misspelt). Its dispatch is cancelled, so that a launcher that comes up
     /// later does not run it.
     pub(super) async fn fail_unserved(&mut self, after: Duration) -> Result<()> {
-        sqlx::query("DELETE FROM launchers WHERE seen_at < $1")
-            .bind(self.now - FORGET_AFTER_MS)
-            .execute(&mut *self.tx)
-            .await?;
         let waiting: Vec<String> = sqlx::query(
             "SELECT DISTINCT backend FROM tasks WHERE state = 'dispatched' AND lease_until IS NULL",
         )
