@@ -298,6 +298,29 @@ pub async fn record_inbox(
     Ok(fresh)
 }
 
+/// Adds `column` (of SQL type `ty`) to `table` in a database made before it existed. Several
+/// processes opening one database at once may all find it missing: a loser of that race, whose
+/// `ALTER` fails because the column is there now, has nothing to do.
+pub async fn add_column(pool: &AnyPool, table: &str, column: &str, ty: &str) -> Result<(), sqlx::Error> {
+    let present = || async {
+        sqlx::query(&format!("SELECT {column} FROM {table} LIMIT 0"))
+            .execute(pool)
+            .await
+            .is_ok()
+    };
+    if present().await {
+        return Ok(());
+    }
+    match sqlx::query(&format!("ALTER TABLE {table} ADD COLUMN {column} {ty}"))
+        .execute(pool)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(_) if present().await => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// Forgets inbox entries older than `older_than_ms` (ms since the epoch): redeliveries come
 /// within minutes, not days. Returns how many went.
 pub async fn prune_inbox(pool: &AnyPool, older_than_ms: i64) -> Result<u64, sqlx::Error> {

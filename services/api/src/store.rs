@@ -306,15 +306,7 @@ impl ReadModel {
             sqlx::query(stmt).execute(&pool).await?;
         }
         for (table, column, ty) in ADDED_COLUMNS {
-            let present = sqlx::query(&format!("SELECT {column} FROM {table} LIMIT 0"))
-                .execute(&pool)
-                .await
-                .is_ok();
-            if !present {
-                sqlx::query(&format!("ALTER TABLE {table} ADD COLUMN {column} {ty}"))
-                    .execute(&pool)
-                    .await?;
-            }
+            db::add_column(&pool, table, column, ty).await?;
         }
         let reads = db::open_readers(
             url,

@@ -142,15 +142,7 @@ impl Store {
             sqlx::query(stmt).execute(&self.pool).await?;
         }
         for (table, column, ty) in ADDED_COLUMNS {
-            let present = sqlx::query(&format!("SELECT {column} FROM {table} LIMIT 0"))
-                .execute(&self.pool)
-                .await
-                .is_ok();
-            if !present {
-                sqlx::query(&format!("ALTER TABLE {table} ADD COLUMN {column} {ty}"))
-                    .execute(&self.pool)
-                    .await?;
-            }
+            db::add_column(&self.pool, table, column, ty).await?;
         }
         let outbox = match self.dialect {
             Dialect::Sqlite => OUTBOX_SQLITE,
