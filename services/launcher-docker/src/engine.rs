@@ -126,9 +126,12 @@ impl Engine {
             host: host.to_string(),
             source,
         };
-        let docker = Docker::connect_with_host(host)
-            .map_err(no_engine)?
-            .with_timeout(REQUEST_TIMEOUT);
+        let docker = match host.strip_prefix("unix://") {
+            Some(path) => pooled_unix(path),
+            None => Docker::connect_with_host(host),
+        }
+        .map_err(no_engine)?
+        .with_timeout(REQUEST_TIMEOUT);
         let docker = docker.negotiate_version().await.map_err(no_engine)?;
         Ok(Engine {
             docker,
@@ -657,5 +660,53 @@ mod tests {
         assert_eq!(engine_time(None), None);
         let t = engine_time(Some("2026-12-06T07:19:37.123456789Z")).unwrap();
         assert_eq!(t.timestamp_subsec_nanos(), 123_456_789);
+    }
+}
+
+/// A client of the engine's Unix socket at `path` that keeps idle connections for the next
+/// request. bollard's own Unix client turns its pool off, so every request (seven per
+/// container) paid a connect and the engine an accept; streams (logs, waits) still hold a
+/// connection each for as long as they run. An idle connection is served by a task of the
+/// runtime that opened it: an [`Engine`] is for one tokio runtime (a runtime blocked waiting for
+/// another that uses its engine would hold that one's requests until they time out).
+fn pooled_unix(path: &str) -> std::result::Result<Docker, bollard::errors::Error> {
+    if !std::path::Path::new(path).exists() {
+        return Err(bollard::errors::Error::SocketNotFoundError(path.to_string()));
+    }
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build(UnixSocket(Arc::new(path.into())));
+    Docker::connect_with_custom_transport(
+        move |request: bollard::BollardRequest| {
+            let client = client.clone();
+            async move { Ok(client.request(request).await?) }
+        },
+        // Requests name no host the socket cares about.
+        Some("http://localhost"),
+        REQUEST_TIMEOUT.as_secs(),
+        bollard::API_DEFAULT_VERSION,
+    )
+}
+
+/// Connects to one Unix socket, whatever the request's URI.
+#[derive(Clone)]
+struct UnixSocket(Arc<std::path::PathBuf>);
+
+impl tower_service::Service<http::Uri> for UnixSocket {
+    type Response = hyper_util::rt::TokioIo<tokio::net::UnixStream>;
+    type Error = std::io::Error;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<Self::Response>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: http::Uri) -> Self::Future {
+        let path = self.0.clone();
+        Box::pin(async move {
+            let stream = tokio::net::UnixStream::connect(path.as_path()).await?;
+            Ok(hyper_util::rt::TokioIo::new(stream))
+        })
     }
 }

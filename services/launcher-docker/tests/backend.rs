@@ -234,13 +234,17 @@ impl Drop for Harness {
         }
         // Whatever a failed test left behind.
         if let Ok(id) = std::fs::read_to_string(self.data_dir.join("docker-launcher-id")) {
-            let engine = self.engine.clone();
             let id = id.trim().to_string();
             let _ = std::thread::spawn(move || {
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()?;
                 rt.block_on(async {
+                    // A client of this runtime: the test's keeps its idle connections on the
+                    // test's runtime, which waits for this thread.
+                    let Ok(engine) = Engine::connect().await else {
+                        return;
+                    };
                     for c in engine.list_owned(&id).await.unwrap_or_default() {
                         let _ = engine.remove(&c.name).await;
                     }
