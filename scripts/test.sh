@@ -46,8 +46,9 @@ status=0
 cargo nextest run --workspace --locked -E "not ($disruptive)" "$@" || status=$?
 
 step "cargo nextest run (broker restarts and killed services, one at a time)"
-# The docker fault run with fewer containers than by hand, for about a minute here.
+# The container fault runs with fewer containers than by hand, for about a minute each here.
 export FERRY_FAULT_DOCKER_TASKS="${FERRY_FAULT_DOCKER_TASKS:-100}"
+export FERRY_FAULT_KUBERNETES_TASKS="${FERRY_FAULT_KUBERNETES_TASKS:-60}"
 cargo nextest run --workspace --locked -E "$disruptive" --test-threads 1 "$@" || status=$?
 
 step "deployment files: terraform validate, checkov, kubernetes-validate (scripts/infra-check.sh)"

@@ -5,8 +5,10 @@
 //! every log line of every attempt is stored exactly once and in order; no task process is left;
 //! no task is left unfinished.
 //!
-//! The same for containers: the docker launcher SIGKILLed again and again while a job of a few
-//! hundred containers runs; then also no container of the job is left on the engine.
+//! The same for containers: the docker and the kubernetes launcher SIGKILLed again and again
+//! while a job of a few hundred containers runs; then also nothing of the job (container, Job,
+//! pod, Secret) is left on the platform. Kubernetes is the test API server of
+//! `ferry-kube-test-server`, whose pods run as containers on the test Docker engine.
 //!
 //! Needs FERRY_TEST_AMQP and FERRY_TEST_KAFKA (scripts/test.sh starts the brokers), and for
 //! docker DOCKER_HOST and FERRY_TEST_DOCKER_IMAGE (its private dockerd and test image). Bounded:
@@ -35,15 +37,22 @@ const JOB_DEADLINE: Duration = Duration::from_secs(300);
 struct Proc {
     name: &'static str,
     args: Vec<String>,
+    env: Vec<(String, String)>,
     log: PathBuf,
     child: Option<Child>,
 }
 
 impl Proc {
     fn start(name: &'static str, args: Vec<String>, dir: &Path) -> Proc {
+        Proc::start_with(name, args, Vec::new(), dir)
+    }
+
+    /// Like [`Proc::start`], with `env` set for the service.
+    fn start_with(name: &'static str, args: Vec<String>, env: Vec<(String, String)>, dir: &Path) -> Proc {
         let mut p = Proc {
             name,
             args,
+            env,
             log: dir.join(format!("{name}.log")),
             child: None,
         };
@@ -61,6 +70,7 @@ impl Proc {
             .args(&self.args)
             .env("FERRY_LOG", "info")
             .env_remove("FERRY_DATA_DIR")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -659,37 +669,86 @@ async fn kafka_survives_killed_services() {
     fault_run(&env("FERRY_TEST_KAFKA"), false).await;
 }
 
-/// Container tasks in the docker fault run: enough that the launcher is killed many times
-/// while they run. `FERRY_FAULT_DOCKER_TASKS` sets another number (scripts/test.sh takes fewer,
-/// for a run of about a minute on a small machine, where the engine starts a few containers a
-/// second).
-fn docker_tasks() -> usize {
-    std::env::var("FERRY_FAULT_DOCKER_TASKS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(200)
+/// A container platform the fault run kills a launcher of: a Docker engine, or a Kubernetes
+/// API (the test API server, whose pods run on that engine).
+enum Platform {
+    Docker,
+    Kubernetes(ferry_kube_test_server::TestServer),
 }
-/// Times the docker launcher is killed during the job.
-const DOCKER_KILLS: usize = 6;
-/// Kills that must hit the job while it runs for a run to count.
-const DOCKER_MIN_KILLS: usize = 4;
 
-/// A flow of `tasks` containers after a root one. Each attempt appends `start`, a
-/// `wrote` after each of its three numbered lines, and `end` to the ledger, a file on the host
-/// mounted into the container, stamped with the kernel's clock in microseconds (busybox's
-/// `date` has no `%N`; `adjtimex` reads the clock the host's processes read).
-fn docker_flow(ledger_dir: &Path, image: &str, tasks: usize) -> String {
+impl Platform {
+    fn backend(&self) -> &'static str {
+        match self {
+            Platform::Docker => "docker",
+            Platform::Kubernetes(_) => "kubernetes",
+        }
+    }
+
+    /// Container tasks in the run: enough that the launcher is killed many times while they
+    /// run. `FERRY_FAULT_DOCKER_TASKS` or `FERRY_FAULT_KUBERNETES_TASKS` sets another number
+    /// (scripts/test.sh takes fewer, for a run of about a minute on a small machine, where the
+    /// engine starts a few containers a second).
+    fn tasks(&self) -> usize {
+        let var = format!("FERRY_FAULT_{}_TASKS", self.backend().to_uppercase());
+        std::env::var(var)
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(200)
+    }
+
+    /// The runner of every task: the ledger directory is mounted at `/ledger` (by the runner's
+    /// `mounts` on Docker; on Kubernetes by the test server, into every pod, as a node's
+    /// `hostPath` would be).
+    fn runner(&self, image: &str, ledger_dir: &Path) -> Value {
+        match self {
+            Platform::Docker => serde_json::json!({
+                "type": "docker",
+                "image": image,
+                "pullPolicy": "never",
+                "network": "none",
+                "mounts": [{"source": ledger_dir.display().to_string(), "target": "/ledger"}],
+            }),
+            Platform::Kubernetes(_) => serde_json::json!({
+                "type": "kubernetes",
+                "image": image,
+                "pullPolicy": "never",
+            }),
+        }
+    }
+
+    /// What is left of `job` on the platform: containers labelled with it on Docker; every
+    /// Job, pod and Secret on the test API server (which serves this run alone), and every
+    /// container its pods ran in.
+    fn leftovers(&self, job: &str) -> Vec<String> {
+        match self {
+            Platform::Docker => containers_with(&format!("dev.ferry.job={job}")),
+            Platform::Kubernetes(server) => {
+                let mut left = server.objects();
+                left.extend(containers_with(&format!(
+                    "{}={}",
+                    ferry_kube_test_server::CONTAINER_LABEL,
+                    server.id()
+                )));
+                left
+            }
+        }
+    }
+}
+
+/// Times the launcher is killed during a container job.
+const CONTAINER_KILLS: usize = 6;
+/// Kills that must hit the job while it runs for a run to count.
+const CONTAINER_MIN_KILLS: usize = 4;
+
+/// A flow of `tasks` containers after a root one. Each attempt appends `start`, a `wrote`
+/// after each of its three numbered lines, and `end` to the ledger, a file on the host mounted
+/// into the container, stamped with the kernel's clock in microseconds (busybox's `date` has no
+/// `%N`; `adjtimex` reads the clock the host's processes read).
+fn container_flow(runner: &Value, tasks: usize) -> String {
     let script = r#"l=/ledger/ledger; now() { adjtimex | awk '/tv_sec/ {s=$2} /tv_usec/ {u=$2} END {printf "%d%06d000", s, u}'; }; echo "$FERRY_TASK_ID $FERRY_ATTEMPT_ID start $(now)" >> $l; i=0; while [ $i -lt 3 ]; do echo "line $i of $FERRY_TASK_ID"; echo "$FERRY_TASK_ID $FERRY_ATTEMPT_ID wrote $(now)" >> $l; sleep 0.05; i=$((i+1)); done; echo "$FERRY_TASK_ID $FERRY_ATTEMPT_ID end $(now)" >> $l"#;
     let cmd = serde_json::to_string(&["sh", "-c", script]).unwrap();
-    let runner = serde_json::json!({
-        "type": "docker",
-        "image": image,
-        "pullPolicy": "never",
-        "network": "none",
-        "mounts": [{"source": ledger_dir.display().to_string(), "target": "/ledger"}],
-    });
     let mut s = format!(
-        "id: docker-faults\nconcurrency: 16\ntasks:\n  - {{ id: root, runner: {runner}, command: {cmd} }}\n"
+        "id: container-faults\nconcurrency: 16\ntasks:\n  - {{ id: root, runner: {runner}, command: {cmd} }}\n"
     );
     for i in 0..tasks {
         s.push_str(&format!(
@@ -699,11 +758,11 @@ fn docker_flow(ledger_dir: &Path, image: &str, tasks: usize) -> String {
     s
 }
 
-/// The containers on the engine labelled with `job`, running or not.
-fn containers_of(job: &str) -> Vec<String> {
+/// The containers on the engine with `label` (`key=value`), running or not.
+fn containers_with(label: &str) -> Vec<String> {
     let out = Command::new("docker")
         .args(["ps", "--all", "--format", "{{.Names}} {{.Status}}"])
-        .args(["--filter", &format!("label=dev.ferry.job={job}")])
+        .args(["--filter", &format!("label={label}")])
         .output()
         .expect("the docker client runs");
     assert!(
@@ -717,15 +776,14 @@ fn containers_of(job: &str) -> Vec<String> {
         .collect()
 }
 
-/// The docker launcher (`ferry service launcher --backend docker`) SIGKILLed again and again
-/// while a job of a few hundred containers runs, the other services left alone. Containers
-/// outlive their launcher, so the next start adopts them; one it created but had not journaled
-/// is found by its labels. Then: every task succeeded once; attempts of a task never overlapped;
-/// every line is stored once; no container of the job is left on the engine.
-async fn docker_fault_run(bus_base: &str) {
+/// A container launcher (`ferry service launcher --backend docker|kubernetes`) SIGKILLed again
+/// and again while a job of a few hundred containers runs, the other services left alone.
+/// Compute outlives its launcher, so the next start adopts it; compute it created but had not
+/// journaled is found by its labels. Then: every task succeeded once; attempts of a task never
+/// overlapped; every line is stored once; nothing of the job is left on the platform.
+async fn container_fault_run(bus_base: &str, kubernetes: bool) {
     let image = env("FERRY_TEST_DOCKER_IMAGE");
     env("DOCKER_HOST");
-    let task_count = docker_tasks();
     let namespace = format!("d{}", &ferry_event::new_id().replace('-', "")[..16]);
     let sep = if bus_base.contains('?') { '&' } else { '?' };
     let bus = format!("{bus_base}{sep}namespace={namespace}");
@@ -744,6 +802,20 @@ async fn docker_fault_run(bus_base: &str) {
     let ledger_dir = d.join("ledger");
     std::fs::create_dir_all(&ledger_dir).unwrap();
     let ledger = ledger_dir.join("ledger");
+    let platform = if kubernetes {
+        let options = ferry_kube_test_server::Options {
+            node_mounts: vec![(ledger_dir.clone(), "/ledger".to_string())],
+            ..Default::default()
+        };
+        let server = ferry_kube_test_server::TestServer::start_from_env(options)
+            .await
+            .expect("the test API server starts");
+        Platform::Kubernetes(server)
+    } else {
+        Platform::Docker
+    };
+    let backend = platform.backend();
+    let task_count = platform.tasks();
     let port = free_port();
     let api = format!("http://127.0.0.1:{port}");
     let sched_db = format!("sqlite://{}", d.join("scheduler.db").display());
@@ -772,11 +844,18 @@ async fn docker_fault_run(bus_base: &str) {
                 | 1
         });
     eprintln!(
-        "docker fault run on {bus_base}: namespace {namespace}, seed {seed} (FERRY_FAULT_SEED={seed} repeats it), logs in {}",
+        "{backend} fault run on {bus_base}: namespace {namespace}, seed {seed} (FERRY_FAULT_SEED={seed} repeats it), logs in {}",
         d.display()
     );
     let mut rng = Rng(seed);
     let listen = format!("127.0.0.1:{port}");
+    // The kubernetes launcher finds its API server the standard way.
+    let mut launcher_env = Vec::new();
+    if let Platform::Kubernetes(server) = &platform {
+        let kubeconfig = d.join("kubeconfig");
+        std::fs::write(&kubeconfig, server.kubeconfig("default")).unwrap();
+        launcher_env.push(("KUBECONFIG".to_string(), kubeconfig.display().to_string()));
+    }
     let mut procs: Vec<Proc> = vec![
         Proc::start(
             "api",
@@ -788,19 +867,13 @@ async fn docker_fault_run(bus_base: &str) {
         ),
         Proc::start("planner", svc("planner", &[]), d),
         Proc::start("scheduler", svc("scheduler", &["--db", &sched_db]), d),
-        Proc::start(
+        Proc::start_with(
             "launcher",
             svc(
                 "launcher",
-                &[
-                    "--backend",
-                    "docker",
-                    "--max-parallel",
-                    "16",
-                    "--kill-grace",
-                    "1s",
-                ],
+                &["--backend", backend, "--max-parallel", "16", "--kill-grace", "1s"],
             ),
+            launcher_env,
             d,
         ),
         Proc::start("log-collector", svc("log-collector", &["--log-db", &logs_db]), d),
@@ -814,8 +887,9 @@ async fn docker_fault_run(bus_base: &str) {
         std::thread::sleep(Duration::from_millis(100));
     }
 
-    let flow_path = d.join("docker-faults.yaml");
-    std::fs::write(&flow_path, docker_flow(&ledger_dir, &image, task_count)).unwrap();
+    let flow_path = d.join("container-faults.yaml");
+    let runner = platform.runner(&image, &ledger_dir);
+    std::fs::write(&flow_path, container_flow(&runner, task_count)).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
         .args(["submit", "--api", &api, "--data-dir"])
         .arg(&data)
@@ -839,7 +913,7 @@ async fn docker_fault_run(bus_base: &str) {
     // kill (its restart has taken up the work again), after a random moment more.
     let mut kills = Vec::new();
     let mut seen = 0;
-    for _ in 0..DOCKER_KILLS {
+    for _ in 0..CONTAINER_KILLS {
         let deadline = Instant::now() + Duration::from_secs(60);
         let now = loop {
             let n = std::fs::read_to_string(&ledger)
@@ -877,8 +951,8 @@ async fn docker_fault_run(bus_base: &str) {
         kills.len()
     );
     assert!(
-        kills.len() >= DOCKER_MIN_KILLS,
-        "the job ended after {} of {DOCKER_KILLS} kills: too fast to test anything",
+        kills.len() >= CONTAINER_MIN_KILLS,
+        "the job ended after {} of {CONTAINER_KILLS} kills: too fast to test anything",
         kills.len()
     );
 
@@ -940,12 +1014,30 @@ async fn docker_fault_run(bus_base: &str) {
         .collect();
     check_logs(&d.join("logs.db"), &runs, &succeeded, task_count + 1).await;
 
-    // Nothing of the job is left on the engine.
-    let left = containers_of(&job);
-    assert!(left.is_empty(), "containers of the job are left: {left:?}");
+    // Nothing of the job is left on the platform (a deleted Job's pods end within their grace).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = platform.leftovers(&job);
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{backend}: compute of the job is left: {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    if let Platform::Kubernetes(server) = platform {
+        server.stop().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docker_survives_a_killed_launcher() {
-    docker_fault_run(&env("FERRY_TEST_AMQP")).await;
+    container_fault_run(&env("FERRY_TEST_AMQP"), false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubernetes_survives_a_killed_launcher() {
+    container_fault_run(&env("FERRY_TEST_AMQP"), true).await;
 }

@@ -912,6 +912,14 @@ impl Runner {
                 });
             }
         }
+        for (host, target) in &self.s.node_mounts {
+            mounts.push(Mount {
+                target: Some(target.clone()),
+                source: Some(host.display().to_string()),
+                typ: Some(MountType::BIND),
+                ..Default::default()
+            });
+        }
         let limits = c.resources.as_ref().and_then(|r| r.limits.as_ref());
         let memory = limits
             .and_then(|l| l.get("memory"))

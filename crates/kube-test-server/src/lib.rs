@@ -34,6 +34,7 @@ pub mod store;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -63,6 +64,7 @@ pub(crate) struct Shared {
     /// This server's id: its containers' label, and part of their names.
     pub id: String,
     pub node_labels: BTreeMap<String, String>,
+    pub node_mounts: Vec<(PathBuf, String)>,
     pub counts: Mutex<Counts>,
     /// Each live pod's runner, by pod uid: cancelled (with the grace to stop within) when the
     /// pod is deleted.
@@ -111,6 +113,10 @@ pub struct Options {
     pub history: usize,
     /// The labels of the one node, which `nodeSelector`s are matched against.
     pub node_labels: BTreeMap<String, String>,
+    /// Directories of the host bind-mounted into every container of every pod, as (host
+    /// directory, path in the container): what tests watch tasks through from outside, where a
+    /// cluster would need a `hostPath` volume. None by default.
+    pub node_mounts: Vec<(PathBuf, String)>,
 }
 
 impl Default for Options {
@@ -125,6 +131,7 @@ impl Default for Options {
             .into_iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
+            node_mounts: Vec::new(),
         }
     }
 }
@@ -152,6 +159,7 @@ impl TestServer {
             docker,
             id,
             node_labels: options.node_labels,
+            node_mounts: options.node_mounts,
             counts: Mutex::new(Counts::new()),
             pods: Mutex::new(HashMap::new()),
             shutdown: CancellationToken::new(),
