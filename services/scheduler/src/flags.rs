@@ -22,6 +22,29 @@ pub struct Flags {
     /// `launcher.presence`) fails after waiting this long; 0 waits for ever.
     #[arg(long, env = "FERRY_NO_LAUNCHER_AFTER", value_name = "DURATION", default_value = "60s", value_parser = ferry_connect::service::duration)]
     pub no_launcher_after: Duration,
+    /// Most tasks of a namespace's jobs dispatched or running at once, as NAME=N (jobs without
+    /// a namespace are in `default`; `*=N` for every namespace not named); more wait, ready.
+    /// Repeat the flag, or separate with commas.
+    #[arg(long = "namespace-quota", env = "FERRY_NAMESPACE_QUOTAS", value_name = "NAME=N", value_delimiter = ',', value_parser = quota)]
+    pub namespace_quotas: Vec<(String, u32)>,
+}
+
+/// `NAME=N`, N a whole number of tasks.
+fn quota(s: &str) -> Result<(String, u32), String> {
+    let (name, n) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}`: expected NAME=N, e.g. analytics=20 or *=50"))?;
+    let name = name.trim();
+    if name.is_empty() {
+        return Err(format!(
+            "`{s}`: the namespace is missing (NAME=N, or *=N for every namespace)"
+        ));
+    }
+    let n = n
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}`: {n:?} is not a whole number of tasks"))?;
+    Ok((name.to_string(), n))
 }
 
 impl Flags {
@@ -35,6 +58,7 @@ impl Flags {
         let mut config = Config::new(db, ferry_runtime::instance_source("scheduler"));
         config.lease = self.lease;
         config.no_launcher_after = (!self.no_launcher_after.is_zero()).then_some(self.no_launcher_after);
+        config.namespace_quotas = self.namespace_quotas.iter().cloned().collect();
         config
     }
 }

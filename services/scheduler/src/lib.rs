@@ -22,7 +22,7 @@ mod engine;
 mod flags;
 mod store;
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -82,6 +82,10 @@ pub struct Config {
     /// in the database rather than in the broker (or in memory, on the embedded bus), so a
     /// 100,000-task fan-out does not queue 100,000 dispatches at once.
     pub max_waiting: usize,
+    /// Most tasks of one namespace's jobs dispatched or running at once, by namespace (jobs
+    /// without one are in `default`); `*` sets it for every namespace not named. Ready tasks
+    /// beyond it wait, as they do beyond a job's `concurrency`. Empty: no quota.
+    pub namespace_quotas: BTreeMap<String, u32>,
     /// How often timers (retries due, leases, deadlines) are checked.
     pub tick: Duration,
     /// How often the outbox is swept for rows no instance is publishing. A live instance
@@ -109,6 +113,7 @@ impl Config {
             batch_max: 512,
             dispatch_max: 512,
             max_waiting: 1024,
+            namespace_quotas: BTreeMap::new(),
             tick: Duration::from_millis(100),
             orphan_sweep: Duration::from_secs(10),
             inbox_retention: Duration::from_secs(7 * 24 * 3600),

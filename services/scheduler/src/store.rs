@@ -63,6 +63,7 @@ const SCHEMA: &[&str] = &[
     )",
     "CREATE INDEX IF NOT EXISTS tasks_ready ON tasks (job_id, priority DESC, ready_at, ord) WHERE state = 'ready'",
     "CREATE INDEX IF NOT EXISTS jobs_ready ON jobs (created_at) WHERE ready > 0",
+    "CREATE INDEX IF NOT EXISTS jobs_active ON jobs (namespace) WHERE active > 0",
     "CREATE INDEX IF NOT EXISTS tasks_retrying ON tasks (ready_at) WHERE state = 'retrying'",
     "CREATE INDEX IF NOT EXISTS tasks_dispatched ON tasks (backend) WHERE state = 'dispatched'",
     "CREATE INDEX IF NOT EXISTS tasks_leased ON tasks (lease_until) WHERE lease_until IS NOT NULL",

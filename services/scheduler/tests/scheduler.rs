@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use ferry_bus::MemoryBus;
-use ferry_event::kind;
 use ferry_event::payload::{JobCancel, JobRetry, JobState, Outcome, PlannedTask, TaskDispatched, TaskState};
 use ferry_event::template::{Part, Template};
+use ferry_event::{AttributesReader, kind};
 use ferry_runtime::CancellationToken;
 use ferry_scheduler::{Clock, ManualClock};
 use serde_json::json;
@@ -256,6 +256,52 @@ async fn a_task_failing_for_good_cancels_its_running_sibling_and_pending_tasks()
     let job: JobState = ferry_event::decode(&r.rec.of_type(kind::JOB_FAILED)[0]).unwrap();
     assert!(job.reason.unwrap().contains("task bad failed"));
     assert_eq!(r.log.lock().unwrap().attempts_of("j", "after"), 0);
+}
+
+#[tokio::test]
+async fn a_namespace_quota_bounds_its_running_tasks_across_jobs() {
+    let script: Script = Arc::new(|d: &TaskDispatched| succeed(if d.job_id == "free" { 300 } else { 15 }));
+    let r = rig_with(script, |c| {
+        c.namespace_quotas = [("team-a".to_string(), 3), ("closed".to_string(), 0)].into();
+    })
+    .await;
+    let tasks = |n: usize| -> Vec<PlannedTask> { (0..n).map(|i| task_spec(&format!("t{i}"), &[])).collect() };
+    for job_id in ["a1", "a2"] {
+        let mut job = planned(job_id, tasks(8), None);
+        job.namespace = Some("team-a".into());
+        publish(&r.bus, kind::JOB_PLANNED, job_id, &job).await;
+    }
+    let mut closed = planned("shut", tasks(1), None);
+    closed.namespace = Some("closed".into());
+    publish(&r.bus, kind::JOB_PLANNED, "shut", &closed).await;
+    // Jobs of other namespaces (here `default`) are not held back by it.
+    publish(
+        &r.bus,
+        kind::JOB_PLANNED,
+        "free",
+        &planned("free", tasks(6), None),
+    )
+    .await;
+    for job_id in ["a1", "a2", "free"] {
+        assert_eq!(r.rec.wait_terminal(job_id, WITHIN).await, kind::JOB_SUCCEEDED);
+    }
+    // Attempts of team-a's two jobs out at once: dispatched and not yet finished, in the order
+    // the bus carried them (a dispatch that a finish made room for comes after that finish).
+    let (mut out, mut most) = (0i64, 0i64);
+    for e in r.rec.events.lock().unwrap().iter() {
+        let team_a = matches!(ferry_event::envelope::job_of(e).as_deref(), Some("a1" | "a2"));
+        match e.ty() {
+            kind::TASK_DISPATCHED if team_a => out += 1,
+            kind::TASK_FINISHED if team_a => out -= 1,
+            _ => {}
+        }
+        most = most.max(out);
+    }
+    assert_eq!(most, 3, "team-a's quota is 3 running tasks across its jobs");
+    assert!(r.log.lock().unwrap().max_running["free"] >= 4);
+    // A namespace whose quota is 0 runs nothing.
+    assert!(r.rec.terminal("shut").is_none());
+    assert_eq!(r.log.lock().unwrap().attempts_of("shut", "t0"), 0);
 }
 
 #[tokio::test]

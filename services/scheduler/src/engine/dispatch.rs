@@ -3,7 +3,7 @@
 use std::collections::{HashMap, HashSet};
 
 use ferry_event::kind;
-use ferry_event::payload::{JobStatus, PlannedTask, TaskDispatched, TaskStatus};
+use ferry_event::payload::{DEFAULT_NAMESPACE, JobStatus, PlannedTask, TaskDispatched, TaskStatus};
 use ferry_event::template::{Part, Template};
 use serde_json::{Map, Value};
 use sqlx::{Any, Row, Transaction};
@@ -13,6 +13,14 @@ use crate::{Error, Result};
 use ferry_runtime::db::Dialect;
 use ferry_runtime::db::{placeholders, sized};
 
+/// The quota of `namespace`: its own, else `*`'s, else none.
+fn quota_of(quotas: &std::collections::BTreeMap<String, u32>, namespace: &str) -> Option<i64> {
+    quotas
+        .get(namespace)
+        .or_else(|| quotas.get("*"))
+        .map(|q| i64::from(*q))
+}
+
 /// An attempt dispatched in this pass, recorded by [`Cx::insert_attempts`].
 struct NewAttempt {
     attempt_id: String,
@@ -21,11 +29,27 @@ struct NewAttempt {
     number: i64,
 }
 impl Cx<'_> {
-    /// Dispatches ready tasks, higher priority first, within each job's concurrency. Returns true
-    /// when it stopped at `dispatch_max` with more possibly waiting.
+    /// Dispatches ready tasks, higher priority first, within each job's concurrency and each
+    /// namespace's quota. Returns true when it stopped at `dispatch_max` with more possibly
+    /// waiting.
     pub(super) async fn dispatch(&mut self) -> Result<bool> {
         self.flush_all().await?;
         let limit = self.cfg.dispatch_max;
+        // Room left under each namespace's quota; jobs of a namespace with none left are not
+        // even looked at, so they cannot crowd out the others.
+        let mut quota_left = self.quota_left().await?;
+        let full_namespaces: Vec<&String> = quota_left
+            .iter()
+            .filter(|(_, left)| **left <= 0)
+            .map(|(ns, _)| ns)
+            .collect();
+        let not_full = match full_namespaces.len() {
+            0 => String::new(),
+            n => format!(
+                "AND COALESCE(namespace, '{DEFAULT_NAMESPACE}') NOT IN ({})",
+                (2..n + 2).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
+            ),
+        };
         // Jobs with ready tasks and room under their concurrency; then each one's best ready
         // tasks, from an index. A job at its limit costs nothing however many tasks it has.
         // On PostgreSQL the jobs are locked, skipping those another instance is working on.
@@ -33,16 +57,18 @@ impl Cx<'_> {
             Dialect::Sqlite => "",
             Dialect::Postgres => "FOR UPDATE SKIP LOCKED",
         };
-        let jobs = sqlx::query(&format!(
+        let sql = format!(
             "SELECT job_id, flow_id, namespace, concurrency, active FROM jobs
              WHERE ready > 0 AND state = 'running' AND ending IS NULL
-               AND (concurrency IS NULL OR active < concurrency)
+               AND (concurrency IS NULL OR active < concurrency) {not_full}
              ORDER BY created_at
              LIMIT $1 {lock}"
-        ))
-        .bind(limit as i64)
-        .fetch_all(&mut *self.tx)
-        .await?;
+        );
+        let mut query = sqlx::query(&sql).bind(limit as i64);
+        for ns in full_namespaces {
+            query = query.bind(ns.clone());
+        }
+        let jobs = query.fetch_all(&mut *self.tx).await?;
         let mut rows = Vec::new();
         for job in &jobs {
             let job_id: String = job.try_get("job_id")?;
@@ -96,6 +122,12 @@ impl Cx<'_> {
             if waiting.get(&backend).copied().unwrap_or(0) >= max_waiting {
                 continue;
             }
+            let ns = namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE);
+            if let Some(quota) = quota_of(&self.cfg.namespace_quotas, ns)
+                && *quota_left.entry(ns.to_string()).or_insert(quota) <= 0
+            {
+                continue;
+            }
             let left = room
                 .entry(job_id.clone())
                 .or_insert(concurrency.map(|c| c - active));
@@ -126,6 +158,9 @@ impl Cx<'_> {
                 }
             };
             if let Some(l) = left.as_mut() {
+                *l -= 1;
+            }
+            if let Some(l) = quota_left.get_mut(ns) {
                 *l -= 1;
             }
             let attempt = attempts + 1;
@@ -175,6 +210,36 @@ impl Cx<'_> {
         // Go on only if this pass filled a whole batch; a pass held back by `max_waiting` waits
         // for the launchers instead.
         Ok(full && total >= limit)
+    }
+
+    /// Room left under the quota of each namespace that has one (named, or `*`) and tasks
+    /// dispatched or running; a namespace not in the map has its whole quota, or none.
+    async fn quota_left(&mut self) -> Result<HashMap<String, i64>> {
+        let quotas = &self.cfg.namespace_quotas;
+        let mut left = HashMap::new();
+        if quotas.is_empty() {
+            return Ok(left);
+        }
+        // Named namespaces with a quota of 0 are full even with nothing running.
+        for (ns, q) in quotas {
+            if ns != "*" && *q == 0 {
+                left.insert(ns.clone(), 0);
+            }
+        }
+        let rows = sqlx::query(&format!(
+            "SELECT COALESCE(namespace, '{DEFAULT_NAMESPACE}') AS ns, CAST(SUM(active) AS BIGINT) AS n
+             FROM jobs WHERE active > 0 GROUP BY COALESCE(namespace, '{DEFAULT_NAMESPACE}')"
+        ))
+        .fetch_all(&mut *self.tx)
+        .await?;
+        for r in rows {
+            let ns: String = r.try_get("ns")?;
+            let active: i64 = r.try_get("n")?;
+            if let Some(q) = quota_of(quotas, &ns) {
+                left.insert(ns, q - active);
+            }
+        }
+        Ok(left)
     }
 
     /// Records new attempts and moves their tasks to `dispatched`: two statements per chunk
