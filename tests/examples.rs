@@ -245,23 +245,25 @@ fn ctrl_c_cancels_the_job_and_leaves_no_process_behind() {
     }
 }
 
-/// The docker example with its image replaced by the test image (there is no registry here),
-/// and its runner type replaced by `runner` (with its defaults).
-fn docker_example(dir: &std::path::Path, runner: &str) -> std::path::PathBuf {
-    let image = std::env::var("FERRY_TEST_DOCKER_IMAGE").expect(
+/// The test image (there is no registry here).
+fn test_image() -> String {
+    std::env::var("FERRY_TEST_DOCKER_IMAGE").expect(
         "FERRY_TEST_DOCKER_IMAGE is not set: run ./scripts/test.sh, which starts a private dockerd and builds it",
-    );
-    let flow = std::fs::read_to_string(example("docker.yaml"))
+    )
+}
+
+/// Example `name` with its image replaced by the test image, written into `dir`.
+fn container_example(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
+    let flow = std::fs::read_to_string(example(name))
         .unwrap()
-        .replace("busybox:1.36", &image)
-        .replace("runner: docker", &format!("runner: {runner}"))
-        .replace("  docker: {", &format!("  {runner}: {{"));
-    let path = dir.join("docker.yaml");
+        .replace("busybox:1.36", &test_image());
+    let path = dir.join(name);
     std::fs::write(&path, flow).unwrap();
     path
 }
 
-fn assert_docker_example_ran(ran: &Ran) {
+/// What the docker and kubernetes examples print and leave, `from` what they say they ran in.
+fn assert_container_example_ran(ran: &Ran, from: &str) {
     assert_eq!(ran.code, 0, "{}", ran.stderr);
     assert_eq!(ran.lines_of("count"), ["counted 5 words in /ferry"]);
     assert_eq!(ran.lines_of("report"), ["the first task counted 5 words"]);
@@ -273,14 +275,14 @@ fn assert_docker_example_ran(ran: &Ran) {
         .unwrap_or_else(|| panic!("no output file: {row:?}"));
     assert_eq!(
         std::fs::read_to_string(stored).unwrap(),
-        "HELLO FERRY FROM A CONTAINER\n"
+        format!("HELLO FERRY FROM A {from}\n")
     );
 }
 
 #[test]
 fn docker_runs_in_containers_and_passes_outputs_along() {
     let dir = tempfile::tempdir().unwrap();
-    let flow = docker_example(dir.path(), "docker");
+    let flow = container_example(dir.path(), "docker.yaml");
     let data = dir.path().join("data");
     // The test image is imported, never pulled.
     let flow_text = std::fs::read_to_string(&flow)
@@ -288,30 +290,25 @@ fn docker_runs_in_containers_and_passes_outputs_along() {
         .replace("network: none", "network: none, pullPolicy: never");
     std::fs::write(&flow, flow_text).unwrap();
     let ran = run(&flow, &data, &["--input", "name=ferry"]);
-    assert_docker_example_ran(&ran);
+    assert_container_example_ran(&ran, "CONTAINER");
 }
 
 #[test]
-fn kubernetes_tasks_run_on_local_docker_with_runner_docker() {
+fn kubernetes_example_runs_on_local_docker_with_runner_docker() {
     let dir = tempfile::tempdir().unwrap();
-    let flow = docker_example(dir.path(), "kubernetes");
-    // Kubernetes takes no network: the image alone carries over.
-    let flow_text = std::fs::read_to_string(&flow)
-        .unwrap()
-        .replace(", network: none", "");
-    std::fs::write(&flow, flow_text).unwrap();
+    let flow = container_example(dir.path(), "kubernetes.yaml");
     let ran = run(
         &flow,
         &dir.path().join("data"),
         &["--input", "name=ferry", "--runner", "docker"],
     );
-    assert_docker_example_ran(&ran);
+    assert_container_example_ran(&ran, "POD");
 }
 
 #[test]
 fn without_a_docker_engine_a_docker_task_fails_saying_so() {
     let dir = tempfile::tempdir().unwrap();
-    let flow = docker_example(dir.path(), "docker");
+    let flow = container_example(dir.path(), "docker.yaml");
     let mut c = ferry();
     c.env(
         "DOCKER_HOST",
@@ -330,4 +327,118 @@ fn without_a_docker_engine_a_docker_task_fails_saying_so() {
         ran.stderr
     );
     assert!(started.elapsed() < Duration::from_secs(30), "it must not hang");
+}
+
+/// `ferry up` serves kubernetes tasks when a cluster is configured and answers: the kubernetes
+/// example runs as Jobs on the test API server (whose pods run on the test Docker engine),
+/// submitted with `ferry submit --wait`, with its output and output file back, and nothing left
+/// in the cluster.
+#[test]
+fn kubernetes_example_runs_as_jobs_under_ferry_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let server = rt
+        .block_on(ferry_kube_test_server::TestServer::start_from_env(
+            Default::default(),
+        ))
+        .expect("the test API server starts on DOCKER_HOST's engine (./scripts/test.sh starts one)");
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, server.kubeconfig("default")).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let api = format!("http://127.0.0.1:{port}");
+    let log_path = dir.path().join("up.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut c = ferry();
+    c.args([
+        "up",
+        "--bus",
+        "memory://",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--data-dir",
+    ])
+    .arg(&data)
+    .env("KUBECONFIG", &kubeconfig)
+    .env("FERRY_LOG", "info")
+    .stdout(log.try_clone().unwrap())
+    .stderr(log);
+    let up = Up(c.spawn().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "ferry up did not start: {}",
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let started = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        started.contains("kubernetes (Kubernetes "),
+        "ferry up does not say it serves kubernetes: {started}"
+    );
+
+    let flow = container_example(dir.path(), "kubernetes.yaml");
+    let mut c = ferry();
+    c.arg("submit")
+        .arg(&flow)
+        .args(["--input", "name=ferry", "--wait", "--api", &api, "--data-dir"])
+        .arg(&data);
+    let ran = output(c);
+    assert_eq!(ran.code, 0, "{}", std::fs::read_to_string(&log_path).unwrap());
+    let job = ran.stdout.lines().next().unwrap().trim().to_string();
+
+    let mut c = ferry();
+    c.args(["logs", &job, "--api", &api, "--data-dir"]).arg(&data);
+    let logs = output(c);
+    assert!(
+        logs.stdout.contains("count | counted 5 words in /ferry"),
+        "{}",
+        logs.stdout
+    );
+    assert!(
+        logs.stdout.contains("report | the first task counted 5 words"),
+        "{}",
+        logs.stdout
+    );
+
+    let mut c = ferry();
+    c.args(["status", &job, "--json", "--api", &api, "--data-dir"])
+        .arg(&data);
+    let status = output(c);
+    let detail: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    let count = detail["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["taskId"] == "count")
+        .unwrap_or_else(|| panic!("no task count: {detail:#}"));
+    assert_eq!(count["backend"], "kubernetes", "{count:#}");
+    assert_eq!(count["outputs"]["words"], 5, "{count:#}");
+    let uri = count["outputFiles"][0]["uri"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{count:#}"));
+    let stored = uri.strip_prefix("file://").unwrap();
+    assert_eq!(
+        std::fs::read_to_string(stored).unwrap(),
+        "HELLO FERRY FROM A POD\n"
+    );
+
+    // Each Job, its pod and its Secret are deleted once the task is reported.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !server.objects().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "left in the cluster: {:?}",
+            server.objects()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(up);
+    rt.block_on(server.stop());
 }

@@ -192,3 +192,25 @@ pub async fn docker_engine(host: Option<&str>) -> Result<String, String> {
 pub async fn docker_engine(_: Option<&str>) -> Result<String, String> {
     Err(not_enabled("docker"))
 }
+
+/// Whether a Kubernetes cluster is configured (kubeconfig `context`, the current context, or
+/// the cluster this process runs in) and its API answers: how `ferry up` decides to serve
+/// kubernetes tasks. Says where (server and namespace), or why not.
+#[cfg(feature = "kubernetes")]
+pub async fn kubernetes_cluster(context: Option<&str>) -> Result<String, String> {
+    let wait = std::time::Duration::from_secs(5);
+    let probe = async {
+        let (client, namespace) = ferry_launcher_kubernetes::connect(context).await?;
+        let version = client
+            .apiserver_version()
+            .await
+            .map_err(|e| format!("the Kubernetes API does not answer: {e}"))?;
+        Ok(format!(
+            "Kubernetes {}, namespace {namespace}",
+            version.git_version
+        ))
+    };
+    tokio::time::timeout(wait, probe)
+        .await
+        .unwrap_or_else(|_| Err(format!("the Kubernetes API did not answer within {wait:?}")))
+}

@@ -100,7 +100,7 @@ impl Up {
             planner: Some(self.planner.config()),
             scheduler: Some(self.scheduler.config(data_dir)),
             launchers: up_launchers(&self.launcher, data_dir)?,
-            optional_docker: true,
+            optional_platforms: true,
             log_collector: Some(self.log_collector.clone()),
             api: Some(self.api.config(data_dir, log_db.clone())?),
             log_db,
@@ -191,9 +191,10 @@ pub struct Plan {
     pub scheduler: Option<ferry_scheduler::Config>,
     /// The launchers, one per backend served.
     pub launchers: Vec<Launcher>,
-    /// The docker launcher runs only if a Docker engine answers when the services start
-    /// (`ferry up`); otherwise it is left out, saying why.
-    pub optional_docker: bool,
+    /// The docker and kubernetes launchers run only if their platform (a Docker engine, a
+    /// Kubernetes API) answers when the services start (`ferry up`); otherwise they are left
+    /// out, saying why.
+    pub optional_platforms: bool,
     /// The log collector's flags; [`Running::start`] opens its store, [`Plan::log_db`].
     pub log_collector: Option<ferry_log_collector::Flags>,
     pub api: Option<ferry_api::Config>,
@@ -209,7 +210,7 @@ impl Plan {
             planner: None,
             scheduler: None,
             launchers: Vec::new(),
-            optional_docker: false,
+            optional_platforms: false,
             log_collector: None,
             api: None,
             log_db: ferry_runtime::sqlite_url(&data_dir.join("logs.db")),
@@ -369,7 +370,7 @@ fn keep_keys_in_data_dir(common: &mut Common) -> Result<()> {
 pub async fn serve(mut common: Common, plan: impl FnOnce(&Path) -> Result<Plan>) -> Result<()> {
     common.prepare()?;
     let mut plan = plan(&common.data_dir)?;
-    let launchers = settle_docker(&mut plan).await;
+    let launchers = settle_platforms(&mut plan).await;
     if plan.services() == Service::ALL {
         keep_keys_in_data_dir(&mut common)?;
     }
@@ -404,36 +405,43 @@ pub async fn serve(mut common: Common, plan: impl FnOnce(&Path) -> Result<Plan>)
     outcome.and(stopped)
 }
 
-/// The launchers of `ferry up`: local, and docker unless `--no-docker` (or not built).
+/// The launchers of `ferry up`: every backend built, unless `--no-docker` or
+/// `--no-kubernetes`.
 fn up_launchers(flags: &ferry_launcher_local::Flags, data_dir: &Path) -> Result<Vec<Launcher>> {
     let mut launchers = vec![Launcher::from_flags("local", flags, data_dir)?];
     if !flags.no_docker && crate::launchers::enabled("docker") {
         launchers.push(Launcher::from_flags("docker", flags, data_dir)?);
     }
+    if !flags.no_kubernetes && crate::launchers::enabled("kubernetes") {
+        launchers.push(Launcher::from_flags("kubernetes", flags, data_dir)?);
+    }
     Ok(launchers)
 }
 
-/// Leaves an optional docker launcher out when no Docker engine answers. Returns the backends
-/// served, and where, for the startup line.
-async fn settle_docker(plan: &mut Plan) -> String {
+/// Leaves an optional container launcher out when its platform does not answer (no Docker
+/// engine, no Kubernetes cluster configured or reachable). Returns the backends served, and
+/// where, for the startup line.
+async fn settle_platforms(plan: &mut Plan) -> String {
     let mut served = Vec::new();
     let mut kept = Vec::new();
     for launcher in std::mem::take(&mut plan.launchers) {
         let backend = launcher.backend();
-        #[cfg(feature = "docker")]
-        if let Launcher::Docker(c) = &launcher {
-            match crate::launchers::docker_engine(c.docker_host.as_deref()).await {
-                Ok(host) => served.push(format!("docker ({host})")),
-                Err(why) if plan.optional_docker => {
-                    served.push(format!("not docker: {why}"));
-                    continue;
-                }
-                Err(_) => served.push("docker".to_string()),
+        let platform = match &launcher {
+            Launcher::Local(_) => None,
+            #[cfg(feature = "docker")]
+            Launcher::Docker(c) => Some(crate::launchers::docker_engine(c.docker_host.as_deref()).await),
+            #[cfg(feature = "kubernetes")]
+            Launcher::Kubernetes(c) => Some(crate::launchers::kubernetes_cluster(c.context.as_deref()).await),
+        };
+        match platform {
+            None => served.push(backend.to_string()),
+            Some(Ok(at)) => served.push(format!("{backend} ({at})")),
+            Some(Err(why)) if plan.optional_platforms => {
+                served.push(format!("not {backend}: {why}"));
+                continue;
             }
-            kept.push(launcher);
-            continue;
+            Some(Err(_)) => served.push(backend.to_string()),
         }
-        served.push(backend.to_string());
         kept.push(launcher);
     }
     plan.launchers = kept;

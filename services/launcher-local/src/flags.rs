@@ -34,6 +34,10 @@ pub struct Flags {
     /// Do not serve docker tasks in `ferry up`, even when a Docker engine answers.
     #[arg(long, env = "FERRY_NO_DOCKER")]
     pub no_docker: bool,
+    /// Do not serve kubernetes tasks in `ferry up`, even when a cluster is configured and its
+    /// API answers.
+    #[arg(long, env = "FERRY_NO_KUBERNETES")]
+    pub no_kubernetes: bool,
     /// Attempts running at once.
     #[arg(long, env = "FERRY_MAX_PARALLEL", value_name = "N", default_value_t = 64)]
     pub max_parallel: usize,
