@@ -185,7 +185,7 @@ pub async fn follow(
                 continue;
             }
         };
-        let was_ended = was_ended || pod.terminal();
+        let was_ended = was_ended || pod.ended();
         if !was_ended && matches!(pod.container, Container::Waiting { .. } | Container::Unknown) {
             // Not started: there is no log to ask for until the watch says it runs.
             wait_for(&mut changes, Duration::from_secs(1)).await;
