@@ -344,7 +344,11 @@ async fn api_requests_per_attempt_with_output_files() {
     let Some((mut h, kube)) = harness("requests-files").await else {
         return;
     };
-    let n = 5;
+    let n: usize = std::env::var("FERRY_KUBE_TASKS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    h.max_parallel = 16;
     kube.server.reset_counts();
     let launcher = h.start().await;
     let ids: Vec<String> = (0..n).map(|i| h.id(&format!("reqf-{i}"))).collect();
