@@ -853,30 +853,48 @@ impl Backend for Kubernetes {
         Ok(())
     }
 
+    /// The Jobs labelled with this launcher in its namespace and in every namespace an attempt
+    /// it knows of uses: by the time the runtime asks, each journaled attempt has been looked
+    /// up (which starts its namespace's watch), and a Job is journaled (reserved) before it is
+    /// created, so no namespace a Job of this launcher may be in is missed. A namespace that
+    /// cannot be listed (RBAC granted in the launcher's namespace only) is skipped, saying so.
     async fn list_owned(&self) -> BackendResult<Vec<Compute>> {
-        let Ok((client, _)) = &self.0.client else {
+        let Ok((client, cache)) = &self.0.client else {
             return Ok(Vec::new());
         };
-        let namespace = &self.0.settings.namespace;
-        let jobs: Api<Job> = Api::namespaced(client.clone(), namespace);
+        let home = &self.0.settings.namespace;
+        let mut namespaces = cache.namespaces_watched();
+        if !namespaces.contains(home) {
+            namespaces.insert(0, home.clone());
+        }
         let selector = format!("{LABEL_LAUNCHER}={}", label_value(&self.0.settings.launcher));
-        let list = jobs
-            .list(&ListParams::default().labels(&selector))
-            .await
-            .map_err(|e| attempt_error(&format!("listing the Jobs of namespace {namespace}"), e))?;
-        list.items
-            .into_iter()
-            .filter_map(|j| j.metadata.name)
-            .map(|name| {
-                Compute::with_handle(
+        let mut owned = Vec::new();
+        for namespace in namespaces {
+            let jobs: Api<Job> = Api::namespaced(client.clone(), &namespace);
+            let list = match jobs.list(&ListParams::default().labels(&selector)).await {
+                Ok(list) => list,
+                Err(e) if &namespace != home => {
+                    tracing::warn!(%namespace, error = %e, "cannot list this launcher's Jobs in a namespace its attempts used");
+                    continue;
+                }
+                Err(e) => {
+                    return Err(attempt_error(
+                        &format!("listing the Jobs of namespace {namespace}"),
+                        e,
+                    ));
+                }
+            };
+            for name in list.items.into_iter().filter_map(|j| j.metadata.name) {
+                owned.push(Compute::with_handle(
                     name.clone(),
                     &Handle {
                         namespace: namespace.clone(),
                         job: name,
                     },
-                )
-            })
-            .collect()
+                )?);
+            }
+        }
+        Ok(owned)
     }
 }
 

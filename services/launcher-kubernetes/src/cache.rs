@@ -271,6 +271,13 @@ impl Cache {
         }
     }
 
+    /// The namespaces watched: every namespace an attempt of this run, adopted or new, used.
+    pub fn namespaces_watched(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.namespaces().keys().cloned().collect();
+        names.sort();
+        names
+    }
+
     /// Forgets a released Job's pod.
     pub fn forget(&self, namespace: &str, job: &str) {
         if let Some(ns) = self.namespaces().get_mut(namespace) {

@@ -313,7 +313,8 @@ async fn a_stage_image_without_tar_loses_the_attempt_naming_the_image() {
 }
 
 /// A launcher killed while the task runs, started again after the task has ended: the pod has
-/// held the files meanwhile, and the new launcher collects them.
+/// held the files meanwhile, and the new launcher collects them; what the task printed while
+/// no launcher ran is read to the end before the Job goes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn output_files_of_a_task_that_ended_while_the_launcher_was_down_come_back() {
     let Some((mut h, kube)) = harness("adopted-files").await else {
@@ -321,7 +322,12 @@ async fn output_files_of_a_task_that_ended_while_the_launcher_was_down_come_back
     };
     let launcher = h.start().await;
     let id = h.id("adopted-files");
-    let d = script(&h, &id, "echo started; sleep 1; printf kept > r.txt", &["*.txt"]);
+    let d = script(
+        &h,
+        &id,
+        "echo started; sleep 1; printf kept > r.txt; echo while-down; echo last",
+        &["*.txt"],
+    );
     h.dispatch(&d).await;
     h.wait_for_lines(&id, 1).await;
     launcher.crash();
@@ -334,6 +340,7 @@ async fn output_files_of_a_task_that_ended_while_the_launcher_was_down_come_back
     assert_eq!(f.outcome, Outcome::Succeeded, "{f:?}");
     assert_eq!(f.output_files.len(), 1, "{f:?}");
     assert_eq!(std::fs::read(stored(&f.output_files[0])).unwrap(), b"kept");
+    assert_eq!(h.texts(&id).await, ["started", "while-down", "last"]);
     h.assert_nothing_left("after an adopted attempt with files").await;
     launcher.stop().await;
 }
@@ -385,4 +392,72 @@ async fn api_requests_per_attempt_with_output_files() {
         Some(&(n as u64)),
         "{counts:?}"
     );
+}
+
+/// Jobs of this launcher in any namespace its attempts used are listed as its own (so that a
+/// restart stops one the journal does not know), and only those: not another launcher's, not
+/// one in a namespace none of its attempts used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owned_jobs_are_listed_in_every_namespace_attempts_used() {
+    use ferry_launcher::Backend;
+    use ferry_launcher::backend::Compute;
+    use ferry_launcher_kubernetes::names::{LABEL_LAUNCHER, label_value};
+    use ferry_launcher_kubernetes::{Handle, Kubernetes, Settings};
+    use k8s_openapi::api::batch::v1::Job;
+    use kube::Api;
+    use kube::api::PostParams;
+
+    if !common::docker_given("owned-namespaces") {
+        return;
+    }
+    let server = common::server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let client = common::client(&server, dir.path()).await;
+    let mut settings = Settings::new("launcher-owned");
+    settings.namespace = common::NAMESPACE.into();
+    let backend = Kubernetes::new(client.clone(), settings);
+    let job = |name: &str, launcher: &str| -> Job {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": name, "labels": {LABEL_LAUNCHER: label_value(launcher)}},
+            "spec": {"backoffLimit": 0, "template": {"spec": {"restartPolicy": "Never",
+                "containers": [{"name": "task", "image": common::image(), "imagePullPolicy": "Never",
+                    "command": ["true"]}]}}}
+        }))
+        .unwrap()
+    };
+    for (ns, name, launcher) in [
+        (common::NAMESPACE, "home", "launcher-owned"),
+        ("batch", "away", "launcher-owned"),
+        ("batch", "theirs", "launcher-other"),
+        ("unused", "elsewhere", "launcher-owned"),
+    ] {
+        Api::<Job>::namespaced(client.clone(), ns)
+            .create(&PostParams::default(), &job(name, launcher))
+            .await
+            .unwrap();
+    }
+    // An attempt in `batch` is looked up, as a restart does for each journaled attempt.
+    let journaled = Compute::with_handle(
+        "ferry-journaled".to_string(),
+        &Handle {
+            namespace: "batch".into(),
+            job: "ferry-journaled".into(),
+        },
+    )
+    .unwrap();
+    assert!(backend.find(&journaled).await.unwrap().is_none());
+    let mut owned: Vec<String> = backend
+        .list_owned()
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| backend.describe(c))
+        .collect();
+    owned.sort();
+    assert_eq!(
+        owned,
+        ["batch/away", format!("{}/home", common::NAMESPACE).as_str()]
+    );
+    server.stop().await;
 }
