@@ -819,6 +819,7 @@ impl Backend for Kubernetes {
                         patterns: &d.output_files,
                         dest: &dest,
                         limits: self.0.settings.limits,
+                        start_within: self.0.settings.pending_deadline,
                     },
                 )
                 .await?

@@ -45,6 +45,16 @@ pub const STAGE_DIR: &str = "/ferry-stage";
 /// SIGTERM unless it traps it, which would hold every delete for the whole grace).
 pub const STAGE_HOLD: &str = "trap 'exit 0' TERM; sleep 2147483647 & wait";
 
+/// The container `kubectl` picks when none is named.
+const DEFAULT_CONTAINER_ANNOTATION: &str = "kubectl.kubernetes.io/default-container";
+
+/// The stage container's requests (its limit is [`STAGE_MEMORY_LIMIT`]): small, but set, so
+/// that a namespace whose quota wants every container's resources still admits the pod.
+const STAGE_REQUESTS: [(&str, &str); 2] = [("cpu", "10m"), ("memory", "16Mi")];
+
+/// What `tar` may use in the stage container: it streams, holding no file whole.
+const STAGE_MEMORY_LIMIT: &str = "64Mi";
+
 /// The `emptyDir` volume of the working directory, in a pod with a stage container.
 const WORK_VOLUME: &str = "ferry-work";
 
@@ -247,6 +257,10 @@ impl JobSpec {
             ANNOTATION_PENDING_DEADLINE.to_string(),
             self.pending_deadline_seconds.to_string(),
         );
+        if self.stage_image.is_some() {
+            // What `kubectl logs` and `kubectl exec` pick in a pod of two containers.
+            a.insert(DEFAULT_CONTAINER_ANNOTATION.to_string(), CONTAINER.to_string());
+        }
         a
     }
 
@@ -387,6 +401,19 @@ impl JobSpec {
             image: Some(image.clone()),
             image_pull_policy: Some("IfNotPresent".into()),
             command: Some(vec!["sh".into(), "-c".into(), STAGE_HOLD.into()]),
+            resources: Some(ResourceRequirements {
+                requests: Some(
+                    STAGE_REQUESTS
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), Quantity(v.to_string())))
+                        .collect(),
+                ),
+                limits: Some(BTreeMap::from([(
+                    "memory".to_string(),
+                    Quantity(STAGE_MEMORY_LIMIT.into()),
+                )])),
+                ..Default::default()
+            }),
             volume_mounts: Some(vec![VolumeMount {
                 name: WORK_VOLUME.into(),
                 mount_path: STAGE_DIR.into(),
@@ -605,7 +632,20 @@ mod tests {
             (stage_mount.mount_path.as_str(), stage_mount.read_only),
             (STAGE_DIR, Some(true))
         );
-        // No `$` for the kubelet to expand, no limits that could starve the task.
-        assert!(!STAGE_HOLD.contains('$') && stage.resources.is_none());
+        // No `$` for the kubelet to expand; small resources of its own, set for quotas.
+        assert!(!STAGE_HOLD.contains('$'));
+        let r = stage.resources.as_ref().unwrap();
+        assert_eq!(r.limits.as_ref().unwrap()["memory"].0, STAGE_MEMORY_LIMIT);
+        assert!(r.limits.as_ref().unwrap().get("cpu").is_none());
+        let annotations = s
+            .job()
+            .spec
+            .unwrap()
+            .template
+            .metadata
+            .unwrap()
+            .annotations
+            .unwrap();
+        assert_eq!(annotations[DEFAULT_CONTAINER_ANNOTATION], CONTAINER);
     }
 }

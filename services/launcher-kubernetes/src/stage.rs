@@ -24,9 +24,9 @@ use crate::cache::{Cache, Container, Lookup};
 use crate::error::{attempt_error, status};
 use crate::spec::{STAGE_CONTAINER, STAGE_DIR};
 
-/// How long collecting waits for the stage container to run (it starts right after the task's,
-/// which may already have ended).
-const STAGE_START: Duration = Duration::from_secs(60);
+/// The least collecting waits for the stage container to run: it starts after the task's
+/// (its image pulled then), and the task may have ended first.
+const MIN_STAGE_START: Duration = Duration::from_secs(60);
 
 /// What of `tar`'s stderr goes into an error message.
 const MAX_STDERR: usize = 2048;
@@ -40,11 +40,14 @@ pub struct Collect<'a> {
     pub patterns: &'a [String],
     pub dest: &'a Path,
     pub limits: Limits,
+    /// How long the stage container may take to start (the pending deadline; at least a minute).
+    pub start_within: Duration,
 }
 
 /// Waits for the stage container of the Job's pod to run; the pod's name.
 async fn stage_running(cache: &Cache, c: &Collect<'_>) -> BackendResult<String> {
-    let until = tokio::time::Instant::now() + STAGE_START;
+    let within = c.start_within.max(MIN_STAGE_START);
+    let until = tokio::time::Instant::now() + within;
     loop {
         let mut changes = cache.subscribe();
         let image = c.image;
@@ -71,7 +74,7 @@ async fn stage_running(cache: &Cache, c: &Collect<'_>) -> BackendResult<String> 
                         "outputFiles: the stage container of pod {}/{} (image {image}) did not start within {}s",
                         c.namespace,
                         pod.name,
-                        STAGE_START.as_secs()
+                        within.as_secs()
                     )));
                 }
                 _ => {}
