@@ -4,9 +4,10 @@
 //! Secret it owns for the task's env and input files. Per attempt the launcher makes three
 //! writes — create the Job, create its Secret, delete the Job (with `Background` propagation,
 //! which takes the pod and the Secret with it) — plus a delete of the pod when an attempt is
-//! stopped before its end. Reads: a look for the Job before creating it, and the pod's log;
-//! completion comes from the one pod watch of the namespace ([`Cache`]), so no attempt is
-//! polled.
+//! stopped before its end, and one `pods/exec` to take out the files of a task with
+//! `outputFiles` ([`crate::stage`]). Reads: a look for the Job before creating it, and the pod's
+//! log; completion (the task container's end) comes from the one pod watch of the namespace
+//! ([`Cache`]), so no attempt is polled.
 //!
 //! Jobs outlive the launcher ([`ShutdownPolicy::Detach`]): the next start adopts each with its
 //! true outcome. `activeDeadlineSeconds` (timeout + pending deadline + a grace) and
