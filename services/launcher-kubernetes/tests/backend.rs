@@ -252,8 +252,9 @@ async fn output_files_larger_than_a_secret_come_back_and_none_is_no_error() {
     drop(kube);
 }
 
-/// Names a shell would split or a command line would take for options, and a link out of the
-/// working directory: the names come back as they are, the link is not followed.
+/// Names a shell would split or a command line would take for options, a name longer than a
+/// tar header holds, links out of the working directory and a named pipe: the names come back
+/// as they are, the links are not followed, the pipe is not opened.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_names_in_the_pod_come_back_as_they_are_and_links_are_not_followed() {
     let Some((mut h, _kube)) = harness("hostile-names").await else {
@@ -265,7 +266,8 @@ async fn hostile_names_in_the_pod_come_back_as_they_are_and_links_are_not_follow
         &h,
         &id,
         "printf a > 'a b.txt'; printf b > \"$(printf 'new\\nline.txt')\"; printf c > ./-rf.txt; \
-         printf d > '$(reboot).txt'; ln -s /etc/passwd link.txt; ln -s .. up.txt",
+         printf d > '$(reboot).txt'; ln -s /etc/passwd link.txt; ln -s .. up.txt; mkfifo pipe.txt; \
+         printf e > \"$(printf 'l%.0s' $(seq 200)).txt\"",
         &["*.txt"],
     );
     h.dispatch(&d).await;
@@ -277,10 +279,12 @@ async fn hostile_names_in_the_pod_come_back_as_they_are_and_links_are_not_follow
         .map(|o| (o.path.clone(), std::fs::read(stored(o)).unwrap()))
         .collect();
     got.sort();
+    let long = format!("{}.txt", "l".repeat(200));
     let want: Vec<(String, Vec<u8>)> = [
         ("$(reboot).txt", "d"),
         ("-rf.txt", "c"),
         ("a b.txt", "a"),
+        (long.as_str(), "e"),
         ("new\nline.txt", "b"),
     ]
     .iter()
