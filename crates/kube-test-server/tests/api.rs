@@ -443,8 +443,8 @@ async fn deadlines_and_ttls_are_the_servers() {
     server.stop().await;
 }
 
-/// A pod's containers run side by side and share its `emptyDir`; the pod ends with the last of
-/// them. `pods/exec` runs a command in one of them as the API server does: its output on the
+/// A pod's containers run side by side and share its `emptyDir`, which starts empty; the pod
+/// ends with the last of them. `pods/exec` runs a command in one of them as the API server does: its output on the
 /// stdout and stderr channels, then a `Status` (`Success`, `NonZeroExitCode` with the code,
 /// `InternalError` for a command that cannot start); `404` for a pod that is not there, `400`
 /// for a container it does not have or that does not run.
@@ -466,8 +466,8 @@ async fn containers_share_a_pod_and_exec_speaks_the_channel_protocol() {
             "volumes": [{"name": "work", "emptyDir": {}}],
             "containers": [
                 {"name": "main", "image": image(), "imagePullPolicy": "Never",
-                 "command": ["sh", "-c", "printf shared > /w/f.txt"],
-                 "volumeMounts": [{"name": "work", "mountPath": "/w"}]},
+                 "command": ["sh", "-c", "printf shared > /etc/f.txt"],
+                 "volumeMounts": [{"name": "work", "mountPath": "/etc"}]},
                 {"name": "holder", "image": image(), "imagePullPolicy": "Never",
                  "command": ["sh", "-c", "trap 'exit 0' TERM; sleep 600 & wait"],
                  "volumeMounts": [{"name": "work", "mountPath": "/held", "readOnly": true}]}
@@ -529,6 +529,11 @@ async fn containers_share_a_pod_and_exec_speaks_the_channel_protocol() {
         (out.as_slice(), status.status.as_deref()),
         (&b"shared"[..], Some("Success"))
     );
+    // An emptyDir starts empty: what the image had at /etc is hidden, not copied in (the
+    // engine's own mount points for /etc/hosts and the like show, as the kubelet's do).
+    let (out, _, _) = run(vec!["ls", "-A", "/held"], "holder").await.unwrap();
+    let listed = String::from_utf8(out).unwrap();
+    assert!(listed.contains("f.txt") && !listed.contains("passwd"), "{listed}");
     let (_, err, status) = run(vec!["sh", "-c", "echo oops >&2; exit 3"], "holder")
         .await
         .unwrap();
@@ -553,7 +558,7 @@ async fn containers_share_a_pod_and_exec_speaks_the_channel_protocol() {
         server
             .counts()
             .get(&("create".to_string(), "pods/exec".to_string())),
-        Some(&6)
+        Some(&7)
     );
     // Deleting the Job stops the holder at once (it traps SIGTERM) and takes the pod.
     let params = DeleteParams {
