@@ -141,6 +141,13 @@ fn kubernetes(flags: &ferry_launcher_local::Flags, data_dir: &Path) -> Result<La
     let mut c = ferry_launcher_kubernetes::Config::new(data_dir.join("kubernetes"));
     c.context = flags.kube_context.clone();
     c.namespace = flags.kube_namespace.clone();
+    c.stage_image = flags.kube_stage_image.clone();
+    c.artifact_dir = Some(
+        flags
+            .artifact_dir
+            .clone()
+            .unwrap_or_else(|| data_dir.join("artifacts")),
+    );
     c.pending_deadline = flags.pending_deadline;
     c.max_parallel = flags.max_parallel;
     c.kill_grace = flags.kill_grace;

@@ -1,4 +1,5 @@
-//! The REST routes: create, get, list, watch and delete of Jobs, pods and Secrets, and pod logs.
+//! The REST routes: create, get, list, watch and delete of Jobs, pods and Secrets, pod logs and
+//! exec ([`crate::exec`]).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -44,6 +45,10 @@ pub fn router(shared: Arc<Shared>) -> Router {
             get(get_one::<Pod>).delete(delete_pod),
         )
         .route("/api/v1/namespaces/{ns}/pods/{name}/log", get(pod_log))
+        .route(
+            "/api/v1/namespaces/{ns}/pods/{name}/exec",
+            get(crate::exec::pod_exec).post(crate::exec::pod_exec),
+        )
         .route("/api/v1/secrets", get(list_all::<Secret>))
         .route(
             "/api/v1/namespaces/{ns}/secrets",

@@ -11,7 +11,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig, Mount, MountType};
+use bollard::models::{
+    ContainerCreateBody, HostConfig, HostConfigLogConfig, Mount, MountType, MountVolumeOptions,
+};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
     StopContainerOptionsBuilder, UploadToContainerOptionsBuilder, WaitContainerOptionsBuilder,
@@ -74,11 +76,22 @@ pub(crate) fn admit_job(s: &Arc<Shared>, mut job: Job) -> Result<Job> {
             ));
         }
     }
-    if template_spec.containers.len() != 1 {
-        return Err(invalid(
-            "spec.template.spec.containers",
-            "this test server runs exactly one container per pod",
-        ));
+    if template_spec.containers.is_empty() {
+        return Err(invalid("spec.template.spec.containers", "Required value"));
+    }
+    let mut names = std::collections::BTreeSet::new();
+    for c in template_spec
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(&template_spec.containers)
+    {
+        if !names.insert(c.name.as_str()) {
+            return Err(invalid(
+                "spec.template.spec.containers",
+                &format!("Duplicate value: \"{}\"", c.name),
+            ));
+        }
     }
     for v in template_spec.volumes.iter().flatten() {
         if v.empty_dir.is_none() && v.secret.is_none() {
@@ -504,6 +517,15 @@ fn start_pod(s: &Arc<Shared>, pod: Pod) {
     });
 }
 
+/// A container started, waiting for its end.
+struct Started {
+    init: bool,
+    docker_name: String,
+    started_at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+    running: ContainerStatus,
+    message_path: String,
+}
+
 /// One pod's life on the node.
 struct Runner {
     s: Arc<Shared>,
@@ -625,7 +647,7 @@ impl Runner {
             .iter()
             .flatten()
             .map(|c| (true, c.clone()))
-            .chain(spec.containers.iter().take(1).map(|c| (false, c.clone())))
+            .chain(spec.containers.iter().map(|c| (false, c.clone())))
             .collect();
         for (init, c) in &all {
             if let Some((reason, message)) = self.image_missing(c).await {
@@ -634,22 +656,33 @@ impl Runner {
                 return None;
             }
         }
-        for (init, c) in &all {
-            let ended = self.run_container(pod, &spec, *init, c).await?;
-            if *init && !ended {
+        for c in spec.init_containers.iter().flatten() {
+            let started = self.start_container(pod, &spec, true, c).await?;
+            if !self.finish_container(started).await {
                 self.update(|st| st.phase = Some("Failed".into()));
                 return Some(PodOutcome::Failed);
             }
-            if *init {
-                continue;
-            }
-            return Some(if ended {
-                PodOutcome::Succeeded
-            } else {
-                PodOutcome::Failed
-            });
         }
-        None
+        // The containers run side by side; the pod ends when the last of them does.
+        let mut started = Vec::with_capacity(spec.containers.len());
+        for c in &spec.containers {
+            started.push(self.start_container(pod, &spec, false, c).await?);
+        }
+        let p = self.update(|st| {
+            st.phase = Some("Running".into());
+            set_condition(st, "Initialized", true, None);
+            set_condition(st, "ContainersReady", true, None);
+            set_condition(st, "Ready", true, None);
+        });
+        if let Some(p) = p {
+            sync_job(&self.s, &p, PodOutcome::Active { ready: true });
+        }
+        let ended = futures::future::join_all(started.into_iter().map(|c| self.finish_container(c))).await;
+        Some(if ended.iter().all(|ok| *ok) {
+            PodOutcome::Succeeded
+        } else {
+            PodOutcome::Failed
+        })
     }
 
     /// Why no node fits the pod: its `nodeSelector`, or a GPU request (the node has none).
@@ -699,15 +732,14 @@ impl Runner {
         });
     }
 
-    /// Runs one container to its end. `Some(true)` for status 0, `Some(false)` otherwise,
-    /// `None` when the pod was deleted before it ran.
-    async fn run_container(
+    /// Creates and starts one container; `None` when the pod was deleted before it ran.
+    async fn start_container(
         &mut self,
         pod: &Pod,
         spec: &k8s_openapi::api::core::v1::PodSpec,
         init: bool,
         c: &Container,
-    ) -> Option<bool> {
+    ) -> Option<Started> {
         // Its environment and files wait for the Secrets they come from.
         let mut versions = self.s.changed.subscribe();
         let (env, files) = loop {
@@ -779,19 +811,26 @@ impl Runner {
         running.started = Some(true);
         running.ready = !init;
         running.container_id = Some(format!("docker://{docker_name}"));
-        let ready = !init;
         self.set_container(init, running.clone());
-        if !init {
-            let p = self.update(|st| {
-                st.phase = Some("Running".into());
-                set_condition(st, "Initialized", true, None);
-                set_condition(st, "ContainersReady", true, None);
-                set_condition(st, "Ready", true, None);
-            });
-            if let Some(p) = p {
-                sync_job(&self.s, &p, PodOutcome::Active { ready });
-            }
-        }
+        Some(Started {
+            init,
+            docker_name,
+            started_at,
+            running,
+            message_path,
+        })
+    }
+
+    /// Waits for a started container to end, stopping it within the grace when the pod is
+    /// deleted, and records how it ended. True for status 0.
+    async fn finish_container(&self, started: Started) -> bool {
+        let Started {
+            init,
+            docker_name,
+            started_at,
+            running,
+            message_path,
+        } = started;
         // Runs until it ends; a delete stops it within the grace first.
         let options = WaitContainerOptionsBuilder::default()
             .condition("not-running")
@@ -845,7 +884,7 @@ impl Runner {
             ..Default::default()
         });
         self.set_container(init, ended);
-        Some(code == 0)
+        code == 0
     }
 
     async fn inspect_state(&self, docker_name: &str) -> bollard::models::ContainerState {
@@ -908,6 +947,12 @@ impl Runner {
                     source: Some(volume),
                     typ: Some(MountType::VOLUME),
                     read_only: m.read_only,
+                    // An emptyDir starts empty, hiding what the image has at that path: the
+                    // engine must not copy it in as it does for a new named volume.
+                    volume_options: Some(MountVolumeOptions {
+                        no_copy: Some(true),
+                        ..Default::default()
+                    }),
                     ..Default::default()
                 });
             }

@@ -13,20 +13,24 @@
 //! - deletes with `propagationPolicy`: `Background` and `Foreground` delete what the object
 //!   owns (`ownerReferences`: a Job's pods and Secrets), `Orphan` leaves it;
 //! - a Job controller and a kubelet ([`kubelet`]): one pod per Job (`backoffLimit: 0`), its
-//!   init containers then its first container run on the Docker engine; pod and Job status
+//!   init containers then its containers, side by side, run on the Docker engine (the pod's
+//!   `emptyDir` volumes are Docker volumes they share); pod and Job status
 //!   with conditions (`Complete`; `Failed` with `BackoffLimitExceeded` or `DeadlineExceeded`),
 //!   container states waiting / running / terminated with `exitCode` and `OOMKilled`;
 //!   `activeDeadlineSeconds` and `ttlSecondsAfterFinished` enforced; a pod whose image is not on
 //!   the engine waits with `ErrImageNeverPull` / `ImagePullBackOff`, one whose `nodeSelector`
 //!   (or GPU request) no node matches stays unscheduled (`Unschedulable`);
 //! - pod logs with `follow`, `sinceTime`, `timestamps` and `container`, from the engine;
+//! - `pods/exec` over a WebSocket with the API server's channel protocol, backed by `docker
+//!   exec` ([`exec`]);
 //! - a count of requests by verb and resource ([`TestServer::counts`]) for benchmarks.
 //!
 //! What it does not do: authentication, admission, field selectors beyond `metadata.name`,
-//! patches, more than one container per pod (the first runs; others are refused), pulling
-//! images (there is no registry), restarts, real scheduling of resources other than GPUs.
+//! patches, `pods/attach` and exec with stdin or a terminal, pulling images (there is no
+//! registry), restarts, real scheduling of resources other than GPUs.
 
 mod api;
+mod exec;
 pub mod kubelet;
 pub mod selector;
 pub mod status;

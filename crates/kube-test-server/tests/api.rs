@@ -442,3 +442,136 @@ async fn deadlines_and_ttls_are_the_servers() {
     assert!(gone, "{:?}", server.objects());
     server.stop().await;
 }
+
+/// A pod's containers run side by side and share its `emptyDir`, which starts empty; the pod
+/// ends with the last of them. `pods/exec` runs a command in one of them as the API server does: its output on the
+/// stdout and stderr channels, then a `Status` (`Success`, `NonZeroExitCode` with the code,
+/// `InternalError` for a command that cannot start); `404` for a pod that is not there, `400`
+/// for a container it does not have or that does not run.
+#[tokio::test]
+async fn containers_share_a_pod_and_exec_speaks_the_channel_protocol() {
+    if !docker_given() {
+        return;
+    }
+    use kube::api::AttachParams;
+    use tokio::io::AsyncReadExt;
+    let (server, client) = start(10_000).await;
+    let jobs: Api<Job> = Api::namespaced(client.clone(), NS);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let job: Job = serde_json::from_value(json!({
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": "pair"},
+        "spec": {"backoffLimit": 0, "template": {"spec": {
+            "restartPolicy": "Never",
+            "volumes": [{"name": "work", "emptyDir": {}}],
+            "containers": [
+                {"name": "main", "image": image(), "imagePullPolicy": "Never",
+                 "command": ["sh", "-c", "printf shared > /etc/f.txt"],
+                 "volumeMounts": [{"name": "work", "mountPath": "/etc"}]},
+                {"name": "holder", "image": image(), "imagePullPolicy": "Never",
+                 "command": ["sh", "-c", "trap 'exit 0' TERM; sleep 600 & wait"],
+                 "volumeMounts": [{"name": "work", "mountPath": "/held", "readOnly": true}]}
+            ]
+        }}}
+    }))
+    .unwrap();
+    jobs.create(&PostParams::default(), &job).await.expect("create");
+    // The first container ends; the pod runs on with the second, and the Job with it.
+    let mut pod = None;
+    for _ in 0..400 {
+        let found = pods
+            .list(&ListParams::default().labels("job-name=pair"))
+            .await
+            .unwrap()
+            .items
+            .pop();
+        let state = |p: &Pod, name: &str| {
+            p.status
+                .iter()
+                .flat_map(|s| s.container_statuses.iter().flatten())
+                .find(|c| c.name == name)
+                .and_then(|c| c.state.clone())
+                .unwrap_or_default()
+        };
+        if let Some(p) = found
+            && state(&p, "main").terminated.is_some()
+            && state(&p, "holder").running.is_some()
+        {
+            assert_eq!(p.status.as_ref().unwrap().phase.as_deref(), Some("Running"));
+            pod = Some(p);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let pod = pod.expect("main ended while holder runs");
+    let name = pod.metadata.name.clone().unwrap();
+    let run = |command: Vec<&'static str>, container: &'static str| {
+        let pods = pods.clone();
+        let name = name.clone();
+        async move {
+            let params = AttachParams::default()
+                .container(container)
+                .stdin(false)
+                .stdout(true)
+                .stderr(true);
+            let mut p = pods.exec(&name, command, &params).await?;
+            let (mut out, mut err) = (p.stdout().unwrap(), p.stderr().unwrap());
+            let status = p.take_status().unwrap();
+            let (mut o, mut e) = (Vec::new(), Vec::new());
+            let (a, b) = tokio::join!(out.read_to_end(&mut o), err.read_to_end(&mut e));
+            a.unwrap();
+            b.unwrap();
+            Ok::<_, kube::Error>((o, e, status.await.unwrap()))
+        }
+    };
+    let (out, _, status) = run(vec!["cat", "/held/f.txt"], "holder").await.unwrap();
+    assert_eq!(
+        (out.as_slice(), status.status.as_deref()),
+        (&b"shared"[..], Some("Success"))
+    );
+    // An emptyDir starts empty: what the image had at /etc is hidden, not copied in (the
+    // engine's own mount points for /etc/hosts and the like show, as the kubelet's do).
+    let (out, _, _) = run(vec!["ls", "-A", "/held"], "holder").await.unwrap();
+    let listed = String::from_utf8(out).unwrap();
+    assert!(listed.contains("f.txt") && !listed.contains("passwd"), "{listed}");
+    let (_, err, status) = run(vec!["sh", "-c", "echo oops >&2; exit 3"], "holder")
+        .await
+        .unwrap();
+    assert_eq!(err, b"oops\n");
+    assert_eq!(status.reason.as_deref(), Some("NonZeroExitCode"));
+    let causes = status.details.unwrap().causes.unwrap();
+    assert_eq!(causes[0].message.as_deref(), Some("3"));
+    let (_, _, status) = run(vec!["no-such-program"], "holder").await.unwrap();
+    assert_eq!(status.reason.as_deref(), Some("InternalError"), "{status:?}");
+    assert!(status.message.unwrap_or_default().contains("no-such-program"));
+    for (container, code) in [("main", 400), ("nope", 400)] {
+        match run(vec!["true"], container).await.err() {
+            Some(kube::Error::Api(s)) => assert_eq!(s.code, code, "{container}: {s:?}"),
+            other => panic!("{container}: {other:?}"),
+        }
+    }
+    match pods.exec("gone", ["true"], &AttachParams::default()).await.err() {
+        Some(kube::Error::Api(s)) => assert_eq!((s.code, s.reason.as_str()), (404, "NotFound")),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        server
+            .counts()
+            .get(&("create".to_string(), "pods/exec".to_string())),
+        Some(&7)
+    );
+    // Deleting the Job stops the holder at once (it traps SIGTERM) and takes the pod.
+    let params = DeleteParams {
+        propagation_policy: Some(PropagationPolicy::Background),
+        ..DeleteParams::default()
+    };
+    jobs.delete("pair", &params).await.unwrap();
+    for _ in 0..200 {
+        if server.objects().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(server.objects().is_empty(), "{:?}", server.objects());
+    server.stop().await;
+}

@@ -23,6 +23,7 @@
 //! [`conformance`] (feature `conformance`) is the test suite every backend passes, expanded
 //! per backend by [`launcher_conformance!`].
 
+pub mod archive;
 mod attempt;
 pub mod backend;
 pub mod collect;

@@ -9,15 +9,18 @@
 
 use std::collections::BTreeSet;
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use bollard::query_parameters::{DownloadFromContainerOptionsBuilder, UploadToContainerOptionsBuilder};
 use bytes::Bytes;
+use ferry_launcher::archive::{ExtractError, kind_name};
 use futures::{Stream, StreamExt};
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
 use crate::Engine;
 use crate::error::{Error, Result, status_of};
+
+pub use ferry_launcher::archive::{Extracted as Collected, ExtractedFile as CollectedFile, Limits, Skipped};
 
 /// A file to put into the container's working directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,47 +28,6 @@ pub struct InputFile {
     /// Relative to the working directory, `/` between directories.
     pub path: String,
     pub contents: Vec<u8>,
-}
-
-/// Caps on what [`Engine::collect_files`] takes out of a container.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    pub max_files: usize,
-    pub max_file_bytes: u64,
-    pub max_total_bytes: u64,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_files: 1000,
-            max_file_bytes: 256 * 1024 * 1024,
-            max_total_bytes: 1024 * 1024 * 1024,
-        }
-    }
-}
-
-/// A file taken out of the container.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CollectedFile {
-    /// Relative to the working directory.
-    pub path: String,
-    /// Where it is now, under the destination directory.
-    pub stored: PathBuf,
-    pub size: u64,
-}
-
-/// A match that was not taken, and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Skipped {
-    pub path: String,
-    pub why: String,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Collected {
-    pub files: Vec<CollectedFile>,
-    pub skipped: Vec<Skipped>,
 }
 
 impl Engine {
@@ -329,8 +291,7 @@ fn append_dir(tar: &mut tar::Builder<Vec<u8>>, base: &str, files: &[InputFile]) 
     Ok(())
 }
 
-/// Reads the engine's archive of `base/`, keeping what matches; on an error, removes every file
-/// and directory it made.
+/// Reads the engine's archive of `base/`, keeping what matches ([`ferry_launcher::archive`]).
 fn extract(
     reader: impl Read,
     base: &str,
@@ -338,140 +299,10 @@ fn extract(
     dest: &Path,
     limits: Limits,
 ) -> Result<Collected> {
-    let mut made = Vec::new();
-    let result = extract_into(reader, base, patterns, dest, limits, &mut made);
-    if result.is_err() {
-        for path in made.iter().rev() {
-            let _ = std::fs::remove_file(path).or_else(|_| std::fs::remove_dir(path));
-        }
-    }
-    result
-}
-
-fn extract_into(
-    reader: impl Read,
-    base: &str,
-    patterns: &[glob::Pattern],
-    dest: &Path,
-    limits: Limits,
-    made: &mut Vec<PathBuf>,
-) -> Result<Collected> {
-    let options = glob::MatchOptions {
-        case_sensitive: true,
-        require_literal_separator: true,
-        require_literal_leading_dot: true,
-    };
-    let mut out = Collected::default();
-    let mut total = 0u64;
-    let mut archive = tar::Archive::new(reader);
-    let entries = archive.entries().map_err(|e| tar_error(base, e))?;
-    for entry in entries {
-        let entry = entry.map_err(|e| tar_error(base, e))?;
-        let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
-        let rel = entry_path(&raw, base).map_err(|why| {
-            Error::Refused(format!(
-                "outputFiles: the container's archive holds the entry {raw:?}, which is refused: {why}; nothing was collected"
-            ))
-        })?;
-        let Some(rel) = rel else { continue };
-        if !patterns.iter().any(|p| p.matches_with(&rel, options)) {
-            continue;
-        }
-        let kind = entry.header().entry_type();
-        if !kind.is_file() {
-            if !kind.is_dir() {
-                out.skipped.push(Skipped {
-                    path: rel,
-                    why: format!("{}; only regular files are collected", kind_name(kind)),
-                });
-            }
-            continue;
-        }
-        let size = entry.size();
-        if out.files.len() >= limits.max_files {
-            return Err(Error::Refused(format!(
-                "outputFiles: more than {} files match; collect fewer (an archive of them, say)",
-                limits.max_files
-            )));
-        }
-        if size > limits.max_file_bytes {
-            return Err(Error::Refused(format!(
-                "outputFiles: {rel:?} has {size} bytes, more than the {} accepted for one file",
-                limits.max_file_bytes
-            )));
-        }
-        total += size;
-        if total > limits.max_total_bytes {
-            return Err(Error::Refused(format!(
-                "outputFiles: the matching files add up to more than the {} bytes accepted",
-                limits.max_total_bytes
-            )));
-        }
-        let stored = dest.join(&rel);
-        let io = |what: String| move |source| Error::Io { what, source };
-        let mut dir = dest.to_path_buf();
-        for part in Path::new(&rel).parent().into_iter().flat_map(Path::components) {
-            dir.push(part);
-            // Not followed if it is a link: creating the directory then fails.
-            if !std::fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
-                std::fs::create_dir(&dir).map_err(io(format!("cannot make {}", dir.display())))?;
-                made.push(dir.clone());
-            }
-        }
-        // create_new never follows a link at the last component, and every directory on the
-        // way was made here: nothing is written outside `dest`.
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&stored)
-            .map_err(io(format!(
-                "cannot store output file {rel:?} at {}",
-                stored.display()
-            )))?;
-        made.push(stored.clone());
-        let copied = std::io::copy(&mut entry.take(size), &mut file).map_err(io(format!(
-            "cannot store output file {rel:?} at {}",
-            stored.display()
-        )))?;
-        out.files.push(CollectedFile {
-            path: rel,
-            stored,
-            size: copied,
-        });
-    }
-    Ok(out)
-}
-
-/// The path of an archive entry relative to `base/`; `None` for `base` itself. Refuses what
-/// could leave the destination: absolute names, `..`, backslashes, NUL, entries outside `base/`.
-fn entry_path(raw: &str, base: &str) -> std::result::Result<Option<String>, &'static str> {
-    let name = raw.trim_end_matches('/');
-    if name.starts_with('/') {
-        return Err("absolute names are not accepted");
-    }
-    if name.contains('\\') || name.contains('\0') {
-        return Err("names with `\\` or NUL are not accepted");
-    }
-    let mut parts = name.split('/').filter(|c| !c.is_empty() && *c != ".");
-    if parts.clone().any(|c| c == "..") {
-        return Err("names with `..` are not accepted");
-    }
-    if parts.next() != Some(base) {
-        return Err("every entry must be under the directory asked for");
-    }
-    let rest: Vec<&str> = parts.collect();
-    Ok((!rest.is_empty()).then(|| rest.join("/")))
-}
-
-fn kind_name(kind: tar::EntryType) -> &'static str {
-    match kind {
-        tar::EntryType::Symlink => "a symbolic link",
-        tar::EntryType::Link => "a hard link",
-        tar::EntryType::Directory => "a directory",
-        tar::EntryType::Fifo => "a named pipe",
-        tar::EntryType::Char | tar::EntryType::Block => "a device",
-        _ => "something other than a regular file",
-    }
+    ferry_launcher::archive::extract(reader, base, patterns, dest, limits).map_err(|e| match e {
+        ExtractError::Refused(m) => Error::Refused(m),
+        ExtractError::Io { what, source } => Error::Io { what, source },
+    })
 }
 
 fn tar_error(what: &str, e: std::io::Error) -> Error {

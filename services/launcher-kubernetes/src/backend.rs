@@ -4,9 +4,10 @@
 //! Secret it owns for the task's env and input files. Per attempt the launcher makes three
 //! writes — create the Job, create its Secret, delete the Job (with `Background` propagation,
 //! which takes the pod and the Secret with it) — plus a delete of the pod when an attempt is
-//! stopped before its end. Reads: a look for the Job before creating it, and the pod's log;
-//! completion comes from the one pod watch of the namespace ([`Cache`]), so no attempt is
-//! polled.
+//! stopped before its end, and one `pods/exec` to take out the files of a task with
+//! `outputFiles` ([`crate::stage`]). Reads: a look for the Job before creating it, and the pod's
+//! log; completion (the task container's end) comes from the one pod watch of the namespace
+//! ([`Cache`]), so no attempt is polled.
 //!
 //! Jobs outlive the launcher ([`ShutdownPolicy::Detach`]): the next start adopts each with its
 //! true outcome. `activeDeadlineSeconds` (timeout + pending deadline + a grace) and
@@ -19,12 +20,14 @@
 //! comes and goes).
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use ferry_event::payload::{KubernetesRunner, PullPolicy, Runner, Stream, TaskDispatched};
+use ferry_launcher::archive::Limits;
 use ferry_launcher::backend::{
     AttemptError, Backend, BackendResult, Collected, Compute, ComputeState, Exit, LogPosition, LogRead,
     ShutdownPolicy, Task,
@@ -44,6 +47,10 @@ use crate::spec::{DEFAULT_WORKING_DIR, InputFile, JobSpec, MAX_OUTPUTS_BYTES, OU
 
 /// The runner type this backend serves; dispatches arrive on `dispatch.kubernetes`.
 pub const BACKEND: &str = "kubernetes";
+
+/// The stage container's image unless `--kube-stage-image` says: a small one with `sh`,
+/// `sleep` and `tar`.
+pub const DEFAULT_STAGE_IMAGE: &str = "busybox:1.37";
 
 /// What the journal keeps of a Job.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,11 +74,24 @@ pub struct Settings {
     pub deadline_grace: Duration,
     /// `ttlSecondsAfterFinished` of every Job (`None`: not set).
     pub ttl_after_finished: Option<Duration>,
+    /// The stage container's image, for tasks with output files: it must have `sh`, `sleep`
+    /// and `tar` ([`crate::stage`]).
+    pub stage_image: String,
+    /// How long the pod of a task with output files and a timeout may outlive the timeout, so
+    /// that a launcher that was down when it ended still finds its files
+    /// (`activeDeadlineSeconds` grows by this much).
+    pub stage_hold: Duration,
+    /// Where output files are stored (`<dir>/<job>/<task>/<attempt>/`); `None`: tasks with
+    /// output files are refused.
+    pub artifact_dir: Option<PathBuf>,
+    /// Caps on the output files of one attempt.
+    pub limits: Limits,
 }
 
 impl Settings {
     /// Defaults: namespace `default`, 5 minutes' pending deadline, 10 s grace, 60 s deadline
-    /// grace, finished Jobs removed by the server after a day.
+    /// grace, finished Jobs removed by the server after a day, stage image
+    /// [`DEFAULT_STAGE_IMAGE`] held for up to a day, no artifact directory.
     pub fn new(launcher: impl Into<String>) -> Settings {
         Settings {
             namespace: "default".into(),
@@ -80,6 +100,10 @@ impl Settings {
             kill_grace: Duration::from_secs(10),
             deadline_grace: Duration::from_secs(60),
             ttl_after_finished: Some(Duration::from_secs(24 * 3600)),
+            stage_image: DEFAULT_STAGE_IMAGE.into(),
+            stage_hold: Duration::from_secs(24 * 3600),
+            artifact_dir: None,
+            limits: Limits::default(),
         }
     }
 }
@@ -215,12 +239,25 @@ impl Kubernetes {
     fn base_spec(&self, d: &TaskDispatched) -> BackendResult<JobSpec> {
         let r = runner(d)?;
         let task = |m: String| AttemptError::Task(m);
-        if !d.output_files.is_empty() {
-            return Err(task(
-                "outputFiles are not supported on the kubernetes backend yet: a pod's files go with it. \
-                 Write small results (at most 4096 bytes) to $FERRY_OUTPUTS, or have the task upload its files"
-                    .into(),
-            ));
+        let staged = !d.output_files.is_empty();
+        if staged {
+            if self.0.settings.artifact_dir.is_none() {
+                return Err(task(
+                    "outputFiles cannot be collected: this kubernetes launcher has no artifact directory"
+                        .into(),
+                ));
+            }
+            for p in &d.output_files {
+                ferry_launcher::collect::check_pattern(p).map_err(task)?;
+            }
+            // Output files are stored under <artifact dir>/<job>/<task>/<attempt>/.
+            for (what, id) in [("job id", &d.job_id), ("task id", &d.task_id)] {
+                ferry_launcher::journal::check_id(id).map_err(|why| {
+                    task(format!(
+                        "{what} {id:?} cannot name the directory output files are stored in: {why}"
+                    ))
+                })?;
+            }
         }
         let namespace = self.namespace_of(r);
         if !crate::names::is_dns_label(&namespace) {
@@ -253,7 +290,8 @@ impl Kubernetes {
         let pending = self.pending_deadline(Some(r));
         let secs = |d: Duration| d.as_secs() + u64::from(d.subsec_nanos() > 0);
         let active_deadline_seconds = d.timeout_ms.map(|t| {
-            let total = Duration::from_millis(t) + pending + s.deadline_grace;
+            let hold = if staged { s.stage_hold } else { Duration::ZERO };
+            let total = Duration::from_millis(t) + pending + s.deadline_grace + hold;
             i64::try_from(secs(total)).unwrap_or(i64::MAX)
         });
         let spec = JobSpec {
@@ -277,6 +315,7 @@ impl Kubernetes {
             env: Vec::new(),
             inputs: Vec::new(),
             working_dir: trimmed.to_string(),
+            stage_image: staged.then(|| s.stage_image.clone()),
             service_account: r.service_account.clone(),
             node_selector: r.node_selector.clone(),
             tolerations: r.tolerations.clone(),
@@ -298,7 +337,7 @@ impl Kubernetes {
 
     /// The attempt's state from its pod as the cache saw it.
     fn state_of(&self, job: &str, pod: &PodView, pending_deadline: Duration) -> BackendResult<ComputeState> {
-        if pod.terminal() {
+        if pod.ended() {
             self.live(job).ended.store(true, Ordering::SeqCst);
             return Ok(ComputeState::Exited(exit_of(pod)));
         }
@@ -318,18 +357,21 @@ impl Kubernetes {
             pod.name,
             pending_deadline.as_secs()
         );
+        if let Container::Waiting { reason, message } = &pod.stage
+            && is_pull_failure(reason)
+        {
+            return Err(AttemptError::Platform(format!(
+                "{stuck}: the stage container's image {} cannot be had: {reason}: {message} (--kube-stage-image)",
+                self.0.settings.stage_image
+            )));
+        }
         if let Some((reason, message)) = &pod.unscheduled {
             return Err(AttemptError::Platform(format!(
                 "{stuck}: {reason}: {message} (runner.nodeSelector, runner.tolerations and resources decide where it fits)"
             )));
         }
         match &pod.container {
-            Container::Waiting { reason, message }
-                if matches!(
-                    reason.as_str(),
-                    "ErrImagePull" | "ImagePullBackOff" | "ErrImageNeverPull" | "InvalidImageName"
-                ) =>
-            {
+            Container::Waiting { reason, message } if is_pull_failure(reason) => {
                 Ok(ComputeState::Exited(Exit {
                     code: None,
                     error: Some(format!(
@@ -448,6 +490,14 @@ fn exit_of(pod: &PodView) -> Exit {
             }
         }
     }
+}
+
+/// A waiting container's reason that says its image cannot be had.
+fn is_pull_failure(reason: &str) -> bool {
+    matches!(
+        reason,
+        "ErrImagePull" | "ImagePullBackOff" | "ErrImageNeverPull" | "InvalidImageName"
+    )
 }
 
 /// The task's kubernetes runner parameters, or a refusal naming the runner.
@@ -684,7 +734,7 @@ impl Backend for Kubernetes {
                 return Ok(());
             }
         };
-        if !pod.terminal() {
+        if !pod.ended() {
             // Deleting the pod stops it within the grace; its log stream, followed until the
             // container ends, keeps what it wrote.
             let pods: Api<Pod> = Api::namespaced(client.clone(), &h.namespace);
@@ -707,7 +757,7 @@ impl Backend for Kubernetes {
             loop {
                 let mut changes = cache.subscribe();
                 match cache.pod(&h.namespace, &h.job) {
-                    Lookup::Pod(p) if !p.terminal() && tokio::time::Instant::now() < until => {}
+                    Lookup::Pod(p) if !p.ended() && tokio::time::Instant::now() < until => {}
                     _ => break,
                 }
                 let _ = tokio::time::timeout(Duration::from_secs(1), changes.changed()).await;
@@ -717,8 +767,8 @@ impl Backend for Kubernetes {
         Ok(())
     }
 
-    async fn collect(&self, compute: &Compute, _task: Task<'_>) -> BackendResult<Collected> {
-        let (_, cache) = self.api()?;
+    async fn collect(&self, compute: &Compute, task: Task<'_>) -> BackendResult<Collected> {
+        let (client, cache) = self.api()?;
         let h = self.handle(compute)?;
         let pod = match cache.pod(&h.namespace, &h.job) {
             Lookup::Pod(p) => Some(p),
@@ -738,12 +788,47 @@ impl Backend for Kubernetes {
         if message.len() >= MAX_OUTPUTS_BYTES {
             return Err(AttemptError::Task(format!(
                 "FERRY_OUTPUTS: the task wrote {MAX_OUTPUTS_BYTES} bytes or more; on kubernetes outputs come back \
-                 as the pod's termination message, of which the kubelet keeps {MAX_OUTPUTS_BYTES} bytes"
+                 as the pod's termination message, of which the kubelet keeps {MAX_OUTPUTS_BYTES} bytes \
+                 (larger results fit in outputFiles)"
             )));
         }
+        let d = task.dispatch;
+        let files = match (&self.0.settings.artifact_dir, d.output_files.is_empty()) {
+            (_, true) => Vec::new(),
+            (None, false) => {
+                return Err(AttemptError::Task(
+                    "outputFiles cannot be collected: this kubernetes launcher has no artifact directory"
+                        .into(),
+                ));
+            }
+            (Some(dir), false) => {
+                let dest = dir.join(&d.job_id).join(&d.task_id).join(&d.attempt_id);
+                tokio::fs::create_dir_all(&dest).await.map_err(|e| {
+                    AttemptError::Platform(format!(
+                        "cannot create the artifact directory {}: {e}",
+                        dest.display()
+                    ))
+                })?;
+                let pods: Api<Pod> = Api::namespaced(client.clone(), &h.namespace);
+                crate::stage::collect(
+                    &pods,
+                    cache,
+                    crate::stage::Collect {
+                        namespace: &h.namespace,
+                        job: &h.job,
+                        image: &self.0.settings.stage_image,
+                        patterns: &d.output_files,
+                        dest: &dest,
+                        limits: self.0.settings.limits,
+                        start_within: self.0.settings.pending_deadline,
+                    },
+                )
+                .await?
+            }
+        };
         Ok(Collected {
             outputs: (!message.is_empty()).then(|| message.into_bytes()),
-            files: Vec::new(),
+            files,
         })
     }
 
@@ -770,30 +855,48 @@ impl Backend for Kubernetes {
         Ok(())
     }
 
+    /// The Jobs labelled with this launcher in its namespace and in every namespace an attempt
+    /// it knows of uses: by the time the runtime asks, each journaled attempt has been looked
+    /// up (which starts its namespace's watch), and a Job is journaled (reserved) before it is
+    /// created, so no namespace a Job of this launcher may be in is missed. A namespace that
+    /// cannot be listed (RBAC granted in the launcher's namespace only) is skipped, saying so.
     async fn list_owned(&self) -> BackendResult<Vec<Compute>> {
-        let Ok((client, _)) = &self.0.client else {
+        let Ok((client, cache)) = &self.0.client else {
             return Ok(Vec::new());
         };
-        let namespace = &self.0.settings.namespace;
-        let jobs: Api<Job> = Api::namespaced(client.clone(), namespace);
+        let home = &self.0.settings.namespace;
+        let mut namespaces = cache.namespaces_watched();
+        if !namespaces.contains(home) {
+            namespaces.insert(0, home.clone());
+        }
         let selector = format!("{LABEL_LAUNCHER}={}", label_value(&self.0.settings.launcher));
-        let list = jobs
-            .list(&ListParams::default().labels(&selector))
-            .await
-            .map_err(|e| attempt_error(&format!("listing the Jobs of namespace {namespace}"), e))?;
-        list.items
-            .into_iter()
-            .filter_map(|j| j.metadata.name)
-            .map(|name| {
-                Compute::with_handle(
+        let mut owned = Vec::new();
+        for namespace in namespaces {
+            let jobs: Api<Job> = Api::namespaced(client.clone(), &namespace);
+            let list = match jobs.list(&ListParams::default().labels(&selector)).await {
+                Ok(list) => list,
+                Err(e) if &namespace != home => {
+                    tracing::warn!(%namespace, error = %e, "cannot list this launcher's Jobs in a namespace its attempts used");
+                    continue;
+                }
+                Err(e) => {
+                    return Err(attempt_error(
+                        &format!("listing the Jobs of namespace {namespace}"),
+                        e,
+                    ));
+                }
+            };
+            for name in list.items.into_iter().filter_map(|j| j.metadata.name) {
+                owned.push(Compute::with_handle(
                     name.clone(),
                     &Handle {
                         namespace: namespace.clone(),
                         job: name,
                     },
-                )
-            })
-            .collect()
+                )?);
+            }
+        }
+        Ok(owned)
     }
 }
 
@@ -808,6 +911,7 @@ mod tests {
             created: 0,
             deleting: false,
             container,
+            stage: Container::Unknown,
             unscheduled: None,
             reason: None,
             pending_deadline: None,

@@ -19,7 +19,7 @@ use kube::{Api, Client};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::spec::CONTAINER;
+use crate::spec::{CONTAINER, STAGE_CONTAINER};
 
 /// What the launcher needs of a pod.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +33,8 @@ pub struct PodView {
     pub deleting: bool,
     /// The task container's state.
     pub container: Container,
+    /// The stage container's state, for a pod that has one ([`crate::spec::STAGE_CONTAINER`]).
+    pub stage: Container,
     /// `PodScheduled=False`: its reason and message (`Unschedulable`).
     pub unscheduled: Option<(String, String)>,
     /// The pod's own reason and message (`Evicted`, `DeadlineExceeded`).
@@ -61,31 +63,18 @@ pub enum Container {
 impl PodView {
     pub fn from_pod(pod: &Pod) -> PodView {
         let status = pod.status.clone().unwrap_or_default();
-        let container = status
-            .container_statuses
-            .iter()
-            .flatten()
-            .find(|c| c.name == CONTAINER)
-            .and_then(|c| c.state.clone())
-            .map(|s| {
-                if let Some(t) = s.terminated {
-                    Container::Terminated {
-                        code: t.exit_code,
-                        reason: t.reason.unwrap_or_default(),
-                        message: t.message.unwrap_or_default(),
-                    }
-                } else if s.running.is_some() {
-                    Container::Running
-                } else if let Some(w) = s.waiting {
-                    Container::Waiting {
-                        reason: w.reason.unwrap_or_default(),
-                        message: w.message.unwrap_or_default(),
-                    }
-                } else {
-                    Container::Unknown
-                }
-            })
-            .unwrap_or_default();
+        let state_of = |name: &str| {
+            status
+                .container_statuses
+                .iter()
+                .flatten()
+                .find(|c| c.name == name)
+                .and_then(|c| c.state.clone())
+                .map(container_state)
+                .unwrap_or_default()
+        };
+        let container = state_of(CONTAINER);
+        let stage = state_of(STAGE_CONTAINER);
         let unscheduled = status
             .conditions
             .iter()
@@ -108,6 +97,7 @@ impl PodView {
                 .unwrap_or(0),
             deleting: pod.metadata.deletion_timestamp.is_some(),
             container,
+            stage,
             unscheduled,
             reason: status.reason.map(|r| (r, status.message.unwrap_or_default())),
             pending_deadline: pod
@@ -121,6 +111,31 @@ impl PodView {
 
     pub fn terminal(&self) -> bool {
         self.phase == "Succeeded" || self.phase == "Failed"
+    }
+
+    /// The task has ended: the pod is over, or its task container is (a pod whose stage
+    /// container holds its files runs on until it is deleted).
+    pub fn ended(&self) -> bool {
+        self.terminal() || matches!(self.container, Container::Terminated { .. })
+    }
+}
+
+fn container_state(s: k8s_openapi::api::core::v1::ContainerState) -> Container {
+    if let Some(t) = s.terminated {
+        Container::Terminated {
+            code: t.exit_code,
+            reason: t.reason.unwrap_or_default(),
+            message: t.message.unwrap_or_default(),
+        }
+    } else if s.running.is_some() {
+        Container::Running
+    } else if let Some(w) = s.waiting {
+        Container::Waiting {
+            reason: w.reason.unwrap_or_default(),
+            message: w.message.unwrap_or_default(),
+        }
+    } else {
+        Container::Unknown
     }
 }
 
@@ -254,6 +269,13 @@ impl Cache {
             },
             _ => Lookup::NotSynced,
         }
+    }
+
+    /// The namespaces watched: every namespace an attempt of this run, adopted or new, used.
+    pub fn namespaces_watched(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.namespaces().keys().cloned().collect();
+        names.sort();
+        names
     }
 
     /// Forgets a released Job's pod.

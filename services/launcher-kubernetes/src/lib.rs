@@ -7,6 +7,8 @@
 //! - [`spec`]: the Job and the Secret it owns (the task's env and input files), resources,
 //!   scheduling and the server-side backstops; outputs come back as the pod's termination
 //!   message;
+//! - [`stage`]: output files, taken out of the pod's stage container with `tar` over
+//!   `pods/exec` once the task has ended;
 //! - [`cache`]: one pod watch per namespace, which `status` reads, so that no attempt is polled;
 //! - [`logs`]: the pod's log, followed with timestamps from a cursor that survives a broken
 //!   stream or a restart;
@@ -20,6 +22,7 @@ pub mod logs;
 pub mod names;
 mod service;
 pub mod spec;
+pub mod stage;
 
-pub use backend::{BACKEND, Handle, Kubernetes, Settings};
+pub use backend::{BACKEND, DEFAULT_STAGE_IMAGE, Handle, Kubernetes, Settings};
 pub use service::{Config, backend, connect, launcher_id, run};

@@ -185,7 +185,7 @@ pub async fn follow(
                 continue;
             }
         };
-        let was_ended = was_ended || pod.terminal();
+        let was_ended = was_ended || pod.ended();
         if !was_ended && matches!(pod.container, Container::Waiting { .. } | Container::Unknown) {
             // Not started: there is no log to ask for until the watch says it runs.
             wait_for(&mut changes, Duration::from_secs(1)).await;
@@ -274,11 +274,17 @@ pub async fn follow(
         if broken {
             wait_for(&mut changes, Duration::from_millis(200)).await;
         } else {
-            // The watch speaks of every pod of the namespace: wait for news of this one.
+            // The watch speaks of every pod of the namespace: wait for news of this one's task
+            // container (not of its stage container, whose start says nothing of the log).
             let until = tokio::time::Instant::now() + Duration::from_secs(2);
-            while cache.pod(&namespace, &job) == Lookup::Pod(pod.clone())
-                && tokio::time::Instant::now() < until
-            {
+            let unchanged = |l: Lookup| match l {
+                Lookup::Pod(p) => {
+                    (&p.name, &p.phase, p.deleting, &p.container)
+                        == (&pod.name, &pod.phase, pod.deleting, &pod.container)
+                }
+                _ => false,
+            };
+            while unchanged(cache.pod(&namespace, &job)) && tokio::time::Instant::now() < until {
                 wait_for(&mut changes, until - tokio::time::Instant::now()).await;
             }
         }

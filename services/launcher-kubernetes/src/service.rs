@@ -40,6 +40,11 @@ pub struct Config {
     pub pending_deadline: Duration,
     /// How long the server keeps a finished Job the launcher did not delete (`None`: for ever).
     pub ttl_after_finished: Option<Duration>,
+    /// Where output files are stored [default: `artifacts/` in the data directory].
+    pub artifact_dir: Option<PathBuf>,
+    /// The image of the container that holds a pod's working directory for its output files
+    /// ([`crate::DEFAULT_STAGE_IMAGE`] when absent): it must have `sh`, `sleep` and `tar`.
+    pub stage_image: Option<String>,
     pub log_batch_lines: usize,
     pub log_batch_interval: Duration,
     pub secrets: Secrets,
@@ -64,6 +69,8 @@ impl Config {
             kill_grace: Duration::from_secs(10),
             pending_deadline: Duration::from_secs(300),
             ttl_after_finished: Some(Duration::from_secs(24 * 3600)),
+            artifact_dir: None,
+            stage_image: None,
             log_batch_lines: 256,
             log_batch_interval: Duration::from_millis(20),
             secrets: Secrets::from_env(),
@@ -135,6 +142,15 @@ pub async fn backend(config: &Config, data_dir: &Path) -> Result<Kubernetes> {
     settings.kill_grace = config.kill_grace;
     settings.pending_deadline = config.pending_deadline;
     settings.ttl_after_finished = config.ttl_after_finished;
+    settings.artifact_dir = Some(
+        config
+            .artifact_dir
+            .clone()
+            .unwrap_or_else(|| data_dir.join("artifacts")),
+    );
+    if let Some(image) = config.stage_image.clone().filter(|i| !i.trim().is_empty()) {
+        settings.stage_image = image;
+    }
     match connect(config.context.as_deref()).await {
         Ok((client, namespace)) => {
             settings.namespace = config.namespace.clone().unwrap_or(namespace);

@@ -11,14 +11,20 @@
 //!   task wrote there into the pod's status (at most 4096 bytes, [`MAX_OUTPUTS_BYTES`]), which is
 //!   how outputs come back from a pod whose filesystem is gone. The image needs nothing of
 //!   ferry's.
+//! - A task that declares `outputFiles` gets its working directory on an `emptyDir` volume,
+//!   which a second container, [`STAGE_CONTAINER`], mounts read-only and holds: it only sleeps
+//!   until the pod is deleted, so that the files outlive the task (and a launcher that was down
+//!   when it ended) until the launcher has taken them out with `tar`, through `pods/exec`
+//!   ([`crate::stage`]). Its image ([`JobSpec::stage_image`]) needs `sh`, `sleep` and `tar`;
+//!   the task's image still needs nothing.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::batch::v1::{Job, JobSpec as KubeJobSpec};
 use k8s_openapi::api::core::v1::{
-    Container, EnvVar, EnvVarSource, LocalObjectReference, PodSpec, PodTemplateSpec, ResourceRequirements,
-    Secret, SecretKeySelector, SecretVolumeSource, Toleration, Volume, VolumeMount,
+    Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, LocalObjectReference, PodSpec, PodTemplateSpec,
+    ResourceRequirements, Secret, SecretKeySelector, SecretVolumeSource, Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -27,6 +33,30 @@ use crate::names::*;
 
 /// The container's name in every pod.
 pub const CONTAINER: &str = "task";
+
+/// The container holding a pod's working directory after the task ends, for a task with
+/// output files.
+pub const STAGE_CONTAINER: &str = "ferry-stage";
+
+/// Where the stage container mounts the working directory.
+pub const STAGE_DIR: &str = "/ferry-stage";
+
+/// What the stage container runs: nothing, until it is told to stop (a shell as PID 1 ignores
+/// SIGTERM unless it traps it, which would hold every delete for the whole grace).
+pub const STAGE_HOLD: &str = "trap 'exit 0' TERM; sleep 2147483647 & wait";
+
+/// The container `kubectl` picks when none is named.
+const DEFAULT_CONTAINER_ANNOTATION: &str = "kubectl.kubernetes.io/default-container";
+
+/// The stage container's requests (its limit is [`STAGE_MEMORY_LIMIT`]): small, but set, so
+/// that a namespace whose quota wants every container's resources still admits the pod.
+const STAGE_REQUESTS: [(&str, &str); 2] = [("cpu", "10m"), ("memory", "16Mi")];
+
+/// What `tar` may use in the stage container: it streams, holding no file whole.
+const STAGE_MEMORY_LIMIT: &str = "64Mi";
+
+/// The `emptyDir` volume of the working directory, in a pod with a stage container.
+const WORK_VOLUME: &str = "ferry-work";
 
 /// The command's working directory unless the runner says.
 pub const DEFAULT_WORKING_DIR: &str = "/ferry";
@@ -88,6 +118,9 @@ pub struct JobSpec {
     pub env: Vec<(String, String)>,
     pub inputs: Vec<InputFile>,
     pub working_dir: String,
+    /// The stage container's image, for a task with output files: the working directory is
+    /// then an `emptyDir` it holds. `None`: no stage container, no volume.
+    pub stage_image: Option<String>,
     pub service_account: Option<String>,
     pub node_selector: BTreeMap<String, String>,
     pub tolerations: Vec<ferry_event::payload::Toleration>,
@@ -224,6 +257,10 @@ impl JobSpec {
             ANNOTATION_PENDING_DEADLINE.to_string(),
             self.pending_deadline_seconds.to_string(),
         );
+        if self.stage_image.is_some() {
+            // What `kubectl logs` and `kubectl exec` pick in a pod of two containers.
+            a.insert(DEFAULT_CONTAINER_ANNOTATION.to_string(), CONTAINER.to_string());
+        }
         a
     }
 
@@ -277,17 +314,20 @@ impl JobSpec {
             });
         }
         let work = self.working_dir.trim_end_matches('/');
-        let mounts: Vec<VolumeMount> = self
-            .inputs
-            .iter()
-            .enumerate()
-            .map(|(i, f)| VolumeMount {
+        let work_mount = self.stage_image.as_ref().map(|_| VolumeMount {
+            name: WORK_VOLUME.into(),
+            mount_path: work.to_string(),
+            ..Default::default()
+        });
+        let mounts: Vec<VolumeMount> = work_mount
+            .into_iter()
+            .chain(self.inputs.iter().enumerate().map(|(i, f)| VolumeMount {
                 name: SECRET_VOLUME.into(),
                 mount_path: format!("{work}/{}", input_path(&f.path).unwrap_or_default()),
                 sub_path: Some(Self::input_key(i)),
                 read_only: Some(true),
                 ..Default::default()
-            })
+            }))
             .collect();
         let mut limits = BTreeMap::new();
         if let Some(cpu) = self.cpu {
@@ -327,8 +367,16 @@ impl JobSpec {
             termination_message_policy: Some("File".into()),
             ..Default::default()
         };
-        let volumes = (!self.inputs.is_empty()).then(|| {
-            vec![Volume {
+        let mut volumes = Vec::new();
+        if self.stage_image.is_some() {
+            volumes.push(Volume {
+                name: WORK_VOLUME.into(),
+                empty_dir: Some(EmptyDirVolumeSource::default()),
+                ..Default::default()
+            });
+        }
+        if !self.inputs.is_empty() {
+            volumes.push(Volume {
                 name: SECRET_VOLUME.into(),
                 secret: Some(SecretVolumeSource {
                     secret_name: Some(self.name.clone()),
@@ -346,12 +394,38 @@ impl JobSpec {
                     ..Default::default()
                 }),
                 ..Default::default()
-            }]
+            });
+        }
+        let stage = self.stage_image.as_ref().map(|image| Container {
+            name: STAGE_CONTAINER.into(),
+            image: Some(image.clone()),
+            image_pull_policy: Some("IfNotPresent".into()),
+            command: Some(vec!["sh".into(), "-c".into(), STAGE_HOLD.into()]),
+            resources: Some(ResourceRequirements {
+                requests: Some(
+                    STAGE_REQUESTS
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), Quantity(v.to_string())))
+                        .collect(),
+                ),
+                limits: Some(BTreeMap::from([(
+                    "memory".to_string(),
+                    Quantity(STAGE_MEMORY_LIMIT.into()),
+                )])),
+                ..Default::default()
+            }),
+            volume_mounts: Some(vec![VolumeMount {
+                name: WORK_VOLUME.into(),
+                mount_path: STAGE_DIR.into(),
+                read_only: Some(true),
+                ..Default::default()
+            }]),
+            ..Default::default()
         });
         let pod = PodSpec {
             restart_policy: Some("Never".into()),
-            containers: vec![container],
-            volumes,
+            containers: std::iter::once(container).chain(stage).collect(),
+            volumes: (!volumes.is_empty()).then_some(volumes),
             service_account_name: self.service_account.clone(),
             node_selector: {
                 let mut selector = self.node_selector.clone();
@@ -458,6 +532,7 @@ mod tests {
                 contents: b"x".to_vec(),
             }],
             working_dir: DEFAULT_WORKING_DIR.into(),
+            stage_image: None,
             service_account: None,
             node_selector: BTreeMap::new(),
             tolerations: Vec::new(),
@@ -522,5 +597,55 @@ mod tests {
         let mut s = spec();
         s.inputs[0].contents = vec![b'x'; MAX_SECRET_BYTES + 1];
         assert!(s.check().unwrap_err().starts_with("inputFiles"));
+    }
+
+    #[test]
+    fn only_a_task_with_output_files_gets_a_stage_container_and_a_work_volume() {
+        let plain = spec().job();
+        let pod = plain.spec.unwrap().template.spec.unwrap();
+        assert_eq!(pod.containers.len(), 1);
+        assert!(pod.volumes.unwrap().iter().all(|v| v.empty_dir.is_none()));
+
+        let mut s = spec();
+        s.stage_image = Some("busybox:1.37".into());
+        let pod = s.job().spec.unwrap().template.spec.unwrap();
+        let names: Vec<&str> = pod.containers.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, [CONTAINER, STAGE_CONTAINER]);
+        let volumes = pod.volumes.as_ref().unwrap();
+        assert!(
+            volumes
+                .iter()
+                .any(|v| v.name == WORK_VOLUME && v.empty_dir.is_some())
+        );
+        let task = &pod.containers[0];
+        let mounts = task.volume_mounts.as_ref().unwrap();
+        // The working directory first, the input files (subPaths of the Secret) inside it.
+        assert_eq!(
+            (mounts[0].name.as_str(), mounts[0].mount_path.as_str()),
+            (WORK_VOLUME, "/ferry")
+        );
+        assert_eq!(mounts[1].mount_path, "/ferry/data/in.txt");
+        let stage = &pod.containers[1];
+        assert_eq!(stage.image.as_deref(), Some("busybox:1.37"));
+        let stage_mount = &stage.volume_mounts.as_ref().unwrap()[0];
+        assert_eq!(
+            (stage_mount.mount_path.as_str(), stage_mount.read_only),
+            (STAGE_DIR, Some(true))
+        );
+        // No `$` for the kubelet to expand; small resources of its own, set for quotas.
+        assert!(!STAGE_HOLD.contains('$'));
+        let r = stage.resources.as_ref().unwrap();
+        assert_eq!(r.limits.as_ref().unwrap()["memory"].0, STAGE_MEMORY_LIMIT);
+        assert!(r.limits.as_ref().unwrap().get("cpu").is_none());
+        let annotations = s
+            .job()
+            .spec
+            .unwrap()
+            .template
+            .metadata
+            .unwrap()
+            .annotations
+            .unwrap();
+        assert_eq!(annotations[DEFAULT_CONTAINER_ANNOTATION], CONTAINER);
     }
 }

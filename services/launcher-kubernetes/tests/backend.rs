@@ -1,12 +1,14 @@
 //! The kubernetes backend beyond the conformance suite: outputs through the termination message,
-//! pods stuck Pending, OOM kills, and the API requests an attempt costs.
+//! output files through the stage container, pods stuck Pending, OOM kills, and the API
+//! requests an attempt costs.
 
 mod common;
 
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
-use ferry_event::kind;
-use ferry_event::payload::{Outcome, Runner};
+use ferry_event::payload::{Outcome, OutputFile, Runner, TaskDispatched};
 use ferry_event::template::Template;
 use ferry_launcher::conformance::{Harness, Program, Step, Target};
 
@@ -22,6 +24,22 @@ async fn harness(test: &str) -> Option<(Harness, Arc<common::Kube>)> {
     let kube = Arc::new(common::Kube::new().await);
     let h = Harness::new(kube.clone() as Arc<dyn Target>).await;
     Some((h, kube))
+}
+
+/// A task running `script` with `sh -c`, collecting `patterns`.
+fn script(h: &Harness, id: &str, script: &str, patterns: &[&str]) -> TaskDispatched {
+    let mut d = h.task(id, &p([]));
+    d.command = ["sh", "-c", script].map(Template::text).to_vec();
+    d.output_files = patterns.iter().map(|p| p.to_string()).collect();
+    d
+}
+
+/// Where an output file is stored, from its `file://` URI.
+fn stored(f: &OutputFile) -> PathBuf {
+    url::Url::parse(&f.uri)
+        .expect("a URI")
+        .to_file_path()
+        .expect("a file:// URI")
 }
 
 fn kubernetes(runner: &mut Runner) -> &mut ferry_event::payload::KubernetesRunner {
@@ -55,17 +73,6 @@ async fn outputs_come_back_as_the_termination_message_and_too_large_ones_fail() 
         "{f:?}"
     );
 
-    let files = h.id("output-files");
-    let mut d = h.task(&files, &p([Step::Out("ran".into())]));
-    d.output_files = vec!["*.txt".into()];
-    h.dispatch(&d).await;
-    let f = h.finished(&files).await;
-    assert_eq!(f.outcome, Outcome::Failed, "{f:?}");
-    assert!(
-        f.error.as_deref().is_some_and(|e| e.contains("outputFiles")),
-        "{f:?}"
-    );
-    assert_eq!(h.count(kind::TASK_STARTED, &files), 0);
     h.assert_nothing_left("after outputs").await;
     launcher.stop().await;
 }
@@ -199,4 +206,262 @@ async fn api_requests_per_attempt() {
         .copied()
         .unwrap_or(0);
     assert_eq!(pods, 0, "pods were polled: {counts:?}");
+}
+
+/// Files a Secret (1 MiB) or a termination message (4 KiB) could never carry come back whole,
+/// in subdirectories too; a task whose patterns match nothing succeeds with no files; and the
+/// task's image needs nothing for it (the busybox image here has `tar`, but the task container
+/// is never asked to run it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_files_larger_than_a_secret_come_back_and_none_is_no_error() {
+    let Some((mut h, kube)) = harness("output-files").await else {
+        return;
+    };
+    let launcher = h.start().await;
+    let id = h.id("big-files");
+    let d = script(
+        &h,
+        &id,
+        "mkdir -p out/deep && yes ferry | head -c 2097152 > out/big.bin && printf '{\"n\": 1}' > $FERRY_OUTPUTS \
+         && printf small > out/deep/s.txt && printf no > skipped.log",
+        &["out/*.bin", "out/**/*.txt"],
+    );
+    h.dispatch(&d).await;
+    let f = h.finished(&id).await;
+    assert_eq!(f.outcome, Outcome::Succeeded, "{f:?}");
+    assert_eq!(f.outputs["n"], 1, "{f:?}");
+    let files: Vec<(&str, u64)> = f.output_files.iter().map(|o| (o.path.as_str(), o.size)).collect();
+    assert_eq!(files, [("out/big.bin", 2097152), ("out/deep/s.txt", 5)], "{f:?}");
+    let big = std::fs::read(stored(&f.output_files[0])).unwrap();
+    assert_eq!(big.len(), 2097152);
+    assert!(
+        big.chunks(6).all(|c| b"ferry\n".starts_with(c)),
+        "the bytes changed on the way"
+    );
+    assert_eq!(std::fs::read(stored(&f.output_files[1])).unwrap(), b"small");
+
+    let none = h.id("no-files");
+    h.dispatch(&script(&h, &none, "echo nothing to keep", &["*.csv"]))
+        .await;
+    let f = h.finished(&none).await;
+    assert_eq!(f.outcome, Outcome::Succeeded, "{f:?}");
+    assert!(f.output_files.is_empty(), "{f:?}");
+    assert_eq!(h.texts(&none).await, ["nothing to keep"]);
+    h.assert_nothing_left("after output files").await;
+    launcher.stop().await;
+    drop(kube);
+}
+
+/// Names a shell would split or a command line would take for options, a name longer than a
+/// tar header holds, links out of the working directory and a named pipe: the names come back
+/// as they are, the links are not followed, the pipe is not opened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_names_in_the_pod_come_back_as_they_are_and_links_are_not_followed() {
+    let Some((mut h, _kube)) = harness("hostile-names").await else {
+        return;
+    };
+    let launcher = h.start().await;
+    let id = h.id("hostile");
+    let d = script(
+        &h,
+        &id,
+        "printf a > 'a b.txt'; printf b > \"$(printf 'new\\nline.txt')\"; printf c > ./-rf.txt; \
+         printf d > '$(reboot).txt'; ln -s /etc/passwd link.txt; ln -s .. up.txt; mkfifo pipe.txt; \
+         printf e > \"$(printf 'l%.0s' $(seq 200)).txt\"",
+        &["*.txt"],
+    );
+    h.dispatch(&d).await;
+    let f = h.finished(&id).await;
+    assert_eq!(f.outcome, Outcome::Succeeded, "{f:?}");
+    let mut got: Vec<(String, Vec<u8>)> = f
+        .output_files
+        .iter()
+        .map(|o| (o.path.clone(), std::fs::read(stored(o)).unwrap()))
+        .collect();
+    got.sort();
+    let long = format!("{}.txt", "l".repeat(200));
+    let want: Vec<(String, Vec<u8>)> = [
+        ("$(reboot).txt", "d"),
+        ("-rf.txt", "c"),
+        ("a b.txt", "a"),
+        (long.as_str(), "e"),
+        ("new\nline.txt", "b"),
+    ]
+    .iter()
+    .map(|(n, c)| (n.to_string(), c.as_bytes().to_vec()))
+    .collect();
+    assert_eq!(got, want, "{f:?}");
+    h.assert_nothing_left("after hostile names").await;
+    launcher.stop().await;
+}
+
+/// A stage image without `tar`: the attempt is lost (the launcher's setup, not the task, is at
+/// fault), and the error names the image and what it lacks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stage_image_without_tar_loses_the_attempt_naming_the_image() {
+    let Some((mut h, kube)) = harness("no-tar").await else {
+        return;
+    };
+    let image = kube.image_without("tar").await;
+    kube.set_stage_image(&image);
+    let launcher = h.start().await;
+    let id = h.id("no-tar");
+    h.dispatch(&script(&h, &id, "printf x > r.txt", &["*.txt"])).await;
+    let f = h.finished(&id).await;
+    assert_eq!(f.outcome, Outcome::Lost, "{f:?}");
+    let e = f.error.clone().unwrap_or_default();
+    assert!(e.contains(&image) && e.contains("tar"), "{e}");
+    assert!(f.output_files.is_empty(), "{f:?}");
+    h.assert_nothing_left("after a stage image without tar").await;
+    launcher.stop().await;
+}
+
+/// A launcher killed while the task runs, started again after the task has ended: the pod has
+/// held the files meanwhile, and the new launcher collects them; what the task printed while
+/// no launcher ran is read to the end before the Job goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_files_of_a_task_that_ended_while_the_launcher_was_down_come_back() {
+    let Some((mut h, kube)) = harness("adopted-files").await else {
+        return;
+    };
+    let launcher = h.start().await;
+    let id = h.id("adopted-files");
+    let d = script(
+        &h,
+        &id,
+        "echo started; sleep 1; printf kept > r.txt; echo while-down; echo last",
+        &["*.txt"],
+    );
+    h.dispatch(&d).await;
+    h.wait_for_lines(&id, 1).await;
+    launcher.crash();
+    assert!(
+        kube.wait_task_ended(&id, Duration::from_secs(30)).await,
+        "the task container did not end"
+    );
+    let launcher = h.start().await;
+    let f = h.finished(&id).await;
+    assert_eq!(f.outcome, Outcome::Succeeded, "{f:?}");
+    assert_eq!(f.output_files.len(), 1, "{f:?}");
+    assert_eq!(std::fs::read(stored(&f.output_files[0])).unwrap(), b"kept");
+    assert_eq!(h.texts(&id).await, ["started", "while-down", "last"]);
+    h.assert_nothing_left("after an adopted attempt with files").await;
+    launcher.stop().await;
+}
+
+/// What one attempt with output files costs the API: one exec more than an attempt without.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_requests_per_attempt_with_output_files() {
+    let Some((mut h, kube)) = harness("requests-files").await else {
+        return;
+    };
+    let n: usize = std::env::var("FERRY_KUBE_TASKS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    h.max_parallel = 16;
+    kube.server.reset_counts();
+    let launcher = h.start().await;
+    let ids: Vec<String> = (0..n).map(|i| h.id(&format!("reqf-{i}"))).collect();
+    for id in &ids {
+        let mut d = script(&h, id, "echo hello; printf r > r.txt", &["*.txt"]);
+        d.env.insert("GREETING".into(), Template::text("hi"));
+        h.dispatch(&d).await;
+    }
+    for id in &ids {
+        let f = h.finished(id).await;
+        assert_eq!(f.outcome, Outcome::Succeeded, "{f:?}");
+        assert_eq!(f.output_files.len(), 1, "{f:?}");
+    }
+    h.assert_nothing_left("after the attempts").await;
+    let counts = kube.server.counts();
+    launcher.stop().await;
+    println!("API requests for {n} attempts with output files:");
+    for ((verb, resource), count) in &counts {
+        println!(
+            "{verb:<8} {resource:<10} {count:>8} {:>10.2}",
+            *count as f64 / n as f64
+        );
+    }
+    let writes: u64 = counts
+        .iter()
+        .filter(|((v, _), _)| ["create", "delete", "update", "patch"].contains(&v.as_str()))
+        .map(|(_, c)| c)
+        .sum();
+    println!("writes per task: {:.2}", writes as f64 / n as f64);
+    // Job, Secret, the exec of `tar`, the delete.
+    assert_eq!(writes, 4 * n as u64, "{counts:?}");
+    assert_eq!(
+        counts.get(&("create".to_string(), "pods/exec".to_string())),
+        Some(&(n as u64)),
+        "{counts:?}"
+    );
+}
+
+/// Jobs of this launcher in any namespace its attempts used are listed as its own (so that a
+/// restart stops one the journal does not know), and only those: not another launcher's, not
+/// one in a namespace none of its attempts used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owned_jobs_are_listed_in_every_namespace_attempts_used() {
+    use ferry_launcher::Backend;
+    use ferry_launcher::backend::Compute;
+    use ferry_launcher_kubernetes::names::{LABEL_LAUNCHER, label_value};
+    use ferry_launcher_kubernetes::{Handle, Kubernetes, Settings};
+    use k8s_openapi::api::batch::v1::Job;
+    use kube::Api;
+    use kube::api::PostParams;
+
+    if !common::docker_given("owned-namespaces") {
+        return;
+    }
+    let server = common::server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let client = common::client(&server, dir.path()).await;
+    let mut settings = Settings::new("launcher-owned");
+    settings.namespace = common::NAMESPACE.into();
+    let backend = Kubernetes::new(client.clone(), settings);
+    let job = |name: &str, launcher: &str| -> Job {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": name, "labels": {LABEL_LAUNCHER: label_value(launcher)}},
+            "spec": {"backoffLimit": 0, "template": {"spec": {"restartPolicy": "Never",
+                "containers": [{"name": "task", "image": common::image(), "imagePullPolicy": "Never",
+                    "command": ["true"]}]}}}
+        }))
+        .unwrap()
+    };
+    for (ns, name, launcher) in [
+        (common::NAMESPACE, "home", "launcher-owned"),
+        ("batch", "away", "launcher-owned"),
+        ("batch", "theirs", "launcher-other"),
+        ("unused", "elsewhere", "launcher-owned"),
+    ] {
+        Api::<Job>::namespaced(client.clone(), ns)
+            .create(&PostParams::default(), &job(name, launcher))
+            .await
+            .unwrap();
+    }
+    // An attempt in `batch` is looked up, as a restart does for each journaled attempt.
+    let journaled = Compute::with_handle(
+        "ferry-journaled".to_string(),
+        &Handle {
+            namespace: "batch".into(),
+            job: "ferry-journaled".into(),
+        },
+    )
+    .unwrap();
+    assert!(backend.find(&journaled).await.unwrap().is_none());
+    let mut owned: Vec<String> = backend
+        .list_owned()
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| backend.describe(c))
+        .collect();
+    owned.sort();
+    assert_eq!(
+        owned,
+        ["batch/away", format!("{}/home", common::NAMESPACE).as_str()]
+    );
+    server.stop().await;
 }

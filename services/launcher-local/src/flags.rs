@@ -23,6 +23,10 @@ pub struct Flags {
     /// `default`]
     #[arg(long, env = "FERRY_KUBE_NAMESPACE", value_name = "NAME")]
     pub kube_namespace: Option<String>,
+    /// The image of the container that holds a Kubernetes pod's working directory until its
+    /// output files are collected: it must have `sh`, `sleep` and `tar` [default: busybox:1.37]
+    #[arg(long, env = "FERRY_KUBE_STAGE_IMAGE", value_name = "IMAGE")]
+    pub kube_stage_image: Option<String>,
     /// How long a Kubernetes pod may stay Pending (image pull, no node fits) before its attempt
     /// ends; `runner.pendingDeadlineSeconds` overrides it per task.
     #[arg(long, env = "FERRY_PENDING_DEADLINE", value_name = "DURATION", default_value = "5m", value_parser = ferry_connect::service::duration)]

@@ -67,6 +67,8 @@ pub async fn client(server: &TestServer, dir: &Path) -> Client {
 pub struct Kube {
     pub server: TestServer,
     docker: bollard::Docker,
+    /// The stage image of the backends made from now on.
+    stage_image: std::sync::Mutex<String>,
 }
 
 impl Kube {
@@ -78,7 +80,81 @@ impl Kube {
             .negotiate_version()
             .await
             .expect("the Docker engine answers");
-        Kube { server, docker }
+        Kube {
+            server,
+            docker,
+            stage_image: std::sync::Mutex::new(image()),
+        }
+    }
+
+    /// Has the backends made from now on use `image` for their stage containers.
+    pub fn set_stage_image(&self, image: &str) {
+        *self.stage_image.lock().unwrap() = image.to_string();
+    }
+
+    /// The test image without `/bin/{tool}`, made on the engine once.
+    pub async fn image_without(&self, tool: &str) -> String {
+        use bollard::query_parameters::{
+            CommitContainerOptionsBuilder, CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder,
+        };
+        let tag = format!("ferry-test/no-{tool}:1");
+        if self.docker.inspect_image(&tag).await.is_ok() {
+            return tag;
+        }
+        let name = format!("ferry-test-no-{tool}-{}", self.server.id());
+        let body = bollard::models::ContainerCreateBody {
+            image: Some(image()),
+            cmd: Some(vec!["rm".into(), format!("/bin/{tool}")]),
+            ..Default::default()
+        };
+        self.docker
+            .create_container(
+                Some(CreateContainerOptionsBuilder::default().name(&name).build()),
+                body,
+            )
+            .await
+            .expect("create a container");
+        self.docker.start_container(&name, None).await.expect("start it");
+        let mut wait = self.docker.wait_container(&name, None);
+        while futures::StreamExt::next(&mut wait).await.is_some() {}
+        let (repo, version) = tag.split_once(':').unwrap_or((&tag, "latest"));
+        self.docker
+            .commit_container(
+                CommitContainerOptionsBuilder::default()
+                    .container(&name)
+                    .repo(repo)
+                    .tag(version)
+                    .build(),
+                bollard::models::ContainerConfig::default(),
+            )
+            .await
+            .expect("commit it");
+        let _ = self
+            .docker
+            .remove_container(
+                &name,
+                Some(RemoveContainerOptionsBuilder::default().force(true).build()),
+            )
+            .await;
+        tag
+    }
+
+    /// Waits until the task container of the attempt's pod has ended.
+    pub async fn wait_task_ended(&self, attempt_id: &str, limit: Duration) -> bool {
+        let until = tokio::time::Instant::now() + limit;
+        while tokio::time::Instant::now() < until {
+            let ended = self.pod_of(attempt_id).is_some_and(|pod| {
+                pod.status
+                    .iter()
+                    .flat_map(|s| s.container_statuses.iter().flatten())
+                    .any(|c| c.name == "task" && c.state.as_ref().is_some_and(|s| s.terminated.is_some()))
+            });
+            if ended {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
     }
 
     /// The pod of the Job made for `attempt_id`, if there is one.
@@ -102,6 +178,8 @@ impl Target for Kube {
         settings.namespace = NAMESPACE.into();
         settings.kill_grace = Duration::from_millis(500);
         settings.pending_deadline = Duration::from_secs(30);
+        settings.artifact_dir = Some(data_dir.join("artifacts"));
+        settings.stage_image = self.stage_image.lock().unwrap().clone();
         Arc::new(Kubernetes::new(client, settings))
     }
 
@@ -191,16 +269,6 @@ impl Target for Kube {
                 return Err(format!("no pod of attempt {attempt_id} runs"));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn cannot(&self, case: &str) -> Option<&'static str> {
-        match case {
-            "outputs_and_output_files_come_back" => Some(
-                "outputFiles are not supported on kubernetes yet (a pod's files go with it); \
-                 $FERRY_OUTPUTS comes back as the termination message, tested in backend.rs",
-            ),
-            _ => None,
         }
     }
 }

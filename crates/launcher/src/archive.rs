@@ -1,0 +1,222 @@
+//! Taking output files out of a tar stream of a compute's working directory, whatever brought
+//! it (the Docker engine's archive API, `tar` run in a pod): only regular files that match a
+//! pattern are kept; symbolic and hard links are reported and never followed (a link to
+//! `/etc/shadow` yields the link, not the file); an entry whose name would leave the
+//! destination refuses the whole archive, with everything collected so far removed; counts and
+//! sizes are capped ([`Limits`]).
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// Why an archive was not taken: the task's doing ([`ExtractError::Refused`]: a hostile name,
+/// too many or too large files), or the launcher's (its disk, a broken stream).
+#[derive(Debug, thiserror::Error)]
+pub enum ExtractError {
+    #[error("{0}")]
+    Refused(String),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+type Result<T, E = ExtractError> = std::result::Result<T, E>;
+
+/// Caps on what [`extract`] takes out of an archive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_files: usize,
+    pub max_file_bytes: u64,
+    pub max_total_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_files: 1000,
+            max_file_bytes: 256 * 1024 * 1024,
+            max_total_bytes: 1024 * 1024 * 1024,
+        }
+    }
+}
+
+/// A file taken out of the archive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtractedFile {
+    /// Relative to the working directory.
+    pub path: String,
+    /// Where it is now, under the destination directory.
+    pub stored: PathBuf,
+    pub size: u64,
+}
+
+/// A match that was not taken, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    pub path: String,
+    pub why: String,
+}
+
+/// What [`extract`] took, and the matches it did not.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Extracted {
+    pub files: Vec<ExtractedFile>,
+    pub skipped: Vec<Skipped>,
+}
+
+/// Reads an archive of `base/` (every entry under `base/`), copying the regular files whose path
+/// relative to it matches one of `patterns` to `dest/<relative path>`; on an error, removes
+/// every file and directory it made.
+pub fn extract(
+    reader: impl Read,
+    base: &str,
+    patterns: &[glob::Pattern],
+    dest: &Path,
+    limits: Limits,
+) -> Result<Extracted> {
+    let mut made = Vec::new();
+    let result = extract_into(reader, base, patterns, dest, limits, &mut made);
+    if result.is_err() {
+        for path in made.iter().rev() {
+            let _ = std::fs::remove_file(path).or_else(|_| std::fs::remove_dir(path));
+        }
+    }
+    result
+}
+
+fn extract_into(
+    reader: impl Read,
+    base: &str,
+    patterns: &[glob::Pattern],
+    dest: &Path,
+    limits: Limits,
+    made: &mut Vec<PathBuf>,
+) -> Result<Extracted> {
+    let options = glob::MatchOptions {
+        case_sensitive: true,
+        require_literal_separator: true,
+        require_literal_leading_dot: true,
+    };
+    let mut out = Extracted::default();
+    let mut total = 0u64;
+    let mut archive = tar::Archive::new(reader);
+    let entries = archive.entries().map_err(|e| tar_error(base, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| tar_error(base, e))?;
+        let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        let rel = entry_path(&raw, base).map_err(|why| {
+            ExtractError::Refused(format!(
+                "outputFiles: the archive of the working directory holds the entry {raw:?}, which is refused: {why}; nothing was collected"
+            ))
+        })?;
+        let Some(rel) = rel else { continue };
+        if !patterns.iter().any(|p| p.matches_with(&rel, options)) {
+            continue;
+        }
+        let kind = entry.header().entry_type();
+        if !kind.is_file() {
+            if !kind.is_dir() {
+                out.skipped.push(Skipped {
+                    path: rel,
+                    why: format!("{}; only regular files are collected", kind_name(kind)),
+                });
+            }
+            continue;
+        }
+        let size = entry.size();
+        if out.files.len() >= limits.max_files {
+            return Err(ExtractError::Refused(format!(
+                "outputFiles: more than {} files match; collect fewer (an archive of them, say)",
+                limits.max_files
+            )));
+        }
+        if size > limits.max_file_bytes {
+            return Err(ExtractError::Refused(format!(
+                "outputFiles: {rel:?} has {size} bytes, more than the {} accepted for one file",
+                limits.max_file_bytes
+            )));
+        }
+        total += size;
+        if total > limits.max_total_bytes {
+            return Err(ExtractError::Refused(format!(
+                "outputFiles: the matching files add up to more than the {} bytes accepted",
+                limits.max_total_bytes
+            )));
+        }
+        let stored = dest.join(&rel);
+        let io = |what: String| move |source| ExtractError::Io { what, source };
+        let mut dir = dest.to_path_buf();
+        for part in Path::new(&rel).parent().into_iter().flat_map(Path::components) {
+            dir.push(part);
+            // Not followed if it is a link: creating the directory then fails.
+            if !std::fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
+                std::fs::create_dir(&dir).map_err(io(format!("cannot make {}", dir.display())))?;
+                made.push(dir.clone());
+            }
+        }
+        // create_new never follows a link at the last component, and every directory on the
+        // way was made here: nothing is written outside `dest`.
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&stored)
+            .map_err(io(format!(
+                "cannot store output file {rel:?} at {}",
+                stored.display()
+            )))?;
+        made.push(stored.clone());
+        let copied = std::io::copy(&mut entry.take(size), &mut file).map_err(io(format!(
+            "cannot store output file {rel:?} at {}",
+            stored.display()
+        )))?;
+        out.files.push(ExtractedFile {
+            path: rel,
+            stored,
+            size: copied,
+        });
+    }
+    // In the order of their paths, whatever order the archive had them in.
+    out.files.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(out)
+}
+
+/// The path of an archive entry relative to `base/`; `None` for `base` itself. Refuses what
+/// could leave the destination: absolute names, `..`, backslashes, NUL, entries outside `base/`.
+fn entry_path(raw: &str, base: &str) -> std::result::Result<Option<String>, &'static str> {
+    let name = raw.trim_end_matches('/');
+    if name.starts_with('/') {
+        return Err("absolute names are not accepted");
+    }
+    if name.contains('\\') || name.contains('\0') {
+        return Err("names with `\\` or NUL are not accepted");
+    }
+    let mut parts = name.split('/').filter(|c| !c.is_empty() && *c != ".");
+    if parts.clone().any(|c| c == "..") {
+        return Err("names with `..` are not accepted");
+    }
+    if parts.next() != Some(base) {
+        return Err("every entry must be under the directory asked for");
+    }
+    let rest: Vec<&str> = parts.collect();
+    Ok((!rest.is_empty()).then(|| rest.join("/")))
+}
+
+pub fn kind_name(kind: tar::EntryType) -> &'static str {
+    match kind {
+        tar::EntryType::Symlink => "a symbolic link",
+        tar::EntryType::Link => "a hard link",
+        tar::EntryType::Directory => "a directory",
+        tar::EntryType::Fifo => "a named pipe",
+        tar::EntryType::Char | tar::EntryType::Block => "a device",
+        _ => "something other than a regular file",
+    }
+}
+
+fn tar_error(what: &str, e: std::io::Error) -> ExtractError {
+    ExtractError::Io {
+        what: format!("reading the archive of {what}"),
+        source: e,
+    }
+}
