@@ -364,6 +364,9 @@ fn kubernetes_example_runs_as_jobs_under_ferry_up() {
     ])
     .arg(&data)
     .env("KUBECONFIG", &kubeconfig)
+    // The output file comes back through a stage container: of the test image here, where
+    // nothing can be pulled.
+    .env("FERRY_KUBE_STAGE_IMAGE", test_image())
     .env("FERRY_LOG", "info")
     .stdout(log.try_clone().unwrap())
     .stderr(log);

@@ -278,6 +278,27 @@ impl Cache {
         names
     }
 
+    /// What the API itself holds of the Job's pod, asked when the cache has none: a watch may
+    /// not have shown yet a pod that a read of its Job already says ran and ended (a launcher
+    /// just restarted, a busy server). A pod found is put in the cache.
+    pub async fn ask(&self, namespace: &str, job: &str) -> Result<Lookup, kube::Error> {
+        let pods: Api<Pod> = Api::namespaced(self.0.client.clone(), namespace);
+        let params = kube::api::ListParams::default().labels(&format!("job-name={job}"));
+        let listed = pods.list(&params).await?;
+        let newest = listed
+            .items
+            .iter()
+            .filter(|p| job_of(p).as_deref() == Some(job))
+            .max_by_key(|p| PodView::from_pod(p).created);
+        Ok(match newest {
+            Some(pod) => {
+                self.update(namespace, |ns| insert(&mut ns.pods, job.to_string(), pod));
+                Lookup::Pod(Box::new(PodView::from_pod(pod)))
+            }
+            None => Lookup::Absent,
+        })
+    }
+
     /// Forgets a released Job's pod.
     pub fn forget(&self, namespace: &str, job: &str) {
         if let Some(ns) = self.namespaces().get_mut(namespace) {

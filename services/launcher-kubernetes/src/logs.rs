@@ -175,11 +175,20 @@ pub async fn follow(
         let was_ended = ended.load(Ordering::SeqCst);
         let pod = match cache.pod(&namespace, &job) {
             Lookup::Pod(p) => p,
-            Lookup::Absent if was_ended => {
-                let mut b = lock();
-                b.complete = true;
-                return;
-            }
+            // Ended, and no pod in the cache: gone, or not shown by the watch yet.
+            Lookup::Absent if was_ended => match cache.ask(&namespace, &job).await {
+                Ok(Lookup::Pod(p)) => p,
+                Ok(_) => {
+                    let mut b = lock();
+                    b.complete = true;
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!(%job, error = %e, "cannot look for the Job's pod");
+                    wait_for(&mut changes, Duration::from_millis(500)).await;
+                    continue;
+                }
+            },
             _ => {
                 wait_for(&mut changes, Duration::from_millis(500)).await;
                 continue;

@@ -57,7 +57,7 @@ async fn stage_running(cache: &Cache, c: &Collect<'_>) -> BackendResult<String> 
                 Container::Terminated { code, reason, .. } => {
                     return Err(AttemptError::Platform(format!(
                         "outputFiles: the stage container of pod {}/{} (image {image}) ended ({reason}, status {code}) \
-                         before the files were collected, and they went with it: the stage image (--stage-image) \
+                         before the files were collected, and they went with it: the stage image (--kube-stage-image) \
                          must run `sh -c` and `sleep`",
                         c.namespace, pod.name
                     )));
@@ -65,7 +65,7 @@ async fn stage_running(cache: &Cache, c: &Collect<'_>) -> BackendResult<String> 
                 Container::Waiting { reason, message } if tokio::time::Instant::now() >= until => {
                     return Err(AttemptError::Platform(format!(
                         "outputFiles: the stage container of pod {}/{} (image {image}) did not start: {reason}: {message} \
-                         (--stage-image)",
+                         (--kube-stage-image)",
                         c.namespace, pod.name
                     )));
                 }
@@ -79,12 +79,17 @@ async fn stage_running(cache: &Cache, c: &Collect<'_>) -> BackendResult<String> 
                 }
                 _ => {}
             },
-            Lookup::Absent => {
-                return Err(AttemptError::Platform(format!(
-                    "outputFiles: the pod of Job {}/{} is gone, and its files with it",
-                    c.namespace, c.job
-                )));
-            }
+            // Gone, or not shown by the watch yet: the API says which.
+            Lookup::Absent => match cache.ask(c.namespace, c.job).await {
+                Ok(Lookup::Pod(_)) => continue,
+                Ok(_) => {
+                    return Err(AttemptError::Platform(format!(
+                        "outputFiles: the pod of Job {}/{} is gone, and its files with it",
+                        c.namespace, c.job
+                    )));
+                }
+                Err(e) => tracing::debug!(job = %c.job, error = %e, "cannot look for the Job's pod"),
+            },
             Lookup::NotSynced => {}
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), changes.changed()).await;
@@ -183,7 +188,7 @@ pub async fn collect(pods: &Api<Pod>, cache: &Cache, c: Collect<'_>) -> BackendR
                 .flatten();
             let said = exit.and_then(|s| s.message).unwrap_or_default();
             return Err(AttemptError::Platform(format!(
-                "{what}: {w}: {source} {said} (the stage image {} must have `tar`; --stage-image)",
+                "{what}: {w}: {source} {said} (the stage image {} must have `tar`; --kube-stage-image)",
                 c.image
             )));
         }
@@ -206,7 +211,7 @@ pub async fn collect(pods: &Api<Pod>, cache: &Cache, c: Collect<'_>) -> BackendR
             let stderr = String::from_utf8_lossy(&stderr);
             return Err(AttemptError::Platform(format!(
                 "outputFiles: `tar` in the stage container of pod {}/{pod} (image {}) failed: {said}{}{} \
-                 — the stage image (--stage-image) must have `sh`, `sleep` and `tar`",
+                 — the stage image (--kube-stage-image) must have `sh`, `sleep` and `tar`",
                 c.namespace,
                 c.image,
                 if stderr.trim().is_empty() { "" } else { ": " },
