@@ -199,6 +199,37 @@ impl Kubernetes {
         }
     }
 
+    /// The buffer the Job's log is followed into: the running follower's, if it can serve a
+    /// read from `from_bytes`; else a new follower's, resuming at `mark` (journaled with those
+    /// bytes), or at the log's start.
+    fn follower(&self, h: &Handle, from_bytes: u64, mark: Option<Mark>) -> BackendResult<Arc<Mutex<Buffer>>> {
+        let (client, cache) = self.api()?;
+        let live = self.live(&h.job);
+        let mut logs = live.logs.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((buffer, _)) = logs.as_ref()
+            && buffer
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .serves(from_bytes)
+        {
+            return Ok(buffer.clone());
+        }
+        if let Some((_, task)) = logs.take() {
+            task.abort();
+        }
+        let buffer = Arc::new(Mutex::new(Buffer::resume(from_bytes, mark)));
+        let task = tokio::spawn(crate::logs::follow(
+            Api::<Pod>::namespaced(client.clone(), &h.namespace),
+            cache.clone(),
+            h.namespace.clone(),
+            h.job.clone(),
+            buffer.clone(),
+            live.ended.clone(),
+        ));
+        *logs = Some((buffer.clone(), task));
+        Ok(buffer)
+    }
+
     fn live(&self, name: &str) -> Arc<Live> {
         let mut live = self.0.live.lock().unwrap_or_else(|e| e.into_inner());
         live.entry(name.to_string()).or_default().clone()
@@ -677,35 +708,9 @@ impl Backend for Kubernetes {
         from: &LogPosition,
         max_bytes: usize,
     ) -> BackendResult<LogRead> {
-        let (client, cache) = self.api()?;
         let h = self.handle(compute)?;
-        let live = self.live(&h.job);
-        let buffer = {
-            let mut logs = live.logs.lock().unwrap_or_else(|e| e.into_inner());
-            let serves = logs
-                .as_ref()
-                .is_some_and(|(b, _)| b.lock().unwrap_or_else(|e| e.into_inner()).serves(from.stdout));
-            if !serves {
-                if let Some((_, task)) = logs.take() {
-                    task.abort();
-                }
-                let mark = serde_json::from_value::<Mark>(from.cursor.clone()).ok();
-                let buffer = Arc::new(Mutex::new(Buffer::resume(from.stdout, mark)));
-                let task = tokio::spawn(crate::logs::follow(
-                    Api::<Pod>::namespaced(client.clone(), &h.namespace),
-                    cache.clone(),
-                    h.namespace.clone(),
-                    h.job.clone(),
-                    buffer.clone(),
-                    live.ended.clone(),
-                ));
-                *logs = Some((buffer, task));
-            }
-            logs.as_ref().map(|(b, _)| b.clone())
-        };
-        let Some(buffer) = buffer else {
-            return Ok(LogRead::default());
-        };
+        let mark = serde_json::from_value::<Mark>(from.cursor.clone()).ok();
+        let buffer = self.follower(&h, from.stdout, mark)?;
         let mut b = buffer.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(why) = &b.lost {
             return Err(AttemptError::Platform(why.clone()));
@@ -726,6 +731,21 @@ impl Backend for Kubernetes {
     async fn stop(&self, compute: &Compute, grace: Duration) -> BackendResult<()> {
         let (client, cache) = self.api()?;
         let h = self.handle(compute)?;
+        // The log goes with the pod: it is followed from before the delete (from its start, if
+        // nothing follows it yet, as after a restart), so what the container writes until it
+        // stops is kept.
+        if let Lookup::Pod(p) = cache.pod(&h.namespace, &h.job)
+            && !p.ended()
+            && !matches!(p.container, Container::Waiting { .. } | Container::Unknown)
+        {
+            let buffer = self.follower(&h, 0, None)?;
+            let until = tokio::time::Instant::now() + Duration::from_secs(5);
+            while !buffer.lock().unwrap_or_else(|e| e.into_inner()).attached
+                && tokio::time::Instant::now() < until
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
         let pod = match cache.pod(&h.namespace, &h.job) {
             Lookup::Pod(p) => p,
             // No pod seen: nothing runs (a Job not yet scheduled goes with its release).

@@ -97,6 +97,9 @@ pub struct Buffer {
     pub complete: bool,
     /// The pod (and its log) went away before the log was read to its end.
     pub lost: Option<String>,
+    /// A log stream of the container was opened: what it writes from now on is read even if
+    /// the pod is deleted.
+    pub attached: bool,
 }
 
 impl Buffer {
@@ -111,6 +114,7 @@ impl Buffer {
             next: mark,
             complete: false,
             lost: None,
+            attached: false,
         }
     }
 
@@ -215,7 +219,10 @@ pub async fn follow(
             ..Default::default()
         };
         let reader = match pods.log_stream(&pod.name, &params).await {
-            Ok(r) => r,
+            Ok(r) => {
+                lock().attached = true;
+                r
+            }
             Err(e) => {
                 // 400: not started yet; 404: the pod is gone.
                 if crate::error::status(&e) == Some(404) && was_ended {
