@@ -620,3 +620,100 @@ mod target {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use ferry_event::kind;
+    use ferry_event::template::{Part, Template};
+
+    use super::*;
+    use crate::conformance::Harness;
+
+    /// Through the runtime, scripted compute is reported as its plan says (with the outputs
+    /// of a success, the error of a failure), a `timed_out` one once its timeout passes, a
+    /// held one once cancelled; the ledger counts what was created and what runs.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn scripted_compute_is_reported_as_planned_and_counted() {
+        let script: Script = Arc::new(|d: &TaskDispatched| Plan {
+            outcome: match d.task_id.as_str() {
+                "ok" => Outcome::Succeeded,
+                "bad" => Outcome::Failed,
+                "gone" => Outcome::Lost,
+                "slow" => Outcome::TimedOut,
+                _ => Outcome::Cancelled,
+            },
+            run_for: Duration::from_millis(20),
+            outputs: serde_json::from_value(serde_json::json!({"rows": 42})).unwrap(),
+        });
+        let platform = Arc::new(Platform::default().named("local").scripted(script));
+        let target = Arc::new(DoubleTarget(platform.clone(), ShutdownPolicy::Kill));
+        let mut h = Harness::new(target).await;
+        let launcher = h.start().await;
+        let hole = Template(vec![Part::Output {
+            task: "ok".into(),
+            key: "rows".into(),
+        }]);
+        let mut held = None;
+        for task in ["ok", "bad", "gone", "slow", "held", "hole"] {
+            let mut d = h.task(&h.id(task), &Program::default());
+            d.task_id = task.into();
+            d.command = match task {
+                "hole" => vec![hole.clone()],
+                _ => vec![Template::text("true")],
+            };
+            if task == "slow" {
+                d.timeout_ms = Some(100);
+            }
+            h.dispatch(&d).await;
+            if task == "held" {
+                held = Some(d);
+            }
+        }
+        let held = held.unwrap();
+        let job = held.job_id.clone();
+        h.expect(kind::TASK_STARTED, &held.attempt_id).await;
+        h.cancel(&held, "enough").await;
+
+        let ok = h.finished(&h.id("ok")).await;
+        assert_eq!(
+            (ok.outcome, ok.exit_code),
+            (Outcome::Succeeded, Some(0)),
+            "{ok:?}"
+        );
+        assert_eq!(ok.outputs["rows"], 42);
+        let bad = h.finished(&h.id("bad")).await;
+        assert_eq!(
+            (bad.outcome, bad.exit_code, bad.error.as_deref()),
+            (Outcome::Failed, Some(1), Some("scripted failed"))
+        );
+        let gone = h.finished(&h.id("gone")).await;
+        assert_eq!(gone.outcome, Outcome::Lost, "{gone:?}");
+        assert!(
+            gone.error.as_deref().unwrap().contains("scripted lost"),
+            "{gone:?}"
+        );
+        let slow = h.finished(&h.id("slow")).await;
+        assert_eq!(slow.outcome, Outcome::TimedOut, "{slow:?}");
+        let held = h.finished(&held.attempt_id).await;
+        assert_eq!(
+            (held.outcome, held.error.as_deref()),
+            (Outcome::Cancelled, Some("cancelled: enough"))
+        );
+        let hole = h.finished(&h.id("hole")).await;
+        assert_eq!(hole.outcome, Outcome::Failed, "{hole:?}");
+        launcher.stop().await;
+
+        let ledger = platform.ledger.lock().unwrap();
+        for task in ["ok", "bad", "gone", "slow", "held"] {
+            assert_eq!(ledger.attempts_of(&job, task), 1, "{task}: {ledger:?}");
+        }
+        assert_eq!(ledger.attempts_of(&job, "hole"), 0, "{ledger:?}");
+        assert_eq!(ledger.unfilled, ["hole"]);
+        assert!(ledger.overlaps.is_empty(), "{ledger:?}");
+        assert_eq!(ledger.running_in(&job), 0, "{ledger:?}");
+        assert!(
+            (2..=h.max_parallel).contains(&ledger.max_running[&job]),
+            "{ledger:?}"
+        );
+    }
+}
