@@ -21,7 +21,9 @@
 //!   the backend through [`Backend`].
 //!
 //! [`conformance`] (feature `conformance`) is the test suite every backend passes, expanded
-//! per backend by [`launcher_conformance!`].
+//! per backend by [`launcher_conformance!`]; [`testing`] (feature `testing`, which it implies)
+//! is a backend on an in-memory platform: the runtime's test double, and with scripted compute
+//! the launcher other services' tests run.
 
 pub mod archive;
 mod attempt;
@@ -37,6 +39,8 @@ mod reconcile;
 mod runtime;
 pub mod secrets;
 pub mod template;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 use std::path::PathBuf;
 

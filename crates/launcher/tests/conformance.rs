@@ -4,13 +4,11 @@
 //! shutdown policy, the runtime's three are each run through the whole suite; and once more
 //! with compute that queues on its platform before it runs.
 
-mod double;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use double::DoubleTarget;
 use ferry_launcher::ShutdownPolicy;
+use ferry_launcher::testing::DoubleTarget;
 
 /// Compute that outlives the launcher: the next start adopts it.
 mod detach {

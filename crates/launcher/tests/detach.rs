@@ -2,18 +2,16 @@
 //! runtime leaves it running when it stops (`ShutdownPolicy::Detach`) and the next start adopts
 //! it with its true outcome, its whole output once and its outputs.
 
-mod double;
-
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use double::{BACKEND, Platform, Remote};
 use ferry_bus::{Bus, MemoryBus, Subscribe, Subscription};
 use ferry_event::payload::{Outcome, TaskDispatched, TaskFinished, TaskLog};
 use ferry_event::template::Template;
 use ferry_event::{AttributesReader, EventBuilder, Topic, kind};
 use ferry_launcher::journal::{Journal, Status};
+use ferry_launcher::testing::{BACKEND, Platform, Remote};
 use ferry_launcher::{Config, Secrets};
 use tokio_util::sync::CancellationToken;
 

@@ -100,6 +100,8 @@ async fn check(case: Case) {
             t.priority = case.priorities[i];
             t.retry.attempts = case.attempts[i];
             t.retry.initial_ms = 2;
+            // A `timed_out` attempt runs until its launcher times it out.
+            t.timeout_ms = Some(100);
             t
         })
         .collect();

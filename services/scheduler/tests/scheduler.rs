@@ -447,7 +447,8 @@ async fn retrying_a_failed_job_requeues_only_failed_and_cancelled_tasks() {
 async fn a_lapsed_lease_retries_the_task_as_a_new_attempt_without_overlap() {
     let first = Arc::new(AtomicU32::new(0));
     let f = first.clone();
-    // The first attempt hangs silently (no heartbeat); the scheduler must give up on it.
+    // The first attempt runs on, but its first heartbeat is due a third of the lease (10 s)
+    // after it started: the scheduler's clock passes the lease before, and must give up on it.
     let script: Script = Arc::new(move |_| {
         if f.fetch_add(1, Ordering::SeqCst) == 0 {
             succeed(60_000)
@@ -475,6 +476,11 @@ async fn a_lapsed_lease_retries_the_task_as_a_new_attempt_without_overlap() {
     assert_eq!(r.rec.wait_terminal("j", WITHIN).await, kind::JOB_SUCCEEDED);
     let log = r.log.lock().unwrap();
     assert_eq!(log.attempts_of("j", "a"), 2);
+    // The cancel of the first attempt is published before the dispatch of the second, and on
+    // one thread the launcher handles them in that order and stops the first before it creates
+    // the second. Nothing else orders the two: it reads cancels and dispatches on two
+    // subscriptions and stops an attempt in that attempt's own task, so on more threads the
+    // second is often created first and the two overlap for a moment.
     assert!(
         log.overlaps.is_empty(),
         "two attempts ran at once: {:?}",
@@ -671,6 +677,15 @@ async fn a_scheduler_killed_mid_job_and_restarted_loses_and_duplicates_nothing()
     tasks.push(task_spec("join", &all));
     publish(&bus, kind::JOB_PLANNED, "j", &planned("j", tasks, Some(16))).await;
 
+    // A killed instance's last commit can land after the next one read the outbox as it
+    // started (aborting drops the future, not the database connection finishing the commit; a
+    // database server finishes a dead process's commit the same way): its events are then
+    // published by the sweep for orphaned outbox rows, made short here to come within WITHIN.
+    let config = |db: &std::path::Path| {
+        let mut c = config(db);
+        c.orphan_sweep = Duration::from_millis(200);
+        c
+    };
     // Kill it three times while the job runs, each time without any chance to clean up.
     for round in 0..3 {
         let (handle, _token) = start_scheduler(&bus, config(&db));

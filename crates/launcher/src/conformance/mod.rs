@@ -15,7 +15,6 @@
 
 mod cases;
 pub mod harness;
-mod program;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -24,9 +23,9 @@ use async_trait::async_trait;
 use ferry_event::payload::{Resources, Runner};
 use ferry_event::template::Template;
 
+pub use crate::testing::{Program, Step};
 pub use cases::*;
 pub use harness::{Harness, Launcher, SECRET, WAIT};
-pub use program::{Program, Step};
 
 use crate::backend::Backend;
 use crate::journal::Journal;
