@@ -30,6 +30,8 @@ cargo fmt --all -- --check
 
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The README's first command builds ferry without its optional brokers and backends.
+cargo clippy -p ferry-cli --no-default-features --locked -- -D warnings
 
 step "building the tests"
 cargo nextest run --workspace --locked --no-run

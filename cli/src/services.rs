@@ -426,7 +426,7 @@ async fn settle_platforms(plan: &mut Plan) -> String {
     let mut kept = Vec::new();
     for launcher in std::mem::take(&mut plan.launchers) {
         let backend = launcher.backend();
-        let platform = match &launcher {
+        let platform: Option<Result<String, String>> = match &launcher {
             Launcher::Local(_) => None,
             #[cfg(feature = "docker")]
             Launcher::Docker(c) => Some(crate::launchers::docker_engine(c.docker_host.as_deref()).await),
