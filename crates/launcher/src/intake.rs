@@ -7,6 +7,12 @@
 //! cancels) but the dispatches it reads wait, unacknowledged, for room; once `max_parallel` of
 //! them wait it reads nothing more. A cancel for an attempt this instance does not know records
 //! a tombstone, so that a dispatch arriving later does not start it.
+//!
+//! One attempt of a task at a time: the scheduler dispatches a task's next attempt only once
+//! it has given up on the last (a lapsed lease, say), and sends that one a cancel with it. The
+//! cancel and the dispatch come on two subscriptions that nothing orders, so a dispatch of a
+//! task whose earlier attempt still runs here stops that attempt first, and starts once it has
+//! ended: the two never overlap on one launcher.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -31,7 +37,12 @@ struct Entry {
     /// Whether it holds one of the `max_parallel` places in the window (reports of attempts
     /// that never start do not).
     counted: bool,
+    /// The job and task it is an attempt of.
+    task: (String, String),
 }
+
+/// What stops an attempt that a later attempt of its task supersedes.
+const SUPERSEDED: &str = "a later attempt of the task was dispatched: the scheduler gave up on this one";
 
 /// Dispatch and cancel intake: the in-flight window, idempotency per attempt id, tombstones.
 pub(crate) struct Intake {
@@ -109,14 +120,16 @@ impl Intake {
             }
             Status::ResultPending(report) => {
                 let id = d.attempt_id.clone();
+                let task = (d.job_id.clone(), d.task_id.clone());
                 let fut = attempt::settle_pending(self.rt.clone(), *report, Some(delivery));
-                self.spawn(id, None, false, fut, span);
+                self.spawn(id, task, None, false, fut, span);
             }
             Status::Tombstone(error) => {
                 span.in_scope(|| tracing::info!("attempt was cancelled before its dispatch arrived"));
                 let report = attempt::unstarted(&d, Outcome::Cancelled, error);
+                let task = (d.job_id.clone(), d.task_id.clone());
                 let fut = attempt::settle_unstarted(self.rt.clone(), report, delivery);
-                self.spawn(d.attempt_id.clone(), None, false, fut, span);
+                self.spawn(d.attempt_id.clone(), task, None, false, fut, span);
             }
             Status::Fresh => {
                 self.pending.push_back((d, delivery));
@@ -165,8 +178,9 @@ impl Intake {
                 tracing::info!("cancelling an attempt waiting for room in the in-flight window")
             });
             let report = attempt::unstarted(&d, Outcome::Cancelled, error);
+            let task = (d.job_id.clone(), d.task_id.clone());
             let fut = attempt::settle_unstarted(self.rt.clone(), report, dispatch);
-            self.spawn(d.attempt_id.clone(), None, false, fut, span);
+            self.spawn(d.attempt_id.clone(), task, None, false, fut, span);
             return ack(delivery).await;
         }
         match self.rt.journal.status(&c.attempt_id) {
@@ -198,6 +212,7 @@ impl Intake {
     /// Follows compute a previous run left running ([`reconcile::follow_adopted`]).
     pub(crate) fn adopt(&mut self, adopted: reconcile::Adopted) {
         let r = &adopted.record;
+        let task = (r.job_id.clone(), r.task_id.clone());
         let span = tracing::info_span!(
             "attempt",
             job_id = %r.job_id,
@@ -208,19 +223,43 @@ impl Intake {
         let id = r.attempt_id.clone();
         let (tx, rx) = watch::channel(None);
         let fut = reconcile::follow_adopted(self.rt.clone(), adopted, rx);
-        self.spawn(id, Some(tx), true, fut, span);
+        self.spawn(id, task, Some(tx), true, fut, span);
     }
 
+    /// Starts waiting dispatches, in order, while the in-flight window has room; one whose
+    /// task has an earlier attempt still running here stops that attempt and waits for it.
     fn fill_window(&mut self) {
-        while self.running < self.rt.config.max_parallel && !self.rt.stop.is_cancelled() {
-            let Some((d, delivery)) = self.pending.pop_front() else {
+        let mut i = 0;
+        while i < self.pending.len()
+            && self.running < self.rt.config.max_parallel
+            && !self.rt.stop.is_cancelled()
+        {
+            let d = &self.pending[i].0;
+            let earlier = self
+                .entries
+                .values()
+                .find(|e| e.cancel.is_some() && e.task.0 == d.job_id && e.task.1 == d.task_id);
+            if let Some(e) = earlier {
+                if let Some(tx) = &e.cancel
+                    && tx.borrow().is_none()
+                {
+                    attempt_span(d).in_scope(|| {
+                        tracing::info!("an earlier attempt of the task still runs here; stopping it first")
+                    });
+                    tx.send_replace(Some(SUPERSEDED.to_string()));
+                }
+                i += 1;
+                continue;
+            }
+            let Some((d, delivery)) = self.pending.remove(i) else {
                 break;
             };
             let (tx, rx) = watch::channel(None);
             let span = attempt_span(&d);
             let id = d.attempt_id.clone();
+            let task = (d.job_id.clone(), d.task_id.clone());
             let fut = attempt::run(self.rt.clone(), d, delivery, rx);
-            self.spawn(id, Some(tx), true, fut, span);
+            self.spawn(id, task, Some(tx), true, fut, span);
             tracing::debug!(metric = metrics::ATTEMPTS_IN_FLIGHT, value = self.running);
         }
     }
@@ -228,6 +267,7 @@ impl Intake {
     fn spawn(
         &mut self,
         attempt_id: String,
+        task: (String, String),
         cancel: Option<watch::Sender<Option<String>>>,
         counted: bool,
         fut: impl Future<Output = ()> + Send + 'static,
@@ -238,7 +278,14 @@ impl Intake {
         if counted {
             self.running += 1;
         }
-        self.entries.insert(attempt_id, Entry { cancel, counted });
+        self.entries.insert(
+            attempt_id,
+            Entry {
+                cancel,
+                counted,
+                task,
+            },
+        );
     }
 
     pub(crate) fn on_done(

@@ -29,10 +29,11 @@ fn config() -> Config {
     }
 }
 
+/// The first attempt of a task of its own (a launcher runs one attempt of a task at a time).
 fn dispatch(attempt: &str) -> TaskDispatched {
     TaskDispatched {
         job_id: "job-1".into(),
-        task_id: "extract".into(),
+        task_id: format!("task-{attempt}"),
         attempt_id: attempt.into(),
         attempt: 1,
         runner: Default::default(),

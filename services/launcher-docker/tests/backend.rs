@@ -265,10 +265,12 @@ fn task(script: &str) -> TaskDispatched {
     let mut runner = ImageRunner::new(common::image());
     runner.pull_policy = Some(PullPolicy::Never);
     runner.network = Some("none".into());
+    let attempt_id = ferry_event::new_id();
+    // The first attempt of a task of its own (a launcher runs one attempt of a task at a time).
     TaskDispatched {
         job_id: "job-1".into(),
-        task_id: "extract".into(),
-        attempt_id: ferry_event::new_id(),
+        task_id: format!("task-{attempt_id}"),
+        attempt_id,
         attempt: 1,
         runner: Runner::Docker(runner),
         command: vec![text("sh"), text("-c"), text(script)],

@@ -240,10 +240,11 @@ fn text(s: &str) -> Template {
     Template::text(s)
 }
 
+/// The first attempt of a task of its own (a launcher runs one attempt of a task at a time).
 fn task(attempt: &str, command: &[&str]) -> TaskDispatched {
     TaskDispatched {
         job_id: "job-1".into(),
-        task_id: "extract".into(),
+        task_id: format!("task-{attempt}"),
         attempt_id: attempt.into(),
         attempt: 1,
         runner: Runner::default(),
@@ -446,7 +447,7 @@ tr '\0' '\n' < /proc/$$/environ | grep -c -e hunter2 -e bus-password -e aws-secr
     let texts: Vec<&str> = lines.iter().map(|l| l.2.as_str()).collect();
     let dir = SlotDir::at(&h.data_dir.canonicalize()?, 0);
     let expected = format!(
-        "job-1|extract|a-env|{}|{}|hello",
+        "job-1|task-a-env|a-env|{}|{}|hello",
         dir.work().display(),
         dir.outputs().display()
     );
@@ -610,7 +611,7 @@ async fn output_files_are_copied_and_listed() -> Result<()> {
     assert_eq!(f.outcome, Outcome::Succeeded, "{f:?}");
     let listed: Vec<(&str, u64)> = f.output_files.iter().map(|o| (o.path.as_str(), o.size)).collect();
     assert_eq!(listed, [("b.json", 4), ("out/a.json", 3)]);
-    let base = artifacts.path().canonicalize()?.join("job-1/extract/a-files");
+    let base = artifacts.path().canonicalize()?.join("job-1/task-a-files/a-files");
     assert_eq!(std::fs::read_to_string(base.join("out/a.json"))?, "one");
     assert_eq!(std::fs::read_to_string(base.join("b.json"))?, "two2");
     assert_eq!(
@@ -1661,7 +1662,7 @@ async fn files_the_launcher_creates_are_private_whatever_the_umask() -> Result<(
     assert_eq!(mode(&h.data_dir.join("slots"))?, 0o700);
     assert_eq!(mode(slot.root())?, 0o700);
     assert_eq!(mode(&slot.stdout())?, 0o600);
-    let stored = artifact_dir.join("job-1/extract/a-modes");
+    let stored = artifact_dir.join("job-1/task-a-modes/a-modes");
     assert_eq!(mode(&artifact_dir)?, 0o700);
     assert_eq!(mode(&stored)?, 0o700);
     assert_eq!(mode(&stored.join("out.txt"))?, 0o600);

@@ -443,7 +443,7 @@ async fn retrying_a_failed_job_requeues_only_failed_and_cancelled_tasks() {
     assert_eq!(log.attempts_of("j", "c"), 1);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lapsed_lease_retries_the_task_as_a_new_attempt_without_overlap() {
     let first = Arc::new(AtomicU32::new(0));
     let f = first.clone();
@@ -476,11 +476,10 @@ async fn a_lapsed_lease_retries_the_task_as_a_new_attempt_without_overlap() {
     assert_eq!(r.rec.wait_terminal("j", WITHIN).await, kind::JOB_SUCCEEDED);
     let log = r.log.lock().unwrap();
     assert_eq!(log.attempts_of("j", "a"), 2);
-    // The cancel of the first attempt is published before the dispatch of the second, and on
-    // one thread the launcher handles them in that order and stops the first before it creates
-    // the second. Nothing else orders the two: it reads cancels and dispatches on two
-    // subscriptions and stops an attempt in that attempt's own task, so on more threads the
-    // second is often created first and the two overlap for a moment.
+    // The launcher reads the first attempt's cancel and the second's dispatch on two
+    // subscriptions, which nothing orders (on two threads the dispatch often comes first): a
+    // dispatch of a task whose earlier attempt still runs there stops that one before it
+    // creates anything.
     assert!(
         log.overlaps.is_empty(),
         "two attempts ran at once: {:?}",

@@ -192,12 +192,13 @@ impl Harness {
         }
     }
 
-    /// A dispatch of `program` under attempt id `id` (see [`Harness::id`]).
+    /// A dispatch of `program` under attempt id `id` (see [`Harness::id`]), the first attempt
+    /// of a task of its own (a launcher runs one attempt of a task at a time).
     pub fn task(&self, id: &str, program: &Program) -> TaskDispatched {
         let (runner, command) = self.target.command(program);
         TaskDispatched {
             job_id: format!("{}-job", self.prefix),
-            task_id: "extract".into(),
+            task_id: format!("task-{id}"),
             attempt_id: id.into(),
             attempt: 1,
             runner,
