@@ -611,7 +611,10 @@ async fn output_files_are_copied_and_listed() -> Result<()> {
     assert_eq!(f.outcome, Outcome::Succeeded, "{f:?}");
     let listed: Vec<(&str, u64)> = f.output_files.iter().map(|o| (o.path.as_str(), o.size)).collect();
     assert_eq!(listed, [("b.json", 4), ("out/a.json", 3)]);
-    let base = artifacts.path().canonicalize()?.join("job-1/task-a-files/a-files");
+    let base = artifacts
+        .path()
+        .canonicalize()?
+        .join("job-1/task-a-files/a-files");
     assert_eq!(std::fs::read_to_string(base.join("out/a.json"))?, "one");
     assert_eq!(std::fs::read_to_string(base.join("b.json"))?, "two2");
     assert_eq!(

@@ -25,7 +25,7 @@ pub struct Flags {
     /// Most tasks of a namespace's jobs dispatched or running at once, as NAME=N (jobs without
     /// a namespace are in `default`; `*=N` for every namespace not named); more wait, ready.
     /// Repeat the flag, or separate with commas.
-    #[arg(long = "namespace-quota", env = "FERRY_NAMESPACE_QUOTAS", value_name = "NAME=N", value_delimiter = ',', value_parser = quota)]
+    #[arg(long = "namespace-quota", env = "FERRY_NAMESPACE_QUOTA", value_name = "NAME=N", value_delimiter = ',', value_parser = quota)]
     pub namespace_quotas: Vec<(String, u32)>,
 }
 
