@@ -2,6 +2,7 @@
 //! `ferry-log-collector`, `ferry-api`, `ferry service log-collector|api` and `ferry up`.
 
 use std::path::Path;
+use std::time::Duration;
 
 use crate::{Config, DEFAULT_BATCH_MAX, DEFAULT_GROUP, LogStore, Result};
 
@@ -36,6 +37,11 @@ pub struct Flags {
     /// Most task.log events stored per transaction.
     #[arg(long, env = "FERRY_LOG_COLLECTOR_BATCH_MAX", value_name = "N", default_value_t = DEFAULT_BATCH_MAX)]
     pub log_collector_batch_max: usize,
+    /// Delete log lines older than this (by the time each line was written), a bounded batch
+    /// at a time, every minute; reading a job whose lines went answers that they expired.
+    /// [default: keep for ever]
+    #[arg(long, env = "FERRY_LOG_RETENTION", value_name = "DURATION", value_parser = ferry_connect::service::duration)]
+    pub log_retention: Option<Duration>,
 }
 
 impl Flags {
@@ -44,6 +50,7 @@ impl Flags {
         Config {
             group: self.log_collector_group.clone(),
             batch_max: self.log_collector_batch_max,
+            retention: self.log_retention,
             ..Config::new(store)
         }
     }

@@ -44,11 +44,12 @@ struct Migration {
 
 /// The schema, in order. Statements are idempotent so that a half-applied database (or two
 /// processes opening a new file at once) converges.
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "log lines",
-    statements: &[
-        "CREATE TABLE IF NOT EXISTS log_lines (
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "log lines",
+        statements: &[
+            "CREATE TABLE IF NOT EXISTS log_lines (
             id         INTEGER PRIMARY KEY AUTOINCREMENT,
             job_id     TEXT    NOT NULL,
             task_id    TEXT    NOT NULL,
@@ -59,10 +60,26 @@ const MIGRATIONS: &[Migration] = &[Migration {
             text       TEXT    NOT NULL,
             UNIQUE (attempt_id, seq)
         )",
-        "CREATE INDEX IF NOT EXISTS log_lines_job ON log_lines (job_id, id)",
-        "CREATE INDEX IF NOT EXISTS log_lines_task ON log_lines (job_id, task_id, id)",
-    ],
-}];
+            "CREATE INDEX IF NOT EXISTS log_lines_job ON log_lines (job_id, id)",
+            "CREATE INDEX IF NOT EXISTS log_lines_task ON log_lines (job_id, task_id, id)",
+        ],
+    },
+    Migration {
+        version: 2,
+        description: "log retention",
+        statements: &[
+            // Retention deletes the oldest lines first, a bounded batch at a time: without this
+            // index each batch would scan the table.
+            "CREATE INDEX IF NOT EXISTS log_lines_time ON log_lines (time_ms)",
+            // The jobs retention took lines of, so that reading them says "expired" rather than
+            // answering an empty log. One small row per job, against the many lines it replaces.
+            "CREATE TABLE IF NOT EXISTS log_expired (
+            job_id        TEXT   PRIMARY KEY,
+            expired_at_ms BIGINT NOT NULL
+        )",
+        ],
+    },
+];
 
 /// A position in the log store, returned with every [`LogRecord`].
 ///
@@ -339,6 +356,48 @@ impl LogStore {
             .fetch_one(&self.pool)
             .await?;
         Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    /// Deletes up to `max_rows` of the lines stamped before `before_ms` (ms since the epoch),
+    /// oldest first, in one short transaction, and records their jobs as expired (see
+    /// [`LogStore::expired`]). Returns how many lines it deleted: fewer than `max_rows` means
+    /// none older is left. Callers delete in such batches, never all at once, so that a large
+    /// backlog never holds the write lock (and so the appends) for long.
+    pub async fn expire(&self, before_ms: i64, max_rows: usize) -> Result<u64> {
+        let limit = i64::try_from(max_rows).unwrap_or(i64::MAX);
+        let mut tx = self.pool.begin().await?;
+        let jobs: Vec<String> = sqlx::query_scalar(
+            "DELETE FROM log_lines WHERE id IN \
+             (SELECT id FROM log_lines WHERE time_ms < $1 ORDER BY time_ms LIMIT $2) \
+             RETURNING job_id",
+        )
+        .bind(before_ms)
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?;
+        let deleted = jobs.len() as u64;
+        let jobs: std::collections::BTreeSet<&str> = jobs.iter().map(String::as_str).collect();
+        let now = ferry_event::now_ms();
+        for chunk in jobs.into_iter().collect::<Vec<_>>().chunks(INSERT_CHUNK) {
+            let mut qb = QueryBuilder::<Sqlite>::new("INSERT INTO log_expired (job_id, expired_at_ms) ");
+            qb.push_values(chunk, |mut b, job| {
+                b.push_bind(*job).push_bind(now);
+            });
+            qb.push(" ON CONFLICT (job_id) DO NOTHING");
+            qb.build().execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(deleted)
+    }
+
+    /// Whether retention has deleted lines of `job_id` ([`LogStore::expire`]): an empty answer
+    /// for such a job means its log expired, not that it wrote nothing.
+    pub async fn expired(&self, job_id: &str) -> Result<bool> {
+        let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM log_expired WHERE job_id = $1")
+            .bind(job_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(found.is_some())
     }
 
     /// Closes the connections; clones stop working.

@@ -353,3 +353,58 @@ async fn stores_opened_at_once_on_a_new_file_all_open() {
         }
     }
 }
+
+/// A line of `job` stamped `time_ms`.
+fn stamped(job: &str, attempt: &str, seq: u64, time_ms: i64) -> TaskLog {
+    TaskLog {
+        job_id: job.into(),
+        task_id: "t".into(),
+        attempt_id: attempt.into(),
+        seq,
+        lines: vec![LogLine {
+            stream: Stream::Stdout,
+            time_ms,
+            text: format!("{attempt} line {seq}"),
+        }],
+    }
+}
+
+#[tokio::test]
+async fn expire_deletes_the_oldest_lines_a_bounded_batch_at_a_time_and_marks_their_jobs() -> Result<()> {
+    let (_dir, _, store) = temp_store().await?;
+    // j-old: five lines at 100..104; j-new: two lines at 10_000; j-mixed: one old, one new.
+    let mut batches: Vec<TaskLog> = (0..5).map(|s| stamped("j-old", "a", s, 100 + s as i64)).collect();
+    batches.push(stamped("j-new", "b", 0, 10_000));
+    batches.push(stamped("j-new", "b", 1, 10_001));
+    batches.push(stamped("j-mixed", "c", 0, 50));
+    batches.push(stamped("j-mixed", "c", 1, 10_002));
+    assert_eq!(store.append(&batches).await?, 9);
+
+    // Six lines are older than 1_000; a batch of four takes the four oldest.
+    assert_eq!(store.expire(1_000, 4).await?, 4);
+    assert_eq!(seqs(&store.query(&LogQuery::job("j-mixed")).await?), [1]);
+    assert_eq!(seqs(&store.query(&LogQuery::job("j-old")).await?), [3, 4]);
+    assert!(store.expired("j-old").await? && store.expired("j-mixed").await?);
+    assert!(!store.expired("j-new").await?, "no line of j-new was old enough");
+
+    // The rest, then nothing: a short batch says none older is left.
+    assert_eq!(store.expire(1_000, 4).await?, 2);
+    assert_eq!(store.expire(1_000, 4).await?, 0);
+    assert!(store.query(&LogQuery::job("j-old")).await?.is_empty());
+    assert_eq!(seqs(&store.query(&LogQuery::job("j-new")).await?), [0, 1]);
+    assert!(!store.expired("j-new").await?);
+    assert!(!store.expired("j-unknown").await?);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_store_from_before_retention_is_migrated_and_expires() -> Result<()> {
+    let (_dir, url, store) = temp_store().await?;
+    store.append(&[stamped("j", "a", 0, 100)]).await?;
+    store.close().await;
+    // Opening again applies nothing new and keeps the lines.
+    let store = LogStore::open(&url).await?;
+    assert_eq!(store.expire(1_000, 10).await?, 1);
+    assert!(store.expired("j").await?);
+    Ok(())
+}
