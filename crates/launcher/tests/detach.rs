@@ -46,7 +46,7 @@ fn dispatch(attempt: &str) -> TaskDispatched {
         lease_ms: 30_000,
         ready_at_ms: 1,
         flow_id: None,
-        namespace: None,
+        namespace: Some("analytics".into()),
         priority: 0,
     }
 }
@@ -128,6 +128,12 @@ async fn detached_compute_runs_on_and_is_adopted_with_its_true_outcome() -> Resu
         .await?
         .context("bus closed")??;
     let mut batches: Vec<TaskLog> = vec![ferry_event::decode(&delivery.event)?];
+    // The job's namespace travels with its lines, for the log collector's quotas.
+    ensure!(
+        batches[0].namespace.as_deref() == Some("analytics"),
+        "task.log without the dispatch's namespace: {:?}",
+        batches[0]
+    );
     delivery.ack().await?;
 
     shutdown.cancel();

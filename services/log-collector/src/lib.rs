@@ -28,4 +28,6 @@ pub use service::{
     Config, DEFAULT_BATCH_MAX, DEFAULT_GROUP, DEFAULT_RETENTION_BATCH, DEFAULT_RETENTION_EVERY, LogCollector,
     run, sweep_retention,
 };
-pub use store::{Cursor, DEFAULT_FOLLOW_POLL, LogQuery, LogRecord, LogStore, validate};
+pub use store::{
+    Appended, Cursor, DEFAULT_FOLLOW_POLL, LogQuery, LogQuotas, LogRecord, LogStore, quota_marker, validate,
+};

@@ -8,12 +8,12 @@ use ferry_bus::{Bus, Delivery, Subscribe, Subscription};
 use ferry_event::payload::TaskLog;
 use ferry_event::{AttributesReader, Topic, kind};
 use ferry_runtime::db::Waits;
-use ferry_runtime::metrics::{LOG_LINES_EXPIRED, LOG_LINES_STORED};
+use ferry_runtime::metrics::{LOG_LINES_DROPPED, LOG_LINES_EXPIRED, LOG_LINES_STORED};
 use ferry_runtime::{Backoff, CancellationToken};
 use tracing::Instrument;
 
 use crate::error::{Error, Result};
-use crate::store::{LogStore, validate};
+use crate::store::{Appended, LogQuotas, LogStore, validate};
 
 /// The consumer group the collectors share: each `task.log` event is stored by one of them.
 pub const DEFAULT_GROUP: &str = "log-collector";
@@ -38,6 +38,8 @@ pub struct Config {
     pub retention_every: Duration,
     /// Most lines one retention transaction deletes.
     pub retention_batch: usize,
+    /// Bytes of log text each namespace may store; lines past it are dropped.
+    pub quotas: LogQuotas,
 }
 
 impl Config {
@@ -51,6 +53,7 @@ impl Config {
             retention: None,
             retention_every: DEFAULT_RETENTION_EVERY,
             retention_batch: DEFAULT_RETENTION_BATCH,
+            quotas: LogQuotas::default(),
         }
     }
 }
@@ -188,7 +191,15 @@ impl LogCollector {
                     break;
                 }
                 Some(Ok(batch)) => {
-                    match handle_batch(&self.config.store, batch, self.waits(), shutdown).await {
+                    match handle_batch(
+                        &self.config.store,
+                        &self.config.quotas,
+                        batch,
+                        self.waits(),
+                        shutdown,
+                    )
+                    .await
+                    {
                         Ok(_) => {
                             backoff.reset();
                             continue;
@@ -233,6 +244,7 @@ impl LogCollector {
 /// stored.
 pub(crate) async fn handle_batch(
     store: &LogStore,
+    quotas: &LogQuotas,
     batch: Vec<Delivery>,
     waits: Waits,
     shutdown: &CancellationToken,
@@ -284,13 +296,19 @@ pub(crate) async fn handle_batch(
                 Error::Database(e) => Some(e),
                 _ => None,
             },
-            || store.append(&logs),
+            || store.append_within(&logs, quotas),
         )
         .await;
         match appended {
-            Ok(stored) => {
+            Ok(Appended { stored, dropped }) => {
                 tracing::Span::current().record("stored", stored);
                 tracing::debug!({ LOG_LINES_STORED } = stored, "log lines committed");
+                if dropped > 0 {
+                    tracing::info!(
+                        { LOG_LINES_DROPPED } = dropped,
+                        "log lines dropped: their namespace is at its log quota"
+                    );
+                }
                 // Acked only now that the lines are durable. A crash before the acks means a
                 // redelivery, which stores nothing twice.
                 if let Err(e) = ferry_bus::ack_all(good).await {
@@ -344,6 +362,7 @@ mod tests {
             job_id: "j".into(),
             task_id: "t".into(),
             attempt_id: "a".into(),
+            namespace: None,
             seq,
             lines: vec![LogLine {
                 stream: Stream::Stdout,
@@ -382,7 +401,9 @@ mod tests {
             max: Duration::ZERO,
         };
         let shutdown = CancellationToken::new();
-        let err = handle_batch(&store, batch, waits, &shutdown).await.unwrap_err();
+        let err = handle_batch(&store, &LogQuotas::default(), batch, waits, &shutdown)
+            .await
+            .unwrap_err();
         assert!(err.is_transient(), "{err}");
 
         // The events are back on the bus, in their order, and nothing was dead-lettered.
@@ -396,7 +417,10 @@ mod tests {
         assert!(bus.dead_letters().is_empty());
 
         sql(&url, "ALTER TABLE log_lines_away RENAME TO log_lines").await?;
-        assert_eq!(handle_batch(&store, again, waits, &shutdown).await?, 3);
+        assert_eq!(
+            handle_batch(&store, &LogQuotas::default(), again, waits, &shutdown).await?,
+            3
+        );
         let lines = store.query(&LogQuery::job("j")).await?;
         assert_eq!(lines.iter().map(|r| r.seq).collect::<Vec<_>>(), [0, 1, 2]);
         assert!(sub.try_next().is_none(), "acked after the commit");
@@ -431,7 +455,9 @@ mod tests {
             max: Duration::from_secs(1),
         };
         let shutdown = CancellationToken::new();
-        let (stored, released) = tokio::join!(handle_batch(&store, batch, waits, &shutdown), release);
+        let quotas = LogQuotas::default();
+        let (stored, released) =
+            tokio::join!(handle_batch(&store, &quotas, batch, waits, &shutdown), release);
         released?;
         assert_eq!(stored?, 2);
         assert!(sub.try_next().is_none(), "the events were given back to the bus");

@@ -19,6 +19,7 @@ fn batch(job: &str, attempt: &str, seq: u64, n: u64) -> TaskLog {
         job_id: job.into(),
         task_id: "t".into(),
         attempt_id: attempt.into(),
+        namespace: None,
         seq,
         lines: (seq..seq + n)
             .map(|s| LogLine {

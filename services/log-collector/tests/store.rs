@@ -13,6 +13,7 @@ fn batch(job: &str, task: &str, attempt: &str, seq: u64, n: u64) -> TaskLog {
         job_id: job.into(),
         task_id: task.into(),
         attempt_id: attempt.into(),
+        namespace: None,
         seq,
         lines: (seq..seq + n)
             .map(|s| LogLine {
@@ -360,6 +361,7 @@ fn stamped(job: &str, attempt: &str, seq: u64, time_ms: i64) -> TaskLog {
         job_id: job.into(),
         task_id: "t".into(),
         attempt_id: attempt.into(),
+        namespace: None,
         seq,
         lines: vec![LogLine {
             stream: Stream::Stdout,
@@ -406,5 +408,112 @@ async fn a_store_from_before_retention_is_migrated_and_expires() -> Result<()> {
     let store = LogStore::open(&url).await?;
     assert_eq!(store.expire(1_000, 10).await?, 1);
     assert!(store.expired("j").await?);
+    Ok(())
+}
+
+/// Lines `seq..seq+n` of an attempt in `namespace`, each `text`, stamped `time_ms`.
+fn in_namespace(namespace: Option<&str>, attempt: &str, seq: u64, n: u64, text: &str) -> TaskLog {
+    TaskLog {
+        job_id: format!("job-{attempt}"),
+        task_id: "t".into(),
+        attempt_id: attempt.into(),
+        namespace: namespace.map(String::from),
+        seq,
+        lines: (0..n)
+            .map(|_| LogLine {
+                stream: Stream::Stdout,
+                time_ms: 100,
+                text: text.into(),
+            })
+            .collect(),
+    }
+}
+
+#[tokio::test]
+async fn a_namespace_at_its_log_quota_stores_one_marker_per_attempt_and_counts_the_rest() -> Result<()> {
+    use ferry_log_collector::{Appended, LogQuotas, quota_marker};
+    let (_dir, _, store) = temp_store().await?;
+    let quotas = LogQuotas::new([("analytics".to_string(), 10), ("*".to_string(), 1000)]);
+
+    // 4 bytes a line: three lines reach 12 >= 10, the last two are dropped.
+    let a1 = in_namespace(Some("analytics"), "a1", 0, 5, "aaaa");
+    let got = store.append_within(std::slice::from_ref(&a1), &quotas).await?;
+    assert_eq!(
+        got,
+        Appended {
+            stored: 4,
+            dropped: 2
+        }
+    );
+    let lines = store.query(&LogQuery::job("job-a1").attempt("a1")).await?;
+    assert_eq!(seqs(&lines), [0, 1, 2, 3]);
+    assert_eq!(lines[3].text, quota_marker("analytics", 10));
+    assert_eq!(lines[3].stream, Stream::Stderr);
+    assert_eq!(store.namespace_bytes("analytics").await?, 12);
+    // The log is complete: 5 lines accounted for, as task.finished will say.
+    assert_eq!(store.lines_stored("a1").await?, 5);
+
+    // Delivered again: nothing new, nothing counted twice.
+    assert_eq!(store.append_within(&[a1], &quotas).await?, Appended::default());
+    assert_eq!(store.lines_stored("a1").await?, 5);
+
+    // More lines of a1, from a launcher that does not say the namespace: the attempt's own is
+    // used; no second marker.
+    let more = in_namespace(None, "a1", 5, 2, "aaaa");
+    assert_eq!(
+        store.append_within(&[more], &quotas).await?,
+        Appended {
+            stored: 0,
+            dropped: 2
+        }
+    );
+    assert_eq!(store.lines_stored("a1").await?, 7);
+    assert_eq!(store.query(&LogQuery::job("job-a1")).await?.len(), 4);
+
+    // Another attempt of the namespace: all dropped, its own marker.
+    let a2 = in_namespace(Some("analytics"), "a2", 0, 3, "bb");
+    assert_eq!(
+        store.append_within(&[a2], &quotas).await?,
+        Appended {
+            stored: 1,
+            dropped: 3
+        }
+    );
+    let lines = store.query(&LogQuery::job("job-a2")).await?;
+    assert_eq!(texts(&lines), [quota_marker("analytics", 10).as_str()]);
+
+    // Other namespaces are not held back; lines without one count against `default`, under `*`.
+    let ml = in_namespace(Some("ml"), "m1", 0, 3, "cccc");
+    let plain = in_namespace(None, "p1", 0, 2, "dd");
+    assert_eq!(
+        store.append_within(&[ml, plain], &quotas).await?,
+        Appended {
+            stored: 5,
+            dropped: 0
+        }
+    );
+    assert_eq!(store.namespace_bytes("ml").await?, 12);
+    assert_eq!(store.namespace_bytes("default").await?, 4);
+
+    // Retention frees a namespace's bytes: its lines are stored again.
+    store.expire(1_000, 100).await?;
+    assert_eq!(store.namespace_bytes("analytics").await?, 0);
+    let a3 = in_namespace(Some("analytics"), "a3", 0, 2, "eeee");
+    assert_eq!(
+        store.append_within(&[a3], &quotas).await?,
+        Appended {
+            stored: 2,
+            dropped: 0
+        }
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn without_quotas_every_line_is_stored_and_still_counted() -> Result<()> {
+    let (_dir, _, store) = temp_store().await?;
+    let big = in_namespace(Some("analytics"), "a1", 0, 100, "0123456789");
+    assert_eq!(store.append(&[big]).await?, 100);
+    assert_eq!(store.namespace_bytes("analytics").await?, 1000);
     Ok(())
 }
