@@ -517,3 +517,45 @@ async fn without_quotas_every_line_is_stored_and_still_counted() -> Result<()> {
     assert_eq!(store.namespace_bytes("analytics").await?, 1000);
     Ok(())
 }
+
+/// A store written by a version before retention and quotas (schema version 1, with lines)
+/// opens, its lines counted against `default`, and expires.
+#[tokio::test]
+async fn a_version_1_store_with_lines_is_migrated() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("logs.db").display());
+    let pool = sqlx::SqlitePool::connect(&url).await?;
+    for statement in [
+        "CREATE TABLE log_store_migrations (version BIGINT PRIMARY KEY, description TEXT NOT NULL, \
+         applied_at_ms BIGINT NOT NULL)",
+        "INSERT INTO log_store_migrations VALUES (1, 'log lines', 0)",
+        "CREATE TABLE log_lines (id INTEGER PRIMARY KEY AUTOINCREMENT, job_id TEXT NOT NULL, \
+         task_id TEXT NOT NULL, attempt_id TEXT NOT NULL, seq BIGINT NOT NULL, stream TEXT NOT NULL, \
+         time_ms BIGINT NOT NULL, text TEXT NOT NULL, UNIQUE (attempt_id, seq))",
+        "INSERT INTO log_lines (job_id, task_id, attempt_id, seq, stream, time_ms, text) \
+         VALUES ('j', 't', 'a', 0, 'stdout', 100, 'héllo')",
+    ] {
+        sqlx::query(statement).execute(&pool).await?;
+    }
+    pool.close().await;
+
+    let store = LogStore::open(&url).await?;
+    assert_eq!(
+        store.namespace_bytes("default").await?,
+        6,
+        "bytes, not characters"
+    );
+    assert_eq!(texts(&store.query(&LogQuery::job("j")).await?), ["héllo"]);
+    // Its next lines count against the attempt's namespace, default.
+    let next = in_namespace(None, "a", 1, 1, "abc");
+    let next = TaskLog {
+        job_id: "j".into(),
+        ..next
+    };
+    assert_eq!(store.append(&[next]).await?, 1);
+    assert_eq!(store.namespace_bytes("default").await?, 9);
+    assert_eq!(store.expire(1_000, 10).await?, 2);
+    assert!(store.expired("j").await?);
+    assert_eq!(store.namespace_bytes("default").await?, 0);
+    Ok(())
+}
