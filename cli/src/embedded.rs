@@ -96,6 +96,8 @@ impl Embedded {
         plan.log_collector = Some(ferry_log_collector::Flags {
             log_collector_group: ferry_log_collector::DEFAULT_GROUP.into(),
             log_collector_batch_max: ferry_log_collector::DEFAULT_BATCH_MAX,
+            log_retention: None,
+            namespace_log_quotas: Vec::new(),
         });
         let bus = MemoryBus::new();
         // Only the groups of the services running here: a queue nobody consumes would keep

@@ -3,7 +3,8 @@
 //! not enabled, naming the feature.
 //!
 //! Every backend takes its settings from the same launcher flags (`--max-parallel`,
-//! `--kill-grace`, `--artifact-dir`, `--secrets-file`, …, each also `FERRY_*`), so that `ferry
+//! `--kill-grace`, `--artifact-dir`, `--artifact-retention`, `--secrets-file`, …, each also
+//! `FERRY_*`), so that `ferry
 //! up`, `ferry service launcher` and the environment configure them alike. Each keeps its
 //! journal in a data directory of its own: the local launcher in the data directory itself (as
 //! it always has), the docker launcher in `docker/` under it, the kubernetes launcher in
@@ -118,6 +119,7 @@ fn docker(flags: &ferry_launcher_local::Flags, data_dir: &Path) -> Result<Launch
             .clone()
             .unwrap_or_else(|| data_dir.join("artifacts")),
     );
+    c.artifact_retention = flags.artifact_retention;
     c.docker_host = flags.docker_host.clone();
     c.max_parallel = flags.max_parallel;
     c.kill_grace = flags.kill_grace;
@@ -148,6 +150,7 @@ fn kubernetes(flags: &ferry_launcher_local::Flags, data_dir: &Path) -> Result<La
             .clone()
             .unwrap_or_else(|| data_dir.join("artifacts")),
     );
+    c.artifact_retention = flags.artifact_retention;
     c.pending_deadline = flags.pending_deadline;
     c.max_parallel = flags.max_parallel;
     c.kill_grace = flags.kill_grace;
@@ -220,4 +223,47 @@ pub async fn kubernetes_cluster(context: Option<&str>) -> Result<String, String>
     tokio::time::timeout(wait, probe)
         .await
         .unwrap_or_else(|_| Err(format!("the Kubernetes API did not answer within {wait:?}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        flags: ferry_launcher_local::Flags,
+    }
+
+    fn retention(launcher: &Launcher) -> Option<Duration> {
+        match launcher {
+            Launcher::Local(c) => c.artifact_retention,
+            #[cfg(feature = "docker")]
+            Launcher::Docker(c) => c.artifact_retention,
+            #[cfg(feature = "kubernetes")]
+            Launcher::Kubernetes(c) => c.artifact_retention,
+        }
+    }
+
+    #[test]
+    fn every_backend_takes_the_artifact_retention_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let with = Cli::parse_from(["ferry", "--artifact-retention", "7d"]).flags;
+        let without = Cli::parse_from(["ferry"]).flags;
+        for backend in BACKENDS.iter().filter(|b| enabled(b)) {
+            let launcher = Launcher::from_flags(backend, &with, dir.path()).unwrap();
+            assert_eq!(
+                retention(&launcher),
+                Some(Duration::from_secs(7 * 24 * 3600)),
+                "{backend}"
+            );
+            let launcher = Launcher::from_flags(backend, &without, dir.path()).unwrap();
+            assert_eq!(retention(&launcher), None, "{backend}: kept for ever by default");
+        }
+        assert!(Cli::try_parse_from(["ferry", "--artifact-retention", "soon"]).is_err());
+    }
 }

@@ -55,7 +55,7 @@ enum Command {
     /// Run one service alone; start as many as the load needs.
     Service {
         #[command(subcommand)]
-        service: One,
+        service: Box<One>,
     },
     /// Submit a flow to a deployment; prints the job id first.
     Submit {

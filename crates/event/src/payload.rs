@@ -653,6 +653,10 @@ pub struct TaskLog {
     pub attempt_id: String,
     pub seq: u64,
     pub lines: Vec<LogLine>,
+    /// The job's namespace, from its `task.dispatched` (absent when it has none, and in events
+    /// of older launchers): what the log collector's per-namespace quotas count against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
 }
 
 /// How an attempt ended.

@@ -376,6 +376,7 @@ fn one_of_each_payload() -> Result<BTreeMap<&'static str, Vec<Value>>> {
             job_id: "j".into(),
             task_id: "b".into(),
             attempt_id: "at".into(),
+            namespace: None,
             seq: 0,
             lines: vec![
                 LogLine {

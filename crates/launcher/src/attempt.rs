@@ -220,6 +220,7 @@ pub(crate) async fn run(
         job_id: d.job_id.clone(),
         task_id: d.task_id.clone(),
         attempt_id: d.attempt_id.clone(),
+        namespace: d.namespace.clone(),
     };
     let (ended_tx, ended_rx) = watch::channel(false);
     let tail = Tail::new(

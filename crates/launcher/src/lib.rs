@@ -16,6 +16,8 @@
 //! - [`collect`]: the outputs object a task writes and its limits, and output files copied to
 //!   the artifact store;
 //! - [`publish`]: publishing with retries until the broker confirms;
+//! - [`retention`]: the periodic sweep that removes expired output files from the artifact
+//!   directory (`--artifact-retention`);
 //! - [`run`]: the service: reconcile what the journal holds, then dispatch and cancel intake,
 //!   the in-flight window and each attempt's life, from its dispatch to its report, driving
 //!   the backend through [`Backend`].
@@ -36,6 +38,7 @@ pub mod journal;
 pub mod logs;
 pub mod publish;
 mod reconcile;
+pub mod retention;
 mod runtime;
 pub mod secrets;
 pub mod template;
@@ -45,6 +48,7 @@ pub mod testing;
 use std::path::PathBuf;
 
 pub use backend::{AttemptError, Backend, Compute, ComputeState, ShutdownPolicy};
+pub use retention::ArtifactRetention;
 pub use runtime::{Config, run};
 pub use secrets::{MIN_SECRET_BYTES, Masker, Secrets};
 

@@ -316,6 +316,9 @@ pub struct Ids {
     pub job_id: String,
     pub task_id: String,
     pub attempt_id: String,
+    /// The job's namespace, when the dispatch named one (unknown for compute adopted after a
+    /// restart: the log collector then takes the one the attempt's earlier lines carried).
+    pub namespace: Option<String>,
 }
 
 /// Publishes the output of an attempt as it grows, until `ended` turns true (the compute can
@@ -478,6 +481,7 @@ async fn publish(rt: &Runtime, ids: &Ids, seq: u64, lines: Vec<LogLine>) -> Resu
         attempt_id: ids.attempt_id.clone(),
         seq,
         lines,
+        namespace: ids.namespace.clone(),
     };
     let event = rt.builder.task(
         kind::TASK_LOG,

@@ -107,6 +107,7 @@ pub(crate) async fn follow_adopted(
         job_id: record.job_id.clone(),
         task_id: record.task_id.clone(),
         attempt_id: record.attempt_id.clone(),
+        namespace: None,
     };
     let beat_stop = tokio_util::sync::CancellationToken::new();
     let beats = tokio::spawn(heartbeat(
@@ -285,6 +286,7 @@ async fn drain_logs(
         job_id: record.job_id.clone(),
         task_id: record.task_id.clone(),
         attempt_id: record.attempt_id.clone(),
+        namespace: None,
     };
     let mut tail = Tail::new(
         rt.backend.clone(),

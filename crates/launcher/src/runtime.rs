@@ -14,6 +14,7 @@ use crate::backend::Backend;
 use crate::intake::Intake;
 use crate::journal::Journal;
 use crate::publish::Publisher;
+use crate::retention::{self, ArtifactRetention};
 use crate::secrets::{Masker, Secrets};
 use crate::{Error, Result, reconcile};
 
@@ -34,6 +35,8 @@ pub struct Config {
     pub source: String,
     /// The consumer group of the dispatch topic.
     pub group: String,
+    /// Output files to remove from the artifact directory once old, if any.
+    pub artifact_retention: Option<ArtifactRetention>,
 }
 
 impl Config {
@@ -121,6 +124,11 @@ pub async fn run(
             .ephemeral(),
         )
         .await?;
+    let sweeper = rt
+        .config
+        .artifact_retention
+        .clone()
+        .map(|r| tokio::spawn(retention::sweep_every(r, stop.clone())));
     let (tx, mut rx) = mpsc::channel(1);
     let reader = tokio::spawn(read_deliveries(subscription, tx.clone(), stop.clone()));
     let cancel_reader = tokio::spawn(read_deliveries(cancels, tx, stop.clone()));
@@ -167,6 +175,10 @@ pub async fn run(
     cancel_reader.abort();
     let _ = reader.await;
     let _ = cancel_reader.await;
+    if let Some(sweeper) = sweeper {
+        // Stopped by `stop`; a sweep under way finishes on its blocking thread.
+        let _ = sweeper.await;
+    }
     // Dispatches not started go back to the broker unacknowledged.
     intake.pending.clear();
     while let Some(done) = intake.tasks.join_next_with_id().await {

@@ -26,6 +26,7 @@ fn config() -> Config {
         secrets: Secrets::new(),
         source: "ferry/launcher-remote/test".into(),
         group: "launcher-remote".into(),
+        artifact_retention: None,
     }
 }
 
@@ -46,7 +47,7 @@ fn dispatch(attempt: &str) -> TaskDispatched {
         lease_ms: 30_000,
         ready_at_ms: 1,
         flow_id: None,
-        namespace: None,
+        namespace: Some("analytics".into()),
         priority: 0,
     }
 }
@@ -128,6 +129,12 @@ async fn detached_compute_runs_on_and_is_adopted_with_its_true_outcome() -> Resu
         .await?
         .context("bus closed")??;
     let mut batches: Vec<TaskLog> = vec![ferry_event::decode(&delivery.event)?];
+    // The job's namespace travels with its lines, for the log collector's quotas.
+    ensure!(
+        batches[0].namespace.as_deref() == Some("analytics"),
+        "task.log without the dispatch's namespace: {:?}",
+        batches[0]
+    );
     delivery.ack().await?;
 
     shutdown.cancel();
@@ -179,5 +186,50 @@ async fn detached_compute_runs_on_and_is_adopted_with_its_true_outcome() -> Resu
     shutdown.cancel();
     second.await??;
     assert_eq!(Journal::open(tmp.path())?.status("a-remote"), Status::Finished);
+    Ok(())
+}
+
+/// With an artifact retention the launcher sweeps its artifact directory while it runs: old
+/// output files go, new ones stay, and the sweep ends with the launcher.
+#[tokio::test]
+async fn a_running_launcher_removes_expired_artifacts() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let artifacts = tmp.path().join("artifacts");
+    let (old, new) = (artifacts.join("j/t/a1/old.csv"), artifacts.join("j/t/a2/new.csv"));
+    for f in [&old, &new] {
+        std::fs::create_dir_all(f.parent().context("a parent")?)?;
+        std::fs::write(f, b"rows")?;
+    }
+    let week_ago = std::time::SystemTime::now() - Duration::from_secs(7 * 24 * 3600);
+    std::fs::File::open(&old)?.set_modified(week_ago)?;
+    std::fs::File::open(old.parent().context("a parent")?)?.set_modified(week_ago)?;
+
+    std::fs::create_dir_all(tmp.path().join("data"))?;
+    let bus = MemoryBus::new();
+    let mut config = config();
+    config.artifact_retention = Some(ferry_launcher::ArtifactRetention {
+        every: Duration::from_millis(20),
+        ..ferry_launcher::ArtifactRetention::new(&artifacts, Duration::from_secs(24 * 3600))
+    });
+    let shutdown = CancellationToken::new();
+    let handle = tokio::spawn(ferry_launcher::run(
+        config,
+        Journal::open(&tmp.path().join("data"))?,
+        Arc::new(Remote::detached(Arc::new(Platform::default()))),
+        Arc::new(bus.clone()),
+        shutdown.clone(),
+    ));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while old.parent().context("a parent")?.exists() {
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "{} was not removed",
+            old.display()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    ensure!(new.exists(), "a new artifact was removed");
+    shutdown.cancel();
+    tokio::time::timeout(WAIT, handle).await???;
     Ok(())
 }

@@ -11,3 +11,7 @@ pub const SCHEDULER_BATCH_SIZE: &str = "ferry.scheduler.batch_size";
 pub const COMPUTE_SECONDS: &str = "ferry.compute.seconds";
 /// Log lines stored by the log collector.
 pub const LOG_LINES_STORED: &str = "ferry.logs.lines_stored";
+/// Log lines deleted by the log collector's retention.
+pub const LOG_LINES_EXPIRED: &str = "ferry.logs.lines_expired";
+/// Log lines the log collector did not store: their namespace was at its log quota.
+pub const LOG_LINES_DROPPED: &str = "ferry.logs.lines_dropped";

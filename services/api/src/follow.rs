@@ -199,6 +199,15 @@ pub(crate) async fn job_logs(
             .logs
             .query(&lq.limit(q.limit.unwrap_or(LOGS_DEFAULT)))
             .await?;
+        if records.is_empty() && after.is_none() && state.logs.expired(&id).await? {
+            return Err(ApiError::new(
+                StatusCode::GONE,
+                format!(
+                    "the log lines of job {id:?} expired: the log collector deleted them after its \
+                     --log-retention"
+                ),
+            ));
+        }
         let mut body = Vec::new();
         for r in &records {
             body.extend_from_slice(&log_line(r));

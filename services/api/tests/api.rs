@@ -663,6 +663,30 @@ async fn logs_are_queried_by_job_task_cursor_and_limit() {
 }
 
 #[tokio::test]
+async fn logs_deleted_by_retention_are_answered_as_expired_not_as_empty() {
+    let api = Api::start().await;
+    let (old, quiet) = (new_job(), new_job());
+    api.publish(&[api.planned(&old, &["a"]), api.planned(&quiet, &["a"])])
+        .await;
+    api.job_when(&old, "planned", |_| true).await;
+    api.job_when(&quiet, "planned", |_| true).await;
+    api.log(&old, "a", 1, 0, &["a0", "a1"]).await;
+    assert_eq!(api.logs.expire(ferry_event::now_ms(), 100).await.unwrap(), 2);
+
+    let (status, body) = api.get(&format!("/jobs/{old}/logs")).await;
+    assert_eq!(status, 410, "{body}");
+    let error = body["error"].as_str().unwrap();
+    assert!(
+        error.contains("expired") && error.contains("--log-retention"),
+        "{error}"
+    );
+    // A job that wrote nothing is still an empty log, not an expired one.
+    let (status, body) = api.get(&format!("/jobs/{quiet}/logs")).await;
+    assert_eq!(status, 200, "{body}");
+    api.stop().await;
+}
+
+#[tokio::test]
 async fn following_logs_streams_new_lines_and_ends_once_the_job_and_its_lines_are_done() {
     let api = Api::start().await;
     let job = new_job();

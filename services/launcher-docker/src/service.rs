@@ -24,6 +24,9 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Where output files are copied, as `<job>/<task>/<attempt>/<path>`.
     pub artifact_dir: Option<PathBuf>,
+    /// Output files stored longer ago than this are removed from the artifact directory by a
+    /// periodic sweep (`None`: kept for ever).
+    pub artifact_retention: Option<Duration>,
     /// The engine's address (`unix:///…`, `tcp://…`); `DOCKER_HOST`, else the local socket.
     pub docker_host: Option<String>,
     /// When no engine answers: fail to start (true), or run and fail every attempt with why
@@ -59,6 +62,7 @@ impl Config {
         Config {
             data_dir: data_dir.into(),
             artifact_dir: None,
+            artifact_retention: None,
             docker_host: None,
             require_engine: true,
             detach: true,
@@ -82,6 +86,7 @@ impl Config {
             secrets: self.secrets.clone(),
             source: self.source.clone(),
             group: self.group.clone(),
+            artifact_retention: None,
         }
     }
 }
@@ -140,6 +145,10 @@ pub async fn run(mut config: Config, bus: Arc<dyn Bus>, shutdown: CancellationTo
             .unwrap_or_else(|| data_dir.join("artifacts")),
         "artifact directory",
     )?;
+    let mut runtime = config.runtime();
+    runtime.artifact_retention = config
+        .artifact_retention
+        .map(|older_than| ferry_launcher::ArtifactRetention::new(&artifacts, older_than));
     let backend = match connect(config.docker_host.as_deref()).await {
         Ok(engine) => {
             let launcher = launcher_id(&data_dir)?;
@@ -169,7 +178,7 @@ pub async fn run(mut config: Config, bus: Arc<dyn Bus>, shutdown: CancellationTo
         what: format!("cannot read the journal in {}", data_dir.display()),
         source,
     })?;
-    let result = ferry_launcher::run(config.runtime(), journal, Arc::new(backend), bus, shutdown).await;
+    let result = ferry_launcher::run(runtime, journal, Arc::new(backend), bus, shutdown).await;
     tracing::info!("docker launcher stopped");
     result
 }

@@ -42,6 +42,9 @@ pub struct Config {
     pub ttl_after_finished: Option<Duration>,
     /// Where output files are stored [default: `artifacts/` in the data directory].
     pub artifact_dir: Option<PathBuf>,
+    /// Output files stored longer ago than this are removed from the artifact directory by a
+    /// periodic sweep (`None`: kept for ever).
+    pub artifact_retention: Option<Duration>,
     /// The image of the container that holds a pod's working directory for its output files
     /// ([`crate::DEFAULT_STAGE_IMAGE`] when absent): it must have `sh`, `sleep` and `tar`.
     pub stage_image: Option<String>,
@@ -70,6 +73,7 @@ impl Config {
             pending_deadline: Duration::from_secs(300),
             ttl_after_finished: Some(Duration::from_secs(24 * 3600)),
             artifact_dir: None,
+            artifact_retention: None,
             stage_image: None,
             log_batch_lines: 256,
             log_batch_interval: Duration::from_millis(20),
@@ -89,6 +93,7 @@ impl Config {
             secrets: self.secrets.clone(),
             source: self.source.clone(),
             group: self.group.clone(),
+            artifact_retention: None,
         }
     }
 }
@@ -191,7 +196,12 @@ pub async fn run(mut config: Config, bus: Arc<dyn Bus>, shutdown: CancellationTo
         what: format!("cannot read the journal in {}", config.data_dir.display()),
         source,
     })?;
-    let result = ferry_launcher::run(config.runtime(), journal, Arc::new(backend), bus, shutdown).await;
+    let mut runtime = config.runtime();
+    runtime.artifact_retention = config.artifact_retention.map(|older_than| {
+        let dir = (config.artifact_dir.clone()).unwrap_or_else(|| config.data_dir.join("artifacts"));
+        ferry_launcher::ArtifactRetention::new(dir, older_than)
+    });
+    let result = ferry_launcher::run(runtime, journal, Arc::new(backend), bus, shutdown).await;
     tracing::info!("kubernetes launcher stopped");
     result
 }

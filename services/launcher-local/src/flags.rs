@@ -51,6 +51,11 @@ pub struct Flags {
     /// Where output files are copied [default: DATA_DIR/artifacts]
     #[arg(long, env = "FERRY_ARTIFACT_DIR", value_name = "DIR")]
     pub artifact_dir: Option<PathBuf>,
+    /// Remove output files stored in the artifact directory longer ago than this (and the
+    /// directories that leaves empty), in a sweep every 5 minutes; links are never followed
+    /// [default: keep for ever]
+    #[arg(long, env = "FERRY_ARTIFACT_RETENTION", value_name = "DURATION", value_parser = ferry_connect::service::duration)]
+    pub artifact_retention: Option<Duration>,
     /// A secrets file, readable by its owner only (NAME=value lines, or a YAML or JSON map
     /// whose values may be {value, namespaces, flows}); FERRY_SECRET_<NAME> variables are read
     /// as well, the file wins on a name in both.
@@ -94,6 +99,7 @@ impl Flags {
         }
         config.cgroups = !self.no_cgroups;
         config.artifact_dir = self.artifact_dir.clone();
+        config.artifact_retention = self.artifact_retention;
         config.max_parallel = self.max_parallel;
         config.kill_grace = self.kill_grace;
         config.group = self.launcher_group.clone();

@@ -58,6 +58,9 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Where output files are copied, as `<job>/<task>/<attempt>/<path>`.
     pub artifact_dir: Option<PathBuf>,
+    /// Output files stored longer ago than this are removed from the artifact directory by a
+    /// periodic sweep (`None`: kept for ever).
+    pub artifact_retention: Option<Duration>,
     /// Attempts running at once, and the subscription's prefetch.
     pub max_parallel: usize,
     /// Time between SIGTERM and SIGKILL when stopping a process group.
@@ -99,6 +102,7 @@ impl Config {
         Config {
             data_dir: data_dir.into(),
             artifact_dir: None,
+            artifact_retention: None,
             max_parallel: 64,
             kill_grace: Duration::from_secs(10),
             log_batch_lines: 256,
@@ -131,6 +135,7 @@ impl Config {
             secrets: self.secrets.clone(),
             source: self.source.clone(),
             group: self.group.clone(),
+            artifact_retention: None,
         }
     }
 
@@ -331,8 +336,12 @@ pub async fn run(config: Config, bus: Arc<dyn Bus>, shutdown: CancellationToken)
         what: format!("cannot read the journal in {}", config.data_dir.display()),
         source,
     })?;
+    let mut runtime = config.runtime();
+    runtime.artifact_retention = config
+        .artifact_retention
+        .map(|older_than| ferry_launcher::ArtifactRetention::new(&artifact_dir, older_than));
     let local = open_backend(&config, artifact_dir, run_as, &journal).await?;
-    let result = ferry_launcher::run(config.runtime(), journal, Arc::new(local.clone()), bus, shutdown).await;
+    let result = ferry_launcher::run(runtime, journal, Arc::new(local.clone()), bus, shutdown).await;
     local.contain().remove();
     tracing::info!("local launcher stopped");
     result

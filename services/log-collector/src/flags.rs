@@ -2,8 +2,9 @@
 //! `ferry-log-collector`, `ferry-api`, `ferry service log-collector|api` and `ferry up`.
 
 use std::path::Path;
+use std::time::Duration;
 
-use crate::{Config, DEFAULT_BATCH_MAX, DEFAULT_GROUP, LogStore, Result};
+use crate::{Config, DEFAULT_BATCH_MAX, DEFAULT_GROUP, LogQuotas, LogStore, Result};
 
 /// Where the log store is: written by the log collector, read by the api.
 #[derive(Debug, Clone, clap::Args)]
@@ -36,6 +37,35 @@ pub struct Flags {
     /// Most task.log events stored per transaction.
     #[arg(long, env = "FERRY_LOG_COLLECTOR_BATCH_MAX", value_name = "N", default_value_t = DEFAULT_BATCH_MAX)]
     pub log_collector_batch_max: usize,
+    /// Delete log lines older than this (by the time each line was written), a bounded batch
+    /// at a time, every minute; reading a job whose lines went answers that they expired.
+    /// [default: keep for ever]
+    #[arg(long, env = "FERRY_LOG_RETENTION", value_name = "DURATION", value_parser = ferry_connect::service::duration)]
+    pub log_retention: Option<Duration>,
+    /// Most bytes of log text a namespace's jobs may keep in the log store, as NAME=BYTES (jobs
+    /// without a namespace are in `default`; `*=BYTES` for every namespace not named); past
+    /// it their lines are dropped, with one line per attempt saying so. Repeat the flag, or
+    /// separate with commas.
+    #[arg(long = "namespace-log-quota", env = "FERRY_NAMESPACE_LOG_QUOTAS", value_name = "NAME=BYTES", value_delimiter = ',', value_parser = quota)]
+    pub namespace_log_quotas: Vec<(String, u64)>,
+}
+
+/// `NAME=BYTES`, BYTES a whole number.
+fn quota(s: &str) -> std::result::Result<(String, u64), String> {
+    let (name, n) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}`: expected NAME=BYTES, e.g. analytics=1000000000 or *=100000000"))?;
+    let name = name.trim();
+    if name.is_empty() {
+        return Err(format!(
+            "`{s}`: the namespace is missing (NAME=BYTES, or *=BYTES for every namespace)"
+        ));
+    }
+    let n = n
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}`: {n:?} is not a whole number of bytes"))?;
+    Ok((name.to_string(), n))
 }
 
 impl Flags {
@@ -44,6 +74,8 @@ impl Flags {
         Config {
             group: self.log_collector_group.clone(),
             batch_max: self.log_collector_batch_max,
+            retention: self.log_retention,
+            quotas: LogQuotas::new(self.namespace_log_quotas.iter().cloned()),
             ..Config::new(store)
         }
     }
@@ -63,5 +95,43 @@ impl ProcessFlags {
     pub async fn config(&self, data_dir: &Path) -> Result<Config> {
         let store = LogStore::open(&self.store.url(data_dir)).await?;
         Ok(self.collector.config(store))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        flags: Flags,
+    }
+
+    #[test]
+    fn namespace_log_quotas_are_name_equals_bytes_with_a_star_for_the_others() {
+        let cli = Cli::try_parse_from([
+            "x",
+            "--namespace-log-quota",
+            "analytics=1000,*=50",
+            "--namespace-log-quota",
+            "ml=7",
+        ])
+        .unwrap();
+        let quotas = LogQuotas::new(cli.flags.namespace_log_quotas);
+        assert_eq!(
+            (quotas.of("analytics"), quotas.of("ml"), quotas.of("other")),
+            (Some(1000), Some(7), Some(50))
+        );
+        assert!(LogQuotas::new(Cli::try_parse_from(["x"]).unwrap().flags.namespace_log_quotas).is_empty());
+        for bad in ["analytics", "=5", "analytics=lots"] {
+            let err = Cli::try_parse_from(["x", "--namespace-log-quota", bad])
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(err.contains(bad), "{err}");
+        }
     }
 }

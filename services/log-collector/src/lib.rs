@@ -9,6 +9,8 @@
 //! - [`run`] is the service: it consumes the logs topic in batches, stores each batch in one
 //!   transaction and acks the deliveries only after the commit. Undecodable events are
 //!   dead-lettered with the reason; a failing store makes it give the batch back and retry.
+//!   With a retention ([`Config::retention`]) it also deletes lines older than it, a bounded
+//!   batch per transaction ([`LogStore::expire`]), and remembers whose ([`LogStore::expired`]).
 //!
 //! Ordering: within one attempt, lines are returned by `seq`. Across a task or a job, lines are
 //! returned in arrival order (the [`Cursor`]), which is each attempt's `seq` order whenever its
@@ -22,5 +24,10 @@ mod store;
 
 pub use error::{Error, Result};
 pub use flags::{Flags, LogDb, ProcessFlags};
-pub use service::{Config, DEFAULT_BATCH_MAX, DEFAULT_GROUP, LogCollector, run};
-pub use store::{Cursor, DEFAULT_FOLLOW_POLL, LogQuery, LogRecord, LogStore, validate};
+pub use service::{
+    Config, DEFAULT_BATCH_MAX, DEFAULT_GROUP, DEFAULT_RETENTION_BATCH, DEFAULT_RETENTION_EVERY, LogCollector,
+    run, sweep_retention,
+};
+pub use store::{
+    Appended, Cursor, DEFAULT_FOLLOW_POLL, LogQuery, LogQuotas, LogRecord, LogStore, quota_marker, validate,
+};

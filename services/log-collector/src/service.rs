@@ -8,12 +8,12 @@ use ferry_bus::{Bus, Delivery, Subscribe, Subscription};
 use ferry_event::payload::TaskLog;
 use ferry_event::{AttributesReader, Topic, kind};
 use ferry_runtime::db::Waits;
-use ferry_runtime::metrics::LOG_LINES_STORED;
+use ferry_runtime::metrics::{LOG_LINES_DROPPED, LOG_LINES_EXPIRED, LOG_LINES_STORED};
 use ferry_runtime::{Backoff, CancellationToken};
 use tracing::Instrument;
 
 use crate::error::{Error, Result};
-use crate::store::{LogStore, validate};
+use crate::store::{Appended, LogQuotas, LogStore, validate};
 
 /// The consumer group the collectors share: each `task.log` event is stored by one of them.
 pub const DEFAULT_GROUP: &str = "log-collector";
@@ -32,6 +32,14 @@ pub struct Config {
     pub retry_initial: Duration,
     /// Longest wait between retries of a failing commit.
     pub retry_max: Duration,
+    /// Lines stamped longer ago than this are deleted; `None` keeps them for ever.
+    pub retention: Option<Duration>,
+    /// How often the retention sweep looks for lines to delete.
+    pub retention_every: Duration,
+    /// Most lines one retention transaction deletes.
+    pub retention_batch: usize,
+    /// Bytes of log text each namespace may store; lines past it are dropped.
+    pub quotas: LogQuotas,
 }
 
 impl Config {
@@ -42,6 +50,67 @@ impl Config {
             batch_max: DEFAULT_BATCH_MAX,
             retry_initial: Duration::from_millis(200),
             retry_max: Duration::from_secs(10),
+            retention: None,
+            retention_every: DEFAULT_RETENTION_EVERY,
+            retention_batch: DEFAULT_RETENTION_BATCH,
+            quotas: LogQuotas::default(),
+        }
+    }
+}
+
+/// How often the retention sweep runs.
+pub const DEFAULT_RETENTION_EVERY: Duration = Duration::from_secs(60);
+/// Lines deleted per retention transaction: small enough that appends wait for it a few
+/// milliseconds at most.
+pub const DEFAULT_RETENTION_BATCH: usize = 2000;
+/// The pause between two full retention batches, so that appends get the write lock between.
+const RETENTION_PAUSE: Duration = Duration::from_millis(50);
+
+/// Deletes the lines older than `retention` every `every`, `batch` lines per transaction, until
+/// `shutdown`. A failing delete is logged and tried again at the next sweep: retention is
+/// housekeeping, it never stops the collector.
+pub async fn sweep_retention(
+    store: LogStore,
+    retention: Duration,
+    every: Duration,
+    batch: usize,
+    shutdown: CancellationToken,
+) {
+    let batch = batch.max(1);
+    let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+    loop {
+        let before_ms = ferry_event::now_ms().saturating_sub(retention_ms);
+        let mut total = 0u64;
+        loop {
+            match store.expire(before_ms, batch).await {
+                Ok(n) => {
+                    total += n;
+                    if n < batch as u64 {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "deleting expired log lines failed; trying again at the next sweep");
+                    break;
+                }
+            }
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(RETENTION_PAUSE) => {}
+            }
+        }
+        if total > 0 {
+            tracing::info!(
+                { LOG_LINES_EXPIRED } = total,
+                before_ms,
+                "expired log lines deleted"
+            );
+        }
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
         }
     }
 }
@@ -88,8 +157,28 @@ impl LogCollector {
     /// the batch is held and stored again after a backoff; a batch it refuses otherwise is given
     /// back to the bus and taken again after a backoff.
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<()> {
-        let mut backoff = Backoff::new(self.config.retry_initial, self.config.retry_max);
         tracing::info!(group = %self.config.group, "log collector started");
+        let sweeper = self.config.retention.map(|retention| {
+            tokio::spawn(sweep_retention(
+                self.config.store.clone(),
+                retention,
+                self.config.retention_every,
+                self.config.retention_batch,
+                shutdown.child_token(),
+            ))
+        });
+        let result = self.collect(&shutdown).await;
+        if let Some(sweeper) = sweeper {
+            // The sweep ends with the shutdown; when the bus closed first, stop it here.
+            sweeper.abort();
+            let _ = sweeper.await;
+        }
+        tracing::info!("log collector stopped");
+        result
+    }
+
+    async fn collect(&mut self, shutdown: &CancellationToken) -> Result<()> {
+        let mut backoff = Backoff::new(self.config.retry_initial, self.config.retry_max);
         loop {
             let next = tokio::select! {
                 biased;
@@ -102,7 +191,15 @@ impl LogCollector {
                     break;
                 }
                 Some(Ok(batch)) => {
-                    match handle_batch(&self.config.store, batch, self.waits(), &shutdown).await {
+                    match handle_batch(
+                        &self.config.store,
+                        &self.config.quotas,
+                        batch,
+                        self.waits(),
+                        shutdown,
+                    )
+                    .await
+                    {
                         Ok(_) => {
                             backoff.reset();
                             continue;
@@ -135,7 +232,6 @@ impl LogCollector {
                 _ = tokio::time::sleep(delay) => {}
             }
         }
-        tracing::info!("log collector stopped");
         Ok(())
     }
 }
@@ -148,6 +244,7 @@ impl LogCollector {
 /// stored.
 pub(crate) async fn handle_batch(
     store: &LogStore,
+    quotas: &LogQuotas,
     batch: Vec<Delivery>,
     waits: Waits,
     shutdown: &CancellationToken,
@@ -199,13 +296,19 @@ pub(crate) async fn handle_batch(
                 Error::Database(e) => Some(e),
                 _ => None,
             },
-            || store.append(&logs),
+            || store.append_within(&logs, quotas),
         )
         .await;
         match appended {
-            Ok(stored) => {
+            Ok(Appended { stored, dropped }) => {
                 tracing::Span::current().record("stored", stored);
                 tracing::debug!({ LOG_LINES_STORED } = stored, "log lines committed");
+                if dropped > 0 {
+                    tracing::info!(
+                        { LOG_LINES_DROPPED } = dropped,
+                        "log lines dropped: their namespace is at its log quota"
+                    );
+                }
                 // Acked only now that the lines are durable. A crash before the acks means a
                 // redelivery, which stores nothing twice.
                 if let Err(e) = ferry_bus::ack_all(good).await {
@@ -259,6 +362,7 @@ mod tests {
             job_id: "j".into(),
             task_id: "t".into(),
             attempt_id: "a".into(),
+            namespace: None,
             seq,
             lines: vec![LogLine {
                 stream: Stream::Stdout,
@@ -297,7 +401,9 @@ mod tests {
             max: Duration::ZERO,
         };
         let shutdown = CancellationToken::new();
-        let err = handle_batch(&store, batch, waits, &shutdown).await.unwrap_err();
+        let err = handle_batch(&store, &LogQuotas::default(), batch, waits, &shutdown)
+            .await
+            .unwrap_err();
         assert!(err.is_transient(), "{err}");
 
         // The events are back on the bus, in their order, and nothing was dead-lettered.
@@ -311,7 +417,10 @@ mod tests {
         assert!(bus.dead_letters().is_empty());
 
         sql(&url, "ALTER TABLE log_lines_away RENAME TO log_lines").await?;
-        assert_eq!(handle_batch(&store, again, waits, &shutdown).await?, 3);
+        assert_eq!(
+            handle_batch(&store, &LogQuotas::default(), again, waits, &shutdown).await?,
+            3
+        );
         let lines = store.query(&LogQuery::job("j")).await?;
         assert_eq!(lines.iter().map(|r| r.seq).collect::<Vec<_>>(), [0, 1, 2]);
         assert!(sub.try_next().is_none(), "acked after the commit");
@@ -346,7 +455,9 @@ mod tests {
             max: Duration::from_secs(1),
         };
         let shutdown = CancellationToken::new();
-        let (stored, released) = tokio::join!(handle_batch(&store, batch, waits, &shutdown), release);
+        let quotas = LogQuotas::default();
+        let (stored, released) =
+            tokio::join!(handle_batch(&store, &quotas, batch, waits, &shutdown), release);
         released?;
         assert_eq!(stored?, 2);
         assert!(sub.try_next().is_none(), "the events were given back to the bus");

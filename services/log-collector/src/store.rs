@@ -44,11 +44,12 @@ struct Migration {
 
 /// The schema, in order. Statements are idempotent so that a half-applied database (or two
 /// processes opening a new file at once) converges.
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "log lines",
-    statements: &[
-        "CREATE TABLE IF NOT EXISTS log_lines (
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "log lines",
+        statements: &[
+            "CREATE TABLE IF NOT EXISTS log_lines (
             id         INTEGER PRIMARY KEY AUTOINCREMENT,
             job_id     TEXT    NOT NULL,
             task_id    TEXT    NOT NULL,
@@ -59,10 +60,99 @@ const MIGRATIONS: &[Migration] = &[Migration {
             text       TEXT    NOT NULL,
             UNIQUE (attempt_id, seq)
         )",
-        "CREATE INDEX IF NOT EXISTS log_lines_job ON log_lines (job_id, id)",
-        "CREATE INDEX IF NOT EXISTS log_lines_task ON log_lines (job_id, task_id, id)",
-    ],
-}];
+            "CREATE INDEX IF NOT EXISTS log_lines_job ON log_lines (job_id, id)",
+            "CREATE INDEX IF NOT EXISTS log_lines_task ON log_lines (job_id, task_id, id)",
+        ],
+    },
+    Migration {
+        version: 2,
+        description: "log retention",
+        statements: &[
+            // Retention deletes the oldest lines first, a bounded batch at a time: without this
+            // index each batch would scan the table.
+            "CREATE INDEX IF NOT EXISTS log_lines_time ON log_lines (time_ms)",
+            // The jobs retention took lines of, so that reading them says "expired" rather than
+            // answering an empty log. One small row per job, against the many lines it replaces.
+            "CREATE TABLE IF NOT EXISTS log_expired (
+            job_id        TEXT   PRIMARY KEY,
+            expired_at_ms BIGINT NOT NULL
+        )",
+        ],
+    },
+    Migration {
+        version: 3,
+        description: "log quotas",
+        statements: &[
+            // The namespace each line counts against ('' for quota markers, which count against
+            // none). Lines stored before count against `default`.
+            "ALTER TABLE log_lines ADD COLUMN namespace TEXT NOT NULL DEFAULT 'default'",
+            // Bytes of line text stored per namespace: kept by appends and retention, so that a
+            // quota is checked without summing the lines.
+            "CREATE TABLE IF NOT EXISTS log_namespaces (
+            namespace TEXT   PRIMARY KEY,
+            bytes     BIGINT NOT NULL
+        )",
+            "INSERT INTO log_namespaces (namespace, bytes)
+            SELECT 'default', COALESCE(SUM(LENGTH(CAST(text AS BLOB))), 0) FROM log_lines WHERE true
+            ON CONFLICT (namespace) DO NOTHING",
+            // Attempts whose lines a quota dropped: how many, and up to which seq (so that a
+            // redelivered batch is not counted twice).
+            "CREATE TABLE IF NOT EXISTS log_quota_drops (
+            attempt_id  TEXT   PRIMARY KEY,
+            namespace   TEXT   NOT NULL,
+            dropped     BIGINT NOT NULL,
+            through_seq BIGINT NOT NULL
+        )",
+        ],
+    },
+];
+
+/// Bytes of log text each namespace may store (see [`LogStore::append_within`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogQuotas {
+    /// By namespace.
+    pub named: HashMap<String, u64>,
+    /// For every namespace not named (`*=BYTES`); `None`: no limit.
+    pub others: Option<u64>,
+}
+
+impl LogQuotas {
+    /// From `NAME=BYTES` pairs, `*` for every namespace not named.
+    pub fn new(pairs: impl IntoIterator<Item = (String, u64)>) -> Self {
+        let mut q = LogQuotas::default();
+        for (name, bytes) in pairs {
+            if name == "*" {
+                q.others = Some(bytes);
+            } else {
+                q.named.insert(name, bytes);
+            }
+        }
+        q
+    }
+
+    /// The quota of `namespace`, if it has one.
+    pub fn of(&self, namespace: &str) -> Option<u64> {
+        self.named.get(namespace).copied().or(self.others)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.named.is_empty() && self.others.is_none()
+    }
+}
+
+/// What [`LogStore::append_within`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Appended {
+    /// Lines newly stored (quota markers included).
+    pub stored: u64,
+    /// Lines not stored because their namespace was at its quota.
+    pub dropped: u64,
+}
+
+/// The line that stands, once per attempt, for the lines a quota dropped.
+pub fn quota_marker(namespace: &str, quota: u64) -> String {
+    format!("log quota of namespace {namespace} ({quota} bytes) reached: further lines dropped")
+}
 
 /// A position in the log store, returned with every [`LogRecord`].
 ///
@@ -262,18 +352,79 @@ impl LogStore {
     ///
     /// Fails without storing anything if any batch is invalid (see [`validate`]).
     pub async fn append(&self, batches: &[TaskLog]) -> Result<u64> {
+        Ok(self.append_within(batches, &LogQuotas::default()).await?.stored)
+    }
+
+    /// [`LogStore::append`], where a namespace that has stored `quotas.of(namespace)` bytes of
+    /// text or more stores no further line: the first line of an attempt dropped so is
+    /// replaced, once per attempt, by a [`quota_marker`] line (stderr), and the lines dropped
+    /// are counted ([`Appended::dropped`], and in [`LogStore::lines_stored`]). A line counts
+    /// against its batch's `namespace`, else the one its attempt's earlier lines counted
+    /// against, else `default`. A line is stored while its namespace holds less than its
+    /// quota, so the last one stored may pass it by its own length.
+    pub async fn append_within(&self, batches: &[TaskLog], quotas: &LogQuotas) -> Result<Appended> {
         for b in batches {
             validate(b)?;
         }
         let rows = ordered_rows(batches);
         if rows.is_empty() {
-            return Ok(0);
+            return Ok(Appended::default());
         }
         let mut tx = self.pool.begin().await?;
+        // The namespace of each attempt, and the bytes each namespace holds.
+        let mut namespaces: HashMap<&str, String> = HashMap::new();
+        let mut held: HashMap<String, i64> = HashMap::new();
+        for log in batches {
+            if namespaces.contains_key(log.attempt_id.as_str()) {
+                continue;
+            }
+            let ns = match log.namespace.as_deref().filter(|n| !n.is_empty()) {
+                Some(ns) => ns.to_string(),
+                None => sqlx::query_scalar::<_, String>(
+                    "SELECT namespace FROM log_lines WHERE attempt_id = $1 AND namespace <> '' LIMIT 1",
+                )
+                .bind(log.attempt_id.as_str())
+                .fetch_optional(&mut *tx)
+                .await?
+                .unwrap_or_else(|| ferry_event::payload::DEFAULT_NAMESPACE.to_string()),
+            };
+            if !held.contains_key(&ns) {
+                let bytes: Option<i64> =
+                    sqlx::query_scalar("SELECT bytes FROM log_namespaces WHERE namespace = $1")
+                        .bind(ns.as_str())
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                held.insert(ns.clone(), bytes.unwrap_or(0));
+            }
+            namespaces.insert(log.attempt_id.as_str(), ns);
+        }
+        // Which lines fit; the others are dropped, by attempt: (first seq, its time, count,
+        // last seq).
+        let mut keep = Vec::with_capacity(rows.len());
+        let mut drops: HashMap<&str, (i64, i64, u64, i64)> = HashMap::new();
+        for r in rows {
+            let ns = &namespaces[r.log.attempt_id.as_str()];
+            let bytes = held.entry(ns.clone()).or_default();
+            match quotas.of(ns) {
+                Some(q) if *bytes >= i64::try_from(q).unwrap_or(i64::MAX) => {
+                    let d =
+                        drops
+                            .entry(r.log.attempt_id.as_str())
+                            .or_insert((r.seq, r.line.time_ms, 0, r.seq));
+                    d.2 += 1;
+                    d.3 = d.3.max(r.seq);
+                }
+                _ => {
+                    *bytes = bytes.saturating_add(r.line.text.len() as i64);
+                    keep.push(r);
+                }
+            }
+        }
         let mut stored = 0;
-        for chunk in rows.chunks(INSERT_CHUNK) {
+        let mut added: HashMap<String, i64> = HashMap::new();
+        for chunk in keep.chunks(INSERT_CHUNK) {
             let mut qb = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO log_lines (job_id, task_id, attempt_id, seq, stream, time_ms, text) ",
+                "INSERT INTO log_lines (job_id, task_id, attempt_id, seq, stream, time_ms, text, namespace) ",
             );
             qb.push_values(chunk, |mut b, r| {
                 b.push_bind(r.log.job_id.as_str())
@@ -282,16 +433,94 @@ impl LogStore {
                     .push_bind(r.seq)
                     .push_bind(stream_name(r.line.stream))
                     .push_bind(r.line.time_ms)
-                    .push_bind(r.line.text.as_str());
+                    .push_bind(r.line.text.as_str())
+                    .push_bind(namespaces[r.log.attempt_id.as_str()].as_str());
             });
-            qb.push(" ON CONFLICT (attempt_id, seq) DO NOTHING");
-            stored += qb.build().execute(&mut *tx).await?.rows_affected();
+            qb.push(
+                " ON CONFLICT (attempt_id, seq) DO NOTHING RETURNING namespace, LENGTH(CAST(text AS BLOB))",
+            );
+            let inserted: Vec<(String, i64)> = qb.build_query_as().fetch_all(&mut *tx).await?;
+            stored += inserted.len() as u64;
+            for (ns, bytes) in inserted {
+                *added.entry(ns).or_default() += bytes;
+            }
+        }
+        for (ns, bytes) in &added {
+            sqlx::query(
+                "INSERT INTO log_namespaces (namespace, bytes) VALUES ($1, $2) \
+                 ON CONFLICT (namespace) DO UPDATE SET bytes = log_namespaces.bytes + excluded.bytes",
+            )
+            .bind(ns.as_str())
+            .bind(bytes)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let mut dropped = 0;
+        for (attempt, (first, time_ms, count, last)) in drops {
+            let ns = namespaces[attempt].as_str();
+            let known: Option<i64> =
+                sqlx::query_scalar("SELECT through_seq FROM log_quota_drops WHERE attempt_id = $1")
+                    .bind(attempt)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            match known {
+                None => {
+                    let Some(log) = batches.iter().find(|b| b.attempt_id == attempt) else {
+                        continue;
+                    };
+                    let quota = quotas.of(ns).unwrap_or(0);
+                    let marked = sqlx::query(
+                        "INSERT INTO log_lines (job_id, task_id, attempt_id, seq, stream, time_ms, text, namespace) \
+                         VALUES ($1, $2, $3, $4, 'stderr', $5, $6, '') ON CONFLICT (attempt_id, seq) DO NOTHING",
+                    )
+                    .bind(log.job_id.as_str())
+                    .bind(log.task_id.as_str())
+                    .bind(attempt)
+                    .bind(first)
+                    .bind(time_ms)
+                    .bind(quota_marker(ns, quota))
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    if marked == 0 {
+                        // That seq was stored before: this batch was a redelivery.
+                        continue;
+                    }
+                    stored += 1;
+                    dropped += count;
+                    sqlx::query(
+                        "INSERT INTO log_quota_drops (attempt_id, namespace, dropped, through_seq) \
+                         VALUES ($1, $2, $3, $4)",
+                    )
+                    .bind(attempt)
+                    .bind(ns)
+                    .bind(i64::try_from(count).unwrap_or(i64::MAX))
+                    .bind(last)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                Some(through) if last > through => {
+                    // Each counted once: only seqs past those counted before.
+                    let new = count.min(u64::try_from(last - through).unwrap_or(0));
+                    dropped += new;
+                    sqlx::query(
+                        "UPDATE log_quota_drops SET dropped = dropped + $1, through_seq = $2 \
+                         WHERE attempt_id = $3",
+                    )
+                    .bind(i64::try_from(new).unwrap_or(i64::MAX))
+                    .bind(last)
+                    .bind(attempt)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                Some(_) => {}
+            }
         }
         tx.commit().await?;
         if stored > 0 {
             self.appended.send_modify(|n| *n = n.wrapping_add(stored));
         }
-        Ok(stored)
+        Ok(Appended { stored, dropped })
     }
 
     /// The lines `q` selects: an attempt's by `seq`, a task's or a job's in arrival order.
@@ -334,11 +563,81 @@ impl LogStore {
     /// How many lines of an attempt are stored. Once it equals the `logLines` of the attempt's
     /// `task.finished`, its log is complete.
     pub async fn lines_stored(&self, attempt_id: &str) -> Result<u64> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM log_lines WHERE attempt_id = $1")
-            .bind(attempt_id)
-            .fetch_one(&self.pool)
-            .await?;
+        // Lines a quota dropped count as stored (the marker stands in for the first of them),
+        // so that a log cut by a quota is complete too.
+        let n: i64 = sqlx::query_scalar(
+            "SELECT (SELECT COUNT(*) FROM log_lines WHERE attempt_id = $1) + \
+             COALESCE((SELECT dropped - 1 FROM log_quota_drops WHERE attempt_id = $1), 0)",
+        )
+        .bind(attempt_id)
+        .fetch_one(&self.pool)
+        .await?;
         Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    /// Bytes of line text `namespace` holds in the store: what its quota is checked against.
+    pub async fn namespace_bytes(&self, namespace: &str) -> Result<u64> {
+        let n: Option<i64> = sqlx::query_scalar("SELECT bytes FROM log_namespaces WHERE namespace = $1")
+            .bind(namespace)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(n.and_then(|n| u64::try_from(n).ok()).unwrap_or(0))
+    }
+
+    /// Deletes up to `max_rows` of the lines stamped before `before_ms` (ms since the epoch),
+    /// oldest first, in one short transaction, and records their jobs as expired (see
+    /// [`LogStore::expired`]). Returns how many lines it deleted: fewer than `max_rows` means
+    /// none older is left. Callers delete in such batches, never all at once, so that a large
+    /// backlog never holds the write lock (and so the appends) for long.
+    pub async fn expire(&self, before_ms: i64, max_rows: usize) -> Result<u64> {
+        let limit = i64::try_from(max_rows).unwrap_or(i64::MAX);
+        let mut tx = self.pool.begin().await?;
+        let gone: Vec<(String, String, i64)> = sqlx::query_as(
+            "DELETE FROM log_lines WHERE id IN \
+             (SELECT id FROM log_lines WHERE time_ms < $1 ORDER BY time_ms LIMIT $2) \
+             RETURNING job_id, namespace, LENGTH(CAST(text AS BLOB))",
+        )
+        .bind(before_ms)
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?;
+        let deleted = gone.len() as u64;
+        let mut freed: HashMap<&str, i64> = HashMap::new();
+        for (_, ns, bytes) in &gone {
+            if !ns.is_empty() {
+                *freed.entry(ns.as_str()).or_default() += bytes;
+            }
+        }
+        for (ns, bytes) in freed {
+            sqlx::query("UPDATE log_namespaces SET bytes = MAX(bytes - $1, 0) WHERE namespace = $2")
+                .bind(bytes)
+                .bind(ns)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let jobs: Vec<String> = gone.into_iter().map(|(job, _, _)| job).collect();
+        let jobs: std::collections::BTreeSet<&str> = jobs.iter().map(String::as_str).collect();
+        let now = ferry_event::now_ms();
+        for chunk in jobs.into_iter().collect::<Vec<_>>().chunks(INSERT_CHUNK) {
+            let mut qb = QueryBuilder::<Sqlite>::new("INSERT INTO log_expired (job_id, expired_at_ms) ");
+            qb.push_values(chunk, |mut b, job| {
+                b.push_bind(*job).push_bind(now);
+            });
+            qb.push(" ON CONFLICT (job_id) DO NOTHING");
+            qb.build().execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(deleted)
+    }
+
+    /// Whether retention has deleted lines of `job_id` ([`LogStore::expire`]): an empty answer
+    /// for such a job means its log expired, not that it wrote nothing.
+    pub async fn expired(&self, job_id: &str) -> Result<bool> {
+        let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM log_expired WHERE job_id = $1")
+            .bind(job_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(found.is_some())
     }
 
     /// Closes the connections; clones stop working.

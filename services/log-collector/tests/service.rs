@@ -19,6 +19,7 @@ fn batch(job: &str, attempt: &str, seq: u64, n: u64) -> TaskLog {
         job_id: job.into(),
         task_id: "t".into(),
         attempt_id: attempt.into(),
+        namespace: None,
         seq,
         lines: (seq..seq + n)
             .map(|s| LogLine {
@@ -270,5 +271,56 @@ async fn run_stores_what_reaches_its_group_and_stops_on_shutdown() -> Result<()>
     ));
     let seen = h.lines_until("j", "a").await?;
     assert_eq!(seen[0].text, "a line 0");
+    h.stop(shutdown, handle).await
+}
+
+#[tokio::test]
+async fn with_a_retention_old_lines_are_deleted_in_batches_and_recent_ones_kept() -> Result<()> {
+    let h = Harness::new().await?;
+    let config = Config {
+        retention: Some(Duration::from_secs(3600)),
+        retention_every: Duration::from_millis(20),
+        // Ten old lines take four batches.
+        retention_batch: 3,
+        ..Config::new(h.store.clone())
+    };
+    let collector = LogCollector::subscribe(config, h.bus()).await?;
+    let mut recent = batch("new", "b", 0, 2);
+    for line in &mut recent.lines {
+        line.time_ms = ferry_event::now_ms();
+    }
+    // Lines stamped in 1970, older than any retention.
+    h.bus
+        .publish(&[event(&batch("old", "a", 0, 10)), event(&recent)])
+        .await?;
+    let (shutdown, handle) = h.spawn(collector);
+    assert_eq!(seqs_of(&h.lines_until("new", "b").await?, "b"), [0]);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !h.store.expired("old").await? || !h.store.query(&LogQuery::job("old")).await?.is_empty() {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "old lines still stored after {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(seqs_of(&h.store.query(&LogQuery::job("new")).await?, "b"), [0, 1]);
+    assert!(!h.store.expired("new").await?);
+    h.stop(shutdown, handle).await
+}
+
+#[tokio::test]
+async fn without_a_retention_nothing_is_deleted() -> Result<()> {
+    let h = Harness::new().await?;
+    let config = Config {
+        retention_every: Duration::from_millis(10),
+        ..Config::new(h.store.clone())
+    };
+    let collector = LogCollector::subscribe(config, h.bus()).await?;
+    h.bus.publish(&[event(&batch("old", "a", 0, 3))]).await?;
+    let (shutdown, handle) = h.spawn(collector);
+    h.lines_until("old", "a").await?;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(h.store.lines_stored("a").await?, 3);
+    assert!(!h.store.expired("old").await?);
     h.stop(shutdown, handle).await
 }

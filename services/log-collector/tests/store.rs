@@ -13,6 +13,7 @@ fn batch(job: &str, task: &str, attempt: &str, seq: u64, n: u64) -> TaskLog {
         job_id: job.into(),
         task_id: task.into(),
         attempt_id: attempt.into(),
+        namespace: None,
         seq,
         lines: (seq..seq + n)
             .map(|s| LogLine {
@@ -352,4 +353,209 @@ async fn stores_opened_at_once_on_a_new_file_all_open() {
             }
         }
     }
+}
+
+/// A line of `job` stamped `time_ms`.
+fn stamped(job: &str, attempt: &str, seq: u64, time_ms: i64) -> TaskLog {
+    TaskLog {
+        job_id: job.into(),
+        task_id: "t".into(),
+        attempt_id: attempt.into(),
+        namespace: None,
+        seq,
+        lines: vec![LogLine {
+            stream: Stream::Stdout,
+            time_ms,
+            text: format!("{attempt} line {seq}"),
+        }],
+    }
+}
+
+#[tokio::test]
+async fn expire_deletes_the_oldest_lines_a_bounded_batch_at_a_time_and_marks_their_jobs() -> Result<()> {
+    let (_dir, _, store) = temp_store().await?;
+    // j-old: five lines at 100..104; j-new: two lines at 10_000; j-mixed: one old, one new.
+    let mut batches: Vec<TaskLog> = (0..5).map(|s| stamped("j-old", "a", s, 100 + s as i64)).collect();
+    batches.push(stamped("j-new", "b", 0, 10_000));
+    batches.push(stamped("j-new", "b", 1, 10_001));
+    batches.push(stamped("j-mixed", "c", 0, 50));
+    batches.push(stamped("j-mixed", "c", 1, 10_002));
+    assert_eq!(store.append(&batches).await?, 9);
+
+    // Six lines are older than 1_000; a batch of four takes the four oldest.
+    assert_eq!(store.expire(1_000, 4).await?, 4);
+    assert_eq!(seqs(&store.query(&LogQuery::job("j-mixed")).await?), [1]);
+    assert_eq!(seqs(&store.query(&LogQuery::job("j-old")).await?), [3, 4]);
+    assert!(store.expired("j-old").await? && store.expired("j-mixed").await?);
+    assert!(!store.expired("j-new").await?, "no line of j-new was old enough");
+
+    // The rest, then nothing: a short batch says none older is left.
+    assert_eq!(store.expire(1_000, 4).await?, 2);
+    assert_eq!(store.expire(1_000, 4).await?, 0);
+    assert!(store.query(&LogQuery::job("j-old")).await?.is_empty());
+    assert_eq!(seqs(&store.query(&LogQuery::job("j-new")).await?), [0, 1]);
+    assert!(!store.expired("j-new").await?);
+    assert!(!store.expired("j-unknown").await?);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_store_from_before_retention_is_migrated_and_expires() -> Result<()> {
+    let (_dir, url, store) = temp_store().await?;
+    store.append(&[stamped("j", "a", 0, 100)]).await?;
+    store.close().await;
+    // Opening again applies nothing new and keeps the lines.
+    let store = LogStore::open(&url).await?;
+    assert_eq!(store.expire(1_000, 10).await?, 1);
+    assert!(store.expired("j").await?);
+    Ok(())
+}
+
+/// Lines `seq..seq+n` of an attempt in `namespace`, each `text`, stamped `time_ms`.
+fn in_namespace(namespace: Option<&str>, attempt: &str, seq: u64, n: u64, text: &str) -> TaskLog {
+    TaskLog {
+        job_id: format!("job-{attempt}"),
+        task_id: "t".into(),
+        attempt_id: attempt.into(),
+        namespace: namespace.map(String::from),
+        seq,
+        lines: (0..n)
+            .map(|_| LogLine {
+                stream: Stream::Stdout,
+                time_ms: 100,
+                text: text.into(),
+            })
+            .collect(),
+    }
+}
+
+#[tokio::test]
+async fn a_namespace_at_its_log_quota_stores_one_marker_per_attempt_and_counts_the_rest() -> Result<()> {
+    use ferry_log_collector::{Appended, LogQuotas, quota_marker};
+    let (_dir, _, store) = temp_store().await?;
+    let quotas = LogQuotas::new([("analytics".to_string(), 10), ("*".to_string(), 1000)]);
+
+    // 4 bytes a line: three lines reach 12 >= 10, the last two are dropped.
+    let a1 = in_namespace(Some("analytics"), "a1", 0, 5, "aaaa");
+    let got = store.append_within(std::slice::from_ref(&a1), &quotas).await?;
+    assert_eq!(
+        got,
+        Appended {
+            stored: 4,
+            dropped: 2
+        }
+    );
+    let lines = store.query(&LogQuery::job("job-a1").attempt("a1")).await?;
+    assert_eq!(seqs(&lines), [0, 1, 2, 3]);
+    assert_eq!(lines[3].text, quota_marker("analytics", 10));
+    assert_eq!(lines[3].stream, Stream::Stderr);
+    assert_eq!(store.namespace_bytes("analytics").await?, 12);
+    // The log is complete: 5 lines accounted for, as task.finished will say.
+    assert_eq!(store.lines_stored("a1").await?, 5);
+
+    // Delivered again: nothing new, nothing counted twice.
+    assert_eq!(store.append_within(&[a1], &quotas).await?, Appended::default());
+    assert_eq!(store.lines_stored("a1").await?, 5);
+
+    // More lines of a1, from a launcher that does not say the namespace: the attempt's own is
+    // used; no second marker.
+    let more = in_namespace(None, "a1", 5, 2, "aaaa");
+    assert_eq!(
+        store.append_within(&[more], &quotas).await?,
+        Appended {
+            stored: 0,
+            dropped: 2
+        }
+    );
+    assert_eq!(store.lines_stored("a1").await?, 7);
+    assert_eq!(store.query(&LogQuery::job("job-a1")).await?.len(), 4);
+
+    // Another attempt of the namespace: all dropped, its own marker.
+    let a2 = in_namespace(Some("analytics"), "a2", 0, 3, "bb");
+    assert_eq!(
+        store.append_within(&[a2], &quotas).await?,
+        Appended {
+            stored: 1,
+            dropped: 3
+        }
+    );
+    let lines = store.query(&LogQuery::job("job-a2")).await?;
+    assert_eq!(texts(&lines), [quota_marker("analytics", 10).as_str()]);
+
+    // Other namespaces are not held back; lines without one count against `default`, under `*`.
+    let ml = in_namespace(Some("ml"), "m1", 0, 3, "cccc");
+    let plain = in_namespace(None, "p1", 0, 2, "dd");
+    assert_eq!(
+        store.append_within(&[ml, plain], &quotas).await?,
+        Appended {
+            stored: 5,
+            dropped: 0
+        }
+    );
+    assert_eq!(store.namespace_bytes("ml").await?, 12);
+    assert_eq!(store.namespace_bytes("default").await?, 4);
+
+    // Retention frees a namespace's bytes: its lines are stored again.
+    store.expire(1_000, 100).await?;
+    assert_eq!(store.namespace_bytes("analytics").await?, 0);
+    let a3 = in_namespace(Some("analytics"), "a3", 0, 2, "eeee");
+    assert_eq!(
+        store.append_within(&[a3], &quotas).await?,
+        Appended {
+            stored: 2,
+            dropped: 0
+        }
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn without_quotas_every_line_is_stored_and_still_counted() -> Result<()> {
+    let (_dir, _, store) = temp_store().await?;
+    let big = in_namespace(Some("analytics"), "a1", 0, 100, "0123456789");
+    assert_eq!(store.append(&[big]).await?, 100);
+    assert_eq!(store.namespace_bytes("analytics").await?, 1000);
+    Ok(())
+}
+
+/// A store written by a version before retention and quotas (schema version 1, with lines)
+/// opens, its lines counted against `default`, and expires.
+#[tokio::test]
+async fn a_version_1_store_with_lines_is_migrated() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("logs.db").display());
+    let pool = sqlx::SqlitePool::connect(&url).await?;
+    for statement in [
+        "CREATE TABLE log_store_migrations (version BIGINT PRIMARY KEY, description TEXT NOT NULL, \
+         applied_at_ms BIGINT NOT NULL)",
+        "INSERT INTO log_store_migrations VALUES (1, 'log lines', 0)",
+        "CREATE TABLE log_lines (id INTEGER PRIMARY KEY AUTOINCREMENT, job_id TEXT NOT NULL, \
+         task_id TEXT NOT NULL, attempt_id TEXT NOT NULL, seq BIGINT NOT NULL, stream TEXT NOT NULL, \
+         time_ms BIGINT NOT NULL, text TEXT NOT NULL, UNIQUE (attempt_id, seq))",
+        "INSERT INTO log_lines (job_id, task_id, attempt_id, seq, stream, time_ms, text) \
+         VALUES ('j', 't', 'a', 0, 'stdout', 100, 'héllo')",
+    ] {
+        sqlx::query(statement).execute(&pool).await?;
+    }
+    pool.close().await;
+
+    let store = LogStore::open(&url).await?;
+    assert_eq!(
+        store.namespace_bytes("default").await?,
+        6,
+        "bytes, not characters"
+    );
+    assert_eq!(texts(&store.query(&LogQuery::job("j")).await?), ["héllo"]);
+    // Its next lines count against the attempt's namespace, default.
+    let next = in_namespace(None, "a", 1, 1, "abc");
+    let next = TaskLog {
+        job_id: "j".into(),
+        ..next
+    };
+    assert_eq!(store.append(&[next]).await?, 1);
+    assert_eq!(store.namespace_bytes("default").await?, 9);
+    assert_eq!(store.expire(1_000, 10).await?, 2);
+    assert!(store.expired("j").await?);
+    assert_eq!(store.namespace_bytes("default").await?, 0);
+    Ok(())
 }

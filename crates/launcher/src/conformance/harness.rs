@@ -158,6 +158,7 @@ impl Harness {
             },
             source: "ferry/launcher/conformance".into(),
             group: "launcher-conformance".into(),
+            artifact_retention: None,
         };
         let shutdown = CancellationToken::new();
         let (target, data_dir, bus, stop) = (

@@ -357,6 +357,7 @@ impl Api {
             job_id: job.into(),
             task_id: task.into(),
             attempt_id: attempt_id(job, task, attempt),
+            namespace: None,
             seq,
             lines: texts
                 .iter()

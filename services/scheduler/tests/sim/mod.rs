@@ -45,6 +45,7 @@ pub fn launcher_config() -> ferry_launcher::Config {
         secrets: ferry_launcher::Secrets::new(),
         source: "ferry/launcher/sim".into(),
         group: "sim-launcher".into(),
+        artifact_retention: None,
     }
 }
 
