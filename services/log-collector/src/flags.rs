@@ -46,7 +46,7 @@ pub struct Flags {
     /// without a namespace are in `default`; `*=BYTES` for every namespace not named); past
     /// it their lines are dropped, with one line per attempt saying so. Repeat the flag, or
     /// separate with commas.
-    #[arg(long = "namespace-log-quota", env = "FERRY_NAMESPACE_LOG_QUOTAS", value_name = "NAME=BYTES", value_delimiter = ',', value_parser = quota)]
+    #[arg(long = "namespace-log-quota", env = "FERRY_NAMESPACE_LOG_QUOTA", value_name = "NAME=BYTES", value_delimiter = ',', value_parser = quota)]
     pub namespace_log_quotas: Vec<(String, u64)>,
 }
 
