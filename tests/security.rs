@@ -872,6 +872,55 @@ fn a_daemon_escaping_with_setsid_is_gone_after_finish_and_after_cancel() {
 
 // --- Files and start-up ---------------------------------------------------------------------
 
+fn mode(path: &Path) -> u32 {
+    std::fs::symlink_metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+#[test]
+fn the_data_directory_databases_journal_and_artifacts_are_private() {
+    // A umask that leaves what is created readable by all, as a careless service unit might
+    // (each test is a process of its own: the umask is inherited by this test's ferry up only).
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
+    let d = Deployment::start();
+    let flow = "id: files\ntasks:\n  - id: t\n    runner: local\n    inputFiles:\n      in.txt: secret-ish\n    \
+                command: [sh, -c, 'mkdir -p out && cp in.txt out/report.txt']\n    outputFiles: [out/report.txt]\n";
+    d.submit("files", flow);
+    assert_eq!(d.wait_state("files", &["succeeded", "failed"]), "succeeded");
+    let data = d.data();
+    let mut wrong = Vec::new();
+    let mut check = |path: PathBuf, want: u32| {
+        if path.exists() && mode(&path) != want {
+            wrong.push(format!("{} is {:o}, not {want:o}", path.display(), mode(&path)));
+        }
+    };
+    check(data.clone(), 0o700);
+    for dir in ["artifacts", "slots"] {
+        check(data.join(dir), 0o700);
+    }
+    let files = files_under(&data);
+    assert!(
+        files.iter().any(|f| f.starts_with("artifacts")),
+        "no artifact was kept: {files:?}"
+    );
+    for file in files {
+        let path = data.join(&file);
+        // The lock file holds nothing; everything else is the deployment's.
+        if file.as_os_str() != "lock" {
+            check(path.clone(), 0o600);
+        }
+        let mut dir = path.parent().unwrap().to_path_buf();
+        while dir != data {
+            check(dir.clone(), 0o700);
+            dir = dir.parent().unwrap().to_path_buf();
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
 #[test]
 fn a_short_secret_stops_ferry_up_before_it_listens() {
     let dir = tempfile::tempdir().unwrap();
