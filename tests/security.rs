@@ -27,12 +27,40 @@ fn short_id() -> String {
     ferry_event::new_id().replace('-', "")[16..].to_string()
 }
 
-/// A `ferry up` on RabbitMQ in a bus namespace and data directory of its own, stopped on drop.
+/// A `ferry up` on RabbitMQ in a bus namespace and data directory of its own, stopped on drop,
+/// then its namespace removed from the broker.
 struct Deployment {
     up: Up,
+    _namespace: Namespace,
     port: u16,
     ns: String,
     dir: tempfile::TempDir,
+}
+
+/// Removes a namespace from the broker when dropped (after the `ferry up` using it): runs that
+/// leave their quorum queues behind pile up hundreds of them in the test vhost, which RabbitMQ
+/// handles badly.
+struct Namespace(String);
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+            return;
+        };
+        let groups = ferry_cli::services::standard_groups();
+        let removed = rt.block_on(async {
+            tokio::time::timeout(
+                Duration::from_secs(30),
+                ferry_connect::remove_namespace(&self.0, &groups),
+            )
+            .await
+        });
+        match removed {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("removing the namespace failed: {e}"),
+            Err(_) => eprintln!("removing the namespace took longer than 30s"),
+        }
+    }
 }
 
 impl Deployment {
@@ -60,6 +88,7 @@ impl Deployment {
             .stdout(log.try_clone().unwrap())
             .stderr(log);
         configure(&mut cmd);
+        let namespace = Namespace(bus_url(&ns));
         let mut up = Up(cmd.spawn().unwrap());
         let deadline = Instant::now() + Duration::from_secs(60);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -73,7 +102,13 @@ impl Deployment {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        Deployment { up, port, ns, dir }
+        Deployment {
+            up,
+            _namespace: namespace,
+            port,
+            ns,
+            dir,
+        }
     }
 
     fn data(&self) -> PathBuf {
@@ -926,6 +961,7 @@ fn a_short_secret_stops_ferry_up_before_it_listens() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let ns = format!("s{}", short_id());
+    let _namespace = Namespace(bus_url(&ns));
     let mut c = ferry();
     c.args([
         "up",
