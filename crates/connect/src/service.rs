@@ -78,7 +78,19 @@ impl Common {
                 format!("cannot use the data directory {}: {e}", dir.display()),
             )
         };
-        std::fs::create_dir_all(dir).map_err(context)?;
+        // Private to this user (0700) when it is made here, whatever the umask: it holds the
+        // databases, the journal and the keys. An operator's existing directory keeps its mode,
+        // and directories made above it are as before (`--run-as` tasks must pass them).
+        if !dir.is_dir() {
+            use std::os::unix::fs::DirBuilderExt;
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent).map_err(context)?;
+            }
+            match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(context(e)),
+                _ => {}
+            }
+        }
         self.data_dir = dir.canonicalize().map_err(context)?;
         Ok(())
     }

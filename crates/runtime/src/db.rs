@@ -93,6 +93,11 @@ pub async fn open(url: &str, what: &str) -> Result<Db, OpenError> {
     };
     let pool = match dialect {
         Dialect::Sqlite => {
+            if !is_sqlite_memory(url)
+                && let Ok(opts) = SqliteConnectOptions::from_str(url)
+            {
+                create_private_file(opts.get_filename());
+            }
             let url = sqlite_url(url);
             let opts = AnyConnectOptions::from_str(&url)
                 .map_err(|e| OpenError::Config(format!("{what} URL {url:?}: {e}")))?
@@ -162,6 +167,19 @@ pub async fn open_readers(url: &str, db: &Db, max: u32, what: &str) -> Result<An
 /// Whether a SQLite URL names an in-memory database, which lives on one connection only.
 fn is_sqlite_memory(url: &str) -> bool {
     url.contains(":memory:") || url.contains("mode=memory")
+}
+
+/// Creates the SQLite database file `path` if it is missing, empty and readable by its owner
+/// only (0600) whatever the umask: SQLite itself would create it readable by all (0644 less the
+/// umask), and it gives the `-wal` and `-shm` files beside it the database file's mode. An
+/// existing file keeps its mode. An error is left to SQLite to report as it opens the file.
+pub fn create_private_file(path: &std::path::Path) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path);
 }
 
 /// Options for a store on sqlx's own SQLite driver: the file created if missing, the settings

@@ -315,6 +315,7 @@ impl LogStore {
             {
                 create_dir(dir).map_err(|e| open_err(sqlx::Error::Io(e)))?;
             }
+            db::create_private_file(options.get_filename());
             SqlitePoolOptions::new().max_connections(4)
         };
         // Turning a new file to WAL mode takes a lock SQLite does not wait for (busy_timeout does
