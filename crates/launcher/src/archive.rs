@@ -66,6 +66,32 @@ pub struct Extracted {
     pub skipped: Vec<Skipped>,
 }
 
+impl Extracted {
+    /// The files taken, as a `task.finished` lists them (`file://` URIs of where they are
+    /// stored); the matches not taken are logged.
+    pub fn into_output_files(self) -> crate::backend::BackendResult<Vec<ferry_event::payload::OutputFile>> {
+        for s in &self.skipped {
+            tracing::warn!(path = %s.path, why = %s.why, "an output file was not collected");
+        }
+        self.files
+            .into_iter()
+            .map(|f| {
+                let uri = url::Url::from_file_path(&f.stored).map_err(|()| {
+                    crate::backend::AttemptError::Platform(format!(
+                        "cannot name {} as a file:// URI",
+                        f.stored.display()
+                    ))
+                })?;
+                Ok(ferry_event::payload::OutputFile {
+                    path: f.path,
+                    uri: uri.to_string(),
+                    size: f.size,
+                })
+            })
+            .collect()
+    }
+}
+
 /// Reads an archive of `base/` (every entry under `base/`), copying the regular files whose path
 /// relative to it matches one of `patterns` to `dest/<relative path>`; on an error, removes
 /// every file and directory it made.

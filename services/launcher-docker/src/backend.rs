@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use ferry_event::payload::{self, ImageRunner, OutputFile, Runner, Stream, TaskDispatched};
+use ferry_event::payload::{self, ImageRunner, Runner, Stream, TaskDispatched};
 use ferry_launcher::backend::{
     AttemptError, Backend, BackendResult, Collected, Compute, ComputeState, Exit, LogPosition, LogRead,
     ShutdownPolicy, Task,
@@ -534,20 +534,7 @@ impl Backend for Docker {
             .collect_files(&compute.name, &work_dir, &d.output_files, &dest, self.0.limits)
             .await
             .map_err(attempt_error)?;
-        for s in &collected.skipped {
-            tracing::warn!(path = %s.path, why = %s.why, "an output file was not collected");
-        }
-        let mut files = Vec::with_capacity(collected.files.len());
-        for f in collected.files {
-            let uri = url::Url::from_file_path(&f.stored).map_err(|()| {
-                AttemptError::Platform(format!("cannot name {} as a file:// URI", f.stored.display()))
-            })?;
-            files.push(OutputFile {
-                path: f.path,
-                uri: uri.to_string(),
-                size: f.size,
-            });
-        }
+        let files = collected.into_output_files()?;
         Ok(Collected { outputs, files })
     }
 

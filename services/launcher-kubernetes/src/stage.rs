@@ -219,19 +219,5 @@ pub async fn collect(pods: &Api<Pod>, cache: &Cache, c: Collect<'_>) -> BackendR
             )));
         }
     }
-    for s in &extracted.skipped {
-        tracing::warn!(path = %s.path, why = %s.why, "an output file was not collected");
-    }
-    let mut files = Vec::with_capacity(extracted.files.len());
-    for f in extracted.files {
-        let uri = url::Url::from_file_path(&f.stored).map_err(|()| {
-            AttemptError::Platform(format!("cannot name {} as a file:// URI", f.stored.display()))
-        })?;
-        files.push(OutputFile {
-            path: f.path,
-            uri: uri.to_string(),
-            size: f.size,
-        });
-    }
-    Ok(files)
+    extracted.into_output_files()
 }
