@@ -113,12 +113,7 @@ pub fn docker_data_dir(data_dir: &Path) -> std::path::PathBuf {
 #[cfg(feature = "docker")]
 fn docker(flags: &ferry_launcher_local::Flags, data_dir: &Path) -> Result<Launcher> {
     let mut c = ferry_launcher_docker::Config::new(docker_data_dir(data_dir));
-    c.artifact_dir = Some(
-        flags
-            .artifact_dir
-            .clone()
-            .unwrap_or_else(|| data_dir.join("artifacts")),
-    );
+    c.artifact_dir = Some(artifact_dir(flags, data_dir));
     c.artifact_retention = flags.artifact_retention;
     c.docker_host = flags.docker_host.clone();
     c.max_parallel = flags.max_parallel;
@@ -126,9 +121,8 @@ fn docker(flags: &ferry_launcher_local::Flags, data_dir: &Path) -> Result<Launch
     if let Some(path) = &flags.secrets_file {
         c.secrets_file = Some(path.clone());
     }
-    // The local launcher's group is named after its backend; so is this one's.
-    if flags.launcher_group != "launcher-local" {
-        c.group = format!("{}-docker", flags.launcher_group);
+    if let Some(group) = group(flags, "docker") {
+        c.group = group;
     }
     Ok(Launcher::Docker(c))
 }
@@ -144,12 +138,7 @@ fn kubernetes(flags: &ferry_launcher_local::Flags, data_dir: &Path) -> Result<La
     c.context = flags.kube_context.clone();
     c.namespace = flags.kube_namespace.clone();
     c.stage_image = flags.kube_stage_image.clone();
-    c.artifact_dir = Some(
-        flags
-            .artifact_dir
-            .clone()
-            .unwrap_or_else(|| data_dir.join("artifacts")),
-    );
+    c.artifact_dir = Some(artifact_dir(flags, data_dir));
     c.artifact_retention = flags.artifact_retention;
     c.pending_deadline = flags.pending_deadline;
     c.max_parallel = flags.max_parallel;
@@ -157,8 +146,8 @@ fn kubernetes(flags: &ferry_launcher_local::Flags, data_dir: &Path) -> Result<La
     if let Some(path) = &flags.secrets_file {
         c.secrets_file = Some(path.clone());
     }
-    if flags.launcher_group != "launcher-local" {
-        c.group = format!("{}-kubernetes", flags.launcher_group);
+    if let Some(group) = group(flags, "kubernetes") {
+        c.group = group;
     }
     Ok(Launcher::Kubernetes(c))
 }
@@ -166,6 +155,24 @@ fn kubernetes(flags: &ferry_launcher_local::Flags, data_dir: &Path) -> Result<La
 #[cfg(not(feature = "kubernetes"))]
 fn kubernetes(_: &ferry_launcher_local::Flags, _: &Path) -> Result<Launcher> {
     bail!("{}", not_enabled("kubernetes"))
+}
+
+/// Where a container launcher stores output files: `--artifact-dir`, else the data
+/// directory's `artifacts`, shared by every backend of `ferry up`.
+#[cfg(any(feature = "docker", feature = "kubernetes"))]
+fn artifact_dir(flags: &ferry_launcher_local::Flags, data_dir: &Path) -> std::path::PathBuf {
+    flags
+        .artifact_dir
+        .clone()
+        .unwrap_or_else(|| data_dir.join("artifacts"))
+}
+
+/// The consumer group of `backend`'s launcher when `--launcher-group` names another than the
+/// default: the local launcher's group is named after its backend, and so are the others'
+/// (`NAME-docker`). `None`: the backend's own default.
+#[cfg(any(feature = "docker", feature = "kubernetes"))]
+fn group(flags: &ferry_launcher_local::Flags, backend: &str) -> Option<String> {
+    (flags.launcher_group != "launcher-local").then(|| format!("{}-{backend}", flags.launcher_group))
 }
 
 /// What a backend left out of this build answers.
