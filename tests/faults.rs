@@ -447,39 +447,9 @@ async fn fault_run(bus_base: &str, broker_restart: bool) {
         schedule.len()
     );
 
-    // Wait for the job to end.
-    let deadline = Instant::now() + JOB_DEADLINE;
-    let detail = loop {
-        for p in procs.iter_mut() {
-            p.check_alive();
-        }
-        if let Some(d) = api_json(&api, &data, &format!("/jobs/{job}")).await
-            && matches!(d["state"].as_str(), Some("succeeded" | "failed" | "cancelled"))
-        {
-            break d;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the job did not finish within {JOB_DEADLINE:?} (faults: {schedule:?}, logs in {})",
-            d.display()
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    };
-    // The log store is eventually complete: a log collector restarted near the end may wait
-    // for its group's rebalance (the killed member's session to time out) before it reads.
-    // Wait until it holds every line the ledger says was printed, then stop everything.
-    wait_for_logs(&d.join("logs.db"), &ledger, LOGS_DEADLINE).await;
-    for p in procs.iter_mut().rev() {
-        p.stop();
-    }
-
-    // The job succeeded and every task once.
-    assert_eq!(detail["state"], "succeeded", "{detail:#}");
-    let tasks = detail["tasks"].as_array().unwrap();
-    assert_eq!(tasks.len(), TASKS + 1);
-    for t in tasks {
-        assert_eq!(t["state"], "succeeded", "{t}");
-    }
+    let context = format!("faults: {schedule:?}");
+    let detail = end_of_job(&mut procs, &api, &data, &job, JOB_DEADLINE, &context, d, &ledger).await;
+    let tasks = assert_every_task_succeeded(&detail, TASKS + 1);
 
     // Attempts: distinct ids; more than one only if a launcher was killed; never overlapping.
     let runs = read_ledger(&ledger);
@@ -523,6 +493,56 @@ async fn fault_run(bus_base: &str, broker_restart: bool) {
     // Nothing left running.
     let left = processes_with(&marker);
     assert!(left.is_empty(), "task processes survived: {left:?}");
+}
+
+/// Waits (at most `within`) for the job to end, its services checked alive meanwhile; then
+/// until the log store holds every line the ledger says was printed (a log collector restarted
+/// near the end may wait for its group's rebalance before it reads), and stops the services.
+/// Returns the job as the api has it.
+#[allow(clippy::too_many_arguments)]
+async fn end_of_job(
+    procs: &mut [Proc],
+    api: &str,
+    data: &Path,
+    job: &str,
+    within: Duration,
+    context: &str,
+    dir: &Path,
+    ledger: &Path,
+) -> Value {
+    let deadline = Instant::now() + within;
+    let detail = loop {
+        for p in procs.iter_mut() {
+            p.check_alive();
+        }
+        if let Some(d) = api_json(api, data, &format!("/jobs/{job}")).await
+            && matches!(d["state"].as_str(), Some("succeeded" | "failed" | "cancelled"))
+        {
+            break d;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the job did not finish within {within:?} ({context}); logs in {}",
+            dir.display()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    wait_for_logs(&dir.join("logs.db"), ledger, LOGS_DEADLINE).await;
+    for p in procs.iter_mut().rev() {
+        p.stop();
+    }
+    detail
+}
+
+/// The job succeeded, and each of its `count` tasks; returns the tasks.
+fn assert_every_task_succeeded(detail: &Value, count: usize) -> &Vec<Value> {
+    assert_eq!(detail["state"], "succeeded", "{detail:#}");
+    let tasks = detail["tasks"].as_array().unwrap();
+    assert_eq!(tasks.len(), count);
+    for t in tasks {
+        assert_eq!(t["state"], "succeeded", "{t}");
+    }
+    tasks
 }
 
 /// Longest wait for the log store to catch up once the job has finished.
@@ -956,35 +976,10 @@ async fn container_fault_run(bus_base: &str, kubernetes: bool) {
         kills.len()
     );
 
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let detail = loop {
-        for p in procs.iter_mut() {
-            p.check_alive();
-        }
-        if let Some(d) = api_json(&api, &data, &format!("/jobs/{job}")).await
-            && matches!(d["state"].as_str(), Some("succeeded" | "failed" | "cancelled"))
-        {
-            break d;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the job did not finish within 120s of the last kill; logs in {}",
-            d.display()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    wait_for_logs(&d.join("logs.db"), &ledger, LOGS_DEADLINE).await;
-    for p in procs.iter_mut().rev() {
-        p.stop();
-    }
-
-    // Every task succeeded, once.
-    assert_eq!(detail["state"], "succeeded", "{detail:#}");
-    let tasks = detail["tasks"].as_array().unwrap();
-    assert_eq!(tasks.len(), task_count + 1);
-    for t in tasks {
-        assert_eq!(t["state"], "succeeded", "{t}");
-    }
+    let context = format!("{} launcher kills", kills.len());
+    let within = Duration::from_secs(120);
+    let detail = end_of_job(&mut procs, &api, &data, &job, within, &context, d, &ledger).await;
+    let tasks = assert_every_task_succeeded(&detail, task_count + 1);
 
     // Attempts of a task never overlapped.
     let runs = read_ledger(&ledger);
