@@ -230,6 +230,29 @@ impl Kubernetes {
         Ok(buffer)
     }
 
+    /// The Job's pod as the cache has it, once the cache is in sync (5 s at most); else as the
+    /// API has it. `None`: there is none.
+    async fn pod_now(&self, cache: &Cache, h: &Handle) -> BackendResult<Option<PodView>> {
+        let until = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            match cache.pod(&h.namespace, &h.job) {
+                Lookup::Pod(p) => return Ok(Some(*p)),
+                Lookup::NotSynced if tokio::time::Instant::now() < until => {
+                    cache.changed(Duration::from_millis(200)).await
+                }
+                _ => break,
+            }
+        }
+        match cache.ask(&h.namespace, &h.job).await {
+            Ok(Lookup::Pod(p)) => Ok(Some(*p)),
+            Ok(_) => Ok(None),
+            Err(e) => Err(attempt_error(
+                &format!("looking for the pod of Job {}/{}", h.namespace, h.job),
+                e,
+            )),
+        }
+    }
+
     fn live(&self, name: &str) -> Arc<Live> {
         let mut live = self.0.live.lock().unwrap_or_else(|e| e.into_inner());
         live.entry(name.to_string()).or_default().clone()
@@ -731,15 +754,25 @@ impl Backend for Kubernetes {
     async fn stop(&self, compute: &Compute, grace: Duration) -> BackendResult<()> {
         let (client, cache) = self.api()?;
         let h = self.handle(compute)?;
+        // Just after a restart the cache may not hold the pod yet: the API says whether one runs.
+        let seen = match self.pod_now(cache, &h).await? {
+            Some(p) => p,
+            // No pod: nothing runs (a Job not yet scheduled goes with its release).
+            None => {
+                self.live(&h.job).ended.store(true, Ordering::SeqCst);
+                return Ok(());
+            }
+        };
         // The log goes with the pod: it is followed from before the delete (from its start, if
         // nothing follows it yet, as after a restart), so what the container writes until it
         // stops is kept.
-        if let Lookup::Pod(p) = cache.pod(&h.namespace, &h.job)
-            && !p.ended()
-            && !matches!(p.container, Container::Waiting { .. } | Container::Unknown)
-        {
+        // A container not yet seen running may run already (its status comes after it starts):
+        // it gets a moment for the log stream to open too.
+        if !seen.ended() {
+            let started = !matches!(seen.container, Container::Waiting { .. } | Container::Unknown);
             let buffer = self.follower(&h, 0, None)?;
-            let until = tokio::time::Instant::now() + Duration::from_secs(5);
+            let wait = Duration::from_secs(if started { 5 } else { 2 });
+            let until = tokio::time::Instant::now() + wait;
             while !buffer.lock().unwrap_or_else(|e| e.into_inner()).attached
                 && tokio::time::Instant::now() < until
             {
@@ -747,12 +780,8 @@ impl Backend for Kubernetes {
             }
         }
         let pod = match cache.pod(&h.namespace, &h.job) {
-            Lookup::Pod(p) => p,
-            // No pod seen: nothing runs (a Job not yet scheduled goes with its release).
-            _ => {
-                self.live(&h.job).ended.store(true, Ordering::SeqCst);
-                return Ok(());
-            }
+            Lookup::Pod(p) => *p,
+            _ => seen,
         };
         if !pod.ended() {
             // Deleting the pod stops it within the grace; its log stream, followed until the
@@ -778,6 +807,8 @@ impl Backend for Kubernetes {
                 let mut changes = cache.subscribe();
                 match cache.pod(&h.namespace, &h.job) {
                     Lookup::Pod(p) if !p.ended() && tokio::time::Instant::now() < until => {}
+                    // The cache not in sync yet says nothing of the pod's end.
+                    Lookup::NotSynced if tokio::time::Instant::now() < until => {}
                     _ => break,
                 }
                 let _ = tokio::time::timeout(Duration::from_secs(1), changes.changed()).await;
