@@ -721,6 +721,11 @@ pub struct TaskFinished {
     /// `error` says it for people.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Milliseconds the attempt held compute: from the launcher asking its platform for it to
+    /// the attempt's end. What a platform bills by; absent where no compute was created
+    /// (cancelled before its dispatch, refused, its create failed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compute_ms: Option<u64>,
 }
 
 impl TaskFinished {
@@ -755,6 +760,7 @@ impl TaskFinished {
             started_at_ms: None,
             finished_at_ms,
             reason: None,
+            compute_ms: None,
         }
     }
 }

@@ -417,6 +417,7 @@ fn one_of_each_payload() -> Result<BTreeMap<&'static str, Vec<Value>>> {
                 started_at_ms: Some(1),
                 finished_at_ms: 2,
                 reason: None,
+                compute_ms: None,
             })
         })
         .collect::<Result<_>>()?,

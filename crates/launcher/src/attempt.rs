@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backend::{AttemptError, BackendResult, Compute, ComputeState, ShutdownPolicy, Task};
 use crate::collect;
-use crate::journal::{Entry, LogMark, RunningRecord};
+use crate::journal::{Entry, LogMark, RunningRecord, Status};
 use crate::logs::{self, Ids, Tail};
 use crate::runtime::Runtime;
 
@@ -130,7 +130,7 @@ pub(crate) async fn stop(rt: &Runtime, compute: &Compute) {
 async fn abandon(rt: &Runtime, d: &TaskDispatched, reserved: &Compute, e: &AttemptError) -> TaskFinished {
     let mut report = unstarted(d, e.outcome(), e.message());
     report.error = report.error.map(|e| rt.masker.mask(&e));
-    record_report(rt, &report);
+    record_report(rt, &mut report);
     release(rt, reserved).await;
     report
 }
@@ -177,6 +177,7 @@ pub(crate) async fn run(
         compute: reserved.clone(),
         created: false,
         started_at_ms: 0,
+        reserved_at_ms: ferry_event::now_ms(),
         output_files: d.output_files.clone(),
         lease_ms: Some(d.lease_ms),
         timeout_ms: d.timeout_ms,
@@ -407,6 +408,7 @@ pub(crate) async fn run(
         started_at_ms: (started_at_ms != 0).then_some(started_at_ms),
         finished_at_ms: 0,
         reason,
+        compute_ms: None,
     };
     let report = conclude(&rt, &compute, task, report).await;
     publish_recorded(&rt, &report).await;
@@ -572,12 +574,17 @@ pub(crate) async fn conclude(
     }
     report.error = report.error.map(|e| rt.masker.mask(&e));
     report.finished_at_ms = ferry_event::now_ms();
-    record_report(rt, &report);
+    record_report(rt, &mut report);
     release(rt, compute).await;
     report
 }
 
-fn record_report(rt: &Runtime, report: &TaskFinished) {
+/// Records the report in the journal, with the time its attempt held compute, before it is
+/// published.
+fn record_report(rt: &Runtime, report: &mut TaskFinished) {
+    if report.compute_ms.is_none() {
+        report.compute_ms = held_ms(&rt.journal.status(&report.attempt_id), report.finished_at_ms);
+    }
     let entry = Entry::Reported {
         report: Box::new(report.clone()),
     };
@@ -586,12 +593,26 @@ fn record_report(rt: &Runtime, report: &TaskFinished) {
     }
 }
 
+/// How long the attempt whose journal status is `status` held compute, up to `finished_at_ms`:
+/// from its reservation (from its start in records older than that), once its compute was
+/// created.
+fn held_ms(status: &Status, finished_at_ms: i64) -> Option<u64> {
+    let Status::Running(record) = status else {
+        return None;
+    };
+    let since = match record.reserved_at_ms {
+        0 => record.started_at_ms,
+        at => at,
+    };
+    (record.created && since != 0).then(|| u64::try_from(finished_at_ms - since).unwrap_or(0))
+}
+
 /// Records the report, publishes it and marks the attempt finished. Secret values are masked
 /// in the error first. Returns whether the broker confirmed it; if not, the report stays in
 /// the journal and the next start of the launcher publishes it.
 pub(crate) async fn publish_report(rt: &Runtime, mut report: TaskFinished) -> bool {
     report.error = report.error.map(|e| rt.masker.mask(&e));
-    record_report(rt, &report);
+    record_report(rt, &mut report);
     publish_recorded(rt, &report).await
 }
 

@@ -65,6 +65,10 @@ pub struct RunningRecord {
     pub created: bool,
     /// When it started; 0 while it is being created.
     pub started_at_ms: i64,
+    /// When its compute was asked for (the reservation recorded): where the time it held
+    /// compute starts. 0 in records written before it was kept.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub reserved_at_ms: i64,
     /// The dispatch's `outputFiles`: what is collected from compute adopted after a restart.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub output_files: Vec<String>,
@@ -515,6 +519,7 @@ mod v1 {
                     attempt_id: r.attempt_id,
                     attempt: r.attempt,
                     started_at_ms: r.started_at_ms,
+                    reserved_at_ms: 0,
                     output_files: Vec::new(),
                     lease_ms: None,
                     timeout_ms: None,
@@ -659,6 +664,7 @@ mod tests {
             },
             created: true,
             started_at_ms: 1,
+            reserved_at_ms: 0,
             output_files: vec!["*.csv".into()],
             lease_ms: Some(30_000),
             timeout_ms: None,
@@ -692,6 +698,7 @@ mod tests {
             started_at_ms: Some(1),
             finished_at_ms: 2,
             reason: None,
+            compute_ms: None,
         }
     }
 

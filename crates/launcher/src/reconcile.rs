@@ -341,6 +341,7 @@ async fn finish(rt: &Arc<Runtime>, record: RunningRecord, compute: Compute, open
         started_at_ms: (record.started_at_ms != 0).then_some(record.started_at_ms),
         finished_at_ms: 0,
         reason: None,
+        compute_ms: None,
     };
     // The dispatch itself is not kept: outputs are collected for what the journal kept of it.
     let dispatch = ferry_event::payload::TaskDispatched {

@@ -97,6 +97,7 @@ impl From<RunningRecord> for journal::RunningRecord {
             attempt_id: r.attempt_id,
             attempt: r.attempt,
             started_at_ms: r.started_at_ms,
+            reserved_at_ms: 0,
             output_files: Vec::new(),
             lease_ms: None,
             timeout_ms: None,

@@ -1216,6 +1216,7 @@ fn recorded_report(attempt: &str) -> TaskFinished {
         started_at_ms: Some(1_700_000_000_000),
         finished_at_ms: 1_700_000_000_500,
         reason: None,
+        compute_ms: None,
     }
 }
 

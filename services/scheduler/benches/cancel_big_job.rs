@@ -180,6 +180,7 @@ async fn run(planned: &JobPlanned) -> Times {
                 started_at_ms: None,
                 finished_at_ms: ferry_event::now_ms(),
                 reason: None,
+                compute_ms: None,
             };
             r.events.task(
                 kind::TASK_FINISHED,

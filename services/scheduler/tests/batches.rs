@@ -93,6 +93,7 @@ impl Rig {
             started_at_ms: Some(1_000),
             finished_at_ms: 2_000,
             reason: None,
+            compute_ms: None,
         };
         self.events
             .task(kind::TASK_FINISHED, job_id, task_id, Some(attempt_id), &data)

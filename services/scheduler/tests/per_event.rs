@@ -113,6 +113,7 @@ impl Rig {
             started_at_ms: Some(1_000),
             finished_at_ms: 2_000,
             reason: None,
+            compute_ms: None,
         };
         let e = self
             .events

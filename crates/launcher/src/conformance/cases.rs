@@ -44,6 +44,15 @@ pub async fn lifecycle_is_started_heartbeats_logs_finished(target: Arc<dyn Targe
     assert_outcome(&f, Outcome::Succeeded);
     assert_eq!((f.exit_code, f.error.as_deref()), (Some(0), None), "{f:?}");
     assert!(f.started_at_ms.is_some_and(|s| s <= f.finished_at_ms), "{f:?}");
+    // The compute was held at least while the task ran (it slept 800 ms), and no longer than
+    // from the dispatch to the report.
+    let held = f
+        .compute_ms
+        .expect("a report of compute that ran says how long it was held");
+    assert!(
+        (800..=u64::try_from(f.finished_at_ms - d.ready_at_ms).unwrap_or(0)).contains(&held),
+        "{f:?}"
+    );
     let order: Vec<&str> = h
         .seen
         .iter()
@@ -374,7 +383,7 @@ pub async fn a_cancel_before_the_dispatch_creates_nothing_ever(target: Arc<dyn T
     h.dispatch(&d).await;
     let f = h.finished(&id).await;
     assert_outcome(&f, Outcome::Cancelled);
-    assert_eq!(f.started_at_ms, None, "{f:?}");
+    assert_eq!((f.started_at_ms, f.compute_ms), (None, None), "{f:?}");
     h.dispatch(&d).await;
     assert_eq!(h.settle_count(kind::TASK_FINISHED, &id).await, 1);
     // And after a restart, on the same journal.
@@ -433,6 +442,7 @@ pub async fn a_crash_between_create_and_journal_leaves_one_compute_and_one_repor
             compute: reserved.clone(),
             created: false,
             started_at_ms: 0,
+            reserved_at_ms: 0,
             output_files: Vec::new(),
             lease_ms: Some(d.lease_ms),
             timeout_ms: d.timeout_ms,

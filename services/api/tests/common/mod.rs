@@ -323,6 +323,7 @@ impl Api {
             started_at_ms: Some(1000),
             finished_at_ms: 2000,
             reason: None,
+            compute_ms: None,
         };
         self.events
             .task(kind::TASK_FINISHED, job, task, Some(&f.attempt_id), &f)
