@@ -142,10 +142,19 @@ fn status_prints_the_job_state_first_and_json_for_scripts() {
             .lines()
             .any(|l| l.starts_with("greet") && l.contains("succeeded"))
     );
+    assert!(
+        status.stdout.lines().any(|l| l.starts_with("compute: ")),
+        "{}",
+        status.stdout
+    );
     let json = up.ferry(&["status", &job, "--json"]);
     let v: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
     assert_eq!(v["state"], "succeeded");
     assert_eq!(v["tasks"][0]["taskId"], "greet");
+    // The compute its one attempt held, reported by the launcher, is the job's.
+    let held = v["tasks"][0]["computeMs"].as_u64();
+    assert!(held.is_some(), "{v}");
+    assert_eq!(v["computeMs"].as_u64(), held, "{v}");
     let unknown = up.ferry(&["status", "no-such-job"]);
     assert_eq!(unknown.code, 2);
 }

@@ -528,8 +528,9 @@ fn print_table<const N: usize>(rows: Vec<[String; N]>) -> Result<(), Closed> {
 }
 
 fn print_status(d: &Value) -> Result<(), Closed> {
+    // The state alone on the first line: scripts read it.
     outln!("{}", d["state"].as_str().unwrap_or("unknown"))?;
-    let mut rows = vec![["TASK", "STATE", "ATTEMPTS", "DURATION", "ERROR"].map(String::from)];
+    let mut rows = vec![["TASK", "STATE", "ATTEMPTS", "DURATION", "COMPUTE", "ERROR"].map(String::from)];
     for t in d["tasks"].as_array().into_iter().flatten() {
         let duration = match (t["startedAtMs"].as_i64(), t["finishedAtMs"].as_i64()) {
             (Some(a), Some(b)) => fmt_duration(b - a),
@@ -540,6 +541,7 @@ fn print_status(d: &Value) -> Result<(), Closed> {
             t["state"].as_str().unwrap_or("?").to_string(),
             t["attempts"].as_u64().unwrap_or(0).to_string(),
             duration,
+            t["computeMs"].as_i64().map_or_else(|| "-".into(), fmt_duration),
             visible(t["error"].as_str().unwrap_or("")).into_owned(),
         ]);
     }
@@ -553,6 +555,9 @@ fn print_status(d: &Value) -> Result<(), Closed> {
                 visible(why)
             )?;
         }
+    }
+    if let Some(ms) = d["computeMs"].as_i64() {
+        outln!("compute: {} held by the job's attempts", fmt_duration(ms))?;
     }
     if let Some(reason) = d["reason"].as_str() {
         outln!("reason: {}", visible(reason))?;

@@ -17,7 +17,7 @@
 //!   `(n, 4)`; never dispatched `(0, 0)`. A late `task.started` of attempt 2 after `task.succeeded`
 //!   with 2 attempts is `(2, 1) < (2, 3)` and changes nothing.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use ferry_event::payload::{
     JobPlanned, JobRejected, JobState, JobStatus, LauncherPresence, OutputFile, Problem, TaskAccepted,
@@ -144,6 +144,8 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("tasks", "backend", "TEXT"),
     // The compute of its current attempt, as `task.accepted`/`task.started` name it.
     ("tasks", "compute", "TEXT"),
+    // How long the attempt held compute, from its `task.finished`.
+    ("attempts", "compute_ms", "BIGINT"),
 ];
 
 /// A launcher is taken to be running while its last announcement is younger than this.
@@ -234,6 +236,10 @@ pub struct TaskView {
     /// launcher of its backend is running, or its compute waits on its platform.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting: Option<String>,
+    /// Milliseconds of compute its finished attempts held, all of them (what its platform
+    /// bills); absent until one reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compute_ms: Option<u64>,
 }
 
 /// A job with its tasks, in flow order.
@@ -242,6 +248,9 @@ pub struct TaskView {
 pub struct JobDetail {
     #[serde(flatten)]
     pub job: JobView,
+    /// Milliseconds of compute the job's finished attempts held, summed over its tasks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compute_ms: Option<u64>,
     pub tasks: Vec<TaskView>,
 }
 
@@ -541,13 +550,33 @@ impl ReadModel {
         .bind(job_id.to_string())
         .fetch_all(&mut *tx)
         .await?;
+        let held = sqlx::query(
+            "SELECT task_id, CAST(SUM(compute_ms) AS BIGINT) AS held FROM attempts
+             WHERE job_id = $1 AND compute_ms IS NOT NULL GROUP BY task_id",
+        )
+        .bind(job_id.to_string())
+        .fetch_all(&mut *tx)
+        .await?;
         let live = live_backends(&mut tx).await?;
         tx.rollback().await?;
+        let mut held = held
+            .iter()
+            .map(|r| Ok((r.try_get::<String, _>("task_id")?, r.try_get::<i64, _>("held")?)))
+            .collect::<Result<HashMap<_, _>>>()?;
         let mut tasks = rows.iter().map(task_view).collect::<Result<Vec<_>>>()?;
+        let mut compute_ms = None;
         for t in &mut tasks {
             t.waiting = waiting(t, &live);
+            t.compute_ms = held.remove(&t.task_id).map(|ms| u64::try_from(ms).unwrap_or(0));
+            if let Some(ms) = t.compute_ms {
+                compute_ms = Some(compute_ms.unwrap_or(0) + ms);
+            }
         }
-        Ok(Some(JobDetail { job, tasks }))
+        Ok(Some(JobDetail {
+            job,
+            compute_ms,
+            tasks,
+        }))
     }
 
     /// Every launcher heard from in the last day, live ones first, by backend.
@@ -794,6 +823,7 @@ fn task_view(r: &AnyRow) -> Result<TaskView> {
         backend: r.try_get("backend")?,
         compute: r.try_get("compute")?,
         waiting: None,
+        compute_ms: None,
         state: r.try_get("state")?,
         attempts: u64::try_from(r.try_get::<i64, _>("attempts")?).unwrap_or(0),
         attempt_id: r.try_get("attempt_id")?,
@@ -1282,12 +1312,12 @@ async fn on_task_started(tx: &mut Tx, known: &mut Known, ty: &str, s: &TaskStart
 async fn on_task_finished(tx: &mut Tx, f: &TaskFinished, _at: i64) -> Result<()> {
     sqlx::query(
         "INSERT INTO attempts (attempt_id, job_id, task_id, number, started_at, finished_at, outcome, exit_code,
-                               error, log_lines)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                               error, log_lines, compute_ms)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
          ON CONFLICT (attempt_id) DO UPDATE SET
              started_at = COALESCE(attempts.started_at, excluded.started_at),
              finished_at = excluded.finished_at, outcome = excluded.outcome, exit_code = excluded.exit_code,
-             error = excluded.error, log_lines = excluded.log_lines",
+             error = excluded.error, log_lines = excluded.log_lines, compute_ms = excluded.compute_ms",
     )
     .bind(f.attempt_id.clone())
     .bind(f.job_id.clone())
@@ -1299,6 +1329,7 @@ async fn on_task_finished(tx: &mut Tx, f: &TaskFinished, _at: i64) -> Result<()>
     .bind(f.exit_code.map(i64::from))
     .bind(f.error.clone())
     .bind(i64::try_from(f.log_lines).unwrap_or(i64::MAX))
+    .bind(f.compute_ms.map(|ms| i64::try_from(ms).unwrap_or(i64::MAX)))
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -1441,6 +1472,7 @@ mod tests {
             started_at_ms: Some(1_000),
             finished_at_ms: 2_000,
             reason: None,
+            compute_ms: None,
         };
         let state = TaskState {
             job_id: "j".into(),
@@ -1489,5 +1521,48 @@ mod tests {
             model.close().await;
         }
         assert_eq!(costs[0], costs[1], "rows per task event, job of 4 and of 400");
+    }
+
+    /// The compute every attempt held adds up per task, retries included, and per job; a task
+    /// none of whose attempts held compute shows none.
+    #[tokio::test]
+    async fn compute_time_adds_up_per_task_and_per_job() {
+        let b = EventBuilder::new("ferry/test");
+        let dir = tempfile::tempdir().unwrap();
+        let model = ReadModel::open(&format!("sqlite://{}", dir.path().join("api.db").display()))
+            .await
+            .unwrap();
+        model
+            .apply(&[&b.job(kind::JOB_PLANNED, "j", &fan_in(2))])
+            .await
+            .unwrap();
+        for (task_id, attempt, outcome, held) in [
+            ("u0", 1, Outcome::Failed, Some(1_500)),
+            ("u0", 2, Outcome::Succeeded, Some(500)),
+            ("u1", 1, Outcome::Succeeded, Some(250)),
+            ("sink", 1, Outcome::Cancelled, None),
+        ] {
+            let attempt_id = format!("{task_id}-{attempt}");
+            let finished = TaskFinished {
+                compute_ms: held,
+                ..TaskFinished::unreported("j", task_id, &attempt_id, attempt, outcome, "", 2_000)
+            };
+            let at = Some(attempt_id.as_str());
+            model
+                .apply(&[&b.task(kind::TASK_FINISHED, "j", task_id, at, &finished)])
+                .await
+                .unwrap();
+        }
+        let detail = model.job_detail("j").await.unwrap().expect("the job");
+        let held: Vec<(&str, Option<u64>)> = detail
+            .tasks
+            .iter()
+            .map(|t| (t.task_id.as_str(), t.compute_ms))
+            .collect();
+        assert_eq!(held, [("u0", Some(2_000)), ("u1", Some(250)), ("sink", None)]);
+        assert_eq!(detail.compute_ms, Some(2_250));
+        let shown = serde_json::to_value(&detail).unwrap();
+        assert_eq!(shown["computeMs"], 2_250, "{shown}");
+        model.close().await;
     }
 }
