@@ -5,7 +5,11 @@
 //! the file system and the `ferry` command. Each case checks the refusal and that nothing
 //! changed or ran. docs/security.md lists the cases and the defences they attack.
 //!
-//! Needs FERRY_TEST_AMQP and FERRY_TEST_PYTHON (a Python with pika); scripts/test.sh sets them.
+//! Forged and replayed dispatches are tried on Kafka too (a Kafka-protocol broker, read and
+//! written with tests/clients/kafka_spy.py).
+//!
+//! Needs FERRY_TEST_AMQP, FERRY_TEST_KAFKA and FERRY_TEST_PYTHON (a Python with pika and
+//! kafka-python); scripts/test.sh sets them.
 
 mod common;
 
@@ -69,6 +73,11 @@ impl Deployment {
     }
 
     fn start_with(configure: impl FnOnce(&mut Command)) -> Deployment {
+        Self::start_on(bus_url, configure)
+    }
+
+    /// A `ferry up` on the bus `bus` names for a namespace.
+    fn start_on(bus: fn(&str) -> String, configure: impl FnOnce(&mut Command)) -> Deployment {
         let dir = tempfile::tempdir().unwrap();
         let ns = format!("s{}", short_id());
         let port = free_port();
@@ -81,14 +90,14 @@ impl Deployment {
             .arg("--data-dir")
             .arg(dir.path().join("data"))
             // In the environment, as docs/security.md advises, not on the command line.
-            .env("FERRY_BUS", bus_url(&ns))
+            .env("FERRY_BUS", bus(&ns))
             .env("FERRY_LOG", "info")
             .env_remove("FERRY_DATA_DIR")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
         configure(&mut cmd);
-        let namespace = Namespace(bus_url(&ns));
+        let namespace = Namespace(bus(&ns));
         let mut up = Up(cmd.spawn().unwrap());
         let deadline = Instant::now() + Duration::from_secs(60);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -296,6 +305,15 @@ impl Deployment {
 
 fn amqp() -> String {
     env("FERRY_TEST_AMQP")
+}
+
+/// The Kafka-protocol broker's `kafka://HOST:PORT`.
+fn kafka() -> String {
+    env("FERRY_TEST_KAFKA")
+}
+
+fn kafka_url(ns: &str) -> String {
+    format!("{}?namespace={ns}", kafka())
 }
 
 fn bus_url(ns: &str) -> String {
@@ -1062,4 +1080,97 @@ fn an_endless_flow_file_is_read_boundedly_and_refused() {
             ran.stderr
         );
     }
+}
+
+// --- The bus, on Kafka ----------------------------------------------------------------------
+
+/// tests/clients/kafka_spy.py with `args`, fed `stdin`: what it printed.
+fn kafka_spy(args: &[&str], stdin: &str) -> String {
+    let brokers = kafka().trim_start_matches("kafka://").to_string();
+    let mut c = Command::new(env("FERRY_TEST_PYTHON"));
+    c.arg(root().join("tests/clients/kafka_spy.py"))
+        .arg(args[0])
+        .arg(&brokers)
+        .args(&args[1..])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "kafka_spy.py {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The messages on `topic` from its start, once at least `least` are there (30 s at most).
+fn kafka_read(topic: &str, least: usize) -> Vec<Value> {
+    serde_json::from_str(&kafka_spy(&["read", topic, &least.to_string()], "")).unwrap()
+}
+
+fn kafka_publish(topic: &str, messages: &[Value]) {
+    kafka_spy(&["publish", topic], &Value::from(messages.to_vec()).to_string());
+}
+
+#[test]
+fn forged_and_replayed_dispatches_on_kafka_are_dead_lettered_or_ignored_and_never_run() {
+    let d = Deployment::start_on(kafka_url, |_| {});
+    let topic = format!("{}.dispatch.local", d.ns);
+    let dead_topic = format!("{}.dead", d.ns);
+    let tally = d.dir.path().join("tally");
+    let proof = d.dir.path().join("pwned");
+    d.submit("once", &shell_flow(None, &format!("echo ran >> {}", tally.display())));
+    assert_eq!(d.wait_state("once", &["succeeded", "failed"]), "succeeded");
+    let heard = kafka_read(&topic, 1);
+    let real = heard
+        .iter()
+        .find(|m| m["headers"]["ce_type"] == "dev.ferry.task.dispatched")
+        .unwrap_or_else(|| panic!("no task.dispatched heard on {topic}: {heard:?}"))
+        .clone();
+    let sig = real["headers"]["ce_ferrysig"]
+        .as_str()
+        .unwrap_or_else(|| panic!("the dispatch is not signed: {real}"))
+        .to_string();
+    assert!(sig.starts_with("v1:"), "{sig}");
+    // The real dispatch turned into one that writes the proof, for a new attempt of a new job:
+    // with the real signature (tampered), without one, and with one by a key ferry does not hold.
+    let attempt = ferry_event::new_id();
+    let mut data: Value = serde_json::from_str(real["value"].as_str().unwrap()).unwrap();
+    data["jobId"] = json!("forged");
+    data["attemptId"] = json!(attempt);
+    data["command"] = json!(["touch", proof.to_str().unwrap()]);
+    let mut tampered = real.clone();
+    tampered["key"] = json!("forged");
+    tampered["value"] = json!(data.to_string());
+    for (name, value) in [
+        ("ce_id", ferry_event::new_id()),
+        ("ce_ferryattempt", attempt.clone()),
+        ("ce_ferryjob", "forged".into()),
+        ("ce_partitionkey", "forged".into()),
+    ] {
+        tampered["headers"][name] = json!(value);
+    }
+    let mut unsigned = tampered.clone();
+    unsigned["headers"].as_object_mut().unwrap().remove("ce_ferrysig");
+    unsigned["headers"]["ce_id"] = json!(ferry_event::new_id());
+    let mut unknown_key = unsigned.clone();
+    unknown_key["headers"]["ce_id"] = json!(ferry_event::new_id());
+    unknown_key["headers"]["ce_ferrysig"] = json!(format!("v1:attacker-key:{}", "A".repeat(43) + "="));
+    kafka_publish(&topic, &[tampered, unsigned, unknown_key]);
+    // And the real one again, as it was: a replay.
+    kafka_publish(&topic, std::slice::from_ref(&real));
+    let dead = kafka_read(&dead_topic, 3);
+    assert_eq!(dead.len(), 3, "{dead:?}");
+    for m in &dead {
+        let reason = m["headers"]["ferry_dead_reason"].as_str().unwrap_or("");
+        assert!(reason.contains("sign"), "{m}");
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!proof.exists(), "a forged dispatch ran its command");
+    assert_eq!(d.job("forged"), None);
+    assert_eq!(read(&tally), "ran\n", "the replayed dispatch ran the command again");
+    assert_eq!(d.state("once").as_deref(), Some("succeeded"));
 }
