@@ -1122,7 +1122,10 @@ fn forged_and_replayed_dispatches_on_kafka_are_dead_lettered_or_ignored_and_neve
     let dead_topic = format!("{}.dead", d.ns);
     let tally = d.dir.path().join("tally");
     let proof = d.dir.path().join("pwned");
-    d.submit("once", &shell_flow(None, &format!("echo ran >> {}", tally.display())));
+    d.submit(
+        "once",
+        &shell_flow(None, &format!("echo ran >> {}", tally.display())),
+    );
     assert_eq!(d.wait_state("once", &["succeeded", "failed"]), "succeeded");
     let heard = kafka_read(&topic, 1);
     let real = heard
@@ -1171,6 +1174,51 @@ fn forged_and_replayed_dispatches_on_kafka_are_dead_lettered_or_ignored_and_neve
     std::thread::sleep(Duration::from_secs(2));
     assert!(!proof.exists(), "a forged dispatch ran its command");
     assert_eq!(d.job("forged"), None);
-    assert_eq!(read(&tally), "ran\n", "the replayed dispatch ran the command again");
+    assert_eq!(
+        read(&tally),
+        "ran\n",
+        "the replayed dispatch ran the command again"
+    );
     assert_eq!(d.state("once").as_deref(), Some("succeeded"));
+}
+
+// --- What one namespace can keep ------------------------------------------------------------
+
+#[test]
+fn a_namespace_past_its_artifact_quota_keeps_no_more_files_and_others_are_untouched() {
+    let d = Deployment::start_with(|c| {
+        c.args(["--namespace-artifact-quota", "team-a=1000"]);
+    });
+    let flow = |ns: &str| {
+        format!(
+            "id: files\nnamespace: {ns}\ntasks:\n  - id: t\n    runner: local\n    \
+             command: [sh, -c, 'head -c 600 /dev/zero > out.bin']\n    outputFiles: [out.bin]\n"
+        )
+    };
+    d.submit("first", &flow("team-a"));
+    assert_eq!(d.wait_state("first", &["succeeded", "failed"]), "succeeded");
+    // 600 bytes more would make 1,200 of team-a's 1,000.
+    d.submit("second", &flow("team-a"));
+    assert_eq!(d.wait_state("second", &["succeeded", "failed"]), "failed");
+    let second = d.job("second").unwrap();
+    let error = second["tasks"][0]["error"].as_str().unwrap_or("");
+    assert!(
+        error.contains("team-a") && error.contains("--namespace-artifact-quota"),
+        "{second}"
+    );
+    assert!(
+        second["tasks"][0]["outputFiles"]
+            .as_array()
+            .is_none_or(|f| f.is_empty()),
+        "{second}"
+    );
+    let kept = files_under(&d.data().join("artifacts"));
+    assert!(
+        kept.iter().all(|f| !f.starts_with("second")),
+        "the refused attempt's files were kept: {kept:?}"
+    );
+    assert!(kept.iter().any(|f| f.starts_with("first")), "{kept:?}");
+    // Another namespace is not held back by team-a's quota.
+    d.submit("other", &flow("team-b"));
+    assert_eq!(d.wait_state("other", &["succeeded", "failed"]), "succeeded");
 }

@@ -115,6 +115,7 @@ fn docker(flags: &ferry_launcher_local::Flags, data_dir: &Path) -> Result<Launch
     let mut c = ferry_launcher_docker::Config::new(docker_data_dir(data_dir));
     c.artifact_dir = Some(artifact_dir(flags, data_dir));
     c.artifact_retention = flags.artifact_retention;
+    c.artifact_quotas = ferry_runtime::NamespaceLimits::new(flags.namespace_artifact_quotas.iter().cloned());
     c.docker_host = flags.docker_host.clone();
     c.max_parallel = flags.max_parallel;
     c.kill_grace = flags.kill_grace;
@@ -140,6 +141,7 @@ fn kubernetes(flags: &ferry_launcher_local::Flags, data_dir: &Path) -> Result<La
     c.stage_image = flags.kube_stage_image.clone();
     c.artifact_dir = Some(artifact_dir(flags, data_dir));
     c.artifact_retention = flags.artifact_retention;
+    c.artifact_quotas = ferry_runtime::NamespaceLimits::new(flags.namespace_artifact_quotas.iter().cloned());
     c.pending_deadline = flags.pending_deadline;
     c.max_parallel = flags.max_parallel;
     c.kill_grace = flags.kill_grace;

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backend::{AttemptError, BackendResult, Compute, ComputeState, ShutdownPolicy, Task};
 use crate::collect;
-use crate::journal::{Entry, LogMark, RunningRecord, Status};
+use crate::journal::{self, Entry, LogMark, RunningRecord, Status};
 use crate::logs::{self, Ids, Tail};
 use crate::runtime::Runtime;
 
@@ -559,13 +559,19 @@ pub(crate) async fn conclude(
             Ok((outputs, c.files))
         });
         match collected {
-            Ok((o, f)) => {
-                report.outputs = match rt.masker.mask_json(serde_json::Value::Object(o)) {
-                    serde_json::Value::Object(o) => o,
-                    _ => Map::new(),
-                };
-                report.output_files = f;
-            }
+            Ok((o, f)) => match within_quota(rt, task, &f).await {
+                Ok(()) => {
+                    report.outputs = match rt.masker.mask_json(serde_json::Value::Object(o)) {
+                        serde_json::Value::Object(o) => o,
+                        _ => Map::new(),
+                    };
+                    report.output_files = f;
+                }
+                Err(over) => {
+                    report.outcome = Outcome::Failed;
+                    report.error = Some(over.to_string());
+                }
+            },
             Err(e) => {
                 report.outcome = e.outcome();
                 report.error = Some(e.message().to_string());
@@ -577,6 +583,49 @@ pub(crate) async fn conclude(
     record_report(rt, &mut report);
     release(rt, compute).await;
     report
+}
+
+/// Counts the output files `files` the attempt kept against its namespace's quota, or, when
+/// they would pass it, removes them (the attempt's whole artifact directory) and says why.
+async fn within_quota(
+    rt: &Runtime,
+    task: Task<'_>,
+    files: &[ferry_event::payload::OutputFile],
+) -> Result<(), crate::quota::OverQuota> {
+    let Some(quotas) = rt.config.artifact_quotas.clone() else {
+        return Ok(());
+    };
+    if files.is_empty() {
+        return Ok(());
+    }
+    let d = task.dispatch;
+    let namespace = d
+        .namespace
+        .as_deref()
+        .unwrap_or(ferry_event::payload::DEFAULT_NAMESPACE);
+    let attempt_dir = format!("{}/{}/{}", d.job_id, d.task_id, d.attempt_id);
+    let bytes = files.iter().map(|f| f.size).sum();
+    let Err(over) = quotas.admit(namespace, &attempt_dir, bytes) else {
+        return Ok(());
+    };
+    // Only a directory named by plain ids is surely inside the artifact directory.
+    if [&d.job_id, &d.task_id, &d.attempt_id]
+        .iter()
+        .any(|id| journal::check_id(id).is_err())
+    {
+        tracing::warn!(
+            dir = attempt_dir,
+            "not removing output files refused by a quota: their directory is not named by plain ids"
+        );
+        return Err(over);
+    }
+    let dir = quotas.dir().join(&attempt_dir);
+    if let Err(e) = tokio::fs::remove_dir_all(&dir).await
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot remove output files refused by a quota");
+    }
+    Err(over)
 }
 
 /// Records the report in the journal, with the time its attempt held compute, before it is

@@ -37,6 +37,7 @@ mod intake;
 pub mod journal;
 pub mod logs;
 pub mod publish;
+pub mod quota;
 mod reconcile;
 pub mod retention;
 mod runtime;
@@ -48,6 +49,7 @@ pub mod testing;
 use std::path::PathBuf;
 
 pub use backend::{AttemptError, Backend, Compute, ComputeState, ShutdownPolicy};
+pub use quota::ArtifactQuotas;
 pub use retention::ArtifactRetention;
 pub use runtime::{Config, run};
 pub use secrets::{MIN_SECRET_BYTES, Masker, Secrets};

@@ -14,9 +14,13 @@ use crate::backend::Backend;
 use crate::intake::Intake;
 use crate::journal::Journal;
 use crate::publish::Publisher;
+use crate::quota::ArtifactQuotas;
 use crate::retention::{self, ArtifactRetention};
 use crate::secrets::{Masker, Secrets};
 use crate::{Error, Result, reconcile};
+
+/// How often what each namespace's output files hold is counted again.
+const QUOTA_RECOUNT_EVERY: Duration = Duration::from_secs(60);
 
 /// How the runtime runs, whatever the backend.
 #[derive(Debug, Clone)]
@@ -37,6 +41,8 @@ pub struct Config {
     pub group: String,
     /// Output files to remove from the artifact directory once old, if any.
     pub artifact_retention: Option<ArtifactRetention>,
+    /// Bytes of output files each namespace may keep in the artifact directory, if limited.
+    pub artifact_quotas: Option<Arc<ArtifactQuotas>>,
 }
 
 impl Config {
@@ -129,6 +135,20 @@ pub async fn run(
         .artifact_retention
         .clone()
         .map(|r| tokio::spawn(retention::sweep_every(r, stop.clone())));
+    // What the retention sweep (or an operator) removed stops counting against a quota.
+    let recount = rt.config.artifact_quotas.clone().map(|q| {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(QUOTA_RECOUNT_EVERY) => {}
+                }
+                let q = q.clone();
+                let _ = tokio::task::spawn_blocking(move || q.refresh()).await;
+            }
+        })
+    });
     let (tx, mut rx) = mpsc::channel(1);
     let reader = tokio::spawn(read_deliveries(subscription, tx.clone(), stop.clone()));
     let cancel_reader = tokio::spawn(read_deliveries(cancels, tx, stop.clone()));
@@ -178,6 +198,9 @@ pub async fn run(
     if let Some(sweeper) = sweeper {
         // Stopped by `stop`; a sweep under way finishes on its blocking thread.
         let _ = sweeper.await;
+    }
+    if let Some(recount) = recount {
+        let _ = recount.await;
     }
     // Dispatches not started go back to the broker unacknowledged.
     intake.pending.clear();

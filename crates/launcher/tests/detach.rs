@@ -27,6 +27,7 @@ fn config() -> Config {
         source: "ferry/launcher-remote/test".into(),
         group: "launcher-remote".into(),
         artifact_retention: None,
+        artifact_quotas: None,
     }
 }
 

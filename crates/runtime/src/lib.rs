@@ -6,6 +6,7 @@
 //! - [`shutdown`]: a root [`CancellationToken`] cancelled by SIGINT/SIGTERM, with a second signal
 //!   exiting at once;
 //! - [`metrics`]: metric names, in one place;
+//! - [`quota`]: limits set per namespace (`NAME=N`, `*=N`);
 //! - [`text`]: text from outside (event ids, task output) shown without its control characters;
 //! - [`instance_source`]: the CloudEvents `source` naming one service instance;
 //! - [`db`] (feature `sqlx`): the SQL plumbing of every store: opening a database, its dialect,
@@ -16,11 +17,13 @@ pub mod backoff;
 pub mod db;
 pub mod memory;
 pub mod metrics;
+pub mod quota;
 pub mod shutdown;
 pub mod telemetry;
 pub mod text;
 
 pub use backoff::Backoff;
+pub use quota::NamespaceLimits;
 pub use tokio_util::sync::CancellationToken;
 pub use tokio_util::task::TaskTracker;
 

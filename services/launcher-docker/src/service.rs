@@ -27,6 +27,8 @@ pub struct Config {
     /// Output files stored longer ago than this are removed from the artifact directory by a
     /// periodic sweep (`None`: kept for ever).
     pub artifact_retention: Option<Duration>,
+    /// Bytes of output files each namespace may keep in the artifact directory.
+    pub artifact_quotas: ferry_runtime::NamespaceLimits,
     /// The engine's address (`unix:///…`, `tcp://…`); `DOCKER_HOST`, else the local socket.
     pub docker_host: Option<String>,
     /// When no engine answers: fail to start (true), or run and fail every attempt with why
@@ -63,6 +65,7 @@ impl Config {
             data_dir: data_dir.into(),
             artifact_dir: None,
             artifact_retention: None,
+            artifact_quotas: Default::default(),
             docker_host: None,
             require_engine: true,
             detach: true,
@@ -87,6 +90,7 @@ impl Config {
             source: self.source.clone(),
             group: self.group.clone(),
             artifact_retention: None,
+            artifact_quotas: None,
         }
     }
 }
@@ -149,6 +153,8 @@ pub async fn run(mut config: Config, bus: Arc<dyn Bus>, shutdown: CancellationTo
     runtime.artifact_retention = config
         .artifact_retention
         .map(|older_than| ferry_launcher::ArtifactRetention::new(&artifacts, older_than));
+    runtime.artifact_quotas =
+        ferry_launcher::ArtifactQuotas::configure(&config.artifact_quotas, &artifacts, &data_dir)?;
     let backend = match connect(config.docker_host.as_deref()).await {
         Ok(engine) => {
             let launcher = launcher_id(&data_dir)?;

@@ -45,6 +45,8 @@ pub struct Config {
     /// Output files stored longer ago than this are removed from the artifact directory by a
     /// periodic sweep (`None`: kept for ever).
     pub artifact_retention: Option<Duration>,
+    /// Bytes of output files each namespace may keep in the artifact directory.
+    pub artifact_quotas: ferry_runtime::NamespaceLimits,
     /// The image of the container that holds a pod's working directory for its output files
     /// ([`crate::DEFAULT_STAGE_IMAGE`] when absent): it must have `sh`, `sleep` and `tar`.
     pub stage_image: Option<String>,
@@ -74,6 +76,7 @@ impl Config {
             ttl_after_finished: Some(Duration::from_secs(24 * 3600)),
             artifact_dir: None,
             artifact_retention: None,
+            artifact_quotas: Default::default(),
             stage_image: None,
             log_batch_lines: 256,
             log_batch_interval: Duration::from_millis(20),
@@ -94,6 +97,7 @@ impl Config {
             source: self.source.clone(),
             group: self.group.clone(),
             artifact_retention: None,
+            artifact_quotas: None,
         }
     }
 }
@@ -197,10 +201,12 @@ pub async fn run(mut config: Config, bus: Arc<dyn Bus>, shutdown: CancellationTo
         source,
     })?;
     let mut runtime = config.runtime();
-    runtime.artifact_retention = config.artifact_retention.map(|older_than| {
-        let dir = (config.artifact_dir.clone()).unwrap_or_else(|| config.data_dir.join("artifacts"));
-        ferry_launcher::ArtifactRetention::new(dir, older_than)
-    });
+    let artifacts = (config.artifact_dir.clone()).unwrap_or_else(|| config.data_dir.join("artifacts"));
+    runtime.artifact_retention = config
+        .artifact_retention
+        .map(|older_than| ferry_launcher::ArtifactRetention::new(&artifacts, older_than));
+    runtime.artifact_quotas =
+        ferry_launcher::ArtifactQuotas::configure(&config.artifact_quotas, &artifacts, &config.data_dir)?;
     let result = ferry_launcher::run(runtime, journal, Arc::new(backend), bus, shutdown).await;
     tracing::info!("kubernetes launcher stopped");
     result

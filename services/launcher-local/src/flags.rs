@@ -56,6 +56,12 @@ pub struct Flags {
     /// [default: keep for ever]
     #[arg(long, env = "FERRY_ARTIFACT_RETENTION", value_name = "DURATION", value_parser = ferry_connect::service::duration)]
     pub artifact_retention: Option<Duration>,
+    /// Most bytes of output files a namespace's jobs may keep in the artifact directory, as
+    /// NAME=BYTES (jobs without a namespace are in `default`; `*=BYTES` for every namespace
+    /// not named); an attempt whose files would pass it keeps none and fails, saying so.
+    /// Repeat the flag, or separate with commas.
+    #[arg(long = "namespace-artifact-quota", env = "FERRY_NAMESPACE_ARTIFACT_QUOTA", value_name = "NAME=BYTES", value_delimiter = ',', value_parser = ferry_runtime::quota::parse_bytes)]
+    pub namespace_artifact_quotas: Vec<(String, u64)>,
     /// A secrets file, readable by its owner only (NAME=value lines, or a YAML or JSON map
     /// whose values may be {value, namespaces, flows}); FERRY_SECRET_<NAME> variables are read
     /// as well, the file wins on a name in both.
@@ -100,6 +106,8 @@ impl Flags {
         config.cgroups = !self.no_cgroups;
         config.artifact_dir = self.artifact_dir.clone();
         config.artifact_retention = self.artifact_retention;
+        config.artifact_quotas =
+            ferry_runtime::NamespaceLimits::new(self.namespace_artifact_quotas.iter().cloned());
         config.max_parallel = self.max_parallel;
         config.kill_grace = self.kill_grace;
         config.group = self.launcher_group.clone();

@@ -61,6 +61,8 @@ pub struct Config {
     /// Output files stored longer ago than this are removed from the artifact directory by a
     /// periodic sweep (`None`: kept for ever).
     pub artifact_retention: Option<Duration>,
+    /// Bytes of output files each namespace may keep in the artifact directory.
+    pub artifact_quotas: ferry_runtime::NamespaceLimits,
     /// Attempts running at once, and the subscription's prefetch.
     pub max_parallel: usize,
     /// Time between SIGTERM and SIGKILL when stopping a process group.
@@ -103,6 +105,7 @@ impl Config {
             data_dir: data_dir.into(),
             artifact_dir: None,
             artifact_retention: None,
+            artifact_quotas: Default::default(),
             max_parallel: 64,
             kill_grace: Duration::from_secs(10),
             log_batch_lines: 256,
@@ -136,6 +139,7 @@ impl Config {
             source: self.source.clone(),
             group: self.group.clone(),
             artifact_retention: None,
+            artifact_quotas: None,
         }
     }
 
@@ -340,6 +344,8 @@ pub async fn run(config: Config, bus: Arc<dyn Bus>, shutdown: CancellationToken)
     runtime.artifact_retention = config
         .artifact_retention
         .map(|older_than| ferry_launcher::ArtifactRetention::new(&artifact_dir, older_than));
+    runtime.artifact_quotas =
+        ferry_launcher::ArtifactQuotas::configure(&config.artifact_quotas, &artifact_dir, &config.data_dir)?;
     let local = open_backend(&config, artifact_dir, run_as, &journal).await?;
     let result = ferry_launcher::run(runtime, journal, Arc::new(local.clone()), bus, shutdown).await;
     local.contain().remove();

@@ -46,26 +46,8 @@ pub struct Flags {
     /// without a namespace are in `default`; `*=BYTES` for every namespace not named); past
     /// it their lines are dropped, with one line per attempt saying so. Repeat the flag, or
     /// separate with commas.
-    #[arg(long = "namespace-log-quota", env = "FERRY_NAMESPACE_LOG_QUOTA", value_name = "NAME=BYTES", value_delimiter = ',', value_parser = quota)]
+    #[arg(long = "namespace-log-quota", env = "FERRY_NAMESPACE_LOG_QUOTA", value_name = "NAME=BYTES", value_delimiter = ',', value_parser = ferry_runtime::quota::parse_bytes)]
     pub namespace_log_quotas: Vec<(String, u64)>,
-}
-
-/// `NAME=BYTES`, BYTES a whole number.
-fn quota(s: &str) -> std::result::Result<(String, u64), String> {
-    let (name, n) = s
-        .split_once('=')
-        .ok_or_else(|| format!("`{s}`: expected NAME=BYTES, e.g. analytics=1000000000 or *=100000000"))?;
-    let name = name.trim();
-    if name.is_empty() {
-        return Err(format!(
-            "`{s}`: the namespace is missing (NAME=BYTES, or *=BYTES for every namespace)"
-        ));
-    }
-    let n = n
-        .trim()
-        .parse()
-        .map_err(|_| format!("`{s}`: {n:?} is not a whole number of bytes"))?;
-    Ok((name.to_string(), n))
 }
 
 impl Flags {

@@ -108,37 +108,7 @@ const MIGRATIONS: &[Migration] = &[
 ];
 
 /// Bytes of log text each namespace may store (see [`LogStore::append_within`]).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct LogQuotas {
-    /// By namespace.
-    pub named: HashMap<String, u64>,
-    /// For every namespace not named (`*=BYTES`); `None`: no limit.
-    pub others: Option<u64>,
-}
-
-impl LogQuotas {
-    /// From `NAME=BYTES` pairs, `*` for every namespace not named.
-    pub fn new(pairs: impl IntoIterator<Item = (String, u64)>) -> Self {
-        let mut q = LogQuotas::default();
-        for (name, bytes) in pairs {
-            if name == "*" {
-                q.others = Some(bytes);
-            } else {
-                q.named.insert(name, bytes);
-            }
-        }
-        q
-    }
-
-    /// The quota of `namespace`, if it has one.
-    pub fn of(&self, namespace: &str) -> Option<u64> {
-        self.named.get(namespace).copied().or(self.others)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.named.is_empty() && self.others.is_none()
-    }
-}
+pub type LogQuotas = ferry_runtime::NamespaceLimits;
 
 /// What [`LogStore::append_within`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -159,6 +159,7 @@ impl Harness {
             source: "ferry/launcher/conformance".into(),
             group: "launcher-conformance".into(),
             artifact_retention: None,
+            artifact_quotas: None,
         };
         let shutdown = CancellationToken::new();
         let (target, data_dir, bus, stop) = (

@@ -46,6 +46,7 @@ pub fn launcher_config() -> ferry_launcher::Config {
         source: "ferry/launcher/sim".into(),
         group: "sim-launcher".into(),
         artifact_retention: None,
+        artifact_quotas: None,
     }
 }
 
