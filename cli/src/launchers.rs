@@ -275,4 +275,26 @@ mod tests {
         }
         assert!(Cli::try_parse_from(["ferry", "--artifact-retention", "soon"]).is_err());
     }
+
+    fn quotas(launcher: &Launcher) -> &ferry_runtime::NamespaceLimits {
+        match launcher {
+            Launcher::Local(c) => &c.artifact_quotas,
+            #[cfg(feature = "docker")]
+            Launcher::Docker(c) => &c.artifact_quotas,
+            #[cfg(feature = "kubernetes")]
+            Launcher::Kubernetes(c) => &c.artifact_quotas,
+        }
+    }
+
+    #[test]
+    fn every_backend_takes_the_namespace_artifact_quota_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let with = Cli::parse_from(["ferry", "--namespace-artifact-quota", "a=5,*=9"]).flags;
+        for backend in BACKENDS.iter().filter(|b| enabled(b)) {
+            let launcher = Launcher::from_flags(backend, &with, dir.path()).unwrap();
+            let q = quotas(&launcher);
+            assert_eq!((q.of("a"), q.of("b")), (Some(5), Some(9)), "{backend}");
+        }
+        assert!(Cli::try_parse_from(["ferry", "--namespace-artifact-quota", "a=lots"]).is_err());
+    }
 }
