@@ -21,6 +21,8 @@ fn run_external(bus_base: &str, script: &str, broker_arg: &str) {
     let ns = format!("x{}", &ferry_event::new_id().replace('-', "")[..16]);
     let sep = if bus_base.contains('?') { '&' } else { '?' };
     let bus = format!("{bus_base}{sep}namespace={ns}");
+    // Dropped after `up` below: the services stop before their queues go.
+    let _namespace = BusNamespace(bus.clone());
     let dir = tempfile::tempdir().unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

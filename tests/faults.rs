@@ -255,36 +255,11 @@ impl Drop for RunDir {
     }
 }
 
-/// Removes a run's namespace from the broker when dropped, also when the run fails (after its
-/// services, which are dropped before it): on RabbitMQ, runs that leave their queues pile up
-/// hundreds of quorum queues in the test vhost, which RabbitMQ was seen to handle badly.
-struct Namespace(String);
-
-impl Drop for Namespace {
-    fn drop(&mut self) {
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let groups = ferry_cli::services::standard_groups();
-        tokio::task::block_in_place(|| {
-            let removed = rt.block_on(tokio::time::timeout(
-                Duration::from_secs(30),
-                ferry_connect::remove_namespace(&self.0, &groups),
-            ));
-            match removed {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => eprintln!("removing the run's namespace failed: {e}"),
-                Err(_) => eprintln!("removing the run's namespace took longer than 30s"),
-            }
-        });
-    }
-}
-
 async fn fault_run(bus_base: &str, broker_restart: bool) {
     let namespace = format!("f{}", &ferry_event::new_id().replace('-', "")[..16]);
     let sep = if bus_base.contains('?') { '&' } else { '?' };
     let bus = format!("{bus_base}{sep}namespace={namespace}");
-    let _namespace = Namespace(bus.clone());
+    let _namespace = BusNamespace(bus.clone());
     let dir = tempfile::tempdir().unwrap();
     let d = &dir.path().to_path_buf();
     // The logs, ledger and databases are kept for a look afterwards when the run fails, or
@@ -807,7 +782,7 @@ async fn container_fault_run(bus_base: &str, kubernetes: bool) {
     let namespace = format!("d{}", &ferry_event::new_id().replace('-', "")[..16]);
     let sep = if bus_base.contains('?') { '&' } else { '?' };
     let bus = format!("{bus_base}{sep}namespace={namespace}");
-    let _namespace = Namespace(bus.clone());
+    let _namespace = BusNamespace(bus.clone());
     let dir = tempfile::tempdir().unwrap();
     let d = &dir.path().to_path_buf();
     let _dir = RunDir(if std::env::var_os("FERRY_FAULT_KEEP").is_some() {

@@ -35,36 +35,10 @@ fn short_id() -> String {
 /// then its namespace removed from the broker.
 struct Deployment {
     up: Up,
-    _namespace: Namespace,
+    _namespace: BusNamespace,
     port: u16,
     ns: String,
     dir: tempfile::TempDir,
-}
-
-/// Removes a namespace from the broker when dropped (after the `ferry up` using it): runs that
-/// leave their quorum queues behind pile up hundreds of them in the test vhost, which RabbitMQ
-/// handles badly.
-struct Namespace(String);
-
-impl Drop for Namespace {
-    fn drop(&mut self) {
-        let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
-            return;
-        };
-        let groups = ferry_cli::services::standard_groups();
-        let removed = rt.block_on(async {
-            tokio::time::timeout(
-                Duration::from_secs(30),
-                ferry_connect::remove_namespace(&self.0, &groups),
-            )
-            .await
-        });
-        match removed {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => eprintln!("removing the namespace failed: {e}"),
-            Err(_) => eprintln!("removing the namespace took longer than 30s"),
-        }
-    }
 }
 
 impl Deployment {
@@ -97,7 +71,7 @@ impl Deployment {
             .stdout(log.try_clone().unwrap())
             .stderr(log);
         configure(&mut cmd);
-        let namespace = Namespace(bus(&ns));
+        let namespace = BusNamespace(bus(&ns));
         let mut up = Up(cmd.spawn().unwrap());
         let deadline = Instant::now() + Duration::from_secs(60);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -979,7 +953,7 @@ fn a_short_secret_stops_ferry_up_before_it_listens() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let ns = format!("s{}", short_id());
-    let _namespace = Namespace(bus_url(&ns));
+    let _namespace = BusNamespace(bus_url(&ns));
     let mut c = ferry();
     c.args([
         "up",

@@ -174,3 +174,34 @@ impl Drop for Up {
         let _ = self.0.wait();
     }
 }
+
+/// A bus namespace, removed from its broker when dropped (after the services using it), also
+/// when the test fails: on RabbitMQ, runs that leave their queues behind pile up hundreds of
+/// quorum queues in the test vhost, which RabbitMQ was seen to handle badly.
+pub struct BusNamespace(pub String);
+
+impl Drop for BusNamespace {
+    fn drop(&mut self) {
+        let groups = ferry_cli::services::standard_groups();
+        // Made inside the runtime that runs it: a timer needs one.
+        let remove = async {
+            tokio::time::timeout(
+                Duration::from_secs(30),
+                ferry_connect::remove_namespace(&self.0, &groups),
+            )
+            .await
+        };
+        let removed = match tokio::runtime::Handle::try_current() {
+            Ok(rt) => tokio::task::block_in_place(|| rt.block_on(remove)),
+            Err(_) => match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt.block_on(remove),
+                Err(_) => return,
+            },
+        };
+        match removed {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("removing the bus namespace failed: {e}"),
+            Err(_) => eprintln!("removing the bus namespace took longer than 30s"),
+        }
+    }
+}
