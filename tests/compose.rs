@@ -141,6 +141,10 @@ fn check_rendering(config: &Value, broker: &str) {
     for name in FERRY_SERVICES.iter().chain(&["init"]) {
         let svc = &services[*name];
         assert_eq!(svc["image"], "ferry:dev", "{name}");
+        assert_eq!(
+            svc["pull_policy"], "never",
+            "{name}: ferry:dev is built here, never pulled (a registry's `ferry` is someone else's)"
+        );
         assert_eq!(svc["user"], "10001:10001", "{name} must not run as root");
         assert_eq!(svc["read_only"], true, "{name}");
         assert_eq!(svc["cap_drop"], serde_json::json!(["ALL"]), "{name}");
