@@ -45,19 +45,32 @@ fn env(name: &str) -> String {
 }
 
 /// Runs a command to its end, killing it after `limit`; its output is echoed for the test log.
-fn run_for(mut cmd: Command, limit: Duration) -> Ran {
+fn run_for(cmd: Command, limit: Duration) -> Ran {
     let what = format!("{cmd:?}");
-    let dir = tempfile::tempdir().unwrap();
+    try_run_for(cmd, limit).unwrap_or_else(|| panic!("{what} did not finish within {limit:?}"))
+}
+
+/// [`run_for`], or `None` when the command had to be killed (for the teardown, which must not
+/// panic).
+fn try_run_for(mut cmd: Command, limit: Duration) -> Option<Ran> {
+    let what = format!("{cmd:?}");
+    let dir = tempfile::tempdir().ok()?;
     let (out, err) = (dir.path().join("out"), dir.path().join("err"));
-    let mut child = cmd
+    let mut child = match cmd
         .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&out).unwrap())
-        .stderr(std::fs::File::create(&err).unwrap())
+        .stdout(std::fs::File::create(&out).ok()?)
+        .stderr(std::fs::File::create(&err).ok()?)
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+    {
+        Ok(child) => child,
+        Err(e) => {
+            eprintln!("--- cannot run {what}: {e}");
+            return None;
+        }
+    };
     let deadline = Instant::now() + limit;
     let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
+        if let Ok(Some(status)) = child.try_wait() {
             break Some(status);
         }
         if Instant::now() > deadline {
@@ -76,8 +89,7 @@ fn run_for(mut cmd: Command, limit: Duration) -> Ran {
         "--- {what}\n--- stdout\n{}--- stderr\n{}---",
         ran.stdout, ran.stderr
     );
-    assert!(status.is_some(), "{what} did not finish within {limit:?}");
-    ran
+    status.map(|_| ran)
 }
 
 /// The Compose binary, in an environment without the variables docker-compose.yml reads, so
@@ -201,7 +213,8 @@ fn the_compose_file_and_its_kafka_variant_are_valid_and_publish_on_loopback_only
     check_rendering(&rendered(&["docker-compose.kafka.yml"]), "tansu");
 }
 
-/// A free port on loopback (free when asked; nothing else on this machine races for it here).
+/// A port free on loopback when asked (should another process take it before the service
+/// binds it, the bring-up fails saying so).
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -282,10 +295,10 @@ impl Stack {
         c
     }
 
-    fn psql(&self, sql: &str) -> Ran {
+    fn psql(&self, sql: &str) -> Command {
         let mut c = Command::new("psql");
         c.args([&self.postgres_admin, "-v", "ON_ERROR_STOP=1", "-qc", sql]);
-        run_for(c, Duration::from_secs(60))
+        c
     }
 }
 
@@ -293,22 +306,23 @@ impl Drop for Stack {
     fn drop(&mut self) {
         if self.up {
             if std::thread::panicking() {
-                let _ = run_for(
+                try_run_for(
                     self.compose(&["logs", "--no-color", "--tail", "80"]),
                     Duration::from_secs(60),
                 );
             }
-            let _ = run_for(
+            try_run_for(
                 self.compose(&["down", "--volumes", "--remove-orphans", "--timeout", "20"]),
                 Duration::from_secs(120),
             );
         }
         // The image first, then its base: `rmi` takes the untagged build stages with them.
         for image in &self.images {
-            let _ = run_for(Stack::docker(&["rmi", image]), Duration::from_secs(60));
+            try_run_for(Stack::docker(&["rmi", image]), Duration::from_secs(60));
         }
         if let Some(db) = self.database.take() {
-            let _ = self.psql(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"));
+            let drop = self.psql(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"));
+            try_run_for(drop, Duration::from_secs(60));
         }
     }
 }
@@ -387,7 +401,11 @@ fn run_stack(broker: &str) {
 
     // A database of its own for the schedulers, and a namespace of the bus.
     let database = unique("ferry_compose_");
-    assert_eq!(stack.psql(&format!("CREATE DATABASE {database}")).code, 0);
+    let created = run_for(
+        stack.psql(&format!("CREATE DATABASE {database}")),
+        Duration::from_secs(60),
+    );
+    assert_eq!(created.code, 0, "{}", created.stderr);
     stack.database = Some(database.clone());
     let mut db = url::Url::parse(&postgres).unwrap();
     db.set_path(&format!("/{database}"));
