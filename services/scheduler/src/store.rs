@@ -140,7 +140,7 @@ impl Store {
 
     async fn migrate(&self) -> Result<()> {
         for stmt in SCHEMA.iter().chain(db::INBOX_SCHEMA) {
-            sqlx::query(stmt).execute(&self.pool).await?;
+            db::create_if_missing(&self.pool, stmt).await?;
         }
         for (table, column, ty) in ADDED_COLUMNS {
             db::add_column(&self.pool, table, column, ty).await?;
@@ -149,10 +149,12 @@ impl Store {
             Dialect::Sqlite => OUTBOX_SQLITE,
             Dialect::Postgres => OUTBOX_POSTGRES,
         };
-        sqlx::query(outbox).execute(&self.pool).await?;
-        sqlx::query("CREATE INDEX IF NOT EXISTS outbox_event ON outbox (event_id)")
-            .execute(&self.pool)
-            .await?;
+        db::create_if_missing(&self.pool, outbox).await?;
+        db::create_if_missing(
+            &self.pool,
+            "CREATE INDEX IF NOT EXISTS outbox_event ON outbox (event_id)",
+        )
+        .await?;
         Ok(())
     }
 

@@ -92,6 +92,27 @@ fn fan(n: usize) -> Vec<PlannedTask> {
     tasks
 }
 
+/// Instances started together on a new database (a deployment's first start) each create the
+/// schema that is missing, side by side: every one of them opens it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_starting_together_on_a_new_database_all_open_it() {
+    for _ in 0..3 {
+        let db = Db::new().await;
+        let opens: Vec<_> = (0..6)
+            .map(|_| {
+                let url = db.url.clone();
+                tokio::spawn(async move { ferry_scheduler::Store::open(&url).await })
+            })
+            .collect();
+        for open in opens {
+            match open.await.unwrap() {
+                Ok(store) => store.close().await,
+                Err(e) => panic!("an instance could not open the new database: {e}"),
+            }
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_share_jobs_without_dispatching_an_attempt_twice() {
     let db = Db::new().await;
@@ -100,8 +121,6 @@ async fn two_instances_share_jobs_without_dispatching_an_attempt_twice() {
     let rec = Recorder::start(&bus, stop.clone()).await;
     let log = launcher(bus.clone(), Arc::new(|_| succeed(3)), stop.clone()).await;
     declare_scheduler(&bus).await;
-    // The schema is created by the first instance; start the second once it exists.
-    ferry_scheduler::Store::open(&db.url).await.unwrap().close().await;
     let (_a, ta) = start_scheduler(&bus, pg_config(&db.url, "ferry/scheduler/a"));
     let (_b, tb) = start_scheduler(&bus, pg_config(&db.url, "ferry/scheduler/b"));
     // Six jobs, so that both instances find jobs the other has not locked.
