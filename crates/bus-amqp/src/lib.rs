@@ -342,6 +342,16 @@ impl ferry_bus::Bus for AmqpBus {
         Some(self.shared.max_message_size.load(Ordering::Relaxed))
     }
 
+    async fn check(&self) -> ferry_bus::Result<()> {
+        match self.is_connected() {
+            true => Ok(()),
+            false => Err(ferry_bus::Error::Unavailable(format!(
+                "not connected to RabbitMQ at {}; reconnecting",
+                self.shared.endpoint
+            ))),
+        }
+    }
+
     async fn declare(&self, spec: &Subscribe) -> ferry_bus::Result<()> {
         if spec.ephemeral {
             // Its queue exists only while it is consumed.

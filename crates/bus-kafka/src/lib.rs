@@ -46,6 +46,8 @@ pub use config::Config;
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long creating topics may take.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(15);
+/// Longest wait for a broker's metadata in a readiness check.
+const CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 /// Longest wait for room in the producer's local queue while publishing one batch.
 const QUEUE_FULL_WAIT: Duration = Duration::from_secs(30);
 /// The largest message ferry publishes (key, headers and value), and the `max.message.bytes`
@@ -313,6 +315,23 @@ impl Bus for KafkaBus {
     fn max_event_bytes(&self) -> Option<usize> {
         // Headers carry the attributes with a few bytes each besides their text.
         Some(MAX_MESSAGE_BYTES - 16 * 1024)
+    }
+
+    /// Asks a broker for the cluster's metadata (no topic): it answers when one is reachable.
+    async fn check(&self) -> ferry_bus::Result<()> {
+        let inner = self.inner.clone();
+        let brokers = self.inner.config.brokers.clone();
+        tokio::task::spawn_blocking(move || {
+            use rdkafka::producer::Producer;
+            inner
+                .producer
+                .client()
+                .fetch_metadata(None, CHECK_TIMEOUT)
+                .map(drop)
+                .map_err(|e| ferry_bus::Error::Unavailable(format!("Kafka at {brokers}: {e}")))
+        })
+        .await
+        .map_err(|e| ferry_bus::Error::Unavailable(format!("checking Kafka: {e}")))?
     }
 
     async fn publish(&self, events: &[Event]) -> ferry_bus::Result<()> {

@@ -9,7 +9,8 @@
 //! [`memory::MemoryBus`] implements it in-process for the embedded mode and tests; RabbitMQ and
 //! Kafka live in their own crates (`ferry-bus-amqp`, `ferry-bus-kafka`) and `ferry-connect`
 //! picks one from a URL. [`signing::Signed`] wraps any of them so that services sign what they
-//! publish and refuse forged events. [`conformance`] (feature `conformance`) is the test suite
+//! publish and refuse forged events, and [`metered::Metered`] counts what goes through a bus in
+//! ferry's metrics. [`conformance`] (feature `conformance`) is the test suite
 //! every implementation passes.
 
 #[cfg(any(test, feature = "conformance"))]
@@ -17,6 +18,7 @@ pub mod conformance;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance_signing;
 pub mod memory;
+pub mod metered;
 pub mod signing;
 
 use async_trait::async_trait;
@@ -126,6 +128,12 @@ pub trait Bus: Send + Sync + 'static {
     /// Publishing a larger one fails with [`Error::TooLarge`].
     fn max_event_bytes(&self) -> Option<usize> {
         None
+    }
+
+    /// Whether the broker can be reached now, for a service's readiness: `Err` says why not.
+    /// Cheap enough to call on every readiness probe; a bus that cannot tell answers `Ok`.
+    async fn check(&self) -> Result<()> {
+        Ok(())
     }
 }
 
@@ -338,6 +346,7 @@ impl Delivery {
             reason,
             "dead-lettering event"
         );
+        ferry_runtime::metrics::bus_dead_lettered(metered::topic_kind(&self.topic));
         self.settle.dead_letter(reason).await
     }
 }

@@ -185,6 +185,13 @@ impl Bus for MemoryBus {
     fn max_event_bytes(&self) -> Option<usize> {
         self.inner.max_event_bytes
     }
+
+    async fn check(&self) -> Result<()> {
+        match self.is_closed() {
+            true => Err(Error::Closed),
+            false => Ok(()),
+        }
+    }
 }
 
 struct MemoryConsumer {

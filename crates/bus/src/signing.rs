@@ -417,6 +417,10 @@ impl Bus for Signed {
         // Room for the signature attribute.
         self.inner.max_event_bytes().map(|n| n.saturating_sub(256))
     }
+
+    async fn check(&self) -> Result<()> {
+        self.inner.check().await
+    }
 }
 
 /// The consumer of a [`Signed`] bus: hands out verified deliveries, dead-letters the rest.

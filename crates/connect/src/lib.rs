@@ -22,6 +22,7 @@ pub mod service;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use ferry_bus::metered::Metered;
 use ferry_bus::signing::{Keyring, Signed};
 use ferry_bus::{Bus, Error, MemoryBus, Result, Subscribe};
 
@@ -90,12 +91,14 @@ pub async fn bus(url: &str) -> Result<Arc<dyn Bus>> {
 }
 
 /// Opens the bus `url` names, signing and checking events as `auth` says.
+/// What goes through it is counted in ferry's metrics ([`ferry_bus::metered`]).
 pub async fn open(url: &str, auth: Auth) -> Result<Arc<dyn Bus>> {
     let raw = raw(url).await?;
-    Ok(match auth {
+    let bus: Arc<dyn Bus> = match auth {
         Auth::Signed(keys) => Arc::new(Signed::new(raw, keys)),
         Auth::Unsigned => raw,
-    })
+    };
+    Ok(Arc::new(Metered::new(bus)))
 }
 
 /// Opens the bus `url` names as it is: nothing is signed or checked. For tools that speak to

@@ -166,6 +166,20 @@ pub async fn open_readers(url: &str, db: &Db, max: u32, what: &str) -> Result<An
     Ok(pool)
 }
 
+/// Registers a readiness check ([`crate::health`]) named `name` that takes a connection of
+/// `pool` and pings it.
+pub fn readiness<DB: Database>(name: &str, pool: &sqlx::Pool<DB>) -> crate::health::Registered {
+    let pool = pool.clone();
+    crate::health::register(name, move || {
+        let pool = pool.clone();
+        async move {
+            use sqlx::Connection;
+            let mut conn = pool.acquire().await.map_err(|e| e.to_string())?;
+            conn.ping().await.map_err(|e| e.to_string())
+        }
+    })
+}
+
 /// Whether a SQLite URL names an in-memory database, which lives on one connection only.
 fn is_sqlite_memory(url: &str) -> bool {
     url.contains(":memory:") || url.contains("mode=memory")
@@ -376,9 +390,11 @@ pub struct Waits {
 
 /// Runs `op` until it succeeds, fails with something other than an outage ([`is_outage`] of the
 /// database error `db_error` finds in `E`), or `stop` is cancelled (then the outage's error is
-/// returned). `what` names the database in the warning logged before each wait.
+/// returned). `what` names the database in the warning logged before each wait; each wait
+/// counts in [`crate::metrics::name::DB_OUTAGE_HOLDS`] under `store`.
 pub async fn through_outages<T, E, F>(
     what: &str,
+    store: &'static str,
     waits: Waits,
     stop: &CancellationToken,
     db_error: impl Fn(&E) -> Option<&sqlx::Error>,
@@ -396,6 +412,7 @@ where
         };
         let Some(e) = outage else { return done };
         tracing::warn!(error = %e, retry_in = ?wait, "{what} is out of reach; holding the batch and trying again");
+        crate::metrics::db_outage_hold(store);
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = stop.cancelled() => {}

@@ -5,8 +5,9 @@
 //! - [`telemetry`]: `tracing` set-up (human or JSON lines on stderr, filtered by `FERRY_LOG`);
 //! - [`shutdown`]: a root [`CancellationToken`] cancelled by SIGINT/SIGTERM, with a second signal
 //!   exiting at once;
-//! - [`metrics`]: metric names, in one place;
+//! - [`metrics`]: every Prometheus metric, defined in one place, and how to record it;
 //! - [`quota`]: limits set per namespace (`NAME=N`, `*=N`);
+//! - [`health`]: readiness checks of the process's bus and databases, for `/readyz`;
 //! - [`text`]: text from outside (event ids, task output) shown without its control characters;
 //! - [`instance_source`]: the CloudEvents `source` naming one service instance;
 //! - [`db`] (feature `sqlx`): the SQL plumbing of every store: opening a database, its dialect,
@@ -15,6 +16,7 @@
 pub mod backoff;
 #[cfg(feature = "sqlx")]
 pub mod db;
+pub mod health;
 pub mod memory;
 pub mod metrics;
 pub mod quota;

@@ -290,6 +290,7 @@ pub(crate) async fn handle_batch(
         }
         let appended = ferry_runtime::db::through_outages(
             "the log store",
+            "logs",
             waits,
             shutdown,
             |e| match e {

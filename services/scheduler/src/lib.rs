@@ -280,6 +280,7 @@ impl Scheduler {
         }
         let applied = ferry_runtime::db::through_outages(
             "the database",
+            "scheduler",
             OUTAGE_WAITS,
             &self.stop,
             |e| match e {
