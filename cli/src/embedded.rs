@@ -60,6 +60,7 @@ impl Embedded {
             data_dir: opts.data_dir.clone(),
             bus_key_file: None,
             insecure_unsigned_bus: false,
+            metrics: None,
         };
         common.prepare()?;
         let data_dir = common.data_dir;

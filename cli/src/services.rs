@@ -381,6 +381,9 @@ pub async fn serve(mut common: Common, plan: impl FnOnce(&Path) -> Result<Plan>)
             .await
             .with_context(|| format!("cannot declare the {} queue", spec.group))?;
     }
+    // Serves until every service has stopped, so that a probe sees the drain.
+    let endpoint_stop = CancellationToken::new();
+    let endpoint = common.serve_metrics(&bus, &endpoint_stop).await?;
     let services = plan.services();
     let listen = plan
         .api
@@ -402,6 +405,10 @@ pub async fn serve(mut common: Common, plan: impl FnOnce(&Path) -> Result<Plan>)
         std::process::exit(130);
     });
     let stopped = running.stop().await;
+    endpoint_stop.cancel();
+    if let Some(endpoint) = endpoint {
+        let _ = endpoint.await;
+    }
     outcome.and(stopped)
 }
 

@@ -15,8 +15,10 @@
 //! without keys takes an explicit opt-in; the in-memory bus, which no other process reaches,
 //! runs unsigned unless keys are given.
 //!
-//! [`service`] starts a service as a process of its own, on the bus its `--bus` flag names.
+//! [`service`] starts a service as a process of its own, on the bus its `--bus` flag names;
+//! [`endpoint`] serves its metrics, liveness and readiness (`--metrics ADDR`).
 
+pub mod endpoint;
 pub mod service;
 
 use std::path::{Path, PathBuf};

@@ -65,6 +65,10 @@ pub struct Common {
     /// ferry run any command.
     #[arg(long, env = crate::INSECURE_ENV)]
     pub insecure_unsigned_bus: bool,
+    /// Serve `GET /metrics` (Prometheus), `/healthz` and `/readyz` on this address, e.g.
+    /// 0.0.0.0:9464. Unauthenticated and free of secrets: keep it on an internal network.
+    #[arg(long, env = "FERRY_METRICS", value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 impl Common {
@@ -117,6 +121,27 @@ impl Common {
         self.bus_key_file = Some(path.to_path_buf());
     }
 
+    /// Binds `--metrics`, if given, and serves the endpoint ([`crate::endpoint`]) on it until
+    /// `shutdown` is cancelled, readiness checking `bus`. The address is bound before this
+    /// returns: a taken port fails the start.
+    pub async fn serve_metrics(
+        &self,
+        bus: &Arc<dyn Bus>,
+        shutdown: &CancellationToken,
+    ) -> std::io::Result<Option<tokio::task::JoinHandle<()>>> {
+        let Some(addr) = self.metrics else {
+            return Ok(None);
+        };
+        let listener = crate::endpoint::bind(addr).await?;
+        tracing::info!(addr = %listener.local_addr()?, "serving /metrics, /healthz and /readyz");
+        let (bus, shutdown) = (bus.clone(), shutdown.clone());
+        Ok(Some(tokio::spawn(async move {
+            if let Err(e) = crate::endpoint::serve(listener, bus, shutdown).await {
+                tracing::error!(error = %e, "the metrics endpoint failed");
+            }
+        })))
+    }
+
     /// Opens the bus `--bus` names, signed as [`Common::auth`] says; the error names the URL,
     /// without its password.
     pub async fn open_bus(&self) -> Result<Arc<dyn Bus>, BoxError> {
@@ -146,8 +171,8 @@ struct Binary<S: clap::Args> {
 /// The `main` of a service binary: sets up the allocator, parses [`Common`] and the service's
 /// flags `S`, starts telemetry, makes the data directory, turns the flags into the service's
 /// configuration (before anything connects: a bad setting fails at once), opens the bus and
-/// runs the service with a shutdown token cancelled by SIGINT or SIGTERM (a second signal
-/// exits at once). Errors are printed with their causes and end the process with status 1.
+/// serves `--metrics` ([`crate::endpoint`]) and runs the service with a shutdown token
+/// cancelled by SIGINT or SIGTERM (a second signal exits at once). Errors are printed with their causes and end the process with status 1.
 pub fn main<S, C, E>(
     name: &'static str,
     about: &'static str,
@@ -175,7 +200,14 @@ where
                 let config = config(flags, &common).await?;
                 let shutdown = ferry_runtime::shutdown::on_signals();
                 let bus = common.open_bus().await?;
-                run(config, bus, shutdown).await.map_err(Into::into)
+                let endpoint = common.serve_metrics(&bus, &shutdown).await?;
+                let ran = run(config, bus, shutdown.clone()).await.map_err(Into::into);
+                // The endpoint stops with the service, even when it stopped on its own.
+                shutdown.cancel();
+                if let Some(endpoint) = endpoint {
+                    let _ = endpoint.await;
+                }
+                ran
             })
         });
     match started {

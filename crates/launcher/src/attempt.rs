@@ -349,11 +349,13 @@ pub(crate) async fn run(
     beat_stop.cancel();
     let _ = beats.await;
     let logs = follower.await.unwrap_or_default();
-    tracing::info!(
-        metric = metrics::COMPUTE_SECONDS,
-        value = started.elapsed().as_secs_f64(),
-        "attempt's compute ended"
+    metrics::compute(
+        rt.backend.name(),
+        d.namespace.as_deref(),
+        d.flow_id.as_deref().unwrap_or("none"),
+        started.elapsed(),
     );
+    tracing::info!("attempt's compute ended");
     if !logs.complete && logs.failure.is_none() && rt.stop.is_cancelled() {
         tracing::warn!(
             published = logs.lines,
@@ -528,12 +530,9 @@ pub(crate) async fn report_started(
         },
     );
     rt.publisher.publish(&[event]).await?;
-    tracing::info!(
-        compute = %compute.name,
-        metric = metrics::DISPATCH_LATENCY_MS,
-        value = started_at_ms - ready_at_ms,
-        "attempt started"
-    );
+    let latency = u64::try_from(started_at_ms - ready_at_ms).unwrap_or(0);
+    metrics::dispatch_latency(rt.backend.name(), Duration::from_millis(latency));
+    tracing::info!(compute = %compute.name, latency_ms = latency, "attempt started");
     Ok(())
 }
 

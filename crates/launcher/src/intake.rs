@@ -174,6 +174,7 @@ impl Intake {
             .iter()
             .position(|(p, _)| p.attempt_id == c.attempt_id);
         if let Some((d, dispatch)) = waiting.and_then(|pos| self.pending.remove(pos)) {
+            self.measure();
             span.in_scope(|| {
                 tracing::info!("cancelling an attempt waiting for room in the in-flight window")
             });
@@ -260,8 +261,13 @@ impl Intake {
             let task = (d.job_id.clone(), d.task_id.clone());
             let fut = attempt::run(self.rt.clone(), d, delivery, rx);
             self.spawn(id, task, Some(tx), true, fut, span);
-            tracing::debug!(metric = metrics::ATTEMPTS_IN_FLIGHT, value = self.running);
         }
+        self.measure();
+    }
+
+    /// Attempts in flight and queued, in the metrics.
+    fn measure(&self) {
+        metrics::attempts(self.rt.backend.name(), self.running, self.pending.len());
     }
 
     fn spawn(

@@ -42,7 +42,8 @@ pub mod name {
     pub const JOBS_ACTIVE: &str = "ferry_jobs_active";
     /// Gauge {backend}: tasks ready or dispatched and not started, per backend.
     pub const TASKS_WAITING: &str = "ferry_tasks_waiting";
-    /// Gauge {backend}: seconds the longest-waiting ready or dispatched task has waited.
+    /// Gauge {backend}: seconds the longest-waiting dispatched, not started task has waited
+    /// since it became ready.
     pub const TASKS_WAITING_OLDEST: &str = "ferry_tasks_waiting_oldest_seconds";
     /// Gauge {backend}: launcher instances serving the backend, as they announced themselves.
     pub const LAUNCHERS: &str = "ferry_launchers";
@@ -346,7 +347,7 @@ impl Metrics {
         );
         r.register(
             TASKS_WAITING_OLDEST,
-            "Seconds the longest-waiting ready or dispatched task has waited, by backend",
+            "Seconds the longest-waiting dispatched task has waited since ready, by backend",
             m.tasks_waiting_oldest.clone(),
         );
         r.register(

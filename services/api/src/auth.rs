@@ -1,6 +1,6 @@
 //! Who may do what: credentials, scopes and namespaces.
 //!
-//! Every request but `GET /healthz` carries a credential, which an [`Authenticator`] turns into
+//! Every request but `GET /healthz` and `GET /readyz` carries a credential, which an [`Authenticator`] turns into
 //! a [`Principal`]: a name, the [`Scope`]s it holds and the namespaces it is limited to. Today
 //! the credential is a bearer token listed in a tokens file; other kinds (OIDC/JWT) become
 //! further variants of [`Authenticator`] that yield the same [`Principal`].

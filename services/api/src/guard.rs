@@ -159,6 +159,25 @@ fn unauthorized(e: &Unauthenticated) -> Response {
     r
 }
 
+/// Records the request's latency by route template (`/jobs/{id}`, never the id itself),
+/// method and status class ([`ferry_runtime::metrics::name::API_REQUEST`]).
+pub(crate) async fn measure(req: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let method = req.method().clone();
+    let response = next.run(req).await;
+    ferry_runtime::metrics::api_request(
+        &route,
+        method.as_str(),
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
+}
+
 /// Holds the request to its deadline: the body must arrive, and the response begin, within
 /// `timeout`. A body still arriving at the deadline is 408, anything else that late 503; both
 /// close the connection.

@@ -49,7 +49,8 @@ pub(crate) struct AppState {
 }
 
 /// The routes, behind the guards: every request must name an allowed host and arrive within
-/// the request timeout; every route but `/healthz` needs a credential.
+/// the request timeout; every route but `/healthz` and `/readyz` needs a credential. Each
+/// request's latency is recorded by route template and status class.
 pub(crate) fn router(state: AppState, auth: Authenticator, hosts: Arc<AllowedHosts>) -> Router {
     let limit = state.config.body_limit;
     let timeout = state.config.request_timeout;
@@ -63,7 +64,9 @@ pub(crate) fn router(state: AppState, auth: Authenticator, hosts: Arc<AllowedHos
         .route_layer(from_fn_with_state(auth, guard::authenticate));
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .merge(protected)
+        .route_layer(axum::middleware::from_fn(guard::measure))
         .layer(DefaultBodyLimit::max(limit))
         .layer(from_fn_with_state(timeout, guard::deadline))
         .layer(from_fn_with_state(hosts, guard::check_host))
@@ -241,6 +244,23 @@ async fn healthz(State(state): State<AppState>) -> Result<Json<Value>, ApiError>
         .await
         .map_err(|e| ApiError::unavailable(format!("{e}")))?;
     Ok(Json(json!({ "status": "ok" })))
+}
+
+// ----------------------------------------------------------------------------------------------
+// GET /readyz
+// ----------------------------------------------------------------------------------------------
+
+/// Ready as every ferry process is (`ferry_connect::endpoint`): the bus and the api's
+/// databases (read model, log store) answer. 503 names what does not.
+async fn readyz(State(state): State<AppState>) -> Response {
+    match ferry_connect::endpoint::readiness(state.bus.as_ref()).await {
+        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
+        Err(failed) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready\n{}\n", failed.join("\n")),
+        )
+            .into_response(),
+    }
 }
 
 // ----------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@
 //! store is a database with one writer (the log-collector service) and many readers (this
 //! service, the CLI). The api never calls another service.
 //!
-//! Every request but `GET /healthz` is authenticated ([`auth`]: bearer tokens with scopes and
+//! Every request but `GET /healthz` and `GET /readyz` is authenticated ([`auth`]: bearer tokens with scopes and
 //! namespaces) and must name an allowed `Host`; headers and bodies have deadlines; TLS is
 //! served from PEM files ([`TlsFiles`]). See `docs/security.md`.
 //!
@@ -176,6 +176,7 @@ pub async fn serve(
     let logs = LogStore::open(&config.logs_url)
         .await?
         .with_follow_poll(config.follow_poll);
+    let _ready = (model.readiness(), logs.readiness());
     let prefetch = config.batch_max.max(1).saturating_mul(2);
     let sub = bus
         .subscribe(

@@ -305,6 +305,12 @@ pub struct ReadModel {
 const READERS: u32 = 4;
 
 impl ReadModel {
+    /// Registers the read model's readiness check ([`ferry_runtime::health`]) while the
+    /// returned value is kept.
+    pub fn readiness(&self) -> ferry_runtime::health::Registered {
+        ferry_runtime::db::readiness("read model database", &self.pool)
+    }
+
     /// Opens (creating if needed) the database at `url`: `sqlite://PATH`, `sqlite::memory:` or
     /// `postgres://…`.
     pub async fn open(url: &str) -> Result<ReadModel> {
@@ -419,6 +425,7 @@ impl ReadModel {
     pub(crate) async fn apply(&self, events: &[&Event]) -> Result<Vec<Applied>> {
         let now = ferry_event::now_ms();
         let decoded: Vec<_> = events.iter().map(|e| decode(e)).collect();
+        let began = std::time::Instant::now();
         let mut tx = self.pool.begin().await?;
         // The batch's event ids go into the inbox together; those not there before apply.
         let ids: Vec<String> = events
@@ -453,6 +460,7 @@ impl ReadModel {
         }
         write_changes(&mut tx, &mut known).await?;
         tx.commit().await?;
+        ferry_runtime::metrics::db_transaction("read-model", began.elapsed());
         Ok(out)
     }
 

@@ -8,7 +8,6 @@ use ferry_bus::{Bus, Delivery, Subscribe, Subscription};
 use ferry_event::payload::TaskLog;
 use ferry_event::{AttributesReader, Topic, kind};
 use ferry_runtime::db::Waits;
-use ferry_runtime::metrics::{LOG_LINES_DROPPED, LOG_LINES_EXPIRED, LOG_LINES_STORED};
 use ferry_runtime::{Backoff, CancellationToken};
 use tracing::Instrument;
 
@@ -101,11 +100,8 @@ pub async fn sweep_retention(
             }
         }
         if total > 0 {
-            tracing::info!(
-                { LOG_LINES_EXPIRED } = total,
-                before_ms,
-                "expired log lines deleted"
-            );
+            ferry_runtime::metrics::logs_expired(total);
+            tracing::info!(expired = total, before_ms, "expired log lines deleted");
         }
         tokio::select! {
             biased;
@@ -158,6 +154,7 @@ impl LogCollector {
     /// back to the bus and taken again after a backoff.
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<()> {
         tracing::info!(group = %self.config.group, "log collector started");
+        let _ready = self.config.store.readiness();
         let sweeper = self.config.retention.map(|retention| {
             tokio::spawn(sweep_retention(
                 self.config.store.clone(),
@@ -303,10 +300,10 @@ pub(crate) async fn handle_batch(
         match appended {
             Ok(Appended { stored, dropped }) => {
                 tracing::Span::current().record("stored", stored);
-                tracing::debug!({ LOG_LINES_STORED } = stored, "log lines committed");
+                tracing::debug!(stored, "log lines committed");
                 if dropped > 0 {
                     tracing::info!(
-                        { LOG_LINES_DROPPED } = dropped,
+                        dropped,
                         "log lines dropped: their namespace is at its log quota"
                     );
                 }

@@ -261,6 +261,12 @@ impl fmt::Debug for LogStore {
 }
 
 impl LogStore {
+    /// Registers the store's readiness check ([`ferry_runtime::health`]) while the returned
+    /// value is kept.
+    pub fn readiness(&self) -> ferry_runtime::health::Registered {
+        ferry_runtime::db::readiness("log store", &self.pool)
+    }
+
     /// Opens the store at `url` (`sqlite:///path/to/logs.db`, `sqlite://relative.db`,
     /// `sqlite::memory:`), creating the file, its directory and the schema as needed. Opening an
     /// existing store applies only the migrations it lacks.
@@ -341,6 +347,7 @@ impl LogStore {
         if rows.is_empty() {
             return Ok(Appended::default());
         }
+        let began = std::time::Instant::now();
         let mut tx = self.pool.begin().await?;
         // The namespace of each attempt, and the bytes each namespace holds.
         let mut namespaces: HashMap<&str, String> = HashMap::new();
@@ -488,6 +495,10 @@ impl LogStore {
             }
         }
         tx.commit().await?;
+        ferry_runtime::metrics::db_transaction("logs", began.elapsed());
+        let bytes: i64 = added.values().sum();
+        ferry_runtime::metrics::logs_stored(stored, u64::try_from(bytes).unwrap_or(0));
+        ferry_runtime::metrics::logs_dropped(dropped);
         if stored > 0 {
             self.appended.send_modify(|n| *n = n.wrapping_add(stored));
         }

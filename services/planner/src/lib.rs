@@ -183,14 +183,20 @@ async fn handle(
                 message: format!("{reason}; this is a defect in ferry, please report it"),
             };
             return match bus.publish(&[rejection(builder, &job_id, vec![problem])]).await {
-                Ok(()) => settled("dead-letter", delivery.dead_letter(&reason).await),
+                Ok(()) => {
+                    ferry_runtime::metrics::job_planned("rejected");
+                    settled("dead-letter", delivery.dead_letter(&reason).await)
+                }
                 Err(e) if e.is_transient() => Ok(Handled::Retry(Box::new(delivery))),
                 Err(e) => Err(e),
             };
         }
     };
     let event = match bus.publish(std::slice::from_ref(&event)).await {
-        Ok(()) => return settled("ack", delivery.ack().await),
+        Ok(()) => {
+            count(&event);
+            return settled("ack", delivery.ack().await);
+        }
         Err(e) if e.is_transient() => {
             warn!(error = %e, "publishing the outcome failed; the submission will be retried");
             return Ok(Handled::Retry(Box::new(delivery)));
@@ -231,13 +237,25 @@ async fn handle(
         }
         Err(e) => return Err(e),
     };
-    match bus.publish(&[event]).await {
-        Ok(()) => settled("ack", delivery.ack().await),
+    match bus.publish(std::slice::from_ref(&event)).await {
+        Ok(()) => {
+            count(&event);
+            settled("ack", delivery.ack().await)
+        }
         Err(e) if e.is_transient() => {
             warn!(error = %e, "publishing the rejection failed; the submission will be retried");
             Ok(Handled::Retry(Box::new(delivery)))
         }
         Err(e) => Err(e),
+    }
+}
+
+/// Counts a published `job.planned` or `job.rejected` in the metrics.
+fn count(event: &Event) {
+    match event.ty() {
+        kind::JOB_PLANNED => ferry_runtime::metrics::job_planned("planned"),
+        kind::JOB_REJECTED => ferry_runtime::metrics::job_planned("rejected"),
+        _ => {}
     }
 }
 

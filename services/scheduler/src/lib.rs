@@ -125,6 +125,7 @@ impl Config {
 /// Runs the scheduler until `shutdown` is cancelled or the bus closes.
 pub async fn run(config: Config, bus: Arc<dyn Bus>, shutdown: CancellationToken) -> Result<()> {
     let store = Store::open(&config.db_url).await?;
+    let _ready = ferry_runtime::db::readiness("scheduler database", &store.pool);
     let mut sub = bus
         .subscribe(Subscribe::new(config.group.clone(), [Topic::Control]).prefetch(config.batch_max * 2))
         .await?;
@@ -180,6 +181,9 @@ pub const PRESENCE_GONE: Duration = Duration::from_secs(10 * 60);
 /// How often dispatched tasks are checked for a backend no launcher serves.
 const UNSERVED_EVERY: Duration = Duration::from_secs(1);
 
+/// How often the state is sampled for the metrics ([`Store::sample`]).
+const SAMPLE_EVERY: Duration = Duration::from_secs(10);
+
 /// How often the inbox is pruned of ids older than [`Config::inbox_retention`].
 const INBOX_PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
@@ -208,6 +212,8 @@ pub struct Scheduler {
     next_prune_ms: i64,
     /// When dispatched tasks are next checked for a backend no launcher serves.
     next_unserved_ms: i64,
+    /// When the state is next sampled for the metrics.
+    next_sample_ms: i64,
     /// Ends the wait for the database to come back (see [`Scheduler::handle`]).
     stop: CancellationToken,
 }
@@ -228,6 +234,7 @@ impl Scheduler {
             next_sweep_ms,
             next_prune_ms: now + ms(INBOX_PRUNE_EVERY),
             next_unserved_ms: now,
+            next_sample_ms: now,
             stop: CancellationToken::new(),
         }
     }
@@ -364,6 +371,13 @@ impl Scheduler {
         if now >= self.next_sweep_ms {
             self.next_sweep_ms = now + ms(self.config.orphan_sweep);
             self.adopt_orphans().await;
+        }
+        if now >= self.next_sample_ms {
+            self.next_sample_ms = now + ms(SAMPLE_EVERY);
+            match self.store.sample(now, now - ms(PRESENCE_GONE)).await {
+                Ok(sample) => ferry_runtime::metrics::scheduler_sample(&sample),
+                Err(e) => tracing::debug!(error = %e, "sampling the state for the metrics failed"),
+            }
         }
         if now >= self.next_prune_ms {
             self.next_prune_ms = now + ms(INBOX_PRUNE_EVERY);

@@ -127,6 +127,46 @@ const OUTBOX_POSTGRES: &str = "CREATE TABLE IF NOT EXISTS outbox (
 )";
 
 impl Store {
+    /// What the metrics show of the state (see [`ferry_runtime::metrics::SchedulerSample`]):
+    /// jobs running, tasks ready or dispatched and not started by backend with how long the
+    /// oldest dispatched one has waited since it became ready, at `now_ms`, and launchers heard since `live_since_ms` and not leaving.
+    pub async fn sample(
+        &self,
+        now_ms: i64,
+        live_since_ms: i64,
+    ) -> Result<ferry_runtime::metrics::SchedulerSample> {
+        let jobs_active: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE state = 'running'")
+            .fetch_one(&self.pool)
+            .await?;
+        let waiting = sqlx::query(
+            "SELECT backend, COUNT(*) AS n, MIN(CASE WHEN state = 'dispatched' THEN ready_at END) AS oldest FROM tasks
+             WHERE state IN ('ready', 'dispatched') GROUP BY backend",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(|r| {
+            let oldest: Option<i64> = r.try_get("oldest")?;
+            let waited = oldest.map_or(0.0, |t| (now_ms - t).max(0) as f64 / 1000.0);
+            Ok((r.try_get("backend")?, r.try_get("n")?, waited))
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        let launchers = sqlx::query(
+            "SELECT backend, COUNT(*) AS n FROM launchers WHERE leaving = 0 AND seen_at >= $1 GROUP BY backend",
+        )
+        .bind(live_since_ms)
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(|r| Ok((r.try_get("backend")?, r.try_get("n")?)))
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        Ok(ferry_runtime::metrics::SchedulerSample {
+            jobs_active,
+            waiting,
+            launchers,
+        })
+    }
+
     /// Opens (creating if needed) the database at `url`: `sqlite://PATH`, `sqlite::memory:` or
     /// `postgres://…`.
     pub async fn open(url: &str) -> Result<Store> {

@@ -51,6 +51,10 @@ struct Cx<'a> {
     events: &'a EventBuilder,
     now: i64,
     out: Vec<Event>,
+    /// When the transaction began, for its time in the metrics.
+    began: std::time::Instant,
+    /// The backends of attempts whose lease lapsed, counted once committed.
+    lapsed: Vec<String>,
     /// Jobs whose completion must be checked before commit.
     touched: HashSet<String>,
     /// Changes to jobs' counters not written yet: one statement per job instead of one per
@@ -197,8 +201,32 @@ pub(crate) async fn tick(
 
 pub(crate) const CHUNK: usize = 400;
 
+/// Records a committed transaction in the metrics: its time, the jobs and tasks its events
+/// start, end or retry, and the leases it found lapsed.
+fn measure(out: &[Event], lapsed: &[String], took: std::time::Duration) {
+    use ferry_runtime::metrics;
+    metrics::db_transaction("scheduler", took);
+    for backend in lapsed {
+        metrics::lease_lapsed(backend);
+    }
+    for e in out {
+        match e.ty() {
+            kind::JOB_STARTED => metrics::job_started(),
+            kind::JOB_SUCCEEDED => metrics::job_ended("succeeded"),
+            kind::JOB_FAILED => metrics::job_ended("failed"),
+            kind::JOB_CANCELLED => metrics::job_ended("cancelled"),
+            kind::TASK_SUCCEEDED => metrics::task_ended("succeeded"),
+            kind::TASK_FAILED => metrics::task_ended("failed"),
+            kind::TASK_CANCELLED => metrics::task_ended("cancelled"),
+            kind::TASK_RETRYING => metrics::task_retried(),
+            _ => {}
+        }
+    }
+}
+
 impl<'a> Cx<'a> {
     async fn begin(store: &Store, cfg: &'a Config, events: &'a EventBuilder, now: i64) -> Result<Cx<'a>> {
+        let began = std::time::Instant::now();
         let tx = store.pool.begin().await?;
         Ok(Cx {
             tx,
@@ -207,6 +235,8 @@ impl<'a> Cx<'a> {
             events,
             now,
             out: Vec::new(),
+            began,
+            lapsed: Vec::new(),
             touched: HashSet::new(),
             deltas: HashMap::new(),
             jobs: HashMap::new(),
@@ -233,6 +263,7 @@ impl<'a> Cx<'a> {
             q.execute(&mut *self.tx).await?;
         }
         self.tx.commit().await?;
+        measure(&self.out, &self.lapsed, self.began.elapsed());
         Ok(self.out)
     }
 

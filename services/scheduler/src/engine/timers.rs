@@ -72,6 +72,7 @@ impl Cx<'_> {
                     "the launcher did not confirm the cancellation in time".to_string(),
                 )
             } else if lease_until.is_some_and(|l| l < self.now) {
+                self.lapsed.push(backend.clone());
                 (
                     Outcome::Lost,
                     format!(
