@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Starts what the tests need and exports where it is; sourced by scripts/test.sh.
 #
-#   source scripts/services.sh && services_up    # exports FERRY_TEST_AMQP, FERRY_TEST_KAFKA, FERRY_TEST_POSTGRES, DOCKER_HOST, FERRY_TEST_COMPOSE
+#   source scripts/services.sh && services_up    # exports FERRY_TEST_AMQP, FERRY_TEST_KAFKA, FERRY_TEST_POSTGRES, DOCKER_HOST, FERRY_TEST_COMPOSE,
+#                                                # FERRY_TEST_PROMETHEUS, FERRY_TEST_PROMTOOL
 #   services_down                                # stops and removes only what services_up started
 #
 # Every run gets its own RabbitMQ vhost, its own PostgreSQL database, its own tansu (a
@@ -126,6 +127,18 @@ compose_up() {
   FERRY_TEST_COMPOSE=$(compose_bin)
   export FERRY_TEST_COMPOSE
   _say "$("$FERRY_TEST_COMPOSE" version) at $FERRY_TEST_COMPOSE"
+}
+
+# Prometheus and promtool (Debian's `prometheus`), for tests/observability.rs: it runs a real
+# Prometheus scraping ferry and checks infra/prometheus's rules. Installs only; the test starts
+# and stops its own server. Exports FERRY_TEST_PROMETHEUS and FERRY_TEST_PROMTOOL.
+prometheus_tools() {
+  command -v prometheus >/dev/null && command -v promtool >/dev/null || _apt_install prometheus
+  export FERRY_TEST_PROMETHEUS
+  export FERRY_TEST_PROMTOOL
+  FERRY_TEST_PROMETHEUS="$(command -v prometheus)"
+  FERRY_TEST_PROMTOOL="$(command -v promtool)"
+  _say "prometheus at $FERRY_TEST_PROMETHEUS"
 }
 
 # A Python with the clients the tests publish with from outside ferry.
@@ -326,6 +339,7 @@ services_up() {
   postgres_up
   kafka_up
   python_clients
+  prometheus_tools
   docker_up
   compose_up
 }

@@ -222,6 +222,9 @@ fn io_buckets() -> Histogram {
 /// The topic kinds, the `topic` label's values.
 pub const TOPICS: [&str; 6] = ["intake", "control", "lifecycle", "dispatch", "cancel", "logs"];
 
+/// The stores, the `store` label's values.
+pub const STORES: [&str; 3] = ["scheduler", "read-model", "logs"];
+
 /// Every instrument, and the registry that renders them.
 struct Metrics {
     registry: Registry,
@@ -476,6 +479,11 @@ impl Metrics {
             drop(m.bus_redeliveries.get_or_create(&label));
             drop(m.bus_dead_letters.get_or_create(&label));
         }
+        for store in STORES {
+            drop(m.db_outage_holds.get_or_create(&StoreLabel {
+                store: store.to_string(),
+            }));
+        }
         Metrics { registry, ..m }
     }
 
@@ -588,6 +596,7 @@ pub fn scheduler_sample(sample: &SchedulerSample) {
         m.tasks_waiting_oldest.get_or_create(&label).set(oldest);
         let l: i64 = launchers.iter().filter(|l| &l.0 == backend).map(|l| l.1).sum();
         m.launchers.get_or_create(&label).set(l);
+        drop(m.leases_lapsed.get_or_create(&label));
     }
 }
 
