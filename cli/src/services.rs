@@ -382,8 +382,8 @@ pub async fn serve(mut common: Common, plan: impl FnOnce(&Path) -> Result<Plan>)
             .with_context(|| format!("cannot declare the {} queue", spec.group))?;
     }
     // Serves until every service has stopped, so that a probe sees the drain.
-    let endpoint_stop = CancellationToken::new();
-    let endpoint = common.serve_metrics(&bus, &endpoint_stop).await?;
+    let (draining, endpoint_stop) = (CancellationToken::new(), CancellationToken::new());
+    let endpoint = common.serve_metrics(&bus, &draining, &endpoint_stop).await?;
     let services = plan.services();
     let listen = plan
         .api
@@ -399,6 +399,7 @@ pub async fn serve(mut common: Common, plan: impl FnOnce(&Path) -> Result<Plan>)
         _ = ferry_runtime::shutdown::wait_for_signal() => Ok(()),
         err = running.failed() => Err(err),
     };
+    draining.cancel();
     // A second signal while draining exits at once.
     tokio::spawn(async {
         ferry_runtime::shutdown::wait_for_signal().await;

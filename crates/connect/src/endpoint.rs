@@ -5,7 +5,7 @@
 //! | --- | --- |
 //! | `GET /metrics` | every metric of the process, OpenMetrics text ([`ferry_runtime::metrics`]) |
 //! | `GET /healthz` | `200 ok`: the process is alive and serving |
-//! | `GET /readyz` | `200 ready` when the bus and every database the process's services opened answer; `503` with one line per failed check otherwise |
+//! | `GET /readyz` | `200 ready` when the bus and every database the process's services opened answer; `503` with one line per failed check otherwise, and from the first SIGTERM on (`shutting down`) |
 //!
 //! One endpoint serves a process, whatever number of services it runs (`ferry up`). It exposes
 //! no secrets (no URLs, no job or attempt ids) but is not authenticated: keep it on an internal
@@ -32,25 +32,35 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> 
     })
 }
 
-/// Serves the endpoint on `listener` until `shutdown` is cancelled; readiness checks `bus`
-/// and every check registered with [`ferry_runtime::health`].
+/// What readiness looks at: the bus, and whether the process is draining.
+#[derive(Clone)]
+struct Ready {
+    bus: Arc<dyn Bus>,
+    draining: CancellationToken,
+}
+
+/// Serves the endpoint on `listener` until `stop` is cancelled. Readiness checks `bus` and
+/// every check registered with [`ferry_runtime::health`], and is refused once `draining` is
+/// cancelled (the services are stopping: a balancer stops sending work while metrics are still
+/// served).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     bus: Arc<dyn Bus>,
-    shutdown: CancellationToken,
+    draining: CancellationToken,
+    stop: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(bus))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
+    axum::serve(listener, router(bus, draining))
+        .with_graceful_shutdown(stop.cancelled_owned())
         .await
 }
 
 /// The endpoint's routes.
-pub fn router(bus: Arc<dyn Bus>) -> Router {
+fn router(bus: Arc<dyn Bus>, draining: CancellationToken) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .with_state(bus)
+        .with_state(Ready { bus, draining })
 }
 
 async fn metrics() -> Response {
@@ -61,8 +71,12 @@ async fn metrics() -> Response {
         .into_response()
 }
 
-async fn readyz(State(bus): State<Arc<dyn Bus>>) -> Response {
-    match readiness(bus.as_ref()).await {
+async fn readyz(State(ready): State<Ready>) -> Response {
+    let checked = match ready.draining.is_cancelled() {
+        true => Err(vec!["shutting down".to_string()]),
+        false => readiness(ready.bus.as_ref()).await,
+    };
+    match checked {
         Ok(()) => (StatusCode::OK, "ready\n").into_response(),
         Err(failed) => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -119,8 +133,8 @@ mod tests {
         let bus: Arc<dyn Bus> = Arc::new(memory.clone());
         let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let stop = CancellationToken::new();
-        let served = tokio::spawn(serve(listener, bus, stop.clone()));
+        let (draining, stop) = (CancellationToken::new(), CancellationToken::new());
+        let served = tokio::spawn(serve(listener, bus, draining.clone(), stop.clone()));
 
         let (status, head, body) = get(addr, "/metrics").await;
         assert_eq!(status, 200);
@@ -139,6 +153,16 @@ mod tests {
         assert_eq!(status, 503);
         assert!(body.contains("bus: bus closed"), "{body}");
         assert_eq!(get(addr, "/healthz").await.0, 200, "alive though not ready");
+
+        draining.cancel();
+        let (status, _, body) = get(addr, "/readyz").await;
+        assert_eq!(status, 503);
+        assert!(body.contains("shutting down"), "{body}");
+        assert_eq!(
+            get(addr, "/metrics").await.0,
+            200,
+            "metrics are served while draining"
+        );
 
         stop.cancel();
         served.await.unwrap().unwrap();

@@ -122,21 +122,22 @@ impl Common {
     }
 
     /// Binds `--metrics`, if given, and serves the endpoint ([`crate::endpoint`]) on it until
-    /// `shutdown` is cancelled, readiness checking `bus`. The address is bound before this
-    /// returns: a taken port fails the start.
+    /// `stop` is cancelled, readiness checking `bus` and refused once `draining` is cancelled.
+    /// The address is bound before this returns: a taken port fails the start.
     pub async fn serve_metrics(
         &self,
         bus: &Arc<dyn Bus>,
-        shutdown: &CancellationToken,
+        draining: &CancellationToken,
+        stop: &CancellationToken,
     ) -> std::io::Result<Option<tokio::task::JoinHandle<()>>> {
         let Some(addr) = self.metrics else {
             return Ok(None);
         };
         let listener = crate::endpoint::bind(addr).await?;
         tracing::info!(addr = %listener.local_addr()?, "serving /metrics, /healthz and /readyz");
-        let (bus, shutdown) = (bus.clone(), shutdown.clone());
+        let (bus, draining, stop) = (bus.clone(), draining.clone(), stop.clone());
         Ok(Some(tokio::spawn(async move {
-            if let Err(e) = crate::endpoint::serve(listener, bus, shutdown).await {
+            if let Err(e) = crate::endpoint::serve(listener, bus, draining, stop).await {
                 tracing::error!(error = %e, "the metrics endpoint failed");
             }
         })))
@@ -200,10 +201,12 @@ where
                 let config = config(flags, &common).await?;
                 let shutdown = ferry_runtime::shutdown::on_signals();
                 let bus = common.open_bus().await?;
-                let endpoint = common.serve_metrics(&bus, &shutdown).await?;
-                let ran = run(config, bus, shutdown.clone()).await.map_err(Into::into);
-                // The endpoint stops with the service, even when it stopped on its own.
-                shutdown.cancel();
+                // The endpoint serves until the service has stopped, so that a probe sees
+                // the drain; it stops with it, even when it stopped on its own.
+                let stopped = CancellationToken::new();
+                let endpoint = common.serve_metrics(&bus, &shutdown, &stopped).await?;
+                let ran = run(config, bus, shutdown).await.map_err(Into::into);
+                stopped.cancel();
                 if let Some(endpoint) = endpoint {
                     let _ = endpoint.await;
                 }
