@@ -182,6 +182,8 @@ pub(crate) async fn run(
         lease_ms: Some(d.lease_ms),
         timeout_ms: d.timeout_ms,
         ready_at_ms: d.ready_at_ms,
+        namespace: d.namespace.clone(),
+        flow_id: d.flow_id.clone(),
     };
     if let Err(e) = rt.journal.record(&d.attempt_id, Entry::Running(record.clone())) {
         release(&rt, &reserved).await;
@@ -349,12 +351,6 @@ pub(crate) async fn run(
     beat_stop.cancel();
     let _ = beats.await;
     let logs = follower.await.unwrap_or_default();
-    metrics::compute(
-        rt.backend.name(),
-        d.namespace.as_deref(),
-        d.flow_id.as_deref().unwrap_or("none"),
-        started.elapsed(),
-    );
     tracing::info!("attempt's compute ended");
     if !logs.complete && logs.failure.is_none() && rt.stop.is_cancelled() {
         tracing::warn!(
@@ -629,9 +625,21 @@ async fn within_quota(
 
 /// Records the report in the journal, with the time its attempt held compute, before it is
 /// published.
+///
+/// The time held counts in the compute-seconds metric here, once per attempt: a report
+/// published again after a restart is not recorded again.
 fn record_report(rt: &Runtime, report: &mut TaskFinished) {
     if report.compute_ms.is_none() {
-        report.compute_ms = held_ms(&rt.journal.status(&report.attempt_id), report.finished_at_ms);
+        let status = rt.journal.status(&report.attempt_id);
+        report.compute_ms = held_ms(&status, report.finished_at_ms);
+        if let (Some(ms), Status::Running(record)) = (report.compute_ms, &status) {
+            metrics::compute(
+                rt.backend.name(),
+                record.namespace.as_deref(),
+                record.flow_id.as_deref().unwrap_or("none"),
+                Duration::from_millis(ms),
+            );
+        }
     }
     let entry = Entry::Reported {
         report: Box::new(report.clone()),

@@ -83,6 +83,13 @@ pub struct RunningRecord {
     /// ran. 0 in records written before it was kept.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub ready_at_ms: i64,
+    /// The dispatch's namespace and flow id: the compute-seconds metric's labels when the
+    /// report is recorded, after a restart too. Absent in records written before they were
+    /// kept, and for jobs without them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flow_id: Option<String>,
 }
 
 fn is_zero(v: &i64) -> bool {
@@ -99,6 +106,9 @@ pub struct LogMark {
 }
 
 /// One journal record.
+// Entries are made one at a time to be written, and the running record is the common one:
+// boxing it would allocate for most entries to save stack space in few.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "camelCase")]
 pub enum Entry {
@@ -524,6 +534,8 @@ mod v1 {
                     lease_ms: None,
                     timeout_ms: None,
                     ready_at_ms: 0,
+                    namespace: None,
+                    flow_id: None,
                 }),
                 Entry::Logs(m) => super::Entry::Logs(super::LogMark {
                     seq: m.seq,
@@ -669,6 +681,8 @@ mod tests {
             lease_ms: Some(30_000),
             timeout_ms: None,
             ready_at_ms: 0,
+            namespace: None,
+            flow_id: None,
         }
     }
 

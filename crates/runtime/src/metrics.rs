@@ -619,7 +619,7 @@ pub fn attempts(backend: &str, in_flight: usize, queued: usize) {
 }
 
 /// An attempt of flow `flow` in `namespace` (`None`: the `default` namespace) held compute on
-/// `backend` for `held`.
+/// `backend` for `held` (its report's `computeMs`).
 pub fn compute(backend: &str, namespace: Option<&str>, flow: &str, held: Duration) {
     let m = &*METRICS;
     let labels = ComputeLabels {

@@ -102,6 +102,8 @@ impl From<RunningRecord> for journal::RunningRecord {
             lease_ms: None,
             timeout_ms: None,
             ready_at_ms: 0,
+            namespace: None,
+            flow_id: None,
         }
     }
 }

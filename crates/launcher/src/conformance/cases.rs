@@ -447,6 +447,8 @@ pub async fn a_crash_between_create_and_journal_leaves_one_compute_and_one_repor
             lease_ms: Some(d.lease_ms),
             timeout_ms: d.timeout_ms,
             ready_at_ms: d.ready_at_ms,
+            namespace: d.namespace.clone(),
+            flow_id: d.flow_id.clone(),
         };
         journal.record(&id, Entry::Running(record)).expect("journal");
         backend.create(task, reserved).await.expect("create");
