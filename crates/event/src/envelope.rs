@@ -6,10 +6,11 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::kind::EXT_BACKEND;
+pub use crate::trace::{trace_id, traceparent};
 
 /// Partitioning extension: the job id, used as the Kafka message key.
 pub const EXT_PARTITION_KEY: &str = "partitionkey";
-/// Distributed tracing extension (W3C trace context). One job is one trace.
+/// Distributed tracing extension (W3C trace context). One job is one trace ([`crate::trace`]).
 pub const EXT_TRACEPARENT: &str = "traceparent";
 /// The job an event belongs to.
 pub const EXT_JOB: &str = "ferryjob";
@@ -33,28 +34,6 @@ pub fn new_id() -> String {
 /// Milliseconds since the Unix epoch, by the wall clock.
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
-}
-
-/// The W3C trace id of a job: derived from its id so every service agrees without coordination.
-pub fn trace_id(job_id: &str) -> String {
-    match uuid::Uuid::parse_str(job_id) {
-        Ok(u) => u.simple().to_string(),
-        Err(_) => {
-            // Not a UUID (an id chosen by an external submitter): hash it into 128 bits.
-            let mut h: u128 = 0x6c62_272e_07bb_0142_62b8_2175_6295_c58d;
-            for b in job_id.bytes() {
-                h ^= b as u128;
-                h = h.wrapping_mul(0x0000_0000_0100_0000_0000_0000_0000_013b);
-            }
-            format!("{h:032x}")
-        }
-    }
-}
-
-/// A `traceparent` value for a new span in the job's trace.
-pub fn traceparent(job_id: &str) -> String {
-    let span: u64 = rand::random::<u64>() | 1;
-    format!("00-{}-{span:016x}-01", trace_id(job_id))
 }
 
 /// Builds a ferry event: `type`, `source`, `subject`, a fresh `id`, `time`, JSON `data` and

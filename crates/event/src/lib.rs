@@ -11,12 +11,14 @@
 //!   that no service ever re-parses a value that came from data;
 //! - [`envelope`]: building an event with ferry's extensions (`partitionkey`, `traceparent`,
 //!   `ferryjob`, `ferryattempt`, `ferrybackend`; `ferrysig`, the signature the bus layer adds)
-//!   and decoding its payload with a precise error.
+//!   and decoding its payload with a precise error;
+//! - [`trace`]: the W3C trace context events carry, one trace per job.
 
 pub mod envelope;
 pub mod kind;
 pub mod payload;
 pub mod template;
+pub mod trace;
 
 pub use cloudevents;
 pub use cloudevents::{AttributesReader, Event};
