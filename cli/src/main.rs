@@ -199,7 +199,7 @@ fn main() {
             | Command::Key(_)
             | Command::Token(_)
     );
-    ferry_runtime::telemetry::init(if quiet { "warn" } else { "info" });
+    let telemetry = ferry_runtime::telemetry::init(if quiet { "warn" } else { "info" }, "ferry");
     let code = match cli.command {
         Command::Validate { flows } => exit_code(ferry_cli::validate(&flows)),
         Command::Token(TokenCommand::Create {
@@ -288,6 +288,8 @@ fn main() {
         Ok(()) => code,
         Err(_) => EXIT_CLOSED,
     };
+    // The spans of the last events handled leave before the process does.
+    telemetry.shutdown();
     std::process::exit(code);
 }
 

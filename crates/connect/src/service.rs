@@ -192,7 +192,7 @@ where
         .version(env!("CARGO_PKG_VERSION"));
     let Binary { mut common, flags } =
         Binary::<S>::from_arg_matches(&command.get_matches()).unwrap_or_else(|e| e.exit());
-    ferry_runtime::telemetry::init("info");
+    let telemetry = ferry_runtime::telemetry::init("info", name);
     let started = tokio::runtime::Runtime::new()
         .map_err(BoxError::from)
         .and_then(|rt| {
@@ -213,6 +213,8 @@ where
                 ran
             })
         });
+    // The service has stopped: the spans of the last events it handled are sent now.
+    telemetry.shutdown();
     match started {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -3,6 +3,8 @@
 //! - [`Backoff`]: the growing waits of every retry loop;
 //! - [`global_allocator!`] and [`memory`]: the allocator of every binary and its set-up;
 //! - [`telemetry`]: `tracing` set-up (human or JSON lines on stderr, filtered by `FERRY_LOG`);
+//! - [`trace`]: OpenTelemetry traces over OTLP when configured, one trace per job, and the span
+//!   of each event handled continuing the trace the event carries;
 //! - [`shutdown`]: a root [`CancellationToken`] cancelled by SIGINT/SIGTERM, with a second signal
 //!   exiting at once;
 //! - [`metrics`]: every Prometheus metric, defined in one place, and how to record it;
@@ -23,6 +25,7 @@ pub mod quota;
 pub mod shutdown;
 pub mod telemetry;
 pub mod text;
+pub mod trace;
 
 pub use backoff::Backoff;
 pub use quota::NamespaceLimits;

@@ -1,11 +1,14 @@
-//! `tracing` set-up shared by every binary.
+//! `tracing` set-up shared by every binary: the log on stderr and, when configured, the
+//! export of traces over OTLP ([`crate::trace`]).
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write as _};
 
-use tracing_subscriber::EnvFilter;
 use tracing_subscriber::field::RecordFields;
 use tracing_subscriber::fmt::format::{DefaultFields, Writer};
-use tracing_subscriber::fmt::{FormatFields, MakeWriter};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter};
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 /// How log records are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -15,10 +18,48 @@ pub enum Format {
     Json,
 }
 
+/// What [`init`] set up; keep it until the process ends. Dropping it (or [`Telemetry::shutdown`])
+/// exports the spans not yet sent, so that those of the last events handled are not lost.
+#[must_use = "dropping it stops the export of traces"]
+#[derive(Default)]
+pub struct Telemetry {
+    traces: Option<crate::trace::Exporter>,
+}
+
+impl std::fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Telemetry")
+            .field("traces", &self.traces.is_some())
+            .finish()
+    }
+}
+
+impl Telemetry {
+    /// Exports the spans not yet sent and stops exporting.
+    pub fn shutdown(mut self) {
+        if let Some(traces) = self.traces.take() {
+            traces.shutdown();
+        }
+    }
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        if let Some(traces) = self.traces.take() {
+            traces.shutdown();
+        }
+    }
+}
+
 /// Installs a global subscriber writing to stderr. The filter comes from `FERRY_LOG` (then
 /// `RUST_LOG`), falling back to `default_filter`; `FERRY_LOG_FORMAT=json` selects JSON lines.
-/// Calling it twice is harmless.
-pub fn init(default_filter: &str) {
+///
+/// When the standard OpenTelemetry variables ask for it (`OTEL_EXPORTER_OTLP_ENDPOINT`,
+/// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or `OTEL_TRACES_EXPORTER=otlp`; see [`crate::trace`])
+/// spans are also exported over OTLP, as `service` unless `OTEL_SERVICE_NAME` says otherwise, and
+/// JSON log records inside a span carry its `trace_id` and `span_id`. Otherwise nothing of
+/// OpenTelemetry is installed. Calling it twice is harmless: the second call changes nothing.
+pub fn init(default_filter: &str, service: &str) -> Telemetry {
     let filter = std::env::var("FERRY_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
         .unwrap_or_else(|_| default_filter.to_string());
@@ -27,31 +68,90 @@ pub fn init(default_filter: &str) {
         _ => Format::Human,
     };
     let ansi = std::io::stderr().is_terminal();
-    let _ = tracing::subscriber::set_global_default(subscriber(&filter, format, ansi, std::io::stderr));
+    let exporter = match crate::trace::Exporter::from_env(service) {
+        Ok(exporter) => exporter,
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "warning: traces are not exported: {e}");
+            None
+        }
+    };
+    let layer = exporter.as_ref().map(|e| e.layer());
+    let sub = subscriber(&filter, format, ansi, std::io::stderr, layer);
+    if tracing::subscriber::set_global_default(sub).is_err() {
+        // Already set up: this exporter would receive nothing.
+        return Telemetry::default();
+    }
+    if exporter.is_some() {
+        crate::trace::enable();
+    }
+    Telemetry { traces: exporter }
 }
 
-/// The subscriber [`init`] installs, writing to `writer`.
+/// The subscriber [`init`] installs, writing to `writer`, with `traces` (the OpenTelemetry
+/// layer) beside the log when there is one.
 fn subscriber<W>(
     filter: &str,
     format: Format,
     ansi: bool,
     writer: W,
+    traces: Option<crate::trace::Layer>,
 ) -> Box<dyn tracing::Subscriber + Send + Sync>
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::new(filter))
-        .with_ansi(ansi)
-        .with_writer(writer);
-    match format {
-        Format::Json => Box::new(builder.json().finish()),
-        Format::Human => Box::new(
-            builder
-                .with_target(false)
-                .fmt_fields(Visible(DefaultFields::new()))
-                .finish(),
-        ),
+    let with_ids = traces.is_some();
+    let log: Box<dyn Layer<Registry> + Send + Sync> = match format {
+        Format::Json => {
+            let json = tracing_subscriber::fmt::layer().json().with_writer(writer);
+            if with_ids {
+                let json = json.map_event_format(TraceIds);
+                json.with_filter(EnvFilter::new(filter)).boxed()
+            } else {
+                json.with_filter(EnvFilter::new(filter)).boxed()
+            }
+        }
+        Format::Human => tracing_subscriber::fmt::layer()
+            .with_ansi(ansi)
+            .with_writer(writer)
+            .with_target(false)
+            .fmt_fields(Visible(DefaultFields::new()))
+            .with_filter(EnvFilter::new(filter))
+            .boxed(),
+    };
+    let mut layers = vec![log];
+    layers.extend(traces);
+    Box::new(Registry::default().with(layers))
+}
+
+/// JSON log records inside a span of an exported trace start with its `trace_id` and
+/// `span_id`, so that a record leads to its trace and back.
+struct TraceIds<F>(F);
+
+impl<S, N, F> FormatEvent<S, N> for TraceIds<F>
+where
+    F: FormatEvent<S, N>,
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'w> FormatFields<'w> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let Some(span) = ferry_event::trace::TraceParent::current() else {
+            return self.0.format_event(ctx, writer, event);
+        };
+        let mut record = String::new();
+        self.0.format_event(ctx, Writer::new(&mut record), event)?;
+        match record.strip_prefix('{') {
+            Some(rest) => write!(
+                writer,
+                "{{\"trace_id\":\"{:032x}\",\"span_id\":\"{:016x}\",{rest}",
+                span.trace_id, span.span_id
+            ),
+            None => writer.write_str(&record),
+        }
     }
 }
 
@@ -99,7 +199,7 @@ mod tests {
 
     fn log_with(format: Format, ansi: bool) -> String {
         let out = Captured::default();
-        let sub = subscriber("info", format, ansi, out.clone());
+        let sub = subscriber("info", format, ansi, out.clone(), None);
         // An event id and a reason as a publisher could send them: a forged line and a colour.
         let id = "e1\n2026-01-01T00:00:00Z  INFO forged: all is well\x1b[31m";
         tracing::subscriber::with_default(sub, || {

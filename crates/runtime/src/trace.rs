@@ -1,0 +1,386 @@
+//! OpenTelemetry traces: one job is one trace across every service.
+//!
+//! Off unless the standard variables ask for it: `OTEL_EXPORTER_OTLP_ENDPOINT` or
+//! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` set, or `OTEL_TRACES_EXPORTER=otlp`
+//! (`OTEL_TRACES_EXPORTER=none` turns it off whatever else is set). Then [`crate::telemetry::init`]
+//! installs a `tracing-opentelemetry` layer beside the log, exporting the spans of ferry's own
+//! code over OTLP: `OTEL_EXPORTER_OTLP_PROTOCOL` (or `…_TRACES_PROTOCOL`) `http/protobuf` (the
+//! default) or `grpc`; endpoint, headers and timeout as the OTLP exporter reads them;
+//! `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG` as the SDK reads them
+//! (`parentbased_always_on` by default). When it is off, nothing here does any work: the
+//! helpers return at once and no layer sees a span.
+//!
+//! A service handling an event makes a span and calls [`follow`] on it before entering it: the
+//! span's parent becomes the span the event's `traceparent` names, and it gets the job, task and
+//! attempt ids as attributes (`ferry.job.id`, `ferry.task.id`, `ferry.attempt.id`) with the
+//! event's type and id. Events built while the span is entered carry a `traceparent` naming it
+//! ([`ferry_event::trace`]), so a job's spans form a tree across services. The job's trace id and
+//! its root span's id are derived from the job id; the first service that handles a job's
+//! submission records that root span ([`follow`] does it), so the tree has one root whoever
+//! submitted the job, and events published later outside any handled event (a CLI's cancel, a
+//! timer's retry) hang under the same root.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use ferry_event::trace::TraceParent;
+use ferry_event::{AttributesReader as _, Event, envelope};
+use opentelemetry::trace::{
+    SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState, TracerProvider as _,
+};
+use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator, SdkTracerProvider};
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::filter::Targets;
+
+/// Whether spans are exported: set once by [`crate::telemetry::init`].
+static ENABLED: AtomicBool = AtomicBool::new(false);
+
+/// Whether this process exports traces. Code that would do work only for a trace checks it.
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
+pub(crate) fn enable() {
+    ENABLED.store(true, Ordering::Relaxed);
+}
+
+/// The attribute naming a job.
+pub const JOB_ID: &str = "ferry.job.id";
+/// The attribute naming a task (its id within the job).
+pub const TASK_ID: &str = "ferry.task.id";
+/// The attribute naming an attempt.
+pub const ATTEMPT_ID: &str = "ferry.attempt.id";
+/// The attribute giving an event's type.
+pub const EVENT_TYPE: &str = "ferry.event.type";
+/// The attribute giving an event's id.
+pub const EVENT_ID: &str = "ferry.event.id";
+
+/// Why traces cannot be exported as configured.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{var}={value:?} is not a protocol ferry exports with: use http/protobuf (the default) or grpc")]
+    Protocol { var: &'static str, value: String },
+    #[error("cannot make the OTLP exporter: {0}")]
+    Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
+    #[error("cannot start the runtime of the gRPC exporter: {0}")]
+    Runtime(#[from] std::io::Error),
+}
+
+/// The OTLP transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    HttpProtobuf,
+    Grpc,
+}
+
+/// Reads whether and how to export from `var` (the process environment in production).
+fn config(var: impl Fn(&str) -> Option<String>) -> Result<Option<Protocol>, Error> {
+    let set = |name: &str| var(name).filter(|v| !v.trim().is_empty());
+    match set("OTEL_TRACES_EXPORTER").as_deref().map(str::trim) {
+        Some("none") => return Ok(None),
+        Some("otlp") => {}
+        _ if set("OTEL_EXPORTER_OTLP_ENDPOINT").is_none()
+            && set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_none() =>
+        {
+            return Ok(None);
+        }
+        _ => {}
+    }
+    let (name, value) = match set("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") {
+        Some(v) => ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", v),
+        None => match set("OTEL_EXPORTER_OTLP_PROTOCOL") {
+            Some(v) => ("OTEL_EXPORTER_OTLP_PROTOCOL", v),
+            None => return Ok(Some(Protocol::HttpProtobuf)),
+        },
+    };
+    match value.trim().to_ascii_lowercase().as_str() {
+        "http/protobuf" => Ok(Some(Protocol::HttpProtobuf)),
+        "grpc" => Ok(Some(Protocol::Grpc)),
+        _ => Err(Error::Protocol { var: name, value }),
+    }
+}
+
+/// The OpenTelemetry layer [`crate::telemetry::init`] puts beside the log.
+pub(crate) type Layer = Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync>;
+
+/// The SDK's tracer provider and, for gRPC, the runtime its client lives on.
+pub(crate) struct Exporter {
+    provider: SdkTracerProvider,
+    /// tonic's channel needs a Tokio runtime; one of its own outlives the service's, so that
+    /// the last spans are still sent after the service's runtime has stopped.
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Exporter {
+    /// An exporter as the environment configures one, or `None` when traces are off.
+    pub(crate) fn from_env(service: &str) -> Result<Option<Exporter>, Error> {
+        let Some(protocol) = config(|name| std::env::var(name).ok())? else {
+            return Ok(None);
+        };
+        let (exporter, runtime) = match protocol {
+            Protocol::HttpProtobuf => (
+                opentelemetry_otlp::SpanExporter::builder().with_http().build()?,
+                None,
+            ),
+            Protocol::Grpc => {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .thread_name("otlp-grpc")
+                    .enable_all()
+                    .build()?;
+                let exporter = {
+                    let _in = runtime.enter();
+                    opentelemetry_otlp::SpanExporter::builder().with_tonic().build()?
+                };
+                (exporter, Some(runtime))
+            }
+        };
+        let mut resource = opentelemetry_sdk::Resource::builder();
+        if std::env::var("OTEL_SERVICE_NAME").is_ok_and(|v| !v.trim().is_empty()) {
+            // The SDK's detector reads it.
+        } else {
+            resource = resource.with_service_name(service.to_string());
+        }
+        // The sampler is the SDK's default configuration, which reads OTEL_TRACES_SAMPLER.
+        let provider = SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_id_generator(JobIds)
+            .with_resource(resource.build())
+            .build();
+        Ok(Some(Exporter { provider, runtime }))
+    }
+
+    /// The layer turning ferry's spans into OpenTelemetry spans: only spans of ferry's own
+    /// crates, at info level and above, whatever the log's filter.
+    pub(crate) fn layer(&self) -> Layer {
+        let tracer = self.provider.tracer("ferry");
+        tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            .with_tracked_inactivity(false)
+            .with_threads(false)
+            .with_filter(Targets::new().with_target("ferry", tracing::Level::INFO))
+            .boxed()
+    }
+
+    /// Sends what is still buffered and stops.
+    pub(crate) fn shutdown(self) {
+        if let Err(e) = self.provider.shutdown() {
+            let _ = std::io::Write::write_all(
+                &mut std::io::stderr(),
+                format!("warning: the last spans may not have been exported: {e}\n").as_bytes(),
+            );
+        }
+        if let Some(runtime) = self.runtime {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+thread_local! {
+    /// Ids the next span started on this thread takes: a job's root span, whose ids are
+    /// derived from the job id.
+    static FORCED: Cell<Option<(u128, u64)>> = const { Cell::new(None) };
+}
+
+/// Random ids, except for a job's root span ([`record_root`]).
+#[derive(Debug)]
+struct JobIds;
+
+impl IdGenerator for JobIds {
+    fn new_trace_id(&self) -> TraceId {
+        match FORCED.with(Cell::get) {
+            Some((trace, _)) => TraceId::from(trace),
+            None => RandomIdGenerator::default().new_trace_id(),
+        }
+    }
+
+    fn new_span_id(&self) -> SpanId {
+        match FORCED.with(Cell::get) {
+            Some((_, span)) => SpanId::from(span),
+            None => RandomIdGenerator::default().new_span_id(),
+        }
+    }
+}
+
+fn span_context(tp: TraceParent, remote: bool) -> SpanContext {
+    SpanContext::new(
+        TraceId::from(tp.trace_id),
+        SpanId::from(tp.span_id),
+        TraceFlags::new(tp.flags),
+        remote,
+        TraceState::default(),
+    )
+}
+
+/// The job an event belongs to: its `ferryjob` (or `partitionkey`), or for a submission
+/// without one, the event's id (the job's id then).
+fn job_of(event: &Event) -> Option<String> {
+    envelope::job_of(event)
+        .filter(|j| !j.is_empty())
+        .or_else(|| (event.ty() == ferry_event::kind::JOB_SUBMITTED).then(|| event.id().to_string()))
+}
+
+/// Makes `span`, a span made for handling `event` and not yet entered, continue the trace the
+/// event carries, and sets the ids of its job, task and attempt and the event's type as its
+/// attributes. The parent is the span the event's `traceparent` names when it is in the job's
+/// trace; otherwise (a submitter's own trace, or none) the job's root span, with a link to the
+/// foreign one. Handling a submission whose trace nobody has started yet (its `traceparent` is
+/// missing, foreign, or names the root itself) records the job's root span first.
+pub fn follow(span: &tracing::Span, event: &Event) {
+    if !enabled() {
+        return;
+    }
+    span.set_attribute(EVENT_TYPE, event.ty().to_string());
+    span.set_attribute(EVENT_ID, event.id().to_string());
+    let Some(job) = job_of(event) else {
+        return;
+    };
+    let root = TraceParent::job_root(&job);
+    let carried = envelope::extension(event, envelope::EXT_TRACEPARENT).and_then(|v| TraceParent::parse(&v));
+    let parent = match carried {
+        Some(tp) if tp.trace_id == root.trace_id && tp.span_id != root.span_id => {
+            opentelemetry::Context::new().with_remote_span_context(span_context(tp, true))
+        }
+        other => {
+            if let Some(foreign) = other.filter(|tp| tp.trace_id != root.trace_id) {
+                span.add_link(span_context(foreign, true));
+            }
+            if event.ty() == ferry_event::kind::JOB_SUBMITTED {
+                record_root(&job, other.filter(|tp| tp.trace_id != root.trace_id))
+            } else {
+                opentelemetry::Context::new().with_remote_span_context(span_context(root, true))
+            }
+        }
+    };
+    let _ = span.set_parent(parent);
+    span.set_attribute(JOB_ID, job);
+    let task = event
+        .subject()
+        .and_then(|s| s.split_once('/'))
+        .map(|(_, task)| task.to_string());
+    if let Some(task) = task {
+        span.set_attribute(TASK_ID, task);
+    }
+    if let Some(attempt) = envelope::extension(event, envelope::EXT_ATTEMPT) {
+        span.set_attribute(ATTEMPT_ID, attempt);
+    }
+}
+
+/// Sets the job, task and attempt ids on `span` (where a span is about one of them without
+/// an event to [`follow`]).
+pub fn ids(span: &tracing::Span, job: &str, task: Option<&str>, attempt: Option<&str>) {
+    if !enabled() {
+        return;
+    }
+    span.set_attribute(JOB_ID, job.to_string());
+    if let Some(task) = task {
+        span.set_attribute(TASK_ID, task.to_string());
+    }
+    if let Some(attempt) = attempt {
+        span.set_attribute(ATTEMPT_ID, attempt.to_string());
+    }
+}
+
+/// A span for one event of a batch that is handled as a whole (in one transaction): made,
+/// continuing the event's trace ([`follow`]), only when traces are exported.
+pub fn event_span(event: &Event) -> Option<tracing::Span> {
+    if !enabled() {
+        return None;
+    }
+    let span = tracing::info_span!(
+        target: "ferry",
+        "ferry.event",
+        event_id = %event.id(),
+        event_type = %event.ty(),
+    );
+    follow(&span, event);
+    Some(span)
+}
+
+/// Places `span`, the work on a whole batch (its transaction), in the trace of the batch's
+/// first event, as a child of that event's span, and links the spans of the others: the tree
+/// of each job stays a tree, and the batch is found from any of its events.
+pub fn batch(span: &tracing::Span, events: &[tracing::Span]) {
+    let Some((first, rest)) = events.split_first() else {
+        return;
+    };
+    if !enabled() {
+        return;
+    }
+    let _ = span.set_parent(first.context());
+    for other in rest {
+        span.add_link(other.context().span().span_context().clone());
+    }
+}
+
+/// Records the root span of a job's trace, `ferry.job`, with the ids derived from the job id,
+/// and returns its context for the span that continues from it. A trace the submitter had
+/// (`foreign`) is linked.
+fn record_root(job: &str, foreign: Option<TraceParent>) -> opentelemetry::Context {
+    let root = TraceParent::job_root(job);
+    let span = tracing::info_span!(target: "ferry", parent: None, "ferry.job");
+    // A root: whatever span is current, the job's trace starts here.
+    let _ = span.set_parent(opentelemetry::Context::new());
+    span.set_attribute(JOB_ID, job.to_string());
+    if let Some(foreign) = foreign {
+        span.add_link(span_context(foreign, true));
+    }
+    FORCED.with(|f| f.set(Some((root.trace_id, root.span_id))));
+    // Starts the span now, on this thread, so that it takes the forced ids.
+    let cx = span.context();
+    FORCED.with(|f| f.set(None));
+    if cx.span().span_context().is_valid() {
+        cx
+    } else {
+        opentelemetry::Context::new().with_remote_span_context(span_context(root, true))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |name| vars.iter().find(|(n, _)| *n == name).map(|(_, v)| v.to_string())
+    }
+
+    #[test]
+    fn traces_are_off_unless_the_standard_variables_ask() {
+        assert_eq!(config(env(&[])).unwrap(), None);
+        assert_eq!(config(env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "")])).unwrap(), None);
+        let endpoint = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318");
+        assert_eq!(config(env(&[endpoint])).unwrap(), Some(Protocol::HttpProtobuf));
+        assert_eq!(
+            config(env(&[(
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "http://h:4318/v1/traces"
+            )]))
+            .unwrap(),
+            Some(Protocol::HttpProtobuf)
+        );
+        assert_eq!(
+            config(env(&[("OTEL_TRACES_EXPORTER", "otlp")])).unwrap(),
+            Some(Protocol::HttpProtobuf)
+        );
+        assert_eq!(
+            config(env(&[endpoint, ("OTEL_TRACES_EXPORTER", "none")])).unwrap(),
+            None
+        );
+        assert_eq!(
+            config(env(&[endpoint, ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")])).unwrap(),
+            Some(Protocol::Grpc)
+        );
+        assert_eq!(
+            config(env(&[
+                endpoint,
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+                ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf"),
+            ]))
+            .unwrap(),
+            Some(Protocol::HttpProtobuf)
+        );
+        let e = config(env(&[endpoint, ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")])).unwrap_err();
+        assert!(e.to_string().contains("http/protobuf"), "{e}");
+    }
+}
