@@ -112,7 +112,7 @@ impl Embedded {
             bus.declare(&launcher.group()).await?;
         }
         let backends: Vec<&'static str> = plan.launchers.iter().map(Launcher::backend).collect();
-        let shared: Arc<dyn Bus> = Arc::new(bus.clone());
+        let shared: Arc<dyn Bus> = ferry_connect::traced(Arc::new(bus.clone()));
         let (mut running, logs) = Running::start(plan, shared).await?;
         // The launcher hears cancels only once it listens; a job cancelled right away must not
         // race it.

@@ -9,8 +9,9 @@
 //! [`memory::MemoryBus`] implements it in-process for the embedded mode and tests; RabbitMQ and
 //! Kafka live in their own crates (`ferry-bus-amqp`, `ferry-bus-kafka`) and `ferry-connect`
 //! picks one from a URL. [`signing::Signed`] wraps any of them so that services sign what they
-//! publish and refuse forged events, and [`metered::Metered`] counts what goes through a bus in
-//! ferry's metrics. [`conformance`] (feature `conformance`) is the test suite
+//! publish and refuse forged events, [`metered::Metered`] counts what goes through a bus in
+//! ferry's metrics, and [`traced::Traced`] makes each publish a span of the trace it happens
+//! in. [`conformance`] (feature `conformance`) is the test suite
 //! every implementation passes.
 
 #[cfg(any(test, feature = "conformance"))]
@@ -20,6 +21,7 @@ pub mod conformance_signing;
 pub mod memory;
 pub mod metered;
 pub mod signing;
+pub mod traced;
 
 use async_trait::async_trait;
 use ferry_event::cloudevents::AttributesReader;

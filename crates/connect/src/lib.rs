@@ -100,7 +100,17 @@ pub async fn open(url: &str, auth: Auth) -> Result<Arc<dyn Bus>> {
         Auth::Signed(keys) => Arc::new(Signed::new(raw, keys)),
         Auth::Unsigned => raw,
     };
-    Ok(Arc::new(Metered::new(bus)))
+    Ok(traced(Arc::new(Metered::new(bus))))
+}
+
+/// `bus` with each publish a span of the trace it happens in ([`ferry_bus::traced::Traced`]),
+/// when this process exports traces; `bus` itself otherwise.
+pub fn traced(bus: Arc<dyn Bus>) -> Arc<dyn Bus> {
+    if ferry_runtime::trace::enabled() {
+        Arc::new(ferry_bus::traced::Traced::new(bus))
+    } else {
+        bus
+    }
 }
 
 /// Opens the bus `url` names as it is: nothing is signed or checked. For tools that speak to
