@@ -12,6 +12,7 @@ use serde_json::Map;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::backend::{AttemptError, BackendResult, Compute, ComputeState, ShutdownPolicy, Task};
 use crate::collect;
@@ -103,9 +104,11 @@ where
 /// Releases `compute`, logging what goes wrong: nothing more can be done about it then.
 pub(crate) async fn release(rt: &Runtime, compute: &Compute) {
     let backend = &*rt.backend;
+    let span = tracing::info_span!("compute.release", compute = %compute.name);
     if let Err(e) = retrying(&rt.stop, "releasing the compute", move || {
         backend.release(compute)
     })
+    .instrument(span)
     .await
     {
         tracing::warn!(compute = %compute.name, error = %e, "cannot release the attempt's compute");
@@ -115,9 +118,11 @@ pub(crate) async fn release(rt: &Runtime, compute: &Compute) {
 /// Stops `compute` within the kill grace, logging what goes wrong.
 pub(crate) async fn stop(rt: &Runtime, compute: &Compute) {
     let (backend, grace) = (&*rt.backend, rt.config.kill_grace);
+    let span = tracing::info_span!("compute.stop", compute = %compute.name);
     if let Err(e) = retrying(&rt.stop, "stopping the compute", move || {
         backend.stop(compute, grace)
     })
+    .instrument(span)
     .await
     {
         tracing::error!(compute = %compute.name, error = %e, "cannot stop the attempt's compute");
@@ -193,7 +198,8 @@ pub(crate) async fn run(
         );
         return settle_unstarted(rt.clone(), unstarted(&d, Outcome::Lost, error), delivery).await;
     }
-    let compute = match backend.create(task, reserved.clone()).await {
+    let span = tracing::info_span!("compute.create", compute = %reserved.name);
+    let compute = match backend.create(task, reserved.clone()).instrument(span).await {
         Ok(c) => c,
         Err(e) => {
             let report = abandon(&rt, &d, &reserved, &e).await;
@@ -233,21 +239,20 @@ pub(crate) async fn run(
         rt.masker.clone(),
     );
     let logs_failed = CancellationToken::new();
-    let follower = tokio::spawn(logs::follow(
-        rt.clone(),
-        ids.clone(),
-        tail,
-        ended_rx,
-        logs_failed.clone(),
-    ));
+    let follower = tokio::spawn(
+        logs::follow(rt.clone(), ids.clone(), tail, ended_rx, logs_failed.clone()).in_current_span(),
+    );
     let beat_stop = CancellationToken::new();
-    let beats = tokio::spawn(heartbeat(
-        rt.clone(),
-        ids.clone(),
-        compute.clone(),
-        d.lease_ms,
-        beat_stop.clone(),
-    ));
+    let beats = tokio::spawn(
+        heartbeat(
+            rt.clone(),
+            ids.clone(),
+            compute.clone(),
+            d.lease_ms,
+            beat_stop.clone(),
+        )
+        .in_current_span(),
+    );
     let ready_at_ms = d.ready_at_ms;
     let start = if queues {
         match report_accepted(&rt, &ids, d.attempt, ready_at_ms, &compute).await {

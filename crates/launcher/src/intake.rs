@@ -121,6 +121,7 @@ impl Intake {
             Status::ResultPending(report) => {
                 let id = d.attempt_id.clone();
                 let task = (d.job_id.clone(), d.task_id.clone());
+                ferry_runtime::trace::follow(&span, &delivery.event);
                 let fut = attempt::settle_pending(self.rt.clone(), *report, Some(delivery));
                 self.spawn(id, task, None, false, fut, span);
             }
@@ -128,6 +129,7 @@ impl Intake {
                 span.in_scope(|| tracing::info!("attempt was cancelled before its dispatch arrived"));
                 let report = attempt::unstarted(&d, Outcome::Cancelled, error);
                 let task = (d.job_id.clone(), d.task_id.clone());
+                ferry_runtime::trace::follow(&span, &delivery.event);
                 let fut = attempt::settle_unstarted(self.rt.clone(), report, delivery);
                 self.spawn(d.attempt_id.clone(), task, None, false, fut, span);
             }
@@ -154,6 +156,7 @@ impl Intake {
             task_id = %c.task_id,
             attempt_id = %c.attempt_id
         );
+        ferry_runtime::trace::follow(&span, &delivery.event);
         // A cancel addressed to another launcher (fencing one that took up an attempt already
         // running elsewhere) is not this one's to act on, nor to remember as a tombstone.
         if let Some(to) = ferry_event::envelope::launcher_of(&delivery.event)
@@ -257,6 +260,7 @@ impl Intake {
             };
             let (tx, rx) = watch::channel(None);
             let span = attempt_span(&d);
+            ferry_runtime::trace::follow(&span, &delivery.event);
             let id = d.attempt_id.clone();
             let task = (d.job_id.clone(), d.task_id.clone());
             let fut = attempt::run(self.rt.clone(), d, delivery, rx);

@@ -110,13 +110,16 @@ pub(crate) async fn follow_adopted(
         namespace: None,
     };
     let beat_stop = tokio_util::sync::CancellationToken::new();
-    let beats = tokio::spawn(heartbeat(
-        rt.clone(),
-        ids.clone(),
-        compute.clone(),
-        record.lease_ms.unwrap_or(ADOPTED_LEASE_MS),
-        beat_stop.clone(),
-    ));
+    let beats = tokio::spawn(
+        heartbeat(
+            rt.clone(),
+            ids.clone(),
+            compute.clone(),
+            record.lease_ms.unwrap_or(ADOPTED_LEASE_MS),
+            beat_stop.clone(),
+        )
+        .in_current_span(),
+    );
     if record.started_at_ms == 0 {
         // Accepted by the previous run and not running yet: started once it runs.
         let never = tokio_util::sync::CancellationToken::new();

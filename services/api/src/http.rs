@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument as _;
 
 use axum::Json;
 use axum::Router;
@@ -277,6 +278,8 @@ struct Accepted {
     reserved: Option<String>,
     /// False for a resubmission of a job published already: answered, not published again.
     publish: bool,
+    /// Where the job's trace goes on from (when traces are exported): the event's intake here.
+    span: tracing::Span,
 }
 
 impl Accepted {
@@ -287,6 +290,7 @@ impl Accepted {
             submitted_flow: None,
             reserved: None,
             publish: true,
+            span: tracing::Span::none(),
         }
     }
 }
@@ -371,8 +375,13 @@ async fn post_events(
         .filter(|a| a.publish)
         .map(|a| a.event.clone())
         .collect();
+    let span = accepted
+        .iter()
+        .map(|a| a.span.clone())
+        .find(|s| !s.is_none())
+        .unwrap_or_else(tracing::Span::none);
     if !to_publish.is_empty()
-        && let Err(e) = publish(&state, &to_publish).await
+        && let Err(e) = publish(&state, &to_publish).instrument(span).await
     {
         release(&state, &accepted).await;
         return Err(e);
@@ -513,16 +522,30 @@ fn decode_data<T: serde::de::DeserializeOwned>(event: &Event, example: &str) -> 
     })
 }
 
-/// Names the job on an event: the Kafka key, the job extension, the trace, the subject.
-fn stamp_job(event: &mut Event, job_id: &str) {
+/// Names the job on an event: the Kafka key, the job extension, the trace, the subject. When
+/// traces are exported, the event's intake is a span of the job's trace, continuing the trace
+/// the event came with (a foreign one is linked), and the event goes on from that span.
+fn stamp_job(event: &mut Event, job_id: &str) -> tracing::Span {
     event.set_extension(EXT_PARTITION_KEY, job_id.to_string());
     event.set_extension(EXT_JOB, job_id.to_string());
-    if envelope::extension(event, EXT_TRACEPARENT).is_none() {
-        event.set_extension(EXT_TRACEPARENT, envelope::traceparent(job_id));
-    }
     if event.subject().is_none() {
         event.set_subject(Some(job_id.to_string()));
     }
+    if !ferry_runtime::trace::enabled() {
+        if envelope::extension(event, EXT_TRACEPARENT).is_none() {
+            event.set_extension(EXT_TRACEPARENT, envelope::traceparent(job_id));
+        }
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!(
+        "intake",
+        event_id = %event.id(),
+        event_type = %event.ty(),
+        job_id
+    );
+    ferry_runtime::trace::follow(&span, event);
+    event.set_extension(EXT_TRACEPARENT, span.in_scope(|| envelope::traceparent(job_id)));
+    span
 }
 
 async fn accept_command(
@@ -533,8 +556,11 @@ async fn accept_command(
     what: &str,
 ) -> Result<Accepted, ApiError> {
     authorize_job(state, principal, &job_id, Scope::Cancel, what).await?;
-    stamp_job(&mut event, &job_id);
-    Ok(Accepted::plain(event, Some(job_id)))
+    let span = stamp_job(&mut event, &job_id);
+    Ok(Accepted {
+        span,
+        ..Accepted::plain(event, Some(job_id))
+    })
 }
 
 /// A submission: its flow and inputs are validated and planned here so that a bad one is
@@ -616,8 +642,9 @@ async fn accept_submission(
         obj.insert("jobId".into(), Value::String(job_id.clone()));
     }
     event.set_data("application/json", Data::Binary(data.to_string().into_bytes()));
-    stamp_job(&mut event, &job_id);
+    let span = stamp_job(&mut event, &job_id);
     Ok(Accepted {
+        span,
         event,
         job_id: Some(job_id),
         submitted_flow: Some(planned.flow_id),

@@ -248,9 +248,11 @@ pub(crate) async fn handle_batch(
 ) -> Result<u64> {
     let mut logs = Vec::with_capacity(batch.len());
     let mut good = Vec::with_capacity(batch.len());
+    let mut spans = Vec::new();
     for d in batch {
         match read(&d) {
             Ok(log) => {
+                spans.extend(ferry_runtime::trace::event_span(&d.event));
                 logs.push(log);
                 good.push(d);
             }
@@ -274,6 +276,7 @@ pub(crate) async fn handle_batch(
         lines,
         stored = tracing::field::Empty,
     );
+    ferry_runtime::trace::batch(&span, &spans);
     async {
         for log in &logs {
             tracing::debug!(

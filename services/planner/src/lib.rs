@@ -105,6 +105,7 @@ pub async fn run(config: Config, bus: Arc<dyn Bus>, shutdown: CancellationToken)
             event_type = %delivery.event.ty(),
             job_id = tracing::field::Empty,
         );
+        ferry_runtime::trace::follow(&span, &delivery.event);
         match handle(&builder, bus.as_ref(), delivery).instrument(span).await {
             Ok(Handled::Done) => backoff.reset(),
             Ok(Handled::Retry(delivery)) => {

@@ -29,6 +29,7 @@ use std::time::Duration;
 use ferry_bus::{Bus, Delivery, Subscribe};
 use ferry_event::{AttributesReader, Event, EventBuilder, Topic};
 use ferry_runtime::{Backoff, CancellationToken};
+use tracing::Instrument as _;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use ferry_runtime::db::Dialect;
@@ -275,9 +276,20 @@ impl Scheduler {
         let mut good = Vec::with_capacity(batch.len());
         let mut bad = Vec::new();
         let mut inputs = Vec::with_capacity(batch.len());
+        // With traces exported: a span per event, continuing its trace; what the batch emits
+        // for a job is built in the span of the job's last event.
+        let mut spans = Vec::new();
+        let mut by_job = engine::Spans::new();
         for mut d in batch {
+            let span = ferry_runtime::trace::event_span(&d.event);
             match engine::Input::decode(&mut d.event) {
                 Ok(Some(input)) => {
+                    if let Some(span) = span {
+                        if let Some(job) = input.job_id() {
+                            by_job.insert(job.to_string(), span.clone());
+                        }
+                        spans.push(span);
+                    }
                     inputs.push((d.event.id().to_string(), input));
                     good.push(d);
                 }
@@ -285,6 +297,9 @@ impl Scheduler {
                 Err(reason) => bad.push((d, reason)),
             }
         }
+        // The batch's transaction: a child of its first event's span, linked to the others'.
+        let transaction = tracing::info_span!("db.transaction", events = inputs.len());
+        ferry_runtime::trace::batch(&transaction, &spans);
         let applied = ferry_runtime::db::through_outages(
             "the database",
             "scheduler",
@@ -304,9 +319,11 @@ impl Scheduler {
                     now,
                     inputs.clone(),
                     confirmed,
+                    &by_job,
                 )
             },
         )
+        .instrument(transaction)
         .await;
         let emitted = match applied {
             Ok(e) => {
@@ -324,7 +341,10 @@ impl Scheduler {
         // waits for), then the deliveries are acked. A delivery whose ack is lost (the broker
         // went away meanwhile) comes again and is recognised as applied.
         self.unpublished.extend(emitted);
-        self.flush().await;
+        match spans.first() {
+            Some(first) => self.flush().instrument(first.clone()).await,
+            None => self.flush().await,
+        }
         for (d, reason) in bad {
             if let Err(e) = d.dead_letter(&reason).await {
                 tracing::warn!(error = %e, "cannot dead-letter a delivery; the broker delivers it again");

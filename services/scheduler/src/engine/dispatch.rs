@@ -196,14 +196,16 @@ impl Cx<'_> {
                 priority: i32::try_from(priority).unwrap_or(if priority < 0 { i32::MIN } else { i32::MAX }),
             };
             tracing::debug!(%job_id, %task_id, %attempt_id, attempt, "dispatching");
-            let e = self.events.dispatch(
-                kind::TASK_DISPATCHED,
-                &job_id,
-                &task_id,
-                &attempt_id,
-                &backend,
-                &data,
-            );
+            let e = self.in_job(&job_id, || {
+                self.events.dispatch(
+                    kind::TASK_DISPATCHED,
+                    &job_id,
+                    &task_id,
+                    &attempt_id,
+                    &backend,
+                    &data,
+                )
+            });
             self.out.push(e);
         }
         self.insert_attempts(&mut dispatched).await?;

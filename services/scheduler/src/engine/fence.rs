@@ -95,14 +95,16 @@ impl Cx<'_> {
                 "the attempt runs on launcher {owner} already: this copy of it is stopped"
             )),
         };
-        let mut e = self.events.dispatch(
-            kind::TASK_CANCEL,
-            job_id,
-            task_id,
-            attempt_id,
-            &task.backend,
-            &data,
-        );
+        let mut e = self.in_job(job_id, || {
+            self.events.dispatch(
+                kind::TASK_CANCEL,
+                job_id,
+                task_id,
+                attempt_id,
+                &task.backend,
+                &data,
+            )
+        });
         e.set_extension(EXT_LAUNCHER, launcher.to_string());
         self.out.push(e);
         Ok(())

@@ -55,7 +55,7 @@ impl Input {
     }
 
     /// The job it is about; `None` for a launcher's presence.
-    pub(super) fn job_id(&self) -> Option<&str> {
+    pub(crate) fn job_id(&self) -> Option<&str> {
         Some(match self {
             Input::Planned(p) => &p.job_id,
             Input::Cancel(p) => &p.job_id,

@@ -43,8 +43,13 @@ use crate::store::{ATTEMPT_SELECT, AttemptRow, JOB_SELECT, JobRow, Store, TASK_S
 use crate::{Config, Error, Result};
 pub(crate) use input::Input;
 
+/// The span of the last event of each job in a batch (when traces are exported): what the
+/// batch emits for a job is built in it, so that the job's trace goes on from that event.
+pub(crate) type Spans = HashMap<String, tracing::Span>;
+
 /// One transaction's worth of work: the transaction, the clock reading, and what it emits.
 struct Cx<'a> {
+    spans: Option<&'a Spans>,
     tx: Transaction<'static, Any>,
     dialect: Dialect,
     cfg: &'a Config,
@@ -82,8 +87,10 @@ pub(crate) async fn apply(
     now: i64,
     inputs: Vec<(String, Input)>,
     confirmed: Vec<String>,
+    spans: &Spans,
 ) -> Result<Vec<Event>> {
     let mut cx = Cx::begin(store, cfg, events, now).await?;
+    cx.spans = Some(spans);
     cx.delete_confirmed(&confirmed).await?;
     // Several instances on one database: take every job's row lock up front, in one order, so
     // that two batches touching the same jobs wait for each other instead of deadlocking.
@@ -229,6 +236,7 @@ impl<'a> Cx<'a> {
         let began = std::time::Instant::now();
         let tx = store.pool.begin().await?;
         Ok(Cx {
+            spans: None,
             tx,
             dialect: store.dialect,
             cfg,
@@ -356,6 +364,14 @@ impl<'a> Cx<'a> {
         Ok(())
     }
 
+    /// Builds an event of `job` in the span of the job's event in this batch, if there is one.
+    fn in_job<T>(&self, job: &str, build: impl FnOnce() -> T) -> T {
+        match self.spans.and_then(|s| s.get(job)) {
+            Some(span) => span.in_scope(build),
+            None => build(),
+        }
+    }
+
     fn emit_job(&mut self, ty: &str, job: &JobRow, state: JobStatus, reason: Option<String>) {
         let data = JobState {
             job_id: job.job_id.clone(),
@@ -364,13 +380,15 @@ impl<'a> Cx<'a> {
             reason,
             tasks: job.total as u64,
         };
-        self.out.push(self.events.job(ty, &job.job_id, &data));
+        let e = self.in_job(&job.job_id, || self.events.job(ty, &job.job_id, &data));
+        self.out.push(e);
     }
 
     fn emit_task(&mut self, ty: &str, data: TaskState) {
-        let e = self
-            .events
-            .task(ty, &data.job_id, &data.task_id, data.attempt_id.as_deref(), &data);
+        let e = self.in_job(&data.job_id, || {
+            self.events
+                .task(ty, &data.job_id, &data.task_id, data.attempt_id.as_deref(), &data)
+        });
         self.out.push(e);
     }
 
@@ -381,9 +399,10 @@ impl<'a> Cx<'a> {
             attempt_id: attempt_id.into(),
             reason: Some(reason.into()),
         };
-        let e = self
-            .events
-            .dispatch(kind::TASK_CANCEL, job_id, task_id, attempt_id, backend, &data);
+        let e = self.in_job(job_id, || {
+            self.events
+                .dispatch(kind::TASK_CANCEL, job_id, task_id, attempt_id, backend, &data)
+        });
         self.out.push(e);
     }
 
