@@ -383,4 +383,150 @@ mod tests {
         let e = config(env(&[endpoint, ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")])).unwrap_err();
         assert!(e.to_string().contains("http/protobuf"), "{e}");
     }
+
+    /// Keeps what is exported.
+    #[derive(Debug, Clone, Default)]
+    struct Collected(std::sync::Arc<std::sync::Mutex<Vec<opentelemetry_sdk::trace::SpanData>>>);
+
+    impl opentelemetry_sdk::trace::SpanExporter for Collected {
+        async fn export(
+            &self,
+            batch: Vec<opentelemetry_sdk::trace::SpanData>,
+        ) -> opentelemetry_sdk::error::OTelSdkResult {
+            self.0.lock().unwrap().extend(batch);
+            Ok(())
+        }
+    }
+
+    /// Runs `f` with a subscriber exporting to the returned spans, as [`crate::telemetry::init`]
+    /// sets one up.
+    fn traced(f: impl FnOnce()) -> Vec<opentelemetry_sdk::trace::SpanData> {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        enable();
+        let collected = Collected::default();
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(collected.clone())
+            .with_id_generator(JobIds)
+            .build();
+        let exporter = Exporter {
+            provider,
+            runtime: None,
+        };
+        let sub = tracing_subscriber::Registry::default().with(vec![exporter.layer()]);
+        tracing::subscriber::with_default(sub, f);
+        exporter.shutdown();
+        collected.0.lock().unwrap().clone()
+    }
+
+    fn attr(span: &opentelemetry_sdk::trace::SpanData, key: &str) -> Option<String> {
+        span.attributes
+            .iter()
+            .find(|kv| kv.key.as_str() == key)
+            .map(|kv| kv.value.to_string())
+    }
+
+    #[test]
+    fn a_handling_span_continues_the_events_trace_and_what_it_publishes_names_it() {
+        let job = ferry_event::new_id();
+        let upstream = TraceParent {
+            span_id: 0x0123_4567_89ab_cdef,
+            ..TraceParent::job_root(&job)
+        };
+        let builder = ferry_event::EventBuilder::new("ferry/test");
+        let mut dispatched = builder.dispatch(
+            ferry_event::kind::TASK_DISPATCHED,
+            &job,
+            "extract",
+            "attempt-1",
+            "local",
+            &(),
+        );
+        dispatched.set_extension(envelope::EXT_TRACEPARENT, upstream.to_string());
+        let mut published = None;
+        let spans = traced(|| {
+            let span = tracing::info_span!("attempt");
+            follow(&span, &dispatched);
+            span.in_scope(|| {
+                published = Some(builder.task(
+                    ferry_event::kind::TASK_STARTED,
+                    &job,
+                    "extract",
+                    Some("attempt-1"),
+                    &(),
+                ));
+            });
+        });
+        let [span] = &spans[..] else {
+            panic!("one span: {spans:#?}")
+        };
+        assert_eq!(span.span_context.trace_id(), TraceId::from(upstream.trace_id));
+        assert_eq!(span.parent_span_id, SpanId::from(upstream.span_id));
+        assert_eq!(attr(span, JOB_ID), Some(job.clone()));
+        assert_eq!(attr(span, TASK_ID).as_deref(), Some("extract"));
+        assert_eq!(attr(span, ATTEMPT_ID).as_deref(), Some("attempt-1"));
+        assert_eq!(
+            attr(span, EVENT_TYPE).as_deref(),
+            Some(ferry_event::kind::TASK_DISPATCHED)
+        );
+        let carried = envelope::extension(&published.unwrap(), envelope::EXT_TRACEPARENT).unwrap();
+        let carried = TraceParent::parse(&carried).unwrap();
+        assert_eq!(carried.trace_id, upstream.trace_id);
+        assert_eq!(
+            SpanId::from(carried.span_id),
+            span.span_context.span_id(),
+            "the published event names the handling span"
+        );
+    }
+
+    #[test]
+    fn the_first_handler_of_a_submission_records_the_jobs_root() {
+        let job = ferry_event::new_id();
+        let builder = ferry_event::EventBuilder::new("ferry/test");
+        // As a client without traces sends it: naming the job's root, which nobody recorded.
+        let submitted = builder.job(ferry_event::kind::JOB_SUBMITTED, &job, &());
+        let spans = traced(|| {
+            let span = tracing::info_span!("submission");
+            follow(&span, &submitted);
+            span.in_scope(|| {});
+        });
+        let root = spans.iter().find(|s| s.name == "ferry.job").expect("a root span");
+        let expected = TraceParent::job_root(&job);
+        assert_eq!(root.span_context.trace_id(), TraceId::from(expected.trace_id));
+        assert_eq!(root.span_context.span_id(), SpanId::from(expected.span_id));
+        assert_eq!(root.parent_span_id, SpanId::INVALID);
+        let handling = spans.iter().find(|s| s.name == "submission").unwrap();
+        assert_eq!(handling.parent_span_id, root.span_context.span_id());
+        assert_eq!(handling.span_context.trace_id(), root.span_context.trace_id());
+
+        // Another event naming the root (a cancel from a client) hangs under it: no second root.
+        let cancel = builder.job(ferry_event::kind::JOB_CANCEL, &job, &());
+        let spans = traced(|| {
+            let span = tracing::info_span!("command");
+            follow(&span, &cancel);
+            span.in_scope(|| {});
+        });
+        let [span] = &spans[..] else {
+            panic!("one span: {spans:#?}")
+        };
+        assert_eq!(span.parent_span_id, SpanId::from(expected.span_id));
+    }
+
+    #[test]
+    fn a_foreign_trace_is_linked_and_the_job_keeps_its_own() {
+        let job = ferry_event::new_id();
+        let builder = ferry_event::EventBuilder::new("ferry/test");
+        let mut submitted = builder.job(ferry_event::kind::JOB_SUBMITTED, &job, &());
+        let foreign = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        submitted.set_extension(envelope::EXT_TRACEPARENT, foreign);
+        let spans = traced(|| {
+            let span = tracing::info_span!("intake");
+            follow(&span, &submitted);
+            span.in_scope(|| {});
+        });
+        let handling = spans.iter().find(|s| s.name == "intake").unwrap();
+        let expected = TraceParent::job_root(&job);
+        assert_eq!(handling.span_context.trace_id(), TraceId::from(expected.trace_id));
+        let linked: Vec<_> = handling.links.iter().map(|l| l.span_context.trace_id()).collect();
+        assert_eq!(linked, [TraceId::from(0x4bf92f3577b34da6a3ce929d0e0e4736u128)]);
+    }
 }
