@@ -11,7 +11,7 @@ use ferry_bus::{Delivery, Subscription};
 use ferry_event::{AttributesReader, Event};
 use ferry_runtime::{Backoff, CancellationToken};
 use tokio::sync::watch;
-use tracing::{debug, info, warn};
+use tracing::{Instrument as _, debug, info, warn};
 
 use crate::store::{Applied, ReadModel};
 use crate::{Config, Error, Result};
@@ -51,7 +51,17 @@ pub(crate) async fn project(
         };
         // Deliveries are not `Sync`: apply copies of their events.
         let events: Vec<Event> = batch.iter().map(|d| d.event.clone()).collect();
-        let Some(applied) = apply(&model, &events, &shutdown, &mut backoff).await else {
+        // With traces exported: a span per event, and the batch's transaction under the first.
+        let spans: Vec<tracing::Span> = events
+            .iter()
+            .filter_map(ferry_runtime::trace::event_span)
+            .collect();
+        let transaction = tracing::info_span!("db.transaction", events = events.len());
+        ferry_runtime::trace::batch(&transaction, &spans);
+        let applied = apply(&model, &events, &shutdown, &mut backoff)
+            .instrument(transaction)
+            .await;
+        let Some(applied) = applied else {
             break; // shutting down: the unacked batch goes back to the bus
         };
         settle(batch, applied).await?;
