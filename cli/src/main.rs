@@ -199,7 +199,11 @@ fn main() {
             | Command::Key(_)
             | Command::Token(_)
     );
-    let telemetry = ferry_runtime::telemetry::init(if quiet { "warn" } else { "info" }, "ferry");
+    let service = match &cli.command {
+        Command::Service { service } => service.telemetry_name(),
+        _ => "ferry",
+    };
+    let telemetry = ferry_runtime::telemetry::init(if quiet { "warn" } else { "info" }, service);
     let code = match cli.command {
         Command::Validate { flows } => exit_code(ferry_cli::validate(&flows)),
         Command::Token(TokenCommand::Create {

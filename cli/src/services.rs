@@ -160,6 +160,17 @@ impl One {
         }
     }
 
+    /// The name it exports traces under, as its own binary does (`ferry-planner`, …).
+    pub fn telemetry_name(&self) -> &'static str {
+        match self {
+            One::Planner { .. } => "ferry-planner",
+            One::Scheduler { .. } => "ferry-scheduler",
+            One::Launcher { .. } => "ferry-launcher",
+            One::LogCollector { .. } => "ferry-log-collector",
+            One::Api { .. } => "ferry-api",
+        }
+    }
+
     /// The service, configured by its flags; `data_dir` is the prepared data directory.
     pub fn plan(&self, data_dir: &Path) -> Result<Plan> {
         let mut plan = Plan::new(data_dir);
