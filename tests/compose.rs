@@ -213,16 +213,6 @@ fn the_compose_file_and_its_kafka_variant_are_valid_and_publish_on_loopback_only
     check_rendering(&rendered(&["docker-compose.kafka.yml"]), "tansu");
 }
 
-/// A port free on loopback when asked (should another process take it before the service
-/// binds it, the bring-up fails saying so).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A name no other run uses.
 fn unique(prefix: &str) -> String {
     format!("{prefix}{}", uuid_like())

@@ -149,14 +149,6 @@ impl Rng {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn flow(ledger: &Path, marker: &str) -> String {
     // Each attempt appends `start`, a tick every 40 ms while it runs, and `end` to the ledger,
     // with a nanosecond clock, and prints three numbered lines, each recorded as `wrote` once

@@ -9,20 +9,11 @@ mod common;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::Value;
-
-/// A free loopback port.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// `GET http://127.0.0.1:PORT/PATH`: the status and body (HTTP/1.0, so never chunked).
 fn get(port: u16, path: &str) -> Option<(u16, String)> {
@@ -76,25 +67,6 @@ fn tool(env: &str, name: &str) -> Option<PathBuf> {
         .status()
         .is_ok_and(|s| s.success());
     if installed { on_path() } else { None }
-}
-
-/// A process stopped by its pid when dropped.
-struct Stopped(Child);
-
-impl Drop for Stopped {
-    fn drop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// Waits up to `limit` for `f` to give a value.
@@ -186,20 +158,18 @@ fn prometheus_scrapes_a_running_deployment_and_every_dashboard_query_has_data() 
 
     let dir = tempfile::tempdir().unwrap();
     let (api, metrics, prom) = (free_port(), free_port(), free_port());
-    let up = Stopped(
-        Command::new(env!("CARGO_BIN_EXE_ferry"))
-            .args(["up", "--bus", "memory://", "--kill-grace", "1s"])
-            .args(["--listen", &format!("127.0.0.1:{api}")])
-            .args(["--metrics", &format!("127.0.0.1:{metrics}")])
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .env("FERRY_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
-    );
+    let up = Up(Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["up", "--bus", "memory://", "--kill-grace", "1s"])
+        .args(["--listen", &format!("127.0.0.1:{api}")])
+        .args(["--metrics", &format!("127.0.0.1:{metrics}")])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .env("FERRY_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap());
     // Alive at once, ready once the bus and the databases answer.
     eventually(Duration::from_secs(60), "/healthz", || {
         get(metrics, "/healthz").filter(|(s, _)| *s == 200)
@@ -220,20 +190,18 @@ fn prometheus_scrapes_a_running_deployment_and_every_dashboard_query_has_data() 
         ),
     )
     .unwrap();
-    let _prometheus = Stopped(
-        Command::new(&prometheus)
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("tsdb").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{prom}"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("prometheus.log")).unwrap())
-            .spawn()
-            .unwrap(),
-    );
+    let _prometheus = Up(Command::new(&prometheus)
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("tsdb").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{prom}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("prometheus.log")).unwrap())
+        .spawn()
+        .unwrap());
 
     // A job: two tasks, logs, dispatch, compute.
     let flow = dir.path().join("observed.yaml");

@@ -155,8 +155,18 @@ pub fn first_line_then_close(mut cmd: Command) -> Ran {
     }
 }
 
-/// `ferry up` (or any ferry process) running until dropped, when it gets SIGTERM and (bounded)
-/// time to stop.
+/// A port free on loopback when asked (should another process take it before the service
+/// binds it, the start fails saying so).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A process a test started (`ferry up`, a Prometheus) running until dropped, when it gets
+/// SIGTERM and (bounded) time to stop.
 pub struct Up(pub Child);
 
 impl Drop for Up {
