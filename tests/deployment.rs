@@ -18,11 +18,7 @@ struct Up {
 impl Up {
     fn start() -> Up {
         let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_ferry"))
             .args([
                 "up",

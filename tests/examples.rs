@@ -345,11 +345,7 @@ fn kubernetes_example_runs_as_jobs_under_ferry_up() {
         .expect("the test API server starts on DOCKER_HOST's engine (./scripts/test.sh starts one)");
     let kubeconfig = dir.path().join("kubeconfig");
     std::fs::write(&kubeconfig, server.kubeconfig("default")).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let api = format!("http://127.0.0.1:{port}");
     let log_path = dir.path().join("up.log");
     let log = std::fs::File::create(&log_path).unwrap();

@@ -24,11 +24,7 @@ fn run_external(bus_base: &str, script: &str, broker_arg: &str) {
     // Dropped after `up` below: the services stop before their queues go.
     let _namespace = BusNamespace(bus.clone());
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let api = format!("http://127.0.0.1:{port}");
     let log = std::fs::File::create(dir.path().join("up.log")).unwrap();
     let up = Up(Command::new(env!("CARGO_BIN_EXE_ferry"))

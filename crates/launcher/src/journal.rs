@@ -248,16 +248,7 @@ impl Journal {
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 let id = ferry_event::new_id();
-                let tmp = path.with_extension("new");
-                let mut f = OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .mode(0o600)
-                    .open(&tmp)?;
-                f.write_all(id.as_bytes())?;
-                f.sync_all()?;
-                std::fs::rename(&tmp, &path)?;
+                write_private(&path, id.as_bytes())?;
                 Ok(id)
             }
             Err(e) => Err(e),
@@ -622,6 +613,21 @@ fn rewrite(
         tracing::warn!(dir = %dir.display(), error = %e, "cannot make the journal's rename durable");
     }
     Ok((file, size))
+}
+
+/// Replaces `path` with `bytes`, readable by the owner only: written beside it and renamed
+/// over it once on disk, so that a crash leaves the old contents or the new, never a part.
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = path.with_extension("new");
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
 
 /// Checks that an id from an event can name a file: 1 to 200 ASCII letters, digits, `-`, `_`

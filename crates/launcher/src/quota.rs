@@ -234,16 +234,7 @@ impl ArtifactQuotas {
                 text.push(b'\n');
             }
         }
-        let tmp = self.ledger.with_extension("new");
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(&text)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &self.ledger)
+        crate::journal::write_private(&self.ledger, &text)
     }
 }
 

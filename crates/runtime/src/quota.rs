@@ -36,22 +36,28 @@ impl NamespaceLimits {
     }
 }
 
-/// Parses `NAME=BYTES`, BYTES a whole number: a flag's value parser.
-pub fn parse_bytes(s: &str) -> Result<(String, u64), String> {
+/// Parses `NAME=N`, N a whole number of `unit` (`tasks`, `bytes`): a flag's value parser.
+/// `example` shows a valid value, e.g. `analytics=20 or *=50`.
+pub fn parse<N: std::str::FromStr>(s: &str, unit: &str, example: &str) -> Result<(String, N), String> {
     let (name, n) = s
         .split_once('=')
-        .ok_or_else(|| format!("`{s}`: expected NAME=BYTES, e.g. analytics=1000000000 or *=100000000"))?;
+        .ok_or_else(|| format!("`{s}`: expected NAME=N, e.g. {example}"))?;
     let name = name.trim();
     if name.is_empty() {
         return Err(format!(
-            "`{s}`: the namespace is missing (NAME=BYTES, or *=BYTES for every namespace)"
+            "`{s}`: the namespace is missing (NAME=N, or *=N for every namespace)"
         ));
     }
     let n = n
         .trim()
         .parse()
-        .map_err(|_| format!("`{s}`: {n:?} is not a whole number of bytes"))?;
+        .map_err(|_| format!("`{s}`: {n:?} is not a whole number of {unit}"))?;
     Ok((name.to_string(), n))
+}
+
+/// Parses `NAME=BYTES`, BYTES a whole number: a flag's value parser.
+pub fn parse_bytes(s: &str) -> Result<(String, u64), String> {
+    parse(s, "bytes", "analytics=1000000000 or *=100000000")
 }
 
 #[cfg(test)]
@@ -65,6 +71,6 @@ mod tests {
         assert_eq!(NamespaceLimits::new([parse_bytes("a=10").unwrap()]).of("b"), None);
         assert!(parse_bytes("=3").unwrap_err().contains("namespace is missing"));
         assert!(parse_bytes("a=lots").unwrap_err().contains("whole number"));
-        assert!(parse_bytes("a").unwrap_err().contains("NAME=BYTES"));
+        assert!(parse_bytes("a").unwrap_err().contains("NAME=N"));
     }
 }

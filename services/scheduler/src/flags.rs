@@ -31,20 +31,7 @@ pub struct Flags {
 
 /// `NAME=N`, N a whole number of tasks.
 fn quota(s: &str) -> Result<(String, u32), String> {
-    let (name, n) = s
-        .split_once('=')
-        .ok_or_else(|| format!("`{s}`: expected NAME=N, e.g. analytics=20 or *=50"))?;
-    let name = name.trim();
-    if name.is_empty() {
-        return Err(format!(
-            "`{s}`: the namespace is missing (NAME=N, or *=N for every namespace)"
-        ));
-    }
-    let n = n
-        .trim()
-        .parse()
-        .map_err(|_| format!("`{s}`: {n:?} is not a whole number of tasks"))?;
-    Ok((name.to_string(), n))
+    ferry_runtime::quota::parse(s, "tasks", "analytics=20 or *=50")
 }
 
 impl Flags {
