@@ -603,7 +603,7 @@ async fn within_quota(
         .namespace
         .as_deref()
         .unwrap_or(ferry_event::payload::DEFAULT_NAMESPACE);
-    let attempt_dir = format!("{}/{}/{}", d.job_id, d.task_id, d.attempt_id);
+    let attempt_dir = collect::attempt_artifacts(d).to_string_lossy().into_owned();
     let bytes = files.iter().map(|f| f.size).sum();
     let Err(over) = quotas.admit(namespace, &attempt_dir, bytes) else {
         return Ok(());

@@ -10,6 +10,12 @@ use std::path::{Path, PathBuf};
 use ferry_event::payload::OutputFile;
 use serde_json::{Map, Value};
 
+/// Where an attempt's output files go in the artifact directory: `JOB/TASK/ATTEMPT`. Every
+/// backend stores them there, and the namespace quotas count them there.
+pub fn attempt_artifacts(d: &ferry_event::payload::TaskDispatched) -> PathBuf {
+    [&d.job_id, &d.task_id, &d.attempt_id].iter().collect()
+}
+
 /// The largest outputs file accepted.
 pub const MAX_OUTPUTS_BYTES: u64 = 1024 * 1024;
 

@@ -24,7 +24,7 @@ use ferry_launcher::backend::{
     AttemptError, Backend, BackendResult, Collected, Compute, ComputeState, Exit, LogPosition, LogRead,
     ShutdownPolicy, Task,
 };
-use ferry_launcher::collect::MAX_OUTPUTS_BYTES;
+use ferry_launcher::collect::{self, MAX_OUTPUTS_BYTES};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
@@ -518,12 +518,7 @@ impl Backend for Docker {
         } else {
             handle.work_dir
         };
-        let dest = self
-            .0
-            .artifact_dir
-            .join(&d.job_id)
-            .join(&d.task_id)
-            .join(&d.attempt_id);
+        let dest = self.0.artifact_dir.join(collect::attempt_artifacts(d));
         tokio::fs::create_dir_all(&dest).await.map_err(|e| {
             AttemptError::Platform(format!(
                 "cannot create the artifact directory {}: {e}",

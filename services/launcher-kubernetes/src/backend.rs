@@ -853,7 +853,7 @@ impl Backend for Kubernetes {
                 ));
             }
             (Some(dir), false) => {
-                let dest = dir.join(&d.job_id).join(&d.task_id).join(&d.attempt_id);
+                let dest = dir.join(ferry_launcher::collect::attempt_artifacts(d));
                 tokio::fs::create_dir_all(&dest).await.map_err(|e| {
                     AttemptError::Platform(format!(
                         "cannot create the artifact directory {}: {e}",

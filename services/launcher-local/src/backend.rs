@@ -471,12 +471,7 @@ impl Backend for Local {
         let h: Handle = compute.handle_as()?;
         let d = task.dispatch;
         let dir = self.0.slots.dir(h.slot);
-        let dest = self
-            .0
-            .artifact_dir
-            .join(&d.job_id)
-            .join(&d.task_id)
-            .join(&d.attempt_id);
+        let dest = self.0.artifact_dir.join(collect::attempt_artifacts(d));
         let patterns = d.output_files.clone();
         let gather = move || {
             let outputs = collect::read_outputs_file(&dir.outputs())?;
