@@ -214,26 +214,7 @@ impl Deployment {
     }
 
     fn python(&self, args: &[&str], stdin: Option<&str>) -> String {
-        let mut c = Command::new(env("FERRY_TEST_PYTHON"));
-        c.arg(root().join("tests/clients/rabbit_spy.py"))
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = c.spawn().unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.unwrap_or("").as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "rabbit_spy.py {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        client("rabbit_spy.py", args, stdin.unwrap_or(""))
     }
 
     /// Binds a queue of the attacker's own to the namespace's exchange with `key`.
@@ -279,6 +260,27 @@ impl Deployment {
 
 fn amqp() -> String {
     env("FERRY_TEST_AMQP")
+}
+
+/// Runs the attacker's broker client tests/clients/SCRIPT with `args`, fed `stdin`; what it
+/// printed. It must succeed.
+fn client(script: &str, args: &[&str], stdin: &str) -> String {
+    let mut child = Command::new(env("FERRY_TEST_PYTHON"))
+        .arg(root().join("tests/clients").join(script))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{script} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
 }
 
 /// The Kafka-protocol broker's `kafka://HOST:PORT`.
@@ -1050,26 +1052,13 @@ fn an_endless_flow_file_is_read_boundedly_and_refused() {
 
 // --- The bus, on Kafka ----------------------------------------------------------------------
 
-/// tests/clients/kafka_spy.py with `args`, fed `stdin`: what it printed.
+/// tests/clients/kafka_spy.py with `args` (the broker's address after the command), fed `stdin`:
+/// what it printed.
 fn kafka_spy(args: &[&str], stdin: &str) -> String {
     let brokers = kafka().trim_start_matches("kafka://").to_string();
-    let mut c = Command::new(env("FERRY_TEST_PYTHON"));
-    c.arg(root().join("tests/clients/kafka_spy.py"))
-        .arg(args[0])
-        .arg(&brokers)
-        .args(&args[1..])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = c.spawn().unwrap();
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "kafka_spy.py {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    let mut all = vec![args[0], &brokers];
+    all.extend_from_slice(&args[1..]);
+    client("kafka_spy.py", &all, stdin)
 }
 
 /// The messages on `topic` from its start, once at least `least` are there (30 s at most).
