@@ -851,9 +851,16 @@ impl Runner {
             }
         }
         let mut state = self.inspect_state(&docker_name).await;
-        if state.exit_code == Some(137) && state.oom_killed != Some(true) {
-            // The engine may record the OOM kill a moment after the exit it caused.
-            tokio::time::sleep(Duration::from_millis(300)).await;
+        // The engine records an OOM kill when containerd's OOM event arrives, which can be
+        // well after the exit it caused on a busy machine. A SIGKILL we did not send is most
+        // likely that kill, so it is given a few seconds to show up.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !stopping
+            && state.exit_code == Some(137)
+            && state.oom_killed != Some(true)
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
             state = self.inspect_state(&docker_name).await;
         }
         let code = state.exit_code.unwrap_or(137) as i32;
