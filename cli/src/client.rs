@@ -386,9 +386,15 @@ async fn follow_job(client: &Client, job: &str) -> Result<i32, Refused> {
         let streamed = client
             .ndjson(&path, |v| {
                 after = v["seq"].as_u64().unwrap_or(after);
-                let what = match v["taskId"].as_str() {
-                    Some(t) => format!("{t} {}", v["state"].as_str().unwrap_or("?")),
-                    None => format!("job {}", v["state"].as_str().unwrap_or("?")),
+                let state = v["state"].as_str().unwrap_or("?");
+                let together = v["type"]
+                    .as_str()
+                    .is_some_and(|t| t.starts_with("dev.ferry.tasks."));
+                let what = match (v["taskId"].as_str(), v["tasks"].as_u64()) {
+                    (Some(t), _) => format!("{t} {state}"),
+                    (None, Some(1)) if together => format!("1 task {state}"),
+                    (None, Some(n)) if together => format!("{n} tasks {state}"),
+                    _ => format!("job {state}"),
                 };
                 let err = v["error"]
                     .as_str()

@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use ferry_bus::{Bus, Subscribe};
 use ferry_event::payload::{
     FlowSource, JobCancel, JobRejected, JobState, JobSubmitted, OutputFile, Stream, TaskAccepted,
-    TaskFinished, TaskStarted, TaskState,
+    TaskFinished, TaskStarted, TaskState, TasksState,
 };
 use ferry_event::{AttributesReader, Event, EventBuilder, Topic, kind};
 use ferry_log_collector::{LogQuery, LogRecord};
@@ -502,6 +502,26 @@ impl View {
                     }
                 };
                 self.progress(&what, matches!(state, "retrying" | "failed"));
+            }
+            kind::TASKS_CANCELLED | kind::TASKS_RETRYING => {
+                let s: TasksState = ferry_event::decode(e).ok()?;
+                let state = if e.ty() == kind::TASKS_CANCELLED {
+                    "cancelled"
+                } else {
+                    "pending"
+                };
+                for task in &s.tasks {
+                    self.set_state(&task.task_id, state);
+                    let t = self.tasks.entry(task.task_id.clone()).or_default();
+                    t.attempts = t.attempts.max(task.attempts);
+                    t.error = s.error.clone();
+                    if state == "cancelled" {
+                        t.finished_ms = Some(s.at_ms);
+                    }
+                }
+                let n = s.tasks.len();
+                let what = format!("{n} task{} {state}", if n == 1 { "" } else { "s" });
+                self.progress(&what, false);
             }
             kind::JOB_SUCCEEDED | kind::JOB_FAILED | kind::JOB_CANCELLED => {
                 let s: JobState = ferry_event::decode(e).ok()?;

@@ -32,6 +32,11 @@ pub const TASK_RETRYING: &str = "dev.ferry.task.retrying";
 pub const TASK_SUCCEEDED: &str = "dev.ferry.task.succeeded";
 pub const TASK_FAILED: &str = "dev.ferry.task.failed";
 pub const TASK_CANCELLED: &str = "dev.ferry.task.cancelled";
+/// Tasks that had not started, cancelled together with their job (see
+/// [`crate::payload::TasksState`]).
+pub const TASKS_CANCELLED: &str = "dev.ferry.tasks.cancelled";
+/// Finished tasks re-queued together by a job retry.
+pub const TASKS_RETRYING: &str = "dev.ferry.tasks.retrying";
 
 pub const LAUNCHER_PRESENCE: &str = "dev.ferry.launcher.presence";
 
@@ -57,6 +62,8 @@ pub const ALL: &[(&str, &str)] = &[
     (TASK_SUCCEEDED, "task.state"),
     (TASK_FAILED, "task.state"),
     (TASK_CANCELLED, "task.state"),
+    (TASKS_CANCELLED, "tasks.state"),
+    (TASKS_RETRYING, "tasks.state"),
     (LAUNCHER_PRESENCE, "launcher.presence"),
 ];
 

@@ -890,6 +890,42 @@ pub struct TaskState {
     pub finished_at_ms: Option<i64>,
 }
 
+/// `dev.ferry.tasks.cancelled|retrying`: many tasks of one job changing state together, which
+/// would otherwise take one `task.*` event each. `tasks.cancelled` reports the tasks that had not
+/// started when their job was cancelled or failed fast (a task whose attempt was running still
+/// gets its own `task.cancelled` when the attempt has stopped); `tasks.retrying` the finished
+/// tasks a job retry re-queued, in state `pending`. A job's tasks are spread over several such
+/// events when they are many ([`TasksState::MAX_TASKS`] at most in one).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TasksState {
+    pub job_id: String,
+    /// `cancelled` or `pending`.
+    pub state: TaskStatus,
+    /// Each task, with the attempts it has made so far.
+    pub tasks: Vec<TaskAttempts>,
+    /// Why they were cancelled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// When the change was made.
+    pub at_ms: i64,
+}
+
+impl TasksState {
+    /// Most tasks one event carries: a task id is at most 64 characters, so an event stays
+    /// under 100 KB, far below every broker's message limit.
+    pub const MAX_TASKS: usize = 1000;
+}
+
+/// One task of a [`TasksState`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskAttempts {
+    pub task_id: String,
+    /// Attempts made so far.
+    pub attempts: u32,
+}
+
 /// Accepts `null` as the type's default (YAML writes empty maps as `~` often enough).
 pub fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
 where
@@ -917,6 +953,7 @@ pub fn schemas() -> Vec<(&'static str, schemars::Schema)> {
         ("task.log", schema_for!(TaskLog)),
         ("task.finished", schema_for!(TaskFinished)),
         ("task.state", schema_for!(TaskState)),
+        ("tasks.state", schema_for!(TasksState)),
         ("launcher.presence", schema_for!(LauncherPresence)),
     ]
 }

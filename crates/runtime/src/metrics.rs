@@ -517,17 +517,27 @@ pub fn dispatch_latency(backend: &str, latency: Duration) {
 
 /// A task ended: `outcome` is `succeeded`, `failed` or `cancelled`.
 pub fn task_ended(outcome: &'static str) {
+    tasks_ended(outcome, 1);
+}
+
+/// `n` tasks ended together (a big job's pending tasks cancelled at once).
+pub fn tasks_ended(outcome: &'static str, n: u64) {
     METRICS
         .tasks_ended
         .get_or_create(&OutcomeLabel {
             outcome: outcome.to_string(),
         })
-        .inc();
+        .inc_by(n);
 }
 
 /// A task's attempt ended and the task is tried again.
 pub fn task_retried() {
-    METRICS.task_retries.inc();
+    tasks_retried(1);
+}
+
+/// `n` tasks are tried again together (a job retry re-queued them).
+pub fn tasks_retried(n: u64) {
+    METRICS.task_retries.inc_by(n);
 }
 
 /// A job ended: `outcome` is `succeeded`, `failed` or `cancelled`.

@@ -21,11 +21,11 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use ferry_event::payload::{
     JobPlanned, JobRejected, JobState, JobStatus, LauncherPresence, OutputFile, Problem, TaskAccepted,
-    TaskFinished, TaskStarted, TaskState, TaskStatus,
+    TaskFinished, TaskStarted, TaskState, TaskStatus, TasksState,
 };
 use ferry_event::{AttributesReader, Event, kind};
 pub use ferry_runtime::db::Dialect;
-use ferry_runtime::db::{self, placeholders, placeholders_with, sized};
+use ferry_runtime::db::{self, param, placeholders, placeholders_with, sized};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sqlx::any::AnyRow;
@@ -865,6 +865,7 @@ enum Input {
     Started(TaskStarted),
     Finished(Box<TaskFinished>),
     Task(Box<TaskState>),
+    Tasks(TasksState),
     Presence(LauncherPresence),
 }
 
@@ -883,6 +884,7 @@ fn decode(event: &Event) -> std::result::Result<Option<Input>, String> {
         kind::TASK_RETRYING | kind::TASK_SUCCEEDED | kind::TASK_FAILED | kind::TASK_CANCELLED => {
             Input::Task(Box::new(ferry_event::decode(event).map_err(d)?))
         }
+        kind::TASKS_CANCELLED | kind::TASKS_RETRYING => Input::Tasks(ferry_event::decode(event).map_err(d)?),
         _ => return Ok(None),
     }))
 }
@@ -939,6 +941,7 @@ async fn apply_input(tx: &mut Tx, known: &mut Known, event: &Event, input: Input
         Input::Started(s) => on_task_started(tx, known, ty, &s, at).await,
         Input::Finished(f) => on_task_finished(tx, &f, at).await,
         Input::Task(s) => on_task_state(tx, known, ty, &s, at).await,
+        Input::Tasks(s) => on_tasks_state(tx, known, ty, &s, at).await,
         // Timed by when it was heard: launchers' clocks do not matter.
         Input::Presence(p) => on_presence(tx, &p, now).await,
     }
@@ -1403,6 +1406,131 @@ async fn on_task_state(tx: &mut Tx, known: &mut Known, ty: &str, s: &TaskState, 
         record_change(tx, known, &s.job_id, ty, Some(&s.task_id), state, d, at).await?;
     }
     Ok(())
+}
+
+/// Task ids per statement of [`on_tasks_state`].
+const TASK_IDS: usize = 500;
+
+/// `tasks.cancelled` and `tasks.retrying`: many tasks of a job changing state together, applied
+/// set-wise (a statement per few hundred tasks of the same attempt count) and recorded as one
+/// change with the number of tasks, so that cancelling or retrying a big job costs the read model
+/// a few statements rather than one change per task. Each task moves only if this is news to it,
+/// as in [`on_task_state`].
+async fn on_tasks_state(tx: &mut Tx, known: &mut Known, ty: &str, s: &TasksState, at: i64) -> Result<()> {
+    let requeued = ty == kind::TASKS_RETRYING;
+    let (state, phase): (&'static str, i64) = if requeued {
+        ("pending", 4)
+    } else {
+        (s.state.as_str(), 3)
+    };
+    let mut by_attempts: BTreeMap<u32, Vec<&str>> = BTreeMap::new();
+    for t in &s.tasks {
+        by_attempts.entry(t.attempts).or_default().push(&t.task_id);
+    }
+    let dialect = known.dialect;
+    let mut moved = 0u64;
+    for (attempts, ids) in by_attempts {
+        let n = i64::from(attempts);
+        for chunk in ids.chunks(TASK_IDS) {
+            let update = || {
+                let mut sql = String::with_capacity(300 + chunk.len() * 6);
+                let mut k = 0;
+                let mut p = |sql: &mut String| {
+                    k += 1;
+                    param(dialect, k, sql);
+                };
+                sql.push_str("UPDATE tasks SET state = ");
+                p(&mut sql);
+                sql.push_str(", attempt_no = ");
+                p(&mut sql);
+                sql.push_str(", phase = ");
+                p(&mut sql);
+                sql.push_str(", attempts = ");
+                p(&mut sql);
+                if requeued {
+                    sql.push_str(
+                        ", attempt_id = NULL, started_at = NULL, finished_at = NULL, error = NULL,
+                         outputs = NULL, output_files = NULL",
+                    );
+                } else {
+                    sql.push_str(", error = ");
+                    p(&mut sql);
+                    sql.push_str(", finished_at = ");
+                    p(&mut sql);
+                }
+                sql.push_str(" WHERE job_id = ");
+                p(&mut sql);
+                sql.push_str(" AND (attempt_no < ");
+                p(&mut sql);
+                sql.push_str(" OR (attempt_no = ");
+                p(&mut sql);
+                sql.push_str(" AND phase < ");
+                p(&mut sql);
+                sql.push_str(")) AND task_id IN (");
+                for i in 0..chunk.len() {
+                    if i > 0 {
+                        sql.push(',');
+                    }
+                    p(&mut sql);
+                }
+                sql.push(')');
+                sql
+            };
+            let sql = update();
+            let run = || bulk_update(&sql, s, chunk, state, n, phase, requeued);
+            let mut rows = run().execute(&mut **tx).await?.rows_affected();
+            if rows < chunk.len() as u64 {
+                // Some tasks have no row yet: their job's plan has not arrived (another topic).
+                ensure_known_job(tx, known, &s.job_id, at).await?;
+                let values = placeholders_with(dialect, chunk.len(), 2, "'pending', 0, 0, 0");
+                let insert = format!(
+                    "INSERT INTO tasks (job_id, task_id, state, attempt_no, phase, attempts)
+                     VALUES {values} ON CONFLICT DO NOTHING"
+                );
+                let mut q = sized(&insert, chunk.len());
+                for id in chunk {
+                    q = q.bind(s.job_id.clone()).bind(id.to_string());
+                }
+                if q.execute(&mut **tx).await?.rows_affected() > 0 {
+                    rows += run().execute(&mut **tx).await?.rows_affected();
+                }
+            }
+            moved += rows;
+        }
+    }
+    if moved > 0 {
+        let d = detail([
+            ("tasks", Some(Value::from(moved))),
+            ("error", s.error.clone().map(Value::from)),
+        ]);
+        record_change(tx, known, &s.job_id, ty, None, state, d, at).await?;
+    }
+    Ok(())
+}
+
+/// The statement of [`on_tasks_state`] with its parameters bound.
+fn bulk_update<'q>(
+    sql: &'q str,
+    s: &TasksState,
+    ids: &[&str],
+    state: &'static str,
+    attempts: i64,
+    phase: i64,
+    requeued: bool,
+) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>> {
+    let mut q = sized(sql, ids.len())
+        .bind(state)
+        .bind(attempts)
+        .bind(phase)
+        .bind(attempts);
+    if !requeued {
+        q = q.bind(s.error.clone()).bind(s.at_ms);
+    }
+    q = q.bind(s.job_id.clone()).bind(attempts).bind(attempts).bind(phase);
+    for id in ids {
+        q = q.bind(id.to_string());
+    }
+    q
 }
 
 #[cfg(test)]

@@ -159,7 +159,7 @@ async fn run(planned: &JobPlanned) -> Times {
     );
     let out = r.apply(vec![cancel]).await;
     let cancel_took = t.elapsed();
-    let cancelled_events = count(&out, kind::TASK_CANCELLED);
+    let cancelled_events = count(&out, kind::TASKS_CANCELLED);
 
     // Every dispatched attempt confirms its cancel, as launchers do.
     let reports: Vec<Event> = dispatched
@@ -224,7 +224,7 @@ fn main() {
     for i in 0..runs {
         let t = rt.block_on(run(&planned));
         println!(
-            "run {}: {tasks} tasks: job.cancel applied in {:.3} s ({} task.cancelled), {} cancels confirmed in {:.3} s, job.retry applied in {:.3} s",
+            "run {}: {tasks} tasks: job.cancel applied in {:.3} s ({} tasks.cancelled events), {} cancels confirmed in {:.3} s, job.retry applied in {:.3} s",
             i + 1,
             t.cancel.as_secs_f64(),
             t.cancelled_events,

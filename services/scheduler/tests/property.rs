@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_bus::MemoryBus;
-use ferry_event::payload::{JobCancel, Outcome, TaskDispatched, TaskState};
+use ferry_event::payload::{JobCancel, Outcome, TaskDispatched, TaskState, TasksState};
 use ferry_event::{AttributesReader, kind};
 use ferry_runtime::CancellationToken;
 use proptest::prelude::*;
@@ -154,6 +154,18 @@ async fn check(case: Case) {
                 } else {
                     ending = true;
                 }
+            }
+            kind::TASKS_CANCELLED => {
+                let s: TasksState = ferry_event::decode(e).unwrap();
+                assert!(s.tasks.len() <= TasksState::MAX_TASKS);
+                for t in s.tasks {
+                    assert!(
+                        finals.insert(t.task_id.clone(), "cancelled").is_none(),
+                        "{} finished twice",
+                        t.task_id
+                    );
+                }
+                ending = true;
             }
             kind::TASK_CANCEL => ending = true,
             kind::TASK_DISPATCHED => {

@@ -2,12 +2,15 @@
 
 mod sim;
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use ferry_bus::MemoryBus;
-use ferry_event::payload::{JobCancel, JobRetry, JobState, Outcome, PlannedTask, TaskDispatched, TaskState};
+use ferry_event::payload::{
+    JobCancel, JobRetry, JobState, Outcome, PlannedTask, TaskDispatched, TaskState, TasksState,
+};
 use ferry_event::template::{Part, Template};
 use ferry_event::{AttributesReader, kind};
 use ferry_runtime::CancellationToken;
@@ -111,6 +114,20 @@ fn task_states(rec: &Recorder, ty: &str) -> Vec<TaskState> {
         .iter()
         .map(|e| ferry_event::decode(e).unwrap())
         .collect()
+}
+
+/// Every task reported cancelled, with the reason: one by one (`task.cancelled`, an attempt
+/// that was stopped) or together (`tasks.cancelled`, tasks that had not started).
+fn cancelled(rec: &Recorder) -> Vec<(String, Option<String>)> {
+    let mut all: Vec<(String, Option<String>)> = task_states(rec, kind::TASK_CANCELLED)
+        .into_iter()
+        .map(|s| (s.task_id, s.error))
+        .collect();
+    for e in rec.of_type(kind::TASKS_CANCELLED) {
+        let s: TasksState = ferry_event::decode(&e).unwrap();
+        all.extend(s.tasks.into_iter().map(|t| (t.task_id, s.error.clone())));
+    }
+    all
 }
 
 fn dispatched(rec: &Recorder) -> Vec<TaskDispatched> {
@@ -242,10 +259,7 @@ async fn a_task_failing_for_good_cancels_its_running_sibling_and_pending_tasks()
     assert_eq!(r.rec.wait_terminal("j", WITHIN).await, kind::JOB_FAILED);
 
     assert_eq!(r.log.lock().unwrap().running_in("j"), 0, "the sibling still runs");
-    let cancelled: Vec<String> = task_states(&r.rec, kind::TASK_CANCELLED)
-        .into_iter()
-        .map(|s| s.task_id)
-        .collect();
+    let cancelled: Vec<String> = cancelled(&r.rec).into_iter().map(|(t, _)| t).collect();
     assert!(
         cancelled.contains(&"slow".to_string()) && cancelled.contains(&"after".to_string()),
         "{cancelled:?}"
@@ -359,7 +373,44 @@ async fn cancelling_a_job_stops_running_attempts_and_never_starts_pending_ones()
     let log = r.log.lock().unwrap();
     assert_eq!(log.running_in("j"), 0);
     assert_eq!(log.attempts_of("j", "c"), 0);
-    assert_eq!(task_states(&r.rec, kind::TASK_CANCELLED).len(), 3);
+    assert_eq!(cancelled(&r.rec).len(), 3);
+}
+
+/// Cancelling a big job costs a few events, not one per task: the tasks that had not started
+/// are reported together, at most `TasksState::MAX_TASKS` to an event, each exactly once.
+#[tokio::test]
+async fn cancelling_a_big_job_reports_its_pending_tasks_together() {
+    let r = rig(Arc::new(|_| succeed(60_000))).await;
+    let n = 2 * TasksState::MAX_TASKS + 500;
+    let mut tasks = vec![task_spec("root", &[])];
+    tasks.extend((0..n).map(|i| task_spec(&format!("w{i}"), &["root"])));
+    publish(&r.bus, kind::JOB_PLANNED, "j", &planned("j", tasks, None)).await;
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    while r.log.lock().unwrap().running_in("j") < 1 {
+        assert!(tokio::time::Instant::now() < deadline, "the root did not start");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let cancel = JobCancel {
+        job_id: "j".into(),
+        reason: Some("operator".into()),
+    };
+    publish(&r.bus, kind::JOB_CANCEL, "j", &cancel).await;
+    assert_eq!(r.rec.wait_terminal("j", WITHIN).await, kind::JOB_CANCELLED);
+    assert_eq!(r.rec.of_type(kind::TASKS_CANCELLED).len(), 3);
+    let one_by_one: Vec<String> = task_states(&r.rec, kind::TASK_CANCELLED)
+        .into_iter()
+        .map(|s| s.task_id)
+        .collect();
+    assert_eq!(
+        one_by_one,
+        ["root"],
+        "only the stopped attempt has an event of its own"
+    );
+    let all = cancelled(&r.rec);
+    assert_eq!(all.len(), n + 1);
+    let distinct: HashSet<&str> = all.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(distinct.len(), n + 1, "a task reported twice");
+    assert!(all.iter().all(|(_, e)| e.as_deref() == Some("operator")));
 }
 
 /// A cancel can overtake its job's plan (the planner is still planning a big job when Ctrl-C
@@ -392,12 +443,17 @@ async fn a_cancel_that_comes_before_the_plan_ends_the_job_once_planned() {
         dispatched(&r.rec).is_empty(),
         "nothing of a cancelled job is dispatched"
     );
-    let cancelled = task_states(&r.rec, kind::TASK_CANCELLED);
+    let cancelled = cancelled(&r.rec);
     assert_eq!(cancelled.len(), 2);
     assert!(
         cancelled
             .iter()
-            .all(|t| t.error.as_deref() == Some("interrupted"))
+            .all(|(_, error)| error.as_deref() == Some("interrupted"))
+    );
+    assert_eq!(
+        r.rec.of_type(kind::TASKS_CANCELLED).len(),
+        1,
+        "tasks that never started are reported together"
     );
     let job = store.job("j").await.unwrap().unwrap();
     assert_eq!(job.state, "cancelled");
@@ -433,6 +489,18 @@ async fn retrying_a_failed_job_requeues_only_failed_and_cancelled_tasks() {
     r.rec.events.lock().unwrap().clear();
     publish(&r.bus, kind::JOB_RETRY, "j", &JobRetry { job_id: "j".into() }).await;
     assert_eq!(r.rec.wait_terminal("j", WITHIN).await, kind::JOB_SUCCEEDED);
+    // The re-queued tasks are reported together, as pending again.
+    let requeued: Vec<TasksState> = r
+        .rec
+        .of_type(kind::TASKS_RETRYING)
+        .iter()
+        .map(|e| ferry_event::decode(e).unwrap())
+        .collect();
+    assert_eq!(requeued.len(), 1);
+    let mut ids: Vec<&str> = requeued[0].tasks.iter().map(|t| t.task_id.as_str()).collect();
+    ids.sort();
+    assert_eq!(ids, ["b", "c"]);
+    assert_eq!(requeued[0].state, ferry_event::payload::TaskStatus::Pending);
     let log = r.log.lock().unwrap();
     assert_eq!(
         log.attempts_of("j", "a"),

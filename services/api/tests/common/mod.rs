@@ -11,8 +11,8 @@ use async_trait::async_trait;
 use ferry_api::Config;
 use ferry_bus::{Bus, MemoryBus, Subscribe, Subscription};
 use ferry_event::payload::{
-    JobPlanned, JobState, JobStatus, LogLine, Outcome, PlannedTask, Runner, Stream, TaskFinished, TaskLog,
-    TaskStarted, TaskState, TaskStatus,
+    JobPlanned, JobState, JobStatus, LogLine, Outcome, PlannedTask, Runner, Stream, TaskAttempts,
+    TaskFinished, TaskLog, TaskStarted, TaskState, TaskStatus, TasksState,
 };
 use ferry_event::{Event, EventBuilder, Topic, kind};
 use ferry_log_collector::LogStore;
@@ -329,6 +329,28 @@ impl Api {
             .task(kind::TASK_FINISHED, job, task, Some(&f.attempt_id), &f)
     }
 
+    /// `tasks.cancelled` or `tasks.retrying` of `tasks`, each with its attempts so far.
+    pub fn tasks_state(&self, ty: &str, job: &str, tasks: &[(&str, u32)], error: Option<&str>) -> Event {
+        let s = TasksState {
+            job_id: job.into(),
+            state: if ty == kind::TASKS_RETRYING {
+                TaskStatus::Pending
+            } else {
+                TaskStatus::Cancelled
+            },
+            tasks: tasks
+                .iter()
+                .map(|(t, attempts)| TaskAttempts {
+                    task_id: t.to_string(),
+                    attempts: *attempts,
+                })
+                .collect(),
+            error: error.map(str::to_string),
+            at_ms: 3000,
+        };
+        self.events.job(ty, job, &s)
+    }
+
     pub fn task_state(&self, ty: &str, job: &str, task: &str, state: TaskStatus, attempts: u32) -> Event {
         let mut outputs = Map::new();
         if state == TaskStatus::Succeeded {
@@ -485,7 +507,12 @@ pub async fn follow_a_job_through_its_lifecycle(api: &Api) {
         api.started(&job, "load", 2),
         api.finished(&job, "load", 2, Outcome::Failed, 0),
         api.task_state(kind::TASK_FAILED, &job, "load", TaskStatus::Failed, 2),
-        api.task_state(kind::TASK_CANCELLED, &job, "report", TaskStatus::Cancelled, 0),
+        api.tasks_state(
+            kind::TASKS_CANCELLED,
+            &job,
+            &[("report", 0)],
+            Some("task load failed"),
+        ),
         api.job_state(
             kind::JOB_FAILED,
             &job,
@@ -505,14 +532,14 @@ pub async fn follow_a_job_through_its_lifecycle(api: &Api) {
         .map(|(a, b)| (a.into(), b.into()))
     );
     assert_eq!(j["tasks"][1]["attempts"], 2);
+    assert_eq!(j["tasks"][2]["error"], "task load failed");
     assert_eq!(j["reason"], "task load failed: exit status 1");
     assert_eq!(j["counts"]["failed"], 1);
 
     // A job retry re-queues the failed and cancelled tasks: the one way back from failed.
     api.publish(&[
         api.job_state(kind::JOB_STARTED, &job, JobStatus::Running, Some("retried")),
-        api.task_state(kind::TASK_RETRYING, &job, "load", TaskStatus::Pending, 2),
-        api.task_state(kind::TASK_RETRYING, &job, "report", TaskStatus::Pending, 0),
+        api.tasks_state(kind::TASKS_RETRYING, &job, &[("load", 2), ("report", 0)], None),
         api.started(&job, "load", 3),
     ])
     .await;
@@ -549,5 +576,17 @@ pub async fn follow_a_job_through_its_lifecycle(api: &Api) {
         changes
             .iter()
             .any(|c| c["type"] == kind::JOB_FAILED && c["reason"].is_string())
+    );
+    // Tasks changed together are one change, with how many they were.
+    let together: Vec<_> = changes
+        .iter()
+        .filter(|c| c["type"] == kind::TASKS_CANCELLED || c["type"] == kind::TASKS_RETRYING)
+        .map(|c| (c["state"].as_str().unwrap(), c["tasks"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(together, [("cancelled", 1), ("pending", 2)]);
+    assert!(
+        changes
+            .iter()
+            .all(|c| c["taskId"].is_null() || c["tasks"].is_null())
     );
 }

@@ -30,7 +30,8 @@ mod timers;
 use std::collections::{HashMap, HashSet};
 
 use ferry_event::payload::{
-    JobState, JobStatus, Outcome, TaskCancel, TaskFinished, TaskStarted, TaskState, TaskStatus,
+    JobState, JobStatus, Outcome, TaskAttempts, TaskCancel, TaskFinished, TaskStarted, TaskState, TaskStatus,
+    TasksState,
 };
 use ferry_event::{AttributesReader, Event, EventBuilder, kind};
 use serde_json::Map;
@@ -226,6 +227,14 @@ fn measure(out: &[Event], lapsed: &[String], took: std::time::Duration) {
             kind::TASK_FAILED => metrics::task_ended("failed"),
             kind::TASK_CANCELLED => metrics::task_ended("cancelled"),
             kind::TASK_RETRYING => metrics::task_retried(),
+            kind::TASKS_CANCELLED | kind::TASKS_RETRYING => {
+                let n = ferry_event::decode::<TasksState>(e).map_or(0, |s| s.tasks.len() as u64);
+                if e.ty() == kind::TASKS_CANCELLED {
+                    metrics::tasks_ended("cancelled", n);
+                } else {
+                    metrics::tasks_retried(n);
+                }
+            }
             _ => {}
         }
     }
@@ -384,6 +393,29 @@ impl<'a> Cx<'a> {
         self.out.push(e);
     }
 
+    /// Reports tasks of one job changing state together (`tasks.cancelled`, `tasks.retrying`),
+    /// in events of at most [`TasksState::MAX_TASKS`] tasks each.
+    fn emit_tasks(
+        &mut self,
+        ty: &str,
+        job_id: &str,
+        state: TaskStatus,
+        tasks: &[TaskAttempts],
+        error: Option<&str>,
+    ) {
+        for chunk in tasks.chunks(TasksState::MAX_TASKS) {
+            let data = TasksState {
+                job_id: job_id.into(),
+                state,
+                tasks: chunk.to_vec(),
+                error: error.map(str::to_string),
+                at_ms: self.now,
+            };
+            let e = self.in_job(job_id, || self.events.job(ty, job_id, &data));
+            self.out.push(e);
+        }
+    }
+
     fn emit_task(&mut self, ty: &str, data: TaskState) {
         let e = self.in_job(&data.job_id, || {
             self.events
@@ -498,6 +530,19 @@ impl<'a> Cx<'a> {
             .await?;
         row.map(|r| TaskRow::from_row(&r)).transpose()
     }
+}
+
+/// Rows of `task_id` and `attempts`, as the tasks of a `tasks.*` event.
+fn task_attempts(rows: &[sqlx::any::AnyRow]) -> Result<Vec<TaskAttempts>> {
+    use sqlx::Row;
+    rows.iter()
+        .map(|row| {
+            Ok(TaskAttempts {
+                task_id: row.try_get("task_id")?,
+                attempts: u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(u32::MAX),
+            })
+        })
+        .collect()
 }
 
 fn task_state(

@@ -4,12 +4,13 @@ use ferry_event::kind;
 use ferry_event::payload::{JobStatus, TaskStatus};
 use sqlx::Row;
 
-use super::{Cx, task_state};
+use super::{Cx, task_attempts};
 use crate::Result;
 
 impl Cx<'_> {
-    /// Ends a job as failed or cancelled: pending tasks are cancelled at once, running attempts
-    /// are asked to stop; the job reaches its final state when the last of them reports.
+    /// Ends a job as failed or cancelled: pending tasks are cancelled at once (reported together
+    /// in `tasks.cancelled` events, a few for the biggest job), running attempts are asked to
+    /// stop; the job reaches its final state when the last of them reports.
     pub(super) async fn begin_ending(&mut self, job_id: &str, ending: JobStatus, reason: &str) -> Result<()> {
         let Some(job) = self.lock_job(job_id).await? else {
             if ending == JobStatus::Cancelled {
@@ -53,21 +54,14 @@ impl Cx<'_> {
                 .bind(job_id.to_string())
                 .execute(&mut *self.tx)
                 .await?;
-            for row in &pending {
-                let task_id: String = row.try_get("task_id")?;
-                let attempts: i64 = row.try_get("attempts")?;
-                self.emit_task(
-                    kind::TASK_CANCELLED,
-                    task_state(
-                        job_id,
-                        &task_id,
-                        TaskStatus::Cancelled,
-                        attempts,
-                        None,
-                        Some(reason.into()),
-                    ),
-                );
-            }
+            let tasks = task_attempts(&pending)?;
+            self.emit_tasks(
+                kind::TASKS_CANCELLED,
+                job_id,
+                TaskStatus::Cancelled,
+                &tasks,
+                Some(reason),
+            );
         }
         let active = sqlx::query(
             "SELECT task_id, attempt_id, backend FROM tasks

@@ -2,9 +2,8 @@
 
 use ferry_event::kind;
 use ferry_event::payload::{JobStatus, TaskStatus};
-use sqlx::Row;
 
-use super::{Cx, task_state};
+use super::{Cx, task_attempts};
 use crate::Result;
 use crate::store::JobRow;
 
@@ -78,13 +77,8 @@ impl Cx<'_> {
             JobStatus::Running,
             Some("retried".into()),
         );
-        for row in &requeued {
-            let task_id: String = row.try_get("task_id")?;
-            let attempts: i64 = row.try_get("attempts")?;
-            let mut s = task_state(job_id, &task_id, TaskStatus::Pending, attempts, None, None);
-            s.retry_at_ms = Some(self.now);
-            self.emit_task(kind::TASK_RETRYING, s);
-        }
+        let tasks = task_attempts(&requeued)?;
+        self.emit_tasks(kind::TASKS_RETRYING, job_id, TaskStatus::Pending, &tasks, None);
         self.touched.insert(job_id.to_string());
         Ok(())
     }
