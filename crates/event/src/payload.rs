@@ -32,6 +32,8 @@ pub enum Runner {
     GoogleBatch(GoogleBatchRunner),
     /// A long-running `ferry agent` in a named cluster.
     Agent(AgentRunner),
+    /// A job on a Ray cluster, submitted through its Jobs REST API.
+    Ray(RayRunner),
 }
 
 /// Every runner type, as written in a flow.
@@ -42,6 +44,7 @@ pub const RUNNER_TYPES: &[&str] = &[
     "aws-batch",
     "google-batch",
     "agent",
+    "ray",
 ];
 
 impl Runner {
@@ -54,6 +57,7 @@ impl Runner {
             Runner::AwsBatch(_) => "aws-batch",
             Runner::GoogleBatch(_) => "google-batch",
             Runner::Agent(_) => "agent",
+            Runner::Ray(_) => "ray",
         }
     }
 }
@@ -223,6 +227,27 @@ pub struct GoogleBatchRunner {
 pub struct AgentRunner {
     /// The cluster whose agents pull this task.
     pub cluster: String,
+}
+
+/// A task run as a Ray job: its command is the job's entrypoint, run by a shell on a node of the
+/// cluster; `resources.cpu`, `resources.gpu` and `resources.memory` are the entrypoint's
+/// (`entrypoint_num_cpus`, `entrypoint_num_gpus`, `entrypoint_memory`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RayRunner {
+    /// The URL of the cluster's dashboard, where its Jobs API answers (`http://head:8265`); the
+    /// launcher's `--ray-address` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^https?://"))]
+    pub address: Option<String>,
+    /// Python packages the job's runtime environment installs before the command runs
+    /// (`runtime_env.pip`), as pip requirement specifiers (`requests==2.32.3`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pip: Vec<String>,
+    /// Custom Ray resources the entrypoint reserves (`entrypoint_resources`), by name: e.g.
+    /// `{ "accelerator_type:T4": 0.001 }` to land on a node with that GPU model.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub custom_resources: BTreeMap<String, f64>,
 }
 
 /// Compute a task asks for. Backends that cannot honour a request reject the task.

@@ -26,7 +26,7 @@
 mod backend;
 mod contain;
 mod flags;
-mod prepare;
+pub mod prepare;
 mod process;
 mod resolve;
 pub mod state;
