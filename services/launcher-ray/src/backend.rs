@@ -357,7 +357,9 @@ impl Ray {
             // The status first: a job that had ended before its log was fetched has all of
             // its log in what is fetched.
             let ended = match self.details(h).await? {
-                Some(job) => job.is_terminal(),
+                // A job stopped while it waited to start has no script left: whenever it
+                // starts, it runs nothing of the task.
+                Some(job) => job.is_terminal() || (job.status == "PENDING" && !h.script().exists()),
                 None => {
                     return Err(AttemptError::Platform(format!(
                         "the log of Ray job {} is gone: the job was deleted from the cluster at {}",
@@ -802,7 +804,8 @@ impl Backend for Ray {
     async fn release(&self, compute: &Compute) -> BackendResult<()> {
         let h = self.handle(compute)?;
         let mut job = self.details(&h).await?;
-        if job.as_ref().is_some_and(|j| !j.is_terminal()) {
+        let disarmed = job.as_ref().is_some_and(|j| j.status == "PENDING") && !h.script().exists();
+        if job.as_ref().is_some_and(|j| !j.is_terminal()) && !disarmed {
             // Ray deletes only jobs that have ended: stop it first.
             self.stop(compute, self.0.settings.kill_grace).await?;
             job = self.details(&h).await?;

@@ -225,7 +225,13 @@ async fn a_second_submission_of_an_attempt_is_adopted() {
         .unwrap();
     assert_eq!(logs.matches("once").count(), 1, "the task ran more than once: {logs}");
     backend.release(&first).await.expect("release");
-    assert!(client.job(&address, &handle.submission_id).await.unwrap().is_none());
+    assert!(!handle.dir.exists(), "the attempt directory is left");
+    // The record goes once Ray is done with the job.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while client.job(&address, &handle.submission_id).await.unwrap().is_some() {
+        assert!(tokio::time::Instant::now() < deadline, "the job's record stays");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     // The API test's job: `true` ends at once; then it can be deleted.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while !client
