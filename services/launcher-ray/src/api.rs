@@ -100,7 +100,12 @@ impl Client {
     }
 
     /// Sends a request, turning a cluster that cannot be reached into `Unavailable`.
-    async fn send(&self, what: &str, address: &str, req: reqwest::RequestBuilder) -> Result<(u16, String), AttemptError> {
+    async fn send(
+        &self,
+        what: &str,
+        address: &str,
+        req: reqwest::RequestBuilder,
+    ) -> Result<(u16, String), AttemptError> {
         let resp = req.send().await.map_err(|e| {
             AttemptError::Unavailable(format!(
                 "{what}: the Ray Jobs API at {address} does not answer: {e}"
@@ -158,14 +163,20 @@ impl Client {
         }
         let what = format!("reading the log of Ray job {id}");
         let (status, body) = self
-            .send(&what, address, self.http.get(Client::url(address, &format!("{id}/logs"))))
+            .send(
+                &what,
+                address,
+                self.http.get(Client::url(address, &format!("{id}/logs"))),
+            )
             .await?;
         match status {
-            200 => serde_json::from_str::<Logs>(&body).map(|l| Some(l.logs)).map_err(|e| {
-                AttemptError::Platform(format!(
-                    "{what}: the Ray Jobs API at {address} answered what ferry cannot read: {e}"
-                ))
-            }),
+            200 => serde_json::from_str::<Logs>(&body)
+                .map(|l| Some(l.logs))
+                .map_err(|e| {
+                    AttemptError::Platform(format!(
+                        "{what}: the Ray Jobs API at {address} answered what ferry cannot read: {e}"
+                    ))
+                }),
             404 => Ok(None),
             _ => Err(refused(&what, address, status, &body)),
         }
@@ -176,7 +187,11 @@ impl Client {
     pub async fn stop(&self, address: &str, id: &str) -> Result<(), AttemptError> {
         let what = format!("stopping Ray job {id}");
         let (status, body) = self
-            .send(&what, address, self.http.post(Client::url(address, &format!("{id}/stop"))))
+            .send(
+                &what,
+                address,
+                self.http.post(Client::url(address, &format!("{id}/stop"))),
+            )
             .await?;
         match status {
             200 | 404 => Ok(()),

@@ -249,7 +249,10 @@ impl Ray {
     fn prepare(&self, task: Task<'_>, h: &Handle) -> BackendResult<()> {
         let work = h.work();
         let work_str = work.to_str().ok_or_else(|| {
-            AttemptError::Platform(format!("the working directory {} is not valid UTF-8", work.display()))
+            AttemptError::Platform(format!(
+                "the working directory {} is not valid UTF-8",
+                work.display()
+            ))
         })?;
         let outputs = h.outputs();
         let prepared = ferry_launcher_local::prepare::prepare(
@@ -294,7 +297,8 @@ impl Ray {
             .mode(0o700)
             .create(&work)
             .map_err(|e| platform("create the attempt directory", e))?;
-        ferry_launcher_local::prepare::write_inputs(&work, &prepared.inputs, None).map_err(AttemptError::Task)?;
+        ferry_launcher_local::prepare::write_inputs(&work, &prepared.inputs, None)
+            .map_err(AttemptError::Task)?;
         let mut file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -350,9 +354,7 @@ impl Ray {
         let cache = self.log_cache(&h.submission_id);
         let mut cache = cache.lock().await;
         let held = cache.bytes.len() as u64;
-        let fresh = cache
-            .fetched
-            .is_some_and(|at| at.elapsed() < LOG_REFRESH);
+        let fresh = cache.fetched.is_some_and(|at| at.elapsed() < LOG_REFRESH);
         if from >= held && !cache.complete && !fresh {
             // The status first: a job that had ended before its log was fetched has all of
             // its log in what is fetched.
@@ -397,7 +399,9 @@ fn settle_left(end_ms: Option<i64>) -> Duration {
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0);
     match end_ms {
-        Some(end) => Duration::from_millis(u64::try_from(end + SETTLE.as_millis() as i64 - now_ms).unwrap_or(0)),
+        Some(end) => {
+            Duration::from_millis(u64::try_from(end + SETTLE.as_millis() as i64 - now_ms).unwrap_or(0))
+        }
         None => SETTLE,
     }
 }
@@ -443,7 +447,8 @@ fn kill_strays(h: &Handle) {
         };
         env.push(0);
         if env.windows(needle.len()).any(|w| w == needle.as_bytes()) {
-            let killed = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            let killed =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
             tracing::info!(job = %h.submission_id, pid, ok = killed.is_ok(), "killed a process of a stopped Ray job that Ray's stop missed");
         }
     }
@@ -849,7 +854,12 @@ impl Backend for Ray {
     /// runtime asks, and a job is journaled, reserved, before it is submitted).
     async fn list_owned(&self) -> BackendResult<Vec<Compute>> {
         let mut addresses = self.0.addresses.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let home = self.0.settings.address.clone().map(|a| a.trim_end_matches('/').to_string());
+        let home = self
+            .0
+            .settings
+            .address
+            .clone()
+            .map(|a| a.trim_end_matches('/').to_string());
         if let Some(home) = &home {
             addresses.insert(home.clone());
         }
@@ -927,7 +937,10 @@ mod tests {
     #[test]
     fn the_output_is_what_follows_the_scripts_first_line_without_rays() {
         let h = handle();
-        assert_eq!(h.entrypoint(), "exec sh '/var/lib/ferry/ray work/ferry-a1/run.sh'");
+        assert_eq!(
+            h.entrypoint(),
+            "exec sh '/var/lib/ferry/ray work/ferry-a1/run.sh'"
+        );
         let ray = "Running entrypoint for job ferry-a1: exec sh '/var/lib/ferry/ray work/ferry-a1/run.sh'\n";
         let start = "ferry: the output of ferry-a1 starts here\n";
         let setup = "2026-12-06 18:33:59,649\tINFO job_manager.py:581 -- Runtime env is setting up.\n";
@@ -961,7 +974,10 @@ mod tests {
         assert_eq!(state_of(&h, &job("RUNNING", None, None)), ComputeState::Running);
         match state_of(&h, &job("FAILED", Some(3), Some("JOB_ENTRYPOINT_COMMAND_ERROR"))) {
             ComputeState::Exited(e) => {
-                assert_eq!((e.code, e.error.as_deref()), (Some(3), Some("exited with status 3")))
+                assert_eq!(
+                    (e.code, e.error.as_deref()),
+                    (Some(3), Some("exited with status 3"))
+                )
             }
             other => panic!("{other:?}"),
         }
@@ -977,7 +993,14 @@ mod tests {
             state_of(&h, &job("FAILED", None, Some("JOB_SUPERVISOR_ACTOR_DIED"))),
             ComputeState::Vanished(m) if m.contains("JOB_SUPERVISOR_ACTOR_DIED")
         ));
-        assert!(state_of(&h, &job("SUCCEEDED", Some(0), None)) == ComputeState::Exited(Exit { code: Some(0), error: None, reason: None }));
+        assert!(
+            state_of(&h, &job("SUCCEEDED", Some(0), None))
+                == ComputeState::Exited(Exit {
+                    code: Some(0),
+                    error: None,
+                    reason: None
+                })
+        );
     }
 
     #[test]

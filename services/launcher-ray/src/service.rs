@@ -88,7 +88,10 @@ impl Config {
 /// its jobs carry, so that a restart finds the jobs its previous run left).
 pub fn backend(config: &Config, journal: &Journal) -> Result<Ray> {
     let launcher = journal.identity().map_err(|source| Error::Io {
-        what: format!("cannot keep the launcher's identity beside {}", journal.path().display()),
+        what: format!(
+            "cannot keep the launcher's identity beside {}",
+            journal.path().display()
+        ),
         source,
     })?;
     let data_dir = journal.path().parent().unwrap_or(Path::new(".")).to_path_buf();
@@ -119,7 +122,11 @@ pub fn backend(config: &Config, journal: &Journal) -> Result<Ray> {
         "ray launcher starting"
     );
     let ray = Ray::new(settings);
-    Ok(if config.detach { ray } else { ray.kill_on_shutdown() })
+    Ok(if config.detach {
+        ray
+    } else {
+        ray.kill_on_shutdown()
+    })
 }
 
 /// Runs the ray launcher until `shutdown` is cancelled (or the bus closes). Jobs keep running

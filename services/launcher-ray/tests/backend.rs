@@ -16,8 +16,8 @@ use ferry_launcher::backend::Task;
 use ferry_launcher::conformance::{Harness, Program, SECRET, Step, Target};
 use ferry_launcher::journal::Journal;
 use ferry_launcher::secrets::Secrets;
-use ferry_launcher_ray::api::{Client, Submission, Submitted};
 use ferry_launcher_ray::Handle;
+use ferry_launcher_ray::api::{Client, Submission, Submitted};
 
 fn ray(h: &mut ferry_event::payload::TaskDispatched) -> &mut ferry_event::payload::RayRunner {
     match &mut h.runner {
@@ -105,7 +105,10 @@ async fn entrypoint_resources_decide_where_and_whether_a_job_runs() {
         assert_eq!(f.outcome, Outcome::Cancelled, "{f:?}");
         assert!(h.texts(&d.attempt_id).await.is_empty());
         assert!(
-            !h.data_dir.join("ray").join(format!("ferry-{}", d.attempt_id)).exists(),
+            !h.data_dir
+                .join("ray")
+                .join(format!("ferry-{}", d.attempt_id))
+                .exists(),
             "the attempt directory of a cancelled job is left"
         );
         // Ray cannot end a job before it starts: it is left waiting, with nothing to run.
@@ -150,7 +153,11 @@ async fn nothing_of_the_task_shows_in_the_jobs_details() {
     let dir = h.data_dir.join("ray").join(format!("ferry-{id}"));
     let script = std::fs::read_to_string(dir.join("run.sh")).expect("the attempt's script");
     assert!(script.contains("hello-from-the-env") && script.contains(value));
-    for (path, mode) in [(dir.clone(), 0o700), (dir.join("run.sh"), 0o700), (dir.join("work"), 0o700)] {
+    for (path, mode) in [
+        (dir.clone(), 0o700),
+        (dir.join("run.sh"), 0o700),
+        (dir.join("work"), 0o700),
+    ] {
         let m = std::fs::metadata(&path).expect("metadata").permissions().mode() & 0o777;
         assert_eq!(m, mode, "{}", path.display());
     }
@@ -158,7 +165,10 @@ async fn nothing_of_the_task_shows_in_the_jobs_details() {
     assert_eq!(f.outcome, Outcome::Succeeded, "{f:?}");
     let mut texts = h.texts(&id).await;
     texts.sort();
-    assert_eq!(texts, ["GREETING=hello-from-the-env".to_string(), format!("{name}=****")]);
+    assert_eq!(
+        texts,
+        ["GREETING=hello-from-the-env".to_string(), format!("{name}=****")]
+    );
     assert!(!dir.exists(), "the attempt directory is left after release");
     launcher.stop().await;
 }
@@ -199,7 +209,10 @@ async fn a_second_submission_of_an_attempt_is_adopted() {
     backend.check(&d).expect("the dispatch is accepted");
     let reserved = backend.reserve(task).await.expect("reserve");
     let first = backend.create(task, reserved.clone()).await.expect("create");
-    let second = backend.create(task, reserved.clone()).await.expect("create again");
+    let second = backend
+        .create(task, reserved.clone())
+        .await
+        .expect("create again");
     assert_eq!(first, second);
     let handle: Handle = first.handle_as().expect("a handle");
     let jobs: Vec<_> = client
@@ -223,12 +236,21 @@ async fn a_second_submission_of_an_attempt_is_adopted() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(logs.matches("once").count(), 1, "the task ran more than once: {logs}");
+    assert_eq!(
+        logs.matches("once").count(),
+        1,
+        "the task ran more than once: {logs}"
+    );
     backend.release(&first).await.expect("release");
     assert!(!handle.dir.exists(), "the attempt directory is left");
     // The record goes once Ray is done with the job.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while client.job(&address, &handle.submission_id).await.unwrap().is_some() {
+    while client
+        .job(&address, &handle.submission_id)
+        .await
+        .unwrap()
+        .is_some()
+    {
         assert!(tokio::time::Instant::now() < deadline, "the job's record stays");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }

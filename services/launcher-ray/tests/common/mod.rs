@@ -31,14 +31,12 @@ pub fn ray_bin() -> Option<PathBuf> {
     if let Some(bin) = std::env::var_os("FERRY_TEST_RAY_BIN").filter(|b| !b.is_empty()) {
         return Some(bin.into());
     }
-    let tools = std::env::var_os("FERRY_TOOLS")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("XDG_CACHE_HOME")
-                .map(PathBuf::from)
-                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-                .map(|c| c.join("ferry/tools"))
-        })?;
+    let tools = std::env::var_os("FERRY_TOOLS").map(PathBuf::from).or_else(|| {
+        std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+            .map(|c| c.join("ferry/tools"))
+    })?;
     let bin = tools.join(format!("ray-{RAY_VERSION}/bin/ray"));
     bin.exists().then_some(bin)
 }
@@ -114,12 +112,16 @@ rm -rf "$temp" "$temp.log"
     cmd.stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
-    cmd.spawn().map_err(|e| format!("cannot run setsid to start a Ray head: {e}"))?;
+    cmd.spawn()
+        .map_err(|e| format!("cannot run setsid to start a Ray head: {e}"))?;
     let url = format!("http://127.0.0.1:{dashboard}");
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     while std::time::Instant::now() < deadline {
         if jobs_api_answers(dashboard) {
-            eprintln!("a Ray head for this test process at {url} (log: {}.log)", temp.display());
+            eprintln!(
+                "a Ray head for this test process at {url} (log: {}.log)",
+                temp.display()
+            );
             return Ok(url);
         }
         std::thread::sleep(Duration::from_millis(250));
@@ -138,8 +140,7 @@ fn jobs_api_answers(port: u16) -> bool {
         return false;
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-    if s
-        .write_all(b"GET /api/jobs/ HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+    if s.write_all(b"GET /api/jobs/ HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
         .is_err()
     {
         return false;
@@ -207,10 +208,7 @@ pub fn task_processes(attempt_id: &str) -> Vec<i32> {
         };
         let mut with_nul = env;
         with_nul.push(0);
-        if with_nul
-            .windows(needle.len())
-            .any(|w| w == needle.as_bytes())
-        {
+        if with_nul.windows(needle.len()).any(|w| w == needle.as_bytes()) {
             pids.push(pid);
         }
     }
@@ -262,7 +260,11 @@ impl Target for RayTarget {
             .filter(|j| !j.is_terminal())
             .filter_map(|j| j.submission_id)
             .collect();
-        for entry in std::fs::read_dir(data_dir.join("ray")).into_iter().flatten().flatten() {
+        for entry in std::fs::read_dir(data_dir.join("ray"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             left.push(format!("directory {}", entry.path().display()));
         }
         left
@@ -274,8 +276,11 @@ impl Target for RayTarget {
             let pids = task_processes(attempt_id);
             if !pids.is_empty() {
                 for pid in pids {
-                    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL)
-                        .map_err(|e| format!("kill -9 {pid}: {e}"))?;
+                    nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    )
+                    .map_err(|e| format!("kill -9 {pid}: {e}"))?;
                 }
                 return Ok(());
             }
