@@ -8,7 +8,7 @@
 //! up`, `ferry service launcher` and the environment configure them alike. Each keeps its
 //! journal in a data directory of its own: the local launcher in the data directory itself (as
 //! it always has), the docker launcher in `docker/` under it, the kubernetes launcher in
-//! `kubernetes/`.
+//! `kubernetes/`, the ray launcher in `ray/`.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -19,7 +19,7 @@ use ferry_event::Topic;
 use tokio_util::sync::CancellationToken;
 
 /// Every backend a launcher can serve, built in or not.
-pub const BACKENDS: &[&str] = &["local", "docker", "kubernetes"];
+pub const BACKENDS: &[&str] = &["local", "docker", "kubernetes", "ray"];
 
 /// One launcher, configured for its backend.
 #[derive(Debug, Clone)]
@@ -29,6 +29,8 @@ pub enum Launcher {
     Docker(ferry_launcher_docker::Config),
     #[cfg(feature = "kubernetes")]
     Kubernetes(ferry_launcher_kubernetes::Config),
+    #[cfg(feature = "ray")]
+    Ray(ferry_launcher_ray::Config),
 }
 
 impl Launcher {
@@ -43,6 +45,7 @@ impl Launcher {
             "local" => Ok(Launcher::Local(flags.config(data_dir)?)),
             "docker" => docker(flags, data_dir),
             "kubernetes" => kubernetes(flags, data_dir),
+            "ray" => ray(flags, data_dir),
             other => bail!(
                 "backend `{other}` is not known: choose one of {}",
                 BACKENDS.join(", ")
@@ -58,6 +61,8 @@ impl Launcher {
             Launcher::Docker(_) => ferry_launcher_docker::BACKEND,
             #[cfg(feature = "kubernetes")]
             Launcher::Kubernetes(_) => ferry_launcher_kubernetes::BACKEND,
+            #[cfg(feature = "ray")]
+            Launcher::Ray(_) => ferry_launcher_ray::BACKEND,
         }
     }
 
@@ -69,6 +74,8 @@ impl Launcher {
             Launcher::Docker(c) => c.group.clone(),
             #[cfg(feature = "kubernetes")]
             Launcher::Kubernetes(c) => c.group.clone(),
+            #[cfg(feature = "ray")]
+            Launcher::Ray(c) => c.group.clone(),
         };
         Subscribe::new(group, [Topic::Dispatch(self.backend().into())])
     }
@@ -90,6 +97,11 @@ impl Launcher {
                 c.kill_grace = kill_grace;
                 c.max_parallel = max_parallel;
             }
+            #[cfg(feature = "ray")]
+            Launcher::Ray(c) => {
+                c.kill_grace = kill_grace;
+                c.max_parallel = max_parallel;
+            }
         }
     }
 
@@ -101,6 +113,8 @@ impl Launcher {
             Launcher::Docker(c) => Ok(ferry_launcher_docker::run(c, bus, shutdown).await?),
             #[cfg(feature = "kubernetes")]
             Launcher::Kubernetes(c) => Ok(ferry_launcher_kubernetes::run(c, bus, shutdown).await?),
+            #[cfg(feature = "ray")]
+            Launcher::Ray(c) => Ok(ferry_launcher_ray::run(c, bus, shutdown).await?),
         }
     }
 }
@@ -159,9 +173,33 @@ fn kubernetes(_: &ferry_launcher_local::Flags, _: &Path) -> Result<Launcher> {
     bail!("{}", not_enabled("kubernetes"))
 }
 
+#[cfg(feature = "ray")]
+fn ray(flags: &ferry_launcher_local::Flags, data_dir: &Path) -> Result<Launcher> {
+    let mut c = ferry_launcher_ray::Config::new(data_dir.join("ray"));
+    c.address = flags.ray_address.clone().filter(|a| !a.trim().is_empty());
+    c.work_dir = flags.ray_work_dir.clone();
+    c.artifact_dir = Some(artifact_dir(flags, data_dir));
+    c.artifact_retention = flags.artifact_retention;
+    c.artifact_quotas = ferry_runtime::NamespaceLimits::new(flags.namespace_artifact_quotas.iter().cloned());
+    c.max_parallel = flags.max_parallel;
+    c.kill_grace = flags.kill_grace;
+    if let Some(path) = &flags.secrets_file {
+        c.secrets_file = Some(path.clone());
+    }
+    if let Some(group) = group(flags, "ray") {
+        c.group = group;
+    }
+    Ok(Launcher::Ray(c))
+}
+
+#[cfg(not(feature = "ray"))]
+fn ray(_: &ferry_launcher_local::Flags, _: &Path) -> Result<Launcher> {
+    bail!("{}", not_enabled("ray"))
+}
+
 /// Where a container launcher stores output files: `--artifact-dir`, else the data
 /// directory's `artifacts`, shared by every backend of `ferry up`.
-#[cfg(any(feature = "docker", feature = "kubernetes"))]
+#[cfg(any(feature = "docker", feature = "kubernetes", feature = "ray"))]
 fn artifact_dir(flags: &ferry_launcher_local::Flags, data_dir: &Path) -> std::path::PathBuf {
     flags
         .artifact_dir
@@ -172,7 +210,7 @@ fn artifact_dir(flags: &ferry_launcher_local::Flags, data_dir: &Path) -> std::pa
 /// The consumer group of `backend`'s launcher when `--launcher-group` names another than the
 /// default: the local launcher's group is named after its backend, and so are the others'
 /// (`NAME-docker`). `None`: the backend's own default.
-#[cfg(any(feature = "docker", feature = "kubernetes"))]
+#[cfg(any(feature = "docker", feature = "kubernetes", feature = "ray"))]
 fn group(flags: &ferry_launcher_local::Flags, backend: &str) -> Option<String> {
     (flags.launcher_group != "launcher-local").then(|| format!("{}-{backend}", flags.launcher_group))
 }
@@ -187,6 +225,7 @@ pub fn enabled(backend: &str) -> bool {
     backend == "local"
         || (backend == "docker" && cfg!(feature = "docker"))
         || (backend == "kubernetes" && cfg!(feature = "kubernetes"))
+        || (backend == "ray" && cfg!(feature = "ray"))
 }
 
 /// Whether a Docker engine answers at `host` (or `DOCKER_HOST`, or the local socket): how
@@ -234,6 +273,23 @@ pub async fn kubernetes_cluster(context: Option<&str>) -> Result<String, String>
         .unwrap_or_else(|_| Err(format!("the Kubernetes API did not answer within {wait:?}")))
 }
 
+/// Whether the Jobs API of the Ray cluster at `address` (`--ray-address`) answers: how `ferry
+/// up` decides to serve ray tasks. Says where, or why not.
+#[cfg(feature = "ray")]
+pub async fn ray_cluster(address: Option<&str>) -> Result<String, String> {
+    let Some(address) = address else {
+        return Err("no --ray-address given".into());
+    };
+    let wait = std::time::Duration::from_secs(5);
+    match tokio::time::timeout(wait, ferry_launcher_ray::api::Client::new().list(address)).await {
+        Ok(Ok(_)) => Ok(format!("Ray Jobs API at {address}")),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!(
+            "the Ray Jobs API at {address} did not answer within {wait:?}"
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -255,6 +311,8 @@ mod tests {
             Launcher::Docker(c) => c.artifact_retention,
             #[cfg(feature = "kubernetes")]
             Launcher::Kubernetes(c) => c.artifact_retention,
+            #[cfg(feature = "ray")]
+            Launcher::Ray(c) => c.artifact_retention,
         }
     }
 
@@ -283,6 +341,8 @@ mod tests {
             Launcher::Docker(c) => &c.artifact_quotas,
             #[cfg(feature = "kubernetes")]
             Launcher::Kubernetes(c) => &c.artifact_quotas,
+            #[cfg(feature = "ray")]
+            Launcher::Ray(c) => &c.artifact_quotas,
         }
     }
 

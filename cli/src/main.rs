@@ -449,7 +449,24 @@ mod tests {
             },
             _ => panic!("not a service"),
         }
-        assert!(parse(&[&["service", "launcher", "--backend", "ray"][..], &bus[..]].concat()).is_err());
+        assert!(parse(&[&["service", "launcher", "--backend", "nomad"][..], &bus[..]].concat()).is_err());
+        if cfg!(feature = "ray") {
+            let ray = [&["service", "launcher", "--backend", "ray"][..], &bus[..]].concat();
+            assert_eq!(backends(&ray), ["ray"]);
+            // `ferry up` serves ray tasks only when told where the cluster is.
+            let up = [
+                &[
+                    "up",
+                    "--no-docker",
+                    "--no-kubernetes",
+                    "--ray-address",
+                    "http://127.0.0.1:8265",
+                ][..],
+                &bus[..],
+            ]
+            .concat();
+            assert_eq!(backends(&up), ["local", "ray"]);
+        }
     }
 
     #[test]

@@ -258,7 +258,7 @@ fn on_docker(valid: &ferry_flow::ValidFlow) -> Result<String> {
             Runner::Kubernetes(r) => &r.image,
             Runner::AwsBatch(r) => &r.image,
             Runner::GoogleBatch(r) => &r.image,
-            Runner::Docker(_) | Runner::Local(_) | Runner::Agent(_) => continue,
+            Runner::Docker(_) | Runner::Local(_) | Runner::Agent(_) | Runner::Ray(_) => continue,
         };
         params.insert("image".into(), image.clone().into());
         if let Runner::Kubernetes(r) = &runner {

@@ -202,8 +202,8 @@ pub struct Plan {
     pub scheduler: Option<ferry_scheduler::Config>,
     /// The launchers, one per backend served.
     pub launchers: Vec<Launcher>,
-    /// The docker and kubernetes launchers run only if their platform (a Docker engine, a
-    /// Kubernetes API) answers when the services start (`ferry up`); otherwise they are left
+    /// The docker, kubernetes and ray launchers run only if their platform (a Docker engine, a
+    /// Kubernetes API, a Ray Jobs API) answers when the services start (`ferry up`); otherwise they are left
     /// out, saying why.
     pub optional_platforms: bool,
     /// The log collector's flags; [`Running::start`] opens its store, [`Plan::log_db`].
@@ -425,7 +425,7 @@ pub async fn serve(mut common: Common, plan: impl FnOnce(&Path) -> Result<Plan>)
 }
 
 /// The launchers of `ferry up`: every backend built, unless `--no-docker` or
-/// `--no-kubernetes`.
+/// `--no-kubernetes`; ray when `--ray-address` names a cluster.
 fn up_launchers(flags: &ferry_launcher_local::Flags, data_dir: &Path) -> Result<Vec<Launcher>> {
     let mut launchers = vec![Launcher::from_flags("local", flags, data_dir)?];
     if !flags.no_docker && crate::launchers::enabled("docker") {
@@ -433,6 +433,10 @@ fn up_launchers(flags: &ferry_launcher_local::Flags, data_dir: &Path) -> Result<
     }
     if !flags.no_kubernetes && crate::launchers::enabled("kubernetes") {
         launchers.push(Launcher::from_flags("kubernetes", flags, data_dir)?);
+    }
+    if flags.ray_address.as_deref().is_some_and(|a| !a.trim().is_empty()) && crate::launchers::enabled("ray")
+    {
+        launchers.push(Launcher::from_flags("ray", flags, data_dir)?);
     }
     Ok(launchers)
 }
@@ -451,6 +455,8 @@ async fn settle_platforms(plan: &mut Plan) -> String {
             Launcher::Docker(c) => Some(crate::launchers::docker_engine(c.docker_host.as_deref()).await),
             #[cfg(feature = "kubernetes")]
             Launcher::Kubernetes(c) => Some(crate::launchers::kubernetes_cluster(c.context.as_deref()).await),
+            #[cfg(feature = "ray")]
+            Launcher::Ray(c) => Some(crate::launchers::ray_cluster(c.address.as_deref()).await),
         };
         match platform {
             None => served.push(backend.to_string()),

@@ -11,9 +11,10 @@ use crate::{BACKEND, Config, Result};
 #[group(id = "launcher")]
 #[command(next_help_heading = "Launcher")]
 pub struct Flags {
-    /// The backend whose tasks `ferry service launcher` runs (`ferry up` serves local, and
-    /// docker when a Docker engine answers).
-    #[arg(long, env = "FERRY_BACKEND", value_name = "NAME", default_value = BACKEND, value_parser = [BACKEND, "docker", "kubernetes"])]
+    /// The backend whose tasks `ferry service launcher` runs (`ferry up` serves local, docker
+    /// when a Docker engine answers, kubernetes when a cluster does, ray when --ray-address is
+    /// given).
+    #[arg(long, env = "FERRY_BACKEND", value_name = "NAME", default_value = BACKEND, value_parser = [BACKEND, "docker", "kubernetes", "ray"])]
     pub backend: String,
     /// The kubeconfig context the kubernetes launcher uses [default: the current context; in a
     /// pod without a kubeconfig, the cluster it runs in]
@@ -31,6 +32,15 @@ pub struct Flags {
     /// ends; `runner.pendingDeadlineSeconds` overrides it per task.
     #[arg(long, env = "FERRY_PENDING_DEADLINE", value_name = "DURATION", default_value = "5m", value_parser = ferry_connect::service::duration)]
     pub pending_deadline: Duration,
+    /// The dashboard URL of the Ray cluster whose Jobs API runs `runner: ray` tasks that name
+    /// no `address` (http://HEAD:8265); `ferry up` serves ray tasks when it is given
+    #[arg(long, env = "FERRY_RAY_ADDRESS", value_name = "URL")]
+    pub ray_address: Option<String>,
+    /// Where the ray launcher makes each attempt's directory (working directory, input and
+    /// output files, entrypoint script): the cluster's nodes must see it at the same path
+    /// [default: DATA_DIR/ray/ray]
+    #[arg(long, env = "FERRY_RAY_WORK_DIR", value_name = "DIR")]
+    pub ray_work_dir: Option<PathBuf>,
     /// The Docker engine's address (unix:///path or tcp://host:port) [default: DOCKER_HOST, else
     /// the local socket]
     #[arg(long, env = "FERRY_DOCKER_HOST", value_name = "URL")]
