@@ -2,7 +2,7 @@
 # Starts what the tests need and exports where it is; sourced by scripts/test.sh.
 #
 #   source scripts/services.sh && services_up    # exports FERRY_TEST_AMQP, FERRY_TEST_KAFKA, FERRY_TEST_POSTGRES, DOCKER_HOST, FERRY_TEST_COMPOSE,
-#                                                # FERRY_TEST_PROMETHEUS, FERRY_TEST_PROMTOOL
+#                                                # FERRY_TEST_PROMETHEUS, FERRY_TEST_PROMTOOL, FERRY_TEST_RAY, FERRY_TEST_RAY_BIN
 #   services_down                                # stops and removes only what services_up started
 #
 # Every run gets its own RabbitMQ vhost, its own PostgreSQL database, its own tansu (a
@@ -150,6 +150,81 @@ python_clients() {
     "$venv/bin/pip" install -q pika==1.4.4 kafka-python==3.0.12
   fi
   export FERRY_TEST_PYTHON="$venv/bin/python"
+}
+
+# Ray (PyPI `ray[default]`, pinned), installed once into a venv under $FERRY_TOOLS and reused:
+# it is large (about 400 MB), so a run that finds it installed takes no time. A half-finished
+# install (a killed pip) is not taken for a finished one: a stamp is written once pip is done.
+# Exports FERRY_TEST_RAY_BIN.
+RAY_VERSION=2.60.0
+ray_tools() {
+  local venv="$FERRY_TOOLS/ray-$RAY_VERSION"
+  if [ ! -f "$venv/.ferry-installed" ]; then
+    _say "installing ray[default]==$RAY_VERSION into $venv (once; about 400 MB)"
+    mkdir -p "$FERRY_TOOLS"
+    rm -rf "$venv"
+    python3 -m venv "$venv" >/dev/null
+    # Bounded: a registry that hangs fails the run rather than holding it for ever.
+    timeout 900 "$venv/bin/pip" install -q --disable-pip-version-check "ray[default]==$RAY_VERSION"
+    touch "$venv/.ferry-installed"
+  fi
+  export FERRY_TEST_RAY_BIN="$venv/bin/ray"
+}
+
+# A Ray head for the whole run, bound to 127.0.0.1 on free ports with its own temporary
+# directory (`--node-ip-address 127.0.0.1`: without it Ray advertises another address). It runs
+# as `ray start --block` in a session of its own, so that ray_down ends every process it started
+# (Ray's workers get process groups of their own, not sessions of their own) and nothing else.
+# Exports FERRY_TEST_RAY, the dashboard URL where the Jobs API answers.
+_ferry_ray_sid=
+ray_up() {
+  ray_tools
+  local port dashboard temp
+  port=$(_free_port) dashboard=$(_free_port)
+  temp="${TMPDIR:-/tmp}/ferry-ray-$port"
+  local args=(--head --block --node-ip-address 127.0.0.1 --dashboard-host 127.0.0.1
+    --port "$port" --dashboard-port "$dashboard" --num-cpus 8 --disable-usage-stats
+    --temp-dir "$temp" --ray-client-server-port "$(_free_port)"
+    --dashboard-agent-listen-port "$(_free_port)" --dashboard-agent-grpc-port "$(_free_port)"
+    --metrics-export-port "$(_free_port)" --runtime-env-agent-port "$(_free_port)"
+    --node-manager-port "$(_free_port)" --object-manager-port "$(_free_port)")
+  # The session leader writes its session id before it becomes `ray start`.
+  # shellcheck disable=SC2016 # expanded by the inner shell
+  setsid sh -c 'ps -o sid= -p $$ >"$0"; exec "$@"' "$temp.sid" \
+    "$FERRY_TEST_RAY_BIN" start "${args[@]}" >"$temp.log" 2>&1 </dev/null &
+  _ferry_ray_temp=$temp
+  _ferry_started+=("ray_down")
+  for _ in $(seq 240); do
+    curl -sf "http://127.0.0.1:$dashboard/api/jobs/" >/dev/null 2>&1 && break
+    sleep 0.5
+  done
+  _ferry_ray_sid=$(tr -d ' ' <"$temp.sid" 2>/dev/null || true)
+  if ! curl -sf "http://127.0.0.1:$dashboard/api/jobs/" >/dev/null 2>&1; then
+    echo "the Ray head did not answer on 127.0.0.1:$dashboard; its log: $temp.log" >&2
+    return 1
+  fi
+  export FERRY_TEST_RAY="http://127.0.0.1:$dashboard"
+  _say "Ray head at $FERRY_TEST_RAY (session $_ferry_ray_sid, log $temp.log)"
+}
+
+# Ends every process of the head's session, by its id, and removes its temporary directory.
+ray_down() {
+  [ -n "${_ferry_ray_sid:-}" ] || return 0
+  pkill -TERM -s "$_ferry_ray_sid" 2>/dev/null || true
+  for _ in $(seq 50); do pgrep -s "$_ferry_ray_sid" >/dev/null || break; sleep 0.1; done
+  pkill -KILL -s "$_ferry_ray_sid" 2>/dev/null || true
+  rm -rf "$_ferry_ray_temp" "$_ferry_ray_temp.log" "$_ferry_ray_temp.sid"
+  _ferry_ray_sid=
+  unset FERRY_TEST_RAY
+}
+
+_free_port() {
+  local port
+  for _ in $(seq 50); do
+    port=$((20000 + RANDOM % 20000))
+    _port_open "$port" || break
+  done
+  echo "$port"
 }
 
 # Docker: Debian's dockerd on a private socket, one per run, with the test images built locally
@@ -342,6 +417,7 @@ services_up() {
   prometheus_tools
   docker_up
   compose_up
+  ray_up
 }
 
 services_down() {

@@ -36,7 +36,7 @@ cargo clippy -p ferry-cli --no-default-features --locked -- -D warnings
 step "building the tests"
 cargo nextest run --workspace --locked --no-run
 
-step "starting RabbitMQ, PostgreSQL, tansu and dockerd"
+step "starting RabbitMQ, PostgreSQL, tansu, dockerd and a Ray head"
 trap services_down EXIT
 services_up
 
