@@ -441,3 +441,133 @@ fn kubernetes_example_runs_as_jobs_under_ferry_up() {
     drop(up);
     rt.block_on(server.stop());
 }
+
+/// `ferry up --ray-address` serves ray tasks: the ray example runs as Ray jobs on the Ray head
+/// the test scripts start (`FERRY_TEST_RAY`), submitted with `ferry submit --wait`, with its
+/// output and output file back, and no job of it left running on the cluster.
+#[test]
+fn ray_example_runs_as_ray_jobs_under_ferry_up() {
+    let Some(address) = std::env::var("FERRY_TEST_RAY").ok().filter(|a| !a.is_empty()) else {
+        let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+        assert!(
+            !ci,
+            "FERRY_TEST_RAY is not set: ./scripts/test.sh starts a Ray head (ray_up)"
+        );
+        eprintln!(
+            "SKIPPED ray_example_runs_as_ray_jobs_under_ferry_up: FERRY_TEST_RAY is not set (source scripts/services.sh && ray_up)"
+        );
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let port = free_port();
+    let api = format!("http://127.0.0.1:{port}");
+    let log_path = dir.path().join("up.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut c = ferry();
+    c.args([
+        "up",
+        "--bus",
+        "memory://",
+        "--no-docker",
+        "--no-kubernetes",
+        "--ray-address",
+        &address,
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--data-dir",
+    ])
+    .arg(&data)
+    .env("FERRY_LOG", "info")
+    .stdout(log.try_clone().unwrap())
+    .stderr(log);
+    let up = Up(c.spawn().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "ferry up did not start: {}",
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let started = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        started.contains("ray (Ray Jobs API at "),
+        "ferry up does not say it serves ray: {started}"
+    );
+
+    let mut c = ferry();
+    c.arg("submit")
+        .arg(example("ray.yaml"))
+        .args(["--input", "name=ferry", "--wait", "--api", &api, "--data-dir"])
+        .arg(&data);
+    let ran = output(c);
+    assert_eq!(ran.code, 0, "{}", std::fs::read_to_string(&log_path).unwrap());
+    let job = ran.stdout.lines().next().unwrap().trim().to_string();
+
+    let mut c = ferry();
+    c.args(["logs", &job, "--api", &api, "--data-dir"]).arg(&data);
+    let logs = output(c);
+    assert!(
+        logs.stdout.contains("count | counted 4 words in work"),
+        "{}",
+        logs.stdout
+    );
+    assert!(
+        logs.stdout.contains("report | the first task counted 4 words"),
+        "{}",
+        logs.stdout
+    );
+
+    let mut c = ferry();
+    c.args(["status", &job, "--json", "--api", &api, "--data-dir"])
+        .arg(&data);
+    let status = output(c);
+    let detail: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    let count = detail["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["taskId"] == "count")
+        .unwrap_or_else(|| panic!("no task count: {detail:#}"));
+    assert_eq!(count["backend"], "ray", "{count:#}");
+    assert_eq!(count["outputs"]["words"], 4, "{count:#}");
+    let uri = count["outputFiles"][0]["uri"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{count:#}"));
+    let stored = uri.strip_prefix("file://").unwrap();
+    assert_eq!(std::fs::read_to_string(stored).unwrap(), "HELLO FERRY FROM RAY\n");
+    // The attempts' directories are removed once they are reported.
+    let work = data.join("ray/ray");
+    let left: Vec<_> = std::fs::read_dir(&work)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "attempt directories left: {left:?}");
+    // No job of it is left running or waiting on the cluster.
+    let jobs = ray_jobs(&address);
+    let running: Vec<&serde_json::Value> = jobs
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|j| j["metadata"]["ferry.job"] == job.as_str())
+        .filter(|j| matches!(j["status"].as_str(), Some("PENDING" | "RUNNING")))
+        .collect();
+    assert!(running.is_empty(), "Ray jobs left: {running:#?}");
+    drop(up);
+}
+
+/// `GET /api/jobs/` of the Ray head at `address` (`http://127.0.0.1:PORT`), over plain HTTP/1.0.
+fn ray_jobs(address: &str) -> serde_json::Value {
+    use std::io::{Read, Write};
+    let host = address.trim_start_matches("http://").trim_end_matches('/');
+    let mut s = std::net::TcpStream::connect(host).unwrap();
+    write!(s, "GET /api/jobs/ HTTP/1.0\r\nHost: {host}\r\n\r\n").unwrap();
+    let mut response = String::new();
+    s.read_to_string(&mut response).unwrap();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .unwrap_or_default();
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {response}"))
+}
