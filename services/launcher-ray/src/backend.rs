@@ -58,7 +58,7 @@ const POLL: Duration = Duration::from_millis(250);
 const LOG_REFRESH: Duration = Duration::from_millis(200);
 /// How long a job asked to stop may stay PENDING before it is taken for one waiting for
 /// resources (a job's supervisor takes a second or two to start when they are free).
-const PENDING_STOP: Duration = Duration::from_secs(5);
+const PENDING_STOP: Duration = Duration::from_secs(10);
 
 /// What the journal keeps of a Ray job.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
