@@ -36,6 +36,15 @@ pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
+/// How a deployed flow is named in events and listings: `NAMESPACE/ID`, or `ID` alone for a
+/// flow without a namespace.
+pub fn flow_key(namespace: Option<&str>, flow_id: &str) -> String {
+    match namespace {
+        Some(ns) => format!("{ns}/{flow_id}"),
+        None => flow_id.to_string(),
+    }
+}
+
 /// Builds a ferry event: `type`, `source`, `subject`, a fresh `id`, `time`, JSON `data` and
 /// ferry's extensions.
 #[derive(Debug, Clone)]
@@ -79,6 +88,13 @@ impl EventBuilder {
     pub fn instance<T: Serialize>(&self, ty: &str, data: &T) -> Event {
         let source = self.source.clone();
         self.build(ty, None, &source, None, None, data)
+    }
+
+    /// An event about a deployed flow (`flow.deployed`, …): its subject and partition key
+    /// are `key`, the flow's [`flow_key`], so that a flow's events stay in order; it carries
+    /// no job.
+    pub fn flow<T: Serialize>(&self, ty: &str, key: &str, data: &T) -> Event {
+        self.build(ty, None, key, None, None, data)
     }
 
     /// A task-level event; the subject is `JOB/TASK`.

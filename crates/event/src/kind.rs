@@ -21,6 +21,12 @@ pub const JOB_SUCCEEDED: &str = "dev.ferry.job.succeeded";
 pub const JOB_FAILED: &str = "dev.ferry.job.failed";
 pub const JOB_CANCELLED: &str = "dev.ferry.job.cancelled";
 
+pub const FLOW_DEPLOY: &str = "dev.ferry.flow.deploy";
+pub const FLOW_UNDEPLOY: &str = "dev.ferry.flow.undeploy";
+pub const FLOW_DEPLOYED: &str = "dev.ferry.flow.deployed";
+pub const FLOW_UNDEPLOYED: &str = "dev.ferry.flow.undeployed";
+pub const FLOW_REJECTED: &str = "dev.ferry.flow.rejected";
+
 pub const TASK_DISPATCHED: &str = "dev.ferry.task.dispatched";
 pub const TASK_CANCEL: &str = "dev.ferry.task.cancel";
 pub const TASK_ACCEPTED: &str = "dev.ferry.task.accepted";
@@ -51,6 +57,11 @@ pub const ALL: &[(&str, &str)] = &[
     (JOB_SUCCEEDED, "job.state"),
     (JOB_FAILED, "job.state"),
     (JOB_CANCELLED, "job.state"),
+    (FLOW_DEPLOY, "flow.deploy"),
+    (FLOW_UNDEPLOY, "flow.undeploy"),
+    (FLOW_DEPLOYED, "flow.deployed"),
+    (FLOW_UNDEPLOYED, "flow.undeployed"),
+    (FLOW_REJECTED, "flow.rejected"),
     (TASK_DISPATCHED, "task.dispatched"),
     (TASK_CANCEL, "task.cancel"),
     (TASK_ACCEPTED, "task.accepted"),
@@ -70,7 +81,8 @@ pub const ALL: &[(&str, &str)] = &[
 /// A logical topic. Brokers map it to an exchange/queue (RabbitMQ) or a topic (Kafka).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Topic {
-    /// Work arriving from outside: `job.submitted` and any non-ferry event (trigger candidates).
+    /// Work arriving from outside: `job.submitted`, `flow.deploy` and `flow.undeploy`, and any
+    /// non-ferry event (trigger candidates).
     Intake,
     /// What the scheduler consumes: planned jobs, commands, attempt reports.
     Control,
@@ -137,7 +149,7 @@ pub fn route(event: &Event) -> Topic {
 /// The topic for an event type; `backend` is asked only for dispatch-class types.
 pub fn route_type(ty: &str, backend: impl FnOnce() -> String) -> Topic {
     match ty {
-        JOB_SUBMITTED => Topic::Intake,
+        JOB_SUBMITTED | FLOW_DEPLOY | FLOW_UNDEPLOY => Topic::Intake,
         JOB_PLANNED | JOB_CANCEL | JOB_RETRY | TASK_ACCEPTED | TASK_STARTED | TASK_HEARTBEAT
         | TASK_FINISHED | LAUNCHER_PRESENCE => Topic::Control,
         TASK_DISPATCHED => Topic::Dispatch(backend()),
@@ -177,5 +189,7 @@ mod tests {
         assert_eq!(route_type(TASK_CANCEL, b), Topic::Cancel("docker".into()));
         assert_eq!(route_type(TASK_SUCCEEDED, b), Topic::Lifecycle);
         assert_eq!(route_type("com.acme.file.uploaded", b), Topic::Intake);
+        assert_eq!(route_type(FLOW_DEPLOY, b), Topic::Intake);
+        assert_eq!(route_type(FLOW_DEPLOYED, b), Topic::Lifecycle);
     }
 }

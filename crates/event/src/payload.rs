@@ -505,6 +505,90 @@ impl fmt::Display for Problem {
 pub struct JobRejected {
     pub job_id: String,
     pub problems: Vec<Problem>,
+    /// The deployed flow's trigger and the event that would have started the job, when a
+    /// trigger did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<TriggeredBy>,
+}
+
+/// What started a triggered job: a deployed flow's trigger and the event that matched it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TriggeredBy {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    pub flow_id: String,
+    /// The deployed version of the flow.
+    pub version: u64,
+    /// The trigger's place in the flow's `triggers` list, from 0.
+    pub trigger: u32,
+    /// The CloudEvents `id`, `source` and `type` of the event.
+    pub event_id: String,
+    pub event_source: String,
+    pub event_type: String,
+}
+
+// ----------------------------------------------------------------------------------------------
+// The flow registry
+// ----------------------------------------------------------------------------------------------
+
+/// `dev.ferry.flow.deploy`: register a flow (a new version of it, if it is deployed already) so
+/// that its triggers start jobs. Travels on intake, like a submission.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FlowDeploy {
+    pub flow: FlowSource,
+    /// A name for the flow's source in error messages (usually its file name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flow_name: Option<String>,
+}
+
+/// `dev.ferry.flow.undeploy`: remove a flow from the registry; its triggers start no more jobs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FlowUndeploy {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    pub flow_id: String,
+}
+
+/// `dev.ferry.flow.deployed`: a flow version is in the registry; its triggers are live.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FlowDeployed {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    pub flow_id: String,
+    /// 1 for the first deploy of the flow, one more for each deploy after it.
+    pub version: u64,
+    /// The flow's triggers, as written.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub triggers: Vec<Value>,
+    pub deployed_at_ms: i64,
+}
+
+/// `dev.ferry.flow.undeployed`: a flow left the registry; `version` was its last version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FlowUndeployed {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    pub flow_id: String,
+    pub version: u64,
+    pub undeployed_at_ms: i64,
+}
+
+/// `dev.ferry.flow.rejected`: a deploy or undeploy request that changed nothing, with every
+/// reason.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FlowRejected {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// The flow's id, when the request names one that can be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flow_id: Option<String>,
+    pub problems: Vec<Problem>,
 }
 
 // ----------------------------------------------------------------------------------------------
@@ -967,6 +1051,11 @@ pub fn schemas() -> Vec<(&'static str, schemars::Schema)> {
         ("job.submitted", schema_for!(JobSubmitted)),
         ("job.planned", schema_for!(JobPlanned)),
         ("job.rejected", schema_for!(JobRejected)),
+        ("flow.deploy", schema_for!(FlowDeploy)),
+        ("flow.undeploy", schema_for!(FlowUndeploy)),
+        ("flow.deployed", schema_for!(FlowDeployed)),
+        ("flow.undeployed", schema_for!(FlowUndeployed)),
+        ("flow.rejected", schema_for!(FlowRejected)),
         ("job.cancel", schema_for!(JobCancel)),
         ("job.retry", schema_for!(JobRetry)),
         ("job.state", schema_for!(JobState)),

@@ -693,17 +693,71 @@ pub(crate) fn head_meaning(root: &Node, report: &mut Report<'_>) -> Vec<String> 
         .iter()
         .enumerate()
     {
-        if let Some(ty) = t.get("on").and_then(|o| o.get("type"))
-            && ty.as_str() == Some("")
-        {
-            report.add(
-                ty.pos,
-                &format!("triggers[{i}].on.type"),
-                "the event type must not be empty",
-            );
-        }
+        trigger_meaning(i, t, &declared, report);
     }
     declared
+}
+
+/// Trigger `i`: its matches are well formed, and its inputs are declared and fill from the
+/// event.
+fn trigger_meaning(i: usize, t: &Node, declared: &[String], report: &mut Report<'_>) {
+    let base = format!("triggers[{i}]");
+    if let Some(on) = t.get("on") {
+        for attr in ["type", "source", "subject"] {
+            text_match(on.get(attr), &format!("{base}.on.{attr}"), report);
+        }
+        for e in on.get("data").and_then(Node::as_map).unwrap_or(&[]) {
+            let path = field(&format!("{base}.on.data"), &e.key);
+            if e.key.split('.').any(str::is_empty) {
+                report.add(
+                    e.key_pos,
+                    &path,
+                    format!(
+                        "`{}` is not a data path: write the field names from the top of the event's data joined by `.`, e.g. `order.id` or `lines.0.sku`",
+                        truncate(&e.key, 60)
+                    ),
+                );
+            }
+            if matches!(e.value.value, Value::Str(_))
+                || e.value.as_map().is_some_and(|m| {
+                    m.len() == 1 && ["exact", "prefix", "suffix", "glob"].contains(&&*m[0].key)
+                })
+            {
+                text_match(Some(&e.value), &path, report);
+            }
+        }
+    }
+    for e in t.get("inputs").and_then(Node::as_map).unwrap_or(&[]) {
+        let path = field(&format!("{base}.inputs"), &e.key);
+        if !declared.iter().any(|d| **d == *e.key) {
+            report.add(
+                e.key_pos,
+                &path,
+                format!(
+                    "the trigger gives input `{}`, which the flow does not declare{}; declared inputs: {}",
+                    truncate(&e.key, 40),
+                    suggestion(&e.key, declared.iter().map(String::as_str)),
+                    list(declared.iter().map(String::as_str))
+                ),
+            );
+        }
+        for (at, message) in
+            crate::trigger::check_inputs(&Map::from_iter([(e.key.to_string(), e.value.to_json())]))
+        {
+            report.add(e.value.pos, &format!("{base}.inputs.{at}"), message);
+        }
+    }
+}
+
+/// A `type`, `source`, `subject` or data match, if written as a [`crate::model::TextMatch`].
+fn text_match(node: Option<&Node>, path: &str, report: &mut Report<'_>) {
+    let Some(node) = node else { return };
+    let Ok(m) = serde_json::from_value::<crate::model::TextMatch>(node.to_json()) else {
+        return;
+    };
+    if let Some(msg) = m.problem() {
+        report.add(node.pos, path, msg);
+    }
 }
 
 /// Task `i` on its own: its id, templates, files, env, durations, resources and runner (with

@@ -14,6 +14,7 @@
 //!   planner, so that a large job is never held as a whole `JobPlanned` besides its JSON;
 //! - [`flow_schema`] is the flow's JSON Schema (`schemas/flow.schema.json`), for editors;
 //! - [`model`] holds the typed flow, [`template`] the `{{ … }}` syntax;
+//! - [`trigger`] matches events against a flow's triggers and fills the inputs they give;
 //! - [`rules`] holds the checks of a task's fields that launchers apply again to a dispatch
 //!   (input file names, output patterns, memory quantities).
 
@@ -22,6 +23,7 @@ mod plan;
 pub mod rules;
 mod schema;
 pub mod template;
+pub mod trigger;
 
 mod check;
 mod yaml;
@@ -30,7 +32,10 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 pub use ferry_event::payload::{JobPlanned, Problem};
-pub use model::{Duration, EventMatch, Flow, Input, InputType, Retry, RunnerSpec, Task, Trigger};
+pub use model::{
+    Duration, EventMatch, Flow, Input, InputType, Retry, RunnerSpec, Task, TextForm, TextMatch, Trigger,
+    ValueMatch,
+};
 pub use plan::{PlannedJob, plan, plan_job};
 /// [`rules::memory_bytes`], under the name it had first.
 pub use rules::memory_bytes as parse_memory;

@@ -97,22 +97,68 @@ pub struct Input {
 pub struct Trigger {
     /// Which events start a job.
     pub on: EventMatch,
-    /// The job's inputs, by name; values may refer to the event (`{{ event.data.day }}`).
+    /// The job's inputs, by name; string values may refer to the event: `{{ event.id }}`,
+    /// `{{ event.source }}`, `{{ event.type }}`, `{{ event.subject }}`, `{{ event.time }}`,
+    /// `{{ event.data }}` and `{{ event.data.PATH }}`. A value that is one reference alone
+    /// takes the referred value as it is (a number stays a number).
     #[serde(default, skip_serializing_if = "Map::is_empty")]
     pub inputs: Map<String, Value>,
 }
 
-/// Matches CloudEvents by their attributes.
+/// Matches CloudEvents by their attributes and data. Every condition given must hold.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EventMatch {
-    /// The CloudEvents `type`, e.g. `com.acme.file.uploaded`.
+    /// The CloudEvents `type`, e.g. `com.acme.file.uploaded` (see `source` for the forms).
     #[serde(rename = "type")]
-    #[schemars(length(min = 1))]
-    pub ty: String,
-    /// The CloudEvents `source`; `*` matches any run of characters.
+    pub ty: TextMatch,
+    /// The CloudEvents `source`: a string (exact, or a glob when it holds `*` or `?`), or
+    /// `{ exact: … }`, `{ prefix: … }`, `{ suffix: … }` or `{ glob: … }`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub source: Option<String>,
+    pub source: Option<TextMatch>,
+    /// The CloudEvents `subject`, in the forms of `source`; an event without one never matches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<TextMatch>,
+    /// Fields of the event's JSON data, by dotted path (`order.lines.0.sku`): a string matches
+    /// a string field in the forms of `source`; any other value must equal the field.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub data: BTreeMap<String, ValueMatch>,
+}
+
+/// How a text attribute matches: a string is exact, or a glob when it holds `*` or `?`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum TextMatch {
+    /// The text itself; with `*` (any run of characters), `?` (one character) or `[abc]` (one
+    /// of them) it is a glob.
+    Text(String),
+    /// One of the explicit forms.
+    Form(TextForm),
+}
+
+/// An explicit form of [`TextMatch`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub enum TextForm {
+    /// Exactly this text, even if it holds `*` or `?`.
+    Exact(String),
+    /// Text that starts with this.
+    Prefix(String),
+    /// Text that ends with this.
+    Suffix(String),
+    /// A glob: `*` any run of characters, `?` one character, `[abc]` one of them.
+    Glob(String),
+}
+
+/// How a data field matches: text in the forms of [`TextMatch`], or any other JSON value, which
+/// the field must equal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum ValueMatch {
+    /// A string field matching this.
+    Text(TextMatch),
+    /// A field equal to this value.
+    Equals(Value),
 }
 
 /// One task of a flow: a command run on a runner.

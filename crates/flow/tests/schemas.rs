@@ -229,20 +229,91 @@ fn one_of_each_payload() -> Result<BTreeMap<&'static str, Vec<Value>>> {
     );
     m.insert(
         "job.rejected",
-        vec![v(&JobRejected {
-            job_id: "j".into(),
-            problems: vec![
-                Problem {
-                    location: Some("f.yaml:3:5".into()),
-                    field: Some("tasks[0].command".into()),
-                    message: "missing".into(),
-                },
-                Problem {
+        vec![
+            v(&JobRejected {
+                job_id: "j".into(),
+                problems: vec![
+                    Problem {
+                        location: Some("f.yaml:3:5".into()),
+                        field: Some("tasks[0].command".into()),
+                        message: "missing".into(),
+                    },
+                    Problem {
+                        location: None,
+                        field: None,
+                        message: "bad".into(),
+                    },
+                ],
+                trigger: None,
+            })?,
+            v(&JobRejected {
+                job_id: "nightly-0123456789abcdef".into(),
+                problems: vec![Problem {
                     location: None,
-                    field: None,
-                    message: "bad".into(),
-                },
-            ],
+                    field: Some("inputs.day".into()),
+                    message: "trigger 0 of flow `nightly`: input `day`: the event has no `data.day`".into(),
+                }],
+                trigger: Some(TriggeredBy {
+                    namespace: Some("ns".into()),
+                    flow_id: "nightly".into(),
+                    version: 3,
+                    trigger: 0,
+                    event_id: "e-1".into(),
+                    event_source: "s3://landing".into(),
+                    event_type: "com.acme.file.uploaded".into(),
+                }),
+            })?,
+        ],
+    );
+    m.insert(
+        "flow.deploy",
+        vec![
+            v(&FlowDeploy {
+                flow: FlowSource::Text("id: x".into()),
+                flow_name: Some("x.yaml".into()),
+            })?,
+            v(&FlowDeploy {
+                flow: FlowSource::Object(Map::from_iter([("id".into(), json!("x"))])),
+                flow_name: None,
+            })?,
+        ],
+    );
+    m.insert(
+        "flow.undeploy",
+        vec![v(&FlowUndeploy {
+            namespace: Some("ns".into()),
+            flow_id: "x".into(),
+        })?],
+    );
+    m.insert(
+        "flow.deployed",
+        vec![v(&FlowDeployed {
+            namespace: None,
+            flow_id: "x".into(),
+            version: 2,
+            triggers: vec![json!({"on": {"type": "com.acme.*"}, "inputs": {"day": "{{ event.data.day }}"}})],
+            deployed_at_ms: 5,
+        })?],
+    );
+    m.insert(
+        "flow.undeployed",
+        vec![v(&FlowUndeployed {
+            namespace: Some("ns".into()),
+            flow_id: "x".into(),
+            version: 2,
+            undeployed_at_ms: 6,
+        })?],
+    );
+    m.insert(
+        "flow.rejected",
+        vec![v(&FlowRejected {
+            namespace: None,
+            flow_id: Some("x".into()),
+            problems: vec![Problem {
+                location: Some("x.yaml:1:1".into()),
+                field: None,
+                message: "bad".into(),
+            }],
         })?],
     );
     m.insert(

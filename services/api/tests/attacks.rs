@@ -511,6 +511,7 @@ async fn the_read_model_keeps_the_first_job_when_another_is_planned_under_its_id
                 field: None,
                 message: "an invalid resubmission".into(),
             }],
+            trigger: None,
         },
     );
     let marker = new_job();
