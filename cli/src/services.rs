@@ -97,7 +97,7 @@ impl Up {
         let log_db = self.log_db.url(data_dir);
         Ok(Plan {
             data_dir: data_dir.to_path_buf(),
-            planner: Some(self.planner.config()),
+            planner: Some(self.planner.config(data_dir)),
             scheduler: Some(self.scheduler.config(data_dir)),
             launchers: up_launchers(&self.launcher, data_dir)?,
             optional_platforms: true,
@@ -175,7 +175,7 @@ impl One {
     pub fn plan(&self, data_dir: &Path) -> Result<Plan> {
         let mut plan = Plan::new(data_dir);
         match self {
-            One::Planner { flags, .. } => plan.planner = Some(flags.config()),
+            One::Planner { flags, .. } => plan.planner = Some(flags.config(data_dir)),
             One::Scheduler { flags, .. } => plan.scheduler = Some(flags.config(data_dir)),
             One::Launcher { flags, .. } => {
                 plan.launchers = vec![Launcher::from_flags(&flags.backend, flags, data_dir)?]

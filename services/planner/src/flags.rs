@@ -1,6 +1,8 @@
 //! The planner's flags: one definition for `ferry-planner`, `ferry service planner` and
 //! `ferry up`.
 
+use std::path::Path;
+
 use crate::Config;
 
 /// The planner's command-line flags.
@@ -11,14 +13,23 @@ pub struct Flags {
     /// Most submissions held unacknowledged at once.
     #[arg(long = "planner-prefetch", env = "FERRY_PLANNER_PREFETCH", value_name = "N", default_value_t = Config::default().prefetch)]
     pub prefetch: usize,
+    /// The registry of deployed flows: sqlite://PATH or postgres://… (which several planners
+    /// share; it may be the scheduler's database) [default: sqlite://DATA_DIR/planner.db]
+    #[arg(long = "planner-db", env = "FERRY_PLANNER_DB", value_name = "URL")]
+    pub db: Option<String>,
 }
 
 impl Flags {
-    /// The planner's configuration, for an instance of this process.
-    pub fn config(&self) -> Config {
+    /// The planner's configuration, for an instance of this process keeping its defaults in
+    /// `data_dir`.
+    pub fn config(&self, data_dir: &Path) -> Config {
         Config {
             source: ferry_runtime::instance_source("planner"),
             prefetch: self.prefetch,
+            db_url: self
+                .db
+                .clone()
+                .unwrap_or_else(|| ferry_runtime::sqlite_url(&data_dir.join("planner.db"))),
         }
     }
 }

@@ -13,23 +13,35 @@
 //!   ([`ferry_bus::Bus::max_event_bytes`], at most [`MAX_PLAN_BYTES`]), is rejected naming the
 //!   limit, before anything is published; the plan is written only up to the limit. A job the
 //!   planner cannot plan always ends `rejected`, never left `submitted`.
-//! - Other event types on intake (trigger candidates) are acknowledged and ignored for now.
+//! - `dev.ferry.flow.deploy` and `dev.ferry.flow.undeploy` change the durable flow registry
+//!   ([`registry`]) and publish `dev.ferry.flow.deployed`, `…undeployed` or `…rejected`.
+//! - Any other event on intake that is not ferry's own is a trigger candidate ([`triggers`]):
+//!   each trigger of a deployed flow that matches it starts a job, with inputs filled from the
+//!   event and checked like a submission's. The job id is derived from the flow, the trigger
+//!   and the event's `source` and `id`, so a redelivered or re-published event plans the same
+//!   job again, which the scheduler and the api treat as the one job it is; a job whose inputs
+//!   fail is `dev.ferry.job.rejected` naming the flow, the trigger and the event.
 //! - When publishing fails transiently the submission is nacked after a short backoff and
 //!   comes back; nothing is acked before its outcome is published.
 
 mod flags;
+pub mod registry;
+pub mod triggers;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_bus::{Bus, Delivery, Subscribe};
 use ferry_event::cloudevents::{AttributesWriter, Data};
-use ferry_event::payload::{FlowSource, JobRejected, JobSubmitted, Problem};
+use ferry_event::payload::{
+    FlowDeploy, FlowRejected, FlowSource, FlowUndeploy, JobRejected, JobSubmitted, Problem, TriggeredBy,
+};
 use ferry_event::{AttributesReader, Event, EventBuilder, Topic, envelope, kind};
 use ferry_runtime::{Backoff, CancellationToken};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 pub use flags::Flags;
+pub use registry::Registry;
 
 /// The planner's consumer group.
 pub const GROUP: &str = "planner";
@@ -53,6 +65,12 @@ pub enum Error {
     /// The bus failed in a way retrying will not fix (e.g. misconfiguration).
     #[error("planner stopped: {0}")]
     Bus(#[from] ferry_bus::Error),
+    /// The registry's database URL can never work.
+    #[error("planner database: {0}")]
+    Config(String),
+    /// The registry's database did not answer or failed.
+    #[error("planner database: {0}")]
+    Db(#[from] sqlx::Error),
 }
 
 /// How a planner instance runs.
@@ -62,6 +80,9 @@ pub struct Config {
     pub source: String,
     /// Most submissions held unacknowledged at once.
     pub prefetch: usize,
+    /// The flow registry's database (`sqlite://PATH`, `sqlite::memory:`, `postgres://…`).
+    /// Planners that share one registry must share this database.
+    pub db_url: String,
 }
 
 impl Default for Config {
@@ -69,16 +90,29 @@ impl Default for Config {
         Config {
             source: "ferry/planner".into(),
             prefetch: 16,
+            db_url: "sqlite::memory:".into(),
         }
     }
 }
 
+/// What handling one delivery needs.
+struct Planner<'a> {
+    builder: EventBuilder,
+    bus: &'a dyn Bus,
+    registry: Registry,
+}
+
 /// Plans submissions until `shutdown` is cancelled or the bus closes.
 pub async fn run(config: Config, bus: Arc<dyn Bus>, shutdown: CancellationToken) -> Result<()> {
+    let registry = Registry::open(&config.db_url).await?;
     let mut sub = bus
         .subscribe(Subscribe::new(GROUP, [Topic::Intake]).prefetch(config.prefetch))
         .await?;
-    let builder = EventBuilder::new(config.source);
+    let mut planner = Planner {
+        builder: EventBuilder::new(config.source),
+        bus: bus.as_ref(),
+        registry,
+    };
     let mut backoff = Backoff::new(BACKOFF_FIRST, BACKOFF_MAX);
     info!(group = GROUP, "planner started");
     loop {
@@ -106,7 +140,7 @@ pub async fn run(config: Config, bus: Arc<dyn Bus>, shutdown: CancellationToken)
             job_id = tracing::field::Empty,
         );
         ferry_runtime::trace::follow(&span, &delivery.event);
-        match handle(&builder, bus.as_ref(), delivery).instrument(span).await {
+        match handle(&mut planner, delivery).instrument(span).await {
             Ok(Handled::Done) => backoff.reset(),
             Ok(Handled::Retry(delivery)) => {
                 // Hold the delivery through the backoff so it is not redelivered at once.
@@ -135,15 +169,23 @@ enum Handled {
     Retry(Box<Delivery>),
 }
 
-async fn handle(
+async fn handle(planner: &mut Planner<'_>, delivery: Delivery) -> Result<Handled, ferry_bus::Error> {
+    match delivery.event.ty() {
+        kind::JOB_SUBMITTED => handle_submission(&planner.builder, planner.bus, delivery).await,
+        kind::FLOW_DEPLOY | kind::FLOW_UNDEPLOY => handle_request(planner, delivery).await,
+        t if t.starts_with(kind::PREFIX) => {
+            debug!("a ferry event on intake that the planner does not take; ignored");
+            settled("ack", delivery.ack().await)
+        }
+        _ => triggers::handle_candidate(planner, delivery).await,
+    }
+}
+
+async fn handle_submission(
     builder: &EventBuilder,
     bus: &dyn Bus,
     delivery: Delivery,
 ) -> Result<Handled, ferry_bus::Error> {
-    if delivery.event.ty() != kind::JOB_SUBMITTED {
-        debug!("not a job submission; triggers are not evaluated yet");
-        return settled("ack", delivery.ack().await);
-    }
     let submitted: JobSubmitted = match ferry_event::decode(&delivery.event) {
         Ok(s) => s,
         Err(e) => return settled("dead-letter", delivery.dead_letter(&e.to_string()).await),
@@ -163,16 +205,7 @@ async fn handle(
         tokio::task::spawn_blocking(move || plan_within(submitted, &job_id, max_bytes)).await
     };
     let event = match outcome {
-        Ok(Ok(planned)) => {
-            info!(tasks = planned.tasks, bytes = planned.json.len(), "job planned");
-            let mut event = builder.job(kind::JOB_PLANNED, &job_id, &());
-            event.set_data("application/json", Data::Binary(planned.json));
-            event
-        }
-        Ok(Err(problems)) => {
-            info!(problems = problems.len(), "job rejected");
-            rejection(builder, &job_id, problems)
-        }
+        Ok(outcome) => outcome_event(builder, &job_id, outcome, None),
         Err(e) => {
             // A defect: it would fail the same way on every redelivery. The job ends rejected
             // and the submission is set aside for a person to look at.
@@ -183,7 +216,10 @@ async fn handle(
                 field: None,
                 message: format!("{reason}; this is a defect in ferry, please report it"),
             };
-            return match bus.publish(&[rejection(builder, &job_id, vec![problem])]).await {
+            return match bus
+                .publish(&[rejection(builder, &job_id, vec![problem], None)])
+                .await
+            {
                 Ok(()) => {
                     ferry_runtime::metrics::job_planned("rejected");
                     settled("dead-letter", delivery.dead_letter(&reason).await)
@@ -193,14 +229,56 @@ async fn handle(
             };
         }
     };
+    match publish_outcome(builder, bus, &job_id, event, None).await {
+        Ok(()) => settled("ack", delivery.ack().await),
+        Err(e) if e.is_transient() => {
+            warn!(error = %e, "publishing the outcome failed; the submission will be retried");
+            Ok(Handled::Retry(Box::new(delivery)))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The `job.planned` or `job.rejected` event of a planning outcome.
+fn outcome_event(
+    builder: &EventBuilder,
+    job_id: &str,
+    outcome: Result<Planned, Vec<Problem>>,
+    trigger: Option<TriggeredBy>,
+) -> Event {
+    match outcome {
+        Ok(planned) => {
+            info!(
+                job_id,
+                tasks = planned.tasks,
+                bytes = planned.json.len(),
+                "job planned"
+            );
+            let mut event = builder.job(kind::JOB_PLANNED, job_id, &());
+            event.set_data("application/json", Data::Binary(planned.json));
+            event
+        }
+        Err(problems) => {
+            info!(job_id, problems = problems.len(), "job rejected");
+            rejection(builder, job_id, problems, trigger)
+        }
+    }
+}
+
+/// Publishes a job's `job.planned` or `job.rejected`. One that the bus refuses as too large is
+/// replaced by a rejection that says so, which fits. A transient failure is returned for the
+/// caller to retry the whole delivery.
+async fn publish_outcome(
+    builder: &EventBuilder,
+    bus: &dyn Bus,
+    job_id: &str,
+    event: Event,
+    trigger: Option<&TriggeredBy>,
+) -> Result<(), ferry_bus::Error> {
     let event = match bus.publish(std::slice::from_ref(&event)).await {
         Ok(()) => {
             count(&event);
-            return settled("ack", delivery.ack().await);
-        }
-        Err(e) if e.is_transient() => {
-            warn!(error = %e, "publishing the outcome failed; the submission will be retried");
-            return Ok(Handled::Retry(Box::new(delivery)));
+            return Ok(());
         }
         // The job is valid but its plan does not fit in one message of this bus.
         Err(ferry_bus::Error::TooLarge { size, limit, .. }) if event.ty() == kind::JOB_PLANNED => {
@@ -220,7 +298,7 @@ async fn handle(
                      split the flow into smaller jobs"
                 ),
             };
-            rejection(builder, &job_id, vec![problem])
+            rejection(builder, job_id, vec![problem], trigger.cloned())
         }
         // A rejection too large for the bus (its problems quote the flow): one that says so
         // fits.
@@ -234,21 +312,151 @@ async fn handle(
                      run `ferry validate` on it to see them"
                 ),
             };
-            rejection(builder, &job_id, vec![problem])
+            rejection(builder, job_id, vec![problem], trigger.cloned())
         }
         Err(e) => return Err(e),
     };
-    match bus.publish(std::slice::from_ref(&event)).await {
-        Ok(()) => {
-            count(&event);
-            settled("ack", delivery.ack().await)
+    bus.publish(std::slice::from_ref(&event)).await?;
+    count(&event);
+    Ok(())
+}
+
+/// A `flow.deploy` or `flow.undeploy` request: applied to the registry once, its outcome
+/// published (again, for a redelivered request).
+async fn handle_request(planner: &mut Planner<'_>, delivery: Delivery) -> Result<Handled, ferry_bus::Error> {
+    let event_id = delivery.event.id().to_string();
+    let recorded = match planner.registry.applied(&event_id).await {
+        Ok(r) => r,
+        Err(e) => {
+            warn!(error = %e, "the flow registry cannot be read; the request will be retried");
+            return Ok(Handled::Retry(Box::new(delivery)));
         }
+    };
+    let outcome = match recorded {
+        Some(outcome) => Ok(outcome),
+        None if delivery.event.ty() == kind::FLOW_DEPLOY => {
+            let request: FlowDeploy = match ferry_event::decode(&delivery.event) {
+                Ok(r) => r,
+                Err(e) => return settled("dead-letter", delivery.dead_letter(&e.to_string()).await),
+            };
+            match deploy(&planner.registry, &event_id, request).await {
+                Ok(outcome) => outcome,
+                Err(e) => {
+                    warn!(error = %e, "the flow registry cannot be changed; the request will be retried");
+                    return Ok(Handled::Retry(Box::new(delivery)));
+                }
+            }
+        }
+        None => {
+            let request: FlowUndeploy = match ferry_event::decode(&delivery.event) {
+                Ok(r) => r,
+                Err(e) => return settled("dead-letter", delivery.dead_letter(&e.to_string()).await),
+            };
+            let key = ferry_event::envelope::flow_key(request.namespace.as_deref(), &request.flow_id);
+            match planner
+                .registry
+                .undeploy(&event_id, request.namespace.as_deref(), &request.flow_id)
+                .await
+            {
+                Ok(Some(outcome)) => Ok(outcome),
+                Ok(None) => Err(FlowRejected {
+                    namespace: request.namespace,
+                    flow_id: Some(request.flow_id),
+                    problems: vec![Problem {
+                        location: None,
+                        field: Some("flowId".into()),
+                        message: format!(
+                            "flow `{key}` is not deployed; `ferry flows` lists the deployed flows"
+                        ),
+                    }],
+                }),
+                Err(e) => {
+                    warn!(error = %e, "the flow registry cannot be changed; the request will be retried");
+                    return Ok(Handled::Retry(Box::new(delivery)));
+                }
+            }
+        }
+    };
+    let event = match outcome {
+        Ok(outcome) => {
+            let key = outcome_key(&outcome.data);
+            info!(flow = %key, outcome = %outcome.ty, "flow registry changed");
+            planner.builder.flow(&outcome.ty, &key, &outcome.data)
+        }
+        Err(rejected) => {
+            let key = rejected
+                .flow_id
+                .as_deref()
+                .map(|id| ferry_event::envelope::flow_key(rejected.namespace.as_deref(), id))
+                .unwrap_or_default();
+            info!(flow = %key, problems = rejected.problems.len(), "flow request rejected");
+            planner.builder.flow(kind::FLOW_REJECTED, &key, &rejected)
+        }
+    };
+    match planner.bus.publish(std::slice::from_ref(&event)).await {
+        Ok(()) => settled("ack", delivery.ack().await),
         Err(e) if e.is_transient() => {
-            warn!(error = %e, "publishing the rejection failed; the submission will be retried");
+            warn!(error = %e, "publishing the registry change failed; the request will be retried");
             Ok(Handled::Retry(Box::new(delivery)))
         }
         Err(e) => Err(e),
     }
+}
+
+/// `NAMESPACE/ID` of a `flow.deployed` or `flow.undeployed` payload.
+fn outcome_key(data: &serde_json::Value) -> String {
+    let text = |k: &str| data.get(k).and_then(serde_json::Value::as_str);
+    ferry_event::envelope::flow_key(text("namespace"), text("flowId").unwrap_or_default())
+}
+
+/// Validates a flow to deploy and deploys it. A flow that is not valid changes nothing; a
+/// database failure is returned to retry the request.
+async fn deploy(
+    registry: &Registry,
+    event_id: &str,
+    request: FlowDeploy,
+) -> Result<Result<registry::Outcome, FlowRejected>, sqlx::Error> {
+    let name = request.flow_name.unwrap_or_else(|| "flow".into());
+    let source = match request.flow {
+        FlowSource::Text(text) => text,
+        FlowSource::Object(obj) => serde_json::to_string_pretty(&obj).unwrap_or_default(),
+    };
+    let checked = {
+        let (source, name) = (source.clone(), name.clone());
+        tokio::task::spawn_blocking(move || ferry_flow::validate(&source, &name).map(|v| v.flow().clone()))
+            .await
+    };
+    let flow = match checked {
+        Ok(Ok(flow)) => flow,
+        Ok(Err(problems)) => {
+            let head = ferry_flow::to_json(&source, &name).ok();
+            let text = |k: &str| {
+                head.as_ref()
+                    .and_then(|h| h.get(k))
+                    .and_then(serde_json::Value::as_str)
+                    .map(str::to_string)
+            };
+            return Ok(Err(FlowRejected {
+                namespace: text("namespace"),
+                flow_id: text("id"),
+                problems: problems.into_iter().take(MAX_PROBLEMS).collect(),
+            }));
+        }
+        Err(e) => {
+            return Ok(Err(FlowRejected {
+                namespace: None,
+                flow_id: None,
+                problems: vec![Problem {
+                    location: None,
+                    field: None,
+                    message: format!(
+                        "checking the flow failed unexpectedly: {e}; this is a defect in ferry, please report it"
+                    ),
+                }],
+            }));
+        }
+    };
+    registry.deploy(event_id, &flow, &source, &name).await.map(Ok)
 }
 
 /// Counts a published `job.planned` or `job.rejected` in the metrics.
@@ -261,7 +469,12 @@ fn count(event: &Event) {
 }
 
 /// A `job.rejected` event, its list of problems cut at [`MAX_PROBLEMS`].
-fn rejection(builder: &EventBuilder, job_id: &str, mut problems: Vec<Problem>) -> Event {
+fn rejection(
+    builder: &EventBuilder,
+    job_id: &str,
+    mut problems: Vec<Problem>,
+    trigger: Option<TriggeredBy>,
+) -> Event {
     if problems.len() > MAX_PROBLEMS {
         let more = problems.len() - MAX_PROBLEMS;
         problems.truncate(MAX_PROBLEMS);
@@ -279,6 +492,7 @@ fn rejection(builder: &EventBuilder, job_id: &str, mut problems: Vec<Problem>) -
         &JobRejected {
             job_id: job_id.to_string(),
             problems,
+            trigger,
         },
     )
 }

@@ -2,7 +2,7 @@
 
 ferry_connect::service_main!(
     "ferry-planner",
-    "ferry's planner: turns job submissions into planned or rejected jobs",
-    async |flags: ferry_planner::Flags, _| Ok(flags.config()),
+    "ferry's planner: turns job submissions and triggering events into planned or rejected jobs",
+    async |flags: ferry_planner::Flags, common| Ok(flags.config(&common.data_dir)),
     ferry_planner::run
 );

@@ -45,6 +45,7 @@ async fn start_on(bus: MemoryBus, dyn_bus: Arc<dyn Bus>) -> Result<Harness> {
     let config = Config {
         source: "ferry/planner/test".into(),
         prefetch: 4,
+        ..Config::default()
     };
     let planner = tokio::spawn(run(config, dyn_bus, shutdown.clone()));
     Ok(Harness {

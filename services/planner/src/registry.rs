@@ -1,0 +1,256 @@
+//! The planner's durable flow registry: the deployed flows whose triggers start jobs.
+//!
+//! It lives in SQL ([`ferry_runtime::db`]: SQLite by default, PostgreSQL when several planners
+//! share it), in tables of its own (`planner_*`) so that it may share a database with the
+//! scheduler:
+//!
+//! - `planner_flows`: one row per flow ever deployed, by namespace (`''` for none) and id: its
+//!   last version, source and whether it is deployed now. An undeployed flow keeps its row so
+//!   that a later deploy continues its version numbers.
+//! - `planner_requests`: each applied `flow.deploy` / `flow.undeploy` by event id, with the
+//!   outcome event it produced. A redelivered request changes nothing and its recorded
+//!   outcome is published again, so a crash between the commit and the publish loses nothing
+//!   and doubles nothing.
+//! - `planner_generation`: a counter bumped by every change, so that each planner instance
+//!   reloads its cached copy of the deployed flows only when another one changed them.
+
+use ferry_event::payload::{FlowDeployed, FlowUndeployed};
+use ferry_event::{kind, now_ms};
+use ferry_flow::Flow;
+use ferry_runtime::db::{self, Db};
+use sqlx::Row;
+
+/// The tables, created when missing.
+const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS planner_flows (
+        namespace TEXT NOT NULL,
+        flow_id TEXT NOT NULL,
+        version BIGINT NOT NULL,
+        source TEXT NOT NULL,
+        flow_name TEXT NOT NULL,
+        deployed BIGINT NOT NULL,
+        changed_at_ms BIGINT NOT NULL,
+        PRIMARY KEY (namespace, flow_id)
+    )",
+    "CREATE TABLE IF NOT EXISTS planner_requests (
+        event_id TEXT PRIMARY KEY,
+        outcome_type TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        applied_at_ms BIGINT NOT NULL
+    )",
+    "CREATE TABLE IF NOT EXISTS planner_generation (
+        id INTEGER PRIMARY KEY,
+        generation BIGINT NOT NULL
+    )",
+];
+
+/// A deployed flow, as the planner matches events against it.
+#[derive(Debug, Clone)]
+pub struct Deployed {
+    pub flow: Flow,
+    pub version: u64,
+    /// The flow's source, planned again for each job its triggers start.
+    pub source: String,
+    pub flow_name: String,
+}
+
+/// What a deploy or undeploy request produced: the outcome event's type and data.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    pub ty: String,
+    pub data: serde_json::Value,
+}
+
+/// The registry, with this instance's cached copy of the deployed flows.
+#[derive(Debug)]
+pub struct Registry {
+    db: Db,
+    generation: Option<i64>,
+    flows: Vec<Deployed>,
+}
+
+impl Registry {
+    /// Opens (and creates, if missing) the registry at `url`.
+    pub async fn open(url: &str) -> Result<Registry, crate::Error> {
+        let db = db::open(url, "planner database")
+            .await
+            .map_err(|e| e.into_error(crate::Error::Config, crate::Error::Db))?;
+        for stmt in SCHEMA {
+            db::create_if_missing(&db.pool, stmt).await?;
+        }
+        sqlx::query("INSERT INTO planner_generation (id, generation) VALUES (1, 0) ON CONFLICT DO NOTHING")
+            .execute(&db.pool)
+            .await?;
+        Ok(Registry {
+            db,
+            generation: None,
+            flows: Vec::new(),
+        })
+    }
+
+    /// The deployed flows, read again if any instance changed them since the last call.
+    pub async fn deployed(&mut self) -> Result<&[Deployed], sqlx::Error> {
+        let row = sqlx::query("SELECT generation FROM planner_generation WHERE id = 1")
+            .fetch_one(&self.db.pool)
+            .await?;
+        let generation: i64 = row.try_get("generation")?;
+        if self.generation != Some(generation) {
+            self.flows = self.load().await?;
+            self.generation = Some(generation);
+        }
+        Ok(&self.flows)
+    }
+
+    async fn load(&self) -> Result<Vec<Deployed>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT flow_id, version, source, flow_name FROM planner_flows WHERE deployed = 1 \
+             ORDER BY namespace, flow_id",
+        )
+        .fetch_all(&self.db.pool)
+        .await?;
+        let mut flows = Vec::with_capacity(rows.len());
+        for row in rows {
+            let source: String = row.try_get("source")?;
+            let flow_name: String = row.try_get("flow_name")?;
+            let version: i64 = row.try_get("version")?;
+            // Validated when deployed; a flow this version of ferry no longer reads is left
+            // out, loudly, rather than stopping every other flow's triggers.
+            match ferry_flow::validate(&source, &flow_name) {
+                Ok(valid) => flows.push(Deployed {
+                    flow: valid.flow().clone(),
+                    version: u64::try_from(version).unwrap_or(0),
+                    source,
+                    flow_name,
+                }),
+                Err(problems) => {
+                    let flow_id: String = row.try_get("flow_id")?;
+                    tracing::error!(
+                        flow = %flow_id,
+                        version,
+                        problems = ?problems,
+                        "a deployed flow is no longer valid; its triggers are off until it is deployed again"
+                    );
+                }
+            }
+        }
+        Ok(flows)
+    }
+
+    /// The outcome recorded for request `event_id`, if it was applied already.
+    pub async fn applied(&self, event_id: &str) -> Result<Option<Outcome>, sqlx::Error> {
+        let row = sqlx::query("SELECT outcome_type, outcome FROM planner_requests WHERE event_id = $1")
+            .bind(event_id)
+            .fetch_optional(&self.db.pool)
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let ty: String = row.try_get("outcome_type")?;
+        let text: String = row.try_get("outcome")?;
+        let data = serde_json::from_str(&text).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+        Ok(Some(Outcome { ty, data }))
+    }
+
+    /// Deploys a validated flow from request `event_id`: a new version of it, live at once.
+    pub async fn deploy(
+        &self,
+        event_id: &str,
+        flow: &Flow,
+        source: &str,
+        flow_name: &str,
+    ) -> Result<Outcome, sqlx::Error> {
+        let now = now_ms();
+        let mut tx = self.db.pool.begin().await?;
+        let row = sqlx::query(
+            "INSERT INTO planner_flows (namespace, flow_id, version, source, flow_name, deployed, changed_at_ms) \
+             VALUES ($1, $2, 1, $3, $4, 1, $5) \
+             ON CONFLICT (namespace, flow_id) DO UPDATE SET version = planner_flows.version + 1, \
+             source = excluded.source, flow_name = excluded.flow_name, deployed = 1, \
+             changed_at_ms = excluded.changed_at_ms \
+             RETURNING version",
+        )
+        .bind(flow.namespace.clone().unwrap_or_default())
+        .bind(flow.id.clone())
+        .bind(source.to_string())
+        .bind(flow_name.to_string())
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        let version: i64 = row.try_get("version")?;
+        let deployed = FlowDeployed {
+            namespace: flow.namespace.clone(),
+            flow_id: flow.id.clone(),
+            version: u64::try_from(version).unwrap_or(0),
+            triggers: flow
+                .triggers
+                .iter()
+                .map(|t| serde_json::to_value(t).unwrap_or_default())
+                .collect(),
+            deployed_at_ms: now,
+        };
+        let outcome = Outcome {
+            ty: kind::FLOW_DEPLOYED.into(),
+            data: serde_json::to_value(&deployed).unwrap_or_default(),
+        };
+        record(&mut tx, event_id, &outcome, now).await?;
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    /// Undeploys a flow from request `event_id`. `None` when it is not deployed.
+    pub async fn undeploy(
+        &self,
+        event_id: &str,
+        namespace: Option<&str>,
+        flow_id: &str,
+    ) -> Result<Option<Outcome>, sqlx::Error> {
+        let now = now_ms();
+        let mut tx = self.db.pool.begin().await?;
+        let row = sqlx::query(
+            "UPDATE planner_flows SET deployed = 0, changed_at_ms = $1 \
+             WHERE namespace = $2 AND flow_id = $3 AND deployed = 1 RETURNING version",
+        )
+        .bind(now)
+        .bind(namespace.unwrap_or_default().to_string())
+        .bind(flow_id.to_string())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let version: i64 = row.try_get("version")?;
+        let outcome = Outcome {
+            ty: kind::FLOW_UNDEPLOYED.into(),
+            data: serde_json::to_value(FlowUndeployed {
+                namespace: namespace.map(str::to_string),
+                flow_id: flow_id.to_string(),
+                version: u64::try_from(version).unwrap_or(0),
+                undeployed_at_ms: now,
+            })
+            .unwrap_or_default(),
+        };
+        record(&mut tx, event_id, &outcome, now).await?;
+        tx.commit().await?;
+        Ok(Some(outcome))
+    }
+}
+
+/// Records an applied request and its outcome, and tells every instance the flows changed.
+async fn record(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    event_id: &str,
+    outcome: &Outcome,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO planner_requests (event_id, outcome_type, outcome, applied_at_ms) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(event_id.to_string())
+    .bind(outcome.ty.clone())
+    .bind(outcome.data.to_string())
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query("UPDATE planner_generation SET generation = generation + 1 WHERE id = 1")
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
