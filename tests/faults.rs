@@ -10,6 +10,10 @@
 //! pod, Secret) is left on the platform. Kubernetes is the test API server of
 //! `ferry-kube-test-server`, whose pods run as containers on the test Docker engine.
 //!
+//! And for triggers: a deployed flow's trigger events, published twice each by a Python client
+//! (FERRY_TEST_PYTHON, with pika) while the planner is SIGKILLed again and again, start exactly
+//! one job each, whose task runs exactly once.
+//!
 //! Needs FERRY_TEST_AMQP and FERRY_TEST_KAFKA (scripts/test.sh starts the brokers), and for
 //! docker DOCKER_HOST and FERRY_TEST_DOCKER_IMAGE (its private dockerd and test image). Bounded:
 //! a fixed number of rounds, every wait has a deadline, and only processes started here are
@@ -1002,4 +1006,263 @@ async fn docker_survives_a_killed_launcher() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubernetes_survives_a_killed_launcher() {
     container_fault_run(&env("FERRY_TEST_AMQP"), true).await;
+}
+
+/// Trigger events the trigger fault run publishes (each twice); `FERRY_FAULT_TRIGGER_EVENTS`
+/// sets another number (fewer where the machine is slow).
+const TRIGGER_EVENTS: usize = 1000;
+/// Planner kills in the trigger fault run.
+const PLANNER_KILLS: usize = 6;
+
+/// A deployed flow whose one task appends the id of the event that started its job to `ledger`.
+fn triggered_flow(ledger: &Path) -> String {
+    format!(
+        r#"id: counted
+triggers:
+  - on: {{ type: com.acme.counted, source: "/faults/*" }}
+    inputs: {{ event: "{{{{ event.id }}}}" }}
+inputs:
+  event: {{ type: string, required: true }}
+tasks:
+  - id: note
+    runner: local
+    command: [sh, -c, 'echo "$EVENT" >> {}']
+    env: {{ EVENT: "{{{{ inputs.event }}}}" }}
+"#,
+        ledger.display()
+    )
+}
+
+/// Trigger events published twice each, by a client that is not ferry, while the planner is
+/// SIGKILLed and restarted again and again: every event starts exactly one job, whose task runs
+/// exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_trigger_events_start_one_job_each_through_planner_kills() {
+    let events: usize = std::env::var("FERRY_FAULT_TRIGGER_EVENTS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(TRIGGER_EVENTS);
+    let url = env("FERRY_TEST_AMQP");
+    let namespace = format!("g{}", &ferry_event::new_id().replace('-', "")[..16]);
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let bus = format!("{url}{sep}namespace={namespace}");
+    let _namespace = BusNamespace(bus.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let d = &dir.path().to_path_buf();
+    let _dir = RunDir(Some(dir));
+    let data = d.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let keys = bus_key_file(d);
+    let ledger = d.join("ledger");
+    let port = free_port();
+    let api = format!("http://127.0.0.1:{port}");
+    let svc = |name: &str, extra: &[String]| -> Vec<String> {
+        let mut a = vec![
+            "service".to_string(),
+            name.to_string(),
+            "--bus".into(),
+            bus.clone(),
+        ];
+        a.extend(["--data-dir".to_string(), data.display().to_string()]);
+        a.extend(["--bus-key-file".to_string(), keys.display().to_string()]);
+        a.extend(extra.iter().cloned());
+        a
+    };
+    let db = |name: &str| format!("sqlite://{}", d.join(name).display());
+    let logs_db = db("logs.db");
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    eprintln!(
+        "trigger fault run: namespace {namespace}, {events} events, seed {seed}, logs in {}",
+        d.display()
+    );
+    let mut rng = Rng(seed);
+    let mut procs: Vec<Proc> = vec![
+        Proc::start(
+            "api",
+            svc(
+                "api",
+                &[
+                    "--api-db".into(),
+                    db("api.db"),
+                    "--log-db".into(),
+                    logs_db.clone(),
+                    "--listen".into(),
+                    format!("127.0.0.1:{port}"),
+                ],
+            ),
+            d,
+        ),
+        Proc::start(
+            "planner",
+            svc("planner", &["--planner-db".into(), db("planner.db")]),
+            d,
+        ),
+        Proc::start(
+            "scheduler",
+            svc("scheduler", &["--db".into(), db("scheduler.db")]),
+            d,
+        ),
+        Proc::start(
+            "launcher",
+            svc("launcher", &["--kill-grace".into(), "1s".into()]),
+            d,
+        ),
+        Proc::start(
+            "log-collector",
+            svc("log-collector", &["--log-db".into(), logs_db.clone()]),
+            d,
+        ),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        for p in procs.iter_mut() {
+            p.check_alive();
+        }
+        assert!(Instant::now() < deadline, "the api did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let flow_path = d.join("counted.yaml");
+    std::fs::write(&flow_path, triggered_flow(&ledger)).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["deploy", "--api", &api, "--data-dir"])
+        .arg(&data)
+        .arg(&flow_path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "deploy failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Every event twice: once in a first pass over all of them, again in a second.
+    let publisher_log = std::fs::File::create(d.join("publisher.log")).unwrap();
+    let mut publisher = Command::new(env("FERRY_TEST_PYTHON"))
+        .arg(root().join("tests/clients/publish_events_amqp.py"))
+        .args([
+            url.as_str(),
+            &namespace,
+            "com.acme.counted",
+            "/faults/publisher",
+            "n",
+            "{}",
+            "ev",
+            &events.to_string(),
+            "2",
+        ])
+        .stdout(Stdio::null())
+        .stderr(publisher_log)
+        .spawn()
+        .unwrap();
+    let planner_db = d.join("planner.db");
+    assert!(planner_db.exists());
+    let lines = || {
+        std::fs::read_to_string(&ledger)
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    };
+    let mut kills = 0;
+    let published = loop {
+        // Strike while the planner has work: events are still being published, or jobs are
+        // still to come.
+        std::thread::sleep(Duration::from_millis(100 + rng.below(500)));
+        let done = publisher.try_wait().unwrap();
+        if kills >= PLANNER_KILLS && done.is_some() {
+            break done.unwrap();
+        }
+        if kills < PLANNER_KILLS && (done.is_none() || lines() < events) {
+            let p = procs.iter_mut().find(|p| p.name == "planner").unwrap();
+            p.check_alive();
+            p.kill9();
+            kills += 1;
+            std::thread::sleep(Duration::from_millis(rng.below(300)));
+            p.spawn();
+        } else if kills < PLANNER_KILLS {
+            // Everything ran before the planner could be hit enough times.
+            break publisher.wait().unwrap();
+        }
+    };
+    assert!(
+        published.success(),
+        "the publisher failed; see {}",
+        d.join("publisher.log").display()
+    );
+    eprintln!("planner killed {kills} times");
+    assert!(
+        kills >= 3,
+        "the run ended after {kills} planner kills: too fast to test anything"
+    );
+
+    // Every event's job runs; then nothing more comes.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while lines() < events {
+        for p in procs.iter_mut() {
+            p.check_alive();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {events} jobs ran within 300s; logs in {}",
+            lines(),
+            d.display()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Duplicates would come after the originals: give them time to show.
+    std::thread::sleep(Duration::from_secs(3));
+    let ledger_text = std::fs::read_to_string(&ledger).unwrap();
+    let mut runs: HashMap<&str, usize> = HashMap::new();
+    for line in ledger_text.lines() {
+        *runs.entry(line).or_default() += 1;
+    }
+    let doubled: Vec<(&&str, &usize)> = runs.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        doubled.is_empty(),
+        "events whose job ran more than once: {doubled:?}"
+    );
+    assert_eq!(runs.len(), events, "every event ran its job once");
+    for i in 0..events {
+        assert!(
+            runs.contains_key(format!("ev-{i}").as_str()),
+            "ev-{i} started no job"
+        );
+    }
+    // And the api knows exactly that many jobs, each succeeded.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let jobs = count_jobs(&api, &data).await;
+        if jobs == (events, events) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the api lists {jobs:?} (jobs, succeeded), not {events} succeeded jobs; logs in {}",
+            d.display()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    for p in procs.iter_mut().rev() {
+        p.stop();
+    }
+}
+
+/// How many jobs the api lists (at most 1000: the ledger is what would show a job too many),
+/// and how many of them succeeded.
+async fn count_jobs(api: &str, data: &Path) -> (usize, usize) {
+    let token = std::fs::read_to_string(data.join(ferry_api::auth::ADMIN_TOKEN_FILE)).unwrap_or_default();
+    let answer = reqwest::Client::new()
+        .get(format!("{api}/jobs?limit=1000"))
+        .bearer_auth(token.trim())
+        .send()
+        .await;
+    let Ok(answer) = answer else { return (0, 0) };
+    let Ok(list) = answer.json::<Value>().await else {
+        return (0, 0);
+    };
+    let jobs = list["jobs"].as_array().cloned().unwrap_or_default();
+    let succeeded = jobs.iter().filter(|j| j["state"] == "succeeded").count();
+    (jobs.len(), succeeded)
 }

@@ -613,6 +613,143 @@ pub async fn logs(api: &Target, job: &str, task: Option<&str>, follow: bool, raw
     )
 }
 
+/// How long `ferry deploy` waits for the planner to announce the flow it deployed.
+const DEPLOY_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The version of each deployed flow, by `NAMESPACE/ID`, as the api lists them.
+async fn deployed_versions(client: &Client) -> Result<std::collections::HashMap<String, u64>, Refused> {
+    let list = client.get_json("/flows").await?;
+    Ok(list["flows"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|f| {
+            let key =
+                ferry_event::envelope::flow_key(f["namespace"].as_str(), f["flowId"].as_str().unwrap_or("?"));
+            (key, f["version"].as_u64().unwrap_or(0))
+        })
+        .collect())
+}
+
+/// `ferry deploy FLOW`: registers a new version of the flow in the planner's registry, so that
+/// its triggers start jobs; waits until the deployment lists it, then prints `NAMESPACE/ID` and
+/// its version.
+pub async fn deploy(api: &Target, flow: &Path) -> Result<i32> {
+    let client = Client::new(api)?;
+    let (source, name) = match read_flow(flow) {
+        Ok(s) => s,
+        Err(e) => {
+            errln!("error: {e:#}");
+            return Ok(EXIT_INVALID);
+        }
+    };
+    exit_for(
+        async {
+            let before = deployed_versions(&client).await?;
+            let req = client
+                .http
+                .post(format!("{}/flows", client.base))
+                .header("content-type", "application/json")
+                .body(json!({ "flow": source, "flowName": name }).to_string());
+            let answer: Value = client
+                .send(req)
+                .await?
+                .json()
+                .await
+                .map_err(|e| Refused::Failed(anyhow!("the api's answer is not JSON: {e}")))?;
+            let key = answer["flow"]
+                .as_str()
+                .ok_or_else(|| anyhow!("the api did not say which flow it deploys: {answer}"))?
+                .to_string();
+            let was = before.get(&key).copied().unwrap_or(0);
+            let deadline = tokio::time::Instant::now() + DEPLOY_WAIT;
+            loop {
+                if let Some(&version) = deployed_versions(&client).await?.get(&key)
+                    && version > was
+                {
+                    outln!("{key} version {version}")?;
+                    return Ok(EXIT_OK);
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(Refused::Failed(anyhow!(
+                        "the deploy of {key} was accepted, but the planner has not announced it within {}s: \
+                         is a planner running? `ferry flows` lists what is deployed",
+                        DEPLOY_WAIT.as_secs()
+                    )));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+        .await,
+    )
+}
+
+/// `ferry undeploy [NAMESPACE/]ID`: removes the flow from the registry; its triggers start no
+/// more jobs.
+pub async fn undeploy(api: &Target, flow: &str) -> Result<i32> {
+    let client = Client::new(api)?;
+    let (namespace, flow_id) = match flow.split_once('/') {
+        Some((ns, id)) => (Some(ns), id),
+        None => (None, flow),
+    };
+    let mut data = json!({ "flowId": flow_id });
+    if let Some(ns) = namespace {
+        data["namespace"] = json!(ns);
+    }
+    exit_for(
+        async {
+            let deployed = deployed_versions(&client).await?;
+            if !deployed.contains_key(flow) {
+                return Err(Refused::Invalid(format!(
+                    "flow {flow} is not deployed; `ferry flows` lists the deployed flows (NAMESPACE/ID)"
+                )));
+            }
+            client.post_event(ferry_event::kind::FLOW_UNDEPLOY, data).await?;
+            errln!("ferry: undeploy of {flow} accepted");
+            Ok(EXIT_OK)
+        }
+        .await,
+    )
+}
+
+/// `ferry flows [--json]`: the deployed flows, their versions and what triggers them.
+pub async fn flows(api: &Target, as_json: bool) -> Result<i32> {
+    let client = Client::new(api)?;
+    exit_for(
+        async {
+            let list = client.get_json("/flows").await?;
+            if as_json {
+                outln!(
+                    "{}",
+                    serde_json::to_string_pretty(&list).map_err(anyhow::Error::from)?
+                )?;
+                return Ok(EXIT_OK);
+            }
+            let mut rows = vec![["FLOW", "VERSION", "TRIGGERS"].map(String::from)];
+            for f in list["flows"].as_array().into_iter().flatten() {
+                let key = ferry_event::envelope::flow_key(
+                    f["namespace"].as_str(),
+                    f["flowId"].as_str().unwrap_or("?"),
+                );
+                let triggers: Vec<String> = f["triggers"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|t| t["on"].to_string())
+                    .collect();
+                rows.push([
+                    visible(&key).into_owned(),
+                    f["version"].as_u64().unwrap_or(0).to_string(),
+                    visible(&triggers.join(" ")).into_owned(),
+                ]);
+            }
+            print_table(rows)?;
+            Ok(EXIT_OK)
+        }
+        .await,
+    )
+}
+
 /// `ferry cancel JOB` and `ferry retry JOB`.
 pub async fn command(api: &Target, job: &str, ty: &str) -> Result<i32> {
     let client = Client::new(api)?;

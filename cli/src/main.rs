@@ -71,6 +71,26 @@ enum Command {
         #[command(flatten)]
         api: Api,
     },
+    /// Deploy a flow: its triggers start jobs from then on (a new version if it is deployed
+    /// already). Prints NAMESPACE/ID and the version once the deployment lists it.
+    Deploy {
+        flow: PathBuf,
+        #[command(flatten)]
+        api: Api,
+    },
+    /// Undeploy a flow, named NAMESPACE/ID (or ID without a namespace), as `ferry flows` lists it.
+    Undeploy {
+        flow: String,
+        #[command(flatten)]
+        api: Api,
+    },
+    /// The deployed flows: version and triggers.
+    Flows {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        api: Api,
+    },
     /// A job's state on the first line, then each task's; without JOB, the latest jobs.
     Status {
         job: Option<String>,
@@ -269,6 +289,9 @@ fn main() {
                     ferry_cli::client::status(&api.target(), job.as_deref(), json).await
                 }
                 Command::Launchers { json, api } => ferry_cli::client::launchers(&api.target(), json).await,
+                Command::Deploy { flow, api } => ferry_cli::client::deploy(&api.target(), &flow).await,
+                Command::Undeploy { flow, api } => ferry_cli::client::undeploy(&api.target(), &flow).await,
+                Command::Flows { json, api } => ferry_cli::client::flows(&api.target(), json).await,
                 Command::Logs {
                     job,
                     task,

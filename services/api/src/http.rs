@@ -16,7 +16,9 @@ use axum::routing::{get, post};
 use ferry_bus::Bus;
 use ferry_event::cloudevents::{AttributesWriter, Data};
 use ferry_event::envelope::{self, EXT_JOB, EXT_PARTITION_KEY, EXT_TRACEPARENT};
-use ferry_event::payload::{FlowSource, JobCancel, JobPlanned, JobRetry, JobSubmitted, Problem};
+use ferry_event::payload::{
+    FlowDeploy, FlowSource, FlowUndeploy, JobCancel, JobPlanned, JobRetry, JobSubmitted, Problem,
+};
 use ferry_event::{AttributesReader, Event, kind};
 use ferry_log_collector::LogStore;
 use ferry_runtime::CancellationToken;
@@ -62,6 +64,7 @@ pub(crate) fn router(state: AppState, auth: Authenticator, hosts: Arc<AllowedHos
         .route("/jobs/{id}/events", get(crate::follow::job_events))
         .route("/jobs/{id}/logs", get(crate::follow::job_logs))
         .route("/launchers", get(list_launchers))
+        .route("/flows", get(list_flows).post(post_flow))
         .route_layer(from_fn_with_state(auth, guard::authenticate));
     Router::new()
         .route("/healthz", get(healthz))
@@ -479,15 +482,36 @@ async fn accept(state: &AppState, principal: &Principal, event: Event) -> Result
             let r: JobRetry = decode_data(&event, "{\"jobId\": \"…\"}")?;
             accept_command(state, principal, event, r.job_id, "retry jobs").await
         }
+        kind::FLOW_DEPLOY => {
+            require(principal, Scope::Submit, "deploy flows")?;
+            accept_deploy(principal, event).await
+        }
+        kind::FLOW_UNDEPLOY => {
+            require(principal, Scope::Submit, "undeploy flows")?;
+            let mut event = event;
+            let u: FlowUndeploy = decode_data(&event, "{\"namespace\": \"optional\", \"flowId\": \"…\"}")?;
+            let namespace = u
+                .namespace
+                .as_deref()
+                .unwrap_or(ferry_event::payload::DEFAULT_NAMESPACE);
+            require_namespace(principal, namespace, "undeploy flows")?;
+            stamp_flow(
+                &mut event,
+                &envelope::flow_key(u.namespace.as_deref(), &u.flow_id),
+            );
+            Ok(Accepted::plain(event, None))
+        }
         t if t.starts_with(kind::PREFIX) => Err(ApiError::bad_request(
             format!("event type {t} cannot be posted"),
             vec![field_problem(
                 "type",
                 format!(
-                    "`{t}` is emitted by ferry's services; post {}, {}, {} or an event type of your own",
+                    "`{t}` is emitted by ferry's services; post {}, {}, {}, {}, {} or an event type of your own",
                     kind::JOB_SUBMITTED,
                     kind::JOB_CANCEL,
-                    kind::JOB_RETRY
+                    kind::JOB_RETRY,
+                    kind::FLOW_DEPLOY,
+                    kind::FLOW_UNDEPLOY
                 ),
             )],
         )),
@@ -653,6 +677,55 @@ async fn accept_submission(
     })
 }
 
+/// A deploy: its flow is validated here so that a bad one is refused with every problem and
+/// never published, and the principal must be allowed to submit in the flow's namespace.
+async fn accept_deploy(principal: &Principal, mut event: Event) -> Result<Accepted, ApiError> {
+    const EXAMPLE: &str = "{\"flow\": \"<flow YAML>\" or {…}, \"flowName\": \"optional\"}";
+    let request: FlowDeploy = decode_data(&event, EXAMPLE)?;
+    let name = request.flow_name.clone().unwrap_or_else(|| "flow".into());
+    let source = match &request.flow {
+        FlowSource::Text(text) => text.clone(),
+        FlowSource::Object(obj) => serde_json::to_string_pretty(obj).unwrap_or_default(),
+    };
+    let checked =
+        tokio::task::spawn_blocking(move || ferry_flow::validate(&source, &name).map(|v| v.flow().clone()))
+            .await;
+    let flow = match checked {
+        Ok(Ok(flow)) => flow,
+        Ok(Err(problems)) => {
+            let error = format!(
+                "the flow is not valid ({} problem{})",
+                problems.len(),
+                if problems.len() == 1 { "" } else { "s" }
+            );
+            return Err(ApiError::bad_request(error, problems));
+        }
+        Err(e) => {
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("validating the flow failed unexpectedly: {e}"),
+            ));
+        }
+    };
+    let namespace = flow
+        .namespace
+        .as_deref()
+        .unwrap_or(ferry_event::payload::DEFAULT_NAMESPACE);
+    require_namespace(principal, namespace, "deploy flows")?;
+    stamp_flow(
+        &mut event,
+        &envelope::flow_key(flow.namespace.as_deref(), &flow.id),
+    );
+    Ok(Accepted::plain(event, None))
+}
+
+/// Names the flow a registry request is about: its subject and Kafka key, so that one flow's
+/// requests stay in order.
+fn stamp_flow(event: &mut Event, key: &str) {
+    event.set_extension(EXT_PARTITION_KEY, key.to_string());
+    event.set_subject(Some(key.to_string()));
+}
+
 /// Validates a submission's flow and plans its job, collecting every problem.
 fn plan(submitted: &JobSubmitted, job_id: &str) -> Result<JobPlanned, Vec<Problem>> {
     let name = submitted.flow_name.as_deref().unwrap_or("flow");
@@ -708,6 +781,60 @@ async fn get_job(
         Some(detail) => Ok(Json(serde_json::to_value(detail).unwrap_or(Value::Null))),
         None => Err(ApiError::unknown_job(&id)),
     }
+}
+
+// ----------------------------------------------------------------------------------------------
+// GET /flows, POST /flows
+// ----------------------------------------------------------------------------------------------
+
+/// The deployed flows (of the principal's namespaces), as the planner's registry announced them.
+async fn list_flows(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+) -> Result<Json<Value>, ApiError> {
+    require(&principal, Scope::Read, "list flows")?;
+    let namespaces = principal.namespaces();
+    let flows = state.model.flows(namespaces.as_deref()).await?;
+    Ok(Json(json!({ "flows": flows })))
+}
+
+/// Deploys a flow: the body is a `dev.ferry.flow.deploy` payload (`{"flow": …, "flowName":
+/// …}`), checked and published as that event would be through `POST /events`.
+async fn post_flow(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(|e| {
+        ApiError::new(
+            e.status(),
+            format!("cannot read the request body: {}", e.body_text()),
+        )
+    })?;
+    let request: FlowDeploy = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(
+            "invalid deploy request",
+            vec![field_problem(
+                "body",
+                format!("{e}; send {{\"flow\": \"<flow YAML>\" or {{…}}, \"flowName\": \"optional\"}}"),
+            )],
+        )
+    })?;
+    let event = ferry_event::EventBuilder::new(ferry_runtime::instance_source("api")).flow(
+        kind::FLOW_DEPLOY,
+        "",
+        &request,
+    );
+    require(&principal, Scope::Submit, "deploy flows")?;
+    let accepted = accept_deploy(&principal, event).await?;
+    publish(&state, std::slice::from_ref(&accepted.event)).await?;
+    let flow = accepted.event.subject().unwrap_or_default().to_string();
+    tracing::info!(event_id = %accepted.event.id(), flow, "flow deploy accepted");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "id": accepted.event.id(), "flow": flow })),
+    )
+        .into_response())
 }
 
 /// The launchers heard from in the last day: which backends have one running, and how busy.

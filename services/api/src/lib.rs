@@ -57,8 +57,8 @@ pub use flags::{Flags, ProcessFlags};
 pub use follow::DEFAULT_LOG_GRACE;
 pub use guard::AllowedHosts;
 pub use store::{
-    Change, Dialect, FinishedAttempt, JOB_STATES, JobDetail, JobView, LauncherView, ReadModel, Reservation,
-    TASK_STATES, TaskView, job_state_is_terminal,
+    Change, Dialect, FinishedAttempt, FlowView, JOB_STATES, JobDetail, JobView, LauncherView, ReadModel,
+    Reservation, TASK_STATES, TaskView, job_state_is_terminal,
 };
 pub use tls::TlsFiles;
 

@@ -20,8 +20,8 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use ferry_event::payload::{
-    JobPlanned, JobRejected, JobState, JobStatus, LauncherPresence, OutputFile, Problem, TaskAccepted,
-    TaskFinished, TaskStarted, TaskState, TaskStatus, TasksState,
+    FlowDeployed, FlowUndeployed, JobPlanned, JobRejected, JobState, JobStatus, LauncherPresence, OutputFile,
+    Problem, TaskAccepted, TaskFinished, TaskStarted, TaskState, TaskStatus, TasksState,
 };
 use ferry_event::{AttributesReader, Event, kind};
 pub use ferry_runtime::db::Dialect;
@@ -136,6 +136,19 @@ const SCHEMA: &[&str] = &[
         leaving BIGINT NOT NULL,
         PRIMARY KEY (backend, instance)
     )",
+    // The planner's registry of deployed flows, as `flow.deployed` and `flow.undeployed` told
+    // it: the last version heard of each flow (namespace `''` for none) and whether it is
+    // deployed. An update applies only to a newer version (an undeploy to its own version too),
+    // so a late or redelivered event never brings back what changed after it.
+    "CREATE TABLE IF NOT EXISTS flows (
+        namespace TEXT NOT NULL,
+        flow_id TEXT NOT NULL,
+        version BIGINT NOT NULL,
+        deployed BIGINT NOT NULL,
+        triggers TEXT NOT NULL,
+        changed_at BIGINT NOT NULL,
+        PRIMARY KEY (namespace, flow_id)
+    )",
 ];
 
 /// Columns added to tables after they were first made: added to a database that lacks them.
@@ -147,6 +160,19 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     // How long the attempt held compute, from its `task.finished`.
     ("attempts", "compute_ms", "BIGINT"),
 ];
+
+/// A deployed flow, as the planner's registry last announced it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FlowView {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    pub flow_id: String,
+    pub version: u64,
+    /// The flow's triggers, as written.
+    pub triggers: Vec<Value>,
+    pub deployed_at_ms: i64,
+}
 
 /// A launcher is taken to be running while its last announcement is younger than this.
 const PRESENCE_TTL_MS: i64 = 3 * ferry_event::payload::PRESENCE_INTERVAL_MS;
@@ -617,6 +643,44 @@ impl ReadModel {
         Ok(out)
     }
 
+    /// The deployed flows, by namespace and id; only those of `namespaces` when given (a flow
+    /// without a namespace is in `default`).
+    pub async fn flows(&self, namespaces: Option<&[String]>) -> Result<Vec<FlowView>> {
+        let rows = sqlx::query(
+            "SELECT namespace, flow_id, version, triggers, changed_at FROM flows
+             WHERE deployed = 1 ORDER BY namespace, flow_id",
+        )
+        .fetch_all(&self.reads)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let namespace: String = r.try_get("namespace")?;
+            let visible = namespaces.is_none_or(|allowed| {
+                let ns = if namespace.is_empty() {
+                    "default"
+                } else {
+                    namespace.as_str()
+                };
+                allowed.iter().any(|a| a == ns)
+            });
+            if !visible {
+                continue;
+            }
+            let triggers: String = r.try_get("triggers")?;
+            let flow_id: String = r.try_get("flow_id")?;
+            let triggers = serde_json::from_str(&triggers)
+                .map_err(|e| Error::Corrupt(format!("triggers of flow {flow_id}: {e}")))?;
+            out.push(FlowView {
+                namespace: (!namespace.is_empty()).then_some(namespace),
+                flow_id,
+                version: u64::try_from(r.try_get::<i64, _>("version")?).unwrap_or(0),
+                triggers,
+                deployed_at_ms: r.try_get("changed_at")?,
+            });
+        }
+        Ok(out)
+    }
+
     /// The job's changes after `after` (a [`Change::seq`]), oldest first, at most `limit`.
     pub async fn changes(&self, job_id: &str, after: u64, limit: u32) -> Result<Vec<Change>> {
         let rows = sqlx::query(
@@ -867,6 +931,8 @@ enum Input {
     Task(Box<TaskState>),
     Tasks(TasksState),
     Presence(LauncherPresence),
+    Deployed(FlowDeployed),
+    Undeployed(FlowUndeployed),
 }
 
 fn decode(event: &Event) -> std::result::Result<Option<Input>, String> {
@@ -879,6 +945,8 @@ fn decode(event: &Event) -> std::result::Result<Option<Input>, String> {
         }
         kind::TASK_ACCEPTED => Input::Accepted(ferry_event::decode(event).map_err(d)?),
         kind::LAUNCHER_PRESENCE => Input::Presence(ferry_event::decode(event).map_err(d)?),
+        kind::FLOW_DEPLOYED => Input::Deployed(ferry_event::decode(event).map_err(d)?),
+        kind::FLOW_UNDEPLOYED => Input::Undeployed(ferry_event::decode(event).map_err(d)?),
         kind::TASK_STARTED => Input::Started(ferry_event::decode(event).map_err(d)?),
         kind::TASK_FINISHED => Input::Finished(Box::new(ferry_event::decode(event).map_err(d)?)),
         kind::TASK_RETRYING | kind::TASK_SUCCEEDED | kind::TASK_FAILED | kind::TASK_CANCELLED => {
@@ -944,7 +1012,45 @@ async fn apply_input(tx: &mut Tx, known: &mut Known, event: &Event, input: Input
         Input::Tasks(s) => on_tasks_state(tx, known, ty, &s, at).await,
         // Timed by when it was heard: launchers' clocks do not matter.
         Input::Presence(p) => on_presence(tx, &p, now).await,
+        Input::Deployed(d) => on_deployed(tx, &d).await,
+        Input::Undeployed(u) => on_undeployed(tx, &u).await,
     }
+}
+
+async fn on_deployed(tx: &mut Tx, d: &FlowDeployed) -> Result<()> {
+    let triggers = serde_json::to_string(&d.triggers).unwrap_or_else(|_| "[]".into());
+    sqlx::query(
+        "INSERT INTO flows (namespace, flow_id, version, deployed, triggers, changed_at)
+         VALUES ($1, $2, $3, 1, $4, $5)
+         ON CONFLICT (namespace, flow_id) DO UPDATE SET version = excluded.version, deployed = 1,
+            triggers = excluded.triggers, changed_at = excluded.changed_at
+         WHERE flows.version < excluded.version",
+    )
+    .bind(d.namespace.clone().unwrap_or_default())
+    .bind(d.flow_id.clone())
+    .bind(i64::try_from(d.version).unwrap_or(i64::MAX))
+    .bind(triggers)
+    .bind(d.deployed_at_ms)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn on_undeployed(tx: &mut Tx, u: &FlowUndeployed) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO flows (namespace, flow_id, version, deployed, triggers, changed_at)
+         VALUES ($1, $2, $3, 0, '[]', $4)
+         ON CONFLICT (namespace, flow_id) DO UPDATE SET version = excluded.version, deployed = 0,
+            changed_at = excluded.changed_at
+         WHERE flows.version <= excluded.version",
+    )
+    .bind(u.namespace.clone().unwrap_or_default())
+    .bind(u.flow_id.clone())
+    .bind(i64::try_from(u.version).unwrap_or(i64::MAX))
+    .bind(u.undeployed_at_ms)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 async fn on_presence(tx: &mut Tx, p: &LauncherPresence, now: i64) -> Result<()> {
