@@ -16,7 +16,7 @@ pub struct Flags {
     /// The registry of deployed flows: sqlite://PATH or postgres://… (which several planners
     /// share; it may be the scheduler's database) [default: sqlite://DATA_DIR/planner.db]
     #[arg(long = "planner-db", env = "FERRY_PLANNER_DB", value_name = "URL")]
-    pub db: Option<String>,
+    pub planner_db: Option<String>,
 }
 
 impl Flags {
@@ -27,7 +27,7 @@ impl Flags {
             source: ferry_runtime::instance_source("planner"),
             prefetch: self.prefetch,
             db_url: self
-                .db
+                .planner_db
                 .clone()
                 .unwrap_or_else(|| ferry_runtime::sqlite_url(&data_dir.join("planner.db"))),
         }
