@@ -1171,8 +1171,10 @@ async fn rabbitmq_trigger_events_start_one_job_each_through_planner_kills() {
         // still to come.
         std::thread::sleep(Duration::from_millis(100 + rng.below(500)));
         let done = publisher.try_wait().unwrap();
-        if kills >= PLANNER_KILLS && done.is_some() {
-            break done.unwrap();
+        if kills >= PLANNER_KILLS
+            && let Some(status) = done
+        {
+            break status;
         }
         if kills < PLANNER_KILLS && (done.is_none() || lines() < events) {
             let p = procs.iter_mut().find(|p| p.name == "planner").unwrap();

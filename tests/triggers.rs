@@ -27,10 +27,10 @@ fn client(api: &str, data: &Path, args: &[&str]) -> Ran {
     output(c)
 }
 
-/// Publishes `count` events (ids `prefix-0`…) of the upload type, each `copies` times.
+/// Publishes `count` events (ids `prefix-0`…) of the upload type, each `copies` times, on the
+/// broker at `url` in bus namespace `ns`.
 fn publish(
-    url: &str,
-    ns: &str,
+    (url, ns): (&str, &str),
     source: &str,
     subject: &str,
     data: &str,
@@ -151,8 +151,7 @@ fn a_plain_cloudevent_from_a_python_client_starts_one_job_of_a_deployed_flow() {
     // Two uploads, each published twice; one under another bucket (no match); one without
     // `rows` (rejected).
     publish(
-        &url,
-        &ns,
+        (&url, &ns),
         "s3://landing/2026",
         "day.csv",
         r#"{"rows": 4{i}}"#,
@@ -161,8 +160,7 @@ fn a_plain_cloudevent_from_a_python_client_starts_one_job_of_a_deployed_flow() {
         2,
     );
     publish(
-        &url,
-        &ns,
+        (&url, &ns),
         "s3://other/2026",
         "day.csv",
         r#"{"rows": 1}"#,
@@ -171,8 +169,7 @@ fn a_plain_cloudevent_from_a_python_client_starts_one_job_of_a_deployed_flow() {
         1,
     );
     publish(
-        &url,
-        &ns,
+        (&url, &ns),
         "s3://landing/2026",
         "bad.csv",
         r#"{"lines": 1}"#,
@@ -217,8 +214,7 @@ fn a_plain_cloudevent_from_a_python_client_starts_one_job_of_a_deployed_flow() {
         std::thread::sleep(Duration::from_millis(200));
     }
     publish(
-        &url,
-        &ns,
+        (&url, &ns),
         "s3://landing/2026",
         "late.csv",
         r#"{"rows": 9}"#,

@@ -27,7 +27,7 @@ pub use ferry_runtime as __runtime;
 /// ferry_connect::service_main!(
 ///     "ferry-planner",
 ///     "ferry's planner: …",
-///     async |flags: ferry_planner::Flags, _| Ok(flags.config()),
+///     async |flags: ferry_planner::Flags, common| Ok(flags.config(&common.data_dir)),
 ///     ferry_planner::run
 /// );
 /// ```

@@ -300,7 +300,7 @@ async fn deploys_version_undeploy_stops_triggers_and_a_redelivered_request_chang
     let (_dir, db) = temp_db()?;
     let mut h = start(MemoryBus::new(), &db).await?;
     let first = deploy_event(FLOW);
-    h.publish(&[first.clone()]).await?;
+    h.publish(std::slice::from_ref(&first)).await?;
     let d1: FlowDeployed = ferry_event::decode(&h.next_out().await?)?;
     h.publish(&[deploy_event(FLOW)]).await?;
     let d2: FlowDeployed = ferry_event::decode(&h.next_out().await?)?;
