@@ -571,3 +571,16 @@ fn ray_jobs(address: &str) -> serde_json::Value {
         .unwrap_or_default();
     serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {response}"))
 }
+
+#[test]
+fn triggered_runs_by_hand_with_the_inputs_a_trigger_would_give() {
+    // Its trigger is exercised end to end in tests/triggers.rs; by hand, it is a plain flow.
+    let dir = tempfile::tempdir().unwrap();
+    let ran = run(
+        &example("triggered.yaml"),
+        dir.path(),
+        &["--input", "file=day.csv", "--input", "rows=42"],
+    );
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    assert_eq!(ran.lines_of("report"), ["day.csv in landing: 42 rows"]);
+}
