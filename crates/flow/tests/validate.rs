@@ -646,3 +646,43 @@ fn a_deep_chain_does_not_overflow_the_stack() {
         &ps[0].message[..80]
     );
 }
+
+#[test]
+fn trigger_problems_are_located_with_what_is_accepted() {
+    let src = "id: f
+inputs:
+  day: { type: string }
+triggers:
+  - on:
+      type: 'com.acme.*[x'
+      source: { prefix: '' }
+      data: { 'a..b': 1 }
+    inputs:
+      dya: '{{ event.data.day }}'
+      day: '{{ inputs.day }}'
+tasks:
+  - { id: a, runner: local, command: [echo] }
+";
+    let ps = problems(src);
+    expect(
+        &ps,
+        "6:13",
+        "triggers[0].on.type",
+        &["not a valid glob", "{ exact: … }"],
+    );
+    expect(&ps, "7:15", "triggers[0].on.source", &["must not be empty"]);
+    expect(&ps, "8:15", "triggers[0].on.data[\"a..b\"]", &["not a data path"]);
+    expect(
+        &ps,
+        "10:7",
+        "triggers[0].inputs.dya",
+        &["does not declare", "did you mean `day`"],
+    );
+    expect(
+        &ps,
+        "11:12",
+        "triggers[0].inputs.day",
+        &["before the job has inputs", "{{ event.data.PATH }}"],
+    );
+    assert_eq!(ps.len(), 5, "{ps:#?}");
+}
