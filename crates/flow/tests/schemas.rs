@@ -266,6 +266,24 @@ fn one_of_each_payload() -> Result<BTreeMap<&'static str, Vec<Value>>> {
         ],
     );
     m.insert(
+        "tasks.state",
+        [TaskStatus::Cancelled, TaskStatus::Pending]
+            .into_iter()
+            .map(|state| {
+                v(&TasksState {
+                    job_id: "j".into(),
+                    state,
+                    tasks: vec![TaskAttempts {
+                        task_id: "b".into(),
+                        attempts: 1,
+                    }],
+                    error: (state == TaskStatus::Cancelled).then(|| "the job was cancelled".into()),
+                    at_ms: 5,
+                })
+            })
+            .collect::<Result<_>>()?,
+    );
+    m.insert(
         "flow.deploy",
         vec![
             v(&FlowDeploy {
