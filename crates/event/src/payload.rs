@@ -835,6 +835,12 @@ pub struct TaskFinished {
     /// (cancelled before its dispatch, refused, its create failed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compute_ms: Option<u64>,
+    /// Subtasks the attempt submitted (the file at `$FERRY_SUBTASKS`), in the flow's task
+    /// format, as JSON: `id`, `runner`, `command`, `dependsOn` among them… Sent only by a
+    /// succeeded attempt; the scheduler validates them like a flow's tasks and adds them to the
+    /// job as `PARENT.ID`, and whatever depended on the parent then waits for them too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subtasks: Vec<Map<String, Value>>,
 }
 
 impl TaskFinished {
@@ -870,6 +876,7 @@ impl TaskFinished {
             finished_at_ms,
             reason: None,
             compute_ms: None,
+            subtasks: Vec::new(),
         }
     }
 }
@@ -997,6 +1004,10 @@ pub struct TaskState {
     pub started_at_ms: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at_ms: Option<i64>,
+    /// On `task.succeeded`: the ids of the subtasks the attempt added to the job (each
+    /// `TASK.ID`), pending. Tasks that depend on this one wait for them too, and for theirs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subtasks: Vec<String>,
 }
 
 /// `dev.ferry.tasks.cancelled|retrying`: many tasks of one job changing state together, which

@@ -507,6 +507,10 @@ fn one_of_each_payload() -> Result<BTreeMap<&'static str, Vec<Value>>> {
                 finished_at_ms: 2,
                 reason: None,
                 compute_ms: None,
+                subtasks: match json!({"id": "part-1", "runner": "local", "command": ["true"]}) {
+                    Value::Object(task) => vec![task],
+                    _ => unreachable!("an object"),
+                },
             })
         })
         .collect::<Result<_>>()?,
@@ -536,6 +540,7 @@ fn one_of_each_payload() -> Result<BTreeMap<&'static str, Vec<Value>>> {
                 retry_at_ms: Some(5),
                 started_at_ms: None,
                 finished_at_ms: None,
+                subtasks: vec!["b.part-1".into()],
             })
         })
         .collect::<Result<_>>()?,
