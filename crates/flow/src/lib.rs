@@ -16,12 +16,14 @@
 //! - [`model`] holds the typed flow, [`template`] the `{{ … }}` syntax;
 //! - [`trigger`] matches events against a flow's triggers and fills the inputs they give;
 //! - [`rules`] holds the checks of a task's fields that launchers apply again to a dispatch
-//!   (input file names, output patterns, memory quantities).
+//!   (input file names, output patterns, memory quantities);
+//! - [`plan_subtasks`] checks and plans the subtasks a running task submits, named under it.
 
 pub mod model;
 mod plan;
 pub mod rules;
 mod schema;
+mod subtasks;
 pub mod template;
 pub mod trigger;
 
@@ -40,6 +42,7 @@ pub use plan::{PlannedJob, plan, plan_job};
 /// [`rules::memory_bytes`], under the name it had first.
 pub use rules::memory_bytes as parse_memory;
 pub use schema::{DURATION_PATTERN, FLOW_SCHEMA_ID, flow_schema};
+pub use subtasks::{SUBTASK_SEPARATOR, parent_of, plan_subtasks, subtask_depth, subtask_id};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
