@@ -412,6 +412,7 @@ pub(crate) async fn run(
         finished_at_ms: 0,
         reason,
         compute_ms: None,
+        subtasks: Vec::new(),
     };
     let report = conclude(&rt, &compute, task, report).await;
     publish_recorded(&rt, &report).await;
@@ -556,15 +557,22 @@ pub(crate) async fn conclude(
                 Some(bytes) => collect::parse_outputs(&bytes).map_err(AttemptError::Task)?,
                 None => Map::new(),
             };
-            Ok((outputs, c.files))
+            let subtasks = match c.subtasks {
+                Some(bytes) => collect::parse_subtasks(&bytes).map_err(AttemptError::Task)?,
+                None => Vec::new(),
+            };
+            Ok((outputs, subtasks, c.files))
         });
+        let masked = |o: Map<String, serde_json::Value>| match rt.masker.mask_json(serde_json::Value::Object(o)) {
+            serde_json::Value::Object(o) => o,
+            _ => Map::new(),
+        };
         match collected {
-            Ok((o, f)) => match within_quota(rt, task, &f).await {
+            Ok((o, subtasks, f)) => match within_quota(rt, task, &f).await {
                 Ok(()) => {
-                    report.outputs = match rt.masker.mask_json(serde_json::Value::Object(o)) {
-                        serde_json::Value::Object(o) => o,
-                        _ => Map::new(),
-                    };
+                    report.outputs = masked(o);
+                    // Only a succeeded attempt's subtasks are sent: a failed one's never join.
+                    report.subtasks = subtasks.into_iter().map(masked).collect();
                     report.output_files = f;
                 }
                 Err(over) => {

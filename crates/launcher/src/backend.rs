@@ -217,6 +217,10 @@ pub struct Collected {
     /// The bytes of the file at `$FERRY_OUTPUTS`, `None` when there is none. At most
     /// [`crate::collect::MAX_OUTPUTS_BYTES`] + 1 bytes: the runtime refuses larger ones.
     pub outputs: Option<Vec<u8>>,
+    /// The bytes of the file at `$FERRY_SUBTASKS`, `None` when there is none (or the backend
+    /// has no such file). At most [`crate::collect::MAX_SUBTASKS_BYTES`] + 1 bytes: the runtime
+    /// refuses larger ones.
+    pub subtasks: Option<Vec<u8>>,
     /// The files matching the task's `outputFiles`, already in the artifact store.
     pub files: Vec<OutputFile>,
 }
@@ -328,7 +332,8 @@ pub trait Backend: Send + Sync + 'static {
     /// exists already (look before create; the platform's "already exists" means adopt, never a
     /// second compute). Returns it with its handle, which the runtime journals. The attempt's
     /// working directory holds its input files; its environment holds the task's `env` and
-    /// `FERRY_JOB_ID`, `FERRY_TASK_ID`, `FERRY_ATTEMPT_ID`, `FERRY_WORKING_DIR`, `FERRY_OUTPUTS`.
+    /// `FERRY_JOB_ID`, `FERRY_TASK_ID`, `FERRY_ATTEMPT_ID`, `FERRY_WORKING_DIR`, `FERRY_OUTPUTS` and, where
+    /// the backend brings it back, `FERRY_SUBTASKS`.
     async fn create(&self, task: Task<'_>, reserved: Compute) -> BackendResult<Compute>;
 
     /// The compute of this name or reservation, if it exists: how a launcher that restarted
@@ -374,7 +379,8 @@ pub trait Backend: Send + Sync + 'static {
     /// until [`release`](Backend::release). Stopping compute that has ended is not an error.
     async fn stop(&self, compute: &Compute, grace: Duration) -> BackendResult<()>;
 
-    /// Collects what a successful attempt produced: the bytes at `$FERRY_OUTPUTS` and the files
+    /// Collects what a successful attempt produced: the bytes at `$FERRY_OUTPUTS` (and at
+    /// `$FERRY_SUBTASKS`) and the files
     /// matching `task`'s `outputFiles`, copied into the artifact store (under
     /// `<job>/<task>/<attempt>/`). Called after the compute ended and before it is released.
     /// An output the task got wrong is [`AttemptError::Task`].

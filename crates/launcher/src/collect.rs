@@ -1,5 +1,5 @@
-//! Collecting what an attempt produced: its outputs object (parsed and limited here for every
-//! backend) and its output files, copied into the artifact store (`file://` for now: a
+//! Collecting what an attempt produced: its outputs object and its subtasks (parsed and
+//! limited here for every backend) and its output files, copied into the artifact store (`file://` for now: a
 //! directory of the launcher's machine; `s3://` and `gs://` arrive with the cloud backends).
 
 use std::collections::BTreeMap;
@@ -33,33 +33,106 @@ pub fn read_outputs(path: &Path) -> Result<(Map<String, Value>, bool), String> {
 /// symbolic link, at most [`MAX_OUTPUTS_BYTES`] + 1 of them (so that [`parse_outputs`] can
 /// refuse a larger one).
 pub fn read_outputs_file(path: &Path) -> Result<Option<Vec<u8>>, String> {
+    read_task_file(path, "the outputs file $FERRY_OUTPUTS", MAX_OUTPUTS_BYTES)
+}
+
+/// The bytes of the subtasks file at `path`, `None` when there is none: never through a
+/// symbolic link, at most [`MAX_SUBTASKS_BYTES`] + 1 of them (so that [`parse_subtasks`] can
+/// refuse a larger one).
+pub fn read_subtasks_file(path: &Path) -> Result<Option<Vec<u8>>, String> {
+    read_task_file(path, "the subtasks file $FERRY_SUBTASKS", MAX_SUBTASKS_BYTES)
+}
+
+/// A file a task wrote for ferry (`what` names it in errors), at most `max` + 1 bytes of it.
+fn read_task_file(path: &Path, what: &str, max: u64) -> Result<Option<Vec<u8>>, String> {
     let meta = match std::fs::symlink_metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("cannot read the outputs file $FERRY_OUTPUTS: {e}")),
+        Err(e) => return Err(format!("cannot read {what}: {e}")),
     };
     if !meta.is_file() {
-        return Err("the outputs file $FERRY_OUTPUTS must be a regular file (the task replaced it with something else)".into());
+        return Err(format!(
+            "{what} must be a regular file (the task replaced it with something else)"
+        ));
     }
-    if meta.len() > MAX_OUTPUTS_BYTES {
-        return Err(too_large(meta.len()));
+    if meta.len() > max {
+        return Err(too_large_file(what, meta.len(), max));
     }
     let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(nix::libc::O_NOFOLLOW)
         .open(path)
-        .map_err(|e| format!("cannot read the outputs file $FERRY_OUTPUTS: {e}"))?;
+        .map_err(|e| format!("cannot read {what}: {e}"))?;
     let mut bytes = Vec::new();
-    file.take(MAX_OUTPUTS_BYTES + 1)
+    file.take(max + 1)
         .read_to_end(&mut bytes)
-        .map_err(|e| format!("cannot read the outputs file $FERRY_OUTPUTS: {e}"))?;
+        .map_err(|e| format!("cannot read {what}: {e}"))?;
     Ok(Some(bytes))
 }
 
 fn too_large(n: u64) -> String {
+    too_large_file("the outputs file $FERRY_OUTPUTS", n, MAX_OUTPUTS_BYTES)
+}
+
+fn too_large_file(what: &str, n: u64, max: u64) -> String {
     format!(
-        "the outputs file $FERRY_OUTPUTS is too large ({n} bytes); at most {MAX_OUTPUTS_BYTES} bytes (1 MiB) are accepted"
+        "{what} is too large ({n} bytes); at most {max} bytes ({} MiB) are accepted",
+        max / (1024 * 1024)
     )
+}
+
+/// The largest subtasks file accepted: its subtasks travel in one `task.finished` event.
+pub const MAX_SUBTASKS_BYTES: u64 = 4 * 1024 * 1024;
+
+/// The subtasks in what a task wrote at `$FERRY_SUBTASKS`, however it was fetched: a list of
+/// tasks in the flow's task format, JSON or YAML, of at most [`MAX_SUBTASKS_BYTES`]; nothing
+/// at all means none. Only the shape is checked here; the scheduler checks the tasks as a
+/// flow's. Errors are the task's fault and say what is accepted.
+pub fn parse_subtasks(bytes: &[u8]) -> Result<Vec<Map<String, Value>>, String> {
+    const WHAT: &str = "the subtasks file $FERRY_SUBTASKS";
+    if bytes.len() as u64 > MAX_SUBTASKS_BYTES {
+        return Err(too_large_file(WHAT, bytes.len() as u64, MAX_SUBTASKS_BYTES));
+    }
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Vec::new());
+    }
+    let value: Value = match serde_json::from_slice(bytes) {
+        Ok(v) => v,
+        Err(_) => {
+            let text = std::str::from_utf8(bytes)
+                .map_err(|_| format!("{WHAT} is neither JSON nor YAML: it is not UTF-8 text"))?;
+            ferry_flow::to_json(text, "$FERRY_SUBTASKS")
+                .map_err(|p| format!("{WHAT} is neither JSON nor YAML: {p}"))?
+        }
+    };
+    let Value::Array(items) = value else {
+        return Err(format!(
+            "{WHAT} must hold a list of tasks (each {{id, runner, command, dependsOn…}}), not {}",
+            kind_of(&value)
+        ));
+    };
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| match item {
+            Value::Object(task) => Ok(task),
+            other => Err(format!(
+                "{WHAT}: subtasks[{i}] must be a task (an object with id, runner, command…), not {}",
+                kind_of(&other)
+            )),
+        })
+        .collect()
+}
+
+fn kind_of(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
 }
 
 /// The outputs object in what a task wrote at `$FERRY_OUTPUTS`, however it was fetched: a JSON
@@ -78,14 +151,7 @@ pub fn parse_outputs(bytes: &[u8]) -> Result<Map<String, Value>, String> {
         Value::Object(map) => Ok(map),
         other => Err(format!(
             "the outputs file $FERRY_OUTPUTS must hold a JSON object, not {}",
-            match other {
-                Value::Null => "null",
-                Value::Bool(_) => "a boolean",
-                Value::Number(_) => "a number",
-                Value::String(_) => "a string",
-                Value::Array(_) => "an array",
-                Value::Object(_) => "an object",
-            }
+            kind_of(&other)
         )),
     }
 }
@@ -204,6 +270,30 @@ mod tests {
         assert!(read_outputs(&p).unwrap_err().contains("not valid JSON"));
         std::fs::write(&p, vec![b' '; MAX_OUTPUTS_BYTES as usize + 1]).unwrap();
         assert!(read_outputs(&p).unwrap_err().contains("too large"));
+    }
+
+    #[test]
+    fn subtasks_are_a_bounded_list_of_tasks_in_json_or_yaml() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("subtasks.json");
+        assert_eq!(read_subtasks_file(&p).unwrap(), None);
+        assert!(parse_subtasks(b"").unwrap().is_empty());
+        assert!(parse_subtasks(b" \n").unwrap().is_empty());
+        let json = parse_subtasks(br#"[{"id": "a", "runner": "local", "command": ["true"]}]"#).unwrap();
+        let yaml = parse_subtasks(b"- id: a\n  runner: local\n  command: [\"true\"]\n").unwrap();
+        assert_eq!(json, yaml);
+        assert_eq!(json[0]["id"], "a");
+        let e = parse_subtasks(br#"{"id": "a"}"#).unwrap_err();
+        assert!(e.contains("must hold a list of tasks") && e.contains("an object"), "{e}");
+        let e = parse_subtasks(br#"[{"id": "a"}, 5]"#).unwrap_err();
+        assert!(e.contains("subtasks[1] must be a task") && e.contains("a number"), "{e}");
+        let e = parse_subtasks(b"[: {").unwrap_err();
+        assert!(e.contains("neither JSON nor YAML"), "{e}");
+        std::fs::write(&p, vec![b' '; MAX_SUBTASKS_BYTES as usize + 1]).unwrap();
+        let e = read_subtasks_file(&p).unwrap_err();
+        assert!(e.contains("$FERRY_SUBTASKS is too large") && e.contains("4 MiB"), "{e}");
+        let e = parse_subtasks(&vec![b' '; MAX_SUBTASKS_BYTES as usize + 1]).unwrap_err();
+        assert!(e.contains("too large"), "{e}");
     }
 
     #[test]

@@ -719,6 +719,7 @@ mod tests {
             finished_at_ms: 2,
             reason: None,
             compute_ms: None,
+            subtasks: Vec::new(),
         }
     }
 

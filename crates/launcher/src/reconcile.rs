@@ -345,6 +345,7 @@ async fn finish(rt: &Arc<Runtime>, record: RunningRecord, compute: Compute, open
         finished_at_ms: 0,
         reason: None,
         compute_ms: None,
+        subtasks: Vec::new(),
     };
     // The dispatch itself is not kept: outputs are collected for what the journal kept of it.
     let dispatch = ferry_event::payload::TaskDispatched {

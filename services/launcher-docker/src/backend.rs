@@ -3,8 +3,8 @@
 //! Each attempt is one container named from its attempt id ([`container_name`]) and labelled
 //! with its job, task, attempt, flow, namespace and this launcher ([`crate::spec`]). Its input
 //! files are put into the working directory (`runner.workingDir`, `/ferry` by default) before it
-//! starts, and `$FERRY_OUTPUTS` is a file in a directory of its own ([`OUTPUTS_DIR`]), so that
-//! no `outputFiles` pattern can match it; both are read back through the engine's archive API
+//! starts, and `$FERRY_OUTPUTS` and `$FERRY_SUBTASKS` are files in a directory of their own
+//! ([`OUTPUTS_DIR`]), so that no `outputFiles` pattern can match them; they are read back through the engine's archive API
 //! after it ends, before it is removed. Containers outlive the launcher
 //! ([`ShutdownPolicy::Detach`]): the next start adopts each with its true outcome.
 //!
@@ -24,7 +24,7 @@ use ferry_launcher::backend::{
     AttemptError, Backend, BackendResult, Collected, Compute, ComputeState, Exit, LogPosition, LogRead,
     ShutdownPolicy, Task,
 };
-use ferry_launcher::collect::{self, MAX_OUTPUTS_BYTES};
+use ferry_launcher::collect::{self, MAX_OUTPUTS_BYTES, MAX_SUBTASKS_BYTES};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
@@ -46,6 +46,9 @@ pub const OUTPUTS_DIR: &str = "/ferry-outputs";
 
 /// `$FERRY_OUTPUTS` in every container.
 pub const OUTPUTS_FILE: &str = "/ferry-outputs/outputs.json";
+
+/// `$FERRY_SUBTASKS` in every container, beside the outputs.
+pub const SUBTASKS_FILE: &str = "/ferry-outputs/subtasks.json";
 
 /// How long one wait for a container's end may take before its status is read again (a wait
 /// request that lost its connection would otherwise wait for ever).
@@ -353,6 +356,7 @@ impl Backend for Docker {
             ("FERRY_ATTEMPT_ID".to_string(), d.attempt_id.clone()),
             ("FERRY_WORKING_DIR".to_string(), work_dir.clone()),
             ("FERRY_OUTPUTS".to_string(), OUTPUTS_FILE.to_string()),
+            ("FERRY_SUBTASKS".to_string(), SUBTASKS_FILE.to_string()),
         ]);
         let mut inputs = Vec::with_capacity(d.input_files.len());
         for (path, t) in &d.input_files {
@@ -502,9 +506,14 @@ impl Backend for Docker {
             .read_file(&compute.name, OUTPUTS_FILE, MAX_OUTPUTS_BYTES)
             .await
             .map_err(attempt_error)?;
+        let subtasks = engine
+            .read_file(&compute.name, SUBTASKS_FILE, MAX_SUBTASKS_BYTES)
+            .await
+            .map_err(attempt_error)?;
         if d.output_files.is_empty() {
             return Ok(Collected {
                 outputs,
+                subtasks,
                 files: Vec::new(),
             });
         }
@@ -530,7 +539,11 @@ impl Backend for Docker {
             .await
             .map_err(attempt_error)?;
         let files = collected.into_output_files()?;
-        Ok(Collected { outputs, files })
+        Ok(Collected {
+            outputs,
+            subtasks,
+            files,
+        })
     }
 
     async fn release(&self, compute: &Compute) -> BackendResult<()> {

@@ -879,6 +879,9 @@ impl Backend for Kubernetes {
         };
         Ok(Collected {
             outputs: (!message.is_empty()).then(|| message.into_bytes()),
+            // The termination message is the one file a pod's status brings back, and it
+            // holds the outputs: tasks on this backend get no `$FERRY_SUBTASKS`.
+            subtasks: None,
             files,
         })
     }

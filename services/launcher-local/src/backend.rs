@@ -58,8 +58,8 @@ struct Live {
     output: Option<Arc<(File, File)>>,
     /// Every process of the attempt has been stopped: its output files grow no more.
     stopped: bool,
-    /// Whether the task printed anything, and may have left an outputs file: what its slot's
-    /// cleaning can skip.
+    /// Whether the task printed anything, and may have left an outputs or subtasks file: what
+    /// its slot's cleaning can skip.
     printed: bool,
     outputs_file: bool,
 }
@@ -271,6 +271,7 @@ impl Backend for Local {
             task,
             &work.to_string_lossy(),
             &dir.outputs().to_string_lossy(),
+            &dir.subtasks().to_string_lossy(),
             self.0.base_env.iter().cloned(),
         )?;
         let (inner, slot) = (self.0.clone(), handle.slot);
@@ -475,8 +476,9 @@ impl Backend for Local {
         let patterns = d.output_files.clone();
         let gather = move || {
             let outputs = collect::read_outputs_file(&dir.outputs())?;
+            let subtasks = collect::read_subtasks_file(&dir.subtasks())?;
             let files = collect::collect_files(&dir.work(), &patterns, &dest)?;
-            Ok::<_, String>((outputs, files))
+            Ok::<_, String>((outputs, subtasks, files))
         };
         // Without output files this is one `stat` (and a small read when there are outputs):
         // not worth a hop to a blocking thread. Copying files is.
@@ -488,13 +490,18 @@ impl Backend for Local {
                 .map_err(|e| AttemptError::Platform(format!("collecting outputs failed: {e}")))?
         }
         .map_err(AttemptError::Task)?;
-        let (outputs, files) = collected;
+        let (outputs, subtasks, files) = collected;
         if outputs.is_none()
+            && subtasks.is_none()
             && let Some(l) = self.live().get_mut(&compute.name)
         {
             l.outputs_file = false;
         }
-        Ok(Collected { outputs, files })
+        Ok(Collected {
+            outputs,
+            subtasks,
+            files,
+        })
     }
 
     async fn release(&self, compute: &Compute) -> BackendResult<()> {

@@ -32,6 +32,7 @@ pub fn prepare(
     task: Task<'_>,
     work_dir: &str,
     outputs_path: &str,
+    subtasks_path: &str,
     base_env: impl IntoIterator<Item = (OsString, OsString)>,
 ) -> Result<Prepared, AttemptError> {
     let d = task.dispatch;
@@ -75,6 +76,7 @@ pub fn prepare(
         ("FERRY_ATTEMPT_ID", d.attempt_id.clone()),
         ("FERRY_WORKING_DIR", work_dir.to_string()),
         ("FERRY_OUTPUTS", outputs_path.to_string()),
+        ("FERRY_SUBTASKS", subtasks_path.to_string()),
     ];
     for (name, value) in &ferry_env {
         if value.contains('\0') {

@@ -3,6 +3,7 @@
 //! ```text
 //! <data_dir>/slots/<n>/work     the working directory of the attempt holding slot n
 //! <data_dir>/slots/<n>/outputs.json   $FERRY_OUTPUTS, outside work/ so that outputFiles globs never match it
+//! <data_dir>/slots/<n>/subtasks.json  $FERRY_SUBTASKS, beside it
 //! <data_dir>/slots/<n>/stdout   the task's standard output, as written
 //! <data_dir>/slots/<n>/stderr   the task's standard error, as written
 //! ```
@@ -288,6 +289,10 @@ impl SlotDir {
         self.root.join("outputs.json")
     }
 
+    pub fn subtasks(&self) -> PathBuf {
+        self.root.join("subtasks.json")
+    }
+
     pub fn stdout(&self) -> PathBuf {
         self.root.join("stdout")
     }
@@ -301,7 +306,7 @@ impl SlotDir {
     /// and it has no outputs file: [`Slots::open`] and [`Self::clean`] saw to it, so this is two
     /// `open`s and a `stat` (and the directories, the first time a slot is used). When tasks run
     /// as another user, the working directory is theirs and an empty outputs file is made for
-    /// them (they cannot create files beside their working directory).
+    /// them, and an empty subtasks file (they cannot create files beside their working directory).
     pub fn prepare(&self) -> io::Result<(File, File)> {
         let out = match open_private(&self.stdout(), true) {
             Ok(f) => f,
@@ -323,14 +328,16 @@ impl SlotDir {
             Err(e) => return Err(e),
         }
         if let Some(owner) = self.owner {
-            remove_file_if_exists(&self.outputs())?;
-            let f = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .custom_flags(nix::libc::O_NOFOLLOW)
-                .open(self.outputs())?;
-            std::os::unix::fs::fchown(&f, Some(owner.uid), Some(owner.gid))?;
+            for path in [self.outputs(), self.subtasks()] {
+                remove_file_if_exists(&path)?;
+                let f = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .custom_flags(nix::libc::O_NOFOLLOW)
+                    .open(path)?;
+                std::os::unix::fs::fchown(&f, Some(owner.uid), Some(owner.gid))?;
+            }
         }
         Ok((out, open_private(&self.stderr(), true)?))
     }
@@ -366,7 +373,7 @@ impl SlotDir {
     }
 
     /// [`Self::clean`], skipping what is known not to be there: output in the stdout and
-    /// stderr files, an outputs file.
+    /// stderr files, an outputs or subtasks file.
     ///
     /// Every process of the attempt must have ended (the launcher stops them all first): what
     /// is removed is then what is there. Symbolic links a task left are removed, never
@@ -382,6 +389,7 @@ impl SlotDir {
         }
         if outputs_file || self.owner.is_some() {
             remove_file_if_exists(&self.outputs())?;
+            remove_file_if_exists(&self.subtasks())?;
         }
         if printed {
             for path in [self.stdout(), self.stderr()] {
@@ -484,11 +492,13 @@ mod tests {
         std::fs::create_dir_all(dir.work().join("sub/deeper")).unwrap();
         std::fs::write(dir.work().join("sub/deeper/f"), "x").unwrap();
         std::fs::write(dir.outputs(), "{}").unwrap();
+        std::fs::write(dir.subtasks(), "[]").unwrap();
         dir.clean().unwrap();
         slots.give_back(n);
         assert_eq!(slots.take(), n, "a free slot is reused");
         assert_eq!(std::fs::read_dir(dir.work()).unwrap().count(), 0);
         assert!(!dir.outputs().exists());
+        assert!(!dir.subtasks().exists(), "a reused slot holds no earlier attempt's subtasks");
         assert_eq!(std::fs::metadata(dir.stdout()).unwrap().len(), 0);
         assert_ne!(slots.take(), n, "a busy slot is not handed out twice");
 

@@ -1217,6 +1217,7 @@ fn recorded_report(attempt: &str) -> TaskFinished {
         finished_at_ms: 1_700_000_000_500,
         reason: None,
         compute_ms: None,
+        subtasks: Vec::new(),
     }
 }
 

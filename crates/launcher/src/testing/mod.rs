@@ -44,6 +44,8 @@ pub struct Plan {
     pub run_for: Duration,
     /// What it writes at `$FERRY_OUTPUTS` when it succeeds.
     pub outputs: Map<String, Value>,
+    /// What it writes at `$FERRY_SUBTASKS`, whatever its outcome.
+    pub subtasks: Option<String>,
 }
 
 /// Decides each attempt whose command is not a [`Program`].
@@ -140,6 +142,8 @@ pub struct Container {
     pub stopped: bool,
     /// What the task wrote at `$FERRY_OUTPUTS`.
     pub outputs: Option<Vec<u8>>,
+    /// What the task wrote at `$FERRY_SUBTASKS`.
+    pub subtasks: Option<Vec<u8>>,
     /// Files written in its working directory.
     pub files: HashMap<String, Vec<u8>>,
     pub who: Who,
@@ -279,6 +283,7 @@ impl Platform {
                         }
                     },
                     Step::Outputs(t) => step(&mut |c| c.outputs = Some(t.clone().into_bytes())),
+                    Step::Subtasks(t) => step(&mut |c| c.subtasks = Some(t.clone().into_bytes())),
                     Step::Write { path, content } => step(&mut |c| {
                         c.files.insert(path.clone(), content.clone().into_bytes());
                     }),
@@ -322,7 +327,11 @@ impl Platform {
                 Outcome::TimedOut | Outcome::Cancelled => return,
             };
             tokio::time::sleep(plan.run_for).await;
-            platform.step(&name, |c| end(c, plan.outputs));
+            let subtasks = plan.subtasks.map(String::into_bytes);
+            platform.step(&name, |c| {
+                c.subtasks = subtasks;
+                end(c, plan.outputs)
+            });
         });
     }
 }
@@ -390,6 +399,7 @@ impl Backend for Remote {
         env.insert("FERRY_ATTEMPT_ID".into(), d.attempt_id.clone());
         env.insert("FERRY_WORKING_DIR".into(), WORK.into());
         env.insert("FERRY_OUTPUTS".into(), "/outputs.json".into());
+        env.insert("FERRY_SUBTASKS".into(), "/subtasks.json".into());
         let mut inputs = HashMap::new();
         for (name, content) in &d.input_files {
             crate::template::check_input_name(name).map_err(AttemptError::Task)?;
@@ -536,6 +546,7 @@ impl Backend for Remote {
             files.sort_by(|a, b| a.path.cmp(&b.path));
             Collected {
                 outputs: c.outputs.clone(),
+                subtasks: c.subtasks.clone(),
                 files,
             }
         })
@@ -644,6 +655,7 @@ mod tests {
             },
             run_for: Duration::from_millis(20),
             outputs: serde_json::from_value(serde_json::json!({"rows": 42})).unwrap(),
+            subtasks: Some(r#"[{"id": "more", "runner": "local", "command": ["true"]}]"#.into()),
         });
         let platform = Arc::new(Platform::default().named("local").scripted(script));
         let target = Arc::new(DoubleTarget(platform.clone(), ShutdownPolicy::Kill));
@@ -681,11 +693,14 @@ mod tests {
             "{ok:?}"
         );
         assert_eq!(ok.outputs["rows"], 42);
+        assert_eq!(ok.subtasks.len(), 1, "a success sends its subtasks: {ok:?}");
+        assert_eq!(ok.subtasks[0]["id"], "more");
         let bad = h.finished(&h.id("bad")).await;
         assert_eq!(
             (bad.outcome, bad.exit_code, bad.error.as_deref()),
             (Outcome::Failed, Some(1), Some("scripted failed"))
         );
+        assert!(bad.subtasks.is_empty(), "a failed attempt's subtasks are never sent: {bad:?}");
         let gone = h.finished(&h.id("gone")).await;
         assert_eq!(gone.outcome, Outcome::Lost, "{gone:?}");
         assert!(

@@ -21,6 +21,8 @@ pub enum Step {
     Cat(String),
     /// Writes this text to `$FERRY_OUTPUTS`.
     Outputs(String),
+    /// Writes this text to `$FERRY_SUBTASKS`.
+    Subtasks(String),
     /// Writes a file in the working directory.
     Write { path: String, content: String },
     /// Sleeps this many milliseconds.
@@ -51,6 +53,7 @@ impl Program {
                 Step::Env(name) => format!("printf '%s=%s\\n' {} \"${{{name}}}\"", quote(name)),
                 Step::Cat(path) => format!("cat {}", quote(path)),
                 Step::Outputs(s) => format!("printf '%s' {} > \"$FERRY_OUTPUTS\"", quote(s)),
+                Step::Subtasks(s) => format!("printf '%s' {} > \"$FERRY_SUBTASKS\"", quote(s)),
                 Step::Write { path, content } => {
                     format!("printf '%s' {} > {}", quote(content), quote(path))
                 }
