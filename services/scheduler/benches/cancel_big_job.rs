@@ -181,6 +181,7 @@ async fn run(planned: &JobPlanned) -> Times {
                 finished_at_ms: ferry_event::now_ms(),
                 reason: None,
                 compute_ms: None,
+                subtasks: Vec::new(),
             };
             r.events.task(
                 kind::TASK_FINISHED,

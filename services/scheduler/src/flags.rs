@@ -27,6 +27,16 @@ pub struct Flags {
     /// Repeat the flag, or separate with commas.
     #[arg(long = "namespace-quota", env = "FERRY_NAMESPACE_QUOTA", value_name = "NAME=N", value_delimiter = ',', value_parser = quota)]
     pub namespace_quotas: Vec<(String, u32)>,
+    /// Most subtasks one attempt may submit through `$FERRY_SUBTASKS`; a larger submission
+    /// fails the attempt.
+    #[arg(long, env = "FERRY_MAX_SUBTASKS_PER_ATTEMPT", value_name = "N", default_value_t = 10_000)]
+    pub max_subtasks_per_attempt: usize,
+    /// How deep subtasks may nest (1: a flow's tasks may submit subtasks, those may not).
+    #[arg(long, env = "FERRY_MAX_SUBTASK_DEPTH", value_name = "N", default_value_t = 4)]
+    pub max_subtask_depth: usize,
+    /// Most tasks a job may grow to by the subtasks its tasks submit.
+    #[arg(long, env = "FERRY_MAX_TASKS_PER_JOB", value_name = "N", default_value_t = 100_000)]
+    pub max_tasks_per_job: usize,
 }
 
 /// `NAME=N`, N a whole number of tasks.
@@ -46,6 +56,9 @@ impl Flags {
         config.lease = self.lease;
         config.no_launcher_after = (!self.no_launcher_after.is_zero()).then_some(self.no_launcher_after);
         config.namespace_quotas = self.namespace_quotas.iter().cloned().collect();
+        config.max_subtasks_per_attempt = self.max_subtasks_per_attempt;
+        config.max_subtask_depth = self.max_subtask_depth;
+        config.max_tasks_per_job = self.max_tasks_per_job;
         config
     }
 }

@@ -9,7 +9,9 @@
 //! - `task.started` / `task.heartbeat` keep the attempt's lease; a lapsed lease, a missed
 //!   deadline or a lost attempt is retried as a new attempt;
 //! - `task.finished` succeeds the task and releases its dependents, or retries it with backoff, or
-//!   fails it for good, which cancels the rest of the job (fail-fast);
+//!   fails it for good, which cancels the rest of the job (fail-fast); a success that submitted
+//!   subtasks adds them to the job in the same transaction, and the task's dependents wait for
+//!   them and theirs;
 //! - `job.cancel` and `job.retry` stop a job and re-queue its failed and cancelled tasks.
 //!
 //! Delivery rules (DESIGN §3): every batch of events is applied in one transaction that also
@@ -87,6 +89,14 @@ pub struct Config {
     /// without one are in `default`); `*` sets it for every namespace not named. Ready tasks
     /// beyond it wait, as they do beyond a job's `concurrency`. Empty: no quota.
     pub namespace_quotas: BTreeMap<String, u32>,
+    /// Most subtasks one attempt may submit (`$FERRY_SUBTASKS`); a larger submission fails the
+    /// attempt.
+    pub max_subtasks_per_attempt: usize,
+    /// How deep subtasks may nest: 1 lets a flow's tasks submit subtasks that submit none.
+    pub max_subtask_depth: usize,
+    /// Most tasks a job may grow to by its subtasks; a submission that would pass it fails the
+    /// attempt.
+    pub max_tasks_per_job: usize,
     /// How often timers (retries due, leases, deadlines) are checked.
     pub tick: Duration,
     /// How often the outbox is swept for rows no instance is publishing. A live instance
@@ -115,6 +125,9 @@ impl Config {
             dispatch_max: 512,
             max_waiting: 1024,
             namespace_quotas: BTreeMap::new(),
+            max_subtasks_per_attempt: 10_000,
+            max_subtask_depth: 4,
+            max_tasks_per_job: 100_000,
             tick: Duration::from_millis(100),
             orphan_sweep: Duration::from_secs(10),
             inbox_retention: Duration::from_secs(7 * 24 * 3600),

@@ -113,6 +113,11 @@ const SCHEMA: &[&str] = &[
 const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     // The launcher that took the attempt up (fencing, see `engine::fence`).
     ("attempts", "launcher", "TEXT"),
+    // The task that submitted this one, for a subtask.
+    ("tasks", "parent", "TEXT"),
+    // Subtasks this task submitted that are not done yet, with all they submitted in turn: its
+    // dependents wait until it is 0.
+    ("tasks", "open_children", "BIGINT NOT NULL DEFAULT 0"),
 ];
 
 const OUTBOX_SQLITE: &str = "CREATE TABLE IF NOT EXISTS outbox (

@@ -94,6 +94,7 @@ impl Rig {
             finished_at_ms: 2_000,
             reason: None,
             compute_ms: None,
+            subtasks: Vec::new(),
         };
         self.events
             .task(kind::TASK_FINISHED, job_id, task_id, Some(attempt_id), &data)

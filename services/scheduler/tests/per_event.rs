@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use ferry_bus::{Bus, MemoryBus, Subscribe, Subscription};
 use ferry_event::payload::{JobPlanned, Outcome, TaskFinished, TaskStarted};
+use ferry_event::cloudevents::AttributesWriter as _;
 use ferry_event::{Event, EventBuilder, Topic, kind};
 use ferry_scheduler::{Scheduler, Store};
 use serde_json::Map;
@@ -98,6 +99,17 @@ impl Rig {
     }
 
     async fn succeed(&mut self, task_id: &str) -> i64 {
+        self.succeed_with(task_id, Vec::new()).await
+    }
+
+    /// Succeeds a task that submitted `subtasks`.
+    async fn succeed_with(&mut self, task_id: &str, subtasks: Vec<Map<String, serde_json::Value>>) -> i64 {
+        let e = self.finished(task_id, subtasks).await;
+        self.apply(vec![e]).await
+    }
+
+    /// The report of a task's current attempt succeeding with `subtasks`.
+    async fn finished(&mut self, task_id: &str, subtasks: Vec<Map<String, serde_json::Value>>) -> Event {
         let attempt_id = self.attempts().await[task_id].clone();
         let data = TaskFinished {
             job_id: "j".into(),
@@ -114,11 +126,10 @@ impl Rig {
             finished_at_ms: 2_000,
             reason: None,
             compute_ms: None,
+            subtasks,
         };
-        let e = self
-            .events
-            .task(kind::TASK_FINISHED, "j", task_id, Some(&attempt_id), &data);
-        self.apply(vec![e]).await
+        self.events
+            .task(kind::TASK_FINISHED, "j", task_id, Some(&attempt_id), &data)
     }
 
     /// Starts and succeeds a task; the rows each wrote.
@@ -226,4 +237,87 @@ async fn a_success_releasing_n_dependents_costs_the_same_per_dependent() {
             "rows for releasing {n} dependents: {fixed} + {per} each"
         );
     }
+}
+
+/// `n` subtasks `s*` of the flow format, none depending on another.
+fn subtasks(n: usize) -> Vec<Map<String, serde_json::Value>> {
+    ids("s", n)
+        .iter()
+        .map(|id| {
+            serde_json::from_value(serde_json::json!({"id": id, "runner": BACKEND, "command": ["true"]}))
+                .unwrap()
+        })
+        .collect()
+}
+
+/// A parent `p` with a dependent `after`, beside `n` independent tasks.
+fn parent_in(n: usize) -> JobPlanned {
+    let mut tasks = vec![task_spec("p", &[]), task_spec("after", &["p"])];
+    tasks.extend(ids("f", n).iter().map(|f| task_spec(f, &[])));
+    planned("j", tasks, None)
+}
+
+#[tokio::test]
+async fn a_subtask_success_costs_the_same_whatever_the_job_size() {
+    let mut costs = Vec::new();
+    for n in [4, 400] {
+        let mut r = Rig::new(&parent_in(n)).await;
+        r.start("p").await;
+        let submitted = r.succeed_with("p", subtasks(3)).await;
+        assert_eq!(r.attempts().await.len(), n + 1 + 3, "the subtasks were dispatched");
+        // The first two leave `p` open; the last closes it, which releases `after`.
+        let first = r.run("p.s0").await;
+        let second = r.run("p.s1").await;
+        assert!(!r.attempts().await.contains_key("after"), "after waits for p's last subtask");
+        let last = r.run("p.s2").await;
+        assert!(r.attempts().await.contains_key("after"), "after runs once p's subtree is done");
+        assert_eq!(first, second, "job of {n}: two subtask successes cost alike");
+        costs.push((submitted, first, last));
+    }
+    assert_eq!(costs[0], costs[1], "rows per event, job of 4 and of 400 other tasks");
+}
+
+#[tokio::test]
+async fn adding_n_subtasks_costs_the_same_per_subtask_and_rewrites_nothing_else() {
+    let mut added = Vec::new();
+    for k in [4, 40, 400] {
+        let mut r = Rig::new(&parent_in(100)).await;
+        r.start("p").await;
+        let rows = r.succeed_with("p", subtasks(k)).await;
+        let tasks = r.sched.store().tasks("j").await.unwrap();
+        assert_eq!(tasks.len(), 102 + k, "{k} subtasks joined the job");
+        added.push((k as i64, rows));
+    }
+    // rows = fixed + k × per subtask: the job's other 101 tasks are not written.
+    let per = (added[1].1 - added[0].1) / (added[1].0 - added[0].0);
+    let fixed = added[0].1 - per * added[0].0;
+    assert!(per > 0, "each subtask writes rows: {added:?}");
+    assert!(fixed < 100, "the submission rewrites no other task: {fixed} rows besides the subtasks'");
+    for (k, rows) in added {
+        assert_eq!(rows, fixed + per * k, "rows for adding {k} subtasks: {fixed} + {per} each");
+    }
+}
+
+/// A report redelivered (the scheduler died after its commit, before its ack), or sent again
+/// under a new event id (a launcher that restarted and reported again), adds nothing: the
+/// subtasks joined once.
+#[tokio::test]
+async fn a_submission_redelivered_or_reported_again_joins_once() {
+    let mut r = Rig::new(&parent_in(2)).await;
+    r.start("p").await;
+    let report = r.finished("p", subtasks(3)).await;
+    let mut again = report.clone();
+    again.set_id(ferry_event::new_id());
+    r.apply(vec![report.clone()]).await;
+    let tasks = r.sched.store().tasks("j").await.unwrap();
+    let job = r.sched.store().job("j").await.unwrap().unwrap();
+    assert_eq!((tasks.len(), job.total, job.unfinished), (7, 7, 6));
+    r.apply(vec![report]).await;
+    r.apply(vec![again]).await;
+    let after = r.sched.store().tasks("j").await.unwrap();
+    let job_after = r.sched.store().job("j").await.unwrap().unwrap();
+    assert_eq!(after, tasks, "the tasks are as the first report left them");
+    assert_eq!(job_after, job, "the job's counters are as the first report left them");
+    let p = after.iter().find(|t| t.task_id == "p").unwrap();
+    assert_eq!(p.state, "succeeded");
 }

@@ -83,6 +83,7 @@ async fn check(case: Case) {
             outcome: c.outcomes[(t * 7 + a) % c.outcomes.len()],
             run_for: Duration::from_millis(c.run_ms[(t + a) % c.run_ms.len()]),
             outputs: Default::default(),
+            subtasks: None,
         }
     });
     let log = launcher(bus.clone(), script, stop.clone()).await;

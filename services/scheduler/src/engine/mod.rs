@@ -10,7 +10,8 @@
 //! What each event does is in a module of its own: [`input`] decodes them; `job.planned` is
 //! [`on_planned`] (its JSON and the DAG check in [`planned`]), `job.cancel` and fail-fast
 //! [`on_cancel`], `job.retry` [`on_retry`], `task.started` [`on_started`], `task.heartbeat`
-//! [`on_heartbeat`], `task.finished` [`on_finished`]; [`timers`] ends attempts whose lease or
+//! [`on_heartbeat`], `task.finished` [`on_finished`] (and a success that submitted subtasks
+//! [`on_submitted`]); [`timers`] ends attempts whose lease or
 //! deadline passed and readies retries that are due; [`dispatch`] sends ready tasks with their
 //! templates filled in.
 
@@ -23,6 +24,7 @@ mod on_heartbeat;
 mod on_planned;
 mod on_retry;
 mod on_started;
+mod on_submitted;
 mod planned;
 mod presence;
 mod timers;
@@ -565,5 +567,6 @@ fn task_state(
         retry_at_ms: None,
         started_at_ms: None,
         finished_at_ms: None,
+        subtasks: Vec::new(),
     }
 }

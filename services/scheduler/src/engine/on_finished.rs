@@ -23,6 +23,12 @@ impl Cx<'_> {
         if p.outcome == Outcome::Succeeded {
             return self.on_succeeded(vec![p]).await;
         }
+        self.on_unsuccessful(p, synthetic).await
+    }
+
+    /// An attempt that did not succeed: its task is retried, or fails, or is cancelled with
+    /// its ending job.
+    pub(super) async fn on_unsuccessful(&mut self, p: TaskFinished, synthetic: bool) -> Result<()> {
         let Some(job) = self.lock_job(&p.job_id).await? else {
             tracing::warn!(job_id = %p.job_id, "report for an unknown job ignored");
             return Ok(());
@@ -140,10 +146,24 @@ impl Cx<'_> {
         }
     }
 
-    /// Successful attempts, settled together: their attempts, then their tasks where the
-    /// attempt is still the task's current one, then the dependents of those tasks (in jobs
-    /// not ending). Three statements per chunk of reports, however many.
-    pub(super) async fn on_succeeded(&mut self, mut reports: Vec<TaskFinished>) -> Result<()> {
+    /// Successful attempts: those without subtasks settled together, then each that submitted
+    /// subtasks on its own ([`Cx::on_submitted`]: it grows its job).
+    pub(super) async fn on_succeeded(&mut self, reports: Vec<TaskFinished>) -> Result<()> {
+        let (submitted, reports): (Vec<_>, Vec<_>) =
+            reports.into_iter().partition(|p| !p.subtasks.is_empty());
+        self.on_succeeded_plain(reports).await?;
+        for p in submitted {
+            self.on_submitted(p).await?;
+        }
+        Ok(())
+    }
+
+    /// Successful attempts without subtasks, settled together: their attempts, then their
+    /// tasks where the attempt is still the task's current one, then the dependents of those
+    /// tasks (in jobs not ending), and for subtasks their parents ([`Cx::close_parents`]).
+    /// Three statements per chunk of reports, however many, and one more per level of nesting
+    /// for subtasks.
+    pub(super) async fn on_succeeded_plain(&mut self, mut reports: Vec<TaskFinished>) -> Result<()> {
         const ROWS: usize = 100;
         if reports.is_empty() {
             return Ok(());
@@ -212,7 +232,7 @@ impl Cx<'_> {
                         finished_at = f.finished_at, lease_until = NULL, deadline = NULL, error = NULL
                  FROM f WHERE tasks.job_id = f.job_id AND tasks.task_id = f.task_id
                    AND tasks.attempt_id = f.attempt_id AND tasks.state IN ('dispatched', 'running')
-                 RETURNING tasks.attempt_id, tasks.attempts, tasks.started_at",
+                 RETURNING tasks.attempt_id, tasks.attempts, tasks.started_at, tasks.parent",
                 placeholders(self.dialect, open.len(), 6)
             );
             let mut q = sized(&sql, open.len());
@@ -225,18 +245,24 @@ impl Cx<'_> {
                     .bind(serde_json::to_string(&p.output_files).unwrap_or_else(|_| "[]".into()))
                     .bind(p.finished_at_ms);
             }
-            let mut succeeded: HashMap<String, (i64, Option<i64>)> = HashMap::with_capacity(open.len());
+            let mut succeeded: HashMap<String, (i64, Option<i64>, Option<String>)> =
+                HashMap::with_capacity(open.len());
             for r in q.fetch_all(&mut *self.tx).await? {
                 succeeded.insert(
                     r.try_get("attempt_id")?,
-                    (r.try_get("attempts")?, r.try_get("started_at")?),
+                    (r.try_get("attempts")?, r.try_get("started_at")?, r.try_get("parent")?),
                 );
             }
             let mut release: Vec<(&str, &str)> = Vec::with_capacity(succeeded.len());
+            let mut parents: Vec<(String, String)> = Vec::new();
             for (p, task_id) in &open {
-                let Some(&(attempts, started_at)) = succeeded.get(&p.attempt_id) else {
+                let Some((attempts, started_at, parent)) = succeeded.get(&p.attempt_id) else {
                     continue; // a superseded attempt
                 };
+                let (attempts, started_at) = (*attempts, *started_at);
+                if let Some(parent) = parent {
+                    parents.push((p.job_id.clone(), parent.clone()));
+                }
                 tracing::debug!(job_id = %p.job_id, %task_id, attempt_id = %p.attempt_id,
                     outcome = p.outcome.as_str(), "attempt finished");
                 self.count(&p.job_id, |d| d.unfinished -= 1);
@@ -260,13 +286,14 @@ impl Cx<'_> {
                 }
             }
             self.release_all(&release).await?;
+            self.close_parents(parents).await?;
         }
         Ok(())
     }
 
     /// One dependency of each dependent of these tasks has succeeded per task: dependents
     /// left with none become ready. One statement (`SET` expressions read the row as it was).
-    async fn release_all(&mut self, done: &[(&str, &str)]) -> Result<()> {
+    pub(super) async fn release_all(&mut self, done: &[(&str, &str)]) -> Result<()> {
         if done.is_empty() {
             return Ok(());
         }

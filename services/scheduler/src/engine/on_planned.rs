@@ -79,49 +79,88 @@ impl Cx<'_> {
     /// Inserts the tasks and their edges, decoding a chunk of tasks at a time: what is held at
     /// once does not grow with the job.
     async fn insert_tasks(&mut self, p: &PlannedHead<'_>) -> Result<()> {
-        const COLS: usize = 15;
+        let job_id = p.job_id.as_str();
+        let tasks = p.tasks.iter().map(|raw| {
+            serde_json::from_str::<PlannedTask>(raw.get())
+                .map_err(|e| Error::Corrupt(format!("a task of job {job_id} does not decode: {e}")))
+        });
+        self.insert_task_rows(job_id, None, 0, None, tasks).await?;
+        Ok(())
+    }
+
+    /// Inserts tasks of a job and the edges between them, a chunk at a time: ready if they
+    /// depend on nothing, waiting otherwise, or all `cancelled` with `cancelled`'s reason (the
+    /// subtasks of a job that is ending). `parent` is the task that submitted them, `first_ord`
+    /// the place of the first in the job's order. Returns how many are ready.
+    pub(super) async fn insert_task_rows(
+        &mut self,
+        job_id: &str,
+        parent: Option<&str>,
+        first_ord: i64,
+        cancelled: Option<&str>,
+        mut tasks: impl Iterator<Item = Result<PlannedTask>>,
+    ) -> Result<i64> {
+        const COLS: usize = 19;
         let mut edges: Vec<(String, String)> = Vec::with_capacity(CHUNK);
-        for (ci, chunk) in p.tasks.chunks(CHUNK / 2).enumerate() {
+        let mut ord = first_ord;
+        let mut ready = 0;
+        loop {
+            let chunk: Vec<PlannedTask> = tasks.by_ref().take(CHUNK / 2).collect::<Result<_>>()?;
+            if chunk.is_empty() {
+                break;
+            }
             let sql = format!(
                 "INSERT INTO tasks (job_id, task_id, ord, state, priority, deps_left, attempts, failures, lost,
-                                    ready_at, backend, timeout_ms, retry_attempts, spec, started_at)
+                                    ready_at, backend, timeout_ms, retry_attempts, spec, started_at, parent,
+                                    open_children, finished_at, error)
                  VALUES {}",
                 placeholders(self.dialect, chunk.len(), COLS)
             );
             let mut q = sized(&sql, chunk.len());
-            for (i, raw) in chunk.iter().enumerate() {
-                let t: PlannedTask = serde_json::from_str(raw.get()).map_err(|e| {
-                    Error::Corrupt(format!("a task of job {} does not decode: {e}", p.job_id))
-                })?;
+            for t in chunk {
                 let deps = t.depends_on.len() as i64;
                 let spec = serde_json::to_string(&t)
                     .map_err(|e| Error::Corrupt(format!("task {} does not serialize: {e}", t.id)))?;
+                let state = match cancelled {
+                    Some(_) => "cancelled",
+                    None if deps == 0 => "ready",
+                    None => "waiting",
+                };
+                if state == "ready" {
+                    ready += 1;
+                }
                 q = q
-                    .bind(p.job_id.clone())
+                    .bind(job_id.to_string())
                     .bind(t.id.clone())
-                    .bind((ci * (CHUNK / 2) + i) as i64)
-                    .bind(if deps == 0 { "ready" } else { "waiting" })
+                    .bind(ord)
+                    .bind(state)
                     .bind(i64::from(t.priority))
                     .bind(deps)
                     .bind(0i64)
                     .bind(0i64)
                     .bind(0i64)
-                    .bind(if deps == 0 { Some(self.now) } else { None })
+                    .bind((state == "ready").then_some(self.now))
                     .bind(t.runner.backend())
                     .bind(t.timeout_ms.map(|v| v as i64))
                     .bind(i64::from(t.retry.attempts.max(1)))
                     .bind(spec)
-                    .bind(None::<i64>);
+                    .bind(None::<i64>)
+                    .bind(parent.map(str::to_string))
+                    .bind(0i64)
+                    .bind(cancelled.map(|_| self.now))
+                    .bind(cancelled.map(str::to_string));
+                ord += 1;
                 edges.extend(t.depends_on.into_iter().map(|up| (up, t.id.clone())));
             }
             q.execute(&mut *self.tx).await?;
             while edges.len() >= CHUNK {
                 let rest = edges.split_off(CHUNK);
-                self.insert_edges(&p.job_id, &edges).await?;
+                self.insert_edges(job_id, &edges).await?;
                 edges = rest;
             }
         }
-        self.insert_edges(&p.job_id, &edges).await
+        self.insert_edges(job_id, &edges).await?;
+        Ok(ready)
     }
 
     async fn insert_edges(&mut self, job_id: &str, edges: &[(String, String)]) -> Result<()> {

@@ -34,10 +34,12 @@ impl Cx<'_> {
         .bind(job_id.to_string())
         .execute(&mut *self.tx)
         .await?;
+        // An upstream task is done when it succeeded and so did every subtask it submitted.
         sqlx::query(
             "UPDATE tasks SET deps_left = (
                  SELECT COUNT(*) FROM edges e JOIN tasks u ON u.job_id = e.job_id AND u.task_id = e.task_id
-                 WHERE e.job_id = tasks.job_id AND e.dependent = tasks.task_id AND u.state <> 'succeeded')
+                 WHERE e.job_id = tasks.job_id AND e.dependent = tasks.task_id
+                   AND (u.state <> 'succeeded' OR u.open_children > 0))
              WHERE job_id = $1 AND state = 'waiting'",
         )
         .bind(job_id.to_string())

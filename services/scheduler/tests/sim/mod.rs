@@ -10,6 +10,8 @@
 
 #![allow(dead_code)]
 
+pub mod subtasks;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -216,5 +218,6 @@ pub fn succeed(ms: u64) -> Plan {
         outcome: Outcome::Succeeded,
         run_for: Duration::from_millis(ms),
         outputs: Map::new(),
+        subtasks: None,
     }
 }
