@@ -537,13 +537,18 @@ fn print_status(d: &Value) -> Result<(), Closed> {
     // The state alone on the first line: scripts read it.
     outln!("{}", d["state"].as_str().unwrap_or("unknown"))?;
     let mut rows = vec![["TASK", "STATE", "ATTEMPTS", "DURATION", "COMPUTE", "ERROR"].map(String::from)];
-    for t in d["tasks"].as_array().into_iter().flatten() {
+    let tasks: Vec<&Value> = d["tasks"].as_array().into_iter().flatten().collect();
+    for (depth, t) in as_tree(&tasks) {
         let duration = match (t["startedAtMs"].as_i64(), t["finishedAtMs"].as_i64()) {
             (Some(a), Some(b)) => fmt_duration(b - a),
             _ => "-".into(),
         };
         rows.push([
-            t["taskId"].as_str().unwrap_or("?").to_string(),
+            format!(
+                "{}{}",
+                "  ".repeat(depth),
+                visible(t["taskId"].as_str().unwrap_or("?"))
+            ),
             t["state"].as_str().unwrap_or("?").to_string(),
             t["attempts"].as_u64().unwrap_or(0).to_string(),
             duration,
@@ -569,6 +574,31 @@ fn print_status(d: &Value) -> Result<(), Closed> {
         outln!("reason: {}", visible(reason))?;
     }
     Ok(())
+}
+
+/// Tasks in the job's order with each one's subtasks right under it, and how deep each is:
+/// a task whose `parent` is listed comes after it (and after that parent's earlier subtasks).
+fn as_tree<'a>(tasks: &[&'a Value]) -> Vec<(usize, &'a Value)> {
+    let listed: std::collections::HashSet<&str> = tasks.iter().filter_map(|t| t["taskId"].as_str()).collect();
+    let mut children: std::collections::HashMap<&str, Vec<&'a Value>> = std::collections::HashMap::new();
+    let mut roots = Vec::new();
+    for t in tasks {
+        match t["parent"].as_str().filter(|p| listed.contains(p)) {
+            Some(parent) => children.entry(parent).or_default().push(*t),
+            None => roots.push(*t),
+        }
+    }
+    let mut out = Vec::with_capacity(tasks.len());
+    let mut stack: Vec<(usize, &'a Value)> = roots.into_iter().rev().map(|t| (0, t)).collect();
+    while let Some((depth, t)) = stack.pop() {
+        out.push((depth, t));
+        if let Some(kids) = t["taskId"].as_str().and_then(|id| children.remove(id)) {
+            stack.extend(kids.into_iter().rev().map(|k| (depth + 1, k)));
+        }
+    }
+    // Parents that lead round in a circle (no real job has them) are listed all the same.
+    out.extend(children.into_values().flatten().map(|t| (0, t)));
+    out
 }
 
 /// `ferry logs JOB [--task T] [--follow] [--raw]`; control sequences in the lines are shown as
@@ -772,6 +802,34 @@ pub async fn command(api: &Target, job: &str, ty: &str) -> Result<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn subtasks_are_listed_under_their_parent() {
+        let tasks = serde_json::json!([
+            {"taskId": "split"},
+            {"taskId": "reduce"},
+            {"taskId": "split.a", "parent": "split"},
+            {"taskId": "split.b", "parent": "split"},
+            {"taskId": "split.a.x", "parent": "split.a"},
+            {"taskId": "orphan.y", "parent": "orphan"},
+        ]);
+        let tasks: Vec<&Value> = tasks.as_array().unwrap().iter().collect();
+        let shown: Vec<(usize, &str)> = as_tree(&tasks)
+            .into_iter()
+            .map(|(depth, t)| (depth, t["taskId"].as_str().unwrap()))
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                (0, "split"),
+                (1, "split.a"),
+                (2, "split.a.x"),
+                (1, "split.b"),
+                (0, "reduce"),
+                (0, "orphan.y"),
+            ]
+        );
+    }
 
     #[test]
     fn api_urls_must_be_http() {

@@ -376,6 +376,40 @@ impl View {
         }
     }
 
+    /// The subtasks a task's success added to the job, pending, listed after the task and
+    /// whatever it submitted before.
+    fn add_subtasks(&mut self, parent: &str, subtasks: &[String]) {
+        if subtasks.is_empty() {
+            return;
+        }
+        let prefix = format!("{parent}{}", ferry_flow::SUBTASK_SEPARATOR);
+        let at = match self.order.iter().position(|t| t == parent) {
+            Some(i) => {
+                i + 1 + self.order[i + 1..]
+                    .iter()
+                    .take_while(|t| t.starts_with(&prefix))
+                    .count()
+            }
+            None => self.order.len(),
+        };
+        let new: Vec<String> = subtasks
+            .iter()
+            .filter(|id| !self.tasks.contains_key(*id))
+            .cloned()
+            .collect();
+        for id in &new {
+            self.tasks.insert(
+                id.clone(),
+                TaskView {
+                    state: "pending",
+                    ..Default::default()
+                },
+            );
+        }
+        self.order.splice(at..at, new);
+        self.per_event = self.order.len() <= DETAIL_UP_TO;
+    }
+
     /// Sets a task's state, keeping the count of tasks done.
     fn set_state(&mut self, task_id: &str, state: &'static str) {
         let t = self.tasks.entry(task_id.to_string()).or_default();
@@ -486,8 +520,13 @@ impl View {
                         t.started_ms = s.started_at_ms.or(t.started_ms);
                         t.finished_ms = s.finished_at_ms;
                         let took = t.started_ms.zip(t.finished_ms).map(|(a, b)| fmt_duration(b - a));
+                        let submitted = match s.subtasks.len() {
+                            0 => String::new(),
+                            n => format!("; {n} subtasks joined the job"),
+                        };
+                        self.add_subtasks(&s.task_id, &s.subtasks);
                         format!(
-                            "{} succeeded{}",
+                            "{} succeeded{}{submitted}",
                             s.task_id,
                             took.map(|d| format!(" in {d}")).unwrap_or_default()
                         )

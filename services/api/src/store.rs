@@ -159,6 +159,8 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("tasks", "compute", "TEXT"),
     // How long the attempt held compute, from its `task.finished`.
     ("attempts", "compute_ms", "BIGINT"),
+    // The task that submitted it, for a subtask (from the parent's `task.succeeded`).
+    ("tasks", "parent", "TEXT"),
 ];
 
 /// A deployed flow, as the planner's registry last announced it.
@@ -266,6 +268,10 @@ pub struct TaskView {
     /// bills); absent until one reports it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compute_ms: Option<u64>,
+    /// For a subtask: the task that submitted it. Subtasks come after the job's other tasks,
+    /// in the order they joined.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
 }
 
 /// A job with its tasks, in flow order.
@@ -577,7 +583,7 @@ impl ReadModel {
         };
         let rows = sqlx::query(
             "SELECT task_id, state, attempts, attempt_id, started_at, finished_at, error, outputs, output_files,
-                    backend, compute
+                    backend, compute, parent
              FROM tasks WHERE job_id = $1
              ORDER BY CASE WHEN ord IS NULL THEN 1 ELSE 0 END, ord, task_id",
         )
@@ -896,6 +902,7 @@ fn task_view(r: &AnyRow) -> Result<TaskView> {
         compute: r.try_get("compute")?,
         waiting: None,
         compute_ms: None,
+        parent: r.try_get("parent")?,
         state: r.try_get("state")?,
         attempts: u64::try_from(r.try_get::<i64, _>("attempts")?).unwrap_or(0),
         attempt_id: r.try_get("attempt_id")?,
@@ -1510,6 +1517,9 @@ async fn on_task_state(tx: &mut Tx, known: &mut Known, ty: &str, s: &TaskState, 
             ("retryAtMs", s.retry_at_ms.map(Value::from)),
         ]);
         record_change(tx, known, &s.job_id, ty, Some(&s.task_id), state, d, at).await?;
+        if ty == kind::TASK_SUCCEEDED && !s.subtasks.is_empty() {
+            insert_subtasks(tx, known.dialect, s).await?;
+        }
     }
     Ok(())
 }
@@ -1639,6 +1649,39 @@ fn bulk_update<'q>(
     q
 }
 
+/// The subtasks a task's success added to its job, pending, after the job's other tasks.
+async fn insert_subtasks(tx: &mut Tx, dialect: Dialect, s: &TaskState) -> Result<()> {
+    let total: Option<i64> = sqlx::query_scalar("SELECT total FROM jobs WHERE job_id = $1")
+        .bind(s.job_id.clone())
+        .fetch_optional(&mut **tx)
+        .await?
+        .flatten();
+    let first = total.unwrap_or(0);
+    for (ci, chunk) in s.subtasks.chunks(INSERT_CHUNK).enumerate() {
+        let values = placeholders_with(dialect, chunk.len(), 4, "'pending', 0, 0, 0");
+        let sql = format!(
+            "INSERT INTO tasks (job_id, task_id, ord, parent, state, attempt_no, phase, attempts) VALUES {values}
+             ON CONFLICT (job_id, task_id) DO UPDATE SET ord = excluded.ord, parent = excluded.parent"
+        );
+        let mut q = sized(&sql, chunk.len());
+        for (i, id) in chunk.iter().enumerate() {
+            let ord = first + i64::try_from(ci * INSERT_CHUNK + i).unwrap_or(i64::MAX - first);
+            q = q
+                .bind(s.job_id.clone())
+                .bind(id.clone())
+                .bind(ord)
+                .bind(s.task_id.clone());
+        }
+        q.execute(&mut **tx).await?;
+    }
+    sqlx::query("UPDATE jobs SET total = COALESCE(total, 0) + $1 WHERE job_id = $2")
+        .bind(i64::try_from(s.subtasks.len()).unwrap_or(i64::MAX))
+        .bind(s.job_id.clone())
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use ferry_event::payload::{Outcome, PlannedTask, TaskFinished, TaskStarted, TaskStatus};
@@ -1715,6 +1758,7 @@ mod tests {
             finished_at_ms: 2_000,
             reason: None,
             compute_ms: None,
+            subtasks: Vec::new(),
         };
         let state = TaskState {
             job_id: "j".into(),
@@ -1728,6 +1772,7 @@ mod tests {
             retry_at_ms: None,
             started_at_ms: Some(1_000),
             finished_at_ms: Some(2_000),
+            subtasks: Vec::new(),
         };
         let at = Some(attempt_id.as_str());
         [

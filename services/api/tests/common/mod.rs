@@ -324,6 +324,7 @@ impl Api {
             finished_at_ms: 2000,
             reason: None,
             compute_ms: None,
+            subtasks: Vec::new(),
         };
         self.events
             .task(kind::TASK_FINISHED, job, task, Some(&f.attempt_id), &f)
@@ -370,6 +371,7 @@ impl Api {
             retry_at_ms: None,
             started_at_ms: None,
             finished_at_ms: state.is_terminal().then_some(5000),
+            subtasks: Vec::new(),
         };
         self.events.task(ty, job, task, s.attempt_id.as_deref(), &s)
     }
