@@ -78,6 +78,40 @@ fn fanout_runs_two_hundred_workers_between_split_and_merge() {
 }
 
 #[test]
+fn subtasks_fan_out_at_run_time_and_report_waits_for_all_of_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let ran = run(&example("subtasks.yaml"), dir.path(), &["--input", "parts=5"]);
+    assert_eq!(ran.code, 0);
+    assert_eq!(ran.lines_of("split"), ["splitting into 5 parts"]);
+    for i in 1..=5 {
+        assert_eq!(
+            ran.lines_of(&format!("split.part-{i}")),
+            [format!("part {i}: {}", i * i)]
+        );
+        assert_eq!(&ran.row(&format!("split.part-{i}"))[1..3], ["succeeded", "1"]);
+    }
+    // 1 + 4 + 9 + 16 + 25, from the parts' outputs.
+    assert_eq!(ran.lines_of("split.sum"), ["sum of squares: 55"]);
+    assert!(ran.row("split.sum").iter().any(|c| c == "sum=55"));
+    assert_eq!(ran.lines_of("report"), ["every part and their sum are done"]);
+    assert!(
+        ran.stderr.contains("split succeeded") && ran.stderr.contains("6 subtasks joined the job"),
+        "{}",
+        ran.stderr
+    );
+    // report started only after the last subtask succeeded.
+    let progress: Vec<&str> = ran.stderr.lines().collect();
+    let at = |needle: &str| {
+        progress
+            .iter()
+            .position(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("{needle}"))
+    };
+    assert!(at("report started") > at("split.sum succeeded"));
+    assert!(ran.stderr.contains("[8/8 done, 0 running]"), "{}", ran.stderr);
+}
+
+#[test]
 fn retry_fails_twice_then_succeeds_on_the_third_attempt() {
     let dir = tempfile::tempdir().unwrap();
     let counter = tempfile::tempdir().unwrap();
