@@ -435,7 +435,7 @@ async fn a_task_sees_only_what_it_was_given() -> Result<()> {
     // The task's own environment, by name.
     let mut d = sh(
         "a-env",
-        r#"echo "$FERRY_JOB_ID|$FERRY_TASK_ID|$FERRY_ATTEMPT_ID|$FERRY_WORKING_DIR|$FERRY_OUTPUTS|$GREETING"
+        r#"echo "$FERRY_JOB_ID|$FERRY_TASK_ID|$FERRY_ATTEMPT_ID|$FERRY_WORKING_DIR|$FERRY_OUTPUTS|$FERRY_SUBTASKS|$GREETING"
 tr '\0' '\n' < /proc/$$/environ | cut -d= -f1 | sort | paste -sd' ' -
 tr '\0' '\n' < /proc/$$/environ | grep -c -e hunter2 -e bus-password -e aws-secret || true"#,
     );
@@ -447,12 +447,14 @@ tr '\0' '\n' < /proc/$$/environ | grep -c -e hunter2 -e bus-password -e aws-secr
     let texts: Vec<&str> = lines.iter().map(|l| l.2.as_str()).collect();
     let dir = SlotDir::at(&h.data_dir.canonicalize()?, 0);
     let expected = format!(
-        "job-1|task-a-env|a-env|{}|{}|hello",
+        "job-1|task-a-env|a-env|{}|{}|{}|hello",
         dir.work().display(),
-        dir.outputs().display()
+        dir.outputs().display(),
+        dir.subtasks().display()
     );
     assert_eq!(texts[0], expected);
     assert!(!dir.outputs().starts_with(dir.work()));
+    assert!(!dir.subtasks().starts_with(dir.work()));
     // Exactly the allow-list (those of it the launcher has), what the launcher was told to
     // pass, the task's own and ferry's.
     let mut names: Vec<&str> = texts[1].split(' ').collect();
@@ -466,6 +468,7 @@ tr '\0' '\n' < /proc/$$/environ | grep -c -e hunter2 -e bus-password -e aws-secr
             "FERRY_ATTEMPT_ID",
             "FERRY_JOB_ID",
             "FERRY_OUTPUTS",
+            "FERRY_SUBTASKS",
             "FERRY_TASK_ID",
             "FERRY_WORKING_DIR",
             "GREETING",
