@@ -179,6 +179,10 @@ fn a_subtask_fan_out_runs_through_rabbitmq_and_status_shows_the_tree() {
         status.stdout
     );
     let logs = d.ferry(&["logs", &job]);
-    assert!(logs.stdout.contains("split.sum | sum of squares: 14"), "{}", logs.stdout);
+    assert!(
+        logs.stdout.contains("split.sum | sum of squares: 14"),
+        "{}",
+        logs.stdout
+    );
     drop(d);
 }

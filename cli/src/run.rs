@@ -385,10 +385,11 @@ impl View {
         let prefix = format!("{parent}{}", ferry_flow::SUBTASK_SEPARATOR);
         let at = match self.order.iter().position(|t| t == parent) {
             Some(i) => {
-                i + 1 + self.order[i + 1..]
-                    .iter()
-                    .take_while(|t| t.starts_with(&prefix))
-                    .count()
+                i + 1
+                    + self.order[i + 1..]
+                        .iter()
+                        .take_while(|t| t.starts_with(&prefix))
+                        .count()
             }
             None => self.order.len(),
         };

@@ -54,11 +54,7 @@ pub fn plan_subtasks(parent: &str, tasks: &[Map<String, Value>]) -> Result<Vec<P
     };
     let valid = crate::validate(&flow.to_string(), NAME).map_err(located)?;
     let planned = crate::plan(&valid, NAME, &Map::new()).map_err(located)?;
-    Ok(planned
-        .tasks
-        .into_iter()
-        .map(|t| rename(parent, t))
-        .collect())
+    Ok(planned.tasks.into_iter().map(|t| rename(parent, t)).collect())
 }
 
 /// A planned subtask with its id, dependencies and upstream outputs named under `parent`.
@@ -133,10 +129,15 @@ mod tests {
         .unwrap_err();
         let fields: Vec<String> = problems.iter().filter_map(|p| p.field.clone()).collect();
         assert!(
-            fields.iter().any(|f| f == "subtasks[1].dependsOn[0]" || f == "subtasks[1].dependsOn"),
+            fields
+                .iter()
+                .any(|f| f == "subtasks[1].dependsOn[0]" || f == "subtasks[1].dependsOn"),
             "{problems:?}"
         );
-        assert!(fields.iter().any(|f| f.starts_with("subtasks[2]")), "{problems:?}");
+        assert!(
+            fields.iter().any(|f| f.starts_with("subtasks[2]")),
+            "{problems:?}"
+        );
         assert!(problems.iter().all(|p| p.location.is_none()), "{problems:?}");
         let cycle = plan_subtasks(
             "p",
@@ -146,9 +147,6 @@ mod tests {
             ])),
         )
         .unwrap_err();
-        assert!(
-            cycle.iter().any(|p| p.message.contains("cycle")),
-            "{cycle:?}"
-        );
+        assert!(cycle.iter().any(|p| p.message.contains("cycle")), "{cycle:?}");
     }
 }

@@ -563,10 +563,11 @@ pub(crate) async fn conclude(
             };
             Ok((outputs, subtasks, c.files))
         });
-        let masked = |o: Map<String, serde_json::Value>| match rt.masker.mask_json(serde_json::Value::Object(o)) {
-            serde_json::Value::Object(o) => o,
-            _ => Map::new(),
-        };
+        let masked =
+            |o: Map<String, serde_json::Value>| match rt.masker.mask_json(serde_json::Value::Object(o)) {
+                serde_json::Value::Object(o) => o,
+                _ => Map::new(),
+            };
         match collected {
             Ok((o, subtasks, f)) => match within_quota(rt, task, &f).await {
                 Ok(()) => {

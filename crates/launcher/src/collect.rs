@@ -284,14 +284,23 @@ mod tests {
         assert_eq!(json, yaml);
         assert_eq!(json[0]["id"], "a");
         let e = parse_subtasks(br#"{"id": "a"}"#).unwrap_err();
-        assert!(e.contains("must hold a list of tasks") && e.contains("an object"), "{e}");
+        assert!(
+            e.contains("must hold a list of tasks") && e.contains("an object"),
+            "{e}"
+        );
         let e = parse_subtasks(br#"[{"id": "a"}, 5]"#).unwrap_err();
-        assert!(e.contains("subtasks[1] must be a task") && e.contains("a number"), "{e}");
+        assert!(
+            e.contains("subtasks[1] must be a task") && e.contains("a number"),
+            "{e}"
+        );
         let e = parse_subtasks(b"[: {").unwrap_err();
         assert!(e.contains("neither JSON nor YAML"), "{e}");
         std::fs::write(&p, vec![b' '; MAX_SUBTASKS_BYTES as usize + 1]).unwrap();
         let e = read_subtasks_file(&p).unwrap_err();
-        assert!(e.contains("$FERRY_SUBTASKS is too large") && e.contains("4 MiB"), "{e}");
+        assert!(
+            e.contains("$FERRY_SUBTASKS is too large") && e.contains("4 MiB"),
+            "{e}"
+        );
         let e = parse_subtasks(&vec![b' '; MAX_SUBTASKS_BYTES as usize + 1]).unwrap_err();
         assert!(e.contains("too large"), "{e}");
     }

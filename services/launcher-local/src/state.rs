@@ -498,7 +498,10 @@ mod tests {
         assert_eq!(slots.take(), n, "a free slot is reused");
         assert_eq!(std::fs::read_dir(dir.work()).unwrap().count(), 0);
         assert!(!dir.outputs().exists());
-        assert!(!dir.subtasks().exists(), "a reused slot holds no earlier attempt's subtasks");
+        assert!(
+            !dir.subtasks().exists(),
+            "a reused slot holds no earlier attempt's subtasks"
+        );
         assert_eq!(std::fs::metadata(dir.stdout()).unwrap().len(), 0);
         assert_ne!(slots.take(), n, "a busy slot is not handed out twice");
 

@@ -54,7 +54,9 @@ fn job() -> JobPlanned {
         inputs: Map::new(),
         tasks: vec![
             task(json!({"id": "split", "runner": {"type": "local"}, "command": ["true"]})),
-            task(json!({"id": "reduce", "runner": {"type": "local"}, "command": ["true"], "dependsOn": ["split"]})),
+            task(
+                json!({"id": "reduce", "runner": {"type": "local"}, "command": ["true"], "dependsOn": ["split"]}),
+            ),
         ],
     }
 }
@@ -91,7 +93,8 @@ impl Rig {
             .expect("subscribing");
         let out = bus
             .subscribe(
-                Subscribe::new("bench", [Topic::Lifecycle, Topic::Dispatch("local".into())]).prefetch(1_000_000),
+                Subscribe::new("bench", [Topic::Lifecycle, Topic::Dispatch("local".into())])
+                    .prefetch(1_000_000),
             )
             .await
             .expect("subscribing");
@@ -170,7 +173,10 @@ async fn run(n: usize) -> Measured {
         "fan",
         "split",
         Some(&split.attempt_id),
-        &TaskFinished { error: None, ..report },
+        &TaskFinished {
+            error: None,
+            ..report
+        },
     );
     let (rss_before, peak_before) = memory_kib();
     let t = Instant::now();

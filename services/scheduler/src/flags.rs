@@ -29,13 +29,23 @@ pub struct Flags {
     pub namespace_quotas: Vec<(String, u32)>,
     /// Most subtasks one attempt may submit through `$FERRY_SUBTASKS`; a larger submission
     /// fails the attempt.
-    #[arg(long, env = "FERRY_MAX_SUBTASKS_PER_ATTEMPT", value_name = "N", default_value_t = 10_000)]
+    #[arg(
+        long,
+        env = "FERRY_MAX_SUBTASKS_PER_ATTEMPT",
+        value_name = "N",
+        default_value_t = 10_000
+    )]
     pub max_subtasks_per_attempt: usize,
     /// How deep subtasks may nest (1: a flow's tasks may submit subtasks, those may not).
     #[arg(long, env = "FERRY_MAX_SUBTASK_DEPTH", value_name = "N", default_value_t = 4)]
     pub max_subtask_depth: usize,
     /// Most tasks a job may grow to by the subtasks its tasks submit.
-    #[arg(long, env = "FERRY_MAX_TASKS_PER_JOB", value_name = "N", default_value_t = 100_000)]
+    #[arg(
+        long,
+        env = "FERRY_MAX_TASKS_PER_JOB",
+        value_name = "N",
+        default_value_t = 100_000
+    )]
     pub max_tasks_per_job: usize,
 }
 

@@ -12,8 +12,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use ferry_bus::{Bus, MemoryBus, Subscribe, Subscription};
-use ferry_event::payload::{JobPlanned, Outcome, TaskFinished, TaskStarted};
 use ferry_event::cloudevents::AttributesWriter as _;
+use ferry_event::payload::{JobPlanned, Outcome, TaskFinished, TaskStarted};
 use ferry_event::{Event, EventBuilder, Topic, kind};
 use ferry_scheduler::{Scheduler, Store};
 use serde_json::Map;
@@ -264,17 +264,30 @@ async fn a_subtask_success_costs_the_same_whatever_the_job_size() {
         let mut r = Rig::new(&parent_in(n)).await;
         r.start("p").await;
         let submitted = r.succeed_with("p", subtasks(3)).await;
-        assert_eq!(r.attempts().await.len(), n + 1 + 3, "the subtasks were dispatched");
+        assert_eq!(
+            r.attempts().await.len(),
+            n + 1 + 3,
+            "the subtasks were dispatched"
+        );
         // The first two leave `p` open; the last closes it, which releases `after`.
         let first = r.run("p.s0").await;
         let second = r.run("p.s1").await;
-        assert!(!r.attempts().await.contains_key("after"), "after waits for p's last subtask");
+        assert!(
+            !r.attempts().await.contains_key("after"),
+            "after waits for p's last subtask"
+        );
         let last = r.run("p.s2").await;
-        assert!(r.attempts().await.contains_key("after"), "after runs once p's subtree is done");
+        assert!(
+            r.attempts().await.contains_key("after"),
+            "after runs once p's subtree is done"
+        );
         assert_eq!(first, second, "job of {n}: two subtask successes cost alike");
         costs.push((submitted, first, last));
     }
-    assert_eq!(costs[0], costs[1], "rows per event, job of 4 and of 400 other tasks");
+    assert_eq!(
+        costs[0], costs[1],
+        "rows per event, job of 4 and of 400 other tasks"
+    );
 }
 
 #[tokio::test]
@@ -292,9 +305,16 @@ async fn adding_n_subtasks_costs_the_same_per_subtask_and_rewrites_nothing_else(
     let per = (added[1].1 - added[0].1) / (added[1].0 - added[0].0);
     let fixed = added[0].1 - per * added[0].0;
     assert!(per > 0, "each subtask writes rows: {added:?}");
-    assert!(fixed < 100, "the submission rewrites no other task: {fixed} rows besides the subtasks'");
+    assert!(
+        fixed < 100,
+        "the submission rewrites no other task: {fixed} rows besides the subtasks'"
+    );
     for (k, rows) in added {
-        assert_eq!(rows, fixed + per * k, "rows for adding {k} subtasks: {fixed} + {per} each");
+        assert_eq!(
+            rows,
+            fixed + per * k,
+            "rows for adding {k} subtasks: {fixed} + {per} each"
+        );
     }
 }
 
@@ -317,7 +337,10 @@ async fn a_submission_redelivered_or_reported_again_joins_once() {
     let after = r.sched.store().tasks("j").await.unwrap();
     let job_after = r.sched.store().job("j").await.unwrap().unwrap();
     assert_eq!(after, tasks, "the tasks are as the first report left them");
-    assert_eq!(job_after, job, "the job's counters are as the first report left them");
+    assert_eq!(
+        job_after, job,
+        "the job's counters are as the first report left them"
+    );
     let p = after.iter().find(|t| t.task_id == "p").unwrap();
     assert_eq!(p.state, "succeeded");
 }

@@ -349,9 +349,21 @@ async fn a_connection_ended_mid_transaction_holds_the_batch_and_applies_it_again
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subtasks_join_once_and_dependents_wait_for_the_subtree_on_postgres() {
     let db = Db::new().await;
-    sim::subtasks::subtasks_join_on_success_and_dependents_wait_for_the_subtree(pg_config(&db.url, "ferry/scheduler/pg")).await;
+    sim::subtasks::subtasks_join_on_success_and_dependents_wait_for_the_subtree(pg_config(
+        &db.url,
+        "ferry/scheduler/pg",
+    ))
+    .await;
     let db = Db::new().await;
-    sim::subtasks::a_job_retry_reruns_a_failed_subtask_then_releases_the_parents_dependents(pg_config(&db.url, "ferry/scheduler/pg")).await;
+    sim::subtasks::a_job_retry_reruns_a_failed_subtask_then_releases_the_parents_dependents(pg_config(
+        &db.url,
+        "ferry/scheduler/pg",
+    ))
+    .await;
     let db = Db::new().await;
-    sim::subtasks::invalid_and_over_limit_submissions_fail_the_attempt(pg_config(&db.url, "ferry/scheduler/pg")).await;
+    sim::subtasks::invalid_and_over_limit_submissions_fail_the_attempt(pg_config(
+        &db.url,
+        "ferry/scheduler/pg",
+    ))
+    .await;
 }

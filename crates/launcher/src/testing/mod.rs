@@ -700,7 +700,10 @@ mod tests {
             (bad.outcome, bad.exit_code, bad.error.as_deref()),
             (Outcome::Failed, Some(1), Some("scripted failed"))
         );
-        assert!(bad.subtasks.is_empty(), "a failed attempt's subtasks are never sent: {bad:?}");
+        assert!(
+            bad.subtasks.is_empty(),
+            "a failed attempt's subtasks are never sent: {bad:?}"
+        );
         let gone = h.finished(&h.id("gone")).await;
         assert_eq!(gone.outcome, Outcome::Lost, "{gone:?}");
         assert!(

@@ -250,7 +250,11 @@ impl Cx<'_> {
             for r in q.fetch_all(&mut *self.tx).await? {
                 succeeded.insert(
                     r.try_get("attempt_id")?,
-                    (r.try_get("attempts")?, r.try_get("started_at")?, r.try_get("parent")?),
+                    (
+                        r.try_get("attempts")?,
+                        r.try_get("started_at")?,
+                        r.try_get("parent")?,
+                    ),
                 );
             }
             let mut release: Vec<(&str, &str)> = Vec::with_capacity(succeeded.len());

@@ -43,12 +43,10 @@ impl Cx<'_> {
         // a plain success, which ignores it or records its attempt alone.
         let current = match self.attempt(&p.attempt_id).await? {
             Some(a) if a.job_id == p.job_id && matches!(a.state.as_str(), "dispatched" | "running") => {
-                self.task(&a.job_id, &a.task_id)
-                    .await?
-                    .filter(|t| {
-                        t.attempt_id.as_deref() == Some(p.attempt_id.as_str())
-                            && matches!(t.state.as_str(), "dispatched" | "running")
-                    })
+                self.task(&a.job_id, &a.task_id).await?.filter(|t| {
+                    t.attempt_id.as_deref() == Some(p.attempt_id.as_str())
+                        && matches!(t.state.as_str(), "dispatched" | "running")
+                })
             }
             _ => None,
         };
@@ -142,7 +140,14 @@ impl Cx<'_> {
         self.emit_task(kind::TASK_SUCCEEDED, s);
         if let Some(reason) = ending {
             for id in ids {
-                let mut s = task_state(&p.job_id, &id, TaskStatus::Cancelled, 0, None, Some(reason.clone()));
+                let mut s = task_state(
+                    &p.job_id,
+                    &id,
+                    TaskStatus::Cancelled,
+                    0,
+                    None,
+                    Some(reason.clone()),
+                );
                 s.finished_at_ms = Some(self.now);
                 self.emit_task(kind::TASK_CANCELLED, s);
             }
@@ -195,11 +200,7 @@ impl Cx<'_> {
             }
             format!("subtasks: the submission is not valid: {}", lines.join("; "))
         })?;
-        if let Some((i, t)) = planned
-            .iter()
-            .enumerate()
-            .find(|(_, t)| t.id.len() > MAX_TASK_ID)
-        {
+        if let Some((i, t)) = planned.iter().enumerate().find(|(_, t)| t.id.len() > MAX_TASK_ID) {
             return Err(format!(
                 "subtasks[{i}].id: the subtask's id in the job, {}…, is {} bytes long; at most {MAX_TASK_ID} \
                  are accepted: use shorter ids or nest less deeply",

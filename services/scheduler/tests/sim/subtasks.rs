@@ -150,12 +150,13 @@ pub async fn subtasks_join_on_success_and_dependents_wait_for_the_subtree(cfg: f
         "split.nest.x",
         "split.nest.y",
     ];
-    assert_eq!(r.task_ids("j").await, all, "the failed attempt's subtask never joined");
-    let dispatched: Vec<String> = r.dispatched().into_iter().map(|d| d.task_id).collect();
-    assert!(
-        !dispatched.iter().any(|t| t.contains("ghost")),
-        "{dispatched:?}"
+    assert_eq!(
+        r.task_ids("j").await,
+        all,
+        "the failed attempt's subtask never joined"
     );
+    let dispatched: Vec<String> = r.dispatched().into_iter().map(|d| d.task_id).collect();
+    assert!(!dispatched.iter().any(|t| t.contains("ghost")), "{dispatched:?}");
     for id in &all[2..] {
         assert_eq!(
             dispatched.iter().filter(|t| t == id).count(),
@@ -164,7 +165,12 @@ pub async fn subtasks_join_on_success_and_dependents_wait_for_the_subtree(cfg: f
         );
     }
     let order = r.log.lock().unwrap().order["j"].clone();
-    let at = |id: &str| order.iter().position(|t| t == id).unwrap_or_else(|| panic!("{id}: {order:?}"));
+    let at = |id: &str| {
+        order
+            .iter()
+            .position(|t| t == id)
+            .unwrap_or_else(|| panic!("{id}: {order:?}"))
+    };
     for id in &all[2..] {
         assert!(at("after") > at(id), "after ran after {id}: {order:?}");
     }
@@ -210,7 +216,10 @@ pub async fn a_job_retry_reruns_a_failed_subtask_then_releases_the_parents_depen
         if ended {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "the retried job never succeeded");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the retried job never succeeded"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let log = r.log.lock().unwrap();
