@@ -153,7 +153,10 @@ impl Rng {
     }
 }
 
-fn flow(ledger: &Path, marker: &str) -> String {
+/// The fault run's flow: `root`, then TASKS tasks after it. With `subtasks`, `root` submits
+/// the TASKS tasks as its subtasks (`root.t000`…) and `after` depends on `root`, so that it
+/// waits for all of them.
+fn flow(ledger: &Path, marker: &str, subtasks: bool) -> String {
     // Each attempt appends `start`, a tick every 40 ms while it runs, and `end` to the ledger,
     // with a nanosecond clock, and prints three numbered lines, each recorded as `wrote` once
     // printed.
@@ -162,6 +165,17 @@ fn flow(ledger: &Path, marker: &str) -> String {
         ledger = ledger.display()
     );
     let cmd = serde_json::to_string(&vec!["sh", "-c", &script, marker]).unwrap();
+    if subtasks {
+        let parts: Vec<Value> = (0..TASKS)
+            .map(|i| serde_json::json!({"id": format!("t{i:03}"), "runner": "local", "command": ["sh", "-c", &script, marker]}))
+            .collect();
+        let file = serde_json::to_string(&Value::Array(parts).to_string()).unwrap();
+        let submit = format!(r#"cp subtasks.json "$FERRY_SUBTASKS"; {script}"#);
+        let root = serde_json::to_string(&vec!["sh", "-c", &submit, marker]).unwrap();
+        return format!(
+            "id: faults\nconcurrency: 8\ntasks:\n  - {{ id: root, runner: local, command: {root}, inputFiles: {{ subtasks.json: {file} }} }}\n  - {{ id: after, runner: local, dependsOn: [root], command: {cmd} }}\n"
+        );
+    }
     let mut s =
         format!("id: faults\nconcurrency: 8\ntasks:\n  - {{ id: root, runner: local, command: {cmd} }}\n");
     for i in 0..TASKS {
@@ -251,7 +265,11 @@ impl Drop for RunDir {
     }
 }
 
-async fn fault_run(bus_base: &str, broker_restart: bool) {
+/// `subtasks`: the job's tasks are subtasks `root` submits (see [`flow`]), and `after`, which
+/// depends on `root`, must start only once every one of them ended.
+async fn fault_run(bus_base: &str, broker_restart: bool, subtasks: bool) {
+    // Every task of the job: root, the TASKS others, and `after` with subtasks.
+    let count = TASKS + 1 + usize::from(subtasks);
     let namespace = format!("f{}", &ferry_event::new_id().replace('-', "")[..16]);
     let sep = if bus_base.contains('?') { '&' } else { '?' };
     let bus = format!("{bus_base}{sep}namespace={namespace}");
@@ -337,7 +355,7 @@ async fn fault_run(bus_base: &str, broker_restart: bool) {
     }
 
     let flow_path = d.join("faults.yaml");
-    std::fs::write(&flow_path, flow(&ledger, &marker)).unwrap();
+    std::fs::write(&flow_path, flow(&ledger, &marker, subtasks)).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
         .args(["submit", "--api", &api, "--data-dir"])
         .arg(&data)
@@ -420,7 +438,7 @@ async fn fault_run(bus_base: &str, broker_restart: bool) {
 
     let context = format!("faults: {schedule:?}");
     let detail = end_of_job(&mut procs, &api, &data, &job, JOB_DEADLINE, &context, d, &ledger).await;
-    let tasks = assert_every_task_succeeded(&detail, TASKS + 1);
+    let tasks = assert_every_task_succeeded(&detail, count);
 
     // Attempts: distinct ids; more than one only if a launcher was killed; never overlapping.
     let runs = read_ledger(&ledger);
@@ -428,7 +446,7 @@ async fn fault_run(bus_base: &str, broker_restart: bool) {
     for run in runs.values() {
         by_task.entry(run.task.clone()).or_default().push(run);
     }
-    assert_eq!(by_task.len(), TASKS + 1, "every task ran");
+    assert_eq!(by_task.len(), count, "every task ran");
     let mut reruns = 0;
     for (task, mut attempts) in by_task {
         assert!(
@@ -453,13 +471,29 @@ async fn fault_run(bus_base: &str, broker_restart: bool) {
         }
     }
     eprintln!("{reruns} tasks ran more than once ({launcher_kills} launcher kills)");
+    if subtasks {
+        // The parent's dependent started after every subtask's last run ended.
+        let after = runs
+            .values()
+            .filter(|r| r.task == "after")
+            .filter_map(|r| r.start)
+            .min()
+            .expect("after ran");
+        for r in runs.values().filter(|r| r.task.starts_with("root.")) {
+            assert!(
+                r.last < after,
+                "after started before subtask {} ended ({context})",
+                r.task
+            );
+        }
+    }
 
     // Logs: every line of every attempt once and in order.
     let succeeded: HashSet<String> = tasks
         .iter()
         .filter_map(|t| t["attemptId"].as_str().map(str::to_string))
         .collect();
-    check_logs(&d.join("logs.db"), &runs, &succeeded, TASKS + 1).await;
+    check_logs(&d.join("logs.db"), &runs, &succeeded, count).await;
 
     // Nothing left running.
     let left = processes_with(&marker);
@@ -652,12 +686,20 @@ fn env(name: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rabbitmq_survives_killed_services_and_a_broker_restart() {
-    fault_run(&env("FERRY_TEST_AMQP"), true).await;
+    fault_run(&env("FERRY_TEST_AMQP"), true, false).await;
+}
+
+/// Subtasks under faults: the scheduler, planner, launcher and log collector SIGKILLed at
+/// random while `root`'s 240 subtasks run: each joins and succeeds once, and `after` waits for
+/// all of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subtasks_survive_killed_services_on_rabbitmq() {
+    fault_run(&env("FERRY_TEST_AMQP"), false, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_survives_killed_services() {
-    fault_run(&env("FERRY_TEST_KAFKA"), false).await;
+    fault_run(&env("FERRY_TEST_KAFKA"), false, false).await;
 }
 
 /// A container platform the fault run kills a launcher of: a Docker engine, or a Kubernetes
