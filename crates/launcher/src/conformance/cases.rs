@@ -256,6 +256,43 @@ pub async fn outputs_and_output_files_come_back(target: Arc<dyn Target>) {
     launcher.stop().await;
 }
 
+/// `$FERRY_SUBTASKS` comes back as the report's subtasks, but only from a success: a failed
+/// attempt's are never sent; a file that is not a list of tasks fails the attempt.
+pub async fn subtasks_come_back_only_from_a_success(target: Arc<dyn Target>) {
+    let mut h = Harness::new(target).await;
+    let launcher = h.start().await;
+    let submitted = r#"[{"id": "part-1", "runner": "local", "command": ["true"]}]"#;
+    let ok = h.id("submits");
+    h.dispatch(&h.task(&ok, &p([Step::Subtasks(submitted.into())])))
+        .await;
+    let f = h.finished(&ok).await;
+    assert_outcome(&f, Outcome::Succeeded);
+    assert_eq!(f.subtasks.len(), 1, "{f:?}");
+    assert_eq!(f.subtasks[0]["id"], "part-1", "{f:?}");
+
+    let failed = h.id("submits-then-fails");
+    h.dispatch(&h.task(&failed, &p([Step::Subtasks(submitted.into()), Step::Exit(3)])))
+        .await;
+    let f = h.finished(&failed).await;
+    assert_outcome(&f, Outcome::Failed);
+    assert!(
+        f.subtasks.is_empty(),
+        "a failed attempt's subtasks were sent: {f:?}"
+    );
+
+    let bad = h.id("bad-subtasks");
+    h.dispatch(&h.task(&bad, &p([Step::Subtasks(r#"{"id": "x"}"#.into())])))
+        .await;
+    let f = h.finished(&bad).await;
+    assert_outcome(&f, Outcome::Failed);
+    assert!(
+        f.error.as_deref().is_some_and(|e| e.contains("FERRY_SUBTASKS")),
+        "{f:?}"
+    );
+    h.assert_nothing_left("after subtasks were collected").await;
+    launcher.stop().await;
+}
+
 /// A secret's value never shows: not in lines of either stream, not in outputs, not in an
 /// error (the harness checks every line and report of every case; this case puts it in each).
 pub async fn secrets_are_masked_in_lines_outputs_and_errors(target: Arc<dyn Target>) {

@@ -91,6 +91,7 @@ macro_rules! launcher_conformance {
             a_task_sees_the_ferry_environment,
             input_files_arrive_and_hostile_names_create_nothing,
             outputs_and_output_files_come_back,
+            subtasks_come_back_only_from_a_success,
             secrets_are_masked_in_lines_outputs_and_errors,
             a_timeout_leaves_no_compute,
             a_cancel_leaves_no_compute,

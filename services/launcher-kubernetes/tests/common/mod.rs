@@ -271,6 +271,12 @@ impl Target for Kube {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+
+    fn cannot(&self, case: &str) -> Option<&'static str> {
+        (case == "subtasks_come_back_only_from_a_success").then_some(
+            "a pod's status brings back one file, the termination message, which carries the outputs: no $FERRY_SUBTASKS",
+        )
+    }
 }
 
 /// Stands in when there is no Docker engine outside CI: every case says why it is skipped.
