@@ -1810,6 +1810,70 @@ mod tests {
         assert_eq!(costs[0], costs[1], "rows per task event, job of 4 and of 400");
     }
 
+    /// A task's success that added subtasks lists them, pending, after the job's other tasks,
+    /// each with its parent, and counts them; a redelivered success adds nothing.
+    #[tokio::test]
+    async fn subtasks_join_the_job_under_their_parent() {
+        let b = EventBuilder::new("ferry/test");
+        let dir = tempfile::tempdir().unwrap();
+        let model = ReadModel::open(&format!("sqlite://{}", dir.path().join("api.db").display()))
+            .await
+            .unwrap();
+        model
+            .apply(&[&b.job(kind::JOB_PLANNED, "j", &fan_in(1))])
+            .await
+            .unwrap();
+        let state = TaskState {
+            subtasks: vec!["u0.a".into(), "u0.b".into()],
+            ..task_state_of("u0")
+        };
+        let e = b.task(kind::TASK_SUCCEEDED, "j", "u0", Some("u0-1"), &state);
+        model.apply(&[&e]).await.unwrap();
+        model.apply(&[&e]).await.unwrap();
+        let detail = model.job_detail("j").await.unwrap().expect("the job");
+        let tasks: Vec<(&str, &str, Option<&str>)> = detail
+            .tasks
+            .iter()
+            .map(|t| (t.task_id.as_str(), t.state.as_str(), t.parent.as_deref()))
+            .collect();
+        assert_eq!(
+            tasks,
+            [
+                ("u0", "succeeded", None),
+                ("sink", "pending", None),
+                ("u0.a", "pending", Some("u0")),
+                ("u0.b", "pending", Some("u0")),
+            ]
+        );
+        assert_eq!(
+            (detail.job.counts["total"], detail.job.counts["pending"]),
+            (4, 3),
+            "{:?}",
+            detail.job
+        );
+        let shown = serde_json::to_value(&detail).unwrap();
+        assert_eq!(shown["tasks"][2]["parent"], "u0", "{shown}");
+        assert!(shown["tasks"][0].get("parent").is_none(), "{shown}");
+        model.close().await;
+    }
+
+    fn task_state_of(task_id: &str) -> TaskState {
+        TaskState {
+            job_id: "j".into(),
+            task_id: task_id.into(),
+            state: TaskStatus::Succeeded,
+            attempts: 1,
+            attempt_id: Some(format!("{task_id}-1")),
+            error: None,
+            outputs: Map::new(),
+            output_files: Vec::new(),
+            retry_at_ms: None,
+            started_at_ms: Some(1_000),
+            finished_at_ms: Some(2_000),
+            subtasks: Vec::new(),
+        }
+    }
+
     /// The compute every attempt held adds up per task, retries included, and per job; a task
     /// none of whose attempts held compute shows none.
     #[tokio::test]
