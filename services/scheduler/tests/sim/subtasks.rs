@@ -231,10 +231,11 @@ pub async fn a_job_retry_reruns_a_failed_subtask_then_releases_the_parents_depen
 }
 
 /// Submissions refused: not valid as a flow's tasks, more than an attempt may submit, nested
-/// too deep. Each fails its attempt with a message that says where and why; nothing joins.
+/// too deep, growing the job past its limit. Each fails its attempt with a message that says where and why; nothing joins.
 pub async fn invalid_and_over_limit_submissions_fail_the_attempt(mut cfg: ferry_scheduler::Config) {
     cfg.max_subtasks_per_attempt = 2;
     cfg.max_subtask_depth = 1;
+    cfg.max_tasks_per_job = 3;
     let script = by_attempt(|task, _| {
         let sub = |s: String| Some(with_subtasks(Outcome::Succeeded, s));
         match task {
@@ -242,20 +243,25 @@ pub async fn invalid_and_over_limit_submissions_fail_the_attempt(mut cfg: ferry_
             "many" => sub(submission(&[("a", &[]), ("b", &[]), ("c", &[])])),
             "deep" => sub(submission(&[("inner", &[])])),
             "deep.inner" => sub(submission(&[("x", &[])])),
+            "big" => sub(submission(&[("a", &[]), ("b", &[])])),
             _ => None,
         }
     });
     let r = SubRig::start(cfg, script).await;
-    for (job, task) in [("j-bad", "bad"), ("j-many", "many"), ("j-deep", "deep")] {
-        publish(
-            &r.bus,
-            kind::JOB_PLANNED,
-            job,
-            &planned(job, vec![task_spec(task, &[])], None),
-        )
-        .await;
+    for (job, task) in [
+        ("j-bad", "bad"),
+        ("j-many", "many"),
+        ("j-deep", "deep"),
+        ("j-big", "big"),
+    ] {
+        // `big`'s job has another task: its 2 subtasks would make it 4, past 3.
+        let mut tasks = vec![task_spec(task, &[])];
+        if task == "big" {
+            tasks.push(task_spec("other", &[]));
+        }
+        publish(&r.bus, kind::JOB_PLANNED, job, &planned(job, tasks, None)).await;
     }
-    for job in ["j-bad", "j-many", "j-deep"] {
+    for job in ["j-bad", "j-many", "j-deep", "j-big"] {
         assert_eq!(r.rec.wait_terminal(job, WITHIN).await, kind::JOB_FAILED, "{job}");
     }
     let failed = r.states(kind::TASK_FAILED);
@@ -279,4 +285,10 @@ pub async fn invalid_and_over_limit_submissions_fail_the_attempt(mut cfg: ferry_
     assert_eq!(r.task_ids("j-bad").await, ["bad"]);
     assert_eq!(r.task_ids("j-many").await, ["many"]);
     assert_eq!(r.task_ids("j-deep").await, ["deep", "deep.inner"]);
+    let big = error("big");
+    assert!(
+        big.contains("grow job j-big to 4 tasks") && big.contains("--max-tasks-per-job"),
+        "{big}"
+    );
+    assert_eq!(r.task_ids("j-big").await, ["big", "other"]);
 }
