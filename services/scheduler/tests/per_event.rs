@@ -344,3 +344,68 @@ async fn a_submission_redelivered_or_reported_again_joins_once() {
     let p = after.iter().find(|t| t.task_id == "p").unwrap();
     assert_eq!(p.state, "succeeded");
 }
+
+/// A success with subtasks that arrives while its job is being failed: the subtasks join
+/// cancelled, the job ends failed, and a job retry runs them; what depends on the parent runs
+/// only after them.
+#[tokio::test]
+async fn subtasks_joining_an_ending_job_are_cancelled_then_run_by_a_retry() {
+    let plan = planned(
+        "j",
+        vec![
+            task_spec("p", &[]),
+            task_spec("q", &[]),
+            task_spec("after", &["p"]),
+        ],
+        None,
+    );
+    let mut r = Rig::new(&plan).await;
+    r.start("p").await;
+    r.start("q").await;
+    let mut failed = r.finished("q", Vec::new()).await;
+    let mut report: TaskFinished = ferry_event::decode(&failed).unwrap();
+    report.outcome = Outcome::Failed;
+    report.error = Some("exit status 1".into());
+    failed.set_data("application/json", serde_json::to_value(&report).unwrap());
+    r.apply(vec![failed]).await;
+    r.succeed_with("p", subtasks(2)).await;
+    let state = |tasks: &[ferry_scheduler::TaskRow], id: &str| {
+        tasks
+            .iter()
+            .find(|t| t.task_id == id)
+            .map(|t| t.state.clone())
+            .unwrap()
+    };
+    let tasks = r.sched.store().tasks("j").await.unwrap();
+    assert_eq!(state(&tasks, "p"), "succeeded");
+    assert_eq!(state(&tasks, "p.s0"), "cancelled");
+    assert_eq!(state(&tasks, "p.s1"), "cancelled");
+    assert_eq!(state(&tasks, "after"), "cancelled");
+    assert_eq!(r.sched.store().job("j").await.unwrap().unwrap().state, "failed");
+
+    let retry = r.events.job(
+        kind::JOB_RETRY,
+        "j",
+        &ferry_event::payload::JobRetry { job_id: "j".into() },
+    );
+    r.apply(vec![retry]).await;
+    let dispatched = r.attempts().await;
+    let tasks = r.sched.store().tasks("j").await.unwrap();
+    assert_eq!(state(&tasks, "after"), "waiting", "after waits for p's subtasks");
+    for id in ["q", "p.s0", "p.s1"] {
+        assert_eq!(state(&tasks, id), "dispatched", "{id}: {tasks:?}");
+        assert!(dispatched.contains_key(id));
+    }
+    r.run("q").await;
+    r.run("p.s0").await;
+    assert_eq!(
+        state(&r.sched.store().tasks("j").await.unwrap(), "after"),
+        "waiting"
+    );
+    r.run("p.s1").await;
+    r.run("after").await;
+    assert_eq!(
+        r.sched.store().job("j").await.unwrap().unwrap().state,
+        "succeeded"
+    );
+}

@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 
 use ferry_event::kind;
-use ferry_event::payload::{Outcome, PlannedTask, TaskFinished, TaskStatus};
+use ferry_event::payload::{Outcome, PlannedTask, TaskAttempts, TaskFinished, TaskStatus};
 use sqlx::Row;
 
 use super::{CHUNK, Cx, task_state};
@@ -139,18 +139,17 @@ impl Cx<'_> {
         s.subtasks = ids.clone();
         self.emit_task(kind::TASK_SUCCEEDED, s);
         if let Some(reason) = ending {
-            for id in ids {
-                let mut s = task_state(
-                    &p.job_id,
-                    &id,
-                    TaskStatus::Cancelled,
-                    0,
-                    None,
-                    Some(reason.clone()),
-                );
-                s.finished_at_ms = Some(self.now);
-                self.emit_task(kind::TASK_CANCELLED, s);
-            }
+            let cancelled: Vec<TaskAttempts> = ids
+                .into_iter()
+                .map(|task_id| TaskAttempts { task_id, attempts: 0 })
+                .collect();
+            self.emit_tasks(
+                kind::TASKS_CANCELLED,
+                &p.job_id,
+                TaskStatus::Cancelled,
+                &cancelled,
+                Some(&reason),
+            );
         }
         Ok(())
     }
