@@ -66,7 +66,7 @@ pub struct Handle {
     /// The dashboard URL of the cluster it was submitted to.
     pub address: String,
     pub submission_id: String,
-    /// The attempt's directory: `work/`, `run.sh`, `outputs.json`.
+    /// The attempt's directory: `work/`, `run.sh`, `outputs.json`, `subtasks.json`.
     pub dir: PathBuf,
 }
 
@@ -77,6 +77,10 @@ impl Handle {
 
     fn outputs(&self) -> PathBuf {
         self.dir.join("outputs.json")
+    }
+
+    fn subtasks(&self) -> PathBuf {
+        self.dir.join("subtasks.json")
     }
 
     fn script(&self) -> PathBuf {
@@ -259,6 +263,7 @@ impl Ray {
             task,
             work_str,
             &outputs.to_string_lossy(),
+            &h.subtasks().to_string_lossy(),
             std::iter::empty::<(std::ffi::OsString, std::ffi::OsString)>(),
         )?;
         if prepared.program.contains('=') {
@@ -780,6 +785,7 @@ impl Backend for Ray {
         let h = self.handle(compute)?;
         let d = task.dispatch;
         let outputs_path = h.outputs();
+        let subtasks_path = h.subtasks();
         let work = h.work();
         let patterns = d.output_files.clone();
         let dest = match (&self.0.settings.artifact_dir, patterns.is_empty()) {
@@ -793,17 +799,22 @@ impl Backend for Ray {
         };
         let gather = move || {
             let outputs = collect::read_outputs_file(&outputs_path)?;
+            let subtasks = collect::read_subtasks_file(&subtasks_path)?;
             let files = match dest {
                 Some(dest) => collect::collect_files(&work, &patterns, &dest)?,
                 None => Vec::new(),
             };
-            Ok::<_, String>((outputs, files))
+            Ok::<_, String>((outputs, subtasks, files))
         };
-        let (outputs, files) = tokio::task::spawn_blocking(gather)
+        let (outputs, subtasks, files) = tokio::task::spawn_blocking(gather)
             .await
             .map_err(|e| AttemptError::Platform(format!("collecting outputs failed: {e}")))?
             .map_err(AttemptError::Task)?;
-        Ok(Collected { outputs, files })
+        Ok(Collected {
+            outputs,
+            subtasks,
+            files,
+        })
     }
 
     async fn release(&self, compute: &Compute) -> BackendResult<()> {
