@@ -545,24 +545,6 @@ fn one_of_each_payload() -> Result<BTreeMap<&'static str, Vec<Value>>> {
         })
         .collect::<Result<_>>()?,
     );
-    m.insert(
-        "tasks.state",
-        [TaskStatus::Cancelled, TaskStatus::Pending]
-            .into_iter()
-            .map(|state| {
-                v(&TasksState {
-                    job_id: "j".into(),
-                    state,
-                    tasks: vec![TaskAttempts {
-                        task_id: "b.part-1".into(),
-                        attempts: 0,
-                    }],
-                    error: (state == TaskStatus::Cancelled).then(|| "job cancelled".into()),
-                    at_ms: 5,
-                })
-            })
-            .collect::<Result<_>>()?,
-    );
     Ok(m)
 }
 
