@@ -1032,8 +1032,9 @@ pub struct TasksState {
 }
 
 impl TasksState {
-    /// Most tasks one event carries: a task id is at most 64 characters, so an event stays
-    /// under 100 KB, far below every broker's message limit.
+    /// Most tasks one event carries: a task id is at most 200 bytes (a subtask's, with its
+    /// parents' ids before it), so an event stays under about 250 KB, far below every broker's
+    /// message limit (Kafka's default of 1 MB included).
     pub const MAX_TASKS: usize = 1000;
 }
 

@@ -850,12 +850,20 @@ impl Runner {
                 }
             }
         }
-        let mut state = self.inspect_state(&docker_name).await;
+        let inspected = self.s.docker.inspect_container(&docker_name, None).await.ok();
+        let limited = inspected
+            .as_ref()
+            .and_then(|i| i.host_config.as_ref())
+            .and_then(|h| h.memory)
+            .is_some_and(|m| m > 0);
+        let mut state = inspected.and_then(|i| i.state).unwrap_or_default();
         // The engine records an OOM kill when containerd's OOM event arrives, which can be
-        // well after the exit it caused on a busy machine. A SIGKILL we did not send is most
-        // likely that kill, so it is given a few seconds to show up.
+        // well after the exit it caused on a busy machine. A SIGKILL we did not send to a
+        // container with a memory limit is most likely that kill, so it is given a few seconds
+        // to show up; any other (an operator's `docker kill`) is reported at once.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while !stopping
+            && limited
             && state.exit_code == Some(137)
             && state.oom_killed != Some(true)
             && tokio::time::Instant::now() < deadline
