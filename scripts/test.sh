@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs everything CI runs: formatting, lints and the whole test suite, against real RabbitMQ,
-# PostgreSQL, a Kafka-compatible broker (tansu) and a private dockerd, which it installs and
-# starts when missing and removes again afterwards (scripts/services.sh).
+# PostgreSQL, a Kafka-compatible broker (tansu), a private dockerd and a Ray head, which it
+# installs and starts when missing and removes again afterwards (scripts/services.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -618,23 +618,7 @@ async fn accept_submission(
         let job_id = job_id.clone();
         tokio::task::spawn_blocking(move || plan(&submitted, &job_id)).await
     };
-    let planned = match planned {
-        Ok(Ok(p)) => p,
-        Ok(Err(problems)) => {
-            let error = format!(
-                "the flow or its inputs are not valid ({} problem{})",
-                problems.len(),
-                if problems.len() == 1 { "" } else { "s" }
-            );
-            return Err(ApiError::bad_request(error, problems));
-        }
-        Err(e) => {
-            return Err(ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("validating the flow failed unexpectedly: {e}"),
-            ));
-        }
-    };
+    let planned = validated(planned, "the flow or its inputs are")?;
     let namespace = crate::digest::namespace_of(&planned);
     require_namespace(principal, namespace, "submit jobs")?;
     let digest = crate::digest::of_plan(&planned);
@@ -690,23 +674,7 @@ async fn accept_deploy(principal: &Principal, mut event: Event) -> Result<Accept
     let checked =
         tokio::task::spawn_blocking(move || ferry_flow::validate(&source, &name).map(|v| v.flow().clone()))
             .await;
-    let flow = match checked {
-        Ok(Ok(flow)) => flow,
-        Ok(Err(problems)) => {
-            let error = format!(
-                "the flow is not valid ({} problem{})",
-                problems.len(),
-                if problems.len() == 1 { "" } else { "s" }
-            );
-            return Err(ApiError::bad_request(error, problems));
-        }
-        Err(e) => {
-            return Err(ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("validating the flow failed unexpectedly: {e}"),
-            ));
-        }
-    };
+    let flow = validated(checked, "the flow is")?;
     let namespace = flow
         .namespace
         .as_deref()
@@ -724,6 +692,26 @@ async fn accept_deploy(principal: &Principal, mut event: Event) -> Result<Accept
 fn stamp_flow(event: &mut Event, key: &str) {
     event.set_extension(EXT_PARTITION_KEY, key.to_string());
     event.set_subject(Some(key.to_string()));
+}
+
+/// The outcome of a flow check run off the request threads: its value, or a 400 listing every
+/// problem ("`what` not valid (N problems)").
+fn validated<T>(
+    joined: Result<Result<T, Vec<Problem>>, tokio::task::JoinError>,
+    what: &str,
+) -> Result<T, ApiError> {
+    match joined {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(problems)) => {
+            let n = problems.len();
+            let error = format!("{what} not valid ({n} problem{})", if n == 1 { "" } else { "s" });
+            Err(ApiError::bad_request(error, problems))
+        }
+        Err(e) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("validating the flow failed unexpectedly: {e}"),
+        )),
+    }
 }
 
 /// Validates a submission's flow and plans its job, collecting every problem.
