@@ -709,14 +709,16 @@ pub async fn refused_resources_create_nothing(target: Arc<dyn Target>) {
     launcher.stop().await;
 }
 
-/// No more than `max_parallel` attempts run at once; the others wait and then run.
+/// No more than `max_parallel` attempts run at once; the others wait and then run. Each runs
+/// for a second, so that two running together are seen so on a platform whose starts are
+/// observed by polling (Ray's status every 250 ms) and take a while to begin.
 pub async fn at_most_max_parallel_attempts_run_at_once(target: Arc<dyn Target>) {
     let mut h = Harness::new(target).await;
     h.max_parallel = 2;
     let launcher = h.start().await;
     let ids: Vec<String> = (0..5).map(|i| h.id(&format!("par-{i}"))).collect();
     for id in &ids {
-        h.dispatch(&h.task(id, &p([Step::Sleep(300)]))).await;
+        h.dispatch(&h.task(id, &p([Step::Sleep(1000)]))).await;
     }
     for id in &ids {
         assert_outcome(&h.finished(id).await, Outcome::Succeeded);
