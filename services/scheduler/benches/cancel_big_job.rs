@@ -12,21 +12,14 @@
 //!
 //! `cargo bench -p ferry-scheduler --bench cancel_big_job` (TASKS and RUNS in the environment).
 
-use std::sync::Arc;
+mod rig;
+
 use std::time::{Duration, Instant};
 
-use ferry_bus::{Bus, MemoryBus, Subscribe, Subscription};
 use ferry_event::payload::{JobCancel, JobPlanned, JobRetry, Outcome, PlannedTask, TaskFinished};
-use ferry_event::{Event, EventBuilder, Topic, kind};
-use ferry_scheduler::{Config, Scheduler, Store};
+use ferry_event::{Event, kind};
+use rig::{Rig, count, env};
 use serde_json::{Map, json};
-
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn job(tasks: usize) -> JobPlanned {
     let tasks = (0..tasks)
@@ -47,87 +40,6 @@ fn job(tasks: usize) -> JobPlanned {
     }
 }
 
-struct Rig {
-    bus: MemoryBus,
-    sub: Subscription,
-    /// Everything the scheduler publishes on the lifecycle and dispatch topics.
-    out: Subscription,
-    sched: Scheduler,
-    events: EventBuilder,
-    _dir: tempfile::TempDir,
-}
-
-impl Rig {
-    async fn new() -> Rig {
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let bus = MemoryBus::new();
-        let sub = bus
-            .subscribe(Subscribe::new("scheduler", [Topic::Control]).prefetch(100_000))
-            .await
-            .expect("subscribing");
-        let out = bus
-            .subscribe(
-                Subscribe::new(
-                    "bench",
-                    [
-                        Topic::Lifecycle,
-                        Topic::Dispatch("local".into()),
-                        Topic::Cancel("local".into()),
-                    ],
-                )
-                .prefetch(1_000_000),
-            )
-            .await
-            .expect("subscribing");
-        let db_url = format!("sqlite://{}", dir.path().join("scheduler.db").display());
-        let mut cfg = Config::new(db_url.clone(), "ferry/bench");
-        // No launcher runs here: dispatched tasks wait rather than fail for want of one.
-        cfg.no_launcher_after = None;
-        let store = Store::open(&db_url).await.expect("opening the store");
-        let sched = Scheduler::new(store, Arc::new(bus.clone()), cfg);
-        Rig {
-            bus,
-            sub,
-            out,
-            sched,
-            events: EventBuilder::new("ferry/bench"),
-            _dir: dir,
-        }
-    }
-
-    /// Publishes the events and has the scheduler apply all of them, in batches as the
-    /// service takes them, then run its timers; returns the events it published meanwhile.
-    async fn apply(&mut self, events: Vec<Event>) -> Vec<Event> {
-        let mut left = events.len();
-        self.bus.publish(&events).await.expect("publishing");
-        while left > 0 {
-            let batch = self.sub.next_batch(512).await.expect("open").expect("a batch");
-            left -= batch.len();
-            self.sched.handle(batch).await.expect("applying");
-        }
-        self.sched.tick().await.expect("timers");
-        self.drain().await
-    }
-
-    async fn drain(&mut self) -> Vec<Event> {
-        let mut got = Vec::new();
-        while let Ok(Some(Ok(batch))) =
-            tokio::time::timeout(Duration::from_millis(1), self.out.next_batch(100_000)).await
-        {
-            for d in batch {
-                got.push(d.event.clone());
-                d.ack().await.expect("ack");
-            }
-        }
-        got
-    }
-}
-
-fn count(events: &[Event], ty: &str) -> usize {
-    use ferry_event::AttributesReader;
-    events.iter().filter(|e| e.ty() == ty).count()
-}
-
 struct Times {
     cancel: Duration,
     confirm: Duration,
@@ -137,7 +49,7 @@ struct Times {
 }
 
 async fn run(planned: &JobPlanned) -> Times {
-    let mut r = Rig::new().await;
+    let mut r = Rig::new(100_000, |_| {}).await;
     let plan = r.events.job(kind::JOB_PLANNED, "big", planned);
     let out = r.apply(vec![plan]).await;
     let dispatched: Vec<Event> = out

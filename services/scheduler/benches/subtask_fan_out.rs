@@ -12,23 +12,16 @@
 //! `cargo bench -p ferry-scheduler --bench subtask_fan_out` (SUBTASKS and RUNS in the
 //! environment).
 
-use std::sync::Arc;
+mod rig;
+
 use std::time::{Duration, Instant};
 
-use ferry_bus::{Bus, MemoryBus, Subscribe, Subscription};
 use ferry_event::payload::{JobPlanned, Outcome, PlannedTask, TaskDispatched, TaskFinished};
-use ferry_event::{AttributesReader, Event, EventBuilder, Topic, kind};
-use ferry_scheduler::{Config, Scheduler, Store};
+use ferry_event::{AttributesReader, kind};
+use rig::{Rig, count, env};
 use serde_json::{Map, Value, json};
 
 ferry_runtime::global_allocator!();
-
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// Resident and peak resident memory of this process, in KiB.
 fn memory_kib() -> (u64, u64) {
@@ -74,71 +67,6 @@ fn subtasks(n: usize) -> Vec<Map<String, Value>> {
         .collect()
 }
 
-struct Rig {
-    bus: MemoryBus,
-    sub: Subscription,
-    out: Subscription,
-    sched: Scheduler,
-    events: EventBuilder,
-    _dir: tempfile::TempDir,
-}
-
-impl Rig {
-    async fn new(n: usize) -> Rig {
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let bus = MemoryBus::new();
-        let sub = bus
-            .subscribe(Subscribe::new("scheduler", [Topic::Control]).prefetch(1024))
-            .await
-            .expect("subscribing");
-        let out = bus
-            .subscribe(
-                Subscribe::new("bench", [Topic::Lifecycle, Topic::Dispatch("local".into())])
-                    .prefetch(1_000_000),
-            )
-            .await
-            .expect("subscribing");
-        let db_url = format!("sqlite://{}", dir.path().join("scheduler.db").display());
-        let mut cfg = Config::new(db_url.clone(), "ferry/bench");
-        cfg.no_launcher_after = None;
-        cfg.max_waiting = n + 16;
-        cfg.max_subtasks_per_attempt = n.max(cfg.max_subtasks_per_attempt);
-        let store = Store::open(&db_url).await.expect("opening the store");
-        let sched = Scheduler::new(store, Arc::new(bus.clone()), cfg);
-        Rig {
-            bus,
-            sub,
-            out,
-            sched,
-            events: EventBuilder::new("ferry/bench"),
-            _dir: dir,
-        }
-    }
-
-    /// Publishes the events, has the scheduler apply them and run its timers (which dispatch);
-    /// returns what it published meanwhile.
-    async fn apply(&mut self, events: Vec<Event>) -> Vec<Event> {
-        let mut left = events.len();
-        self.bus.publish(&events).await.expect("publishing");
-        while left > 0 {
-            let batch = self.sub.next_batch(512).await.expect("open").expect("a batch");
-            left -= batch.len();
-            self.sched.handle(batch).await.expect("applying");
-        }
-        self.sched.tick().await.expect("timers");
-        let mut got = Vec::new();
-        while let Ok(Some(Ok(batch))) =
-            tokio::time::timeout(Duration::from_millis(1), self.out.next_batch(100_000)).await
-        {
-            for d in batch {
-                got.push(d.event.clone());
-                d.ack().await.expect("ack");
-            }
-        }
-        got
-    }
-}
-
 struct Measured {
     took: Duration,
     dispatched: usize,
@@ -147,7 +75,11 @@ struct Measured {
 }
 
 async fn run(n: usize) -> Measured {
-    let mut r = Rig::new(n).await;
+    let mut r = Rig::new(1024, |cfg| {
+        cfg.max_waiting = n + 16;
+        cfg.max_subtasks_per_attempt = n.max(cfg.max_subtasks_per_attempt);
+    })
+    .await;
     let plan = r.events.job(kind::JOB_PLANNED, "fan", &job());
     let out = r.apply(vec![plan]).await;
     let split: TaskDispatched = out
@@ -182,7 +114,7 @@ async fn run(n: usize) -> Measured {
     let t = Instant::now();
     let out = r.apply(vec![report]).await;
     let took = t.elapsed();
-    let dispatched = out.iter().filter(|e| e.ty() == kind::TASK_DISPATCHED).count();
+    let dispatched = count(&out, kind::TASK_DISPATCHED);
     drop(out);
     let (rss_after, peak_after) = memory_kib();
     Measured {
