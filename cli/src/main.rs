@@ -223,7 +223,14 @@ fn main() {
         Command::Service { service } => service.telemetry_name(),
         _ => "ferry",
     };
-    let telemetry = ferry_runtime::telemetry::init(if quiet { "warn" } else { "info" }, service);
+    let mut telemetry = ferry_runtime::telemetry::init(if quiet { "warn" } else { "info" }, service);
+    // Commands that run services have metrics of their own to export.
+    if matches!(
+        cli.command,
+        Command::Run { .. } | Command::Up(_) | Command::Service { .. }
+    ) {
+        telemetry.export_metrics(service);
+    }
     let code = match cli.command {
         Command::Validate { flows } => exit_code(ferry_cli::validate(&flows)),
         Command::Token(TokenCommand::Create {

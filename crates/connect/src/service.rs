@@ -192,7 +192,8 @@ where
         .version(env!("CARGO_PKG_VERSION"));
     let Binary { mut common, flags } =
         Binary::<S>::from_arg_matches(&command.get_matches()).unwrap_or_else(|e| e.exit());
-    let telemetry = ferry_runtime::telemetry::init("info", name);
+    let mut telemetry = ferry_runtime::telemetry::init("info", name);
+    telemetry.export_metrics(name);
     let started = tokio::runtime::Runtime::new()
         .map_err(BoxError::from)
         .and_then(|rt| {

@@ -7,7 +7,9 @@
 //!   of each event handled continuing the trace the event carries;
 //! - [`shutdown`]: a root [`CancellationToken`] cancelled by SIGINT/SIGTERM, with a second signal
 //!   exiting at once;
-//! - [`metrics`]: every Prometheus metric, defined in one place, and how to record it;
+//! - [`metrics`]: every metric, defined in one place, and how to record it; exported to
+//!   Prometheus (`GET /metrics`) and, when configured, over OTLP;
+//! - `otlp`: what the OTLP export of traces and metrics share (the standard variables);
 //! - [`quota`]: limits set per namespace (`NAME=N`, `*=N`);
 //! - [`health`]: readiness checks of the process's bus and databases, for `/readyz`;
 //! - [`text`]: text from outside (event ids, task output) shown without its control characters;
@@ -21,6 +23,7 @@ pub mod db;
 pub mod health;
 pub mod memory;
 pub mod metrics;
+mod otlp;
 pub mod quota;
 pub mod shutdown;
 pub mod telemetry;

@@ -1,5 +1,5 @@
 //! `tracing` set-up shared by every binary: the log on stderr and, when configured, the
-//! export of traces over OTLP ([`crate::trace`]).
+//! export of traces ([`crate::trace`]) and of metrics ([`crate::metrics`]) over OTLP.
 
 use std::io::{IsTerminal, Write as _};
 
@@ -19,35 +19,63 @@ pub enum Format {
 }
 
 /// What [`init`] set up; keep it until the process ends. Dropping it (or [`Telemetry::shutdown`])
-/// exports the spans not yet sent, so that those of the last events handled are not lost.
-#[must_use = "dropping it stops the export of traces"]
+/// exports the spans not yet sent, so that those of the last events handled are not lost, and
+/// the metrics a last time.
+#[must_use = "dropping it stops the export of traces and metrics"]
 #[derive(Default)]
 pub struct Telemetry {
     traces: Option<crate::trace::Exporter>,
+    metrics: Option<crate::metrics::Exporter>,
 }
 
 impl std::fmt::Debug for Telemetry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Telemetry")
             .field("traces", &self.traces.is_some())
+            .field("metrics", &self.metrics.is_some())
             .finish()
     }
 }
 
 impl Telemetry {
-    /// Exports the spans not yet sent and stops exporting.
+    /// Exports the metrics over OTLP too, as `service` unless `OTEL_SERVICE_NAME` says
+    /// otherwise, when the standard variables ask for it: `OTEL_EXPORTER_OTLP_ENDPOINT` or
+    /// `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT` set, or `OTEL_METRICS_EXPORTER=otlp`
+    /// (`OTEL_METRICS_EXPORTER=none` turns it off whatever else is set); protocol, headers,
+    /// timeout and interval as for traces, from the `…_METRICS_…` variables or the general
+    /// ones. For processes that run services; a command that only talks to a deployment has
+    /// no metrics of its own. Otherwise nothing of it is installed and recording a metric costs
+    /// what it did.
+    pub fn export_metrics(&mut self, service: &str) {
+        if self.metrics.is_some() {
+            return;
+        }
+        match crate::metrics::Exporter::from_env(service) {
+            Ok(exporter) => self.metrics = exporter,
+            Err(e) => {
+                let _ = writeln!(std::io::stderr(), "warning: metrics are not exported: {e}");
+            }
+        }
+    }
+
+    /// Exports the spans not yet sent and the metrics a last time, and stops exporting.
     pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
         if let Some(traces) = self.traces.take() {
             traces.shutdown();
+        }
+        if let Some(metrics) = self.metrics.take() {
+            metrics.shutdown();
         }
     }
 }
 
 impl Drop for Telemetry {
     fn drop(&mut self) {
-        if let Some(traces) = self.traces.take() {
-            traces.shutdown();
-        }
+        self.stop();
     }
 }
 
@@ -84,7 +112,10 @@ pub fn init(default_filter: &str, service: &str) -> Telemetry {
     if exporter.is_some() {
         crate::trace::enable();
     }
-    Telemetry { traces: exporter }
+    Telemetry {
+        traces: exporter,
+        metrics: None,
+    }
 }
 
 /// The subscriber [`init`] installs, writing to `writer`, with `traces` (the OpenTelemetry

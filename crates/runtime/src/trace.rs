@@ -56,50 +56,8 @@ pub const EVENT_TYPE: &str = "ferry.event.type";
 /// The attribute giving an event's id.
 pub const EVENT_ID: &str = "ferry.event.id";
 
-/// Why traces cannot be exported as configured.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("{var}={value:?} is not a protocol ferry exports with: use http/protobuf (the default) or grpc")]
-    Protocol { var: &'static str, value: String },
-    #[error("cannot make the OTLP exporter: {0}")]
-    Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
-    #[error("cannot start the runtime of the gRPC exporter: {0}")]
-    Runtime(#[from] std::io::Error),
-}
-
-/// The OTLP transport.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Protocol {
-    HttpProtobuf,
-    Grpc,
-}
-
-/// Reads whether and how to export from `var` (the process environment in production).
-fn config(var: impl Fn(&str) -> Option<String>) -> Result<Option<Protocol>, Error> {
-    let set = |name: &str| var(name).filter(|v| !v.trim().is_empty());
-    match set("OTEL_TRACES_EXPORTER").as_deref().map(str::trim) {
-        Some("none") => return Ok(None),
-        Some("otlp") => {}
-        _ if set("OTEL_EXPORTER_OTLP_ENDPOINT").is_none()
-            && set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_none() =>
-        {
-            return Ok(None);
-        }
-        _ => {}
-    }
-    let (name, value) = match set("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") {
-        Some(v) => ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", v),
-        None => match set("OTEL_EXPORTER_OTLP_PROTOCOL") {
-            Some(v) => ("OTEL_EXPORTER_OTLP_PROTOCOL", v),
-            None => return Ok(Some(Protocol::HttpProtobuf)),
-        },
-    };
-    match value.trim().to_ascii_lowercase().as_str() {
-        "http/protobuf" => Ok(Some(Protocol::HttpProtobuf)),
-        "grpc" => Ok(Some(Protocol::Grpc)),
-        _ => Err(Error::Protocol { var: name, value }),
-    }
-}
+pub use crate::otlp::Error;
+use crate::otlp::{Protocol, Signal};
 
 /// The OpenTelemetry layer [`crate::telemetry::init`] puts beside the log.
 pub(crate) type Layer = Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync>;
@@ -115,7 +73,7 @@ pub(crate) struct Exporter {
 impl Exporter {
     /// An exporter as the environment configures one, or `None` when traces are off.
     pub(crate) fn from_env(service: &str) -> Result<Option<Exporter>, Error> {
-        let Some(protocol) = config(|name| std::env::var(name).ok())? else {
+        let Some(protocol) = crate::otlp::config(Signal::Traces, |name| std::env::var(name).ok())? else {
             return Ok(None);
         };
         let (exporter, runtime) = match protocol {
@@ -124,11 +82,7 @@ impl Exporter {
                 None,
             ),
             Protocol::Grpc => {
-                let runtime = tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(1)
-                    .thread_name("otlp-grpc")
-                    .enable_all()
-                    .build()?;
+                let runtime = crate::otlp::grpc_runtime(Signal::Traces)?;
                 let exporter = {
                     let _in = runtime.enter();
                     opentelemetry_otlp::SpanExporter::builder().with_tonic().build()?
@@ -136,17 +90,11 @@ impl Exporter {
                 (exporter, Some(runtime))
             }
         };
-        let mut resource = opentelemetry_sdk::Resource::builder();
-        if std::env::var("OTEL_SERVICE_NAME").is_ok_and(|v| !v.trim().is_empty()) {
-            // The SDK's detector reads it.
-        } else {
-            resource = resource.with_service_name(service.to_string());
-        }
         // The sampler is the SDK's default configuration, which reads OTEL_TRACES_SAMPLER.
         let provider = SdkTracerProvider::builder()
             .with_batch_exporter(exporter)
             .with_id_generator(JobIds)
-            .with_resource(resource.build())
+            .with_resource(crate::otlp::resource(service))
             .build();
         Ok(Some(Exporter { provider, runtime }))
     }
@@ -340,49 +288,6 @@ fn record_root(job: &str, foreign: Option<TraceParent>) -> opentelemetry::Contex
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
-        move |name| vars.iter().find(|(n, _)| *n == name).map(|(_, v)| v.to_string())
-    }
-
-    #[test]
-    fn traces_are_off_unless_the_standard_variables_ask() {
-        assert_eq!(config(env(&[])).unwrap(), None);
-        assert_eq!(config(env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "")])).unwrap(), None);
-        let endpoint = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318");
-        assert_eq!(config(env(&[endpoint])).unwrap(), Some(Protocol::HttpProtobuf));
-        assert_eq!(
-            config(env(&[(
-                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-                "http://h:4318/v1/traces"
-            )]))
-            .unwrap(),
-            Some(Protocol::HttpProtobuf)
-        );
-        assert_eq!(
-            config(env(&[("OTEL_TRACES_EXPORTER", "otlp")])).unwrap(),
-            Some(Protocol::HttpProtobuf)
-        );
-        assert_eq!(
-            config(env(&[endpoint, ("OTEL_TRACES_EXPORTER", "none")])).unwrap(),
-            None
-        );
-        assert_eq!(
-            config(env(&[endpoint, ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")])).unwrap(),
-            Some(Protocol::Grpc)
-        );
-        assert_eq!(
-            config(env(&[
-                endpoint,
-                ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
-                ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf"),
-            ]))
-            .unwrap(),
-            Some(Protocol::HttpProtobuf)
-        );
-        let e = config(env(&[endpoint, ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")])).unwrap_err();
-        assert!(e.to_string().contains("http/protobuf"), "{e}");
-    }
 
     /// Keeps what is exported.
     #[derive(Debug, Clone, Default)]
