@@ -2,7 +2,8 @@
 //! Prometheus (Debian's `prometheus`, installed by `scripts/services.sh prometheus_tools`)
 //! scrapes it; every query of every dashboard in infra/grafana/dashboards must return data
 //! through Prometheus's API, every alert rule of infra/prometheus/alerts.yml must evaluate
-//! without error there, and promtool checks and unit-tests the rules.
+//! without error there, and promtool checks and unit-tests the rules. `ferry run --metrics`
+//! serves the same endpoint while its flow runs, scraped here mid-run.
 
 mod common;
 
@@ -281,4 +282,126 @@ fn prometheus_scrapes_a_running_deployment_and_every_dashboard_query_has_data() 
     assert_eq!(rules.len(), 6, "{rules:?}");
 
     drop(up);
+}
+
+/// A flow whose one task waits until the file its input names exists.
+const GATED: &str = r#"id: gated
+namespace: observe
+inputs:
+  gate: { type: string }
+tasks:
+  - id: wait
+    runner: local
+    command: [sh, -c, "echo waiting; until [ -e \"$GATE\" ]; do sleep 0.05; done; echo passed"]
+    env: { GATE: "{{ inputs.gate }}" }
+"#;
+
+#[test]
+fn ferry_run_serves_the_metrics_of_all_its_services_while_the_flow_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let flow = dir.path().join("gated.yaml");
+    std::fs::write(&flow, GATED).unwrap();
+    let gate = dir.path().join("gate");
+    let port = free_port();
+    let mut run = Up(ferry()
+        .arg("run")
+        .arg(&flow)
+        .args(["--input", &format!("gate={}", gate.display())])
+        .args(["--metrics", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap());
+    // Mid-run: the task holds its attempt until the gate opens. Every service's metrics are
+    // in the one exposition: the planner's, the scheduler's, the launcher's, the log
+    // collector's and the bus's.
+    // Series and the least value each has then; `exact` ones have just that.
+    let wanted: [(&str, f64, bool); 9] = [
+        ("ferry_jobs_planned_total{outcome=\"planned\"}", 1.0, true),
+        ("ferry_jobs_started_total", 1.0, true),
+        ("ferry_attempts_in_flight{backend=\"local\"}", 1.0, true),
+        (
+            "ferry_dispatch_latency_seconds_count{backend=\"local\"}",
+            1.0,
+            true,
+        ),
+        ("ferry_log_lines_stored_total", 1.0, false),
+        (
+            "ferry_db_transaction_seconds_count{store=\"scheduler\"}",
+            1.0,
+            false,
+        ),
+        ("ferry_db_transaction_seconds_count{store=\"logs\"}", 1.0, false),
+        ("ferry_bus_published_total{topic=\"dispatch\"}", 1.0, false),
+        ("ferry_bus_deliveries_total{topic=\"dispatch\"}", 1.0, false),
+    ];
+    let sample = |body: &str, series: &str| -> Option<f64> {
+        body.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    };
+    let exposed = eventually(Duration::from_secs(60), "the running task's metrics", || {
+        let (status, body) = get(port, "/metrics")?;
+        let all = wanted
+            .iter()
+            .all(|(series, least, _)| sample(&body, series).is_some_and(|v| v >= *least));
+        (status == 200 && all).then_some(body)
+    });
+    for (series, value, exact) in wanted {
+        if exact {
+            assert_eq!(sample(&exposed, series), Some(value), "{series}:\n{exposed}");
+        }
+    }
+    assert_eq!(
+        sample(&exposed, "ferry_tasks_ended_total{outcome=\"succeeded\"}"),
+        Some(0.0),
+        "the task has not ended yet:\n{exposed}"
+    );
+    // One registry for every service: no family twice (a family without a series yet, like
+    // the scheduler's sampled gauges before their first sample, is not shown at all).
+    for name in ferry_runtime::metrics::name::ALL {
+        let family = name.strip_suffix("_total").unwrap_or(name);
+        let declared = exposed.matches(&format!("# TYPE {family} ")).count();
+        assert!(declared <= 1, "{family} is declared {declared} times:\n{exposed}");
+    }
+    assert_eq!(get(port, "/healthz"), Some((200, "ok\n".to_string())));
+    assert_eq!(get(port, "/readyz"), Some((200, "ready\n".to_string())));
+
+    // The job ends: the endpoint goes with the run.
+    std::fs::write(&gate, "").unwrap();
+    let status = run.0.wait().unwrap();
+    // Reaped: nothing is left to stop.
+    std::mem::forget(run);
+    assert!(status.success(), "ferry run failed: {status}");
+    assert!(
+        TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "the endpoint outlived the run"
+    );
+}
+
+#[test]
+fn ferry_run_metrics_on_a_taken_address_fails_before_running_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let mut c = ferry();
+    c.arg("run")
+        .arg(example("hello.yaml"))
+        .args(["--metrics", &addr.to_string()])
+        .arg("--data-dir")
+        .arg(dir.path());
+    let ran = output(c);
+    assert_ne!(ran.code, 0, "{}", ran.stderr);
+    assert!(
+        ran.stderr.contains(&format!("cannot serve metrics on {addr}")) && ran.stderr.contains("--metrics"),
+        "the error names the address and the flag: {}",
+        ran.stderr
+    );
+    assert!(
+        !ran.stdout.contains("hello"),
+        "the flow did not run: {}",
+        ran.stdout
+    );
 }

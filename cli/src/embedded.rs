@@ -112,7 +112,9 @@ impl Embedded {
             bus.declare(&launcher.group()).await?;
         }
         let backends: Vec<&'static str> = plan.launchers.iter().map(Launcher::backend).collect();
-        let shared: Arc<dyn Bus> = ferry_connect::traced(Arc::new(bus.clone()));
+        // Counted as a broker's traffic is: `ferry run --metrics` shows the bus metrics too.
+        let metered = ferry_bus::metered::Metered::new(Arc::new(bus.clone()));
+        let shared: Arc<dyn Bus> = ferry_connect::traced(Arc::new(metered));
         let (mut running, logs) = Running::start(plan, shared).await?;
         // The launcher hears cancels only once it listens; a job cancelled right away must not
         // race it.

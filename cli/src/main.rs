@@ -40,6 +40,11 @@ enum Command {
         /// instead, with the same image, command, files, env and resources.
         #[arg(long, value_name = "TYPE", value_parser = ["docker"])]
         runner: Option<String>,
+        /// Serve `GET /metrics` (Prometheus), `/healthz` and `/readyz` on this address while the
+        /// flow runs, e.g. 127.0.0.1:9464: the metrics of every service in this process.
+        /// Unauthenticated and free of secrets.
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<std::net::SocketAddr>,
         #[command(flatten)]
         raw: Raw,
     },
@@ -253,6 +258,7 @@ fn main() {
                     data_dir,
                     kill_grace,
                     runner,
+                    metrics,
                     raw,
                 } => {
                     ferry_cli::run::run(RunArgs {
@@ -262,6 +268,7 @@ fn main() {
                         kill_grace,
                         raw: raw.raw,
                         runner,
+                        metrics,
                     })
                     .await
                 }

@@ -32,6 +32,39 @@ pub struct RunArgs {
     /// Run every container task (docker, kubernetes, aws-batch, google-batch) on this
     /// runner instead: `docker` runs them on the local Docker engine.
     pub runner: Option<String>,
+    /// Serve the operations endpoint (`ferry_connect::endpoint`) here while the flow runs.
+    pub metrics: Option<std::net::SocketAddr>,
+}
+
+/// The operations endpoint of a run: ready while the job runs, refused from the moment the
+/// services stop, and gone with the run (dropping it stops the server).
+struct Endpoint {
+    draining: ferry_runtime::CancellationToken,
+    stop: ferry_runtime::CancellationToken,
+}
+
+impl Endpoint {
+    /// Serves `listener` with the readiness of `bus` (and of every store the services opened).
+    fn serve(listener: tokio::net::TcpListener, bus: std::sync::Arc<dyn Bus>) -> Endpoint {
+        let endpoint = Endpoint {
+            draining: ferry_runtime::CancellationToken::new(),
+            stop: ferry_runtime::CancellationToken::new(),
+        };
+        let (draining, stop) = (endpoint.draining.clone(), endpoint.stop.clone());
+        tokio::spawn(async move {
+            if let Err(e) = ferry_connect::endpoint::serve(listener, bus, draining, stop).await {
+                tracing::error!(error = %e, "the metrics endpoint failed");
+            }
+        });
+        endpoint
+    }
+}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        self.draining.cancel();
+        self.stop.cancel();
+    }
 }
 
 /// Runs the flow and returns the process exit code.
@@ -90,10 +123,16 @@ pub async fn run(args: RunArgs) -> Result<i32> {
     }
     let task_ids: Vec<String> = valid.flow().tasks.iter().map(|t| t.id.clone()).collect();
 
+    // Bound before anything starts: a taken address fails the run at once, naming it.
+    let listener = match args.metrics {
+        Some(addr) => Some(ferry_connect::endpoint::bind(addr).await?),
+        None => None,
+    };
     let mut opts = Options::new(&args.data_dir);
     opts.kill_grace = args.kill_grace;
     opts.docker = valid.runners().any(|r| r.backend() == "docker");
     let mut system = Embedded::start(&opts).await?;
+    let endpoint = listener.map(|l| Endpoint::serve(l, std::sync::Arc::new(system.bus.clone())));
     let mut watch = system
         .bus
         .subscribe(Subscribe::new(
@@ -182,7 +221,11 @@ pub async fn run(args: RunArgs) -> Result<i32> {
     };
     drop(logs);
     let data_dir = system.data_dir.clone();
+    if let Some(endpoint) = &endpoint {
+        endpoint.draining.cancel();
+    }
     let stopped = system.stop().await;
+    drop(endpoint);
     let code = outcome?;
     stopped?;
     if code == EXIT_CLOSED {
