@@ -1,160 +1,24 @@
-//! OpenTelemetry traces: a job run through the services is one trace, exported over OTLP to a
-//! receiver of the test's own, whose spans from planner, scheduler, launcher and log collector
-//! form one tree under the job's root, with the job, task and attempt ids as attributes.
+//! OpenTelemetry export for real, to OTLP receivers of the test's own (HTTP and gRPC).
+//!
+//! Traces: a job run through the services is one trace, whose spans from planner, scheduler,
+//! launcher and log collector form one tree under the job's root, with the job, task and
+//! attempt ids as attributes. Metrics: the run's metrics arrive with the names, kinds, units,
+//! buckets and labels of `ferry_runtime::metrics::DEFS`, the one definition the Prometheus
+//! endpoint shows too, and values the run accounts for.
 
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 
+use common::otlp::*;
 use common::*;
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
-use opentelemetry_proto::tonic::common::v1::any_value::Value;
-use prost::Message as _;
+use ferry_runtime::metrics::{DEFS, Kind};
 
-/// One span as received, with what the test looks at.
-#[derive(Debug, Clone)]
-struct Span {
-    trace_id: Vec<u8>,
-    span_id: Vec<u8>,
-    parent: Vec<u8>,
-    name: String,
-    service: String,
-    attributes: HashMap<String, String>,
-}
-
-impl Span {
-    fn attr(&self, key: &str) -> Option<&str> {
-        self.attributes.get(key).map(String::as_str)
-    }
-}
-
-#[derive(Clone, Default)]
-struct Received(Arc<Mutex<Vec<Span>>>);
-
-impl Received {
-    fn add(&self, request: ExportTraceServiceRequest) {
-        let mut spans = self.0.lock().unwrap();
-        for rs in request.resource_spans {
-            let service = rs
-                .resource
-                .iter()
-                .flat_map(|r| &r.attributes)
-                .find(|kv| kv.key == "service.name")
-                .and_then(|kv| text(kv.value.as_ref()?.value.as_ref()?))
-                .unwrap_or_default();
-            for ss in rs.scope_spans {
-                for s in ss.spans {
-                    let attributes = s
-                        .attributes
-                        .iter()
-                        .filter_map(|kv| Some((kv.key.clone(), text(kv.value.as_ref()?.value.as_ref()?)?)))
-                        .collect();
-                    spans.push(Span {
-                        trace_id: s.trace_id,
-                        span_id: s.span_id,
-                        parent: s.parent_span_id,
-                        name: s.name,
-                        service: service.clone(),
-                        attributes,
-                    });
-                }
-            }
-        }
-    }
-
-    fn spans(&self) -> Vec<Span> {
-        self.0.lock().unwrap().clone()
-    }
-}
-
-fn text(v: &Value) -> Option<String> {
-    match v {
-        Value::StringValue(s) => Some(s.clone()),
-        Value::IntValue(i) => Some(i.to_string()),
-        Value::BoolValue(b) => Some(b.to_string()),
-        _ => None,
-    }
-}
-
-/// An OTLP/HTTP receiver (`POST /v1/traces`, protobuf) on a free port.
-async fn http_receiver(received: Received) -> SocketAddr {
-    use axum::body::Bytes;
-    use axum::http::StatusCode;
-    let app = axum::Router::new().route(
-        "/v1/traces",
-        axum::routing::post(move |body: Bytes| {
-            let received = received.clone();
-            async move {
-                match ExportTraceServiceRequest::decode(body) {
-                    Ok(request) => {
-                        received.add(request);
-                        (
-                            StatusCode::OK,
-                            [("content-type", "application/x-protobuf")],
-                            ExportTraceServiceResponse::default().encode_to_vec(),
-                        )
-                    }
-                    Err(e) => (
-                        StatusCode::BAD_REQUEST,
-                        [("content-type", "text/plain")],
-                        e.to_string().into_bytes(),
-                    ),
-                }
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    addr
-}
-
-struct Grpc(Received);
-
-#[tonic::async_trait]
-impl TraceService for Grpc {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        self.0.add(request.into_inner());
-        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
-    }
-}
-
-/// An OTLP/gRPC receiver on a free port.
-async fn grpc_receiver(received: Received) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let incoming = tokio_stream_of(listener);
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(Grpc(received)))
-            .serve_with_incoming(incoming),
-    );
-    addr
-}
-
-fn tokio_stream_of(
-    listener: tokio::net::TcpListener,
-) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    futures::stream::unfold(listener, |l| async move {
-        let accepted = l.accept().await.map(|(s, _)| s);
-        Some((accepted, l))
-    })
-}
-
-/// `ferry run examples/diamond.yaml` exporting to `endpoint` with `protocol`; returns the
-/// stderr (JSON log lines).
-async fn run_exporting(endpoint: String, protocol: &str) -> String {
+/// `ferry run examples/diamond.yaml` exporting to `endpoint` with `protocol` and `env` besides;
+/// returns the stderr (JSON log lines).
+async fn run_exporting(endpoint: String, protocol: &str, env: &[(&str, &str)]) -> String {
     let protocol = protocol.to_string();
+    let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     tokio::task::spawn_blocking(move || {
         let dir = tempfile::tempdir().unwrap();
         let mut c = ferry();
@@ -165,10 +29,22 @@ async fn run_exporting(endpoint: String, protocol: &str) -> String {
             .env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
             .env("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
             .env("FERRY_LOG", "info")
-            .env("FERRY_LOG_FORMAT", "json")
-            .env_remove("OTEL_TRACES_EXPORTER")
-            .env_remove("OTEL_TRACES_SAMPLER")
-            .env_remove("OTEL_SERVICE_NAME");
+            .env("FERRY_LOG_FORMAT", "json");
+        for var in [
+            "OTEL_TRACES_EXPORTER",
+            "OTEL_TRACES_SAMPLER",
+            "OTEL_SERVICE_NAME",
+            "OTEL_RESOURCE_ATTRIBUTES",
+            "OTEL_METRICS_EXPORTER",
+            "OTEL_METRIC_EXPORT_INTERVAL",
+            "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        ] {
+            c.env_remove(var);
+        }
+        c.envs(env);
         let ran = output(c);
         assert_eq!(ran.code, 0, "the job succeeds: {}", ran.stderr);
         ran.stderr
@@ -281,7 +157,7 @@ fn check_job_trace(spans: &[Span], log: &str) {
 async fn a_job_is_one_trace_across_the_services_over_otlp_http() {
     let received = Received::default();
     let addr = http_receiver(received.clone()).await;
-    let log = run_exporting(format!("http://{addr}"), "http/protobuf").await;
+    let log = run_exporting(format!("http://{addr}"), "http/protobuf", &[]).await;
     check_job_trace(&received.spans(), &log);
 }
 
@@ -289,8 +165,142 @@ async fn a_job_is_one_trace_across_the_services_over_otlp_http() {
 async fn a_job_is_one_trace_across_the_services_over_otlp_grpc() {
     let received = Received::default();
     let addr = grpc_receiver(received.clone()).await;
-    let log = run_exporting(format!("http://{addr}"), "grpc").await;
+    let log = run_exporting(format!("http://{addr}"), "grpc", &[]).await;
     check_job_trace(&received.spans(), &log);
+}
+
+/// The name a metric of [`DEFS`] has over OTLP: a counter's lacks the `_total` Prometheus adds.
+fn otlp_name(exposed: &str) -> &str {
+    exposed.strip_suffix("_total").unwrap_or(exposed)
+}
+
+/// The checks every metrics export of a `ferry run examples/diamond.yaml` passes: every metric
+/// is one of [`DEFS`], with its kind, unit, buckets and labels, from one process named `ferry`;
+/// the values are the run's.
+fn check_run_metrics(points: &[Point]) {
+    assert!(!points.is_empty(), "no metric arrived");
+    for p in points {
+        let def = DEFS
+            .iter()
+            .find(|d| otlp_name(d.name) == p.metric)
+            .unwrap_or_else(|| panic!("{} is not a metric of DEFS: {p:#?}", p.metric));
+        let kind = match def.kind {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+            Kind::Histogram(buckets) => {
+                assert_eq!(p.bounds, buckets.bounds(), "{}: the buckets of DEFS", p.metric);
+                "histogram"
+            }
+        };
+        assert_eq!(p.kind, kind, "{}", p.metric);
+        assert_eq!(p.unit, def.unit, "{}: the unit of DEFS", p.metric);
+        let mut keys: Vec<&str> = p.attributes.keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        let mut labels = def.labels.to_vec();
+        labels.sort_unstable();
+        assert_eq!(keys, labels, "{}: the labels of DEFS, and only those", p.metric);
+        assert_eq!(p.service, "ferry", "the CLI exports as `ferry`");
+        assert!(!p.instance.is_empty(), "the resource names the instance");
+        assert_eq!(p.instance, points[0].instance, "one process");
+    }
+    // The last value of a series (exports are cumulative: the last is the total).
+    let value = |metric: &str, attributes: &[(&str, &str)]| -> f64 {
+        points
+            .iter()
+            .rev()
+            .find(|p| {
+                p.metric == metric
+                    && p.attributes.len() == attributes.len()
+                    && attributes
+                        .iter()
+                        .all(|(k, v)| p.attributes.get(*k).map(String::as_str) == Some(*v))
+            })
+            .unwrap_or_else(|| panic!("no {metric} {attributes:?} arrived"))
+            .value
+    };
+    assert_eq!(value("ferry_tasks_ended", &[("outcome", "succeeded")]), 4.0);
+    assert_eq!(
+        value("ferry_tasks_ended", &[("outcome", "failed")]),
+        0.0,
+        "known series are there at zero"
+    );
+    assert_eq!(value("ferry_jobs_planned", &[("outcome", "planned")]), 1.0);
+    assert_eq!(value("ferry_jobs_started", &[]), 1.0);
+    assert_eq!(value("ferry_jobs_ended", &[("outcome", "succeeded")]), 1.0);
+    assert_eq!(
+        value("ferry_dispatch_latency_seconds", &[("backend", "local")]),
+        4.0,
+        "one dispatch latency per task"
+    );
+    assert!(value("ferry_log_lines_stored", &[]) >= 4.0, "each task printed");
+    assert!(value("ferry_bus_published", &[("topic", "lifecycle")]) > 0.0);
+    assert!(
+        value(
+            "ferry_compute_seconds",
+            &[
+                ("backend", "local"),
+                ("namespace", "examples"),
+                ("flow", "diamond")
+            ]
+        ) >= 0.0
+    );
+    assert_eq!(
+        value("ferry_build_info", &[("version", env!("CARGO_PKG_VERSION"))]),
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runs_metrics_arrive_over_otlp_http_as_defined_once() {
+    let received = Received::default();
+    let addr = http_receiver(received.clone()).await;
+    // Metrics only: traces are turned off, and the periodic export runs too.
+    run_exporting(
+        format!("http://{addr}"),
+        "http/protobuf",
+        &[
+            ("OTEL_TRACES_EXPORTER", "none"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "200"),
+        ],
+    )
+    .await;
+    assert!(received.spans().is_empty(), "traces were turned off");
+    check_run_metrics(&received.points());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runs_metrics_arrive_over_otlp_grpc_as_defined_once() {
+    let received = Received::default();
+    let addr = grpc_receiver(received.clone()).await;
+    // The metrics' own variables: the general endpoint is the HTTP one of no receiver.
+    run_exporting(
+        "http://127.0.0.1:9".to_string(),
+        "http/protobuf",
+        &[
+            ("OTEL_TRACES_EXPORTER", "none"),
+            ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", &format!("http://{addr}")),
+            ("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "grpc"),
+        ],
+    )
+    .await;
+    check_run_metrics(&received.points());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otel_metrics_exporter_none_keeps_the_metrics_home_and_the_traces_flowing() {
+    let received = Received::default();
+    let addr = http_receiver(received.clone()).await;
+    run_exporting(
+        format!("http://{addr}"),
+        "http/protobuf",
+        &[("OTEL_METRICS_EXPORTER", "none")],
+    )
+    .await;
+    assert!(!received.spans().is_empty(), "the traces still arrive");
+    assert!(
+        received.points().is_empty(),
+        "OTEL_METRICS_EXPORTER=none: no metric is sent"
+    );
 }
 
 #[test]
