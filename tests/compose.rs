@@ -189,6 +189,11 @@ fn check_rendering(config: &Value, broker: &str) {
             ferry_env(svc, "OTEL_EXPORTER_OTLP_ENDPOINT").is_some_and(|e| e.contains("jaeger")),
             "{name} sends its traces to jaeger"
         );
+        assert_eq!(
+            ferry_env(svc, "OTEL_METRICS_EXPORTER"),
+            Some("none"),
+            "{name}: Prometheus scrapes the metrics; Jaeger takes no OTLP metrics"
+        );
     }
     for name in ["scheduler-1", "scheduler-2"] {
         let db = ferry_env(&services[name], "FERRY_DB").unwrap_or_default();
@@ -320,7 +325,14 @@ impl Drop for Stack {
 /// The compose override of the test: every ferry service from the test's image, on the host's
 /// network (RabbitMQ and PostgreSQL listen on this machine's loopback only), with the test's
 /// bus, database and ports; healthchecks on /readyz only when this build of ferry serves it.
-fn override_yaml(image: &str, bus: &str, db: &str, api_port: u16, metrics: Option<&[u16]>) -> String {
+fn override_yaml(
+    image: &str,
+    bus: &str,
+    db: &str,
+    api_port: u16,
+    metrics: Option<&[u16]>,
+    otlp: std::net::SocketAddr,
+) -> String {
     let mut y = String::from("services:\n  init:\n");
     y += &format!("    image: {image}\n    build: !reset null\n    pull_policy: never\n");
     for (i, name) in FERRY_SERVICES.iter().enumerate() {
@@ -332,7 +344,9 @@ fn override_yaml(image: &str, bus: &str, db: &str, api_port: u16, metrics: Optio
         }
         y += "    environment:\n";
         y += &format!("      FERRY_BUS: \"{bus}\"\n");
-        y += "      OTEL_EXPORTER_OTLP_ENDPOINT: !reset null\n";
+        // Traces to the test's receiver, sent every half second.
+        y += &format!("      OTEL_EXPORTER_OTLP_ENDPOINT: http://{otlp}\n");
+        y += "      OTEL_BSP_SCHEDULE_DELAY: \"500\"\n";
         match metrics {
             Some(ports) => y += &format!("      FERRY_METRICS: 127.0.0.1:{}\n", ports[i]),
             None => y += "      FERRY_METRICS: !reset null\n",
@@ -498,10 +512,26 @@ fn run_stack(broker: &str) {
         );
     }
     let api_port = free_port();
+    // The services' traces go to a receiver of the test's own (on the host's network, as they
+    // are).
+    let otlp_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let received = common::otlp::Received::default();
+    let otlp = otlp_runtime.block_on(common::otlp::http_receiver(received.clone()));
     stack.override_file = dir.join("override.yml");
     std::fs::write(
         &stack.override_file,
-        override_yaml(&image, &bus, db.as_str(), api_port, metrics_ports.as_deref()),
+        override_yaml(
+            &image,
+            &bus,
+            db.as_str(),
+            api_port,
+            metrics_ports.as_deref(),
+            otlp,
+        ),
     )
     .unwrap();
 
@@ -551,6 +581,44 @@ fn run_stack(broker: &str) {
         logs.lines_of("report"),
         ["report for 2026-01-01: 84 (doubled), events-sample"]
     );
+
+    // The job is one trace across the containers: one tree under the job's root, with spans
+    // of the api, planner, scheduler, launcher and log collector.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let services = [
+        "ferry-api",
+        "ferry-planner",
+        "ferry-scheduler",
+        "ferry-launcher",
+        "ferry-log-collector",
+    ];
+    loop {
+        let spans = received.spans();
+        let found = common::otlp::job_tree(&spans, &job).and_then(|trace| {
+            let missing: Vec<&str> = services
+                .iter()
+                .filter(|name| !trace.iter().any(|s| s.service == **name))
+                .copied()
+                .collect();
+            match missing.is_empty() {
+                true => Ok(trace.len()),
+                false => Err(format!("no span of {missing:?} yet")),
+            }
+        });
+        match found {
+            Ok(n) => {
+                eprintln!("job {job}: one trace of {n} spans from {services:?}");
+                break;
+            }
+            Err(e) if Instant::now() > deadline => {
+                panic!(
+                    "the job's trace across the services: {e} ({} spans received)",
+                    spans.len()
+                )
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(500)),
+        }
+    }
 
     // A docker flow: the launcher in its container makes the task's containers beside it.
     let flow = dir.join("docker.yaml");
