@@ -2,7 +2,8 @@
 # Starts what the tests need and exports where it is; sourced by scripts/test.sh.
 #
 #   source scripts/services.sh && services_up    # exports FERRY_TEST_AMQP, FERRY_TEST_KAFKA, FERRY_TEST_POSTGRES, DOCKER_HOST, FERRY_TEST_COMPOSE,
-#                                                # FERRY_TEST_PROMETHEUS, FERRY_TEST_PROMTOOL, FERRY_TEST_RAY, FERRY_TEST_RAY_BIN
+#                                                # FERRY_TEST_PROMETHEUS, FERRY_TEST_PROMTOOL, FERRY_TEST_RAY, FERRY_TEST_RAY_BIN,
+#                                                # FERRY_TEST_MOTO, FERRY_TEST_MOTO_BIN
 #   services_down                                # stops and removes only what services_up started
 #
 # Every run gets its own RabbitMQ vhost, its own PostgreSQL database, its own tansu (a
@@ -218,6 +219,58 @@ ray_down() {
   unset FERRY_TEST_RAY
 }
 
+# moto (PyPI `moto[server]`, pinned): a local server of the AWS APIs the aws-batch backend calls
+# (Batch, CloudWatch Logs, S3, SQS, EventBridge), installed once into a venv under $FERRY_TOOLS
+# and reused; a stamp marks a finished install. Exports FERRY_TEST_MOTO_BIN.
+MOTO_VERSION=5.2.6
+moto_tools() {
+  local venv="$FERRY_TOOLS/moto-$MOTO_VERSION"
+  if [ ! -f "$venv/.ferry-installed" ]; then
+    _say "installing moto[server]==$MOTO_VERSION into $venv (once)"
+    mkdir -p "$FERRY_TOOLS"
+    rm -rf "$venv"
+    python3 -m venv "$venv" >/dev/null
+    timeout 900 "$venv/bin/pip" install -q --disable-pip-version-check "moto[server]==$MOTO_VERSION"
+    touch "$venv/.ferry-installed"
+  fi
+  export FERRY_TEST_MOTO_BIN="$venv/bin/moto_server"
+}
+
+# A moto server for the whole run on a free port of 127.0.0.1. Batch jobs run as real containers
+# on the run's private dockerd (DOCKER_HOST in the server's environment, so docker_up first), on
+# the host network so that a job reaches the server at 127.0.0.1 as ferry does; their logs land in
+# CloudWatch Logs when they exit. Exports FERRY_TEST_MOTO, the endpoint URL; moto_down stops that
+# server by its pid.
+_ferry_moto_pid=
+moto_up() {
+  moto_tools
+  if [ -z "${DOCKER_HOST:-}" ]; then
+    echo "moto_up needs the run's dockerd: call docker_up first" >&2
+    return 1
+  fi
+  local port log
+  port=$(_free_port)
+  log="${TMPDIR:-/tmp}/ferry-moto-$FERRY_RUN_ID-$port.log"
+  DOCKER_HOST="$DOCKER_HOST" MOTO_DOCKER_NETWORK_MODE=host \
+    "$FERRY_TEST_MOTO_BIN" -H 127.0.0.1 -p "$port" >"$log" 2>&1 </dev/null &
+  _ferry_moto_pid=$!
+  _ferry_moto_log=$log
+  _ferry_started+=("moto_down")
+  _wait_port "$port" moto 120 || { echo "moto's log: $log" >&2; return 1; }
+  export FERRY_TEST_MOTO="http://127.0.0.1:$port"
+  _say "moto at $FERRY_TEST_MOTO (pid $_ferry_moto_pid, log $log)"
+}
+
+moto_down() {
+  [ -n "${_ferry_moto_pid:-}" ] || return 0
+  kill "$_ferry_moto_pid" 2>/dev/null || true
+  for _ in $(seq 50); do _pid_alive "$_ferry_moto_pid" || break; sleep 0.1; done
+  _pid_alive "$_ferry_moto_pid" && kill -9 "$_ferry_moto_pid" 2>/dev/null
+  rm -f "$_ferry_moto_log"
+  _ferry_moto_pid=
+  unset FERRY_TEST_MOTO
+}
+
 _free_port() {
   local port
   for _ in $(seq 50); do
@@ -418,6 +471,7 @@ services_up() {
   docker_up
   compose_up
   ray_up
+  moto_up
 }
 
 services_down() {

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs everything CI runs: formatting, lints and the whole test suite, against real RabbitMQ,
-# PostgreSQL, a Kafka-compatible broker (tansu), a private dockerd and a Ray head, which it
-# installs and starts when missing and removes again afterwards (scripts/services.sh).
+# PostgreSQL, a Kafka-compatible broker (tansu), a private dockerd, a Ray head and a moto server
+# (local AWS APIs), which it installs and starts when missing and removes again afterwards
+# (scripts/services.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,7 +37,7 @@ cargo clippy -p ferry-cli --no-default-features --locked -- -D warnings
 step "building the tests"
 cargo nextest run --workspace --locked --no-run
 
-step "starting RabbitMQ, PostgreSQL, tansu, dockerd and a Ray head"
+step "starting RabbitMQ, PostgreSQL, tansu, dockerd, a Ray head and moto"
 trap services_down EXIT
 services_up
 
