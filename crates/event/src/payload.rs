@@ -193,17 +193,57 @@ pub struct Toleration {
     pub toleration_seconds: Option<i64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+/// A task run as an AWS Batch job: one job per attempt, from a job definition per image,
+/// resources, platform and roles that is registered once and reused. `resources.cpu`,
+/// `resources.memory` and `resources.gpu` are the job's vCPUs, memory and GPUs (on Fargate,
+/// one of its valid combinations).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AwsBatchRunner {
     /// The container image of the job definition.
     pub image: String,
-    /// The Batch job queue (created if absent).
+    /// The Batch job queue the job is submitted to. When absent, a queue named after the
+    /// compute environment (`ferry-<environment>`) is created on first use and reused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job_queue: Option<String>,
+    /// The compute environment (name or ARN) of the queue ferry creates when `jobQueue` is
+    /// absent; never created by ferry. The launcher's `--aws-batch-compute-environment` when
+    /// absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compute_environment: Option<String>,
+    /// What the compute environment runs on: `fargate` (the default) or `ec2`. It decides the
+    /// job definition's platform capability and which resources are valid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<AwsBatchPlatform>,
+    /// The IAM role the job's container assumes (its AWS permissions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/"))]
+    pub job_role_arn: Option<String>,
+    /// The IAM role the container agent uses to pull the image and write logs (required by
+    /// AWS on Fargate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/"))]
+    pub execution_role_arn: Option<String>,
+    /// How long the job may wait RUNNABLE (no capacity in the compute environment, a request
+    /// no instance fits) before the attempt fails, in seconds (the launcher's
+    /// `--pending-deadline` when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub pending_deadline_seconds: Option<u64>,
     /// S3 bucket for staged inputs and collected outputs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bucket: Option<String>,
+}
+
+/// What an AWS Batch compute environment runs on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AwsBatchPlatform {
+    /// Serverless containers: fractional vCPUs in fixed combinations with memory, no GPUs.
+    #[default]
+    Fargate,
+    /// Instances of the compute environment: whole vCPUs, any memory that fits, GPUs.
+    Ec2,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

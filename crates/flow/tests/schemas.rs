@@ -153,7 +153,7 @@ fn one_of_each_payload() -> Result<BTreeMap<&'static str, Vec<Value>>> {
     let runner = Runner::AwsBatch(AwsBatchRunner {
         image: "python:3.12".into(),
         job_queue: Some("q".into()),
-        bucket: None,
+        ..AwsBatchRunner::default()
     });
     let task = PlannedTask {
         id: "b".into(),
