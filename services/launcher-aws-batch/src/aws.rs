@@ -1,0 +1,244 @@
+//! The AWS side: clients from one SDK configuration, failures typed by whose fault they are,
+//! and [`Poller`], the one reader of job states for every attempt in flight.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aws_sdk_batch::config::http::HttpResponse;
+use aws_sdk_batch::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_batch::types::JobDetail;
+use ferry_launcher::backend::AttemptError;
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+
+/// DescribeJobs takes at most this many job ids per call.
+pub const DESCRIBE_BATCH: usize = 100;
+
+/// Error codes AWS answers when a caller goes too fast: try again later.
+const THROTTLED: &[&str] = &[
+    "Throttling",
+    "ThrottlingException",
+    "ThrottledException",
+    "TooManyRequestsException",
+    "RequestLimitExceeded",
+    "SlowDown",
+    "ServiceUnavailable",
+    "ServiceUnavailableException",
+    "InternalFailure",
+    "ServerException",
+];
+
+/// A failed call's error as the runtime types it: the platform unreachable, slow or throttling
+/// is [`AttemptError::Unavailable`] (tried again); anything else it answered (credentials
+/// refused, a queue that does not exist) is [`AttemptError::Platform`], unless `task_fault`
+/// says the request came from the task's own parameters.
+pub fn fault<E>(what: &str, err: SdkError<E, HttpResponse>, task_fault: bool) -> AttemptError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    let shown = match &err {
+        SdkError::ServiceError(s) => {
+            let e = s.err();
+            format!(
+                "{}: {}",
+                e.code().unwrap_or("error"),
+                e.message().unwrap_or("no message")
+            )
+        }
+        other => {
+            let mut text = other.to_string();
+            let mut source = std::error::Error::source(other);
+            while let Some(s) = source {
+                text.push_str(": ");
+                text.push_str(&s.to_string());
+                source = s.source();
+            }
+            text
+        }
+    };
+    let message = format!("{what}: {shown}");
+    match &err {
+        SdkError::ServiceError(s) => {
+            let code = s.err().code().unwrap_or("");
+            if THROTTLED.contains(&code) || s.raw().status().is_server_error() {
+                AttemptError::Unavailable(message)
+            } else if task_fault && code == "ClientException" {
+                AttemptError::Task(message)
+            } else {
+                AttemptError::Platform(message)
+            }
+        }
+        SdkError::ConstructionFailure(_) => AttemptError::Platform(message),
+        _ => AttemptError::Unavailable(message),
+    }
+}
+
+/// Whether a service error says the thing asked about does not exist.
+pub fn is_not_found<E: ProvideErrorMetadata, R>(err: &SdkError<E, R>) -> bool {
+    matches!(err, SdkError::ServiceError(s) if s.err().code() == Some("ResourceNotFoundException"))
+}
+
+/// A job as the last round of DescribeJobs saw it.
+#[derive(Debug, Clone)]
+pub enum Seen {
+    Job(Arc<JobDetail>),
+    /// DescribeJobs did not return it: no such job (Batch forgets jobs some days after they
+    /// end).
+    Missing,
+}
+
+struct Entry {
+    /// The round whose answer this is.
+    round: u64,
+    seen: Seen,
+}
+
+#[derive(Default)]
+struct State {
+    /// Job ids whose state someone asked for and that were not forgotten since.
+    watched: HashSet<String>,
+    seen: HashMap<String, Entry>,
+    /// The last round that failed, with why.
+    failed: Option<(u64, AttemptError)>,
+}
+
+/// Reads the state of every job in flight with as few DescribeJobs calls as there are: one
+/// task describes all watched jobs, [`DESCRIBE_BATCH`] per call, once per interval, and every
+/// attempt's [`Poller::state`] waits for the next round rather than asking itself. A round is
+/// only made while someone watches a job.
+pub struct Poller {
+    batch: aws_sdk_batch::Client,
+    interval: Duration,
+    state: Mutex<State>,
+    rounds: watch::Sender<u64>,
+    wake: Notify,
+}
+
+impl Poller {
+    /// A poller, and its task on the current runtime, which ends with `stop`.
+    pub fn start(batch: aws_sdk_batch::Client, interval: Duration, stop: CancellationToken) -> Arc<Poller> {
+        let (rounds, _) = watch::channel(0);
+        let poller = Arc::new(Poller {
+            batch,
+            interval,
+            state: Mutex::default(),
+            rounds,
+            wake: Notify::new(),
+        });
+        let weak = Arc::downgrade(&poller);
+        tokio::spawn(async move {
+            loop {
+                let Some(p) = weak.upgrade() else { return };
+                let wake = async {
+                    if p.lock().watched.is_empty() {
+                        p.wake.notified().await;
+                    }
+                };
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = wake => {}
+                }
+                p.round().await;
+                let interval = p.interval;
+                drop(p);
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(interval) => {}
+                }
+            }
+        });
+        poller
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn round(&self) {
+        let round = *self.rounds.borrow() + 1;
+        let ids: Vec<String> = self.lock().watched.iter().cloned().collect();
+        let mut answers: Vec<(String, Seen)> = Vec::with_capacity(ids.len());
+        let mut failure = None;
+        for chunk in ids.chunks(DESCRIBE_BATCH) {
+            match self
+                .batch
+                .describe_jobs()
+                .set_jobs(Some(chunk.to_vec()))
+                .send()
+                .await
+            {
+                Ok(out) => {
+                    let mut found: HashMap<&str, Arc<JobDetail>> = HashMap::new();
+                    for job in out.jobs() {
+                        if let Some(id) = job.job_id() {
+                            found.insert(id, Arc::new(job.clone()));
+                        }
+                    }
+                    for id in chunk {
+                        let seen = found.get(id.as_str()).cloned().map_or(Seen::Missing, Seen::Job);
+                        answers.push((id.clone(), seen));
+                    }
+                }
+                Err(e) => {
+                    failure = Some(fault(
+                        "cannot read the state of AWS Batch jobs (DescribeJobs)",
+                        e,
+                        false,
+                    ));
+                    break;
+                }
+            }
+        }
+        {
+            let mut state = self.lock();
+            for (id, seen) in answers {
+                if state.watched.contains(&id) {
+                    state.seen.insert(id, Entry { round, seen });
+                }
+            }
+            if let Some(e) = failure {
+                tracing::warn!(error = %e, "a round of DescribeJobs failed");
+                state.failed = Some((round, e));
+            }
+        }
+        self.rounds.send_replace(round);
+    }
+
+    /// The job's state as a round of DescribeJobs that began after this call saw it.
+    pub async fn state(&self, job_id: &str) -> Result<Seen, AttemptError> {
+        let mut rounds = self.rounds.subscribe();
+        let after = *rounds.borrow_and_update();
+        let added = self.lock().watched.insert(job_id.to_string());
+        if added {
+            self.wake.notify_one();
+        }
+        loop {
+            {
+                let state = self.lock();
+                // A round that ended after `after` began after it unless it is `after + 1`,
+                // which may have been under way already: that one counts only if it saw the job.
+                if let Some(e) = state.seen.get(job_id).filter(|e| e.round > after) {
+                    return Ok(e.seen.clone());
+                }
+                if let Some((r, e)) = &state.failed
+                    && *r > after
+                {
+                    return Err(e.clone());
+                }
+            }
+            if rounds.changed().await.is_err() {
+                return Err(AttemptError::Unavailable(
+                    "the AWS Batch poller has stopped".into(),
+                ));
+            }
+        }
+    }
+
+    /// Stops watching a job.
+    pub fn forget(&self, job_id: &str) {
+        let mut state = self.lock();
+        state.watched.remove(job_id);
+        state.seen.remove(job_id);
+    }
+}

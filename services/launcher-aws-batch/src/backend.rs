@@ -1,0 +1,1208 @@
+//! The `aws-batch` backend: the launcher runtime's [`Backend`] over AWS Batch and CloudWatch
+//! Logs.
+//!
+//! Each attempt is one Batch job named from the attempt id ([`names::job_name`]) in the task's
+//! job queue (its runner's `jobQueue`, else `ferry-<compute environment>`, created on first use
+//! and reused). The job runs a job definition named from a hash of everything it holds (image,
+//! platform, vCPUs, memory, GPUs, roles: [`DefinitionSpec`]), looked up before it is registered
+//! and registered once; the attempt's command and environment go in the job's container
+//! overrides. The job is tagged with the job, task, attempt, flow, namespace and launcher, has
+//! `retryStrategy.attempts` 1 (every retry is a ferry attempt) and, when the task has a
+//! timeout, `timeout.attemptDurationSeconds` of it plus the kill grace (at least 60 s, AWS's
+//! least): ferry's own timeout stops it first, Batch's ends it if no launcher is left to.
+//!
+//! SubmitJob takes no idempotency token. The runtime journals the reservation (queue and job
+//! name) before [`Backend::create`] submits, and create looks before it submits: ListJobs with a
+//! `JOB_NAME` filter finds a job of an earlier try, which is adopted. Two launchers that
+//! submitted at once both find two jobs after their submit: both keep the one created first and
+//! terminate the other, so one runs.
+//!
+//! States come from one [`Poller`] describing every job in flight, 100 per DescribeJobs call,
+//! once per poll interval; no attempt polls on its own. A job that waits (SUBMITTED, PENDING,
+//! RUNNABLE, STARTING) longer than the pending deadline fails with the reason, and is
+//! terminated when the attempt is released. A cancel or a timeout is TerminateJob (CancelJob
+//! does nothing to a job that is starting or running), and waits until Batch says it ended.
+//!
+//! Output comes from the job's CloudWatch Logs stream (standard output and error merged, as
+//! the awslogs driver writes them), read with forward tokens ([`crate::logs`]) and to its end
+//! before the attempt is released. Jobs outlive the launcher ([`ShutdownPolicy::Detach`]): the
+//! next start on the same journal adopts each, with its true outcome.
+//!
+//! Not yet: files. `inputFiles`, `outputFiles`, `$FERRY_OUTPUTS` and `$FERRY_SUBTASKS` need the
+//! attempt's S3 staging, which this backend does not have: a task with input or output files is
+//! refused before anything is submitted, and its environment has no `FERRY_OUTPUTS`, so a task
+//! that writes outputs fails where it writes them rather than succeeding without them. Secrets
+//! are refused too: a job's container overrides are shown to anyone allowed DescribeJobs.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_batch::types::{
+    ComputeEnvironmentOrder, ContainerOverrides, ContainerProperties, JobDefinitionType, JobDetail,
+    JobStatus, JqState, KeyValuePair, KeyValuesPair, PlatformCapability, ResourceRequirement, ResourceType,
+    RetryStrategy,
+};
+use ferry_event::payload::{AwsBatchPlatform, AwsBatchRunner, Runner, Stream, TaskDispatched};
+use ferry_event::template::{Part, Template};
+use ferry_launcher::backend::{
+    AttemptError, Backend, BackendResult, Collected, Compute, ComputeState, Exit, LogPosition, LogRead,
+    ShutdownPolicy, Task,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::OnceCell;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::aws::{Poller, Seen, fault, is_not_found};
+use crate::logs::{self, Cursor};
+use crate::names::{self, DefinitionSpec};
+use crate::state::{failed, is_terminal, stream_name, waiting_state};
+
+/// The runner type this backend serves; dispatches arrive on `dispatch.aws-batch`.
+pub const BACKEND: &str = "aws-batch";
+
+/// The job tag naming the launcher that submitted it.
+pub const TAG_LAUNCHER: &str = "ferry.launcher";
+/// The job tag holding the attempt id.
+pub const TAG_ATTEMPT: &str = "ferry.attempt";
+
+/// The log group the awslogs driver writes Batch jobs' output to unless a job definition says
+/// otherwise.
+pub const LOG_GROUP: &str = "/aws/batch/job";
+
+/// The reason given with every TerminateJob of ferry's, so that its end is told from one
+/// behind ferry's back.
+const TERMINATED_BY_FERRY: &str = "ferry: the attempt was stopped";
+
+/// The least `timeout.attemptDurationSeconds` AWS Batch accepts.
+const MIN_BATCH_TIMEOUT: u64 = 60;
+
+/// How long after a job ended its log stream may still be missing before it is taken to have
+/// none (CloudWatch makes the stream with the first line; a job that wrote nothing has none).
+const LOG_LATE: Duration = Duration::from_secs(10);
+
+/// How often the log stream of a running job is fetched again, at most.
+const LOG_REFRESH: Duration = Duration::from_millis(500);
+
+/// How the backend runs its jobs.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// This launcher's identity (its jobs' `ferry.launcher` tag).
+    pub launcher: String,
+    /// The job queue of tasks whose runner names none.
+    pub job_queue: Option<String>,
+    /// The compute environment of tasks whose runner names neither a queue nor an environment.
+    pub compute_environment: Option<String>,
+    /// How long a job may wait to run before its attempt fails.
+    pub pending_deadline: Duration,
+    /// The time a stopped job gets between SIGTERM and SIGKILL (Batch's own, not settable per
+    /// job: used only to size the job's timeout).
+    pub kill_grace: Duration,
+    /// How often one DescribeJobs round reads every job in flight.
+    pub poll_interval: Duration,
+    /// The CloudWatch Logs group jobs write to.
+    pub log_group: String,
+}
+
+impl Settings {
+    pub fn new(launcher: impl Into<String>) -> Settings {
+        Settings {
+            launcher: launcher.into(),
+            job_queue: None,
+            compute_environment: None,
+            pending_deadline: Duration::from_secs(600),
+            kill_grace: Duration::from_secs(30),
+            poll_interval: Duration::from_secs(2),
+            log_group: LOG_GROUP.to_string(),
+        }
+    }
+}
+
+/// What the journal keeps of a Batch job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Handle {
+    /// The job queue it is (to be) submitted to.
+    pub queue: String,
+    /// Its name, from the attempt id.
+    pub job_name: String,
+    /// Its id, once it was submitted (or found).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
+    /// How long it may wait to run, in seconds.
+    pub pending_deadline_s: u64,
+}
+
+/// The aws-batch backend. Cheap to clone.
+#[derive(Clone)]
+pub struct AwsBatch(Arc<Inner>);
+
+struct Inner {
+    batch: aws_sdk_batch::Client,
+    logs: aws_sdk_cloudwatchlogs::Client,
+    settings: Settings,
+    shutdown: ShutdownPolicy,
+    poller: Arc<Poller>,
+    stop: CancellationToken,
+    /// Job definition ARNs by name, each looked up or registered once.
+    definitions: Mutex<HashMap<String, Arc<OnceCell<String>>>>,
+    /// Job queues by name, each made ready once.
+    queues: Mutex<HashMap<String, Arc<OnceCell<()>>>>,
+    /// Queues this run's attempts used: where [`Backend::list_owned`] looks.
+    used_queues: Mutex<BTreeSet<String>>,
+    /// Each job's log stream as read so far, by job name.
+    streams: Mutex<HashMap<String, Arc<tokio::sync::Mutex<LogState>>>>,
+    /// Exit codes read from ListJobs (DescribeJobs may lack them), by job id.
+    exit_codes: Mutex<HashMap<String, Option<i32>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// One job's log stream and what is known of its end.
+struct LogState {
+    stream: logs::Stream,
+    /// The stream's name, once the job's details gave it.
+    name: Option<String>,
+    fetched: Option<Instant>,
+    /// When the job was first seen ended with no stream to read.
+    missing_since: Option<Instant>,
+}
+
+impl AwsBatch {
+    /// The backend over clients of `sdk` (credentials, region and endpoint as configured
+    /// there). Starts the job-state poller on the current tokio runtime.
+    pub fn new(sdk: &aws_config::SdkConfig, settings: Settings) -> AwsBatch {
+        let batch = aws_sdk_batch::Client::new(sdk);
+        let logs = aws_sdk_cloudwatchlogs::Client::new(sdk);
+        let stop = CancellationToken::new();
+        let poller = Poller::start(batch.clone(), settings.poll_interval, stop.clone());
+        AwsBatch(Arc::new(Inner {
+            batch,
+            logs,
+            settings,
+            shutdown: ShutdownPolicy::Detach,
+            poller,
+            stop,
+            definitions: Mutex::default(),
+            queues: Mutex::default(),
+            used_queues: Mutex::default(),
+            streams: Mutex::default(),
+            exit_codes: Mutex::default(),
+        }))
+    }
+
+    /// Terminates every running job when the launcher stops, reporting its attempt `lost`,
+    /// rather than leaving it to the next start. Call before the backend is shared.
+    pub fn kill_on_shutdown(mut self) -> AwsBatch {
+        match Arc::get_mut(&mut self.0) {
+            Some(inner) => inner.shutdown = ShutdownPolicy::Kill,
+            None => debug_assert!(false, "kill_on_shutdown on a backend already shared"),
+        }
+        self
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.0.settings
+    }
+
+    /// Whether the Batch API answers with `sdk`'s credentials, region and endpoint: one
+    /// DescribeJobQueues call.
+    pub async fn probe(sdk: &aws_config::SdkConfig) -> Result<(), String> {
+        aws_sdk_batch::Client::new(sdk)
+            .describe_job_queues()
+            .max_results(1)
+            .send()
+            .await
+            .map(drop)
+            .map_err(|e| fault("the AWS Batch API refused DescribeJobQueues", e, false).to_string())
+    }
+
+    fn handle(&self, compute: &Compute) -> BackendResult<Handle> {
+        compute.handle_as()
+    }
+
+    fn remember_queue(&self, queue: &str) {
+        lock(&self.0.used_queues).insert(queue.to_string());
+    }
+
+    /// The queue a task's job goes to, and the compute environment to create it on when ferry
+    /// makes it.
+    fn queue_of(&self, r: &AwsBatchRunner) -> BackendResult<(String, Option<String>)> {
+        let s = &self.0.settings;
+        if let Some(q) = r.job_queue.as_deref().filter(|q| !q.trim().is_empty()) {
+            return Ok((q.to_string(), None));
+        }
+        if let Some(ce) = r.compute_environment.as_deref().filter(|c| !c.trim().is_empty()) {
+            return Ok((names::queue_name(ce), Some(ce.to_string())));
+        }
+        if let Some(q) = &s.job_queue {
+            return Ok((q.clone(), None));
+        }
+        if let Some(ce) = &s.compute_environment {
+            return Ok((names::queue_name(ce), Some(ce.clone())));
+        }
+        Err(AttemptError::Task(
+            "runner.jobQueue and runner.computeEnvironment are both unset, and this aws-batch launcher has neither \
+             --aws-batch-job-queue nor --aws-batch-compute-environment: name the job queue, or the compute \
+             environment ferry makes a queue on (defaults.aws-batch in the flow sets them for every task)"
+                .into(),
+        ))
+    }
+
+    /// Makes sure the queue `name` exists and is usable, creating it on `ce` when ferry owns
+    /// it; once per queue for the launcher's life.
+    async fn ready_queue(&self, name: &str, ce: Option<&str>) -> BackendResult<()> {
+        let cell = lock(&self.0.queues).entry(name.to_string()).or_default().clone();
+        cell.get_or_try_init(|| async {
+            let found = self
+                .0
+                .batch
+                .describe_job_queues()
+                .job_queues(name)
+                .send()
+                .await
+                .map_err(|e| fault(&format!("cannot look up AWS Batch job queue {name}"), e, false))?;
+            if let Some(q) = found.job_queues().first() {
+                let state = q.state().map(|s| s.as_str()).unwrap_or("");
+                if state != "ENABLED" {
+                    return Err(AttemptError::Platform(format!(
+                        "AWS Batch job queue {name} is {state}: enable it (aws batch update-job-queue --state ENABLED)"
+                    )));
+                }
+                return Ok(());
+            }
+            let Some(ce) = ce else {
+                return Err(AttemptError::Task(format!(
+                    "runner.jobQueue: AWS Batch job queue {name} does not exist: create it, or name a compute \
+                     environment in runner.computeEnvironment instead and ferry makes a queue on it"
+                )));
+            };
+            let made = self
+                .0
+                .batch
+                .create_job_queue()
+                .job_queue_name(name)
+                .state(JqState::Enabled)
+                .priority(1)
+                .compute_environment_order(
+                    ComputeEnvironmentOrder::builder()
+                        .order(1)
+                        .compute_environment(ce)
+                        .build(),
+                )
+                .tags("ferry.created-by", names::tag_value(&self.0.settings.launcher))
+                .send()
+                .await;
+            match made {
+                Ok(_) => tracing::info!(queue = name, compute_environment = ce, "created AWS Batch job queue"),
+                // Another launcher made it first.
+                Err(e) if e.as_service_error().and_then(|s| aws_sdk_batch::error::ProvideErrorMetadata::message(s)).is_some_and(|m| m.contains("already exists")) => {}
+                Err(e) => {
+                    return Err(fault(
+                        &format!("cannot create AWS Batch job queue {name} on compute environment {ce}"),
+                        e,
+                        true,
+                    ));
+                }
+            }
+            // A new queue is CREATING until Batch validated it.
+            let until = Instant::now() + Duration::from_secs(120);
+            loop {
+                let out = self
+                    .0
+                    .batch
+                    .describe_job_queues()
+                    .job_queues(name)
+                    .send()
+                    .await
+                    .map_err(|e| fault(&format!("cannot look up AWS Batch job queue {name}"), e, false))?;
+                let status = out
+                    .job_queues()
+                    .first()
+                    .and_then(|q| q.status())
+                    .map(|s| s.as_str().to_string())
+                    .unwrap_or_default();
+                match status.as_str() {
+                    "VALID" => return Ok(()),
+                    "INVALID" => {
+                        let why = out
+                            .job_queues()
+                            .first()
+                            .and_then(|q| q.status_reason())
+                            .unwrap_or("no reason given");
+                        return Err(AttemptError::Task(format!(
+                            "AWS Batch job queue {name}, made on compute environment {ce}, is INVALID: {why} \
+                             (runner.computeEnvironment)"
+                        )));
+                    }
+                    _ if Instant::now() >= until => {
+                        return Err(AttemptError::Unavailable(format!(
+                            "AWS Batch job queue {name} is still {status} after 120 s"
+                        )));
+                    }
+                    _ => tokio::time::sleep(Duration::from_millis(500)).await,
+                }
+            }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// The ARN of the job definition `spec`, looked up by its name or registered; once per
+    /// definition for the launcher's life.
+    async fn definition(&self, spec: &DefinitionSpec) -> BackendResult<String> {
+        let name = spec.name();
+        let cell = lock(&self.0.definitions).entry(name.clone()).or_default().clone();
+        cell.get_or_try_init(|| async {
+            let found = self
+                .0
+                .batch
+                .describe_job_definitions()
+                .job_definition_name(&name)
+                .status("ACTIVE")
+                .send()
+                .await
+                .map_err(|e| {
+                    fault(
+                        &format!("cannot look up AWS Batch job definition {name}"),
+                        e,
+                        false,
+                    )
+                })?;
+            if let Some(arn) = found
+                .job_definitions()
+                .iter()
+                .max_by_key(|d| d.revision())
+                .and_then(|d| d.job_definition_arn())
+            {
+                return Ok(arn.to_string());
+            }
+            let mut resources = vec![
+                requirement(ResourceType::Vcpu, &spec.vcpus),
+                requirement(ResourceType::Memory, &spec.memory_mib.to_string()),
+            ];
+            if spec.gpus > 0 {
+                resources.push(requirement(ResourceType::Gpu, &spec.gpus.to_string()));
+            }
+            let container = ContainerProperties::builder()
+                .image(&spec.image)
+                .set_resource_requirements(Some(resources))
+                .set_job_role_arn(spec.job_role_arn.clone())
+                .set_execution_role_arn(spec.execution_role_arn.clone())
+                .build();
+            let platform = match spec.platform {
+                AwsBatchPlatform::Fargate => PlatformCapability::Fargate,
+                AwsBatchPlatform::Ec2 => PlatformCapability::Ec2,
+            };
+            let out = self
+                .0
+                .batch
+                .register_job_definition()
+                .job_definition_name(&name)
+                .r#type(JobDefinitionType::Container)
+                .platform_capabilities(platform)
+                .container_properties(container)
+                .retry_strategy(RetryStrategy::builder().attempts(1).build())
+                .tags("ferry.image", names::tag_value(&spec.image))
+                .send()
+                .await
+                .map_err(|e| {
+                    fault(
+                        &format!(
+                            "cannot register AWS Batch job definition {name} for image {}",
+                            spec.image
+                        ),
+                        e,
+                        true,
+                    )
+                })?;
+            tracing::info!(definition = name, image = %spec.image, "registered AWS Batch job definition");
+            out.job_definition_arn().map(str::to_string).ok_or_else(|| {
+                AttemptError::Platform(format!(
+                    "AWS Batch registered job definition {name} without an ARN"
+                ))
+            })
+        })
+        .await
+        .cloned()
+    }
+
+    /// The jobs named `h.job_name` in its queue, oldest first.
+    async fn jobs_named(&self, h: &Handle) -> BackendResult<Vec<aws_sdk_batch::types::JobSummary>> {
+        let mut jobs = Vec::new();
+        let mut token = None;
+        loop {
+            // With a filter, ListJobs returns jobs in every status.
+            let out = self
+                .0
+                .batch
+                .list_jobs()
+                .job_queue(&h.queue)
+                .filters(
+                    KeyValuesPair::builder()
+                        .name("JOB_NAME")
+                        .values(&h.job_name)
+                        .build(),
+                )
+                .set_next_token(token)
+                .send()
+                .await
+                .map_err(|e| {
+                    fault(
+                        &format!("cannot list AWS Batch jobs named {}", h.job_name),
+                        e,
+                        false,
+                    )
+                })?;
+            jobs.extend(
+                out.job_summary_list()
+                    .iter()
+                    .filter(|j| j.job_name() == Some(h.job_name.as_str()))
+                    .cloned(),
+            );
+            match out.next_token() {
+                Some(t) => token = Some(t.to_string()),
+                None => break,
+            }
+        }
+        jobs.sort_by_key(|j| {
+            (
+                j.created_at().unwrap_or(i64::MAX),
+                j.job_id().unwrap_or("").to_string(),
+            )
+        });
+        for j in &jobs {
+            if let (Some(id), Some(c)) = (j.job_id(), j.container()) {
+                lock(&self.0.exit_codes).insert(id.to_string(), c.exit_code());
+            }
+        }
+        Ok(jobs)
+    }
+
+    /// The attempt's job if one was submitted: the oldest of its name. Any younger one is a
+    /// duplicate (two submits raced) and is terminated.
+    async fn adopt(&self, h: &Handle) -> BackendResult<Option<Handle>> {
+        let jobs = self.jobs_named(h).await?;
+        let Some((keep, rest)) = jobs.split_first() else {
+            return Ok(None);
+        };
+        for dup in rest {
+            let Some(id) = dup.job_id() else { continue };
+            if dup.status().is_some_and(is_terminal) {
+                continue;
+            }
+            tracing::warn!(job = %h.job_name, duplicate = id, kept = keep.job_id().unwrap_or(""), "terminating a duplicate AWS Batch job of one attempt");
+            self.terminate(id, "ferry: a duplicate job of the same attempt")
+                .await?;
+        }
+        Ok(keep.job_id().map(|id| Handle {
+            job_id: Some(id.to_string()),
+            ..h.clone()
+        }))
+    }
+
+    async fn terminate(&self, job_id: &str, reason: &str) -> BackendResult<()> {
+        self.0
+            .batch
+            .terminate_job()
+            .job_id(job_id)
+            .reason(reason)
+            .send()
+            .await
+            .map_err(|e| fault(&format!("cannot terminate AWS Batch job {job_id}"), e, false))?;
+        Ok(())
+    }
+
+    /// The job as the poller's latest round saw it.
+    async fn job(&self, h: &Handle) -> BackendResult<Option<Arc<JobDetail>>> {
+        let Some(id) = &h.job_id else {
+            return Ok(None);
+        };
+        Ok(match self.0.poller.state(id).await? {
+            Seen::Job(j) => Some(j),
+            Seen::Missing => None,
+        })
+    }
+
+    /// The exit code of a job that ended: DescribeJobs's, else ListJobs's (some Batch
+    /// implementations give it only there).
+    async fn exit_code(&self, h: &Handle, job: &JobDetail) -> BackendResult<Option<i32>> {
+        if let Some(code) = job.container().and_then(|c| c.exit_code()) {
+            return Ok(Some(code));
+        }
+        let Some(id) = job.job_id() else { return Ok(None) };
+        if let Some(code) = lock(&self.0.exit_codes).get(id).copied().flatten() {
+            return Ok(Some(code));
+        }
+        self.jobs_named(h).await?;
+        Ok(lock(&self.0.exit_codes).get(id).copied().flatten())
+    }
+
+    /// The attempt's state from its job's details.
+    async fn state_of(&self, h: &Handle, job: &JobDetail) -> BackendResult<ComputeState> {
+        let status = job.status().cloned().unwrap_or(JobStatus::Submitted);
+        let name = &h.job_name;
+        match status {
+            JobStatus::Running => Ok(ComputeState::Running),
+            JobStatus::Succeeded => Ok(ComputeState::Exited(Exit {
+                code: Some(self.exit_code(h, job).await?.unwrap_or(0)),
+                error: None,
+                reason: None,
+            })),
+            JobStatus::Failed => {
+                let code = self.exit_code(h, job).await?;
+                Ok(failed(name, job, code))
+            }
+            waiting => {
+                let state = waiting_state(
+                    name,
+                    &waiting,
+                    job.created_at().unwrap_or_else(now_ms),
+                    now_ms(),
+                    Duration::from_secs(h.pending_deadline_s),
+                    job.status_reason(),
+                );
+                // Past its deadline the attempt is over: the job is terminated now, so that it
+                // never runs and its (empty) log ends.
+                if let (ComputeState::Exited(_), Some(id)) = (&state, job.job_id()) {
+                    self.terminate(id, "ferry: the job waited past its pending deadline")
+                        .await?;
+                }
+                Ok(state)
+            }
+        }
+    }
+
+    fn log_state(&self, job_name: &str, cursor: &serde_json::Value) -> Arc<tokio::sync::Mutex<LogState>> {
+        let mut streams = lock(&self.0.streams);
+        streams
+            .entry(job_name.to_string())
+            .or_insert_with(|| {
+                let cursor: Option<Cursor> = serde_json::from_value(cursor.clone()).ok();
+                Arc::new(tokio::sync::Mutex::new(LogState {
+                    stream: logs::Stream::from_cursor(cursor),
+                    name: None,
+                    fetched: None,
+                    missing_since: None,
+                }))
+            })
+            .clone()
+    }
+
+    /// The job's merged output from `from` on.
+    async fn read_output(&self, h: &Handle, from: &LogPosition, max: usize) -> BackendResult<LogRead> {
+        let state = self.log_state(&h.job_name, &from.cursor);
+        let mut st = state.lock().await;
+        if !st.stream.reaches(from.stdout) {
+            // A cursor from another read (a restart raced another read): start over from it.
+            let cursor: Option<Cursor> = serde_json::from_value(from.cursor.clone()).ok();
+            st.stream = logs::Stream::from_cursor(cursor);
+        }
+        let fresh = st.fetched.is_some_and(|at| at.elapsed() < LOG_REFRESH);
+        if st.stream.drained_at(from.stdout) && !st.stream.complete && !fresh {
+            self.fetch_logs(h, &mut st).await?;
+        }
+        let (bytes, cursor) = st.stream.read(from.stdout, max);
+        let complete = st.stream.complete && st.stream.drained_at(from.stdout + bytes.len() as u64);
+        Ok(LogRead {
+            bytes,
+            cursor: serde_json::to_value(cursor).unwrap_or_default(),
+            complete,
+        })
+    }
+
+    /// Fetches the stream's pages up to its end as it is now, and whether that is its end.
+    async fn fetch_logs(&self, h: &Handle, st: &mut LogState) -> BackendResult<()> {
+        // The job's state first: a job that had ended before its log was read has all of its
+        // log in what is read.
+        let job = self.job(h).await?;
+        let ended_at = job.as_ref().and_then(|j| {
+            j.status()
+                .is_some_and(is_terminal)
+                .then(|| j.stopped_at().unwrap_or_else(now_ms))
+        });
+        let ran = job.as_ref().is_some_and(|j| j.started_at().is_some());
+        if st.name.is_none() {
+            st.name = job.as_ref().and_then(|j| stream_name(j));
+        }
+        st.fetched = Some(Instant::now());
+        let ended = job.is_none() || ended_at.is_some();
+        let Some(stream) = st.name.clone() else {
+            // No stream to read: a job that never ran has no output.
+            if ended && !ran {
+                st.stream.complete = true;
+            }
+            return Ok(());
+        };
+        loop {
+            let out = self
+                .0
+                .logs
+                .get_log_events()
+                .log_group_name(&self.0.settings.log_group)
+                .log_stream_name(&stream)
+                .start_from_head(true)
+                .set_next_token(st.stream.next_token().map(str::to_string))
+                .send()
+                .await;
+            let out = match out {
+                Ok(out) => out,
+                Err(e) if is_not_found(&e) => {
+                    // CloudWatch makes the stream with the job's first line (moto: when the
+                    // job ends). One that ended and still has none after a while wrote nothing.
+                    if ended {
+                        let since = *st.missing_since.get_or_insert_with(Instant::now);
+                        if !ran || since.elapsed() >= LOG_LATE {
+                            st.stream.complete = true;
+                        }
+                    }
+                    return Ok(());
+                }
+                Err(e) => {
+                    return Err(fault(
+                        &format!(
+                            "cannot read the log of AWS Batch job {} ({} {stream})",
+                            h.job_name, self.0.settings.log_group
+                        ),
+                        e,
+                        false,
+                    ));
+                }
+            };
+            let messages: Vec<&str> = out.events().iter().map(|e| e.message().unwrap_or("")).collect();
+            let new = st
+                .stream
+                .push(&messages, out.next_forward_token().map(str::to_string));
+            if !new {
+                // The same token back: the stream's end as it is now.
+                if ended {
+                    st.stream.complete = true;
+                }
+                return Ok(());
+            }
+        }
+    }
+
+    fn forget(&self, h: &Handle) {
+        lock(&self.0.streams).remove(&h.job_name);
+        if let Some(id) = &h.job_id {
+            self.0.poller.forget(id);
+            lock(&self.0.exit_codes).remove(id);
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn now_ms() -> i64 {
+    ferry_event::now_ms()
+}
+
+fn requirement(kind: ResourceType, value: &str) -> ResourceRequirement {
+    ResourceRequirement::builder().r#type(kind).value(value).build()
+}
+
+fn runner(d: &TaskDispatched) -> BackendResult<&AwsBatchRunner> {
+    match &d.runner {
+        Runner::AwsBatch(r) => Ok(r),
+        other => Err(AttemptError::Task(format!(
+            "the aws-batch launcher runs `runner: aws-batch` tasks, not `{}`",
+            other.backend()
+        ))),
+    }
+}
+
+/// The job definition a task needs.
+fn spec_of(d: &TaskDispatched, r: &AwsBatchRunner) -> BackendResult<DefinitionSpec> {
+    let task = AttemptError::Task;
+    let platform = r.platform.unwrap_or_default();
+    let memory = d
+        .resources
+        .memory_bytes()
+        .map_err(|why| task(format!("resources.memory: {why}")))?;
+    let gpus = d
+        .resources
+        .gpus()
+        .map_err(|why| task(format!("resources.{why}")))?;
+    if let Some(kind) = gpus.as_ref().and_then(|g| g.kind.as_deref()) {
+        return Err(task(format!(
+            "resources.gpuType `{kind}`: AWS Batch counts a job's GPUs but cannot choose their model; choose it with \
+             the instance types of the compute environment, and leave gpuType unset"
+        )));
+    }
+    let count = gpus.map_or(0, |g| g.count);
+    let (vcpus, memory_mib) = names::size(platform, d.resources.cpu, memory, count).map_err(task)?;
+    Ok(DefinitionSpec {
+        image: r.image.clone(),
+        platform,
+        vcpus,
+        memory_mib,
+        gpus: count,
+        job_role_arn: r.job_role_arn.clone(),
+        execution_role_arn: r.execution_role_arn.clone(),
+    })
+}
+
+/// What this backend refuses to put where Batch shows it, or cannot bring yet.
+fn check_templates(d: &TaskDispatched) -> BackendResult<()> {
+    let fields = d
+        .command
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (format!("command[{i}]"), t))
+        .chain(d.env.iter().map(|(k, t)| (format!("env.{k}"), t)));
+    for (field, t) in fields {
+        if let Some(name) = t.secrets().next() {
+            return Err(AttemptError::Task(format!(
+                "{field} uses secret('{name}'), which the aws-batch backend refuses: a job's command and environment \
+                 are shown to anyone allowed batch:DescribeJobs. Give the job's role (runner.jobRoleArn) access to \
+                 the secret in AWS Secrets Manager and read it from the task"
+            )));
+        }
+        if t.0.iter().any(|p| matches!(p, Part::WorkingDir)) {
+            return Err(AttemptError::Task(format!(
+                "{field} uses {{{{ workingDir }}}}, which the aws-batch backend cannot fill: a Batch job runs in its \
+                 image's working directory, which ferry does not know"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A job's command and its environment's variables, filled.
+struct Filled {
+    command: Vec<String>,
+    env: Vec<(String, String)>,
+}
+
+fn fill_all(task: Task<'_>) -> BackendResult<Filled> {
+    let d = task.dispatch;
+    let fill = |t: &Template, field: &str| task.fill(t, field, "");
+    let command = d
+        .command
+        .iter()
+        .enumerate()
+        .map(|(i, t)| fill(t, &format!("command[{i}]")))
+        .collect::<BackendResult<Vec<_>>>()?;
+    let mut env: Vec<(String, String)> = Vec::with_capacity(d.env.len() + 3);
+    for (name, t) in &d.env {
+        env.push((name.clone(), fill(t, &format!("env.{name}"))?));
+    }
+    env.push(("FERRY_JOB_ID".into(), d.job_id.clone()));
+    env.push(("FERRY_TASK_ID".into(), d.task_id.clone()));
+    env.push(("FERRY_ATTEMPT_ID".into(), d.attempt_id.clone()));
+    Ok(Filled { command, env })
+}
+
+/// Batch's timeout for a task's: the task's plus the kill grace, whole seconds, at least
+/// AWS's least. ferry's own timeout (from the job's start) stops the job first; Batch's ends it
+/// when no launcher is left to.
+pub fn batch_timeout(timeout_ms: Option<u64>, grace: Duration) -> Option<i32> {
+    let ms = timeout_ms?;
+    let secs = (ms + grace.as_millis() as u64)
+        .div_ceil(1000)
+        .max(MIN_BATCH_TIMEOUT);
+    Some(i32::try_from(secs).unwrap_or(i32::MAX))
+}
+
+#[async_trait]
+impl Backend for AwsBatch {
+    fn name(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn shutdown_policy(&self) -> ShutdownPolicy {
+        self.0.shutdown
+    }
+
+    fn compute_name(&self, attempt_id: &str) -> String {
+        names::job_name(attempt_id)
+    }
+
+    fn describe(&self, compute: &Compute) -> String {
+        match self.handle(compute) {
+            Ok(Handle {
+                job_id: Some(id),
+                queue,
+                ..
+            }) => format!("{} (job {id} in queue {queue})", compute.name),
+            _ => compute.name.clone(),
+        }
+    }
+
+    /// A job waits in its queue (RUNNABLE) for capacity and its image (STARTING) before it runs.
+    fn may_queue(&self) -> bool {
+        true
+    }
+
+    fn check(&self, d: &TaskDispatched) -> BackendResult<()> {
+        let r = runner(d)?;
+        let task = |m: String| AttemptError::Task(m);
+        if r.image.trim().is_empty() {
+            return Err(task(
+                "runner.image is empty: name the container image the job runs".into(),
+            ));
+        }
+        self.queue_of(r)?;
+        spec_of(d, r)?;
+        if d.command.is_empty() {
+            return Err(task("command is empty: give at least the program to run".into()));
+        }
+        for name in d.env.keys() {
+            if name.is_empty() || name.contains(['=', '\0']) || name.starts_with("AWS_BATCH") {
+                return Err(task(format!(
+                    "env: {name:?} is not a variable the aws-batch backend can set (it must be non-empty, without \
+                     '=' or NUL, and not start with AWS_BATCH, which Batch keeps for its own)"
+                )));
+            }
+        }
+        if let Some(name) = d.input_files.keys().next() {
+            return Err(task(format!(
+                "inputFiles.{name}: the aws-batch backend does not stage input files yet (they need an S3 bucket per \
+                 attempt): put the data in S3 and read it from the task, or run the task on docker or kubernetes"
+            )));
+        }
+        if let Some(p) = d.output_files.first() {
+            return Err(task(format!(
+                "outputFiles {p:?}: the aws-batch backend does not collect output files yet (they need an S3 bucket \
+                 per attempt): write them to S3 from the task, or run it on docker or kubernetes"
+            )));
+        }
+        check_templates(d)
+    }
+
+    async fn reserve(&self, task: Task<'_>) -> BackendResult<Compute> {
+        let r = runner(task.dispatch)?;
+        let (queue, ce) = self.queue_of(r)?;
+        self.ready_queue(&queue, ce.as_deref()).await?;
+        self.remember_queue(&queue);
+        let name = self.compute_name(task.attempt_id());
+        let deadline = r
+            .pending_deadline_seconds
+            .map(Duration::from_secs)
+            .unwrap_or(self.0.settings.pending_deadline);
+        Compute::with_handle(
+            name.clone(),
+            &Handle {
+                queue,
+                job_name: name,
+                job_id: None,
+                pending_deadline_s: deadline.as_secs().max(1),
+            },
+        )
+    }
+
+    async fn create(&self, task: Task<'_>, reserved: Compute) -> BackendResult<Compute> {
+        let d = task.dispatch;
+        let r = runner(d)?;
+        let h = self.handle(&reserved)?;
+        // Look before submitting: a job of this name is this attempt's, from an earlier try.
+        if let Some(found) = self.adopt(&h).await? {
+            tracing::info!(job = %h.job_name, id = found.job_id.as_deref().unwrap_or(""), "adopted the AWS Batch job of an earlier try");
+            return Compute::with_handle(reserved.name, &found);
+        }
+        // Everything of the task's is filled before anything is submitted: a template that
+        // cannot be filled leaves no job.
+        let Filled { command, env } = fill_all(task)?;
+        let spec = spec_of(d, r)?;
+        let definition = self.definition(&spec).await?;
+        let overrides = ContainerOverrides::builder()
+            .set_command(Some(command))
+            .set_environment(Some(
+                env.into_iter()
+                    .map(|(k, v)| KeyValuePair::builder().name(k).value(v).build())
+                    .collect(),
+            ))
+            .build();
+        let namespace = d
+            .namespace
+            .as_deref()
+            .unwrap_or(ferry_event::payload::DEFAULT_NAMESPACE);
+        let mut submit = self
+            .0
+            .batch
+            .submit_job()
+            .job_name(&h.job_name)
+            .job_queue(&h.queue)
+            .job_definition(&definition)
+            .container_overrides(overrides)
+            .retry_strategy(RetryStrategy::builder().attempts(1).build())
+            .propagate_tags(false)
+            .tags("ferry.job", names::tag_value(&d.job_id))
+            .tags("ferry.task", names::tag_value(&d.task_id))
+            .tags(TAG_ATTEMPT, names::tag_value(&d.attempt_id))
+            .tags("ferry.namespace", names::tag_value(namespace))
+            .tags(TAG_LAUNCHER, names::tag_value(&self.0.settings.launcher));
+        if let Some(flow) = &d.flow_id {
+            submit = submit.tags("ferry.flow", names::tag_value(flow));
+        }
+        if let Some(secs) = batch_timeout(d.timeout_ms, self.0.settings.kill_grace) {
+            submit = submit.timeout(
+                aws_sdk_batch::types::JobTimeout::builder()
+                    .attempt_duration_seconds(secs)
+                    .build(),
+            );
+        }
+        let out = submit.send().await.map_err(|e| {
+            fault(
+                &format!("cannot submit AWS Batch job {} to queue {}", h.job_name, h.queue),
+                e,
+                true,
+            )
+        })?;
+        let id = out.job_id().unwrap_or_default().to_string();
+        tracing::info!(job = %h.job_name, id, queue = %h.queue, "submitted AWS Batch job");
+        // Another launcher may have submitted the same attempt at the same time: both keep the
+        // oldest job and terminate the rest. ListJobs may not show a job submitted a moment
+        // ago: this one's own job is terminated by this one when another is kept.
+        let own = Handle {
+            job_id: Some(id.clone()),
+            ..h.clone()
+        };
+        let kept = match self.adopt(&h).await {
+            Ok(Some(kept)) => kept,
+            Ok(None) | Err(_) => own,
+        };
+        if kept.job_id.as_deref() != Some(id.as_str()) {
+            tracing::warn!(job = %h.job_name, duplicate = %id, kept = kept.job_id.as_deref().unwrap_or(""), "another launcher submitted this attempt first: terminating this one's job");
+            self.terminate(&id, "ferry: a duplicate job of the same attempt")
+                .await?;
+        }
+        Compute::with_handle(reserved.name, &kept)
+    }
+
+    async fn find(&self, reserved: &Compute) -> BackendResult<Option<Compute>> {
+        let h = self.handle(reserved)?;
+        self.remember_queue(&h.queue);
+        if h.job_id.is_some() {
+            return Ok(self.job(&h).await?.map(|_| reserved.clone()));
+        }
+        match self.adopt(&h).await? {
+            Some(found) => Ok(Some(Compute::with_handle(reserved.name.clone(), &found)?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn status(&self, compute: &Compute) -> BackendResult<ComputeState> {
+        let mut h = self.handle(compute)?;
+        if h.job_id.is_none() {
+            match self.adopt(&h).await? {
+                Some(found) => h = found,
+                None => {
+                    return Ok(ComputeState::Vanished(format!(
+                        "AWS Batch job {} is not in queue {}",
+                        h.job_name, h.queue
+                    )));
+                }
+            }
+        }
+        match self.job(&h).await? {
+            Some(job) => self.state_of(&h, &job).await,
+            None => Ok(ComputeState::Vanished(format!(
+                "AWS Batch job {} ({}) is gone: DescribeJobs does not know it",
+                h.job_name,
+                h.job_id.as_deref().unwrap_or("")
+            ))),
+        }
+    }
+
+    /// Each call waits for the poller's next round: the rounds pace it.
+    async fn wait(&self, compute: &Compute) -> BackendResult<ComputeState> {
+        loop {
+            match self.status(compute).await? {
+                ComputeState::Pending | ComputeState::Running => {}
+                ended => return Ok(ended),
+            }
+        }
+    }
+
+    async fn read_logs(
+        &self,
+        compute: &Compute,
+        stream: Stream,
+        from: &LogPosition,
+        max_bytes: usize,
+    ) -> BackendResult<LogRead> {
+        let h = self.handle(compute)?;
+        match stream {
+            Stream::Stdout => self.read_output(&h, from, max_bytes).await,
+            // The awslogs driver merges both streams: everything arrives as stdout.
+            Stream::Stderr => {
+                let read = self.read_output(&h, from, 0).await?;
+                Ok(LogRead {
+                    bytes: Vec::new(),
+                    cursor: read.cursor,
+                    complete: read.complete,
+                })
+            }
+        }
+    }
+
+    async fn stop(&self, compute: &Compute, grace: Duration) -> BackendResult<()> {
+        let mut h = self.handle(compute)?;
+        if h.job_id.is_none() {
+            match self.adopt(&h).await? {
+                Some(found) => h = found,
+                None => return Ok(()),
+            }
+        }
+        let Some(id) = h.job_id.clone() else { return Ok(()) };
+        // Batch sends SIGTERM, waits 30 s (not settable), then SIGKILL.
+        let limit = grace.max(self.0.settings.kill_grace) + Duration::from_secs(60);
+        let until = Instant::now() + limit;
+        let mut asked: Option<Instant> = None;
+        loop {
+            match self.job(&h).await? {
+                None => return Ok(()),
+                Some(job) if job.status().is_some_and(is_terminal) => return Ok(()),
+                Some(_) => {}
+            }
+            if Instant::now() >= until {
+                return Err(AttemptError::Unavailable(format!(
+                    "AWS Batch job {} ({id}) did not end within {limit:?} of TerminateJob",
+                    h.job_name
+                )));
+            }
+            if asked.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+                self.terminate(&id, TERMINATED_BY_FERRY).await?;
+                asked = Some(Instant::now());
+            }
+        }
+    }
+
+    /// Nothing to collect yet: a task with output files is refused in `check`, and outputs need
+    /// the S3 staging this backend does not have.
+    async fn collect(&self, _compute: &Compute, _task: Task<'_>) -> BackendResult<Collected> {
+        Ok(Collected::default())
+    }
+
+    /// Batch keeps a job's record for some days and has no call to delete it: releasing makes
+    /// sure it does not run, and forgets it here.
+    async fn release(&self, compute: &Compute) -> BackendResult<()> {
+        let h = self.handle(compute)?;
+        let running = match self.job(&h).await {
+            Ok(Some(job)) => !job.status().is_some_and(is_terminal),
+            Ok(None) => false,
+            Err(e) => return Err(e),
+        };
+        if running {
+            self.stop(compute, self.0.settings.kill_grace).await?;
+        }
+        self.forget(&h);
+        Ok(())
+    }
+
+    /// The jobs tagged with this launcher that have not ended, in the default queue and every
+    /// queue an attempt it knows of used (each journaled attempt is looked up before the
+    /// runtime asks, and a job is journaled, reserved, before it is submitted).
+    async fn list_owned(&self) -> BackendResult<Vec<Compute>> {
+        let mut queues = lock(&self.0.used_queues).clone();
+        let s = &self.0.settings;
+        if let Some(q) = &s.job_queue {
+            queues.insert(q.clone());
+        }
+        if let Some(ce) = &s.compute_environment {
+            queues.insert(names::queue_name(ce));
+        }
+        let mut owned = Vec::new();
+        for queue in queues {
+            let mut ids = Vec::new();
+            for status in [
+                JobStatus::Submitted,
+                JobStatus::Pending,
+                JobStatus::Runnable,
+                JobStatus::Starting,
+                JobStatus::Running,
+            ] {
+                let mut token = None;
+                loop {
+                    let out = self
+                        .0
+                        .batch
+                        .list_jobs()
+                        .job_queue(&queue)
+                        .job_status(status.clone())
+                        .set_next_token(token)
+                        .send()
+                        .await;
+                    let out = match out {
+                        Ok(out) => out,
+                        // A queue that is gone holds nothing of ours.
+                        Err(e) if e.as_service_error().is_some() => break,
+                        Err(e) => {
+                            return Err(fault(
+                                &format!("cannot list the jobs of AWS Batch queue {queue}"),
+                                e,
+                                false,
+                            ));
+                        }
+                    };
+                    ids.extend(
+                        out.job_summary_list()
+                            .iter()
+                            .filter(|j| j.job_name().is_some_and(|n| n.starts_with("ferry-")))
+                            .filter_map(|j| j.job_id().map(str::to_string)),
+                    );
+                    match out.next_token() {
+                        Some(t) => token = Some(t.to_string()),
+                        None => break,
+                    }
+                }
+            }
+            for chunk in ids.chunks(crate::aws::DESCRIBE_BATCH) {
+                let out = self
+                    .0
+                    .batch
+                    .describe_jobs()
+                    .set_jobs(Some(chunk.to_vec()))
+                    .send()
+                    .await
+                    .map_err(|e| fault("cannot read the tags of AWS Batch jobs (DescribeJobs)", e, false))?;
+                for job in out.jobs() {
+                    let ours = job
+                        .tags()
+                        .and_then(|t| t.get(TAG_LAUNCHER))
+                        .is_some_and(|l| *l == names::tag_value(&s.launcher));
+                    let (Some(name), Some(id)) = (job.job_name(), job.job_id()) else {
+                        continue;
+                    };
+                    if !ours {
+                        continue;
+                    }
+                    owned.push(Compute::with_handle(
+                        name,
+                        &Handle {
+                            queue: queue.clone(),
+                            job_name: name.to_string(),
+                            job_id: Some(id.to_string()),
+                            pending_deadline_s: s.pending_deadline.as_secs().max(1),
+                        },
+                    )?);
+                }
+            }
+        }
+        Ok(owned)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_timeouts_cover_ferrys_and_respect_aws_least() {
+        let grace = Duration::from_secs(30);
+        assert_eq!(batch_timeout(None, grace), None);
+        assert_eq!(batch_timeout(Some(300), grace), Some(60));
+        assert_eq!(batch_timeout(Some(3_600_000), grace), Some(3630));
+        assert_eq!(batch_timeout(Some(100_500), Duration::ZERO), Some(101));
+    }
+}

@@ -1,0 +1,23 @@
+//! ferry's AWS Batch launcher backend: each attempt runs as one AWS Batch job, its output read
+//! from CloudWatch Logs.
+//!
+//! - [`names`]: job, job definition and queue names and tag values as Batch accepts them, and
+//!   the vCPU and memory sizes a platform gives (Fargate's combinations checked before submit);
+//! - [`aws`]: failures typed by whose fault they are, and the one poller that reads the state
+//!   of every job in flight with batched DescribeJobs calls;
+//! - [`logs`]: a job's log stream as bytes, paged with forward tokens, with the cursor the
+//!   journal keeps;
+//! - [`backend`]: the [`Backend`](ferry_launcher::Backend) over them: a job definition per
+//!   image and resources registered once, a job per attempt named from the attempt id and
+//!   adopted after a crash, TerminateJob on cancel and timeout, a pending deadline;
+//! - [`run`]: the launcher as a service.
+
+pub mod aws;
+pub mod backend;
+pub mod logs;
+pub mod names;
+mod service;
+mod state;
+
+pub use backend::{AwsBatch, BACKEND, Handle, Settings};
+pub use service::{Config, backend, run, sdk_config};

@@ -1,0 +1,171 @@
+//! The aws-batch launcher as a service: [`Config`] and [`run`], the launcher runtime driving
+//! the [`AwsBatch`] backend.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_bus::Bus;
+use ferry_launcher::journal::Journal;
+use ferry_launcher::{Error, Result, Secrets};
+use tokio_util::sync::CancellationToken;
+
+use crate::backend::{AwsBatch, Settings};
+
+/// How the aws-batch launcher runs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Holds the journal and the launcher's identity.
+    pub data_dir: PathBuf,
+    /// The AWS region (else the standard chain's: `AWS_REGION`, the profile).
+    pub region: Option<String>,
+    /// The endpoint every AWS call goes to instead of AWS's own (a local server such as moto);
+    /// else the standard `AWS_ENDPOINT_URL`, else AWS.
+    pub endpoint_url: Option<String>,
+    /// The job queue of tasks whose runner names neither a queue nor a compute environment.
+    pub job_queue: Option<String>,
+    /// The compute environment ferry makes a queue on for tasks whose runner names none.
+    pub compute_environment: Option<String>,
+    /// How long a job may wait RUNNABLE before its attempt fails.
+    pub pending_deadline: Duration,
+    /// How often one round of DescribeJobs reads every job in flight.
+    pub poll_interval: Duration,
+    /// Leave jobs running when the launcher stops, for the next start to adopt (the default).
+    pub detach: bool,
+    pub max_parallel: usize,
+    pub kill_grace: Duration,
+    pub log_batch_lines: usize,
+    pub log_batch_interval: Duration,
+    pub secrets: Secrets,
+    pub secrets_file: Option<PathBuf>,
+    pub source: String,
+    pub group: String,
+}
+
+impl Config {
+    /// Defaults: the standard AWS chain, no default queue, a pending deadline of 10 minutes, a
+    /// DescribeJobs round every 2 s, 256 attempts at once, jobs left running when the launcher
+    /// stops, group `launcher-aws-batch`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        Config {
+            data_dir: data_dir.into(),
+            region: None,
+            endpoint_url: None,
+            job_queue: None,
+            compute_environment: None,
+            pending_deadline: Duration::from_secs(600),
+            poll_interval: Duration::from_secs(2),
+            detach: true,
+            max_parallel: 256,
+            kill_grace: Duration::from_secs(30),
+            log_batch_lines: 256,
+            log_batch_interval: Duration::from_millis(20),
+            secrets: Secrets::from_env(),
+            secrets_file: var("FERRY_SECRETS_FILE").map(PathBuf::from),
+            source: ferry_runtime::instance_source("launcher-aws-batch"),
+            group: "launcher-aws-batch".to_string(),
+        }
+    }
+
+    fn runtime(&self) -> ferry_launcher::Config {
+        ferry_launcher::Config {
+            max_parallel: self.max_parallel,
+            kill_grace: self.kill_grace,
+            log_batch_lines: self.log_batch_lines,
+            log_batch_interval: self.log_batch_interval,
+            secrets: self.secrets.clone(),
+            source: self.source.clone(),
+            group: self.group.clone(),
+            artifact_retention: None,
+            artifact_quotas: None,
+        }
+    }
+}
+
+/// The AWS SDK configuration from the standard chain (credentials, region, `AWS_ENDPOINT_URL`),
+/// with `region` and `endpoint_url` taking precedence when given.
+pub async fn sdk_config(region: Option<&str>, endpoint_url: Option<&str>) -> Result<aws_config::SdkConfig> {
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+    if let Some(r) = region {
+        loader = loader.region(aws_config::Region::new(r.to_string()));
+    }
+    if let Some(url) = endpoint_url {
+        match url::Url::parse(url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+            _ => {
+                return Err(Error::Config(format!(
+                    "--aws-endpoint-url {url:?} is not an http(s) URL: write e.g. http://127.0.0.1:5000"
+                )));
+            }
+        }
+        loader = loader.endpoint_url(url);
+    }
+    let sdk = loader.load().await;
+    if sdk.region().is_none() {
+        return Err(Error::Config(
+            "no AWS region: set --aws-region, AWS_REGION, or a region in the AWS profile".into(),
+        ));
+    }
+    Ok(sdk)
+}
+
+/// The backend as [`run`] makes it, for the launcher whose journal is `journal` (whose identity
+/// its jobs are tagged with, so that a restart finds the jobs its previous run left).
+pub async fn backend(config: &Config, journal: &Journal) -> Result<AwsBatch> {
+    let launcher = journal.identity().map_err(|source| Error::Io {
+        what: format!(
+            "cannot keep the launcher's identity beside {}",
+            journal.path().display()
+        ),
+        source,
+    })?;
+    if config.poll_interval.is_zero() {
+        return Err(Error::Config(
+            "--aws-batch-poll-interval must be more than 0".into(),
+        ));
+    }
+    let sdk = sdk_config(config.region.as_deref(), config.endpoint_url.as_deref()).await?;
+    let mut settings = Settings::new(launcher);
+    settings.job_queue = config.job_queue.clone();
+    settings.compute_environment = config.compute_environment.clone();
+    settings.pending_deadline = config.pending_deadline;
+    settings.kill_grace = config.kill_grace;
+    settings.poll_interval = config.poll_interval;
+    tracing::info!(
+        region = sdk.region().map(|r| r.as_ref()).unwrap_or(""),
+        endpoint = config.endpoint_url.as_deref().unwrap_or("(AWS)"),
+        job_queue = settings.job_queue.as_deref().unwrap_or("(per task)"),
+        compute_environment = settings.compute_environment.as_deref().unwrap_or("(per task)"),
+        launcher = %settings.launcher,
+        "aws-batch launcher starting"
+    );
+    let batch = AwsBatch::new(&sdk, settings);
+    Ok(if config.detach {
+        batch
+    } else {
+        batch.kill_on_shutdown()
+    })
+}
+
+/// Runs the aws-batch launcher until `shutdown` is cancelled (or the bus closes). Jobs keep
+/// running when it stops (unless `detach` is off); the next start on the same data directory
+/// adopts them.
+pub async fn run(mut config: Config, bus: Arc<dyn Bus>, shutdown: CancellationToken) -> Result<()> {
+    config.runtime().check()?;
+    if let Some(path) = &config.secrets_file {
+        config.secrets.extend(Secrets::from_file(path)?);
+    }
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| Error::Io {
+        what: format!("cannot create the data directory {}", config.data_dir.display()),
+        source,
+    })?;
+    let journal = Journal::open(&config.data_dir).map_err(|source| Error::Io {
+        what: format!("cannot read the journal in {}", config.data_dir.display()),
+        source,
+    })?;
+    let backend = backend(&config, &journal).await?;
+    let result = ferry_launcher::run(config.runtime(), journal, Arc::new(backend), bus, shutdown).await;
+    tracing::info!("aws-batch launcher stopped");
+    result
+}

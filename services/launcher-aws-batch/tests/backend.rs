@@ -1,0 +1,317 @@
+//! The aws-batch backend driven directly, against moto: what it registers and submits, how it
+//! adopts a job submitted twice, and what it refuses before submitting anything.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use ferry_event::payload::{AwsBatchPlatform, Resources, Runner, TaskDispatched};
+use ferry_event::template::{Part, Template};
+use ferry_launcher::Backend;
+use ferry_launcher::backend::{ComputeState, Task};
+use ferry_launcher::secrets::Secrets;
+use ferry_launcher_aws_batch::{AwsBatch, Handle, Settings, names};
+
+fn dispatch(id: &str, runner: Runner, command: &[&str]) -> TaskDispatched {
+    TaskDispatched {
+        job_id: "job-1".into(),
+        task_id: format!("task-{id}"),
+        attempt_id: id.into(),
+        attempt: 1,
+        runner,
+        command: command.iter().map(|w| Template::text(*w)).collect(),
+        env: BTreeMap::new(),
+        input_files: BTreeMap::new(),
+        output_files: Vec::new(),
+        resources: Resources::default(),
+        timeout_ms: None,
+        lease_ms: 30_000,
+        ready_at_ms: ferry_event::now_ms(),
+        flow_id: Some("flow-a".into()),
+        namespace: Some("team-a".into()),
+        priority: 0,
+    }
+}
+
+async fn ended(backend: &AwsBatch, compute: &ferry_launcher::Compute) -> ComputeState {
+    tokio::time::timeout(Duration::from_secs(60), backend.wait(compute))
+        .await
+        .expect("the job ends within a minute")
+        .expect("its state can be read")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn definitions_are_registered_once_and_jobs_carry_the_attempts_tags() {
+    let Ok(endpoint) = common::moto() else {
+        eprintln!("SKIPPED: FERRY_TEST_MOTO is not set");
+        return;
+    };
+    let target = common::BatchTarget::new(endpoint).await;
+    let backend = target.make("launcher-tags".into());
+    let secrets = Secrets::new();
+    let prefix = common::fresh("def");
+    // A role of this test's own, so that the definitions are this test's alone (the role is
+    // part of what names a definition) whatever other tests run on the same server.
+    let role = format!("arn:aws:iam::123456789012:role/{prefix}");
+    let mut runner = target.runner();
+    runner.job_role_arn = Some(role.clone());
+    let mut ids = Vec::new();
+    for (n, memory) in [(1, None), (2, None), (3, Some("1Gi"))] {
+        let id = format!("{prefix}-{n}");
+        let mut d = dispatch(
+            &id,
+            Runner::AwsBatch(runner.clone()),
+            &["sh", "-c", "echo \"$FERRY_ATTEMPT_ID $GREETING\""],
+        );
+        d.env.insert("GREETING".into(), Template::text("hello 'there'"));
+        d.resources.memory = memory.map(String::from);
+        d.timeout_ms = Some(5_000);
+        backend.check(&d).expect("a valid task");
+        let task = Task::new(&d, &secrets);
+        let reserved = backend.reserve(task).await.expect("reserve");
+        let compute = backend.create(task, reserved).await.expect("create");
+        match ended(&backend, &compute).await {
+            ComputeState::Exited(e) => assert!(e.succeeded(), "{e:?}"),
+            other => panic!("{other:?}"),
+        }
+        ids.push((id, compute));
+    }
+    // One definition for the first two (same image, platform and size), another for the third.
+    let names: Vec<String> = [None, Some(1u64 << 30)]
+        .into_iter()
+        .map(|memory| {
+            let (vcpus, memory_mib) = names::size(AwsBatchPlatform::Fargate, None, memory, 0).unwrap();
+            names::DefinitionSpec {
+                image: common::image(),
+                platform: AwsBatchPlatform::Fargate,
+                vcpus,
+                memory_mib,
+                gpus: 0,
+                job_role_arn: Some(role.clone()),
+                execution_role_arn: None,
+            }
+            .name()
+        })
+        .collect();
+    assert_ne!(names[0], names[1]);
+    for name in &names {
+        let defs = target
+            .batch
+            .describe_job_definitions()
+            .job_definition_name(name)
+            .send()
+            .await
+            .expect("describe job definitions");
+        assert_eq!(
+            defs.job_definitions().len(),
+            1,
+            "{name} was registered more than once: {defs:?}"
+        );
+        let def = &defs.job_definitions()[0];
+        assert_eq!(def.retry_strategy().and_then(|r| r.attempts()), Some(1));
+        assert!(
+            def.container_properties()
+                .is_some_and(|c| c.command().is_empty() && c.environment().is_empty()),
+            "the task's command and environment go in the job's overrides, not its definition: {def:?}"
+        );
+    }
+    // The job: tagged, Batch's timeout at its least, the overrides verbatim.
+    let (id, compute) = &ids[0];
+    let h: Handle = compute.handle_as().expect("a handle");
+    let job_id = h.job_id.expect("a submitted job has an id");
+    let out = target
+        .batch
+        .describe_jobs()
+        .jobs(&job_id)
+        .send()
+        .await
+        .expect("describe the job");
+    let job = &out.jobs()[0];
+    assert_eq!(job.job_name(), Some(names::job_name(id).as_str()));
+    let tags = job.tags().expect("the job is tagged");
+    for (key, value) in [
+        ("ferry.job", "job-1"),
+        ("ferry.task", format!("task-{id}").as_str()),
+        ("ferry.attempt", id.as_str()),
+        ("ferry.flow", "flow-a"),
+        ("ferry.namespace", "team-a"),
+        ("ferry.launcher", "launcher-tags"),
+    ] {
+        assert_eq!(tags.get(key).map(String::as_str), Some(value), "{key}: {tags:?}");
+    }
+    assert_eq!(
+        job.timeout().and_then(|t| t.attempt_duration_seconds()),
+        Some(60),
+        "5 s plus the grace, raised to AWS's least"
+    );
+    assert!(
+        job.job_definition().is_some_and(|d| d.contains(&names[0])),
+        "{:?}",
+        job.job_definition()
+    );
+    // What the task printed came back through CloudWatch Logs.
+    let read = backend
+        .read_logs(
+            compute,
+            ferry_event::payload::Stream::Stdout,
+            &Default::default(),
+            1 << 20,
+        )
+        .await
+        .expect("read the log");
+    assert_eq!(
+        String::from_utf8_lossy(&read.bytes),
+        format!("{id} hello 'there'\n")
+    );
+    assert!(read.complete);
+    for (_, compute) in &ids {
+        backend.release(compute).await.expect("release");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_submitted_twice_for_one_attempt_runs_once() {
+    let Ok(endpoint) = common::moto() else {
+        eprintln!("SKIPPED: FERRY_TEST_MOTO is not set");
+        return;
+    };
+    let target = common::BatchTarget::new(endpoint).await;
+    let first = target.make("launcher-dup".into());
+    let secrets = Secrets::new();
+    let id = common::fresh("dup");
+    let d = dispatch(&id, Runner::AwsBatch(target.runner()), &["sleep", "60"]);
+    let task = Task::new(&d, &secrets);
+    let reserved = first.reserve(task).await.expect("reserve");
+    let created = first.create(task, reserved.clone()).await.expect("create");
+    let kept: Handle = created.handle_as().unwrap();
+    // Another launcher's submit of the same attempt slipped through (it looked before this
+    // one's job existed): a younger job of the same name.
+    let definition = target
+        .batch
+        .describe_jobs()
+        .jobs(kept.job_id.as_deref().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .jobs()[0]
+        .job_definition()
+        .unwrap()
+        .to_string();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let younger = target
+        .batch
+        .submit_job()
+        .job_name(&kept.job_name)
+        .job_queue(&kept.queue)
+        .job_definition(definition)
+        .send()
+        .await
+        .expect("submit a duplicate")
+        .job_id()
+        .unwrap()
+        .to_string();
+    // A launcher started again on the journal's reservation finds the attempt's job: the
+    // older one, and the younger is terminated.
+    let second = target.make("launcher-dup".into());
+    let found = second
+        .find(&reserved)
+        .await
+        .expect("find")
+        .expect("the attempt's job is found by its name");
+    let h: Handle = found.handle_as().unwrap();
+    assert_eq!(h.job_id, kept.job_id, "the older job is the attempt's");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let active = common::active_jobs(&target.batch, &kept.queue).await;
+        let of_attempt: Vec<&String> = active
+            .iter()
+            .filter(|(name, _)| *name == kept.job_name)
+            .map(|(_, id)| id)
+            .collect();
+        if of_attempt.len() == 1 {
+            assert_eq!(Some(of_attempt[0]), kept.job_id.as_ref());
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the duplicate {younger} still runs beside {:?}: {active:?}",
+            kept.job_id
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    second.stop(&found, Duration::from_secs(1)).await.expect("stop");
+    assert!(matches!(
+        second.status(&found).await.unwrap(),
+        ComputeState::Exited(_)
+    ));
+    second.release(&found).await.expect("release");
+    assert!(
+        common::active_jobs(&target.batch, &kept.queue).await.is_empty(),
+        "a job of the attempt is left running"
+    );
+}
+
+#[tokio::test]
+async fn what_batch_cannot_honour_is_refused_before_anything_is_submitted() {
+    // No call is made: the endpoint is never reached.
+    let backend = AwsBatch::new(
+        &common::sdk("http://127.0.0.1:9").await,
+        Settings::new("launcher-refuse"),
+    );
+    let runner = ferry_event::payload::AwsBatchRunner {
+        image: "busybox".into(),
+        compute_environment: Some("ce".into()),
+        ..Default::default()
+    };
+    let ok = dispatch("ok", Runner::AwsBatch(runner.clone()), &["true"]);
+    backend.check(&ok).expect("a valid task");
+    let refused = |d: &TaskDispatched| backend.check(d).expect_err("refused").to_string();
+
+    let mut d = ok.clone();
+    d.env
+        .insert("TOKEN".into(), Template(vec![Part::Secret("API_TOKEN".into())]));
+    let e = refused(&d);
+    assert!(e.contains("env.TOKEN") && e.contains("DescribeJobs"), "{e}");
+
+    let mut d = ok.clone();
+    d.input_files.insert("data.csv".into(), Template::text("x"));
+    assert!(refused(&d).contains("inputFiles.data.csv"));
+
+    let mut d = ok.clone();
+    d.output_files.push("*.csv".into());
+    assert!(refused(&d).contains("outputFiles"));
+
+    let mut d = ok.clone();
+    d.command.push(Template(vec![Part::WorkingDir]));
+    assert!(refused(&d).contains("command[1]"));
+
+    let mut d = ok.clone();
+    d.resources.cpu = Some(1.0);
+    d.resources.memory = Some("3000Mi".into());
+    let e = refused(&d);
+    assert!(e.contains("nearest one is cpu 1 with memory 3072Mi"), "{e}");
+
+    let mut d = ok.clone();
+    d.resources.gpu = Some(1);
+    d.resources.gpu_type = Some("nvidia-l4".into());
+    let mut ec2 = runner.clone();
+    ec2.platform = Some(AwsBatchPlatform::Ec2);
+    d.runner = Runner::AwsBatch(ec2);
+    assert!(refused(&d).contains("resources.gpuType"));
+
+    let mut d = ok.clone();
+    d.runner = Runner::AwsBatch(ferry_event::payload::AwsBatchRunner {
+        image: "busybox".into(),
+        ..Default::default()
+    });
+    let e = refused(&d);
+    assert!(
+        e.contains("runner.jobQueue") && e.contains("runner.computeEnvironment"),
+        "{e}"
+    );
+
+    let mut d = ok.clone();
+    d.runner = Runner::default();
+    assert!(refused(&d).contains("runner: aws-batch"));
+}
