@@ -8,7 +8,7 @@
 //! up`, `ferry service launcher` and the environment configure them alike. Each keeps its
 //! journal in a data directory of its own: the local launcher in the data directory itself (as
 //! it always has), the docker launcher in `docker/` under it, the kubernetes launcher in
-//! `kubernetes/`, the ray launcher in `ray/`.
+//! `kubernetes/`, the ray launcher in `ray/`, the aws-batch launcher in `aws-batch/`.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -19,7 +19,7 @@ use ferry_event::Topic;
 use tokio_util::sync::CancellationToken;
 
 /// Every backend a launcher can serve, built in or not.
-pub const BACKENDS: &[&str] = &["local", "docker", "kubernetes", "ray"];
+pub const BACKENDS: &[&str] = &["local", "docker", "kubernetes", "ray", "aws-batch"];
 
 /// One launcher, configured for its backend.
 #[derive(Debug, Clone)]
@@ -31,6 +31,8 @@ pub enum Launcher {
     Kubernetes(ferry_launcher_kubernetes::Config),
     #[cfg(feature = "ray")]
     Ray(ferry_launcher_ray::Config),
+    #[cfg(feature = "aws-batch")]
+    AwsBatch(ferry_launcher_aws_batch::Config),
 }
 
 impl Launcher {
@@ -46,6 +48,7 @@ impl Launcher {
             "docker" => docker(flags, data_dir),
             "kubernetes" => kubernetes(flags, data_dir),
             "ray" => ray(flags, data_dir),
+            "aws-batch" => aws_batch(flags, data_dir),
             other => bail!(
                 "backend `{other}` is not known: choose one of {}",
                 BACKENDS.join(", ")
@@ -63,6 +66,8 @@ impl Launcher {
             Launcher::Kubernetes(_) => ferry_launcher_kubernetes::BACKEND,
             #[cfg(feature = "ray")]
             Launcher::Ray(_) => ferry_launcher_ray::BACKEND,
+            #[cfg(feature = "aws-batch")]
+            Launcher::AwsBatch(_) => ferry_launcher_aws_batch::BACKEND,
         }
     }
 
@@ -76,6 +81,8 @@ impl Launcher {
             Launcher::Kubernetes(c) => c.group.clone(),
             #[cfg(feature = "ray")]
             Launcher::Ray(c) => c.group.clone(),
+            #[cfg(feature = "aws-batch")]
+            Launcher::AwsBatch(c) => c.group.clone(),
         };
         Subscribe::new(group, [Topic::Dispatch(self.backend().into())])
     }
@@ -102,6 +109,11 @@ impl Launcher {
                 c.kill_grace = kill_grace;
                 c.max_parallel = max_parallel;
             }
+            #[cfg(feature = "aws-batch")]
+            Launcher::AwsBatch(c) => {
+                c.kill_grace = kill_grace;
+                c.max_parallel = max_parallel;
+            }
         }
     }
 
@@ -115,6 +127,8 @@ impl Launcher {
             Launcher::Kubernetes(c) => Ok(ferry_launcher_kubernetes::run(c, bus, shutdown).await?),
             #[cfg(feature = "ray")]
             Launcher::Ray(c) => Ok(ferry_launcher_ray::run(c, bus, shutdown).await?),
+            #[cfg(feature = "aws-batch")]
+            Launcher::AwsBatch(c) => Ok(ferry_launcher_aws_batch::run(c, bus, shutdown).await?),
         }
     }
 }
@@ -197,6 +211,32 @@ fn ray(_: &ferry_launcher_local::Flags, _: &Path) -> Result<Launcher> {
     bail!("{}", not_enabled("ray"))
 }
 
+#[cfg(feature = "aws-batch")]
+fn aws_batch(flags: &ferry_launcher_local::Flags, data_dir: &Path) -> Result<Launcher> {
+    let given = |v: &Option<String>| v.clone().filter(|v| !v.trim().is_empty());
+    let mut c = ferry_launcher_aws_batch::Config::new(data_dir.join("aws-batch"));
+    c.region = given(&flags.aws_region);
+    c.endpoint_url = given(&flags.aws_endpoint_url);
+    c.job_queue = given(&flags.aws_batch_job_queue);
+    c.compute_environment = given(&flags.aws_batch_compute_environment);
+    c.pending_deadline = flags.pending_deadline;
+    c.poll_interval = flags.aws_batch_poll_interval;
+    c.max_parallel = flags.max_parallel;
+    c.kill_grace = flags.kill_grace;
+    if let Some(path) = &flags.secrets_file {
+        c.secrets_file = Some(path.clone());
+    }
+    if let Some(group) = group(flags, "aws-batch") {
+        c.group = group;
+    }
+    Ok(Launcher::AwsBatch(c))
+}
+
+#[cfg(not(feature = "aws-batch"))]
+fn aws_batch(_: &ferry_launcher_local::Flags, _: &Path) -> Result<Launcher> {
+    bail!("{}", not_enabled("aws-batch"))
+}
+
 /// Where a container launcher stores output files: `--artifact-dir`, else the data
 /// directory's `artifacts`, shared by every backend of `ferry up`.
 #[cfg(any(feature = "docker", feature = "kubernetes", feature = "ray"))]
@@ -210,7 +250,12 @@ fn artifact_dir(flags: &ferry_launcher_local::Flags, data_dir: &Path) -> std::pa
 /// The consumer group of `backend`'s launcher when `--launcher-group` names another than the
 /// default: the local launcher's group is named after its backend, and so are the others'
 /// (`NAME-docker`). `None`: the backend's own default.
-#[cfg(any(feature = "docker", feature = "kubernetes", feature = "ray"))]
+#[cfg(any(
+    feature = "docker",
+    feature = "kubernetes",
+    feature = "ray",
+    feature = "aws-batch"
+))]
 fn group(flags: &ferry_launcher_local::Flags, backend: &str) -> Option<String> {
     (flags.launcher_group != "launcher-local").then(|| format!("{}-{backend}", flags.launcher_group))
 }
@@ -226,6 +271,7 @@ pub fn enabled(backend: &str) -> bool {
         || (backend == "docker" && cfg!(feature = "docker"))
         || (backend == "kubernetes" && cfg!(feature = "kubernetes"))
         || (backend == "ray" && cfg!(feature = "ray"))
+        || (backend == "aws-batch" && cfg!(feature = "aws-batch"))
 }
 
 /// Whether a Docker engine answers at `host` (or `DOCKER_HOST`, or the local socket): how
@@ -290,6 +336,30 @@ pub async fn ray_cluster(address: Option<&str>) -> Result<String, String> {
     }
 }
 
+/// Whether the AWS Batch API answers with the aws-batch launcher's credentials, region and
+/// endpoint: how `ferry up` decides to serve aws-batch tasks. Says where, or why not.
+#[cfg(feature = "aws-batch")]
+pub async fn aws_batch_api(c: &ferry_launcher_aws_batch::Config) -> Result<String, String> {
+    let wait = std::time::Duration::from_secs(10);
+    let probe = async {
+        let sdk = ferry_launcher_aws_batch::sdk_config(c.region.as_deref(), c.endpoint_url.as_deref())
+            .await
+            .map_err(|e| e.to_string())?;
+        let region = sdk.region().map(|r| r.to_string()).unwrap_or_default();
+        ferry_launcher_aws_batch::AwsBatch::probe(&sdk).await?;
+        Ok(format!(
+            "AWS Batch in {region}{}",
+            c.endpoint_url
+                .as_deref()
+                .map(|u| format!(" at {u}"))
+                .unwrap_or_default()
+        ))
+    };
+    tokio::time::timeout(wait, probe)
+        .await
+        .unwrap_or_else(|_| Err(format!("the AWS Batch API did not answer within {wait:?}")))
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -313,7 +383,15 @@ mod tests {
             Launcher::Kubernetes(c) => c.artifact_retention,
             #[cfg(feature = "ray")]
             Launcher::Ray(c) => c.artifact_retention,
+            #[cfg(feature = "aws-batch")]
+            Launcher::AwsBatch(_) => unreachable!("aws-batch keeps no output files"),
         }
+    }
+
+    /// The backends that keep output files in the artifact directory (aws-batch collects
+    /// none yet).
+    fn storing(backend: &&&str) -> bool {
+        enabled(backend) && **backend != "aws-batch"
     }
 
     #[test]
@@ -321,7 +399,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let with = Cli::parse_from(["ferry", "--artifact-retention", "7d"]).flags;
         let without = Cli::parse_from(["ferry"]).flags;
-        for backend in BACKENDS.iter().filter(|b| enabled(b)) {
+        for backend in BACKENDS.iter().filter(storing) {
             let launcher = Launcher::from_flags(backend, &with, dir.path()).unwrap();
             assert_eq!(
                 retention(&launcher),
@@ -343,6 +421,8 @@ mod tests {
             Launcher::Kubernetes(c) => &c.artifact_quotas,
             #[cfg(feature = "ray")]
             Launcher::Ray(c) => &c.artifact_quotas,
+            #[cfg(feature = "aws-batch")]
+            Launcher::AwsBatch(_) => unreachable!("aws-batch keeps no output files"),
         }
     }
 
@@ -350,7 +430,7 @@ mod tests {
     fn every_backend_takes_the_namespace_artifact_quota_flag() {
         let dir = tempfile::tempdir().unwrap();
         let with = Cli::parse_from(["ferry", "--namespace-artifact-quota", "a=5,*=9"]).flags;
-        for backend in BACKENDS.iter().filter(|b| enabled(b)) {
+        for backend in BACKENDS.iter().filter(storing) {
             let launcher = Launcher::from_flags(backend, &with, dir.path()).unwrap();
             let q = quotas(&launcher);
             assert_eq!((q.of("a"), q.of("b")), (Some(5), Some(9)), "{backend}");

@@ -504,6 +504,23 @@ mod tests {
             .concat();
             assert_eq!(backends(&up), ["local", "ray"]);
         }
+        if cfg!(feature = "aws-batch") {
+            let batch = [&["service", "launcher", "--backend", "aws-batch"][..], &bus[..]].concat();
+            assert_eq!(backends(&batch), ["aws-batch"]);
+            // `ferry up` serves aws-batch tasks only when told where their jobs go.
+            let up = [
+                &[
+                    "up",
+                    "--no-docker",
+                    "--no-kubernetes",
+                    "--aws-batch-compute-environment",
+                    "spot",
+                ][..],
+                &bus[..],
+            ]
+            .concat();
+            assert_eq!(backends(&up), ["local", "aws-batch"]);
+        }
     }
 
     #[test]

@@ -110,6 +110,9 @@ impl Up {
 
 /// `ferry service NAME`: one service alone, with the same flags as its own binary
 /// (`ferry-scheduler`, …) and as `ferry up`.
+// Parsed once, at startup, and never moved in a loop: the launcher's flags, the largest, are
+// kept inline rather than boxed.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Subcommand)]
 pub enum One {
     /// Turns job submissions into planned or rejected jobs.
@@ -202,8 +205,9 @@ pub struct Plan {
     pub scheduler: Option<ferry_scheduler::Config>,
     /// The launchers, one per backend served.
     pub launchers: Vec<Launcher>,
-    /// The docker, kubernetes and ray launchers run only if their platform (a Docker engine, a
-    /// Kubernetes API, a Ray Jobs API) answers when the services start (`ferry up`); otherwise they are left
+    /// The docker, kubernetes, ray and aws-batch launchers run only if their platform (a Docker
+    /// engine, a Kubernetes API, a Ray Jobs API, the AWS Batch API) answers when the services
+    /// start (`ferry up`); otherwise they are left
     /// out, saying why.
     pub optional_platforms: bool,
     /// The log collector's flags; [`Running::start`] opens its store, [`Plan::log_db`].
@@ -425,7 +429,8 @@ pub async fn serve(mut common: Common, plan: impl FnOnce(&Path) -> Result<Plan>)
 }
 
 /// The launchers of `ferry up`: every backend built, unless `--no-docker` or
-/// `--no-kubernetes`; ray when `--ray-address` names a cluster.
+/// `--no-kubernetes`; ray when `--ray-address` names a cluster; aws-batch when
+/// `--aws-batch-job-queue` or `--aws-batch-compute-environment` names where its jobs go.
 fn up_launchers(flags: &ferry_launcher_local::Flags, data_dir: &Path) -> Result<Vec<Launcher>> {
     let mut launchers = vec![Launcher::from_flags("local", flags, data_dir)?];
     if !flags.no_docker && crate::launchers::enabled("docker") {
@@ -437,6 +442,12 @@ fn up_launchers(flags: &ferry_launcher_local::Flags, data_dir: &Path) -> Result<
     if flags.ray_address.as_deref().is_some_and(|a| !a.trim().is_empty()) && crate::launchers::enabled("ray")
     {
         launchers.push(Launcher::from_flags("ray", flags, data_dir)?);
+    }
+    let named = |v: &Option<String>| v.as_deref().is_some_and(|v| !v.trim().is_empty());
+    if (named(&flags.aws_batch_job_queue) || named(&flags.aws_batch_compute_environment))
+        && crate::launchers::enabled("aws-batch")
+    {
+        launchers.push(Launcher::from_flags("aws-batch", flags, data_dir)?);
     }
     Ok(launchers)
 }
@@ -457,6 +468,8 @@ async fn settle_platforms(plan: &mut Plan) -> String {
             Launcher::Kubernetes(c) => Some(crate::launchers::kubernetes_cluster(c.context.as_deref()).await),
             #[cfg(feature = "ray")]
             Launcher::Ray(c) => Some(crate::launchers::ray_cluster(c.address.as_deref()).await),
+            #[cfg(feature = "aws-batch")]
+            Launcher::AwsBatch(c) => Some(crate::launchers::aws_batch_api(c).await),
         };
         match platform {
             None => served.push(backend.to_string()),

@@ -13,8 +13,8 @@ use crate::{BACKEND, Config, Result};
 pub struct Flags {
     /// The backend whose tasks `ferry service launcher` runs (`ferry up` serves local, docker
     /// when a Docker engine answers, kubernetes when a cluster does, ray when --ray-address is
-    /// given).
-    #[arg(long, env = "FERRY_BACKEND", value_name = "NAME", default_value = BACKEND, value_parser = [BACKEND, "docker", "kubernetes", "ray"])]
+    /// given, aws-batch when --aws-batch-job-queue or --aws-batch-compute-environment is).
+    #[arg(long, env = "FERRY_BACKEND", value_name = "NAME", default_value = BACKEND, value_parser = [BACKEND, "docker", "kubernetes", "ray", "aws-batch"])]
     pub backend: String,
     /// The kubeconfig context the kubernetes launcher uses [default: the current context; in a
     /// pod without a kubeconfig, the cluster it runs in]
@@ -28,8 +28,9 @@ pub struct Flags {
     /// output files are collected: it must have `sh`, `sleep` and `tar` [default: busybox:1.37]
     #[arg(long, env = "FERRY_KUBE_STAGE_IMAGE", value_name = "IMAGE")]
     pub kube_stage_image: Option<String>,
-    /// How long a Kubernetes pod may stay Pending (image pull, no node fits) before its attempt
-    /// ends; `runner.pendingDeadlineSeconds` overrides it per task.
+    /// How long a Kubernetes pod may stay Pending (image pull, no node fits), or an AWS Batch
+    /// job waiting to run, before its attempt ends; `runner.pendingDeadlineSeconds` overrides it
+    /// per task.
     #[arg(long, env = "FERRY_PENDING_DEADLINE", value_name = "DURATION", default_value = "5m", value_parser = ferry_connect::service::duration)]
     pub pending_deadline: Duration,
     /// The dashboard URL of the Ray cluster whose Jobs API runs `runner: ray` tasks that name
@@ -41,6 +42,27 @@ pub struct Flags {
     /// [default: DATA_DIR/ray/ray]
     #[arg(long, env = "FERRY_RAY_WORK_DIR", value_name = "DIR")]
     pub ray_work_dir: Option<PathBuf>,
+    /// The AWS region of the aws-batch launcher [default: AWS_REGION, else the AWS profile's]
+    #[arg(long, env = "FERRY_AWS_REGION", value_name = "REGION")]
+    pub aws_region: Option<String>,
+    /// The endpoint every AWS call of the aws-batch launcher goes to instead of AWS's own (a
+    /// local server of the AWS APIs) [default: AWS_ENDPOINT_URL, else AWS]
+    #[arg(long, env = "FERRY_AWS_ENDPOINT_URL", value_name = "URL")]
+    pub aws_endpoint_url: Option<String>,
+    /// The AWS Batch job queue of `runner: aws-batch` tasks that name neither `jobQueue` nor
+    /// `computeEnvironment`; `ferry up` serves aws-batch tasks when this or
+    /// --aws-batch-compute-environment is given
+    #[arg(long, env = "FERRY_AWS_BATCH_JOB_QUEUE", value_name = "NAME")]
+    pub aws_batch_job_queue: Option<String>,
+    /// The AWS Batch compute environment (never created by ferry) on which the aws-batch
+    /// launcher creates and reuses the job queue `ferry-<environment>` for tasks that name no
+    /// queue
+    #[arg(long, env = "FERRY_AWS_BATCH_COMPUTE_ENVIRONMENT", value_name = "NAME")]
+    pub aws_batch_compute_environment: Option<String>,
+    /// How often the aws-batch launcher reads the state of every job in flight (one
+    /// DescribeJobs call per 100 jobs)
+    #[arg(long, env = "FERRY_AWS_BATCH_POLL_INTERVAL", value_name = "DURATION", default_value = "2s", value_parser = ferry_connect::service::duration)]
+    pub aws_batch_poll_interval: Duration,
     /// The Docker engine's address (unix:///path or tcp://host:port) [default: DOCKER_HOST, else
     /// the local socket]
     #[arg(long, env = "FERRY_DOCKER_HOST", value_name = "URL")]
