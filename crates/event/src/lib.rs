@@ -12,8 +12,10 @@
 //! - [`envelope`]: building an event with ferry's extensions (`partitionkey`, `traceparent`,
 //!   `ferryjob`, `ferryattempt`, `ferrybackend`; `ferrysig`, the signature the bus layer adds)
 //!   and decoding its payload with a precise error;
-//! - [`trace`]: the W3C trace context events carry, one trace per job.
+//! - [`trace`]: the W3C trace context events carry, one trace per job;
+//! - [`agent`]: agent task names and versions, and the dispatch topics they route to.
 
+pub mod agent;
 pub mod envelope;
 pub mod kind;
 pub mod payload;

@@ -60,6 +60,20 @@ impl Runner {
             Runner::Ray(_) => "ray",
         }
     }
+
+    /// The backend whose launchers receive the task: the runner type, or for an agent task
+    /// the exact request (`agent.CLUSTER.TASK.MAJOR.MINOR`, [`crate::agent::backend`]). It
+    /// names the dispatch and cancel topics. An agent runner whose fields name no request
+    /// (the planner refuses those) goes to `agent`, which no agent serves.
+    pub fn route(&self) -> std::borrow::Cow<'static, str> {
+        match self {
+            Runner::Agent(a) => match a.task_ref() {
+                Ok(task) => crate::agent::backend(&a.cluster, &task).into(),
+                Err(_) => crate::agent::RUNNER.into(),
+            },
+            other => other.backend().into(),
+        }
+    }
 }
 
 impl Default for Runner {
@@ -262,11 +276,26 @@ pub struct GoogleBatchRunner {
     pub bucket: Option<String>,
 }
 
+/// A task run by a `ferry agent` of a named cluster, which registered it: the agent's command
+/// for it runs, with the task's `command` (if any) appended as arguments.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AgentRunner {
-    /// The cluster whose agents pull this task.
+    /// The cluster whose agents run this task: lowercase letters, digits, `-` and `_`.
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9][a-z0-9_-]*$"))]
     pub cluster: String,
+    /// The registered task it runs, `NAME@MAJOR.MINOR`: an agent registering the same name with
+    /// the same major version and a minor at least this one runs it.
+    #[schemars(regex(pattern = r"^[a-z0-9][a-z0-9_-]{0,62}@[0-9]{1,6}\.[0-9]{1,2}$"))]
+    pub task: String,
+}
+
+impl AgentRunner {
+    /// The task it asks for, or why its fields name none.
+    pub fn task_ref(&self) -> Result<crate::agent::TaskRef, String> {
+        crate::agent::check_name(&self.cluster).map_err(|e| format!("cluster {e}"))?;
+        self.task.parse().map_err(|e| format!("task: {e}"))
+    }
 }
 
 /// A task run as a Ray job: its command is the job's entrypoint, run by a shell on a node of the
@@ -748,7 +777,7 @@ pub struct TaskStarted {
 /// starts, every [`PRESENCE_INTERVAL_MS`] while it runs, and once more (with `leaving`) when it
 /// stops. A task whose backend no launcher has announced for a while fails with "no launcher
 /// for backend … is running" instead of waiting for ever.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LauncherPresence {
     /// The runner type it serves (`local`, `docker`, `kubernetes`).
@@ -763,6 +792,27 @@ pub struct LauncherPresence {
     /// It is stopping: it takes no more work.
     #[serde(default, skip_serializing_if = "is_default")]
     pub leaving: bool,
+    /// The backends whose dispatches it receives, when not only `backend`: an agent's one per
+    /// task version it serves (`agent.gpu.train.2.0`, …).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub serves: Vec<String>,
+    /// An agent's cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    /// An agent's registered tasks, `NAME@MAJOR.MINOR`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tasks: Vec<String>,
+}
+
+impl LauncherPresence {
+    /// The backends whose dispatches it receives.
+    pub fn served(&self) -> Vec<String> {
+        if self.serves.is_empty() {
+            vec![self.backend.clone()]
+        } else {
+            self.serves.clone()
+        }
+    }
 }
 
 /// How often a running launcher announces itself.
