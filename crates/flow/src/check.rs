@@ -819,6 +819,18 @@ pub(crate) fn task_meaning(
             }
         }
     };
+    let runner_type = t
+        .get("runner")
+        .and_then(|r| r.as_str().or_else(|| r.get("type").and_then(Node::as_str)));
+    if t.get("command").is_none() && runner_type != Some(ferry_event::agent::RUNNER) {
+        report.add(
+            t.pos,
+            &format!("{base}.command"),
+            "missing required field `command` (the program and its arguments, run without a shell; \
+             only `runner: agent` tasks may leave it out)"
+                .to_string(),
+        );
+    }
     for (j, c) in t
         .get("command")
         .and_then(Node::as_seq)

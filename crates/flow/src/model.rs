@@ -173,7 +173,9 @@ pub struct Task {
     pub description: Option<String>,
     /// Where the task runs: a runner type (`local`) or `{ type: ..., ...parameters }`.
     pub runner: RunnerSpec,
-    /// The program and its arguments, run without a shell. Items may hold templates.
+    /// The program and its arguments, run without a shell. Items may hold templates. Required
+    /// but on `runner: agent` tasks, where they are arguments appended to the agent's command.
+    #[serde(default)]
     #[schemars(length(min = 1))]
     pub command: Vec<String>,
     /// Tasks that must succeed before this one starts.

@@ -94,8 +94,13 @@ pub fn runner(params: Map<String, Value>) -> Result<Runner, String> {
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_string();
-    serde_json::from_value(Value::Object(params))
-        .map_err(|e| format!("invalid parameters for runner `{ty}`: {e}"))
+    let runner: Runner = serde_json::from_value(Value::Object(params))
+        .map_err(|e| format!("invalid parameters for runner `{ty}`: {e}"))?;
+    if let Runner::Agent(a) = &runner {
+        a.task_ref()
+            .map_err(|e| format!("invalid parameters for runner `{ty}`: {e}"))?;
+    }
+    Ok(runner)
 }
 
 #[cfg(test)]

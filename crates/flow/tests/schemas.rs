@@ -440,6 +440,7 @@ fn one_of_each_payload() -> Result<BTreeMap<&'static str, Vec<Value>>> {
                 running: 3,
                 at_ms: 5,
                 leaving: false,
+                ..Default::default()
             })?,
             v(&LauncherPresence {
                 backend: "local".into(),
@@ -448,6 +449,18 @@ fn one_of_each_payload() -> Result<BTreeMap<&'static str, Vec<Value>>> {
                 running: 0,
                 at_ms: 6,
                 leaving: true,
+                ..Default::default()
+            })?,
+            v(&LauncherPresence {
+                backend: "agent".into(),
+                instance: "ferry/agent-gpu/h/1".into(),
+                capacity: 4,
+                running: 1,
+                at_ms: 7,
+                leaving: false,
+                serves: vec!["agent.gpu.train.2.0".into(), "agent.gpu.train.2.1".into()],
+                cluster: Some("gpu".into()),
+                tasks: vec!["train@2.1".into()],
             })?,
         ],
     );

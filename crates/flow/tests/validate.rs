@@ -686,3 +686,48 @@ tasks:
     );
     assert_eq!(ps.len(), 5, "{ps:#?}");
 }
+
+#[test]
+fn agent_runners_name_a_cluster_and_a_versioned_task_and_may_leave_the_command_out() {
+    let ok = "id: f\ntasks:\n  - id: a\n    runner: { type: agent, cluster: gpu, task: train@2.1 }\n";
+    assert!(
+        validate(ok, "f.yaml").is_ok(),
+        "an agent task without a command is valid"
+    );
+    let ps = problems("id: f\ntasks:\n  - id: a\n    runner: { type: agent, cluster: gpu }\n");
+    expect(&ps, "4:13", "tasks[0].runner", &["runner `agent` needs `task`"]);
+    let ps = problems("id: f\ntasks:\n  - id: a\n    runner: { type: agent, cluster: gpu, task: train }\n");
+    expect(
+        &ps,
+        "4:13",
+        "tasks[0].runner",
+        &["invalid parameters for runner `agent`", "NAME@MAJOR.MINOR"],
+    );
+    let ps =
+        problems("id: f\ntasks:\n  - id: a\n    runner: { type: agent, cluster: GPU, task: train@2.1 }\n");
+    expect(
+        &ps,
+        "4:13",
+        "tasks[0].runner",
+        &["cluster \"GPU\" may hold only lowercase"],
+    );
+    let ps =
+        problems("id: f\ntasks:\n  - id: a\n    runner: { type: agent, cluster: gpu, task: train@2.x }\n");
+    expect(
+        &ps,
+        "4:13",
+        "tasks[0].runner",
+        &["version \"2.x\" must be MAJOR.MINOR"],
+    );
+    // Every other runner still needs its command.
+    let ps = problems("id: f\ntasks:\n  - id: a\n    runner: local\n");
+    expect(
+        &ps,
+        "3:5",
+        "tasks[0].command",
+        &[
+            "missing required field `command`",
+            "only `runner: agent` tasks may leave it out",
+        ],
+    );
+}
