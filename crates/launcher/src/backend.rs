@@ -239,6 +239,18 @@ impl<'a> Task<'a> {
         Task { dispatch, secrets }
     }
 
+    /// The same attempt with `dispatch` in place of its own: how a backend that resolves a
+    /// dispatch (an agent filling in its registered command) hands it on.
+    pub fn with_dispatch<'b>(&self, dispatch: &'b TaskDispatched) -> Task<'b>
+    where
+        'a: 'b,
+    {
+        Task {
+            dispatch,
+            secrets: self.secrets,
+        }
+    }
+
     pub fn attempt_id(&self) -> &'a str {
         &self.dispatch.attempt_id
     }
@@ -291,6 +303,21 @@ pub trait Backend: Send + Sync + 'static {
 
     /// What happens to running attempts when the launcher stops.
     fn shutdown_policy(&self) -> ShutdownPolicy;
+
+    /// The backends whose `task.dispatched` and `task.cancel` it receives, each with the
+    /// consumer group it shares with every other launcher serving that backend. By default its
+    /// runner type ([`name`](Backend::name)) in `group`, the launcher's group; an agent serves
+    /// one backend per task version it runs, each in a group of its own
+    /// (`ferry_event::agent`).
+    fn serves(&self, group: &str) -> Vec<(String, String)> {
+        vec![(self.name().to_string(), group.to_string())]
+    }
+
+    /// Adds what the launcher's presence says of this backend besides its runner type and the
+    /// backends it serves: an agent's cluster and tasks. Nothing by default.
+    fn describe_presence(&self, presence: &mut ferry_event::payload::LauncherPresence) {
+        let _ = presence;
+    }
 
     /// The name of an attempt's compute, derived from the attempt id alone so that every try
     /// (and every launcher instance) arrives at the same one. Attempt ids are 1 to 200 ASCII

@@ -102,7 +102,6 @@ pub async fn run(
         backend,
         config,
     });
-    let name = rt.backend.name();
     let (reconciled, adopted) = reconcile::reconcile(&rt).await;
     if reconciled > 0 || !adopted.is_empty() {
         tracing::info!(
@@ -114,18 +113,23 @@ pub async fn run(
     if stop.is_cancelled() {
         return Ok(());
     }
-    let subscription = bus
-        .subscribe(
-            Subscribe::new(rt.config.group.clone(), [Topic::Dispatch(name.to_string())])
-                .prefetch(rt.config.max_parallel),
-        )
-        .await?;
+    let served = rt.backend.serves(&rt.config.group);
+    let mut subscriptions = Vec::with_capacity(served.len());
+    for (backend, group) in &served {
+        subscriptions.push(
+            bus.subscribe(
+                Subscribe::new(group.clone(), [Topic::Dispatch(backend.clone())])
+                    .prefetch(rt.config.max_parallel),
+            )
+            .await?,
+        );
+    }
     // Every instance hears every cancel: only the one running the attempt can stop it.
     let cancels = bus
         .subscribe(
             Subscribe::new(
                 format!("{}-cancel-{}", rt.config.group, ferry_event::new_id()),
-                [Topic::Cancel(name.to_string())],
+                served.iter().map(|(backend, _)| Topic::Cancel(backend.clone())),
             )
             .ephemeral(),
         )
@@ -150,7 +154,10 @@ pub async fn run(
         })
     });
     let (tx, mut rx) = mpsc::channel(1);
-    let reader = tokio::spawn(read_deliveries(subscription, tx.clone(), stop.clone()));
+    let readers: Vec<_> = subscriptions
+        .into_iter()
+        .map(|subscription| tokio::spawn(read_deliveries(subscription, tx.clone(), stop.clone())))
+        .collect();
     let cancel_reader = tokio::spawn(read_deliveries(cancels, tx, stop.clone()));
 
     let mut intake = Intake::new(rt.clone());
@@ -191,9 +198,13 @@ pub async fn run(
     stop.cancel();
     // Taking no more work: said at once, so that the scheduler does not count on this one.
     let _ = tokio::time::timeout(LEAVING_WAIT, announce(rt.clone(), intake.running(), true)).await;
-    reader.abort();
+    for reader in &readers {
+        reader.abort();
+    }
     cancel_reader.abort();
-    let _ = reader.await;
+    for reader in readers {
+        let _ = reader.await;
+    }
     let _ = cancel_reader.await;
     if let Some(sweeper) = sweeper {
         // Stopped by `stop`; a sweep under way finishes on its blocking thread.
@@ -216,14 +227,24 @@ const LEAVING_WAIT: Duration = Duration::from_secs(2);
 /// Publishes this launcher's presence (`launcher.presence`); a failure is logged, and the next
 /// announcement tries again.
 async fn announce(rt: Arc<Runtime>, running: usize, leaving: bool) {
-    let presence = LauncherPresence {
-        backend: rt.backend.name().to_string(),
+    let name = rt.backend.name();
+    let served: Vec<String> = rt
+        .backend
+        .serves(&rt.config.group)
+        .into_iter()
+        .map(|(backend, _)| backend)
+        .collect();
+    let mut presence = LauncherPresence {
+        backend: name.to_string(),
         instance: rt.builder.source().to_string(),
         capacity: u32::try_from(rt.config.max_parallel).unwrap_or(u32::MAX),
         running: u32::try_from(running).unwrap_or(u32::MAX),
         at_ms: ferry_event::now_ms(),
         leaving,
+        serves: if served == [name] { Vec::new() } else { served },
+        ..LauncherPresence::default()
     };
+    rt.backend.describe_presence(&mut presence);
     let event = rt.builder.instance(kind::LAUNCHER_PRESENCE, &presence);
     if let Err(e) = rt.publisher.publish_once(&[event]).await {
         tracing::warn!(error = %e, leaving, "cannot announce the launcher's presence; trying again at the next announcement");

@@ -19,6 +19,9 @@ pub const WAIT: Duration = Duration::from_secs(20);
 /// The secret every launcher of the suite holds, and its value.
 pub const SECRET: (&str, &str) = ("TOKEN", "s3cr3t-conformance-value");
 
+/// The consumer group of the launchers the suite starts.
+pub const GROUP: &str = "launcher-conformance";
+
 /// A launcher of the target, on its own tokio runtime so that it can crash: dropping the
 /// runtime ends everything it ran at whatever point it had reached, as a killed process would
 /// (its compute runs on, its journal stays as it was).
@@ -107,7 +110,7 @@ impl Harness {
         // The launcher's queue collects dispatches from now on, like a durable broker queue.
         drop(
             bus.subscribe(Subscribe::new(
-                "launcher-conformance",
+                target.dispatch_group(),
                 [Topic::Dispatch(target.name().into())],
             ))
             .await
@@ -157,7 +160,7 @@ impl Harness {
                 s
             },
             source: "ferry/launcher/conformance".into(),
-            group: "launcher-conformance".into(),
+            group: GROUP.into(),
             artifact_retention: None,
             artifact_quotas: None,
         };

@@ -25,7 +25,7 @@ use ferry_event::template::Template;
 
 pub use crate::testing::{Program, Step};
 pub use cases::*;
-pub use harness::{Harness, Launcher, SECRET, WAIT};
+pub use harness::{GROUP, Harness, Launcher, SECRET, WAIT};
 
 use crate::backend::Backend;
 use crate::journal::Journal;
@@ -33,8 +33,15 @@ use crate::journal::Journal;
 /// A backend under test, and what the suite needs to know of its platform.
 #[async_trait]
 pub trait Target: Send + Sync + 'static {
-    /// The backend's runner type ([`Backend::name`]).
+    /// The backend whose dispatches the suite sends: the backend's runner type
+    /// ([`Backend::name`]), or one of the backends it [serves](Backend::serves).
     fn name(&self) -> &'static str;
+
+    /// The consumer group its launchers share on the dispatch topic of [`name`](Target::name):
+    /// the launcher's group, unless the backend says otherwise ([`Backend::serves`]).
+    fn dispatch_group(&self) -> String {
+        GROUP.to_string()
+    }
 
     /// A new instance of the backend, as a launcher starting on `data_dir` with `journal`
     /// makes it. Called once per launcher start; every instance sees the same platform.
