@@ -160,9 +160,10 @@ impl Inner {
             .iter()
             .find(|(k, _)| k == "PATH")
             .map(|(_, v)| v.as_os_str());
+        let cwd = prepared.cwd.clone().unwrap_or_else(|| work.clone());
         let program = self
             .resolver
-            .resolve(&prepared.program, task_path, &work)
+            .resolve(&prepared.program, task_path, &cwd)
             .map_err(AttemptError::Task)?;
         let stdio = |f: &File| f.try_clone().map(Stdio::from);
         let (child_out, child_err) = match (stdio(&out), stdio(&err)) {
@@ -181,7 +182,7 @@ impl Inner {
             .args(&prepared.args)
             .env_clear()
             .envs(prepared.env.iter().map(|(k, v)| (k, v)))
-            .current_dir(&work)
+            .current_dir(&cwd)
             .stdin(Stdio::null())
             .stdout(child_out)
             .stderr(child_err)
@@ -209,6 +210,61 @@ impl Inner {
             start_time: process::start_time(pid).unwrap_or(0),
             output: (out, err),
         })
+    }
+}
+
+impl Local {
+    /// Starts the attempt's process like [`Backend::create`], in `cwd` rather than the
+    /// attempt's working directory when given (an agent's registered `workingDir`).
+    pub(crate) async fn create_in(
+        &self,
+        task: Task<'_>,
+        reserved: Compute,
+        cwd: Option<PathBuf>,
+    ) -> BackendResult<Compute> {
+        let mut handle: Handle = reserved.handle_as()?;
+        let dir = self.0.slots.dir(handle.slot);
+        let work = dir.work();
+        let mut prepared = prepare::prepare(
+            task,
+            &work.to_string_lossy(),
+            &dir.outputs().to_string_lossy(),
+            &dir.subtasks().to_string_lossy(),
+            self.0.base_env.iter().cloned(),
+        )?;
+        prepared.cwd = cwd;
+        let (inner, slot) = (self.0.clone(), handle.slot);
+        let spawned = tokio::task::spawn_blocking(move || inner.spawn(slot, prepared))
+            .await
+            .unwrap_or_else(|e| {
+                Err(AttemptError::Platform(format!(
+                    "starting the attempt failed: {e}"
+                )))
+            })?;
+        let Spawned {
+            mut child,
+            pid,
+            start_time,
+            output,
+        } = spawned;
+        let (tx, rx) = watch::channel(None);
+        tokio::spawn(async move {
+            let status = child.wait().await.map_err(|e| e.to_string());
+            let _ = tx.send(Some(status));
+        });
+        self.live().insert(
+            reserved.name.clone(),
+            Live {
+                exit: Some(rx),
+                output: Some(Arc::new(output)),
+                stopped: false,
+                printed: false,
+                outputs_file: true,
+            },
+        );
+        handle.pid = pid;
+        handle.start_time = start_time;
+        Compute::with_handle(reserved.name, &handle)
     }
 }
 
@@ -264,48 +320,7 @@ impl Backend for Local {
     }
 
     async fn create(&self, task: Task<'_>, reserved: Compute) -> BackendResult<Compute> {
-        let mut handle: Handle = reserved.handle_as()?;
-        let dir = self.0.slots.dir(handle.slot);
-        let work = dir.work();
-        let prepared = prepare::prepare(
-            task,
-            &work.to_string_lossy(),
-            &dir.outputs().to_string_lossy(),
-            &dir.subtasks().to_string_lossy(),
-            self.0.base_env.iter().cloned(),
-        )?;
-        let (inner, slot) = (self.0.clone(), handle.slot);
-        let spawned = tokio::task::spawn_blocking(move || inner.spawn(slot, prepared))
-            .await
-            .unwrap_or_else(|e| {
-                Err(AttemptError::Platform(format!(
-                    "starting the attempt failed: {e}"
-                )))
-            })?;
-        let Spawned {
-            mut child,
-            pid,
-            start_time,
-            output,
-        } = spawned;
-        let (tx, rx) = watch::channel(None);
-        tokio::spawn(async move {
-            let status = child.wait().await.map_err(|e| e.to_string());
-            let _ = tx.send(Some(status));
-        });
-        self.live().insert(
-            reserved.name.clone(),
-            Live {
-                exit: Some(rx),
-                output: Some(Arc::new(output)),
-                stopped: false,
-                printed: false,
-                outputs_file: true,
-            },
-        );
-        handle.pid = pid;
-        handle.start_time = start_time;
-        Compute::with_handle(reserved.name, &handle)
+        self.create_in(task, reserved, None).await
     }
 
     async fn find(&self, reserved: &Compute) -> BackendResult<Option<Compute>> {

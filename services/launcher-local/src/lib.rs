@@ -21,8 +21,10 @@
 //!   the `local` backend (`backend`: slots, process groups, containment, `PATH` lookup);
 //! - [`Secrets`]: the values behind `{{ secret('NAME') }}`, masked as `****` in everything the
 //!   launcher sends;
-//! - [`state`]: the slots, and the journal's records as the local backend writes them.
+//! - [`state`]: the slots, and the journal's records as the local backend writes them;
+//! - [`agent`]: `ferry agent`, this launcher serving the registered tasks of one cluster.
 
+pub mod agent;
 mod backend;
 mod contain;
 mod flags;
@@ -314,6 +316,17 @@ impl RunAs {
 /// every running attempt's process group is stopped and the attempt reported `lost`; when this
 /// returns, no process it started is alive.
 pub async fn run(config: Config, bus: Arc<dyn Bus>, shutdown: CancellationToken) -> Result<()> {
+    serve(config, bus, shutdown, |local| Arc::new(local)).await
+}
+
+/// Runs the launcher runtime on the local backend as `wrap` makes it into a backend: the local
+/// launcher itself, or an agent ([`agent`]).
+async fn serve(
+    config: Config,
+    bus: Arc<dyn Bus>,
+    shutdown: CancellationToken,
+    wrap: impl FnOnce(Local) -> Arc<dyn ferry_launcher::Backend>,
+) -> Result<()> {
     let (
         config,
         Resolved {
@@ -347,9 +360,9 @@ pub async fn run(config: Config, bus: Arc<dyn Bus>, shutdown: CancellationToken)
     runtime.artifact_quotas =
         ferry_launcher::ArtifactQuotas::configure(&config.artifact_quotas, &artifact_dir, &config.data_dir)?;
     let local = open_backend(&config, artifact_dir, run_as, &journal).await?;
-    let result = ferry_launcher::run(runtime, journal, Arc::new(local.clone()), bus, shutdown).await;
+    let result = ferry_launcher::run(runtime, journal, wrap(local.clone()), bus, shutdown).await;
     local.contain().remove();
-    tracing::info!("local launcher stopped");
+    tracing::info!("launcher stopped");
     result
 }
 
@@ -357,6 +370,11 @@ pub async fn run(config: Config, bus: Arc<dyn Bus>, shutdown: CancellationToken)
 /// caller that runs the launcher runtime itself: the conformance suite starts and crashes
 /// launchers this way. [`run`] is the service.
 pub async fn backend(config: Config, journal: &Journal) -> Result<Arc<dyn ferry_launcher::Backend>> {
+    Ok(Arc::new(open_local(config, journal).await?))
+}
+
+/// The local backend of `config` over `journal`, its configuration resolved.
+pub(crate) async fn open_local(config: Config, journal: &Journal) -> Result<Local> {
     let (
         config,
         Resolved {
@@ -364,9 +382,7 @@ pub async fn backend(config: Config, journal: &Journal) -> Result<Arc<dyn ferry_
             run_as,
         },
     ) = config.resolve()?;
-    Ok(Arc::new(
-        open_backend(&config, artifact_dir, run_as, journal).await?,
-    ))
+    open_backend(&config, artifact_dir, run_as, journal).await
 }
 
 /// Opens the slots (those the journal holds running stay as they are, the others are

@@ -23,6 +23,9 @@ pub struct Prepared {
     pub env: Vec<(OsString, OsString)>,
     /// Input files: path relative to the working directory, and content.
     pub inputs: Vec<(PathBuf, String)>,
+    /// The directory the process starts in, when not the attempt's working directory (an
+    /// agent's registered `workingDir`).
+    pub cwd: Option<PathBuf>,
 }
 
 /// Resolves a dispatch for the working directory `work_dir`. `base_env` is the launcher's own
@@ -88,6 +91,7 @@ pub fn prepare(
         args: args.to_vec(),
         env: build_env(base_env, task_env, ferry_env),
         inputs,
+        cwd: None,
     })
 }
 

@@ -101,3 +101,67 @@ impl Target for Local {
 }
 
 ferry_launcher::launcher_conformance!(async { Arc::new(Local) });
+
+/// The same suite against an agent: the local backend behind a task registry, receiving the
+/// dispatches of one request (`probe@1.0` in cluster `conformance`) that its registered
+/// `probe@1.2` serves. The registered command runs the task's own as its arguments, so every
+/// case runs its program through the registry.
+mod agent {
+    use super::*;
+    use ferry_event::payload::AgentRunner;
+    use ferry_launcher_local::agent::{AgentConfig, Registry};
+
+    struct Agent;
+
+    const REQUEST: &str = "agent.conformance.probe.1.0";
+
+    #[async_trait]
+    impl Target for Agent {
+        fn name(&self) -> &'static str {
+            REQUEST
+        }
+
+        fn dispatch_group(&self) -> String {
+            ferry_event::agent::group(REQUEST)
+        }
+
+        async fn backend(&self, data_dir: &Path, journal: &Journal) -> Arc<dyn Backend> {
+            let mut launcher = Config::new(data_dir);
+            launcher.secrets = Secrets::new();
+            launcher.cgroups = false;
+            let registry = Registry::parse(
+                "tasks:\n  - name: probe\n    version: '1.2'\n    command: [sh, -c, 'exec \"$@\"', probe]\n",
+                "agent.yaml",
+            )
+            .expect("the registry parses");
+            let mut config = AgentConfig::new("conformance", registry, launcher).expect("a valid agent");
+            config.drain = std::time::Duration::from_secs(5);
+            ferry_launcher_local::agent::backend(config, journal)
+                .await
+                .expect("the agent backend opens")
+        }
+
+        fn command(&self, program: &Program) -> (Runner, Vec<Template>) {
+            let command = ["sh", "-c", &program.sh()].map(Template::text).to_vec();
+            let runner = Runner::Agent(AgentRunner {
+                cluster: "conformance".into(),
+                task: "probe@1.0".into(),
+            });
+            (runner, command)
+        }
+
+        fn refused(&self) -> Option<(Resources, &'static str)> {
+            Local.refused()
+        }
+
+        async fn leftovers(&self, data_dir: &Path) -> Vec<String> {
+            Local.leftovers(data_dir).await
+        }
+
+        async fn kill(&self, attempt_id: &str) -> Result<(), String> {
+            Local.kill(attempt_id).await
+        }
+    }
+
+    ferry_launcher::launcher_conformance!(async { Arc::new(Agent) });
+}
