@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_bus::{Bus, Delivery, Subscribe};
-use ferry_event::{AttributesReader, Event, EventBuilder, Topic};
+use ferry_event::{AttributesReader, Event, EventBuilder, Topic, kind};
 use ferry_runtime::{Backoff, CancellationToken};
 use tracing::Instrument as _;
 
@@ -230,6 +230,8 @@ pub struct Scheduler {
     next_sample_ms: i64,
     /// Ends the wait for the database to come back (see [`Scheduler::handle`]).
     stop: CancellationToken,
+    /// Agent backends whose shared queue this instance has declared (see [`Scheduler::flush`]).
+    declared: HashSet<String>,
 }
 
 impl Scheduler {
@@ -250,6 +252,7 @@ impl Scheduler {
             next_unserved_ms: now,
             next_sample_ms: now,
             stop: CancellationToken::new(),
+            declared: HashSet::new(),
         }
     }
 
@@ -466,10 +469,18 @@ impl Scheduler {
 
     /// Publishes unpublished outbox events in order; what the bus does not confirm stays for
     /// the next attempt.
+    ///
+    /// The queue of an agent task's request is declared before its first dispatch: agents
+    /// declare theirs when they start, but a task may be dispatched before any agent that
+    /// serves it ever ran, and must wait in the broker for one rather than be dropped.
     pub async fn flush(&mut self) {
         while !self.unpublished.is_empty() {
             let n = self.unpublished.len().min(1024);
             let chunk: Vec<Event> = self.unpublished.iter().take(n).cloned().collect();
+            if let Err(e) = self.declare_agent_queues(&chunk).await {
+                tracing::warn!(error = %e, pending = self.unpublished.len(), "declaring an agent queue failed; will retry");
+                return;
+            }
             match self.bus.publish(&chunk).await {
                 Ok(()) => {
                     self.unpublished.drain(..n);
@@ -481,6 +492,29 @@ impl Scheduler {
                 }
             }
         }
+    }
+
+    /// Declares the shared queue of each agent backend `events` dispatch to that this instance
+    /// has not declared yet.
+    async fn declare_agent_queues(&mut self, events: &[Event]) -> std::result::Result<(), ferry_bus::Error> {
+        for e in events {
+            if e.ty() != kind::TASK_DISPATCHED {
+                continue;
+            }
+            let Topic::Dispatch(backend) = ferry_event::route(e) else {
+                continue;
+            };
+            if self.declared.contains(&backend) || ferry_event::agent::parse_backend(&backend).is_none() {
+                continue;
+            }
+            let spec = Subscribe::new(
+                ferry_event::agent::group(&backend),
+                [Topic::Dispatch(backend.clone())],
+            );
+            self.bus.declare(&spec).await?;
+            self.declared.insert(backend);
+        }
+        Ok(())
     }
 
     /// Events committed but not yet confirmed by the bus.

@@ -113,6 +113,7 @@ impl Rig {
             running: 0,
             at_ms: self.clock.now_ms(),
             leaving,
+            ..Default::default()
         };
         self.bus
             .publish(&[self.events.instance(kind::LAUNCHER_PRESENCE, &p)])
@@ -400,4 +401,42 @@ async fn an_attempt_is_fenced_to_the_launcher_that_took_it_up_first() {
     assert_eq!(r.rec.wait_terminal("j", WITHIN).await, kind::JOB_SUCCEEDED);
     let done = r.states(kind::TASK_SUCCEEDED);
     assert_eq!(done[0].outputs.get("answer"), Some(&42.into()), "{done:?}");
+}
+
+/// An agent task no agent serves is not failed: it waits in the broker, in the shared queue of
+/// its request that the scheduler declared before dispatching it, for an agent that starts
+/// later, however much later.
+#[tokio::test]
+async fn an_agent_task_waits_queued_until_an_agent_serving_it_subscribes() {
+    let r = rig().await;
+    let task: PlannedTask = serde_json::from_value(serde_json::json!({
+        "id": "train", "runner": {"type": "agent", "cluster": "gpu", "task": "train@2.1"}, "command": []
+    }))
+    .unwrap();
+    publish(&r.bus, kind::JOB_PLANNED, "j", &planned("j", vec![task], None)).await;
+    r.settle().await;
+    for _ in 0..5 {
+        r.advance(AFTER + PRESENCE_GONE).await;
+    }
+    assert!(
+        r.rec.terminal("j").is_none(),
+        "an agent task was ended while no agent ran"
+    );
+    assert!(r.states(kind::TASK_FAILED).is_empty());
+    let backend = "agent.gpu.train.2.1";
+    let mut agent = r
+        .bus
+        .subscribe(Subscribe::new(
+            ferry_event::agent::group(backend),
+            [Topic::Dispatch(backend.into())],
+        ))
+        .await
+        .unwrap();
+    let d = tokio::time::timeout(WITHIN, agent.next())
+        .await
+        .expect("the queued dispatch")
+        .unwrap()
+        .unwrap();
+    let d: TaskDispatched = ferry_event::decode(&d.event).unwrap();
+    assert_eq!(d.task_id, "train");
 }

@@ -140,7 +140,7 @@ impl Cx<'_> {
                     .bind(0i64)
                     .bind(0i64)
                     .bind((state == "ready").then_some(self.now))
-                    .bind(t.runner.backend())
+                    .bind(t.runner.route().into_owned())
                     .bind(t.timeout_ms.map(|v| v as i64))
                     .bind(i64::from(t.retry.attempts.max(1)))
                     .bind(spec)

@@ -1,5 +1,5 @@
 //! Which backends a launcher serves: `launcher.presence`, `task.accepted`, and tasks whose
-//! backend no launcher serves.
+//! backend no launcher serves (but agent tasks: they wait for an agent).
 
 use std::time::Duration;
 
@@ -12,21 +12,24 @@ use crate::{PRESENCE_GONE, Result};
 impl Cx<'_> {
     /// A launcher announced itself (or its leaving): recorded with the time it was heard, so
     /// that launchers' clocks do not matter.
+    /// An agent serves several backends (one per task version): a row for each.
     pub(super) async fn on_presence(&mut self, p: LauncherPresence) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO launchers (backend, instance, capacity, running, seen_at, leaving)
-             VALUES ($1, $2, $3, $4, $5, $6)
-             ON CONFLICT (backend, instance) DO UPDATE SET capacity = excluded.capacity,
-                running = excluded.running, seen_at = excluded.seen_at, leaving = excluded.leaving",
-        )
-        .bind(p.backend)
-        .bind(p.instance)
-        .bind(i64::from(p.capacity))
-        .bind(i64::from(p.running))
-        .bind(self.now)
-        .bind(i64::from(p.leaving))
-        .execute(&mut *self.tx)
-        .await?;
+        for backend in p.served() {
+            sqlx::query(
+                "INSERT INTO launchers (backend, instance, capacity, running, seen_at, leaving)
+                 VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (backend, instance) DO UPDATE SET capacity = excluded.capacity,
+                    running = excluded.running, seen_at = excluded.seen_at, leaving = excluded.leaving",
+            )
+            .bind(backend)
+            .bind(p.instance.clone())
+            .bind(i64::from(p.capacity))
+            .bind(i64::from(p.running))
+            .bind(self.now)
+            .bind(i64::from(p.leaving))
+            .execute(&mut *self.tx)
+            .await?;
+        }
         Ok(())
     }
 
@@ -85,6 +88,11 @@ impl Cx<'_> {
         .collect::<std::result::Result<_, _>>()?;
         let gone = PRESENCE_GONE.as_millis() as i64;
         for backend in waiting {
+            // An agent task waits, queued in the broker, until an agent of its cluster that
+            // serves it starts: agents come and go, and the api says what it waits for.
+            if ferry_event::agent::parse_backend(&backend).is_some() {
+                continue;
+            }
             let served = sqlx::query(
                 "SELECT instance FROM launchers WHERE backend = $1 AND leaving = 0 AND seen_at >= $2 LIMIT 1",
             )
