@@ -64,6 +64,7 @@ pub(crate) fn router(state: AppState, auth: Authenticator, hosts: Arc<AllowedHos
         .route("/jobs/{id}/events", get(crate::follow::job_events))
         .route("/jobs/{id}/logs", get(crate::follow::job_logs))
         .route("/launchers", get(list_launchers))
+        .route("/agents", get(list_agents))
         .route("/flows", get(list_flows).post(post_flow))
         .route_layer(from_fn_with_state(auth, guard::authenticate));
     Router::new()
@@ -840,6 +841,23 @@ async fn list_launchers(
     }
     let launchers = state.model.launchers().await?;
     Ok(Json(json!({ "launchers": launchers })))
+}
+
+/// The agents heard from in the last day: cluster, registered tasks, capacity and attempts
+/// running. Like launchers, they are the deployment's, not a namespace's.
+async fn list_agents(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+) -> Result<Json<Value>, ApiError> {
+    require(&principal, Scope::Read, "list agents")?;
+    if principal.namespaces().is_some() {
+        return Err(ApiError::forbidden(format!(
+            "token {:?} may not list agents: they serve every namespace, and it is limited to some",
+            principal.name
+        )));
+    }
+    let agents = state.model.agents().await?;
+    Ok(Json(json!({ "agents": agents })))
 }
 
 /// How long streaming responses wait between looks at the read model when nothing woke them.

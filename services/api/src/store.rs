@@ -136,6 +136,17 @@ const SCHEMA: &[&str] = &[
         leaving BIGINT NOT NULL,
         PRIMARY KEY (backend, instance)
     )",
+    // Agents as they last announced themselves: their cluster and registered tasks (a JSON list
+    // of `NAME@MAJOR.MINOR`). Each also has a row in `launchers`, as backend `agent`.
+    "CREATE TABLE IF NOT EXISTS agents (
+        instance TEXT PRIMARY KEY,
+        cluster TEXT NOT NULL,
+        tasks TEXT NOT NULL,
+        capacity BIGINT NOT NULL,
+        running BIGINT NOT NULL,
+        seen_at BIGINT NOT NULL,
+        leaving BIGINT NOT NULL
+    )",
     // The planner's registry of deployed flows, as `flow.deployed` and `flow.undeployed` told
     // it: the last version heard of each flow (namespace `''` for none) and whether it is
     // deployed. An update applies only to a newer version (an undeploy to its own version too),
@@ -153,7 +164,8 @@ const SCHEMA: &[&str] = &[
 
 /// Columns added to tables after they were first made: added to a database that lacks them.
 const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
-    // The task's runner type, from its plan: what a waiting task waits for.
+    // The task's backend from its plan (its runner type; for an agent task, the request it
+    // routes to, `agent.CLUSTER.TASK.MAJOR.MINOR`): what a waiting task waits for.
     ("tasks", "backend", "TEXT"),
     // The compute of its current attempt, as `task.accepted`/`task.started` name it.
     ("tasks", "compute", "TEXT"),
@@ -185,6 +197,23 @@ const PRESENCE_TTL_MS: i64 = 3 * ferry_event::payload::PRESENCE_INTERVAL_MS;
 pub struct LauncherView {
     pub backend: String,
     pub instance: String,
+    pub capacity: u32,
+    pub running: u32,
+    pub seen_at_ms: i64,
+    /// It said it is stopping.
+    pub leaving: bool,
+    /// Heard from recently and not leaving: it takes work.
+    pub live: bool,
+}
+
+/// An agent as it last announced itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentView {
+    pub instance: String,
+    pub cluster: String,
+    /// The tasks it registered, `NAME@MAJOR.MINOR`.
+    pub tasks: Vec<String>,
     pub capacity: u32,
     pub running: u32,
     pub seen_at_ms: i64,
@@ -649,6 +678,40 @@ impl ReadModel {
         Ok(out)
     }
 
+    /// Every agent heard from in the last day, live ones first, by cluster.
+    pub async fn agents(&self) -> Result<Vec<AgentView>> {
+        let now = ferry_event::now_ms();
+        let rows = sqlx::query(
+            "SELECT instance, cluster, tasks, capacity, running, seen_at, leaving FROM agents
+             WHERE seen_at >= $1 ORDER BY cluster, instance",
+        )
+        .bind(now - 24 * 3600 * 1000)
+        .fetch_all(&self.reads)
+        .await?;
+        let mut out = rows
+            .iter()
+            .map(|r| {
+                let instance: String = r.try_get("instance")?;
+                let tasks: String = r.try_get("tasks")?;
+                let seen_at_ms: i64 = r.try_get("seen_at")?;
+                let leaving = r.try_get::<i64, _>("leaving")? != 0;
+                Ok(AgentView {
+                    tasks: serde_json::from_str(&tasks)
+                        .map_err(|e| Error::Corrupt(format!("tasks of agent {instance}: {e}")))?,
+                    cluster: r.try_get("cluster")?,
+                    capacity: u32::try_from(r.try_get::<i64, _>("capacity")?).unwrap_or(0),
+                    running: u32::try_from(r.try_get::<i64, _>("running")?).unwrap_or(0),
+                    seen_at_ms,
+                    leaving,
+                    live: !leaving && seen_at_ms >= now - PRESENCE_TTL_MS,
+                    instance,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        out.sort_by_key(|a| !a.live);
+        Ok(out)
+    }
+
     /// The deployed flows, by namespace and id; only those of `namespaces` when given (a flow
     /// without a namespace is in `default`).
     pub async fn flows(&self, namespaces: Option<&[String]>) -> Result<Vec<FlowView>> {
@@ -863,13 +926,33 @@ fn job_view(r: &AnyRow) -> Result<JobView> {
     })
 }
 
-/// The backends at least one running launcher serves.
+/// The backends at least one running launcher serves: agents serve one per task version.
 async fn live_backends(tx: &mut Tx) -> Result<HashSet<String>> {
+    let since = ferry_event::now_ms() - PRESENCE_TTL_MS;
     let rows = sqlx::query("SELECT DISTINCT backend FROM launchers WHERE leaving = 0 AND seen_at >= $1")
-        .bind(ferry_event::now_ms() - PRESENCE_TTL_MS)
+        .bind(since)
         .fetch_all(&mut **tx)
         .await?;
-    rows.iter().map(|r| Ok(r.try_get("backend")?)).collect()
+    let mut live: HashSet<String> = rows
+        .iter()
+        .map(|r| Ok(r.try_get("backend")?))
+        .collect::<Result<_>>()?;
+    let agents = sqlx::query("SELECT cluster, tasks FROM agents WHERE leaving = 0 AND seen_at >= $1")
+        .bind(since)
+        .fetch_all(&mut **tx)
+        .await?;
+    for r in agents {
+        let cluster: String = r.try_get("cluster")?;
+        let tasks: String = r.try_get("tasks")?;
+        let tasks: Vec<String> = serde_json::from_str(&tasks).unwrap_or_default();
+        for task in tasks
+            .iter()
+            .filter_map(|t| t.parse::<ferry_event::agent::TaskRef>().ok())
+        {
+            live.extend(ferry_event::agent::served(&cluster, &task));
+        }
+    }
+    Ok(live)
 }
 
 /// Why `task` waits, if it is for something other than its turn.
@@ -881,12 +964,19 @@ fn waiting(task: &TaskView, live: &HashSet<String>) -> Option<String> {
         }),
         "pending" | "retrying" => {
             let backend = task.backend.as_deref()?;
-            (!live.contains(backend)).then(|| {
-                format!(
-                    "no launcher for backend `{backend}` is running (none announced itself in the last {}s)",
+            if live.contains(backend) {
+                return None;
+            }
+            if let Some(waits) = ferry_event::agent::waits_for(backend) {
+                return Some(format!(
+                    "{waits}: none is running (none announced itself in the last {}s); queued until one starts",
                     PRESENCE_TTL_MS / 1000
-                )
-            })
+                ));
+            }
+            Some(format!(
+                "no launcher for backend `{backend}` is running (none announced itself in the last {}s)",
+                PRESENCE_TTL_MS / 1000
+            ))
         }
         _ => None,
     }
@@ -1079,6 +1169,28 @@ async fn on_presence(tx: &mut Tx, p: &LauncherPresence, now: i64) -> Result<()> 
         .bind(now - 24 * 3600 * 1000)
         .execute(&mut **tx)
         .await?;
+    if let Some(cluster) = &p.cluster {
+        sqlx::query(
+            "INSERT INTO agents (instance, cluster, tasks, capacity, running, seen_at, leaving)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT (instance) DO UPDATE SET cluster = excluded.cluster, tasks = excluded.tasks,
+                capacity = excluded.capacity, running = excluded.running, seen_at = excluded.seen_at,
+                leaving = excluded.leaving",
+        )
+        .bind(p.instance.clone())
+        .bind(cluster.clone())
+        .bind(serde_json::to_string(&p.tasks).unwrap_or_else(|_| "[]".into()))
+        .bind(i64::from(p.capacity))
+        .bind(i64::from(p.running))
+        .bind(now)
+        .bind(i64::from(p.leaving))
+        .execute(&mut **tx)
+        .await?;
+        sqlx::query("DELETE FROM agents WHERE seen_at < $1")
+            .bind(now - 24 * 3600 * 1000)
+            .execute(&mut **tx)
+            .await?;
+    }
     Ok(())
 }
 
@@ -1290,7 +1402,7 @@ async fn on_planned(tx: &mut Tx, known: &mut Known, ty: &str, p: &JobPlanned, at
                 .bind(p.job_id.clone())
                 .bind(t.id.clone())
                 .bind(ord)
-                .bind(t.runner.backend());
+                .bind(t.runner.route().into_owned());
         }
         q.execute(&mut **tx).await?;
     }

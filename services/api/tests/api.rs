@@ -821,6 +821,7 @@ async fn a_waiting_task_says_what_it_waits_for_and_launchers_are_listed() {
             running: 1,
             at_ms: ferry_event::now_ms(),
             leaving,
+            ..Default::default()
         };
         ferry_event::EventBuilder::new("ferry/launcher-local/h/1").instance(kind::LAUNCHER_PRESENCE, &p)
     };
@@ -894,5 +895,84 @@ async fn a_waiting_task_says_what_it_waits_for_and_launchers_are_listed() {
     assert_eq!(l["launchers"][0]["live"], json!(false), "{l}");
     let (_, d) = api.get(&format!("/jobs/{job}")).await;
     assert_eq!(d["tasks"][0]["state"], "running", "{d}");
+    api.stop().await;
+}
+
+#[tokio::test]
+async fn an_agent_task_says_which_agent_it_waits_for_and_agents_are_listed() {
+    use ferry_event::payload::{AgentRunner, JobPlanned, LauncherPresence, Runner};
+    let api = Api::start().await;
+    let job = new_job();
+    let planned = api.planned(&job, &["train"]);
+    let mut p: JobPlanned = ferry_event::decode(&planned).unwrap();
+    p.tasks[0].runner = Runner::Agent(AgentRunner {
+        cluster: "gpu".into(),
+        task: "train@2.1".into(),
+    });
+    api.publish(&[api.events.job(kind::JOB_PLANNED, &job, &p)]).await;
+    let d = api
+        .job_when(&job, "the task is pending", |j| {
+            j["tasks"][0]["state"] == "pending"
+        })
+        .await;
+    assert_eq!(d["tasks"][0]["backend"], "agent.gpu.train.2.1", "{d}");
+    let why = d["tasks"][0]["waiting"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("waiting for an agent in cluster gpu serving train@2.1"),
+        "{d}"
+    );
+
+    // An agent of another cluster, and one whose version is too old, change nothing.
+    let announce = |instance: &str, cluster: &str, task: &str| {
+        let p = LauncherPresence {
+            backend: "agent".into(),
+            instance: instance.into(),
+            capacity: 4,
+            running: 0,
+            at_ms: ferry_event::now_ms(),
+            leaving: false,
+            serves: Vec::new(),
+            cluster: Some(cluster.into()),
+            tasks: vec![task.into()],
+        };
+        ferry_event::EventBuilder::new(instance).instance(kind::LAUNCHER_PRESENCE, &p)
+    };
+    api.publish(&[
+        announce("ferry/agent-cpu/h/1", "cpu", "train@2.3"),
+        announce("ferry/agent-gpu/h/1", "gpu", "train@2.0"),
+    ])
+    .await;
+    let (status, a) = api.get("/agents").await;
+    assert_eq!(status, 200, "{a}");
+    let listed = |a: &serde_json::Value| a["agents"].as_array().map_or(0, Vec::len);
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    let mut a = a;
+    while listed(&a) < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "agents not listed: {a}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        a = api.get("/agents").await.1;
+    }
+    let d = api.job_when(&job, "the task is listed", |_| true).await;
+    assert!(d["tasks"][0]["waiting"].is_string(), "{d}");
+    let gpu = a["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["cluster"] == "gpu")
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        (&gpu["tasks"], &gpu["capacity"], &gpu["live"]),
+        (&json!(["train@2.0"]), &json!(4), &json!(true)),
+        "{a}"
+    );
+
+    // A compatible agent: the task only waits its turn.
+    api.publish(&[announce("ferry/agent-gpu/h/2", "gpu", "train@2.4")])
+        .await;
+    api.job_when(&job, "the task no longer waits for an agent", |j| {
+        j["tasks"][0].get("waiting").is_none()
+    })
+    .await;
     api.stop().await;
 }
