@@ -521,6 +521,59 @@ pub async fn launchers(api: &Target, as_json: bool) -> Result<i32> {
     )
 }
 
+/// `ferry agents`: the agents heard from in the last day, live ones first.
+pub async fn agents(api: &Target, as_json: bool) -> Result<i32> {
+    let client = Client::new(api)?;
+    exit_for(
+        async {
+            let list = client.get_json("/agents").await?;
+            if as_json {
+                outln!(
+                    "{}",
+                    serde_json::to_string_pretty(&list).map_err(anyhow::Error::from)?
+                )?;
+                return Ok(EXIT_OK);
+            }
+            let mut rows =
+                vec![["CLUSTER", "TASKS", "INSTANCE", "STATE", "RUNNING", "SEEN"].map(String::from)];
+            let now = ferry_event::now_ms();
+            for a in list["agents"].as_array().into_iter().flatten() {
+                let state = if a["live"].as_bool() == Some(true) {
+                    "live"
+                } else if a["leaving"].as_bool() == Some(true) {
+                    "left"
+                } else {
+                    "silent"
+                };
+                let tasks: Vec<&str> = a["tasks"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect();
+                rows.push([
+                    visible(a["cluster"].as_str().unwrap_or("?")).into_owned(),
+                    visible(&tasks.join(",")).into_owned(),
+                    visible(a["instance"].as_str().unwrap_or("?")).into_owned(),
+                    state.to_string(),
+                    format!(
+                        "{}/{}",
+                        a["running"].as_u64().unwrap_or(0),
+                        a["capacity"].as_u64().unwrap_or(0)
+                    ),
+                    format!(
+                        "{} ago",
+                        fmt_duration(now - a["seenAtMs"].as_i64().unwrap_or(now))
+                    ),
+                ]);
+            }
+            print_table(rows)?;
+            Ok(EXIT_OK)
+        }
+        .await,
+    )
+}
+
 /// Rows as columns padded to their widest cell.
 fn print_table<const N: usize>(rows: Vec<[String; N]>) -> Result<(), Closed> {
     let widths: Vec<usize> = (0..N)

@@ -109,7 +109,9 @@ impl Embedded {
             }
         }
         for launcher in &plan.launchers {
-            bus.declare(&launcher.group()).await?;
+            for group in launcher.groups() {
+                bus.declare(&group).await?;
+            }
         }
         let backends: Vec<&'static str> = plan.launchers.iter().map(Launcher::backend).collect();
         // Counted as a broker's traffic is: `ferry run --metrics` shows the bus metrics too.

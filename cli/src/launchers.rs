@@ -25,6 +25,8 @@ pub const BACKENDS: &[&str] = &["local", "docker", "kubernetes", "ray", "aws-bat
 #[derive(Debug, Clone)]
 pub enum Launcher {
     Local(ferry_launcher_local::Config),
+    /// `ferry agent`: the local launcher serving the registered tasks of one cluster.
+    Agent(ferry_launcher_local::agent::AgentConfig),
     #[cfg(feature = "docker")]
     Docker(ferry_launcher_docker::Config),
     #[cfg(feature = "kubernetes")]
@@ -60,6 +62,7 @@ impl Launcher {
     pub fn backend(&self) -> &'static str {
         match self {
             Launcher::Local(_) => ferry_launcher_local::BACKEND,
+            Launcher::Agent(_) => ferry_launcher_local::agent::BACKEND,
             #[cfg(feature = "docker")]
             Launcher::Docker(_) => ferry_launcher_docker::BACKEND,
             #[cfg(feature = "kubernetes")]
@@ -71,10 +74,18 @@ impl Launcher {
         }
     }
 
-    /// Its consumer group on the dispatch topic of its backend.
-    pub fn group(&self) -> Subscribe {
+    /// Its consumer groups on the dispatch topics it serves: one, on its backend's, but for an
+    /// agent (one per task version it serves).
+    pub fn groups(&self) -> Vec<Subscribe> {
         let group = match self {
             Launcher::Local(c) => c.group.clone(),
+            Launcher::Agent(c) => {
+                return c
+                    .served()
+                    .into_iter()
+                    .map(|(backend, group)| Subscribe::new(group, [Topic::Dispatch(backend)]))
+                    .collect();
+            }
             #[cfg(feature = "docker")]
             Launcher::Docker(c) => c.group.clone(),
             #[cfg(feature = "kubernetes")]
@@ -84,7 +95,7 @@ impl Launcher {
             #[cfg(feature = "aws-batch")]
             Launcher::AwsBatch(c) => c.group.clone(),
         };
-        Subscribe::new(group, [Topic::Dispatch(self.backend().into())])
+        vec![Subscribe::new(group, [Topic::Dispatch(self.backend().into())])]
     }
 
     /// Sets how long a stopped task gets between SIGTERM and SIGKILL, and how many run at once.
@@ -93,6 +104,10 @@ impl Launcher {
             Launcher::Local(c) => {
                 c.kill_grace = kill_grace;
                 c.max_parallel = max_parallel;
+            }
+            Launcher::Agent(c) => {
+                c.launcher.kill_grace = kill_grace;
+                c.launcher.max_parallel = max_parallel;
             }
             #[cfg(feature = "docker")]
             Launcher::Docker(c) => {
@@ -121,6 +136,7 @@ impl Launcher {
     pub async fn run(self, bus: Arc<dyn Bus>, shutdown: CancellationToken) -> Result<()> {
         match self {
             Launcher::Local(c) => Ok(ferry_launcher_local::run(c, bus, shutdown).await?),
+            Launcher::Agent(c) => Ok(ferry_launcher_local::agent::run(c, bus, shutdown).await?),
             #[cfg(feature = "docker")]
             Launcher::Docker(c) => Ok(ferry_launcher_docker::run(c, bus, shutdown).await?),
             #[cfg(feature = "kubernetes")]
@@ -377,6 +393,7 @@ mod tests {
     fn retention(launcher: &Launcher) -> Option<Duration> {
         match launcher {
             Launcher::Local(c) => c.artifact_retention,
+            Launcher::Agent(c) => c.launcher.artifact_retention,
             #[cfg(feature = "docker")]
             Launcher::Docker(c) => c.artifact_retention,
             #[cfg(feature = "kubernetes")]
@@ -415,6 +432,7 @@ mod tests {
     fn quotas(launcher: &Launcher) -> &ferry_runtime::NamespaceLimits {
         match launcher {
             Launcher::Local(c) => &c.artifact_quotas,
+            Launcher::Agent(c) => &c.launcher.artifact_quotas,
             #[cfg(feature = "docker")]
             Launcher::Docker(c) => &c.artifact_quotas,
             #[cfg(feature = "kubernetes")]

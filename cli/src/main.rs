@@ -21,6 +21,15 @@ struct Cli {
     command: Command,
 }
 
+/// `ferry agent`'s flags: the bus and data directory, as every service, and the agent's own.
+#[derive(Args)]
+struct AgentArgs {
+    #[command(flatten)]
+    common: ferry_connect::service::Common,
+    #[command(flatten)]
+    flags: ferry_launcher_local::agent::AgentFlags,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run a flow end to end in this process (in-memory bus, SQLite, local processes).
@@ -57,6 +66,9 @@ enum Command {
     Schema { name: Option<String> },
     /// Run every service (planner, scheduler, launcher, log collector, api) in this process on a broker.
     Up(Box<Up>),
+    /// Run an agent: a long-running runner on this machine serving the tasks of one cluster
+    /// that its configuration file registers (`runner: { type: agent, cluster, task }`).
+    Agent(Box<AgentArgs>),
     /// Run one service alone; start as many as the load needs.
     Service {
         #[command(subcommand)]
@@ -107,6 +119,14 @@ enum Command {
     /// The launchers heard from in the last day: backend, instance, capacity and attempts
     /// running, live ones first.
     Launchers {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        api: Api,
+    },
+    /// The agents heard from in the last day: cluster, registered tasks, instance, capacity and
+    /// tasks running, live ones first.
+    Agents {
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -226,6 +246,7 @@ fn main() {
     );
     let service = match &cli.command {
         Command::Service { service } => service.telemetry_name(),
+        Command::Agent(_) => "ferry-agent",
         _ => "ferry",
     };
     let mut telemetry = ferry_runtime::telemetry::init(if quiet { "warn" } else { "info" }, service);
@@ -280,6 +301,16 @@ fn main() {
                         .await
                         .map(|()| 0)
                 }
+                Command::Agent(agent) => {
+                    let AgentArgs { common, flags } = *agent;
+                    ferry_cli::services::serve(common, |dir| {
+                        let mut plan = ferry_cli::services::Plan::new(dir);
+                        plan.launchers = vec![ferry_cli::launchers::Launcher::Agent(flags.config(dir)?)];
+                        Ok(plan)
+                    })
+                    .await
+                    .map(|()| 0)
+                }
                 Command::Key(KeyCommand::Create { file }) => ferry_cli::keys::create(&file).map(|id| {
                     println!("{id}");
                     eprintln!(
@@ -303,6 +334,7 @@ fn main() {
                     ferry_cli::client::status(&api.target(), job.as_deref(), json).await
                 }
                 Command::Launchers { json, api } => ferry_cli::client::launchers(&api.target(), json).await,
+                Command::Agents { json, api } => ferry_cli::client::agents(&api.target(), json).await,
                 Command::Deploy { flow, api } => ferry_cli::client::deploy(&api.target(), &flow).await,
                 Command::Undeploy { flow, api } => ferry_cli::client::undeploy(&api.target(), &flow).await,
                 Command::Flows { json, api } => ferry_cli::client::flows(&api.target(), json).await,

@@ -108,6 +108,20 @@ pub async fn run(args: RunArgs) -> Result<i32> {
         errln!("error: {}", crate::launchers::not_enabled(backend));
         return Ok(EXIT_FAILED);
     }
+    if let Some(agent) = valid.runners().find_map(|r| match r {
+        ferry_event::payload::Runner::Agent(a) => Some(a),
+        _ => None,
+    }) {
+        errln!(
+            "error: the flow has tasks that run on agents (cluster {}, task {}), which `ferry run` cannot \
+             start in this process: run it on a deployment (`ferry up`, then `ferry submit`) with \
+             `ferry agent --cluster {} --config FILE` running",
+            agent.cluster,
+            agent.task,
+            agent.cluster
+        );
+        return Ok(EXIT_INVALID);
+    }
     let inputs = match parse_inputs(&args.inputs) {
         Ok(i) => i,
         Err(e) => {

@@ -461,7 +461,7 @@ async fn settle_platforms(plan: &mut Plan) -> String {
     for launcher in std::mem::take(&mut plan.launchers) {
         let backend = launcher.backend();
         let platform: Option<Result<String, String>> = match &launcher {
-            Launcher::Local(_) => None,
+            Launcher::Local(_) | Launcher::Agent(_) => None,
             #[cfg(feature = "docker")]
             Launcher::Docker(c) => Some(crate::launchers::docker_engine(c.docker_host.as_deref()).await),
             #[cfg(feature = "kubernetes")]
