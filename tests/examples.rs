@@ -618,3 +618,99 @@ fn triggered_runs_by_hand_with_the_inputs_a_trigger_would_give() {
     assert_eq!(ran.code, 0, "{}", ran.stderr);
     assert_eq!(ran.lines_of("report"), ["day.csv in landing: 42 rows"]);
 }
+
+/// The agent example on RabbitMQ: its tasks wait for agents (queued, and `ferry status` says
+/// for what); agent demo-a (prepare@1.0, train@2.1) runs what it registered, never
+/// `train-latest`, which asks for train@2.3; demo-b (train@2.4), started later, picks that up
+/// at once. Each task runs once.
+#[test]
+fn agent_example_waits_for_agents_and_routes_by_task_and_version() {
+    let d = Deployment::start(&[]);
+    let _queues = Queues(
+        d.bus.clone(),
+        [
+            "prepare.1.0",
+            "train.2.0",
+            "train.2.1",
+            "train.2.2",
+            "train.2.3",
+            "train.2.4",
+        ]
+        .iter()
+        .map(|t| {
+            let backend = format!("agent.demo.{t}");
+            ferry_bus::Subscribe::new(
+                ferry_event::agent::group(&backend),
+                [ferry_event::Topic::Dispatch(backend)],
+            )
+        })
+        .collect(),
+    );
+    let ran = d.client(&["submit", example("agent.yaml").to_str().unwrap()]);
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    let job = ran.stdout.lines().next().unwrap().trim().to_string();
+    let s = d.status_when(&job, "prepare waits for an agent", |s| {
+        task(s, "prepare")["waiting"].is_string()
+    });
+    let why = task(&s, "prepare")["waiting"].as_str().unwrap();
+    assert!(
+        why.contains("waiting for an agent in cluster demo serving prepare@1.0"),
+        "{why}"
+    );
+    let listed = d.client(&["status", &job]);
+    assert!(
+        listed
+            .stdout
+            .contains("waiting for an agent in cluster demo serving prepare@1.0"),
+        "{}",
+        listed.stdout
+    );
+
+    let _a = d.agent("demo-a", "demo", &example("agents/demo-a.yaml"), &[]);
+    let s = d.status_when(&job, "prepare and train ran on demo-a", |s| {
+        task(s, "train")["state"] == "succeeded"
+    });
+    assert_eq!(task(&s, "prepare")["outputs"]["agent"], "demo-a", "{s:#}");
+    assert_eq!(task(&s, "train")["outputs"]["agent"], "demo-a", "{s:#}");
+    assert_eq!(task(&s, "train")["backend"], "agent.demo.train.2.1", "{s:#}");
+    // demo-a registers train 2.1, which cannot run a request for 2.3: it waits on.
+    let latest = task(&s, "train-latest");
+    assert_eq!(latest["state"], "pending", "{s:#}");
+    assert!(
+        latest["waiting"]
+            .as_str()
+            .is_some_and(|w| w.contains("serving train@2.3")),
+        "{s:#}"
+    );
+    let agents = d.client(&["agents"]);
+    assert!(
+        agents.stdout.contains("demo") && agents.stdout.contains("prepare@1.0,train@2.1"),
+        "{}",
+        agents.stdout
+    );
+
+    let _b = d.agent("demo-b", "demo", &example("agents/demo-b.yaml"), &[]);
+    let s = d.status_when(&job, "the job ends", |s| {
+        matches!(s["state"].as_str(), Some("succeeded" | "failed" | "cancelled"))
+    });
+    assert_eq!(s["state"], "succeeded", "{s:#}\n{}", d.logs());
+    let latest = task(&s, "train-latest");
+    assert_eq!(
+        (&latest["outputs"]["agent"], &latest["outputs"]["version"]),
+        (&serde_json::json!("demo-b"), &serde_json::json!("2.4")),
+        "{s:#}"
+    );
+    for t in ["prepare", "train", "train-latest"] {
+        assert_eq!(task(&s, t)["attempts"], 1, "{t}: {s:#}");
+    }
+    let logs = d.client(&["logs", &job]);
+    assert!(
+        logs.stdout
+            .contains("train-latest | train 2.4 on demo-b with 120 rows in /tmp"),
+        "{}",
+        logs.stdout
+    );
+    let agents = d.client(&["agents", "--json"]);
+    let list: serde_json::Value = serde_json::from_str(&agents.stdout).unwrap();
+    assert_eq!(list["agents"].as_array().map(Vec::len), Some(2), "{list:#}");
+}

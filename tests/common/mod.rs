@@ -194,26 +194,174 @@ pub struct BusNamespace(pub String);
 
 impl Drop for BusNamespace {
     fn drop(&mut self) {
-        let groups = ferry_cli::services::standard_groups();
-        // Made inside the runtime that runs it: a timer needs one.
-        let remove = async {
-            tokio::time::timeout(
-                Duration::from_secs(30),
-                ferry_connect::remove_namespace(&self.0, &groups),
-            )
-            .await
-        };
-        let removed = match tokio::runtime::Handle::try_current() {
-            Ok(rt) => tokio::task::block_in_place(|| rt.block_on(remove)),
-            Err(_) => match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                Ok(rt) => rt.block_on(remove),
-                Err(_) => return,
-            },
-        };
-        match removed {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => eprintln!("removing the bus namespace failed: {e}"),
-            Err(_) => eprintln!("removing the bus namespace took longer than 30s"),
+        remove_queues(&self.0, &ferry_cli::services::standard_groups());
+    }
+}
+
+/// Queues of groups other than the standard ones (agents' shared queues), removed from the
+/// broker with the namespace's exchanges when dropped.
+pub struct Queues(pub String, pub Vec<ferry_bus::Subscribe>);
+
+impl Drop for Queues {
+    fn drop(&mut self) {
+        remove_queues(&self.0, &self.1);
+    }
+}
+
+/// Removes the queues of `groups` and the exchanges of the namespace `url` names.
+fn remove_queues(url: &str, groups: &[ferry_bus::Subscribe]) {
+    // Made inside the runtime that runs it: a timer needs one.
+    let remove = async {
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            ferry_connect::remove_namespace(url, groups),
+        )
+        .await
+    };
+    let removed = match tokio::runtime::Handle::try_current() {
+        Ok(rt) => tokio::task::block_in_place(|| rt.block_on(remove)),
+        Err(_) => match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt.block_on(remove),
+            Err(_) => return,
+        },
+    };
+    match removed {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => eprintln!("removing the bus namespace failed: {e}"),
+        Err(_) => eprintln!("removing the bus namespace took longer than 30s"),
+    }
+}
+
+/// `ferry up` on the RabbitMQ of `FERRY_TEST_AMQP`, in a bus namespace of its own, with its
+/// api on a free port; `args` are added to its command line.
+pub struct Deployment {
+    pub up: Up,
+    /// The bus URL, namespace included.
+    pub bus: String,
+    pub api: String,
+    pub data: PathBuf,
+    pub dir: tempfile::TempDir,
+    _namespace: BusNamespace,
+}
+
+impl Deployment {
+    pub fn start(args: &[&str]) -> Deployment {
+        let url = std::env::var("FERRY_TEST_AMQP")
+            .expect("FERRY_TEST_AMQP is not set: run ./scripts/test.sh, which sets it");
+        let ns = format!("t{}", &ferry_event::new_id().replace('-', "")[..16]);
+        let sep = if url.contains('?') { '&' } else { '?' };
+        let bus = format!("{url}{sep}namespace={ns}");
+        let namespace = BusNamespace(bus.clone());
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let port = free_port();
+        let log_path = dir.path().join("up.log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let up = Up(ferry()
+            .args(["up", "--bus", &bus, "--no-docker", "--no-kubernetes", "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--data-dir")
+            .arg(&data)
+            .args(args)
+            .env("FERRY_LOG", "info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "ferry up did not start: {}",
+                std::fs::read_to_string(&log_path).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Deployment {
+            up,
+            bus,
+            api: format!("http://127.0.0.1:{port}"),
+            data,
+            dir,
+            _namespace: namespace,
         }
     }
+
+    /// `ferry ARGS… --api API --data-dir DATA`.
+    pub fn client(&self, args: &[&str]) -> Ran {
+        let mut c = ferry();
+        c.args(args)
+            .args(["--api", &self.api, "--data-dir"])
+            .arg(&self.data);
+        output(c)
+    }
+
+    /// `ferry status JOB --json`.
+    pub fn status(&self, job: &str) -> serde_json::Value {
+        let mut c = ferry();
+        c.args(["status", job, "--json", "--api", &self.api, "--data-dir"])
+            .arg(&self.data);
+        let o = c.output().unwrap();
+        serde_json::from_slice(&o.stdout).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// The job's status once `check` holds for it.
+    pub fn status_when(
+        &self,
+        job: &str,
+        what: &str,
+        check: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let s = self.status(job);
+            if check(&s) {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "{what}: never seen; last status {s:#}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Starts `ferry agent` of `cluster` with the configuration `config`, in a data directory
+    /// named `name` of its own, logging to `name.log`; `args` are added.
+    pub fn agent(&self, name: &str, cluster: &str, config: &Path, args: &[&str]) -> Up {
+        let log = std::fs::File::create(self.dir.path().join(format!("{name}.log"))).unwrap();
+        Up(ferry()
+            .args(["agent", "--bus", &self.bus, "--bus-key-file"])
+            .arg(self.data.join("bus.keys"))
+            .arg("--data-dir")
+            .arg(self.dir.path().join(name))
+            .args(["--cluster", cluster, "--config"])
+            .arg(config)
+            .args(args)
+            .env("FERRY_LOG", "info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap())
+    }
+
+    /// What the logs of `ferry up` and of each agent say, for a failed assertion.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for e in std::fs::read_dir(self.dir.path()).unwrap().flatten() {
+            if e.path().extension().is_some_and(|x| x == "log") {
+                out += &format!(
+                    "--- {}\n{}",
+                    e.path().display(),
+                    std::fs::read_to_string(e.path()).unwrap_or_default()
+                );
+            }
+        }
+        out
+    }
+}
+
+/// The task `id` of a job's status.
+pub fn task<'a>(status: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
+    status["tasks"]
+        .as_array()
+        .and_then(|ts| ts.iter().find(|t| t["taskId"] == id))
+        .unwrap_or(&serde_json::Value::Null)
 }
