@@ -175,7 +175,7 @@ pub struct Task {
     pub runner: RunnerSpec,
     /// The program and its arguments, run without a shell. Items may hold templates. Required
     /// but on `runner: agent` tasks, where they are arguments appended to the agent's command.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(min = 1))]
     pub command: Vec<String>,
     /// Tasks that must succeed before this one starts.
