@@ -702,6 +702,41 @@ pub(crate) fn head_meaning(root: &Node, report: &mut Report<'_>) -> Vec<String> 
 /// event.
 fn trigger_meaning(i: usize, t: &Node, declared: &[String], report: &mut Report<'_>) {
     let base = format!("triggers[{i}]");
+    let given = |key: &str| t.get(key).filter(|n| !matches!(n.value, Value::Null));
+    let kind = match (given("on"), given("schedule")) {
+        (Some(_), Some(schedule)) => {
+            report.add(
+                schedule.pos,
+                &format!("{base}.schedule"),
+                "a trigger has either `on:` (the events that start a job) or `schedule:` (a cron expression), \
+                 not both; write two triggers",
+            );
+            return;
+        }
+        (None, None) => {
+            report.add(
+                t.pos,
+                &base,
+                "a trigger needs `on:` (the events that start a job, e.g. `on: { type: com.acme.file.uploaded }`) \
+                 or `schedule:` (a cron expression, e.g. `schedule: \"0 2 * * *\"`)",
+            );
+            return;
+        }
+        (None, Some(schedule)) => {
+            schedule_meaning(&base, schedule, t.get("timezone"), report);
+            crate::trigger::Kind::Schedule
+        }
+        (Some(_), None) => {
+            if let Some(zone) = t.get("timezone") {
+                report.add(
+                    zone.pos,
+                    &format!("{base}.timezone"),
+                    "`timezone` is for a `schedule:`; an event trigger (`on:`) has none",
+                );
+            }
+            crate::trigger::Kind::Event
+        }
+    };
     if let Some(on) = t.get("on") {
         for attr in ["type", "source", "subject"] {
             text_match(on.get(attr), &format!("{base}.on.{attr}"), report);
@@ -742,9 +777,25 @@ fn trigger_meaning(i: usize, t: &Node, declared: &[String], report: &mut Report<
             );
         }
         for (at, message) in
-            crate::trigger::check_inputs(&Map::from_iter([(e.key.to_string(), e.value.to_json())]))
+            crate::trigger::check_inputs(&Map::from_iter([(e.key.to_string(), e.value.to_json())]), kind)
         {
             report.add(e.value.pos, &format!("{base}.inputs.{at}"), message);
+        }
+    }
+}
+
+/// A schedule's cron expression and time zone, each at its place.
+fn schedule_meaning(base: &str, schedule: &Node, zone: Option<&Node>, report: &mut Report<'_>) {
+    let Some(expression) = schedule.as_str() else {
+        return;
+    };
+    let zone_name = zone.and_then(Node::as_str);
+    if let Err((expression_problem, zone_problem)) = crate::schedule::Schedule::parse(expression, zone_name) {
+        if let Some(message) = expression_problem {
+            report.add(schedule.pos, &format!("{base}.schedule"), message);
+        }
+        if let (Some(message), Some(zone)) = (zone_problem, zone) {
+            report.add(zone.pos, &format!("{base}.timezone"), message);
         }
     }
 }

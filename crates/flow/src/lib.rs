@@ -15,6 +15,7 @@
 //! - [`flow_schema`] is the flow's JSON Schema (`schemas/flow.schema.json`), for editors;
 //! - [`model`] holds the typed flow, [`template`] the `{{ … }}` syntax;
 //! - [`trigger`] matches events against a flow's triggers and fills the inputs they give;
+//! - [`schedule`] reads a schedule trigger's cron expression and time zone and finds its ticks;
 //! - [`rules`] holds the checks of a task's fields that launchers apply again to a dispatch
 //!   (input file names, output patterns, memory quantities);
 //! - [`plan_subtasks`] checks and plans the subtasks a running task submits, named under it.
@@ -22,6 +23,7 @@
 pub mod model;
 mod plan;
 pub mod rules;
+pub mod schedule;
 mod schema;
 mod subtasks;
 pub mod template;

@@ -91,15 +91,29 @@ pub struct Input {
     pub description: Option<String>,
 }
 
-/// Starts a job when a matching event is published.
+/// Starts a job when a matching event is published (`on`), or at each tick of a schedule
+/// (`schedule`). A trigger has exactly one of the two.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Trigger {
     /// Which events start a job.
-    pub on: EventMatch,
-    /// The job's inputs, by name; string values may refer to the event: `{{ event.id }}`,
-    /// `{{ event.source }}`, `{{ event.type }}`, `{{ event.subject }}`, `{{ event.time }}`,
-    /// `{{ event.data }}` and `{{ event.data.PATH }}`. A value that is one reference alone
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on: Option<EventMatch>,
+    /// When jobs start: a cron expression of 5 fields (minute, hour, day of month, month, day
+    /// of week, e.g. `0 2 * * *` for 02:00 every day), of 6 with seconds first
+    /// (`*/10 * * * * *`), or one of `@yearly`, `@monthly`, `@weekly`, `@daily`, `@hourly`.
+    /// Each tick starts one job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+    /// The IANA time zone the schedule is read in, e.g. `Europe/Paris` (default `UTC`).
+    /// Daylight saving time is followed: see docs/triggers.md.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+    /// The job's inputs, by name. For an event trigger, string values may refer to the event:
+    /// `{{ event.id }}`, `{{ event.source }}`, `{{ event.type }}`, `{{ event.subject }}`,
+    /// `{{ event.time }}`, `{{ event.data }}` and `{{ event.data.PATH }}`; for a schedule, to
+    /// the tick: `{{ trigger.time }}` (RFC 3339, in the schedule's time zone) and
+    /// `{{ trigger.date }}` (`YYYY-MM-DD`, in that zone). A value that is one reference alone
     /// takes the referred value as it is (a number stays a number).
     #[serde(default, skip_serializing_if = "Map::is_empty")]
     pub inputs: Map<String, Value>,

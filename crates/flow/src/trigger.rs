@@ -4,7 +4,10 @@
 //!   its `type`, `source` and `subject` as exact text, prefix, suffix or glob
 //!   ([`TextMatch`]), and fields of its JSON data ([`ValueMatch`]);
 //! - [`inputs`] fills a trigger's `inputs` from the event (`{{ event.data.day }}`), giving the
-//!   inputs a submission would have carried; the planner then checks them like a submission's.
+//!   inputs a submission would have carried; the planner then checks them like a submission's;
+//! - [`tick_inputs`] fills a schedule's `inputs` from its tick (`{{ trigger.time }}`,
+//!   [`crate::schedule::Tick`]). A schedule's inputs cannot refer to an event, nor an event
+//!   trigger's to a tick: [`check_inputs`] says so.
 //!
 //! A trigger's templates are their own small language, apart from the task templates of
 //! [`crate::template`]: they are filled once, when the event arrives, and what they produce is
@@ -13,6 +16,7 @@
 use serde_json::{Map, Value};
 
 use crate::model::{EventMatch, TextForm, TextMatch, ValueMatch};
+use crate::schedule::Tick;
 
 /// What a trigger may look at in an event.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -27,9 +31,31 @@ pub struct EventFacts {
     pub data: Option<Value>,
 }
 
-/// What may appear between `{{` and `}}` in a trigger's inputs.
+/// What may appear between `{{` and `}}` in an event trigger's inputs.
 pub const ACCEPTED: &str = "`{{ event.id }}`, `{{ event.source }}`, `{{ event.type }}`, `{{ event.subject }}`, \
      `{{ event.time }}`, `{{ event.data }}` or `{{ event.data.PATH }}`";
+
+/// What may appear between `{{` and `}}` in a schedule's inputs.
+pub const ACCEPTED_SCHEDULE: &str =
+    "`{{ trigger.time }}` (the tick, RFC 3339) or `{{ trigger.date }}` (its date, YYYY-MM-DD)";
+
+/// Which kind of trigger an input template belongs to: what it may refer to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `on:` an event: `{{ event.… }}`.
+    Event,
+    /// `schedule:`: `{{ trigger.time }}`, `{{ trigger.date }}`.
+    Schedule,
+}
+
+impl Kind {
+    fn accepted(self) -> &'static str {
+        match self {
+            Kind::Event => ACCEPTED,
+            Kind::Schedule => ACCEPTED_SCHEDULE,
+        }
+    }
+}
 
 impl TextMatch {
     /// Whether `text` matches.
@@ -120,6 +146,10 @@ pub enum Reference {
     Time,
     /// `event.data` (empty path) or `event.data.PATH`.
     Data(String),
+    /// `trigger.time`: a schedule's tick.
+    TickTime,
+    /// `trigger.date`: a schedule's tick's date.
+    TickDate,
 }
 
 /// One piece of a trigger's input template.
@@ -129,8 +159,8 @@ pub enum Piece {
     Ref(Reference),
 }
 
-/// Parses a trigger input string into literal text and references.
-pub fn parse(s: &str) -> Result<Vec<Piece>, String> {
+/// Parses a trigger input string into literal text and references, for a trigger of `kind`.
+pub fn parse(s: &str, kind: Kind) -> Result<Vec<Piece>, String> {
     let mut pieces = Vec::new();
     let mut rest = s;
     while let Some(start) = rest.find("{{") {
@@ -140,11 +170,12 @@ pub fn parse(s: &str) -> Result<Vec<Piece>, String> {
         let after = &rest[start + 2..];
         let Some(end) = after.find("}}") else {
             return Err(format!(
-                "`{{{{` at character {} is not closed by `}}}}`; a trigger's inputs may use {ACCEPTED}",
-                s.len() - rest.len() + start + 1
+                "`{{{{` at character {} is not closed by `}}}}`; a trigger's inputs may use {}",
+                s.len() - rest.len() + start + 1,
+                kind.accepted()
             ));
         };
-        pieces.push(Piece::Ref(reference(after[..end].trim())?));
+        pieces.push(Piece::Ref(reference(after[..end].trim(), kind)?));
         rest = &after[end + 2..];
     }
     if !rest.is_empty() {
@@ -153,7 +184,7 @@ pub fn parse(s: &str) -> Result<Vec<Piece>, String> {
     Ok(pieces)
 }
 
-fn reference(expr: &str) -> Result<Reference, String> {
+fn reference(expr: &str, kind: Kind) -> Result<Reference, String> {
     let r = match expr {
         "event.id" => Reference::Id,
         "event.source" => Reference::Source,
@@ -161,6 +192,8 @@ fn reference(expr: &str) -> Result<Reference, String> {
         "event.subject" => Reference::Subject,
         "event.time" => Reference::Time,
         "event.data" => Reference::Data(String::new()),
+        "trigger.time" => Reference::TickTime,
+        "trigger.date" => Reference::TickDate,
         other => match other.strip_prefix("event.data.") {
             Some(path)
                 if path
@@ -171,25 +204,44 @@ fn reference(expr: &str) -> Result<Reference, String> {
             }
             _ => {
                 let hint = if other.starts_with("inputs.") || other.starts_with("outputs.") {
-                    " (a trigger's inputs are filled from the event, before the job has inputs or outputs)"
+                    match kind {
+                        Kind::Event => {
+                            " (a trigger's inputs are filled from the event, before the job has inputs or outputs)"
+                        }
+                        Kind::Schedule => {
+                            " (a schedule's inputs are filled at its tick, before the job has inputs or outputs)"
+                        }
+                    }
                 } else {
                     ""
                 };
                 return Err(format!(
-                    "unknown trigger template expression `{{{{ {other} }}}}`{hint}; a trigger's inputs may use {ACCEPTED}"
+                    "unknown trigger template expression `{{{{ {other} }}}}`{hint}; a trigger's inputs may use {}",
+                    kind.accepted()
                 ));
             }
         },
     };
-    Ok(r)
+    let is_tick = matches!(r, Reference::TickTime | Reference::TickDate);
+    match kind {
+        Kind::Schedule if !is_tick => Err(format!(
+            "`{{{{ {expr} }}}}` refers to an event, and a schedule starts its jobs without one; \
+             a schedule's inputs may use {ACCEPTED_SCHEDULE}"
+        )),
+        Kind::Event if is_tick => Err(format!(
+            "`{{{{ {expr} }}}}` is a schedule's tick, and this trigger is started by an event (`on:`); \
+             use `{{{{ event.time }}}}` for the event's time; an event trigger's inputs may use {ACCEPTED}"
+        )),
+        _ => Ok(r),
+    }
 }
 
-/// Every problem with a trigger input's templates: `(input path, message)`.
-pub fn check_inputs(inputs: &Map<String, Value>) -> Vec<(String, String)> {
+/// Every problem with the templates of a trigger of `kind`'s inputs: `(input path, message)`.
+pub fn check_inputs(inputs: &Map<String, Value>, kind: Kind) -> Vec<(String, String)> {
     let mut problems = Vec::new();
     for (name, value) in inputs {
         walk(value, name, &mut |path, s| {
-            if let Err(e) = parse(s) {
+            if let Err(e) = parse(s, kind) {
                 problems.push((path.to_string(), e));
             }
         });
@@ -215,40 +267,65 @@ fn walk(value: &Value, path: &str, f: &mut impl FnMut(&str, &str)) {
 /// it is, anything else as compact JSON). A reference to something the event lacks is an
 /// error naming the input, e.g. ``input `day`: the event has no `data.day` ``.
 pub fn inputs(inputs: &Map<String, Value>, event: &EventFacts) -> Result<Map<String, Value>, String> {
+    fill_all(inputs, Facts::Event(event))
+}
+
+/// A schedule's `inputs` filled from its tick, as [`inputs`] fills an event trigger's.
+pub fn tick_inputs(inputs: &Map<String, Value>, tick: &Tick) -> Result<Map<String, Value>, String> {
+    fill_all(inputs, Facts::Tick(tick))
+}
+
+/// What a trigger's inputs are filled from.
+#[derive(Clone, Copy)]
+enum Facts<'a> {
+    Event(&'a EventFacts),
+    Tick(&'a Tick),
+}
+
+impl Facts<'_> {
+    fn kind(self) -> Kind {
+        match self {
+            Facts::Event(_) => Kind::Event,
+            Facts::Tick(_) => Kind::Schedule,
+        }
+    }
+}
+
+fn fill_all(inputs: &Map<String, Value>, facts: Facts<'_>) -> Result<Map<String, Value>, String> {
     inputs
         .iter()
         .map(|(name, v)| {
             Ok((
                 name.clone(),
-                fill(v, event).map_err(|e| format!("input `{name}`: {e}"))?,
+                fill(v, facts).map_err(|e| format!("input `{name}`: {e}"))?,
             ))
         })
         .collect()
 }
 
-fn fill(value: &Value, event: &EventFacts) -> Result<Value, String> {
+fn fill(value: &Value, facts: Facts<'_>) -> Result<Value, String> {
     Ok(match value {
-        Value::String(s) => fill_text(s, event)?,
-        Value::Array(a) => Value::Array(a.iter().map(|v| fill(v, event)).collect::<Result<_, _>>()?),
+        Value::String(s) => fill_text(s, facts)?,
+        Value::Array(a) => Value::Array(a.iter().map(|v| fill(v, facts)).collect::<Result<_, _>>()?),
         Value::Object(m) => Value::Object(
             m.iter()
-                .map(|(k, v)| Ok((k.clone(), fill(v, event)?)))
+                .map(|(k, v)| Ok((k.clone(), fill(v, facts)?)))
                 .collect::<Result<_, String>>()?,
         ),
         other => other.clone(),
     })
 }
 
-fn fill_text(s: &str, event: &EventFacts) -> Result<Value, String> {
-    let pieces = parse(s)?;
+fn fill_text(s: &str, facts: Facts<'_>) -> Result<Value, String> {
+    let pieces = parse(s, facts.kind())?;
     if let [Piece::Ref(r)] = pieces.as_slice() {
-        return resolve(r, event);
+        return resolve(r, facts);
     }
     let mut out = String::new();
     for piece in &pieces {
         match piece {
             Piece::Text(t) => out.push_str(t),
-            Piece::Ref(r) => match resolve(r, event)? {
+            Piece::Ref(r) => match resolve(r, facts)? {
                 Value::String(v) => out.push_str(&v),
                 v => out.push_str(&v.to_string()),
             },
@@ -257,8 +334,15 @@ fn fill_text(s: &str, event: &EventFacts) -> Result<Value, String> {
     Ok(Value::String(out))
 }
 
-fn resolve(r: &Reference, event: &EventFacts) -> Result<Value, String> {
+fn resolve(r: &Reference, facts: Facts<'_>) -> Result<Value, String> {
     let text = |v: &str| Ok(Value::String(v.to_string()));
+    let event = match (facts, r) {
+        (Facts::Tick(tick), Reference::TickTime) => return text(&tick.time),
+        (Facts::Tick(tick), Reference::TickDate) => return text(&tick.date),
+        // `parse` refused these for the other kind of trigger.
+        (Facts::Tick(_), _) => return Err("a schedule's tick has no event".to_string()),
+        (Facts::Event(event), _) => event,
+    };
     match r {
         Reference::Id => text(&event.id),
         Reference::Source => text(&event.source),
@@ -282,6 +366,7 @@ fn resolve(r: &Reference, event: &EventFacts) -> Result<Value, String> {
                 .cloned()
                 .ok_or_else(|| format!("the event has no `data.{path}`"))
         }
+        Reference::TickTime | Reference::TickDate => Err("an event trigger has no schedule tick".to_string()),
     }
 }
 
@@ -409,7 +494,7 @@ mod tests {
             json!({"a": "{{ inputs.x }}", "b": ["{{ event.nope }}"], "c": "{{ event.id"}),
         )
         .unwrap();
-        let problems = check_inputs(&given);
+        let problems = check_inputs(&given, Kind::Event);
         assert_eq!(problems.len(), 3, "{problems:?}");
         assert_eq!(problems[0].0, "a");
         assert!(
@@ -419,6 +504,56 @@ mod tests {
         );
         assert_eq!(problems[1].0, "b[0]");
         assert!(problems[2].1.contains("not closed"), "{}", problems[2].1);
+    }
+
+    #[test]
+    fn a_schedule_fills_the_tick_and_refuses_event_references() {
+        let given: Map<String, Value> = serde_json::from_value(json!({
+            "at": "{{ trigger.time }}",
+            "day": "{{trigger.date}}",
+            "label": "nightly run of {{ trigger.date }}",
+            "fixed": 3
+        }))
+        .unwrap();
+        assert!(check_inputs(&given, Kind::Schedule).is_empty());
+        let tick = Tick {
+            time: "2026-12-07T02:00:00+01:00".into(),
+            date: "2026-12-07".into(),
+        };
+        assert_eq!(
+            Value::Object(tick_inputs(&given, &tick).unwrap()),
+            json!({
+                "at": "2026-12-07T02:00:00+01:00",
+                "day": "2026-12-07",
+                "label": "nightly run of 2026-12-07",
+                "fixed": 3
+            })
+        );
+        // An event's templates in a schedule, and a tick's in an event trigger, are problems.
+        let problems = check_inputs(
+            &serde_json::from_value(json!({"day": "{{ event.data.day }}"})).unwrap(),
+            Kind::Schedule,
+        );
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].1.contains("a schedule starts its jobs without one"),
+            "{}",
+            problems[0].1
+        );
+        assert!(problems[0].1.contains("trigger.time"), "{}", problems[0].1);
+        let problems = check_inputs(
+            &serde_json::from_value(json!({"at": "{{ trigger.time }}"})).unwrap(),
+            Kind::Event,
+        );
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].1.contains("event.time"), "{}", problems[0].1);
+        assert!(
+            tick_inputs(
+                &serde_json::from_value(json!({"x": "{{ event.id }}"})).unwrap(),
+                &tick
+            )
+            .is_err()
+        );
     }
 
     #[test]

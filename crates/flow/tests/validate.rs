@@ -731,3 +731,61 @@ fn agent_runners_name_a_cluster_and_a_versioned_task_and_may_leave_the_command_o
         ],
     );
 }
+
+#[test]
+fn schedule_problems_are_located_with_what_is_accepted() {
+    let src = "id: f
+inputs:
+  day: { type: string }
+triggers:
+  - schedule: '0 25 * * *'
+    timezone: Europe/Pariss
+    inputs:
+      day: '{{ event.data.day }}'
+  - schedule: '@fortnightly'
+  - schedule: '* * * * *'
+    on: { type: com.acme.x }
+  - inputs: { day: x }
+  - on: { type: com.acme.x }
+    timezone: UTC
+    inputs: { day: '{{ trigger.date }}' }
+  - schedule: '*/5 * * * * *'
+    timezone: America/New_York
+    inputs: { day: 'run {{ trigger.time }}' }
+tasks:
+  - { id: a, runner: local, command: [echo] }
+";
+    let ps = problems(src);
+    expect(
+        &ps,
+        "5:15",
+        "triggers[0].schedule",
+        &["field 2 (hour) `25`", "0-23"],
+    );
+    expect(
+        &ps,
+        "6:15",
+        "triggers[0].timezone",
+        &[
+            "unknown time zone `Europe/Pariss`",
+            "did you mean `Europe/Paris`?",
+        ],
+    );
+    expect(
+        &ps,
+        "8:12",
+        "triggers[0].inputs.day",
+        &["a schedule starts its jobs without one", "{{ trigger.time }}"],
+    );
+    expect(
+        &ps,
+        "9:15",
+        "triggers[1].schedule",
+        &["not a schedule name", "@daily"],
+    );
+    expect(&ps, "10:15", "triggers[2].schedule", &["not both"]);
+    expect(&ps, "12:5", "triggers[3]", &["needs `on:`", "or `schedule:`"]);
+    expect(&ps, "14:15", "triggers[4].timezone", &["is for a `schedule:`"]);
+    expect(&ps, "15:20", "triggers[4].inputs.day", &["`{{ event.time }}`"]);
+    assert_eq!(ps.len(), 8, "{ps:#?}");
+}

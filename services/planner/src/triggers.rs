@@ -87,7 +87,7 @@ fn plan_matches(flows: Vec<Deployed>, event: &EventFacts, max_bytes: usize) -> V
     for deployed in flows {
         let flow = &deployed.flow;
         for (i, trigger) in flow.triggers.iter().enumerate() {
-            if !trigger.on.matches(event) {
+            if !trigger.on.as_ref().is_some_and(|on| on.matches(event)) {
                 continue;
             }
             let job_id = job_id(flow.namespace.as_deref(), &flow.id, i, &event.source, &event.id);
@@ -150,7 +150,12 @@ pub(crate) async fn handle_candidate(
     let event = facts(&delivery.event);
     let matching: Vec<Deployed> = flows
         .iter()
-        .filter(|d| d.flow.triggers.iter().any(|t| t.on.matches(&event)))
+        .filter(|d| {
+            d.flow
+                .triggers
+                .iter()
+                .any(|t| t.on.as_ref().is_some_and(|on| on.matches(&event)))
+        })
         .cloned()
         .collect();
     if matching.is_empty() {
