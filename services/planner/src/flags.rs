@@ -2,6 +2,7 @@
 //! `ferry up`.
 
 use std::path::Path;
+use std::time::Duration;
 
 use crate::Config;
 
@@ -17,6 +18,10 @@ pub struct Flags {
     /// share; it may be the scheduler's database) [default: sqlite://DATA_DIR/planner.db]
     #[arg(long = "planner-db", env = "FERRY_PLANNER_DB", value_name = "URL")]
     pub planner_db: Option<String>,
+    /// Schedule ticks missed while no planner ran are fired when one starts again if they are
+    /// at most this old; older ones are skipped, with a warning in the planner's log.
+    #[arg(long = "schedule-catch-up", env = "FERRY_SCHEDULE_CATCH_UP", value_name = "DURATION", default_value = "1h", value_parser = ferry_connect::service::duration)]
+    pub schedule_catch_up: Duration,
 }
 
 impl Flags {
@@ -30,6 +35,8 @@ impl Flags {
                 .planner_db
                 .clone()
                 .unwrap_or_else(|| ferry_runtime::sqlite_url(&data_dir.join("planner.db"))),
+            catch_up: self.schedule_catch_up,
+            clock: crate::Clock::System,
         }
     }
 }

@@ -21,11 +21,16 @@
 //!   and the event's `source` and `id`, so a redelivered or re-published event plans the same
 //!   job again, which the scheduler and the api treat as the one job it is; a job whose inputs
 //!   fail is `dev.ferry.job.rejected` naming the flow, the trigger and the event.
+//! - Between deliveries, the schedules of deployed flows tick ([`schedules`]): each tick starts
+//!   one job, named by the flow, the trigger and the tick, however many planners run and however
+//!   often they restart; ticks missed while no planner ran are fired within the catch-up
+//!   window ([`Config::catch_up`]). The clock is [`Config::clock`].
 //! - When publishing fails transiently the submission is nacked after a short backoff and
 //!   comes back; nothing is acked before its outcome is published.
 
 mod flags;
 pub mod registry;
+pub mod schedules;
 pub mod triggers;
 
 use std::sync::Arc;
@@ -42,6 +47,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 pub use flags::Flags;
 pub use registry::Registry;
+pub use schedules::{Clock, ManualClock};
 
 /// The planner's consumer group.
 pub const GROUP: &str = "planner";
@@ -83,7 +89,15 @@ pub struct Config {
     /// The flow registry's database (`sqlite://PATH`, `sqlite::memory:`, `postgres://…`).
     /// Planners that share one registry must share this database.
     pub db_url: String,
+    /// How far back ticks missed while no planner ran are still fired; older ones are skipped
+    /// (and logged).
+    pub catch_up: Duration,
+    /// Where schedules read the time.
+    pub clock: Clock,
 }
+
+/// The default [`Config::catch_up`].
+pub const DEFAULT_CATCH_UP: Duration = Duration::from_secs(3600);
 
 impl Default for Config {
     fn default() -> Self {
@@ -91,6 +105,8 @@ impl Default for Config {
             source: "ferry/planner".into(),
             prefetch: 16,
             db_url: "sqlite::memory:".into(),
+            catch_up: DEFAULT_CATCH_UP,
+            clock: Clock::System,
         }
     }
 }
@@ -100,6 +116,8 @@ struct Planner<'a> {
     builder: EventBuilder,
     bus: &'a dyn Bus,
     registry: Registry,
+    clock: Clock,
+    catch_up: Duration,
 }
 
 /// Plans submissions until `shutdown` is cancelled or the bus closes.
@@ -112,12 +130,21 @@ pub async fn run(config: Config, bus: Arc<dyn Bus>, shutdown: CancellationToken)
         builder: EventBuilder::new(config.source),
         bus: bus.as_ref(),
         registry,
+        clock: config.clock,
+        catch_up: config.catch_up,
     };
     let mut backoff = Backoff::new(BACKOFF_FIRST, BACKOFF_MAX);
+    // The first pass over the schedules comes at once: it fires what was missed.
+    let clock = planner.clock.clone();
+    let mut schedules_at = clock.now();
     info!(group = GROUP, "planner started");
     loop {
         let next = tokio::select! {
             _ = shutdown.cancelled() => break,
+            () = clock.sleep_until(schedules_at) => {
+                schedules_at = schedules::fire_due(&mut planner).await;
+                continue;
+            }
             next = sub.next() => next,
         };
         let delivery = match next {
@@ -339,7 +366,8 @@ async fn handle_request(planner: &mut Planner<'_>, delivery: Delivery) -> Result
                 Ok(r) => r,
                 Err(e) => return settled("dead-letter", delivery.dead_letter(&e.to_string()).await),
             };
-            match deploy(&planner.registry, &event_id, request).await {
+            let now_ms = planner.clock.now().timestamp_millis();
+            match deploy(&planner.registry, &event_id, request, now_ms).await {
                 Ok(outcome) => outcome,
                 Err(e) => {
                     warn!(error = %e, "the flow registry cannot be changed; the request will be retried");
@@ -415,6 +443,7 @@ async fn deploy(
     registry: &Registry,
     event_id: &str,
     request: FlowDeploy,
+    now_ms: i64,
 ) -> Result<Result<registry::Outcome, FlowRejected>, sqlx::Error> {
     let name = request.flow_name.unwrap_or_else(|| "flow".into());
     let source = match request.flow {
@@ -456,7 +485,10 @@ async fn deploy(
             }));
         }
     };
-    registry.deploy(event_id, &flow, &source, &name).await.map(Ok)
+    registry
+        .deploy(event_id, &flow, &source, &name, now_ms)
+        .await
+        .map(Ok)
 }
 
 /// Counts a published `job.planned` or `job.rejected` in the metrics.

@@ -13,9 +13,14 @@
 //!   and doubles nothing.
 //! - `planner_generation`: a counter bumped by every change, so that each planner instance
 //!   reloads its cached copy of the deployed flows only when another one changed them.
+//! - `planner_schedules`: for each schedule trigger of a deployed flow, by namespace, flow id
+//!   and the trigger's place in `triggers`, the last tick fired (or skipped): the next pass
+//!   fires the ticks after it. A deploy starts a new schedule at the deploy time and keeps the
+//!   last tick of one deployed already (a new version does not fire a tick again); an
+//!   undeploy forgets the flow's schedules.
 
+use ferry_event::kind;
 use ferry_event::payload::{FlowDeployed, FlowUndeployed};
-use ferry_event::{kind, now_ms};
 use ferry_flow::Flow;
 use ferry_runtime::db::{self, Db};
 use sqlx::Row;
@@ -41,6 +46,13 @@ const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS planner_generation (
         id INTEGER PRIMARY KEY,
         generation BIGINT NOT NULL
+    )",
+    "CREATE TABLE IF NOT EXISTS planner_schedules (
+        namespace TEXT NOT NULL,
+        flow_id TEXT NOT NULL,
+        trigger_index BIGINT NOT NULL,
+        last_tick_ms BIGINT NOT NULL,
+        PRIMARY KEY (namespace, flow_id, trigger_index)
     )",
 ];
 
@@ -149,15 +161,18 @@ impl Registry {
         Ok(Some(Outcome { ty, data }))
     }
 
-    /// Deploys a validated flow from request `event_id`: a new version of it, live at once.
+    /// Deploys a validated flow from request `event_id`: a new version of it, live at once. Its
+    /// schedules start at `clock_ms` (the planner's clock), or go on from their last tick if
+    /// the flow is deployed already.
     pub async fn deploy(
         &self,
         event_id: &str,
         flow: &Flow,
         source: &str,
         flow_name: &str,
+        clock_ms: i64,
     ) -> Result<Outcome, sqlx::Error> {
-        let now = now_ms();
+        let now = ferry_event::now_ms();
         let mut tx = self.db.pool.begin().await?;
         let row = sqlx::query(
             "INSERT INTO planner_flows (namespace, flow_id, version, source, flow_name, deployed, changed_at_ms) \
@@ -175,6 +190,34 @@ impl Registry {
         .fetch_one(&mut *tx)
         .await?;
         let version: i64 = row.try_get("version")?;
+        let namespace = flow.namespace.clone().unwrap_or_default();
+        // A trigger that is no schedule in this version keeps no last tick: if a later version
+        // makes it one again, it starts then.
+        for (i, t) in flow.triggers.iter().enumerate() {
+            let index = i64::try_from(i).unwrap_or(i64::MAX);
+            if t.schedule.is_some() {
+                sqlx::query(
+                    "INSERT INTO planner_schedules (namespace, flow_id, trigger_index, last_tick_ms) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                )
+                .bind(namespace.clone())
+                .bind(flow.id.clone())
+                .bind(index)
+                .bind(clock_ms)
+                .execute(&mut *tx)
+                .await?;
+            } else {
+                forget_schedules(&mut tx, &namespace, &flow.id, Some(index)).await?;
+            }
+        }
+        sqlx::query(
+            "DELETE FROM planner_schedules WHERE namespace = $1 AND flow_id = $2 AND trigger_index >= $3",
+        )
+        .bind(namespace.clone())
+        .bind(flow.id.clone())
+        .bind(i64::try_from(flow.triggers.len()).unwrap_or(i64::MAX))
+        .execute(&mut *tx)
+        .await?;
         let deployed = FlowDeployed {
             namespace: flow.namespace.clone(),
             flow_id: flow.id.clone(),
@@ -202,7 +245,7 @@ impl Registry {
         namespace: Option<&str>,
         flow_id: &str,
     ) -> Result<Option<Outcome>, sqlx::Error> {
-        let now = now_ms();
+        let now = ferry_event::now_ms();
         let mut tx = self.db.pool.begin().await?;
         let row = sqlx::query(
             "UPDATE planner_flows SET deployed = 0, changed_at_ms = $1 \
@@ -217,6 +260,7 @@ impl Registry {
             return Ok(None);
         };
         let version: i64 = row.try_get("version")?;
+        forget_schedules(&mut tx, namespace.unwrap_or_default(), flow_id, None).await?;
         let outcome = Outcome {
             ty: kind::FLOW_UNDEPLOYED.into(),
             data: serde_json::to_value(FlowUndeployed {
@@ -231,6 +275,93 @@ impl Registry {
         tx.commit().await?;
         Ok(Some(outcome))
     }
+}
+
+impl Registry {
+    /// The last tick fired (or skipped) of schedule `trigger` of a flow, in milliseconds since
+    /// the epoch. A schedule without one (its flow was deployed by a planner that kept none)
+    /// starts at `now_ms`.
+    pub async fn last_tick(
+        &self,
+        namespace: Option<&str>,
+        flow_id: &str,
+        trigger: usize,
+        now_ms: i64,
+    ) -> Result<i64, sqlx::Error> {
+        let namespace = namespace.unwrap_or_default();
+        let index = i64::try_from(trigger).unwrap_or(i64::MAX);
+        sqlx::query(
+            "INSERT INTO planner_schedules (namespace, flow_id, trigger_index, last_tick_ms) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+        )
+        .bind(namespace.to_string())
+        .bind(flow_id.to_string())
+        .bind(index)
+        .bind(now_ms)
+        .execute(&self.db.pool)
+        .await?;
+        let row = sqlx::query(
+            "SELECT last_tick_ms FROM planner_schedules WHERE namespace = $1 AND flow_id = $2 AND trigger_index = $3",
+        )
+        .bind(namespace.to_string())
+        .bind(flow_id.to_string())
+        .bind(index)
+        .fetch_one(&self.db.pool)
+        .await?;
+        row.try_get("last_tick_ms")
+    }
+
+    /// Records `tick_ms` as the last tick of a schedule, if it is later than the one recorded:
+    /// several planners may fire the same tick, and the record never goes back. A schedule its
+    /// flow's undeploy forgot stays forgotten.
+    pub async fn advance(
+        &self,
+        namespace: Option<&str>,
+        flow_id: &str,
+        trigger: usize,
+        tick_ms: i64,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "UPDATE planner_schedules SET last_tick_ms = $1 \
+             WHERE namespace = $2 AND flow_id = $3 AND trigger_index = $4 AND last_tick_ms < $1",
+        )
+        .bind(tick_ms)
+        .bind(namespace.unwrap_or_default().to_string())
+        .bind(flow_id.to_string())
+        .bind(i64::try_from(trigger).unwrap_or(i64::MAX))
+        .execute(&self.db.pool)
+        .await?;
+        Ok(())
+    }
+}
+
+/// Forgets the last ticks of a flow's schedules: one trigger's, or all of them.
+async fn forget_schedules(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    namespace: &str,
+    flow_id: &str,
+    trigger: Option<i64>,
+) -> Result<(), sqlx::Error> {
+    match trigger {
+        Some(index) => {
+            sqlx::query(
+                "DELETE FROM planner_schedules WHERE namespace = $1 AND flow_id = $2 AND trigger_index = $3",
+            )
+            .bind(namespace.to_string())
+            .bind(flow_id.to_string())
+            .bind(index)
+            .execute(&mut **tx)
+            .await?;
+        }
+        None => {
+            sqlx::query("DELETE FROM planner_schedules WHERE namespace = $1 AND flow_id = $2")
+                .bind(namespace.to_string())
+                .bind(flow_id.to_string())
+                .execute(&mut **tx)
+                .await?;
+        }
+    }
+    Ok(())
 }
 
 /// Records an applied request and its outcome, and tells every instance the flows changed.

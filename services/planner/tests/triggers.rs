@@ -56,6 +56,7 @@ async fn start(bus: MemoryBus, db_url: &str) -> Result<Harness> {
         source: "ferry/planner/test".into(),
         prefetch: 4,
         db_url: db_url.into(),
+        ..Config::default()
     };
     let planner = tokio::spawn(run(
         config,
