@@ -714,3 +714,166 @@ fn agent_example_waits_for_agents_and_routes_by_task_and_version() {
     let list: serde_json::Value = serde_json::from_str(&agents.stdout).unwrap();
     assert_eq!(list["agents"].as_array().map(Vec::len), Some(2), "{list:#}");
 }
+
+#[test]
+fn scheduled_runs_by_hand_with_the_inputs_a_tick_would_give() {
+    let dir = tempfile::tempdir().unwrap();
+    let ran = run(
+        &example("scheduled.yaml"),
+        dir.path(),
+        &[
+            "--input",
+            "at=2026-12-07T02:00:00+01:00",
+            "--input",
+            "day=2026-12-07",
+        ],
+    );
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    assert_eq!(
+        ran.lines_of("report"),
+        ["report for 2026-12-07 (tick 2026-12-07T02:00:00+01:00)"]
+    );
+}
+
+/// `ferry up`, then the scheduled example deployed with its schedule made every second: each
+/// tick runs one job whose task sees `trigger.time`, the ticks follow one another with none
+/// lost, `ferry flows` shows the next tick, and after `ferry undeploy` no tick starts a job.
+#[test]
+fn scheduled_starts_one_job_per_tick_under_ferry_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let port = free_port();
+    let api = format!("http://127.0.0.1:{port}");
+    let log_path = dir.path().join("up.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut c = ferry();
+    c.args([
+        "up",
+        "--bus",
+        "memory://",
+        "--no-docker",
+        "--no-kubernetes",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--data-dir",
+    ])
+    .arg(&data)
+    .stdin(Stdio::null())
+    .stdout(log.try_clone().unwrap())
+    .stderr(log);
+    let up = Up(c.spawn().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "ferry up did not start: {}",
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let client = |args: &[&str]| {
+        let mut c = ferry();
+        c.args(args).args(["--api", &api, "--data-dir"]).arg(&data);
+        output(c)
+    };
+    let source = std::fs::read_to_string(example("scheduled.yaml")).unwrap();
+    let every_second = source.replace(r#"schedule: "0 2 * * *""#, r#"schedule: "* * * * * *""#);
+    assert_ne!(
+        source, every_second,
+        "the example's schedule is not `0 2 * * *` any more"
+    );
+    let flow = dir.path().join("scheduled.yaml");
+    std::fs::write(&flow, every_second).unwrap();
+    let deployed = client(&["deploy", flow.to_str().unwrap()]);
+    assert_eq!(deployed.code, 0, "{}", deployed.stderr);
+    let flows = client(&["flows"]);
+    assert!(
+        flows
+            .stdout
+            .contains(r#"schedule "* * * * * *" Europe/Paris (next "#),
+        "{}",
+        flows.stdout
+    );
+
+    // The jobs of the flow: (tick, job id), read from what each job's task printed.
+    let jobs_of_flow = || -> Vec<String> {
+        let ran = client(&["status", "--json"]);
+        let list: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap();
+        list["jobs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|j| j["flowId"] == "nightly-report")
+            .map(|j| j["jobId"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while jobs_of_flow().len() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "no three scheduled jobs: {}",
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let undeployed = client(&["undeploy", "examples/nightly-report"]);
+    assert_eq!(undeployed.code, 0, "{}", undeployed.stderr);
+    // Anything the planner published before it took the undeploy is planned by the time a
+    // submission it takes afterwards has run.
+    let hello = client(&["submit", example("hello.yaml").to_str().unwrap(), "--wait"]);
+    assert_eq!(hello.code, 0, "{}", hello.stderr);
+    let jobs = jobs_of_flow();
+    let mut ticks = Vec::new();
+    for job in &jobs {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let state = loop {
+            let s = client(&["status", job]);
+            let state = s.stdout.lines().next().unwrap_or("").to_string();
+            if matches!(state.as_str(), "succeeded" | "failed" | "cancelled" | "rejected") {
+                break state;
+            }
+            assert!(Instant::now() < deadline, "job {job} did not finish ({state})");
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        assert_eq!(state, "succeeded", "job {job}");
+        let logs = client(&["logs", job]);
+        let line = logs
+            .stdout
+            .lines()
+            .find_map(|l| l.split_once("report | report for "))
+            .unwrap_or_else(|| panic!("job {job} printed no report: {}", logs.stdout))
+            .1;
+        // `2026-12-06 (tick 2026-12-06T22:41:07+01:00)`
+        let (day, at) = line.split_once(" (tick ").unwrap();
+        let at = at.trim_end_matches(')');
+        let tick = chrono::DateTime::parse_from_rfc3339(at)
+            .unwrap_or_else(|e| panic!("`{at}` is not RFC 3339: {e}"));
+        assert!(
+            at.ends_with("+01:00") || at.ends_with("+02:00"),
+            "{at} is not Paris time"
+        );
+        assert_eq!(tick.format("%Y-%m-%d").to_string(), day);
+        let tick = tick.with_timezone(&chrono::Utc);
+        assert_eq!(
+            *job,
+            ferry_planner::schedules::job_id(Some("examples"), "nightly-report", 0, tick),
+            "the job of tick {at}"
+        );
+        ticks.push(tick.timestamp());
+    }
+    // One job per tick, every second from the first to the last: none doubled, none lost.
+    ticks.sort_unstable();
+    let (first, last) = (ticks[0], ticks[ticks.len() - 1]);
+    assert_eq!(ticks, (first..=last).collect::<Vec<_>>());
+
+    // Undeployed: the seconds go by and no tick starts a job.
+    std::thread::sleep(Duration::from_secs(2));
+    let hello = client(&["submit", example("hello.yaml").to_str().unwrap(), "--wait"]);
+    assert_eq!(hello.code, 0, "{}", hello.stderr);
+    assert_eq!(
+        jobs_of_flow().len(),
+        jobs.len(),
+        "an undeployed schedule started jobs"
+    );
+    drop(up);
+}

@@ -814,11 +814,12 @@ pub async fn flows(api: &Target, as_json: bool) -> Result<i32> {
                     f["namespace"].as_str(),
                     f["flowId"].as_str().unwrap_or("?"),
                 );
+                let now = chrono::Utc::now();
                 let triggers: Vec<String> = f["triggers"]
                     .as_array()
                     .into_iter()
                     .flatten()
-                    .map(|t| t["on"].to_string())
+                    .map(|t| describe_trigger(t, now))
                     .collect();
                 rows.push([
                     visible(&key).into_owned(),
@@ -830,6 +831,22 @@ pub async fn flows(api: &Target, as_json: bool) -> Result<i32> {
             Ok(EXIT_OK)
         }
         .await,
+    )
+}
+
+/// A deployed trigger in a line: what it matches (`on`), or its schedule, zone and next tick.
+fn describe_trigger(t: &Value, now: chrono::DateTime<chrono::Utc>) -> String {
+    let Some(expression) = t["schedule"].as_str() else {
+        return t["on"].to_string();
+    };
+    let zone = t["timezone"].as_str();
+    let next = ferry_flow::schedule::Schedule::parse(expression, zone)
+        .ok()
+        .and_then(|s| s.next_after(now).map(|at| s.tick(at).time));
+    format!(
+        "schedule \"{expression}\" {} (next {})",
+        zone.unwrap_or(ferry_flow::schedule::DEFAULT_TIMEZONE),
+        next.as_deref().unwrap_or("never")
     )
 }
 
@@ -855,6 +872,25 @@ pub async fn command(api: &Target, job: &str, ty: &str) -> Result<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_schedule_is_shown_with_its_next_tick_in_its_zone() {
+        let now = chrono::DateTime::parse_from_rfc3339("2026-12-06T21:40:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        let t = serde_json::json!({"schedule": "0 2 * * *", "timezone": "Europe/Paris"});
+        assert_eq!(
+            describe_trigger(&t, now),
+            "schedule \"0 2 * * *\" Europe/Paris (next 2026-12-07T02:00:00+01:00)"
+        );
+        let t = serde_json::json!({"schedule": "*/30 * * * *"});
+        assert_eq!(
+            describe_trigger(&t, now),
+            "schedule \"*/30 * * * *\" UTC (next 2026-12-06T22:00:00Z)"
+        );
+        let t = serde_json::json!({"on": {"type": "com.acme.x"}});
+        assert_eq!(describe_trigger(&t, now), r#"{"type":"com.acme.x"}"#);
+    }
 
     #[test]
     fn subtasks_are_listed_under_their_parent() {
