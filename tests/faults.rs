@@ -14,6 +14,9 @@
 //! (FERRY_TEST_PYTHON, with pika) while the planner is SIGKILLed again and again, start exactly
 //! one job each, whose task runs exactly once.
 //!
+//! And for schedules: a deployed flow ticking every second while the planner is SIGKILLed again
+//! and again starts exactly one job per tick, with no tick lost, whose task runs exactly once.
+//!
 //! Needs FERRY_TEST_AMQP and FERRY_TEST_KAFKA (scripts/test.sh starts the brokers), and for
 //! docker DOCKER_HOST and FERRY_TEST_DOCKER_IMAGE (its private dockerd and test image). Bounded:
 //! a fixed number of rounds, every wait has a deadline, and only processes started here are
@@ -1309,4 +1312,212 @@ async fn count_jobs(api: &str, data: &Path) -> (usize, usize) {
     let jobs = list["jobs"].as_array().cloned().unwrap_or_default();
     let succeeded = jobs.iter().filter(|j| j["state"] == "succeeded").count();
     (jobs.len(), succeeded)
+}
+
+/// A flow whose schedule ticks every second; each job appends its tick to `ledger`.
+fn scheduled_flow(ledger: &Path) -> String {
+    format!(
+        r#"id: ticking
+triggers:
+  - schedule: "* * * * * *"
+    inputs: {{ at: "{{{{ trigger.time }}}}" }}
+inputs:
+  at: {{ type: string, required: true }}
+tasks:
+  - id: note
+    runner: local
+    command: [sh, -c, 'echo "$AT" >> {}']
+    env: {{ AT: "{{{{ inputs.at }}}}" }}
+"#,
+        ledger.display()
+    )
+}
+
+/// A schedule ticking every second while the planner is SIGKILLed and restarted again and
+/// again: every tick from the first to the last starts exactly one job, whose task runs exactly
+/// once; the ticks that came while the planner was down are fired when it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_schedule_ticks_start_one_job_each_through_planner_kills() {
+    let url = env("FERRY_TEST_AMQP");
+    let namespace = format!("s{}", &ferry_event::new_id().replace('-', "")[..16]);
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let bus = format!("{url}{sep}namespace={namespace}");
+    let _namespace = BusNamespace(bus.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let d = &dir.path().to_path_buf();
+    let _dir = RunDir(Some(dir));
+    let data = d.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let keys = bus_key_file(d);
+    let ledger = d.join("ledger");
+    let port = free_port();
+    let api = format!("http://127.0.0.1:{port}");
+    let svc = |name: &str, extra: &[String]| -> Vec<String> {
+        let mut a = vec![
+            "service".to_string(),
+            name.to_string(),
+            "--bus".into(),
+            bus.clone(),
+        ];
+        a.extend(["--data-dir".to_string(), data.display().to_string()]);
+        a.extend(["--bus-key-file".to_string(), keys.display().to_string()]);
+        a.extend(extra.iter().cloned());
+        a
+    };
+    let db = |name: &str| format!("sqlite://{}", d.join(name).display());
+    let logs_db = db("logs.db");
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    eprintln!(
+        "schedule fault run: namespace {namespace}, seed {seed}, logs in {}",
+        d.display()
+    );
+    let mut rng = Rng(seed);
+    let mut procs: Vec<Proc> = vec![
+        Proc::start(
+            "api",
+            svc(
+                "api",
+                &[
+                    "--api-db".into(),
+                    db("api.db"),
+                    "--log-db".into(),
+                    logs_db.clone(),
+                    "--listen".into(),
+                    format!("127.0.0.1:{port}"),
+                ],
+            ),
+            d,
+        ),
+        Proc::start(
+            "planner",
+            svc("planner", &["--planner-db".into(), db("planner.db")]),
+            d,
+        ),
+        Proc::start(
+            "scheduler",
+            svc("scheduler", &["--db".into(), db("scheduler.db")]),
+            d,
+        ),
+        Proc::start(
+            "launcher",
+            svc("launcher", &["--kill-grace".into(), "1s".into()]),
+            d,
+        ),
+        Proc::start(
+            "log-collector",
+            svc("log-collector", &["--log-db".into(), logs_db.clone()]),
+            d,
+        ),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        for p in procs.iter_mut() {
+            p.check_alive();
+        }
+        assert!(Instant::now() < deadline, "the api did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let ferry_cmd = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(args)
+            .args(["--api", &api, "--data-dir"])
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ferry {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let flow_path = d.join("ticking.yaml");
+    std::fs::write(&flow_path, scheduled_flow(&ledger)).unwrap();
+    ferry_cmd(&["deploy", flow_path.to_str().unwrap()]);
+    let lines = || {
+        std::fs::read_to_string(&ledger)
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    };
+    // Kill the planner across many ticks: down for up to two seconds at a time, so that ticks
+    // come while it is down.
+    let mut kills = 0;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while kills < PLANNER_KILLS {
+        std::thread::sleep(Duration::from_millis(300 + rng.below(1500)));
+        let p = procs.iter_mut().find(|p| p.name == "planner").unwrap();
+        p.check_alive();
+        p.kill9();
+        kills += 1;
+        std::thread::sleep(Duration::from_millis(rng.below(2000)));
+        p.spawn();
+        assert!(Instant::now() < deadline, "the kills took too long");
+    }
+    // Let a restarted planner fire what it missed and a few ticks more, then stop the ticks.
+    let before = lines();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while lines() < before + 3 {
+        for p in procs.iter_mut() {
+            p.check_alive();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the schedule stopped ticking after the kills; logs in {}",
+            d.display()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    ferry_cmd(&["undeploy", "ticking"]);
+    // Every job the planner published runs; then nothing more comes.
+    let mut last = (lines(), Instant::now());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while last.1.elapsed() < Duration::from_secs(5) {
+        assert!(Instant::now() < deadline, "jobs kept coming after the undeploy");
+        std::thread::sleep(Duration::from_millis(250));
+        let n = lines();
+        if n != last.0 {
+            last = (n, Instant::now());
+        }
+    }
+    eprintln!("planner killed {kills} times; {} ticks ran", lines());
+    let ledger_text = std::fs::read_to_string(&ledger).unwrap();
+    let mut runs: BTreeMap<i64, usize> = BTreeMap::new();
+    for line in ledger_text.lines() {
+        let at = chrono::DateTime::parse_from_rfc3339(line.trim())
+            .unwrap_or_else(|e| panic!("`{line}` in the ledger is not a tick: {e}"));
+        *runs.entry(at.timestamp()).or_default() += 1;
+    }
+    let doubled: Vec<_> = runs.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        doubled.is_empty(),
+        "ticks whose job ran more than once: {doubled:?}"
+    );
+    let (first, last) = (*runs.keys().next().unwrap(), *runs.keys().next_back().unwrap());
+    let lost: Vec<i64> = (first..=last).filter(|t| !runs.contains_key(t)).collect();
+    assert!(
+        lost.is_empty(),
+        "ticks that started no job: {lost:?}; logs in {}",
+        d.display()
+    );
+    // And the api knows exactly that many jobs, each succeeded.
+    let ticks = runs.len();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let jobs = count_jobs(&api, &data).await;
+        if jobs == (ticks, ticks) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the api lists {jobs:?} (jobs, succeeded), not {ticks} succeeded jobs; logs in {}",
+            d.display()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    for p in procs.iter_mut().rev() {
+        p.stop();
+    }
 }
