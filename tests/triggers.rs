@@ -4,13 +4,14 @@
 //! inputs from the event; one whose inputs fail is a rejected job naming the flow; after
 //! `ferry undeploy` nothing starts.
 //!
-//! Needs FERRY_TEST_AMQP and FERRY_TEST_PYTHON (a Python with pika); scripts/test.sh provides
-//! them.
+//! The same on a Kafka-protocol broker (kafka-python) and through the api's `POST /events`.
+//!
+//! Needs FERRY_TEST_AMQP, FERRY_TEST_KAFKA and FERRY_TEST_PYTHON (a Python with pika and
+//! kafka-python); scripts/test.sh provides them.
 
 mod common;
 
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -20,29 +21,29 @@ fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run ./scripts/test.sh, which sets it"))
 }
 
-/// `ferry ARGS… --api API --data-dir DATA`.
-fn client(api: &str, data: &Path, args: &[&str]) -> Ran {
-    let mut c = ferry();
-    c.args(args).args(["--api", api, "--data-dir"]).arg(data);
-    output(c)
+/// How a client that is not ferry sends its events.
+enum Via {
+    /// Onto intake on RabbitMQ (pika): the broker's URL and the bus namespace.
+    Amqp(String, String),
+    /// Onto the intake topic on a Kafka-protocol broker (kafka-python): `HOST:PORT` and the
+    /// bus namespace.
+    Kafka(String, String),
+    /// `POST /events` on the api (Python's standard library): its URL and a token.
+    Http(String, String),
 }
 
-/// Publishes `count` events (ids `prefix-0`…) of the upload type, each `copies` times, on the
-/// broker at `url` in bus namespace `ns`.
-fn publish(
-    (url, ns): (&str, &str),
-    source: &str,
-    subject: &str,
-    data: &str,
-    prefix: &str,
-    count: usize,
-    copies: usize,
-) {
+/// Sends `count` events (ids `prefix-0`…) of the upload type, each `copies` times.
+fn publish(via: &Via, source: &str, subject: &str, data: &str, prefix: &str, count: usize, copies: usize) {
+    let (script, first, second) = match via {
+        Via::Amqp(url, ns) => ("publish_events_amqp.py", url, ns),
+        Via::Kafka(brokers, ns) => ("publish_events_kafka.py", brokers, ns),
+        Via::Http(api, token) => ("post_events_http.py", api, token),
+    };
     let out = Command::new(env("FERRY_TEST_PYTHON"))
-        .arg(root().join("tests/clients/publish_events_amqp.py"))
+        .arg(root().join("tests/clients").join(script))
         .args([
-            url,
-            ns,
+            first,
+            second,
             "com.acme.file.uploaded",
             source,
             subject,
@@ -55,7 +56,7 @@ fn publish(
         .unwrap();
     assert!(
         out.status.success(),
-        "publish_events_amqp.py failed: {}",
+        "{script} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
 }
@@ -65,32 +66,9 @@ fn job_for(source: &str, event_id: &str) -> String {
     ferry_planner::triggers::job_id(Some("examples"), "on-upload", 0, source, event_id)
 }
 
-/// Waits until the job is final; its state.
-fn final_state(api: &str, data: &Path, job: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let mut c = ferry();
-        c.args(["status", job, "--api", api, "--data-dir"]).arg(data);
-        let o = c.output().unwrap();
-        let state = String::from_utf8_lossy(&o.stdout)
-            .lines()
-            .next()
-            .unwrap_or("")
-            .to_string();
-        if matches!(state.as_str(), "succeeded" | "failed" | "cancelled" | "rejected") {
-            return state;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "job {job} did not finish (last state {state:?})"
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
-
 /// The jobs the api lists, as JSON.
-fn jobs(api: &str, data: &Path) -> Vec<Value> {
-    let ran = client(api, data, &["status", "--json"]);
+fn jobs(d: &Deployment) -> Vec<Value> {
+    let ran = d.client(&["status", "--json"]);
     assert_eq!(ran.code, 0);
     let list: Value = serde_json::from_str(&ran.stdout).unwrap();
     list["jobs"].as_array().cloned().unwrap_or_default()
@@ -99,48 +77,13 @@ fn jobs(api: &str, data: &Path) -> Vec<Value> {
 #[test]
 fn a_plain_cloudevent_from_a_python_client_starts_one_job_of_a_deployed_flow() {
     let url = env("FERRY_TEST_AMQP");
-    let ns = format!("t{}", &ferry_event::new_id().replace('-', "")[..16]);
-    let sep = if url.contains('?') { '&' } else { '?' };
-    let bus = format!("{url}{sep}namespace={ns}");
-    let _namespace = BusNamespace(bus.clone());
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let port = free_port();
-    let api = format!("http://127.0.0.1:{port}");
-    let log = std::fs::File::create(dir.path().join("up.log")).unwrap();
-    let up = Up(Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args([
-            "up",
-            "--bus",
-            &bus,
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--data-dir",
-        ])
-        .arg(&data)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "ferry up did not start; see {}",
-            dir.path().display()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let d = Deployment::up(&url);
+    let via = Via::Amqp(url.clone(), d.ns.clone());
 
-    let deployed = client(
-        &api,
-        &data,
-        &["deploy", example("triggered.yaml").to_str().unwrap()],
-    );
+    let deployed = d.client(&["deploy", example("triggered.yaml").to_str().unwrap()]);
     assert_eq!(deployed.code, 0, "{}", deployed.stderr);
     assert_eq!(deployed.stdout.trim(), "examples/on-upload version 1");
-    let flows = client(&api, &data, &["flows"]);
+    let flows = d.client(&["flows"]);
     assert!(flows.stdout.contains("examples/on-upload  1"), "{}", flows.stdout);
     assert!(
         flows.stdout.contains("com.acme.file.uploaded"),
@@ -151,7 +94,7 @@ fn a_plain_cloudevent_from_a_python_client_starts_one_job_of_a_deployed_flow() {
     // Two uploads, each published twice; one under another bucket (no match); one without
     // `rows` (rejected).
     publish(
-        (&url, &ns),
+        &via,
         "s3://landing/2026",
         "day.csv",
         r#"{"rows": 4{i}}"#,
@@ -160,7 +103,7 @@ fn a_plain_cloudevent_from_a_python_client_starts_one_job_of_a_deployed_flow() {
         2,
     );
     publish(
-        (&url, &ns),
+        &via,
         "s3://other/2026",
         "day.csv",
         r#"{"rows": 1}"#,
@@ -169,7 +112,7 @@ fn a_plain_cloudevent_from_a_python_client_starts_one_job_of_a_deployed_flow() {
         1,
     );
     publish(
-        (&url, &ns),
+        &via,
         "s3://landing/2026",
         "bad.csv",
         r#"{"lines": 1}"#,
@@ -180,8 +123,8 @@ fn a_plain_cloudevent_from_a_python_client_starts_one_job_of_a_deployed_flow() {
 
     for (i, event_id) in ["up-0", "up-1"].into_iter().enumerate() {
         let job = job_for("s3://landing/2026", event_id);
-        assert_eq!(final_state(&api, &data, &job), "succeeded");
-        let logs = client(&api, &data, &["logs", &job]);
+        assert_eq!(d.final_state(&job), "succeeded");
+        let logs = d.client(&["logs", &job]);
         assert!(
             logs.stdout
                 .contains(&format!("report | day.csv in landing: 4{i} rows")),
@@ -190,23 +133,23 @@ fn a_plain_cloudevent_from_a_python_client_starts_one_job_of_a_deployed_flow() {
         );
     }
     let bad = job_for("s3://landing/2026", "bad-0");
-    assert_eq!(final_state(&api, &data, &bad), "rejected");
-    let detail = client(&api, &data, &["status", &bad, "--json"]);
+    assert_eq!(d.final_state(&bad), "rejected");
+    let detail = d.client(&["status", &bad, "--json"]);
     assert!(
         detail.stdout.contains("flow `examples/on-upload`") && detail.stdout.contains("data.rows"),
         "{}",
         detail.stdout
     );
     // Each event one job, whatever the copies: two succeeded and one rejected, nothing else.
-    let all = jobs(&api, &data);
+    let all = jobs(&d);
     let of_flow: Vec<&Value> = all.iter().filter(|j| j["flowId"] == "on-upload").collect();
     assert_eq!(of_flow.len(), 2, "{all:#?}");
     assert_eq!(all.len(), 3, "{all:#?}");
 
-    let undeployed = client(&api, &data, &["undeploy", "examples/on-upload"]);
+    let undeployed = d.client(&["undeploy", "examples/on-upload"]);
     assert_eq!(undeployed.code, 0, "{}", undeployed.stderr);
     let deadline = Instant::now() + Duration::from_secs(30);
-    while client(&api, &data, &["flows"]).stdout.contains("on-upload") {
+    while d.client(&["flows"]).stdout.contains("on-upload") {
         assert!(
             Instant::now() < deadline,
             "the flow is still listed after undeploy"
@@ -214,7 +157,7 @@ fn a_plain_cloudevent_from_a_python_client_starts_one_job_of_a_deployed_flow() {
         std::thread::sleep(Duration::from_millis(200));
     }
     publish(
-        (&url, &ns),
+        &via,
         "s3://landing/2026",
         "late.csv",
         r#"{"rows": 9}"#,
@@ -223,16 +166,72 @@ fn a_plain_cloudevent_from_a_python_client_starts_one_job_of_a_deployed_flow() {
         1,
     );
     // Something the planner handles after the late event (intake is in order): a submission.
-    let hello = client(
-        &api,
-        &data,
-        &["submit", example("hello.yaml").to_str().unwrap(), "--wait"],
-    );
+    let hello = d.client(&["submit", example("hello.yaml").to_str().unwrap(), "--wait"]);
     assert_eq!(hello.code, 0, "{}", hello.stderr);
     let late = job_for("s3://landing/2026", "late-0");
     assert!(
-        !jobs(&api, &data).iter().any(|j| j["jobId"] == late.as_str()),
+        !jobs(&d).iter().any(|j| j["jobId"] == late.as_str()),
         "an undeployed flow started a job"
     );
-    drop(up);
+    drop(d);
+}
+
+/// Deploys the example, sends two matching events (each twice) and one that matches nothing,
+/// and checks that each matching event ran one job with its inputs, and nothing else ran.
+fn each_event_runs_one_job(d: &Deployment, via: &Via) {
+    let deployed = d.client(&["deploy", example("triggered.yaml").to_str().unwrap()]);
+    assert_eq!(deployed.code, 0, "{}", deployed.stderr);
+    publish(
+        via,
+        "s3://landing/2026",
+        "day.csv",
+        r#"{"rows": 7{i}}"#,
+        "up",
+        2,
+        2,
+    );
+    publish(
+        via,
+        "s3://other/2026",
+        "day.csv",
+        r#"{"rows": 1}"#,
+        "elsewhere",
+        1,
+        1,
+    );
+    for (i, event_id) in ["up-0", "up-1"].into_iter().enumerate() {
+        let job = job_for("s3://landing/2026", event_id);
+        assert_eq!(d.final_state(&job), "succeeded");
+        let logs = d.client(&["logs", &job]);
+        assert!(
+            logs.stdout
+                .contains(&format!("report | day.csv in landing: 7{i} rows")),
+            "{}",
+            logs.stdout
+        );
+    }
+    // Something the planner handles after those events (intake is in order on one partition
+    // and one queue): a submission; then nothing but the two jobs and it may be listed.
+    let hello = d.client(&["submit", example("hello.yaml").to_str().unwrap(), "--wait"]);
+    assert_eq!(hello.code, 0, "{}", hello.stderr);
+    let all = jobs(d);
+    let of_flow = all.iter().filter(|j| j["flowId"] == "on-upload").count();
+    assert_eq!((of_flow, all.len()), (2, 3), "{all:#?}");
+}
+
+#[test]
+fn a_plain_cloudevent_on_kafka_starts_one_job_of_a_deployed_flow() {
+    let url = env("FERRY_TEST_KAFKA");
+    let brokers = url.strip_prefix("kafka://").unwrap().to_string();
+    let d = Deployment::up(&url);
+    let via = Via::Kafka(brokers, d.ns.clone());
+    each_event_runs_one_job(&d, &via);
+}
+
+#[test]
+fn a_plain_cloudevent_posted_to_the_api_starts_one_job_of_a_deployed_flow() {
+    let d = Deployment::up(&env("FERRY_TEST_AMQP"));
+    let token = std::fs::read_to_string(d.data.join("admin.token")).expect("the admin token of ferry up");
+    let via = Via::Http(d.api.clone(), token.trim().to_string());
+    each_event_runs_one_job(&d, &via);
 }

@@ -232,10 +232,12 @@ fn remove_queues(url: &str, groups: &[ferry_bus::Subscribe]) {
     }
 }
 
-/// `ferry up` on the RabbitMQ of `FERRY_TEST_AMQP`, in a bus namespace of its own, with its
-/// api on a free port; `args` are added to its command line.
+/// `ferry up` on a broker, in a bus namespace of its own, with its api on a free port: stopped,
+/// and its namespace removed from the broker, when dropped (also when the test fails).
 pub struct Deployment {
     pub up: Up,
+    /// The bus namespace (`namespace=` of the bus URL).
+    pub ns: String,
     /// The bus URL, namespace included.
     pub bus: String,
     pub api: String,
@@ -245,12 +247,26 @@ pub struct Deployment {
 }
 
 impl Deployment {
+    /// On the RabbitMQ of `FERRY_TEST_AMQP`, with the local launcher only; `args` are added to
+    /// `ferry up`'s command line.
     pub fn start(args: &[&str]) -> Deployment {
         let url = std::env::var("FERRY_TEST_AMQP")
             .expect("FERRY_TEST_AMQP is not set: run ./scripts/test.sh, which sets it");
+        let mut all = vec!["--no-docker", "--no-kubernetes"];
+        all.extend_from_slice(args);
+        Deployment::up_with(&url, &all)
+    }
+
+    /// On a fresh namespace of the broker at `bus_base`.
+    pub fn up(bus_base: &str) -> Deployment {
+        Deployment::up_with(bus_base, &[])
+    }
+
+    /// The same, with `args` added to `ferry up`'s command line.
+    pub fn up_with(bus_base: &str, args: &[&str]) -> Deployment {
         let ns = format!("t{}", &ferry_event::new_id().replace('-', "")[..16]);
-        let sep = if url.contains('?') { '&' } else { '?' };
-        let bus = format!("{url}{sep}namespace={ns}");
+        let sep = if bus_base.contains('?') { '&' } else { '?' };
+        let bus = format!("{bus_base}{sep}namespace={ns}");
         let namespace = BusNamespace(bus.clone());
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
@@ -258,7 +274,7 @@ impl Deployment {
         let log_path = dir.path().join("up.log");
         let log = std::fs::File::create(&log_path).unwrap();
         let up = Up(ferry()
-            .args(["up", "--bus", &bus, "--no-docker", "--no-kubernetes", "--listen"])
+            .args(["up", "--bus", &bus, "--listen"])
             .arg(format!("127.0.0.1:{port}"))
             .arg("--data-dir")
             .arg(&data)
@@ -279,11 +295,37 @@ impl Deployment {
         }
         Deployment {
             up,
+            ns,
             bus,
             api: format!("http://127.0.0.1:{port}"),
             data,
             dir,
             _namespace: namespace,
+        }
+    }
+
+    /// Waits (up to 90 s) until the job is final; its state.
+    pub fn final_state(&self, job: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let mut c = ferry();
+            c.args(["status", job, "--api", &self.api, "--data-dir"])
+                .arg(&self.data);
+            let o = c.output().unwrap();
+            let state = String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string();
+            if matches!(state.as_str(), "succeeded" | "failed" | "cancelled" | "rejected") {
+                return state;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "job {job} did not finish (last state {state:?}); see {}",
+                self.dir.path().join("up.log").display()
+            );
+            std::thread::sleep(Duration::from_millis(250));
         }
     }
 
