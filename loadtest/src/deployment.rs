@@ -15,7 +15,7 @@ use ferry_event::payload::TaskStarted;
 use ferry_event::{AttributesReader, Topic, kind};
 
 use crate::shape::Shape;
-use crate::{Published, Report, single_flow, spawn_submitter};
+use crate::{Published, Report, single_flow, spawn_submitter, submissions};
 
 /// The service processes, stopped (SIGTERM, then SIGKILL) when dropped.
 struct Services {
@@ -135,6 +135,9 @@ pub struct Plan {
     pub rate: Option<f64>,
     pub tasks: usize,
     pub shape: Option<Shape>,
+    /// With a rate: each job is started by a plain CloudEvent matching a deployed flow's
+    /// trigger, not submitted.
+    pub triggered: bool,
 }
 
 pub async fn run(plan: Plan) -> Result<Report> {
@@ -181,14 +184,20 @@ async fn run_in(plan: &Plan, bus_url: &str) -> Result<Report> {
     tokio::time::sleep(Duration::from_secs(3)).await;
     services.check()?;
 
-    let jobs: Vec<(String, String)> = match (plan.rate, plan.shape) {
-        (None, Some(shape)) => vec![(ferry_event::new_id(), shape.flow(&plan.command))],
+    let jobs = match (plan.rate, plan.shape) {
+        (None, Some(shape)) => submissions(vec![(ferry_event::new_id(), shape.flow(&plan.command))]),
         (None, None) => bail!("a run without a rate needs a shape"),
+        (Some(_), _) if plan.triggered => {
+            crate::trigger::deploy(bus.as_ref(), &mut watch, &plan.command).await?;
+            crate::trigger::events(plan.tasks)
+        }
         (Some(_), _) => {
             let flow = single_flow(&plan.command);
-            (0..plan.tasks)
-                .map(|_| (ferry_event::new_id(), flow.clone()))
-                .collect()
+            submissions(
+                (0..plan.tasks)
+                    .map(|_| (ferry_event::new_id(), flow.clone()))
+                    .collect(),
+            )
         }
     };
     let mut pending: HashSet<String> = jobs.iter().map(|(id, _)| id.clone()).collect();
@@ -203,7 +212,14 @@ async fn run_in(plan: &Plan, bus_url: &str) -> Result<Report> {
     let mut planned_at: HashMap<String, i64> = HashMap::new();
     let mut dispatched_at: HashMap<String, i64> = HashMap::new();
     let mut stages: Vec<(&'static str, Vec<i64>)> = vec![
-        ("submitted -> planned", Vec::new()),
+        (
+            if plan.triggered {
+                "published -> planned"
+            } else {
+                "submitted -> planned"
+            },
+            Vec::new(),
+        ),
         ("planned -> dispatched", Vec::new()),
         ("dispatched -> started", Vec::new()),
     ];
@@ -295,6 +311,7 @@ async fn run_in(plan: &Plan, bus_url: &str) -> Result<Report> {
         broker_messages: counter.as_ref().map(message_count),
         failed,
         latency_label: match plan.rate {
+            Some(_) if plan.triggered => "event published -> process started",
             Some(_) => "submission published -> process started",
             None => "task ready -> process started",
         },

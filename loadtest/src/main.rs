@@ -4,6 +4,8 @@
 //!
 //! - `fanout`: one job, a root task releasing N no-op workers, as fast as ferry goes;
 //! - `paced`: single-task jobs submitted at a fixed rate, for dispatch latency at a steady load;
+//! - `triggered` (`--bus` only): plain CloudEvents published at a fixed rate, each starting a
+//!   single-task job of a deployed flow through its trigger ([`trigger`]);
 //! - `shape`: one job of a given DAG shape (fan-out, fan-in, chain, diamond lattice, grid), the
 //!   flows users write ([`shape`]); with `--via run` it times the `ferry run` command itself, end
 //!   to end, as a user runs it, rather than the services inside this process;
@@ -27,6 +29,7 @@ mod deployment;
 mod docker;
 mod shape;
 mod submit_wait;
+mod trigger;
 mod via_run;
 
 use std::collections::{HashMap, HashSet};
@@ -39,7 +42,7 @@ use clap::{Parser, Subcommand};
 use ferry_bus::{Bus, Subscribe};
 use ferry_cli::embedded::{Embedded, Options};
 use ferry_event::payload::{FlowSource, JobSubmitted, TaskStarted};
-use ferry_event::{AttributesReader, EventBuilder, Topic, kind};
+use ferry_event::{AttributesReader, Event, EventBuilder, Topic, kind};
 
 #[derive(Parser)]
 #[command(about = "Load test ferry's embedded system and report throughput, latency, CPU and memory")]
@@ -206,6 +209,14 @@ enum Mode {
         #[arg(long, default_value_t = 2_000)]
         tasks: usize,
     },
+    /// Plain CloudEvents published at a fixed rate onto intake, each starting a single-task
+    /// job of a deployed flow through its trigger (`--bus` only).
+    Triggered {
+        #[arg(long, default_value_t = 100.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 1_000)]
+        events: usize,
+    },
     /// One job of a DAG shape, as fast as possible.
     Shape {
         #[arg(value_enum)]
@@ -269,9 +280,11 @@ impl Mode {
                 depth: 2,
             }),
             Mode::Shape { kind, width, depth } => Some(shape::Shape { kind, width, depth }),
-            Mode::Paced { .. } | Mode::ApiReads { .. } | Mode::SubmitWait { .. } | Mode::Docker { .. } => {
-                None
-            }
+            Mode::Paced { .. }
+            | Mode::Triggered { .. }
+            | Mode::ApiReads { .. }
+            | Mode::SubmitWait { .. }
+            | Mode::Docker { .. } => None,
         }
     }
 }
@@ -364,6 +377,12 @@ async fn run(args: Args) -> Result<()> {
                 format!("paced, {tasks} jobs at {rate}/s"),
                 None,
             ),
+            (Mode::Triggered { rate, events }, _) => (
+                Some(*rate),
+                *events,
+                format!("triggered, {events} events at {rate}/s, each a job of a deployed flow"),
+                None,
+            ),
             (_, Some(shape)) => (None, shape.tasks(), shape.label(), Some(shape)),
             (_, None) => unreachable!(
                 "api-reads and submit-wait returned above; every other mode but paced has a shape"
@@ -384,8 +403,12 @@ async fn run(args: Args) -> Result<()> {
             rate,
             tasks,
             shape: flow,
+            triggered: matches!(args.mode, Mode::Triggered { .. }),
         };
         return deployment::run(plan).await?.print();
+    }
+    if matches!(args.mode, Mode::Triggered { .. }) {
+        bail!("`triggered` runs on a deployment: give --bus amqp://… or kafka://…");
     }
     if args.via == Via::Run {
         let Some(shape) = args.mode.shape() else {
@@ -448,7 +471,7 @@ async fn run(args: Args) -> Result<()> {
     let started = Instant::now();
     let mut pending: HashSet<String> = jobs.iter().map(|(id, _)| id.clone()).collect();
     let submit_bus: Arc<dyn Bus> = Arc::new(system.bus.clone());
-    let submitter = spawn_submitter(submit_bus, jobs, rate, Default::default());
+    let submitter = spawn_submitter(submit_bus, submissions(jobs), rate, Default::default());
 
     let mut latencies: Vec<i64> = Vec::with_capacity(total_tasks);
     let mut messages: u64 = 0;
@@ -504,38 +527,45 @@ async fn run(args: Args) -> Result<()> {
 /// When each job's submission was published, by job id (ms since the epoch).
 pub(crate) type Published = Arc<Mutex<HashMap<String, i64>>>;
 
-/// Publishes one submission per job: every `1/rate` seconds, or all at once without a rate,
-/// noting when each went out. A publish the bus refuses is retried for a few seconds.
-pub(crate) fn spawn_submitter(
-    bus: Arc<dyn Bus>,
-    jobs: Vec<(String, String)>,
-    rate: Option<f64>,
-    published: Published,
-) -> tokio::task::JoinHandle<Result<()>> {
+/// Submissions of the jobs (id, flow text), each with the job it starts.
+pub(crate) fn submissions(jobs: Vec<(String, String)>) -> Vec<(String, Event)> {
     let events = EventBuilder::new("ferry/loadtest");
-    tokio::spawn(async move {
-        let every = rate.map(|r| Duration::from_secs_f64(1.0 / r));
-        let t0 = tokio::time::Instant::now();
-        for (i, (job_id, flow)) in jobs.into_iter().enumerate() {
-            if let Some(every) = every {
-                tokio::time::sleep_until(t0 + every * i as u32).await;
-            }
+    jobs.into_iter()
+        .map(|(job_id, flow)| {
             let data = JobSubmitted {
                 job_id: Some(job_id.clone()),
                 flow: FlowSource::Text(flow),
                 flow_name: None,
                 inputs: Default::default(),
             };
-            published
-                .lock()
-                .unwrap()
-                .insert(job_id.clone(), ferry_event::now_ms());
             let e = events.job(kind::JOB_SUBMITTED, &job_id, &data);
+            (job_id, e)
+        })
+        .collect()
+}
+
+/// Publishes the events, each starting the job given with it: every `1/rate` seconds, or all
+/// at once without a rate, noting when each went out. A publish the bus refuses is retried for
+/// a few seconds.
+pub(crate) fn spawn_submitter(
+    bus: Arc<dyn Bus>,
+    jobs: Vec<(String, Event)>,
+    rate: Option<f64>,
+    published: Published,
+) -> tokio::task::JoinHandle<Result<()>> {
+    tokio::spawn(async move {
+        let every = rate.map(|r| Duration::from_secs_f64(1.0 / r));
+        let t0 = tokio::time::Instant::now();
+        for (i, (job_id, e)) in jobs.into_iter().enumerate() {
+            if let Some(every) = every {
+                tokio::time::sleep_until(t0 + every * i as u32).await;
+            }
+            published.lock().unwrap().insert(job_id, ferry_event::now_ms());
             let mut tries = 0;
             while let Err(err) = bus.publish(std::slice::from_ref(&e)).await {
                 tries += 1;
                 if tries > 50 {
-                    bail!("publishing a submission failed: {err}");
+                    bail!("publishing {} failed: {err}", e.ty());
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
