@@ -476,6 +476,29 @@ pub async fn status(api: &Target, job: Option<&str>, as_json: bool) -> Result<i3
     )
 }
 
+/// The STATE, RUNNING and SEEN cells of a launcher or an agent as the api lists it.
+fn presence_cells(p: &Value, now: i64) -> [String; 3] {
+    let state = if p["live"].as_bool() == Some(true) {
+        "live"
+    } else if p["leaving"].as_bool() == Some(true) {
+        "left"
+    } else {
+        "silent"
+    };
+    [
+        state.to_string(),
+        format!(
+            "{}/{}",
+            p["running"].as_u64().unwrap_or(0),
+            p["capacity"].as_u64().unwrap_or(0)
+        ),
+        format!(
+            "{} ago",
+            fmt_duration(now - p["seenAtMs"].as_i64().unwrap_or(now))
+        ),
+    ]
+}
+
 /// `ferry launchers [--json]`: which backends have a launcher running, and how busy each is.
 pub async fn launchers(api: &Target, as_json: bool) -> Result<i32> {
     let client = Client::new(api)?;
@@ -492,26 +515,13 @@ pub async fn launchers(api: &Target, as_json: bool) -> Result<i32> {
             let mut rows = vec![["BACKEND", "INSTANCE", "STATE", "RUNNING", "SEEN"].map(String::from)];
             let now = ferry_event::now_ms();
             for l in list["launchers"].as_array().into_iter().flatten() {
-                let state = if l["live"].as_bool() == Some(true) {
-                    "live"
-                } else if l["leaving"].as_bool() == Some(true) {
-                    "left"
-                } else {
-                    "silent"
-                };
+                let [state, running, seen] = presence_cells(l, now);
                 rows.push([
                     visible(l["backend"].as_str().unwrap_or("?")).into_owned(),
                     visible(l["instance"].as_str().unwrap_or("?")).into_owned(),
-                    state.to_string(),
-                    format!(
-                        "{}/{}",
-                        l["running"].as_u64().unwrap_or(0),
-                        l["capacity"].as_u64().unwrap_or(0)
-                    ),
-                    format!(
-                        "{} ago",
-                        fmt_duration(now - l["seenAtMs"].as_i64().unwrap_or(now))
-                    ),
+                    state,
+                    running,
+                    seen,
                 ]);
             }
             print_table(rows)?;
@@ -538,33 +548,20 @@ pub async fn agents(api: &Target, as_json: bool) -> Result<i32> {
                 vec![["CLUSTER", "TASKS", "INSTANCE", "STATE", "RUNNING", "SEEN"].map(String::from)];
             let now = ferry_event::now_ms();
             for a in list["agents"].as_array().into_iter().flatten() {
-                let state = if a["live"].as_bool() == Some(true) {
-                    "live"
-                } else if a["leaving"].as_bool() == Some(true) {
-                    "left"
-                } else {
-                    "silent"
-                };
                 let tasks: Vec<&str> = a["tasks"]
                     .as_array()
                     .into_iter()
                     .flatten()
                     .filter_map(Value::as_str)
                     .collect();
+                let [state, running, seen] = presence_cells(a, now);
                 rows.push([
                     visible(a["cluster"].as_str().unwrap_or("?")).into_owned(),
                     visible(&tasks.join(",")).into_owned(),
                     visible(a["instance"].as_str().unwrap_or("?")).into_owned(),
-                    state.to_string(),
-                    format!(
-                        "{}/{}",
-                        a["running"].as_u64().unwrap_or(0),
-                        a["capacity"].as_u64().unwrap_or(0)
-                    ),
-                    format!(
-                        "{} ago",
-                        fmt_duration(now - a["seenAtMs"].as_i64().unwrap_or(now))
-                    ),
+                    state,
+                    running,
+                    seen,
                 ]);
             }
             print_table(rows)?;
