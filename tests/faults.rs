@@ -1059,6 +1059,118 @@ const TRIGGER_EVENTS: usize = 1000;
 /// Planner kills in the trigger fault run.
 const PLANNER_KILLS: usize = 6;
 
+/// A deployment's five services, each its own process on a fresh namespace (`prefix` and an
+/// id) of the broker at `url`, with SQLite databases in a fresh run directory, as the trigger
+/// and schedule fault runs kill its planner; returned once the api answers. Dropped: the
+/// processes stop, then the run directory goes (kept on failure), then the namespace.
+struct ServiceRun {
+    procs: Vec<Proc>,
+    rng: Rng,
+    namespace: String,
+    d: PathBuf,
+    data: PathBuf,
+    /// Where the runs' tasks write what they did.
+    ledger: PathBuf,
+    api: String,
+    _dir: RunDir,
+    _namespace: BusNamespace,
+}
+
+impl ServiceRun {
+    fn start(url: &str, prefix: &str, what: &str) -> ServiceRun {
+        let namespace = format!("{prefix}{}", &ferry_event::new_id().replace('-', "")[..16]);
+        let sep = if url.contains('?') { '&' } else { '?' };
+        let bus = format!("{url}{sep}namespace={namespace}");
+        let bus_namespace = BusNamespace(bus.clone());
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_path_buf();
+        let run_dir = RunDir(Some(dir));
+        let data = d.join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        let keys = bus_key_file(&d);
+        let port = free_port();
+        let svc = |name: &str, extra: &[String]| -> Vec<String> {
+            let mut a = vec![
+                "service".to_string(),
+                name.to_string(),
+                "--bus".into(),
+                bus.clone(),
+            ];
+            a.extend(["--data-dir".to_string(), data.display().to_string()]);
+            a.extend(["--bus-key-file".to_string(), keys.display().to_string()]);
+            a.extend(extra.iter().cloned());
+            a
+        };
+        let db = |name: &str| format!("sqlite://{}", d.join(name).display());
+        let logs_db = db("logs.db");
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64
+            | 1;
+        eprintln!(
+            "{what}: namespace {namespace}, seed {seed}, logs in {}",
+            d.display()
+        );
+        let mut procs: Vec<Proc> = vec![
+            Proc::start(
+                "api",
+                svc(
+                    "api",
+                    &[
+                        "--api-db".into(),
+                        db("api.db"),
+                        "--log-db".into(),
+                        logs_db.clone(),
+                        "--listen".into(),
+                        format!("127.0.0.1:{port}"),
+                    ],
+                ),
+                &d,
+            ),
+            Proc::start(
+                "planner",
+                svc("planner", &["--planner-db".into(), db("planner.db")]),
+                &d,
+            ),
+            Proc::start(
+                "scheduler",
+                svc("scheduler", &["--db".into(), db("scheduler.db")]),
+                &d,
+            ),
+            Proc::start(
+                "launcher",
+                svc("launcher", &["--kill-grace".into(), "1s".into()]),
+                &d,
+            ),
+            Proc::start(
+                "log-collector",
+                svc("log-collector", &["--log-db".into(), logs_db.clone()]),
+                &d,
+            ),
+        ];
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            for p in procs.iter_mut() {
+                p.check_alive();
+            }
+            assert!(Instant::now() < deadline, "the api did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        ServiceRun {
+            procs,
+            rng: Rng(seed),
+            namespace,
+            ledger: d.join("ledger"),
+            d,
+            data,
+            api: format!("http://127.0.0.1:{port}"),
+            _dir: run_dir,
+            _namespace: bus_namespace,
+        }
+    }
+}
+
 /// A deployed flow whose one task appends the id of the event that started its job to `ledger`.
 fn triggered_flow(ledger: &Path) -> String {
     format!(
@@ -1088,88 +1200,14 @@ async fn rabbitmq_trigger_events_start_one_job_each_through_planner_kills() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(TRIGGER_EVENTS);
     let url = env("FERRY_TEST_AMQP");
-    let namespace = format!("g{}", &ferry_event::new_id().replace('-', "")[..16]);
-    let sep = if url.contains('?') { '&' } else { '?' };
-    let bus = format!("{url}{sep}namespace={namespace}");
-    let _namespace = BusNamespace(bus.clone());
-    let dir = tempfile::tempdir().unwrap();
-    let d = &dir.path().to_path_buf();
-    let _dir = RunDir(Some(dir));
-    let data = d.join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    let keys = bus_key_file(d);
-    let ledger = d.join("ledger");
-    let port = free_port();
-    let api = format!("http://127.0.0.1:{port}");
-    let svc = |name: &str, extra: &[String]| -> Vec<String> {
-        let mut a = vec![
-            "service".to_string(),
-            name.to_string(),
-            "--bus".into(),
-            bus.clone(),
-        ];
-        a.extend(["--data-dir".to_string(), data.display().to_string()]);
-        a.extend(["--bus-key-file".to_string(), keys.display().to_string()]);
-        a.extend(extra.iter().cloned());
-        a
-    };
-    let db = |name: &str| format!("sqlite://{}", d.join(name).display());
-    let logs_db = db("logs.db");
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-        | 1;
-    eprintln!(
-        "trigger fault run: namespace {namespace}, {events} events, seed {seed}, logs in {}",
-        d.display()
+    let mut run = ServiceRun::start(&url, "g", &format!("trigger fault run: {events} events"));
+    let (d, data, ledger, api, namespace) = (
+        run.d.clone(),
+        run.data.clone(),
+        run.ledger.clone(),
+        run.api.clone(),
+        run.namespace.clone(),
     );
-    let mut rng = Rng(seed);
-    let mut procs: Vec<Proc> = vec![
-        Proc::start(
-            "api",
-            svc(
-                "api",
-                &[
-                    "--api-db".into(),
-                    db("api.db"),
-                    "--log-db".into(),
-                    logs_db.clone(),
-                    "--listen".into(),
-                    format!("127.0.0.1:{port}"),
-                ],
-            ),
-            d,
-        ),
-        Proc::start(
-            "planner",
-            svc("planner", &["--planner-db".into(), db("planner.db")]),
-            d,
-        ),
-        Proc::start(
-            "scheduler",
-            svc("scheduler", &["--db".into(), db("scheduler.db")]),
-            d,
-        ),
-        Proc::start(
-            "launcher",
-            svc("launcher", &["--kill-grace".into(), "1s".into()]),
-            d,
-        ),
-        Proc::start(
-            "log-collector",
-            svc("log-collector", &["--log-db".into(), logs_db.clone()]),
-            d,
-        ),
-    ];
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        for p in procs.iter_mut() {
-            p.check_alive();
-        }
-        assert!(Instant::now() < deadline, "the api did not start");
-        std::thread::sleep(Duration::from_millis(100));
-    }
     let flow_path = d.join("counted.yaml");
     std::fs::write(&flow_path, triggered_flow(&ledger)).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
@@ -1214,7 +1252,7 @@ async fn rabbitmq_trigger_events_start_one_job_each_through_planner_kills() {
     let published = loop {
         // Strike while the planner has work: events are still being published, or jobs are
         // still to come.
-        std::thread::sleep(Duration::from_millis(100 + rng.below(500)));
+        std::thread::sleep(Duration::from_millis(100 + run.rng.below(500)));
         let done = publisher.try_wait().unwrap();
         if kills >= PLANNER_KILLS
             && let Some(status) = done
@@ -1222,11 +1260,11 @@ async fn rabbitmq_trigger_events_start_one_job_each_through_planner_kills() {
             break status;
         }
         if kills < PLANNER_KILLS && (done.is_none() || lines() < events) {
-            let p = procs.iter_mut().find(|p| p.name == "planner").unwrap();
+            let p = run.procs.iter_mut().find(|p| p.name == "planner").unwrap();
             p.check_alive();
             p.kill9();
             kills += 1;
-            std::thread::sleep(Duration::from_millis(rng.below(300)));
+            std::thread::sleep(Duration::from_millis(run.rng.below(300)));
             p.spawn();
         } else if kills < PLANNER_KILLS {
             // Everything ran before the planner could be hit enough times.
@@ -1247,7 +1285,7 @@ async fn rabbitmq_trigger_events_start_one_job_each_through_planner_kills() {
     // Every event's job runs; then nothing more comes.
     let deadline = Instant::now() + Duration::from_secs(300);
     while lines() < events {
-        for p in procs.iter_mut() {
+        for p in run.procs.iter_mut() {
             p.check_alive();
         }
         assert!(
@@ -1291,7 +1329,7 @@ async fn rabbitmq_trigger_events_start_one_job_each_through_planner_kills() {
         );
         std::thread::sleep(Duration::from_millis(500));
     }
-    for p in procs.iter_mut().rev() {
+    for p in run.procs.iter_mut().rev() {
         p.stop();
     }
 }
@@ -1339,88 +1377,13 @@ tasks:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rabbitmq_schedule_ticks_start_one_job_each_through_planner_kills() {
     let url = env("FERRY_TEST_AMQP");
-    let namespace = format!("s{}", &ferry_event::new_id().replace('-', "")[..16]);
-    let sep = if url.contains('?') { '&' } else { '?' };
-    let bus = format!("{url}{sep}namespace={namespace}");
-    let _namespace = BusNamespace(bus.clone());
-    let dir = tempfile::tempdir().unwrap();
-    let d = &dir.path().to_path_buf();
-    let _dir = RunDir(Some(dir));
-    let data = d.join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    let keys = bus_key_file(d);
-    let ledger = d.join("ledger");
-    let port = free_port();
-    let api = format!("http://127.0.0.1:{port}");
-    let svc = |name: &str, extra: &[String]| -> Vec<String> {
-        let mut a = vec![
-            "service".to_string(),
-            name.to_string(),
-            "--bus".into(),
-            bus.clone(),
-        ];
-        a.extend(["--data-dir".to_string(), data.display().to_string()]);
-        a.extend(["--bus-key-file".to_string(), keys.display().to_string()]);
-        a.extend(extra.iter().cloned());
-        a
-    };
-    let db = |name: &str| format!("sqlite://{}", d.join(name).display());
-    let logs_db = db("logs.db");
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-        | 1;
-    eprintln!(
-        "schedule fault run: namespace {namespace}, seed {seed}, logs in {}",
-        d.display()
+    let mut run = ServiceRun::start(&url, "s", "schedule fault run");
+    let (d, data, ledger, api) = (
+        run.d.clone(),
+        run.data.clone(),
+        run.ledger.clone(),
+        run.api.clone(),
     );
-    let mut rng = Rng(seed);
-    let mut procs: Vec<Proc> = vec![
-        Proc::start(
-            "api",
-            svc(
-                "api",
-                &[
-                    "--api-db".into(),
-                    db("api.db"),
-                    "--log-db".into(),
-                    logs_db.clone(),
-                    "--listen".into(),
-                    format!("127.0.0.1:{port}"),
-                ],
-            ),
-            d,
-        ),
-        Proc::start(
-            "planner",
-            svc("planner", &["--planner-db".into(), db("planner.db")]),
-            d,
-        ),
-        Proc::start(
-            "scheduler",
-            svc("scheduler", &["--db".into(), db("scheduler.db")]),
-            d,
-        ),
-        Proc::start(
-            "launcher",
-            svc("launcher", &["--kill-grace".into(), "1s".into()]),
-            d,
-        ),
-        Proc::start(
-            "log-collector",
-            svc("log-collector", &["--log-db".into(), logs_db.clone()]),
-            d,
-        ),
-    ];
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        for p in procs.iter_mut() {
-            p.check_alive();
-        }
-        assert!(Instant::now() < deadline, "the api did not start");
-        std::thread::sleep(Duration::from_millis(100));
-    }
     let ferry_cmd = |args: &[&str]| {
         let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
             .args(args)
@@ -1447,12 +1410,12 @@ async fn rabbitmq_schedule_ticks_start_one_job_each_through_planner_kills() {
     let mut kills = 0;
     let deadline = Instant::now() + Duration::from_secs(120);
     while kills < PLANNER_KILLS {
-        std::thread::sleep(Duration::from_millis(300 + rng.below(1500)));
-        let p = procs.iter_mut().find(|p| p.name == "planner").unwrap();
+        std::thread::sleep(Duration::from_millis(300 + run.rng.below(1500)));
+        let p = run.procs.iter_mut().find(|p| p.name == "planner").unwrap();
         p.check_alive();
         p.kill9();
         kills += 1;
-        std::thread::sleep(Duration::from_millis(rng.below(2000)));
+        std::thread::sleep(Duration::from_millis(run.rng.below(2000)));
         p.spawn();
         assert!(Instant::now() < deadline, "the kills took too long");
     }
@@ -1460,7 +1423,7 @@ async fn rabbitmq_schedule_ticks_start_one_job_each_through_planner_kills() {
     let before = lines();
     let deadline = Instant::now() + Duration::from_secs(120);
     while lines() < before + 3 {
-        for p in procs.iter_mut() {
+        for p in run.procs.iter_mut() {
             p.check_alive();
         }
         assert!(
@@ -1517,7 +1480,7 @@ async fn rabbitmq_schedule_ticks_start_one_job_each_through_planner_kills() {
         );
         std::thread::sleep(Duration::from_millis(500));
     }
-    for p in procs.iter_mut().rev() {
+    for p in run.procs.iter_mut().rev() {
         p.stop();
     }
 }
