@@ -17,6 +17,11 @@
 //! And for schedules: a deployed flow ticking every second while the planner is SIGKILLed again
 //! and again starts exactly one job per tick, with no tick lost, whose task runs exactly once.
 //!
+//! And for agents: two agents serving a job of agent tasks, whose root submits agent subtasks
+//! (its first attempt fails after submitting, so its subtasks must never appear), SIGKILLed and
+//! restarted on their data directories, with the planner, again and again: the job succeeds,
+//! every task and subtask has one successful attempt that ran to its end.
+//!
 //! Needs FERRY_TEST_AMQP and FERRY_TEST_KAFKA (scripts/test.sh starts the brokers), and for
 //! docker DOCKER_HOST and FERRY_TEST_DOCKER_IMAGE (its private dockerd and test image). Bounded:
 //! a fixed number of rounds, every wait has a deadline, and only processes started here are
@@ -200,6 +205,16 @@ struct AttemptRun {
 }
 
 fn read_ledger(path: &Path) -> BTreeMap<String, AttemptRun> {
+    let (runs, repeated) = read_ledger_with_repeats(path);
+    if let Some((attempt, task)) = repeated.first() {
+        panic!("attempt {attempt} of {task} started twice");
+    }
+    runs
+}
+
+/// The ledger's runs, and the attempts (with their task) whose run started more than once.
+fn read_ledger_with_repeats(path: &Path) -> (BTreeMap<String, AttemptRun>, Vec<(String, String)>) {
+    let mut repeated = Vec::new();
     let mut runs: BTreeMap<String, AttemptRun> = BTreeMap::new();
     let text = std::fs::read_to_string(path).unwrap_or_default();
     for line in text.lines() {
@@ -213,15 +228,17 @@ fn read_ledger(path: &Path) -> BTreeMap<String, AttemptRun> {
         run.last = run.last.max(ns);
         match what {
             "start" => {
-                assert!(run.start.is_none(), "attempt {attempt} of {task} started twice");
-                run.start = Some(ns);
+                if run.start.is_some() {
+                    repeated.push((attempt.to_string(), task.to_string()));
+                }
+                run.start = Some(run.start.map_or(ns, |s| s.min(ns)));
             }
             "end" => run.end = Some(ns),
             "wrote" => run.wrote += 1,
             _ => {}
         }
     }
-    runs
+    (runs, repeated)
 }
 
 /// `ferry status --json`, with the admin token of the api's data directory.
@@ -557,12 +574,16 @@ fn assert_every_task_succeeded(detail: &Value, count: usize) -> &Vec<Value> {
 const LOGS_DEADLINE: Duration = Duration::from_secs(60);
 
 /// Waits (at most `limit`) until the log store holds as many lines of each attempt as the
-/// ledger says it printed.
+/// ledger says it printed (but for attempts whose run started twice: a copy stopped by fencing
+/// may have printed lines that are not the attempt's).
 async fn wait_for_logs(db: &Path, ledger: &Path, limit: Duration) {
     use sqlx::{Connection, Row};
     let deadline = Instant::now() + limit;
     loop {
-        let runs = read_ledger(ledger);
+        let (mut runs, repeated) = read_ledger_with_repeats(ledger);
+        for (attempt, _) in &repeated {
+            runs.remove(attempt);
+        }
         let stored: HashMap<String, usize> =
             match sqlx::sqlite::SqliteConnection::connect(&format!("sqlite://{}", db.display())).await {
                 Ok(mut conn) => {
@@ -1067,6 +1088,9 @@ struct ServiceRun {
     procs: Vec<Proc>,
     rng: Rng,
     namespace: String,
+    /// The bus's address, with the namespace, and its key file.
+    bus: String,
+    keys: PathBuf,
     d: PathBuf,
     data: PathBuf,
     /// Where the runs' tasks write what they did.
@@ -1103,13 +1127,18 @@ impl ServiceRun {
         };
         let db = |name: &str| format!("sqlite://{}", d.join(name).display());
         let logs_db = db("logs.db");
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64
-            | 1;
+        let seed = std::env::var("FERRY_FAULT_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+                    | 1
+            });
         eprintln!(
-            "{what}: namespace {namespace}, seed {seed}, logs in {}",
+            "{what}: namespace {namespace}, seed {seed} (FERRY_FAULT_SEED={seed} repeats it), logs in {}",
             d.display()
         );
         let mut procs: Vec<Proc> = vec![
@@ -1161,6 +1190,8 @@ impl ServiceRun {
             procs,
             rng: Rng(seed),
             namespace,
+            bus,
+            keys,
             ledger: d.join("ledger"),
             d,
             data,
@@ -1483,4 +1514,206 @@ async fn rabbitmq_schedule_ticks_start_one_job_each_through_planner_kills() {
     for p in run.procs.iter_mut().rev() {
         p.stop();
     }
+}
+
+/// Subtasks the agent fault run's root submits.
+const AGENT_SUBTASKS: usize = 160;
+/// Kills in the agent fault run, and how many must hit the running job for it to count.
+const AGENT_ROUNDS: usize = 10;
+const AGENT_MIN_ROUNDS: usize = 6;
+
+/// An agent configuration for the agent fault run, registering `split@1.0` (the root: it submits
+/// [`AGENT_SUBTASKS`] `work@1.0` subtasks; its first attempt in the run fails after writing them,
+/// with ids that must never appear) and `work@1.0` (the fault runs' ledger script of [`flow`]).
+fn agent_fault_config(dir: &Path, agent: &str, ledger: &Path, marker: &str) -> PathBuf {
+    let work = format!(
+        r#"l={ledger}; echo "$FERRY_TASK_ID $FERRY_ATTEMPT_ID start $(date +%s%N)" >> "$l"; i=0; while [ $i -lt 8 ]; do echo "$FERRY_TASK_ID $FERRY_ATTEMPT_ID tick $(date +%s%N)" >> "$l"; [ $i -lt 3 ] && echo "line $i of $FERRY_TASK_ID" && echo "$FERRY_TASK_ID $FERRY_ATTEMPT_ID wrote $(date +%s%N)" >> "$l"; sleep 0.04; i=$((i+1)); done; echo "$FERRY_TASK_ID $FERRY_ATTEMPT_ID end $(date +%s%N)" >> "$l""#,
+        ledger = ledger.display()
+    );
+    let split = format!(
+        r#"l={ledger}; echo "$FERRY_TASK_ID $FERRY_ATTEMPT_ID start $(date +%s%N)" >> "$l"; first={failed}; if mkdir "$first" 2>/dev/null; then p=lost-; else p=; fi; {{ printf '['; i=0; while [ $i -lt {n} ]; do [ $i -gt 0 ] && printf ','; printf '{{"id":"%st%03d","runner":{{"type":"agent","cluster":"c","task":"work@1.0"}}}}' "$p" $i; i=$((i+1)); done; printf ']'; }} > "$FERRY_SUBTASKS"; if [ -n "$p" ]; then echo "$FERRY_TASK_ID $FERRY_ATTEMPT_ID failed $(date +%s%N)" >> "$l"; exit 1; fi; echo "$FERRY_TASK_ID $FERRY_ATTEMPT_ID end $(date +%s%N)" >> "$l""#,
+        ledger = ledger.display(),
+        failed = dir.join("root-failed-once").display(),
+        n = AGENT_SUBTASKS,
+    );
+    let config = serde_json::json!({
+        "tasks": [
+            {"name": "split", "version": "1.0", "command": ["sh", "-c", split, marker], "env": {"AGENT": agent}},
+            {"name": "work", "version": "1.0", "command": ["sh", "-c", work, marker], "env": {"AGENT": agent}},
+        ]
+    });
+    let path = dir.join(format!("{agent}.yaml"));
+    std::fs::write(&path, config.to_string()).unwrap();
+    path
+}
+
+/// Two agents and the planner SIGKILLed and restarted again and again while a job of agent
+/// tasks runs, whose root submits agent subtasks: its first attempt fails after submitting
+/// subtasks that must never appear; the second's join the job, and `after` waits for them all.
+/// The job succeeds; every task and subtask succeeded once, with an attempt that ran to its
+/// end; no subtask of the failed attempt exists; nothing is left running.
+///
+/// A dispatch an agent started but had not yet acknowledged when it was killed is delivered
+/// again, possibly to the other agent, which starts the same attempt: the scheduler keeps the
+/// first start and stops the copy (fencing). Such copies are counted and allowed only for
+/// attempts whose first run was on a killed agent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_agent_tasks_with_subtasks_survive_killed_agents_and_planner() {
+    let url = env("FERRY_TEST_AMQP");
+    let mut run = ServiceRun::start(&url, "a", "agent fault run");
+    let (d, data, ledger, api) = (
+        run.d.clone(),
+        run.data.clone(),
+        run.ledger.clone(),
+        run.api.clone(),
+    );
+    let marker = format!("ferry-fault-{}", run.namespace);
+    for agent in ["x", "y"] {
+        let config = agent_fault_config(&d, agent, &ledger, &marker);
+        let args: Vec<String> = [
+            "agent",
+            "--bus",
+            &run.bus,
+            "--bus-key-file",
+            run.keys.to_str().unwrap(),
+            "--data-dir",
+            d.join(format!("agent-{agent}")).to_str().unwrap(),
+            "--cluster",
+            "c",
+            "--config",
+            config.to_str().unwrap(),
+            "--max-parallel",
+            "4",
+            "--kill-grace",
+            "1s",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let name = if agent == "x" { "agent-x" } else { "agent-y" };
+        run.procs.push(Proc::start(name, args, &d));
+    }
+    let flow_path = d.join("agents.yaml");
+    std::fs::write(
+        &flow_path,
+        "id: agent-faults\ntasks:\n  - id: root\n    runner: { type: agent, cluster: c, task: split@1.0 }\n    retry: { attempts: 3, initial: 100ms }\n  - id: after\n    runner: { type: agent, cluster: c, task: work@1.0 }\n    dependsOn: [root]\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["submit", "--api", &api, "--data-dir"])
+        .arg(&data)
+        .arg(&flow_path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "submit failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let job = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .unwrap()
+        .trim()
+        .to_string();
+    eprintln!("job {job}: a root submitting {AGENT_SUBTASKS} agent subtasks, on agents x and y");
+
+    // Each agent and the planner at least once, in a random order, then random ones.
+    let killable = ["agent-x", "agent-y", "planner"];
+    let mut victims: Vec<&str> = killable.to_vec();
+    for i in (1..victims.len()).rev() {
+        victims.swap(i, run.rng.below(i as u64 + 1) as usize);
+    }
+    while victims.len() < AGENT_ROUNDS {
+        victims.push(killable[run.rng.below(killable.len() as u64) as usize]);
+    }
+    let mut schedule = Vec::new();
+    let mut seen = 0;
+    for victim in victims {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let now = loop {
+            let n = std::fs::read_to_string(&ledger)
+                .map(|t| t.lines().count())
+                .unwrap_or(0);
+            if n >= seen + 30 {
+                break n;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no progress for 120s after {schedule:?}; logs in {}",
+                d.display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        seen = now;
+        std::thread::sleep(Duration::from_millis(run.rng.below(400)));
+        let state = api_json(&api, &data, &format!("/jobs/{job}"))
+            .await
+            .and_then(|d| d["state"].as_str().map(str::to_string));
+        if matches!(state.as_deref(), Some("succeeded" | "failed" | "cancelled")) {
+            break;
+        }
+        schedule.push(victim);
+        let down = run.rng.below(600);
+        let p = run.procs.iter_mut().find(|p| p.name == victim).unwrap();
+        p.check_alive();
+        p.kill9();
+        std::thread::sleep(Duration::from_millis(down));
+        p.spawn();
+    }
+    eprintln!("killed: {schedule:?}");
+    assert!(
+        schedule.len() >= AGENT_MIN_ROUNDS,
+        "the job ended after {} of {AGENT_ROUNDS} kills: too fast to test anything",
+        schedule.len()
+    );
+
+    let context = format!("kills: {schedule:?}");
+    let detail = end_of_job(&mut run.procs, &api, &data, &job, JOB_DEADLINE, &context, &d, &ledger).await;
+    let tasks = assert_every_task_succeeded(&detail, AGENT_SUBTASKS + 2);
+    let (runs, repeated) = read_ledger_with_repeats(&ledger);
+
+    // The failed first attempt of root submitted subtasks; none of them joined the job.
+    let ids: HashSet<&str> = tasks.iter().filter_map(|t| t["taskId"].as_str()).collect();
+    let failed_roots = runs.values().filter(|r| r.task == "root" && r.end.is_none()).count();
+    assert!(failed_roots >= 1, "root's first attempt did not run");
+    for i in 0..AGENT_SUBTASKS {
+        assert!(ids.contains(format!("root.t{i:03}").as_str()), "root.t{i:03} missing: {ids:?}");
+    }
+    assert!(
+        !ids.iter().any(|id| id.contains("lost-")),
+        "a subtask of root's failed attempt joined the job: {ids:?}"
+    );
+
+    // Every task's successful attempt ran to its end; `after` started once every subtask ended.
+    for t in tasks {
+        let (task, attempt) = (t["taskId"].as_str().unwrap(), t["attemptId"].as_str().unwrap());
+        let ran = runs
+            .get(attempt)
+            .unwrap_or_else(|| panic!("{task}'s successful attempt {attempt} never ran ({context})"));
+        assert!(ran.end.is_some(), "{task}'s successful attempt {attempt} did not run to its end ({context})");
+    }
+    let after = runs
+        .values()
+        .filter(|r| r.task == "after")
+        .filter_map(|r| r.start)
+        .min()
+        .expect("after ran");
+    for r in runs.values().filter(|r| r.task.starts_with("root.")) {
+        assert!(r.last < after, "after started before subtask {} ended ({context})", r.task);
+    }
+    let agent_kills = schedule.iter().filter(|v| v.starts_with("agent")).count();
+    assert!(
+        repeated.is_empty() || agent_kills > 0,
+        "attempts started twice though no agent was killed: {repeated:?}"
+    );
+    let reruns = runs.len().saturating_sub(AGENT_SUBTASKS + 2 + failed_roots);
+    eprintln!(
+        "{agent_kills} agent kills; {reruns} extra attempts; {} attempts started again by a redelivered dispatch: {repeated:?}",
+        repeated.len()
+    );
+
+    // Nothing left running.
+    let left = processes_with(&marker);
+    assert!(left.is_empty(), "task processes survived: {left:?}");
 }
