@@ -1669,16 +1669,32 @@ async fn rabbitmq_agent_tasks_with_subtasks_survive_killed_agents_and_planner() 
     );
 
     let context = format!("kills: {schedule:?}");
-    let detail = end_of_job(&mut run.procs, &api, &data, &job, JOB_DEADLINE, &context, &d, &ledger).await;
+    let detail = end_of_job(
+        &mut run.procs,
+        &api,
+        &data,
+        &job,
+        JOB_DEADLINE,
+        &context,
+        &d,
+        &ledger,
+    )
+    .await;
     let tasks = assert_every_task_succeeded(&detail, AGENT_SUBTASKS + 2);
     let (runs, repeated) = read_ledger_with_repeats(&ledger);
 
     // The failed first attempt of root submitted subtasks; none of them joined the job.
     let ids: HashSet<&str> = tasks.iter().filter_map(|t| t["taskId"].as_str()).collect();
-    let failed_roots = runs.values().filter(|r| r.task == "root" && r.end.is_none()).count();
+    let failed_roots = runs
+        .values()
+        .filter(|r| r.task == "root" && r.end.is_none())
+        .count();
     assert!(failed_roots >= 1, "root's first attempt did not run");
     for i in 0..AGENT_SUBTASKS {
-        assert!(ids.contains(format!("root.t{i:03}").as_str()), "root.t{i:03} missing: {ids:?}");
+        assert!(
+            ids.contains(format!("root.t{i:03}").as_str()),
+            "root.t{i:03} missing: {ids:?}"
+        );
     }
     assert!(
         !ids.iter().any(|id| id.contains("lost-")),
@@ -1691,7 +1707,10 @@ async fn rabbitmq_agent_tasks_with_subtasks_survive_killed_agents_and_planner() 
         let ran = runs
             .get(attempt)
             .unwrap_or_else(|| panic!("{task}'s successful attempt {attempt} never ran ({context})"));
-        assert!(ran.end.is_some(), "{task}'s successful attempt {attempt} did not run to its end ({context})");
+        assert!(
+            ran.end.is_some(),
+            "{task}'s successful attempt {attempt} did not run to its end ({context})"
+        );
     }
     let after = runs
         .values()
@@ -1700,7 +1719,11 @@ async fn rabbitmq_agent_tasks_with_subtasks_survive_killed_agents_and_planner() 
         .min()
         .expect("after ran");
     for r in runs.values().filter(|r| r.task.starts_with("root.")) {
-        assert!(r.last < after, "after started before subtask {} ended ({context})", r.task);
+        assert!(
+            r.last < after,
+            "after started before subtask {} ended ({context})",
+            r.task
+        );
     }
     let agent_kills = schedule.iter().filter(|v| v.starts_with("agent")).count();
     assert!(

@@ -78,21 +78,20 @@ impl Embedded {
         // saying so, instead of after the minute a deployment gives launchers to come up.
         scheduler.no_launcher_after = Some(NO_LAUNCHER_AFTER);
         plan.scheduler = Some(scheduler);
-        let mut launcher = ferry_launcher_local::Config::new(&data_dir);
-        launcher.kill_grace = opts.kill_grace;
-        launcher.max_parallel = opts.max_parallel;
-        plan.launchers.push(Launcher::Local(launcher));
+        let mut launcher = Launcher::Local(ferry_launcher_local::Config::new(&data_dir));
+        launcher.tune(opts.kill_grace, opts.max_parallel);
+        plan.launchers.push(launcher);
         #[cfg(feature = "docker")]
         if opts.docker {
             // Docker tasks run on the local engine; without one they fail, saying so.
             let mut docker = ferry_launcher_docker::Config::new(crate::launchers::docker_data_dir(&data_dir));
-            docker.artifact_dir = Some(data_dir.join("artifacts"));
+            docker.service.artifact_dir = Some(data_dir.join("artifacts"));
             docker.require_engine = false;
             // The job ends with `ferry run`: nothing may outlive it, as with local processes.
             docker.detach = false;
-            docker.kill_grace = opts.kill_grace;
-            docker.max_parallel = opts.max_parallel;
-            plan.launchers.push(Launcher::Docker(docker));
+            let mut docker = Launcher::Docker(docker);
+            docker.tune(opts.kill_grace, opts.max_parallel);
+            plan.launchers.push(docker);
         }
         plan.log_collector = Some(ferry_log_collector::Flags {
             log_collector_group: ferry_log_collector::DEFAULT_GROUP.into(),

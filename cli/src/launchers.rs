@@ -16,6 +16,7 @@ use std::sync::Arc;
 use anyhow::{Result, bail};
 use ferry_bus::{Bus, Subscribe};
 use ferry_event::Topic;
+use ferry_launcher_local::Service;
 use tokio_util::sync::CancellationToken;
 
 /// Every backend a launcher can serve, built in or not.
@@ -74,62 +75,56 @@ impl Launcher {
         }
     }
 
+    /// The settings it shares with every launcher.
+    fn service(&self) -> &Service {
+        match self {
+            Launcher::Local(c) => &c.service,
+            Launcher::Agent(c) => &c.launcher.service,
+            #[cfg(feature = "docker")]
+            Launcher::Docker(c) => &c.service,
+            #[cfg(feature = "kubernetes")]
+            Launcher::Kubernetes(c) => &c.service,
+            #[cfg(feature = "ray")]
+            Launcher::Ray(c) => &c.service,
+            #[cfg(feature = "aws-batch")]
+            Launcher::AwsBatch(c) => &c.service,
+        }
+    }
+
+    fn service_mut(&mut self) -> &mut Service {
+        match self {
+            Launcher::Local(c) => &mut c.service,
+            Launcher::Agent(c) => &mut c.launcher.service,
+            #[cfg(feature = "docker")]
+            Launcher::Docker(c) => &mut c.service,
+            #[cfg(feature = "kubernetes")]
+            Launcher::Kubernetes(c) => &mut c.service,
+            #[cfg(feature = "ray")]
+            Launcher::Ray(c) => &mut c.service,
+            #[cfg(feature = "aws-batch")]
+            Launcher::AwsBatch(c) => &mut c.service,
+        }
+    }
+
     /// Its consumer groups on the dispatch topics it serves: one, on its backend's, but for an
     /// agent (one per task version it serves).
     pub fn groups(&self) -> Vec<Subscribe> {
-        let group = match self {
-            Launcher::Local(c) => c.group.clone(),
-            Launcher::Agent(c) => {
-                return c
-                    .served()
-                    .into_iter()
-                    .map(|(backend, group)| Subscribe::new(group, [Topic::Dispatch(backend)]))
-                    .collect();
-            }
-            #[cfg(feature = "docker")]
-            Launcher::Docker(c) => c.group.clone(),
-            #[cfg(feature = "kubernetes")]
-            Launcher::Kubernetes(c) => c.group.clone(),
-            #[cfg(feature = "ray")]
-            Launcher::Ray(c) => c.group.clone(),
-            #[cfg(feature = "aws-batch")]
-            Launcher::AwsBatch(c) => c.group.clone(),
-        };
+        if let Launcher::Agent(c) = self {
+            return c
+                .served()
+                .into_iter()
+                .map(|(backend, group)| Subscribe::new(group, [Topic::Dispatch(backend)]))
+                .collect();
+        }
+        let group = self.service().group.clone();
         vec![Subscribe::new(group, [Topic::Dispatch(self.backend().into())])]
     }
 
     /// Sets how long a stopped task gets between SIGTERM and SIGKILL, and how many run at once.
     pub fn tune(&mut self, kill_grace: std::time::Duration, max_parallel: usize) {
-        match self {
-            Launcher::Local(c) => {
-                c.kill_grace = kill_grace;
-                c.max_parallel = max_parallel;
-            }
-            Launcher::Agent(c) => {
-                c.launcher.kill_grace = kill_grace;
-                c.launcher.max_parallel = max_parallel;
-            }
-            #[cfg(feature = "docker")]
-            Launcher::Docker(c) => {
-                c.kill_grace = kill_grace;
-                c.max_parallel = max_parallel;
-            }
-            #[cfg(feature = "kubernetes")]
-            Launcher::Kubernetes(c) => {
-                c.kill_grace = kill_grace;
-                c.max_parallel = max_parallel;
-            }
-            #[cfg(feature = "ray")]
-            Launcher::Ray(c) => {
-                c.kill_grace = kill_grace;
-                c.max_parallel = max_parallel;
-            }
-            #[cfg(feature = "aws-batch")]
-            Launcher::AwsBatch(c) => {
-                c.kill_grace = kill_grace;
-                c.max_parallel = max_parallel;
-            }
-        }
+        let service = self.service_mut();
+        service.kill_grace = kill_grace;
+        service.max_parallel = max_parallel;
     }
 
     /// Runs it until `shutdown`.
@@ -157,18 +152,8 @@ pub fn docker_data_dir(data_dir: &Path) -> std::path::PathBuf {
 #[cfg(feature = "docker")]
 fn docker(flags: &ferry_launcher_local::Flags, data_dir: &Path) -> Result<Launcher> {
     let mut c = ferry_launcher_docker::Config::new(docker_data_dir(data_dir));
-    c.artifact_dir = Some(artifact_dir(flags, data_dir));
-    c.artifact_retention = flags.artifact_retention;
-    c.artifact_quotas = ferry_runtime::NamespaceLimits::new(flags.namespace_artifact_quotas.iter().cloned());
+    shared(flags, data_dir, &mut c.service, "docker");
     c.docker_host = flags.docker_host.clone();
-    c.max_parallel = flags.max_parallel;
-    c.kill_grace = flags.kill_grace;
-    if let Some(path) = &flags.secrets_file {
-        c.secrets_file = Some(path.clone());
-    }
-    if let Some(group) = group(flags, "docker") {
-        c.group = group;
-    }
     Ok(Launcher::Docker(c))
 }
 
@@ -180,21 +165,11 @@ fn docker(_: &ferry_launcher_local::Flags, _: &Path) -> Result<Launcher> {
 #[cfg(feature = "kubernetes")]
 fn kubernetes(flags: &ferry_launcher_local::Flags, data_dir: &Path) -> Result<Launcher> {
     let mut c = ferry_launcher_kubernetes::Config::new(data_dir.join("kubernetes"));
+    shared(flags, data_dir, &mut c.service, "kubernetes");
     c.context = flags.kube_context.clone();
     c.namespace = flags.kube_namespace.clone();
     c.stage_image = flags.kube_stage_image.clone();
-    c.artifact_dir = Some(artifact_dir(flags, data_dir));
-    c.artifact_retention = flags.artifact_retention;
-    c.artifact_quotas = ferry_runtime::NamespaceLimits::new(flags.namespace_artifact_quotas.iter().cloned());
     c.pending_deadline = flags.pending_deadline;
-    c.max_parallel = flags.max_parallel;
-    c.kill_grace = flags.kill_grace;
-    if let Some(path) = &flags.secrets_file {
-        c.secrets_file = Some(path.clone());
-    }
-    if let Some(group) = group(flags, "kubernetes") {
-        c.group = group;
-    }
     Ok(Launcher::Kubernetes(c))
 }
 
@@ -206,19 +181,9 @@ fn kubernetes(_: &ferry_launcher_local::Flags, _: &Path) -> Result<Launcher> {
 #[cfg(feature = "ray")]
 fn ray(flags: &ferry_launcher_local::Flags, data_dir: &Path) -> Result<Launcher> {
     let mut c = ferry_launcher_ray::Config::new(data_dir.join("ray"));
+    shared(flags, data_dir, &mut c.service, "ray");
     c.address = flags.ray_address.clone().filter(|a| !a.trim().is_empty());
     c.work_dir = flags.ray_work_dir.clone();
-    c.artifact_dir = Some(artifact_dir(flags, data_dir));
-    c.artifact_retention = flags.artifact_retention;
-    c.artifact_quotas = ferry_runtime::NamespaceLimits::new(flags.namespace_artifact_quotas.iter().cloned());
-    c.max_parallel = flags.max_parallel;
-    c.kill_grace = flags.kill_grace;
-    if let Some(path) = &flags.secrets_file {
-        c.secrets_file = Some(path.clone());
-    }
-    if let Some(group) = group(flags, "ray") {
-        c.group = group;
-    }
     Ok(Launcher::Ray(c))
 }
 
@@ -231,20 +196,13 @@ fn ray(_: &ferry_launcher_local::Flags, _: &Path) -> Result<Launcher> {
 fn aws_batch(flags: &ferry_launcher_local::Flags, data_dir: &Path) -> Result<Launcher> {
     let given = |v: &Option<String>| v.clone().filter(|v| !v.trim().is_empty());
     let mut c = ferry_launcher_aws_batch::Config::new(data_dir.join("aws-batch"));
+    shared(flags, data_dir, &mut c.service, "aws-batch");
     c.region = given(&flags.aws_region);
     c.endpoint_url = given(&flags.aws_endpoint_url);
     c.job_queue = given(&flags.aws_batch_job_queue);
     c.compute_environment = given(&flags.aws_batch_compute_environment);
     c.pending_deadline = flags.pending_deadline;
     c.poll_interval = flags.aws_batch_poll_interval;
-    c.max_parallel = flags.max_parallel;
-    c.kill_grace = flags.kill_grace;
-    if let Some(path) = &flags.secrets_file {
-        c.secrets_file = Some(path.clone());
-    }
-    if let Some(group) = group(flags, "aws-batch") {
-        c.group = group;
-    }
     Ok(Launcher::AwsBatch(c))
 }
 
@@ -253,27 +211,20 @@ fn aws_batch(_: &ferry_launcher_local::Flags, _: &Path) -> Result<Launcher> {
     bail!("{}", not_enabled("aws-batch"))
 }
 
-/// Where a container launcher stores output files: `--artifact-dir`, else the data
-/// directory's `artifacts`, shared by every backend of `ferry up`.
-#[cfg(any(feature = "docker", feature = "kubernetes", feature = "ray"))]
-fn artifact_dir(flags: &ferry_launcher_local::Flags, data_dir: &Path) -> std::path::PathBuf {
-    flags
-        .artifact_dir
-        .clone()
-        .unwrap_or_else(|| data_dir.join("artifacts"))
-}
-
-/// The consumer group of `backend`'s launcher when `--launcher-group` names another than the
-/// default: the local launcher's group is named after its backend, and so are the others'
-/// (`NAME-docker`). `None`: the backend's own default.
+/// Sets the launcher flags every backend takes on `service`, the settings of the launcher of
+/// `backend` keeping its state under `data_dir`: its output files go to `--artifact-dir`, else
+/// to the data directory's `artifacts`, which every backend of `ferry up` shares.
 #[cfg(any(
     feature = "docker",
     feature = "kubernetes",
     feature = "ray",
     feature = "aws-batch"
 ))]
-fn group(flags: &ferry_launcher_local::Flags, backend: &str) -> Option<String> {
-    (flags.launcher_group != "launcher-local").then(|| format!("{}-{backend}", flags.launcher_group))
+fn shared(flags: &ferry_launcher_local::Flags, data_dir: &Path, service: &mut Service, backend: &str) {
+    flags.apply(service, backend);
+    if flags.artifact_dir.is_none() {
+        service.artifact_dir = Some(data_dir.join("artifacts"));
+    }
 }
 
 /// What a backend left out of this build answers.
@@ -391,24 +342,13 @@ mod tests {
     }
 
     fn retention(launcher: &Launcher) -> Option<Duration> {
-        match launcher {
-            Launcher::Local(c) => c.artifact_retention,
-            Launcher::Agent(c) => c.launcher.artifact_retention,
-            #[cfg(feature = "docker")]
-            Launcher::Docker(c) => c.artifact_retention,
-            #[cfg(feature = "kubernetes")]
-            Launcher::Kubernetes(c) => c.artifact_retention,
-            #[cfg(feature = "ray")]
-            Launcher::Ray(c) => c.artifact_retention,
-            #[cfg(feature = "aws-batch")]
-            Launcher::AwsBatch(_) => unreachable!("aws-batch keeps no output files"),
-        }
+        launcher.service().artifact_retention
     }
 
-    /// The backends that keep output files in the artifact directory (aws-batch collects
-    /// none yet).
+    /// The backends of this build: every one takes the artifact flags (aws-batch, which
+    /// collects no output files yet, keeps its artifact directory empty).
     fn storing(backend: &&&str) -> bool {
-        enabled(backend) && **backend != "aws-batch"
+        enabled(backend)
     }
 
     #[test]
@@ -430,18 +370,7 @@ mod tests {
     }
 
     fn quotas(launcher: &Launcher) -> &ferry_runtime::NamespaceLimits {
-        match launcher {
-            Launcher::Local(c) => &c.artifact_quotas,
-            Launcher::Agent(c) => &c.launcher.artifact_quotas,
-            #[cfg(feature = "docker")]
-            Launcher::Docker(c) => &c.artifact_quotas,
-            #[cfg(feature = "kubernetes")]
-            Launcher::Kubernetes(c) => &c.artifact_quotas,
-            #[cfg(feature = "ray")]
-            Launcher::Ray(c) => &c.artifact_quotas,
-            #[cfg(feature = "aws-batch")]
-            Launcher::AwsBatch(_) => unreachable!("aws-batch keeps no output files"),
-        }
+        &launcher.service().artifact_quotas
     }
 
     #[test]

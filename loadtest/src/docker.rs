@@ -235,11 +235,11 @@ impl Launcher {
                 .await?,
         );
         let mut config = ferry_launcher_docker::Config::new(data.path());
-        config.max_parallel = plan.parallel;
-        config.kill_grace = Duration::from_secs(1);
-        config.group = GROUP.into();
+        config.service.max_parallel = plan.parallel;
+        config.service.kill_grace = Duration::from_secs(1);
+        config.service.group = GROUP.into();
         config.detach = false;
-        config.secrets_file = None;
+        config.service.secrets_file = None;
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(ferry_launcher_docker::run(
             config,

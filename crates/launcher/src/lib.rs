@@ -42,6 +42,7 @@ mod reconcile;
 pub mod retention;
 mod runtime;
 pub mod secrets;
+pub mod service;
 pub mod template;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
@@ -53,6 +54,7 @@ pub use quota::ArtifactQuotas;
 pub use retention::ArtifactRetention;
 pub use runtime::{Config, run};
 pub use secrets::{MIN_SECRET_BYTES, Masker, Secrets};
+pub use service::{Prepared, Service};
 
 pub(crate) use runtime::Runtime;
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use ferry_bus::Bus;
 use ferry_launcher::journal::Journal;
-use ferry_launcher::{Error, Result, Secrets};
+use ferry_launcher::{Error, Prepared, Result, Service};
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::{AwsBatch, Settings};
@@ -15,8 +15,8 @@ use crate::backend::{AwsBatch, Settings};
 /// How the aws-batch launcher runs.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Holds the journal and the launcher's identity.
-    pub data_dir: PathBuf,
+    /// What every launcher service has; its data directory also holds the launcher's identity.
+    pub service: Service,
     /// The AWS region (else the standard chain's: `AWS_REGION`, the profile).
     pub region: Option<String>,
     /// The endpoint every AWS call goes to instead of AWS's own (a local server such as moto);
@@ -32,24 +32,18 @@ pub struct Config {
     pub poll_interval: Duration,
     /// Leave jobs running when the launcher stops, for the next start to adopt (the default).
     pub detach: bool,
-    pub max_parallel: usize,
-    pub kill_grace: Duration,
-    pub log_batch_lines: usize,
-    pub log_batch_interval: Duration,
-    pub secrets: Secrets,
-    pub secrets_file: Option<PathBuf>,
-    pub source: String,
-    pub group: String,
 }
 
 impl Config {
-    /// Defaults: the standard AWS chain, no default queue, a pending deadline of 10 minutes, a
-    /// DescribeJobs round every 2 s, 256 attempts at once, jobs left running when the launcher
-    /// stops, group `launcher-aws-batch`.
+    /// Defaults: those of [`Service::new`] but 256 attempts at once and a grace of 30 s, group
+    /// `launcher-aws-batch`, the standard AWS chain, no default queue, a pending deadline of 10
+    /// minutes, a DescribeJobs round every 2 s, jobs left running when the launcher stops.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let mut service = Service::new(data_dir, "launcher-aws-batch");
+        service.max_parallel = 256;
+        service.kill_grace = Duration::from_secs(30);
         Config {
-            data_dir: data_dir.into(),
+            service,
             region: None,
             endpoint_url: None,
             job_queue: None,
@@ -57,28 +51,6 @@ impl Config {
             pending_deadline: Duration::from_secs(600),
             poll_interval: Duration::from_secs(2),
             detach: true,
-            max_parallel: 256,
-            kill_grace: Duration::from_secs(30),
-            log_batch_lines: 256,
-            log_batch_interval: Duration::from_millis(20),
-            secrets: Secrets::from_env(),
-            secrets_file: var("FERRY_SECRETS_FILE").map(PathBuf::from),
-            source: ferry_runtime::instance_source("launcher-aws-batch"),
-            group: "launcher-aws-batch".to_string(),
-        }
-    }
-
-    fn runtime(&self) -> ferry_launcher::Config {
-        ferry_launcher::Config {
-            max_parallel: self.max_parallel,
-            kill_grace: self.kill_grace,
-            log_batch_lines: self.log_batch_lines,
-            log_batch_interval: self.log_batch_interval,
-            secrets: self.secrets.clone(),
-            source: self.source.clone(),
-            group: self.group.clone(),
-            artifact_retention: None,
-            artifact_quotas: None,
         }
     }
 }
@@ -130,7 +102,7 @@ pub async fn backend(config: &Config, journal: &Journal) -> Result<AwsBatch> {
     settings.job_queue = config.job_queue.clone();
     settings.compute_environment = config.compute_environment.clone();
     settings.pending_deadline = config.pending_deadline;
-    settings.kill_grace = config.kill_grace;
+    settings.kill_grace = config.service.kill_grace;
     settings.poll_interval = config.poll_interval;
     tracing::info!(
         region = sdk.region().map(|r| r.as_ref()).unwrap_or(""),
@@ -152,20 +124,10 @@ pub async fn backend(config: &Config, journal: &Journal) -> Result<AwsBatch> {
 /// running when it stops (unless `detach` is off); the next start on the same data directory
 /// adopts them.
 pub async fn run(mut config: Config, bus: Arc<dyn Bus>, shutdown: CancellationToken) -> Result<()> {
-    config.runtime().check()?;
-    if let Some(path) = &config.secrets_file {
-        config.secrets.extend(Secrets::from_file(path)?);
-    }
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| Error::Io {
-        what: format!("cannot create the data directory {}", config.data_dir.display()),
-        source,
-    })?;
-    let journal = Journal::open(&config.data_dir).map_err(|source| Error::Io {
-        what: format!("cannot read the journal in {}", config.data_dir.display()),
-        source,
-    })?;
+    // Output files are not collected by this backend yet: its artifact directory stays empty.
+    let Prepared { runtime, journal, .. } = config.service.prepare()?;
     let backend = backend(&config, &journal).await?;
-    let result = ferry_launcher::run(config.runtime(), journal, Arc::new(backend), bus, shutdown).await;
+    let result = ferry_launcher::run(runtime, journal, Arc::new(backend), bus, shutdown).await;
     tracing::info!("aws-batch launcher stopped");
     result
 }

@@ -3,11 +3,9 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use ferry_bus::Bus;
-use ferry_launcher::journal::Journal;
-use ferry_launcher::{Error, Result, Secrets};
+use ferry_launcher::{Error, Prepared, Result, Service};
 use tokio_util::sync::CancellationToken;
 
 use crate::Engine;
@@ -19,16 +17,9 @@ const LAUNCHER_ID_FILE: &str = "docker-launcher-id";
 /// How the docker launcher runs.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Holds the journal and the launcher's identity; output files go to `artifacts/` in it by
-    /// default.
-    pub data_dir: PathBuf,
-    /// Where output files are copied, as `<job>/<task>/<attempt>/<path>`.
-    pub artifact_dir: Option<PathBuf>,
-    /// Output files stored longer ago than this are removed from the artifact directory by a
-    /// periodic sweep (`None`: kept for ever).
-    pub artifact_retention: Option<Duration>,
-    /// Bytes of output files each namespace may keep in the artifact directory.
-    pub artifact_quotas: ferry_runtime::NamespaceLimits,
+    /// What every launcher service has; its data directory also holds the launcher's identity
+    /// on the engine.
+    pub service: Service,
     /// The engine's address (`unix:///…`, `tcp://…`); `DOCKER_HOST`, else the local socket.
     pub docker_host: Option<String>,
     /// When no engine answers: fail to start (true), or run and fail every attempt with why
@@ -38,59 +29,17 @@ pub struct Config {
     /// default); when false they are stopped and their attempts reported `lost` (`ferry run`,
     /// whose job ends with it).
     pub detach: bool,
-    /// Attempts running at once, and the subscription's prefetch.
-    pub max_parallel: usize,
-    /// Time a stopped container gets between SIGTERM and SIGKILL.
-    pub kill_grace: Duration,
-    /// Most lines in one `task.log` event.
-    pub log_batch_lines: usize,
-    /// A `task.log` event is sent at least this often while lines flow.
-    pub log_batch_interval: Duration,
-    /// Secrets read when the configuration was made (`FERRY_SECRET_*`), to which [`run`] adds
-    /// those of `secrets_file`.
-    pub secrets: Secrets,
-    pub secrets_file: Option<PathBuf>,
-    /// The CloudEvents `source` of this instance.
-    pub source: String,
-    /// The consumer group.
-    pub group: String,
 }
 
 impl Config {
-    /// Defaults: 64 attempts at once, 10 s grace, batches of 256 lines or 20 ms, secrets from
-    /// `FERRY_SECRET_*` and the file `FERRY_SECRETS_FILE` names, group `launcher-docker`.
+    /// Defaults: those of [`Service::new`], group `launcher-docker`, the engine of `DOCKER_HOST`
+    /// or the local socket, required, containers left running when the launcher stops.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
         Config {
-            data_dir: data_dir.into(),
-            artifact_dir: None,
-            artifact_retention: None,
-            artifact_quotas: Default::default(),
+            service: Service::new(data_dir, "launcher-docker"),
             docker_host: None,
             require_engine: true,
             detach: true,
-            max_parallel: 64,
-            kill_grace: Duration::from_secs(10),
-            log_batch_lines: 256,
-            log_batch_interval: Duration::from_millis(20),
-            secrets: Secrets::from_env(),
-            secrets_file: var("FERRY_SECRETS_FILE").map(PathBuf::from),
-            source: ferry_runtime::instance_source("launcher-docker"),
-            group: "launcher-docker".to_string(),
-        }
-    }
-
-    fn runtime(&self) -> ferry_launcher::Config {
-        ferry_launcher::Config {
-            max_parallel: self.max_parallel,
-            kill_grace: self.kill_grace,
-            log_batch_lines: self.log_batch_lines,
-            log_batch_interval: self.log_batch_interval,
-            secrets: self.secrets.clone(),
-            source: self.source.clone(),
-            group: self.group.clone(),
-            artifact_retention: None,
-            artifact_quotas: None,
         }
     }
 }
@@ -125,36 +74,15 @@ pub fn launcher_id(data_dir: &Path) -> Result<String> {
     Ok(id)
 }
 
-fn make_dir(path: &Path, what: &str) -> Result<PathBuf> {
-    std::fs::create_dir_all(path)
-        .and_then(|()| path.canonicalize())
-        .map_err(|source| Error::Io {
-            what: format!("cannot create the {what} {}", path.display()),
-            source,
-        })
-}
-
 /// Runs the docker launcher until `shutdown` is cancelled (or the bus closes). Containers keep
 /// running when it stops; the next start on the same data directory adopts them.
 pub async fn run(mut config: Config, bus: Arc<dyn Bus>, shutdown: CancellationToken) -> Result<()> {
-    config.runtime().check()?;
-    if let Some(path) = &config.secrets_file {
-        config.secrets.extend(Secrets::from_file(path)?);
-    }
-    let data_dir = make_dir(&config.data_dir, "data directory")?;
-    let artifacts = make_dir(
-        &config
-            .artifact_dir
-            .clone()
-            .unwrap_or_else(|| data_dir.join("artifacts")),
-        "artifact directory",
-    )?;
-    let mut runtime = config.runtime();
-    runtime.artifact_retention = config
-        .artifact_retention
-        .map(|older_than| ferry_launcher::ArtifactRetention::new(&artifacts, older_than));
-    runtime.artifact_quotas =
-        ferry_launcher::ArtifactQuotas::configure(&config.artifact_quotas, &artifacts, &data_dir)?;
+    let Prepared {
+        runtime,
+        journal,
+        data_dir,
+        artifacts,
+    } = config.service.prepare()?;
     let backend = match connect(config.docker_host.as_deref()).await {
         Ok(engine) => {
             let launcher = launcher_id(&data_dir)?;
@@ -162,9 +90,9 @@ pub async fn run(mut config: Config, bus: Arc<dyn Bus>, shutdown: CancellationTo
                 host = engine.host(),
                 %launcher,
                 data_dir = %data_dir.display(),
-                group = %config.group,
-                max_parallel = config.max_parallel,
-                secrets = config.secrets.len(),
+                group = %runtime.group,
+                max_parallel = runtime.max_parallel,
+                secrets = runtime.secrets.len(),
                 "docker launcher starting"
             );
             Docker::new(engine, launcher, artifacts)
@@ -180,10 +108,6 @@ pub async fn run(mut config: Config, bus: Arc<dyn Bus>, shutdown: CancellationTo
     } else {
         backend.kill_on_shutdown()
     };
-    let journal = Journal::open(&data_dir).map_err(|source| Error::Io {
-        what: format!("cannot read the journal in {}", data_dir.display()),
-        source,
-    })?;
     let result = ferry_launcher::run(runtime, journal, Arc::new(backend), bus, shutdown).await;
     tracing::info!("docker launcher stopped");
     result

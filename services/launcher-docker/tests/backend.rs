@@ -80,11 +80,11 @@ impl Harness {
     /// Starts a launcher on the harness's data directory.
     async fn launch(&mut self) -> Result<()> {
         let mut config = Config::new(&self.data_dir);
-        config.secrets = Secrets::new();
-        config.secrets_file = None;
-        config.kill_grace = Duration::from_secs(1);
-        config.source = "ferry/launcher-docker/test".into();
-        config.group = GROUP.into();
+        config.service.secrets = Secrets::new();
+        config.service.secrets_file = None;
+        config.service.kill_grace = Duration::from_secs(1);
+        config.service.source = "ferry/launcher-docker/test".into();
+        config.service.group = GROUP.into();
         self.shutdown = CancellationToken::new();
         let before = self.bus.groups_on(&Topic::Cancel("docker".into()));
         self.handle = Some(tokio::spawn(run(

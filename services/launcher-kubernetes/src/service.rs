@@ -6,8 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_bus::Bus;
-use ferry_launcher::journal::Journal;
-use ferry_launcher::{Error, Result, Secrets};
+use ferry_launcher::{Error, Prepared, Result, Service};
 use kube::Client;
 use kube::config::KubeConfigOptions;
 use tokio_util::sync::CancellationToken;
@@ -20,8 +19,9 @@ const LAUNCHER_ID_FILE: &str = "kubernetes-launcher-id";
 /// How the kubernetes launcher runs.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Holds the journal and the launcher's identity.
-    pub data_dir: PathBuf,
+    /// What every launcher service has; its data directory also holds the launcher's identity
+    /// in the cluster. `kill_grace` is a stopped pod's `terminationGracePeriodSeconds`.
+    pub service: Service,
     /// The kubeconfig context to use (its current context when absent). Without a kubeconfig,
     /// the in-cluster configuration of the pod the launcher runs in.
     pub context: Option<String>,
@@ -32,72 +32,29 @@ pub struct Config {
     pub require_cluster: bool,
     /// Leave Jobs running when the launcher stops, for the next start to adopt (the default).
     pub detach: bool,
-    pub max_parallel: usize,
-    /// Time a stopped pod gets between SIGTERM and SIGKILL (`terminationGracePeriodSeconds`).
-    pub kill_grace: Duration,
     /// How long a pod may stay Pending before its attempt ends (`runner.pendingDeadlineSeconds`
     /// overrides it).
     pub pending_deadline: Duration,
     /// How long the server keeps a finished Job the launcher did not delete (`None`: for ever).
     pub ttl_after_finished: Option<Duration>,
-    /// Where output files are stored [default: `artifacts/` in the data directory].
-    pub artifact_dir: Option<PathBuf>,
-    /// Output files stored longer ago than this are removed from the artifact directory by a
-    /// periodic sweep (`None`: kept for ever).
-    pub artifact_retention: Option<Duration>,
-    /// Bytes of output files each namespace may keep in the artifact directory.
-    pub artifact_quotas: ferry_runtime::NamespaceLimits,
     /// The image of the container that holds a pod's working directory for its output files
     /// ([`crate::DEFAULT_STAGE_IMAGE`] when absent): it must have `sh`, `sleep` and `tar`.
     pub stage_image: Option<String>,
-    pub log_batch_lines: usize,
-    pub log_batch_interval: Duration,
-    pub secrets: Secrets,
-    pub secrets_file: Option<PathBuf>,
-    pub source: String,
-    pub group: String,
 }
 
 impl Config {
-    /// Defaults: 64 attempts at once, 10 s grace, 5 minutes' pending deadline, finished Jobs
-    /// kept a day, secrets from `FERRY_SECRET_*` and `FERRY_SECRETS_FILE`, group
-    /// `launcher-kubernetes`.
+    /// Defaults: those of [`Service::new`], group `launcher-kubernetes`, 5 minutes' pending
+    /// deadline, finished Jobs kept a day.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
         Config {
-            data_dir: data_dir.into(),
+            service: Service::new(data_dir, "launcher-kubernetes"),
             context: None,
             namespace: None,
             require_cluster: true,
             detach: true,
-            max_parallel: 64,
-            kill_grace: Duration::from_secs(10),
             pending_deadline: Duration::from_secs(300),
             ttl_after_finished: Some(Duration::from_secs(24 * 3600)),
-            artifact_dir: None,
-            artifact_retention: None,
-            artifact_quotas: Default::default(),
             stage_image: None,
-            log_batch_lines: 256,
-            log_batch_interval: Duration::from_millis(20),
-            secrets: Secrets::from_env(),
-            secrets_file: var("FERRY_SECRETS_FILE").map(PathBuf::from),
-            source: ferry_runtime::instance_source("launcher-kubernetes"),
-            group: "launcher-kubernetes".to_string(),
-        }
-    }
-
-    fn runtime(&self) -> ferry_launcher::Config {
-        ferry_launcher::Config {
-            max_parallel: self.max_parallel,
-            kill_grace: self.kill_grace,
-            log_batch_lines: self.log_batch_lines,
-            log_batch_interval: self.log_batch_interval,
-            secrets: self.secrets.clone(),
-            source: self.source.clone(),
-            group: self.group.clone(),
-            artifact_retention: None,
-            artifact_quotas: None,
         }
     }
 }
@@ -143,20 +100,15 @@ pub fn launcher_id(data_dir: &Path) -> Result<String> {
     Ok(id)
 }
 
-/// The backend as [`run`] makes it: on the configured cluster, with this data directory's
-/// identity.
-pub async fn backend(config: &Config, data_dir: &Path) -> Result<Kubernetes> {
+/// The backend as [`run`] makes it: on the configured cluster, with the identity kept in
+/// `data_dir`, storing output files in `artifacts`.
+pub async fn backend(config: &Config, data_dir: &Path, artifacts: PathBuf) -> Result<Kubernetes> {
     let launcher = launcher_id(data_dir)?;
     let mut settings = Settings::new(launcher);
-    settings.kill_grace = config.kill_grace;
+    settings.kill_grace = config.service.kill_grace;
     settings.pending_deadline = config.pending_deadline;
     settings.ttl_after_finished = config.ttl_after_finished;
-    settings.artifact_dir = Some(
-        config
-            .artifact_dir
-            .clone()
-            .unwrap_or_else(|| data_dir.join("artifacts")),
-    );
+    settings.artifact_dir = Some(artifacts);
     if let Some(image) = config.stage_image.clone().filter(|i| !i.trim().is_empty()) {
         settings.stage_image = image;
     }
@@ -182,31 +134,18 @@ pub async fn backend(config: &Config, data_dir: &Path) -> Result<Kubernetes> {
 /// Runs the kubernetes launcher until `shutdown` is cancelled (or the bus closes). Jobs keep
 /// running when it stops; the next start on the same data directory adopts them.
 pub async fn run(mut config: Config, bus: Arc<dyn Bus>, shutdown: CancellationToken) -> Result<()> {
-    config.runtime().check()?;
-    if let Some(path) = &config.secrets_file {
-        config.secrets.extend(Secrets::from_file(path)?);
-    }
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| Error::Io {
-        what: format!("cannot create the data directory {}", config.data_dir.display()),
-        source,
-    })?;
-    let backend = backend(&config, &config.data_dir).await?;
+    let Prepared {
+        runtime,
+        journal,
+        data_dir,
+        artifacts,
+    } = config.service.prepare()?;
+    let backend = backend(&config, &data_dir, artifacts).await?;
     let backend = if config.detach {
         backend
     } else {
         backend.kill_on_shutdown()
     };
-    let journal = Journal::open(&config.data_dir).map_err(|source| Error::Io {
-        what: format!("cannot read the journal in {}", config.data_dir.display()),
-        source,
-    })?;
-    let mut runtime = config.runtime();
-    let artifacts = (config.artifact_dir.clone()).unwrap_or_else(|| config.data_dir.join("artifacts"));
-    runtime.artifact_retention = config
-        .artifact_retention
-        .map(|older_than| ferry_launcher::ArtifactRetention::new(&artifacts, older_than));
-    runtime.artifact_quotas =
-        ferry_launcher::ArtifactQuotas::configure(&config.artifact_quotas, &artifacts, &config.data_dir)?;
     let result = ferry_launcher::run(runtime, journal, Arc::new(backend), bus, shutdown).await;
     tracing::info!("kubernetes launcher stopped");
     result

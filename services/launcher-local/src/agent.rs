@@ -60,8 +60,8 @@ impl AgentConfig {
     /// with its source and group named for agents; 30 s to drain.
     pub fn new(cluster: &str, registry: Registry, mut launcher: Config) -> Result<AgentConfig> {
         agent::check_name(cluster).map_err(|e| Error::Config(format!("--cluster: the cluster {e}")))?;
-        launcher.source = ferry_runtime::instance_source(&format!("agent-{cluster}"));
-        launcher.group = format!("agent-{cluster}");
+        launcher.service.source = ferry_runtime::instance_source(&format!("agent-{cluster}"));
+        launcher.service.group = format!("agent-{cluster}");
         Ok(AgentConfig {
             cluster: cluster.to_string(),
             registry,
@@ -118,7 +118,7 @@ impl AgentFlags {
         let registry = Registry::load(&self.config)?;
         let mut launcher = Config::new(data_dir);
         if let Some(path) = &self.secrets_file {
-            launcher.secrets_file = Some(path.clone());
+            launcher.service.secrets_file = Some(path.clone());
         }
         if !self.pass_env.is_empty() {
             launcher.pass_env = self.pass_env.clone();
@@ -127,9 +127,9 @@ impl AgentFlags {
             launcher.run_as = Some(user.clone());
         }
         launcher.cgroups = !self.no_cgroups;
-        launcher.artifact_dir = self.artifact_dir.clone();
-        launcher.max_parallel = self.max_parallel;
-        launcher.kill_grace = self.kill_grace;
+        launcher.service.artifact_dir = self.artifact_dir.clone();
+        launcher.service.max_parallel = self.max_parallel;
+        launcher.service.kill_grace = self.kill_grace;
         let mut config = AgentConfig::new(&self.cluster, registry, launcher)?;
         config.drain = self.shutdown_grace;
         Ok(config)

@@ -4,7 +4,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::{BACKEND, Config, Result};
+use crate::{BACKEND, Config, Result, Service};
+
+/// The local launchers' consumer group unless `--launcher-group` names another.
+const DEFAULT_GROUP: &str = "launcher-local";
 
 /// The local launcher's command-line flags.
 #[derive(Debug, Clone, clap::Args)]
@@ -116,7 +119,7 @@ pub struct Flags {
         long,
         env = "FERRY_LAUNCHER_GROUP",
         value_name = "NAME",
-        default_value = "launcher-local"
+        default_value = DEFAULT_GROUP
     )]
     pub launcher_group: String,
 }
@@ -126,9 +129,7 @@ impl Flags {
     /// file cannot be read.
     pub fn config(&self, data_dir: &Path) -> Result<Config> {
         let mut config = Config::new(data_dir);
-        if let Some(path) = &self.secrets_file {
-            config.secrets_file = Some(path.clone());
-        }
+        self.apply(&mut config.service, BACKEND);
         if !self.pass_env.is_empty() {
             config.pass_env = self.pass_env.clone();
         }
@@ -136,13 +137,28 @@ impl Flags {
             config.run_as = Some(user.clone());
         }
         config.cgroups = !self.no_cgroups;
-        config.artifact_dir = self.artifact_dir.clone();
-        config.artifact_retention = self.artifact_retention;
-        config.artifact_quotas =
-            ferry_runtime::NamespaceLimits::new(self.namespace_artifact_quotas.iter().cloned());
-        config.max_parallel = self.max_parallel;
-        config.kill_grace = self.kill_grace;
-        config.group = self.launcher_group.clone();
         Ok(config)
+    }
+
+    /// Sets what every launcher takes from these flags on `service`, the settings of the
+    /// launcher of `backend`: the local launcher's consumer group is `--launcher-group`, and
+    /// another backend's is named after it (`NAME-docker`) when it is not the default.
+    pub fn apply(&self, service: &mut Service, backend: &str) {
+        if let Some(path) = &self.secrets_file {
+            service.secrets_file = Some(path.clone());
+        }
+        if let Some(dir) = &self.artifact_dir {
+            service.artifact_dir = Some(dir.clone());
+        }
+        service.artifact_retention = self.artifact_retention;
+        service.artifact_quotas =
+            ferry_runtime::NamespaceLimits::new(self.namespace_artifact_quotas.iter().cloned());
+        service.max_parallel = self.max_parallel;
+        service.kill_grace = self.kill_grace;
+        if backend == BACKEND {
+            service.group = self.launcher_group.clone();
+        } else if self.launcher_group != DEFAULT_GROUP {
+            service.group = format!("{}-{backend}", self.launcher_group);
+        }
     }
 }

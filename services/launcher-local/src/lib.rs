@@ -36,10 +36,9 @@ pub mod state;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use ferry_bus::Bus;
-pub use ferry_launcher::{Error, MIN_SECRET_BYTES, Masker, Result, Secrets, secrets};
+pub use ferry_launcher::{Error, MIN_SECRET_BYTES, Masker, Result, Secrets, Service, secrets};
 use tokio_util::sync::CancellationToken;
 
 pub use flags::Flags;
@@ -56,28 +55,9 @@ pub const BACKEND: &str = "local";
 /// How the local launcher runs.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Holds the journal and `slots/<n>/…`; output files go to `artifacts/` in it by default.
-    pub data_dir: PathBuf,
-    /// Where output files are copied, as `<job>/<task>/<attempt>/<path>`.
-    pub artifact_dir: Option<PathBuf>,
-    /// Output files stored longer ago than this are removed from the artifact directory by a
-    /// periodic sweep (`None`: kept for ever).
-    pub artifact_retention: Option<Duration>,
-    /// Bytes of output files each namespace may keep in the artifact directory.
-    pub artifact_quotas: ferry_runtime::NamespaceLimits,
-    /// Attempts running at once, and the subscription's prefetch.
-    pub max_parallel: usize,
-    /// Time between SIGTERM and SIGKILL when stopping a process group.
-    pub kill_grace: Duration,
-    /// Most lines in one `task.log` event.
-    pub log_batch_lines: usize,
-    /// A `task.log` event is sent at least this often while lines flow.
-    pub log_batch_interval: Duration,
-    /// Secrets read when the configuration was made (`FERRY_SECRET_*`), to which [`run`] adds
-    /// those of `secrets_file`.
-    pub secrets: Secrets,
-    /// A secrets file read when the launcher starts (see [`Secrets::from_file`]).
-    pub secrets_file: Option<PathBuf>,
+    /// What every launcher service has; its data directory also holds `slots/<n>/…`.
+    /// `kill_grace` is the time between SIGTERM and SIGKILL when stopping a process group.
+    pub service: Service,
     /// Variables of the launcher's environment passed to tasks besides [`DEFAULT_PASS_ENV`]
     /// (a name, or a prefix followed by `*`). `FERRY_SECRET_*` never passes.
     pub pass_env: Vec<String>,
@@ -89,31 +69,16 @@ pub struct Config {
     /// `contain`); when false, or not allowed, processes that leave a task's process group are
     /// found by their `FERRY_ATTEMPT_ID`.
     pub cgroups: bool,
-    /// The CloudEvents `source` of this instance.
-    pub source: String,
-    /// The consumer group.
-    pub group: String,
 }
 
 impl Config {
-    /// Defaults: 64 attempts at once, 10 s grace, batches of 256 lines or 20 ms, secrets from
-    /// `FERRY_SECRET_*` and the file `FERRY_SECRETS_FILE` names, variables passed to tasks
-    /// besides the default ones from `FERRY_PASS_ENV` (comma-separated), the tasks'
-    /// user from `FERRY_RUN_AS`, cgroups where allowed unless `FERRY_NO_CGROUPS` is set, group
-    /// `launcher-local`.
+    /// Defaults: those of [`Service::new`], group `launcher-local`, variables passed to tasks
+    /// besides the default ones from `FERRY_PASS_ENV` (comma-separated), the tasks' user from
+    /// `FERRY_RUN_AS`, cgroups where allowed unless `FERRY_NO_CGROUPS` is set.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
         Config {
-            data_dir: data_dir.into(),
-            artifact_dir: None,
-            artifact_retention: None,
-            artifact_quotas: Default::default(),
-            max_parallel: 64,
-            kill_grace: Duration::from_secs(10),
-            log_batch_lines: 256,
-            log_batch_interval: Duration::from_millis(20),
-            secrets: Secrets::from_env(),
-            secrets_file: var("FERRY_SECRETS_FILE").map(PathBuf::from),
+            service: Service::new(data_dir, "launcher-local"),
             pass_env: var("FERRY_PASS_ENV")
                 .map(|v| {
                     v.split(',')
@@ -125,30 +90,13 @@ impl Config {
                 .unwrap_or_default(),
             run_as: var("FERRY_RUN_AS"),
             cgroups: var("FERRY_NO_CGROUPS").is_none(),
-            source: ferry_runtime::instance_source("launcher-local"),
-            group: "launcher-local".to_string(),
-        }
-    }
-
-    /// What the launcher runtime needs of it.
-    fn runtime(&self) -> ferry_launcher::Config {
-        ferry_launcher::Config {
-            max_parallel: self.max_parallel,
-            kill_grace: self.kill_grace,
-            log_batch_lines: self.log_batch_lines,
-            log_batch_interval: self.log_batch_interval,
-            secrets: self.secrets.clone(),
-            source: self.source.clone(),
-            group: self.group.clone(),
-            artifact_retention: None,
-            artifact_quotas: None,
         }
     }
 
     /// Checks the configuration, reads the secrets file and makes the directories absolute,
     /// creating them.
     fn resolve(mut self) -> Result<(Config, Resolved)> {
-        self.runtime().check()?;
+        self.service.runtime().check()?;
         for name in &self.pass_env {
             if name.is_empty()
                 || name.contains(['=', '\0'])
@@ -159,27 +107,24 @@ impl Config {
                 )));
             }
         }
-        if let Some(path) = &self.secrets_file {
-            self.secrets.extend(Secrets::from_file(path)?);
+        let service = &mut self.service;
+        if let Some(path) = &service.secrets_file {
+            service.secrets.extend(Secrets::from_file(path)?);
         }
-        self.secrets.check().map_err(Error::Config)?;
+        service.secrets.check().map_err(Error::Config)?;
         let run_as = self.run_as.as_deref().map(RunAs::lookup).transpose()?;
         let owner = run_as.as_ref().map(|r| r.owner);
-        self.data_dir = make_dir(&self.data_dir, "data directory", owner)?;
+        service.data_dir = make_dir(&service.data_dir, "data directory", owner)?;
         if let Some(r) = &run_as {
-            r.check_can_reach(&self.data_dir)?;
+            r.check_can_reach(&service.data_dir)?;
         }
-        if self.data_dir.to_str().is_none() {
+        if service.data_dir.to_str().is_none() {
             return Err(Error::Config(format!(
                 "the data directory {} is not valid UTF-8; tasks receive their working directory as text",
-                self.data_dir.display()
+                service.data_dir.display()
             )));
         }
-        let artifacts = self
-            .artifact_dir
-            .clone()
-            .unwrap_or_else(|| self.data_dir.join("artifacts"));
-        let artifacts = make_dir(&artifacts, "artifact directory", None)?;
+        let artifacts = make_dir(&service.artifacts(), "artifact directory", None)?;
         Ok((self, Resolved { artifacts, run_as }))
     }
 }
@@ -342,23 +287,19 @@ async fn serve(
     if let Err(e) = nix::sys::prctl::set_dumpable(false) {
         tracing::warn!(error = %e, "cannot make the launcher non-dumpable; tasks of its user can read its environment");
     }
-    if config.data_dir.join("attempts").is_dir() {
+    let data_dir = &config.service.data_dir;
+    if data_dir.join("attempts").is_dir() {
         tracing::warn!(
-            dir = %config.data_dir.join("attempts").display(),
+            dir = %data_dir.join("attempts").display(),
             "this data directory holds attempts in the layout of an earlier version, which are not reconciled; \
              their dispatches, if unfinished, are retried by the scheduler once their leases lapse"
         );
     }
-    let journal = Journal::open(&config.data_dir).map_err(|source| Error::Io {
-        what: format!("cannot read the journal in {}", config.data_dir.display()),
+    let journal = Journal::open(data_dir).map_err(|source| Error::Io {
+        what: format!("cannot read the journal in {}", data_dir.display()),
         source,
     })?;
-    let mut runtime = config.runtime();
-    runtime.artifact_retention = config
-        .artifact_retention
-        .map(|older_than| ferry_launcher::ArtifactRetention::new(&artifact_dir, older_than));
-    runtime.artifact_quotas =
-        ferry_launcher::ArtifactQuotas::configure(&config.artifact_quotas, &artifact_dir, &config.data_dir)?;
+    let runtime = config.service.runtime_over(&artifact_dir, data_dir)?;
     let local = open_backend(&config, artifact_dir, run_as, &journal).await?;
     let result = ferry_launcher::run(runtime, journal, wrap(local.clone()), bus, shutdown).await;
     local.contain().remove();
@@ -401,14 +342,15 @@ async fn open_backend(
             _ => None,
         })
         .collect();
-    let contain = Contain::detect(&config.data_dir, config.cgroups);
+    let service = &config.service;
+    let contain = Contain::detect(&service.data_dir, config.cgroups);
     // A previous run's daemons in idle slots' cgroups end before those slots are wiped.
     contain.clear_idle(&busy).await;
     let owner = run_as.as_ref().map(|r| r.owner);
-    let slots = Slots::open(&config.data_dir, &busy, owner).map_err(|source| Error::Io {
+    let slots = Slots::open(&service.data_dir, &busy, owner).map_err(|source| Error::Io {
         what: format!(
             "cannot prepare the slots in {}",
-            config.data_dir.join("slots").display()
+            service.data_dir.join("slots").display()
         ),
         source,
     })?;
@@ -421,10 +363,10 @@ async fn open_backend(
         env.into_iter().collect()
     };
     tracing::info!(
-        data_dir = %config.data_dir.display(),
-        group = %config.group,
-        max_parallel = config.max_parallel,
-        secrets = config.secrets.len(),
+        data_dir = %service.data_dir.display(),
+        group = %service.group,
+        max_parallel = service.max_parallel,
+        secrets = service.secrets.len(),
         run_as = run_as.as_ref().map(|r| r.name.as_str()),
         containment = %contain.describe(),
         "local launcher starting"

@@ -55,7 +55,7 @@ impl Target for Local {
 
     async fn backend(&self, data_dir: &Path, journal: &Journal) -> Arc<dyn Backend> {
         let mut config = Config::new(data_dir);
-        config.secrets = Secrets::new();
+        config.service.secrets = Secrets::new();
         // Containment in cgroups has tests of its own (launcher.rs); here every launcher start
         // would leave a cgroup behind, since the suite crashes launchers on purpose.
         config.cgroups = false;
@@ -127,7 +127,7 @@ mod agent {
 
         async fn backend(&self, data_dir: &Path, journal: &Journal) -> Arc<dyn Backend> {
             let mut launcher = Config::new(data_dir);
-            launcher.secrets = Secrets::new();
+            launcher.service.secrets = Secrets::new();
             launcher.cgroups = false;
             let registry = Registry::parse(
                 "tasks:\n  - name: probe\n    version: '1.2'\n    command: [sh, -c, 'exec \"$@\"', probe]\n",

@@ -69,10 +69,10 @@ impl Harness {
                 .await?,
         );
         let mut config = Config::new(&data_dir);
-        config.secrets = Secrets::new();
-        config.kill_grace = Duration::from_secs(1);
-        config.source = "ferry/launcher-local/test".into();
-        config.group = GROUP.into();
+        config.service.secrets = Secrets::new();
+        config.service.kill_grace = Duration::from_secs(1);
+        config.service.source = "ferry/launcher-local/test".into();
+        config.service.group = GROUP.into();
         tweak(&mut config);
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(run(config, Arc::new(bus.clone()), shutdown.clone()));
@@ -353,9 +353,9 @@ async fn a_batch_ended_early_by_a_long_line_loses_nothing_after_it() -> Result<(
     // Output is read only once the task has ended (the first look, at the start, finds
     // nothing; the next is ten seconds away).
     let mut h = Harness::start_with(|c| {
-        c.log_batch_lines = 3;
-        c.log_batch_interval = Duration::from_secs(10);
-        c.secrets.insert("LONG", "a-secret-of-some-length");
+        c.service.log_batch_lines = 3;
+        c.service.log_batch_interval = Duration::from_secs(10);
+        c.service.secrets.insert("LONG", "a-secret-of-some-length");
     })
     .await?;
     h.dispatch(&sh(
@@ -374,7 +374,7 @@ async fn a_batch_ended_early_by_a_long_line_loses_nothing_after_it() -> Result<(
 
 #[tokio::test]
 async fn many_lines_are_batched_with_contiguous_sequence_numbers() -> Result<()> {
-    let mut h = Harness::start_with(|c| c.log_batch_lines = 100).await?;
+    let mut h = Harness::start_with(|c| c.service.log_batch_lines = 100).await?;
     h.dispatch(&task("a-seq", &["seq", "1", "1000"])).await?;
     let f = h.finished("a-seq").await?;
     assert_eq!(f.outcome, Outcome::Succeeded);
@@ -422,7 +422,7 @@ async fn a_task_sees_only_what_it_was_given() -> Result<()> {
         return Ok(());
     }
     let mut h = Harness::start_with(|c| {
-        c.secrets = Secrets::from_env();
+        c.service.secrets = Secrets::from_env();
         c.pass_env = vec!["EXTRA_*".into()];
     })
     .await?;
@@ -488,8 +488,8 @@ tr '\0' '\n' < /proc/$$/environ | grep -c -e hunter2 -e bus-password -e aws-secr
 async fn secrets_are_filled_and_masked_everywhere() -> Result<()> {
     let key = "-----BEGIN TEST KEY-----\nMIIBOgIBAAJBAKj34GkxFhD9\n-----END TEST KEY-----";
     let mut h = Harness::start_with(|c| {
-        c.secrets.insert("TOKEN", "s3cr3t-value");
-        c.secrets.insert("KEY", key);
+        c.service.secrets.insert("TOKEN", "s3cr3t-value");
+        c.service.secrets.insert("KEY", key);
     })
     .await?;
     let mut d = sh(
@@ -602,7 +602,7 @@ async fn values_with_shell_syntax_are_passed_verbatim() -> Result<()> {
 async fn output_files_are_copied_and_listed() -> Result<()> {
     let artifacts = tempfile::tempdir()?;
     let artifact_dir = artifacts.path().to_path_buf();
-    let mut h = Harness::start_with(|c| c.artifact_dir = Some(artifact_dir)).await?;
+    let mut h = Harness::start_with(|c| c.service.artifact_dir = Some(artifact_dir)).await?;
     let mut d = sh(
         "a-files",
         "mkdir -p out && printf one > out/a.json && printf two2 > b.json && printf x > c.txt \
@@ -730,7 +730,7 @@ fn group_script(pids: &str, ignore_term: bool) -> String {
 
 #[tokio::test]
 async fn a_timeout_kills_the_whole_group_even_when_it_ignores_sigterm() -> Result<()> {
-    let mut h = Harness::start_with(|c| c.kill_grace = Duration::from_millis(300)).await?;
+    let mut h = Harness::start_with(|c| c.service.kill_grace = Duration::from_millis(300)).await?;
     let pids = h.path_str("pids");
     let mut d = sh("a-timeout", &group_script(&pids, true));
     d.timeout_ms = Some(1500);
@@ -827,7 +827,7 @@ async fn a_cancel_before_the_dispatch_leaves_a_tombstone() -> Result<()> {
 
 #[tokio::test]
 async fn at_most_max_parallel_attempts_run_at_once() -> Result<()> {
-    let mut h = Harness::start_with(|c| c.max_parallel = 2).await?;
+    let mut h = Harness::start_with(|c| c.service.max_parallel = 2).await?;
     let go = h.path_str("go");
     let wait_for_go = format!("while [ ! -e {go} ]; do sleep 0.02; done");
     for id in ["p-1", "p-2", "p-3"] {
@@ -1377,7 +1377,7 @@ fn escape_script(pids: &str, with_cleared_env: bool) -> String {
 async fn nothing_outlives_an_attempt(cgroups: bool) -> Result<()> {
     let mut h = Harness::start_with(|c| {
         c.cgroups = cgroups;
-        c.kill_grace = Duration::from_millis(300);
+        c.service.kill_grace = Duration::from_millis(300);
     })
     .await?;
     let cleared = cgroups && cgroups_here();
@@ -1440,8 +1440,8 @@ async fn nothing_an_attempt_started_outlives_it_without_cgroups() -> Result<()> 
 async fn what_an_attempt_plants_in_its_slot_never_reaches_the_next() -> Result<()> {
     // One slot, so that every attempt runs in the same working directory.
     let mut h = Harness::start_with(|c| {
-        c.max_parallel = 1;
-        c.kill_grace = Duration::from_millis(300);
+        c.service.max_parallel = 1;
+        c.service.kill_grace = Duration::from_millis(300);
     })
     .await?;
     let outside = h.path("outside");
@@ -1500,8 +1500,8 @@ async fn what_an_attempt_plants_in_its_slot_never_reaches_the_next() -> Result<(
 async fn a_short_secret_or_a_readable_secrets_file_stops_the_launcher_at_start() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let mut config = Config::new(tmp.path().join("data"));
-    config.secrets = Secrets::new();
-    config.secrets.insert("PIN", "4711");
+    config.service.secrets = Secrets::new();
+    config.service.secrets.insert("PIN", "4711");
     let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new());
     let err = run(config, bus.clone(), CancellationToken::new())
         .await
@@ -1517,8 +1517,8 @@ async fn a_short_secret_or_a_readable_secrets_file_stops_the_launcher_at_start()
     std::fs::write(&file, "TOKEN: a-long-enough-value\n")?;
     std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
     let mut config = Config::new(tmp.path().join("data"));
-    config.secrets = Secrets::new();
-    config.secrets_file = Some(file.clone());
+    config.service.secrets = Secrets::new();
+    config.service.secrets_file = Some(file.clone());
     let err = run(config, bus, CancellationToken::new())
         .await
         .expect_err("a world-readable secrets file was accepted")
@@ -1534,8 +1534,10 @@ async fn a_secret_scoped_elsewhere_is_answered_like_an_unknown_one() -> Result<(
             namespaces: Some(["finance".to_string()].into()),
             flows: None,
         };
-        c.secrets.insert_scoped("SCOPED", "finance-only-value", scope);
-        c.secrets.insert("OPEN", "open-to-all-value");
+        c.service
+            .secrets
+            .insert_scoped("SCOPED", "finance-only-value", scope);
+        c.service.secrets.insert("OPEN", "open-to-all-value");
     })
     .await?;
     for (attempt, name) in [("a-scoped", "SCOPED"), ("a-unknown", "UNKNOWN")] {
@@ -1574,12 +1576,15 @@ async fn a_scoped_secret_reaches_the_tasks_of_its_namespace_and_flow_only() -> R
             namespaces: Some(["finance".to_string()].into()),
             flows: Some(["ledger".to_string()].into()),
         };
-        c.secrets.insert_scoped("LEDGER", "ledger-db-password", scope);
+        c.service
+            .secrets
+            .insert_scoped("LEDGER", "ledger-db-password", scope);
         let default_only = ferry_launcher_local::secrets::Scope {
             namespaces: Some(["default".to_string()].into()),
             flows: None,
         };
-        c.secrets
+        c.service
+            .secrets
             .insert_scoped("PLAIN", "default-namespace-value", default_only);
     })
     .await?;
@@ -1643,7 +1648,7 @@ async fn files_the_launcher_creates_are_private_whatever_the_umask() -> Result<(
     let started = Harness::start_in(
         tmp,
         |data| Ok(std::fs::remove_dir(data)?),
-        |c| c.artifact_dir = Some(artifact_dir.clone()),
+        |c| c.service.artifact_dir = Some(artifact_dir.clone()),
     )
     .await;
     let mut h = match started {
@@ -1730,7 +1735,7 @@ async fn run_as_refuses_a_data_directory_its_user_cannot_reach() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     std::fs::set_permissions(tmp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
     let mut config = Config::new(tmp.path().join("data"));
-    config.secrets = Secrets::new();
+    config.service.secrets = Secrets::new();
     config.run_as = Some("nobody".into());
     let err = run(config, Arc::new(MemoryBus::new()), CancellationToken::new())
         .await
