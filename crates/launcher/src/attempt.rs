@@ -170,6 +170,12 @@ pub(crate) async fn run(
         release(&rt, &reserved).await;
         return settle_unstarted(rt.clone(), unstarted(&d, Outcome::Cancelled, error), delivery).await;
     }
+    if delivery.redelivered
+        && let Some(error) = claim(&rt, &d, &reserved, &mut cancel).await
+    {
+        release(&rt, &reserved).await;
+        return settle_unstarted(rt.clone(), unstarted(&d, Outcome::Cancelled, error), delivery).await;
+    }
 
     // Record the reservation before creating: a launcher killed between the create and the
     // record below would otherwise leave compute nobody knows of, and a redelivered dispatch
@@ -504,6 +510,53 @@ pub(crate) async fn report_accepted(
     rt.publisher.publish(&[event]).await?;
     tracing::info!(compute = %compute.name, "attempt accepted; its compute waits to run");
     Ok(())
+}
+
+/// How long a redelivered dispatch waits, claimed, for the scheduler to say that another
+/// launcher holds its attempt.
+const CLAIM_WAIT: Duration = Duration::from_secs(2);
+
+/// Claims the attempt of a dispatch the broker delivered again before starting it: another
+/// launcher of the group may have started it and died before its broker message was
+/// acknowledged (a message carries a batch of dispatches, acknowledged once all have started).
+/// The claim (`task.accepted`) reaches the scheduler, which answers a claim of an attempt
+/// another launcher holds with a cancel addressed to this one (fencing); waiting a moment for
+/// that answer keeps the copy from ever starting. `Some(error)`: the attempt is another's, or
+/// cancelled. A cancel that comes later still stops the copy, as before.
+async fn claim(
+    rt: &Runtime,
+    d: &TaskDispatched,
+    reserved: &Compute,
+    cancel: &mut watch::Receiver<Option<String>>,
+) -> Option<String> {
+    let event = rt.builder.task(
+        kind::TASK_ACCEPTED,
+        &d.job_id,
+        &d.task_id,
+        Some(&d.attempt_id),
+        &TaskAccepted {
+            job_id: d.job_id.clone(),
+            task_id: d.task_id.clone(),
+            attempt_id: d.attempt_id.clone(),
+            attempt: d.attempt,
+            accepted_at_ms: ferry_event::now_ms(),
+            ready_at_ms: d.ready_at_ms,
+            launcher: rt.builder.source().to_string(),
+            compute: Some(rt.backend.describe(reserved)),
+        },
+    );
+    if let Err(e) = rt.publisher.publish(&[event]).await {
+        tracing::warn!(error = %e, "cannot claim a redelivered dispatch's attempt; starting it (a cancel still stops it if another launcher holds it)");
+        return None;
+    }
+    tracing::info!(
+        "a redelivered dispatch: claimed its attempt; starting it unless another launcher holds it"
+    );
+    let wait = tokio::time::timeout(CLAIM_WAIT, cancel.wait_for(Option::is_some)).await;
+    match wait {
+        Ok(Ok(error)) => error.clone(),
+        _ => None,
+    }
 }
 
 /// Publishes `task.started` for compute that runs.
