@@ -795,6 +795,10 @@ impl Runner {
         if self.handle.deleted.is_cancelled() {
             return None;
         }
+        // From here on the start goes through, deleted or not (see `Options::start_delay`).
+        if !self.s.start_delay.is_zero() {
+            tokio::time::sleep(self.s.start_delay).await;
+        }
         if let Err(e) = self.s.docker.start_container(&docker_name, None).await {
             self.set_container(init, waiting(c, "RunContainerError", Some(e.to_string())));
             self.handle.deleted.cancelled().await;

@@ -69,6 +69,8 @@ pub(crate) struct Shared {
     pub id: String,
     pub node_labels: BTreeMap<String, String>,
     pub node_mounts: Vec<(PathBuf, String)>,
+    /// See [`Options::start_delay`].
+    pub start_delay: Duration,
     pub counts: Mutex<Counts>,
     /// Each live pod's runner, by pod uid: cancelled (with the grace to stop within) when the
     /// pod is deleted.
@@ -121,6 +123,11 @@ pub struct Options {
     /// directory, path in the container): what tests watch tasks through from outside, where a
     /// cluster would need a `hostPath` volume. None by default.
     pub node_mounts: Vec<(PathBuf, String)>,
+    /// How long the node takes to start each container once it has made it (a slow runtime, a
+    /// busy node), the pod showing `ContainerCreating` meanwhile. A delete that arrives then
+    /// does not stop the start, as it does not on a kubelet mid-sync: the container starts and
+    /// is then stopped within the grace. None by default.
+    pub start_delay: Duration,
 }
 
 impl Default for Options {
@@ -136,6 +143,7 @@ impl Default for Options {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
             node_mounts: Vec::new(),
+            start_delay: Duration::ZERO,
         }
     }
 }
@@ -164,6 +172,7 @@ impl TestServer {
             id,
             node_labels: options.node_labels,
             node_mounts: options.node_mounts,
+            start_delay: options.start_delay,
             counts: Mutex::new(Counts::new()),
             pods: Mutex::new(HashMap::new()),
             shutdown: CancellationToken::new(),
