@@ -52,6 +52,10 @@ pub const BACKEND: &str = "kubernetes";
 /// `sleep` and `tar`.
 pub const DEFAULT_STAGE_IMAGE: &str = "busybox:1.37";
 
+/// The longest a stop waits for a container that may yet start (an image still pulling) before
+/// it deletes the pod all the same: a launcher's start reconciles its attempts before it serves.
+const MAX_START_WAIT: Duration = Duration::from_secs(60);
+
 /// What the journal keeps of a Job.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Handle {
@@ -546,6 +550,21 @@ fn exit_of(pod: &PodView) -> Exit {
     }
 }
 
+/// Whether the pod's task container may still start: the pod is not known to fit no node, and
+/// the container has not started nor is it waiting for a reason that keeps it from starting (an
+/// image that cannot be had, a config that cannot be made).
+fn may_start(pod: &PodView) -> bool {
+    let stage_stuck = matches!(&pod.stage, Container::Waiting { reason, .. } if is_pull_failure(reason));
+    let starting = match &pod.container {
+        Container::Unknown => true,
+        Container::Waiting { reason, .. } => {
+            matches!(reason.as_str(), "" | "ContainerCreating" | "PodInitializing")
+        }
+        Container::Running | Container::Terminated { .. } => false,
+    };
+    starting && !pod.ended() && pod.unscheduled.is_none() && !stage_stuck
+}
+
 /// A waiting container's reason that says its image cannot be had.
 fn is_pull_failure(reason: &str) -> bool {
     matches!(
@@ -765,18 +784,45 @@ impl Backend for Kubernetes {
         };
         // The log goes with the pod: it is followed from before the delete (from its start, if
         // nothing follows it yet, as after a restart), so what the container writes until it
-        // stops is kept.
-        // A container not yet seen running may run already (its status comes after it starts):
-        // it gets a moment for the log stream to open too.
+        // stops is kept. A delete does not stop a container that is being started (a kubelet
+        // mid-sync starts it, then stops it within the grace), and a container that runs after
+        // its pod was deleted can be gone, and its log with it, before a stream opens: so a
+        // container that may yet start is waited for, up to the pod's pending deadline (and
+        // [`MAX_START_WAIT`]), and the pod is deleted once its log is followed. One that cannot
+        // start (no node fits, its image or config cannot be had) is deleted at once.
         if !seen.ended() {
-            let started = !matches!(seen.container, Container::Waiting { .. } | Container::Unknown);
             let buffer = self.follower(&h, 0, None)?;
-            let wait = Duration::from_secs(if started { 5 } else { 2 });
-            let until = tokio::time::Instant::now() + wait;
-            while !buffer.lock().unwrap_or_else(|e| e.into_inner()).attached
-                && tokio::time::Instant::now() < until
-            {
-                tokio::time::sleep(Duration::from_millis(20)).await;
+            let pending = seen
+                .pending_deadline
+                .map(Duration::from_secs)
+                .unwrap_or(self.0.settings.pending_deadline);
+            let left = seen.created + pending.as_secs() as i64 - chrono::Utc::now().timestamp();
+            let start_until =
+                tokio::time::Instant::now() + Duration::from_secs(left.max(0) as u64).min(MAX_START_WAIT);
+            // A container seen running gets a moment for the stream to open.
+            let mut attach_until = None;
+            loop {
+                let mut changes = cache.subscribe();
+                if buffer.lock().unwrap_or_else(|e| e.into_inner()).attached {
+                    break;
+                }
+                let pod = match cache.pod(&h.namespace, &h.job) {
+                    Lookup::Pod(p) if !p.ended() => *p,
+                    _ => break,
+                };
+                let now = tokio::time::Instant::now();
+                let until = if may_start(&pod) {
+                    start_until
+                } else if pod.container == Container::Running {
+                    *attach_until.get_or_insert(now + Duration::from_secs(5))
+                } else {
+                    break;
+                };
+                if now >= until {
+                    break;
+                }
+                // The follower says nothing when its stream opens: a short wait between looks.
+                let _ = tokio::time::timeout(Duration::from_millis(50), changes.changed()).await;
             }
         }
         let pod = match cache.pod(&h.namespace, &h.job) {
@@ -993,6 +1039,28 @@ mod tests {
             },
         ));
         assert_eq!(failed.error.as_deref(), Some("exited with status 3"));
+    }
+
+    #[test]
+    fn a_stop_waits_only_for_a_container_that_may_still_start() {
+        let waiting = |reason: &str| Container::Waiting {
+            reason: reason.into(),
+            message: String::new(),
+        };
+        assert!(may_start(&view("Pending", Container::Unknown)));
+        assert!(may_start(&view("Pending", waiting("ContainerCreating"))));
+        assert!(!may_start(&view("Pending", waiting("ErrImageNeverPull"))));
+        assert!(!may_start(&view(
+            "Pending",
+            waiting("CreateContainerConfigError")
+        )));
+        assert!(!may_start(&view("Running", Container::Running)));
+        let mut unschedulable = view("Pending", Container::Unknown);
+        unschedulable.unscheduled = Some(("Unschedulable".into(), "0/1 nodes".into()));
+        assert!(!may_start(&unschedulable));
+        let mut stage_stuck = view("Pending", waiting("ContainerCreating"));
+        stage_stuck.stage = waiting("ImagePullBackOff");
+        assert!(!may_start(&stage_stuck));
     }
 
     #[test]

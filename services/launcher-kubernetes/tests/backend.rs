@@ -10,7 +10,10 @@ use std::time::Duration;
 
 use ferry_event::payload::{Outcome, OutputFile, Runner, TaskDispatched};
 use ferry_event::template::Template;
+use ferry_launcher::Secrets;
+use ferry_launcher::backend::Task;
 use ferry_launcher::conformance::{Harness, Program, Step, Target};
+use ferry_launcher::journal::{Entry, Journal, RunningRecord};
 
 fn p(steps: impl IntoIterator<Item = Step>) -> Program {
     Program::new(steps)
@@ -346,6 +349,64 @@ async fn output_files_of_a_task_that_ended_while_the_launcher_was_down_come_back
     assert_eq!(std::fs::read(stored(&f.output_files[0])).unwrap(), b"kept");
     assert_eq!(h.texts(&id).await, ["started", "while-down", "last"]);
     h.assert_nothing_left("after an adopted attempt with files").await;
+    launcher.stop().await;
+}
+
+/// A launcher killed while it created Jobs (the journal names the reservations, not the Jobs
+/// yet) on a node slow to start containers: the next start stops the attempts and reports them
+/// lost. Their containers, already being started, run all the same (a delete does not stop a
+/// start under way); what they print is kept, and only then are the Jobs removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_starting_as_their_attempts_are_stopped_keep_their_lines() {
+    if !common::docker_given("slow-start") {
+        return;
+    }
+    let options = ferry_kube_test_server::Options {
+        start_delay: Duration::from_secs(4),
+        ..Default::default()
+    };
+    let kube = Arc::new(common::Kube::with(options).await);
+    let mut h = Harness::new(kube.clone() as Arc<dyn Target>).await;
+    h.max_parallel = 8;
+    let ids: Vec<String> = (0..8).map(|i| h.id(&format!("slow-start-{i}"))).collect();
+    {
+        // The killed run, step by step as the runtime takes them, up to the creates.
+        let journal = Journal::open(&h.data_dir).expect("the journal");
+        let backend = kube.backend(&h.data_dir, &journal).await;
+        let secrets = Secrets::new();
+        for id in &ids {
+            let d = script(&h, id, "echo one; echo two; echo three", &[]);
+            let task = Task::new(&d, &secrets);
+            let reserved = backend.reserve(task).await.expect("reserve");
+            let record = RunningRecord {
+                job_id: d.job_id.clone(),
+                task_id: d.task_id.clone(),
+                attempt_id: id.clone(),
+                attempt: d.attempt,
+                compute: reserved.clone(),
+                created: false,
+                started_at_ms: 0,
+                reserved_at_ms: 0,
+                output_files: Vec::new(),
+                lease_ms: Some(d.lease_ms),
+                timeout_ms: d.timeout_ms,
+                ready_at_ms: d.ready_at_ms,
+                namespace: d.namespace.clone(),
+                flow_id: d.flow_id.clone(),
+            };
+            journal.record(id, Entry::Running(record)).expect("journal");
+            backend.create(task, reserved).await.expect("create");
+        }
+    }
+    let launcher = h.start().await;
+    for id in &ids {
+        let f = h.finished(id).await;
+        assert_eq!(f.outcome, Outcome::Lost, "{f:?}");
+        assert_eq!(h.texts(id).await, ["one", "two", "three"], "{id}: {f:?}");
+        assert_eq!(f.log_lines, 3, "{f:?}");
+    }
+    h.assert_nothing_left("after stopping containers as they started")
+        .await;
     launcher.stop().await;
 }
 

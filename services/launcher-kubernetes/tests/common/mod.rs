@@ -44,7 +44,12 @@ pub fn docker_given(test: &str) -> bool {
 
 /// A test API server running pods on the engine `DOCKER_HOST` names.
 pub async fn server() -> TestServer {
-    TestServer::start_from_env(Options::default())
+    server_with(Options::default()).await
+}
+
+/// A test API server with `options`.
+pub async fn server_with(options: Options) -> TestServer {
+    TestServer::start_from_env(options)
         .await
         .expect("the test API server starts")
 }
@@ -73,7 +78,12 @@ pub struct Kube {
 
 impl Kube {
     pub async fn new() -> Kube {
-        let server = server().await;
+        Kube::with(Options::default()).await
+    }
+
+    /// On a test API server started with `options`.
+    pub async fn with(options: Options) -> Kube {
+        let server = server_with(options).await;
         let host = std::env::var("DOCKER_HOST").expect("DOCKER_HOST");
         let docker = bollard::Docker::connect_with_host(&host)
             .expect("a Docker client")
