@@ -173,6 +173,19 @@ pub async fn follow(
     use std::sync::atomic::Ordering;
     let lock = || buffer.lock().unwrap_or_else(|e| e.into_inner());
     let mut pause = Duration::from_millis(50);
+    // The task container was seen started: it has a log, which only a stream read to its end
+    // has all of.
+    let mut started = false;
+    // A stream ended cleanly, as it does when the container has ended.
+    let mut drained = false;
+    // The pod went away: complete if its log cannot have held more than was read, else lost.
+    let gone = |b: &mut Buffer, pod: String, started: bool, drained: bool| {
+        if started && !drained {
+            b.lost = Some(format!("{pod} was removed before its log was read to the end"));
+        } else {
+            b.complete = true;
+        }
+    };
     loop {
         // Subscribed before looking, so that a change right after the look wakes the wait.
         let mut changes = cache.subscribe();
@@ -183,8 +196,8 @@ pub async fn follow(
             Lookup::Absent if was_ended => match cache.ask(&namespace, &job).await {
                 Ok(Lookup::Pod(p)) => p,
                 Ok(_) => {
-                    let mut b = lock();
-                    b.complete = true;
+                    let pod = format!("the pod of Job {namespace}/{job}");
+                    gone(&mut lock(), pod, started, drained);
                     return;
                 }
                 Err(e) => {
@@ -199,6 +212,7 @@ pub async fn follow(
             }
         };
         let was_ended = was_ended || pod.ended();
+        started |= matches!(pod.container, Container::Running | Container::Terminated { .. });
         if !was_ended && matches!(pod.container, Container::Waiting { .. } | Container::Unknown) {
             // Not started: there is no log to ask for until the watch says it runs.
             wait_for(&mut changes, Duration::from_secs(1)).await;
@@ -226,11 +240,13 @@ pub async fn follow(
             Err(e) => {
                 // 400: not started yet; 404: the pod is gone.
                 if crate::error::status(&e) == Some(404) && was_ended {
-                    let mut b = lock();
-                    b.lost = Some(format!(
-                        "pod {namespace}/{} was removed before its log was read to the end",
-                        pod.name
-                    ));
+                    // Gone after it ended: there was a log to read.
+                    gone(
+                        &mut lock(),
+                        format!("pod {namespace}/{}", pod.name),
+                        true,
+                        drained,
+                    );
                     return;
                 }
                 tracing::debug!(pod = %pod.name, error = %e, "cannot read the pod's log yet");
@@ -284,6 +300,7 @@ pub async fn follow(
             lock().complete = true;
             return;
         }
+        drained |= !broken;
         // The stream ended before the container was seen ending (or broke): look again from
         // where it stopped once the watch says more (a stream that ends cleanly ends because the
         // container did, which the watch says next), or after a pause.
