@@ -231,12 +231,7 @@ pub(crate) async fn run(
         return settle_pending(rt.clone(), report, Some(delivery)).await;
     }
 
-    let ids = Ids {
-        job_id: d.job_id.clone(),
-        task_id: d.task_id.clone(),
-        attempt_id: d.attempt_id.clone(),
-        namespace: d.namespace.clone(),
-    };
+    let ids = Ids::of(&d);
     let (ended_tx, ended_rx) = watch::channel(false);
     let tail = Tail::new(
         backend.clone(),
@@ -261,7 +256,11 @@ pub(crate) async fn run(
     );
     let ready_at_ms = d.ready_at_ms;
     let start = if queues {
-        match report_accepted(&rt, &ids, d.attempt, ready_at_ms, &compute).await {
+        let accepted = report_accepted(&rt, &ids, d.attempt, ready_at_ms, &compute).await;
+        if accepted.is_ok() {
+            tracing::info!(compute = %compute.name, "attempt accepted; its compute waits to run");
+        }
+        match accepted {
             Err(e) => {
                 // Unacked, the dispatch returns to the broker; this run reports the attempt lost.
                 drop(delivery);
@@ -507,9 +506,7 @@ pub(crate) async fn report_accepted(
             compute: Some(rt.backend.describe(compute)),
         },
     );
-    rt.publisher.publish(&[event]).await?;
-    tracing::info!(compute = %compute.name, "attempt accepted; its compute waits to run");
-    Ok(())
+    rt.publisher.publish(&[event]).await
 }
 
 /// How long a redelivered dispatch waits, claimed, for the scheduler to say that another
@@ -529,23 +526,8 @@ async fn claim(
     reserved: &Compute,
     cancel: &mut watch::Receiver<Option<String>>,
 ) -> Option<String> {
-    let event = rt.builder.task(
-        kind::TASK_ACCEPTED,
-        &d.job_id,
-        &d.task_id,
-        Some(&d.attempt_id),
-        &TaskAccepted {
-            job_id: d.job_id.clone(),
-            task_id: d.task_id.clone(),
-            attempt_id: d.attempt_id.clone(),
-            attempt: d.attempt,
-            accepted_at_ms: ferry_event::now_ms(),
-            ready_at_ms: d.ready_at_ms,
-            launcher: rt.builder.source().to_string(),
-            compute: Some(rt.backend.describe(reserved)),
-        },
-    );
-    if let Err(e) = rt.publisher.publish(&[event]).await {
+    let ids = Ids::of(d);
+    if let Err(e) = report_accepted(rt, &ids, d.attempt, d.ready_at_ms, reserved).await {
         tracing::warn!(error = %e, "cannot claim a redelivered dispatch's attempt; starting it (a cancel still stops it if another launcher holds it)");
         return None;
     }

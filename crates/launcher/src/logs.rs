@@ -321,6 +321,18 @@ pub struct Ids {
     pub namespace: Option<String>,
 }
 
+impl Ids {
+    /// The ids a dispatch names.
+    pub fn of(d: &ferry_event::payload::TaskDispatched) -> Ids {
+        Ids {
+            job_id: d.job_id.clone(),
+            task_id: d.task_id.clone(),
+            attempt_id: d.attempt_id.clone(),
+            namespace: d.namespace.clone(),
+        }
+    }
+}
+
 /// Publishes the output of an attempt as it grows, until `ended` turns true (the compute can
 /// write no more) and everything was read. A quiet task is looked at less and less often (from
 /// the batch interval up to a second); output resets the pace.
