@@ -252,6 +252,39 @@ async fn api_json(api: &str, data: &Path, path: &str) -> Option<Value> {
     serde_json::from_slice(&out.stdout).ok()
 }
 
+/// `ferry submit FLOW` to the api, with the admin token of the api's data directory; the job id.
+fn submit(api: &str, data: &Path, flow: &Path) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["submit", "--api", api, "--data-dir"])
+        .arg(data)
+        .arg(flow)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "submit failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// `rounds` victims among `killable`: each once first, in a random order, then random ones.
+fn kill_order<'a>(rng: &mut Rng, killable: &[&'a str], rounds: usize) -> Vec<&'a str> {
+    let mut victims: Vec<&str> = killable.to_vec();
+    for i in (1..victims.len()).rev() {
+        victims.swap(i, rng.below(i as u64 + 1) as usize);
+    }
+    while victims.len() < rounds {
+        victims.push(killable[rng.below(killable.len() as u64) as usize]);
+    }
+    victims
+}
+
 fn processes_with(marker: &str) -> Vec<i32> {
     let mut found = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
@@ -376,35 +409,13 @@ async fn fault_run(bus_base: &str, broker_restart: bool, subtasks: bool) {
 
     let flow_path = d.join("faults.yaml");
     std::fs::write(&flow_path, flow(&ledger, &marker, subtasks)).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(["submit", "--api", &api, "--data-dir"])
-        .arg(&data)
-        .arg(&flow_path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "submit failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let job = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .next()
-        .unwrap()
-        .trim()
-        .to_string();
+    let job = submit(&api, &data, &flow_path);
     eprintln!("job {job}");
 
     // Kill and restart services at random moments while the job runs.
-    let killable = ["planner", "scheduler", "launcher", "log-collector"];
     // Every service is killed at least once, in a random order, then random ones.
-    let mut victims: Vec<&str> = killable.to_vec();
-    for i in (1..victims.len()).rev() {
-        victims.swap(i, rng.below(i as u64 + 1) as usize);
-    }
-    while victims.len() < ROUNDS {
-        victims.push(killable[rng.below(killable.len() as u64) as usize]);
-    }
+    let killable = ["planner", "scheduler", "launcher", "log-collector"];
+    let victims = kill_order(&mut rng, &killable, ROUNDS);
     let mut launcher_kills = 0;
     let mut schedule = Vec::new();
     let mut seen = 0;
@@ -947,23 +958,7 @@ async fn container_fault_run(bus_base: &str, kubernetes: bool) {
     let flow_path = d.join("container-faults.yaml");
     let runner = platform.runner(&image, &ledger_dir);
     std::fs::write(&flow_path, container_flow(&runner, task_count)).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(["submit", "--api", &api, "--data-dir"])
-        .arg(&data)
-        .arg(&flow_path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "submit failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let job = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .next()
-        .unwrap()
-        .trim()
-        .to_string();
+    let job = submit(&api, &data, &flow_path);
     eprintln!("job {job} of {task_count} containers after a first one");
 
     // Kill the launcher while containers run: each time the ledger has moved on since the last
@@ -1599,34 +1594,11 @@ async fn rabbitmq_agent_tasks_with_subtasks_survive_killed_agents_and_planner() 
         "id: agent-faults\ntasks:\n  - id: root\n    runner: { type: agent, cluster: c, task: split@1.0 }\n    retry: { attempts: 3, initial: 100ms }\n  - id: after\n    runner: { type: agent, cluster: c, task: work@1.0 }\n    dependsOn: [root]\n",
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(["submit", "--api", &api, "--data-dir"])
-        .arg(&data)
-        .arg(&flow_path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "submit failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let job = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .next()
-        .unwrap()
-        .trim()
-        .to_string();
+    let job = submit(&api, &data, &flow_path);
     eprintln!("job {job}: a root submitting {AGENT_SUBTASKS} agent subtasks, on agents x and y");
 
     // Each agent and the planner at least once, in a random order, then random ones.
-    let killable = ["agent-x", "agent-y", "planner"];
-    let mut victims: Vec<&str> = killable.to_vec();
-    for i in (1..victims.len()).rev() {
-        victims.swap(i, run.rng.below(i as u64 + 1) as usize);
-    }
-    while victims.len() < AGENT_ROUNDS {
-        victims.push(killable[run.rng.below(killable.len() as u64) as usize]);
-    }
+    let victims = kill_order(&mut run.rng, &["agent-x", "agent-y", "planner"], AGENT_ROUNDS);
     let mut schedule = Vec::new();
     let mut seen = 0;
     for victim in victims {
