@@ -138,18 +138,18 @@ pub async fn run(config: Config, bus: Arc<dyn Bus>, shutdown: CancellationToken)
     let clock = planner.clock.clone();
     let mut schedules_at = clock.now();
     info!(group = GROUP, "planner started");
-    loop {
+    'run: loop {
         let next = tokio::select! {
             _ = shutdown.cancelled() => break,
             () = clock.sleep_until(schedules_at) => {
                 schedules_at = schedules::fire_due(&mut planner).await;
                 continue;
             }
-            next = sub.next() => next,
+            next = sub.next_batch(config.prefetch) => next,
         };
-        let delivery = match next {
+        let batch = match next {
             None => break,
-            Some(Ok(d)) => d,
+            Some(Ok(batch)) => batch,
             Some(Err(e)) if e.is_transient() => {
                 warn!(error = %e, "receiving from the bus failed; retrying");
                 if !backoff.wait(&shutdown).await {
@@ -160,30 +160,53 @@ pub async fn run(config: Config, bus: Arc<dyn Bus>, shutdown: CancellationToken)
             Some(Err(ferry_bus::Error::Closed)) => break,
             Some(Err(e)) => return Err(e.into()),
         };
-        let span = info_span!(
-            "submission",
-            event_id = %delivery.event.id(),
-            event_type = %delivery.event.ty(),
-            job_id = tracing::field::Empty,
-        );
-        ferry_runtime::trace::follow(&span, &delivery.event);
-        match handle(&mut planner, delivery).instrument(span).await {
-            Ok(Handled::Done) => backoff.reset(),
-            Ok(Handled::Retry(delivery)) => {
-                // Hold the delivery through the backoff so it is not redelivered at once.
-                let stop = !backoff.wait(&shutdown).await;
-                match delivery.nack().await {
-                    Ok(()) | Err(ferry_bus::Error::Closed) => {}
-                    // It comes back anyway once the broker notices the channel is gone.
-                    Err(e) if e.is_transient() => warn!(error = %e, "cannot give the submission back"),
-                    Err(e) => return Err(e.into()),
+        // In delivery order; trigger candidates that arrive one after the other are handled
+        // together, everything else one by one (a deploy before an event applies to it).
+        let mut deliveries = batch.into_iter().peekable();
+        while let Some(delivery) = deliveries.next() {
+            let handled = if triggers::is_candidate(&delivery.event) {
+                let mut group = vec![delivery];
+                while let Some(d) = deliveries.next_if(|d| triggers::is_candidate(&d.event)) {
+                    group.push(d);
                 }
-                if stop {
-                    break;
+                let span = info_span!("trigger_candidates", events = group.len());
+                triggers::handle_candidates(&mut planner, group)
+                    .instrument(span)
+                    .await
+            } else {
+                let span = info_span!(
+                    "submission",
+                    event_id = %delivery.event.id(),
+                    event_type = %delivery.event.ty(),
+                    job_id = tracing::field::Empty,
+                );
+                ferry_runtime::trace::follow(&span, &delivery.event);
+                handle(&mut planner, delivery).instrument(span).await
+            };
+            match handled {
+                Ok(Handled::Done) => backoff.reset(),
+                Ok(Handled::Retry(mut given_back)) => {
+                    // The rest of the batch goes back with them, in order: what failed now would
+                    // likely fail too. Held through the backoff so they are not redelivered at once.
+                    given_back.extend(deliveries.by_ref());
+                    let stop = !backoff.wait(&shutdown).await;
+                    for delivery in given_back {
+                        match delivery.nack().await {
+                            Ok(()) | Err(ferry_bus::Error::Closed) => {}
+                            // It comes back anyway once the broker notices the channel is gone.
+                            Err(e) if e.is_transient() => {
+                                warn!(error = %e, "cannot give the submission back")
+                            }
+                            Err(e) => return Err(e.into()),
+                        }
+                    }
+                    if stop {
+                        break 'run;
+                    }
                 }
+                Err(ferry_bus::Error::Closed) => break 'run,
+                Err(e) => return Err(e.into()),
             }
-            Err(ferry_bus::Error::Closed) => break,
-            Err(e) => return Err(e.into()),
         }
     }
     info!("planner stopped");
@@ -192,8 +215,8 @@ pub async fn run(config: Config, bus: Arc<dyn Bus>, shutdown: CancellationToken)
 
 enum Handled {
     Done,
-    /// Publishing failed transiently: give the delivery back after a backoff.
-    Retry(Box<Delivery>),
+    /// Publishing failed transiently: give the deliveries back after a backoff.
+    Retry(Vec<Delivery>),
 }
 
 async fn handle(planner: &mut Planner<'_>, delivery: Delivery) -> Result<Handled, ferry_bus::Error> {
@@ -204,7 +227,7 @@ async fn handle(planner: &mut Planner<'_>, delivery: Delivery) -> Result<Handled
             debug!("a ferry event on intake that the planner does not take; ignored");
             settled("ack", delivery.ack().await)
         }
-        _ => triggers::handle_candidate(planner, delivery).await,
+        _ => triggers::handle_candidates(planner, vec![delivery]).await,
     }
 }
 
@@ -251,7 +274,7 @@ async fn handle_submission(
                     ferry_runtime::metrics::job_planned("rejected");
                     settled("dead-letter", delivery.dead_letter(&reason).await)
                 }
-                Err(e) if e.is_transient() => Ok(Handled::Retry(Box::new(delivery))),
+                Err(e) if e.is_transient() => Ok(Handled::Retry(vec![delivery])),
                 Err(e) => Err(e),
             };
         }
@@ -260,7 +283,7 @@ async fn handle_submission(
         Ok(()) => settled("ack", delivery.ack().await),
         Err(e) if e.is_transient() => {
             warn!(error = %e, "publishing the outcome failed; the submission will be retried");
-            Ok(Handled::Retry(Box::new(delivery)))
+            Ok(Handled::Retry(vec![delivery]))
         }
         Err(e) => Err(e),
     }
@@ -356,7 +379,7 @@ async fn handle_request(planner: &mut Planner<'_>, delivery: Delivery) -> Result
         Ok(r) => r,
         Err(e) => {
             warn!(error = %e, "the flow registry cannot be read; the request will be retried");
-            return Ok(Handled::Retry(Box::new(delivery)));
+            return Ok(Handled::Retry(vec![delivery]));
         }
     };
     let outcome = match recorded {
@@ -371,7 +394,7 @@ async fn handle_request(planner: &mut Planner<'_>, delivery: Delivery) -> Result
                 Ok(outcome) => outcome,
                 Err(e) => {
                     warn!(error = %e, "the flow registry cannot be changed; the request will be retried");
-                    return Ok(Handled::Retry(Box::new(delivery)));
+                    return Ok(Handled::Retry(vec![delivery]));
                 }
             }
         }
@@ -400,7 +423,7 @@ async fn handle_request(planner: &mut Planner<'_>, delivery: Delivery) -> Result
                 }),
                 Err(e) => {
                     warn!(error = %e, "the flow registry cannot be changed; the request will be retried");
-                    return Ok(Handled::Retry(Box::new(delivery)));
+                    return Ok(Handled::Retry(vec![delivery]));
                 }
             }
         }
@@ -425,7 +448,7 @@ async fn handle_request(planner: &mut Planner<'_>, delivery: Delivery) -> Result
         Ok(()) => settled("ack", delivery.ack().await),
         Err(e) if e.is_transient() => {
             warn!(error = %e, "publishing the registry change failed; the request will be retried");
-            Ok(Handled::Retry(Box::new(delivery)))
+            Ok(Handled::Retry(vec![delivery]))
         }
         Err(e) => Err(e),
     }
@@ -607,7 +630,18 @@ pub fn plan_within(submitted: JobSubmitted, job_id: &str, max_bytes: usize) -> R
             return Err(problems);
         }
     };
-    let job = ferry_flow::plan_job(&flow, job_id, &inputs)?;
+    plan_valid(&flow, job_id, &inputs, max_bytes)
+}
+
+/// Plans a job of a flow validated already (a deployed flow's, whose triggers start many):
+/// checks the inputs and writes the plan, of at most `max_bytes`.
+pub fn plan_valid(
+    flow: &ferry_flow::ValidFlow,
+    job_id: &str,
+    inputs: &serde_json::Map<String, serde_json::Value>,
+    max_bytes: usize,
+) -> Result<Planned, Vec<Problem>> {
+    let job = ferry_flow::plan_job(flow, job_id, inputs)?;
     let mut out = Bounded {
         json: Vec::new(),
         max: max_bytes,

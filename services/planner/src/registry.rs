@@ -19,9 +19,11 @@
 //!   last tick of one deployed already (a new version does not fire a tick again); an
 //!   undeploy forgets the flow's schedules.
 
+use std::sync::Arc;
+
 use ferry_event::kind;
 use ferry_event::payload::{FlowDeployed, FlowUndeployed};
-use ferry_flow::Flow;
+use ferry_flow::{Flow, ValidFlow};
 use ferry_runtime::db::{self, Db};
 use sqlx::Row;
 
@@ -56,14 +58,20 @@ const SCHEMA: &[&str] = &[
     )",
 ];
 
-/// A deployed flow, as the planner matches events against it.
+/// A deployed flow, as the planner matches events against it: validated once, when this
+/// instance first read its version, and planned from that for every job its triggers start.
+/// Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Deployed {
-    pub flow: Flow,
+    pub valid: Arc<ValidFlow>,
     pub version: u64,
-    /// The flow's source, planned again for each job its triggers start.
-    pub source: String,
-    pub flow_name: String,
+}
+
+impl Deployed {
+    /// The typed flow (its triggers, id, namespace…).
+    pub fn flow(&self) -> &Flow {
+        self.valid.flow()
+    }
 }
 
 /// What a deploy or undeploy request produced: the outcome event's type and data.
@@ -78,7 +86,7 @@ pub struct Outcome {
 pub struct Registry {
     db: Db,
     generation: Option<i64>,
-    flows: Vec<Deployed>,
+    flows: Arc<[Deployed]>,
 }
 
 impl Registry {
@@ -96,46 +104,62 @@ impl Registry {
         Ok(Registry {
             db,
             generation: None,
-            flows: Vec::new(),
+            flows: Arc::from(Vec::new()),
         })
     }
 
-    /// The deployed flows, read again if any instance changed them since the last call.
-    pub async fn deployed(&mut self) -> Result<&[Deployed], sqlx::Error> {
+    /// The deployed flows, read again if any instance changed them since the last call (one
+    /// small read otherwise).
+    pub async fn deployed(&mut self) -> Result<Arc<[Deployed]>, sqlx::Error> {
         let row = sqlx::query("SELECT generation FROM planner_generation WHERE id = 1")
             .fetch_one(&self.db.pool)
             .await?;
         let generation: i64 = row.try_get("generation")?;
         if self.generation != Some(generation) {
-            self.flows = self.load().await?;
+            self.flows = self.load().await?.into();
             self.generation = Some(generation);
         }
-        Ok(&self.flows)
+        Ok(self.flows.clone())
     }
 
+    /// Reads the deployed flows. A flow whose version this instance holds already is kept as
+    /// it is: only new versions are validated.
     async fn load(&self) -> Result<Vec<Deployed>, sqlx::Error> {
         let rows = sqlx::query(
-            "SELECT flow_id, version, source, flow_name FROM planner_flows WHERE deployed = 1 \
+            "SELECT namespace, flow_id, version, source, flow_name FROM planner_flows WHERE deployed = 1 \
              ORDER BY namespace, flow_id",
         )
         .fetch_all(&self.db.pool)
         .await?;
         let mut flows = Vec::with_capacity(rows.len());
         for row in rows {
+            let namespace: String = row.try_get("namespace")?;
+            let flow_id: String = row.try_get("flow_id")?;
+            let version = u64::try_from(row.try_get::<i64, _>("version")?).unwrap_or(0);
+            let held = self.flows.iter().find(|d| {
+                let f = d.flow();
+                d.version == version
+                    && f.id == flow_id
+                    && f.namespace.as_deref().unwrap_or_default() == namespace
+            });
+            if let Some(held) = held {
+                flows.push(held.clone());
+                continue;
+            }
             let source: String = row.try_get("source")?;
             let flow_name: String = row.try_get("flow_name")?;
-            let version: i64 = row.try_get("version")?;
             // Validated when deployed; a flow this version of ferry no longer reads is left
             // out, loudly, rather than stopping every other flow's triggers.
             match ferry_flow::validate(&source, &flow_name) {
-                Ok(valid) => flows.push(Deployed {
-                    flow: valid.flow().clone(),
-                    version: u64::try_from(version).unwrap_or(0),
-                    source,
-                    flow_name,
-                }),
+                Ok(valid) => {
+                    // Built once here, so that planning its jobs reads no source again.
+                    valid.flow();
+                    flows.push(Deployed {
+                        valid: Arc::new(valid),
+                        version,
+                    });
+                }
                 Err(problems) => {
-                    let flow_id: String = row.try_get("flow_id")?;
                     tracing::error!(
                         flow = %flow_id,
                         version,

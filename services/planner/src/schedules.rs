@@ -22,12 +22,12 @@ use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use ferry_event::envelope;
-use ferry_event::payload::{FlowSource, JobSubmitted, Problem, TriggeredBy};
+use ferry_event::payload::{Problem, TriggeredBy};
 use ferry_flow::schedule::Schedule;
 use tracing::{error, info, warn};
 
 use crate::registry::Deployed;
-use crate::{Planner, outcome_event, plan_limit, plan_within, publish_outcome};
+use crate::{Planner, outcome_event, plan_limit, plan_valid, publish_outcome};
 
 /// The `eventSource` a scheduled job's [`TriggeredBy`] names.
 pub const TICK_SOURCE: &str = "ferry/schedule";
@@ -150,8 +150,8 @@ async fn pass(planner: &mut Planner<'_>, now: DateTime<Utc>) -> Duration {
         }
     };
     let mut schedules = Vec::new();
-    for deployed in flows {
-        for (i, trigger) in deployed.flow.triggers.iter().enumerate() {
+    for deployed in flows.iter() {
+        for (i, trigger) in deployed.flow().triggers.iter().enumerate() {
             let Some(expression) = &trigger.schedule else {
                 continue;
             };
@@ -163,7 +163,7 @@ async fn pass(planner: &mut Planner<'_>, now: DateTime<Utc>) -> Duration {
                 }),
                 // Checked when deployed: a time zone this build no longer knows, say.
                 Err(problems) => error!(
-                    flow = %envelope::flow_key(deployed.flow.namespace.as_deref(), &deployed.flow.id),
+                    flow = %envelope::flow_key(deployed.flow().namespace.as_deref(), &deployed.flow().id),
                     trigger = i,
                     problems = ?problems,
                     "a deployed schedule cannot be read; it does not tick until its flow is deployed again"
@@ -188,7 +188,7 @@ async fn fire(
     due: &Due,
     now: DateTime<Utc>,
 ) -> Result<Option<DateTime<Utc>>, Interrupted> {
-    let flow = &due.deployed.flow;
+    let flow = due.deployed.flow();
     let namespace = flow.namespace.as_deref();
     let key = envelope::flow_key(namespace, &flow.id);
     let registry_failed = |e: sqlx::Error| {
@@ -246,7 +246,7 @@ async fn fire(
 /// Plans and publishes the job of one tick.
 async fn start(planner: &Planner<'_>, due: &Due, tick: DateTime<Utc>) -> Result<(), Interrupted> {
     let deployed = &due.deployed;
-    let flow = &deployed.flow;
+    let flow = deployed.flow();
     let i = due.trigger;
     let job_id = job_id(flow.namespace.as_deref(), &flow.id, i, tick);
     let facts = due.schedule.tick(tick);
@@ -261,15 +261,9 @@ async fn start(planner: &Planner<'_>, due: &Due, tick: DateTime<Utc>) -> Result<
     let inputs = flow.triggers.get(i).map(|t| t.inputs.clone()).unwrap_or_default();
     let outcome = match ferry_flow::trigger::tick_inputs(&inputs, &facts) {
         Ok(inputs) => {
-            let submitted = JobSubmitted {
-                job_id: Some(job_id.clone()),
-                flow: FlowSource::Text(deployed.source.clone()),
-                flow_name: Some(deployed.flow_name.clone()),
-                inputs,
-            };
             let max_bytes = plan_limit(planner.bus);
-            let id = job_id.clone();
-            match tokio::task::spawn_blocking(move || plan_within(submitted, &id, max_bytes)).await {
+            let (id, valid) = (job_id.clone(), deployed.valid.clone());
+            match tokio::task::spawn_blocking(move || plan_valid(&valid, &id, &inputs, max_bytes)).await {
                 Ok(outcome) => outcome.map_err(|problems| problems.into_iter().map(named).collect()),
                 Err(e) => Err(vec![named(Problem {
                     location: None,

@@ -6,17 +6,22 @@
 //! `source` and `id` (the CloudEvents identity of an event), so that however often the event
 //! is delivered or published, and by however many planners, it is one job. An event that
 //! matches nothing is acknowledged and forgotten.
+//!
+//! Candidates delivered one after another are handled together ([`handle_candidates`]): one
+//! read of the registry's generation, the jobs planned from the deployed flows as this
+//! instance validated them once per version ([`crate::registry::Deployed`]), every outcome
+//! published in one call whose confirms are awaited together, then the events acked together.
 
 use ferry_bus::Delivery;
 use ferry_event::cloudevents::{AttributesReader, Data};
-use ferry_event::payload::{FlowSource, JobSubmitted, Problem, TriggeredBy};
+use ferry_event::payload::{Problem, TriggeredBy};
 use ferry_event::{Event, envelope};
 use ferry_flow::trigger::EventFacts;
 use sha2::{Digest, Sha256};
 use tracing::{debug, info, warn};
 
 use crate::registry::Deployed;
-use crate::{Handled, Planner, outcome_event, plan_limit, plan_within, publish_outcome, settled};
+use crate::{Handled, Planner, count, outcome_event, plan_limit, plan_valid, publish_outcome, settled};
 
 /// The id of the job that trigger `trigger` (its place in the flow's `triggers`) of a flow
 /// starts for the event with this `source` and `id`: the flow's id (at most 64 characters)
@@ -81,11 +86,27 @@ struct Start {
     outcome: Result<crate::Planned, Vec<Problem>>,
 }
 
-/// Plans the job each matching trigger starts.
-fn plan_matches(flows: Vec<Deployed>, event: &EventFacts, max_bytes: usize) -> Vec<Start> {
+/// Whether an event on intake is a trigger candidate: not one of ferry's own.
+pub(crate) fn is_candidate(event: &Event) -> bool {
+    !event.ty().starts_with(ferry_event::kind::PREFIX)
+}
+
+/// Whether any trigger of the deployed flows matches the event.
+fn matches_any(flows: &[Deployed], event: &EventFacts) -> bool {
+    flows.iter().any(|d| {
+        d.flow()
+            .triggers
+            .iter()
+            .any(|t| t.on.as_ref().is_some_and(|on| on.matches(event)))
+    })
+}
+
+/// Plans the job each matching trigger starts, from the deployed flows as validated when
+/// this instance read them: no flow is parsed again per event.
+fn plan_matches(flows: &[Deployed], event: &EventFacts, max_bytes: usize) -> Vec<Start> {
     let mut starts = Vec::new();
     for deployed in flows {
-        let flow = &deployed.flow;
+        let flow = deployed.flow();
         for (i, trigger) in flow.triggers.iter().enumerate() {
             if !trigger.on.as_ref().is_some_and(|on| on.matches(event)) {
                 continue;
@@ -100,16 +121,8 @@ fn plan_matches(flows: Vec<Deployed>, event: &EventFacts, max_bytes: usize) -> V
                 p
             };
             let outcome = match ferry_flow::trigger::inputs(&trigger.inputs, event) {
-                Ok(inputs) => {
-                    let submitted = JobSubmitted {
-                        job_id: Some(job_id.clone()),
-                        flow: FlowSource::Text(deployed.source.clone()),
-                        flow_name: Some(deployed.flow_name.clone()),
-                        inputs,
-                    };
-                    plan_within(submitted, &job_id, max_bytes)
-                        .map_err(|problems| problems.into_iter().map(named).collect())
-                }
+                Ok(inputs) => plan_valid(&deployed.valid, &job_id, &inputs, max_bytes)
+                    .map_err(|problems| problems.into_iter().map(named).collect()),
                 Err(message) => Err(vec![named(Problem {
                     location: None,
                     field: Some(format!("triggers[{i}].inputs")),
@@ -134,75 +147,142 @@ fn plan_matches(flows: Vec<Deployed>, event: &EventFacts, max_bytes: usize) -> V
     starts
 }
 
-/// Starts a job for each trigger the event matches, then acks it. Nothing is acked before every
-/// job it starts is published; a redelivery plans the same jobs again under the same ids.
-pub(crate) async fn handle_candidate(
+/// Starts a job for each trigger each event matches, then acks the events together. The
+/// events are trigger candidates delivered one after the other: the registry is read once for
+/// them, their jobs are planned together off the async threads, and every job is published in
+/// one call, its confirms awaited together. Nothing is acked before every job it starts is
+/// published; a redelivery plans the same jobs again under the same ids.
+pub(crate) async fn handle_candidates(
     planner: &mut Planner<'_>,
-    delivery: Delivery,
+    deliveries: Vec<Delivery>,
 ) -> Result<Handled, ferry_bus::Error> {
     let flows = match planner.registry.deployed().await {
         Ok(flows) => flows,
         Err(e) => {
-            warn!(error = %e, "the flow registry cannot be read; the event will be retried");
-            return Ok(Handled::Retry(Box::new(delivery)));
+            warn!(error = %e, "the flow registry cannot be read; the events will be retried");
+            return Ok(Handled::Retry(deliveries));
         }
     };
-    let event = facts(&delivery.event);
-    let matching: Vec<Deployed> = flows
-        .iter()
-        .filter(|d| {
-            d.flow
-                .triggers
-                .iter()
-                .any(|t| t.on.as_ref().is_some_and(|on| on.matches(&event)))
-        })
-        .cloned()
-        .collect();
-    if matching.is_empty() {
-        debug!("no deployed flow's trigger matches the event");
-        return settled("ack", delivery.ack().await);
+    // Events no trigger matches are acked with the rest; the others are planned. The
+    // deliveries stay in their order, in which they are settled (or given back).
+    let mut events = Vec::new();
+    for delivery in &deliveries {
+        let event = facts(&delivery.event);
+        if matches_any(&flows, &event) {
+            events.push(Some(event));
+        } else {
+            debug!(event_id = %event.id, event_type = %event.ty, "no deployed flow's trigger matches the event");
+            events.push(None);
+        }
+    }
+    if events.iter().all(Option::is_none) {
+        return settled("ack", ferry_bus::ack_all(deliveries).await);
     }
     let max_bytes = plan_limit(planner.bus);
-    let starts = match tokio::task::spawn_blocking(move || plan_matches(matching, &event, max_bytes)).await {
-        Ok(starts) => starts,
+    let planning = tokio::task::spawn_blocking(move || {
+        events
+            .iter()
+            .map(|event| {
+                let event = event.as_ref()?;
+                // A defect planning one event sets that event aside, not its neighbours.
+                let planned = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    plan_matches(&flows, event, max_bytes)
+                }));
+                Some(planned.map_err(|panic| {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    format!("planning the triggered jobs failed unexpectedly: {what}")
+                }))
+            })
+            .collect::<Vec<_>>()
+    });
+    let planned = match planning.await {
+        Ok(planned) => planned,
+        // Not a panic (each is caught): the runtime is shutting down. They come again.
         Err(e) => {
-            let reason = format!("planning the triggered jobs failed unexpectedly: {e}");
-            warn!(%reason, "event set aside");
-            return settled("dead-letter", delivery.dead_letter(&reason).await);
+            warn!(error = %e, "planning the triggered jobs was interrupted; the events will be retried");
+            return Ok(Handled::Retry(deliveries));
         }
     };
-    for start in starts {
-        info!(
-            job_id = %start.job_id,
-            flow = %start.trigger.flow_id,
-            trigger = start.trigger.trigger,
-            "trigger matched"
-        );
-        let trigger = start.trigger.clone();
-        let event = outcome_event(
-            &planner.builder,
-            &start.job_id,
-            start.outcome,
-            Some(start.trigger),
-        );
-        match publish_outcome(
-            &planner.builder,
-            planner.bus,
-            &start.job_id,
-            event,
-            Some(&trigger),
-        )
-        .await
-        {
-            Ok(()) => {}
-            Err(e) if e.is_transient() => {
-                warn!(error = %e, "publishing a triggered job failed; the event will be retried");
-                return Ok(Handled::Retry(Box::new(delivery)));
+    let mut acked = Vec::with_capacity(deliveries.len());
+    // Each job's outcome event, and its id and trigger beside it.
+    let mut outcomes: Vec<Event> = Vec::new();
+    let mut jobs: Vec<(String, TriggeredBy)> = Vec::new();
+    for (delivery, starts) in deliveries.into_iter().zip(planned) {
+        let starts = match starts {
+            None => Vec::new(),
+            Some(Ok(starts)) => starts,
+            Some(Err(reason)) => {
+                warn!(event_id = %delivery.event.id(), %reason, "event set aside");
+                settled("dead-letter", delivery.dead_letter(&reason).await)?;
+                continue;
             }
-            Err(e) => return Err(e),
+        };
+        for start in starts {
+            info!(
+                job_id = %start.job_id,
+                flow = %start.trigger.flow_id,
+                trigger = start.trigger.trigger,
+                event_id = %start.trigger.event_id,
+                "trigger matched"
+            );
+            let trigger = start.trigger.clone();
+            let event = outcome_event(
+                &planner.builder,
+                &start.job_id,
+                start.outcome,
+                Some(start.trigger),
+            );
+            outcomes.push(event);
+            jobs.push((start.job_id, trigger));
         }
+        acked.push(delivery);
     }
-    settled("ack", delivery.ack().await)
+    match publish_all(planner, &outcomes, &jobs).await {
+        Ok(()) => settled("ack", ferry_bus::ack_all(acked).await),
+        Err(e) if e.is_transient() => {
+            warn!(error = %e, "publishing triggered jobs failed; the events will be retried");
+            Ok(Handled::Retry(acked))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Publishes the jobs' `job.planned` or `job.rejected` events in one call. When the bus
+/// refuses one as too large, each is published on its own, a too-large one replaced by a
+/// rejection that says so ([`publish_outcome`]); publishing one again is harmless, it is the
+/// same job.
+async fn publish_all(
+    planner: &Planner<'_>,
+    events: &[Event],
+    jobs: &[(String, TriggeredBy)],
+) -> Result<(), ferry_bus::Error> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    match planner.bus.publish(events).await {
+        Ok(()) => {
+            events.iter().for_each(count);
+            Ok(())
+        }
+        Err(ferry_bus::Error::TooLarge { .. }) => {
+            for (event, (job_id, trigger)) in events.iter().zip(jobs) {
+                publish_outcome(
+                    &planner.builder,
+                    planner.bus,
+                    job_id,
+                    event.clone(),
+                    Some(trigger),
+                )
+                .await?;
+            }
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
 }
 
 #[cfg(test)]
