@@ -14,6 +14,7 @@ use ferry_bus::{Bus, Subscribe};
 use ferry_event::payload::TaskStarted;
 use ferry_event::{AttributesReader, Topic, kind};
 
+use crate::agent::Runner;
 use crate::shape::Shape;
 use crate::{Published, Report, single_flow, spawn_submitter, submissions};
 
@@ -23,17 +24,45 @@ struct Services {
 }
 
 impl Services {
-    fn start(ferry: &Path, bus: &str, dir: &Path, parallel: usize) -> Result<Services> {
+    /// The services, and the tasks' runner: the local launcher, or one agent (`ferry agent`,
+    /// registering the no-op as [`crate::agent::TASK`]) in its place, with the same capacity.
+    fn start(
+        ferry: &Path,
+        bus: &str,
+        dir: &Path,
+        parallel: usize,
+        runner: Runner,
+        command: &str,
+    ) -> Result<Services> {
         let data = dir.join("data");
         std::fs::create_dir_all(&data)?;
         let db = |f: &str| format!("sqlite://{}", dir.join(f).display());
         // The api keeps its read model up to date from the same events as in any deployment.
         let listen = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
         let mut children = Vec::new();
+        let runner_spec: (&str, Vec<String>) = match runner {
+            Runner::Local => ("launcher", vec!["--max-parallel".into(), parallel.to_string()]),
+            // In the launcher's place, so it keeps the data directory to itself.
+            Runner::Agent => {
+                let config = dir.join("agent.yaml");
+                std::fs::write(&config, crate::agent::config(command))?;
+                (
+                    "agent",
+                    vec![
+                        "--cluster".into(),
+                        crate::agent::CLUSTER.into(),
+                        "--config".into(),
+                        config.display().to_string(),
+                        "--max-parallel".into(),
+                        parallel.to_string(),
+                    ],
+                )
+            }
+        };
         let specs: Vec<(&str, Vec<String>)> = vec![
             ("planner", vec![]),
             ("scheduler", vec!["--db".into(), db("scheduler.db")]),
-            ("launcher", vec!["--max-parallel".into(), parallel.to_string()]),
+            runner_spec,
             ("log-collector", vec!["--log-db".into(), db("logs.db")]),
             (
                 "api",
@@ -49,8 +78,15 @@ impl Services {
         ];
         for (name, extra) in specs {
             let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
+            // `ferry agent` is a command of its own; the others are `ferry service NAME`.
+            let command: &[&str] = if name == "agent" {
+                &["agent"]
+            } else {
+                &["service", name]
+            };
             let child = Command::new(ferry)
-                .args(["service", name, "--bus", bus, "--bus-key-file"])
+                .args(command)
+                .args(["--bus", bus, "--bus-key-file"])
                 .arg(dir.join("bus.keys"))
                 .arg("--data-dir")
                 .arg(&data)
@@ -138,6 +174,8 @@ pub struct Plan {
     /// With a rate: each job is started by a plain CloudEvent matching a deployed flow's
     /// trigger, not submitted.
     pub triggered: bool,
+    /// What runs the tasks: the local launcher or an agent.
+    pub runner: Runner,
 }
 
 pub async fn run(plan: Plan) -> Result<Report> {
@@ -148,7 +186,7 @@ pub async fn run(plan: Plan) -> Result<Report> {
     // Whatever the outcome: the services are stopped when `run_in` returns, then the
     // namespace goes.
     let report = run_in(&plan, &bus_url).await;
-    remove_namespace(&bus_url).await;
+    remove_namespace(&bus_url, plan.runner).await;
     report
 }
 
@@ -165,12 +203,7 @@ async fn run_in(plan: &Plan, bus_url: &str) -> Result<Report> {
         .context("connecting to the broker")?;
     // Watch every class of control traffic (logs apart) on an ephemeral group, in batches
     // acked together, so that watching costs the broker and the machine little.
-    let topics = [
-        Topic::Control,
-        Topic::Lifecycle,
-        Topic::Dispatch("local".into()),
-        Topic::Cancel("local".into()),
-    ];
+    let topics = plan.runner.topics();
     let mut watch = bus
         .subscribe(
             Subscribe::new("loadtest", topics.clone())
@@ -179,20 +212,28 @@ async fn run_in(plan: &Plan, bus_url: &str) -> Result<Report> {
         )
         .await?;
     let counter = count_messages(&bus_url, &topics).await?;
-    let mut services = Services::start(&plan.ferry, &bus_url, dir.path(), plan.parallel)?;
+    let mut services = Services::start(
+        &plan.ferry,
+        &bus_url,
+        dir.path(),
+        plan.parallel,
+        plan.runner,
+        &plan.command,
+    )?;
     // Let the services join their groups before the clock starts.
     tokio::time::sleep(Duration::from_secs(3)).await;
     services.check()?;
 
+    let fields = plan.runner.fields(&plan.command);
     let jobs = match (plan.rate, plan.shape) {
-        (None, Some(shape)) => submissions(vec![(ferry_event::new_id(), shape.flow(&plan.command))]),
+        (None, Some(shape)) => submissions(vec![(ferry_event::new_id(), shape.flow_on(&fields))]),
         (None, None) => bail!("a run without a rate needs a shape"),
         (Some(_), _) if plan.triggered => {
             crate::trigger::deploy(bus.as_ref(), &mut watch, &plan.command).await?;
             crate::trigger::events(plan.tasks)
         }
         (Some(_), _) => {
-            let flow = single_flow(&plan.command);
+            let flow = single_flow(&fields);
             submissions(
                 (0..plan.tasks)
                     .map(|_| (ferry_event::new_id(), flow.clone()))
@@ -321,9 +362,12 @@ async fn run_in(plan: &Plan, bus_url: &str) -> Result<Report> {
 
 /// Deletes the run's queues and exchanges from RabbitMQ, so that runs do not pile up there.
 /// Kafka topics stay: deleting topics is not something ferry's Kafka bus does.
-async fn remove_namespace(bus_url: &str) {
-    // Every group's queue, the api's included, is deleted with the namespace.
-    let groups = ferry_cli::services::standard_groups();
+async fn remove_namespace(bus_url: &str, runner: Runner) {
+    // Every group's queue, the api's and an agent's included, is deleted with the namespace.
+    let mut groups = ferry_cli::services::standard_groups();
+    if runner == Runner::Agent {
+        groups.extend(crate::agent::groups());
+    }
     let removed = ferry_connect::remove_namespace(bus_url, &groups);
     match tokio::time::timeout(Duration::from_secs(30), removed).await {
         Ok(Ok(())) => {}

@@ -6,6 +6,10 @@
 //! - `paced`: single-task jobs submitted at a fixed rate, for dispatch latency at a steady load;
 //! - `triggered` (`--bus` only): plain CloudEvents published at a fixed rate, each starting a
 //!   single-task job of a deployed flow through its trigger ([`trigger`]);
+//! - `agent` (`--bus` only): single-task jobs submitted at a fixed rate whose task runs on a warm
+//!   `ferry agent` ([`agent`]): dispatch latency through an agent;
+//! - `agent-fanout` (`--bus` only): the same flat fan-out of a no-op through the local launcher
+//!   and through one agent of the same capacity (`--parallel`), one after the other in one run;
 //! - `shape`: one job of a given DAG shape (fan-out, fan-in, chain, diamond lattice, grid), the
 //!   flows users write ([`shape`]); with `--via run` it times the `ferry run` command itself, end
 //!   to end, as a user runs it, rather than the services inside this process;
@@ -21,6 +25,7 @@
 //! processes are children and not counted), peak memory (VmHWM), events per task and, on RabbitMQ,
 //! broker messages per task.
 
+mod agent;
 #[cfg(feature = "amqp")]
 mod amqp_count;
 mod api_reads;
@@ -37,6 +42,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use agent::Runner;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use ferry_bus::{Bus, Subscribe};
@@ -217,6 +223,23 @@ enum Mode {
         #[arg(long, default_value_t = 1_000)]
         events: usize,
     },
+    /// Single-task jobs submitted at a fixed rate, each task run by a warm `ferry agent`
+    /// (`--bus` only).
+    Agent {
+        #[arg(long, default_value_t = 100.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 1_000)]
+        tasks: usize,
+    },
+    /// The same flat fan-out (a root and N no-op workers) through the local launcher, then
+    /// through one agent with the same capacity (`--parallel`), in one run (`--bus` only).
+    AgentFanout {
+        #[arg(long, default_value_t = 2_000)]
+        tasks: usize,
+        /// Pairs of runs (local launcher, then agent).
+        #[arg(long, default_value_t = 1)]
+        rounds: usize,
+    },
     /// One job of a DAG shape, as fast as possible.
     Shape {
         #[arg(value_enum)]
@@ -282,6 +305,8 @@ impl Mode {
             Mode::Shape { kind, width, depth } => Some(shape::Shape { kind, width, depth }),
             Mode::Paced { .. }
             | Mode::Triggered { .. }
+            | Mode::Agent { .. }
+            | Mode::AgentFanout { .. }
             | Mode::ApiReads { .. }
             | Mode::SubmitWait { .. }
             | Mode::Docker { .. } => None,
@@ -370,11 +395,20 @@ async fn run(args: Args) -> Result<()> {
         if args.via == Via::Run {
             bail!("--via run runs `ferry run`, which is embedded: leave out --bus");
         }
+        if let Mode::AgentFanout { tasks, rounds } = args.mode {
+            return agent_fanout(&args, &ferry, bus, tasks, rounds).await;
+        }
         let (rate, tasks, label, flow) = match (&args.mode, args.mode.shape()) {
             (Mode::Paced { rate, tasks }, _) => (
                 Some(*rate),
                 *tasks,
                 format!("paced, {tasks} jobs at {rate}/s"),
+                None,
+            ),
+            (Mode::Agent { rate, tasks }, _) => (
+                Some(*rate),
+                *tasks,
+                format!("paced through an agent, {tasks} jobs at {rate}/s"),
                 None,
             ),
             (Mode::Triggered { rate, events }, _) => (
@@ -404,11 +438,19 @@ async fn run(args: Args) -> Result<()> {
             tasks,
             shape: flow,
             triggered: matches!(args.mode, Mode::Triggered { .. }),
+            runner: if matches!(args.mode, Mode::Agent { .. }) {
+                Runner::Agent
+            } else {
+                Runner::Local
+            },
         };
         return deployment::run(plan).await?.print();
     }
-    if matches!(args.mode, Mode::Triggered { .. }) {
-        bail!("`triggered` runs on a deployment: give --bus amqp://… or kafka://…");
+    if matches!(
+        args.mode,
+        Mode::Triggered { .. } | Mode::Agent { .. } | Mode::AgentFanout { .. }
+    ) {
+        bail!("this mode runs on a deployment: give --bus amqp://… or kafka://…");
     }
     if args.via == Via::Run {
         let Some(shape) = args.mode.shape() else {
@@ -438,7 +480,7 @@ async fn run(args: Args) -> Result<()> {
             shape.label(),
         ),
         (Mode::Paced { tasks, rate }, None) => {
-            let flow = single_flow(&args.command);
+            let flow = single_flow(&Runner::Local.fields(&args.command));
             (
                 (0..*tasks)
                     .map(|_| (ferry_event::new_id(), flow.clone()))
@@ -574,11 +616,71 @@ pub(crate) fn spawn_submitter(
     })
 }
 
-pub(crate) fn single_flow(command: &str) -> String {
-    format!(
-        "id: loadtest-single\ntasks:\n  - {{ id: t, runner: local, command: [{}] }}\n",
-        serde_json::to_string(command).expect("a string serializes")
-    )
+/// A one-task flow, its task with these fields ([`Runner::fields`]).
+pub(crate) fn single_flow(fields: &str) -> String {
+    format!("id: loadtest-single\ntasks:\n  - {{ id: t, {fields} }}\n")
+}
+
+/// The same flat fan-out through the local launcher and then through one agent with the same
+/// capacity, `rounds` times, each on a fresh deployment; each run's report, then the agent's
+/// throughput against the launcher's.
+async fn agent_fanout(
+    args: &Args,
+    ferry: &std::path::Path,
+    bus: &str,
+    tasks: usize,
+    rounds: usize,
+) -> Result<()> {
+    let shape = shape::Shape {
+        kind: shape::Kind::Fanout,
+        width: tasks,
+        depth: 2,
+    };
+    let mut rates: Vec<(Runner, f64)> = Vec::new();
+    for _ in 0..rounds {
+        for runner in [Runner::Local, Runner::Agent] {
+            println!(
+                "ferry loadtest on {}: {} through the {}; services as processes; command {}; parallelism {}",
+                bus.split('@').next_back().unwrap_or(bus),
+                shape.label(),
+                runner.name(),
+                args.command,
+                args.parallel
+            );
+            println!("  load average before   {}", loadavg());
+            let plan = deployment::Plan {
+                ferry: ferry.to_path_buf(),
+                bus_url: bus.to_string(),
+                parallel: args.parallel,
+                command: args.command.clone(),
+                rate: None,
+                tasks: shape.tasks(),
+                shape: Some(shape),
+                triggered: false,
+                runner,
+            };
+            let report = deployment::run(plan).await?;
+            rates.push((runner, report.tasks as f64 / report.elapsed.as_secs_f64()));
+            report.print()?;
+            // The machine settles (the last run's processes, the broker's queues) before the next.
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        }
+    }
+    let of = |which: Runner| -> Vec<String> {
+        rates
+            .iter()
+            .filter(|(r, _)| *r == which)
+            .map(|(_, t)| format!("{t:.0}"))
+            .collect()
+    };
+    let sum = |which: Runner| -> f64 { rates.iter().filter(|(r, _)| *r == which).map(|(_, t)| t).sum() };
+    println!(
+        "throughput: local launcher {} tasks/s, agent {} tasks/s; agent/launcher {:.2} (mean over {rounds} rounds)",
+        of(Runner::Local).join(", "),
+        of(Runner::Agent).join(", "),
+        sum(Runner::Agent) / sum(Runner::Local)
+    );
+    Ok(())
 }
 
 /// This process's user+system CPU time, and the system part of it.

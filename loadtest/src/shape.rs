@@ -12,6 +12,8 @@ use std::fmt::Write as _;
 
 use clap::ValueEnum;
 
+use crate::agent::Runner;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Kind {
     Fanout,
@@ -71,14 +73,19 @@ impl Shape {
         }
     }
 
-    /// The flow, as YAML, every task running `command`.
+    /// The flow, as YAML, every task running `command` on the local launcher.
     pub fn flow(&self, command: &str) -> String {
-        let cmd = serde_json::to_string(command).expect("a string serializes");
+        self.flow_on(&Runner::Local.fields(command))
+    }
+
+    /// The flow, as YAML, every task with these fields (its runner and command, as
+    /// [`Runner::fields`] writes them).
+    pub fn flow_on(&self, fields: &str) -> String {
         let mut s = String::with_capacity(self.tasks() * 96);
         let id = format!("loadtest-{}", format!("{:?}", self.kind).to_lowercase());
         let _ = writeln!(s, "id: {id}\ntasks:");
         let task = |s: &mut String, id: &str, deps: &[String]| {
-            let _ = write!(s, "  - {{ id: {id}, runner: local, command: [{cmd}]");
+            let _ = write!(s, "  - {{ id: {id}, {fields}");
             if !deps.is_empty() {
                 let _ = write!(s, ", dependsOn: [{}]", deps.join(", "));
             }
