@@ -115,16 +115,15 @@ impl Service {
     }
 
     /// Checks the settings, reads the secrets file, creates the data and artifact directories
-    /// (private to the launcher's user) and opens the journal: all a backend's `run` does before
-    /// it makes its backend.
+    /// and opens the journal: all a backend's `run` does before it makes its backend.
     pub fn prepare(&mut self) -> Result<Prepared> {
         self.runtime().check()?;
         if let Some(path) = &self.secrets_file {
             self.secrets.extend(Secrets::from_file(path)?);
             self.secrets.check().map_err(Error::Config)?;
         }
-        let data_dir = private_dir(&self.data_dir, "data directory")?;
-        let artifacts = private_dir(&self.artifacts(), "artifact directory")?;
+        let data_dir = made_dir(&self.data_dir, "data directory")?;
+        let artifacts = made_dir(&self.artifacts(), "artifact directory")?;
         let journal = Journal::open(&data_dir).map_err(|source| Error::Io {
             what: format!("cannot read the journal in {}", data_dir.display()),
             source,
@@ -139,13 +138,9 @@ impl Service {
     }
 }
 
-/// Creates a directory of the launcher's (0700 where it is new) and returns it absolute.
-fn private_dir(path: &Path, what: &str) -> Result<PathBuf> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(path)
+/// Creates a directory of the launcher's and returns it absolute.
+fn made_dir(path: &Path, what: &str) -> Result<PathBuf> {
+    std::fs::create_dir_all(path)
         .and_then(|()| path.canonicalize())
         .map_err(|source| Error::Io {
             what: format!("cannot create the {what} {}", path.display()),
