@@ -161,17 +161,21 @@ impl Rng {
     }
 }
 
+/// The fault runs' task: each attempt appends `start`, a tick every 40 ms while it runs, and
+/// `end` to the ledger, with a nanosecond clock, and prints three numbered lines, each recorded
+/// as `wrote` once printed.
+fn ledger_script(ledger: &Path) -> String {
+    format!(
+        r#"l={ledger}; echo "$FERRY_TASK_ID $FERRY_ATTEMPT_ID start $(date +%s%N)" >> "$l"; i=0; while [ $i -lt 8 ]; do echo "$FERRY_TASK_ID $FERRY_ATTEMPT_ID tick $(date +%s%N)" >> "$l"; [ $i -lt 3 ] && echo "line $i of $FERRY_TASK_ID" && echo "$FERRY_TASK_ID $FERRY_ATTEMPT_ID wrote $(date +%s%N)" >> "$l"; sleep 0.04; i=$((i+1)); done; echo "$FERRY_TASK_ID $FERRY_ATTEMPT_ID end $(date +%s%N)" >> "$l""#,
+        ledger = ledger.display()
+    )
+}
+
 /// The fault run's flow: `root`, then TASKS tasks after it. With `subtasks`, `root` submits
 /// the TASKS tasks as its subtasks (`root.t000`…) and `after` depends on `root`, so that it
 /// waits for all of them.
 fn flow(ledger: &Path, marker: &str, subtasks: bool) -> String {
-    // Each attempt appends `start`, a tick every 40 ms while it runs, and `end` to the ledger,
-    // with a nanosecond clock, and prints three numbered lines, each recorded as `wrote` once
-    // printed.
-    let script = format!(
-        r#"l={ledger}; echo "$FERRY_TASK_ID $FERRY_ATTEMPT_ID start $(date +%s%N)" >> "$l"; i=0; while [ $i -lt 8 ]; do echo "$FERRY_TASK_ID $FERRY_ATTEMPT_ID tick $(date +%s%N)" >> "$l"; [ $i -lt 3 ] && echo "line $i of $FERRY_TASK_ID" && echo "$FERRY_TASK_ID $FERRY_ATTEMPT_ID wrote $(date +%s%N)" >> "$l"; sleep 0.04; i=$((i+1)); done; echo "$FERRY_TASK_ID $FERRY_ATTEMPT_ID end $(date +%s%N)" >> "$l""#,
-        ledger = ledger.display()
-    );
+    let script = ledger_script(ledger);
     let cmd = serde_json::to_string(&vec!["sh", "-c", &script, marker]).unwrap();
     if subtasks {
         let parts: Vec<Value> = (0..TASKS)
@@ -1519,12 +1523,9 @@ const AGENT_MIN_ROUNDS: usize = 6;
 
 /// An agent configuration for the agent fault run, registering `split@1.0` (the root: it submits
 /// [`AGENT_SUBTASKS`] `work@1.0` subtasks; its first attempt in the run fails after writing them,
-/// with ids that must never appear) and `work@1.0` (the fault runs' ledger script of [`flow`]).
+/// with ids that must never appear) and `work@1.0` ([`ledger_script`]).
 fn agent_fault_config(dir: &Path, agent: &str, ledger: &Path, marker: &str) -> PathBuf {
-    let work = format!(
-        r#"l={ledger}; echo "$FERRY_TASK_ID $FERRY_ATTEMPT_ID start $(date +%s%N)" >> "$l"; i=0; while [ $i -lt 8 ]; do echo "$FERRY_TASK_ID $FERRY_ATTEMPT_ID tick $(date +%s%N)" >> "$l"; [ $i -lt 3 ] && echo "line $i of $FERRY_TASK_ID" && echo "$FERRY_TASK_ID $FERRY_ATTEMPT_ID wrote $(date +%s%N)" >> "$l"; sleep 0.04; i=$((i+1)); done; echo "$FERRY_TASK_ID $FERRY_ATTEMPT_ID end $(date +%s%N)" >> "$l""#,
-        ledger = ledger.display()
-    );
+    let work = ledger_script(ledger);
     let split = format!(
         r#"l={ledger}; echo "$FERRY_TASK_ID $FERRY_ATTEMPT_ID start $(date +%s%N)" >> "$l"; first={failed}; if mkdir "$first" 2>/dev/null; then p=lost-; else p=; fi; {{ printf '['; i=0; while [ $i -lt {n} ]; do [ $i -gt 0 ] && printf ','; printf '{{"id":"%st%03d","runner":{{"type":"agent","cluster":"c","task":"work@1.0"}}}}' "$p" $i; i=$((i+1)); done; printf ']'; }} > "$FERRY_SUBTASKS"; if [ -n "$p" ]; then echo "$FERRY_TASK_ID $FERRY_ATTEMPT_ID failed $(date +%s%N)" >> "$l"; exit 1; fi; echo "$FERRY_TASK_ID $FERRY_ATTEMPT_ID end $(date +%s%N)" >> "$l""#,
         ledger = ledger.display(),
