@@ -625,7 +625,19 @@ fn triggered_runs_by_hand_with_the_inputs_a_trigger_would_give() {
 /// at once. Each task runs once.
 #[test]
 fn agent_example_waits_for_agents_and_routes_by_task_and_version() {
-    let d = Deployment::start(&[]);
+    agent_example_routes(&Deployment::start(&[]));
+}
+
+/// The same on Kafka: each task request is a topic of its own, and what was dispatched before
+/// any agent consumed it waits there for the first that does.
+#[test]
+fn agent_example_routes_the_same_on_kafka() {
+    let url = std::env::var("FERRY_TEST_KAFKA")
+        .expect("FERRY_TEST_KAFKA is not set: run ./scripts/test.sh, which sets it");
+    agent_example_routes(&Deployment::up_with(&url, &["--no-docker", "--no-kubernetes"]));
+}
+
+fn agent_example_routes(d: &Deployment) {
     let _queues = Queues(
         d.bus.clone(),
         [
