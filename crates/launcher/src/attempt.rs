@@ -180,22 +180,7 @@ pub(crate) async fn run(
     // Record the reservation before creating: a launcher killed between the create and the
     // record below would otherwise leave compute nobody knows of, and a redelivered dispatch
     // would run the same attempt a second time. The next run finds it from the reservation.
-    let mut record = RunningRecord {
-        job_id: d.job_id.clone(),
-        task_id: d.task_id.clone(),
-        attempt_id: d.attempt_id.clone(),
-        attempt: d.attempt,
-        compute: reserved.clone(),
-        created: false,
-        started_at_ms: 0,
-        reserved_at_ms: ferry_event::now_ms(),
-        output_files: d.output_files.clone(),
-        lease_ms: Some(d.lease_ms),
-        timeout_ms: d.timeout_ms,
-        ready_at_ms: d.ready_at_ms,
-        namespace: d.namespace.clone(),
-        flow_id: d.flow_id.clone(),
-    };
+    let mut record = RunningRecord::reserved(&d, reserved.clone(), ferry_event::now_ms());
     if let Err(e) = rt.journal.record(&d.attempt_id, Entry::Running(record.clone())) {
         release(&rt, &reserved).await;
         let error = format!(

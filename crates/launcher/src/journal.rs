@@ -92,6 +92,29 @@ pub struct RunningRecord {
     pub flow_id: Option<String>,
 }
 
+impl RunningRecord {
+    /// The record of `d`'s attempt once `compute` is reserved for it (not created yet), at
+    /// `reserved_at_ms`.
+    pub fn reserved(d: &ferry_event::payload::TaskDispatched, compute: Compute, reserved_at_ms: i64) -> Self {
+        RunningRecord {
+            job_id: d.job_id.clone(),
+            task_id: d.task_id.clone(),
+            attempt_id: d.attempt_id.clone(),
+            attempt: d.attempt,
+            compute,
+            created: false,
+            started_at_ms: 0,
+            reserved_at_ms,
+            output_files: d.output_files.clone(),
+            lease_ms: Some(d.lease_ms),
+            timeout_ms: d.timeout_ms,
+            ready_at_ms: d.ready_at_ms,
+            namespace: d.namespace.clone(),
+            flow_id: d.flow_id.clone(),
+        }
+    }
+}
+
 fn is_zero(v: &i64) -> bool {
     *v == 0
 }

@@ -378,22 +378,7 @@ async fn containers_starting_as_their_attempts_are_stopped_keep_their_lines() {
             let d = script(&h, id, "echo one; echo two; echo three", &[]);
             let task = Task::new(&d, &secrets);
             let reserved = backend.reserve(task).await.expect("reserve");
-            let record = RunningRecord {
-                job_id: d.job_id.clone(),
-                task_id: d.task_id.clone(),
-                attempt_id: id.clone(),
-                attempt: d.attempt,
-                compute: reserved.clone(),
-                created: false,
-                started_at_ms: 0,
-                reserved_at_ms: 0,
-                output_files: Vec::new(),
-                lease_ms: Some(d.lease_ms),
-                timeout_ms: d.timeout_ms,
-                ready_at_ms: d.ready_at_ms,
-                namespace: d.namespace.clone(),
-                flow_id: d.flow_id.clone(),
-            };
+            let record = RunningRecord::reserved(&d, reserved.clone(), 0);
             journal.record(id, Entry::Running(record)).expect("journal");
             backend.create(task, reserved).await.expect("create");
         }
