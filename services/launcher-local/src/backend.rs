@@ -12,7 +12,7 @@ use std::ffi::OsString;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,6 +27,7 @@ use tokio::sync::watch;
 
 use crate::contain::Contain;
 use crate::resolve::Resolver;
+use crate::spawn::{Leader, Spec};
 use crate::state::{Handle, Owner, Slots, check_id};
 use crate::{BACKEND, prepare, process};
 
@@ -134,7 +135,7 @@ fn attempt_of(compute: &Compute) -> &str {
 
 /// What the blocking part of a start hands back.
 struct Spawned {
-    child: tokio::process::Child,
+    child: Leader,
     pid: i32,
     start_time: u64,
     output: (File, File),
@@ -165,38 +166,21 @@ impl Inner {
             .resolver
             .resolve(&prepared.program, task_path, &cwd)
             .map_err(AttemptError::Task)?;
-        let stdio = |f: &File| f.try_clone().map(Stdio::from);
-        let (child_out, child_err) = match (stdio(&out), stdio(&err)) {
-            (Ok(o), Ok(e)) => (o, e),
-            (Err(e), _) | (_, Err(e)) => {
-                return Err(AttemptError::Platform(format!(
-                    "cannot open the output files: {e}"
-                )));
-            }
+        let spec = Spec {
+            program,
+            arg0: prepared.program.into(),
+            args: prepared.args.into_iter().map(OsString::from).collect(),
+            env: prepared.env,
+            cwd,
+            stdout: out,
+            stderr: err,
+            owner: self.owner,
         };
-        // Nothing here forces fork+exec (no pre_exec hook, a program given by its path), so the
-        // standard library starts the process with posix_spawn: a vfork-like clone, then exec. A
-        // uid/gid change (run-as) does force fork+exec.
-        let mut cmd = tokio::process::Command::new(&program);
-        cmd.arg0(&prepared.program)
-            .args(&prepared.args)
-            .env_clear()
-            .envs(prepared.env.iter().map(|(k, v)| (k, v)))
-            .current_dir(&cwd)
-            .stdin(Stdio::null())
-            .stdout(child_out)
-            .stderr(child_err)
-            .process_group(0)
-            .kill_on_drop(true);
-        if let Some(owner) = self.owner {
-            // The standard library drops the supplementary groups too when it changes the uid.
-            cmd.uid(owner.uid).gid(owner.gid);
-        }
-        let (spawned, in_cgroup) = self.contain.spawn_in(slot, || cmd.spawn());
-        let child =
-            spawned.map_err(|e| AttemptError::Task(format!("cannot start {:?}: {e}", prepared.program)))?;
-        drop(cmd);
-        let Some(pid) = child.id().map(|p| p as i32) else {
+        let (child, in_cgroup) = self
+            .contain
+            .start(slot, &spec)
+            .map_err(|e| AttemptError::Task(format!("cannot start {:?}: {e}", spec.arg0)))?;
+        let Some(pid) = child.id() else {
             return Err(AttemptError::Task(
                 "the process ended before its id could be read".into(),
             ));
@@ -204,6 +188,11 @@ impl Inner {
         if !in_cgroup && let Err(e) = self.contain.adopt(slot, pid) {
             tracing::warn!(pid, error = %e, "cannot move the task into its slot's cgroup; processes that leave its group may outlive it");
         }
+        let Spec {
+            stdout: out,
+            stderr: err,
+            ..
+        } = spec;
         Ok(Spawned {
             child,
             pid,
@@ -449,7 +438,7 @@ impl Backend for Local {
         let contain = &self.0.contain;
         if ours {
             // Nothing of the task outlives it: not its process group, nor what left the group.
-            contain.stop(h.slot, attempt, Some(h.pid), grace, None).await;
+            contain.stop(h.slot, attempt, Some(h.pid), grace).await;
         } else {
             if h.pid == 0 {
                 // Killed while starting it: its processes, if the spawn happened, are found by
@@ -463,18 +452,18 @@ impl Backend for Local {
                         pgid,
                         "stopping the process group of an attempt started by a previous run"
                     );
-                    process::stop_group(pgid, grace, None).await;
+                    process::stop_group(pgid, grace).await;
                 }
             } else if h.start_time != 0 && process::start_time(h.pid) == Some(h.start_time) {
                 tracing::warn!(
                     pid = h.pid,
                     "stopping the process group of an attempt from a previous run"
                 );
-                process::stop_group(h.pid, grace, None).await;
+                process::stop_group(h.pid, grace).await;
             }
             // Whatever left the attempt's process group: found in the slot's cgroup, or by the
             // attempt's id.
-            contain.stop(h.slot, attempt, None, grace, None).await;
+            contain.stop(h.slot, attempt, None, grace).await;
         }
         self.live()
             .entry(compute.name.clone())

@@ -7,11 +7,12 @@
 //! - **cgroup v2** (Linux, where the launcher may create cgroups below its own: as root, or with
 //!   a delegated cgroup): every slot has a cgroup `ferry-<id>/slot-<n>` below the launcher's,
 //!   where `<id>` is derived from the data directory. The task's process is born in its slot's
-//!   cgroup, and so is everything it starts, whatever group or session it moves to: the
-//!   standard library cannot start a process in another cgroup than its parent's, so the
-//!   launcher steps into the slot's cgroup for the spawn and back out of it (spawns are taken
-//!   one at a time for this; two moves cost about 0.1 ms). Moving the process in after the spawn
-//!   would leave out what it forks in the first microseconds, and tests showed that happens.
+//!   cgroup, and so is everything it starts, whatever group or session it moves to: it is
+//!   started there with `clone3` ([`crate::spawn`]). Where that cannot be done, the launcher
+//!   steps into the slot's cgroup for a spawn of the standard library's and back out of it
+//!   (spawns are taken one at a time for this, and the moves cost about 0.5 ms of system time).
+//!   Moving the process in after the spawn would leave out what it forks in the first
+//!   microseconds, and tests showed that happens.
 //!   When the attempt ends, the processes left get SIGTERM, the grace period, then
 //!   `cgroup.kill`, and the launcher waits until the cgroup is empty before its slot is wiped
 //!   and reused.
@@ -23,14 +24,15 @@
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use tokio::process::Child;
 use tokio::time::Instant;
 
 use crate::process;
+use crate::spawn::{self, Leader, Spec, Start};
 
 /// How often a stopping cgroup is looked at.
 const POLL: Duration = Duration::from_millis(20);
@@ -41,10 +43,13 @@ const AFTER_KILL: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 pub enum Contain {
     /// Slot cgroups below `base` (a cgroup v2 directory), which is below `home`, the
-    /// launcher's own cgroup; `spawning` is held while the launcher is in a slot's cgroup.
+    /// launcher's own cgroup; `direct` while processes can be started in a slot's cgroup
+    /// ([`spawn::start`]), and `spawning` is held while the launcher is in a slot's cgroup
+    /// when they cannot.
     Cgroup {
         base: PathBuf,
         home: PathBuf,
+        direct: AtomicBool,
         spawning: Mutex<()>,
     },
     /// Processes found by their `FERRY_ATTEMPT_ID`.
@@ -62,6 +67,9 @@ impl Contain {
             Ok((home, base)) => Contain::Cgroup {
                 base,
                 home,
+                // A switch for where clone3 must not be tried (a seccomp filter that kills
+                // rather than refuses).
+                direct: AtomicBool::new(std::env::var_os("FERRY_NO_CLONE3").is_none()),
                 spawning: Mutex::new(()),
             },
             Err(why) => {
@@ -89,21 +97,50 @@ impl Contain {
         }
     }
 
-    /// Runs `spawn`, which starts a task's first process, so that the process is born in
-    /// `slot`'s cgroup. Returns what `spawn` returned and whether the process was born there
-    /// (if not, and cgroups are used, [`Self::adopt`] moves it in after the fact).
-    pub fn spawn_in<R>(&self, slot: u32, spawn: impl FnOnce() -> R) -> (R, bool) {
-        let (Contain::Cgroup { home, spawning, .. }, Some(cg)) = (self, self.slot(slot)) else {
-            return (spawn(), false);
+    /// Starts a task's first process so that it is born in `slot`'s cgroup. Returns it and
+    /// whether it was born there (if not, and cgroups are used, [`Self::adopt`] moves it in
+    /// after the fact).
+    pub fn start(&self, slot: u32, spec: &Spec) -> io::Result<(Leader, bool)> {
+        let (
+            Contain::Cgroup {
+                home,
+                direct,
+                spawning,
+                ..
+            },
+            Some(cg),
+        ) = (self, self.slot(slot))
+        else {
+            return Ok((Leader::Std(spec.command()?.spawn()?), false));
         };
+        if direct.load(Ordering::Relaxed) {
+            // What keeps the process from being born in the cgroup this way is tried the
+            // other way below, which falls back to moving it in after the start.
+            match open_cgroup(&cg)
+                .map_err(Start::Clone)
+                .and_then(|dir| spawn::start(spec, &dir))
+            {
+                Ok(process) => return Ok((Leader::Direct(process), true)),
+                Err(Start::Failed(e)) => return Err(e),
+                Err(Start::Clone(e)) => {
+                    tracing::warn!(cgroup = %cg.display(), error = %e, "cannot start the task in its slot's cgroup with clone3")
+                }
+                Err(Start::Unsupported(e)) => {
+                    if direct.swap(false, Ordering::Relaxed) {
+                        tracing::warn!(error = %e, "cannot start processes in a cgroup with clone3; the launcher moves itself into each slot's cgroup for the spawn instead, which costs more");
+                    }
+                }
+            }
+        }
+        let mut cmd = spec.command()?;
         let _one_at_a_time = spawning.lock().unwrap_or_else(|e| e.into_inner());
         if let Err(e) = move_into(&cg, std::process::id() as i32) {
             tracing::warn!(cgroup = %cg.display(), error = %e, "cannot start the task in its slot's cgroup; moving it there after the start");
-            return (spawn(), false);
+            return Ok((Leader::Std(cmd.spawn()?), false));
         }
-        let spawned = spawn();
+        let spawned = cmd.spawn();
         go_home(home);
-        (spawned, true)
+        Ok((Leader::Std(spawned?), true))
     }
 
     /// Puts a task's first process, just started, into its slot's cgroup (when
@@ -118,19 +155,12 @@ impl Contain {
     /// Stops everything of the attempt `attempt_id` in `slot`: its process group `pgid` (when
     /// there is one) and every process that left it. SIGTERM, up to `grace`, then SIGKILL;
     /// returns once none is left (or, bounded, when some survive SIGKILL, which is logged).
-    pub async fn stop(
-        &self,
-        slot: u32,
-        attempt_id: &str,
-        pgid: Option<i32>,
-        grace: Duration,
-        leader: Option<&mut Child>,
-    ) {
+    pub async fn stop(&self, slot: u32, attempt_id: &str, pgid: Option<i32>, grace: Duration) {
         match (self, self.slot(slot)) {
-            (Contain::Cgroup { home, .. }, Some(cg)) => stop_cgroup(&cg, home, pgid, grace, leader).await,
+            (Contain::Cgroup { home, .. }, Some(cg)) => stop_cgroup(&cg, home, pgid, grace).await,
             _ => {
                 if let Some(pgid) = pgid {
-                    process::stop_group(pgid, grace, leader).await;
+                    process::stop_group(pgid, grace).await;
                 }
                 sweep(attempt_id, grace).await;
             }
@@ -146,7 +176,7 @@ impl Contain {
         for (n, cg) in slot_cgroups(base) {
             if !busy.contains(&n) && populated(&cg) {
                 tracing::warn!(cgroup = %cg.display(), "stopping processes a previous run left in a slot's cgroup");
-                stop_cgroup(&cg, home, None, Duration::ZERO, None).await;
+                stop_cgroup(&cg, home, None, Duration::ZERO).await;
             }
         }
     }
@@ -162,6 +192,17 @@ impl Contain {
             }
         }
         let _ = std::fs::remove_dir(base);
+    }
+}
+
+/// Opens cgroup `cg`'s directory, creating the cgroup if needed.
+fn open_cgroup(cg: &Path) -> io::Result<std::fs::File> {
+    match std::fs::File::open(cg) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(cg)?;
+            std::fs::File::open(cg)
+        }
+        other => other,
     }
 }
 
@@ -190,10 +231,31 @@ fn go_home(home: &Path) {
     }
 }
 
+/// The cgroup below which a launcher of this process with data directory `data_dir` makes its
+/// slots' cgroups, if it uses cgroups: `<the launcher's cgroup>/ferry-<id>`.
+pub fn slots_cgroup(data_dir: &Path) -> Option<PathBuf> {
+    cgroup_paths(data_dir).ok().map(|(_, base)| base)
+}
+
 /// `(<cgroup2 mount><the launcher's cgroup>, that/ferry-<id>)`, the latter created, after
 /// checking that the kernel has `cgroup.kill` (Linux 5.14) and that a slot cgroup can be made
 /// there.
 fn cgroup_base(data_dir: &Path) -> Result<(PathBuf, PathBuf), String> {
+    let (parent, base) = cgroup_paths(data_dir)?;
+    std::fs::create_dir_all(&base).map_err(|e| format!("cannot create {}: {e}", base.display()))?;
+    if !base.join("cgroup.kill").exists() {
+        let _ = std::fs::remove_dir(&base);
+        return Err("the kernel has no cgroup.kill (Linux 5.14 or later has)".into());
+    }
+    // A probe: a cgroup that cannot take processes fails here rather than at the first attempt.
+    let probe = base.join("probe");
+    std::fs::create_dir_all(&probe).map_err(|e| format!("cannot create {}: {e}", probe.display()))?;
+    let _ = std::fs::remove_dir(&probe);
+    Ok((parent, base))
+}
+
+/// `(<cgroup2 mount><the launcher's cgroup>, that/ferry-<id>)`.
+fn cgroup_paths(data_dir: &Path) -> Result<(PathBuf, PathBuf), String> {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
         .map_err(|e| format!("cannot read /proc/self/mountinfo: {e}"))?;
     let mount = mountinfo
@@ -220,15 +282,6 @@ fn cgroup_base(data_dir: &Path) -> Result<(PathBuf, PathBuf), String> {
         "ferry-{:016x}",
         fnv1a(data_dir.as_os_str().as_encoded_bytes())
     ));
-    std::fs::create_dir_all(&base).map_err(|e| format!("cannot create {}: {e}", base.display()))?;
-    if !base.join("cgroup.kill").exists() {
-        let _ = std::fs::remove_dir(&base);
-        return Err("the kernel has no cgroup.kill (Linux 5.14 or later has)".into());
-    }
-    // A probe: a cgroup that cannot take processes fails here rather than at the first attempt.
-    let probe = base.join("probe");
-    std::fs::create_dir_all(&probe).map_err(|e| format!("cannot create {}: {e}", probe.display()))?;
-    let _ = std::fs::remove_dir(&probe);
     Ok((parent, base))
 }
 
@@ -266,23 +319,9 @@ fn members(cg: &Path) -> Vec<i32> {
         .unwrap_or_default()
 }
 
-async fn stop_cgroup(
-    cg: &Path,
-    home: &Path,
-    pgid: Option<i32>,
-    grace: Duration,
-    mut leader: Option<&mut Child>,
-) {
-    let reap = |leader: &mut Option<&mut Child>| {
-        if let Some(child) = leader.as_mut() {
-            let _ = child.try_wait();
-        }
-    };
-    let empty = |leader: &mut Option<&mut Child>| {
-        reap(leader);
-        pgid.is_none_or(process::group_is_empty) && !populated(cg)
-    };
-    if empty(&mut leader) {
+async fn stop_cgroup(cg: &Path, home: &Path, pgid: Option<i32>, grace: Duration) {
+    let empty = || pgid.is_none_or(process::group_is_empty) && !populated(cg);
+    if empty() {
         return;
     }
     if !grace.is_zero() {
@@ -294,13 +333,13 @@ async fn stop_cgroup(
             let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
         }
         let deadline = Instant::now() + grace;
-        while !empty(&mut leader) {
+        while !empty() {
             if Instant::now() >= deadline {
                 break;
             }
             tokio::time::sleep_until(deadline.min(Instant::now() + POLL)).await;
         }
-        if empty(&mut leader) {
+        if empty() {
             return;
         }
     }
@@ -317,7 +356,7 @@ async fn stop_cgroup(
         tracing::warn!(cgroup = %cg.display(), error = %e, "cannot kill the slot's cgroup");
     }
     let deadline = Instant::now() + AFTER_KILL;
-    while !empty(&mut leader) {
+    while !empty() {
         if Instant::now() >= deadline {
             tracing::error!(cgroup = %cg.display(), members = ?members(cg), "processes survived SIGKILL");
             return;
@@ -339,7 +378,7 @@ async fn sweep(attempt_id: &str, grace: Duration) {
         groups.dedup();
         for pgid in groups {
             tracing::debug!(pgid, "stopping a process group that left the attempt's");
-            process::stop_group(pgid, grace, None).await;
+            process::stop_group(pgid, grace).await;
         }
     }
 }

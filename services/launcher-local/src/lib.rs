@@ -31,6 +31,7 @@ mod flags;
 pub mod prepare;
 mod process;
 mod resolve;
+mod spawn;
 pub mod state;
 
 use std::ffi::OsString;
@@ -41,6 +42,7 @@ use ferry_bus::Bus;
 pub use ferry_launcher::{Error, MIN_SECRET_BYTES, Masker, Result, Secrets, Service, secrets};
 use tokio_util::sync::CancellationToken;
 
+pub use contain::slots_cgroup;
 pub use flags::Flags;
 pub use prepare::{DEFAULT_PASS_ENV, DEFAULT_PATH};
 pub use process::{is_alive, start_time};

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use tokio::process::Child;
 use tokio::time::Instant;
 
 /// How often a stopping group is looked at. There is no event for "the last member of a process
@@ -102,35 +101,25 @@ pub fn signal_group(pgid: i32, signal: Signal) {
 }
 
 /// Stops every process in group `pgid`: SIGTERM, up to `grace` for them to exit, then SIGKILL,
-/// and waits (bounded) until none is left. `leader` is reaped on the way when it is our child.
-/// Does nothing when the group is already empty.
-pub async fn stop_group(pgid: i32, grace: Duration, mut leader: Option<&mut Child>) {
-    reap(&mut leader);
+/// and waits (bounded) until none is left. Does nothing when the group is already empty.
+pub async fn stop_group(pgid: i32, grace: Duration) {
     if group_is_empty(pgid) {
         return;
     }
     tracing::debug!(pgid, "sending SIGTERM to the process group");
     signal_group(pgid, Signal::SIGTERM);
-    if wait_empty(pgid, Instant::now() + grace, &mut leader).await {
+    if wait_empty(pgid, Instant::now() + grace).await {
         return;
     }
     tracing::debug!(pgid, "grace period over: sending SIGKILL to the process group");
     signal_group(pgid, Signal::SIGKILL);
-    if !wait_empty(pgid, Instant::now() + AFTER_KILL, &mut leader).await {
+    if !wait_empty(pgid, Instant::now() + AFTER_KILL).await {
         tracing::error!(pgid, members = ?group_members(pgid), "processes survived SIGKILL");
     }
 }
 
-/// Collects the leader's exit status if it has exited, so that it stops counting as a member.
-fn reap(leader: &mut Option<&mut Child>) {
-    if let Some(child) = leader.as_mut() {
-        let _ = child.try_wait();
-    }
-}
-
-async fn wait_empty(pgid: i32, deadline: Instant, leader: &mut Option<&mut Child>) -> bool {
+async fn wait_empty(pgid: i32, deadline: Instant) -> bool {
     loop {
-        reap(leader);
         if group_is_empty(pgid) {
             return true;
         }

@@ -165,3 +165,77 @@ mod agent {
 
     ferry_launcher::launcher_conformance!(async { Arc::new(Agent) });
 }
+
+/// The same suite with a cgroup per slot, where this machine allows (root and a cgroup v2
+/// mount; elsewhere the launcher falls back to the sweep): each attempt's process is started
+/// in its slot's cgroup (`clone3`), and what it leaves is killed with the cgroup.
+mod in_cgroups {
+    use std::path::PathBuf;
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// The local target, with cgroups; the cgroups of the launchers it made are removed when
+    /// it is dropped (the suite kills launchers, which then leave theirs behind).
+    #[derive(Default)]
+    struct InCgroups {
+        data_dirs: Mutex<Vec<PathBuf>>,
+    }
+
+    impl Drop for InCgroups {
+        fn drop(&mut self) {
+            let dirs = self.data_dirs.get_mut().unwrap_or_else(|e| e.into_inner());
+            for dir in dirs
+                .iter()
+                .flat_map(|d| [d.clone(), d.canonicalize().unwrap_or_default()])
+            {
+                let Some(base) = ferry_launcher_local::slots_cgroup(&dir) else {
+                    continue;
+                };
+                for slot in std::fs::read_dir(&base).into_iter().flatten().flatten() {
+                    // An rmdir of a cgroup that still holds processes fails: it stays.
+                    let _ = std::fs::remove_dir(slot.path());
+                }
+                let _ = std::fs::remove_dir(&base);
+            }
+        }
+    }
+
+    #[async_trait]
+    impl Target for InCgroups {
+        fn name(&self) -> &'static str {
+            ferry_launcher_local::BACKEND
+        }
+
+        async fn backend(&self, data_dir: &Path, journal: &Journal) -> Arc<dyn Backend> {
+            self.data_dirs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(data_dir.to_path_buf());
+            let mut config = Config::new(data_dir);
+            config.service.secrets = Secrets::new();
+            config.cgroups = true;
+            ferry_launcher_local::backend(config, journal)
+                .await
+                .expect("the local backend opens")
+        }
+
+        fn command(&self, program: &Program) -> (Runner, Vec<Template>) {
+            Local.command(program)
+        }
+
+        fn refused(&self) -> Option<(Resources, &'static str)> {
+            Local.refused()
+        }
+
+        async fn leftovers(&self, data_dir: &Path) -> Vec<String> {
+            Local.leftovers(data_dir).await
+        }
+
+        async fn kill(&self, attempt_id: &str) -> Result<(), String> {
+            Local.kill(attempt_id).await
+        }
+    }
+
+    ferry_launcher::launcher_conformance!(async { Arc::new(InCgroups::default()) });
+}
