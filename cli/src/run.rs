@@ -100,18 +100,28 @@ pub async fn run(args: RunArgs) -> Result<i32> {
             return Ok(EXIT_INVALID);
         }
     };
-    if let Some(backend) = valid
-        .runners()
-        .map(|r| r.backend())
-        .find(|b| crate::launchers::BACKENDS.contains(b) && !crate::launchers::enabled(b))
-    {
+    // The runners, read from the flow's source once (a large flow is not kept typed).
+    let mut disabled = None;
+    let mut agent = None;
+    let mut docker = false;
+    for runner in valid.runners() {
+        let backend = runner.backend();
+        docker |= backend == "docker";
+        if disabled.is_none()
+            && crate::launchers::BACKENDS.contains(&backend)
+            && !crate::launchers::enabled(backend)
+        {
+            disabled = Some(backend);
+        }
+        if let (None, ferry_event::payload::Runner::Agent(a)) = (&agent, runner) {
+            agent = Some(a);
+        }
+    }
+    if let Some(backend) = disabled {
         errln!("error: {}", crate::launchers::not_enabled(backend));
         return Ok(EXIT_FAILED);
     }
-    if let Some(agent) = valid.runners().find_map(|r| match r {
-        ferry_event::payload::Runner::Agent(a) => Some(a),
-        _ => None,
-    }) {
+    if let Some(agent) = agent {
         errln!(
             "error: the flow has tasks that run on agents (cluster {}, task {}), which `ferry run` cannot \
              start in this process: run it on a deployment (`ferry up`, then `ferry submit`) with \
@@ -135,7 +145,9 @@ pub async fn run(args: RunArgs) -> Result<i32> {
         print_problems(&name, &problems);
         return Ok(EXIT_INVALID);
     }
-    let task_ids: Vec<String> = valid.flow().tasks.iter().map(|t| t.id.clone()).collect();
+    let task_ids = valid.task_ids();
+    // What the run needs of the flow is taken: the planner has its source.
+    drop(valid);
 
     // Bound before anything starts: a taken address fails the run at once, naming it.
     let listener = match args.metrics {
@@ -144,7 +156,7 @@ pub async fn run(args: RunArgs) -> Result<i32> {
     };
     let mut opts = Options::new(&args.data_dir);
     opts.kill_grace = args.kill_grace;
-    opts.docker = valid.runners().any(|r| r.backend() == "docker");
+    opts.docker = docker;
     let mut system = Embedded::start(&opts).await?;
     let endpoint = listener.map(|l| Endpoint::serve(l, std::sync::Arc::new(system.bus.clone())));
     let mut watch = system
@@ -172,7 +184,7 @@ pub async fn run(args: RunArgs) -> Result<i32> {
         system.data_dir.display()
     );
 
-    let mut view = View::new(&task_ids, args.raw);
+    let mut view = View::new(task_ids, args.raw);
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut cancelling = false;
@@ -363,15 +375,16 @@ enum Applied {
     Rejected(Vec<ferry_event::payload::Problem>),
 }
 
+/// A task as the summary shows it. Kept small (a run holds one per task): a succeeded task's
+/// outputs and files, which most tasks do not have, are boxed.
 #[derive(Debug, Clone, Default)]
 struct TaskView {
     state: &'static str,
     attempts: u32,
     started_ms: Option<i64>,
     finished_ms: Option<i64>,
-    outputs: Map<String, Value>,
-    files: Vec<OutputFile>,
-    error: Option<String>,
+    outputs: Option<Box<Map<String, Value>>>,
+    files: Box<[OutputFile]>,
 }
 
 /// What the user sees: progress on stderr, log lines on stdout, a summary at the end.
@@ -405,7 +418,7 @@ fn is_final(state: &str) -> bool {
 }
 
 impl View {
-    fn new(order: &[String], raw: bool) -> View {
+    fn new(order: Vec<String>, raw: bool) -> View {
         let tasks = order
             .iter()
             .map(|t| {
@@ -419,15 +432,15 @@ impl View {
             })
             .collect();
         View {
-            order: order.to_vec(),
+            width: order.iter().map(String::len).max().unwrap_or(4).min(24),
+            per_event: order.len() <= DETAIL_UP_TO,
+            order,
             tasks,
             running: HashSet::new(),
-            width: order.iter().map(String::len).max().unwrap_or(4).min(24),
             expected: HashMap::new(),
             printed: HashMap::new(),
             incomplete: 0,
             done: 0,
-            per_event: order.len() <= DETAIL_UP_TO,
             last_progress: None,
             raw,
         }
@@ -556,7 +569,6 @@ impl View {
                 self.set_state(&s.task_id, state);
                 let t = self.tasks.entry(s.task_id.clone()).or_default();
                 t.attempts = t.attempts.max(s.attempts);
-                t.error = s.error.clone();
                 let what = match e.ty() {
                     kind::TASK_RETRYING => {
                         let wait = s
@@ -573,8 +585,8 @@ impl View {
                         )
                     }
                     kind::TASK_SUCCEEDED => {
-                        t.outputs = s.outputs;
-                        t.files = s.output_files;
+                        t.outputs = (!s.outputs.is_empty()).then(|| Box::new(s.outputs));
+                        t.files = s.output_files.into_boxed_slice();
                         t.started_ms = s.started_at_ms.or(t.started_ms);
                         t.finished_ms = s.finished_at_ms;
                         let took = t.started_ms.zip(t.finished_ms).map(|(a, b)| fmt_duration(b - a));
@@ -611,7 +623,6 @@ impl View {
                     self.set_state(&task.task_id, state);
                     let t = self.tasks.entry(task.task_id.clone()).or_default();
                     t.attempts = t.attempts.max(task.attempts);
-                    t.error = s.error.clone();
                     if state == "cancelled" {
                         t.finished_ms = Some(s.at_ms);
                     }
@@ -681,19 +692,19 @@ impl View {
                 .zip(t.finished_ms)
                 .map(|(a, b)| fmt_duration(b - a))
                 .unwrap_or("-".into());
-            let outputs = if t.outputs.is_empty() {
-                "-".to_string()
-            } else {
-                let s = t
-                    .outputs
-                    .iter()
-                    .map(|(k, v)| match v {
-                        Value::String(s) => format!("{k}={s}"),
-                        other => format!("{k}={other}"),
-                    })
-                    .collect::<Vec<_>>()
-                    .join(" ");
-                truncate(&task_text(&s, self.raw), 60)
+            let outputs = match &t.outputs {
+                None => "-".to_string(),
+                Some(outputs) => {
+                    let s = outputs
+                        .iter()
+                        .map(|(k, v)| match v {
+                            Value::String(s) => format!("{k}={s}"),
+                            other => format!("{k}={other}"),
+                        })
+                        .collect::<Vec<_>>()
+                        .join(" ");
+                    truncate(&task_text(&s, self.raw), 60)
+                }
             };
             let files = if t.files.is_empty() {
                 "-".to_string()

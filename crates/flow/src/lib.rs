@@ -131,6 +131,16 @@ impl ValidFlow {
         self.count
     }
 
+    /// The tasks' ids, in task order (without building the typed flow).
+    pub fn task_ids(&self) -> Vec<String> {
+        let mut ids = Vec::with_capacity(self.count);
+        let _ = self.each_task(&mut |_, t| {
+            ids.push(t.id.clone());
+            Ok(())
+        });
+        ids
+    }
+
     /// Calls `f` with each task in order, read again from the source if the typed flow was not
     /// built; stops at the first error.
     pub(crate) fn each_task(
@@ -346,5 +356,16 @@ mod tests {
             assert_eq!(streamed, whole, "{src}");
             assert!(!streamed.is_empty(), "{src}");
         }
+    }
+
+    /// The ids come from the source, in order, without the typed flow being kept.
+    #[test]
+    fn task_ids_are_read_without_building_the_typed_flow() {
+        let src = "id: f\ntasks:\n  - {id: b, runner: local, command: [x]}\n  - {id: a, runner: local, command: [y], dependsOn: [b]}\n";
+        let valid = validate(src, "f.yaml").unwrap();
+        assert_eq!(valid.task_ids(), ["b", "a"]);
+        assert!(valid.all.get().is_none(), "the typed flow was built");
+        assert_eq!(valid.flow().tasks.len(), 2);
+        assert_eq!(valid.task_ids(), ["b", "a"]);
     }
 }
