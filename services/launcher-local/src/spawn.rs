@@ -169,12 +169,12 @@ struct Shared {
     owner: bool,
     uid: libc::uid_t,
     gid: libc::gid_t,
-    /// Set by the child when a step failed: which (a [`Step`]) and errno.
+    /// Set by the child when a step failed: which (a `STEP_*`) and its errno.
     failed_step: libc::c_int,
     errno: libc::c_int,
 }
 
-/// The child's steps, numbered for [`Shared::failed_step`].
+/// The child's steps, numbered for `Shared::failed_step`.
 const STEP_NONE: libc::c_int = 0;
 const STEP_GROUP: libc::c_int = 1;
 const STEP_USER: libc::c_int = 2;
@@ -242,7 +242,7 @@ pub(crate) fn start(spec: &Spec, cgroup: &File) -> Result<Direct, Start> {
         failed_step: STEP_NONE,
         errno: 0,
     };
-    let pid = clone_into(cgroup, &mut shared)?;
+    let mut process = clone_into(cgroup, &mut shared)?;
     // SAFETY: the child has executed the program or exited (CLONE_VFORK), so it no longer
     // writes to `shared`; the read is volatile since the compiler cannot see that write.
     let (step, errno) = unsafe {
@@ -252,14 +252,13 @@ pub(crate) fn start(spec: &Spec, cgroup: &File) -> Result<Direct, Start> {
         )
     };
     if step == STEP_NONE {
-        return Ok(pid);
+        return Ok(process);
     }
-    let mut pid = pid;
     // The child exited with status 127 right after failing: reap it now.
     let mut status = 0;
     // SAFETY: waitpid writes the status into the integer it is given.
-    unsafe { libc::waitpid(pid.pid, &mut status, 0) };
-    pid.reaped = true;
+    unsafe { libc::waitpid(process.pid, &mut status, 0) };
+    process.reaped = true;
     let e = io::Error::from_raw_os_error(errno);
     Err(failed(match step {
         STEP_EXEC => e,
@@ -368,7 +367,7 @@ extern "C" fn child(shared: *mut Shared) -> ! {
         // Handlers of the launcher's must not run here (they would on its memory), and exec
         // resets them anyway; SIGPIPE, which the launcher ignores, gets its default back as the
         // standard library's spawn gives it. Other ignored signals stay ignored.
-        for sig in 1..libc::SIGRTMAX() {
+        for sig in 1..=libc::SIGRTMAX() {
             if sig == libc::SIGKILL || sig == libc::SIGSTOP {
                 continue;
             }
@@ -430,11 +429,16 @@ mod tests {
     use super::*;
     use crate::contain::Contain;
 
-    /// A slot cgroup to start processes in, when this machine lets tests make one (root and a
-    /// cgroup v2 mount); None elsewhere, where [`start`] is not used.
-    fn contain(dir: &Path) -> Option<Contain> {
-        let c = Contain::detect(dir, nix::unistd::Uid::effective().is_root());
-        matches!(c, Contain::Cgroup { .. }).then_some(c)
+    /// A directory, and slot cgroups to start processes in, when this machine lets tests make
+    /// them (root and a cgroup v2 mount); None elsewhere, where [`start`] is not used.
+    fn slot_cgroups() -> Option<(tempfile::TempDir, Contain)> {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Contain::detect(dir.path(), nix::unistd::Uid::effective().is_root());
+        if !matches!(c, Contain::Cgroup { .. }) {
+            eprintln!("no cgroup v2 to start processes in here: not checked");
+            return None;
+        }
+        Some((dir, c))
     }
 
     fn spec(dir: &Path, program: &str, args: &[&str]) -> Spec {
@@ -480,9 +484,7 @@ mod tests {
     }
 
     async fn born_in_the_slot_cgroup(with_clone3: bool) {
-        let dir = tempfile::tempdir().unwrap();
-        let Some(c) = contain(dir.path()) else {
-            eprintln!("no cgroup v2 to start processes in here: not checked");
+        let Some((dir, c)) = slot_cgroups() else {
             return;
         };
         let Contain::Cgroup { direct, .. } = &c else {
@@ -542,9 +544,7 @@ mod tests {
 
     #[tokio::test]
     async fn exits_and_signals_come_back_as_the_standard_library_reports_them() {
-        let dir = tempfile::tempdir().unwrap();
-        let Some(c) = contain(dir.path()) else {
-            eprintln!("no cgroup v2 to start processes in here: not checked");
+        let Some((dir, c)) = slot_cgroups() else {
             return;
         };
         let (status, _) = run(&c, &spec(dir.path(), "/bin/sh", &["-c", "exit 3"]))
@@ -560,9 +560,7 @@ mod tests {
 
     #[tokio::test]
     async fn what_cannot_be_started_fails_with_the_error_of_its_step() {
-        let dir = tempfile::tempdir().unwrap();
-        let Some(c) = contain(dir.path()) else {
-            eprintln!("no cgroup v2 to start processes in here: not checked");
+        let Some((dir, c)) = slot_cgroups() else {
             return;
         };
         let missing = spec(dir.path(), "/nonexistent/program", &[]);
@@ -587,9 +585,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_process_dropped_before_it_was_waited_for_is_killed() {
-        let dir = tempfile::tempdir().unwrap();
-        let Some(c) = contain(dir.path()) else {
-            eprintln!("no cgroup v2 to start processes in here: not checked");
+        let Some((dir, c)) = slot_cgroups() else {
             return;
         };
         let (leader, _) = c.start(0, &spec(dir.path(), "/bin/sleep", &["1000"])).unwrap();
