@@ -176,10 +176,7 @@ impl Inner {
             stderr: err,
             owner: self.owner,
         };
-        let (child, in_cgroup) = self
-            .contain
-            .start(slot, &spec)
-            .map_err(|e| AttemptError::Task(format!("cannot start {:?}: {e}", spec.arg0)))?;
+        let (child, in_cgroup) = self.contain.start(slot, &spec)?;
         let Some(pid) = child.id() else {
             return Err(AttemptError::Task(
                 "the process ended before its id could be read".into(),

@@ -27,6 +27,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use ferry_launcher::backend::{AttemptError, BackendResult};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::time::Instant;
@@ -99,8 +100,14 @@ impl Contain {
 
     /// Starts a task's first process so that it is born in `slot`'s cgroup. Returns it and
     /// whether it was born there (if not, and cgroups are used, [`Self::adopt`] moves it in
-    /// after the fact).
-    pub fn start(&self, slot: u32, spec: &Spec) -> io::Result<(Leader, bool)> {
+    /// after the fact). A process that cannot be started is the task's fault (no such program,
+    /// no such directory…); output files that cannot be handed to it are the launcher's.
+    pub fn start(&self, slot: u32, spec: &Spec) -> BackendResult<(Leader, bool)> {
+        let not_started = |e: io::Error| AttemptError::Task(format!("cannot start {:?}: {e}", spec.arg0));
+        let command = || {
+            spec.command()
+                .map_err(|e| AttemptError::Platform(format!("cannot open the output files: {e}")))
+        };
         let (
             Contain::Cgroup {
                 home,
@@ -111,7 +118,8 @@ impl Contain {
             Some(cg),
         ) = (self, self.slot(slot))
         else {
-            return Ok((Leader::Std(spec.command()?.spawn()?), false));
+            let child = command()?.spawn().map_err(not_started)?;
+            return Ok((Leader::Std(child), false));
         };
         if direct.load(Ordering::Relaxed) {
             // What keeps the process from being born in the cgroup this way is tried the
@@ -121,7 +129,7 @@ impl Contain {
                 .and_then(|dir| spawn::start(spec, &dir))
             {
                 Ok(process) => return Ok((Leader::Direct(process), true)),
-                Err(Start::Failed(e)) => return Err(e),
+                Err(Start::Failed(e)) => return Err(not_started(e)),
                 Err(Start::Clone(e)) => {
                     tracing::warn!(cgroup = %cg.display(), error = %e, "cannot start the task in its slot's cgroup with clone3")
                 }
@@ -132,19 +140,19 @@ impl Contain {
                 }
             }
         }
-        let mut cmd = spec.command()?;
+        let mut cmd = command()?;
         let _one_at_a_time = spawning.lock().unwrap_or_else(|e| e.into_inner());
         if let Err(e) = move_into(&cg, std::process::id() as i32) {
             tracing::warn!(cgroup = %cg.display(), error = %e, "cannot start the task in its slot's cgroup; moving it there after the start");
-            return Ok((Leader::Std(cmd.spawn()?), false));
+            return Ok((Leader::Std(cmd.spawn().map_err(not_started)?), false));
         }
         let spawned = cmd.spawn();
         go_home(home);
-        Ok((Leader::Std(spawned?), true))
+        Ok((Leader::Std(spawned.map_err(not_started)?), true))
     }
 
     /// Puts a task's first process, just started, into its slot's cgroup (when
-    /// [`Self::spawn_in`] could not start it there).
+    /// [`Self::start`] could not start it there).
     pub fn adopt(&self, slot: u32, pid: i32) -> io::Result<()> {
         match self.slot(slot) {
             Some(cg) => move_into(&cg, pid),

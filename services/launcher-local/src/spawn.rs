@@ -426,6 +426,8 @@ mod tests {
     use std::path::Path;
     use std::sync::atomic::Ordering;
 
+    use ferry_launcher::backend::AttemptError;
+
     use super::*;
     use crate::contain::Contain;
 
@@ -459,7 +461,8 @@ mod tests {
     }
 
     async fn run(c: &Contain, spec: &Spec) -> io::Result<(ExitStatus, String)> {
-        let (mut leader, born_in_cgroup) = c.start(0, spec)?;
+        let (mut leader, born_in_cgroup) =
+            c.start(0, spec).map_err(|e| io::Error::other(format!("{e:?}")))?;
         assert!(born_in_cgroup);
         let Contain::Cgroup { direct, .. } = c else {
             unreachable!()
@@ -563,23 +566,38 @@ mod tests {
         let Some((dir, c)) = slot_cgroups() else {
             return;
         };
-        let missing = spec(dir.path(), "/nonexistent/program", &[]);
-        let e = c.start(0, &missing).err().expect("no such program");
+        let Contain::Cgroup { base, .. } = &c else {
+            unreachable!()
+        };
+        std::fs::create_dir_all(base.join("slot-0")).unwrap();
+        let cgroup = File::open(base.join("slot-0")).unwrap();
+        let failed = |spec: &Spec| match start(spec, &cgroup) {
+            Err(Start::Failed(e)) => e,
+            Err(other) => panic!("not a failure of the process's: {other:?}"),
+            Ok(_) => panic!("started"),
+        };
+        let e = failed(&spec(dir.path(), "/nonexistent/program", &[]));
         assert_eq!(e.kind(), io::ErrorKind::NotFound, "{e}");
 
         let not_executable = dir.path().join("data.txt");
         std::fs::write(&not_executable, "x").unwrap();
-        let e = c
-            .start(0, &spec(dir.path(), not_executable.to_str().unwrap(), &[]))
-            .err()
-            .expect("not executable");
+        let e = failed(&spec(dir.path(), not_executable.to_str().unwrap(), &[]));
         assert_eq!(e.kind(), io::ErrorKind::PermissionDenied, "{e}");
 
         let mut elsewhere = spec(dir.path(), "/bin/true", &[]);
         elsewhere.cwd = dir.path().join("gone");
-        let e = c.start(0, &elsewhere).err().expect("no such directory");
+        let e = failed(&elsewhere);
         assert!(e.to_string().starts_with("cannot change to "), "{e}");
         assert_eq!(e.kind(), io::ErrorKind::NotFound, "{e}");
+
+        // Through the launcher's start, it is the task's fault, naming the program.
+        match c.start(0, &spec(dir.path(), "/nonexistent/program", &[])) {
+            Err(AttemptError::Task(m)) => {
+                assert!(m.starts_with("cannot start \"program\": "), "{m}")
+            }
+            other => panic!("{:?}", other.map(|_| ())),
+        }
+        drop(cgroup);
         c.remove();
     }
 
