@@ -10,7 +10,7 @@
 //!   cgroup, and so is everything it starts, whatever group or session it moves to: it is
 //!   started there with `clone3` ([`crate::spawn`]). Where that cannot be done, the launcher
 //!   steps into the slot's cgroup for a spawn of the standard library's and back out of it
-//!   (spawns are taken one at a time for this, and the moves cost about 0.5 ms of system time).
+//!   (spawns are taken one at a time for this, and the moves cost 0.4–2 ms of system time).
 //!   Moving the process in after the spawn would leave out what it forks in the first
 //!   microseconds, and tests showed that happens.
 //!   When the attempt ends, the processes left get SIGTERM, the grace period, then

@@ -2,10 +2,10 @@
 //!
 //! The standard library starts a process in its parent's cgroup, so the fallback (in
 //! [`crate::contain`]) moves the launcher into the slot's cgroup around the spawn. That migrates
-//! every thread of the launcher, twice per task: about 0.5 ms of system time with a launcher's
-//! few dozen threads, against 0.06 ms for the spawn itself (2,000 spawns of `/bin/true` from a
-//! process of 24 threads on this project's machines), a third of ferry's CPU per task in a
-//! fan-out.
+//! every thread of the launcher, twice per task: 0.4–0.6 ms of system time from a process of 24
+//! threads against 0.06 ms for the spawn itself, and 1.6–2.1 ms a task in a fan-out of the
+//! embedded system, where the migrations also slow every other thread that forks or exits
+//! (BENCHMARKS.md, "Starting each task in its cgroup with `clone3`").
 //!
 //! Linux 5.7's `clone3` takes the cgroup a child is born in (`CLONE_INTO_CGROUP`). [`start`]
 //! clones the way `posix_spawn` does: the child shares the launcher's memory and runs on a stack
