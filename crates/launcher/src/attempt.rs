@@ -1,12 +1,15 @@
 //! One attempt, from its dispatch to its report, on any backend.
 
 use std::future::Future;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_bus::Delivery;
 use ferry_event::kind;
-use ferry_event::payload::{Outcome, TaskAccepted, TaskDispatched, TaskFinished, TaskHeartbeat, TaskStarted};
+use ferry_event::payload::{
+    Outcome, OutputFile, TaskAccepted, TaskDispatched, TaskFinished, TaskHeartbeat, TaskStarted,
+};
 use ferry_runtime::{Backoff, metrics};
 use serde_json::Map;
 use tokio::sync::watch;
@@ -588,19 +591,23 @@ pub(crate) async fn conclude(
                 serde_json::Value::Object(o) => o,
                 _ => Map::new(),
             };
-        match collected {
-            Ok((o, subtasks, f)) => match within_quota(rt, task, &f).await {
-                Ok(()) => {
-                    report.outputs = masked(o);
-                    // Only a succeeded attempt's subtasks are sent: a failed one's never join.
-                    report.subtasks = subtasks.into_iter().map(masked).collect();
-                    report.output_files = f;
-                }
-                Err(over) => {
-                    report.outcome = Outcome::Failed;
-                    report.error = Some(over.to_string());
-                }
+        let kept = match collected {
+            Ok((o, subtasks, f)) => match &rt.config.artifact_store {
+                Some(store) => store_files(rt, store, task, f).await.map(|f| (o, subtasks, f)),
+                None => match within_quota(rt, task, &f).await {
+                    Ok(()) => Ok((o, subtasks, f)),
+                    Err(over) => Err(AttemptError::Task(over.to_string())),
+                },
             },
+            Err(e) => Err(e),
+        };
+        match kept {
+            Ok((o, subtasks, f)) => {
+                report.outputs = masked(o);
+                // Only a succeeded attempt's subtasks are sent: a failed one's never join.
+                report.subtasks = subtasks.into_iter().map(masked).collect();
+                report.output_files = f;
+            }
             Err(e) => {
                 report.outcome = e.outcome();
                 report.error = Some(e.message().to_string());
@@ -612,6 +619,75 @@ pub(crate) async fn conclude(
     record_report(rt, &mut report);
     release(rt, compute).await;
     report
+}
+
+/// Stores the output files `files` the backend collected into the artifact directory in
+/// `store`, and removes the attempt's directory of them once all are stored: the files as
+/// reported name their place in the store. A file stored twice (the launcher stopped
+/// between storing and reporting) is the same file. A backend that stored a file in the store
+/// itself keeps its URI; a file anywhere else is refused.
+async fn store_files(
+    rt: &Runtime,
+    store: &ferry_artifacts::Store,
+    task: Task<'_>,
+    files: Vec<OutputFile>,
+) -> BackendResult<Vec<OutputFile>> {
+    let d = task.dispatch;
+    let attempt_dir = collect::attempt_artifacts(d);
+    let mut local_dir = None;
+    let mut stored = Vec::with_capacity(files.len());
+    for file in files {
+        if store.key_of(&file.uri).is_ok() {
+            stored.push(file);
+            continue;
+        }
+        let local = url::Url::parse(&file.uri)
+            .ok()
+            .filter(|u| u.scheme() == "file")
+            .and_then(|u| u.to_file_path().ok())
+            .ok_or_else(|| {
+                AttemptError::Platform(format!(
+                    "output file {:?} is at {}, neither in the artifact directory nor in the artifact store {}",
+                    file.path,
+                    file.uri,
+                    store.url()
+                ))
+            })?;
+        // The backend copied it to ARTIFACTS/JOB/TASK/ATTEMPT/PATH: that directory goes once
+        // every file is stored.
+        let depth = Path::new(&file.path).components().count();
+        if let Some(dir) = local
+            .ancestors()
+            .nth(depth)
+            .filter(|dir| dir.ends_with(&attempt_dir))
+        {
+            local_dir = Some(dir.to_path_buf());
+        }
+        let key = ferry_artifacts::attempt_key(&d.job_id, &d.task_id, &d.attempt_id, &file.path);
+        let (key_ref, local_ref, shown) = (&key, &local, &file.path);
+        retrying(&rt.stop, "storing an output file", move || async move {
+            store.put_file(key_ref, local_ref).await.map_err(|e| {
+                let message = format!("cannot store output file {shown:?}: {e}");
+                if e.is_transient() {
+                    AttemptError::Unavailable(message)
+                } else {
+                    AttemptError::Platform(message)
+                }
+            })
+        })
+        .await?;
+        stored.push(OutputFile {
+            uri: store.uri(&key),
+            ..file
+        });
+    }
+    if let Some(dir) = local_dir
+        && let Err(e) = std::fs::remove_dir_all(&dir)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot remove output files once stored");
+    }
+    Ok(stored)
 }
 
 /// Counts the output files `files` the attempt kept against its namespace's quota, or, when

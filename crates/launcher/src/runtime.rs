@@ -43,6 +43,9 @@ pub struct Config {
     pub artifact_retention: Option<ArtifactRetention>,
     /// Bytes of output files each namespace may keep in the artifact directory, if limited.
     pub artifact_quotas: Option<Arc<ArtifactQuotas>>,
+    /// The bucket output files go to once collected (`s3://…`, `gs://…`), if not the artifact
+    /// directory; the directory then holds them only until they are stored.
+    pub artifact_store: Option<ferry_artifacts::Store>,
 }
 
 impl Config {

@@ -27,6 +27,12 @@ pub struct Service {
     pub artifact_retention: Option<Duration>,
     /// Bytes of output files each namespace may keep in the artifact directory.
     pub artifact_quotas: NamespaceLimits,
+    /// The bucket output files are stored in (`s3://BUCKET[/PREFIX]`, `gs://…`) instead of the
+    /// artifact directory, which then holds them only until they are stored.
+    pub artifact_store: Option<String>,
+    /// Settings of the artifact store over those of the environment (see
+    /// [`ferry_artifacts::Store::open_with`]).
+    pub artifact_store_options: Vec<(String, String)>,
     /// Attempts running at once, and the dispatch subscription's prefetch.
     pub max_parallel: usize,
     /// Time a stopped task gets between the request to end and the end for good.
@@ -66,6 +72,8 @@ impl Service {
             artifact_dir: None,
             artifact_retention: None,
             artifact_quotas: NamespaceLimits::default(),
+            artifact_store: None,
+            artifact_store_options: Vec::new(),
             max_parallel: 64,
             kill_grace: Duration::from_secs(10),
             log_batch_lines: 256,
@@ -93,18 +101,47 @@ impl Service {
             group: self.group.clone(),
             artifact_retention: None,
             artifact_quotas: None,
+            artifact_store: None,
         }
     }
 
     /// What the runtime needs of it, with the sweep and quotas of the artifact directory
-    /// `artifacts` (made already), whose quota ledger is kept in `data_dir`.
+    /// `artifacts` (made already), whose quota ledger is kept in `data_dir`, and the artifact
+    /// store.
     pub fn runtime_over(&self, artifacts: &Path, data_dir: &Path) -> Result<Config> {
         let mut runtime = self.runtime();
+        if let Some(url) = &self.artifact_store {
+            runtime.artifact_store = Some(self.store(url)?);
+        }
         runtime.artifact_retention = self
             .artifact_retention
             .map(|older_than| ArtifactRetention::new(artifacts, older_than));
         runtime.artifact_quotas = ArtifactQuotas::configure(&self.artifact_quotas, artifacts, data_dir)?;
         Ok(runtime)
+    }
+
+    /// The artifact store at `url`: a bucket, whose own lifecycle rules and limits keep its
+    /// files (the sweep and quotas of the artifact directory would find nothing there).
+    fn store(&self, url: &str) -> Result<ferry_artifacts::Store> {
+        let store = ferry_artifacts::Store::open_with(url, self.artifact_store_options.iter().cloned())
+            .map_err(|e| Error::Config(e.to_string()))?;
+        let refused = |why: &str| Err(Error::Config(format!("--artifact-store {url}: {why}")));
+        if store.kind() == ferry_artifacts::Kind::File {
+            return refused(
+                "a directory of this machine is set with --artifact-dir; the store is a bucket (s3://BUCKET[/PREFIX] or gs://BUCKET[/PREFIX])",
+            );
+        }
+        if self.artifact_retention.is_some() {
+            return refused(
+                "--artifact-retention sweeps the artifact directory, which keeps no file once it is stored: let the bucket's lifecycle rules remove old files",
+            );
+        }
+        if !self.artifact_quotas.is_empty() {
+            return refused(
+                "--namespace-artifact-quota counts the artifact directory, which keeps no file once it is stored: limit the bucket instead",
+            );
+        }
+        Ok(store)
     }
 
     /// The artifact directory: `artifact_dir`, else `artifacts/` in the data directory.

@@ -28,6 +28,7 @@ fn config() -> Config {
         group: "launcher-remote".into(),
         artifact_retention: None,
         artifact_quotas: None,
+        artifact_store: None,
     }
 }
 

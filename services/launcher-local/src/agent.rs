@@ -96,6 +96,10 @@ pub struct AgentFlags {
     /// Where output files are copied [default: DATA_DIR/artifacts]
     #[arg(long, env = "FERRY_ARTIFACT_DIR", value_name = "DIR")]
     pub artifact_dir: Option<PathBuf>,
+    /// Store output files in this bucket (s3://BUCKET[/PREFIX] or gs://BUCKET[/PREFIX]), as
+    /// for `ferry service launcher`, instead of the artifact directory.
+    #[arg(long, env = "FERRY_ARTIFACT_STORE", value_name = "URL")]
+    pub artifact_store: Option<String>,
     /// A secrets file, readable by its owner only (as for `ferry service launcher`).
     #[arg(long, env = "FERRY_SECRETS_FILE", value_name = "PATH")]
     pub secrets_file: Option<PathBuf>,
@@ -128,6 +132,7 @@ impl AgentFlags {
         }
         launcher.cgroups = !self.no_cgroups;
         launcher.service.artifact_dir = self.artifact_dir.clone();
+        launcher.service.artifact_store = self.artifact_store.clone();
         launcher.service.max_parallel = self.max_parallel;
         launcher.service.kill_grace = self.kill_grace;
         let mut config = AgentConfig::new(&self.cluster, registry, launcher)?;

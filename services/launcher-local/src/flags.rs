@@ -86,6 +86,12 @@ pub struct Flags {
     /// Where output files are copied [default: DATA_DIR/artifacts]
     #[arg(long, env = "FERRY_ARTIFACT_DIR", value_name = "DIR")]
     pub artifact_dir: Option<PathBuf>,
+    /// Store output files in this bucket instead of the artifact directory:
+    /// s3://BUCKET[/PREFIX] (credentials and AWS_ENDPOINT_URL, AWS_REGION from the environment)
+    /// or gs://BUCKET[/PREFIX] (GOOGLE_SERVICE_ACCOUNT or the application default credentials);
+    /// files are kept as PREFIX/JOB/TASK/ATTEMPT/PATH and named by their s3:// or gs:// URI
+    #[arg(long, env = "FERRY_ARTIFACT_STORE", value_name = "URL")]
+    pub artifact_store: Option<String>,
     /// Remove output files stored in the artifact directory longer ago than this (and the
     /// directories that leaves empty), in a sweep every 5 minutes; links are never followed
     /// [default: keep for ever]
@@ -151,6 +157,7 @@ impl Flags {
             service.artifact_dir = Some(dir.clone());
         }
         service.artifact_retention = self.artifact_retention;
+        service.artifact_store = self.artifact_store.clone();
         service.artifact_quotas =
             ferry_runtime::NamespaceLimits::new(self.namespace_artifact_quotas.iter().cloned());
         service.max_parallel = self.max_parallel;

@@ -629,6 +629,74 @@ async fn output_files_are_copied_and_listed() -> Result<()> {
 }
 
 #[tokio::test]
+async fn output_files_go_to_the_artifact_store_and_leave_the_directory() -> Result<()> {
+    let Some(endpoint) = ferry_artifacts::testing::moto() else {
+        return Ok(());
+    };
+    let bucket = ferry_artifacts::testing::moto_bucket(&endpoint, "local");
+    let artifacts = tempfile::tempdir()?;
+    let artifact_dir = artifacts.path().to_path_buf();
+    let url = format!("s3://{bucket}/runs");
+    let mut h = Harness::start_with(|c| {
+        c.service.artifact_dir = Some(artifact_dir);
+        c.service.artifact_store = Some(url);
+        c.service.artifact_store_options = ferry_artifacts::testing::moto_options(&endpoint);
+    })
+    .await?;
+    let mut d = sh(
+        "a-stored",
+        "mkdir -p out && printf one > 'out/a b.json' && printf two2 > b.json",
+    );
+    d.output_files = vec!["*.json".into(), "out/*.json".into()];
+    h.dispatch(&d).await?;
+    let f = h.finished("a-stored").await?;
+    assert_eq!(f.outcome, Outcome::Succeeded, "{f:?}");
+    let listed: Vec<(&str, &str, u64)> = f
+        .output_files
+        .iter()
+        .map(|o| (o.path.as_str(), o.uri.as_str(), o.size))
+        .collect();
+    let prefix = format!("s3://{bucket}/runs/job-1/task-a-stored/a-stored");
+    assert_eq!(
+        listed,
+        [
+            ("b.json", format!("{prefix}/b.json").as_str(), 4),
+            ("out/a b.json", format!("{prefix}/out/a b.json").as_str(), 3)
+        ]
+    );
+    let store = ferry_artifacts::Store::open_with(
+        &format!("s3://{bucket}"),
+        ferry_artifacts::testing::moto_options(&endpoint),
+    )?;
+    for (file, want) in f.output_files.iter().zip(["two2", "one"]) {
+        assert_eq!(store.read(&store.key_of(&file.uri)?).await?, want.as_bytes());
+    }
+    // Stored, the local copies are gone.
+    assert!(!artifacts.path().join("job-1/task-a-stored/a-stored").exists());
+    h.stop().await
+}
+
+#[test]
+fn an_artifact_store_that_cannot_work_is_refused_at_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = Config::new(tmp.path());
+    c.service.artifact_store = Some("ftp://x".into());
+    let e = c.service.prepare().err().unwrap().to_string();
+    assert!(e.contains("`ftp://` is not a kind of store"), "{e}");
+    c.service.artifact_store = Some(format!("file://{}", tmp.path().display()));
+    let e = c.service.prepare().err().unwrap().to_string();
+    assert!(e.contains("--artifact-dir"), "{e}");
+    c.service.artifact_store = Some("s3://bucket".into());
+    c.service.artifact_store_options = vec![("region".into(), "us-east-1".into())];
+    c.service.artifact_retention = Some(Duration::from_secs(60));
+    let e = c.service.prepare().err().unwrap().to_string();
+    assert!(
+        e.contains("--artifact-retention") && e.contains("lifecycle"),
+        "{e}"
+    );
+}
+
+#[tokio::test]
 async fn exit_status_and_signals_fail_the_attempt() -> Result<()> {
     let mut h = Harness::start().await?;
     h.dispatch(&sh("a-exit", "echo before; exit 3")).await?;

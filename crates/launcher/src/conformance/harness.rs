@@ -163,6 +163,7 @@ impl Harness {
             group: GROUP.into(),
             artifact_retention: None,
             artifact_quotas: None,
+            artifact_store: None,
         };
         let shutdown = CancellationToken::new();
         let (target, data_dir, bus, stop) = (

@@ -49,6 +49,7 @@ pub fn launcher_config() -> ferry_launcher::Config {
         group: "sim-launcher".into(),
         artifact_retention: None,
         artifact_quotas: None,
+        artifact_store: None,
     }
 }
 
