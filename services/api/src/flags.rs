@@ -65,6 +65,16 @@ pub struct Flags {
     /// How long a client may take to send a request's body, and the api to begin its answer.
     #[arg(long, env = "FERRY_REQUEST_TIMEOUT", value_name = "DURATION", default_value = "60s", value_parser = ferry_connect::service::duration)]
     pub request_timeout: Duration,
+    /// Serve output files kept in this artifact store (file:///DIR, s3://BUCKET[/PREFIX],
+    /// gs://BUCKET[/PREFIX]) to those who may read their job; repeat the flag, or separate with
+    /// commas. `ferry up` serves its launchers' own.
+    #[arg(
+        long = "serve-artifacts",
+        env = "FERRY_SERVE_ARTIFACTS",
+        value_name = "URL",
+        value_delimiter = ','
+    )]
+    pub serve_artifacts: Vec<String>,
 }
 
 impl Flags {
@@ -106,6 +116,7 @@ impl Flags {
             allowed_hosts: self.allowed_hosts.clone(),
             header_read_timeout: self.header_read_timeout,
             request_timeout: self.request_timeout,
+            artifact_stores: self.serve_artifacts.clone(),
             ..Config::new(db, logs_url)
         })
     }

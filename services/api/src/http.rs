@@ -45,6 +45,8 @@ pub(crate) struct AppState {
     pub model: ReadModel,
     pub logs: LogStore,
     pub config: Arc<Config>,
+    /// The artifact stores output files are served from.
+    pub artifacts: Arc<Vec<ferry_artifacts::Store>>,
     /// Bumped after every read model commit.
     pub changed: watch::Receiver<u64>,
     /// Ends streaming responses when the service stops.
@@ -63,6 +65,7 @@ pub(crate) fn router(state: AppState, auth: Authenticator, hosts: Arc<AllowedHos
         .route("/jobs/{id}", get(get_job))
         .route("/jobs/{id}/events", get(crate::follow::job_events))
         .route("/jobs/{id}/logs", get(crate::follow::job_logs))
+        .route("/jobs/{id}/files/{task}/{*path}", get(get_file))
         .route("/launchers", get(list_launchers))
         .route("/agents", get(list_agents))
         .route("/flows", get(list_flows).post(post_flow))
@@ -770,6 +773,75 @@ async fn get_job(
         Some(detail) => Ok(Json(serde_json::to_value(detail).unwrap_or(Value::Null))),
         None => Err(ApiError::unknown_job(&id)),
     }
+}
+
+// ----------------------------------------------------------------------------------------------
+// GET /jobs/{id}/files/{task}/{path}
+// ----------------------------------------------------------------------------------------------
+
+/// An output file of a task's last succeeded attempt, as its bytes, read from the artifact store
+/// that holds it: for whoever may read the job. A file in no store this api serves is 404,
+/// saying where it is and how to serve it.
+async fn get_file(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path((id, task, path)): Path<(String, String, String)>,
+) -> Result<Response, ApiError> {
+    authorize_job(&state, &principal, &id, Scope::Read, "read jobs").await?;
+    let not_found = |why: String| ApiError::new(StatusCode::NOT_FOUND, why);
+    let Some(files) = state.model.output_files(&id, &task).await? else {
+        return Err(not_found(format!("job {id} has no task {task:?}")));
+    };
+    let Some(file) = files.into_iter().find(|f| f.path == path) else {
+        return Err(not_found(format!(
+            "task {task:?} of job {id} has no output file {path:?} (`ferry status {id}` lists them)"
+        )));
+    };
+    let Some((store, key)) = state
+        .artifacts
+        .iter()
+        .find_map(|s| s.key_of(&file.uri).ok().map(|key| (s, key)))
+    else {
+        return Err(not_found(format!(
+            "output file {path:?} is kept at {}, in no artifact store this api serves (--serve-artifacts)",
+            file.uri
+        )));
+    };
+    let (size, stream) = store.get(&key).await.map_err(|e| match e {
+        ferry_artifacts::Error::NotFound(_) => not_found(format!(
+            "output file {path:?} is no longer at {} (removed after its retention?)",
+            file.uri
+        )),
+        e => {
+            tracing::warn!(uri = %file.uri, error = %e, "cannot read an output file");
+            ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                format!("cannot read output file {path:?}: {e}"),
+            )
+        }
+    })?;
+    let name = path.rsplit('/').next().unwrap_or("file");
+    // Only characters that need no quoting in a header: the name is the task's to choose.
+    let name: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header(header::CONTENT_LENGTH, size)
+        .header(
+            header::CONTENT_DISPOSITION,
+            format!("attachment; filename=\"{name}\""),
+        )
+        .header(header::X_CONTENT_TYPE_OPTIONS, "nosniff")
+        .body(axum::body::Body::from_stream(stream))
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
 
 // ----------------------------------------------------------------------------------------------

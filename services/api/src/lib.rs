@@ -122,6 +122,13 @@ pub struct Config {
     pub request_timeout: Duration,
     /// How often the tokens file and the TLS files are checked for changes.
     pub reload_every: Duration,
+    /// The artifact stores whose output files `GET /jobs/{id}/files/…` serves (directories
+    /// and buckets, as `file:///DIR`, `s3://BUCKET[/PREFIX]`, `gs://…`): a file kept anywhere
+    /// else is not served.
+    pub artifact_stores: Vec<String>,
+    /// Settings of the bucket stores over those of the environment (see
+    /// [`ferry_artifacts::Store::open_with`]).
+    pub artifact_store_options: Vec<(String, String)>,
 }
 
 impl Config {
@@ -144,6 +151,8 @@ impl Config {
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             reload_every: Duration::from_secs(2),
+            artifact_stores: Vec::new(),
+            artifact_store_options: Vec::new(),
         }
     }
 }
@@ -159,6 +168,23 @@ pub async fn run(config: Config, bus: Arc<dyn Bus>, shutdown: CancellationToken)
     serve(config, bus, listener, shutdown).await
 }
 
+/// The stores `config` serves output files from, opened (a URL that cannot work is refused at
+/// start).
+fn open_artifact_stores(config: &Config) -> Result<Vec<ferry_artifacts::Store>> {
+    config
+        .artifact_stores
+        .iter()
+        .map(|url| {
+            let store = if url.starts_with("file:") || url.starts_with('/') {
+                ferry_artifacts::Store::open(url)
+            } else {
+                ferry_artifacts::Store::open_with(url, config.artifact_store_options.iter().cloned())
+            };
+            store.map_err(|e| Error::Config(format!("--serve-artifacts: {e}")))
+        })
+        .collect()
+}
+
 /// Serves on `listener` until `shutdown` is cancelled: checks the access settings, opens the
 /// read model and the log store, joins the consumer group (before the first request is
 /// answered, so a client that saw `/healthz` answer can publish lifecycle events that the read
@@ -172,6 +198,7 @@ pub async fn serve(
 ) -> Result<()> {
     let local = listener.local_addr().map_err(Error::Serve)?;
     let guards = Guards::new(&config, local)?;
+    let artifacts = open_artifact_stores(&config)?;
     let model = ReadModel::open(&config.db_url).await?;
     let logs = LogStore::open(&config.logs_url)
         .await?
@@ -200,6 +227,7 @@ pub async fn serve(
         model: model.clone(),
         logs: logs.clone(),
         config: config.clone(),
+        artifacts: Arc::new(artifacts),
         changed: changed_rx,
         shutdown: stop.clone(),
     };

@@ -544,6 +544,23 @@ impl ReadModel {
         Ok(n > 0)
     }
 
+    /// The output files of task `task_id` of the job (its last succeeded attempt's), `None`
+    /// when the job has no such task.
+    pub async fn output_files(&self, job_id: &str, task_id: &str) -> Result<Option<Vec<OutputFile>>> {
+        let row: Option<Option<String>> =
+            sqlx::query_scalar("SELECT output_files FROM tasks WHERE job_id = $1 AND task_id = $2")
+                .bind(job_id.to_string())
+                .bind(task_id.to_string())
+                .fetch_optional(&self.reads)
+                .await?;
+        row.map(|files| match files {
+            Some(f) => serde_json::from_str(&f)
+                .map_err(|e| Error::Corrupt(format!("output files of task {task_id}: {e}"))),
+            None => Ok(Vec::new()),
+        })
+        .transpose()
+    }
+
     /// A transaction that sees one snapshot of the database, so that a job read with its
     /// tasks is consistent even while the read model commits (PostgreSQL's default isolation
     /// gives each statement its own snapshot).
