@@ -476,6 +476,116 @@ pub async fn status(api: &Target, job: Option<&str>, as_json: bool) -> Result<i3
     )
 }
 
+/// `ferry files JOB [--task T] [--json]`: the output files of the job's tasks, with their size
+/// and where they are kept.
+pub async fn files(api: &Target, job: &str, task: Option<&str>, as_json: bool) -> Result<i32> {
+    let client = Client::new(api)?;
+    exit_for(
+        async {
+            let d = client.get_json(&format!("/jobs/{job}")).await?;
+            let mut listed = Vec::new();
+            for t in d["tasks"].as_array().into_iter().flatten() {
+                let id = t["taskId"].as_str().unwrap_or("?");
+                if task.is_some_and(|want| want != id) {
+                    continue;
+                }
+                for f in t["outputFiles"].as_array().into_iter().flatten() {
+                    listed.push(json!({
+                        "taskId": id,
+                        "path": f["path"],
+                        "size": f["size"],
+                        "uri": f["uri"],
+                    }));
+                }
+            }
+            if as_json {
+                outln!(
+                    "{}",
+                    serde_json::to_string_pretty(&json!({ "files": listed })).map_err(anyhow::Error::from)?
+                )?;
+                return Ok(EXIT_OK);
+            }
+            let mut rows = vec![["TASK", "PATH", "SIZE", "URI"].map(String::from)];
+            for f in &listed {
+                rows.push([
+                    visible(f["taskId"].as_str().unwrap_or("?")).into_owned(),
+                    visible(f["path"].as_str().unwrap_or("?")).into_owned(),
+                    f["size"].as_u64().unwrap_or(0).to_string(),
+                    visible(f["uri"].as_str().unwrap_or("?")).into_owned(),
+                ]);
+            }
+            print_table(rows)?;
+            Ok(EXIT_OK)
+        }
+        .await,
+    )
+}
+
+/// `ferry download JOB TASK PATH [-o OUT]`: an output file, through the api, into `OUT` (by
+/// default the file's own name in the current directory; `-` for standard output). The file
+/// appears whole or not at all: it is written beside `OUT` and renamed when complete.
+pub async fn download(api: &Target, job: &str, task: &str, path: &str, out: Option<&Path>) -> Result<i32> {
+    let client = Client::new(api)?;
+    let mut url = reqwest::Url::parse(&client.base)?;
+    url.path_segments_mut()
+        .map_err(|()| anyhow!("--api {} cannot take a path", client.base))?
+        .pop_if_empty()
+        .extend(["jobs", job, "files", task])
+        .extend(path.split('/'));
+    let out: PathBuf = match out {
+        Some(o) => o.to_path_buf(),
+        None => {
+            let name = path
+                .rsplit('/')
+                .next()
+                .filter(|n| !n.is_empty() && *n != "." && *n != "..");
+            PathBuf::from(name.ok_or_else(|| anyhow!("{path:?} names no file: give -o OUT"))?)
+        }
+    };
+    exit_for(
+        async {
+            let resp = client.send(client.http.get(url)).await?;
+            let expected = resp.content_length();
+            let mut body = resp.bytes_stream();
+            if out == Path::new("-") {
+                use std::io::Write;
+                let mut stdout = std::io::stdout().lock();
+                while let Some(chunk) = body.next().await {
+                    let chunk = chunk.map_err(|e| anyhow!("the download of {path:?} broke off: {e}"))?;
+                    if stdout.write_all(&chunk).is_err() {
+                        return Ok(EXIT_OK);
+                    }
+                }
+                return Ok(EXIT_OK);
+            }
+            let dir = match out.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+                _ => PathBuf::from("."),
+            };
+            let mut tmp = tempfile::NamedTempFile::new_in(&dir)
+                .with_context(|| format!("cannot write in {}", dir.display()))?;
+            let mut n = 0u64;
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(|e| anyhow!("the download of {path:?} broke off: {e}"))?;
+                std::io::Write::write_all(&mut tmp, &chunk)
+                    .with_context(|| format!("cannot write {}", out.display()))?;
+                n += chunk.len() as u64;
+            }
+            if expected.is_some_and(|want| want != n) {
+                return Err(Refused::Failed(anyhow!(
+                    "the download of {path:?} ended after {n} of {} bytes; nothing was written",
+                    expected.unwrap_or(0)
+                )));
+            }
+            tmp.persist(&out)
+                .map_err(|e| anyhow!("cannot write {}: {}", out.display(), e.error))?;
+            errln!("{} ({n} bytes)", out.display());
+            Ok(EXIT_OK)
+        }
+        .await,
+    )
+}
+
 /// The STATE, RUNNING and SEEN cells of a launcher or an agent as the api lists it.
 fn presence_cells(p: &Value, now: i64) -> [String; 3] {
     let state = if p["live"].as_bool() == Some(true) {

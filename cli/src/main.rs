@@ -145,6 +145,28 @@ enum Command {
         #[command(flatten)]
         api: Api,
     },
+    /// The output files of a job's tasks: path, size and where each is kept.
+    Files {
+        job: String,
+        #[arg(long)]
+        task: Option<String>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        api: Api,
+    },
+    /// Download an output file of a task through the api (into the file's own name in the
+    /// current directory unless -o says; `-o -` for standard output).
+    Download {
+        job: String,
+        task: String,
+        /// The file's path as `ferry files` lists it.
+        path: String,
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        api: Api,
+    },
     /// Cancel a job: running tasks are stopped, pending ones never start.
     Cancel {
         job: String,
@@ -333,6 +355,16 @@ fn main() {
                 Command::Status { job, json, api } => {
                     ferry_cli::client::status(&api.target(), job.as_deref(), json).await
                 }
+                Command::Files { job, task, json, api } => {
+                    ferry_cli::client::files(&api.target(), &job, task.as_deref(), json).await
+                }
+                Command::Download {
+                    job,
+                    task,
+                    path,
+                    output,
+                    api,
+                } => ferry_cli::client::download(&api.target(), &job, &task, &path, output.as_deref()).await,
                 Command::Launchers { json, api } => ferry_cli::client::launchers(&api.target(), json).await,
                 Command::Agents { json, api } => ferry_cli::client::agents(&api.target(), json).await,
                 Command::Deploy { flow, api } => ferry_cli::client::deploy(&api.target(), &flow).await,

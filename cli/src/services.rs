@@ -95,6 +95,16 @@ impl Up {
     /// Every service, configured by its flags; `data_dir` is the prepared data directory.
     pub fn plan(&self, data_dir: &Path) -> Result<Plan> {
         let log_db = self.log_db.url(data_dir);
+        let mut api = self.api.config(data_dir, log_db.clone())?;
+        // The api serves the output files of the launchers beside it.
+        let artifacts = self
+            .launcher
+            .artifact_dir
+            .clone()
+            .unwrap_or_else(|| data_dir.join("artifacts"));
+        let artifacts = std::path::absolute(&artifacts).unwrap_or(artifacts);
+        api.artifact_stores.push(artifacts.to_string_lossy().into_owned());
+        api.artifact_stores.extend(self.launcher.artifact_store.clone());
         Ok(Plan {
             data_dir: data_dir.to_path_buf(),
             planner: Some(self.planner.config(data_dir)),
@@ -102,7 +112,7 @@ impl Up {
             launchers: up_launchers(&self.launcher, data_dir)?,
             optional_platforms: true,
             log_collector: Some(self.log_collector.clone()),
-            api: Some(self.api.config(data_dir, log_db.clone())?),
+            api: Some(api),
             log_db,
         })
     }

@@ -264,6 +264,11 @@ impl Deployment {
 
     /// The same, with `args` added to `ferry up`'s command line.
     pub fn up_with(bus_base: &str, args: &[&str]) -> Deployment {
+        Deployment::up_in_env(bus_base, args, &[])
+    }
+
+    /// The same, with `env` added to `ferry up`'s environment.
+    pub fn up_in_env(bus_base: &str, args: &[&str], env: &[(String, String)]) -> Deployment {
         let ns = format!("t{}", &ferry_event::new_id().replace('-', "")[..16]);
         let sep = if bus_base.contains('?') { '&' } else { '?' };
         let bus = format!("{bus_base}{sep}namespace={ns}");
@@ -279,6 +284,7 @@ impl Deployment {
             .arg("--data-dir")
             .arg(&data)
             .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env("FERRY_LOG", "info")
             .stdout(log.try_clone().unwrap())
             .stderr(log)
