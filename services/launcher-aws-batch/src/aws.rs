@@ -98,6 +98,8 @@ struct Entry {
 struct State {
     /// Job ids whose state someone asked for and that were not forgotten since.
     watched: HashSet<String>,
+    /// Watched jobs a notification said changed, to describe before the next full round.
+    hinted: HashSet<String>,
     seen: HashMap<String, Entry>,
     /// The last round that failed, with why.
     failed: Option<(u64, AttemptError)>,
@@ -106,14 +108,20 @@ struct State {
 /// Reads the state of every job in flight with as few DescribeJobs calls as there are: one
 /// task describes all watched jobs, [`DESCRIBE_BATCH`] per call, once per interval, and every
 /// attempt's [`Poller::state`] waits for the next round rather than asking itself. A round is
-/// only made while someone watches a job.
+/// only made while someone watches a job. A notification that jobs changed ([`Poller::hint`])
+/// brings a round of those jobs alone forward: the interval is then only the fallback.
 pub struct Poller {
     batch: aws_sdk_batch::Client,
     interval: Duration,
     state: Mutex<State>,
     rounds: watch::Sender<u64>,
     wake: Notify,
+    hints: Notify,
 }
+
+/// How long hints are gathered before the round they bring forward: a burst of notifications
+/// makes one DescribeJobs call per 100 jobs.
+const HINT_GATHER: Duration = Duration::from_millis(20);
 
 impl Poller {
     /// A poller, and its task on the current runtime, which ends with `stop`.
@@ -125,6 +133,7 @@ impl Poller {
             state: Mutex::default(),
             rounds,
             wake: Notify::new(),
+            hints: Notify::new(),
         });
         let weak = Arc::downgrade(&poller);
         tokio::spawn(async move {
@@ -139,12 +148,25 @@ impl Poller {
                     _ = stop.cancelled() => return,
                     _ = wake => {}
                 }
-                p.round().await;
-                let interval = p.interval;
-                drop(p);
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(interval) => {}
+                let all: Vec<String> = {
+                    let mut state = p.lock();
+                    state.hinted.clear();
+                    state.watched.iter().cloned().collect()
+                };
+                p.round(all, true).await;
+                let until = tokio::time::Instant::now() + p.interval;
+                // Holding the poller here keeps nothing alive: the backend's end cancels `stop`.
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep_until(until) => break,
+                        _ = p.hints.notified() => {}
+                    }
+                    tokio::time::sleep(HINT_GATHER).await;
+                    let hinted: Vec<String> = p.lock().hinted.drain().collect();
+                    if !hinted.is_empty() {
+                        p.round(hinted, false).await;
+                    }
                 }
             }
         });
@@ -155,9 +177,10 @@ impl Poller {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    async fn round(&self) {
+    /// Describes `ids`. The failure of a full round is every waiter's; that of a round of
+    /// hinted jobs only delays them until the next full round.
+    async fn round(&self, ids: Vec<String>, full: bool) {
         let round = *self.rounds.borrow() + 1;
-        let ids: Vec<String> = self.lock().watched.iter().cloned().collect();
         let mut answers: Vec<(String, Seen)> = Vec::with_capacity(ids.len());
         let mut failure = None;
         for chunk in ids.chunks(DESCRIBE_BATCH) {
@@ -199,7 +222,9 @@ impl Poller {
             }
             if let Some(e) = failure {
                 tracing::warn!(error = %e, "a round of DescribeJobs failed");
-                state.failed = Some((round, e));
+                if full {
+                    state.failed = Some((round, e));
+                }
             }
         }
         self.rounds.send_replace(round);
@@ -216,6 +241,14 @@ impl Poller {
         loop {
             {
                 let state = self.lock();
+                // A job that ended stays as it ended: what was seen of it is its state.
+                if let Some(Entry {
+                    seen: Seen::Job(job), ..
+                }) = state.seen.get(job_id)
+                    && job.status().is_some_and(crate::state::is_terminal)
+                {
+                    return Ok(Seen::Job(job.clone()));
+                }
                 // A round that ended after `after` began after it unless it is `after + 1`,
                 // which may have been under way already: that one counts only if it saw the job.
                 if let Some(e) = state.seen.get(job_id).filter(|e| e.round > after) {
@@ -233,6 +266,24 @@ impl Poller {
                 ));
             }
         }
+    }
+
+    /// Brings forward a round of those of `job_ids` that are watched (notifications said they
+    /// changed); the others are not this launcher's, or no longer waited for.
+    pub fn hint<'a>(&self, job_ids: impl IntoIterator<Item = &'a str>) -> usize {
+        let mut state = self.lock();
+        let mut n = 0;
+        for id in job_ids {
+            if state.watched.contains(id) {
+                state.hinted.insert(id.to_string());
+                n += 1;
+            }
+        }
+        drop(state);
+        if n > 0 {
+            self.hints.notify_one();
+        }
+        n
     }
 
     /// Stops watching a job.

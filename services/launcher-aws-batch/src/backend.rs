@@ -18,7 +18,9 @@
 //! terminate the other, so one runs.
 //!
 //! States come from one [`Poller`] describing every job in flight, 100 per DescribeJobs call,
-//! once per poll interval; no attempt polls on its own. A job that waits (SUBMITTED, PENDING,
+//! once per poll interval; no attempt polls on its own. With an events queue, Batch's state
+//! changes (EventBridge → SQS, [`crate::events`]) bring the describe of the jobs they name
+//! forward, and the interval is only the fallback. A job that waits (SUBMITTED, PENDING,
 //! RUNNABLE, STARTING) longer than the pending deadline fails with the reason, and is
 //! terminated when the attempt is released. A cancel or a timeout is TerminateJob (CancelJob
 //! does nothing to a job that is starting or running), and waits until Batch says it ended.
@@ -104,6 +106,9 @@ pub struct Settings {
     pub poll_interval: Duration,
     /// The CloudWatch Logs group jobs write to.
     pub log_group: String,
+    /// The SQS queue EventBridge delivers Batch's job state changes to, read as hints that
+    /// bring a job's next DescribeJobs forward ([`crate::events`]).
+    pub events_queue: Option<String>,
 }
 
 impl Settings {
@@ -116,6 +121,7 @@ impl Settings {
             kill_grace: Duration::from_secs(30),
             poll_interval: Duration::from_secs(2),
             log_group: LOG_GROUP.to_string(),
+            events_queue: None,
         }
     }
 }
@@ -182,6 +188,14 @@ impl AwsBatch {
         let logs = aws_sdk_cloudwatchlogs::Client::new(sdk);
         let stop = CancellationToken::new();
         let poller = Poller::start(batch.clone(), settings.poll_interval, stop.clone());
+        if let Some(queue) = &settings.events_queue {
+            crate::events::listen(
+                aws_sdk_sqs::Client::new(sdk),
+                queue.clone(),
+                poller.clone(),
+                stop.clone(),
+            );
+        }
         AwsBatch(Arc::new(Inner {
             batch,
             logs,

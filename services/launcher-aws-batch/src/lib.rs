@@ -7,6 +7,8 @@
 //!   of every job in flight with batched DescribeJobs calls;
 //! - [`logs`]: a job's log stream as bytes, paged with forward tokens, with the cursor the
 //!   journal keeps;
+//! - [`events`]: Batch's job state changes, from EventBridge through SQS, as hints to the
+//!   poller;
 //! - [`backend`]: the [`Backend`](ferry_launcher::Backend) over them: a job definition per
 //!   image and resources registered once, a job per attempt named from the attempt id and
 //!   adopted after a crash, TerminateJob on cancel and timeout, a pending deadline;
@@ -14,6 +16,7 @@
 
 pub mod aws;
 pub mod backend;
+pub mod events;
 pub mod logs;
 pub mod names;
 mod service;

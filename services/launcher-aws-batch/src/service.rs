@@ -30,6 +30,8 @@ pub struct Config {
     pub pending_deadline: Duration,
     /// How often one round of DescribeJobs reads every job in flight.
     pub poll_interval: Duration,
+    /// The SQS queue EventBridge delivers Batch's job state changes to, if any.
+    pub events_queue: Option<String>,
     /// Leave jobs running when the launcher stops, for the next start to adopt (the default).
     pub detach: bool,
 }
@@ -50,6 +52,7 @@ impl Config {
             compute_environment: None,
             pending_deadline: Duration::from_secs(600),
             poll_interval: Duration::from_secs(2),
+            events_queue: None,
             detach: true,
         }
     }
@@ -104,11 +107,13 @@ pub async fn backend(config: &Config, journal: &Journal) -> Result<AwsBatch> {
     settings.pending_deadline = config.pending_deadline;
     settings.kill_grace = config.service.kill_grace;
     settings.poll_interval = config.poll_interval;
+    settings.events_queue = config.events_queue.clone().filter(|q| !q.trim().is_empty());
     tracing::info!(
         region = sdk.region().map(|r| r.as_ref()).unwrap_or(""),
         endpoint = config.endpoint_url.as_deref().unwrap_or("(AWS)"),
         job_queue = settings.job_queue.as_deref().unwrap_or("(per task)"),
         compute_environment = settings.compute_environment.as_deref().unwrap_or("(per task)"),
+        events_queue = settings.events_queue.as_deref().unwrap_or("(none: polling alone)"),
         launcher = %settings.launcher,
         "aws-batch launcher starting"
     );

@@ -170,6 +170,119 @@ async fn definitions_are_registered_once_and_jobs_carry_the_attempts_tags() {
     }
 }
 
+/// A "Batch Job State Change" as EventBridge puts it on an SQS queue.
+fn state_change(job_id: &str, job_name: &str, status: &str) -> String {
+    serde_json::json!({
+        "version": "0",
+        "id": ferry_event::new_id(),
+        "detail-type": ferry_launcher_aws_batch::events::DETAIL_TYPE,
+        "source": "aws.batch",
+        "account": "123456789012",
+        "time": "2026-12-07T10:00:00Z",
+        "region": common::REGION,
+        "resources": [format!("arn:aws:batch:{}:123456789012:job/{job_id}", common::REGION)],
+        "detail": {"jobName": job_name, "jobId": job_id, "status": status},
+    })
+    .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_change_event_brings_the_jobs_end_forward_and_the_queue_is_drained() {
+    let Ok(endpoint) = common::moto() else {
+        eprintln!("SKIPPED: FERRY_TEST_MOTO is not set");
+        return;
+    };
+    let target = common::BatchTarget::new(endpoint).await;
+    let sqs = aws_sdk_sqs::Client::new(&target.sdk);
+    let queue = sqs
+        .create_queue()
+        .queue_name(common::fresh("events"))
+        .send()
+        .await
+        .expect("create the events queue")
+        .queue_url()
+        .unwrap()
+        .to_string();
+    // Polling alone would see the end only after two minutes.
+    let mut settings = Settings::new("launcher-events");
+    settings.poll_interval = Duration::from_secs(120);
+    settings.events_queue = Some(queue.clone());
+    let backend = AwsBatch::new(&target.sdk, settings);
+    let secrets = Secrets::new();
+    let id = common::fresh("ev");
+    let d = dispatch(&id, Runner::AwsBatch(target.runner()), &["true"]);
+    let task = Task::new(&d, &secrets);
+    let reserved = backend.reserve(task).await.expect("reserve");
+    let compute = backend.create(task, reserved).await.expect("create");
+    let h: Handle = compute.handle_as().unwrap();
+    let job_id = h.job_id.clone().unwrap();
+    // The first look at the job (a round as soon as it is watched) finds it under way.
+    assert!(matches!(
+        backend.status(&compute).await.unwrap(),
+        ComputeState::Pending | ComputeState::Running
+    ));
+    let waiting = tokio::spawn({
+        let (backend, compute) = (backend.clone(), compute.clone());
+        async move { backend.wait(&compute).await }
+    });
+    // Once moto says it ended, EventBridge would say so too: a message that is not a Batch
+    // state change first, then the job's.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = target.batch.describe_jobs().jobs(&job_id).send().await.unwrap();
+        if out.jobs()[0].status() == Some(&aws_sdk_batch::types::JobStatus::Succeeded) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "moto did not run the job");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for body in [
+        "{\"detail-type\": \"something else\"}".to_string(),
+        state_change(&job_id, &h.job_name, "SUCCEEDED"),
+    ] {
+        sqs.send_message()
+            .queue_url(&queue)
+            .message_body(body)
+            .send()
+            .await
+            .expect("send an event");
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(30), waiting)
+        .await
+        .expect("the event ends the wait long before the next poll")
+        .unwrap()
+        .expect("the job's state is read");
+    match ended {
+        ComputeState::Exited(e) => assert!(e.succeeded(), "{e:?}"),
+        other => panic!("{other:?}"),
+    }
+    // Both messages were read and deleted: none comes back.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let attrs = sqs
+            .get_queue_attributes()
+            .queue_url(&queue)
+            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::All)
+            .send()
+            .await
+            .unwrap();
+        let count = |name: aws_sdk_sqs::types::QueueAttributeName| {
+            attrs.attributes().and_then(|a| a.get(&name)).map(String::as_str) == Some("0")
+        };
+        if count(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages)
+            && count(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "messages left on the queue: {attrs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    backend.release(&compute).await.expect("release");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_submitted_twice_for_one_attempt_runs_once() {
     let Ok(endpoint) = common::moto() else {

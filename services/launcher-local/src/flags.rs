@@ -66,6 +66,11 @@ pub struct Flags {
     /// DescribeJobs call per 100 jobs)
     #[arg(long, env = "FERRY_AWS_BATCH_POLL_INTERVAL", value_name = "DURATION", default_value = "2s", value_parser = ferry_connect::service::duration)]
     pub aws_batch_poll_interval: Duration,
+    /// The SQS queue (its URL) that an EventBridge rule delivers "Batch Job State Change"
+    /// events to: the aws-batch launcher reads a job's state as soon as one names it, and polls
+    /// every --aws-batch-poll-interval only as the fallback (set that longer then, e.g. 30s)
+    #[arg(long, env = "FERRY_AWS_BATCH_EVENTS_QUEUE", value_name = "URL")]
+    pub aws_batch_events_queue: Option<String>,
     /// The Docker engine's address (unix:///path or tcp://host:port) [default: DOCKER_HOST, else
     /// the local socket]
     #[arg(long, env = "FERRY_DOCKER_HOST", value_name = "URL")]
