@@ -47,6 +47,9 @@ pub enum Error {
     /// No file under that URI.
     #[error("{0}: no such file in the artifact store")]
     NotFound(String),
+    /// A key that cannot name a file of a store (an empty part, `..`, a character refused).
+    #[error("the key {key:?} cannot name a stored file: {why}")]
+    Key { key: String, why: String },
     /// The store refused or failed a call (`what` says which).
     #[error("{what}: {source}")]
     Store {
@@ -78,7 +81,11 @@ impl Error {
                     | object_store::Error::Unauthenticated { .. }
                     | object_store::Error::UnknownConfigurationKey { .. }
             ),
-            Error::Io { .. } | Error::Config { .. } | Error::Outside { .. } | Error::NotFound(_) => false,
+            Error::Io { .. }
+            | Error::Config { .. }
+            | Error::Outside { .. }
+            | Error::NotFound(_)
+            | Error::Key { .. } => false,
         }
     }
 }
@@ -269,12 +276,9 @@ impl Store {
     }
 
     fn path(&self, key: &str) -> Result<Path> {
-        let invalid = |why: String| Error::Store {
-            what: format!("the key {key:?}"),
-            source: object_store::Error::Generic {
-                store: "ferry",
-                source: why.into(),
-            },
+        let invalid = |why: String| Error::Key {
+            key: key.to_string(),
+            why,
         };
         if key.is_empty() || key.split('/').any(|p| p.is_empty() || p == "." || p == "..") {
             return Err(invalid("a key is a relative path of plain names".into()));

@@ -794,7 +794,7 @@ async fn get_file(
     };
     let Some(file) = files.into_iter().find(|f| f.path == path) else {
         return Err(not_found(format!(
-            "task {task:?} of job {id} has no output file {path:?} (`ferry status {id}` lists them)"
+            "task {task:?} of job {id} has no output file {path:?} (`ferry files {id}` lists them)"
         )));
     };
     let Some((store, key)) = state
