@@ -32,6 +32,18 @@ fn download(d: &Deployment, job: &str, path: &str, out: &Path) -> (Ran, Option<S
     (ran, std::fs::read_to_string(out).ok())
 }
 
+/// The job's report, downloaded whole through the api.
+fn downloads_the_report(d: &Deployment, job: &str) {
+    let out = d.dir.path().join("got.txt");
+    let (ran, got) = download(d, job, "out/the report.txt", &out);
+    assert_eq!(
+        (ran.code, got.as_deref()),
+        (0, Some("rows: 3\n")),
+        "{}",
+        ran.stderr
+    );
+}
+
 #[test]
 fn files_are_listed_and_downloaded_from_the_artifact_directory() {
     let d = Deployment::start(&[]);
@@ -58,14 +70,7 @@ fn files_are_listed_and_downloaded_from_the_artifact_directory() {
         listed.stdout
     );
 
-    let out = d.dir.path().join("got.txt");
-    let (ran, got) = download(&d, &job, "out/the report.txt", &out);
-    assert_eq!(
-        (ran.code, got.as_deref()),
-        (0, Some("rows: 3\n")),
-        "{}",
-        ran.stderr
-    );
+    downloads_the_report(&d, &job);
     let to_stdout = d.client(&["download", &job, "make", "out/the report.txt", "-o", "-"]);
     assert_eq!(to_stdout.stdout, "rows: 3\n");
 
@@ -112,12 +117,5 @@ fn files_stored_in_a_bucket_are_named_by_it_and_downloaded_through_the_api() {
     // Stored, nothing is left in the artifact directory.
     assert!(common::files_under(&d.data.join("artifacts")).is_empty());
 
-    let out = d.dir.path().join("got.txt");
-    let (ran, got) = download(&d, &job, "out/the report.txt", &out);
-    assert_eq!(
-        (ran.code, got.as_deref()),
-        (0, Some("rows: 3\n")),
-        "{}",
-        ran.stderr
-    );
+    downloads_the_report(&d, &job);
 }
