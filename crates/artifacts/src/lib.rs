@@ -183,9 +183,8 @@ impl Store {
                     .filter(|b| !b.is_empty())
                     .ok_or_else(|| config(format!("no bucket: {scheme}://BUCKET[/PREFIX]")))?
                     .to_string();
-                let prefix_text = parsed.path().trim_matches('/');
-                let prefix_text = percent_decode(prefix_text).map_err(config)?;
-                let prefix = Path::parse(&prefix_text).map_err(|e| config(format!("the prefix: {e}")))?;
+                let prefix =
+                    Path::from_url_path(parsed.path()).map_err(|e| config(format!("the prefix: {e}")))?;
                 let (inner, kind): (Arc<dyn ObjectStore>, Kind) = if scheme == "s3" {
                     let mut b = AmazonS3Builder::from_env().with_bucket_name(&bucket);
                     for (k, v) in options {
@@ -205,10 +204,10 @@ impl Store {
                     }
                     (Arc::new(b.build().map_err(|e| config(e.to_string()))?), Kind::Gcs)
                 };
-                let base = if prefix_text.is_empty() {
+                let base = if prefix.as_ref().is_empty() {
                     format!("{scheme}://{bucket}")
                 } else {
-                    format!("{scheme}://{bucket}/{prefix_text}")
+                    format!("{scheme}://{bucket}/{prefix}")
                 };
                 Ok(Store {
                     inner,
@@ -426,26 +425,6 @@ fn google_key(key: &str) -> String {
     }
 }
 
-fn percent_decode(s: &str) -> Result<String, String> {
-    let mut out = Vec::with_capacity(s.len());
-    let b = s.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = s
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| format!("a bad escape in the prefix {s:?}"))?;
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| format!("the prefix {s:?} is not UTF-8"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -459,6 +438,9 @@ mod tests {
         let s = Store::open_with("s3://bucket/a/b/", [("region", "us-east-1")]).unwrap();
         assert_eq!((s.kind(), s.url()), (Kind::S3, "s3://bucket/a/b"));
         assert_eq!(s.uri("j/t/a/x y.txt"), "s3://bucket/a/b/j/t/a/x y.txt");
+        let s = Store::open_with("s3://bucket/my%20runs", [("region", "us-east-1")]).unwrap();
+        assert_eq!(s.uri("j/f"), "s3://bucket/my runs/j/f");
+        assert_eq!(s.key_of("s3://bucket/my runs/j/f").unwrap(), "j/f");
         let e = Store::open("ftp://host/x").unwrap_err().to_string();
         assert!(e.contains("`ftp://` is not a kind of store"), "{e}");
         let e = Store::open("s3:///x").unwrap_err().to_string();
