@@ -545,17 +545,12 @@ pub async fn download(api: &Target, job: &str, task: &str, path: &str, out: Opti
     exit_for(
         async {
             let resp = client.send(client.http.get(url)).await?;
-            let expected = resp.content_length();
-            let mut body = resp.bytes_stream();
             if out == Path::new("-") {
-                use std::io::Write;
-                let mut stdout = std::io::stdout().lock();
-                while let Some(chunk) = body.next().await {
-                    let chunk = chunk.map_err(|e| anyhow!("the download of {path:?} broke off: {e}"))?;
-                    if stdout.write_all(&chunk).is_err() {
-                        return Ok(EXIT_OK);
-                    }
-                }
+                // A reader that went away (`| head`) ends the copy, not the command's success.
+                match copy_body(resp, path, &mut std::io::stdout().lock()).await {
+                    Err(e) if e.downcast_ref::<std::io::Error>().is_some() => return Ok(EXIT_OK),
+                    r => r?,
+                };
                 return Ok(EXIT_OK);
             }
             let dir = match out.parent() {
@@ -564,19 +559,9 @@ pub async fn download(api: &Target, job: &str, task: &str, path: &str, out: Opti
             };
             let mut tmp = tempfile::NamedTempFile::new_in(&dir)
                 .with_context(|| format!("cannot write in {}", dir.display()))?;
-            let mut n = 0u64;
-            while let Some(chunk) = body.next().await {
-                let chunk = chunk.map_err(|e| anyhow!("the download of {path:?} broke off: {e}"))?;
-                std::io::Write::write_all(&mut tmp, &chunk)
-                    .with_context(|| format!("cannot write {}", out.display()))?;
-                n += chunk.len() as u64;
-            }
-            if expected.is_some_and(|want| want != n) {
-                return Err(Refused::Failed(anyhow!(
-                    "the download of {path:?} ended after {n} of {} bytes; nothing was written",
-                    expected.unwrap_or(0)
-                )));
-            }
+            let n = copy_body(resp, path, &mut tmp)
+                .await
+                .map_err(|e| anyhow!("{e:#}; nothing was written to {}", out.display()))?;
             tmp.persist(&out)
                 .map_err(|e| anyhow!("cannot write {}: {}", out.display(), e.error))?;
             errln!("{} ({n} bytes)", out.display());
@@ -584,6 +569,25 @@ pub async fn download(api: &Target, job: &str, task: &str, path: &str, out: Opti
         }
         .await,
     )
+}
+
+/// Copies the body of a download of `path` into `to`: its byte count, or why it stopped (an
+/// `std::io::Error` of `to`, or a transfer broken off or short of its `Content-Length`).
+async fn copy_body(resp: reqwest::Response, path: &str, to: &mut impl std::io::Write) -> Result<u64> {
+    let expected = resp.content_length();
+    let mut body = resp.bytes_stream();
+    let mut n = 0u64;
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| anyhow!("the download of {path:?} broke off: {e}"))?;
+        to.write_all(&chunk)?;
+        n += chunk.len() as u64;
+    }
+    match expected {
+        Some(want) if want != n => Err(anyhow!(
+            "the download of {path:?} ended after {n} of {want} bytes"
+        )),
+        _ => Ok(n),
+    }
 }
 
 /// The STATE, RUNNING and SEEN cells of a launcher or an agent as the api lists it.
