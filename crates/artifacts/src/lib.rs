@@ -158,9 +158,18 @@ impl Store {
                 if options.into_iter().next().is_some() {
                     return Err(config("a directory takes no options".into()));
                 }
-                // Named as the launchers name their files: by its real path.
-                std::fs::create_dir_all(&dir)
-                    .map_err(|e| config(format!("cannot make the directory: {e}")))?;
+                // Private (0700) when made here, whatever the umask, as the launchers make their
+                // artifact directories: whoever opens it first (a launcher or the api beside it)
+                // must not leave it readable by all. Named by its real path, as launchers name
+                // their files.
+                {
+                    use std::os::unix::fs::DirBuilderExt;
+                    std::fs::DirBuilder::new()
+                        .recursive(true)
+                        .mode(0o700)
+                        .create(&dir)
+                        .map_err(|e| config(format!("cannot make the directory: {e}")))?;
+                }
                 let dir = dir
                     .canonicalize()
                     .map_err(|e| config(format!("cannot use the directory: {e}")))?;
@@ -478,6 +487,18 @@ mod tests {
         ));
         let climbing = format!("file://{}/j/../../x", dir.path().display());
         assert!(f.key_of(&climbing).is_err());
+    }
+
+    #[test]
+    fn a_directory_made_for_a_store_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("data/artifacts");
+        Store::open(dir.to_str().unwrap()).unwrap();
+        for made in [root.path().join("data"), dir] {
+            let mode = std::fs::metadata(&made).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode & 0o077, 0, "{} is {mode:o}", made.display());
+        }
     }
 
     #[tokio::test]
