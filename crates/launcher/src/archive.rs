@@ -3,8 +3,10 @@
 //! pattern are kept; symbolic and hard links are reported and never followed (a link to
 //! `/etc/shadow` yields the link, not the file); an entry whose name would leave the
 //! destination refuses the whole archive, with everything collected so far removed; counts and
-//! sizes are capped ([`Limits`]).
+//! sizes are capped ([`Limits`]). And the other way, the task's input files as an archive of
+//! its working directory ([`append_inputs`]).
 
+use std::collections::BTreeSet;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -40,6 +42,14 @@ impl Default for Limits {
             max_total_bytes: 1024 * 1024 * 1024,
         }
     }
+}
+
+/// A file to put into a compute's working directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputFile {
+    /// Relative to the working directory, `/` between directories.
+    pub path: String,
+    pub contents: Vec<u8>,
 }
 
 /// A file taken out of the archive.
@@ -227,6 +237,70 @@ fn entry_path(raw: &str, base: &str) -> std::result::Result<Option<String>, &'st
     }
     let rest: Vec<&str> = parts.collect();
     Ok((!rest.is_empty()).then(|| rest.join("/")))
+}
+
+/// Appends `base/` and the input files under it, with the directories between them, to `tar`.
+/// Every name is checked by the flow's own rule ([`ferry_flow::rules::input_file_name`]) before
+/// anything is appended: a hostile name, a name given twice or a file that is also another's
+/// directory refuses them all.
+pub fn append_inputs(tar: &mut tar::Builder<Vec<u8>>, base: &str, files: &[InputFile]) -> Result<()> {
+    let mut paths = Vec::with_capacity(files.len());
+    let mut seen = BTreeSet::new();
+    for f in files {
+        let path = ferry_flow::rules::input_file_name(&f.path)
+            .map_err(|why| ExtractError::Refused(format!("inputFiles: {:?} is refused: {why}", f.path)))?;
+        if !seen.insert(path.clone()) {
+            return Err(ExtractError::Refused(format!(
+                "inputFiles: {:?} is given twice",
+                f.path
+            )));
+        }
+        paths.push(path);
+    }
+    let mut dirs = BTreeSet::new();
+    for p in &paths {
+        for a in p.ancestors().skip(1) {
+            if !a.as_os_str().is_empty() {
+                dirs.insert(a.to_path_buf());
+            }
+        }
+    }
+    if let Some(clash) = paths.iter().find(|p| dirs.contains(*p)) {
+        return Err(ExtractError::Refused(format!(
+            "inputFiles: {:?} is both a file and the directory of another file",
+            clash.display()
+        )));
+    }
+    let mtime = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let io = |source| ExtractError::Io {
+        what: "building the input files' archive".into(),
+        source,
+    };
+    let mut dir_header = |path: &Path| -> Result<()> {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(0o755);
+        h.set_size(0);
+        h.set_mtime(mtime);
+        tar.append_data(&mut h, path, std::io::empty()).map_err(io)
+    };
+    dir_header(Path::new(base))?;
+    for d in &dirs {
+        dir_header(&Path::new(base).join(d))?;
+    }
+    for (f, path) in files.iter().zip(&paths) {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o644);
+        h.set_size(f.contents.len() as u64);
+        h.set_mtime(mtime);
+        tar.append_data(&mut h, Path::new(base).join(path), f.contents.as_slice())
+            .map_err(io)?;
+    }
+    Ok(())
 }
 
 pub fn kind_name(kind: tar::EntryType) -> &'static str {

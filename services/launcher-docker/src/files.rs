@@ -7,7 +7,6 @@
 //! link to `/etc/shadow` yields the link, not the file), an entry whose name would leave the
 //! destination is refused with everything collected so far removed, and sizes are capped.
 
-use std::collections::BTreeSet;
 use std::io::Read;
 use std::path::Path;
 
@@ -20,15 +19,9 @@ use tokio_util::io::{StreamReader, SyncIoBridge};
 use crate::Engine;
 use crate::error::{Error, Result, status_of};
 
-pub use ferry_launcher::archive::{Extracted as Collected, ExtractedFile as CollectedFile, Limits, Skipped};
-
-/// A file to put into the container's working directory.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InputFile {
-    /// Relative to the working directory, `/` between directories.
-    pub path: String,
-    pub contents: Vec<u8>,
-}
+pub use ferry_launcher::archive::{
+    Extracted as Collected, ExtractedFile as CollectedFile, InputFile, Limits, Skipped,
+};
 
 impl Engine {
     /// Makes `dir` (absolute, not `/`) in a created container, owned by the container's user,
@@ -238,57 +231,10 @@ fn archive_io(e: std::io::Error) -> Error {
 
 /// Appends `base/` and the files under it, with the directories between them, to `tar`.
 fn append_dir(tar: &mut tar::Builder<Vec<u8>>, base: &str, files: &[InputFile]) -> Result<()> {
-    let mut paths = Vec::with_capacity(files.len());
-    let mut seen = BTreeSet::new();
-    for f in files {
-        let path = ferry_flow::rules::input_file_name(&f.path)
-            .map_err(|why| Error::Refused(format!("inputFiles: {:?} is refused: {why}", f.path)))?;
-        if !seen.insert(path.clone()) {
-            return Err(Error::Refused(format!("inputFiles: {:?} is given twice", f.path)));
-        }
-        paths.push(path);
-    }
-    let mut dirs = BTreeSet::new();
-    for p in &paths {
-        for a in p.ancestors().skip(1) {
-            if !a.as_os_str().is_empty() {
-                dirs.insert(a.to_path_buf());
-            }
-        }
-    }
-    if let Some(clash) = paths.iter().find(|p| dirs.contains(*p)) {
-        return Err(Error::Refused(format!(
-            "inputFiles: {:?} is both a file and the directory of another file",
-            clash.display()
-        )));
-    }
-    let mtime = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let io = archive_io;
-    let mut dir_header = |path: &Path| -> Result<()> {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Directory);
-        h.set_mode(0o755);
-        h.set_size(0);
-        h.set_mtime(mtime);
-        tar.append_data(&mut h, path, std::io::empty()).map_err(io)
-    };
-    dir_header(Path::new(base))?;
-    for d in &dirs {
-        dir_header(&Path::new(base).join(d))?;
-    }
-    for (f, path) in files.iter().zip(&paths) {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Regular);
-        h.set_mode(0o644);
-        h.set_size(f.contents.len() as u64);
-        h.set_mtime(mtime);
-        tar.append_data(&mut h, Path::new(base).join(path), f.contents.as_slice())
-            .map_err(io)?;
-    }
-    Ok(())
+    ferry_launcher::archive::append_inputs(tar, base, files).map_err(|e| match e {
+        ExtractError::Refused(m) => Error::Refused(m),
+        ExtractError::Io { source, .. } => archive_io(source),
+    })
 }
 
 /// Reads the engine's archive of `base/`, keeping what matches ([`ferry_launcher::archive`]).
