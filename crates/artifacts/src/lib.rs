@@ -26,6 +26,8 @@ use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
+pub use object_store::signer::Method;
+use object_store::signer::Signer;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 use tokio::io::AsyncReadExt;
 
@@ -119,6 +121,9 @@ pub struct Store {
     prefix: Path,
     /// The directory of a `file://` store.
     dir: Option<PathBuf>,
+    /// What signs URLs that let their holder read or write one object without credentials (a
+    /// bucket's; a directory has none).
+    signer: Option<Arc<dyn Signer>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -184,6 +189,7 @@ impl Store {
                     base: base.trim_end_matches('/').to_string(),
                     prefix: Path::default(),
                     dir: Some(dir),
+                    signer: None,
                 })
             }
             scheme @ ("s3" | "gs") => {
@@ -194,7 +200,7 @@ impl Store {
                     .to_string();
                 let prefix =
                     Path::from_url_path(parsed.path()).map_err(|e| config(format!("the prefix: {e}")))?;
-                let (inner, kind): (Arc<dyn ObjectStore>, Kind) = if scheme == "s3" {
+                let (inner, signer, kind): (Arc<dyn ObjectStore>, Arc<dyn Signer>, Kind) = if scheme == "s3" {
                     let mut b = AmazonS3Builder::from_env().with_bucket_name(&bucket);
                     for (k, v) in options {
                         let key: AmazonS3ConfigKey = aws_key(k.as_ref())
@@ -202,7 +208,8 @@ impl Store {
                             .map_err(|_| config(format!("unknown S3 setting `{}`", k.as_ref())))?;
                         b = b.with_config(key, v);
                     }
-                    (Arc::new(b.build().map_err(|e| config(e.to_string()))?), Kind::S3)
+                    let s3 = Arc::new(b.build().map_err(|e| config(e.to_string()))?);
+                    (s3.clone(), s3, Kind::S3)
                 } else {
                     let mut b = GoogleCloudStorageBuilder::from_env().with_bucket_name(&bucket);
                     for (k, v) in options {
@@ -211,7 +218,8 @@ impl Store {
                             .map_err(|_| config(format!("unknown GCS setting `{}`", k.as_ref())))?;
                         b = b.with_config(key, v);
                     }
-                    (Arc::new(b.build().map_err(|e| config(e.to_string()))?), Kind::Gcs)
+                    let gcs = Arc::new(b.build().map_err(|e| config(e.to_string()))?);
+                    (gcs.clone(), gcs, Kind::Gcs)
                 };
                 let base = if prefix.as_ref().is_empty() {
                     format!("{scheme}://{bucket}")
@@ -224,6 +232,7 @@ impl Store {
                     base,
                     prefix,
                     dir: None,
+                    signer: Some(signer),
                 })
             }
             other => Err(config(format!(
@@ -293,6 +302,32 @@ impl Store {
         }
         let key = Path::parse(key).map_err(|e| invalid(e.to_string()))?;
         Ok(self.prefix.parts().chain(key.parts()).collect())
+    }
+
+    /// A URL that lets whoever holds it `method` (GET or PUT) the object under `key` for
+    /// `expires_in`, with no credentials of its own: how a compute with no access to the
+    /// bucket reads its inputs and writes its results. A bucket's only; S3 signs for at most
+    /// seven days, and never beyond the expiry of the credentials that signed.
+    pub async fn signed_url(
+        &self,
+        method: Method,
+        key: &str,
+        expires_in: std::time::Duration,
+    ) -> Result<url::Url> {
+        let Some(signer) = &self.signer else {
+            return Err(Error::Config {
+                url: self.base.clone(),
+                why: "a directory cannot hand out signed URLs: use an s3:// or gs:// store".into(),
+            });
+        };
+        let path = self.path(key)?;
+        signer
+            .signed_url(method, &path, expires_in)
+            .await
+            .map_err(|source| Error::Store {
+                what: format!("cannot sign a URL for {}", self.uri(key)),
+                source,
+            })
     }
 
     /// Stores the local file `local` under `key`, replacing what was there (storing the same
@@ -389,18 +424,36 @@ impl Store {
         Ok(parts.concat().into())
     }
 
-    /// Removes every file whose key starts with `dir/` (an attempt's `JOB/TASK/ATTEMPT`).
-    /// Returns how many were removed; removing what is gone already is no error.
-    pub async fn remove_under(&self, dir: &str) -> Result<usize> {
+    /// The URIs of the files whose key starts with `dir/`.
+    pub async fn list_under(&self, dir: &str) -> Result<Vec<String>> {
+        let listed = self.locations_under(dir).await?;
+        Ok(listed
+            .iter()
+            .map(|p| {
+                let key: Path = p.parts().skip(self.prefix.parts().count()).collect();
+                self.uri(key.as_ref())
+            })
+            .collect())
+    }
+
+    async fn locations_under(&self, dir: &str) -> Result<Vec<Path>> {
         let path = self.path(dir.trim_end_matches('/'))?;
-        let what = || format!("cannot remove {}/", self.uri(dir.trim_end_matches('/')));
-        let listed: Vec<Path> = self
-            .inner
+        self.inner
             .list(Some(&path))
             .map_ok(|meta| meta.location)
             .try_collect()
             .await
-            .map_err(|source| Error::Store { what: what(), source })?;
+            .map_err(|source| Error::Store {
+                what: format!("cannot list {}/", self.uri(dir.trim_end_matches('/'))),
+                source,
+            })
+    }
+
+    /// Removes every file whose key starts with `dir/` (an attempt's `JOB/TASK/ATTEMPT`).
+    /// Returns how many were removed; removing what is gone already is no error.
+    pub async fn remove_under(&self, dir: &str) -> Result<usize> {
+        let what = || format!("cannot remove {}/", self.uri(dir.trim_end_matches('/')));
+        let listed = self.locations_under(dir).await?;
         let n = listed.len();
         let mut removed = self
             .inner
