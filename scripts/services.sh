@@ -284,12 +284,13 @@ _free_port() {
 # (there is no registry to pull from). It never touches /var/run/docker.sock or another dockerd:
 # everything it has lives under its own run directory, and docker_down stops it by its pid file.
 #
-#   docker_up      # exports DOCKER_HOST=unix://…/docker.sock, FERRY_TEST_DOCKER_IMAGE and
-#                  # FERRY_TEST_DOCKER_ENTRYPOINT_IMAGE
+#   docker_up      # exports DOCKER_HOST=unix://…/docker.sock, FERRY_TEST_DOCKER_IMAGE,
+#                  # FERRY_TEST_DOCKER_ENTRYPOINT_IMAGE and FERRY_TEST_CURL_IMAGE
 #   docker_down    # removes the containers left behind, stops that dockerd, deletes its directory
 FERRY_DOCKER_RUNS="${FERRY_DOCKER_RUNS:-${TMPDIR:-/tmp}/ferry-docker}"
 FERRY_TEST_DOCKER_IMAGE="${FERRY_TEST_DOCKER_IMAGE:-ferry-test/busybox:1}"
 FERRY_TEST_DOCKER_ENTRYPOINT_IMAGE="${FERRY_TEST_DOCKER_ENTRYPOINT_IMAGE:-ferry-test/entrypoint:1}"
+FERRY_TEST_CURL_IMAGE="${FERRY_TEST_CURL_IMAGE:-ferry-test/curl:1}"
 # Storage drivers to try in order: overlay2 needs a filesystem that can hold overlay mounts,
 # vfs works anywhere (slower, full copies).
 FERRY_DOCKER_STORAGE="${FERRY_DOCKER_STORAGE:-overlay2 vfs}"
@@ -323,13 +324,38 @@ _busybox_rootfs() {
   echo "$tar"
 }
 
-# The test images: busybox, and busybox with an entrypoint of its own (for what a task's
-# command does to an image's entrypoint).
+# busybox's root filesystem with this machine's curl and the libraries it loads, for the
+# aws-batch tasks whose files are staged through presigned URLs (busybox's wget cannot PUT).
+_curl_rootfs() {
+  local busybox tar root curl lib
+  busybox=$(_busybox_rootfs)
+  curl=$(command -v curl) || { echo "curl is needed to build $FERRY_TEST_CURL_IMAGE" >&2; return 1; }
+  tar="${busybox%.tar}-curl.tar"
+  if [ ! -s "$tar" ]; then
+    root=$(mktemp -d)
+    tar -C "$root" -xf "$busybox"
+    rm -f "$root/bin/curl"
+    cp -L "$curl" "$root/bin/curl"
+    for lib in $(ldd "$curl" | grep -o '/[^ ]*'); do
+      mkdir -p "$root$(dirname "$lib")"
+      cp -L "$lib" "$root$lib"
+    done
+    tar --numeric-owner --owner=0 --group=0 -C "$root" -cf "$tar.tmp" . && mv "$tar.tmp" "$tar"
+    rm -rf "$root"
+  fi
+  echo "$tar"
+}
+
+# The test images: busybox, busybox with an entrypoint of its own (for what a task's command
+# does to an image's entrypoint), and busybox with curl.
 _docker_images() {
-  _docker image inspect "$FERRY_TEST_DOCKER_IMAGE" "$FERRY_TEST_DOCKER_ENTRYPOINT_IMAGE" >/dev/null 2>&1 && return 0
-  _say "building $FERRY_TEST_DOCKER_IMAGE and $FERRY_TEST_DOCKER_ENTRYPOINT_IMAGE"
+  _docker image inspect "$FERRY_TEST_DOCKER_IMAGE" "$FERRY_TEST_DOCKER_ENTRYPOINT_IMAGE" \
+    "$FERRY_TEST_CURL_IMAGE" >/dev/null 2>&1 && return 0
+  _say "building $FERRY_TEST_DOCKER_IMAGE, $FERRY_TEST_DOCKER_ENTRYPOINT_IMAGE and $FERRY_TEST_CURL_IMAGE"
   local rootfs
   rootfs=$(_busybox_rootfs)
+  _docker import --change 'ENV PATH=/bin' --change 'WORKDIR /work' --change 'CMD ["sh"]' \
+    "$(_curl_rootfs)" "$FERRY_TEST_CURL_IMAGE" >/dev/null
   _docker import --change 'ENV PATH=/bin' --change 'WORKDIR /work' --change 'CMD ["sh"]' \
     "$rootfs" "$FERRY_TEST_DOCKER_IMAGE" >/dev/null
   _docker import --change 'ENV PATH=/bin' --change 'WORKDIR /work' \
@@ -411,11 +437,12 @@ _dockerd_start() {
 docker_up() {
   # Already up in this shell: keep it.
   if [ -n "${_ferry_docker_dir:-}" ] && _pid_alive "$(cat "$_ferry_docker_dir/docker.pid" 2>/dev/null)"; then
-    export DOCKER_HOST="unix://$_ferry_docker_dir/docker.sock" FERRY_TEST_DOCKER_IMAGE FERRY_TEST_DOCKER_ENTRYPOINT_IMAGE
+    export DOCKER_HOST="unix://$_ferry_docker_dir/docker.sock" FERRY_TEST_DOCKER_IMAGE FERRY_TEST_DOCKER_ENTRYPOINT_IMAGE \
+    FERRY_TEST_CURL_IMAGE
     _docker_images
     return
   fi
-  _apt_install docker.io busybox-static
+  _apt_install docker.io busybox-static curl
   mkdir -p "$FERRY_DOCKER_RUNS"
   _docker_reap
   _ferry_docker_dir="$FERRY_DOCKER_RUNS/$FERRY_RUN_ID"
@@ -433,7 +460,8 @@ docker_up() {
     return 1
   fi
   _ferry_started+=("docker_down")
-  export DOCKER_HOST="unix://$_ferry_docker_dir/docker.sock" FERRY_TEST_DOCKER_IMAGE FERRY_TEST_DOCKER_ENTRYPOINT_IMAGE
+  export DOCKER_HOST="unix://$_ferry_docker_dir/docker.sock" FERRY_TEST_DOCKER_IMAGE FERRY_TEST_DOCKER_ENTRYPOINT_IMAGE \
+    FERRY_TEST_CURL_IMAGE
   _docker_images
   _say "dockerd ($driver) at $DOCKER_HOST (pid $(cat "$_ferry_docker_dir/docker.pid"))"
 }

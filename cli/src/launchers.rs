@@ -204,6 +204,7 @@ fn aws_batch(flags: &ferry_launcher_local::Flags, data_dir: &Path) -> Result<Lau
     c.pending_deadline = flags.pending_deadline;
     c.poll_interval = flags.aws_batch_poll_interval;
     c.events_queue = flags.aws_batch_events_queue.clone();
+    c.staging = given(&flags.aws_batch_staging);
     Ok(Launcher::AwsBatch(c))
 }
 

@@ -30,11 +30,12 @@
 //! before the attempt is released. Jobs outlive the launcher ([`ShutdownPolicy::Detach`]): the
 //! next start on the same journal adopts each, with its true outcome.
 //!
-//! Not yet: files. `inputFiles`, `outputFiles`, `$FERRY_OUTPUTS` and `$FERRY_SUBTASKS` need the
-//! attempt's S3 staging, which this backend does not have: a task with input or output files is
-//! refused before anything is submitted, and its environment has no `FERRY_OUTPUTS`, so a task
-//! that writes outputs fails where it writes them rather than succeeding without them. Secrets
-//! are refused too: a job's container overrides are shown to anyone allowed DescribeJobs.
+//! Files go through S3 when the launcher has a staging bucket ([`crate::stage`]): input files,
+//! `$FERRY_OUTPUTS`, `$FERRY_SUBTASKS` and output files, under a prefix per attempt that release
+//! removes. Without one, a task with input or output files is refused before anything is
+//! submitted, and its environment has no `FERRY_OUTPUTS`, so a task that writes outputs fails
+//! where it writes them rather than succeeding without them. Secrets are refused: a job's
+//! container overrides are shown to anyone allowed DescribeJobs.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -109,6 +110,8 @@ pub struct Settings {
     /// The SQS queue EventBridge delivers Batch's job state changes to, read as hints that
     /// bring a job's next DescribeJobs forward ([`crate::events`]).
     pub events_queue: Option<String>,
+    /// Where attempts' files are staged; none: tasks with files are refused.
+    pub staging: Option<crate::stage::Staging>,
 }
 
 impl Settings {
@@ -122,6 +125,7 @@ impl Settings {
             poll_interval: Duration::from_secs(2),
             log_group: LOG_GROUP.to_string(),
             events_queue: None,
+            staging: None,
         }
     }
 }
@@ -139,6 +143,9 @@ pub struct Handle {
     pub job_id: Option<String>,
     /// How long it may wait to run, in seconds.
     pub pending_deadline_s: u64,
+    /// The prefix of its staged files in the staging bucket, when it has some.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<String>,
 }
 
 /// The aws-batch backend. Cheap to clone.
@@ -878,17 +885,23 @@ impl Backend for AwsBatch {
                 )));
             }
         }
-        if let Some(name) = d.input_files.keys().next() {
-            return Err(task(format!(
-                "inputFiles.{name}: the aws-batch backend does not stage input files yet (they need an S3 bucket per \
-                 attempt): put the data in S3 and read it from the task, or run the task on docker or kubernetes"
-            )));
+        if self.0.settings.staging.is_none() {
+            if let Some(name) = d.input_files.keys().next() {
+                return Err(task(format!(
+                    "inputFiles.{name}: this aws-batch launcher has no staging bucket to pass input files through: \
+                     start it with --aws-batch-staging s3://BUCKET[/PREFIX]"
+                )));
+            }
+            if let Some(p) = d.output_files.first() {
+                return Err(task(format!(
+                    "outputFiles {p:?}: this aws-batch launcher has no staging bucket to bring output files back \
+                     through: start it with --aws-batch-staging s3://BUCKET[/PREFIX]"
+                )));
+            }
         }
-        if let Some(p) = d.output_files.first() {
-            return Err(task(format!(
-                "outputFiles {p:?}: the aws-batch backend does not collect output files yet (they need an S3 bucket \
-                 per attempt): write them to S3 from the task, or run it on docker or kubernetes"
-            )));
+        for name in d.input_files.keys() {
+            ferry_flow::rules::input_file_name(name)
+                .map_err(|why| task(format!("inputFiles: {name:?} is refused: {why}")))?;
         }
         check_templates(d)
     }
@@ -910,6 +923,12 @@ impl Backend for AwsBatch {
                 job_name: name,
                 job_id: None,
                 pending_deadline_s: deadline.as_secs().max(1),
+                stage: self
+                    .0
+                    .settings
+                    .staging
+                    .is_some()
+                    .then(|| crate::stage::prefix(task.dispatch)),
             },
         )
     }
@@ -925,7 +944,20 @@ impl Backend for AwsBatch {
         }
         // Everything of the task's is filled before anything is submitted: a template that
         // cannot be filled leaves no job.
-        let Filled { command, env } = fill_all(task)?;
+        let Filled { command, mut env } = fill_all(task)?;
+        let command = match (&self.0.settings.staging, &h.stage) {
+            (Some(staging), Some(prefix)) => {
+                let life = crate::stage::url_life(
+                    Duration::from_secs(h.pending_deadline_s),
+                    d.timeout_ms,
+                    self.0.settings.kill_grace,
+                );
+                let (command, urls) = crate::stage::prepare(staging, task, prefix, command, life).await?;
+                env.extend(urls);
+                command
+            }
+            _ => command,
+        };
         let spec = spec_of(d, r)?;
         let definition = self.definition(&spec).await?;
         let overrides = ContainerOverrides::builder()
@@ -1092,10 +1124,14 @@ impl Backend for AwsBatch {
         }
     }
 
-    /// Nothing to collect yet: a task with output files is refused in `check`, and outputs need
-    /// the S3 staging this backend does not have.
-    async fn collect(&self, _compute: &Compute, _task: Task<'_>) -> BackendResult<Collected> {
-        Ok(Collected::default())
+    /// What the job staged, when the launcher has a staging bucket; else nothing (a task with
+    /// output files was refused in `check`).
+    async fn collect(&self, compute: &Compute, task: Task<'_>) -> BackendResult<Collected> {
+        let h = self.handle(compute)?;
+        match (&self.0.settings.staging, &h.stage) {
+            (Some(staging), Some(prefix)) => crate::stage::collect(staging, task, prefix).await,
+            _ => Ok(Collected::default()),
+        }
     }
 
     /// Batch keeps a job's record for some days and has no call to delete it: releasing makes
@@ -1109,6 +1145,9 @@ impl Backend for AwsBatch {
         };
         if running {
             self.stop(compute, self.0.settings.kill_grace).await?;
+        }
+        if let (Some(staging), Some(prefix)) = (&self.0.settings.staging, &h.stage) {
+            crate::stage::remove(staging, prefix).await?;
         }
         self.forget(&h);
         Ok(())
@@ -1198,6 +1237,9 @@ impl Backend for AwsBatch {
                             job_name: name.to_string(),
                             job_id: Some(id.to_string()),
                             pending_deadline_s: s.pending_deadline.as_secs().max(1),
+                            // An orphan's attempt is unknown here: its staged files are left
+                            // to the bucket's lifecycle rule.
+                            stage: None,
                         },
                     )?);
                 }

@@ -20,6 +20,7 @@ pub mod events;
 pub mod logs;
 pub mod names;
 mod service;
+pub mod stage;
 mod state;
 
 pub use backend::{AwsBatch, BACKEND, Handle, Settings};

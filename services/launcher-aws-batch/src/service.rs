@@ -1,7 +1,7 @@
 //! The aws-batch launcher as a service: [`Config`] and [`run`], the launcher runtime driving
 //! the [`AwsBatch`] backend.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,6 +11,7 @@ use ferry_launcher::{Error, Prepared, Result, Service};
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::{AwsBatch, Settings};
+use crate::stage::Staging;
 
 /// How the aws-batch launcher runs.
 #[derive(Debug, Clone)]
@@ -32,6 +33,9 @@ pub struct Config {
     pub poll_interval: Duration,
     /// The SQS queue EventBridge delivers Batch's job state changes to, if any.
     pub events_queue: Option<String>,
+    /// The bucket (`s3://BUCKET[/PREFIX]`) attempts' files are staged in; without one, tasks
+    /// with input or output files are refused.
+    pub staging: Option<String>,
     /// Leave jobs running when the launcher stops, for the next start to adopt (the default).
     pub detach: bool,
 }
@@ -53,6 +57,7 @@ impl Config {
             pending_deadline: Duration::from_secs(600),
             poll_interval: Duration::from_secs(2),
             events_queue: None,
+            staging: None,
             detach: true,
         }
     }
@@ -85,9 +90,37 @@ pub async fn sdk_config(region: Option<&str>, endpoint_url: Option<&str>) -> Res
     Ok(sdk)
 }
 
+/// The staging bucket at `url`, reached through the same region and endpoint as the AWS calls.
+fn staging(config: &Config, url: &str, artifacts: &Path) -> Result<Staging> {
+    let mut options = Vec::new();
+    if let Some(region) = &config.region {
+        options.push(("region", region.clone()));
+    }
+    if let Some(endpoint) = &config.endpoint_url {
+        options.push(("endpoint_url", endpoint.clone()));
+        if endpoint.starts_with("http://") {
+            options.push(("allow_http", "true".into()));
+        }
+    }
+    let store = ferry_artifacts::Store::open_with(url, options)
+        .map_err(|e| Error::Config(format!("--aws-batch-staging: {e}")))?;
+    if store.kind() != ferry_artifacts::Kind::S3 {
+        return Err(Error::Config(format!(
+            "--aws-batch-staging {url:?}: jobs fetch and send their files with URLs that S3 signs: name an S3 bucket, \
+             s3://BUCKET[/PREFIX]"
+        )));
+    }
+    Ok(Staging {
+        store,
+        artifact_dir: artifacts.to_path_buf(),
+        limits: Default::default(),
+    })
+}
+
 /// The backend as [`run`] makes it, for the launcher whose journal is `journal` (whose identity
-/// its jobs are tagged with, so that a restart finds the jobs its previous run left).
-pub async fn backend(config: &Config, journal: &Journal) -> Result<AwsBatch> {
+/// its jobs are tagged with, so that a restart finds the jobs its previous run left), keeping
+/// output files in `artifacts`.
+pub async fn backend(config: &Config, journal: &Journal, artifacts: &Path) -> Result<AwsBatch> {
     let launcher = journal.identity().map_err(|source| Error::Io {
         what: format!(
             "cannot keep the launcher's identity beside {}",
@@ -108,12 +141,17 @@ pub async fn backend(config: &Config, journal: &Journal) -> Result<AwsBatch> {
     settings.kill_grace = config.service.kill_grace;
     settings.poll_interval = config.poll_interval;
     settings.events_queue = config.events_queue.clone().filter(|q| !q.trim().is_empty());
+    settings.staging = match config.staging.as_deref().filter(|s| !s.trim().is_empty()) {
+        Some(url) => Some(staging(config, url, artifacts)?),
+        None => None,
+    };
     tracing::info!(
         region = sdk.region().map(|r| r.as_ref()).unwrap_or(""),
         endpoint = config.endpoint_url.as_deref().unwrap_or("(AWS)"),
         job_queue = settings.job_queue.as_deref().unwrap_or("(per task)"),
         compute_environment = settings.compute_environment.as_deref().unwrap_or("(per task)"),
         events_queue = settings.events_queue.as_deref().unwrap_or("(none: polling alone)"),
+        staging = settings.staging.as_ref().map(|s| s.store.url()).unwrap_or("(none: tasks with files are refused)"),
         launcher = %settings.launcher,
         "aws-batch launcher starting"
     );
@@ -129,9 +167,13 @@ pub async fn backend(config: &Config, journal: &Journal) -> Result<AwsBatch> {
 /// running when it stops (unless `detach` is off); the next start on the same data directory
 /// adopts them.
 pub async fn run(mut config: Config, bus: Arc<dyn Bus>, shutdown: CancellationToken) -> Result<()> {
-    // Output files are not collected by this backend yet: its artifact directory stays empty.
-    let Prepared { runtime, journal, .. } = config.service.prepare()?;
-    let backend = backend(&config, &journal).await?;
+    let Prepared {
+        runtime,
+        journal,
+        artifacts,
+        ..
+    } = config.service.prepare()?;
+    let backend = backend(&config, &journal, &artifacts).await?;
     let result = ferry_launcher::run(runtime, journal, Arc::new(backend), bus, shutdown).await;
     tracing::info!("aws-batch launcher stopped");
     result

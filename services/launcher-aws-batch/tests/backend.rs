@@ -83,7 +83,7 @@ async fn definitions_are_registered_once_and_jobs_carry_the_attempts_tags() {
         .map(|memory| {
             let (vcpus, memory_mib) = names::size(AwsBatchPlatform::Fargate, None, memory, 0).unwrap();
             names::DefinitionSpec {
-                image: common::image(),
+                image: runner.image.clone(),
                 platform: AwsBatchPlatform::Fargate,
                 vcpus,
                 memory_mib,
@@ -387,13 +387,22 @@ async fn what_batch_cannot_honour_is_refused_before_anything_is_submitted() {
     let e = refused(&d);
     assert!(e.contains("env.TOKEN") && e.contains("DescribeJobs"), "{e}");
 
+    // Without a staging bucket, files are refused naming the flag that brings them.
     let mut d = ok.clone();
     d.input_files.insert("data.csv".into(), Template::text("x"));
-    assert!(refused(&d).contains("inputFiles.data.csv"));
+    let e = refused(&d);
+    assert!(
+        e.contains("inputFiles.data.csv") && e.contains("--aws-batch-staging"),
+        "{e}"
+    );
 
     let mut d = ok.clone();
     d.output_files.push("*.csv".into());
-    assert!(refused(&d).contains("outputFiles"));
+    let e = refused(&d);
+    assert!(
+        e.contains("outputFiles") && e.contains("--aws-batch-staging"),
+        "{e}"
+    );
 
     let mut d = ok.clone();
     d.command.push(Template(vec![Part::WorkingDir]));

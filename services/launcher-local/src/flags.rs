@@ -71,6 +71,11 @@ pub struct Flags {
     /// every --aws-batch-poll-interval only as the fallback (set that longer then, e.g. 30s)
     #[arg(long, env = "FERRY_AWS_BATCH_EVENTS_QUEUE", value_name = "URL")]
     pub aws_batch_events_queue: Option<String>,
+    /// The S3 bucket (s3://BUCKET[/PREFIX]) the aws-batch launcher stages each attempt's input
+    /// files, outputs and output files in, under a prefix per attempt removed when it ends;
+    /// without one, tasks with inputFiles or outputFiles are refused
+    #[arg(long, env = "FERRY_AWS_BATCH_STAGING", value_name = "URL")]
+    pub aws_batch_staging: Option<String>,
     /// The Docker engine's address (unix:///path or tcp://host:port) [default: DOCKER_HOST, else
     /// the local socket]
     #[arg(long, env = "FERRY_DOCKER_HOST", value_name = "URL")]

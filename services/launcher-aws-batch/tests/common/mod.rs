@@ -24,6 +24,7 @@ use ferry_event::template::Template;
 use ferry_launcher::Backend;
 use ferry_launcher::conformance::{Program, Target};
 use ferry_launcher::journal::Journal;
+use ferry_launcher_aws_batch::stage::Staging;
 use ferry_launcher_aws_batch::{AwsBatch, Settings, names};
 
 pub const REGION: &str = "us-east-1";
@@ -45,6 +46,30 @@ pub fn moto() -> Result<String, String> {
 
 pub fn image() -> String {
     std::env::var("FERRY_TEST_DOCKER_IMAGE").unwrap_or_else(|_| "ferry-test/busybox:1".to_string())
+}
+
+/// The test scripts' busybox with curl, which staged files need to be sent back.
+pub fn curl_image() -> String {
+    std::env::var("FERRY_TEST_CURL_IMAGE").unwrap_or_else(|_| "ferry-test/curl:1".to_string())
+}
+
+/// A staging bucket of its own on moto: the store under its prefix `stage`, and the whole
+/// bucket.
+pub fn staging_store(endpoint: &str) -> (ferry_artifacts::Store, ferry_artifacts::Store) {
+    let bucket = ferry_artifacts::testing::moto_bucket(endpoint, "staging");
+    let open = |url: String| {
+        ferry_artifacts::Store::open_with(&url, ferry_artifacts::testing::moto_options(endpoint))
+            .expect("the staging bucket opens")
+    };
+    (
+        open(format!("s3://{bucket}/stage")),
+        open(format!("s3://{bucket}")),
+    )
+}
+
+/// Everything staged in the bucket `whole` under the prefix `stage`.
+pub async fn staged(whole: &ferry_artifacts::Store) -> Vec<String> {
+    whole.list_under("stage").await.expect("list the staging bucket")
 }
 
 /// An SDK configuration for moto: fixed test credentials, one region, and an HTTP client that
@@ -243,6 +268,9 @@ pub struct BatchTarget {
     pub endpoint: String,
     pub batch: aws_sdk_batch::Client,
     pub compute_environment: String,
+    /// Where attempts' files are staged, and its whole bucket.
+    pub staging: ferry_artifacts::Store,
+    pub staging_bucket: ferry_artifacts::Store,
 }
 
 impl BatchTarget {
@@ -250,11 +278,14 @@ impl BatchTarget {
         let sdk = sdk(&endpoint).await;
         let batch = aws_sdk_batch::Client::new(&sdk);
         let compute_environment = compute_environment(&endpoint, &batch).await;
+        let (staging, staging_bucket) = staging_store(&endpoint);
         BatchTarget {
             sdk,
             endpoint,
             batch,
             compute_environment,
+            staging,
+            staging_bucket,
         }
     }
 
@@ -262,21 +293,36 @@ impl BatchTarget {
         names::queue_name(&self.compute_environment)
     }
 
-    /// A runner of the test image on the target's environment, sized as on Fargate (moto runs
-    /// every job on its Docker engine, whatever the platform).
+    /// A runner of the test image with curl on the target's environment, sized as on Fargate
+    /// (moto runs every job on its Docker engine, whatever the platform).
     pub fn runner(&self) -> AwsBatchRunner {
         AwsBatchRunner {
-            image: image(),
+            image: curl_image(),
             compute_environment: Some(self.compute_environment.clone()),
             platform: Some(AwsBatchPlatform::Fargate),
             ..AwsBatchRunner::default()
         }
     }
 
+    /// The backend, without a staging bucket.
     pub fn make(&self, launcher: String) -> AwsBatch {
         let mut settings = Settings::new(launcher);
         settings.poll_interval = Duration::from_millis(200);
         settings.kill_grace = Duration::from_secs(1);
+        AwsBatch::new(&self.sdk, settings)
+    }
+
+    /// The backend staging files in the target's bucket, keeping output files in `data_dir`'s
+    /// artifact directory.
+    pub fn make_staged(&self, launcher: String, data_dir: &Path) -> AwsBatch {
+        let mut settings = Settings::new(launcher);
+        settings.poll_interval = Duration::from_millis(200);
+        settings.kill_grace = Duration::from_secs(1);
+        settings.staging = Some(Staging {
+            store: self.staging.clone(),
+            artifact_dir: data_dir.join("artifacts"),
+            limits: Default::default(),
+        });
         AwsBatch::new(&self.sdk, settings)
     }
 }
@@ -287,9 +333,9 @@ impl Target for BatchTarget {
         ferry_launcher_aws_batch::BACKEND
     }
 
-    async fn backend(&self, _: &Path, journal: &Journal) -> Arc<dyn Backend> {
+    async fn backend(&self, data_dir: &Path, journal: &Journal) -> Arc<dyn Backend> {
         let launcher = journal.identity().expect("the launcher's identity");
-        Arc::new(self.make(launcher))
+        Arc::new(self.make_staged(launcher, data_dir))
     }
 
     fn command(&self, program: &Program) -> (Runner, Vec<Template>) {
@@ -308,12 +354,14 @@ impl Target for BatchTarget {
 
     async fn leftovers(&self, _: &Path) -> Vec<String> {
         // Jobs that ended stay listed for days on Batch, holding no compute: only those that
-        // have not ended are left over.
-        active_jobs(&self.batch, &self.queue())
+        // have not ended are left over, and files staged for them.
+        let mut left: Vec<String> = active_jobs(&self.batch, &self.queue())
             .await
             .into_iter()
             .map(|(name, _)| name)
-            .collect()
+            .collect();
+        left.extend(staged(&self.staging_bucket).await);
+        left
     }
 
     async fn kill(&self, attempt_id: &str) -> Result<(), String> {
@@ -335,19 +383,6 @@ impl Target for BatchTarget {
 
     fn cannot(&self, case: &str) -> Option<&'static str> {
         match case {
-            "a_task_sees_the_ferry_environment" => Some(
-                "no $FERRY_OUTPUTS or $FERRY_WORKING_DIR yet: they need the attempt's S3 staging, which the aws-batch \
-                 backend does not have",
-            ),
-            "input_files_arrive_and_hostile_names_create_nothing" => Some(
-                "input files need the attempt's S3 staging, which the aws-batch backend does not have yet",
-            ),
-            "outputs_and_output_files_come_back" => {
-                Some("outputs need the attempt's S3 staging, which the aws-batch backend does not have yet")
-            }
-            "subtasks_come_back_only_from_a_success" => Some(
-                "$FERRY_SUBTASKS needs the attempt's S3 staging, which the aws-batch backend does not have yet",
-            ),
             "secrets_are_masked_in_lines_outputs_and_errors" => Some(
                 "the aws-batch backend refuses secrets: a job's command and environment are shown to anyone allowed \
                  DescribeJobs (tested in tests/backend.rs)",

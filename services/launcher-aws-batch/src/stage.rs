@@ -1,0 +1,398 @@
+//! Files through S3: an attempt's input files, `$FERRY_OUTPUTS`, `$FERRY_SUBTASKS` and output
+//! files, staged under a prefix of its own in the staging bucket (`--aws-batch-staging`).
+//!
+//! A Batch job has no volume the launcher can write into or read from, and the task's image
+//! is the user's: the job's command is the task's, wrapped in a small `sh` script ([`SCRIPT`])
+//! that fetches the inputs before the task runs and sends what it left after it succeeded,
+//! through presigned URLs — one per object, each good for one method and until it expires, so
+//! the job needs no AWS credentials or role of its own for them, and can touch nothing else in
+//! the bucket. Under the attempt's prefix:
+//!
+//! - `inputs.tar`: the input files as an archive of `ferry/` (when the task has some), made
+//!   and checked by [`ferry_launcher::archive::append_inputs`], put before the job is submitted;
+//! - `outputs.json`, `subtasks.json`: the files at `$FERRY_OUTPUTS` and `$FERRY_SUBTASKS`, when
+//!   the task wrote them;
+//! - `files.tar`: the working directory as an archive of `ferry/` (when the task has
+//!   `outputFiles`), of which the launcher keeps what matches the patterns, with the checks
+//!   of every backend ([`ferry_launcher::archive::extract`]).
+//!
+//! The task runs in `/ferry` (`$TMPDIR/ferry` when the image's user cannot make `/ferry`),
+//! `$FERRY_WORKING_DIR`, with `$FERRY_OUTPUTS` in a directory beside it, as on the docker
+//! backend. The image needs
+//! `sh`; to fetch input files `tar` and one of `curl`, `wget` or `python3`; to send outputs and
+//! output files `curl` or `python3` (and `tar` for output files). A staging step that fails
+//! (an image without those tools, a bucket that refuses) ends the job with status
+//! [`STAGE_FAILED`] and says why on its standard error, in the task's log. Release removes
+//! the prefix.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ferry_artifacts::{Method, Store};
+use ferry_event::payload::TaskDispatched;
+use ferry_launcher::archive::{ExtractError, InputFile, Limits};
+use ferry_launcher::backend::{AttemptError, BackendResult, Collected, Task};
+use ferry_launcher::collect::{MAX_OUTPUTS_BYTES, MAX_SUBTASKS_BYTES};
+use futures::StreamExt;
+
+/// The exit status of a job whose staging failed (as `docker run`'s own failures are 125).
+pub const STAGE_FAILED: i32 = 125;
+
+/// The directory the task runs in, and the name of its archives' top directory.
+const WORK: &str = "ferry";
+
+/// The longest a presigned URL is good for (S3's limit with SigV4).
+const MAX_URL_LIFE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// How long the job's results may take to arrive beyond its pending deadline and timeout.
+const URL_MARGIN: Duration = Duration::from_secs(3600);
+
+/// The wrapper: `sh -c SCRIPT ferry-stage COMMAND...`. It keeps the URLs from its environment
+/// and takes them out of the task's; runs the task as its child, passing on SIGTERM (Batch's
+/// stop) so that the task gets its grace; and stages only after the task succeeded.
+pub const SCRIPT: &str = r#"set -u
+fail() { echo "ferry-stage: $*" >&2; exit 125; }
+py='import os,shutil,sys,urllib.request as u
+m,url,f=sys.argv[1:4]
+if m=="get":
+    with u.urlopen(url) as r, open(f,"wb") as o: shutil.copyfileobj(r,o)
+else:
+    with open(f,"rb") as i: u.urlopen(u.Request(url,data=i,method="PUT",headers={"Content-Length":str(os.path.getsize(f))})).close()'
+fetch() {
+  if command -v curl >/dev/null 2>&1; then curl -fsS --retry 5 -o "$2" "$1"
+  elif command -v wget >/dev/null 2>&1; then wget -q -O "$2" "$1"
+  elif command -v python3 >/dev/null 2>&1; then python3 -c "$py" get "$1" "$2"
+  else fail "the image has none of curl, wget or python3 to fetch the input files with"; fi
+}
+send() {
+  if command -v curl >/dev/null 2>&1; then curl -fsS --retry 5 -o /dev/null -T "$1" "$2"
+  elif command -v python3 >/dev/null 2>&1; then python3 -c "$py" put "$2" "$1"
+  else fail "the image has neither curl nor python3 to send $3 with"; fi
+}
+s_in=${FERRY_STAGE_INPUTS:-} s_out=${FERRY_STAGE_OUTPUTS:-} s_sub=${FERRY_STAGE_SUBTASKS:-} s_files=${FERRY_STAGE_FILES:-}
+unset FERRY_STAGE_INPUTS FERRY_STAGE_OUTPUTS FERRY_STAGE_SUBTASKS FERRY_STAGE_FILES
+top=/
+mkdir -p /ferry /ferry-outputs 2>/dev/null || top=${TMPDIR:-/tmp}/
+w=${top}ferry o=${top}ferry-outputs
+mkdir -p "$w" "$o" || fail "cannot make the working directory $w"
+if [ -n "$s_in" ]; then
+  fetch "$s_in" "$o/.inputs.tar" || fail "cannot fetch the input files"
+  tar -xf "$o/.inputs.tar" -C "$top" || fail "cannot unpack the input files into $w"
+  rm -f "$o/.inputs.tar"
+fi
+cd "$w" || fail "cannot enter $w"
+export FERRY_WORKING_DIR="$w" FERRY_OUTPUTS="$o/outputs.json" FERRY_SUBTASKS="$o/subtasks.json"
+"$@" &
+pid=$!
+trap 'kill -TERM "$pid" 2>/dev/null' TERM INT
+wait "$pid"
+code=$?
+while kill -0 "$pid" 2>/dev/null; do wait "$pid"; code=$?; done
+[ "$code" -eq 0 ] || exit "$code"
+if [ -f "$FERRY_OUTPUTS" ]; then send "$FERRY_OUTPUTS" "$s_out" '$FERRY_OUTPUTS' || fail 'cannot send $FERRY_OUTPUTS'; fi
+if [ -f "$FERRY_SUBTASKS" ]; then send "$FERRY_SUBTASKS" "$s_sub" '$FERRY_SUBTASKS' || fail 'cannot send $FERRY_SUBTASKS'; fi
+if [ -n "$s_files" ]; then
+  cd "$top" && tar -cf "$o/.files.tar" ferry || fail "cannot archive the working directory for outputFiles"
+  send "$o/.files.tar" "$s_files" "the output files" || fail "cannot send the output files"
+fi
+exit 0
+"#;
+
+/// Where staged files go, and where collected output files are kept.
+#[derive(Debug, Clone)]
+pub struct Staging {
+    /// The staging bucket (an `s3://` store).
+    pub store: Store,
+    /// The launcher's artifact directory, which output files are copied into (and from there
+    /// to its artifact store, when it has one).
+    pub artifact_dir: PathBuf,
+    pub limits: Limits,
+}
+
+/// The prefix of an attempt's staged files in the staging bucket.
+pub fn prefix(d: &TaskDispatched) -> String {
+    ferry_artifacts::attempt_key(&d.job_id, &d.task_id, &d.attempt_id, "")
+        .trim_end_matches('/')
+        .to_string()
+}
+
+fn key(prefix: &str, name: &str) -> String {
+    format!("{prefix}/{name}")
+}
+
+fn store_error(what: &str, e: ferry_artifacts::Error) -> AttemptError {
+    let m = format!("{what}: {e}");
+    if e.is_transient() {
+        AttemptError::Unavailable(m)
+    } else {
+        AttemptError::Platform(m)
+    }
+}
+
+/// The job's command and the environment its wrapper reads: `command` wrapped in [`SCRIPT`],
+/// the task's input files put under `prefix`, and a URL for each thing the job may send back.
+pub async fn prepare(
+    staging: &Staging,
+    task: Task<'_>,
+    prefix: &str,
+    command: Vec<String>,
+    url_life: Duration,
+) -> BackendResult<(Vec<String>, Vec<(String, String)>)> {
+    let d = task.dispatch;
+    let mut env = Vec::with_capacity(4);
+    let sign = |method: Method, name: &'static str| {
+        let key = key(prefix, name);
+        async move {
+            staging
+                .store
+                .signed_url(method, &key, url_life)
+                .await
+                .map(String::from)
+                .map_err(|e| store_error("cannot sign a staging URL", e))
+        }
+    };
+    if !d.input_files.is_empty() {
+        let mut files = Vec::with_capacity(d.input_files.len());
+        for (path, t) in &d.input_files {
+            files.push(InputFile {
+                path: path.clone(),
+                contents: task.fill(t, &format!("inputFiles.{path}"), "")?.into_bytes(),
+            });
+        }
+        let mut tar = tar::Builder::new(Vec::new());
+        ferry_launcher::archive::append_inputs(&mut tar, WORK, &files).map_err(|e| match e {
+            ExtractError::Refused(m) => AttemptError::Task(m),
+            e => AttemptError::Platform(e.to_string()),
+        })?;
+        let archive = tar
+            .into_inner()
+            .map_err(|e| AttemptError::Platform(format!("cannot archive the input files: {e}")))?;
+        let inputs = key(prefix, "inputs.tar");
+        staging
+            .store
+            .put(&inputs, archive.into())
+            .await
+            .map_err(|e| store_error("cannot stage the input files", e))?;
+        env.push((
+            "FERRY_STAGE_INPUTS".into(),
+            sign(Method::GET, "inputs.tar").await?,
+        ));
+    }
+    env.push((
+        "FERRY_STAGE_OUTPUTS".into(),
+        sign(Method::PUT, "outputs.json").await?,
+    ));
+    env.push((
+        "FERRY_STAGE_SUBTASKS".into(),
+        sign(Method::PUT, "subtasks.json").await?,
+    ));
+    if !d.output_files.is_empty() {
+        env.push(("FERRY_STAGE_FILES".into(), sign(Method::PUT, "files.tar").await?));
+    }
+    let mut wrapped = Vec::with_capacity(command.len() + 4);
+    wrapped.extend(["sh", "-c", SCRIPT, "ferry-stage"].map(String::from));
+    wrapped.extend(command);
+    Ok((wrapped, env))
+}
+
+/// How long the URLs of an attempt must stay good: while its job may wait and run, and an
+/// hour more, at most S3's seven days.
+pub fn url_life(pending_deadline: Duration, timeout_ms: Option<u64>, grace: Duration) -> Duration {
+    match timeout_ms {
+        Some(ms) => (pending_deadline + Duration::from_millis(ms) + grace + URL_MARGIN).min(MAX_URL_LIFE),
+        None => MAX_URL_LIFE,
+    }
+}
+
+/// At most `max` bytes of the staged object `name`; `None` when the job sent none.
+async fn read_at_most(store: &Store, key: &str, max: u64) -> BackendResult<Option<Vec<u8>>> {
+    let (size, mut stream) = match store.get(key).await {
+        Ok(got) => got,
+        Err(ferry_artifacts::Error::NotFound(_)) => return Ok(None),
+        Err(e) => return Err(store_error("cannot read what the job staged", e)),
+    };
+    let mut bytes = Vec::with_capacity(size.min(max) as usize);
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| store_error("cannot read what the job staged", e))?;
+        let room = (max as usize).saturating_sub(bytes.len());
+        bytes.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if bytes.len() as u64 >= max {
+            break;
+        }
+    }
+    Ok(Some(bytes))
+}
+
+/// What a job that succeeded staged: its outputs, its subtasks and the output files, these
+/// copied into the artifact directory.
+pub async fn collect(staging: &Staging, task: Task<'_>, prefix: &str) -> BackendResult<Collected> {
+    let d = task.dispatch;
+    let store = &staging.store;
+    let outputs = read_at_most(store, &key(prefix, "outputs.json"), MAX_OUTPUTS_BYTES + 1).await?;
+    let subtasks = read_at_most(store, &key(prefix, "subtasks.json"), MAX_SUBTASKS_BYTES + 1).await?;
+    if d.output_files.is_empty() {
+        return Ok(Collected {
+            outputs,
+            subtasks,
+            files: Vec::new(),
+        });
+    }
+    let mut patterns = Vec::with_capacity(d.output_files.len());
+    for p in &d.output_files {
+        ferry_flow::rules::output_pattern(p)
+            .map_err(|why| AttemptError::Task(format!("outputFiles: pattern {p:?} is refused: {why}")))?;
+        patterns.push(
+            glob::Pattern::new(p)
+                .map_err(|e| AttemptError::Task(format!("outputFiles: pattern {p:?} is invalid: {e}")))?,
+        );
+    }
+    let archive = key(prefix, "files.tar");
+    let (_, stream) = match store.get(&archive).await {
+        Ok(got) => got,
+        Err(ferry_artifacts::Error::NotFound(_)) => {
+            return Err(AttemptError::Platform(format!(
+                "outputFiles: the job succeeded but sent no archive of its working directory to {}: its log says \
+                 why (ferry-stage)",
+                store.uri(&archive)
+            )));
+        }
+        Err(e) => return Err(store_error("cannot read the job's output files", e)),
+    };
+    let dest = staging
+        .artifact_dir
+        .join(ferry_launcher::collect::attempt_artifacts(d));
+    tokio::fs::create_dir_all(&dest).await.map_err(|e| {
+        AttemptError::Platform(format!(
+            "cannot create the artifact directory {}: {e}",
+            dest.display()
+        ))
+    })?;
+    let reader = tokio_util::io::StreamReader::new(stream.map(|r| r.map_err(std::io::Error::other)));
+    let limits = staging.limits;
+    let extracted = tokio::task::spawn_blocking(move || {
+        let reader = tokio_util::io::SyncIoBridge::new(reader);
+        ferry_launcher::archive::extract(reader, WORK, &patterns, &dest, limits)
+    })
+    .await
+    .map_err(|e| AttemptError::Platform(format!("the output files' extraction failed: {e}")))?
+    .map_err(|e| match e {
+        ExtractError::Refused(m) => AttemptError::Task(m),
+        e => AttemptError::Unavailable(format!(
+            "cannot take the output files out of {}: {e}",
+            store.uri(&archive)
+        )),
+    })?;
+    Ok(Collected {
+        outputs,
+        subtasks,
+        files: extracted.into_output_files()?,
+    })
+}
+
+/// Removes everything staged under `prefix`.
+pub async fn remove(staging: &Staging, prefix: &str) -> BackendResult<()> {
+    staging
+        .store
+        .remove_under(prefix)
+        .await
+        .map(drop)
+        .map_err(|e| store_error("cannot remove the attempt's staged files", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_last_while_the_job_may_wait_and_run_and_no_longer_than_s3_allows() {
+        let ten_min = Duration::from_secs(600);
+        assert_eq!(
+            url_life(ten_min, Some(60_000), Duration::from_secs(30)),
+            Duration::from_secs(600 + 60 + 30 + 3600)
+        );
+        assert_eq!(url_life(ten_min, None, Duration::ZERO), MAX_URL_LIFE);
+        assert_eq!(
+            url_life(ten_min, Some(30 * 24 * 3600 * 1000), Duration::ZERO),
+            MAX_URL_LIFE
+        );
+    }
+
+    /// The wrapper run by the machine's own `sh` with a stand-in for each tool: inputs land in
+    /// the working directory, the task sees none of the staging URLs, outputs go where their
+    /// URL says, and a failed task's status comes back unchanged with nothing sent.
+    #[test]
+    fn the_wrapper_stages_around_the_task_with_the_images_own_tools() {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("bin");
+        let sent = dir.path().join("sent");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::create_dir_all(&sent).unwrap();
+        // A curl that "fetches" a local file and "sends" by copying into `sent/<url>`.
+        let curl = format!(
+            "#!/bin/sh\nout=; up=; while [ $# -gt 1 ]; do case $1 in -o) out=$2; shift;; -T) up=$2; shift;; esac; shift; done\n\
+             if [ -n \"$up\" ]; then cp \"$up\" {sent}/$1; else cp \"$1\" \"$out\"; fi\n",
+            sent = sent.display()
+        );
+        // A mkdir that cannot make /ferry, as for an image's user who is not root.
+        let mkdir = "#!/bin/sh\nfor a; do case $a in /ferry|/ferry-outputs) exit 1;; esac; done\nexec /bin/mkdir \"$@\"\n";
+        for (name, script) in [("curl", curl.as_str()), ("mkdir", mkdir)] {
+            std::fs::write(bin.join(name), script).unwrap();
+            std::fs::set_permissions(
+                bin.join(name),
+                std::os::unix::fs::PermissionsExt::from_mode(0o755),
+            )
+            .unwrap();
+        }
+        let mut tar = tar::Builder::new(Vec::new());
+        ferry_launcher::archive::append_inputs(
+            &mut tar,
+            WORK,
+            &[InputFile {
+                path: "in/data.txt".into(),
+                contents: b"hello".to_vec(),
+            }],
+        )
+        .unwrap();
+        let inputs = dir.path().join("inputs.tar");
+        std::fs::write(&inputs, tar.into_inner().unwrap()).unwrap();
+        let tmp = dir.path().join("tmp");
+        std::fs::create_dir_all(&tmp).unwrap();
+        let run = |task: &str| {
+            std::process::Command::new("sh")
+                .args(["-c", SCRIPT, "ferry-stage", "sh", "-c", task])
+                .env_clear()
+                .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
+                .env("TMPDIR", &tmp)
+                .env("FERRY_STAGE_INPUTS", &inputs)
+                .env("FERRY_STAGE_OUTPUTS", "outputs")
+                .env("FERRY_STAGE_SUBTASKS", "subtasks")
+                .env("FERRY_STAGE_FILES", "files")
+                .output()
+                .unwrap()
+        };
+        let out = run(
+            "set -e; [ -z \"${FERRY_STAGE_OUTPUTS:-}\" ]; [ \"$(cat in/data.txt)\" = hello ]; \
+             echo '{\"n\": 1}' > \"$FERRY_OUTPUTS\"; mkdir out; echo r > out/report.txt",
+        );
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(
+            std::fs::read_to_string(sent.join("outputs")).unwrap(),
+            "{\"n\": 1}\n"
+        );
+        assert!(!sent.join("subtasks").exists());
+        let mut names: Vec<String> = tar::Archive::new(std::fs::File::open(sent.join("files")).unwrap())
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().display().to_string())
+            .collect();
+        names.sort();
+        assert!(names.contains(&"ferry/out/report.txt".to_string()), "{names:?}");
+        for f in ["outputs", "files"] {
+            std::fs::remove_file(sent.join(f)).unwrap();
+        }
+        std::fs::remove_dir_all(tmp.join("ferry")).unwrap();
+        let out = run("echo '{}' > \"$FERRY_OUTPUTS\"; exit 3");
+        assert_eq!(out.status.code(), Some(3));
+        assert_eq!(std::fs::read_dir(&sent).unwrap().count(), 0);
+    }
+}
