@@ -34,8 +34,9 @@
 //! `$FERRY_OUTPUTS`, `$FERRY_SUBTASKS` and output files, under a prefix per attempt that release
 //! removes. Without one, a task with input or output files is refused before anything is
 //! submitted, and its environment has no `FERRY_OUTPUTS`, so a task that writes outputs fails
-//! where it writes them rather than succeeding without them. Secrets are refused: a job's
-//! container overrides are shown to anyone allowed DescribeJobs.
+//! where it writes them rather than succeeding without them. Secrets never go in a job's
+//! container overrides, which anyone allowed DescribeJobs sees: they are staged too (the
+//! variables and the command that hold one), else refused.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -772,8 +773,9 @@ fn spec_of(d: &TaskDispatched, r: &AwsBatchRunner) -> BackendResult<DefinitionSp
     })
 }
 
-/// What this backend refuses to put where Batch shows it, or cannot bring yet.
-fn check_templates(d: &TaskDispatched) -> BackendResult<()> {
+/// What this backend refuses to put where Batch shows it, or cannot bring: secrets without a
+/// staging bucket (`staged`) to pass them through.
+fn check_templates(d: &TaskDispatched, staged: bool) -> BackendResult<()> {
     let fields = d
         .command
         .iter()
@@ -782,11 +784,22 @@ fn check_templates(d: &TaskDispatched) -> BackendResult<()> {
         .chain(d.env.iter().map(|(k, t)| (format!("env.{k}"), t)));
     for (field, t) in fields {
         if let Some(name) = t.secrets().next() {
-            return Err(AttemptError::Task(format!(
-                "{field} uses secret('{name}'), which the aws-batch backend refuses: a job's command and environment \
-                 are shown to anyone allowed batch:DescribeJobs. Give the job's role (runner.jobRoleArn) access to \
-                 the secret in AWS Secrets Manager and read it from the task"
-            )));
+            if !staged {
+                return Err(AttemptError::Task(format!(
+                    "{field} uses secret('{name}'), which this aws-batch launcher refuses: a job's command and \
+                     environment are shown to anyone allowed batch:DescribeJobs, and it has no staging bucket to pass \
+                     secrets through instead (--aws-batch-staging s3://BUCKET[/PREFIX]). Or give the job's role \
+                     (runner.jobRoleArn) access to the secret in AWS Secrets Manager and read it from the task"
+                )));
+            }
+            if let Some(var) = field.strip_prefix("env.")
+                && !crate::stage::is_shell_name(var)
+            {
+                return Err(AttemptError::Task(format!(
+                    "{field} uses secret('{name}'): on aws-batch a variable holding a secret is set by the job's \
+                     shell, and {var:?} is not a name it can set (letters, digits and _, not starting with a digit)"
+                )));
+            }
         }
         if t.0.iter().any(|p| matches!(p, Part::WorkingDir)) {
             return Err(AttemptError::Task(format!(
@@ -798,10 +811,14 @@ fn check_templates(d: &TaskDispatched) -> BackendResult<()> {
     Ok(())
 }
 
-/// A job's command and its environment's variables, filled.
+/// A job's command and its environment's variables, filled; those holding a secret apart.
 struct Filled {
     command: Vec<String>,
+    /// Whether an argument of the command holds a secret.
+    command_secret: bool,
     env: Vec<(String, String)>,
+    /// The variables holding a secret.
+    secret_env: Vec<(String, String)>,
 }
 
 fn fill_all(task: Task<'_>) -> BackendResult<Filled> {
@@ -813,14 +830,26 @@ fn fill_all(task: Task<'_>) -> BackendResult<Filled> {
         .enumerate()
         .map(|(i, t)| fill(t, &format!("command[{i}]")))
         .collect::<BackendResult<Vec<_>>>()?;
+    let command_secret = d.command.iter().any(|t| t.secrets().next().is_some());
     let mut env: Vec<(String, String)> = Vec::with_capacity(d.env.len() + 3);
+    let mut secret_env = Vec::new();
     for (name, t) in &d.env {
-        env.push((name.clone(), fill(t, &format!("env.{name}"))?));
+        let value = fill(t, &format!("env.{name}"))?;
+        if t.secrets().next().is_some() {
+            secret_env.push((name.clone(), value));
+        } else {
+            env.push((name.clone(), value));
+        }
     }
     env.push(("FERRY_JOB_ID".into(), d.job_id.clone()));
     env.push(("FERRY_TASK_ID".into(), d.task_id.clone()));
     env.push(("FERRY_ATTEMPT_ID".into(), d.attempt_id.clone()));
-    Ok(Filled { command, env })
+    Ok(Filled {
+        command,
+        command_secret,
+        env,
+        secret_env,
+    })
 }
 
 /// Batch's timeout for a task's: the task's plus the kill grace, whole seconds, at least
@@ -903,7 +932,7 @@ impl Backend for AwsBatch {
             ferry_flow::rules::input_file_name(name)
                 .map_err(|why| task(format!("inputFiles: {name:?} is refused: {why}")))?;
         }
-        check_templates(d)
+        check_templates(d, self.0.settings.staging.is_some())
     }
 
     async fn reserve(&self, task: Task<'_>) -> BackendResult<Compute> {
@@ -944,7 +973,12 @@ impl Backend for AwsBatch {
         }
         // Everything of the task's is filled before anything is submitted: a template that
         // cannot be filled leaves no job.
-        let Filled { command, mut env } = fill_all(task)?;
+        let Filled {
+            command,
+            command_secret,
+            mut env,
+            secret_env,
+        } = fill_all(task)?;
         let command = match (&self.0.settings.staging, &h.stage) {
             (Some(staging), Some(prefix)) => {
                 let life = crate::stage::url_life(
@@ -952,9 +986,23 @@ impl Backend for AwsBatch {
                     d.timeout_ms,
                     self.0.settings.kill_grace,
                 );
-                let (command, urls) = crate::stage::prepare(staging, task, prefix, command, life).await?;
+                let job = crate::stage::Job {
+                    command,
+                    command_secret,
+                    secret_env,
+                };
+                let (command, urls) = crate::stage::prepare(staging, task, prefix, job, life).await?;
                 env.extend(urls);
                 command
+            }
+            // Never in the clear: an attempt reserved before the launcher had a staging bucket
+            // has nowhere to put them.
+            _ if command_secret || !secret_env.is_empty() => {
+                return Err(AttemptError::Task(
+                    "the task uses secrets, and this attempt has no staging prefix to pass them through: a job's \
+                     command and environment are shown to anyone allowed batch:DescribeJobs"
+                        .into(),
+                ));
             }
             _ => command,
         };

@@ -10,6 +10,9 @@
 //!
 //! - `inputs.tar`: the input files as an archive of `ferry/` (when the task has some), made
 //!   and checked by [`ferry_launcher::archive::append_inputs`], put before the job is submitted;
+//! - `secrets.sh`: the variables that hold a secret, and the command when an argument holds
+//!   one, as `sh` the wrapper sources (then deletes, from its disk and the bucket) before the
+//!   task starts: never in the job's container overrides, which DescribeJobs shows;
 //! - `outputs.json`, `subtasks.json`: the files at `$FERRY_OUTPUTS` and `$FERRY_SUBTASKS`, when
 //!   the task wrote them;
 //! - `files.tar`: the working directory as an archive of `ferry/` (when the task has
@@ -56,6 +59,8 @@ py='import os,shutil,sys,urllib.request as u
 m,url,f=sys.argv[1:4]
 if m=="get":
     with u.urlopen(url) as r, open(f,"wb") as o: shutil.copyfileobj(r,o)
+elif m=="delete":
+    u.urlopen(u.Request(url,method="DELETE")).close()
 else:
     with open(f,"rb") as i: u.urlopen(u.Request(url,data=i,method="PUT",headers={"Content-Length":str(os.path.getsize(f))})).close()'
 fetch() {
@@ -70,7 +75,8 @@ send() {
   else fail "the image has neither curl nor python3 to send $3 with"; fi
 }
 s_in=${FERRY_STAGE_INPUTS:-} s_out=${FERRY_STAGE_OUTPUTS:-} s_sub=${FERRY_STAGE_SUBTASKS:-} s_files=${FERRY_STAGE_FILES:-}
-unset FERRY_STAGE_INPUTS FERRY_STAGE_OUTPUTS FERRY_STAGE_SUBTASKS FERRY_STAGE_FILES
+s_sec=${FERRY_STAGE_SECRETS:-} s_drop=${FERRY_STAGE_SECRETS_DROP:-}
+unset FERRY_STAGE_INPUTS FERRY_STAGE_OUTPUTS FERRY_STAGE_SUBTASKS FERRY_STAGE_FILES FERRY_STAGE_SECRETS FERRY_STAGE_SECRETS_DROP
 top=/
 mkdir -p /ferry /ferry-outputs 2>/dev/null || top=${TMPDIR:-/tmp}/
 w=${top}ferry o=${top}ferry-outputs
@@ -79,6 +85,16 @@ if [ -n "$s_in" ]; then
   fetch "$s_in" "$o/.inputs.tar" || fail "cannot fetch the input files"
   tar -xf "$o/.inputs.tar" -C "$top" || fail "cannot unpack the input files into $w"
   rm -f "$o/.inputs.tar"
+fi
+if [ -n "$s_sec" ]; then
+  mask=$(umask)
+  umask 077
+  fetch "$s_sec" "$o/.secrets.sh" || fail "cannot fetch the task's secrets"
+  . "$o/.secrets.sh" || fail "cannot read the task's secrets"
+  rm -f "$o/.secrets.sh"
+  umask "$mask"
+  if command -v curl >/dev/null 2>&1; then curl -fsS -o /dev/null -X DELETE "$s_drop" || true
+  elif command -v python3 >/dev/null 2>&1; then python3 -c "$py" delete "$s_drop" - || true; fi
 fi
 cd "$w" || fail "cannot enter $w"
 export FERRY_WORKING_DIR="$w" FERRY_OUTPUTS="$o/outputs.json" FERRY_SUBTASKS="$o/subtasks.json"
@@ -109,6 +125,41 @@ pub struct Staging {
     pub limits: Limits,
 }
 
+/// What the job runs, filled: the command and the variables holding a secret, which go
+/// through the bucket rather than into the job's container overrides.
+pub struct Job {
+    pub command: Vec<String>,
+    /// Whether an argument of the command holds a secret: then the whole command is staged.
+    pub command_secret: bool,
+    pub secret_env: Vec<(String, String)>,
+}
+
+/// Whether `name` is a variable the wrapper's shell can set.
+pub fn is_shell_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// `value` as one word of `sh`, whatever it holds.
+fn quoted(value: &str) -> String {
+    format!("'{}'", value.replace('\'', r"'\''"))
+}
+
+/// The script the wrapper sources before it runs the task: the secret variables exported,
+/// and the command as its arguments when an argument holds a secret.
+fn secrets_script(job: &Job) -> String {
+    let mut script = String::new();
+    for (name, value) in &job.secret_env {
+        script.push_str(&format!("export {name}={}\n", quoted(value)));
+    }
+    if job.command_secret {
+        let words: Vec<String> = job.command.iter().map(|a| quoted(a)).collect();
+        script.push_str(&format!("set -- {}\n", words.join(" ")));
+    }
+    script
+}
+
 /// The prefix of an attempt's staged files in the staging bucket.
 pub fn prefix(d: &TaskDispatched) -> String {
     ferry_artifacts::attempt_key(&d.job_id, &d.task_id, &d.attempt_id, "")
@@ -135,11 +186,11 @@ pub async fn prepare(
     staging: &Staging,
     task: Task<'_>,
     prefix: &str,
-    command: Vec<String>,
+    job: Job,
     url_life: Duration,
 ) -> BackendResult<(Vec<String>, Vec<(String, String)>)> {
     let d = task.dispatch;
-    let mut env = Vec::with_capacity(4);
+    let mut env = Vec::with_capacity(6);
     let sign = |method: Method, name: &'static str| {
         let key = key(prefix, name);
         async move {
@@ -178,6 +229,24 @@ pub async fn prepare(
             sign(Method::GET, "inputs.tar").await?,
         ));
     }
+    if job.command_secret || !job.secret_env.is_empty() {
+        staging
+            .store
+            .put(
+                &key(prefix, "secrets.sh"),
+                secrets_script(&job).into_bytes().into(),
+            )
+            .await
+            .map_err(|e| store_error("cannot stage the task's secrets", e))?;
+        env.push((
+            "FERRY_STAGE_SECRETS".into(),
+            sign(Method::GET, "secrets.sh").await?,
+        ));
+        env.push((
+            "FERRY_STAGE_SECRETS_DROP".into(),
+            sign(Method::DELETE, "secrets.sh").await?,
+        ));
+    }
     env.push((
         "FERRY_STAGE_OUTPUTS".into(),
         sign(Method::PUT, "outputs.json").await?,
@@ -189,9 +258,12 @@ pub async fn prepare(
     if !d.output_files.is_empty() {
         env.push(("FERRY_STAGE_FILES".into(), sign(Method::PUT, "files.tar").await?));
     }
-    let mut wrapped = Vec::with_capacity(command.len() + 4);
+    let mut wrapped = Vec::with_capacity(job.command.len() + 4);
     wrapped.extend(["sh", "-c", SCRIPT, "ferry-stage"].map(String::from));
-    wrapped.extend(command);
+    // A command holding a secret comes from the staged script.
+    if !job.command_secret {
+        wrapped.extend(job.command);
+    }
     Ok((wrapped, env))
 }
 
@@ -394,5 +466,47 @@ mod tests {
         let out = run("echo '{}' > \"$FERRY_OUTPUTS\"; exit 3");
         assert_eq!(out.status.code(), Some(3));
         assert_eq!(std::fs::read_dir(&sent).unwrap().count(), 0);
+
+        // Secrets: the staged script sets the variables and, when an argument holds one, the
+        // whole command; the file is gone before the task runs.
+        let job = Job {
+            command: vec![
+                "sh".into(),
+                "-c".into(),
+                "echo \"$1 $TOKEN\"; ls -a \"$FERRY_WORKING_DIR/../ferry-outputs\"".into(),
+                "x".into(),
+                "it's".into(),
+            ],
+            command_secret: true,
+            secret_env: vec![("TOKEN".into(), "a 'quoted' $value\n".into())],
+        };
+        let secrets = dir.path().join("secrets.sh");
+        std::fs::write(&secrets, secrets_script(&job)).unwrap();
+        let out = std::process::Command::new("sh")
+            .args(["-c", SCRIPT, "ferry-stage"])
+            .env_clear()
+            .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
+            .env("TMPDIR", &tmp)
+            .env("FERRY_STAGE_SECRETS", &secrets)
+            .env("FERRY_STAGE_SECRETS_DROP", "dropped")
+            .env("FERRY_STAGE_OUTPUTS", "outputs")
+            .env("FERRY_STAGE_SUBTASKS", "subtasks")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.starts_with("it's a 'quoted' $value\n"), "{stdout}");
+        assert!(!stdout.contains(".secrets.sh"), "{stdout}");
+    }
+
+    #[test]
+    fn shell_names_and_words() {
+        for ok in ["TOKEN", "_x", "a1_B"] {
+            assert!(is_shell_name(ok), "{ok}");
+        }
+        for bad in ["", "1A", "MY-VAR", "A.B", "Ä"] {
+            assert!(!is_shell_name(bad), "{bad}");
+        }
+        assert_eq!(quoted("it's"), r"'it'\''s'");
     }
 }

@@ -437,3 +437,77 @@ async fn what_batch_cannot_honour_is_refused_before_anything_is_submitted() {
     d.runner = Runner::default();
     assert!(refused(&d).contains("runner: aws-batch"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_reach_the_job_through_the_bucket_never_its_description() {
+    let Ok(endpoint) = common::moto() else {
+        eprintln!("SKIPPED: FERRY_TEST_MOTO is not set");
+        return;
+    };
+    let target = common::BatchTarget::new(endpoint).await;
+    let data = tempfile::tempdir().unwrap();
+    let backend = target.make_staged("launcher-secrets".into(), data.path());
+    let mut secrets = Secrets::new();
+    secrets.insert("API_TOKEN", "t0ken-that-must-not-show");
+    let id = common::fresh("secret");
+    let mut d = dispatch(&id, Runner::AwsBatch(target.runner()), &["sh", "-c"]);
+    d.command.push(Template(vec![
+        Part::Text("echo \"arg:".into()),
+        Part::Secret("API_TOKEN".into()),
+        Part::Text(" env:$TOKEN\"".into()),
+    ]));
+    d.env
+        .insert("TOKEN".into(), Template(vec![Part::Secret("API_TOKEN".into())]));
+    d.env.insert("PLAIN".into(), Template::text("shown"));
+    backend.check(&d).expect("secrets are staged");
+    let task = Task::new(&d, &secrets);
+    let reserved = backend.reserve(task).await.expect("reserve");
+    let compute = backend.create(task, reserved).await.expect("create");
+    let state = ended(&backend, &compute).await;
+    let h: Handle = compute.handle_as().unwrap();
+    let job = target
+        .batch
+        .describe_jobs()
+        .jobs(h.job_id.clone().unwrap())
+        .send()
+        .await
+        .expect("describe the job");
+    let shown = format!("{:?}", job.jobs());
+    assert!(shown.contains("PLAIN"), "{shown}");
+    assert!(
+        !shown.contains("t0ken"),
+        "a secret in the job's description: {shown}"
+    );
+    match state {
+        ComputeState::Exited(e) => assert!(e.succeeded(), "{e:?}"),
+        other => panic!("{other:?}"),
+    }
+    // The job read it (its log has it; the runtime masks it before anything is published),
+    // and the staged script was dropped once read.
+    let mut log = Vec::new();
+    let mut from = ferry_launcher::backend::LogPosition::default();
+    for _ in 0..100 {
+        let read = backend
+            .read_logs(&compute, ferry_event::payload::Stream::Stdout, &from, 1 << 16)
+            .await
+            .expect("read the log");
+        log.extend_from_slice(&read.bytes);
+        from.stdout += read.bytes.len() as u64;
+        from.cursor = read.cursor;
+        if read.complete {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        String::from_utf8_lossy(&log).trim(),
+        "arg:t0ken-that-must-not-show env:t0ken-that-must-not-show"
+    );
+    let left = common::staged(&target.staging_bucket).await;
+    assert!(
+        !left.iter().any(|u| u.ends_with("/secrets.sh")),
+        "the secrets were left staged: {left:?}"
+    );
+    backend.release(&compute).await.expect("release");
+    assert!(common::staged(&target.staging_bucket).await.is_empty());
+}

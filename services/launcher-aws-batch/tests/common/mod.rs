@@ -383,10 +383,6 @@ impl Target for BatchTarget {
 
     fn cannot(&self, case: &str) -> Option<&'static str> {
         match case {
-            "secrets_are_masked_in_lines_outputs_and_errors" => Some(
-                "the aws-batch backend refuses secrets: a job's command and environment are shown to anyone allowed \
-                 DescribeJobs (tested in tests/backend.rs)",
-            ),
             "shutdown_follows_the_backends_policy"
             | "a_restarted_launcher_serves_and_keeps_adopted_compute_alive" => Some(
                 "moto writes a job's log only once the job has exited, and these cases stop the launcher once a \
