@@ -147,6 +147,9 @@ pub struct Handle {
     /// The prefix of its staged files in the staging bucket, when it has some.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stage: Option<String>,
+    /// That bucket (`s3://BUCKET[/PREFIX]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage_bucket: Option<String>,
 }
 
 /// The aws-batch backend. Cheap to clone.
@@ -247,6 +250,32 @@ impl AwsBatch {
 
     fn handle(&self, compute: &Compute) -> BackendResult<Handle> {
         compute.handle_as()
+    }
+
+    /// The staging bucket of a task whose runner names `bucket`; `None` when it has none.
+    fn stage_store(&self, bucket: Option<&str>) -> BackendResult<Option<ferry_artifacts::Store>> {
+        match &self.0.settings.staging {
+            Some(staging) => staging.for_task(bucket),
+            None => Ok(None),
+        }
+    }
+
+    /// The staging bucket and prefix of an attempt that has them.
+    fn staged(
+        &self,
+        h: &Handle,
+    ) -> BackendResult<Option<(&crate::stage::Staging, ferry_artifacts::Store, String)>> {
+        let (Some(staging), Some(prefix)) = (&self.0.settings.staging, &h.stage) else {
+            return Ok(None);
+        };
+        let store = match &h.stage_bucket {
+            Some(url) => staging.open(url)?,
+            None => match &staging.default {
+                Some(store) => store.clone(),
+                None => return Ok(None),
+            },
+        };
+        Ok(Some((staging, store, prefix.clone())))
     }
 
     fn remember_queue(&self, queue: &str) {
@@ -914,17 +943,20 @@ impl Backend for AwsBatch {
                 )));
             }
         }
-        if self.0.settings.staging.is_none() {
+        let staged = self.stage_store(r.bucket.as_deref())?.is_some();
+        if !staged {
             if let Some(name) = d.input_files.keys().next() {
                 return Err(task(format!(
-                    "inputFiles.{name}: this aws-batch launcher has no staging bucket to pass input files through: \
-                     start it with --aws-batch-staging s3://BUCKET[/PREFIX]"
+                    "inputFiles.{name}: no staging bucket to pass input files through: name one in runner.bucket \
+                     (defaults.aws-batch.bucket for the whole flow), or start the launcher with --aws-batch-staging \
+                     s3://BUCKET[/PREFIX]"
                 )));
             }
             if let Some(p) = d.output_files.first() {
                 return Err(task(format!(
-                    "outputFiles {p:?}: this aws-batch launcher has no staging bucket to bring output files back \
-                     through: start it with --aws-batch-staging s3://BUCKET[/PREFIX]"
+                    "outputFiles {p:?}: no staging bucket to bring output files back through: name one in \
+                     runner.bucket (defaults.aws-batch.bucket for the whole flow), or start the launcher with \
+                     --aws-batch-staging s3://BUCKET[/PREFIX]"
                 )));
             }
         }
@@ -932,7 +964,7 @@ impl Backend for AwsBatch {
             ferry_flow::rules::input_file_name(name)
                 .map_err(|why| task(format!("inputFiles: {name:?} is refused: {why}")))?;
         }
-        check_templates(d, self.0.settings.staging.is_some())
+        check_templates(d, staged)
     }
 
     async fn reserve(&self, task: Task<'_>) -> BackendResult<Compute> {
@@ -941,6 +973,7 @@ impl Backend for AwsBatch {
         self.ready_queue(&queue, ce.as_deref()).await?;
         self.remember_queue(&queue);
         let name = self.compute_name(task.attempt_id());
+        let store = self.stage_store(r.bucket.as_deref())?;
         let deadline = r
             .pending_deadline_seconds
             .map(Duration::from_secs)
@@ -952,12 +985,8 @@ impl Backend for AwsBatch {
                 job_name: name,
                 job_id: None,
                 pending_deadline_s: deadline.as_secs().max(1),
-                stage: self
-                    .0
-                    .settings
-                    .staging
-                    .is_some()
-                    .then(|| crate::stage::prefix(task.dispatch)),
+                stage: store.as_ref().map(|_| crate::stage::prefix(task.dispatch)),
+                stage_bucket: store.map(|s| s.url().to_string()),
             },
         )
     }
@@ -979,8 +1008,8 @@ impl Backend for AwsBatch {
             mut env,
             secret_env,
         } = fill_all(task)?;
-        let command = match (&self.0.settings.staging, &h.stage) {
-            (Some(staging), Some(prefix)) => {
+        let command = match self.staged(&h)? {
+            Some((_, store, prefix)) => {
                 let life = crate::stage::url_life(
                     Duration::from_secs(h.pending_deadline_s),
                     d.timeout_ms,
@@ -991,7 +1020,7 @@ impl Backend for AwsBatch {
                     command_secret,
                     secret_env,
                 };
-                let (command, urls) = crate::stage::prepare(staging, task, prefix, job, life).await?;
+                let (command, urls) = crate::stage::prepare(&store, task, &prefix, job, life).await?;
                 env.extend(urls);
                 command
             }
@@ -1176,9 +1205,9 @@ impl Backend for AwsBatch {
     /// output files was refused in `check`).
     async fn collect(&self, compute: &Compute, task: Task<'_>) -> BackendResult<Collected> {
         let h = self.handle(compute)?;
-        match (&self.0.settings.staging, &h.stage) {
-            (Some(staging), Some(prefix)) => crate::stage::collect(staging, task, prefix).await,
-            _ => Ok(Collected::default()),
+        match self.staged(&h)? {
+            Some((staging, store, prefix)) => crate::stage::collect(staging, &store, task, &prefix).await,
+            None => Ok(Collected::default()),
         }
     }
 
@@ -1194,8 +1223,8 @@ impl Backend for AwsBatch {
         if running {
             self.stop(compute, self.0.settings.kill_grace).await?;
         }
-        if let (Some(staging), Some(prefix)) = (&self.0.settings.staging, &h.stage) {
-            crate::stage::remove(staging, prefix).await?;
+        if let Some((_, store, prefix)) = self.staged(&h)? {
+            crate::stage::remove(&store, &prefix).await?;
         }
         self.forget(&h);
         Ok(())
@@ -1288,6 +1317,7 @@ impl Backend for AwsBatch {
                             // An orphan's attempt is unknown here: its staged files are left
                             // to the bucket's lifecycle rule.
                             stage: None,
+                            stage_bucket: None,
                         },
                     )?);
                 }

@@ -90,31 +90,39 @@ pub async fn sdk_config(region: Option<&str>, endpoint_url: Option<&str>) -> Res
     Ok(sdk)
 }
 
-/// The staging bucket at `url`, reached through the same region and endpoint as the AWS calls.
-fn staging(config: &Config, url: &str, artifacts: &Path) -> Result<Staging> {
+/// Staging through `url` (`--aws-batch-staging`) and the buckets tasks name, reached through the
+/// same region and endpoint as the AWS calls.
+fn staging(config: &Config, url: Option<&str>, artifacts: &Path) -> Result<Staging> {
     let mut options = Vec::new();
     if let Some(region) = &config.region {
-        options.push(("region", region.clone()));
+        options.push(("region".to_string(), region.clone()));
     }
     if let Some(endpoint) = &config.endpoint_url {
-        options.push(("endpoint_url", endpoint.clone()));
+        options.push(("endpoint_url".to_string(), endpoint.clone()));
         if endpoint.starts_with("http://") {
-            options.push(("allow_http", "true".into()));
+            options.push(("allow_http".to_string(), "true".into()));
         }
     }
-    let store = ferry_artifacts::Store::open_with(url, options)
-        .map_err(|e| Error::Config(format!("--aws-batch-staging: {e}")))?;
-    if store.kind() != ferry_artifacts::Kind::S3 {
-        return Err(Error::Config(format!(
-            "--aws-batch-staging {url:?}: jobs fetch and send their files with URLs that S3 signs: name an S3 bucket, \
-             s3://BUCKET[/PREFIX]"
-        )));
-    }
-    Ok(Staging {
-        store,
-        artifact_dir: artifacts.to_path_buf(),
-        limits: Default::default(),
-    })
+    let default = match url {
+        Some(url) => {
+            let store = ferry_artifacts::Store::open_with(url, options.clone())
+                .map_err(|e| Error::Config(format!("--aws-batch-staging: {e}")))?;
+            if store.kind() != ferry_artifacts::Kind::S3 {
+                return Err(Error::Config(format!(
+                    "--aws-batch-staging {url:?}: jobs fetch and send their files with URLs that S3 signs: name an \
+                     S3 bucket, s3://BUCKET[/PREFIX]"
+                )));
+            }
+            Some(store)
+        }
+        None => None,
+    };
+    Ok(Staging::new(
+        default,
+        options,
+        artifacts.to_path_buf(),
+        Default::default(),
+    ))
 }
 
 /// The backend as [`run`] makes it, for the launcher whose journal is `journal` (whose identity
@@ -141,17 +149,15 @@ pub async fn backend(config: &Config, journal: &Journal, artifacts: &Path) -> Re
     settings.kill_grace = config.service.kill_grace;
     settings.poll_interval = config.poll_interval;
     settings.events_queue = config.events_queue.clone().filter(|q| !q.trim().is_empty());
-    settings.staging = match config.staging.as_deref().filter(|s| !s.trim().is_empty()) {
-        Some(url) => Some(staging(config, url, artifacts)?),
-        None => None,
-    };
+    let default_staging = config.staging.as_deref().filter(|s| !s.trim().is_empty());
+    settings.staging = Some(staging(config, default_staging, artifacts)?);
     tracing::info!(
         region = sdk.region().map(|r| r.as_ref()).unwrap_or(""),
         endpoint = config.endpoint_url.as_deref().unwrap_or("(AWS)"),
         job_queue = settings.job_queue.as_deref().unwrap_or("(per task)"),
         compute_environment = settings.compute_environment.as_deref().unwrap_or("(per task)"),
         events_queue = settings.events_queue.as_deref().unwrap_or("(none: polling alone)"),
-        staging = settings.staging.as_ref().map(|s| s.store.url()).unwrap_or("(none: tasks with files are refused)"),
+        staging = default_staging.unwrap_or("(none: only tasks that name a bucket can have files)"),
         launcher = %settings.launcher,
         "aws-batch launcher starting"
     );

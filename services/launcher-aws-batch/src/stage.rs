@@ -28,7 +28,9 @@
 //! [`STAGE_FAILED`] and says why on its standard error, in the task's log. Release removes
 //! the prefix.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry_artifacts::{Method, Store};
@@ -114,15 +116,74 @@ fi
 exit 0
 "#;
 
-/// Where staged files go, and where collected output files are kept.
+/// Where staged files go, and where collected output files are kept. Clones share the
+/// buckets opened.
 #[derive(Debug, Clone)]
 pub struct Staging {
-    /// The staging bucket (an `s3://` store).
-    pub store: Store,
+    /// The staging bucket of tasks whose runner names none (`--aws-batch-staging`).
+    pub default: Option<Store>,
+    /// The settings a task's own bucket is opened with (the launcher's region and endpoint).
+    pub options: Vec<(String, String)>,
     /// The launcher's artifact directory, which output files are copied into (and from there
     /// to its artifact store, when it has one).
     pub artifact_dir: PathBuf,
     pub limits: Limits,
+    /// The buckets opened so far, by URL.
+    opened: Arc<Mutex<HashMap<String, Store>>>,
+}
+
+impl Staging {
+    pub fn new(
+        default: Option<Store>,
+        options: Vec<(String, String)>,
+        artifact_dir: PathBuf,
+        limits: Limits,
+    ) -> Staging {
+        Staging {
+            default,
+            options,
+            artifact_dir,
+            limits,
+            opened: Arc::default(),
+        }
+    }
+
+    /// The staging bucket of a task whose runner names `bucket` (`runner.bucket`, a bucket's
+    /// name or `s3://BUCKET[/PREFIX]`), else the default; `None` when there is neither.
+    pub fn for_task(&self, bucket: Option<&str>) -> BackendResult<Option<Store>> {
+        match bucket.map(str::trim).filter(|b| !b.is_empty()) {
+            None => Ok(self.default.clone()),
+            Some(b) if b.starts_with("s3://") => self.open(b).map(Some),
+            Some(b) if !b.contains([':', '/']) => self.open(&format!("s3://{b}")).map(Some),
+            Some(b) => Err(AttemptError::Task(format!(
+                "runner.bucket {b:?} is not an S3 bucket: write its name, or s3://BUCKET[/PREFIX]"
+            ))),
+        }
+    }
+
+    /// The bucket at `url` (an attempt's, as journaled), opened once.
+    pub fn open(&self, url: &str) -> BackendResult<Store> {
+        if let Some(store) = self
+            .default
+            .as_ref()
+            .filter(|s| s.url() == url.trim_end_matches('/'))
+        {
+            return Ok(store.clone());
+        }
+        let mut opened = self.opened.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(store) = opened.get(url) {
+            return Ok(store.clone());
+        }
+        let store = Store::open_with(url, self.options.clone())
+            .map_err(|e| AttemptError::Task(format!("runner.bucket: {e}")))?;
+        if store.kind() != ferry_artifacts::Kind::S3 {
+            return Err(AttemptError::Task(format!(
+                "runner.bucket {url:?}: jobs fetch and send their files with URLs that S3 signs: name an S3 bucket"
+            )));
+        }
+        opened.insert(url.to_string(), store.clone());
+        Ok(store)
+    }
 }
 
 /// What the job runs, filled: the command and the variables holding a secret, which go
@@ -183,7 +244,7 @@ fn store_error(what: &str, e: ferry_artifacts::Error) -> AttemptError {
 /// The job's command and the environment its wrapper reads: `command` wrapped in [`SCRIPT`],
 /// the task's input files put under `prefix`, and a URL for each thing the job may send back.
 pub async fn prepare(
-    staging: &Staging,
+    store: &Store,
     task: Task<'_>,
     prefix: &str,
     job: Job,
@@ -194,8 +255,7 @@ pub async fn prepare(
     let sign = |method: Method, name: &'static str| {
         let key = key(prefix, name);
         async move {
-            staging
-                .store
+            store
                 .signed_url(method, &key, url_life)
                 .await
                 .map(String::from)
@@ -219,8 +279,7 @@ pub async fn prepare(
             .into_inner()
             .map_err(|e| AttemptError::Platform(format!("cannot archive the input files: {e}")))?;
         let inputs = key(prefix, "inputs.tar");
-        staging
-            .store
+        store
             .put(&inputs, archive.into())
             .await
             .map_err(|e| store_error("cannot stage the input files", e))?;
@@ -230,8 +289,7 @@ pub async fn prepare(
         ));
     }
     if job.command_secret || !job.secret_env.is_empty() {
-        staging
-            .store
+        store
             .put(
                 &key(prefix, "secrets.sh"),
                 secrets_script(&job).into_bytes().into(),
@@ -297,9 +355,13 @@ async fn read_at_most(store: &Store, key: &str, max: u64) -> BackendResult<Optio
 
 /// What a job that succeeded staged: its outputs, its subtasks and the output files, these
 /// copied into the artifact directory.
-pub async fn collect(staging: &Staging, task: Task<'_>, prefix: &str) -> BackendResult<Collected> {
+pub async fn collect(
+    staging: &Staging,
+    store: &Store,
+    task: Task<'_>,
+    prefix: &str,
+) -> BackendResult<Collected> {
     let d = task.dispatch;
-    let store = &staging.store;
     let outputs = read_at_most(store, &key(prefix, "outputs.json"), MAX_OUTPUTS_BYTES + 1).await?;
     let subtasks = read_at_most(store, &key(prefix, "subtasks.json"), MAX_SUBTASKS_BYTES + 1).await?;
     if d.output_files.is_empty() {
@@ -362,9 +424,8 @@ pub async fn collect(staging: &Staging, task: Task<'_>, prefix: &str) -> Backend
 }
 
 /// Removes everything staged under `prefix`.
-pub async fn remove(staging: &Staging, prefix: &str) -> BackendResult<()> {
-    staging
-        .store
+pub async fn remove(store: &Store, prefix: &str) -> BackendResult<()> {
+    store
         .remove_under(prefix)
         .await
         .map(drop)

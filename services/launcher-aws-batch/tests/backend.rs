@@ -511,3 +511,72 @@ async fn secrets_reach_the_job_through_the_bucket_never_its_description() {
     backend.release(&compute).await.expect("release");
     assert!(common::staged(&target.staging_bucket).await.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tasks_own_bucket_stages_its_files_without_a_launcher_default() {
+    let Ok(endpoint) = common::moto() else {
+        eprintln!("SKIPPED: FERRY_TEST_MOTO is not set");
+        return;
+    };
+    let target = common::BatchTarget::new(endpoint.clone()).await;
+    let data = tempfile::tempdir().unwrap();
+    let mut settings = Settings::new("launcher-own-bucket");
+    settings.poll_interval = Duration::from_millis(200);
+    settings.staging = Some(ferry_launcher_aws_batch::stage::Staging::new(
+        None,
+        ferry_artifacts::testing::moto_options(&endpoint),
+        data.path().join("artifacts"),
+        Default::default(),
+    ));
+    let backend = AwsBatch::new(&target.sdk, settings);
+    let bucket = ferry_artifacts::testing::moto_bucket(&endpoint, "own");
+    let id = common::fresh("own");
+    let mut d = dispatch(
+        &id,
+        Runner::AwsBatch(target.runner()),
+        &["sh", "-c", "cat in.txt > \"$FERRY_OUTPUTS\""],
+    );
+    d.input_files.insert(
+        "in.txt".into(),
+        Template::text("{\"from\": \"the task's bucket\"}"),
+    );
+    // No bucket, and one that is not S3: refused before anything is made.
+    let e = backend.check(&d).expect_err("no bucket").to_string();
+    assert!(
+        e.contains("runner.bucket") && e.contains("--aws-batch-staging"),
+        "{e}"
+    );
+    for bad in ["gs://elsewhere", "https://example.com/b"] {
+        let mut runner = target.runner();
+        runner.bucket = Some(bad.into());
+        d.runner = Runner::AwsBatch(runner);
+        let e = backend.check(&d).expect_err("not S3").to_string();
+        assert!(e.contains("runner.bucket"), "{e}");
+    }
+    let mut runner = target.runner();
+    runner.bucket = Some(bucket.clone());
+    d.runner = Runner::AwsBatch(runner);
+    backend.check(&d).expect("the task's bucket stages its files");
+    let secrets = Secrets::new();
+    let task = Task::new(&d, &secrets);
+    let reserved = backend.reserve(task).await.expect("reserve");
+    let compute = backend.create(task, reserved).await.expect("create");
+    match ended(&backend, &compute).await {
+        ComputeState::Exited(e) => assert!(e.succeeded(), "{e:?}"),
+        other => panic!("{other:?}"),
+    }
+    let h: Handle = compute.handle_as().unwrap();
+    assert_eq!(h.stage_bucket.as_deref(), Some(format!("s3://{bucket}").as_str()));
+    let collected = backend.collect(&compute, task).await.expect("collect");
+    assert_eq!(
+        collected.outputs.as_deref(),
+        Some(b"{\"from\": \"the task's bucket\"}".as_slice())
+    );
+    backend.release(&compute).await.expect("release");
+    let whole = ferry_artifacts::Store::open_with(
+        &format!("s3://{bucket}"),
+        ferry_artifacts::testing::moto_options(&endpoint),
+    )
+    .unwrap();
+    assert!(whole.list_under(&d.job_id).await.unwrap().is_empty());
+}

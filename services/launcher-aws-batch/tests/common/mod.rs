@@ -318,11 +318,12 @@ impl BatchTarget {
         let mut settings = Settings::new(launcher);
         settings.poll_interval = Duration::from_millis(200);
         settings.kill_grace = Duration::from_secs(1);
-        settings.staging = Some(Staging {
-            store: self.staging.clone(),
-            artifact_dir: data_dir.join("artifacts"),
-            limits: Default::default(),
-        });
+        settings.staging = Some(Staging::new(
+            Some(self.staging.clone()),
+            ferry_artifacts::testing::moto_options(&self.endpoint),
+            data_dir.join("artifacts"),
+            Default::default(),
+        ));
         AwsBatch::new(&self.sdk, settings)
     }
 }
