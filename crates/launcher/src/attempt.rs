@@ -138,8 +138,8 @@ pub(crate) async fn stop(rt: &Runtime, compute: &Compute) {
 async fn abandon(rt: &Runtime, d: &TaskDispatched, reserved: &Compute, e: &AttemptError) -> TaskFinished {
     let mut report = unstarted(d, e.outcome(), e.message());
     report.error = report.error.map(|e| rt.masker.mask(&e));
-    record_report(rt, &mut report);
-    release(rt, reserved).await;
+    record_report(rt, &mut report, Some(reserved));
+    release_reported(rt, &report.attempt_id, reserved).await;
     report
 }
 
@@ -616,9 +616,18 @@ pub(crate) async fn conclude(
     }
     report.error = report.error.map(|e| rt.masker.mask(&e));
     report.finished_at_ms = ferry_event::now_ms();
-    record_report(rt, &mut report);
-    release(rt, compute).await;
+    record_report(rt, &mut report, Some(compute));
+    release_reported(rt, &report.attempt_id, compute).await;
     report
+}
+
+/// Releases the compute of the recorded report of `attempt_id`, and records that it was: a
+/// launcher killed before then releases it on its next start ([`crate::reconcile`]).
+pub(crate) async fn release_reported(rt: &Runtime, attempt_id: &str, compute: &Compute) {
+    release(rt, compute).await;
+    if let Err(e) = rt.journal.record(attempt_id, Entry::Released) {
+        tracing::warn!(error = %e, "cannot record that the attempt's compute was released");
+    }
 }
 
 /// Stores the output files `files` the backend collected into the artifact directory in
@@ -737,8 +746,9 @@ async fn within_quota(
 /// published.
 ///
 /// The time held counts in the compute-seconds metric here, once per attempt: a report
-/// published again after a restart is not recorded again.
-fn record_report(rt: &Runtime, report: &mut TaskFinished) {
+/// published again after a restart is not recorded again. `release` is the compute still to
+/// release after it, kept until [`release_reported`] records that it was.
+fn record_report(rt: &Runtime, report: &mut TaskFinished, release: Option<&Compute>) {
     if report.compute_ms.is_none() {
         let status = rt.journal.status(&report.attempt_id);
         report.compute_ms = held_ms(&status, report.finished_at_ms);
@@ -753,6 +763,7 @@ fn record_report(rt: &Runtime, report: &mut TaskFinished) {
     }
     let entry = Entry::Reported {
         report: Box::new(report.clone()),
+        release: release.cloned(),
     };
     if let Err(e) = rt.journal.record(&report.attempt_id, entry) {
         tracing::warn!(error = %e, "cannot record the attempt's report before publishing it");
@@ -778,7 +789,7 @@ fn held_ms(status: &Status, finished_at_ms: i64) -> Option<u64> {
 /// the journal and the next start of the launcher publishes it.
 pub(crate) async fn publish_report(rt: &Runtime, mut report: TaskFinished) -> bool {
     report.error = report.error.map(|e| rt.masker.mask(&e));
-    record_report(rt, &mut report);
+    record_report(rt, &mut report, None);
     publish_recorded(rt, &report).await
 }
 

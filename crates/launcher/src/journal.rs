@@ -1,7 +1,7 @@
 //! The launcher's journal: what happened to each attempt, one JSON record per line.
 //!
 //! ```text
-//! <data_dir>/journal            {"journal":2}, then one JSON record per line, appended as attempts move on
+//! <data_dir>/journal            {"journal":3}, then one JSON record per line, appended as attempts move on
 //! ```
 //!
 //! Each step of an attempt is one line appended to the journal: `cancelled` (a cancel came
@@ -36,7 +36,7 @@ use serde::{Deserialize, Serialize};
 use crate::backend::{Compute, LogPosition};
 
 /// The format written; see the module's text.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 
 /// How long a finished attempt is remembered, so that a late duplicate of its dispatch is
 /// recognised and not run again.
@@ -142,8 +142,15 @@ pub enum Entry {
     /// The lines up to this mark are numbered and about to be published. Output before the
     /// previous mark was published.
     Logs(LogMark),
-    /// The `task.finished` payload, written before it is published.
-    Reported { report: Box<TaskFinished> },
+    /// The `task.finished` payload, written before it is published, with the compute still to
+    /// release after it (absent in records written before it was kept).
+    Reported {
+        report: Box<TaskFinished>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        release: Option<Compute>,
+    },
+    /// The compute of a reported attempt was released.
+    Released,
     /// The report was published.
     Done,
 }
@@ -190,6 +197,9 @@ pub struct Open {
     /// `numbered` may or may not have been.
     pub published: LogMark,
     pub numbered: LogMark,
+    /// The compute of a reported attempt not known to be released yet: a launcher killed
+    /// between recording the report and releasing it releases it on its next start.
+    pub release: Option<Compute>,
     at: i64,
 }
 
@@ -385,6 +395,7 @@ fn apply(
         status: Status::Fresh,
         published: LogMark::default(),
         numbered: LogMark::default(),
+        release: None,
         at,
     };
     match entry {
@@ -406,10 +417,16 @@ fn apply(
             let o = open.entry(id).or_insert_with(fresh);
             o.published = std::mem::replace(&mut o.numbered, mark);
         }
-        Entry::Reported { report } => {
+        Entry::Reported { report, release } => {
             let o = open.entry(id).or_insert_with(fresh);
             o.status = Status::ResultPending(report);
+            o.release = release;
             o.at = at;
+        }
+        Entry::Released => {
+            if let Some(o) = open.get_mut(&id) {
+                o.release = None;
+            }
         }
     }
 }
@@ -439,7 +456,8 @@ fn replay(
         });
         let parsed = match version {
             1 => serde_json::from_slice::<v1::Line>(&line).map(v1::Line::upgrade),
-            VERSION => match serde_json::from_slice::<Header>(&line) {
+            // Version 2 is version 3 without `released` records and `reported.release`.
+            2 | VERSION => match serde_json::from_slice::<Header>(&line) {
                 Ok(_) => continue,
                 Err(_) => serde_json::from_slice::<Line>(&line),
             },
@@ -559,7 +577,10 @@ mod v1 {
                         cursor: serde_json::Value::Null,
                     },
                 }),
-                Entry::Reported { report } => super::Entry::Reported { report },
+                Entry::Reported { report } => super::Entry::Reported {
+                    report,
+                    release: None,
+                },
                 Entry::Done => super::Entry::Done,
             };
             super::Line {
@@ -612,7 +633,10 @@ fn rewrite(
                 reason: reason.clone(),
             }),
             Status::Running(r) => Some(Entry::Running(r.clone())),
-            Status::ResultPending(r) => Some(Entry::Reported { report: r.clone() }),
+            Status::ResultPending(r) => Some(Entry::Reported {
+                report: r.clone(),
+                release: o.release.clone(),
+            }),
         };
         if let Some(entry) = entry {
             write(id, o.at, entry)?;
@@ -768,6 +792,7 @@ mod tests {
             "a3",
             Entry::Reported {
                 report: Box::new(report("a3")),
+                release: None,
             },
         )
         .unwrap();
@@ -795,8 +820,54 @@ mod tests {
         // The rewrite kept only what matters: the version, one record per open state, two
         // marks, one done.
         let text = std::fs::read_to_string(tmp.path().join("journal")).unwrap();
-        assert_eq!(text.lines().next(), Some(r#"{"journal":2}"#));
+        assert_eq!(text.lines().next(), Some(r#"{"journal":3}"#));
         assert_eq!(text.lines().count(), 7, "{text}");
+    }
+
+    #[test]
+    fn a_journal_of_version_2_is_read_and_rewritten_as_3() {
+        let tmp = tempfile::tempdir().unwrap();
+        let reported = serde_json::to_string(&report("a1")).unwrap();
+        std::fs::write(
+            tmp.path().join("journal"),
+            format!(
+                "{{\"journal\":2}}\n{{\"id\":\"a1\",\"at\":1,\"state\":\"reported\",\"report\":{reported}}}\n"
+            ),
+        )
+        .unwrap();
+        let j = Journal::open(tmp.path()).unwrap();
+        assert_eq!(j.status("a1"), Status::ResultPending(Box::new(report("a1"))));
+        assert_eq!(j.unfinished()[0].1.release, None);
+        let text = std::fs::read_to_string(tmp.path().join("journal")).unwrap();
+        assert_eq!(text.lines().next(), Some(r#"{"journal":3}"#));
+    }
+
+    #[test]
+    fn the_compute_of_a_report_is_kept_until_it_is_released() {
+        let tmp = tempfile::tempdir().unwrap();
+        let j = Journal::open(tmp.path()).unwrap();
+        let compute = running("r1").compute;
+        for id in ["r1", "r2"] {
+            j.record(id, Entry::Running(running(id))).unwrap();
+            j.record(
+                id,
+                Entry::Reported {
+                    report: Box::new(report(id)),
+                    release: Some(compute.clone()),
+                },
+            )
+            .unwrap();
+        }
+        j.record("r2", Entry::Released).unwrap();
+        drop(j);
+        // Read back, and read back again after the rewrite on opening.
+        for _ in 0..2 {
+            let j = Journal::open(tmp.path()).unwrap();
+            let open: HashMap<String, Open> = j.unfinished().into_iter().collect();
+            assert_eq!(open["r1"].release, Some(compute.clone()));
+            assert_eq!(open["r2"].release, None);
+            assert_eq!(j.status("r2"), Status::ResultPending(Box::new(report("r2"))));
+        }
     }
 
     #[test]
@@ -840,7 +911,7 @@ mod tests {
         assert_eq!(j.status("a3"), Status::ResultPending(Box::new(report("a3"))));
         // Opening rewrote it in the current version, which reads back the same.
         let text = std::fs::read_to_string(tmp.path().join("journal")).unwrap();
-        assert_eq!(text.lines().next(), Some(r#"{"journal":2}"#), "{text}");
+        assert_eq!(text.lines().next(), Some(r#"{"journal":3}"#), "{text}");
         drop(j);
         let j = Journal::open(tmp.path()).unwrap();
         assert_eq!(j.status("a2"), Status::Running(r));
@@ -850,9 +921,13 @@ mod tests {
     #[test]
     fn a_journal_of_a_newer_version_is_refused_with_what_to_do() {
         let tmp = tempfile::tempdir().unwrap();
-        std::fs::write(tmp.path().join("journal"), "{\"journal\":3}\n").unwrap();
+        let newer = VERSION + 1;
+        std::fs::write(tmp.path().join("journal"), format!("{{\"journal\":{newer}}}\n")).unwrap();
         let err = Journal::open(tmp.path()).unwrap_err().to_string();
-        assert!(err.contains("newer ferry") && err.contains("version 3"), "{err}");
+        assert!(
+            err.contains("newer ferry") && err.contains(&format!("version {newer}")),
+            "{err}"
+        );
     }
 
     #[test]
@@ -901,6 +976,7 @@ mod tests {
             Entry::Logs(mark(1, 2, 3)),
             Entry::Reported {
                 report: Box::new(report("a")),
+                release: None,
             },
             Entry::Done,
         ] {

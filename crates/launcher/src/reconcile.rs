@@ -13,8 +13,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::attempt::{
-    Ended, Queued, cancelled, conclude, heartbeat, publish_report, release, report_started, retrying,
-    settle_pending, sleep_until_or_never, stop, until_running,
+    Ended, Queued, cancelled, conclude, heartbeat, publish_report, release, release_reported, report_started,
+    retrying, settle_pending, sleep_until_or_never, stop, until_running,
 };
 use crate::backend::{Compute, ComputeState, ShutdownPolicy, Task};
 use crate::journal::{Entry, Open, RunningRecord, Status};
@@ -24,7 +24,8 @@ use crate::runtime::Runtime;
 /// Looks at every attempt the journal holds unfinished and at the compute the backend says it
 /// owns. Compute that ran under a launcher that died is adopted: under
 /// [`ShutdownPolicy::Detach`], followed to its true end; else stopped, its output published to
-/// the end and the attempt reported lost. Reports written but not confirmed are published.
+/// the end and the attempt reported lost. Reports written but not confirmed are published, the
+/// compute they left unreleased released first.
 /// Compute the journal does not know is stopped and released. Returns how many attempts were
 /// reported.
 pub(crate) async fn reconcile(rt: &Arc<Runtime>) -> (usize, Vec<Adopted>) {
@@ -35,8 +36,17 @@ pub(crate) async fn reconcile(rt: &Arc<Runtime>) -> (usize, Vec<Adopted>) {
             Status::Fresh | Status::Finished | Status::Tombstone(_) => {}
             Status::ResultPending(report) => {
                 tracing::info!(attempt_id = id, "publishing a report left unconfirmed");
+                // Its compute, when the launcher died before releasing it (a job's staged
+                // files, a container): released first, as the report's attempt would have.
+                let release = open.release.clone();
+                if let Some(compute) = &release {
+                    known.insert(compute.name.clone());
+                }
                 let rt = rt.clone();
                 reports.spawn(async move {
+                    if let Some(compute) = release {
+                        release_reported(&rt, &id, &compute).await;
+                    }
                     settle_pending(rt, *report, None).await;
                     None
                 });

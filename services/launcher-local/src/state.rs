@@ -157,7 +157,10 @@ impl From<Entry> for journal::Entry {
             Entry::Cancelled { reason } => journal::Entry::Cancelled { reason },
             Entry::Running(r) => journal::Entry::Running(r.into()),
             Entry::Logs(m) => journal::Entry::Logs(m.into()),
-            Entry::Reported { report } => journal::Entry::Reported { report },
+            Entry::Reported { report } => journal::Entry::Reported {
+                report,
+                release: None,
+            },
             Entry::Done => journal::Entry::Done,
         }
     }

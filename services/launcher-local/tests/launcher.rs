@@ -1200,7 +1200,7 @@ async fn a_journal_written_before_the_launcher_runtime_is_reconciled() -> Result
     h.stop().await?;
     let text = std::fs::read_to_string(h.data_dir.join("journal"))?;
     assert!(
-        text.starts_with("{\"journal\":2}\n"),
+        text.starts_with("{\"journal\":3}\n"),
         "rewritten in the current version: {text}"
     );
     assert_eq!(Journal::open(&h.data_dir)?.status("a-v1"), Status::Finished);
