@@ -64,7 +64,7 @@ if m=="get":
 elif m=="delete":
     u.urlopen(u.Request(url,method="DELETE")).close()
 else:
-    with open(f,"rb") as i: u.urlopen(u.Request(url,data=i,method="PUT",headers={"Content-Length":str(os.path.getsize(f))})).close()'
+    with open(f,"rb") as i: u.urlopen(u.Request(url,data=i,method="PUT",headers={"Content-Length":str(os.path.getsize(f)),"Content-Type":"application/octet-stream"})).close()'
 fetch() {
   if command -v curl >/dev/null 2>&1; then curl -fsS --retry 5 -o "$2" "$1"
   elif command -v wget >/dev/null 2>&1; then wget -q -O "$2" "$1"

@@ -580,3 +580,58 @@ async fn a_tasks_own_bucket_stages_its_files_without_a_launcher_default() {
     .unwrap();
     assert!(whole.list_under(&d.job_id).await.unwrap().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_without_curl_stages_through_python() {
+    let Ok(endpoint) = common::moto() else {
+        eprintln!("SKIPPED: FERRY_TEST_MOTO is not set");
+        return;
+    };
+    let target = common::BatchTarget::new(endpoint).await;
+    let data = tempfile::tempdir().unwrap();
+    let backend = target.make_staged("launcher-python".into(), data.path());
+    let mut runner = target.runner();
+    runner.image = common::python_image();
+    let id = common::fresh("python");
+    let mut d = dispatch(
+        &id,
+        Runner::AwsBatch(runner),
+        &[
+            "python3",
+            "-c",
+            "import json, os; s = open('in/data.txt').read().strip(); \
+             json.dump({'read': s, 'token': os.environ['TOKEN']}, open(os.environ['FERRY_OUTPUTS'], 'w')); \
+             os.makedirs('out'); open('out/report.txt', 'w').write(s.upper())",
+        ],
+    );
+    d.input_files
+        .insert("in/data.txt".into(), Template::text("staged by python\n"));
+    d.output_files.push("out/*".into());
+    d.env
+        .insert("TOKEN".into(), Template(vec![Part::Secret("API_TOKEN".into())]));
+    let mut secrets = Secrets::new();
+    secrets.insert("API_TOKEN", "python-secret-value");
+    backend.check(&d).expect("a valid task");
+    let task = Task::new(&d, &secrets);
+    let reserved = backend.reserve(task).await.expect("reserve");
+    let compute = backend.create(task, reserved).await.expect("create");
+    match ended(&backend, &compute).await {
+        ComputeState::Exited(e) => assert!(e.succeeded(), "{e:?}"),
+        other => panic!("{other:?}"),
+    }
+    let collected = backend.collect(&compute, task).await.expect("collect");
+    let outputs: serde_json::Value = serde_json::from_slice(&collected.outputs.expect("outputs")).unwrap();
+    assert_eq!(outputs["read"], "staged by python");
+    assert_eq!(outputs["token"], "python-secret-value");
+    assert_eq!(collected.files.len(), 1, "{:?}", collected.files);
+    let stored = url::Url::parse(&collected.files[0].uri)
+        .unwrap()
+        .to_file_path()
+        .unwrap();
+    assert_eq!(std::fs::read_to_string(stored).unwrap(), "STAGED BY PYTHON");
+    // The secrets' script was deleted by the job (python's DELETE) before release.
+    let left = common::staged(&target.staging_bucket).await;
+    assert!(!left.iter().any(|u| u.ends_with("/secrets.sh")), "{left:?}");
+    backend.release(&compute).await.expect("release");
+    assert!(common::staged(&target.staging_bucket).await.is_empty());
+}

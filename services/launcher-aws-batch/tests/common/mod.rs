@@ -53,6 +53,11 @@ pub fn curl_image() -> String {
     std::env::var("FERRY_TEST_CURL_IMAGE").unwrap_or_else(|_| "ferry-test/curl:1".to_string())
 }
 
+/// The test scripts' busybox with Python and without curl.
+pub fn python_image() -> String {
+    std::env::var("FERRY_TEST_PYTHON_IMAGE").unwrap_or_else(|_| "ferry-test/python:1".to_string())
+}
+
 /// A staging bucket of its own on moto: the store under its prefix `stage`, and the whole
 /// bucket.
 pub fn staging_store(endpoint: &str) -> (ferry_artifacts::Store, ferry_artifacts::Store) {
