@@ -285,12 +285,14 @@ _free_port() {
 # everything it has lives under its own run directory, and docker_down stops it by its pid file.
 #
 #   docker_up      # exports DOCKER_HOST=unix://…/docker.sock, FERRY_TEST_DOCKER_IMAGE,
-#                  # FERRY_TEST_DOCKER_ENTRYPOINT_IMAGE and FERRY_TEST_CURL_IMAGE
+#                  # FERRY_TEST_DOCKER_ENTRYPOINT_IMAGE, FERRY_TEST_CURL_IMAGE and
+#                  # FERRY_TEST_PYTHON_IMAGE
 #   docker_down    # removes the containers left behind, stops that dockerd, deletes its directory
 FERRY_DOCKER_RUNS="${FERRY_DOCKER_RUNS:-${TMPDIR:-/tmp}/ferry-docker}"
 FERRY_TEST_DOCKER_IMAGE="${FERRY_TEST_DOCKER_IMAGE:-ferry-test/busybox:1}"
 FERRY_TEST_DOCKER_ENTRYPOINT_IMAGE="${FERRY_TEST_DOCKER_ENTRYPOINT_IMAGE:-ferry-test/entrypoint:1}"
 FERRY_TEST_CURL_IMAGE="${FERRY_TEST_CURL_IMAGE:-ferry-test/curl:1}"
+FERRY_TEST_PYTHON_IMAGE="${FERRY_TEST_PYTHON_IMAGE:-ferry-test/python:1}"
 # Storage drivers to try in order: overlay2 needs a filesystem that can hold overlay mounts,
 # vfs works anywhere (slower, full copies).
 FERRY_DOCKER_STORAGE="${FERRY_DOCKER_STORAGE:-overlay2 vfs}"
@@ -346,21 +348,66 @@ _curl_rootfs() {
   echo "$tar"
 }
 
+# busybox's root filesystem with this machine's Python (Debian's python3.11, `python3` on PATH):
+# the interpreter, its standard library without tests, IDLE, tkinter, ensurepip, lib2to3, pydoc
+# topics, the static library and compiled caches, its C extensions, and the libraries all of
+# them load. It stands in for a registry's python images in the examples that run Python scripts.
+_python_rootfs() {
+  local busybox version tar root python=/usr/bin/python3.11 lib dynload=/usr/lib/python3.11/lib-dynload
+  busybox=$(_busybox_rootfs)
+  [ -x "$python" ] || _apt_install python3.11
+  version=$(dpkg-query -W -f '${Version}' python3.11 | tr -c 'A-Za-z0-9.\n' '_')
+  tar="${busybox%.tar}-python3.11-$version.tar"
+  if [ ! -s "$tar" ]; then
+    root=$(mktemp -d)
+    tar -C "$root" -xf "$busybox"
+    mkdir -p "$root/usr/bin" "$root/usr/lib"
+    cp -L "$python" "$root/usr/bin/python3.11"
+    ln -s python3.11 "$root/usr/bin/python3"
+    tar -C /usr/lib -cf - --exclude='python3.11/test' --exclude='python3.11/idlelib' \
+      --exclude='python3.11/tkinter' --exclude='python3.11/ensurepip' --exclude='python3.11/lib2to3' \
+      --exclude='python3.11/pydoc_data' --exclude='python3.11/config-*' --exclude='__pycache__' \
+      --exclude='python3.11/dist-packages' --exclude='python3.11/site-packages' \
+      --exclude='python3.11/sitecustomize.py' --exclude='python3.11/lib-dynload/_test*' \
+      python3.11 | tar -C "$root/usr/lib" -xf -
+    for lib in $(ldd "$python" "$dynload"/*.so | grep -o '/[^ :]*\.so[^ :]*' | sort -u); do
+      case $lib in "$dynload"/*) continue ;; esac
+      mkdir -p "$root$(dirname "$lib")"
+      cp -L "$lib" "$root$lib"
+    done
+    tar --numeric-owner --owner=0 --group=0 -C "$root" -cf "$tar.tmp" . && mv "$tar.tmp" "$tar"
+    rm -rf "$root"
+  fi
+  echo "$tar"
+}
+
 # The test images: busybox, busybox with an entrypoint of its own (for what a task's command
-# does to an image's entrypoint), and busybox with curl.
+# does to an image's entrypoint), busybox with curl and busybox with Python. Only those the
+# engine lacks are built.
 _docker_images() {
   _docker image inspect "$FERRY_TEST_DOCKER_IMAGE" "$FERRY_TEST_DOCKER_ENTRYPOINT_IMAGE" \
-    "$FERRY_TEST_CURL_IMAGE" >/dev/null 2>&1 && return 0
-  _say "building $FERRY_TEST_DOCKER_IMAGE, $FERRY_TEST_DOCKER_ENTRYPOINT_IMAGE and $FERRY_TEST_CURL_IMAGE"
-  local rootfs
-  rootfs=$(_busybox_rootfs)
-  _docker import --change 'ENV PATH=/bin' --change 'WORKDIR /work' --change 'CMD ["sh"]' \
-    "$(_curl_rootfs)" "$FERRY_TEST_CURL_IMAGE" >/dev/null
-  _docker import --change 'ENV PATH=/bin' --change 'WORKDIR /work' --change 'CMD ["sh"]' \
-    "$rootfs" "$FERRY_TEST_DOCKER_IMAGE" >/dev/null
-  _docker import --change 'ENV PATH=/bin' --change 'WORKDIR /work' \
-    --change 'ENTRYPOINT ["echo", "entrypoint"]' --change 'CMD ["default", "args"]' \
-    "$rootfs" "$FERRY_TEST_DOCKER_ENTRYPOINT_IMAGE" >/dev/null
+    "$FERRY_TEST_CURL_IMAGE" "$FERRY_TEST_PYTHON_IMAGE" >/dev/null 2>&1 && return 0
+  local image
+  for image in "$FERRY_TEST_DOCKER_IMAGE" "$FERRY_TEST_DOCKER_ENTRYPOINT_IMAGE" \
+    "$FERRY_TEST_CURL_IMAGE" "$FERRY_TEST_PYTHON_IMAGE"; do
+    _docker image inspect "$image" >/dev/null 2>&1 && continue
+    _say "building $image"
+    case $image in
+      "$FERRY_TEST_DOCKER_IMAGE")
+        _docker import --change 'ENV PATH=/bin' --change 'WORKDIR /work' --change 'CMD ["sh"]' \
+          "$(_busybox_rootfs)" "$image" >/dev/null ;;
+      "$FERRY_TEST_DOCKER_ENTRYPOINT_IMAGE")
+        _docker import --change 'ENV PATH=/bin' --change 'WORKDIR /work' \
+          --change 'ENTRYPOINT ["echo", "entrypoint"]' --change 'CMD ["default", "args"]' \
+          "$(_busybox_rootfs)" "$image" >/dev/null ;;
+      "$FERRY_TEST_CURL_IMAGE")
+        _docker import --change 'ENV PATH=/bin' --change 'WORKDIR /work' --change 'CMD ["sh"]' \
+          "$(_curl_rootfs)" "$image" >/dev/null ;;
+      "$FERRY_TEST_PYTHON_IMAGE")
+        _docker import --change 'ENV PATH=/usr/bin:/bin' --change 'WORKDIR /work' \
+          --change 'CMD ["python3"]' "$(_python_rootfs)" "$image" >/dev/null ;;
+    esac
+  done
 }
 
 # Stops the dockerds of earlier runs whose shell has gone without calling docker_down (a killed
@@ -438,7 +485,7 @@ docker_up() {
   # Already up in this shell: keep it.
   if [ -n "${_ferry_docker_dir:-}" ] && _pid_alive "$(cat "$_ferry_docker_dir/docker.pid" 2>/dev/null)"; then
     export DOCKER_HOST="unix://$_ferry_docker_dir/docker.sock" FERRY_TEST_DOCKER_IMAGE FERRY_TEST_DOCKER_ENTRYPOINT_IMAGE \
-    FERRY_TEST_CURL_IMAGE
+    FERRY_TEST_CURL_IMAGE FERRY_TEST_PYTHON_IMAGE
     _docker_images
     return
   fi
@@ -461,7 +508,7 @@ docker_up() {
   fi
   _ferry_started+=("docker_down")
   export DOCKER_HOST="unix://$_ferry_docker_dir/docker.sock" FERRY_TEST_DOCKER_IMAGE FERRY_TEST_DOCKER_ENTRYPOINT_IMAGE \
-    FERRY_TEST_CURL_IMAGE
+    FERRY_TEST_CURL_IMAGE FERRY_TEST_PYTHON_IMAGE
   _docker_images
   _say "dockerd ($driver) at $DOCKER_HOST (pid $(cat "$_ferry_docker_dir/docker.pid"))"
 }

@@ -339,6 +339,85 @@ fn kubernetes_example_runs_on_local_docker_with_runner_docker() {
     assert_container_example_ran(&ran, "POD");
 }
 
+/// The aws-batch example with `--runner docker`: its Python script, shipped as an input file,
+/// runs in a container of the local engine with the task's resources, its outputs reach the
+/// next task's command and its output file is stored.
+#[test]
+fn aws_batch_example_runs_on_local_docker_with_runner_docker() {
+    let dir = tempfile::tempdir().unwrap();
+    // Python from this machine, imported into the test engine: the default pull policy
+    // (`missing`) never asks a registry for it.
+    let image = std::env::var("FERRY_TEST_PYTHON_IMAGE").expect(
+        "FERRY_TEST_PYTHON_IMAGE is not set: run ./scripts/test.sh, which starts a private dockerd and builds it",
+    );
+    let source = std::fs::read_to_string(example("aws-batch.yaml")).unwrap();
+    let text = source.replace("python:3.12-slim", &image);
+    assert_ne!(
+        source, text,
+        "the example's image is not python:3.12-slim any more"
+    );
+    let flow = dir.path().join("aws-batch.yaml");
+    std::fs::write(&flow, text).unwrap();
+    let ran = run(
+        &flow,
+        &dir.path().join("data"),
+        &["--input", "name=ferry", "--runner", "docker"],
+    );
+    assert_eq!(ran.code, 0, "{}\n{}", ran.stdout, ran.stderr);
+
+    let said = ran.lines_of("report");
+    assert_eq!(said.len(), 2, "{said:?}");
+    assert!(
+        said[0].starts_with("hello ferry from Python 3.") && said[0].ends_with(", outside AWS Batch"),
+        "{said:?}"
+    );
+    assert_eq!(said[1], "wrote report/environment.json");
+    let row = ran.row("report");
+    assert!(
+        row.iter()
+            .any(|c| c.starts_with("greeting=hello ferry python=3.")),
+        "{row:?}"
+    );
+    let stored = row
+        .iter()
+        .find_map(|c| c.strip_prefix("file://"))
+        .unwrap_or_else(|| panic!("no output file: {row:?}"));
+    assert!(stored.ends_with("/report/environment.json"), "{stored}");
+    let found: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(stored).unwrap()).unwrap();
+    for key in [
+        "python",
+        "platform",
+        "cpus",
+        "hostname",
+        "kernel",
+        "executable",
+        "cpuQuota",
+    ] {
+        assert!(!found[key].is_null(), "no {key}: {found:#}");
+    }
+    assert_eq!(found["greeting"], "hello ferry", "{found:#}");
+    assert_eq!(found["awsBatch"], false, "{found:#}");
+    assert_eq!(found["implementation"], "CPython", "{found:#}");
+    assert_eq!(found["workingDir"], "/ferry", "{found:#}");
+    assert_eq!(found["ferryEnv"]["FERRY_TASK_ID"], "report", "{found:#}");
+    // The task's `memory: 512Mi` came along to the container.
+    assert_eq!(found["memoryLimit"], "536870912", "{found:#}");
+
+    let python = found["python"].as_str().unwrap();
+    let platform = found["platform"].as_str().unwrap();
+    assert!(
+        row.iter()
+            .any(|c| c.contains(&format!("python={python} platform={platform}"))),
+        "{row:?}"
+    );
+    assert_eq!(
+        ran.lines_of("summary"),
+        [format!(
+            "report said \"hello ferry\" from Python {python} on {platform} (AWS Batch: false)"
+        )]
+    );
+}
+
 #[test]
 fn without_a_docker_engine_a_docker_task_fails_saying_so() {
     let dir = tempfile::tempdir().unwrap();
