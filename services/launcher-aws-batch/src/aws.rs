@@ -287,6 +287,14 @@ impl Poller {
     }
 
     /// Stops watching a job.
+    /// Whether the latest round saw `job_id` ended, without waiting for another.
+    pub fn seen_ended(&self, job_id: &str) -> bool {
+        matches!(
+            self.lock().seen.get(job_id),
+            Some(Entry { seen: Seen::Job(job), .. }) if job.status().is_some_and(crate::state::is_terminal)
+        )
+    }
+
     pub fn forget(&self, job_id: &str) {
         let mut state = self.lock();
         state.watched.remove(job_id);

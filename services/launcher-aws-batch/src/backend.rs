@@ -87,8 +87,15 @@ const MIN_BATCH_TIMEOUT: u64 = 60;
 /// none (CloudWatch makes the stream with the first line; a job that wrote nothing has none).
 const LOG_LATE: Duration = Duration::from_secs(10);
 
-/// How often the log stream of a running job is fetched again, at most.
+/// How often the log stream of a running job is fetched again, at most, while it brings lines.
 const LOG_REFRESH: Duration = Duration::from_millis(500);
+
+/// The longest wait between two fetches of the stream of a job that runs and writes nothing
+/// (or whose stream does not exist yet): each fetch that brings nothing doubles the wait from
+/// [`LOG_REFRESH`] up to this. GetLogEvents has a quota per account and region (25 calls a
+/// second by default): a thousand quiet jobs must not spend it. A job seen ended is fetched at
+/// once.
+const LOG_IDLE_MAX: Duration = Duration::from_secs(16);
 
 /// How the backend runs its jobs.
 #[derive(Debug, Clone)]
@@ -187,8 +194,17 @@ struct LogState {
     /// The stream's name, once the job's details gave it.
     name: Option<String>,
     fetched: Option<Instant>,
+    /// Fetches in a row that brought nothing.
+    idle: u32,
     /// When the job was first seen ended with no stream to read.
     missing_since: Option<Instant>,
+}
+
+impl LogState {
+    /// How long after the last fetch the next one is due, while the job runs.
+    fn refresh(&self) -> Duration {
+        (LOG_REFRESH * 2u32.saturating_pow(self.idle.min(8))).min(LOG_IDLE_MAX)
+    }
 }
 
 impl AwsBatch {
@@ -640,6 +656,7 @@ impl AwsBatch {
                     stream: logs::Stream::from_cursor(cursor),
                     name: None,
                     fetched: None,
+                    idle: 0,
                     missing_since: None,
                 }))
             })
@@ -655,7 +672,8 @@ impl AwsBatch {
             let cursor: Option<Cursor> = serde_json::from_value(from.cursor.clone()).ok();
             st.stream = logs::Stream::from_cursor(cursor);
         }
-        let fresh = st.fetched.is_some_and(|at| at.elapsed() < LOG_REFRESH);
+        let ended = h.job_id.as_deref().is_some_and(|id| self.0.poller.seen_ended(id));
+        let fresh = !ended && st.fetched.is_some_and(|at| at.elapsed() < st.refresh());
         if st.stream.drained_at(from.stdout) && !st.stream.complete && !fresh {
             self.fetch_logs(h, &mut st).await?;
         }
@@ -683,6 +701,8 @@ impl AwsBatch {
             st.name = job.as_ref().and_then(|j| stream_name(j));
         }
         st.fetched = Some(Instant::now());
+        // Nothing new until a page brings lines.
+        st.idle = st.idle.saturating_add(1);
         let ended = job.is_none() || ended_at.is_some();
         let Some(stream) = st.name.clone() else {
             // No stream to read: a job that never ran has no output.
@@ -727,6 +747,9 @@ impl AwsBatch {
                 }
             };
             let messages: Vec<&str> = out.events().iter().map(|e| e.message().unwrap_or("")).collect();
+            if !messages.is_empty() {
+                st.idle = 0;
+            }
             let new = st
                 .stream
                 .push(&messages, out.next_forward_token().map(str::to_string));
@@ -1330,6 +1353,23 @@ impl Backend for AwsBatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_quiet_stream_is_fetched_less_and_less_often_up_to_a_bound() {
+        let mut st = LogState {
+            stream: logs::Stream::from_cursor(None),
+            name: None,
+            fetched: None,
+            idle: 0,
+            missing_since: None,
+        };
+        let mut waits = Vec::new();
+        for idle in [0, 1, 2, 5, 6, 40, u32::MAX] {
+            st.idle = idle;
+            waits.push(st.refresh().as_millis());
+        }
+        assert_eq!(waits, [500, 1000, 2000, 16_000, 16_000, 16_000, 16_000]);
+    }
 
     #[test]
     fn batch_timeouts_cover_ferrys_and_respect_aws_least() {
