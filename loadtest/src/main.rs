@@ -18,7 +18,9 @@
 //! - `submit-wait`: `ferry submit FLOW --wait` of one job of a shape, as a user runs it against
 //!   `ferry up`, and how long after the job's last task it returns ([`submit_wait`]);
 //! - `docker`: ferry's docker launcher against `docker run` in a shell loop on one engine
-//!   ([`docker`]).
+//!   ([`docker`]);
+//! - `aws-batch`: ferry's aws-batch launcher with many jobs in flight on moto, its AWS calls
+//!   per attempt counted ([`aws_batch`]).
 //!
 //! It reports throughput, dispatch latency (task ready → its process started, as stamped by the
 //! scheduler and the launcher), ferry's own CPU per task (this process's user+sys time; the task
@@ -29,6 +31,8 @@ mod agent;
 #[cfg(feature = "amqp")]
 mod amqp_count;
 mod api_reads;
+#[cfg(feature = "aws-batch")]
+mod aws_batch;
 mod deployment;
 #[cfg(feature = "docker")]
 mod docker;
@@ -282,6 +286,32 @@ enum Mode {
         #[arg(long, env = "FERRY_TEST_DOCKER_IMAGE", default_value = "ferry-test/busybox:1")]
         image: String,
     },
+    /// ferry's aws-batch launcher against moto with many jobs in flight: DescribeJobs calls
+    /// per attempt and minute, dispatch → SubmitJob latency, the other calls and CPU per
+    /// attempt. moto must run jobs on a Docker engine (scripts/services.sh `moto_up`).
+    AwsBatch {
+        /// moto's URL.
+        #[arg(long, env = "FERRY_TEST_MOTO")]
+        endpoint: String,
+        /// Jobs dispatched at once.
+        #[arg(long, default_value_t = 100)]
+        jobs: usize,
+        /// How long each job runs (`sleep`), in seconds.
+        #[arg(long, default_value_t = 120)]
+        run_for: u64,
+        /// The window, once every job runs, in which DescribeJobs calls are counted, in seconds.
+        #[arg(long, default_value_t = 60)]
+        window: u64,
+        /// The launcher's --aws-batch-poll-interval, in seconds.
+        #[arg(long, default_value_t = 2.0)]
+        poll_interval: f64,
+        /// The image (with `sleep`), already on moto's Docker engine.
+        #[arg(long, env = "FERRY_TEST_DOCKER_IMAGE", default_value = "ferry-test/busybox:1")]
+        image: String,
+        /// Jobs dispatched one at a time first, for dispatch → SubmitJob with nothing queued.
+        #[arg(long, default_value_t = 20)]
+        samples: usize,
+    },
     /// `GET /jobs` latency while one-task jobs are submitted all at once, on `ferry up`.
     ApiReads {
         /// Jobs submitted at once (at most 990, so that one `GET /jobs` sees them all).
@@ -309,7 +339,8 @@ impl Mode {
             | Mode::AgentFanout { .. }
             | Mode::ApiReads { .. }
             | Mode::SubmitWait { .. }
-            | Mode::Docker { .. } => None,
+            | Mode::Docker { .. }
+            | Mode::AwsBatch { .. } => None,
         }
     }
 }
@@ -346,6 +377,33 @@ async fn run(args: Args) -> Result<()> {
         {
             let _ = (containers, samples, follow, image);
             bail!("ferry-loadtest was built without the `docker` feature");
+        }
+    }
+    if let Mode::AwsBatch {
+        ref endpoint,
+        jobs,
+        run_for,
+        window,
+        poll_interval,
+        ref image,
+        samples,
+    } = args.mode
+    {
+        #[cfg(feature = "aws-batch")]
+        return aws_batch::run(aws_batch::Plan {
+            endpoint: endpoint.clone(),
+            jobs,
+            run_for: Duration::from_secs(run_for),
+            window: Duration::from_secs(window),
+            poll_interval: Duration::from_secs_f64(poll_interval),
+            image: image.clone(),
+            samples,
+        })
+        .await;
+        #[cfg(not(feature = "aws-batch"))]
+        {
+            let _ = (endpoint, jobs, run_for, window, poll_interval, image, samples);
+            bail!("ferry-loadtest was built without the `aws-batch` feature");
         }
     }
     if let Mode::SubmitWait {
