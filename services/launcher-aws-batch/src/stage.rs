@@ -21,12 +21,11 @@
 //!
 //! The task runs in `/ferry` (`$TMPDIR/ferry` when the image's user cannot make `/ferry`),
 //! `$FERRY_WORKING_DIR`, with `$FERRY_OUTPUTS` in a directory beside it, as on the docker
-//! backend. The image needs
-//! `sh`; to fetch input files `tar` and one of `curl`, `wget` or `python3`; to send outputs and
-//! output files `curl` or `python3` (and `tar` for output files). A staging step that fails
-//! (an image without those tools, a bucket that refuses) ends the job with status
-//! [`STAGE_FAILED`] and says why on its standard error, in the task's log. Release removes
-//! the prefix.
+//! backend. The image needs `sh`; to fetch input files `tar` and one of `curl`, `wget` or
+//! `python3`; to send outputs and output files `curl` or `python3` (and `tar` for output
+//! files). A staging step that fails (an image without those tools, a bucket that refuses)
+//! ends the job with status [`STAGE_FAILED`] and says why on its standard error, in the task's
+//! log. Release removes the prefix.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -289,6 +288,13 @@ pub async fn prepare(
         ));
     }
     if job.command_secret || !job.secret_env.is_empty() {
+        // Checked before anything is submitted too: a name the shell cannot set never reaches
+        // the script it sources.
+        if let Some((name, _)) = job.secret_env.iter().find(|(n, _)| !is_shell_name(n)) {
+            return Err(AttemptError::Task(format!(
+                "env.{name} holds a secret, and {name:?} is not a name the job's shell can set"
+            )));
+        }
         store
             .put(
                 &key(prefix, "secrets.sh"),
