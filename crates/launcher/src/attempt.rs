@@ -793,6 +793,19 @@ pub(crate) async fn publish_report(rt: &Runtime, mut report: TaskFinished) -> bo
     publish_recorded(rt, &report).await
 }
 
+/// [`publish_report`] of an attempt whose compute is released first: the record keeps the
+/// compute until it is, so that a launcher killed in between releases it on its next start.
+pub(crate) async fn publish_report_released(
+    rt: &Runtime,
+    mut report: TaskFinished,
+    compute: &Compute,
+) -> bool {
+    report.error = report.error.map(|e| rt.masker.mask(&e));
+    record_report(rt, &mut report, Some(compute));
+    release_reported(rt, &report.attempt_id, compute).await;
+    publish_recorded(rt, &report).await
+}
+
 /// Publishes a recorded report and, once the broker confirmed it, marks the attempt finished.
 async fn publish_recorded(rt: &Runtime, report: &TaskFinished) -> bool {
     let event = rt.builder.task(

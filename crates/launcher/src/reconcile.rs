@@ -13,8 +13,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::attempt::{
-    Ended, Queued, cancelled, conclude, heartbeat, publish_report, release, release_reported, report_started,
-    retrying, settle_pending, sleep_until_or_never, stop, until_running,
+    Ended, Queued, cancelled, conclude, heartbeat, publish_report_released, release, release_reported,
+    report_started, retrying, settle_pending, sleep_until_or_never, stop, until_running,
 };
 use crate::backend::{Compute, ComputeState, ShutdownPolicy, Task};
 use crate::journal::{Entry, Open, RunningRecord, Status};
@@ -282,8 +282,7 @@ async fn recover(rt: Arc<Runtime>, record: RunningRecord, open: Open) -> Option<
             ferry_event::now_ms(),
         )
     };
-    publish_report(&rt, report).await;
-    release(&rt, &compute).await;
+    publish_report_released(&rt, report, &compute).await;
     None
 }
 
