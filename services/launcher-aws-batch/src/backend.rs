@@ -839,9 +839,10 @@ fn check_templates(d: &TaskDispatched, staged: bool) -> BackendResult<()> {
             if !staged {
                 return Err(AttemptError::Task(format!(
                     "{field} uses secret('{name}'), which this aws-batch launcher refuses: a job's command and \
-                     environment are shown to anyone allowed batch:DescribeJobs, and it has no staging bucket to pass \
-                     secrets through instead (--aws-batch-staging s3://BUCKET[/PREFIX]). Or give the job's role \
-                     (runner.jobRoleArn) access to the secret in AWS Secrets Manager and read it from the task"
+                     environment are shown to anyone allowed batch:DescribeJobs, and the task has no staging bucket to \
+                     pass secrets through instead (runner.bucket, or the launcher's --aws-batch-staging \
+                     s3://BUCKET[/PREFIX]). Or give the job's role (runner.jobRoleArn) access to the secret in AWS \
+                     Secrets Manager and read it from the task"
                 )));
             }
             if let Some(var) = field.strip_prefix("env.")

@@ -9,7 +9,8 @@
 //! the bucket. Under the attempt's prefix:
 //!
 //! - `inputs.tar`: the input files as an archive of `ferry/` (when the task has some), made
-//!   and checked by [`ferry_launcher::archive::append_inputs`], put before the job is submitted;
+//!   and checked by [`ferry_launcher::archive::append_inputs`], put before the job is submitted
+//!   (and deleted by the job once fetched when a file holds a secret);
 //! - `secrets.sh`: the variables that hold a secret, and the command when an argument holds
 //!   one, as `sh` the wrapper sources (then deletes, from its disk and the bucket) before the
 //!   task starts: never in the job's container overrides, which DescribeJobs shows;
@@ -70,14 +71,20 @@ fetch() {
   elif command -v python3 >/dev/null 2>&1; then python3 -c "$py" get "$1" "$2"
   else fail "the image has none of curl, wget or python3 to fetch the input files with"; fi
 }
+drop() {
+  [ -n "$1" ] || return 0
+  if command -v curl >/dev/null 2>&1; then curl -fsS -o /dev/null -X DELETE "$1" || true
+  elif command -v python3 >/dev/null 2>&1; then python3 -c "$py" delete "$1" - || true; fi
+}
 send() {
   if command -v curl >/dev/null 2>&1; then curl -fsS --retry 5 -o /dev/null -T "$1" "$2"
   elif command -v python3 >/dev/null 2>&1; then python3 -c "$py" put "$2" "$1"
   else fail "the image has neither curl nor python3 to send $3 with"; fi
 }
 s_in=${FERRY_STAGE_INPUTS:-} s_out=${FERRY_STAGE_OUTPUTS:-} s_sub=${FERRY_STAGE_SUBTASKS:-} s_files=${FERRY_STAGE_FILES:-}
-s_sec=${FERRY_STAGE_SECRETS:-} s_drop=${FERRY_STAGE_SECRETS_DROP:-}
-unset FERRY_STAGE_INPUTS FERRY_STAGE_OUTPUTS FERRY_STAGE_SUBTASKS FERRY_STAGE_FILES FERRY_STAGE_SECRETS FERRY_STAGE_SECRETS_DROP
+s_sec=${FERRY_STAGE_SECRETS:-} s_drop=${FERRY_STAGE_SECRETS_DROP:-} s_in_drop=${FERRY_STAGE_INPUTS_DROP:-}
+unset FERRY_STAGE_INPUTS FERRY_STAGE_OUTPUTS FERRY_STAGE_SUBTASKS FERRY_STAGE_FILES FERRY_STAGE_SECRETS FERRY_STAGE_SECRETS_DROP \
+  FERRY_STAGE_INPUTS_DROP
 top=/
 mkdir -p /ferry /ferry-outputs 2>/dev/null || top=${TMPDIR:-/tmp}/
 w=${top}ferry o=${top}ferry-outputs
@@ -86,6 +93,7 @@ if [ -n "$s_in" ]; then
   fetch "$s_in" "$o/.inputs.tar" || fail "cannot fetch the input files"
   tar -xf "$o/.inputs.tar" -C "$top" || fail "cannot unpack the input files into $w"
   rm -f "$o/.inputs.tar"
+  drop "$s_in_drop"
 fi
 if [ -n "$s_sec" ]; then
   mask=$(umask)
@@ -94,8 +102,7 @@ if [ -n "$s_sec" ]; then
   . "$o/.secrets.sh" || fail "cannot read the task's secrets"
   rm -f "$o/.secrets.sh"
   umask "$mask"
-  if command -v curl >/dev/null 2>&1; then curl -fsS -o /dev/null -X DELETE "$s_drop" || true
-  elif command -v python3 >/dev/null 2>&1; then python3 -c "$py" delete "$s_drop" - || true; fi
+  drop "$s_drop"
 fi
 cd "$w" || fail "cannot enter $w"
 export FERRY_WORKING_DIR="$w" FERRY_OUTPUTS="$o/outputs.json" FERRY_SUBTASKS="$o/subtasks.json"
@@ -286,6 +293,14 @@ pub async fn prepare(
             "FERRY_STAGE_INPUTS".into(),
             sign(Method::GET, "inputs.tar").await?,
         ));
+        // Input files that hold a secret are deleted once fetched, as `secrets.sh` is: their
+        // URL, shown by DescribeJobs, then reads nothing.
+        if d.input_files.values().any(|t| t.secrets().next().is_some()) {
+            env.push((
+                "FERRY_STAGE_INPUTS_DROP".into(),
+                sign(Method::DELETE, "inputs.tar").await?,
+            ));
+        }
     }
     if job.command_secret || !job.secret_env.is_empty() {
         // Checked before anything is submitted too: a name the shell cannot set never reaches

@@ -459,6 +459,10 @@ async fn secrets_reach_the_job_through_the_bucket_never_its_description() {
     d.env
         .insert("TOKEN".into(), Template(vec![Part::Secret("API_TOKEN".into())]));
     d.env.insert("PLAIN".into(), Template::text("shown"));
+    d.input_files.insert(
+        "token.txt".into(),
+        Template(vec![Part::Secret("API_TOKEN".into())]),
+    );
     backend.check(&d).expect("secrets are staged");
     let task = Task::new(&d, &secrets);
     let reserved = backend.reserve(task).await.expect("reserve");
@@ -505,7 +509,9 @@ async fn secrets_reach_the_job_through_the_bucket_never_its_description() {
     );
     let left = common::staged(&target.staging_bucket).await;
     assert!(
-        !left.iter().any(|u| u.ends_with("/secrets.sh")),
+        !left
+            .iter()
+            .any(|u| u.ends_with("/secrets.sh") || u.ends_with("/inputs.tar")),
         "the secrets were left staged: {left:?}"
     );
     backend.release(&compute).await.expect("release");
