@@ -218,22 +218,9 @@ pub async fn run(plan: Plan) -> Result<()> {
         command: vec![Template::text("true")],
         ..tasks[0].clone()
     };
-    let e = events.dispatch(
-        kind::TASK_DISPATCHED,
-        &warm.job_id,
-        &warm.task_id,
-        &warm.attempt_id,
-        "aws-batch",
-        &warm,
-    );
     let warmed = Instant::now();
-    bus.publish(&[e]).await?;
-    loop {
-        let (ty, attempt, _) = next(&mut control).await?;
-        if ty == kind::TASK_STARTED && attempt == warm.attempt_id {
-            break;
-        }
-    }
+    dispatch(&bus, &events, &warm).await?;
+    until(&mut control, kind::TASK_STARTED, &warm.attempt_id).await?;
     println!(
         "  first job started      {:.0} ms after its dispatch (the job queue made and the definition registered)",
         warmed.elapsed().as_secs_f64() * 1000.0
@@ -250,16 +237,8 @@ pub async fn run(plan: Plan) -> Result<()> {
             ..tasks[0].clone()
         };
         let name = ferry_launcher_aws_batch::names::job_name(&d.attempt_id);
-        let e = events.dispatch(
-            kind::TASK_DISPATCHED,
-            &d.job_id,
-            &d.task_id,
-            &d.attempt_id,
-            "aws-batch",
-            &d,
-        );
         let at = Instant::now();
-        bus.publish(&[e]).await?;
+        dispatch(&bus, &events, &d).await?;
         let sent = loop {
             if let Some(sent) = calls
                 .lock()
@@ -276,12 +255,7 @@ pub async fn run(plan: Plan) -> Result<()> {
             tokio::time::sleep(Duration::from_millis(1)).await;
         };
         alone.push(sent.duration_since(at).as_secs_f64() * 1000.0);
-        loop {
-            let (ty, attempt, _) = next(&mut control).await?;
-            if ty == kind::TASK_FINISHED && attempt == d.attempt_id {
-                break;
-            }
-        }
+        until(&mut control, kind::TASK_FINISHED, &d.attempt_id).await?;
     }
     alone.sort_by(f64::total_cmp);
     if !alone.is_empty() {
@@ -299,19 +273,11 @@ pub async fn run(plan: Plan) -> Result<()> {
     let started = Instant::now();
     let mut published = HashMap::with_capacity(tasks.len());
     for d in &tasks {
-        let e = events.dispatch(
-            kind::TASK_DISPATCHED,
-            &d.job_id,
-            &d.task_id,
-            &d.attempt_id,
-            "aws-batch",
-            d,
-        );
         published.insert(
             ferry_launcher_aws_batch::names::job_name(&d.attempt_id),
             Instant::now(),
         );
-        bus.publish(&[e]).await?;
+        dispatch(&bus, &events, d).await?;
     }
     let mut waiting: HashSet<String> = tasks.iter().map(|d| d.attempt_id.clone()).collect();
     while !waiting.is_empty() {
@@ -400,6 +366,30 @@ pub async fn run(plan: Plan) -> Result<()> {
     );
     println!("  load average after    {}", loadavg());
     Ok(())
+}
+
+/// Publishes `d`'s `task.dispatched` as the scheduler does.
+async fn dispatch(bus: &MemoryBus, events: &EventBuilder, d: &TaskDispatched) -> Result<()> {
+    let e = events.dispatch(
+        kind::TASK_DISPATCHED,
+        &d.job_id,
+        &d.task_id,
+        &d.attempt_id,
+        "aws-batch",
+        d,
+    );
+    bus.publish(&[e]).await?;
+    Ok(())
+}
+
+/// Waits for the control event `ty` of `attempt`.
+async fn until(control: &mut Subscription, ty: &str, attempt: &str) -> Result<()> {
+    loop {
+        let (t, a, _) = next(control).await?;
+        if t == ty && a == attempt {
+            return Ok(());
+        }
+    }
 }
 
 /// The next control event: its type, attempt id and the event.
