@@ -137,9 +137,7 @@ pub(crate) async fn stop(rt: &Runtime, compute: &Compute) {
 /// only once the report is recorded.
 async fn abandon(rt: &Runtime, d: &TaskDispatched, reserved: &Compute, e: &AttemptError) -> TaskFinished {
     let mut report = unstarted(d, e.outcome(), e.message());
-    report.error = report.error.map(|e| rt.masker.mask(&e));
-    record_report(rt, &mut report, Some(reserved));
-    release_reported(rt, &report.attempt_id, reserved).await;
+    record_and_release(rt, &mut report, reserved).await;
     report
 }
 
@@ -614,11 +612,17 @@ pub(crate) async fn conclude(
             }
         }
     }
-    report.error = report.error.map(|e| rt.masker.mask(&e));
     report.finished_at_ms = ferry_event::now_ms();
-    record_report(rt, &mut report, Some(compute));
-    release_reported(rt, &report.attempt_id, compute).await;
+    record_and_release(rt, &mut report, compute).await;
     report
+}
+
+/// Masks the report's error, records the report with `compute` still to release, and releases
+/// it ([`release_reported`]).
+async fn record_and_release(rt: &Runtime, report: &mut TaskFinished, compute: &Compute) {
+    report.error = report.error.take().map(|e| rt.masker.mask(&e));
+    record_report(rt, report, Some(compute));
+    release_reported(rt, &report.attempt_id, compute).await;
 }
 
 /// Releases the compute of the recorded report of `attempt_id`, and records that it was: a
@@ -800,9 +804,7 @@ pub(crate) async fn publish_report_released(
     mut report: TaskFinished,
     compute: &Compute,
 ) -> bool {
-    report.error = report.error.map(|e| rt.masker.mask(&e));
-    record_report(rt, &mut report, Some(compute));
-    release_reported(rt, &report.attempt_id, compute).await;
+    record_and_release(rt, &mut report, compute).await;
     publish_recorded(rt, &report).await
 }
 
