@@ -260,20 +260,67 @@ pub enum AwsBatchPlatform {
     Ec2,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+/// A task run as a Google Batch job: one job per attempt, one task of one container.
+/// `resources.cpu` and `resources.memory` are the task's `computeResource`; `resources.gpu`
+/// with `resources.gpuType` (`nvidia-tesla-t4`, `nvidia-l4`) the VM's accelerators.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct GoogleBatchRunner {
     /// The container image of the Batch job.
     pub image: String,
-    /// The Google Cloud project.
+    /// The Google Cloud project (the launcher's `--google-project` when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub project: Option<String>,
-    /// The region the job runs in, e.g. `europe-west1`.
+    /// The region the job runs in, e.g. `europe-west1` (the launcher's `--google-region` when
+    /// absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
-    /// Cloud Storage bucket for staged inputs and collected outputs.
+    /// Cloud Storage bucket for staged inputs and collected outputs: its name, or
+    /// `gs://BUCKET[/PREFIX]` (the launcher's `--google-batch-staging` when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bucket: Option<String>,
+    /// The Compute Engine machine type of the job's VM (`e2-standard-4`); Batch picks one that
+    /// fits the resources when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-z][a-z0-9-]{0,62}$"))]
+    pub machine_type: Option<String>,
+    /// `standard` (the default) or `spot` VMs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provisioning_model: Option<GoogleBatchProvisioning>,
+    /// The email of the service account the job's VM runs as (its Google Cloud permissions,
+    /// including the staging bucket's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<String>,
+    /// The VPC network of the job's VM (`projects/P/global/networks/N`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+    /// The subnetwork of the job's VM (`projects/P/regions/R/subnetworks/S`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnetwork: Option<String>,
+    /// Gives the job's VM no external IP address (it then needs Private Google Access or a
+    /// NAT to reach Google's APIs and the image's registry).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_external_ip: bool,
+    /// A Compute Engine reservation the job's VM is taken from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reservation: Option<String>,
+    /// How long the job may stay QUEUED or SCHEDULED (no capacity for its machine type or
+    /// GPUs) before the attempt fails, in seconds (the launcher's `--pending-deadline` when
+    /// absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub pending_deadline_seconds: Option<u64>,
+}
+
+/// The kind of VM a Google Batch job runs on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum GoogleBatchProvisioning {
+    #[default]
+    Standard,
+    /// Cheaper VMs Compute Engine may take back at any time: the attempt is then `lost` and
+    /// retried outside the task's budget.
+    Spot,
 }
 
 /// A task run by a `ferry agent` of a named cluster, which registered it: the agent's command
