@@ -1,0 +1,429 @@
+//! Files through Cloud Storage: an attempt's input files, secrets, `$FERRY_OUTPUTS`,
+//! `$FERRY_SUBTASKS` and output files, under a prefix of its own in the staging bucket
+//! (`runner.bucket`, else the launcher's `--google-batch-staging`).
+//!
+//! Batch mounts a bucket's path into a job as a volume (Cloud Storage FUSE on the job's VM),
+//! so the job reaches its files as files, with the job's service account and no tool in the
+//! image: the attempt's prefix is the task's volume at [`MOUNT`], and the job's command is the
+//! task's wrapped in a small `sh` script ([`SCRIPT`]). Under the prefix:
+//!
+//! - `inputs.tar`: the input files as an archive of `ferry/`, made and checked by
+//!   [`ferry_launcher::archive::append_inputs`], written before the job is created (and deleted
+//!   by the job once unpacked when a file holds a secret);
+//! - `secrets.sh`: the variables that hold a secret, and the command when an argument holds
+//!   one, as `sh` the wrapper sources and then deletes before the task starts: never in the
+//!   job's definition, which anyone allowed `batch.jobs.get` sees;
+//! - `outputs.json`, `subtasks.json`: the files at `$FERRY_OUTPUTS` and `$FERRY_SUBTASKS`,
+//!   copied there after the task succeeded;
+//! - `files.tar`: the working directory as an archive of `ferry/` (when the task has
+//!   `outputFiles`), of which the launcher keeps what matches the patterns, with the checks of
+//!   every backend ([`ferry_launcher::archive::extract`]).
+//!
+//! The task runs in `/ferry` (`$TMPDIR/ferry` when the image's user cannot make `/ferry`),
+//! `$FERRY_WORKING_DIR`, with `$FERRY_OUTPUTS` in a directory beside it, as on the docker
+//! backend. The image needs `sh`, `cp` and `rm`, and `tar` when the task has input or output
+//! files. A staging step that fails ends the job with status [`STAGE_FAILED`] and says why on
+//! its standard error, in the task's log. Release removes the prefix.
+
+use std::path::PathBuf;
+
+use ferry_event::payload::TaskDispatched;
+use ferry_launcher::archive::{ExtractError, InputFile, Limits};
+use ferry_launcher::backend::{AttemptError, BackendResult, Collected, Task};
+use ferry_launcher::collect::{MAX_OUTPUTS_BYTES, MAX_SUBTASKS_BYTES};
+use futures::StreamExt;
+
+use crate::google::{ApiError, Google};
+
+/// The exit status of a job whose staging failed (as `docker run`'s own failures are 125).
+pub const STAGE_FAILED: i32 = 125;
+
+/// Where the attempt's prefix is mounted, on the job's VM and in its container. Batch mounts
+/// volumes under `/mnt/disks/`.
+pub const MOUNT: &str = "/mnt/disks/ferry";
+
+/// The directory the task runs in, and the name of its archives' top directory.
+const WORK: &str = "ferry";
+
+/// The wrapper: `sh -c SCRIPT ferry-stage COMMAND...`. It runs the task as its child, passing
+/// on SIGTERM (Batch's stop) so that the task gets its grace, and stages only after the task
+/// succeeded.
+pub const SCRIPT: &str = r#"set -u
+fail() { echo "ferry-stage: $*" >&2; exit 125; }
+s=${FERRY_STAGE_DIR:-/mnt/disks/ferry} files=${FERRY_STAGE_FILES:-} in_drop=${FERRY_STAGE_INPUTS_DROP:-}
+unset FERRY_STAGE_DIR FERRY_STAGE_FILES FERRY_STAGE_INPUTS_DROP
+[ -d "$s" ] || fail "the staging volume is not mounted at $s"
+top=/
+mkdir -p /ferry /ferry-outputs 2>/dev/null || top=${TMPDIR:-/tmp}/
+w=${top}ferry o=${top}ferry-outputs
+mkdir -p "$w" "$o" || fail "cannot make the working directory $w"
+if [ -f "$s/inputs.tar" ]; then
+  tar -xf "$s/inputs.tar" -C "$top" || fail "cannot unpack the input files into $w"
+  [ -z "$in_drop" ] || rm -f "$s/inputs.tar"
+fi
+if [ -f "$s/secrets.sh" ]; then
+  . "$s/secrets.sh" || fail "cannot read the task's secrets"
+  rm -f "$s/secrets.sh"
+fi
+cd "$w" || fail "cannot enter $w"
+export FERRY_WORKING_DIR="$w" FERRY_OUTPUTS="$o/outputs.json" FERRY_SUBTASKS="$o/subtasks.json"
+# The task keeps standard error; the shell's own (a "Terminated" when the task dies of the
+# SIGTERM passed on) goes nowhere while it waits, so that the task's log holds only the task's.
+exec 3>&2 2>/dev/null
+"$@" 2>&3 3>&- &
+pid=$!
+trap 'kill -TERM "$pid"' TERM INT
+wait "$pid"
+code=$?
+while kill -0 "$pid"; do wait "$pid"; code=$?; done
+exec 2>&3 3>&-
+[ "$code" -eq 0 ] || exit "$code"
+if [ -f "$FERRY_OUTPUTS" ]; then cp "$FERRY_OUTPUTS" "$s/outputs.json" || fail 'cannot send $FERRY_OUTPUTS'; fi
+if [ -f "$FERRY_SUBTASKS" ]; then cp "$FERRY_SUBTASKS" "$s/subtasks.json" || fail 'cannot send $FERRY_SUBTASKS'; fi
+if [ -n "$files" ]; then
+  (cd "$top" && tar -cf "$s/files.tar" ferry) || fail "cannot archive the working directory for outputFiles"
+fi
+exit 0
+"#;
+
+/// A bucket and a prefix in it: `gs://BUCKET[/PREFIX]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bucket {
+    pub name: String,
+    pub prefix: String,
+}
+
+impl Bucket {
+    /// `gs://BUCKET[/PREFIX]`, or a bare bucket name.
+    pub fn parse(s: &str) -> Result<Bucket, String> {
+        let s = s.trim();
+        let rest = match s.strip_prefix("gs://") {
+            Some(rest) => rest,
+            None if !s.contains([':', '/']) => s,
+            None => {
+                return Err(format!(
+                    "{s:?} is not a Cloud Storage bucket: write its name, or gs://BUCKET[/PREFIX]"
+                ));
+            }
+        };
+        let (name, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        let ok = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.');
+        if !(3..=222).contains(&name.len()) || !name.chars().all(ok) {
+            return Err(format!(
+                "{s:?}: {name:?} is not a bucket name (3 to 222 lowercase letters, digits, '-', '_' and '.')"
+            ));
+        }
+        let prefix = prefix.trim_matches('/');
+        if prefix.split('/').any(|p| p == ".." || p == ".") {
+            return Err(format!("{s:?}: the prefix must not hold '.' or '..'"));
+        }
+        Ok(Bucket {
+            name: name.to_string(),
+            prefix: prefix.to_string(),
+        })
+    }
+
+    pub fn url(&self) -> String {
+        if self.prefix.is_empty() {
+            format!("gs://{}", self.name)
+        } else {
+            format!("gs://{}/{}", self.name, self.prefix)
+        }
+    }
+
+    /// The object name of `rest` under the prefix.
+    pub fn key(&self, rest: &str) -> String {
+        if self.prefix.is_empty() {
+            rest.to_string()
+        } else {
+            format!("{}/{rest}", self.prefix)
+        }
+    }
+}
+
+/// Where staged files go, and where collected output files are kept.
+#[derive(Debug, Clone)]
+pub struct Staging {
+    /// The staging bucket of tasks whose runner names none (`--google-batch-staging`).
+    pub default: Option<Bucket>,
+    /// The launcher's artifact directory, which output files are copied into (and from there
+    /// to its artifact store, when it has one).
+    pub artifact_dir: PathBuf,
+    pub limits: Limits,
+}
+
+impl Staging {
+    /// The staging bucket of a task whose runner names `bucket`, else the default; `None`
+    /// when there is neither.
+    pub fn for_task(&self, bucket: Option<&str>) -> BackendResult<Option<Bucket>> {
+        match bucket.map(str::trim).filter(|b| !b.is_empty()) {
+            None => Ok(self.default.clone()),
+            Some(b) => Bucket::parse(b)
+                .map(Some)
+                .map_err(|why| AttemptError::Task(format!("runner.bucket: {why}"))),
+        }
+    }
+}
+
+/// What the job runs, filled: the command and the variables holding a secret, which go
+/// through the bucket rather than into the job's definition.
+pub struct Job {
+    pub command: Vec<String>,
+    /// Whether an argument of the command holds a secret: then the whole command is staged.
+    pub command_secret: bool,
+    pub secret_env: Vec<(String, String)>,
+}
+
+/// Whether `name` is a variable the wrapper's shell can set.
+pub fn is_shell_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// `value` as one word of `sh`, whatever it holds.
+fn quoted(value: &str) -> String {
+    format!("'{}'", value.replace('\'', r"'\''"))
+}
+
+/// The script the wrapper sources before it runs the task.
+fn secrets_script(job: &Job) -> String {
+    let mut script = String::new();
+    for (name, value) in &job.secret_env {
+        script.push_str(&format!("export {name}={}\n", quoted(value)));
+    }
+    if job.command_secret {
+        let words: Vec<String> = job.command.iter().map(|a| quoted(a)).collect();
+        script.push_str(&format!("set -- {}\n", words.join(" ")));
+    }
+    script
+}
+
+/// The prefix of an attempt's staged files under the bucket's own.
+pub fn prefix(d: &TaskDispatched) -> String {
+    ferry_artifacts::attempt_key(&d.job_id, &d.task_id, &d.attempt_id, "")
+        .trim_end_matches('/')
+        .to_string()
+}
+
+fn store_error(what: &str, e: ApiError) -> AttemptError {
+    e.fault(what, false)
+}
+
+/// The job's command (the wrapper's arguments, with `sh` its entrypoint) and the variables
+/// the wrapper reads: the task's input files and secrets written under `prefix` first.
+pub async fn prepare(
+    google: &Google,
+    bucket: &Bucket,
+    task: Task<'_>,
+    prefix: &str,
+    job: Job,
+) -> BackendResult<(Vec<String>, Vec<(String, String)>)> {
+    let d = task.dispatch;
+    let key = |name: &str| bucket.key(&format!("{prefix}/{name}"));
+    let mut env = vec![("FERRY_STAGE_DIR".to_string(), MOUNT.to_string())];
+    if !d.input_files.is_empty() {
+        let mut files = Vec::with_capacity(d.input_files.len());
+        for (path, t) in &d.input_files {
+            files.push(InputFile {
+                path: path.clone(),
+                contents: task.fill(t, &format!("inputFiles.{path}"), "")?.into_bytes(),
+            });
+        }
+        let mut tar = tar::Builder::new(Vec::new());
+        ferry_launcher::archive::append_inputs(&mut tar, WORK, &files).map_err(|e| match e {
+            ExtractError::Refused(m) => AttemptError::Task(m),
+            e => AttemptError::Platform(e.to_string()),
+        })?;
+        let archive = tar
+            .into_inner()
+            .map_err(|e| AttemptError::Platform(format!("cannot archive the input files: {e}")))?;
+        google
+            .put_object(&bucket.name, &key("inputs.tar"), archive)
+            .await
+            .map_err(|e| store_error("cannot stage the input files", e))?;
+        // Input files that hold a secret are deleted once unpacked, as `secrets.sh` is.
+        if d.input_files.values().any(|t| t.secrets().next().is_some()) {
+            env.push(("FERRY_STAGE_INPUTS_DROP".into(), "1".into()));
+        }
+    }
+    if job.command_secret || !job.secret_env.is_empty() {
+        if let Some((name, _)) = job.secret_env.iter().find(|(n, _)| !is_shell_name(n)) {
+            return Err(AttemptError::Task(format!(
+                "env.{name} holds a secret, and {name:?} is not a name the job's shell can set"
+            )));
+        }
+        google
+            .put_object(
+                &bucket.name,
+                &key("secrets.sh"),
+                secrets_script(&job).into_bytes(),
+            )
+            .await
+            .map_err(|e| store_error("cannot stage the task's secrets", e))?;
+    }
+    if !d.output_files.is_empty() {
+        env.push(("FERRY_STAGE_FILES".into(), "1".into()));
+    }
+    let mut args = Vec::with_capacity(job.command.len() + 3);
+    args.extend(["-c", SCRIPT, "ferry-stage"].map(String::from));
+    // A command holding a secret comes from the staged script.
+    if !job.command_secret {
+        args.extend(job.command);
+    }
+    Ok((args, env))
+}
+
+/// At most `max` bytes of the staged object `name`; `None` when the job wrote none.
+async fn read_at_most(google: &Google, bucket: &str, name: &str, max: u64) -> BackendResult<Option<Vec<u8>>> {
+    let Some(mut stream) = google
+        .get_object(bucket, name)
+        .await
+        .map_err(|e| store_error("cannot read what the job staged", e))?
+    else {
+        return Ok(None);
+    };
+    let mut bytes = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk =
+            chunk.map_err(|e| AttemptError::Unavailable(format!("cannot read what the job staged: {e}")))?;
+        let room = (max as usize).saturating_sub(bytes.len());
+        bytes.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if bytes.len() as u64 >= max {
+            break;
+        }
+    }
+    Ok(Some(bytes))
+}
+
+/// What a job that succeeded staged: its outputs, its subtasks and the output files, these
+/// copied into the artifact directory.
+pub async fn collect(
+    google: &Google,
+    staging: &Staging,
+    bucket: &Bucket,
+    task: Task<'_>,
+    prefix: &str,
+) -> BackendResult<Collected> {
+    let d = task.dispatch;
+    let key = |name: &str| bucket.key(&format!("{prefix}/{name}"));
+    let outputs = read_at_most(google, &bucket.name, &key("outputs.json"), MAX_OUTPUTS_BYTES + 1).await?;
+    let subtasks = read_at_most(
+        google,
+        &bucket.name,
+        &key("subtasks.json"),
+        MAX_SUBTASKS_BYTES + 1,
+    )
+    .await?;
+    if d.output_files.is_empty() {
+        return Ok(Collected {
+            outputs,
+            subtasks,
+            files: Vec::new(),
+        });
+    }
+    let mut patterns = Vec::with_capacity(d.output_files.len());
+    for p in &d.output_files {
+        ferry_flow::rules::output_pattern(p)
+            .map_err(|why| AttemptError::Task(format!("outputFiles: pattern {p:?} is refused: {why}")))?;
+        patterns.push(
+            glob::Pattern::new(p)
+                .map_err(|e| AttemptError::Task(format!("outputFiles: pattern {p:?} is invalid: {e}")))?,
+        );
+    }
+    let archive = key("files.tar");
+    let Some(stream) = google
+        .get_object(&bucket.name, &archive)
+        .await
+        .map_err(|e| store_error("cannot read the job's output files", e))?
+    else {
+        return Err(AttemptError::Platform(format!(
+            "outputFiles: the job succeeded but left no archive of its working directory at gs://{}/{archive}: \
+             its log says why (ferry-stage)",
+            bucket.name
+        )));
+    };
+    let dest = staging
+        .artifact_dir
+        .join(ferry_launcher::collect::attempt_artifacts(d));
+    tokio::fs::create_dir_all(&dest).await.map_err(|e| {
+        AttemptError::Platform(format!(
+            "cannot create the artifact directory {}: {e}",
+            dest.display()
+        ))
+    })?;
+    let reader = tokio_util::io::StreamReader::new(stream.map(|r| r.map_err(std::io::Error::other)));
+    let limits = staging.limits;
+    let extracted = tokio::task::spawn_blocking(move || {
+        let reader = tokio_util::io::SyncIoBridge::new(reader);
+        ferry_launcher::archive::extract(reader, WORK, &patterns, &dest, limits)
+    })
+    .await
+    .map_err(|e| AttemptError::Platform(format!("the output files' extraction failed: {e}")))?
+    .map_err(|e| match e {
+        ExtractError::Refused(m) => AttemptError::Task(m),
+        e => AttemptError::Unavailable(format!(
+            "cannot take the output files out of gs://{}/{archive}: {e}",
+            bucket.name
+        )),
+    })?;
+    Ok(Collected {
+        outputs,
+        subtasks,
+        files: extracted.into_output_files()?,
+    })
+}
+
+/// Removes everything staged under `prefix`.
+pub async fn remove(google: &Google, bucket: &Bucket, prefix: &str) -> BackendResult<()> {
+    let under = bucket.key(&format!("{prefix}/"));
+    let names = google
+        .list_objects(&bucket.name, &under)
+        .await
+        .map_err(|e| store_error("cannot list the attempt's staged files", e))?;
+    for name in names {
+        google
+            .delete_object(&bucket.name, &name)
+            .await
+            .map_err(|e| store_error("cannot remove the attempt's staged files", e))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_named_or_refused() {
+        assert_eq!(
+            Bucket::parse("gs://my-bucket/runs/").unwrap(),
+            Bucket {
+                name: "my-bucket".into(),
+                prefix: "runs".into()
+            }
+        );
+        assert_eq!(Bucket::parse("my-bucket").unwrap().url(), "gs://my-bucket");
+        assert_eq!(
+            Bucket::parse("gs://b12/a/b").unwrap().key("j/t/a/x"),
+            "a/b/j/t/a/x"
+        );
+        for bad in ["s3://b", "gs://B", "gs://ab", "gs://bucket/../x", "a/b"] {
+            assert!(Bucket::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn secrets_are_one_word_each_in_the_script() {
+        let job = Job {
+            command: vec!["echo".into(), "it's".into()],
+            command_secret: true,
+            secret_env: vec![("TOKEN".into(), "a'b $c".into())],
+        };
+        assert_eq!(
+            secrets_script(&job),
+            "export TOKEN='a'\\''b $c'\nset -- 'echo' 'it'\\''s'\n"
+        );
+        assert!(is_shell_name("_A1") && !is_shell_name("1A") && !is_shell_name("A-B"));
+    }
+}
