@@ -8,7 +8,8 @@
 //! up`, `ferry service launcher` and the environment configure them alike. Each keeps its
 //! journal in a data directory of its own: the local launcher in the data directory itself (as
 //! it always has), the docker launcher in `docker/` under it, the kubernetes launcher in
-//! `kubernetes/`, the ray launcher in `ray/`, the aws-batch launcher in `aws-batch/`.
+//! `kubernetes/`, the ray launcher in `ray/`, the aws-batch launcher in `aws-batch/`, the google-batch launcher
+//! in `google-batch/`.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -20,7 +21,14 @@ use ferry_launcher_local::Service;
 use tokio_util::sync::CancellationToken;
 
 /// Every backend a launcher can serve, built in or not.
-pub const BACKENDS: &[&str] = &["local", "docker", "kubernetes", "ray", "aws-batch"];
+pub const BACKENDS: &[&str] = &[
+    "local",
+    "docker",
+    "kubernetes",
+    "ray",
+    "aws-batch",
+    "google-batch",
+];
 
 /// One launcher, configured for its backend.
 #[derive(Debug, Clone)]
@@ -36,6 +44,8 @@ pub enum Launcher {
     Ray(ferry_launcher_ray::Config),
     #[cfg(feature = "aws-batch")]
     AwsBatch(ferry_launcher_aws_batch::Config),
+    #[cfg(feature = "google-batch")]
+    GoogleBatch(ferry_launcher_google_batch::Config),
 }
 
 impl Launcher {
@@ -52,6 +62,7 @@ impl Launcher {
             "kubernetes" => kubernetes(flags, data_dir),
             "ray" => ray(flags, data_dir),
             "aws-batch" => aws_batch(flags, data_dir),
+            "google-batch" => google_batch(flags, data_dir),
             other => bail!(
                 "backend `{other}` is not known: choose one of {}",
                 BACKENDS.join(", ")
@@ -72,6 +83,8 @@ impl Launcher {
             Launcher::Ray(_) => ferry_launcher_ray::BACKEND,
             #[cfg(feature = "aws-batch")]
             Launcher::AwsBatch(_) => ferry_launcher_aws_batch::BACKEND,
+            #[cfg(feature = "google-batch")]
+            Launcher::GoogleBatch(_) => ferry_launcher_google_batch::BACKEND,
         }
     }
 
@@ -88,6 +101,8 @@ impl Launcher {
             Launcher::Ray(c) => &c.service,
             #[cfg(feature = "aws-batch")]
             Launcher::AwsBatch(c) => &c.service,
+            #[cfg(feature = "google-batch")]
+            Launcher::GoogleBatch(c) => &c.service,
         }
     }
 
@@ -103,6 +118,8 @@ impl Launcher {
             Launcher::Ray(c) => &mut c.service,
             #[cfg(feature = "aws-batch")]
             Launcher::AwsBatch(c) => &mut c.service,
+            #[cfg(feature = "google-batch")]
+            Launcher::GoogleBatch(c) => &mut c.service,
         }
     }
 
@@ -140,6 +157,8 @@ impl Launcher {
             Launcher::Ray(c) => Ok(ferry_launcher_ray::run(c, bus, shutdown).await?),
             #[cfg(feature = "aws-batch")]
             Launcher::AwsBatch(c) => Ok(ferry_launcher_aws_batch::run(c, bus, shutdown).await?),
+            #[cfg(feature = "google-batch")]
+            Launcher::GoogleBatch(c) => Ok(ferry_launcher_google_batch::run(c, bus, shutdown).await?),
         }
     }
 }
@@ -213,6 +232,31 @@ fn aws_batch(_: &ferry_launcher_local::Flags, _: &Path) -> Result<Launcher> {
     bail!("{}", not_enabled("aws-batch"))
 }
 
+#[cfg(feature = "google-batch")]
+fn google_batch(flags: &ferry_launcher_local::Flags, data_dir: &Path) -> Result<Launcher> {
+    let given = |v: &Option<String>| v.clone().filter(|v| !v.trim().is_empty());
+    let mut c = ferry_launcher_google_batch::Config::new(data_dir.join("google-batch"));
+    shared(flags, data_dir, &mut c.service, "google-batch");
+    c.project = given(&flags.google_project);
+    c.region = given(&flags.google_region);
+    c.staging = given(&flags.google_batch_staging);
+    c.service_account = given(&flags.google_batch_service_account);
+    c.pending_deadline = flags.pending_deadline;
+    c.poll_interval = flags.google_batch_poll_interval;
+    c.endpoints = ferry_launcher_google_batch::google::Endpoints {
+        batch: flags.google_batch_endpoint.clone(),
+        logging: flags.google_logging_endpoint.clone(),
+        storage: flags.google_storage_endpoint.clone(),
+    };
+    c.anonymous = flags.google_anonymous;
+    Ok(Launcher::GoogleBatch(c))
+}
+
+#[cfg(not(feature = "google-batch"))]
+fn google_batch(_: &ferry_launcher_local::Flags, _: &Path) -> Result<Launcher> {
+    bail!("{}", not_enabled("google-batch"))
+}
+
 /// Sets the launcher flags every backend takes on `service`, the settings of the launcher of
 /// `backend` keeping its state under `data_dir`: its output files go to `--artifact-dir`, else
 /// to the data directory's `artifacts`, which every backend of `ferry up` shares.
@@ -220,7 +264,8 @@ fn aws_batch(_: &ferry_launcher_local::Flags, _: &Path) -> Result<Launcher> {
     feature = "docker",
     feature = "kubernetes",
     feature = "ray",
-    feature = "aws-batch"
+    feature = "aws-batch",
+    feature = "google-batch"
 ))]
 fn shared(flags: &ferry_launcher_local::Flags, data_dir: &Path, service: &mut Service, backend: &str) {
     flags.apply(service, backend);
@@ -241,6 +286,7 @@ pub fn enabled(backend: &str) -> bool {
         || (backend == "kubernetes" && cfg!(feature = "kubernetes"))
         || (backend == "ray" && cfg!(feature = "ray"))
         || (backend == "aws-batch" && cfg!(feature = "aws-batch"))
+        || (backend == "google-batch" && cfg!(feature = "google-batch"))
 }
 
 /// Whether a Docker engine answers at `host` (or `DOCKER_HOST`, or the local socket): how
@@ -327,6 +373,28 @@ pub async fn aws_batch_api(c: &ferry_launcher_aws_batch::Config) -> Result<Strin
     tokio::time::timeout(wait, probe)
         .await
         .unwrap_or_else(|_| Err(format!("the AWS Batch API did not answer within {wait:?}")))
+}
+
+/// Whether the Batch API answers with the google-batch launcher's credentials and endpoint: how
+/// `ferry up` decides to serve google-batch tasks. Says where, or why not.
+#[cfg(feature = "google-batch")]
+pub async fn google_batch_api(c: &ferry_launcher_google_batch::Config) -> Result<String, String> {
+    let (Some(project), Some(region)) = (&c.project, &c.region) else {
+        return Err("no --google-project and --google-region given".into());
+    };
+    let wait = std::time::Duration::from_secs(10);
+    let probe = async {
+        let google = c.google().map_err(|e| e.to_string())?;
+        let parent = format!("projects/{project}/locations/{region}");
+        google
+            .list_jobs(&parent, "labels.ferry-probe=\"none\"")
+            .await
+            .map_err(|e| format!("the Google Batch API refused jobs.list in {parent}: {e}"))?;
+        Ok(format!("Google Batch in {parent} at {}", c.endpoints.batch))
+    };
+    tokio::time::timeout(wait, probe)
+        .await
+        .unwrap_or_else(|_| Err(format!("the Google Batch API did not answer within {wait:?}")))
 }
 
 #[cfg(test)]

@@ -585,6 +585,35 @@ mod tests {
             .concat();
             assert_eq!(backends(&up), ["local", "aws-batch"]);
         }
+        if cfg!(feature = "google-batch") {
+            let batch = [
+                &["service", "launcher", "--backend", "google-batch"][..],
+                &bus[..],
+            ]
+            .concat();
+            assert_eq!(backends(&batch), ["google-batch"]);
+            // `ferry up` serves google-batch tasks only when told the project and region.
+            let only_project = [
+                &["up", "--no-docker", "--no-kubernetes", "--google-project", "p"][..],
+                &bus[..],
+            ]
+            .concat();
+            assert_eq!(backends(&only_project), ["local"]);
+            let up = [
+                &[
+                    "up",
+                    "--no-docker",
+                    "--no-kubernetes",
+                    "--google-project",
+                    "p",
+                    "--google-region",
+                    "europe-west1",
+                ][..],
+                &bus[..],
+            ]
+            .concat();
+            assert_eq!(backends(&up), ["local", "google-batch"]);
+        }
     }
 
     #[test]

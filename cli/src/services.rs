@@ -215,10 +215,9 @@ pub struct Plan {
     pub scheduler: Option<ferry_scheduler::Config>,
     /// The launchers, one per backend served.
     pub launchers: Vec<Launcher>,
-    /// The docker, kubernetes, ray and aws-batch launchers run only if their platform (a Docker
-    /// engine, a Kubernetes API, a Ray Jobs API, the AWS Batch API) answers when the services
-    /// start (`ferry up`); otherwise they are left
-    /// out, saying why.
+    /// The docker, kubernetes, ray, aws-batch and google-batch launchers run only if their
+    /// platform (a Docker engine, a Kubernetes API, a Ray Jobs API, the AWS or Google Batch API)
+    /// answers when the services start (`ferry up`); otherwise they are left out, saying why.
     pub optional_platforms: bool,
     /// The log collector's flags; [`Running::start`] opens its store, [`Plan::log_db`].
     pub log_collector: Option<ferry_log_collector::Flags>,
@@ -440,7 +439,8 @@ pub async fn serve(mut common: Common, plan: impl FnOnce(&Path) -> Result<Plan>)
 
 /// The launchers of `ferry up`: every backend built, unless `--no-docker` or
 /// `--no-kubernetes`; ray when `--ray-address` names a cluster; aws-batch when
-/// `--aws-batch-job-queue` or `--aws-batch-compute-environment` names where its jobs go.
+/// `--aws-batch-job-queue` or `--aws-batch-compute-environment` names where its jobs go;
+/// google-batch when `--google-project` and `--google-region` do.
 fn up_launchers(flags: &ferry_launcher_local::Flags, data_dir: &Path) -> Result<Vec<Launcher>> {
     let mut launchers = vec![Launcher::from_flags("local", flags, data_dir)?];
     if !flags.no_docker && crate::launchers::enabled("docker") {
@@ -458,6 +458,12 @@ fn up_launchers(flags: &ferry_launcher_local::Flags, data_dir: &Path) -> Result<
         && crate::launchers::enabled("aws-batch")
     {
         launchers.push(Launcher::from_flags("aws-batch", flags, data_dir)?);
+    }
+    if named(&flags.google_project)
+        && named(&flags.google_region)
+        && crate::launchers::enabled("google-batch")
+    {
+        launchers.push(Launcher::from_flags("google-batch", flags, data_dir)?);
     }
     Ok(launchers)
 }
@@ -480,6 +486,8 @@ async fn settle_platforms(plan: &mut Plan) -> String {
             Launcher::Ray(c) => Some(crate::launchers::ray_cluster(c.address.as_deref()).await),
             #[cfg(feature = "aws-batch")]
             Launcher::AwsBatch(c) => Some(crate::launchers::aws_batch_api(c).await),
+            #[cfg(feature = "google-batch")]
+            Launcher::GoogleBatch(c) => Some(crate::launchers::google_batch_api(c).await),
         };
         match platform {
             None => served.push(backend.to_string()),

@@ -16,8 +16,9 @@ const DEFAULT_GROUP: &str = "launcher-local";
 pub struct Flags {
     /// The backend whose tasks `ferry service launcher` runs (`ferry up` serves local, docker
     /// when a Docker engine answers, kubernetes when a cluster does, ray when --ray-address is
-    /// given, aws-batch when --aws-batch-job-queue or --aws-batch-compute-environment is).
-    #[arg(long, env = "FERRY_BACKEND", value_name = "NAME", default_value = BACKEND, value_parser = [BACKEND, "docker", "kubernetes", "ray", "aws-batch"])]
+    /// given, aws-batch when --aws-batch-job-queue or --aws-batch-compute-environment is,
+    /// google-batch when --google-project and --google-region are).
+    #[arg(long, env = "FERRY_BACKEND", value_name = "NAME", default_value = BACKEND, value_parser = [BACKEND, "docker", "kubernetes", "ray", "aws-batch", "google-batch"])]
     pub backend: String,
     /// The kubeconfig context the kubernetes launcher uses [default: the current context; in a
     /// pod without a kubeconfig, the cluster it runs in]
@@ -76,6 +77,56 @@ pub struct Flags {
     /// without one, tasks with inputFiles or outputFiles are refused
     #[arg(long, env = "FERRY_AWS_BATCH_STAGING", value_name = "URL")]
     pub aws_batch_staging: Option<String>,
+    /// The Google Cloud project of `runner: google-batch` tasks that name none; `ferry up` serves
+    /// google-batch tasks when this and --google-region are given
+    #[arg(long, env = "FERRY_GOOGLE_PROJECT", value_name = "PROJECT")]
+    pub google_project: Option<String>,
+    /// The region of `runner: google-batch` tasks that name none (europe-west1)
+    #[arg(long, env = "FERRY_GOOGLE_REGION", value_name = "REGION")]
+    pub google_region: Option<String>,
+    /// The Cloud Storage bucket (gs://BUCKET[/PREFIX]) the google-batch launcher stages each
+    /// attempt's input files, secrets, outputs and output files in, mounted into its job, under
+    /// a prefix per attempt removed when it ends; without one, tasks with inputFiles,
+    /// outputFiles or secrets are refused unless their runner names a bucket
+    #[arg(long, env = "FERRY_GOOGLE_BATCH_STAGING", value_name = "URL")]
+    pub google_batch_staging: Option<String>,
+    /// The service account (email) google-batch jobs run as when their runner names none
+    /// [default: the project's Compute Engine default service account]
+    #[arg(long, env = "FERRY_GOOGLE_BATCH_SERVICE_ACCOUNT", value_name = "EMAIL")]
+    pub google_batch_service_account: Option<String>,
+    /// How often the google-batch launcher reads the state of every job in flight (one
+    /// jobs.list call per region and 1,000 jobs)
+    #[arg(long, env = "FERRY_GOOGLE_BATCH_POLL_INTERVAL", value_name = "DURATION", default_value = "2s", value_parser = ferry_connect::service::duration)]
+    pub google_batch_poll_interval: Duration,
+    /// Where the Batch API answers instead of Google's (a test server)
+    #[arg(
+        long,
+        env = "FERRY_GOOGLE_BATCH_ENDPOINT",
+        value_name = "URL",
+        default_value = "https://batch.googleapis.com"
+    )]
+    pub google_batch_endpoint: String,
+    /// Where the Cloud Logging API answers instead of Google's
+    #[arg(
+        long,
+        env = "FERRY_GOOGLE_LOGGING_ENDPOINT",
+        value_name = "URL",
+        default_value = "https://logging.googleapis.com"
+    )]
+    pub google_logging_endpoint: String,
+    /// Where the Cloud Storage JSON API answers instead of Google's (an emulator)
+    #[arg(
+        long,
+        env = "FERRY_GOOGLE_STORAGE_ENDPOINT",
+        value_name = "URL",
+        default_value = "https://storage.googleapis.com"
+    )]
+    pub google_storage_endpoint: String,
+    /// Send no credentials to the Google endpoints (a test server or an emulator) [default:
+    /// GOOGLE_SERVICE_ACCOUNT or GOOGLE_APPLICATION_CREDENTIALS naming a key file, else the
+    /// application default credentials, else the metadata server]
+    #[arg(long, env = "FERRY_GOOGLE_ANONYMOUS")]
+    pub google_anonymous: bool,
     /// The Docker engine's address (unix:///path or tcp://host:port) [default: DOCKER_HOST, else
     /// the local socket]
     #[arg(long, env = "FERRY_DOCKER_HOST", value_name = "URL")]
