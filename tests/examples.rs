@@ -344,19 +344,31 @@ fn kubernetes_example_runs_on_local_docker_with_runner_docker() {
 /// next task's command and its output file is stored.
 #[test]
 fn aws_batch_example_runs_on_local_docker_with_runner_docker() {
+    batch_example_runs_on_local_docker("aws-batch.yaml", "AWS Batch", "awsBatch");
+}
+
+/// The google-batch example, the same way.
+#[test]
+fn google_batch_example_runs_on_local_docker_with_runner_docker() {
+    batch_example_runs_on_local_docker("google-batch.yaml", "Google Batch", "googleBatch");
+}
+
+/// A batch example (`file`) whose script says where it ran (`platform`, and false in the
+/// output `key`), run with `--runner docker`.
+fn batch_example_runs_on_local_docker(file: &str, platform_name: &str, key: &str) {
     let dir = tempfile::tempdir().unwrap();
     // Python from this machine, imported into the test engine: the default pull policy
     // (`missing`) never asks a registry for it.
     let image = std::env::var("FERRY_TEST_PYTHON_IMAGE").expect(
         "FERRY_TEST_PYTHON_IMAGE is not set: run ./scripts/test.sh, which starts a private dockerd and builds it",
     );
-    let source = std::fs::read_to_string(example("aws-batch.yaml")).unwrap();
+    let source = std::fs::read_to_string(example(file)).unwrap();
     let text = source.replace("python:3.12-slim", &image);
     assert_ne!(
         source, text,
         "the example's image is not python:3.12-slim any more"
     );
-    let flow = dir.path().join("aws-batch.yaml");
+    let flow = dir.path().join(file);
     std::fs::write(&flow, text).unwrap();
     let ran = run(
         &flow,
@@ -368,7 +380,8 @@ fn aws_batch_example_runs_on_local_docker_with_runner_docker() {
     let said = ran.lines_of("report");
     assert_eq!(said.len(), 2, "{said:?}");
     assert!(
-        said[0].starts_with("hello ferry from Python 3.") && said[0].ends_with(", outside AWS Batch"),
+        said[0].starts_with("hello ferry from Python 3.")
+            && said[0].ends_with(&format!(", outside {platform_name}")),
         "{said:?}"
     );
     assert_eq!(said[1], "wrote report/environment.json");
@@ -396,7 +409,7 @@ fn aws_batch_example_runs_on_local_docker_with_runner_docker() {
         assert!(!found[key].is_null(), "no {key}: {found:#}");
     }
     assert_eq!(found["greeting"], "hello ferry", "{found:#}");
-    assert_eq!(found["awsBatch"], false, "{found:#}");
+    assert_eq!(found[key], false, "{found:#}");
     assert_eq!(found["implementation"], "CPython", "{found:#}");
     assert_eq!(found["workingDir"], "/ferry", "{found:#}");
     assert_eq!(found["ferryEnv"]["FERRY_TASK_ID"], "report", "{found:#}");
@@ -413,7 +426,7 @@ fn aws_batch_example_runs_on_local_docker_with_runner_docker() {
     assert_eq!(
         ran.lines_of("summary"),
         [format!(
-            "report said \"hello ferry\" from Python {python} on {platform} (AWS Batch: false)"
+            "report said \"hello ferry\" from Python {python} on {platform} ({platform_name}: false)"
         )]
     );
 }
