@@ -2,14 +2,16 @@
 # Checks the deployment files in infra/ as far as a machine without a cloud or a cluster can:
 #
 #   terraform fmt -check, init -backend=false and validate   infra/terraform (when terraform and
-#                                                             its AWS provider are on this machine)
+#                                                             its AWS provider are on this machine;
+#                                                             fmt covers modules/google-batch too)
 #   terraform apply, then destroy, against moto              modules/batch, called from
 #                                                             infra/terraform/tests/moto (when
 #                                                             FERRY_TEST_MOTO is set, as in
 #                                                             scripts/test.sh), checked through
 #                                                             moto's APIs by tests/moto/verify.py
 #   checkov --skip-download                                  infra/terraform with each example
-#                                                             tfvars, infra/kubernetes
+#                                                             tfvars, modules/google-batch,
+#                                                             infra/kubernetes
 #   kubernetes-validate --strict                             every manifest, and the kustomize
 #                                                             rendering when kubectl is present
 #
@@ -17,6 +19,10 @@
 # scripts/services.sh's Python clients. Nothing is applied anywhere but to the moto server named by
 # FERRY_TEST_MOTO (a local fake of the AWS APIs; nothing reaches AWS), and nothing is written into
 # the checkout: terraform runs in copies. Exit status 1 if any check failed.
+#
+# modules/google-batch (for the google-batch launcher) is only formatted and scanned: the Google
+# provider is not mirrored here and no registry is used, so it cannot be initialized or
+# validated, and nothing emulates the Batch, IAM, Cloud Storage and Pub/Sub APIs to apply it to.
 #
 # The apply against moto by hand (it adds about 3 minutes, mostly the AWS provider's own waits for
 # the job queue and the SQS and S3 settings):
@@ -77,10 +83,13 @@ checkov_run() {
 # infra/terraform/tests holds configurations for this script, not deployments (moto's VPC has no
 # flow logs, its KMS key no policy): --skip-path keeps them out of the scan rather than skipping
 # checks in them one by one, and modules/batch is still scanned through batch.tf.
+# modules/google-batch is called by no configuration here and takes none of the AWS tfvars: it is
+# scanned once, on its own, rather than again with each tfvars.
 for vars in infra/terraform/examples/*.tfvars; do
   checkov_run "terraform-$(basename "$vars" .tfvars)" -d infra/terraform --framework terraform --var-file "$vars" \
-    --skip-path infra/terraform/tests
+    --skip-path infra/terraform/tests --skip-path infra/terraform/modules/google-batch
 done
+checkov_run google -d infra/terraform/modules/google-batch --framework terraform
 checkov_run kubernetes -d infra/kubernetes --framework kubernetes
 
 # --- terraform ---------------------------------------------------------------------------------
@@ -195,6 +204,8 @@ EOF
       "(scripts/test.sh sets it; by hand see the top of $0)"
   fi
 fi
+say "SKIPPED terraform init/validate and any apply of modules/google-batch: no Google provider on this" \
+  "machine and nothing emulating Google's APIs (fmt and checkov are all it gets)"
 
 # --- Kubernetes schemas ------------------------------------------------------------------------
 
