@@ -98,6 +98,7 @@ async fn create_job(
     let request_id = param(&q, "requestId", "request_id").map(str::to_string);
     let body = json_body(&body)?;
     let plan = jobs::plan(&body, s.gcs.is_some())?;
+    let topics = jobs::notification_topics(&body, s.pubsub.is_some())?;
     let key = JobKey {
         project,
         location,
@@ -148,6 +149,11 @@ async fn create_job(
         seq: store.next_seq(),
         key: key.clone(),
         instance: rand::random::<u64>().to_string(),
+        notify: s
+            .pubsub
+            .clone()
+            .filter(|_| !topics.is_empty())
+            .map(|o| (topics, o)),
     };
     let task_log = TaskLog {
         key: key.clone(),

@@ -193,6 +193,53 @@ pub struct Plan {
     pub gpus: Option<String>,
 }
 
+/// The Pub/Sub topics a job's `notifications` ask its state changes (`JOB_STATE_CHANGED`) to be
+/// published on, checked; `pubsub_served` says whether this server has a Pub/Sub to publish to.
+/// Task state changes (`TASK_STATE_CHANGED`) are accepted and not published.
+pub fn notification_topics(body: &Value, pubsub_served: bool) -> Result<Vec<String>, ApiError> {
+    let Some(list) = body.get("notifications") else {
+        return Ok(Vec::new());
+    };
+    let list = list
+        .as_array()
+        .ok_or_else(|| ApiError::invalid_argument("notifications: must be a list"))?;
+    let mut topics = Vec::new();
+    for (i, n) in list.iter().enumerate() {
+        let topic = n.get("pubsubTopic").and_then(Value::as_str).unwrap_or("");
+        let parts: Vec<&str> = topic.split('/').collect();
+        if !(parts.len() == 4
+            && parts[0] == "projects"
+            && parts[2] == "topics"
+            && !parts[1].is_empty()
+            && !parts[3].is_empty())
+        {
+            return Err(ApiError::invalid_argument(format!(
+                "notifications[{i}].pubsubTopic: `{topic}` is not projects/PROJECT/topics/TOPIC"
+            )));
+        }
+        let kind = n
+            .get("message")
+            .and_then(|m| m.get("type"))
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        match kind {
+            "JOB_STATE_CHANGED" => topics.push(topic.to_string()),
+            "TASK_STATE_CHANGED" => {}
+            other => {
+                return Err(ApiError::invalid_argument(format!(
+                    "notifications[{i}].message.type: `{other}` is not JOB_STATE_CHANGED or TASK_STATE_CHANGED"
+                )));
+            }
+        }
+    }
+    if !topics.is_empty() && !pubsub_served {
+        return Err(ApiError::invalid_argument(
+            "notifications: this test server was started without a Pub/Sub endpoint to publish them to",
+        ));
+    }
+    Ok(topics)
+}
+
 /// Checks a Job body and makes the plan to run it, or says which field is wrong.
 pub fn plan(body: &Value, gcs_served: bool) -> Result<Plan, ApiError> {
     let job: JobView = serde_json::from_value(body.clone())
@@ -585,6 +632,8 @@ pub struct JobRecord {
     pub key: JobKey,
     /// The instance "the VM" is, as status events name it.
     pub instance: String,
+    /// The topics its state changes are published on, and where to send them for that.
+    pub notify: Option<(Vec<String>, crate::pubsub::Outbox)>,
 }
 
 impl JobRecord {
@@ -627,6 +676,20 @@ impl JobRecord {
             description.push_str(why);
         }
         self.status.state = to;
+        if let Some((topics, outbox)) = &self.notify {
+            for topic in topics {
+                outbox.publish(crate::pubsub::Notice {
+                    topic: topic.clone(),
+                    attributes: BTreeMap::from([
+                        ("JobName".to_string(), self.key.name()),
+                        ("JobUID".to_string(), self.key.uid.clone()),
+                        ("Type".to_string(), "JOB_STATE_CHANGED".to_string()),
+                        ("NewJobState".to_string(), to.as_str().to_string()),
+                    ]),
+                    data: description.clone(),
+                });
+            }
+        }
         self.push(StatusEvent {
             kind: "STATUS_CHANGED".into(),
             description,

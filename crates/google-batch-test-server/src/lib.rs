@@ -34,13 +34,17 @@
 //!   (stdout) or `ERROR` (stderr); filtered by `logName`, labels, `resource.labels`,
 //!   `severity`, `timestamp` and `insertId`, ordered by timestamp, in pages; entries outlive
 //!   their job, and every line is stored before the job is seen to end;
+//! - Pub/Sub notifications: a job's `notifications` of type `JOB_STATE_CHANGED` are published
+//!   on their topic at each change of the job's state, with Batch's attributes (`JobName`,
+//!   `JobUID`, `Type`, `NewJobState`), to a Pub/Sub REST API ([`Options::pubsub_endpoint`],
+//!   gcloud's emulator);
 //! - a count of requests by collection and method ([`TestServer::counts`]) for benchmarks.
 //!
 //! What it does not do: authentication, more than one task group, task or runnable (no
 //! `taskCount` above 1, scripts, barriers, background runnables), retries
 //! (`maxRetryCount`, `lifecyclePolicies`), Secret Manager and KMS variables, NFS and
 //! persistent-disk volumes, live GCS mounts, pulling images (there is no registry), operations
-//! to poll (`…/operations/…`), Pub/Sub notifications, `logsPolicy` `PATH` (logs go to the log
+//! to poll (`…/operations/…`), task-level Pub/Sub notifications, `logsPolicy` `PATH` (logs go to the log
 //! store whatever the destination), and the jobs list's `orderBy`.
 
 mod api;
@@ -49,6 +53,7 @@ mod filter;
 mod gcs;
 mod jobs;
 mod logs;
+mod pubsub;
 mod runner;
 mod time;
 
@@ -84,6 +89,8 @@ pub(crate) struct Shared {
     /// This server's id: its containers' label, and part of their names.
     pub id: String,
     pub gcs: Option<gcs::Gcs>,
+    /// Where jobs' state changes are published, when the server has a Pub/Sub.
+    pub pubsub: Option<pubsub::Outbox>,
     /// See [`Options::start_delay`].
     pub start_delay: Duration,
     /// See [`Options::stop_grace`].
@@ -113,6 +120,10 @@ pub struct Options {
     /// The GCS JSON API that GCS volumes live in (`http://127.0.0.1:PORT`, a fake-gcs-server).
     /// Without it a job with a GCS volume is refused at create.
     pub gcs_endpoint: Option<String>,
+    /// The Pub/Sub REST API (`http://127.0.0.1:PORT`, gcloud's emulator) that jobs' state
+    /// changes are published to, as Batch does for a job's `notifications` of type
+    /// `JOB_STATE_CHANGED`. Without it a job asking for them is refused at create.
+    pub pubsub_endpoint: Option<String>,
     /// How long a job stays QUEUED, and then SCHEDULED, before its container is made: time
     /// for tests to see those states. A cancel or delete meanwhile ends the wait. None by
     /// default.
@@ -128,6 +139,7 @@ impl Default for Options {
             docker: None,
             port: 0,
             gcs_endpoint: None,
+            pubsub_endpoint: None,
             start_delay: Duration::ZERO,
             stop_grace: Duration::from_secs(10),
         }
@@ -163,17 +175,24 @@ impl TestServer {
                 .map_err(std::io::Error::other)?,
         };
         let id = uuid::Uuid::new_v4().simple().to_string()[..10].to_string();
+        let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let pubsub = options
+            .pubsub_endpoint
+            .as_deref()
+            .map(|ep| pubsub::Outbox::start(ep, shutdown.clone(), &tasks));
         let shared = Arc::new(Shared {
             store: Mutex::new(Store::default()),
             logs: Mutex::new(logs::LogStore::default()),
             docker,
             id,
             gcs: options.gcs_endpoint.as_deref().map(gcs::Gcs::new),
+            pubsub,
             start_delay: options.start_delay,
             stop_grace: options.stop_grace,
             counts: Mutex::new(Counts::new()),
-            shutdown: CancellationToken::new(),
-            tasks: TaskTracker::new(),
+            shutdown,
+            tasks,
         });
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", options.port)).await?;
         let addr = listener.local_addr()?;

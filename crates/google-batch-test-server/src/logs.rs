@@ -87,7 +87,7 @@ impl LogStore {
             "severity": if stderr { "ERROR" } else { "INFO" },
             "textPayload": text,
         });
-        self.entries.push(Entry {
+        let entry = Entry {
             project: key.project.clone(),
             log_name,
             timestamp,
@@ -95,7 +95,14 @@ impl LogStore {
             labels,
             resource_labels,
             json,
-        });
+        };
+        // Kept in the list's order, so that a page starts where it should without a scan of
+        // everything before it (a line of one stream may be stamped before the last of the
+        // other's).
+        let at = self
+            .entries
+            .partition_point(|e| e.order(&entry) == Ordering::Less);
+        self.entries.insert(at, entry);
     }
 
     /// Answers `entries.list`.
@@ -143,14 +150,36 @@ impl LogStore {
                     .ok_or_else(|| ApiError::invalid_argument(format!("pageToken `{t}` is not valid")))?,
             ),
         };
-        let mut found: Vec<&Entry> = self
-            .entries
-            .iter()
-            .filter(|e| projects.contains(&e.project.as_str()))
-            .filter(|e| checked.iter().all(|c| c.holds(e)))
-            .filter(|e| after.as_ref().is_none_or(|c| c.before(e, descending)))
-            .collect();
-        found.sort_by(|a, b| if descending { b.order(a) } else { a.order(b) });
+        let matches = |e: &&Entry| {
+            projects.contains(&e.project.as_str())
+                && checked.iter().all(|c| c.holds(e))
+                && after.as_ref().is_none_or(|c| c.before(e, descending))
+        };
+        let mut found: Vec<&Entry> = if descending {
+            self.entries
+                .iter()
+                .rev()
+                .filter(matches)
+                .take(page_size + 1)
+                .collect()
+        } else {
+            // The first entry that may match: after the page token, and at or after the
+            // filter's earliest time.
+            let from = checked
+                .iter()
+                .filter_map(|c| match c {
+                    Check::Timestamp(Op::Ge | Op::Gt | Op::Eq, t) => Some(*t),
+                    _ => None,
+                })
+                .chain(after.as_ref().map(|c| c.timestamp))
+                .max();
+            let start = from.map_or(0, |t| self.entries.partition_point(|e| e.timestamp < t));
+            self.entries[start..]
+                .iter()
+                .filter(matches)
+                .take(page_size + 1)
+                .collect()
+        };
         let more = found.len() > page_size;
         found.truncate(page_size);
         let mut out = json!({"entries": found.iter().map(|e| e.json.clone()).collect::<Vec<_>>()});
