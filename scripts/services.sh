@@ -3,7 +3,8 @@
 #
 #   source scripts/services.sh && services_up    # exports FERRY_TEST_AMQP, FERRY_TEST_KAFKA, FERRY_TEST_POSTGRES, DOCKER_HOST, FERRY_TEST_COMPOSE,
 #                                                # FERRY_TEST_PROMETHEUS, FERRY_TEST_PROMTOOL, FERRY_TEST_RAY, FERRY_TEST_RAY_BIN,
-#                                                # FERRY_TEST_MOTO, FERRY_TEST_MOTO_BIN, FERRY_TEST_GCS, FERRY_TEST_GCS_BIN
+#                                                # FERRY_TEST_MOTO, FERRY_TEST_MOTO_BIN, FERRY_TEST_GCS, FERRY_TEST_GCS_BIN,
+#                                                # FERRY_TEST_PUBSUB
 #   services_down                                # stops and removes only what services_up started
 #
 # Every run gets its own RabbitMQ vhost, its own PostgreSQL database, its own tansu (a
@@ -322,6 +323,44 @@ gcs_down() {
   unset FERRY_TEST_GCS
 }
 
+# gcloud's Pub/Sub emulator (preinstalled with the Google Cloud CLI on these machines; nothing
+# is installed for it): Google Batch job notifications in the google-batch tests. Started as
+# its Java process directly, so that pubsub_down stops it by its pid (gcloud's wrapper leaves
+# the JVM behind when it is killed). Exports FERRY_TEST_PUBSUB, its URL (REST under /v1); without
+# the emulator on the machine it says so and exports nothing.
+_ferry_pubsub_pid=
+pubsub_up() {
+  local sdk jar port log
+  sdk=/usr/lib/google-cloud-sdk
+  if command -v gcloud >/dev/null 2>&1; then
+    sdk=$(gcloud info --format='value(installation.sdk_root)' 2>/dev/null || echo "$sdk")
+  fi
+  jar=$(find "$sdk/platform/pubsub-emulator/lib" -name 'cloud-pubsub-emulator-*.jar' 2>/dev/null | head -n 1)
+  if [ -z "$jar" ] || ! command -v java >/dev/null 2>&1; then
+    _say "no Pub/Sub emulator (gcloud's, with java) on this machine: the google-batch notification test is skipped"
+    return 0
+  fi
+  port=$(_free_port)
+  log="${TMPDIR:-/tmp}/ferry-pubsub-$FERRY_RUN_ID-$port.log"
+  java -jar "$jar" --host=127.0.0.1 --port="$port" >"$log" 2>&1 </dev/null &
+  _ferry_pubsub_pid=$!
+  _ferry_pubsub_log=$log
+  _ferry_started+=("pubsub_down")
+  _wait_port "$port" pubsub-emulator 120 || { echo "the Pub/Sub emulator's log: $log" >&2; return 1; }
+  export FERRY_TEST_PUBSUB="http://127.0.0.1:$port"
+  _say "Pub/Sub emulator at $FERRY_TEST_PUBSUB (pid $_ferry_pubsub_pid, log $log)"
+}
+
+pubsub_down() {
+  [ -n "${_ferry_pubsub_pid:-}" ] || return 0
+  kill "$_ferry_pubsub_pid" 2>/dev/null || true
+  for _ in $(seq 50); do _pid_alive "$_ferry_pubsub_pid" || break; sleep 0.1; done
+  _pid_alive "$_ferry_pubsub_pid" && kill -9 "$_ferry_pubsub_pid" 2>/dev/null
+  rm -f "$_ferry_pubsub_log"
+  _ferry_pubsub_pid=
+  unset FERRY_TEST_PUBSUB
+}
+
 _free_port() {
   local port
   for _ in $(seq 50); do
@@ -599,6 +638,7 @@ services_up() {
   ray_up
   moto_up
   gcs_up
+  pubsub_up
 }
 
 services_down() {
