@@ -247,7 +247,10 @@ fn google_batch(flags: &ferry_launcher_local::Flags, data_dir: &Path) -> Result<
         batch: flags.google_batch_endpoint.clone(),
         logging: flags.google_logging_endpoint.clone(),
         storage: flags.google_storage_endpoint.clone(),
+        pubsub: flags.google_pubsub_endpoint.clone(),
     };
+    c.notifications_topic = given(&flags.google_batch_topic);
+    c.notifications_subscription = given(&flags.google_batch_subscription);
     c.anonymous = flags.google_anonymous;
     Ok(Launcher::GoogleBatch(c))
 }

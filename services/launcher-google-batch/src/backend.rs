@@ -14,7 +14,9 @@
 //! Logging.
 //!
 //! States come from one [`Poller`]: a `jobs.list` of this launcher's jobs per location every
-//! poll interval, the same call for a thousand jobs as for one; no attempt polls on its own. A
+//! poll interval, the same call for a thousand jobs as for one; no attempt polls on its own.
+//! With a notifications topic, each job publishes its state changes there, and the launcher's
+//! subscription brings the read of the jobs they name forward ([`crate::events`]). A
 //! job QUEUED or SCHEDULED longer than the pending deadline fails with Batch's last word on
 //! why, and is deleted when the attempt is released. A cancel or a timeout is `jobs.cancel`,
 //! and waits until Batch says the job ended; release deletes the job. A job whose VM was
@@ -112,6 +114,19 @@ pub struct Settings {
     pub staging: Staging,
     /// The service account of tasks whose runner names none.
     pub service_account: Option<String>,
+    /// The Pub/Sub topic every job publishes its state changes on, and the launcher's
+    /// subscription of it, read as hints that bring a job's next read forward
+    /// ([`crate::events`]).
+    pub notifications: Option<Notifications>,
+}
+
+/// Where jobs' state changes go, and where the launcher reads them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notifications {
+    /// `projects/P/topics/T`.
+    pub topic: String,
+    /// `projects/P/subscriptions/S`, a subscription of the topic.
+    pub subscription: String,
 }
 
 impl Settings {
@@ -126,6 +141,7 @@ impl Settings {
             log_settle: Duration::from_secs(5),
             staging,
             service_account: None,
+            notifications: None,
         }
     }
 }
@@ -188,6 +204,8 @@ struct LogState {
     idle: u32,
     /// When the job was first seen ended.
     ended: Option<Instant>,
+    /// The last read stopped at its page limit: more is there, read it at once.
+    behind: bool,
 }
 
 impl LogState {
@@ -202,6 +220,14 @@ impl GoogleBatch {
         let stop = CancellationToken::new();
         let filter = format!("labels.{LABEL_LAUNCHER}=\"{}\"", names::label(&settings.launcher));
         let poller = Poller::start(google.clone(), filter, settings.poll_interval, stop.clone());
+        if let Some(n) = &settings.notifications {
+            crate::events::listen(
+                google.clone(),
+                n.subscription.clone(),
+                poller.clone(),
+                stop.clone(),
+            );
+        }
         let mut parents = BTreeSet::new();
         if let (Some(p), Some(r)) = (&settings.project, &settings.region) {
             parents.insert(format!("projects/{p}/locations/{r}"));
@@ -380,6 +406,7 @@ impl GoogleBatch {
                     fetched: None,
                     idle: 0,
                     ended: None,
+                    behind: false,
                 }))
             })
             .clone()
@@ -397,7 +424,7 @@ impl GoogleBatch {
         if ended && st.ended.is_none() {
             st.ended = Some(Instant::now());
         }
-        let fresh = !ended && st.fetched.is_some_and(|at| at.elapsed() < st.refresh());
+        let fresh = !ended && !st.behind && st.fetched.is_some_and(|at| at.elapsed() < st.refresh());
         if st.stream.drained_at(from.stdout) && !st.stream.complete && !fresh {
             self.fetch_logs(h, &mut st).await?;
         }
@@ -423,7 +450,13 @@ impl GoogleBatch {
             return Ok(());
         };
         let project = h.project();
-        let filter = logs::filter(project, uid, st.stream.last());
+        // Until the job has ended and the settle time passed, only entries older than it.
+        let until = (!settled).then(|| {
+            let at = chrono::Utc::now()
+                - chrono::Duration::from_std(self.0.settings.log_settle).unwrap_or_default();
+            at.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+        });
+        let filter = logs::filter(project, uid, st.stream.last(), until.as_deref());
         let mut token: Option<String> = None;
         let mut entries = Vec::new();
         let mut more = false;
@@ -458,6 +491,7 @@ impl GoogleBatch {
         let new = st.stream.push(entries);
         st.fetched = Some(Instant::now());
         st.idle = if new { 0 } else { st.idle.saturating_add(1) };
+        st.behind = more;
         if !new && !more && settled {
             st.stream.complete = true;
         }
@@ -874,12 +908,18 @@ impl Backend for GoogleBatch {
             }
             allocation["network"] = json!({ "networkInterfaces": [Value::Object(iface)] });
         }
-        let body = json!({
+        let mut body = json!({
             "taskGroups": [{ "taskSpec": task_spec, "taskCount": "1", "parallelism": "1" }],
             "allocationPolicy": allocation,
             "labels": labels(d, &self.0.settings.launcher),
             "logsPolicy": { "destination": "CLOUD_LOGGING" },
         });
+        if let Some(n) = &self.0.settings.notifications {
+            body["notifications"] = json!([{
+                "pubsubTopic": n.topic,
+                "message": { "type": "JOB_STATE_CHANGED" },
+            }]);
+        }
         let parent = parent_of(&h.name).to_string();
         let id = reserved.name.clone();
         let made = self

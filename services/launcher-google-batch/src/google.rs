@@ -1,6 +1,6 @@
 //! The Google Cloud calls the backend makes, over their REST APIs: Batch v1 (jobs create, get,
-//! list, cancel, delete), Cloud Logging v2 (`entries.list`) and Cloud Storage's JSON API
-//! (objects upload, download, list, delete).
+//! list, cancel, delete), Cloud Logging v2 (`entries.list`), Cloud Storage's JSON API
+//! (objects upload, download, list, delete) and Pub/Sub v1 (subscriptions pull, acknowledge).
 //!
 //! There is no official Rust client for Batch; these few calls are plain HTTPS with a bearer
 //! token from Google's standard credential chain (a service account key, the application
@@ -26,6 +26,7 @@ pub struct Endpoints {
     pub batch: String,
     pub logging: String,
     pub storage: String,
+    pub pubsub: String,
 }
 
 impl Default for Endpoints {
@@ -34,6 +35,7 @@ impl Default for Endpoints {
             batch: "https://batch.googleapis.com".into(),
             logging: "https://logging.googleapis.com".into(),
             storage: "https://storage.googleapis.com".into(),
+            pubsub: "https://pubsub.googleapis.com".into(),
         }
     }
 }
@@ -220,6 +222,9 @@ const JOBS_PAGE: u32 = 1000;
 /// How long one call may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long a Pub/Sub pull may take: it waits for messages when there are none.
+const PULL_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// A client of the three APIs. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Google {
@@ -242,6 +247,7 @@ impl Google {
                 batch: trim(&endpoints.batch),
                 logging: trim(&endpoints.logging),
                 storage: trim(&endpoints.storage),
+                pubsub: trim(&endpoints.pubsub),
             },
             auth,
         })
@@ -493,6 +499,60 @@ impl Google {
             Err(e) if e.is_not_found() => Ok(()),
             Err(e) => Err(e),
         }
+    }
+}
+
+impl Google {
+    // Pub/Sub.
+
+    /// Up to `max` messages of `subscription` (`projects/P/subscriptions/S`), waiting a while
+    /// for some when there are none: each its ack id and attributes.
+    pub async fn pull(
+        &self,
+        subscription: &str,
+        max: u32,
+    ) -> ApiResult<Vec<(String, BTreeMap<String, String>)>> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Pulled {
+            #[serde(default)]
+            received_messages: Vec<Received>,
+        }
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Received {
+            ack_id: String,
+            #[serde(default)]
+            message: Message,
+        }
+        #[derive(Default, Deserialize)]
+        struct Message {
+            #[serde(default)]
+            attributes: BTreeMap<String, String>,
+        }
+        let url = format!("{}/v1/{subscription}:pull", self.endpoints.pubsub);
+        // A pull waits for messages up to about 90 s: longer than other calls may take.
+        let req = self
+            .request(Method::POST, &url)
+            .await?
+            .timeout(PULL_TIMEOUT)
+            .json(&serde_json::json!({ "maxMessages": max }));
+        let pulled: Pulled = Self::parse(Self::json(req).await?)?;
+        Ok(pulled
+            .received_messages
+            .into_iter()
+            .map(|r| (r.ack_id, r.message.attributes))
+            .collect())
+    }
+
+    /// Acknowledges messages of `subscription`, so that they are not delivered again.
+    pub async fn acknowledge(&self, subscription: &str, ack_ids: &[String]) -> ApiResult<()> {
+        let url = format!("{}/v1/{subscription}:acknowledge", self.endpoints.pubsub);
+        let req = self
+            .request(Method::POST, &url)
+            .await?
+            .json(&serde_json::json!({ "ackIds": ack_ids }));
+        Self::json(req).await.map(drop)
     }
 }
 

@@ -7,7 +7,9 @@
 //! asks for the entries from the last key's timestamp on and skips those up to the key. Each
 //! batch of entries remembers the key it was read after and the offset of its first byte; that
 //! pair is the cursor the runtime journals, so that after a restart the same read fetches the
-//! same entries again and the bytes before the journaled offset are skipped.
+//! same entries again and the bytes before the journaled offset are skipped. Cloud Logging may
+//! take in an entry after one stamped later: while the job may still write, a read takes only
+//! the entries older than the settle time ([`filter`]'s `until`).
 
 use std::cmp::Ordering;
 
@@ -142,14 +144,19 @@ impl Stream {
     }
 }
 
-/// The filter of a job's task log, from `after`'s timestamp on.
-pub fn filter(project: &str, job_uid: &str, after: Option<&Key>) -> String {
+/// The filter of a job's task log, from `after`'s timestamp on, and up to `until` (RFC 3339)
+/// when given: entries stamped later may still be overtaken by earlier ones Cloud Logging has
+/// yet to take in, which a read by position would then skip.
+pub fn filter(project: &str, job_uid: &str, after: Option<&Key>, until: Option<&str>) -> String {
     let mut f = format!(
         "logName=\"projects/{project}/logs/batch_task_logs\" AND labels.job_uid=\"{}\"",
         job_uid.replace('"', "")
     );
     if let Some(k) = after {
         f.push_str(&format!(" AND timestamp>=\"{}\"", k.ts.replace('"', "")));
+    }
+    if let Some(t) = until {
+        f.push_str(&format!(" AND timestamp<=\"{}\"", t.replace('"', "")));
     }
     f
 }
@@ -212,7 +219,7 @@ mod tests {
         // After a restart from that cursor, the same entries are read again.
         let mut again = Stream::from_cursor(Some(cursor));
         assert_eq!(
-            filter("p", "u", again.last()),
+            filter("p", "u", again.last(), None),
             "logName=\"projects/p/logs/batch_task_logs\" AND labels.job_uid=\"u\" AND timestamp>=\"2026-01-01T00:00:01Z\""
         );
         again.push(entries(&[

@@ -2,7 +2,8 @@
 //! launcher in each location it has jobs in (one `jobs.list` per location and page of 1,000),
 //! once per poll interval, and reads with `jobs.get` only a watched job the listing missed.
 //! Batch has no call that gets many jobs by name; a label filter is how many are read at once.
-//! No attempt polls on its own.
+//! No attempt polls on its own. A Pub/Sub notification that a job changed ([`crate::events`])
+//! brings a read of that job forward, and the interval is only the fallback.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -34,6 +35,8 @@ struct State {
     seen: HashMap<String, Entry>,
     /// The last round that failed, and why.
     failed: Option<(u64, AttemptError)>,
+    /// Watched jobs a notification said changed, read before the next round is due.
+    hinted: HashSet<String>,
 }
 
 pub struct Poller {
@@ -44,7 +47,12 @@ pub struct Poller {
     state: Mutex<State>,
     rounds: watch::Sender<u64>,
     wake: Notify,
+    hints: Notify,
 }
+
+/// How long hints are gathered before the jobs they name are read: a burst of notifications
+/// costs one read per job, not one per notification.
+const HINT_GATHER: Duration = Duration::from_millis(20);
 
 /// Whether Batch is done with a job in this state.
 pub fn is_terminal(state: &str) -> bool {
@@ -68,6 +76,7 @@ impl Poller {
             state: Mutex::default(),
             rounds,
             wake: Notify::new(),
+            hints: Notify::new(),
         });
         let weak = Arc::downgrade(&poller);
         tokio::spawn(async move {
@@ -82,12 +91,20 @@ impl Poller {
                     _ = stop.cancelled() => return,
                     _ = wake => {}
                 }
+                p.lock().hinted.clear();
                 p.round().await;
-                let interval = p.interval;
-                drop(p);
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(interval) => {}
+                let until = tokio::time::Instant::now() + p.interval;
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep_until(until) => break,
+                        _ = p.hints.notified() => {}
+                    }
+                    tokio::time::sleep(HINT_GATHER).await;
+                    let hinted: Vec<String> = p.lock().hinted.drain().collect();
+                    if !hinted.is_empty() {
+                        p.read(hinted).await;
+                    }
                 }
             }
         });
@@ -145,6 +162,51 @@ impl Poller {
             }
         }
         self.rounds.send_replace(round);
+    }
+
+    /// Reads the jobs `names` a notification named, each with `jobs.get`, as a round of their
+    /// own: their waiters need not wait for the next listing.
+    async fn read(&self, names: Vec<String>) {
+        let round = *self.rounds.borrow() + 1;
+        let mut answers = Vec::with_capacity(names.len());
+        for name in names {
+            match self.google.get_job(&name).await {
+                Ok(Some(job)) => answers.push((name, Seen::Job(Arc::new(job)))),
+                Ok(None) => answers.push((name, Seen::Missing)),
+                // The next listing reads it: a hint is only a hint.
+                Err(e) => {
+                    tracing::warn!(job = %name, error = %e, "cannot read a Google Batch job a notification named")
+                }
+            }
+        }
+        {
+            let mut state = self.lock();
+            for (name, seen) in answers {
+                if state.watched.contains(&name) {
+                    state.seen.insert(name, Entry { round, seen });
+                }
+            }
+        }
+        self.rounds.send_replace(round);
+    }
+
+    /// Brings forward a read of those of `names` that are watched (a notification said they
+    /// changed); the others are not this launcher's, or no longer waited for. Returns how many
+    /// were.
+    pub fn hint<'a>(&self, names: impl IntoIterator<Item = &'a str>) -> usize {
+        let mut state = self.lock();
+        let mut n = 0;
+        for name in names {
+            if state.watched.contains(name) {
+                state.hinted.insert(name.to_string());
+                n += 1;
+            }
+        }
+        drop(state);
+        if n > 0 {
+            self.hints.notify_one();
+        }
+        n
     }
 
     /// The job's state as a round that began after this call saw it.

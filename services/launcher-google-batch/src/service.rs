@@ -32,6 +32,11 @@ pub struct Config {
     pub staging: Option<String>,
     /// The service account of jobs whose runner names none.
     pub service_account: Option<String>,
+    /// The Pub/Sub topic jobs publish their state changes on (`projects/P/topics/T`), and the
+    /// launcher's subscription of it (`projects/P/subscriptions/S`): both, or neither (polling
+    /// alone).
+    pub notifications_topic: Option<String>,
+    pub notifications_subscription: Option<String>,
     /// How long a job may wait QUEUED or SCHEDULED before its attempt fails.
     pub pending_deadline: Duration,
     /// How often one round of listings reads every job in flight.
@@ -59,6 +64,8 @@ impl Config {
             anonymous: false,
             staging: None,
             service_account: None,
+            notifications_topic: None,
+            notifications_subscription: None,
             pending_deadline: Duration::from_secs(600),
             poll_interval: Duration::from_secs(2),
             log_settle: Duration::from_secs(5),
@@ -72,6 +79,7 @@ impl Config {
             ("--google-batch-endpoint", &self.endpoints.batch),
             ("--google-logging-endpoint", &self.endpoints.logging),
             ("--google-storage-endpoint", &self.endpoints.storage),
+            ("--google-pubsub-endpoint", &self.endpoints.pubsub),
         ] {
             match url::Url::parse(url) {
                 Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
@@ -118,6 +126,37 @@ pub async fn backend(config: &Config, journal: &Journal, artifacts: &Path) -> Re
         artifact_dir: artifacts.to_path_buf(),
         limits: Default::default(),
     };
+    let given = |v: &Option<String>| v.clone().filter(|v| !v.trim().is_empty());
+    let notifications = match (
+        given(&config.notifications_topic),
+        given(&config.notifications_subscription),
+    ) {
+        (None, None) => None,
+        (Some(topic), Some(subscription)) => {
+            let shaped = |v: &str, kind: &str| {
+                let p: Vec<&str> = v.split('/').collect();
+                p.len() == 4 && p[0] == "projects" && p[2] == kind && !p[1].is_empty() && !p[3].is_empty()
+            };
+            if !shaped(&topic, "topics") {
+                return Err(Error::Config(format!(
+                    "--google-batch-topic {topic:?} is not projects/PROJECT/topics/TOPIC"
+                )));
+            }
+            if !shaped(&subscription, "subscriptions") {
+                return Err(Error::Config(format!(
+                    "--google-batch-subscription {subscription:?} is not projects/PROJECT/subscriptions/SUBSCRIPTION"
+                )));
+            }
+            Some(crate::backend::Notifications { topic, subscription })
+        }
+        _ => {
+            return Err(Error::Config(
+                "--google-batch-topic and --google-batch-subscription go together: jobs publish their state changes \
+                 on the topic, and the launcher reads them from its subscription of it"
+                    .into(),
+            ));
+        }
+    };
     let google = config.google()?;
     let mut settings = Settings::new(launcher, staging);
     settings.project = config.project.clone().filter(|p| !p.trim().is_empty());
@@ -127,11 +166,13 @@ pub async fn backend(config: &Config, journal: &Journal, artifacts: &Path) -> Re
     settings.poll_interval = config.poll_interval;
     settings.log_settle = config.log_settle;
     settings.service_account = config.service_account.clone().filter(|s| !s.trim().is_empty());
+    settings.notifications = notifications;
     tracing::info!(
         project = settings.project.as_deref().unwrap_or("(per task)"),
         region = settings.region.as_deref().unwrap_or("(per task)"),
         batch = %config.endpoints.batch,
         staging = config.staging.as_deref().unwrap_or("(none: only tasks that name a bucket can have files)"),
+        notifications = settings.notifications.as_ref().map_or("(none: polling alone)", |n| n.subscription.as_str()),
         launcher = %settings.launcher,
         "google-batch launcher starting"
     );

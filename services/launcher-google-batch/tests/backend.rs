@@ -12,7 +12,7 @@ use ferry_event::template::{Part, Template};
 use ferry_launcher::Backend;
 use ferry_launcher::backend::{AttemptError, ComputeState, LogPosition, Task};
 use ferry_launcher::secrets::Secrets;
-use ferry_launcher_google_batch::{GoogleBatch, Handle};
+use ferry_launcher_google_batch::{GoogleBatch, Handle, Notifications, Settings};
 use serde_json::Value;
 
 fn dispatch(id: &str, runner: Runner, command: &[&str]) -> TaskDispatched {
@@ -51,6 +51,23 @@ async fn raw_job(target: &common::BatchTarget, name: &str) -> Value {
         .json()
         .await
         .expect("a job")
+}
+
+/// Waits until the target has no job left: Batch deletes a job in the background
+/// (DELETION_IN_PROGRESS, then gone).
+async fn deleted(target: &common::BatchTarget) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let left = target.jobs().await;
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "released jobs are still there: {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Everything the job wrote, read through the backend to the end.
@@ -170,10 +187,7 @@ async fn a_job_carries_the_attempts_labels_resources_and_allocation_policy() {
     assert_eq!(job["logsPolicy"]["destination"], "CLOUD_LOGGING", "{job:#}");
 
     backend.release(&compute).await.expect("release");
-    assert!(
-        target.jobs().await.iter().all(|(j, _)| *j != compute.name),
-        "release deletes the job"
-    );
+    deleted(&target).await;
     // The log outlives the job, as Cloud Logging keeps it.
     let again = target.make("Launcher.Labels".into(), dir.path(), false);
     assert!(matches!(
@@ -353,5 +367,74 @@ async fn a_job_no_vm_can_take_fails_at_its_pending_deadline_and_is_gone_after_re
         other => panic!("{other:?}"),
     }
     backend.release(&compute).await.unwrap();
-    assert_eq!(target.jobs().await, Vec::<(String, String)>::new());
+    deleted(&target).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jobs_state_change_on_pub_sub_brings_its_read_forward() {
+    let Ok(gcs) = common::gcs() else {
+        eprintln!("SKIPPED: DOCKER_HOST and FERRY_TEST_GCS are not both set");
+        return;
+    };
+    let Some(pubsub) = common::pubsub() else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "FERRY_TEST_PUBSUB is not set: scripts/services.sh starts gcloud's Pub/Sub emulator"
+        );
+        eprintln!("SKIPPED: FERRY_TEST_PUBSUB is not set");
+        return;
+    };
+    let target = common::BatchTarget::new(gcs).await;
+    let (topic, subscription) = common::topic(&pubsub).await;
+    let dir = tempfile::tempdir().unwrap();
+    let staging = ferry_launcher_google_batch::stage::Staging {
+        default: None,
+        artifact_dir: dir.path().join("artifacts"),
+        limits: Default::default(),
+    };
+    let mut settings = Settings::new("launcher-notified", staging);
+    // Listings so rare that only a notification can bring the job's end within the test.
+    settings.poll_interval = Duration::from_secs(600);
+    settings.kill_grace = Duration::from_secs(1);
+    settings.log_settle = Duration::from_secs(1);
+    settings.notifications = Some(Notifications {
+        topic: topic.clone(),
+        subscription,
+    });
+    let backend = GoogleBatch::new(target.google.clone(), settings);
+    let secrets = Secrets::new();
+    let id = common::fresh("notified");
+    let d = dispatch(
+        &id,
+        Runner::GoogleBatch(target.runner()),
+        &["sh", "-c", "sleep 1; echo done"],
+    );
+    let task = Task::new(&d, &secrets);
+    let reserved = backend.reserve(task).await.unwrap();
+    let compute = backend.create(task, reserved).await.expect("create");
+    let h: Handle = compute.handle_as().unwrap();
+    let job = raw_job(&target, &h.name).await;
+    assert_eq!(job["notifications"][0]["pubsubTopic"], topic, "{job:#}");
+    assert_eq!(
+        job["notifications"][0]["message"]["type"], "JOB_STATE_CHANGED",
+        "{job:#}"
+    );
+    // The first listing sees the job waiting or running; the next is 10 minutes away.
+    let state = tokio::time::timeout(Duration::from_secs(60), backend.wait(&compute))
+        .await
+        .expect("a notification brought the job's end before the next listing")
+        .unwrap();
+    assert!(
+        matches!(&state, ComputeState::Exited(e) if e.succeeded()),
+        "{state:?}"
+    );
+    assert_eq!(output(&backend, &compute).await, "done\n");
+    let lists = target
+        .server
+        .counts()
+        .get(&("jobs".to_string(), "list".to_string()))
+        .copied()
+        .unwrap_or(0);
+    assert_eq!(lists, 1, "one listing, the rest from notifications");
+    backend.release(&compute).await.unwrap();
 }

@@ -122,6 +122,22 @@ pub struct Flags {
         default_value = "https://storage.googleapis.com"
     )]
     pub google_storage_endpoint: String,
+    /// The Pub/Sub topic (projects/P/topics/T) every google-batch job publishes its state
+    /// changes on; with --google-batch-subscription, the launcher reads a job's state as soon as
+    /// one names it, and polls every --google-batch-poll-interval only as the fallback
+    #[arg(long, env = "FERRY_GOOGLE_BATCH_TOPIC", value_name = "TOPIC")]
+    pub google_batch_topic: Option<String>,
+    /// The launcher's subscription (projects/P/subscriptions/S) of --google-batch-topic
+    #[arg(long, env = "FERRY_GOOGLE_BATCH_SUBSCRIPTION", value_name = "SUBSCRIPTION")]
+    pub google_batch_subscription: Option<String>,
+    /// Where the Pub/Sub API answers instead of Google's (an emulator)
+    #[arg(
+        long,
+        env = "FERRY_GOOGLE_PUBSUB_ENDPOINT",
+        value_name = "URL",
+        default_value = "https://pubsub.googleapis.com"
+    )]
+    pub google_pubsub_endpoint: String,
     /// Send no credentials to the Google endpoints (a test server or an emulator) [default:
     /// GOOGLE_SERVICE_ACCOUNT or GOOGLE_APPLICATION_CREDENTIALS naming a key file, else the
     /// application default credentials, else the metadata server]

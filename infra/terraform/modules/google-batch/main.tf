@@ -112,8 +112,8 @@ resource "google_pubsub_subscription" "launcher" {
   ack_deadline_seconds       = 30
   message_retention_duration = "86400s"
 
-  # Pub/Sub deletes a subscription nobody pulled from for 31 days; a launcher that is not yet
-  # reading notifications, or a deployment idle for a month, must still find it.
+  # Pub/Sub deletes a subscription nobody pulled from for 31 days; a deployment idle for a month
+  # must still find it.
   expiration_policy {
     ttl = ""
   }

@@ -14,12 +14,12 @@ output "launcher_service_account_email" {
 }
 
 output "topic_id" {
-  description = "Topic for the jobs' state notifications, projects/PROJECT/topics/NAME."
+  description = "Topic for the jobs' state notifications, projects/PROJECT/topics/NAME (the launcher's --google-batch-topic)."
   value       = google_pubsub_topic.job_state.id
 }
 
 output "subscription_id" {
-  description = "The launcher's pull subscription to the topic, projects/PROJECT/subscriptions/NAME."
+  description = "The launcher's pull subscription to the topic, projects/PROJECT/subscriptions/NAME (its --google-batch-subscription)."
   value       = google_pubsub_subscription.launcher.id
 }
 
@@ -30,5 +30,7 @@ output "launcher_flags" {
     "--google-region"                = var.region
     "--google-batch-staging"         = google_storage_bucket.staging.url
     "--google-batch-service-account" = google_service_account.jobs.email
+    "--google-batch-topic"           = google_pubsub_topic.job_state.id
+    "--google-batch-subscription"    = google_pubsub_subscription.launcher.id
   }
 }

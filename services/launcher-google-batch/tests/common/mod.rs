@@ -46,6 +46,32 @@ pub fn gcs() -> Result<String, String> {
     found
 }
 
+/// The Pub/Sub emulator's URL (`FERRY_TEST_PUBSUB`), when the test scripts started one.
+pub fn pubsub() -> Option<String> {
+    std::env::var("FERRY_TEST_PUBSUB").ok().filter(|v| !v.is_empty())
+}
+
+/// A topic and a subscription of it, fresh, on the Pub/Sub emulator at `pubsub`.
+pub async fn topic(pubsub: &str) -> (String, String) {
+    let topic = format!("projects/{PROJECT}/topics/{}", fresh("batch-jobs"));
+    let subscription = format!("projects/{PROJECT}/subscriptions/{}", fresh("launcher"));
+    let http = reqwest::Client::new();
+    let made = http
+        .put(format!("{pubsub}/v1/{topic}"))
+        .send()
+        .await
+        .expect("Pub/Sub answers");
+    assert!(made.status().is_success(), "create {topic}: {made:?}");
+    let made = http
+        .put(format!("{pubsub}/v1/{subscription}"))
+        .json(&serde_json::json!({ "topic": topic }))
+        .send()
+        .await
+        .expect("Pub/Sub answers");
+    assert!(made.status().is_success(), "create {subscription}: {made:?}");
+    (topic, subscription)
+}
+
 pub fn image() -> String {
     std::env::var("FERRY_TEST_DOCKER_IMAGE").unwrap_or_else(|_| "ferry-test/busybox:1".to_string())
 }
@@ -81,6 +107,7 @@ impl BatchTarget {
     pub async fn new(gcs: String) -> BatchTarget {
         let server = TestServer::start(Options {
             gcs_endpoint: Some(gcs.clone()),
+            pubsub_endpoint: pubsub(),
             stop_grace: Duration::from_secs(1),
             ..Options::default()
         })
@@ -91,6 +118,8 @@ impl BatchTarget {
                 batch: server.url(),
                 logging: server.url(),
                 storage: gcs.clone(),
+                // No Pub/Sub: a port nothing listens on, which no test without one calls.
+                pubsub: pubsub().unwrap_or_else(|| "http://127.0.0.1:9".into()),
             },
             Auth::Anonymous,
         )
@@ -133,8 +162,9 @@ impl BatchTarget {
         settings.region = Some(REGION.into());
         settings.poll_interval = Duration::from_millis(200);
         settings.kill_grace = Duration::from_secs(1);
-        // The test server's log is complete when the job has ended.
-        settings.log_settle = Duration::ZERO;
+        // The test server takes a line in within milliseconds of its write (Cloud Logging
+        // within seconds).
+        settings.log_settle = Duration::from_secs(1);
         GoogleBatch::new(self.google.clone(), settings)
     }
 
