@@ -353,6 +353,107 @@ fn google_batch_example_runs_on_local_docker_with_runner_docker() {
     batch_example_runs_on_local_docker("google-batch.yaml", "Google Batch", "googleBatch");
 }
 
+/// The google-batch example through `ferry up`, against the Google Batch test server (its jobs
+/// run as containers of the test engine, its files staged on fake-gcs-server): the script, an
+/// input file, runs in a Batch job, says so, and its outputs and output file come back.
+#[test]
+fn google_batch_example_runs_through_ferry_up_on_the_batch_test_server() {
+    let (Ok(gcs), Ok(image)) = (
+        std::env::var("FERRY_TEST_GCS"),
+        std::env::var("FERRY_TEST_PYTHON_IMAGE"),
+    ) else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "FERRY_TEST_GCS and FERRY_TEST_PYTHON_IMAGE are not set: run ./scripts/test.sh"
+        );
+        eprintln!("SKIPPED: FERRY_TEST_GCS and FERRY_TEST_PYTHON_IMAGE are not set");
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let server = rt
+        .block_on(ferry_google_batch_test_server::TestServer::start(
+            ferry_google_batch_test_server::Options {
+                gcs_endpoint: Some(gcs.clone()),
+                stop_grace: Duration::from_secs(1),
+                ..Default::default()
+            },
+        ))
+        .expect("start the Google Batch test server");
+    let bucket = format!("ferry-example-{}", &ferry_event::new_id().to_lowercase()[..12]);
+    let made = rt.block_on(async {
+        reqwest::Client::new()
+            .post(format!("{gcs}/storage/v1/b"))
+            .json(&serde_json::json!({ "name": bucket }))
+            .send()
+            .await
+    });
+    assert!(
+        made.is_ok_and(|r| r.status().is_success()),
+        "create bucket {bucket}"
+    );
+    let url = server.url();
+    let staging = format!("gs://{bucket}/stage");
+    let d = Deployment::start(&[
+        "--google-project",
+        "ferry-test",
+        "--google-region",
+        "test-region1",
+        "--google-batch-endpoint",
+        &url,
+        "--google-logging-endpoint",
+        &url,
+        "--google-storage-endpoint",
+        &gcs,
+        "--google-anonymous",
+        "--google-batch-staging",
+        &staging,
+        "--google-batch-poll-interval",
+        "300ms",
+    ]);
+    let source = std::fs::read_to_string(example("google-batch.yaml")).unwrap();
+    let flow = d.dir.path().join("google-batch.yaml");
+    std::fs::write(&flow, source.replace("python:3.12-slim", &image)).unwrap();
+    let ran = d.client(&["submit", flow.to_str().unwrap(), "--input", "name=ferry"]);
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    let job = ran.stdout.lines().next().unwrap().trim().to_string();
+    assert_eq!(d.final_state(&job), "succeeded", "{}", d.logs());
+
+    let s = d.status(&job);
+    let report = task(&s, "report");
+    assert_eq!(report["outputs"]["greeting"], "hello ferry", "{s:#}");
+    assert_eq!(report["outputs"]["googleBatch"], true, "{s:#}");
+    let file = &report["outputFiles"][0];
+    assert_eq!(file["path"], "report/environment.json", "{s:#}");
+    let out = d.dir.path().join("environment.json");
+    let got = d.client(&[
+        "download",
+        &job,
+        "report",
+        "report/environment.json",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(got.code, 0, "{}", got.stderr);
+    let found: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(found["workingDir"], "/ferry", "{found:#}");
+    assert!(found["batchEnv"]["BATCH_JOB_UID"].is_string(), "{found:#}");
+    let logs = d.client(&["logs", &job]);
+    assert!(
+        logs.stdout.contains("hello ferry from Python 3.") && logs.stdout.contains(", Google Batch job "),
+        "{}\n{}",
+        logs.stdout,
+        logs.stderr
+    );
+    assert!(
+        logs.stdout.contains("(Google Batch: true)"),
+        "{}\n{}",
+        logs.stdout,
+        logs.stderr
+    );
+    drop(d);
+    rt.block_on(server.shutdown());
+}
+
 /// A batch example (`file`) whose script says where it ran (`platform`, and false in the
 /// output `key`), run with `--runner docker`.
 fn batch_example_runs_on_local_docker(file: &str, platform_name: &str, key: &str) {
