@@ -21,9 +21,9 @@
 //!
 //! The task runs in `/ferry` (`$TMPDIR/ferry` when the image's user cannot make `/ferry`),
 //! `$FERRY_WORKING_DIR`, with `$FERRY_OUTPUTS` in a directory beside it, as on the docker
-//! backend. The image needs `sh`, `cp` and `rm`, and `tar` when the task has input or output
-//! files. A staging step that fails ends the job with status [`STAGE_FAILED`] and says why on
-//! its standard error, in the task's log. Release removes the prefix.
+//! backend. The image needs `sh`, `mkdir`, `cp` and `rm`, and `tar` when the task has input or
+//! output files. A staging step that fails ends the job with status [`STAGE_FAILED`] and says
+//! why on its standard error, in the task's log. Release removes the prefix.
 
 use std::path::PathBuf;
 
