@@ -20,7 +20,9 @@
 //! - `docker`: ferry's docker launcher against `docker run` in a shell loop on one engine
 //!   ([`docker`]);
 //! - `aws-batch`: ferry's aws-batch launcher with many jobs in flight on moto, its AWS calls
-//!   per attempt counted ([`aws_batch`]).
+//!   per attempt counted ([`aws_batch`]);
+//! - `google-batch`: ferry's google-batch launcher with many jobs in flight on the Google Batch
+//!   test server, its Batch and Cloud Logging calls per attempt counted ([`google_batch`]).
 //!
 //! It reports throughput, dispatch latency (task ready → its process started, as stamped by the
 //! scheduler and the launcher), ferry's own CPU per task (this process's user+sys time; the task
@@ -36,6 +38,8 @@ mod aws_batch;
 mod deployment;
 #[cfg(feature = "docker")]
 mod docker;
+#[cfg(feature = "google-batch")]
+mod google_batch;
 mod shape;
 mod submit_wait;
 mod trigger;
@@ -312,6 +316,30 @@ enum Mode {
         #[arg(long, default_value_t = 20)]
         samples: usize,
     },
+    /// ferry's google-batch launcher against the Google Batch test server (started in this
+    /// process, each job a container on the Docker engine at DOCKER_HOST) with many jobs in
+    /// flight: jobs.list calls per attempt and minute, entries.list and the other calls per
+    /// attempt, dispatch → task.accepted latency, CPU per attempt.
+    GoogleBatch {
+        /// Jobs dispatched at once.
+        #[arg(long, default_value_t = 100)]
+        jobs: usize,
+        /// How long each job runs (`sleep`), in seconds.
+        #[arg(long, default_value_t = 45)]
+        run_for: u64,
+        /// The window, once every job runs, in which the calls are counted, in seconds.
+        #[arg(long, default_value_t = 30)]
+        window: u64,
+        /// The launcher's --google-batch-poll-interval, in seconds.
+        #[arg(long, default_value_t = 2.0)]
+        poll_interval: f64,
+        /// The image (with `sleep` and `true`), already on the Docker engine.
+        #[arg(long, env = "FERRY_TEST_DOCKER_IMAGE", default_value = "ferry-test/busybox:1")]
+        image: String,
+        /// Jobs dispatched one at a time first, for dispatch → task.accepted with nothing queued.
+        #[arg(long, default_value_t = 5)]
+        samples: usize,
+    },
     /// `GET /jobs` latency while one-task jobs are submitted all at once, on `ferry up`.
     ApiReads {
         /// Jobs submitted at once (at most 990, so that one `GET /jobs` sees them all).
@@ -340,7 +368,8 @@ impl Mode {
             | Mode::ApiReads { .. }
             | Mode::SubmitWait { .. }
             | Mode::Docker { .. }
-            | Mode::AwsBatch { .. } => None,
+            | Mode::AwsBatch { .. }
+            | Mode::GoogleBatch { .. } => None,
         }
     }
 }
@@ -404,6 +433,34 @@ async fn run(args: Args) -> Result<()> {
         {
             let _ = (endpoint, jobs, run_for, window, poll_interval, image, samples);
             bail!("ferry-loadtest was built without the `aws-batch` feature");
+        }
+    }
+    if let Mode::GoogleBatch {
+        jobs,
+        run_for,
+        window,
+        poll_interval,
+        ref image,
+        samples,
+    } = args.mode
+    {
+        if !(poll_interval.is_finite() && poll_interval > 0.0) {
+            bail!("--poll-interval must be a number of seconds more than 0");
+        }
+        #[cfg(feature = "google-batch")]
+        return google_batch::run(google_batch::Plan {
+            jobs,
+            run_for: Duration::from_secs(run_for),
+            window: Duration::from_secs(window),
+            poll_interval: Duration::from_secs_f64(poll_interval),
+            image: image.clone(),
+            samples,
+        })
+        .await;
+        #[cfg(not(feature = "google-batch"))]
+        {
+            let _ = (jobs, run_for, window, image, samples);
+            bail!("ferry-loadtest was built without the `google-batch` feature");
         }
     }
     if let Mode::SubmitWait {
