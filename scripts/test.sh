@@ -37,7 +37,7 @@ cargo clippy -p ferry-cli --no-default-features --locked -- -D warnings
 step "building the tests"
 cargo nextest run --workspace --locked --no-run
 
-step "starting RabbitMQ, PostgreSQL, tansu, dockerd, a Ray head and moto"
+step "starting RabbitMQ, PostgreSQL, tansu, dockerd, a Ray head, moto, fake-gcs-server and a Pub/Sub emulator"
 trap services_down EXIT
 services_up
 
