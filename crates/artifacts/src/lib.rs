@@ -8,7 +8,9 @@
 //!   (`AWS_WEB_IDENTITY_TOKEN_FILE`, `AWS_ROLE_ARN`), the role of an ECS or Batch task, or the
 //!   instance profile of an EC2 machine (profiles of `~/.aws/config` are not read);
 //! - `gs://BUCKET[/PREFIX]`: a Google Cloud Storage bucket, with the service account named by
-//!   `GOOGLE_SERVICE_ACCOUNT` (a key file's path) or the application default credentials.
+//!   `GOOGLE_SERVICE_ACCOUNT` (a key file's path), the application default credentials or the
+//!   metadata server, over Cloud Storage's JSON API; `STORAGE_EMULATOR_HOST` names an emulator
+//!   (then no token is sent), as Google's client libraries read it.
 //!
 //! A file is stored under a key (`JOB/TASK/ATTEMPT/PATH`, [`attempt_key`]) below the store's
 //! prefix, and named to users by its URI: `s3://BUCKET/PREFIX/KEY` and `gs://…` as the clouds'
@@ -31,6 +33,7 @@ use object_store::signer::Signer;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 use tokio::io::AsyncReadExt;
 
+mod gcs;
 #[cfg(feature = "testing")]
 pub mod testing;
 
@@ -108,10 +111,19 @@ pub fn attempt_key(job: &str, task: &str, attempt: &str, path: &str) -> String {
     format!("{job}/{task}/{attempt}/{path}")
 }
 
+/// What holds a store's objects.
+#[derive(Clone)]
+enum Objects {
+    /// A directory or an S3 bucket, through `object_store`.
+    Store(Arc<dyn ObjectStore>),
+    /// A Cloud Storage bucket, through its JSON API.
+    Gcs(gcs::Gcs),
+}
+
 /// One artifact store. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    inner: Arc<dyn ObjectStore>,
+    objects: Objects,
     kind: Kind,
     /// The store's URL, normalized, without a trailing `/`: `s3://bucket/prefix`,
     /// `file:///dir`.
@@ -141,7 +153,7 @@ impl Store {
     /// The store at `url` with `options` over those of the environment: the keys of the
     /// store's kind as its environment variables name them, lower case without the `AWS_` or
     /// `GOOGLE_` (`endpoint_url`, `region`, `allow_http`, `access_key_id`,
-    /// `secret_access_key`; `service_account`, `base_url`).
+    /// `secret_access_key`; `service_account`, `base_url`, `skip_signature`).
     pub fn open_with<K: AsRef<str>, V: Into<String>>(
         url: &str,
         options: impl IntoIterator<Item = (K, V)>,
@@ -184,7 +196,7 @@ impl Store {
                     .map_err(|()| config("not an absolute directory".into()))?
                     .to_string();
                 Ok(Store {
-                    inner: Arc::new(local),
+                    objects: Objects::Store(Arc::new(local)),
                     kind: Kind::File,
                     base: base.trim_end_matches('/').to_string(),
                     prefix: Path::default(),
@@ -200,7 +212,7 @@ impl Store {
                     .to_string();
                 let prefix =
                     Path::from_url_path(parsed.path()).map_err(|e| config(format!("the prefix: {e}")))?;
-                let (inner, signer, kind): (Arc<dyn ObjectStore>, Arc<dyn Signer>, Kind) = if scheme == "s3" {
+                let (objects, signer, kind): (Objects, Arc<dyn Signer>, Kind) = if scheme == "s3" {
                     let mut b = AmazonS3Builder::from_env().with_bucket_name(&bucket);
                     for (k, v) in options {
                         let key: AmazonS3ConfigKey = aws_key(k.as_ref())
@@ -209,7 +221,7 @@ impl Store {
                         b = b.with_config(key, v);
                     }
                     let s3 = Arc::new(b.build().map_err(|e| config(e.to_string()))?);
-                    (s3.clone(), s3, Kind::S3)
+                    (Objects::Store(s3.clone()), s3, Kind::S3)
                 } else {
                     let mut b = GoogleCloudStorageBuilder::from_env().with_bucket_name(&bucket);
                     for (k, v) in options {
@@ -218,8 +230,19 @@ impl Store {
                             .map_err(|_| config(format!("unknown GCS setting `{}`", k.as_ref())))?;
                         b = b.with_config(key, v);
                     }
-                    let gcs = Arc::new(b.build().map_err(|e| config(e.to_string()))?);
-                    (gcs.clone(), gcs, Kind::Gcs)
+                    let base_url = b.get_config_value(&GoogleConfigKey::BaseUrl);
+                    let skip_signature = b
+                        .get_config_value(&GoogleConfigKey::SkipSignature)
+                        .is_some_and(|v| v == "true");
+                    let signer = Arc::new(b.build().map_err(|e| config(e.to_string()))?);
+                    let (endpoint, credentials) = gcs::endpoint(
+                        base_url,
+                        skip_signature,
+                        std::env::var("STORAGE_EMULATOR_HOST").ok(),
+                        signer.credentials(),
+                    );
+                    let gcs = gcs::Gcs::new(&endpoint, &bucket, credentials).map_err(config)?;
+                    (Objects::Gcs(gcs), signer, Kind::Gcs)
                 };
                 let base = if prefix.as_ref().is_empty() {
                     format!("{scheme}://{bucket}")
@@ -227,7 +250,7 @@ impl Store {
                     format!("{scheme}://{bucket}/{prefix}")
                 };
                 Ok(Store {
-                    inner,
+                    objects,
                     kind,
                     base,
                     prefix,
@@ -338,77 +361,106 @@ impl Store {
             what: format!("cannot read {}", local.display()),
             source,
         };
+        let store_error = |source| Error::Store {
+            what: format!("cannot store {} as {}", local.display(), self.uri(key)),
+            source,
+        };
         let mut file = tokio::fs::File::open(local).await.map_err(io)?;
         let size = file.metadata().await.map_err(io)?.len();
-        let what = || format!("cannot store {} as {}", local.display(), self.uri(key));
         if size < PART_BYTES as u64 {
             let mut bytes = Vec::with_capacity(size as usize);
             file.read_to_end(&mut bytes).await.map_err(io)?;
             let n = bytes.len() as u64;
-            self.inner
-                .put(&path, PutPayload::from(bytes))
+            self.put_bytes(&path, Bytes::from(bytes))
                 .await
-                .map_err(|source| Error::Store { what: what(), source })?;
+                .map_err(store_error)?;
             return Ok(n);
         }
-        let upload = self
-            .inner
-            .put_multipart(&path)
-            .await
-            .map_err(|source| Error::Store { what: what(), source })?;
-        let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
-        let mut buf = vec![0u8; 1024 * 1024];
-        let mut n = 0u64;
-        loop {
-            let read = match file.read(&mut buf).await {
-                Ok(0) => break,
-                Ok(read) => read,
-                Err(e) => {
-                    writer.abort().await.ok();
-                    return Err(io(e));
+        match &self.objects {
+            Objects::Store(inner) => {
+                let upload = inner.put_multipart(&path).await.map_err(store_error)?;
+                let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
+                let mut buf = vec![0u8; 1024 * 1024];
+                let mut n = 0u64;
+                loop {
+                    let read = match file.read(&mut buf).await {
+                        Ok(0) => break,
+                        Ok(read) => read,
+                        Err(e) => {
+                            writer.abort().await.ok();
+                            return Err(io(e));
+                        }
+                    };
+                    writer.wait_for_capacity(4).await.map_err(store_error)?;
+                    writer.write(&buf[..read]);
+                    n += read as u64;
                 }
-            };
-            writer
-                .wait_for_capacity(4)
-                .await
-                .map_err(|source| Error::Store { what: what(), source })?;
-            writer.write(&buf[..read]);
-            n += read as u64;
+                writer.finish().await.map_err(store_error)?;
+                Ok(n)
+            }
+            Objects::Gcs(gcs) => {
+                let mut upload = gcs.start_upload(path.as_ref()).await.map_err(store_error)?;
+                let mut n = 0u64;
+                loop {
+                    let mut part = Vec::with_capacity(gcs::CHUNK_BYTES);
+                    let read = (&mut file)
+                        .take(gcs::CHUNK_BYTES as u64)
+                        .read_to_end(&mut part)
+                        .await;
+                    if let Err(e) = read {
+                        upload.abort().await;
+                        return Err(io(e));
+                    }
+                    // The size read at the start is the file's: a file still growing is cut there.
+                    let last = part.len() < gcs::CHUNK_BYTES || n + part.len() as u64 >= size;
+                    n += part.len() as u64;
+                    if let Err(e) = upload.send(Bytes::from(part), last).await {
+                        upload.abort().await;
+                        return Err(store_error(e));
+                    }
+                    if last {
+                        return Ok(n);
+                    }
+                }
+            }
         }
-        writer
-            .finish()
-            .await
-            .map_err(|source| Error::Store { what: what(), source })?;
-        Ok(n)
+    }
+
+    async fn put_bytes(&self, path: &Path, bytes: Bytes) -> object_store::Result<()> {
+        match &self.objects {
+            Objects::Store(inner) => inner.put(path, PutPayload::from(bytes)).await.map(drop),
+            Objects::Gcs(gcs) => gcs.put(path.as_ref(), bytes).await,
+        }
     }
 
     /// Stores `bytes` under `key`.
     pub async fn put(&self, key: &str, bytes: Bytes) -> Result<()> {
         let path = self.path(key)?;
-        self.inner
-            .put(&path, PutPayload::from(bytes))
-            .await
-            .map(drop)
-            .map_err(|source| Error::Store {
-                what: format!("cannot store {}", self.uri(key)),
-                source,
-            })
+        self.put_bytes(&path, bytes).await.map_err(|source| Error::Store {
+            what: format!("cannot store {}", self.uri(key)),
+            source,
+        })
     }
 
     /// The file stored under `key`: its size and its bytes as they come.
     pub async fn get(&self, key: &str) -> Result<(u64, BoxStream<'static, Result<Bytes>>)> {
         let path = self.path(key)?;
         let uri = self.uri(key);
-        let got = self.inner.get(&path).await.map_err(|source| match source {
+        let got = match &self.objects {
+            Objects::Store(inner) => match inner.get(&path).await {
+                Ok(got) => Ok((got.meta.size, got.into_stream())),
+                Err(e) => Err(e),
+            },
+            Objects::Gcs(gcs) => gcs.get(path.as_ref()).await,
+        };
+        let (size, stream) = got.map_err(|source| match source {
             object_store::Error::NotFound { .. } => Error::NotFound(uri.clone()),
             source => Error::Store {
                 what: format!("cannot read {uri}"),
                 source,
             },
         })?;
-        let size = got.meta.size;
-        let stream = got
-            .into_stream()
+        let stream = stream
             .map_err(move |source| Error::Store {
                 what: format!("cannot read {uri}"),
                 source,
@@ -438,15 +490,27 @@ impl Store {
 
     async fn locations_under(&self, dir: &str) -> Result<Vec<Path>> {
         let path = self.path(dir.trim_end_matches('/'))?;
-        self.inner
-            .list(Some(&path))
-            .map_ok(|meta| meta.location)
-            .try_collect()
-            .await
-            .map_err(|source| Error::Store {
-                what: format!("cannot list {}/", self.uri(dir.trim_end_matches('/'))),
-                source,
-            })
+        let listed = match &self.objects {
+            Objects::Store(inner) => {
+                inner
+                    .list(Some(&path))
+                    .map_ok(|meta| meta.location)
+                    .try_collect()
+                    .await
+            }
+            Objects::Gcs(gcs) => gcs.list(&format!("{path}/")).await.and_then(|names| {
+                names
+                    .into_iter()
+                    .map(|name| {
+                        Path::parse(&name).map_err(|e| object_store::Error::InvalidPath { source: e })
+                    })
+                    .collect()
+            }),
+        };
+        listed.map_err(|source| Error::Store {
+            what: format!("cannot list {}/", self.uri(dir.trim_end_matches('/'))),
+            source,
+        })
     }
 
     /// Removes every file whose key starts with `dir/` (an attempt's `JOB/TASK/ATTEMPT`).
@@ -455,9 +519,21 @@ impl Store {
         let what = || format!("cannot remove {}/", self.uri(dir.trim_end_matches('/')));
         let listed = self.locations_under(dir).await?;
         let n = listed.len();
-        let mut removed = self
-            .inner
-            .delete_stream(futures::stream::iter(listed.into_iter().map(Ok)).boxed());
+        let mut removed = match &self.objects {
+            Objects::Store(inner) => {
+                inner.delete_stream(futures::stream::iter(listed.into_iter().map(Ok)).boxed())
+            }
+            Objects::Gcs(gcs) => {
+                let gcs = gcs.clone();
+                futures::stream::iter(listed)
+                    .map(move |path| {
+                        let gcs = gcs.clone();
+                        async move { gcs.delete(path.as_ref()).await.map(|()| path) }
+                    })
+                    .buffer_unordered(8)
+                    .boxed()
+            }
+        };
         while let Some(r) = removed.next().await {
             match r {
                 Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
@@ -503,6 +579,15 @@ mod tests {
         let s = Store::open_with("s3://bucket/my%20runs", [("region", "us-east-1")]).unwrap();
         assert_eq!(s.uri("j/f"), "s3://bucket/my runs/j/f");
         assert_eq!(s.key_of("s3://bucket/my runs/j/f").unwrap(), "j/f");
+        let s = Store::open_with("gs://bucket/runs", [("skip_signature", "true")]).unwrap();
+        assert_eq!(
+            (s.kind(), s.uri("j/f")),
+            (Kind::Gcs, "gs://bucket/runs/j/f".to_string())
+        );
+        let e = Store::open_with("gs://b", [("colour", "blue")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown GCS setting `colour`"), "{e}");
         let e = Store::open("ftp://host/x").unwrap_err().to_string();
         assert!(e.contains("`ftp://` is not a kind of store"), "{e}");
         let e = Store::open("s3:///x").unwrap_err().to_string();

@@ -634,13 +634,37 @@ async fn output_files_go_to_the_artifact_store_and_leave_the_directory() -> Resu
         return Ok(());
     };
     let bucket = ferry_artifacts::testing::moto_bucket(&endpoint, "local");
+    output_files_are_stored_in(
+        &format!("s3://{bucket}"),
+        ferry_artifacts::testing::moto_options(&endpoint),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn output_files_go_to_a_cloud_storage_bucket_and_leave_the_directory() -> Result<()> {
+    let Some(endpoint) = ferry_artifacts::testing::gcs() else {
+        return Ok(());
+    };
+    let bucket = ferry_artifacts::testing::gcs_bucket(&endpoint, "local");
+    output_files_are_stored_in(
+        &format!("gs://{bucket}"),
+        ferry_artifacts::testing::gcs_options(&endpoint),
+    )
+    .await
+}
+
+/// A task's output files stored under `runs` in the bucket at `bucket`, reached with `options`:
+/// named by the bucket's URIs on `task.finished`, and gone from the artifact directory.
+async fn output_files_are_stored_in(bucket: &str, options: Vec<(String, String)>) -> Result<()> {
     let artifacts = tempfile::tempdir()?;
     let artifact_dir = artifacts.path().to_path_buf();
-    let url = format!("s3://{bucket}/runs");
+    let url = format!("{bucket}/runs");
+    let store_options = options.clone();
     let mut h = Harness::start_with(|c| {
         c.service.artifact_dir = Some(artifact_dir);
         c.service.artifact_store = Some(url);
-        c.service.artifact_store_options = ferry_artifacts::testing::moto_options(&endpoint);
+        c.service.artifact_store_options = store_options;
     })
     .await?;
     let mut d = sh(
@@ -656,7 +680,7 @@ async fn output_files_go_to_the_artifact_store_and_leave_the_directory() -> Resu
         .iter()
         .map(|o| (o.path.as_str(), o.uri.as_str(), o.size))
         .collect();
-    let prefix = format!("s3://{bucket}/runs/job-1/task-a-stored/a-stored");
+    let prefix = format!("{bucket}/runs/job-1/task-a-stored/a-stored");
     assert_eq!(
         listed,
         [
@@ -664,10 +688,7 @@ async fn output_files_go_to_the_artifact_store_and_leave_the_directory() -> Resu
             ("out/a b.json", format!("{prefix}/out/a b.json").as_str(), 3)
         ]
     );
-    let store = ferry_artifacts::Store::open_with(
-        &format!("s3://{bucket}"),
-        ferry_artifacts::testing::moto_options(&endpoint),
-    )?;
+    let store = ferry_artifacts::Store::open_with(bucket, options)?;
     for (file, want) in f.output_files.iter().zip(["two2", "one"]) {
         assert_eq!(store.read(&store.key_of(&file.uri)?).await?, want.as_bytes());
     }
