@@ -246,11 +246,8 @@ async fn measure(plan: &Plan, server: &Server) -> Result<()> {
         ..
     } = service.prepare()?;
     let launcher = journal.identity().context("the launcher's identity")?;
-    let staging = Staging {
-        default: None,
-        artifact_dir: artifacts,
-        limits: Default::default(),
-    };
+    let staging =
+        Staging::new(None, Vec::new(), artifacts, Default::default()).map_err(anyhow::Error::msg)?;
     let mut settings = ferry_launcher_google_batch::Settings::new(launcher, staging);
     settings.poll_interval = plan.poll_interval;
     let backend = ferry_launcher_google_batch::GoogleBatch::new(google, settings).kill_on_shutdown();

@@ -15,6 +15,8 @@
 //!   a dispatch's templates;
 //! - [`collect`]: the outputs object a task writes and its limits, and output files copied to
 //!   the artifact store;
+//! - [`batch`]: what the cloud batch backends share about a task's command and environment,
+//!   its secrets set apart to go through a staging bucket;
 //! - [`publish`]: publishing with retries until the broker confirms;
 //! - [`retention`]: the periodic sweep that removes expired output files from the artifact
 //!   directory (`--artifact-retention`);
@@ -30,6 +32,7 @@
 pub mod archive;
 mod attempt;
 pub mod backend;
+pub mod batch;
 pub mod collect;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;

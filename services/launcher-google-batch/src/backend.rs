@@ -39,12 +39,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use ferry_artifacts::Store;
 use ferry_event::payload::{GoogleBatchProvisioning, GoogleBatchRunner, Runner, Stream, TaskDispatched};
-use ferry_event::template::{Part, Template};
 use ferry_launcher::backend::{
     AttemptError, Backend, BackendResult, Collected, Compute, ComputeState, Exit, LogPosition, LogRead,
     ShutdownPolicy, Task,
 };
+use ferry_launcher::batch::{self, Filled};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::time::Instant;
@@ -54,7 +55,7 @@ use crate::google::{Google, Job};
 use crate::logs::{self, Cursor, Key};
 use crate::names;
 use crate::poller::{Poller, Seen, is_terminal, parent_of};
-use crate::stage::{self, Bucket, MOUNT, Staging};
+use crate::stage::{self, MOUNT, Staging};
 
 /// The runner type this backend serves; dispatches arrive on `dispatch.google-batch`.
 pub const BACKEND: &str = "google-batch";
@@ -198,7 +199,9 @@ impl Drop for Inner {
 
 /// One job's log and what is known of its end.
 struct LogState {
-    stream: logs::Stream,
+    pages: logs::Pages,
+    /// Nothing more can come: the job ended and a read after that brought nothing.
+    complete: bool,
     fetched: Option<Instant>,
     /// Reads in a row that brought nothing.
     idle: u32,
@@ -307,11 +310,11 @@ impl GoogleBatch {
     }
 
     /// The staged prefix and bucket of an attempt that has them.
-    fn staged(&self, h: &Handle) -> BackendResult<Option<(Bucket, String)>> {
+    fn staged(&self, h: &Handle) -> BackendResult<Option<(Store, String)>> {
         let (Some(prefix), Some(url)) = (&h.stage, &h.stage_bucket) else {
             return Ok(None);
         };
-        let bucket = Bucket::parse(url).map_err(|why| {
+        let bucket = self.0.settings.staging.open(url).map_err(|why| {
             AttemptError::Platform(format!(
                 "the journal's staging bucket of {} cannot be read: {why}",
                 h.name
@@ -400,9 +403,10 @@ impl GoogleBatch {
         lock(&self.0.logs)
             .entry(name.to_string())
             .or_insert_with(|| {
-                let cursor: Option<Cursor> = serde_json::from_value(cursor.clone()).ok();
+                let cursor: Cursor = serde_json::from_value(cursor.clone()).unwrap_or_default();
                 Arc::new(tokio::sync::Mutex::new(LogState {
-                    stream: logs::Stream::from_cursor(cursor),
+                    pages: cursor.pages(),
+                    complete: false,
                     fetched: None,
                     idle: 0,
                     ended: None,
@@ -416,23 +420,24 @@ impl GoogleBatch {
     async fn read_output(&self, h: &Handle, from: &LogPosition, max: usize) -> BackendResult<LogRead> {
         let state = self.log_state(&h.name, &from.cursor);
         let mut st = state.lock().await;
-        if !st.stream.reaches(from.stdout) {
-            let cursor: Option<Cursor> = serde_json::from_value(from.cursor.clone()).ok();
-            st.stream = logs::Stream::from_cursor(cursor);
+        if !st.pages.reaches(from.stdout) {
+            let cursor: Cursor = serde_json::from_value(from.cursor.clone()).unwrap_or_default();
+            st.pages = cursor.pages();
+            st.complete = false;
         }
         let ended = self.0.poller.seen_ended(&h.name);
         if ended && st.ended.is_none() {
             st.ended = Some(Instant::now());
         }
         let fresh = !ended && !st.behind && st.fetched.is_some_and(|at| at.elapsed() < st.refresh());
-        if st.stream.drained_at(from.stdout) && !st.stream.complete && !fresh {
+        if st.pages.drained_at(from.stdout) && !st.complete && !fresh {
             self.fetch_logs(h, &mut st).await?;
         }
-        let (bytes, cursor) = st.stream.read(from.stdout, max);
-        let complete = st.stream.complete && st.stream.drained_at(from.stdout + bytes.len() as u64);
+        let (bytes, cursor) = st.pages.read(from.stdout, max);
+        let complete = st.complete && st.pages.drained_at(from.stdout + bytes.len() as u64);
         Ok(LogRead {
             bytes,
-            cursor: serde_json::to_value(cursor).unwrap_or_default(),
+            cursor: serde_json::to_value(Cursor::from(cursor)).unwrap_or_default(),
             complete,
         })
     }
@@ -446,7 +451,7 @@ impl GoogleBatch {
             .is_some_and(|at| started.duration_since(at) >= self.0.settings.log_settle);
         let Some(uid) = h.uid.as_deref() else {
             // Never created: there is no log.
-            st.stream.complete = true;
+            st.complete = true;
             return Ok(());
         };
         let project = h.project();
@@ -456,7 +461,7 @@ impl GoogleBatch {
                 - chrono::Duration::from_std(self.0.settings.log_settle).unwrap_or_default();
             at.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
         });
-        let filter = logs::filter(project, uid, st.stream.last(), until.as_deref());
+        let filter = logs::filter(project, uid, st.pages.next().as_ref(), until.as_deref());
         let mut token: Option<String> = None;
         let mut entries = Vec::new();
         let mut more = false;
@@ -488,12 +493,12 @@ impl GoogleBatch {
             }
             more = round + 1 == LOG_PAGES;
         }
-        let new = st.stream.push(entries);
+        let new = logs::push(&mut st.pages, entries);
         st.fetched = Some(Instant::now());
         st.idle = if new { 0 } else { st.idle.saturating_add(1) };
         st.behind = more;
         if !new && !more && settled {
-            st.stream.complete = true;
+            st.complete = true;
         }
         Ok(())
     }
@@ -565,83 +570,16 @@ pub fn max_run_duration(timeout_ms: Option<u64>, grace: Duration) -> Option<Stri
     ))
 }
 
-/// What this backend refuses to put where Batch shows it, or cannot bring: secrets without a
-/// staging bucket to pass them through, `{{ workingDir }}`.
-fn check_templates(d: &TaskDispatched, staged: bool) -> BackendResult<()> {
-    let fields = d
-        .command
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (format!("command[{i}]"), t))
-        .chain(d.env.iter().map(|(k, t)| (format!("env.{k}"), t)));
-    for (field, t) in fields {
-        if let Some(name) = t.secrets().next() {
-            if !staged {
-                return Err(AttemptError::Task(format!(
-                    "{field} uses secret('{name}'), which this google-batch launcher refuses: a job's command and \
-                     environment are shown to anyone allowed batch.jobs.get, and the task has no staging bucket to \
-                     pass secrets through instead (runner.bucket, or the launcher's --google-batch-staging \
-                     gs://BUCKET[/PREFIX]). Or give the job's service account access to the secret in Secret \
-                     Manager and read it from the task"
-                )));
-            }
-            if let Some(var) = field.strip_prefix("env.")
-                && !stage::is_shell_name(var)
-            {
-                return Err(AttemptError::Task(format!(
-                    "{field} uses secret('{name}'): on google-batch a variable holding a secret is set by the job's \
-                     shell, and {var:?} is not a name it can set (letters, digits and _, not starting with a digit)"
-                )));
-            }
-        }
-        if t.0.iter().any(|p| matches!(p, Part::WorkingDir)) {
-            return Err(AttemptError::Task(format!(
-                "{field} uses {{{{ workingDir }}}}, which the google-batch backend cannot fill: the job's working \
-                 directory is only known inside the job; read $FERRY_WORKING_DIR there instead"
-            )));
-        }
-    }
-    Ok(())
-}
-
-/// A job's command and its environment's variables, filled; those holding a secret apart.
-struct Filled {
-    command: Vec<String>,
-    command_secret: bool,
-    env: Vec<(String, String)>,
-    secret_env: Vec<(String, String)>,
-}
-
-fn fill_all(task: Task<'_>) -> BackendResult<Filled> {
-    let d = task.dispatch;
-    let fill = |t: &Template, field: &str| task.fill(t, field, "");
-    let command = d
-        .command
-        .iter()
-        .enumerate()
-        .map(|(i, t)| fill(t, &format!("command[{i}]")))
-        .collect::<BackendResult<Vec<_>>>()?;
-    let command_secret = d.command.iter().any(|t| t.secrets().next().is_some());
-    let mut env: Vec<(String, String)> = Vec::with_capacity(d.env.len() + 3);
-    let mut secret_env = Vec::new();
-    for (name, t) in &d.env {
-        let value = fill(t, &format!("env.{name}"))?;
-        if t.secrets().next().is_some() {
-            secret_env.push((name.clone(), value));
-        } else {
-            env.push((name.clone(), value));
-        }
-    }
-    env.push(("FERRY_JOB_ID".into(), d.job_id.clone()));
-    env.push(("FERRY_TASK_ID".into(), d.task_id.clone()));
-    env.push(("FERRY_ATTEMPT_ID".into(), d.attempt_id.clone()));
-    Ok(Filled {
-        command,
-        command_secret,
-        env,
-        secret_env,
-    })
-}
+/// What this backend refuses in a task's command and environment ([`batch::check`]).
+const PLATFORM: batch::Platform = batch::Platform {
+    backend: BACKEND,
+    reader: "batch.jobs.get",
+    staging: "runner.bucket, or the launcher's --google-batch-staging gs://BUCKET[/PREFIX]",
+    secret_store: "Or give the job's service account access to the secret in Secret Manager and read it from the \
+                   task",
+    no_working_dir: "the job's working directory is only known inside the job; read $FERRY_WORKING_DIR there \
+                     instead (set when the task has a staging bucket)",
+};
 
 /// The task's `computeResource` and the VM's accelerators.
 fn resources(d: &TaskDispatched) -> BackendResult<(Value, Option<Value>)> {
@@ -769,7 +707,7 @@ impl Backend for GoogleBatch {
         for p in &d.output_files {
             ferry_launcher::collect::check_pattern(p).map_err(task)?;
         }
-        check_templates(d, staged)
+        batch::check(d, staged, &PLATFORM)
     }
 
     async fn reserve(&self, task: Task<'_>) -> BackendResult<Compute> {
@@ -786,7 +724,7 @@ impl Backend for GoogleBatch {
             uid: None,
             pending_deadline_s: deadline.as_secs().max(1),
             stage: bucket.as_ref().map(|_| stage::prefix(task.dispatch)),
-            stage_bucket: bucket.map(|b| b.url()),
+            stage_bucket: bucket.map(|b| b.url().to_string()),
         };
         self.remember(&h);
         Compute::with_handle(id, &h)
@@ -811,29 +749,20 @@ impl Backend for GoogleBatch {
         }
         // Everything of the task's is filled before anything is created: a template that
         // cannot be filled leaves no job.
-        let Filled {
-            command,
-            command_secret,
-            mut env,
-            secret_env,
-        } = fill_all(task)?;
+        let filled = Filled::new(task)?;
+        let mut env = filled.env.clone();
         let (entrypoint, commands, volumes) = match self.staged(&h)? {
             Some((bucket, prefix)) => {
-                let job = stage::Job {
-                    command,
-                    command_secret,
-                    secret_env,
-                };
-                let (args, stage_env) = stage::prepare(&self.0.google, &bucket, task, &prefix, job).await?;
+                let (args, stage_env) = stage::prepare(&bucket, task, &prefix, &filled).await?;
                 env.extend(stage_env);
-                let remote = format!("{}/{}", bucket.name, bucket.key(&prefix));
+                let remote = stage::remote_path(&bucket, &prefix);
                 (
                     "sh".to_string(),
                     args,
                     Some(json!([{ "gcs": { "remotePath": remote }, "mountPath": MOUNT }])),
                 )
             }
-            _ if command_secret || !secret_env.is_empty() => {
+            _ if filled.has_secrets() => {
                 return Err(AttemptError::Task(
                     "the task uses secrets, and this attempt has no staging prefix to pass them through: a job's \
                      command and environment are shown to anyone allowed batch.jobs.get"
@@ -841,7 +770,8 @@ impl Backend for GoogleBatch {
                 ));
             }
             _ => {
-                let (program, args) = command
+                let (program, args) = filled
+                    .command
                     .split_first()
                     .ok_or_else(|| AttemptError::Task("command is empty".into()))?;
                 (program.clone(), args.to_vec(), None)
@@ -1047,9 +977,7 @@ impl Backend for GoogleBatch {
     async fn collect(&self, compute: &Compute, task: Task<'_>) -> BackendResult<Collected> {
         let h = self.handle(compute)?;
         match self.staged(&h)? {
-            Some((bucket, prefix)) => {
-                stage::collect(&self.0.google, &self.0.settings.staging, &bucket, task, &prefix).await
-            }
+            Some((bucket, prefix)) => stage::collect(&self.0.settings.staging, &bucket, task, &prefix).await,
             None => Ok(Collected::default()),
         }
     }
@@ -1062,7 +990,7 @@ impl Backend for GoogleBatch {
             .await
             .map_err(|e| e.fault(&format!("cannot delete Google Batch job {}", h.name), false))?;
         if let Some((bucket, prefix)) = self.staged(&h)? {
-            stage::remove(&self.0.google, &bucket, &prefix).await?;
+            stage::remove(&bucket, &prefix).await?;
         }
         self.forget(&h);
         Ok(())

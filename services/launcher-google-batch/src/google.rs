@@ -1,6 +1,6 @@
 //! The Google Cloud calls the backend makes, over their REST APIs: Batch v1 (jobs create, get,
-//! list, cancel, delete), Cloud Logging v2 (`entries.list`), Cloud Storage's JSON API
-//! (objects upload, download, list, delete) and Pub/Sub v1 (subscriptions pull, acknowledge).
+//! list, cancel, delete), Cloud Logging v2 (`entries.list`) and Pub/Sub v1 (subscriptions pull,
+//! acknowledge). Staged files go through Cloud Storage as `ferry_artifacts` reaches it.
 //!
 //! There is no official Rust client for Batch; these few calls are plain HTTPS with a bearer
 //! token from Google's standard credential chain (a service account key, the application
@@ -11,11 +11,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use bytes::Bytes;
 use ferry_launcher::backend::AttemptError;
-use futures::Stream;
 use object_store::gcp::GcpCredentialProvider;
-use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 use serde_json::Value;
@@ -411,94 +408,6 @@ impl Google {
         let req = self.request(Method::POST, &url).await?.json(&body);
         let page: Page = Self::parse(Self::json(req).await?)?;
         Ok((page.entries, page.next_page_token.filter(|t| !t.is_empty())))
-    }
-
-    // Cloud Storage.
-
-    fn object_url(&self, bucket: &str, name: &str) -> String {
-        format!(
-            "{}/storage/v1/b/{}/o/{}",
-            self.endpoints.storage,
-            utf8_percent_encode(bucket, NON_ALPHANUMERIC),
-            utf8_percent_encode(name, NON_ALPHANUMERIC)
-        )
-    }
-
-    /// Writes object `name` of `bucket`, replacing what was there.
-    pub async fn put_object(&self, bucket: &str, name: &str, bytes: Vec<u8>) -> ApiResult<()> {
-        let url = format!(
-            "{}/upload/storage/v1/b/{}/o",
-            self.endpoints.storage,
-            utf8_percent_encode(bucket, NON_ALPHANUMERIC)
-        );
-        let req = self
-            .request(Method::POST, &url)
-            .await?
-            .query(&[("uploadType", "media"), ("name", name)])
-            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
-            .body(bytes);
-        Self::json(req).await.map(drop)
-    }
-
-    /// Object `name` of `bucket` as a stream of bytes, `None` when there is none.
-    pub async fn get_object(
-        &self,
-        bucket: &str,
-        name: &str,
-    ) -> ApiResult<Option<impl Stream<Item = reqwest::Result<Bytes>> + use<>>> {
-        let url = self.object_url(bucket, name);
-        let req = self.request(Method::GET, &url).await?.query(&[("alt", "media")]);
-        match Self::send(req).await {
-            Ok(response) => Ok(Some(response.bytes_stream())),
-            Err(e) if e.is_not_found() => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// The names of the objects of `bucket` under `prefix`.
-    pub async fn list_objects(&self, bucket: &str, prefix: &str) -> ApiResult<Vec<String>> {
-        #[derive(Deserialize)]
-        #[serde(rename_all = "camelCase")]
-        struct Page {
-            #[serde(default)]
-            items: Vec<Item>,
-            #[serde(default)]
-            next_page_token: Option<String>,
-        }
-        #[derive(Deserialize)]
-        struct Item {
-            name: String,
-        }
-        let url = format!(
-            "{}/storage/v1/b/{}/o",
-            self.endpoints.storage,
-            utf8_percent_encode(bucket, NON_ALPHANUMERIC)
-        );
-        let mut names = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let mut query = vec![("prefix", prefix.to_string())];
-            if let Some(t) = &token {
-                query.push(("pageToken", t.clone()));
-            }
-            let req = self.request(Method::GET, &url).await?.query(&query);
-            let page: Page = Self::parse(Self::json(req).await?)?;
-            names.extend(page.items.into_iter().map(|i| i.name));
-            match page.next_page_token.filter(|t| !t.is_empty()) {
-                Some(t) => token = Some(t),
-                None => return Ok(names),
-            }
-        }
-    }
-
-    /// Deletes object `name` of `bucket`; one that is not there is not an error.
-    pub async fn delete_object(&self, bucket: &str, name: &str) -> ApiResult<()> {
-        let url = self.object_url(bucket, name);
-        match Self::send(self.request(Method::DELETE, &url).await?).await {
-            Ok(_) => Ok(()),
-            Err(e) if e.is_not_found() => Ok(()),
-            Err(e) => Err(e),
-        }
     }
 }
 

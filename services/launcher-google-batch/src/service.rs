@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backend::{GoogleBatch, Settings};
 use crate::google::{Auth, Endpoints, Google};
-use crate::stage::{Bucket, Staging};
+use crate::stage::Staging;
 
 /// How the google-batch launcher runs.
 #[derive(Debug, Clone)]
@@ -115,17 +115,13 @@ pub async fn backend(config: &Config, journal: &Journal, artifacts: &Path) -> Re
             "--google-batch-poll-interval must be more than 0".into(),
         ));
     }
-    let default = match config.staging.as_deref().filter(|s| !s.trim().is_empty()) {
-        Some(url) => {
-            Some(Bucket::parse(url).map_err(|why| Error::Config(format!("--google-batch-staging: {why}")))?)
-        }
-        None => None,
-    };
-    let staging = Staging {
-        default,
-        artifact_dir: artifacts.to_path_buf(),
-        limits: Default::default(),
-    };
+    let staging = Staging::new(
+        config.staging.as_deref(),
+        Staging::options(&config.endpoints.storage, config.anonymous),
+        artifacts.to_path_buf(),
+        Default::default(),
+    )
+    .map_err(|why| Error::Config(format!("--google-batch-staging: {why}")))?;
     let given = |v: &Option<String>| v.clone().filter(|v| !v.trim().is_empty());
     let notifications = match (
         given(&config.notifications_topic),

@@ -25,15 +25,18 @@
 //! output files. A staging step that fails ends the job with status [`STAGE_FAILED`] and says
 //! why on its standard error, in the task's log. Release removes the prefix.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use ferry_event::payload::TaskDispatched;
 use ferry_launcher::archive::{ExtractError, InputFile, Limits};
 use ferry_launcher::backend::{AttemptError, BackendResult, Collected, Task};
+use ferry_launcher::batch::Filled;
 use ferry_launcher::collect::{MAX_OUTPUTS_BYTES, MAX_SUBTASKS_BYTES};
 use futures::StreamExt;
 
-use crate::google::{ApiError, Google};
+use ferry_artifacts::Store;
 
 /// The exit status of a job whose staging failed (as `docker run`'s own failures are 125).
 pub const STAGE_FAILED: i32 = 125;
@@ -86,117 +89,117 @@ fi
 exit 0
 "#;
 
-/// A bucket and a prefix in it: `gs://BUCKET[/PREFIX]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Bucket {
-    pub name: String,
-    pub prefix: String,
-}
-
-impl Bucket {
-    /// `gs://BUCKET[/PREFIX]`, or a bare bucket name.
-    pub fn parse(s: &str) -> Result<Bucket, String> {
-        let s = s.trim();
-        let rest = match s.strip_prefix("gs://") {
-            Some(rest) => rest,
-            None if !s.contains([':', '/']) => s,
-            None => {
-                return Err(format!(
-                    "{s:?} is not a Cloud Storage bucket: write its name, or gs://BUCKET[/PREFIX]"
-                ));
-            }
-        };
-        let (name, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-        let ok = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.');
-        if !(3..=222).contains(&name.len()) || !name.chars().all(ok) {
+/// `gs://BUCKET[/PREFIX]` for a bucket's URL or bare name, its name checked; the prefix
+/// without `/` at its ends.
+pub fn bucket_url(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    let rest = match s.strip_prefix("gs://") {
+        Some(rest) => rest,
+        None if !s.contains([':', '/']) => s,
+        None => {
             return Err(format!(
-                "{s:?}: {name:?} is not a bucket name (3 to 222 lowercase letters, digits, '-', '_' and '.')"
+                "{s:?} is not a Cloud Storage bucket: write its name, or gs://BUCKET[/PREFIX]"
             ));
         }
-        let prefix = prefix.trim_matches('/');
-        if prefix.split('/').any(|p| p == ".." || p == ".") {
-            return Err(format!("{s:?}: the prefix must not hold '.' or '..'"));
-        }
-        Ok(Bucket {
-            name: name.to_string(),
-            prefix: prefix.to_string(),
-        })
+    };
+    let (name, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    let ok = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.');
+    if !(3..=222).contains(&name.len()) || !name.chars().all(ok) {
+        return Err(format!(
+            "{s:?}: {name:?} is not a bucket name (3 to 222 lowercase letters, digits, '-', '_' and '.')"
+        ));
     }
-
-    pub fn url(&self) -> String {
-        if self.prefix.is_empty() {
-            format!("gs://{}", self.name)
-        } else {
-            format!("gs://{}/{}", self.name, self.prefix)
-        }
+    let prefix = prefix.trim_matches('/');
+    if prefix.split('/').any(|p| p == ".." || p == ".") {
+        return Err(format!("{s:?}: the prefix must not hold '.' or '..'"));
     }
-
-    /// The object name of `rest` under the prefix.
-    pub fn key(&self, rest: &str) -> String {
-        if self.prefix.is_empty() {
-            rest.to_string()
-        } else {
-            format!("{}/{rest}", self.prefix)
-        }
-    }
+    Ok(if prefix.is_empty() {
+        format!("gs://{name}")
+    } else {
+        format!("gs://{name}/{prefix}")
+    })
 }
 
-/// Where staged files go, and where collected output files are kept.
+/// Where staged files go, and where collected output files are kept. Clones share the
+/// buckets opened.
 #[derive(Debug, Clone)]
 pub struct Staging {
     /// The staging bucket of tasks whose runner names none (`--google-batch-staging`).
-    pub default: Option<Bucket>,
+    pub default: Option<Store>,
+    /// The settings every bucket is opened with (the launcher's Cloud Storage endpoint and
+    /// credentials: [`Staging::options`]).
+    options: Vec<(String, String)>,
     /// The launcher's artifact directory, which output files are copied into (and from there
     /// to its artifact store, when it has one).
     pub artifact_dir: PathBuf,
     pub limits: Limits,
+    /// The buckets opened so far, by URL.
+    opened: Arc<Mutex<HashMap<String, Store>>>,
 }
 
 impl Staging {
+    /// Staging in `default` (`gs://BUCKET[/PREFIX]` or a bucket's name) for tasks that name no
+    /// bucket, every bucket opened with `options`.
+    pub fn new(
+        default: Option<&str>,
+        options: Vec<(String, String)>,
+        artifact_dir: PathBuf,
+        limits: Limits,
+    ) -> Result<Staging, String> {
+        let mut staging = Staging {
+            default: None,
+            options,
+            artifact_dir,
+            limits,
+            opened: Arc::default(),
+        };
+        if let Some(url) = default.map(str::trim).filter(|s| !s.is_empty()) {
+            staging.default = Some(staging.open(url)?);
+        }
+        Ok(staging)
+    }
+
+    /// The store settings that reach Cloud Storage at `endpoint`, with no token when
+    /// `anonymous` (an emulator) and Google's credential chain otherwise.
+    pub fn options(endpoint: &str, anonymous: bool) -> Vec<(String, String)> {
+        vec![
+            ("base_url".into(), endpoint.into()),
+            ("skip_signature".into(), anonymous.to_string()),
+        ]
+    }
+
     /// The staging bucket of a task whose runner names `bucket`, else the default; `None`
     /// when there is neither.
-    pub fn for_task(&self, bucket: Option<&str>) -> BackendResult<Option<Bucket>> {
+    pub fn for_task(&self, bucket: Option<&str>) -> BackendResult<Option<Store>> {
         match bucket.map(str::trim).filter(|b| !b.is_empty()) {
             None => Ok(self.default.clone()),
-            Some(b) => Bucket::parse(b)
+            Some(b) => self
+                .open(b)
                 .map(Some)
                 .map_err(|why| AttemptError::Task(format!("runner.bucket: {why}"))),
         }
     }
-}
 
-/// What the job runs, filled: the command and the variables holding a secret, which go
-/// through the bucket rather than into the job's definition.
-pub struct Job {
-    pub command: Vec<String>,
-    /// Whether an argument of the command holds a secret: then the whole command is staged.
-    pub command_secret: bool,
-    pub secret_env: Vec<(String, String)>,
-}
-
-/// Whether `name` is a variable the wrapper's shell can set.
-pub fn is_shell_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-}
-
-/// `value` as one word of `sh`, whatever it holds.
-fn quoted(value: &str) -> String {
-    format!("'{}'", value.replace('\'', r"'\''"))
-}
-
-/// The script the wrapper sources before it runs the task.
-fn secrets_script(job: &Job) -> String {
-    let mut script = String::new();
-    for (name, value) in &job.secret_env {
-        script.push_str(&format!("export {name}={}\n", quoted(value)));
+    /// The bucket at `url` (a bucket's name, or `gs://BUCKET[/PREFIX]`), opened once.
+    pub fn open(&self, url: &str) -> Result<Store, String> {
+        let url = bucket_url(url)?;
+        if let Some(store) = self.default.as_ref().filter(|s| s.url() == url) {
+            return Ok(store.clone());
+        }
+        let mut opened = self.opened.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(store) = opened.get(&url) {
+            return Ok(store.clone());
+        }
+        let store = Store::open_with(&url, self.options.clone()).map_err(|e| e.to_string())?;
+        opened.insert(url, store.clone());
+        Ok(store)
     }
-    if job.command_secret {
-        let words: Vec<String> = job.command.iter().map(|a| quoted(a)).collect();
-        script.push_str(&format!("set -- {}\n", words.join(" ")));
-    }
-    script
+}
+
+/// Where the job's volume comes from: `BUCKET/PATH` of the attempt's `prefix` in `store`.
+pub fn remote_path(store: &Store, prefix: &str) -> String {
+    let uri = store.uri(prefix);
+    uri.strip_prefix("gs://").unwrap_or(&uri).to_string()
 }
 
 /// The prefix of an attempt's staged files under the bucket's own.
@@ -206,21 +209,28 @@ pub fn prefix(d: &TaskDispatched) -> String {
         .to_string()
 }
 
-fn store_error(what: &str, e: ApiError) -> AttemptError {
-    e.fault(what, false)
+fn key(prefix: &str, name: &str) -> String {
+    format!("{prefix}/{name}")
+}
+
+fn store_error(what: &str, e: ferry_artifacts::Error) -> AttemptError {
+    let m = format!("{what}: {e}");
+    if e.is_transient() {
+        AttemptError::Unavailable(m)
+    } else {
+        AttemptError::Platform(m)
+    }
 }
 
 /// The job's command (the wrapper's arguments, with `sh` its entrypoint) and the variables
 /// the wrapper reads: the task's input files and secrets written under `prefix` first.
 pub async fn prepare(
-    google: &Google,
-    bucket: &Bucket,
+    store: &Store,
     task: Task<'_>,
     prefix: &str,
-    job: Job,
+    job: &Filled,
 ) -> BackendResult<(Vec<String>, Vec<(String, String)>)> {
     let d = task.dispatch;
-    let key = |name: &str| bucket.key(&format!("{prefix}/{name}"));
     let mut env = vec![("FERRY_STAGE_DIR".to_string(), MOUNT.to_string())];
     if !d.input_files.is_empty() {
         let mut files = Vec::with_capacity(d.input_files.len());
@@ -238,8 +248,8 @@ pub async fn prepare(
         let archive = tar
             .into_inner()
             .map_err(|e| AttemptError::Platform(format!("cannot archive the input files: {e}")))?;
-        google
-            .put_object(&bucket.name, &key("inputs.tar"), archive)
+        store
+            .put(&key(prefix, "inputs.tar"), archive.into())
             .await
             .map_err(|e| store_error("cannot stage the input files", e))?;
         // Input files that hold a secret are deleted once unpacked, as `secrets.sh` is.
@@ -247,18 +257,9 @@ pub async fn prepare(
             env.push(("FERRY_STAGE_INPUTS_DROP".into(), "1".into()));
         }
     }
-    if job.command_secret || !job.secret_env.is_empty() {
-        if let Some((name, _)) = job.secret_env.iter().find(|(n, _)| !is_shell_name(n)) {
-            return Err(AttemptError::Task(format!(
-                "env.{name} holds a secret, and {name:?} is not a name the job's shell can set"
-            )));
-        }
-        google
-            .put_object(
-                &bucket.name,
-                &key("secrets.sh"),
-                secrets_script(&job).into_bytes(),
-            )
+    if job.has_secrets() {
+        store
+            .put(&key(prefix, "secrets.sh"), job.secrets_script()?.into())
             .await
             .map_err(|e| store_error("cannot stage the task's secrets", e))?;
     }
@@ -269,24 +270,21 @@ pub async fn prepare(
     args.extend(["-c", SCRIPT, "ferry-stage"].map(String::from));
     // A command holding a secret comes from the staged script.
     if !job.command_secret {
-        args.extend(job.command);
+        args.extend(job.command.iter().cloned());
     }
     Ok((args, env))
 }
 
 /// At most `max` bytes of the staged object `name`; `None` when the job wrote none.
-async fn read_at_most(google: &Google, bucket: &str, name: &str, max: u64) -> BackendResult<Option<Vec<u8>>> {
-    let Some(mut stream) = google
-        .get_object(bucket, name)
-        .await
-        .map_err(|e| store_error("cannot read what the job staged", e))?
-    else {
-        return Ok(None);
+async fn read_at_most(store: &Store, name: &str, max: u64) -> BackendResult<Option<Vec<u8>>> {
+    let mut stream = match store.get(name).await {
+        Ok((_, stream)) => stream,
+        Err(ferry_artifacts::Error::NotFound(_)) => return Ok(None),
+        Err(e) => return Err(store_error("cannot read what the job staged", e)),
     };
     let mut bytes = Vec::new();
     while let Some(chunk) = stream.next().await {
-        let chunk =
-            chunk.map_err(|e| AttemptError::Unavailable(format!("cannot read what the job staged: {e}")))?;
+        let chunk = chunk.map_err(|e| store_error("cannot read what the job staged", e))?;
         let room = (max as usize).saturating_sub(bytes.len());
         bytes.extend_from_slice(&chunk[..chunk.len().min(room)]);
         if bytes.len() as u64 >= max {
@@ -299,22 +297,14 @@ async fn read_at_most(google: &Google, bucket: &str, name: &str, max: u64) -> Ba
 /// What a job that succeeded staged: its outputs, its subtasks and the output files, these
 /// copied into the artifact directory.
 pub async fn collect(
-    google: &Google,
     staging: &Staging,
-    bucket: &Bucket,
+    store: &Store,
     task: Task<'_>,
     prefix: &str,
 ) -> BackendResult<Collected> {
     let d = task.dispatch;
-    let key = |name: &str| bucket.key(&format!("{prefix}/{name}"));
-    let outputs = read_at_most(google, &bucket.name, &key("outputs.json"), MAX_OUTPUTS_BYTES + 1).await?;
-    let subtasks = read_at_most(
-        google,
-        &bucket.name,
-        &key("subtasks.json"),
-        MAX_SUBTASKS_BYTES + 1,
-    )
-    .await?;
+    let outputs = read_at_most(store, &key(prefix, "outputs.json"), MAX_OUTPUTS_BYTES + 1).await?;
+    let subtasks = read_at_most(store, &key(prefix, "subtasks.json"), MAX_SUBTASKS_BYTES + 1).await?;
     if d.output_files.is_empty() {
         return Ok(Collected {
             outputs,
@@ -331,17 +321,16 @@ pub async fn collect(
                 .map_err(|e| AttemptError::Task(format!("outputFiles: pattern {p:?} is invalid: {e}")))?,
         );
     }
-    let archive = key("files.tar");
-    let Some(stream) = google
-        .get_object(&bucket.name, &archive)
-        .await
-        .map_err(|e| store_error("cannot read the job's output files", e))?
-    else {
-        return Err(AttemptError::Platform(format!(
-            "outputFiles: the job succeeded but left no archive of its working directory at gs://{}/{archive}: \
-             its log says why (ferry-stage)",
-            bucket.name
-        )));
+    let archive = store.uri(&key(prefix, "files.tar"));
+    let stream = match store.get(&key(prefix, "files.tar")).await {
+        Ok((_, stream)) => stream,
+        Err(ferry_artifacts::Error::NotFound(_)) => {
+            return Err(AttemptError::Platform(format!(
+                "outputFiles: the job succeeded but left no archive of its working directory at {archive}: \
+                 its log says why (ferry-stage)"
+            )));
+        }
+        Err(e) => return Err(store_error("cannot read the job's output files", e)),
     };
     let dest = staging
         .artifact_dir
@@ -362,10 +351,7 @@ pub async fn collect(
     .map_err(|e| AttemptError::Platform(format!("the output files' extraction failed: {e}")))?
     .map_err(|e| match e {
         ExtractError::Refused(m) => AttemptError::Task(m),
-        e => AttemptError::Unavailable(format!(
-            "cannot take the output files out of gs://{}/{archive}: {e}",
-            bucket.name
-        )),
+        e => AttemptError::Unavailable(format!("cannot take the output files out of {archive}: {e}")),
     })?;
     Ok(Collected {
         outputs,
@@ -375,19 +361,12 @@ pub async fn collect(
 }
 
 /// Removes everything staged under `prefix`.
-pub async fn remove(google: &Google, bucket: &Bucket, prefix: &str) -> BackendResult<()> {
-    let under = bucket.key(&format!("{prefix}/"));
-    let names = google
-        .list_objects(&bucket.name, &under)
+pub async fn remove(store: &Store, prefix: &str) -> BackendResult<()> {
+    store
+        .remove_under(prefix)
         .await
-        .map_err(|e| store_error("cannot list the attempt's staged files", e))?;
-    for name in names {
-        google
-            .delete_object(&bucket.name, &name)
-            .await
-            .map_err(|e| store_error("cannot remove the attempt's staged files", e))?;
-    }
-    Ok(())
+        .map(drop)
+        .map_err(|e| store_error("cannot remove the attempt's staged files", e))
 }
 
 #[cfg(test)]
@@ -396,34 +375,32 @@ mod tests {
 
     #[test]
     fn buckets_are_named_or_refused() {
-        assert_eq!(
-            Bucket::parse("gs://my-bucket/runs/").unwrap(),
-            Bucket {
-                name: "my-bucket".into(),
-                prefix: "runs".into()
-            }
-        );
-        assert_eq!(Bucket::parse("my-bucket").unwrap().url(), "gs://my-bucket");
-        assert_eq!(
-            Bucket::parse("gs://b12/a/b").unwrap().key("j/t/a/x"),
-            "a/b/j/t/a/x"
-        );
+        assert_eq!(bucket_url("gs://my-bucket/runs/").unwrap(), "gs://my-bucket/runs");
+        assert_eq!(bucket_url("my-bucket").unwrap(), "gs://my-bucket");
         for bad in ["s3://b", "gs://B", "gs://ab", "gs://bucket/../x", "a/b"] {
-            assert!(Bucket::parse(bad).is_err(), "{bad}");
+            assert!(bucket_url(bad).is_err(), "{bad}");
         }
     }
 
     #[test]
-    fn secrets_are_one_word_each_in_the_script() {
-        let job = Job {
-            command: vec!["echo".into(), "it's".into()],
-            command_secret: true,
-            secret_env: vec![("TOKEN".into(), "a'b $c".into())],
-        };
+    fn a_bucket_is_opened_once_and_the_volume_names_the_attempts_prefix() {
+        let options = Staging::options("http://127.0.0.1:9", true);
+        let staging = Staging::new(
+            Some("gs://b12/a/"),
+            options,
+            PathBuf::from("/x"),
+            Limits::default(),
+        )
+        .unwrap();
+        let store = staging.for_task(None).unwrap().unwrap();
+        assert_eq!(store.url(), "gs://b12/a");
+        assert_eq!(remote_path(&store, "j/t/a"), "b12/a/j/t/a");
+        assert_eq!(staging.for_task(Some("b12")).unwrap().unwrap().url(), "gs://b12");
         assert_eq!(
-            secrets_script(&job),
-            "export TOKEN='a'\\''b $c'\nset -- 'echo' 'it'\\''s'\n"
+            staging.for_task(Some("gs://b12/a")).unwrap().unwrap().url(),
+            "gs://b12/a"
         );
-        assert!(is_shell_name("_A1") && !is_shell_name("1A") && !is_shell_name("A-B"));
+        let e = staging.for_task(Some("s3://b12")).unwrap_err().to_string();
+        assert!(e.contains("runner.bucket"), "{e}");
     }
 }

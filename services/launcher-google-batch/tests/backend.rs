@@ -387,11 +387,13 @@ async fn a_jobs_state_change_on_pub_sub_brings_its_read_forward() {
     let target = common::BatchTarget::new(gcs).await;
     let (topic, subscription) = common::topic(&pubsub).await;
     let dir = tempfile::tempdir().unwrap();
-    let staging = ferry_launcher_google_batch::stage::Staging {
-        default: None,
-        artifact_dir: dir.path().join("artifacts"),
-        limits: Default::default(),
-    };
+    let staging = ferry_launcher_google_batch::stage::Staging::new(
+        None,
+        Vec::new(),
+        dir.path().join("artifacts"),
+        Default::default(),
+    )
+    .unwrap();
     let mut settings = Settings::new("launcher-notified", staging);
     // Listings so rare that only a notification can bring the job's end within the test.
     settings.poll_interval = Duration::from_secs(600);

@@ -20,7 +20,7 @@ use ferry_launcher::Backend;
 use ferry_launcher::conformance::{Program, Target};
 use ferry_launcher::journal::Journal;
 use ferry_launcher_google_batch::google::{Auth, Endpoints, Google};
-use ferry_launcher_google_batch::stage::{Bucket, Staging};
+use ferry_launcher_google_batch::stage::Staging;
 use ferry_launcher_google_batch::{GoogleBatch, Settings, names};
 
 pub const PROJECT: &str = "ferry-test";
@@ -149,14 +149,14 @@ impl BatchTarget {
     /// The backend, staging in the target's bucket (under `stage`) when `staged`, keeping
     /// output files in `data_dir`'s artifact directory.
     pub fn make(&self, launcher: String, data_dir: &Path, staged: bool) -> GoogleBatch {
-        let staging = Staging {
-            default: staged.then(|| Bucket {
-                name: self.bucket.clone(),
-                prefix: "stage".into(),
-            }),
-            artifact_dir: data_dir.join("artifacts"),
-            limits: Default::default(),
-        };
+        let default = format!("gs://{}/stage", self.bucket);
+        let staging = Staging::new(
+            staged.then_some(default.as_str()),
+            Staging::options(&self.gcs, true),
+            data_dir.join("artifacts"),
+            Default::default(),
+        )
+        .expect("the staging bucket");
         let mut settings = Settings::new(launcher, staging);
         settings.project = Some(PROJECT.into());
         settings.region = Some(REGION.into());
@@ -181,10 +181,19 @@ impl BatchTarget {
 
     /// Everything staged in the target's bucket.
     pub async fn staged(&self) -> Vec<String> {
-        self.google
-            .list_objects(&self.bucket, "")
+        let listed: serde_json::Value = reqwest::get(format!("{}/storage/v1/b/{}/o", self.gcs, self.bucket))
             .await
+            .and_then(|r| r.error_for_status())
             .expect("list the staging bucket")
+            .json()
+            .await
+            .expect("a listing");
+        listed["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|i| i["name"].as_str().unwrap_or_default().to_string())
+            .collect()
     }
 }
 
