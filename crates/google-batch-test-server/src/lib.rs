@@ -32,7 +32,8 @@
 //!   `projects/P/logs/batch_task_logs` ([`TASK_LOG`]) as soon as it is written, with Batch's
 //!   labels (`job_uid`, `task_id`, `task_group_name` and the job's own) and severity `INFO`
 //!   (stdout) or `ERROR` (stderr); filtered by `logName`, labels, `resource.labels`,
-//!   `severity`, `timestamp` and `insertId`, ordered by timestamp, in pages; entries outlive
+//!   `severity`, `timestamp` and `insertId` (terms joined by `AND` and by `OR` in parentheses,
+//!   as one read of many jobs' logs asks), ordered by timestamp, in pages; entries outlive
 //!   their job, and every line is stored before the job is seen to end;
 //! - Pub/Sub notifications: a job's `notifications` of type `JOB_STATE_CHANGED` are published
 //!   on their topic at each change of the job's state, with Batch's attributes (`JobName`,

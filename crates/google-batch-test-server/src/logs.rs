@@ -126,9 +126,9 @@ impl LogStore {
                 "resourceNames: at least one projects/PROJECT is required",
             ));
         }
-        let terms =
-            filter::parse(&request.filter).map_err(|e| ApiError::invalid_argument(format!("filter: {e}")))?;
-        let checked: Vec<Check> = terms.iter().map(Check::new).collect::<Result<_, _>>()?;
+        let checked = filter::parse_expr(&request.filter)
+            .map_err(|e| ApiError::invalid_argument(format!("filter: {e}")))?
+            .try_map(&|t: Term| Check::new(&t))?;
         let descending = match request.order_by.trim() {
             "" | "timestamp" | "timestamp asc" => false,
             "timestamp desc" => true,
@@ -152,7 +152,7 @@ impl LogStore {
         };
         let matches = |e: &&Entry| {
             projects.contains(&e.project.as_str())
-                && checked.iter().all(|c| c.holds(e))
+                && checked.eval(&|c: &Check| c.holds(e))
                 && after.as_ref().is_none_or(|c| c.before(e, descending))
         };
         let mut found: Vec<&Entry> = if descending {
@@ -166,11 +166,11 @@ impl LogStore {
             // The first entry that may match: after the page token, and at or after the
             // filter's earliest time.
             let from = checked
-                .iter()
-                .filter_map(|c| match c {
+                .lower_bound(&|c: &Check| match c {
                     Check::Timestamp(Op::Ge | Op::Gt | Op::Eq, t) => Some(*t),
                     _ => None,
                 })
+                .into_iter()
                 .chain(after.as_ref().map(|c| c.timestamp))
                 .max();
             let start = from.map_or(0, |t| self.entries.partition_point(|e| e.timestamp < t));
@@ -245,7 +245,7 @@ impl Check {
     fn new(t: &Term) -> Result<Check, ApiError> {
         let unsupported = || {
             ApiError::invalid_argument(format!(
-                "filter: `{t}` is not supported by this test server, which accepts logName=, labels.KEY=, resource.type=, resource.labels.KEY=, severity=, timestamp (=, <, <=, >, >=, an RFC 3339 time) and insertId comparisons, joined by AND"
+                "filter: `{t}` is not supported by this test server, which accepts logName=, labels.KEY=, resource.type=, resource.labels.KEY=, severity=, timestamp (=, <, <=, >, >=, an RFC 3339 time) and insertId comparisons, joined by AND and OR in parentheses"
             ))
         };
         let eq_only = |op: Op| matches!(op, Op::Eq | Op::Ne | Op::Has);
@@ -375,6 +375,16 @@ mod tests {
         logs.push(&task, t("2024-01-01T00:00:02Z"), false, "b");
         logs.push(&task, t("2024-01-01T00:00:01Z"), true, "a");
         logs.push(&task, t("2024-01-01T00:00:02Z"), false, "c");
+        let other = TaskLog {
+            key: JobKey {
+                id: "k".into(),
+                uid: "k-1".into(),
+                ..task.key.clone()
+            },
+            job_labels: BTreeMap::new(),
+        };
+        logs.push(&other, t("2024-01-01T00:00:01.5Z"), false, "x");
+        logs.push(&other, t("2024-01-01T00:00:03Z"), false, "y");
         logs
     }
 
@@ -401,16 +411,18 @@ mod tests {
     #[test]
     fn entries_page_in_timestamp_then_insert_order() {
         let logs = store();
-        let first = list(&logs, "", "", 2, None);
+        let one = r#"labels.job_uid="j-1""#;
+        let first = list(&logs, one, "", 2, None);
         assert_eq!(texts(&first), ["a", "b"]);
         let token = first["nextPageToken"].as_str().unwrap();
-        let second = list(&logs, "", "", 2, Some(token));
+        let second = list(&logs, one, "", 2, Some(token));
         assert_eq!(texts(&second), ["c"]);
         assert!(second.get("nextPageToken").is_none());
         assert_eq!(
-            texts(&list(&logs, "", "timestamp desc", 10, None)),
+            texts(&list(&logs, one, "timestamp desc", 10, None)),
             ["c", "b", "a"]
         );
+        assert_eq!(texts(&list(&logs, "", "", 10, None)), ["a", "x", "b", "c", "y"]);
         let filtered = list(
             &logs,
             r#"logName="projects/p/logs/batch_task_logs" AND labels."job_uid"="j-1" AND timestamp>"2024-01-01T00:00:01Z" AND labels.run="r1""#,
@@ -421,6 +433,15 @@ mod tests {
         assert_eq!(texts(&filtered), ["b", "c"]);
         assert_eq!(texts(&list(&logs, r#"severity="ERROR""#, "", 10, None)), ["a"]);
         assert_eq!(list(&logs, r#"labels.job_uid="other""#, "", 10, None), json!({}));
+        // Several jobs' logs in one read, each from where its own read is.
+        let both = list(
+            &logs,
+            r#"logName="projects/p/logs/batch_task_logs" AND ((labels.job_uid="j-1" AND timestamp>="2024-01-01T00:00:02Z") OR (labels.job_uid="k-1" AND timestamp>="2024-01-01T00:00:01Z" AND timestamp<="2024-01-01T00:00:02Z"))"#,
+            "timestamp asc",
+            10,
+            None,
+        );
+        assert_eq!(texts(&both), ["x", "b", "c"]);
         assert!(
             logs.list(&ListRequest {
                 resource_names: vec!["projects/p".into()],

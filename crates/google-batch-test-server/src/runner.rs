@@ -30,8 +30,9 @@ use crate::{CONTAINER_LABEL, Shared};
 /// `maxRunDuration`.
 pub const EXIT_MAX_RUN_DURATION: i64 = 50005;
 
-/// How long the log of a container that has ended may take to be read to its end.
-const LOG_DRAIN: Duration = Duration::from_secs(5);
+/// How long the log of a container that has ended may take to be read to its end (a task
+/// that wrote 200,000 lines takes seconds on a loaded machine).
+const LOG_DRAIN: Duration = Duration::from_secs(30);
 
 /// The Docker container running the task of the job with this uid.
 pub fn container_name(server: &str, uid: &str) -> String {

@@ -52,7 +52,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::google::{Google, Job};
-use crate::logs::{self, Cursor, Key};
+use crate::logs::{self, Cursor};
 use crate::names;
 use crate::poller::{Poller, Seen, is_terminal, parent_of};
 use crate::stage::{self, MOUNT, Staging};
@@ -86,12 +86,6 @@ const LOG_REFRESH: Duration = Duration::from_millis(500);
 /// a minute per project by default).
 const LOG_IDLE_MAX: Duration = Duration::from_secs(16);
 
-/// The most entries one `entries.list` page holds.
-const LOG_PAGE: u32 = 1000;
-
-/// The most pages one read of a log fetches: a job that wrote much is read on by the next.
-const LOG_PAGES: usize = 5;
-
 /// How the backend runs its jobs.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -111,6 +105,10 @@ pub struct Settings {
     /// How long after a job was seen ended its log may still gain entries (Cloud Logging
     /// ingests with a delay): the log is complete once a read this long after brings nothing.
     pub log_settle: Duration,
+    /// The least time between two reads of a project's task logs: each reads every job whose
+    /// log is wanted then, so that a launcher spends at most one of Cloud Logging's read quota
+    /// (60 a minute per project by default) per this time, however many jobs it runs.
+    pub log_round: Duration,
     /// Where attempts' files are staged; none: tasks with files are refused.
     pub staging: Staging,
     /// The service account of tasks whose runner names none.
@@ -140,6 +138,7 @@ impl Settings {
             kill_grace: Duration::from_secs(30),
             poll_interval: Duration::from_secs(2),
             log_settle: Duration::from_secs(5),
+            log_round: Duration::from_secs(2),
             staging,
             service_account: None,
             notifications: None,
@@ -189,6 +188,7 @@ struct Inner {
     parents: Mutex<BTreeSet<String>>,
     /// Each job's log as read so far, by job name.
     logs: Mutex<HashMap<String, Arc<tokio::sync::Mutex<LogState>>>>,
+    log_reader: Arc<logs::Reader>,
 }
 
 impl Drop for Inner {
@@ -231,18 +231,20 @@ impl GoogleBatch {
                 stop.clone(),
             );
         }
+        let log_reader = logs::Reader::new(google.clone(), settings.log_round);
         let mut parents = BTreeSet::new();
         if let (Some(p), Some(r)) = (&settings.project, &settings.region) {
             parents.insert(format!("projects/{p}/locations/{r}"));
         }
         GoogleBatch(Arc::new(Inner {
-            google,
+            google: google.clone(),
             settings,
             shutdown: ShutdownPolicy::Detach,
             poller,
             stop,
             parents: Mutex::new(parents),
             logs: Mutex::default(),
+            log_reader,
         }))
     }
 
@@ -461,38 +463,12 @@ impl GoogleBatch {
                 - chrono::Duration::from_std(self.0.settings.log_settle).unwrap_or_default();
             at.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
         });
-        let filter = logs::filter(project, uid, st.pages.next().as_ref(), until.as_deref());
-        let mut token: Option<String> = None;
-        let mut entries = Vec::new();
-        let mut more = false;
-        for round in 0..LOG_PAGES {
-            let (page, next) = self
-                .0
-                .google
-                .list_entries(project, &filter, LOG_PAGE, token.as_deref())
-                .await
-                .map_err(|e| {
-                    e.fault(
-                        &format!("cannot read the log of Google Batch job {}", h.name),
-                        false,
-                    )
-                })?;
-            entries.extend(page.into_iter().filter_map(|e| {
-                let line = e.line()?.trim_end_matches('\n').to_string();
-                Some((
-                    Key {
-                        ts: e.timestamp,
-                        id: e.insert_id,
-                    },
-                    line,
-                ))
-            }));
-            match next {
-                Some(t) => token = Some(t),
-                None => break,
-            }
-            more = round + 1 == LOG_PAGES;
-        }
+        let want = logs::Want {
+            uid: uid.to_string(),
+            after: st.pages.next().clone(),
+            until,
+        };
+        let logs::Got { entries, more } = self.0.log_reader.read(project, want).await?;
         let new = logs::push(&mut st.pages, entries);
         st.fetched = Some(Instant::now());
         st.idle = if new { 0 } else { st.idle.saturating_add(1) };

@@ -202,6 +202,9 @@ pub struct Entry {
     pub text_payload: Option<String>,
     #[serde(default)]
     pub json_payload: Option<Value>,
+    /// Batch's labels: `job_uid`, `task_id`, the job's own.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
 }
 
 impl Entry {

@@ -43,6 +43,8 @@ pub struct Config {
     pub poll_interval: Duration,
     /// How long after a job ended its log may still gain entries.
     pub log_settle: Duration,
+    /// The least time between two reads of a project's task logs (each reads every job's).
+    pub log_round: Duration,
     /// Leave jobs running when the launcher stops, for the next start to adopt (the default).
     pub detach: bool,
 }
@@ -50,8 +52,8 @@ pub struct Config {
 impl Config {
     /// Defaults: those of [`Service::new`] but 256 attempts at once and a grace of 30 s, group
     /// `launcher-google-batch`, Google's endpoints and credential chain, a pending deadline of
-    /// 10 minutes, a listing round every 2 s, 5 s for Cloud Logging to settle, jobs left
-    /// running when the launcher stops.
+    /// 10 minutes, a listing round every 2 s, 5 s for Cloud Logging to settle, a round of log reads
+    /// every 2 s at most, jobs left running when the launcher stops.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         let mut service = Service::new(data_dir, "launcher-google-batch");
         service.max_parallel = 256;
@@ -69,6 +71,7 @@ impl Config {
             pending_deadline: Duration::from_secs(600),
             poll_interval: Duration::from_secs(2),
             log_settle: Duration::from_secs(5),
+            log_round: Duration::from_secs(2),
             detach: true,
         }
     }
@@ -161,6 +164,7 @@ pub async fn backend(config: &Config, journal: &Journal, artifacts: &Path) -> Re
     settings.kill_grace = config.service.kill_grace;
     settings.poll_interval = config.poll_interval;
     settings.log_settle = config.log_settle;
+    settings.log_round = config.log_round;
     settings.service_account = config.service_account.clone().filter(|s| !s.trim().is_empty());
     settings.notifications = notifications;
     tracing::info!(

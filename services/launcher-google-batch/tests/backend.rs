@@ -1,6 +1,6 @@
 //! The google-batch backend driven directly, against the Google Batch test server: what it
 //! creates, how a create retried adopts, where secrets go, what it refuses before creating
-//! anything, and a job that cannot be placed.
+//! anything, a job that cannot be placed, and many jobs' logs read in one call.
 
 mod common;
 
@@ -439,4 +439,59 @@ async fn a_jobs_state_change_on_pub_sub_brings_its_read_forward() {
         .unwrap_or(0);
     assert_eq!(lists, 1, "one listing, the rest from notifications");
     backend.release(&compute).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_logs_of_many_jobs_are_read_in_one_call() {
+    let Ok(gcs) = common::gcs() else {
+        eprintln!("SKIPPED: DOCKER_HOST and FERRY_TEST_GCS are not both set");
+        return;
+    };
+    let target = common::BatchTarget::new(gcs).await;
+    let dir = tempfile::tempdir().unwrap();
+    let backend = target.make("launcher-logs".into(), dir.path(), false);
+    let secrets = Secrets::new();
+    let mut computes = Vec::new();
+    for n in 0..4 {
+        let id = common::fresh(&format!("logs{n}"));
+        let line = format!("printf 'job {n} a\\njob {n} b\\n'");
+        let d = dispatch(&id, Runner::GoogleBatch(target.runner()), &["sh", "-c", &line]);
+        let task = Task::new(&d, &secrets);
+        let reserved = backend.reserve(task).await.unwrap();
+        computes.push(backend.create(task, reserved).await.unwrap());
+    }
+    for c in &computes {
+        assert!(matches!(ended(&backend, c).await, ComputeState::Exited(e) if e.succeeded()));
+    }
+    let uid = |c: &ferry_launcher::Compute| c.handle_as::<Handle>().unwrap().uid.unwrap();
+    let reader =
+        ferry_launcher_google_batch::logs::Reader::new(target.google.clone(), Duration::from_millis(50));
+    let before = target.server.counts();
+    let reads = computes.iter().map(|c| {
+        let want = ferry_launcher_google_batch::logs::Want {
+            uid: uid(c),
+            after: None,
+            until: None,
+        };
+        let reader = reader.clone();
+        async move { reader.read(common::PROJECT, want).await }
+    });
+    let got = futures::future::join_all(reads).await;
+    for (n, got) in got.into_iter().enumerate() {
+        let lines: Vec<String> = got.expect("a read").entries.into_iter().map(|(_, l)| l).collect();
+        assert_eq!(lines, [format!("job {n} a"), format!("job {n} b")]);
+    }
+    let calls = |counts: &ferry_google_batch_test_server::Counts| {
+        counts
+            .get(&("entries".to_string(), "list".to_string()))
+            .copied()
+            .unwrap_or(0)
+    };
+    assert_eq!(reader.calls(), 1);
+    assert_eq!(calls(&target.server.counts()) - calls(&before), 1);
+    // Each job's read on from where it is: the second read of a job brings nothing new.
+    for c in &computes {
+        assert_eq!(output(&backend, c).await.lines().count(), 2);
+        backend.release(c).await.unwrap();
+    }
 }

@@ -165,6 +165,7 @@ impl BatchTarget {
         // The test server takes a line in within milliseconds of its write (Cloud Logging
         // within seconds).
         settings.log_settle = Duration::from_secs(1);
+        settings.log_round = Duration::from_millis(200);
         GoogleBatch::new(self.google.clone(), settings)
     }
 
