@@ -244,9 +244,37 @@ pub struct AwsBatchRunner {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub pending_deadline_seconds: Option<u64>,
-    /// S3 bucket for staged inputs and collected outputs.
+    /// S3 bucket for staged inputs and collected outputs, in the job's region: its name, or
+    /// `s3://BUCKET[/PREFIX]` (the launcher's `--aws-batch-staging` when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bucket: Option<String>,
+    /// The AWS region the job runs in, e.g. `eu-west-1` (the launcher's `--aws-region` when
+    /// absent). Its queue, compute environment, job definition, log stream and `bucket` are
+    /// that region's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(
+        pattern = r"^[a-z]{2,4}(-[a-z]{2,4})?-(east|west|north|south|central|northeast|northwest|southeast|southwest)-[0-9]{1,2}$"
+    ))]
+    pub region: Option<String>,
+    /// Fargate only: whether the job's task gets a public IP address
+    /// (`networkConfiguration.assignPublicIp`). A job in a public subnet without a NAT gateway
+    /// needs one to pull its image. Batch's default (no address) when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assign_public_ip: Option<bool>,
+    /// Fargate only: the Fargate platform version the job runs on, `LATEST` or a version such
+    /// as `1.4.0` (Batch's default, `LATEST`, when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^(LATEST|[0-9]+\.[0-9]+\.[0-9]+)$"))]
+    pub platform_version: Option<String>,
+    /// Fargate only: the job's ephemeral storage in GiB, 21 to 200 (Fargate's 20 GiB when
+    /// absent).
+    #[serde(
+        default,
+        rename = "ephemeralStorageGiB",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(range(min = 21, max = 200))]
+    pub ephemeral_storage_gib: Option<u32>,
 }
 
 /// What an AWS Batch compute environment runs on.

@@ -16,7 +16,7 @@ inputs:
   cfg: { type: json, default: { a: [1, 2] } }
   note: { type: string }
 defaults:
-  aws-batch: { image: python, jobQueue: q }
+  aws-batch: { image: python, jobQueue: q, region: eu-west-1, assignPublicIp: true }
 concurrency: 2
 tasks:
   - id: extract
@@ -29,7 +29,7 @@ tasks:
     priority: 5
   - id: load
     dependsOn: [extract]
-    runner: { type: aws-batch, jobQueue: fast }
+    runner: { type: aws-batch, jobQueue: fast, region: us-west-2 }
     command: [load, '{{ outputs.extract.rows }}', '{{ secret(\"TOKEN\") }}']
     outputFiles: ['*.csv']
 ";
@@ -96,6 +96,12 @@ fn a_plan_has_inputs_filled_and_everything_resolved() {
         Runner::AwsBatch(r) => {
             assert_eq!(r.image, "python", "from defaults");
             assert_eq!(r.job_queue.as_deref(), Some("fast"), "the task's own value wins");
+            assert_eq!(
+                r.region.as_deref(),
+                Some("us-west-2"),
+                "the task's own value wins"
+            );
+            assert_eq!(r.assign_public_ip, Some(true), "from defaults");
         }
         other => panic!("{other:?}"),
     }

@@ -1,5 +1,6 @@
-//! The AWS side: clients from one SDK configuration, failures typed by whose fault they are,
-//! and [`Poller`], the one reader of job states for every attempt in flight.
+//! The AWS side: the clients of each region an attempt runs in ([`Regions`], made from the
+//! launcher's SDK configuration with the region overridden), failures typed by whose fault they
+//! are, and [`Poller`], the one reader of job states for every attempt in flight in a region.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -11,6 +12,97 @@ use aws_sdk_batch::types::JobDetail;
 use ferry_launcher::backend::AttemptError;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
+
+/// The clients of one region, and its [`Poller`].
+pub struct Regional {
+    /// The region's name (empty: the launcher's SDK configuration has none, and its calls fail
+    /// as they would without this backend).
+    pub region: String,
+    pub batch: aws_sdk_batch::Client,
+    pub logs: aws_sdk_cloudwatchlogs::Client,
+    pub poller: Arc<Poller>,
+}
+
+/// The clients of every region attempts run in, each made on first use from the launcher's
+/// SDK configuration (credentials, endpoint, HTTP client) with only the region changed, and
+/// kept for the launcher's life. Each region has its own poller: DescribeJobs answers for the
+/// jobs of one region only, and a region that fails its rounds delays no other's attempts.
+pub struct Regions {
+    sdk: aws_config::SdkConfig,
+    home: String,
+    interval: Duration,
+    stop: CancellationToken,
+    made: Mutex<HashMap<String, Arc<Regional>>>,
+}
+
+impl Regions {
+    /// The regions of a launcher whose own region is `sdk`'s. Its pollers poll every
+    /// `interval` and end with `stop`.
+    pub fn new(sdk: &aws_config::SdkConfig, interval: Duration, stop: CancellationToken) -> Regions {
+        Regions {
+            home: sdk.region().map(|r| r.to_string()).unwrap_or_default(),
+            sdk: sdk.clone(),
+            interval,
+            stop,
+            made: Mutex::default(),
+        }
+    }
+
+    /// The launcher's own region (`--aws-region`, else the standard chain's).
+    pub fn home(&self) -> &str {
+        &self.home
+    }
+
+    /// The clients of `region` (the launcher's own when empty), made on first use: on the
+    /// current tokio runtime, where its poller runs.
+    pub fn get(&self, region: &str) -> Arc<Regional> {
+        let region = if region.is_empty() {
+            self.home.as_str()
+        } else {
+            region
+        };
+        let mut made = self.made.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = made.get(region) {
+            return r.clone();
+        }
+        let sdk = if region == self.home {
+            self.sdk.clone()
+        } else {
+            self.sdk
+                .to_builder()
+                .region(aws_config::Region::new(region.to_string()))
+                .build()
+        };
+        let batch = aws_sdk_batch::Client::new(&sdk);
+        let made_one = Arc::new(Regional {
+            region: region.to_string(),
+            logs: aws_sdk_cloudwatchlogs::Client::new(&sdk),
+            poller: Poller::start(batch.clone(), self.interval, self.stop.clone()),
+            batch,
+        });
+        if region != self.home {
+            tracing::info!(region, "AWS clients made for a region other than the launcher's");
+        }
+        made.insert(region.to_string(), made_one.clone());
+        made_one
+    }
+
+    /// Hands `job_ids` (notifications said they changed) to every region's poller, each of
+    /// which brings forward a round of those it watches; returns how many were watched.
+    pub fn hint(&self, job_ids: &[String]) -> usize {
+        let pollers: Vec<Arc<Poller>> = self
+            .made
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(|r| r.poller.clone())
+            .collect();
+        pollers
+            .iter()
+            .map(|p| p.hint(job_ids.iter().map(String::as_str)))
+            .sum()
+    }
+}
 
 /// DescribeJobs takes at most this many job ids per call.
 pub const DESCRIBE_BATCH: usize = 100;
@@ -286,7 +378,6 @@ impl Poller {
         n
     }
 
-    /// Stops watching a job.
     /// Whether the latest round saw `job_id` ended, without waiting for another.
     pub fn seen_ended(&self, job_id: &str) -> bool {
         matches!(
@@ -295,6 +386,7 @@ impl Poller {
         )
     }
 
+    /// Stops watching a job.
     pub fn forget(&self, job_id: &str) {
         let mut state = self.lock();
         state.watched.remove(job_id);

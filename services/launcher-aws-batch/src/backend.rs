@@ -1,42 +1,44 @@
-//! The `aws-batch` backend: the launcher runtime's [`Backend`] over AWS Batch and CloudWatch
-//! Logs.
+//! The `aws-batch` backend: the launcher runtime's [`Backend`] over AWS Batch and CloudWatch Logs.
 //!
 //! Each attempt is one Batch job named from the attempt id ([`names::job_name`]) in the task's
-//! job queue (its runner's `jobQueue`, else `ferry-<compute environment>`, created on first use
-//! and reused). The job runs a job definition named from a hash of everything it holds (image,
-//! platform, vCPUs, memory, GPUs, roles: [`DefinitionSpec`]), looked up before it is registered
-//! and registered once; the attempt's command and environment go in the job's container
+//! region (its runner's `region`, else the launcher's) and job queue (its runner's `jobQueue`, else
+//! `ferry-<compute environment>`, created on first use and reused). The job runs a job definition
+//! named from a hash of everything it holds (image, platform, vCPUs, memory, GPUs, roles, Fargate's
+//! network, platform version and storage: [`DefinitionSpec`]), looked up before it is registered
+//! and registered once per region; the attempt's command and environment go in the job's container
 //! overrides. The job is tagged with the job, task, attempt, flow, namespace and launcher, has
-//! `retryStrategy.attempts` 1 (every retry is a ferry attempt) and, when the task has a
-//! timeout, `timeout.attemptDurationSeconds` of it plus the kill grace (at least 60 s, AWS's
-//! least): ferry's own timeout stops it first, Batch's ends it if no launcher is left to.
+//! `retryStrategy.attempts` 1 (every retry is a ferry attempt) and, when the task has a timeout,
+//! `timeout.attemptDurationSeconds` of it plus the kill grace (at least 60 s, AWS's least): ferry's
+//! own timeout stops it first, Batch's ends it if no launcher is left to.
 //!
-//! SubmitJob takes no idempotency token. The runtime journals the reservation (queue and job
-//! name) before [`Backend::create`] submits, and create looks before it submits: ListJobs with a
-//! `JOB_NAME` filter finds a job of an earlier try, which is adopted. Two launchers that
+//! SubmitJob takes no idempotency token. The runtime journals the reservation (region, queue and
+//! job name) before [`Backend::create`] submits, and create looks before it submits: ListJobs with
+//! a `JOB_NAME` filter finds a job of an earlier try, which is adopted. Two launchers that
 //! submitted at once both find two jobs after their submit: both keep the one created first and
 //! terminate the other, so one runs.
 //!
-//! States come from one [`Poller`] describing every job in flight, 100 per DescribeJobs call,
-//! once per poll interval; no attempt polls on its own. With an events queue, Batch's state
-//! changes (EventBridge → SQS, [`crate::events`]) bring the describe of the jobs they name
-//! forward, and the interval is only the fallback. A job that waits (SUBMITTED, PENDING,
-//! RUNNABLE, STARTING) longer than the pending deadline fails with the reason, and is
-//! terminated when the attempt is released. A cancel or a timeout is TerminateJob (CancelJob
-//! does nothing to a job that is starting or running), and waits until Batch says it ended.
+//! Every call for an attempt goes to its region, with that region's clients ([`Regions`]); a
+//! journal written before attempts had a region is read as the launcher's. States come from one
+//! [`Poller`](crate::aws::Poller) per region describing every job in flight there, 100 per
+//! DescribeJobs call, once per poll interval; no attempt polls on its own. With an events queue,
+//! Batch's state changes (EventBridge → SQS, [`crate::events`]) bring the describe of the jobs they
+//! name forward, and the interval is only the fallback. A job that waits (SUBMITTED, PENDING,
+//! RUNNABLE, STARTING) longer than the pending deadline fails with the reason, and is terminated
+//! when the attempt is released. A cancel or a timeout is TerminateJob (CancelJob does nothing to a
+//! job that is starting or running), and waits until Batch says it ended.
 //!
-//! Output comes from the job's CloudWatch Logs stream (standard output and error merged, as
-//! the awslogs driver writes them), read with forward tokens ([`crate::logs`]) and to its end
-//! before the attempt is released. Jobs outlive the launcher ([`ShutdownPolicy::Detach`]): the
-//! next start on the same journal adopts each, with its true outcome.
+//! Output comes from the job's CloudWatch Logs stream (standard output and error merged, as the
+//! awslogs driver writes them), read with forward tokens ([`crate::logs`]) and to its end before
+//! the attempt is released. Jobs outlive the launcher ([`ShutdownPolicy::Detach`]): the next start
+//! on the same journal adopts each, with its true outcome.
 //!
 //! Files go through S3 when the launcher has a staging bucket ([`crate::stage`]): input files,
 //! `$FERRY_OUTPUTS`, `$FERRY_SUBTASKS` and output files, under a prefix per attempt that release
-//! removes. Without one, a task with input or output files is refused before anything is
-//! submitted, and its environment has no `FERRY_OUTPUTS`, so a task that writes outputs fails
-//! where it writes them rather than succeeding without them. Secrets never go in a job's
-//! container overrides, which anyone allowed DescribeJobs sees: they are staged too (the
-//! variables and the command that hold one), else refused.
+//! removes. Without one, a task with input or output files is refused before anything is submitted,
+//! and its environment has no `FERRY_OUTPUTS`, so a task that writes outputs fails where it writes
+//! them rather than succeeding without them. Secrets never go in a job's container overrides, which
+//! anyone allowed DescribeJobs sees: they are staged too (the variables and the command that hold
+//! one), else refused.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -44,8 +46,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_batch::types::{
-    ComputeEnvironmentOrder, ContainerOverrides, ContainerProperties, JobDefinitionType, JobDetail,
-    JobStatus, JqState, KeyValuePair, KeyValuesPair, PlatformCapability, ResourceRequirement, ResourceType,
+    AssignPublicIp, ComputeEnvironmentOrder, ContainerOverrides, ContainerProperties, EphemeralStorage,
+    FargatePlatformConfiguration, JobDefinitionType, JobDetail, JobStatus, JqState, KeyValuePair,
+    KeyValuesPair, NetworkConfiguration, PlatformCapability, ResourceRequirement, ResourceType,
     RetryStrategy,
 };
 use ferry_event::payload::{AwsBatchPlatform, AwsBatchRunner, Runner, Stream, TaskDispatched};
@@ -59,7 +62,7 @@ use tokio::sync::OnceCell;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::aws::{Poller, Seen, fault, is_not_found};
+use crate::aws::{Regional, Regions, Seen, fault, is_not_found};
 use crate::logs::{self, Cursor};
 use crate::names::{self, DefinitionSpec};
 use crate::state::{failed, is_terminal, stream_name, waiting_state};
@@ -142,6 +145,11 @@ impl Settings {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Handle {
+    /// The region it is (to be) submitted in: every call for it goes there, also after a
+    /// restart with another `--aws-region`. Absent in journals written before attempts had a
+    /// region (and when the launcher has none): the launcher's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
     /// The job queue it is (to be) submitted to.
     pub queue: String,
     /// Its name, from the attempt id.
@@ -163,19 +171,21 @@ pub struct Handle {
 #[derive(Clone)]
 pub struct AwsBatch(Arc<Inner>);
 
+/// A region and a name in it (of a queue, a job definition).
+type InRegion = (String, String);
+
 struct Inner {
-    batch: aws_sdk_batch::Client,
-    logs: aws_sdk_cloudwatchlogs::Client,
+    /// The clients of each region, the launcher's own first.
+    regions: Arc<Regions>,
     settings: Settings,
     shutdown: ShutdownPolicy,
-    poller: Arc<Poller>,
     stop: CancellationToken,
-    /// Job definition ARNs by name, each looked up or registered once.
-    definitions: Mutex<HashMap<String, Arc<OnceCell<String>>>>,
-    /// Job queues by name, each made ready once.
-    queues: Mutex<HashMap<String, Arc<OnceCell<()>>>>,
-    /// Queues this run's attempts used: where [`Backend::list_owned`] looks.
-    used_queues: Mutex<BTreeSet<String>>,
+    /// Job definition ARNs by region and name, each looked up or registered once.
+    definitions: Mutex<HashMap<InRegion, Arc<OnceCell<String>>>>,
+    /// Job queues by region and name, each made ready once.
+    queues: Mutex<HashMap<InRegion, Arc<OnceCell<()>>>>,
+    /// Queues (by region) this run's attempts used: where [`Backend::list_owned`] looks.
+    used_queues: Mutex<BTreeSet<InRegion>>,
     /// Each job's log stream as read so far, by job name.
     streams: Mutex<HashMap<String, Arc<tokio::sync::Mutex<LogState>>>>,
     /// Exit codes read from ListJobs (DescribeJobs may lack them), by job id.
@@ -209,26 +219,25 @@ impl LogState {
 
 impl AwsBatch {
     /// The backend over clients of `sdk` (credentials, region and endpoint as configured
-    /// there). Starts the job-state poller on the current tokio runtime.
+    /// there; a task's `region` gets clients of its own, made from `sdk` with that region).
+    /// Starts the job-state poller of the launcher's region on the current tokio runtime.
     pub fn new(sdk: &aws_config::SdkConfig, settings: Settings) -> AwsBatch {
-        let batch = aws_sdk_batch::Client::new(sdk);
-        let logs = aws_sdk_cloudwatchlogs::Client::new(sdk);
         let stop = CancellationToken::new();
-        let poller = Poller::start(batch.clone(), settings.poll_interval, stop.clone());
+        let regions = Arc::new(Regions::new(sdk, settings.poll_interval, stop.clone()));
+        regions.get(regions.home());
         if let Some(queue) = &settings.events_queue {
+            // The launcher's own queue, in its own region, whatever region a job runs in.
             crate::events::listen(
                 aws_sdk_sqs::Client::new(sdk),
                 queue.clone(),
-                poller.clone(),
+                regions.clone(),
                 stop.clone(),
             );
         }
         AwsBatch(Arc::new(Inner {
-            batch,
-            logs,
+            regions,
             settings,
             shutdown: ShutdownPolicy::Detach,
-            poller,
             stop,
             definitions: Mutex::default(),
             queues: Mutex::default(),
@@ -268,10 +277,37 @@ impl AwsBatch {
         compute.handle_as()
     }
 
-    /// The staging bucket of a task whose runner names `bucket`; `None` when it has none.
-    fn stage_store(&self, bucket: Option<&str>) -> BackendResult<Option<ferry_artifacts::Store>> {
+    /// The clients of the region `h` is in.
+    fn at(&self, h: &Handle) -> Arc<Regional> {
+        self.0.regions.get(h.region.as_deref().unwrap_or(""))
+    }
+
+    /// The region a task's job runs in: its runner's `region`, checked, else the launcher's
+    /// (empty when the launcher has none).
+    fn region_of(&self, r: &AwsBatchRunner) -> BackendResult<String> {
+        match r.region.as_deref().map(str::trim).filter(|r| !r.is_empty()) {
+            Some(region) => {
+                names::region(region).map_err(AttemptError::Task)?;
+                Ok(region.to_string())
+            }
+            None => Ok(self.0.regions.home().to_string()),
+        }
+    }
+
+    /// `region` as it is given to the staging bucket: `None` for the launcher's own.
+    fn foreign<'a>(&self, region: Option<&'a str>) -> Option<&'a str> {
+        region.filter(|r| !r.is_empty() && *r != self.0.regions.home())
+    }
+
+    /// The staging bucket of a task whose runner names `bucket` (reached in `region`);
+    /// `None` when it has none.
+    fn stage_store(
+        &self,
+        bucket: Option<&str>,
+        region: Option<&str>,
+    ) -> BackendResult<Option<ferry_artifacts::Store>> {
         match &self.0.settings.staging {
-            Some(staging) => staging.for_task(bucket),
+            Some(staging) => staging.for_task(bucket, self.foreign(region)),
             None => Ok(None),
         }
     }
@@ -285,7 +321,7 @@ impl AwsBatch {
             return Ok(None);
         };
         let store = match &h.stage_bucket {
-            Some(url) => staging.open(url)?,
+            Some(url) => staging.open(url, self.foreign(h.region.as_deref()))?,
             None => match &staging.default {
                 Some(store) => store.clone(),
                 None => return Ok(None),
@@ -294,64 +330,90 @@ impl AwsBatch {
         Ok(Some((staging, store, prefix.clone())))
     }
 
-    fn remember_queue(&self, queue: &str) {
-        lock(&self.0.used_queues).insert(queue.to_string());
+    fn remember_queue(&self, h: &Handle) {
+        let region = h
+            .region
+            .clone()
+            .unwrap_or_else(|| self.0.regions.home().to_string());
+        lock(&self.0.used_queues).insert((region, h.queue.clone()));
     }
 
-    /// The queue a task's job goes to, and the compute environment to create it on when ferry
-    /// makes it.
-    fn queue_of(&self, r: &AwsBatchRunner) -> BackendResult<(String, Option<String>)> {
+    /// The queue a task's job goes to in `region`, and the compute environment to create it
+    /// on when ferry makes it. The launcher's defaults are taken by name in whatever region the
+    /// task runs; an ARN of another region is refused.
+    fn queue_of(&self, r: &AwsBatchRunner, region: &str) -> BackendResult<(String, Option<String>)> {
         let s = &self.0.settings;
-        if let Some(q) = r.job_queue.as_deref().filter(|q| !q.trim().is_empty()) {
-            return Ok((q.to_string(), None));
+        let (field, queue, ce) = if let Some(q) = r.job_queue.as_deref().filter(|q| !q.trim().is_empty()) {
+            ("runner.jobQueue", q.to_string(), None)
+        } else if let Some(ce) = r.compute_environment.as_deref().filter(|c| !c.trim().is_empty()) {
+            (
+                "runner.computeEnvironment",
+                names::queue_name(ce),
+                Some(ce.to_string()),
+            )
+        } else if let Some(q) = &s.job_queue {
+            ("--aws-batch-job-queue", q.clone(), None)
+        } else if let Some(ce) = &s.compute_environment {
+            (
+                "--aws-batch-compute-environment",
+                names::queue_name(ce),
+                Some(ce.clone()),
+            )
+        } else {
+            return Err(AttemptError::Task(
+                "runner.jobQueue and runner.computeEnvironment are both unset, and this aws-batch launcher has \
+                 neither --aws-batch-job-queue nor --aws-batch-compute-environment: name the job queue, or the \
+                 compute environment ferry makes a queue on (defaults.aws-batch in the flow sets them for every task)"
+                    .into(),
+            ));
+        };
+        let named = if ce.is_some() {
+            ce.as_deref()
+        } else {
+            Some(queue.as_str())
+        };
+        if let Some((name, arn_region)) = named.and_then(|n| names::arn_region(n).map(|a| (n, a)))
+            && !region.is_empty()
+            && arn_region != region
+        {
+            return Err(AttemptError::Task(format!(
+                "{field} {name} is in {arn_region}, and the job runs in {region} (runner.region, else the \
+                 launcher's --aws-region): name a job queue or compute environment of {region}"
+            )));
         }
-        if let Some(ce) = r.compute_environment.as_deref().filter(|c| !c.trim().is_empty()) {
-            return Ok((names::queue_name(ce), Some(ce.to_string())));
-        }
-        if let Some(q) = &s.job_queue {
-            return Ok((q.clone(), None));
-        }
-        if let Some(ce) = &s.compute_environment {
-            return Ok((names::queue_name(ce), Some(ce.clone())));
-        }
-        Err(AttemptError::Task(
-            "runner.jobQueue and runner.computeEnvironment are both unset, and this aws-batch launcher has neither \
-             --aws-batch-job-queue nor --aws-batch-compute-environment: name the job queue, or the compute \
-             environment ferry makes a queue on (defaults.aws-batch in the flow sets them for every task)"
-                .into(),
-        ))
+        Ok((queue, ce))
     }
 
-    /// Makes sure the queue `name` exists and is usable, creating it on `ce` when ferry owns
-    /// it; once per queue for the launcher's life.
-    async fn ready_queue(&self, name: &str, ce: Option<&str>) -> BackendResult<()> {
-        let cell = lock(&self.0.queues).entry(name.to_string()).or_default().clone();
+    /// Makes sure the queue `name` of `region` exists and is usable, creating it on `ce` when
+    /// ferry owns it; once per queue for the launcher's life.
+    async fn ready_queue(&self, region: &Regional, name: &str, ce: Option<&str>) -> BackendResult<()> {
+        let key = (region.region.clone(), name.to_string());
+        let cell = lock(&self.0.queues).entry(key).or_default().clone();
+        let at = in_region(&region.region);
         cell.get_or_try_init(|| async {
-            let found = self
-                .0
+            let found = region
                 .batch
                 .describe_job_queues()
                 .job_queues(name)
                 .send()
                 .await
-                .map_err(|e| fault(&format!("cannot look up AWS Batch job queue {name}"), e, false))?;
+                .map_err(|e| fault(&format!("cannot look up AWS Batch job queue {name}{at}"), e, false))?;
             if let Some(q) = found.job_queues().first() {
                 let state = q.state().map(|s| s.as_str()).unwrap_or("");
                 if state != "ENABLED" {
                     return Err(AttemptError::Platform(format!(
-                        "AWS Batch job queue {name} is {state}: enable it (aws batch update-job-queue --state ENABLED)"
+                        "AWS Batch job queue {name}{at} is {state}: enable it (aws batch update-job-queue --state ENABLED)"
                     )));
                 }
                 return Ok(());
             }
             let Some(ce) = ce else {
                 return Err(AttemptError::Task(format!(
-                    "runner.jobQueue: AWS Batch job queue {name} does not exist: create it, or name a compute \
+                    "runner.jobQueue: AWS Batch job queue {name} does not exist{at}: create it, or name a compute \
                      environment in runner.computeEnvironment instead and ferry makes a queue on it"
                 )));
             };
-            let made = self
-                .0
+            let made = region
                 .batch
                 .create_job_queue()
                 .job_queue_name(name)
@@ -367,12 +429,12 @@ impl AwsBatch {
                 .send()
                 .await;
             match made {
-                Ok(_) => tracing::info!(queue = name, compute_environment = ce, "created AWS Batch job queue"),
+                Ok(_) => tracing::info!(queue = name, compute_environment = ce, region = %region.region, "created AWS Batch job queue"),
                 // Another launcher made it first.
                 Err(e) if e.as_service_error().and_then(|s| aws_sdk_batch::error::ProvideErrorMetadata::message(s)).is_some_and(|m| m.contains("already exists")) => {}
                 Err(e) => {
                     return Err(fault(
-                        &format!("cannot create AWS Batch job queue {name} on compute environment {ce}"),
+                        &format!("cannot create AWS Batch job queue {name} on compute environment {ce}{at}"),
                         e,
                         true,
                     ));
@@ -381,14 +443,13 @@ impl AwsBatch {
             // A new queue is CREATING until Batch validated it.
             let until = Instant::now() + Duration::from_secs(120);
             loop {
-                let out = self
-                    .0
+                let out = region
                     .batch
                     .describe_job_queues()
                     .job_queues(name)
                     .send()
                     .await
-                    .map_err(|e| fault(&format!("cannot look up AWS Batch job queue {name}"), e, false))?;
+                    .map_err(|e| fault(&format!("cannot look up AWS Batch job queue {name}{at}"), e, false))?;
                 let status = out
                     .job_queues()
                     .first()
@@ -421,14 +482,15 @@ impl AwsBatch {
         .map(|_| ())
     }
 
-    /// The ARN of the job definition `spec`, looked up by its name or registered; once per
-    /// definition for the launcher's life.
-    async fn definition(&self, spec: &DefinitionSpec) -> BackendResult<String> {
+    /// The ARN of the job definition `spec` in `region`, looked up by its name or registered;
+    /// once per definition and region for the launcher's life.
+    async fn definition(&self, region: &Regional, spec: &DefinitionSpec) -> BackendResult<String> {
         let name = spec.name();
-        let cell = lock(&self.0.definitions).entry(name.clone()).or_default().clone();
+        let key = (region.region.clone(), name.clone());
+        let cell = lock(&self.0.definitions).entry(key).or_default().clone();
+        let at = in_region(&region.region);
         cell.get_or_try_init(|| async {
-            let found = self
-                .0
+            let found = region
                 .batch
                 .describe_job_definitions()
                 .job_definition_name(&name)
@@ -437,7 +499,7 @@ impl AwsBatch {
                 .await
                 .map_err(|e| {
                     fault(
-                        &format!("cannot look up AWS Batch job definition {name}"),
+                        &format!("cannot look up AWS Batch job definition {name}{at}"),
                         e,
                         false,
                     )
@@ -462,13 +524,27 @@ impl AwsBatch {
                 .set_resource_requirements(Some(resources))
                 .set_job_role_arn(spec.job_role_arn.clone())
                 .set_execution_role_arn(spec.execution_role_arn.clone())
+                .set_network_configuration(spec.assign_public_ip.map(|public| {
+                    NetworkConfiguration::builder()
+                        .assign_public_ip(AssignPublicIp::from(names::assign_public_ip(public)))
+                        .build()
+                }))
+                .set_fargate_platform_configuration(spec.platform_version.as_ref().map(|v| {
+                    FargatePlatformConfiguration::builder()
+                        .platform_version(v)
+                        .build()
+                }))
+                .set_ephemeral_storage(spec.ephemeral_storage_gib.map(|gib| {
+                    EphemeralStorage::builder()
+                        .size_in_gib(i32::try_from(gib).unwrap_or(i32::MAX))
+                        .build()
+                }))
                 .build();
             let platform = match spec.platform {
                 AwsBatchPlatform::Fargate => PlatformCapability::Fargate,
                 AwsBatchPlatform::Ec2 => PlatformCapability::Ec2,
             };
-            let out = self
-                .0
+            let out = region
                 .batch
                 .register_job_definition()
                 .job_definition_name(&name)
@@ -482,17 +558,17 @@ impl AwsBatch {
                 .map_err(|e| {
                     fault(
                         &format!(
-                            "cannot register AWS Batch job definition {name} for image {}",
+                            "cannot register AWS Batch job definition {name} for image {}{at}",
                             spec.image
                         ),
                         e,
                         true,
                     )
                 })?;
-            tracing::info!(definition = name, image = %spec.image, "registered AWS Batch job definition");
+            tracing::info!(definition = name, image = %spec.image, region = %region.region, "registered AWS Batch job definition");
             out.job_definition_arn().map(str::to_string).ok_or_else(|| {
                 AttemptError::Platform(format!(
-                    "AWS Batch registered job definition {name} without an ARN"
+                    "AWS Batch registered job definition {name}{at} without an ARN"
                 ))
             })
         })
@@ -502,12 +578,12 @@ impl AwsBatch {
 
     /// The jobs named `h.job_name` in its queue, oldest first.
     async fn jobs_named(&self, h: &Handle) -> BackendResult<Vec<aws_sdk_batch::types::JobSummary>> {
+        let region = self.at(h);
         let mut jobs = Vec::new();
         let mut token = None;
         loop {
             // With a filter, ListJobs returns jobs in every status.
-            let out = self
-                .0
+            let out = region
                 .batch
                 .list_jobs()
                 .job_queue(&h.queue)
@@ -522,7 +598,11 @@ impl AwsBatch {
                 .await
                 .map_err(|e| {
                     fault(
-                        &format!("cannot list AWS Batch jobs named {}", h.job_name),
+                        &format!(
+                            "cannot list AWS Batch jobs named {}{}",
+                            h.job_name,
+                            in_region(&region.region)
+                        ),
                         e,
                         false,
                     )
@@ -565,7 +645,7 @@ impl AwsBatch {
                 continue;
             }
             tracing::warn!(job = %h.job_name, duplicate = id, kept = keep.job_id().unwrap_or(""), "terminating a duplicate AWS Batch job of one attempt");
-            self.terminate(id, "ferry: a duplicate job of the same attempt")
+            self.terminate(h, id, "ferry: a duplicate job of the same attempt")
                 .await?;
         }
         Ok(keep.job_id().map(|id| Handle {
@@ -574,24 +654,35 @@ impl AwsBatch {
         }))
     }
 
-    async fn terminate(&self, job_id: &str, reason: &str) -> BackendResult<()> {
-        self.0
+    /// Terminates the job `job_id`, in the region of `h`.
+    async fn terminate(&self, h: &Handle, job_id: &str, reason: &str) -> BackendResult<()> {
+        let region = self.at(h);
+        region
             .batch
             .terminate_job()
             .job_id(job_id)
             .reason(reason)
             .send()
             .await
-            .map_err(|e| fault(&format!("cannot terminate AWS Batch job {job_id}"), e, false))?;
+            .map_err(|e| {
+                fault(
+                    &format!(
+                        "cannot terminate AWS Batch job {job_id}{}",
+                        in_region(&region.region)
+                    ),
+                    e,
+                    false,
+                )
+            })?;
         Ok(())
     }
 
-    /// The job as the poller's latest round saw it.
+    /// The job as its region's poller's latest round saw it.
     async fn job(&self, h: &Handle) -> BackendResult<Option<Arc<JobDetail>>> {
         let Some(id) = &h.job_id else {
             return Ok(None);
         };
-        Ok(match self.0.poller.state(id).await? {
+        Ok(match self.at(h).poller.state(id).await? {
             Seen::Job(j) => Some(j),
             Seen::Missing => None,
         })
@@ -638,7 +729,7 @@ impl AwsBatch {
                 // Past its deadline the attempt is over: the job is terminated now, so that it
                 // never runs and its (empty) log ends.
                 if let (ComputeState::Exited(_), Some(id)) = (&state, job.job_id()) {
-                    self.terminate(id, "ferry: the job waited past its pending deadline")
+                    self.terminate(h, id, "ferry: the job waited past its pending deadline")
                         .await?;
                 }
                 Ok(state)
@@ -672,7 +763,10 @@ impl AwsBatch {
             let cursor: Option<Cursor> = serde_json::from_value(from.cursor.clone()).ok();
             st.stream = logs::Stream::from_cursor(cursor);
         }
-        let ended = h.job_id.as_deref().is_some_and(|id| self.0.poller.seen_ended(id));
+        let ended = h
+            .job_id
+            .as_deref()
+            .is_some_and(|id| self.at(h).poller.seen_ended(id));
         let fresh = !ended && st.fetched.is_some_and(|at| at.elapsed() < st.refresh());
         if st.stream.drained_at(from.stdout) && !st.stream.complete && !fresh {
             self.fetch_logs(h, &mut st).await?;
@@ -711,9 +805,9 @@ impl AwsBatch {
             }
             return Ok(());
         };
+        let region = self.at(h);
         loop {
-            let out = self
-                .0
+            let out = region
                 .logs
                 .get_log_events()
                 .log_group_name(&self.0.settings.log_group)
@@ -738,8 +832,10 @@ impl AwsBatch {
                 Err(e) => {
                     return Err(fault(
                         &format!(
-                            "cannot read the log of AWS Batch job {} ({} {stream})",
-                            h.job_name, self.0.settings.log_group
+                            "cannot read the log of AWS Batch job {} ({} {stream}{})",
+                            h.job_name,
+                            self.0.settings.log_group,
+                            in_region(&region.region)
                         ),
                         e,
                         false,
@@ -766,7 +862,7 @@ impl AwsBatch {
     fn forget(&self, h: &Handle) {
         lock(&self.0.streams).remove(&h.job_name);
         if let Some(id) = &h.job_id {
-            self.0.poller.forget(id);
+            self.at(h).poller.forget(id);
             lock(&self.0.exit_codes).remove(id);
         }
     }
@@ -778,6 +874,15 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 fn now_ms() -> i64 {
     ferry_event::now_ms()
+}
+
+/// ` in REGION`, to say where in a message (nothing when the region is unknown).
+fn in_region(region: &str) -> String {
+    if region.is_empty() {
+        String::new()
+    } else {
+        format!(" in {region}")
+    }
 }
 
 fn requirement(kind: ResourceType, value: &str) -> ResourceRequirement {
@@ -814,6 +919,37 @@ fn spec_of(d: &TaskDispatched, r: &AwsBatchRunner) -> BackendResult<DefinitionSp
     }
     let count = gpus.map_or(0, |g| g.count);
     let (vcpus, memory_mib) = names::size(platform, d.resources.cpu, memory, count).map_err(task)?;
+    // Fargate's own settings: an EC2 job's network, platform and disk are its instance's.
+    if platform == AwsBatchPlatform::Ec2 {
+        let set = [
+            ("assignPublicIp", r.assign_public_ip.is_some()),
+            ("platformVersion", r.platform_version.is_some()),
+            ("ephemeralStorageGiB", r.ephemeral_storage_gib.is_some()),
+        ];
+        if let Some((field, _)) = set.iter().find(|(_, set)| *set) {
+            return Err(task(format!(
+                "runner.{field} is refused on AWS Batch EC2: it is a Fargate setting (an EC2 job's network, platform \
+                 and disk are those of its compute environment's instances): leave it out, or run on Fargate \
+                 (runner.platform: fargate)"
+            )));
+        }
+    }
+    let platform_version = match r.platform_version.as_deref().map(str::trim) {
+        Some(v) => {
+            names::platform_version(v).map_err(task)?;
+            Some(v.to_string())
+        }
+        None => None,
+    };
+    let (least, most) = names::FARGATE_EPHEMERAL_GIB;
+    if let Some(gib) = r.ephemeral_storage_gib
+        && !(least..=most).contains(&gib)
+    {
+        return Err(task(format!(
+            "runner.ephemeralStorageGiB {gib} is refused: AWS Batch Fargate gives a job {least} to {most} GiB (leave it \
+             out for Fargate's 20 GiB)"
+        )));
+    }
     Ok(DefinitionSpec {
         image: r.image.clone(),
         platform,
@@ -822,6 +958,9 @@ fn spec_of(d: &TaskDispatched, r: &AwsBatchRunner) -> BackendResult<DefinitionSp
         gpus: count,
         job_role_arn: r.job_role_arn.clone(),
         execution_role_arn: r.execution_role_arn.clone(),
+        assign_public_ip: r.assign_public_ip,
+        platform_version,
+        ephemeral_storage_gib: r.ephemeral_storage_gib,
     })
 }
 
@@ -935,8 +1074,13 @@ impl Backend for AwsBatch {
             Ok(Handle {
                 job_id: Some(id),
                 queue,
+                region,
                 ..
-            }) => format!("{} (job {id} in queue {queue})", compute.name),
+            }) => format!(
+                "{} (job {id} in queue {queue}{})",
+                compute.name,
+                in_region(region.as_deref().unwrap_or(self.0.regions.home()))
+            ),
             _ => compute.name.clone(),
         }
     }
@@ -954,7 +1098,8 @@ impl Backend for AwsBatch {
                 "runner.image is empty: name the container image the job runs".into(),
             ));
         }
-        self.queue_of(r)?;
+        let region = self.region_of(r)?;
+        self.queue_of(r, &region)?;
         spec_of(d, r)?;
         if d.command.is_empty() {
             return Err(task("command is empty: give at least the program to run".into()));
@@ -967,7 +1112,7 @@ impl Backend for AwsBatch {
                 )));
             }
         }
-        let staged = self.stage_store(r.bucket.as_deref())?.is_some();
+        let staged = self.stage_store(r.bucket.as_deref(), Some(&region))?.is_some();
         if !staged {
             if let Some(name) = d.input_files.keys().next() {
                 return Err(task(format!(
@@ -993,26 +1138,26 @@ impl Backend for AwsBatch {
 
     async fn reserve(&self, task: Task<'_>) -> BackendResult<Compute> {
         let r = runner(task.dispatch)?;
-        let (queue, ce) = self.queue_of(r)?;
-        self.ready_queue(&queue, ce.as_deref()).await?;
-        self.remember_queue(&queue);
+        let region = self.region_of(r)?;
+        let (queue, ce) = self.queue_of(r, &region)?;
         let name = self.compute_name(task.attempt_id());
-        let store = self.stage_store(r.bucket.as_deref())?;
+        let store = self.stage_store(r.bucket.as_deref(), Some(&region))?;
         let deadline = r
             .pending_deadline_seconds
             .map(Duration::from_secs)
             .unwrap_or(self.0.settings.pending_deadline);
-        Compute::with_handle(
-            name.clone(),
-            &Handle {
-                queue,
-                job_name: name,
-                job_id: None,
-                pending_deadline_s: deadline.as_secs().max(1),
-                stage: store.as_ref().map(|_| crate::stage::prefix(task.dispatch)),
-                stage_bucket: store.map(|s| s.url().to_string()),
-            },
-        )
+        let h = Handle {
+            region: Some(region).filter(|r| !r.is_empty()),
+            queue,
+            job_name: name.clone(),
+            job_id: None,
+            pending_deadline_s: deadline.as_secs().max(1),
+            stage: store.as_ref().map(|_| crate::stage::prefix(task.dispatch)),
+            stage_bucket: store.map(|s| s.url().to_string()),
+        };
+        self.ready_queue(&self.at(&h), &h.queue, ce.as_deref()).await?;
+        self.remember_queue(&h);
+        Compute::with_handle(name, &h)
     }
 
     async fn create(&self, task: Task<'_>, reserved: Compute) -> BackendResult<Compute> {
@@ -1059,8 +1204,10 @@ impl Backend for AwsBatch {
             }
             _ => command,
         };
+        // The journaled region, the one the reservation was made in.
+        let region = self.at(&h);
         let spec = spec_of(d, r)?;
-        let definition = self.definition(&spec).await?;
+        let definition = self.definition(&region, &spec).await?;
         let overrides = ContainerOverrides::builder()
             .set_command(Some(command))
             .set_environment(Some(
@@ -1073,8 +1220,7 @@ impl Backend for AwsBatch {
             .namespace
             .as_deref()
             .unwrap_or(ferry_event::payload::DEFAULT_NAMESPACE);
-        let mut submit = self
-            .0
+        let mut submit = region
             .batch
             .submit_job()
             .job_name(&h.job_name)
@@ -1100,13 +1246,18 @@ impl Backend for AwsBatch {
         }
         let out = submit.send().await.map_err(|e| {
             fault(
-                &format!("cannot submit AWS Batch job {} to queue {}", h.job_name, h.queue),
+                &format!(
+                    "cannot submit AWS Batch job {} to queue {}{}",
+                    h.job_name,
+                    h.queue,
+                    in_region(&region.region)
+                ),
                 e,
                 true,
             )
         })?;
         let id = out.job_id().unwrap_or_default().to_string();
-        tracing::info!(job = %h.job_name, id, queue = %h.queue, "submitted AWS Batch job");
+        tracing::info!(job = %h.job_name, id, queue = %h.queue, region = %region.region, "submitted AWS Batch job");
         // Another launcher may have submitted the same attempt at the same time: both keep the
         // oldest job and terminate the rest. ListJobs may not show a job submitted a moment
         // ago: this one's own job is terminated by this one when another is kept.
@@ -1120,7 +1271,7 @@ impl Backend for AwsBatch {
         };
         if kept.job_id.as_deref() != Some(id.as_str()) {
             tracing::warn!(job = %h.job_name, duplicate = %id, kept = kept.job_id.as_deref().unwrap_or(""), "another launcher submitted this attempt first: terminating this one's job");
-            self.terminate(&id, "ferry: a duplicate job of the same attempt")
+            self.terminate(&h, &id, "ferry: a duplicate job of the same attempt")
                 .await?;
         }
         Compute::with_handle(reserved.name, &kept)
@@ -1128,7 +1279,7 @@ impl Backend for AwsBatch {
 
     async fn find(&self, reserved: &Compute) -> BackendResult<Option<Compute>> {
         let h = self.handle(reserved)?;
-        self.remember_queue(&h.queue);
+        self.remember_queue(&h);
         if h.job_id.is_some() {
             return Ok(self.job(&h).await?.map(|_| reserved.clone()));
         }
@@ -1219,7 +1370,7 @@ impl Backend for AwsBatch {
                 )));
             }
             if asked.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
-                self.terminate(&id, TERMINATED_BY_FERRY).await?;
+                self.terminate(&h, &id, TERMINATED_BY_FERRY).await?;
                 asked = Some(Instant::now());
             }
         }
@@ -1254,20 +1405,24 @@ impl Backend for AwsBatch {
         Ok(())
     }
 
-    /// The jobs tagged with this launcher that have not ended, in the default queue and every
-    /// queue an attempt it knows of used (each journaled attempt is looked up before the
-    /// runtime asks, and a job is journaled, reserved, before it is submitted).
+    /// The jobs tagged with this launcher that have not ended, in the default queue (in the
+    /// launcher's region) and every queue an attempt it knows of used, in that attempt's
+    /// region (each journaled attempt is looked up before the runtime asks, and a job is
+    /// journaled, reserved, before it is submitted).
     async fn list_owned(&self) -> BackendResult<Vec<Compute>> {
         let mut queues = lock(&self.0.used_queues).clone();
         let s = &self.0.settings;
+        let home = self.0.regions.home().to_string();
         if let Some(q) = &s.job_queue {
-            queues.insert(q.clone());
+            queues.insert((home.clone(), q.clone()));
         }
         if let Some(ce) = &s.compute_environment {
-            queues.insert(names::queue_name(ce));
+            queues.insert((home.clone(), names::queue_name(ce)));
         }
         let mut owned = Vec::new();
-        for queue in queues {
+        for (region, queue) in queues {
+            let clients = self.0.regions.get(&region);
+            let at = in_region(&region);
             let mut ids = Vec::new();
             for status in [
                 JobStatus::Submitted,
@@ -1278,8 +1433,7 @@ impl Backend for AwsBatch {
             ] {
                 let mut token = None;
                 loop {
-                    let out = self
-                        .0
+                    let out = clients
                         .batch
                         .list_jobs()
                         .job_queue(&queue)
@@ -1293,7 +1447,7 @@ impl Backend for AwsBatch {
                         Err(e) if e.as_service_error().is_some() => break,
                         Err(e) => {
                             return Err(fault(
-                                &format!("cannot list the jobs of AWS Batch queue {queue}"),
+                                &format!("cannot list the jobs of AWS Batch queue {queue}{at}"),
                                 e,
                                 false,
                             ));
@@ -1312,14 +1466,19 @@ impl Backend for AwsBatch {
                 }
             }
             for chunk in ids.chunks(crate::aws::DESCRIBE_BATCH) {
-                let out = self
-                    .0
+                let out = clients
                     .batch
                     .describe_jobs()
                     .set_jobs(Some(chunk.to_vec()))
                     .send()
                     .await
-                    .map_err(|e| fault("cannot read the tags of AWS Batch jobs (DescribeJobs)", e, false))?;
+                    .map_err(|e| {
+                        fault(
+                            &format!("cannot read the tags of AWS Batch jobs{at} (DescribeJobs)"),
+                            e,
+                            false,
+                        )
+                    })?;
                 for job in out.jobs() {
                     let ours = job
                         .tags()
@@ -1334,6 +1493,7 @@ impl Backend for AwsBatch {
                     owned.push(Compute::with_handle(
                         name,
                         &Handle {
+                            region: Some(region.clone()).filter(|r| !r.is_empty()),
                             queue: queue.clone(),
                             job_name: name.to_string(),
                             job_id: Some(id.to_string()),
@@ -1370,6 +1530,139 @@ mod tests {
             waits.push(st.refresh().as_millis());
         }
         assert_eq!(waits, [500, 1000, 2000, 16_000, 16_000, 16_000, 16_000]);
+    }
+
+    #[test]
+    fn a_handle_journaled_before_attempts_had_a_region_still_loads() {
+        // As the launcher journaled it before `region` existed.
+        let old = serde_json::json!({
+            "queue": "ferry-ce",
+            "jobName": "ferry-a1",
+            "jobId": "4c7599ae",
+            "pendingDeadlineS": 600,
+            "stage": "job-1/task-a/a1",
+            "stageBucket": "s3://bucket/stage"
+        });
+        let h: Handle = Compute {
+            name: "ferry-a1".into(),
+            handle: old.clone(),
+        }
+        .handle_as()
+        .expect("an old handle loads");
+        assert_eq!(h.region, None, "the launcher's region");
+        assert_eq!(h.job_id.as_deref(), Some("4c7599ae"));
+        // Written again as it was read: nothing is invented for it.
+        assert_eq!(serde_json::to_value(&h).unwrap(), old);
+        // A new handle names its region.
+        let new = Handle {
+            region: Some("eu-west-1".into()),
+            ..h
+        };
+        let json = serde_json::to_value(&new).unwrap();
+        assert_eq!(json["region"], "eu-west-1");
+        assert_eq!(serde_json::from_value::<Handle>(json).unwrap(), new);
+    }
+
+    fn dispatch(runner: AwsBatchRunner) -> TaskDispatched {
+        TaskDispatched {
+            job_id: "job-1".into(),
+            task_id: "task-a".into(),
+            attempt_id: "a1".into(),
+            attempt: 1,
+            runner: Runner::AwsBatch(runner),
+            command: vec![Template::text("true")],
+            env: Default::default(),
+            input_files: Default::default(),
+            output_files: Vec::new(),
+            resources: Default::default(),
+            timeout_ms: None,
+            lease_ms: 30_000,
+            ready_at_ms: 0,
+            flow_id: None,
+            namespace: None,
+            priority: 0,
+        }
+    }
+
+    #[test]
+    fn fargates_own_settings_go_into_the_definition_and_are_refused_on_ec2() {
+        let fargate = AwsBatchRunner {
+            image: "busybox".into(),
+            assign_public_ip: Some(true),
+            platform_version: Some("1.4.0".into()),
+            ephemeral_storage_gib: Some(50),
+            ..Default::default()
+        };
+        let spec = spec_of(&dispatch(fargate.clone()), &fargate).expect("valid on Fargate");
+        assert_eq!(spec.assign_public_ip, Some(true));
+        assert_eq!(spec.platform_version.as_deref(), Some("1.4.0"));
+        assert_eq!(spec.ephemeral_storage_gib, Some(50));
+
+        for (field, runner) in [
+            (
+                "runner.assignPublicIp",
+                AwsBatchRunner {
+                    assign_public_ip: Some(false),
+                    ..Default::default()
+                },
+            ),
+            (
+                "runner.platformVersion",
+                AwsBatchRunner {
+                    platform_version: Some("LATEST".into()),
+                    ..Default::default()
+                },
+            ),
+            (
+                "runner.ephemeralStorageGiB",
+                AwsBatchRunner {
+                    ephemeral_storage_gib: Some(30),
+                    ..Default::default()
+                },
+            ),
+        ] {
+            let ec2 = AwsBatchRunner {
+                image: "busybox".into(),
+                platform: Some(AwsBatchPlatform::Ec2),
+                ..runner
+            };
+            let e = spec_of(&dispatch(ec2.clone()), &ec2)
+                .expect_err("refused on EC2")
+                .to_string();
+            assert!(
+                e.contains(field) && e.contains("EC2") && e.contains("Fargate"),
+                "{e}"
+            );
+        }
+
+        for (bad, field) in [
+            (
+                AwsBatchRunner {
+                    platform_version: Some("1.4".into()),
+                    ..fargate.clone()
+                },
+                "runner.platformVersion \"1.4\"",
+            ),
+            (
+                AwsBatchRunner {
+                    ephemeral_storage_gib: Some(20),
+                    ..fargate.clone()
+                },
+                "runner.ephemeralStorageGiB 20",
+            ),
+            (
+                AwsBatchRunner {
+                    ephemeral_storage_gib: Some(201),
+                    ..fargate.clone()
+                },
+                "runner.ephemeralStorageGiB 201",
+            ),
+        ] {
+            let e = spec_of(&dispatch(bad.clone()), &bad)
+                .expect_err("refused")
+                .to_string();
+            assert!(e.contains(field), "{e}");
+        }
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! Batch's state-change events as hints: EventBridge delivers each "Batch Job State Change" of
 //! the account to an SQS queue (`infra/terraform` makes the rule and the queue); one task
-//! long-polls it and hands the job ids to the [`Poller`], which describes those jobs at once
-//! instead of at its next round. DescribeJobs stays the truth: an event is never taken for a
+//! long-polls it and hands the job ids to the [`Poller`](crate::aws::Poller)s of every region, each of which
+//! describes those of the jobs it watches at once instead of at its next round. The queue is
+//! the launcher's own, in its region: jobs of other regions get hints only when their regions'
+//! rules deliver there too, and their pollers' interval otherwise. DescribeJobs stays the truth: an event is never taken for a
 //! job's state, a lost or late one only leaves the job to the poller's interval, and a
 //! duplicate costs one more describe.
 //!
@@ -17,7 +19,7 @@ use ferry_runtime::Backoff;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::aws::Poller;
+use crate::aws::Regions;
 
 /// The `detail-type` of Batch's job state changes.
 pub const DETAIL_TYPE: &str = "Batch Job State Change";
@@ -38,10 +40,10 @@ pub fn job_id(body: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-/// Listens on the queue at `queue_url` until `stop`, hinting `poller` with every job state
-/// change received. A queue that cannot be read is tried again with a growing wait (the poller
+/// Listens on the queue at `queue_url` until `stop`, hinting the pollers of `regions` with
+/// every job state change received. A queue that cannot be read is tried again with a growing wait (the poller
 /// goes on at its interval meanwhile).
-pub fn listen(sqs: aws_sdk_sqs::Client, queue_url: String, poller: Arc<Poller>, stop: CancellationToken) {
+pub fn listen(sqs: aws_sdk_sqs::Client, queue_url: String, regions: Arc<Regions>, stop: CancellationToken) {
     tokio::spawn(async move {
         let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60)).jittered();
         tracing::info!(queue = %queue_url, "reading Batch job state changes from SQS");
@@ -76,7 +78,7 @@ pub fn listen(sqs: aws_sdk_sqs::Client, queue_url: String, poller: Arc<Poller>, 
                 .iter()
                 .filter_map(|m| m.body().and_then(job_id))
                 .collect();
-            let hinted = poller.hint(ids.iter().map(String::as_str));
+            let hinted = regions.hint(&ids);
             tracing::debug!(received = messages.len(), hinted, "Batch job state changes");
             let entries: Vec<DeleteMessageBatchRequestEntry> = messages
                 .iter()

@@ -3,8 +3,9 @@
 //!
 //! - [`names`]: job, job definition and queue names and tag values as Batch accepts them, and
 //!   the vCPU and memory sizes a platform gives (Fargate's combinations checked before submit);
-//! - [`aws`]: failures typed by whose fault they are, and the one poller that reads the state
-//!   of every job in flight with batched DescribeJobs calls;
+//! - [`aws`]: the clients of each region attempts run in, failures typed by whose fault they
+//!   are, and the poller per region that reads the state of every job in flight there with
+//!   batched DescribeJobs calls;
 //! - [`logs`]: a job's log stream as bytes, paged with forward tokens, with the cursor the
 //!   journal keeps;
 //! - [`events`]: Batch's job state changes, from EventBridge through SQS, as hints to the

@@ -77,10 +77,18 @@ pub struct DefinitionSpec {
     pub gpus: u32,
     pub job_role_arn: Option<String>,
     pub execution_role_arn: Option<String>,
+    /// Fargate's `networkConfiguration.assignPublicIp`, when the task sets it.
+    pub assign_public_ip: Option<bool>,
+    /// Fargate's `fargatePlatformConfiguration.platformVersion`, when the task sets it.
+    pub platform_version: Option<String>,
+    /// Fargate's `ephemeralStorage.sizeInGiB`, when the task sets it.
+    pub ephemeral_storage_gib: Option<u32>,
 }
 
 impl DefinitionSpec {
-    /// `ferry-<first 24 hex digits of the SHA-256 of the spec>`.
+    /// `ferry-<first 24 hex digits of the SHA-256 of the spec>`. The Fargate settings a task
+    /// leaves unset are left out of what is hashed, so that a definition registered before
+    /// they existed keeps its name (and is reused); each one set is hashed with its name.
     pub fn name(&self) -> String {
         let platform = match self.platform {
             AwsBatchPlatform::Fargate => "FARGATE",
@@ -88,24 +96,105 @@ impl DefinitionSpec {
         };
         let memory = self.memory_mib.to_string();
         let gpus = self.gpus.to_string();
-        format!(
-            "ferry-{}",
-            digest(
-                &[
-                    "v1",
-                    &self.image,
-                    platform,
-                    &self.vcpus,
-                    &memory,
-                    &gpus,
-                    self.job_role_arn.as_deref().unwrap_or(""),
-                    self.execution_role_arn.as_deref().unwrap_or(""),
-                ],
-                24,
-            )
-        )
+        let mut parts: Vec<String> = [
+            "v1",
+            &self.image,
+            platform,
+            &self.vcpus,
+            &memory,
+            &gpus,
+            self.job_role_arn.as_deref().unwrap_or(""),
+            self.execution_role_arn.as_deref().unwrap_or(""),
+        ]
+        .map(String::from)
+        .to_vec();
+        if let Some(public) = self.assign_public_ip {
+            parts.push(format!("assignPublicIp={}", assign_public_ip(public)));
+        }
+        if let Some(version) = &self.platform_version {
+            parts.push(format!("platformVersion={version}"));
+        }
+        if let Some(gib) = self.ephemeral_storage_gib {
+            parts.push(format!("ephemeralStorageGiB={gib}"));
+        }
+        let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+        format!("ferry-{}", digest(&parts, 24))
     }
 }
+
+/// `networkConfiguration.assignPublicIp` as Batch writes it.
+pub fn assign_public_ip(public: bool) -> &'static str {
+    if public { "ENABLED" } else { "DISABLED" }
+}
+
+/// The directions an AWS region's name has before its number (`us-east-1`, `ap-southeast-2`).
+const DIRECTIONS: &[&str] = &[
+    "east",
+    "west",
+    "north",
+    "south",
+    "central",
+    "northeast",
+    "northwest",
+    "southeast",
+    "southwest",
+];
+
+/// Checks that `region` is written as AWS names its regions: an area code (`us`, `eu`, `ap`,
+/// `eusc`…), an optional partition or country (`gov`, `iso`, `de`), a direction and a number —
+/// `us-east-1`, `us-gov-west-1`, `ap-southeast-7`, `eusc-de-east-1`. A name that is not (a typo,
+/// upper case, an availability zone such as `us-east-1a`) is refused here, before any call,
+/// rather than failing at the endpoint.
+pub fn region(region: &str) -> Result<(), String> {
+    let parts: Vec<&str> = region.split('-').collect();
+    let well_formed = match parts.as_slice() {
+        [area, rest @ .., direction, number] if rest.len() <= 1 => {
+            let letters = |p: &str| (2..=4).contains(&p.len()) && p.chars().all(|c| c.is_ascii_lowercase());
+            letters(area)
+                && rest.iter().all(|p| letters(p))
+                && DIRECTIONS.contains(direction)
+                && (1..=2).contains(&number.len())
+                && number.chars().all(|c| c.is_ascii_digit())
+        }
+        _ => false,
+    };
+    if well_formed {
+        Ok(())
+    } else {
+        Err(format!(
+            "runner.region {region:?} is not an AWS region: write one such as us-east-1, eu-west-1 or ap-southeast-2 \
+             (a region, not an availability zone), or leave it out to use the launcher's --aws-region"
+        ))
+    }
+}
+
+/// The region of a Batch ARN (`arn:aws:batch:eu-west-1:123456789012:job-queue/q`); `None` for
+/// a plain name.
+pub fn arn_region(name: &str) -> Option<&str> {
+    let mut parts = name.strip_prefix("arn:")?.split(':');
+    let (_partition, _service, region) = (parts.next()?, parts.next()?, parts.next()?);
+    Some(region).filter(|r| !r.is_empty())
+}
+
+/// Checks a Fargate platform version: `LATEST` or a version such as `1.4.0`.
+pub fn platform_version(version: &str) -> Result<(), String> {
+    let numbers: Vec<&str> = version.split('.').collect();
+    let numbered = numbers.len() == 3
+        && numbers
+            .iter()
+            .all(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()));
+    if version == "LATEST" || numbered {
+        Ok(())
+    } else {
+        Err(format!(
+            "runner.platformVersion {version:?} is not a Fargate platform version: write LATEST or a version such as \
+             1.4.0"
+        ))
+    }
+}
+
+/// The least and most ephemeral storage Fargate gives a job, in GiB.
+pub const FARGATE_EPHEMERAL_GIB: (u32, u32) = (21, 200);
 
 /// A tag value as Batch accepts it: at most 256 characters of letters, digits, spaces and
 /// `_ . : / = + - @`; others become `_`.
@@ -308,10 +397,29 @@ mod tests {
             gpus: 0,
             job_role_arn: None,
             execution_role_arn: None,
+            assign_public_ip: None,
+            platform_version: None,
+            ephemeral_storage_gib: None,
         };
         let name = spec.name();
         assert!(name.starts_with("ferry-") && name.len() == 30, "{name}");
         assert_eq!(name, spec.clone().name());
+        // Without Fargate's own settings, the name of a definition registered before they
+        // existed: it is found and reused, not registered again.
+        assert_eq!(
+            name,
+            format!(
+                "ferry-{}",
+                digest(&["v1", "python:3.12", "FARGATE", "1", "2048", "0", "", ""], 24)
+            )
+        );
+        // The same settings share one definition.
+        let public = DefinitionSpec {
+            assign_public_ip: Some(true),
+            platform_version: Some("1.4.0".into()),
+            ..spec.clone()
+        };
+        assert_eq!(public.name(), public.clone().name());
         for other in [
             DefinitionSpec {
                 image: "python:3.13".into(),
@@ -329,8 +437,112 @@ mod tests {
                 job_role_arn: Some("arn:aws:iam::123456789012:role/r".into()),
                 ..spec.clone()
             },
+            DefinitionSpec {
+                assign_public_ip: Some(true),
+                ..spec.clone()
+            },
+            DefinitionSpec {
+                assign_public_ip: Some(false),
+                ..spec.clone()
+            },
+            DefinitionSpec {
+                platform_version: Some("LATEST".into()),
+                ..spec.clone()
+            },
+            DefinitionSpec {
+                platform_version: Some("1.4.0".into()),
+                ..spec.clone()
+            },
+            DefinitionSpec {
+                ephemeral_storage_gib: Some(21),
+                ..spec.clone()
+            },
         ] {
             assert_ne!(other.name(), name, "{other:?}");
+        }
+        // Each setting apart from the others.
+        let names: std::collections::HashSet<String> = [
+            public.clone(),
+            DefinitionSpec {
+                assign_public_ip: Some(false),
+                ..public.clone()
+            },
+            DefinitionSpec {
+                platform_version: Some("1.3.0".into()),
+                ..public.clone()
+            },
+            DefinitionSpec {
+                platform_version: None,
+                ephemeral_storage_gib: Some(30),
+                ..public.clone()
+            },
+        ]
+        .iter()
+        .map(DefinitionSpec::name)
+        .collect();
+        assert_eq!(names.len(), 4, "{names:?}");
+    }
+
+    #[test]
+    fn regions_are_written_as_aws_names_them() {
+        for ok in [
+            "us-east-1",
+            "eu-west-3",
+            "ap-southeast-2",
+            "ap-northeast-3",
+            "il-central-1",
+            "us-gov-west-1",
+            "us-isob-east-1",
+            "cn-northwest-1",
+            "eusc-de-east-1",
+            "mx-central-1",
+        ] {
+            assert_eq!(region(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "",
+            "us-east1",
+            "useast-1",
+            "US-EAST-1",
+            "us-est-1",
+            "us-east-1a",
+            "us-east-",
+            "east-1",
+            "us-east-123",
+            "us-gov-isob-west-1",
+            "us_east_1",
+        ] {
+            let e = region(bad).expect_err(bad);
+            assert!(e.contains("runner.region") && e.contains("us-east-1"), "{e}");
+        }
+    }
+
+    #[test]
+    fn arns_name_their_region() {
+        assert_eq!(
+            arn_region("arn:aws:batch:eu-west-1:123456789012:job-queue/q"),
+            Some("eu-west-1")
+        );
+        assert_eq!(
+            arn_region("arn:aws-us-gov:batch:us-gov-west-1:123456789012:compute-environment/ce"),
+            Some("us-gov-west-1")
+        );
+        assert_eq!(arn_region("ferry-fargate"), None);
+        assert_eq!(arn_region("arn:aws"), None);
+    }
+
+    #[test]
+    fn fargate_platform_versions_are_latest_or_numbered() {
+        for ok in ["LATEST", "1.4.0", "1.3.0"] {
+            assert_eq!(platform_version(ok), Ok(()), "{ok}");
+        }
+        for bad in ["latest", "1.4", "v1.4.0", "1..0", ""] {
+            assert!(
+                platform_version(bad)
+                    .expect_err(bad)
+                    .contains("runner.platformVersion"),
+                "{bad}"
+            );
         }
     }
 

@@ -128,14 +128,15 @@ exit 0
 pub struct Staging {
     /// The staging bucket of tasks whose runner names none (`--aws-batch-staging`).
     pub default: Option<Store>,
-    /// The settings a task's own bucket is opened with (the launcher's region and endpoint).
+    /// The settings a task's own bucket is opened with (the launcher's region and endpoint;
+    /// the region is the task's when it names one).
     pub options: Vec<(String, String)>,
     /// The launcher's artifact directory, which output files are copied into (and from there
     /// to its artifact store, when it has one).
     pub artifact_dir: PathBuf,
     pub limits: Limits,
-    /// The buckets opened so far, by URL.
-    opened: Arc<Mutex<HashMap<String, Store>>>,
+    /// The buckets opened so far, by region (empty: the launcher's) and URL.
+    opened: Arc<Mutex<HashMap<(String, String), Store>>>,
 }
 
 impl Staging {
@@ -155,20 +156,24 @@ impl Staging {
     }
 
     /// The staging bucket of a task whose runner names `bucket` (`runner.bucket`, a bucket's
-    /// name or `s3://BUCKET[/PREFIX]`), else the default; `None` when there is neither.
-    pub fn for_task(&self, bucket: Option<&str>) -> BackendResult<Option<Store>> {
+    /// name or `s3://BUCKET[/PREFIX]`, reached in `region`, the task's, when given), else the
+    /// default (in the launcher's region, wherever the task runs); `None` when there is
+    /// neither.
+    pub fn for_task(&self, bucket: Option<&str>, region: Option<&str>) -> BackendResult<Option<Store>> {
         match bucket.map(str::trim).filter(|b| !b.is_empty()) {
             None => Ok(self.default.clone()),
-            Some(b) if b.starts_with("s3://") => self.open(b).map(Some),
-            Some(b) if !b.contains([':', '/']) => self.open(&format!("s3://{b}")).map(Some),
+            Some(b) if b.starts_with("s3://") => self.open(b, region).map(Some),
+            Some(b) if !b.contains([':', '/']) => self.open(&format!("s3://{b}"), region).map(Some),
             Some(b) => Err(AttemptError::Task(format!(
                 "runner.bucket {b:?} is not an S3 bucket: write its name, or s3://BUCKET[/PREFIX]"
             ))),
         }
     }
 
-    /// The bucket at `url` (an attempt's, as journaled), opened once.
-    pub fn open(&self, url: &str) -> BackendResult<Store> {
+    /// The bucket at `url` (an attempt's, as journaled), reached in `region` (else the
+    /// launcher's), opened once. The default bucket is the launcher's, in its region, whatever
+    /// `region` says.
+    pub fn open(&self, url: &str, region: Option<&str>) -> BackendResult<Store> {
         if let Some(store) = self
             .default
             .as_ref()
@@ -176,18 +181,25 @@ impl Staging {
         {
             return Ok(store.clone());
         }
+        let region = region.filter(|r| !r.is_empty());
+        let key = (region.unwrap_or_default().to_string(), url.to_string());
         let mut opened = self.opened.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(store) = opened.get(url) {
+        if let Some(store) = opened.get(&key) {
             return Ok(store.clone());
         }
-        let store = Store::open_with(url, self.options.clone())
-            .map_err(|e| AttemptError::Task(format!("runner.bucket: {e}")))?;
+        let mut options = self.options.clone();
+        if let Some(region) = region {
+            options.retain(|(k, _)| k != "region");
+            options.push(("region".into(), region.to_string()));
+        }
+        let store =
+            Store::open_with(url, options).map_err(|e| AttemptError::Task(format!("runner.bucket: {e}")))?;
         if store.kind() != ferry_artifacts::Kind::S3 {
             return Err(AttemptError::Task(format!(
                 "runner.bucket {url:?}: jobs fetch and send their files with URLs that S3 signs: name an S3 bucket"
             )));
         }
-        opened.insert(url.to_string(), store.clone());
+        opened.insert(key, store.clone());
         Ok(store)
     }
 }

@@ -90,6 +90,9 @@ async fn definitions_are_registered_once_and_jobs_carry_the_attempts_tags() {
                 gpus: 0,
                 job_role_arn: Some(role.clone()),
                 execution_role_arn: None,
+                assign_public_ip: None,
+                platform_version: None,
+                ephemeral_storage_gib: None,
             }
             .name()
         })
@@ -436,6 +439,40 @@ async fn what_batch_cannot_honour_is_refused_before_anything_is_submitted() {
     let mut d = ok.clone();
     d.runner = Runner::default();
     assert!(refused(&d).contains("runner: aws-batch"));
+
+    // A region that is not one, before any client of it is made.
+    for bad in ["us-east1", "eu-west-1b", "EU-WEST-1"] {
+        let mut d = ok.clone();
+        d.runner = Runner::AwsBatch(ferry_event::payload::AwsBatchRunner {
+            region: Some(bad.into()),
+            ..runner.clone()
+        });
+        let e = refused(&d);
+        assert!(e.contains("runner.region") && e.contains(bad), "{e}");
+    }
+
+    // A queue or compute environment of another region than the job's.
+    let mut d = ok.clone();
+    d.runner = Runner::AwsBatch(ferry_event::payload::AwsBatchRunner {
+        region: Some("eu-west-1".into()),
+        compute_environment: Some("arn:aws:batch:us-east-1:123456789012:compute-environment/ce".into()),
+        ..runner.clone()
+    });
+    let e = refused(&d);
+    assert!(
+        e.contains("runner.computeEnvironment") && e.contains("is in us-east-1") && e.contains("eu-west-1"),
+        "{e}"
+    );
+
+    // Fargate's own settings on EC2, naming the field.
+    let mut d = ok.clone();
+    d.runner = Runner::AwsBatch(ferry_event::payload::AwsBatchRunner {
+        platform: Some(AwsBatchPlatform::Ec2),
+        assign_public_ip: Some(true),
+        ..runner.clone()
+    });
+    let e = refused(&d);
+    assert!(e.contains("runner.assignPublicIp") && e.contains("EC2"), "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -640,4 +677,192 @@ async fn an_image_without_curl_stages_through_python() {
     assert!(!left.iter().any(|u| u.ends_with("/secrets.sh")), "{left:?}");
     backend.release(&compute).await.expect("release");
     assert!(common::staged(&target.staging_bucket).await.is_empty());
+}
+
+/// Another region than the launcher's (`common::REGION`): moto keeps each region's Batch, logs
+/// and queues apart, as AWS does.
+const OTHER_REGION: &str = "us-west-2";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_in_another_region_runs_there_and_is_found_there_after_a_restart() {
+    let Ok(endpoint) = common::moto() else {
+        eprintln!("SKIPPED: FERRY_TEST_MOTO is not set");
+        return;
+    };
+    let target = common::BatchTarget::new(endpoint.clone()).await;
+    let west_sdk = target
+        .sdk
+        .to_builder()
+        .region(aws_config::Region::new(OTHER_REGION))
+        .build();
+    let west = aws_sdk_batch::Client::new(&west_sdk);
+    // A region's queues are on its own compute environments.
+    let west_ce = common::compute_environment(&endpoint, &west).await;
+    let data = tempfile::tempdir().unwrap();
+    let backend = target.make_staged("launcher-region".into(), data.path());
+    let bucket = ferry_artifacts::testing::moto_bucket(&endpoint, "west");
+    let mut runner = target.runner();
+    runner.region = Some(OTHER_REGION.into());
+    runner.compute_environment = Some(west_ce.clone());
+    runner.bucket = Some(bucket.clone());
+    runner.assign_public_ip = Some(true);
+    runner.platform_version = Some("1.4.0".into());
+    runner.ephemeral_storage_gib = Some(30);
+    // A role of this test's own, so that the definition is this test's alone.
+    runner.job_role_arn = Some(format!(
+        "arn:aws:iam::123456789012:role/{}",
+        common::fresh("west")
+    ));
+    let id = common::fresh("west");
+    let mut d = dispatch(
+        &id,
+        Runner::AwsBatch(runner),
+        &[
+            "sh",
+            "-c",
+            "cat in.txt; sleep 4; echo '{\"ran\": \"west\"}' > \"$FERRY_OUTPUTS\"",
+        ],
+    );
+    d.input_files
+        .insert("in.txt".into(), Template::text("hello from the west\n"));
+    backend.check(&d).expect("a valid task");
+    let secrets = Secrets::new();
+    let task = Task::new(&d, &secrets);
+    let reserved = backend.reserve(task).await.expect("reserve");
+    let journaled: Handle = reserved.handle_as().unwrap();
+    assert_eq!(
+        journaled.region.as_deref(),
+        Some(OTHER_REGION),
+        "the reservation names the region"
+    );
+    let compute = backend.create(task, reserved).await.expect("create");
+    let h: Handle = compute.handle_as().unwrap();
+    assert_eq!(h.region.as_deref(), Some(OTHER_REGION));
+    let job_id = h.job_id.clone().expect("submitted");
+
+    // The job is the region's: DescribeJobs and ListJobs there know it, the launcher's own
+    // region's do not.
+    let there = west.describe_jobs().jobs(&job_id).send().await.unwrap();
+    assert_eq!(there.jobs().len(), 1, "{there:?}");
+    let here = target.batch.describe_jobs().jobs(&job_id).send().await.unwrap();
+    assert!(here.jobs().is_empty(), "{here:?}");
+    let named = |client: aws_sdk_batch::Client| {
+        let (queue, name) = (h.queue.clone(), h.job_name.clone());
+        async move {
+            client
+                .list_jobs()
+                .job_queue(queue)
+                .filters(
+                    aws_sdk_batch::types::KeyValuesPair::builder()
+                        .name("JOB_NAME")
+                        .values(name)
+                        .build(),
+                )
+                .send()
+                .await
+                .map(|out| out.job_summary_list().len())
+                .unwrap_or(0)
+        }
+    };
+    assert_eq!(named(west.clone()).await, 1);
+    assert_eq!(named(target.batch.clone()).await, 0);
+    // Its definition is registered there, with Fargate's settings.
+    let definition = there.jobs()[0].job_definition().unwrap().to_string();
+    assert!(definition.contains(OTHER_REGION), "{definition}");
+    let defs = west
+        .describe_job_definitions()
+        .job_definitions(&definition)
+        .send()
+        .await
+        .unwrap();
+    let container = defs.job_definitions()[0]
+        .container_properties()
+        .expect("a container definition");
+    assert_eq!(
+        container
+            .network_configuration()
+            .and_then(|n| n.assign_public_ip())
+            .map(|a| a.as_str()),
+        Some("ENABLED")
+    );
+    assert_eq!(
+        container
+            .fargate_platform_configuration()
+            .and_then(|f| f.platform_version()),
+        Some("1.4.0")
+    );
+    assert_eq!(
+        container.ephemeral_storage().and_then(|e| e.size_in_gib()),
+        Some(30)
+    );
+
+    // A launcher started again on the journal finds the job in its region, and sweeps that
+    // region's queue for jobs of its own while the job runs.
+    let second = target.make_staged("launcher-region".into(), data.path());
+    let found = second
+        .find(&compute)
+        .await
+        .expect("find")
+        .expect("the job is found in its region");
+    let owned = second.list_owned().await.expect("list owned");
+    assert!(
+        owned.iter().any(|c| c.name == h.job_name
+            && c.handle_as::<Handle>().unwrap().region.as_deref() == Some(OTHER_REGION)),
+        "{owned:?}"
+    );
+    match ended(&second, &found).await {
+        ComputeState::Exited(e) => assert!(e.succeeded(), "{e:?}"),
+        other => panic!("{other:?}"),
+    }
+    // Its log, from the region's CloudWatch Logs.
+    let mut log = Vec::new();
+    let mut from = ferry_launcher::backend::LogPosition::default();
+    for _ in 0..100 {
+        let read = second
+            .read_logs(&found, ferry_event::payload::Stream::Stdout, &from, 1 << 16)
+            .await
+            .expect("read the log");
+        log.extend_from_slice(&read.bytes);
+        from.stdout += read.bytes.len() as u64;
+        from.cursor = read.cursor;
+        if read.complete {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(String::from_utf8_lossy(&log), "hello from the west\n");
+    let collected = second.collect(&found, task).await.expect("collect");
+    assert_eq!(
+        collected.outputs.as_deref(),
+        Some(b"{\"ran\": \"west\"}\n".as_slice())
+    );
+
+    // A handle journaled before attempts had a region is the launcher's region's: a launcher
+    // whose own region is the job's finds it, one whose region is another does not.
+    let mut old = found.clone();
+    old.handle.as_object_mut().expect("a handle").remove("region");
+    let mut settings = Settings::new("launcher-region");
+    settings.poll_interval = Duration::from_millis(200);
+    let west_launcher = AwsBatch::new(&west_sdk, settings);
+    let adopted = west_launcher
+        .find(&old)
+        .await
+        .expect("find")
+        .expect("found in the launcher's region");
+    assert!(matches!(
+        west_launcher.status(&adopted).await.unwrap(),
+        ComputeState::Exited(e) if e.succeeded()
+    ));
+    assert!(
+        second.find(&old).await.expect("find").is_none(),
+        "found in a region the job is not in"
+    );
+
+    second.release(&found).await.expect("release");
+    let whole = ferry_artifacts::Store::open_with(
+        &format!("s3://{bucket}"),
+        ferry_artifacts::testing::moto_options(&endpoint),
+    )
+    .unwrap();
+    assert!(whole.list_under(&d.job_id).await.unwrap().is_empty());
 }
