@@ -52,11 +52,11 @@ use aws_sdk_batch::types::{
     RetryStrategy,
 };
 use ferry_event::payload::{AwsBatchPlatform, AwsBatchRunner, Runner, Stream, TaskDispatched};
-use ferry_event::template::{Part, Template};
 use ferry_launcher::backend::{
     AttemptError, Backend, BackendResult, Collected, Compute, ComputeState, Exit, LogPosition, LogRead,
     ShutdownPolicy, Task,
 };
+use ferry_launcher::batch::{self, Filled};
 use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
 use tokio::time::Instant;
@@ -200,7 +200,9 @@ impl Drop for Inner {
 
 /// One job's log stream and what is known of its end.
 struct LogState {
-    stream: logs::Stream,
+    pages: logs::Pages,
+    /// Nothing more can come: the job ended and its stream was read to its end.
+    complete: bool,
     /// The stream's name, once the job's details gave it.
     name: Option<String>,
     fetched: Option<Instant>,
@@ -742,9 +744,10 @@ impl AwsBatch {
         streams
             .entry(job_name.to_string())
             .or_insert_with(|| {
-                let cursor: Option<Cursor> = serde_json::from_value(cursor.clone()).ok();
+                let cursor: Cursor = serde_json::from_value(cursor.clone()).unwrap_or_default();
                 Arc::new(tokio::sync::Mutex::new(LogState {
-                    stream: logs::Stream::from_cursor(cursor),
+                    pages: cursor.pages(),
+                    complete: false,
                     name: None,
                     fetched: None,
                     idle: 0,
@@ -758,24 +761,25 @@ impl AwsBatch {
     async fn read_output(&self, h: &Handle, from: &LogPosition, max: usize) -> BackendResult<LogRead> {
         let state = self.log_state(&h.job_name, &from.cursor);
         let mut st = state.lock().await;
-        if !st.stream.reaches(from.stdout) {
+        if !st.pages.reaches(from.stdout) {
             // A cursor from another read (a restart raced another read): start over from it.
-            let cursor: Option<Cursor> = serde_json::from_value(from.cursor.clone()).ok();
-            st.stream = logs::Stream::from_cursor(cursor);
+            let cursor: Cursor = serde_json::from_value(from.cursor.clone()).unwrap_or_default();
+            st.pages = cursor.pages();
+            st.complete = false;
         }
         let ended = h
             .job_id
             .as_deref()
             .is_some_and(|id| self.at(h).poller.seen_ended(id));
         let fresh = !ended && st.fetched.is_some_and(|at| at.elapsed() < st.refresh());
-        if st.stream.drained_at(from.stdout) && !st.stream.complete && !fresh {
+        if st.pages.drained_at(from.stdout) && !st.complete && !fresh {
             self.fetch_logs(h, &mut st).await?;
         }
-        let (bytes, cursor) = st.stream.read(from.stdout, max);
-        let complete = st.stream.complete && st.stream.drained_at(from.stdout + bytes.len() as u64);
+        let (bytes, cursor) = st.pages.read(from.stdout, max);
+        let complete = st.complete && st.pages.drained_at(from.stdout + bytes.len() as u64);
         Ok(LogRead {
             bytes,
-            cursor: serde_json::to_value(cursor).unwrap_or_default(),
+            cursor: serde_json::to_value(Cursor::from(cursor)).unwrap_or_default(),
             complete,
         })
     }
@@ -801,7 +805,7 @@ impl AwsBatch {
         let Some(stream) = st.name.clone() else {
             // No stream to read: a job that never ran has no output.
             if ended && !ran {
-                st.stream.complete = true;
+                st.complete = true;
             }
             return Ok(());
         };
@@ -813,7 +817,7 @@ impl AwsBatch {
                 .log_group_name(&self.0.settings.log_group)
                 .log_stream_name(&stream)
                 .start_from_head(true)
-                .set_next_token(st.stream.next_token().map(str::to_string))
+                .set_next_token(st.pages.next().clone())
                 .send()
                 .await;
             let out = match out {
@@ -824,7 +828,7 @@ impl AwsBatch {
                     if ended {
                         let since = *st.missing_since.get_or_insert_with(Instant::now);
                         if !ran || since.elapsed() >= LOG_LATE {
-                            st.stream.complete = true;
+                            st.complete = true;
                         }
                     }
                     return Ok(());
@@ -846,13 +850,15 @@ impl AwsBatch {
             if !messages.is_empty() {
                 st.idle = 0;
             }
-            let new = st
-                .stream
-                .push(&messages, out.next_forward_token().map(str::to_string));
+            let new = logs::push(
+                &mut st.pages,
+                &messages,
+                out.next_forward_token().map(str::to_string),
+            );
             if !new {
                 // The same token back: the stream's end as it is now.
                 if ended {
-                    st.stream.complete = true;
+                    st.complete = true;
                 }
                 return Ok(());
             }
@@ -964,85 +970,15 @@ fn spec_of(d: &TaskDispatched, r: &AwsBatchRunner) -> BackendResult<DefinitionSp
     })
 }
 
-/// What this backend refuses to put where Batch shows it, or cannot bring: secrets without a
-/// staging bucket (`staged`) to pass them through.
-fn check_templates(d: &TaskDispatched, staged: bool) -> BackendResult<()> {
-    let fields = d
-        .command
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (format!("command[{i}]"), t))
-        .chain(d.env.iter().map(|(k, t)| (format!("env.{k}"), t)));
-    for (field, t) in fields {
-        if let Some(name) = t.secrets().next() {
-            if !staged {
-                return Err(AttemptError::Task(format!(
-                    "{field} uses secret('{name}'), which this aws-batch launcher refuses: a job's command and \
-                     environment are shown to anyone allowed batch:DescribeJobs, and the task has no staging bucket to \
-                     pass secrets through instead (runner.bucket, or the launcher's --aws-batch-staging \
-                     s3://BUCKET[/PREFIX]). Or give the job's role (runner.jobRoleArn) access to the secret in AWS \
-                     Secrets Manager and read it from the task"
-                )));
-            }
-            if let Some(var) = field.strip_prefix("env.")
-                && !crate::stage::is_shell_name(var)
-            {
-                return Err(AttemptError::Task(format!(
-                    "{field} uses secret('{name}'): on aws-batch a variable holding a secret is set by the job's \
-                     shell, and {var:?} is not a name it can set (letters, digits and _, not starting with a digit)"
-                )));
-            }
-        }
-        if t.0.iter().any(|p| matches!(p, Part::WorkingDir)) {
-            return Err(AttemptError::Task(format!(
-                "{field} uses {{{{ workingDir }}}}, which the aws-batch backend cannot fill: a Batch job runs in its \
-                 image's working directory, which ferry does not know"
-            )));
-        }
-    }
-    Ok(())
-}
-
-/// A job's command and its environment's variables, filled; those holding a secret apart.
-struct Filled {
-    command: Vec<String>,
-    /// Whether an argument of the command holds a secret.
-    command_secret: bool,
-    env: Vec<(String, String)>,
-    /// The variables holding a secret.
-    secret_env: Vec<(String, String)>,
-}
-
-fn fill_all(task: Task<'_>) -> BackendResult<Filled> {
-    let d = task.dispatch;
-    let fill = |t: &Template, field: &str| task.fill(t, field, "");
-    let command = d
-        .command
-        .iter()
-        .enumerate()
-        .map(|(i, t)| fill(t, &format!("command[{i}]")))
-        .collect::<BackendResult<Vec<_>>>()?;
-    let command_secret = d.command.iter().any(|t| t.secrets().next().is_some());
-    let mut env: Vec<(String, String)> = Vec::with_capacity(d.env.len() + 3);
-    let mut secret_env = Vec::new();
-    for (name, t) in &d.env {
-        let value = fill(t, &format!("env.{name}"))?;
-        if t.secrets().next().is_some() {
-            secret_env.push((name.clone(), value));
-        } else {
-            env.push((name.clone(), value));
-        }
-    }
-    env.push(("FERRY_JOB_ID".into(), d.job_id.clone()));
-    env.push(("FERRY_TASK_ID".into(), d.task_id.clone()));
-    env.push(("FERRY_ATTEMPT_ID".into(), d.attempt_id.clone()));
-    Ok(Filled {
-        command,
-        command_secret,
-        env,
-        secret_env,
-    })
-}
+/// What this backend refuses in a task's command and environment ([`batch::check`]).
+const PLATFORM: batch::Platform = batch::Platform {
+    backend: BACKEND,
+    reader: "batch:DescribeJobs",
+    staging: "runner.bucket, or the launcher's --aws-batch-staging s3://BUCKET[/PREFIX]",
+    secret_store: "Or give the job's role (runner.jobRoleArn) access to the secret in AWS Secrets Manager and read \
+                   it from the task",
+    no_working_dir: "a Batch job runs in its image's working directory, which ferry does not know",
+};
 
 /// Batch's timeout for a task's: the task's plus the kill grace, whole seconds, at least
 /// AWS's least. ferry's own timeout (from the job's start) stops the job first; Batch's ends it
@@ -1133,7 +1069,7 @@ impl Backend for AwsBatch {
             ferry_flow::rules::input_file_name(name)
                 .map_err(|why| task(format!("inputFiles: {name:?} is refused: {why}")))?;
         }
-        check_templates(d, staged)
+        batch::check(d, staged, &PLATFORM)
     }
 
     async fn reserve(&self, task: Task<'_>) -> BackendResult<Compute> {
@@ -1171,12 +1107,8 @@ impl Backend for AwsBatch {
         }
         // Everything of the task's is filled before anything is submitted: a template that
         // cannot be filled leaves no job.
-        let Filled {
-            command,
-            command_secret,
-            mut env,
-            secret_env,
-        } = fill_all(task)?;
+        let filled = Filled::new(task)?;
+        let mut env = filled.env.clone();
         let command = match self.staged(&h)? {
             Some((_, store, prefix)) => {
                 let life = crate::stage::url_life(
@@ -1184,25 +1116,20 @@ impl Backend for AwsBatch {
                     d.timeout_ms,
                     self.0.settings.kill_grace,
                 );
-                let job = crate::stage::Job {
-                    command,
-                    command_secret,
-                    secret_env,
-                };
-                let (command, urls) = crate::stage::prepare(&store, task, &prefix, job, life).await?;
+                let (command, urls) = crate::stage::prepare(&store, task, &prefix, &filled, life).await?;
                 env.extend(urls);
                 command
             }
             // Never in the clear: an attempt reserved before the launcher had a staging bucket
             // has nowhere to put them.
-            _ if command_secret || !secret_env.is_empty() => {
+            _ if filled.has_secrets() => {
                 return Err(AttemptError::Task(
                     "the task uses secrets, and this attempt has no staging prefix to pass them through: a job's \
                      command and environment are shown to anyone allowed batch:DescribeJobs"
                         .into(),
                 ));
             }
-            _ => command,
+            _ => filled.command,
         };
         // The journaled region, the one the reservation was made in.
         let region = self.at(&h);
@@ -1518,7 +1445,8 @@ mod tests {
     #[test]
     fn a_quiet_stream_is_fetched_less_and_less_often_up_to_a_bound() {
         let mut st = LogState {
-            stream: logs::Stream::from_cursor(None),
+            pages: Cursor::default().pages(),
+            complete: false,
             name: None,
             fetched: None,
             idle: 0,
@@ -1570,7 +1498,7 @@ mod tests {
             attempt_id: "a1".into(),
             attempt: 1,
             runner: Runner::AwsBatch(runner),
-            command: vec![Template::text("true")],
+            command: vec![ferry_event::template::Template::text("true")],
             env: Default::default(),
             input_files: Default::default(),
             output_files: Vec::new(),

@@ -37,6 +37,7 @@ use ferry_artifacts::{Method, Store};
 use ferry_event::payload::TaskDispatched;
 use ferry_launcher::archive::{ExtractError, InputFile, Limits};
 use ferry_launcher::backend::{AttemptError, BackendResult, Collected, Task};
+use ferry_launcher::batch::Filled;
 use ferry_launcher::collect::{MAX_OUTPUTS_BYTES, MAX_SUBTASKS_BYTES};
 use futures::StreamExt;
 
@@ -204,41 +205,6 @@ impl Staging {
     }
 }
 
-/// What the job runs, filled: the command and the variables holding a secret, which go
-/// through the bucket rather than into the job's container overrides.
-pub struct Job {
-    pub command: Vec<String>,
-    /// Whether an argument of the command holds a secret: then the whole command is staged.
-    pub command_secret: bool,
-    pub secret_env: Vec<(String, String)>,
-}
-
-/// Whether `name` is a variable the wrapper's shell can set.
-pub fn is_shell_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-}
-
-/// `value` as one word of `sh`, whatever it holds.
-fn quoted(value: &str) -> String {
-    format!("'{}'", value.replace('\'', r"'\''"))
-}
-
-/// The script the wrapper sources before it runs the task: the secret variables exported,
-/// and the command as its arguments when an argument holds a secret.
-fn secrets_script(job: &Job) -> String {
-    let mut script = String::new();
-    for (name, value) in &job.secret_env {
-        script.push_str(&format!("export {name}={}\n", quoted(value)));
-    }
-    if job.command_secret {
-        let words: Vec<String> = job.command.iter().map(|a| quoted(a)).collect();
-        script.push_str(&format!("set -- {}\n", words.join(" ")));
-    }
-    script
-}
-
 /// The prefix of an attempt's staged files in the staging bucket.
 pub fn prefix(d: &TaskDispatched) -> String {
     ferry_artifacts::attempt_key(&d.job_id, &d.task_id, &d.attempt_id, "")
@@ -265,7 +231,7 @@ pub async fn prepare(
     store: &Store,
     task: Task<'_>,
     prefix: &str,
-    job: Job,
+    job: &Filled,
     url_life: Duration,
 ) -> BackendResult<(Vec<String>, Vec<(String, String)>)> {
     let d = task.dispatch;
@@ -314,19 +280,9 @@ pub async fn prepare(
             ));
         }
     }
-    if job.command_secret || !job.secret_env.is_empty() {
-        // Checked before anything is submitted too: a name the shell cannot set never reaches
-        // the script it sources.
-        if let Some((name, _)) = job.secret_env.iter().find(|(n, _)| !is_shell_name(n)) {
-            return Err(AttemptError::Task(format!(
-                "env.{name} holds a secret, and {name:?} is not a name the job's shell can set"
-            )));
-        }
+    if job.has_secrets() {
         store
-            .put(
-                &key(prefix, "secrets.sh"),
-                secrets_script(&job).into_bytes().into(),
-            )
+            .put(&key(prefix, "secrets.sh"), job.secrets_script()?.into())
             .await
             .map_err(|e| store_error("cannot stage the task's secrets", e))?;
         env.push((
@@ -353,7 +309,7 @@ pub async fn prepare(
     wrapped.extend(["sh", "-c", SCRIPT, "ferry-stage"].map(String::from));
     // A command holding a secret comes from the staged script.
     if !job.command_secret {
-        wrapped.extend(job.command);
+        wrapped.extend(job.command.iter().cloned());
     }
     Ok((wrapped, env))
 }
@@ -563,7 +519,7 @@ mod tests {
 
         // Secrets: the staged script sets the variables and, when an argument holds one, the
         // whole command; the file is gone before the task runs.
-        let job = Job {
+        let job = Filled {
             command: vec![
                 "sh".into(),
                 "-c".into(),
@@ -572,10 +528,11 @@ mod tests {
                 "it's".into(),
             ],
             command_secret: true,
+            env: Vec::new(),
             secret_env: vec![("TOKEN".into(), "a 'quoted' $value\n".into())],
         };
         let secrets = dir.path().join("secrets.sh");
-        std::fs::write(&secrets, secrets_script(&job)).unwrap();
+        std::fs::write(&secrets, job.secrets_script().unwrap()).unwrap();
         let out = std::process::Command::new("sh")
             .args(["-c", SCRIPT, "ferry-stage"])
             .env_clear()
@@ -591,16 +548,5 @@ mod tests {
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(stdout.starts_with("it's a 'quoted' $value\n"), "{stdout}");
         assert!(!stdout.contains(".secrets.sh"), "{stdout}");
-    }
-
-    #[test]
-    fn shell_names_and_words() {
-        for ok in ["TOKEN", "_x", "a1_B"] {
-            assert!(is_shell_name(ok), "{ok}");
-        }
-        for bad in ["", "1A", "MY-VAR", "A.B", "Ä"] {
-            assert!(!is_shell_name(bad), "{bad}");
-        }
-        assert_eq!(quoted("it's"), r"'it'\''s'");
     }
 }
