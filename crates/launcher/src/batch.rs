@@ -7,9 +7,13 @@
 //! - A job's log as the platform's API pages it ([`LogPages`]): lines read in batches from a
 //!   position the platform understands (a token, an entry's key), counted in bytes, with the
 //!   cursor the runtime journals.
+//! - An attempt's files staged in a bucket ([`stage_prefix`], [`read_staged`],
+//!   [`remove_staged`]): under a prefix of its own, read back bounded, removed on release.
 
+use ferry_artifacts::Store;
 use ferry_event::payload::TaskDispatched;
 use ferry_event::template::{Part, Template};
+use futures::StreamExt;
 
 use crate::backend::{AttemptError, BackendResult, Task};
 
@@ -253,6 +257,52 @@ impl<P: Clone> LogPages<P> {
         let end = start.saturating_add(max).min(self.bytes.len());
         (self.bytes[start..end].to_vec(), cursor)
     }
+}
+
+/// The prefix of an attempt's staged files in a staging bucket: `JOB/TASK/ATTEMPT`.
+pub fn stage_prefix(d: &TaskDispatched) -> String {
+    ferry_artifacts::attempt_key(&d.job_id, &d.task_id, &d.attempt_id, "")
+        .trim_end_matches('/')
+        .to_string()
+}
+
+/// `what` failed on the staging bucket: worth trying again when the store says so, the
+/// platform's fault otherwise.
+pub fn store_error(what: &str, e: ferry_artifacts::Error) -> AttemptError {
+    let m = format!("{what}: {e}");
+    if e.is_transient() {
+        AttemptError::Unavailable(m)
+    } else {
+        AttemptError::Platform(m)
+    }
+}
+
+/// At most `max` bytes of the file the job staged under `key`; `None` when it staged none.
+pub async fn read_staged(store: &Store, key: &str, max: u64) -> BackendResult<Option<Vec<u8>>> {
+    let (size, mut stream) = match store.get(key).await {
+        Ok(got) => got,
+        Err(ferry_artifacts::Error::NotFound(_)) => return Ok(None),
+        Err(e) => return Err(store_error("cannot read what the job staged", e)),
+    };
+    let mut bytes = Vec::with_capacity(size.min(max) as usize);
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| store_error("cannot read what the job staged", e))?;
+        let room = (max as usize).saturating_sub(bytes.len());
+        bytes.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if bytes.len() as u64 >= max {
+            break;
+        }
+    }
+    Ok(Some(bytes))
+}
+
+/// Removes everything staged under `prefix`; what is gone already is no error.
+pub async fn remove_staged(store: &Store, prefix: &str) -> BackendResult<()> {
+    store
+        .remove_under(prefix)
+        .await
+        .map(drop)
+        .map_err(|e| store_error("cannot remove the attempt's staged files", e))
 }
 
 #[cfg(test)]

@@ -1088,7 +1088,7 @@ impl Backend for AwsBatch {
             job_name: name.clone(),
             job_id: None,
             pending_deadline_s: deadline.as_secs().max(1),
-            stage: store.as_ref().map(|_| crate::stage::prefix(task.dispatch)),
+            stage: store.as_ref().map(|_| batch::stage_prefix(task.dispatch)),
             stage_bucket: store.map(|s| s.url().to_string()),
         };
         self.ready_queue(&self.at(&h), &h.queue, ce.as_deref()).await?;
@@ -1326,7 +1326,7 @@ impl Backend for AwsBatch {
             self.stop(compute, self.0.settings.kill_grace).await?;
         }
         if let Some((_, store, prefix)) = self.staged(&h)? {
-            crate::stage::remove(&store, &prefix).await?;
+            batch::remove_staged(&store, &prefix).await?;
         }
         self.forget(&h);
         Ok(())

@@ -34,10 +34,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry_artifacts::{Method, Store};
-use ferry_event::payload::TaskDispatched;
 use ferry_launcher::archive::{ExtractError, InputFile, Limits};
 use ferry_launcher::backend::{AttemptError, BackendResult, Collected, Task};
-use ferry_launcher::batch::Filled;
+use ferry_launcher::batch::{Filled, read_staged, store_error};
 use ferry_launcher::collect::{MAX_OUTPUTS_BYTES, MAX_SUBTASKS_BYTES};
 use futures::StreamExt;
 
@@ -205,24 +204,8 @@ impl Staging {
     }
 }
 
-/// The prefix of an attempt's staged files in the staging bucket.
-pub fn prefix(d: &TaskDispatched) -> String {
-    ferry_artifacts::attempt_key(&d.job_id, &d.task_id, &d.attempt_id, "")
-        .trim_end_matches('/')
-        .to_string()
-}
-
 fn key(prefix: &str, name: &str) -> String {
     format!("{prefix}/{name}")
-}
-
-fn store_error(what: &str, e: ferry_artifacts::Error) -> AttemptError {
-    let m = format!("{what}: {e}");
-    if e.is_transient() {
-        AttemptError::Unavailable(m)
-    } else {
-        AttemptError::Platform(m)
-    }
 }
 
 /// The job's command and the environment its wrapper reads: `command` wrapped in [`SCRIPT`],
@@ -323,25 +306,6 @@ pub fn url_life(pending_deadline: Duration, timeout_ms: Option<u64>, grace: Dura
     }
 }
 
-/// At most `max` bytes of the staged object `name`; `None` when the job sent none.
-async fn read_at_most(store: &Store, key: &str, max: u64) -> BackendResult<Option<Vec<u8>>> {
-    let (size, mut stream) = match store.get(key).await {
-        Ok(got) => got,
-        Err(ferry_artifacts::Error::NotFound(_)) => return Ok(None),
-        Err(e) => return Err(store_error("cannot read what the job staged", e)),
-    };
-    let mut bytes = Vec::with_capacity(size.min(max) as usize);
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| store_error("cannot read what the job staged", e))?;
-        let room = (max as usize).saturating_sub(bytes.len());
-        bytes.extend_from_slice(&chunk[..chunk.len().min(room)]);
-        if bytes.len() as u64 >= max {
-            break;
-        }
-    }
-    Ok(Some(bytes))
-}
-
 /// What a job that succeeded staged: its outputs, its subtasks and the output files, these
 /// copied into the artifact directory.
 pub async fn collect(
@@ -351,8 +315,8 @@ pub async fn collect(
     prefix: &str,
 ) -> BackendResult<Collected> {
     let d = task.dispatch;
-    let outputs = read_at_most(store, &key(prefix, "outputs.json"), MAX_OUTPUTS_BYTES + 1).await?;
-    let subtasks = read_at_most(store, &key(prefix, "subtasks.json"), MAX_SUBTASKS_BYTES + 1).await?;
+    let outputs = read_staged(store, &key(prefix, "outputs.json"), MAX_OUTPUTS_BYTES + 1).await?;
+    let subtasks = read_staged(store, &key(prefix, "subtasks.json"), MAX_SUBTASKS_BYTES + 1).await?;
     if d.output_files.is_empty() {
         return Ok(Collected {
             outputs,
@@ -410,15 +374,6 @@ pub async fn collect(
         subtasks,
         files: extracted.into_output_files()?,
     })
-}
-
-/// Removes everything staged under `prefix`.
-pub async fn remove(store: &Store, prefix: &str) -> BackendResult<()> {
-    store
-        .remove_under(prefix)
-        .await
-        .map(drop)
-        .map_err(|e| store_error("cannot remove the attempt's staged files", e))
 }
 
 #[cfg(test)]

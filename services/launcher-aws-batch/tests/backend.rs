@@ -34,6 +34,26 @@ fn dispatch(id: &str, runner: Runner, command: &[&str]) -> TaskDispatched {
     }
 }
 
+/// Everything the job wrote, read through the backend to the end.
+async fn output(backend: &AwsBatch, compute: &ferry_launcher::Compute) -> String {
+    let mut log = Vec::new();
+    let mut from = ferry_launcher::backend::LogPosition::default();
+    for _ in 0..100 {
+        let read = backend
+            .read_logs(compute, ferry_event::payload::Stream::Stdout, &from, 1 << 16)
+            .await
+            .expect("read the log");
+        log.extend_from_slice(&read.bytes);
+        from.stdout += read.bytes.len() as u64;
+        from.cursor = read.cursor;
+        if read.complete {
+            return String::from_utf8_lossy(&log).into_owned();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("the log never completed: {}", String::from_utf8_lossy(&log));
+}
+
 async fn ended(backend: &AwsBatch, compute: &ferry_launcher::Compute) -> ComputeState {
     tokio::time::timeout(Duration::from_secs(60), backend.wait(compute))
         .await
@@ -525,23 +545,9 @@ async fn secrets_reach_the_job_through_the_bucket_never_its_description() {
     }
     // The job read it (its log has it; the runtime masks it before anything is published),
     // and the staged script was dropped once read.
-    let mut log = Vec::new();
-    let mut from = ferry_launcher::backend::LogPosition::default();
-    for _ in 0..100 {
-        let read = backend
-            .read_logs(&compute, ferry_event::payload::Stream::Stdout, &from, 1 << 16)
-            .await
-            .expect("read the log");
-        log.extend_from_slice(&read.bytes);
-        from.stdout += read.bytes.len() as u64;
-        from.cursor = read.cursor;
-        if read.complete {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let log = output(&backend, &compute).await;
     assert_eq!(
-        String::from_utf8_lossy(&log).trim(),
+        log.trim(),
         "arg:t0ken-that-must-not-show env:t0ken-that-must-not-show"
     );
     let left = common::staged(&target.staging_bucket).await;
@@ -815,22 +821,8 @@ async fn a_task_in_another_region_runs_there_and_is_found_there_after_a_restart(
         other => panic!("{other:?}"),
     }
     // Its log, from the region's CloudWatch Logs.
-    let mut log = Vec::new();
-    let mut from = ferry_launcher::backend::LogPosition::default();
-    for _ in 0..100 {
-        let read = second
-            .read_logs(&found, ferry_event::payload::Stream::Stdout, &from, 1 << 16)
-            .await
-            .expect("read the log");
-        log.extend_from_slice(&read.bytes);
-        from.stdout += read.bytes.len() as u64;
-        from.cursor = read.cursor;
-        if read.complete {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert_eq!(String::from_utf8_lossy(&log), "hello from the west\n");
+    let log = output(&second, &found).await;
+    assert_eq!(log, "hello from the west\n");
     let collected = second.collect(&found, task).await.expect("collect");
     assert_eq!(
         collected.outputs.as_deref(),

@@ -699,7 +699,7 @@ impl Backend for GoogleBatch {
             name: format!("{parent}/jobs/{id}"),
             uid: None,
             pending_deadline_s: deadline.as_secs().max(1),
-            stage: bucket.as_ref().map(|_| stage::prefix(task.dispatch)),
+            stage: bucket.as_ref().map(|_| batch::stage_prefix(task.dispatch)),
             stage_bucket: bucket.map(|b| b.url().to_string()),
         };
         self.remember(&h);
@@ -966,7 +966,7 @@ impl Backend for GoogleBatch {
             .await
             .map_err(|e| e.fault(&format!("cannot delete Google Batch job {}", h.name), false))?;
         if let Some((bucket, prefix)) = self.staged(&h)? {
-            stage::remove(&bucket, &prefix).await?;
+            batch::remove_staged(&bucket, &prefix).await?;
         }
         self.forget(&h);
         Ok(())

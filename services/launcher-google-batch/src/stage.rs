@@ -29,10 +29,9 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use ferry_event::payload::TaskDispatched;
 use ferry_launcher::archive::{ExtractError, InputFile, Limits};
 use ferry_launcher::backend::{AttemptError, BackendResult, Collected, Task};
-use ferry_launcher::batch::Filled;
+use ferry_launcher::batch::{Filled, read_staged, store_error};
 use ferry_launcher::collect::{MAX_OUTPUTS_BYTES, MAX_SUBTASKS_BYTES};
 use futures::StreamExt;
 
@@ -202,24 +201,8 @@ pub fn remote_path(store: &Store, prefix: &str) -> String {
     uri.strip_prefix("gs://").unwrap_or(&uri).to_string()
 }
 
-/// The prefix of an attempt's staged files under the bucket's own.
-pub fn prefix(d: &TaskDispatched) -> String {
-    ferry_artifacts::attempt_key(&d.job_id, &d.task_id, &d.attempt_id, "")
-        .trim_end_matches('/')
-        .to_string()
-}
-
 fn key(prefix: &str, name: &str) -> String {
     format!("{prefix}/{name}")
-}
-
-fn store_error(what: &str, e: ferry_artifacts::Error) -> AttemptError {
-    let m = format!("{what}: {e}");
-    if e.is_transient() {
-        AttemptError::Unavailable(m)
-    } else {
-        AttemptError::Platform(m)
-    }
 }
 
 /// The job's command (the wrapper's arguments, with `sh` its entrypoint) and the variables
@@ -275,25 +258,6 @@ pub async fn prepare(
     Ok((args, env))
 }
 
-/// At most `max` bytes of the staged object `name`; `None` when the job wrote none.
-async fn read_at_most(store: &Store, name: &str, max: u64) -> BackendResult<Option<Vec<u8>>> {
-    let mut stream = match store.get(name).await {
-        Ok((_, stream)) => stream,
-        Err(ferry_artifacts::Error::NotFound(_)) => return Ok(None),
-        Err(e) => return Err(store_error("cannot read what the job staged", e)),
-    };
-    let mut bytes = Vec::new();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| store_error("cannot read what the job staged", e))?;
-        let room = (max as usize).saturating_sub(bytes.len());
-        bytes.extend_from_slice(&chunk[..chunk.len().min(room)]);
-        if bytes.len() as u64 >= max {
-            break;
-        }
-    }
-    Ok(Some(bytes))
-}
-
 /// What a job that succeeded staged: its outputs, its subtasks and the output files, these
 /// copied into the artifact directory.
 pub async fn collect(
@@ -303,8 +267,8 @@ pub async fn collect(
     prefix: &str,
 ) -> BackendResult<Collected> {
     let d = task.dispatch;
-    let outputs = read_at_most(store, &key(prefix, "outputs.json"), MAX_OUTPUTS_BYTES + 1).await?;
-    let subtasks = read_at_most(store, &key(prefix, "subtasks.json"), MAX_SUBTASKS_BYTES + 1).await?;
+    let outputs = read_staged(store, &key(prefix, "outputs.json"), MAX_OUTPUTS_BYTES + 1).await?;
+    let subtasks = read_staged(store, &key(prefix, "subtasks.json"), MAX_SUBTASKS_BYTES + 1).await?;
     if d.output_files.is_empty() {
         return Ok(Collected {
             outputs,
@@ -358,15 +322,6 @@ pub async fn collect(
         subtasks,
         files: extracted.into_output_files()?,
     })
-}
-
-/// Removes everything staged under `prefix`.
-pub async fn remove(store: &Store, prefix: &str) -> BackendResult<()> {
-    store
-        .remove_under(prefix)
-        .await
-        .map(drop)
-        .map_err(|e| store_error("cannot remove the attempt's staged files", e))
 }
 
 #[cfg(test)]
