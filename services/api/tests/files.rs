@@ -1,6 +1,6 @@
 //! Output files through the api: `GET /jobs/{id}/files/{task}/{path}` serves a task's file
-//! from the artifact store that holds it (a directory, an S3 bucket on moto) to whoever may
-//! read the job, and nothing kept anywhere else.
+//! from the artifact store that holds it (a directory, an S3 bucket on moto, a Cloud Storage
+//! bucket on fake-gcs-server) to whoever may read the job, and nothing kept anywhere else.
 
 mod common;
 
@@ -156,6 +156,69 @@ async fn output_files_are_served_from_their_store_to_readers_of_the_job_only() {
     let submitter = api.add_token("ci", &["submit"], None).await;
     let (status, _, _) = fetch(&api, &submitter, &format!("/jobs/{job}/files/report/data.csv")).await;
     assert_eq!(status, 403);
+    api.stop().await;
+}
+
+#[tokio::test]
+async fn output_files_are_served_from_a_cloud_storage_bucket() {
+    let Some(endpoint) = ferry_artifacts::testing::gcs() else {
+        return;
+    };
+    let bucket = ferry_artifacts::testing::gcs_bucket(&endpoint, "api");
+    let url = format!("gs://{bucket}/runs");
+    let options = ferry_artifacts::testing::gcs_options(&endpoint);
+    let gs = ferry_artifacts::Store::open_with(&url, options.clone()).unwrap();
+    let job = new_job();
+    let attempt = attempt_id(&job, "report", 1);
+    // Large enough to come in more than one chunk of the body.
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let key = ferry_artifacts::attempt_key(&job, "report", &attempt, "out/data 1.bin");
+    gs.put(&key, data.clone().into()).await.unwrap();
+    let files = vec![OutputFile {
+        path: "out/data 1.bin".into(),
+        uri: gs.uri(&key),
+        size: data.len() as u64,
+    }];
+    let api = Api::start_with(|c| {
+        c.artifact_stores = vec![url];
+        c.artifact_store_options = options;
+    })
+    .await;
+    api.publish(&[
+        api.planned(&job, &["report"]),
+        api.started(&job, "report", 1),
+        succeeded_with(&api, &job, "report", files),
+    ])
+    .await;
+    api.job_when(&job, "the output files", |d| {
+        d["tasks"][0]["outputFiles"]
+            .as_array()
+            .is_some_and(|f| !f.is_empty())
+    })
+    .await;
+    let admin = api.admin_token.clone();
+    let (status, disposition, body) = fetch(
+        &api,
+        &admin,
+        &format!("/jobs/{job}/files/report/out/data%201.bin"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(body == data, "the file does not come back whole");
+    assert_eq!(
+        disposition.as_deref(),
+        Some("attachment; filename=\"data_1.bin\"")
+    );
+    // Gone from the bucket: said so.
+    gs.remove_under(&format!("{job}/report")).await.unwrap();
+    let (status, _, body) = fetch(
+        &api,
+        &admin,
+        &format!("/jobs/{job}/files/report/out/data%201.bin"),
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert!(error_of(&body).contains("no longer at"), "{}", error_of(&body));
     api.stop().await;
 }
 
