@@ -9,11 +9,21 @@
 //!   cursor the runtime journals.
 //! - An attempt's files staged in a bucket ([`stage_prefix`], [`read_staged`],
 //!   [`remove_staged`]): under a prefix of its own, read back bounded, removed on release.
+//! - The state of every job in flight, read by one task ([`Poller`]) in rounds, once per poll
+//!   interval or sooner when notifications hint that jobs changed; each backend says how its
+//!   platform reads jobs ([`Reader`]).
 
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
 use ferry_artifacts::Store;
 use ferry_event::payload::TaskDispatched;
 use ferry_event::template::{Part, Template};
 use futures::StreamExt;
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
 
 use crate::backend::{AttemptError, BackendResult, Task};
 
@@ -305,9 +315,511 @@ pub async fn remove_staged(store: &Store, prefix: &str) -> BackendResult<()> {
         .map_err(|e| store_error("cannot remove the attempt's staged files", e))
 }
 
+/// What a read of a job saw.
+#[derive(Debug)]
+pub enum Seen<J> {
+    /// The job as the platform answered.
+    Job(Arc<J>),
+    /// The platform does not know it: no such job (gone some time after it ended, deleted, or
+    /// never made).
+    Missing,
+}
+
+impl<J> Clone for Seen<J> {
+    fn clone(&self) -> Self {
+        match self {
+            Seen::Job(job) => Seen::Job(job.clone()),
+            Seen::Missing => Seen::Missing,
+        }
+    }
+}
+
+/// What a full round of a [`Reader`] read.
+#[derive(Debug)]
+pub struct Round<J> {
+    /// What it saw of the jobs it read (all of them, unless it failed).
+    pub seen: Vec<(String, Seen<J>)>,
+    /// Why it stopped short: the error of every waiter whose job it did not see.
+    pub failed: Option<AttemptError>,
+}
+
+/// How a platform reads the state of jobs, for a [`Poller`]. It logs its own failures, in its
+/// own words.
+#[async_trait]
+pub trait Reader: Send + Sync + 'static {
+    /// A job as the platform describes it.
+    type Job: Send + Sync + 'static;
+    /// The platform, as the poller's own errors name it: `AWS Batch`.
+    const PLATFORM: &'static str;
+    /// Whether [`Poller::seen_ended`] takes a job the platform does not know for ended.
+    const MISSING_ENDED: bool;
+
+    /// What a round saw of each of `ids` (every watched job).
+    async fn round(&self, ids: Vec<String>) -> Round<Self::Job>;
+
+    /// What a read of the hinted jobs `ids` saw. A job it could not read is left out: it waits
+    /// for the next round (a hint is only a hint).
+    async fn hinted(&self, ids: Vec<String>) -> Vec<(String, Seen<Self::Job>)>;
+
+    /// Whether the platform is done with the job: its state can change no more.
+    fn is_terminal(job: &Self::Job) -> bool;
+}
+
+/// How long hints are gathered before the read they bring forward: a burst of notifications
+/// costs one read of the jobs they name, not one per notification.
+pub const HINT_GATHER: Duration = Duration::from_millis(20);
+
+struct Entry<J> {
+    /// The round whose answer this is.
+    round: u64,
+    seen: Seen<J>,
+}
+
+struct Polled<J> {
+    /// The jobs someone asked for the state of, not forgotten since.
+    watched: HashSet<String>,
+    /// Watched jobs a notification said changed, to read before the next round is due.
+    hinted: HashSet<String>,
+    seen: HashMap<String, Entry<J>>,
+    /// The last full round that failed, and why.
+    failed: Option<(u64, AttemptError)>,
+}
+
+impl<J> Default for Polled<J> {
+    fn default() -> Self {
+        Polled {
+            watched: HashSet::new(),
+            hinted: HashSet::new(),
+            seen: HashMap::new(),
+            failed: None,
+        }
+    }
+}
+
+/// Reads the state of every job in flight with as few calls as there can be: one task reads all
+/// watched jobs in a round ([`Reader::round`]) once per interval, and every attempt's
+/// [`Poller::state`] waits for the next round rather than asking itself. A round is only made
+/// while someone watches a job. A notification that jobs changed ([`Poller::hint`]) brings a
+/// read of those jobs alone forward ([`Reader::hinted`]): the interval is then only the
+/// fallback. Rounds and hinted reads are numbered in one sequence.
+pub struct Poller<R: Reader> {
+    reader: R,
+    interval: Duration,
+    state: Mutex<Polled<R::Job>>,
+    /// The number of the last round (or hinted read) that ended.
+    rounds: watch::Sender<u64>,
+    wake: Notify,
+    hints: Notify,
+}
+
+impl<R: Reader> Poller<R> {
+    /// A poller reading with `reader` every `interval`, and its task on the current runtime,
+    /// which pauses while no job is watched and ends with `stop` (or once the poller is dropped:
+    /// it holds only a weak reference between rounds).
+    pub fn start(reader: R, interval: Duration, stop: CancellationToken) -> Arc<Poller<R>> {
+        let (rounds, _) = watch::channel(0);
+        let poller = Arc::new(Poller {
+            reader,
+            interval,
+            state: Mutex::new(Polled::default()),
+            rounds,
+            wake: Notify::new(),
+            hints: Notify::new(),
+        });
+        let weak = Arc::downgrade(&poller);
+        tokio::spawn(async move {
+            loop {
+                let Some(p) = weak.upgrade() else { return };
+                let wake = async {
+                    if p.lock().watched.is_empty() {
+                        p.wake.notified().await;
+                    }
+                };
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = wake => {}
+                }
+                let all: Vec<String> = {
+                    let mut state = p.lock();
+                    state.hinted.clear();
+                    state.watched.iter().cloned().collect()
+                };
+                // A wake left over from a job forgotten since: nothing to read.
+                if all.is_empty() {
+                    continue;
+                }
+                p.round(all, true).await;
+                let until = tokio::time::Instant::now() + p.interval;
+                // Holding the poller here keeps nothing alive: the backend's end cancels `stop`.
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep_until(until) => break,
+                        _ = p.hints.notified() => {}
+                    }
+                    tokio::time::sleep(HINT_GATHER).await;
+                    let hinted: Vec<String> = p.lock().hinted.drain().collect();
+                    if !hinted.is_empty() {
+                        p.round(hinted, false).await;
+                    }
+                }
+            }
+        });
+        poller
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Polled<R::Job>> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Reads `ids`: every watched job (`full`), or the hinted ones. The failure of a full round
+    /// is every waiter's; a hinted read's only delays the jobs it missed until the next round.
+    async fn round(&self, ids: Vec<String>, full: bool) {
+        let round = *self.rounds.borrow() + 1;
+        let (seen, failed) = if full {
+            let Round { seen, failed } = self.reader.round(ids).await;
+            (seen, failed)
+        } else {
+            (self.reader.hinted(ids).await, None)
+        };
+        {
+            let mut state = self.lock();
+            for (id, seen) in seen {
+                if state.watched.contains(&id) {
+                    state.seen.insert(id, Entry { round, seen });
+                }
+            }
+            if let Some(e) = failed {
+                state.failed = Some((round, e));
+            }
+        }
+        self.rounds.send_replace(round);
+    }
+
+    /// The job's state as a round that began after this call saw it; the failure of a full
+    /// round that began after it is the error.
+    pub async fn state(&self, id: &str) -> Result<Seen<R::Job>, AttemptError> {
+        let mut rounds = self.rounds.subscribe();
+        let after = *rounds.borrow_and_update();
+        let added = self.lock().watched.insert(id.to_string());
+        if added {
+            self.wake.notify_one();
+        }
+        loop {
+            {
+                let state = self.lock();
+                // A job that ended stays as it ended: what was seen of it is its state.
+                if let Some(Entry {
+                    seen: Seen::Job(job), ..
+                }) = state.seen.get(id)
+                    && R::is_terminal(job)
+                {
+                    return Ok(Seen::Job(job.clone()));
+                }
+                // A round that ended after `after` began after it unless it is `after + 1`,
+                // which may have been under way already: that one counts only if it saw the job,
+                // and a round reads only the jobs watched when it began, so what it saw is at
+                // most one interval old.
+                if let Some(e) = state.seen.get(id).filter(|e| e.round > after) {
+                    return Ok(e.seen.clone());
+                }
+                if let Some((r, e)) = &state.failed
+                    && *r > after
+                {
+                    return Err(e.clone());
+                }
+            }
+            if rounds.changed().await.is_err() {
+                return Err(AttemptError::Unavailable(format!(
+                    "the {} poller has stopped",
+                    R::PLATFORM
+                )));
+            }
+        }
+    }
+
+    /// Brings forward a read of those of `ids` that are watched (notifications said they
+    /// changed); the others are not this launcher's, or no longer waited for. Returns how many
+    /// were watched.
+    pub fn hint<'a>(&self, ids: impl IntoIterator<Item = &'a str>) -> usize {
+        let mut state = self.lock();
+        let mut n = 0;
+        for id in ids {
+            if state.watched.contains(id) {
+                state.hinted.insert(id.to_string());
+                n += 1;
+            }
+        }
+        drop(state);
+        if n > 0 {
+            self.hints.notify_one();
+        }
+        n
+    }
+
+    /// Whether the latest round saw the job ended (or gone, where the platform's
+    /// [`Reader::MISSING_ENDED`] says a job it does not know can run no more), without waiting
+    /// for another.
+    pub fn seen_ended(&self, id: &str) -> bool {
+        match self.lock().seen.get(id) {
+            Some(Entry {
+                seen: Seen::Job(job), ..
+            }) => R::is_terminal(job),
+            Some(Entry {
+                seen: Seen::Missing, ..
+            }) => R::MISSING_ENDED,
+            None => false,
+        }
+    }
+
+    /// Stops watching a job.
+    pub fn forget(&self, id: &str) {
+        let mut state = self.lock();
+        state.watched.remove(id);
+        state.seen.remove(id);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A platform in memory: each job's state by id (a job it does not hold is missing), and
+    /// what each read asked for.
+    #[derive(Default)]
+    struct Platform {
+        jobs: HashMap<String, String>,
+        /// Every read fails with this while set.
+        down: Option<AttemptError>,
+        /// The ids each full round read, sorted.
+        rounds: Vec<Vec<String>>,
+        /// The ids each hinted read read, sorted.
+        hinted: Vec<Vec<String>>,
+    }
+
+    /// A [`Reader`] of a [`Platform`], which takes a missing job for ended when `ENDED`.
+    struct Fake<const ENDED: bool>(Arc<Mutex<Platform>>);
+
+    impl<const ENDED: bool> Fake<ENDED> {
+        fn read(&self, mut ids: Vec<String>, full: bool) -> Round<String> {
+            let mut p = self.0.lock().unwrap();
+            ids.sort();
+            if full {
+                p.rounds.push(ids.clone());
+            } else {
+                p.hinted.push(ids.clone());
+            }
+            if let Some(e) = &p.down {
+                return Round {
+                    seen: Vec::new(),
+                    failed: Some(e.clone()),
+                };
+            }
+            let seen = ids
+                .into_iter()
+                .map(|id| {
+                    let job = p
+                        .jobs
+                        .get(&id)
+                        .map_or(Seen::Missing, |s| Seen::Job(Arc::new(s.clone())));
+                    (id, job)
+                })
+                .collect();
+            Round { seen, failed: None }
+        }
+    }
+
+    #[async_trait]
+    impl<const ENDED: bool> Reader for Fake<ENDED> {
+        type Job = String;
+        const PLATFORM: &'static str = "Fake";
+        const MISSING_ENDED: bool = ENDED;
+
+        async fn round(&self, ids: Vec<String>) -> Round<String> {
+            self.read(ids, true)
+        }
+
+        async fn hinted(&self, ids: Vec<String>) -> Vec<(String, Seen<String>)> {
+            self.read(ids, false).seen
+        }
+
+        fn is_terminal(job: &String) -> bool {
+            job == "DONE"
+        }
+    }
+
+    const INTERVAL: Duration = Duration::from_secs(10);
+
+    type Started<const ENDED: bool> = (Arc<Poller<Fake<ENDED>>>, Arc<Mutex<Platform>>, CancellationToken);
+
+    /// A poller of a platform holding `jobs` (id, state), every [`INTERVAL`].
+    fn started<const ENDED: bool>(jobs: &[(&str, &str)]) -> Started<ENDED> {
+        let platform = Arc::new(Mutex::new(Platform {
+            jobs: jobs
+                .iter()
+                .map(|(id, s)| (id.to_string(), s.to_string()))
+                .collect(),
+            ..Platform::default()
+        }));
+        let stop = CancellationToken::new();
+        let poller = Poller::start(Fake(platform.clone()), INTERVAL, stop.clone());
+        (poller, platform, stop)
+    }
+
+    fn set(platform: &Mutex<Platform>, id: &str, state: &str) {
+        platform.lock().unwrap().jobs.insert(id.into(), state.into());
+    }
+
+    /// The ids each full round read (never none: a wake-up left over from a job forgotten since
+    /// makes no round).
+    fn rounds(platform: &Mutex<Platform>) -> Vec<Vec<String>> {
+        let p = platform.lock().unwrap();
+        assert!(p.rounds.iter().all(|ids| !ids.is_empty()), "a round of no job");
+        p.rounds.clone()
+    }
+
+    fn state_of(seen: Seen<String>) -> String {
+        match seen {
+            Seen::Job(job) => (*job).clone(),
+            Seen::Missing => "missing".into(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rounds_come_every_interval_only_while_a_job_is_watched() {
+        let (poller, platform, _stop) = started::<false>(&[("a", "RUNNING"), ("b", "RUNNING")]);
+        // Nothing watched: no round, however long.
+        tokio::time::sleep(INTERVAL * 6).await;
+        assert!(rounds(&platform).is_empty());
+        let start = tokio::time::Instant::now();
+        assert_eq!(state_of(poller.state("a").await.unwrap()), "RUNNING");
+        assert_eq!(
+            start.elapsed(),
+            Duration::ZERO,
+            "the first watch wakes the poller at once"
+        );
+        // Each call waits for a round after it: the next one, an interval later.
+        set(&platform, "a", "STARTING");
+        assert_eq!(state_of(poller.state("a").await.unwrap()), "STARTING");
+        assert_eq!(start.elapsed(), INTERVAL);
+        // Any number of waiters share one round, which reads every watched job.
+        let (a, b) = tokio::join!(poller.state("a"), poller.state("b"));
+        assert_eq!(start.elapsed(), INTERVAL * 2);
+        assert_eq!(
+            (state_of(a.unwrap()), state_of(b.unwrap())),
+            ("STARTING".into(), "RUNNING".into())
+        );
+        assert_eq!(rounds(&platform), vec![vec!["a"], vec!["a"], vec!["a", "b"]]);
+        assert!(!poller.seen_ended("a"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_job_seen_ended_is_its_state_at_once() {
+        let (poller, platform, _stop) = started::<false>(&[("a", "DONE")]);
+        assert_eq!(state_of(poller.state("a").await.unwrap()), "DONE");
+        assert!(poller.seen_ended("a"));
+        let start = tokio::time::Instant::now();
+        assert_eq!(state_of(poller.state("a").await.unwrap()), "DONE");
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        assert_eq!(rounds(&platform).len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn whether_a_missing_job_ended_is_the_platforms_to_say() {
+        let (kept, _, _stop) = started::<false>(&[]);
+        assert!(matches!(kept.state("gone").await.unwrap(), Seen::Missing));
+        assert!(!kept.seen_ended("gone"));
+        let (ended, _, _stop) = started::<true>(&[]);
+        assert!(matches!(ended.state("gone").await.unwrap(), Seen::Missing));
+        assert!(ended.seen_ended("gone"));
+        assert!(!ended.seen_ended("never asked for"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_round_after_the_call_is_the_waiters_error() {
+        let (poller, platform, _stop) = started::<false>(&[("a", "RUNNING")]);
+        platform.lock().unwrap().down = Some(AttemptError::Unavailable("platform down".into()));
+        let e = poller.state("a").await.unwrap_err();
+        assert_eq!(e, AttemptError::Unavailable("platform down".into()));
+        // A round that failed before the call is not its error: it waits for the next one.
+        platform.lock().unwrap().down = None;
+        let start = tokio::time::Instant::now();
+        assert_eq!(state_of(poller.state("a").await.unwrap()), "RUNNING");
+        assert_eq!(start.elapsed(), INTERVAL);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hint_brings_a_read_of_the_hinted_jobs_forward() {
+        let (poller, platform, _stop) = started::<false>(&[("a", "RUNNING"), ("b", "RUNNING")]);
+        let _ = tokio::join!(poller.state("a"), poller.state("b"));
+        assert_eq!(poller.hint(["c"]), 0, "c is not watched");
+        let start = tokio::time::Instant::now();
+        let (seen, hinted) = tokio::join!(poller.state("a"), async {
+            set(&platform, "a", "DONE");
+            poller.hint(["a", "c"])
+        });
+        assert_eq!(hinted, 1);
+        assert_eq!(state_of(seen.unwrap()), "DONE");
+        assert_eq!(
+            start.elapsed(),
+            HINT_GATHER,
+            "the hint need not wait for the interval"
+        );
+        assert!(poller.seen_ended("a"));
+        let p = platform.lock().unwrap();
+        assert_eq!(p.rounds.len(), 1);
+        assert_eq!(p.hinted, vec![vec!["a"]]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_hinted_read_leaves_its_jobs_to_the_next_round() {
+        let (poller, platform, _stop) = started::<false>(&[("a", "RUNNING")]);
+        poller.state("a").await.unwrap();
+        let start = tokio::time::Instant::now();
+        let (seen, _) = tokio::join!(poller.state("a"), async {
+            platform.lock().unwrap().down = Some(AttemptError::Unavailable("platform down".into()));
+            poller.hint(["a"]);
+            tokio::time::sleep(HINT_GATHER * 2).await;
+            set(&platform, "a", "DONE");
+            platform.lock().unwrap().down = None;
+        });
+        assert_eq!(state_of(seen.unwrap()), "DONE");
+        assert_eq!(start.elapsed(), INTERVAL);
+        assert_eq!(platform.lock().unwrap().hinted.len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_forgotten_job_is_read_no_more() {
+        let (poller, platform, _stop) = started::<false>(&[("a", "DONE"), ("b", "RUNNING")]);
+        let _ = tokio::join!(poller.state("a"), poller.state("b"));
+        poller.forget("a");
+        assert!(!poller.seen_ended("a"), "what was seen of it is forgotten too");
+        assert_eq!(poller.hint(["a"]), 0);
+        poller.state("b").await.unwrap();
+        assert_eq!(rounds(&platform), vec![vec!["a", "b"], vec!["b"]]);
+        // Nothing watched: the rounds stop.
+        poller.forget("b");
+        tokio::time::sleep(INTERVAL * 6).await;
+        assert_eq!(rounds(&platform).len(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_poller_ends_with_its_token_or_once_dropped() {
+        let (poller, platform, stop) = started::<false>(&[("a", "RUNNING")]);
+        poller.state("a").await.unwrap();
+        stop.cancel();
+        let waited = tokio::time::timeout(INTERVAL * 6, poller.state("a")).await;
+        assert!(waited.is_err(), "no round comes once stopped");
+        assert_eq!(rounds(&platform).len(), 1);
+
+        let (poller, platform, _stop) = started::<false>(&[("a", "RUNNING")]);
+        poller.state("a").await.unwrap();
+        drop(poller);
+        tokio::time::sleep(INTERVAL * 2).await;
+        // The task let the poller go, and with it the reader's hold on the platform.
+        assert_eq!(Arc::strong_count(&platform), 1);
+        assert_eq!(rounds(&platform).len(), 1);
+    }
 
     #[test]
     fn log_lines_become_bytes_and_cursors_reach_every_offset_again() {

@@ -15,8 +15,9 @@
 //!   a dispatch's templates;
 //! - [`collect`]: the outputs object a task writes and its limits, and output files copied to
 //!   the artifact store;
-//! - [`batch`]: what the cloud batch backends share about a task's command and environment,
-//!   its secrets set apart to go through a staging bucket;
+//! - [`batch`]: what the cloud batch backends share: a task's command and environment with its
+//!   secrets set apart for the staging bucket, the files staged there, a log read by position,
+//!   and the one poller that reads every job's state in rounds;
 //! - [`publish`]: publishing with retries until the broker confirms;
 //! - [`retention`]: the periodic sweep that removes expired output files from the artifact
 //!   directory (`--artifact-retention`);

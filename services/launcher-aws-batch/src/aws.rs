@@ -2,15 +2,16 @@
 //! launcher's SDK configuration with the region overridden), failures typed by whose fault they
 //! are, and [`Poller`], the one reader of job states for every attempt in flight in a region.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use async_trait::async_trait;
 use aws_sdk_batch::config::http::HttpResponse;
 use aws_sdk_batch::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_batch::types::JobDetail;
 use ferry_launcher::backend::AttemptError;
-use tokio::sync::{Notify, watch};
+use ferry_launcher::batch::{self, Round};
 use tokio_util::sync::CancellationToken;
 
 /// The clients of one region, and its [`Poller`].
@@ -77,7 +78,7 @@ impl Regions {
         let made_one = Arc::new(Regional {
             region: region.to_string(),
             logs: aws_sdk_cloudwatchlogs::Client::new(&sdk),
-            poller: Poller::start(batch.clone(), self.interval, self.stop.clone()),
+            poller: Poller::start(Describe(batch.clone()), self.interval, self.stop.clone()),
             batch,
         });
         if region != self.home {
@@ -171,118 +172,27 @@ pub fn is_not_found<E: ProvideErrorMetadata, R>(err: &SdkError<E, R>) -> bool {
     matches!(err, SdkError::ServiceError(s) if s.err().code() == Some("ResourceNotFoundException"))
 }
 
-/// A job as the last round of DescribeJobs saw it.
-#[derive(Debug, Clone)]
-pub enum Seen {
-    Job(Arc<JobDetail>),
-    /// DescribeJobs did not return it: no such job (Batch forgets jobs some days after they
-    /// end).
-    Missing,
-}
+/// A job as the last round of DescribeJobs saw it; [`batch::Seen::Missing`]: DescribeJobs did
+/// not return it, no such job (Batch forgets jobs some days after they end).
+pub type Seen = batch::Seen<JobDetail>;
 
-struct Entry {
-    /// The round whose answer this is.
-    round: u64,
-    seen: Seen,
-}
+/// Reads the state of every job in flight in a region with as few DescribeJobs calls as there
+/// are: one task describes all watched jobs, [`DESCRIBE_BATCH`] per call, once per interval, and
+/// every attempt's `state` waits for the next round rather than asking itself. A notification
+/// that jobs changed (`hint`) brings a round of those jobs alone forward, a DescribeJobs call per
+/// 100 of them: the interval is then only the fallback.
+pub type Poller = batch::Poller<Describe>;
 
-#[derive(Default)]
-struct State {
-    /// Job ids whose state someone asked for and that were not forgotten since.
-    watched: HashSet<String>,
-    /// Watched jobs a notification said changed, to describe before the next full round.
-    hinted: HashSet<String>,
-    seen: HashMap<String, Entry>,
-    /// The last round that failed, with why.
-    failed: Option<(u64, AttemptError)>,
-}
+/// How a region's [`Poller`] reads jobs: DescribeJobs, [`DESCRIBE_BATCH`] ids per call. A job
+/// it does not return is [`batch::Seen::Missing`], which is not taken for ended.
+pub struct Describe(pub aws_sdk_batch::Client);
 
-/// Reads the state of every job in flight with as few DescribeJobs calls as there are: one
-/// task describes all watched jobs, [`DESCRIBE_BATCH`] per call, once per interval, and every
-/// attempt's [`Poller::state`] waits for the next round rather than asking itself. A round is
-/// only made while someone watches a job. A notification that jobs changed ([`Poller::hint`])
-/// brings a round of those jobs alone forward: the interval is then only the fallback.
-pub struct Poller {
-    batch: aws_sdk_batch::Client,
-    interval: Duration,
-    state: Mutex<State>,
-    rounds: watch::Sender<u64>,
-    wake: Notify,
-    hints: Notify,
-}
-
-/// How long hints are gathered before the round they bring forward: a burst of notifications
-/// makes one DescribeJobs call per 100 jobs.
-const HINT_GATHER: Duration = Duration::from_millis(20);
-
-impl Poller {
-    /// A poller, and its task on the current runtime, which ends with `stop`.
-    pub fn start(batch: aws_sdk_batch::Client, interval: Duration, stop: CancellationToken) -> Arc<Poller> {
-        let (rounds, _) = watch::channel(0);
-        let poller = Arc::new(Poller {
-            batch,
-            interval,
-            state: Mutex::default(),
-            rounds,
-            wake: Notify::new(),
-            hints: Notify::new(),
-        });
-        let weak = Arc::downgrade(&poller);
-        tokio::spawn(async move {
-            loop {
-                let Some(p) = weak.upgrade() else { return };
-                let wake = async {
-                    if p.lock().watched.is_empty() {
-                        p.wake.notified().await;
-                    }
-                };
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = wake => {}
-                }
-                let all: Vec<String> = {
-                    let mut state = p.lock();
-                    state.hinted.clear();
-                    state.watched.iter().cloned().collect()
-                };
-                p.round(all, true).await;
-                let until = tokio::time::Instant::now() + p.interval;
-                // Holding the poller here keeps nothing alive: the backend's end cancels `stop`.
-                loop {
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        _ = tokio::time::sleep_until(until) => break,
-                        _ = p.hints.notified() => {}
-                    }
-                    tokio::time::sleep(HINT_GATHER).await;
-                    let hinted: Vec<String> = p.lock().hinted.drain().collect();
-                    if !hinted.is_empty() {
-                        p.round(hinted, false).await;
-                    }
-                }
-            }
-        });
-        poller
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Describes `ids`. The failure of a full round is every waiter's; that of a round of
-    /// hinted jobs only delays them until the next full round.
-    async fn round(&self, ids: Vec<String>, full: bool) {
-        let round = *self.rounds.borrow() + 1;
-        let mut answers: Vec<(String, Seen)> = Vec::with_capacity(ids.len());
-        let mut failure = None;
+impl Describe {
+    /// Describes `ids`, until a call fails: what was seen until then, and why.
+    async fn describe(&self, ids: &[String]) -> Round<JobDetail> {
+        let mut seen: Vec<(String, Seen)> = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(DESCRIBE_BATCH) {
-            match self
-                .batch
-                .describe_jobs()
-                .set_jobs(Some(chunk.to_vec()))
-                .send()
-                .await
-            {
+            match self.0.describe_jobs().set_jobs(Some(chunk.to_vec())).send().await {
                 Ok(out) => {
                     let mut found: HashMap<&str, Arc<JobDetail>> = HashMap::new();
                     for job in out.jobs() {
@@ -291,105 +201,40 @@ impl Poller {
                         }
                     }
                     for id in chunk {
-                        let seen = found.get(id.as_str()).cloned().map_or(Seen::Missing, Seen::Job);
-                        answers.push((id.clone(), seen));
+                        let job = found.get(id.as_str()).cloned().map_or(Seen::Missing, Seen::Job);
+                        seen.push((id.clone(), job));
                     }
                 }
                 Err(e) => {
-                    failure = Some(fault(
-                        "cannot read the state of AWS Batch jobs (DescribeJobs)",
-                        e,
-                        false,
-                    ));
-                    break;
+                    let e = fault("cannot read the state of AWS Batch jobs (DescribeJobs)", e, false);
+                    tracing::warn!(error = %e, "a round of DescribeJobs failed");
+                    return Round {
+                        seen,
+                        failed: Some(e),
+                    };
                 }
             }
         }
-        {
-            let mut state = self.lock();
-            for (id, seen) in answers {
-                if state.watched.contains(&id) {
-                    state.seen.insert(id, Entry { round, seen });
-                }
-            }
-            if let Some(e) = failure {
-                tracing::warn!(error = %e, "a round of DescribeJobs failed");
-                if full {
-                    state.failed = Some((round, e));
-                }
-            }
-        }
-        self.rounds.send_replace(round);
+        Round { seen, failed: None }
+    }
+}
+
+#[async_trait]
+impl batch::Reader for Describe {
+    type Job = JobDetail;
+    const PLATFORM: &'static str = "AWS Batch";
+    const MISSING_ENDED: bool = false;
+
+    async fn round(&self, ids: Vec<String>) -> Round<JobDetail> {
+        self.describe(&ids).await
     }
 
-    /// The job's state as a round of DescribeJobs that began after this call saw it.
-    pub async fn state(&self, job_id: &str) -> Result<Seen, AttemptError> {
-        let mut rounds = self.rounds.subscribe();
-        let after = *rounds.borrow_and_update();
-        let added = self.lock().watched.insert(job_id.to_string());
-        if added {
-            self.wake.notify_one();
-        }
-        loop {
-            {
-                let state = self.lock();
-                // A job that ended stays as it ended: what was seen of it is its state.
-                if let Some(Entry {
-                    seen: Seen::Job(job), ..
-                }) = state.seen.get(job_id)
-                    && job.status().is_some_and(crate::state::is_terminal)
-                {
-                    return Ok(Seen::Job(job.clone()));
-                }
-                // A round that ended after `after` began after it unless it is `after + 1`,
-                // which may have been under way already: that one counts only if it saw the job.
-                if let Some(e) = state.seen.get(job_id).filter(|e| e.round > after) {
-                    return Ok(e.seen.clone());
-                }
-                if let Some((r, e)) = &state.failed
-                    && *r > after
-                {
-                    return Err(e.clone());
-                }
-            }
-            if rounds.changed().await.is_err() {
-                return Err(AttemptError::Unavailable(
-                    "the AWS Batch poller has stopped".into(),
-                ));
-            }
-        }
+    /// A failed call only delays the jobs it did not describe until the next full round.
+    async fn hinted(&self, ids: Vec<String>) -> Vec<(String, Seen)> {
+        self.describe(&ids).await.seen
     }
 
-    /// Brings forward a round of those of `job_ids` that are watched (notifications said they
-    /// changed); the others are not this launcher's, or no longer waited for.
-    pub fn hint<'a>(&self, job_ids: impl IntoIterator<Item = &'a str>) -> usize {
-        let mut state = self.lock();
-        let mut n = 0;
-        for id in job_ids {
-            if state.watched.contains(id) {
-                state.hinted.insert(id.to_string());
-                n += 1;
-            }
-        }
-        drop(state);
-        if n > 0 {
-            self.hints.notify_one();
-        }
-        n
-    }
-
-    /// Whether the latest round saw `job_id` ended, without waiting for another.
-    pub fn seen_ended(&self, job_id: &str) -> bool {
-        matches!(
-            self.lock().seen.get(job_id),
-            Some(Entry { seen: Seen::Job(job), .. }) if job.status().is_some_and(crate::state::is_terminal)
-        )
-    }
-
-    /// Stops watching a job.
-    pub fn forget(&self, job_id: &str) {
-        let mut state = self.lock();
-        state.watched.remove(job_id);
-        state.seen.remove(job_id);
+    fn is_terminal(job: &JobDetail) -> bool {
+        job.status().is_some_and(crate::state::is_terminal)
     }
 }

@@ -54,7 +54,7 @@ use tokio_util::sync::CancellationToken;
 use crate::google::{Google, Job};
 use crate::logs::{self, Cursor};
 use crate::names;
-use crate::poller::{Poller, Seen, is_terminal, parent_of};
+use crate::poller::{Listing, Poller, Seen, is_terminal, parent_of};
 use crate::stage::{self, MOUNT, Staging};
 
 /// The runner type this backend serves; dispatches arrive on `dispatch.google-batch`.
@@ -222,7 +222,14 @@ impl GoogleBatch {
     pub fn new(google: Google, settings: Settings) -> GoogleBatch {
         let stop = CancellationToken::new();
         let filter = format!("labels.{LABEL_LAUNCHER}=\"{}\"", names::label(&settings.launcher));
-        let poller = Poller::start(google.clone(), filter, settings.poll_interval, stop.clone());
+        let poller = Poller::start(
+            Listing {
+                google: google.clone(),
+                filter,
+            },
+            settings.poll_interval,
+            stop.clone(),
+        );
         if let Some(n) = &settings.notifications {
             crate::events::listen(
                 google.clone(),

@@ -4,55 +4,33 @@
 //! Batch has no call that gets many jobs by name; a label filter is how many are read at once.
 //! No attempt polls on its own. A Pub/Sub notification that a job changed ([`crate::events`])
 //! brings a read of that job forward, and the interval is only the fallback.
+//!
+//! The rounds, the hints and the waiting are [`ferry_launcher::batch::Poller`]'s, as for every
+//! batch backend; what is Google's is how a round reads jobs ([`Listing`]).
 
-use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
-use ferry_launcher::backend::AttemptError;
-use tokio::sync::{Notify, watch};
-use tokio_util::sync::CancellationToken;
+use async_trait::async_trait;
+use ferry_launcher::batch::{self, Round};
 
 use crate::google::{Google, Job};
 
-/// What a round saw of a job.
-#[derive(Debug, Clone)]
-pub enum Seen {
-    Job(Arc<Job>),
-    /// Batch does not know it (deleted, or never made).
-    Missing,
-}
+/// What a round saw of a job; [`batch::Seen::Missing`]: Batch does not know it (deleted, or
+/// never made).
+pub type Seen = batch::Seen<Job>;
 
-struct Entry {
-    round: u64,
-    seen: Seen,
-}
+/// The one reader of the state of every job in flight (this module's rounds, and the hinted
+/// reads notifications bring forward).
+pub type Poller = batch::Poller<Listing>;
 
-#[derive(Default)]
-struct State {
-    /// The jobs waited for, by name (`projects/P/locations/L/jobs/ID`).
-    watched: HashSet<String>,
-    seen: HashMap<String, Entry>,
-    /// The last round that failed, and why.
-    failed: Option<(u64, AttemptError)>,
-    /// Watched jobs a notification said changed, read before the next round is due.
-    hinted: HashSet<String>,
-}
-
-pub struct Poller {
-    google: Google,
+/// How the [`Poller`] reads jobs: a listing of this launcher's jobs per location, `jobs.get` for
+/// the rest. A job Batch does not know is taken for ended: it can run no more.
+pub struct Listing {
+    pub google: Google,
     /// The filter that selects this launcher's jobs.
-    filter: String,
-    interval: Duration,
-    state: Mutex<State>,
-    rounds: watch::Sender<u64>,
-    wake: Notify,
-    hints: Notify,
+    pub filter: String,
 }
-
-/// How long hints are gathered before the jobs they name are read: a burst of notifications
-/// costs one read per job, not one per notification.
-const HINT_GATHER: Duration = Duration::from_millis(20);
 
 /// Whether Batch is done with a job in this state.
 pub fn is_terminal(state: &str) -> bool {
@@ -64,76 +42,31 @@ pub fn parent_of(name: &str) -> &str {
     name.rsplit_once("/jobs/").map_or(name, |(p, _)| p)
 }
 
-impl Poller {
-    /// Starts the rounds on the current runtime; they pause while no job is watched and end
-    /// with `stop` (or once the poller is dropped).
-    pub fn start(google: Google, filter: String, interval: Duration, stop: CancellationToken) -> Arc<Poller> {
-        let (rounds, _) = watch::channel(0);
-        let poller = Arc::new(Poller {
-            google,
-            filter,
-            interval,
-            state: Mutex::default(),
-            rounds,
-            wake: Notify::new(),
-            hints: Notify::new(),
-        });
-        let weak = Arc::downgrade(&poller);
-        tokio::spawn(async move {
-            loop {
-                let Some(p) = weak.upgrade() else { return };
-                let wake = async {
-                    if p.lock().watched.is_empty() {
-                        p.wake.notified().await;
-                    }
-                };
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = wake => {}
-                }
-                p.lock().hinted.clear();
-                p.round().await;
-                let until = tokio::time::Instant::now() + p.interval;
-                loop {
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        _ = tokio::time::sleep_until(until) => break,
-                        _ = p.hints.notified() => {}
-                    }
-                    tokio::time::sleep(HINT_GATHER).await;
-                    let hinted: Vec<String> = p.lock().hinted.drain().collect();
-                    if !hinted.is_empty() {
-                        p.read(hinted).await;
-                    }
-                }
-            }
-        });
-        poller
-    }
+#[async_trait]
+impl batch::Reader for Listing {
+    type Job = Job;
+    const PLATFORM: &'static str = "Google Batch";
+    const MISSING_ENDED: bool = true;
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    async fn round(&self) {
-        let round = *self.rounds.borrow() + 1;
-        let watched: Vec<String> = self.lock().watched.iter().cloned().collect();
+    /// Lists the jobs of every location `watched` (job names: `projects/P/locations/L/jobs/ID`)
+    /// are in, and reads those the listings missed.
+    async fn round(&self, watched: Vec<String>) -> Round<Job> {
         let parents: BTreeSet<&str> = watched.iter().map(|n| parent_of(n)).collect();
         let mut found: HashMap<String, Arc<Job>> = HashMap::new();
-        let mut failure = None;
+        let mut failed = None;
         for parent in parents {
             match self.google.list_jobs(parent, &self.filter).await {
                 Ok(jobs) => found.extend(jobs.into_iter().map(|j| (j.name.clone(), Arc::new(j)))),
                 Err(e) => {
-                    failure = Some(e.fault(&format!("cannot list the Google Batch jobs of {parent}"), false));
+                    failed = Some(e.fault(&format!("cannot list the Google Batch jobs of {parent}"), false));
                     break;
                 }
             }
         }
-        let mut answers = Vec::with_capacity(watched.len());
-        if failure.is_none() {
+        let mut seen = Vec::with_capacity(watched.len());
+        if failed.is_none() {
             for name in watched {
-                let seen = match found.remove(&name) {
+                let job = match found.remove(&name) {
                     Some(job) => Seen::Job(job),
                     // Not in the listing: a job of another launcher's labels, or gone. Its own
                     // read is the truth.
@@ -141,131 +74,39 @@ impl Poller {
                         Ok(Some(job)) => Seen::Job(Arc::new(job)),
                         Ok(None) => Seen::Missing,
                         Err(e) => {
-                            failure = Some(e.fault(&format!("cannot read Google Batch job {name}"), false));
+                            failed = Some(e.fault(&format!("cannot read Google Batch job {name}"), false));
                             break;
                         }
                     },
                 };
-                answers.push((name, seen));
+                seen.push((name, job));
             }
         }
-        {
-            let mut state = self.lock();
-            for (name, seen) in answers {
-                if state.watched.contains(&name) {
-                    state.seen.insert(name, Entry { round, seen });
-                }
-            }
-            if let Some(e) = failure {
-                tracing::warn!(error = %e, "a round of Google Batch job listings failed");
-                state.failed = Some((round, e));
-            }
+        if let Some(e) = &failed {
+            tracing::warn!(error = %e, "a round of Google Batch job listings failed");
         }
-        self.rounds.send_replace(round);
+        Round { seen, failed }
     }
 
-    /// Reads the jobs `names` a notification named, each with `jobs.get`, as a round of their
-    /// own: their waiters need not wait for the next listing.
-    async fn read(&self, names: Vec<String>) {
-        let round = *self.rounds.borrow() + 1;
-        let mut answers = Vec::with_capacity(names.len());
+    /// Reads the jobs `names` a notification named, each with `jobs.get`: their waiters need
+    /// not wait for the next listing.
+    async fn hinted(&self, names: Vec<String>) -> Vec<(String, Seen)> {
+        let mut seen = Vec::with_capacity(names.len());
         for name in names {
             match self.google.get_job(&name).await {
-                Ok(Some(job)) => answers.push((name, Seen::Job(Arc::new(job)))),
-                Ok(None) => answers.push((name, Seen::Missing)),
+                Ok(Some(job)) => seen.push((name, Seen::Job(Arc::new(job)))),
+                Ok(None) => seen.push((name, Seen::Missing)),
                 // The next listing reads it: a hint is only a hint.
                 Err(e) => {
                     tracing::warn!(job = %name, error = %e, "cannot read a Google Batch job a notification named")
                 }
             }
         }
-        {
-            let mut state = self.lock();
-            for (name, seen) in answers {
-                if state.watched.contains(&name) {
-                    state.seen.insert(name, Entry { round, seen });
-                }
-            }
-        }
-        self.rounds.send_replace(round);
+        seen
     }
 
-    /// Brings forward a read of those of `names` that are watched (a notification said they
-    /// changed); the others are not this launcher's, or no longer waited for. Returns how many
-    /// were.
-    pub fn hint<'a>(&self, names: impl IntoIterator<Item = &'a str>) -> usize {
-        let mut state = self.lock();
-        let mut n = 0;
-        for name in names {
-            if state.watched.contains(name) {
-                state.hinted.insert(name.to_string());
-                n += 1;
-            }
-        }
-        drop(state);
-        if n > 0 {
-            self.hints.notify_one();
-        }
-        n
-    }
-
-    /// The job's state as a round that began after this call saw it.
-    pub async fn state(&self, name: &str) -> Result<Seen, AttemptError> {
-        let mut rounds = self.rounds.subscribe();
-        let after = *rounds.borrow_and_update();
-        let added = self.lock().watched.insert(name.to_string());
-        if added {
-            self.wake.notify_one();
-        }
-        loop {
-            {
-                let state = self.lock();
-                // A job that ended stays as it ended.
-                if let Some(Entry {
-                    seen: Seen::Job(job), ..
-                }) = state.seen.get(name)
-                    && is_terminal(job.state())
-                {
-                    return Ok(Seen::Job(job.clone()));
-                }
-                // A round reads only the jobs watched when it began: one that saw this job and
-                // ended after `after` is at most one interval old.
-                if let Some(e) = state.seen.get(name).filter(|e| e.round > after) {
-                    return Ok(e.seen.clone());
-                }
-                if let Some((r, e)) = &state.failed
-                    && *r > after
-                {
-                    return Err(e.clone());
-                }
-            }
-            if rounds.changed().await.is_err() {
-                return Err(AttemptError::Unavailable(
-                    "the Google Batch poller has stopped".into(),
-                ));
-            }
-        }
-    }
-
-    /// Whether the latest round saw the job ended, or gone (it can run no more), without
-    /// waiting for another.
-    pub fn seen_ended(&self, name: &str) -> bool {
-        match self.lock().seen.get(name) {
-            Some(Entry {
-                seen: Seen::Job(job), ..
-            }) => is_terminal(job.state()),
-            Some(Entry {
-                seen: Seen::Missing, ..
-            }) => true,
-            None => false,
-        }
-    }
-
-    /// Stops watching a job.
-    pub fn forget(&self, name: &str) {
-        let mut state = self.lock();
-        state.watched.remove(name);
-        state.seen.remove(name);
+    fn is_terminal(job: &Job) -> bool {
+        is_terminal(job.state())
     }
 }
 
