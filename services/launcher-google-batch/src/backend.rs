@@ -997,12 +997,14 @@ impl Backend for GoogleBatch {
                 if matches!(job.state(), "DELETION_IN_PROGRESS") {
                     continue;
                 }
+                // Its staged files, from its volume: release removes them with the job.
+                let staged = job.gcs_volume(MOUNT).and_then(stage::from_remote_path);
                 let h = Handle {
                     name: job.name.clone(),
                     uid: Some(job.uid.clone()),
                     pending_deadline_s: self.0.settings.pending_deadline.as_secs().max(1),
-                    stage: None,
-                    stage_bucket: None,
+                    stage_bucket: staged.as_ref().map(|(bucket, _)| bucket.clone()),
+                    stage: staged.map(|(_, prefix)| prefix),
                 };
                 owned.push(Compute::with_handle(job.id().to_string(), &h)?);
             }

@@ -127,6 +127,39 @@ pub struct Job {
     pub status: JobStatus,
     #[serde(default)]
     pub create_time: Option<String>,
+    #[serde(default)]
+    pub task_groups: Vec<TaskGroup>,
+}
+
+/// What the backend reads of a job's task group: its volumes.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskGroup {
+    #[serde(default)]
+    pub task_spec: TaskSpec,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskSpec {
+    #[serde(default)]
+    pub volumes: Vec<Volume>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Volume {
+    #[serde(default)]
+    pub gcs: Option<GcsVolume>,
+    #[serde(default)]
+    pub mount_path: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GcsVolume {
+    #[serde(default)]
+    pub remote_path: String,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -162,6 +195,15 @@ pub struct TaskExecution {
 }
 
 impl Job {
+    /// The `BUCKET/PATH` of the Cloud Storage volume mounted at `mount`, if it has one.
+    pub fn gcs_volume(&self, mount: &str) -> Option<&str> {
+        self.task_groups
+            .iter()
+            .flat_map(|g| &g.task_spec.volumes)
+            .find(|v| v.mount_path.as_deref() == Some(mount))
+            .and_then(|v| Some(v.gcs.as_ref()?.remote_path.as_str()))
+    }
+
     /// The job's id, the last part of its name.
     pub fn id(&self) -> &str {
         self.name.rsplit('/').next().unwrap_or(&self.name)

@@ -201,6 +201,18 @@ pub fn remote_path(store: &Store, prefix: &str) -> String {
     uri.strip_prefix("gs://").unwrap_or(&uri).to_string()
 }
 
+/// The staging bucket (`gs://BUCKET[/PREFIX]`) and the attempt's prefix (`JOB/TASK/ATTEMPT`)
+/// of a job's volume, from its `BUCKET/PATH` ([`remote_path`]'s inverse): how the files of a
+/// job the journal does not know are found.
+pub fn from_remote_path(remote: &str) -> Option<(String, String)> {
+    let mut parts = remote.trim_matches('/').rsplitn(4, '/');
+    let (attempt, task, job, bucket) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    if [attempt, task, job, bucket].iter().any(|p| p.is_empty()) {
+        return None;
+    }
+    Some((format!("gs://{bucket}"), format!("{job}/{task}/{attempt}")))
+}
+
 fn key(prefix: &str, name: &str) -> String {
     format!("{prefix}/{name}")
 }
@@ -355,6 +367,15 @@ mod tests {
             staging.for_task(Some("gs://b12/a")).unwrap().unwrap().url(),
             "gs://b12/a"
         );
+        assert_eq!(
+            from_remote_path(&remote_path(&store, "j/t/a")),
+            Some(("gs://b12/a".to_string(), "j/t/a".to_string()))
+        );
+        assert_eq!(
+            from_remote_path("b12/j/t/a"),
+            Some(("gs://b12".to_string(), "j/t/a".to_string()))
+        );
+        assert_eq!(from_remote_path("b12/t/a"), None);
         let e = staging.for_task(Some("s3://b12")).unwrap_err().to_string();
         assert!(e.contains("runner.bucket"), "{e}");
     }

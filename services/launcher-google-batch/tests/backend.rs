@@ -495,3 +495,42 @@ async fn the_logs_of_many_jobs_are_read_in_one_call() {
         backend.release(c).await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_the_journal_lost_is_released_with_its_staged_files() {
+    let Ok(gcs) = common::gcs() else {
+        eprintln!("SKIPPED: DOCKER_HOST and FERRY_TEST_GCS are not both set");
+        return;
+    };
+    let target = common::BatchTarget::new(gcs).await;
+    let dir = tempfile::tempdir().unwrap();
+    let first = target.make("launcher-lost".into(), dir.path(), true);
+    let secrets = Secrets::new();
+    let id = common::fresh("lost");
+    let mut d = dispatch(&id, Runner::GoogleBatch(target.runner()), &["sleep", "60"]);
+    d.input_files
+        .insert("in.txt".into(), Template::text("staged before the job"));
+    let task = Task::new(&d, &secrets);
+    let reserved = first.reserve(task).await.unwrap();
+    let created = first.create(task, reserved).await.unwrap();
+    assert!(!target.staged().await.is_empty(), "nothing was staged");
+    // A launcher that knows nothing of the job (its journal lost) finds it as its own, with
+    // where its files are.
+    let second = target.make("launcher-lost".into(), dir.path(), true);
+    let owned = second.list_owned().await.expect("list owned");
+    let orphan = owned
+        .iter()
+        .find(|c| c.name == created.name)
+        .expect("the job is found as the launcher's");
+    let h = orphan.handle_as::<Handle>().unwrap();
+    assert_eq!(
+        (h.stage.as_deref(), h.stage_bucket),
+        (
+            Some(format!("job-1/task-{id}/{id}").as_str()),
+            Some(format!("gs://{}/stage", target.bucket))
+        )
+    );
+    second.release(orphan).await.expect("release");
+    deleted(&target).await;
+    assert_eq!(target.staged().await, Vec::<String>::new());
+}
