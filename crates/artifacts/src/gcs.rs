@@ -294,6 +294,23 @@ impl Upload {
                 self.sent + n
             )));
         }
+        // Cloud Storage may keep less of a part than was sent: say so rather than leave a hole.
+        if !last {
+            let kept = response
+                .headers()
+                .get(reqwest::header::RANGE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|r| r.strip_prefix("bytes=0-"))
+                .and_then(|end| end.parse::<u64>().ok())
+                .map_or(0, |end| end + 1);
+            if kept != self.sent + n {
+                return Err(generic(format!(
+                    "the upload of {} kept {kept} of {} bytes",
+                    self.name,
+                    self.sent + n
+                )));
+            }
+        }
         self.sent += n;
         Ok(())
     }
