@@ -150,8 +150,8 @@ async fn an_oom_kill_is_reported_as_such() {
 
 /// What `n` attempts cost the API: printed as a table (BENCHMARKS.md has the figures), and held
 /// to what the design says — three writes an attempt (Job, Secret, delete), one watch for the
-/// launcher, and no polling: reads grow with attempts only by the look before create and the
-/// log stream.
+/// launcher, and no polling: reads grow with attempts only by the look before create, a read of
+/// the Job while the watch has yet to bring its pod, and the log stream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_requests_per_attempt() {
     let Some((mut h, kube)) = harness("requests").await else {
@@ -203,7 +203,10 @@ async fn api_requests_per_attempt() {
         .get(&("get".to_string(), "jobs".to_string()))
         .copied()
         .unwrap_or(0);
-    assert!(gets <= 2 * n as u64, "the Jobs were polled: {counts:?}");
+    // The look before create, and a read of the Job while the watch has yet to bring its pod
+    // (the watch lags on a loaded machine: 41 for 20 attempts was seen); polling would read
+    // each Job many times over its life.
+    assert!(gets <= 3 * n as u64, "the Jobs were polled: {counts:?}");
     let pods = counts
         .get(&("get".to_string(), "pods".to_string()))
         .copied()
