@@ -7,13 +7,15 @@
 //! - A job's log as the platform's API pages it ([`LogPages`]): lines read in batches from a
 //!   position the platform understands (a token, an entry's key), counted in bytes, with the
 //!   cursor the runtime journals.
-//! - An attempt's files staged in a bucket ([`stage_prefix`], [`read_staged`],
-//!   [`remove_staged`]): under a prefix of its own, read back bounded, removed on release.
+//! - An attempt's files staged in a bucket ([`stage_prefix`], [`collect_staged`],
+//!   [`remove_staged`]): under a prefix of its own, read back bounded, output files extracted
+//!   with every backend's checks, removed on release.
 //! - The state of every job in flight, read by one task ([`Poller`]) in rounds, once per poll
 //!   interval or sooner when notifications hint that jobs changed; each backend says how its
 //!   platform reads jobs ([`Reader`]).
 
 use std::collections::{HashMap, HashSet};
+use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -25,7 +27,9 @@ use futures::StreamExt;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::{AttemptError, BackendResult, Task};
+use crate::archive::{ExtractError, Limits};
+use crate::backend::{AttemptError, BackendResult, Collected, Task};
+use crate::collect::{MAX_OUTPUTS_BYTES, MAX_SUBTASKS_BYTES};
 
 /// A task's command and environment, filled; what holds a secret apart.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -304,6 +308,80 @@ pub async fn read_staged(store: &Store, key: &str, max: u64) -> BackendResult<Op
         }
     }
     Ok(Some(bytes))
+}
+
+/// What a job that succeeded staged under `prefix`: `outputs.json`, `subtasks.json` (each
+/// bounded by what the runtime takes) and, when the task has `outputFiles`, `files.tar`, the
+/// job's working directory archived under `top/`, of which what matches the patterns is
+/// extracted into the attempt's directory under `artifact_dir`, with every backend's checks
+/// ([`crate::archive::extract`]).
+pub async fn collect_staged(
+    store: &Store,
+    prefix: &str,
+    task: Task<'_>,
+    top: &str,
+    artifact_dir: &Path,
+    limits: Limits,
+) -> BackendResult<Collected> {
+    let d = task.dispatch;
+    let key = |name: &str| format!("{prefix}/{name}");
+    let outputs = read_staged(store, &key("outputs.json"), MAX_OUTPUTS_BYTES + 1).await?;
+    let subtasks = read_staged(store, &key("subtasks.json"), MAX_SUBTASKS_BYTES + 1).await?;
+    if d.output_files.is_empty() {
+        return Ok(Collected {
+            outputs,
+            subtasks,
+            files: Vec::new(),
+        });
+    }
+    let mut patterns = Vec::with_capacity(d.output_files.len());
+    for p in &d.output_files {
+        ferry_flow::rules::output_pattern(p)
+            .map_err(|why| AttemptError::Task(format!("outputFiles: pattern {p:?} is refused: {why}")))?;
+        patterns.push(
+            glob::Pattern::new(p)
+                .map_err(|e| AttemptError::Task(format!("outputFiles: pattern {p:?} is invalid: {e}")))?,
+        );
+    }
+    let archive = key("files.tar");
+    let (_, stream) = match store.get(&archive).await {
+        Ok(got) => got,
+        Err(ferry_artifacts::Error::NotFound(_)) => {
+            return Err(AttemptError::Platform(format!(
+                "outputFiles: the job succeeded but sent no archive of its working directory to {}: its log says \
+                 why (ferry-stage)",
+                store.uri(&archive)
+            )));
+        }
+        Err(e) => return Err(store_error("cannot read the job's output files", e)),
+    };
+    let dest = artifact_dir.join(crate::collect::attempt_artifacts(d));
+    tokio::fs::create_dir_all(&dest).await.map_err(|e| {
+        AttemptError::Platform(format!(
+            "cannot create the artifact directory {}: {e}",
+            dest.display()
+        ))
+    })?;
+    let reader = tokio_util::io::StreamReader::new(stream.map(|r| r.map_err(std::io::Error::other)));
+    let top = top.to_string();
+    let extracted = tokio::task::spawn_blocking(move || {
+        let reader = tokio_util::io::SyncIoBridge::new(reader);
+        crate::archive::extract(reader, &top, &patterns, &dest, limits)
+    })
+    .await
+    .map_err(|e| AttemptError::Platform(format!("the output files' extraction failed: {e}")))?
+    .map_err(|e| match e {
+        ExtractError::Refused(m) => AttemptError::Task(m),
+        e => AttemptError::Unavailable(format!(
+            "cannot take the output files out of {}: {e}",
+            store.uri(&archive)
+        )),
+    })?;
+    Ok(Collected {
+        outputs,
+        subtasks,
+        files: extracted.into_output_files()?,
+    })
 }
 
 /// Removes everything staged under `prefix`; what is gone already is no error.

@@ -36,9 +36,7 @@ use std::time::Duration;
 use ferry_artifacts::{Method, Store};
 use ferry_launcher::archive::{ExtractError, InputFile, Limits};
 use ferry_launcher::backend::{AttemptError, BackendResult, Collected, Task};
-use ferry_launcher::batch::{Filled, read_staged, store_error};
-use ferry_launcher::collect::{MAX_OUTPUTS_BYTES, MAX_SUBTASKS_BYTES};
-use futures::StreamExt;
+use ferry_launcher::batch::{Filled, store_error};
 
 /// The exit status of a job whose staging failed (as `docker run`'s own failures are 125).
 pub const STAGE_FAILED: i32 = 125;
@@ -314,66 +312,8 @@ pub async fn collect(
     task: Task<'_>,
     prefix: &str,
 ) -> BackendResult<Collected> {
-    let d = task.dispatch;
-    let outputs = read_staged(store, &key(prefix, "outputs.json"), MAX_OUTPUTS_BYTES + 1).await?;
-    let subtasks = read_staged(store, &key(prefix, "subtasks.json"), MAX_SUBTASKS_BYTES + 1).await?;
-    if d.output_files.is_empty() {
-        return Ok(Collected {
-            outputs,
-            subtasks,
-            files: Vec::new(),
-        });
-    }
-    let mut patterns = Vec::with_capacity(d.output_files.len());
-    for p in &d.output_files {
-        ferry_flow::rules::output_pattern(p)
-            .map_err(|why| AttemptError::Task(format!("outputFiles: pattern {p:?} is refused: {why}")))?;
-        patterns.push(
-            glob::Pattern::new(p)
-                .map_err(|e| AttemptError::Task(format!("outputFiles: pattern {p:?} is invalid: {e}")))?,
-        );
-    }
-    let archive = key(prefix, "files.tar");
-    let (_, stream) = match store.get(&archive).await {
-        Ok(got) => got,
-        Err(ferry_artifacts::Error::NotFound(_)) => {
-            return Err(AttemptError::Platform(format!(
-                "outputFiles: the job succeeded but sent no archive of its working directory to {}: its log says \
-                 why (ferry-stage)",
-                store.uri(&archive)
-            )));
-        }
-        Err(e) => return Err(store_error("cannot read the job's output files", e)),
-    };
-    let dest = staging
-        .artifact_dir
-        .join(ferry_launcher::collect::attempt_artifacts(d));
-    tokio::fs::create_dir_all(&dest).await.map_err(|e| {
-        AttemptError::Platform(format!(
-            "cannot create the artifact directory {}: {e}",
-            dest.display()
-        ))
-    })?;
-    let reader = tokio_util::io::StreamReader::new(stream.map(|r| r.map_err(std::io::Error::other)));
-    let limits = staging.limits;
-    let extracted = tokio::task::spawn_blocking(move || {
-        let reader = tokio_util::io::SyncIoBridge::new(reader);
-        ferry_launcher::archive::extract(reader, WORK, &patterns, &dest, limits)
-    })
-    .await
-    .map_err(|e| AttemptError::Platform(format!("the output files' extraction failed: {e}")))?
-    .map_err(|e| match e {
-        ExtractError::Refused(m) => AttemptError::Task(m),
-        e => AttemptError::Unavailable(format!(
-            "cannot take the output files out of {}: {e}",
-            store.uri(&archive)
-        )),
-    })?;
-    Ok(Collected {
-        outputs,
-        subtasks,
-        files: extracted.into_output_files()?,
-    })
+    ferry_launcher::batch::collect_staged(store, prefix, task, WORK, &staging.artifact_dir, staging.limits)
+        .await
 }
 
 #[cfg(test)]

@@ -29,13 +29,10 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use ferry_artifacts::Store;
 use ferry_launcher::archive::{ExtractError, InputFile, Limits};
 use ferry_launcher::backend::{AttemptError, BackendResult, Collected, Task};
-use ferry_launcher::batch::{Filled, read_staged, store_error};
-use ferry_launcher::collect::{MAX_OUTPUTS_BYTES, MAX_SUBTASKS_BYTES};
-use futures::StreamExt;
-
-use ferry_artifacts::Store;
+use ferry_launcher::batch::{Filled, store_error};
 
 /// The exit status of a job whose staging failed (as `docker run`'s own failures are 125).
 pub const STAGE_FAILED: i32 = 125;
@@ -278,62 +275,8 @@ pub async fn collect(
     task: Task<'_>,
     prefix: &str,
 ) -> BackendResult<Collected> {
-    let d = task.dispatch;
-    let outputs = read_staged(store, &key(prefix, "outputs.json"), MAX_OUTPUTS_BYTES + 1).await?;
-    let subtasks = read_staged(store, &key(prefix, "subtasks.json"), MAX_SUBTASKS_BYTES + 1).await?;
-    if d.output_files.is_empty() {
-        return Ok(Collected {
-            outputs,
-            subtasks,
-            files: Vec::new(),
-        });
-    }
-    let mut patterns = Vec::with_capacity(d.output_files.len());
-    for p in &d.output_files {
-        ferry_flow::rules::output_pattern(p)
-            .map_err(|why| AttemptError::Task(format!("outputFiles: pattern {p:?} is refused: {why}")))?;
-        patterns.push(
-            glob::Pattern::new(p)
-                .map_err(|e| AttemptError::Task(format!("outputFiles: pattern {p:?} is invalid: {e}")))?,
-        );
-    }
-    let archive = store.uri(&key(prefix, "files.tar"));
-    let stream = match store.get(&key(prefix, "files.tar")).await {
-        Ok((_, stream)) => stream,
-        Err(ferry_artifacts::Error::NotFound(_)) => {
-            return Err(AttemptError::Platform(format!(
-                "outputFiles: the job succeeded but left no archive of its working directory at {archive}: \
-                 its log says why (ferry-stage)"
-            )));
-        }
-        Err(e) => return Err(store_error("cannot read the job's output files", e)),
-    };
-    let dest = staging
-        .artifact_dir
-        .join(ferry_launcher::collect::attempt_artifacts(d));
-    tokio::fs::create_dir_all(&dest).await.map_err(|e| {
-        AttemptError::Platform(format!(
-            "cannot create the artifact directory {}: {e}",
-            dest.display()
-        ))
-    })?;
-    let reader = tokio_util::io::StreamReader::new(stream.map(|r| r.map_err(std::io::Error::other)));
-    let limits = staging.limits;
-    let extracted = tokio::task::spawn_blocking(move || {
-        let reader = tokio_util::io::SyncIoBridge::new(reader);
-        ferry_launcher::archive::extract(reader, WORK, &patterns, &dest, limits)
-    })
-    .await
-    .map_err(|e| AttemptError::Platform(format!("the output files' extraction failed: {e}")))?
-    .map_err(|e| match e {
-        ExtractError::Refused(m) => AttemptError::Task(m),
-        e => AttemptError::Unavailable(format!("cannot take the output files out of {archive}: {e}")),
-    })?;
-    Ok(Collected {
-        outputs,
-        subtasks,
-        files: extracted.into_output_files()?,
-    })
+    ferry_launcher::batch::collect_staged(store, prefix, task, WORK, &staging.artifact_dir, staging.limits)
+        .await
 }
 
 #[cfg(test)]
