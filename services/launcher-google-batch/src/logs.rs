@@ -168,7 +168,7 @@ pub struct Reader {
     /// The least time between the starts of two rounds of a project.
     spacing: Duration,
     projects: Mutex<HashMap<String, Project>>,
-    /// Every `entries.list` made, for the figures of the load tests.
+    /// Every `entries.list` made: what the tests count of this reader alone.
     calls: AtomicU64,
 }
 
