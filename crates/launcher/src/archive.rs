@@ -303,6 +303,37 @@ pub fn append_inputs(tar: &mut tar::Builder<Vec<u8>>, base: &str, files: &[Input
     Ok(())
 }
 
+/// The contents of the one file an archive of a single path holds (`tar -cf - FILE`, the
+/// Docker engine's archive of a file): `None` for an empty archive (there was no such file).
+/// Anything but a regular file there (a link, never followed; a directory; a pipe) or a file
+/// larger than `max_bytes` is refused, naming it `shown`.
+pub fn read_one(reader: impl Read, shown: &str, max_bytes: u64) -> Result<Option<Vec<u8>>> {
+    let mut archive = tar::Archive::new(reader);
+    let mut entries = archive.entries().map_err(|e| tar_error(shown, e))?;
+    let Some(entry) = entries.next() else {
+        return Ok(None);
+    };
+    let entry = entry.map_err(|e| tar_error(shown, e))?;
+    let kind = entry.header().entry_type();
+    if !kind.is_file() {
+        return Err(ExtractError::Refused(format!(
+            "{shown} must be a regular file, and the task left {} there",
+            kind_name(kind)
+        )));
+    }
+    let mut contents = Vec::new();
+    entry
+        .take(max_bytes + 1)
+        .read_to_end(&mut contents)
+        .map_err(|e| tar_error(shown, e))?;
+    if contents.len() as u64 > max_bytes {
+        return Err(ExtractError::Refused(format!(
+            "{shown} is larger than the {max_bytes} bytes accepted"
+        )));
+    }
+    Ok(Some(contents))
+}
+
 pub fn kind_name(kind: tar::EntryType) -> &'static str {
     match kind {
         tar::EntryType::Symlink => "a symbolic link",
@@ -318,5 +349,40 @@ fn tar_error(what: &str, e: std::io::Error) -> ExtractError {
     ExtractError::Io {
         what: format!("reading the archive of {what}"),
         source: e,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn archive(kind: tar::EntryType, data: &[u8]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_mode(0o644);
+        h.set_size(data.len() as u64);
+        if kind == tar::EntryType::Symlink {
+            h.set_link_name("/etc/shadow").unwrap();
+        }
+        b.append_data(&mut h, "subtasks.json", data).unwrap();
+        b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn one_file_is_read_whole_and_anything_else_is_refused_by_name() {
+        let one = archive(tar::EntryType::Regular, b"[]");
+        assert_eq!(read_one(&one[..], "F", 2).unwrap().as_deref(), Some(&b"[]"[..]));
+        assert_eq!(read_one(&b""[..], "F", 2).unwrap(), None);
+        let e = read_one(&one[..], "F", 1).unwrap_err().to_string();
+        assert_eq!(e, "F is larger than the 1 bytes accepted");
+        for (kind, said) in [
+            (tar::EntryType::Symlink, "a symbolic link"),
+            (tar::EntryType::Fifo, "a named pipe"),
+            (tar::EntryType::Directory, "a directory"),
+        ] {
+            let e = read_one(&archive(kind, b"")[..], "F", 10).unwrap_err();
+            assert!(matches!(&e, ExtractError::Refused(m) if m.contains(said)), "{e}");
+        }
     }
 }

@@ -12,7 +12,7 @@ use std::path::Path;
 
 use bollard::query_parameters::{DownloadFromContainerOptionsBuilder, UploadToContainerOptionsBuilder};
 use bytes::Bytes;
-use ferry_launcher::archive::{ExtractError, kind_name};
+use ferry_launcher::archive::ExtractError;
 use futures::{Stream, StreamExt};
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
@@ -83,31 +83,10 @@ impl Engine {
         };
         let shown = path.to_string();
         blocking(body, move |reader| {
-            let mut archive = tar::Archive::new(reader);
-            let mut entries = archive.entries().map_err(|e| tar_error(&shown, e))?;
-            // The archive of one file holds that one entry.
-            let Some(entry) = entries.next() else {
-                return Ok(None);
-            };
-            let entry = entry.map_err(|e| tar_error(&shown, e))?;
-            let kind = entry.header().entry_type();
-            if !kind.is_file() {
-                return Err(Error::Refused(format!(
-                    "{shown} must be a regular file, and the task left {} there",
-                    kind_name(kind)
-                )));
-            }
-            let mut contents = Vec::new();
-            entry
-                .take(max_bytes + 1)
-                .read_to_end(&mut contents)
-                .map_err(|e| tar_error(&shown, e))?;
-            if contents.len() as u64 > max_bytes {
-                return Err(Error::Refused(format!(
-                    "{shown} is larger than the {max_bytes} bytes accepted"
-                )));
-            }
-            Ok(Some(contents))
+            ferry_launcher::archive::read_one(reader, &shown, max_bytes).map_err(|e| match e {
+                ExtractError::Refused(m) => Error::Refused(m),
+                ExtractError::Io { what, source } => Error::Io { what, source },
+            })
         })
         .await
     }
@@ -249,13 +228,6 @@ fn extract(
         ExtractError::Refused(m) => Error::Refused(m),
         ExtractError::Io { what, source } => Error::Io { what, source },
     })
-}
-
-fn tar_error(what: &str, e: std::io::Error) -> Error {
-    Error::Io {
-        what: format!("reading the container's archive of {what}"),
-        source: e,
-    }
 }
 
 #[cfg(test)]
