@@ -655,6 +655,48 @@ fn kubernetes_example_runs_as_jobs_under_ferry_up() {
         "HELLO FERRY FROM A POD\n"
     );
 
+    // The subtasks example with every task a Job: `split` submits its parts and their sum
+    // from its pod, and `report` waits for all of them.
+    let image = test_image();
+    let pod = format!("{{ type: kubernetes, image: \"{image}\" }}");
+    let pod_json = format!(r#"{{"type": "kubernetes", "image": "{image}"}}"#);
+    let flow = std::fs::read_to_string(example("subtasks.yaml"))
+        .unwrap()
+        .replace("runner: local", &format!("runner: {pod}"))
+        .replace(r#""runner": "local""#, &format!(r#""runner": {pod_json}"#));
+    assert!(!flow.contains("local"), "{flow}");
+    let path = dir.path().join("subtasks.yaml");
+    std::fs::write(&path, flow).unwrap();
+    let mut c = ferry();
+    c.arg("submit")
+        .arg(&path)
+        .args(["--input", "parts=2", "--wait", "--api", &api, "--data-dir"])
+        .arg(&data);
+    let ran = output(c);
+    assert_eq!(ran.code, 0, "{}", std::fs::read_to_string(&log_path).unwrap());
+    let job = ran.stdout.lines().next().unwrap().trim().to_string();
+    let mut c = ferry();
+    c.args(["status", &job, "--json", "--api", &api, "--data-dir"])
+        .arg(&data);
+    let detail: serde_json::Value = serde_json::from_str(&output(c).stdout).unwrap();
+    let tasks = detail["tasks"].as_array().unwrap();
+    let ids: Vec<&str> = tasks.iter().filter_map(|t| t["taskId"].as_str()).collect();
+    assert_eq!(
+        ids.len(),
+        5,
+        "split, its two parts and their sum, and report: {detail:#}"
+    );
+    for t in tasks {
+        assert_eq!(t["state"], "succeeded", "{t:#}");
+        // `namespace/job`: each ran as a Job in the cluster.
+        let compute = t["compute"].as_str().unwrap_or_default();
+        assert!(compute.starts_with("default/ferry-"), "{t:#}");
+    }
+    let sum = tasks.iter().find(|t| t["taskId"] == "split.sum").unwrap();
+    // 1 + 4, from the parts' outputs.
+    assert_eq!(sum["outputs"]["sum"], 5, "{sum:#}");
+    assert_eq!(sum["parent"], "split", "{sum:#}");
+
     // Each Job, its pod and its Secret are deleted once the task is reported.
     let deadline = Instant::now() + Duration::from_secs(30);
     while !server.objects().is_empty() {

@@ -188,6 +188,7 @@ fn kubernetes(flags: &ferry_launcher_local::Flags, data_dir: &Path) -> Result<La
     c.context = flags.kube_context.clone();
     c.namespace = flags.kube_namespace.clone();
     c.stage_image = flags.kube_stage_image.clone();
+    c.subtasks = !flags.kube_no_subtasks;
     c.pending_deadline = flags.pending_deadline;
     Ok(Launcher::Kubernetes(c))
 }

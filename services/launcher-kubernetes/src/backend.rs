@@ -4,8 +4,8 @@
 //! Secret it owns for the task's env and input files. Per attempt the launcher makes three
 //! writes — create the Job, create its Secret, delete the Job (with `Background` propagation,
 //! which takes the pod and the Secret with it) — plus a delete of the pod when an attempt is
-//! stopped before its end, and one `pods/exec` to take out the files of a task with
-//! `outputFiles` ([`crate::stage`]). Reads: a look for the Job before creating it, and the pod's
+//! stopped before its end, and after a success one `pods/exec` to take out `$FERRY_SUBTASKS`,
+//! and one more to take out the files of a task with `outputFiles` ([`crate::stage`]). Reads: a look for the Job before creating it, and the pod's
 //! log; completion (the task container's end) comes from the one pod watch of the namespace
 //! ([`Cache`]), so no attempt is polled.
 //!
@@ -43,7 +43,10 @@ use crate::cache::{Cache, Container, Lookup, PodView};
 use crate::error::{attempt_error, status};
 use crate::logs::{Buffer, Mark};
 use crate::names::{ANNOTATION_ATTEMPT_ID, LABEL_LAUNCHER, job_name, label_value};
-use crate::spec::{DEFAULT_WORKING_DIR, InputFile, JobSpec, MAX_OUTPUTS_BYTES, OUTPUTS_FILE, Pull};
+use crate::spec::{
+    DEFAULT_WORKING_DIR, InputFile, JobSpec, MAX_OUTPUTS_BYTES, OUTPUTS_FILE, Pull, SUBTASKS_DIR,
+    SUBTASKS_FILE,
+};
 
 /// The runner type this backend serves; dispatches arrive on `dispatch.kubernetes`.
 pub const BACKEND: &str = "kubernetes";
@@ -78,13 +81,16 @@ pub struct Settings {
     pub deadline_grace: Duration,
     /// `ttlSecondsAfterFinished` of every Job (`None`: not set).
     pub ttl_after_finished: Option<Duration>,
-    /// The stage container's image, for tasks with output files: it must have `sh`, `sleep`
-    /// and `tar` ([`crate::stage`]).
+    /// The stage container's image, for tasks with output files or subtasks: it must have
+    /// `sh`, `sleep` and `tar` ([`crate::stage`]).
     pub stage_image: String,
-    /// How long the pod of a task with output files and a timeout may outlive the timeout, so
-    /// that a launcher that was down when it ended still finds its files
+    /// How long the pod of a task with a stage container and a timeout may outlive the
+    /// timeout, so that a launcher that was down when it ended still finds its files
     /// (`activeDeadlineSeconds` grows by this much).
     pub stage_hold: Duration,
+    /// Every task gets `$FERRY_SUBTASKS`, which takes a stage container in every pod; `false`:
+    /// only tasks with output files have one, and no task can submit subtasks.
+    pub subtasks: bool,
     /// Where output files are stored (`<dir>/<job>/<task>/<attempt>/`); `None`: tasks with
     /// output files are refused.
     pub artifact_dir: Option<PathBuf>,
@@ -95,7 +101,8 @@ pub struct Settings {
 impl Settings {
     /// Defaults: namespace `default`, 5 minutes' pending deadline, 10 s grace, 60 s deadline
     /// grace, finished Jobs removed by the server after a day, stage image
-    /// [`DEFAULT_STAGE_IMAGE`] held for up to a day, no artifact directory.
+    /// [`DEFAULT_STAGE_IMAGE`] held for up to a day, `$FERRY_SUBTASKS` for every task, no
+    /// artifact directory.
     pub fn new(launcher: impl Into<String>) -> Settings {
         Settings {
             namespace: "default".into(),
@@ -106,6 +113,7 @@ impl Settings {
             ttl_after_finished: Some(Duration::from_secs(24 * 3600)),
             stage_image: DEFAULT_STAGE_IMAGE.into(),
             stage_hold: Duration::from_secs(24 * 3600),
+            subtasks: true,
             artifact_dir: None,
             limits: Limits::default(),
         }
@@ -297,8 +305,10 @@ impl Kubernetes {
     fn base_spec(&self, d: &TaskDispatched) -> BackendResult<JobSpec> {
         let r = runner(d)?;
         let task = |m: String| AttemptError::Task(m);
-        let staged = !d.output_files.is_empty();
-        if staged {
+        let files = !d.output_files.is_empty();
+        let s = &self.0.settings;
+        let staged = files || s.subtasks;
+        if files {
             if self.0.settings.artifact_dir.is_none() {
                 return Err(task(
                     "outputFiles cannot be collected: this kubernetes launcher has no artifact directory"
@@ -328,12 +338,14 @@ impl Kubernetes {
             .clone()
             .unwrap_or_else(|| DEFAULT_WORKING_DIR.into());
         let trimmed = working_dir.trim_end_matches('/');
+        let ours = |dir: &str| trimmed == dir || trimmed.starts_with(&format!("{dir}/"));
         if !trimmed.starts_with('/')
             || trimmed.split('/').any(|c| c == "." || c == "..")
-            || trimmed == "/ferry-outputs"
+            || ours("/ferry-outputs")
+            || ours(SUBTASKS_DIR)
         {
             return Err(task(format!(
-                "runner.workingDir `{working_dir}` must be an absolute path below `/`, without `.` or `..`, and not /ferry-outputs"
+                "runner.workingDir `{working_dir}` must be an absolute path below `/`, without `.` or `..`, and not in /ferry-outputs or {SUBTASKS_DIR}"
             )));
         }
         let memory_bytes = d
@@ -344,7 +356,6 @@ impl Kubernetes {
             .resources
             .gpus()
             .map_err(|why| task(format!("resources.{why}")))?;
-        let s = &self.0.settings;
         let pending = self.pending_deadline(Some(r));
         let secs = |d: Duration| d.as_secs() + u64::from(d.subsec_nanos() > 0);
         let active_deadline_seconds = d.timeout_ms.map(|t| {
@@ -374,6 +385,8 @@ impl Kubernetes {
             inputs: Vec::new(),
             working_dir: trimmed.to_string(),
             stage_image: staged.then(|| s.stage_image.clone()),
+            work_volume: files,
+            subtasks: s.subtasks,
             service_account: r.service_account.clone(),
             node_selector: r.node_selector.clone(),
             tolerations: r.tolerations.clone(),
@@ -642,6 +655,10 @@ impl Backend for Kubernetes {
             ("FERRY_WORKING_DIR".into(), work.clone()),
             ("FERRY_OUTPUTS".into(), OUTPUTS_FILE.into()),
         ];
+        if spec.subtasks {
+            spec.ferry_env
+                .push(("FERRY_SUBTASKS".into(), SUBTASKS_FILE.into()));
+        }
         for (path, t) in &d.input_files {
             spec.inputs.push(InputFile {
                 path: path.clone(),
@@ -878,6 +895,7 @@ impl Backend for Kubernetes {
             }
             Lookup::Absent => None,
         };
+        let subtasks = pod.as_ref().is_some_and(|p| p.subtasks);
         let message = match pod.map(|p| p.container) {
             Some(Container::Terminated { message, .. }) => message,
             _ => String::new(),
@@ -889,6 +907,17 @@ impl Backend for Kubernetes {
                  (larger results fit in outputFiles)"
             )));
         }
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &h.namespace);
+        let stage = crate::stage::Stage {
+            namespace: &h.namespace,
+            job: &h.job,
+            image: &self.0.settings.stage_image,
+            start_within: self.0.settings.pending_deadline,
+        };
+        let subtasks = match subtasks {
+            true => crate::stage::subtasks(&pods, cache, &stage).await?,
+            false => None,
+        };
         let d = task.dispatch;
         let files = match (&self.0.settings.artifact_dir, d.output_files.is_empty()) {
             (_, true) => Vec::new(),
@@ -906,18 +935,14 @@ impl Backend for Kubernetes {
                         dest.display()
                     ))
                 })?;
-                let pods: Api<Pod> = Api::namespaced(client.clone(), &h.namespace);
                 crate::stage::collect(
                     &pods,
                     cache,
+                    &stage,
                     crate::stage::Collect {
-                        namespace: &h.namespace,
-                        job: &h.job,
-                        image: &self.0.settings.stage_image,
                         patterns: &d.output_files,
                         dest: &dest,
                         limits: self.0.settings.limits,
-                        start_within: self.0.settings.pending_deadline,
                     },
                 )
                 .await?
@@ -925,9 +950,7 @@ impl Backend for Kubernetes {
         };
         Ok(Collected {
             outputs: (!message.is_empty()).then(|| message.into_bytes()),
-            // The termination message is the one file a pod's status brings back, and it
-            // holds the outputs: tasks on this backend get no `$FERRY_SUBTASKS`.
-            subtasks: None,
+            subtasks,
             files,
         })
     }
@@ -1015,6 +1038,7 @@ mod tests {
             unscheduled: None,
             reason: None,
             pending_deadline: None,
+            subtasks: false,
         }
     }
 

@@ -19,7 +19,7 @@ use kube::{Api, Client};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::spec::{CONTAINER, STAGE_CONTAINER};
+use crate::spec::{CONTAINER, STAGE_CONTAINER, SUBTASKS_VOLUME};
 
 /// What the launcher needs of a pod.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +41,10 @@ pub struct PodView {
     pub reason: Option<(String, String)>,
     /// The task's pending deadline, in seconds, from the pod's annotation.
     pub pending_deadline: Option<u64>,
+    /// The task container has `$FERRY_SUBTASKS` on the volume its stage container holds
+    /// ([`crate::spec::SUBTASKS_VOLUME`]); the pod says so itself, whatever this launcher's
+    /// settings are now.
+    pub subtasks: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -106,6 +110,13 @@ impl PodView {
                 .as_ref()
                 .and_then(|a| a.get(crate::names::ANNOTATION_PENDING_DEADLINE))
                 .and_then(|v| v.parse().ok()),
+            subtasks: pod
+                .spec
+                .iter()
+                .flat_map(|s| &s.containers)
+                .filter(|c| c.name == CONTAINER)
+                .flat_map(|c| c.volume_mounts.iter().flatten())
+                .any(|m| m.name == SUBTASKS_VOLUME),
         }
     }
 

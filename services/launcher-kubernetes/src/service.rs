@@ -37,14 +37,17 @@ pub struct Config {
     pub pending_deadline: Duration,
     /// How long the server keeps a finished Job the launcher did not delete (`None`: for ever).
     pub ttl_after_finished: Option<Duration>,
-    /// The image of the container that holds a pod's working directory for its output files
-    /// ([`crate::DEFAULT_STAGE_IMAGE`] when absent): it must have `sh`, `sleep` and `tar`.
+    /// The image of the container that holds a pod's `$FERRY_SUBTASKS` and, for a task with
+    /// output files, its working directory ([`crate::DEFAULT_STAGE_IMAGE`] when absent): it
+    /// must have `sh`, `sleep` and `tar`.
     pub stage_image: Option<String>,
+    /// Every task gets `$FERRY_SUBTASKS` (a stage container in every pod).
+    pub subtasks: bool,
 }
 
 impl Config {
     /// Defaults: those of [`Service::new`], group `launcher-kubernetes`, 5 minutes' pending
-    /// deadline, finished Jobs kept a day.
+    /// deadline, finished Jobs kept a day, `$FERRY_SUBTASKS` for every task.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         Config {
             service: Service::new(data_dir, "launcher-kubernetes"),
@@ -55,6 +58,7 @@ impl Config {
             pending_deadline: Duration::from_secs(300),
             ttl_after_finished: Some(Duration::from_secs(24 * 3600)),
             stage_image: None,
+            subtasks: true,
         }
     }
 }
@@ -109,6 +113,7 @@ pub async fn backend(config: &Config, data_dir: &Path, artifacts: PathBuf) -> Re
     settings.pending_deadline = config.pending_deadline;
     settings.ttl_after_finished = config.ttl_after_finished;
     settings.artifact_dir = Some(artifacts);
+    settings.subtasks = config.subtasks;
     if let Some(image) = config.stage_image.clone().filter(|i| !i.trim().is_empty()) {
         settings.stage_image = image;
     }

@@ -11,12 +11,13 @@
 //!   task wrote there into the pod's status (at most 4096 bytes, [`MAX_OUTPUTS_BYTES`]), which is
 //!   how outputs come back from a pod whose filesystem is gone. The image needs nothing of
 //!   ferry's.
-//! - A task that declares `outputFiles` gets its working directory on an `emptyDir` volume,
-//!   which a second container, [`STAGE_CONTAINER`], mounts read-only and holds: it only sleeps
-//!   until the pod is deleted, so that the files outlive the task (and a launcher that was down
-//!   when it ended) until the launcher has taken them out with `tar`, through `pods/exec`
-//!   ([`crate::stage`]). Its image ([`JobSpec::stage_image`]) needs `sh`, `sleep` and `tar`;
-//!   the task's image still needs nothing.
+//! - `$FERRY_SUBTASKS` is a file on a small `emptyDir` volume ([`SUBTASKS_FILE`]), and a task
+//!   that declares `outputFiles` gets its working directory on another. A second container,
+//!   [`STAGE_CONTAINER`], mounts them read-only and holds them: it only sleeps until the pod is
+//!   deleted, so that the files outlive the task (and a launcher that was down when it ended)
+//!   until the launcher has taken them out with `tar`, through `pods/exec` ([`crate::stage`]).
+//!   Its image ([`JobSpec::stage_image`]) needs `sh`, `sleep` and `tar`; the task's image still
+//!   needs nothing.
 
 use std::collections::BTreeMap;
 
@@ -34,12 +35,29 @@ use crate::names::*;
 /// The container's name in every pod.
 pub const CONTAINER: &str = "task";
 
-/// The container holding a pod's working directory after the task ends, for a task with
-/// output files.
+/// The container holding a pod's `$FERRY_SUBTASKS` and, for a task with output files, its
+/// working directory after the task ends.
 pub const STAGE_CONTAINER: &str = "ferry-stage";
 
 /// Where the stage container mounts the working directory.
 pub const STAGE_DIR: &str = "/ferry-stage";
+
+/// Where the stage container mounts the directory of `$FERRY_SUBTASKS`.
+pub const STAGE_SUBTASKS_DIR: &str = "/ferry-stage-subtasks";
+
+/// The directory of `$FERRY_SUBTASKS` in the task's container: a volume of its own, so that
+/// it is not among the working directory's output files.
+pub const SUBTASKS_DIR: &str = "/ferry-subtasks";
+
+/// `$FERRY_SUBTASKS`.
+pub const SUBTASKS_FILE: &str = "/ferry-subtasks/subtasks.json";
+
+/// The `emptyDir` volume of [`SUBTASKS_DIR`].
+pub const SUBTASKS_VOLUME: &str = "ferry-subtasks";
+
+/// What the subtasks volume may hold before the kubelet evicts the pod: room for the 4 MiB
+/// of subtasks an attempt may submit, and no more of the node's disk.
+const SUBTASKS_VOLUME_LIMIT: &str = "8Mi";
 
 /// What the stage container runs: nothing, until it is told to stop (a shell as PID 1 ignores
 /// SIGTERM unless it traps it, which would hold every delete for the whole grace).
@@ -118,9 +136,14 @@ pub struct JobSpec {
     pub env: Vec<(String, String)>,
     pub inputs: Vec<InputFile>,
     pub working_dir: String,
-    /// The stage container's image, for a task with output files: the working directory is
-    /// then an `emptyDir` it holds. `None`: no stage container, no volume.
+    /// The stage container's image, for a pod with [`JobSpec::work_volume`] or
+    /// [`JobSpec::subtasks`]. `None`: no stage container, no volume.
     pub stage_image: Option<String>,
+    /// The working directory is an `emptyDir` the stage container holds (a task with output
+    /// files).
+    pub work_volume: bool,
+    /// `$FERRY_SUBTASKS` is [`SUBTASKS_FILE`], on a volume the stage container holds.
+    pub subtasks: bool,
     pub service_account: Option<String>,
     pub node_selector: BTreeMap<String, String>,
     pub tolerations: Vec<ferry_event::payload::Toleration>,
@@ -160,6 +183,9 @@ pub fn input_path(name: &str) -> Result<String, &'static str> {
 impl JobSpec {
     /// Refuses what cannot be honoured, naming the field, before anything is created.
     pub fn check(&self) -> Result<(), String> {
+        if (self.work_volume || self.subtasks) != self.stage_image.is_some() {
+            return Err("a pod holds output files or subtasks exactly when it has a stage container".into());
+        }
         if self.image.trim().is_empty() {
             return Err("runner.image must name an image".into());
         }
@@ -314,13 +340,19 @@ impl JobSpec {
             });
         }
         let work = self.working_dir.trim_end_matches('/');
-        let work_mount = self.stage_image.as_ref().map(|_| VolumeMount {
+        let work_mount = self.work_volume.then(|| VolumeMount {
             name: WORK_VOLUME.into(),
             mount_path: work.to_string(),
             ..Default::default()
         });
+        let subtasks_mount = self.subtasks.then(|| VolumeMount {
+            name: SUBTASKS_VOLUME.into(),
+            mount_path: SUBTASKS_DIR.into(),
+            ..Default::default()
+        });
         let mounts: Vec<VolumeMount> = work_mount
             .into_iter()
+            .chain(subtasks_mount)
             .chain(self.inputs.iter().enumerate().map(|(i, f)| VolumeMount {
                 name: SECRET_VOLUME.into(),
                 mount_path: format!("{work}/{}", input_path(&f.path).unwrap_or_default()),
@@ -368,13 +400,33 @@ impl JobSpec {
             ..Default::default()
         };
         let mut volumes = Vec::new();
-        if self.stage_image.is_some() {
+        if self.work_volume {
             volumes.push(Volume {
                 name: WORK_VOLUME.into(),
                 empty_dir: Some(EmptyDirVolumeSource::default()),
                 ..Default::default()
             });
         }
+        if self.subtasks {
+            volumes.push(Volume {
+                name: SUBTASKS_VOLUME.into(),
+                empty_dir: Some(EmptyDirVolumeSource {
+                    size_limit: Some(Quantity(SUBTASKS_VOLUME_LIMIT.into())),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+        }
+        let held = |volume: &str, path: &str| VolumeMount {
+            name: volume.into(),
+            mount_path: path.into(),
+            read_only: Some(true),
+            ..Default::default()
+        };
+        let stage_mounts: Vec<VolumeMount> = (self.work_volume.then(|| held(WORK_VOLUME, STAGE_DIR)))
+            .into_iter()
+            .chain(self.subtasks.then(|| held(SUBTASKS_VOLUME, STAGE_SUBTASKS_DIR)))
+            .collect();
         if !self.inputs.is_empty() {
             volumes.push(Volume {
                 name: SECRET_VOLUME.into(),
@@ -414,12 +466,7 @@ impl JobSpec {
                 )])),
                 ..Default::default()
             }),
-            volume_mounts: Some(vec![VolumeMount {
-                name: WORK_VOLUME.into(),
-                mount_path: STAGE_DIR.into(),
-                read_only: Some(true),
-                ..Default::default()
-            }]),
+            volume_mounts: Some(stage_mounts),
             ..Default::default()
         });
         let pod = PodSpec {
@@ -533,6 +580,8 @@ mod tests {
             }],
             working_dir: DEFAULT_WORKING_DIR.into(),
             stage_image: None,
+            work_volume: false,
+            subtasks: false,
             service_account: None,
             node_selector: BTreeMap::new(),
             tolerations: Vec::new(),
@@ -600,7 +649,7 @@ mod tests {
     }
 
     #[test]
-    fn only_a_task_with_output_files_gets_a_stage_container_and_a_work_volume() {
+    fn a_stage_container_exactly_with_output_files_or_subtasks() {
         let plain = spec().job();
         let pod = plain.spec.unwrap().template.spec.unwrap();
         assert_eq!(pod.containers.len(), 1);
@@ -608,6 +657,9 @@ mod tests {
 
         let mut s = spec();
         s.stage_image = Some("busybox:1.37".into());
+        assert!(s.check().is_err(), "a stage container holding nothing");
+        s.work_volume = true;
+        s.check().unwrap();
         let pod = s.job().spec.unwrap().template.spec.unwrap();
         let names: Vec<&str> = pod.containers.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(names, [CONTAINER, STAGE_CONTAINER]);
@@ -647,5 +699,36 @@ mod tests {
             .annotations
             .unwrap();
         assert_eq!(annotations[DEFAULT_CONTAINER_ANNOTATION], CONTAINER);
+    }
+
+    #[test]
+    fn subtasks_are_on_a_bounded_volume_of_their_own_beside_the_working_directory() {
+        let mut s = spec();
+        s.stage_image = Some("busybox:1.37".into());
+        s.subtasks = true;
+        s.check().unwrap();
+        let pod = s.job().spec.unwrap().template.spec.unwrap();
+        let volumes = pod.volumes.as_ref().unwrap();
+        assert!(volumes.iter().all(|v| v.name != WORK_VOLUME), "{volumes:?}");
+        let subtasks = volumes.iter().find(|v| v.name == SUBTASKS_VOLUME).unwrap();
+        let limit = subtasks.empty_dir.as_ref().unwrap().size_limit.as_ref();
+        assert_eq!(limit.map(|q| q.0.as_str()), Some(SUBTASKS_VOLUME_LIMIT));
+        let mounts = |c: &Container| -> Vec<(String, String, Option<bool>)> {
+            c.volume_mounts
+                .iter()
+                .flatten()
+                .filter(|m| m.name == SUBTASKS_VOLUME)
+                .map(|m| (m.name.clone(), m.mount_path.clone(), m.read_only))
+                .collect()
+        };
+        assert_eq!(
+            mounts(&pod.containers[0]),
+            [(SUBTASKS_VOLUME.into(), SUBTASKS_DIR.into(), None)]
+        );
+        assert_eq!(
+            mounts(&pod.containers[1]),
+            [(SUBTASKS_VOLUME.into(), STAGE_SUBTASKS_DIR.into(), Some(true))]
+        );
+        assert_eq!(SUBTASKS_FILE.rsplit_once('/').map(|(d, _)| d), Some(SUBTASKS_DIR));
     }
 }

@@ -1,8 +1,10 @@
-//! Output files out of a pod whose task has ended: the pod's stage container
-//! ([`crate::spec::STAGE_CONTAINER`]) holds the working directory, and one `pods/exec` of `tar`
-//! in it streams the directory to the launcher, which keeps the regular files matching the
-//! task's patterns ([`ferry_launcher::archive`]: links never followed, hostile names refuse the
-//! whole archive, counts and sizes capped) in the artifact store.
+//! Output files and `$FERRY_SUBTASKS` out of a pod whose task has ended: the pod's stage
+//! container ([`crate::spec::STAGE_CONTAINER`]) holds the working directory and the subtasks'
+//! directory, and one `pods/exec` of `tar` in it streams the directory to the launcher, which
+//! keeps the regular files matching the task's patterns ([`ferry_launcher::archive`]: links
+//! never followed, hostile names refuse the whole archive, counts and sizes capped) in the
+//! artifact store. `$FERRY_SUBTASKS` comes the same way, one file in an archive
+//! ([`subtasks`]): a link, a pipe or a directory there is refused, never followed or read.
 //!
 //! One exec of the whole directory rather than a listing and then an archive of the matches:
 //! one request instead of two, no file name ever passes through a shell or a command line, and
@@ -15,14 +17,16 @@ use std::time::Duration;
 use ferry_event::payload::OutputFile;
 use ferry_launcher::archive::{ExtractError, Limits};
 use ferry_launcher::backend::{AttemptError, BackendResult};
+use ferry_launcher::collect::MAX_SUBTASKS_BYTES;
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Status;
 use kube::Api;
 use kube::api::AttachParams;
 use tokio::io::AsyncReadExt;
 
 use crate::cache::{Cache, Container, Lookup};
 use crate::error::{attempt_error, status};
-use crate::spec::{STAGE_CONTAINER, STAGE_DIR};
+use crate::spec::{STAGE_CONTAINER, STAGE_DIR, STAGE_SUBTASKS_DIR, SUBTASKS_FILE};
 
 /// The least collecting waits for the stage container to run: it starts after the task's
 /// (its image pulled then), and the task may have ended first.
@@ -31,21 +35,26 @@ const MIN_STAGE_START: Duration = Duration::from_secs(60);
 /// What of `tar`'s stderr goes into an error message.
 const MAX_STDERR: usize = 2048;
 
-/// Where the files go and what is taken.
-pub struct Collect<'a> {
+/// The stage container of one Job's pod.
+pub struct Stage<'a> {
     pub namespace: &'a str,
     pub job: &'a str,
     /// The stage container's image, for messages.
     pub image: &'a str,
-    pub patterns: &'a [String],
-    pub dest: &'a Path,
-    pub limits: Limits,
     /// How long the stage container may take to start (the pending deadline; at least a minute).
     pub start_within: Duration,
 }
 
-/// Waits for the stage container of the Job's pod to run; the pod's name.
-async fn stage_running(cache: &Cache, c: &Collect<'_>) -> BackendResult<String> {
+/// Where the output files go and what is taken.
+pub struct Collect<'a> {
+    pub patterns: &'a [String],
+    pub dest: &'a Path,
+    pub limits: Limits,
+}
+
+/// Waits for the stage container of the Job's pod to run; the pod's name. `what` is what is
+/// taken out, for messages.
+async fn stage_running(cache: &Cache, c: &Stage<'_>, what: &str) -> BackendResult<String> {
     let within = c.start_within.max(MIN_STAGE_START);
     let until = tokio::time::Instant::now() + within;
     loop {
@@ -56,7 +65,7 @@ async fn stage_running(cache: &Cache, c: &Collect<'_>) -> BackendResult<String> 
                 Container::Running => return Ok(pod.name),
                 Container::Terminated { code, reason, .. } => {
                     return Err(AttemptError::Platform(format!(
-                        "outputFiles: the stage container of pod {}/{} (image {image}) ended ({reason}, status {code}) \
+                        "{what}: the stage container of pod {}/{} (image {image}) ended ({reason}, status {code}) \
                          before the files were collected, and they went with it: the stage image (--kube-stage-image) \
                          must run `sh -c` and `sleep`",
                         c.namespace, pod.name
@@ -64,14 +73,14 @@ async fn stage_running(cache: &Cache, c: &Collect<'_>) -> BackendResult<String> 
                 }
                 Container::Waiting { reason, message } if tokio::time::Instant::now() >= until => {
                     return Err(AttemptError::Platform(format!(
-                        "outputFiles: the stage container of pod {}/{} (image {image}) did not start: {reason}: {message} \
+                        "{what}: the stage container of pod {}/{} (image {image}) did not start: {reason}: {message} \
                          (--kube-stage-image)",
                         c.namespace, pod.name
                     )));
                 }
                 _ if tokio::time::Instant::now() >= until => {
                     return Err(AttemptError::Platform(format!(
-                        "outputFiles: the stage container of pod {}/{} (image {image}) did not start within {}s",
+                        "{what}: the stage container of pod {}/{} (image {image}) did not start within {}s",
                         c.namespace,
                         pod.name,
                         within.as_secs()
@@ -84,7 +93,7 @@ async fn stage_running(cache: &Cache, c: &Collect<'_>) -> BackendResult<String> 
                 Ok(Lookup::Pod(_)) => continue,
                 Ok(_) => {
                     return Err(AttemptError::Platform(format!(
-                        "outputFiles: the pod of Job {}/{} is gone, and its files with it",
+                        "{what}: the pod of Job {}/{} is gone, and its files with it",
                         c.namespace, c.job
                     )));
                 }
@@ -96,48 +105,45 @@ async fn stage_running(cache: &Cache, c: &Collect<'_>) -> BackendResult<String> 
     }
 }
 
-/// Takes the files matching the patterns out of the pod into `dest`.
-pub async fn collect(pods: &Api<Pod>, cache: &Cache, c: Collect<'_>) -> BackendResult<Vec<OutputFile>> {
-    let mut compiled = Vec::with_capacity(c.patterns.len());
-    for p in c.patterns {
-        ferry_launcher::collect::check_pattern(p).map_err(AttemptError::Task)?;
-        compiled.push(
-            glob::Pattern::new(p)
-                .map_err(|e| AttemptError::Task(format!("outputFiles: pattern {p:?} is invalid: {e}")))?,
-        );
-    }
-    if compiled.is_empty() {
-        return Ok(Vec::new());
-    }
-    let pod = stage_running(cache, &c).await?;
-    let what = format!("pods/exec of `tar` in pod {}/{pod}", c.namespace);
-    let (parent, base) = STAGE_DIR.rsplit_once('/').unwrap_or(("", STAGE_DIR));
+/// A `tar` run in the stage container: its archive on stdout, what it said on stderr (at most
+/// [`MAX_STDERR`] of it), and its status once the stream has ended.
+struct Tar {
+    what: String,
+    stdout: Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+    stderr: tokio::task::JoinHandle<Vec<u8>>,
+    exit: std::pin::Pin<Box<dyn std::future::Future<Output = Option<Status>> + Send>>,
+    /// Held until the command's status came or is given up on.
+    _process: kube::api::AttachedProcess,
+}
+
+/// Runs `command` in the stage container of `pod`; `taken` names what it takes out, for
+/// messages.
+async fn tar(
+    pods: &Api<Pod>,
+    stage: &Stage<'_>,
+    pod: &str,
+    taken: &str,
+    command: &[&str],
+) -> BackendResult<Tar> {
+    let what = format!("pods/exec of `tar` in pod {}/{pod}", stage.namespace);
     let params = AttachParams::default()
         .container(STAGE_CONTAINER)
         .stdin(false)
         .stdout(true)
         .stderr(true)
         .max_stdout_buf_size(256 * 1024);
-    let command = [
-        "tar",
-        "-cf",
-        "-",
-        "-C",
-        if parent.is_empty() { "/" } else { parent },
-        base,
-    ];
-    let mut process = match pods.exec(&pod, command, &params).await {
+    let mut process = match pods.exec(pod, command.iter().copied(), &params).await {
         Ok(p) => p,
         Err(e) if status(&e) == Some(403) => {
             return Err(AttemptError::Platform(format!(
-                "the Kubernetes API refused {what}: {e}: collecting outputFiles needs the launcher's \
+                "the Kubernetes API refused {what}: {e}: collecting {taken} needs the launcher's \
                  service account to be allowed `create` on `pods/exec` (infra/kubernetes/rbac.yaml)"
             )));
         }
         // 400: the container is not running (any more); 404: the pod is gone.
         Err(e) if matches!(status(&e), Some(400 | 404)) => {
             return Err(AttemptError::Platform(format!(
-                "{}; the output files went with the pod",
+                "{}; {taken} went with the pod",
                 attempt_error(&what, e).message()
             )));
         }
@@ -148,7 +154,7 @@ pub async fn collect(pods: &Api<Pod>, cache: &Cache, c: Collect<'_>) -> BackendR
     else {
         return Err(AttemptError::Platform(format!("{what}: no output stream")));
     };
-    let errors = tokio::spawn(async move {
+    let stderr = tokio::spawn(async move {
         let mut kept = Vec::new();
         let mut chunk = [0u8; 4096];
         while let Ok(n) = stderr.read(&mut chunk).await {
@@ -160,64 +166,170 @@ pub async fn collect(pods: &Api<Pod>, cache: &Cache, c: Collect<'_>) -> BackendR
         }
         kept
     });
-    let reader = tokio_util::io::SyncIoBridge::new(stdout);
+    Ok(Tar {
+        what,
+        stdout: Box::new(stdout),
+        stderr,
+        exit: Box::pin(exit),
+        _process: process,
+    })
+}
+
+impl Tar {
+    /// Reads the archive with `read` on a blocking thread, then the rest of the stream (the
+    /// padding of its last record: the stream's end is what brings the command's status).
+    async fn read<T: Send + 'static>(
+        &mut self,
+        read: impl FnOnce(&mut dyn std::io::Read) -> Result<T, ExtractError> + Send + 'static,
+    ) -> BackendResult<Result<T, ExtractError>> {
+        let stdout = std::mem::replace(&mut self.stdout, Box::new(tokio::io::empty()));
+        let mut reader = tokio_util::io::SyncIoBridge::new(stdout);
+        tokio::task::spawn_blocking(move || {
+            let out = read(&mut reader)?;
+            std::io::copy(&mut reader, &mut std::io::sink()).map_err(|source| ExtractError::Io {
+                what: "reading the rest of the archive".into(),
+                source,
+            })?;
+            Ok(out)
+        })
+        .await
+        .map_err(|e| AttemptError::Platform(format!("{}: {e}", self.what)))
+    }
+
+    /// What the command said of its end, waiting at most `within`: `None` when it succeeded.
+    async fn failure(self, within: Duration) -> Option<String> {
+        let exit = tokio::time::timeout(within, self.exit).await.ok().flatten();
+        if exit.as_ref().and_then(|s| s.status.as_deref()) == Some("Success") {
+            return None;
+        }
+        let said = exit
+            .and_then(|s| s.message)
+            .unwrap_or_else(|| "the command's status never came".into());
+        let stderr = self.stderr.await.unwrap_or_default();
+        let stderr = String::from_utf8_lossy(&stderr);
+        let stderr = stderr.trim();
+        Some(format!(
+            "{said}{}{stderr}",
+            if stderr.is_empty() { "" } else { ": " }
+        ))
+    }
+}
+
+/// Takes the files matching the patterns out of the pod into `dest`.
+pub async fn collect(
+    pods: &Api<Pod>,
+    cache: &Cache,
+    stage: &Stage<'_>,
+    c: Collect<'_>,
+) -> BackendResult<Vec<OutputFile>> {
+    let mut compiled = Vec::with_capacity(c.patterns.len());
+    for p in c.patterns {
+        ferry_launcher::collect::check_pattern(p).map_err(AttemptError::Task)?;
+        compiled.push(
+            glob::Pattern::new(p)
+                .map_err(|e| AttemptError::Task(format!("outputFiles: pattern {p:?} is invalid: {e}")))?,
+        );
+    }
+    if compiled.is_empty() {
+        return Ok(Vec::new());
+    }
+    let taken = "outputFiles";
+    let pod = stage_running(cache, stage, taken).await?;
+    let (parent, base) = STAGE_DIR.rsplit_once('/').unwrap_or(("", STAGE_DIR));
+    let command = [
+        "tar",
+        "-cf",
+        "-",
+        "-C",
+        if parent.is_empty() { "/" } else { parent },
+        base,
+    ];
+    let mut tar = tar(pods, stage, &pod, "the output files", &command).await?;
     let dest = c.dest.to_path_buf();
     let base = base.to_string();
     let limits = c.limits;
-    let extracted = tokio::task::spawn_blocking(move || {
-        let mut reader = reader;
-        let out = ferry_launcher::archive::extract(&mut reader, &base, &compiled, &dest, limits)?;
-        // What follows the archive's end (the padding of its last record) is read too: the
-        // stream's end is what brings the command's status.
-        std::io::copy(&mut reader, &mut std::io::sink()).map_err(|source| ExtractError::Io {
-            what: "reading the rest of the archive".into(),
-            source,
-        })?;
-        Ok::<_, ExtractError>(out)
-    })
-    .await
-    .map_err(|e| AttemptError::Platform(format!("{what}: {e}")))?;
+    let extracted = tar
+        .read(move |reader| ferry_launcher::archive::extract(reader, &base, &compiled, &dest, limits))
+        .await?;
     let extracted = match extracted {
         Ok(x) => x,
         // The task's doing: nothing collected is left, and the command is not waited for.
         Err(ExtractError::Refused(m)) => return Err(AttemptError::Task(m)),
         Err(ExtractError::Io { what: w, source }) => {
-            let exit = tokio::time::timeout(Duration::from_secs(5), exit)
-                .await
-                .ok()
-                .flatten();
-            let said = exit.and_then(|s| s.message).unwrap_or_default();
+            let what = tar.what.clone();
+            let said = tar.failure(Duration::from_secs(5)).await.unwrap_or_default();
             return Err(AttemptError::Platform(format!(
                 "{what}: {w}: {source} {said} (the stage image {} must have `tar`; --kube-stage-image)",
-                c.image
+                stage.image
             )));
         }
     };
-    let exit = tokio::time::timeout(Duration::from_secs(30), exit)
-        .await
-        .ok()
-        .flatten();
-    let stderr = errors.await.unwrap_or_default();
-    match exit {
-        Some(s) if s.status.as_deref() == Some("Success") => {}
-        other => {
-            // Whatever it took is removed: a failed archive may be a partial one.
-            for f in &extracted.files {
-                let _ = std::fs::remove_file(&f.stored);
-            }
-            let said = other
-                .and_then(|s| s.message)
-                .unwrap_or_else(|| "the command's status never came".into());
-            let stderr = String::from_utf8_lossy(&stderr);
-            return Err(AttemptError::Platform(format!(
-                "outputFiles: `tar` in the stage container of pod {}/{pod} (image {}) failed: {said}{}{} \
-                 — the stage image (--kube-stage-image) must have `sh`, `sleep` and `tar`",
-                c.namespace,
-                c.image,
-                if stderr.trim().is_empty() { "" } else { ": " },
-                stderr.trim()
-            )));
+    if let Some(said) = tar.failure(Duration::from_secs(30)).await {
+        // Whatever it took is removed: a failed archive may be a partial one.
+        for f in &extracted.files {
+            let _ = std::fs::remove_file(&f.stored);
         }
+        return Err(AttemptError::Platform(format!(
+            "outputFiles: `tar` in the stage container of pod {}/{pod} (image {}) failed: {said} \
+             — the stage image (--kube-stage-image) must have `sh`, `sleep` and `tar`",
+            stage.namespace, stage.image,
+        )));
     }
     extracted.into_output_files()
+}
+
+/// What the task wrote at `$FERRY_SUBTASKS` ([`SUBTASKS_FILE`]), at most
+/// [`MAX_SUBTASKS_BYTES`]; `None` when it wrote nothing there.
+pub async fn subtasks(pods: &Api<Pod>, cache: &Cache, stage: &Stage<'_>) -> BackendResult<Option<Vec<u8>>> {
+    let taken = "$FERRY_SUBTASKS";
+    let pod = stage_running(cache, stage, taken).await?;
+    let name = SUBTASKS_FILE.rsplit_once('/').map_or(SUBTASKS_FILE, |(_, n)| n);
+    // An archive of the one file, or an empty stream when there is none (`-L`: a link is
+    // archived as a link, and refused). No name the task chose reaches the command.
+    let script = format!(
+        "cd {STAGE_SUBTASKS_DIR} && if [ -e {name} ] || [ -L {name} ]; then exec tar -cf - {name}; fi"
+    );
+    let command = ["sh", "-c", script.as_str()];
+    let mut tar = tar(pods, stage, &pod, taken, &command).await?;
+    let shown = format!("{taken} ({SUBTASKS_FILE})");
+    let read = tar
+        .read(move |reader| {
+            let mut bytes = Vec::new();
+            // An empty stream is no archive at all: nothing was written.
+            let mut first = [0u8; 1];
+            if reader.read(&mut first).map_err(|source| ExtractError::Io {
+                what: format!("reading the archive of {shown}"),
+                source,
+            })? == 0
+            {
+                return Ok(None);
+            }
+            bytes.push(first[0]);
+            ferry_launcher::archive::read_one(
+                std::io::Read::chain(&bytes[..], reader),
+                &shown,
+                MAX_SUBTASKS_BYTES,
+            )
+        })
+        .await?;
+    let read = match read {
+        Ok(x) => x,
+        Err(ExtractError::Refused(m)) => return Err(AttemptError::Task(m)),
+        Err(ExtractError::Io { what: w, source }) => {
+            let what = tar.what.clone();
+            let said = tar.failure(Duration::from_secs(5)).await.unwrap_or_default();
+            return Err(AttemptError::Platform(format!(
+                "{what}: {w}: {source} {said} (the stage image {} must have `sh` and `tar`; --kube-stage-image)",
+                stage.image
+            )));
+        }
+    };
+    if let Some(said) = tar.failure(Duration::from_secs(30)).await {
+        return Err(AttemptError::Platform(format!(
+            "{taken}: `tar` in the stage container of pod {}/{pod} (image {}) failed: {said} \
+             — the stage image (--kube-stage-image) must have `sh`, `sleep` and `tar`",
+            stage.namespace, stage.image,
+        )));
+    }
+    Ok(read)
 }

@@ -149,9 +149,10 @@ async fn an_oom_kill_is_reported_as_such() {
 }
 
 /// What `n` attempts cost the API: printed as a table (BENCHMARKS.md has the figures), and held
-/// to what the design says — three writes an attempt (Job, Secret, delete), one watch for the
-/// launcher, and no polling: reads grow with attempts only by the look before create, a read of
-/// the Job while the watch has yet to bring its pod, and the log stream.
+/// to what the design says — four writes an attempt (Job, Secret, the exec of `tar` that takes
+/// out `$FERRY_SUBTASKS`, delete), one watch for the launcher, and no polling: reads grow with
+/// attempts only by the look before create, a read of the Job while the watch has yet to bring
+/// its pod, and the log stream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_requests_per_attempt() {
     let Some((mut h, kube)) = harness("requests").await else {
@@ -196,7 +197,12 @@ async fn api_requests_per_attempt() {
     }
     let writes = total(&["create", "delete", "update", "patch"]);
     println!("writes per task: {:.2}", writes as f64 / n as f64);
-    assert_eq!(writes, 3 * n as u64, "{counts:?}");
+    assert_eq!(writes, 4 * n as u64, "{counts:?}");
+    assert_eq!(
+        counts.get(&("create".to_string(), "pods/exec".to_string())),
+        Some(&(n as u64)),
+        "{counts:?}"
+    );
     let watches = total(&["watch"]);
     assert_eq!(watches, 1, "one watch for the launcher: {counts:?}");
     let gets = counts
@@ -438,13 +444,81 @@ async fn api_requests_per_attempt_with_output_files() {
         .map(|(_, c)| c)
         .sum();
     println!("writes per task: {:.2}", writes as f64 / n as f64);
-    // Job, Secret, the exec of `tar`, the delete.
-    assert_eq!(writes, 4 * n as u64, "{counts:?}");
+    // Job, Secret, the execs of `tar` (subtasks, output files), the delete.
+    assert_eq!(writes, 5 * n as u64, "{counts:?}");
     assert_eq!(
         counts.get(&("create".to_string(), "pods/exec".to_string())),
-        Some(&(n as u64)),
+        Some(&(2 * n as u64)),
         "{counts:?}"
     );
+}
+
+/// `--kube-no-subtasks`: a pod of one container, no `$FERRY_SUBTASKS`, no exec.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_subtasks_a_pod_has_no_stage_container_and_no_exec() {
+    let Some((mut h, kube)) = harness("no-subtasks").await else {
+        return;
+    };
+    kube.set_subtasks(false);
+    kube.server.reset_counts();
+    let launcher = h.start().await;
+    let id = h.id("no-subtasks");
+    h.dispatch(&script(&h, &id, r#"echo "[${FERRY_SUBTASKS:-unset}]""#, &[]))
+        .await;
+    let f = h.finished(&id).await;
+    assert_eq!(f.outcome, Outcome::Succeeded, "{f:?}");
+    let texts = h.texts(&id).await;
+    assert!(texts.iter().any(|t| t == "[unset]"), "{texts:?}");
+    let counts = kube.server.counts();
+    assert_eq!(
+        counts.get(&("create".to_string(), "pods/exec".to_string())),
+        None,
+        "{counts:?}"
+    );
+    h.assert_nothing_left("after the attempt").await;
+    launcher.stop().await;
+}
+
+/// What the task leaves at `$FERRY_SUBTASKS` is taken as a file and nothing else: a link (to a
+/// file of the stage container's own), a pipe that would hold a reader for ever, a directory and
+/// a file over 4 MiB each fail the attempt, saying what was there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subtasks_that_are_not_a_small_regular_file_fail_the_attempt() {
+    let Some((mut h, _kube)) = harness("hostile-subtasks").await else {
+        return;
+    };
+    let launcher = h.start().await;
+    let cases = [
+        (
+            "link",
+            r#"ln -s /etc/passwd "$FERRY_SUBTASKS""#,
+            "a symbolic link",
+        ),
+        ("pipe", r#"mkfifo "$FERRY_SUBTASKS""#, "a named pipe"),
+        ("dir", r#"mkdir "$FERRY_SUBTASKS""#, "a directory"),
+        (
+            "large",
+            r#"head -c 4194305 /dev/zero | tr '\0' ' ' > "$FERRY_SUBTASKS""#,
+            "larger than",
+        ),
+    ];
+    let mut ids = Vec::new();
+    for (name, command, _) in &cases {
+        let id = h.id(&format!("subtasks-{name}"));
+        h.dispatch(&script(&h, &id, command, &[])).await;
+        ids.push(id);
+    }
+    for (id, (name, _, says)) in ids.iter().zip(&cases) {
+        let f = h.finished(id).await;
+        assert_eq!(f.outcome, Outcome::Failed, "{name}: {f:?}");
+        let error = f.error.clone().unwrap_or_default();
+        assert!(
+            error.contains("FERRY_SUBTASKS") && error.contains(says),
+            "{name}: {error}"
+        );
+    }
+    h.assert_nothing_left("after the attempts").await;
+    launcher.stop().await;
 }
 
 /// Jobs of this launcher in any namespace its attempts used are listed as its own (so that a

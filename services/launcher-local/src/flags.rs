@@ -28,10 +28,15 @@ pub struct Flags {
     /// `default`]
     #[arg(long, env = "FERRY_KUBE_NAMESPACE", value_name = "NAME")]
     pub kube_namespace: Option<String>,
-    /// The image of the container that holds a Kubernetes pod's working directory until its
-    /// output files are collected: it must have `sh`, `sleep` and `tar` [default: busybox:1.37]
+    /// The image of the container that holds a Kubernetes pod's `$FERRY_SUBTASKS` and working
+    /// directory until they are collected: it must have `sh`, `sleep` and `tar` [default:
+    /// busybox:1.37]
     #[arg(long, env = "FERRY_KUBE_STAGE_IMAGE", value_name = "IMAGE")]
     pub kube_stage_image: Option<String>,
+    /// Give Kubernetes tasks no `$FERRY_SUBTASKS`: then only a task with output files has a
+    /// stage container in its pod, and no task on the cluster can submit subtasks.
+    #[arg(long, env = "FERRY_KUBE_NO_SUBTASKS")]
+    pub kube_no_subtasks: bool,
     /// How long a Kubernetes pod may stay Pending (image pull, no node fits), or an AWS Batch
     /// job waiting to run, before its attempt ends; `runner.pendingDeadlineSeconds` overrides it
     /// per task.

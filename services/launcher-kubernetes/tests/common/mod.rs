@@ -74,6 +74,8 @@ pub struct Kube {
     docker: bollard::Docker,
     /// The stage image of the backends made from now on.
     stage_image: std::sync::Mutex<String>,
+    /// Whether the backends made from now on give tasks `$FERRY_SUBTASKS`.
+    subtasks: std::sync::atomic::AtomicBool,
 }
 
 impl Kube {
@@ -94,12 +96,18 @@ impl Kube {
             server,
             docker,
             stage_image: std::sync::Mutex::new(image()),
+            subtasks: std::sync::atomic::AtomicBool::new(true),
         }
     }
 
     /// Has the backends made from now on use `image` for their stage containers.
     pub fn set_stage_image(&self, image: &str) {
         *self.stage_image.lock().unwrap() = image.to_string();
+    }
+
+    /// Has the backends made from now on give tasks `$FERRY_SUBTASKS` (the default), or not.
+    pub fn set_subtasks(&self, on: bool) {
+        self.subtasks.store(on, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// The test image without `/bin/{tool}`, made on the engine once.
@@ -190,6 +198,7 @@ impl Target for Kube {
         settings.pending_deadline = Duration::from_secs(30);
         settings.artifact_dir = Some(data_dir.join("artifacts"));
         settings.stage_image = self.stage_image.lock().unwrap().clone();
+        settings.subtasks = self.subtasks.load(std::sync::atomic::Ordering::SeqCst);
         Arc::new(Kubernetes::new(client, settings))
     }
 
@@ -280,12 +289,6 @@ impl Target for Kube {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-    }
-
-    fn cannot(&self, case: &str) -> Option<&'static str> {
-        (case == "subtasks_come_back_only_from_a_success").then_some(
-            "a pod's status brings back one file, the termination message, which carries the outputs: no $FERRY_SUBTASKS",
-        )
     }
 }
 
