@@ -6,7 +6,7 @@
 //!   wrapper sources and deletes before the task starts.
 //! - A job's log as the platform's API pages it ([`LogPages`]): lines read in batches from a
 //!   position the platform understands (a token, an entry's key), counted in bytes, with the
-//!   cursor the runtime journals.
+//!   cursor the runtime journals; both streams in that one log ([`merged_stderr`]).
 //! - An attempt's files staged in a bucket ([`stage_prefix`], [`collect_staged`],
 //!   [`remove_staged`]): under a prefix of its own, read back bounded, output files extracted
 //!   with every backend's checks, removed on release.
@@ -28,7 +28,7 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::archive::{ExtractError, Limits};
-use crate::backend::{AttemptError, BackendResult, Collected, Task};
+use crate::backend::{AttemptError, BackendResult, Collected, LogPosition, LogRead, Task};
 use crate::collect::{MAX_OUTPUTS_BYTES, MAX_SUBTASKS_BYTES};
 
 /// A task's command and environment, filled; what holds a secret apart.
@@ -176,6 +176,17 @@ pub fn is_shell_name(name: &str) -> bool {
 /// `value` as one word of `sh`, whatever it holds.
 pub fn quoted(value: &str) -> String {
     format!("'{}'", value.replace('\'', r"'\''"))
+}
+
+/// A read of standard error where the platform merges both streams into the one log that
+/// arrives as standard output: nothing, ever, so complete at once, with the cursor left where
+/// standard output's reads put it (the two streams share it). No call is made.
+pub fn merged_stderr(from: &LogPosition) -> LogRead {
+    LogRead {
+        bytes: Vec::new(),
+        cursor: from.cursor.clone(),
+        complete: true,
+    }
 }
 
 /// The lines of a job's log read so far that are still wanted, as bytes: each line and a

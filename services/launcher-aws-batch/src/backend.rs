@@ -1260,14 +1260,7 @@ impl Backend for AwsBatch {
         match stream {
             Stream::Stdout => self.read_output(&h, from, max_bytes).await,
             // The awslogs driver merges both streams: everything arrives as stdout.
-            Stream::Stderr => {
-                let read = self.read_output(&h, from, 0).await?;
-                Ok(LogRead {
-                    bytes: Vec::new(),
-                    cursor: read.cursor,
-                    complete: read.complete,
-                })
-            }
+            Stream::Stderr => Ok(ferry_launcher::batch::merged_stderr(from)),
         }
     }
 

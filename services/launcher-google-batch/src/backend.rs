@@ -440,6 +440,15 @@ impl GoogleBatch {
         }
         let fresh = !ended && !st.behind && st.fetched.is_some_and(|at| at.elapsed() < st.refresh());
         if st.pages.drained_at(from.stdout) && !st.complete && !fresh {
+            // Once what the log held when the job was seen ended has been read, what is left
+            // arrives by the end of the settle time: one read then ends the log, rather than
+            // one each time the runtime looks until then.
+            if let Some(at) = st.ended
+                && !st.behind
+                && st.fetched.is_some_and(|f| f >= at)
+            {
+                tokio::time::sleep_until(at + self.0.settings.log_settle).await;
+            }
             self.fetch_logs(h, &mut st).await?;
         }
         let (bytes, cursor) = st.pages.read(from.stdout, max);
@@ -917,14 +926,7 @@ impl Backend for GoogleBatch {
         match stream {
             Stream::Stdout => self.read_output(&h, from, max_bytes).await,
             // Batch writes both streams to one log: everything arrives as stdout.
-            Stream::Stderr => {
-                let read = self.read_output(&h, from, 0).await?;
-                Ok(LogRead {
-                    bytes: Vec::new(),
-                    cursor: read.cursor,
-                    complete: read.complete,
-                })
-            }
+            Stream::Stderr => Ok(ferry_launcher::batch::merged_stderr(from)),
         }
     }
 
