@@ -16,7 +16,6 @@
 
 use std::cmp::Ordering;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -168,8 +167,6 @@ pub struct Reader {
     /// The least time between the starts of two rounds of a project.
     spacing: Duration,
     projects: Mutex<HashMap<String, Project>>,
-    /// Every `entries.list` made: what the tests count of this reader alone.
-    calls: AtomicU64,
 }
 
 impl Reader {
@@ -178,7 +175,6 @@ impl Reader {
             google,
             spacing,
             projects: Mutex::default(),
-            calls: AtomicU64::new(0),
         })
     }
 
@@ -221,11 +217,6 @@ impl Reader {
             .unwrap_or_else(|_| Err(AttemptError::Unavailable("the log reader has stopped".into())))
     }
 
-    /// How many `entries.list` calls were made.
-    pub fn calls(&self) -> u64 {
-        self.calls.load(AtomicOrdering::Relaxed)
-    }
-
     /// One read of the logs of every job of `waiting`, each from its own position; every
     /// waiter gets its job's entries, or the read's error.
     async fn read_many(&self, project: &str, waiting: Waiting) {
@@ -238,7 +229,6 @@ impl Reader {
         let mut token: Option<String> = None;
         let mut more = false;
         for page in 0..PAGES {
-            self.calls.fetch_add(1, AtomicOrdering::Relaxed);
             let (entries, next) = match self
                 .google
                 .list_entries(project, &filter, PAGE, token.as_deref())
