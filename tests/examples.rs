@@ -687,6 +687,7 @@ fn kubernetes_example_runs_as_jobs_under_ferry_up() {
         "split, its two parts and their sum, and report: {detail:#}"
     );
     for t in tasks {
+        assert_eq!(t["backend"], "kubernetes", "{t:#}");
         assert_eq!(t["state"], "succeeded", "{t:#}");
         // `namespace/job`: each ran as a Job in the cluster.
         let compute = t["compute"].as_str().unwrap_or_default();

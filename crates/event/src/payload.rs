@@ -1173,6 +1173,11 @@ pub struct TaskState {
     /// `TASK.ID`), pending. Tasks that depend on this one wait for them too, and for theirs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub subtasks: Vec<String>,
+    /// With `subtasks`: the backend each one runs on, in the same order — its runner type, or
+    /// for an agent task the request it routes to (`agent.CLUSTER.TASK.MAJOR.MINOR`). Absent
+    /// in events of older versions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subtask_backends: Vec<String>,
 }
 
 /// `dev.ferry.tasks.cancelled|retrying`: many tasks of one job changing state together, which

@@ -554,6 +554,7 @@ fn one_of_each_payload() -> Result<BTreeMap<&'static str, Vec<Value>>> {
                 started_at_ms: None,
                 finished_at_ms: None,
                 subtasks: vec!["b.part-1".into()],
+                subtask_backends: vec!["local".into()],
             })
         })
         .collect::<Result<_>>()?,

@@ -62,7 +62,7 @@ pub fn job_state_is_terminal(state: &str) -> bool {
     matches!(state, "succeeded" | "failed" | "cancelled" | "rejected")
 }
 
-/// Rows per multi-row `INSERT` of tasks (3 parameters each).
+/// Rows per multi-row `INSERT` of tasks (at most 5 parameters each).
 const INSERT_CHUNK: usize = 500;
 
 const SCHEMA: &[&str] = &[
@@ -1786,20 +1786,25 @@ async fn insert_subtasks(tx: &mut Tx, dialect: Dialect, s: &TaskState) -> Result
         .await?
         .flatten();
     let first = total.unwrap_or(0);
+    // Each one's backend, when the event names them (events of older versions do not).
+    let backends = (s.subtask_backends.len() == s.subtasks.len()).then_some(&s.subtask_backends);
     for (ci, chunk) in s.subtasks.chunks(INSERT_CHUNK).enumerate() {
-        let values = placeholders_with(dialect, chunk.len(), 4, "'pending', 0, 0, 0");
+        let values = placeholders_with(dialect, chunk.len(), 5, "'pending', 0, 0, 0");
         let sql = format!(
-            "INSERT INTO tasks (job_id, task_id, ord, parent, state, attempt_no, phase, attempts) VALUES {values}
-             ON CONFLICT (job_id, task_id) DO UPDATE SET ord = excluded.ord, parent = excluded.parent"
+            "INSERT INTO tasks (job_id, task_id, ord, parent, backend, state, attempt_no, phase, attempts) VALUES {values}
+             ON CONFLICT (job_id, task_id) DO UPDATE SET ord = excluded.ord, parent = excluded.parent,
+                    backend = excluded.backend"
         );
         let mut q = sized(&sql, chunk.len());
         for (i, id) in chunk.iter().enumerate() {
-            let ord = first + i64::try_from(ci * INSERT_CHUNK + i).unwrap_or(i64::MAX - first);
+            let n = ci * INSERT_CHUNK + i;
+            let ord = first + i64::try_from(n).unwrap_or(i64::MAX - first);
             q = q
                 .bind(s.job_id.clone())
                 .bind(id.clone())
                 .bind(ord)
-                .bind(s.task_id.clone());
+                .bind(s.task_id.clone())
+                .bind(backends.map(|b| b[n].clone()));
         }
         q.execute(&mut **tx).await?;
     }
@@ -1902,6 +1907,7 @@ mod tests {
             started_at_ms: Some(1_000),
             finished_at_ms: Some(2_000),
             subtasks: Vec::new(),
+            subtask_backends: Vec::new(),
         };
         let at = Some(attempt_id.as_str());
         [
@@ -1954,6 +1960,7 @@ mod tests {
             .unwrap();
         let state = TaskState {
             subtasks: vec!["u0.a".into(), "u0.b".into()],
+            subtask_backends: vec!["docker".into(), "agent.gpu.train.2.1".into()],
             ..task_state_of("u0")
         };
         let e = b.task(kind::TASK_SUCCEEDED, "j", "u0", Some("u0-1"), &state);
@@ -1980,6 +1987,9 @@ mod tests {
             "{:?}",
             detail.job
         );
+        // What each waits for is known: its backend came with the parent's success.
+        let backends: Vec<Option<&str>> = detail.tasks[2..].iter().map(|t| t.backend.as_deref()).collect();
+        assert_eq!(backends, [Some("docker"), Some("agent.gpu.train.2.1")]);
         let shown = serde_json::to_value(&detail).unwrap();
         assert_eq!(shown["tasks"][2]["parent"], "u0", "{shown}");
         assert!(shown["tasks"][0].get("parent").is_none(), "{shown}");
@@ -2000,6 +2010,7 @@ mod tests {
             started_at_ms: Some(1_000),
             finished_at_ms: Some(2_000),
             subtasks: Vec::new(),
+            subtask_backends: Vec::new(),
         }
     }
 

@@ -24,6 +24,7 @@ fn succeeded_with(api: &Api, job: &str, task: &str, files: Vec<OutputFile>) -> f
         started_at_ms: Some(1000),
         finished_at_ms: Some(2000),
         subtasks: Vec::new(),
+        subtask_backends: Vec::new(),
     };
     api.events
         .task(kind::TASK_SUCCEEDED, job, task, s.attempt_id.as_deref(), &s)

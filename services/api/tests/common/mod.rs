@@ -372,6 +372,7 @@ impl Api {
             started_at_ms: None,
             finished_at_ms: state.is_terminal().then_some(5000),
             subtasks: Vec::new(),
+            subtask_backends: Vec::new(),
         };
         self.events.task(ty, job, task, s.attempt_id.as_deref(), &s)
     }

@@ -568,5 +568,6 @@ fn task_state(
         started_at_ms: None,
         finished_at_ms: None,
         subtasks: Vec::new(),
+        subtask_backends: Vec::new(),
     }
 }

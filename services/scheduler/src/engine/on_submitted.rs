@@ -98,6 +98,7 @@ impl Cx<'_> {
                 .unwrap_or_else(|| "the job is ending".to_string())
         });
         let ids: Vec<String> = planned.iter().map(|t| t.id.clone()).collect();
+        let backends: Vec<String> = planned.iter().map(|t| t.runner.route().into_owned()).collect();
         let ready = self
             .insert_task_rows(
                 &p.job_id,
@@ -137,6 +138,7 @@ impl Cx<'_> {
         s.started_at_ms = task.started_at;
         s.finished_at_ms = Some(p.finished_at_ms);
         s.subtasks = ids.clone();
+        s.subtask_backends = backends;
         self.emit_task(kind::TASK_SUCCEEDED, s);
         if let Some(reason) = ending {
             let cancelled: Vec<TaskAttempts> = ids
