@@ -107,8 +107,13 @@ async fn stage_running(cache: &Cache, c: &Stage<'_>, what: &str) -> BackendResul
 
 /// A `tar` run in the stage container: its archive on stdout, what it said on stderr (at most
 /// [`MAX_STDERR`] of it), and its status once the stream has ended.
-struct Tar {
+struct Tar<'a> {
+    /// The request, for messages.
     what: String,
+    /// What it takes out, for messages.
+    taken: &'a str,
+    /// The stage container's image, for messages.
+    image: &'a str,
     stdout: Box<dyn tokio::io::AsyncRead + Send + Unpin>,
     stderr: tokio::task::JoinHandle<Vec<u8>>,
     exit: std::pin::Pin<Box<dyn std::future::Future<Output = Option<Status>> + Send>>,
@@ -118,13 +123,13 @@ struct Tar {
 
 /// Runs `command` in the stage container of `pod`; `taken` names what it takes out, for
 /// messages.
-async fn tar(
+async fn tar<'a>(
     pods: &Api<Pod>,
-    stage: &Stage<'_>,
+    stage: &Stage<'a>,
     pod: &str,
-    taken: &str,
+    taken: &'a str,
     command: &[&str],
-) -> BackendResult<Tar> {
+) -> BackendResult<Tar<'a>> {
     let what = format!("pods/exec of `tar` in pod {}/{pod}", stage.namespace);
     let params = AttachParams::default()
         .container(STAGE_CONTAINER)
@@ -168,6 +173,8 @@ async fn tar(
     });
     Ok(Tar {
         what,
+        taken,
+        image: stage.image,
         stdout: Box::new(stdout),
         stderr,
         exit: Box::pin(exit),
@@ -175,16 +182,18 @@ async fn tar(
     })
 }
 
-impl Tar {
+impl Tar<'_> {
     /// Reads the archive with `read` on a blocking thread, then the rest of the stream (the
-    /// padding of its last record: the stream's end is what brings the command's status).
+    /// padding of its last record: the stream's end is what brings the command's status). What
+    /// `read` refuses is the task's doing, and the command is not waited for; a broken stream
+    /// is the platform's, with what the command said.
     async fn read<T: Send + 'static>(
         &mut self,
         read: impl FnOnce(&mut dyn std::io::Read) -> Result<T, ExtractError> + Send + 'static,
-    ) -> BackendResult<Result<T, ExtractError>> {
+    ) -> BackendResult<T> {
         let stdout = std::mem::replace(&mut self.stdout, Box::new(tokio::io::empty()));
         let mut reader = tokio_util::io::SyncIoBridge::new(stdout);
-        tokio::task::spawn_blocking(move || {
+        let read = tokio::task::spawn_blocking(move || {
             let out = read(&mut reader)?;
             std::io::copy(&mut reader, &mut std::io::sink()).map_err(|source| ExtractError::Io {
                 what: "reading the rest of the archive".into(),
@@ -193,19 +202,43 @@ impl Tar {
             Ok(out)
         })
         .await
-        .map_err(|e| AttemptError::Platform(format!("{}: {e}", self.what)))
+        .map_err(|e| AttemptError::Platform(format!("{}: {e}", self.what)))?;
+        match read {
+            Ok(x) => Ok(x),
+            Err(ExtractError::Refused(m)) => Err(AttemptError::Task(m)),
+            Err(ExtractError::Io { what: w, source }) => {
+                let said = self.failure(Duration::from_secs(5)).await.unwrap_or_default();
+                Err(AttemptError::Platform(format!(
+                    "{}: {w}: {source} {said} (the stage image {} must have `sh`, `sleep` and `tar`; \
+                     --kube-stage-image)",
+                    self.what, self.image
+                )))
+            }
+        }
+    }
+
+    /// Waits for the command's status: an error naming what it took out unless it succeeded.
+    async fn finish(mut self) -> BackendResult<()> {
+        match self.failure(Duration::from_secs(30)).await {
+            None => Ok(()),
+            Some(said) => Err(AttemptError::Platform(format!(
+                "{}: `tar` failed: {said} — the stage image {} (--kube-stage-image) must have `sh`, `sleep` and `tar`",
+                self.taken, self.image
+            ))),
+        }
     }
 
     /// What the command said of its end, waiting at most `within`: `None` when it succeeded.
-    async fn failure(self, within: Duration) -> Option<String> {
-        let exit = tokio::time::timeout(within, self.exit).await.ok().flatten();
+    /// Called once.
+    async fn failure(&mut self, within: Duration) -> Option<String> {
+        let exit = tokio::time::timeout(within, &mut self.exit).await.ok().flatten();
         if exit.as_ref().and_then(|s| s.status.as_deref()) == Some("Success") {
             return None;
         }
         let said = exit
             .and_then(|s| s.message)
             .unwrap_or_else(|| "the command's status never came".into());
-        let stderr = self.stderr.await.unwrap_or_default();
+        let stderr = (&mut self.stderr).await.unwrap_or_default();
         let stderr = String::from_utf8_lossy(&stderr);
         let stderr = stderr.trim();
         Some(format!(
@@ -244,36 +277,19 @@ pub async fn collect(
         if parent.is_empty() { "/" } else { parent },
         base,
     ];
-    let mut tar = tar(pods, stage, &pod, "the output files", &command).await?;
+    let mut tar = tar(pods, stage, &pod, taken, &command).await?;
     let dest = c.dest.to_path_buf();
     let base = base.to_string();
     let limits = c.limits;
     let extracted = tar
         .read(move |reader| ferry_launcher::archive::extract(reader, &base, &compiled, &dest, limits))
         .await?;
-    let extracted = match extracted {
-        Ok(x) => x,
-        // The task's doing: nothing collected is left, and the command is not waited for.
-        Err(ExtractError::Refused(m)) => return Err(AttemptError::Task(m)),
-        Err(ExtractError::Io { what: w, source }) => {
-            let what = tar.what.clone();
-            let said = tar.failure(Duration::from_secs(5)).await.unwrap_or_default();
-            return Err(AttemptError::Platform(format!(
-                "{what}: {w}: {source} {said} (the stage image {} must have `tar`; --kube-stage-image)",
-                stage.image
-            )));
-        }
-    };
-    if let Some(said) = tar.failure(Duration::from_secs(30)).await {
+    if let Err(e) = tar.finish().await {
         // Whatever it took is removed: a failed archive may be a partial one.
         for f in &extracted.files {
             let _ = std::fs::remove_file(&f.stored);
         }
-        return Err(AttemptError::Platform(format!(
-            "outputFiles: `tar` in the stage container of pod {}/{pod} (image {}) failed: {said} \
-             — the stage image (--kube-stage-image) must have `sh`, `sleep` and `tar`",
-            stage.namespace, stage.image,
-        )));
+        return Err(e);
     }
     extracted.into_output_files()
 }
@@ -294,42 +310,22 @@ pub async fn subtasks(pods: &Api<Pod>, cache: &Cache, stage: &Stage<'_>) -> Back
     let shown = format!("{taken} ({SUBTASKS_FILE})");
     let read = tar
         .read(move |reader| {
-            let mut bytes = Vec::new();
             // An empty stream is no archive at all: nothing was written.
             let mut first = [0u8; 1];
-            if reader.read(&mut first).map_err(|source| ExtractError::Io {
+            let n = reader.read(&mut first).map_err(|source| ExtractError::Io {
                 what: format!("reading the archive of {shown}"),
                 source,
-            })? == 0
-            {
+            })?;
+            if n == 0 {
                 return Ok(None);
             }
-            bytes.push(first[0]);
             ferry_launcher::archive::read_one(
-                std::io::Read::chain(&bytes[..], reader),
+                std::io::Read::chain(&first[..], reader),
                 &shown,
                 MAX_SUBTASKS_BYTES,
             )
         })
         .await?;
-    let read = match read {
-        Ok(x) => x,
-        Err(ExtractError::Refused(m)) => return Err(AttemptError::Task(m)),
-        Err(ExtractError::Io { what: w, source }) => {
-            let what = tar.what.clone();
-            let said = tar.failure(Duration::from_secs(5)).await.unwrap_or_default();
-            return Err(AttemptError::Platform(format!(
-                "{what}: {w}: {source} {said} (the stage image {} must have `sh` and `tar`; --kube-stage-image)",
-                stage.image
-            )));
-        }
-    };
-    if let Some(said) = tar.failure(Duration::from_secs(30)).await {
-        return Err(AttemptError::Platform(format!(
-            "{taken}: `tar` in the stage container of pod {}/{pod} (image {}) failed: {said} \
-             — the stage image (--kube-stage-image) must have `sh`, `sleep` and `tar`",
-            stage.namespace, stage.image,
-        )));
-    }
+    tar.finish().await?;
     Ok(read)
 }
