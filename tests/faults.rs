@@ -927,6 +927,9 @@ async fn container_fault_run(bus_base: &str, kubernetes: bool) {
         let kubeconfig = d.join("kubeconfig");
         std::fs::write(&kubeconfig, server.kubeconfig("default")).unwrap();
         launcher_env.push(("KUBECONFIG".to_string(), kubeconfig.display().to_string()));
+        // Every pod holds `$FERRY_SUBTASKS` in a stage container: of the test image here, where
+        // nothing can be pulled.
+        launcher_env.push(("FERRY_KUBE_STAGE_IMAGE".to_string(), image.clone()));
     }
     let mut procs: Vec<Proc> = vec![
         Proc::start(
