@@ -14,6 +14,7 @@
 //! where [`Target::cannot`] says so, and the reason is printed: nothing passes silently.
 
 mod cases;
+pub mod faults;
 pub mod harness;
 
 use std::path::Path;
