@@ -5,9 +5,9 @@
 //! writes — create the Job, create its Secret, delete the Job (with `Background` propagation,
 //! which takes the pod and the Secret with it) — plus a delete of the pod when an attempt is
 //! stopped before its end, and after a success one `pods/exec` to take out `$FERRY_SUBTASKS`,
-//! and one more to take out the files of a task with `outputFiles` ([`crate::stage`]). Reads: a look for the Job before creating it, and the pod's
-//! log; completion (the task container's end) comes from the one pod watch of the namespace
-//! ([`Cache`]), so no attempt is polled.
+//! and one more to take out the files of a task with `outputFiles` ([`crate::stage`]). Reads:
+//! a look for the Job before creating it, and the pod's log; completion (the task container's
+//! end) comes from the one pod watch of the namespace ([`Cache`]), so no attempt is polled.
 //!
 //! Jobs outlive the launcher ([`ShutdownPolicy::Detach`]): the next start adopts each with its
 //! true outcome. `activeDeadlineSeconds` (timeout + pending deadline + a grace) and
@@ -895,7 +895,10 @@ impl Backend for Kubernetes {
             }
             Lookup::Absent => None,
         };
-        let subtasks = pod.as_ref().is_some_and(|p| p.subtasks);
+        // The pod says whether it has the file. A pod gone already may have had it, as
+        // this launcher's pods do: then reading it fails (the attempt is `lost`, and run
+        // again) rather than a success whose subtasks were never read.
+        let subtasks = pod.as_ref().map_or(self.0.settings.subtasks, |p| p.subtasks);
         let message = match pod.map(|p| p.container) {
             Some(Container::Terminated { message, .. }) => message,
             _ => String::new(),

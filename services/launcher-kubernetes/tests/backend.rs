@@ -588,3 +588,46 @@ async fn owned_jobs_are_listed_in_every_namespace_attempts_used() {
     );
     server.stop().await;
 }
+
+/// A pod gone after its task ended but before the launcher read `$FERRY_SUBTASKS` (deleted by
+/// hand, its node lost): collecting fails as the platform's fault, so that the attempt is run
+/// again, never a success whose subtasks were not read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_gone_before_its_subtasks_were_read_fails_the_collect() {
+    if !common::docker_given("pod-gone") {
+        return;
+    }
+    let cluster = Arc::new(common::Kube::new().await);
+    let h = Harness::new(cluster.clone() as Arc<dyn Target>).await;
+    let id = h.id("pod-gone");
+    let journal = Journal::open(&h.data_dir).expect("the journal");
+    let backend = cluster.backend(&h.data_dir, &journal).await;
+    let secrets = Secrets::new();
+    let submitted = r#"[{"id": "part-1", "runner": "local", "command": ["true"]}]"#;
+    let d = h.task(&id, &p([Step::Subtasks(submitted.into())]));
+    let task = Task::new(&d, &secrets);
+    let reserved = backend.reserve(task).await.expect("reserve");
+    let compute = backend.create(task, reserved).await.expect("create");
+    assert!(cluster.wait_task_ended(&id, Duration::from_secs(60)).await);
+    let client = common::client(&cluster.server, &h.data_dir).await;
+    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::namespaced(client, common::NAMESPACE);
+    let name = ferry_launcher_kubernetes::names::job_name(&id);
+    for pod in cluster.server.pods_of(common::NAMESPACE, &name) {
+        let pod_name = pod.metadata.name.unwrap_or_default();
+        pods.delete(&pod_name, &kube::api::DeleteParams::default())
+            .await
+            .expect("delete the pod");
+    }
+    let until = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !cluster.server.pods_of(common::NAMESPACE, &name).is_empty() {
+        assert!(tokio::time::Instant::now() < until, "the pod is still there");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    match backend.collect(&compute, task).await {
+        Err(ferry_launcher::backend::AttemptError::Platform(m)) => {
+            assert!(m.contains("FERRY_SUBTASKS") && m.contains("gone"), "{m}")
+        }
+        other => panic!("collecting from a pod that is gone: {other:?}"),
+    }
+    backend.release(&compute).await.expect("release");
+}
