@@ -384,7 +384,7 @@ impl Kubernetes {
             env: Vec::new(),
             inputs: Vec::new(),
             working_dir: trimmed.to_string(),
-            stage_image: staged.then(|| s.stage_image.clone()),
+            stage_image: s.stage_image.clone(),
             work_volume: files,
             subtasks: s.subtasks,
             service_account: r.service_account.clone(),

@@ -136,9 +136,9 @@ pub struct JobSpec {
     pub env: Vec<(String, String)>,
     pub inputs: Vec<InputFile>,
     pub working_dir: String,
-    /// The stage container's image, for a pod with [`JobSpec::work_volume`] or
-    /// [`JobSpec::subtasks`]. `None`: no stage container, no volume.
-    pub stage_image: Option<String>,
+    /// The stage container's image: the pod has that container when it has
+    /// [`JobSpec::work_volume`] or [`JobSpec::subtasks`] ([`JobSpec::staged`]).
+    pub stage_image: String,
     /// The working directory is an `emptyDir` the stage container holds (a task with output
     /// files).
     pub work_volume: bool,
@@ -183,9 +183,6 @@ pub fn input_path(name: &str) -> Result<String, &'static str> {
 impl JobSpec {
     /// Refuses what cannot be honoured, naming the field, before anything is created.
     pub fn check(&self) -> Result<(), String> {
-        if (self.work_volume || self.subtasks) != self.stage_image.is_some() {
-            return Err("a pod holds output files or subtasks exactly when it has a stage container".into());
-        }
         if self.image.trim().is_empty() {
             return Err("runner.image must name an image".into());
         }
@@ -283,7 +280,7 @@ impl JobSpec {
             ANNOTATION_PENDING_DEADLINE.to_string(),
             self.pending_deadline_seconds.to_string(),
         );
-        if self.stage_image.is_some() {
+        if self.staged() {
             // What `kubectl logs` and `kubectl exec` pick in a pod of two containers.
             a.insert(DEFAULT_CONTAINER_ANNOTATION.to_string(), CONTAINER.to_string());
         }
@@ -298,6 +295,11 @@ impl JobSpec {
             annotations: Some(self.annotations()),
             ..Default::default()
         }
+    }
+
+    /// Whether the pod has a stage container: it holds output files or `$FERRY_SUBTASKS`.
+    pub fn staged(&self) -> bool {
+        self.work_volume || self.subtasks
     }
 
     /// Whether the attempt needs a Secret (it has env or input files).
@@ -448,9 +450,9 @@ impl JobSpec {
                 ..Default::default()
             });
         }
-        let stage = self.stage_image.as_ref().map(|image| Container {
+        let stage = self.staged().then(|| Container {
             name: STAGE_CONTAINER.into(),
-            image: Some(image.clone()),
+            image: Some(self.stage_image.clone()),
             image_pull_policy: Some("IfNotPresent".into()),
             command: Some(vec!["sh".into(), "-c".into(), STAGE_HOLD.into()]),
             resources: Some(ResourceRequirements {
@@ -579,7 +581,7 @@ mod tests {
                 contents: b"x".to_vec(),
             }],
             working_dir: DEFAULT_WORKING_DIR.into(),
-            stage_image: None,
+            stage_image: "busybox:1.37".into(),
             work_volume: false,
             subtasks: false,
             service_account: None,
@@ -656,8 +658,6 @@ mod tests {
         assert!(pod.volumes.unwrap().iter().all(|v| v.empty_dir.is_none()));
 
         let mut s = spec();
-        s.stage_image = Some("busybox:1.37".into());
-        assert!(s.check().is_err(), "a stage container holding nothing");
         s.work_volume = true;
         s.check().unwrap();
         let pod = s.job().spec.unwrap().template.spec.unwrap();
@@ -704,7 +704,6 @@ mod tests {
     #[test]
     fn subtasks_are_on_a_bounded_volume_of_their_own_beside_the_working_directory() {
         let mut s = spec();
-        s.stage_image = Some("busybox:1.37".into());
         s.subtasks = true;
         s.check().unwrap();
         let pod = s.job().spec.unwrap().template.spec.unwrap();
