@@ -259,7 +259,9 @@ async fn a_jobs_pod_runs_for_real_and_goes_with_it() {
         ("fails", "exit 3", None, "Error"),
         (
             "oom",
-            "head -c 64m /dev/zero | tail > /dev/null",
+            // The shell outlives the kill a moment, so the engine's OOM event has the time
+            // to arrive before the container's exit, as it does for a workload's wrapper.
+            "head -c 64m /dev/zero | tail > /dev/null; s=$?; sleep 1; exit $s",
             Some("8Mi"),
             "OOMKilled",
         ),

@@ -132,7 +132,9 @@ async fn an_oom_kill_is_reported_as_such() {
     d.command = [
         "sh",
         "-c",
-        "echo filling; head -c 64m /dev/zero | tail > /dev/null",
+        // The shell outlives the kill a moment, so the engine's OOM event has the time to
+        // arrive before the container's exit.
+        "echo filling; head -c 64m /dev/zero | tail > /dev/null; s=$?; sleep 1; exit $s",
     ]
     .map(Template::text)
     .to_vec();
