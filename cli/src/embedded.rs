@@ -10,6 +10,7 @@ use ferry_bus::{Bus, MemoryBus};
 use ferry_connect::service::Common;
 use ferry_event::Topic;
 use ferry_log_collector::LogStore;
+use ferry_runtime::db::Synchronous;
 use ferry_runtime::{instance_source, sqlite_url};
 
 use crate::launchers::Launcher;
@@ -30,6 +31,11 @@ pub struct Options {
     /// Serve `runner: docker` tasks on the local Docker engine (`DOCKER_HOST`, or the local
     /// socket); when none answers, they fail saying so.
     pub docker: bool,
+    /// When the scheduler's and the log store's commits are on disk. `Normal` by default: the
+    /// in-process bus holds the events in flight in memory, so a power cut loses them whatever
+    /// the databases keep, and a sync per commit would protect nothing the run can get back;
+    /// a killed process loses no commit either way.
+    pub synchronous: Synchronous,
 }
 
 impl Options {
@@ -39,6 +45,7 @@ impl Options {
             kill_grace: Duration::from_secs(5),
             max_parallel: 64,
             docker: false,
+            synchronous: Synchronous::Normal,
         }
     }
 }
@@ -65,12 +72,13 @@ impl Embedded {
         common.prepare()?;
         let data_dir = common.data_dir;
         let mut plan = Plan::new(&data_dir);
+        plan.log_db = opts.synchronous.on(&plan.log_db);
         plan.planner = Some(ferry_planner::Config {
             source: instance_source("planner"),
             ..Default::default()
         });
         let mut scheduler = ferry_scheduler::Config::new(
-            sqlite_url(&data_dir.join("scheduler.db")),
+            opts.synchronous.on(&sqlite_url(&data_dir.join("scheduler.db"))),
             instance_source("scheduler"),
         );
         // Every launcher there will be starts here, and announces itself as it does: a task of

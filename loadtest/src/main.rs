@@ -83,6 +83,10 @@ struct Args {
     /// `ferry run FLOW` as a user runs it (embedded only).
     #[arg(long, global = true, value_enum, default_value_t = Via::Services)]
     via: Via,
+    /// Embedded only: sync the scheduler's and the log store's SQLite at every commit, as the
+    /// services on a broker do, instead of `ferry run`'s `normal` (its bus is in memory).
+    #[arg(long, global = true)]
+    sync_every_commit: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -581,6 +585,9 @@ async fn run(args: Args) -> Result<()> {
     let data_dir = args.data_dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
     let mut opts = Options::new(&data_dir);
     opts.max_parallel = args.parallel;
+    if args.sync_every_commit {
+        opts.synchronous = ferry_runtime::db::Synchronous::Full;
+    }
     let load_before = loadavg();
     let mut system = Embedded::start(&opts).await?;
     let topics = [Topic::Control, Topic::Lifecycle, Topic::Dispatch("local".into())];

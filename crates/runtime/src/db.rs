@@ -69,9 +69,84 @@ impl OpenError {
 pub const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The settings every ferry SQLite database is opened with: write-ahead logging (readers do not
-/// block the writer), and a commit that survives a power cut, since deliveries are acked once
-/// their effect is committed.
+/// block the writer), and by default a commit that survives a power cut, since deliveries are
+/// acked once their effect is committed ([`Synchronous`]).
 pub const SQLITE_PRAGMAS: &[(&str, &str)] = &[("journal_mode", "WAL"), ("synchronous", "FULL")];
+
+/// When a SQLite commit is on disk: the URL's `synchronous` parameter (`sqlite://PATH?synchronous=normal`),
+/// ferry's own, applied as the pragma of that name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Synchronous {
+    /// `full`, the default: every commit is synced to disk before it returns, so it survives a
+    /// power cut.
+    #[default]
+    Full,
+    /// `normal`: a commit is written to the log, which is synced at checkpoints. It survives the
+    /// process being killed, but the last commits before a power cut or a kernel crash may be
+    /// lost (the database stays consistent). For a store whose inputs do not survive a power
+    /// cut either, like `ferry run`'s on its in-process bus.
+    Normal,
+}
+
+impl Synchronous {
+    fn pragma(self) -> &'static str {
+        match self {
+            Synchronous::Full => "FULL",
+            Synchronous::Normal => "NORMAL",
+        }
+    }
+
+    /// The URL's `synchronous` parameter taken out of it: the URL as the driver takes it, and
+    /// the setting.
+    pub fn split(url: &str) -> Result<(String, Synchronous), String> {
+        let Some((base, query)) = url.split_once('?') else {
+            return Ok((url.to_string(), Synchronous::default()));
+        };
+        let mut kept = Vec::new();
+        let mut synchronous = Synchronous::default();
+        for pair in query.split('&') {
+            match pair.split_once('=') {
+                Some(("synchronous", value)) => {
+                    synchronous = match value.to_ascii_lowercase().as_str() {
+                        "full" => Synchronous::Full,
+                        "normal" => Synchronous::Normal,
+                        other => {
+                            return Err(format!(
+                                "synchronous={other} is not a setting ferry takes: full (the default; every \
+                                 commit survives a power cut) or normal (commits survive a killed process)"
+                            ));
+                        }
+                    }
+                }
+                _ => kept.push(pair),
+            }
+        }
+        let url = match kept.is_empty() {
+            true => base.to_string(),
+            false => format!("{base}?{}", kept.join("&")),
+        };
+        Ok((url, synchronous))
+    }
+
+    /// `url` with this setting: what [`Synchronous::split`] takes out again.
+    pub fn on(self, url: &str) -> String {
+        match self {
+            Synchronous::Full => url.to_string(),
+            Synchronous::Normal => {
+                let sep = if url.contains('?') { '&' } else { '?' };
+                format!("{url}{sep}synchronous=normal")
+            }
+        }
+    }
+}
+
+/// The pragmas a connection is opened with.
+fn sqlite_pragmas(synchronous: Synchronous) -> impl Iterator<Item = (&'static str, &'static str)> {
+    SQLITE_PRAGMAS.iter().map(move |&(name, value)| match name {
+        "synchronous" => (name, synchronous.pragma()),
+        _ => (name, value),
+    })
+}
 
 /// A database opened by [`open`].
 #[derive(Debug, Clone)]
@@ -95,19 +170,21 @@ pub async fn open(url: &str, what: &str) -> Result<Db, OpenError> {
     };
     let pool = match dialect {
         Dialect::Sqlite => {
-            if !is_sqlite_memory(url)
-                && let Ok(opts) = SqliteConnectOptions::from_str(url)
+            let (url, synchronous) =
+                Synchronous::split(url).map_err(|e| OpenError::Config(format!("{what} URL {url:?}: {e}")))?;
+            if !is_sqlite_memory(&url)
+                && let Ok(opts) = SqliteConnectOptions::from_str(&url)
             {
                 create_private_file(opts.get_filename());
             }
-            let url = sqlite_url(url);
+            let url = sqlite_url(&url);
             let opts = AnyConnectOptions::from_str(&url)
                 .map_err(|e| OpenError::Config(format!("{what} URL {url:?}: {e}")))?
                 .disable_statement_logging();
             single_connection::<Any>()
-                .after_connect(|conn, _| {
+                .after_connect(move |conn, _| {
                     Box::pin(async move {
-                        for (name, value) in SQLITE_PRAGMAS {
+                        for (name, value) in sqlite_pragmas(synchronous) {
                             conn.execute(format!("PRAGMA {name} = {value}").as_str()).await?;
                         }
                         let busy = SQLITE_BUSY_TIMEOUT.as_millis();
@@ -144,7 +221,9 @@ pub async fn open_readers(url: &str, db: &Db, max: u32, what: &str) -> Result<An
     if db.dialect != Dialect::Sqlite || is_sqlite_memory(url) {
         return Ok(db.pool.clone());
     }
-    let url = sqlite_url(url);
+    let (url, _) =
+        Synchronous::split(url).map_err(|e| OpenError::Config(format!("{what} URL {url:?}: {e}")))?;
+    let url = sqlite_url(&url);
     let opts = AnyConnectOptions::from_str(&url)
         .map_err(|e| OpenError::Config(format!("{what} URL {url:?}: {e}")))?
         .disable_statement_logging();
@@ -199,13 +278,14 @@ pub fn create_private_file(path: &std::path::Path) {
 }
 
 /// Options for a store on sqlx's own SQLite driver: the file created if missing, the settings
-/// of [`SQLITE_PRAGMAS`], and `busy_timeout`.
+/// of [`SQLITE_PRAGMAS`] (with the URL's [`Synchronous`]), and `busy_timeout`.
 pub fn sqlite_options(url: &str, busy_timeout: Duration) -> Result<SqliteConnectOptions, sqlx::Error> {
-    let mut opts = SqliteConnectOptions::from_str(url)?
+    let (url, synchronous) = Synchronous::split(url).map_err(|e| sqlx::Error::Configuration(e.into()))?;
+    let mut opts = SqliteConnectOptions::from_str(&url)?
         .create_if_missing(true)
         .busy_timeout(busy_timeout);
-    for (name, value) in SQLITE_PRAGMAS {
-        opts = opts.pragma(*name, *value);
+    for (name, value) in sqlite_pragmas(synchronous) {
+        opts = opts.pragma(name, value);
     }
     Ok(opts)
 }
@@ -497,6 +577,74 @@ mod tests {
             "sqlite://a.db?cache=shared&mode=rwc"
         );
         assert_eq!(sqlite_url("sqlite::memory:"), "sqlite::memory:");
+    }
+
+    #[test]
+    fn synchronous_is_taken_out_of_the_url_and_checked() {
+        fn split(url: &str) -> (String, Synchronous) {
+            Synchronous::split(url).unwrap()
+        }
+        assert_eq!(
+            split("sqlite://a.db"),
+            ("sqlite://a.db".into(), Synchronous::Full)
+        );
+        assert_eq!(
+            split("sqlite://a.db?synchronous=normal"),
+            ("sqlite://a.db".into(), Synchronous::Normal)
+        );
+        assert_eq!(
+            split("sqlite://a.db?cache=shared&synchronous=NORMAL&mode=rwc"),
+            ("sqlite://a.db?cache=shared&mode=rwc".into(), Synchronous::Normal)
+        );
+        assert_eq!(
+            split("sqlite://a.db?synchronous=full"),
+            ("sqlite://a.db".into(), Synchronous::Full)
+        );
+        let e = Synchronous::split("sqlite://a.db?synchronous=off").unwrap_err();
+        assert!(e.contains("synchronous=off") && e.contains("normal"), "{e}");
+        assert_eq!(
+            Synchronous::Normal.on("sqlite://a.db"),
+            "sqlite://a.db?synchronous=normal"
+        );
+        assert_eq!(Synchronous::Full.on("sqlite://a.db"), "sqlite://a.db");
+        for s in [Synchronous::Full, Synchronous::Normal] {
+            assert_eq!(split(&s.on("sqlite://a.db?cache=shared")).1, s);
+        }
+    }
+
+    /// What the URL says is what the connection runs with, on either driver.
+    #[tokio::test]
+    async fn a_store_opens_with_the_synchronous_setting_of_its_url() {
+        use sqlx::Connection;
+        let dir = std::env::temp_dir().join(format!("ferry-db-{:016x}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (param, want) in [("", 2i64), ("?synchronous=normal", 1)] {
+            let url = format!("sqlite://{}{param}", dir.join(format!("s{want}.db")).display());
+            let db = open(&url, "test database").await.unwrap();
+            let got: i64 = sqlx::query_scalar("PRAGMA synchronous")
+                .fetch_one(&db.pool)
+                .await
+                .unwrap();
+            assert_eq!(got, want, "{url}");
+            let readers = open_readers(&url, &db, 1, "test database").await.unwrap();
+            let _: i64 = sqlx::query_scalar("SELECT 1").fetch_one(&readers).await.unwrap();
+            let mut conn = sqlite_options(&url, SQLITE_BUSY_TIMEOUT)
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+            let got: i64 = sqlx::query_scalar("PRAGMA synchronous")
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+            assert_eq!(got, want, "{url} on the SQLite driver");
+            conn.close().await.unwrap();
+        }
+        let e = open("sqlite:///x.db?synchronous=sometimes", "test database")
+            .await
+            .unwrap_err();
+        assert!(matches!(e, OpenError::Config(_)), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// A redelivered event id is told apart from a fresh one, within a batch and across them,
