@@ -587,6 +587,7 @@ docker_up() {
   echo $$ >"$_ferry_docker_dir/owner"
   local driver=
   for driver in $FERRY_DOCKER_STORAGE; do
+    _ferry_docker_driver=$driver
     _dockerd_start "$_ferry_docker_dir" "$driver" && break
     _say "dockerd did not start with the $driver storage driver (log: $_ferry_docker_dir/dockerd.log)"
     _ferry_docker_dir="$_ferry_docker_dir" _docker_stop_daemon_only
@@ -614,13 +615,47 @@ _docker_stop_daemon_only() {
   _docker_leftovers "$_ferry_docker_dir"
 }
 
+# Whether the run's dockerd has stopped creating containers while it still answers: Debian's
+# 20.10 engine can deadlock in libnetwork when many containers come and go at once
+# (moby/moby#46661, fixed upstream after 20.10.24), and then every create and start waits for
+# ever. A create that does not return within 30 s is taken for that.
+docker_wedged() {
+  [ -n "${_ferry_docker_dir:-}" ] || return 1
+  local id rc=0
+  id=$(DOCKER_HOST="unix://$_ferry_docker_dir/docker.sock" \
+    timeout 30 docker create --network none "$FERRY_TEST_DOCKER_IMAGE" true 2>/dev/null) || rc=$?
+  if [ "$rc" -eq 0 ]; then
+    _docker rm -f "$id" >/dev/null 2>&1 || true
+    return 1
+  fi
+  # A create that failed at once is some other trouble, not this one.
+  [ "$rc" -eq 124 ]
+}
+
+# Replaces the run's dockerd with a fresh one on the same socket (its containers go with it),
+# and imports the test images again.
+docker_restart() {
+  [ -n "${_ferry_docker_dir:-}" ] || return 1
+  _say "restarting dockerd at unix://$_ferry_docker_dir/docker.sock"
+  _docker_stop_daemon_only
+  _dockerd_start "$_ferry_docker_dir" "$_ferry_docker_driver" || {
+    echo "dockerd did not start again; its log: $_ferry_docker_dir/dockerd.log" >&2
+    return 1
+  }
+  _docker_images
+}
+
 docker_down() {
   [ -n "${_ferry_docker_dir:-}" ] || return 0
   if _pid_alive "$(cat "$_ferry_docker_dir/docker.pid" 2>/dev/null)"; then
     local left
-    left=$(_docker ps -aq 2>/dev/null || true)
+    left=$(DOCKER_HOST="unix://$_ferry_docker_dir/docker.sock" timeout 30 docker ps -aq 2>/dev/null || true)
+    # Bounded: a deadlocked dockerd (docker_wedged) never answers; stopping it below ends what
+    # it ran all the same.
     # shellcheck disable=SC2086 # one id per word
-    if [ -n "$left" ]; then _docker rm -f $left >/dev/null 2>&1 || true; fi
+    if [ -n "$left" ]; then
+      DOCKER_HOST="unix://$_ferry_docker_dir/docker.sock" timeout 60 docker rm -f $left >/dev/null 2>&1 || true
+    fi
   fi
   _docker_stop
   _ferry_docker_dir=
