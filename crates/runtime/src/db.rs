@@ -2,7 +2,7 @@
 //!
 //! - [`open`]: a database from its URL (`sqlite://PATH`, `sqlite::memory:`, `postgres://…`)
 //!   through sqlx's `Any` driver, with the [`Dialect`] it speaks; SQLite with the settings of
-//!   [`SQLITE_PRAGMAS`] (also [`sqlite_options`] for a store on sqlx's SQLite driver);
+//!   [`sqlite_pragmas`] (also [`sqlite_options`] for a store on sqlx's SQLite driver);
 //! - [`placeholders`], [`in_list`], [`param`]: parameter lists for multi-row statements, and
 //!   [`sized`], which keeps the statements of one use out of the statement cache;
 //! - [`create_if_missing`], [`add_column`]: schema changes that several processes opening one
@@ -67,11 +67,6 @@ impl OpenError {
 
 /// How long a statement waits for another SQLite writer before it fails as busy.
 pub const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// The settings every ferry SQLite database is opened with: write-ahead logging (readers do not
-/// block the writer), and by default a commit that survives a power cut, since deliveries are
-/// acked once their effect is committed ([`Synchronous`]).
-pub const SQLITE_PRAGMAS: &[(&str, &str)] = &[("journal_mode", "WAL"), ("synchronous", "FULL")];
 
 /// When a SQLite commit is on disk: the URL's `synchronous` parameter (`sqlite://PATH?synchronous=normal`),
 /// ferry's own, applied as the pragma of that name.
@@ -140,12 +135,11 @@ impl Synchronous {
     }
 }
 
-/// The pragmas a connection is opened with.
-fn sqlite_pragmas(synchronous: Synchronous) -> impl Iterator<Item = (&'static str, &'static str)> {
-    SQLITE_PRAGMAS.iter().map(move |&(name, value)| match name {
-        "synchronous" => (name, synchronous.pragma()),
-        _ => (name, value),
-    })
+/// The settings every ferry SQLite database is opened with: write-ahead logging (readers do not
+/// block the writer), and the URL's [`Synchronous`] (by default a commit that survives a power
+/// cut, since deliveries are acked once their effect is committed).
+pub fn sqlite_pragmas(synchronous: Synchronous) -> [(&'static str, &'static str); 2] {
+    [("journal_mode", "WAL"), ("synchronous", synchronous.pragma())]
 }
 
 /// A database opened by [`open`].
@@ -278,7 +272,7 @@ pub fn create_private_file(path: &std::path::Path) {
 }
 
 /// Options for a store on sqlx's own SQLite driver: the file created if missing, the settings
-/// of [`SQLITE_PRAGMAS`] (with the URL's [`Synchronous`]), and `busy_timeout`.
+/// of [`sqlite_pragmas`] with the URL's [`Synchronous`], and `busy_timeout`.
 pub fn sqlite_options(url: &str, busy_timeout: Duration) -> Result<SqliteConnectOptions, sqlx::Error> {
     let (url, synchronous) = Synchronous::split(url).map_err(|e| sqlx::Error::Configuration(e.into()))?;
     let mut opts = SqliteConnectOptions::from_str(&url)?
