@@ -222,8 +222,8 @@ impl Tar<'_> {
         match self.failure(Duration::from_secs(30)).await {
             None => Ok(()),
             Some(said) => Err(AttemptError::Platform(format!(
-                "{}: `tar` failed: {said} — the stage image {} (--kube-stage-image) must have `sh`, `sleep` and `tar`",
-                self.taken, self.image
+                "{}: {} failed: {said} — the stage image {} (--kube-stage-image) must have `sh`, `sleep` and `tar`",
+                self.taken, self.what, self.image
             ))),
         }
     }
