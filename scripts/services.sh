@@ -391,6 +391,13 @@ FERRY_DOCKER_STORAGE="${FERRY_DOCKER_STORAGE:-overlay2 vfs}"
 # negotiated, so a newer client works with Debian's 20.10 daemon).
 _docker() { DOCKER_HOST="unix://$_ferry_docker_dir/docker.sock" docker "$@"; }
 
+# The same, giving up after SECS seconds (exit status 124): `_docker_within SECS ARGS…`.
+_docker_within() {
+  local secs=$1
+  shift
+  DOCKER_HOST="unix://$_ferry_docker_dir/docker.sock" timeout "$secs" docker "$@"
+}
+
 _pid_alive() { [ -n "$1" ] && kill -0 "$1" 2>/dev/null; }
 
 # A busybox root filesystem as a tarball, cached per busybox version outside the clone.
@@ -622,8 +629,7 @@ _docker_stop_daemon_only() {
 docker_wedged() {
   [ -n "${_ferry_docker_dir:-}" ] || return 1
   local id rc=0
-  id=$(DOCKER_HOST="unix://$_ferry_docker_dir/docker.sock" \
-    timeout 30 docker create --network none "$FERRY_TEST_DOCKER_IMAGE" true 2>/dev/null) || rc=$?
+  id=$(_docker_within 30 create --network none "$FERRY_TEST_DOCKER_IMAGE" true 2>/dev/null) || rc=$?
   if [ "$rc" -eq 0 ]; then
     _docker rm -f "$id" >/dev/null 2>&1 || true
     return 1
@@ -649,12 +655,12 @@ docker_down() {
   [ -n "${_ferry_docker_dir:-}" ] || return 0
   if _pid_alive "$(cat "$_ferry_docker_dir/docker.pid" 2>/dev/null)"; then
     local left
-    left=$(DOCKER_HOST="unix://$_ferry_docker_dir/docker.sock" timeout 30 docker ps -aq 2>/dev/null || true)
+    left=$(_docker_within 30 ps -aq 2>/dev/null || true)
     # Bounded: a deadlocked dockerd (docker_wedged) never answers; stopping it below ends what
     # it ran all the same.
     # shellcheck disable=SC2086 # one id per word
     if [ -n "$left" ]; then
-      DOCKER_HOST="unix://$_ferry_docker_dir/docker.sock" timeout 60 docker rm -f $left >/dev/null 2>&1 || true
+      _docker_within 60 rm -f $left >/dev/null 2>&1 || true
     fi
   fi
   _docker_stop
